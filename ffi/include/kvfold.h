@@ -1,0 +1,243 @@
+/*
+ * kvfold.h — the C ABI of the kvfold native library. The only header callers include.
+ *
+ * Conventions
+ * - Opaque handles: kf_engine (a backend and its threads), kf_model (immutable weights), kf_session
+ *   (all mutable state of one conversation: KV cache, scratch buffers, last logits), kf_sampler
+ *   (sampling parameters, RNG and token history).
+ * - Every fallible call returns a kf_status. On anything but KF_OK, kf_last_error() returns a
+ *   thread-local message "cannot <do X>: <why>", valid until the next kvfold call on that thread.
+ * - The library never calls abort()/exit(). Every pointer, length, range, shape, dtype and file is
+ *   validated; bad input is refused with a status and a message naming what was wrong.
+ * - Parameters come in structs filled by kf_*_default_params(); each field documents its meaning,
+ *   unit and default. Callers start from the defaults so new fields never break them.
+ * - Ownership: whoever creates a handle frees it with the matching *_free. A model is immutable after
+ *   load and may be shared by many sessions; kf_model_free is refused (KF_ERR_INVALID_STATE) while
+ *   sessions of it are alive, kf_engine_free likewise while models are alive.
+ * - Long calls (model load, prefill, decode) take an optional kf_control that the caller may read
+ *   and write from another thread while the call runs: set `cancel` to a nonzero value to stop the
+ *   call at its next check (it returns KF_ERR_CANCELLED), read `done`/`total` for progress. Native
+ *   code never calls back into the caller.
+ * - Thread safety: calls on different sessions may run concurrently; calls on one session must not.
+ */
+#ifndef KVFOLD_H
+#define KVFOLD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define KF_API __declspec(dllexport)
+#else
+#define KF_API __attribute__((visibility("default")))
+#endif
+
+#define KF_ABI_VERSION 1
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Status and errors                                                                                */
+
+typedef enum kf_status {
+  KF_OK = 0,
+  KF_ERR_INVALID_ARGUMENT = 1, /* a null pointer, bad length, out-of-range id or option            */
+  KF_ERR_IO = 2,               /* a file is missing or cannot be read                               */
+  KF_ERR_FORMAT = 3,           /* a file is corrupt, truncated or inconsistent with config.json     */
+  KF_ERR_UNSUPPORTED = 4,      /* unknown model_type, dtype, rope scaling, backend not built        */
+  KF_ERR_OUT_OF_MEMORY = 5,    /* an allocation failed; nothing was half-built                      */
+  KF_ERR_CANCELLED = 6,        /* kf_control.cancel was set; see each call for the state left       */
+  KF_ERR_INVALID_STATE = 7,    /* e.g. freeing a model with live sessions, context window full      */
+  KF_ERR_BACKEND = 8,          /* a device or driver error                                           */
+  KF_ERR_INTERNAL = 9          /* a bug in kvfold; please report the message                          */
+} kf_status;
+
+/* Thread-local message of the last failed call on this thread ("" if none). Never NULL. */
+KF_API const char *kf_last_error(void);
+/* Static name of a status, e.g. "KF_ERR_FORMAT". */
+KF_API const char *kf_status_name(int32_t status);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Library information                                                                              */
+
+KF_API int32_t kf_abi_version(void);
+/* Library version string, e.g. "0.1.0". */
+KF_API const char *kf_version(void);
+/* Size in bytes of a public struct by name ("kf_engine_params", ...), 0 if unknown. Lets bindings
+ * that lay structs out by hand verify their layout at load time. */
+KF_API size_t kf_struct_size(const char *name);
+
+typedef enum kf_backend_kind {
+  KF_BACKEND_AUTO = 0, /* cuda when built and a GPU is present, else cpu */
+  KF_BACKEND_CPU = 1,
+  KF_BACKEND_CUDA = 2
+} kf_backend_kind;
+
+/* Whether a backend was compiled into this library (1) or not (0). */
+KF_API int32_t kf_backend_built(int32_t kind);
+/* Number of usable devices of a backend: cpu 1; cuda the GPU count (0 when not built or none). */
+KF_API int32_t kf_backend_device_count(int32_t kind);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Control block for long calls                                                                     */
+
+typedef struct kf_control {
+  volatile int32_t cancel; /* caller sets nonzero to cancel; native code polls it              */
+  int32_t reserved;        /* keep zero                                                          */
+  volatile int64_t done;   /* progress units done (load: bytes; prefill: tokens)              */
+  volatile int64_t total;  /* progress units in all, 0 while unknown                           */
+} kf_control;
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Engine: a backend plus its worker threads                                                        */
+
+typedef struct kf_engine kf_engine;
+
+typedef struct kf_engine_params {
+  int32_t backend;   /* kf_backend_kind; default KF_BACKEND_AUTO                                 */
+  int32_t n_threads; /* CPU worker threads including the caller's; 0 = all cores (default 0)   */
+  int32_t device;    /* device index for GPU backends; default 0                                */
+  int32_t reserved;  /* keep zero                                                                */
+} kf_engine_params;
+
+KF_API kf_engine_params kf_engine_default_params(void);
+/* On failure *out is NULL. */
+KF_API kf_status kf_engine_open(const kf_engine_params *params, kf_engine **out);
+/* Refused with KF_ERR_INVALID_STATE while models of this engine are alive. NULL is a no-op. */
+KF_API kf_status kf_engine_free(kf_engine *engine);
+
+typedef struct kf_engine_info {
+  int32_t backend;   /* the backend actually chosen (never AUTO)                                 */
+  int32_t n_threads; /* worker threads in use                                                    */
+  char name[64];     /* e.g. "cpu (avx2+fma+f16c)"                                              */
+} kf_engine_info;
+
+KF_API kf_status kf_engine_get_info(const kf_engine *engine, kf_engine_info *out);
+
+/* Measures sustained memory read bandwidth of this engine's threads over a buffer of `bytes`
+ * (at least 64 MiB is sensible), best of `repeats` passes. Used by benchmarks as the ceiling. */
+KF_API kf_status kf_engine_measure_read_bandwidth(kf_engine *engine, int64_t bytes, int32_t repeats,
+                                                  double *gbytes_per_s);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Model: a Hugging Face folder (config.json + model.safetensors or model.safetensors.index.json)   */
+
+typedef struct kf_model kf_model;
+
+typedef enum kf_dtype { KF_DTYPE_F32 = 0, KF_DTYPE_F16 = 1, KF_DTYPE_BF16 = 2, KF_DTYPE_AUTO = -1 } kf_dtype;
+
+typedef struct kf_model_params {
+  kf_control *control; /* optional; progress in bytes of weights loaded; default NULL         */
+  int32_t weight_dtype; /* kf_dtype to hold weights in; KF_DTYPE_AUTO (default) keeps the file's
+                           dtype (memory-mapped, no copy, when possible)                            */
+  int32_t use_mmap;     /* 1 (default): map files read-only; 0: read them into memory              */
+} kf_model_params;
+
+KF_API kf_model_params kf_model_default_params(void);
+/* `dir` is a NUL-terminated UTF-8 path. On failure *out is NULL and nothing stays allocated. */
+KF_API kf_status kf_model_load(kf_engine *engine, const char *dir, const kf_model_params *params,
+                               kf_model **out);
+/* Refused with KF_ERR_INVALID_STATE while sessions of this model are alive. NULL is a no-op. */
+KF_API kf_status kf_model_free(kf_model *model);
+
+typedef struct kf_model_info {
+  int32_t vocab_size;
+  int32_t hidden_size;
+  int32_t intermediate_size;
+  int32_t n_layers;
+  int32_t n_heads;
+  int32_t n_kv_heads;
+  int32_t head_dim;
+  int32_t max_position_embeddings;
+  int32_t weight_dtype;   /* kf_dtype the weights are held in (mixed files: the dominant one) */
+  int32_t tied_embeddings; /* 1 when the LM head reuses embed_tokens                          */
+  int64_t n_params;       /* parameters in all tensors                                        */
+  int64_t weight_bytes;   /* bytes read per decoded token (all weights but the embedding table) */
+  char model_type[32];    /* "llama", "mistral", "qwen2"                                     */
+} kf_model_info;
+
+KF_API kf_status kf_model_get_info(const kf_model *model, kf_model_info *out);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Session: KV cache and buffers for one sequence                                                   */
+
+typedef struct kf_session kf_session;
+
+typedef enum kf_cache_kind { KF_CACHE_FULL = 0 } kf_cache_kind;
+
+typedef struct kf_session_params {
+  int32_t n_ctx;      /* KV positions to reserve; 0 (default) = max_position_embeddings          */
+  int32_t n_batch;    /* most tokens per prefill chunk (scratch is sized by it); default 256      */
+  int32_t cache_kind; /* kf_cache_kind; default KF_CACHE_FULL                                     */
+  int32_t reserved;   /* keep zero                                                                */
+} kf_session_params;
+
+KF_API kf_session_params kf_session_default_params(void);
+/* All buffers are allocated here; nothing is allocated per token. On failure *out is NULL. */
+KF_API kf_status kf_session_create(kf_model *model, const kf_session_params *params, kf_session **out);
+KF_API kf_status kf_session_free(kf_session *session);
+/* Forgets all positions (KV cache emptied, logits cleared). */
+KF_API kf_status kf_session_reset(kf_session *session);
+/* Positions currently in the KV cache. */
+KF_API int32_t kf_session_n_past(const kf_session *session);
+/* Truncates the cache to its first n positions (0 <= n <= n_past). */
+KF_API kf_status kf_session_truncate(kf_session *session, int32_t n);
+
+/* Runs `n_ids` token ids at positions n_past.. in chunks of n_batch, appending to the KV cache.
+ * logits: NULL, or a caller buffer of [n_ids, vocab] f32 receiving the logits of every position.
+ * The last position's logits are always kept in the session (kf_session_get_logits).
+ * control: optional; progress in tokens. On any failure, including KF_ERR_CANCELLED, the session
+ * is rolled back to the n_past it had before the call. */
+KF_API kf_status kf_session_prefill(kf_session *session, const int32_t *ids, int32_t n_ids, float *logits,
+                                    kf_control *control);
+/* One token at position n_past (the single-token path, tuned separately from prefill).
+ * On failure the session keeps its previous n_past and logits. */
+KF_API kf_status kf_session_decode(kf_session *session, int32_t id, kf_control *control);
+/* Copies the last position's logits ([vocab] f32) into out (n must equal vocab_size). */
+KF_API kf_status kf_session_get_logits(const kf_session *session, float *out, int32_t n);
+
+typedef struct kf_session_info {
+  int32_t n_past;     /* positions in the cache                                                   */
+  int32_t n_ctx;      /* positions reserved                                                       */
+  int32_t cache_kind; /* kf_cache_kind                                                            */
+  int32_t has_logits; /* 1 when kf_session_get_logits has something to return                    */
+  int64_t kv_bytes;   /* bytes of KV cache allocated                                              */
+  int64_t kv_slots;   /* KV slots per layer allocated                                             */
+  int64_t scratch_bytes; /* bytes of activation scratch allocated                                */
+} kf_session_info;
+
+KF_API kf_status kf_session_get_info(const kf_session *session, kf_session_info *out);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Sampler: picks the next token from a session's last logits                                      */
+
+typedef struct kf_sampler kf_sampler;
+
+typedef struct kf_sampler_params {
+  uint64_t seed;              /* RNG seed; default 0x6b76666f6c64 ("kvfold")                       */
+  float temperature;          /* 0 = greedy (argmax); default 0.8                                   */
+  float top_p;                /* nucleus mass in (0, 1]; 1 disables; default 0.95                   */
+  int32_t top_k;              /* keep the k most likely; 0 disables; default 40                     */
+  float repetition_penalty;   /* CTRL-style: >1 penalises tokens in the window; 1 disables (default) */
+  int32_t repeat_last_n;      /* window of history the penalty looks at; default 64                */
+  float min_p;                /* drop tokens below min_p × max prob; 0 disables (default)          */
+} kf_sampler_params;
+
+KF_API kf_sampler_params kf_sampler_default_params(void);
+KF_API kf_status kf_sampler_create(const kf_sampler_params *params, kf_sampler **out);
+KF_API kf_status kf_sampler_free(kf_sampler *sampler);
+/* Appends ids to the sampler's history (e.g. the prompt) for the repetition penalty. */
+KF_API kf_status kf_sampler_accept(kf_sampler *sampler, const int32_t *ids, int32_t n_ids);
+/* Samples from the session's last logits, appends the choice to the history and writes it to *out. */
+KF_API kf_status kf_sampler_sample(kf_sampler *sampler, const kf_session *session, int32_t *out);
+/* Same over caller logits ([n_vocab] f32, left unchanged). */
+KF_API kf_status kf_sampler_sample_logits(kf_sampler *sampler, const float *logits, int32_t n_vocab,
+                                          int32_t *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* KVFOLD_H */

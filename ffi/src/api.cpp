@@ -1,0 +1,424 @@
+// api.cpp — the C ABI: argument checks, exception-to-status translation, ownership rules.
+#include <algorithm>
+#include <cstdio>
+#include <new>
+#include <thread>
+
+#include "cpu_ops.h"
+#include "model.h"
+#include "sampler.h"
+
+#ifndef KVFOLD_VERSION
+#define KVFOLD_VERSION "0.1.0"
+#endif
+
+namespace {
+
+thread_local std::string g_last_error;
+
+// Runs fn, turning every exception into a status and the thread-local message; never lets one escape.
+template <class F>
+kf_status guarded(const char *what, F &&fn) {
+  try {
+    fn();
+    return KF_OK;
+  } catch (const kf::Error &e) {
+    g_last_error = e.what();
+    return e.code;
+  } catch (const std::bad_alloc &) {
+    g_last_error = std::string("cannot ") + what + ": out of memory";
+    return KF_ERR_OUT_OF_MEMORY;
+  } catch (const std::length_error &) {
+    g_last_error = std::string("cannot ") + what + ": out of memory (request too large)";
+    return KF_ERR_OUT_OF_MEMORY;
+  } catch (const std::exception &e) {
+    g_last_error = std::string("cannot ") + what + ": internal error: " + e.what();
+    return KF_ERR_INTERNAL;
+  } catch (...) {
+    g_last_error = std::string("cannot ") + what + ": internal error";
+    return KF_ERR_INTERNAL;
+  }
+}
+
+#define KF_REQUIRE(cond, what, ...) \
+  do {                              \
+    if (!(cond)) kf::raise(KF_ERR_INVALID_ARGUMENT, "cannot " what ": " __VA_ARGS__); \
+  } while (0)
+
+int hardware_threads() {
+  const unsigned n = std::thread::hardware_concurrency();
+  return n == 0 ? 1 : int(n);
+}
+
+void copy_name(char *dst, size_t cap, const std::string &src) {
+  std::snprintf(dst, cap, "%s", src.c_str());
+}
+
+}  // namespace
+
+extern "C" {
+
+const char *kf_last_error(void) { return g_last_error.c_str(); }
+
+const char *kf_status_name(int32_t status) {
+  switch (status) {
+  case KF_OK: return "KF_OK";
+  case KF_ERR_INVALID_ARGUMENT: return "KF_ERR_INVALID_ARGUMENT";
+  case KF_ERR_IO: return "KF_ERR_IO";
+  case KF_ERR_FORMAT: return "KF_ERR_FORMAT";
+  case KF_ERR_UNSUPPORTED: return "KF_ERR_UNSUPPORTED";
+  case KF_ERR_OUT_OF_MEMORY: return "KF_ERR_OUT_OF_MEMORY";
+  case KF_ERR_CANCELLED: return "KF_ERR_CANCELLED";
+  case KF_ERR_INVALID_STATE: return "KF_ERR_INVALID_STATE";
+  case KF_ERR_BACKEND: return "KF_ERR_BACKEND";
+  case KF_ERR_INTERNAL: return "KF_ERR_INTERNAL";
+  }
+  return "KF_ERR_UNKNOWN";
+}
+
+int32_t kf_abi_version(void) { return KF_ABI_VERSION; }
+const char *kf_version(void) { return KVFOLD_VERSION; }
+
+size_t kf_struct_size(const char *name) {
+  if (!name) return 0;
+  const std::string n(name);
+  if (n == "kf_control") return sizeof(kf_control);
+  if (n == "kf_engine_params") return sizeof(kf_engine_params);
+  if (n == "kf_engine_info") return sizeof(kf_engine_info);
+  if (n == "kf_model_params") return sizeof(kf_model_params);
+  if (n == "kf_model_info") return sizeof(kf_model_info);
+  if (n == "kf_session_params") return sizeof(kf_session_params);
+  if (n == "kf_session_info") return sizeof(kf_session_info);
+  if (n == "kf_sampler_params") return sizeof(kf_sampler_params);
+  return 0;
+}
+
+int32_t kf_backend_built(int32_t kind) {
+  if (kind == KF_BACKEND_CPU) return 1;
+#ifdef KVFOLD_HAVE_CUDA
+  if (kind == KF_BACKEND_CUDA) return 1;
+#endif
+  return 0;
+}
+
+int32_t kf_backend_device_count(int32_t kind) {
+  if (kind == KF_BACKEND_CPU) return 1;
+  return 0;  // the CUDA backend lands with its own issue
+}
+
+// ---- engine ----
+
+kf_engine_params kf_engine_default_params(void) {
+  kf_engine_params p{};
+  p.backend = KF_BACKEND_AUTO;
+  p.n_threads = 0;
+  p.device = 0;
+  return p;
+}
+
+kf_status kf_engine_open(const kf_engine_params *params, kf_engine **out) {
+  if (out) *out = nullptr;
+  return guarded("open engine", [&] {
+    KF_REQUIRE(out, "open engine", "out is NULL");
+    const kf_engine_params p = params ? *params : kf_engine_default_params();
+    KF_REQUIRE(p.backend >= KF_BACKEND_AUTO && p.backend <= KF_BACKEND_CUDA, "open engine",
+               "backend %d is not one of 0 (auto), 1 (cpu), 2 (cuda)", p.backend);
+    KF_REQUIRE(p.n_threads >= 0 && p.n_threads <= 1024, "open engine", "n_threads %d is outside [0, 1024]",
+               p.n_threads);
+    if (p.backend == KF_BACKEND_CUDA && !kf_backend_built(KF_BACKEND_CUDA))
+      kf::raise(KF_ERR_UNSUPPORTED, "cannot open engine: the cuda backend is not built into this library");
+    auto e = std::make_unique<kf_engine>();
+    e->backend = KF_BACKEND_CPU;
+    const int n = p.n_threads > 0 ? p.n_threads : hardware_threads();
+    e->pool = std::make_unique<kf::ThreadPool>(n);
+    std::string isa;
+#ifdef __AVX2__
+    isa += "avx2";
+#endif
+#ifdef __FMA__
+    isa += isa.empty() ? "fma" : "+fma";
+#endif
+#ifdef __F16C__
+    isa += isa.empty() ? "f16c" : "+f16c";
+#endif
+    e->name = "cpu (" + (isa.empty() ? std::string("scalar") : isa) + ")";
+    *out = e.release();
+  });
+}
+
+kf_status kf_engine_free(kf_engine *engine) {
+  return guarded("free engine", [&] {
+    if (!engine) return;
+    if (engine->n_models.load() > 0)
+      kf::raise(KF_ERR_INVALID_STATE, "cannot free engine: %d model(s) of it are still alive", engine->n_models.load());
+    delete engine;
+  });
+}
+
+kf_status kf_engine_get_info(const kf_engine *engine, kf_engine_info *out) {
+  return guarded("get engine info", [&] {
+    KF_REQUIRE(engine && out, "get engine info", "engine or out is NULL");
+    *out = kf_engine_info{};
+    out->backend = engine->backend;
+    out->n_threads = engine->pool->size();
+    copy_name(out->name, sizeof out->name, engine->name);
+  });
+}
+
+kf_status kf_engine_measure_read_bandwidth(kf_engine *engine, int64_t bytes, int32_t repeats, double *gbytes_per_s) {
+  return guarded("measure read bandwidth", [&] {
+    KF_REQUIRE(engine && gbytes_per_s, "measure read bandwidth", "engine or gbytes_per_s is NULL");
+    KF_REQUIRE(bytes >= (1 << 20) && bytes <= (int64_t(1) << 36), "measure read bandwidth",
+               "bytes %lld is outside [1 MiB, 64 GiB]", (long long)bytes);
+    KF_REQUIRE(repeats >= 1 && repeats <= 1000, "measure read bandwidth", "repeats %d is outside [1, 1000]", repeats);
+    *gbytes_per_s = kf::measure_read_bandwidth(*engine->pool, bytes, repeats);
+  });
+}
+
+// ---- model ----
+
+kf_model_params kf_model_default_params(void) {
+  kf_model_params p{};
+  p.control = nullptr;
+  p.weight_dtype = KF_DTYPE_AUTO;
+  p.use_mmap = 1;
+  return p;
+}
+
+kf_status kf_model_load(kf_engine *engine, const char *dir, const kf_model_params *params, kf_model **out) {
+  if (out) *out = nullptr;
+  return guarded("load model", [&] {
+    KF_REQUIRE(engine, "load model", "engine is NULL");
+    KF_REQUIRE(dir && *dir, "load model", "the model folder path is empty");
+    KF_REQUIRE(out, "load model", "out is NULL");
+    const kf_model_params p = params ? *params : kf_model_default_params();
+    auto m = std::make_unique<kf_model>();
+    m->engine = engine;
+    kf::model_load(*m, dir, p);
+    engine->n_models++;
+    *out = m.release();
+  });
+}
+
+kf_status kf_model_free(kf_model *model) {
+  return guarded("free model", [&] {
+    if (!model) return;
+    if (model->n_sessions.load() > 0)
+      kf::raise(KF_ERR_INVALID_STATE, "cannot free model: %d session(s) of it are still alive",
+                model->n_sessions.load());
+    model->engine->n_models--;
+    delete model;
+  });
+}
+
+kf_status kf_model_get_info(const kf_model *model, kf_model_info *out) {
+  return guarded("get model info", [&] {
+    KF_REQUIRE(model && out, "get model info", "model or out is NULL");
+    const kf::ModelConfig &c = model->cfg;
+    *out = kf_model_info{};
+    out->vocab_size = c.vocab_size;
+    out->hidden_size = c.hidden_size;
+    out->intermediate_size = c.intermediate_size;
+    out->n_layers = c.n_layers;
+    out->n_heads = c.n_heads;
+    out->n_kv_heads = c.n_kv_heads;
+    out->head_dim = c.head_dim;
+    out->max_position_embeddings = c.max_position_embeddings;
+    out->weight_dtype = model->weight_dtype;
+    out->tied_embeddings = model->lm_head.data == model->embed.data ? 1 : 0;
+    out->n_params = model->n_params;
+    out->weight_bytes = model->weight_bytes;
+    copy_name(out->model_type, sizeof out->model_type, c.model_type);
+  });
+}
+
+// ---- session ----
+
+kf_session_params kf_session_default_params(void) {
+  kf_session_params p{};
+  p.n_ctx = 0;
+  p.n_batch = 256;
+  p.cache_kind = KF_CACHE_FULL;
+  return p;
+}
+
+kf_status kf_session_create(kf_model *model, const kf_session_params *params, kf_session **out) {
+  if (out) *out = nullptr;
+  return guarded("create session", [&] {
+    KF_REQUIRE(model && out, "create session", "model or out is NULL");
+    const kf_session_params p = params ? *params : kf_session_default_params();
+    auto s = std::make_unique<kf_session>();
+    kf::session_init(*s, *model, p);
+    model->n_sessions++;
+    *out = s.release();
+  });
+}
+
+kf_status kf_session_free(kf_session *session) {
+  return guarded("free session", [&] {
+    if (!session) return;
+    session->model->n_sessions--;
+    delete session;
+  });
+}
+
+kf_status kf_session_reset(kf_session *session) {
+  return guarded("reset session", [&] {
+    KF_REQUIRE(session, "reset session", "session is NULL");
+    session->n_past = 0;
+    session->has_logits = false;
+  });
+}
+
+int32_t kf_session_n_past(const kf_session *session) { return session ? session->n_past : 0; }
+
+kf_status kf_session_truncate(kf_session *session, int32_t n) {
+  return guarded("truncate session", [&] {
+    KF_REQUIRE(session, "truncate session", "session is NULL");
+    KF_REQUIRE(n >= 0 && n <= session->n_past, "truncate session", "n %d is outside [0, n_past %d]", n,
+               session->n_past);
+    if (n < session->n_past) session->has_logits = false;  // the kept logits belonged to a dropped position
+    session->n_past = n;
+  });
+}
+
+namespace {
+
+void check_ids(const kf_session &s, const int32_t *ids, int32_t n, const char *what) {
+  const int32_t vocab = s.model->cfg.vocab_size;
+  for (int32_t i = 0; i < n; i++)
+    if (ids[i] < 0 || ids[i] >= vocab)
+      kf::raise(KF_ERR_INVALID_ARGUMENT, "cannot %s: token id %d at index %d is outside [0, %d)", what, ids[i], i,
+                vocab);
+  if (int64_t(s.n_past) + n > s.n_ctx)
+    kf::raise(KF_ERR_INVALID_STATE, "cannot %s: %d position(s) in the cache plus %d new exceed n_ctx %d", what,
+              s.n_past, n, s.n_ctx);
+}
+
+}  // namespace
+
+kf_status kf_session_prefill(kf_session *session, const int32_t *ids, int32_t n_ids, float *logits,
+                             kf_control *control) {
+  return guarded("prefill", [&] {
+    KF_REQUIRE(session, "prefill", "session is NULL");
+    KF_REQUIRE(ids && n_ids > 0, "prefill", "no token ids given (ids NULL or n_ids %d)", n_ids);
+    check_ids(*session, ids, n_ids, "prefill");
+    if (control) {
+      control->total = n_ids;
+      control->done = 0;
+    }
+    const int64_t V = session->model->cfg.vocab_size;
+    const int32_t start = session->n_past;
+    session->has_logits = false;
+    for (int32_t off = 0; off < n_ids; off += session->n_batch) {
+      const int32_t T = std::min(session->n_batch, n_ids - off);
+      // On failure n_past is untouched: the positions written so far are simply not committed.
+      kf::forward_chunk(*session, ids + off, T, start + off, logits ? logits + int64_t(off) * V : nullptr, control);
+      if (control) control->done = off + T;
+    }
+    session->n_past = start + n_ids;
+    session->has_logits = true;
+  });
+}
+
+kf_status kf_session_decode(kf_session *session, int32_t id, kf_control *control) {
+  return guarded("decode", [&] {
+    KF_REQUIRE(session, "decode", "session is NULL");
+    check_ids(*session, &id, 1, "decode");
+    // The session's logits are replaced only on success: decode into scratch rows first.
+    const bool had = session->has_logits;
+    std::vector<float> &keep = session->logits_rows;
+    if (had) keep.assign(session->logits.begin(), session->logits.end());
+    try {
+      kf::forward_chunk(*session, &id, 1, session->n_past, nullptr, control);
+    } catch (...) {
+      if (had) std::copy(keep.begin(), keep.end(), session->logits.begin());
+      throw;
+    }
+    session->n_past += 1;
+    session->has_logits = true;
+  });
+}
+
+kf_status kf_session_get_logits(const kf_session *session, float *out, int32_t n) {
+  return guarded("get logits", [&] {
+    KF_REQUIRE(session && out, "get logits", "session or out is NULL");
+    KF_REQUIRE(n == session->model->cfg.vocab_size, "get logits", "buffer holds %d floats, vocab_size is %d", n,
+               session->model->cfg.vocab_size);
+    if (!session->has_logits)
+      kf::raise(KF_ERR_INVALID_STATE, "cannot get logits: nothing has been run in this session yet");
+    std::copy(session->logits.begin(), session->logits.end(), out);
+  });
+}
+
+kf_status kf_session_get_info(const kf_session *session, kf_session_info *out) {
+  return guarded("get session info", [&] {
+    KF_REQUIRE(session && out, "get session info", "session or out is NULL");
+    *out = kf_session_info{};
+    out->n_past = session->n_past;
+    out->n_ctx = session->n_ctx;
+    out->cache_kind = KF_CACHE_FULL;
+    out->has_logits = session->has_logits ? 1 : 0;
+    int64_t kv = 0;
+    for (auto &k : session->k_cache) kv += int64_t(k.size()) * 4;
+    for (auto &v : session->v_cache) kv += int64_t(v.size()) * 4;
+    out->kv_bytes = kv;
+    out->kv_slots = session->n_ctx;
+    const auto sz = [](const std::vector<float> &v) { return int64_t(v.capacity()) * 4; };
+    out->scratch_bytes = sz(session->x) + sz(session->xn) + sz(session->q) + sz(session->k) + sz(session->v) +
+                         sz(session->attn) + sz(session->proj) + sz(session->gate) + sz(session->up) +
+                         sz(session->scores) + sz(session->rope_cs) + sz(session->logits) + sz(session->logits_rows);
+  });
+}
+
+// ---- sampler ----
+
+kf_sampler_params kf_sampler_default_params(void) {
+  kf_sampler_params p{};
+  p.seed = 0x6b76666f6c64ull;
+  p.temperature = 0.8f;
+  p.top_p = 0.95f;
+  p.top_k = 40;
+  p.repetition_penalty = 1.0f;
+  p.repeat_last_n = 64;
+  p.min_p = 0.0f;
+  return p;
+}
+
+kf_status kf_sampler_create(const kf_sampler_params *params, kf_sampler **out) {
+  if (out) *out = nullptr;
+  return guarded("create sampler", [&] {
+    KF_REQUIRE(out, "create sampler", "out is NULL");
+    const kf_sampler_params p = params ? *params : kf_sampler_default_params();
+    *out = new kf_sampler(p);
+  });
+}
+
+kf_status kf_sampler_free(kf_sampler *sampler) {
+  return guarded("free sampler", [&] { delete sampler; });
+}
+
+kf_status kf_sampler_accept(kf_sampler *sampler, const int32_t *ids, int32_t n_ids) {
+  return guarded("accept tokens", [&] {
+    KF_REQUIRE(sampler, "accept tokens", "sampler is NULL");
+    KF_REQUIRE(n_ids >= 0 && (ids || n_ids == 0), "accept tokens", "ids NULL or n_ids %d negative", n_ids);
+    sampler->history.insert(sampler->history.end(), ids, ids + n_ids);
+  });
+}
+
+kf_status kf_sampler_sample(kf_sampler *sampler, const kf_session *session, int32_t *out) {
+  return guarded("sample", [&] {
+    KF_REQUIRE(sampler && session && out, "sample", "sampler, session or out is NULL");
+    if (!session->has_logits) kf::raise(KF_ERR_INVALID_STATE, "cannot sample: the session has no logits yet");
+    *out = sampler->sample(session->logits.data(), session->model->cfg.vocab_size);
+  });
+}
+
+kf_status kf_sampler_sample_logits(kf_sampler *sampler, const float *logits, int32_t n_vocab, int32_t *out) {
+  return guarded("sample", [&] {
+    KF_REQUIRE(sampler && logits && out, "sample", "sampler, logits or out is NULL");
+    *out = sampler->sample(logits, n_vocab);
+  });
+}
+
+}  // extern "C"

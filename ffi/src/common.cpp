@@ -1,0 +1,62 @@
+// common.cpp — error raising and scalar half-precision conversion.
+#include "common.h"
+
+#include <cmath>
+#include <cstdarg>
+#include <cstdio>
+
+namespace kf {
+
+void raise(kf_status code, const char *fmt, ...) {
+  char buf[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  std::vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  throw Error(code, buf);
+}
+
+float f16_to_f32(uint16_t h) {
+  uint32_t sign = uint32_t(h & 0x8000) << 16;
+  uint32_t exp = (h >> 10) & 0x1f;
+  uint32_t man = h & 0x3ff;
+  uint32_t u;
+  if (exp == 0) {
+    if (man == 0) {
+      u = sign;
+    } else {  // subnormal: renormalise
+      int e = -1;
+      do {
+        man <<= 1;
+        e++;
+      } while (!(man & 0x400));
+      u = sign | uint32_t(127 - 15 - e) << 23 | (man & 0x3ff) << 13;
+    }
+  } else if (exp == 31) {
+    u = sign | 0x7f800000u | man << 13;
+  } else {
+    u = sign | (exp + 112) << 23 | man << 13;
+  }
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+uint16_t f32_to_f16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  uint32_t sign = (u >> 16) & 0x8000;
+  uint32_t abs = u & 0x7fffffffu;
+  if (abs > 0x7f800000u) return uint16_t(sign | 0x7e00);  // NaN
+  if (abs >= 0x477ff000u) return uint16_t(sign | 0x7c00); // overflow (rounds past 65504) -> inf
+  if (abs < 0x38800000u) {                                 // subnormal or zero in f16
+    float a;
+    std::memcpy(&a, &abs, 4);
+    // 2^-24 is the f16 subnormal step; nearbyint rounds half to even.
+    return uint16_t(sign | uint32_t(std::nearbyint(a * 16777216.0f)));
+  }
+  uint32_t r = abs + 0xfffu + ((abs >> 13) & 1u);  // round to nearest even at bit 13
+  return uint16_t(sign | (((r >> 23) - 112) << 10) | ((r >> 13) & 0x3ff));
+}
+
+}  // namespace kf

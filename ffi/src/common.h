@@ -1,0 +1,52 @@
+// common.h — internal helpers shared by every native source: errors, dtypes, half-precision conversion.
+// Inside the library, failures are C++ exceptions (kf::Error); every public kf_* entry point catches
+// them (and std::bad_alloc) and turns them into a kf_status plus the thread-local message.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "../include/kvfold.h"
+
+namespace kf {
+
+struct Error : std::runtime_error {
+  kf_status code;
+  Error(kf_status c, const std::string &msg) : std::runtime_error(msg), code(c) {}
+};
+
+// Throws kf::Error(code, printf-formatted message). Messages read "cannot X: Y".
+[[noreturn]] void raise(kf_status code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+enum class DType : int32_t { F32 = KF_DTYPE_F32, F16 = KF_DTYPE_F16, BF16 = KF_DTYPE_BF16 };
+
+inline size_t dtype_size(DType t) { return t == DType::F32 ? 4 : 2; }
+inline const char *dtype_name(DType t) {
+  switch (t) {
+  case DType::F32: return "F32";
+  case DType::F16: return "F16";
+  case DType::BF16: return "BF16";
+  }
+  return "?";
+}
+
+// Scalar conversions (vectorised versions live in cpu_ops.h).
+inline float bf16_to_f32(uint16_t h) {
+  uint32_t u = uint32_t(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline uint16_t f32_to_bf16(float f) {  // round to nearest even, NaN kept quiet
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return uint16_t(u >> 16);
+}
+float f16_to_f32(uint16_t h);
+uint16_t f32_to_f16(float f);
+
+}  // namespace kf

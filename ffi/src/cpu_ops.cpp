@@ -1,0 +1,647 @@
+// cpu_ops.cpp — CPU kernels; see cpu_ops.h for shapes and contracts.
+//
+// Structure: small SIMD helpers, then matmul (matvec path, GEMM path), then the element-wise
+// kernels, then the bandwidth probe. Every AVX2 block has a scalar twin right after it, and the
+// scalar twins are also the tail loops of the vector code.
+#include "cpu_ops.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <new>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#define KF_AVX2 1
+#include <immintrin.h>
+#endif
+#if defined(KF_AVX2) && defined(__F16C__)
+#define KF_F16C 1
+#endif
+
+namespace kf {
+
+const char *cpu_simd_name() {
+#if defined(KF_F16C)
+  return "avx2+fma+f16c";
+#elif defined(KF_AVX2)
+  return "avx2+fma";
+#else
+  return "scalar";
+#endif
+}
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Element loads by dtype
+
+template <DType D>
+inline float load1(const void *base, int64_t i) {
+  if constexpr (D == DType::F32) {
+    return static_cast<const float *>(base)[i];
+  } else if constexpr (D == DType::BF16) {
+    return bf16_to_f32(static_cast<const uint16_t *>(base)[i]);
+  } else {
+    return f16_to_f32(static_cast<const uint16_t *>(base)[i]);
+  }
+}
+
+#ifdef KF_AVX2
+// 8 consecutive elements starting at base[i], widened to f32.
+template <DType D>
+inline __m256 load8(const void *base, int64_t i) {
+  if constexpr (D == DType::F32) {
+    return _mm256_loadu_ps(static_cast<const float *>(base) + i);
+  } else {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i *>(static_cast<const uint16_t *>(base) + i));
+    if constexpr (D == DType::BF16) {
+      // bf16 is the top half of an f32: zero-extend to 32 bits and shift into place.
+      return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    } else {
+#ifdef KF_F16C
+      return _mm256_cvtph_ps(h);
+#else
+      alignas(32) float t[8];
+      for (int j = 0; j < 8; j++) t[j] = load1<D>(base, i + j);
+      return _mm256_load_ps(t);
+#endif
+    }
+  }
+}
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// exp(x) for f32 lanes, Cephes polynomial (about 1 ulp). Inputs above 88 saturate at exp(88);
+// inputs below -87.3 (where exp underflows to subnormals) and -inf give exactly 0.
+inline __m256 exp256(__m256 x) {
+  const __m256 lo = _mm256_set1_ps(-87.3f);
+  const __m256 keep = _mm256_cmp_ps(x, lo, _CMP_GE_OQ);  // false for -inf too
+  x = _mm256_min_ps(_mm256_max_ps(x, lo), _mm256_set1_ps(88.0f));
+  // x = n ln2 + r, |r| <= ln2/2, with ln2 split in two for an exact n ln2.
+  const __m256 n = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500E-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507E-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073E-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894E-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459E-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201E-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), keep);
+}
+
+// In-register transpose of an 8x8 f32 block: r[i][j] <- r[j][i].
+inline void transpose8(__m256 r[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 s0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 s2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 s4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 s6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+  r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+  r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+  r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+  r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+  r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+  r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+  r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+  r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+#endif  // KF_AVX2
+
+// ---------------------------------------------------------------------------------------------
+// matmul, small T: matrix-vector products streaming W once
+
+// Rows of W per kernel call. Four rows give four independent load streams (enough memory-level
+// parallelism for DRAM) and 4·T accumulators (latency hidden; T = 3 uses 12 of 16 registers).
+constexpr int kMvRows = 4;
+
+// y[t][r0 + r] = x[t] · W[r0 + r] (+ bias) for t < T, r < R.
+//   x: [T, in]; W: [out, in] dtype D, row_bytes apart; y: [T, out]
+// Each output is summed the same way whatever R is, so results do not depend on how rows are
+// split between threads.
+template <DType D, int T, int R>
+void matvec_rows(const float *x, int64_t in, const uint8_t *W, size_t row_bytes, float *y, int64_t out, int64_t r0,
+                 const float *bias) {
+  const void *rows[R];
+  for (int r = 0; r < R; r++) rows[r] = W + size_t(r0 + r) * row_bytes;
+  float sums[T][R];
+  int64_t i = 0;
+#ifdef KF_AVX2
+  __m256 acc[T][R];
+  for (int t = 0; t < T; t++)
+    for (int r = 0; r < R; r++) acc[t][r] = _mm256_setzero_ps();
+  for (; i + 8 <= in; i += 8) {
+    __m256 xv[T];
+    for (int t = 0; t < T; t++) xv[t] = _mm256_loadu_ps(x + t * in + i);
+    for (int r = 0; r < R; r++) {
+      const __m256 w = load8<D>(rows[r], i);
+      for (int t = 0; t < T; t++) acc[t][r] = _mm256_fmadd_ps(xv[t], w, acc[t][r]);
+    }
+  }
+  for (int t = 0; t < T; t++)
+    for (int r = 0; r < R; r++) sums[t][r] = hsum(acc[t][r]);
+#else
+  for (int t = 0; t < T; t++)
+    for (int r = 0; r < R; r++) sums[t][r] = 0.0f;
+#endif
+  for (; i < in; i++)
+    for (int r = 0; r < R; r++) {
+      const float w = load1<D>(rows[r], i);
+      for (int t = 0; t < T; t++) sums[t][r] += x[t * in + i] * w;
+    }
+  for (int t = 0; t < T; t++)
+    for (int r = 0; r < R; r++) y[t * out + r0 + r] = sums[t][r] + (bias ? bias[r0 + r] : 0.0f);
+}
+
+template <DType D, int T>
+void matvec_range(const float *x, int64_t in, const uint8_t *W, size_t row_bytes, float *y, int64_t out, int64_t r0,
+                  int64_t r1, const float *bias) {
+  int64_t r = r0;
+  for (; r + kMvRows <= r1; r += kMvRows) matvec_rows<D, T, kMvRows>(x, in, W, row_bytes, y, out, r, bias);
+  for (; r < r1; r++) matvec_rows<D, T, 1>(x, in, W, row_bytes, y, out, r, bias);
+}
+
+template <DType D, int T>
+void matvec(ThreadPool &pool, const float *x, const void *Wv, float *y, int64_t in, int64_t out, const float *bias) {
+  const uint8_t *W = static_cast<const uint8_t *>(Wv);
+  const size_t row_bytes = size_t(in) * dtype_size(D);
+  // Below ~64 KiB of weights, waking the pool costs more than it saves.
+  if (pool.size() == 1 || size_t(out) * row_bytes < (size_t(64) << 10)) {
+    matvec_range<D, T>(x, in, W, row_bytes, y, out, 0, out, bias);
+    return;
+  }
+  // One contiguous block of rows per thread (multiple of kMvRows): each core streams its own part
+  // of W front to back, which the hardware prefetchers follow best.
+  pool.run_per_thread([&](int th, int nth) {
+    int64_t per = (out + nth - 1) / nth;
+    per = (per + kMvRows - 1) / kMvRows * kMvRows;
+    const int64_t r0 = std::min(out, int64_t(th) * per), r1 = std::min(out, r0 + per);
+    matvec_range<D, T>(x, in, W, row_bytes, y, out, r0, r1, bias);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// matmul, large T: packed, cache-blocked GEMM (BLIS loop order)
+//
+// C[T, N] = A[T, K] · B[K, N] with A = x, B = W^T (W is [N, K], rows contiguous in K).
+// Loops, outermost first:
+//   task (parallel): a block of up to kNC output columns × a block of rows of T
+//   pc: K in blocks of kKC       — pack B[pc, block] to f32: kKC x kNC floats (128 KiB, stays in L2)
+//   jr: kNR = 16 columns         — one packed micro-panel kKC x 16 (16 KiB, stays in L1)
+//   ir: kMR = 6 rows of T        — A rows read in place (6 x kKC floats from L2)
+//   micro-kernel: 6 x 16 tile of C in 12 ymm accumulators; per k 2 loads of B, 6 broadcasts of A,
+//                 12 FMAs (the classic Haswell/Zen shape: 15 of 16 registers).
+// Packing converts f16/bf16 once per panel and transposes 8x8 blocks in registers, so its cost is
+// amortised over all T rows.
+constexpr int kMR = 6, kNR = 16;
+constexpr int64_t kKC = 256, kNC = 128;
+static_assert(kKC * kNC * sizeof(float) + kMR * kNR * sizeof(float) * 2 <= ThreadPool::kScratchBytes,
+              "packed panel must fit the pool's scratch");
+
+// Packs columns [n0, n0 + nv) x rows [k0, k0 + kc) of B = W^T into micro-panels of 16 columns:
+//   bp[p][k][j] = W[n0 + 16p + j][k0 + k], zero for columns past nv.   bp: [ceil(nv/16), kc, 16]
+template <DType D>
+void pack_b(const uint8_t *W, size_t row_bytes, int64_t n0, int64_t nv, int64_t k0, int64_t kc, float *bp) {
+  for (int64_t p = 0; p * kNR < nv; p++) {
+    const int jv = int(std::min<int64_t>(kNR, nv - p * kNR));
+    const void *rows[kNR];
+    for (int j = 0; j < kNR; j++) rows[j] = W + size_t(n0 + p * kNR + std::min(j, jv - 1)) * row_bytes;
+    float *dst = bp + p * kc * kNR;
+    int64_t k = 0;
+#ifdef KF_AVX2
+    for (; k + 8 <= kc; k += 8) {
+      for (int half = 0; half < 2; half++) {
+        __m256 r[8];
+        for (int j = 0; j < 8; j++) {
+          const int jj = half * 8 + j;
+          r[j] = jj < jv ? load8<D>(rows[jj], k0 + k) : _mm256_setzero_ps();
+        }
+        transpose8(r);  // r[kk] = 8 columns' values at k + kk
+        for (int kk = 0; kk < 8; kk++) _mm256_store_ps(dst + (k + kk) * kNR + half * 8, r[kk]);
+      }
+    }
+#endif
+    for (; k < kc; k++)
+      for (int j = 0; j < kNR; j++) dst[k * kNR + j] = j < jv ? load1<D>(rows[j], k0 + k) : 0.0f;
+  }
+}
+
+// C[0..M, 0..16) (+)= A[0..M, 0..kc) · bp[0..kc, 0..16)
+//   a: rows lda apart; bp: packed micro-panel [kc, 16]; c: rows ldc apart.
+//   first: overwrite C (adding bias[0..16) when given) instead of accumulating into it.
+template <int M>
+void micro_kernel(int64_t kc, const float *a, int64_t lda, const float *bp, float *c, int64_t ldc, bool first,
+                  const float *bias) {
+#ifdef KF_AVX2
+  __m256 c0[M], c1[M];
+#pragma GCC unroll 6
+  for (int r = 0; r < M; r++) c0[r] = c1[r] = _mm256_setzero_ps();
+#pragma GCC unroll 2
+  for (int64_t k = 0; k < kc; k++) {
+    const __m256 b0 = _mm256_load_ps(bp + k * kNR), b1 = _mm256_load_ps(bp + k * kNR + 8);
+#pragma GCC unroll 6
+    for (int r = 0; r < M; r++) {
+      const __m256 av = _mm256_broadcast_ss(a + r * lda + k);
+      c0[r] = _mm256_fmadd_ps(av, b0, c0[r]);
+      c1[r] = _mm256_fmadd_ps(av, b1, c1[r]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int r = 0; r < M; r++) {
+    float *cr = c + r * ldc;
+    if (first) {
+      if (bias) {
+        c0[r] = _mm256_add_ps(c0[r], _mm256_loadu_ps(bias));
+        c1[r] = _mm256_add_ps(c1[r], _mm256_loadu_ps(bias + 8));
+      }
+    } else {
+      c0[r] = _mm256_add_ps(c0[r], _mm256_loadu_ps(cr));
+      c1[r] = _mm256_add_ps(c1[r], _mm256_loadu_ps(cr + 8));
+    }
+    _mm256_storeu_ps(cr, c0[r]);
+    _mm256_storeu_ps(cr + 8, c1[r]);
+  }
+#else
+  float acc[M][kNR] = {};
+  for (int64_t k = 0; k < kc; k++)
+    for (int r = 0; r < M; r++)
+      for (int j = 0; j < kNR; j++) acc[r][j] += a[r * lda + k] * bp[k * kNR + j];
+  for (int r = 0; r < M; r++)
+    for (int j = 0; j < kNR; j++)
+      c[r * ldc + j] = acc[r][j] + (first ? (bias ? bias[j] : 0.0f) : c[r * ldc + j]);
+#endif
+}
+
+using MicroKernel = void (*)(int64_t, const float *, int64_t, const float *, float *, int64_t, bool, const float *);
+constexpr MicroKernel kMicroKernels[kMR + 1] = {nullptr,         micro_kernel<1>, micro_kernel<2>, micro_kernel<3>,
+                                                micro_kernel<4>, micro_kernel<5>, micro_kernel<6>};
+
+template <DType D>
+void gemm(ThreadPool &pool, const float *x, const void *Wv, float *y, int64_t T, int64_t K, int64_t N,
+          const float *bias) {
+  const uint8_t *W = static_cast<const uint8_t *>(Wv);
+  const size_t row_bytes = size_t(K) * dtype_size(D);
+  const int nth = pool.size();
+  // Tasks: column blocks of kNC, times row blocks of T when there are too few column blocks to
+  // keep every thread busy (each row block re-packs its panels, so split T only when needed).
+  const int64_t n_blocks = (N + kNC - 1) / kNC;
+  int64_t m_blocks = 1;
+  if (n_blocks < 4 * int64_t(nth)) m_blocks = std::min((4 * int64_t(nth) + n_blocks - 1) / n_blocks, (T + 23) / 24);
+  m_blocks = std::max<int64_t>(1, m_blocks);
+  const int64_t m_step = ((T + m_blocks - 1) / m_blocks + kMR - 1) / kMR * kMR;
+  m_blocks = (T + m_step - 1) / m_step;
+
+  pool.parallel_for(n_blocks * m_blocks, [&](int64_t task, int th) {
+    const int64_t n0 = (task / m_blocks) * kNC, nv = std::min(kNC, N - n0);
+    const int64_t m0 = (task % m_blocks) * m_step, m1 = std::min(T, m0 + m_step);
+    float *bp = static_cast<float *>(pool.scratch(th));  // [kKC * kNC] packed panel
+    float *edge = bp + kKC * kNC;                          // [kMR, 16] tile for ragged columns
+    float *edge_bias = edge + kMR * kNR;                   // [16]
+    for (int64_t k0 = 0; k0 < K; k0 += kKC) {
+      const int64_t kc = std::min(kKC, K - k0);
+      const bool first = k0 == 0;
+      pack_b<D>(W, row_bytes, n0, nv, k0, kc, bp);
+      for (int64_t p = 0; p * kNR < nv; p++) {
+        const int64_t j0 = n0 + p * kNR;
+        const int jv = int(std::min<int64_t>(kNR, nv - p * kNR));
+        const float *panel = bp + p * kc * kNR;
+        for (int64_t t0 = m0; t0 < m1; t0 += kMR) {
+          const int mr = int(std::min<int64_t>(kMR, m1 - t0));
+          const float *a = x + t0 * K + k0;
+          float *c = y + t0 * N + j0;
+          if (jv == kNR) {
+            kMicroKernels[mr](kc, a, K, panel, c, N, first, bias ? bias + j0 : nullptr);
+            continue;
+          }
+          // Ragged last panel: run on a full 16-wide tile, then copy the valid columns back.
+          if (!first)
+            for (int r = 0; r < mr; r++) std::memcpy(edge + r * kNR, c + r * N, size_t(jv) * sizeof(float));
+          if (bias && first) {
+            std::fill(edge_bias, edge_bias + kNR, 0.0f);
+            std::memcpy(edge_bias, bias + j0, size_t(jv) * sizeof(float));
+          }
+          kMicroKernels[mr](kc, a, K, panel, edge, kNR, first, bias && first ? edge_bias : nullptr);
+          for (int r = 0; r < mr; r++) std::memcpy(c + r * N, edge + r * kNR, size_t(jv) * sizeof(float));
+        }
+      }
+    }
+  });
+}
+
+template <DType D>
+void matmul_dt(ThreadPool &pool, const float *x, const void *W, float *y, int64_t T, int64_t in, int64_t out,
+               const float *bias) {
+  switch (T) {
+  case 1: matvec<D, 1>(pool, x, W, y, in, out, bias); return;
+  case 2: matvec<D, 2>(pool, x, W, y, in, out, bias); return;
+  case 3: matvec<D, 3>(pool, x, W, y, in, out, bias); return;
+  default: gemm<D>(pool, x, W, y, T, in, out, bias); return;
+  }
+}
+static_assert(kMatvecMaxT == 3, "matmul_dt dispatches T = 1..3 to matvec");
+
+}  // namespace
+
+void matmul(ThreadPool &pool, const float *x, const void *W, DType dt, float *y, int64_t T, int64_t in, int64_t out,
+            const float *bias) {
+  if (T < 0 || in < 0 || out < 0)
+    raise(KF_ERR_INTERNAL, "cannot run matmul: negative shape T=%lld in=%lld out=%lld", (long long)T, (long long)in,
+          (long long)out);
+  if (T == 0 || out == 0) return;
+  if (in == 0) {  // empty sum
+    for (int64_t t = 0; t < T; t++)
+      for (int64_t o = 0; o < out; o++) y[t * out + o] = bias ? bias[o] : 0.0f;
+    return;
+  }
+  if (!x || !W || !y) raise(KF_ERR_INTERNAL, "cannot run matmul: null x, W or y");
+  switch (dt) {
+  case DType::F32: matmul_dt<DType::F32>(pool, x, W, y, T, in, out, bias); return;
+  case DType::F16: matmul_dt<DType::F16>(pool, x, W, y, T, in, out, bias); return;
+  case DType::BF16: matmul_dt<DType::BF16>(pool, x, W, y, T, in, out, bias); return;
+  }
+  raise(KF_ERR_INTERNAL, "cannot run matmul: unknown weight dtype %d", int(dt));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Norms and element-wise kernels
+
+namespace {
+
+template <DType D>
+void rmsnorm_dt(float *out, const float *x, const void *w, int64_t n, float eps) {
+  int64_t i = 0;
+  float ss = 0.0f;
+#ifdef KF_AVX2
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+  for (; i + 16 <= n; i += 16) {
+    const __m256 v0 = _mm256_loadu_ps(x + i), v1 = _mm256_loadu_ps(x + i + 8);
+    a0 = _mm256_fmadd_ps(v0, v0, a0);
+    a1 = _mm256_fmadd_ps(v1, v1, a1);
+  }
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v0 = _mm256_loadu_ps(x + i);
+    a0 = _mm256_fmadd_ps(v0, v0, a0);
+  }
+  ss = hsum(_mm256_add_ps(a0, a1));
+#endif
+  for (; i < n; i++) ss += x[i] * x[i];
+  const float inv = 1.0f / std::sqrt(ss / float(n) + eps);
+  i = 0;
+#ifdef KF_AVX2
+  const __m256 vinv = _mm256_set1_ps(inv);
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), vinv), load8<D>(w, i)));
+#endif
+  for (; i < n; i++) out[i] = x[i] * inv * load1<D>(w, i);
+}
+
+}  // namespace
+
+void rmsnorm(float *out, const float *x, const void *w, DType wdt, int64_t n, float eps) {
+  if (n <= 0) return;
+  switch (wdt) {
+  case DType::F32: rmsnorm_dt<DType::F32>(out, x, w, n, eps); return;
+  case DType::F16: rmsnorm_dt<DType::F16>(out, x, w, n, eps); return;
+  case DType::BF16: rmsnorm_dt<DType::BF16>(out, x, w, n, eps); return;
+  }
+  raise(KF_ERR_INTERNAL, "cannot run rmsnorm: unknown weight dtype %d", int(wdt));
+}
+
+void rmsnorm_rows(ThreadPool &pool, float *out, const float *x, const void *w, DType wdt, int64_t T, int64_t n,
+                  float eps) {
+  if (T <= 0 || n <= 0) return;
+  if (wdt != DType::F32 && wdt != DType::F16 && wdt != DType::BF16)
+    raise(KF_ERR_INTERNAL, "cannot run rmsnorm: unknown weight dtype %d", int(wdt));
+  // A row of 4096 takes ~1 µs; only fan out when there is enough work to pay for the wake-up.
+  if (T * n < (int64_t(1) << 15)) {
+    for (int64_t t = 0; t < T; t++) rmsnorm(out + t * n, x + t * n, w, wdt, n, eps);
+    return;
+  }
+  pool.parallel_for(T, [&](int64_t t, int) { rmsnorm(out + t * n, x + t * n, w, wdt, n, eps); });
+}
+
+void softmax_inplace(float *x, int64_t n) {
+  if (n <= 0) return;
+  int64_t i = 0;
+  float mx = x[0];
+#ifdef KF_AVX2
+  if (n >= 8) {
+    __m256 m = _mm256_loadu_ps(x);
+    for (i = 8; i + 8 <= n; i += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + i));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    mx = _mm_cvtss_f32(h);
+  }
+#endif
+  for (; i < n; i++) mx = std::max(mx, x[i]);
+  if (mx == -INFINITY) mx = 0.0f;  // every entry masked: leave the zeros (and NaN-free) below
+
+  float sum = 0.0f;
+  i = 0;
+#ifdef KF_AVX2
+  const __m256 vmx = _mm256_set1_ps(mx);
+  __m256 s = _mm256_setzero_ps();
+  for (; i + 8 <= n; i += 8) {
+    const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(x + i), vmx));
+    _mm256_storeu_ps(x + i, e);
+    s = _mm256_add_ps(s, e);
+  }
+  sum = hsum(s);
+#endif
+  for (; i < n; i++) {
+    x[i] = std::exp(x[i] - mx);
+    sum += x[i];
+  }
+  const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+  i = 0;
+#ifdef KF_AVX2
+  const __m256 vinv = _mm256_set1_ps(inv);
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), vinv));
+#endif
+  for (; i < n; i++) x[i] *= inv;
+}
+
+float dot_f32(const float *a, const float *b, int64_t n) {
+  int64_t i = 0;
+  float s = 0.0f;
+#ifdef KF_AVX2
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+  for (; i + 16 <= n; i += 16) {
+    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), a0);
+    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), a1);
+  }
+  for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), a0);
+  s = hsum(_mm256_add_ps(a0, a1));
+#endif
+  for (; i < n; i++) s += a[i] * b[i];
+  return s;
+}
+
+void axpy_f32(float a, const float *x, float *y, int64_t n) {
+  int64_t i = 0;
+#ifdef KF_AVX2
+  const __m256 va = _mm256_set1_ps(a);
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+#endif
+  for (; i < n; i++) y[i] += a * x[i];
+}
+
+void silu_mul(float *gate, const float *up, int64_t n) {
+  int64_t i = 0;
+#ifdef KF_AVX2
+  const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+  for (; i + 8 <= n; i += 8) {
+    const __m256 g = _mm256_loadu_ps(gate + i);
+    // exp256 saturates at exp(88), so g / (1 + e^-g) stays finite (tends to -0) for very negative g.
+    const __m256 sg = _mm256_div_ps(g, _mm256_add_ps(one, exp256(_mm256_sub_ps(zero, g))));
+    _mm256_storeu_ps(gate + i, _mm256_mul_ps(sg, _mm256_loadu_ps(up + i)));
+  }
+#endif
+  for (; i < n; i++) {
+    const float g = gate[i];
+    // exp(-g) may overflow to inf for g < -88: g / inf = -0, still the right limit.
+    gate[i] = g / (1.0f + std::exp(-g)) * up[i];
+  }
+}
+
+void add_inplace(float *y, const float *x, int64_t n) {
+  int64_t i = 0;
+#ifdef KF_AVX2
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_loadu_ps(y + i), _mm256_loadu_ps(x + i)));
+#endif
+  for (; i < n; i++) y[i] += x[i];
+}
+
+void convert_row_to_f32(const void *src, DType dt, float *dst, int64_t n) {
+  if (n <= 0) return;
+  int64_t i = 0;
+  switch (dt) {
+  case DType::F32: std::memcpy(dst, src, size_t(n) * sizeof(float)); return;
+  case DType::BF16:
+#ifdef KF_AVX2
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load8<DType::BF16>(src, i));
+#endif
+    for (; i < n; i++) dst[i] = load1<DType::BF16>(src, i);
+    return;
+  case DType::F16:
+#ifdef KF_F16C
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load8<DType::F16>(src, i));
+#endif
+    for (; i < n; i++) dst[i] = load1<DType::F16>(src, i);
+    return;
+  }
+  raise(KF_ERR_INTERNAL, "cannot convert row: unknown dtype %d", int(dt));
+}
+
+void convert_f32_to(const float *src, DType dt, void *dstv, int64_t n) {
+  if (n <= 0) return;
+  uint16_t *dst = static_cast<uint16_t *>(dstv);
+  int64_t i = 0;
+  switch (dt) {
+  case DType::F32: std::memcpy(dstv, src, size_t(n) * sizeof(float)); return;
+  case DType::BF16: {
+#ifdef KF_AVX2
+    const __m256i one = _mm256_set1_epi32(1), half = _mm256_set1_epi32(0x7fff);
+    const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff), inf = _mm256_set1_epi32(0x7f800000);
+    for (; i + 8 <= n; i += 8) {
+      const __m256i u = _mm256_castps_si256(_mm256_loadu_ps(src + i));
+      // Round to nearest even on bit 16 (as f32_to_bf16), keeping NaNs quiet NaNs.
+      const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), one);
+      __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(half, lsb)), 16);
+      const __m256i is_nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, abs_mask), inf);
+      r = _mm256_blendv_epi8(r, _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40)), is_nan);
+      // Narrow 8 x u32 (all < 2^16) to u16: packus works per 128-bit lane, then gather the halves.
+      const __m256i p = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), _MM_SHUFFLE(3, 1, 2, 0));
+      _mm_storeu_si128(reinterpret_cast<__m128i *>(dst + i), _mm256_castsi256_si128(p));
+    }
+#endif
+    for (; i < n; i++) dst[i] = f32_to_bf16(src[i]);
+    return;
+  }
+  case DType::F16:
+#ifdef KF_F16C
+    for (; i + 8 <= n; i += 8)
+      _mm_storeu_si128(reinterpret_cast<__m128i *>(dst + i),
+                       _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#endif
+    for (; i < n; i++) dst[i] = f32_to_f16(src[i]);
+    return;
+  }
+  raise(KF_ERR_INTERNAL, "cannot convert row: unknown dtype %d", int(dt));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bandwidth probe
+
+double measure_read_bandwidth(ThreadPool &pool, int64_t bytes, int repeats) {
+  const int nth = pool.size();
+  // Every thread gets an equal slice that is a whole number of 256-byte steps.
+  const int64_t slice = bytes / nth / 256 * 256;
+  if (slice <= 0 || repeats < 1)
+    raise(KF_ERR_INTERNAL, "cannot measure bandwidth: %lld bytes over %d threads, %d repeats", (long long)bytes, nth,
+          repeats);
+  const size_t total = size_t(slice) * size_t(nth);
+  unsigned char *buf = static_cast<unsigned char *>(::operator new(total, std::align_val_t(64)));
+  // First touch from the thread that will read the slice (page placement), with nonzero data.
+  pool.run_per_thread([&](int th, int) { std::memset(buf + size_t(th) * size_t(slice), 1 + th, size_t(slice)); });
+
+  alignas(64) float sink[64] = {};
+  double best = 0.0;
+  for (int rep = 0; rep < repeats; rep++) {
+    const auto t0 = std::chrono::steady_clock::now();
+    pool.run_per_thread([&](int th, int) {
+      const unsigned char *p = buf + size_t(th) * size_t(slice);
+      float s = 0.0f;
+#ifdef KF_AVX2
+      // Four independent accumulators over 128 bytes per step keep enough loads in flight.
+      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+      for (int64_t i = 0; i < slice; i += 256) {
+        const float *f = reinterpret_cast<const float *>(p + i);
+        a0 = _mm256_add_ps(a0, _mm256_load_ps(f + 0));
+        a1 = _mm256_add_ps(a1, _mm256_load_ps(f + 8));
+        a2 = _mm256_add_ps(a2, _mm256_load_ps(f + 16));
+        a3 = _mm256_add_ps(a3, _mm256_load_ps(f + 24));
+        a0 = _mm256_add_ps(a0, _mm256_load_ps(f + 32));
+        a1 = _mm256_add_ps(a1, _mm256_load_ps(f + 40));
+        a2 = _mm256_add_ps(a2, _mm256_load_ps(f + 48));
+        a3 = _mm256_add_ps(a3, _mm256_load_ps(f + 56));
+      }
+      s = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+#else
+      uint64_t acc = 0;
+      for (int64_t i = 0; i < slice; i += 8) {
+        uint64_t v;
+        std::memcpy(&v, p + i, 8);
+        acc += v;
+      }
+      s = float(acc);
+#endif
+      sink[th % 64] += s;
+    });
+    const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (sec > 0) best = std::max(best, double(total) / sec / 1e9);
+  }
+  volatile float keep = sink[0];  // the sums are used, so the loads cannot be dropped
+  (void)keep;
+  ::operator delete(buf, std::align_val_t(64));
+  return best;
+}
+
+}  // namespace kf

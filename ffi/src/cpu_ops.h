@@ -1,0 +1,80 @@
+// cpu_ops.h — the CPU kernels: matmul over f32/f16/bf16 weights, norms, activations, conversions.
+//
+// All activations are f32, row-major. Weights are torch Linear layout ([out, in], rows contiguous)
+// in any DType, usually straight from a memory-mapped safetensors file, so nothing here assumes
+// alignment. AVX2/FMA/F16C paths are compiled when the target has them (-march=native); every
+// kernel has a scalar fallback with the same results up to float rounding.
+//
+// None of these throws from inside a parallel region. matmul and measure_read_bandwidth check their
+// arguments on the calling thread first and raise kf::Error(KF_ERR_INTERNAL) on misuse.
+#pragma once
+
+#include <cstdint>
+
+#include "common.h"
+#include "threadpool.h"
+
+namespace kf {
+
+// SIMD features this file was compiled with, e.g. "avx2+fma+f16c" or "scalar".
+const char *cpu_simd_name();
+
+// Token counts up to this take the matrix-vector path (one pass over W at memory bandwidth);
+// larger ones the packed, cache-blocked GEMM.
+constexpr int64_t kMatvecMaxT = 3;
+
+// y[t][o] = sum_i x[t][i] * W[o][i] (+ bias[o])
+//   x:    [T, in]   f32
+//   W:    [out, in] row-major, dtype dt (f32, f16 or bf16), any alignment
+//   y:    [T, out]  f32, overwritten; must not overlap x
+//   bias: [out] f32 or nullptr
+// T <= kMatvecMaxT streams W once, rows split in contiguous blocks over the pool's threads;
+// larger T packs W panels to f32 once per (k-block, n-block) and runs a 6x16 register-blocked
+// micro-kernel. Either path accumulates in f32 in a fixed order per element (results do not depend
+// on the thread count).
+void matmul(ThreadPool &pool, const float *x, const void *W, DType dt, float *y, int64_t T, int64_t in, int64_t out,
+            const float *bias);
+
+// out[i] = x[i] / sqrt(mean(x^2) + eps) * w[i]
+//   out, x: [n] f32 (out may equal x);  w: [n] in dtype wdt
+void rmsnorm(float *out, const float *x, const void *w, DType wdt, int64_t n, float eps);
+inline void rmsnorm(float *out, const float *x, const float *w, int64_t n, float eps) {
+  rmsnorm(out, x, w, DType::F32, n, eps);
+}
+// rmsnorm of each row: out, x: [T, n] f32 (out may equal x); w: [n] in dtype wdt.
+void rmsnorm_rows(ThreadPool &pool, float *out, const float *x, const void *w, DType wdt, int64_t T, int64_t n,
+                  float eps);
+inline void rmsnorm_rows(ThreadPool &pool, float *out, const float *x, const float *w, int64_t T, int64_t n,
+                         float eps) {
+  rmsnorm_rows(pool, out, x, w, DType::F32, T, n, eps);
+}
+
+// x[i] = exp(x[i] - max) / sum_j exp(x[j] - max), in place; x: [n], n >= 1. -inf entries give 0.
+void softmax_inplace(float *x, int64_t n);
+
+// sum_i a[i] * b[i]; a, b: [n]
+float dot_f32(const float *a, const float *b, int64_t n);
+
+// y[i] += a * x[i]; x, y: [n]
+void axpy_f32(float a, const float *x, float *y, int64_t n);
+
+// gate[i] = silu(gate[i]) * up[i], silu(g) = g / (1 + exp(-g)); finite for any finite g.
+//   gate: [n] in/out; up: [n]
+void silu_mul(float *gate, const float *up, int64_t n);
+
+// y[i] += x[i]; x, y: [n]
+void add_inplace(float *y, const float *x, int64_t n);
+
+// dst[i] = float(src[i]); src: [n] in dtype dt (exact conversion), dst: [n] f32
+void convert_row_to_f32(const void *src, DType dt, float *dst, int64_t n);
+
+// dst[i] = dt(src[i]) rounded to nearest even (f16: overflow to inf; NaN stays NaN)
+//   src: [n] f32, dst: [n] in dtype dt
+void convert_f32_to(const float *src, DType dt, void *dst, int64_t n);
+
+// Sustained read bandwidth in GB/s (1e9 bytes/s), best of `repeats` passes in which every thread
+// of the pool reads a disjoint slice of one `bytes`-sized buffer (allocated, touched, freed here).
+// bytes >= 1 MiB sensible; use far more than the last-level cache (>= 256 MiB) for DRAM.
+double measure_read_bandwidth(ThreadPool &pool, int64_t bytes, int repeats);
+
+}  // namespace kf

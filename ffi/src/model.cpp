@@ -1,0 +1,159 @@
+// model.cpp — binding a Hugging Face folder to kf_model: validate, then point at (or convert) weights.
+#include "model.h"
+
+#include <cmath>
+
+#include "cpu_ops.h"
+
+namespace kf {
+
+std::vector<double> rope_inv_freq(const ModelConfig &cfg) {
+  const int half = cfg.head_dim / 2;
+  std::vector<double> inv(half);
+  for (int i = 0; i < half; i++) inv[i] = std::pow(cfg.rope_theta, -2.0 * i / cfg.head_dim);
+  if (cfg.rope_scaling == RopeScaling::Linear) {
+    for (auto &f : inv) f /= cfg.rope_factor;  // positions / factor, folded into the frequency
+  } else if (cfg.rope_scaling == RopeScaling::Llama3) {
+    // Llama 3.1: long wavelengths are slowed by `factor`, short ones kept, the band between blended.
+    const double low_wavelen = cfg.rope_original_max_position_embeddings / cfg.rope_low_freq_factor;
+    const double high_wavelen = cfg.rope_original_max_position_embeddings / cfg.rope_high_freq_factor;
+    for (auto &f : inv) {
+      const double wavelen = 2.0 * M_PI / f;
+      if (wavelen > low_wavelen) {
+        f = f / cfg.rope_factor;
+      } else if (wavelen >= high_wavelen) {
+        const double smooth = (cfg.rope_original_max_position_embeddings / wavelen - cfg.rope_low_freq_factor) /
+                              (cfg.rope_high_freq_factor - cfg.rope_low_freq_factor);
+        f = (1.0 - smooth) * f / cfg.rope_factor + smooth * f;
+      }
+    }
+  }
+  return inv;
+}
+
+namespace {
+
+void check_cancel(kf_control *ctl) {
+  if (ctl && ctl->cancel) raise(KF_ERR_CANCELLED, "cannot load model: cancelled");
+}
+
+// Small vectors (norms, biases) are always held in f32.
+std::vector<float> load_vector(const TensorInfo &t) {
+  std::vector<float> out(size_t(t.nbytes / dtype_size(t.dtype)));
+  convert_row_to_f32(t.data, t.dtype, out.data(), int64_t(out.size()));
+  return out;
+}
+
+}  // namespace
+
+void model_load(kf_model &m, const std::string &dir, const kf_model_params &p) {
+  if (p.weight_dtype < KF_DTYPE_AUTO || p.weight_dtype > KF_DTYPE_BF16)
+    raise(KF_ERR_INVALID_ARGUMENT, "cannot load model: weight_dtype %d is not one of -1 (auto), 0 (f32), 1 (f16), 2 (bf16)",
+          p.weight_dtype);
+  kf_control *ctl = p.control;
+  m.cfg = parse_model_config(dir);
+  m.files = TensorIndex::open_dir(dir, p.use_mmap != 0);
+  validate_tensors(m.cfg, m.files);
+  const ModelConfig &c = m.cfg;
+
+  // The dominant file dtype decides AUTO; mixed files are converted to it.
+  int64_t counts[3] = {0, 0, 0};
+  for (const TensorInfo &t : m.files.tensors())
+    if (t.dtype_supported) counts[int(t.dtype)] += int64_t(t.nbytes);
+  DType file_dt = DType::F32;
+  for (int i = 1; i < 3; i++)
+    if (counts[i] > counts[int(file_dt)]) file_dt = DType(i);
+  const DType want = p.weight_dtype == KF_DTYPE_AUTO ? file_dt : DType(p.weight_dtype);
+  m.weight_dtype = int32_t(want);
+
+  int64_t total = 0;
+  for (const TensorInfo &t : m.files.tensors()) total += int64_t(t.nbytes);
+  if (ctl) {
+    ctl->total = total;
+    ctl->done = 0;
+  }
+
+  ThreadPool &pool = *m.engine->pool;
+  auto matrix = [&](const std::string &name) -> Weight {
+    const TensorInfo *t = m.files.find(name);
+    if (!t) raise(KF_ERR_FORMAT, "cannot load model: tensor %s is missing", name.c_str());
+    check_cancel(ctl);
+    Weight w;
+    w.rows = t->shape[0];
+    w.cols = t->shape[1];
+    if (t->dtype == want) {
+      w.data = t->data;
+      w.dtype = want;
+      // Touch every page now so the first decoded token does not pay for page faults.
+      const int64_t pages = int64_t((t->nbytes + 4095) / 4096);
+      std::vector<uint8_t> sink(size_t(pool.size()), 0);
+      pool.parallel_for(pages, [&](int64_t i, int th) { sink[size_t(th)] ^= t->data[size_t(i) * 4096]; });
+      volatile uint8_t keep = sink[0];
+      (void)keep;
+    } else {
+      const size_t n = size_t(w.rows) * size_t(w.cols);
+      std::unique_ptr<uint8_t[]> buf(new uint8_t[n * dtype_size(want)]);
+      const size_t src_row = size_t(w.cols) * dtype_size(t->dtype), dst_row = size_t(w.cols) * dtype_size(want);
+      pool.parallel_for(w.rows, [&](int64_t r, int) {
+        // Row by row through f32, so any pair of dtypes converts with one rounding.
+        std::vector<float> tmp(size_t(w.cols));
+        convert_row_to_f32(t->data + size_t(r) * src_row, t->dtype, tmp.data(), w.cols);
+        convert_f32_to(tmp.data(), want, buf.get() + size_t(r) * dst_row, w.cols);
+      });
+      w.data = buf.get();
+      w.dtype = want;
+      m.owned.push_back(std::move(buf));
+    }
+    if (ctl) ctl->done += int64_t(t->nbytes);
+    return w;
+  };
+  auto vec = [&](const std::string &name) -> std::vector<float> {
+    const TensorInfo *t = m.files.find(name);
+    if (!t) raise(KF_ERR_FORMAT, "cannot load model: tensor %s is missing", name.c_str());
+    if (ctl) ctl->done += int64_t(t->nbytes);
+    return load_vector(*t);
+  };
+
+  m.embed = matrix("model.embed_tokens.weight");
+  const bool has_head = m.files.find("lm_head.weight") != nullptr;
+  m.lm_head = (c.tie_word_embeddings || !has_head) ? m.embed : matrix("lm_head.weight");
+  m.final_norm = vec("model.norm.weight");
+  m.layers.resize(size_t(c.n_layers));
+  for (int i = 0; i < c.n_layers; i++) {
+    const std::string pre = "model.layers." + std::to_string(i) + ".";
+    LayerWeights &L = m.layers[size_t(i)];
+    L.attn_norm = vec(pre + "input_layernorm.weight");
+    L.ffn_norm = vec(pre + "post_attention_layernorm.weight");
+    L.wq = matrix(pre + "self_attn.q_proj.weight");
+    L.wk = matrix(pre + "self_attn.k_proj.weight");
+    L.wv = matrix(pre + "self_attn.v_proj.weight");
+    L.wo = matrix(pre + "self_attn.o_proj.weight");
+    L.w_gate = matrix(pre + "mlp.gate_proj.weight");
+    L.w_up = matrix(pre + "mlp.up_proj.weight");
+    L.w_down = matrix(pre + "mlp.down_proj.weight");
+    auto opt = [&](const char *suffix, std::vector<float> &dst) {
+      if (m.files.find(pre + suffix)) dst = vec(pre + suffix);
+    };
+    opt("self_attn.q_proj.bias", L.bq);
+    opt("self_attn.k_proj.bias", L.bk);
+    opt("self_attn.v_proj.bias", L.bv);
+    opt("self_attn.o_proj.bias", L.bo);
+  }
+  if (ctl) ctl->done = total;
+
+  m.inv_freq = rope_inv_freq(c);
+  m.n_params = 0;
+  for (const TensorInfo &t : m.files.tensors()) {
+    int64_t n = 1;
+    for (int64_t d : t.shape) n *= d;
+    m.n_params += n;
+  }
+  // Bytes streamed per decoded token: every matrix but the embedding table (one row is gathered).
+  const int64_t es = int64_t(dtype_size(want));
+  int64_t per_layer = (numel(m.layers[0].wq) + numel(m.layers[0].wk) + numel(m.layers[0].wv) +
+                       numel(m.layers[0].wo) + numel(m.layers[0].w_gate) + numel(m.layers[0].w_up) +
+                       numel(m.layers[0].w_down));
+  m.weight_bytes = (per_layer * c.n_layers + numel(m.lm_head)) * es;
+}
+
+}  // namespace kf

@@ -1,0 +1,133 @@
+// sampler.cpp — next-token choice: repetition penalty, temperature, top-k, top-p, min-p, seeded RNG.
+#include "sampler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <unordered_set>
+
+namespace kf {
+
+namespace {
+
+uint64_t splitmix64(uint64_t &x) {
+  uint64_t z = (x += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+}  // namespace
+
+void sampler_validate(const kf_sampler_params &p) {
+  if (!(p.temperature >= 0.0f) || !std::isfinite(p.temperature))
+    raise(KF_ERR_INVALID_ARGUMENT, "cannot create sampler: temperature %g must be a finite number >= 0",
+          double(p.temperature));
+  if (!(p.top_p > 0.0f && p.top_p <= 1.0f))
+    raise(KF_ERR_INVALID_ARGUMENT, "cannot create sampler: top_p %g must be in (0, 1]", double(p.top_p));
+  if (p.top_k < 0) raise(KF_ERR_INVALID_ARGUMENT, "cannot create sampler: top_k %d is negative", p.top_k);
+  if (!(p.repetition_penalty > 0.0f) || !std::isfinite(p.repetition_penalty))
+    raise(KF_ERR_INVALID_ARGUMENT, "cannot create sampler: repetition_penalty %g must be a finite number > 0",
+          double(p.repetition_penalty));
+  if (p.repeat_last_n < 0)
+    raise(KF_ERR_INVALID_ARGUMENT, "cannot create sampler: repeat_last_n %d is negative", p.repeat_last_n);
+  if (!(p.min_p >= 0.0f && p.min_p < 1.0f))
+    raise(KF_ERR_INVALID_ARGUMENT, "cannot create sampler: min_p %g must be in [0, 1)", double(p.min_p));
+}
+
+Sampler::Sampler(const kf_sampler_params &p) : params(p) {
+  sampler_validate(p);
+  uint64_t s = p.seed;
+  for (auto &w : rng) w = splitmix64(s);
+}
+
+double Sampler::uniform() {  // xoshiro256**, 53 random bits in [0, 1)
+  auto rotl = [](uint64_t x, int k) { return (x << k) | (x >> (64 - k)); };
+  const uint64_t result = rotl(rng[1] * 5, 7) * 9;
+  const uint64_t t = rng[1] << 17;
+  rng[2] ^= rng[0];
+  rng[3] ^= rng[1];
+  rng[1] ^= rng[2];
+  rng[0] ^= rng[3];
+  rng[2] ^= t;
+  rng[3] = rotl(rng[3], 45);
+  return double(result >> 11) * (1.0 / 9007199254740992.0);
+}
+
+int32_t Sampler::sample(const float *logits, int32_t n_vocab) {
+  if (n_vocab <= 0) raise(KF_ERR_INVALID_ARGUMENT, "cannot sample: vocabulary size %d", n_vocab);
+  work.assign(logits, logits + n_vocab);
+  for (int32_t i = 0; i < n_vocab; i++)
+    if (std::isnan(work[size_t(i)]))
+      raise(KF_ERR_INVALID_ARGUMENT, "cannot sample: logit %d is NaN", i);
+
+  // Repetition penalty (CTRL): each distinct recent token once; positive logits shrink, negative grow.
+  if (params.repetition_penalty != 1.0f && params.repeat_last_n > 0) {
+    const size_t from = history.size() > size_t(params.repeat_last_n) ? history.size() - size_t(params.repeat_last_n) : 0;
+    std::unordered_set<int32_t> seen;
+    for (size_t i = from; i < history.size(); i++) {
+      const int32_t id = history[i];
+      if (id < 0 || id >= n_vocab || !seen.insert(id).second) continue;
+      float &x = work[size_t(id)];
+      x = x > 0 ? x / params.repetition_penalty : x * params.repetition_penalty;
+    }
+  }
+
+  int32_t chosen;
+  if (params.temperature == 0.0f) {
+    chosen = int32_t(std::max_element(work.begin(), work.end()) - work.begin());  // first max on ties
+  } else {
+    // Candidates sorted by logit, descending; top-k narrows before the full sort.
+    order.resize(size_t(n_vocab));
+    std::iota(order.begin(), order.end(), 0);
+    auto by_logit = [&](int32_t a, int32_t b) {
+      return work[size_t(a)] > work[size_t(b)] || (work[size_t(a)] == work[size_t(b)] && a < b);
+    };
+    size_t n = size_t(n_vocab);
+    if (params.top_k > 0 && size_t(params.top_k) < n) {
+      std::nth_element(order.begin(), order.begin() + params.top_k - 1, order.end(), by_logit);
+      n = size_t(params.top_k);
+    }
+    std::sort(order.begin(), order.begin() + long(n), by_logit);
+
+    // Softmax over the candidates at the temperature, in double for stable sums.
+    probs.resize(n);
+    const double maxl = work[size_t(order[0])];
+    double sum = 0;
+    for (size_t i = 0; i < n; i++) sum += probs[i] = std::exp((work[size_t(order[i])] - maxl) / params.temperature);
+    for (auto &p : probs) p /= sum;
+
+    // min-p relative to the best, then top-p: the smallest prefix whose mass reaches top_p.
+    size_t keep = n;
+    if (params.min_p > 0.0f) {
+      const double floor_p = params.min_p * probs[0];
+      keep = 1;
+      while (keep < n && probs[keep] >= floor_p) keep++;
+    }
+    if (params.top_p < 1.0f) {
+      double cum = 0;
+      size_t i = 0;
+      for (; i < keep; i++) {
+        cum += probs[i];
+        if (cum >= params.top_p) break;
+      }
+      keep = std::min(keep, i + 1);
+    }
+    double mass = 0;
+    for (size_t i = 0; i < keep; i++) mass += probs[i];
+    const double r = uniform() * mass;
+    double acc = 0;
+    chosen = order[keep - 1];
+    for (size_t i = 0; i < keep; i++) {
+      acc += probs[i];
+      if (r < acc) {
+        chosen = order[i];
+        break;
+      }
+    }
+  }
+  history.push_back(chosen);
+  return chosen;
+}
+
+}  // namespace kf

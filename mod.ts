@@ -1,0 +1,32 @@
+/**
+ * kvfold — compressed-context question answering over long documents, for Deno.
+ *
+ * @example
+ * ```ts ignore
+ * import { Kvfold } from "./mod.ts";
+ * using kv = await Kvfold.open();
+ * using model = await kv.loadModel("./models/tiny");
+ * for await (const piece of model.generate("Hello", { maxTokens: 8 })) console.log(piece);
+ * ```
+ *
+ * @module
+ */
+
+export { Kvfold } from "./src/engine.ts";
+export type { BackendName, LibraryInfo, OpenOptions } from "./src/engine.ts";
+export { Model } from "./src/model.ts";
+export type { LoadModelOptions, ModelInfo, WeightDType } from "./src/model.ts";
+export { sampleFromLogits, Session } from "./src/session.ts";
+export type {
+  GenerateOptions,
+  GenerationStats,
+  PrefillOptions,
+  SamplingOptions,
+  SessionOptions,
+  StopReason,
+} from "./src/session.ts";
+export { TextTokenizer } from "./src/tokenizer.ts";
+export type { ChatMessage } from "./src/tokenizer.ts";
+export { KvfoldError } from "./src/errors.ts";
+export type { KvfoldErrorCode } from "./src/errors.ts";
+export { IncrementalDecoder, StopStringFilter } from "./src/text_stream.ts";

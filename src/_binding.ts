@@ -1,0 +1,252 @@
+/**
+ * The raw native surface: `Deno.dlopen` symbols of `ffi/include/kvfold.h`, struct layouts, and the
+ * status-to-{@link KvfoldError} translation. Everything else in `src/` goes through this file.
+ *
+ * @module
+ */
+
+import { KvfoldError, type KvfoldErrorCode } from "./errors.ts";
+import { ensureNativeLibrary } from "./_native_build.ts";
+
+const SYMBOLS = {
+  kf_last_error: { parameters: [], result: "pointer" },
+  kf_status_name: { parameters: ["i32"], result: "pointer" },
+  kf_abi_version: { parameters: [], result: "i32" },
+  kf_version: { parameters: [], result: "pointer" },
+  kf_struct_size: { parameters: ["buffer"], result: "usize" },
+  kf_backend_built: { parameters: ["i32"], result: "i32" },
+  kf_backend_device_count: { parameters: ["i32"], result: "i32" },
+
+  kf_engine_default_params: { parameters: [], result: { struct: ["i32", "i32", "i32", "i32"] } },
+  kf_engine_open: { parameters: ["buffer", "buffer"], result: "i32" },
+  kf_engine_free: { parameters: ["pointer"], result: "i32" },
+  kf_engine_get_info: { parameters: ["pointer", "buffer"], result: "i32" },
+  kf_engine_measure_read_bandwidth: {
+    parameters: ["pointer", "i64", "i32", "buffer"],
+    result: "i32",
+    nonblocking: true,
+  },
+
+  kf_model_default_params: { parameters: [], result: { struct: ["pointer", "i32", "i32"] } },
+  kf_model_load: { parameters: ["pointer", "buffer", "buffer", "buffer"], result: "i32", nonblocking: true },
+  kf_model_free: { parameters: ["pointer"], result: "i32" },
+  kf_model_get_info: { parameters: ["pointer", "buffer"], result: "i32" },
+
+  kf_session_default_params: { parameters: [], result: { struct: ["i32", "i32", "i32", "i32"] } },
+  kf_session_create: { parameters: ["pointer", "buffer", "buffer"], result: "i32" },
+  kf_session_free: { parameters: ["pointer"], result: "i32" },
+  kf_session_reset: { parameters: ["pointer"], result: "i32" },
+  kf_session_n_past: { parameters: ["pointer"], result: "i32" },
+  kf_session_truncate: { parameters: ["pointer", "i32"], result: "i32" },
+  kf_session_prefill: {
+    parameters: ["pointer", "buffer", "i32", "buffer", "buffer"],
+    result: "i32",
+    nonblocking: true,
+  },
+  kf_session_decode: { parameters: ["pointer", "i32", "buffer"], result: "i32", nonblocking: true },
+  kf_session_get_logits: { parameters: ["pointer", "buffer", "i32"], result: "i32" },
+  kf_session_get_info: { parameters: ["pointer", "buffer"], result: "i32" },
+
+  kf_sampler_default_params: {
+    parameters: [],
+    result: { struct: ["u64", "f32", "f32", "i32", "f32", "i32", "f32"] },
+  },
+  kf_sampler_create: { parameters: ["buffer", "buffer"], result: "i32" },
+  kf_sampler_free: { parameters: ["pointer"], result: "i32" },
+  kf_sampler_accept: { parameters: ["pointer", "buffer", "i32"], result: "i32" },
+  kf_sampler_sample: { parameters: ["pointer", "pointer", "buffer"], result: "i32" },
+  kf_sampler_sample_logits: { parameters: ["pointer", "buffer", "i32", "buffer"], result: "i32" },
+} as const satisfies Deno.ForeignLibraryInterface;
+
+/** The loaded library's symbols. */
+export type NativeSymbols = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
+
+/** Byte sizes of the structs as laid out here; checked against the library at load. */
+export const STRUCT_SIZES: Record<string, number> = {
+  kf_control: 24,
+  kf_engine_params: 16,
+  kf_engine_info: 72,
+  kf_model_params: 16,
+  kf_model_info: 88,
+  kf_session_params: 16,
+  kf_session_info: 40,
+  kf_sampler_params: 32,
+};
+
+/** Status codes of `kf_status`, by name. */
+export const Status = {
+  OK: 0,
+  INVALID_ARGUMENT: 1,
+  IO: 2,
+  FORMAT: 3,
+  UNSUPPORTED: 4,
+  OUT_OF_MEMORY: 5,
+  CANCELLED: 6,
+  INVALID_STATE: 7,
+  BACKEND: 8,
+  INTERNAL: 9,
+} as const;
+
+const CODE_OF_STATUS: Record<number, KvfoldErrorCode> = {
+  1: "INVALID_ARGUMENT",
+  2: "IO",
+  3: "FORMAT",
+  4: "UNSUPPORTED",
+  5: "OUT_OF_MEMORY",
+  6: "ABORTED",
+  7: "INVALID_STATE",
+  8: "BACKEND",
+  9: "INTERNAL",
+};
+
+let loaded: { lib: Deno.DynamicLibrary<typeof SYMBOLS>; path: string } | null = null;
+let loading: Promise<NativeSymbols> | null = null;
+
+/** Loads (building first if needed) the native library once per process. */
+export function native(): Promise<NativeSymbols> {
+  if (loaded) return Promise.resolve(loaded.lib.symbols);
+  loading ??= (async () => {
+    const path = await ensureNativeLibrary();
+    let lib: Deno.DynamicLibrary<typeof SYMBOLS>;
+    try {
+      lib = Deno.dlopen(path, SYMBOLS);
+    } catch (e) {
+      throw new KvfoldError("BUILD", `Cannot open ${path}: ${(e as Error).message}`, { cause: e });
+    }
+    for (const [name, size] of Object.entries(STRUCT_SIZES)) {
+      const got = Number(lib.symbols.kf_struct_size(cString(name)));
+      if (got !== size) {
+        lib.close();
+        throw new KvfoldError("BUILD", `Cannot use ${path}: struct ${name} is ${got} bytes there, ${size} here`);
+      }
+    }
+    loaded = { lib, path };
+    return lib.symbols;
+  })();
+  loading.catch(() => (loading = null));
+  return loading;
+}
+
+/** The already loaded symbols (after `await native()`). */
+export function sym(): NativeSymbols {
+  if (!loaded) throw new KvfoldError("INVALID_STATE", "Cannot call kvfold: the native library is not loaded yet");
+  return loaded.lib.symbols;
+}
+
+/** Path of the loaded library, or null. */
+export function libraryPath(): string | null {
+  return loaded?.path ?? null;
+}
+
+/** NUL-terminated UTF-8 bytes of a string, in an off-heap buffer (safe for nonblocking calls). */
+export function cString(s: string): Uint8Array<ArrayBuffer> {
+  const enc = new TextEncoder().encode(s);
+  const buf = new Uint8Array(new ArrayBuffer(enc.length + 1));
+  buf.set(enc);
+  return buf;
+}
+
+/** Reads a NUL-terminated string at a native pointer. */
+export function readCString(p: Deno.PointerValue): string {
+  return p === null ? "" : new Deno.UnsafePointerView(p).getCString();
+}
+
+/** Reads a NUL-terminated string from a fixed char array inside a struct buffer. */
+export function readCharArray(buf: Uint8Array, offset: number, capacity: number): string {
+  const bytes = buf.subarray(offset, offset + capacity);
+  const end = bytes.indexOf(0);
+  return new TextDecoder().decode(bytes.subarray(0, end < 0 ? capacity : end));
+}
+
+/** An off-heap zeroed byte buffer (never moved by the GC while native code holds it). */
+export function alloc(bytes: number): Uint8Array<ArrayBuffer> {
+  return new Uint8Array(new ArrayBuffer(bytes));
+}
+
+/** Throws the {@link KvfoldError} for a non-OK status, with the native thread-local message. */
+export function check(status: number, context?: string): void {
+  if (status === Status.OK) return;
+  const s = sym();
+  let msg = readCString(s.kf_last_error());
+  if (msg.length > 0) msg = msg[0].toUpperCase() + msg.slice(1);
+  else msg = `${context ?? "kvfold call"} failed with ${readCString(s.kf_status_name(status))}`;
+  throw new KvfoldError(CODE_OF_STATUS[status] ?? "INTERNAL", msg);
+}
+
+/** A pointer-sized out parameter. */
+export function outPointer(): { buf: Uint8Array<ArrayBuffer>; get(): Deno.PointerValue } {
+  const buf = alloc(8);
+  return {
+    buf,
+    get: () => Deno.UnsafePointer.create(new DataView(buf.buffer).getBigUint64(0, true)),
+  };
+}
+
+/**
+ * The shared control block of long calls (`kf_control`): the caller flips `cancel`, the native
+ * code updates `done`/`total` while the call runs.
+ */
+export class ControlBlock {
+  /** The 24-byte struct handed to native code. */
+  readonly buf: Uint8Array<ArrayBuffer> = alloc(24);
+  #view = new DataView(this.buf.buffer);
+  /** Asks the running call to stop at its next check. */
+  cancel(): void {
+    this.#view.setInt32(0, 1, true);
+  }
+  /** Whether cancellation was asked for. */
+  get cancelled(): boolean {
+    return this.#view.getInt32(0, true) !== 0;
+  }
+  /** Progress units done. */
+  get done(): number {
+    return Number(this.#view.getBigInt64(8, true));
+  }
+  /** Progress units in all (0 while unknown). */
+  get total(): number {
+    return Number(this.#view.getBigInt64(16, true));
+  }
+}
+
+/** Runs a nonblocking native call with a control block tied to an AbortSignal and a progress poller. */
+export async function withControl<T>(
+  run: (ctl: ControlBlock) => Promise<T>,
+  options: { signal?: AbortSignal; onProgress?: (done: number, total: number) => void; intervalMs?: number } =
+    {},
+): Promise<T> {
+  const ctl = new ControlBlock();
+  const { signal, onProgress } = options;
+  if (signal?.aborted) ctl.cancel();
+  const onAbort = () => ctl.cancel();
+  signal?.addEventListener("abort", onAbort, { once: true });
+  let timer: ReturnType<typeof setInterval> | undefined;
+  let last = -1;
+  let callbackError: { error: unknown } | null = null;
+  const report = () => {
+    if (!onProgress || callbackError || ctl.done === last) return;
+    last = ctl.done;
+    try {
+      onProgress(ctl.done, ctl.total);
+    } catch (error) {
+      // A throwing callback stops the call and becomes its error; it never reaches native code.
+      callbackError = { error };
+      ctl.cancel();
+    }
+  };
+  if (onProgress) timer = setInterval(report, options.intervalMs ?? 100);
+  try {
+    const result = await run(ctl);
+    report();
+    if (callbackError) throw (callbackError as { error: unknown }).error;
+    return result;
+  } catch (e) {
+    if (callbackError) throw (callbackError as { error: unknown }).error;
+    if (e instanceof KvfoldError && e.code === "ABORTED" && signal?.aborted) {
+      throw new KvfoldError("ABORTED", e.message, { cause: signal.reason });
+    }
+    throw e;
+  } finally {
+    if (timer !== undefined) clearInterval(timer);
+    signal?.removeEventListener("abort", onAbort);
+  }
+}

@@ -1,0 +1,95 @@
+/**
+ * Lifetime of a native handle: idempotent dispose, children disposed before their parent, and a
+ * guard that defers the native free until in-flight nonblocking calls have returned.
+ *
+ * @module
+ */
+
+import { KvfoldError } from "./errors.ts";
+
+// Backstop only: frees handles the user forgot, when the GC collects their wrapper.
+const registry = new FinalizationRegistry<() => void>((free) => {
+  try {
+    free();
+  } catch { /* nothing to report to at GC time */ }
+});
+
+/** Owns one native pointer. */
+export class NativeHandle {
+  #ptr: Deno.PointerValue;
+  #what: string;
+  #free: (p: Deno.PointerValue) => void;
+  #inflight = new Set<Promise<unknown>>();
+  #cancels = new Set<() => void>();
+  #children = new Set<NativeHandle>();
+  #parent: NativeHandle | null;
+  #disposed = false;
+  #token = {};
+
+  constructor(ptr: Deno.PointerValue, what: string, free: (p: Deno.PointerValue) => void, parent: NativeHandle | null) {
+    this.#ptr = ptr;
+    this.#what = what;
+    this.#free = free;
+    this.#parent = parent;
+    if (parent) parent.#children.add(this);
+    registry.register(this, () => free(ptr), this.#token);
+  }
+
+  /** Whether dispose() was called. */
+  get disposed(): boolean {
+    return this.#disposed;
+  }
+
+  /** The live pointer; throws a DISPOSED error after dispose(). */
+  get ptr(): Deno.PointerValue {
+    if (this.#disposed) throw new KvfoldError("DISPOSED", `Cannot use ${this.#what}: it was disposed`);
+    return this.#ptr;
+  }
+
+  /**
+   * Runs a nonblocking call while keeping the handle alive: dispose() during the call cancels it
+   * (through `cancel`) and frees only after it settles.
+   */
+  async hold<T>(call: () => Promise<T>, cancel?: () => void): Promise<T> {
+    this.ptr; // throws when disposed
+    const p = call();
+    this.#inflight.add(p);
+    if (cancel) this.#cancels.add(cancel);
+    try {
+      return await p;
+    } finally {
+      this.#inflight.delete(p);
+      if (cancel) this.#cancels.delete(cancel);
+      this.#maybeRelease();
+    }
+  }
+
+  /** Disposes children, then this handle (deferred while calls are in flight). Idempotent. */
+  dispose(): void {
+    if (this.#disposed) return;
+    for (const c of [...this.#children]) c.dispose();
+    this.#disposed = true;
+    for (const cancel of this.#cancels) cancel();
+    this.#maybeRelease();
+  }
+
+  /** Resolves once the native memory is actually freed. */
+  async settled(): Promise<void> {
+    while (this.#inflight.size > 0) await Promise.allSettled([...this.#inflight]);
+    for (const c of [...this.#children]) await c.settled();
+  }
+
+  #released = false;
+  // Frees once disposed, idle, and childless (a parent outlives its children's in-flight calls).
+  #maybeRelease() {
+    if (this.#released || !this.#disposed || this.#inflight.size > 0 || this.#children.size > 0) return;
+    this.#released = true;
+    registry.unregister(this.#token);
+    this.#free(this.#ptr);
+    const parent = this.#parent;
+    if (parent) {
+      parent.#children.delete(this);
+      parent.#maybeRelease();
+    }
+  }
+}

@@ -1,0 +1,134 @@
+/**
+ * Finds or builds `libkvfold.so`. The library is rebuilt whenever a file under `ffi/` changes: a
+ * SHA-256 of every source is kept beside the library, and a lock directory keeps concurrent test
+ * processes from building at once.
+ *
+ * @module
+ */
+
+import { KvfoldError } from "./errors.ts";
+
+const ROOT = new URL("../", import.meta.url);
+
+/** Absolute path of the repository root (where `ffi/` and `build/` live). */
+export function repoRoot(): string {
+  return decodeURIComponent(ROOT.pathname).replace(/\/$/, "");
+}
+
+/** Where the built library and its stamp live (`$KVFOLD_BUILD_DIR` or `<repo>/build`). */
+export function buildDir(): string {
+  return Deno.env.get("KVFOLD_BUILD_DIR") ?? `${repoRoot()}/build`;
+}
+
+async function listFiles(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  for await (const e of Deno.readDir(dir)) {
+    const p = `${dir}/${e.name}`;
+    if (e.isDirectory) out.push(...await listFiles(p));
+    else if (e.isFile) out.push(p);
+  }
+  return out.sort();
+}
+
+/** Hash of every file under `ffi/` plus the build flags that change the output. */
+export async function sourceHash(): Promise<string> {
+  const root = repoRoot();
+  const files = (await listFiles(`${root}/ffi`)).filter((f) => !f.includes("/tests/"));
+  const parts: Uint8Array[] = [];
+  const enc = new TextEncoder();
+  for (const f of files) {
+    parts.push(enc.encode(f.slice(root.length) + "\0"));
+    parts.push(await Deno.readFile(f));
+  }
+  parts.push(enc.encode(`CXX=${Deno.env.get("CXX") ?? ""};FLAGS=${Deno.env.get("KVFOLD_CXXFLAGS") ?? ""}`));
+  const all = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let o = 0;
+  for (const p of parts) {
+    all.set(p, o);
+    o += p.length;
+  }
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", all));
+  return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+async function readText(path: string): Promise<string | null> {
+  try {
+    return (await Deno.readTextFile(path)).trim();
+  } catch {
+    return null;
+  }
+}
+
+/** Options of {@link ensureNativeLibrary}. */
+export interface EnsureLibraryOptions {
+  /** Rebuild even when the stamp matches. */
+  force?: boolean;
+  /** Called with progress lines ("building libkvfold.so ..."). Default: stderr. */
+  log?: (line: string) => void;
+}
+
+/**
+ * Returns the path of an up-to-date `libkvfold.so`, building it first if it is missing or stale.
+ * `$KVFOLD_LIB` names a prebuilt library and skips all of this.
+ */
+export async function ensureNativeLibrary(options: EnsureLibraryOptions = {}): Promise<string> {
+  const fixed = Deno.env.get("KVFOLD_LIB");
+  if (fixed) return fixed;
+  const log = options.log ?? ((l: string) => console.error(l));
+  const dir = buildDir();
+  const lib = `${dir}/libkvfold.so`;
+  const stampPath = `${dir}/libkvfold.stamp`;
+  const hash = await sourceHash();
+  const fresh = async () => !options.force && (await readText(stampPath)) === hash && (await exists(lib));
+  if (await fresh()) return lib;
+
+  await Deno.mkdir(dir, { recursive: true });
+  const lockDir = `${dir}/.build-lock`;
+  const started = Date.now();
+  // mkdir is atomic: whoever creates the lock builds, the others wait for the stamp.
+  while (true) {
+    try {
+      await Deno.mkdir(lockDir);
+      break;
+    } catch (e) {
+      if (!(e instanceof Deno.errors.AlreadyExists)) throw e;
+      if (await fresh()) return lib;
+      const st = await Deno.stat(lockDir).catch(() => null);
+      if (st?.mtime && Date.now() - st.mtime.getTime() > 15 * 60_000) {
+        await Deno.remove(lockDir, { recursive: true }).catch(() => {}); // a crashed builder's lock
+      }
+      if (Date.now() - started > 20 * 60_000) {
+        throw new KvfoldError("BUILD", `Cannot build libkvfold.so: ${lockDir} has been held for 20 minutes`);
+      }
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  }
+  try {
+    if (await fresh()) return lib;
+    log(`kvfold: building ${lib} (sources changed or library missing) ...`);
+    const t0 = performance.now();
+    const out = await new Deno.Command("bash", {
+      args: [`${repoRoot()}/ffi/build.sh`, dir],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    if (!out.success) {
+      const text = new TextDecoder().decode(out.stderr) + new TextDecoder().decode(out.stdout);
+      throw new KvfoldError("BUILD", `Cannot build libkvfold.so: the compiler failed:\n${text.slice(-8000)}`);
+    }
+    await Deno.writeTextFile(stampPath, hash + "\n");
+    log(`kvfold: built in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+    return lib;
+  } finally {
+    await Deno.remove(lockDir, { recursive: true }).catch(() => {});
+  }
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}

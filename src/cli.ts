@@ -1,0 +1,264 @@
+/**
+ * The `kvfold` command line: `deno task kvfold <command> ...`.
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { Kvfold } from "./engine.ts";
+import { KvfoldError } from "./errors.ts";
+import type { WeightDType } from "./model.ts";
+import { ensureNativeLibrary } from "./_native_build.ts";
+import { writeSafetensorsFile } from "./safetensors.ts";
+import { makeTestModel, TEST_MODEL_PRESETS } from "./test_model.ts";
+import { measureDecode, measurePrefill } from "./throughput.ts";
+
+const USAGE = `kvfold — Llama-family models with compressed context, from Deno
+
+Usage: deno task kvfold <command> [options]
+
+Commands:
+  info                                   version, backends built, threads, GPU found or not
+  build [--force]                        build the native library (done on first use anyway)
+  generate --model DIR --prompt TEXT     stream a completion to stdout
+      [--max-tokens N] [--temperature T] [--top-p P] [--top-k K] [--min-p P]
+      [--repetition-penalty R] [--seed S] [--stop TEXT]... [--chat] [--system TEXT]
+  logits --model DIR --ids 1,2,3 --out FILE.safetensors
+                                         logits [n_ids, vocab] f32 at every position (no BOS added)
+  make-test-model OUT_DIR [--seed S] [--preset tiny|small] [--dtype float32|float16|bfloat16]
+                                         write a random Llama-family model in Hugging Face layout
+  bench decode|prefill --model DIR [--tokens N] [--repeats N]
+                                         tokens/s and the fraction of the memory-bandwidth limit
+
+Common options: --threads N (default: all cores), --backend auto|cpu|cuda, --dtype auto|f32|f16|bf16
+`;
+
+const enc = new TextEncoder();
+const write = (s: string) => Deno.stdout.writeSync(enc.encode(s));
+const note = (s: string) => Deno.stderr.writeSync(enc.encode(s + "\n"));
+
+function intOpt(v: string | undefined, name: string, min = 0): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < min) throw new KvfoldError("INVALID_ARGUMENT", `Cannot parse --${name}: "${v}" is not an integer >= ${min}`);
+  return n;
+}
+
+function numOpt(v: string | undefined, name: string): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isFinite(n)) throw new KvfoldError("INVALID_ARGUMENT", `Cannot parse --${name}: "${v}" is not a number`);
+  return n;
+}
+
+function need(v: string | undefined, name: string): string {
+  if (v === undefined || v === "") throw new KvfoldError("INVALID_ARGUMENT", `Missing --${name}; see \`kvfold --help\``);
+  return v;
+}
+
+const COMMON = {
+  threads: { type: "string" },
+  backend: { type: "string" },
+  dtype: { type: "string" },
+  help: { type: "boolean", short: "h" },
+} as const;
+
+async function openEngine(v: { threads?: string; backend?: string }): Promise<Kvfold> {
+  return await Kvfold.open({
+    backend: (v.backend ?? "auto") as "auto" | "cpu" | "cuda",
+    threads: intOpt(v.threads, "threads") ?? 0,
+  });
+}
+
+function gpuVisible(): boolean {
+  try {
+    return Deno.statSync("/dev/nvidia0").isFile === false;
+  } catch {
+    return false;
+  }
+}
+
+async function cmdInfo(args: string[]) {
+  parseArgs({ args, options: COMMON });
+  const info = await Kvfold.info();
+  using kv = await Kvfold.open({ backend: "cpu" });
+  const lines = [
+    `kvfold ${info.version} (ABI ${info.abiVersion})`,
+    `library:        ${info.libraryPath}`,
+    `backends built: ${info.backendsBuilt.join(", ")}`,
+    `cpu:            ${kv.name}, ${kv.threads} thread(s)`,
+    `gpu:            ${info.gpuCount > 0 ? `${info.gpuCount} CUDA device(s)` : gpuVisible() ? "an NVIDIA device is present, but the CUDA backend is not built" : "none found"}`,
+  ];
+  write(lines.join("\n") + "\n");
+}
+
+async function cmdGenerate(args: string[]) {
+  const { values: v } = parseArgs({
+    args,
+    options: {
+      ...COMMON,
+      model: { type: "string" },
+      prompt: { type: "string" },
+      "max-tokens": { type: "string" },
+      temperature: { type: "string" },
+      "top-p": { type: "string" },
+      "top-k": { type: "string" },
+      "min-p": { type: "string" },
+      "repetition-penalty": { type: "string" },
+      seed: { type: "string" },
+      stop: { type: "string", multiple: true },
+      chat: { type: "boolean" },
+      system: { type: "string" },
+      "context-size": { type: "string" },
+    },
+  });
+  const dir = need(v.model, "model");
+  const prompt = need(v.prompt, "prompt");
+  using kv = await openEngine(v);
+  using model = await kv.loadModel(dir, { dtype: (v.dtype ?? "auto") as WeightDType });
+  const ac = new AbortController();
+  const onSig = () => ac.abort(new Error("interrupted"));
+  Deno.addSignalListener("SIGINT", onSig);
+  try {
+    const messages = v.system !== undefined
+      ? [{ role: "system", content: v.system }, { role: "user", content: prompt }]
+      : [{ role: "user", content: prompt }];
+    const ids = v.chat || v.system !== undefined ? model.tokenizer.encodeChat(messages) : model.encodePrompt(prompt);
+    using session = model.session({ contextSize: intOpt(v["context-size"], "context-size") });
+    for await (
+      const piece of session.generate({
+        prompt: ids,
+        maxTokens: intOpt(v["max-tokens"], "max-tokens") ?? 128,
+        temperature: numOpt(v.temperature, "temperature"),
+        topP: numOpt(v["top-p"], "top-p"),
+        topK: intOpt(v["top-k"], "top-k"),
+        minP: numOpt(v["min-p"], "min-p"),
+        repetitionPenalty: numOpt(v["repetition-penalty"], "repetition-penalty"),
+        seed: v.seed !== undefined ? BigInt(v.seed) : undefined,
+        stop: v.stop,
+        signal: ac.signal,
+      })
+    ) write(piece);
+    const s = session.lastStats!;
+    write("\n");
+    note(
+      `[${s.promptTokens} prompt tokens in ${s.prefillMs.toFixed(0)} ms; ${s.generatedTokens} generated at ` +
+        `${((s.generatedTokens - 1) / Math.max(s.decodeMs / 1000, 1e-9)).toFixed(1)} tok/s; stop: ${s.stopReason}]`,
+    );
+  } finally {
+    Deno.removeSignalListener("SIGINT", onSig);
+  }
+}
+
+async function cmdLogits(args: string[]) {
+  const { values: v } = parseArgs({
+    args,
+    options: { ...COMMON, model: { type: "string" }, ids: { type: "string" }, out: { type: "string" } },
+  });
+  const dir = need(v.model, "model");
+  const out = need(v.out, "out");
+  const ids = need(v.ids, "ids").split(",").map((s, i) => {
+    const n = Number(s.trim());
+    if (s.trim() === "" || !Number.isInteger(n)) throw new KvfoldError("INVALID_ARGUMENT", `Cannot parse --ids: item ${i} "${s}" is not an integer`);
+    return n;
+  });
+  using kv = await openEngine(v);
+  using model = await kv.loadModel(dir, { dtype: (v.dtype ?? "auto") as WeightDType });
+  using session = model.session({ contextSize: ids.length, batchSize: Math.min(ids.length, 256) });
+  const logits = (await session.prefill(ids, { logits: "all" }))!;
+  await writeSafetensorsFile(out, [{ name: "logits", dtype: "F32", shape: [ids.length, model.info.vocabSize], data: logits }], {
+    "kvfold.model": dir,
+    "kvfold.ids": ids.join(","),
+  });
+  note(`wrote ${out}: logits [${ids.length}, ${model.info.vocabSize}] f32`);
+}
+
+async function cmdMakeTestModel(args: string[]) {
+  const { values: v, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: { seed: { type: "string" }, preset: { type: "string" }, dtype: { type: "string" }, help: { type: "boolean" } },
+  });
+  const outDir = positionals[0];
+  if (!outDir) throw new KvfoldError("INVALID_ARGUMENT", "Missing OUT_DIR: kvfold make-test-model OUT_DIR [--seed S] [--preset tiny|small]");
+  const preset = (v.preset ?? "tiny") as "tiny" | "small";
+  if (!(preset in TEST_MODEL_PRESETS)) throw new KvfoldError("INVALID_ARGUMENT", `Cannot make test model: unknown preset "${preset}" (tiny, small)`);
+  const dtype = (v.dtype ?? "float32") as "float32" | "float16" | "bfloat16";
+  if (!["float32", "float16", "bfloat16"].includes(dtype)) throw new KvfoldError("INVALID_ARGUMENT", `Cannot make test model: --dtype must be float32, float16 or bfloat16`);
+  const info = await makeTestModel(outDir, { seed: intOpt(v.seed, "seed") ?? 0, preset, dtype });
+  note(`wrote ${preset} test model to ${info.dir}: ${info.files.join(", ")}`);
+}
+
+async function cmdBench(args: string[]) {
+  const { values: v, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: { ...COMMON, model: { type: "string" }, tokens: { type: "string" }, repeats: { type: "string" } },
+  });
+  const kind = positionals[0];
+  if (kind !== "decode" && kind !== "prefill") throw new KvfoldError("INVALID_ARGUMENT", "Usage: kvfold bench decode|prefill --model DIR");
+  const dir = need(v.model, "model");
+  using kv = await openEngine(v);
+  using model = await kv.loadModel(dir, { dtype: (v.dtype ?? "auto") as WeightDType });
+  const bw = await kv.measureReadBandwidth();
+  const tokens = intOpt(v.tokens, "tokens", 1);
+  const repeats = intOpt(v.repeats, "repeats", 1);
+  const r = kind === "decode" ? await measureDecode(model, { tokens, repeats }) : await measurePrefill(model, { tokens, repeats });
+  const gb = model.info.weightBytes / 1e9;
+  write(
+    [
+      `model:            ${dir} (${model.info.modelType}, ${(model.info.params / 1e6).toFixed(1)}M params, ${model.info.weightDType})`,
+      `engine:           ${kv.name}, ${kv.threads} thread(s)`,
+      `read bandwidth:   ${bw.toFixed(2)} GB/s (measured now)`,
+      `${kind}:`.padEnd(18) + `${r.tokensPerSecond.toFixed(1)} tok/s best, ${r.medianTokensPerSecond.toFixed(1)} median (${r.tokens} tokens x ${r.repeats})`,
+      kind === "decode"
+        ? `bandwidth limit:  ${(bw / gb).toFixed(1)} tok/s; reached ${((100 * r.tokensPerSecond * gb) / bw).toFixed(1)}%`
+        : `compute:          ${((2 * model.info.weightBytes / (model.info.weightDType === "f32" ? 4 : 2)) * r.tokensPerSecond / 1e9).toFixed(1)} GFLOP/s (2 x weights x tok/s)`,
+    ].join("\n") + "\n",
+  );
+}
+
+async function cmdBuild(args: string[]) {
+  const { values: v } = parseArgs({ args, options: { force: { type: "boolean" } } });
+  const path = await ensureNativeLibrary({ force: v.force });
+  note(`libkvfold: ${path}`);
+}
+
+const COMMANDS: Record<string, (args: string[]) => Promise<void>> = {
+  info: cmdInfo,
+  build: cmdBuild,
+  generate: cmdGenerate,
+  logits: cmdLogits,
+  "make-test-model": cmdMakeTestModel,
+  bench: cmdBench,
+};
+
+/** Runs the CLI with `args`; returns the process exit code. */
+export async function main(args: string[]): Promise<number> {
+  const [cmd, ...rest] = args;
+  if (!cmd || cmd === "--help" || cmd === "-h" || cmd === "help" || rest.includes("--help")) {
+    write(USAGE);
+    return cmd ? 0 : 2;
+  }
+  const run = COMMANDS[cmd];
+  if (!run) {
+    note(`kvfold: unknown command "${cmd}"\n\n${USAGE}`);
+    return 2;
+  }
+  try {
+    await run(rest);
+    return 0;
+  } catch (e) {
+    if (e instanceof KvfoldError) {
+      note(`kvfold ${cmd}: ${e.message} [${e.code}]`);
+      return e.code === "ABORTED" ? 130 : 1;
+    }
+    if (e instanceof TypeError && (e as { code?: string }).code?.startsWith("ERR_PARSE_ARGS")) {
+      note(`kvfold ${cmd}: ${e.message}`);
+      return 2;
+    }
+    throw e;
+  }
+}
+
+if (import.meta.main) Deno.exit(await main(Deno.args));

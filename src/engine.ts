@@ -1,0 +1,151 @@
+/**
+ * The entry point: {@link Kvfold.open} picks a backend and starts its threads; models load from it.
+ *
+ * @module
+ */
+
+import { alloc, check, libraryPath, native, outPointer, readCharArray, readCString, sym, withControl } from "./_binding.ts";
+import { NativeHandle } from "./_handle.ts";
+import { KvfoldError } from "./errors.ts";
+import { Model, type LoadModelOptions } from "./model.ts";
+
+/** Which compute backend runs the model. */
+export type BackendName = "auto" | "cpu" | "cuda";
+
+const BACKEND_IDS: Record<BackendName, number> = { auto: 0, cpu: 1, cuda: 2 };
+const BACKEND_NAMES = ["auto", "cpu", "cuda"] as const;
+
+/** Options of {@link Kvfold.open}. */
+export interface OpenOptions {
+  /** `"auto"` (default: CUDA when built and a GPU is present, else CPU), `"cpu"` or `"cuda"`. */
+  backend?: BackendName;
+  /** CPU worker threads, the calling one included; default: all cores. */
+  threads?: number;
+  /** GPU index for GPU backends; default 0. */
+  device?: number;
+}
+
+/** What the library was built with and what this machine offers. */
+export interface LibraryInfo {
+  version: string;
+  abiVersion: number;
+  libraryPath: string;
+  backendsBuilt: BackendName[];
+  gpuCount: number;
+}
+
+/**
+ * A backend with its worker threads. Dispose it (or use `using`) when done; that disposes every
+ * model and session loaded through it.
+ *
+ * @example
+ * ```ts ignore
+ * import { Kvfold } from "./mod.ts";
+ * using kv = await Kvfold.open({ backend: "cpu" });
+ * using model = await kv.loadModel("./models/tiny");
+ * for await (const piece of model.generate("Once upon a time", { maxTokens: 16 })) {
+ *   Deno.stdout.writeSync(new TextEncoder().encode(piece));
+ * }
+ * ```
+ */
+export class Kvfold {
+  #handle: NativeHandle;
+  /** The backend actually chosen. */
+  readonly backend: BackendName;
+  /** Worker threads in use. */
+  readonly threads: number;
+  /** A short description, e.g. "cpu (avx2+fma+f16c)". */
+  readonly name: string;
+
+  private constructor(handle: NativeHandle, backend: BackendName, threads: number, name: string) {
+    this.#handle = handle;
+    this.backend = backend;
+    this.threads = threads;
+    this.name = name;
+  }
+
+  /** Loads the native library (building it on first use) and opens a backend. */
+  static async open(options: OpenOptions = {}): Promise<Kvfold> {
+    const s = await native();
+    const backend = options.backend ?? "auto";
+    if (!(backend in BACKEND_IDS)) {
+      throw new TypeError(`Cannot open kvfold: backend "${backend}" is not one of auto, cpu, cuda`);
+    }
+    const threads = options.threads ?? 0;
+    if (!Number.isInteger(threads) || threads < 0) {
+      throw new RangeError(`Cannot open kvfold: threads must be a non-negative integer, got ${threads}`);
+    }
+    const params = new Uint8Array(s.kf_engine_default_params());
+    const pv = new DataView(params.buffer);
+    pv.setInt32(0, BACKEND_IDS[backend], true);
+    pv.setInt32(4, threads, true);
+    pv.setInt32(8, options.device ?? 0, true);
+    const out = outPointer();
+    check(s.kf_engine_open(params, out.buf));
+    const ptr = out.get();
+    const handle = new NativeHandle(ptr, "the kvfold engine", (p) => check(sym().kf_engine_free(p)), null);
+    const info = alloc(72);
+    check(s.kf_engine_get_info(ptr, info));
+    const iv = new DataView(info.buffer);
+    return new Kvfold(handle, BACKEND_NAMES[iv.getInt32(0, true)], iv.getInt32(4, true), readCharArray(info, 8, 64));
+  }
+
+  /** Library version, backends compiled in, GPUs visible. */
+  static async info(): Promise<LibraryInfo> {
+    const s = await native();
+    const built: BackendName[] = [];
+    if (s.kf_backend_built(1)) built.push("cpu");
+    if (s.kf_backend_built(2)) built.push("cuda");
+    return {
+      version: readCString(s.kf_version()),
+      abiVersion: s.kf_abi_version(),
+      libraryPath: libraryPath() ?? "",
+      backendsBuilt: built,
+      gpuCount: s.kf_backend_device_count(2),
+    };
+  }
+
+  /** @internal the native handle, for children. */
+  get _handle(): NativeHandle {
+    return this.#handle;
+  }
+
+  /**
+   * Loads a Hugging Face model folder (config.json, safetensors, tokenizer.json).
+   * `onProgress(bytesDone, bytesTotal)` is called while weights load; `signal` cancels.
+   */
+  loadModel(dir: string, options: LoadModelOptions = {}): Promise<Model> {
+    return Model._load(this, dir, options);
+  }
+
+  /** Measures memory read bandwidth (GB/s) with this engine's threads; the decode ceiling. */
+  async measureReadBandwidth(options: { bytes?: number; repeats?: number; signal?: AbortSignal } = {}): Promise<number> {
+    const out = alloc(8);
+    const ptr = this.#handle.ptr;
+    await this.#handle.hold(() =>
+      withControl(async () => {
+        check(await sym().kf_engine_measure_read_bandwidth(ptr, BigInt(options.bytes ?? 512 << 20), options.repeats ?? 5, out));
+      }, { signal: options.signal })
+    );
+    return new DataView(out.buffer).getFloat64(0, true);
+  }
+
+  /** Frees the engine and everything loaded through it. Idempotent. */
+  dispose(): void {
+    this.#handle.dispose();
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.dispose();
+    await this.#handle.settled();
+  }
+
+  /** Throws unless the engine is usable. */
+  assertOpen(): void {
+    if (this.#handle.disposed) throw new KvfoldError("DISPOSED", "Cannot use the kvfold engine: it was disposed");
+  }
+}

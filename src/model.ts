@@ -1,0 +1,202 @@
+/**
+ * A loaded model: immutable weights in native memory, its tokenizer and chat template, and the
+ * sessions that run it.
+ *
+ * @module
+ */
+
+import { alloc, check, cString, outPointer, readCharArray, sym, withControl } from "./_binding.ts";
+import { NativeHandle } from "./_handle.ts";
+import type { Kvfold } from "./engine.ts";
+import { KvfoldError } from "./errors.ts";
+import { type GenerateOptions, Session, type SessionOptions } from "./session.ts";
+import { type ChatMessage, TextTokenizer } from "./tokenizer.ts";
+
+/** Weight precision in memory. `"auto"` keeps the file's dtype (memory-mapped, no copy). */
+export type WeightDType = "auto" | "f32" | "f16" | "bf16";
+const DTYPE_IDS: Record<WeightDType, number> = { auto: -1, f32: 0, f16: 1, bf16: 2 };
+const DTYPE_NAMES = ["f32", "f16", "bf16"] as const;
+
+/** Options of {@link Kvfold.loadModel}. */
+export interface LoadModelOptions {
+  /** Precision to hold weights in; default `"auto"`. */
+  dtype?: WeightDType;
+  /** Memory-map the safetensors (default true); false reads them into memory. */
+  mmap?: boolean;
+  /** Called with (bytesDone, bytesTotal) while weights load. A throw cancels the load. */
+  onProgress?: (done: number, total: number) => void;
+  /** Cancels the load. */
+  signal?: AbortSignal;
+}
+
+/** Shape and size of a loaded model. */
+export interface ModelInfo {
+  modelType: string;
+  vocabSize: number;
+  hiddenSize: number;
+  intermediateSize: number;
+  layers: number;
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+  maxPositions: number;
+  weightDType: "f32" | "f16" | "bf16";
+  tiedEmbeddings: boolean;
+  /** Parameters in all tensors. */
+  params: number;
+  /** Bytes of weights streamed per decoded token (everything but the embedding table). */
+  weightBytes: number;
+}
+
+/**
+ * A model loaded from a Hugging Face folder. Create sessions from it; dispose it when done (its
+ * sessions are disposed with it).
+ *
+ * @example
+ * ```ts ignore
+ * import { Kvfold } from "./mod.ts";
+ * using kv = await Kvfold.open();
+ * using model = await kv.loadModel("./models/tiny", { onProgress: (d, t) => console.log(d, t) });
+ * console.log(model.info.layers, model.tokenizer.encode("hello"));
+ * ```
+ */
+export class Model {
+  #handle: NativeHandle;
+  /** The engine this model was loaded on. */
+  readonly engine: Kvfold;
+  /** The folder it came from. */
+  readonly dir: string;
+  /** Architecture and size. */
+  readonly info: ModelInfo;
+  /** Tokenizer and chat template. */
+  readonly tokenizer: TextTokenizer;
+  /** Token ids that end generation by default (config / generation_config eos ids). */
+  readonly eosTokenIds: readonly number[];
+
+  private constructor(handle: NativeHandle, engine: Kvfold, dir: string, info: ModelInfo, tok: TextTokenizer, eos: number[]) {
+    this.#handle = handle;
+    this.engine = engine;
+    this.dir = dir;
+    this.info = info;
+    this.tokenizer = tok;
+    this.eosTokenIds = eos;
+  }
+
+  /** @internal use {@link Kvfold.loadModel}. */
+  static async _load(engine: Kvfold, dir: string, options: LoadModelOptions): Promise<Model> {
+    engine.assertOpen();
+    if (typeof dir !== "string" || dir.length === 0) throw new TypeError("Cannot load model: the folder path is empty");
+    const dtype = options.dtype ?? "auto";
+    if (!(dtype in DTYPE_IDS)) throw new TypeError(`Cannot load model: dtype "${dtype}" is not auto, f32, f16 or bf16`);
+    dir = dir.replace(/\/+$/, "") || "/";
+    // The tokenizer first: it is cheap and a missing one should fail before gigabytes are mapped.
+    const tokenizer = await TextTokenizer.fromModelDir(dir);
+    const eos = await readEosIds(dir, tokenizer);
+
+    const s = sym();
+    const engineHandle = engine._handle;
+    const out = outPointer();
+    const path = cString(dir);
+    await engineHandle.hold(() =>
+      withControl(async (ctl) => {
+        const params = new Uint8Array(s.kf_model_default_params());
+        const pv = new DataView(params.buffer);
+        pv.setBigUint64(0, BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(ctl.buf))), true);
+        pv.setInt32(8, DTYPE_IDS[dtype], true);
+        pv.setInt32(12, options.mmap === false ? 0 : 1, true);
+        const buf = alloc(params.length);
+        buf.set(params);
+        check(await s.kf_model_load(engineHandle.ptr, path, buf, out.buf));
+      }, { signal: options.signal, onProgress: options.onProgress })
+    );
+    const ptr = out.get();
+    const handle = new NativeHandle(ptr, `model ${dir}`, (p) => check(sym().kf_model_free(p)), engineHandle);
+    const info = alloc(88);
+    check(s.kf_model_get_info(ptr, info));
+    const v = new DataView(info.buffer);
+    const i32 = (o: number) => v.getInt32(o, true);
+    const modelInfo: ModelInfo = {
+      vocabSize: i32(0),
+      hiddenSize: i32(4),
+      intermediateSize: i32(8),
+      layers: i32(12),
+      heads: i32(16),
+      kvHeads: i32(20),
+      headDim: i32(24),
+      maxPositions: i32(28),
+      weightDType: DTYPE_NAMES[i32(32)],
+      tiedEmbeddings: i32(36) === 1,
+      params: Number(v.getBigInt64(40, true)),
+      weightBytes: Number(v.getBigInt64(48, true)),
+      modelType: readCharArray(info, 56, 32),
+    };
+    return new Model(handle, engine, dir, modelInfo, tokenizer, eos.filter((id) => id < modelInfo.vocabSize));
+  }
+
+  /** @internal the native handle, for sessions. */
+  get _handle(): NativeHandle {
+    return this.#handle;
+  }
+
+  /** Opens a session (its own KV cache and buffers). */
+  session(options: SessionOptions = {}): Session {
+    return Session._create(this, options);
+  }
+
+  /**
+   * Generates a completion of `prompt` in a fresh session, streaming text pieces. With `chat`, the
+   * prompt is wrapped as one user message through the chat template.
+   */
+  async *generate(
+    prompt: string | readonly ChatMessage[],
+    options: GenerateOptions & SessionOptions & { chat?: boolean } = {},
+  ): AsyncGenerator<string, void, undefined> {
+    using session = this.session(options);
+    const ids = this.encodePrompt(prompt, { chat: options.chat });
+    yield* session.generate({ ...options, prompt: ids });
+  }
+
+  /** Prompt ids: chat messages through the template, or text with BOS as the tokenizer adds it. */
+  encodePrompt(prompt: string | readonly ChatMessage[], options: { chat?: boolean } = {}): number[] {
+    if (typeof prompt !== "string") return this.tokenizer.encodeChat(prompt);
+    if (options.chat) return this.tokenizer.encodeChat([{ role: "user", content: prompt }]);
+    const ids = this.tokenizer.encode(prompt, { addSpecialTokens: true });
+    const bos = this.tokenizer.bosTokenId;
+    if (this.tokenizer.addBosToken && bos !== undefined && ids[0] !== bos) ids.unshift(bos);
+    return ids;
+  }
+
+  /** Frees the weights and every session of this model. Idempotent. */
+  dispose(): void {
+    this.#handle.dispose();
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.dispose();
+    await this.#handle.settled();
+  }
+}
+
+async function readEosIds(dir: string, tok: TextTokenizer): Promise<number[]> {
+  const ids = new Set<number>();
+  const add = (v: unknown) => {
+    if (typeof v === "number" && Number.isInteger(v)) ids.add(v);
+    else if (Array.isArray(v)) v.forEach(add);
+  };
+  for (const f of ["config.json", "generation_config.json"]) {
+    try {
+      add(JSON.parse(await Deno.readTextFile(`${dir}/${f}`)).eos_token_id);
+    } catch (e) {
+      if (f === "config.json" && e instanceof Deno.errors.NotFound) {
+        throw new KvfoldError("IO", `Cannot load model: ${dir}/config.json does not exist`, { cause: e });
+      }
+      // generation_config.json is optional; a malformed config.json is reported by the native loader.
+    }
+  }
+  if (tok.eosTokenId !== undefined) ids.add(tok.eosTokenId);
+  return [...ids];
+}

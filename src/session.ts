@@ -1,0 +1,370 @@
+/**
+ * A session: one sequence's KV cache and buffers, prefill, single-token decode, and streaming
+ * generation with sampling, stop strings and abort.
+ *
+ * @module
+ */
+
+import { alloc, check, native, outPointer, sym, withControl } from "./_binding.ts";
+import { NativeHandle } from "./_handle.ts";
+import { KvfoldError } from "./errors.ts";
+import type { Model } from "./model.ts";
+import { IncrementalDecoder, StopStringFilter } from "./text_stream.ts";
+
+/** Options of {@link Model.session}. */
+export interface SessionOptions {
+  /** KV positions to reserve; default: the model's max_position_embeddings. */
+  contextSize?: number;
+  /** Most tokens per prefill chunk; default 256. */
+  batchSize?: number;
+}
+
+/** Sampling settings. Temperature 0 is greedy. */
+export interface SamplingOptions {
+  /** 0 = greedy; default 0.8. */
+  temperature?: number;
+  /** Nucleus mass in (0, 1]; default 0.95. */
+  topP?: number;
+  /** Keep the k most likely; 0 disables; default 40. */
+  topK?: number;
+  /** Drop tokens below minP × the best probability; default 0 (off). */
+  minP?: number;
+  /** CTRL-style penalty on recent tokens; 1 (default) disables. */
+  repetitionPenalty?: number;
+  /** How many recent tokens the penalty looks at; default 64. */
+  repeatLastN?: number;
+  /** RNG seed; the same seed, prompt and settings give the same tokens. */
+  seed?: number | bigint;
+}
+
+/** Options of {@link Session.generate}. */
+export interface GenerateOptions extends SamplingOptions {
+  /** Text (tokenized without BOS) or ids to prefill before generating. */
+  prompt?: string | readonly number[];
+  /** Most tokens to generate; default 256. */
+  maxTokens?: number;
+  /** Stop when the text contains one of these (the stop string is not emitted). */
+  stop?: readonly string[];
+  /** Stop on these token ids, in addition to the model's EOS ids (unless `ignoreEos`). */
+  stopTokens?: readonly number[];
+  /** Keep going past EOS (benchmarks). */
+  ignoreEos?: boolean;
+  /** Aborts generation within one decode step; the iterator then throws an ABORTED KvfoldError. */
+  signal?: AbortSignal;
+  /** Called with (tokensDone, tokensTotal) during prompt prefill. */
+  onPrefillProgress?: (done: number, total: number) => void;
+}
+
+/** Why generation ended. */
+export type StopReason = "eos" | "stop-token" | "stop-string" | "max-tokens" | "context-full";
+
+/** Counters of the last generate() call. */
+export interface GenerationStats {
+  promptTokens: number;
+  generatedTokens: number;
+  prefillMs: number;
+  decodeMs: number;
+  stopReason: StopReason;
+  /** Ids generated (the stop token included when one ended it). */
+  tokens: number[];
+}
+
+/** Options of {@link Session.prefill}. */
+export interface PrefillOptions {
+  /** `"last"` (default) keeps only the last position's logits; `"all"` returns every position's. */
+  logits?: "last" | "all";
+  signal?: AbortSignal;
+  onProgress?: (done: number, total: number) => void;
+}
+
+/**
+ * One sequence's state. Prefill tokens, decode one at a time, or stream a generation.
+ *
+ * @example
+ * ```ts ignore
+ * using session = model.session({ contextSize: 1024 });
+ * let text = "";
+ * for await (const piece of session.generate({ prompt: "The sky is", maxTokens: 20, temperature: 0 })) text += piece;
+ * console.log(text, session.lastStats?.generatedTokens);
+ * ```
+ */
+export class Session {
+  #handle: NativeHandle;
+  /** The model this session runs. */
+  readonly model: Model;
+  /** Positions reserved in the KV cache. */
+  readonly contextSize: number;
+  /** Counters of the last finished generate(). */
+  lastStats?: GenerationStats;
+  #busy = false;
+
+  private constructor(handle: NativeHandle, model: Model, contextSize: number) {
+    this.#handle = handle;
+    this.model = model;
+    this.contextSize = contextSize;
+  }
+
+  /** @internal use {@link Model.session}. */
+  static _create(model: Model, options: SessionOptions): Session {
+    const s = sym();
+    const params = alloc(16);
+    params.set(new Uint8Array(s.kf_session_default_params()));
+    const pv = new DataView(params.buffer);
+    const ctx = options.contextSize ?? 0;
+    const batch = options.batchSize ?? pv.getInt32(4, true);
+    if (!Number.isInteger(ctx) || ctx < 0) throw new RangeError(`Cannot create session: contextSize ${ctx} is not a non-negative integer`);
+    if (!Number.isInteger(batch) || batch < 1) throw new RangeError(`Cannot create session: batchSize ${batch} is not a positive integer`);
+    pv.setInt32(0, ctx, true);
+    pv.setInt32(4, batch, true);
+    const out = outPointer();
+    const modelHandle = model._handle;
+    check(s.kf_session_create(modelHandle.ptr, params, out.buf));
+    const ptr = out.get();
+    const handle = new NativeHandle(ptr, "the session", (p) => check(sym().kf_session_free(p)), modelHandle);
+    const session = new Session(handle, model, ctx || model.info.maxPositions);
+    return session;
+  }
+
+  /** Positions currently in the KV cache. */
+  get position(): number {
+    return sym().kf_session_n_past(this.#handle.ptr);
+  }
+
+  /** KV cache and scratch memory of this session. */
+  memory(): { kvBytes: number; kvSlots: number; scratchBytes: number; position: number; contextSize: number } {
+    const info = alloc(40);
+    check(sym().kf_session_get_info(this.#handle.ptr, info));
+    const v = new DataView(info.buffer);
+    return {
+      position: v.getInt32(0, true),
+      contextSize: v.getInt32(4, true),
+      kvBytes: Number(v.getBigInt64(16, true)),
+      kvSlots: Number(v.getBigInt64(24, true)),
+      scratchBytes: Number(v.getBigInt64(32, true)),
+    };
+  }
+
+  /** Forgets everything (empties the KV cache). */
+  reset(): void {
+    this.#assertIdle("reset");
+    check(sym().kf_session_reset(this.#handle.ptr));
+  }
+
+  /** Drops positions past `n`. */
+  truncate(n: number): void {
+    this.#assertIdle("truncate");
+    check(sym().kf_session_truncate(this.#handle.ptr, n));
+  }
+
+  #assertIdle(what: string) {
+    if (this.#busy) {
+      throw new KvfoldError("INVALID_STATE", `Cannot ${what}: the session is busy with another call`);
+    }
+  }
+
+  async #exclusive<T>(what: string, fn: () => Promise<T>): Promise<T> {
+    this.#handle.ptr; // throws DISPOSED
+    this.#assertIdle(what);
+    this.#busy = true;
+    try {
+      return await fn();
+    } finally {
+      this.#busy = false;
+    }
+  }
+
+  /**
+   * Runs token ids at the next positions. Returns the logits of every position ([n, vocab] row
+   * major) with `logits: "all"`, else null. Cancelled or failed calls leave the session as before.
+   */
+  prefill(ids: readonly number[] | Int32Array, options: PrefillOptions = {}): Promise<Float32Array | null> {
+    return this.#exclusive("prefill", () => this.#prefill(ids, options));
+  }
+
+  async #prefill(ids: readonly number[] | Int32Array, options: PrefillOptions): Promise<Float32Array | null> {
+    if (ids.length === 0) throw new KvfoldError("INVALID_ARGUMENT", "Cannot prefill: no token ids given");
+    const idBuf = alloc(ids.length * 4);
+    const iv = new Int32Array(idBuf.buffer);
+    for (let i = 0; i < ids.length; i++) {
+      const id = ids[i];
+      if (!Number.isInteger(id)) throw new KvfoldError("INVALID_ARGUMENT", `Cannot prefill: token id ${id} at index ${i} is not an integer`);
+      iv[i] = id;
+    }
+    const vocab = this.model.info.vocabSize;
+    const logits = options.logits === "all" ? new Float32Array(new ArrayBuffer(ids.length * vocab * 4)) : null;
+    const ptr = this.#handle.ptr;
+    let ctlRef: { cancel(): void } | undefined;
+    await this.#handle.hold(
+      () =>
+        withControl(async (ctl) => {
+          ctlRef = ctl;
+          check(await sym().kf_session_prefill(ptr, idBuf, ids.length, logits, ctl.buf));
+        }, { signal: options.signal, onProgress: options.onProgress }),
+      () => ctlRef?.cancel(),
+    );
+    return logits;
+  }
+
+  /** Runs one token at the next position (the decode path). */
+  decode(id: number, options: { signal?: AbortSignal } = {}): Promise<void> {
+    return this.#exclusive("decode", () => this.#decode(id, options.signal));
+  }
+
+  async #decode(id: number, signal?: AbortSignal): Promise<void> {
+    if (!Number.isInteger(id)) throw new KvfoldError("INVALID_ARGUMENT", `Cannot decode: token id ${id} is not an integer`);
+    const ptr = this.#handle.ptr;
+    let ctlRef: { cancel(): void } | undefined;
+    await this.#handle.hold(
+      () =>
+        withControl(async (ctl) => {
+          ctlRef = ctl;
+          check(await sym().kf_session_decode(ptr, id, ctl.buf));
+        }, { signal }),
+      () => ctlRef?.cancel(),
+    );
+  }
+
+  /** The last position's logits ([vocab] f32). */
+  logits(): Float32Array {
+    const out = new Float32Array(new ArrayBuffer(this.model.info.vocabSize * 4));
+    check(sym().kf_session_get_logits(this.#handle.ptr, out, out.length));
+    return out;
+  }
+
+  /**
+   * Streams generated text. Prefills `prompt` (if given), then samples and decodes until EOS, a
+   * stop token or string, `maxTokens`, or the context is full. Counters land in `lastStats`.
+   */
+  generate(options: GenerateOptions = {}): AsyncGenerator<string, void, undefined> {
+    this.#handle.ptr; // fail fast when disposed
+    return this.#generate(options);
+  }
+
+  async *#generate(options: GenerateOptions): AsyncGenerator<string, void, undefined> {
+    this.#assertIdle("generate");
+    this.#busy = true;
+    const sampler = createSampler(options);
+    try {
+      const { signal } = options;
+      const maxTokens = options.maxTokens ?? 256;
+      if (!Number.isInteger(maxTokens) || maxTokens < 0) throw new RangeError(`Cannot generate: maxTokens ${maxTokens} is not a non-negative integer`);
+      const abortError = () => new KvfoldError("ABORTED", "Cannot generate: aborted", { cause: signal?.reason });
+      if (signal?.aborted) throw abortError();
+      const tok = this.model.tokenizer;
+      const promptIds = typeof options.prompt === "string" ? tok.encode(options.prompt) : options.prompt ? [...options.prompt] : [];
+      const stopIds = new Set<number>(options.stopTokens ?? []);
+      const eosIds = new Set<number>(options.ignoreEos ? [] : this.model.eosTokenIds);
+      const s = sym();
+      const t0 = performance.now();
+      if (promptIds.length > 0) {
+        await this.#prefill(promptIds, { signal, onProgress: options.onPrefillProgress });
+        check(s.kf_sampler_accept(sampler.ptr, int32Buf(promptIds), promptIds.length));
+      }
+      const t1 = performance.now();
+      const decoder = new IncrementalDecoder((ids) => tok.decode(ids));
+      const stops = new StopStringFilter(options.stop ?? []);
+      const tokens: number[] = [];
+      const tokenOut = alloc(4);
+      let reason: StopReason = "max-tokens";
+      const ptr = this.#handle.ptr;
+      while (tokens.length < maxTokens) {
+        if (signal?.aborted) throw abortError();
+        check(s.kf_sampler_sample(sampler.ptr, ptr, tokenOut));
+        const id = new Int32Array(tokenOut.buffer)[0];
+        tokens.push(id);
+        if (eosIds.has(id)) {
+          reason = "eos";
+          break;
+        }
+        if (stopIds.has(id)) {
+          reason = "stop-token";
+          break;
+        }
+        const text = stops.push(decoder.push(id));
+        if (text) yield text;
+        if (stops.stopped) {
+          reason = "stop-string";
+          break;
+        }
+        if (tokens.length >= maxTokens) break;
+        if (this.position >= this.contextSize) {
+          reason = "context-full";
+          break;
+        }
+        await this.#decode(id, signal);
+      }
+      if (reason !== "stop-string") {
+        const tail = stops.push(decoder.flush()) + stops.flush();
+        if (tail) yield tail;
+      }
+      this.lastStats = {
+        promptTokens: promptIds.length,
+        generatedTokens: tokens.length,
+        prefillMs: t1 - t0,
+        decodeMs: performance.now() - t1,
+        stopReason: reason,
+        tokens,
+      };
+    } finally {
+      check(sym().kf_sampler_free(sampler.ptr));
+      this.#busy = false;
+    }
+  }
+
+  /** Frees the KV cache and buffers (after any in-flight call returns). Idempotent. */
+  dispose(): void {
+    this.#handle.dispose();
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.dispose();
+    await this.#handle.settled();
+  }
+}
+
+function int32Buf(ids: readonly number[]): Uint8Array<ArrayBuffer> {
+  const buf = alloc(Math.max(4, ids.length * 4));
+  new Int32Array(buf.buffer).set(ids);
+  return buf;
+}
+
+function createSampler(o: SamplingOptions): { ptr: Deno.PointerValue } {
+  const s = sym();
+  const params = alloc(32);
+  params.set(new Uint8Array(s.kf_sampler_default_params()));
+  const v = new DataView(params.buffer);
+  if (o.seed !== undefined) v.setBigUint64(0, BigInt.asUintN(64, BigInt(o.seed)), true);
+  if (o.temperature !== undefined) v.setFloat32(8, o.temperature, true);
+  if (o.topP !== undefined) v.setFloat32(12, o.topP, true);
+  if (o.topK !== undefined) v.setInt32(16, o.topK, true);
+  if (o.repetitionPenalty !== undefined) v.setFloat32(20, o.repetitionPenalty, true);
+  if (o.repeatLastN !== undefined) v.setInt32(24, o.repeatLastN, true);
+  if (o.minP !== undefined) v.setFloat32(28, o.minP, true);
+  const out = outPointer();
+  check(s.kf_sampler_create(params, out.buf));
+  return { ptr: out.get() };
+}
+
+/**
+ * Samples token ids from logits with the same native sampler generate() uses. Handy for custom
+ * decoding loops and for tests.
+ */
+export async function sampleFromLogits(logits: Float32Array, options: SamplingOptions & { history?: readonly number[] } = {}): Promise<number> {
+  await native();
+  const sampler = createSampler(options);
+  const s = sym();
+  try {
+    if (options.history?.length) check(s.kf_sampler_accept(sampler.ptr, int32Buf(options.history), options.history.length));
+    const buf = new Float32Array(new ArrayBuffer(logits.length * 4));
+    buf.set(logits);
+    const out = alloc(4);
+    check(s.kf_sampler_sample_logits(sampler.ptr, buf, logits.length, out));
+    return new Int32Array(out.buffer)[0];
+  } finally {
+    check(s.kf_sampler_free(sampler.ptr));
+  }
+}
