@@ -5,8 +5,8 @@
  * @module
  */
 
-import { Tokenizer } from "@huggingface/tokenizers";
-import { Template } from "@huggingface/jinja";
+import { Tokenizer } from "npm:@huggingface/tokenizers@0.2.0";
+import { Template } from "npm:@huggingface/jinja@0.5.11";
 import { KvfoldError } from "./errors.ts";
 
 /** One chat message, as chat templates expect it. */

@@ -1,0 +1,61 @@
+/**
+ * Shared test fixtures: test models generated once per process into a temp folder, and one engine.
+ *
+ * @module
+ */
+
+import { Kvfold } from "../mod.ts";
+import { makeTestModel, type TestModelOptions } from "../src/test_model.ts";
+
+let root: string | null = null;
+const made = new Map<string, Promise<string>>();
+
+/** A test model folder for these options (written once per process). */
+export function testModel(name: string, options: TestModelOptions = {}): Promise<string> {
+  let p = made.get(name);
+  if (!p) {
+    p = (async () => {
+      root ??= await Deno.makeTempDir({ prefix: "kvfold-test-" });
+      const dir = `${root}/${name}`;
+      await makeTestModel(dir, { preset: "tiny", seed: 1, ...options });
+      return dir;
+    })();
+    made.set(name, p);
+  }
+  return p;
+}
+
+/** A fresh temp folder removed by the caller. */
+export function tempDir(): Promise<string> {
+  return Deno.makeTempDir({ prefix: "kvfold-test-" });
+}
+
+let engine: Promise<Kvfold> | null = null;
+
+/** One shared CPU engine with 2 threads (tests run several files in parallel processes). */
+export function testEngine(): Promise<Kvfold> {
+  engine ??= Kvfold.open({ backend: "cpu", threads: 2 });
+  return engine;
+}
+
+/** max |a - b| / max |b|: the relative error used against the float64 reference. */
+export function relativeError(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  if (a.length !== b.length) throw new Error(`length ${a.length} != ${b.length}`);
+  let num = 0, den = 0;
+  for (let i = 0; i < a.length; i++) {
+    num = Math.max(num, Math.abs(a[i] - b[i]));
+    den = Math.max(den, Math.abs(b[i]));
+  }
+  return num / den;
+}
+
+/** Deterministic pseudo-random token ids in [lo, hi). */
+export function someIds(n: number, hi: number, seed = 3, lo = 3): number[] {
+  const out: number[] = [];
+  let x = seed >>> 0;
+  for (let i = 0; i < n; i++) {
+    x = (Math.imul(x, 1103515245) + 12345) >>> 0;
+    out.push(lo + ((x >>> 8) % (hi - lo)));
+  }
+  return out;
+}

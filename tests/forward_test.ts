@@ -1,0 +1,120 @@
+// The native forward pass against the float64 TypeScript reference, across the architectures the
+// design names, plus the metamorphic identities of the KV cache and weight conversion.
+import assert from "node:assert/strict";
+import type { TestModelOptions } from "../src/test_model.ts";
+import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from "../src/safetensors.ts";
+import { loadReferenceModel, referenceLogits } from "./reference_forward.ts";
+import { relativeError, someIds, testEngine, testModel } from "./_fixtures.ts";
+
+const CONFIGS: [string, TestModelOptions][] = [
+  ["gqa", {}],
+  ["mha", { numKeyValueHeads: 4 }],
+  ["mqa", { numKeyValueHeads: 1 }],
+  ["tied", { tieWordEmbeddings: true }],
+  ["qwen2-bias", { modelType: "qwen2" }],
+  ["llama-attention-bias", { attentionBias: true }],
+  ["mistral", { modelType: "mistral" }],
+  ["rope-theta", { ropeTheta: 500000 }],
+  ["rope-linear", { ropeScaling: { rope_type: "linear", factor: 4 } }],
+  ["rope-llama3", {
+    ropeScaling: { rope_type: "llama3", factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 64 },
+  }],
+  ["explicit-head-dim", { headDim: 24 }],
+  ["sharded", { shards: 2 }],
+  ["f16", { dtype: "float16" }],
+  ["bf16", { dtype: "bfloat16" }],
+];
+
+for (const [name, options] of CONFIGS) {
+  Deno.test(`forward: native logits match the float64 reference (${name})`, async () => {
+    const dir = await testModel(name, { ...options, seed: 11 });
+    const kv = await testEngine();
+    using model = await kv.loadModel(dir);
+    const ids = someIds(40, model.info.vocabSize, 5);
+    // batchSize 16 forces three prefill chunks, so chunk boundaries are covered too.
+    using session = model.session({ contextSize: 64, batchSize: 16 });
+    const got = (await session.prefill(ids, { logits: "all" }))!;
+    const want = referenceLogits(await loadReferenceModel(dir), ids);
+    assert.equal(got.length, want.length);
+    const err = relativeError(got, want);
+    assert.ok(err < 1e-4, `relative error ${err.toExponential(2)} >= 1e-4`);
+  });
+}
+
+Deno.test("forward: positions far into the context stay accurate (rope at position 200)", async () => {
+  const dir = await testModel("gqa", { seed: 11 });
+  const kv = await testEngine();
+  using model = await kv.loadModel(dir);
+  const ids = someIds(210, model.info.vocabSize, 9);
+  using session = model.session({ contextSize: 256, batchSize: 64 });
+  const got = (await session.prefill(ids, { logits: "all" }))!;
+  const want = referenceLogits(await loadReferenceModel(dir), ids);
+  const V = model.info.vocabSize;
+  const err = relativeError(got.subarray(200 * V), want.subarray(200 * V));
+  assert.ok(err < 1e-4, `relative error ${err.toExponential(2)} at positions 200..209`);
+});
+
+Deno.test("forward: KV-cache decode equals full recompute, token by token", async () => {
+  const dir = await testModel("gqa", { seed: 11 });
+  const kv = await testEngine();
+  using model = await kv.loadModel(dir);
+  const V = model.info.vocabSize;
+  const ids = someIds(20, V, 21);
+  using full = model.session({ contextSize: 32 });
+  const all = (await full.prefill(ids, { logits: "all" }))!;
+  using inc = model.session({ contextSize: 32 });
+  await inc.prefill(ids.slice(0, 5));
+  for (let i = 5; i < ids.length; i++) {
+    await inc.decode(ids[i]);
+    const err = relativeError(inc.logits(), all.subarray(i * V, (i + 1) * V));
+    assert.ok(err < 1e-5, `position ${i}: decode differs from full prefill by ${err.toExponential(2)}`);
+  }
+  assert.equal(inc.position, ids.length);
+});
+
+Deno.test("forward: prefill chunk size does not change the logits", async () => {
+  const dir = await testModel("qwen2-bias", { modelType: "qwen2", seed: 11 });
+  const kv = await testEngine();
+  using model = await kv.loadModel(dir);
+  const ids = someIds(33, model.info.vocabSize, 2);
+  const results: Float32Array[] = [];
+  for (const batchSize of [1, 7, 64]) {
+    using s = model.session({ contextSize: 64, batchSize });
+    results.push((await s.prefill(ids, { logits: "all" }))!);
+  }
+  assert.ok(relativeError(results[0], results[2]) < 1e-5);
+  assert.ok(relativeError(results[1], results[2]) < 1e-5);
+});
+
+Deno.test("forward: weights converted to bf16/f16 at load match the reference with rounded matrices", async () => {
+  const dir = await testModel("gqa", { seed: 11 });
+  const kv = await testEngine();
+  for (const [dtype, round] of [["bf16", (x: number) => bf16ToF32(f32ToBf16(x))], ["f16", (x: number) => f16ToF32(f32ToF16(x))]] as const) {
+    using model = await kv.loadModel(dir, { dtype });
+    assert.equal(model.info.weightDType, dtype);
+    const ids = someIds(12, model.info.vocabSize, 8);
+    using s = model.session({ contextSize: 16 });
+    const got = (await s.prefill(ids, { logits: "all" }))!;
+    // The reference with every matrix rounded the same way (vectors stay f32 in the engine).
+    const ref = await loadReferenceModel(dir);
+    for (const [name, shape] of ref.shapes) {
+      if (shape.length === 2) ref.tensors.get(name)!.forEach((x, i, arr) => (arr[i] = round(x)));
+    }
+    const err = relativeError(got, referenceLogits(ref, ids));
+    assert.ok(err < 1e-4, `${dtype}: relative error ${err.toExponential(2)} against rounded reference`);
+    // ...and the rounding really happened: the unrounded reference is measurably further away.
+    const errUnrounded = relativeError(got, referenceLogits(await loadReferenceModel(dir), ids));
+    assert.ok(errUnrounded > 10 * err, `${dtype}: ${errUnrounded} vs ${err}`);
+  }
+});
+
+Deno.test("forward: mmap and read-into-memory loads give identical logits", async () => {
+  const dir = await testModel("gqa", { seed: 11 });
+  const kv = await testEngine();
+  using a = await kv.loadModel(dir, { mmap: true });
+  using b = await kv.loadModel(dir, { mmap: false });
+  const ids = someIds(9, a.info.vocabSize, 13);
+  using sa = a.session({ contextSize: 16 });
+  using sb = b.session({ contextSize: 16 });
+  assert.deepEqual(await sa.prefill(ids, { logits: "all" }), await sb.prefill(ids, { logits: "all" }));
+});
