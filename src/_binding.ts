@@ -63,7 +63,7 @@ export type NativeSymbols = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
 
 /** Byte sizes of the structs as laid out here; checked against the library at load. */
 export const STRUCT_SIZES: Record<string, number> = {
-  kf_control: 24,
+  kf_control: 512,
   kf_engine_params: 16,
   kf_engine_info: 72,
   kf_model_params: 16,
@@ -164,12 +164,13 @@ export function alloc(bytes: number): Uint8Array<ArrayBuffer> {
 }
 
 /** Throws the {@link KvfoldError} for a non-OK status, with the native thread-local message. */
-export function check(status: number, context?: string): void {
+export function check(status: number, control?: ControlBlock): void {
   if (status === Status.OK) return;
   const s = sym();
-  let msg = readCString(s.kf_last_error());
+  // Nonblocking calls ran on a worker thread: their message is in the control block.
+  let msg = control?.error || readCString(s.kf_last_error());
   if (msg.length > 0) msg = msg[0].toUpperCase() + msg.slice(1);
-  else msg = `${context ?? "kvfold call"} failed with ${readCString(s.kf_status_name(status))}`;
+  else msg = `A kvfold call failed with ${readCString(s.kf_status_name(status))}`;
   throw new KvfoldError(CODE_OF_STATUS[status] ?? "INTERNAL", msg);
 }
 
@@ -187,8 +188,8 @@ export function outPointer(): { buf: Uint8Array<ArrayBuffer>; get(): Deno.Pointe
  * code updates `done`/`total` while the call runs.
  */
 export class ControlBlock {
-  /** The 24-byte struct handed to native code. */
-  readonly buf: Uint8Array<ArrayBuffer> = alloc(24);
+  /** The 512-byte struct handed to native code. */
+  readonly buf: Uint8Array<ArrayBuffer> = alloc(512);
   #view = new DataView(this.buf.buffer);
   /** Asks the running call to stop at its next check. */
   cancel(): void {
@@ -205,6 +206,10 @@ export class ControlBlock {
   /** Progress units in all (0 while unknown). */
   get total(): number {
     return Number(this.#view.getBigInt64(16, true));
+  }
+  /** The failure message the native call left here ("" if none). */
+  get error(): string {
+    return readCharArray(this.buf, 24, 488);
   }
 }
 

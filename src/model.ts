@@ -106,7 +106,7 @@ export class Model {
         pv.setInt32(12, options.mmap === false ? 0 : 1, true);
         const buf = alloc(params.length);
         buf.set(params);
-        check(await s.kf_model_load(engineHandle.ptr, path, buf, out.buf));
+        check(await s.kf_model_load(engineHandle.ptr, path, buf, out.buf), ctl);
       }, { signal: options.signal, onProgress: options.onProgress })
     );
     const ptr = out.get();

@@ -277,7 +277,10 @@ export function readSafetensors(bytes: Uint8Array, options: { name?: string } = 
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const headerLen = dv.getBigUint64(0, true);
   if (headerLen > BigInt(bytes.length - 8)) {
-    throw formatError(name, `header length ${headerLen} is beyond the end of the file (${bytes.length} bytes)`);
+    throw formatError(
+      name,
+      `header length ${headerLen} is beyond the end of the file (${bytes.length} bytes)`,
+    );
   }
   const n = Number(headerLen);
   let header: unknown;
@@ -311,7 +314,9 @@ export function readSafetensors(bytes: Uint8Array, options: { name?: string } = 
     if (!("dtype" in info)) throw formatError(name, `tensor ${key} has no dtype`);
     if (!("shape" in info)) throw formatError(name, `tensor ${key} has no shape`);
     if (!("data_offsets" in info)) throw formatError(name, `tensor ${key} has no data_offsets`);
-    if (!isDtype(info.dtype)) throw formatError(name, `tensor ${key} has unknown dtype ${JSON.stringify(info.dtype)}`);
+    if (!isDtype(info.dtype)) {
+      throw formatError(name, `tensor ${key} has unknown dtype ${JSON.stringify(info.dtype)}`);
+    }
     const shape = info.shape;
     if (!Array.isArray(shape)) throw formatError(name, `tensor ${key} shape is not an array`);
     let count = 1;
@@ -326,7 +331,10 @@ export function readSafetensors(bytes: Uint8Array, options: { name?: string } = 
       !Array.isArray(offsets) || offsets.length !== 2 ||
       !offsets.every((o) => typeof o === "number" && Number.isSafeInteger(o) && o >= 0)
     ) {
-      throw formatError(name, `tensor ${key} data_offsets ${JSON.stringify(offsets)} are not two non-negative integers`);
+      throw formatError(
+        name,
+        `tensor ${key} data_offsets ${JSON.stringify(offsets)} are not two non-negative integers`,
+      );
     }
     const [begin, end] = offsets as number[];
     if (begin > end || end > dataLen) {
@@ -339,7 +347,9 @@ export function readSafetensors(bytes: Uint8Array, options: { name?: string } = 
     if (end - begin !== expected) {
       throw formatError(
         name,
-        `tensor ${key} data_offsets [${begin}, ${end}] span ${end - begin} bytes, shape [${shape.join(", ")}] of ` +
+        `tensor ${key} data_offsets [${begin}, ${end}] span ${end - begin} bytes, shape [${
+          shape.join(", ")
+        }] of ` +
           `${info.dtype} needs ${expected}`,
       );
     }
@@ -347,7 +357,11 @@ export function readSafetensors(bytes: Uint8Array, options: { name?: string } = 
       name: key,
       begin,
       end,
-      view: { dtype: info.dtype, shape: shape as number[], data: bytes.subarray(dataStart + begin, dataStart + end) },
+      view: {
+        dtype: info.dtype,
+        shape: shape as number[],
+        data: bytes.subarray(dataStart + begin, dataStart + end),
+      },
     });
   }
   entries.sort((a, b) => a.begin - b.begin || a.end - b.end);
@@ -403,12 +417,14 @@ function decodeInto(view: TensorView, out: Float32Array | Float64Array): void {
   const dv = new DataView(data.buffer, data.byteOffset, data.byteLength);
   switch (view.dtype) {
     case "F32":
-      if (LITTLE_ENDIAN && data.byteOffset % 4 === 0) out.set(new Float32Array(data.buffer, data.byteOffset, n));
-      else for (let i = 0; i < n; i++) out[i] = dv.getFloat32(4 * i, true);
+      if (LITTLE_ENDIAN && data.byteOffset % 4 === 0) {
+        out.set(new Float32Array(data.buffer, data.byteOffset, n));
+      } else for (let i = 0; i < n; i++) out[i] = dv.getFloat32(4 * i, true);
       return;
     case "F64":
-      if (LITTLE_ENDIAN && data.byteOffset % 8 === 0) out.set(new Float64Array(data.buffer, data.byteOffset, n));
-      else for (let i = 0; i < n; i++) out[i] = dv.getFloat64(8 * i, true);
+      if (LITTLE_ENDIAN && data.byteOffset % 8 === 0) {
+        out.set(new Float64Array(data.buffer, data.byteOffset, n));
+      } else for (let i = 0; i < n; i++) out[i] = dv.getFloat64(8 * i, true);
       return;
     case "F16": {
       const t = halfTable();
@@ -524,7 +540,9 @@ function checkShape(t: TensorInput): number {
   let n = 1;
   for (const d of t.shape) {
     if (!Number.isSafeInteger(d) || d < 0) {
-      throw new RangeError(`Cannot write tensor ${t.name}: invalid dimension ${d} in shape [${t.shape.join(", ")}]`);
+      throw new RangeError(
+        `Cannot write tensor ${t.name}: invalid dimension ${d} in shape [${t.shape.join(", ")}]`,
+      );
     }
     n *= d;
   }
@@ -555,7 +573,9 @@ function checkTensor(t: TensorInput): "raw" | "convert" {
   const data = t.data;
   if (data instanceof Uint8Array) {
     if (data.byteLength !== n * size) {
-      throw fail(`${data.byteLength} raw bytes given, shape [${t.shape.join(", ")}] of ${t.dtype} needs ${n * size}`);
+      throw fail(
+        `${data.byteLength} raw bytes given, shape [${t.shape.join(", ")}] of ${t.dtype} needs ${n * size}`,
+      );
     }
     return "raw";
   }
@@ -569,7 +589,9 @@ function checkTensor(t: TensorInput): "raw" | "convert" {
   if (INTEGER_DTYPES.has(t.dtype)) {
     const values = data as ArrayLike<number>;
     for (let i = 0; i < n; i++) {
-      if (!Number.isInteger(values[i])) throw fail(`value ${values[i]} at index ${i} is not an integer (${t.dtype})`);
+      if (!Number.isInteger(values[i])) {
+        throw fail(`value ${values[i]} at index ${i} is not an integer (${t.dtype})`);
+      }
     }
   }
   return "convert";
@@ -585,7 +607,9 @@ function encodeTensor(t: TensorInput): Uint8Array {
     if (data instanceof Uint8Array) return data;
     const view = data as ArrayBufferView;
     const elem = data instanceof Uint16Array ? 2 : size;
-    return LITTLE_ENDIAN ? new Uint8Array(view.buffer, view.byteOffset, view.byteLength) : swapCopy(view, elem);
+    return LITTLE_ENDIAN
+      ? new Uint8Array(view.buffer, view.byteOffset, view.byteLength)
+      : swapCopy(view, elem);
   }
   const values = data as ArrayLike<number>;
   const out = new Uint8Array(n * size);
@@ -682,7 +706,9 @@ function buildHeader(
   const obj: Record<string, unknown> = {};
   if (metadata !== undefined) {
     for (const [k, v] of Object.entries(metadata)) {
-      if (typeof v !== "string") throw new TypeError(`Cannot write safetensors: metadata value of "${k}" is not a string`);
+      if (typeof v !== "string") {
+        throw new TypeError(`Cannot write safetensors: metadata value of "${k}" is not a string`);
+      }
     }
     obj.__metadata__ = metadata;
   }
@@ -720,7 +746,10 @@ function buildHeader(
  * console.log(bytes.length % 8); // 0
  * ```
  */
-export function writeSafetensors(tensors: readonly TensorInput[], metadata?: Record<string, string>): Uint8Array {
+export function writeSafetensors(
+  tensors: readonly TensorInput[],
+  metadata?: Record<string, string>,
+): Uint8Array {
   const { header, total } = buildHeader(tensors, metadata);
   const out = new Uint8Array(total);
   out.set(header, 0);
@@ -756,9 +785,13 @@ export async function writeSafetensorsFile(
   try {
     file = await Deno.open(path, { write: true, create: true, truncate: true });
   } catch (e) {
-    throw new KvfoldError("IO", `Cannot write safetensors ${String(path)}: ${e instanceof Error ? e.message : e}`, {
-      cause: e,
-    });
+    throw new KvfoldError(
+      "IO",
+      `Cannot write safetensors ${String(path)}: ${e instanceof Error ? e.message : e}`,
+      {
+        cause: e,
+      },
+    );
   }
   try {
     await writeAll(file, header, path);
@@ -773,8 +806,12 @@ async function writeAll(file: Deno.FsFile, bytes: Uint8Array, path: string | URL
   try {
     while (at < bytes.length) at += await file.write(bytes.subarray(at));
   } catch (e) {
-    throw new KvfoldError("IO", `Cannot write safetensors ${String(path)}: ${e instanceof Error ? e.message : e}`, {
-      cause: e,
-    });
+    throw new KvfoldError(
+      "IO",
+      `Cannot write safetensors ${String(path)}: ${e instanceof Error ? e.message : e}`,
+      {
+        cause: e,
+      },
+    );
   }
 }

@@ -198,7 +198,7 @@ export class Session {
       () =>
         withControl(async (ctl) => {
           ctlRef = ctl;
-          check(await sym().kf_session_prefill(ptr, idBuf, ids.length, logits, ctl.buf));
+          check(await sym().kf_session_prefill(ptr, idBuf, ids.length, logits, ctl.buf), ctl);
         }, { signal: options.signal, onProgress: options.onProgress }),
       () => ctlRef?.cancel(),
     );
@@ -218,7 +218,7 @@ export class Session {
       () =>
         withControl(async (ctl) => {
           ctlRef = ctl;
-          check(await sym().kf_session_decode(ptr, id, ctl.buf));
+          check(await sym().kf_session_decode(ptr, id, ctl.buf), ctl);
         }, { signal }),
       () => ctlRef?.cancel(),
     );

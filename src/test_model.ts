@@ -43,28 +43,29 @@ export interface TestModelPreset {
  * console.log(TEST_MODEL_PRESETS.tiny.hiddenSize); // 64
  * ```
  */
-export const TEST_MODEL_PRESETS: Readonly<Record<"tiny" | "small", Readonly<TestModelPreset>>> = Object.freeze({
-  tiny: Object.freeze({
-    hiddenSize: 64,
-    numLayers: 2,
-    numHeads: 4,
-    numKeyValueHeads: 2,
-    intermediateSize: 128,
-    vocabSize: 512,
-    maxPositionEmbeddings: 256,
-    initStd: 0.1,
-  }),
-  small: Object.freeze({
-    hiddenSize: 768,
-    numLayers: 12,
-    numHeads: 12,
-    numKeyValueHeads: 12,
-    intermediateSize: 2048,
-    vocabSize: 32000,
-    maxPositionEmbeddings: 2048,
-    initStd: 0.02,
-  }),
-});
+export const TEST_MODEL_PRESETS: Readonly<Record<"tiny" | "small", Readonly<TestModelPreset>>> = Object
+  .freeze({
+    tiny: Object.freeze({
+      hiddenSize: 64,
+      numLayers: 2,
+      numHeads: 4,
+      numKeyValueHeads: 2,
+      intermediateSize: 128,
+      vocabSize: 512,
+      maxPositionEmbeddings: 256,
+      initStd: 0.1,
+    }),
+    small: Object.freeze({
+      hiddenSize: 768,
+      numLayers: 12,
+      numHeads: 12,
+      numKeyValueHeads: 12,
+      intermediateSize: 2048,
+      vocabSize: 32000,
+      maxPositionEmbeddings: 2048,
+      initStd: 0.02,
+    }),
+  });
 
 /** `rope_scaling` as HF config.json writes it. */
 export type RopeScaling =
@@ -155,9 +156,23 @@ function rngFor(seed: number, name: string): Uint32Array {
 
 /** Acklam's rational approximation of the standard normal quantile (relative error below 1.2e-9). */
 function normalQuantile(p: number): number {
-  const a = [-39.6968302866538, 220.946098424521, -275.928510446969, 138.357751867269, -30.6647980661472, 2.50662827745924];
+  const a = [
+    -39.6968302866538,
+    220.946098424521,
+    -275.928510446969,
+    138.357751867269,
+    -30.6647980661472,
+    2.50662827745924,
+  ];
   const b = [-54.4760987982241, 161.585836858041, -155.698979859887, 66.8013118877197, -13.2806815528857];
-  const c = [-0.00778489400243029, -0.322396458041136, -2.40075827716184, -2.54973253934373, 4.37466414146497, 2.93816398269878];
+  const c = [
+    -0.00778489400243029,
+    -0.322396458041136,
+    -2.40075827716184,
+    -2.54973253934373,
+    4.37466414146497,
+    2.93816398269878,
+  ];
   const d = [0.00778469570904146, 0.32246712907004, 2.445134137143, 3.75440866190742];
   const lo = 0.02425;
   if (p < lo || p > 1 - lo) {
@@ -481,7 +496,10 @@ const DTYPES: Record<"float32" | "float16" | "bfloat16", SafetensorsDtype> = {
 
 function positiveInt(name: string, v: number): number {
   if (!Number.isSafeInteger(v) || v <= 0) {
-    throw new KvfoldError("INVALID_ARGUMENT", `Cannot make test model: ${name} must be a positive integer, got ${v}`);
+    throw new KvfoldError(
+      "INVALID_ARGUMENT",
+      `Cannot make test model: ${name} must be a positive integer, got ${v}`,
+    );
   }
   return v;
 }
@@ -503,7 +521,10 @@ export async function makeTestModel(outDir: string, options: TestModelOptions = 
   const presetName = options.preset ?? "tiny";
   const preset = TEST_MODEL_PRESETS[presetName];
   if (preset === undefined) {
-    throw new KvfoldError("INVALID_ARGUMENT", `Cannot make test model: unknown preset ${JSON.stringify(presetName)}`);
+    throw new KvfoldError(
+      "INVALID_ARGUMENT",
+      `Cannot make test model: unknown preset ${JSON.stringify(presetName)}`,
+    );
   }
   const seed = options.seed ?? 0;
   if (!Number.isSafeInteger(seed)) {
@@ -516,10 +537,16 @@ export async function makeTestModel(outDir: string, options: TestModelOptions = 
   const hidden = positiveInt("hiddenSize", options.hiddenSize ?? preset.hiddenSize);
   const layers = positiveInt("numLayers", options.numLayers ?? preset.numLayers);
   const heads = positiveInt("numHeads", options.numHeads ?? preset.numHeads);
-  const kvHeads = positiveInt("numKeyValueHeads", options.numKeyValueHeads ?? Math.min(preset.numKeyValueHeads, heads));
+  const kvHeads = positiveInt(
+    "numKeyValueHeads",
+    options.numKeyValueHeads ?? Math.min(preset.numKeyValueHeads, heads),
+  );
   const inter = positiveInt("intermediateSize", options.intermediateSize ?? preset.intermediateSize);
   const vocab = positiveInt("vocabSize", options.vocabSize ?? preset.vocabSize);
-  const maxPos = positiveInt("maxPositionEmbeddings", options.maxPositionEmbeddings ?? preset.maxPositionEmbeddings);
+  const maxPos = positiveInt(
+    "maxPositionEmbeddings",
+    options.maxPositionEmbeddings ?? preset.maxPositionEmbeddings,
+  );
   const shards = positiveInt("shards", options.shards ?? 1);
   if (heads % kvHeads !== 0) {
     throw new KvfoldError(
@@ -535,7 +562,10 @@ export async function makeTestModel(outDir: string, options: TestModelOptions = 
   }
   const headDim = positiveInt("headDim", options.headDim ?? hidden / heads);
   if (headDim % 2 !== 0) {
-    throw new KvfoldError("INVALID_ARGUMENT", `Cannot make test model: head_dim ${headDim} must be even for RoPE`);
+    throw new KvfoldError(
+      "INVALID_ARGUMENT",
+      `Cannot make test model: head_dim ${headDim} must be even for RoPE`,
+    );
   }
   const attentionBias = options.attentionBias ?? false;
   if (attentionBias && modelType !== "llama") {
@@ -555,7 +585,11 @@ export async function makeTestModel(outDir: string, options: TestModelOptions = 
   const ropeScaling = options.ropeScaling ?? null;
   const eps = options.rmsNormEps ?? 1e-5;
 
-  const architectures = { llama: "LlamaForCausalLM", mistral: "MistralForCausalLM", qwen2: "Qwen2ForCausalLM" };
+  const architectures = {
+    llama: "LlamaForCausalLM",
+    mistral: "MistralForCausalLM",
+    qwen2: "Qwen2ForCausalLM",
+  };
   const config: Record<string, unknown> = {
     architectures: [architectures[modelType]],
     attention_dropout: 0.0,
@@ -629,6 +663,16 @@ export async function makeTestModel(outDir: string, options: TestModelOptions = 
 
   try {
     await Deno.mkdir(outDir, { recursive: true });
+    // Drop weights of an earlier run in the other layout, so loaders never see both.
+    for await (const entry of Deno.readDir(outDir)) {
+      if (
+        entry.isFile &&
+        (entry.name === "model.safetensors" || entry.name === "model.safetensors.index.json" ||
+          /^model-\d{5}-of-\d{5}\.safetensors$/.test(entry.name))
+      ) {
+        await Deno.remove(join(outDir, entry.name));
+      }
+    }
     const files: string[] = [];
     const writeJson = async (name: string, value: unknown) => {
       await Deno.writeTextFile(join(outDir, name), JSON.stringify(value, null, 2) + "\n");
@@ -661,7 +705,9 @@ export async function makeTestModel(outDir: string, options: TestModelOptions = 
         acc += sizes[i];
         const remainingTensors = tensors.length - i - 1;
         const remainingShards = shards - k - 1;
-        if (remainingShards > 0 && (acc >= (total * (k + 1)) / shards || remainingTensors === remainingShards)) k++;
+        if (
+          remainingShards > 0 && (acc >= (total * (k + 1)) / shards || remainingTensors === remainingShards)
+        ) k++;
       });
       const weightMap: Record<string, string> = {};
       const pad = (x: number) => String(x).padStart(5, "0");
@@ -671,7 +717,10 @@ export async function makeTestModel(outDir: string, options: TestModelOptions = 
         files.push(name);
         for (const t of groups[s]) weightMap[t.name] = name;
       }
-      await writeJson("model.safetensors.index.json", { metadata: { total_size: total }, weight_map: weightMap });
+      await writeJson("model.safetensors.index.json", {
+        metadata: { total_size: total },
+        weight_map: weightMap,
+      });
     }
     return { dir: outDir, config, files, tensorNames: tensors.map((t) => t.name) };
   } catch (e) {

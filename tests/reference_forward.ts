@@ -49,7 +49,10 @@ export interface ReferenceOptions {
 function num(cfg: Record<string, unknown>, key: string, fallback?: number): number {
   const v = cfg[key] ?? fallback;
   if (typeof v !== "number" || !Number.isFinite(v)) {
-    throw new KvfoldError("FORMAT", `Cannot load reference model: config.json field ${key} is missing or not a number`);
+    throw new KvfoldError(
+      "FORMAT",
+      `Cannot load reference model: config.json field ${key} is missing or not a number`,
+    );
   }
   return v;
 }
@@ -166,7 +169,9 @@ function checkShapes(model: ReferenceModel): void {
 
 function weight(model: ReferenceModel, name: string): Float64Array {
   const w = model.tensors.get(name);
-  if (w === undefined) throw new KvfoldError("FORMAT", `Cannot run reference forward: tensor ${name} is missing`);
+  if (w === undefined) {
+    throw new KvfoldError("FORMAT", `Cannot run reference forward: tensor ${name} is missing`);
+  }
   return w;
 }
 
@@ -212,7 +217,11 @@ function rmsNorm(x: Float64Array, n: number, w: Float64Array, eps: number): Floa
  * console.log(ropeInvFreq(4, 10000, null)); // Float64Array [1, 0.01]
  * ```
  */
-export function ropeInvFreq(headDim: number, theta: number, scaling: Record<string, unknown> | null): Float64Array {
+export function ropeInvFreq(
+  headDim: number,
+  theta: number,
+  scaling: Record<string, unknown> | null,
+): Float64Array {
   const half = headDim / 2;
   const inv = new Float64Array(half);
   for (let i = 0; i < half; i++) inv[i] = 1 / theta ** ((2 * i) / headDim);
@@ -241,7 +250,10 @@ export function ropeInvFreq(headDim: number, theta: number, scaling: Record<stri
     }
     return inv;
   }
-  throw new KvfoldError("UNSUPPORTED", `Cannot run reference forward: rope_scaling type ${type} is not supported`);
+  throw new KvfoldError(
+    "UNSUPPORTED",
+    `Cannot run reference forward: rope_scaling type ${type} is not supported`,
+  );
 }
 
 /**
@@ -407,18 +419,26 @@ export function embedTokens(model: ReferenceModel, ids: readonly number[]): Floa
  * await Deno.remove(dir, { recursive: true });
  * ```
  */
-export function referenceLogits(model: ReferenceModel, ids: readonly number[], opts: ReferenceOptions = {}): Float64Array {
+export function referenceLogits(
+  model: ReferenceModel,
+  ids: readonly number[],
+  opts: ReferenceOptions = {},
+): Float64Array {
   const c = model.config;
   const H = c.hiddenSize;
   const prefix = opts.prefixEmbeddings ?? new Float64Array(0);
   if (prefix.length % H !== 0) {
-    throw new RangeError(`Cannot run reference forward: prefixEmbeddings length ${prefix.length} is not rows of ${H}`);
+    throw new RangeError(
+      `Cannot run reference forward: prefixEmbeddings length ${prefix.length} is not rows of ${H}`,
+    );
   }
   const K = prefix.length / H;
   const inputs = new Float64Array(prefix.length + ids.length * H); // [K + n, H]
   inputs.set(prefix, 0);
   inputs.set(embedTokens(model, ids), prefix.length);
   const hidden = referenceHidden(model, inputs).subarray(K * H); // [n, H]
-  const head = c.tieWordEmbeddings ? weight(model, "model.embed_tokens.weight") : weight(model, "lm_head.weight");
+  const head = c.tieWordEmbeddings
+    ? weight(model, "model.embed_tokens.weight")
+    : weight(model, "lm_head.weight");
   return linear(hidden, ids.length, head, H); // [n, V]
 }

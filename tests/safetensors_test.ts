@@ -93,7 +93,11 @@ Deno.test("round trip of every dtype, with shapes and metadata", () => {
   const ints = [0, 1, -2, 3, 100, -100, 7, 8];
   const cases: { dtype: SafetensorsDtype; data: ArrayLike<number>; expect: ArrayLike<number> }[] = [
     { dtype: "F32", data: floats, expect: floats },
-    { dtype: "F64", data: Float64Array.from([0.1, 1e300, -1e-300, 2, 3, 4, 5, 6]), expect: [0.1, 1e300, -1e-300, 2, 3, 4, 5, 6] },
+    {
+      dtype: "F64",
+      data: Float64Array.from([0.1, 1e300, -1e-300, 2, 3, 4, 5, 6]),
+      expect: [0.1, 1e300, -1e-300, 2, 3, 4, 5, 6],
+    },
     { dtype: "F16", data: floats, expect: Array.from(floats, (v) => f16ToF32(f32ToF16(v))) },
     { dtype: "BF16", data: floats, expect: Array.from(floats, (v) => bf16ToF32(f32ToBf16(v))) },
     { dtype: "I8", data: ints, expect: ints },
@@ -105,8 +109,16 @@ Deno.test("round trip of every dtype, with shapes and metadata", () => {
     { dtype: "U32", data: ints.map(Math.abs), expect: ints.map(Math.abs) },
     { dtype: "U64", data: ints.map(Math.abs), expect: ints.map(Math.abs) },
     { dtype: "BOOL", data: [0, 1, 1, 0, 1, 0, 0, 1], expect: [0, 1, 1, 0, 1, 0, 0, 1] },
-    { dtype: "F8_E5M2", data: [0, 1, -2, 0.5, 1.25, 3, 57344, -0.75], expect: [0, 1, -2, 0.5, 1.25, 3, 57344, -0.75] },
-    { dtype: "F8_E4M3", data: [0, 1, -2, 0.5, 1.125, 3, 448, -0.75], expect: [0, 1, -2, 0.5, 1.125, 3, 448, -0.75] },
+    {
+      dtype: "F8_E5M2",
+      data: [0, 1, -2, 0.5, 1.25, 3, 57344, -0.75],
+      expect: [0, 1, -2, 0.5, 1.25, 3, 57344, -0.75],
+    },
+    {
+      dtype: "F8_E4M3",
+      data: [0, 1, -2, 0.5, 1.125, 3, 448, -0.75],
+      expect: [0, 1, -2, 0.5, 1.125, 3, 448, -0.75],
+    },
   ];
   const tensors = cases.map((c, i) => ({
     name: `t${i}.${c.dtype}`,
@@ -150,7 +162,10 @@ Deno.test("raw bits are written as is", () => {
 Deno.test("writer refuses bad input", () => {
   assert.throws(() => writeSafetensors([{ name: "a", dtype: "F32", shape: [3], data: [1, 2] }]), RangeError);
   assert.throws(() => writeSafetensors([{ name: "a", dtype: "F32", shape: [-1], data: [] }]), RangeError);
-  assert.throws(() => writeSafetensors([{ name: "a", dtype: "I32", shape: [1], data: [0.5] }]), /not an integer/);
+  assert.throws(
+    () => writeSafetensors([{ name: "a", dtype: "I32", shape: [1], data: [0.5] }]),
+    /not an integer/,
+  );
   assert.throws(
     () =>
       writeSafetensors([
@@ -172,10 +187,16 @@ Deno.test("file round trip, and file errors are IO", async () => {
     const data = new Float32Array(1000).map((_, i) => Math.sin(i));
     await writeSafetensorsFile(path, [{ name: "w", dtype: "BF16", shape: [10, 100], data }], { a: "b" });
     const inMemory = writeSafetensors([{ name: "w", dtype: "BF16", shape: [10, 100], data }], { a: "b" });
-    assert.deepEqual(await Deno.readFile(path), inMemory, "file writer and buffer writer agree byte for byte");
+    assert.deepEqual(
+      await Deno.readFile(path),
+      inMemory,
+      "file writer and buffer writer agree byte for byte",
+    );
     const file = await readSafetensorsFile(path);
     const back = toFloat32(file.tensors.get("w")!);
-    for (let i = 0; i < data.length; i++) assert.ok(Math.abs(back[i] - data[i]) <= 2 ** -8 * Math.abs(data[i]) + 1e-30);
+    for (let i = 0; i < data.length; i++) {
+      assert.ok(Math.abs(back[i] - data[i]) <= 2 ** -8 * Math.abs(data[i]) + 1e-30);
+    }
     await assert.rejects(
       () => readSafetensorsFile(join(dir, "missing.safetensors")),
       (e: unknown) => e instanceof KvfoldError && e.code === "IO" && /missing\.safetensors/.test(e.message),
@@ -189,7 +210,10 @@ Deno.test("corrupt files are refused with FORMAT errors naming the problem", () 
   const ok = { a: { dtype: "F32", shape: [2], data_offsets: [0, 8] } };
   readSafetensors(rawFile(ok, 8)); // the baseline parses
 
-  assertFormatError(() => readSafetensors(new Uint8Array(5), { name: "x.safetensors" }), /x\.safetensors: .*shorter/);
+  assertFormatError(
+    () => readSafetensors(new Uint8Array(5), { name: "x.safetensors" }),
+    /x\.safetensors: .*shorter/,
+  );
   const big = rawFile(ok, 8);
   new DataView(big.buffer).setBigUint64(0, 1000n, true);
   assertFormatError(() => readSafetensors(big), /header length 1000 is beyond the end/);
@@ -198,11 +222,23 @@ Deno.test("corrupt files are refused with FORMAT errors naming the problem", () 
   assertFormatError(() => readSafetensors(rawFile(null, 0, "{not json")), /not valid JSON/);
   assertFormatError(() => readSafetensors(rawFile([1, 2], 0)), /not a JSON object/);
   assertFormatError(() => readSafetensors(rawFile(null, 0, "null")), /not a JSON object/);
-  assertFormatError(() => readSafetensors(rawFile({ __metadata__: { a: 1 } }, 0)), /__metadata__ value of "a"/);
+  assertFormatError(
+    () => readSafetensors(rawFile({ __metadata__: { a: 1 } }, 0)),
+    /__metadata__ value of "a"/,
+  );
   assertFormatError(() => readSafetensors(rawFile({ a: 5 }, 0)), /tensor a is not an object/);
-  assertFormatError(() => readSafetensors(rawFile({ a: { shape: [2], data_offsets: [0, 8] } }, 8)), /a has no dtype/);
-  assertFormatError(() => readSafetensors(rawFile({ a: { dtype: "F32", data_offsets: [0, 8] } }, 8)), /a has no shape/);
-  assertFormatError(() => readSafetensors(rawFile({ a: { dtype: "F32", shape: [2] } }, 8)), /a has no data_offsets/);
+  assertFormatError(
+    () => readSafetensors(rawFile({ a: { shape: [2], data_offsets: [0, 8] } }, 8)),
+    /a has no dtype/,
+  );
+  assertFormatError(
+    () => readSafetensors(rawFile({ a: { dtype: "F32", data_offsets: [0, 8] } }, 8)),
+    /a has no shape/,
+  );
+  assertFormatError(
+    () => readSafetensors(rawFile({ a: { dtype: "F32", shape: [2] } }, 8)),
+    /a has no data_offsets/,
+  );
   assertFormatError(
     () => readSafetensors(rawFile({ a: { dtype: "F17", shape: [2], data_offsets: [0, 8] } }, 8)),
     /unknown dtype "F17"/,

@@ -4,7 +4,12 @@ import { Tokenizer } from "@huggingface/tokenizers";
 import { Template } from "@huggingface/jinja";
 import { KvfoldError } from "../src/errors.ts";
 import { f16ToF32, f32ToF16, readSafetensorsFile, type TensorView, toFloat32 } from "../src/safetensors.ts";
-import { makeTestModel, makeTestTokenizer, TEST_MODEL_PRESETS, TEST_SPECIAL_TOKENS } from "../src/test_model.ts";
+import {
+  makeTestModel,
+  makeTestTokenizer,
+  TEST_MODEL_PRESETS,
+  TEST_SPECIAL_TOKENS,
+} from "../src/test_model.ts";
 
 async function withTempDir(fn: (dir: string) => Promise<void>): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "kvfold_test_model_" });
@@ -39,7 +44,13 @@ Deno.test("tiny llama: files, config and tensor names/shapes/dtypes", async () =
   await withTempDir(async (dir) => {
     const info = await makeTestModel(dir, { seed: 7 });
     for (
-      const f of ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"]
+      const f of [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+      ]
     ) {
       assert.ok((await Deno.stat(join(dir, f))).isFile, f);
       assert.ok(info.files.includes(f), f);
@@ -192,7 +203,10 @@ Deno.test("determinism: same seed gives identical bytes, another seed differs", 
       assert.notDeepEqual(view.data, tc.get(name)!.data, `${name} differs between seeds`);
     }
     // distinct tensors of one model are not copies of each other
-    assert.notDeepEqual(ta.get("model.layers.0.mlp.gate_proj.weight")!.data, ta.get("model.layers.0.mlp.up_proj.weight")!.data);
+    assert.notDeepEqual(
+      ta.get("model.layers.0.mlp.gate_proj.weight")!.data,
+      ta.get("model.layers.0.mlp.up_proj.weight")!.data,
+    );
   });
 });
 
@@ -205,6 +219,12 @@ Deno.test("sharded layout: index maps every tensor to the file holding it", asyn
     const names = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"];
     for (const n of [...names, "model.safetensors.index.json"]) assert.ok(info.files.includes(n), n);
     await assert.rejects(() => Deno.stat(join(sharded, "model.safetensors")), Deno.errors.NotFound);
+    // rewriting a folder in the other layout leaves no stale weights behind
+    await makeTestModel(single, { seed: 5, shards: 3 });
+    await assert.rejects(() => Deno.stat(join(single, "model.safetensors")), Deno.errors.NotFound);
+    await makeTestModel(single, { seed: 5 });
+    const left = [...Deno.readDirSync(single)].map((e) => e.name).filter((n) => n.startsWith("model"));
+    assert.deepEqual(left, ["model.safetensors"]);
     const index = await readJson(join(sharded, "model.safetensors.index.json"));
     const weightMap = index.weight_map as Record<string, string>;
     const all = await readAllTensors(single);
@@ -255,7 +275,10 @@ Deno.test("tokenizer: loads in @huggingface/tokenizers, ids as documented, round
       assert.ok(!plain.ids.includes(1));
       assert.equal(tok.decode(plain.ids), text);
       assert.equal(tok.decode(withBos.ids), "<s>" + text);
-      assert.equal(tok.decode(withBos.ids, { skip_special_tokens: true }), text.replace(/<\|user\|>|<\/s>/g, ""));
+      assert.equal(
+        tok.decode(withBos.ids, { skip_special_tokens: true }),
+        text.replace(/<\|user\|>|<\/s>/g, ""),
+      );
     }
     // merges make common English shorter than its bytes
     const english = tok.encode(texts[0], { add_special_tokens: false }).ids;
@@ -282,7 +305,10 @@ Deno.test("tokenizer: exact vocabulary sizes, large vocabularies have fillers", 
   const big = makeTestTokenizer(32000).tokenizerJson;
   const tok = new Tokenizer(big, makeTestTokenizer(32000).tokenizerConfig);
   assert.equal(tok.decode([31999]).startsWith(" "), true, "fillers decode to words");
-  assert.throws(() => makeTestTokenizer(200), (e: unknown) => e instanceof KvfoldError && e.code === "INVALID_ARGUMENT");
+  assert.throws(
+    () => makeTestTokenizer(200),
+    (e: unknown) => e instanceof KvfoldError && e.code === "INVALID_ARGUMENT",
+  );
 });
 
 Deno.test("chat template renders through @huggingface/jinja and encodes with the special tokens", async () => {
@@ -313,9 +339,16 @@ Deno.test("chat template renders through @huggingface/jinja and encodes with the
     assert.deepEqual(ids.filter((i) => i >= 3 && i <= 5), [3, 4, 5, 4, 5]);
     assert.equal(ids.filter((i) => i === 2).length, 4);
     assert.equal(tok.decode(ids), prompt);
-    const noGen = template.render({ messages, bos_token: "<s>", eos_token: "</s>", add_generation_prompt: false });
+    const noGen = template.render({
+      messages,
+      bos_token: "<s>",
+      eos_token: "</s>",
+      add_generation_prompt: false,
+    });
     assert.ok(noGen.endsWith("And of Italy?</s>\n"));
-    assert.throws(() => template.render({ messages: [{ role: "robot", content: "x" }], bos_token: "", eos_token: "" }));
+    assert.throws(() =>
+      template.render({ messages: [{ role: "robot", content: "x" }], bos_token: "", eos_token: "" })
+    );
   });
 });
 
@@ -353,7 +386,8 @@ Deno.test({
       for (const v of t.values()) params += v.shape.reduce((a, b) => a * b, 1);
       assert.equal(params, 134_105_856);
       assert.deepEqual(t.get("model.layers.11.mlp.down_proj.weight")!.shape, [768, 2048]);
-      assert.ok(seconds < 10, `took ${seconds.toFixed(1)} s`);
+      // about 3 s on a 2-core machine; the bound is loose so parallel suites do not make it flaky
+      assert.ok(seconds < 20, `took ${seconds.toFixed(1)} s`);
     });
   },
 });

@@ -88,6 +88,10 @@ typedef struct kf_control {
   int32_t reserved;        /* keep zero                                                          */
   volatile int64_t done;   /* progress units done (load: bytes; prefill: tokens)              */
   volatile int64_t total;  /* progress units in all, 0 while unknown                           */
+  /* On failure, a copy of the kf_last_error() text (NUL-terminated, truncated to fit). Callers
+   * whose call ran on a worker thread (e.g. Deno's nonblocking FFI) read the message here, since
+   * the thread-local one stays on that thread. */
+  char error[488];
 } kf_control;
 
 /* ---------------------------------------------------------------------------------------------- */

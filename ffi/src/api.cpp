@@ -40,6 +40,15 @@ kf_status guarded(const char *what, F &&fn) {
   }
 }
 
+// Copies the failure message into the control block, for callers on another thread.
+kf_status report(kf_control *ctl, kf_status st) {
+  if (ctl) {
+    if (st == KF_OK) ctl->error[0] = 0;
+    else std::snprintf(ctl->error, sizeof ctl->error, "%s", g_last_error.c_str());
+  }
+  return st;
+}
+
 #define KF_REQUIRE(cond, what, ...) \
   do {                              \
     if (!(cond)) kf::raise(KF_ERR_INVALID_ARGUMENT, "cannot " what ": " __VA_ARGS__); \
@@ -171,6 +180,7 @@ kf_status kf_engine_measure_read_bandwidth(kf_engine *engine, int64_t bytes, int
     KF_REQUIRE(bytes >= (1 << 20) && bytes <= (int64_t(1) << 36), "measure read bandwidth",
                "bytes %lld is outside [1 MiB, 64 GiB]", (long long)bytes);
     KF_REQUIRE(repeats >= 1 && repeats <= 1000, "measure read bandwidth", "repeats %d is outside [1, 1000]", repeats);
+    std::lock_guard<std::mutex> lock(engine->pool_mutex);
     *gbytes_per_s = kf::measure_read_bandwidth(*engine->pool, bytes, repeats);
   });
 }
@@ -187,17 +197,20 @@ kf_model_params kf_model_default_params(void) {
 
 kf_status kf_model_load(kf_engine *engine, const char *dir, const kf_model_params *params, kf_model **out) {
   if (out) *out = nullptr;
-  return guarded("load model", [&] {
+  return report(params ? params->control : nullptr, guarded("load model", [&] {
     KF_REQUIRE(engine, "load model", "engine is NULL");
     KF_REQUIRE(dir && *dir, "load model", "the model folder path is empty");
     KF_REQUIRE(out, "load model", "out is NULL");
     const kf_model_params p = params ? *params : kf_model_default_params();
     auto m = std::make_unique<kf_model>();
     m->engine = engine;
-    kf::model_load(*m, dir, p);
+    {
+      std::lock_guard<std::mutex> lock(engine->pool_mutex);
+      kf::model_load(*m, dir, p);
+    }
     engine->n_models++;
     *out = m.release();
-  });
+  }));
 }
 
 kf_status kf_model_free(kf_model *model) {
@@ -299,7 +312,7 @@ void check_ids(const kf_session &s, const int32_t *ids, int32_t n, const char *w
 
 kf_status kf_session_prefill(kf_session *session, const int32_t *ids, int32_t n_ids, float *logits,
                              kf_control *control) {
-  return guarded("prefill", [&] {
+  return report(control, guarded("prefill", [&] {
     KF_REQUIRE(session, "prefill", "session is NULL");
     KF_REQUIRE(ids && n_ids > 0, "prefill", "no token ids given (ids NULL or n_ids %d)", n_ids);
     check_ids(*session, ids, n_ids, "prefill");
@@ -309,6 +322,7 @@ kf_status kf_session_prefill(kf_session *session, const int32_t *ids, int32_t n_
     }
     const int64_t V = session->model->cfg.vocab_size;
     const int32_t start = session->n_past;
+    std::lock_guard<std::mutex> lock(session->model->engine->pool_mutex);
     session->has_logits = false;
     for (int32_t off = 0; off < n_ids; off += session->n_batch) {
       const int32_t T = std::min(session->n_batch, n_ids - off);
@@ -318,13 +332,14 @@ kf_status kf_session_prefill(kf_session *session, const int32_t *ids, int32_t n_
     }
     session->n_past = start + n_ids;
     session->has_logits = true;
-  });
+  }));
 }
 
 kf_status kf_session_decode(kf_session *session, int32_t id, kf_control *control) {
-  return guarded("decode", [&] {
+  return report(control, guarded("decode", [&] {
     KF_REQUIRE(session, "decode", "session is NULL");
     check_ids(*session, &id, 1, "decode");
+    std::lock_guard<std::mutex> lock(session->model->engine->pool_mutex);
     // The session's logits are replaced only on success: decode into scratch rows first.
     const bool had = session->has_logits;
     std::vector<float> &keep = session->logits_rows;
@@ -337,7 +352,7 @@ kf_status kf_session_decode(kf_session *session, int32_t id, kf_control *control
     }
     session->n_past += 1;
     session->has_logits = true;
-  });
+  }));
 }
 
 kf_status kf_session_get_logits(const kf_session *session, float *out, int32_t n) {

@@ -3,6 +3,7 @@
 
 #include <atomic>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -14,6 +15,8 @@
 struct kf_engine {
   int32_t backend = KF_BACKEND_CPU;
   std::unique_ptr<kf::ThreadPool> pool;
+  // The pool serves one caller at a time: sessions (and loads) of one engine take turns on it.
+  std::mutex pool_mutex;
   std::atomic<int> n_models{0};
   std::string name;
 };

@@ -19,9 +19,10 @@ namespace kf {
 namespace {
 
 // How long an idle worker spins before sleeping, and how long the caller spins on the join before
-// yielding its core (matters only when threads outnumber cores). Decode regions follow each other
-// within microseconds; a millisecond covers the serial work between them without burning a core
-// for long when the pool goes quiet.
+// yielding its core. Decode regions follow each other within microseconds; a millisecond covers the
+// serial work between them without burning a core for long when the pool goes quiet. A pool with
+// more threads than cores does not spin at all: a spinner would hold the core that the thread it
+// waits for needs, turning every region into a scheduler time slice.
 constexpr auto kSpinFor = std::chrono::microseconds(1000);
 
 // The pool (and thread index) whose region the current thread is running, for nested calls.
@@ -32,6 +33,8 @@ thread_local int tl_thread = 0;
 
 ThreadPool::ThreadPool(int n_threads) {
   n_threads_ = n_threads < 1 ? 1 : n_threads;
+  const unsigned hw = std::thread::hardware_concurrency();
+  spin_for_ = hw != 0 && unsigned(n_threads_) > hw ? std::chrono::microseconds(0) : kSpinFor;
   scratch_ = static_cast<unsigned char *>(::operator new(size_t(n_threads_) * kScratchBytes, std::align_val_t(64)));
   try {
     workers_.reserve(size_t(n_threads_ - 1));
@@ -88,7 +91,7 @@ void ThreadPool::run(JobFn job, void *ctx) {
     const auto t0 = std::chrono::steady_clock::now();
     for (unsigned spins = 0; pending_.load(std::memory_order_acquire) != 0; spins++) {
       KF_CPU_RELAX();
-      if ((spins & 255) == 255 && std::chrono::steady_clock::now() - t0 > kSpinFor) std::this_thread::yield();
+      if ((spins & 63) == 63 && std::chrono::steady_clock::now() - t0 >= spin_for_) std::this_thread::yield();
     }
   }
 }
@@ -98,23 +101,20 @@ void ThreadPool::worker_main(int id) {
   tl_thread = id;
   uint32_t seen = 0;
   for (;;) {
-    // Wait for a new generation: spin, then sleep.
+    // Wait for a new generation: spin for spin_for_, then sleep on the condition variable.
     uint32_t g = gen_.load(std::memory_order_acquire);
-    if (g == seen) {
-      const auto t0 = std::chrono::steady_clock::now();
-      for (unsigned spins = 1;; spins++) {
-        KF_CPU_RELAX();
-        g = gen_.load(std::memory_order_acquire);
-        if (g != seen) break;
-        if ((spins & 63) == 0 && std::chrono::steady_clock::now() - t0 > kSpinFor) {
+    const auto t0 = std::chrono::steady_clock::now();
+    for (unsigned spins = 1; g == seen; spins++) {
+      if ((spins & 63) == 0 || spin_for_.count() == 0) {
+        if (std::chrono::steady_clock::now() - t0 >= spin_for_) {
           std::unique_lock<std::mutex> lk(mu_);
           sleepers_.fetch_add(1, std::memory_order_seq_cst);
           cv_.wait(lk, [&] { return gen_.load(std::memory_order_seq_cst) != seen; });
           sleepers_.fetch_sub(1, std::memory_order_relaxed);
-          g = gen_.load(std::memory_order_acquire);
-          break;
         }
       }
+      KF_CPU_RELAX();
+      g = gen_.load(std::memory_order_acquire);
     }
     seen = g;
     if (stop_) return;

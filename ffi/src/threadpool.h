@@ -5,7 +5,8 @@
 // - n_threads - 1 persistent workers; the calling thread is thread 0 and does its share of the work.
 // - A region is published by bumping an atomic generation counter. Idle workers spin on it (with
 //   _mm_pause) for about a millisecond before sleeping on a condition variable, so back-to-back
-//   regions start in well under a microsecond while a pool left idle costs no CPU.
+//   regions start in well under a microsecond while a pool left idle costs no CPU. A pool with more
+//   threads than the machine has cores never spins (it would starve the threads it waits for).
 // - Nothing is allocated per region: the job is a function pointer plus a context pointer to the
 //   caller's stack, and the caller does not return before every worker has finished with it.
 //
@@ -24,6 +25,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
@@ -110,6 +112,7 @@ class ThreadPool {
   void worker_main(int id);
 
   int n_threads_ = 1;
+  std::chrono::microseconds spin_for_{0};  // idle spin before sleeping; 0 when threads > cores
   std::vector<std::thread> workers_;
   unsigned char *scratch_ = nullptr;
 

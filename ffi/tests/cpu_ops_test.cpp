@@ -32,6 +32,7 @@ struct Check {
   double worst_ratio = 0.0;  // max over cases of err / bound
   double worst_err = 0.0, worst_bound = 0.0;
   int failures = 0;
+  std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
   explicit Check(std::string n) : name(std::move(n)) {}
   // Records one case: err must be <= bound (NaN err fails).
   void add(double err, double bound, const std::string &what) {
@@ -50,8 +51,9 @@ struct Check {
   ~Check() {
     g_checks++;
     if (failures) g_failed++;
-    std::printf("%-4s %-48s worst err %.3g (bound %.3g)%s\n", failures ? "FAIL" : "ok", name.c_str(), worst_err,
-                worst_bound, failures ? (" — " + std::to_string(failures) + " case(s) failed").c_str() : "");
+    const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    std::printf("%-4s %-52s worst err %.3g (bound %.3g) %.2fs%s\n", failures ? "FAIL" : "ok", name.c_str(), worst_err,
+                worst_bound, sec, failures ? (" — " + std::to_string(failures) + " case(s) failed").c_str() : "");
   }
 };
 
