@@ -1,0 +1,87 @@
+// The kvfold CLI as users and later issues call it, run as a subprocess.
+import assert from "node:assert/strict";
+import { readSafetensorsFile, toFloat32 } from "../src/safetensors.ts";
+import { repoRoot } from "../src/_native_build.ts";
+import { loadReferenceModel, referenceLogits } from "./reference_forward.ts";
+import { relativeError, tempDir, testEngine, testModel } from "./_fixtures.ts";
+
+async function kvfold(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", `${repoRoot()}/src/cli.ts`, ...args],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const d = new TextDecoder();
+  return { code: out.code, stdout: d.decode(out.stdout), stderr: d.decode(out.stderr) };
+}
+
+Deno.test("cli: logits writes [n_ids, vocab] f32 that match the float64 reference", async () => {
+  const model = await testModel("gqa", { seed: 11 });
+  const dir = await tempDir();
+  try {
+    const r = await kvfold("logits", "--model", model, "--ids", "1,17,300,42,7", "--out", `${dir}/l.safetensors`);
+    assert.equal(r.code, 0, r.stderr);
+    const f = await readSafetensorsFile(`${dir}/l.safetensors`);
+    const t = f.tensors.get("logits")!;
+    assert.equal(t.dtype, "F32");
+    assert.deepEqual(t.shape, [5, 512]);
+    const want = referenceLogits(await loadReferenceModel(model), [1, 17, 300, 42, 7]);
+    assert.ok(relativeError(toFloat32(t), want) < 1e-4);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("cli: generate at temperature 0 prints what the API generates", async () => {
+  const model = await testModel("gqa", { seed: 11 });
+  const r = await kvfold("generate", "--model", model, "--prompt", "Once upon", "--max-tokens", "12", "--temperature", "0");
+  assert.equal(r.code, 0, r.stderr);
+  const kv = await testEngine();
+  using m = await kv.loadModel(model);
+  let want = "";
+  for await (const p of m.generate("Once upon", { maxTokens: 12, temperature: 0 })) want += p;
+  assert.equal(r.stdout, want + "\n");
+  assert.match(r.stderr, /prompt tokens.*generated/);
+});
+
+Deno.test("cli: make-test-model is deterministic per seed and loadable", async () => {
+  const dir = await tempDir();
+  try {
+    for (const [name, seed] of [["a", "5"], ["b", "5"], ["c", "6"]]) {
+      const r = await kvfold("make-test-model", `${dir}/${name}`, "--seed", seed);
+      assert.equal(r.code, 0, r.stderr);
+    }
+    const bytes = (n: string) => Deno.readFileSync(`${dir}/${n}/model.safetensors`);
+    assert.deepEqual(bytes("a"), bytes("b"));
+    assert.notDeepEqual(bytes("a"), bytes("c"));
+    for (const f of ["config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors"]) {
+      assert.ok(Deno.statSync(`${dir}/a/${f}`).isFile, f);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("cli: info reports the version, backends and threads", async () => {
+  const r = await kvfold("info");
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /kvfold \d+\.\d+\.\d+/);
+  assert.match(r.stdout, /backends built: cpu/);
+  assert.match(r.stdout, /\d+ thread/);
+  assert.match(r.stdout, /gpu: /);
+});
+
+Deno.test("cli: bad usage gets a clear message and a non-zero exit", async () => {
+  const missing = await kvfold("generate", "--prompt", "x");
+  assert.equal(missing.code, 1);
+  assert.match(missing.stderr, /Missing --model/);
+  const badIds = await kvfold("logits", "--model", await testModel("gqa", { seed: 11 }), "--ids", "1,x", "--out", "/tmp/none");
+  assert.equal(badIds.code, 1);
+  assert.match(badIds.stderr, /item 1 "x" is not an integer/);
+  const unknown = await kvfold("frobnicate");
+  assert.equal(unknown.code, 2);
+  assert.match(unknown.stderr, /unknown command/);
+  const noModel = await kvfold("generate", "--model", "/nonexistent", "--prompt", "x");
+  assert.equal(noModel.code, 1);
+  assert.match(noModel.stderr, /does not exist \[IO\]/);
+});

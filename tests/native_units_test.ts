@@ -1,0 +1,45 @@
+// The native library's own C++ checks (kernels against a double-precision reference; JSON,
+// safetensors and config.json parsing with every error path), built and run as part of the suite.
+import assert from "node:assert/strict";
+import { repoRoot } from "../src/_native_build.ts";
+
+async function buildAndRun(name: string, sources: string[]): Promise<string> {
+  const root = repoRoot();
+  const outDir = await Deno.makeTempDir({ prefix: "kvfold-native-" });
+  try {
+    const exe = `${outDir}/${name}`;
+    const cc = await new Deno.Command("g++", {
+      args: ["-std=c++17", "-O2", "-march=native", "-pthread", `-I${root}/ffi/include`, ...sources.map((s) => `${root}/${s}`), "-o", exe],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert.ok(cc.success, `compiling ${name} failed:\n${new TextDecoder().decode(cc.stderr).slice(-4000)}`);
+    const run = await new Deno.Command(exe, { stdout: "piped", stderr: "piped", cwd: outDir }).output();
+    const text = new TextDecoder().decode(run.stdout) + new TextDecoder().decode(run.stderr);
+    assert.ok(run.success, `${name} reported failures:\n${text.split("\n").filter((l) => /FAIL/i.test(l)).join("\n") || text.slice(-4000)}`);
+    return text;
+  } finally {
+    await Deno.remove(outDir, { recursive: true });
+  }
+}
+
+Deno.test("native: CPU kernels match a double-precision reference at many sizes, dtypes and thread counts", async () => {
+  const out = await buildAndRun("cpu_ops_test", [
+    "ffi/tests/cpu_ops_test.cpp",
+    "ffi/src/cpu_ops.cpp",
+    "ffi/src/threadpool.cpp",
+    "ffi/src/common.cpp",
+  ]);
+  assert.ok(/ok|pass/i.test(out), out.slice(-2000));
+});
+
+Deno.test("native: JSON, safetensors and config.json parsing, including every error path", async () => {
+  const out = await buildAndRun("model_files_test", [
+    "ffi/tests/model_files_test.cpp",
+    "ffi/src/json.cpp",
+    "ffi/src/safetensors.cpp",
+    "ffi/src/model_config.cpp",
+    "ffi/src/common.cpp",
+  ]);
+  assert.ok(/ok|pass/i.test(out), out.slice(-2000));
+});
