@@ -33,7 +33,8 @@ if (!v.model) {
 
 await using kv = await Kvfold.open({ backend: "cpu", threads });
 const bandwidth = await kv.measureReadBandwidth({ bytes: 1 << 30, repeats: 5 });
-const cpu = (await Deno.readTextFile("/proc/cpuinfo").catch(() => "")).match(/model name\s*:\s*(.*)/)?.[1] ?? "unknown";
+const cpu = (await Deno.readTextFile("/proc/cpuinfo").catch(() => "")).match(/model name\s*:\s*(.*)/)?.[1] ??
+  "unknown";
 
 const rows = [];
 for (const dtype of ["f32", "bf16"] as const) {
@@ -59,17 +60,36 @@ for (const dtype of ["f32", "bf16"] as const) {
 
 const pad = (s: string | number, n: number) => String(s).padStart(n);
 console.log(`\nkvfold CPU bench — small preset (${JSON.stringify(TEST_MODEL_PRESETS.small)})`);
-console.log(`machine: ${cpu}, ${kv.name}, ${kv.threads} threads; read bandwidth ${bandwidth.toFixed(2)} GB/s (measured now)\n`);
-console.log(`| dtype | weight MB/token | decode tok/s | limit tok/s | % of limit | prefill ${rows[0].prefillTokens} tok/s | prefill GFLOP/s |`);
-console.log(`|-------|-----------------|--------------|-------------|------------|------------------|-----------------|`);
+console.log(
+  `machine: ${cpu}, ${kv.name}, ${kv.threads} threads; read bandwidth ${
+    bandwidth.toFixed(2)
+  } GB/s (measured now)\n`,
+);
+console.log(
+  `| dtype | weight MB/token | decode tok/s | limit tok/s | % of limit | prefill ${
+    rows[0].prefillTokens
+  } tok/s | prefill GFLOP/s |`,
+);
+console.log(
+  `|-------|-----------------|--------------|-------------|------------|------------------|-----------------|`,
+);
 for (const r of rows) {
   console.log(
-    `| ${r.dtype.padEnd(5)} | ${pad((r.weightBytes / 1e6).toFixed(0), 15)} | ${pad(r.decodeTokPerS.toFixed(1), 12)} | ` +
-      `${pad(r.decodeLimitTokPerS.toFixed(1), 11)} | ${pad((100 * r.decodeFractionOfLimit).toFixed(1) + "%", 10)} | ` +
+    `| ${r.dtype.padEnd(5)} | ${pad((r.weightBytes / 1e6).toFixed(0), 15)} | ${
+      pad(r.decodeTokPerS.toFixed(1), 12)
+    } | ` +
+      `${pad(r.decodeLimitTokPerS.toFixed(1), 11)} | ${
+        pad((100 * r.decodeFractionOfLimit).toFixed(1) + "%", 10)
+      } | ` +
       `${pad(r.prefillTokPerS.toFixed(0), 16)} | ${pad(r.prefillGflops.toFixed(1), 15)} |`,
   );
 }
-const result = { date: new Date().toISOString(), machine: { cpu, engine: kv.name, threads: kv.threads }, bandwidthGBs: bandwidth, rows };
+const result = {
+  date: new Date().toISOString(),
+  machine: { cpu, engine: kv.name, threads: kv.threads },
+  bandwidthGBs: bandwidth,
+  rows,
+};
 await Deno.mkdir(new URL("./results/", import.meta.url), { recursive: true });
 await Deno.writeTextFile(v.out!, JSON.stringify(result, null, 2) + "\n");
 console.log(`\nwrote ${v.out}`);

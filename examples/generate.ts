@@ -23,7 +23,11 @@ await using kv = await Kvfold.open(); // CUDA when built and present, else CPU
 await using model = await kv.loadModel(dir, {
   onProgress: (done, total) => console.error(`loading ${(100 * done / Math.max(total, 1)).toFixed(0)}%`),
 });
-console.error(`${model.info.modelType}, ${(model.info.params / 1e6).toFixed(0)}M params, ${model.info.weightDType}, ${kv.name}`);
+console.error(
+  `${model.info.modelType}, ${
+    (model.info.params / 1e6).toFixed(0)
+  }M params, ${model.info.weightDType}, ${kv.name}`,
+);
 
 await using session = model.session({ contextSize: 512 });
 const ac = new AbortController();
@@ -46,7 +50,9 @@ for await (
 const s = session.lastStats!;
 console.log(
   `\n\n${s.promptTokens} prompt tokens in ${s.prefillMs.toFixed(0)} ms, ` +
-    `${s.generatedTokens} tokens at ${((s.generatedTokens - 1) / (s.decodeMs / 1000)).toFixed(1)} tok/s (${s.stopReason}); ` +
+    `${s.generatedTokens} tokens at ${
+      ((s.generatedTokens - 1) / (s.decodeMs / 1000)).toFixed(1)
+    } tok/s (${s.stopReason}); ` +
     `KV cache ${(session.memory().kvBytes / 2 ** 20).toFixed(1)} MiB`,
 );
 Deno.exit(0); // the SIGINT listener would keep the process alive

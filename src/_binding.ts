@@ -117,7 +117,10 @@ export function native(): Promise<NativeSymbols> {
       const got = Number(lib.symbols.kf_struct_size(cString(name)));
       if (got !== size) {
         lib.close();
-        throw new KvfoldError("BUILD", `Cannot use ${path}: struct ${name} is ${got} bytes there, ${size} here`);
+        throw new KvfoldError(
+          "BUILD",
+          `Cannot use ${path}: struct ${name} is ${got} bytes there, ${size} here`,
+        );
       }
     }
     loaded = { lib, path };
@@ -129,7 +132,9 @@ export function native(): Promise<NativeSymbols> {
 
 /** The already loaded symbols (after `await native()`). */
 export function sym(): NativeSymbols {
-  if (!loaded) throw new KvfoldError("INVALID_STATE", "Cannot call kvfold: the native library is not loaded yet");
+  if (!loaded) {
+    throw new KvfoldError("INVALID_STATE", "Cannot call kvfold: the native library is not loaded yet");
+  }
   return loaded.lib.symbols;
 }
 

@@ -26,7 +26,12 @@ export class NativeHandle {
   #disposed = false;
   #token = {};
 
-  constructor(ptr: Deno.PointerValue, what: string, free: (p: Deno.PointerValue) => void, parent: NativeHandle | null) {
+  constructor(
+    ptr: Deno.PointerValue,
+    what: string,
+    free: (p: Deno.PointerValue) => void,
+    parent: NativeHandle | null,
+  ) {
     this.#ptr = ptr;
     this.#what = what;
     this.#free = free;

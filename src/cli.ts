@@ -40,19 +40,25 @@ const note = (s: string) => Deno.stderr.writeSync(enc.encode(s + "\n"));
 function intOpt(v: string | undefined, name: string, min = 0): number | undefined {
   if (v === undefined) return undefined;
   const n = Number(v);
-  if (!Number.isInteger(n) || n < min) throw new KvfoldError("INVALID_ARGUMENT", `Cannot parse --${name}: "${v}" is not an integer >= ${min}`);
+  if (!Number.isInteger(n) || n < min) {
+    throw new KvfoldError("INVALID_ARGUMENT", `Cannot parse --${name}: "${v}" is not an integer >= ${min}`);
+  }
   return n;
 }
 
 function numOpt(v: string | undefined, name: string): number | undefined {
   if (v === undefined) return undefined;
   const n = Number(v);
-  if (!Number.isFinite(n)) throw new KvfoldError("INVALID_ARGUMENT", `Cannot parse --${name}: "${v}" is not a number`);
+  if (!Number.isFinite(n)) {
+    throw new KvfoldError("INVALID_ARGUMENT", `Cannot parse --${name}: "${v}" is not a number`);
+  }
   return n;
 }
 
 function need(v: string | undefined, name: string): string {
-  if (v === undefined || v === "") throw new KvfoldError("INVALID_ARGUMENT", `Missing --${name}; see \`kvfold --help\``);
+  if (v === undefined || v === "") {
+    throw new KvfoldError("INVALID_ARGUMENT", `Missing --${name}; see \`kvfold --help\``);
+  }
   return v;
 }
 
@@ -87,7 +93,13 @@ async function cmdInfo(args: string[]) {
     `library:        ${info.libraryPath}`,
     `backends built: ${info.backendsBuilt.join(", ")}`,
     `cpu:            ${kv.name}, ${kv.threads} thread(s)`,
-    `gpu:            ${info.gpuCount > 0 ? `${info.gpuCount} CUDA device(s)` : gpuVisible() ? "an NVIDIA device is present, but the CUDA backend is not built" : "none found"}`,
+    `gpu:            ${
+      info.gpuCount > 0
+        ? `${info.gpuCount} CUDA device(s)`
+        : gpuVisible()
+        ? "an NVIDIA device is present, but the CUDA backend is not built"
+        : "none found"
+    }`,
   ];
   write(lines.join("\n") + "\n");
 }
@@ -123,7 +135,9 @@ async function cmdGenerate(args: string[]) {
     const messages = v.system !== undefined
       ? [{ role: "system", content: v.system }, { role: "user", content: prompt }]
       : [{ role: "user", content: prompt }];
-    const ids = v.chat || v.system !== undefined ? model.tokenizer.encodeChat(messages) : model.encodePrompt(prompt);
+    const ids = v.chat || v.system !== undefined
+      ? model.tokenizer.encodeChat(messages)
+      : model.encodePrompt(prompt);
     using session = model.session({ contextSize: intOpt(v["context-size"], "context-size") });
     for await (
       const piece of session.generate({
@@ -143,7 +157,9 @@ async function cmdGenerate(args: string[]) {
     write("\n");
     note(
       `[${s.promptTokens} prompt tokens in ${s.prefillMs.toFixed(0)} ms; ${s.generatedTokens} generated at ` +
-        `${((s.generatedTokens - 1) / Math.max(s.decodeMs / 1000, 1e-9)).toFixed(1)} tok/s; stop: ${s.stopReason}]`,
+        `${
+          ((s.generatedTokens - 1) / Math.max(s.decodeMs / 1000, 1e-9)).toFixed(1)
+        } tok/s; stop: ${s.stopReason}]`,
     );
   } finally {
     Deno.removeSignalListener("SIGINT", onSig);
@@ -159,14 +175,21 @@ async function cmdLogits(args: string[]) {
   const out = need(v.out, "out");
   const ids = need(v.ids, "ids").split(",").map((s, i) => {
     const n = Number(s.trim());
-    if (s.trim() === "" || !Number.isInteger(n)) throw new KvfoldError("INVALID_ARGUMENT", `Cannot parse --ids: item ${i} "${s}" is not an integer`);
+    if (s.trim() === "" || !Number.isInteger(n)) {
+      throw new KvfoldError("INVALID_ARGUMENT", `Cannot parse --ids: item ${i} "${s}" is not an integer`);
+    }
     return n;
   });
   using kv = await openEngine(v);
   using model = await kv.loadModel(dir, { dtype: (v.dtype ?? "auto") as WeightDType });
   using session = model.session({ contextSize: ids.length, batchSize: Math.min(ids.length, 256) });
   const logits = (await session.prefill(ids, { logits: "all" }))!;
-  await writeSafetensorsFile(out, [{ name: "logits", dtype: "F32", shape: [ids.length, model.info.vocabSize], data: logits }], {
+  await writeSafetensorsFile(out, [{
+    name: "logits",
+    dtype: "F32",
+    shape: [ids.length, model.info.vocabSize],
+    data: logits,
+  }], {
     "kvfold.model": dir,
     "kvfold.ids": ids.join(","),
   });
@@ -177,14 +200,34 @@ async function cmdMakeTestModel(args: string[]) {
   const { values: v, positionals } = parseArgs({
     args,
     allowPositionals: true,
-    options: { seed: { type: "string" }, preset: { type: "string" }, dtype: { type: "string" }, help: { type: "boolean" } },
+    options: {
+      seed: { type: "string" },
+      preset: { type: "string" },
+      dtype: { type: "string" },
+      help: { type: "boolean" },
+    },
   });
   const outDir = positionals[0];
-  if (!outDir) throw new KvfoldError("INVALID_ARGUMENT", "Missing OUT_DIR: kvfold make-test-model OUT_DIR [--seed S] [--preset tiny|small]");
+  if (!outDir) {
+    throw new KvfoldError(
+      "INVALID_ARGUMENT",
+      "Missing OUT_DIR: kvfold make-test-model OUT_DIR [--seed S] [--preset tiny|small]",
+    );
+  }
   const preset = (v.preset ?? "tiny") as "tiny" | "small";
-  if (!(preset in TEST_MODEL_PRESETS)) throw new KvfoldError("INVALID_ARGUMENT", `Cannot make test model: unknown preset "${preset}" (tiny, small)`);
+  if (!(preset in TEST_MODEL_PRESETS)) {
+    throw new KvfoldError(
+      "INVALID_ARGUMENT",
+      `Cannot make test model: unknown preset "${preset}" (tiny, small)`,
+    );
+  }
   const dtype = (v.dtype ?? "float32") as "float32" | "float16" | "bfloat16";
-  if (!["float32", "float16", "bfloat16"].includes(dtype)) throw new KvfoldError("INVALID_ARGUMENT", `Cannot make test model: --dtype must be float32, float16 or bfloat16`);
+  if (!["float32", "float16", "bfloat16"].includes(dtype)) {
+    throw new KvfoldError(
+      "INVALID_ARGUMENT",
+      `Cannot make test model: --dtype must be float32, float16 or bfloat16`,
+    );
+  }
   const info = await makeTestModel(outDir, { seed: intOpt(v.seed, "seed") ?? 0, preset, dtype });
   note(`wrote ${preset} test model to ${info.dir}: ${info.files.join(", ")}`);
 }
@@ -193,27 +236,46 @@ async function cmdBench(args: string[]) {
   const { values: v, positionals } = parseArgs({
     args,
     allowPositionals: true,
-    options: { ...COMMON, model: { type: "string" }, tokens: { type: "string" }, repeats: { type: "string" } },
+    options: {
+      ...COMMON,
+      model: { type: "string" },
+      tokens: { type: "string" },
+      repeats: { type: "string" },
+    },
   });
   const kind = positionals[0];
-  if (kind !== "decode" && kind !== "prefill") throw new KvfoldError("INVALID_ARGUMENT", "Usage: kvfold bench decode|prefill --model DIR");
+  if (kind !== "decode" && kind !== "prefill") {
+    throw new KvfoldError("INVALID_ARGUMENT", "Usage: kvfold bench decode|prefill --model DIR");
+  }
   const dir = need(v.model, "model");
   using kv = await openEngine(v);
   using model = await kv.loadModel(dir, { dtype: (v.dtype ?? "auto") as WeightDType });
   const bw = await kv.measureReadBandwidth();
   const tokens = intOpt(v.tokens, "tokens", 1);
   const repeats = intOpt(v.repeats, "repeats", 1);
-  const r = kind === "decode" ? await measureDecode(model, { tokens, repeats }) : await measurePrefill(model, { tokens, repeats });
+  const r = kind === "decode"
+    ? await measureDecode(model, { tokens, repeats })
+    : await measurePrefill(model, { tokens, repeats });
   const gb = model.info.weightBytes / 1e9;
   write(
     [
-      `model:            ${dir} (${model.info.modelType}, ${(model.info.params / 1e6).toFixed(1)}M params, ${model.info.weightDType})`,
+      `model:            ${dir} (${model.info.modelType}, ${
+        (model.info.params / 1e6).toFixed(1)
+      }M params, ${model.info.weightDType})`,
       `engine:           ${kv.name}, ${kv.threads} thread(s)`,
       `read bandwidth:   ${bw.toFixed(2)} GB/s (measured now)`,
-      `${kind}:`.padEnd(18) + `${r.tokensPerSecond.toFixed(1)} tok/s best, ${r.medianTokensPerSecond.toFixed(1)} median (${r.tokens} tokens x ${r.repeats})`,
+      `${kind}:`.padEnd(18) +
+      `${r.tokensPerSecond.toFixed(1)} tok/s best, ${
+        r.medianTokensPerSecond.toFixed(1)
+      } median (${r.tokens} tokens x ${r.repeats})`,
       kind === "decode"
-        ? `bandwidth limit:  ${(bw / gb).toFixed(1)} tok/s; reached ${((100 * r.tokensPerSecond * gb) / bw).toFixed(1)}%`
-        : `compute:          ${((2 * model.info.weightBytes / (model.info.weightDType === "f32" ? 4 : 2)) * r.tokensPerSecond / 1e9).toFixed(1)} GFLOP/s (2 x weights x tok/s)`,
+        ? `bandwidth limit:  ${(bw / gb).toFixed(1)} tok/s; reached ${
+          ((100 * r.tokensPerSecond * gb) / bw).toFixed(1)
+        }%`
+        : `compute:          ${
+          ((2 * model.info.weightBytes / (model.info.weightDType === "f32" ? 4 : 2)) * r.tokensPerSecond /
+            1e9).toFixed(1)
+        } GFLOP/s (2 x weights x tok/s)`,
     ].join("\n") + "\n",
   );
 }

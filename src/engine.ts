@@ -4,10 +4,20 @@
  * @module
  */
 
-import { alloc, check, libraryPath, native, outPointer, readCharArray, readCString, sym, withControl } from "./_binding.ts";
+import {
+  alloc,
+  check,
+  libraryPath,
+  native,
+  outPointer,
+  readCharArray,
+  readCString,
+  sym,
+  withControl,
+} from "./_binding.ts";
 import { NativeHandle } from "./_handle.ts";
 import { KvfoldError } from "./errors.ts";
-import { Model, type LoadModelOptions } from "./model.ts";
+import { type LoadModelOptions, Model } from "./model.ts";
 
 /** Which compute backend runs the model. */
 export type BackendName = "auto" | "cpu" | "cuda";
@@ -87,7 +97,12 @@ export class Kvfold {
     const info = alloc(72);
     check(s.kf_engine_get_info(ptr, info));
     const iv = new DataView(info.buffer);
-    return new Kvfold(handle, BACKEND_NAMES[iv.getInt32(0, true)], iv.getInt32(4, true), readCharArray(info, 8, 64));
+    return new Kvfold(
+      handle,
+      BACKEND_NAMES[iv.getInt32(0, true)],
+      iv.getInt32(4, true),
+      readCharArray(info, 8, 64),
+    );
   }
 
   /** Library version, backends compiled in, GPUs visible. */
@@ -119,12 +134,21 @@ export class Kvfold {
   }
 
   /** Measures memory read bandwidth (GB/s) with this engine's threads; the decode ceiling. */
-  async measureReadBandwidth(options: { bytes?: number; repeats?: number; signal?: AbortSignal } = {}): Promise<number> {
+  async measureReadBandwidth(
+    options: { bytes?: number; repeats?: number; signal?: AbortSignal } = {},
+  ): Promise<number> {
     const out = alloc(8);
     const ptr = this.#handle.ptr;
     await this.#handle.hold(() =>
       withControl(async () => {
-        check(await sym().kf_engine_measure_read_bandwidth(ptr, BigInt(options.bytes ?? 512 << 20), options.repeats ?? 5, out));
+        check(
+          await sym().kf_engine_measure_read_bandwidth(
+            ptr,
+            BigInt(options.bytes ?? 512 << 20),
+            options.repeats ?? 5,
+            out,
+          ),
+        );
       }, { signal: options.signal })
     );
     return new DataView(out.buffer).getFloat64(0, true);
@@ -146,6 +170,8 @@ export class Kvfold {
 
   /** Throws unless the engine is usable. */
   assertOpen(): void {
-    if (this.#handle.disposed) throw new KvfoldError("DISPOSED", "Cannot use the kvfold engine: it was disposed");
+    if (this.#handle.disposed) {
+      throw new KvfoldError("DISPOSED", "Cannot use the kvfold engine: it was disposed");
+    }
   }
 }

@@ -73,7 +73,14 @@ export class Model {
   /** Token ids that end generation by default (config / generation_config eos ids). */
   readonly eosTokenIds: readonly number[];
 
-  private constructor(handle: NativeHandle, engine: Kvfold, dir: string, info: ModelInfo, tok: TextTokenizer, eos: number[]) {
+  private constructor(
+    handle: NativeHandle,
+    engine: Kvfold,
+    dir: string,
+    info: ModelInfo,
+    tok: TextTokenizer,
+    eos: number[],
+  ) {
     this.#handle = handle;
     this.engine = engine;
     this.dir = dir;
@@ -85,9 +92,13 @@ export class Model {
   /** @internal use {@link Kvfold.loadModel}. */
   static async _load(engine: Kvfold, dir: string, options: LoadModelOptions): Promise<Model> {
     engine.assertOpen();
-    if (typeof dir !== "string" || dir.length === 0) throw new TypeError("Cannot load model: the folder path is empty");
+    if (typeof dir !== "string" || dir.length === 0) {
+      throw new TypeError("Cannot load model: the folder path is empty");
+    }
     const dtype = options.dtype ?? "auto";
-    if (!(dtype in DTYPE_IDS)) throw new TypeError(`Cannot load model: dtype "${dtype}" is not auto, f32, f16 or bf16`);
+    if (!(dtype in DTYPE_IDS)) {
+      throw new TypeError(`Cannot load model: dtype "${dtype}" is not auto, f32, f16 or bf16`);
+    }
     dir = dir.replace(/\/+$/, "") || "/";
     // The tokenizer first: it is cheap and a missing one should fail before gigabytes are mapped.
     const tokenizer = await TextTokenizer.fromModelDir(dir);
@@ -97,18 +108,25 @@ export class Model {
     const engineHandle = engine._handle;
     const out = outPointer();
     const path = cString(dir);
-    await engineHandle.hold(() =>
-      withControl(async (ctl) => {
-        const params = new Uint8Array(s.kf_model_default_params());
-        const pv = new DataView(params.buffer);
-        pv.setBigUint64(0, BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(ctl.buf))), true);
-        pv.setInt32(8, DTYPE_IDS[dtype], true);
-        pv.setInt32(12, options.mmap === false ? 0 : 1, true);
-        const buf = alloc(params.length);
-        buf.set(params);
-        check(await s.kf_model_load(engineHandle.ptr, path, buf, out.buf), ctl);
-      }, { signal: options.signal, onProgress: options.onProgress })
-    );
+    try {
+      await engineHandle.hold(() =>
+        withControl(async (ctl) => {
+          const params = new Uint8Array(s.kf_model_default_params());
+          const pv = new DataView(params.buffer);
+          pv.setBigUint64(0, BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(ctl.buf))), true);
+          pv.setInt32(8, DTYPE_IDS[dtype], true);
+          pv.setInt32(12, options.mmap === false ? 0 : 1, true);
+          const buf = alloc(params.length);
+          buf.set(params);
+          check(await s.kf_model_load(engineHandle.ptr, path, buf, out.buf), ctl);
+        }, { signal: options.signal, onProgress: options.onProgress })
+      );
+    } catch (e) {
+      // The load may have finished before a throwing onProgress was seen: free what it made.
+      const made = out.get();
+      if (made !== null) s.kf_model_free(made);
+      throw e;
+    }
     const ptr = out.get();
     const handle = new NativeHandle(ptr, `model ${dir}`, (p) => check(sym().kf_model_free(p)), engineHandle);
     const info = alloc(88);

@@ -112,8 +112,12 @@ export class Session {
     const pv = new DataView(params.buffer);
     const ctx = options.contextSize ?? 0;
     const batch = options.batchSize ?? pv.getInt32(4, true);
-    if (!Number.isInteger(ctx) || ctx < 0) throw new RangeError(`Cannot create session: contextSize ${ctx} is not a non-negative integer`);
-    if (!Number.isInteger(batch) || batch < 1) throw new RangeError(`Cannot create session: batchSize ${batch} is not a positive integer`);
+    if (!Number.isInteger(ctx) || ctx < 0) {
+      throw new RangeError(`Cannot create session: contextSize ${ctx} is not a non-negative integer`);
+    }
+    if (!Number.isInteger(batch) || batch < 1) {
+      throw new RangeError(`Cannot create session: batchSize ${batch} is not a positive integer`);
+    }
     pv.setInt32(0, ctx, true);
     pv.setInt32(4, batch, true);
     const out = outPointer();
@@ -131,7 +135,13 @@ export class Session {
   }
 
   /** KV cache and scratch memory of this session. */
-  memory(): { kvBytes: number; kvSlots: number; scratchBytes: number; position: number; contextSize: number } {
+  memory(): {
+    kvBytes: number;
+    kvSlots: number;
+    scratchBytes: number;
+    position: number;
+    contextSize: number;
+  } {
     const info = alloc(40);
     check(sym().kf_session_get_info(this.#handle.ptr, info));
     const v = new DataView(info.buffer);
@@ -187,11 +197,18 @@ export class Session {
     const iv = new Int32Array(idBuf.buffer);
     for (let i = 0; i < ids.length; i++) {
       const id = ids[i];
-      if (!Number.isInteger(id)) throw new KvfoldError("INVALID_ARGUMENT", `Cannot prefill: token id ${id} at index ${i} is not an integer`);
+      if (!Number.isInteger(id)) {
+        throw new KvfoldError(
+          "INVALID_ARGUMENT",
+          `Cannot prefill: token id ${id} at index ${i} is not an integer`,
+        );
+      }
       iv[i] = id;
     }
     const vocab = this.model.info.vocabSize;
-    const logits = options.logits === "all" ? new Float32Array(new ArrayBuffer(ids.length * vocab * 4)) : null;
+    const logits = options.logits === "all"
+      ? new Float32Array(new ArrayBuffer(ids.length * vocab * 4))
+      : null;
     const ptr = this.#handle.ptr;
     let ctlRef: { cancel(): void } | undefined;
     await this.#handle.hold(
@@ -211,7 +228,9 @@ export class Session {
   }
 
   async #decode(id: number, signal?: AbortSignal): Promise<void> {
-    if (!Number.isInteger(id)) throw new KvfoldError("INVALID_ARGUMENT", `Cannot decode: token id ${id} is not an integer`);
+    if (!Number.isInteger(id)) {
+      throw new KvfoldError("INVALID_ARGUMENT", `Cannot decode: token id ${id} is not an integer`);
+    }
     const ptr = this.#handle.ptr;
     let ctlRef: { cancel(): void } | undefined;
     await this.#handle.hold(
@@ -247,11 +266,18 @@ export class Session {
     try {
       const { signal } = options;
       const maxTokens = options.maxTokens ?? 256;
-      if (!Number.isInteger(maxTokens) || maxTokens < 0) throw new RangeError(`Cannot generate: maxTokens ${maxTokens} is not a non-negative integer`);
-      const abortError = () => new KvfoldError("ABORTED", "Cannot generate: aborted", { cause: signal?.reason });
+      if (!Number.isInteger(maxTokens) || maxTokens < 0) {
+        throw new RangeError(`Cannot generate: maxTokens ${maxTokens} is not a non-negative integer`);
+      }
+      const abortError = () =>
+        new KvfoldError("ABORTED", "Cannot generate: aborted", { cause: signal?.reason });
       if (signal?.aborted) throw abortError();
       const tok = this.model.tokenizer;
-      const promptIds = typeof options.prompt === "string" ? tok.encode(options.prompt) : options.prompt ? [...options.prompt] : [];
+      const promptIds = typeof options.prompt === "string"
+        ? tok.encode(options.prompt)
+        : options.prompt
+        ? [...options.prompt]
+        : [];
       const stopIds = new Set<number>(options.stopTokens ?? []);
       const eosIds = new Set<number>(options.ignoreEos ? [] : this.model.eosTokenIds);
       const s = sym();
@@ -353,12 +379,17 @@ function createSampler(o: SamplingOptions): { ptr: Deno.PointerValue } {
  * Samples token ids from logits with the same native sampler generate() uses. Handy for custom
  * decoding loops and for tests.
  */
-export async function sampleFromLogits(logits: Float32Array, options: SamplingOptions & { history?: readonly number[] } = {}): Promise<number> {
+export async function sampleFromLogits(
+  logits: Float32Array,
+  options: SamplingOptions & { history?: readonly number[] } = {},
+): Promise<number> {
   await native();
   const sampler = createSampler(options);
   const s = sym();
   try {
-    if (options.history?.length) check(s.kf_sampler_accept(sampler.ptr, int32Buf(options.history), options.history.length));
+    if (options.history?.length) {
+      check(s.kf_sampler_accept(sampler.ptr, int32Buf(options.history), options.history.length));
+    }
     const buf = new Float32Array(new ArrayBuffer(logits.length * 4));
     buf.set(logits);
     const out = alloc(4);

@@ -88,7 +88,6 @@ export async function measureDecode(
   const rates: number[] = [];
   for (let r = 0; r < (options.repeats ?? 3) + 1; r++) {
     session.reset();
-    const t0 = performance.now();
     let count = 0;
     for await (const _ of session.generate({ prompt, maxTokens: n + 1, temperature: 0, ignoreEos: true })) {
       count++; // consume the stream as a user would

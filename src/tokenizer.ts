@@ -30,9 +30,13 @@ async function readJson(path: string, what: string): Promise<Record<string, unkn
     if (typeof v !== "object" || v === null || Array.isArray(v)) throw new Error("not a JSON object");
     return v;
   } catch (e) {
-    throw new KvfoldError("FORMAT", `Cannot load tokenizer: ${what} is not valid JSON: ${(e as Error).message}`, {
-      cause: e,
-    });
+    throw new KvfoldError(
+      "FORMAT",
+      `Cannot load tokenizer: ${what} is not valid JSON: ${(e as Error).message}`,
+      {
+        cause: e,
+      },
+    );
   }
 }
 
@@ -71,9 +75,13 @@ export class TextTokenizer {
     try {
       this.#tok = new Tokenizer(json, config);
     } catch (e) {
-      throw new KvfoldError("FORMAT", `Cannot load tokenizer: tokenizer.json is not usable: ${(e as Error).message}`, {
-        cause: e,
-      });
+      throw new KvfoldError(
+        "FORMAT",
+        `Cannot load tokenizer: tokenizer.json is not usable: ${(e as Error).message}`,
+        {
+          cause: e,
+        },
+      );
     }
     this.bosToken = tokenText(config.bos_token);
     this.eosToken = tokenText(config.eos_token);
@@ -88,9 +96,13 @@ export class TextTokenizer {
     try {
       this.#template = this.chatTemplate ? new Template(this.chatTemplate) : null;
     } catch (e) {
-      throw new KvfoldError("FORMAT", `Cannot load tokenizer: chat_template does not parse: ${(e as Error).message}`, {
-        cause: e,
-      });
+      throw new KvfoldError(
+        "FORMAT",
+        `Cannot load tokenizer: chat_template does not parse: ${(e as Error).message}`,
+        {
+          cause: e,
+        },
+      );
     }
     for (const t of [this.bosToken, this.eosToken]) {
       if (t === undefined) continue;
@@ -146,7 +158,10 @@ export class TextTokenizer {
   }
 
   /** Renders `messages` through the chat template (with the assistant turn opened by default). */
-  applyChatTemplate(messages: readonly ChatMessage[], options: { addGenerationPrompt?: boolean } = {}): string {
+  applyChatTemplate(
+    messages: readonly ChatMessage[],
+    options: { addGenerationPrompt?: boolean } = {},
+  ): string {
     if (!this.#template) {
       throw new KvfoldError("UNSUPPORTED", "Cannot build a chat prompt: the model has no chat_template");
     }
@@ -158,9 +173,13 @@ export class TextTokenizer {
         eos_token: this.eosToken ?? "",
       });
     } catch (e) {
-      throw new KvfoldError("FORMAT", `Cannot build a chat prompt: the chat_template failed: ${(e as Error).message}`, {
-        cause: e,
-      });
+      throw new KvfoldError(
+        "FORMAT",
+        `Cannot build a chat prompt: the chat_template failed: ${(e as Error).message}`,
+        {
+          cause: e,
+        },
+      );
     }
   }
 

@@ -19,7 +19,15 @@ Deno.test("cli: logits writes [n_ids, vocab] f32 that match the float64 referenc
   const model = await testModel("gqa", { seed: 11 });
   const dir = await tempDir();
   try {
-    const r = await kvfold("logits", "--model", model, "--ids", "1,17,300,42,7", "--out", `${dir}/l.safetensors`);
+    const r = await kvfold(
+      "logits",
+      "--model",
+      model,
+      "--ids",
+      "1,17,300,42,7",
+      "--out",
+      `${dir}/l.safetensors`,
+    );
     assert.equal(r.code, 0, r.stderr);
     const f = await readSafetensorsFile(`${dir}/l.safetensors`);
     const t = f.tensors.get("logits")!;
@@ -34,7 +42,17 @@ Deno.test("cli: logits writes [n_ids, vocab] f32 that match the float64 referenc
 
 Deno.test("cli: generate at temperature 0 prints what the API generates", async () => {
   const model = await testModel("gqa", { seed: 11 });
-  const r = await kvfold("generate", "--model", model, "--prompt", "Once upon", "--max-tokens", "12", "--temperature", "0");
+  const r = await kvfold(
+    "generate",
+    "--model",
+    model,
+    "--prompt",
+    "Once upon",
+    "--max-tokens",
+    "12",
+    "--temperature",
+    "0",
+  );
   assert.equal(r.code, 0, r.stderr);
   const kv = await testEngine();
   using m = await kv.loadModel(model);
@@ -75,7 +93,15 @@ Deno.test("cli: bad usage gets a clear message and a non-zero exit", async () =>
   const missing = await kvfold("generate", "--prompt", "x");
   assert.equal(missing.code, 1);
   assert.match(missing.stderr, /Missing --model/);
-  const badIds = await kvfold("logits", "--model", await testModel("gqa", { seed: 11 }), "--ids", "1,x", "--out", "/tmp/none");
+  const badIds = await kvfold(
+    "logits",
+    "--model",
+    await testModel("gqa", { seed: 11 }),
+    "--ids",
+    "1,x",
+    "--out",
+    "/tmp/none",
+  );
   assert.equal(badIds.code, 1);
   assert.match(badIds.stderr, /item 1 "x" is not an integer/);
   const unknown = await kvfold("frobnicate");

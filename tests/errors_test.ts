@@ -5,7 +5,10 @@ import { readSafetensorsFile, type TensorInput, writeSafetensorsFile } from "../
 import { tempDir, testEngine, testModel } from "./_fixtures.ts";
 
 /** A writable copy of the tiny test model, handed to `edit`, removed afterwards. */
-async function withBrokenModel(edit: (dir: string) => Promise<void> | void, check: (dir: string) => Promise<void>) {
+async function withBrokenModel(
+  edit: (dir: string) => Promise<void> | void,
+  check: (dir: string) => Promise<void>,
+) {
   const src = await testModel("gqa", { seed: 11 });
   const dir = await tempDir();
   try {
@@ -41,12 +44,18 @@ Deno.test("errors: a folder that does not exist", async () => {
 });
 
 Deno.test("errors: missing config.json, model.safetensors or tokenizer.json", async () => {
-  await withBrokenModel((d) => Deno.removeSync(`${d}/config.json`), (d) => expectLoadError(d, "IO", /config\.json/));
+  await withBrokenModel(
+    (d) => Deno.removeSync(`${d}/config.json`),
+    (d) => expectLoadError(d, "IO", /config\.json/),
+  );
   await withBrokenModel(
     (d) => Deno.removeSync(`${d}/model.safetensors`),
     (d) => expectLoadError(d, "IO", /model\.safetensors/),
   );
-  await withBrokenModel((d) => Deno.removeSync(`${d}/tokenizer.json`), (d) => expectLoadError(d, "IO", /tokenizer\.json/));
+  await withBrokenModel(
+    (d) => Deno.removeSync(`${d}/tokenizer.json`),
+    (d) => expectLoadError(d, "IO", /tokenizer\.json/),
+  );
 });
 
 Deno.test("errors: corrupt safetensors header", async () => {
@@ -76,7 +85,12 @@ Deno.test("errors: truncated safetensors data", async () => {
 Deno.test("errors: a tensor whose shape does not match config.json", async () => {
   await withBrokenModel(
     (d) => editJson(`${d}/config.json`, (o) => (o.intermediate_size = 100)),
-    (d) => expectLoadError(d, "FORMAT", /mlp\.(gate|up|down)_proj\.weight has shape \[\d+, \d+\], config\.json says/),
+    (d) =>
+      expectLoadError(
+        d,
+        "FORMAT",
+        /mlp\.(gate|up|down)_proj\.weight has shape \[\d+, \d+\], config\.json says/,
+      ),
   );
 });
 
@@ -149,7 +163,11 @@ Deno.test("errors: token ids out of range, non-integer, empty, and past the cont
   const V = model.info.vocabSize;
   const rejects = (p: () => Promise<unknown>, code: KvfoldErrorCode, re: RegExp) =>
     assert.rejects(p, (e: unknown) => e instanceof KvfoldError && e.code === code && re.test(e.message));
-  await rejects(() => s.prefill([1, V]), "INVALID_ARGUMENT", new RegExp(`token id ${V} at index 1 is outside \\[0, ${V}\\)`));
+  await rejects(
+    () => s.prefill([1, V]),
+    "INVALID_ARGUMENT",
+    new RegExp(`token id ${V} at index 1 is outside \\[0, ${V}\\)`),
+  );
   await rejects(() => s.prefill([-1]), "INVALID_ARGUMENT", /token id -1/);
   await rejects(() => s.prefill([1.5]), "INVALID_ARGUMENT", /not an integer/);
   await rejects(() => s.prefill([]), "INVALID_ARGUMENT", /no token ids/);
@@ -158,7 +176,10 @@ Deno.test("errors: token ids out of range, non-integer, empty, and past the cont
   await s.prefill([1, 2, 3, 4, 5, 6]);
   await rejects(() => s.prefill([1, 2, 3]), "INVALID_STATE", /exceed n_ctx 8/);
   assert.equal(s.position, 6);
-  assert.throws(() => s.logits().length === V ? s.truncate(7) : null, (e: unknown) => e instanceof KvfoldError && e.code === "INVALID_ARGUMENT");
+  assert.throws(
+    () => s.logits().length === V ? s.truncate(7) : null,
+    (e: unknown) => e instanceof KvfoldError && e.code === "INVALID_ARGUMENT",
+  );
 });
 
 Deno.test("errors: disposed handles refuse use; disposing a model disposes its sessions", async () => {
@@ -168,7 +189,10 @@ Deno.test("errors: disposed handles refuse use; disposing a model disposes its s
   await s.prefill([1, 2]);
   model.dispose();
   model.dispose(); // idempotent
-  await assert.rejects(() => s.prefill([3]), (e: unknown) => e instanceof KvfoldError && e.code === "DISPOSED");
+  await assert.rejects(
+    () => s.prefill([3]),
+    (e: unknown) => e instanceof KvfoldError && e.code === "DISPOSED",
+  );
   assert.throws(() => model.session(), (e: unknown) => e instanceof KvfoldError && e.code === "DISPOSED");
 });
 
@@ -187,7 +211,8 @@ Deno.test("errors: the cuda backend is refused clearly when not built; bad optio
   if (!info.backendsBuilt.includes("cuda")) {
     await assert.rejects(
       () => Kvfold.open({ backend: "cuda" }),
-      (e: unknown) => e instanceof KvfoldError && e.code === "UNSUPPORTED" && /cuda backend is not built/.test(e.message),
+      (e: unknown) =>
+        e instanceof KvfoldError && e.code === "UNSUPPORTED" && /cuda backend is not built/.test(e.message),
     );
   }
   await assert.rejects(() => Kvfold.open({ backend: "tpu" as "cpu" }), TypeError);

@@ -17,7 +17,13 @@ const CONFIGS: [string, TestModelOptions][] = [
   ["rope-theta", { ropeTheta: 500000 }],
   ["rope-linear", { ropeScaling: { rope_type: "linear", factor: 4 } }],
   ["rope-llama3", {
-    ropeScaling: { rope_type: "llama3", factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 64 },
+    ropeScaling: {
+      rope_type: "llama3",
+      factor: 8,
+      low_freq_factor: 1,
+      high_freq_factor: 4,
+      original_max_position_embeddings: 64,
+    },
   }],
   ["explicit-head-dim", { headDim: 24 }],
   ["sharded", { shards: 2 }],
@@ -89,7 +95,12 @@ Deno.test("forward: prefill chunk size does not change the logits", async () => 
 Deno.test("forward: weights converted to bf16/f16 at load match the reference with rounded matrices", async () => {
   const dir = await testModel("gqa", { seed: 11 });
   const kv = await testEngine();
-  for (const [dtype, round] of [["bf16", (x: number) => bf16ToF32(f32ToBf16(x))], ["f16", (x: number) => f16ToF32(f32ToF16(x))]] as const) {
+  for (
+    const [dtype, round] of [["bf16", (x: number) => bf16ToF32(f32ToBf16(x))], [
+      "f16",
+      (x: number) => f16ToF32(f32ToF16(x)),
+    ]] as const
+  ) {
     using model = await kv.loadModel(dir, { dtype });
     assert.equal(model.info.weightDType, dtype);
     const ids = someIds(12, model.info.vocabSize, 8);

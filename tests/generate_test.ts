@@ -34,7 +34,17 @@ Deno.test("sampling: a seed reproduces the same tokens; another seed gives other
   using model = await kv.loadModel(await testModel("gqa", { seed: 11 }));
   const run = async (seed: number) => {
     using s = model.session({ contextSize: 64 });
-    await collect(s.generate({ prompt: [1, 40, 41], maxTokens: 24, temperature: 1.5, topK: 0, topP: 1, seed, ignoreEos: true }));
+    await collect(
+      s.generate({
+        prompt: [1, 40, 41],
+        maxTokens: 24,
+        temperature: 1.5,
+        topK: 0,
+        topP: 1,
+        seed,
+        ignoreEos: true,
+      }),
+    );
     return s.lastStats!.tokens;
   };
   const a = await run(7), b = await run(7), c = await run(8);
@@ -49,37 +59,56 @@ Deno.test("sampling: frequencies follow softmax(logits / T)", async () => {
   const z = p.reduce((a, b) => a + b);
   const counts = [0, 0, 0, 0];
   const N = 4000;
-  for (let i = 0; i < N; i++) counts[await sampleFromLogits(logits, { temperature: T, topK: 0, topP: 1, seed: i })]++;
+  for (let i = 0; i < N; i++) {
+    counts[await sampleFromLogits(logits, { temperature: T, topK: 0, topP: 1, seed: i })]++;
+  }
   for (let k = 0; k < 4; k++) {
     const expected = (p[k] / z) * N;
     const sd = Math.sqrt(expected * (1 - p[k] / z));
-    assert.ok(Math.abs(counts[k] - expected) < 5 * sd + 1, `token ${k}: ${counts[k]} vs ${expected.toFixed(0)}`);
+    assert.ok(
+      Math.abs(counts[k] - expected) < 5 * sd + 1,
+      `token ${k}: ${counts[k]} vs ${expected.toFixed(0)}`,
+    );
   }
 });
 
 Deno.test("sampling: top-k, top-p and min-p cut the tail; repetition penalty demotes recent tokens", async () => {
   const logits = new Float32Array([3, 2.9, 0, -1, -2]);
   const seen = new Set<number>();
-  for (let i = 0; i < 300; i++) seen.add(await sampleFromLogits(logits, { temperature: 1, topK: 2, topP: 1, seed: i }));
+  for (let i = 0; i < 300; i++) {
+    seen.add(await sampleFromLogits(logits, { temperature: 1, topK: 2, topP: 1, seed: i }));
+  }
   assert.deepEqual([...seen].sort(), [0, 1]);
   // p(0) ≈ 0.5, p(1) ≈ 0.45: top-p 0.4 keeps only token 0.
-  for (let i = 0; i < 100; i++) assert.equal(await sampleFromLogits(logits, { temperature: 1, topK: 0, topP: 0.4, seed: i }), 0);
+  for (let i = 0; i < 100; i++) {
+    assert.equal(await sampleFromLogits(logits, { temperature: 1, topK: 0, topP: 0.4, seed: i }), 0);
+  }
   // min-p 0.5 drops every token below half of the best probability (tokens 2..4).
   const seenMinP = new Set<number>();
-  for (let i = 0; i < 300; i++) seenMinP.add(await sampleFromLogits(logits, { temperature: 1, topK: 0, topP: 1, minP: 0.5, seed: i }));
+  for (let i = 0; i < 300; i++) {
+    seenMinP.add(await sampleFromLogits(logits, { temperature: 1, topK: 0, topP: 1, minP: 0.5, seed: i }));
+  }
   assert.deepEqual([...seenMinP].sort(), [0, 1]);
   // Greedy picks 0; with 0 in the history and penalty 2, 3/2 < 2.9 so greedy picks 1.
   assert.equal(await sampleFromLogits(logits, { temperature: 0 }), 0);
   assert.equal(await sampleFromLogits(logits, { temperature: 0, repetitionPenalty: 2, history: [0] }), 1);
   // A token outside the window is not penalised.
-  assert.equal(await sampleFromLogits(logits, { temperature: 0, repetitionPenalty: 2, repeatLastN: 1, history: [0, 4] }), 0);
+  assert.equal(
+    await sampleFromLogits(logits, { temperature: 0, repetitionPenalty: 2, repeatLastN: 1, history: [0, 4] }),
+    0,
+  );
 });
 
 Deno.test("sampling: invalid settings are refused with INVALID_ARGUMENT", async () => {
-  for (const bad of [{ temperature: -1 }, { topP: 0 }, { topP: 1.5 }, { topK: -2 }, { repetitionPenalty: 0 }, { minP: 1 }]) {
+  for (
+    const bad of [{ temperature: -1 }, { topP: 0 }, { topP: 1.5 }, { topK: -2 }, { repetitionPenalty: 0 }, {
+      minP: 1,
+    }]
+  ) {
     await assert.rejects(
       () => sampleFromLogits(new Float32Array([1, 2]), bad),
-      (e: unknown) => e instanceof KvfoldError && e.code === "INVALID_ARGUMENT" && /cannot create sampler/i.test(e.message),
+      (e: unknown) =>
+        e instanceof KvfoldError && e.code === "INVALID_ARGUMENT" && /cannot create sampler/i.test(e.message),
     );
   }
 });
@@ -94,7 +123,15 @@ Deno.test("generate: maxTokens, stop tokens and EOS end generation with the righ
   const greedy = s.lastStats!.tokens;
   // Stop on the third greedy token: generation ends there.
   s.reset();
-  await collect(s.generate({ prompt: [1, 50, 51], maxTokens: 20, temperature: 0, stopTokens: [greedy[2]], ignoreEos: true }));
+  await collect(
+    s.generate({
+      prompt: [1, 50, 51],
+      maxTokens: 20,
+      temperature: 0,
+      stopTokens: [greedy[2]],
+      ignoreEos: true,
+    }),
+  );
   assert.equal(s.lastStats!.stopReason, "stop-token");
   assert.deepEqual(s.lastStats!.tokens, greedy.slice(0, greedy.indexOf(greedy[2]) + 1));
   // The same token declared as EOS in config.json ends generation as "eos".
@@ -127,7 +164,9 @@ Deno.test("generate: stop strings cut the text and are not emitted", async () =>
   assert.ok(full.length > 6, `greedy text too short to cut: ${JSON.stringify(full)}`);
   const stop = full.slice(4, 6);
   s.reset();
-  const cut = await collect(s.generate({ prompt: "The", maxTokens: 30, temperature: 0, ignoreEos: true, stop: [stop] }));
+  const cut = await collect(
+    s.generate({ prompt: "The", maxTokens: 30, temperature: 0, ignoreEos: true, stop: [stop] }),
+  );
   assert.equal(cut, full.slice(0, full.indexOf(stop)));
   assert.equal(s.lastStats!.stopReason, "stop-string");
 });
@@ -136,7 +175,9 @@ Deno.test("generate: streamed pieces concatenate to the decoded tokens", async (
   const kv = await testEngine();
   using model = await kv.loadModel(await testModel("gqa", { seed: 11 }));
   using s = model.session({ contextSize: 128 });
-  const text = await collect(s.generate({ prompt: "Hello", maxTokens: 25, temperature: 1, seed: 3, ignoreEos: true }));
+  const text = await collect(
+    s.generate({ prompt: "Hello", maxTokens: 25, temperature: 1, seed: 3, ignoreEos: true }),
+  );
   assert.equal(text, model.tokenizer.decode(s.lastStats!.tokens));
 });
 
@@ -147,7 +188,15 @@ Deno.test("generate: abort stops within one decode step and leaves the session u
   const ac = new AbortController();
   let pieces = 0;
   await assert.rejects(async () => {
-    for await (const _ of s.generate({ prompt: [1, 9, 10], maxTokens: 100, temperature: 0, ignoreEos: true, signal: ac.signal })) {
+    for await (
+      const _ of s.generate({
+        prompt: [1, 9, 10],
+        maxTokens: 100,
+        temperature: 0,
+        ignoreEos: true,
+        signal: ac.signal,
+      })
+    ) {
       if (++pieces === 3) ac.abort(new Error("user pressed stop"));
     }
   }, (e: unknown) => e instanceof KvfoldError && e.code === "ABORTED");
@@ -199,7 +248,10 @@ Deno.test("generate: chat prompts go through the model's chat template", async (
   const text = model.tokenizer.applyChatTemplate([{ role: "user", content: "Hi there" }]);
   assert.ok(text.includes("Hi there"));
   const ids = model.encodePrompt("Hi there", { chat: true });
-  assert.equal(model.tokenizer.decode(ids, { skipSpecialTokens: false }).replace(/^<s>/, ""), text.replace(/^<s>/, ""));
+  assert.equal(
+    model.tokenizer.decode(ids, { skipSpecialTokens: false }).replace(/^<s>/, ""),
+    text.replace(/^<s>/, ""),
+  );
   let out = "";
   for await (const p of model.generate("Hi there", { chat: true, maxTokens: 4, temperature: 0 })) out += p;
   assert.equal(typeof out, "string");
@@ -217,8 +269,12 @@ Deno.test("generate: two sessions of one model do not disturb each other", async
   using sa = model.session({ contextSize: 64 });
   using sb = model.session({ contextSize: 64 });
   const [ra, rb] = await Promise.all([
-    collect(sa.generate({ prompt: [1, 100, 101], maxTokens: 10, temperature: 0, ignoreEos: true })).then(() => sa.lastStats!.tokens),
-    collect(sb.generate({ prompt: [1, 200, 201], maxTokens: 10, temperature: 0, ignoreEos: true })).then(() => sb.lastStats!.tokens),
+    collect(sa.generate({ prompt: [1, 100, 101], maxTokens: 10, temperature: 0, ignoreEos: true })).then(() =>
+      sa.lastStats!.tokens
+    ),
+    collect(sb.generate({ prompt: [1, 200, 201], maxTokens: 10, temperature: 0, ignoreEos: true })).then(() =>
+      sb.lastStats!.tokens
+    ),
   ]);
   assert.deepEqual(ra, a);
   assert.deepEqual(rb, b);

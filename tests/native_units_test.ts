@@ -9,14 +9,28 @@ async function buildAndRun(name: string, sources: string[]): Promise<string> {
   try {
     const exe = `${outDir}/${name}`;
     const cc = await new Deno.Command("g++", {
-      args: ["-std=c++17", "-O2", "-march=native", "-pthread", `-I${root}/ffi/include`, ...sources.map((s) => `${root}/${s}`), "-o", exe],
+      args: [
+        "-std=c++17",
+        "-O2",
+        "-march=native",
+        "-pthread",
+        `-I${root}/ffi/include`,
+        ...sources.map((s) => `${root}/${s}`),
+        "-o",
+        exe,
+      ],
       stdout: "piped",
       stderr: "piped",
     }).output();
     assert.ok(cc.success, `compiling ${name} failed:\n${new TextDecoder().decode(cc.stderr).slice(-4000)}`);
     const run = await new Deno.Command(exe, { stdout: "piped", stderr: "piped", cwd: outDir }).output();
     const text = new TextDecoder().decode(run.stdout) + new TextDecoder().decode(run.stderr);
-    assert.ok(run.success, `${name} reported failures:\n${text.split("\n").filter((l) => /FAIL/i.test(l)).join("\n") || text.slice(-4000)}`);
+    assert.ok(
+      run.success,
+      `${name} reported failures:\n${
+        text.split("\n").filter((l) => /FAIL/i.test(l)).join("\n") || text.slice(-4000)
+      }`,
+    );
     return text;
   } finally {
     await Deno.remove(outDir, { recursive: true });

@@ -21,7 +21,7 @@ const char *cpu_simd_name();
 
 // Token counts up to this take the matrix-vector path (one pass over W at memory bandwidth);
 // larger ones the packed, cache-blocked GEMM.
-constexpr int64_t kMatvecMaxT = 3;
+constexpr int64_t kMatvecMaxT = 8;
 
 // y[t][o] = sum_i x[t][i] * W[o][i] (+ bias[o])
 //   x:    [T, in]   f32

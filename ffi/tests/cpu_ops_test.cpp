@@ -180,7 +180,7 @@ void test_threadpool() {
 // ---------------------------------------------------------------------------------------------
 
 void test_matmul() {
-  const int64_t Ts[] = {1, 2, 3, 5, 7, 17, 64, 130};
+  const int64_t Ts[] = {1, 2, 3, 4, 5, 7, 8, 9, 17, 64, 130};  // matvec up to kMatvecMaxT = 8, then GEMM
   const int64_t ins[] = {8, 24, 64, 100, 768, 1600};  // 1600: 16-bit rows take the long-row matvec
   const int64_t outs[] = {1, 5, 16, 33, 100, 2048};
   ThreadPool pools[] = {ThreadPool(1), ThreadPool(2), ThreadPool(3)};
