@@ -42,14 +42,18 @@ constexpr size_t elem_bytes() {
   return D == DType::F32 ? 4 : 2;
 }
 
+// Element i of a row in dtype D, widened to f32. memcpy: weights from a file need not be aligned.
 template <DType D>
 inline float load1(const void *base, int64_t i) {
+  const unsigned char *p = static_cast<const unsigned char *>(base) + size_t(i) * elem_bytes<D>();
   if constexpr (D == DType::F32) {
-    return static_cast<const float *>(base)[i];
-  } else if constexpr (D == DType::BF16) {
-    return bf16_to_f32(static_cast<const uint16_t *>(base)[i]);
+    float f;
+    std::memcpy(&f, p, 4);
+    return f;
   } else {
-    return f16_to_f32(static_cast<const uint16_t *>(base)[i]);
+    uint16_t h;
+    std::memcpy(&h, p, 2);
+    return D == DType::BF16 ? bf16_to_f32(h) : f16_to_f32(h);
   }
 }
 
@@ -132,14 +136,17 @@ inline void transpose8(__m256 r[8]) {
 // ---------------------------------------------------------------------------------------------
 // matmul, small T: matrix-vector products streaming W once
 
-// Two kernels, chosen per call by the length of a W row (never by the thread split, so results do
-// not depend on the thread count):
-// - long rows (>= 3 KiB): 8 (T = 1) or 4 rows at once, one accumulator per (t, row). Several rows give
-//   independent load streams and amortise each x load over the rows.
-// - short rows (< 3 KiB, e.g. bf16 with in = 768): one row at a time with four accumulators and a
-//   software prefetch 1 KiB ahead, so each thread reads its block as one sequential stream.
-//   Measured on Zen 3 (bf16 768x32000, 1 thread): 4 interleaved streams of 1.5 KiB rows reach 55%
-//   of the read bandwidth (the hardware prefetcher does not follow them), one stream 85%.
+// Each W element is loaded (and widened) once and used for all T rows of x, so up to T = 8 the
+// pass stays bound by memory, not FMAs (measured faster than the GEMM, whose packing costs more
+// than it saves at small T). Two kernels, chosen per call by T and the length of a W row (never by
+// the thread split, so results do not depend on the thread count):
+// - T <= 3 and long rows (>= 3 KiB): 8 (T = 1) or 4 rows at once, one accumulator per (t, row).
+//   Several rows give independent load streams and amortise each x load over the rows.
+// - otherwise (short rows, e.g. bf16 with in = 768, or T > 3): one row at a time with several
+//   accumulators per t and a software prefetch 1 KiB ahead, so each thread reads its block as one
+//   sequential stream. Measured on Zen 3 (bf16 768x32000, 1 thread): 4 interleaved streams of
+//   1.5 KiB rows reach 55% of the read bandwidth (the hardware prefetcher does not follow them),
+//   one stream 85%.
 constexpr size_t kMvShortRowBytes = 3072;
 constexpr int64_t kMvPrefetchBytes = 1024;
 
@@ -685,20 +692,18 @@ double measure_read_bandwidth(ThreadPool &pool, int64_t bytes, int repeats) {
       const unsigned char *p = buf + size_t(th) * size_t(slice);
       float s = 0.0f;
 #ifdef KF_AVX2
-      // Four independent accumulators over 128 bytes per step keep enough loads in flight.
-      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-      for (int64_t i = 0; i < slice; i += 256) {
-        const float *f = reinterpret_cast<const float *>(p + i);
-        a0 = _mm256_add_ps(a0, _mm256_load_ps(f + 0));
-        a1 = _mm256_add_ps(a1, _mm256_load_ps(f + 8));
-        a2 = _mm256_add_ps(a2, _mm256_load_ps(f + 16));
-        a3 = _mm256_add_ps(a3, _mm256_load_ps(f + 24));
-        a0 = _mm256_add_ps(a0, _mm256_load_ps(f + 32));
-        a1 = _mm256_add_ps(a1, _mm256_load_ps(f + 40));
-        a2 = _mm256_add_ps(a2, _mm256_load_ps(f + 48));
-        a3 = _mm256_add_ps(a3, _mm256_load_ps(f + 56));
-      }
-      s = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+      // Four streams per thread, a quarter of its slice each, read in lockstep: more misses in
+      // flight than one stream (about 10% more bandwidth per core on Zen 3), as a matvec over
+      // several rows has.
+      const int64_t quarter = slice / 4;  // a multiple of 64 bytes
+      const unsigned char *q[4] = {p, p + quarter, p + 2 * quarter, p + 3 * quarter};
+      __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+      for (int64_t i = 0; i < quarter; i += 64)
+        for (int k = 0; k < 4; k++) {
+          const float *f = reinterpret_cast<const float *>(q[k] + i);
+          a[k] = _mm256_add_ps(a[k], _mm256_add_ps(_mm256_load_ps(f), _mm256_load_ps(f + 8)));
+        }
+      s = hsum(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
 #else
       uint64_t acc = 0;
       for (int64_t i = 0; i < slice; i += 8) {

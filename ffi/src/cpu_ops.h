@@ -28,10 +28,10 @@ constexpr int64_t kMatvecMaxT = 8;
 //   W:    [out, in] row-major, dtype dt (f32, f16 or bf16), any alignment
 //   y:    [T, out]  f32, overwritten; must not overlap x
 //   bias: [out] f32 or nullptr
-// T <= kMatvecMaxT streams W once, rows split in contiguous blocks over the pool's threads;
-// larger T packs W panels to f32 once per (k-block, n-block) and runs a 6x16 register-blocked
-// micro-kernel. Either path accumulates in f32 in a fixed order per element (results do not depend
-// on the thread count).
+// T <= kMatvecMaxT streams W once (memory-bound), rows split in contiguous blocks over the
+// pool's threads; larger T packs W panels to f32 once per (k-block, n-block) and runs a 6x16
+// register-blocked micro-kernel (compute-bound). Either path accumulates in f32 in a fixed order
+// per element: results do not depend on the thread count (they do depend on T's path).
 void matmul(ThreadPool &pool, const float *x, const void *W, DType dt, float *y, int64_t T, int64_t in, int64_t out,
             const float *bias);
 
