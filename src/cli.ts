@@ -88,9 +88,14 @@ async function cmdInfo(args: string[]) {
   parseArgs({ args, options: COMMON });
   const info = await Kvfold.info();
   using kv = await Kvfold.open({ backend: "cpu" });
+  let build: { cxx?: string; nvcc?: string } = {};
+  try {
+    build = JSON.parse(Deno.readTextFileSync(info.libraryPath.replace(/[^/]+$/, "build-info.json")));
+  } catch { /* a prebuilt library ($KVFOLD_LIB) may come without it */ }
   const lines = [
     `kvfold ${info.version} (ABI ${info.abiVersion})`,
     `library:        ${info.libraryPath}`,
+    `compiler:       ${build.cxx ?? "unknown"}; nvcc: ${build.nvcc ?? "unknown"}`,
     `backends built: ${info.backendsBuilt.join(", ")}`,
     `cpu:            ${kv.name}, ${kv.threads} thread(s)`,
     `gpu:            ${
