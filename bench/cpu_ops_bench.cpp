@@ -7,7 +7,8 @@
 // For 1 and 2 threads (or the counts given by KF_BENCH_THREADS="1,2,4") it prints:
 // - memory read bandwidth (GB/s) over 512 MiB, the ceiling for decode;
 // - FMA peak (GFLOP/s) from a register-only loop, the ceiling for prefill;
-// - the cost of an empty parallel region (µs);
+// - the cost of an empty parallel region (µs), and the wall time of a region whose parts each take
+//   50 µs (ideal: 50 µs);
 // - matvec (T = 1) GB/s of weight streamed, per dtype and shape, "cold" (cycling through >= 256 MiB
 //   of weight copies so every call reads DRAM, as a decode step through all layers does) as % of
 //   the read bandwidth and as % of a plain read of the same copies timed in interleaved batches
@@ -103,6 +104,32 @@ double region_latency_us(ThreadPool &pool) {
   return seconds_since(t0) / n * 1e6;
 }
 
+// A register-only busy loop of about `us` microseconds (calibrated once).
+volatile double g_busy_sink;
+void busy_loop(int64_t iters) {
+  double a = 1.0;
+  for (int64_t i = 0; i < iters; i++) a = a * 1.0000001 + 1e-9;
+  g_busy_sink = a;
+}
+int64_t busy_iters_for_us(double us) {
+  double best = 1e30;  // µs per 2 M iterations, best of 5 (after the core has clocked up)
+  for (int i = 0; i < 5; i++) {
+    const auto t0 = Clock::now();
+    busy_loop(2000000);
+    best = std::min(best, seconds_since(t0) * 1e6);
+  }
+  return int64_t(us / (best / 2000000.0));
+}
+
+// Wall time of a region whose parts each take 50 µs of work, as a decode step's kernels do:
+// ideally 50 µs whatever the thread count; the excess is the cost of waking and joining.
+double region_50us_parts_us(ThreadPool &pool, int64_t iters_50us) {
+  const int n = 400;
+  const auto t0 = Clock::now();
+  for (int i = 0; i < n; i++) pool.run_per_thread([&](int, int) { busy_loop(iters_50us); });
+  return seconds_since(t0) / n * 1e6;
+}
+
 // Seconds per call of fn(i), i = 0, 1, 2, ...: the best of `batches` batches of at least
 // batch_sec each. Best-of, because this kind of machine (a VM) loses whole time slices to
 // neighbours; the best batch is what the code can do, the others measure the neighbours.
@@ -191,17 +218,21 @@ int main(int argc, char **argv) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // rows appear as they are measured, even through a pipe
   std::printf("cpu_ops_bench (%s)\n", cpu_simd_name());
   std::vector<Row> rows;
+  const int64_t iters_50us = busy_iters_for_us(50.0);
 
   for (int nt : thread_counts) {
     ThreadPool pool(nt);
     const double bw = measure_read_bandwidth(pool, int64_t(512) << 20, 10);
     const double peak = fma_peak_gflops(pool);
     const double lat = region_latency_us(pool);
-    std::printf("\n== %d thread(s): read bandwidth %.1f GB/s, FMA peak %.1f GFLOP/s, empty region %.2f us\n", nt, bw,
-                peak, lat);
+    const double work50 = region_50us_parts_us(pool, iters_50us);
+    std::printf("\n== %d thread(s): read bandwidth %.1f GB/s, FMA peak %.1f GFLOP/s, empty region %.2f us, "
+                "region of %d x 50 us parts %.1f us\n",
+                nt, bw, peak, lat, nt, work50);
     rows.push_back({"read_bandwidth", "-", nt, 0, 0, 0, bw, "GB/s", 100.0});
     rows.push_back({"fma_peak", "F32", nt, 0, 0, 0, peak, "GFLOP/s", 100.0});
     rows.push_back({"empty_region", "-", nt, 0, 0, 0, lat, "us", 0.0});
+    rows.push_back({"region_50us_parts", "-", nt, 0, 0, 0, work50, "us", 100.0 * 50.0 / work50});
 
     std::printf("%-6s %-12s %12s %8s %12s %8s %12s %14s %8s\n", "dtype", "in->out", "matvec cold", "% bw", "read same",
                 "% read", "matvec hot", "gemm T=128", "% peak");

@@ -223,13 +223,22 @@ Deno.test("generate: an already-aborted signal cancels a long prefill and keeps 
 
 Deno.test("generate: abort during a running prefill stops it between chunks", async () => {
   const kv = await testEngine();
-  using model = await kv.loadModel(await testModel("gqa", { seed: 11 }));
-  using s = model.session({ contextSize: 256, batchSize: 1 });
+  // Big enough that a 2000-token prefill in 1-token chunks takes well over the 100 ms progress tick.
+  const dir = await testModel("wide", {
+    hiddenSize: 256,
+    numLayers: 8,
+    numHeads: 4,
+    intermediateSize: 512,
+    maxPositionEmbeddings: 2048,
+    seed: 3,
+  });
+  using model = await kv.loadModel(dir);
+  using s = model.session({ contextSize: 2048, batchSize: 1 });
   const ac = new AbortController();
   let sawProgress = 0;
   await assert.rejects(
     () =>
-      s.prefill(someIds(250, model.info.vocabSize), {
+      s.prefill(someIds(2000, model.info.vocabSize), {
         signal: ac.signal,
         onProgress: (done) => {
           sawProgress = done;
@@ -238,7 +247,7 @@ Deno.test("generate: abort during a running prefill stops it between chunks", as
       }),
     (e: unknown) => e instanceof KvfoldError && e.code === "ABORTED",
   );
-  assert.ok(sawProgress > 0 && sawProgress < 250, `progress ${sawProgress}`);
+  assert.ok(sawProgress > 0 && sawProgress < 2000, `progress ${sawProgress}`);
   assert.equal(s.position, 0);
 });
 

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 #include <new>
+#include <vector>
 
 #if defined(__AVX2__) && defined(__FMA__)
 #define KF_AVX2 1
@@ -680,11 +681,11 @@ double measure_read_bandwidth(ThreadPool &pool, int64_t bytes, int repeats) {
     raise(KF_ERR_INTERNAL, "cannot measure bandwidth: %lld bytes over %d threads, %d repeats", (long long)bytes, nth,
           repeats);
   const size_t total = size_t(slice) * size_t(nth);
+  std::vector<float> sink(size_t(nth), 0.0f);  // one sum per thread, so the loads are used
   unsigned char *buf = static_cast<unsigned char *>(::operator new(total, std::align_val_t(64)));
   // First touch from the thread that will read the slice (page placement), with nonzero data.
   pool.run_per_thread([&](int th, int) { std::memset(buf + size_t(th) * size_t(slice), 1 + th, size_t(slice)); });
 
-  alignas(64) float sink[64] = {};
   double best = 0.0;
   for (int rep = 0; rep < repeats; rep++) {
     const auto t0 = std::chrono::steady_clock::now();
@@ -713,12 +714,12 @@ double measure_read_bandwidth(ThreadPool &pool, int64_t bytes, int repeats) {
       }
       s = float(acc);
 #endif
-      sink[th % 64] += s;
+      sink[size_t(th)] += s;
     });
     const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (sec > 0) best = std::max(best, double(total) / sec / 1e9);
   }
-  volatile float keep = sink[0];  // the sums are used, so the loads cannot be dropped
+  volatile float keep = sink[0];  // the sums escape, so the loads cannot be dropped
   (void)keep;
   ::operator delete(buf, std::align_val_t(64));
   return best;

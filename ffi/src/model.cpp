@@ -94,11 +94,13 @@ void model_load(kf_model &m, const std::string &dir, const kf_model_params &p) {
       const size_t n = size_t(w.rows) * size_t(w.cols);
       std::unique_ptr<uint8_t[]> buf(new uint8_t[n * dtype_size(want)]);
       const size_t src_row = size_t(w.cols) * dtype_size(t->dtype), dst_row = size_t(w.cols) * dtype_size(want);
-      pool.parallel_for(w.rows, [&](int64_t r, int) {
-        // Row by row through f32, so any pair of dtypes converts with one rounding.
-        std::vector<float> tmp(size_t(w.cols));
-        convert_row_to_f32(t->data + size_t(r) * src_row, t->dtype, tmp.data(), w.cols);
-        convert_f32_to(tmp.data(), want, buf.get() + size_t(r) * dst_row, w.cols);
+      // Row by row through f32, so any pair of dtypes converts with one rounding. Row buffers are
+      // allocated here: nothing may throw inside a worker.
+      std::vector<std::vector<float>> rows(size_t(pool.size()), std::vector<float>(size_t(w.cols)));
+      pool.parallel_for(w.rows, [&](int64_t r, int th) {
+        float *tmp = rows[size_t(th)].data();
+        convert_row_to_f32(t->data + size_t(r) * src_row, t->dtype, tmp, w.cols);
+        convert_f32_to(tmp, want, buf.get() + size_t(r) * dst_row, w.cols);
       });
       w.data = buf.get();
       w.dtype = want;

@@ -1,8 +1,23 @@
-// threadpool.cpp — worker loop, region publish and join; see threadpool.h for the design.
+// threadpool.cpp — worker loop, region open/close; see threadpool.h for the design.
+//
+// Protocol of one region (caller C, worker W), all under C's call_mu_:
+//   C: write job_, job_ctx_, n_parts_, reset counters   (region closed, refs_ == 0: nobody reads them)
+//   C: state_ = (gen + 1) << 1 | 1                       (open; release publishes the fields)
+//   W: sees the new generation; refs_++; re-reads state_ and enters only if it is still that open
+//      region (else refs_--, back to waiting)
+//   C, W: claim parts from next_part_, run them, add their count to parts_done_; W: refs_--
+//   C: wait parts_done_ == n_parts_; state_ = gen << 1 (closed); wait refs_ == 0; return
+// refs_++ then state_ load (W) against state_ store then refs_ load (C), all seq_cst, is a Dekker
+// handshake: either W sees the region closed and backs out, or C sees W in refs_ and waits for it.
+// A worker descheduled anywhere outside a claimed part therefore never delays the caller.
 #include "threadpool.h"
 
+#if defined(__x86_64__) || defined(__SSE__)
+#include <xmmintrin.h>
+#endif
+
+#include <algorithm>
 #include <chrono>
-#include <cstdlib>
 #include <new>
 
 #if defined(__x86_64__) || defined(__i386__) || defined(_M_X64)
@@ -18,16 +33,30 @@ namespace kf {
 
 namespace {
 
-// How long an idle worker spins before sleeping, and how long the caller spins on the join before
-// yielding its core. Decode regions follow each other within microseconds; a millisecond covers the
-// serial work between them without burning a core for long when the pool goes quiet. A pool with
-// more threads than cores does not spin at all: a spinner would hold the core that the thread it
-// waits for needs, turning every region into a scheduler time slice.
+// Waiting, in three stages:
+// - up to kYieldAfter: pure spinning (_mm_pause, ~25 ns each). Regions of one decode step follow
+//   each other, and threads finish their parts, within microseconds of one another.
+// - up to kSpinFor: spinning with a sched_yield every ~1.5 µs, so that a thread we wait for that
+//   shares our core (other processes' load, more threads than cores) gets it soon.
+// - then idle workers sleep on the condition variable (the caller keeps yielding until the join).
+// A pool with more threads than cores skips the spinning (spin_for_ = 0).
+constexpr auto kYieldAfter = std::chrono::microseconds(50);
 constexpr auto kSpinFor = std::chrono::microseconds(1000);
 
 // The pool (and thread index) whose region the current thread is running, for nested calls.
 thread_local const ThreadPool *tl_pool = nullptr;
 thread_local int tl_thread = 0;
+
+// Spins (then spins and yields) until done() is true.
+template <class Done>
+void spin_until(Done &&done, std::chrono::microseconds yield_after) {
+  if (done()) return;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (unsigned spins = 1; !done(); spins++) {
+    KF_CPU_RELAX();
+    if ((spins & 63) == 0 && std::chrono::steady_clock::now() - t0 >= yield_after) std::this_thread::yield();
+  }
+}
 
 }  // namespace
 
@@ -41,8 +70,8 @@ ThreadPool::ThreadPool(int n_threads) {
     for (int i = 1; i < n_threads_; i++) workers_.emplace_back([this, i] { worker_main(i); });
   } catch (...) {
     // Stop whatever started, then report the failure to the caller.
-    stop_ = true;
-    gen_.fetch_add(1, std::memory_order_seq_cst);
+    stop_.store(true, std::memory_order_relaxed);
+    state_.fetch_add(2, std::memory_order_seq_cst);
     { std::lock_guard<std::mutex> lk(mu_); }
     cv_.notify_all();
     for (std::thread &t : workers_) t.join();
@@ -52,9 +81,9 @@ ThreadPool::ThreadPool(int n_threads) {
 }
 
 ThreadPool::~ThreadPool() {
-  stop_ = true;  // published by the release of the gen_ bump below
-  gen_.fetch_add(1, std::memory_order_seq_cst);
-  { std::lock_guard<std::mutex> lk(mu_); }  // a worker between its check and its wait sees stop
+  stop_.store(true, std::memory_order_relaxed);  // published by the release of the bump below
+  state_.fetch_add(2, std::memory_order_seq_cst);  // a new (closed) generation wakes every worker
+  { std::lock_guard<std::mutex> lk(mu_); }    // a worker between its check and its wait sees it
   cv_.notify_all();
   for (std::thread &t : workers_) t.join();
   ::operator delete(scratch_, std::align_val_t(64));
@@ -66,60 +95,97 @@ bool ThreadPool::nested(int *thread) const {
   return true;
 }
 
-void ThreadPool::run(JobFn job, void *ctx) {
-  job_ = job;
-  job_ctx_ = ctx;
-  pending_.store(n_threads_ - 1, std::memory_order_relaxed);
-  // seq_cst pairs with the worker's sleepers_ increment (a Dekker handshake): either the worker
-  // sees the new generation before sleeping, or we see it counted in sleepers_ and wake it.
-  gen_.fetch_add(1, std::memory_order_seq_cst);
-  if (sleepers_.load(std::memory_order_seq_cst) > 0) {
-    { std::lock_guard<std::mutex> lk(mu_); }
-    cv_.notify_all();
+int64_t ThreadPool::work(int thread) {
+  int64_t ran = 0;
+  for (;;) {
+    const int64_t part = next_part_.fetch_add(1, std::memory_order_relaxed);
+    if (part >= n_parts_) return ran;
+    job_(job_ctx_, part, thread);
+    ran++;
   }
+}
 
+void ThreadPool::run(JobFn job, void *ctx, int64_t n_parts) {
+  std::lock_guard<std::mutex> call_lock(call_mu_);
+  // Mark this thread as inside a region, so a nested call from job runs inline (never relocks).
   const ThreadPool *prev_pool = tl_pool;
   const int prev_thread = tl_thread;
   tl_pool = this;
   tl_thread = 0;
-  job(ctx, 0);
+
+  if (n_parts == 1 || n_threads_ == 1) {  // nothing to share: no workers involved
+    for (int64_t p = 0; p < n_parts; p++) job(ctx, p, 0);
+  } else {
+    job_ = job;
+    job_ctx_ = ctx;
+    n_parts_ = n_parts;
+    next_part_.store(0, std::memory_order_relaxed);
+    parts_done_.store(0, std::memory_order_relaxed);
+    const uint64_t open = ((state_.load(std::memory_order_relaxed) >> 1) + 1) << 1 | 1;
+    state_.store(open, std::memory_order_seq_cst);
+    if (sleepers_.load(std::memory_order_seq_cst) > 0) {
+      { std::lock_guard<std::mutex> lk(mu_); }
+      cv_.notify_all();
+    }
+
+    const int64_t mine = work(0);
+    if (mine != n_parts) {
+      parts_done_.fetch_add(mine, std::memory_order_relaxed);
+      const auto yield_after = std::min<std::chrono::microseconds>(spin_for_, kYieldAfter);
+      // Parts claimed by workers: wait for them to finish (acquire: their writes are visible).
+      spin_until([&] { return parts_done_.load(std::memory_order_acquire) == n_parts; }, yield_after);
+    }
+    // Close, then wait for workers still inside (finishing their bookkeeping, or backing out).
+    state_.store(open & ~uint64_t(1), std::memory_order_seq_cst);
+    spin_until([&] { return refs_.load(std::memory_order_seq_cst) == 0; }, std::chrono::microseconds(0));
+  }
+
   tl_pool = prev_pool;
   tl_thread = prev_thread;
-
-  // Join: spin first (workers usually finish within microseconds of us), then yield the core.
-  if (pending_.load(std::memory_order_acquire) != 0) {
-    const auto t0 = std::chrono::steady_clock::now();
-    for (unsigned spins = 0; pending_.load(std::memory_order_acquire) != 0; spins++) {
-      KF_CPU_RELAX();
-      if ((spins & 63) == 63 && std::chrono::steady_clock::now() - t0 >= spin_for_) std::this_thread::yield();
-    }
-  }
 }
 
 void ThreadPool::worker_main(int id) {
   tl_pool = this;
   tl_thread = id;
-  uint32_t seen = 0;
+#if defined(__x86_64__) || defined(__SSE__)
+  // Denormals flushed to zero (FTZ | DAZ): softmax and SiLU tails underflow into them, and x86
+  // runs denormal operands ~100x slower. The caller thread sets the same at each forward.
+  _mm_setcsr(_mm_getcsr() | 0x8040);
+#endif
+  uint64_t seen = 0;  // last generation this worker looked at
   for (;;) {
-    // Wait for a new generation: spin for spin_for_, then sleep on the condition variable.
-    uint32_t g = gen_.load(std::memory_order_acquire);
-    const auto t0 = std::chrono::steady_clock::now();
-    for (unsigned spins = 1; g == seen; spins++) {
-      if ((spins & 63) == 0 || spin_for_.count() == 0) {
-        if (std::chrono::steady_clock::now() - t0 >= spin_for_) {
-          std::unique_lock<std::mutex> lk(mu_);
-          sleepers_.fetch_add(1, std::memory_order_seq_cst);
-          cv_.wait(lk, [&] { return gen_.load(std::memory_order_seq_cst) != seen; });
-          sleepers_.fetch_sub(1, std::memory_order_relaxed);
+    // Wait for a new generation: spin, spin and yield, then sleep (see kYieldAfter). The clock is
+    // read every 64 pauses (~1.5 µs).
+    uint64_t s = state_.load(std::memory_order_acquire);
+    if ((s >> 1) == seen) {
+      const auto t0 = std::chrono::steady_clock::now();
+      for (unsigned spins = 1; (s >> 1) == seen; spins++) {
+        if ((spins & 63) == 0 || spin_for_.count() == 0) {
+          const auto waited = std::chrono::steady_clock::now() - t0;
+          if (waited >= spin_for_) {
+            std::unique_lock<std::mutex> lk(mu_);
+            sleepers_.fetch_add(1, std::memory_order_seq_cst);
+            cv_.wait(lk, [&] { return (state_.load(std::memory_order_seq_cst) >> 1) != seen; });
+            sleepers_.fetch_sub(1, std::memory_order_relaxed);
+          } else if (waited >= kYieldAfter) {
+            std::this_thread::yield();
+          }
         }
+        KF_CPU_RELAX();
+        s = state_.load(std::memory_order_acquire);
       }
-      KF_CPU_RELAX();
-      g = gen_.load(std::memory_order_acquire);
     }
-    seen = g;
-    if (stop_) return;
-    job_(job_ctx_, id);
-    pending_.fetch_sub(1, std::memory_order_release);
+    seen = s >> 1;
+    if (stop_.load(std::memory_order_relaxed)) return;  // ordered by the acquire of state_
+    if (!(s & 1)) continue;  // woke up after that region closed: nothing to do
+
+    refs_.fetch_add(1, std::memory_order_seq_cst);
+    if (state_.load(std::memory_order_seq_cst) == s) {  // still the region we saw: enter
+      const int64_t ran = work(id);
+      // release: the caller's acquire of parts_done_ sees everything the parts wrote.
+      if (ran) parts_done_.fetch_add(ran, std::memory_order_release);
+    }
+    refs_.fetch_sub(1, std::memory_order_release);
   }
 }
 

@@ -4,24 +4,28 @@
 // matters is the latency of starting and joining a region, not throughput of a task queue:
 // - n_threads - 1 persistent workers; the calling thread is thread 0 and does its share of the work.
 // - A region is published by bumping an atomic generation counter. Idle workers spin on it (with
-//   _mm_pause) for about a millisecond before sleeping on a condition variable, so back-to-back
-//   regions start in well under a microsecond while a pool left idle costs no CPU. A pool with more
-//   threads than the machine has cores never spins (it would starve the threads it waits for).
+//   _mm_pause) before sleeping on a condition variable, so back-to-back regions start within a
+//   fraction of a microsecond while a pool left idle costs no CPU. A pool with more threads than
+//   the machine has cores never spins (it would starve the threads it waits for).
+// - Work is handed out in parts claimed from an atomic counter, by the caller too, and a region
+//   ends when every part is done: a worker that has not woken up (descheduled by other load on
+//   the machine) simply takes no part, instead of holding everyone up for a scheduler time slice.
 // - Nothing is allocated per region: the job is a function pointer plus a context pointer to the
-//   caller's stack, and the caller does not return before every worker has finished with it.
+//   caller's stack, and the caller does not return before every worker has let go of it.
 //
 // Usage rules
-// - One pool is driven by one caller thread at a time (the engine owns a pool; calls on one engine
-//   are serialised by the session rules). Two pools may coexist and run concurrently.
+// - Any number of caller threads may share one pool (kvfold.h lets different sessions of one engine
+//   run concurrently): a mutex serialises whole regions, so each region still runs alone on all
+//   threads and per-thread scratch is never shared. Callers that need parallel throughput should
+//   use separate pools; pools are independent and may run concurrently.
 // - fn must not throw: an exception escaping fn on a worker ends the process (std::terminate).
 //   Kernels report nothing from inside a region; validate arguments before opening one.
 // - Calling parallel_for / run_per_thread of the same pool from inside fn does not deadlock: the
-//   nested call runs inline on the current thread. A nested parallel_for passes that thread's own
-//   index; a nested run_per_thread runs every share (0..n-1) in turn on this one thread, so a
-//   run_per_thread body that may be nested must not use scratch(thread).
+//   nested call runs inline on the current thread.
 // - scratch(thread) is a per-thread buffer of scratch_bytes() bytes (64-byte aligned), allocated
 //   once at construction, that a kernel may use for the duration of one region (e.g. packed GEMM
-//   panels). Its contents do not survive from one region to the next.
+//   panels), indexed by the `thread` argument parallel_for passes. Its contents do not survive from
+//   one region to the next.
 #pragma once
 
 #include <atomic>
@@ -32,7 +36,6 @@
 #include <mutex>
 #include <thread>
 #include <type_traits>
-#include <utility>
 #include <vector>
 
 namespace kf {
@@ -52,50 +55,40 @@ class ThreadPool {
   // Threads taking part in a region, the caller included.
   int size() const { return n_threads_; }
 
-  // Calls fn(task, thread) once for every task in [0, n_tasks), spread over all threads (the
-  // caller is thread 0) by an atomic counter, so uneven tasks balance. Returns when all are done.
+  // Calls fn(task, thread) once for every task in [0, n_tasks); `thread` in [0, size()) is the
+  // thread running it (0 = the caller), for per-thread buffers such as scratch(thread). Tasks are
+  // claimed one at a time from an atomic counter, so uneven tasks balance. Returns when all are
+  // done.
   template <class F>
   void parallel_for(int64_t n_tasks, F &&fn) {
     if (n_tasks <= 0) return;
-    using Fn = std::remove_reference_t<F>;
     int inline_thread = 0;
-    if (n_tasks == 1 || n_threads_ == 1 || nested(&inline_thread)) {
+    if (nested(&inline_thread)) {
       for (int64_t i = 0; i < n_tasks; i++) fn(i, inline_thread);
       return;
     }
-    struct Ctx {
-      Fn *fn;
-      int64_t n;
-      alignas(64) std::atomic<int64_t> next;
-    } ctx{&fn, n_tasks, {0}};
-    run(
-        [](void *p, int thread) {
-          Ctx &c = *static_cast<Ctx *>(p);
-          for (;;) {
-            const int64_t i = c.next.fetch_add(1, std::memory_order_relaxed);
-            if (i >= c.n) break;
-            (*c.fn)(i, thread);
-          }
-        },
-        &ctx);
+    using Fn = std::remove_reference_t<F>;
+    Fn *f = &fn;
+    run([](void *p, int64_t task, int thread) { (**static_cast<Fn **>(p))(task, thread); }, &f, n_tasks);
   }
 
-  // Calls fn(thread, n_threads) exactly once on every thread of the pool (thread 0 = the caller),
-  // for kernels that partition work statically (contiguous row blocks stream better).
+  // Calls fn(part, n_parts) once for every part in [0, n_parts), n_parts = size(), for kernels
+  // that partition work statically (one contiguous block of rows per part streams best). Normally
+  // part p runs on thread p; when a worker is late (descheduled), other threads run its part, so
+  // `part` identifies the work, not the thread: do not index scratch() with it.
   template <class F>
   void run_per_thread(F &&fn) {
-    using Fn = std::remove_reference_t<F>;
+    const int n = n_threads_;
     int inline_thread = 0;
-    if (n_threads_ == 1 || nested(&inline_thread)) {
-      // Nested: this thread does every share itself.
-      for (int t = 0; t < n_threads_; t++) fn(t, n_threads_);
+    if (nested(&inline_thread)) {
+      for (int p = 0; p < n; p++) fn(p, n);
       return;
     }
     struct Ctx {
-      Fn *fn;
+      std::remove_reference_t<F> *fn;
       int n;
-    } ctx{&fn, n_threads_};
-    run([](void *p, int thread) { Ctx &c = *static_cast<Ctx *>(p); (*c.fn)(thread, c.n); }, &ctx);
+    } ctx{&fn, n};
+    run([](void *p, int64_t part, int) { Ctx &c = *static_cast<Ctx *>(p); (*c.fn)(int(part), c.n); }, &ctx, n);
   }
 
   // Per-thread scratch, valid for the pool's lifetime; see the usage rules above.
@@ -103,10 +96,13 @@ class ThreadPool {
   static constexpr size_t scratch_bytes() { return kScratchBytes; }
 
  private:
-  using JobFn = void (*)(void *ctx, int thread);
+  using JobFn = void (*)(void *ctx, int64_t part, int thread);
 
-  // Runs job(ctx, t) on every thread t and waits for all of them.
-  void run(JobFn job, void *ctx);
+  // Runs job(ctx, part, thread) for every part in [0, n_parts) on the caller and the workers, and
+  // returns when all parts are done and no worker holds ctx any more. Holds call_mu_ throughout.
+  void run(JobFn job, void *ctx, int64_t n_parts);
+  // Claims and runs parts of the open region until none are left; returns how many it ran.
+  int64_t work(int thread);
   // True when the current thread is already inside a region of this pool; *thread gets its index.
   bool nested(int *thread) const;
   void worker_main(int id);
@@ -116,16 +112,23 @@ class ThreadPool {
   std::vector<std::thread> workers_;
   unsigned char *scratch_ = nullptr;
 
-  // The published job: written by the caller before bumping gen_, read by workers after seeing it.
+  // The open region: written by the caller while the region is closed and no worker is inside
+  // (refs_ == 0), published by the release of the state_ store that opens it.
   JobFn job_ = nullptr;
   void *job_ctx_ = nullptr;
-  bool stop_ = false;
+  int64_t n_parts_ = 0;
+  std::atomic<bool> stop_{false};  // set before the final generation bump
 
-  alignas(64) std::atomic<uint32_t> gen_{0};  // bumped once per region (and once to stop)
-  alignas(64) std::atomic<int> pending_{0};   // workers still running the current region
-  alignas(64) std::atomic<int> sleepers_{0};  // workers blocked on cv_ (caller only locks when > 0)
-  std::mutex mu_;
+  // state_ = generation << 1 | open. The generation is bumped by every region (and by stop); a
+  // worker wakes on a new generation, then enters only while the region is still open.
+  alignas(64) std::atomic<uint64_t> state_{0};
+  alignas(64) std::atomic<int64_t> next_part_{0};  // next unclaimed part
+  alignas(64) std::atomic<int64_t> parts_done_{0};  // parts finished (by any thread)
+  alignas(64) std::atomic<int> refs_{0};            // workers inside the region (may touch job_ctx_)
+  alignas(64) std::atomic<int> sleepers_{0};        // workers blocked on cv_ (caller locks only when > 0)
+  std::mutex mu_;                                   // the sleep/wake handshake with cv_
   std::condition_variable cv_;
+  std::mutex call_mu_;  // one region at a time when several threads drive this pool
 };
 
 }  // namespace kf

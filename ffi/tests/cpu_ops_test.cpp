@@ -165,6 +165,20 @@ void test_threadpool() {
     c.expect(sa == 2000 * 10 && sb == 2000 * 21, "two pools");
   }
   {
+    // kvfold.h allows two sessions of one engine (one pool) to run at once: regions serialise.
+    Check c("threadpool one pool driven by two threads at once");
+    for (int nt : {1, 2, 3}) {
+      ThreadPool pool(nt);
+      std::atomic<int64_t> s1{0}, s2{0};
+      std::thread other([&] {
+        for (int r = 0; r < 2000; r++) pool.parallel_for(7, [&](int64_t i, int) { s2 += i; });
+      });
+      for (int r = 0; r < 2000; r++) pool.run_per_thread([&](int th, int) { s1 += th + 1; });
+      other.join();
+      c.expect(s1 == int64_t(2000) * nt * (nt + 1) / 2 && s2 == 2000 * 21, shape("threads=%lld", nt));
+    }
+  }
+  {
     Check c("threadpool construct/destroy repeatedly");
     bool ok = true;
     for (int r = 0; r < 50; r++) {
@@ -241,6 +255,34 @@ void test_matmul() {
           matmul(pools[1], x.data(), shifted.data() + 1, dt, b.data(), T, in, out, nullptr);
           c.expect(a == b, std::string(dtype_name(dt)) + shape(" T=%lld in=%lld", T, in));
         }
+  }
+  {
+    // Two threads running GEMMs (which use the pool's per-thread scratch) on one pool at once.
+    Check c("matmul from two threads on one pool");
+    const int64_t T = 40, in = 300, out = 200;
+    const std::vector<float> x1 = random_vec(rng, size_t(T * in)), x2 = random_vec(rng, size_t(T * in));
+    const Weights w = make_weights(rng, DType::BF16, size_t(out * in));
+    for (int p = 0; p < 3; p++) {
+      std::vector<float> r1(size_t(T * out)), r2(size_t(T * out));
+      matmul(pools[p], x1.data(), w.raw.data(), DType::BF16, r1.data(), T, in, out, nullptr);
+      matmul(pools[p], x2.data(), w.raw.data(), DType::BF16, r2.data(), T, in, out, nullptr);
+      bool same = true;
+      std::thread other([&] {
+        std::vector<float> y(size_t(T * out));
+        for (int r = 0; r < 200; r++) {
+          matmul(pools[p], x2.data(), w.raw.data(), DType::BF16, y.data(), T, in, out, nullptr);
+          if (y != r2) same = false;
+        }
+      });
+      std::vector<float> y(size_t(T * out));
+      bool same1 = true;
+      for (int r = 0; r < 200; r++) {
+        matmul(pools[p], x1.data(), w.raw.data(), DType::BF16, y.data(), T, in, out, nullptr);
+        if (y != r1) same1 = false;
+      }
+      other.join();
+      c.expect(same && same1, shape("threads=%lld", p + 1));
+    }
   }
   {
     Check c("matmul in=0 gives bias / zeros");
