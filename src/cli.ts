@@ -278,9 +278,10 @@ async function cmdBench(args: string[]) {
           ((100 * r.tokensPerSecond * gb) / bw).toFixed(1)
         }%`
         : `compute:          ${
-          ((2 * model.info.weightBytes / (model.info.weightDType === "f32" ? 4 : 2)) * r.tokensPerSecond /
-            1e9).toFixed(1)
-        } GFLOP/s (2 x weights x tok/s)`,
+          ((2 * (model.info.weightBytes / (model.info.weightDType === "f32" ? 4 : 2) -
+            model.info.vocabSize * model.info.hiddenSize) *
+            r.tokensPerSecond) / 1e9).toFixed(1)
+        } GFLOP/s (2 x layer weights x tok/s)`,
     ].join("\n") + "\n",
   );
 }
