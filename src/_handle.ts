@@ -5,6 +5,7 @@
  * @module
  */
 
+import { check, type ControlBlock, withControl } from "./_binding.ts";
 import { KvfoldError } from "./errors.ts";
 
 // Backstop only: frees handles the user forgot, when the GC collects their wrapper.
@@ -69,6 +70,26 @@ export class NativeHandle {
     }
   }
 
+  /**
+   * Runs a long nonblocking call with a control block: `signal` and dispose() cancel it, progress
+   * is reported, and a failure becomes a KvfoldError with the native message.
+   */
+  async runControlled(
+    call: (ptr: Deno.PointerValue, ctl: ControlBlock) => Promise<number>,
+    options: { signal?: AbortSignal; onProgress?: (done: number, total: number) => void } = {},
+  ): Promise<void> {
+    const ptr = this.ptr;
+    let control: ControlBlock | undefined;
+    await this.hold(
+      () =>
+        withControl(async (ctl) => {
+          control = ctl;
+          check(await call(ptr, ctl), ctl);
+        }, options),
+      () => control?.cancel(),
+    );
+  }
+
   /** Disposes children, then this handle (deferred while calls are in flight). Idempotent. */
   dispose(): void {
     if (this.#disposed) return;
@@ -96,5 +117,36 @@ export class NativeHandle {
       parent.#children.delete(this);
       parent.#maybeRelease();
     }
+  }
+}
+
+/**
+ * Base of the public handle classes: `dispose()`, `Symbol.dispose` and `Symbol.asyncDispose`
+ * (which also waits until the native memory is really freed).
+ */
+export class HandleOwner {
+  #handle: NativeHandle;
+
+  constructor(handle: NativeHandle) {
+    this.#handle = handle;
+  }
+
+  /** @internal the native handle, for children. */
+  get _handle(): NativeHandle {
+    return this.#handle;
+  }
+
+  /** Frees the native object and its children (after in-flight calls return). Idempotent. */
+  dispose(): void {
+    this.#handle.dispose();
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.dispose();
+    await this.#handle.settled();
   }
 }

@@ -13,9 +13,8 @@ import {
   readCharArray,
   readCString,
   sym,
-  withControl,
 } from "./_binding.ts";
-import { NativeHandle } from "./_handle.ts";
+import { HandleOwner, NativeHandle } from "./_handle.ts";
 import { KvfoldError } from "./errors.ts";
 import { type LoadModelOptions, Model } from "./model.ts";
 
@@ -58,8 +57,7 @@ export interface LibraryInfo {
  * }
  * ```
  */
-export class Kvfold {
-  #handle: NativeHandle;
+export class Kvfold extends HandleOwner {
   /** The backend actually chosen. */
   readonly backend: BackendName;
   /** Worker threads in use. */
@@ -68,7 +66,7 @@ export class Kvfold {
   readonly name: string;
 
   private constructor(handle: NativeHandle, backend: BackendName, threads: number, name: string) {
-    this.#handle = handle;
+    super(handle);
     this.backend = backend;
     this.threads = threads;
     this.name = name;
@@ -120,11 +118,6 @@ export class Kvfold {
     };
   }
 
-  /** @internal the native handle, for children. */
-  get _handle(): NativeHandle {
-    return this.#handle;
-  }
-
   /**
    * Loads a Hugging Face model folder (config.json, safetensors, tokenizer.json).
    * `onProgress(bytesDone, bytesTotal)` is called while weights load; `signal` cancels.
@@ -133,44 +126,28 @@ export class Kvfold {
     return Model._load(this, dir, options);
   }
 
-  /** Measures memory read bandwidth (GB/s) with this engine's threads; the decode ceiling. */
-  async measureReadBandwidth(
-    options: { bytes?: number; repeats?: number; signal?: AbortSignal } = {},
-  ): Promise<number> {
+  /**
+   * Measures memory read bandwidth (GB/s) with this engine's threads, best of `repeats` passes over
+   * `bytes` (default 512 MiB, 5): the ceiling that decode speed is compared to.
+   */
+  async measureReadBandwidth(options: { bytes?: number; repeats?: number } = {}): Promise<number> {
+    const bytes = options.bytes ?? 512 << 20, repeats = options.repeats ?? 5;
+    if (!Number.isInteger(bytes) || bytes < 1 << 20) {
+      throw new RangeError(`Cannot measure bandwidth: bytes ${bytes} < 1 MiB`);
+    }
+    if (!Number.isInteger(repeats) || repeats < 1) {
+      throw new RangeError(`Cannot measure bandwidth: repeats ${repeats} < 1`);
+    }
     const out = alloc(8);
-    const ptr = this.#handle.ptr;
-    await this.#handle.hold(() =>
-      withControl(async () => {
-        check(
-          await sym().kf_engine_measure_read_bandwidth(
-            ptr,
-            BigInt(options.bytes ?? 512 << 20),
-            options.repeats ?? 5,
-            out,
-          ),
-        );
-      }, { signal: options.signal })
+    await this._handle.runControlled((ptr) =>
+      sym().kf_engine_measure_read_bandwidth(ptr, BigInt(bytes), repeats, out)
     );
     return new DataView(out.buffer).getFloat64(0, true);
   }
 
-  /** Frees the engine and everything loaded through it. Idempotent. */
-  dispose(): void {
-    this.#handle.dispose();
-  }
-
-  [Symbol.dispose](): void {
-    this.dispose();
-  }
-
-  async [Symbol.asyncDispose](): Promise<void> {
-    this.dispose();
-    await this.#handle.settled();
-  }
-
   /** Throws unless the engine is usable. */
   assertOpen(): void {
-    if (this.#handle.disposed) {
+    if (this._handle.disposed) {
       throw new KvfoldError("DISPOSED", "Cannot use the kvfold engine: it was disposed");
     }
   }

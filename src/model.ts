@@ -5,8 +5,8 @@
  * @module
  */
 
-import { alloc, check, cString, outPointer, readCharArray, sym, withControl } from "./_binding.ts";
-import { NativeHandle } from "./_handle.ts";
+import { alloc, check, cString, outPointer, readCharArray, sym } from "./_binding.ts";
+import { HandleOwner, NativeHandle } from "./_handle.ts";
 import type { Kvfold } from "./engine.ts";
 import { KvfoldError } from "./errors.ts";
 import { type GenerateOptions, Session, type SessionOptions } from "./session.ts";
@@ -60,8 +60,7 @@ export interface ModelInfo {
  * console.log(model.info.layers, model.tokenizer.encode("hello"));
  * ```
  */
-export class Model {
-  #handle: NativeHandle;
+export class Model extends HandleOwner {
   /** The engine this model was loaded on. */
   readonly engine: Kvfold;
   /** The folder it came from. */
@@ -81,7 +80,7 @@ export class Model {
     tok: TextTokenizer,
     eos: number[],
   ) {
-    this.#handle = handle;
+    super(handle);
     this.engine = engine;
     this.dir = dir;
     this.info = info;
@@ -109,18 +108,15 @@ export class Model {
     const out = outPointer();
     const path = cString(dir);
     try {
-      await engineHandle.hold(() =>
-        withControl(async (ctl) => {
-          const params = new Uint8Array(s.kf_model_default_params());
-          const pv = new DataView(params.buffer);
-          pv.setBigUint64(0, BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(ctl.buf))), true);
-          pv.setInt32(8, DTYPE_IDS[dtype], true);
-          pv.setInt32(12, options.mmap === false ? 0 : 1, true);
-          const buf = alloc(params.length);
-          buf.set(params);
-          check(await s.kf_model_load(engineHandle.ptr, path, buf, out.buf), ctl);
-        }, { signal: options.signal, onProgress: options.onProgress })
-      );
+      await engineHandle.runControlled((enginePtr, ctl) => {
+        const params = alloc(16);
+        params.set(new Uint8Array(s.kf_model_default_params()));
+        const pv = new DataView(params.buffer);
+        pv.setBigUint64(0, BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(ctl.buf))), true);
+        pv.setInt32(8, DTYPE_IDS[dtype], true);
+        pv.setInt32(12, options.mmap === false ? 0 : 1, true);
+        return s.kf_model_load(enginePtr, path, params, out.buf);
+      }, { signal: options.signal, onProgress: options.onProgress });
     } catch (e) {
       // The load may have finished before a throwing onProgress was seen: free what it made.
       const made = out.get();
@@ -151,11 +147,6 @@ export class Model {
     return new Model(handle, engine, dir, modelInfo, tokenizer, eos.filter((id) => id < modelInfo.vocabSize));
   }
 
-  /** @internal the native handle, for sessions. */
-  get _handle(): NativeHandle {
-    return this.#handle;
-  }
-
   /** Opens a session (its own KV cache and buffers). */
   session(options: SessionOptions = {}): Session {
     return Session._create(this, options);
@@ -182,20 +173,6 @@ export class Model {
     const bos = this.tokenizer.bosTokenId;
     if (this.tokenizer.addBosToken && bos !== undefined && ids[0] !== bos) ids.unshift(bos);
     return ids;
-  }
-
-  /** Frees the weights and every session of this model. Idempotent. */
-  dispose(): void {
-    this.#handle.dispose();
-  }
-
-  [Symbol.dispose](): void {
-    this.dispose();
-  }
-
-  async [Symbol.asyncDispose](): Promise<void> {
-    this.dispose();
-    await this.#handle.settled();
   }
 }
 

@@ -5,8 +5,8 @@
  * @module
  */
 
-import { alloc, check, native, outPointer, sym, withControl } from "./_binding.ts";
-import { NativeHandle } from "./_handle.ts";
+import { alloc, check, native, outPointer, sym } from "./_binding.ts";
+import { HandleOwner, NativeHandle } from "./_handle.ts";
 import { KvfoldError } from "./errors.ts";
 import type { Model } from "./model.ts";
 import { IncrementalDecoder, StopStringFilter } from "./text_stream.ts";
@@ -88,8 +88,7 @@ export interface PrefillOptions {
  * console.log(text, session.lastStats?.generatedTokens);
  * ```
  */
-export class Session {
-  #handle: NativeHandle;
+export class Session extends HandleOwner {
   /** The model this session runs. */
   readonly model: Model;
   /** Positions reserved in the KV cache. */
@@ -99,7 +98,7 @@ export class Session {
   #busy = false;
 
   private constructor(handle: NativeHandle, model: Model, contextSize: number) {
-    this.#handle = handle;
+    super(handle);
     this.model = model;
     this.contextSize = contextSize;
   }
@@ -131,7 +130,7 @@ export class Session {
 
   /** Positions currently in the KV cache. */
   get position(): number {
-    return sym().kf_session_n_past(this.#handle.ptr);
+    return sym().kf_session_n_past(this._handle.ptr);
   }
 
   /** KV cache and scratch memory of this session. */
@@ -143,7 +142,7 @@ export class Session {
     contextSize: number;
   } {
     const info = alloc(40);
-    check(sym().kf_session_get_info(this.#handle.ptr, info));
+    check(sym().kf_session_get_info(this._handle.ptr, info));
     const v = new DataView(info.buffer);
     return {
       position: v.getInt32(0, true),
@@ -157,13 +156,13 @@ export class Session {
   /** Forgets everything (empties the KV cache). */
   reset(): void {
     this.#assertIdle("reset");
-    check(sym().kf_session_reset(this.#handle.ptr));
+    check(sym().kf_session_reset(this._handle.ptr));
   }
 
   /** Drops positions past `n`. */
   truncate(n: number): void {
     this.#assertIdle("truncate");
-    check(sym().kf_session_truncate(this.#handle.ptr, n));
+    check(sym().kf_session_truncate(this._handle.ptr, n));
   }
 
   #assertIdle(what: string) {
@@ -173,7 +172,7 @@ export class Session {
   }
 
   async #exclusive<T>(what: string, fn: () => Promise<T>): Promise<T> {
-    this.#handle.ptr; // throws DISPOSED
+    this._handle.ptr; // throws DISPOSED
     this.#assertIdle(what);
     this.#busy = true;
     try {
@@ -209,15 +208,9 @@ export class Session {
     const logits = options.logits === "all"
       ? new Float32Array(new ArrayBuffer(ids.length * vocab * 4))
       : null;
-    const ptr = this.#handle.ptr;
-    let ctlRef: { cancel(): void } | undefined;
-    await this.#handle.hold(
-      () =>
-        withControl(async (ctl) => {
-          ctlRef = ctl;
-          check(await sym().kf_session_prefill(ptr, idBuf, ids.length, logits, ctl.buf), ctl);
-        }, { signal: options.signal, onProgress: options.onProgress }),
-      () => ctlRef?.cancel(),
+    await this._handle.runControlled(
+      (ptr, ctl) => sym().kf_session_prefill(ptr, idBuf, ids.length, logits, ctl.buf),
+      { signal: options.signal, onProgress: options.onProgress },
     );
     return logits;
   }
@@ -231,22 +224,13 @@ export class Session {
     if (!Number.isInteger(id)) {
       throw new KvfoldError("INVALID_ARGUMENT", `Cannot decode: token id ${id} is not an integer`);
     }
-    const ptr = this.#handle.ptr;
-    let ctlRef: { cancel(): void } | undefined;
-    await this.#handle.hold(
-      () =>
-        withControl(async (ctl) => {
-          ctlRef = ctl;
-          check(await sym().kf_session_decode(ptr, id, ctl.buf), ctl);
-        }, { signal }),
-      () => ctlRef?.cancel(),
-    );
+    await this._handle.runControlled((ptr, ctl) => sym().kf_session_decode(ptr, id, ctl.buf), { signal });
   }
 
   /** The last position's logits ([vocab] f32). */
   logits(): Float32Array {
     const out = new Float32Array(new ArrayBuffer(this.model.info.vocabSize * 4));
-    check(sym().kf_session_get_logits(this.#handle.ptr, out, out.length));
+    check(sym().kf_session_get_logits(this._handle.ptr, out, out.length));
     return out;
   }
 
@@ -255,7 +239,7 @@ export class Session {
    * stop token or string, `maxTokens`, or the context is full. Counters land in `lastStats`.
    */
   generate(options: GenerateOptions = {}): AsyncGenerator<string, void, undefined> {
-    this.#handle.ptr; // fail fast when disposed
+    this._handle.ptr; // fail fast when disposed
     return this.#generate(options);
   }
 
@@ -292,7 +276,7 @@ export class Session {
       const tokens: number[] = [];
       const tokenOut = alloc(4);
       let reason: StopReason = "max-tokens";
-      const ptr = this.#handle.ptr;
+      const ptr = this._handle.ptr;
       while (tokens.length < maxTokens) {
         if (signal?.aborted) throw abortError();
         check(s.kf_sampler_sample(sampler.ptr, ptr, tokenOut));
@@ -335,20 +319,6 @@ export class Session {
       check(sym().kf_sampler_free(sampler.ptr));
       this.#busy = false;
     }
-  }
-
-  /** Frees the KV cache and buffers (after any in-flight call returns). Idempotent. */
-  dispose(): void {
-    this.#handle.dispose();
-  }
-
-  [Symbol.dispose](): void {
-    this.dispose();
-  }
-
-  async [Symbol.asyncDispose](): Promise<void> {
-    this.dispose();
-    await this.#handle.settled();
   }
 }
 
