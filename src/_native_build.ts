@@ -31,8 +31,7 @@ async function listFiles(dir: string): Promise<string[]> {
 }
 
 /** Hash of every file under `ffi/` plus the build flags that change the output. */
-export async function sourceHash(): Promise<string> {
-  const root = repoRoot();
+export async function sourceHash(root: string = repoRoot()): Promise<string> {
   const files = (await listFiles(`${root}/ffi`)).filter((f) => !f.includes("/tests/"));
   const parts: Uint8Array[] = [];
   const enc = new TextEncoder();
@@ -61,6 +60,10 @@ async function readText(path: string): Promise<string | null> {
 
 /** Options of {@link ensureNativeLibrary}. */
 export interface EnsureLibraryOptions {
+  /** Source tree holding `ffi/` (default: this repository). */
+  root?: string;
+  /** Where to put the library (default: {@link buildDir}). */
+  buildDir?: string;
   /** Rebuild even when the stamp matches. */
   force?: boolean;
   /** Called with progress lines ("building libkvfold.so ..."). Default: stderr. */
@@ -73,12 +76,13 @@ export interface EnsureLibraryOptions {
  */
 export async function ensureNativeLibrary(options: EnsureLibraryOptions = {}): Promise<string> {
   const fixed = Deno.env.get("KVFOLD_LIB");
-  if (fixed) return fixed;
+  if (fixed && !options.root) return fixed;
   const log = options.log ?? ((l: string) => console.error(l));
-  const dir = buildDir();
+  const root = options.root ?? repoRoot();
+  const dir = options.buildDir ?? buildDir();
   const lib = `${dir}/libkvfold.so`;
   const stampPath = `${dir}/libkvfold.stamp`;
-  const hash = await sourceHash();
+  const hash = await sourceHash(root);
   const fresh = async () => !options.force && (await readText(stampPath)) === hash && (await exists(lib));
   if (await fresh()) return lib;
 
@@ -108,7 +112,7 @@ export async function ensureNativeLibrary(options: EnsureLibraryOptions = {}): P
     log(`kvfold: building ${lib} (sources changed or library missing) ...`);
     const t0 = performance.now();
     const out = await new Deno.Command("bash", {
-      args: [`${repoRoot()}/ffi/build.sh`, dir],
+      args: [`${root}/ffi/build.sh`, dir],
       stdout: "piped",
       stderr: "piped",
     }).output();

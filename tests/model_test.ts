@@ -51,7 +51,9 @@ Deno.test("model: an aborted signal cancels loading", async () => {
   ac.abort(new Error("not needed any more"));
   await assert.rejects(
     () => kv.loadModel(dir, { signal: ac.signal }),
-    (e: unknown) => e instanceof KvfoldError && e.code === "ABORTED" && (e.cause as Error).message === "not needed any more",
+    (e: unknown) =>
+      e instanceof KvfoldError && e.code === "ABORTED" &&
+      (e.cause as Error).message === "not needed any more",
   );
 });
 
