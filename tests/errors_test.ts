@@ -221,3 +221,26 @@ Deno.test("errors: the cuda backend is refused clearly when not built; bad optio
   const dir = await testModel("gqa", { seed: 11 });
   await assert.rejects(() => kv.loadModel(dir, { dtype: "f8" as "f16" }), TypeError);
 });
+
+Deno.test("errors: a context that cannot fit in memory is refused before anything is allocated", async () => {
+  const kv = await testEngine();
+  // 8 layers x 2 (k, v) x 128 floats per position: 8 KiB a position, 128 GiB for 16M positions.
+  const dir = await testModel("wide", {
+    hiddenSize: 256,
+    numLayers: 8,
+    numHeads: 4,
+    intermediateSize: 512,
+    maxPositionEmbeddings: 2048,
+    seed: 3,
+  });
+  using model = await kv.loadModel(dir);
+  assert.throws(
+    () => model.session({ contextSize: 1 << 24 }),
+    (e: unknown) =>
+      e instanceof KvfoldError && e.code === "OUT_OF_MEMORY" && /needs 128\.00 GiB of KV cache/.test(e.message),
+  );
+  // The model is intact and a sensible session still works.
+  using s = model.session({ contextSize: 64 });
+  await s.prefill([1, 2, 3]);
+  assert.equal(s.position, 3);
+});
