@@ -7,6 +7,16 @@
 import { Kvfold } from "../mod.ts";
 import { makeTestModel, type TestModelOptions } from "../src/test_model.ts";
 
+/** A test model big enough that long prefills take measurable time (8 layers, hidden 256). */
+export const WIDE_MODEL: TestModelOptions = {
+  hiddenSize: 256,
+  numLayers: 8,
+  numHeads: 4,
+  intermediateSize: 512,
+  maxPositionEmbeddings: 2048,
+  seed: 3,
+};
+
 let root: string | null = null;
 const made = new Map<string, Promise<string>>();
 

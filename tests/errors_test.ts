@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { Kvfold, KvfoldError, type KvfoldErrorCode } from "../mod.ts";
 import { readSafetensorsFile, type TensorInput, writeSafetensorsFile } from "../src/safetensors.ts";
-import { tempDir, testEngine, testModel } from "./_fixtures.ts";
+import { tempDir, testEngine, testModel, WIDE_MODEL } from "./_fixtures.ts";
 
 /** A writable copy of the tiny test model, handed to `edit`, removed afterwards. */
 async function withBrokenModel(
@@ -225,19 +225,13 @@ Deno.test("errors: the cuda backend is refused clearly when not built; bad optio
 Deno.test("errors: a context that cannot fit in memory is refused before anything is allocated", async () => {
   const kv = await testEngine();
   // 8 layers x 2 (k, v) x 128 floats per position: 8 KiB a position, 128 GiB for 16M positions.
-  const dir = await testModel("wide", {
-    hiddenSize: 256,
-    numLayers: 8,
-    numHeads: 4,
-    intermediateSize: 512,
-    maxPositionEmbeddings: 2048,
-    seed: 3,
-  });
+  const dir = await testModel("wide", WIDE_MODEL);
   using model = await kv.loadModel(dir);
   assert.throws(
     () => model.session({ contextSize: 1 << 24 }),
     (e: unknown) =>
-      e instanceof KvfoldError && e.code === "OUT_OF_MEMORY" && /needs 128\.00 GiB of KV cache/.test(e.message),
+      e instanceof KvfoldError && e.code === "OUT_OF_MEMORY" &&
+      /needs 128\.00 GiB of KV cache/.test(e.message),
   );
   // The model is intact and a sensible session still works.
   using s = model.session({ contextSize: 64 });

@@ -1,7 +1,7 @@
 // Generation through the public API: sampling, stop conditions, abort, streaming text.
 import assert from "node:assert/strict";
 import { KvfoldError, sampleFromLogits } from "../mod.ts";
-import { someIds, tempDir, testEngine, testModel } from "./_fixtures.ts";
+import { someIds, tempDir, testEngine, testModel, WIDE_MODEL } from "./_fixtures.ts";
 
 async function collect(it: AsyncIterable<string>): Promise<string> {
   let s = "";
@@ -224,14 +224,7 @@ Deno.test("generate: an already-aborted signal cancels a long prefill and keeps 
 Deno.test("generate: abort during a running prefill stops it between chunks", async () => {
   const kv = await testEngine();
   // Big enough that a 2000-token prefill in 1-token chunks takes well over the 100 ms progress tick.
-  const dir = await testModel("wide", {
-    hiddenSize: 256,
-    numLayers: 8,
-    numHeads: 4,
-    intermediateSize: 512,
-    maxPositionEmbeddings: 2048,
-    seed: 3,
-  });
+  const dir = await testModel("wide", WIDE_MODEL);
   using model = await kv.loadModel(dir);
   using s = model.session({ contextSize: 2048, batchSize: 1 });
   const ac = new AbortController();

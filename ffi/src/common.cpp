@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdarg>
 #include <cstdio>
+#include <unistd.h>
 
 namespace kf {
 
@@ -14,6 +15,11 @@ void raise(kf_status code, const char *fmt, ...) {
   std::vsnprintf(buf, sizeof buf, fmt, ap);
   va_end(ap);
   throw Error(code, buf);
+}
+
+double available_memory_bytes() {
+  const long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  return pages > 0 && page > 0 ? double(pages) * double(page) : 0.0;
 }
 
 float f16_to_f32(uint16_t h) {

@@ -47,6 +47,10 @@ inline uint16_t f32_to_bf16(float f) {  // round to nearest even, NaN kept quiet
   return uint16_t(u >> 16);
 }
 float f16_to_f32(uint16_t h);
+
+// Physical memory available now, in bytes (0 when unknown). Big allocations are checked against it
+// before they are touched: under overcommit they would otherwise succeed and get the process killed.
+double available_memory_bytes();
 uint16_t f32_to_f16(float f);
 
 }  // namespace kf

@@ -4,7 +4,6 @@
 // values to the session's KV cache. Every buffer was allocated by session_init; nothing is allocated here.
 #include <algorithm>
 #include <cmath>
-#include <unistd.h>
 #if defined(__SSE__) || defined(__x86_64__)
 #include <xmmintrin.h>
 #endif
@@ -32,13 +31,11 @@ void session_init(kf_session &s, kf_model &m, const kf_session_params &p) {
   const size_t B = size_t(s.n_batch), H = size_t(c.hidden_size), hd = size_t(c.head_dim);
   const size_t q_dim = size_t(c.n_heads) * hd, kv_dim = size_t(c.n_kv_heads) * hd, I = size_t(c.intermediate_size);
 
-  // Refuse what cannot fit before touching it: with overcommit, a too-large zero-filled buffer would
-  // not fail here but get the process killed later.
+  // Refuse what cannot fit before touching it (see available_memory_bytes).
   const double kv_bytes = 2.0 * c.n_layers * double(s.n_ctx) * double(kv_dim) * sizeof(float);
   const double scratch_bytes = sizeof(float) * (double(B) * (3.0 * H + 2.0 * q_dim + 2.0 * kv_dim + 2.0 * I + hd) +
                                                 double(m.engine->pool->size()) * s.n_ctx + c.vocab_size);
-  const long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-  const double available = pages > 0 && page > 0 ? double(pages) * double(page) : 0;
+  const double available = available_memory_bytes();
   if (available > 0 && kv_bytes + scratch_bytes > 0.9 * available) {
     raise(KF_ERR_OUT_OF_MEMORY,
           "cannot create session: n_ctx %d needs %.2f GiB of KV cache and %.2f GiB of scratch, but only %.2f GiB "

@@ -2,7 +2,6 @@
 #include "model.h"
 
 #include <cmath>
-#include <unistd.h>
 
 #include "cpu_ops.h"
 
@@ -74,9 +73,7 @@ void model_load(kf_model &m, const std::string &dir, const kf_model_params &p) {
     if (t.dtype_supported && t.shape.size() == 2 && t.dtype != want)
       converted += double(t.nbytes) / double(dtype_size(t.dtype)) * double(dtype_size(want));
   }
-  // With overcommit a too-large copy would not fail on allocation but get the process killed later.
-  const long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-  const double available = pages > 0 && page > 0 ? double(pages) * double(page) : 0;
+  const double available = available_memory_bytes();
   if (available > 0 && converted > 0.9 * available)
     raise(KF_ERR_OUT_OF_MEMORY,
           "cannot load model: converting the weights to %s needs %.2f GiB, but only %.2f GiB of memory is available",
