@@ -153,7 +153,7 @@ async function cmdGenerate(args: string[]) {
         topK: intOpt(v["top-k"], "top-k"),
         minP: numOpt(v["min-p"], "min-p"),
         repetitionPenalty: numOpt(v["repetition-penalty"], "repetition-penalty"),
-        seed: v.seed !== undefined ? BigInt(v.seed) : undefined,
+        seed: intOpt(v.seed, "seed"),
         stop: v.stop,
         signal: ac.signal,
       })

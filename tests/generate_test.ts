@@ -281,3 +281,22 @@ Deno.test("generate: two sessions of one model do not disturb each other", async
   assert.deepEqual(ra, a);
   assert.deepEqual(rb, b);
 });
+
+Deno.test("generate: a cancelled decode keeps the position and the previous logits", async () => {
+  const kv = await testEngine();
+  using model = await kv.loadModel(await testModel("gqa", { seed: 11 }));
+  using s = model.session({ contextSize: 32 });
+  await s.prefill([1, 7, 8]);
+  const before = s.logits();
+  const ac = new AbortController();
+  ac.abort();
+  await assert.rejects(
+    () => s.decode(9, { signal: ac.signal }),
+    (e: unknown) => e instanceof KvfoldError && e.code === "ABORTED",
+  );
+  assert.equal(s.position, 3);
+  assert.deepEqual(s.logits(), before);
+  await s.decode(9); // and the next decode works from there
+  assert.equal(s.position, 4);
+  assert.notDeepEqual(s.logits(), before);
+});

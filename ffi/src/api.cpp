@@ -342,7 +342,7 @@ kf_status kf_session_decode(kf_session *session, int32_t id, kf_control *control
     std::lock_guard<std::mutex> lock(session->model->engine->pool_mutex);
     // The session's logits are replaced only on success: decode into scratch rows first.
     const bool had = session->has_logits;
-    std::vector<float> &keep = session->logits_rows;
+    std::vector<float> &keep = session->logits_saved;
     if (had) keep.assign(session->logits.begin(), session->logits.end());
     try {
       kf::forward_chunk(*session, &id, 1, session->n_past, nullptr, control);
@@ -382,7 +382,7 @@ kf_status kf_session_get_info(const kf_session *session, kf_session_info *out) {
     const auto sz = [](const std::vector<float> &v) { return int64_t(v.capacity()) * 4; };
     out->scratch_bytes = sz(session->x) + sz(session->xn) + sz(session->q) + sz(session->k) + sz(session->v) +
                          sz(session->attn) + sz(session->proj) + sz(session->gate) + sz(session->up) +
-                         sz(session->scores) + sz(session->rope_cs) + sz(session->logits) + sz(session->logits_rows);
+                         sz(session->scores) + sz(session->rope_cs) + sz(session->logits) + sz(session->logits_saved);
   });
 }
 

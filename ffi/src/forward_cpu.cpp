@@ -60,7 +60,7 @@ void session_init(kf_session &s, kf_model &m, const kf_session_params &p) {
   s.scores.assign(size_t(m.engine->pool->size()) * size_t(s.n_ctx), 0.0f);
   s.rope_cs.assign(B * hd, 0.0f);
   s.logits.assign(size_t(c.vocab_size), 0.0f);
-  s.logits_rows.clear();  // grown on the first call that asks for every row's logits
+  s.logits_saved.assign(size_t(c.vocab_size), 0.0f);
 }
 
 namespace {

@@ -79,7 +79,7 @@ struct kf_session {
   std::vector<float> scores;   // [n_threads, n_ctx] per-thread attention rows
   std::vector<float> rope_cs;  // [n_batch, head_dim/2, 2] cos, sin of this chunk's positions
   std::vector<float> logits;   // [vocab] last position
-  std::vector<float> logits_rows; // [n_batch, vocab] when all rows are asked for
+  std::vector<float> logits_saved; // [vocab] the logits before a decode, restored if it fails
 };
 
 namespace kf {
