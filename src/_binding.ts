@@ -43,6 +43,11 @@ const SYMBOLS = {
     result: "i32",
     nonblocking: true,
   },
+  kf_session_prefill_embeddings: {
+    parameters: ["pointer", "buffer", "i32", "i32", "i32", "buffer", "buffer"],
+    result: "i32",
+    nonblocking: true,
+  },
   kf_session_decode: { parameters: ["pointer", "i32", "buffer"], result: "i32", nonblocking: true },
   kf_session_get_logits: { parameters: ["pointer", "buffer", "i32"], result: "i32" },
   kf_session_get_info: { parameters: ["pointer", "buffer"], result: "i32" },

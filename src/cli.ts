@@ -9,7 +9,7 @@ import { Kvfold } from "./engine.ts";
 import { KvfoldError } from "./errors.ts";
 import type { WeightDType } from "./model.ts";
 import { ensureNativeLibrary } from "./_native_build.ts";
-import { writeSafetensorsFile } from "./safetensors.ts";
+import { readSafetensorsFile, writeSafetensorsFile } from "./safetensors.ts";
 import { makeTestModel, TEST_MODEL_PRESETS } from "./test_model.ts";
 import { measureDecode, measurePrefill } from "./throughput.ts";
 
@@ -23,8 +23,9 @@ Commands:
   generate --model DIR --prompt TEXT     stream a completion to stdout
       [--max-tokens N] [--temperature T] [--top-p P] [--top-k K] [--min-p P]
       [--repetition-penalty R] [--seed S] [--stop TEXT]... [--chat] [--system TEXT]
-  logits --model DIR --ids 1,2,3 --out FILE.safetensors
-                                         logits [n_ids, vocab] f32 at every position (no BOS added)
+  logits --model DIR --ids 1,2,3 --out FILE.safetensors [--prefix EMB.safetensors]
+                                         logits [n_ids, vocab] f32 at every position (no BOS added);
+                                         --prefix runs its tensor "embeddings" [K, hidden] first
   make-test-model OUT_DIR [--seed S] [--preset tiny|small] [--dtype float32|float16|bfloat16]
                                          write a random Llama-family model in Hugging Face layout
   bench decode|prefill --model DIR [--tokens N] [--repeats N]
@@ -174,10 +175,39 @@ async function cmdGenerate(args: string[]) {
 async function cmdLogits(args: string[]) {
   const { values: v } = parseArgs({
     args,
-    options: { ...COMMON, model: { type: "string" }, ids: { type: "string" }, out: { type: "string" } },
+    options: {
+      ...COMMON,
+      model: { type: "string" },
+      ids: { type: "string" },
+      out: { type: "string" },
+      prefix: { type: "string" },
+    },
   });
   const dir = need(v.model, "model");
   const out = need(v.out, "out");
+  // --prefix FILE.safetensors: tensor "embeddings" [K, hidden] runs first, at positions 0..K-1.
+  let prefix: { data: Float32Array | Uint16Array; dtype: "f32" | "f16" | "bf16"; rows: number } | null = null;
+  if (v.prefix !== undefined) {
+    const t = (await readSafetensorsFile(v.prefix)).tensors.get("embeddings");
+    if (!t || t.shape.length !== 2) {
+      throw new KvfoldError(
+        "FORMAT",
+        `Cannot read --prefix ${v.prefix}: it has no 2-D tensor "embeddings" [K, hidden]`,
+      );
+    }
+    if (t.dtype !== "F32" && t.dtype !== "F16" && t.dtype !== "BF16") {
+      throw new KvfoldError(
+        "UNSUPPORTED",
+        `Cannot read --prefix ${v.prefix}: embeddings are ${t.dtype}; use F32, F16 or BF16`,
+      );
+    }
+    const bytes = t.data.slice(); // aligned copy
+    prefix = {
+      data: t.dtype === "F32" ? new Float32Array(bytes.buffer) : new Uint16Array(bytes.buffer),
+      dtype: t.dtype === "F32" ? "f32" : t.dtype === "F16" ? "f16" : "bf16",
+      rows: t.shape[0],
+    };
+  }
   const ids = need(v.ids, "ids").split(",").map((s, i) => {
     const n = Number(s.trim());
     if (s.trim() === "" || !Number.isInteger(n)) {
@@ -187,7 +217,9 @@ async function cmdLogits(args: string[]) {
   });
   using kv = await openEngine(v);
   using model = await kv.loadModel(dir, { dtype: (v.dtype ?? "auto") as WeightDType });
-  using session = model.session({ contextSize: ids.length, batchSize: Math.min(ids.length, 256) });
+  const k = prefix?.rows ?? 0;
+  using session = model.session({ contextSize: k + ids.length, batchSize: Math.min(k + ids.length, 256) });
+  if (prefix) await session.prefillEmbeddings(prefix.data, { dtype: prefix.dtype });
   const logits = (await session.prefill(ids, { logits: "all" }))!;
   await writeSafetensorsFile(out, [{
     name: "logits",
@@ -197,6 +229,7 @@ async function cmdLogits(args: string[]) {
   }], {
     "kvfold.model": dir,
     "kvfold.ids": ids.join(","),
+    "kvfold.prefix_rows": String(k),
   });
   note(`wrote ${out}: logits [${ids.length}, ${model.info.vocabSize}] f32`);
 }

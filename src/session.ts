@@ -215,6 +215,53 @@ export class Session extends HandleOwner {
     return logits;
   }
 
+  /**
+   * Runs a block of input embeddings ([rows, hidden], row major) at the next positions, as if they
+   * were token embeddings: the LLoCO path, where compressed summary vectors precede the prompt.
+   * A `Float32Array` is f32; a `Uint16Array` holds raw f16 or bf16 bits (say which in `dtype`).
+   * Returns every row's logits with `logits: "all"`, else null.
+   *
+   * @example
+   * ```ts ignore
+   * const hidden = model.info.hiddenSize;
+   * await session.prefillEmbeddings(summaryVectors); // Float32Array of K * hidden values
+   * for await (const piece of session.generate({ prompt: model.tokenizer.encode("Question: ..."), maxTokens: 64 })) {}
+   * ```
+   */
+  prefillEmbeddings(
+    embeddings: Float32Array | Uint16Array,
+    options: PrefillOptions & { dtype?: "f32" | "f16" | "bf16" } = {},
+  ): Promise<Float32Array | null> {
+    return this.#exclusive("prefill embeddings", async () => {
+      const hidden = this.model.info.hiddenSize;
+      const dtype = options.dtype ?? (embeddings instanceof Float32Array ? "f32" : undefined);
+      if (dtype === undefined || (dtype === "f32") !== (embeddings instanceof Float32Array)) {
+        throw new TypeError(
+          'Cannot prefill embeddings: pass a Float32Array (f32) or a Uint16Array with dtype "f16" or "bf16"',
+        );
+      }
+      if (embeddings.length === 0 || embeddings.length % hidden !== 0) {
+        throw new KvfoldError(
+          "INVALID_ARGUMENT",
+          `Cannot prefill embeddings: ${embeddings.length} values are not a whole number of rows of the hidden size ${hidden}` +
+            (embeddings.length === 0 ? " (the block is empty)" : ""),
+        );
+      }
+      const rows = embeddings.length / hidden;
+      const buf = alloc(embeddings.byteLength);
+      buf.set(new Uint8Array(embeddings.buffer, embeddings.byteOffset, embeddings.byteLength));
+      const logits = options.logits === "all"
+        ? new Float32Array(new ArrayBuffer(rows * this.model.info.vocabSize * 4))
+        : null;
+      const dtypeId = { f32: 0, f16: 1, bf16: 2 }[dtype];
+      await this._handle.runControlled(
+        (ptr, ctl) => sym().kf_session_prefill_embeddings(ptr, buf, dtypeId, rows, hidden, logits, ctl.buf),
+        { signal: options.signal, onProgress: options.onProgress },
+      );
+      return logits;
+    });
+  }
+
   /** Runs one token at the next position (the decode path). */
   decode(id: number, options: { signal?: AbortSignal } = {}): Promise<void> {
     return this.#exclusive("decode", () => this.#decode(id, options.signal));

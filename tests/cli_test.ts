@@ -1,6 +1,6 @@
 // The kvfold CLI as users and later issues call it, run as a subprocess.
 import assert from "node:assert/strict";
-import { readSafetensorsFile, toFloat32 } from "../src/safetensors.ts";
+import { readSafetensorsFile, toFloat32, writeSafetensorsFile } from "../src/safetensors.ts";
 import { repoRoot } from "../src/_native_build.ts";
 import { loadReferenceModel, referenceLogits } from "./reference_forward.ts";
 import { relativeError, tempDir, testEngine, testModel } from "./_fixtures.ts";
@@ -110,4 +110,52 @@ Deno.test("cli: bad usage gets a clear message and a non-zero exit", async () =>
   const noModel = await kvfold("generate", "--model", "/nonexistent", "--prompt", "x");
   assert.equal(noModel.code, 1);
   assert.match(noModel.stderr, /does not exist \[IO\]/);
+});
+
+Deno.test("cli: logits --prefix runs the embeddings first and matches the reference", async () => {
+  const model = await testModel("gqa", { seed: 11 });
+  const dir = await tempDir();
+  try {
+    const H = 64, K = 3;
+    const emb = Float32Array.from({ length: K * H }, (_, i) => Math.sin(i) * 0.1);
+    await writeSafetensorsFile(`${dir}/p.safetensors`, [{
+      name: "embeddings",
+      dtype: "F32",
+      shape: [K, H],
+      data: emb,
+    }]);
+    const r = await kvfold(
+      "logits",
+      "--model",
+      model,
+      "--ids",
+      "1,17,300",
+      "--prefix",
+      `${dir}/p.safetensors`,
+      "--out",
+      `${dir}/l.safetensors`,
+    );
+    assert.equal(r.code, 0, r.stderr);
+    const t = (await readSafetensorsFile(`${dir}/l.safetensors`)).tensors.get("logits")!;
+    assert.deepEqual(t.shape, [3, 512]);
+    const want = referenceLogits(await loadReferenceModel(model), [1, 17, 300], {
+      prefixEmbeddings: Float64Array.from(emb),
+    });
+    assert.ok(relativeError(toFloat32(t), want) < 1e-4);
+    const bad = await kvfold(
+      "logits",
+      "--model",
+      model,
+      "--ids",
+      "1",
+      "--prefix",
+      `${dir}/l.safetensors`,
+      "--out",
+      `${dir}/x.safetensors`,
+    );
+    assert.equal(bad.code, 1);
+    assert.match(bad.stderr, /no 2-D tensor "embeddings"/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

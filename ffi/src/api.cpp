@@ -1,5 +1,6 @@
 // api.cpp — the C ABI: argument checks, exception-to-status translation, ownership rules.
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <new>
 #include <thread>
@@ -327,10 +328,57 @@ kf_status kf_session_prefill(kf_session *session, const int32_t *ids, int32_t n_
     for (int32_t off = 0; off < n_ids; off += session->n_batch) {
       const int32_t T = std::min(session->n_batch, n_ids - off);
       // On failure n_past is untouched: the positions written so far are simply not committed.
-      kf::forward_chunk(*session, ids + off, T, start + off, logits ? logits + int64_t(off) * V : nullptr, control);
+      kf::ChunkInput in;
+      in.tokens = ids + off;
+      kf::forward_chunk(*session, in, T, start + off, logits ? logits + int64_t(off) * V : nullptr, control);
       if (control) control->done = off + T;
     }
     session->n_past = start + n_ids;
+    session->has_logits = true;
+  }));
+}
+
+kf_status kf_session_prefill_embeddings(kf_session *session, const void *embeddings, int32_t dtype, int32_t n_rows,
+                                        int32_t hidden, float *logits, kf_control *control) {
+  return report(control, guarded("prefill embeddings", [&] {
+    KF_REQUIRE(session, "prefill embeddings", "session is NULL");
+    KF_REQUIRE(embeddings && n_rows > 0, "prefill embeddings", "the embedding block is empty (NULL or %d rows)", n_rows);
+    KF_REQUIRE(dtype >= KF_DTYPE_F32 && dtype <= KF_DTYPE_BF16, "prefill embeddings",
+               "dtype %d is not one of 0 (f32), 1 (f16), 2 (bf16)", dtype);
+    const int32_t H = session->model->cfg.hidden_size;
+    KF_REQUIRE(hidden == H, "prefill embeddings", "rows have %d values, the model's hidden size is %d", hidden, H);
+    if (int64_t(session->n_past) + n_rows > session->n_ctx)
+      kf::raise(KF_ERR_INVALID_STATE,
+                "cannot prefill embeddings: %d position(s) in the cache plus %d new exceed n_ctx %d", session->n_past,
+                n_rows, session->n_ctx);
+    // Every value must be finite: one NaN would silently poison every later position.
+    const kf::DType dt = kf::DType(dtype);
+    const size_t row_bytes = size_t(H) * kf::dtype_size(dt);
+    std::vector<float> row(static_cast<size_t>(H));
+    for (int32_t r = 0; r < n_rows; r++) {
+      kf::convert_row_to_f32(static_cast<const uint8_t *>(embeddings) + size_t(r) * row_bytes, dt, row.data(), H);
+      for (int32_t i = 0; i < H; i++)
+        if (!std::isfinite(row[size_t(i)]))
+          kf::raise(KF_ERR_INVALID_ARGUMENT, "cannot prefill embeddings: row %d, column %d is %s", r, i,
+                    std::isnan(row[size_t(i)]) ? "NaN" : "infinite");
+    }
+    if (control) {
+      control->total = n_rows;
+      control->done = 0;
+    }
+    const int64_t V = session->model->cfg.vocab_size;
+    const int32_t start = session->n_past;
+    std::lock_guard<std::mutex> lock(session->model->engine->pool_mutex);
+    session->has_logits = false;
+    for (int32_t off = 0; off < n_rows; off += session->n_batch) {
+      const int32_t T = std::min(session->n_batch, n_rows - off);
+      kf::ChunkInput in;
+      in.embeds = static_cast<const uint8_t *>(embeddings) + size_t(off) * row_bytes;
+      in.embeds_dtype = dt;
+      kf::forward_chunk(*session, in, T, start + off, logits ? logits + int64_t(off) * V : nullptr, control);
+      if (control) control->done = off + T;
+    }
+    session->n_past = start + n_rows;
     session->has_logits = true;
   }));
 }
@@ -345,7 +393,9 @@ kf_status kf_session_decode(kf_session *session, int32_t id, kf_control *control
     std::vector<float> &keep = session->logits_saved;
     if (had) keep.assign(session->logits.begin(), session->logits.end());
     try {
-      kf::forward_chunk(*session, &id, 1, session->n_past, nullptr, control);
+      kf::ChunkInput in;
+      in.tokens = &id;
+      kf::forward_chunk(*session, in, 1, session->n_past, nullptr, control);
     } catch (...) {
       if (had) std::copy(keep.begin(), keep.end(), session->logits.begin());
       throw;

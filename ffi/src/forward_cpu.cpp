@@ -88,7 +88,7 @@ void check_cancel(kf_control *ctl) {
 
 }  // namespace
 
-void forward_chunk(kf_session &s, const int32_t *tokens, int32_t T, int32_t pos0, float *logits_out,
+void forward_chunk(kf_session &s, const ChunkInput &in, int32_t T, int32_t pos0, float *logits_out,
                    kf_control *ctl) {
   kf_model &m = *s.model;
   const ModelConfig &c = m.cfg;
@@ -106,9 +106,15 @@ void forward_chunk(kf_session &s, const int32_t *tokens, int32_t T, int32_t pos0
   _mm_setcsr(_mm_getcsr() | 0x8040);  // FTZ | DAZ
 #endif
 
-  // x: [T, H] <- embedding rows
-  for (int32_t t = 0; t < T; t++)
-    convert_row_to_f32(m.embed.row(tokens[t]), m.embed.dtype, s.x.data() + t * H, H);
+  // x: [T, H] <- embedding rows of the ids, or the caller's embeddings (LLoCO summary vectors)
+  for (int32_t t = 0; t < T; t++) {
+    if (in.tokens) {
+      convert_row_to_f32(m.embed.row(in.tokens[t]), m.embed.dtype, s.x.data() + t * H, H);
+    } else {
+      const uint8_t *row = static_cast<const uint8_t *>(in.embeds) + size_t(t) * size_t(H) * dtype_size(in.embeds_dtype);
+      convert_row_to_f32(row, in.embeds_dtype, s.x.data() + t * H, H);
+    }
+  }
 
   // rope_cs: [T, hd/2, 2], angles in double so large positions keep their precision
   for (int32_t t = 0; t < T; t++) {

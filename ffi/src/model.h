@@ -88,9 +88,16 @@ namespace kf {
 void model_load(kf_model &m, const std::string &dir, const kf_model_params &p);
 // Allocates every buffer of a session. Throws kf::Error / std::bad_alloc.
 void session_init(kf_session &s, kf_model &m, const kf_session_params &p);
-// Runs tokens[0..T) at positions n_past.. (T <= n_batch). logits_out: NULL or [T, vocab].
+// The input rows of one chunk: token ids (looked up in embed_tokens) or ready embeddings.
+struct ChunkInput {
+  const int32_t *tokens = nullptr;  // [T] ids, or
+  const void *embeds = nullptr;     // [T, hidden] rows in embeds_dtype
+  DType embeds_dtype = DType::F32;
+};
+
+// Runs T inputs at positions pos0.. (T <= n_batch). logits_out: NULL or [T, vocab].
 // Does not advance n_past; the caller commits after the whole call succeeds.
-void forward_chunk(kf_session &s, const int32_t *tokens, int32_t T, int32_t pos0, float *logits_out,
+void forward_chunk(kf_session &s, const ChunkInput &in, int32_t T, int32_t pos0, float *logits_out,
                    kf_control *ctl);
 
 }  // namespace kf
