@@ -11,6 +11,7 @@ import type { WeightDType } from "./model.ts";
 import { ensureNativeLibrary } from "./_native_build.ts";
 import { readSafetensorsFile, writeSafetensorsFile } from "./safetensors.ts";
 import { makeTestModel, TEST_MODEL_PRESETS } from "./test_model.ts";
+import { convertTorchCheckpoint } from "./torch_bin.ts";
 import { measureDecode, measurePrefill } from "./throughput.ts";
 
 const USAGE = `kvfold — Llama-family models with compressed context, from Deno
@@ -28,6 +29,8 @@ Commands:
                                          --prefix runs its tensor "embeddings" [K, hidden] first
   make-test-model OUT_DIR [--seed S] [--preset tiny|small] [--dtype float32|float16|bfloat16]
                                          write a random Llama-family model in Hugging Face layout
+  convert SRC DST                        PyTorch .bin checkpoints (torch.save zip; sharded; PEFT
+                                         adapter_model.bin) to safetensors; refuses non-tensor pickles
   bench decode|prefill --model DIR [--tokens N] [--repeats N]
                                          tokens/s and the fraction of the memory-bandwidth limit
 
@@ -319,6 +322,19 @@ async function cmdBench(args: string[]) {
   );
 }
 
+async function cmdConvert(args: string[]) {
+  const { positionals } = parseArgs({ args, allowPositionals: true, options: {} });
+  const [src, dst] = positionals;
+  if (!src || !dst) {
+    throw new KvfoldError(
+      "INVALID_ARGUMENT",
+      "Usage: kvfold convert SRC DST (a .bin file or a folder with PyTorch checkpoints)",
+    );
+  }
+  const r = await convertTorchCheckpoint(src, dst);
+  note(`converted ${r.tensors} tensor(s): ${r.files.join(", ")}`);
+}
+
 async function cmdBuild(args: string[]) {
   const { values: v } = parseArgs({ args, options: { force: { type: "boolean" } } });
   const path = await ensureNativeLibrary({ force: v.force });
@@ -331,6 +347,7 @@ const COMMANDS: Record<string, (args: string[]) => Promise<void>> = {
   generate: cmdGenerate,
   logits: cmdLogits,
   "make-test-model": cmdMakeTestModel,
+  convert: cmdConvert,
   bench: cmdBench,
 };
 

@@ -159,3 +159,21 @@ Deno.test("cli: logits --prefix runs the embeddings first and matches the refere
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("cli: convert turns a torch.save checkpoint into the expected safetensors", async () => {
+  const fixtures = new URL("../../shared/fixtures/torch-bin/", import.meta.url).pathname;
+  const dir = await tempDir();
+  try {
+    const r = await kvfold("convert", `${fixtures}single`, `${dir}/out`);
+    assert.equal(r.code, 0, r.stderr);
+    const got = await readSafetensorsFile(`${dir}/out/model.safetensors`);
+    const want = await readSafetensorsFile(`${fixtures}single/expected.safetensors`);
+    assert.deepEqual([...got.tensors.keys()].sort(), [...want.tensors.keys()].sort());
+    for (const [name, t] of want.tensors) assert.deepEqual(got.tensors.get(name)!.data, t.data, name);
+    const hostile = await kvfold("convert", `${fixtures}hostile`, `${dir}/h`);
+    assert.equal(hostile.code, 1);
+    assert.match(hostile.stderr, /refusing to load it \[FORMAT\]/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
