@@ -30,3 +30,5 @@ export type { ChatMessage } from "./src/tokenizer.ts";
 export { KvfoldError } from "./src/errors.ts";
 export type { KvfoldErrorCode } from "./src/errors.ts";
 export { IncrementalDecoder, StopStringFilter } from "./src/text_stream.ts";
+export { Compressor } from "./src/compressor.ts";
+export type { CompressOptions, SummaryVectors } from "./src/compressor.ts";

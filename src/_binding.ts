@@ -44,7 +44,7 @@ const SYMBOLS = {
     nonblocking: true,
   },
   kf_session_prefill_embeddings: {
-    parameters: ["pointer", "buffer", "i32", "i32", "i32", "buffer", "buffer"],
+    parameters: ["pointer", "buffer", "i32", "i32", "i32", "buffer", "buffer", "buffer"],
     result: "i32",
     nonblocking: true,
   },

@@ -12,6 +12,7 @@ import { ensureNativeLibrary } from "./_native_build.ts";
 import { readSafetensorsFile, writeSafetensorsFile } from "./safetensors.ts";
 import { makeTestModel, TEST_MODEL_PRESETS } from "./test_model.ts";
 import { convertTorchCheckpoint } from "./torch_bin.ts";
+import { Compressor } from "./compressor.ts";
 import { measureDecode, measurePrefill } from "./throughput.ts";
 
 const USAGE = `kvfold — Llama-family models with compressed context, from Deno
@@ -27,8 +28,10 @@ Commands:
   logits --model DIR --ids 1,2,3 --out FILE.safetensors [--prefix EMB.safetensors]
                                          logits [n_ids, vocab] f32 at every position (no BOS added);
                                          --prefix runs its tensor "embeddings" [K, hidden] first
-  make-test-model OUT_DIR [--seed S] [--preset tiny|small] [--dtype float32|float16|bfloat16]
+  make-test-model OUT_DIR [--seed S] [--preset tiny|small|compressor] [--dtype float32|float16|bfloat16]
                                          write a random Llama-family model in Hugging Face layout
+  compress --compressor DIR --ids 1,2,3 [--segment-length N] --out FILE.safetensors
+                                         AutoCompressor summary vectors: tensor "summary" [K, hidden] f32
   convert SRC DST                        PyTorch .bin checkpoints (torch.save zip; sharded; PEFT
                                          adapter_model.bin) to safetensors; refuses non-tensor pickles
   bench decode|prefill --model DIR [--tokens N] [--repeats N]
@@ -64,6 +67,16 @@ function need(v: string | undefined, name: string): string {
     throw new KvfoldError("INVALID_ARGUMENT", `Missing --${name}; see \`kvfold --help\``);
   }
   return v;
+}
+
+function parseIds(list: string): number[] {
+  return list.split(",").map((s, i) => {
+    const n = Number(s.trim());
+    if (s.trim() === "" || !Number.isInteger(n)) {
+      throw new KvfoldError("INVALID_ARGUMENT", `Cannot parse --ids: item ${i} "${s}" is not an integer`);
+    }
+    return n;
+  });
 }
 
 const COMMON = {
@@ -211,13 +224,7 @@ async function cmdLogits(args: string[]) {
       rows: t.shape[0],
     };
   }
-  const ids = need(v.ids, "ids").split(",").map((s, i) => {
-    const n = Number(s.trim());
-    if (s.trim() === "" || !Number.isInteger(n)) {
-      throw new KvfoldError("INVALID_ARGUMENT", `Cannot parse --ids: item ${i} "${s}" is not an integer`);
-    }
-    return n;
-  });
+  const ids = parseIds(need(v.ids, "ids"));
   using kv = await openEngine(v);
   using model = await kv.loadModel(dir, { dtype: (v.dtype ?? "auto") as WeightDType });
   const k = prefix?.rows ?? 0;
@@ -255,7 +262,9 @@ async function cmdMakeTestModel(args: string[]) {
       "Missing OUT_DIR: kvfold make-test-model OUT_DIR [--seed S] [--preset tiny|small]",
     );
   }
-  const preset = (v.preset ?? "tiny") as "tiny" | "small";
+  const requested = v.preset ?? "tiny";
+  // "compressor": the tiny preset as an AutoCompressor (embed_summary.weight, summary_length 50).
+  const preset = (requested === "compressor" ? "tiny" : requested) as "tiny" | "small";
   if (!(preset in TEST_MODEL_PRESETS)) {
     throw new KvfoldError(
       "INVALID_ARGUMENT",
@@ -269,8 +278,13 @@ async function cmdMakeTestModel(args: string[]) {
       `Cannot make test model: --dtype must be float32, float16 or bfloat16`,
     );
   }
-  const info = await makeTestModel(outDir, { seed: intOpt(v.seed, "seed") ?? 0, preset, dtype });
-  note(`wrote ${preset} test model to ${info.dir}: ${info.files.join(", ")}`);
+  const info = await makeTestModel(outDir, {
+    seed: intOpt(v.seed, "seed") ?? 0,
+    preset,
+    dtype,
+    summaryLength: requested === "compressor" ? 50 : undefined,
+  });
+  note(`wrote ${requested} test model to ${info.dir}: ${info.files.join(", ")}`);
 }
 
 async function cmdBench(args: string[]) {
@@ -335,6 +349,37 @@ async function cmdConvert(args: string[]) {
   note(`converted ${r.tensors} tensor(s): ${r.files.join(", ")}`);
 }
 
+async function cmdCompress(args: string[]) {
+  const { values: v } = parseArgs({
+    args,
+    options: {
+      ...COMMON,
+      compressor: { type: "string" },
+      ids: { type: "string" },
+      "segment-length": { type: "string" },
+      out: { type: "string" },
+    },
+  });
+  const dir = need(v.compressor, "compressor");
+  const out = need(v.out, "out");
+  const ids = parseIds(need(v.ids, "ids"));
+  using kv = await openEngine(v);
+  using compressor = await Compressor.load(kv, dir, { dtype: (v.dtype ?? "auto") as WeightDType });
+  const summary = await compressor.compress(ids, {
+    segmentLength: intOpt(v["segment-length"], "segment-length", 1),
+  });
+  await writeSafetensorsFile(out, [{
+    name: "summary",
+    dtype: "F32",
+    shape: [summary.rows, summary.hidden],
+    data: summary.data,
+  }], {
+    "kvfold.compressor": dir,
+    "kvfold.tokens": String(summary.tokens),
+  });
+  note(`wrote ${out}: summary [${summary.rows}, ${summary.hidden}] f32 from ${summary.tokens} tokens`);
+}
+
 async function cmdBuild(args: string[]) {
   const { values: v } = parseArgs({ args, options: { force: { type: "boolean" } } });
   const path = await ensureNativeLibrary({ force: v.force });
@@ -347,6 +392,7 @@ const COMMANDS: Record<string, (args: string[]) => Promise<void>> = {
   generate: cmdGenerate,
   logits: cmdLogits,
   "make-test-model": cmdMakeTestModel,
+  compress: cmdCompress,
   convert: cmdConvert,
   bench: cmdBench,
 };

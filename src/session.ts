@@ -230,7 +230,11 @@ export class Session extends HandleOwner {
    */
   prefillEmbeddings(
     embeddings: Float32Array | Uint16Array,
-    options: PrefillOptions & { dtype?: "f32" | "f16" | "bf16" } = {},
+    options: PrefillOptions & {
+      dtype?: "f32" | "f16" | "bf16";
+      /** Receives each row's final-normed hidden state ([rows, hidden]): AutoCompressor summary vectors. */
+      hiddenOut?: Float32Array;
+    } = {},
   ): Promise<Float32Array | null> {
     return this.#exclusive("prefill embeddings", async () => {
       const hidden = this.model.info.hiddenSize;
@@ -254,10 +258,19 @@ export class Session extends HandleOwner {
         ? new Float32Array(new ArrayBuffer(rows * this.model.info.vocabSize * 4))
         : null;
       const dtypeId = { f32: 0, f16: 1, bf16: 2 }[dtype];
+      const { hiddenOut } = options;
+      if (hiddenOut && hiddenOut.length !== rows * hidden) {
+        throw new RangeError(
+          `Cannot prefill embeddings: hiddenOut holds ${hiddenOut.length} floats, ${rows * hidden} needed`,
+        );
+      }
+      const hiddenBuf = hiddenOut ? new Float32Array(new ArrayBuffer(hiddenOut.byteLength)) : null;
       await this._handle.runControlled(
-        (ptr, ctl) => sym().kf_session_prefill_embeddings(ptr, buf, dtypeId, rows, hidden, logits, ctl.buf),
+        (ptr, ctl) =>
+          sym().kf_session_prefill_embeddings(ptr, buf, dtypeId, rows, hidden, logits, hiddenBuf, ctl.buf),
         { signal: options.signal, onProgress: options.onProgress },
       );
+      if (hiddenOut && hiddenBuf) hiddenOut.set(hiddenBuf);
       return logits;
     });
   }

@@ -111,6 +111,11 @@ export interface TestModelOptions {
   rmsNormEps?: number;
   /** Standard deviation of the weight matrices; default from the preset. */
   initStd?: number;
+  /**
+   * Makes an AutoCompressor-style checkpoint: adds `embed_summary.weight` [summaryLength, hidden]
+   * and `summary_length` to config.json. Default: none (a plain model).
+   */
+  summaryLength?: number;
   /** Number of safetensors files; above 1 writes HF's sharded layout. Default 1. */
   shards?: number;
 }
@@ -580,6 +585,9 @@ export async function makeTestModel(outDir: string, options: TestModelOptions = 
     throw new KvfoldError("INVALID_ARGUMENT", `Cannot make test model: unknown dtype ${dtypeName}`);
   }
   const tie = options.tieWordEmbeddings ?? false;
+  const summaryLength = options.summaryLength === undefined
+    ? undefined
+    : positiveInt("summaryLength", options.summaryLength);
   const std = options.initStd ?? preset.initStd;
   const ropeTheta = options.ropeTheta ?? 10000;
   const ropeScaling = options.ropeScaling ?? null;
@@ -652,6 +660,11 @@ export async function makeTestModel(outDir: string, options: TestModelOptions = 
   }
   add("model.norm.weight", [hidden], 1, 0.05);
   if (!tie) add("lm_head.weight", [vocab, hidden], 0, std);
+  // AutoCompressor checkpoints add the rows that become summary vectors, and record their count.
+  if (summaryLength !== undefined) {
+    config.summary_length = summaryLength;
+    add("embed_summary.weight", [summaryLength, hidden], 0, std);
+  }
 
   const { tokenizerJson, tokenizerConfig } = makeTestTokenizer(vocab, { modelMaxLength: maxPos });
   const generationConfig = {

@@ -3,6 +3,7 @@ import assert from "node:assert/strict";
 import { readSafetensorsFile, toFloat32, writeSafetensorsFile } from "../src/safetensors.ts";
 import { repoRoot } from "../src/_native_build.ts";
 import { loadReferenceModel, referenceLogits } from "./reference_forward.ts";
+import { Compressor } from "../src/compressor.ts";
 import { relativeError, tempDir, testEngine, testModel } from "./_fixtures.ts";
 
 async function kvfold(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
@@ -173,6 +174,36 @@ Deno.test("cli: convert turns a torch.save checkpoint into the expected safetens
     const hostile = await kvfold("convert", `${fixtures}hostile`, `${dir}/h`);
     assert.equal(hostile.code, 1);
     assert.match(hostile.stderr, /refusing to load it \[FORMAT\]/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("cli: make-test-model --preset compressor and compress --ids write summary vectors", async () => {
+  const dir = await tempDir();
+  try {
+    const made = await kvfold("make-test-model", `${dir}/c`, "--preset", "compressor", "--seed", "2");
+    assert.equal(made.code, 0, made.stderr);
+    const r = await kvfold(
+      "compress",
+      "--compressor",
+      `${dir}/c`,
+      "--ids",
+      "5,6,7,8,9,10,11",
+      "--segment-length",
+      "3",
+      "--out",
+      `${dir}/s.safetensors`,
+    );
+    assert.equal(r.code, 0, r.stderr);
+    const t = (await readSafetensorsFile(`${dir}/s.safetensors`)).tensors.get("summary")!;
+    assert.equal(t.dtype, "F32");
+    assert.deepEqual(t.shape, [50 * 3, 64]); // ceil(7 / 3) segments of 50 summary rows
+    // The CLI writes exactly what the API computes.
+    const kv = await testEngine();
+    using c = await Compressor.load(kv, `${dir}/c`);
+    const api = await c.compress([5, 6, 7, 8, 9, 10, 11], { segmentLength: 3 });
+    assert.deepEqual(toFloat32(t), api.data);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -198,10 +198,13 @@ KF_API kf_status kf_session_prefill(kf_session *session, const int32_t *ids, int
                                     kf_control *control);
 /* Runs a block of input embeddings (e.g. LLoCO summary vectors) at positions n_past.., as if they
  * were token embeddings: embeddings is [n_rows, hidden] in dtype (KF_DTYPE_F32/F16/BF16), row major.
- * hidden must equal the model's hidden size; every value must be finite; n_rows > 0. logits and
- * control as in kf_session_prefill, and on failure the session is rolled back the same way. */
+ * hidden must equal the model's hidden size; every value must be finite; n_rows > 0.
+ * hidden_out: NULL, or [n_rows, hidden] f32 receiving each row's final-normed hidden state (what an
+ * AutoCompressor keeps as summary vectors). logits and control as in kf_session_prefill, and on
+ * failure the session is rolled back the same way. */
 KF_API kf_status kf_session_prefill_embeddings(kf_session *session, const void *embeddings, int32_t dtype,
-                                               int32_t n_rows, int32_t hidden, float *logits, kf_control *control);
+                                               int32_t n_rows, int32_t hidden, float *logits, float *hidden_out,
+                                               kf_control *control);
 /* One token at position n_past (the single-token path, tuned separately from prefill).
  * On failure the session keeps its previous n_past and logits. */
 KF_API kf_status kf_session_decode(kf_session *session, int32_t id, kf_control *control);

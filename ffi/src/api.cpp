@@ -339,7 +339,7 @@ kf_status kf_session_prefill(kf_session *session, const int32_t *ids, int32_t n_
 }
 
 kf_status kf_session_prefill_embeddings(kf_session *session, const void *embeddings, int32_t dtype, int32_t n_rows,
-                                        int32_t hidden, float *logits, kf_control *control) {
+                                        int32_t hidden, float *logits, float *hidden_out, kf_control *control) {
   return report(control, guarded("prefill embeddings", [&] {
     KF_REQUIRE(session, "prefill embeddings", "session is NULL");
     KF_REQUIRE(embeddings && n_rows > 0, "prefill embeddings", "the embedding block is empty (NULL or %d rows)", n_rows);
@@ -375,6 +375,7 @@ kf_status kf_session_prefill_embeddings(kf_session *session, const void *embeddi
       kf::ChunkInput in;
       in.embeds = static_cast<const uint8_t *>(embeddings) + size_t(off) * row_bytes;
       in.embeds_dtype = dt;
+      in.hidden_out = hidden_out ? hidden_out + int64_t(off) * H : nullptr;
       kf::forward_chunk(*session, in, T, start + off, logits ? logits + int64_t(off) * V : nullptr, control);
       if (control) control->done = off + T;
     }

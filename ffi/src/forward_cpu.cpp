@@ -174,13 +174,18 @@ void forward_chunk(kf_session &s, const ChunkInput &in, int32_t T, int32_t pos0,
   }
 
   // ---- head: final norm, then logits of every row (when asked) or only the last ----
+  // The final-normed rows are also what an AutoCompressor takes as summary vectors (hidden_out).
+  if (logits_out || in.hidden_out) {
+    rmsnorm_rows(pool, s.xn.data(), s.x.data(), m.final_norm.data(), T, H, eps);  // xn: [T, H]
+    if (in.hidden_out) std::copy(s.xn.begin(), s.xn.begin() + int64_t(T) * H, in.hidden_out);
+  } else {
+    rmsnorm_rows(pool, s.xn.data() + (T - 1) * H, s.x.data() + (T - 1) * H, m.final_norm.data(), 1, H, eps);
+  }
   if (logits_out) {
-    rmsnorm_rows(pool, s.xn.data(), s.x.data(), m.final_norm.data(), T, H, eps);
     matmul(pool, s.xn.data(), m.lm_head.data, m.lm_head.dtype, logits_out, T, H, V, nullptr);  // [T, V]
     std::copy(logits_out + (T - 1) * V, logits_out + T * V, s.logits.begin());
   } else {
-    rmsnorm_rows(pool, s.xn.data(), s.x.data() + (T - 1) * H, m.final_norm.data(), 1, H, eps);
-    matmul(pool, s.xn.data(), m.lm_head.data, m.lm_head.dtype, s.logits.data(), 1, H, V, nullptr);  // [V]
+    matmul(pool, s.xn.data() + (T - 1) * H, m.lm_head.data, m.lm_head.dtype, s.logits.data(), 1, H, V, nullptr);
   }
 }
 

@@ -93,6 +93,7 @@ struct ChunkInput {
   const int32_t *tokens = nullptr;  // [T] ids, or
   const void *embeds = nullptr;     // [T, hidden] rows in embeds_dtype
   DType embeds_dtype = DType::F32;
+  float *hidden_out = nullptr;      // NULL, or [T, hidden] receiving the final-normed hidden states
 };
 
 // Runs T inputs at positions pos0.. (T <= n_batch). logits_out: NULL or [T, vocab].

@@ -1,0 +1,151 @@
+/**
+ * AutoCompressor-style document compression: a long token sequence becomes a short block of summary
+ * vectors (LLoCO's offline step). The accumulated summaries' KV is kept across segments, so the cost
+ * is linear in the document length.
+ *
+ * @module
+ */
+
+import type { Kvfold } from "./engine.ts";
+import { KvfoldError } from "./errors.ts";
+import type { LoadModelOptions, Model } from "./model.ts";
+import { readSafetensorsFile, toFloat32 } from "./safetensors.ts";
+
+/** Summary vectors of one document: `rows` × `hidden` f32, row major. */
+export interface SummaryVectors {
+  rows: number;
+  hidden: number;
+  data: Float32Array;
+  /** Tokens that went in. */
+  tokens: number;
+}
+
+/** Options of {@link Compressor.compress}. */
+export interface CompressOptions {
+  /** Tokens per segment; LLoCO uses 1536 (the default). */
+  segmentLength?: number;
+  /** Cancels between (and within) segments. */
+  signal?: AbortSignal;
+  /** Called with (tokensDone, tokensTotal) after each segment. */
+  onProgress?: (done: number, total: number) => void;
+}
+
+async function readEmbedSummary(dir: string): Promise<{ rows: number; hidden: number; data: Float32Array }> {
+  let files = ["model.safetensors"];
+  try {
+    const index = JSON.parse(await Deno.readTextFile(`${dir}/model.safetensors.index.json`));
+    const shard = index?.weight_map?.["embed_summary.weight"];
+    if (typeof shard === "string") files = [shard];
+  } catch { /* single-file checkpoint */ }
+  for (const f of files) {
+    let t;
+    try {
+      t = (await readSafetensorsFile(`${dir}/${f}`)).tensors.get("embed_summary.weight");
+    } catch (e) {
+      if (e instanceof KvfoldError && e.code === "IO") continue;
+      throw e;
+    }
+    if (t) {
+      if (t.shape.length !== 2) {
+        throw new KvfoldError(
+          "FORMAT",
+          `Cannot load compressor: embed_summary.weight has shape [${t.shape}], expected 2-D`,
+        );
+      }
+      return { rows: t.shape[0], hidden: t.shape[1], data: toFloat32(t) };
+    }
+  }
+  throw new KvfoldError(
+    "FORMAT",
+    `Cannot load compressor: ${dir} has no tensor embed_summary.weight (not an AutoCompressor checkpoint)`,
+  );
+}
+
+/**
+ * An AutoCompressor: the model plus its `embed_summary.weight` rows.
+ *
+ * @example
+ * ```ts ignore
+ * using compressor = await Compressor.load(kv, "./models/compressor");
+ * const summary = await compressor.compress(longText, { onProgress: (d, t) => console.log(d, t) });
+ * console.log(summary.rows, "vectors for", summary.tokens, "tokens");
+ * ```
+ */
+export class Compressor {
+  /** The checkpoint, usable as a decoder too. */
+  readonly model: Model;
+  /** Summary rows appended to every segment (summary_length). */
+  readonly summaryLength: number;
+  #summaryRows: Float32Array;
+
+  private constructor(model: Model, rows: Float32Array, summaryLength: number) {
+    this.model = model;
+    this.#summaryRows = rows;
+    this.summaryLength = summaryLength;
+  }
+
+  /** Loads an AutoCompressor checkpoint folder. */
+  static async load(engine: Kvfold, dir: string, options: LoadModelOptions = {}): Promise<Compressor> {
+    const summary = await readEmbedSummary(dir);
+    const model = await engine.loadModel(dir, options);
+    if (summary.hidden !== model.info.hiddenSize) {
+      model.dispose();
+      throw new KvfoldError(
+        "FORMAT",
+        `Cannot load compressor: embed_summary.weight has ${summary.hidden} columns, hidden_size is ${model.info.hiddenSize}`,
+      );
+    }
+    return new Compressor(model, summary.data, summary.rows);
+  }
+
+  /**
+   * Compresses a document (text is tokenized without BOS) into 50 × ceil(L / 1536) vectors for
+   * the defaults: per segment, [summaries so far | segment | embed_summary rows] runs causally at
+   * positions 0..N-1 and the final-normed states of the last rows become the new summaries.
+   */
+  async compress(
+    document: string | readonly number[],
+    options: CompressOptions = {},
+  ): Promise<SummaryVectors> {
+    const ids = typeof document === "string" ? this.model.tokenizer.encode(document) : [...document];
+    if (ids.length === 0) throw new KvfoldError("INVALID_ARGUMENT", "Cannot compress: the document is empty");
+    const segLen = options.segmentLength ?? 1536;
+    if (!Number.isInteger(segLen) || segLen < 1) {
+      throw new RangeError(`Cannot compress: segmentLength ${segLen} is not a positive integer`);
+    }
+    const S = this.summaryLength, H = this.model.info.hiddenSize;
+    const segments = Math.ceil(ids.length / segLen);
+    const out = new Float32Array(segments * S * H);
+    // Positions: all summaries so far, then one segment, then the summary rows.
+    using session = this.model.session({
+      contextSize: segments * S + segLen,
+      batchSize: Math.min(256, Math.max(S, segLen)),
+    });
+    for (let i = 0; i < segments; i++) {
+      if (options.signal?.aborted) {
+        throw new KvfoldError("ABORTED", "Cannot compress: aborted", { cause: options.signal.reason });
+      }
+      const kept = i * S; // accumulated summaries whose KV is reused
+      session.truncate(kept);
+      await session.prefill(ids.slice(i * segLen, (i + 1) * segLen), { signal: options.signal });
+      const fresh = out.subarray(kept * H, (kept + S) * H);
+      await session.prefillEmbeddings(this.#summaryRows, { hiddenOut: fresh, signal: options.signal });
+      if (i + 1 < segments) {
+        // The new summaries join the prefix: their KV at positions kept.. sees only earlier summaries.
+        session.truncate(kept);
+        await session.prefillEmbeddings(fresh, { signal: options.signal });
+      }
+      options.onProgress?.(Math.min((i + 1) * segLen, ids.length), ids.length);
+    }
+    return { rows: segments * S, hidden: H, data: out, tokens: ids.length };
+  }
+
+  /** Frees the model. */
+  dispose(): void {
+    this.model.dispose();
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}
