@@ -13,6 +13,8 @@ import { readSafetensorsFile, writeSafetensorsFile } from "./safetensors.ts";
 import { makeTestModel, TEST_MODEL_PRESETS } from "./test_model.ts";
 import { convertTorchCheckpoint } from "./torch_bin.ts";
 import { Compressor } from "./compressor.ts";
+import { answerFromChunks, compressIntoStore } from "./lloco.ts";
+import { DocumentStore } from "./store.ts";
 import { measureDecode, measurePrefill } from "./throughput.ts";
 
 const USAGE = `kvfold — Llama-family models with compressed context, from Deno
@@ -32,6 +34,11 @@ Commands:
                                          write a random Llama-family model in Hugging Face layout
   compress --compressor DIR --ids 1,2,3 [--segment-length N] --out FILE.safetensors
                                          AutoCompressor summary vectors: tensor "summary" [K, hidden] f32
+  compress --compressor DIR --store FILE [--group NAME] [--chunk-tokens N] FILES...
+                                         compress documents into the SQLite store, with progress
+  ask --model DIR --store FILE [--k N] QUESTION
+                                         stream an answer from the best chunks' summary vectors
+  store stats FILE                       documents, tokens in, vectors kept, ratio, bytes
   convert SRC DST                        PyTorch .bin checkpoints (torch.save zip; sharded; PEFT
                                          adapter_model.bin) to safetensors; refuses non-tensor pickles
   bench decode|prefill --model DIR [--tokens N] [--repeats N]
@@ -350,34 +357,188 @@ async function cmdConvert(args: string[]) {
 }
 
 async function cmdCompress(args: string[]) {
-  const { values: v } = parseArgs({
+  const { values: v, positionals: files } = parseArgs({
     args,
+    allowPositionals: true,
     options: {
       ...COMMON,
       compressor: { type: "string" },
       ids: { type: "string" },
       "segment-length": { type: "string" },
+      "chunk-tokens": { type: "string" },
       out: { type: "string" },
+      store: { type: "string" },
+      group: { type: "string" },
+      replace: { type: "boolean" },
     },
   });
   const dir = need(v.compressor, "compressor");
-  const out = need(v.out, "out");
-  const ids = parseIds(need(v.ids, "ids"));
+  if (v.store === undefined && v.ids === undefined) {
+    throw new KvfoldError(
+      "INVALID_ARGUMENT",
+      "Missing --store FILE with FILES..., or --ids 1,2,3 with --out FILE",
+    );
+  }
   using kv = await openEngine(v);
   using compressor = await Compressor.load(kv, dir, { dtype: (v.dtype ?? "auto") as WeightDType });
-  const summary = await compressor.compress(ids, {
-    segmentLength: intOpt(v["segment-length"], "segment-length", 1),
+  const segmentLength = intOpt(v["segment-length"], "segment-length", 1);
+  if (v.store === undefined) {
+    // Inspection mode: exact summary vectors of given ids.
+    const out = need(v.out, "out");
+    const summary = await compressor.compress(parseIds(need(v.ids, "ids")), { segmentLength });
+    await writeSafetensorsFile(
+      out,
+      [{ name: "summary", dtype: "F32", shape: [summary.rows, summary.hidden], data: summary.data }],
+      { "kvfold.compressor": dir, "kvfold.tokens": String(summary.tokens) },
+    );
+    note(`wrote ${out}: summary [${summary.rows}, ${summary.hidden}] f32 from ${summary.tokens} tokens`);
+    return;
+  }
+  if (files.length === 0) {
+    throw new KvfoldError("INVALID_ARGUMENT", "Missing FILES to compress into the store");
+  }
+  using store = DocumentStore.open(v.store);
+  const ac = new AbortController();
+  const onSig = () => ac.abort(new Error("interrupted"));
+  Deno.addSignalListener("SIGINT", onSig);
+  try {
+    const texts = await Promise.all(files.map((f) =>
+      Deno.readTextFile(f).catch((e) => {
+        throw new KvfoldError("IO", `Cannot read ${f}: ${(e as Error).message}`, { cause: e });
+      })
+    ));
+    const totals = texts.map((t) => compressor.model.tokenizer.encode(t).length);
+    const all = totals.reduce((a, b) => a + b, 0);
+    const bar = new ProgressBar(all);
+    let before = 0;
+    for (let i = 0; i < files.length; i++) {
+      const r = await compressIntoStore(compressor, store, {
+        source: files[i],
+        text: texts[i],
+        group: v.group,
+      }, {
+        chunkTokens: intOpt(v["chunk-tokens"], "chunk-tokens", 1),
+        segmentLength,
+        replace: v.replace,
+        signal: ac.signal,
+        onProgress: (done) => bar.update(before + done, files[i]),
+      });
+      before += totals[i];
+      bar.update(before, files[i]);
+      bar.done(
+        `${files[i]}: ${r.tokens} tokens -> ${r.vectors} vectors (${(r.tokens / r.vectors).toFixed(1)}x)`,
+      );
+    }
+  } finally {
+    Deno.removeSignalListener("SIGINT", onSig);
+  }
+}
+
+/** A one-line progress bar on stderr: percentage, tokens/s and ETA. */
+class ProgressBar {
+  #total: number;
+  #t0 = performance.now();
+  constructor(total: number) {
+    this.#total = Math.max(total, 1);
+  }
+  update(done: number, label: string) {
+    const secs = (performance.now() - this.#t0) / 1000;
+    const rate = done / Math.max(secs, 1e-9);
+    const eta = rate > 0 ? (this.#total - done) / rate : 0;
+    const width = 24, filled = Math.round((width * done) / this.#total);
+    const line =
+      `[${"#".repeat(filled)}${"-".repeat(width - filled)}] ${(100 * done / this.#total).toFixed(0)}% ` +
+      `${done}/${this.#total} tokens, ${rate.toFixed(0)} tok/s, ETA ${eta.toFixed(0)} s  ${label}`;
+    Deno.stderr.writeSync(enc.encode(`\r${line.slice(0, 150).padEnd(150)}`));
+  }
+  done(message: string) {
+    Deno.stderr.writeSync(enc.encode(`\r${message.padEnd(150)}\n`));
+  }
+}
+
+async function cmdAsk(args: string[]) {
+  const { values: v, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: {
+      ...COMMON,
+      model: { type: "string" },
+      store: { type: "string" },
+      k: { type: "string" },
+      "max-tokens": { type: "string" },
+      temperature: { type: "string" },
+      seed: { type: "string" },
+      adapter: { type: "string" },
+    },
   });
-  await writeSafetensorsFile(out, [{
-    name: "summary",
-    dtype: "F32",
-    shape: [summary.rows, summary.hidden],
-    data: summary.data,
-  }], {
-    "kvfold.compressor": dir,
-    "kvfold.tokens": String(summary.tokens),
-  });
-  note(`wrote ${out}: summary [${summary.rows}, ${summary.hidden}] f32 from ${summary.tokens} tokens`);
+  const question = positionals.join(" ");
+  if (!question) {
+    throw new KvfoldError(
+      "INVALID_ARGUMENT",
+      "Missing QUESTION: kvfold ask --model DIR --store FILE QUESTION",
+    );
+  }
+  if (v.adapter !== undefined) {
+    throw new KvfoldError(
+      "UNSUPPORTED",
+      "Cannot use --adapter yet: LoRA adapters are not implemented in this version",
+    );
+  }
+  using store = DocumentStore.open(need(v.store, "store"), { readOnly: true });
+  const chunks = store.retrieve(question, { k: intOpt(v.k, "k", 1) ?? 2 });
+  for (const c of chunks) {
+    note(`[retrieved ${c.source} #${c.ordinal}, score ${c.score.toFixed(3)}, ${c.vectors.rows} vectors]`);
+  }
+  if (chunks.length === 0) note("[nothing retrieved: answering without context]");
+  using kv = await openEngine(v);
+  using model = await kv.loadModel(need(v.model, "model"), { dtype: (v.dtype ?? "auto") as WeightDType });
+  const ac = new AbortController();
+  const onSig = () => ac.abort(new Error("interrupted"));
+  Deno.addSignalListener("SIGINT", onSig);
+  try {
+    let stats:
+      | { prefixPositions: number; promptTokens: number; generatedTokens: number; decodeMs: number }
+      | undefined;
+    for await (
+      const piece of answerFromChunks(model, chunks, question, {
+        maxTokens: intOpt(v["max-tokens"], "max-tokens") ?? 128,
+        temperature: numOpt(v.temperature, "temperature"),
+        seed: intOpt(v.seed, "seed"),
+        signal: ac.signal,
+        onStats: (s) => (stats = s),
+      })
+    ) write(piece);
+    write("\n");
+    if (stats) {
+      const tokensIn = chunks.reduce((n, c) => n + c.tokens, 0);
+      note(
+        `[${stats.prefixPositions} prefix positions for ${tokensIn} context tokens; ${stats.promptTokens} prompt tokens; ` +
+          `${stats.generatedTokens} generated at ${
+            ((stats.generatedTokens - 1) / Math.max(stats.decodeMs / 1000, 1e-9)).toFixed(1)
+          } tok/s]`,
+      );
+    }
+  } finally {
+    Deno.removeSignalListener("SIGINT", onSig);
+  }
+}
+
+function cmdStore(args: string[]): Promise<void> {
+  const [sub, file] = args;
+  if (sub !== "stats" || !file) throw new KvfoldError("INVALID_ARGUMENT", "Usage: kvfold store stats FILE");
+  using store = DocumentStore.open(file, { readOnly: true });
+  const s = store.stats();
+  write(
+    [
+      `store:        ${file}`,
+      `documents:    ${s.documents} (${s.chunks} chunks; groups: ${s.groups.join(", ") || "none"})`,
+      `tokens in:    ${s.tokensIn}`,
+      `vectors kept: ${s.vectorsKept}`,
+      `ratio:        ${s.ratio.toFixed(1)}x fewer positions`,
+      `bytes:        ${s.vectorBytes} in vectors, ${s.fileBytes} on disk`,
+    ].join("\n") + "\n",
+  );
+  return Promise.resolve();
 }
 
 async function cmdBuild(args: string[]) {
@@ -393,6 +554,8 @@ const COMMANDS: Record<string, (args: string[]) => Promise<void>> = {
   logits: cmdLogits,
   "make-test-model": cmdMakeTestModel,
   compress: cmdCompress,
+  ask: cmdAsk,
+  store: cmdStore,
   convert: cmdConvert,
   bench: cmdBench,
 };

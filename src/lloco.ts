@@ -1,0 +1,125 @@
+/**
+ * The LLoCO pipeline on top of the pieces: compress documents chunk by chunk into the store, and
+ * answer a question from the retrieved chunks' summary vectors placed before the prompt.
+ *
+ * @module
+ */
+
+import type { Compressor } from "./compressor.ts";
+import { KvfoldError } from "./errors.ts";
+import type { Model } from "./model.ts";
+import type { GenerateOptions, GenerationStats } from "./session.ts";
+import type { DocumentStore, RetrievedChunk } from "./store.ts";
+
+/** A document to compress. */
+export interface SourceDocument {
+  /** Unique name (a path or URL). */
+  source: string;
+  text: string;
+  /** Adapter group (the LoRA that will decode it). */
+  group?: string;
+  metadata?: Record<string, unknown>;
+}
+
+/** Options of {@link compressIntoStore}. */
+export interface CompressIntoStoreOptions {
+  /** Tokens per chunk; each chunk is compressed and retrieved on its own. Default 1536. */
+  chunkTokens?: number;
+  /** Tokens per compressor segment; default = chunkTokens. */
+  segmentLength?: number;
+  /** Replace a document already stored under the same source. */
+  replace?: boolean;
+  signal?: AbortSignal;
+  /** Called with (tokensDone, tokensTotal) of this document. */
+  onProgress?: (done: number, total: number) => void;
+}
+
+/**
+ * Splits a document into chunks of `chunkTokens` tokens, compresses each, and commits the document
+ * with all its chunks in one transaction (an interrupted run leaves no half-written document).
+ *
+ * @example
+ * ```ts ignore
+ * const id = await compressIntoStore(compressor, store, { source: "report.txt", text, group: "finance" });
+ * ```
+ */
+export async function compressIntoStore(
+  compressor: Compressor,
+  store: DocumentStore,
+  doc: SourceDocument,
+  options: CompressIntoStoreOptions = {},
+): Promise<{ documentId: number; tokens: number; vectors: number }> {
+  const tok = compressor.model.tokenizer;
+  const ids = tok.encode(doc.text);
+  if (ids.length === 0) {
+    throw new KvfoldError("INVALID_ARGUMENT", `Cannot compress ${doc.source}: the document is empty`);
+  }
+  const chunkTokens = options.chunkTokens ?? 1536;
+  if (!Number.isInteger(chunkTokens) || chunkTokens < 1) {
+    throw new RangeError(`Cannot compress: chunkTokens ${chunkTokens} is not a positive integer`);
+  }
+  const chunks = [];
+  for (let off = 0; off < ids.length; off += chunkTokens) {
+    const part = ids.slice(off, off + chunkTokens);
+    const summary = await compressor.compress(part, {
+      segmentLength: options.segmentLength ?? chunkTokens,
+      signal: options.signal,
+      onProgress: (d) => options.onProgress?.(off + d, ids.length),
+    });
+    chunks.push({ text: tok.decode(part), tokens: part.length, vectors: summary });
+  }
+  const documentId = store.addDocument(
+    { source: doc.source, group: doc.group, metadata: doc.metadata, chunks },
+    { replace: options.replace },
+  );
+  return { documentId, tokens: ids.length, vectors: chunks.reduce((n, c) => n + c.vectors.rows, 0) };
+}
+
+/** Options of {@link answerFromChunks}. */
+export interface AnswerOptions extends GenerateOptions {
+  /** Wrap the question in the model's chat template (default: when it has one). */
+  chat?: boolean;
+}
+
+/**
+ * Streams an answer to `question` with the chunks' summary vectors as the prefix: positions
+ * 0..K-1 hold the vectors (in the given order), the prompt follows from K. Counters land in
+ * `onStats` with the number of prefix positions.
+ *
+ * @example
+ * ```ts ignore
+ * const chunks = store.retrieve("What was the revenue?", { k: 2 });
+ * for await (const piece of answerFromChunks(model, chunks, "What was the revenue?")) console.log(piece);
+ * ```
+ */
+export async function* answerFromChunks(
+  model: Model,
+  chunks: readonly RetrievedChunk[],
+  question: string,
+  options: AnswerOptions & { onStats?: (stats: GenerationStats & { prefixPositions: number }) => void } = {},
+): AsyncGenerator<string, void, undefined> {
+  const H = model.info.hiddenSize;
+  const rows = chunks.reduce((n, c) => n + c.vectors.rows, 0);
+  for (const c of chunks) {
+    if (c.vectors.hidden !== H) {
+      throw new KvfoldError(
+        "INVALID_ARGUMENT",
+        `Cannot answer: chunk ${c.chunkId} was compressed to ${c.vectors.hidden} dimensions, the model has ${H}`,
+      );
+    }
+  }
+  const chat = options.chat ?? model.tokenizer.hasChatTemplate;
+  const prompt = model.encodePrompt(question, { chat });
+  using session = model.session({ contextSize: rows + prompt.length + (options.maxTokens ?? 256) + 1 });
+  if (rows > 0) {
+    const prefix = new Float32Array(rows * H);
+    let off = 0;
+    for (const c of chunks) {
+      prefix.set(c.vectors.data, off);
+      off += c.vectors.data.length;
+    }
+    await session.prefillEmbeddings(prefix, { signal: options.signal });
+  }
+  yield* session.generate({ ...options, prompt });
+  options.onStats?.({ ...session.lastStats!, prefixPositions: rows });
+}
