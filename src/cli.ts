@@ -86,6 +86,14 @@ function parseIds(list: string): number[] {
   });
 }
 
+/** An AbortSignal that Ctrl-C fires while it is in scope. */
+function interruptSignal(): { signal: AbortSignal; [Symbol.dispose](): void } {
+  const ac = new AbortController();
+  const onSig = () => ac.abort(new Error("interrupted"));
+  Deno.addSignalListener("SIGINT", onSig);
+  return { signal: ac.signal, [Symbol.dispose]: () => Deno.removeSignalListener("SIGINT", onSig) };
+}
+
 const COMMON = {
   threads: { type: "string" },
   backend: { type: "string" },
@@ -157,42 +165,36 @@ async function cmdGenerate(args: string[]) {
   const prompt = need(v.prompt, "prompt");
   using kv = await openEngine(v);
   using model = await kv.loadModel(dir, { dtype: (v.dtype ?? "auto") as WeightDType });
-  const ac = new AbortController();
-  const onSig = () => ac.abort(new Error("interrupted"));
-  Deno.addSignalListener("SIGINT", onSig);
-  try {
-    const messages = v.system !== undefined
-      ? [{ role: "system", content: v.system }, { role: "user", content: prompt }]
-      : [{ role: "user", content: prompt }];
-    const ids = v.chat || v.system !== undefined
-      ? model.tokenizer.encodeChat(messages)
-      : model.encodePrompt(prompt);
-    using session = model.session({ contextSize: intOpt(v["context-size"], "context-size") });
-    for await (
-      const piece of session.generate({
-        prompt: ids,
-        maxTokens: intOpt(v["max-tokens"], "max-tokens") ?? 128,
-        temperature: numOpt(v.temperature, "temperature"),
-        topP: numOpt(v["top-p"], "top-p"),
-        topK: intOpt(v["top-k"], "top-k"),
-        minP: numOpt(v["min-p"], "min-p"),
-        repetitionPenalty: numOpt(v["repetition-penalty"], "repetition-penalty"),
-        seed: intOpt(v.seed, "seed"),
-        stop: v.stop,
-        signal: ac.signal,
-      })
-    ) write(piece);
-    const s = session.lastStats!;
-    write("\n");
-    note(
-      `[${s.promptTokens} prompt tokens in ${s.prefillMs.toFixed(0)} ms; ${s.generatedTokens} generated at ` +
-        `${
-          ((s.generatedTokens - 1) / Math.max(s.decodeMs / 1000, 1e-9)).toFixed(1)
-        } tok/s; stop: ${s.stopReason}]`,
-    );
-  } finally {
-    Deno.removeSignalListener("SIGINT", onSig);
-  }
+  using interrupt = interruptSignal(); // Ctrl-C aborts within one token
+  const messages = v.system !== undefined
+    ? [{ role: "system", content: v.system }, { role: "user", content: prompt }]
+    : [{ role: "user", content: prompt }];
+  const ids = v.chat || v.system !== undefined
+    ? model.tokenizer.encodeChat(messages)
+    : model.encodePrompt(prompt);
+  using session = model.session({ contextSize: intOpt(v["context-size"], "context-size") });
+  for await (
+    const piece of session.generate({
+      prompt: ids,
+      maxTokens: intOpt(v["max-tokens"], "max-tokens") ?? 128,
+      temperature: numOpt(v.temperature, "temperature"),
+      topP: numOpt(v["top-p"], "top-p"),
+      topK: intOpt(v["top-k"], "top-k"),
+      minP: numOpt(v["min-p"], "min-p"),
+      repetitionPenalty: numOpt(v["repetition-penalty"], "repetition-penalty"),
+      seed: intOpt(v.seed, "seed"),
+      stop: v.stop,
+      signal: interrupt.signal,
+    })
+  ) write(piece);
+  const s = session.lastStats!;
+  write("\n");
+  note(
+    `[${s.promptTokens} prompt tokens in ${s.prefillMs.toFixed(0)} ms; ${s.generatedTokens} generated at ` +
+      `${
+        ((s.generatedTokens - 1) / Math.max(s.decodeMs / 1000, 1e-9)).toFixed(1)
+      } tok/s; stop: ${s.stopReason}]`,
+  );
 }
 
 async function cmdLogits(args: string[]) {
@@ -398,39 +400,33 @@ async function cmdCompress(args: string[]) {
     throw new KvfoldError("INVALID_ARGUMENT", "Missing FILES to compress into the store");
   }
   using store = DocumentStore.open(v.store);
-  const ac = new AbortController();
-  const onSig = () => ac.abort(new Error("interrupted"));
-  Deno.addSignalListener("SIGINT", onSig);
-  try {
-    const texts = await Promise.all(files.map((f) =>
-      Deno.readTextFile(f).catch((e) => {
-        throw new KvfoldError("IO", `Cannot read ${f}: ${(e as Error).message}`, { cause: e });
-      })
-    ));
-    const totals = texts.map((t) => compressor.model.tokenizer.encode(t).length);
-    const all = totals.reduce((a, b) => a + b, 0);
-    const bar = new ProgressBar(all);
-    let before = 0;
-    for (let i = 0; i < files.length; i++) {
-      const r = await compressIntoStore(compressor, store, {
-        source: files[i],
-        text: texts[i],
-        group: v.group,
-      }, {
-        chunkTokens: intOpt(v["chunk-tokens"], "chunk-tokens", 1),
-        segmentLength,
-        replace: v.replace,
-        signal: ac.signal,
-        onProgress: (done) => bar.update(before + done, files[i]),
-      });
-      before += totals[i];
-      bar.update(before, files[i]);
-      bar.done(
-        `${files[i]}: ${r.tokens} tokens -> ${r.vectors} vectors (${(r.tokens / r.vectors).toFixed(1)}x)`,
-      );
-    }
-  } finally {
-    Deno.removeSignalListener("SIGINT", onSig);
+  using interrupt = interruptSignal(); // Ctrl-C aborts within one token
+  const texts = await Promise.all(files.map((f) =>
+    Deno.readTextFile(f).catch((e) => {
+      throw new KvfoldError("IO", `Cannot read ${f}: ${(e as Error).message}`, { cause: e });
+    })
+  ));
+  const totals = texts.map((t) => compressor.model.tokenizer.encode(t).length);
+  const all = totals.reduce((a, b) => a + b, 0);
+  const bar = new ProgressBar(all);
+  let before = 0;
+  for (let i = 0; i < files.length; i++) {
+    const r = await compressIntoStore(compressor, store, {
+      source: files[i],
+      text: texts[i],
+      group: v.group,
+    }, {
+      chunkTokens: intOpt(v["chunk-tokens"], "chunk-tokens", 1),
+      segmentLength,
+      replace: v.replace,
+      signal: interrupt.signal,
+      onProgress: (done) => bar.update(before + done, files[i]),
+    });
+    before += totals[i];
+    bar.update(before, files[i]);
+    bar.done(
+      `${files[i]}: ${r.tokens} tokens -> ${r.vectors} vectors (${(r.tokens / r.vectors).toFixed(1)}x)`,
+    );
   }
 }
 
@@ -492,34 +488,28 @@ async function cmdAsk(args: string[]) {
   if (chunks.length === 0) note("[nothing retrieved: answering without context]");
   using kv = await openEngine(v);
   using model = await kv.loadModel(need(v.model, "model"), { dtype: (v.dtype ?? "auto") as WeightDType });
-  const ac = new AbortController();
-  const onSig = () => ac.abort(new Error("interrupted"));
-  Deno.addSignalListener("SIGINT", onSig);
-  try {
-    let stats:
-      | { prefixPositions: number; promptTokens: number; generatedTokens: number; decodeMs: number }
-      | undefined;
-    for await (
-      const piece of answerFromChunks(model, chunks, question, {
-        maxTokens: intOpt(v["max-tokens"], "max-tokens") ?? 128,
-        temperature: numOpt(v.temperature, "temperature"),
-        seed: intOpt(v.seed, "seed"),
-        signal: ac.signal,
-        onStats: (s) => (stats = s),
-      })
-    ) write(piece);
-    write("\n");
-    if (stats) {
-      const tokensIn = chunks.reduce((n, c) => n + c.tokens, 0);
-      note(
-        `[${stats.prefixPositions} prefix positions for ${tokensIn} context tokens; ${stats.promptTokens} prompt tokens; ` +
-          `${stats.generatedTokens} generated at ${
-            ((stats.generatedTokens - 1) / Math.max(stats.decodeMs / 1000, 1e-9)).toFixed(1)
-          } tok/s]`,
-      );
-    }
-  } finally {
-    Deno.removeSignalListener("SIGINT", onSig);
+  using interrupt = interruptSignal(); // Ctrl-C aborts within one token
+  let stats:
+    | { prefixPositions: number; promptTokens: number; generatedTokens: number; decodeMs: number }
+    | undefined;
+  for await (
+    const piece of answerFromChunks(model, chunks, question, {
+      maxTokens: intOpt(v["max-tokens"], "max-tokens") ?? 128,
+      temperature: numOpt(v.temperature, "temperature"),
+      seed: intOpt(v.seed, "seed"),
+      signal: interrupt.signal,
+      onStats: (s) => (stats = s),
+    })
+  ) write(piece);
+  write("\n");
+  if (stats) {
+    const tokensIn = chunks.reduce((n, c) => n + c.tokens, 0);
+    note(
+      `[${stats.prefixPositions} prefix positions for ${tokensIn} context tokens; ${stats.promptTokens} prompt tokens; ` +
+        `${stats.generatedTokens} generated at ${
+          ((stats.generatedTokens - 1) / Math.max(stats.decodeMs / 1000, 1e-9)).toFixed(1)
+        } tok/s]`,
+    );
   }
 }
 
