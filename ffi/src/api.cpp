@@ -309,6 +309,27 @@ void check_ids(const kf_session &s, const int32_t *ids, int32_t n, const char *w
               s.n_past, n, s.n_ctx);
 }
 
+// Runs n inputs at the next positions in chunks of n_batch; input_at(off) gives the chunk starting at
+// input off. Commits n_past only after every chunk succeeded, so a failure leaves nothing half-added.
+extern "C++" template <class InputAt>
+void run_chunks(kf_session &s, int32_t n, float *logits, kf_control *control, InputAt &&input_at) {
+  if (control) {
+    control->total = n;
+    control->done = 0;
+  }
+  const int64_t V = s.model->cfg.vocab_size;
+  const int32_t start = s.n_past;
+  std::lock_guard<std::mutex> lock(s.model->engine->pool_mutex);
+  s.has_logits = false;
+  for (int32_t off = 0; off < n; off += s.n_batch) {
+    const int32_t T = std::min(s.n_batch, n - off);
+    kf::forward_chunk(s, input_at(off), T, start + off, logits ? logits + int64_t(off) * V : nullptr, control);
+    if (control) control->done = off + T;
+  }
+  s.n_past = start + n;
+  s.has_logits = true;
+}
+
 }  // namespace
 
 kf_status kf_session_prefill(kf_session *session, const int32_t *ids, int32_t n_ids, float *logits,
@@ -317,24 +338,11 @@ kf_status kf_session_prefill(kf_session *session, const int32_t *ids, int32_t n_
     KF_REQUIRE(session, "prefill", "session is NULL");
     KF_REQUIRE(ids && n_ids > 0, "prefill", "no token ids given (ids NULL or n_ids %d)", n_ids);
     check_ids(*session, ids, n_ids, "prefill");
-    if (control) {
-      control->total = n_ids;
-      control->done = 0;
-    }
-    const int64_t V = session->model->cfg.vocab_size;
-    const int32_t start = session->n_past;
-    std::lock_guard<std::mutex> lock(session->model->engine->pool_mutex);
-    session->has_logits = false;
-    for (int32_t off = 0; off < n_ids; off += session->n_batch) {
-      const int32_t T = std::min(session->n_batch, n_ids - off);
-      // On failure n_past is untouched: the positions written so far are simply not committed.
+    run_chunks(*session, n_ids, logits, control, [&](int32_t off) {
       kf::ChunkInput in;
       in.tokens = ids + off;
-      kf::forward_chunk(*session, in, T, start + off, logits ? logits + int64_t(off) * V : nullptr, control);
-      if (control) control->done = off + T;
-    }
-    session->n_past = start + n_ids;
-    session->has_logits = true;
+      return in;
+    });
   }));
 }
 
@@ -362,25 +370,13 @@ kf_status kf_session_prefill_embeddings(kf_session *session, const void *embeddi
           kf::raise(KF_ERR_INVALID_ARGUMENT, "cannot prefill embeddings: row %d, column %d is %s", r, i,
                     std::isnan(row[size_t(i)]) ? "NaN" : "infinite");
     }
-    if (control) {
-      control->total = n_rows;
-      control->done = 0;
-    }
-    const int64_t V = session->model->cfg.vocab_size;
-    const int32_t start = session->n_past;
-    std::lock_guard<std::mutex> lock(session->model->engine->pool_mutex);
-    session->has_logits = false;
-    for (int32_t off = 0; off < n_rows; off += session->n_batch) {
-      const int32_t T = std::min(session->n_batch, n_rows - off);
+    run_chunks(*session, n_rows, logits, control, [&](int32_t off) {
       kf::ChunkInput in;
       in.embeds = static_cast<const uint8_t *>(embeddings) + size_t(off) * row_bytes;
       in.embeds_dtype = dt;
       in.hidden_out = hidden_out ? hidden_out + int64_t(off) * H : nullptr;
-      kf::forward_chunk(*session, in, T, start + off, logits ? logits + int64_t(off) * V : nullptr, control);
-      if (control) control->done = off + T;
-    }
-    session->n_past = start + n_rows;
-    session->has_logits = true;
+      return in;
+    });
   }));
 }
 
