@@ -17,6 +17,9 @@ export const WIDE_MODEL: TestModelOptions = {
   seed: 3,
 };
 
+/** The tiny AutoCompressor the compressor and LLoCO tests share (summary_length 4). */
+export const TEST_COMPRESSOR: TestModelOptions = { summaryLength: 4, seed: 21 };
+
 let root: string | null = null;
 const made = new Map<string, Promise<string>>();
 

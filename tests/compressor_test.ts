@@ -4,9 +4,9 @@ import assert from "node:assert/strict";
 import { KvfoldError } from "../mod.ts";
 import { Compressor } from "../src/compressor.ts";
 import { embedTokens, loadReferenceModel, referenceHidden } from "./reference_forward.ts";
-import { relativeError, someIds, testEngine, testModel } from "./_fixtures.ts";
+import { relativeError, someIds, TEST_COMPRESSOR, testEngine, testModel } from "./_fixtures.ts";
 
-const S = 4; // summary_length of the test compressor
+const S = TEST_COMPRESSOR.summaryLength!; // summary_length of the test compressor
 
 /** Float64 reference: every segment from scratch over [summaries so far | segment | summary rows]. */
 async function referenceCompress(dir: string, ids: number[], segLen: number): Promise<Float64Array> {
@@ -24,7 +24,7 @@ async function referenceCompress(dir: string, ids: number[], segLen: number): Pr
 }
 
 Deno.test("compressor: KV-reusing compression equals recompute-every-segment in float64", async () => {
-  const dir = await testModel("compressor", { summaryLength: S, seed: 21 });
+  const dir = await testModel("compressor", TEST_COMPRESSOR);
   const kv = await testEngine();
   using c = await Compressor.load(kv, dir);
   assert.equal(c.summaryLength, S);
@@ -41,7 +41,7 @@ Deno.test("compressor: KV-reusing compression equals recompute-every-segment in 
 });
 
 Deno.test("compressor: compressing in one segment equals the first summaries of a longer document", async () => {
-  const dir = await testModel("compressor", { summaryLength: S, seed: 21 });
+  const dir = await testModel("compressor", TEST_COMPRESSOR);
   const kv = await testEngine();
   using c = await Compressor.load(kv, dir);
   const ids = someIds(40, c.model.info.vocabSize, 5);
@@ -56,7 +56,7 @@ Deno.test("compressor: compressing in one segment equals the first summaries of 
 
 Deno.test("compressor: empty documents, non-compressor checkpoints and aborts are refused clearly", async () => {
   const kv = await testEngine();
-  using c = await Compressor.load(kv, await testModel("compressor", { summaryLength: S, seed: 21 }));
+  using c = await Compressor.load(kv, await testModel("compressor", TEST_COMPRESSOR));
   await assert.rejects(
     () => c.compress([]),
     (e: unknown) => e instanceof KvfoldError && /document is empty/.test(e.message),

@@ -6,7 +6,7 @@ import { Compressor } from "../src/compressor.ts";
 import { answerFromChunks, compressIntoStore } from "../src/lloco.ts";
 import { DocumentStore } from "../src/store.ts";
 import { repoRoot } from "../src/_native_build.ts";
-import { tempDir, testEngine, testModel } from "./_fixtures.ts";
+import { tempDir, TEST_COMPRESSOR, testEngine, testModel } from "./_fixtures.ts";
 
 const DOCS = [
   {
@@ -27,7 +27,7 @@ Deno.test("lloco: compress into the store, retrieve by text, answer from the sum
     const kv = await testEngine();
     using compressor = await Compressor.load(
       kv,
-      await testModel("compressor", { summaryLength: 4, seed: 21 }),
+      await testModel("compressor", TEST_COMPRESSOR),
     );
     using store = DocumentStore.open(`${dir}/kb.sqlite`);
     let lastProgress = 0;
@@ -85,7 +85,7 @@ Deno.test("lloco: an aborted compression commits nothing for that document", asy
     const kv = await testEngine();
     using compressor = await Compressor.load(
       kv,
-      await testModel("compressor", { summaryLength: 4, seed: 21 }),
+      await testModel("compressor", TEST_COMPRESSOR),
     );
     using store = DocumentStore.open(`${dir}/kb.sqlite`);
     await compressIntoStore(compressor, store, DOCS[0], { chunkTokens: 64, segmentLength: 32 });
@@ -120,7 +120,7 @@ Deno.test("lloco: the CLI compresses files with progress, reports stats and answ
         err: new TextDecoder().decode(o.stderr),
       };
     };
-    const model = await testModel("compressor", { summaryLength: 4, seed: 21 });
+    const model = await testModel("compressor", TEST_COMPRESSOR);
     for (const d of DOCS) Deno.writeTextFileSync(`${dir}/${d.source}`, d.text);
     const c = await run(
       "compress",
