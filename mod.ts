@@ -25,6 +25,10 @@ export type {
   SessionOptions,
   StopReason,
 } from "./src/session.ts";
+export { Adapter, AdapterRegistry, LORA_PROJECTIONS } from "./src/adapter.ts";
+export type { AdapterEntry, AdapterInfo, LoraProjection } from "./src/adapter.ts";
+export { decodeBatch, DecodeBatcher } from "./src/batch.ts";
+export type { BatchEntry, BatcherStats } from "./src/batch.ts";
 export { TextTokenizer } from "./src/tokenizer.ts";
 export type { ChatMessage } from "./src/tokenizer.ts";
 export { KvfoldError } from "./src/errors.ts";
@@ -34,6 +38,6 @@ export { Compressor } from "./src/compressor.ts";
 export type { CompressOptions, SummaryVectors } from "./src/compressor.ts";
 export { DocumentStore } from "./src/store.ts";
 export type { NewChunk, NewDocument, RetrievedChunk, StoredVectors, StoreStats } from "./src/store.ts";
-export { answerFromChunks, compressIntoStore } from "./src/lloco.ts";
+export { adapterForChunks, answerFromChunks, compressIntoStore } from "./src/lloco.ts";
 export type { AnswerOptions, CompressIntoStoreOptions, SourceDocument } from "./src/lloco.ts";
 export { convertTorchCheckpoint } from "./src/torch_bin.ts";

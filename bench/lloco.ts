@@ -38,7 +38,7 @@ const doc = Array.from({ length: N }, () => {
 const question = model.encodePrompt("What does the report conclude about the harbour?");
 
 // 1. Compress once (the offline step).
-let t = performance.now();
+const t = performance.now();
 const summary = await compressor.compress(doc, {
   segmentLength: 1536,
   onProgress: (d, total) => Deno.stderr.writeSync(new TextEncoder().encode(`\rcompressing ${d}/${total}`)),

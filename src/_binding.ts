@@ -52,6 +52,16 @@ const SYMBOLS = {
   kf_session_get_logits: { parameters: ["pointer", "buffer", "i32"], result: "i32" },
   kf_session_get_info: { parameters: ["pointer", "buffer"], result: "i32" },
 
+  kf_adapter_load: {
+    parameters: ["pointer", "buffer", "buffer", "buffer"],
+    result: "i32",
+    nonblocking: true,
+  },
+  kf_adapter_free: { parameters: ["pointer"], result: "i32" },
+  kf_adapter_get_info: { parameters: ["pointer", "buffer"], result: "i32" },
+  kf_session_set_adapter: { parameters: ["pointer", "pointer"], result: "i32" },
+  kf_batch_decode: { parameters: ["buffer", "buffer", "i32", "buffer"], result: "i32", nonblocking: true },
+
   kf_sampler_default_params: {
     parameters: [],
     result: { struct: ["u64", "f32", "f32", "i32", "f32", "i32", "f32"] },
@@ -76,6 +86,7 @@ export const STRUCT_SIZES: Record<string, number> = {
   kf_session_params: 16,
   kf_session_info: 40,
   kf_sampler_params: 32,
+  kf_adapter_info: 40,
 };
 
 /** Status codes of `kf_status`, by name. */

@@ -24,6 +24,10 @@ export class NativeHandle {
   #cancels = new Set<() => void>();
   #children = new Set<NativeHandle>();
   #parent: NativeHandle | null;
+  // Handles this one relies on without owning (a session's adapter), and the reverse: a handle is
+  // freed only after every handle using it has been freed.
+  #uses = new Set<NativeHandle>();
+  #usedBy = new Set<NativeHandle>();
   #disposed = false;
   #token = {};
 
@@ -90,6 +94,26 @@ export class NativeHandle {
     );
   }
 
+  /** Keeps `target` from being freed until this handle is freed (or {@link unuse} is called). */
+  use(target: NativeHandle): void {
+    this.#uses.add(target);
+    target.#usedBy.add(this);
+  }
+
+  /** Ends a {@link use}. */
+  unuse(target: NativeHandle): void {
+    this.#uses.delete(target);
+    target.#usedBy.delete(this);
+    target.#maybeRelease();
+  }
+
+  /** Live (not disposed) handles using this one. */
+  get liveUsers(): number {
+    let n = 0;
+    for (const u of this.#usedBy) if (!u.#disposed) n++;
+    return n;
+  }
+
   /** Disposes children, then this handle (deferred while calls are in flight). Idempotent. */
   dispose(): void {
     if (this.#disposed) return;
@@ -106,12 +130,16 @@ export class NativeHandle {
   }
 
   #released = false;
-  // Frees once disposed, idle, and childless (a parent outlives its children's in-flight calls).
+  // Frees once disposed, idle, childless and unused (a parent outlives its children's in-flight calls).
   #maybeRelease() {
-    if (this.#released || !this.#disposed || this.#inflight.size > 0 || this.#children.size > 0) return;
+    if (
+      this.#released || !this.#disposed || this.#inflight.size > 0 || this.#children.size > 0 ||
+      this.#usedBy.size > 0
+    ) return;
     this.#released = true;
     registry.unregister(this.#token);
     this.#free(this.#ptr);
+    for (const t of [...this.#uses]) this.unuse(t);
     const parent = this.#parent;
     if (parent) {
       parent.#children.delete(this);

@@ -7,10 +7,10 @@
 import { parseArgs } from "node:util";
 import { Kvfold } from "./engine.ts";
 import { KvfoldError } from "./errors.ts";
-import type { WeightDType } from "./model.ts";
+import type { Model, WeightDType } from "./model.ts";
 import { ensureNativeLibrary } from "./_native_build.ts";
 import { readSafetensorsFile, writeSafetensorsFile } from "./safetensors.ts";
-import { makeTestModel, TEST_MODEL_PRESETS } from "./test_model.ts";
+import { makeTestAdapter, makeTestModel, TEST_MODEL_PRESETS } from "./test_model.ts";
 import { convertTorchCheckpoint } from "./torch_bin.ts";
 import { Compressor } from "./compressor.ts";
 import { answerFromChunks, compressIntoStore } from "./lloco.ts";
@@ -26,18 +26,22 @@ Commands:
   build [--force]                        build the native library (done on first use anyway)
   generate --model DIR --prompt TEXT     stream a completion to stdout
       [--max-tokens N] [--temperature T] [--top-p P] [--top-k K] [--min-p P]
-      [--repetition-penalty R] [--seed S] [--stop TEXT]... [--chat] [--system TEXT]
-  logits --model DIR --ids 1,2,3 --out FILE.safetensors [--prefix EMB.safetensors]
+      [--repetition-penalty R] [--seed S] [--stop TEXT]... [--chat] [--system TEXT] [--adapter DIR]
+  logits --model DIR --ids 1,2,3 --out FILE.safetensors [--prefix EMB.safetensors] [--adapter DIR]
                                          logits [n_ids, vocab] f32 at every position (no BOS added);
                                          --prefix runs its tensor "embeddings" [K, hidden] first
   make-test-model OUT_DIR [--seed S] [--preset tiny|small|compressor] [--dtype float32|float16|bfloat16]
                                          write a random Llama-family model in Hugging Face layout
+  make-test-model OUT_DIR --preset lora --base DIR [--rank R] [--targets q_proj,v_proj,...] [--seed S]
+                                         write a random PEFT LoRA adapter for the model in DIR
   compress --compressor DIR --ids 1,2,3 [--segment-length N] --out FILE.safetensors
                                          AutoCompressor summary vectors: tensor "summary" [K, hidden] f32
   compress --compressor DIR --store FILE [--group NAME] [--chunk-tokens N] FILES...
                                          compress documents into the SQLite store, with progress
-  ask --model DIR --store FILE [--k N] QUESTION
-                                         stream an answer from the best chunks' summary vectors
+  ask --model DIR --store FILE [--k N] [--adapter [GROUP=]DIR]... QUESTION
+                                         stream an answer from the best chunks' summary vectors;
+                                         GROUP=DIR adapters are chosen by the best chunk's group,
+                                         a plain DIR is used whatever the group
   store stats FILE                       documents, tokens in, vectors kept, ratio, bytes
   convert SRC DST                        PyTorch .bin checkpoints (torch.save zip; sharded; PEFT
                                          adapter_model.bin) to safetensors; refuses non-tensor pickles
@@ -116,6 +120,27 @@ function gpuVisible(): boolean {
   }
 }
 
+// --adapter specs: "DIR" (used as given) or "GROUP=DIR" (registered under the group's name, chosen
+// by the retrieved chunks' group). Returns the adapter name to force, if a plain DIR was given.
+async function loadAdapters(model: Model, specs: string[] | undefined): Promise<string | undefined> {
+  let forced: string | undefined;
+  for (const spec of specs ?? []) {
+    const eq = spec.indexOf("=");
+    if (eq > 0) {
+      await model.adapters.load(spec.slice(eq + 1), { name: spec.slice(0, eq) });
+      continue;
+    }
+    if (forced !== undefined) {
+      throw new KvfoldError(
+        "INVALID_ARGUMENT",
+        "Cannot use two plain --adapter folders; name them GROUP=DIR",
+      );
+    }
+    forced = (await model.adapters.load(spec)).name;
+  }
+  return forced;
+}
+
 async function cmdInfo(args: string[]) {
   parseArgs({ args, options: COMMON });
   const info = await Kvfold.info();
@@ -159,6 +184,7 @@ async function cmdGenerate(args: string[]) {
       chat: { type: "boolean" },
       system: { type: "string" },
       "context-size": { type: "string" },
+      adapter: { type: "string" },
     },
   });
   const dir = need(v.model, "model");
@@ -172,10 +198,12 @@ async function cmdGenerate(args: string[]) {
   const ids = v.chat || v.system !== undefined
     ? model.tokenizer.encodeChat(messages)
     : model.encodePrompt(prompt);
+  const adapter = v.adapter === undefined ? null : (await model.adapters.load(v.adapter)).name;
   using session = model.session({ contextSize: intOpt(v["context-size"], "context-size") });
   for await (
     const piece of session.generate({
       prompt: ids,
+      adapter,
       maxTokens: intOpt(v["max-tokens"], "max-tokens") ?? 128,
       temperature: numOpt(v.temperature, "temperature"),
       topP: numOpt(v["top-p"], "top-p"),
@@ -206,6 +234,7 @@ async function cmdLogits(args: string[]) {
       ids: { type: "string" },
       out: { type: "string" },
       prefix: { type: "string" },
+      adapter: { type: "string" },
     },
   });
   const dir = need(v.model, "model");
@@ -238,6 +267,7 @@ async function cmdLogits(args: string[]) {
   using model = await kv.loadModel(dir, { dtype: (v.dtype ?? "auto") as WeightDType });
   const k = prefix?.rows ?? 0;
   using session = model.session({ contextSize: k + ids.length, batchSize: Math.min(k + ids.length, 256) });
+  if (v.adapter !== undefined) await session.setAdapter(await model.adapters.load(v.adapter));
   if (prefix) await session.prefillEmbeddings(prefix.data, { dtype: prefix.dtype });
   const logits = (await session.prefill(ids, { logits: "all" }))!;
   await writeSafetensorsFile(out, [{
@@ -249,6 +279,7 @@ async function cmdLogits(args: string[]) {
     "kvfold.model": dir,
     "kvfold.ids": ids.join(","),
     "kvfold.prefix_rows": String(k),
+    ...(v.adapter !== undefined ? { "kvfold.adapter": v.adapter } : {}),
   });
   note(`wrote ${out}: logits [${ids.length}, ${model.info.vocabSize}] f32`);
 }
@@ -261,6 +292,9 @@ async function cmdMakeTestModel(args: string[]) {
       seed: { type: "string" },
       preset: { type: "string" },
       dtype: { type: "string" },
+      base: { type: "string" },
+      rank: { type: "string" },
+      targets: { type: "string" },
       help: { type: "boolean" },
     },
   });
@@ -272,12 +306,23 @@ async function cmdMakeTestModel(args: string[]) {
     );
   }
   const requested = v.preset ?? "tiny";
+  if (requested === "lora") {
+    const base = need(v.base, "base");
+    const names = await makeTestAdapter(outDir, {
+      base,
+      seed: intOpt(v.seed, "seed") ?? 0,
+      rank: intOpt(v.rank, "rank", 1),
+      targetModules: v.targets?.split(",").map((t) => t.trim()).filter(Boolean),
+    });
+    note(`wrote a LoRA adapter for ${base} to ${outDir}: ${names.length} tensors`);
+    return;
+  }
   // "compressor": the tiny preset as an AutoCompressor (embed_summary.weight, summary_length 50).
   const preset = (requested === "compressor" ? "tiny" : requested) as "tiny" | "small";
   if (!(preset in TEST_MODEL_PRESETS)) {
     throw new KvfoldError(
       "INVALID_ARGUMENT",
-      `Cannot make test model: unknown preset "${preset}" (tiny, small)`,
+      `Cannot make test model: unknown preset "${preset}" (tiny, small, compressor, lora)`,
     );
   }
   const dtype = (v.dtype ?? "float32") as "float32" | "float16" | "bfloat16";
@@ -464,7 +509,7 @@ async function cmdAsk(args: string[]) {
       "max-tokens": { type: "string" },
       temperature: { type: "string" },
       seed: { type: "string" },
-      adapter: { type: "string" },
+      adapter: { type: "string", multiple: true },
     },
   });
   const question = positionals.join(" ");
@@ -472,12 +517,6 @@ async function cmdAsk(args: string[]) {
     throw new KvfoldError(
       "INVALID_ARGUMENT",
       "Missing QUESTION: kvfold ask --model DIR --store FILE QUESTION",
-    );
-  }
-  if (v.adapter !== undefined) {
-    throw new KvfoldError(
-      "UNSUPPORTED",
-      "Cannot use --adapter yet: LoRA adapters are not implemented in this version",
     );
   }
   using store = DocumentStore.open(need(v.store, "store"), { readOnly: true });
@@ -488,12 +527,20 @@ async function cmdAsk(args: string[]) {
   if (chunks.length === 0) note("[nothing retrieved: answering without context]");
   using kv = await openEngine(v);
   using model = await kv.loadModel(need(v.model, "model"), { dtype: (v.dtype ?? "auto") as WeightDType });
+  const forced = await loadAdapters(model, v.adapter);
   using interrupt = interruptSignal(); // Ctrl-C aborts within one token
   let stats:
-    | { prefixPositions: number; promptTokens: number; generatedTokens: number; decodeMs: number }
+    | {
+      prefixPositions: number;
+      promptTokens: number;
+      generatedTokens: number;
+      decodeMs: number;
+      adapter: string | null;
+    }
     | undefined;
   for await (
     const piece of answerFromChunks(model, chunks, question, {
+      adapter: forced,
       maxTokens: intOpt(v["max-tokens"], "max-tokens") ?? 128,
       temperature: numOpt(v.temperature, "temperature"),
       seed: intOpt(v.seed, "seed"),
@@ -506,6 +553,7 @@ async function cmdAsk(args: string[]) {
     const tokensIn = chunks.reduce((n, c) => n + c.tokens, 0);
     note(
       `[${stats.prefixPositions} prefix positions for ${tokensIn} context tokens; ${stats.promptTokens} prompt tokens; ` +
+        `adapter ${stats.adapter ?? "none"}; ` +
         `${stats.generatedTokens} generated at ${
           ((stats.generatedTokens - 1) / Math.max(stats.decodeMs / 1000, 1e-9)).toFixed(1)
         } tok/s]`,

@@ -79,6 +79,26 @@ export async function compressIntoStore(
 export interface AnswerOptions extends GenerateOptions {
   /** Wrap the question in the model's chat template (default: when it has one). */
   chat?: boolean;
+  /**
+   * The LoRA that decodes (prefix and prompt alike). Absent: the adapter registered in
+   * `model.adapters` under the first chunk's group, if any, else the base model. `null`: base model.
+   */
+  adapter?: GenerateOptions["adapter"];
+}
+
+/**
+ * The adapter {@link answerFromChunks} decodes with: the explicit one, else the first chunk's
+ * group when `model.adapters` knows that name, else none.
+ */
+export function adapterForChunks(
+  model: Model,
+  chunks: readonly RetrievedChunk[],
+  explicit?: GenerateOptions["adapter"],
+): GenerateOptions["adapter"] {
+  if (explicit !== undefined) return explicit;
+  const group = chunks.find((c) => c.group)?.group;
+  if (!group) return null;
+  return model.adapters.list().some((e) => e.name === group) ? group : null;
 }
 
 /**
@@ -96,7 +116,10 @@ export async function* answerFromChunks(
   model: Model,
   chunks: readonly RetrievedChunk[],
   question: string,
-  options: AnswerOptions & { onStats?: (stats: GenerationStats & { prefixPositions: number }) => void } = {},
+  options: AnswerOptions & {
+    /** Counters, the prefix length and the adapter used (its registry name, or null). */
+    onStats?: (stats: GenerationStats & { prefixPositions: number; adapter: string | null }) => void;
+  } = {},
 ): AsyncGenerator<string, void, undefined> {
   const H = model.info.hiddenSize;
   const rows = chunks.reduce((n, c) => n + c.vectors.rows, 0);
@@ -111,6 +134,8 @@ export async function* answerFromChunks(
   const chat = options.chat ?? model.tokenizer.hasChatTemplate;
   const prompt = model.encodePrompt(question, { chat });
   using session = model.session({ contextSize: rows + prompt.length + (options.maxTokens ?? 256) + 1 });
+  const adapter = adapterForChunks(model, chunks, options.adapter);
+  await session.setAdapter(adapter ?? null);
   if (rows > 0) {
     const prefix = new Float32Array(rows * H);
     let off = 0;
@@ -120,6 +145,6 @@ export async function* answerFromChunks(
     }
     await session.prefillEmbeddings(prefix, { signal: options.signal });
   }
-  yield* session.generate({ ...options, prompt });
-  options.onStats?.({ ...session.lastStats!, prefixPositions: rows });
+  yield* session.generate({ ...options, adapter: undefined, prompt });
+  options.onStats?.({ ...session.lastStats!, prefixPositions: rows, adapter: session.adapter?.name ?? null });
 }

@@ -8,6 +8,8 @@
 import { alloc, check, cString, outPointer, readCharArray, sym } from "./_binding.ts";
 import { HandleOwner, NativeHandle } from "./_handle.ts";
 import type { Kvfold } from "./engine.ts";
+import { AdapterRegistry } from "./adapter.ts";
+import { type BatchEntry, decodeBatch } from "./batch.ts";
 import { KvfoldError } from "./errors.ts";
 import { type GenerateOptions, Session, type SessionOptions } from "./session.ts";
 import { type ChatMessage, TextTokenizer } from "./tokenizer.ts";
@@ -27,6 +29,8 @@ export interface LoadModelOptions {
   onProgress?: (done: number, total: number) => void;
   /** Cancels the load. */
   signal?: AbortSignal;
+  /** Most bytes of LoRA adapters kept resident (least recently used ones evicted); default Infinity. */
+  adapterBudgetBytes?: number;
 }
 
 /** Shape and size of a loaded model. */
@@ -71,6 +75,8 @@ export class Model extends HandleOwner {
   readonly tokenizer: TextTokenizer;
   /** Token ids that end generation by default (config / generation_config eos ids). */
   readonly eosTokenIds: readonly number[];
+  /** The LoRA adapters of this model, by name, under a memory budget. */
+  readonly adapters: AdapterRegistry;
 
   private constructor(
     handle: NativeHandle,
@@ -79,8 +85,10 @@ export class Model extends HandleOwner {
     info: ModelInfo,
     tok: TextTokenizer,
     eos: number[],
+    adapterBudgetBytes: number,
   ) {
     super(handle);
+    this.adapters = new AdapterRegistry(this, adapterBudgetBytes);
     this.engine = engine;
     this.dir = dir;
     this.info = info;
@@ -97,6 +105,10 @@ export class Model extends HandleOwner {
     const dtype = options.dtype ?? "auto";
     if (!(dtype in DTYPE_IDS)) {
       throw new TypeError(`Cannot load model: dtype "${dtype}" is not auto, f32, f16 or bf16`);
+    }
+    const budget = options.adapterBudgetBytes;
+    if (budget !== undefined && (typeof budget !== "number" || !(budget >= 0))) {
+      throw new RangeError(`Cannot load model: adapterBudgetBytes ${budget} is not a non-negative number`);
     }
     dir = dir.replace(/\/+$/, "") || "/";
     // The tokenizer first: it is cheap and a missing one should fail before gigabytes are mapped.
@@ -144,12 +156,36 @@ export class Model extends HandleOwner {
       weightBytes: Number(v.getBigInt64(48, true)),
       modelType: readCharArray(info, 56, 32),
     };
-    return new Model(handle, engine, dir, modelInfo, tokenizer, eos.filter((id) => id < modelInfo.vocabSize));
+    return new Model(
+      handle,
+      engine,
+      dir,
+      modelInfo,
+      tokenizer,
+      eos.filter((id) => id < modelInfo.vocabSize),
+      options.adapterBudgetBytes ?? Infinity,
+    );
   }
 
   /** Opens a session (its own KV cache and buffers). */
   session(options: SessionOptions = {}): Session {
     return Session._create(this, options);
+  }
+
+  /**
+   * One decode step for several sessions of this model in one native call (weights read once);
+   * each session keeps its own adapter. See {@link decodeBatch}.
+   */
+  decodeBatch(entries: readonly BatchEntry[], options: { signal?: AbortSignal } = {}): Promise<void> {
+    for (const [i, e] of entries.entries()) {
+      if (e.session.model !== this) {
+        throw new KvfoldError(
+          "INVALID_ARGUMENT",
+          `Cannot decode a batch: entry ${i} is a session of another model`,
+        );
+      }
+    }
+    return decodeBatch(entries, options);
   }
 
   /**

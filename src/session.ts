@@ -7,6 +7,8 @@
 
 import { alloc, check, native, outPointer, sym } from "./_binding.ts";
 import { HandleOwner, NativeHandle } from "./_handle.ts";
+import type { Adapter } from "./adapter.ts";
+import type { DecodeBatcher } from "./batch.ts";
 import { KvfoldError } from "./errors.ts";
 import type { Model } from "./model.ts";
 import { IncrementalDecoder, StopStringFilter } from "./text_stream.ts";
@@ -53,6 +55,13 @@ export interface GenerateOptions extends SamplingOptions {
   signal?: AbortSignal;
   /** Called with (tokensDone, tokensTotal) during prompt prefill. */
   onPrefillProgress?: (done: number, total: number) => void;
+  /**
+   * LoRA adapter for this request (an {@link Adapter} or a name registered in `model.adapters`);
+   * `null` runs the base model; absent keeps the session's current one.
+   */
+  adapter?: Adapter | string | null;
+  /** Runs each decode step through this batcher, together with other sessions' concurrent steps. */
+  batcher?: DecodeBatcher;
 }
 
 /** Why generation ended. */
@@ -75,6 +84,8 @@ export interface PrefillOptions {
   logits?: "last" | "all";
   signal?: AbortSignal;
   onProgress?: (done: number, total: number) => void;
+  /** Selects this adapter (or `null`: none) first, as {@link Session.setAdapter} does. */
+  adapter?: Adapter | string | null;
 }
 
 /**
@@ -96,6 +107,7 @@ export class Session extends HandleOwner {
   /** Counters of the last finished generate(). */
   lastStats?: GenerationStats;
   #busy = false;
+  #adapter: Adapter | null = null;
 
   private constructor(handle: NativeHandle, model: Model, contextSize: number) {
     super(handle);
@@ -153,6 +165,39 @@ export class Session extends HandleOwner {
     };
   }
 
+  /** The LoRA adapter applied now, or null for the base model. */
+  get adapter(): Adapter | null {
+    return this.#adapter;
+  }
+
+  /**
+   * Applies a LoRA adapter (or a name registered in `model.adapters`, loaded if it was evicted)
+   * to every later call; `null` returns to the base model. A pointer change: nothing is copied,
+   * and positions already in the cache keep what they were computed with.
+   */
+  setAdapter(adapter: Adapter | string | null): Promise<Adapter | null> {
+    return this.#exclusive("set adapter", () => this.#setAdapter(adapter));
+  }
+
+  async #setAdapter(adapter: Adapter | string | null): Promise<Adapter | null> {
+    const next = adapter === null ? null : await this.model.adapters.acquire(adapter);
+    if (next === this.#adapter) return next;
+    const handle = this._handle;
+    check(sym().kf_session_set_adapter(handle.ptr, next ? next._handle.ptr : null));
+    if (this.#adapter) handle.unuse(this.#adapter._handle);
+    if (next) handle.use(next._handle);
+    this.#adapter = next;
+    return next;
+  }
+
+  /** @internal marks the session busy for a call made from outside (a batched decode). */
+  _claim(what: string): () => void {
+    this._handle.ptr; // throws DISPOSED
+    this.#assertIdle(what);
+    this.#busy = true;
+    return () => (this.#busy = false);
+  }
+
   /** Forgets everything (empties the KV cache). */
   reset(): void {
     this.#assertIdle("reset");
@@ -192,6 +237,7 @@ export class Session extends HandleOwner {
 
   async #prefill(ids: readonly number[] | Int32Array, options: PrefillOptions): Promise<Float32Array | null> {
     if (ids.length === 0) throw new KvfoldError("INVALID_ARGUMENT", "Cannot prefill: no token ids given");
+    if (options.adapter !== undefined) await this.#setAdapter(options.adapter);
     const idBuf = alloc(ids.length * 4);
     const iv = new Int32Array(idBuf.buffer);
     for (let i = 0; i < ids.length; i++) {
@@ -265,6 +311,7 @@ export class Session extends HandleOwner {
         );
       }
       const hiddenBuf = hiddenOut ? new Float32Array(new ArrayBuffer(hiddenOut.byteLength)) : null;
+      if (options.adapter !== undefined) await this.#setAdapter(options.adapter);
       await this._handle.runControlled(
         (ptr, ctl) =>
           sym().kf_session_prefill_embeddings(ptr, buf, dtypeId, rows, hidden, logits, hiddenBuf, ctl.buf),
@@ -325,6 +372,11 @@ export class Session extends HandleOwner {
       const stopIds = new Set<number>(options.stopTokens ?? []);
       const eosIds = new Set<number>(options.ignoreEos ? [] : this.model.eosTokenIds);
       const s = sym();
+      if (options.adapter !== undefined) await this.#setAdapter(options.adapter);
+      const { batcher } = options;
+      if (batcher && batcher.model !== this.model) {
+        throw new KvfoldError("INVALID_ARGUMENT", "Cannot generate: the batcher serves another model");
+      }
       const t0 = performance.now();
       if (promptIds.length > 0) {
         await this.#prefill(promptIds, { signal, onProgress: options.onPrefillProgress });
@@ -361,7 +413,8 @@ export class Session extends HandleOwner {
           reason = "context-full";
           break;
         }
-        await this.#decode(id, signal);
+        if (batcher) await batcher._decode(this, id, signal);
+        else await this.#decode(id, signal);
       }
       if (reason !== "stop-string") {
         const tail = stops.push(decoder.flush()) + stops.flush();

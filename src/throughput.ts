@@ -5,6 +5,7 @@
  */
 
 import type { Model } from "./model.ts";
+import type { GenerateOptions } from "./session.ts";
 
 /** One throughput measurement. */
 export interface ThroughputResult {
@@ -80,7 +81,12 @@ export async function measurePrefill(
  */
 export async function measureDecode(
   model: Model,
-  options: { tokens?: number; repeats?: number; promptTokens?: number } = {},
+  options: {
+    tokens?: number;
+    repeats?: number;
+    promptTokens?: number;
+    adapter?: GenerateOptions["adapter"];
+  } = {},
 ): Promise<ThroughputResult> {
   const n = options.tokens ?? 64;
   const prompt = pseudoIds(options.promptTokens ?? 16, model.info.vocabSize, 7);
@@ -89,7 +95,15 @@ export async function measureDecode(
   for (let r = 0; r < (options.repeats ?? 3) + 1; r++) {
     session.reset();
     let count = 0;
-    for await (const _ of session.generate({ prompt, maxTokens: n + 1, temperature: 0, ignoreEos: true })) {
+    for await (
+      const _ of session.generate({
+        prompt,
+        maxTokens: n + 1,
+        temperature: 0,
+        ignoreEos: true,
+        adapter: options.adapter,
+      })
+    ) {
       count++; // consume the stream as a user would
     }
     const stats = session.lastStats!;

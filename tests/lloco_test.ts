@@ -158,7 +158,40 @@ Deno.test("lloco: the CLI compresses files with progress, reports stats and answ
     );
     assert.equal(a.code, 0, a.err);
     assert.match(a.err, /retrieved .*bees\.txt/);
-    assert.match(a.err, /prefix positions for \d+ context tokens/);
+    assert.match(a.err, /prefix positions for \d+ context tokens; \d+ prompt tokens; adapter none/);
+    // The group's LoRA (g1=DIR) is picked by the retrieved chunks' group, as the API picks it.
+    const lora = `${dir}/g1-lora`;
+    const made = await run("make-test-model", lora, "--preset", "lora", "--base", model, "--rank", "4");
+    assert.equal(made.code, 0, made.err);
+    const q = [
+      "ask",
+      "--model",
+      model,
+      "--store",
+      `${dir}/kb.sqlite`,
+      "--max-tokens",
+      "6",
+      "--temperature",
+      "0",
+    ];
+    const withLora = await run(...q, "--adapter", `g1=${lora}`, "honey market");
+    assert.equal(withLora.code, 0, withLora.err);
+    assert.match(withLora.err, /adapter g1;/);
+    const kv = await testEngine();
+    using m = await kv.loadModel(model);
+    using store = DocumentStore.open(`${dir}/kb.sqlite`, { readOnly: true });
+    const chunks = store.retrieve("honey market", { k: 2 });
+    const answer = async () => {
+      let text = "";
+      for await (const p of answerFromChunks(m, chunks, "honey market", { maxTokens: 6, temperature: 0 })) {
+        text += p;
+      }
+      return text;
+    };
+    const plain = await answer();
+    await m.adapters.load(lora, { name: "g1" });
+    assert.equal(withLora.out, (await answer()) + "\n");
+    assert.notEqual(withLora.out, plain + "\n", "the adapter changed nothing");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

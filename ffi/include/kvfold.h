@@ -224,6 +224,41 @@ typedef struct kf_session_info {
 KF_API kf_status kf_session_get_info(const kf_session *session, kf_session_info *out);
 
 /* ---------------------------------------------------------------------------------------------- */
+/* Adapter: a PEFT LoRA folder (adapter_config.json + adapter_model.safetensors) bound to one model  */
+
+typedef struct kf_adapter kf_adapter;
+
+typedef struct kf_adapter_info {
+  int32_t max_rank;  /* largest rank of any adapted projection                                    */
+  uint32_t proj_mask; /* bit p set when projection p is adapted: 0 q, 1 k, 2 v, 3 o, 4 gate, 5 up, 6 down */
+  int32_t n_users;   /* sessions whose current adapter this is                                    */
+  int32_t rslora;    /* 1 when the scale is alpha / sqrt(r) (use_rslora)                           */
+  double alpha;      /* lora_alpha                                                                */
+  int64_t n_params;  /* LoRA parameters                                                           */
+  int64_t bytes;     /* memory held (f32 copies, scale folded into B)                             */
+} kf_adapter_info;
+
+/* Loads and validates a PEFT LoRA folder against the model: every tensor must be a lora_A [r, in]
+ * or lora_B [out, r] of a q/k/v/o/gate/up/down projection of an existing layer, in F32/F16/BF16,
+ * with ranks matching adapter_config.json (r, rank_pattern). Scales are alpha / r (alpha / sqrt(r)
+ * with use_rslora, alpha_pattern honoured); lora_dropout is ignored. control: optional (cancel,
+ * progress in tensors, error copy). On failure *out is NULL and nothing stays allocated. */
+KF_API kf_status kf_adapter_load(kf_model *model, const char *dir, kf_control *control, kf_adapter **out);
+/* Refused with KF_ERR_INVALID_STATE while a session uses the adapter. NULL is a no-op. */
+KF_API kf_status kf_adapter_free(kf_adapter *adapter);
+KF_API kf_status kf_adapter_get_info(const kf_adapter *adapter, kf_adapter_info *out);
+/* Makes later calls on the session apply the adapter unmerged, y = W x + s * B (A x); NULL returns
+ * to the base model. A pointer change: nothing is copied. The adapter must belong to the session's
+ * model. Positions already in the cache keep what they were computed with. */
+KF_API kf_status kf_session_set_adapter(kf_session *session, kf_adapter *adapter);
+
+/* One decode step over several sessions of one model: session i takes token ids[i] at its position
+ * n_past. The weights are read once for all rows; each row uses its session's adapter (rows grouped
+ * by adapter, as Punica's SGMV does) or none. Every session ends as if kf_session_decode had run on
+ * it alone. Sessions must be distinct; n in [1, 4096]. On failure no session changes. */
+KF_API kf_status kf_batch_decode(kf_session *const *sessions, const int32_t *ids, int32_t n, kf_control *control);
+
+/* ---------------------------------------------------------------------------------------------- */
 /* Sampler: picks the next token from a session's last logits                                      */
 
 typedef struct kf_sampler kf_sampler;

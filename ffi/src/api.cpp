@@ -100,6 +100,7 @@ size_t kf_struct_size(const char *name) {
   if (n == "kf_session_params") return sizeof(kf_session_params);
   if (n == "kf_session_info") return sizeof(kf_session_info);
   if (n == "kf_sampler_params") return sizeof(kf_sampler_params);
+  if (n == "kf_adapter_info") return sizeof(kf_adapter_info);
   return 0;
 }
 
@@ -220,6 +221,9 @@ kf_status kf_model_free(kf_model *model) {
     if (model->n_sessions.load() > 0)
       kf::raise(KF_ERR_INVALID_STATE, "cannot free model: %d session(s) of it are still alive",
                 model->n_sessions.load());
+    if (model->n_adapters.load() > 0)
+      kf::raise(KF_ERR_INVALID_STATE, "cannot free model: %d adapter(s) of it are still loaded",
+                model->n_adapters.load());
     model->engine->n_models--;
     delete model;
   });
@@ -271,6 +275,7 @@ kf_status kf_session_create(kf_model *model, const kf_session_params *params, kf
 kf_status kf_session_free(kf_session *session) {
   return guarded("free session", [&] {
     if (!session) return;
+    if (session->adapter) session->adapter->n_users--;
     session->model->n_sessions--;
     delete session;
   });
@@ -427,10 +432,119 @@ kf_status kf_session_get_info(const kf_session *session, kf_session_info *out) {
     out->kv_bytes = kv;
     out->kv_slots = session->n_ctx;
     const auto sz = [](const std::vector<float> &v) { return int64_t(v.capacity()) * 4; };
-    out->scratch_bytes = sz(session->x) + sz(session->xn) + sz(session->q) + sz(session->k) + sz(session->v) +
-                         sz(session->attn) + sz(session->proj) + sz(session->gate) + sz(session->up) +
-                         sz(session->scores) + sz(session->rope_cs) + sz(session->logits) + sz(session->logits_saved);
+    out->scratch_bytes = session->ws.bytes() + sz(session->logits) + sz(session->logits_saved);
   });
+}
+
+// ---- adapters ----
+
+kf_status kf_adapter_load(kf_model *model, const char *dir, kf_control *control, kf_adapter **out) {
+  if (out) *out = nullptr;
+  return report(control, guarded("load adapter", [&] {
+    KF_REQUIRE(model && out, "load adapter", "model or out is NULL");
+    KF_REQUIRE(dir && *dir, "load adapter", "the adapter folder path is empty");
+    auto a = std::make_unique<kf_adapter>();
+    kf::adapter_load(*a, *model, dir, control);
+    model->n_adapters++;
+    *out = a.release();
+  }));
+}
+
+kf_status kf_adapter_free(kf_adapter *adapter) {
+  return guarded("free adapter", [&] {
+    if (!adapter) return;
+    if (adapter->n_users.load() > 0)
+      kf::raise(KF_ERR_INVALID_STATE, "cannot free adapter: %d session(s) are using it", adapter->n_users.load());
+    adapter->model->n_adapters--;
+    delete adapter;
+  });
+}
+
+kf_status kf_adapter_get_info(const kf_adapter *adapter, kf_adapter_info *out) {
+  return guarded("get adapter info", [&] {
+    KF_REQUIRE(adapter && out, "get adapter info", "adapter or out is NULL");
+    *out = kf_adapter_info{};
+    out->max_rank = adapter->max_rank;
+    out->proj_mask = adapter->proj_mask;
+    out->n_users = adapter->n_users.load();
+    out->rslora = adapter->rslora ? 1 : 0;
+    out->alpha = adapter->alpha;
+    out->n_params = adapter->n_params;
+    out->bytes = adapter->bytes;
+  });
+}
+
+kf_status kf_session_set_adapter(kf_session *session, kf_adapter *adapter) {
+  return guarded("set adapter", [&] {
+    KF_REQUIRE(session, "set adapter", "session is NULL");
+    if (adapter && adapter->model != session->model)
+      kf::raise(KF_ERR_INVALID_ARGUMENT, "cannot set adapter: it was loaded for another model than the session's");
+    if (adapter == session->adapter) return;
+    if (adapter) session->ws.reserve_lora(adapter->max_rank);  // may throw: nothing changed yet
+    if (session->adapter) session->adapter->n_users--;
+    if (adapter) adapter->n_users++;
+    session->adapter = adapter;
+  });
+}
+
+kf_status kf_batch_decode(kf_session *const *sessions, const int32_t *ids, int32_t n, kf_control *control) {
+  return report(control, guarded("batch decode", [&] {
+    KF_REQUIRE(sessions && ids, "batch decode", "sessions or ids is NULL");
+    KF_REQUIRE(n >= 1 && n <= 4096, "batch decode", "n %d is outside [1, 4096]", n);
+    kf_model *m = nullptr;
+    int32_t max_ctx = 0, max_rank = 0;
+    for (int32_t i = 0; i < n; i++) {
+      kf_session *s = sessions[i];
+      KF_REQUIRE(s, "batch decode", "session %d is NULL", i);
+      if (!m) m = s->model;
+      KF_REQUIRE(s->model == m, "batch decode", "session %d belongs to another model than session 0", i);
+      for (int32_t j = 0; j < i; j++) KF_REQUIRE(sessions[j] != s, "batch decode", "session %d appears twice (at %d)", i, j);
+      check_ids(*s, ids + i, 1, "batch decode");
+      max_ctx = std::max(max_ctx, s->n_ctx);
+      if (s->adapter) max_rank = std::max(max_rank, s->adapter->max_rank);
+    }
+    // Rows grouped by adapter (first appearance order), so each adapter's rows form one segment.
+    std::vector<int32_t> order;
+    order.reserve(size_t(n));
+    std::vector<bool> taken(size_t(n), false);
+    for (int32_t i = 0; i < n; i++) {
+      if (taken[size_t(i)]) continue;
+      for (int32_t j = i; j < n; j++)
+        if (!taken[size_t(j)] && sessions[j]->adapter == sessions[i]->adapter) {
+          order.push_back(j);
+          taken[size_t(j)] = true;
+        }
+    }
+    kf::Workspace ws;
+    ws.init(*m, n, max_ctx);
+    ws.reserve_lora(max_rank);
+    std::vector<int32_t> row_ids(static_cast<size_t>(n));
+    for (int32_t r = 0; r < n; r++) {
+      kf_session *s = sessions[order[size_t(r)]];
+      ws.row_session[size_t(r)] = s;
+      ws.row_pos[size_t(r)] = s->n_past;
+      ws.row_adapter[size_t(r)] = s->adapter;
+      row_ids[size_t(r)] = ids[order[size_t(r)]];
+    }
+    const int64_t V = m->cfg.vocab_size;
+    std::vector<float> logits(size_t(n) * size_t(V));
+    if (control) {
+      control->total = n;
+      control->done = 0;
+    }
+    std::lock_guard<std::mutex> lock(m->engine->pool_mutex);
+    kf::ChunkInput in;
+    in.tokens = row_ids.data();
+    kf::forward_rows(ws, *m, n, in, logits.data(), true, control);
+    // Commit only after the whole step succeeded.
+    for (int32_t r = 0; r < n; r++) {
+      kf_session *s = ws.row_session[size_t(r)];
+      std::copy_n(logits.begin() + int64_t(r) * V, V, s->logits.begin());
+      s->n_past += 1;
+      s->has_logits = true;
+    }
+    if (control) control->done = n;
+  }));
 }
 
 // ---- sampler ----

@@ -461,6 +461,52 @@ void matmul(ThreadPool &pool, const float *x, const void *W, DType dt, float *y,
 }
 
 // ---------------------------------------------------------------------------------------------
+// LoRA: y += B (A x) per segment of rows
+
+void lora_add(ThreadPool &pool, const float *x, int64_t in, float *y, int64_t out, const LoraSegment *segs,
+              int32_t n_segs, float *tmp, int64_t tmp_stride) {
+  // work: bytes of A and B the call streams, scaled up by rows per eighth (compute grows with rows).
+  int64_t n_a_tasks = 0, work = 0;
+  for (int32_t s = 0; s < n_segs; s++) {
+    if (segs[s].rank > tmp_stride)
+      raise(KF_ERR_INTERNAL, "cannot apply LoRA: rank %d is above the scratch stride %lld", segs[s].rank,
+            (long long)tmp_stride);
+    n_a_tasks += segs[s].rank;
+    work += int64_t(segs[s].rank) * (in + out) * int64_t(sizeof(float)) * std::max(1, segs[s].n_rows / 8);
+  }
+  if (n_a_tasks == 0) return;
+  // Pass 1: tmp[r, j] = A[j] . x[r]; one task per (segment, j), looping over the segment's rows.
+  auto pass_a = [&](int64_t task, int) {
+    int32_t s = 0;
+    while (task >= segs[s].rank) task -= segs[s++].rank;
+    const LoraSegment &g = segs[s];
+    const float *a = g.a + task * in;
+    for (int32_t r = g.row0; r < g.row0 + g.n_rows; r++) tmp[r * tmp_stride + task] = dot_f32(a, x + r * in, in);
+  };
+  // Pass 2: y[r, o0:o1] += sum_j tmp[r, j] Bt[j, o0:o1], in blocks of output features.
+  constexpr int64_t kBlock = 256;
+  auto pass_b = [&](int64_t blk, int) {
+    const int64_t o0 = blk * kBlock, n = std::min(out, o0 + kBlock) - o0;
+    for (int32_t s = 0; s < n_segs; s++) {
+      const LoraSegment &g = segs[s];
+      for (int32_t r = g.row0; r < g.row0 + g.n_rows; r++) {
+        const float *t = tmp + r * tmp_stride;
+        for (int32_t j = 0; j < g.rank; j++) axpy_f32(t[j], g.bt + j * out + o0, y + r * out + o0, n);
+      }
+    }
+  };
+  const int64_t n_blocks = (out + kBlock - 1) / kBlock;
+  // A decode step's pair is a few dozen KiB: waking the pool twice would cost more than the work.
+  if (work <= (int64_t(KF_LORA_INLINE_KB) << 10)) {
+    for (int64_t t = 0; t < n_a_tasks; t++) pass_a(t, 0);
+    for (int64_t b = 0; b < n_blocks; b++) pass_b(b, 0);
+    return;
+  }
+  pool.parallel_for(n_a_tasks, pass_a);
+  pool.parallel_for(n_blocks, pass_b);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Norms and element-wise kernels
 
 namespace {

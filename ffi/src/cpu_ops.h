@@ -22,6 +22,9 @@ const char *cpu_simd_name();
 // Token counts up to this take the matrix-vector path (one pass over W at memory bandwidth);
 // larger ones the packed, cache-blocked GEMM.
 constexpr int64_t kMatvecMaxT = 8;
+#ifndef KF_LORA_INLINE_KB
+#define KF_LORA_INLINE_KB 192
+#endif
 
 // y[t][o] = sum_i x[t][i] * W[o][i] (+ bias[o])
 //   x:    [T, in]   f32
@@ -34,6 +37,24 @@ constexpr int64_t kMatvecMaxT = 8;
 // per element: results do not depend on the thread count (they do depend on T's path).
 void matmul(ThreadPool &pool, const float *x, const void *W, DType dt, float *y, int64_t T, int64_t in, int64_t out,
             const float *bias);
+
+// A run of consecutive rows that share one LoRA pair (one adapter), as Punica's SGMV groups them.
+struct LoraSegment {
+  const float *a;   // [rank, in]
+  const float *bt;  // [rank, out]: B transposed, scale folded in
+  int32_t rank;
+  int32_t row0, n_rows;
+};
+
+// For each segment, y[r] += B (A x[r]) over its rows r in [row0, row0 + n_rows):
+//   x:   [rows, in] f32;  y: [rows, out] f32, accumulated into
+//   tmp: [rows, tmp_stride] f32 scratch, tmp_stride >= every segment's rank
+// Two passes: A x for every (segment, rank row), each A row read once per segment; then blocks of
+// output features, each B row block read once per segment. Small calls (a decode step's few dozen
+// KiB of A and B) run on the calling thread; larger ones over the pool. Rows without a segment are
+// left alone, so one call serves a batch that mixes adapters and rows with none.
+void lora_add(ThreadPool &pool, const float *x, int64_t in, float *y, int64_t out, const LoraSegment *segs,
+              int32_t n_segs, float *tmp, int64_t tmp_stride);
 
 // out[i] = x[i] / sqrt(mean(x^2) + eps) * w[i]
 //   out, x: [n] f32 (out may equal x);  w: [n] in dtype wdt

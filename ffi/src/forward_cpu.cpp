@@ -13,6 +13,48 @@
 
 namespace kf {
 
+void Workspace::init(const kf_model &m, int32_t n_rows, int32_t n_ctx) {
+  const ModelConfig &c = m.cfg;
+  const size_t B = size_t(n_rows), H = size_t(c.hidden_size), hd = size_t(c.head_dim);
+  const size_t q_dim = size_t(c.n_heads) * hd, kv_dim = size_t(c.n_kv_heads) * hd, I = size_t(c.intermediate_size);
+  rows = n_rows;
+  x.assign(B * H, 0.0f);
+  xn.assign(B * H, 0.0f);
+  q.assign(B * q_dim, 0.0f);
+  k.assign(B * kv_dim, 0.0f);
+  v.assign(B * kv_dim, 0.0f);
+  attn.assign(B * q_dim, 0.0f);
+  proj.assign(B * H, 0.0f);
+  gate.assign(B * I, 0.0f);
+  up.assign(B * I, 0.0f);
+  scores.assign(size_t(m.engine->pool->size()) * size_t(n_ctx), 0.0f);
+  rope_cs.assign(B * hd, 0.0f);
+  row_session.assign(B, nullptr);
+  row_pos.assign(B, 0);
+  row_adapter.assign(B, nullptr);
+  lora_segments.reserve(B);
+}
+
+void Workspace::reserve_lora(int32_t max_rank) {
+  const size_t need = size_t(rows) * size_t(std::max(max_rank, 0));
+  if (lora_tmp.size() < need) lora_tmp.assign(need, 0.0f);
+  lora_rank = std::max(lora_rank, max_rank);
+}
+
+int64_t Workspace::bytes() const {
+  const auto sz = [](const std::vector<float> &v) { return int64_t(v.capacity()) * 4; };
+  return sz(x) + sz(xn) + sz(q) + sz(k) + sz(v) + sz(attn) + sz(proj) + sz(gate) + sz(up) + sz(scores) +
+         sz(rope_cs) + sz(lora_tmp);
+}
+
+double Workspace::estimate_bytes(const kf_model &m, int32_t n_rows, int32_t n_ctx) {
+  const ModelConfig &c = m.cfg;
+  const double B = n_rows, H = c.hidden_size, hd = c.head_dim, q_dim = double(c.n_heads) * hd,
+               kv_dim = double(c.n_kv_heads) * hd, I = c.intermediate_size;
+  return sizeof(float) * (B * (3.0 * H + 2.0 * q_dim + 2.0 * kv_dim + 2.0 * I + hd) +
+                          double(m.engine->pool->size()) * n_ctx);
+}
+
 void session_init(kf_session &s, kf_model &m, const kf_session_params &p) {
   const ModelConfig &c = m.cfg;
   if (p.n_ctx < 0) raise(KF_ERR_INVALID_ARGUMENT, "cannot create session: n_ctx %d is negative", p.n_ctx);
@@ -28,13 +70,10 @@ void session_init(kf_session &s, kf_model &m, const kf_session_params &p) {
   s.n_past = 0;
   s.has_logits = false;
 
-  const size_t B = size_t(s.n_batch), H = size_t(c.hidden_size), hd = size_t(c.head_dim);
-  const size_t q_dim = size_t(c.n_heads) * hd, kv_dim = size_t(c.n_kv_heads) * hd, I = size_t(c.intermediate_size);
-
+  const size_t kv_dim = size_t(c.n_kv_heads) * size_t(c.head_dim);
   // Refuse what cannot fit before touching it (see available_memory_bytes).
   const double kv_bytes = 2.0 * c.n_layers * double(s.n_ctx) * double(kv_dim) * sizeof(float);
-  const double scratch_bytes = sizeof(float) * (double(B) * (3.0 * H + 2.0 * q_dim + 2.0 * kv_dim + 2.0 * I + hd) +
-                                                double(m.engine->pool->size()) * s.n_ctx + c.vocab_size);
+  const double scratch_bytes = Workspace::estimate_bytes(m, s.n_batch, s.n_ctx) + 2.0 * 4 * c.vocab_size;
   const double available = available_memory_bytes();
   if (available > 0 && kv_bytes + scratch_bytes > 0.9 * available) {
     raise(KF_ERR_OUT_OF_MEMORY,
@@ -48,17 +87,7 @@ void session_init(kf_session &s, kf_model &m, const kf_session_params &p) {
     s.k_cache[size_t(l)].assign(size_t(s.n_ctx) * kv_dim, 0.0f);
     s.v_cache[size_t(l)].assign(size_t(s.n_ctx) * kv_dim, 0.0f);
   }
-  s.x.assign(B * H, 0.0f);
-  s.xn.assign(B * H, 0.0f);
-  s.q.assign(B * q_dim, 0.0f);
-  s.k.assign(B * kv_dim, 0.0f);
-  s.v.assign(B * kv_dim, 0.0f);
-  s.attn.assign(B * q_dim, 0.0f);
-  s.proj.assign(B * H, 0.0f);
-  s.gate.assign(B * I, 0.0f);
-  s.up.assign(B * I, 0.0f);
-  s.scores.assign(size_t(m.engine->pool->size()) * size_t(s.n_ctx), 0.0f);
-  s.rope_cs.assign(B * hd, 0.0f);
+  s.ws.init(m, s.n_batch, s.n_ctx);
   s.logits.assign(size_t(c.vocab_size), 0.0f);
   s.logits_saved.assign(size_t(c.vocab_size), 0.0f);
 }
@@ -86,11 +115,30 @@ void check_cancel(kf_control *ctl) {
   if (ctl && ctl->cancel) raise(KF_ERR_CANCELLED, "cannot run the model: cancelled");
 }
 
+
+// y[rows] += B (A x) for the rows whose adapter adapts projection `p` of layer `l`; x: [rows, in], y: [rows, out].
+void apply_lora(ThreadPool &pool, Workspace &ws, int32_t rows, int64_t l, Proj p, const float *x, int64_t in, float *y,
+                int64_t out) {
+  ws.lora_segments.clear();
+  for (int32_t r = 0; r < rows;) {
+    const kf_adapter *a = ws.row_adapter[size_t(r)];
+    int32_t end = r + 1;
+    while (end < rows && ws.row_adapter[size_t(end)] == a) end++;
+    if (a) {
+      const LoraPair &pair = a->layers[size_t(l)].proj[p];
+      if (pair.rank > 0) ws.lora_segments.push_back({pair.a.data(), pair.bt.data(), pair.rank, r, end - r});
+    }
+    r = end;
+  }
+  if (ws.lora_segments.empty()) return;
+  lora_add(pool, x, in, y, out, ws.lora_segments.data(), int32_t(ws.lora_segments.size()), ws.lora_tmp.data(),
+           ws.lora_rank);
+}
+
 }  // namespace
 
-void forward_chunk(kf_session &s, const ChunkInput &in, int32_t T, int32_t pos0, float *logits_out,
-                   kf_control *ctl) {
-  kf_model &m = *s.model;
+void forward_rows(Workspace &ws, const kf_model &m, int32_t T, const ChunkInput &in, float *logits, bool all_logits,
+                  kf_control *ctl) {
   const ModelConfig &c = m.cfg;
   ThreadPool &pool = *m.engine->pool;
   const int64_t H = c.hidden_size, hd = c.head_dim, nh = c.n_heads, nkv = c.n_kv_heads;
@@ -99,6 +147,7 @@ void forward_chunk(kf_session &s, const ChunkInput &in, int32_t T, int32_t pos0,
   const float eps = float(c.rms_norm_eps);
   const float scale = 1.0f / std::sqrt(float(hd));
   const int64_t window = c.sliding_window;  // 0 = none
+  const int64_t n_scores = int64_t(ws.scores.size()) / pool.size();  // per-thread row capacity
 
   // Flush denormals to zero on the calling thread (pool workers set it once at start): softmax and
   // SiLU tails underflow into them, and x86 runs denormal operands ~100x slower.
@@ -109,83 +158,112 @@ void forward_chunk(kf_session &s, const ChunkInput &in, int32_t T, int32_t pos0,
   // x: [T, H] <- embedding rows of the ids, or the caller's embeddings (LLoCO summary vectors)
   for (int32_t t = 0; t < T; t++) {
     if (in.tokens) {
-      convert_row_to_f32(m.embed.row(in.tokens[t]), m.embed.dtype, s.x.data() + t * H, H);
+      convert_row_to_f32(m.embed.row(in.tokens[t]), m.embed.dtype, ws.x.data() + t * H, H);
     } else {
       const uint8_t *row = static_cast<const uint8_t *>(in.embeds) + size_t(t) * size_t(H) * dtype_size(in.embeds_dtype);
-      convert_row_to_f32(row, in.embeds_dtype, s.x.data() + t * H, H);
+      convert_row_to_f32(row, in.embeds_dtype, ws.x.data() + t * H, H);
     }
   }
 
   // rope_cs: [T, hd/2, 2], angles in double so large positions keep their precision
   for (int32_t t = 0; t < T; t++) {
-    const double pos = double(pos0 + t);
+    const double pos = double(ws.row_pos[size_t(t)]);
     for (int64_t i = 0; i < hd / 2; i++) {
       const double a = pos * m.inv_freq[size_t(i)];
-      s.rope_cs[size_t(t * hd + 2 * i)] = float(std::cos(a));
-      s.rope_cs[size_t(t * hd + 2 * i + 1)] = float(std::sin(a));
+      ws.rope_cs[size_t(t * hd + 2 * i)] = float(std::cos(a));
+      ws.rope_cs[size_t(t * hd + 2 * i + 1)] = float(std::sin(a));
     }
   }
 
   for (int64_t l = 0; l < c.n_layers; l++) {
     check_cancel(ctl);
     const LayerWeights &L = m.layers[size_t(l)];
-    float *kc = s.k_cache[size_t(l)].data();  // [n_ctx, nkv, hd]
-    float *vc = s.v_cache[size_t(l)].data();  // [n_ctx, nkv, hd]
 
     // ---- attention block ----
-    rmsnorm_rows(pool, s.xn.data(), s.x.data(), L.attn_norm.data(), T, H, eps);  // xn: [T, H]
-    matmul(pool, s.xn.data(), L.wq.data, L.wq.dtype, s.q.data(), T, H, q_dim,
-           L.bq.empty() ? nullptr : L.bq.data());                                // q: [T, nh, hd]
-    matmul(pool, s.xn.data(), L.wk.data, L.wk.dtype, s.k.data(), T, H, kv_dim,
-           L.bk.empty() ? nullptr : L.bk.data());                                // k: [T, nkv, hd]
-    matmul(pool, s.xn.data(), L.wv.data, L.wv.dtype, s.v.data(), T, H, kv_dim,
-           L.bv.empty() ? nullptr : L.bv.data());                                // v: [T, nkv, hd]
-    apply_rope(s.q.data(), T, nh, hd, s.rope_cs.data());
-    apply_rope(s.k.data(), T, nkv, hd, s.rope_cs.data());
-    std::copy(s.k.begin(), s.k.begin() + T * kv_dim, kc + pos0 * kv_dim);
-    std::copy(s.v.begin(), s.v.begin() + T * kv_dim, vc + pos0 * kv_dim);
+    rmsnorm_rows(pool, ws.xn.data(), ws.x.data(), L.attn_norm.data(), T, H, eps);  // xn: [T, H]
+    matmul(pool, ws.xn.data(), L.wq.data, L.wq.dtype, ws.q.data(), T, H, q_dim,
+           L.bq.empty() ? nullptr : L.bq.data());                                  // q: [T, nh, hd]
+    matmul(pool, ws.xn.data(), L.wk.data, L.wk.dtype, ws.k.data(), T, H, kv_dim,
+           L.bk.empty() ? nullptr : L.bk.data());                                  // k: [T, nkv, hd]
+    matmul(pool, ws.xn.data(), L.wv.data, L.wv.dtype, ws.v.data(), T, H, kv_dim,
+           L.bv.empty() ? nullptr : L.bv.data());                                  // v: [T, nkv, hd]
+    apply_lora(pool, ws, T, l, kProjQ, ws.xn.data(), H, ws.q.data(), q_dim);      // + s·B(A xn), per row
+    apply_lora(pool, ws, T, l, kProjK, ws.xn.data(), H, ws.k.data(), kv_dim);
+    apply_lora(pool, ws, T, l, kProjV, ws.xn.data(), H, ws.v.data(), kv_dim);
+    apply_rope(ws.q.data(), T, nh, hd, ws.rope_cs.data());
+    apply_rope(ws.k.data(), T, nkv, hd, ws.rope_cs.data());
+    // Each row's key and value go to its session's cache at its position, before anyone attends.
+    for (int32_t t = 0; t < T; t++) {
+      kf_session &s = *ws.row_session[size_t(t)];
+      const int64_t pos = ws.row_pos[size_t(t)];
+      std::copy_n(ws.k.begin() + t * kv_dim, kv_dim, s.k_cache[size_t(l)].begin() + pos * kv_dim);
+      std::copy_n(ws.v.begin() + t * kv_dim, kv_dim, s.v_cache[size_t(l)].begin() + pos * kv_dim);
+    }
 
-    // attn[t, h] = softmax(q[t,h] · K[0..pos0+t, kvh] * scale) · V[0..pos0+t, kvh]  (causal)
+    // attn[t, h] = softmax(q[t,h] · K[0..pos_t, kvh] * scale) · V[0..pos_t, kvh]  (causal, own session)
     pool.parallel_for(int64_t(T) * nh, [&](int64_t task, int th) {
       const int64_t t = task / nh, h = task % nh, kvh = h / group;
-      const int64_t end = pos0 + t + 1;  // causal: keys 0..pos0+t
+      const kf_session &s = *ws.row_session[size_t(t)];
+      const float *kc = s.k_cache[size_t(l)].data();  // [n_ctx, nkv, hd]
+      const float *vc = s.v_cache[size_t(l)].data();
+      const int64_t end = int64_t(ws.row_pos[size_t(t)]) + 1;  // causal: keys 0..pos_t
       // Mistral's sliding window: keys more than `window - 1` positions back are masked.
       const int64_t begin = window > 0 ? std::max<int64_t>(0, end - window) : 0;
-      const int64_t n_vis = end - begin;
-      const float *qv = s.q.data() + (t * nh + h) * hd;
-      float *sc = s.scores.data() + size_t(th) * size_t(s.n_ctx);
+      const int64_t n_vis = std::min(end - begin, n_scores);  // n_scores >= n_ctx of every row's session
+      const float *qv = ws.q.data() + (t * nh + h) * hd;
+      float *sc = ws.scores.data() + size_t(th) * size_t(n_scores);
       for (int64_t j = 0; j < n_vis; j++) sc[j] = dot_f32(qv, kc + ((begin + j) * nkv + kvh) * hd, hd) * scale;
       softmax_inplace(sc, n_vis);
-      float *out = s.attn.data() + (t * nh + h) * hd;
+      float *out = ws.attn.data() + (t * nh + h) * hd;
       std::fill(out, out + hd, 0.0f);
       for (int64_t j = 0; j < n_vis; j++) axpy_f32(sc[j], vc + ((begin + j) * nkv + kvh) * hd, out, hd);
     });
-    matmul(pool, s.attn.data(), L.wo.data, L.wo.dtype, s.proj.data(), T, q_dim, H,
+    matmul(pool, ws.attn.data(), L.wo.data, L.wo.dtype, ws.proj.data(), T, q_dim, H,
            L.bo.empty() ? nullptr : L.bo.data());  // proj: [T, H]
-    add_inplace(s.x.data(), s.proj.data(), int64_t(T) * H);
+    apply_lora(pool, ws, T, l, kProjO, ws.attn.data(), q_dim, ws.proj.data(), H);
+    add_inplace(ws.x.data(), ws.proj.data(), int64_t(T) * H);
 
     // ---- MLP block: x += down(silu(gate(xn)) * up(xn)) ----
-    rmsnorm_rows(pool, s.xn.data(), s.x.data(), L.ffn_norm.data(), T, H, eps);
-    matmul(pool, s.xn.data(), L.w_gate.data, L.w_gate.dtype, s.gate.data(), T, H, I, nullptr);  // [T, I]
-    matmul(pool, s.xn.data(), L.w_up.data, L.w_up.dtype, s.up.data(), T, H, I, nullptr);        // [T, I]
-    silu_mul(s.gate.data(), s.up.data(), int64_t(T) * I);
-    matmul(pool, s.gate.data(), L.w_down.data, L.w_down.dtype, s.proj.data(), T, I, H, nullptr);  // [T, H]
-    add_inplace(s.x.data(), s.proj.data(), int64_t(T) * H);
+    rmsnorm_rows(pool, ws.xn.data(), ws.x.data(), L.ffn_norm.data(), T, H, eps);
+    matmul(pool, ws.xn.data(), L.w_gate.data, L.w_gate.dtype, ws.gate.data(), T, H, I, nullptr);  // [T, I]
+    matmul(pool, ws.xn.data(), L.w_up.data, L.w_up.dtype, ws.up.data(), T, H, I, nullptr);        // [T, I]
+    apply_lora(pool, ws, T, l, kProjGate, ws.xn.data(), H, ws.gate.data(), I);
+    apply_lora(pool, ws, T, l, kProjUp, ws.xn.data(), H, ws.up.data(), I);
+    silu_mul(ws.gate.data(), ws.up.data(), int64_t(T) * I);
+    matmul(pool, ws.gate.data(), L.w_down.data, L.w_down.dtype, ws.proj.data(), T, I, H, nullptr);  // [T, H]
+    apply_lora(pool, ws, T, l, kProjDown, ws.gate.data(), I, ws.proj.data(), H);
+    add_inplace(ws.x.data(), ws.proj.data(), int64_t(T) * H);
   }
 
   // ---- head: final norm, then logits of every row (when asked) or only the last ----
   // The final-normed rows are also what an AutoCompressor takes as summary vectors (hidden_out).
-  if (logits_out || in.hidden_out) {
-    rmsnorm_rows(pool, s.xn.data(), s.x.data(), m.final_norm.data(), T, H, eps);  // xn: [T, H]
-    if (in.hidden_out) std::copy(s.xn.begin(), s.xn.begin() + int64_t(T) * H, in.hidden_out);
+  if (all_logits || in.hidden_out) {
+    rmsnorm_rows(pool, ws.xn.data(), ws.x.data(), m.final_norm.data(), T, H, eps);  // xn: [T, H]
+    if (in.hidden_out) std::copy(ws.xn.begin(), ws.xn.begin() + int64_t(T) * H, in.hidden_out);
   } else {
-    rmsnorm_rows(pool, s.xn.data() + (T - 1) * H, s.x.data() + (T - 1) * H, m.final_norm.data(), 1, H, eps);
+    rmsnorm_rows(pool, ws.xn.data() + (T - 1) * H, ws.x.data() + (T - 1) * H, m.final_norm.data(), 1, H, eps);
   }
+  if (all_logits) {
+    matmul(pool, ws.xn.data(), m.lm_head.data, m.lm_head.dtype, logits, T, H, V, nullptr);  // [T, V]
+  } else {
+    matmul(pool, ws.xn.data() + (T - 1) * H, m.lm_head.data, m.lm_head.dtype, logits, 1, H, V, nullptr);  // [V]
+  }
+}
+
+void forward_chunk(kf_session &s, const ChunkInput &in, int32_t T, int32_t pos0, float *logits_out,
+                   kf_control *ctl) {
+  Workspace &ws = s.ws;
+  for (int32_t t = 0; t < T; t++) {
+    ws.row_session[size_t(t)] = &s;
+    ws.row_pos[size_t(t)] = pos0 + t;
+    ws.row_adapter[size_t(t)] = s.adapter;
+  }
+  const int64_t V = s.model->cfg.vocab_size;
   if (logits_out) {
-    matmul(pool, s.xn.data(), m.lm_head.data, m.lm_head.dtype, logits_out, T, H, V, nullptr);  // [T, V]
+    forward_rows(ws, *s.model, T, in, logits_out, true, ctl);
     std::copy(logits_out + (T - 1) * V, logits_out + T * V, s.logits.begin());
   } else {
-    matmul(pool, s.xn.data() + (T - 1) * H, m.lm_head.data, m.lm_head.dtype, s.logits.data(), 1, H, V, nullptr);
+    forward_rows(ws, *s.model, T, in, s.logits.data(), false, ctl);
   }
 }
 

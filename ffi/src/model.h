@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "common.h"
+#include "cpu_ops.h"
 #include "model_config.h"
 #include "safetensors.h"
 #include "threadpool.h"
@@ -42,6 +43,23 @@ struct LayerWeights {
   Weight w_gate, w_up, w_down;             // [inter, hidden] x2, [hidden, inter]
 };
 
+// The seven projections of a layer, in the order LoRA tensors and masks use.
+enum Proj : int { kProjQ = 0, kProjK, kProjV, kProjO, kProjGate, kProjUp, kProjDown, kNumProj };
+// PEFT module names of the projections, indexed by Proj ("q_proj", ...).
+extern const char *const kProjNames[kNumProj];
+
+// One LoRA pair for one projection: y += B (A x), with the scale s already folded into B.
+// rank 0 means the adapter leaves this projection alone.
+struct LoraPair {
+  int32_t rank = 0;
+  std::vector<float> a;   // [rank, in]
+  std::vector<float> bt;  // [rank, out]: B transposed, times s, so B (A x) is rank contiguous axpys
+};
+
+struct LoraLayer {
+  LoraPair proj[kNumProj];
+};
+
 // Rotary frequencies after rope_scaling, one per pair: inv_freq[i] for i in [0, head_dim/2).
 std::vector<double> rope_inv_freq(const ModelConfig &cfg);
 
@@ -60,24 +78,62 @@ struct kf_model {
   int32_t weight_dtype = KF_DTYPE_F32;
   int64_t n_params = 0, weight_bytes = 0;
   std::atomic<int> n_sessions{0};
+  std::atomic<int> n_adapters{0};
 };
+
+// A loaded PEFT LoRA adapter: f32 copies of every pair, bound to one model. Immutable after load;
+// sessions point at it (n_users counts them) and switching adapters is a pointer change.
+struct kf_adapter {
+  kf_model *model = nullptr;
+  std::vector<kf::LoraLayer> layers;  // [n_layers]
+  int32_t max_rank = 0;
+  uint32_t proj_mask = 0;             // bit p set when some layer adapts projection p
+  double alpha = 0;                   // lora_alpha of adapter_config.json
+  bool rslora = false;
+  int64_t n_params = 0, bytes = 0;    // bytes held (f32)
+  std::atomic<int> n_users{0};        // sessions whose current adapter this is
+};
+
+namespace kf {
+
+// Scratch of one forward call, sized for `rows` rows, allocated once (per session, or per batch).
+struct Workspace {
+  int32_t rows = 0;
+  std::vector<float> x;        // [rows, hidden] residual stream
+  std::vector<float> xn;       // [rows, hidden] normed input of a sub-block
+  std::vector<float> q;        // [rows, n_heads*hd]
+  std::vector<float> k, v;     // [rows, n_kv*hd]
+  std::vector<float> attn;     // [rows, n_heads*hd]
+  std::vector<float> proj;     // [rows, hidden] output of o/down projections
+  std::vector<float> gate, up; // [rows, inter]
+  std::vector<float> scores;   // [n_threads, n_ctx] per-thread attention rows
+  std::vector<float> rope_cs;  // [rows, head_dim/2, 2] cos, sin of each row's position
+  std::vector<float> lora_tmp; // [rows, lora_rank] A x of the rows (grown when an adapter needs more)
+  int32_t lora_rank = 0;       // row stride of lora_tmp
+  std::vector<LoraSegment> lora_segments;  // [<= rows] this projection's runs of rows per adapter
+  // Per row: the session whose cache it reads and writes, its position, its adapter (or none).
+  std::vector<kf_session *> row_session;
+  std::vector<int32_t> row_pos;
+  std::vector<const kf_adapter *> row_adapter;
+
+  // Allocates every buffer for n_rows rows over caches of up to n_ctx positions.
+  void init(const kf_model &m, int32_t n_rows, int32_t n_ctx);
+  // Grows lora_tmp for adapters up to max_rank (called when an adapter is chosen, never per token).
+  void reserve_lora(int32_t max_rank);
+  int64_t bytes() const;
+  static double estimate_bytes(const kf_model &m, int32_t n_rows, int32_t n_ctx);
+};
+
+}  // namespace kf
 
 struct kf_session {
   kf_model *model = nullptr;
   int32_t n_ctx = 0, n_batch = 0, n_past = 0;
   bool has_logits = false;
+  kf_adapter *adapter = nullptr;  // applied to every projection it adapts; NULL = base model
   // KV cache, per layer: k, v [n_ctx, n_kv, head_dim] f32, keys post-RoPE.
   std::vector<std::vector<float>> k_cache, v_cache;
-  // Scratch sized for n_batch tokens, allocated once.
-  std::vector<float> x;        // [n_batch, hidden] residual stream
-  std::vector<float> xn;       // [n_batch, hidden] normed input of a sub-block
-  std::vector<float> q;        // [n_batch, n_heads*hd]
-  std::vector<float> k, v;     // [n_batch, n_kv*hd]
-  std::vector<float> attn;     // [n_batch, n_heads*hd]
-  std::vector<float> proj;     // [n_batch, max(hidden, ...)] output of o/down projections
-  std::vector<float> gate, up; // [n_batch, inter]
-  std::vector<float> scores;   // [n_threads, n_ctx] per-thread attention rows
-  std::vector<float> rope_cs;  // [n_batch, head_dim/2, 2] cos, sin of this chunk's positions
+  kf::Workspace ws;            // scratch for n_batch rows, allocated once
   std::vector<float> logits;   // [vocab] last position
   std::vector<float> logits_saved; // [vocab] the logits before a decode, restored if it fails
 };
@@ -96,9 +152,20 @@ struct ChunkInput {
   float *hidden_out = nullptr;      // NULL, or [T, hidden] receiving the final-normed hidden states
 };
 
-// Runs T inputs at positions pos0.. (T <= n_batch). logits_out: NULL or [T, vocab].
-// Does not advance n_past; the caller commits after the whole call succeeds.
+// Runs T inputs at positions pos0.. (T <= n_batch) with the session's adapter. logits_out: NULL or
+// [T, vocab]. Does not advance n_past; the caller commits after the whole call succeeds.
 void forward_chunk(kf_session &s, const ChunkInput &in, int32_t T, int32_t pos0, float *logits_out,
                    kf_control *ctl);
+
+// Runs ws.rows rows, row r at ws.row_pos[r] in the cache of ws.row_session[r] with ws.row_adapter[r]
+// (rows of one adapter should be contiguous: the LoRA pass walks them as segments). Writes each row's
+// keys and values first, then attends, so rows of one session at consecutive positions form a causal
+// chunk, and rows of different sessions never see each other.
+// logits: [rows, vocab] receiving every row's logits when all_logits, else [vocab] for the last row.
+void forward_rows(Workspace &ws, const kf_model &m, int32_t rows, const ChunkInput &in, float *logits,
+                  bool all_logits, kf_control *ctl);
+
+// Loads a PEFT LoRA folder (adapter_config.json + adapter_model.safetensors) for model m. Throws.
+void adapter_load(kf_adapter &a, kf_model &m, const std::string &dir, kf_control *ctl);
 
 }  // namespace kf

@@ -1,0 +1,264 @@
+// lora.cpp — loading a PEFT LoRA folder for a model: validate everything, then hold f32 copies.
+//
+// PEFT writes adapter_config.json (r, lora_alpha, target_modules, use_rslora, rank_pattern,
+// alpha_pattern, ...) and adapter_model.safetensors with tensors named
+//   base_model.model.model.layers.{i}.{self_attn|mlp}.{proj}.lora_{A|B}.weight
+// lora_A: [r, in], lora_B: [out, r]. The layer computes y = W x + s · B (A x), s = alpha / r, or
+// alpha / sqrt(r) with rslora; we fold s into B once here so the forward pass adds B (A x).
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+
+#include "cpu_ops.h"
+#include "json.h"
+#include "model.h"
+
+namespace kf {
+
+const char *const kProjNames[kNumProj] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+
+namespace {
+
+constexpr const char *kAction = "load adapter";
+
+bool starts_with(const std::string &s, const std::string &p) { return s.compare(0, p.size(), p) == 0; }
+bool ends_with(const std::string &s, const std::string &p) {
+  return s.size() >= p.size() && s.compare(s.size() - p.size(), p.size(), p) == 0;
+}
+
+int proj_index(const std::string &name) {
+  for (int p = 0; p < kNumProj; p++)
+    if (name == kProjNames[p]) return p;
+  return -1;
+}
+
+// PEFT's rank_pattern / alpha_pattern keys match a module name when the name is the key or ends
+// with "." + key (PEFT matches the regex `(.*\.)?key$`; we take keys literally).
+const Json *pattern_value(const Json *patterns, const std::string &module) {
+  if (!patterns || !patterns->is_object()) return nullptr;
+  for (const auto &kv : patterns->members())
+    if (module == kv.first || ends_with(module, "." + kv.first)) return &kv.second;
+  return nullptr;
+}
+
+struct ParsedName {
+  int layer = -1;
+  int proj = -1;
+  bool is_a = false;
+};
+
+// "base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight" (an adapter name may sit between
+// lora_A and weight, as older PEFT versions saved it). Returns false for anything else.
+bool parse_tensor_name(const std::string &full, ParsedName &out, std::string &module, std::string &why) {
+  std::string n = full;
+  for (const char *prefix : {"base_model.model.", "model."})
+    if (starts_with(n, prefix)) n = n.substr(std::strlen(prefix));
+  if (!starts_with(n, "layers.")) {
+    why = "it is not inside model.layers (only the projections of the decoder layers can be adapted)";
+    return false;
+  }
+  size_t i = 7, j = i;
+  while (j < n.size() && n[j] >= '0' && n[j] <= '9') j++;
+  if (j == i || j - i > 6 || j >= n.size() || n[j] != '.') {
+    why = "its layer index is not a number";
+    return false;
+  }
+  out.layer = std::atoi(n.substr(i, j - i).c_str());
+  const std::string rest = n.substr(j + 1);  // "self_attn.q_proj.lora_A.weight"
+  const size_t dot1 = rest.find('.');
+  const size_t dot2 = dot1 == std::string::npos ? dot1 : rest.find('.', dot1 + 1);
+  if (dot2 == std::string::npos) {
+    why = "it does not name a module and a LoRA matrix";
+    return false;
+  }
+  const std::string parent = rest.substr(0, dot1), proj = rest.substr(dot1 + 1, dot2 - dot1 - 1);
+  const std::string tail = rest.substr(dot2 + 1);  // "lora_A.weight" or "lora_A.default.weight"
+  module = "model.layers." + std::to_string(out.layer) + "." + parent + "." + proj;
+  out.proj = proj_index(proj);
+  const bool attn = out.proj >= kProjQ && out.proj <= kProjO, mlp = out.proj >= kProjGate;
+  if (out.proj < 0 || (parent == "self_attn" && !attn) || (parent == "mlp" && !mlp) ||
+      (parent != "self_attn" && parent != "mlp")) {
+    why = "the base model has no module " + parent + "." + proj +
+          " (a Llama layer has self_attn.{q,k,v,o}_proj and mlp.{gate,up,down}_proj)";
+    return false;
+  }
+  if (!ends_with(tail, ".weight") || !(starts_with(tail, "lora_A.") || starts_with(tail, "lora_B."))) {
+    if (starts_with(tail, "lora_magnitude_vector"))
+      why = "it is a DoRA magnitude vector (use_dora adapters are not supported)";
+    else if (ends_with(tail, ".bias"))
+      why = "it is a LoRA bias (adapters trained with bias other than \"none\" are not supported)";
+    else
+      why = "it is neither lora_A.weight nor lora_B.weight";
+    return false;
+  }
+  out.is_a = starts_with(tail, "lora_A.");
+  return true;
+}
+
+// The [out, in] shape of projection p of this model.
+void proj_shape(const kf_model &m, int p, int64_t &out, int64_t &in) {
+  const LayerWeights &L = m.layers[0];
+  const Weight *w[kNumProj] = {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down};
+  out = w[p]->rows;
+  in = w[p]->cols;
+}
+
+std::string shape_str(const std::vector<int64_t> &s) {
+  std::string r = "[";
+  for (size_t i = 0; i < s.size(); i++) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + "]";
+}
+
+}  // namespace
+
+void adapter_load(kf_adapter &a, kf_model &m, const std::string &dir, kf_control *ctl) {
+  const std::string cfg_path = dir + "/adapter_config.json";
+  const Json cfg = read_json_file(cfg_path, kAction);
+  if (!cfg.is_object()) raise(KF_ERR_FORMAT, "cannot load adapter: %s is not a JSON object", cfg_path.c_str());
+  auto field = [&](const char *k) { return cfg.find(k); };
+  std::string base = "(not recorded)";
+  if (const Json *b = field("base_model_name_or_path"); b && b->is_string()) base = b->as_string();
+
+  if (const Json *t = field("peft_type"); t && !(t->is_string() && t->as_string() == "LORA"))
+    raise(KF_ERR_UNSUPPORTED, "cannot load adapter: %s has peft_type %s; only LORA adapters are supported",
+          cfg_path.c_str(), t->is_string() ? t->as_string().c_str() : t->type_name());
+  const Json *r_json = field("r");
+  if (!r_json || !r_json->is_integer() || r_json->as_int64() < 1 || r_json->as_int64() > 65536)
+    raise(KF_ERR_FORMAT, "cannot load adapter: %s needs \"r\", a rank in [1, 65536]", cfg_path.c_str());
+  const int64_t r_default = r_json->as_int64();
+  double alpha_default = 8.0;  // PEFT's default lora_alpha
+  if (const Json *al = field("lora_alpha")) {
+    if (!al->is_number() || !(al->as_double() > 0))
+      raise(KF_ERR_FORMAT, "cannot load adapter: lora_alpha in %s is not a positive number", cfg_path.c_str());
+    alpha_default = al->as_double();
+  }
+  auto flag = [&](const char *k) {
+    const Json *f = field(k);
+    if (!f || f->is_null()) return false;
+    if (!f->is_bool()) raise(KF_ERR_FORMAT, "cannot load adapter: %s in %s is %s, not a boolean", k, cfg_path.c_str(), f->type_name());
+    return f->as_bool();
+  };
+  a.rslora = flag("use_rslora");
+  if (flag("fan_in_fan_out"))
+    raise(KF_ERR_UNSUPPORTED, "cannot load adapter: fan_in_fan_out adapters (GPT-2 Conv1D layers) do not fit Llama models");
+  if (flag("use_dora")) raise(KF_ERR_UNSUPPORTED, "cannot load adapter: DoRA adapters (use_dora) are not supported");
+  if (const Json *t = field("target_modules"); t && t->is_array()) {
+    for (const Json &name : t->items()) {
+      if (!name.is_string() || proj_index(name.as_string()) < 0)
+        raise(KF_ERR_FORMAT,
+              "cannot load adapter: target module %s of %s is not a projection of this model "
+              "(q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)",
+              name.is_string() ? name.as_string().c_str() : name.type_name(), cfg_path.c_str());
+    }
+  }
+  const Json *rank_pattern = field("rank_pattern"), *alpha_pattern = field("alpha_pattern");
+  a.alpha = alpha_default;
+
+  TensorIndex files = TensorIndex::open_file(dir + "/adapter_model.safetensors", true, kAction);
+  const ModelConfig &c = m.cfg;
+  struct Found {
+    const TensorInfo *a = nullptr, *b = nullptr;
+    std::string module;
+  };
+  std::vector<Found> found(size_t(c.n_layers) * kNumProj);
+  for (const TensorInfo &t : files.tensors()) {
+    ParsedName pn;
+    std::string module, why;
+    if (!parse_tensor_name(t.name, pn, module, why))
+      raise(KF_ERR_FORMAT, "cannot load adapter: tensor %s of %s/adapter_model.safetensors: %s", t.name.c_str(),
+            dir.c_str(), why.c_str());
+    if (pn.layer >= c.n_layers)
+      raise(KF_ERR_FORMAT,
+            "cannot load adapter: tensor %s adapts layer %d, but the model has %d layers; was it trained for "
+            "another base model (adapter_config.json says %s)?",
+            t.name.c_str(), pn.layer, c.n_layers, base.c_str());
+    if (!t.dtype_supported || t.shape.size() != 2)
+      raise(KF_ERR_FORMAT, "cannot load adapter: tensor %s is %s %s; LoRA matrices are 2-D F32, F16 or BF16",
+            t.name.c_str(), t.dtype_str.c_str(), shape_str(t.shape).c_str());
+    Found &f = found[size_t(pn.layer) * kNumProj + size_t(pn.proj)];
+    const TensorInfo *&slot = pn.is_a ? f.a : f.b;
+    if (slot) raise(KF_ERR_FORMAT, "cannot load adapter: tensors %s and %s are the same matrix", slot->name.c_str(), t.name.c_str());
+    slot = &t;
+    f.module = module;
+  }
+
+  // Validate every pair against the base and the config before allocating anything.
+  int64_t n_params = 0;
+  for (size_t i = 0; i < found.size(); i++) {
+    const Found &f = found[i];
+    if (!f.a && !f.b) continue;
+    const int p = int(i % kNumProj);
+    if (!f.a || !f.b)
+      raise(KF_ERR_FORMAT, "cannot load adapter: %s has lora_%s but no lora_%s", f.module.c_str(), f.a ? "A" : "B",
+            f.a ? "B" : "A");
+    int64_t out, in;
+    proj_shape(m, p, out, in);
+    const int64_t rank = f.a->shape[0];
+    int64_t want_rank = r_default;
+    if (const Json *rp = pattern_value(rank_pattern, f.module); rp) {
+      if (!rp->is_integer() || rp->as_int64() < 1)
+        raise(KF_ERR_FORMAT, "cannot load adapter: rank_pattern gives %s no positive integer rank", f.module.c_str());
+      want_rank = rp->as_int64();
+    }
+    if (f.a->shape[1] != in || f.b->shape[0] != out || f.b->shape[1] != rank)
+      raise(KF_ERR_FORMAT,
+            "cannot load adapter: %s has lora_A %s and lora_B %s, but the model's %s maps %lld inputs to %lld "
+            "outputs (want [r, %lld] and [%lld, r]); was it trained for another base model (adapter_config.json "
+            "says %s)?",
+            f.module.c_str(), shape_str(f.a->shape).c_str(), shape_str(f.b->shape).c_str(), kProjNames[p],
+            (long long)in, (long long)out, (long long)in, (long long)out, base.c_str());
+    if (rank != want_rank)
+      raise(KF_ERR_FORMAT, "cannot load adapter: %s has rank %lld, but adapter_config.json gives it r = %lld",
+            f.module.c_str(), (long long)rank, (long long)want_rank);
+    n_params += rank * (in + out);
+  }
+  if (n_params == 0)
+    raise(KF_ERR_FORMAT, "cannot load adapter: %s/adapter_model.safetensors holds no LoRA matrices", dir.c_str());
+  const double bytes = double(n_params) * sizeof(float);
+  const double available = available_memory_bytes();
+  if (available > 0 && bytes > 0.9 * available)
+    raise(KF_ERR_OUT_OF_MEMORY, "cannot load adapter: it needs %.2f GiB, but only %.2f GiB of memory is available",
+          bytes / 1073741824.0, available / 1073741824.0);
+
+  a.layers.assign(size_t(c.n_layers), LoraLayer{});
+  if (ctl) {
+    ctl->total = int64_t(files.size());
+    ctl->done = 0;
+  }
+  for (size_t i = 0; i < found.size(); i++) {
+    const Found &f = found[i];
+    if (!f.a) continue;
+    if (ctl && ctl->cancel) raise(KF_ERR_CANCELLED, "cannot load adapter: cancelled");
+    const int p = int(i % kNumProj);
+    LoraPair &pair = a.layers[i / kNumProj].proj[p];
+    const int64_t rank = f.a->shape[0], in = f.a->shape[1], out = f.b->shape[0];
+    double alpha = alpha_default;
+    if (const Json *ap = pattern_value(alpha_pattern, f.module); ap) {
+      if (!ap->is_number() || !(ap->as_double() > 0))
+        raise(KF_ERR_FORMAT, "cannot load adapter: alpha_pattern gives %s no positive alpha", f.module.c_str());
+      alpha = ap->as_double();
+    }
+    const float s = float(a.rslora ? alpha / std::sqrt(double(rank)) : alpha / double(rank));
+    pair.rank = int32_t(rank);
+    pair.a.resize(size_t(rank * in));
+    convert_row_to_f32(f.a->data, f.a->dtype, pair.a.data(), rank * in);
+    std::vector<float> b(size_t(out * rank));  // [out, rank] as stored
+    convert_row_to_f32(f.b->data, f.b->dtype, b.data(), out * rank);
+    pair.bt.resize(size_t(rank * out));
+    for (int64_t o = 0; o < out; o++)
+      for (int64_t j = 0; j < rank; j++) pair.bt[size_t(j * out + o)] = s * b[size_t(o * rank + j)];
+    for (float v : pair.a)
+      if (!std::isfinite(v)) raise(KF_ERR_FORMAT, "cannot load adapter: %s lora_A holds NaN or infinity", f.module.c_str());
+    for (float v : b)
+      if (!std::isfinite(v)) raise(KF_ERR_FORMAT, "cannot load adapter: %s lora_B holds NaN or infinity", f.module.c_str());
+    a.max_rank = std::max(a.max_rank, int32_t(rank));
+    a.proj_mask |= 1u << p;
+    if (ctl) ctl->done += 2;
+  }
+  if (ctl) ctl->done = ctl->total;
+  a.model = &m;
+  a.n_params = n_params;
+  a.bytes = int64_t(bytes);
+}
+
+}  // namespace kf

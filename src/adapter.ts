@@ -1,0 +1,376 @@
+/**
+ * LoRA adapters: PEFT folders loaded once per model and kept resident, selected per request by
+ * handle or name. {@link AdapterRegistry} keeps them under a memory budget, evicting the least
+ * recently used ones no session is using, and reloads an evicted one when a request names it.
+ *
+ * @module
+ */
+
+import { alloc, check, cString, outPointer, sym } from "./_binding.ts";
+import { HandleOwner, NativeHandle } from "./_handle.ts";
+import { KvfoldError } from "./errors.ts";
+import type { Model } from "./model.ts";
+
+/** The projections a LoRA can adapt, in the native bit order. */
+export const LORA_PROJECTIONS = [
+  "q_proj",
+  "k_proj",
+  "v_proj",
+  "o_proj",
+  "gate_proj",
+  "up_proj",
+  "down_proj",
+] as const;
+/** One of {@link LORA_PROJECTIONS}. */
+export type LoraProjection = typeof LORA_PROJECTIONS[number];
+
+/** What a loaded adapter holds. */
+export interface AdapterInfo {
+  /** Largest rank of any adapted projection. */
+  rank: number;
+  /** Projections some layer adapts. */
+  modules: LoraProjection[];
+  /** `lora_alpha` of adapter_config.json. */
+  alpha: number;
+  /** Whether the scale is alpha / sqrt(r). */
+  rslora: boolean;
+  /** LoRA parameters. */
+  params: number;
+  /** Bytes held in memory (f32). */
+  bytes: number;
+}
+
+/**
+ * A PEFT LoRA adapter loaded for one model. Sessions select it with `session.setAdapter(adapter)`
+ * or `generate({ adapter })`; selecting is a pointer change, nothing is copied.
+ *
+ * @example
+ * ```ts ignore
+ * using adapter = await model.adapters.load("./adapters/finance");
+ * for await (const piece of model.generate("Revenue was", { adapter, maxTokens: 16 })) console.log(piece);
+ * ```
+ */
+export class Adapter extends HandleOwner {
+  /** The model it was loaded for. */
+  readonly model: Model;
+  /** Registry name (the folder's base name unless given). */
+  readonly name: string;
+  /** The PEFT folder. */
+  readonly dir: string;
+  /** Rank, modules, scale and size. */
+  readonly info: AdapterInfo;
+
+  private constructor(handle: NativeHandle, model: Model, name: string, dir: string, info: AdapterInfo) {
+    super(handle);
+    this.model = model;
+    this.name = name;
+    this.dir = dir;
+    this.info = info;
+  }
+
+  /** @internal use {@link AdapterRegistry.load}. */
+  static async _load(
+    model: Model,
+    dir: string,
+    name: string,
+    options: { signal?: AbortSignal } = {},
+  ): Promise<Adapter> {
+    dir = dir.replace(/\/+$/, "") || "/";
+    await assertPeftFolder(dir);
+    const s = sym();
+    const out = outPointer();
+    const path = cString(dir);
+    try {
+      await model._handle.runControlled(
+        (modelPtr, ctl) => s.kf_adapter_load(modelPtr, path, ctl.buf, out.buf),
+        { signal: options.signal },
+      );
+    } catch (e) {
+      const made = out.get();
+      if (made !== null) s.kf_adapter_free(made);
+      throw e;
+    }
+    const ptr = out.get();
+    const handle = new NativeHandle(
+      ptr,
+      `adapter ${name}`,
+      (p) => check(sym().kf_adapter_free(p)),
+      model._handle,
+    );
+    const buf = alloc(40);
+    check(s.kf_adapter_get_info(ptr, buf));
+    const v = new DataView(buf.buffer);
+    const mask = v.getUint32(4, true);
+    const info: AdapterInfo = {
+      rank: v.getInt32(0, true),
+      modules: LORA_PROJECTIONS.filter((_, i) => (mask & (1 << i)) !== 0),
+      rslora: v.getInt32(12, true) === 1,
+      alpha: v.getFloat64(16, true),
+      params: Number(v.getBigInt64(24, true)),
+      bytes: Number(v.getBigInt64(32, true)),
+    };
+    return new Adapter(handle, model, name, dir, info);
+  }
+
+  /** Sessions whose current adapter this is. */
+  get users(): number {
+    if (this._handle.disposed) return 0;
+    const buf = alloc(40);
+    check(sym().kf_adapter_get_info(this._handle.ptr, buf));
+    return new DataView(buf.buffer).getInt32(8, true);
+  }
+
+  /** Whether it was disposed (unloaded or evicted). */
+  get disposed(): boolean {
+    return this._handle.disposed;
+  }
+
+  /**
+   * Frees the adapter. Refused (INVALID_STATE) while a live session uses it: select another
+   * adapter (or none) there first. Disposing the model frees everything in the right order.
+   */
+  override dispose(): void {
+    if (this._handle.disposed) return;
+    const users = this._handle.liveUsers;
+    if (users > 0) {
+      throw new KvfoldError(
+        "INVALID_STATE",
+        `Cannot unload adapter ${this.name}: ${users} session(s) are using it`,
+      );
+    }
+    super.dispose();
+  }
+}
+
+// A clear message for the common mistakes, before the native loader's generic ones.
+async function assertPeftFolder(dir: string): Promise<void> {
+  const exists = async (f: string) => {
+    try {
+      return (await Deno.stat(`${dir}/${f}`)).isFile;
+    } catch {
+      return false;
+    }
+  };
+  if (!(await exists("adapter_config.json"))) {
+    throw new KvfoldError("IO", `Cannot load adapter: ${dir}/adapter_config.json does not exist`);
+  }
+  if (!(await exists("adapter_model.safetensors"))) {
+    const hint = (await exists("adapter_model.bin"))
+      ? `; it has adapter_model.bin: convert it once with \`kvfold convert ${dir} OUT_DIR\``
+      : "";
+    throw new KvfoldError(
+      "IO",
+      `Cannot load adapter: ${dir}/adapter_model.safetensors does not exist${hint}`,
+    );
+  }
+}
+
+/** One registered adapter, loaded or not. */
+export interface AdapterEntry {
+  name: string;
+  dir: string;
+  /** Whether it is resident now. */
+  loaded: boolean;
+  /** Bytes held (0 when not loaded). */
+  bytes: number;
+  /** Sessions using it now. */
+  users: number;
+  /** When a request last selected it (performance.now() ms), 0 if never. */
+  lastUsed: number;
+}
+
+/**
+ * The adapters of one model, by name, under a memory budget. `load` registers and loads;
+ * `acquire` returns a resident adapter, reloading one that was evicted. When resident bytes pass
+ * the budget, the least recently used adapters that no session is using are evicted (they stay
+ * registered); an adapter in use is never evicted.
+ *
+ * @example
+ * ```ts ignore
+ * model.adapters.budgetBytes = 256 * 2 ** 20;
+ * await model.adapters.load("./adapters/finance");            // name "finance"
+ * model.adapters.register("legal", "./adapters/legal");       // loaded on first use
+ * for await (const p of model.generate("Q: ...", { adapter: "legal" })) console.log(p);
+ * console.log(model.adapters.list());
+ * ```
+ */
+export class AdapterRegistry {
+  /** The model the adapters belong to. */
+  readonly model: Model;
+  #budget: number;
+  #entries = new Map<string, { dir: string; adapter: Adapter | null; lastUsed: number }>();
+  #loading = new Map<string, Promise<Adapter>>();
+  #clock = 0;
+
+  constructor(model: Model, budgetBytes = Infinity) {
+    this.model = model;
+    this.#budget = checkBudget(budgetBytes);
+  }
+
+  /** Most bytes of resident adapters; lowering it evicts what it can now. Default Infinity. */
+  get budgetBytes(): number {
+    return this.#budget;
+  }
+  set budgetBytes(bytes: number) {
+    this.#budget = checkBudget(bytes);
+    this.#evict(null);
+  }
+
+  /** Bytes held by resident adapters. */
+  get residentBytes(): number {
+    let n = 0;
+    for (const e of this.#entries.values()) if (e.adapter && !e.adapter.disposed) n += e.adapter.info.bytes;
+    return n;
+  }
+
+  /** Makes `name` known without loading it; the first request that names it loads it. */
+  register(name: string, dir: string): void {
+    checkName(name);
+    const known = this.#entries.get(name);
+    if (known && known.dir !== dir.replace(/\/+$/, "")) {
+      throw new KvfoldError(
+        "INVALID_ARGUMENT",
+        `Cannot register adapter ${name}: it is already ${known.dir}`,
+      );
+    }
+    if (!known) this.#entries.set(name, { dir: dir.replace(/\/+$/, ""), adapter: null, lastUsed: 0 });
+  }
+
+  /** Registers (name: the folder's base name unless given) and loads a PEFT folder. */
+  async load(dir: string, options: { name?: string; signal?: AbortSignal } = {}): Promise<Adapter> {
+    const name = options.name ?? (dir.replace(/\/+$/, "").split("/").pop() || dir);
+    const isNew = !this.#entries.has(name);
+    this.register(name, dir);
+    try {
+      return await this.acquire(name, options);
+    } catch (e) {
+      if (isNew) this.#entries.delete(name); // a folder that does not load is not registered
+      throw e;
+    }
+  }
+
+  /**
+   * The resident adapter for a name (loading or reloading it) or the given adapter itself, marked
+   * most recently used.
+   */
+  async acquire(adapter: string | Adapter, options: { signal?: AbortSignal } = {}): Promise<Adapter> {
+    if (typeof adapter !== "string") {
+      if (adapter.model !== this.model) {
+        throw new KvfoldError(
+          "INVALID_ARGUMENT",
+          `Cannot use adapter ${adapter.name}: it belongs to another model`,
+        );
+      }
+      if (adapter.disposed) {
+        throw new KvfoldError("DISPOSED", `Cannot use adapter ${adapter.name}: it was unloaded`);
+      }
+      const e = this.#entries.get(adapter.name);
+      if (e?.adapter === adapter) e.lastUsed = this.#tick();
+      return adapter;
+    }
+    const e = this.#entries.get(adapter);
+    if (!e) {
+      const known = [...this.#entries.keys()];
+      throw new KvfoldError(
+        "INVALID_ARGUMENT",
+        `Cannot use adapter ${JSON.stringify(adapter)}: no adapter of that name is registered` +
+          (known.length ? ` (known: ${known.join(", ")})` : ""),
+      );
+    }
+    e.lastUsed = this.#tick();
+    if (e.adapter && !e.adapter.disposed) return e.adapter;
+    let pending = this.#loading.get(adapter);
+    if (!pending) {
+      pending = Adapter._load(this.model, e.dir, adapter, options);
+      this.#loading.set(adapter, pending);
+    }
+    try {
+      const loaded = await pending;
+      e.adapter = loaded;
+      this.#evict(loaded);
+      return loaded;
+    } finally {
+      this.#loading.delete(adapter);
+    }
+  }
+
+  /** The resident adapter of that name, if any (does not load or touch it). */
+  get(name: string): Adapter | undefined {
+    const a = this.#entries.get(name)?.adapter;
+    return a && !a.disposed ? a : undefined;
+  }
+
+  /** Every registered adapter, most recently used first. */
+  list(): AdapterEntry[] {
+    return [...this.#entries].map(([name, e]) => {
+      const a = e.adapter && !e.adapter.disposed ? e.adapter : null;
+      return {
+        name,
+        dir: e.dir,
+        loaded: a !== null,
+        bytes: a?.info.bytes ?? 0,
+        users: a?.users ?? 0,
+        lastUsed: e.lastUsed,
+      };
+    }).sort((x, y) => y.lastUsed - x.lastUsed);
+  }
+
+  /** Frees and forgets an adapter. Refused while a session uses it. */
+  unload(name: string): void {
+    const e = this.#entries.get(name);
+    if (!e) {
+      throw new KvfoldError(
+        "INVALID_ARGUMENT",
+        `Cannot unload adapter ${JSON.stringify(name)}: not registered`,
+      );
+    }
+    e.adapter?.dispose(); // throws INVALID_STATE when in use
+    this.#entries.delete(name);
+  }
+
+  #tick(): number {
+    // Strictly increasing even within one millisecond, so LRU order is exact.
+    this.#clock = Math.max(this.#clock + 1e-6, performance.now());
+    return this.#clock;
+  }
+
+  // Evicts least recently used, unused adapters until resident bytes fit the budget. `keep` (just
+  // loaded) goes last; if it alone cannot fit, it is freed and the load fails.
+  #evict(keep: Adapter | null): void {
+    if (this.residentBytes <= this.#budget) return;
+    const candidates = [...this.#entries.values()]
+      .filter((e) => e.adapter && !e.adapter.disposed && e.adapter !== keep)
+      .sort((a, b) => a.lastUsed - b.lastUsed);
+    for (const e of candidates) {
+      if (this.residentBytes <= this.#budget) return;
+      if (e.adapter!._handle.liveUsers > 0) continue; // in use: never evicted
+      e.adapter!.dispose();
+      e.adapter = null;
+    }
+    if (keep && this.residentBytes > this.#budget) {
+      const entry = [...this.#entries.values()].find((e) => e.adapter === keep);
+      if (keep._handle.liveUsers === 0) {
+        keep.dispose();
+        if (entry) entry.adapter = null;
+      }
+      throw new KvfoldError(
+        "OUT_OF_MEMORY",
+        `Cannot load adapter ${keep.name}: it needs ${keep.info.bytes} bytes, and the adapters in use already ` +
+          `hold ${this.residentBytes} of the ${this.#budget}-byte budget`,
+      );
+    }
+  }
+}
+
+function checkBudget(bytes: number): number {
+  if (typeof bytes !== "number" || Number.isNaN(bytes) || bytes < 0) {
+    throw new RangeError(`Cannot set the adapter budget: ${bytes} is not a non-negative number of bytes`);
+  }
+  return bytes;
+}
+
+function checkName(name: string): void {
+  if (typeof name !== "string" || name.length === 0) {
+    throw new TypeError("Cannot register adapter: the name is empty");
+  }
+}
