@@ -1,0 +1,25 @@
+// The LangChain.js packages this adapter is built against, pinned in one place.
+export { Document } from "npm:@langchain/core@1.4.0/documents";
+export type { DocumentInterface } from "npm:@langchain/core@1.4.0/documents";
+export { BaseRetriever } from "npm:@langchain/core@1.4.0/retrievers";
+export type { BaseRetrieverInput } from "npm:@langchain/core@1.4.0/retrievers";
+export { BaseDocumentCompressor } from "npm:@langchain/core@1.4.0/retrievers/document_compressors";
+export { BaseChatModel } from "npm:@langchain/core@1.4.0/language_models/chat_models";
+export type {
+  BaseChatModelCallOptions,
+  BaseChatModelParams,
+} from "npm:@langchain/core@1.4.0/language_models/chat_models";
+export { LLM } from "npm:@langchain/core@1.4.0/language_models/llms";
+export type { BaseLLMCallOptions, BaseLLMParams } from "npm:@langchain/core@1.4.0/language_models/llms";
+export { AIMessage, AIMessageChunk } from "npm:@langchain/core@1.4.0/messages";
+export type { BaseMessage } from "npm:@langchain/core@1.4.0/messages";
+export { ChatGenerationChunk, GenerationChunk } from "npm:@langchain/core@1.4.0/outputs";
+export type { ChatResult } from "npm:@langchain/core@1.4.0/outputs";
+export type {
+  CallbackManagerForLLMRun,
+  CallbackManagerForRetrieverRun,
+  Callbacks,
+} from "npm:@langchain/core@1.4.0/callbacks/manager";
+export { RunnableLambda, RunnablePassthrough, RunnableSequence } from "npm:@langchain/core@1.4.0/runnables";
+export type { Runnable, RunnableConfig } from "npm:@langchain/core@1.4.0/runnables";
+export { dispatchCustomEvent } from "npm:@langchain/core@1.4.0/callbacks/dispatch/web";

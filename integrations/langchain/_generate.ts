@@ -1,0 +1,206 @@
+// The generation both LangChain model classes share: compressed payloads become the embedding prefix,
+// plain documents become text context, and the prompt goes through the model's chat template.
+
+import type {
+  ChatMessage,
+  DocumentStore,
+  GenerationStats,
+  Model,
+  RetrievedChunk,
+  SamplingOptions,
+} from "../../mod.ts";
+import { KvfoldError } from "../../mod.ts";
+import type { DocumentInterface } from "./_deps.ts";
+import { kvfoldPayloadOf, resolveKvfoldChunks } from "./payload.ts";
+
+/** Sampling and length settings a model is built with and a call may override. */
+export interface KvfoldGenerationSettings extends SamplingOptions {
+  /** Most tokens to generate; default 256. */
+  maxTokens?: number;
+  /** Keep generating past EOS (benchmarks, tests). */
+  ignoreEos?: boolean;
+}
+
+/** Call options both model classes accept on top of LangChain's own. */
+export interface KvfoldDocumentsCallOptions extends KvfoldGenerationSettings {
+  /**
+   * Context documents. Those carrying a kvfold payload (`metadata.kvfold`, as from
+   * {@linkcode KvfoldRetriever} or {@linkcode KvfoldDocumentCompressor}) are placed before the prompt
+   * as summary-vector embeddings, in the order given; the others are written into the prompt as text.
+   */
+  documents?: readonly DocumentInterface[];
+}
+
+/** Builds the text the model sees when plain-text documents come with a question. */
+export type TextContextFormatter = (documents: readonly DocumentInterface[], question: string) => string;
+
+/**
+ * The default {@linkcode TextContextFormatter}: `Context:`, the documents' text separated by blank
+ * lines, then `Question:` and the question.
+ *
+ * @example
+ * ```ts
+ * import { formatTextContext } from "./mod.ts";
+ * console.log(formatTextContext([{ pageContent: "Bees make honey.", metadata: {} }], "Who makes honey?"));
+ * ```
+ */
+export function formatTextContext(documents: readonly DocumentInterface[], question: string): string {
+  return `Context:\n${documents.map((d) => d.pageContent).join("\n\n")}\n\nQuestion: ${question}`;
+}
+
+/** Counters of one generation. */
+export interface KvfoldRunStats extends GenerationStats {
+  /** Prefix positions the summary vectors took. */
+  prefixPositions: number;
+  /** Adapter groups of the context documents, in first-seen order. */
+  groups: string[];
+}
+
+/** One generation request. */
+export interface KvfoldRunRequest {
+  model: Model;
+  /** Chat messages (through the chat template when the model has one), or a raw completion prompt. */
+  prompt: readonly ChatMessage[] | string;
+  documents: readonly DocumentInterface[];
+  /** Reads payload vectors that are not attached in memory. */
+  store?: DocumentStore;
+  settings: KvfoldGenerationSettings;
+  stop?: readonly string[];
+  signal?: AbortSignal;
+  formatContext: TextContextFormatter;
+  onStats?: (stats: KvfoldRunStats) => void;
+}
+
+/**
+ * The LoRA a generation decodes with (prefix and prompt alike): the first of the context documents'
+ * groups that `model.adapters` knows by name, else none (the base model). Register each group's
+ * adapter under the group's name: `await model.adapters.load(dir, { name: group })`.
+ */
+function adapterForGroups(model: Model, groups: readonly string[]): string | null {
+  const known = new Set(model.adapters.list().map((e) => e.name));
+  return groups.find((g) => known.has(g)) ?? null;
+}
+
+/**
+ * The error a generation ends with when its signal fired: the signal's reason when it is an Error
+ * (a DOMException "AbortError" by default), as LangChain's own `signal.throwIfAborted()` does; the
+ * native error stays reachable as `cause` otherwise.
+ */
+function abortError(signal: AbortSignal, cause: unknown): Error {
+  if (signal.reason instanceof Error) return signal.reason;
+  const message = signal.reason === undefined ? "The operation was aborted" : String(signal.reason);
+  return Object.assign(new DOMException(message, "AbortError"), { cause });
+}
+
+/**
+ * Streams the answer's text pieces: payload documents' summary vectors at positions 0..K-1, then
+ * the prompt (with the text documents folded into the last user turn), as `answerFromChunks` does.
+ *
+ * An abort also closes the generator: LangChain rejects a stream the moment its signal fires and
+ * never resumes the model's generator, so without this the session would stay open at its `yield`.
+ */
+export function runKvfold(request: KvfoldRunRequest): AsyncGenerator<string, void, undefined> {
+  const { signal } = request;
+  if (signal === undefined) return generatePieces(request);
+  let finished = false;
+  const pieces = generatePieces({
+    ...request,
+    onStats: (stats) => {
+      finished = true;
+      request.onStats?.(stats);
+    },
+  });
+  // Suspended at a yield, return() runs the finally blocks now; mid-call, the native code sees the
+  // abort within one step and the queued return() completes after it.
+  const close = () => void pieces.return(undefined).catch(() => {});
+  signal.addEventListener("abort", close, { once: true });
+  return (async function* () {
+    try {
+      yield* pieces;
+      // Closed by the abort between two pieces: end as an aborted generation does.
+      if (!finished) throw abortError(signal, undefined);
+    } finally {
+      signal.removeEventListener("abort", close);
+    }
+  })();
+}
+
+async function* generatePieces(request: KvfoldRunRequest): AsyncGenerator<string, void, undefined> {
+  const { model, signal } = request;
+  const chunks: RetrievedChunk[] = [];
+  const textDocuments: DocumentInterface[] = [];
+  const groups: string[] = [];
+  for (const doc of request.documents) {
+    const resolved = resolveKvfoldChunks(doc, request.store);
+    if (resolved === undefined) textDocuments.push(doc);
+    else chunks.push(...resolved);
+    const group = kvfoldPayloadOf(doc)?.group ?? doc.metadata?.group;
+    if (typeof group === "string" && !groups.includes(group)) groups.push(group);
+  }
+  const hidden = model.info.hiddenSize;
+  for (const c of chunks) {
+    if (c.vectors.hidden !== hidden) {
+      throw new KvfoldError(
+        "INVALID_ARGUMENT",
+        `Cannot answer: chunk ${c.chunkId} of ${c.source} was compressed to ${c.vectors.hidden} dimensions, the model has ${hidden}`,
+      );
+    }
+  }
+  const promptIds = encodePrompt(model, request.prompt, textDocuments, request.formatContext);
+  const rows = chunks.reduce((n, c) => n + c.vectors.rows, 0);
+  const maxTokens = request.settings.maxTokens ?? 256;
+  try {
+    using session = model.session({ contextSize: rows + promptIds.length + maxTokens + 1 });
+    await session.setAdapter(adapterForGroups(model, groups));
+    if (rows > 0) {
+      const prefix = new Float32Array(rows * hidden);
+      let offset = 0;
+      for (const c of chunks) {
+        prefix.set(c.vectors.data, offset);
+        offset += c.vectors.data.length;
+      }
+      await session.prefillEmbeddings(prefix, { signal });
+    }
+    yield* session.generate({
+      ...request.settings,
+      maxTokens,
+      prompt: promptIds,
+      stop: request.stop,
+      signal,
+    });
+    request.onStats?.({ ...session.lastStats!, prefixPositions: rows, groups });
+  } catch (e) {
+    if (signal?.aborted) throw abortError(signal, e);
+    throw e;
+  }
+}
+
+/**
+ * Prompt ids. Text documents are written into the last user turn (or the raw prompt). Chat
+ * messages go through the chat template; a model without one reads their contents joined by
+ * blank lines.
+ */
+function encodePrompt(
+  model: Model,
+  prompt: readonly ChatMessage[] | string,
+  textDocuments: readonly DocumentInterface[],
+  formatContext: TextContextFormatter,
+): number[] {
+  if (typeof prompt === "string") {
+    const text = textDocuments.length > 0 ? formatContext(textDocuments, prompt) : prompt;
+    return model.encodePrompt(text, { chat: false });
+  }
+  let messages = prompt;
+  if (textDocuments.length > 0) {
+    const last = messages.findLastIndex((m) => m.role === "user");
+    if (last < 0) {
+      messages = [...messages, { role: "user", content: formatContext(textDocuments, "") }];
+    } else {
+      messages = messages.map((m, i) =>
+        i === last ? { role: m.role, content: formatContext(textDocuments, m.content) } : m
+      );
+    }
+  }
+  if (model.tokenizer.hasChatTemplate) return model.encodePrompt(messages);
+  return model.encodePrompt(messages.map((m) => m.content).join("\n\n"), { chat: false });
+}

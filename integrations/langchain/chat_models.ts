@@ -1,0 +1,345 @@
+/**
+ * {@linkcode ChatKvfold} and {@linkcode KvfoldLLM}: a kvfold model as a LangChain chat model and
+ * text LLM, streaming, abortable, and reading compressed context from documents.
+ *
+ * @module
+ */
+
+import type { ChatMessage, DocumentStore, Model } from "../../mod.ts";
+import {
+  AIMessage,
+  AIMessageChunk,
+  BaseChatModel,
+  type BaseChatModelCallOptions,
+  type BaseChatModelParams,
+  type BaseLLMCallOptions,
+  type BaseLLMParams,
+  type BaseMessage,
+  type CallbackManagerForLLMRun,
+  ChatGenerationChunk,
+  type ChatResult,
+  GenerationChunk,
+  LLM,
+} from "./_deps.ts";
+import {
+  formatTextContext,
+  type KvfoldDocumentsCallOptions,
+  type KvfoldGenerationSettings,
+  type KvfoldRunStats,
+  runKvfold,
+  type TextContextFormatter,
+} from "./_generate.ts";
+
+/** Fields both model classes take. */
+export interface KvfoldModelFields extends KvfoldGenerationSettings {
+  /** The loaded model (for LLoCO, the compressor checkpoint, which is also the decoder). */
+  model: Model;
+  /** Reads payload vectors that documents reference but do not carry in memory. */
+  store?: DocumentStore;
+  /** Stop strings used when a call gives none. */
+  stop?: string[];
+  /** How plain-text documents and the question are written into the prompt; default {@linkcode formatTextContext}. */
+  formatContext?: TextContextFormatter;
+}
+
+/** Fields of {@linkcode ChatKvfold}. */
+export interface ChatKvfoldInput extends KvfoldModelFields, BaseChatModelParams {}
+
+/** Call options of {@linkcode ChatKvfold}: LangChain's (`stop`, `signal`, ...) plus `documents` and sampling. */
+export interface ChatKvfoldCallOptions extends BaseChatModelCallOptions, KvfoldDocumentsCallOptions {}
+
+/** Fields of {@linkcode KvfoldLLM}. */
+export interface KvfoldLLMInput extends KvfoldModelFields, BaseLLMParams {
+  /** Wrap the prompt as one user message in the chat template; default: when the model has one. */
+  chat?: boolean;
+}
+
+/** Call options of {@linkcode KvfoldLLM}: LangChain's plus `documents` and sampling. */
+export interface KvfoldLLMCallOptions extends BaseLLMCallOptions, KvfoldDocumentsCallOptions {}
+
+/** What `response_metadata.kvfold` (and `generationInfo.kvfold`) reports about a generation. */
+export interface KvfoldResponseMetadata {
+  /** Why generation ended. */
+  stopReason: KvfoldRunStats["stopReason"];
+  /** Prompt tokens (after the prefix). */
+  promptTokens: number;
+  /** Tokens generated. */
+  generatedTokens: number;
+  /** Summary-vector positions before the prompt. */
+  prefixPositions: number;
+  /** Adapter groups of the context documents. */
+  groups: string[];
+  prefillMs: number;
+  decodeMs: number;
+}
+
+const SETTING_KEYS = [
+  "maxTokens",
+  "temperature",
+  "topP",
+  "topK",
+  "minP",
+  "repetitionPenalty",
+  "repeatLastN",
+  "seed",
+  "ignoreEos",
+] as const satisfies readonly (keyof KvfoldGenerationSettings)[];
+
+/** The model's settings overridden by the call's. */
+function settingsOf(
+  fields: KvfoldGenerationSettings,
+  call: KvfoldGenerationSettings,
+): KvfoldGenerationSettings {
+  const out: Record<string, unknown> = {};
+  for (const key of SETTING_KEYS) out[key] = call[key] ?? fields[key];
+  return out as KvfoldGenerationSettings;
+}
+
+function responseMetadata(stats: KvfoldRunStats): KvfoldResponseMetadata {
+  return {
+    stopReason: stats.stopReason,
+    promptTokens: stats.promptTokens,
+    generatedTokens: stats.generatedTokens,
+    prefixPositions: stats.prefixPositions,
+    groups: stats.groups,
+    prefillMs: stats.prefillMs,
+    decodeMs: stats.decodeMs,
+  };
+}
+
+/** A LangChain message as a chat-template message. */
+function chatMessage(message: BaseMessage): ChatMessage {
+  const type = message.getType();
+  const role = type === "human"
+    ? "user"
+    : type === "ai"
+    ? "assistant"
+    : type === "generic"
+    ? String((message as BaseMessage & { role?: string }).role)
+    : type; // system, tool, developer, function: as the template names them
+  return { role, content: message.text };
+}
+
+/**
+ * A kvfold model as a LangChain chat model. Messages go through the model's chat template; tokens
+ * stream through `stream`, `streamEvents` and callbacks' `handleLLMNewToken`; `stop` strings end
+ * generation; the `signal` option stops it within one decode step and the call rejects with the
+ * signal's reason (an `AbortError` DOMException by default).
+ *
+ * Compressed context: pass documents as the call option `documents`. Those with a kvfold payload
+ * (`metadata.kvfold`, from {@linkcode KvfoldRetriever} or {@linkcode KvfoldDocumentCompressor}) have
+ * their summary vectors prepended as input embeddings, in the order given, exactly as
+ * `answerFromChunks` does; the others are written into the last user message as text (see
+ * `formatContext`). `response_metadata.kvfold` reports prefix positions, token counts and the
+ * documents' adapter groups; `usage_metadata` counts prefix positions as input tokens.
+ *
+ * @example
+ * ```ts ignore
+ * import { Compressor, DocumentStore, Kvfold } from "../../mod.ts";
+ * import { ChatKvfold, KvfoldRetriever } from "./mod.ts";
+ *
+ * using kv = await Kvfold.open();
+ * using compressor = await Compressor.load(kv, "./models/lloco");
+ * using store = DocumentStore.open("kb.sqlite");
+ * const chat = new ChatKvfold({ model: compressor.model, store, maxTokens: 128, temperature: 0 });
+ * const documents = await new KvfoldRetriever({ store, k: 2 }).invoke("harbour ships");
+ * for await (const chunk of await chat.stream("Which ship left the harbour?", { documents })) {
+ *   console.log(chunk.text);
+ * }
+ * ```
+ */
+export class ChatKvfold extends BaseChatModel<ChatKvfoldCallOptions, AIMessageChunk> {
+  /** The LangChain class name. */
+  static override lc_name(): string {
+    return "ChatKvfold";
+  }
+  override lc_namespace: string[] = ["kvfold", "chat_models"];
+  /** The model that generates. */
+  readonly model: Model;
+  /** Where payload references are resolved. */
+  readonly store?: DocumentStore;
+  readonly #fields: KvfoldModelFields;
+
+  constructor(fields: ChatKvfoldInput) {
+    super(fields);
+    this.model = fields.model;
+    this.store = fields.store;
+    this.#fields = fields;
+  }
+
+  override get callKeys(): string[] {
+    return [...super.callKeys, "documents", ...SETTING_KEYS];
+  }
+
+  /** The LangChain provider name. */
+  _llmType(): string {
+    return "kvfold";
+  }
+
+  /** Settings as traced (never the documents' vectors). */
+  override invocationParams(options?: this["ParsedCallOptions"]): Record<string, unknown> {
+    return { model: this.model.dir, ...settingsOf(this.#fields, options ?? {}) };
+  }
+
+  /** Streams the reply; LangChain calls this from `stream`, `streamEvents` and streaming callbacks. */
+  override async *_streamResponseChunks(
+    messages: BaseMessage[],
+    options: this["ParsedCallOptions"],
+    runManager?: CallbackManagerForLLMRun,
+  ): AsyncGenerator<ChatGenerationChunk> {
+    let stats: KvfoldRunStats | undefined;
+    const pieces = runKvfold({
+      model: this.model,
+      prompt: messages.map(chatMessage),
+      documents: options.documents ?? [],
+      store: this.store,
+      settings: settingsOf(this.#fields, options),
+      stop: options.stop ?? this.#fields.stop,
+      signal: options.signal,
+      formatContext: this.#fields.formatContext ?? formatTextContext,
+      onStats: (s) => (stats = s),
+    });
+    for await (const piece of pieces) {
+      const chunk = new ChatGenerationChunk({ text: piece, message: new AIMessageChunk({ content: piece }) });
+      // Report before yielding: a consumer that stops here still saw every token counted.
+      await runManager?.handleLLMNewToken(piece, undefined, undefined, undefined, undefined, { chunk });
+      yield chunk;
+    }
+    const kvfold = responseMetadata(stats!);
+    // A closing empty chunk carries the counters, as LangChain providers do with usage.
+    yield new ChatGenerationChunk({
+      text: "",
+      message: new AIMessageChunk({
+        content: "",
+        response_metadata: { kvfold },
+        usage_metadata: {
+          input_tokens: kvfold.prefixPositions + kvfold.promptTokens,
+          output_tokens: kvfold.generatedTokens,
+          total_tokens: kvfold.prefixPositions + kvfold.promptTokens + kvfold.generatedTokens,
+        },
+      }),
+      generationInfo: { finish_reason: kvfold.stopReason },
+    });
+  }
+
+  /** Generates the whole reply; LangChain calls this from `invoke` when nothing listens to tokens. */
+  override async _generate(
+    messages: BaseMessage[],
+    options: this["ParsedCallOptions"],
+    runManager?: CallbackManagerForLLMRun,
+  ): Promise<ChatResult> {
+    let all: ChatGenerationChunk | undefined;
+    for await (const chunk of this._streamResponseChunks(messages, options, runManager)) {
+      all = all === undefined ? chunk : all.concat(chunk);
+    }
+    const chunk = all!.message as AIMessageChunk;
+    const message = new AIMessage({
+      content: all!.text,
+      response_metadata: chunk.response_metadata,
+      usage_metadata: chunk.usage_metadata,
+    });
+    const usage = chunk.usage_metadata!;
+    return {
+      generations: [{ text: all!.text, message, generationInfo: all!.generationInfo }],
+      llmOutput: {
+        tokenUsage: {
+          promptTokens: usage.input_tokens,
+          completionTokens: usage.output_tokens,
+          totalTokens: usage.total_tokens,
+        },
+      },
+    };
+  }
+}
+
+/**
+ * A kvfold model as a LangChain text LLM: the prompt string is wrapped as one user message in the
+ * chat template (when the model has one, unless `chat: false`), and completed. Streaming, `stop`,
+ * `signal` and the `documents` call option work as in {@linkcode ChatKvfold}; `generationInfo.kvfold`
+ * of the last chunk reports the counters.
+ *
+ * @example
+ * ```ts ignore
+ * import { Kvfold } from "../../mod.ts";
+ * import { KvfoldLLM } from "./mod.ts";
+ *
+ * using kv = await Kvfold.open();
+ * using model = await kv.loadModel("./models/tiny");
+ * const llm = new KvfoldLLM({ model, maxTokens: 32, temperature: 0 });
+ * console.log(await llm.invoke("Name three rivers.", { stop: ["\n\n"] }));
+ * ```
+ */
+export class KvfoldLLM extends LLM<KvfoldLLMCallOptions> {
+  /** The LangChain class name. */
+  static override lc_name(): string {
+    return "KvfoldLLM";
+  }
+  override lc_namespace: string[] = ["kvfold", "llms"];
+  /** The model that generates. */
+  readonly model: Model;
+  /** Where payload references are resolved. */
+  readonly store?: DocumentStore;
+  /** Whether prompts go through the chat template. */
+  readonly chat: boolean;
+  readonly #fields: KvfoldModelFields;
+
+  constructor(fields: KvfoldLLMInput) {
+    super(fields);
+    this.model = fields.model;
+    this.store = fields.store;
+    this.chat = fields.chat ?? fields.model.tokenizer.hasChatTemplate;
+    this.#fields = fields;
+  }
+
+  override get callKeys(): string[] {
+    return [...super.callKeys, "documents", ...SETTING_KEYS];
+  }
+
+  /** The LangChain provider name. */
+  _llmType(): string {
+    return "kvfold";
+  }
+
+  /** Settings as traced (never the documents' vectors). */
+  override invocationParams(options?: this["ParsedCallOptions"]): Record<string, unknown> {
+    return { model: this.model.dir, chat: this.chat, ...settingsOf(this.#fields, options ?? {}) };
+  }
+
+  /** Streams the completion; LangChain calls this from `stream` and `streamEvents`. */
+  override async *_streamResponseChunks(
+    prompt: string,
+    options: this["ParsedCallOptions"],
+    runManager?: CallbackManagerForLLMRun,
+  ): AsyncGenerator<GenerationChunk> {
+    let stats: KvfoldRunStats | undefined;
+    const pieces = runKvfold({
+      model: this.model,
+      prompt: this.chat ? [{ role: "user", content: prompt }] : prompt,
+      documents: options.documents ?? [],
+      store: this.store,
+      settings: settingsOf(this.#fields, options),
+      stop: options.stop ?? this.#fields.stop,
+      signal: options.signal,
+      formatContext: this.#fields.formatContext ?? formatTextContext,
+      onStats: (s) => (stats = s),
+    });
+    for await (const piece of pieces) {
+      const chunk = new GenerationChunk({ text: piece });
+      await runManager?.handleLLMNewToken(piece, undefined, undefined, undefined, undefined, { chunk });
+      yield chunk;
+    }
+    const kvfold = responseMetadata(stats!);
+    yield new GenerationChunk({ text: "", generationInfo: { finish_reason: kvfold.stopReason, kvfold } });
+  }
+
+  /** Generates the whole completion; LangChain calls this from `invoke`. */
+  override async _call(
+    prompt: string,
+    options: this["ParsedCallOptions"],
+    runManager?: CallbackManagerForLLMRun,
+  ): Promise<string> {
+    let text = "";
+    for await (const chunk of this._streamResponseChunks(prompt, options, runManager)) text += chunk.text;
+    return text;
+  }
+}

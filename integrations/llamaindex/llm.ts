@@ -1,0 +1,297 @@
+/**
+ * A LlamaIndex LLM that runs a kvfold model, optionally with compressed contexts (LLoCO summary
+ * vectors) placed before the prompt as input embeddings.
+ *
+ * @module
+ */
+
+import {
+  type ChatMessage as KvfoldChatMessage,
+  type GenerateOptions,
+  type GenerationStats,
+  KvfoldError,
+  type Model,
+} from "../../mod.ts";
+import {
+  BaseLLM,
+  type ChatMessage,
+  type ChatResponse,
+  type ChatResponseChunk,
+  type CompletionResponse,
+  type LLMChatParamsNonStreaming,
+  type LLMChatParamsStreaming,
+  type LLMCompletionParamsNonStreaming,
+  type LLMCompletionParamsStreaming,
+  type LLMMetadata,
+  type MessageContent,
+  wrapLLMEvent,
+} from "./_deps.ts";
+import type { CompressedContext } from "./payload.ts";
+
+/** Generation settings of a {@linkcode KvfoldLLM}, as kvfold's `generate` takes them. */
+export type KvfoldGenerationOptions = Omit<GenerateOptions, "prompt" | "signal" | "onPrefillProgress">;
+
+/** Options of a {@linkcode KvfoldLLM}: default generation settings and how it describes itself. */
+export interface KvfoldLLMOptions extends KvfoldGenerationOptions {
+  /** Name in `metadata.model`; default: the model folder's name. */
+  modelName?: string;
+  /** `metadata.contextWindow`; default: the model's max_position_embeddings. */
+  contextWindow?: number;
+  /**
+   * Wrap `complete()` prompts in the chat template as one user message, as kvfold's
+   * `answerFromChunks` does; default: when the model has a template.
+   */
+  templateCompletions?: boolean;
+}
+
+/** Counters of one call: kvfold's generation stats, the prefix length and the adapter group. */
+export interface KvfoldGenerationStats extends GenerationStats {
+  /** Positions taken by the compressed contexts' summary vectors. */
+  prefixPositions: number;
+  /** The adapter group the call decoded for, or null. */
+  group: string | null;
+}
+
+/**
+ * Per-call options: in `additionalChatOptions` of `chat`, beside `prompt` in `complete`. They
+ * override the LLM's defaults for this call.
+ */
+export interface KvfoldCallOptions extends KvfoldGenerationOptions {
+  /** Summary vectors to place before the prompt, in order (positions 0..K-1). */
+  contexts?: readonly CompressedContext[];
+  /**
+   * The adapter group to decode with; default: the contexts' group. Contexts from two groups need
+   * it, since one request decodes with one adapter.
+   */
+  group?: string;
+  /** Aborts the call; the response (or its stream) then rejects with an ABORTED `KvfoldError`. */
+  signal?: AbortSignal;
+  /** Receives the call's counters when generation ends. */
+  onStats?: (stats: KvfoldGenerationStats) => void;
+}
+
+const DEFAULT_TEMPERATURE = 0.8;
+const DEFAULT_TOP_P = 0.95;
+const DEFAULT_MAX_TOKENS = 256;
+
+/**
+ * The LoRA a request decodes with (prefix and prompt alike): its group's adapter when
+ * `model.adapters` knows the group by name, else none. Register each group's adapter under the
+ * group's name: `await model.adapters.load(dir, { name: group })`.
+ */
+function adapterForGroup(model: Model, group: string | null): string | null {
+  if (group === null) return null;
+  return model.adapters.list().some((e) => e.name === group) ? group : null;
+}
+
+/** One adapter group for a request: the explicit one, else the contexts' (which must agree). */
+function resolveGroup(explicit: string | undefined, contexts: readonly CompressedContext[]): string | null {
+  if (explicit !== undefined) return explicit;
+  const groups = [...new Set(contexts.map((c) => c.group ?? null).filter((g) => g !== null))];
+  if (groups.length > 1) {
+    throw new KvfoldError(
+      "INVALID_ARGUMENT",
+      `Cannot generate: the contexts come from adapter groups ${
+        groups.join(", ")
+      }, and one request decodes with one adapter (retrieve within one group or pass group)`,
+    );
+  }
+  return groups[0] ?? null;
+}
+
+/** The text of a message; kvfold models read text only. */
+function messageText(content: MessageContent, where: string): string {
+  if (typeof content === "string") return content;
+  return content.map((part) => {
+    if (part.type !== "text") {
+      throw new TypeError(
+        `Cannot prompt a kvfold model: ${where} has a ${part.type} part, only text is read`,
+      );
+    }
+    return part.text;
+  }).join("\n\n");
+}
+
+/** LlamaIndex roles in chat-template terms (templates know system, user and assistant). */
+function templateRole(role: ChatMessage["role"]): string {
+  return role === "memory" || role === "developer" ? "system" : role;
+}
+
+function definedOnly<T extends object>(o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+}
+
+/**
+ * LlamaIndex's `LLM` over a loaded kvfold model: `chat` through the model's chat template and
+ * `complete`, each streaming with `stream: true`. With `contexts` (compressed documents: kvfold
+ * `RetrievedChunk`s, or {@linkcode compressedContextOf} of retrieved nodes) their summary vectors
+ * are prefilled as input embeddings before the prompt, exactly as kvfold's `answerFromChunks`.
+ *
+ * Every call runs in a fresh session. Breaking out of a stream stops generation; `signal` aborts
+ * it. Non-streaming responses carry {@linkcode KvfoldGenerationStats} as `raw`.
+ *
+ * @example
+ * ```ts ignore
+ * import { Compressor, DocumentStore, Kvfold } from "../../mod.ts";
+ * import { KvfoldLLM } from "./llm.ts";
+ * using kv = await Kvfold.open();
+ * using compressor = await Compressor.load(kv, "./models/lloco");
+ * using store = DocumentStore.open("kb.sqlite");
+ * const llm = new KvfoldLLM(compressor.model, { temperature: 0, maxTokens: 64 });
+ * const contexts = store.retrieve("Which ship left?", { k: 2 });
+ * const stream = await llm.chat({
+ *   messages: [{ role: "user", content: "Which ship left?" }],
+ *   stream: true,
+ *   additionalChatOptions: { contexts, signal: AbortSignal.timeout(30_000) },
+ * });
+ * for await (const chunk of stream) console.log(chunk.delta);
+ * ```
+ */
+export class KvfoldLLM extends BaseLLM<KvfoldCallOptions> {
+  /** The model generating. */
+  readonly model: Model;
+  readonly #options: KvfoldLLMOptions;
+
+  /** Runs `model` (a kvfold model, or a compressor's `model` for LLoCO) with default `options`. */
+  constructor(model: Model, options: KvfoldLLMOptions = {}) {
+    super();
+    this.model = model;
+    this.#options = { ...options };
+  }
+
+  /** Name, sampling defaults and context window, as LlamaIndex reads them. */
+  get metadata(): LLMMetadata {
+    const o = this.#options;
+    return {
+      model: o.modelName ?? (this.model.dir.split("/").pop() || this.model.dir),
+      temperature: o.temperature ?? DEFAULT_TEMPERATURE,
+      topP: o.topP ?? DEFAULT_TOP_P,
+      maxTokens: o.maxTokens ?? DEFAULT_MAX_TOKENS,
+      contextWindow: o.contextWindow ?? this.model.info.maxPositions,
+      tokenizer: undefined,
+      structuredOutput: false,
+    };
+  }
+
+  /** Chat through the model's chat template; streams `ChatResponseChunk`s with `stream: true`. */
+  chat(params: LLMChatParamsStreaming<KvfoldCallOptions>): Promise<AsyncIterable<ChatResponseChunk>>;
+  /** Chat through the model's chat template; resolves to the whole reply, `raw` holding its stats. */
+  chat(params: LLMChatParamsNonStreaming<KvfoldCallOptions>): Promise<ChatResponse>;
+  @wrapLLMEvent
+  async chat(
+    params: LLMChatParamsStreaming<KvfoldCallOptions> | LLMChatParamsNonStreaming<KvfoldCallOptions>,
+  ): Promise<AsyncIterable<ChatResponseChunk> | ChatResponse> {
+    if (params.responseFormat !== undefined) {
+      throw new TypeError("Cannot chat: KvfoldLLM has no structured output (responseFormat)");
+    }
+    const prompt = this.#encodeChat(params.messages);
+    const pieces = this.#generate(prompt, params.additionalChatOptions ?? {});
+    if (params.stream) {
+      return (async function* () {
+        for await (const delta of pieces) yield { delta, raw: null };
+      })();
+    }
+    const { text, stats } = await collect(pieces);
+    return { message: { role: "assistant", content: text }, raw: stats };
+  }
+
+  /**
+   * Completes `prompt` (through the chat template when `templateCompletions`, the default for
+   * models with one); streams `CompletionResponse`s with `stream: true`. Takes
+   * {@linkcode KvfoldCallOptions} beside `prompt`.
+   */
+  override complete(
+    params: LLMCompletionParamsStreaming & KvfoldCallOptions,
+  ): Promise<AsyncIterable<CompletionResponse>>;
+  /** Completes `prompt`; resolves to the whole text, `raw` holding its stats. */
+  override complete(params: LLMCompletionParamsNonStreaming & KvfoldCallOptions): Promise<CompletionResponse>;
+  override async complete(
+    params: (LLMCompletionParamsStreaming | LLMCompletionParamsNonStreaming) & KvfoldCallOptions,
+  ): Promise<AsyncIterable<CompletionResponse> | CompletionResponse> {
+    const { prompt, stream, responseFormat, ...call } = params;
+    if (responseFormat !== undefined) {
+      throw new TypeError("Cannot complete: KvfoldLLM has no structured output (responseFormat)");
+    }
+    const chat = this.#options.templateCompletions ?? this.model.tokenizer.hasChatTemplate;
+    const ids = this.model.encodePrompt(messageText(prompt, "the prompt"), { chat });
+    const pieces = this.#generate(ids, call);
+    if (stream) {
+      return (async function* () {
+        for await (const text of pieces) yield { text, raw: null };
+      })();
+    }
+    const { text, stats } = await collect(pieces);
+    return { text, raw: stats };
+  }
+
+  /** Prompt ids of a conversation: the chat template, or a plain transcript for models without one. */
+  #encodeChat(messages: readonly ChatMessage[]): number[] {
+    const turns: KvfoldChatMessage[] = messages.map((m, i) => ({
+      role: templateRole(m.role),
+      content: messageText(m.content, `message ${i}`),
+    }));
+    if (this.model.tokenizer.hasChatTemplate) return this.model.encodePrompt(turns);
+    const transcript = turns.map((t) => `${t.role}: ${t.content}\n`).join("") + "assistant:";
+    return this.model.encodePrompt(transcript);
+  }
+
+  /**
+   * Validates now (so a bad call rejects before any stream is handed out) and returns the pieces
+   * of a generation that starts when first pulled: contexts' vectors at positions 0..K-1, the
+   * prompt from K, as `answerFromChunks` does.
+   */
+  #generate(prompt: number[], call: KvfoldCallOptions): AsyncGenerator<string, KvfoldGenerationStats> {
+    const { contexts = [], group: explicitGroup, signal, onStats, ...overrides } = call;
+    const hidden = this.model.info.hiddenSize;
+    contexts.forEach((c, i) => {
+      if (c.vectors.hidden !== hidden) {
+        throw new KvfoldError(
+          "INVALID_ARGUMENT",
+          `Cannot generate: context ${i}${
+            c.source ? ` (${c.source})` : ""
+          } was compressed to ${c.vectors.hidden} dimensions, the model has ${hidden}`,
+        );
+      }
+    });
+    const group = resolveGroup(explicitGroup, contexts);
+    const { modelName: _name, contextWindow: _window, templateCompletions: _template, ...defaults } =
+      this.#options;
+    const settings: GenerateOptions = {
+      temperature: DEFAULT_TEMPERATURE,
+      topP: DEFAULT_TOP_P,
+      maxTokens: DEFAULT_MAX_TOKENS,
+      ...definedOnly(defaults),
+      ...definedOnly(overrides),
+    };
+    const model = this.model;
+    return (async function* () {
+      const rows = contexts.reduce((n, c) => n + c.vectors.rows, 0);
+      using session = model.session({ contextSize: rows + prompt.length + settings.maxTokens! + 1 });
+      await session.setAdapter(adapterForGroup(model, group));
+      if (rows > 0) {
+        const prefix = new Float32Array(rows * hidden);
+        let offset = 0;
+        for (const c of contexts) {
+          prefix.set(c.vectors.data, offset);
+          offset += c.vectors.data.length;
+        }
+        await session.prefillEmbeddings(prefix, { signal });
+      }
+      yield* session.generate({ ...settings, prompt, signal });
+      const stats: KvfoldGenerationStats = { ...session.lastStats!, prefixPositions: rows, group };
+      onStats?.(stats);
+      return stats;
+    })();
+  }
+}
+
+async function collect(
+  pieces: AsyncGenerator<string, KvfoldGenerationStats>,
+): Promise<{ text: string; stats: KvfoldGenerationStats }> {
+  let text = "";
+  for (;;) {
+    const r = await pieces.next();
+    if (r.done) return { text, stats: r.value };
+    text += r.value;
+  }
+}
