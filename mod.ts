@@ -37,7 +37,14 @@ export { IncrementalDecoder, StopStringFilter } from "./src/text_stream.ts";
 export { Compressor } from "./src/compressor.ts";
 export type { CompressOptions, SummaryVectors } from "./src/compressor.ts";
 export { DocumentStore } from "./src/store.ts";
-export type { NewChunk, NewDocument, RetrievedChunk, StoredVectors, StoreStats } from "./src/store.ts";
+export type {
+  NewChunk,
+  NewDocument,
+  RetrievedChunk,
+  StoredDocument,
+  StoredVectors,
+  StoreStats,
+} from "./src/store.ts";
 export { adapterForChunks, answerFromChunks, compressIntoStore } from "./src/lloco.ts";
 export type { AnswerOptions, CompressIntoStoreOptions, SourceDocument } from "./src/lloco.ts";
 export { convertTorchCheckpoint } from "./src/torch_bin.ts";

@@ -37,10 +37,13 @@ export interface CompressIntoStoreOptions {
 /**
  * Splits a document into chunks of `chunkTokens` tokens, compresses each, and commits the document
  * with all its chunks in one transaction (an interrupted run leaves no half-written document).
+ * Returns the document's id, its stored chunk ids in order (for `store.getChunks`), the tokens that
+ * went in and the summary vectors that came out.
  *
  * @example
  * ```ts ignore
- * const id = await compressIntoStore(compressor, store, { source: "report.txt", text, group: "finance" });
+ * const r = await compressIntoStore(compressor, store, { source: "report.txt", text, group: "finance" });
+ * const chunks = store.getChunks(r.chunkIds); // chunk 0 first
  * ```
  */
 export async function compressIntoStore(
@@ -48,7 +51,7 @@ export async function compressIntoStore(
   store: DocumentStore,
   doc: SourceDocument,
   options: CompressIntoStoreOptions = {},
-): Promise<{ documentId: number; tokens: number; vectors: number }> {
+): Promise<{ documentId: number; chunkIds: number[]; tokens: number; vectors: number }> {
   const tok = compressor.model.tokenizer;
   const ids = tok.encode(doc.text);
   if (ids.length === 0) {
@@ -72,7 +75,21 @@ export async function compressIntoStore(
     { source: doc.source, group: doc.group, metadata: doc.metadata, chunks },
     { replace: options.replace },
   );
-  return { documentId, tokens: ids.length, vectors: chunks.reduce((n, c) => n + c.vectors.rows, 0) };
+  // Read back at once on the same connection: only another process replacing the source in between
+  // could make this differ.
+  const stored = store.getDocument(doc.source);
+  if (stored === undefined || stored.documentId !== documentId) {
+    throw new KvfoldError(
+      "INVALID_STATE",
+      `Cannot compress ${doc.source}: another connection replaced or removed it as it was stored`,
+    );
+  }
+  return {
+    documentId,
+    chunkIds: stored.chunkIds,
+    tokens: ids.length,
+    vectors: chunks.reduce((n, c) => n + c.vectors.rows, 0),
+  };
 }
 
 /** Options of {@link answerFromChunks}. */

@@ -112,6 +112,37 @@ export interface RetrievedChunk {
 }
 
 /**
+ * A stored document as {@linkcode DocumentStore.getDocument} reads it: its id, source, group and
+ * metadata, the ids of its chunks in order, and the totals of their tokens and vector rows. Read the
+ * chunks themselves with {@linkcode DocumentStore.getChunks}.
+ *
+ * @example
+ * ```ts
+ * import type { StoredDocument } from "./store.ts";
+ * const d: StoredDocument = {
+ *   documentId: 1, source: "a.md", group: null, metadata: {}, chunkIds: [1, 2], tokens: 30, vectors: 4,
+ * };
+ * console.log(d.chunkIds.length); // 2
+ * ```
+ */
+export interface StoredDocument {
+  /** The document's id. */
+  documentId: number;
+  /** The document's source. */
+  source: string;
+  /** The document's adapter group, or null. */
+  group: string | null;
+  /** The document's metadata. */
+  metadata: Record<string, unknown>;
+  /** Ids of the document's chunks, in ordinal order (chunk 0 first). */
+  chunkIds: number[];
+  /** Sum of the chunks' `tokens` (tokens before compression). */
+  tokens: number;
+  /** Sum of the chunks' vector `rows` (summary vectors kept). */
+  vectors: number;
+}
+
+/**
  * Counts describing a store.
  *
  * @example
@@ -496,6 +527,50 @@ export class DocumentStore {
    */
   hasDocument(source: string): boolean {
     return this.#stmt("SELECT 1 AS x FROM documents WHERE source = ?").get(source) !== undefined;
+  }
+
+  /**
+   * The document stored under `source`, with the ids of its chunks in ordinal order, or
+   * `undefined` when there is none. Read in one statement, so a concurrent `replace` from another
+   * connection yields either the old document or the new one, never a mix.
+   *
+   * @example
+   * ```ts ignore
+   * import { DocumentStore } from "./store.ts";
+   * using store = DocumentStore.open("docs.kvfold");
+   * const doc = store.getDocument("a.md");
+   * if (doc !== undefined) {
+   *   const chunks = store.getChunks(doc.chunkIds); // chunk 0 first
+   *   console.log(doc.documentId, doc.tokens, doc.vectors, chunks.map((c) => c.text));
+   * }
+   * ```
+   */
+  getDocument(source: string): StoredDocument | undefined {
+    this.#conn();
+    if (typeof source !== "string") throw bad("Cannot get document: source must be a string");
+    const rows = this.#stmt(
+      `SELECT d.id, d.source, d.grp, d.metadata, c.id AS chunk_id, c.tokens, c.rows
+       FROM documents d LEFT JOIN chunks c ON c.document_id = d.id
+       WHERE d.source = ? ORDER BY c.ordinal`,
+    ).all(source);
+    if (rows.length === 0) return undefined;
+    const first = rows[0];
+    const doc: StoredDocument = {
+      documentId: Number(first.id),
+      source: String(first.source),
+      group: first.grp === null ? null : String(first.grp),
+      metadata: JSON.parse(String(first.metadata)) as Record<string, unknown>,
+      chunkIds: [],
+      tokens: 0,
+      vectors: 0,
+    };
+    for (const r of rows) {
+      if (r.chunk_id === null) continue; // a document with no chunks (LEFT JOIN): none to list
+      doc.chunkIds.push(Number(r.chunk_id));
+      doc.tokens += Number(r.tokens);
+      doc.vectors += Number(r.rows);
+    }
+    return doc;
   }
 
   /**

@@ -44,6 +44,14 @@ Deno.test("lloco: compress into the store, retrieve by text, answer from the sum
       let want = 0;
       for (let off = 0; off < tokens; off += 64) want += 4 * Math.ceil(Math.min(64, tokens - off) / 32);
       assert.equal(r.vectors, want);
+      // The chunk ids come back in order and are the stored document's.
+      const stored = store.getDocument(d.source)!;
+      assert.equal(r.documentId, stored.documentId);
+      assert.deepEqual(r.chunkIds, stored.chunkIds);
+      assert.equal(r.chunkIds.length, Math.ceil(tokens / 64));
+      assert.deepEqual(store.getChunks(r.chunkIds).map((c) => c.ordinal), r.chunkIds.map((_, i) => i));
+      assert.equal(stored.tokens, r.tokens);
+      assert.equal(stored.vectors, r.vectors);
     }
     const stats = store.stats();
     assert.equal(stats.documents, 2);

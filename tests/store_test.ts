@@ -295,3 +295,62 @@ Deno.test("store: reopen, schema version, non-SQLite file, duplicates and replac
   Deno.writeTextFileSync(junk, "this is definitely not a SQLite database, just some text\n".repeat(100));
   assertKvfold(() => DocumentStore.open(junk), "FORMAT");
 });
+
+Deno.test("store: getDocument lists a document's chunk ids in ordinal order", () => {
+  const path = tempPath();
+  using store = DocumentStore.open(path);
+  // Interleave two documents so chunk ids of one are not contiguous.
+  store.addDocument({ source: "other", chunks: [chunk("other zero", 1, 1, 2, 9)] });
+  const chunks = [chunk("zero", 4, 2, 2, 1), chunk("one", 3, 1, 2, 2), chunk("two", 5, 3, 2, 3)];
+  const id = store.addDocument({ source: "d", group: "g", metadata: { n: 1 }, chunks });
+  store.addDocument({ source: "later", chunks: [chunk("later zero", 1, 1, 2, 8)] });
+
+  const doc = store.getDocument("d");
+  assert.ok(doc !== undefined);
+  assert.equal(doc.documentId, id);
+  assert.equal(doc.source, "d");
+  assert.equal(doc.group, "g");
+  assert.deepEqual(doc.metadata, { n: 1 });
+  assert.equal(doc.tokens, 12);
+  assert.equal(doc.vectors, 6);
+  const db = new DatabaseSync(path, { readOnly: true });
+  const want = db.prepare("SELECT id FROM chunks WHERE document_id = ? ORDER BY ordinal").all(id)
+    .map((r) => Number(r.id));
+  db.close();
+  assert.deepEqual(doc.chunkIds, want);
+  const got = store.getChunks(doc.chunkIds);
+  assert.deepEqual(got.map((c) => c.ordinal), [0, 1, 2]);
+  assert.deepEqual(got.map((c) => c.text), ["zero", "one", "two"]);
+  assert.ok(got.every((c) => c.documentId === id && c.source === "d"));
+  for (const [i, c] of got.entries()) {
+    assert.deepEqual(c.vectors.data, bf16Rounded(chunks[i].vectors.data));
+  }
+  assert.equal(store.getDocument("other")!.group, null);
+  assert.deepEqual(store.getDocument("other")!.metadata, {});
+
+  assert.equal(store.getDocument("missing"), undefined);
+  assert.equal(store.getDocument(""), undefined);
+  assertKvfold(() => store.getDocument(1 as unknown as string), "INVALID_ARGUMENT");
+
+  // replace: a new document id and new chunks; the old chunk ids are gone.
+  const id2 = store.addDocument(
+    { source: "d", chunks: [chunk("fresh one", 2, 1, 2, 4), chunk("fresh two", 2, 1, 2, 5)] },
+    { replace: true },
+  );
+  const replaced = store.getDocument("d")!;
+  assert.equal(replaced.documentId, id2);
+  assert.notEqual(id2, id);
+  assert.equal(replaced.group, null);
+  assert.deepEqual(replaced.metadata, {});
+  assert.equal(replaced.tokens, 4);
+  assert.equal(replaced.vectors, 2);
+  assert.equal(replaced.chunkIds.length, 2);
+  assert.ok(replaced.chunkIds.every((c) => !doc.chunkIds.includes(c)));
+  assert.deepEqual(store.getChunks(replaced.chunkIds).map((c) => c.text), ["fresh one", "fresh two"]);
+  assertKvfold(() => store.getChunks(doc.chunkIds), "INVALID_ARGUMENT", /does not exist/);
+
+  assert.ok(store.removeDocument("d"));
+  assert.equal(store.getDocument("d"), undefined);
+  store.close();
+  assertKvfold(() => store.getDocument("other"), "INVALID_STATE");
+});

@@ -160,7 +160,7 @@ export class KvfoldDocumentCompressor extends BaseDocumentCompressor {
       }
       const group = typeof doc.metadata?.group === "string" ? doc.metadata.group : this.group;
       const chunkTexts = this.#chunkTexts(doc.pageContent);
-      // No tokens, or a chunk without a word the store can index (and find again): stays text.
+      // No tokens, or a chunk without a word the store can index (retrieve by): stays text.
       if (chunkTexts.length === 0 || !chunkTexts.every((t) => INDEXABLE.test(t))) {
         out.push(doc);
         continue;
@@ -212,8 +212,12 @@ export class KvfoldDocumentCompressor extends BaseDocumentCompressor {
         if (!(e instanceof KvfoldError && e.code === "INVALID_ARGUMENT")) throw e;
         // Removed from the store since: compress again.
       }
-    } else if (this.store.hasDocument(key)) {
-      chunks = storedChunksOf(this.store, key, chunkTexts, group);
+    } else {
+      const stored = this.store.getDocument(key);
+      // A document stored under another group (possible with a custom `sourceOf`) is recompressed.
+      if (stored !== undefined && (group === undefined || stored.group === group)) {
+        chunks = this.store.getChunks(stored.chunkIds);
+      }
     }
     const same = chunks !== undefined && chunks.length === chunkTexts.length &&
       chunks.every((c, i) => c.source === key && c.text === chunkTexts[i]);
@@ -233,14 +237,8 @@ export class KvfoldDocumentCompressor extends BaseDocumentCompressor {
       replace: true,
       signal: this.#options.signal,
     });
-    chunks = storedChunksOf(this.store, key, chunkTexts, group);
-    if (chunks === undefined || chunks[0].documentId !== r.documentId) {
-      throw new KvfoldError(
-        "INTERNAL",
-        `Cannot compress ${key}: its chunks were stored but cannot be found again by their text`,
-      );
-    }
-    this.#known.set(key, chunks.map((c) => c.chunkId));
+    chunks = this.store.getChunks(r.chunkIds);
+    this.#known.set(key, r.chunkIds);
     this.#stats.compressed++;
     this.#stats.tokensIn += r.tokens;
     this.#stats.vectorsOut += r.vectors;
@@ -258,35 +256,6 @@ export class KvfoldDocumentCompressor extends BaseDocumentCompressor {
     }
     return texts;
   }
-}
-
-/**
- * The chunks stored under `source`, found by their own text through BM25 (widening k until each
- * shows up), or undefined when any is missing.
- *
- * STOPGAP: the public store API has no "chunks of a document" lookup and `compressIntoStore`
- * returns no chunk ids; replace this with that lookup once the core offers one.
- */
-function storedChunksOf(
-  store: DocumentStore,
-  source: string,
-  chunkTexts: readonly string[],
-  group: string | undefined,
-): RetrievedChunk[] | undefined {
-  const total = store.stats().chunks;
-  if (total === 0) return undefined;
-  const found: RetrievedChunk[] = [];
-  for (const [ordinal, text] of chunkTexts.entries()) {
-    let hit: RetrievedChunk | undefined;
-    for (let k = 4; hit === undefined; k *= 4) {
-      const hits = store.retrieve(text, { k: Math.min(k, total), group });
-      hit = hits.find((h) => h.source === source && h.ordinal === ordinal);
-      if (k >= total || hits.length < Math.min(k, total)) break;
-    }
-    if (hit === undefined) return undefined;
-    found.push({ ...hit, score: 0 });
-  }
-  return found;
 }
 
 async function defaultSourceOf(doc: DocumentInterface, group: string | undefined): Promise<string> {

@@ -166,24 +166,18 @@ export class KvfoldNodeCompressor implements BaseNodePostprocessor {
       report("cached", cached.context);
       return;
     }
-    let chunks = this.store.hasDocument(source) ? this.#findStored(source, texts) : undefined;
+    let chunks = this.#findStored(source, texts);
     let action: NodeCompressionEvent["action"] = "stored";
     if (chunks === undefined) {
       const group = (this.#options.groupOf ?? defaultGroupOf)(node);
-      const { documentId } = await compressIntoStore(this.compressor, this.store, { source, text, group }, {
+      const { chunkIds } = await compressIntoStore(this.compressor, this.store, { source, text, group }, {
         chunkTokens: this.#chunkTokens,
         segmentLength: this.#options.segmentLength,
         signal: this.#options.signal,
         // A stored document under this source with other text is stale: this node replaces it.
         replace: true,
       });
-      chunks = this.#findStored(source, texts);
-      if (chunks === undefined || chunks[0].documentId !== documentId) {
-        throw new KvfoldError(
-          "INTERNAL",
-          `Cannot attach the payload of ${source}: its chunks were not found after compression`,
-        );
-      }
+      chunks = this.store.getChunks(chunkIds);
       action = "compressed";
     }
     const context: CompressedContext = {
@@ -205,27 +199,12 @@ export class KvfoldNodeCompressor implements BaseNodePostprocessor {
     report(action, context);
   }
 
-  /**
-   * The stored chunks of `source` in order, when they are exactly `texts`; else undefined.
-   *
-   * The store reads chunks by id only, so each chunk is found by searching its own text (which
-   * ranks it first or close) with a growing `k`. A core `DocumentStore` read by source would
-   * replace this search.
-   */
+  /** The stored chunks of `source` in order, when they are exactly `texts`; else undefined. */
   #findStored(source: string, texts: readonly string[]): RetrievedChunk[] | undefined {
-    const total = this.store.stats().chunks;
-    const found: RetrievedChunk[] = [];
-    for (const [ordinal, text] of texts.entries()) {
-      let hit: RetrievedChunk | undefined;
-      for (let k = 4; hit === undefined; k *= 2) {
-        hit = this.store.retrieve(text, { k: Math.min(k, total) })
-          .find((c) => c.source === source && c.ordinal === ordinal);
-        if (k >= total) break;
-      }
-      if (hit === undefined || hit.text !== text) return undefined;
-      found.push(hit);
-    }
-    return found;
+    const stored = this.store.getDocument(source);
+    if (stored === undefined || stored.chunkIds.length !== texts.length) return undefined;
+    const chunks = this.store.getChunks(stored.chunkIds);
+    return sameTexts(chunks.map((c) => c.text), texts) ? chunks : undefined;
   }
 }
 
