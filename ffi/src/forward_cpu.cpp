@@ -27,7 +27,10 @@ void Workspace::init(const kf_model &m, int32_t n_rows, int32_t n_ctx) {
   proj.assign(B * H, 0.0f);
   gate.assign(B * I, 0.0f);
   up.assign(B * I, 0.0f);
-  scores.assign(size_t(m.engine->pool->size()) * size_t(n_ctx), 0.0f);
+  score_cols = n_ctx;
+  scores.assign(size_t(m.engine->pool->size()) * size_t(std::min(n_rows, kAttnRows)) * size_t(n_ctx), 0.0f);
+  attn_blocks.reserve(B);
+  key_tile.assign(size_t(m.engine->pool->size()) * hd * kAttnKeys, 0.0f);
   rope_cs.assign(B * hd, 0.0f);
   row_session.assign(B, nullptr);
   row_pos.assign(B, 0);
@@ -44,7 +47,7 @@ void Workspace::reserve_lora(int32_t max_rank) {
 int64_t Workspace::bytes() const {
   const auto sz = [](const std::vector<float> &v) { return int64_t(v.capacity()) * 4; };
   return sz(x) + sz(xn) + sz(q) + sz(k) + sz(v) + sz(attn) + sz(proj) + sz(gate) + sz(up) + sz(scores) +
-         sz(rope_cs) + sz(lora_tmp);
+         sz(rope_cs) + sz(lora_tmp) + sz(key_tile);
 }
 
 double Workspace::estimate_bytes(const kf_model &m, int32_t n_rows, int32_t n_ctx) {
@@ -52,7 +55,7 @@ double Workspace::estimate_bytes(const kf_model &m, int32_t n_rows, int32_t n_ct
   const double B = n_rows, H = c.hidden_size, hd = c.head_dim, q_dim = double(c.n_heads) * hd,
                kv_dim = double(c.n_kv_heads) * hd, I = c.intermediate_size;
   return sizeof(float) * (B * (3.0 * H + 2.0 * q_dim + 2.0 * kv_dim + 2.0 * I + hd) +
-                          double(m.engine->pool->size()) * n_ctx);
+                          double(m.engine->pool->size()) * std::min(n_rows, kAttnRows) * n_ctx);
 }
 
 void session_init(kf_session &s, kf_model &m, const kf_session_params &p) {
@@ -147,7 +150,8 @@ void forward_rows(Workspace &ws, const kf_model &m, int32_t T, const ChunkInput 
   const float eps = float(c.rms_norm_eps);
   const float scale = 1.0f / std::sqrt(float(hd));
   const int64_t window = c.sliding_window;  // 0 = none
-  const int64_t n_scores = int64_t(ws.scores.size()) / pool.size();  // per-thread row capacity
+  const int64_t n_cols = ws.score_cols;  // >= n_ctx of every row's session
+  const int64_t block_rows = std::min<int64_t>(T, kAttnRows);
 
   // Flush denormals to zero on the calling thread (pool workers set it once at start): softmax and
   // SiLU tails underflow into them, and x86 runs denormal operands ~100x slower.
@@ -175,6 +179,16 @@ void forward_rows(Workspace &ws, const kf_model &m, int32_t T, const ChunkInput 
     }
   }
 
+  // Attention blocks: consecutive rows of one session (a prefill chunk), at most kAttnRows each.
+  ws.attn_blocks.clear();
+  for (int32_t r = 0; r < T;) {
+    int32_t end = r + 1;
+    while (end < T && end - r < kAttnRows && ws.row_session[size_t(end)] == ws.row_session[size_t(r)]) end++;
+    ws.attn_blocks.push_back({r, end - r});
+    r = end;
+  }
+  const int64_t n_blocks = int64_t(ws.attn_blocks.size());
+
   for (int64_t l = 0; l < c.n_layers; l++) {
     check_cancel(ctl);
     const LayerWeights &L = m.layers[size_t(l)];
@@ -200,23 +214,62 @@ void forward_rows(Workspace &ws, const kf_model &m, int32_t T, const ChunkInput 
       std::copy_n(ws.v.begin() + t * kv_dim, kv_dim, s.v_cache[size_t(l)].begin() + pos * kv_dim);
     }
 
-    // attn[t, h] = softmax(q[t,h] · K[0..pos_t, kvh] * scale) · V[0..pos_t, kvh]  (causal, own session)
-    pool.parallel_for(int64_t(T) * nh, [&](int64_t task, int th) {
-      const int64_t t = task / nh, h = task % nh, kvh = h / group;
-      const kf_session &s = *ws.row_session[size_t(t)];
+    // attn[t, h] = softmax(q[t,h] · K[begin_t..pos_t, kvh] * scale) · V[begin_t..pos_t, kvh], causal within
+    // the row's own session. One task per (block, head): the block's rows share each K and V row they
+    // read, so a long context streams from memory once per block instead of once per row.
+    pool.parallel_for(n_blocks * nh, [&](int64_t task, int th) {
+      const auto [r0, nr] = ws.attn_blocks[size_t(task / nh)];
+      const int64_t h = task % nh, kvh = h / group;
+      const kf_session &s = *ws.row_session[size_t(r0)];
       const float *kc = s.k_cache[size_t(l)].data();  // [n_ctx, nkv, hd]
       const float *vc = s.v_cache[size_t(l)].data();
-      const int64_t end = int64_t(ws.row_pos[size_t(t)]) + 1;  // causal: keys 0..pos_t
-      // Mistral's sliding window: keys more than `window - 1` positions back are masked.
-      const int64_t begin = window > 0 ? std::max<int64_t>(0, end - window) : 0;
-      const int64_t n_vis = std::min(end - begin, n_scores);  // n_scores >= n_ctx of every row's session
-      const float *qv = ws.q.data() + (t * nh + h) * hd;
-      float *sc = ws.scores.data() + size_t(th) * size_t(n_scores);
-      for (int64_t j = 0; j < n_vis; j++) sc[j] = dot_f32(qv, kc + ((begin + j) * nkv + kvh) * hd, hd) * scale;
-      softmax_inplace(sc, n_vis);
-      float *out = ws.attn.data() + (t * nh + h) * hd;
-      std::fill(out, out + hd, 0.0f);
-      for (int64_t j = 0; j < n_vis; j++) axpy_f32(sc[j], vc + ((begin + j) * nkv + kvh) * hd, out, hd);
+      float *sc = ws.scores.data() + size_t(th) * size_t(block_rows) * size_t(n_cols);  // [nr, n_cols]
+      int64_t begin[kAttnRows], end[kAttnRows];
+      int64_t lo = INT64_MAX, hi = 0;
+      for (int32_t i = 0; i < nr; i++) {
+        end[i] = int64_t(ws.row_pos[size_t(r0 + i)]) + 1;  // causal: keys 0..pos
+        // Mistral's sliding window: keys more than `window - 1` positions back are masked.
+        begin[i] = window > 0 ? std::max<int64_t>(0, end[i] - window) : 0;
+        lo = std::min(lo, begin[i]);
+        hi = std::max(hi, end[i]);
+      }
+      // scores[i, j] = q_i · k_j * scale, a small GEMM per tile of kAttnKeys keys: the tile is
+      // transposed once ([hd, keys]) and every row of the block runs contiguous FMAs over it. Entries
+      // past a row's own range are computed but never read.
+      float *kt = ws.key_tile.data() + size_t(th) * size_t(hd) * kAttnKeys;
+      for (int64_t j0 = lo; j0 < hi; j0 += kAttnKeys) {
+        const int64_t jb = std::min<int64_t>(kAttnKeys, hi - j0);
+        for (int64_t jj = 0; jj < jb; jj++) {
+          const float *kj = kc + ((j0 + jj) * nkv + kvh) * hd;
+          for (int64_t d = 0; d < hd; d++) kt[d * kAttnKeys + jj] = kj[d];
+        }
+        for (int32_t i = 0; i < nr; i++) {
+          if (j0 >= end[i] || j0 + jb <= begin[i]) continue;
+          const float *qi = ws.q.data() + ((r0 + i) * nh + h) * hd;
+          float *si = sc + i * n_cols + (j0 - lo);
+          std::fill(si, si + jb, 0.0f);
+          for (int64_t d = 0; d < hd; d++) {
+            const float qd = qi[d] * scale;
+            const float *ktd = kt + d * kAttnKeys;
+            for (int64_t jj = 0; jj < jb; jj++) si[jj] += qd * ktd[jj];
+          }
+        }
+      }
+      for (int32_t i = 0; i < nr; i++) {
+        softmax_inplace(sc + i * n_cols + (begin[i] - lo), end[i] - begin[i]);
+        float *out = ws.attn.data() + ((r0 + i) * nh + h) * hd;
+        std::fill(out, out + hd, 0.0f);
+      }
+      // out_i += p[i, j] v_j, tile by tile so each tile of values stays in L1 for the whole block
+      for (int64_t j0 = lo; j0 < hi; j0 += kAttnKeys) {
+        const int64_t j1 = std::min<int64_t>(hi, j0 + kAttnKeys);
+        for (int32_t i = 0; i < nr; i++) {
+          float *out = ws.attn.data() + ((r0 + i) * nh + h) * hd;
+          const float *pi = sc + i * n_cols - lo;
+          for (int64_t j = std::max(j0, begin[i]); j < std::min(j1, end[i]); j++)
+            axpy_f32(pi[j], vc + (j * nkv + kvh) * hd, out, hd);
+        }
+      }
     });
     matmul(pool, ws.attn.data(), L.wo.data, L.wo.dtype, ws.proj.data(), T, q_dim, H,
            L.bo.empty() ? nullptr : L.bo.data());  // proj: [T, H]

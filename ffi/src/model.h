@@ -96,6 +96,11 @@ struct kf_adapter {
 
 namespace kf {
 
+// Query rows of one session that attend together: each key/value row is read once per block.
+constexpr int32_t kAttnRows = 16;
+// Keys per tile of the score GEMM (q_block · K_tile^T), transposed so the inner loop is contiguous.
+constexpr int32_t kAttnKeys = 64;
+
 // Scratch of one forward call, sized for `rows` rows, allocated once (per session, or per batch).
 struct Workspace {
   int32_t rows = 0;
@@ -106,7 +111,12 @@ struct Workspace {
   std::vector<float> attn;     // [rows, n_heads*hd]
   std::vector<float> proj;     // [rows, hidden] output of o/down projections
   std::vector<float> gate, up; // [rows, inter]
-  std::vector<float> scores;   // [n_threads, n_ctx] per-thread attention rows
+  std::vector<float> scores;   // [n_threads, kAttnRows, n_ctx] per-thread attention rows of one block
+  int32_t score_cols = 0;      // n_ctx the scores were sized for
+  std::vector<float> key_tile; // [n_threads, head_dim, kAttnKeys] a block of keys, transposed
+  // Attention work units: runs of up to kAttnRows consecutive rows of one session, which share
+  // every key and value row they read (first row, row count).
+  std::vector<std::pair<int32_t, int32_t>> attn_blocks;
   std::vector<float> rope_cs;  // [rows, head_dim/2, 2] cos, sin of each row's position
   std::vector<float> lora_tmp; // [rows, lora_rank] A x of the rows (grown when an adapter needs more)
   int32_t lora_rank = 0;       // row stride of lora_tmp
