@@ -36,7 +36,7 @@ export type { KvfoldErrorCode } from "./src/errors.ts";
 export { IncrementalDecoder, StopStringFilter } from "./src/text_stream.ts";
 export { Compressor } from "./src/compressor.ts";
 export type { CompressOptions, SummaryVectors } from "./src/compressor.ts";
-export { DocumentStore } from "./src/store.ts";
+export { concatVectors, DocumentStore } from "./src/store.ts";
 export type {
   NewChunk,
   NewDocument,

@@ -9,7 +9,7 @@ import type { Compressor } from "./compressor.ts";
 import { KvfoldError } from "./errors.ts";
 import type { Model } from "./model.ts";
 import type { GenerateOptions, GenerationStats } from "./session.ts";
-import type { DocumentStore, RetrievedChunk } from "./store.ts";
+import { concatVectors, type DocumentStore, type RetrievedChunk } from "./store.ts";
 
 /** A document to compress. */
 export interface SourceDocument {
@@ -154,13 +154,9 @@ export async function* answerFromChunks(
   const adapter = adapterForChunks(model, chunks, options.adapter);
   await session.setAdapter(adapter ?? null);
   if (rows > 0) {
-    const prefix = new Float32Array(rows * H);
-    let off = 0;
-    for (const c of chunks) {
-      prefix.set(c.vectors.data, off);
-      off += c.vectors.data.length;
-    }
-    await session.prefillEmbeddings(prefix, { signal: options.signal });
+    await session.prefillEmbeddings(concatVectors(chunks.map((c) => c.vectors)).data, {
+      signal: options.signal,
+    });
   }
   yield* session.generate({ ...options, adapter: undefined, prompt });
   options.onStats?.({ ...session.lastStats!, prefixPositions: rows, adapter: session.adapter?.name ?? null });

@@ -37,6 +37,38 @@ export interface StoredVectors {
 }
 
 /**
+ * Row-wise concatenation of vector blocks of one width (a multi-chunk document's payload).
+ *
+ * @example
+ * ```ts
+ * import { concatVectors } from "./store.ts";
+ * const v = concatVectors([
+ *   { rows: 1, hidden: 2, data: new Float32Array([1, 2]) },
+ *   { rows: 1, hidden: 2, data: new Float32Array([3, 4]) },
+ * ]);
+ * console.log(v.rows, [...v.data]); // 2 [ 1, 2, 3, 4 ]
+ * ```
+ */
+export function concatVectors(blocks: readonly StoredVectors[]): StoredVectors {
+  if (blocks.length === 1) return blocks[0];
+  const hidden = blocks[0]?.hidden ?? 0;
+  let rows = 0;
+  for (const b of blocks) {
+    if (b.hidden !== hidden) {
+      throw new RangeError(`Cannot join vectors: widths ${hidden} and ${b.hidden} differ`);
+    }
+    rows += b.rows;
+  }
+  const data = new Float32Array(rows * hidden);
+  let offset = 0;
+  for (const b of blocks) {
+    data.set(b.data, offset);
+    offset += b.data.length;
+  }
+  return { rows, hidden, data };
+}
+
+/**
  * A chunk to add: its text, how many tokens it had before compression, and its vectors.
  *
  * @example

@@ -6,6 +6,7 @@
 
 import { Kvfold } from "../mod.ts";
 import { makeTestModel, type TestModelOptions } from "../src/test_model.ts";
+import { repoRoot } from "../src/_native_build.ts";
 
 /** A test model big enough that long prefills take measurable time (8 layers, hidden 256). */
 export const WIDE_MODEL: TestModelOptions = {
@@ -41,6 +42,17 @@ export function testModel(name: string, options: TestModelOptions = {}): Promise
 /** A fresh temp folder removed by the caller. */
 export function tempDir(): Promise<string> {
   return Deno.makeTempDir({ prefix: "kvfold-test-" });
+}
+
+/** Runs the kvfold CLI (`src/cli.ts`) as a subprocess: its exit code, stdout and stderr. */
+export async function runCli(...args: string[]): Promise<{ code: number; out: string; err: string }> {
+  const o = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", `${repoRoot()}/src/cli.ts`, ...args],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const d = new TextDecoder();
+  return { code: o.code, out: d.decode(o.stdout), err: d.decode(o.stderr) };
 }
 
 let engine: Promise<Kvfold> | null = null;

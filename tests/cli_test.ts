@@ -1,20 +1,11 @@
 // The kvfold CLI as users and later issues call it, run as a subprocess.
 import assert from "node:assert/strict";
 import { readSafetensorsFile, toFloat32, writeSafetensorsFile } from "../src/safetensors.ts";
-import { repoRoot } from "../src/_native_build.ts";
 import { loadReferenceModel, referenceLogits } from "./reference_forward.ts";
 import { Compressor } from "../src/compressor.ts";
-import { relativeError, tempDir, testEngine, testModel } from "./_fixtures.ts";
+import { relativeError, runCli, tempDir, testEngine, testModel } from "./_fixtures.ts";
 
-async function kvfold(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", `${repoRoot()}/src/cli.ts`, ...args],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const d = new TextDecoder();
-  return { code: out.code, stdout: d.decode(out.stdout), stderr: d.decode(out.stderr) };
-}
+const kvfold = runCli;
 
 Deno.test("cli: logits writes [n_ids, vocab] f32 that match the float64 reference", async () => {
   const model = await testModel("gqa", { seed: 11 });
@@ -29,7 +20,7 @@ Deno.test("cli: logits writes [n_ids, vocab] f32 that match the float64 referenc
       "--out",
       `${dir}/l.safetensors`,
     );
-    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.code, 0, r.err);
     const f = await readSafetensorsFile(`${dir}/l.safetensors`);
     const t = f.tensors.get("logits")!;
     assert.equal(t.dtype, "F32");
@@ -54,13 +45,13 @@ Deno.test("cli: generate at temperature 0 prints what the API generates", async 
     "--temperature",
     "0",
   );
-  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.code, 0, r.err);
   const kv = await testEngine();
   using m = await kv.loadModel(model);
   let want = "";
   for await (const p of m.generate("Once upon", { maxTokens: 12, temperature: 0 })) want += p;
-  assert.equal(r.stdout, want + "\n");
-  assert.match(r.stderr, /prompt tokens.*generated/);
+  assert.equal(r.out, want + "\n");
+  assert.match(r.err, /prompt tokens.*generated/);
 });
 
 Deno.test("cli: make-test-model is deterministic per seed and loadable", async () => {
@@ -68,7 +59,7 @@ Deno.test("cli: make-test-model is deterministic per seed and loadable", async (
   try {
     for (const [name, seed] of [["a", "5"], ["b", "5"], ["c", "6"]]) {
       const r = await kvfold("make-test-model", `${dir}/${name}`, "--seed", seed);
-      assert.equal(r.code, 0, r.stderr);
+      assert.equal(r.code, 0, r.err);
     }
     const bytes = (n: string) => Deno.readFileSync(`${dir}/${n}/model.safetensors`);
     assert.deepEqual(bytes("a"), bytes("b"));
@@ -83,17 +74,17 @@ Deno.test("cli: make-test-model is deterministic per seed and loadable", async (
 
 Deno.test("cli: info reports the version, backends and threads", async () => {
   const r = await kvfold("info");
-  assert.equal(r.code, 0, r.stderr);
-  assert.match(r.stdout, /kvfold \d+\.\d+\.\d+/);
-  assert.match(r.stdout, /backends built: cpu/);
-  assert.match(r.stdout, /\d+ thread/);
-  assert.match(r.stdout, /gpu: /);
+  assert.equal(r.code, 0, r.err);
+  assert.match(r.out, /kvfold \d+\.\d+\.\d+/);
+  assert.match(r.out, /backends built: cpu/);
+  assert.match(r.out, /\d+ thread/);
+  assert.match(r.out, /gpu: /);
 });
 
 Deno.test("cli: bad usage gets a clear message and a non-zero exit", async () => {
   const missing = await kvfold("generate", "--prompt", "x");
   assert.equal(missing.code, 1);
-  assert.match(missing.stderr, /Missing --model/);
+  assert.match(missing.err, /Missing --model/);
   const badIds = await kvfold(
     "logits",
     "--model",
@@ -104,13 +95,13 @@ Deno.test("cli: bad usage gets a clear message and a non-zero exit", async () =>
     "/tmp/none",
   );
   assert.equal(badIds.code, 1);
-  assert.match(badIds.stderr, /item 1 "x" is not an integer/);
+  assert.match(badIds.err, /item 1 "x" is not an integer/);
   const unknown = await kvfold("frobnicate");
   assert.equal(unknown.code, 2);
-  assert.match(unknown.stderr, /unknown command/);
+  assert.match(unknown.err, /unknown command/);
   const noModel = await kvfold("generate", "--model", "/nonexistent", "--prompt", "x");
   assert.equal(noModel.code, 1);
-  assert.match(noModel.stderr, /does not exist \[IO\]/);
+  assert.match(noModel.err, /does not exist \[IO\]/);
 });
 
 Deno.test("cli: logits --prefix runs the embeddings first and matches the reference", async () => {
@@ -136,7 +127,7 @@ Deno.test("cli: logits --prefix runs the embeddings first and matches the refere
       "--out",
       `${dir}/l.safetensors`,
     );
-    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.code, 0, r.err);
     const t = (await readSafetensorsFile(`${dir}/l.safetensors`)).tensors.get("logits")!;
     assert.deepEqual(t.shape, [3, 512]);
     const want = referenceLogits(await loadReferenceModel(model), [1, 17, 300], {
@@ -155,7 +146,7 @@ Deno.test("cli: logits --prefix runs the embeddings first and matches the refere
       `${dir}/x.safetensors`,
     );
     assert.equal(bad.code, 1);
-    assert.match(bad.stderr, /no 2-D tensor "embeddings"/);
+    assert.match(bad.err, /no 2-D tensor "embeddings"/);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
@@ -166,14 +157,14 @@ Deno.test("cli: convert turns a torch.save checkpoint into the expected safetens
   const dir = await tempDir();
   try {
     const r = await kvfold("convert", `${fixtures}single`, `${dir}/out`);
-    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.code, 0, r.err);
     const got = await readSafetensorsFile(`${dir}/out/model.safetensors`);
     const want = await readSafetensorsFile(`${fixtures}single/expected.safetensors`);
     assert.deepEqual([...got.tensors.keys()].sort(), [...want.tensors.keys()].sort());
     for (const [name, t] of want.tensors) assert.deepEqual(got.tensors.get(name)!.data, t.data, name);
     const hostile = await kvfold("convert", `${fixtures}hostile`, `${dir}/h`);
     assert.equal(hostile.code, 1);
-    assert.match(hostile.stderr, /refusing to load it \[FORMAT\]/);
+    assert.match(hostile.err, /refusing to load it \[FORMAT\]/);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
@@ -183,7 +174,7 @@ Deno.test("cli: make-test-model --preset compressor and compress --ids write sum
   const dir = await tempDir();
   try {
     const made = await kvfold("make-test-model", `${dir}/c`, "--preset", "compressor", "--seed", "2");
-    assert.equal(made.code, 0, made.stderr);
+    assert.equal(made.code, 0, made.err);
     const r = await kvfold(
       "compress",
       "--compressor",
@@ -195,7 +186,7 @@ Deno.test("cli: make-test-model --preset compressor and compress --ids write sum
       "--out",
       `${dir}/s.safetensors`,
     );
-    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.code, 0, r.err);
     const t = (await readSafetensorsFile(`${dir}/s.safetensors`)).tensors.get("summary")!;
     assert.equal(t.dtype, "F32");
     assert.deepEqual(t.shape, [50 * 3, 64]); // ceil(7 / 3) segments of 50 summary rows

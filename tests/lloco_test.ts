@@ -5,8 +5,7 @@ import { KvfoldError } from "../mod.ts";
 import { Compressor } from "../src/compressor.ts";
 import { answerFromChunks, compressIntoStore } from "../src/lloco.ts";
 import { DocumentStore } from "../src/store.ts";
-import { repoRoot } from "../src/_native_build.ts";
-import { tempDir, TEST_COMPRESSOR, testEngine, testModel } from "./_fixtures.ts";
+import { runCli, tempDir, TEST_COMPRESSOR, testEngine, testModel } from "./_fixtures.ts";
 
 const DOCS = [
   {
@@ -116,18 +115,7 @@ Deno.test("lloco: an aborted compression commits nothing for that document", asy
 Deno.test("lloco: the CLI compresses files with progress, reports stats and answers", async () => {
   const dir = await tempDir();
   try {
-    const run = async (...args: string[]) => {
-      const o = await new Deno.Command(Deno.execPath(), {
-        args: ["run", "-A", `${repoRoot()}/src/cli.ts`, ...args],
-        stdout: "piped",
-        stderr: "piped",
-      }).output();
-      return {
-        code: o.code,
-        out: new TextDecoder().decode(o.stdout),
-        err: new TextDecoder().decode(o.stderr),
-      };
-    };
+    const run = runCli;
     const model = await testModel("compressor", TEST_COMPRESSOR);
     for (const d of DOCS) Deno.writeTextFileSync(`${dir}/${d.source}`, d.text);
     const c = await run(

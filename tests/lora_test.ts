@@ -10,8 +10,7 @@ import { makeTestAdapter } from "../src/test_model.ts";
 import { convertTorchCheckpoint } from "../src/torch_bin.ts";
 import { readSafetensorsFile, toFloat64 } from "../src/safetensors.ts";
 import { loadReferenceModel, referenceLogits, type ReferenceModel } from "./reference_forward.ts";
-import { relativeError, someIds, tempDir, testEngine, testModel } from "./_fixtures.ts";
-import { repoRoot } from "../src/_native_build.ts";
+import { relativeError, runCli, someIds, tempDir, testEngine, testModel } from "./_fixtures.ts";
 
 const FIXTURES = new URL("../../shared/fixtures/torch-bin/", import.meta.url).pathname;
 
@@ -427,18 +426,7 @@ Deno.test("lora: the CLI writes a PEFT adapter and applies --adapter in logits a
   const base = await tinyGqa();
   const dir = await tempDir();
   try {
-    const run = async (...args: string[]) => {
-      const o = await new Deno.Command(Deno.execPath(), {
-        args: ["run", "-A", `${repoRoot()}/src/cli.ts`, ...args],
-        stdout: "piped",
-        stderr: "piped",
-      }).output();
-      return {
-        code: o.code,
-        out: new TextDecoder().decode(o.stdout),
-        err: new TextDecoder().decode(o.stderr),
-      };
-    };
+    const run = runCli;
     const made = await run("make-test-model", `${dir}/a`, "--preset", "lora", "--base", base, "--rank", "4");
     assert.equal(made.code, 0, made.err);
     const cfg = JSON.parse(await Deno.readTextFile(`${dir}/a/adapter_config.json`));

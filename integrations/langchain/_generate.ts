@@ -9,7 +9,7 @@ import type {
   RetrievedChunk,
   SamplingOptions,
 } from "../../mod.ts";
-import { KvfoldError } from "../../mod.ts";
+import { concatVectors, KvfoldError } from "../../mod.ts";
 import type { DocumentInterface } from "./_deps.ts";
 import { kvfoldPayloadOf, resolveKvfoldChunks } from "./payload.ts";
 
@@ -153,13 +153,7 @@ async function* generatePieces(request: KvfoldRunRequest): AsyncGenerator<string
     using session = model.session({ contextSize: rows + promptIds.length + maxTokens + 1 });
     await session.setAdapter(adapterForGroups(model, groups));
     if (rows > 0) {
-      const prefix = new Float32Array(rows * hidden);
-      let offset = 0;
-      for (const c of chunks) {
-        prefix.set(c.vectors.data, offset);
-        offset += c.vectors.data.length;
-      }
-      await session.prefillEmbeddings(prefix, { signal });
+      await session.prefillEmbeddings(concatVectors(chunks.map((c) => c.vectors)).data, { signal });
     }
     yield* session.generate({
       ...request.settings,

@@ -7,6 +7,7 @@
 
 import {
   type ChatMessage as KvfoldChatMessage,
+  concatVectors,
   type GenerateOptions,
   type GenerationStats,
   KvfoldError,
@@ -269,13 +270,7 @@ export class KvfoldLLM extends BaseLLM<KvfoldCallOptions> {
       using session = model.session({ contextSize: rows + prompt.length + settings.maxTokens! + 1 });
       await session.setAdapter(adapterForGroup(model, group));
       if (rows > 0) {
-        const prefix = new Float32Array(rows * hidden);
-        let offset = 0;
-        for (const c of contexts) {
-          prefix.set(c.vectors.data, offset);
-          offset += c.vectors.data.length;
-        }
-        await session.prefillEmbeddings(prefix, { signal });
+        await session.prefillEmbeddings(concatVectors(contexts.map((c) => c.vectors)).data, { signal });
       }
       yield* session.generate({ ...settings, prompt, signal });
       const stats: KvfoldGenerationStats = { ...session.lastStats!, prefixPositions: rows, group };

@@ -7,8 +7,10 @@
  * @module
  */
 
-import type { DocumentStore, StoredVectors } from "../../mod.ts";
+import { concatVectors, type DocumentStore, type StoredVectors } from "../../mod.ts";
 import type { BaseNode, NodeWithScore } from "./_deps.ts";
+
+export { concatVectors };
 
 /**
  * Summary vectors to place before a prompt, with where they came from.
@@ -163,36 +165,4 @@ export function compressedContextOf(
   };
   (n.metadata as PayloadHolder)[PAYLOAD] = context;
   return context;
-}
-
-/**
- * Row-wise concatenation of vector blocks of one width (a multi-chunk document's payload).
- *
- * @example
- * ```ts
- * import { concatVectors } from "./payload.ts";
- * const v = concatVectors([
- *   { rows: 1, hidden: 2, data: new Float32Array([1, 2]) },
- *   { rows: 1, hidden: 2, data: new Float32Array([3, 4]) },
- * ]);
- * console.log(v.rows, [...v.data]); // 2 [ 1, 2, 3, 4 ]
- * ```
- */
-export function concatVectors(blocks: readonly StoredVectors[]): StoredVectors {
-  if (blocks.length === 1) return blocks[0];
-  const hidden = blocks[0]?.hidden ?? 0;
-  let rows = 0;
-  for (const b of blocks) {
-    if (b.hidden !== hidden) {
-      throw new RangeError(`Cannot join vectors: widths ${hidden} and ${b.hidden} differ`);
-    }
-    rows += b.rows;
-  }
-  const data = new Float32Array(rows * hidden);
-  let offset = 0;
-  for (const b of blocks) {
-    data.set(b.data, offset);
-    offset += b.data.length;
-  }
-  return { rows, hidden, data };
 }
