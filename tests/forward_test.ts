@@ -60,6 +60,25 @@ Deno.test("forward: positions far into the context stay accurate (rope at positi
   assert.ok(err < 1e-4, `relative error ${err.toExponential(2)} at positions 200..209`);
 });
 
+Deno.test("forward: blocked attention kernels at head_dim 64 and 40 over many key tiles", async () => {
+  // head_dim 64 runs the vector paths of the score and value tiles; 40 their scalar tails. 150
+  // tokens in chunks of 37 give blocks of 16 rows plus remainders, and three tiles of 64 keys.
+  for (const [name, options] of [
+    ["hd64", { hiddenSize: 128, numHeads: 2, numKeyValueHeads: 1 }],
+    ["hd40", { hiddenSize: 120, numHeads: 3, numKeyValueHeads: 3, headDim: 40 }],
+  ] as [string, TestModelOptions][]) {
+    const dir = await testModel(`attention-${name}`, { ...options, maxPositionEmbeddings: 256, seed: 13 });
+    const kv = await testEngine();
+    using model = await kv.loadModel(dir);
+    const ids = someIds(150, model.info.vocabSize, 17);
+    using session = model.session({ contextSize: 160, batchSize: 37 });
+    const got = (await session.prefill(ids, { logits: "all" }))!;
+    const want = referenceLogits(await loadReferenceModel(dir), ids);
+    const err = relativeError(got, want);
+    assert.ok(err < 1e-4, `${name}: relative error ${err.toExponential(2)}`);
+  }
+});
+
 Deno.test("forward: KV-cache decode equals full recompute, token by token", async () => {
   const dir = await testModel("gqa", { seed: 11 });
   const kv = await testEngine();

@@ -56,6 +56,15 @@ struct LoraSegment {
 void lora_add(ThreadPool &pool, const float *x, int64_t in, float *y, int64_t out, const LoraSegment *segs,
               int32_t n_segs, float *tmp, int64_t tmp_stride);
 
+// Attention tiles (one block of query rows against one tile of keys or values):
+// s[i, jj] = scale * q_i . kt[:, jj] for i < nr, jj < jb
+//   q:  [nr, q_stride] (first hd values of each row used);  kt: [hd, kt_stride] keys transposed
+//   s:  [nr, s_stride], overwritten for jj < jb (jb <= kt_stride; kt columns past jb may hold anything)
+void attn_scores_tile(const float *q, int64_t q_stride, int32_t nr, const float *kt, int64_t kt_stride, int64_t jb,
+                      int64_t hd, float scale, float *s, int64_t s_stride);
+// out[:hd] += sum_{j < n} p[j] * v_j, v_j = v + j * v_stride;  out: [hd]
+void attn_values_row(const float *p, const float *v, int64_t v_stride, int64_t n, int64_t hd, float *out);
+
 // out[i] = x[i] / sqrt(mean(x^2) + eps) * w[i]
 //   out, x: [n] f32 (out may equal x);  w: [n] in dtype wdt
 void rmsnorm(float *out, const float *x, const void *w, DType wdt, int64_t n, float eps);

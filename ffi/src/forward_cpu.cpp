@@ -234,7 +234,7 @@ void forward_rows(Workspace &ws, const kf_model &m, int32_t T, const ChunkInput 
         hi = std::max(hi, end[i]);
       }
       // scores[i, j] = q_i · k_j * scale, a small GEMM per tile of kAttnKeys keys: the tile is
-      // transposed once ([hd, keys]) and every row of the block runs contiguous FMAs over it. Entries
+      // transposed once ([hd, keys]) and a register-blocked kernel runs the block's rows over it. Entries
       // past a row's own range are computed but never read.
       float *kt = ws.key_tile.data() + size_t(th) * size_t(hd) * kAttnKeys;
       for (int64_t j0 = lo; j0 < hi; j0 += kAttnKeys) {
@@ -243,31 +243,23 @@ void forward_rows(Workspace &ws, const kf_model &m, int32_t T, const ChunkInput 
           const float *kj = kc + ((j0 + jj) * nkv + kvh) * hd;
           for (int64_t d = 0; d < hd; d++) kt[d * kAttnKeys + jj] = kj[d];
         }
-        for (int32_t i = 0; i < nr; i++) {
-          if (j0 >= end[i] || j0 + jb <= begin[i]) continue;
-          const float *qi = ws.q.data() + ((r0 + i) * nh + h) * hd;
-          float *si = sc + i * n_cols + (j0 - lo);
-          std::fill(si, si + jb, 0.0f);
-          for (int64_t d = 0; d < hd; d++) {
-            const float qd = qi[d] * scale;
-            const float *ktd = kt + d * kAttnKeys;
-            for (int64_t jj = 0; jj < jb; jj++) si[jj] += qd * ktd[jj];
-          }
-        }
+        // Rows whose range misses this tile are computed too (cheap) and never read.
+        attn_scores_tile(ws.q.data() + (r0 * nh + h) * hd, nh * hd, nr, kt, kAttnKeys, jb, hd, scale,
+                         sc + (j0 - lo), n_cols);
       }
       for (int32_t i = 0; i < nr; i++) {
         softmax_inplace(sc + i * n_cols + (begin[i] - lo), end[i] - begin[i]);
         float *out = ws.attn.data() + ((r0 + i) * nh + h) * hd;
         std::fill(out, out + hd, 0.0f);
       }
-      // out_i += p[i, j] v_j, tile by tile so each tile of values stays in L1 for the whole block
+      // out_i += p[i, j] v_j, tile by tile so each tile of values stays in cache for the whole block
       for (int64_t j0 = lo; j0 < hi; j0 += kAttnKeys) {
         const int64_t j1 = std::min<int64_t>(hi, j0 + kAttnKeys);
         for (int32_t i = 0; i < nr; i++) {
-          float *out = ws.attn.data() + ((r0 + i) * nh + h) * hd;
-          const float *pi = sc + i * n_cols - lo;
-          for (int64_t j = std::max(j0, begin[i]); j < std::min(j1, end[i]); j++)
-            axpy_f32(pi[j], vc + (j * nkv + kvh) * hd, out, hd);
+          const int64_t a = std::max(j0, begin[i]), b = std::min(j1, end[i]);
+          if (a < b)
+            attn_values_row(sc + i * n_cols + (a - lo), vc + (a * nkv + kvh) * hd, nkv * hd, b - a, hd,
+                            ws.attn.data() + ((r0 + i) * nh + h) * hd);
         }
       }
     });
