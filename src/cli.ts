@@ -11,6 +11,7 @@ import type { Model, WeightDType } from "./model.ts";
 import { ensureNativeLibrary } from "./_native_build.ts";
 import { readSafetensorsFile, writeSafetensorsFile } from "./safetensors.ts";
 import { makeTestAdapter, makeTestModel, TEST_MODEL_PRESETS } from "./test_model.ts";
+import { makeTestLococoHeads } from "./lococo_heads.ts";
 import { convertTorchCheckpoint } from "./torch_bin.ts";
 import { Compressor } from "./compressor.ts";
 import { answerFromChunks, compressIntoStore } from "./lloco.ts";
@@ -34,6 +35,8 @@ Commands:
                                          write a random Llama-family model in Hugging Face layout
   make-test-model OUT_DIR --preset lora --base DIR [--rank R] [--targets q_proj,v_proj,...] [--seed S]
                                          write a random PEFT LoRA adapter for the model in DIR
+  make-test-model FILE.safetensors --preset lococo-heads --base DIR [--slots M] [--segment B] [--seed S]
+                                         write random LoCoCo heads (k 21, r 0.5; M, B default 512)
   compress --compressor DIR --ids 1,2,3 [--segment-length N] --out FILE.safetensors
                                          AutoCompressor summary vectors: tensor "summary" [K, hidden] f32
   compress --compressor DIR --store FILE [--group NAME] [--chunk-tokens N] FILES...
@@ -295,6 +298,8 @@ async function cmdMakeTestModel(args: string[]) {
       base: { type: "string" },
       rank: { type: "string" },
       targets: { type: "string" },
+      slots: { type: "string" },
+      segment: { type: "string" },
       help: { type: "boolean" },
     },
   });
@@ -302,10 +307,25 @@ async function cmdMakeTestModel(args: string[]) {
   if (!outDir) {
     throw new KvfoldError(
       "INVALID_ARGUMENT",
-      "Missing OUT_DIR: kvfold make-test-model OUT_DIR [--seed S] [--preset tiny|small]",
+      "Missing OUT_DIR: kvfold make-test-model OUT_DIR [--seed S] [--preset tiny|small|compressor|lora|lococo-heads]",
     );
   }
   const requested = v.preset ?? "tiny";
+  if (requested === "lococo-heads") {
+    // OUT_DIR is the heads FILE here (e.g. heads.safetensors).
+    const base = need(v.base, "base");
+    const info = await makeTestLococoHeads(outDir, {
+      base,
+      seed: intOpt(v.seed, "seed") ?? 0,
+      slots: intOpt(v.slots, "slots", 1),
+      segment: intOpt(v.segment, "segment", 1),
+    });
+    note(
+      `wrote LoCoCo heads for ${base} to ${outDir}: ${info.layers} layers, head_dim ${info.headDim}, ` +
+        `M ${info.slots}, r ${info.keepRate}, k ${info.kernel}, B ${info.segment}, Mc ${info.fusedSlots}`,
+    );
+    return;
+  }
   if (requested === "lora") {
     const base = need(v.base, "base");
     const names = await makeTestAdapter(outDir, {
@@ -322,7 +342,7 @@ async function cmdMakeTestModel(args: string[]) {
   if (!(preset in TEST_MODEL_PRESETS)) {
     throw new KvfoldError(
       "INVALID_ARGUMENT",
-      `Cannot make test model: unknown preset "${preset}" (tiny, small, compressor, lora)`,
+      `Cannot make test model: unknown preset "${preset}" (tiny, small, compressor, lora, lococo-heads)`,
     );
   }
   const dtype = (v.dtype ?? "float32") as "float32" | "float16" | "bfloat16";
