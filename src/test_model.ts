@@ -83,6 +83,8 @@ export type RopeScaling =
 export interface TestModelOptions {
   /** PRNG seed (integer); same seed and options give byte-identical files. Default 0. */
   seed?: number;
+  /** Mistral's `sliding_window` (only with modelType "mistral"); default none. */
+  slidingWindow?: number;
   /** Size preset. Default `"tiny"`. */
   preset?: "tiny" | "small";
   /** Architecture family. `qwen2` has q/k/v biases. Default `"llama"`. */
@@ -626,7 +628,7 @@ export async function makeTestModel(outDir: string, options: TestModelOptions = 
     config.mlp_bias = false;
     config.pretraining_tp = 1;
   } else if (modelType === "mistral") {
-    config.sliding_window = null;
+    config.sliding_window = options.slidingWindow ?? null;
   } else {
     config.use_sliding_window = false;
     config.sliding_window = null;

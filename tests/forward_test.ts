@@ -63,10 +63,21 @@ Deno.test("forward: positions far into the context stay accurate (rope at positi
 Deno.test("forward: blocked attention kernels at head_dim 64 and 40 over many key tiles", async () => {
   // head_dim 64 runs the vector paths of the score and value tiles; 40 their scalar tails. 150
   // tokens in chunks of 37 give blocks of 16 rows plus remainders, and three tiles of 64 keys.
-  for (const [name, options] of [
-    ["hd64", { hiddenSize: 128, numHeads: 2, numKeyValueHeads: 1 }],
-    ["hd40", { hiddenSize: 120, numHeads: 3, numKeyValueHeads: 3, headDim: 40 }],
-  ] as [string, TestModelOptions][]) {
+  // The window case is checked against a reference that masks keys window or more positions back.
+  for (
+    const [name, options] of [
+      ["hd64", { hiddenSize: 128, numHeads: 2, numKeyValueHeads: 1 }],
+      ["hd40", { hiddenSize: 120, numHeads: 3, numKeyValueHeads: 3, headDim: 40 }],
+      // Mistral's window of 24 keys: rows of one block start their keys at different tiles.
+      ["hd64-window", {
+        hiddenSize: 128,
+        numHeads: 2,
+        numKeyValueHeads: 1,
+        modelType: "mistral",
+        slidingWindow: 24,
+      }],
+    ] as [string, TestModelOptions][]
+  ) {
     const dir = await testModel(`attention-${name}`, { ...options, maxPositionEmbeddings: 256, seed: 13 });
     const kv = await testEngine();
     using model = await kv.loadModel(dir);

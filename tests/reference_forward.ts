@@ -26,6 +26,8 @@ export interface ReferenceConfig {
   /** `rope_scaling` as in config.json (`type` is accepted for `rope_type`), or null. */
   ropeScaling: Record<string, unknown> | null;
   tieWordEmbeddings: boolean;
+  /** Mistral's `sliding_window`: a query sees keys at most `slidingWindow - 1` positions back; 0 = none. */
+  slidingWindow: number;
 }
 
 /** A loaded model: its config and every tensor as float64, with shapes. */
@@ -87,6 +89,9 @@ export function parseReferenceConfig(cfg: Record<string, unknown>): ReferenceCon
     ropeTheta: num(cfg, "rope_theta", 10000),
     ropeScaling: scaling,
     tieWordEmbeddings: Boolean(cfg.tie_word_embeddings ?? false),
+    slidingWindow: cfg.model_type === "mistral" && typeof cfg.sliding_window === "number"
+      ? cfg.sliding_window
+      : 0,
   };
 }
 
@@ -281,7 +286,8 @@ function applyRope(x: Float64Array, n: number, heads: number, headDim: number, i
 
 /**
  * Causal grouped-query attention. q: [n, heads, hd], k/v: [n, kvHeads, hd] → out [n, heads, hd].
- * Query head h reads kv head floor(h / (heads / kvHeads)); scores scaled by 1/sqrt(hd).
+ * Query head h reads kv head floor(h / (heads / kvHeads)); scores scaled by 1/sqrt(hd); a query
+ * sees keys at most `window - 1` positions back when window > 0.
  */
 function attention(
   q: Float64Array,
@@ -291,6 +297,7 @@ function attention(
   heads: number,
   kvHeads: number,
   hd: number,
+  window: number,
 ): Float64Array {
   const out = new Float64Array(n * heads * hd);
   const group = heads / kvHeads;
@@ -301,7 +308,9 @@ function attention(
     for (let i = 0; i < n; i++) {
       const qo = (i * heads + h) * hd;
       let max = -Infinity;
-      for (let j = 0; j <= i; j++) {
+      // Keys j0..i: causal, and within the sliding window when the model has one (HF masks i - j >= window).
+      const j0 = window > 0 ? Math.max(0, i - window + 1) : 0;
+      for (let j = j0; j <= i; j++) {
         const ko = (j * kvHeads + kvh) * hd;
         let s = 0;
         for (let d = 0; d < hd; d++) s += q[qo + d] * k[ko + d];
@@ -309,11 +318,11 @@ function attention(
         if (scores[j] > max) max = scores[j];
       }
       let sum = 0;
-      for (let j = 0; j <= i; j++) {
+      for (let j = j0; j <= i; j++) {
         scores[j] = Math.exp(scores[j] - max);
         sum += scores[j];
       }
-      for (let j = 0; j <= i; j++) {
+      for (let j = j0; j <= i; j++) {
         const p = scores[j] / sum;
         const vo = (j * kvHeads + kvh) * hd;
         for (let d = 0; d < hd; d++) out[qo + d] += p * v[vo + d];
@@ -363,7 +372,7 @@ export function referenceHidden(model: ReferenceModel, inputs: Float64Array): Fl
     const v = linear(h, n, w("self_attn.v_proj.weight"), H, bias("self_attn.v_proj.bias")); // [n, kvHeads, hd]
     applyRope(q, n, c.numHeads, hd, invFreq);
     applyRope(k, n, c.numKeyValueHeads, hd, invFreq);
-    const att = attention(q, k, v, n, c.numHeads, c.numKeyValueHeads, hd); // [n, heads, hd]
+    const att = attention(q, k, v, n, c.numHeads, c.numKeyValueHeads, hd, c.slidingWindow); // [n, heads, hd]
     const o = linear(att, n, w("self_attn.o_proj.weight"), c.numHeads * hd, bias("self_attn.o_proj.bias")); // [n, H]
     for (let i = 0; i < x.length; i++) x[i] += o[i];
     // --- MLP block: down(silu(gate(h)) * up(h))
