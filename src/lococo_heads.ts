@@ -19,6 +19,7 @@
 import { dirname, join } from "node:path";
 import { KvfoldError } from "./errors.ts";
 import { readSafetensorsFile, type TensorInput, toFloat64, writeSafetensorsFile } from "./safetensors.ts";
+import { uniformTensor } from "./test_model.ts";
 
 /** Metadata keys of a heads file. */
 export const LOCOCO_METADATA_KEYS = Object.freeze(
@@ -140,23 +141,6 @@ function checkHyper(
     );
   }
   return mc;
-}
-
-/** A small seeded PRNG (mulberry32 over an FNV-1a hash of seed and tensor name). */
-function uniformTensor(seed: number, name: string, n: number, bound: number): Float32Array {
-  let h = (0x811c9dc5 ^ (seed >>> 0)) >>> 0;
-  h = Math.imul(h ^ Math.floor(seed / 0x100000000), 0x01000193) >>> 0;
-  for (let i = 0; i < name.length; i++) h = Math.imul(h ^ name.charCodeAt(i), 0x01000193) >>> 0;
-  let a = h;
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    a = (a + 0x6d2b79f5) | 0;
-    let t = Math.imul(a ^ (a >>> 15), 1 | a);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    const u = ((t ^ (t >>> 14)) >>> 0) / 4294967296; // [0, 1)
-    out[i] = (2 * u - 1) * bound;
-  }
-  return out;
 }
 
 /**

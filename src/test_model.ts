@@ -205,14 +205,19 @@ function normalBins(): Float64Array {
 }
 
 /**
- * Fills `out` with mean + std · N(0, 1) from the xoshiro128** state `st` (advanced in place). Each
- * 32-bit draw gives two samples through a 65536-bin inverse-CDF table: a normal discretized to
- * 16 bits (tails to about ±4.3σ), which random weights need, and fast enough for 100M+ values.
+ * Fills `out` with mean + std · N(0, 1) from the xoshiro128** state `st` (advanced in place),
+ * through a 65536-bin inverse-CDF table: a normal discretized to 16 bits (tails to about ±4.3σ),
+ * which random weights need, and fast enough for 100M+ values.
  */
 function fillNormal(out: Float32Array, mean: number, std: number, st: Uint32Array): void {
   const bins = normalBins();
   const table = new Float32Array(65536);
   for (let i = 0; i < 65536; i++) table[i] = mean + std * bins[i];
+  fillFromTable(out, table, st);
+}
+
+/** Fills `out` with table[u16] for 16-bit draws of xoshiro128** (two per 32-bit output). */
+function fillFromTable(out: Float32Array, table: Float32Array, st: Uint32Array): void {
   let s0 = st[0] | 0, s1 = st[1] | 0, s2 = st[2] | 0, s3 = st[3] | 0;
   const n = out.length;
   const even = n & ~1;
@@ -242,6 +247,25 @@ function fillNormal(out: Float32Array, mean: number, std: number, st: Uint32Arra
 function normalTensor(seed: number, name: string, n: number, mean: number, std: number): Float32Array {
   const out = new Float32Array(n);
   fillNormal(out, mean, std, rngFor(seed, name));
+  return out;
+}
+
+/**
+ * `n` values uniform in (-bound, bound) (65536 equiprobable levels), seeded by (seed, name) with the
+ * same generator as the test models' normal weights.
+ *
+ * @example
+ * ```ts
+ * import { uniformTensor } from "./test_model.ts";
+ * const w = uniformTensor(1, "conv.weight", 4, 0.5);
+ * console.log(w.every((x) => Math.abs(x) < 0.5)); // true
+ * ```
+ */
+export function uniformTensor(seed: number, name: string, n: number, bound: number): Float32Array {
+  const table = new Float32Array(65536);
+  for (let i = 0; i < 65536; i++) table[i] = ((2 * i + 1) / 65536 - 1) * bound;
+  const out = new Float32Array(n);
+  fillFromTable(out, table, rngFor(seed, name));
   return out;
 }
 
