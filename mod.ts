@@ -22,9 +22,12 @@ export type {
   GenerationStats,
   PrefillOptions,
   SamplingOptions,
+  SessionMemory,
   SessionOptions,
   StopReason,
 } from "./src/session.ts";
+export { CACHE_KINDS, LococoHeads } from "./src/lococo.ts";
+export type { CacheKind, CacheOptions, LococoHeadsInfo } from "./src/lococo.ts";
 export { Adapter, AdapterRegistry, LORA_PROJECTIONS } from "./src/adapter.ts";
 export type { AdapterEntry, AdapterInfo, LoraProjection } from "./src/adapter.ts";
 export { decodeBatch, DecodeBatcher } from "./src/batch.ts";

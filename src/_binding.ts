@@ -32,7 +32,10 @@ const SYMBOLS = {
   kf_model_free: { parameters: ["pointer"], result: "i32" },
   kf_model_get_info: { parameters: ["pointer", "buffer"], result: "i32" },
 
-  kf_session_default_params: { parameters: [], result: { struct: ["i32", "i32", "i32", "i32"] } },
+  kf_session_default_params: {
+    parameters: [],
+    result: { struct: ["i32", "i32", "i32", "i32", "i32", "i32", "i32", "i32", "pointer"] },
+  },
   kf_session_create: { parameters: ["pointer", "buffer", "buffer"], result: "i32" },
   kf_session_free: { parameters: ["pointer"], result: "i32" },
   kf_session_reset: { parameters: ["pointer"], result: "i32" },
@@ -51,6 +54,10 @@ const SYMBOLS = {
   kf_session_decode: { parameters: ["pointer", "i32", "buffer"], result: "i32", nonblocking: true },
   kf_session_get_logits: { parameters: ["pointer", "buffer", "i32"], result: "i32" },
   kf_session_get_info: { parameters: ["pointer", "buffer"], result: "i32" },
+  kf_session_read_cache: {
+    parameters: ["pointer", "i32", "buffer", "buffer", "buffer", "i32"],
+    result: "i32",
+  },
 
   kf_adapter_load: {
     parameters: ["pointer", "buffer", "buffer", "buffer"],
@@ -61,6 +68,10 @@ const SYMBOLS = {
   kf_adapter_get_info: { parameters: ["pointer", "buffer"], result: "i32" },
   kf_session_set_adapter: { parameters: ["pointer", "pointer"], result: "i32" },
   kf_batch_decode: { parameters: ["buffer", "buffer", "i32", "buffer"], result: "i32", nonblocking: true },
+
+  kf_lococo_heads_load: { parameters: ["pointer", "buffer", "buffer"], result: "i32" },
+  kf_lococo_heads_free: { parameters: ["pointer"], result: "i32" },
+  kf_lococo_heads_get_info: { parameters: ["pointer", "buffer"], result: "i32" },
 
   kf_sampler_default_params: {
     parameters: [],
@@ -83,10 +94,11 @@ export const STRUCT_SIZES: Record<string, number> = {
   kf_engine_info: 72,
   kf_model_params: 16,
   kf_model_info: 88,
-  kf_session_params: 16,
-  kf_session_info: 40,
+  kf_session_params: 40,
+  kf_session_info: 72,
   kf_sampler_params: 32,
   kf_adapter_info: 40,
+  kf_lococo_heads_info: 40,
 };
 
 /** Status codes of `kf_status`, by name. */

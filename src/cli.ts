@@ -8,6 +8,8 @@ import { parseArgs } from "node:util";
 import { Kvfold } from "./engine.ts";
 import { KvfoldError } from "./errors.ts";
 import type { Model, WeightDType } from "./model.ts";
+import type { CacheOptions } from "./lococo.ts";
+import type { Session } from "./session.ts";
 import { ensureNativeLibrary } from "./_native_build.ts";
 import { readSafetensorsFile, writeSafetensorsFile } from "./safetensors.ts";
 import { makeTestAdapter, makeTestModel, TEST_MODEL_PRESETS } from "./test_model.ts";
@@ -28,9 +30,11 @@ Commands:
   generate --model DIR --prompt TEXT     stream a completion to stdout
       [--max-tokens N] [--temperature T] [--top-p P] [--top-k K] [--min-p P]
       [--repetition-penalty R] [--seed S] [--stop TEXT]... [--chat] [--system TEXT] [--adapter DIR]
+      [CACHE]
   logits --model DIR --ids 1,2,3 --out FILE.safetensors [--prefix EMB.safetensors] [--adapter DIR]
-                                         logits [n_ids, vocab] f32 at every position (no BOS added);
-                                         --prefix runs its tensor "embeddings" [K, hidden] first
+      [CACHE]                            logits [n_ids, vocab] f32 at every position (no BOS added);
+                                         --prefix runs its tensor "embeddings" [K, hidden] first;
+                                         a compressing cache prefills segment by segment
   make-test-model OUT_DIR [--seed S] [--preset tiny|small|compressor] [--dtype float32|float16|bfloat16]
                                          write a random Llama-family model in Hugging Face layout
   make-test-model OUT_DIR --preset lora --base DIR [--rank R] [--targets q_proj,v_proj,...] [--seed S]
@@ -41,7 +45,7 @@ Commands:
                                          AutoCompressor summary vectors: tensor "summary" [K, hidden] f32
   compress --compressor DIR --store FILE [--group NAME] [--chunk-tokens N] FILES...
                                          compress documents into the SQLite store, with progress
-  ask --model DIR --store FILE [--k N] [--adapter [GROUP=]DIR]... QUESTION
+  ask --model DIR --store FILE [--k N] [--adapter [GROUP=]DIR]... [CACHE] QUESTION
                                          stream an answer from the best chunks' summary vectors;
                                          GROUP=DIR adapters are chosen by the best chunk's group,
                                          a plain DIR is used whatever the group
@@ -52,6 +56,10 @@ Commands:
                                          tokens/s and the fraction of the memory-bandwidth limit
 
 Common options: --threads N (default: all cores), --backend auto|cpu|cuda, --dtype auto|f32|f16|bf16
+CACHE: --cache full|lococo|h2o|streaming (default full)
+  lococo:    --heads FILE.safetensors [--slots M] [--segment B]   (M, B default to the file's)
+  h2o:       --slots M [--segment B]
+  streaming: --window W [--sinks N] [--segment B]                  (sinks default 4)
 `;
 
 const enc = new TextEncoder();
@@ -107,6 +115,63 @@ const COMMON = {
   dtype: { type: "string" },
   help: { type: "boolean", short: "h" },
 } as const;
+
+// --cache and its settings, on generate, logits and ask.
+const CACHE = {
+  cache: { type: "string" },
+  heads: { type: "string" },
+  slots: { type: "string" },
+  segment: { type: "string" },
+  sinks: { type: "string" },
+  window: { type: "string" },
+} as const;
+
+/** The session cache the --cache options ask for (undefined: full), loading --heads for lococo. */
+function cacheFromArgs(
+  model: Model,
+  v: { cache?: string; heads?: string; slots?: string; segment?: string; sinks?: string; window?: string },
+): CacheOptions | undefined {
+  const kind = v.cache ?? "full";
+  const slots = intOpt(v.slots, "slots", 1), segment = intOpt(v.segment, "segment", 1);
+  const unused = (names: string[]) => {
+    for (const n of names) {
+      if ((v as Record<string, string | undefined>)[n] !== undefined) {
+        throw new KvfoldError("INVALID_ARGUMENT", `--${n} does not apply to --cache ${kind}`);
+      }
+    }
+  };
+  switch (kind) {
+    case "full":
+      unused(["heads", "slots", "segment", "sinks", "window"]);
+      return undefined;
+    case "lococo":
+      unused(["sinks", "window"]);
+      return { kind, heads: model.loadLococoHeads(need(v.heads, "heads")), slots, segment };
+    case "h2o":
+      unused(["heads", "sinks", "window"]);
+      return { kind, slots: intOpt(need(v.slots, "slots"), "slots", 1)!, segment };
+    case "streaming":
+      unused(["heads", "slots"]);
+      return {
+        kind,
+        sinks: intOpt(v.sinks, "sinks"),
+        window: intOpt(need(v.window, "window"), "window", 1)!,
+        segment,
+      };
+    default:
+      throw new KvfoldError("INVALID_ARGUMENT", `--cache ${kind} is not one of full, lococo, h2o, streaming`);
+  }
+}
+
+/** One stderr line on what a compressing cache did. */
+function cacheNote(session: Session): void {
+  const m = session.memory();
+  if (m.cacheKind === "full") return;
+  note(
+    `[cache ${m.cacheKind}: ${m.position} positions seen, ${m.kvSlotsUsed} slots in use, peak ${m.kvSlotsPeak} of ` +
+      `${m.kvSlots} allocated (${(m.kvBytes / 1048576).toFixed(2)} MiB KV), ${m.compressions} compressions]`,
+  );
+}
 
 async function openEngine(v: { threads?: string; backend?: string }): Promise<Kvfold> {
   return await Kvfold.open({
@@ -188,6 +253,7 @@ async function cmdGenerate(args: string[]) {
       system: { type: "string" },
       "context-size": { type: "string" },
       adapter: { type: "string" },
+      ...CACHE,
     },
   });
   const dir = need(v.model, "model");
@@ -202,7 +268,10 @@ async function cmdGenerate(args: string[]) {
     ? model.tokenizer.encodeChat(messages)
     : model.encodePrompt(prompt);
   const adapter = v.adapter === undefined ? null : (await model.adapters.load(v.adapter)).name;
-  using session = model.session({ contextSize: intOpt(v["context-size"], "context-size") });
+  using session = model.session({
+    contextSize: intOpt(v["context-size"], "context-size"),
+    cache: cacheFromArgs(model, v),
+  });
   for await (
     const piece of session.generate({
       prompt: ids,
@@ -226,6 +295,7 @@ async function cmdGenerate(args: string[]) {
         ((s.generatedTokens - 1) / Math.max(s.decodeMs / 1000, 1e-9)).toFixed(1)
       } tok/s; stop: ${s.stopReason}]`,
   );
+  cacheNote(session);
 }
 
 async function cmdLogits(args: string[]) {
@@ -238,6 +308,7 @@ async function cmdLogits(args: string[]) {
       out: { type: "string" },
       prefix: { type: "string" },
       adapter: { type: "string" },
+      ...CACHE,
     },
   });
   const dir = need(v.model, "model");
@@ -269,7 +340,13 @@ async function cmdLogits(args: string[]) {
   using kv = await openEngine(v);
   using model = await kv.loadModel(dir, { dtype: (v.dtype ?? "auto") as WeightDType });
   const k = prefix?.rows ?? 0;
-  using session = model.session({ contextSize: k + ids.length, batchSize: Math.min(k + ids.length, 256) });
+  // A compressing cache prefills segment by segment; the logits of every position are kept on the way.
+  const cache = cacheFromArgs(model, v);
+  using session = model.session({
+    contextSize: cache ? 0 : k + ids.length,
+    batchSize: Math.min(k + ids.length, 256),
+    cache,
+  });
   if (v.adapter !== undefined) await session.setAdapter(await model.adapters.load(v.adapter));
   if (prefix) await session.prefillEmbeddings(prefix.data, { dtype: prefix.dtype });
   const logits = (await session.prefill(ids, { logits: "all" }))!;
@@ -283,8 +360,10 @@ async function cmdLogits(args: string[]) {
     "kvfold.ids": ids.join(","),
     "kvfold.prefix_rows": String(k),
     ...(v.adapter !== undefined ? { "kvfold.adapter": v.adapter } : {}),
+    "kvfold.cache": cache?.kind ?? "full",
   });
   note(`wrote ${out}: logits [${ids.length}, ${model.info.vocabSize}] f32`);
+  cacheNote(session);
 }
 
 async function cmdMakeTestModel(args: string[]) {
@@ -530,6 +609,7 @@ async function cmdAsk(args: string[]) {
       temperature: { type: "string" },
       seed: { type: "string" },
       adapter: { type: "string", multiple: true },
+      ...CACHE,
     },
   });
   const question = positionals.join(" ");
@@ -561,6 +641,7 @@ async function cmdAsk(args: string[]) {
   for await (
     const piece of answerFromChunks(model, chunks, question, {
       adapter: forced,
+      cache: cacheFromArgs(model, v),
       maxTokens: intOpt(v["max-tokens"], "max-tokens") ?? 128,
       temperature: numOpt(v.temperature, "temperature"),
       seed: intOpt(v.seed, "seed"),

@@ -5,6 +5,7 @@
  * @module
  */
 
+import type { CacheOptions } from "./lococo.ts";
 import type { Compressor } from "./compressor.ts";
 import { KvfoldError } from "./errors.ts";
 import type { Model } from "./model.ts";
@@ -101,6 +102,8 @@ export interface AnswerOptions extends GenerateOptions {
    * `model.adapters` under the first chunk's group, if any, else the base model. `null`: base model.
    */
   adapter?: GenerateOptions["adapter"];
+  /** How the answering session keeps its KV cache (default full). */
+  cache?: CacheOptions;
 }
 
 /**
@@ -150,7 +153,11 @@ export async function* answerFromChunks(
   }
   const chat = options.chat ?? model.tokenizer.hasChatTemplate;
   const prompt = model.encodePrompt(question, { chat });
-  using session = model.session({ contextSize: rows + prompt.length + (options.maxTokens ?? 256) + 1 });
+  const full = (options.cache?.kind ?? "full") === "full";
+  using session = model.session({
+    contextSize: full ? rows + prompt.length + (options.maxTokens ?? 256) + 1 : 0,
+    cache: options.cache,
+  });
   const adapter = adapterForChunks(model, chunks, options.adapter);
   await session.setAdapter(adapter ?? null);
   if (rows > 0) {

@@ -53,7 +53,7 @@ export interface LococoLayerHeads {
 }
 
 /** A loaded and validated heads file. */
-export interface LococoHeads {
+export interface LococoHeadsFile {
   /** M: slots per KV head after a compression. */
   slots: number;
   /** r: keep rate; Mh = M − Mc heavy hitters are kept. */
@@ -236,7 +236,7 @@ const FLOAT_DTYPES = new Set(["F64", "F32", "F16", "BF16"]);
  * await Deno.remove(path);
  * ```
  */
-export async function readLococoHeads(path: string, model: LococoModelShape): Promise<LococoHeads> {
+export async function readLococoHeads(path: string, model: LococoModelShape): Promise<LococoHeadsFile> {
   const fail = (why: string) => new KvfoldError("FORMAT", `Cannot load LoCoCo heads ${path}: ${why}`);
   const file = await readSafetensorsFile(path);
   const md = file.metadata;

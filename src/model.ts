@@ -11,6 +11,7 @@ import type { Kvfold } from "./engine.ts";
 import { AdapterRegistry } from "./adapter.ts";
 import { type BatchEntry, decodeBatch } from "./batch.ts";
 import { KvfoldError } from "./errors.ts";
+import { LococoHeads } from "./lococo.ts";
 import { type GenerateOptions, Session, type SessionOptions } from "./session.ts";
 import { type ChatMessage, TextTokenizer } from "./tokenizer.ts";
 
@@ -170,6 +171,15 @@ export class Model extends HandleOwner {
   /** Opens a session (its own KV cache and buffers). */
   session(options: SessionOptions = {}): Session {
     return Session._create(this, options);
+  }
+
+  /**
+   * Loads LoCoCo heads (a safetensors file of DESIGN.md's format) for this model, checking layer
+   * count, head_dim and the file's M, r, k, B metadata. Freed with the model, after the sessions
+   * using them.
+   */
+  loadLococoHeads(path: string): LococoHeads {
+    return LococoHeads._load(this, path);
   }
 
   /**

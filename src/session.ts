@@ -8,6 +8,7 @@
 import { alloc, check, native, outPointer, sym } from "./_binding.ts";
 import { HandleOwner, NativeHandle } from "./_handle.ts";
 import type { Adapter } from "./adapter.ts";
+import { CACHE_KINDS, type CacheKind, type CacheOptions, encodeCacheOptions } from "./lococo.ts";
 import type { DecodeBatcher } from "./batch.ts";
 import { KvfoldError } from "./errors.ts";
 import type { Model } from "./model.ts";
@@ -15,10 +16,41 @@ import { IncrementalDecoder, StopStringFilter } from "./text_stream.ts";
 
 /** Options of {@link Model.session}. */
 export interface SessionOptions {
-  /** KV positions to reserve; default: the model's max_position_embeddings. */
+  /**
+   * With the full cache: KV positions to reserve; default the model's max_position_embeddings.
+   * With a compressing cache: the most positions the session may see; default no limit.
+   */
   contextSize?: number;
   /** Most tokens per prefill chunk; default 256. */
   batchSize?: number;
+  /** How the KV cache is kept (see {@link CacheOptions}); default `{ kind: "full" }`. */
+  cache?: CacheOptions;
+}
+
+/** KV cache and scratch memory of a session ({@link Session.memory}). */
+export interface SessionMemory {
+  /** The cache kind. */
+  cacheKind: CacheKind;
+  /** Positions seen (the next token's absolute position). */
+  position: number;
+  /** Most positions the session may see. */
+  contextSize: number;
+  /** Bytes of KV cache allocated (keys, values and slot scores, every layer). */
+  kvBytes: number;
+  /** KV slots per layer allocated. */
+  kvSlots: number;
+  /** KV slots per layer in use now. */
+  kvSlotsUsed: number;
+  /** Most KV slots per layer in use at once since creation or reset. */
+  kvSlotsPeak: number;
+  /** Times the cache was compressed since creation or reset. */
+  compressions: number;
+  /** M (lococo, h2o) or sinks + window (streaming); 0 for the full cache. */
+  slots: number;
+  /** Prefill segment (chunk) length in tokens. */
+  segment: number;
+  /** Bytes of activation scratch allocated. */
+  scratchBytes: number;
 }
 
 /** Sampling settings. Temperature 0 is greedy. */
@@ -102,8 +134,8 @@ export interface PrefillOptions {
 export class Session extends HandleOwner {
   /** The model this session runs. */
   readonly model: Model;
-  /** Positions reserved in the KV cache. */
-  readonly contextSize: number;
+  /** Most positions the session may see (full cache: positions reserved). */
+  contextSize: number;
   /** Counters of the last finished generate(). */
   lastStats?: GenerationStats;
   #busy = false;
@@ -118,7 +150,7 @@ export class Session extends HandleOwner {
   /** @internal use {@link Model.session}. */
   static _create(model: Model, options: SessionOptions): Session {
     const s = sym();
-    const params = alloc(16);
+    const params = alloc(40);
     params.set(new Uint8Array(s.kf_session_default_params()));
     const pv = new DataView(params.buffer);
     const ctx = options.contextSize ?? 0;
@@ -131,38 +163,62 @@ export class Session extends HandleOwner {
     }
     pv.setInt32(0, ctx, true);
     pv.setInt32(4, batch, true);
+    const heads = encodeCacheOptions(pv, options.cache, model);
     const out = outPointer();
     const modelHandle = model._handle;
     check(s.kf_session_create(modelHandle.ptr, params, out.buf));
     const ptr = out.get();
     const handle = new NativeHandle(ptr, "the session", (p) => check(sym().kf_session_free(p)), modelHandle);
-    const session = new Session(handle, model, ctx || model.info.maxPositions);
+    if (heads) handle.use(heads._handle); // the heads are freed only after this session
+    const session = new Session(handle, model, 0);
+    session.contextSize = session.memory().contextSize;
     return session;
   }
 
-  /** Positions currently in the KV cache. */
+  /** Positions seen: the absolute position of the next token (full cache: positions in the cache). */
   get position(): number {
     return sym().kf_session_n_past(this._handle.ptr);
   }
 
-  /** KV cache and scratch memory of this session. */
-  memory(): {
-    kvBytes: number;
-    kvSlots: number;
-    scratchBytes: number;
-    position: number;
-    contextSize: number;
-  } {
-    const info = alloc(40);
+  /** KV cache and scratch memory of this session, and what its cache policy did. */
+  memory(): SessionMemory {
+    const info = alloc(72);
     check(sym().kf_session_get_info(this._handle.ptr, info));
     const v = new DataView(info.buffer);
+    const kind = v.getInt32(8, true);
+    const i64 = (o: number) => Number(v.getBigInt64(o, true));
     return {
+      cacheKind: (Object.keys(CACHE_KINDS) as CacheKind[]).find((k) => CACHE_KINDS[k] === kind) ?? "full",
       position: v.getInt32(0, true),
       contextSize: v.getInt32(4, true),
-      kvBytes: Number(v.getBigInt64(16, true)),
-      kvSlots: Number(v.getBigInt64(24, true)),
-      scratchBytes: Number(v.getBigInt64(32, true)),
+      kvBytes: i64(16),
+      kvSlots: i64(24),
+      scratchBytes: i64(32),
+      kvSlotsUsed: i64(40),
+      kvSlotsPeak: i64(48),
+      compressions: i64(56),
+      slots: v.getInt32(64, true),
+      segment: v.getInt32(68, true),
     };
+  }
+
+  /**
+   * One layer's cache slots in use, copied out: keys (post-RoPE) and values [slots, n_kv, head_dim],
+   * and for lococo and h2o caches the slot scores of the last forward [slots, n_kv] (column sums of
+   * the attention probabilities, summed over each KV group's query heads).
+   */
+  readCache(
+    layer: number,
+  ): { slots: number; keys: Float32Array; values: Float32Array; scores: Float32Array | null } {
+    this.#assertIdle("read the cache");
+    const m = this.memory();
+    const { kvHeads: nkv, headDim: hd } = this.model.info;
+    const n = m.kvSlotsUsed;
+    const keys = new Float32Array(n * nkv * hd), values = new Float32Array(n * nkv * hd);
+    const scores = m.cacheKind === "lococo" || m.cacheKind === "h2o" ? new Float32Array(n * nkv) : null;
+    const bytes = (a: Float32Array | null) => (a ? new Uint8Array(a.buffer) : null);
+    check(sym().kf_session_read_cache(this._handle.ptr, layer, bytes(keys), bytes(values), bytes(scores), n));
+    return { slots: n, keys, values, scores };
   }
 
   /** The LoRA adapter applied now, or null for the base model. */

@@ -231,7 +231,7 @@ Deno.test("errors: a context that cannot fit in memory is refused before anythin
     () => model.session({ contextSize: 1 << 24 }),
     (e: unknown) =>
       e instanceof KvfoldError && e.code === "OUT_OF_MEMORY" &&
-      /needs 128\.00 GiB of KV cache/.test(e.message),
+      /16777216 KV slots per layer need 128\.00 GiB of KV cache/.test(e.message),
   );
   // The model is intact and a sensible session still works.
   using s = model.session({ contextSize: 64 });

@@ -351,7 +351,12 @@ function attention(
  * await Deno.remove(dir, { recursive: true });
  * ```
  */
-export function referenceHidden(model: ReferenceModel, inputs: Float64Array): Float64Array {
+export function referenceHidden(
+  model: ReferenceModel,
+  inputs: Float64Array,
+  /** Called per layer with the post-RoPE queries [n, heads, hd] and keys [n, kvHeads, hd]. */
+  onAttention?: (layer: number, q: Float64Array, k: Float64Array) => void,
+): Float64Array {
   const c = model.config;
   const H = c.hiddenSize;
   const hd = c.headDim;
@@ -372,6 +377,7 @@ export function referenceHidden(model: ReferenceModel, inputs: Float64Array): Fl
     const v = linear(h, n, w("self_attn.v_proj.weight"), H, bias("self_attn.v_proj.bias")); // [n, kvHeads, hd]
     applyRope(q, n, c.numHeads, hd, invFreq);
     applyRope(k, n, c.numKeyValueHeads, hd, invFreq);
+    onAttention?.(l, q, k);
     const att = attention(q, k, v, n, c.numHeads, c.numKeyValueHeads, hd, c.slidingWindow); // [n, heads, hd]
     const o = linear(att, n, w("self_attn.o_proj.weight"), c.numHeads * hd, bias("self_attn.o_proj.bias")); // [n, H]
     for (let i = 0; i < x.length; i++) x[i] += o[i];

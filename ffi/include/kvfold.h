@@ -36,7 +36,7 @@ extern "C" {
 #define KF_API __attribute__((visibility("default")))
 #endif
 
-#define KF_ABI_VERSION 1
+#define KF_ABI_VERSION 2
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Status and errors                                                                                */
@@ -169,13 +169,41 @@ KF_API kf_status kf_model_get_info(const kf_model *model, kf_model_info *out);
 
 typedef struct kf_session kf_session;
 
-typedef enum kf_cache_kind { KF_CACHE_FULL = 0 } kf_cache_kind;
+/* How a session keeps its KV cache (DESIGN.md, "LoCoCo"). Every kind runs the same forward pass;
+ * only what happens to the cache between forwards differs.
+ * - FULL: every position keeps its own slot (n_ctx slots reserved).
+ * - LOCOCO: at the start of a forward, a cache above slots + 16 is compressed to `slots`: per KV
+ *   head the top Mh = slots - Mc by score stay (in cache order) and the rest are fused into Mc
+ *   slots by the heads file's convolution. Prompts are prefilled in segments of `segment` tokens.
+ * - H2O: the same trigger, keeping the top `slots` by score (in cache order), no heads needed.
+ * - STREAMING: StreamingLLM; at the start of a forward, a cache above sinks + window keeps its first
+ *   `sinks` slots and its last `window`.
+ * Scores are the column sums of the attention probabilities of the last forward, summed over the
+ * query heads of each KV group. Keys stay post-RoPE at their absolute positions; queries use the
+ * true absolute position (n_past). Every cache slot is visible to every new row (Mistral's sliding
+ * window applies to FULL only). */
+typedef enum kf_cache_kind {
+  KF_CACHE_FULL = 0,
+  KF_CACHE_LOCOCO = 1,
+  KF_CACHE_H2O = 2,
+  KF_CACHE_STREAMING = 3
+} kf_cache_kind;
+
+typedef struct kf_lococo_heads kf_lococo_heads;
 
 typedef struct kf_session_params {
-  int32_t n_ctx;      /* KV positions to reserve; 0 (default) = max_position_embeddings          */
-  int32_t n_batch;    /* most tokens per prefill chunk (scratch is sized by it); default 256      */
+  int32_t n_ctx;      /* FULL: positions to reserve, 0 = max_position_embeddings. Others: most positions
+                         the session may see, 0 = no limit (2^31 - 1)                                */
+  int32_t n_batch;    /* most tokens per prefill chunk (scratch is sized by it); default 256.
+                         Compressing kinds use `segment` instead                                    */
   int32_t cache_kind; /* kf_cache_kind; default KF_CACHE_FULL                                     */
+  int32_t slots;      /* M: LOCOCO (0 = the heads file's), H2O (required)                         */
+  int32_t segment;    /* B, prefill segment: LOCOCO (0 = the heads file's), H2O and STREAMING
+                         (0 = n_batch)                                                            */
+  int32_t sinks;      /* STREAMING: first slots always kept (default 4)                           */
+  int32_t window;     /* STREAMING: most recent slots kept (required)                             */
   int32_t reserved;   /* keep zero                                                                */
+  const kf_lococo_heads *heads; /* LOCOCO: loaded heads of the session's model; NULL otherwise    */
 } kf_session_params;
 
 KF_API kf_session_params kf_session_default_params(void);
@@ -184,16 +212,18 @@ KF_API kf_status kf_session_create(kf_model *model, const kf_session_params *par
 KF_API kf_status kf_session_free(kf_session *session);
 /* Forgets all positions (KV cache emptied, logits cleared). */
 KF_API kf_status kf_session_reset(kf_session *session);
-/* Positions currently in the KV cache. */
+/* Positions seen: with FULL, the positions in the KV cache; with the others, the count of tokens run. */
 KF_API int32_t kf_session_n_past(const kf_session *session);
-/* Truncates the cache to its first n positions (0 <= n <= n_past). */
+/* Truncates the cache to its first n positions (0 <= n <= n_past). A compressing cache can only be
+ * truncated while each position still has its own slot (before its first compression). */
 KF_API kf_status kf_session_truncate(kf_session *session, int32_t n);
 
 /* Runs `n_ids` token ids at positions n_past.. in chunks of n_batch, appending to the KV cache.
  * logits: NULL, or a caller buffer of [n_ids, vocab] f32 receiving the logits of every position.
  * The last position's logits are always kept in the session (kf_session_get_logits).
  * control: optional; progress in tokens. On any failure, including KF_ERR_CANCELLED, the session
- * is rolled back to the n_past it had before the call. */
+ * is rolled back to the n_past it had before the call (a compressing cache to its slots, too).
+ * Compressing caches run the ids in segments of `segment` tokens, compressing between segments. */
 KF_API kf_status kf_session_prefill(kf_session *session, const int32_t *ids, int32_t n_ids, float *logits,
                                     kf_control *control);
 /* Runs a block of input embeddings (e.g. LLoCO summary vectors) at positions n_past.., as if they
@@ -212,16 +242,27 @@ KF_API kf_status kf_session_decode(kf_session *session, int32_t id, kf_control *
 KF_API kf_status kf_session_get_logits(const kf_session *session, float *out, int32_t n);
 
 typedef struct kf_session_info {
-  int32_t n_past;     /* positions in the cache                                                   */
-  int32_t n_ctx;      /* positions reserved                                                       */
+  int32_t n_past;     /* positions seen (the next token's absolute position)                      */
+  int32_t n_ctx;      /* most positions the session may see                                       */
   int32_t cache_kind; /* kf_cache_kind                                                            */
   int32_t has_logits; /* 1 when kf_session_get_logits has something to return                    */
-  int64_t kv_bytes;   /* bytes of KV cache allocated                                              */
+  int64_t kv_bytes;   /* bytes of KV cache allocated (keys, values and slot scores)               */
   int64_t kv_slots;   /* KV slots per layer allocated                                             */
   int64_t scratch_bytes; /* bytes of activation scratch allocated                                */
+  int64_t kv_slots_used; /* KV slots per layer holding something now                             */
+  int64_t kv_slots_peak; /* most slots per layer ever in use (since create or reset)              */
+  int64_t compressions;  /* times the cache was compressed (since create or reset)                */
+  int32_t slots;      /* M (LOCOCO, H2O) or sinks + window (STREAMING); 0 for FULL               */
+  int32_t segment;    /* prefill segment (chunk) length in tokens                                 */
 } kf_session_info;
 
 KF_API kf_status kf_session_get_info(const kf_session *session, kf_session_info *out);
+/* Copies one layer's used cache slots out (for inspection, calibration and tests): keys and values
+ * [n_slots, n_kv, head_dim] f32 (keys post-RoPE), scores [n_slots, n_kv] (the slot scores of the last
+ * forward; lococo and h2o only, else pass NULL). Any of the three may be NULL. n_slots must equal
+ * kv_slots_used of kf_session_get_info. */
+KF_API kf_status kf_session_read_cache(const kf_session *session, int32_t layer, float *keys, float *values,
+                                       float *scores, int32_t n_slots);
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Adapter: a PEFT LoRA folder (adapter_config.json + adapter_model.safetensors) bound to one model  */
@@ -257,6 +298,29 @@ KF_API kf_status kf_session_set_adapter(kf_session *session, kf_adapter *adapter
  * by adapter, as Punica's SGMV does) or none. Every session ends as if kf_session_decode had run on
  * it alone. Sessions must be distinct; n in [1, 4096]. On failure no session changes. */
 KF_API kf_status kf_batch_decode(kf_session *const *sessions, const int32_t *ids, int32_t n, kf_control *control);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* LoCoCo heads: one Conv1d compressor per layer, bound to one model                                 */
+
+typedef struct kf_lococo_heads_info {
+  int32_t slots;       /* M from the file's metadata (kvfold.lococo.slots)                        */
+  int32_t fused_slots; /* Mc: the convolution's output channels                                   */
+  int32_t kernel;      /* k                                                                        */
+  int32_t segment;     /* B from the metadata                                                      */
+  float keep_rate;     /* r from the metadata; Mc = floor(M * (1 - r))                             */
+  int32_t n_layers;
+  int32_t head_dim;
+  int32_t n_users;     /* sessions using them                                                      */
+  int64_t bytes;       /* memory held (f32)                                                        */
+} kf_lococo_heads_info;
+
+/* Loads a heads file (safetensors, DESIGN.md's names and metadata) and validates it against the
+ * model: one memory_saver per layer, weight [Mc, 2 * head_dim, k] with k odd, bias [Mc], normalizer
+ * [1], all finite floats, Mc = floor(M * (1 - r)). On failure *out is NULL. */
+KF_API kf_status kf_lococo_heads_load(kf_model *model, const char *path, kf_lococo_heads **out);
+/* Refused with KF_ERR_INVALID_STATE while a session uses the heads. NULL is a no-op. */
+KF_API kf_status kf_lococo_heads_free(kf_lococo_heads *heads);
+KF_API kf_status kf_lococo_heads_get_info(const kf_lococo_heads *heads, kf_lococo_heads_info *out);
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Sampler: picks the next token from a session's last logits                                      */

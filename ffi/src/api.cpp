@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <memory>
 #include <new>
 #include <thread>
 
@@ -101,6 +102,7 @@ size_t kf_struct_size(const char *name) {
   if (n == "kf_session_info") return sizeof(kf_session_info);
   if (n == "kf_sampler_params") return sizeof(kf_sampler_params);
   if (n == "kf_adapter_info") return sizeof(kf_adapter_info);
+  if (n == "kf_lococo_heads_info") return sizeof(kf_lococo_heads_info);
   return 0;
 }
 
@@ -224,6 +226,9 @@ kf_status kf_model_free(kf_model *model) {
     if (model->n_adapters.load() > 0)
       kf::raise(KF_ERR_INVALID_STATE, "cannot free model: %d adapter(s) of it are still loaded",
                 model->n_adapters.load());
+    if (model->n_lococo_heads.load() > 0)
+      kf::raise(KF_ERR_INVALID_STATE, "cannot free model: %d set(s) of LoCoCo heads of it are still loaded",
+                model->n_lococo_heads.load());
     model->engine->n_models--;
     delete model;
   });
@@ -257,6 +262,7 @@ kf_session_params kf_session_default_params(void) {
   p.n_ctx = 0;
   p.n_batch = 256;
   p.cache_kind = KF_CACHE_FULL;
+  p.sinks = 4;  // StreamingLLM's attention sinks
   return p;
 }
 
@@ -268,6 +274,7 @@ kf_status kf_session_create(kf_model *model, const kf_session_params *params, kf
     auto s = std::make_unique<kf_session>();
     kf::session_init(*s, *model, p);
     model->n_sessions++;
+    if (s->cache.heads) const_cast<kf_lococo_heads *>(s->cache.heads)->n_users++;
     *out = s.release();
   });
 }
@@ -276,6 +283,7 @@ kf_status kf_session_free(kf_session *session) {
   return guarded("free session", [&] {
     if (!session) return;
     if (session->adapter) session->adapter->n_users--;
+    if (session->cache.heads) const_cast<kf_lococo_heads *>(session->cache.heads)->n_users--;
     session->model->n_sessions--;
     delete session;
   });
@@ -286,6 +294,7 @@ kf_status kf_session_reset(kf_session *session) {
     KF_REQUIRE(session, "reset session", "session is NULL");
     session->n_past = 0;
     session->has_logits = false;
+    kf::cache_clear(session->cache);
   });
 }
 
@@ -296,8 +305,13 @@ kf_status kf_session_truncate(kf_session *session, int32_t n) {
     KF_REQUIRE(session, "truncate session", "session is NULL");
     KF_REQUIRE(n >= 0 && n <= session->n_past, "truncate session", "n %d is outside [0, n_past %d]", n,
                session->n_past);
+    if (n < session->n_past && session->cache.compressions > 0)
+      kf::raise(KF_ERR_INVALID_STATE, "cannot truncate session: its %s cache was compressed, so positions no longer "
+                "have slots of their own; reset it instead", session->cache.kind == KF_CACHE_LOCOCO ? "lococo"
+                : session->cache.kind == KF_CACHE_H2O ? "h2o" : "streaming");
     if (n < session->n_past) session->has_logits = false;  // the kept logits belonged to a dropped position
     session->n_past = n;
+    session->cache.n_slots = n;  // uncompressed: slot = position
   });
 }
 
@@ -314,8 +328,41 @@ void check_ids(const kf_session &s, const int32_t *ids, int32_t n, const char *w
               s.n_past, n, s.n_ctx);
 }
 
-// Runs n inputs at the next positions in chunks of n_batch; input_at(off) gives the chunk starting at
-// input off. Commits n_past only after every chunk succeeded, so a failure leaves nothing half-added.
+// Puts a session's cache back as it was when constructed unless commit() is called: the slot count
+// and scores, and the slots themselves when a shrink ran in between.
+class CacheUndo {
+ public:
+  explicit CacheUndo(kf_session &s) : s_(s) { kf::cache_checkpoint(s.cache); }
+  ~CacheUndo() {
+    if (!committed_) kf::cache_restore(s_.cache);
+  }
+  // Shrinks the cache when its policy says so, first saving what the shrink overwrites.
+  void shrink_if_needed() {
+    if (!kf::cache_over_limit(s_.cache)) return;
+    kf::cache_save_slots(s_.cache);
+    kf::cache_shrink(s_.cache, *s_.model->engine->pool);
+  }
+  void commit() { committed_ = true; }
+  CacheUndo(const CacheUndo &) = delete;
+  CacheUndo &operator=(const CacheUndo &) = delete;
+
+ private:
+  kf_session &s_;
+  bool committed_ = false;
+};
+
+// One forward of T rows at position pos0 after the cache policy had its turn; appends T slots.
+void forward_segment(kf_session &s, CacheUndo &undo, const kf::ChunkInput &in, int32_t T, int32_t pos0,
+                     float *logits, kf_control *control) {
+  undo.shrink_if_needed();
+  kf::forward_chunk(s, in, T, pos0, logits, control);
+  s.cache.n_slots += T;
+  s.cache.peak = std::max(s.cache.peak, s.cache.n_slots);
+}
+
+// Runs n inputs at the next positions in chunks of n_batch (a compressing cache's segment B);
+// input_at(off) gives the chunk starting at input off. Commits only after every chunk succeeded, so a
+// failure leaves nothing half-added.
 extern "C++" template <class InputAt>
 void run_chunks(kf_session &s, int32_t n, float *logits, kf_control *control, InputAt &&input_at) {
   if (control) {
@@ -325,12 +372,14 @@ void run_chunks(kf_session &s, int32_t n, float *logits, kf_control *control, In
   const int64_t V = s.model->cfg.vocab_size;
   const int32_t start = s.n_past;
   std::lock_guard<std::mutex> lock(s.model->engine->pool_mutex);
+  CacheUndo undo(s);
   s.has_logits = false;
   for (int32_t off = 0; off < n; off += s.n_batch) {
     const int32_t T = std::min(s.n_batch, n - off);
-    kf::forward_chunk(s, input_at(off), T, start + off, logits ? logits + int64_t(off) * V : nullptr, control);
+    forward_segment(s, undo, input_at(off), T, start + off, logits ? logits + int64_t(off) * V : nullptr, control);
     if (control) control->done = off + T;
   }
+  undo.commit();
   s.n_past = start + n;
   s.has_logits = true;
 }
@@ -395,9 +444,11 @@ kf_status kf_session_decode(kf_session *session, int32_t id, kf_control *control
     std::vector<float> &keep = session->logits_saved;
     if (had) keep.assign(session->logits.begin(), session->logits.end());
     try {
+      CacheUndo undo(*session);
       kf::ChunkInput in;
       in.tokens = &id;
-      kf::forward_chunk(*session, in, 1, session->n_past, nullptr, control);
+      forward_segment(*session, undo, in, 1, session->n_past, nullptr, control);
+      undo.commit();
     } catch (...) {
       if (had) std::copy(keep.begin(), keep.end(), session->logits.begin());
       throw;
@@ -424,15 +475,33 @@ kf_status kf_session_get_info(const kf_session *session, kf_session_info *out) {
     *out = kf_session_info{};
     out->n_past = session->n_past;
     out->n_ctx = session->n_ctx;
-    out->cache_kind = KF_CACHE_FULL;
+    const kf::KvCache &c = session->cache;
+    out->cache_kind = c.kind;
     out->has_logits = session->has_logits ? 1 : 0;
-    int64_t kv = 0;
-    for (auto &k : session->k_cache) kv += int64_t(k.size()) * 4;
-    for (auto &v : session->v_cache) kv += int64_t(v.size()) * 4;
-    out->kv_bytes = kv;
-    out->kv_slots = session->n_ctx;
+    out->kv_bytes = c.bytes();
+    out->kv_slots = c.capacity;
     const auto sz = [](const std::vector<float> &v) { return int64_t(v.capacity()) * 4; };
-    out->scratch_bytes = session->ws.bytes() + sz(session->logits) + sz(session->logits_saved);
+    out->scratch_bytes = session->ws.bytes() + c.scratch_bytes() + sz(session->logits) + sz(session->logits_saved);
+    out->kv_slots_used = c.n_slots;
+    out->kv_slots_peak = c.peak;
+    out->compressions = c.compressions;
+    out->slots = c.kind == KF_CACHE_STREAMING ? c.sinks + c.window : c.slots;
+    out->segment = session->n_batch;
+  });
+}
+
+kf_status kf_session_read_cache(const kf_session *session, int32_t layer, float *keys, float *values, float *scores,
+                                int32_t n_slots) {
+  return guarded("read cache", [&] {
+    KF_REQUIRE(session, "read cache", "session is NULL");
+    const kf::KvCache &c = session->cache;
+    KF_REQUIRE(layer >= 0 && layer < c.n_layers, "read cache", "layer %d is outside [0, %d)", layer, c.n_layers);
+    KF_REQUIRE(n_slots == c.n_slots, "read cache", "n_slots %d is not the %d slots in use", n_slots, c.n_slots);
+    KF_REQUIRE(!scores || c.needs_scores(), "read cache", "this cache keeps no slot scores (only lococo and h2o do)");
+    const int64_t kv = int64_t(n_slots) * c.n_kv * c.head_dim;
+    if (keys) std::copy_n(c.k[size_t(layer)].begin(), kv, keys);
+    if (values) std::copy_n(c.v[size_t(layer)].begin(), kv, values);
+    if (scores) std::copy_n(c.score[size_t(layer)].begin(), int64_t(n_slots) * c.n_kv, scores);
   });
 }
 
@@ -493,6 +562,7 @@ kf_status kf_batch_decode(kf_session *const *sessions, const int32_t *ids, int32
     KF_REQUIRE(n >= 1 && n <= 4096, "batch decode", "n %d is outside [1, 4096]", n);
     kf_model *m = nullptr;
     int32_t max_ctx = 0, max_rank = 0;
+    bool any_scores = false;
     for (int32_t i = 0; i < n; i++) {
       kf_session *s = sessions[i];
       KF_REQUIRE(s, "batch decode", "session %d is NULL", i);
@@ -500,7 +570,8 @@ kf_status kf_batch_decode(kf_session *const *sessions, const int32_t *ids, int32
       KF_REQUIRE(s->model == m, "batch decode", "session %d belongs to another model than session 0", i);
       for (int32_t j = 0; j < i; j++) KF_REQUIRE(sessions[j] != s, "batch decode", "session %d appears twice (at %d)", i, j);
       check_ids(*s, ids + i, 1, "batch decode");
-      max_ctx = std::max(max_ctx, s->n_ctx);
+      max_ctx = std::max(max_ctx, s->cache.capacity);
+      any_scores = any_scores || s->cache.needs_scores();
       if (s->adapter) max_rank = std::max(max_rank, s->adapter->max_rank);
     }
     // Rows grouped by adapter (first appearance order), so each adapter's rows form one segment.
@@ -515,14 +586,22 @@ kf_status kf_batch_decode(kf_session *const *sessions, const int32_t *ids, int32
           taken[size_t(j)] = true;
         }
     }
+    std::lock_guard<std::mutex> lock(m->engine->pool_mutex);
+    // Each cache policy has its turn first; every session is put back if the step fails.
+    std::vector<std::unique_ptr<CacheUndo>> undo;
+    for (int32_t i = 0; i < n; i++) {
+      undo.push_back(std::make_unique<CacheUndo>(*sessions[i]));
+      undo.back()->shrink_if_needed();
+    }
     kf::Workspace ws;
-    ws.init(*m, n, max_ctx);
+    ws.init(*m, n, max_ctx, any_scores);
     ws.reserve_lora(max_rank);
     std::vector<int32_t> row_ids(static_cast<size_t>(n));
     for (int32_t r = 0; r < n; r++) {
       kf_session *s = sessions[order[size_t(r)]];
       ws.row_session[size_t(r)] = s;
       ws.row_pos[size_t(r)] = s->n_past;
+      ws.row_slot[size_t(r)] = s->cache.n_slots;
       ws.row_adapter[size_t(r)] = s->adapter;
       row_ids[size_t(r)] = ids[order[size_t(r)]];
     }
@@ -532,7 +611,6 @@ kf_status kf_batch_decode(kf_session *const *sessions, const int32_t *ids, int32
       control->total = n;
       control->done = 0;
     }
-    std::lock_guard<std::mutex> lock(m->engine->pool_mutex);
     kf::ChunkInput in;
     in.tokens = row_ids.data();
     kf::forward_rows(ws, *m, n, in, logits.data(), true, control);
@@ -542,9 +620,52 @@ kf_status kf_batch_decode(kf_session *const *sessions, const int32_t *ids, int32
       std::copy_n(logits.begin() + int64_t(r) * V, V, s->logits.begin());
       s->n_past += 1;
       s->has_logits = true;
+      s->cache.n_slots += 1;
+      s->cache.peak = std::max(s->cache.peak, s->cache.n_slots);
     }
+    for (auto &u : undo) u->commit();
     if (control) control->done = n;
   }));
+}
+
+// ---- LoCoCo heads ----
+
+kf_status kf_lococo_heads_load(kf_model *model, const char *path, kf_lococo_heads **out) {
+  if (out) *out = nullptr;
+  return guarded("load LoCoCo heads", [&] {
+    KF_REQUIRE(model && out, "load LoCoCo heads", "model or out is NULL");
+    KF_REQUIRE(path && *path, "load LoCoCo heads", "the heads file path is empty");
+    auto h = std::make_unique<kf_lococo_heads>();
+    kf::lococo_heads_load(*h, *model, path);
+    model->n_lococo_heads++;
+    *out = h.release();
+  });
+}
+
+kf_status kf_lococo_heads_free(kf_lococo_heads *heads) {
+  return guarded("free LoCoCo heads", [&] {
+    if (!heads) return;
+    if (heads->n_users.load() > 0)
+      kf::raise(KF_ERR_INVALID_STATE, "cannot free LoCoCo heads: %d session(s) are using them", heads->n_users.load());
+    heads->model->n_lococo_heads--;
+    delete heads;
+  });
+}
+
+kf_status kf_lococo_heads_get_info(const kf_lococo_heads *heads, kf_lococo_heads_info *out) {
+  return guarded("get LoCoCo heads info", [&] {
+    KF_REQUIRE(heads && out, "get LoCoCo heads info", "heads or out is NULL");
+    *out = kf_lococo_heads_info{};
+    out->slots = heads->slots;
+    out->fused_slots = heads->fused;
+    out->kernel = heads->kernel;
+    out->segment = heads->segment;
+    out->keep_rate = heads->keep_rate;
+    out->n_layers = int32_t(heads->layers.size());
+    out->head_dim = heads->head_dim;
+    out->n_users = heads->n_users.load();
+    out->bytes = heads->bytes;
+  });
 }
 
 // ---- sampler ----

@@ -370,7 +370,7 @@ constexpr MicroKernel kMicroKernels[kMR + 1] = {nullptr,         micro_kernel<1>
                                                 micro_kernel<4>, micro_kernel<5>, micro_kernel<6>};
 
 template <DType D>
-void gemm(ThreadPool &pool, const float *x, const void *Wv, float *y, int64_t T, int64_t K, int64_t N,
+void gemm(ThreadPool &pool, const float *x, int64_t lda, const void *Wv, float *y, int64_t T, int64_t K, int64_t N,
           const float *bias) {
   const uint8_t *W = static_cast<const uint8_t *>(Wv);
   const size_t row_bytes = size_t(K) * dtype_size(D);
@@ -396,14 +396,14 @@ void gemm(ThreadPool &pool, const float *x, const void *Wv, float *y, int64_t T,
       pack_b<D>(W, row_bytes, n0, nv, k0, kc, bp);
       for (int64_t t0 = m0; t0 < m1; t0 += kMR) {
         const int mr = int(std::min<int64_t>(kMR, m1 - t0));
-        const float *a = x + t0 * K + k0;
+        const float *a = x + t0 * lda + k0;
         for (int64_t p = 0; p * kNR < nv; p++) {
           const int64_t j0 = n0 + p * kNR;
           const int jv = int(std::min<int64_t>(kNR, nv - p * kNR));
           const float *panel = bp + p * kc * kNR;
           float *c = y + t0 * N + j0;
           if (jv == kNR) {
-            kMicroKernels[mr](kc, a, K, panel, c, N, first, bias ? bias + j0 : nullptr);
+            kMicroKernels[mr](kc, a, lda, panel, c, N, first, bias ? bias + j0 : nullptr);
             continue;
           }
           // Ragged last panel: run on a full 16-wide tile, then copy the valid columns back.
@@ -413,7 +413,7 @@ void gemm(ThreadPool &pool, const float *x, const void *Wv, float *y, int64_t T,
             std::fill(edge_bias, edge_bias + kNR, 0.0f);
             std::memcpy(edge_bias, bias + j0, size_t(jv) * sizeof(float));
           }
-          kMicroKernels[mr](kc, a, K, panel, edge, kNR, first, bias && first ? edge_bias : nullptr);
+          kMicroKernels[mr](kc, a, lda, panel, edge, kNR, first, bias && first ? edge_bias : nullptr);
           for (int r = 0; r < mr; r++) std::memcpy(c + r * N, edge + r * kNR, size_t(jv) * sizeof(float));
         }
       }
@@ -433,7 +433,7 @@ void matmul_dt(ThreadPool &pool, const float *x, const void *W, float *y, int64_
   case 6: matvec<D, 6>(pool, x, W, y, in, out, bias); return;
   case 7: matvec<D, 7>(pool, x, W, y, in, out, bias); return;
   case 8: matvec<D, 8>(pool, x, W, y, in, out, bias); return;
-  default: gemm<D>(pool, x, W, y, T, in, out, bias); return;
+  default: gemm<D>(pool, x, in, W, y, T, in, out, bias); return;
   }
 }
 static_assert(kMatvecMaxT == 8, "matmul_dt dispatches T = 1..8 to matvec");
@@ -458,6 +458,23 @@ void matmul(ThreadPool &pool, const float *x, const void *W, DType dt, float *y,
   case DType::BF16: matmul_dt<DType::BF16>(pool, x, W, y, T, in, out, bias); return;
   }
   raise(KF_ERR_INTERNAL, "cannot run matmul: unknown weight dtype %d", int(dt));
+}
+
+void matmul_strided(ThreadPool &pool, const float *x, int64_t x_stride, const void *W, DType dt, float *y, int64_t T,
+                    int64_t in, int64_t out, const float *bias) {
+  if (x_stride == in || T <= 1) return matmul(pool, x, W, dt, y, T, in, out, bias);
+  if (x_stride < 1 || in < 1 || out < 1 || !x || !W || !y)
+    raise(KF_ERR_INTERNAL, "cannot run strided matmul: bad shape in=%lld out=%lld stride=%lld", (long long)in,
+          (long long)out, (long long)x_stride);
+  if (T <= kMatvecMaxT) {  // few rows: one matrix-vector pass each
+    for (int64_t t = 0; t < T; t++) matmul(pool, x + t * x_stride, W, dt, y + t * out, 1, in, out, bias);
+    return;
+  }
+  switch (dt) {
+  case DType::F32: gemm<DType::F32>(pool, x, x_stride, W, y, T, in, out, bias); return;
+  case DType::F16: gemm<DType::F16>(pool, x, x_stride, W, y, T, in, out, bias); return;
+  case DType::BF16: gemm<DType::BF16>(pool, x, x_stride, W, y, T, in, out, bias); return;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -38,6 +38,11 @@ constexpr int64_t kMatvecMaxT = 8;
 void matmul(ThreadPool &pool, const float *x, const void *W, DType dt, float *y, int64_t T, int64_t in, int64_t out,
             const float *bias);
 
+// matmul with the rows of x `x_stride` floats apart: row t is x[t * x_stride .. t * x_stride + in).
+// x_stride < in makes rows overlap, which is how an implicit im2col (a convolution as one GEMM) reads.
+void matmul_strided(ThreadPool &pool, const float *x, int64_t x_stride, const void *W, DType dt, float *y, int64_t T,
+                    int64_t in, int64_t out, const float *bias);
+
 // A run of consecutive rows that share one LoRA pair (one adapter), as Punica's SGMV groups them.
 struct LoraSegment {
   const float *a;   // [rank, in]

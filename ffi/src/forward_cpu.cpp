@@ -3,6 +3,7 @@
 // One call runs a chunk of T tokens (T = 1 for decode) through every layer, appending their keys and
 // values to the session's KV cache. Every buffer was allocated by session_init; nothing is allocated here.
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #if defined(__SSE__) || defined(__x86_64__)
 #include <xmmintrin.h>
@@ -13,7 +14,7 @@
 
 namespace kf {
 
-void Workspace::init(const kf_model &m, int32_t n_rows, int32_t n_ctx) {
+void Workspace::init(const kf_model &m, int32_t n_rows, int32_t n_ctx, bool with_scores) {
   const ModelConfig &c = m.cfg;
   const size_t B = size_t(n_rows), H = size_t(c.hidden_size), hd = size_t(c.head_dim);
   const size_t q_dim = size_t(c.n_heads) * hd, kv_dim = size_t(c.n_kv_heads) * hd, I = size_t(c.intermediate_size);
@@ -34,8 +35,13 @@ void Workspace::init(const kf_model &m, int32_t n_rows, int32_t n_ctx) {
   rope_cs.assign(B * hd, 0.0f);
   row_session.assign(B, nullptr);
   row_pos.assign(B, 0);
+  row_slot.assign(B, 0);
   row_adapter.assign(B, nullptr);
   lora_segments.reserve(B);
+  // Blocks are at most kAttnRows rows of one session; a batch of sessions has one block per row.
+  const size_t max_blocks = size_t(n_rows) <= size_t(kAttnRows) ? B : (B + kAttnRows - 1) / kAttnRows + 1;
+  col_sums.assign(with_scores ? max_blocks * size_t(c.n_heads) * size_t(n_ctx) : 0, 0.0f);
+  block_keys.assign(max_blocks, {0, 0});
 }
 
 void Workspace::reserve_lora(int32_t max_rank) {
@@ -47,7 +53,7 @@ void Workspace::reserve_lora(int32_t max_rank) {
 int64_t Workspace::bytes() const {
   const auto sz = [](const std::vector<float> &v) { return int64_t(v.capacity()) * 4; };
   return sz(x) + sz(xn) + sz(q) + sz(k) + sz(v) + sz(attn) + sz(proj) + sz(gate) + sz(up) + sz(scores) +
-         sz(rope_cs) + sz(lora_tmp) + sz(key_tile);
+         sz(rope_cs) + sz(lora_tmp) + sz(key_tile) + sz(col_sums);
 }
 
 double Workspace::estimate_bytes(const kf_model &m, int32_t n_rows, int32_t n_ctx) {
@@ -58,39 +64,69 @@ double Workspace::estimate_bytes(const kf_model &m, int32_t n_rows, int32_t n_ct
                           double(m.engine->pool->size()) * std::min(n_rows, kAttnRows) * n_ctx);
 }
 
-void session_init(kf_session &s, kf_model &m, const kf_session_params &p) {
+void session_init(kf_session &s, kf_model &m, const kf_session_params &p_in) {
   const ModelConfig &c = m.cfg;
+  kf_session_params p = p_in;
   if (p.n_ctx < 0) raise(KF_ERR_INVALID_ARGUMENT, "cannot create session: n_ctx %d is negative", p.n_ctx);
   if (p.n_batch < 1 || p.n_batch > 65536)
     raise(KF_ERR_INVALID_ARGUMENT, "cannot create session: n_batch %d is outside [1, 65536]", p.n_batch);
-  if (p.cache_kind != KF_CACHE_FULL)
-    raise(KF_ERR_UNSUPPORTED, "cannot create session: cache kind %d is not supported (0 = full)", p.cache_kind);
+  if (p.cache_kind < KF_CACHE_FULL || p.cache_kind > KF_CACHE_STREAMING)
+    raise(KF_ERR_INVALID_ARGUMENT, "cannot create session: cache kind %d is not one of 0 (full), 1 (lococo), 2 (h2o), "
+          "3 (streaming)", p.cache_kind);
+  if (p.heads && p.cache_kind != KF_CACHE_LOCOCO)
+    raise(KF_ERR_INVALID_ARGUMENT, "cannot create session: LoCoCo heads were given for a cache that is not lococo");
+  if (p.slots < 0 || p.segment < 0 || p.sinks < 0 || p.window < 0)
+    raise(KF_ERR_INVALID_ARGUMENT, "cannot create session: slots %d, segment %d, sinks %d and window %d must not be "
+          "negative", p.slots, p.segment, p.sinks, p.window);
+  if (p.segment > 65536)
+    raise(KF_ERR_INVALID_ARGUMENT, "cannot create session: segment %d is above 65536", p.segment);
+  switch (p.cache_kind) {
+  case KF_CACHE_LOCOCO:
+    if (!p.heads) raise(KF_ERR_INVALID_ARGUMENT, "cannot create session: a lococo cache needs LoCoCo heads");
+    if (p.heads->model != &m)
+      raise(KF_ERR_INVALID_ARGUMENT, "cannot create session: the LoCoCo heads were loaded for another model");
+    if (p.slots == 0) p.slots = p.heads->slots;
+    if (p.segment == 0) p.segment = p.heads->segment;
+    // Mc is fixed by the convolution's output channels; another M changes only the heavy hitters.
+    if (p.slots < p.heads->fused)
+      raise(KF_ERR_INVALID_ARGUMENT, "cannot create session: %d slots are fewer than the %d slots the heads fuse "
+            "into (Mc); use at least %d", p.slots, p.heads->fused, p.heads->fused);
+    break;
+  case KF_CACHE_H2O:
+    if (p.slots < 1) raise(KF_ERR_INVALID_ARGUMENT, "cannot create session: an h2o cache needs slots (M) >= 1");
+    break;
+  case KF_CACHE_STREAMING:
+    if (p.window < 1) raise(KF_ERR_INVALID_ARGUMENT, "cannot create session: a streaming cache needs window >= 1");
+    break;
+  default: break;
+  }
+  const bool compressing = p.cache_kind != KF_CACHE_FULL;
+  if (compressing && p.segment == 0) p.segment = p.n_batch;
+  if (compressing && int64_t(p.slots) + p.sinks + p.window + p.segment > (1 << 24))
+    raise(KF_ERR_INVALID_ARGUMENT, "cannot create session: slots, window and segment add up past 16777216");
   s.model = &m;
-  s.n_ctx = p.n_ctx > 0 ? p.n_ctx : c.max_position_embeddings;
-  if (s.n_ctx > (1 << 24))
+  s.n_ctx = compressing ? (p.n_ctx > 0 ? p.n_ctx : INT32_MAX) : (p.n_ctx > 0 ? p.n_ctx : c.max_position_embeddings);
+  if (!compressing && s.n_ctx > (1 << 24))
     raise(KF_ERR_INVALID_ARGUMENT, "cannot create session: n_ctx %d is above 16777216", s.n_ctx);
-  s.n_batch = std::min(p.n_batch, s.n_ctx);
+  s.n_batch = compressing ? p.segment : std::min(p.n_batch, s.n_ctx);
   s.n_past = 0;
   s.has_logits = false;
+  p.n_ctx = s.n_ctx;
+  const int32_t capacity = cache_capacity(p, s.n_batch);
 
   const size_t kv_dim = size_t(c.n_kv_heads) * size_t(c.head_dim);
   // Refuse what cannot fit before touching it (see available_memory_bytes).
-  const double kv_bytes = 2.0 * c.n_layers * double(s.n_ctx) * double(kv_dim) * sizeof(float);
-  const double scratch_bytes = Workspace::estimate_bytes(m, s.n_batch, s.n_ctx) + 2.0 * 4 * c.vocab_size;
+  const double kv_bytes = 2.0 * c.n_layers * double(capacity) * double(kv_dim) * sizeof(float);
+  const double scratch_bytes = Workspace::estimate_bytes(m, s.n_batch, capacity) + 2.0 * 4 * c.vocab_size;
   const double available = available_memory_bytes();
   if (available > 0 && kv_bytes + scratch_bytes > 0.9 * available) {
     raise(KF_ERR_OUT_OF_MEMORY,
-          "cannot create session: n_ctx %d needs %.2f GiB of KV cache and %.2f GiB of scratch, but only %.2f GiB "
-          "of memory is available; lower the context size",
-          s.n_ctx, kv_bytes / 1073741824.0, scratch_bytes / 1073741824.0, available / 1073741824.0);
+          "cannot create session: %d KV slots per layer need %.2f GiB of KV cache and %.2f GiB of scratch, but only "
+          "%.2f GiB of memory is available; lower the context size",
+          capacity, kv_bytes / 1073741824.0, scratch_bytes / 1073741824.0, available / 1073741824.0);
   }
-  s.k_cache.resize(size_t(c.n_layers));
-  s.v_cache.resize(size_t(c.n_layers));
-  for (int l = 0; l < c.n_layers; l++) {
-    s.k_cache[size_t(l)].assign(size_t(s.n_ctx) * kv_dim, 0.0f);
-    s.v_cache[size_t(l)].assign(size_t(s.n_ctx) * kv_dim, 0.0f);
-  }
-  s.ws.init(m, s.n_batch, s.n_ctx);
+  cache_init(s.cache, m, p, capacity);
+  s.ws.init(m, s.n_batch, capacity, s.cache.needs_scores());
   s.logits.assign(size_t(c.vocab_size), 0.0f);
   s.logits_saved.assign(size_t(c.vocab_size), 0.0f);
 }
@@ -136,6 +172,33 @@ void apply_lora(ThreadPool &pool, Workspace &ws, int32_t rows, int64_t l, Proj p
   if (ws.lora_segments.empty()) return;
   lora_add(pool, x, in, y, out, ws.lora_segments.data(), int32_t(ws.lora_segments.size()), ws.lora_tmp.data(),
            ws.lora_rank);
+}
+
+// Each scoring session's slot scores of layer l := the column sums of this forward's probabilities,
+// summed over its blocks and over the query heads of each KV group (overwritten, not accumulated).
+void reduce_slot_scores(Workspace &ws, int64_t l, int64_t nh, int64_t group, int64_t n_cols) {
+  const int64_t n_blocks = int64_t(ws.attn_blocks.size());
+  for (int64_t b = 0; b < n_blocks; b++) {
+    KvCache &kv = ws.row_session[size_t(ws.attn_blocks[size_t(b)].first)]->cache;
+    if (!kv.needs_scores()) continue;
+    const int64_t nkv = kv.n_kv;
+    float *score = kv.score[size_t(l)].data();  // [capacity, nkv]
+    const bool first_block = b == 0 || ws.row_session[size_t(ws.attn_blocks[size_t(b - 1)].first)] !=
+                                           ws.row_session[size_t(ws.attn_blocks[size_t(b)].first)];
+    const auto [lo, hi] = ws.block_keys[size_t(b)];
+    if (first_block) {  // zero every slot the session's blocks reached (its last block reaches furthest)
+      int64_t last = b;
+      while (last + 1 < n_blocks && ws.row_session[size_t(ws.attn_blocks[size_t(last + 1)].first)] ==
+                                        ws.row_session[size_t(ws.attn_blocks[size_t(b)].first)])
+        last++;
+      std::fill(score, score + ws.block_keys[size_t(last)].second * nkv, 0.0f);
+    }
+    for (int64_t h = 0; h < nh; h++) {
+      const float *cs = ws.col_sums.data() + (size_t(b) * size_t(nh) + size_t(h)) * size_t(n_cols);
+      const int64_t g = h / group;
+      for (int64_t j = lo; j < hi; j++) score[j * nkv + g] += cs[j];
+    }
+  }
 }
 
 }  // namespace
@@ -208,10 +271,10 @@ void forward_rows(Workspace &ws, const kf_model &m, int32_t T, const ChunkInput 
     apply_rope(ws.k.data(), T, nkv, hd, ws.rope_cs.data());
     // Each row's key and value go to its session's cache at its position, before anyone attends.
     for (int32_t t = 0; t < T; t++) {
-      kf_session &s = *ws.row_session[size_t(t)];
-      const int64_t pos = ws.row_pos[size_t(t)];
-      std::copy_n(ws.k.begin() + t * kv_dim, kv_dim, s.k_cache[size_t(l)].begin() + pos * kv_dim);
-      std::copy_n(ws.v.begin() + t * kv_dim, kv_dim, s.v_cache[size_t(l)].begin() + pos * kv_dim);
+      KvCache &kv = ws.row_session[size_t(t)]->cache;
+      const int64_t slot = ws.row_slot[size_t(t)];
+      std::copy_n(ws.k.begin() + t * kv_dim, kv_dim, kv.k[size_t(l)].begin() + slot * kv_dim);
+      std::copy_n(ws.v.begin() + t * kv_dim, kv_dim, kv.v[size_t(l)].begin() + slot * kv_dim);
     }
 
     // attn[t, h] = softmax(q[t,h] · K[begin_t..pos_t, kvh] * scale) · V[begin_t..pos_t, kvh], causal within
@@ -220,16 +283,17 @@ void forward_rows(Workspace &ws, const kf_model &m, int32_t T, const ChunkInput 
     pool.parallel_for(n_blocks * nh, [&](int64_t task, int th) {
       const auto [r0, nr] = ws.attn_blocks[size_t(task / nh)];
       const int64_t h = task % nh, kvh = h / group;
-      const kf_session &s = *ws.row_session[size_t(r0)];
-      const float *kc = s.k_cache[size_t(l)].data();  // [n_ctx, nkv, hd]
-      const float *vc = s.v_cache[size_t(l)].data();
+      const KvCache &kv = ws.row_session[size_t(r0)]->cache;
+      const float *kc = kv.k[size_t(l)].data();  // [capacity, nkv, hd]
+      const float *vc = kv.v[size_t(l)].data();
       float *sc = ws.scores.data() + size_t(th) * size_t(block_rows) * size_t(n_cols);  // [nr, n_cols]
       int64_t begin[kAttnRows], end[kAttnRows];
       int64_t lo = INT64_MAX, hi = 0;
       for (int32_t i = 0; i < nr; i++) {
-        end[i] = int64_t(ws.row_pos[size_t(r0 + i)]) + 1;  // causal: keys 0..pos
-        // Mistral's sliding window: keys more than `window - 1` positions back are masked.
-        begin[i] = window > 0 ? std::max<int64_t>(0, end[i] - window) : 0;
+        end[i] = int64_t(ws.row_slot[size_t(r0 + i)]) + 1;  // causal: every cache slot, then own rows up to itself
+        // Mistral's sliding window: keys more than `window - 1` positions back are masked (a full
+        // cache's slot is its position; compressing caches keep every slot visible, as LoCoCo does).
+        begin[i] = window > 0 && !kv.compressing() ? std::max<int64_t>(0, end[i] - window) : 0;
         lo = std::min(lo, begin[i]);
         hi = std::max(hi, end[i]);
       }
@@ -252,6 +316,14 @@ void forward_rows(Workspace &ws, const kf_model &m, int32_t T, const ChunkInput 
         float *out = ws.attn.data() + ((r0 + i) * nh + h) * hd;
         std::fill(out, out + hd, 0.0f);
       }
+      if (kv.needs_scores()) {
+        // The block's column sums for this head: cs[j] = sum_i p[i, j], over slots [lo, hi).
+        float *cs = ws.col_sums.data() + (size_t(task / nh) * size_t(nh) + size_t(h)) * size_t(n_cols);
+        std::fill(cs + lo, cs + hi, 0.0f);
+        for (int32_t i = 0; i < nr; i++)
+          add_inplace(cs + begin[i], sc + i * n_cols + (begin[i] - lo), end[i] - begin[i]);
+        if (h == 0) ws.block_keys[size_t(task / nh)] = {lo, hi};
+      }
       // out_i += p[i, j] v_j, tile by tile so each tile of values stays in cache for the whole block
       for (int64_t j0 = lo; j0 < hi; j0 += kAttnKeys) {
         const int64_t j1 = std::min<int64_t>(hi, j0 + kAttnKeys);
@@ -263,6 +335,7 @@ void forward_rows(Workspace &ws, const kf_model &m, int32_t T, const ChunkInput 
         }
       }
     });
+    if (!ws.col_sums.empty()) reduce_slot_scores(ws, l, nh, group, n_cols);
     matmul(pool, ws.attn.data(), L.wo.data, L.wo.dtype, ws.proj.data(), T, q_dim, H,
            L.bo.empty() ? nullptr : L.bo.data());  // proj: [T, H]
     apply_lora(pool, ws, T, l, kProjO, ws.attn.data(), q_dim, ws.proj.data(), H);
@@ -301,6 +374,7 @@ void forward_chunk(kf_session &s, const ChunkInput &in, int32_t T, int32_t pos0,
   for (int32_t t = 0; t < T; t++) {
     ws.row_session[size_t(t)] = &s;
     ws.row_pos[size_t(t)] = pos0 + t;
+    ws.row_slot[size_t(t)] = s.cache.n_slots + t;
     ws.row_adapter[size_t(t)] = s.adapter;
   }
   const int64_t V = s.model->cfg.vocab_size;

@@ -9,6 +9,7 @@
 
 #include "common.h"
 #include "cpu_ops.h"
+#include "kv_cache.h"
 #include "model_config.h"
 #include "safetensors.h"
 #include "threadpool.h"
@@ -79,6 +80,7 @@ struct kf_model {
   int64_t n_params = 0, weight_bytes = 0;
   std::atomic<int> n_sessions{0};
   std::atomic<int> n_adapters{0};
+  std::atomic<int> n_lococo_heads{0};
 };
 
 // A loaded PEFT LoRA adapter: f32 copies of every pair, bound to one model. Immutable after load;
@@ -121,13 +123,21 @@ struct Workspace {
   std::vector<float> lora_tmp; // [rows, lora_rank] A x of the rows (grown when an adapter needs more)
   int32_t lora_rank = 0;       // row stride of lora_tmp
   std::vector<LoraSegment> lora_segments;  // [<= rows] this projection's runs of rows per adapter
-  // Per row: the session whose cache it reads and writes, its position, its adapter (or none).
+  // Per row: the session whose cache it reads and writes, its absolute position (RoPE), the cache
+  // slot it writes (it attends to slots 0..slot), its adapter (or none).
   std::vector<kf_session *> row_session;
   std::vector<int32_t> row_pos;
+  std::vector<int32_t> row_slot;
   std::vector<const kf_adapter *> row_adapter;
+  // Slot scores: per (attention block, query head) the column sums of the block's probabilities over
+  // the slots it saw, reduced into the session's cache scores after each layer's attention.
+  // [max blocks, n_heads, n_cols]; empty unless some session's cache ranks slots by score.
+  std::vector<float> col_sums;
+  std::vector<std::pair<int64_t, int64_t>> block_keys;  // per block: slots [lo, hi) it read
 
-  // Allocates every buffer for n_rows rows over caches of up to n_ctx positions.
-  void init(const kf_model &m, int32_t n_rows, int32_t n_ctx);
+  // Allocates every buffer for n_rows rows over caches of up to n_ctx slots; with_scores sizes the
+  // slot score buffers too.
+  void init(const kf_model &m, int32_t n_rows, int32_t n_ctx, bool with_scores = false);
   // Grows lora_tmp for adapters up to max_rank (called when an adapter is chosen, never per token).
   void reserve_lora(int32_t max_rank);
   int64_t bytes() const;
@@ -138,11 +148,12 @@ struct Workspace {
 
 struct kf_session {
   kf_model *model = nullptr;
+  // n_ctx: most positions the session may see; n_batch: rows per forward (a compressing cache's
+  // segment B); n_past: positions seen (the next row's absolute position).
   int32_t n_ctx = 0, n_batch = 0, n_past = 0;
   bool has_logits = false;
   kf_adapter *adapter = nullptr;  // applied to every projection it adapts; NULL = base model
-  // KV cache, per layer: k, v [n_ctx, n_kv, head_dim] f32, keys post-RoPE.
-  std::vector<std::vector<float>> k_cache, v_cache;
+  kf::KvCache cache;              // keys post-RoPE; slot = position for KF_CACHE_FULL
   kf::Workspace ws;            // scratch for n_batch rows, allocated once
   std::vector<float> logits;   // [vocab] last position
   std::vector<float> logits_saved; // [vocab] the logits before a decode, restored if it fails

@@ -1,0 +1,190 @@
+/**
+ * Bounded KV caches: LoCoCo convolutional fusion, H2O heavy hitters and StreamingLLM, as session
+ * options. A session with one of them prefills a prompt of any length segment by segment into a
+ * cache of a fixed number of slots per layer (DESIGN.md, "LoCoCo").
+ *
+ * @module
+ */
+
+import { alloc, check, cString, outPointer, sym } from "./_binding.ts";
+import { HandleOwner, NativeHandle } from "./_handle.ts";
+import { KvfoldError } from "./errors.ts";
+import type { Model } from "./model.ts";
+
+/** Native `kf_cache_kind` values. */
+export const CACHE_KINDS = Object.freeze({ full: 0, lococo: 1, h2o: 2, streaming: 3 } as const);
+/** A cache kind by name. */
+export type CacheKind = keyof typeof CACHE_KINDS;
+
+/**
+ * How a session keeps its KV cache:
+ * - `full`: every position keeps its slot (the default);
+ * - `lococo`: above `slots + 16` slots, the top Mh by attention score stay and the rest are fused
+ *   into Mc slots by the heads' convolution (M, B from the heads file unless given);
+ * - `h2o`: above `slots + 16`, the top `slots` by attention score stay;
+ * - `streaming`: above `sinks + window`, the first `sinks` and the last `window` slots stay.
+ * Compressing kinds prefill in segments of `segment` tokens (default: the session's batch size,
+ * or the heads file's B for lococo).
+ */
+export type CacheOptions =
+  | { kind: "full" }
+  | { kind: "lococo"; heads: LococoHeads; slots?: number; segment?: number }
+  | { kind: "h2o"; slots: number; segment?: number }
+  | { kind: "streaming"; window: number; sinks?: number; segment?: number };
+
+/** What a loaded heads file holds. */
+export interface LococoHeadsInfo {
+  /** M: slots per layer after a compression (file metadata). */
+  slots: number;
+  /** Mc: slots the convolution fuses into. */
+  fusedSlots: number;
+  /** k: the convolution's kernel. */
+  kernel: number;
+  /** B: the prefill segment (file metadata). */
+  segment: number;
+  /** r: keep rate (file metadata). */
+  keepRate: number;
+  /** Layers (the model's). */
+  layers: number;
+  /** head_dim (the model's). */
+  headDim: number;
+  /** Bytes held in memory (f32). */
+  bytes: number;
+}
+
+/**
+ * LoCoCo heads (one Conv1d compressor per layer) loaded for one model and checked against it.
+ * Pass them to `model.session({ cache: { kind: "lococo", heads } })`; many sessions can share them.
+ *
+ * @example
+ * ```ts ignore
+ * using heads = await model.loadLococoHeads("./heads.safetensors");
+ * using session = model.session({ cache: { kind: "lococo", heads } });
+ * await session.prefill(longPromptIds, { onProgress: (done, total) => console.log(done, total) });
+ * console.log(session.memory().kvSlotsPeak); // at most M + B (+ 16)
+ * ```
+ */
+export class LococoHeads extends HandleOwner {
+  /** The model they were loaded for. */
+  readonly model: Model;
+  /** The heads file. */
+  readonly path: string;
+  /** M, Mc, k, B, r and size. */
+  readonly info: LococoHeadsInfo;
+
+  private constructor(handle: NativeHandle, model: Model, path: string, info: LococoHeadsInfo) {
+    super(handle);
+    this.model = model;
+    this.path = path;
+    this.info = info;
+  }
+
+  /** @internal use {@link Model.loadLococoHeads}. */
+  static _load(model: Model, path: string): LococoHeads {
+    if (typeof path !== "string" || path.length === 0) {
+      throw new KvfoldError("INVALID_ARGUMENT", "Cannot load LoCoCo heads: the path is empty");
+    }
+    const s = sym();
+    const out = outPointer();
+    check(s.kf_lococo_heads_load(model._handle.ptr, cString(path), out.buf));
+    const ptr = out.get();
+    const handle = new NativeHandle(
+      ptr,
+      `the LoCoCo heads ${path}`,
+      (p) => check(sym().kf_lococo_heads_free(p)),
+      model._handle,
+    );
+    const buf = alloc(40);
+    check(s.kf_lococo_heads_get_info(ptr, buf));
+    const v = new DataView(buf.buffer);
+    const info: LococoHeadsInfo = {
+      slots: v.getInt32(0, true),
+      fusedSlots: v.getInt32(4, true),
+      kernel: v.getInt32(8, true),
+      segment: v.getInt32(12, true),
+      keepRate: v.getFloat32(16, true),
+      layers: v.getInt32(20, true),
+      headDim: v.getInt32(24, true),
+      bytes: Number(v.getBigInt64(32, true)),
+    };
+    return new LococoHeads(handle, model, path, info);
+  }
+
+  /** Sessions using them. */
+  get users(): number {
+    if (this._handle.disposed) return 0;
+    const buf = alloc(40);
+    check(sym().kf_lococo_heads_get_info(this._handle.ptr, buf));
+    return new DataView(buf.buffer).getInt32(28, true);
+  }
+
+  /** Frees them; refused (INVALID_STATE) while a live session uses them. */
+  override dispose(): void {
+    if (this._handle.disposed) return;
+    const users = this._handle.liveUsers;
+    if (users > 0) {
+      throw new KvfoldError(
+        "INVALID_STATE",
+        `Cannot free the LoCoCo heads: ${users} session(s) are using them`,
+      );
+    }
+    super.dispose();
+  }
+}
+
+function nonNegative(what: string, v: number | undefined): number {
+  if (v === undefined) return 0;
+  if (!Number.isInteger(v) || v < 0) {
+    throw new RangeError(`Cannot create session: cache ${what} ${v} is not a non-negative integer`);
+  }
+  return v;
+}
+
+/**
+ * Writes a {@link CacheOptions} into `kf_session_params` (bytes 8..40) and returns the heads the
+ * session will rely on, if any.
+ * @internal
+ */
+export function encodeCacheOptions(
+  view: DataView,
+  cache: CacheOptions | undefined,
+  model: Model,
+): LococoHeads | null {
+  if (cache === undefined) return null;
+  const kind = CACHE_KINDS[cache.kind as CacheKind];
+  if (kind === undefined) {
+    throw new RangeError(
+      `Cannot create session: cache kind "${cache.kind}" is not one of ${
+        Object.keys(CACHE_KINDS).join(", ")
+      }`,
+    );
+  }
+  view.setInt32(8, kind, true);
+  if (cache.kind === "full") return null;
+  view.setInt32(16, nonNegative("segment", cache.segment), true);
+  if (cache.kind === "h2o") {
+    view.setInt32(12, nonNegative("slots", cache.slots), true);
+    return null;
+  }
+  if (cache.kind === "streaming") {
+    if (cache.sinks !== undefined) view.setInt32(20, nonNegative("sinks", cache.sinks), true);
+    view.setInt32(24, nonNegative("window", cache.window), true);
+    return null;
+  }
+  const heads = cache.heads;
+  if (!(heads instanceof LococoHeads)) {
+    throw new KvfoldError(
+      "INVALID_ARGUMENT",
+      "Cannot create session: a lococo cache needs `heads` loaded with model.loadLococoHeads(path)",
+    );
+  }
+  if (heads.model !== model) {
+    throw new KvfoldError(
+      "INVALID_ARGUMENT",
+      "Cannot create session: the LoCoCo heads belong to another model",
+    );
+  }
+  view.setInt32(12, nonNegative("slots", cache.slots), true);
+  view.setBigUint64(32, BigInt(Deno.UnsafePointer.value(heads._handle.ptr)), true);
+  return heads;
+}
