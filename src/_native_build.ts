@@ -8,7 +8,11 @@
 
 import { KvfoldError } from "./errors.ts";
 
-const ROOT = new URL("../", import.meta.url);
+// The Node.js/Bun build (`npm run build`) runs this file from dist/src/, one folder deeper than src/.
+const ROOT = new URL(
+  import.meta.url.endsWith("/dist/src/_native_build.js") ? "../../" : "../",
+  import.meta.url,
+);
 
 /** Absolute path of the repository root (where `ffi/` and `build/` live). */
 export function repoRoot(): string {
