@@ -95,7 +95,7 @@ export const STRUCT_SIZES: Record<string, number> = {
   kf_model_params: 16,
   kf_model_info: 88,
   kf_session_params: 40,
-  kf_session_info: 72,
+  kf_session_info: 80,
   kf_sampler_params: 32,
   kf_adapter_info: 40,
   kf_lococo_heads_info: 40,

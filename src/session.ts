@@ -45,6 +45,8 @@ export interface SessionMemory {
   kvSlotsPeak: number;
   /** Times the cache was compressed since creation or reset. */
   compressions: number;
+  /** Milliseconds spent compressing since creation or reset. */
+  compressMs: number;
   /** M (lococo, h2o) or sinks + window (streaming); 0 for the full cache. */
   slots: number;
   /** Prefill segment (chunk) length in tokens. */
@@ -182,7 +184,7 @@ export class Session extends HandleOwner {
 
   /** KV cache and scratch memory of this session, and what its cache policy did. */
   memory(): SessionMemory {
-    const info = alloc(72);
+    const info = alloc(80);
     check(sym().kf_session_get_info(this._handle.ptr, info));
     const v = new DataView(info.buffer);
     const kind = v.getInt32(8, true);
@@ -197,8 +199,9 @@ export class Session extends HandleOwner {
       kvSlotsUsed: i64(40),
       kvSlotsPeak: i64(48),
       compressions: i64(56),
-      slots: v.getInt32(64, true),
-      segment: v.getInt32(68, true),
+      compressMs: i64(64) / 1e6,
+      slots: v.getInt32(72, true),
+      segment: v.getInt32(76, true),
     };
   }
 

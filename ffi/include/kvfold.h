@@ -252,6 +252,7 @@ typedef struct kf_session_info {
   int64_t kv_slots_used; /* KV slots per layer holding something now                             */
   int64_t kv_slots_peak; /* most slots per layer ever in use (since create or reset)              */
   int64_t compressions;  /* times the cache was compressed (since create or reset)                */
+  int64_t compress_ns;   /* wall time spent compressing, in nanoseconds (since create or reset)  */
   int32_t slots;      /* M (LOCOCO, H2O) or sinks + window (STREAMING); 0 for FULL               */
   int32_t segment;    /* prefill segment (chunk) length in tokens                                 */
 } kf_session_info;

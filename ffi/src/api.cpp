@@ -485,6 +485,7 @@ kf_status kf_session_get_info(const kf_session *session, kf_session_info *out) {
     out->kv_slots_used = c.n_slots;
     out->kv_slots_peak = c.peak;
     out->compressions = c.compressions;
+    out->compress_ns = c.compress_ns;
     out->slots = c.kind == KF_CACHE_STREAMING ? c.sinks + c.window : c.slots;
     out->segment = session->n_batch;
   });

@@ -3,6 +3,7 @@
 #include "kv_cache.h"
 
 #include <algorithm>
+#include <chrono>
 #include <numeric>
 
 #include "model.h"
@@ -64,6 +65,7 @@ void cache_clear(KvCache &c) {
   c.n_slots = 0;
   c.peak = 0;
   c.compressions = 0;
+  c.compress_ns = 0;
   c.saved.has_slots = false;
 }
 
@@ -138,6 +140,7 @@ void streaming_shrink_layer(KvCache &c, int32_t l) {
 
 void cache_shrink(KvCache &c, ThreadPool &pool) {
   if (!cache_over_limit(c)) return;
+  const auto t0 = std::chrono::steady_clock::now();
   for (int32_t l = 0; l < c.n_layers; l++) {
     switch (c.kind) {
     case KF_CACHE_H2O: h2o_shrink_layer(c, l); break;
@@ -148,6 +151,7 @@ void cache_shrink(KvCache &c, ThreadPool &pool) {
   }
   c.n_slots = c.kind == KF_CACHE_STREAMING ? c.sinks + c.window : c.slots;
   c.compressions++;
+  c.compress_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
 }
 
 void cache_checkpoint(KvCache &c) {

@@ -51,6 +51,7 @@ struct KvCache {
   int32_t n_slots = 0;    // slots in use, the same in every layer
   int32_t peak = 0;       // most slots in use since create/reset
   int64_t compressions = 0;
+  int64_t compress_ns = 0;  // wall time in cache_shrink
   int32_t slots = 0;      // M (lococo, h2o)
   int32_t sinks = 0, window = 0;  // streaming
   const kf_lococo_heads *heads = nullptr;

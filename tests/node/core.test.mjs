@@ -2,7 +2,7 @@
 // forward pass against the float64 reference, the embedding-prefix identity, KV-cache decode,
 // greedy and seeded generation, streaming with abort, LoRA adapters in a mixed batch, and the store.
 import { DocumentStore, KvfoldError } from "kvfold";
-import { makeTestAdapter } from "kvfold/test-model";
+import { makeTestAdapter, makeTestLococoHeads } from "kvfold/test-model";
 import assert from "node:assert/strict";
 import { readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
@@ -275,5 +275,37 @@ test("store: documents, chunks and vectors persist in the SQLite file across reo
     }
   } finally {
     await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test("lococo cache: equal to the full cache until it compresses, then bounded at M + B slots", async () => {
+  const dir = await testModel("gqa", { seed: 11 });
+  const tmp = await tempDir();
+  const kv = await testEngine();
+  const model = await kv.loadModel(dir);
+  try {
+    const path = join(tmp, "heads.safetensors");
+    await makeTestLococoHeads(path, { base: dir, slots: 24, segment: 16, kernel: 5, seed: 5 });
+    const heads = model.loadLococoHeads(path);
+    const ids = someIds(200, model.info.vocabSize, 9);
+    const full = model.session({ batchSize: 16 });
+    const s = model.session({ cache: { kind: "lococo", heads } });
+    const want = await full.prefill(ids.slice(0, 48), { logits: "all" });
+    assert.deepEqual(await s.prefill(ids.slice(0, 48), { logits: "all" }), want); // 48 slots: not compressed yet
+    await s.prefill(ids.slice(48));
+    const m = s.memory();
+    assert.equal(m.cacheKind, "lococo");
+    assert.equal(m.position, 200);
+    assert.ok(m.compressions >= 4, `${m.compressions} compressions`);
+    assert.ok(m.kvSlotsPeak <= 24 + 16 + 16, `peak ${m.kvSlotsPeak}`);
+    const { keys, scores } = s.readCache(0);
+    assert.equal(keys.length, m.kvSlotsUsed * model.info.kvHeads * model.info.headDim);
+    assert.equal(scores.length, m.kvSlotsUsed * model.info.kvHeads);
+    assert.throws(() => heads.dispose(), /session\(s\) are using them/);
+    s.dispose();
+    full.dispose();
+  } finally {
+    model.dispose();
+    await rm(tmp, { recursive: true, force: true });
   }
 });
