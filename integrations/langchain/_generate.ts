@@ -2,6 +2,7 @@
 // plain documents become text context, and the prompt goes through the model's chat template.
 
 import type {
+  CacheOptions,
   ChatMessage,
   DocumentStore,
   GenerationStats,
@@ -68,6 +69,8 @@ export interface KvfoldRunRequest {
   stop?: readonly string[];
   signal?: AbortSignal;
   formatContext: TextContextFormatter;
+  /** The session's KV cache (default full). */
+  cache?: CacheOptions;
   onStats?: (stats: KvfoldRunStats) => void;
 }
 
@@ -150,7 +153,11 @@ async function* generatePieces(request: KvfoldRunRequest): AsyncGenerator<string
   const rows = chunks.reduce((n, c) => n + c.vectors.rows, 0);
   const maxTokens = request.settings.maxTokens ?? 256;
   try {
-    using session = model.session({ contextSize: rows + promptIds.length + maxTokens + 1 });
+    const full = (request.cache?.kind ?? "full") === "full";
+    using session = model.session({
+      contextSize: full ? rows + promptIds.length + maxTokens + 1 : 0,
+      cache: request.cache,
+    });
     await session.setAdapter(adapterForGroups(model, groups));
     if (rows > 0) {
       await session.prefillEmbeddings(concatVectors(chunks.map((c) => c.vectors)).data, { signal });

@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { ChatMessage, DocumentStore, Model } from "../../mod.ts";
+import type { CacheOptions, ChatMessage, DocumentStore, Model } from "../../mod.ts";
 import {
   AIMessage,
   AIMessageChunk,
@@ -40,6 +40,12 @@ export interface KvfoldModelFields extends KvfoldGenerationSettings {
   stop?: string[];
   /** How plain-text documents and the question are written into the prompt; default {@linkcode formatTextContext}. */
   formatContext?: TextContextFormatter;
+  /**
+   * How each generation's session keeps its KV cache (default full; `cache` is LangChain's response
+   * cache). A bounded cache
+   * (`{ kind: "lococo", heads }`, `h2o`, `streaming`) keeps long text contexts within a fixed memory.
+   */
+  kvCache?: CacheOptions;
 }
 
 /** Fields of {@linkcode ChatKvfold}. */
@@ -197,6 +203,7 @@ export class ChatKvfold extends BaseChatModel<ChatKvfoldCallOptions, AIMessageCh
       stop: options.stop ?? this.#fields.stop,
       signal: options.signal,
       formatContext: this.#fields.formatContext ?? formatTextContext,
+      cache: this.#fields.kvCache,
       onStats: (s) => (stats = s),
     });
     for await (const piece of pieces) {
@@ -321,6 +328,7 @@ export class KvfoldLLM extends LLM<KvfoldLLMCallOptions> {
       stop: options.stop ?? this.#fields.stop,
       signal: options.signal,
       formatContext: this.#fields.formatContext ?? formatTextContext,
+      cache: this.#fields.kvCache,
       onStats: (s) => (stats = s),
     });
     for await (const piece of pieces) {

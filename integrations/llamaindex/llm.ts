@@ -6,6 +6,7 @@
  */
 
 import {
+  type CacheOptions,
   type ChatMessage as KvfoldChatMessage,
   concatVectors,
   type GenerateOptions,
@@ -43,6 +44,11 @@ export interface KvfoldLLMOptions extends KvfoldGenerationOptions {
    * `answerFromChunks` does; default: when the model has a template.
    */
   templateCompletions?: boolean;
+  /**
+   * How each generation's session keeps its KV cache (default full). A bounded cache
+   * (`{ kind: "lococo", heads }`, `h2o`, `streaming`) keeps long text contexts within a fixed memory.
+   */
+  kvCache?: CacheOptions;
 }
 
 /** Counters of one call: kvfold's generation stats, the prefix length and the adapter group. */
@@ -255,8 +261,13 @@ export class KvfoldLLM extends BaseLLM<KvfoldCallOptions> {
       }
     });
     const group = resolveGroup(explicitGroup, contexts);
-    const { modelName: _name, contextWindow: _window, templateCompletions: _template, ...defaults } =
-      this.#options;
+    const {
+      modelName: _name,
+      contextWindow: _window,
+      templateCompletions: _template,
+      kvCache: cache,
+      ...defaults
+    } = this.#options;
     const settings: GenerateOptions = {
       temperature: DEFAULT_TEMPERATURE,
       topP: DEFAULT_TOP_P,
@@ -267,7 +278,11 @@ export class KvfoldLLM extends BaseLLM<KvfoldCallOptions> {
     const model = this.model;
     return (async function* () {
       const rows = contexts.reduce((n, c) => n + c.vectors.rows, 0);
-      using session = model.session({ contextSize: rows + prompt.length + settings.maxTokens! + 1 });
+      const full = (cache?.kind ?? "full") === "full";
+      using session = model.session({
+        contextSize: full ? rows + prompt.length + settings.maxTokens! + 1 : 0,
+        cache,
+      });
       await session.setAdapter(adapterForGroup(model, group));
       if (rows > 0) {
         await session.prefillEmbeddings(concatVectors(contexts.map((c) => c.vectors)).data, { signal });
