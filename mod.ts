@@ -30,6 +30,16 @@ export { CACHE_KINDS, LococoHeads } from "./src/lococo.ts";
 export type { CacheKind, CacheOptions, LococoHeadsInfo } from "./src/lococo.ts";
 export { Adapter, AdapterRegistry, LORA_PROJECTIONS } from "./src/adapter.ts";
 export type { AdapterEntry, AdapterInfo, LoraProjection } from "./src/adapter.ts";
+export { finetuneLora, LoraTrainer, qaExampleRows, TRAIN_TENSORS } from "./src/train.ts";
+export type {
+  FinetuneOptions,
+  FinetuneProgress,
+  LoraTrainOptions,
+  QaExample,
+  TrainExample,
+  TrainStep,
+  TrainTensor,
+} from "./src/train.ts";
 export { decodeBatch, DecodeBatcher } from "./src/batch.ts";
 export type { BatchEntry, BatcherStats } from "./src/batch.ts";
 export { TextTokenizer } from "./src/tokenizer.ts";

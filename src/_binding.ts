@@ -69,6 +69,19 @@ const SYMBOLS = {
   kf_session_set_adapter: { parameters: ["pointer", "pointer"], result: "i32" },
   kf_batch_decode: { parameters: ["buffer", "buffer", "i32", "buffer"], result: "i32", nonblocking: true },
 
+  kf_lora_trainer_create: { parameters: ["pointer", "buffer", "buffer"], result: "i32" },
+  kf_trainer_free: { parameters: ["pointer"], result: "i32" },
+  kf_trainer_get_info: { parameters: ["pointer", "buffer"], result: "i32" },
+  kf_trainer_accumulate: {
+    parameters: ["pointer", "buffer", "i32", "buffer", "buffer", "i32", "buffer", "buffer"],
+    result: "i32",
+    nonblocking: true,
+  },
+  kf_trainer_step: { parameters: ["pointer", "buffer"], result: "i32" },
+  kf_trainer_read: { parameters: ["pointer", "i32", "i32", "i32", "buffer", "i64"], result: "i32" },
+  kf_trainer_write: { parameters: ["pointer", "i32", "i32", "i32", "buffer", "i64"], result: "i32" },
+  kf_trainer_set_step: { parameters: ["pointer", "i64"], result: "i32" },
+
   kf_lococo_heads_load: { parameters: ["pointer", "buffer", "buffer"], result: "i32" },
   kf_lococo_heads_free: { parameters: ["pointer"], result: "i32" },
   kf_lococo_heads_get_info: { parameters: ["pointer", "buffer"], result: "i32" },
@@ -99,6 +112,9 @@ export const STRUCT_SIZES: Record<string, number> = {
   kf_sampler_params: 32,
   kf_adapter_info: 40,
   kf_lococo_heads_info: 40,
+  kf_lora_train_params: 64,
+  kf_trainer_info: 40,
+  kf_train_step_info: 24,
 };
 
 /** Status codes of `kf_status`, by name. */

@@ -17,6 +17,8 @@ import { makeTestLococoHeads } from "./lococo_heads.ts";
 import { convertTorchCheckpoint } from "./torch_bin.ts";
 import { Compressor } from "./compressor.ts";
 import { answerFromChunks, compressIntoStore } from "./lloco.ts";
+import { finetuneLora, type QaExample } from "./train.ts";
+import type { LoraProjection } from "./adapter.ts";
 import { DocumentStore } from "./store.ts";
 import { measureDecode, measurePrefill } from "./throughput.ts";
 
@@ -49,6 +51,12 @@ Commands:
                                          stream an answer from the best chunks' summary vectors;
                                          GROUP=DIR adapters are chosen by the best chunk's group,
                                          a plain DIR is used whatever the group
+  train lora --model DIR --data FILE.jsonl --out DIR [--rank R] [--alpha A] [--targets q_proj,...]
+      [--rslora] [--steps N] [--accumulate N] [--lr LR] [--weight-decay W] [--warmup N] [--seed S]
+      [--checkpoint FILE [--checkpoint-every N]]
+                                         finetune a LoRA on {"question","answer"[,"document"]} lines
+                                         (documents compressed by the checkpoint); writes a PEFT
+                                         folder; --checkpoint resumes a killed run
   store stats FILE                       documents, tokens in, vectors kept, ratio, bytes
   convert SRC DST                        PyTorch .bin checkpoints (torch.save zip; sharded; PEFT
                                          adapter_model.bin) to safetensors; refuses non-tensor pickles
@@ -364,6 +372,103 @@ async function cmdLogits(args: string[]) {
   });
   note(`wrote ${out}: logits [${ids.length}, ${model.info.vocabSize}] f32`);
   cacheNote(session);
+}
+
+async function cmdTrain(args: string[]) {
+  const { values: v, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: {
+      ...COMMON,
+      model: { type: "string" },
+      data: { type: "string" },
+      out: { type: "string" },
+      rank: { type: "string" },
+      alpha: { type: "string" },
+      targets: { type: "string" },
+      rslora: { type: "boolean" },
+      steps: { type: "string" },
+      accumulate: { type: "string" },
+      lr: { type: "string" },
+      "weight-decay": { type: "string" },
+      warmup: { type: "string" },
+      seed: { type: "string" },
+      checkpoint: { type: "string" },
+      "checkpoint-every": { type: "string" },
+    },
+  });
+  if (positionals[0] !== "lora") {
+    throw new KvfoldError(
+      "INVALID_ARGUMENT",
+      positionals[0] === "lococo"
+        ? "kvfold train lococo is not available yet: calibrating LoCoCo heads needs the backward pass through the fusion"
+        : "Usage: kvfold train lora --model DIR --data FILE.jsonl --out DIR [options]",
+    );
+  }
+  const dir = need(v.model, "model"), out = need(v.out, "out");
+  const examples: QaExample[] = [];
+  const lines = (await Deno.readTextFile(need(v.data, "data"))).split("\n");
+  for (const [i, line] of lines.entries()) {
+    if (line.trim() === "") continue;
+    let e: Record<string, unknown>;
+    try {
+      e = JSON.parse(line);
+    } catch (err) {
+      throw new KvfoldError(
+        "FORMAT",
+        `Cannot read --data: line ${i + 1} is not JSON (${(err as Error).message})`,
+      );
+    }
+    if (typeof e.question !== "string" || typeof e.answer !== "string") {
+      throw new KvfoldError(
+        "FORMAT",
+        `Cannot read --data: line ${i + 1} needs string "question" and "answer"`,
+      );
+    }
+    if (e.document !== undefined && typeof e.document !== "string") {
+      throw new KvfoldError("FORMAT", `Cannot read --data: line ${i + 1}: "document" must be a string`);
+    }
+    examples.push({ question: e.question, answer: e.answer, document: e.document as string | undefined });
+  }
+  using kv = await openEngine(v);
+  // Documents are compressed by the checkpoint itself (LLoCO: the decoder is the AutoCompressor).
+  const needsCompressor = examples.some((e) => e.document !== undefined);
+  const compressor = needsCompressor ? await Compressor.load(kv, dir) : undefined;
+  using model = compressor
+    ? compressor.model
+    : await kv.loadModel(dir, { dtype: (v.dtype ?? "auto") as WeightDType });
+  using interrupt = interruptSignal();
+  const t0 = performance.now();
+  using trainer = await finetuneLora(model, examples, {
+    compressor,
+    rank: intOpt(v.rank, "rank", 1),
+    alpha: numOpt(v.alpha, "alpha"),
+    targets: v.targets?.split(",").map((t) => t.trim()) as LoraProjection[] | undefined,
+    rslora: v.rslora,
+    steps: intOpt(v.steps, "steps", 1),
+    accumulate: intOpt(v.accumulate, "accumulate", 1),
+    learningRate: numOpt(v.lr, "lr"),
+    weightDecay: numOpt(v["weight-decay"], "weight-decay"),
+    warmupSteps: intOpt(v.warmup, "warmup"),
+    seed: intOpt(v.seed, "seed"),
+    checkpoint: v.checkpoint,
+    checkpointEvery: intOpt(v["checkpoint-every"], "checkpoint-every", 1),
+    signal: interrupt.signal,
+    onProgress: (p) =>
+      note(
+        `step ${p.step}/${p.totalSteps}  loss ${p.loss.toFixed(4)}  lr ${p.learningRate.toExponential(2)}  ` +
+          `|g| ${p.gradNorm.toFixed(3)}  ${p.tokensPerSecond.toFixed(0)} tok/s  ETA ${
+            p.etaSeconds.toFixed(0)
+          } s`,
+      ),
+  });
+  await trainer.saveAdapter(out);
+  note(
+    `wrote ${out}: rank ${trainer.info.rank} on ${
+      trainer.info.targets.join(", ")
+    }, ${trainer.info.params} parameters, ` +
+      `${examples.length} examples, ${((performance.now() - t0) / 1000).toFixed(1)} s`,
+  );
 }
 
 async function cmdMakeTestModel(args: string[]) {
@@ -697,6 +802,7 @@ const COMMANDS: Record<string, (args: string[]) => Promise<void>> = {
   store: cmdStore,
   convert: cmdConvert,
   bench: cmdBench,
+  train: cmdTrain,
 };
 
 /** Runs the CLI with `args`; returns the process exit code. */

@@ -301,6 +301,85 @@ KF_API kf_status kf_session_set_adapter(kf_session *session, kf_adapter *adapter
 KF_API kf_status kf_batch_decode(kf_session *const *sessions, const int32_t *ids, int32_t n, kf_control *control);
 
 /* ---------------------------------------------------------------------------------------------- */
+/* LoRA training: the base model frozen, LoRA pairs trained with AdamW (LLoCO finetuning)            */
+
+typedef struct kf_trainer kf_trainer;
+
+typedef struct kf_lora_train_params {
+  int32_t rank;          /* r; default 8                                                           */
+  float alpha;           /* lora_alpha; default 16                                                 */
+  uint32_t target_mask;  /* bit p trains projection p (0 q, 1 k, 2 v, 3 o, 4 gate, 5 up, 6 down);
+                            default q, k, v, o (0x0F)                                              */
+  int32_t use_rslora;    /* 1: scale alpha / sqrt(r) instead of alpha / r                          */
+  uint64_t seed;         /* initialisation of A                                                    */
+  float lr;              /* peak learning rate; default 2e-4                                       */
+  float weight_decay;    /* AdamW decoupled weight decay; default 0                                */
+  float beta1, beta2;    /* default 0.9, 0.999                                                     */
+  float eps;             /* default 1e-8                                                           */
+  float max_grad_norm;   /* clip the global gradient norm to this; 0 = no clipping; default 1     */
+  float min_lr_ratio;    /* the cosine ends at min_lr_ratio * lr; default 0                        */
+  int32_t warmup_steps;  /* linear warmup from 0; default 0                                        */
+  int32_t total_steps;   /* cosine decay over this many steps; 0 = constant lr after warmup       */
+  int32_t reserved;      /* keep zero                                                              */
+} kf_lora_train_params;
+
+typedef struct kf_trainer_info {
+  int32_t rank;
+  uint32_t target_mask;
+  int32_t n_layers;
+  int32_t accumulated;   /* examples whose gradients wait for the next step                        */
+  int64_t step;          /* optimizer steps taken                                                  */
+  int64_t n_params;      /* trainable parameters                                                   */
+  float alpha;
+  float scale;           /* alpha / r or alpha / sqrt(r)                                            */
+} kf_trainer_info;
+
+typedef struct kf_train_step_info {
+  int64_t step;          /* steps taken, this one included                                         */
+  float lr;              /* learning rate used                                                     */
+  float grad_norm;       /* global norm of the averaged gradient, before clipping                  */
+  int32_t examples;      /* examples averaged                                                      */
+  int32_t reserved;
+} kf_train_step_info;
+
+/* Which tensor of a pair kf_trainer_read / kf_trainer_write address. */
+typedef enum kf_train_tensor {
+  KF_TRAIN_A = 0,        /* lora_A [r, in] (PEFT layout, unscaled)                                  */
+  KF_TRAIN_B = 1,        /* lora_B [out, r]                                                         */
+  KF_TRAIN_GRAD_A = 2,   /* summed gradients of the accumulated examples                            */
+  KF_TRAIN_GRAD_B = 3,
+  KF_TRAIN_M_A = 4,      /* AdamW moments                                                           */
+  KF_TRAIN_V_A = 5,
+  KF_TRAIN_M_B = 6,
+  KF_TRAIN_V_B = 7
+} kf_train_tensor;
+
+KF_API kf_lora_train_params kf_lora_train_default_params(void);
+/* New LoRA pairs for the masked projections of every layer: A uniform in +-1/sqrt(in) (PEFT's
+ * kaiming init), B zero, so training starts from the base model. */
+KF_API kf_status kf_lora_trainer_create(kf_model *model, const kf_lora_train_params *params, kf_trainer **out);
+KF_API kf_status kf_trainer_free(kf_trainer *trainer);
+KF_API kf_status kf_trainer_get_info(const kf_trainer *trainer, kf_trainer_info *out);
+/* Forward and backward of one example: rows [prefix (n_prefix x hidden, f32; may be 0 rows) | ids],
+ * positions 0..n_prefix+n_ids-1, causal. labels[t] is the token id that row n_prefix + t must
+ * predict, or -1 (no loss). Adds the gradient of the mean cross-entropy over labelled rows to the
+ * accumulated gradients and writes that mean to *loss. control: cancel (gradients unchanged then),
+ * progress in layers. */
+KF_API kf_status kf_trainer_accumulate(kf_trainer *trainer, const float *prefix, int32_t n_prefix, const int32_t *ids,
+                                       const int32_t *labels, int32_t n_ids, float *loss, kf_control *control);
+/* AdamW over the accumulated gradients averaged over the examples (clipped, lr from the schedule),
+ * then zeroes them. Refused when nothing was accumulated. */
+KF_API kf_status kf_trainer_step(kf_trainer *trainer, kf_train_step_info *out);
+/* Copies a pair's tensor out / in (n floats, which must be its size): checkpoints and tests. layer and
+ * proj (0..6) must name a trained pair. */
+KF_API kf_status kf_trainer_read(const kf_trainer *trainer, int32_t layer, int32_t proj, int32_t which, float *out,
+                                 int64_t n);
+KF_API kf_status kf_trainer_write(kf_trainer *trainer, int32_t layer, int32_t proj, int32_t which, const float *in,
+                                  int64_t n);
+/* Sets the optimizer step count (resuming from a checkpoint) and drops accumulated gradients. */
+KF_API kf_status kf_trainer_set_step(kf_trainer *trainer, int64_t step);
+
+/* ---------------------------------------------------------------------------------------------- */
 /* LoCoCo heads: one Conv1d compressor per layer, bound to one model                                 */
 
 typedef struct kf_lococo_heads_info {

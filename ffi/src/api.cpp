@@ -6,6 +6,7 @@
 #include <new>
 #include <thread>
 
+#include "api_guard.h"
 #include "cpu_ops.h"
 #include "model.h"
 #include "sampler.h"
@@ -16,45 +17,9 @@
 
 namespace {
 
-thread_local std::string g_last_error;
-
-// Runs fn, turning every exception into a status and the thread-local message; never lets one escape.
-template <class F>
-kf_status guarded(const char *what, F &&fn) {
-  try {
-    fn();
-    return KF_OK;
-  } catch (const kf::Error &e) {
-    g_last_error = e.what();
-    return e.code;
-  } catch (const std::bad_alloc &) {
-    g_last_error = std::string("cannot ") + what + ": out of memory";
-    return KF_ERR_OUT_OF_MEMORY;
-  } catch (const std::length_error &) {
-    g_last_error = std::string("cannot ") + what + ": out of memory (request too large)";
-    return KF_ERR_OUT_OF_MEMORY;
-  } catch (const std::exception &e) {
-    g_last_error = std::string("cannot ") + what + ": internal error: " + e.what();
-    return KF_ERR_INTERNAL;
-  } catch (...) {
-    g_last_error = std::string("cannot ") + what + ": internal error";
-    return KF_ERR_INTERNAL;
-  }
-}
-
-// Copies the failure message into the control block, for callers on another thread.
-kf_status report(kf_control *ctl, kf_status st) {
-  if (ctl) {
-    if (st == KF_OK) ctl->error[0] = 0;
-    else std::snprintf(ctl->error, sizeof ctl->error, "%s", g_last_error.c_str());
-  }
-  return st;
-}
-
-#define KF_REQUIRE(cond, what, ...) \
-  do {                              \
-    if (!(cond)) kf::raise(KF_ERR_INVALID_ARGUMENT, "cannot " what ": " __VA_ARGS__); \
-  } while (0)
+using kf::api::g_last_error;
+using kf::api::guarded;
+using kf::api::report;
 
 int hardware_threads() {
   const unsigned n = std::thread::hardware_concurrency();
@@ -103,6 +68,9 @@ size_t kf_struct_size(const char *name) {
   if (n == "kf_sampler_params") return sizeof(kf_sampler_params);
   if (n == "kf_adapter_info") return sizeof(kf_adapter_info);
   if (n == "kf_lococo_heads_info") return sizeof(kf_lococo_heads_info);
+  if (n == "kf_lora_train_params") return sizeof(kf_lora_train_params);
+  if (n == "kf_trainer_info") return sizeof(kf_trainer_info);
+  if (n == "kf_train_step_info") return sizeof(kf_train_step_info);
   return 0;
 }
 

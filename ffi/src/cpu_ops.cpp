@@ -319,6 +319,29 @@ void pack_b(const uint8_t *W, size_t row_bytes, int64_t n0, int64_t nv, int64_t 
   }
 }
 
+// The same micro-panels from B stored as it is used, W: [K, N] row-major (the backward pass's
+// dx = dy · W reads a Linear weight [out, in] this way):
+//   bp[p][k][j] = W[k0 + k][n0 + 16p + j], zero for columns past nv.   bp: [ceil(nv/16), kc, 16]
+template <DType D>
+void pack_b_nn(const uint8_t *W, size_t row_bytes, int64_t n0, int64_t nv, int64_t k0, int64_t kc, float *bp) {
+  for (int64_t p = 0; p * kNR < nv; p++) {
+    const int jv = int(std::min<int64_t>(kNR, nv - p * kNR));
+    float *dst = bp + p * kc * kNR;
+    for (int64_t k = 0; k < kc; k++) {
+      const uint8_t *row = W + size_t(k0 + k) * row_bytes;
+      const int64_t c0 = n0 + p * kNR;
+#ifdef KF_AVX2
+      if (jv == kNR) {
+        _mm256_store_ps(dst + k * kNR, load8<D>(row, c0));
+        _mm256_store_ps(dst + k * kNR + 8, load8<D>(row, c0 + 8));
+        continue;
+      }
+#endif
+      for (int j = 0; j < kNR; j++) dst[k * kNR + j] = j < jv ? load1<D>(row, c0 + j) : 0.0f;
+    }
+  }
+}
+
 // C[0..M, 0..16) (+)= A[0..M, 0..kc) · bp[0..kc, 0..16)
 //   a: rows lda apart; bp: packed micro-panel [kc, 16]; c: rows ldc apart.
 //   first: overwrite C (adding bias[0..16) when given) instead of accumulating into it.
@@ -369,11 +392,12 @@ using MicroKernel = void (*)(int64_t, const float *, int64_t, const float *, flo
 constexpr MicroKernel kMicroKernels[kMR + 1] = {nullptr,         micro_kernel<1>, micro_kernel<2>, micro_kernel<3>,
                                                 micro_kernel<4>, micro_kernel<5>, micro_kernel<6>};
 
-template <DType D>
+// y[T, N] = x[T, K] · B with B = W^T (W: [N, K], Linear layout) or, when kNN, B = W ([K, N]).
+template <DType D, bool kNN = false>
 void gemm(ThreadPool &pool, const float *x, int64_t lda, const void *Wv, float *y, int64_t T, int64_t K, int64_t N,
           const float *bias) {
   const uint8_t *W = static_cast<const uint8_t *>(Wv);
-  const size_t row_bytes = size_t(K) * dtype_size(D);
+  const size_t row_bytes = size_t(kNN ? N : K) * dtype_size(D);
   const int nth = pool.size();
   // Tasks: column blocks of kNC, times row blocks of T when there are too few column blocks to
   // give every thread two (each row block re-packs its panels, so split T only when needed).
@@ -393,7 +417,8 @@ void gemm(ThreadPool &pool, const float *x, int64_t lda, const void *Wv, float *
     for (int64_t k0 = 0; k0 < K; k0 += kKC) {
       const int64_t kc = std::min(kKC, K - k0);
       const bool first = k0 == 0;
-      pack_b<D>(W, row_bytes, n0, nv, k0, kc, bp);
+      if constexpr (kNN) pack_b_nn<D>(W, row_bytes, n0, nv, k0, kc, bp);
+      else pack_b<D>(W, row_bytes, n0, nv, k0, kc, bp);
       for (int64_t t0 = m0; t0 < m1; t0 += kMR) {
         const int mr = int(std::min<int64_t>(kMR, m1 - t0));
         const float *a = x + t0 * lda + k0;
@@ -474,6 +499,21 @@ void matmul_strided(ThreadPool &pool, const float *x, int64_t x_stride, const vo
   case DType::F32: gemm<DType::F32>(pool, x, x_stride, W, y, T, in, out, bias); return;
   case DType::F16: gemm<DType::F16>(pool, x, x_stride, W, y, T, in, out, bias); return;
   case DType::BF16: gemm<DType::BF16>(pool, x, x_stride, W, y, T, in, out, bias); return;
+  }
+}
+
+void matmul_nn(ThreadPool &pool, const float *x, const void *W, DType dt, float *y, int64_t T, int64_t K, int64_t N) {
+  if (T < 0 || K < 0 || N < 0) raise(KF_ERR_INTERNAL, "cannot run matmul_nn: negative shape");
+  if (T == 0 || N == 0) return;
+  if (K == 0) {
+    std::fill(y, y + T * N, 0.0f);
+    return;
+  }
+  if (!x || !W || !y) raise(KF_ERR_INTERNAL, "cannot run matmul_nn: null x, W or y");
+  switch (dt) {
+  case DType::F32: gemm<DType::F32, true>(pool, x, K, W, y, T, K, N, nullptr); return;
+  case DType::F16: gemm<DType::F16, true>(pool, x, K, W, y, T, K, N, nullptr); return;
+  case DType::BF16: gemm<DType::BF16, true>(pool, x, K, W, y, T, K, N, nullptr); return;
   }
 }
 

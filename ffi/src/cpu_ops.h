@@ -43,6 +43,11 @@ void matmul(ThreadPool &pool, const float *x, const void *W, DType dt, float *y,
 void matmul_strided(ThreadPool &pool, const float *x, int64_t x_stride, const void *W, DType dt, float *y, int64_t T,
                     int64_t in, int64_t out, const float *bias);
 
+// y[T, N] = x[T, K] · W with W stored [K, N] row-major in dtype dt (no transpose): the backward
+// pass's dx = dy · W over a Linear weight [out, in], and the small weight-gradient products.
+// Always the packed GEMM path, any T >= 1.
+void matmul_nn(ThreadPool &pool, const float *x, const void *W, DType dt, float *y, int64_t T, int64_t K, int64_t N);
+
 // A run of consecutive rows that share one LoRA pair (one adapter), as Punica's SGMV groups them.
 struct LoraSegment {
   const float *a;   // [rank, in]

@@ -1,0 +1,502 @@
+// train_cpu.cpp — LoRA training on the CPU, read top to bottom: a forward pass over one example that
+// keeps every activation the backward pass reads, the backward pass (gradients through RMSNorm, RoPE,
+// attention, SwiGLU, the LM head and cross-entropy; weight gradients for the LoRA pairs only), and
+// AdamW with warmup, cosine decay and global-norm clipping.
+//
+// One example is one sequence of T rows at positions 0..T−1 with plain causal attention (Mistral's
+// sliding window honoured), as LLoCO finetunes: [summary vectors | prompt | answer], loss on the
+// answer. Attention is recomputed in the backward pass instead of storing T×T probabilities.
+#include <algorithm>
+#include <cmath>
+
+#include "cpu_ops.h"
+#include "train.h"
+
+namespace kf {
+
+namespace {
+
+// splitmix64: a small, well-mixed, seedable generator for the initialisation of A.
+uint64_t next_random(uint64_t &s) {
+  uint64_t z = (s += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+// Grows a scratch vector to n floats (zeroing it when it grows; callers overwrite what they read).
+float *grow(std::vector<float> &v, size_t n) {
+  if (v.size() < n) v.assign(n, 0.0f);
+  return v.data();
+}
+
+int64_t proj_in(const ModelConfig &c, int p) {
+  if (p == kProjO) return int64_t(c.n_heads) * c.head_dim;
+  if (p == kProjDown) return c.intermediate_size;
+  return c.hidden_size;
+}
+
+int64_t proj_out(const ModelConfig &c, int p) {
+  switch (p) {
+  case kProjQ: return int64_t(c.n_heads) * c.head_dim;
+  case kProjK:
+  case kProjV: return int64_t(c.n_kv_heads) * c.head_dim;
+  case kProjGate:
+  case kProjUp: return c.intermediate_size;
+  default: return c.hidden_size;
+  }
+}
+
+const float *proj_bias(const LayerWeights &L, int p) {
+  const std::vector<float> *b = p == kProjQ ? &L.bq : p == kProjK ? &L.bk : p == kProjV ? &L.bv : p == kProjO ? &L.bo
+                                                                                                              : nullptr;
+  return b && !b->empty() ? b->data() : nullptr;
+}
+
+void check_cancel(kf_control *ctl) {
+  if (ctl && ctl->cancel) raise(KF_ERR_CANCELLED, "cannot train: cancelled");
+}
+
+// Per-example gradients: the backward pass writes here, and they join the accumulated ones only
+// when the whole example succeeded (a cancelled example leaves no trace).
+struct ExampleGrads {
+  std::vector<std::vector<float>> ga, gb;  // [n_layers * kNumProj]
+};
+
+struct Scratch {
+  std::vector<float> tmp, tmp2, dt, tT, dtT, gsmall;
+};
+
+// y[T, out] = x W^T (+ bias) + s (x A^T) B^T; keeps t = x A^T [T, r] for the backward pass.
+void linear_forward(ThreadPool &pool, const Weight &W, const float *bias, const TrainPair &pr, float s,
+                    const float *x, int64_t T, float *y, std::vector<float> &t, Scratch &sc) {
+  matmul(pool, x, W.data, W.dtype, y, T, W.cols, W.rows, bias);
+  if (pr.rank == 0) return;
+  float *tp = grow(t, size_t(T) * size_t(pr.rank));
+  matmul(pool, x, pr.a.data(), DType::F32, tp, T, pr.in, pr.rank, nullptr);                  // t = x A^T   [T, r]
+  float *tmp = grow(sc.tmp, size_t(T) * size_t(pr.out));
+  matmul(pool, tp, pr.b.data(), DType::F32, tmp, T, pr.rank, pr.out, nullptr);              // t B^T       [T, out]
+  axpy_f32(s, tmp, y, T * pr.out);
+}
+
+// r×c → c×r
+void transpose(const float *a, int64_t r, int64_t c, float *out) {
+  for (int64_t i = 0; i < r; i++)
+    for (int64_t j = 0; j < c; j++) out[j * r + i] = a[i * c + j];
+}
+
+// Backward of y = x W^T + s (x A^T) B^T given dy [T, out]:
+//   dx [T, in] (+)= dy W + (s dy B) A          (overwritten unless accumulate)
+//   gA [r, in] += (s dy B)^T x,  gB [out, r] += s dy^T t
+void linear_backward(ThreadPool &pool, const Weight &W, const TrainPair &pr, float s, const float *x, const float *t,
+                     const float *dy, int64_t T, float *dx, bool accumulate, float *ga, float *gb, Scratch &sc) {
+  const int64_t in = W.cols, out = W.rows;
+  if (accumulate) {
+    float *tmp = grow(sc.tmp, size_t(T) * size_t(in));
+    matmul_nn(pool, dy, W.data, W.dtype, tmp, T, out, in);  // dy W  [T, in]
+    add_inplace(dx, tmp, T * in);
+  } else {
+    matmul_nn(pool, dy, W.data, W.dtype, dx, T, out, in);
+  }
+  if (pr.rank == 0) return;
+  const int64_t r = pr.rank;
+  float *dt = grow(sc.dt, size_t(T * r));
+  matmul_nn(pool, dy, pr.b.data(), DType::F32, dt, T, out, r);  // dy B  [T, r]
+  for (int64_t i = 0; i < T * r; i++) dt[i] *= s;               // dt = s dy B
+  // gB^T [r, out] = s t^T dy
+  float *tT = grow(sc.tT, size_t(r * T));
+  transpose(t, T, r, tT);
+  float *gbt = grow(sc.gsmall, size_t(r * std::max(out, in)));
+  matmul_nn(pool, tT, dy, DType::F32, gbt, r, T, out);
+  for (int64_t o = 0; o < out; o++)
+    for (int64_t j = 0; j < r; j++) gb[o * r + j] += s * gbt[j * out + o];
+  // gA [r, in] = dt^T x
+  float *dtT = grow(sc.dtT, size_t(r * T));
+  transpose(dt, T, r, dtT);
+  matmul_nn(pool, dtT, x, DType::F32, gbt, r, T, in);
+  add_inplace(ga, gbt, r * in);
+  // dx += dt A
+  float *tmp = grow(sc.tmp, size_t(T) * size_t(in));
+  matmul_nn(pool, dt, pr.a.data(), DType::F32, tmp, T, r, in);
+  add_inplace(dx, tmp, T * in);
+}
+
+// dx[t] += d/dx of y = x / rms(x) · w, given dy: r (w⊙dy) − x r³ Σ(w⊙dy⊙x) / n.
+void rmsnorm_backward(const float *x, const float *w, const float *dy, int64_t T, int64_t n, float eps, float *dx) {
+  for (int64_t t = 0; t < T; t++) {
+    const float *xr = x + t * n, *dyr = dy + t * n;
+    float *dxr = dx + t * n;
+    double ss = 0, dot = 0;
+    for (int64_t i = 0; i < n; i++) {
+      ss += double(xr[i]) * xr[i];
+      dot += double(w[i]) * dyr[i] * xr[i];
+    }
+    const double r = 1.0 / std::sqrt(ss / double(n) + double(eps));
+    const double c = r * r * r * dot / double(n);
+    for (int64_t i = 0; i < n; i++) dxr[i] += float(r * w[i] * dyr[i] - xr[i] * c);
+  }
+}
+
+// Rotates pairs (i, i + hd/2) of each head by +angle (forward) or −angle (backward: R^T).
+void rope(float *x, int64_t T, int64_t heads, int64_t hd, const float *cs, bool inverse) {
+  const int64_t half = hd / 2;
+  for (int64_t t = 0; t < T; t++) {
+    const float *c = cs + t * hd;
+    for (int64_t h = 0; h < heads; h++) {
+      float *v = x + (t * heads + h) * hd;
+      for (int64_t i = 0; i < half; i++) {
+        const float x1 = v[i], x2 = v[i + half], co = c[2 * i], si = inverse ? -c[2 * i + 1] : c[2 * i + 1];
+        v[i] = x1 * co - x2 * si;
+        v[i + half] = x2 * co + x1 * si;
+      }
+    }
+  }
+}
+
+// First key row i sees: causal, within Mistral's sliding window when the model has one.
+inline int64_t first_key(int64_t i, int64_t window) { return window > 0 ? std::max<int64_t>(0, i - window + 1) : 0; }
+
+// attn[i, h] = Σ_j softmax_j(q_i·k_j · scale) v_j over keys first_key(i)..i.  q: [T, nh, hd]; k, v: [T, nkv, hd]
+void attention_forward(ThreadPool &pool, const ModelConfig &c, const float *q, const float *k, const float *v,
+                       int64_t T, float *out, std::vector<float> &scratch) {
+  const int64_t nh = c.n_heads, nkv = c.n_kv_heads, hd = c.head_dim, group = nh / nkv, window = c.sliding_window;
+  const float scale = 1.0f / std::sqrt(float(hd));
+  float *sc = grow(scratch, size_t(pool.size()) * size_t(T));
+  pool.parallel_for(nh, [&](int64_t h, int th) {
+    float *p = sc + size_t(th) * size_t(T);
+    const int64_t g = h / group;
+    for (int64_t i = 0; i < T; i++) {
+      const int64_t j0 = first_key(i, window);
+      const float *qi = q + (i * nh + h) * hd;
+      for (int64_t j = j0; j <= i; j++) p[j] = scale * dot_f32(qi, k + (j * nkv + g) * hd, hd);
+      softmax_inplace(p + j0, i - j0 + 1);
+      float *o = out + (i * nh + h) * hd;
+      std::fill(o, o + hd, 0.0f);
+      for (int64_t j = j0; j <= i; j++) axpy_f32(p[j], v + (j * nkv + g) * hd, o, hd);
+    }
+  });
+}
+
+// Backward of attention_forward for dout [T, nh, hd]: dq [T, nh, hd] (overwritten), dk, dv [T, nkv, hd]
+// (overwritten; summed over each KV head's query heads). Probabilities are recomputed row by row:
+//   dP_ij = dO_i · v_j,  dS_ij = P_ij (dP_ij − Σ_j' P_ij' dP_ij'),
+//   dq_i = scale Σ_j dS_ij k_j,  dk_j += scale Σ_i dS_ij q_i,  dv_j += Σ_i P_ij dO_i
+void attention_backward(ThreadPool &pool, const ModelConfig &c, const float *q, const float *k, const float *v,
+                        const float *dout, int64_t T, float *dq, float *dk, float *dv, std::vector<float> &scratch) {
+  const int64_t nh = c.n_heads, nkv = c.n_kv_heads, hd = c.head_dim, group = nh / nkv, window = c.sliding_window;
+  const float scale = 1.0f / std::sqrt(float(hd));
+  // Per query head: its own dk, dv [T, hd] (heads of a group would race), then per thread P and dP rows.
+  const size_t per_head = size_t(T) * size_t(hd);
+  const size_t per_thread = 2 * size_t(T);
+  float *buf = grow(scratch, 2 * size_t(nh) * per_head + size_t(pool.size()) * per_thread);
+  float *dkh = buf, *dvh = buf + size_t(nh) * per_head, *rows = buf + 2 * size_t(nh) * per_head;
+  pool.parallel_for(nh, [&](int64_t h, int th) {
+    float *p = rows + size_t(th) * per_thread, *dp = p + T;
+    float *dkr = dkh + size_t(h) * per_head, *dvr = dvh + size_t(h) * per_head;
+    std::fill(dkr, dkr + per_head, 0.0f);
+    std::fill(dvr, dvr + per_head, 0.0f);
+    const int64_t g = h / group;
+    for (int64_t i = 0; i < T; i++) {
+      const int64_t j0 = first_key(i, window);
+      const float *qi = q + (i * nh + h) * hd, *doi = dout + (i * nh + h) * hd;
+      for (int64_t j = j0; j <= i; j++) p[j] = scale * dot_f32(qi, k + (j * nkv + g) * hd, hd);
+      softmax_inplace(p + j0, i - j0 + 1);
+      double sum = 0;
+      for (int64_t j = j0; j <= i; j++) {
+        dp[j] = dot_f32(doi, v + (j * nkv + g) * hd, hd);
+        sum += double(p[j]) * dp[j];
+      }
+      float *dqi = dq + (i * nh + h) * hd;
+      std::fill(dqi, dqi + hd, 0.0f);
+      for (int64_t j = j0; j <= i; j++) {
+        const float ds = p[j] * (dp[j] - float(sum));
+        axpy_f32(scale * ds, k + (j * nkv + g) * hd, dqi, hd);
+        axpy_f32(scale * ds, qi, dkr + j * hd, hd);
+        axpy_f32(p[j], doi, dvr + j * hd, hd);
+      }
+    }
+  });
+  // Reduce the query heads of each group into their KV head.
+  std::fill(dk, dk + T * nkv * hd, 0.0f);
+  std::fill(dv, dv + T * nkv * hd, 0.0f);
+  for (int64_t h = 0; h < nh; h++) {
+    const int64_t g = h / group;
+    for (int64_t j = 0; j < T; j++) {
+      add_inplace(dk + (j * nkv + g) * hd, dkh + size_t(h) * per_head + j * hd, hd);
+      add_inplace(dv + (j * nkv + g) * hd, dvh + size_t(h) * per_head + j * hd, hd);
+    }
+  }
+}
+
+inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+
+}  // namespace
+
+float trainer_lr(const kf_lora_train_params &p, int64_t step) {
+  if (p.warmup_steps > 0 && step < p.warmup_steps) return p.lr * float(step + 1) / float(p.warmup_steps);
+  if (p.total_steps <= 0) return p.lr;
+  const double span = std::max<int64_t>(1, int64_t(p.total_steps) - p.warmup_steps);
+  const double progress = std::min(1.0, std::max(0.0, double(step - p.warmup_steps) / span));
+  const double cosine = 0.5 * (1.0 + std::cos(3.14159265358979323846 * progress));
+  return float(p.lr * (p.min_lr_ratio + (1.0 - p.min_lr_ratio) * cosine));
+}
+
+void trainer_init(kf_trainer &tr, kf_model &m, const kf_lora_train_params &p) {
+  const ModelConfig &c = m.cfg;
+  if (p.rank < 1 || p.rank > 4096) raise(KF_ERR_INVALID_ARGUMENT, "cannot create trainer: rank %d is outside [1, 4096]", p.rank);
+  if (!(p.alpha > 0.0f) || !std::isfinite(p.alpha))
+    raise(KF_ERR_INVALID_ARGUMENT, "cannot create trainer: alpha %g must be a positive number", double(p.alpha));
+  if ((p.target_mask & ((1u << kNumProj) - 1)) == 0 || (p.target_mask >> kNumProj) != 0)
+    raise(KF_ERR_INVALID_ARGUMENT, "cannot create trainer: target_mask 0x%x must select projections among bits 0..6",
+          p.target_mask);
+  if (!(p.lr >= 0.0f) || !std::isfinite(p.lr) || !(p.weight_decay >= 0.0f) || !(p.beta1 >= 0.0f && p.beta1 < 1.0f) ||
+      !(p.beta2 >= 0.0f && p.beta2 < 1.0f) || !(p.eps > 0.0f) || !(p.max_grad_norm >= 0.0f) ||
+      !(p.min_lr_ratio >= 0.0f && p.min_lr_ratio <= 1.0f) || p.warmup_steps < 0 || p.total_steps < 0)
+    raise(KF_ERR_INVALID_ARGUMENT, "cannot create trainer: an optimizer setting is out of range (lr %g, weight_decay "
+          "%g, betas %g/%g, eps %g, max_grad_norm %g, min_lr_ratio %g, warmup %d, total %d)", double(p.lr),
+          double(p.weight_decay), double(p.beta1), double(p.beta2), double(p.eps), double(p.max_grad_norm),
+          double(p.min_lr_ratio), p.warmup_steps, p.total_steps);
+  tr.model = &m;
+  tr.params = p;
+  tr.scale = p.use_rslora ? p.alpha / std::sqrt(float(p.rank)) : p.alpha / float(p.rank);
+  uint64_t state = p.seed;
+  tr.pairs.assign(size_t(c.n_layers), std::vector<TrainPair>(kNumProj));
+  tr.n_params = 0;
+  for (int l = 0; l < c.n_layers; l++) {
+    for (int pj = 0; pj < kNumProj; pj++) {
+      if (!(p.target_mask & (1u << pj))) continue;
+      TrainPair &pr = tr.pairs[size_t(l)][size_t(pj)];
+      pr.rank = p.rank;
+      pr.in = proj_in(c, pj);
+      pr.out = proj_out(c, pj);
+      const size_t na = size_t(pr.rank) * size_t(pr.in), nb = size_t(pr.out) * size_t(pr.rank);
+      pr.a.resize(na);
+      // PEFT: kaiming_uniform_(a = sqrt(5)) gives U(−1/√in, 1/√in); B starts at zero.
+      const float bound = 1.0f / std::sqrt(float(pr.in));
+      for (float &x : pr.a) x = bound * (2.0f * float(next_random(state) >> 40) / 16777216.0f - 1.0f);
+      pr.b.assign(nb, 0.0f);
+      for (auto *vec : {&pr.ga, &pr.ma, &pr.va}) vec->assign(na, 0.0f);
+      for (auto *vec : {&pr.gb, &pr.mb, &pr.vb}) vec->assign(nb, 0.0f);
+      tr.n_params += int64_t(na + nb);
+    }
+  }
+  tr.acts.assign(size_t(c.n_layers), {});
+}
+
+double trainer_accumulate(kf_trainer &tr, const float *prefix, int32_t n_prefix, const int32_t *ids,
+                          const int32_t *labels, int32_t n_ids, kf_control *ctl) {
+  const kf_model &m = *tr.model;
+  const ModelConfig &c = m.cfg;
+  ThreadPool &pool = *m.engine->pool;
+  const int64_t T = int64_t(n_prefix) + n_ids, H = c.hidden_size, hd = c.head_dim, nh = c.n_heads,
+                nkv = c.n_kv_heads, I = c.intermediate_size, V = c.vocab_size;
+  const int64_t q_dim = nh * hd, kv_dim = nkv * hd;
+  const float eps = float(c.rms_norm_eps), s = tr.scale;
+  if (ctl) {
+    ctl->total = 2 * c.n_layers;
+    ctl->done = 0;
+  }
+
+  // Labelled rows: row n_prefix + t predicts labels[t].
+  std::vector<int64_t> rows;
+  std::vector<int32_t> targets;
+  for (int32_t t = 0; t < n_ids; t++) {
+    if (labels[t] < 0) continue;
+    rows.push_back(int64_t(n_prefix) + t);
+    targets.push_back(labels[t]);
+  }
+  const int64_t L = int64_t(rows.size());
+
+  // ---- forward, keeping activations ----
+  Scratch sc;
+  std::vector<float> attn_scratch;
+  float *cs = grow(tr.rope_cs, size_t(T * hd));  // [T, hd/2, 2]
+  for (int64_t t = 0; t < T; t++)
+    for (int64_t i = 0; i < hd / 2; i++) {
+      const double a = double(t) * m.inv_freq[size_t(i)];
+      cs[t * hd + 2 * i] = float(std::cos(a));
+      cs[t * hd + 2 * i + 1] = float(std::sin(a));
+    }
+  std::vector<float> x(size_t(T * H));  // [T, H] residual stream
+  for (int64_t t = 0; t < T; t++) {
+    if (t < n_prefix) std::copy_n(prefix + t * H, H, x.begin() + t * H);
+    else convert_row_to_f32(m.embed.row(ids[t - n_prefix]), m.embed.dtype, x.data() + t * H, H);
+  }
+  std::vector<float> o(size_t(T * H));
+  for (int64_t l = 0; l < c.n_layers; l++) {
+    check_cancel(ctl);
+    const LayerWeights &W = m.layers[size_t(l)];
+    const std::vector<TrainPair> &P = tr.pairs[size_t(l)];
+    LayerActivations &A = tr.acts[size_t(l)];
+    std::copy(x.begin(), x.end(), grow(A.x, size_t(T * H)));
+    rmsnorm_rows(pool, grow(A.xn1, size_t(T * H)), x.data(), W.attn_norm.data(), T, H, eps);         // xn1 [T, H]
+    linear_forward(pool, W.wq, proj_bias(W, kProjQ), P[kProjQ], s, A.xn1.data(), T, grow(A.q, size_t(T * q_dim)),
+                   A.lora_t[kProjQ], sc);                                                             // q [T, nh, hd]
+    linear_forward(pool, W.wk, proj_bias(W, kProjK), P[kProjK], s, A.xn1.data(), T, grow(A.k, size_t(T * kv_dim)),
+                   A.lora_t[kProjK], sc);                                                             // k [T, nkv, hd]
+    linear_forward(pool, W.wv, proj_bias(W, kProjV), P[kProjV], s, A.xn1.data(), T, grow(A.v, size_t(T * kv_dim)),
+                   A.lora_t[kProjV], sc);                                                             // v [T, nkv, hd]
+    rope(A.q.data(), T, nh, hd, cs, false);
+    rope(A.k.data(), T, nkv, hd, cs, false);
+    attention_forward(pool, c, A.q.data(), A.k.data(), A.v.data(), T, grow(A.attn, size_t(T * q_dim)), attn_scratch);
+    linear_forward(pool, W.wo, proj_bias(W, kProjO), P[kProjO], s, A.attn.data(), T, o.data(), A.lora_t[kProjO], sc);
+    add_inplace(x.data(), o.data(), T * H);                                                           // x_mid
+    std::copy(x.begin(), x.end(), grow(A.x_mid, size_t(T * H)));
+    rmsnorm_rows(pool, grow(A.xn2, size_t(T * H)), x.data(), W.ffn_norm.data(), T, H, eps);           // xn2 [T, H]
+    linear_forward(pool, W.w_gate, nullptr, P[kProjGate], s, A.xn2.data(), T, grow(A.gate, size_t(T * I)),
+                   A.lora_t[kProjGate], sc);                                                          // gate [T, I]
+    linear_forward(pool, W.w_up, nullptr, P[kProjUp], s, A.xn2.data(), T, grow(A.up, size_t(T * I)),
+                   A.lora_t[kProjUp], sc);                                                            // up [T, I]
+    float *h = grow(A.h, size_t(T * I));
+    for (int64_t i = 0; i < T * I; i++) h[i] = A.gate[size_t(i)] * sigmoid(A.gate[size_t(i)]) * A.up[size_t(i)];
+    linear_forward(pool, W.w_down, nullptr, P[kProjDown], s, h, T, o.data(), A.lora_t[kProjDown], sc);  // [T, H]
+    add_inplace(x.data(), o.data(), T * H);
+    if (ctl) ctl->done = l + 1;
+  }
+  std::copy(x.begin(), x.end(), grow(tr.x_final, size_t(T * H)));
+  rmsnorm_rows(pool, grow(tr.xn_final, size_t(T * H)), x.data(), m.final_norm.data(), T, H, eps);
+
+  // ---- loss: mean cross-entropy over the labelled rows; dlogits = (softmax − onehot) / L ----
+  std::vector<float> xr(size_t(L * H)), logits(size_t(L * V));
+  for (int64_t r = 0; r < L; r++) std::copy_n(tr.xn_final.begin() + rows[size_t(r)] * H, H, xr.begin() + r * H);
+  matmul(pool, xr.data(), m.lm_head.data, m.lm_head.dtype, logits.data(), L, H, V, nullptr);  // [L, V]
+  double loss = 0;
+  for (int64_t r = 0; r < L; r++) {
+    float *lr = logits.data() + r * V;
+    float mx = lr[0];
+    for (int64_t i = 1; i < V; i++) mx = std::max(mx, lr[i]);
+    double sum = 0;
+    for (int64_t i = 0; i < V; i++) sum += std::exp(double(lr[i] - mx));
+    loss += std::log(sum) + double(mx) - double(lr[targets[size_t(r)]]);
+    for (int64_t i = 0; i < V; i++) lr[i] = float(std::exp(double(lr[i] - mx)) / sum / double(L));
+    lr[targets[size_t(r)]] -= 1.0f / float(L);
+  }
+  loss /= double(L);
+  // dxn_final rows = dlogits · W_lm  (W_lm [V, H] read as [K = V, N = H])
+  std::vector<float> dxr(size_t(L * H)), dxn(size_t(T * H), 0.0f);
+  matmul_nn(pool, logits.data(), m.lm_head.data, m.lm_head.dtype, dxr.data(), L, V, H);
+  for (int64_t r = 0; r < L; r++) std::copy_n(dxr.begin() + r * H, H, dxn.begin() + rows[size_t(r)] * H);
+  std::vector<float> dx(size_t(T * H), 0.0f);  // d loss / d residual stream
+  rmsnorm_backward(tr.x_final.data(), m.final_norm.data(), dxn.data(), T, H, eps, dx.data());
+
+  // ---- backward through the layers, last first ----
+  ExampleGrads eg;
+  eg.ga.resize(size_t(c.n_layers) * kNumProj);
+  eg.gb.resize(size_t(c.n_layers) * kNumProj);
+  std::vector<float> dh(size_t(T * I)), dgate(size_t(T * I)), dup(size_t(T * I)), dxn_l(size_t(T * H));
+  std::vector<float> dattn(size_t(T * q_dim)), dq(size_t(T * q_dim)), dk(size_t(T * kv_dim)), dv(size_t(T * kv_dim));
+  for (int64_t l = c.n_layers - 1; l >= 0; l--) {
+    check_cancel(ctl);
+    const LayerWeights &W = m.layers[size_t(l)];
+    const std::vector<TrainPair> &P = tr.pairs[size_t(l)];
+    const LayerActivations &A = tr.acts[size_t(l)];
+    const auto grads = [&](int pj) {
+      std::vector<float> &ga = eg.ga[size_t(l) * kNumProj + size_t(pj)], &gb = eg.gb[size_t(l) * kNumProj + size_t(pj)];
+      if (P[size_t(pj)].rank > 0 && ga.empty()) {
+        ga.assign(P[size_t(pj)].a.size(), 0.0f);
+        gb.assign(P[size_t(pj)].b.size(), 0.0f);
+      }
+      return std::pair<float *, float *>(ga.data(), gb.data());
+    };
+    // MLP: x_out = x_mid + down(h), h = silu(gate) · up
+    auto [ga_d, gb_d] = grads(kProjDown);
+    linear_backward(pool, W.w_down, P[kProjDown], s, A.h.data(), A.lora_t[kProjDown].data(), dx.data(), T, dh.data(),
+                    false, ga_d, gb_d, sc);                                                           // dh [T, I]
+    for (int64_t i = 0; i < T * I; i++) {
+      const float g = A.gate[size_t(i)], sg = sigmoid(g);
+      dgate[size_t(i)] = dh[size_t(i)] * A.up[size_t(i)] * sg * (1.0f + g * (1.0f - sg));  // silu'(g)
+      dup[size_t(i)] = dh[size_t(i)] * g * sg;
+    }
+    auto [ga_g, gb_g] = grads(kProjGate);
+    linear_backward(pool, W.w_gate, P[kProjGate], s, A.xn2.data(), A.lora_t[kProjGate].data(), dgate.data(), T,
+                    dxn_l.data(), false, ga_g, gb_g, sc);
+    auto [ga_u, gb_u] = grads(kProjUp);
+    linear_backward(pool, W.w_up, P[kProjUp], s, A.xn2.data(), A.lora_t[kProjUp].data(), dup.data(), T, dxn_l.data(),
+                    true, ga_u, gb_u, sc);                                                            // dxn2 [T, H]
+    rmsnorm_backward(A.x_mid.data(), W.ffn_norm.data(), dxn_l.data(), T, H, eps, dx.data());          // dx = dx_mid
+    // Attention: x_mid = x + o(attn)
+    auto [ga_o, gb_o] = grads(kProjO);
+    linear_backward(pool, W.wo, P[kProjO], s, A.attn.data(), A.lora_t[kProjO].data(), dx.data(), T, dattn.data(),
+                    false, ga_o, gb_o, sc);                                                           // dattn [T, nh·hd]
+    attention_backward(pool, c, A.q.data(), A.k.data(), A.v.data(), dattn.data(), T, dq.data(), dk.data(), dv.data(),
+                       attn_scratch);
+    rope(dq.data(), T, nh, hd, cs, true);  // back through the rotation: R^T
+    rope(dk.data(), T, nkv, hd, cs, true);
+    auto [ga_q, gb_q] = grads(kProjQ);
+    linear_backward(pool, W.wq, P[kProjQ], s, A.xn1.data(), A.lora_t[kProjQ].data(), dq.data(), T, dxn_l.data(), false,
+                    ga_q, gb_q, sc);
+    auto [ga_k, gb_k] = grads(kProjK);
+    linear_backward(pool, W.wk, P[kProjK], s, A.xn1.data(), A.lora_t[kProjK].data(), dk.data(), T, dxn_l.data(), true,
+                    ga_k, gb_k, sc);
+    auto [ga_v, gb_v] = grads(kProjV);
+    linear_backward(pool, W.wv, P[kProjV], s, A.xn1.data(), A.lora_t[kProjV].data(), dv.data(), T, dxn_l.data(), true,
+                    ga_v, gb_v, sc);                                                                  // dxn1 [T, H]
+    rmsnorm_backward(A.x.data(), W.attn_norm.data(), dxn_l.data(), T, H, eps, dx.data());             // dx = d layer input
+    if (ctl) ctl->done = 2 * c.n_layers - l;
+  }
+
+  // The example succeeded: its gradients join the accumulated ones.
+  for (int64_t l = 0; l < c.n_layers; l++)
+    for (int pj = 0; pj < kNumProj; pj++) {
+      TrainPair &pr = tr.pairs[size_t(l)][size_t(pj)];
+      if (pr.rank == 0) continue;
+      add_inplace(pr.ga.data(), eg.ga[size_t(l) * kNumProj + size_t(pj)].data(), int64_t(pr.ga.size()));
+      add_inplace(pr.gb.data(), eg.gb[size_t(l) * kNumProj + size_t(pj)].data(), int64_t(pr.gb.size()));
+    }
+  tr.accumulated++;
+  return loss;
+}
+
+kf_train_step_info trainer_step(kf_trainer &tr) {
+  if (tr.accumulated == 0) raise(KF_ERR_INVALID_STATE, "cannot take an optimizer step: no example was accumulated");
+  const kf_lora_train_params &p = tr.params;
+  const double n = tr.accumulated;
+  double sq = 0;
+  for (auto &layer : tr.pairs)
+    for (TrainPair &pr : layer) {
+      for (float g : pr.ga) sq += (double(g) / n) * (double(g) / n);
+      for (float g : pr.gb) sq += (double(g) / n) * (double(g) / n);
+    }
+  const double norm = std::sqrt(sq);
+  if (!std::isfinite(norm)) {
+    for (auto &layer : tr.pairs)
+      for (TrainPair &pr : layer) {
+        std::fill(pr.ga.begin(), pr.ga.end(), 0.0f);
+        std::fill(pr.gb.begin(), pr.gb.end(), 0.0f);
+      }
+    tr.accumulated = 0;
+    raise(KF_ERR_INVALID_STATE, "cannot take an optimizer step: the gradient is not finite (norm %g); it was dropped "
+          "and the weights are unchanged; lower the learning rate", norm);
+  }
+  const double clip = p.max_grad_norm > 0 && norm > p.max_grad_norm ? p.max_grad_norm / (norm + 1e-6) : 1.0;
+  const float coef = float(clip / n);
+  const float lr = trainer_lr(p, tr.step);
+  const double t = double(tr.step + 1);
+  const float bc1 = float(1.0 - std::pow(double(p.beta1), t)), bc2 = float(1.0 - std::pow(double(p.beta2), t));
+  const auto adamw = [&](std::vector<float> &w, std::vector<float> &g, std::vector<float> &m1, std::vector<float> &m2) {
+    for (size_t i = 0; i < w.size(); i++) {
+      const float gi = g[i] * coef;
+      m1[i] = p.beta1 * m1[i] + (1.0f - p.beta1) * gi;
+      m2[i] = p.beta2 * m2[i] + (1.0f - p.beta2) * gi * gi;
+      const float update = (m1[i] / bc1) / (std::sqrt(m2[i] / bc2) + p.eps);
+      w[i] -= lr * (update + p.weight_decay * w[i]);  // decoupled weight decay (AdamW)
+      g[i] = 0.0f;
+    }
+  };
+  for (auto &layer : tr.pairs)
+    for (TrainPair &pr : layer) {
+      if (pr.rank == 0) continue;
+      adamw(pr.a, pr.ga, pr.ma, pr.va);
+      adamw(pr.b, pr.gb, pr.mb, pr.vb);
+    }
+  kf_train_step_info info{};
+  info.examples = tr.accumulated;
+  tr.accumulated = 0;
+  tr.step++;
+  info.step = tr.step;
+  info.lr = lr;
+  info.grad_norm = float(norm);
+  return info;
+}
+
+}  // namespace kf

@@ -1,0 +1,585 @@
+/**
+ * LoRA finetuning with the base model frozen, as LLoCO trains one adapter per document group:
+ * examples `[summary vectors | prompt | answer]` with the loss on the answer tokens only, AdamW with
+ * warmup and cosine decay, gradient accumulation and clipping, checkpoints a killed run resumes
+ * from, and a PEFT folder at the end (`adapter_config.json` + `adapter_model.safetensors`).
+ *
+ * @module
+ */
+
+import { alloc, check, outPointer, sym } from "./_binding.ts";
+import { HandleOwner, NativeHandle } from "./_handle.ts";
+import { LORA_PROJECTIONS, type LoraProjection } from "./adapter.ts";
+import type { Compressor } from "./compressor.ts";
+import { KvfoldError } from "./errors.ts";
+import type { Model } from "./model.ts";
+import { readSafetensorsFile, type TensorInput, toFloat32, writeSafetensorsFile } from "./safetensors.ts";
+
+/** Settings of a {@link LoraTrainer}; the defaults follow PEFT and common LLoCO finetuning. */
+export interface LoraTrainOptions {
+  /** r; default 8. */
+  rank?: number;
+  /** lora_alpha; default 16. */
+  alpha?: number;
+  /** Projections to train; default q, k, v, o. */
+  targets?: readonly LoraProjection[];
+  /** Scale alpha / sqrt(r) instead of alpha / r. */
+  rslora?: boolean;
+  /** Seed of A's initialisation and of the example order; default 0. */
+  seed?: number;
+  /** Peak learning rate; default 2e-4. */
+  learningRate?: number;
+  /** AdamW decoupled weight decay; default 0. */
+  weightDecay?: number;
+  /** Default [0.9, 0.999]. */
+  betas?: readonly [number, number];
+  /** Default 1e-8. */
+  epsilon?: number;
+  /** Clip the global gradient norm to this; 0 disables; default 1. */
+  maxGradNorm?: number;
+  /** Linear warmup steps; default 0. */
+  warmupSteps?: number;
+  /** Steps of the cosine decay (usually the run's total); 0 keeps the rate constant; default 0. */
+  totalSteps?: number;
+  /** The cosine ends at this fraction of the peak rate; default 0. */
+  minLearningRateRatio?: number;
+}
+
+/** One optimizer step's report. */
+export interface TrainStep {
+  /** Steps taken, this one included. */
+  step: number;
+  /** Learning rate used. */
+  learningRate: number;
+  /** Global norm of the averaged gradient before clipping. */
+  gradNorm: number;
+  /** Examples averaged. */
+  examples: number;
+}
+
+/** Which tensor of a pair {@link LoraTrainer.read} and {@link LoraTrainer.write} address. */
+export const TRAIN_TENSORS = Object.freeze(
+  {
+    A: 0,
+    B: 1,
+    gradA: 2,
+    gradB: 3,
+    momentA: 4,
+    varianceA: 5,
+    momentB: 6,
+    varianceB: 7,
+  } as const,
+);
+/** A key of {@link TRAIN_TENSORS}. */
+export type TrainTensor = keyof typeof TRAIN_TENSORS;
+
+/** One finetuning example: rows `[prefix | ids]`; `labels[t]` is what row `prefix rows + t` predicts, or -1. */
+export interface TrainExample {
+  /** Summary vectors (or any embeddings) [rows, hidden] placed first; none by default. */
+  prefix?: Float32Array;
+  ids: readonly number[];
+  labels: readonly number[];
+}
+
+/**
+ * LoRA pairs being trained for one model. Each {@link accumulate} runs one example forward and
+ * backward; {@link step} applies AdamW to the averaged gradients.
+ *
+ * @example
+ * ```ts ignore
+ * using trainer = LoraTrainer.create(model, { rank: 8, targets: ["q_proj", "v_proj"], learningRate: 1e-3 });
+ * const loss = await trainer.accumulate({ ids: [1, 5, 9, 4], labels: [-1, -1, 4, 2] });
+ * trainer.step();
+ * await trainer.saveAdapter("./adapters/mine");
+ * ```
+ */
+export class LoraTrainer extends HandleOwner {
+  /** The frozen base model. */
+  readonly model: Model;
+  /** r, alpha, targets, scale and size. */
+  readonly info: { rank: number; alpha: number; scale: number; targets: LoraProjection[]; params: number };
+  /** The settings it was created with (defaults filled in). */
+  readonly options: Required<LoraTrainOptions>;
+
+  private constructor(handle: NativeHandle, model: Model, options: Required<LoraTrainOptions>) {
+    super(handle);
+    this.model = model;
+    this.options = options;
+    const buf = alloc(40);
+    check(sym().kf_trainer_get_info(handle.ptr, buf));
+    const v = new DataView(buf.buffer);
+    const mask = v.getUint32(4, true);
+    this.info = {
+      rank: v.getInt32(0, true),
+      alpha: v.getFloat32(32, true),
+      scale: v.getFloat32(36, true),
+      targets: LORA_PROJECTIONS.filter((_, i) => (mask & (1 << i)) !== 0),
+      params: Number(v.getBigInt64(24, true)),
+    };
+  }
+
+  /** New pairs: A uniform in ±1/√in (PEFT's init), B zero, so training starts at the base model. */
+  static create(model: Model, options: LoraTrainOptions = {}): LoraTrainer {
+    const o: Required<LoraTrainOptions> = {
+      rank: options.rank ?? 8,
+      alpha: options.alpha ?? 16,
+      targets: options.targets ?? ["q_proj", "k_proj", "v_proj", "o_proj"],
+      rslora: options.rslora ?? false,
+      seed: options.seed ?? 0,
+      learningRate: options.learningRate ?? 2e-4,
+      weightDecay: options.weightDecay ?? 0,
+      betas: options.betas ?? [0.9, 0.999],
+      epsilon: options.epsilon ?? 1e-8,
+      maxGradNorm: options.maxGradNorm ?? 1,
+      warmupSteps: options.warmupSteps ?? 0,
+      totalSteps: options.totalSteps ?? 0,
+      minLearningRateRatio: options.minLearningRateRatio ?? 0,
+    };
+    let mask = 0;
+    for (const t of o.targets) {
+      const i = LORA_PROJECTIONS.indexOf(t);
+      if (i < 0) {
+        throw new KvfoldError(
+          "INVALID_ARGUMENT",
+          `Cannot create trainer: target ${t} is not one of ${LORA_PROJECTIONS.join(", ")}`,
+        );
+      }
+      mask |= 1 << i;
+    }
+    if (!Number.isSafeInteger(o.seed) || o.seed < 0) {
+      throw new RangeError(`Cannot create trainer: seed ${o.seed} is not a non-negative integer`);
+    }
+    const p = alloc(64);
+    const v = new DataView(p.buffer);
+    v.setInt32(0, o.rank, true);
+    v.setFloat32(4, o.alpha, true);
+    v.setUint32(8, mask, true);
+    v.setInt32(12, o.rslora ? 1 : 0, true);
+    v.setBigUint64(16, BigInt(o.seed), true);
+    v.setFloat32(24, o.learningRate, true);
+    v.setFloat32(28, o.weightDecay, true);
+    v.setFloat32(32, o.betas[0], true);
+    v.setFloat32(36, o.betas[1], true);
+    v.setFloat32(40, o.epsilon, true);
+    v.setFloat32(44, o.maxGradNorm, true);
+    v.setFloat32(48, o.minLearningRateRatio, true);
+    v.setInt32(52, o.warmupSteps, true);
+    v.setInt32(56, o.totalSteps, true);
+    const out = outPointer();
+    check(sym().kf_lora_trainer_create(model._handle.ptr, p, out.buf));
+    const handle = new NativeHandle(
+      out.get(),
+      "the trainer",
+      (ptr) => check(sym().kf_trainer_free(ptr)),
+      model._handle,
+    );
+    return new LoraTrainer(handle, model, o);
+  }
+
+  /** Optimizer steps taken. */
+  get stepCount(): number {
+    const buf = alloc(40);
+    check(sym().kf_trainer_get_info(this._handle.ptr, buf));
+    return Number(new DataView(buf.buffer).getBigInt64(16, true));
+  }
+
+  /** Examples whose gradients wait for the next {@link step}. */
+  get accumulated(): number {
+    const buf = alloc(40);
+    check(sym().kf_trainer_get_info(this._handle.ptr, buf));
+    return new DataView(buf.buffer).getInt32(12, true);
+  }
+
+  /**
+   * Runs one example forward and backward and adds the gradient of its mean cross-entropy over the
+   * labelled rows; returns that mean. Aborting leaves the accumulated gradients unchanged.
+   */
+  async accumulate(
+    example: TrainExample,
+    options: { signal?: AbortSignal; onProgress?: (done: number, total: number) => void } = {},
+  ): Promise<number> {
+    const { ids, labels } = example;
+    const H = this.model.info.hiddenSize;
+    if (ids.length !== labels.length) {
+      throw new KvfoldError(
+        "INVALID_ARGUMENT",
+        `Cannot train: ${ids.length} ids but ${labels.length} labels (one label per id)`,
+      );
+    }
+    const prefix = example.prefix ?? new Float32Array(0);
+    if (prefix.length % H !== 0) {
+      throw new KvfoldError(
+        "INVALID_ARGUMENT",
+        `Cannot train: the prefix holds ${prefix.length} values, not rows of the hidden size ${H}`,
+      );
+    }
+    const toI32 = (a: readonly number[], what: string) => {
+      const buf = alloc(a.length * 4);
+      const view = new Int32Array(buf.buffer);
+      a.forEach((x, i) => {
+        if (!Number.isInteger(x)) {
+          throw new KvfoldError("INVALID_ARGUMENT", `Cannot train: ${what} ${x} at ${i} is not an integer`);
+        }
+        view[i] = x;
+      });
+      return buf;
+    };
+    const idBuf = toI32(ids, "id"), labelBuf = toI32(labels, "label");
+    const prefixBuf = alloc(prefix.length * 4);
+    new Float32Array(prefixBuf.buffer).set(prefix);
+    const loss = alloc(4);
+    await this._handle.runControlled(
+      (ptr, ctl) =>
+        sym().kf_trainer_accumulate(
+          ptr,
+          prefixBuf,
+          prefix.length / H,
+          idBuf,
+          labelBuf,
+          ids.length,
+          loss,
+          ctl.buf,
+        ),
+      { signal: options.signal, onProgress: options.onProgress },
+    );
+    return new DataView(loss.buffer).getFloat32(0, true);
+  }
+
+  /** AdamW over the accumulated gradients (averaged, clipped), with the scheduled learning rate. */
+  step(): TrainStep {
+    const buf = alloc(24);
+    check(sym().kf_trainer_step(this._handle.ptr, buf));
+    const v = new DataView(buf.buffer);
+    return {
+      step: Number(v.getBigInt64(0, true)),
+      learningRate: v.getFloat32(8, true),
+      gradNorm: v.getFloat32(12, true),
+      examples: v.getInt32(16, true),
+    };
+  }
+
+  /** Shape of a pair's tensor: A and its moments [r, in], B and its moments [out, r]. */
+  shapeOf(proj: LoraProjection, which: TrainTensor): [number, number] {
+    const { hiddenSize: H, heads, kvHeads, headDim, intermediateSize: I } = this.model.info;
+    const io: Record<LoraProjection, [number, number]> = {
+      q_proj: [H, heads * headDim],
+      k_proj: [H, kvHeads * headDim],
+      v_proj: [H, kvHeads * headDim],
+      o_proj: [heads * headDim, H],
+      gate_proj: [H, I],
+      up_proj: [H, I],
+      down_proj: [I, H],
+    };
+    const [inDim, outDim] = io[proj];
+    const r = this.info.rank;
+    return ["A", "gradA", "momentA", "varianceA"].includes(which) ? [r, inDim] : [outDim, r];
+  }
+
+  /** A copy of one pair's tensor (row-major, see {@link shapeOf}). */
+  read(layer: number, proj: LoraProjection, which: TrainTensor): Float32Array {
+    const [r, c] = this.shapeOf(proj, which);
+    const out = new Float32Array(r * c);
+    check(
+      sym().kf_trainer_read(
+        this._handle.ptr,
+        layer,
+        LORA_PROJECTIONS.indexOf(proj),
+        TRAIN_TENSORS[which],
+        new Uint8Array(out.buffer),
+        BigInt(out.length),
+      ),
+    );
+    return out;
+  }
+
+  /** Overwrites one pair's tensor (checkpoint restore, tests). */
+  write(layer: number, proj: LoraProjection, which: TrainTensor, data: Float32Array): void {
+    const copy = new Float32Array(data);
+    check(
+      sym().kf_trainer_write(
+        this._handle.ptr,
+        layer,
+        LORA_PROJECTIONS.indexOf(proj),
+        TRAIN_TENSORS[which],
+        new Uint8Array(copy.buffer),
+        BigInt(copy.length),
+      ),
+    );
+  }
+
+  /** Sets the step count (for the learning-rate schedule) and drops accumulated gradients. */
+  setStep(step: number): void {
+    check(sym().kf_trainer_set_step(this._handle.ptr, BigInt(step)));
+  }
+
+  /** Every trained (layer, projection). */
+  *pairs(): Generator<[number, LoraProjection]> {
+    for (let l = 0; l < this.model.info.layers; l++) {
+      for (const p of this.info.targets) yield [l, p];
+    }
+  }
+
+  /**
+   * Writes the adapter as a PEFT folder: `adapter_config.json` (peft_type LORA, r, lora_alpha,
+   * target_modules, use_rslora, base_model_name_or_path) and `adapter_model.safetensors` with
+   * `base_model.model.model.layers.{i}.{self_attn|mlp}.{proj}.lora_{A|B}.weight` in f32.
+   */
+  async saveAdapter(dir: string, options: { baseModelName?: string } = {}): Promise<void> {
+    const tensors: TensorInput[] = [];
+    for (const [l, p] of this.pairs()) {
+      const parent = ["gate_proj", "up_proj", "down_proj"].includes(p) ? "mlp" : "self_attn";
+      const name = `base_model.model.model.layers.${l}.${parent}.${p}`;
+      for (const which of ["A", "B"] as const) {
+        tensors.push({
+          name: `${name}.lora_${which}.weight`,
+          dtype: "F32",
+          shape: this.shapeOf(p, which),
+          data: this.read(l, p, which),
+        });
+      }
+    }
+    await Deno.mkdir(dir, { recursive: true });
+    const config = {
+      peft_type: "LORA",
+      task_type: "CAUSAL_LM",
+      base_model_name_or_path: options.baseModelName ?? this.model.dir,
+      r: this.info.rank,
+      lora_alpha: this.info.alpha,
+      lora_dropout: 0,
+      target_modules: this.info.targets,
+      use_rslora: this.options.rslora,
+      use_dora: false,
+      fan_in_fan_out: false,
+      bias: "none",
+      inference_mode: true,
+    };
+    await writeSafetensorsFile(`${dir}/adapter_model.safetensors.tmp`, tensors, { format: "pt" });
+    await Deno.rename(`${dir}/adapter_model.safetensors.tmp`, `${dir}/adapter_model.safetensors`);
+    await Deno.writeTextFile(`${dir}/adapter_config.json`, JSON.stringify(config, null, 2) + "\n");
+  }
+
+  /**
+   * Writes weights, AdamW moments and `state` (the caller's loop position) to one safetensors file,
+   * atomically (a temp file renamed over the old one), so a killed run never leaves a torn checkpoint.
+   */
+  async saveCheckpoint(path: string, state: Record<string, string | number>): Promise<void> {
+    const tensors: TensorInput[] = [];
+    for (const [l, p] of this.pairs()) {
+      for (const which of ["A", "B", "momentA", "varianceA", "momentB", "varianceB"] as const) {
+        tensors.push({
+          name: `${l}.${p}.${which}`,
+          dtype: "F32",
+          shape: this.shapeOf(p, which),
+          data: this.read(l, p, which),
+        });
+      }
+    }
+    const meta: Record<string, string> = {
+      "kvfold.train.step": String(this.stepCount),
+      "kvfold.train.rank": String(this.info.rank),
+      "kvfold.train.targets": this.info.targets.join(","),
+    };
+    for (const [k, v] of Object.entries(state)) meta[`kvfold.loop.${k}`] = String(v);
+    await writeSafetensorsFile(`${path}.tmp`, tensors, meta);
+    await Deno.rename(`${path}.tmp`, path);
+  }
+
+  /** Restores {@link saveCheckpoint}'s weights, moments and step; returns its `state`. */
+  async loadCheckpoint(path: string): Promise<Record<string, string>> {
+    const f = await readSafetensorsFile(path);
+    const meta = f.metadata;
+    if (
+      meta["kvfold.train.rank"] !== String(this.info.rank) ||
+      meta["kvfold.train.targets"] !== this.info.targets.join(",")
+    ) {
+      throw new KvfoldError(
+        "INVALID_ARGUMENT",
+        `Cannot resume from ${path}: it holds rank ${meta["kvfold.train.rank"]} on ${
+          meta["kvfold.train.targets"]
+        }, this run trains rank ${this.info.rank} on ${this.info.targets.join(",")}`,
+      );
+    }
+    for (const [l, p] of this.pairs()) {
+      for (const which of ["A", "B", "momentA", "varianceA", "momentB", "varianceB"] as const) {
+        const t = f.tensors.get(`${l}.${p}.${which}`);
+        if (!t) {
+          throw new KvfoldError("FORMAT", `Cannot resume from ${path}: tensor ${l}.${p}.${which} is missing`);
+        }
+        this.write(l, p, which, toFloat32(t));
+      }
+    }
+    this.setStep(Number(meta["kvfold.train.step"] ?? 0));
+    const state: Record<string, string> = {};
+    for (const [k, v] of Object.entries(meta)) if (k.startsWith("kvfold.loop.")) state[k.slice(12)] = v;
+    return state;
+  }
+}
+
+/** A question-answer pair over a document (text to compress) or ready summary vectors. */
+export interface QaExample {
+  /** Text compressed with the `compressor` option (LLoCO: the decoder's own checkpoint). */
+  document?: string;
+  /** Summary vectors [rows, hidden] used as given. */
+  vectors?: Float32Array;
+  question: string;
+  answer: string;
+}
+
+/** Progress of {@link finetuneLora}, after every optimizer step. */
+export interface FinetuneProgress extends TrainStep {
+  /** Mean loss of the step's examples. */
+  loss: number;
+  /** Steps the run will take. */
+  totalSteps: number;
+  /** Rows (prefix + tokens) trained per second, since this process started the run. */
+  tokensPerSecond: number;
+  /** Seconds left at the current rate. */
+  etaSeconds: number;
+}
+
+/** Options of {@link finetuneLora}. */
+export interface FinetuneOptions extends LoraTrainOptions {
+  /** Optimizer steps; default: one pass over the examples. */
+  steps?: number;
+  /** Examples per optimizer step (gradient accumulation); default 1. */
+  accumulate?: number;
+  /** Compresses `document` examples (required when some example has one). */
+  compressor?: Compressor;
+  /** Wrap questions in the chat template (default: when the model has one), as answerFromChunks does. */
+  chat?: boolean;
+  /** Saves a checkpoint here every `checkpointEvery` steps, and resumes from it when it exists. */
+  checkpoint?: string;
+  /** Default 10. */
+  checkpointEvery?: number;
+  signal?: AbortSignal;
+  onProgress?: (p: FinetuneProgress) => void;
+}
+
+/**
+ * The rows and labels of one LLoCO example: `[vectors | prompt | answer EOS]`, each answer token
+ * (and the EOS) labelled at the row before it. The prompt is encoded as {@link answerFromChunks}
+ * encodes questions, so the adapter is trained on what it will serve.
+ */
+export function qaExampleRows(
+  model: Model,
+  vectors: Float32Array | undefined,
+  question: string,
+  answer: string,
+  options: { chat?: boolean } = {},
+): TrainExample {
+  const chat = options.chat ?? model.tokenizer.hasChatTemplate;
+  const prompt = model.encodePrompt(question, { chat });
+  const answerIds = model.tokenizer.encode(answer, { addSpecialTokens: false });
+  const eos = model.eosTokenIds[0];
+  const target = eos === undefined ? answerIds : [...answerIds, eos];
+  if (target.length === 0) throw new KvfoldError("INVALID_ARGUMENT", "Cannot train: the answer is empty");
+  const ids = [...prompt, ...target.slice(0, -1)];
+  const labels = ids.map((_, t) => (t >= prompt.length - 1 ? target[t - (prompt.length - 1)] : -1));
+  return { prefix: vectors, ids, labels };
+}
+
+/** Deterministic order of `n` examples in epoch `epoch` for `seed` (Fisher-Yates over mulberry32). */
+function epochOrder(n: number, seed: number, epoch: number): number[] {
+  let a = (seed * 0x9e3779b1 + epoch * 0x85ebca6b) >>> 0;
+  const rand = () => {
+    a = (a + 0x6d2b79f5) | 0;
+    let t = Math.imul(a ^ (a >>> 15), 1 | a);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  const order = Array.from({ length: n }, (_, i) => i);
+  for (let i = n - 1; i > 0; i--) {
+    const j = Math.floor(rand() * (i + 1));
+    [order[i], order[j]] = [order[j], order[i]];
+  }
+  return order;
+}
+
+/**
+ * Finetunes a LoRA on question-answer examples over compressed contexts and returns the trainer
+ * (save it with {@link LoraTrainer.saveAdapter}). With `checkpoint`, a run killed at any point
+ * resumes from its last checkpoint and ends with the same weights as an uninterrupted run.
+ *
+ * @example
+ * ```ts ignore
+ * using trainer = await finetuneLora(compressor.model, examples, { compressor, steps: 200, accumulate: 4,
+ *   learningRate: 1e-4, warmupSteps: 10, checkpoint: "./run.ckpt.safetensors",
+ *   onProgress: (p) => console.log(p.step, p.loss.toFixed(3), p.tokensPerSecond.toFixed(0)) });
+ * await trainer.saveAdapter("./adapters/finance");
+ * ```
+ */
+export async function finetuneLora(
+  model: Model,
+  examples: readonly QaExample[],
+  options: FinetuneOptions = {},
+): Promise<LoraTrainer> {
+  if (examples.length === 0) throw new KvfoldError("INVALID_ARGUMENT", "Cannot finetune: no examples");
+  const accumulate = options.accumulate ?? 1;
+  if (!Number.isInteger(accumulate) || accumulate < 1) {
+    throw new RangeError(`Cannot finetune: accumulate ${accumulate} is not a positive integer`);
+  }
+  const steps = options.steps ?? Math.max(1, Math.floor(examples.length / accumulate));
+  // Rows of every example, made once (compressing documents is the expensive part).
+  const rows: TrainExample[] = [];
+  for (const [i, e] of examples.entries()) {
+    let vectors = e.vectors;
+    if (!vectors && e.document !== undefined) {
+      if (!options.compressor) {
+        throw new KvfoldError(
+          "INVALID_ARGUMENT",
+          `Cannot finetune: example ${i} has a document but no compressor was given`,
+        );
+      }
+      vectors = (await options.compressor.compress(e.document, { signal: options.signal })).data;
+    }
+    rows.push(qaExampleRows(model, vectors, e.question, e.answer, { chat: options.chat }));
+  }
+  const trainer = LoraTrainer.create(model, { ...options, totalSteps: options.totalSteps ?? steps });
+  try {
+    const seed = trainer.options.seed;
+    let cursor = 0; // examples consumed, over all epochs
+    if (options.checkpoint) {
+      try {
+        const state = await trainer.loadCheckpoint(options.checkpoint);
+        cursor = Number(state.cursor ?? 0);
+      } catch (e) {
+        if (!(e instanceof KvfoldError && e.code === "IO")) throw e;
+        // No checkpoint yet: a fresh run.
+      }
+    }
+    const every = options.checkpointEvery ?? 10;
+    const t0 = performance.now();
+    let rowsDone = 0, stepsHere = 0;
+    const n = rows.length;
+    let order = epochOrder(n, seed, Math.floor(cursor / n));
+    const H = model.info.hiddenSize;
+    while (trainer.stepCount < steps) {
+      let lossSum = 0;
+      for (let k = 0; k < accumulate; k++) {
+        if (cursor % n === 0) order = epochOrder(n, seed, cursor / n);
+        const ex = rows[order[cursor % n]];
+        lossSum += await trainer.accumulate(ex, { signal: options.signal });
+        rowsDone += ex.ids.length + (ex.prefix?.length ?? 0) / H;
+        cursor++;
+      }
+      const s = trainer.step();
+      stepsHere++;
+      if (options.checkpoint && (s.step % every === 0 || s.step === steps)) {
+        await trainer.saveCheckpoint(options.checkpoint, { cursor });
+      }
+      const elapsed = (performance.now() - t0) / 1000;
+      const tokensPerSecond = rowsDone / Math.max(elapsed, 1e-9);
+      options.onProgress?.({
+        ...s,
+        loss: lossSum / accumulate,
+        totalSteps: steps,
+        tokensPerSecond,
+        etaSeconds: (elapsed / stepsHere) * (steps - s.step),
+      });
+    }
+    return trainer;
+  } catch (e) {
+    trainer.dispose();
+    throw e;
+  }
+}
