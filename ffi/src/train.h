@@ -32,6 +32,44 @@ struct LayerActivations {
   std::vector<float> lora_t[kNumProj];  // [T, r] A x of each trained projection
 };
 
+// Scratch of one pass, grown on demand and kept for the next.
+struct PassScratch {
+  std::vector<LayerActivations> acts;   // [n_layers]
+  std::vector<float> x_final, xn_final; // [T, H]
+  std::vector<float> rope_cs;           // [T, hd/2, 2]
+};
+
+// The rows of one pass: input embeddings at positions pos0.., and which rows predict which token.
+struct PassRows {
+  const float *x0 = nullptr;  // [T, H]
+  int64_t T = 0, pos0 = 0;
+  std::vector<int64_t> rows;     // labelled rows
+  std::vector<int32_t> targets;  // the token each predicts
+  int64_t progress0 = 0;         // added to the control block's done counter
+};
+
+// The cache a segment attends to before its own rows (LoCoCo calibration): per layer, post-RoPE keys
+// and values [slots, nkv, hd]; every slot is visible to every row.
+struct PrefixCache {
+  int64_t slots = 0;
+  std::vector<const float *> k, v;  // [n_layers]
+};
+
+// What a pass hands back besides the loss.
+struct PassGrads {
+  // LoRA gradients of this pass, [n_layers * kNumProj] (empty for untrained projections).
+  std::vector<std::vector<float>> lora_ga, lora_gb;
+  // When set: d loss / d prefix keys and values per layer [slots, nkv, hd].
+  std::vector<std::vector<float>> *cache_dk = nullptr, *cache_dv = nullptr;
+  // When set: per layer [(slots + T), nkv] column sums of the attention probabilities (slot scores).
+  std::vector<std::vector<float>> *col_sums = nullptr;
+};
+
+// Forward and backward of one pass: mean cross-entropy over the labelled rows, its gradients for the
+// LoRA pairs (all rank 0 to train nothing) and, with a prefix, for the prefix cache.
+double train_pass(const kf_model &m, const std::vector<std::vector<TrainPair>> &pairs, float s, PassScratch &st,
+                  const PassRows &in, const PrefixCache *prefix, PassGrads &out, kf_control *ctl);
+
 }  // namespace kf
 
 struct kf_trainer {
@@ -42,10 +80,7 @@ struct kf_trainer {
   int64_t step = 0;          // optimizer steps taken
   int32_t accumulated = 0;   // examples whose gradients are summed in ga/gb
   int64_t n_params = 0;
-  // Scratch of the last example (grown on demand, kept for the next one).
-  std::vector<kf::LayerActivations> acts;  // [n_layers]
-  std::vector<float> x_final, xn_final;    // [T, H]
-  std::vector<float> rope_cs;              // [T, hd/2, 2]
+  kf::PassScratch scratch;  // of the last example, kept for the next
 };
 
 namespace kf {

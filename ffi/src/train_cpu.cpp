@@ -57,12 +57,6 @@ void check_cancel(kf_control *ctl) {
   if (ctl && ctl->cancel) raise(KF_ERR_CANCELLED, "cannot train: cancelled");
 }
 
-// Per-example gradients: the backward pass writes here, and they join the accumulated ones only
-// when the whole example succeeded (a cancelled example leaves no trace).
-struct ExampleGrads {
-  std::vector<std::vector<float>> ga, gb;  // [n_layers * kNumProj]
-};
-
 struct Scratch {
   std::vector<float> tmp, tmp2, dt, tT, dtT, gsmall;
 };
@@ -153,77 +147,110 @@ void rope(float *x, int64_t T, int64_t heads, int64_t hd, const float *cs, bool 
   }
 }
 
-// First key row i sees: causal, within Mistral's sliding window when the model has one.
-inline int64_t first_key(int64_t i, int64_t window) { return window > 0 ? std::max<int64_t>(0, i - window + 1) : 0; }
+// Keys a segment attends to: `slots` cache rows first (LoCoCo calibration; every one visible), then
+// its own T rows, causal (within Mistral's sliding window when there is no cache).
+struct Keys {
+  const float *kc = nullptr, *vc = nullptr;  // [slots, nkv, hd] post-RoPE cache keys, values
+  int64_t slots = 0;
+  const float *k = nullptr, *v = nullptr;    // [T, nkv, hd] the segment's own
+  int64_t nkv = 0, hd = 0, window = 0;
+  const float *key(int64_t j, int64_t g) const {
+    return j < slots ? kc + (j * nkv + g) * hd : k + ((j - slots) * nkv + g) * hd;
+  }
+  const float *value(int64_t j, int64_t g) const {
+    return j < slots ? vc + (j * nkv + g) * hd : v + ((j - slots) * nkv + g) * hd;
+  }
+  int64_t first(int64_t i) const {  // first key index own row i sees
+    return slots == 0 && window > 0 ? std::max<int64_t>(0, i - window + 1) : 0;
+  }
+  int64_t end(int64_t i) const { return slots + i + 1; }
+};
 
-// attn[i, h] = Σ_j softmax_j(q_i·k_j · scale) v_j over keys first_key(i)..i.  q: [T, nh, hd]; k, v: [T, nkv, hd]
-void attention_forward(ThreadPool &pool, const ModelConfig &c, const float *q, const float *k, const float *v,
-                       int64_t T, float *out, std::vector<float> &scratch) {
-  const int64_t nh = c.n_heads, nkv = c.n_kv_heads, hd = c.head_dim, group = nh / nkv, window = c.sliding_window;
+// attn[i, h] = Σ_j softmax_j(q_i·key_j · scale) value_j.  q: [T, nh, hd]. With col_sums: [slots + T, nkv]
+// receives each key's probability mass, summed over rows and over each KV group's query heads.
+void attention_forward(ThreadPool &pool, const ModelConfig &c, const float *q, const Keys &K, int64_t T, float *out,
+                       float *col_sums, std::vector<float> &scratch) {
+  const int64_t nh = c.n_heads, nkv = c.n_kv_heads, hd = c.head_dim, group = nh / nkv, n = K.slots + T;
   const float scale = 1.0f / std::sqrt(float(hd));
-  float *sc = grow(scratch, size_t(pool.size()) * size_t(T));
+  float *buf = grow(scratch, size_t(pool.size()) * size_t(n) + (col_sums ? size_t(nh) * size_t(n) : 0));
+  float *head_sums = buf + size_t(pool.size()) * size_t(n);  // [nh, n]
   pool.parallel_for(nh, [&](int64_t h, int th) {
-    float *p = sc + size_t(th) * size_t(T);
+    float *p = buf + size_t(th) * size_t(n);
+    float *cs = col_sums ? head_sums + size_t(h) * size_t(n) : nullptr;
+    if (cs) std::fill(cs, cs + n, 0.0f);
     const int64_t g = h / group;
     for (int64_t i = 0; i < T; i++) {
-      const int64_t j0 = first_key(i, window);
+      const int64_t j0 = K.first(i), j1 = K.end(i);
       const float *qi = q + (i * nh + h) * hd;
-      for (int64_t j = j0; j <= i; j++) p[j] = scale * dot_f32(qi, k + (j * nkv + g) * hd, hd);
-      softmax_inplace(p + j0, i - j0 + 1);
+      for (int64_t j = j0; j < j1; j++) p[j] = scale * dot_f32(qi, K.key(j, g), hd);
+      softmax_inplace(p + j0, j1 - j0);
       float *o = out + (i * nh + h) * hd;
       std::fill(o, o + hd, 0.0f);
-      for (int64_t j = j0; j <= i; j++) axpy_f32(p[j], v + (j * nkv + g) * hd, o, hd);
+      for (int64_t j = j0; j < j1; j++) axpy_f32(p[j], K.value(j, g), o, hd);
+      if (cs) add_inplace(cs + j0, p + j0, j1 - j0);
     }
   });
+  if (!col_sums) return;
+  std::fill(col_sums, col_sums + n * nkv, 0.0f);
+  for (int64_t h = 0; h < nh; h++)
+    for (int64_t j = 0; j < n; j++) col_sums[j * nkv + h / group] += head_sums[size_t(h) * size_t(n) + size_t(j)];
 }
 
-// Backward of attention_forward for dout [T, nh, hd]: dq [T, nh, hd] (overwritten), dk, dv [T, nkv, hd]
-// (overwritten; summed over each KV head's query heads). Probabilities are recomputed row by row:
+// Backward of attention_forward for dout [T, nh, hd]: dq [T, nh, hd], dk, dv [T, nkv, hd] for the own rows
+// and, when dkc is given, dkc, dvc [slots, nkv, hd] for the cache (all overwritten; summed over each KV
+// head's query heads). Probabilities are recomputed row by row:
 //   dP_ij = dO_i · v_j,  dS_ij = P_ij (dP_ij − Σ_j' P_ij' dP_ij'),
 //   dq_i = scale Σ_j dS_ij k_j,  dk_j += scale Σ_i dS_ij q_i,  dv_j += Σ_i P_ij dO_i
-void attention_backward(ThreadPool &pool, const ModelConfig &c, const float *q, const float *k, const float *v,
-                        const float *dout, int64_t T, float *dq, float *dk, float *dv, std::vector<float> &scratch) {
-  const int64_t nh = c.n_heads, nkv = c.n_kv_heads, hd = c.head_dim, group = nh / nkv, window = c.sliding_window;
+void attention_backward(ThreadPool &pool, const ModelConfig &c, const float *q, const Keys &K, const float *dout,
+                        int64_t T, float *dq, float *dk, float *dv, float *dkc, float *dvc, std::vector<float> &scratch) {
+  const int64_t nh = c.n_heads, nkv = c.n_kv_heads, hd = c.head_dim, group = nh / nkv, n = K.slots + T;
   const float scale = 1.0f / std::sqrt(float(hd));
-  // Per query head: its own dk, dv [T, hd] (heads of a group would race), then per thread P and dP rows.
-  const size_t per_head = size_t(T) * size_t(hd);
-  const size_t per_thread = 2 * size_t(T);
+  // Per query head: its own dk, dv [n, hd] (heads of a group would race), then per thread P and dP rows.
+  const size_t per_head = size_t(n) * size_t(hd);
+  const size_t per_thread = 2 * size_t(n);
   float *buf = grow(scratch, 2 * size_t(nh) * per_head + size_t(pool.size()) * per_thread);
   float *dkh = buf, *dvh = buf + size_t(nh) * per_head, *rows = buf + 2 * size_t(nh) * per_head;
   pool.parallel_for(nh, [&](int64_t h, int th) {
-    float *p = rows + size_t(th) * per_thread, *dp = p + T;
+    float *p = rows + size_t(th) * per_thread, *dp = p + n;
     float *dkr = dkh + size_t(h) * per_head, *dvr = dvh + size_t(h) * per_head;
     std::fill(dkr, dkr + per_head, 0.0f);
     std::fill(dvr, dvr + per_head, 0.0f);
     const int64_t g = h / group;
     for (int64_t i = 0; i < T; i++) {
-      const int64_t j0 = first_key(i, window);
+      const int64_t j0 = K.first(i), j1 = K.end(i);
       const float *qi = q + (i * nh + h) * hd, *doi = dout + (i * nh + h) * hd;
-      for (int64_t j = j0; j <= i; j++) p[j] = scale * dot_f32(qi, k + (j * nkv + g) * hd, hd);
-      softmax_inplace(p + j0, i - j0 + 1);
+      for (int64_t j = j0; j < j1; j++) p[j] = scale * dot_f32(qi, K.key(j, g), hd);
+      softmax_inplace(p + j0, j1 - j0);
       double sum = 0;
-      for (int64_t j = j0; j <= i; j++) {
-        dp[j] = dot_f32(doi, v + (j * nkv + g) * hd, hd);
+      for (int64_t j = j0; j < j1; j++) {
+        dp[j] = dot_f32(doi, K.value(j, g), hd);
         sum += double(p[j]) * dp[j];
       }
       float *dqi = dq + (i * nh + h) * hd;
       std::fill(dqi, dqi + hd, 0.0f);
-      for (int64_t j = j0; j <= i; j++) {
+      for (int64_t j = j0; j < j1; j++) {
         const float ds = p[j] * (dp[j] - float(sum));
-        axpy_f32(scale * ds, k + (j * nkv + g) * hd, dqi, hd);
+        axpy_f32(scale * ds, K.key(j, g), dqi, hd);
         axpy_f32(scale * ds, qi, dkr + j * hd, hd);
         axpy_f32(p[j], doi, dvr + j * hd, hd);
       }
     }
   });
-  // Reduce the query heads of each group into their KV head.
+  // Reduce the query heads of each group into their KV head: cache slots first, then own rows.
   std::fill(dk, dk + T * nkv * hd, 0.0f);
   std::fill(dv, dv + T * nkv * hd, 0.0f);
+  if (dkc) {
+    std::fill(dkc, dkc + K.slots * nkv * hd, 0.0f);
+    std::fill(dvc, dvc + K.slots * nkv * hd, 0.0f);
+  }
   for (int64_t h = 0; h < nh; h++) {
     const int64_t g = h / group;
-    for (int64_t j = 0; j < T; j++) {
-      add_inplace(dk + (j * nkv + g) * hd, dkh + size_t(h) * per_head + j * hd, hd);
-      add_inplace(dv + (j * nkv + g) * hd, dvh + size_t(h) * per_head + j * hd, hd);
+    for (int64_t j = 0; j < n; j++) {
+      float *tk = j < K.slots ? (dkc ? dkc + (j * nkv + g) * hd : nullptr) : dk + ((j - K.slots) * nkv + g) * hd;
+      float *tv = j < K.slots ? (dvc ? dvc + (j * nkv + g) * hd : nullptr) : dv + ((j - K.slots) * nkv + g) * hd;
+      if (!tk) continue;
+      add_inplace(tk, dkh + size_t(h) * per_head + j * hd, hd);
+      add_inplace(tv, dvh + size_t(h) * per_head + j * hd, hd);
     }
   }
 }
@@ -280,54 +307,53 @@ void trainer_init(kf_trainer &tr, kf_model &m, const kf_lora_train_params &p) {
       tr.n_params += int64_t(na + nb);
     }
   }
-  tr.acts.assign(size_t(c.n_layers), {});
 }
 
-double trainer_accumulate(kf_trainer &tr, const float *prefix, int32_t n_prefix, const int32_t *ids,
-                          const int32_t *labels, int32_t n_ids, kf_control *ctl) {
-  const kf_model &m = *tr.model;
+double train_pass(const kf_model &m, const std::vector<std::vector<TrainPair>> &pairs, float s, PassScratch &st,
+                  const PassRows &in, const PrefixCache *prefix, PassGrads &out, kf_control *ctl) {
   const ModelConfig &c = m.cfg;
   ThreadPool &pool = *m.engine->pool;
-  const int64_t T = int64_t(n_prefix) + n_ids, H = c.hidden_size, hd = c.head_dim, nh = c.n_heads,
-                nkv = c.n_kv_heads, I = c.intermediate_size, V = c.vocab_size;
+  const int64_t T = in.T, H = c.hidden_size, hd = c.head_dim, nh = c.n_heads, nkv = c.n_kv_heads,
+                I = c.intermediate_size, V = c.vocab_size;
   const int64_t q_dim = nh * hd, kv_dim = nkv * hd;
-  const float eps = float(c.rms_norm_eps), s = tr.scale;
-  if (ctl) {
-    ctl->total = 2 * c.n_layers;
-    ctl->done = 0;
-  }
-
-  // Labelled rows: row n_prefix + t predicts labels[t].
-  std::vector<int64_t> rows;
-  std::vector<int32_t> targets;
-  for (int32_t t = 0; t < n_ids; t++) {
-    if (labels[t] < 0) continue;
-    rows.push_back(int64_t(n_prefix) + t);
-    targets.push_back(labels[t]);
-  }
+  const int64_t slots = prefix ? prefix->slots : 0;
+  const float eps = float(c.rms_norm_eps);
+  const std::vector<int64_t> &rows = in.rows;
+  const std::vector<int32_t> &targets = in.targets;
   const int64_t L = int64_t(rows.size());
+  st.acts.resize(size_t(c.n_layers));
+  const auto keys = [&](int64_t l, const LayerActivations &A) {
+    Keys K;
+    K.slots = slots;
+    if (slots > 0) {
+      K.kc = prefix->k[size_t(l)];
+      K.vc = prefix->v[size_t(l)];
+    }
+    K.k = A.k.data();
+    K.v = A.v.data();
+    K.nkv = nkv;
+    K.hd = hd;
+    K.window = c.sliding_window;
+    return K;
+  };
 
   // ---- forward, keeping activations ----
   Scratch sc;
   std::vector<float> attn_scratch;
-  float *cs = grow(tr.rope_cs, size_t(T * hd));  // [T, hd/2, 2]
+  float *cs = grow(st.rope_cs, size_t(T * hd));  // [T, hd/2, 2] at the true positions pos0..
   for (int64_t t = 0; t < T; t++)
     for (int64_t i = 0; i < hd / 2; i++) {
-      const double a = double(t) * m.inv_freq[size_t(i)];
+      const double a = double(in.pos0 + t) * m.inv_freq[size_t(i)];
       cs[t * hd + 2 * i] = float(std::cos(a));
       cs[t * hd + 2 * i + 1] = float(std::sin(a));
     }
-  std::vector<float> x(size_t(T * H));  // [T, H] residual stream
-  for (int64_t t = 0; t < T; t++) {
-    if (t < n_prefix) std::copy_n(prefix + t * H, H, x.begin() + t * H);
-    else convert_row_to_f32(m.embed.row(ids[t - n_prefix]), m.embed.dtype, x.data() + t * H, H);
-  }
+  std::vector<float> x(in.x0, in.x0 + T * H);  // [T, H] residual stream
   std::vector<float> o(size_t(T * H));
   for (int64_t l = 0; l < c.n_layers; l++) {
     check_cancel(ctl);
     const LayerWeights &W = m.layers[size_t(l)];
-    const std::vector<TrainPair> &P = tr.pairs[size_t(l)];
-    LayerActivations &A = tr.acts[size_t(l)];
+    const std::vector<TrainPair> &P = pairs[size_t(l)];
+    LayerActivations &A = st.acts[size_t(l)];
     std::copy(x.begin(), x.end(), grow(A.x, size_t(T * H)));
     rmsnorm_rows(pool, grow(A.xn1, size_t(T * H)), x.data(), W.attn_norm.data(), T, H, eps);         // xn1 [T, H]
     linear_forward(pool, W.wq, proj_bias(W, kProjQ), P[kProjQ], s, A.xn1.data(), T, grow(A.q, size_t(T * q_dim)),
@@ -338,7 +364,8 @@ double trainer_accumulate(kf_trainer &tr, const float *prefix, int32_t n_prefix,
                    A.lora_t[kProjV], sc);                                                             // v [T, nkv, hd]
     rope(A.q.data(), T, nh, hd, cs, false);
     rope(A.k.data(), T, nkv, hd, cs, false);
-    attention_forward(pool, c, A.q.data(), A.k.data(), A.v.data(), T, grow(A.attn, size_t(T * q_dim)), attn_scratch);
+    float *col_sums = out.col_sums ? grow((*out.col_sums)[size_t(l)], size_t((slots + T) * nkv)) : nullptr;
+    attention_forward(pool, c, A.q.data(), keys(l, A), T, grow(A.attn, size_t(T * q_dim)), col_sums, attn_scratch);
     linear_forward(pool, W.wo, proj_bias(W, kProjO), P[kProjO], s, A.attn.data(), T, o.data(), A.lora_t[kProjO], sc);
     add_inplace(x.data(), o.data(), T * H);                                                           // x_mid
     std::copy(x.begin(), x.end(), grow(A.x_mid, size_t(T * H)));
@@ -351,14 +378,14 @@ double trainer_accumulate(kf_trainer &tr, const float *prefix, int32_t n_prefix,
     for (int64_t i = 0; i < T * I; i++) h[i] = A.gate[size_t(i)] * sigmoid(A.gate[size_t(i)]) * A.up[size_t(i)];
     linear_forward(pool, W.w_down, nullptr, P[kProjDown], s, h, T, o.data(), A.lora_t[kProjDown], sc);  // [T, H]
     add_inplace(x.data(), o.data(), T * H);
-    if (ctl) ctl->done = l + 1;
+    if (ctl) ctl->done = in.progress0 + l + 1;
   }
-  std::copy(x.begin(), x.end(), grow(tr.x_final, size_t(T * H)));
-  rmsnorm_rows(pool, grow(tr.xn_final, size_t(T * H)), x.data(), m.final_norm.data(), T, H, eps);
+  std::copy(x.begin(), x.end(), grow(st.x_final, size_t(T * H)));
+  rmsnorm_rows(pool, grow(st.xn_final, size_t(T * H)), x.data(), m.final_norm.data(), T, H, eps);
 
   // ---- loss: mean cross-entropy over the labelled rows; dlogits = (softmax − onehot) / L ----
   std::vector<float> xr(size_t(L * H)), logits(size_t(L * V));
-  for (int64_t r = 0; r < L; r++) std::copy_n(tr.xn_final.begin() + rows[size_t(r)] * H, H, xr.begin() + r * H);
+  for (int64_t r = 0; r < L; r++) std::copy_n(st.xn_final.begin() + rows[size_t(r)] * H, H, xr.begin() + r * H);
   matmul(pool, xr.data(), m.lm_head.data, m.lm_head.dtype, logits.data(), L, H, V, nullptr);  // [L, V]
   double loss = 0;
   for (int64_t r = 0; r < L; r++) {
@@ -377,21 +404,21 @@ double trainer_accumulate(kf_trainer &tr, const float *prefix, int32_t n_prefix,
   matmul_nn(pool, logits.data(), m.lm_head.data, m.lm_head.dtype, dxr.data(), L, V, H);
   for (int64_t r = 0; r < L; r++) std::copy_n(dxr.begin() + r * H, H, dxn.begin() + rows[size_t(r)] * H);
   std::vector<float> dx(size_t(T * H), 0.0f);  // d loss / d residual stream
-  rmsnorm_backward(tr.x_final.data(), m.final_norm.data(), dxn.data(), T, H, eps, dx.data());
+  rmsnorm_backward(st.x_final.data(), m.final_norm.data(), dxn.data(), T, H, eps, dx.data());
 
   // ---- backward through the layers, last first ----
-  ExampleGrads eg;
-  eg.ga.resize(size_t(c.n_layers) * kNumProj);
-  eg.gb.resize(size_t(c.n_layers) * kNumProj);
+  std::vector<std::vector<float>> &ega = out.lora_ga, &egb = out.lora_gb;
+  ega.assign(size_t(c.n_layers) * kNumProj, {});
+  egb.assign(size_t(c.n_layers) * kNumProj, {});
   std::vector<float> dh(size_t(T * I)), dgate(size_t(T * I)), dup(size_t(T * I)), dxn_l(size_t(T * H));
   std::vector<float> dattn(size_t(T * q_dim)), dq(size_t(T * q_dim)), dk(size_t(T * kv_dim)), dv(size_t(T * kv_dim));
   for (int64_t l = c.n_layers - 1; l >= 0; l--) {
     check_cancel(ctl);
     const LayerWeights &W = m.layers[size_t(l)];
-    const std::vector<TrainPair> &P = tr.pairs[size_t(l)];
-    const LayerActivations &A = tr.acts[size_t(l)];
+    const std::vector<TrainPair> &P = pairs[size_t(l)];
+    const LayerActivations &A = st.acts[size_t(l)];
     const auto grads = [&](int pj) {
-      std::vector<float> &ga = eg.ga[size_t(l) * kNumProj + size_t(pj)], &gb = eg.gb[size_t(l) * kNumProj + size_t(pj)];
+      std::vector<float> &ga = ega[size_t(l) * kNumProj + size_t(pj)], &gb = egb[size_t(l) * kNumProj + size_t(pj)];
       if (P[size_t(pj)].rank > 0 && ga.empty()) {
         ga.assign(P[size_t(pj)].a.size(), 0.0f);
         gb.assign(P[size_t(pj)].b.size(), 0.0f);
@@ -418,7 +445,12 @@ double trainer_accumulate(kf_trainer &tr, const float *prefix, int32_t n_prefix,
     auto [ga_o, gb_o] = grads(kProjO);
     linear_backward(pool, W.wo, P[kProjO], s, A.attn.data(), A.lora_t[kProjO].data(), dx.data(), T, dattn.data(),
                     false, ga_o, gb_o, sc);                                                           // dattn [T, nh·hd]
-    attention_backward(pool, c, A.q.data(), A.k.data(), A.v.data(), dattn.data(), T, dq.data(), dk.data(), dv.data(),
+    float *dkc = nullptr, *dvc = nullptr;
+    if (out.cache_dk && slots > 0) {
+      dkc = grow((*out.cache_dk)[size_t(l)], size_t(slots * kv_dim));
+      dvc = grow((*out.cache_dv)[size_t(l)], size_t(slots * kv_dim));
+    }
+    attention_backward(pool, c, A.q.data(), keys(l, A), dattn.data(), T, dq.data(), dk.data(), dv.data(), dkc, dvc,
                        attn_scratch);
     rope(dq.data(), T, nh, hd, cs, true);  // back through the rotation: R^T
     rope(dk.data(), T, nkv, hd, cs, true);
@@ -432,16 +464,40 @@ double trainer_accumulate(kf_trainer &tr, const float *prefix, int32_t n_prefix,
     linear_backward(pool, W.wv, P[kProjV], s, A.xn1.data(), A.lora_t[kProjV].data(), dv.data(), T, dxn_l.data(), true,
                     ga_v, gb_v, sc);                                                                  // dxn1 [T, H]
     rmsnorm_backward(A.x.data(), W.attn_norm.data(), dxn_l.data(), T, H, eps, dx.data());             // dx = d layer input
-    if (ctl) ctl->done = 2 * c.n_layers - l;
+    if (ctl) ctl->done = in.progress0 + 2 * c.n_layers - l;
   }
+  return loss;
+}
 
+double trainer_accumulate(kf_trainer &tr, const float *prefix, int32_t n_prefix, const int32_t *ids,
+                          const int32_t *labels, int32_t n_ids, kf_control *ctl) {
+  const kf_model &m = *tr.model;
+  const int64_t H = m.cfg.hidden_size;
+  if (ctl) {
+    ctl->total = 2 * m.cfg.n_layers;
+    ctl->done = 0;
+  }
+  PassRows in;
+  in.T = int64_t(n_prefix) + n_ids;
+  std::vector<float> x0(size_t(in.T * H));  // [prefix rows | embeddings of ids]
+  std::copy_n(prefix, int64_t(n_prefix) * H, x0.begin());
+  for (int32_t t = 0; t < n_ids; t++)
+    convert_row_to_f32(m.embed.row(ids[t]), m.embed.dtype, x0.data() + (int64_t(n_prefix) + t) * H, H);
+  in.x0 = x0.data();
+  for (int32_t t = 0; t < n_ids; t++) {  // row n_prefix + t predicts labels[t]
+    if (labels[t] < 0) continue;
+    in.rows.push_back(int64_t(n_prefix) + t);
+    in.targets.push_back(labels[t]);
+  }
+  PassGrads g;
+  const double loss = train_pass(m, tr.pairs, tr.scale, tr.scratch, in, nullptr, g, ctl);
   // The example succeeded: its gradients join the accumulated ones.
-  for (int64_t l = 0; l < c.n_layers; l++)
+  for (int64_t l = 0; l < m.cfg.n_layers; l++)
     for (int pj = 0; pj < kNumProj; pj++) {
       TrainPair &pr = tr.pairs[size_t(l)][size_t(pj)];
       if (pr.rank == 0) continue;
-      add_inplace(pr.ga.data(), eg.ga[size_t(l) * kNumProj + size_t(pj)].data(), int64_t(pr.ga.size()));
-      add_inplace(pr.gb.data(), eg.gb[size_t(l) * kNumProj + size_t(pj)].data(), int64_t(pr.gb.size()));
+      add_inplace(pr.ga.data(), g.lora_ga[size_t(l) * kNumProj + size_t(pj)].data(), int64_t(pr.ga.size()));
+      add_inplace(pr.gb.data(), g.lora_gb[size_t(l) * kNumProj + size_t(pj)].data(), int64_t(pr.gb.size()));
     }
   tr.accumulated++;
   return loss;
