@@ -40,6 +40,13 @@ export type {
   TrainStep,
   TrainTensor,
 } from "./src/train.ts";
+export { calibrateLococo, LOCOCO_TENSORS, LococoTrainer } from "./src/lococo_train.ts";
+export type {
+  CalibrateOptions,
+  CalibrateProgress,
+  LococoTensor,
+  LococoTrainOptions,
+} from "./src/lococo_train.ts";
 export { decodeBatch, DecodeBatcher } from "./src/batch.ts";
 export type { BatchEntry, BatcherStats } from "./src/batch.ts";
 export { TextTokenizer } from "./src/tokenizer.ts";

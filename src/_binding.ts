@@ -82,6 +82,18 @@ const SYMBOLS = {
   kf_trainer_write: { parameters: ["pointer", "i32", "i32", "i32", "buffer", "i64"], result: "i32" },
   kf_trainer_set_step: { parameters: ["pointer", "i64"], result: "i32" },
 
+  kf_lococo_trainer_create: { parameters: ["pointer", "buffer", "pointer", "buffer"], result: "i32" },
+  kf_lococo_trainer_free: { parameters: ["pointer"], result: "i32" },
+  kf_lococo_trainer_accumulate: {
+    parameters: ["pointer", "buffer", "i32", "buffer", "buffer"],
+    result: "i32",
+    nonblocking: true,
+  },
+  kf_lococo_trainer_step: { parameters: ["pointer", "buffer"], result: "i32" },
+  kf_lococo_trainer_read: { parameters: ["pointer", "i32", "i32", "buffer", "i64"], result: "i32" },
+  kf_lococo_trainer_write: { parameters: ["pointer", "i32", "i32", "buffer", "i64"], result: "i32" },
+  kf_lococo_trainer_set_step: { parameters: ["pointer", "i64"], result: "i32" },
+
   kf_lococo_heads_load: { parameters: ["pointer", "buffer", "buffer"], result: "i32" },
   kf_lococo_heads_free: { parameters: ["pointer"], result: "i32" },
   kf_lococo_heads_get_info: { parameters: ["pointer", "buffer"], result: "i32" },
@@ -115,6 +127,7 @@ export const STRUCT_SIZES: Record<string, number> = {
   kf_lora_train_params: 64,
   kf_trainer_info: 40,
   kf_train_step_info: 24,
+  kf_lococo_train_params: 64,
 };
 
 /** Status codes of `kf_status`, by name. */

@@ -18,6 +18,7 @@ import { convertTorchCheckpoint } from "./torch_bin.ts";
 import { Compressor } from "./compressor.ts";
 import { answerFromChunks, compressIntoStore } from "./lloco.ts";
 import { finetuneLora, type QaExample } from "./train.ts";
+import { calibrateLococo } from "./lococo_train.ts";
 import type { LoraProjection } from "./adapter.ts";
 import { DocumentStore } from "./store.ts";
 import { measureDecode, measurePrefill } from "./throughput.ts";
@@ -57,6 +58,10 @@ Commands:
                                          finetune a LoRA on {"question","answer"[,"document"]} lines
                                          (documents compressed by the checkpoint); writes a PEFT
                                          folder; --checkpoint resumes a killed run
+  train lococo --model DIR --data FILE.txt --out HEADS.safetensors [--slots M] [--segment B]
+      [--kernel K] [--keep-rate R] [--init HEADS] [--sequence-length N] [--steps N] [--lr LR]
+      [--seed S] [--checkpoint FILE [--checkpoint-every N]]
+                                         calibrate LoCoCo heads on text (model frozen)
   store stats FILE                       documents, tokens in, vectors kept, ratio, bytes
   convert SRC DST                        PyTorch .bin checkpoints (torch.save zip; sharded; PEFT
                                          adapter_model.bin) to safetensors; refuses non-tensor pickles
@@ -374,6 +379,48 @@ async function cmdLogits(args: string[]) {
   cacheNote(session);
 }
 
+/** `train lococo`: calibrate heads on a text file, printing progress, writing the heads file. */
+async function trainLococo(v: Record<string, string | boolean | undefined>) {
+  const str = (k: string) => v[k] as string | undefined;
+  const dir = need(str("model"), "model"), out = need(str("out"), "out");
+  const text = await Deno.readTextFile(need(str("data"), "data"));
+  using kv = await openEngine(v as { threads?: string; backend?: string });
+  using model = await kv.loadModel(dir, { dtype: (str("dtype") ?? "auto") as WeightDType });
+  using interrupt = interruptSignal();
+  const init = str("init") !== undefined ? model.loadLococoHeads(str("init")!) : undefined;
+  const t0 = performance.now();
+  using trainer = await calibrateLococo(model, text, {
+    init,
+    slots: intOpt(str("slots"), "slots", 1),
+    segment: intOpt(str("segment"), "segment", 1),
+    kernel: intOpt(str("kernel"), "kernel", 1),
+    keepRate: numOpt(str("keep-rate"), "keep-rate"),
+    sequenceLength: intOpt(str("sequence-length"), "sequence-length", 2),
+    steps: intOpt(str("steps"), "steps", 1),
+    accumulate: intOpt(str("accumulate"), "accumulate", 1),
+    learningRate: numOpt(str("lr"), "lr"),
+    weightDecay: numOpt(str("weight-decay"), "weight-decay"),
+    warmupSteps: intOpt(str("warmup"), "warmup"),
+    seed: intOpt(str("seed"), "seed"),
+    checkpoint: str("checkpoint"),
+    checkpointEvery: intOpt(str("checkpoint-every"), "checkpoint-every", 1),
+    signal: interrupt.signal,
+    onProgress: (p) =>
+      note(
+        `step ${p.step}/${p.totalSteps}  loss ${p.loss.toFixed(4)}  lr ${p.learningRate.toExponential(2)}  ` +
+          `|g| ${p.gradNorm.toFixed(3)}  ${p.tokensPerSecond.toFixed(0)} tok/s  ETA ${
+            p.etaSeconds.toFixed(0)
+          } s`,
+      ),
+  });
+  await trainer.saveHeads(out);
+  const s = trainer.shape;
+  note(
+    `wrote ${out}: M ${s.slots}, Mc ${s.fusedSlots}, k ${s.kernel}, B ${s.segment}, r ${s.keepRate}; ` +
+      `${((performance.now() - t0) / 1000).toFixed(1)} s`,
+  );
+}
+
 async function cmdTrain(args: string[]) {
   const { values: v, positionals } = parseArgs({
     args,
@@ -395,14 +442,19 @@ async function cmdTrain(args: string[]) {
       seed: { type: "string" },
       checkpoint: { type: "string" },
       "checkpoint-every": { type: "string" },
+      slots: { type: "string" },
+      segment: { type: "string" },
+      kernel: { type: "string" },
+      "keep-rate": { type: "string" },
+      "sequence-length": { type: "string" },
+      init: { type: "string" },
     },
   });
+  if (positionals[0] === "lococo") return await trainLococo(v);
   if (positionals[0] !== "lora") {
     throw new KvfoldError(
       "INVALID_ARGUMENT",
-      positionals[0] === "lococo"
-        ? "kvfold train lococo is not available yet: calibrating LoCoCo heads needs the backward pass through the fusion"
-        : "Usage: kvfold train lora --model DIR --data FILE.jsonl --out DIR [options]",
+      "Usage: kvfold train lora|lococo --model DIR --data FILE --out PATH [options]",
     );
   }
   const dir = need(v.model, "model"), out = need(v.out, "out");

@@ -190,7 +190,16 @@ Deno.test("lloco: the CLI compresses files with progress, reports stats and answ
     const h2o = await run(...q, "--cache", "h2o", "--slots", "4096", "honey market");
     assert.equal(h2o.code, 0, h2o.err);
     assert.equal(h2o.out, plain + "\n");
-    const streaming = await run(...q, "--cache", "streaming", "--window", "8", "--segment", "4", "honey market");
+    const streaming = await run(
+      ...q,
+      "--cache",
+      "streaming",
+      "--window",
+      "8",
+      "--segment",
+      "4",
+      "honey market",
+    );
     assert.equal(streaming.code, 0, streaming.err);
     await m.adapters.load(lora, { name: "g1" });
     assert.equal(withLora.out, (await answer()) + "\n");

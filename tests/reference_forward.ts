@@ -172,7 +172,7 @@ function checkShapes(model: ReferenceModel): void {
   if (!c.tieWordEmbeddings) expect("lm_head.weight", [V, H]);
 }
 
-function weight(model: ReferenceModel, name: string): Float64Array {
+export function weight(model: ReferenceModel, name: string): Float64Array {
   const w = model.tensors.get(name);
   if (w === undefined) {
     throw new KvfoldError("FORMAT", `Cannot run reference forward: tensor ${name} is missing`);
@@ -184,7 +184,13 @@ function weight(model: ReferenceModel, name: string): Float64Array {
 // Building blocks
 
 /** y[n, out] = x[n, in] · W[out, in]ᵀ (+ b[out]), like torch.nn.Linear. */
-function linear(x: Float64Array, n: number, w: Float64Array, inDim: number, b?: Float64Array): Float64Array {
+export function linear(
+  x: Float64Array,
+  n: number,
+  w: Float64Array,
+  inDim: number,
+  b?: Float64Array,
+): Float64Array {
   const outDim = w.length / inDim;
   const y = new Float64Array(n * outDim);
   for (let t = 0; t < n; t++) {
@@ -200,7 +206,7 @@ function linear(x: Float64Array, n: number, w: Float64Array, inDim: number, b?: 
 }
 
 /** HF LlamaRMSNorm per row: w * (x / sqrt(mean(x²) + eps)). x: [n, dim] → [n, dim]. */
-function rmsNorm(x: Float64Array, n: number, w: Float64Array, eps: number): Float64Array {
+export function rmsNorm(x: Float64Array, n: number, w: Float64Array, eps: number): Float64Array {
   const dim = w.length;
   const y = new Float64Array(n * dim);
   for (let t = 0; t < n; t++) {
@@ -263,15 +269,22 @@ export function ropeInvFreq(
 
 /**
  * Applies RoPE in place in HF's rotate_half layout: within each head, element i pairs with
- * i + head_dim/2. x: [n, heads, head_dim], row t at position t.
+ * i + head_dim/2. x: [n, heads, head_dim], row t at position pos0 + t.
  */
-function applyRope(x: Float64Array, n: number, heads: number, headDim: number, invFreq: Float64Array): void {
+export function applyRope(
+  x: Float64Array,
+  n: number,
+  heads: number,
+  headDim: number,
+  invFreq: Float64Array,
+  pos0 = 0,
+): void {
   const half = headDim / 2;
   for (let t = 0; t < n; t++) {
     for (let h = 0; h < heads; h++) {
       const base = (t * heads + h) * headDim;
       for (let i = 0; i < half; i++) {
-        const angle = t * invFreq[i];
+        const angle = (pos0 + t) * invFreq[i];
         const cos = Math.cos(angle);
         const sin = Math.sin(angle);
         const a = x[base + i];

@@ -21,6 +21,16 @@
  * @module
  */
 
+import {
+  applyRope,
+  embedTokens,
+  linear,
+  type ReferenceModel,
+  rmsNorm,
+  ropeInvFreq,
+  weight,
+} from "./reference_forward.ts";
+
 /** Inputs of {@link referenceLococoStep}. */
 export interface LococoStepInput {
   /** [S_total, n_kv, hd]: post-RoPE keys. */
@@ -274,4 +284,142 @@ export function referenceScores(input: ScoresInput): Float64Array {
  */
 export function segmentVisible(cacheLen: number): (t: number, s: number) => boolean {
   return (t, s) => s < cacheLen || s - cacheLen <= t;
+}
+
+/** Heads and shape of {@link referenceSegmentedLoss}. */
+export interface SegmentedLossOptions {
+  /** M. */
+  slots: number;
+  /** r. */
+  keepRate: number;
+  /** k. */
+  kernel: number;
+  /** B. */
+  segment: number;
+  /** Per layer: conv weight [Mc, 2·hd, k] (PyTorch layout), bias [Mc], λ. */
+  layers: readonly { weight: ArrayLike<number>; bias: ArrayLike<number>; lambda: number }[];
+}
+
+/**
+ * The loss LoCoCo calibration minimises, in float64: `ids` run in segments of B tokens at their true
+ * positions; before a segment, a cache of more than M + 16 slots is compressed per layer by
+ * {@link referenceLococoStep} with the scores of the last forward; the segment attends to [cache ;
+ * its own rows] (every cache slot visible, causal within); each token predicts the next. Returns the
+ * mean over segments of each segment's mean cross-entropy.
+ */
+export function referenceSegmentedLoss(
+  model: ReferenceModel,
+  ids: readonly number[],
+  opts: SegmentedLossOptions,
+): number {
+  const c = model.config;
+  const H = c.hiddenSize, hd = c.headDim, nh = c.numHeads, nKv = c.numKeyValueHeads, V = c.vocabSize;
+  const invFreq = ropeInvFreq(hd, c.ropeTheta, c.ropeScaling);
+  const scale = 1 / Math.sqrt(hd);
+  const rep = nh / nKv;
+  let keys: Float64Array[] = Array.from({ length: c.numLayers }, () => new Float64Array(0)); // [n, nKv, hd]
+  let values: Float64Array[] = Array.from({ length: c.numLayers }, () => new Float64Array(0));
+  let scores: Float64Array[] = Array.from({ length: c.numLayers }, () => new Float64Array(0)); // [n, nKv]
+  let n = 0;
+  const losses: number[] = [];
+  for (let p0 = 0; p0 < ids.length; p0 += opts.segment) {
+    const T = Math.min(opts.segment, ids.length - p0);
+    const targets: [number, number][] = [];
+    for (let t = 0; t < T && p0 + t + 1 < ids.length; t++) targets.push([t, ids[p0 + t + 1]]);
+    if (targets.length === 0) break;
+    if (n > opts.slots + 16) {
+      for (let l = 0; l < c.numLayers; l++) {
+        const out = referenceLococoStep({
+          keys: keys[l],
+          values: values[l],
+          scores: scores[l],
+          numKvHeads: nKv,
+          headDim: hd,
+          slots: opts.slots,
+          keepRate: opts.keepRate,
+          weight: opts.layers[l].weight,
+          bias: opts.layers[l].bias,
+          kernel: opts.kernel,
+          lambda: opts.layers[l].lambda,
+        });
+        keys[l] = out.keys;
+        values[l] = out.values;
+      }
+      n = opts.slots;
+    }
+    const x = embedTokens(model, ids.slice(p0, p0 + T)); // [T, H]
+    const nextKeys: Float64Array[] = [], nextValues: Float64Array[] = [], nextScores: Float64Array[] = [];
+    for (let l = 0; l < c.numLayers; l++) {
+      const p = `model.layers.${l}`;
+      const w = (s: string) => weight(model, `${p}.${s}`);
+      const bias = (s: string) => model.tensors.get(`${p}.${s}`);
+      const h = rmsNorm(x, T, w("input_layernorm.weight"), c.rmsNormEps);
+      const q = linear(h, T, w("self_attn.q_proj.weight"), H, bias("self_attn.q_proj.bias")); // [T, nh, hd]
+      const k = linear(h, T, w("self_attn.k_proj.weight"), H, bias("self_attn.k_proj.bias")); // [T, nKv, hd]
+      const v = linear(h, T, w("self_attn.v_proj.weight"), H, bias("self_attn.v_proj.bias"));
+      applyRope(q, T, nh, hd, invFreq, p0);
+      applyRope(k, T, nKv, hd, invFreq, p0);
+      const K = new Float64Array((n + T) * nKv * hd), Vv = new Float64Array((n + T) * nKv * hd); // [cache ; own]
+      K.set(keys[l].subarray(0, n * nKv * hd));
+      K.set(k, n * nKv * hd);
+      Vv.set(values[l].subarray(0, n * nKv * hd));
+      Vv.set(v, n * nKv * hd);
+      const visible = segmentVisible(n);
+      nextScores.push(
+        referenceScores({ queries: q, keys: K, numHeads: nh, numKvHeads: nKv, headDim: hd, visible }),
+      );
+      const att = new Float64Array(T * nh * hd); // [T, nh, hd]
+      const logit = new Float64Array(n + T);
+      for (let t = 0; t < T; t++) {
+        for (let hh = 0; hh < nh; hh++) {
+          const g = Math.floor(hh / rep);
+          let mx = -Infinity;
+          for (let s = 0; s < n + T; s++) {
+            if (!visible(t, s)) continue;
+            let d = 0;
+            for (let i = 0; i < hd; i++) d += q[(t * nh + hh) * hd + i] * K[(s * nKv + g) * hd + i];
+            logit[s] = d * scale;
+            mx = Math.max(mx, logit[s]);
+          }
+          let sum = 0;
+          for (let s = 0; s < n + T; s++) if (visible(t, s)) sum += Math.exp(logit[s] - mx);
+          for (let s = 0; s < n + T; s++) {
+            if (!visible(t, s)) continue;
+            const pr = Math.exp(logit[s] - mx) / sum;
+            for (let i = 0; i < hd; i++) att[(t * nh + hh) * hd + i] += pr * Vv[(s * nKv + g) * hd + i];
+          }
+        }
+      }
+      const o = linear(att, T, w("self_attn.o_proj.weight"), nh * hd, bias("self_attn.o_proj.bias"));
+      for (let i = 0; i < x.length; i++) x[i] += o[i];
+      const h2 = rmsNorm(x, T, w("post_attention_layernorm.weight"), c.rmsNormEps);
+      const gate = linear(h2, T, w("mlp.gate_proj.weight"), H);
+      const up = linear(h2, T, w("mlp.up_proj.weight"), H);
+      for (let i = 0; i < gate.length; i++) gate[i] = (gate[i] / (1 + Math.exp(-gate[i]))) * up[i];
+      const down = linear(gate, T, w("mlp.down_proj.weight"), c.intermediateSize);
+      for (let i = 0; i < x.length; i++) x[i] += down[i];
+      nextKeys.push(K);
+      nextValues.push(Vv);
+    }
+    keys = nextKeys;
+    values = nextValues;
+    scores = nextScores;
+    n += T;
+    const xn = rmsNorm(x, T, weight(model, "model.norm.weight"), c.rmsNormEps);
+    const head = c.tieWordEmbeddings
+      ? weight(model, "model.embed_tokens.weight")
+      : weight(model, "lm_head.weight");
+    const logits = linear(xn, T, head, H); // [T, V]
+    let loss = 0;
+    for (const [t, y] of targets) {
+      const row = logits.subarray(t * V, (t + 1) * V);
+      let mx = -Infinity;
+      for (const z of row) mx = Math.max(mx, z);
+      let sum = 0;
+      for (const z of row) sum += Math.exp(z - mx);
+      loss += Math.log(sum) + mx - row[y];
+    }
+    losses.push(loss / targets.length);
+  }
+  return losses.reduce((a, b) => a + b, 0) / losses.length;
 }

@@ -402,6 +402,65 @@ KF_API kf_status kf_lococo_heads_load(kf_model *model, const char *path, kf_loco
 KF_API kf_status kf_lococo_heads_free(kf_lococo_heads *heads);
 KF_API kf_status kf_lococo_heads_get_info(const kf_lococo_heads *heads, kf_lococo_heads_info *out);
 
+/* LoCoCo calibration, as the released code trains heads: text sequences fed in segments of B, the
+ * loss of each segment backpropagated into the heads (conv weight, bias, lambda) through the fused
+ * slots it attended to, the cache detached between segments, the model frozen. */
+typedef struct kf_lococo_trainer kf_lococo_trainer;
+
+typedef struct kf_lococo_train_params {
+  int32_t slots;         /* M; default 512                                                          */
+  int32_t segment;       /* B; default 512                                                          */
+  int32_t kernel;        /* k, odd; default 21                                                      */
+  float keep_rate;       /* r; Mc = floor(M * (1 - r)); default 0.5                                 */
+  uint64_t seed;         /* initialisation of new heads                                             */
+  float init_lambda;     /* lambda of new heads; default 0.5                                        */
+  float lr;              /* peak learning rate; default 1e-3                                        */
+  float weight_decay;    /* AdamW decoupled weight decay on conv weights; default 0                */
+  float beta1, beta2;    /* default 0.9, 0.999                                                      */
+  float eps;             /* default 1e-8                                                            */
+  float max_grad_norm;   /* 0 = no clipping; default 1                                              */
+  float min_lr_ratio;    /* default 0                                                               */
+  int32_t warmup_steps;  /* default 0                                                               */
+  int32_t total_steps;   /* cosine decay length; 0 = constant                                       */
+} kf_lococo_train_params;
+
+/* Which tensor of a layer kf_lococo_trainer_read / _write address. */
+typedef enum kf_lococo_tensor {
+  KF_LOCOCO_WEIGHT = 0,      /* [Mc, 2 * head_dim, k] (PyTorch Conv1d layout, as the heads file)   */
+  KF_LOCOCO_BIAS = 1,        /* [Mc]                                                                */
+  KF_LOCOCO_LAMBDA = 2,      /* [1]                                                                 */
+  KF_LOCOCO_GRAD_WEIGHT = 3, /* accumulated gradients, same shapes                                  */
+  KF_LOCOCO_GRAD_BIAS = 4,
+  KF_LOCOCO_GRAD_LAMBDA = 5,
+  KF_LOCOCO_M_WEIGHT = 6,    /* AdamW moments, same shapes                                          */
+  KF_LOCOCO_V_WEIGHT = 7,
+  KF_LOCOCO_M_BIAS = 8,
+  KF_LOCOCO_V_BIAS = 9,
+  KF_LOCOCO_M_LAMBDA = 10,
+  KF_LOCOCO_V_LAMBDA = 11
+} kf_lococo_tensor;
+
+KF_API kf_lococo_train_params kf_lococo_train_default_params(void);
+/* New trainable heads for the model: from `init` when given (its M, r, k, B win over params'), else
+ * random (uniform weights scaled by 1/sqrt(2 * head_dim * k), zero bias, init_lambda). */
+KF_API kf_status kf_lococo_trainer_create(kf_model *model, const kf_lococo_train_params *params,
+                                          const kf_lococo_heads *init, kf_lococo_trainer **out);
+KF_API kf_status kf_lococo_trainer_free(kf_lococo_trainer *trainer);
+/* One sequence, segment by segment (compressing at the start of a segment when the cache holds more
+ * than M + 16 slots, as inference does); every token predicts the next. Adds the gradient of the mean
+ * of the segments' losses to the accumulated one (only segments after a compression reach the heads)
+ * and writes that mean to *loss. control: cancel (nothing accumulated then), progress in tokens. */
+KF_API kf_status kf_lococo_trainer_accumulate(kf_lococo_trainer *trainer, const int32_t *ids, int32_t n_ids,
+                                              float *loss, kf_control *control);
+/* AdamW over the accumulated gradients averaged over the sequences; refused when none. */
+KF_API kf_status kf_lococo_trainer_step(kf_lococo_trainer *trainer, kf_train_step_info *out);
+KF_API kf_status kf_lococo_trainer_read(const kf_lococo_trainer *trainer, int32_t layer, int32_t which, float *out,
+                                        int64_t n);
+KF_API kf_status kf_lococo_trainer_write(kf_lococo_trainer *trainer, int32_t layer, int32_t which, const float *in,
+                                         int64_t n);
+/* Sets the step count (resume) and drops accumulated gradients. */
+KF_API kf_status kf_lococo_trainer_set_step(kf_lococo_trainer *trainer, int64_t step);
+
 /* ---------------------------------------------------------------------------------------------- */
 /* Sampler: picks the next token from a session's last logits                                      */
 

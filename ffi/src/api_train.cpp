@@ -4,6 +4,8 @@
 #include <mutex>
 
 #include "api_guard.h"
+#include "lococo_train.h"
+#include "model.h"
 #include "train.h"
 
 namespace {
@@ -165,6 +167,155 @@ kf_status kf_trainer_set_step(kf_trainer *trainer, int64_t step) {
         std::fill(p.ga.begin(), p.ga.end(), 0.0f);
         std::fill(p.gb.begin(), p.gb.end(), 0.0f);
       }
+    trainer->accumulated = 0;
+  });
+}
+
+// ---- LoCoCo calibration ----
+
+kf_lococo_train_params kf_lococo_train_default_params(void) {
+  kf_lococo_train_params p{};
+  p.slots = 512;
+  p.segment = 512;
+  p.kernel = 21;
+  p.keep_rate = 0.5f;
+  p.seed = 0x6c6f636f636full;
+  p.init_lambda = 0.5f;
+  p.lr = 1e-3f;
+  p.beta1 = 0.9f;
+  p.beta2 = 0.999f;
+  p.eps = 1e-8f;
+  p.max_grad_norm = 1.0f;
+  return p;
+}
+
+kf_status kf_lococo_trainer_create(kf_model *model, const kf_lococo_train_params *params, const kf_lococo_heads *init,
+                                   kf_lococo_trainer **out) {
+  if (out) *out = nullptr;
+  return guarded("create LoCoCo trainer", [&] {
+    KF_REQUIRE(model && out, "create LoCoCo trainer", "model or out is NULL");
+    const kf_lococo_train_params p = params ? *params : kf_lococo_train_default_params();
+    auto tr = std::make_unique<kf_lococo_trainer>();
+    kf::lococo_trainer_init(*tr, *model, p, init);
+    model->n_sessions++;  // reads the weights as a session does: the model outlives it
+    *out = tr.release();
+  });
+}
+
+kf_status kf_lococo_trainer_free(kf_lococo_trainer *trainer) {
+  return guarded("free LoCoCo trainer", [&] {
+    if (!trainer) return;
+    trainer->model->n_sessions--;
+    delete trainer;
+  });
+}
+
+kf_status kf_lococo_trainer_accumulate(kf_lococo_trainer *trainer, const int32_t *ids, int32_t n_ids, float *loss,
+                                       kf_control *control) {
+  return report(control, guarded("calibrate", [&] {
+    KF_REQUIRE(trainer && ids && loss, "calibrate", "trainer, ids or loss is NULL");
+    KF_REQUIRE(n_ids >= 2, "calibrate", "a sequence needs at least 2 tokens, got %d", n_ids);
+    const kf_model &m = *trainer->model;
+    for (int32_t t = 0; t < n_ids; t++)
+      if (ids[t] < 0 || ids[t] >= m.cfg.vocab_size)
+        kf::raise(KF_ERR_INVALID_ARGUMENT, "cannot calibrate: token id %d at index %d is outside [0, %d)", ids[t], t,
+                  m.cfg.vocab_size);
+    std::lock_guard<std::mutex> lock(m.engine->pool_mutex);
+    *loss = float(kf::lococo_trainer_accumulate(*trainer, ids, n_ids, control));
+  }));
+}
+
+kf_status kf_lococo_trainer_step(kf_lococo_trainer *trainer, kf_train_step_info *out) {
+  return guarded("step optimizer", [&] {
+    KF_REQUIRE(trainer, "step optimizer", "trainer is NULL");
+    const kf_train_step_info info = kf::lococo_trainer_step(*trainer);
+    if (out) *out = info;
+  });
+}
+
+namespace {
+
+// Copies a LoCoCo trainer tensor out (to_user) or in. Weight-shaped tensors are held tap-major
+// [Mc, k, 2hd] and exchanged in PyTorch's [Mc, 2hd, k].
+void lococo_tensor(kf_lococo_trainer &tr, int32_t layer, int32_t which, float *user, int64_t n, bool to_user) {
+  const char *what = to_user ? "read LoCoCo trainer tensor" : "write LoCoCo trainer tensor";
+  if (layer < 0 || layer >= int32_t(tr.heads.layers.size()))
+    kf::raise(KF_ERR_INVALID_ARGUMENT, "cannot %s: layer %d is outside [0, %zu)", what, layer, tr.heads.layers.size());
+  kf_lococo_heads::Layer &L = tr.heads.layers[size_t(layer)];
+  kf_lococo_trainer::LayerState &S = tr.state[size_t(layer)];
+  std::vector<float> *vec = nullptr;
+  float *scalar = nullptr;
+  switch (which) {
+  case KF_LOCOCO_WEIGHT: vec = &L.weight; break;
+  case KF_LOCOCO_BIAS: vec = &L.bias; break;
+  case KF_LOCOCO_LAMBDA: scalar = &L.lambda; break;
+  case KF_LOCOCO_GRAD_WEIGHT: vec = &S.gw; break;
+  case KF_LOCOCO_GRAD_BIAS: vec = &S.gb; break;
+  case KF_LOCOCO_GRAD_LAMBDA: scalar = &S.gl; break;
+  case KF_LOCOCO_M_WEIGHT: vec = &S.mw; break;
+  case KF_LOCOCO_V_WEIGHT: vec = &S.vw; break;
+  case KF_LOCOCO_M_BIAS: vec = &S.mb; break;
+  case KF_LOCOCO_V_BIAS: vec = &S.vb; break;
+  case KF_LOCOCO_M_LAMBDA: scalar = &S.ml; break;
+  case KF_LOCOCO_V_LAMBDA: scalar = &S.vl; break;
+  default: kf::raise(KF_ERR_INVALID_ARGUMENT, "cannot %s: which %d is not a kf_lococo_tensor", what, which);
+  }
+  const int64_t size = scalar ? 1 : int64_t(vec->size());
+  if (n != size) kf::raise(KF_ERR_INVALID_ARGUMENT, "cannot %s: n %lld is not the tensor's %lld values", what, (long long)n, (long long)size);
+  if (!to_user)
+    for (int64_t i = 0; i < n; i++)
+      if (!std::isfinite(user[i])) kf::raise(KF_ERR_INVALID_ARGUMENT, "cannot %s: value %lld is not finite", what, (long long)i);
+  if (scalar) {
+    if (to_user) *user = *scalar;
+    else *scalar = *user;
+    return;
+  }
+  const bool weight_shaped = which == KF_LOCOCO_WEIGHT || which == KF_LOCOCO_GRAD_WEIGHT || which == KF_LOCOCO_M_WEIGHT ||
+                             which == KF_LOCOCO_V_WEIGHT;
+  if (!weight_shaped) {
+    if (to_user) std::copy(vec->begin(), vec->end(), user);
+    else std::copy(user, user + n, vec->begin());
+    return;
+  }
+  const int64_t Mc = tr.heads.fused, k = tr.heads.kernel, two_hd = 2 * int64_t(tr.heads.head_dim);
+  for (int64_t c = 0; c < Mc; c++)
+    for (int64_t i = 0; i < two_hd; i++)
+      for (int64_t j = 0; j < k; j++) {
+        float &held = (*vec)[size_t((c * k + j) * two_hd + i)];
+        float &given = user[(c * two_hd + i) * k + j];
+        if (to_user) given = held;
+        else held = given;
+      }
+}
+
+}  // namespace
+
+kf_status kf_lococo_trainer_read(const kf_lococo_trainer *trainer, int32_t layer, int32_t which, float *out,
+                                 int64_t n) {
+  return guarded("read LoCoCo trainer tensor", [&] {
+    KF_REQUIRE(trainer && out, "read LoCoCo trainer tensor", "trainer or out is NULL");
+    lococo_tensor(const_cast<kf_lococo_trainer &>(*trainer), layer, which, out, n, true);
+  });
+}
+
+kf_status kf_lococo_trainer_write(kf_lococo_trainer *trainer, int32_t layer, int32_t which, const float *in,
+                                  int64_t n) {
+  return guarded("write LoCoCo trainer tensor", [&] {
+    KF_REQUIRE(trainer && in, "write LoCoCo trainer tensor", "trainer or in is NULL");
+    lococo_tensor(*trainer, layer, which, const_cast<float *>(in), n, false);
+  });
+}
+
+kf_status kf_lococo_trainer_set_step(kf_lococo_trainer *trainer, int64_t step) {
+  return guarded("set LoCoCo trainer step", [&] {
+    KF_REQUIRE(trainer, "set LoCoCo trainer step", "trainer is NULL");
+    KF_REQUIRE(step >= 0, "set LoCoCo trainer step", "step %lld is negative", (long long)step);
+    trainer->step = step;
+    for (auto &s : trainer->state) {
+      std::fill(s.gw.begin(), s.gw.end(), 0.0f);
+      std::fill(s.gb.begin(), s.gb.end(), 0.0f);
+      s.gl = 0;
+    }
     trainer->accumulated = 0;
   });
 }

@@ -395,9 +395,10 @@ constexpr MicroKernel kMicroKernels[kMR + 1] = {nullptr,         micro_kernel<1>
 // y[T, N] = x[T, K] · B with B = W^T (W: [N, K], Linear layout) or, when kNN, B = W ([K, N]).
 template <DType D, bool kNN = false>
 void gemm(ThreadPool &pool, const float *x, int64_t lda, const void *Wv, float *y, int64_t T, int64_t K, int64_t N,
-          const float *bias) {
+          const float *bias, int64_t ldw = 0) {
   const uint8_t *W = static_cast<const uint8_t *>(Wv);
-  const size_t row_bytes = size_t(kNN ? N : K) * dtype_size(D);
+  // W's row stride: K (Linear layout) or N (NN), unless the caller's rows overlap (an implicit im2col).
+  const size_t row_bytes = size_t(ldw > 0 ? ldw : kNN ? N : K) * dtype_size(D);
   const int nth = pool.size();
   // Tasks: column blocks of kNC, times row blocks of T when there are too few column blocks to
   // give every thread two (each row block re-packs its panels, so split T only when needed).
@@ -502,7 +503,8 @@ void matmul_strided(ThreadPool &pool, const float *x, int64_t x_stride, const vo
   }
 }
 
-void matmul_nn(ThreadPool &pool, const float *x, const void *W, DType dt, float *y, int64_t T, int64_t K, int64_t N) {
+void matmul_nn(ThreadPool &pool, const float *x, const void *W, DType dt, float *y, int64_t T, int64_t K, int64_t N,
+               int64_t w_stride) {
   if (T < 0 || K < 0 || N < 0) raise(KF_ERR_INTERNAL, "cannot run matmul_nn: negative shape");
   if (T == 0 || N == 0) return;
   if (K == 0) {
@@ -511,9 +513,9 @@ void matmul_nn(ThreadPool &pool, const float *x, const void *W, DType dt, float 
   }
   if (!x || !W || !y) raise(KF_ERR_INTERNAL, "cannot run matmul_nn: null x, W or y");
   switch (dt) {
-  case DType::F32: gemm<DType::F32, true>(pool, x, K, W, y, T, K, N, nullptr); return;
-  case DType::F16: gemm<DType::F16, true>(pool, x, K, W, y, T, K, N, nullptr); return;
-  case DType::BF16: gemm<DType::BF16, true>(pool, x, K, W, y, T, K, N, nullptr); return;
+  case DType::F32: gemm<DType::F32, true>(pool, x, K, W, y, T, K, N, nullptr, w_stride); return;
+  case DType::F16: gemm<DType::F16, true>(pool, x, K, W, y, T, K, N, nullptr, w_stride); return;
+  case DType::BF16: gemm<DType::BF16, true>(pool, x, K, W, y, T, K, N, nullptr, w_stride); return;
   }
 }
 

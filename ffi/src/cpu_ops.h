@@ -45,8 +45,10 @@ void matmul_strided(ThreadPool &pool, const float *x, int64_t x_stride, const vo
 
 // y[T, N] = x[T, K] · W with W stored [K, N] row-major in dtype dt (no transpose): the backward
 // pass's dx = dy · W over a Linear weight [out, in], and the small weight-gradient products.
-// Always the packed GEMM path, any T >= 1.
-void matmul_nn(ThreadPool &pool, const float *x, const void *W, DType dt, float *y, int64_t T, int64_t K, int64_t N);
+// Always the packed GEMM path, any T >= 1. w_stride > 0: W's rows are that many elements apart (rows
+// may overlap, as an implicit im2col's do); 0 means N.
+void matmul_nn(ThreadPool &pool, const float *x, const void *W, DType dt, float *y, int64_t T, int64_t K, int64_t N,
+               int64_t w_stride = 0);
 
 // A run of consecutive rows that share one LoRA pair (one adapter), as Punica's SGMV groups them.
 struct LoraSegment {

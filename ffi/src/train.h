@@ -10,6 +10,18 @@
 
 namespace kf {
 
+// splitmix64: a small, well-mixed, seedable generator (initialisation of trained weights).
+inline uint64_t splitmix64(uint64_t &s) {
+  uint64_t z = (s += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+// Learning rate at optimizer step `step` (0-based): linear warmup, then cosine decay to min_ratio · lr
+// over `total` steps (0: constant after warmup).
+float schedule_lr(float lr, int32_t warmup, int32_t total, float min_ratio, int64_t step);
+
 // One trainable pair y += s · B (A x), held as PEFT stores it (unscaled): A [r, in], B [out, r].
 struct TrainPair {
   int32_t rank = 0;  // 0: projection not trained
@@ -46,6 +58,7 @@ struct PassRows {
   std::vector<int64_t> rows;     // labelled rows
   std::vector<int32_t> targets;  // the token each predicts
   int64_t progress0 = 0;         // added to the control block's done counter
+  bool report_progress = true;   // false: the caller counts progress itself (cancel is still polled)
 };
 
 // The cache a segment attends to before its own rows (LoCoCo calibration): per layer, post-RoPE keys
@@ -94,7 +107,5 @@ double trainer_accumulate(kf_trainer &tr, const float *prefix, int32_t n_prefix,
                           const int32_t *labels, int32_t n_ids, kf_control *ctl);
 // AdamW over the accumulated gradients (averaged over the examples), then zeroes them.
 kf_train_step_info trainer_step(kf_trainer &tr);
-// Learning rate at optimizer step `step` (0-based): linear warmup, then cosine to min_lr_ratio · lr.
-float trainer_lr(const kf_lora_train_params &p, int64_t step);
 
 }  // namespace kf

@@ -16,14 +16,6 @@ namespace kf {
 
 namespace {
 
-// splitmix64: a small, well-mixed, seedable generator for the initialisation of A.
-uint64_t next_random(uint64_t &s) {
-  uint64_t z = (s += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
 // Grows a scratch vector to n floats (zeroing it when it grows; callers overwrite what they read).
 float *grow(std::vector<float> &v, size_t n) {
   if (v.size() < n) v.assign(n, 0.0f);
@@ -259,13 +251,13 @@ inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 
 }  // namespace
 
-float trainer_lr(const kf_lora_train_params &p, int64_t step) {
-  if (p.warmup_steps > 0 && step < p.warmup_steps) return p.lr * float(step + 1) / float(p.warmup_steps);
-  if (p.total_steps <= 0) return p.lr;
-  const double span = std::max<int64_t>(1, int64_t(p.total_steps) - p.warmup_steps);
-  const double progress = std::min(1.0, std::max(0.0, double(step - p.warmup_steps) / span));
+float schedule_lr(float lr, int32_t warmup, int32_t total, float min_ratio, int64_t step) {
+  if (warmup > 0 && step < warmup) return lr * float(step + 1) / float(warmup);
+  if (total <= 0) return lr;
+  const double span = std::max<int64_t>(1, int64_t(total) - warmup);
+  const double progress = std::min(1.0, std::max(0.0, double(step - warmup) / span));
   const double cosine = 0.5 * (1.0 + std::cos(3.14159265358979323846 * progress));
-  return float(p.lr * (p.min_lr_ratio + (1.0 - p.min_lr_ratio) * cosine));
+  return float(lr * (min_ratio + (1.0 - min_ratio) * cosine));
 }
 
 void trainer_init(kf_trainer &tr, kf_model &m, const kf_lora_train_params &p) {
@@ -300,7 +292,7 @@ void trainer_init(kf_trainer &tr, kf_model &m, const kf_lora_train_params &p) {
       pr.a.resize(na);
       // PEFT: kaiming_uniform_(a = sqrt(5)) gives U(−1/√in, 1/√in); B starts at zero.
       const float bound = 1.0f / std::sqrt(float(pr.in));
-      for (float &x : pr.a) x = bound * (2.0f * float(next_random(state) >> 40) / 16777216.0f - 1.0f);
+      for (float &x : pr.a) x = bound * (2.0f * float(splitmix64(state) >> 40) / 16777216.0f - 1.0f);
       pr.b.assign(nb, 0.0f);
       for (auto *vec : {&pr.ga, &pr.ma, &pr.va}) vec->assign(na, 0.0f);
       for (auto *vec : {&pr.gb, &pr.mb, &pr.vb}) vec->assign(nb, 0.0f);
@@ -378,7 +370,7 @@ double train_pass(const kf_model &m, const std::vector<std::vector<TrainPair>> &
     for (int64_t i = 0; i < T * I; i++) h[i] = A.gate[size_t(i)] * sigmoid(A.gate[size_t(i)]) * A.up[size_t(i)];
     linear_forward(pool, W.w_down, nullptr, P[kProjDown], s, h, T, o.data(), A.lora_t[kProjDown], sc);  // [T, H]
     add_inplace(x.data(), o.data(), T * H);
-    if (ctl) ctl->done = in.progress0 + l + 1;
+    if (ctl && in.report_progress) ctl->done = in.progress0 + l + 1;
   }
   std::copy(x.begin(), x.end(), grow(st.x_final, size_t(T * H)));
   rmsnorm_rows(pool, grow(st.xn_final, size_t(T * H)), x.data(), m.final_norm.data(), T, H, eps);
@@ -464,7 +456,7 @@ double train_pass(const kf_model &m, const std::vector<std::vector<TrainPair>> &
     linear_backward(pool, W.wv, P[kProjV], s, A.xn1.data(), A.lora_t[kProjV].data(), dv.data(), T, dxn_l.data(), true,
                     ga_v, gb_v, sc);                                                                  // dxn1 [T, H]
     rmsnorm_backward(A.x.data(), W.attn_norm.data(), dxn_l.data(), T, H, eps, dx.data());             // dx = d layer input
-    if (ctl) ctl->done = in.progress0 + 2 * c.n_layers - l;
+    if (ctl && in.report_progress) ctl->done = in.progress0 + 2 * c.n_layers - l;
   }
   return loss;
 }
@@ -526,7 +518,7 @@ kf_train_step_info trainer_step(kf_trainer &tr) {
   }
   const double clip = p.max_grad_norm > 0 && norm > p.max_grad_norm ? p.max_grad_norm / (norm + 1e-6) : 1.0;
   const float coef = float(clip / n);
-  const float lr = trainer_lr(p, tr.step);
+  const float lr = schedule_lr(p.lr, p.warmup_steps, p.total_steps, p.min_lr_ratio, tr.step);
   const double t = double(tr.step + 1);
   const float bc1 = float(1.0 - std::pow(double(p.beta1), t)), bc2 = float(1.0 - std::pow(double(p.beta2), t));
   const auto adamw = [&](std::vector<float> &w, std::vector<float> &g, std::vector<float> &m1, std::vector<float> &m2) {

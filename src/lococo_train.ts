@@ -1,0 +1,406 @@
+/**
+ * LoCoCo head calibration, as the released code trains heads: text cut into sequences, each fed in
+ * segments of B tokens through the frozen model with the bounded cache, the loss of every segment
+ * backpropagated into the heads (Conv1d weight, bias, λ) through the fused slots it attended to,
+ * the cache detached between segments. Writes a heads file sessions load with
+ * `model.loadLococoHeads(path)`.
+ *
+ * @module
+ */
+
+import { alloc, check, outPointer, sym } from "./_binding.ts";
+import { HandleOwner, NativeHandle } from "./_handle.ts";
+import { KvfoldError } from "./errors.ts";
+import type { LococoHeads } from "./lococo.ts";
+import { lococoFusedSlots, type LococoLayerValues, writeLococoHeads } from "./lococo_heads.ts";
+import type { Model } from "./model.ts";
+import { readSafetensorsFile, type TensorInput, toFloat32, writeSafetensorsFile } from "./safetensors.ts";
+import type { TrainStep } from "./train.ts";
+
+/** Settings of a {@link LococoTrainer}. */
+export interface LococoTrainOptions {
+  /** Start from these heads (their M, r, k, B win); default: new random heads. */
+  init?: LococoHeads;
+  /** M; default 512. */
+  slots?: number;
+  /** B; default 512. */
+  segment?: number;
+  /** k, odd; default 21. */
+  kernel?: number;
+  /** r; default 0.5. */
+  keepRate?: number;
+  /** Seed of new heads and of the sequence order; default 0. */
+  seed?: number;
+  /** λ of new heads; default 0.5. */
+  initLambda?: number;
+  /** Peak learning rate; default 1e-3. */
+  learningRate?: number;
+  /** AdamW weight decay on the conv weights; default 0. */
+  weightDecay?: number;
+  /** Default [0.9, 0.999]. */
+  betas?: readonly [number, number];
+  /** Default 1e-8. */
+  epsilon?: number;
+  /** Default 1; 0 disables clipping. */
+  maxGradNorm?: number;
+  /** Default 0. */
+  warmupSteps?: number;
+  /** Cosine decay length; 0 keeps the rate constant. */
+  totalSteps?: number;
+  /** Default 0. */
+  minLearningRateRatio?: number;
+}
+
+/** Tensors of one layer, as {@link LococoTrainer.read} names them (native `kf_lococo_tensor`). */
+export const LOCOCO_TENSORS = Object.freeze(
+  {
+    weight: 0,
+    bias: 1,
+    lambda: 2,
+    gradWeight: 3,
+    gradBias: 4,
+    gradLambda: 5,
+    momentWeight: 6,
+    varianceWeight: 7,
+    momentBias: 8,
+    varianceBias: 9,
+    momentLambda: 10,
+    varianceLambda: 11,
+  } as const,
+);
+/** A key of {@link LOCOCO_TENSORS}. */
+export type LococoTensor = keyof typeof LOCOCO_TENSORS;
+
+/**
+ * Trainable LoCoCo heads for one model; the model stays frozen.
+ *
+ * @example
+ * ```ts ignore
+ * using trainer = LococoTrainer.create(model, { slots: 512, segment: 512 });
+ * const loss = await trainer.accumulate(model.tokenizer.encode(longText));
+ * trainer.step();
+ * await trainer.saveHeads("./heads.safetensors");
+ * ```
+ */
+export class LococoTrainer extends HandleOwner {
+  /** The frozen model. */
+  readonly model: Model;
+  /** M, Mc, k, B, r of the heads being trained. */
+  readonly shape: { slots: number; fusedSlots: number; kernel: number; segment: number; keepRate: number };
+  #step = 0;
+
+  private constructor(handle: NativeHandle, model: Model, shape: LococoTrainer["shape"]) {
+    super(handle);
+    this.model = model;
+    this.shape = shape;
+  }
+
+  /** New heads (or a copy of `init`) to train. */
+  static create(model: Model, options: LococoTrainOptions = {}): LococoTrainer {
+    const init = options.init;
+    const shape = init
+      ? {
+        slots: init.info.slots,
+        fusedSlots: init.info.fusedSlots,
+        kernel: init.info.kernel,
+        segment: init.info.segment,
+        keepRate: init.info.keepRate,
+      }
+      : {
+        slots: options.slots ?? 512,
+        fusedSlots: 0,
+        kernel: options.kernel ?? 21,
+        segment: options.segment ?? 512,
+        keepRate: options.keepRate ?? 0.5,
+      };
+    shape.fusedSlots = init ? shape.fusedSlots : lococoFusedSlots(shape.slots, shape.keepRate);
+    const seed = options.seed ?? 0;
+    if (!Number.isSafeInteger(seed) || seed < 0) {
+      throw new RangeError(`Cannot create LoCoCo trainer: seed ${seed}`);
+    }
+    const p = alloc(64);
+    const v = new DataView(p.buffer);
+    v.setInt32(0, shape.slots, true);
+    v.setInt32(4, shape.segment, true);
+    v.setInt32(8, shape.kernel, true);
+    v.setFloat32(12, shape.keepRate, true);
+    v.setBigUint64(16, BigInt(seed), true);
+    v.setFloat32(24, options.initLambda ?? 0.5, true);
+    v.setFloat32(28, options.learningRate ?? 1e-3, true);
+    v.setFloat32(32, options.weightDecay ?? 0, true);
+    v.setFloat32(36, (options.betas ?? [0.9, 0.999])[0], true);
+    v.setFloat32(40, (options.betas ?? [0.9, 0.999])[1], true);
+    v.setFloat32(44, options.epsilon ?? 1e-8, true);
+    v.setFloat32(48, options.maxGradNorm ?? 1, true);
+    v.setFloat32(52, options.minLearningRateRatio ?? 0, true);
+    v.setInt32(56, options.warmupSteps ?? 0, true);
+    v.setInt32(60, options.totalSteps ?? 0, true);
+    if (init && init.model !== model) {
+      throw new KvfoldError(
+        "INVALID_ARGUMENT",
+        "Cannot create LoCoCo trainer: the heads belong to another model",
+      );
+    }
+    const out = outPointer();
+    check(sym().kf_lococo_trainer_create(model._handle.ptr, p, init ? init._handle.ptr : null, out.buf));
+    const handle = new NativeHandle(
+      out.get(),
+      "the LoCoCo trainer",
+      (ptr) => check(sym().kf_lococo_trainer_free(ptr)),
+      model._handle,
+    );
+    return new LococoTrainer(handle, model, shape);
+  }
+
+  /** Optimizer steps taken. */
+  get stepCount(): number {
+    return this.#step;
+  }
+
+  /**
+   * One sequence, segment by segment as inference runs it; adds the gradient of the mean segment
+   * loss (next-token cross-entropy) and returns that mean. Aborting adds nothing.
+   */
+  async accumulate(
+    ids: readonly number[],
+    options: { signal?: AbortSignal; onProgress?: (done: number, total: number) => void } = {},
+  ): Promise<number> {
+    const buf = alloc(ids.length * 4);
+    const view = new Int32Array(buf.buffer);
+    ids.forEach((x, i) => {
+      if (!Number.isInteger(x)) {
+        throw new KvfoldError("INVALID_ARGUMENT", `Cannot calibrate: id ${x} at ${i} is not an integer`);
+      }
+      view[i] = x;
+    });
+    const loss = alloc(4);
+    await this._handle.runControlled(
+      (ptr, ctl) => sym().kf_lococo_trainer_accumulate(ptr, buf, ids.length, loss, ctl.buf),
+      { signal: options.signal, onProgress: options.onProgress },
+    );
+    return new DataView(loss.buffer).getFloat32(0, true);
+  }
+
+  /** AdamW over the accumulated gradients (averaged over sequences, clipped, scheduled rate). */
+  step(): TrainStep {
+    const buf = alloc(24);
+    check(sym().kf_lococo_trainer_step(this._handle.ptr, buf));
+    const v = new DataView(buf.buffer);
+    this.#step = Number(v.getBigInt64(0, true));
+    return {
+      step: this.#step,
+      learningRate: v.getFloat32(8, true),
+      gradNorm: v.getFloat32(12, true),
+      examples: v.getInt32(16, true),
+    };
+  }
+
+  /** Values in a tensor of layer `l`: weight-shaped [Mc, 2·head_dim, k], bias-shaped [Mc], λ-shaped 1. */
+  sizeOf(which: LococoTensor): number {
+    if (which.toLowerCase().includes("lambda")) return 1;
+    if (which.toLowerCase().includes("bias")) return this.shape.fusedSlots;
+    return this.shape.fusedSlots * 2 * this.model.info.headDim * this.shape.kernel;
+  }
+
+  /** A copy of one layer's tensor (weights in PyTorch's Conv1d layout). */
+  read(layer: number, which: LococoTensor): Float32Array {
+    const out = new Float32Array(this.sizeOf(which));
+    check(
+      sym().kf_lococo_trainer_read(
+        this._handle.ptr,
+        layer,
+        LOCOCO_TENSORS[which],
+        new Uint8Array(out.buffer),
+        BigInt(out.length),
+      ),
+    );
+    return out;
+  }
+
+  /** Overwrites one layer's tensor. */
+  write(layer: number, which: LococoTensor, data: Float32Array): void {
+    const copy = new Float32Array(data);
+    check(
+      sym().kf_lococo_trainer_write(
+        this._handle.ptr,
+        layer,
+        LOCOCO_TENSORS[which],
+        new Uint8Array(copy.buffer),
+        BigInt(copy.length),
+      ),
+    );
+  }
+
+  /** Sets the step count (resume) and drops accumulated gradients. */
+  setStep(step: number): void {
+    check(sym().kf_lococo_trainer_set_step(this._handle.ptr, BigInt(step)));
+    this.#step = step;
+  }
+
+  /** Writes the heads file (DESIGN.md names, f32, M/r/k/B metadata) that `model.loadLococoHeads` reads. */
+  async saveHeads(path: string): Promise<void> {
+    const values: LococoLayerValues[] = [];
+    for (let l = 0; l < this.model.info.layers; l++) {
+      values.push({
+        weight: this.read(l, "weight"),
+        bias: this.read(l, "bias"),
+        lambda: this.read(l, "lambda")[0],
+      });
+    }
+    await writeLococoHeads(`${path}.tmp`, {
+      layers: this.model.info.layers,
+      headDim: this.model.info.headDim,
+      slots: this.shape.slots,
+      keepRate: this.shape.keepRate,
+      kernel: this.shape.kernel,
+      segment: this.shape.segment,
+      values,
+    });
+    await Deno.rename(`${path}.tmp`, path);
+  }
+
+  /** Heads, moments and `state`, atomically (temp file renamed over the old one). */
+  async saveCheckpoint(path: string, state: Record<string, string | number>): Promise<void> {
+    const tensors: TensorInput[] = [];
+    for (let l = 0; l < this.model.info.layers; l++) {
+      for (const which of Object.keys(LOCOCO_TENSORS) as LococoTensor[]) {
+        if (which.startsWith("grad")) continue;
+        const data = this.read(l, which);
+        tensors.push({ name: `${l}.${which}`, dtype: "F32", shape: [data.length], data });
+      }
+    }
+    const meta: Record<string, string> = {
+      "kvfold.train.step": String(this.#step),
+      "kvfold.train.shape": JSON.stringify(this.shape),
+    };
+    for (const [k, v] of Object.entries(state)) meta[`kvfold.loop.${k}`] = String(v);
+    await writeSafetensorsFile(`${path}.tmp`, tensors, meta);
+    await Deno.rename(`${path}.tmp`, path);
+  }
+
+  /** Restores {@link saveCheckpoint}; returns its `state`. */
+  async loadCheckpoint(path: string): Promise<Record<string, string>> {
+    const f = await readSafetensorsFile(path);
+    if (f.metadata["kvfold.train.shape"] !== JSON.stringify(this.shape)) {
+      throw new KvfoldError(
+        "INVALID_ARGUMENT",
+        `Cannot resume from ${path}: it holds heads ${f.metadata["kvfold.train.shape"]}, this run trains ${
+          JSON.stringify(this.shape)
+        }`,
+      );
+    }
+    for (let l = 0; l < this.model.info.layers; l++) {
+      for (const which of Object.keys(LOCOCO_TENSORS) as LococoTensor[]) {
+        if (which.startsWith("grad")) continue;
+        const t = f.tensors.get(`${l}.${which}`);
+        if (!t) {
+          throw new KvfoldError("FORMAT", `Cannot resume from ${path}: tensor ${l}.${which} is missing`);
+        }
+        this.write(l, which, toFloat32(t));
+      }
+    }
+    this.setStep(Number(f.metadata["kvfold.train.step"] ?? 0));
+    const state: Record<string, string> = {};
+    for (const [k, v] of Object.entries(f.metadata)) if (k.startsWith("kvfold.loop.")) state[k.slice(12)] = v;
+    return state;
+  }
+}
+
+/** Progress of {@link calibrateLococo}, after every optimizer step. */
+export interface CalibrateProgress extends TrainStep {
+  /** Mean segment loss of the step's sequences. */
+  loss: number;
+  totalSteps: number;
+  tokensPerSecond: number;
+  etaSeconds: number;
+}
+
+/** Options of {@link calibrateLococo}. */
+export interface CalibrateOptions extends LococoTrainOptions {
+  /** Tokens per training sequence; default 4 × B. */
+  sequenceLength?: number;
+  /** Optimizer steps; default one pass over the sequences. */
+  steps?: number;
+  /** Sequences per step; default 1. */
+  accumulate?: number;
+  /** Saves a checkpoint here every `checkpointEvery` steps, and resumes from it when it exists. */
+  checkpoint?: string;
+  /** Default 10. */
+  checkpointEvery?: number;
+  signal?: AbortSignal;
+  onProgress?: (p: CalibrateProgress) => void;
+}
+
+/**
+ * Calibrates LoCoCo heads on text (or token ids): the token stream is cut into sequences of
+ * `sequenceLength`, visited in a seeded order per epoch. Returns the trainer; write the heads with
+ * {@link LococoTrainer.saveHeads}. With `checkpoint`, a killed run resumes to the same heads.
+ */
+export async function calibrateLococo(
+  model: Model,
+  corpus: string | readonly number[],
+  options: CalibrateOptions = {},
+): Promise<LococoTrainer> {
+  const ids = typeof corpus === "string"
+    ? model.tokenizer.encode(corpus, { addSpecialTokens: false })
+    : [...corpus];
+  const trainer = LococoTrainer.create(model, options);
+  try {
+    const len = options.sequenceLength ?? 4 * trainer.shape.segment;
+    if (!Number.isInteger(len) || len < 2) throw new RangeError(`Cannot calibrate: sequenceLength ${len}`);
+    const sequences: number[][] = [];
+    for (let i = 0; i + 2 <= ids.length; i += len) sequences.push(ids.slice(i, i + len));
+    if (sequences.length === 0) {
+      throw new KvfoldError("INVALID_ARGUMENT", "Cannot calibrate: the corpus has fewer than 2 tokens");
+    }
+    const accumulate = options.accumulate ?? 1;
+    const steps = options.steps ?? Math.max(1, Math.floor(sequences.length / accumulate));
+    let cursor = 0;
+    if (options.checkpoint) {
+      try {
+        cursor = Number((await trainer.loadCheckpoint(options.checkpoint)).cursor ?? 0);
+      } catch (e) {
+        if (!(e instanceof KvfoldError && e.code === "IO")) throw e;
+      }
+    }
+    const seed = options.seed ?? 0, n = sequences.length, every = options.checkpointEvery ?? 10;
+    const order = (epoch: number) => {
+      let a = (seed * 0x9e3779b1 + epoch * 0x85ebca6b + 1) >>> 0;
+      const o = Array.from({ length: n }, (_, i) => i);
+      for (let i = n - 1; i > 0; i--) {
+        a = (Math.imul(a, 1664525) + 1013904223) >>> 0;
+        const j = a % (i + 1);
+        [o[i], o[j]] = [o[j], o[i]];
+      }
+      return o;
+    };
+    const t0 = performance.now();
+    let tokens = 0, stepsHere = 0;
+    while (trainer.stepCount < steps) {
+      let loss = 0;
+      for (let k = 0; k < accumulate; k++) {
+        const seq = sequences[order(Math.floor(cursor / n))[cursor % n]];
+        loss += await trainer.accumulate(seq, { signal: options.signal });
+        tokens += seq.length;
+        cursor++;
+      }
+      const s = trainer.step();
+      stepsHere++;
+      if (options.checkpoint && (s.step % every === 0 || s.step === steps)) {
+        await trainer.saveCheckpoint(options.checkpoint, { cursor });
+      }
+      const elapsed = (performance.now() - t0) / 1000;
+      options.onProgress?.({
+        ...s,
+        loss: loss / accumulate,
+        totalSteps: steps,
+        tokensPerSecond: tokens / Math.max(elapsed, 1e-9),
+        etaSeconds: (elapsed / stepsHere) * (steps - s.step),
+      });
+    }
+    return trainer;
+  } catch (e) {
+    trainer.dispose();
+    throw e;
+  }
+}
