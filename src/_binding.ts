@@ -93,6 +93,7 @@ const SYMBOLS = {
   kf_lococo_trainer_read: { parameters: ["pointer", "i32", "i32", "buffer", "i64"], result: "i32" },
   kf_lococo_trainer_write: { parameters: ["pointer", "i32", "i32", "buffer", "i64"], result: "i32" },
   kf_lococo_trainer_set_step: { parameters: ["pointer", "i64"], result: "i32" },
+  kf_lococo_trainer_set_adapter: { parameters: ["pointer", "pointer"], result: "i32" },
 
   kf_lococo_heads_load: { parameters: ["pointer", "buffer", "buffer"], result: "i32" },
   kf_lococo_heads_free: { parameters: ["pointer"], result: "i32" },

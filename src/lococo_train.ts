@@ -10,6 +10,7 @@
 
 import { alloc, check, outPointer, sym } from "./_binding.ts";
 import { HandleOwner, NativeHandle } from "./_handle.ts";
+import type { Adapter } from "./adapter.ts";
 import { KvfoldError } from "./errors.ts";
 import type { LococoHeads } from "./lococo.ts";
 import { lococoFusedSlots, type LococoLayerValues, writeLococoHeads } from "./lococo_heads.ts";
@@ -19,6 +20,8 @@ import type { TrainStep } from "./train.ts";
 
 /** Settings of a {@link LococoTrainer}. */
 export interface LococoTrainOptions {
+  /** Calibrate for the model with this LoRA applied. */
+  adapter?: Adapter;
   /** Start from these heads (their M, r, k, B win); default: new random heads. */
   init?: LococoHeads;
   /** M; default 512. */
@@ -149,7 +152,9 @@ export class LococoTrainer extends HandleOwner {
       (ptr) => check(sym().kf_lococo_trainer_free(ptr)),
       model._handle,
     );
-    return new LococoTrainer(handle, model, shape);
+    const trainer = new LococoTrainer(handle, model, shape);
+    if (options.adapter) trainer.setAdapter(options.adapter);
+    return trainer;
   }
 
   /** Optimizer steps taken. */
@@ -229,6 +234,17 @@ export class LococoTrainer extends HandleOwner {
         BigInt(copy.length),
       ),
     );
+  }
+
+  /**
+   * Calibrates for the model with this LoRA applied (its weights are copied; `null`: none). Heads
+   * calibrated this way serve sessions that use the same adapter.
+   */
+  setAdapter(adapter: Adapter | null): void {
+    if (adapter && adapter.model !== this.model) {
+      throw new KvfoldError("INVALID_ARGUMENT", "Cannot set the LoCoCo trainer's adapter: it belongs to another model");
+    }
+    check(sym().kf_lococo_trainer_set_adapter(this._handle.ptr, adapter ? adapter._handle.ptr : null));
   }
 
   /** Sets the step count (resume) and drops accumulated gradients. */

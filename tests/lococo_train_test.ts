@@ -215,3 +215,24 @@ Deno.test("calibrate: bad settings and sequences are refused; CLI train lococo w
     assert.match(gen.err, /cache lococo: .* [1-9]\d* compressions/);
   });
 });
+
+Deno.test("calibrate: with a LoRA set, the loss is the adapted model's, as a session with that adapter serves it", async () => {
+  await withModel(async (model, dir, tmp) => {
+    const { makeTestAdapter } = await import("../src/test_model.ts");
+    const adapterDir = join(tmp, "lora");
+    await makeTestAdapter(adapterDir, { base: dir, rank: 4, seed: 8, std: 0.2 });
+    const adapter = await model.adapters.load(adapterDir);
+    const ids = someIds(64, model.info.vocabSize, 33);
+    using plain = LococoTrainer.create(model, { ...SHAPE, seed: 3 });
+    using adapted = LococoTrainer.create(model, { ...SHAPE, seed: 3, adapter });
+    const base = await plain.accumulate(ids), withLora = await adapted.accumulate(ids);
+    assert.ok(Math.abs(base - withLora) > 1e-3, "the adapter changed nothing");
+    const path = join(tmp, "heads.safetensors");
+    await adapted.saveHeads(path);
+    using heads = model.loadLococoHeads(path);
+    using session = model.session({ cache: { kind: "lococo", heads } });
+    await session.setAdapter(adapter);
+    const served = await inferenceLoss(session, ids, 16, model.info.vocabSize);
+    assert.ok(Math.abs(served - withLora) < 1e-4 * withLora, `inference ${served}, calibration ${withLora}`);
+  });
+});

@@ -458,6 +458,9 @@ KF_API kf_status kf_lococo_trainer_read(const kf_lococo_trainer *trainer, int32_
                                         int64_t n);
 KF_API kf_status kf_lococo_trainer_write(kf_lococo_trainer *trainer, int32_t layer, int32_t which, const float *in,
                                          int64_t n);
+/* Runs the frozen model with this LoRA applied (calibrating heads for a finetuned model); NULL: none.
+ * The adapter must belong to the trainer's model; its weights are copied. */
+KF_API kf_status kf_lococo_trainer_set_adapter(kf_lococo_trainer *trainer, const kf_adapter *adapter);
 /* Sets the step count (resume) and drops accumulated gradients. */
 KF_API kf_status kf_lococo_trainer_set_step(kf_lococo_trainer *trainer, int64_t step);
 

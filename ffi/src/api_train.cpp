@@ -306,6 +306,33 @@ kf_status kf_lococo_trainer_write(kf_lococo_trainer *trainer, int32_t layer, int
   });
 }
 
+kf_status kf_lococo_trainer_set_adapter(kf_lococo_trainer *trainer, const kf_adapter *adapter) {
+  return guarded("set LoCoCo trainer adapter", [&] {
+    KF_REQUIRE(trainer, "set LoCoCo trainer adapter", "trainer is NULL");
+    if (adapter && adapter->model != trainer->model)
+      kf::raise(KF_ERR_INVALID_ARGUMENT, "cannot set LoCoCo trainer adapter: it was loaded for another model");
+    // The frozen pairs: the adapter holds A [r, in] and Bᵀ [r, out] with the scale folded in; a
+    // TrainPair wants B [out, r] and a scale, so B = (Bᵀ)ᵀ and s = 1.
+    std::vector<std::vector<kf::TrainPair>> pairs(trainer->no_lora.size(), std::vector<kf::TrainPair>(kf::kNumProj));
+    if (adapter) {
+      for (size_t l = 0; l < pairs.size(); l++)
+        for (int p = 0; p < kf::kNumProj; p++) {
+          const kf::LoraPair &src = adapter->layers[l].proj[p];
+          if (src.rank == 0) continue;
+          kf::TrainPair &dst = pairs[l][size_t(p)];
+          dst.rank = src.rank;
+          dst.in = int64_t(src.a.size()) / src.rank;
+          dst.out = int64_t(src.bt.size()) / src.rank;
+          dst.a = src.a;
+          dst.b.resize(src.bt.size());
+          for (int64_t o = 0; o < dst.out; o++)
+            for (int64_t j = 0; j < dst.rank; j++) dst.b[size_t(o * dst.rank + j)] = src.bt[size_t(j * dst.out + o)];
+        }
+    }
+    trainer->no_lora = std::move(pairs);
+  });
+}
+
 kf_status kf_lococo_trainer_set_step(kf_lococo_trainer *trainer, int64_t step) {
   return guarded("set LoCoCo trainer step", [&] {
     KF_REQUIRE(trainer, "set LoCoCo trainer step", "trainer is NULL");

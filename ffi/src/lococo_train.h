@@ -17,7 +17,8 @@ struct kf_lococo_trainer {
     float gl = 0, ml = 0, vl = 0;
   };
   std::vector<LayerState> state;
-  std::vector<std::vector<kf::TrainPair>> no_lora;  // [n_layers][kNumProj], all rank 0
+  // The frozen LoRA the model runs with (kf_lococo_trainer_set_adapter), [n_layers][kNumProj]; rank 0 = none.
+  std::vector<std::vector<kf::TrainPair>> no_lora;
   kf::PassScratch scratch;
   int64_t step = 0;
   int32_t accumulated = 0;  // sequences whose gradients wait for the next step
