@@ -242,7 +242,10 @@ export class LococoTrainer extends HandleOwner {
    */
   setAdapter(adapter: Adapter | null): void {
     if (adapter && adapter.model !== this.model) {
-      throw new KvfoldError("INVALID_ARGUMENT", "Cannot set the LoCoCo trainer's adapter: it belongs to another model");
+      throw new KvfoldError(
+        "INVALID_ARGUMENT",
+        "Cannot set the LoCoCo trainer's adapter: it belongs to another model",
+      );
     }
     check(sym().kf_lococo_trainer_set_adapter(this._handle.ptr, adapter ? adapter._handle.ptr : null));
   }

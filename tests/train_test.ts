@@ -417,3 +417,37 @@ Deno.test("CLI: train lora killed with SIGKILL resumes from its checkpoint to th
     await Deno.remove(tmp, { recursive: true });
   }
 });
+
+Deno.test("train: documents are compressed by the checkpoint and trained as [vectors | question | answer]", async () => {
+  const { Compressor } = await import("../src/compressor.ts");
+  const { TEST_COMPRESSOR } = await import("./_fixtures.ts");
+  const dir = await testModel("train-compressor", TEST_COMPRESSOR);
+  const kv = await testEngine();
+  const compressor = await Compressor.load(kv, dir);
+  using model = compressor.model;
+  const examples = ["the lamp is red", "the door is blue", "the ship is gold"].map((d, i) => ({
+    document: `${d} and old. `.repeat(6),
+    question: `what is item ${i}?`,
+    answer: d.split(" ").at(-1)!,
+  }));
+  await assert.rejects(finetuneLora(model, examples, { steps: 1 }), /has a document but no compressor/);
+  const losses: number[] = [];
+  using tr = await finetuneLora(model, examples, {
+    compressor,
+    rank: 4,
+    steps: 30,
+    learningRate: 1e-2,
+    seed: 2,
+    onProgress: (p) => losses.push(p.loss),
+  });
+  assert.equal(losses.length, 30);
+  assert.ok(losses.at(-1)! < 0.5 * losses[0], `loss ${losses[0]} → ${losses.at(-1)}`);
+  // The rows of an example: the summary vectors first, then the prompt and answer.
+  const vectors = (await compressor.compress(examples[0].document)).data;
+  const ex = qaExampleRows(model, vectors, examples[0].question, examples[0].answer);
+  assert.equal(ex.prefix!.length, vectors.length);
+  assert.equal(ex.ids.length, ex.labels.length);
+  assert.ok(ex.labels.filter((y) => y >= 0).length >= 2); // the answer's tokens and EOS
+  const trained = await tr.accumulate(ex);
+  assert.ok(trained < losses[0]);
+});

@@ -1,7 +1,7 @@
 // The core API under Node.js/Bun, through the package's public entry points: model loading, the
 // forward pass against the float64 reference, the embedding-prefix identity, KV-cache decode,
 // greedy and seeded generation, streaming with abort, LoRA adapters in a mixed batch, and the store.
-import { DocumentStore, KvfoldError } from "kvfold";
+import { DocumentStore, KvfoldError, LoraTrainer } from "kvfold";
 import { makeTestAdapter, makeTestLococoHeads } from "kvfold/test-model";
 import assert from "node:assert/strict";
 import { readFile, rm } from "node:fs/promises";
@@ -307,5 +307,38 @@ test("lococo cache: equal to the full cache until it compresses, then bounded at
   } finally {
     model.dispose();
     await rm(tmp, { recursive: true, force: true });
+  }
+});
+
+test("training: a LoRA step through the native backward pass changes the loss, and tensors round-trip", async () => {
+  const dir = await testModel("gqa", { seed: 11 });
+  const kv = await testEngine();
+  const model = await kv.loadModel(dir);
+  try {
+    const tr = LoraTrainer.create(model, {
+      rank: 2,
+      targets: ["q_proj", "v_proj"],
+      learningRate: 0.05,
+      seed: 1,
+    });
+    const ids = someIds(12, model.info.vocabSize, 3);
+    const labels = ids.map((_, t) => (t >= 6 ? ids[(t + 1) % ids.length] : -1));
+    const first = await tr.accumulate({ ids, labels });
+    const step = tr.step();
+    assert.equal(step.step, 1);
+    assert.ok(step.gradNorm > 0);
+    for (let i = 0; i < 5; i++) {
+      await tr.accumulate({ ids, labels });
+      tr.step();
+    }
+    const later = await tr.accumulate({ ids, labels });
+    assert.ok(later < first, `${first} -> ${later}`);
+    const b = tr.read(0, "v_proj", "B");
+    assert.ok(b.some((x) => x !== 0));
+    tr.write(0, "v_proj", "B", b.map((x) => x * 2));
+    assert.deepEqual(tr.read(0, "v_proj", "B"), b.map((x) => x * 2));
+    tr.dispose();
+  } finally {
+    model.dispose();
   }
 });
