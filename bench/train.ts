@@ -30,30 +30,29 @@ const cpu = (await Deno.readTextFile("/proc/cpuinfo").catch(() => "")).match(/mo
   "unknown";
 await using kv = await Kvfold.open({ backend: "cpu", threads: Number(v.threads) });
 
-// ---- the recall task: P (key, value) pairs, then Q queries "key value" whose values are scored ----
-const P = 48, Q = 16, KEYS = [10, 200] as const, VALUES = [300, 500] as const;
+// ---- the recall task: one needle token (16 kinds, from [300, 316)) hidden among fillers (from
+// [10, 200)); after a separator, the model must name the needle. Only attention back to it can
+// answer; with 16 kinds a rank-16 LoRA can learn to tell needles from fillers (206 random embeddings
+// in 128 dimensions are linearly separable; 390 were not, and an earlier run with 200 kinds learnt nothing).
+const N = 128;
 function recallSequence(seed: number): { ids: number[]; labels: number[] } {
   let a = seed >>> 0;
   const rnd = (lo: number, hi: number) => {
     a = (Math.imul(a, 1664525) + 1013904223) >>> 0;
-    return lo + (a % (hi - lo));
+    return lo + ((a >>> 8) % (hi - lo));
   };
-  const keys = new Set<number>();
-  while (keys.size < P) keys.add(rnd(...KEYS));
-  const pairs = [...keys].map((k) => [k, rnd(...VALUES)] as const);
+  const needle = rnd(300, 316), at = rnd(1, N - 32);
   const ids = [1];
-  for (const [k, val] of pairs) ids.push(k, val);
-  ids.push(2); // separator
+  for (let i = 1; i < N - 1; i++) ids.push(i === at ? needle : rnd(10, 200));
+  ids.push(2); // separator: its row predicts the needle
   const labels = ids.map(() => -1);
-  for (let q = 0; q < Q; q++) {
-    const [k, val] = pairs[rnd(0, P)];
-    ids.push(k, val);
-    labels.push(val, -1); // the key's row predicts its value
-  }
+  labels[ids.length - 1] = needle;
   return { ids, labels };
 }
-const train = Array.from({ length: 64 }, (_, i) => recallSequence(1000 + i));
-const heldOut = Array.from({ length: 24 }, (_, i) => recallSequence(9000 + i));
+// Training draws a fresh random sequence every time (nothing to memorise: only reading the needle in
+// context helps); held-out sequences come from other seeds.
+const trainSequence = (i: number) => recallSequence(1000 + i);
+const heldOut = Array.from({ length: 200 }, (_, i) => recallSequence(900000 + i));
 
 const recallDir = `${root}models/recall-tiny`;
 await makeTestModel(recallDir, {
@@ -103,7 +102,7 @@ const before = await score(model, heldOut, undefined, null);
 const lora = LoraTrainer.create(model, {
   rank: 16,
   targets: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-  learningRate: 3e-3,
+  learningRate: 5e-3,
   warmupSteps: 20,
   totalSteps: loraSteps,
   seed: 7,
@@ -113,7 +112,7 @@ const loraLoss: number[] = [];
 for (let step = 0; step < loraSteps; step++) {
   let loss = 0;
   for (let k = 0; k < 4; k++) {
-    const ex = train[(step * 4 + k) % train.length];
+    const ex = trainSequence(step * 4 + k);
     loss += await lora.accumulate(ex);
     rows += ex.ids.length;
   }
@@ -150,13 +149,17 @@ t0 = performance.now();
 rows = 0;
 const headsLoss: number[] = [];
 for (let step = 0; step < headsSteps; step++) {
-  const ex = train[step % train.length];
+  const ex = trainSequence(500000 + step);
   headsLoss.push(await heads.accumulate(ex.ids));
   rows += ex.ids.length;
   heads.step();
   if (step % 25 === 0) console.error(`heads step ${step}: loss ${headsLoss.at(-1)!.toFixed(3)}`);
 }
 const headsTokPerS = rows / ((performance.now() - t0) / 1000);
+// Every sequence is fresh and its fillers are noise, so single losses scatter: compare means of 50.
+const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+const headsFirst = mean(headsLoss.slice(0, 50)), headsLast = mean(headsLoss.slice(-50));
+const loraFirst = mean(loraLoss.slice(0, 50)), loraLast = mean(loraLoss.slice(-50));
 await heads.saveHeads(calibratedPath);
 heads.dispose();
 using random = model.loadLococoHeads(randomPath);
@@ -192,12 +195,17 @@ const things = [
   "road",
 ];
 const colours = ["red", "blue", "green", "gold", "black", "white"];
-const qa = (i: number): QaExample => ({
-  document: `the ${things[i % things.length]} is ${colours[(i * 7) % colours.length]} and old. `.repeat(3),
-  question: `what colour is the ${things[i % things.length]}?`,
-  answer: colours[(i * 7) % colours.length],
-});
-const qaTrain = Array.from({ length: 12 }, (_, i) => qa(i));
+// The question does not name the answer: only the compressed document holds it.
+const qa = (i: number): QaExample => {
+  const colour = colours[(i * 7 + Math.floor(i / 5)) % colours.length];
+  return {
+    document: `the ${things[i % things.length]} is ${colour} and old. `.repeat(3),
+    question: "what colour is it?",
+    answer: colour,
+  };
+};
+const qaTrain = Array.from({ length: 24 }, (_, i) => qa(i));
+const qaHeldOut = Array.from({ length: 12 }, (_, i) => qa(100 + i));
 async function exactMatch(examples: QaExample[], adapterName: string | null): Promise<number> {
   let hits = 0;
   for (const e of examples) {
@@ -219,7 +227,7 @@ async function exactMatch(examples: QaExample[], adapterName: string | null): Pr
   }
   return hits / examples.length;
 }
-const emBefore = await exactMatch(qaTrain, null);
+const emBefore = await exactMatch(qaTrain, null), emHeldBefore = await exactMatch(qaHeldOut, null);
 t0 = performance.now();
 const qaLoss: number[] = [];
 using qaTrainer = await finetuneLora(compressor.model, qaTrain, {
@@ -236,7 +244,7 @@ using qaTrainer = await finetuneLora(compressor.model, qaTrain, {
 const qaSeconds = (performance.now() - t0) / 1000;
 await qaTrainer.saveAdapter(`${root}adapters/qa-tiny`);
 await compressor.model.adapters.load(`${root}adapters/qa-tiny`, { name: "qa" });
-const emAfter = await exactMatch(qaTrain, "qa");
+const emAfter = await exactMatch(qaTrain, "qa"), emHeldAfter = await exactMatch(qaHeldOut, "qa");
 
 const result = {
   machine: cpu,
@@ -244,12 +252,11 @@ const result = {
   threads: kv.threads,
   recall: {
     model: "hidden 128, 2 layers, 4 heads, vocab 512 (random base)",
-    pairs: P,
-    queries: Q,
+    task: `one needle in ${N} tokens, named after a separator`,
     loraSteps,
     loraTrainTokPerS: loraTokPerS,
-    loraLossFirst: loraLoss[0],
-    loraLossLast: loraLoss.at(-1),
+    loraLossFirst50: loraFirst,
+    loraLossLast50: loraLast,
     heldOutBefore: before,
     heldOutAfter: after,
   },
@@ -258,8 +265,8 @@ const result = {
     segment: B,
     headsSteps,
     headsTrainTokPerS: headsTokPerS,
-    headsLossFirst: headsLoss[0],
-    headsLossLast: headsLoss.at(-1),
+    headsLossFirst50: headsFirst,
+    headsLossLast50: headsLast,
     heldOut: perCache,
   },
   llocoQa: {
@@ -270,25 +277,28 @@ const result = {
     lossLast: qaLoss.at(-1),
     exactMatchWithoutLora: emBefore,
     exactMatchWithLora: emAfter,
+    heldOutExactMatchWithoutLora: emHeldBefore,
+    heldOutExactMatchWithLora: emHeldAfter,
   },
 };
 console.log(`\nkvfold training bench — machine: ${cpu}, ${kv.name}, ${kv.threads} threads\n`);
 console.log(
   `recall LoRA (rank 16, all projections, ${loraSteps} steps × 4 sequences): ${
     loraTokPerS.toFixed(0)
-  } training tok/s, loss ${loraLoss[0].toFixed(3)} → ${loraLoss.at(-1)!.toFixed(3)}`,
+  } training tok/s, mean loss of the first / last 50 steps ${loraFirst.toFixed(3)} → ${loraLast.toFixed(3)}`,
 );
 console.log(
-  `held-out queried values: accuracy ${(before.accuracy * 100).toFixed(1)}% → ${
+  `held-out needles: accuracy ${(before.accuracy * 100).toFixed(1)}% → ${
     (after.accuracy * 100).toFixed(1)
   }%, perplexity ${before.perplexity.toFixed(1)} → ${after.perplexity.toFixed(1)}\n`,
 );
 console.log(
-  `heads (M ${M}, B ${B}, k 5, ${headsSteps} steps): ${headsTokPerS.toFixed(0)} calibration tok/s, loss ${
-    headsLoss[0].toFixed(3)
-  } → ${headsLoss.at(-1)!.toFixed(3)}`,
+  `heads (M ${M}, B ${B}, k 5, ${headsSteps} steps): ${
+    headsTokPerS.toFixed(0)
+  } calibration tok/s, mean loss ` +
+    `of the first / last 50 steps ${headsFirst.toFixed(3)} → ${headsLast.toFixed(3)}`,
 );
-console.log("| cache (finetuned model) | held-out perplexity of queried values | accuracy |");
+console.log("| cache (finetuned model) | held-out perplexity of the needle | accuracy |");
 console.log("| --- | --- | --- |");
 for (const [name, r] of Object.entries(perCache)) {
   console.log(`| ${name} | ${r.perplexity.toFixed(2)} | ${(r.accuracy * 100).toFixed(1)}% |`);
@@ -296,9 +306,12 @@ for (const [name, r] of Object.entries(perCache)) {
 console.log(
   `\nLLoCO QA (${qaTrain.length} compressed documents, ${v["qa-steps"]} steps, ${
     qaSeconds.toFixed(1)
-  } s): exact match ${(emBefore * 100).toFixed(0)}% without the LoRA, ${
-    (emAfter * 100).toFixed(0)
-  }% with it (training set; loss ${qaLoss[0].toFixed(3)} → ${qaLoss.at(-1)!.toFixed(3)})`,
+  } s, loss ` +
+    `${qaLoss[0].toFixed(3)} → ${
+      qaLoss.at(-1)!.toFixed(3)
+    }): exact match without / with the LoRA: training ` +
+    `documents ${(emBefore * 100).toFixed(0)}% / ${(emAfter * 100).toFixed(0)}%, held-out documents ` +
+    `${(emHeldBefore * 100).toFixed(0)}% / ${(emHeldAfter * 100).toFixed(0)}%`,
 );
 await Deno.mkdir(new URL(".", `file://${v.out}`).pathname, { recursive: true });
 await Deno.writeTextFile(v.out!, JSON.stringify(result, null, 2) + "\n");
