@@ -16,6 +16,7 @@ const SYMBOLS = {
   kf_struct_size: { parameters: ["buffer"], result: "usize" },
   kf_backend_built: { parameters: ["i32"], result: "i32" },
   kf_backend_device_count: { parameters: ["i32"], result: "i32" },
+  kf_backend_blas_library: { parameters: ["i32", "buffer", "i32"], result: "i32" },
 
   kf_engine_default_params: { parameters: [], result: { struct: ["i32", "i32", "i32", "i32"] } },
   kf_engine_open: { parameters: ["buffer", "buffer"], result: "i32" },
@@ -23,6 +24,11 @@ const SYMBOLS = {
   kf_engine_get_info: { parameters: ["pointer", "buffer"], result: "i32" },
   kf_engine_measure_read_bandwidth: {
     parameters: ["pointer", "i64", "i32", "buffer"],
+    result: "i32",
+    nonblocking: true,
+  },
+  kf_engine_measure_matmul_rate: {
+    parameters: ["pointer", "i32", "i32", "i32", "i32", "buffer"],
     result: "i32",
     nonblocking: true,
   },

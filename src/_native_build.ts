@@ -34,8 +34,25 @@ async function listFiles(dir: string): Promise<string[]> {
   return out.sort();
 }
 
-/** Hash of every file under `ffi/` plus the build flags that change the output. */
-export async function sourceHash(root: string = repoRoot()): Promise<string> {
+/** The environment variables of `ffi/build.sh` that change what it builds. */
+const BUILD_ENV = [
+  "CXX",
+  "KVFOLD_CXXFLAGS",
+  "KVFOLD_NATIVE",
+  "NVCC",
+  "KVFOLD_CUDA",
+  "KVFOLD_CUDA_ARCHS",
+  "KVFOLD_NVCCFLAGS",
+];
+
+/**
+ * Hash of every file under `ffi/` plus the build settings that change the output (`env` overrides the
+ * process environment, as {@link EnsureLibraryOptions.cuda} does).
+ */
+export async function sourceHash(
+  root: string = repoRoot(),
+  env: Record<string, string> = {},
+): Promise<string> {
   const files = (await listFiles(`${root}/ffi`)).filter((f) => !f.includes("/tests/"));
   const parts: Uint8Array[] = [];
   const enc = new TextEncoder();
@@ -43,7 +60,7 @@ export async function sourceHash(root: string = repoRoot()): Promise<string> {
     parts.push(enc.encode(f.slice(root.length) + "\0"));
     parts.push(await Deno.readFile(f));
   }
-  parts.push(enc.encode(`CXX=${Deno.env.get("CXX") ?? ""};FLAGS=${Deno.env.get("KVFOLD_CXXFLAGS") ?? ""}`));
+  parts.push(enc.encode(BUILD_ENV.map((k) => `${k}=${env[k] ?? Deno.env.get(k) ?? ""}`).join(";")));
   const all = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
   let o = 0;
   for (const p of parts) {
@@ -72,6 +89,12 @@ export interface EnsureLibraryOptions {
   force?: boolean;
   /** Called with progress lines ("building libkvfold.so ..."). Default: stderr. */
   log?: (line: string) => void;
+  /**
+   * `false` builds without the CUDA backend (`KVFOLD_CUDA=0`) even where nvcc is found: for tests of the
+   * build machinery itself, which need not pay for compiling the kernels again. Default: the
+   * environment decides (`ffi/build.sh` builds CUDA whenever nvcc is on PATH).
+   */
+  cuda?: boolean;
 }
 
 /**
@@ -86,7 +109,8 @@ export async function ensureNativeLibrary(options: EnsureLibraryOptions = {}): P
   const dir = options.buildDir ?? buildDir();
   const lib = `${dir}/libkvfold.so`;
   const stampPath = `${dir}/libkvfold.stamp`;
-  const hash = await sourceHash(root);
+  const env: Record<string, string> = options.cuda === false ? { KVFOLD_CUDA: "0" } : {};
+  const hash = await sourceHash(root, env);
   const fresh = async () => !options.force && (await readText(stampPath)) === hash && (await exists(lib));
   if (await fresh()) return lib;
 
@@ -117,6 +141,7 @@ export async function ensureNativeLibrary(options: EnsureLibraryOptions = {}): P
     const t0 = performance.now();
     const out = await new Deno.Command("bash", {
       args: [`${root}/ffi/build.sh`, dir],
+      env,
       stdout: "piped",
       stderr: "piped",
     }).output();

@@ -32,6 +32,11 @@ export interface OpenOptions {
   threads?: number;
   /** GPU index for GPU backends; default 0. */
   device?: number;
+  /**
+   * GPU backends: most device memory (MiB) the engine may hold for weights, KV caches and scratch;
+   * allocations past it fail with an `OUT_OF_MEMORY` {@link KvfoldError}. Default: the device's own limit.
+   */
+  memoryMiB?: number;
 }
 
 /** What the library was built with and what this machine offers. */
@@ -40,6 +45,7 @@ export interface LibraryInfo {
   abiVersion: number;
   libraryPath: string;
   backendsBuilt: BackendName[];
+  /** CUDA devices usable by the cuda backend (compute capability 8.0+); 0 when it is not built. */
   gpuCount: number;
 }
 
@@ -83,11 +89,19 @@ export class Kvfold extends HandleOwner {
     if (!Number.isInteger(threads) || threads < 0) {
       throw new RangeError(`Cannot open kvfold: threads must be a non-negative integer, got ${threads}`);
     }
+    const device = options.device ?? 0, memoryMiB = options.memoryMiB ?? 0;
+    if (!Number.isInteger(device) || device < 0) {
+      throw new RangeError(`Cannot open kvfold: device must be a non-negative integer, got ${device}`);
+    }
+    if (!Number.isInteger(memoryMiB) || memoryMiB < 0 || memoryMiB > 0x7fffffff) {
+      throw new RangeError(`Cannot open kvfold: memoryMiB must be a non-negative integer, got ${memoryMiB}`);
+    }
     const params = new Uint8Array(s.kf_engine_default_params());
     const pv = new DataView(params.buffer);
     pv.setInt32(0, BACKEND_IDS[backend], true);
     pv.setInt32(4, threads, true);
-    pv.setInt32(8, options.device ?? 0, true);
+    pv.setInt32(8, device, true);
+    pv.setInt32(12, memoryMiB, true);
     const out = outPointer();
     check(s.kf_engine_open(params, out.buf));
     const ptr = out.get();
@@ -119,6 +133,25 @@ export class Kvfold extends HandleOwner {
   }
 
   /**
+   * The cuBLAS library the cuda backend would load now (`$KVFOLD_CUBLAS`, else `libcublas.so.13`,
+   * `.12`, `.so`), or `""` when none is found and kvfold's own matrix kernels run. Needs no GPU.
+   * Rejects with an `UNSUPPORTED` {@link KvfoldError} when the cuda backend is not built, `BACKEND`
+   * when `$KVFOLD_CUBLAS` names something that cannot be loaded or is not cuBLAS.
+   *
+   * @example
+   * ```ts ignore
+   * import { Kvfold } from "./mod.ts";
+   * console.log((await Kvfold.cublasLibrary()) || "own kernels");
+   * ```
+   */
+  static async cublasLibrary(): Promise<string> {
+    const s = await native();
+    const out = alloc(1024);
+    check(s.kf_backend_blas_library(BACKEND_IDS.cuda, out, out.length));
+    return readCharArray(out, 0, out.length);
+  }
+
+  /**
    * Loads a Hugging Face model folder (config.json, safetensors, tokenizer.json).
    * `onProgress(bytesDone, bytesTotal)` is called while weights load; `signal` cancels.
    */
@@ -141,6 +174,33 @@ export class Kvfold extends HandleOwner {
     const out = alloc(8);
     await this._handle.runControlled((ptr) =>
       sym().kf_engine_measure_read_bandwidth(ptr, BigInt(bytes), repeats, out)
+    );
+    return new DataView(out.buffer).getFloat64(0, true);
+  }
+
+  /**
+   * Measures the rate (TFLOP/s) of the matrix product the forward runs, `[m, k] · [n, k]^T` on random
+   * bf16 operands with f32 output, best of `repeats` (default 4096³, 10): the ceiling prefill speed is
+   * compared to. On cuda it is cuBLAS when loaded, else kvfold's own kernels.
+   */
+  async measureMatmulRate(
+    options: { m?: number; n?: number; k?: number; repeats?: number } = {},
+  ): Promise<number> {
+    const m = options.m ?? 4096,
+      n = options.n ?? 4096,
+      k = options.k ?? 4096,
+      repeats = options.repeats ?? 10;
+    for (const [name, v] of [["m", m], ["n", n], ["k", k]] as const) {
+      if (!Number.isInteger(v) || v < 1 || v > 65536) {
+        throw new RangeError(`Cannot measure matmul rate: ${name} ${v} is outside [1, 65536]`);
+      }
+    }
+    if (!Number.isInteger(repeats) || repeats < 1 || repeats > 1000) {
+      throw new RangeError(`Cannot measure matmul rate: repeats ${repeats} is outside [1, 1000]`);
+    }
+    const out = alloc(8);
+    await this._handle.runControlled((ptr) =>
+      sym().kf_engine_measure_matmul_rate(ptr, m, n, k, repeats, out)
     );
     return new DataView(out.buffer).getFloat64(0, true);
   }

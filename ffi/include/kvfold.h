@@ -77,8 +77,16 @@ typedef enum kf_backend_kind {
 
 /* Whether a backend was compiled into this library (1) or not (0). */
 KF_API int32_t kf_backend_built(int32_t kind);
-/* Number of usable devices of a backend: cpu 1; cuda the GPU count (0 when not built or none). */
+/* Number of usable devices of a backend: cpu 1; cuda the GPUs of compute capability 8.0 or newer (0 when
+ * the backend is not built, no NVIDIA driver is installed, the driver is older than the library's CUDA
+ * runtime, or no device is visible). Never fails. */
 KF_API int32_t kf_backend_device_count(int32_t kind);
+/* The BLAS library a backend loads for large matrix products, written NUL-terminated to out (cap bytes):
+ * cuda: the cuBLAS it would dlopen now ($KVFOLD_CUBLAS, else libcublas.so.13 / .12 / .so), or "" when
+ * none is found and its own kernels run; cpu: "" (own kernels). KF_ERR_UNSUPPORTED when the backend is
+ * not built; KF_ERR_BACKEND when $KVFOLD_CUBLAS names a library that cannot be loaded or is not cuBLAS.
+ * Needs no device. */
+KF_API kf_status kf_backend_blas_library(int32_t kind, char *out, int32_t cap);
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Control block for long calls                                                                     */
@@ -103,11 +111,16 @@ typedef struct kf_engine_params {
   int32_t backend;   /* kf_backend_kind; default KF_BACKEND_AUTO                                 */
   int32_t n_threads; /* CPU worker threads including the caller's; 0 = all cores (default 0)   */
   int32_t device;    /* device index for GPU backends; default 0                                */
-  int32_t reserved;  /* keep zero                                                                */
+  int32_t memory_mib; /* GPU backends: most device memory the engine may hold (weights, caches,
+                         scratch), in MiB; 0 = only the device's own limit (default 0). Allocations
+                         past it fail with KF_ERR_OUT_OF_MEMORY. Ignored by cpu                      */
 } kf_engine_params;
 
 KF_API kf_engine_params kf_engine_default_params(void);
-/* On failure *out is NULL. */
+/* On failure *out is NULL. backend AUTO opens cuda when it is built and kf_backend_device_count(cuda) > device,
+ * else cpu. backend CUDA fails with KF_ERR_UNSUPPORTED when the backend is not built or the GPU is older
+ * than compute capability 8.0, KF_ERR_BACKEND when there is no driver, the driver is too old or no device
+ * is visible (the message says which), KF_ERR_INVALID_ARGUMENT for a device index out of range. */
 KF_API kf_status kf_engine_open(const kf_engine_params *params, kf_engine **out);
 /* Refused with KF_ERR_INVALID_STATE while models of this engine are alive. NULL is a no-op. */
 KF_API kf_status kf_engine_free(kf_engine *engine);
@@ -115,15 +128,22 @@ KF_API kf_status kf_engine_free(kf_engine *engine);
 typedef struct kf_engine_info {
   int32_t backend;   /* the backend actually chosen (never AUTO)                                 */
   int32_t n_threads; /* worker threads in use                                                    */
-  char name[64];     /* e.g. "cpu (avx2+fma+f16c)"                                              */
+  char name[64];     /* e.g. "cpu (avx2+fma+f16c)", "cuda:0 (NVIDIA H100 80GB HBM3, sm_90, 79.1 GiB,
+                        cublas libcublas.so.13)" (truncated to fit)                               */
 } kf_engine_info;
 
 KF_API kf_status kf_engine_get_info(const kf_engine *engine, kf_engine_info *out);
 
 /* Measures sustained memory read bandwidth of this engine's threads over a buffer of `bytes`
- * (at least 64 MiB is sensible), best of `repeats` passes. Used by benchmarks as the ceiling. */
+ * (at least 64 MiB is sensible), best of `repeats` passes. Used by benchmarks as the ceiling.
+ * cuda engines: a device-to-device copy of `bytes`, counted as bytes read plus bytes written. */
 KF_API kf_status kf_engine_measure_read_bandwidth(kf_engine *engine, int64_t bytes, int32_t repeats,
                                                   double *gbytes_per_s);
+/* Measures the rate of the matrix product the forward uses, y[m, n] = x[m, k] · W[n, k]^T with random
+ * bf16 x and W and f32 y (cuda: cuBLAS when loaded, else kvfold's kernels; cpu: its threaded matmul),
+ * best of `repeats`, in TFLOP/s (2·m·n·k per product). m, n, k in [1, 65536]. The prefill ceiling. */
+KF_API kf_status kf_engine_measure_matmul_rate(kf_engine *engine, int32_t m, int32_t n, int32_t k, int32_t repeats,
+                                               double *tflops);
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Model: a Hugging Face folder (config.json + model.safetensors or model.safetensors.index.json)   */
@@ -135,7 +155,8 @@ typedef enum kf_dtype { KF_DTYPE_F32 = 0, KF_DTYPE_F16 = 1, KF_DTYPE_BF16 = 2, K
 typedef struct kf_model_params {
   kf_control *control; /* optional; progress in bytes of weights loaded; default NULL         */
   int32_t weight_dtype; /* kf_dtype to hold weights in; KF_DTYPE_AUTO (default) keeps the file's
-                           dtype (memory-mapped, no copy, when possible)                            */
+                           dtype (memory-mapped, no copy, when possible). Cuda engines hold f16 or
+                           bf16 only: AUTO of an f32 file gives bf16, F32 is KF_ERR_UNSUPPORTED    */
   int32_t use_mmap;     /* 1 (default): map files read-only; 0: read them into memory              */
 } kf_model_params;
 
@@ -181,7 +202,9 @@ typedef struct kf_session kf_session;
  * Scores are the column sums of the attention probabilities of the last forward, summed over the
  * query heads of each KV group. Keys stay post-RoPE at their absolute positions; queries use the
  * true absolute position (n_past). Every cache slot is visible to every new row (Mistral's sliding
- * window applies to FULL only). */
+ * window applies to FULL only). Sessions of cuda engines keep their cache on the device in the weights'
+ * 16-bit dtype, slot scores in f32, and shrink it there (only the ranking by score is chosen on the
+ * host, from one layer's scores at a time). */
 typedef enum kf_cache_kind {
   KF_CACHE_FULL = 0,
   KF_CACHE_LOCOCO = 1,

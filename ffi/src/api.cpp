@@ -1,5 +1,6 @@
 // api.cpp — the C ABI: argument checks, exception-to-status translation, ownership rules.
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <memory>
@@ -85,7 +86,19 @@ int32_t kf_backend_built(int32_t kind) {
 
 int32_t kf_backend_device_count(int32_t kind) {
   if (kind == KF_BACKEND_CPU) return 1;
-  return 0;  // the CUDA backend lands with its own issue
+  if (kind == KF_BACKEND_CUDA) return kf::cuda::device_count();
+  return 0;
+}
+
+kf_status kf_backend_blas_library(int32_t kind, char *out, int32_t cap) {
+  return guarded("probe the BLAS library", [&] {
+    KF_REQUIRE(out && cap > 0, "probe the BLAS library", "out is NULL or cap %d is not positive", cap);
+    out[0] = 0;
+    KF_REQUIRE(kind == KF_BACKEND_CPU || kind == KF_BACKEND_CUDA, "probe the BLAS library",
+               "backend %d is not one of 1 (cpu), 2 (cuda)", kind);
+    if (kind == KF_BACKEND_CPU) return;
+    std::snprintf(out, size_t(cap), "%s", kf::cuda::blas_probe().c_str());
+  });
 }
 
 // ---- engine ----
@@ -95,6 +108,7 @@ kf_engine_params kf_engine_default_params(void) {
   p.backend = KF_BACKEND_AUTO;
   p.n_threads = 0;
   p.device = 0;
+  p.memory_mib = 0;
   return p;
 }
 
@@ -107,12 +121,25 @@ kf_status kf_engine_open(const kf_engine_params *params, kf_engine **out) {
                "backend %d is not one of 0 (auto), 1 (cpu), 2 (cuda)", p.backend);
     KF_REQUIRE(p.n_threads >= 0 && p.n_threads <= 1024, "open engine", "n_threads %d is outside [0, 1024]",
                p.n_threads);
+    KF_REQUIRE(p.device >= 0, "open engine", "device %d is negative", p.device);
+    KF_REQUIRE(p.memory_mib >= 0, "open engine", "memory_mib %d is negative", p.memory_mib);
     if (p.backend == KF_BACKEND_CUDA && !kf_backend_built(KF_BACKEND_CUDA))
-      kf::raise(KF_ERR_UNSUPPORTED, "cannot open engine: the cuda backend is not built into this library");
+      kf::raise(KF_ERR_UNSUPPORTED, "cannot open engine: the cuda backend is not built into this library (it is built "
+                "when nvcc is on PATH at build time, unless KVFOLD_CUDA=0)");
+    // AUTO takes the GPU only when one is there to take; every error of an explicit CUDA request surfaces.
+    const bool use_cuda = p.backend == KF_BACKEND_CUDA ||
+                          (p.backend == KF_BACKEND_AUTO && kf_backend_built(KF_BACKEND_CUDA) &&
+                           kf::cuda::device_count() > p.device);
     auto e = std::make_unique<kf_engine>();
     e->backend = KF_BACKEND_CPU;
     const int n = p.n_threads > 0 ? p.n_threads : hardware_threads();
     e->pool = std::make_unique<kf::ThreadPool>(n);
+    if (use_cuda) {
+      e->cuda = kf::cuda::engine_open(p.device, int64_t(p.memory_mib) << 20, e->name);
+      e->backend = KF_BACKEND_CUDA;
+      *out = e.release();
+      return;
+    }
     std::string isa;
 #ifdef __AVX2__
     isa += "avx2";
@@ -154,7 +181,37 @@ kf_status kf_engine_measure_read_bandwidth(kf_engine *engine, int64_t bytes, int
                "bytes %lld is outside [1 MiB, 64 GiB]", (long long)bytes);
     KF_REQUIRE(repeats >= 1 && repeats <= 1000, "measure read bandwidth", "repeats %d is outside [1, 1000]", repeats);
     std::lock_guard<std::mutex> lock(engine->pool_mutex);
-    *gbytes_per_s = kf::measure_read_bandwidth(*engine->pool, bytes, repeats);
+    *gbytes_per_s = engine->cuda ? kf::cuda::measure_copy_bandwidth(*engine->cuda, bytes, repeats)
+                                 : kf::measure_read_bandwidth(*engine->pool, bytes, repeats);
+  });
+}
+
+kf_status kf_engine_measure_matmul_rate(kf_engine *engine, int32_t m, int32_t n, int32_t k, int32_t repeats,
+                                        double *tflops) {
+  return guarded("measure matmul rate", [&] {
+    KF_REQUIRE(engine && tflops, "measure matmul rate", "engine or tflops is NULL");
+    KF_REQUIRE(m >= 1 && m <= 65536 && n >= 1 && n <= 65536 && k >= 1 && k <= 65536, "measure matmul rate",
+               "m %d, n %d, k %d must each be in [1, 65536]", m, n, k);
+    KF_REQUIRE(repeats >= 1 && repeats <= 1000, "measure matmul rate", "repeats %d is outside [1, 1000]", repeats);
+    std::lock_guard<std::mutex> lock(engine->pool_mutex);
+    if (engine->cuda) {
+      *tflops = kf::cuda::measure_matmul_rate(*engine->cuda, m, n, k, repeats);
+      return;
+    }
+    // x: [m, k] f32 (the CPU matmul's activations); W: [n, k] bf16; y: [m, n]. Random, never zeros.
+    std::vector<float> x(size_t(m) * size_t(k)), y(size_t(m) * size_t(n));
+    std::vector<uint16_t> w(size_t(n) * size_t(k));
+    uint32_t h = 12345;
+    for (float &v : x) v = float((h = h * 1664525u + 1013904223u) >> 8) / 16777216.0f - 0.5f;
+    for (uint16_t &v : w) v = kf::f32_to_bf16(float((h = h * 1664525u + 1013904223u) >> 8) / 16777216.0f - 0.5f);
+    double best = 0;
+    for (int32_t r = 0; r <= repeats; r++) {  // the first pass warms up
+      const auto t0 = std::chrono::steady_clock::now();
+      kf::matmul(*engine->pool, x.data(), w.data(), kf::DType::BF16, y.data(), m, k, n, nullptr);
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (r > 0 && s > 0) best = std::max(best, 2.0 * m * double(n) * k / s / 1e12);
+    }
+    *tflops = best;
   });
 }
 
@@ -180,6 +237,7 @@ kf_status kf_model_load(kf_engine *engine, const char *dir, const kf_model_param
     {
       std::lock_guard<std::mutex> lock(engine->pool_mutex);
       kf::model_load(*m, dir, p);
+      if (engine->cuda) m->cuda = kf::cuda::model_upload(*m);  // on failure m's destructor frees the device side
     }
     engine->n_models++;
     *out = m.release();
@@ -301,13 +359,29 @@ void check_ids(const kf_session &s, const int32_t *ids, int32_t n, const char *w
 // and scores, and the slots themselves when a shrink ran in between.
 class CacheUndo {
  public:
-  explicit CacheUndo(kf_session &s) : s_(s) { kf::cache_checkpoint(s.cache); }
-  ~CacheUndo() {
-    if (!committed_) kf::cache_restore(s_.cache);
+  explicit CacheUndo(kf_session &s) : s_(s) {
+    kf::cache_checkpoint(s.cache);
+    if (s.cuda && s.cache.compressing()) kf::cuda::cache_checkpoint(s);
   }
-  // Shrinks the cache when its policy says so, first saving what the shrink overwrites.
+  ~CacheUndo() {
+    if (committed_) return;
+    kf::cache_restore(s_.cache);
+    if (s_.cuda && s_.cache.compressing()) {
+      // A destructor lets nothing escape; the call that failed reports its own error.
+      try {
+        kf::cuda::cache_restore(s_);
+      } catch (...) {
+      }
+    }
+  }
+  // Shrinks the cache when its policy says so, first saving what the shrink overwrites (a cuda session
+  // saves and shrinks its device slots).
   void shrink_if_needed() {
     if (!kf::cache_over_limit(s_.cache)) return;
+    if (s_.cuda) {
+      kf::cuda::cache_shrink(s_);
+      return;
+    }
     kf::cache_save_slots(s_.cache);
     kf::cache_shrink(s_.cache, *s_.model->engine->pool);
   }
@@ -447,10 +521,11 @@ kf_status kf_session_get_info(const kf_session *session, kf_session_info *out) {
     const kf::KvCache &c = session->cache;
     out->cache_kind = c.kind;
     out->has_logits = session->has_logits ? 1 : 0;
-    out->kv_bytes = c.bytes();
+    out->kv_bytes = session->cuda ? kf::cuda::session_kv_bytes(*session->cuda) : c.bytes();
     out->kv_slots = c.capacity;
     const auto sz = [](const std::vector<float> &v) { return int64_t(v.capacity()) * 4; };
     out->scratch_bytes = session->ws.bytes() + c.scratch_bytes() + sz(session->logits) + sz(session->logits_saved);
+    if (session->cuda) out->scratch_bytes += kf::cuda::session_scratch_bytes(*session->cuda);
     out->kv_slots_used = c.n_slots;
     out->kv_slots_peak = c.peak;
     out->compressions = c.compressions;
@@ -468,6 +543,10 @@ kf_status kf_session_read_cache(const kf_session *session, int32_t layer, float 
     KF_REQUIRE(layer >= 0 && layer < c.n_layers, "read cache", "layer %d is outside [0, %d)", layer, c.n_layers);
     KF_REQUIRE(n_slots == c.n_slots, "read cache", "n_slots %d is not the %d slots in use", n_slots, c.n_slots);
     KF_REQUIRE(!scores || c.needs_scores(), "read cache", "this cache keeps no slot scores (only lococo and h2o do)");
+    if (session->cuda) {
+      kf::cuda::read_cache(*session, layer, keys, values, scores, n_slots);
+      return;
+    }
     const int64_t kv = int64_t(n_slots) * c.n_kv * c.head_dim;
     if (keys) std::copy_n(c.k[size_t(layer)].begin(), kv, keys);
     if (values) std::copy_n(c.v[size_t(layer)].begin(), kv, values);
@@ -484,6 +563,7 @@ kf_status kf_adapter_load(kf_model *model, const char *dir, kf_control *control,
     KF_REQUIRE(dir && *dir, "load adapter", "the adapter folder path is empty");
     auto a = std::make_unique<kf_adapter>();
     kf::adapter_load(*a, *model, dir, control);
+    if (model->cuda) a->cuda = kf::cuda::adapter_upload(*a);
     model->n_adapters++;
     *out = a.release();
   }));
@@ -563,9 +643,18 @@ kf_status kf_batch_decode(kf_session *const *sessions, const int32_t *ids, int32
       undo.push_back(std::make_unique<CacheUndo>(*sessions[i]));
       undo.back()->shrink_if_needed();
     }
+    // The row table only, for a cuda model: its scratch and slots are on the device.
     kf::Workspace ws;
-    ws.init(*m, n, max_ctx, any_scores);
-    ws.reserve_lora(max_rank);
+    if (m->cuda) {
+      ws.rows = n;
+      ws.row_session.assign(size_t(n), nullptr);
+      ws.row_pos.assign(size_t(n), 0);
+      ws.row_slot.assign(size_t(n), 0);
+      ws.row_adapter.assign(size_t(n), nullptr);
+    } else {
+      ws.init(*m, n, max_ctx, any_scores);
+      ws.reserve_lora(max_rank);
+    }
     std::vector<int32_t> row_ids(static_cast<size_t>(n));
     for (int32_t r = 0; r < n; r++) {
       kf_session *s = sessions[order[size_t(r)]];
@@ -583,7 +672,17 @@ kf_status kf_batch_decode(kf_session *const *sessions, const int32_t *ids, int32
     }
     kf::ChunkInput in;
     in.tokens = row_ids.data();
-    kf::forward_rows(ws, *m, n, in, logits.data(), true, control);
+    if (m->cuda) {
+      kf::cuda::Rows rows;
+      rows.n = n;
+      rows.session = ws.row_session.data();
+      rows.pos = ws.row_pos.data();
+      rows.slot = ws.row_slot.data();
+      rows.adapter = ws.row_adapter.data();
+      kf::cuda::forward(*m, nullptr, rows, in, logits.data(), true, control);
+    } else {
+      kf::forward_rows(ws, *m, n, in, logits.data(), true, control);
+    }
     // Commit only after the whole step succeeded.
     for (int32_t r = 0; r < n; r++) {
       kf_session *s = ws.row_session[size_t(r)];
@@ -607,6 +706,7 @@ kf_status kf_lococo_heads_load(kf_model *model, const char *path, kf_lococo_head
     KF_REQUIRE(path && *path, "load LoCoCo heads", "the heads file path is empty");
     auto h = std::make_unique<kf_lococo_heads>();
     kf::lococo_heads_load(*h, *model, path);
+    if (model->cuda) h->cuda = kf::cuda::heads_upload(*h);
     model->n_lococo_heads++;
     *out = h.release();
   });

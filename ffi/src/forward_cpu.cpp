@@ -114,6 +114,21 @@ void session_init(kf_session &s, kf_model &m, const kf_session_params &p_in) {
   p.n_ctx = s.n_ctx;
   const int32_t capacity = cache_capacity(p, s.n_batch);
 
+  if (m.engine->backend == KF_BACKEND_CUDA) {
+    // Slots, scores, scratch and their budget checks live on the device (cuda::session_alloc); the host
+    // keeps the cache's counters and policy, the row table forward_chunk fills, and the logits.
+    cache_init(s.cache, m, p, capacity, false);
+    const size_t B = size_t(s.n_batch);
+    s.ws.rows = s.n_batch;
+    s.ws.row_session.assign(B, nullptr);
+    s.ws.row_pos.assign(B, 0);
+    s.ws.row_slot.assign(B, 0);
+    s.ws.row_adapter.assign(B, nullptr);
+    s.logits.assign(size_t(c.vocab_size), 0.0f);
+    s.logits_saved.assign(size_t(c.vocab_size), 0.0f);
+    s.cuda = cuda::session_alloc(s);
+    return;
+  }
   const size_t kv_dim = size_t(c.n_kv_heads) * size_t(c.head_dim);
   // Refuse what cannot fit before touching it (see available_memory_bytes).
   const double kv_bytes = 2.0 * c.n_layers * double(capacity) * double(kv_dim) * sizeof(float);
@@ -378,6 +393,17 @@ void forward_chunk(kf_session &s, const ChunkInput &in, int32_t T, int32_t pos0,
     ws.row_adapter[size_t(t)] = s.adapter;
   }
   const int64_t V = s.model->cfg.vocab_size;
+  if (s.cuda) {  // the same rows, run by the device forward
+    cuda::Rows rows;
+    rows.n = T;
+    rows.session = ws.row_session.data();
+    rows.pos = ws.row_pos.data();
+    rows.slot = ws.row_slot.data();
+    rows.adapter = ws.row_adapter.data();
+    cuda::forward(*s.model, &s, rows, in, logits_out ? logits_out : s.logits.data(), logits_out != nullptr, ctl);
+    if (logits_out) std::copy(logits_out + (T - 1) * V, logits_out + T * V, s.logits.begin());
+    return;
+  }
   if (logits_out) {
     forward_rows(ws, *s.model, T, in, logits_out, true, ctl);
     std::copy(logits_out + (T - 1) * V, logits_out + T * V, s.logits.begin());

@@ -25,7 +25,7 @@ int32_t cache_capacity(const kf_session_params &p, int32_t segment) {
   }
 }
 
-void cache_init(KvCache &c, const kf_model &m, const kf_session_params &p, int32_t capacity) {
+void cache_init(KvCache &c, const kf_model &m, const kf_session_params &p, int32_t capacity, bool host_slots) {
   const ModelConfig &cfg = m.cfg;
   c.kind = p.cache_kind;
   c.n_layers = cfg.n_layers;
@@ -36,6 +36,10 @@ void cache_init(KvCache &c, const kf_model &m, const kf_session_params &p, int32
   c.sinks = p.sinks;
   c.window = p.window;
   c.heads = p.cache_kind == KF_CACHE_LOCOCO ? p.heads : nullptr;
+  if (!host_slots) {
+    cache_clear(c);
+    return;
+  }
   const size_t kv_dim = size_t(c.n_kv) * size_t(c.head_dim), L = size_t(c.n_layers);
   c.k.assign(L, {});
   c.v.assign(L, {});

@@ -63,7 +63,15 @@ void model_load(kf_model &m, const std::string &dir, const kf_model_params &p) {
   DType file_dt = DType::F32;
   for (int i = 1; i < 3; i++)
     if (counts[i] > counts[int(file_dt)]) file_dt = DType(i);
-  const DType want = p.weight_dtype == KF_DTYPE_AUTO ? file_dt : DType(p.weight_dtype);
+  DType want = p.weight_dtype == KF_DTYPE_AUTO ? file_dt : DType(p.weight_dtype);
+  if (m.engine->backend == KF_BACKEND_CUDA && want == DType::F32) {
+    // The device kernels read 16-bit weights (tensor cores, half the bytes per decoded token): an f32
+    // file is converted to bf16 (same exponent range, so no overflow); asking for f32 is refused.
+    if (p.weight_dtype != KF_DTYPE_AUTO)
+      raise(KF_ERR_UNSUPPORTED, "cannot load model: the cuda backend holds weights in f16 or bf16, not f32; load with "
+            "weight_dtype auto, f16 or bf16");
+    want = DType::BF16;
+  }
   m.weight_dtype = int32_t(want);
 
   int64_t total = 0;

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "../cuda/cuda_backend.h"
 #include "common.h"
 #include "cpu_ops.h"
 #include "kv_cache.h"
@@ -21,6 +22,9 @@ struct kf_engine {
   std::mutex pool_mutex;
   std::atomic<int> n_models{0};
   std::string name;
+  // The CUDA device, stream and cuBLAS handle when backend == KF_BACKEND_CUDA (the pool above then
+  // serves host-side work only: weight conversion at load). Declared last: freed first.
+  kf::cuda::EnginePtr cuda;
 };
 
 namespace kf {
@@ -81,6 +85,7 @@ struct kf_model {
   std::atomic<int> n_sessions{0};
   std::atomic<int> n_adapters{0};
   std::atomic<int> n_lococo_heads{0};
+  kf::cuda::ModelPtr cuda;  // the weights on the device (cuda engines); the host copies stay bound above
 };
 
 // A loaded PEFT LoRA adapter: f32 copies of every pair, bound to one model. Immutable after load;
@@ -94,6 +99,7 @@ struct kf_adapter {
   bool rslora = false;
   int64_t n_params = 0, bytes = 0;    // bytes held (f32)
   std::atomic<int> n_users{0};        // sessions whose current adapter this is
+  kf::cuda::AdapterPtr cuda;          // the pairs on the device (models of cuda engines)
 };
 
 namespace kf {
@@ -157,6 +163,9 @@ struct kf_session {
   kf::Workspace ws;            // scratch for n_batch rows, allocated once
   std::vector<float> logits;   // [vocab] last position
   std::vector<float> logits_saved; // [vocab] the logits before a decode, restored if it fails
+  // Cuda engines: the device KV cache and scratch. `cache` then keeps only its counters (no host
+  // slots) and `ws` stays empty.
+  kf::cuda::SessionPtr cuda;
 };
 
 namespace kf {

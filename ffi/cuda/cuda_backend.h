@@ -1,0 +1,120 @@
+// cuda_backend.h — what the C++ core (ffi/src) sees of the CUDA backend. Plain C++: no CUDA header is
+// included here, so every ffi/src file compiles with g++ whether or not the backend is built.
+//
+// Built with nvcc (ffi/cuda/*.cu, KVFOLD_HAVE_CUDA defined for the C++ side). Without it,
+// ffi/src/cuda_stub.cpp defines the same functions: device_count() returns 0 and everything that would
+// need a device throws KF_ERR_UNSUPPORTED "the cuda backend is not built into this library".
+//
+// Ownership: the core holds each device object in a unique_ptr with the deleter below, inside the
+// handle that owns it (kf_engine, kf_model, kf_session, kf_adapter), so a failure part-way through
+// any create/load frees whatever the device side had allocated. Every function throws kf::Error
+// (never aborts); CUDA failures become KF_ERR_BACKEND / KF_ERR_OUT_OF_MEMORY with the call named.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "../include/kvfold.h"
+
+struct kf_engine;
+struct kf_model;
+struct kf_session;
+struct kf_adapter;
+struct kf_lococo_heads;
+
+namespace kf {
+struct ChunkInput;
+}
+
+namespace kf::cuda {
+
+struct Engine;   // a device, its stream, cuBLAS handle (when loaded) and memory budget
+struct Model;    // the weights on the device
+struct Session;  // a session's device KV cache and scratch
+struct Adapter;  // a LoRA adapter's pairs on the device
+struct Heads;    // LoCoCo heads' convolutions on the device
+
+struct EngineDeleter { void operator()(Engine *) const noexcept; };
+struct ModelDeleter { void operator()(Model *) const noexcept; };
+struct SessionDeleter { void operator()(Session *) const noexcept; };
+struct AdapterDeleter { void operator()(Adapter *) const noexcept; };
+struct HeadsDeleter { void operator()(Heads *) const noexcept; };
+using EnginePtr = std::unique_ptr<Engine, EngineDeleter>;
+using ModelPtr = std::unique_ptr<Model, ModelDeleter>;
+using SessionPtr = std::unique_ptr<Session, SessionDeleter>;
+using AdapterPtr = std::unique_ptr<Adapter, AdapterDeleter>;
+using HeadsPtr = std::unique_ptr<Heads, HeadsDeleter>;
+
+// Usable CUDA devices: 0 when the backend is not built, no driver is installed, the driver is too
+// old or no device is visible. Never throws, never touches a device's memory.
+int32_t device_count() noexcept;
+
+// Opens device `device` (index among the visible ones) with at most `budget_bytes` of device memory
+// for this engine's weights, caches and scratch (0 = limited only by the device). Loads cuBLAS when it
+// can (cublas_loader.h). Writes a description such as "cuda:0 (NVIDIA H100 80GB HBM3, sm_90, 79.1 GiB,
+// cublas libcublas.so.13)" to `name`. Throws KF_ERR_UNSUPPORTED (not built), KF_ERR_BACKEND (no
+// driver, driver older than the runtime, no such device, compute capability below 8.0) or
+// KF_ERR_INVALID_ARGUMENT.
+EnginePtr engine_open(int32_t device, int64_t budget_bytes, std::string &name);
+
+// The cuBLAS library an engine opened now would use: its path, or "" when none loads (own kernels).
+// Needs no device. Throws KF_ERR_BACKEND when $KVFOLD_CUBLAS names a library that cannot be loaded
+// or lacks a needed symbol, KF_ERR_UNSUPPORTED when the backend is not built.
+std::string blas_probe();
+
+// Device-to-device copy bandwidth, (bytes read + bytes written) / time, best of `repeats`, in GB/s.
+double measure_copy_bandwidth(Engine &e, int64_t bytes, int32_t repeats);
+// Rate of the forward's own matrix product y[m, n] = x[m, k] · W[n, k]^T on random bf16 operands with
+// f32 output (cuBLAS when loaded, else the built-in kernels), best of `repeats`, in TFLOP/s.
+double measure_matmul_rate(Engine &e, int32_t m, int32_t n, int32_t k, int32_t repeats);
+
+// Uploads a loaded model's weights (after kf::model_load bound them on the host). Weights must be F16
+// or BF16 (model_load converts f32 files to bf16 for the cuda backend). Throws KF_ERR_OUT_OF_MEMORY
+// when the device or the budget has no room; nothing stays allocated on failure.
+ModelPtr model_upload(kf_model &m);
+
+// Allocates a session's device KV cache ([n_layers, capacity, n_kv, head_dim] keys and values in the
+// model's 16-bit dtype), slot scores for lococo and h2o, and scratch for s.n_batch rows.
+SessionPtr session_alloc(kf_session &s);
+int64_t session_kv_bytes(const Session &s) noexcept;
+int64_t session_scratch_bytes(const Session &s) noexcept;
+
+// Uploads an adapter's pairs (f32, scale folded into B, as kf::adapter_load left them).
+AdapterPtr adapter_upload(kf_adapter &a);
+// Uploads LoCoCo heads (weights in the model's dtype, tap-major [Mc, k·2·hd]; biases f32).
+HeadsPtr heads_upload(kf_lococo_heads &h);
+
+// The device forward with forward_rows' semantics: row r runs at position pos[r], writes its key and
+// value at cache slot slot[r] of session[r]'s cache and attends to that cache's slots [0, slot[r]]
+// (Mistral's sliding window applied), with adapter[r] (or none). Rows of one session at consecutive
+// positions must be contiguous (a prefill chunk); rows of different sessions never see each other.
+// logits: [n, vocab] when all_logits, else [vocab] for the last row. scratch: the session whose
+// scratch the call may use (single-session calls) or NULL (batch decode: the engine's own, grown as
+// needed). in.hidden_out receives [n, hidden] final-normed rows when set.
+struct Rows {
+  int32_t n = 0;
+  kf_session *const *session = nullptr;  // [n]
+  const int32_t *pos = nullptr;          // [n]
+  const int32_t *slot = nullptr;         // [n]
+  const kf_adapter *const *adapter = nullptr;  // [n]
+};
+void forward(const kf_model &m, kf_session *scratch, const Rows &rows, const ChunkInput &in, float *logits,
+             bool all_logits, kf_control *ctl);
+
+// Copies `n_slots` slots of one layer of a session's device cache to the host as f32
+// ([n_slots, n_kv, head_dim] each, scores [n_slots, n_kv]; any may be NULL).
+void read_cache(const kf_session &s, int32_t layer, float *keys, float *values, float *scores, int32_t n_slots);
+
+// Compressing caches (lococo, h2o, streaming) shrink on the device with kv_cache.cpp's semantics: per
+// layer the scores come to the host, where top_slots ranks them (the slots themselves never leave the
+// device); lococo then fuses (lococo.cu), h2o and streaming gather the kept slots. cache_shrink updates
+// the host counters (n_slots, compressions, compress_ns) and, before a call's first shrink, saves the
+// slots in device copies. cache_checkpoint (start of a call) keeps a device copy of the scores;
+// cache_restore (failed call) puts scores and slots back.
+void cache_shrink(kf_session &s);
+void cache_checkpoint(kf_session &s);
+void cache_restore(kf_session &s);
+
+
+}  // namespace kf::cuda
