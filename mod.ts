@@ -35,8 +35,11 @@ export type {
   FinetuneOptions,
   FinetuneProgress,
   LoraTrainOptions,
+  OptimizerOptions,
   QaExample,
   TrainExample,
+  TrainingLoopOptions,
+  TrainingProgress,
   TrainStep,
   TrainTensor,
 } from "./src/train.ts";

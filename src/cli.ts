@@ -17,7 +17,7 @@ import { makeTestLococoHeads } from "./lococo_heads.ts";
 import { convertTorchCheckpoint } from "./torch_bin.ts";
 import { Compressor } from "./compressor.ts";
 import { answerFromChunks, compressIntoStore } from "./lloco.ts";
-import { finetuneLora, type QaExample } from "./train.ts";
+import { finetuneLora, type QaExample, type TrainingProgress } from "./train.ts";
 import { calibrateLococo } from "./lococo_train.ts";
 import type { LoraProjection } from "./adapter.ts";
 import { DocumentStore } from "./store.ts";
@@ -400,6 +400,14 @@ async function cmdLogits(args: string[]) {
   cacheNote(session);
 }
 
+/** One stderr line per optimizer step of `train lora` and `train lococo`. */
+function noteTrainingStep(p: TrainingProgress): void {
+  note(
+    `step ${p.step}/${p.totalSteps}  loss ${p.loss.toFixed(4)}  lr ${p.learningRate.toExponential(2)}  ` +
+      `|g| ${p.gradNorm.toFixed(3)}  ${p.tokensPerSecond.toFixed(0)} tok/s  ETA ${p.etaSeconds.toFixed(0)} s`,
+  );
+}
+
 /** `train lococo`: calibrate heads on a text file, printing progress, writing the heads file. */
 async function trainLococo(v: Record<string, string | boolean | undefined>) {
   const str = (k: string) => v[k] as string | undefined;
@@ -426,13 +434,7 @@ async function trainLococo(v: Record<string, string | boolean | undefined>) {
     checkpoint: str("checkpoint"),
     checkpointEvery: intOpt(str("checkpoint-every"), "checkpoint-every", 1),
     signal: interrupt.signal,
-    onProgress: (p) =>
-      note(
-        `step ${p.step}/${p.totalSteps}  loss ${p.loss.toFixed(4)}  lr ${p.learningRate.toExponential(2)}  ` +
-          `|g| ${p.gradNorm.toFixed(3)}  ${p.tokensPerSecond.toFixed(0)} tok/s  ETA ${
-            p.etaSeconds.toFixed(0)
-          } s`,
-      ),
+    onProgress: noteTrainingStep,
   });
   await trainer.saveHeads(out);
   const s = trainer.shape;
@@ -527,13 +529,7 @@ async function cmdTrain(args: string[]) {
     checkpoint: v.checkpoint,
     checkpointEvery: intOpt(v["checkpoint-every"], "checkpoint-every", 1),
     signal: interrupt.signal,
-    onProgress: (p) =>
-      note(
-        `step ${p.step}/${p.totalSteps}  loss ${p.loss.toFixed(4)}  lr ${p.learningRate.toExponential(2)}  ` +
-          `|g| ${p.gradNorm.toFixed(3)}  ${p.tokensPerSecond.toFixed(0)} tok/s  ETA ${
-            p.etaSeconds.toFixed(0)
-          } s`,
-      ),
+    onProgress: noteTrainingStep,
   });
   await trainer.saveAdapter(out);
   note(

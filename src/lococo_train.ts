@@ -16,10 +16,16 @@ import type { LococoHeads } from "./lococo.ts";
 import { lococoFusedSlots, type LococoLayerValues, writeLococoHeads } from "./lococo_heads.ts";
 import type { Model } from "./model.ts";
 import { readSafetensorsFile, type TensorInput, toFloat32, writeSafetensorsFile } from "./safetensors.ts";
-import type { TrainStep } from "./train.ts";
+import {
+  type OptimizerOptions,
+  runTrainingLoop,
+  type TrainingLoopOptions,
+  type TrainingProgress,
+  type TrainStep,
+} from "./train.ts";
 
-/** Settings of a {@link LococoTrainer}. */
-export interface LococoTrainOptions {
+/** Settings of a {@link LococoTrainer} (`learningRate` defaults to 1e-3 here). */
+export interface LococoTrainOptions extends OptimizerOptions {
   /** Calibrate for the model with this LoRA applied. */
   adapter?: Adapter;
   /** Start from these heads (their M, r, k, B win); default: new random heads. */
@@ -36,22 +42,6 @@ export interface LococoTrainOptions {
   seed?: number;
   /** λ of new heads; default 0.5. */
   initLambda?: number;
-  /** Peak learning rate; default 1e-3. */
-  learningRate?: number;
-  /** AdamW weight decay on the conv weights; default 0. */
-  weightDecay?: number;
-  /** Default [0.9, 0.999]. */
-  betas?: readonly [number, number];
-  /** Default 1e-8. */
-  epsilon?: number;
-  /** Default 1; 0 disables clipping. */
-  maxGradNorm?: number;
-  /** Default 0. */
-  warmupSteps?: number;
-  /** Cosine decay length; 0 keeps the rate constant. */
-  totalSteps?: number;
-  /** Default 0. */
-  minLearningRateRatio?: number;
 }
 
 /** Tensors of one layer, as {@link LococoTrainer.read} names them (native `kf_lococo_tensor`). */
@@ -325,28 +315,13 @@ export class LococoTrainer extends HandleOwner {
   }
 }
 
-/** Progress of {@link calibrateLococo}, after every optimizer step. */
-export interface CalibrateProgress extends TrainStep {
-  /** Mean segment loss of the step's sequences. */
-  loss: number;
-  totalSteps: number;
-  tokensPerSecond: number;
-  etaSeconds: number;
-}
+/** Progress of {@link calibrateLococo}. */
+export type CalibrateProgress = TrainingProgress;
 
 /** Options of {@link calibrateLococo}. */
-export interface CalibrateOptions extends LococoTrainOptions {
+export interface CalibrateOptions extends LococoTrainOptions, TrainingLoopOptions {
   /** Tokens per training sequence; default 4 × B. */
   sequenceLength?: number;
-  /** Optimizer steps; default one pass over the sequences. */
-  steps?: number;
-  /** Sequences per step; default 1. */
-  accumulate?: number;
-  /** Saves a checkpoint here every `checkpointEvery` steps, and resumes from it when it exists. */
-  checkpoint?: string;
-  /** Default 10. */
-  checkpointEvery?: number;
-  signal?: AbortSignal;
   onProgress?: (p: CalibrateProgress) => void;
 }
 
@@ -372,51 +347,16 @@ export async function calibrateLococo(
     if (sequences.length === 0) {
       throw new KvfoldError("INVALID_ARGUMENT", "Cannot calibrate: the corpus has fewer than 2 tokens");
     }
-    const accumulate = options.accumulate ?? 1;
-    const steps = options.steps ?? Math.max(1, Math.floor(sequences.length / accumulate));
-    let cursor = 0;
-    if (options.checkpoint) {
-      try {
-        cursor = Number((await trainer.loadCheckpoint(options.checkpoint)).cursor ?? 0);
-      } catch (e) {
-        if (!(e instanceof KvfoldError && e.code === "IO")) throw e;
-      }
-    }
-    const seed = options.seed ?? 0, n = sequences.length, every = options.checkpointEvery ?? 10;
-    const order = (epoch: number) => {
-      let a = (seed * 0x9e3779b1 + epoch * 0x85ebca6b + 1) >>> 0;
-      const o = Array.from({ length: n }, (_, i) => i);
-      for (let i = n - 1; i > 0; i--) {
-        a = (Math.imul(a, 1664525) + 1013904223) >>> 0;
-        const j = a % (i + 1);
-        [o[i], o[j]] = [o[j], o[i]];
-      }
-      return o;
-    };
-    const t0 = performance.now();
-    let tokens = 0, stepsHere = 0;
-    while (trainer.stepCount < steps) {
-      let loss = 0;
-      for (let k = 0; k < accumulate; k++) {
-        const seq = sequences[order(Math.floor(cursor / n))[cursor % n]];
-        loss += await trainer.accumulate(seq, { signal: options.signal });
-        tokens += seq.length;
-        cursor++;
-      }
-      const s = trainer.step();
-      stepsHere++;
-      if (options.checkpoint && (s.step % every === 0 || s.step === steps)) {
-        await trainer.saveCheckpoint(options.checkpoint, { cursor });
-      }
-      const elapsed = (performance.now() - t0) / 1000;
-      options.onProgress?.({
-        ...s,
-        loss: loss / accumulate,
-        totalSteps: steps,
-        tokensPerSecond: tokens / Math.max(elapsed, 1e-9),
-        etaSeconds: (elapsed / stepsHere) * (steps - s.step),
-      });
-    }
+    const steps = options.steps ?? Math.max(1, Math.floor(sequences.length / (options.accumulate ?? 1)));
+    await runTrainingLoop(
+      trainer,
+      sequences.length,
+      { ...options, seed: options.seed ?? 0, steps },
+      async (i) => ({
+        loss: await trainer.accumulate(sequences[i], { signal: options.signal }),
+        rows: sequences[i].length,
+      }),
+    );
     return trainer;
   } catch (e) {
     trainer.dispose();

@@ -15,19 +15,9 @@ import { KvfoldError } from "./errors.ts";
 import type { Model } from "./model.ts";
 import { readSafetensorsFile, type TensorInput, toFloat32, writeSafetensorsFile } from "./safetensors.ts";
 
-/** Settings of a {@link LoraTrainer}; the defaults follow PEFT and common LLoCO finetuning. */
-export interface LoraTrainOptions {
-  /** r; default 8. */
-  rank?: number;
-  /** lora_alpha; default 16. */
-  alpha?: number;
-  /** Projections to train; default q, k, v, o. */
-  targets?: readonly LoraProjection[];
-  /** Scale alpha / sqrt(r) instead of alpha / r. */
-  rslora?: boolean;
-  /** Seed of A's initialisation and of the example order; default 0. */
-  seed?: number;
-  /** Peak learning rate; default 2e-4. */
+/** AdamW and its schedule, as both trainers take them. */
+export interface OptimizerOptions {
+  /** Peak learning rate (LoRA default 2e-4, LoCoCo heads 1e-3). */
   learningRate?: number;
   /** AdamW decoupled weight decay; default 0. */
   weightDecay?: number;
@@ -43,6 +33,33 @@ export interface LoraTrainOptions {
   totalSteps?: number;
   /** The cosine ends at this fraction of the peak rate; default 0. */
   minLearningRateRatio?: number;
+}
+
+/** The loop settings both `finetuneLora` and `calibrateLococo` take. */
+export interface TrainingLoopOptions {
+  /** Optimizer steps; default: one pass over the data. */
+  steps?: number;
+  /** Examples (sequences) per optimizer step (gradient accumulation); default 1. */
+  accumulate?: number;
+  /** Saves a checkpoint here every `checkpointEvery` steps, and resumes from it when it exists. */
+  checkpoint?: string;
+  /** Default 10. */
+  checkpointEvery?: number;
+  signal?: AbortSignal;
+}
+
+/** Settings of a {@link LoraTrainer}; the defaults follow PEFT and common LLoCO finetuning. */
+export interface LoraTrainOptions extends OptimizerOptions {
+  /** r; default 8. */
+  rank?: number;
+  /** lora_alpha; default 16. */
+  alpha?: number;
+  /** Projections to train; default q, k, v, o. */
+  targets?: readonly LoraProjection[];
+  /** Scale alpha / sqrt(r) instead of alpha / r. */
+  rslora?: boolean;
+  /** Seed of A's initialisation and of the example order; default 0. */
+  seed?: number;
 }
 
 /** One optimizer step's report. */
@@ -425,8 +442,8 @@ export interface QaExample {
   answer: string;
 }
 
-/** Progress of {@link finetuneLora}, after every optimizer step. */
-export interface FinetuneProgress extends TrainStep {
+/** Progress of a training loop ({@link finetuneLora}, `calibrateLococo`), after every optimizer step. */
+export interface TrainingProgress extends TrainStep {
   /** Mean loss of the step's examples. */
   loss: number;
   /** Steps the run will take. */
@@ -437,21 +454,15 @@ export interface FinetuneProgress extends TrainStep {
   etaSeconds: number;
 }
 
+/** Progress of {@link finetuneLora}. */
+export type FinetuneProgress = TrainingProgress;
+
 /** Options of {@link finetuneLora}. */
-export interface FinetuneOptions extends LoraTrainOptions {
-  /** Optimizer steps; default: one pass over the examples. */
-  steps?: number;
-  /** Examples per optimizer step (gradient accumulation); default 1. */
-  accumulate?: number;
+export interface FinetuneOptions extends LoraTrainOptions, TrainingLoopOptions {
   /** Compresses `document` examples (required when some example has one). */
   compressor?: Compressor;
   /** Wrap questions in the chat template (default: when the model has one), as answerFromChunks does. */
   chat?: boolean;
-  /** Saves a checkpoint here every `checkpointEvery` steps, and resumes from it when it exists. */
-  checkpoint?: string;
-  /** Default 10. */
-  checkpointEvery?: number;
-  signal?: AbortSignal;
   onProgress?: (p: FinetuneProgress) => void;
 }
 
@@ -476,6 +487,69 @@ export function qaExampleRows(
   const ids = [...prompt, ...target.slice(0, -1)];
   const labels = ids.map((_, t) => (t >= prompt.length - 1 ? target[t - (prompt.length - 1)] : -1));
   return { prefix: vectors, ids, labels };
+}
+
+/** What {@link runTrainingLoop} drives: either trainer. */
+export interface LoopTrainer {
+  readonly stepCount: number;
+  step(): TrainStep;
+  saveCheckpoint(path: string, state: Record<string, string | number>): Promise<void>;
+  loadCheckpoint(path: string): Promise<Record<string, string>>;
+}
+
+/**
+ * The loop both trainers run: resume from `checkpoint` when it exists (weights, moments, step and
+ * the cursor of items consumed), then until `steps`: `accumulate` items in a seeded order per epoch,
+ * one optimizer step, a checkpoint every `checkpointEvery` steps (and at the end), progress with
+ * tokens/s and ETA. Deterministic: a resumed run visits the same items in the same order.
+ * @internal
+ */
+export async function runTrainingLoop(
+  trainer: LoopTrainer,
+  items: number,
+  options: TrainingLoopOptions & { seed: number; steps: number; onProgress?: (p: TrainingProgress) => void },
+  accumulateItem: (index: number) => Promise<{ loss: number; rows: number }>,
+): Promise<void> {
+  const accumulate = options.accumulate ?? 1;
+  if (!Number.isInteger(accumulate) || accumulate < 1) {
+    throw new RangeError(`Cannot train: accumulate ${accumulate} is not a positive integer`);
+  }
+  let cursor = 0; // items consumed, over all epochs
+  if (options.checkpoint) {
+    try {
+      cursor = Number((await trainer.loadCheckpoint(options.checkpoint)).cursor ?? 0);
+    } catch (e) {
+      if (!(e instanceof KvfoldError && e.code === "IO")) throw e;
+      // No checkpoint yet: a fresh run.
+    }
+  }
+  const every = options.checkpointEvery ?? 10, steps = options.steps;
+  const t0 = performance.now();
+  let rowsDone = 0, stepsHere = 0;
+  let order = epochOrder(items, options.seed, Math.floor(cursor / items));
+  while (trainer.stepCount < steps) {
+    let lossSum = 0;
+    for (let k = 0; k < accumulate; k++) {
+      if (cursor % items === 0) order = epochOrder(items, options.seed, cursor / items);
+      const r = await accumulateItem(order[cursor % items]);
+      lossSum += r.loss;
+      rowsDone += r.rows;
+      cursor++;
+    }
+    const s = trainer.step();
+    stepsHere++;
+    if (options.checkpoint && (s.step % every === 0 || s.step === steps)) {
+      await trainer.saveCheckpoint(options.checkpoint, { cursor });
+    }
+    const elapsed = (performance.now() - t0) / 1000;
+    options.onProgress?.({
+      ...s,
+      loss: lossSum / accumulate,
+      totalSteps: steps,
+      tokensPerSecond: rowsDone / Math.max(elapsed, 1e-9),
+      etaSeconds: (elapsed / stepsHere) * (steps - s.step),
+    });
+  }
 }
 
 /** Deterministic order of `n` examples in epoch `epoch` for `seed` (Fisher-Yates over mulberry32). */
@@ -515,9 +589,6 @@ export async function finetuneLora(
 ): Promise<LoraTrainer> {
   if (examples.length === 0) throw new KvfoldError("INVALID_ARGUMENT", "Cannot finetune: no examples");
   const accumulate = options.accumulate ?? 1;
-  if (!Number.isInteger(accumulate) || accumulate < 1) {
-    throw new RangeError(`Cannot finetune: accumulate ${accumulate} is not a positive integer`);
-  }
   const steps = options.steps ?? Math.max(1, Math.floor(examples.length / accumulate));
   // Rows of every example, made once (compressing documents is the expensive part).
   const rows: TrainExample[] = [];
@@ -536,47 +607,17 @@ export async function finetuneLora(
   }
   const trainer = LoraTrainer.create(model, { ...options, totalSteps: options.totalSteps ?? steps });
   try {
-    const seed = trainer.options.seed;
-    let cursor = 0; // examples consumed, over all epochs
-    if (options.checkpoint) {
-      try {
-        const state = await trainer.loadCheckpoint(options.checkpoint);
-        cursor = Number(state.cursor ?? 0);
-      } catch (e) {
-        if (!(e instanceof KvfoldError && e.code === "IO")) throw e;
-        // No checkpoint yet: a fresh run.
-      }
-    }
-    const every = options.checkpointEvery ?? 10;
-    const t0 = performance.now();
-    let rowsDone = 0, stepsHere = 0;
-    const n = rows.length;
-    let order = epochOrder(n, seed, Math.floor(cursor / n));
     const H = model.info.hiddenSize;
-    while (trainer.stepCount < steps) {
-      let lossSum = 0;
-      for (let k = 0; k < accumulate; k++) {
-        if (cursor % n === 0) order = epochOrder(n, seed, cursor / n);
-        const ex = rows[order[cursor % n]];
-        lossSum += await trainer.accumulate(ex, { signal: options.signal });
-        rowsDone += ex.ids.length + (ex.prefix?.length ?? 0) / H;
-        cursor++;
-      }
-      const s = trainer.step();
-      stepsHere++;
-      if (options.checkpoint && (s.step % every === 0 || s.step === steps)) {
-        await trainer.saveCheckpoint(options.checkpoint, { cursor });
-      }
-      const elapsed = (performance.now() - t0) / 1000;
-      const tokensPerSecond = rowsDone / Math.max(elapsed, 1e-9);
-      options.onProgress?.({
-        ...s,
-        loss: lossSum / accumulate,
-        totalSteps: steps,
-        tokensPerSecond,
-        etaSeconds: (elapsed / stepsHere) * (steps - s.step),
-      });
-    }
+    await runTrainingLoop(
+      trainer,
+      rows.length,
+      { ...options, seed: trainer.options.seed, steps },
+      async (i) => {
+        const ex = rows[i];
+        const loss = await trainer.accumulate(ex, { signal: options.signal });
+        return { loss, rows: ex.ids.length + (ex.prefix?.length ?? 0) / H };
+      },
+    );
     return trainer;
   } catch (e) {
     trainer.dispose();
