@@ -15,13 +15,15 @@ import { KvfoldError } from "./errors.ts";
 import type { LococoHeads } from "./lococo.ts";
 import { lococoFusedSlots, type LococoLayerValues, writeLococoHeads } from "./lococo_heads.ts";
 import type { Model } from "./model.ts";
-import { readSafetensorsFile, type TensorInput, toFloat32, writeSafetensorsFile } from "./safetensors.ts";
+import type { TensorInput } from "./safetensors.ts";
 import {
   type OptimizerOptions,
+  readCheckpointFile,
   runTrainingLoop,
   type TrainingLoopOptions,
   type TrainingProgress,
   type TrainStep,
+  writeCheckpointFile,
 } from "./train.ts";
 
 /** Settings of a {@link LococoTrainer} (`learningRate` defaults to 1e-3 here). */
@@ -272,48 +274,29 @@ export class LococoTrainer extends HandleOwner {
   async saveCheckpoint(path: string, state: Record<string, string | number>): Promise<void> {
     const tensors: TensorInput[] = [];
     for (let l = 0; l < this.model.info.layers; l++) {
-      for (const which of Object.keys(LOCOCO_TENSORS) as LococoTensor[]) {
-        if (which.startsWith("grad")) continue;
+      for (const which of CHECKPOINT_TENSORS) {
         const data = this.read(l, which);
         tensors.push({ name: `${l}.${which}`, dtype: "F32", shape: [data.length], data });
       }
     }
-    const meta: Record<string, string> = {
-      "kvfold.train.step": String(this.#step),
-      "kvfold.train.shape": JSON.stringify(this.shape),
-    };
-    for (const [k, v] of Object.entries(state)) meta[`kvfold.loop.${k}`] = String(v);
-    await writeSafetensorsFile(`${path}.tmp`, tensors, meta);
-    await Deno.rename(`${path}.tmp`, path);
+    await writeCheckpointFile(path, tensors, this.#step, `heads ${JSON.stringify(this.shape)}`, state);
   }
 
   /** Restores {@link saveCheckpoint}; returns its `state`. */
   async loadCheckpoint(path: string): Promise<Record<string, string>> {
-    const f = await readSafetensorsFile(path);
-    if (f.metadata["kvfold.train.shape"] !== JSON.stringify(this.shape)) {
-      throw new KvfoldError(
-        "INVALID_ARGUMENT",
-        `Cannot resume from ${path}: it holds heads ${f.metadata["kvfold.train.shape"]}, this run trains ${
-          JSON.stringify(this.shape)
-        }`,
-      );
-    }
+    const ckpt = await readCheckpointFile(path, `heads ${JSON.stringify(this.shape)}`);
     for (let l = 0; l < this.model.info.layers; l++) {
-      for (const which of Object.keys(LOCOCO_TENSORS) as LococoTensor[]) {
-        if (which.startsWith("grad")) continue;
-        const t = f.tensors.get(`${l}.${which}`);
-        if (!t) {
-          throw new KvfoldError("FORMAT", `Cannot resume from ${path}: tensor ${l}.${which} is missing`);
-        }
-        this.write(l, which, toFloat32(t));
-      }
+      for (const which of CHECKPOINT_TENSORS) this.write(l, which, ckpt.tensor(`${l}.${which}`));
     }
-    this.setStep(Number(f.metadata["kvfold.train.step"] ?? 0));
-    const state: Record<string, string> = {};
-    for (const [k, v] of Object.entries(f.metadata)) if (k.startsWith("kvfold.loop.")) state[k.slice(12)] = v;
-    return state;
+    this.setStep(ckpt.step);
+    return ckpt.state;
   }
 }
+
+// What a heads checkpoint holds per layer: values and AdamW moments (gradients are empty at a step boundary).
+const CHECKPOINT_TENSORS = (Object.keys(LOCOCO_TENSORS) as LococoTensor[]).filter((w) =>
+  !w.startsWith("grad")
+);
 
 /** Progress of {@link calibrateLococo}. */
 export type CalibrateProgress = TrainingProgress;

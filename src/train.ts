@@ -382,7 +382,7 @@ export class LoraTrainer extends HandleOwner {
   async saveCheckpoint(path: string, state: Record<string, string | number>): Promise<void> {
     const tensors: TensorInput[] = [];
     for (const [l, p] of this.pairs()) {
-      for (const which of ["A", "B", "momentA", "varianceA", "momentB", "varianceB"] as const) {
+      for (const which of CHECKPOINT_TENSORS) {
         tensors.push({
           name: `${l}.${p}.${which}`,
           dtype: "F32",
@@ -391,45 +391,78 @@ export class LoraTrainer extends HandleOwner {
         });
       }
     }
-    const meta: Record<string, string> = {
-      "kvfold.train.step": String(this.stepCount),
-      "kvfold.train.rank": String(this.info.rank),
-      "kvfold.train.targets": this.info.targets.join(","),
-    };
-    for (const [k, v] of Object.entries(state)) meta[`kvfold.loop.${k}`] = String(v);
-    await writeSafetensorsFile(`${path}.tmp`, tensors, meta);
-    await Deno.rename(`${path}.tmp`, path);
+    await writeCheckpointFile(path, tensors, this.stepCount, this.#identity(), state);
   }
 
   /** Restores {@link saveCheckpoint}'s weights, moments and step; returns its `state`. */
   async loadCheckpoint(path: string): Promise<Record<string, string>> {
-    const f = await readSafetensorsFile(path);
-    const meta = f.metadata;
-    if (
-      meta["kvfold.train.rank"] !== String(this.info.rank) ||
-      meta["kvfold.train.targets"] !== this.info.targets.join(",")
-    ) {
-      throw new KvfoldError(
-        "INVALID_ARGUMENT",
-        `Cannot resume from ${path}: it holds rank ${meta["kvfold.train.rank"]} on ${
-          meta["kvfold.train.targets"]
-        }, this run trains rank ${this.info.rank} on ${this.info.targets.join(",")}`,
-      );
-    }
+    const ckpt = await readCheckpointFile(path, this.#identity());
     for (const [l, p] of this.pairs()) {
-      for (const which of ["A", "B", "momentA", "varianceA", "momentB", "varianceB"] as const) {
-        const t = f.tensors.get(`${l}.${p}.${which}`);
-        if (!t) {
-          throw new KvfoldError("FORMAT", `Cannot resume from ${path}: tensor ${l}.${p}.${which} is missing`);
-        }
-        this.write(l, p, which, toFloat32(t));
-      }
+      for (const which of CHECKPOINT_TENSORS) this.write(l, p, which, ckpt.tensor(`${l}.${p}.${which}`));
     }
-    this.setStep(Number(meta["kvfold.train.step"] ?? 0));
-    const state: Record<string, string> = {};
-    for (const [k, v] of Object.entries(meta)) if (k.startsWith("kvfold.loop.")) state[k.slice(12)] = v;
-    return state;
+    this.setStep(ckpt.step);
+    return ckpt.state;
   }
+
+  /** What a checkpoint must match to resume this trainer. */
+  #identity(): string {
+    return `rank ${this.info.rank} on ${this.info.targets.join(",")}`;
+  }
+}
+
+// What a LoRA checkpoint holds per pair: weights and AdamW moments (gradients are empty at a step boundary).
+const CHECKPOINT_TENSORS = ["A", "B", "momentA", "varianceA", "momentB", "varianceB"] as const;
+
+/**
+ * Writes a trainer checkpoint: f32 tensors, the step, an identity a resuming trainer must match, and
+ * the loop's `state`, atomically (a temp file renamed over the old one), so a killed run never leaves
+ * a torn checkpoint.
+ * @internal
+ */
+export async function writeCheckpointFile(
+  path: string,
+  tensors: TensorInput[],
+  step: number,
+  identity: string,
+  state: Record<string, string | number>,
+): Promise<void> {
+  const meta: Record<string, string> = {
+    "kvfold.train.step": String(step),
+    "kvfold.train.identity": identity,
+  };
+  for (const [k, v] of Object.entries(state)) meta[`kvfold.loop.${k}`] = String(v);
+  await writeSafetensorsFile(`${path}.tmp`, tensors, meta);
+  await Deno.rename(`${path}.tmp`, path);
+}
+
+/**
+ * Reads {@link writeCheckpointFile}'s file, refusing one written for another `identity`; `tensor`
+ * throws a FORMAT error naming a missing tensor.
+ * @internal
+ */
+export async function readCheckpointFile(
+  path: string,
+  identity: string,
+): Promise<{ tensor(name: string): Float32Array; step: number; state: Record<string, string> }> {
+  const f = await readSafetensorsFile(path);
+  const saved = f.metadata["kvfold.train.identity"];
+  if (saved !== identity) {
+    throw new KvfoldError(
+      "INVALID_ARGUMENT",
+      `Cannot resume from ${path}: it holds ${saved ?? "no trainer identity"}, this run trains ${identity}`,
+    );
+  }
+  const state: Record<string, string> = {};
+  for (const [k, v] of Object.entries(f.metadata)) if (k.startsWith("kvfold.loop.")) state[k.slice(12)] = v;
+  return {
+    tensor(name: string): Float32Array {
+      const t = f.tensors.get(name);
+      if (!t) throw new KvfoldError("FORMAT", `Cannot resume from ${path}: tensor ${name} is missing`);
+      return toFloat32(t);
+    },
+    step: Number(f.metadata["kvfold.train.step"] ?? 0),
+    state,
+  };
 }
 
 /** A question-answer pair over a document (text to compress) or ready summary vectors. */
