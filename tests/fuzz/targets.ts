@@ -9,7 +9,7 @@
  */
 
 import { join } from "node:path";
-import { DocumentStore, type Kvfold, type Model } from "../../mod.ts";
+import { DocumentStore, type Kvfold, KvfoldError, type Model } from "../../mod.ts";
 import { readSafetensorsFile } from "../../src/safetensors.ts";
 import { makeTestAdapter, makeTestModel } from "../../src/test_model.ts";
 import { makeTestLococoHeads } from "../../src/lococo_heads.ts";
@@ -241,6 +241,12 @@ export const TARGETS: readonly FuzzTarget[] = [
     run: (ctx) => checkConverted(ctx, false),
   },
   {
+    name: "cli-args",
+    from: "cli",
+    mutate: mutateCommandLine,
+    run: runCommandLine,
+  },
+  {
     name: "api-integers",
     from: "calls",
     misuseErrors: true,
@@ -281,6 +287,82 @@ export const TARGETS: readonly FuzzTarget[] = [
   },
 ];
 
+// Command lines the CLI target starts from; $NAME stands for a corpus path filled in at run time.
+const COMMAND_LINES: readonly string[][] = [
+  ["generate", "--model", "$MODEL", "--prompt", "hi", "--max-tokens", "3", "--threads", "1"],
+  ["generate", "--model", "$MODEL", "--prompt", "hi", "--max-tokens", "2", "--cache", "h2o", "--slots", "8"],
+  ["generate", "--model", "$MODEL", "--prompt", "hi", "--max-tokens", "2", "--adapter", "$ADAPTER"],
+  [
+    "generate",
+    "--model",
+    "$MODEL",
+    "--prompt",
+    "hi",
+    "--max-tokens",
+    "2",
+    "--cache",
+    "lococo",
+    "--heads",
+    "$HEADS",
+  ],
+  ["logits", "--model", "$MODEL", "--ids", "1,2,3", "--threads", "1"],
+  ["info", "--model", "$MODEL"],
+  ["store", "stats", "$STORE"],
+  ["convert", "$TORCH", "$OUT"],
+];
+const EDGE_ARGS = [
+  "",
+  "-1",
+  "0",
+  "2147483648",
+  "9007199254740993",
+  "1e3",
+  "0x10",
+  "abc",
+  "1,,2",
+  "/dev/zero",
+  "/nonexistent",
+  "$DIR",
+  "$MODEL",
+  "--xyz",
+  "--backend",
+  "xyz",
+  "--dtype",
+  "int4",
+];
+
+function mutateCommandLine(rng: Rng, dir: string) {
+  const args = [...rng.pick(COMMAND_LINES)];
+  for (let m = 0, n = 1 + rng.int(2); m < n; m++) {
+    const i = rng.int(args.length);
+    const op = rng.int(4);
+    if (op === 0) args.splice(i, 1);
+    else if (op === 1) args.splice(i, 0, rng.pick(EDGE_ARGS));
+    else args[i] = rng.pick(EDGE_ARGS);
+  }
+  Deno.writeTextFileSync(join(dir, "args.json"), JSON.stringify(args));
+}
+
+async function runCommandLine(ctx: CaseContext) {
+  const paths: Record<string, string> = {
+    $MODEL: join(ctx.corpus, "model"),
+    $ADAPTER: join(ctx.corpus, "adapter"),
+    $HEADS: join(ctx.corpus, "heads", "heads.safetensors"),
+    $STORE: join(ctx.corpus, "store", "store.sqlite"),
+    $TORCH: join(ctx.corpus, "torch", "pytorch_model.bin"),
+    $OUT: join(ctx.dir, "out.safetensors"),
+    $DIR: ctx.dir,
+  };
+  const args = (JSON.parse(Deno.readTextFileSync(join(ctx.dir, "args.json"))) as string[])
+    .map((a) => paths[a] ?? a);
+  const { main } = await import("../../src/cli.ts");
+  const code = await main(args);
+  // 1: a KvfoldError printed as one line; 2: a usage error. Anything thrown is a stack trace.
+  if (code !== 0) {
+    throw new KvfoldError("INVALID_ARGUMENT", `Cannot run kvfold ${args.join(" ")}: exit ${code}`);
+  }
+}
+
 async function checkAdapter(ctx: CaseContext) {
   const model = await baseModel(ctx);
   const adapter = await model.adapters.load(ctx.dir, { name: `case-${ctx.index}` });
@@ -310,6 +392,8 @@ export async function makeCorpus(dir: string, torchFixture: string): Promise<voi
   for (const f of ["pytorch_model.bin", "expected.safetensors"]) {
     Deno.copyFileSync(join(torchFixture, f), join(dir, "torch", f));
   }
+  Deno.mkdirSync(join(dir, "cli"));
+  Deno.writeTextFileSync(join(dir, "cli", "args.json"), JSON.stringify(COMMAND_LINES[0]));
   Deno.mkdirSync(join(dir, "calls"));
   Deno.writeTextFileSync(join(dir, "calls", "call.json"), JSON.stringify({ op: 0, v: 5 }));
   Deno.mkdirSync(join(dir, "store"));

@@ -24,7 +24,8 @@ const seed = Number(seedText), from = Number(fromText), to = Number(toText);
 const kv = await Kvfold.open({ backend: "cpu", threads: 1 });
 const memo = new Map<string, unknown>();
 const scratch = await Deno.makeTempDir({ prefix: `kvfold-fuzz-${target.name}-` });
-const out = (o: unknown) => Deno.stdout.writeSync(new TextEncoder().encode(JSON.stringify(o) + "\n"));
+// A leading newline ends whatever a case printed without one (the CLI target prints text).
+const out = (o: unknown) => Deno.stdout.writeSync(new TextEncoder().encode("\n" + JSON.stringify(o) + "\n"));
 
 function copyDir(src: string, dst: string) {
   Deno.mkdirSync(dst, { recursive: true });
