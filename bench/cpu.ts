@@ -28,7 +28,9 @@ if (!v.model) {
     Deno.statSync(`${dir}/model.safetensors`);
   } catch {
     console.error(`writing the small preset to ${dir} ...`);
+    const t0 = performance.now();
     await makeTestModel(dir, { preset: "small", seed: 1, dtype: "float32" });
+    console.error(`wrote it in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
   }
 }
 

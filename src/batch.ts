@@ -8,6 +8,7 @@
 
 import { alloc, check, sym, withControl } from "./_binding.ts";
 import type { NativeHandle } from "./_handle.ts";
+import { int32Arg, tokenIdArg } from "./_int_args.ts";
 import { KvfoldError } from "./errors.ts";
 import type { Model } from "./model.ts";
 import type { Session } from "./session.ts";
@@ -67,14 +68,8 @@ async function runBatch(entries: readonly BatchEntry[], signal?: AbortSignal): P
       throw new KvfoldError("INVALID_ARGUMENT", `Cannot decode a batch: entry ${i} repeats a session`);
     }
     seen.add(session);
-    if (!Number.isInteger(token)) {
-      throw new KvfoldError(
-        "INVALID_ARGUMENT",
-        `Cannot decode a batch: token ${token} of entry ${i} is not an integer`,
-      );
-    }
+    iv.setInt32(i * 4, tokenIdArg("decode a batch", token, model.info.vocabSize, { index: i }), true);
     pv.setBigUint64(i * 8, BigInt(Deno.UnsafePointer.value(session._handle.ptr)), true);
-    iv.setInt32(i * 4, token, true);
   });
   // Every session stays alive (its free deferred) until the native call returns.
   const handles: NativeHandle[] = entries.map((e) => e.session._handle);
@@ -127,10 +122,10 @@ export class DecodeBatcher {
   #running = false;
 
   constructor(model: Model, options: { maxBatch?: number } = {}) {
-    const maxBatch = options.maxBatch ?? 32;
-    if (!Number.isInteger(maxBatch) || maxBatch < 1 || maxBatch > 4096) {
-      throw new RangeError(`Cannot create a decode batcher: maxBatch ${maxBatch} is outside [1, 4096]`);
-    }
+    const maxBatch = int32Arg("create a decode batcher", "maxBatch", options.maxBatch ?? 32, {
+      min: 1,
+      max: 4096,
+    });
     this.model = model;
     this.maxBatch = maxBatch;
   }

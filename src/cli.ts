@@ -79,22 +79,64 @@ const enc = new TextEncoder();
 const write = (s: string) => Deno.stdout.writeSync(enc.encode(s));
 const note = (s: string) => Deno.stderr.writeSync(enc.encode(s + "\n"));
 
-function intOpt(v: string | undefined, name: string, min = 0): number | undefined {
-  if (v === undefined) return undefined;
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < min) {
-    throw new KvfoldError("INVALID_ARGUMENT", `Cannot parse --${name}: "${v}" is not an integer >= ${min}`);
+// Integer flags are decimal digits with an optional sign, nothing else ("1e3", "0x10", "2.0", ""
+// are refused), within [min, max] as written: every one of them ends in an int32 field, so the
+// default max is 2**31 - 1, and past 2**53 a number would no longer be the one written.
+const INT32_MAX = 0x7fffffff;
+
+// `what` leads the message: "--max-tokens:" or "--ids: item 3".
+function parseInteger(text: string, what: string, min: number, max: number): number {
+  if (!/^[+-]?\d+$/.test(text)) {
+    throw new KvfoldError("INVALID_ARGUMENT", `Cannot parse ${what} "${text}" is not an integer`);
+  }
+  const n = Number(text);
+  if (!Number.isSafeInteger(n) || n < min || n > max) {
+    throw new KvfoldError("INVALID_ARGUMENT", `Cannot parse ${what} "${text}" is outside [${min}, ${max}]`);
   }
   return n;
 }
 
+function intOpt(v: string | undefined, name: string, min = 0, max = INT32_MAX): number | undefined {
+  return v === undefined ? undefined : parseInteger(v, `--${name}:`, min, max);
+}
+
+/** --seed: any non-negative integer a JS number holds exactly. */
+function seedOpt(v: string | undefined): number | undefined {
+  return intOpt(v, "seed", 0, Number.MAX_SAFE_INTEGER);
+}
+
 function numOpt(v: string | undefined, name: string): number | undefined {
   if (v === undefined) return undefined;
-  const n = Number(v);
-  if (!Number.isFinite(n)) {
+  // Decimal notation only: Number() would also take "", " ", "0x10" and "0b1".
+  if (!/^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/.test(v) || !Number.isFinite(Number(v))) {
     throw new KvfoldError("INVALID_ARGUMENT", `Cannot parse --${name}: "${v}" is not a number`);
   }
-  return n;
+  return Number(v);
+}
+
+/** A flag that takes one of a few words. */
+function choiceOpt<T extends string>(
+  v: string | undefined,
+  name: string,
+  choices: readonly T[],
+): T | undefined {
+  if (v === undefined || (choices as readonly string[]).includes(v)) return v as T | undefined;
+  throw new KvfoldError(
+    "INVALID_ARGUMENT",
+    `Cannot parse --${name}: "${v}" is not one of ${choices.join(", ")}`,
+  );
+}
+
+/** --dtype of commands that load a model. */
+function dtypeOpt(v: { dtype?: string }): WeightDType {
+  return choiceOpt(v.dtype, "dtype", ["auto", "f32", "f16", "bf16"] as const) ?? "auto";
+}
+
+/** "12.3 tok/s" for the tokens decoded after the first (sampled from the prefill), or "n/a". */
+function decodeRate(generated: number, decodeMs: number): string {
+  return generated > 1 && decodeMs > 0
+    ? `${((generated - 1) / (decodeMs / 1000)).toFixed(1)} tok/s`
+    : "n/a tok/s";
 }
 
 function need(v: string | undefined, name: string): string {
@@ -104,14 +146,11 @@ function need(v: string | undefined, name: string): string {
   return v;
 }
 
+// Token ids: non-negative integers here; the model checks them against its vocabulary.
 function parseIds(list: string): number[] {
-  return list.split(",").map((s, i) => {
-    const n = Number(s.trim());
-    if (s.trim() === "" || !Number.isInteger(n)) {
-      throw new KvfoldError("INVALID_ARGUMENT", `Cannot parse --ids: item ${i} "${s}" is not an integer`);
-    }
-    return n;
-  });
+  return list.split(",").map((s, i) =>
+    parseInteger(s.trim(), `--ids: item ${i}`, 0, Number.MAX_SAFE_INTEGER)
+  );
 }
 
 /** An AbortSignal that Ctrl-C fires while it is in scope. */
@@ -188,7 +227,7 @@ function cacheNote(session: Session): void {
 
 async function openEngine(v: { threads?: string; backend?: string }): Promise<Kvfold> {
   return await Kvfold.open({
-    backend: (v.backend ?? "auto") as "auto" | "cpu" | "cuda",
+    backend: choiceOpt(v.backend, "backend", ["auto", "cpu", "cuda"] as const),
     threads: intOpt(v.threads, "threads") ?? 0,
   });
 }
@@ -293,7 +332,7 @@ async function cmdGenerate(args: string[]) {
   const dir = need(v.model, "model");
   const prompt = need(v.prompt, "prompt");
   using kv = await openEngine(v);
-  using model = await kv.loadModel(dir, { dtype: (v.dtype ?? "auto") as WeightDType });
+  using model = await kv.loadModel(dir, { dtype: dtypeOpt(v) });
   using interrupt = interruptSignal(); // Ctrl-C aborts within one token
   const messages = v.system !== undefined
     ? [{ role: "system", content: v.system }, { role: "user", content: prompt }]
@@ -316,7 +355,7 @@ async function cmdGenerate(args: string[]) {
       topK: intOpt(v["top-k"], "top-k"),
       minP: numOpt(v["min-p"], "min-p"),
       repetitionPenalty: numOpt(v["repetition-penalty"], "repetition-penalty"),
-      seed: intOpt(v.seed, "seed"),
+      seed: seedOpt(v.seed),
       stop: v.stop,
       signal: interrupt.signal,
     })
@@ -325,9 +364,7 @@ async function cmdGenerate(args: string[]) {
   write("\n");
   note(
     `[${s.promptTokens} prompt tokens in ${s.prefillMs.toFixed(0)} ms; ${s.generatedTokens} generated at ` +
-      `${
-        ((s.generatedTokens - 1) / Math.max(s.decodeMs / 1000, 1e-9)).toFixed(1)
-      } tok/s; stop: ${s.stopReason}]`,
+      `${decodeRate(s.generatedTokens, s.decodeMs)}; stop: ${s.stopReason}]`,
   );
   cacheNote(session);
 }
@@ -348,7 +385,8 @@ async function cmdLogits(args: string[]) {
   const dir = need(v.model, "model");
   const out = need(v.out, "out");
   // --prefix FILE.safetensors: tensor "embeddings" [K, hidden] runs first, at positions 0..K-1.
-  let prefix: { data: Float32Array | Uint16Array; dtype: "f32" | "f16" | "bf16"; rows: number } | null = null;
+  let prefix: { data: Float32Array | Uint16Array; dtype: "f32" | "f16" | "bf16"; shape: number[] } | null =
+    null;
   if (v.prefix !== undefined) {
     const t = (await readSafetensorsFile(v.prefix)).tensors.get("embeddings");
     if (!t || t.shape.length !== 2) {
@@ -367,13 +405,20 @@ async function cmdLogits(args: string[]) {
     prefix = {
       data: t.dtype === "F32" ? new Float32Array(bytes.buffer) : new Uint16Array(bytes.buffer),
       dtype: t.dtype === "F32" ? "f32" : t.dtype === "F16" ? "f16" : "bf16",
-      rows: t.shape[0],
+      shape: t.shape,
     };
   }
   const ids = parseIds(need(v.ids, "ids"));
   using kv = await openEngine(v);
-  using model = await kv.loadModel(dir, { dtype: (v.dtype ?? "auto") as WeightDType });
-  const k = prefix?.rows ?? 0;
+  using model = await kv.loadModel(dir, { dtype: dtypeOpt(v) });
+  if (prefix && prefix.shape[1] !== model.info.hiddenSize) {
+    throw new KvfoldError(
+      "FORMAT",
+      `Cannot read --prefix ${v.prefix}: "embeddings" is [${prefix.shape.join(", ")}], but the model's ` +
+        `hidden size is ${model.info.hiddenSize} (want [K, ${model.info.hiddenSize}])`,
+    );
+  }
+  const k = prefix?.shape[0] ?? 0;
   // A compressing cache prefills segment by segment; the logits of every position are kept on the way.
   const cache = cacheFromArgs(model, v);
   using session = model.session({
@@ -382,7 +427,7 @@ async function cmdLogits(args: string[]) {
     cache,
   });
   if (v.adapter !== undefined) await session.setAdapter(await model.adapters.load(v.adapter));
-  if (prefix) await session.prefillEmbeddings(prefix.data, { dtype: prefix.dtype });
+  if (prefix) await session.prefillEmbeddings(prefix.data, { dtype: prefix.dtype, shape: prefix.shape });
   const logits = (await session.prefill(ids, { logits: "all" }))!;
   await writeSafetensorsFile(out, [{
     name: "logits",
@@ -414,7 +459,7 @@ async function trainLococo(v: Record<string, string | boolean | undefined>) {
   const dir = need(str("model"), "model"), out = need(str("out"), "out");
   const text = await Deno.readTextFile(need(str("data"), "data"));
   using kv = await openEngine(v as { threads?: string; backend?: string });
-  using model = await kv.loadModel(dir, { dtype: (str("dtype") ?? "auto") as WeightDType });
+  using model = await kv.loadModel(dir, { dtype: dtypeOpt({ dtype: str("dtype") }) });
   using interrupt = interruptSignal();
   const init = str("init") !== undefined ? model.loadLococoHeads(str("init")!) : undefined;
   const t0 = performance.now();
@@ -430,7 +475,7 @@ async function trainLococo(v: Record<string, string | boolean | undefined>) {
     learningRate: numOpt(str("lr"), "lr"),
     weightDecay: numOpt(str("weight-decay"), "weight-decay"),
     warmupSteps: intOpt(str("warmup"), "warmup"),
-    seed: intOpt(str("seed"), "seed"),
+    seed: seedOpt(str("seed")),
     checkpoint: str("checkpoint"),
     checkpointEvery: intOpt(str("checkpoint-every"), "checkpoint-every", 1),
     signal: interrupt.signal,
@@ -509,9 +554,7 @@ async function cmdTrain(args: string[]) {
   // Documents are compressed by the checkpoint itself (LLoCO: the decoder is the AutoCompressor).
   const needsCompressor = examples.some((e) => e.document !== undefined);
   const compressor = needsCompressor ? await Compressor.load(kv, dir) : undefined;
-  using model = compressor
-    ? compressor.model
-    : await kv.loadModel(dir, { dtype: (v.dtype ?? "auto") as WeightDType });
+  using model = compressor ? compressor.model : await kv.loadModel(dir, { dtype: dtypeOpt(v) });
   using interrupt = interruptSignal();
   const t0 = performance.now();
   using trainer = await finetuneLora(model, examples, {
@@ -525,7 +568,7 @@ async function cmdTrain(args: string[]) {
     learningRate: numOpt(v.lr, "lr"),
     weightDecay: numOpt(v["weight-decay"], "weight-decay"),
     warmupSteps: intOpt(v.warmup, "warmup"),
-    seed: intOpt(v.seed, "seed"),
+    seed: seedOpt(v.seed),
     checkpoint: v.checkpoint,
     checkpointEvery: intOpt(v["checkpoint-every"], "checkpoint-every", 1),
     signal: interrupt.signal,
@@ -569,7 +612,7 @@ async function cmdMakeTestModel(args: string[]) {
     const base = need(v.base, "base");
     const info = await makeTestLococoHeads(outDir, {
       base,
-      seed: intOpt(v.seed, "seed") ?? 0,
+      seed: seedOpt(v.seed) ?? 0,
       slots: intOpt(v.slots, "slots", 1),
       segment: intOpt(v.segment, "segment", 1),
     });
@@ -583,7 +626,7 @@ async function cmdMakeTestModel(args: string[]) {
     const base = need(v.base, "base");
     const names = await makeTestAdapter(outDir, {
       base,
-      seed: intOpt(v.seed, "seed") ?? 0,
+      seed: seedOpt(v.seed) ?? 0,
       rank: intOpt(v.rank, "rank", 1),
       targetModules: v.targets?.split(",").map((t) => t.trim()).filter(Boolean),
     });
@@ -606,7 +649,7 @@ async function cmdMakeTestModel(args: string[]) {
     );
   }
   const info = await makeTestModel(outDir, {
-    seed: intOpt(v.seed, "seed") ?? 0,
+    seed: seedOpt(v.seed) ?? 0,
     preset,
     dtype,
     summaryLength: requested === "compressor" ? 50 : undefined,
@@ -631,7 +674,7 @@ async function cmdBench(args: string[]) {
   }
   const dir = need(v.model, "model");
   using kv = await openEngine(v);
-  using model = await kv.loadModel(dir, { dtype: (v.dtype ?? "auto") as WeightDType });
+  using model = await kv.loadModel(dir, { dtype: dtypeOpt(v) });
   const bw = await kv.measureReadBandwidth();
   const tokens = intOpt(v.tokens, "tokens", 1);
   const repeats = intOpt(v.repeats, "repeats", 1);
@@ -700,7 +743,7 @@ async function cmdCompress(args: string[]) {
     );
   }
   using kv = await openEngine(v);
-  using compressor = await Compressor.load(kv, dir, { dtype: (v.dtype ?? "auto") as WeightDType });
+  using compressor = await Compressor.load(kv, dir, { dtype: dtypeOpt(v) });
   const segmentLength = intOpt(v["segment-length"], "segment-length", 1);
   if (v.store === undefined) {
     // Inspection mode: exact summary vectors of given ids.
@@ -800,7 +843,7 @@ async function cmdAsk(args: string[]) {
   }
   if (chunks.length === 0) note("[nothing retrieved: answering without context]");
   using kv = await openEngine(v);
-  using model = await kv.loadModel(need(v.model, "model"), { dtype: (v.dtype ?? "auto") as WeightDType });
+  using model = await kv.loadModel(need(v.model, "model"), { dtype: dtypeOpt(v) });
   const forced = await loadAdapters(model, v.adapter);
   using interrupt = interruptSignal(); // Ctrl-C aborts within one token
   let stats:
@@ -818,7 +861,7 @@ async function cmdAsk(args: string[]) {
       cache: cacheFromArgs(model, v),
       maxTokens: intOpt(v["max-tokens"], "max-tokens") ?? 128,
       temperature: numOpt(v.temperature, "temperature"),
-      seed: intOpt(v.seed, "seed"),
+      seed: seedOpt(v.seed),
       signal: interrupt.signal,
       onStats: (s) => (stats = s),
     })
@@ -829,9 +872,7 @@ async function cmdAsk(args: string[]) {
     note(
       `[${stats.prefixPositions} prefix positions for ${tokensIn} context tokens; ${stats.promptTokens} prompt tokens; ` +
         `adapter ${stats.adapter ?? "none"}; ` +
-        `${stats.generatedTokens} generated at ${
-          ((stats.generatedTokens - 1) / Math.max(stats.decodeMs / 1000, 1e-9)).toFixed(1)
-        } tok/s]`,
+        `${stats.generatedTokens} generated at ${decodeRate(stats.generatedTokens, stats.decodeMs)}]`,
     );
   }
 }
@@ -898,7 +939,12 @@ export async function main(args: string[]): Promise<number> {
       note(`kvfold ${cmd}: ${e.message}`);
       return 2;
     }
-    throw e;
+    // Anything else is a kvfold bug: one line, and the stack only on request.
+    const err = e instanceof Error ? e : new Error(String(e));
+    note(`kvfold ${cmd}: ${err.name}: ${err.message} [INTERNAL]`);
+    if (Deno.env.get("KVFOLD_DEBUG")) note(err.stack ?? "");
+    else note("kvfold: this is a bug in kvfold; run again with KVFOLD_DEBUG=1 for the stack trace");
+    return 70; // EX_SOFTWARE
   }
 }
 

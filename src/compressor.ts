@@ -6,6 +6,7 @@
  * @module
  */
 
+import { int32Arg } from "./_int_args.ts";
 import type { Kvfold } from "./engine.ts";
 import { KvfoldError } from "./errors.ts";
 import type { LoadModelOptions, Model } from "./model.ts";
@@ -109,10 +110,7 @@ export class Compressor {
   ): Promise<SummaryVectors> {
     const ids = typeof document === "string" ? this.model.tokenizer.encode(document) : [...document];
     if (ids.length === 0) throw new KvfoldError("INVALID_ARGUMENT", "Cannot compress: the document is empty");
-    const segLen = options.segmentLength ?? 1536;
-    if (!Number.isInteger(segLen) || segLen < 1) {
-      throw new RangeError(`Cannot compress: segmentLength ${segLen} is not a positive integer`);
-    }
+    const segLen = int32Arg("compress", "segmentLength", options.segmentLength ?? 1536, { min: 1 });
     const S = this.summaryLength, H = this.model.info.hiddenSize;
     const segments = Math.ceil(ids.length / segLen);
     const out = new Float32Array(segments * S * H);

@@ -15,6 +15,7 @@ import {
   sym,
 } from "./_binding.ts";
 import { HandleOwner, NativeHandle } from "./_handle.ts";
+import { int32Arg, int64Arg } from "./_int_args.ts";
 import { KvfoldError } from "./errors.ts";
 import { type LoadModelOptions, Model } from "./model.ts";
 
@@ -82,20 +83,12 @@ export class Kvfold extends HandleOwner {
   static async open(options: OpenOptions = {}): Promise<Kvfold> {
     const s = await native();
     const backend = options.backend ?? "auto";
-    if (!(backend in BACKEND_IDS)) {
+    if (!Object.hasOwn(BACKEND_IDS, backend)) {
       throw new TypeError(`Cannot open kvfold: backend "${backend}" is not one of auto, cpu, cuda`);
     }
-    const threads = options.threads ?? 0;
-    if (!Number.isInteger(threads) || threads < 0) {
-      throw new RangeError(`Cannot open kvfold: threads must be a non-negative integer, got ${threads}`);
-    }
-    const device = options.device ?? 0, memoryMiB = options.memoryMiB ?? 0;
-    if (!Number.isInteger(device) || device < 0) {
-      throw new RangeError(`Cannot open kvfold: device must be a non-negative integer, got ${device}`);
-    }
-    if (!Number.isInteger(memoryMiB) || memoryMiB < 0 || memoryMiB > 0x7fffffff) {
-      throw new RangeError(`Cannot open kvfold: memoryMiB must be a non-negative integer, got ${memoryMiB}`);
-    }
+    const threads = int32Arg("open kvfold", "threads", options.threads ?? 0, { min: 0 });
+    const device = int32Arg("open kvfold", "device", options.device ?? 0, { min: 0 });
+    const memoryMiB = int32Arg("open kvfold", "memoryMiB", options.memoryMiB ?? 0, { min: 0 });
     const params = new Uint8Array(s.kf_engine_default_params());
     const pv = new DataView(params.buffer);
     pv.setInt32(0, BACKEND_IDS[backend], true);
@@ -164,16 +157,11 @@ export class Kvfold extends HandleOwner {
    * `bytes` (default 512 MiB, 5): the ceiling that decode speed is compared to.
    */
   async measureReadBandwidth(options: { bytes?: number; repeats?: number } = {}): Promise<number> {
-    const bytes = options.bytes ?? 512 << 20, repeats = options.repeats ?? 5;
-    if (!Number.isInteger(bytes) || bytes < 1 << 20) {
-      throw new RangeError(`Cannot measure bandwidth: bytes ${bytes} < 1 MiB`);
-    }
-    if (!Number.isInteger(repeats) || repeats < 1) {
-      throw new RangeError(`Cannot measure bandwidth: repeats ${repeats} < 1`);
-    }
+    const bytes = int64Arg("measure bandwidth", "bytes", options.bytes ?? 512 << 20, { min: 1n << 20n });
+    const repeats = int32Arg("measure bandwidth", "repeats", options.repeats ?? 5, { min: 1 });
     const out = alloc(8);
     await this._handle.runControlled((ptr) =>
-      sym().kf_engine_measure_read_bandwidth(ptr, BigInt(bytes), repeats, out)
+      sym().kf_engine_measure_read_bandwidth(ptr, bytes, repeats, out)
     );
     return new DataView(out.buffer).getFloat64(0, true);
   }
@@ -186,18 +174,10 @@ export class Kvfold extends HandleOwner {
   async measureMatmulRate(
     options: { m?: number; n?: number; k?: number; repeats?: number } = {},
   ): Promise<number> {
-    const m = options.m ?? 4096,
-      n = options.n ?? 4096,
-      k = options.k ?? 4096,
-      repeats = options.repeats ?? 10;
-    for (const [name, v] of [["m", m], ["n", n], ["k", k]] as const) {
-      if (!Number.isInteger(v) || v < 1 || v > 65536) {
-        throw new RangeError(`Cannot measure matmul rate: ${name} ${v} is outside [1, 65536]`);
-      }
-    }
-    if (!Number.isInteger(repeats) || repeats < 1 || repeats > 1000) {
-      throw new RangeError(`Cannot measure matmul rate: repeats ${repeats} is outside [1, 1000]`);
-    }
+    const dim = (name: "m" | "n" | "k") =>
+      int32Arg("measure matmul rate", name, options[name] ?? 4096, { min: 1, max: 65536 });
+    const m = dim("m"), n = dim("n"), k = dim("k");
+    const repeats = int32Arg("measure matmul rate", "repeats", options.repeats ?? 10, { min: 1, max: 1000 });
     const out = alloc(8);
     await this._handle.runControlled((ptr) =>
       sym().kf_engine_measure_matmul_rate(ptr, m, n, k, repeats, out)

@@ -8,6 +8,7 @@
 
 import { alloc, check, cString, outPointer, sym } from "./_binding.ts";
 import { HandleOwner, NativeHandle } from "./_handle.ts";
+import { int32Arg } from "./_int_args.ts";
 import { KvfoldError } from "./errors.ts";
 import type { Model } from "./model.ts";
 
@@ -133,11 +134,7 @@ export class LococoHeads extends HandleOwner {
 }
 
 function nonNegative(what: string, v: number | undefined): number {
-  if (v === undefined) return 0;
-  if (!Number.isInteger(v) || v < 0) {
-    throw new RangeError(`Cannot create session: cache ${what} ${v} is not a non-negative integer`);
-  }
-  return v;
+  return v === undefined ? 0 : int32Arg("create session", `cache ${what}`, v, { min: 0 });
 }
 
 /**
@@ -151,7 +148,7 @@ export function encodeCacheOptions(
   model: Model,
 ): LococoHeads | null {
   if (cache === undefined) return null;
-  const kind = CACHE_KINDS[cache.kind as CacheKind];
+  const kind = Object.hasOwn(CACHE_KINDS, cache.kind) ? CACHE_KINDS[cache.kind as CacheKind] : undefined;
   if (kind === undefined) {
     throw new RangeError(
       `Cannot create session: cache kind "${cache.kind}" is not one of ${

@@ -10,6 +10,7 @@
 
 import { alloc, check, outPointer, sym } from "./_binding.ts";
 import { HandleOwner, NativeHandle } from "./_handle.ts";
+import { int32Arg, int64Arg, showValue, tokenIdsArg } from "./_int_args.ts";
 import type { Adapter } from "./adapter.ts";
 import { KvfoldError } from "./errors.ts";
 import type { LococoHeads } from "./lococo.ts";
@@ -66,6 +67,15 @@ export const LOCOCO_TENSORS = Object.freeze(
 /** A key of {@link LOCOCO_TENSORS}. */
 export type LococoTensor = keyof typeof LOCOCO_TENSORS;
 
+function lococoTensorArg(action: string, which: LococoTensor): number {
+  if (!Object.hasOwn(LOCOCO_TENSORS, which)) {
+    throw new TypeError(
+      `Cannot ${action}: ${showValue(which)} is not one of ${Object.keys(LOCOCO_TENSORS).join(", ")}`,
+    );
+  }
+  return LOCOCO_TENSORS[which];
+}
+
 /**
  * Trainable LoCoCo heads for one model; the model stays frozen.
  *
@@ -109,17 +119,14 @@ export class LococoTrainer extends HandleOwner {
         keepRate: options.keepRate ?? 0.5,
       };
     shape.fusedSlots = init ? shape.fusedSlots : lococoFusedSlots(shape.slots, shape.keepRate);
-    const seed = options.seed ?? 0;
-    if (!Number.isSafeInteger(seed) || seed < 0) {
-      throw new RangeError(`Cannot create LoCoCo trainer: seed ${seed}`);
-    }
+    const action = "create LoCoCo trainer";
     const p = alloc(64);
     const v = new DataView(p.buffer);
-    v.setInt32(0, shape.slots, true);
-    v.setInt32(4, shape.segment, true);
-    v.setInt32(8, shape.kernel, true);
+    v.setInt32(0, int32Arg(action, "slots", shape.slots), true);
+    v.setInt32(4, int32Arg(action, "segment", shape.segment), true);
+    v.setInt32(8, int32Arg(action, "kernel", shape.kernel), true);
     v.setFloat32(12, shape.keepRate, true);
-    v.setBigUint64(16, BigInt(seed), true);
+    v.setBigUint64(16, int64Arg(action, "seed", options.seed ?? 0, { min: 0n }), true);
     v.setFloat32(24, options.initLambda ?? 0.5, true);
     v.setFloat32(28, options.learningRate ?? 1e-3, true);
     v.setFloat32(32, options.weightDecay ?? 0, true);
@@ -128,8 +135,8 @@ export class LococoTrainer extends HandleOwner {
     v.setFloat32(44, options.epsilon ?? 1e-8, true);
     v.setFloat32(48, options.maxGradNorm ?? 1, true);
     v.setFloat32(52, options.minLearningRateRatio ?? 0, true);
-    v.setInt32(56, options.warmupSteps ?? 0, true);
-    v.setInt32(60, options.totalSteps ?? 0, true);
+    v.setInt32(56, int32Arg(action, "warmupSteps", options.warmupSteps ?? 0), true);
+    v.setInt32(60, int32Arg(action, "totalSteps", options.totalSteps ?? 0), true);
     if (init && init.model !== model) {
       throw new KvfoldError(
         "INVALID_ARGUMENT",
@@ -162,17 +169,11 @@ export class LococoTrainer extends HandleOwner {
     ids: readonly number[],
     options: { signal?: AbortSignal; onProgress?: (done: number, total: number) => void } = {},
   ): Promise<number> {
-    const buf = alloc(ids.length * 4);
-    const view = new Int32Array(buf.buffer);
-    ids.forEach((x, i) => {
-      if (!Number.isInteger(x)) {
-        throw new KvfoldError("INVALID_ARGUMENT", `Cannot calibrate: id ${x} at ${i} is not an integer`);
-      }
-      view[i] = x;
-    });
+    const buf = tokenIdsArg("calibrate", ids, this.model.info.vocabSize);
+    const n = int32Arg("calibrate", "ids.length", ids.length);
     const loss = alloc(4);
     await this._handle.runControlled(
-      (ptr, ctl) => sym().kf_lococo_trainer_accumulate(ptr, buf, ids.length, loss, ctl.buf),
+      (ptr, ctl) => sym().kf_lococo_trainer_accumulate(ptr, buf, n, loss, ctl.buf),
       { signal: options.signal, onProgress: options.onProgress },
     );
     return new DataView(loss.buffer).getFloat32(0, true);
@@ -205,8 +206,8 @@ export class LococoTrainer extends HandleOwner {
     check(
       sym().kf_lococo_trainer_read(
         this._handle.ptr,
-        layer,
-        LOCOCO_TENSORS[which],
+        int32Arg("read LoCoCo trainer tensor", "layer", layer),
+        lococoTensorArg("read LoCoCo trainer tensor", which),
         new Uint8Array(out.buffer),
         BigInt(out.length),
       ),
@@ -220,8 +221,8 @@ export class LococoTrainer extends HandleOwner {
     check(
       sym().kf_lococo_trainer_write(
         this._handle.ptr,
-        layer,
-        LOCOCO_TENSORS[which],
+        int32Arg("write LoCoCo trainer tensor", "layer", layer),
+        lococoTensorArg("write LoCoCo trainer tensor", which),
         new Uint8Array(copy.buffer),
         BigInt(copy.length),
       ),
@@ -244,7 +245,9 @@ export class LococoTrainer extends HandleOwner {
 
   /** Sets the step count (resume) and drops accumulated gradients. */
   setStep(step: number): void {
-    check(sym().kf_lococo_trainer_set_step(this._handle.ptr, BigInt(step)));
+    check(
+      sym().kf_lococo_trainer_set_step(this._handle.ptr, int64Arg("set LoCoCo trainer step", "step", step)),
+    );
     this.#step = step;
   }
 

@@ -104,7 +104,7 @@ export class Model extends HandleOwner {
       throw new TypeError("Cannot load model: the folder path is empty");
     }
     const dtype = options.dtype ?? "auto";
-    if (!(dtype in DTYPE_IDS)) {
+    if (!Object.hasOwn(DTYPE_IDS, dtype)) {
       throw new TypeError(`Cannot load model: dtype "${dtype}" is not auto, f32, f16 or bf16`);
     }
     const budget = options.adapterBudgetBytes;

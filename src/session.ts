@@ -7,6 +7,7 @@
 
 import { alloc, check, native, outPointer, sym } from "./_binding.ts";
 import { HandleOwner, NativeHandle } from "./_handle.ts";
+import { int32Arg, tokenIdArg, tokenIdsArg, uint64Arg } from "./_int_args.ts";
 import type { Adapter } from "./adapter.ts";
 import { CACHE_KINDS, type CacheKind, type CacheOptions, encodeCacheOptions } from "./lococo.ts";
 import type { DecodeBatcher } from "./batch.ts";
@@ -155,14 +156,10 @@ export class Session extends HandleOwner {
     const params = alloc(40);
     params.set(new Uint8Array(s.kf_session_default_params()));
     const pv = new DataView(params.buffer);
-    const ctx = options.contextSize ?? 0;
-    const batch = options.batchSize ?? pv.getInt32(4, true);
-    if (!Number.isInteger(ctx) || ctx < 0) {
-      throw new RangeError(`Cannot create session: contextSize ${ctx} is not a non-negative integer`);
-    }
-    if (!Number.isInteger(batch) || batch < 1) {
-      throw new RangeError(`Cannot create session: batchSize ${batch} is not a positive integer`);
-    }
+    const ctx = int32Arg("create session", "contextSize", options.contextSize ?? 0, { min: 0 });
+    const batch = int32Arg("create session", "batchSize", options.batchSize ?? pv.getInt32(4, true), {
+      min: 1,
+    });
     pv.setInt32(0, ctx, true);
     pv.setInt32(4, batch, true);
     const heads = encodeCacheOptions(pv, options.cache, model);
@@ -220,7 +217,16 @@ export class Session extends HandleOwner {
     const keys = new Float32Array(n * nkv * hd), values = new Float32Array(n * nkv * hd);
     const scores = m.cacheKind === "lococo" || m.cacheKind === "h2o" ? new Float32Array(n * nkv) : null;
     const bytes = (a: Float32Array | null) => (a ? new Uint8Array(a.buffer) : null);
-    check(sym().kf_session_read_cache(this._handle.ptr, layer, bytes(keys), bytes(values), bytes(scores), n));
+    check(
+      sym().kf_session_read_cache(
+        this._handle.ptr,
+        int32Arg("read cache", "layer", layer),
+        bytes(keys),
+        bytes(values),
+        bytes(scores),
+        n,
+      ),
+    );
     return { slots: n, keys, values, scores };
   }
 
@@ -266,7 +272,7 @@ export class Session extends HandleOwner {
   /** Drops positions past `n`. */
   truncate(n: number): void {
     this.#assertIdle("truncate");
-    check(sym().kf_session_truncate(this._handle.ptr, n));
+    check(sym().kf_session_truncate(this._handle.ptr, int32Arg("truncate", "n", n)));
   }
 
   #assertIdle(what: string) {
@@ -297,19 +303,8 @@ export class Session extends HandleOwner {
   async #prefill(ids: readonly number[] | Int32Array, options: PrefillOptions): Promise<Float32Array | null> {
     if (ids.length === 0) throw new KvfoldError("INVALID_ARGUMENT", "Cannot prefill: no token ids given");
     if (options.adapter !== undefined) await this.#setAdapter(options.adapter);
-    const idBuf = alloc(ids.length * 4);
-    const iv = new Int32Array(idBuf.buffer);
-    for (let i = 0; i < ids.length; i++) {
-      const id = ids[i];
-      if (!Number.isInteger(id)) {
-        throw new KvfoldError(
-          "INVALID_ARGUMENT",
-          `Cannot prefill: token id ${id} at index ${i} is not an integer`,
-        );
-      }
-      iv[i] = id;
-    }
     const vocab = this.model.info.vocabSize;
+    const idBuf = tokenIdsArg("prefill", ids, vocab);
     const logits = options.logits === "all"
       ? new Float32Array(new ArrayBuffer(ids.length * vocab * 4))
       : null;
@@ -339,10 +334,28 @@ export class Session extends HandleOwner {
       dtype?: "f32" | "f16" | "bf16";
       /** Receives each row's final-normed hidden state ([rows, hidden]): AutoCompressor summary vectors. */
       hiddenOut?: Float32Array;
+      /**
+       * The block's shape as its source records it (a file's tensor shape), checked against the
+       * model's hidden size: without it a [4, 32] block on a hidden-64 model would run as [2, 64].
+       */
+      shape?: readonly number[];
     } = {},
   ): Promise<Float32Array | null> {
     return this.#exclusive("prefill embeddings", async () => {
       const hidden = this.model.info.hiddenSize;
+      const { shape } = options;
+      if (shape !== undefined) {
+        const [rows, cols] = shape;
+        if (shape.length !== 2 || cols !== hidden || rows * cols !== embeddings.length) {
+          throw new KvfoldError(
+            "INVALID_ARGUMENT",
+            `Cannot prefill embeddings: a block of shape [${
+              shape.join(", ")
+            }] (${embeddings.length} values) ` +
+              `is not [rows, ${hidden}] for this model's hidden size ${hidden}`,
+          );
+        }
+      }
       const dtype = options.dtype ?? (embeddings instanceof Float32Array ? "f32" : undefined);
       if (dtype === undefined || (dtype === "f32") !== (embeddings instanceof Float32Array)) {
         throw new TypeError(
@@ -356,7 +369,7 @@ export class Session extends HandleOwner {
             (embeddings.length === 0 ? " (the block is empty)" : ""),
         );
       }
-      const rows = embeddings.length / hidden;
+      const rows = int32Arg("prefill embeddings", "rows", embeddings.length / hidden);
       const buf = alloc(embeddings.byteLength);
       buf.set(new Uint8Array(embeddings.buffer, embeddings.byteOffset, embeddings.byteLength));
       const logits = options.logits === "all"
@@ -387,9 +400,7 @@ export class Session extends HandleOwner {
   }
 
   async #decode(id: number, signal?: AbortSignal): Promise<void> {
-    if (!Number.isInteger(id)) {
-      throw new KvfoldError("INVALID_ARGUMENT", `Cannot decode: token id ${id} is not an integer`);
-    }
+    tokenIdArg("decode", id, this.model.info.vocabSize);
     await this._handle.runControlled((ptr, ctl) => sym().kf_session_decode(ptr, id, ctl.buf), { signal });
   }
 
@@ -411,14 +422,11 @@ export class Session extends HandleOwner {
 
   async *#generate(options: GenerateOptions): AsyncGenerator<string, void, undefined> {
     this.#assertIdle("generate");
+    const sampler = createSampler(options); // first: a bad option must not leave the session busy
     this.#busy = true;
-    const sampler = createSampler(options);
     try {
       const { signal } = options;
-      const maxTokens = options.maxTokens ?? 256;
-      if (!Number.isInteger(maxTokens) || maxTokens < 0) {
-        throw new RangeError(`Cannot generate: maxTokens ${maxTokens} is not a non-negative integer`);
-      }
+      const maxTokens = int32Arg("generate", "maxTokens", options.maxTokens ?? 256, { min: 0 });
       const abortError = () =>
         new KvfoldError("ABORTED", "Cannot generate: aborted", { cause: signal?.reason });
       if (signal?.aborted) throw abortError();
@@ -439,7 +447,8 @@ export class Session extends HandleOwner {
       const t0 = performance.now();
       if (promptIds.length > 0) {
         await this.#prefill(promptIds, { signal, onProgress: options.onPrefillProgress });
-        check(s.kf_sampler_accept(sampler.ptr, int32Buf(promptIds), promptIds.length));
+        const vocab = this.model.info.vocabSize;
+        check(s.kf_sampler_accept(sampler.ptr, tokenIdsArg("generate", promptIds, vocab), promptIds.length));
       }
       const t1 = performance.now();
       const decoder = new IncrementalDecoder((ids) => tok.decode(ids));
@@ -494,23 +503,19 @@ export class Session extends HandleOwner {
   }
 }
 
-function int32Buf(ids: readonly number[]): Uint8Array<ArrayBuffer> {
-  const buf = alloc(Math.max(4, ids.length * 4));
-  new Int32Array(buf.buffer).set(ids);
-  return buf;
-}
-
 function createSampler(o: SamplingOptions): { ptr: Deno.PointerValue } {
   const s = sym();
   const params = alloc(32);
   params.set(new Uint8Array(s.kf_sampler_default_params()));
   const v = new DataView(params.buffer);
-  if (o.seed !== undefined) v.setBigUint64(0, BigInt.asUintN(64, BigInt(o.seed)), true);
+  if (o.seed !== undefined) v.setBigUint64(0, uint64Arg("create sampler", "seed", o.seed), true);
   if (o.temperature !== undefined) v.setFloat32(8, o.temperature, true);
   if (o.topP !== undefined) v.setFloat32(12, o.topP, true);
-  if (o.topK !== undefined) v.setInt32(16, o.topK, true);
+  if (o.topK !== undefined) v.setInt32(16, int32Arg("create sampler", "topK", o.topK), true);
   if (o.repetitionPenalty !== undefined) v.setFloat32(20, o.repetitionPenalty, true);
-  if (o.repeatLastN !== undefined) v.setInt32(24, o.repeatLastN, true);
+  if (o.repeatLastN !== undefined) {
+    v.setInt32(24, int32Arg("create sampler", "repeatLastN", o.repeatLastN), true);
+  }
   if (o.minP !== undefined) v.setFloat32(28, o.minP, true);
   const out = outPointer();
   check(s.kf_sampler_create(params, out.buf));
@@ -526,16 +531,16 @@ export async function sampleFromLogits(
   options: SamplingOptions & { history?: readonly number[] } = {},
 ): Promise<number> {
   await native();
+  const n = int32Arg("sample", "logits.length", logits.length, { min: 1 });
+  const history = options.history?.length ? tokenIdsArg("sample", options.history, n) : null;
   const sampler = createSampler(options);
   const s = sym();
   try {
-    if (options.history?.length) {
-      check(s.kf_sampler_accept(sampler.ptr, int32Buf(options.history), options.history.length));
-    }
+    if (history) check(s.kf_sampler_accept(sampler.ptr, history, options.history!.length));
     const buf = new Float32Array(new ArrayBuffer(logits.length * 4));
     buf.set(logits);
     const out = alloc(4);
-    check(s.kf_sampler_sample_logits(sampler.ptr, buf, logits.length, out));
+    check(s.kf_sampler_sample_logits(sampler.ptr, buf, n, out));
     return new Int32Array(out.buffer)[0];
   } finally {
     check(s.kf_sampler_free(sampler.ptr));

@@ -790,7 +790,7 @@ export interface TestAdapterOptions {
   rankPattern?: Record<string, number>;
   /** `alpha_pattern` (module key → alpha). */
   alphaPattern?: Record<string, number>;
-  /** Only these layers get LoRA pairs; default all. */
+  /** Only these layers get LoRA pairs (written as `layers_to_transform`, as PEFT does); default all. */
   layers?: readonly number[];
   /** Tensor dtype; default F32. */
   dtype?: "F32" | "F16" | "BF16";
@@ -877,6 +877,8 @@ export async function makeTestAdapter(outDir: string, options: TestAdapterOption
     bias: "none",
     fan_in_fan_out: false,
     inference_mode: true,
+    layers_pattern: null,
+    layers_to_transform: options.layers ? [...options.layers] : null,
     lora_alpha: options.alpha ?? 2 * rank,
     lora_dropout: 0.05,
     peft_type: "LORA",

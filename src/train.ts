@@ -9,6 +9,7 @@
 
 import { alloc, check, outPointer, sym } from "./_binding.ts";
 import { HandleOwner, NativeHandle } from "./_handle.ts";
+import { int32Arg, int64Arg, showValue, tokenIdsArg } from "./_int_args.ts";
 import { LORA_PROJECTIONS, type LoraProjection } from "./adapter.ts";
 import type { Compressor } from "./compressor.ts";
 import { KvfoldError } from "./errors.ts";
@@ -98,6 +99,20 @@ export interface TrainExample {
   labels: readonly number[];
 }
 
+// The native (layer, projection, tensor) of a trainer read or write, checked before they cross.
+function tensorArgs(action: string, layer: number, proj: LoraProjection, which: TrainTensor): number[] {
+  const p = LORA_PROJECTIONS.indexOf(proj);
+  if (p < 0) {
+    throw new TypeError(`Cannot ${action}: ${showValue(proj)} is not one of ${LORA_PROJECTIONS.join(", ")}`);
+  }
+  if (!Object.hasOwn(TRAIN_TENSORS, which)) {
+    throw new TypeError(
+      `Cannot ${action}: ${showValue(which)} is not one of ${Object.keys(TRAIN_TENSORS).join(", ")}`,
+    );
+  }
+  return [int32Arg(action, "layer", layer), p, TRAIN_TENSORS[which]];
+}
+
 /**
  * LoRA pairs being trained for one model. Each {@link accumulate} runs one example forward and
  * backward; {@link step} applies AdamW to the averaged gradients.
@@ -163,16 +178,14 @@ export class LoraTrainer extends HandleOwner {
       }
       mask |= 1 << i;
     }
-    if (!Number.isSafeInteger(o.seed) || o.seed < 0) {
-      throw new RangeError(`Cannot create trainer: seed ${o.seed} is not a non-negative integer`);
-    }
+    const action = "create trainer";
     const p = alloc(64);
     const v = new DataView(p.buffer);
-    v.setInt32(0, o.rank, true);
+    v.setInt32(0, int32Arg(action, "rank", o.rank), true);
     v.setFloat32(4, o.alpha, true);
     v.setUint32(8, mask, true);
     v.setInt32(12, o.rslora ? 1 : 0, true);
-    v.setBigUint64(16, BigInt(o.seed), true);
+    v.setBigUint64(16, int64Arg(action, "seed", o.seed, { min: 0n }), true);
     v.setFloat32(24, o.learningRate, true);
     v.setFloat32(28, o.weightDecay, true);
     v.setFloat32(32, o.betas[0], true);
@@ -180,8 +193,8 @@ export class LoraTrainer extends HandleOwner {
     v.setFloat32(40, o.epsilon, true);
     v.setFloat32(44, o.maxGradNorm, true);
     v.setFloat32(48, o.minLearningRateRatio, true);
-    v.setInt32(52, o.warmupSteps, true);
-    v.setInt32(56, o.totalSteps, true);
+    v.setInt32(52, int32Arg(action, "warmupSteps", o.warmupSteps), true);
+    v.setInt32(56, int32Arg(action, "totalSteps", o.totalSteps), true);
     const out = outPointer();
     check(sym().kf_lora_trainer_create(model._handle.ptr, p, out.buf));
     const handle = new NativeHandle(
@@ -230,18 +243,11 @@ export class LoraTrainer extends HandleOwner {
         `Cannot train: the prefix holds ${prefix.length} values, not rows of the hidden size ${H}`,
       );
     }
-    const toI32 = (a: readonly number[], what: string) => {
-      const buf = alloc(a.length * 4);
-      const view = new Int32Array(buf.buffer);
-      a.forEach((x, i) => {
-        if (!Number.isInteger(x)) {
-          throw new KvfoldError("INVALID_ARGUMENT", `Cannot train: ${what} ${x} at ${i} is not an integer`);
-        }
-        view[i] = x;
-      });
-      return buf;
-    };
-    const idBuf = toI32(ids, "id"), labelBuf = toI32(labels, "label");
+    const V = this.model.info.vocabSize;
+    const idBuf = tokenIdsArg("train", ids, V);
+    const labelBuf = tokenIdsArg("train", labels, V, { what: "label", ignore: -1 });
+    const nIds = int32Arg("train", "ids.length", ids.length),
+      nPrefix = int32Arg("train", "prefix rows", prefix.length / H);
     const prefixBuf = alloc(prefix.length * 4);
     new Float32Array(prefixBuf.buffer).set(prefix);
     const loss = alloc(4);
@@ -250,10 +256,10 @@ export class LoraTrainer extends HandleOwner {
         sym().kf_trainer_accumulate(
           ptr,
           prefixBuf,
-          prefix.length / H,
+          nPrefix,
           idBuf,
           labelBuf,
-          ids.length,
+          nIds,
           loss,
           ctl.buf,
         ),
@@ -294,39 +300,25 @@ export class LoraTrainer extends HandleOwner {
 
   /** A copy of one pair's tensor (row-major, see {@link shapeOf}). */
   read(layer: number, proj: LoraProjection, which: TrainTensor): Float32Array {
+    const [l, p, w] = tensorArgs("read trainer tensor", layer, proj, which);
     const [r, c] = this.shapeOf(proj, which);
     const out = new Float32Array(r * c);
-    check(
-      sym().kf_trainer_read(
-        this._handle.ptr,
-        layer,
-        LORA_PROJECTIONS.indexOf(proj),
-        TRAIN_TENSORS[which],
-        new Uint8Array(out.buffer),
-        BigInt(out.length),
-      ),
-    );
+    check(sym().kf_trainer_read(this._handle.ptr, l, p, w, new Uint8Array(out.buffer), BigInt(out.length)));
     return out;
   }
 
   /** Overwrites one pair's tensor (checkpoint restore, tests). */
   write(layer: number, proj: LoraProjection, which: TrainTensor, data: Float32Array): void {
+    const [l, p, w] = tensorArgs("write trainer tensor", layer, proj, which);
     const copy = new Float32Array(data);
     check(
-      sym().kf_trainer_write(
-        this._handle.ptr,
-        layer,
-        LORA_PROJECTIONS.indexOf(proj),
-        TRAIN_TENSORS[which],
-        new Uint8Array(copy.buffer),
-        BigInt(copy.length),
-      ),
+      sym().kf_trainer_write(this._handle.ptr, l, p, w, new Uint8Array(copy.buffer), BigInt(copy.length)),
     );
   }
 
   /** Sets the step count (for the learning-rate schedule) and drops accumulated gradients. */
   setStep(step: number): void {
-    check(sym().kf_trainer_set_step(this._handle.ptr, BigInt(step)));
+    check(sym().kf_trainer_set_step(this._handle.ptr, int64Arg("set trainer step", "step", step)));
   }
 
   /** Every trained (layer, projection). */

@@ -374,20 +374,17 @@ Deno.test("invalid options are refused", async () => {
 });
 
 Deno.test({
-  name: "small preset: 134M parameters written in well under 10 s",
+  // How long writing takes is measured in bench/, not asserted here (a busy machine is slower).
+  name: "small preset: 134M parameters in the expected shapes",
   ignore: Deno.env.get("KVFOLD_SKIP_SLOW") === "1",
   async fn() {
     await withTempDir(async (dir) => {
-      const t0 = performance.now();
       await makeTestModel(dir, { seed: 0, preset: "small", dtype: "bfloat16" });
-      const seconds = (performance.now() - t0) / 1000;
       const t = await readAllTensors(dir);
       let params = 0;
       for (const v of t.values()) params += v.shape.reduce((a, b) => a * b, 1);
       assert.equal(params, 134_105_856);
       assert.deepEqual(t.get("model.layers.11.mlp.down_proj.weight")!.shape, [768, 2048]);
-      // about 3 s on a 2-core machine; the bound is loose so parallel suites do not make it flaky
-      assert.ok(seconds < 20, `took ${seconds.toFixed(1)} s`);
     });
   },
 });

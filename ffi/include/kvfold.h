@@ -306,8 +306,14 @@ typedef struct kf_adapter_info {
 /* Loads and validates a PEFT LoRA folder against the model: every tensor must be a lora_A [r, in]
  * or lora_B [out, r] of a q/k/v/o/gate/up/down projection of an existing layer, in F32/F16/BF16,
  * with ranks matching adapter_config.json (r, rank_pattern). Scales are alpha / r (alpha / sqrt(r)
- * with use_rslora, alpha_pattern honoured); lora_dropout is ignored. control: optional (cancel,
- * progress in tensors, error copy). On failure *out is NULL and nothing stays allocated. */
+ * with use_rslora, alpha_pattern honoured); lora_dropout is ignored. As in PEFT, only the modules
+ * that target_modules (a list of module names or dotted suffixes, or "all-linear") and
+ * layers_to_transform (a layer index or a list; layers_pattern "layers") select are adapted;
+ * tensors of other modules are not loaded. A malformed config (wrong types, unknown modules,
+ * layers out of range, rank_pattern / alpha_pattern keys that match no adapted module or bad
+ * values, r outside [1, 65536]) is KF_ERR_FORMAT naming adapter_config.json and the key; a
+ * target_modules regular expression is KF_ERR_UNSUPPORTED. control: optional (cancel, progress
+ * in tensors, error copy). On failure *out is NULL and nothing stays allocated. */
 KF_API kf_status kf_adapter_load(kf_model *model, const char *dir, kf_control *control, kf_adapter **out);
 /* Refused with KF_ERR_INVALID_STATE while a session uses the adapter. NULL is a no-op. */
 KF_API kf_status kf_adapter_free(kf_adapter *adapter);
