@@ -84,7 +84,9 @@ export async function readBoundedText(path: string, options: BoundedReadOptions)
   try {
     return new TextDecoder("utf-8", { fatal: true }).decode(bytes);
   } catch (e) {
-    throw new KvfoldError("FORMAT", `Cannot ${options.action}: ${path} is not valid UTF-8 text`, { cause: e });
+    throw new KvfoldError("FORMAT", `Cannot ${options.action}: ${path} is not valid UTF-8 text`, {
+      cause: e,
+    });
   }
 }
 
@@ -94,8 +96,12 @@ export async function readBoundedJson(path: string, options: BoundedReadOptions)
   try {
     return JSON.parse(text);
   } catch (e) {
-    throw new KvfoldError("FORMAT", `Cannot ${options.action}: ${path} is not valid JSON (${(e as Error).message})`, {
-      cause: e,
-    });
+    throw new KvfoldError(
+      "FORMAT",
+      `Cannot ${options.action}: ${path} is not valid JSON (${(e as Error).message})`,
+      {
+        cause: e,
+      },
+    );
   }
 }
