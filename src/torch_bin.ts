@@ -199,13 +199,13 @@ export function readTorchCheckpoint(
   name: string,
   options: TorchCheckpointOptions = {},
 ): Map<string, TensorView> {
-  const budget = options.maxBytes ?? defaultBudget(bytes.length);
-  let used = 0;
-  const reserve = (n: number, what: string) => {
-    if (used + n > budget) throw outOfMemory(name, what, n, budget);
-    used += n;
-  };
   return guarded(name, () => {
+    const budget = options.maxBytes ?? defaultBudget(bytes.length);
+    let used = 0;
+    const reserve = (n: number, what: string) => {
+      if (used + n > budget) throw outOfMemory(name, what, n, budget);
+      used += n;
+    };
     reserve(bytes.length, "the file");
     const zip = new ZipArchive(bytes, name, reserve);
     let pklName: string | undefined;
@@ -237,6 +237,13 @@ export function readTorchCheckpoint(
       },
     });
     const refs = collectTensors(root, name);
+    // torch.save writes the storages its tensors reach, no others: one nobody uses lost its tensor.
+    const referenced = new Set([...refs.values()].map((t) => t.storage.key));
+    for (const n of zip.entries.keys()) {
+      if (n.startsWith(`${prefix}data/`) && !referenced.has(n.slice(prefix.length + 5))) {
+        throw formatError(name, `no tensor of the state dict uses storage ${n} (was a tensor lost?)`);
+      }
+    }
 
     const storages = new Map<string, Uint8Array>();
     const storage = (t: PTensor): Uint8Array => {

@@ -122,43 +122,38 @@ const OP = {
   STOP: 0x2e,
 } as const;
 
-/** Fixed inline argument sizes; opcodes not listed here (and not handled specially) are unknown. */
-const FIXED_ARG: ReadonlyMap<number, number> = new Map<number, number>([
-  [OP.PROTO, 1],
-  [OP.FRAME, 8],
-  [OP.EMPTY_DICT, 0],
-  [OP.EMPTY_LIST, 0],
-  [OP.EMPTY_TUPLE, 0],
-  [OP.MARK, 0],
-  [OP.BININT, 4],
-  [OP.BININT1, 1],
-  [OP.BININT2, 2],
-  [OP.BINFLOAT, 8],
-  [OP.NEWTRUE, 0],
-  [OP.NEWFALSE, 0],
-  [OP.NONE, 0],
-  [OP.TUPLE, 0],
-  [OP.TUPLE1, 0],
-  [OP.TUPLE2, 0],
-  [OP.TUPLE3, 0],
-  [OP.SETITEM, 0],
-  [OP.SETITEMS, 0],
-  [OP.APPEND, 0],
-  [OP.APPENDS, 0],
-  [OP.BINPUT, 1],
-  [OP.LONG_BINPUT, 4],
-  [OP.BINGET, 1],
-  [OP.LONG_BINGET, 4],
-  [OP.MEMOIZE, 0],
-  [OP.STACK_GLOBAL, 0],
-  [OP.REDUCE, 0],
-  [OP.BUILD, 0],
-  [OP.BINPERSID, 0],
-  [OP.POP, 0],
-  [OP.POP_MARK, 0],
-  [OP.DUP, 0],
-  [OP.STOP, 0],
+/** Inline argument bytes of the opcodes with a fixed-size argument; the other fixed ones take none. */
+const ARG_BYTES: Partial<Record<keyof typeof OP, number>> = {
+  PROTO: 1,
+  BININT1: 1,
+  BINPUT: 1,
+  BINGET: 1,
+  BININT2: 2,
+  BININT: 4,
+  LONG_BINPUT: 4,
+  LONG_BINGET: 4,
+  FRAME: 8,
+  BINFLOAT: 8,
+};
+
+/** Opcodes whose argument carries its own length (or is a text line). */
+const SIZED: ReadonlySet<string> = new Set([
+  "BINUNICODE",
+  "SHORT_BINUNICODE",
+  "BINUNICODE8",
+  "BINSTRING",
+  "SHORT_BINSTRING",
+  "LONG1",
+  "LONG4",
+  "GLOBAL",
 ]);
+
+/** Fixed inline argument sizes; opcodes not listed here (and not handled specially) are unknown. */
+const FIXED_ARG: ReadonlyMap<number, number> = new Map(
+  Object.entries(OP)
+    .filter(([k]) => !SIZED.has(k))
+    .map(([k, op]) => [op, ARG_BYTES[k as keyof typeof OP] ?? 0]),
+);
 
 /** Reads a newline-terminated ASCII line starting at `at`; returns the text and the next offset. */
 function readLine(p: Uint8Array, at: number, name: string): [string, number] {
@@ -233,10 +228,16 @@ function asIntList(v: PValue, what: string, fail: Fail): number[] {
   return v.map((x) => asInt(x, what, fail));
 }
 
-function rebuildTensor(args: PValue[], fail: Fail): PTensor {
-  if (args.length < 4) throw fail("rebuilds a tensor from fewer than 4 arguments");
-  const [storage, offsetV, sizeV, strideV] = args;
+/** `_rebuild_tensor(storage, offset, size, stride)` or `_v2(..., requires_grad, hooks[, metadata])`. */
+function rebuildTensor(args: PValue[], v2: boolean, fail: Fail): PTensor {
+  if (v2 ? args.length !== 6 && args.length !== 7 : args.length !== 4) {
+    throw fail(`rebuilds a tensor from ${args.length} arguments`);
+  }
+  const [storage, offsetV, sizeV, strideV, requiresGrad, hooks] = args;
   if (!(storage instanceof PStorage)) throw fail("rebuilds a tensor from something that is not a storage");
+  if (v2 && (typeof requiresGrad !== "boolean" || !(hooks instanceof Map))) {
+    throw fail("rebuilds a tensor with a requires_grad that is not a bool or hooks that are not a dict");
+  }
   return new PTensor(
     storage,
     asInt(offsetV, "a tensor storage offset", fail),
@@ -245,7 +246,7 @@ function rebuildTensor(args: PValue[], fail: Fail): PTensor {
   );
 }
 
-function callGlobal(fn: PValue, args: PValue, fail: Fail): PValue {
+function callGlobal(fn: PValue, args: PValue, fail: Fail, depth = 0): PValue {
   if (!(fn instanceof PGlobal)) throw fail("calls something that is not a global");
   if (!Array.isArray(args) || !Object.isFrozen(args)) {
     throw fail(`calls ${fn.full} without an argument tuple`);
@@ -266,15 +267,21 @@ function callGlobal(fn: PValue, args: PValue, fail: Fail): PValue {
       return m;
     }
     case "torch._utils._rebuild_tensor":
+      return rebuildTensor(args, false, fail);
     case "torch._utils._rebuild_tensor_v2":
-      return rebuildTensor(args, fail);
+      return rebuildTensor(args, true, fail);
     case "torch._utils._rebuild_parameter":
     case "torch._utils._rebuild_parameter_with_state":
-      if (!(args[0] instanceof PTensor)) throw fail("builds a parameter that does not wrap a tensor");
+      // (data, requires_grad, backward_hooks[, state])
+      if (!(args[0] instanceof PTensor) || typeof args[1] !== "boolean" || !(args[2] instanceof Map)) {
+        throw fail("builds a parameter that is not (tensor, requires_grad, hooks)");
+      }
       return args[0];
     case "torch._tensor._rebuild_from_type_v2":
       if (args.length < 3) throw fail("calls _rebuild_from_type_v2 with fewer than 3 arguments");
-      return callGlobal(args[0], args[2], fail);
+      // It wraps one rebuild call; torch never nests it, and a nest must not exhaust the JS stack.
+      if (depth > 0) throw fail("nests _rebuild_from_type_v2");
+      return callGlobal(args[0], args[2], fail, depth + 1);
     default:
       throw fail(`calls ${fn.full}, which does not build a tensor or a dict`);
   }

@@ -131,7 +131,9 @@ export class ZipArchive {
       this.#reserve(entry.size, `zip entry ${entry.name}`);
       try {
         // One byte more than declared tells an entry that inflates further than it says.
-        out = zlib.inflateRawSync(raw, { maxOutputLength: entry.size + 1 });
+        const buf = zlib.inflateRawSync(raw, { maxOutputLength: entry.size + 1 });
+        // A plain Uint8Array: a Buffer's slice() would share memory, unlike a Uint8Array's.
+        out = new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
       } catch (e) {
         if ((e as { code?: string }).code === "ERR_BUFFER_TOO_LARGE") {
           throw bad(`inflates to more than its declared ${entry.size} bytes`);
@@ -254,9 +256,10 @@ function readDirectory(bytes: Uint8Array, name: string): [Map<string, ZipEntry>,
     let localOffset = u32(bytes, at + 42);
     const end = at + 46 + nameLen + extraLen + commentLen;
     if (end > cdEnd) throw bad("corrupt central directory");
+    const nameBytes = bytes.subarray(at + 46, at + 46 + nameLen);
     let entryName: string;
     try {
-      entryName = decoder.decode(bytes.subarray(at + 46, at + 46 + nameLen));
+      entryName = decoder.decode(nameBytes);
     } catch {
       throw bad(`entry ${i} has a name that is not UTF-8`);
     }

@@ -218,7 +218,8 @@ Deno.test("hand-built ZIP64 checkpoint: I64 transpose, I32 offset view, BOOL, pa
   p.str("t").tensor("LongStorage", "0", 6, 0, [3, 2], [1, 3]); // transpose of the 2x3 matrix
   p.str("v").tensor("IntStorage", "1", 8, 2, [2, 2], [3, 1]); // rows at 2 and 5, two columns
   p.str("b").global("torch._utils", "_rebuild_parameter");
-  p.op(0x28).tensor("BoolStorage", "2", 3, 0, [3], [1]).op(0x88, 0x4b, 0, 0x74, 0x52);
+  p.op(0x28).tensor("BoolStorage", "2", 3, 0, [3], [1]).op(0x88).global("collections", "OrderedDict");
+  p.op(0x29, 0x52, 0x74, 0x52); // (tensor, True, OrderedDict())
   p.str("sub").op(0x7d).str("w").tensor("LongStorage", "0", 6, 5, [1], [1]).op(0x73);
   p.str("step").int(7);
   p.op(0x75, 0x7d, 0x62, 0x2e); // SETITEMS, then BUILD with an empty state
