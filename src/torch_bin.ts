@@ -19,11 +19,11 @@ import { formatError, ZipArchive } from "./torch_zip.ts";
 /** Options of {@link readTorchCheckpoint} and {@link convertTorchCheckpoint}. */
 export interface TorchCheckpointOptions {
   /**
-   * Most bytes one checkpoint file may take in memory while it is read: the file itself plus what
-   * is inflated and materialised from it (contiguous tensors are views into the file and cost
-   * nothing more). Default: three times the file's size plus 1 GiB, room for every tensor copied
-   * twice over (tied weights, transposed views, deflated entries) but not for a view or an entry
-   * that inflates a few bytes into gigabytes.
+   * Most bytes one checkpoint file may account for: the file itself, what is inflated from it and
+   * every tensor taken from it (a copy, or a view into the file that is written out all the same).
+   * Default: three times the file's size plus 1 GiB, room for every tensor twice over (tied
+   * weights, transposed views, deflated entries) but not for a view, a tensor repeated under many
+   * names or an entry that turns a few bytes into gigabytes.
    */
   maxBytes?: number;
 }
@@ -34,6 +34,12 @@ const MAX_DEPTH = 32;
 
 /** Names of real tensors: printable, no spaces or control characters, not absurdly long. */
 const PLAUSIBLE_NAME = /^[^\p{C}\s\uFFFD]{1,1024}$/u;
+
+function checkMaxBytes(max: number | undefined): void {
+  if (max !== undefined && (!Number.isSafeInteger(max) || max <= 0)) {
+    throw new RangeError(`maxBytes must be a positive integer, got ${max}`);
+  }
+}
 
 /** The default budget of a file of `size` bytes. */
 function defaultBudget(size: number): number {
@@ -69,8 +75,8 @@ function asKvfoldError(name: string, e: unknown): KvfoldError {
 }
 
 /**
- * Checks a view against its storage and returns its bytes: a view into `src` when it is
- * contiguous, else a copy charged to the budget first.
+ * Checks a view against its storage, charges its size to the budget and returns its bytes: a view
+ * into `src` when it is contiguous, else a copy.
  */
 function materialise(
   t: PTensor,
@@ -106,9 +112,9 @@ function materialise(
     if (shape[i] !== 1 && stride[i] !== expect) contiguous = false;
     expect *= shape[i];
   }
-  if (contiguous) return src.subarray(offset * esize, (offset + n) * esize);
-  // Only a view that repeats elements (a stride of 0, overlapping rows) can be larger than its storage.
+  // Charged even as a view: it is written out, and one storage may back any number of tensors.
   reserve(n * esize, `tensor ${tensor} (size [${shape}], stride [${stride}])`);
+  if (contiguous) return src.subarray(offset * esize, (offset + n) * esize);
   const out = new Uint8Array(n * esize);
   const rank = shape.length;
   const inner = shape[rank - 1];
@@ -199,6 +205,7 @@ export function readTorchCheckpoint(
   name: string,
   options: TorchCheckpointOptions = {},
 ): Map<string, TensorView> {
+  checkMaxBytes(options.maxBytes);
   return guarded(name, () => {
     const budget = options.maxBytes ?? defaultBudget(bytes.length);
     let used = 0;
@@ -409,10 +416,7 @@ export async function convertTorchCheckpoint(
   dst: string,
   options: TorchCheckpointOptions = {},
 ): Promise<{ files: string[]; tensors: number }> {
-  const max = options.maxBytes;
-  if (max !== undefined && (!Number.isSafeInteger(max) || max <= 0)) {
-    throw new RangeError(`maxBytes must be a positive integer, got ${max}`);
-  }
+  checkMaxBytes(options.maxBytes);
   try {
     return await convert(src, dst, options);
   } catch (e) {

@@ -89,6 +89,24 @@ Deno.test("a small broadcast view (stride 0) within the budget is materialised c
   assert.deepEqual([...new Int32Array(x.data.slice().buffer)], [7, 8, 9, 7, 8, 9, 7, 8, 9, 7, 8, 9]);
 });
 
+Deno.test("one storage repeated under many names is charged for every name", () => {
+  // 2000 names for one 1 MiB tensor: 2000 MiB to write from a 1 MiB file, past the default budget.
+  const p = new Pickler().op(0x7d, 0x28).str("t0").tensor("FloatStorage", "0", 1 << 18, 0, [1 << 18], [1]);
+  p.op(0x71, 200);
+  for (let i = 1; i < 2000; i++) p.str(`t${i}`).op(0x68, 200);
+  p.op(0x75);
+  const bytes = zip([["a/data.pkl", p.done()], ["a/data/0", new Uint8Array(1 << 20)]]);
+  assert.throws(
+    () => readTorchCheckpoint(bytes, "many.bin"),
+    isKvfoldError(
+      "OUT_OF_MEMORY",
+      /^Cannot convert many\.bin: tensor t\d+ \(size \[262144\], stride \[1\]\) would take 1048576 bytes, past the memory budget of \d+ bytes/,
+    ),
+  );
+  assert.equal(readTorchCheckpoint(bytes, "many.bin", { maxBytes: 2100 * 2 ** 20 }).size, 2000);
+  assert.throws(() => readTorchCheckpoint(bytes, "many.bin", { maxBytes: -1 }), RangeError);
+});
+
 Deno.test("views that do not fit their storage are FORMAT errors naming the tensor", () => {
   const cases: [string, (p: Pickler) => void, RegExp][] = [
     [
