@@ -15,14 +15,17 @@ export function formatError(name: string, what: string): KvfoldError {
   return new KvfoldError("FORMAT", `Cannot convert ${name}: ${what}`);
 }
 
+/** The little-endian unsigned 16-bit integer at `at`. */
 export function u16(b: Uint8Array, at: number): number {
   return b[at] | (b[at + 1] << 8);
 }
 
+/** The little-endian unsigned 32-bit integer at `at`. */
 export function u32(b: Uint8Array, at: number): number {
   return (b[at] | (b[at + 1] << 8) | (b[at + 2] << 16) | (b[at + 3] << 24)) >>> 0;
 }
 
+/** The little-endian unsigned 64-bit integer at `at`, exact below 2^53. */
 export function u64(b: Uint8Array, at: number): number {
   return u32(b, at) + u32(b, at + 4) * 0x100000000;
 }
@@ -69,7 +72,15 @@ export function crc32Portable(b: Uint8Array): number {
 // node:zlib has crc32 in Deno and Node.js >= 20.15; older Node.js 20 releases lack it.
 const nativeCrc32 = (zlib as { crc32?: (data: Uint8Array) => number }).crc32;
 
-/** The zip (IEEE) CRC-32 of `b`: zlib's when the runtime has it, else {@link crc32Portable}. */
+/**
+ * The zip (IEEE) CRC-32 of `b`: zlib's when the runtime has it, else {@link crc32Portable}.
+ *
+ * @example
+ * ```ts
+ * import { crc32 } from "./torch_zip.ts";
+ * console.log(crc32(new TextEncoder().encode("123456789")).toString(16)); // cbf43926
+ * ```
+ */
 export function crc32(b: Uint8Array): number {
   return typeof nativeCrc32 === "function" ? nativeCrc32(b) >>> 0 : crc32Portable(b);
 }
