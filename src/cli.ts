@@ -63,8 +63,9 @@ Commands:
       [--seed S] [--checkpoint FILE [--checkpoint-every N]]
                                          calibrate LoCoCo heads on text (model frozen)
   store stats FILE                       documents, tokens in, vectors kept, ratio, bytes
-  convert SRC DST                        PyTorch .bin checkpoints (torch.save zip; sharded; PEFT
+  convert SRC DST [--max-memory SIZE]    PyTorch .bin checkpoints (torch.save zip; sharded; PEFT
                                          adapter_model.bin) to safetensors; refuses non-tensor pickles
+                                         and corrupt files; SIZE (e.g. 8G) bounds the memory per file
   bench decode|prefill --model DIR [--tokens N] [--repeats N]
                                          tokens/s and the fraction of the memory-bandwidth limit
 
@@ -706,16 +707,34 @@ async function cmdBench(args: string[]) {
   );
 }
 
-async function cmdConvert(args: string[]) {
-  const { positionals } = parseArgs({ args, allowPositionals: true, options: {} });
-  const [src, dst] = positionals;
-  if (!src || !dst) {
+/** "4G", "512MiB", "1e9": a byte count for --max-memory (K/M/G/T are powers of 1024). */
+function parseByteSize(text: string, flag: string): number {
+  const m = /^(\d+(?:\.\d+)?(?:e\d+)?)\s*([kmgt]?)(?:i?b)?$/i.exec(text.trim());
+  const bytes = m ? Math.floor(Number(m[1]) * 1024 ** " kmgt".indexOf((m[2] || " ").toLowerCase())) : NaN;
+  if (!Number.isSafeInteger(bytes) || bytes <= 0) {
     throw new KvfoldError(
       "INVALID_ARGUMENT",
-      "Usage: kvfold convert SRC DST (a .bin file or a folder with PyTorch checkpoints)",
+      `Cannot convert: ${flag} ${text} is not a size (e.g. 8G, 512M)`,
     );
   }
-  const r = await convertTorchCheckpoint(src, dst);
+  return bytes;
+}
+
+async function cmdConvert(args: string[]) {
+  const { values: v, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: { "max-memory": { type: "string" } },
+  });
+  const [src, dst] = positionals;
+  if (!src || !dst || positionals.length > 2) {
+    throw new KvfoldError(
+      "INVALID_ARGUMENT",
+      "Usage: kvfold convert SRC DST [--max-memory SIZE] (a .bin file or a folder with PyTorch checkpoints)",
+    );
+  }
+  const maxBytes = v["max-memory"] === undefined ? undefined : parseByteSize(v["max-memory"], "--max-memory");
+  const r = await convertTorchCheckpoint(src, dst, { maxBytes });
   note(`converted ${r.tensors} tensor(s): ${r.files.join(", ")}`);
 }
 

@@ -4,6 +4,7 @@ import { fileURLToPath } from "node:url";
 import { KvfoldError } from "../src/errors.ts";
 import { readSafetensorsFile, type TensorView } from "../src/safetensors.ts";
 import { convertTorchCheckpoint, readTorchCheckpoint } from "../src/torch_bin.ts";
+import { Pickler, zip } from "./_torch_zip.ts";
 
 const FIXTURES = new URL("../../shared/fixtures/torch-bin/", import.meta.url);
 const fixture = (p: string) => fileURLToPath(new URL(p, FIXTURES));
@@ -209,105 +210,6 @@ Deno.test("a truncated zip is a FORMAT error; a missing source is an IO error", 
 // ---------------------------------------------------------------------------------------------
 // A hand-built checkpoint: ZIP64 central directory, I64 transposed view, I32 offset view, BOOL.
 
-function zip(files: [string, Uint8Array][], zip64 = false): Uint8Array {
-  const parts: Uint8Array[] = [];
-  const central: Uint8Array[] = [];
-  let offset = 0;
-  const enc = new TextEncoder();
-  for (const [name, data] of files) {
-    const n = enc.encode(name);
-    const local = new Uint8Array(30 + n.length);
-    const lv = new DataView(local.buffer);
-    lv.setUint32(0, 0x04034b50, true);
-    lv.setUint32(18, data.length, true);
-    lv.setUint32(22, data.length, true);
-    lv.setUint16(26, n.length, true);
-    local.set(n, 30);
-    const extra = zip64 ? 4 + 24 : 0;
-    const c = new Uint8Array(46 + n.length + extra);
-    const cv = new DataView(c.buffer);
-    cv.setUint32(0, 0x02014b50, true);
-    cv.setUint32(20, zip64 ? 0xffffffff : data.length, true);
-    cv.setUint32(24, zip64 ? 0xffffffff : data.length, true);
-    cv.setUint16(28, n.length, true);
-    cv.setUint16(30, extra, true);
-    cv.setUint32(42, zip64 ? 0xffffffff : offset, true);
-    c.set(n, 46);
-    if (zip64) {
-      const x = 46 + n.length;
-      cv.setUint16(x, 1, true);
-      cv.setUint16(x + 2, 24, true);
-      cv.setBigUint64(x + 4, BigInt(data.length), true);
-      cv.setBigUint64(x + 12, BigInt(data.length), true);
-      cv.setBigUint64(x + 20, BigInt(offset), true);
-    }
-    parts.push(local, data);
-    central.push(c);
-    offset += local.length + data.length;
-  }
-  const cdOffset = offset;
-  const cdSize = central.reduce((a, c) => a + c.length, 0);
-  const tail: Uint8Array[] = [...central];
-  if (zip64) {
-    const z = new Uint8Array(56 + 20);
-    const zv = new DataView(z.buffer);
-    zv.setUint32(0, 0x06064b50, true);
-    zv.setBigUint64(4, 44n, true);
-    zv.setBigUint64(24, BigInt(files.length), true);
-    zv.setBigUint64(32, BigInt(files.length), true);
-    zv.setBigUint64(40, BigInt(cdSize), true);
-    zv.setBigUint64(48, BigInt(cdOffset), true);
-    zv.setUint32(56, 0x07064b50, true);
-    zv.setBigUint64(64, BigInt(cdOffset + cdSize), true);
-    zv.setUint32(72, 1, true);
-    tail.push(z);
-  }
-  const e = new Uint8Array(22);
-  const ev = new DataView(e.buffer);
-  ev.setUint32(0, 0x06054b50, true);
-  ev.setUint16(8, zip64 ? 0xffff : files.length, true);
-  ev.setUint16(10, zip64 ? 0xffff : files.length, true);
-  ev.setUint32(12, zip64 ? 0xffffffff : cdSize, true);
-  ev.setUint32(16, zip64 ? 0xffffffff : cdOffset, true);
-  tail.push(e);
-  const all = [...parts, ...tail];
-  const out = new Uint8Array(all.reduce((a, p) => a + p.length, 0));
-  let at = 0;
-  for (const p of all) out.set(p, at), at += p.length;
-  return out;
-}
-
-/** A tiny pickle writer for the opcodes torch.save uses. */
-class Pickler {
-  bytes: number[] = [0x80, 2];
-  private enc = new TextEncoder();
-  op(...b: number[]) {
-    this.bytes.push(...b);
-    return this;
-  }
-  str(s: string) {
-    const b = this.enc.encode(s);
-    return this.op(0x58, b.length & 0xff, (b.length >> 8) & 0xff, 0, 0, ...b);
-  }
-  int(n: number) {
-    return n < 256 ? this.op(0x4b, n) : this.op(0x4d, n & 0xff, n >> 8);
-  }
-  global(m: string, n: string) {
-    return this.op(0x63, ...this.enc.encode(`${m}\n${n}\n`));
-  }
-  ints(xs: number[]) {
-    this.op(0x28);
-    for (const x of xs) this.int(x);
-    return this.op(0x74);
-  }
-  tensor(storage: string, key: string, numel: number, offset: number, size: number[], stride: number[]) {
-    this.global("torch._utils", "_rebuild_tensor_v2").op(0x28);
-    this.op(0x28).str("storage").global("torch", storage).str(key).str("cpu").int(numel).op(0x74, 0x51);
-    this.int(offset).ints(size).ints(stride).op(0x89).global("collections", "OrderedDict").op(0x29, 0x52);
-    return this.op(0x74, 0x52);
-  }
-}
-
 Deno.test("hand-built ZIP64 checkpoint: I64 transpose, I32 offset view, BOOL, parameter, nested dict", () => {
   const i64 = new BigInt64Array([0n, 1n, 2n, -3n, 4n, 5n]); // 2x3
   const i32 = new Int32Array([9, 8, 7, 6, 5, 4, 3, 2]);
@@ -316,7 +218,8 @@ Deno.test("hand-built ZIP64 checkpoint: I64 transpose, I32 offset view, BOOL, pa
   p.str("t").tensor("LongStorage", "0", 6, 0, [3, 2], [1, 3]); // transpose of the 2x3 matrix
   p.str("v").tensor("IntStorage", "1", 8, 2, [2, 2], [3, 1]); // rows at 2 and 5, two columns
   p.str("b").global("torch._utils", "_rebuild_parameter");
-  p.op(0x28).tensor("BoolStorage", "2", 3, 0, [3], [1]).op(0x88, 0x4b, 0, 0x74, 0x52);
+  p.op(0x28).tensor("BoolStorage", "2", 3, 0, [3], [1]).op(0x88).global("collections", "OrderedDict");
+  p.op(0x29, 0x52, 0x74, 0x52); // (tensor, True, OrderedDict())
   p.str("sub").op(0x7d).str("w").tensor("LongStorage", "0", 6, 5, [1], [1]).op(0x73);
   p.str("step").int(7);
   p.op(0x75, 0x7d, 0x62, 0x2e); // SETITEMS, then BUILD with an empty state
