@@ -528,6 +528,9 @@ export class DocumentStore {
     const docWhere = `document ${c.documentId}`;
     const source = v.text(r.source, "documents.source", docWhere);
     const stored = v.intOrNull(r.checksum, "chunks.checksum", where, 0);
+    if (stored !== null && stored > 0xffffffff) {
+      throw v.error("chunks.checksum", where, `is ${stored}, not a CRC-32`);
+    }
     // Before the dtype check: a flipped dtype is damage (FORMAT), not a newer kvfold's (UNSUPPORTED).
     if (stored !== null) {
       const computed = chunkChecksum(c);
