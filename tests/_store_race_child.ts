@@ -1,4 +1,4 @@
-// A writer of tests/hostile_store_test.ts's creation race: waits for a "go" file, then opens (and so
+// A writer of tests/hostile_store_paths_test.ts's creation race: waits for a "go" file, then opens (and so
 // creates) the store and adds two documents. Args: STORE INDEX GO_FILE.
 import { DocumentStore, type NewChunk } from "../src/store.ts";
 
