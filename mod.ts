@@ -63,6 +63,7 @@ export { concatVectors, DocumentStore } from "./src/store.ts";
 export type {
   NewChunk,
   NewDocument,
+  OpenStoreOptions,
   RetrievedChunk,
   StoredDocument,
   StoredVectors,

@@ -897,8 +897,17 @@ async function cmdAsk(args: string[]) {
 }
 
 function cmdStore(args: string[]): Promise<void> {
-  const [sub, file] = args;
-  if (sub !== "stats" || !file) throw new KvfoldError("INVALID_ARGUMENT", "Usage: kvfold store stats FILE");
+  // FILE or --store FILE, as `compress` and `ask` take it.
+  const { values: v, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: { store: { type: "string" } },
+  });
+  const [sub, ...rest] = positionals;
+  const file = v.store ?? rest[0];
+  if (sub !== "stats" || !file || rest.length > (v.store === undefined ? 1 : 0)) {
+    throw new KvfoldError("INVALID_ARGUMENT", "Usage: kvfold store stats FILE (or --store FILE)");
+  }
   using store = DocumentStore.open(file, { readOnly: true });
   const s = store.stats();
   write(

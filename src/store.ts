@@ -1,209 +1,56 @@
 /**
  * The LLoCO document store: one SQLite file holding documents, their chunks with text, each
  * chunk's compressed summary vectors as little-endian bf16 blobs, the adapter group of each
- * document, metadata and a schema version, plus a BM25 inverted index over chunk text.
+ * document, metadata and a schema version, plus a BM25 inverted index over chunk text. The file
+ * layout is in `_store_schema.ts`; what is checked of what is read, in `_store_integrity.ts`.
  *
  * @module
  */
 
 import { DatabaseSync, type SQLInputValue, type StatementSync } from "node:sqlite";
 import { KvfoldError } from "./errors.ts";
-import { bf16ToF32, f32ToBf16 } from "./safetensors.ts";
+import {
+  decodeVectors,
+  encodeVectors,
+  type NewChunk,
+  type NewDocument,
+  type RetrievedChunk,
+  type StoredDocument,
+  type StoreStats,
+} from "./store_records.ts";
+import {
+  addChecksumColumn,
+  chunkSelect,
+  prepareStore,
+  QUICK_CHECK_MAX_BYTES,
+  rollback,
+} from "./_store_schema.ts";
+import {
+  checkStorePath,
+  chunkChecksum,
+  isBusy,
+  sleepSync,
+  storeFailure,
+  StoreValues,
+} from "./_store_integrity.ts";
 
-/** The schema version this kvfold writes and reads. */
-const SCHEMA_VERSION = 1;
+export {
+  concatVectors,
+  type NewChunk,
+  type NewDocument,
+  type RetrievedChunk,
+  type StoredDocument,
+  type StoredVectors,
+  type StoreStats,
+} from "./store_records.ts";
+
+/** Opens that meet "database is locked" (another process creating the store) try this often. */
+const OPEN_ATTEMPTS = 8;
+
 /** BM25 term-frequency saturation. */
 const BM25_K1 = 1.2;
 /** BM25 length normalisation. */
 const BM25_B = 0.75;
-
-/**
- * A chunk's summary vectors: `rows` vectors of `hidden` values each, row-major.
- *
- * @example
- * ```ts
- * import type { StoredVectors } from "./store.ts";
- * const v: StoredVectors = { rows: 1, hidden: 2, data: new Float32Array([0.5, -1]) };
- * console.log(v.data.length === v.rows * v.hidden); // true
- * ```
- */
-export interface StoredVectors {
-  /** Number of vectors (compressed tokens kept). */
-  rows: number;
-  /** Width of each vector. */
-  hidden: number;
-  /** `rows * hidden` values, row-major. */
-  data: Float32Array;
-}
-
-/**
- * Row-wise concatenation of vector blocks of one width (a multi-chunk document's payload).
- *
- * @example
- * ```ts
- * import { concatVectors } from "./store.ts";
- * const v = concatVectors([
- *   { rows: 1, hidden: 2, data: new Float32Array([1, 2]) },
- *   { rows: 1, hidden: 2, data: new Float32Array([3, 4]) },
- * ]);
- * console.log(v.rows, [...v.data]); // 2 [ 1, 2, 3, 4 ]
- * ```
- */
-export function concatVectors(blocks: readonly StoredVectors[]): StoredVectors {
-  if (blocks.length === 1) return blocks[0];
-  const hidden = blocks[0]?.hidden ?? 0;
-  let rows = 0;
-  for (const b of blocks) {
-    if (b.hidden !== hidden) {
-      throw new RangeError(`Cannot join vectors: widths ${hidden} and ${b.hidden} differ`);
-    }
-    rows += b.rows;
-  }
-  const data = new Float32Array(rows * hidden);
-  let offset = 0;
-  for (const b of blocks) {
-    data.set(b.data, offset);
-    offset += b.data.length;
-  }
-  return { rows, hidden, data };
-}
-
-/**
- * A chunk to add: its text, how many tokens it had before compression, and its vectors.
- *
- * @example
- * ```ts
- * import type { NewChunk } from "./store.ts";
- * const c: NewChunk = { text: "hello", tokens: 1, vectors: { rows: 1, hidden: 1, data: new Float32Array([1]) } };
- * console.log(c.tokens); // 1
- * ```
- */
-export interface NewChunk {
-  /** The chunk's text (indexed for BM25). */
-  text: string;
-  /** Tokens the chunk had before compression (non-negative integer). */
-  tokens: number;
-  /** The compressed summary vectors. */
-  vectors: StoredVectors;
-}
-
-/**
- * A document to add: a unique source name, an optional adapter group, metadata and chunks.
- *
- * @example
- * ```ts
- * import type { NewDocument } from "./store.ts";
- * const d: NewDocument = { source: "a.txt", group: "papers", chunks: [] };
- * console.log(d.source); // "a.txt"
- * ```
- */
-export interface NewDocument {
-  /** Unique name of the document (a path, a URL, ...). */
-  source: string;
-  /** The adapter group the document belongs to. */
-  group?: string;
-  /** JSON-serialisable metadata. */
-  metadata?: Record<string, unknown>;
-  /** At least one chunk, in order. */
-  chunks: NewChunk[];
-}
-
-/**
- * A chunk read back from the store, with its document's source, group and metadata.
- *
- * @example
- * ```ts
- * import type { RetrievedChunk } from "./store.ts";
- * function show(c: RetrievedChunk): string {
- *   return `${c.source}#${c.ordinal} (${c.score.toFixed(3)})`;
- * }
- * console.log(typeof show); // "function"
- * ```
- */
-export interface RetrievedChunk {
-  /** The chunk's id. */
-  chunkId: number;
-  /** The id of the chunk's document. */
-  documentId: number;
-  /** The document's source. */
-  source: string;
-  /** Position of the chunk in its document, from 0. */
-  ordinal: number;
-  /** The chunk's text. */
-  text: string;
-  /** Tokens the chunk had before compression. */
-  tokens: number;
-  /** The document's adapter group, or null. */
-  group: string | null;
-  /** BM25 score from {@linkcode DocumentStore.retrieve}; 0 from {@linkcode DocumentStore.getChunks}. */
-  score: number;
-  /** The vectors, converted back from bf16. */
-  vectors: StoredVectors;
-  /** The document's metadata. */
-  metadata: Record<string, unknown>;
-}
-
-/**
- * A stored document as {@linkcode DocumentStore.getDocument} reads it: its id, source, group and
- * metadata, the ids of its chunks in order, and the totals of their tokens and vector rows. Read the
- * chunks themselves with {@linkcode DocumentStore.getChunks}.
- *
- * @example
- * ```ts
- * import type { StoredDocument } from "./store.ts";
- * const d: StoredDocument = {
- *   documentId: 1, source: "a.md", group: null, metadata: {}, chunkIds: [1, 2], tokens: 30, vectors: 4,
- * };
- * console.log(d.chunkIds.length); // 2
- * ```
- */
-export interface StoredDocument {
-  /** The document's id. */
-  documentId: number;
-  /** The document's source. */
-  source: string;
-  /** The document's adapter group, or null. */
-  group: string | null;
-  /** The document's metadata. */
-  metadata: Record<string, unknown>;
-  /** Ids of the document's chunks, in ordinal order (chunk 0 first). */
-  chunkIds: number[];
-  /** Sum of the chunks' `tokens` (tokens before compression). */
-  tokens: number;
-  /** Sum of the chunks' vector `rows` (summary vectors kept). */
-  vectors: number;
-}
-
-/**
- * Counts describing a store.
- *
- * @example
- * ```ts
- * import type { StoreStats } from "./store.ts";
- * const s: StoreStats = {
- *   documents: 0, chunks: 0, tokensIn: 0, vectorsKept: 0, ratio: 0, vectorBytes: 0, fileBytes: 0, groups: [],
- * };
- * console.log(s.ratio); // 0
- * ```
- */
-export interface StoreStats {
-  /** Number of documents. */
-  documents: number;
-  /** Number of chunks. */
-  chunks: number;
-  /** Sum of the chunks' `tokens`. */
-  tokensIn: number;
-  /** Sum of the chunks' vector `rows`. */
-  vectorsKept: number;
-  /** `tokensIn / vectorsKept` (0 when no vectors are kept). */
-  ratio: number;
-  /** Bytes of vector blobs (2 per value). */
-  vectorBytes: number;
-  /** Size of the database (page_count × page_size, WAL content included). */
-  fileBytes: number;
-  /** Distinct adapter groups, sorted. */
-  groups: string[];
-}
 
 /** Lowercase runs of Unicode letters and digits. */
 function tokenize(text: string): string[] {
@@ -218,92 +65,22 @@ function isNonNegativeInt(n: unknown): n is number {
   return typeof n === "number" && Number.isSafeInteger(n) && n >= 0;
 }
 
-/** Validates and encodes vectors as little-endian bf16 (round to nearest even). */
-function encodeVectors(v: StoredVectors, where: string): Uint8Array {
-  if (v === null || typeof v !== "object") throw bad(`Cannot add document: ${where} has no vectors`);
-  const { rows, hidden, data } = v;
-  if (!isNonNegativeInt(rows) || rows < 1 || !isNonNegativeInt(hidden) || hidden < 1) {
-    throw bad(
-      `Cannot add document: ${where} vectors need positive integer rows and hidden, got ${rows}×${hidden}`,
-    );
-  }
-  if (!(data instanceof Float32Array)) {
-    throw bad(`Cannot add document: ${where} vectors data is not a Float32Array`);
-  }
-  if (data.length !== rows * hidden) {
-    throw bad(
-      `Cannot add document: ${where} vectors hold ${data.length} values, expected rows*hidden = ${
-        rows * hidden
-      }`,
-    );
-  }
-  const out = new Uint8Array(data.length * 2);
-  const view = new DataView(out.buffer);
-  for (let i = 0; i < data.length; i++) {
-    const x = data[i];
-    if (!Number.isFinite(x)) throw bad(`Cannot add document: ${where} vector value ${i} is ${x}`);
-    const bits = f32ToBf16(x);
-    if ((bits & 0x7f80) === 0x7f80) {
-      throw bad(`Cannot add document: ${where} vector value ${i} (${x}) overflows bf16`);
-    }
-    view.setUint16(i * 2, bits, true);
-  }
-  return out;
+/** Options of {@linkcode DocumentStore.open}. */
+export interface OpenStoreOptions {
+  /** Open for reading only; the file must exist. Default false. */
+  readOnly?: boolean;
+  /**
+   * Run SQLite's `PRAGMA quick_check` (structure of every page) at open and refuse a damaged file.
+   * Default: only for files of at most 64 MiB (it reads the whole file: about 1 s per GB).
+   */
+  quickCheck?: boolean;
 }
-
-function decodeVectors(blob: Uint8Array, rows: number, hidden: number): StoredVectors {
-  const n = rows * hidden;
-  if (blob.byteLength !== n * 2) {
-    throw new KvfoldError(
-      "FORMAT",
-      `Cannot read chunk vectors: blob has ${blob.byteLength} bytes, expected ${n * 2}`,
-    );
-  }
-  const view = new DataView(blob.buffer, blob.byteOffset, blob.byteLength);
-  const data = new Float32Array(n);
-  for (let i = 0; i < n; i++) data[i] = bf16ToF32(view.getUint16(i * 2, true));
-  return { rows, hidden, data };
-}
-
-const SCHEMA = `
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE documents (
-  id INTEGER PRIMARY KEY,
-  source TEXT NOT NULL UNIQUE,
-  grp TEXT,
-  metadata TEXT NOT NULL DEFAULT '{}',
-  created_at TEXT NOT NULL
-);
-CREATE INDEX documents_grp ON documents (grp);
-CREATE TABLE chunks (
-  id INTEGER PRIMARY KEY,
-  document_id INTEGER NOT NULL REFERENCES documents (id) ON DELETE CASCADE,
-  ordinal INTEGER NOT NULL,
-  text TEXT NOT NULL,
-  tokens INTEGER NOT NULL,
-  length INTEGER NOT NULL,
-  rows INTEGER NOT NULL,
-  hidden INTEGER NOT NULL,
-  dtype TEXT NOT NULL DEFAULT 'bf16',
-  vectors BLOB NOT NULL,
-  UNIQUE (document_id, ordinal)
-);
-CREATE TABLE postings (
-  term TEXT NOT NULL,
-  chunk_id INTEGER NOT NULL REFERENCES chunks (id) ON DELETE CASCADE,
-  tf INTEGER NOT NULL,
-  PRIMARY KEY (term, chunk_id)
-) WITHOUT ROWID;
-CREATE INDEX postings_term ON postings (term);
-CREATE INDEX postings_chunk ON postings (chunk_id);
-`;
-
-const CHUNK_SELECT = `SELECT c.id AS chunk_id, c.document_id, d.source, c.ordinal, c.text, c.tokens, d.grp,
-  c.rows, c.hidden, c.dtype, c.vectors, d.metadata
-  FROM chunks c JOIN documents d ON d.id = c.document_id WHERE c.id = ?`;
 
 /**
  * An open LLoCO store. Open with {@linkcode DocumentStore.open}; close with `close()` or `using`.
+ *
+ * Nothing read from the file is trusted: every failure (a damaged file, a foreign layout, a value
+ * kvfold never writes, a chunk that does not match its checksum) is a `KvfoldError` naming the file.
  *
  * @example
  * ```ts ignore
@@ -322,19 +99,24 @@ export class DocumentStore {
   readonly path: string;
   #db: DatabaseSync | null;
   readonly #readOnly: boolean;
+  /** Whether `chunks` has the checksum column (stores written before it lack it). */
+  #checksums: boolean;
   readonly #stmts = new Map<string, StatementSync>();
 
-  private constructor(path: string, db: DatabaseSync, readOnly: boolean) {
+  private constructor(path: string, db: DatabaseSync, readOnly: boolean, checksums: boolean) {
     this.path = path;
     this.#db = db;
     this.#readOnly = readOnly;
+    this.#checksums = checksums;
   }
 
   /**
-   * Opens (creating when missing, unless `readOnly`) the store at `path`.
+   * Opens (creating when missing, unless `readOnly`) the store at `path`. Several processes may
+   * create the same new store at once.
    *
-   * Throws `KvfoldError` "FORMAT" when the file is not SQLite or not a kvfold store,
-   * "UNSUPPORTED" when its schema version is newer than this kvfold's, "IO" when it cannot be opened.
+   * Throws `KvfoldError` "IO" when the path is not a regular file (a FIFO, a device, a directory)
+   * or cannot be opened, "FORMAT" when the file is not SQLite, not a kvfold store or damaged,
+   * "UNSUPPORTED" when its schema version is newer than this kvfold's.
    *
    * @example
    * ```ts ignore
@@ -344,84 +126,36 @@ export class DocumentStore {
    * store.close();
    * ```
    */
-  static open(path: string, options: { readOnly?: boolean } = {}): DocumentStore {
+  static open(path: string, options: OpenStoreOptions = {}): DocumentStore {
     if (typeof path !== "string" || path === "") {
       throw bad("Cannot open store: path must be a non-empty string");
     }
     const readOnly = options.readOnly === true;
-    let db: DatabaseSync;
-    try {
-      db = new DatabaseSync(path, { readOnly });
-    } catch (e) {
-      throw new KvfoldError("IO", `Cannot open store: ${path}: ${(e as Error).message}`, { cause: e });
-    }
-    try {
-      DocumentStore.#prepare(db, path, readOnly);
-    } catch (e) {
+    // A FIFO would block SQLite's open forever, a device gives nonsense errors: refuse them first.
+    const bytes = checkStorePath(path, readOnly);
+    const quickCheck = options.quickCheck ?? bytes <= QUICK_CHECK_MAX_BYTES;
+    for (let attempt = 1;; attempt++) {
+      let db: DatabaseSync;
       try {
-        db.close();
-      } catch { /* already failing */ }
-      if (e instanceof KvfoldError) throw e;
-      const msg = (e as Error).message ?? String(e);
-      if (/not a database|file is encrypted|malformed/i.test(msg)) {
-        throw new KvfoldError("FORMAT", `Cannot open store: ${path} is not a SQLite database (${msg})`, {
-          cause: e,
-        });
-      }
-      throw new KvfoldError("IO", `Cannot open store: ${path}: ${msg}`, { cause: e });
-    }
-    return new DocumentStore(path, db, readOnly);
-  }
-
-  static #prepare(db: DatabaseSync, path: string, readOnly: boolean): void {
-    // Reading the schema forces SQLite to read the header: a non-SQLite file fails here.
-    const tables = db.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").all()
-      .map((r) => String(r.name));
-    db.exec("PRAGMA foreign_keys = ON");
-    db.exec("PRAGMA busy_timeout = 5000");
-    if (tables.length === 0) {
-      if (readOnly) {
-        throw new KvfoldError(
-          "FORMAT",
-          `Cannot open store: ${path} is empty and the store was opened read-only`,
-        );
-      }
-      db.exec("PRAGMA journal_mode = WAL");
-      db.exec("BEGIN IMMEDIATE");
-      try {
-        db.exec(SCHEMA);
-        const put = db.prepare("INSERT INTO meta (key, value) VALUES (?, ?)");
-        put.run("schema_version", String(SCHEMA_VERSION));
-        put.run("created_by", "kvfold");
-        put.run("created_at", new Date().toISOString());
-        db.exec("COMMIT");
+        db = new DatabaseSync(path, { readOnly });
       } catch (e) {
-        db.exec("ROLLBACK");
-        throw e;
+        throw storeFailure(path, "open store", e);
       }
-      return;
+      try {
+        const checksums = prepareStore(db, path, readOnly, quickCheck);
+        return new DocumentStore(path, db, readOnly, checksums);
+      } catch (e) {
+        try {
+          db.close();
+        } catch { /* already failing */ }
+        // busy_timeout covers most waits; SQLite skips it where waiting could deadlock.
+        if (isBusy(e) && attempt < OPEN_ATTEMPTS) {
+          sleepSync(10 * attempt);
+          continue;
+        }
+        throw storeFailure(path, "open store", e);
+      }
     }
-    if (!tables.includes("meta")) {
-      throw new KvfoldError(
-        "FORMAT",
-        `Cannot open store: ${path} is a SQLite file but not a kvfold store (no meta table)`,
-      );
-    }
-    const row = db.prepare("SELECT value FROM meta WHERE key = 'schema_version'").get();
-    const version = row === undefined ? NaN : Number(row.value);
-    if (!Number.isInteger(version) || version < 1) {
-      throw new KvfoldError("FORMAT", `Cannot open store: ${path} has no valid schema_version in meta`);
-    }
-    if (version > SCHEMA_VERSION) {
-      throw new KvfoldError(
-        "UNSUPPORTED",
-        `Cannot open store: ${path}: schema version ${version} is newer than this kvfold (${SCHEMA_VERSION}); upgrade kvfold`,
-      );
-    }
-    for (const t of ["documents", "chunks", "postings"]) {
-      if (!tables.includes(t)) throw new KvfoldError("FORMAT", `Cannot open store: ${path} lacks table ${t}`);
-    }
-    if (!readOnly) db.exec("PRAGMA journal_mode = WAL");
   }
 
   #conn(): DatabaseSync {
@@ -447,6 +181,18 @@ export class DocumentStore {
       throw new KvfoldError("INVALID_STATE", `Cannot ${action}: store ${this.path} is read-only`);
     }
     return db;
+  }
+
+  /**
+   * Runs one operation on the file: the one place where SQLite's own errors ("database disk image
+   * is malformed", "no such column", an integer past 2^53, ...) become `KvfoldError`s naming it.
+   */
+  #guard<T>(action: string, fn: () => T): T {
+    try {
+      return fn();
+    } catch (e) {
+      throw storeFailure(this.path, action, e);
+    }
   }
 
   /**
@@ -489,62 +235,100 @@ export class DocumentStore {
         );
       }
     }
-    db.exec("BEGIN IMMEDIATE");
-    try {
-      const existing = this.#stmt("SELECT id FROM documents WHERE source = ?").get(source);
-      if (existing !== undefined) {
-        if (options.replace !== true) {
-          throw new KvfoldError(
-            "INVALID_STATE",
-            `Cannot add document: source ${source} is already in the store (pass { replace: true } to replace it)`,
-          );
-        }
-        this.#stmt("DELETE FROM documents WHERE id = ?").run(existing.id as SQLInputValue);
-      }
-      const res = this.#stmt("INSERT INTO documents (source, grp, metadata, created_at) VALUES (?, ?, ?, ?)")
-        .run(source, group ?? null, metaJson, new Date().toISOString());
-      const documentId = Number(res.lastInsertRowid);
-      const insChunk = this.#stmt(
-        `INSERT INTO chunks (document_id, ordinal, text, tokens, length, rows, hidden, dtype, vectors)
-         VALUES (?, ?, ?, ?, ?, ?, ?, 'bf16', ?)`,
-      );
-      const insPosting = this.#stmt("INSERT INTO postings (term, chunk_id, tf) VALUES (?, ?, ?)");
-      chunks.forEach((chunk, ordinal) => {
-        const where = `chunk ${ordinal} of ${source}`;
-        if (chunk === null || typeof chunk !== "object") {
-          throw bad(`Cannot add document: ${where} is not an object`);
-        }
-        if (typeof chunk.text !== "string") throw bad(`Cannot add document: ${where} text must be a string`);
-        if (!isNonNegativeInt(chunk.tokens)) {
-          throw bad(
-            `Cannot add document: ${where} tokens must be a non-negative integer, got ${chunk.tokens}`,
-          );
-        }
-        const blob = encodeVectors(chunk.vectors, where);
-        const terms = tokenize(chunk.text);
-        const r = insChunk.run(
-          documentId,
-          ordinal,
-          chunk.text,
-          chunk.tokens,
-          terms.length,
-          chunk.vectors.rows,
-          chunk.vectors.hidden,
-          blob,
-        );
-        const chunkId = Number(r.lastInsertRowid);
-        const tf = new Map<string, number>();
-        for (const t of terms) tf.set(t, (tf.get(t) ?? 0) + 1);
-        for (const [term, n] of tf) insPosting.run(term, chunkId, n);
-      });
-      db.exec("COMMIT");
-      return documentId;
-    } catch (e) {
+    const action = `add document ${source} to store`;
+    return this.#guard(action, () => {
+      db.exec("BEGIN IMMEDIATE");
       try {
-        db.exec("ROLLBACK");
-      } catch { /* no transaction left to roll back */ }
-      throw e;
+        const id = this.#insert(db, action, { source, group, metaJson, chunks }, options.replace === true);
+        db.exec("COMMIT");
+        return id;
+      } catch (e) {
+        rollback(db);
+        throw e;
+      }
+    });
+  }
+
+  /** The body of `addDocument`, inside its transaction. */
+  #insert(
+    db: DatabaseSync,
+    action: string,
+    doc: { source: string; group?: string; metaJson: string; chunks: NewChunk[] },
+    replace: boolean,
+  ): number {
+    const { source, chunks } = doc;
+    const values = new StoreValues(this.path, action);
+    if (!this.#checksums) {
+      // A store written before checksums: the first write adds the column (see SCHEMA).
+      addChecksumColumn(db);
+      this.#checksums = true;
     }
+    const existing = this.#stmt("SELECT id FROM documents WHERE source = ?").get(source);
+    if (existing !== undefined) {
+      if (!replace) {
+        throw new KvfoldError(
+          "INVALID_STATE",
+          `Cannot add document: source ${source} is already in the store (pass { replace: true } to replace it)`,
+        );
+      }
+      this.#stmt("DELETE FROM documents WHERE id = ?").run(existing.id as SQLInputValue);
+    }
+    const res = this.#stmt("INSERT INTO documents (source, grp, metadata, created_at) VALUES (?, ?, ?, ?)")
+      .run(source, doc.group ?? null, doc.metaJson, new Date().toISOString());
+    const documentId = values.int(res.lastInsertRowid, "documents.id", `document ${source}`, 1);
+    // Chunk ids are chosen here (as SQLite would: one past the largest) because the checksum covers
+    // them; the transaction holds the write lock, so no other writer takes them meanwhile.
+    const last = this.#stmt("SELECT MAX(id) AS id FROM chunks").get()!.id;
+    let chunkId = (values.intOrNull(last, "chunks.id", "the last chunk", 0) ?? 0) + 1;
+    const insChunk = this.#stmt(
+      `INSERT INTO chunks (id, document_id, ordinal, text, tokens, length, rows, hidden, dtype, vectors, checksum)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'bf16', ?, ?)`,
+    );
+    const insPosting = this.#stmt("INSERT INTO postings (term, chunk_id, tf) VALUES (?, ?, ?)");
+    chunks.forEach((chunk, ordinal) => {
+      const where = `chunk ${ordinal} of ${source}`;
+      if (chunk === null || typeof chunk !== "object") {
+        throw bad(`Cannot add document: ${where} is not an object`);
+      }
+      if (typeof chunk.text !== "string") throw bad(`Cannot add document: ${where} text must be a string`);
+      if (!isNonNegativeInt(chunk.tokens)) {
+        throw bad(
+          `Cannot add document: ${where} tokens must be a non-negative integer, got ${chunk.tokens}`,
+        );
+      }
+      const blob = encodeVectors(chunk.vectors, where);
+      const terms = tokenize(chunk.text);
+      const { rows, hidden } = chunk.vectors;
+      const record = {
+        id: chunkId,
+        documentId,
+        ordinal,
+        tokens: chunk.tokens,
+        length: terms.length,
+        rows,
+        hidden,
+        dtype: "bf16",
+        text: chunk.text,
+        vectors: blob,
+      };
+      insChunk.run(
+        chunkId,
+        documentId,
+        ordinal,
+        chunk.text,
+        chunk.tokens,
+        terms.length,
+        rows,
+        hidden,
+        blob,
+        chunkChecksum(record),
+      );
+      const tf = new Map<string, number>();
+      for (const t of terms) tf.set(t, (tf.get(t) ?? 0) + 1);
+      for (const [term, n] of tf) insPosting.run(term, chunkId, n);
+      chunkId++;
+    });
+    return documentId;
   }
 
   /**
@@ -558,7 +342,10 @@ export class DocumentStore {
    * ```
    */
   hasDocument(source: string): boolean {
-    return this.#stmt("SELECT 1 AS x FROM documents WHERE source = ?").get(source) !== undefined;
+    return this.#guard(
+      "look up document in store",
+      () => this.#stmt("SELECT 1 AS x FROM documents WHERE source = ?").get(source) !== undefined,
+    );
   }
 
   /**
@@ -580,29 +367,37 @@ export class DocumentStore {
   getDocument(source: string): StoredDocument | undefined {
     this.#conn();
     if (typeof source !== "string") throw bad("Cannot get document: source must be a string");
-    const rows = this.#stmt(
-      `SELECT d.id, d.source, d.grp, d.metadata, c.id AS chunk_id, c.tokens, c.rows
-       FROM documents d LEFT JOIN chunks c ON c.document_id = d.id
-       WHERE d.source = ? ORDER BY c.ordinal`,
-    ).all(source);
-    if (rows.length === 0) return undefined;
-    const first = rows[0];
-    const doc: StoredDocument = {
-      documentId: Number(first.id),
-      source: String(first.source),
-      group: first.grp === null ? null : String(first.grp),
-      metadata: JSON.parse(String(first.metadata)) as Record<string, unknown>,
-      chunkIds: [],
-      tokens: 0,
-      vectors: 0,
-    };
-    for (const r of rows) {
-      if (r.chunk_id === null) continue; // a document with no chunks (LEFT JOIN): none to list
-      doc.chunkIds.push(Number(r.chunk_id));
-      doc.tokens += Number(r.tokens);
-      doc.vectors += Number(r.rows);
-    }
-    return doc;
+    const action = `read document ${source} of store`;
+    return this.#guard(action, () => {
+      const rows = this.#stmt(
+        `SELECT d.id, d.source, d.grp, d.metadata, c.id AS chunk_id, c.tokens, c.rows
+         FROM documents d LEFT JOIN chunks c ON c.document_id = d.id
+         WHERE d.source = ? ORDER BY c.ordinal`,
+      ).all(source);
+      if (rows.length === 0) return undefined;
+      const v = new StoreValues(this.path, action);
+      const first = rows[0];
+      const documentId = v.int(first.id, "documents.id", `document ${source}`, 1);
+      const where = `document ${documentId}`;
+      const doc: StoredDocument = {
+        documentId,
+        source: v.text(first.source, "documents.source", where),
+        group: v.textOrNull(first.grp, "documents.grp", where),
+        metadata: v.jsonObject(first.metadata, "documents.metadata", where),
+        chunkIds: [],
+        tokens: 0,
+        vectors: 0,
+      };
+      for (const r of rows) {
+        if (r.chunk_id === null) continue; // a document with no chunks (LEFT JOIN): none to list
+        const chunkId = v.int(r.chunk_id, "chunks.id", `a chunk of ${where}`, 1);
+        doc.chunkIds.push(chunkId);
+        doc.tokens += v.int(r.tokens, "chunks.tokens", `chunk ${chunkId}`, 0);
+        doc.vectors += v.int(r.rows, "chunks.rows", `chunk ${chunkId}`, 1);
+      }
+      v.int(doc.tokens, "the sum of chunks.tokens", where, 0);
+      return doc;
+    });
   }
 
   /**
@@ -617,8 +412,10 @@ export class DocumentStore {
    */
   removeDocument(source: string): boolean {
     this.#writable("remove document");
-    const r = this.#stmt("DELETE FROM documents WHERE source = ?").run(source);
-    return Number(r.changes) > 0;
+    return this.#guard(`remove document ${source} from store`, () => {
+      const r = this.#stmt("DELETE FROM documents WHERE source = ?").run(source);
+      return Number(r.changes) > 0;
+    });
   }
 
   /**
@@ -645,12 +442,24 @@ export class DocumentStore {
     }
     const terms = [...new Set(tokenize(query))];
     if (terms.length === 0) return [];
+    const action = "retrieve from store";
+    const ranked = this.#guard(
+      action,
+      () => this.#rank(terms, k, options.group, new StoreValues(this.path, action)),
+    );
+    return ranked.map(([id, score]) =>
+      this.#guard(`read chunk ${id} of store`, () => this.#chunk(id, score))
+    );
+  }
+
+  /** The BM25 top `k` chunk ids with their scores. */
+  #rank(terms: string[], k: number, group: string | undefined, v: StoreValues): [number, number][] {
     const corpus = this.#stmt("SELECT COUNT(*) AS n, COALESCE(AVG(length), 0) AS avg FROM chunks").get()!;
-    const n = Number(corpus.n);
-    const avg = Number(corpus.avg);
+    const n = v.int(corpus.n, "COUNT(*)", "chunks", 0);
+    const avg = v.real(corpus.avg, "AVG(chunks.length)", "chunks", 0);
     if (n === 0) return [];
     const dfStmt = this.#stmt("SELECT COUNT(*) AS df FROM postings WHERE term = ?");
-    const postingsStmt = options.group === undefined
+    const postingsStmt = group === undefined
       ? this.#stmt(
         "SELECT p.chunk_id, p.tf, c.length FROM postings p JOIN chunks c ON c.id = p.chunk_id WHERE p.term = ?",
       )
@@ -660,28 +469,26 @@ export class DocumentStore {
       );
     const scores = new Map<number, number>();
     for (const term of terms) {
-      const df = Number(dfStmt.get(term)!.df);
+      const df = v.int(dfStmt.get(term)!.df, "COUNT(*)", `postings of term ${term}`, 0);
       if (df === 0) continue;
       const idf = Math.log(1 + (n - df + 0.5) / (df + 0.5));
-      const rows = options.group === undefined
-        ? postingsStmt.all(term)
-        : postingsStmt.all(term, options.group);
+      const rows = group === undefined ? postingsStmt.all(term) : postingsStmt.all(term, group);
       for (const row of rows) {
-        const tf = Number(row.tf);
-        const len = Number(row.length);
+        const id = v.int(row.chunk_id, "postings.chunk_id", `a posting of term ${term}`, 1);
+        const tf = v.int(row.tf, "postings.tf", `the posting of ${term} in chunk ${id}`, 1);
+        const len = v.int(row.length, "chunks.length", `chunk ${id}`, 0);
         const norm = avg > 0 ? len / avg : 0;
         const s = idf * (tf * (BM25_K1 + 1)) / (tf + BM25_K1 * (1 - BM25_B + BM25_B * norm));
-        const id = Number(row.chunk_id);
         scores.set(id, (scores.get(id) ?? 0) + s);
       }
     }
-    const ranked = [...scores].sort((a, b) => b[1] - a[1] || a[0] - b[0]).slice(0, k);
-    return ranked.map(([id, score]) => this.#chunk(id, score));
+    return [...scores].sort((a, b) => b[1] - a[1] || a[0] - b[0]).slice(0, k);
   }
 
   /**
    * Reads chunks by id (as found by an external retriever), in the order given, with score 0.
-   * An unknown id throws "INVALID_ARGUMENT".
+   * An unknown id throws "INVALID_ARGUMENT"; a chunk whose row does not match its checksum, or
+   * holds values kvfold never writes, throws "FORMAT" naming the chunk and its document.
    *
    * @example
    * ```ts ignore
@@ -696,37 +503,76 @@ export class DocumentStore {
     if (!Array.isArray(chunkIds)) throw bad("Cannot get chunks: expected an array of chunk ids");
     return chunkIds.map((id) => {
       if (!Number.isSafeInteger(id)) throw bad(`Cannot get chunks: ${id} is not a chunk id`);
-      return this.#chunk(id, 0);
+      return this.#guard(`read chunk ${id} of store`, () => this.#chunk(id, 0));
     });
   }
 
   #chunk(id: number, score: number): RetrievedChunk {
-    const r = this.#stmt(CHUNK_SELECT).get(id);
+    const r = this.#stmt(chunkSelect(this.#checksums)).get(id);
     if (r === undefined) throw bad(`Cannot get chunks: chunk ${id} does not exist`);
-    if (r.dtype !== "bf16") {
+    const action = `read chunk ${id} of store`;
+    const v = new StoreValues(this.path, action);
+    const where = `chunk ${id}`;
+    const c = {
+      id: v.int(r.chunk_id, "chunks.id", where, 1),
+      documentId: v.int(r.document_id, "chunks.document_id", where, 1),
+      ordinal: v.int(r.ordinal, "chunks.ordinal", where, 0),
+      tokens: v.int(r.tokens, "chunks.tokens", where, 0),
+      length: v.int(r.length, "chunks.length", where, 0),
+      rows: v.int(r.rows, "chunks.rows", where, 1),
+      hidden: v.int(r.hidden, "chunks.hidden", where, 1),
+      dtype: v.text(r.dtype, "chunks.dtype", where),
+      text: v.text(r.text, "chunks.text", where),
+      vectors: v.blob(r.vectors, "chunks.vectors", where),
+    };
+    const docWhere = `document ${c.documentId}`;
+    const source = v.text(r.source, "documents.source", docWhere);
+    const stored = v.intOrNull(r.checksum, "chunks.checksum", where, 0);
+    if (stored !== null && stored > 0xffffffff) {
+      throw v.error("chunks.checksum", where, `is ${stored}, not a CRC-32`);
+    }
+    // Before the dtype check: a flipped dtype is damage (FORMAT), not a newer kvfold's (UNSUPPORTED).
+    if (stored !== null) {
+      const computed = chunkChecksum(c);
+      if (stored !== computed) {
+        throw new KvfoldError(
+          "FORMAT",
+          `Cannot ${action}: ${this.path} is damaged: chunk ${id} (#${c.ordinal} of document ${c.documentId}, ${source}) ` +
+            `does not match its checksum (stored ${stored.toString(16)}, computed ${computed.toString(16)})`,
+        );
+      }
+    }
+    if (c.id !== id) throw v.error("chunks.id", where, `is ${c.id}`);
+    if (c.dtype !== "bf16") {
       throw new KvfoldError(
         "UNSUPPORTED",
-        `Cannot read chunk ${id}: vector dtype ${r.dtype} is not supported`,
+        `Cannot ${action}: ${this.path}: vector dtype ${c.dtype} of ${where} is not supported`,
       );
     }
-    const rows = Number(r.rows);
-    const hidden = Number(r.hidden);
+    if (c.vectors.byteLength !== 2 * c.rows * c.hidden) {
+      throw v.error(
+        "chunks.vectors",
+        where,
+        `has ${c.vectors.byteLength} bytes, not 2 × rows × hidden = 2 × ${c.rows} × ${c.hidden}`,
+      );
+    }
     return {
-      chunkId: Number(r.chunk_id),
-      documentId: Number(r.document_id),
-      source: String(r.source),
-      ordinal: Number(r.ordinal),
-      text: String(r.text),
-      tokens: Number(r.tokens),
-      group: r.grp === null ? null : String(r.grp),
+      chunkId: c.id,
+      documentId: c.documentId,
+      source,
+      ordinal: c.ordinal,
+      text: c.text,
+      tokens: c.tokens,
+      group: v.textOrNull(r.grp, "documents.grp", docWhere),
       score,
-      vectors: decodeVectors(r.vectors as Uint8Array, rows, hidden),
-      metadata: JSON.parse(String(r.metadata)) as Record<string, unknown>,
+      vectors: { rows: c.rows, hidden: c.hidden, data: decodeVectors(c.vectors, c.rows, c.hidden) },
+      metadata: v.jsonObject(r.metadata, "documents.metadata", docWhere),
     };
   }
 
   /**
-   * Counts of documents, chunks, tokens in, vectors kept and bytes.
+   * Counts of documents, chunks, tokens in, vectors kept and bytes. A count column holding what
+   * kvfold never writes (a negative count, text) throws "FORMAT" naming the column and the chunk.
    *
    * @example
    * ```ts ignore
@@ -737,28 +583,49 @@ export class DocumentStore {
    * ```
    */
   stats(): StoreStats {
-    const db = this.#conn();
-    const c = this.#stmt(
-      `SELECT COUNT(*) AS chunks, COALESCE(SUM(tokens), 0) AS tokens_in, COALESCE(SUM(rows), 0) AS kept,
-       COALESCE(SUM(LENGTH(vectors)), 0) AS bytes FROM chunks`,
-    ).get()!;
-    const documents = Number(this.#stmt("SELECT COUNT(*) AS n FROM documents").get()!.n);
-    const groups = this.#stmt("SELECT DISTINCT grp FROM documents WHERE grp IS NOT NULL ORDER BY grp").all()
-      .map((r) => String(r.grp));
-    const pageCount = Number(db.prepare("PRAGMA page_count").get()!.page_count);
-    const pageSize = Number(db.prepare("PRAGMA page_size").get()!.page_size);
-    const tokensIn = Number(c.tokens_in);
-    const vectorsKept = Number(c.kept);
-    return {
-      documents,
-      chunks: Number(c.chunks),
-      tokensIn,
-      vectorsKept,
-      ratio: vectorsKept > 0 ? tokensIn / vectorsKept : 0,
-      vectorBytes: Number(c.bytes),
-      fileBytes: pageCount * pageSize,
-      groups,
-    };
+    this.#conn();
+    const action = "read store stats";
+    return this.#guard(action, () => {
+      const v = new StoreValues(this.path, action);
+      // One scan; the smallest id of a row with an impossible count finds it for the message.
+      const c = this.#stmt(
+        `SELECT COUNT(*) AS chunks, COALESCE(SUM(tokens), 0) AS tokens_in, COALESCE(SUM(rows), 0) AS kept,
+         COALESCE(SUM(LENGTH(vectors)), 0) AS bytes,
+         MIN(CASE WHEN typeof(tokens) = 'integer' AND tokens >= 0 THEN NULL ELSE id END) AS bad_tokens,
+         MIN(CASE WHEN typeof(rows) = 'integer' AND rows >= 1 THEN NULL ELSE id END) AS bad_rows
+         FROM chunks`,
+      ).get()!;
+      for (const [key, column, min] of [["bad_tokens", "tokens", 0], ["bad_rows", "rows", 1]] as const) {
+        if (c[key] === null) continue;
+        const id = v.int(c[key], "chunks.id", "a chunk", 1);
+        const value = this.#stmt(`SELECT ${column} AS x FROM chunks WHERE id = ?`).get(id)!.x;
+        v.int(value, `chunks.${column}`, `chunk ${id}`, min);
+      }
+      const documents = v.int(
+        this.#stmt("SELECT COUNT(*) AS n FROM documents").get()!.n,
+        "COUNT(*)",
+        "documents",
+        0,
+      );
+      const groups = this.#stmt(
+        "SELECT id, grp FROM documents WHERE grp IS NOT NULL GROUP BY grp ORDER BY grp",
+      )
+        .all().map((r) => v.text(r.grp, "documents.grp", `document ${r.id}`));
+      const pageCount = v.int(this.#stmt("PRAGMA page_count").get()!.page_count, "page_count", "the file", 0);
+      const pageSize = v.int(this.#stmt("PRAGMA page_size").get()!.page_size, "page_size", "the file", 1);
+      const tokensIn = v.int(c.tokens_in, "SUM(chunks.tokens)", "chunks", 0);
+      const vectorsKept = v.int(c.kept, "SUM(chunks.rows)", "chunks", 0);
+      return {
+        documents,
+        chunks: v.int(c.chunks, "COUNT(*)", "chunks", 0),
+        tokensIn,
+        vectorsKept,
+        ratio: vectorsKept > 0 ? tokensIn / vectorsKept : 0,
+        vectorBytes: v.int(c.bytes, "SUM(LENGTH(chunks.vectors))", "chunks", 0),
+        fileBytes: pageCount * pageSize,
+        groups,
+      };
+    });
   }
 
   /**
@@ -774,8 +641,9 @@ export class DocumentStore {
   close(): void {
     if (this.#db === null) return;
     this.#stmts.clear();
-    this.#db.close();
+    const db = this.#db;
     this.#db = null;
+    this.#guard("close store", () => db.close());
   }
 
   /** Closes the store (for `using`). */
