@@ -61,7 +61,7 @@ std::vector<float> load_vector(const TensorInfo &t) {
   const int64_t n = int64_t(t.nbytes / dtype_size(t.dtype));
   const int64_t bad = first_non_finite(t.data, t.dtype, n);
   if (bad >= 0) refuse_non_finite(t, bad);
-  std::vector<float> out(size_t(n));
+  std::vector<float> out(static_cast<size_t>(n));
   convert_row_to_f32(t.data, t.dtype, out.data(), n);
   return out;
 }
