@@ -8,8 +8,11 @@
 
 import { KvfoldError } from "./errors.ts";
 
-/** Model types the tokenizer library implements; a file without a type is inferred, as HF does. */
-const MODEL_TYPES = ["BPE", "Unigram", "WordPiece"];
+/**
+ * The model types of Hugging Face tokenizers, all of which the library runs (WordLevel through its
+ * inference from the vocab); a file without a type is inferred, as HF does.
+ */
+const MODEL_TYPES = ["BPE", "Unigram", "WordLevel", "WordPiece"];
 
 type Json = Record<string, unknown>;
 

@@ -7,7 +7,7 @@ import { Compressor } from "../src/compressor.ts";
 import { makeTestLococoHeads } from "../src/lococo_heads.ts";
 import { readSafetensors, readSafetensorsFile } from "../src/safetensors.ts";
 import { makeTestAdapter } from "../src/test_model.ts";
-import { tempDir, TEST_COMPRESSOR, testEngine, testModel } from "./_fixtures.ts";
+import { runCli, tempDir, TEST_COMPRESSOR, testEngine, testModel } from "./_fixtures.ts";
 
 /** A writable copy of a test model (default: the tiny GQA one), handed to `edit`, removed afterwards. */
 async function withBrokenModel(
@@ -60,8 +60,13 @@ async function unblockingFifo(fifo: string, check: () => Promise<void>) {
 
 type Breakage = "fifo" | "dev-zero" | "directory";
 
+/** Puts a FIFO, a link to /dev/zero or a directory at `path` (replacing a file there). */
 function breakFile(path: string, how: Breakage) {
-  Deno.removeSync(path);
+  try {
+    Deno.removeSync(path);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+  }
   if (how === "fifo") new Deno.Command("mkfifo", { args: [path] }).outputSync();
   else if (how === "dev-zero") Deno.symlinkSync("/dev/zero", path);
   else Deno.mkdirSync(path);
@@ -163,6 +168,38 @@ Deno.test("hostile files: an adapter folder with a directory where a file should
       );
       Deno.removeSync(`${dir}/${f}`);
       Deno.writeFileSync(`${dir}/${f}`, keep);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("hostile files: CLI data and document files that are FIFOs or /dev/zero are refused", async () => {
+  const model = await testModel("gqa", { seed: 11 });
+  const dir = await tempDir();
+  try {
+    breakFile(`${dir}/x`, "dev-zero");
+    new Deno.Command("mkfifo", { args: [`${dir}/fifo`] }).outputSync();
+    for (
+      const [data, want] of [["x", /Cannot train lora: .*\/x is not a regular file \[IO\]/], [
+        "fifo",
+        /fifo is not a regular file/,
+      ]] as const
+    ) {
+      await unblockingFifo(`${dir}/fifo`, async () => {
+        const r = await runCli(
+          "train",
+          "lora",
+          "--model",
+          model,
+          "--data",
+          `${dir}/${data}`,
+          "--out",
+          `${dir}/out`,
+        );
+        assert.notEqual(r.code, 0);
+        assert.match(r.err, want);
+      });
     }
   } finally {
     await Deno.remove(dir, { recursive: true });
@@ -421,7 +458,7 @@ Deno.test("hostile tokenizer: empty vocab, unknown model type and mistyped parts
     [
       (t) => (t.model.type = "Foo"),
       "UNSUPPORTED",
-      /model type "Foo" is not supported \(BPE, Unigram, WordPiece\)/,
+      /model type "Foo" is not supported \(BPE, Unigram, WordLevel, WordPiece\)/,
     ],
     [(t) => delete t.model, "FORMAT", /"model" is missing, not an object/],
     [(t) => (t.model.merges = [1, 2, 3]), "FORMAT", /model\.merges entry 0 is a number \(1\)/],
