@@ -354,6 +354,24 @@ Deno.test("hostile safetensors: NaN and Inf weights are refused at load, naming 
   }
 });
 
+Deno.test("hostile safetensors: an adapter with a NaN weight is refused at load, naming the tensor", async () => {
+  const kv = await testEngine();
+  const base = await testModel("gqa", { seed: 11 });
+  using model = await kv.loadModel(base);
+  const dir = await tempDir();
+  try {
+    const names = await makeTestAdapter(dir, { base, rank: 2 });
+    poison(`${dir}/adapter_model.safetensors`, names[1], 3, NaN);
+    await rejectsWith(
+      model.adapters.load(dir),
+      "FORMAT",
+      new RegExp(`tensor ${escape(names[1])} of .*adapter_model\\.safetensors holds NaN or Inf at element 3`),
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 // ---------------------------------------------------------------------------------------------
 // config.json and the sharded index against the weights
 
