@@ -144,24 +144,29 @@ export class Adapter extends HandleOwner {
 
 // A clear message for the common mistakes, before the native loader's generic ones.
 async function assertPeftFolder(dir: string): Promise<void> {
-  const exists = async (f: string) => {
+  // What is wrong with a file the folder should hold: "does not exist", "is a directory, ...", or "".
+  const problem = async (f: string) => {
     try {
-      return (await Deno.stat(`${dir}/${f}`)).isFile;
+      const info = await Deno.stat(`${dir}/${f}`);
+      return info.isDirectory ? "is a directory, not a file" : info.isFile ? "" : "is not a regular file";
     } catch {
-      return false;
+      return "does not exist";
     }
   };
-  if (!(await exists("adapter_config.json"))) {
-    throw new KvfoldError("IO", `Cannot load adapter: ${dir}/adapter_config.json does not exist`);
-  }
-  if (!(await exists("adapter_model.safetensors"))) {
-    const hint = (await exists("adapter_model.bin"))
+  const config = await problem("adapter_config.json");
+  if (config) throw new KvfoldError("IO", `Cannot load adapter: ${dir}/adapter_config.json ${config}`);
+  const weights = await problem("adapter_model.safetensors");
+  if (weights === "does not exist") {
+    const hint = (await problem("adapter_model.bin")) === ""
       ? `; it has adapter_model.bin: convert it once with \`kvfold convert ${dir} OUT_DIR\``
       : "";
     throw new KvfoldError(
       "IO",
       `Cannot load adapter: ${dir}/adapter_model.safetensors does not exist${hint}`,
     );
+  }
+  if (weights) {
+    throw new KvfoldError("IO", `Cannot load adapter: ${dir}/adapter_model.safetensors ${weights}`);
   }
 }
 

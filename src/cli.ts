@@ -11,6 +11,7 @@ import type { Model, WeightDType } from "./model.ts";
 import type { CacheOptions } from "./lococo.ts";
 import type { Session } from "./session.ts";
 import { ensureNativeLibrary } from "./_native_build.ts";
+import { readBoundedText } from "./_bounded_read.ts";
 import { readSafetensorsFile, writeSafetensorsFile } from "./safetensors.ts";
 import { makeTestAdapter, makeTestModel, TEST_MODEL_PRESETS } from "./test_model.ts";
 import { makeTestLococoHeads } from "./lococo_heads.ts";
@@ -458,7 +459,7 @@ function noteTrainingStep(p: TrainingProgress): void {
 async function trainLococo(v: Record<string, string | boolean | undefined>) {
   const str = (k: string) => v[k] as string | undefined;
   const dir = need(str("model"), "model"), out = need(str("out"), "out");
-  const text = await Deno.readTextFile(need(str("data"), "data"));
+  const text = await readUserText(need(str("data"), "data"), "train lococo");
   using kv = await openEngine(v as { threads?: string; backend?: string });
   using model = await kv.loadModel(dir, { dtype: dtypeOpt({ dtype: str("dtype") }) });
   using interrupt = interruptSignal();
@@ -528,7 +529,7 @@ async function cmdTrain(args: string[]) {
   }
   const dir = need(v.model, "model"), out = need(v.out, "out");
   const examples: QaExample[] = [];
-  const lines = (await Deno.readTextFile(need(v.data, "data"))).split("\n");
+  const lines = (await readUserText(need(v.data, "data"), "train lora")).split("\n");
   for (const [i, line] of lines.entries()) {
     if (line.trim() === "") continue;
     let e: Record<string, unknown>;
@@ -781,11 +782,7 @@ async function cmdCompress(args: string[]) {
   }
   using store = DocumentStore.open(v.store);
   using interrupt = interruptSignal(); // Ctrl-C aborts within one token
-  const texts = await Promise.all(files.map((f) =>
-    Deno.readTextFile(f).catch((e) => {
-      throw new KvfoldError("IO", `Cannot read ${f}: ${(e as Error).message}`, { cause: e });
-    })
-  ));
+  const texts = await Promise.all(files.map((f) => readUserText(f, "compress")));
   const totals = texts.map((t) => compressor.model.tokenizer.encode(t).length);
   const all = totals.reduce((a, b) => a + b, 0);
   const bar = new ProgressBar(all);
@@ -974,6 +971,11 @@ export async function main(args: string[]): Promise<number> {
     else note("kvfold: this is a bug in kvfold; run again with KVFOLD_DEBUG=1 for the stack trace");
     return 70; // EX_SOFTWARE
   }
+}
+
+/** A text file named on the command line: regular files only, at most 1 GiB (documents, data sets). */
+function readUserText(path: string, action: string): Promise<string> {
+  return readBoundedText(path, { action, maxBytes: 1024 ** 3 });
 }
 
 if (import.meta.main) Deno.exit(await main(Deno.args));

@@ -9,6 +9,7 @@
 import { int32Arg } from "./_int_args.ts";
 import type { Kvfold } from "./engine.ts";
 import { KvfoldError } from "./errors.ts";
+import { readBoundedJson } from "./_bounded_read.ts";
 import type { LoadModelOptions, Model } from "./model.ts";
 import { readSafetensorsFile, toFloat32 } from "./safetensors.ts";
 
@@ -33,11 +34,16 @@ export interface CompressOptions {
 
 async function readEmbedSummary(dir: string): Promise<{ rows: number; hidden: number; data: Float32Array }> {
   let files = ["model.safetensors"];
+  let index: unknown;
   try {
-    const index = JSON.parse(await Deno.readTextFile(`${dir}/model.safetensors.index.json`));
-    const shard = index?.weight_map?.["embed_summary.weight"];
-    if (typeof shard === "string") files = [shard];
-  } catch { /* single-file checkpoint */ }
+    index = await readBoundedJson(`${dir}/model.safetensors.index.json`, { action: "load compressor" });
+  } catch (e) {
+    // No index: a single-file checkpoint. Any other problem with the index is an error.
+    if (!(e instanceof KvfoldError && e.cause instanceof Deno.errors.NotFound)) throw e;
+  }
+  const shard = (index as { weight_map?: Record<string, unknown> } | undefined)?.weight_map
+    ?.["embed_summary.weight"];
+  if (typeof shard === "string") files = [shard];
   for (const f of files) {
     let t;
     try {

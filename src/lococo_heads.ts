@@ -18,6 +18,7 @@
 
 import { dirname, join } from "node:path";
 import { KvfoldError } from "./errors.ts";
+import { readBoundedJson } from "./_bounded_read.ts";
 import { readSafetensorsFile, type TensorInput, toFloat64, writeSafetensorsFile } from "./safetensors.ts";
 import { uniformTensor } from "./test_model.ts";
 
@@ -369,13 +370,13 @@ export async function makeTestLococoHeads(
   outPath: string,
   options: TestLococoHeadsOptions,
 ): Promise<TestLococoHeadsInfo> {
-  let cfg: Record<string, unknown>;
-  try {
-    cfg = JSON.parse(await Deno.readTextFile(join(options.base, "config.json")));
-  } catch (e) {
-    throw new KvfoldError("IO", `Cannot make test LoCoCo heads: cannot read ${options.base}/config.json`, {
-      cause: e,
-    });
+  const json = await readBoundedJson(join(options.base, "config.json"), { action: "make test LoCoCo heads" });
+  const cfg = json as Record<string, unknown>;
+  if (typeof json !== "object" || json === null || Array.isArray(json)) {
+    throw new KvfoldError(
+      "FORMAT",
+      `Cannot make test LoCoCo heads: ${options.base}/config.json is not a JSON object`,
+    );
   }
   const layers = cfg.num_hidden_layers;
   const headDim = cfg.head_dim ?? (Number(cfg.hidden_size) / Number(cfg.num_attention_heads));

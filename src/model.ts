@@ -11,6 +11,7 @@ import type { Kvfold } from "./engine.ts";
 import { AdapterRegistry } from "./adapter.ts";
 import { type BatchEntry, decodeBatch } from "./batch.ts";
 import { KvfoldError } from "./errors.ts";
+import { readBoundedJson } from "./_bounded_read.ts";
 import { LococoHeads } from "./lococo.ts";
 import { type GenerateOptions, Session, type SessionOptions } from "./session.ts";
 import { type ChatMessage, TextTokenizer } from "./tokenizer.ts";
@@ -222,6 +223,9 @@ export class Model extends HandleOwner {
   }
 }
 
+// The native loader's limit for config.json, applied to both JSON side files read here.
+const CONFIG_FILE_LIMIT = 16 * 1024 * 1024;
+
 async function readEosIds(dir: string, tok: TextTokenizer): Promise<number[]> {
   const ids = new Set<number>();
   const add = (v: unknown) => {
@@ -229,14 +233,20 @@ async function readEosIds(dir: string, tok: TextTokenizer): Promise<number[]> {
     else if (Array.isArray(v)) v.forEach(add);
   };
   for (const f of ["config.json", "generation_config.json"]) {
+    let json: unknown;
     try {
-      add(JSON.parse(await Deno.readTextFile(`${dir}/${f}`)).eos_token_id);
+      json = await readBoundedJson(`${dir}/${f}`, { action: "load model", maxBytes: CONFIG_FILE_LIMIT });
     } catch (e) {
-      if (f === "config.json" && e instanceof Deno.errors.NotFound) {
-        throw new KvfoldError("IO", `Cannot load model: ${dir}/config.json does not exist`, { cause: e });
+      // generation_config.json is optional: absent is fine, anything else wrong with it is not.
+      if (
+        f === "generation_config.json" && e instanceof KvfoldError && e.cause instanceof Deno.errors.NotFound
+      ) {
+        continue;
       }
-      // generation_config.json is optional; a malformed config.json is reported by the native loader.
+      throw e;
     }
+    // A config.json that is not an object is reported by the native loader, with its other checks.
+    if (typeof json === "object" && json !== null) add((json as { eos_token_id?: unknown }).eos_token_id);
   }
   if (tok.eosTokenId !== undefined) ids.add(tok.eosTokenId);
   return [...ids];

@@ -8,7 +8,9 @@
  * @module
  */
 
+import { fileURLToPath } from "node:url";
 import { KvfoldError } from "./errors.ts";
+import { readBoundedFile } from "./_bounded_read.ts";
 
 /** The element types safetensors names, with their sizes in bytes in {@link DTYPE_SIZES}. */
 export type SafetensorsDtype =
@@ -282,6 +284,9 @@ export function readSafetensors(bytes: Uint8Array, options: { name?: string } = 
       `header length ${headerLen} is beyond the end of the file (${bytes.length} bytes)`,
     );
   }
+  if (headerLen > 100_000_000n) {
+    throw formatError(name, `header length ${headerLen} is above the 100000000 accepted`);
+  }
   const n = Number(headerLen);
   let header: unknown;
   try {
@@ -364,17 +369,35 @@ export function readSafetensors(bytes: Uint8Array, options: { name?: string } = 
       },
     });
   }
+  // The tensors must tile the data section exactly, as the reference reader requires: a header
+  // length off by a byte (every tensor shifted), a hole or bytes after the data all mean the file is
+  // not what its header says.
   entries.sort((a, b) => a.begin - b.begin || a.end - b.end);
+  let at = 0;
   let prev: (typeof entries)[number] | undefined;
   for (const e of entries) {
-    if (e.begin === e.end) continue;
-    if (prev !== undefined && e.begin < prev.end) {
+    if (e.begin < at && prev !== undefined) {
       throw formatError(
         name,
         `tensors ${prev.name} [${prev.begin}, ${prev.end}] and ${e.name} [${e.begin}, ${e.end}] are overlapping`,
       );
     }
+    if (e.begin > at) {
+      throw formatError(
+        name,
+        `tensor ${e.name} starts at data offset ${e.begin}, but the previous tensor ends at ${at} ` +
+          `(a hole in the data section; is the header length wrong?)`,
+      );
+    }
+    at = e.end;
     prev = e;
+  }
+  if (at !== dataLen) {
+    throw formatError(
+      name,
+      `the tensors end at data offset ${at}, but the data section holds ${dataLen} bytes ` +
+        `(trailing bytes, or a wrong header length)`,
+    );
   }
   return { metadata, tensors: new Map(entries.map((e) => [e.name, e.view])) };
 }
@@ -393,18 +416,14 @@ export function readSafetensors(bytes: Uint8Array, options: { name?: string } = 
  * ```
  */
 export async function readSafetensorsFile(path: string | URL): Promise<SafetensorsFile> {
-  let bytes: Uint8Array;
-  try {
-    bytes = await Deno.readFile(path);
-  } catch (e) {
-    throw new KvfoldError(
-      "IO",
-      `Cannot read safetensors ${String(path)}: ${e instanceof Error ? e.message : String(e)}`,
-      { cause: e },
-    );
-  }
-  return readSafetensors(bytes, { name: String(path) });
+  const file = path instanceof URL ? fileURLToPath(path) : path;
+  const bytes = await readBoundedFile(file, { action: "read safetensors", maxBytes: SAFETENSORS_FILE_LIMIT });
+  return readSafetensors(bytes, { name: file });
 }
+
+// The whole file is read into memory: past this, memory (not the limit) is what runs out first;
+// the limit keeps a file that grows while it is read from growing the buffer without end.
+const SAFETENSORS_FILE_LIMIT = 64 * 1024 ** 3;
 
 function elementCount(view: TensorView): number {
   return view.shape.reduce((a, b) => a * b, 1);

@@ -19,6 +19,7 @@
 
 import { join } from "node:path";
 import { KvfoldError } from "./errors.ts";
+import { readBoundedJson } from "./_bounded_read.ts";
 import { DTYPE_SIZES, type SafetensorsDtype, type TensorInput, writeSafetensorsFile } from "./safetensors.ts";
 
 /** Architecture sizes of a preset. */
@@ -819,13 +820,13 @@ const MODULE_PARENT: Record<string, string> = {
  * ```
  */
 export async function makeTestAdapter(outDir: string, options: TestAdapterOptions): Promise<string[]> {
-  let cfg: Record<string, number>;
-  try {
-    cfg = JSON.parse(await Deno.readTextFile(join(options.base, "config.json")));
-  } catch (e) {
-    throw new KvfoldError("IO", `Cannot make test adapter: cannot read ${options.base}/config.json`, {
-      cause: e,
-    });
+  const json = await readBoundedJson(join(options.base, "config.json"), { action: "make test adapter" });
+  const cfg = json as Record<string, number>;
+  if (typeof json !== "object" || json === null || Array.isArray(json)) {
+    throw new KvfoldError(
+      "FORMAT",
+      `Cannot make test adapter: ${options.base}/config.json is not a JSON object`,
+    );
   }
   const hidden = cfg.hidden_size, heads = cfg.num_attention_heads;
   const kvHeads = cfg.num_key_value_heads ?? heads;

@@ -8,6 +8,8 @@
 import { Tokenizer } from "npm:@huggingface/tokenizers@0.2.0";
 import { Template } from "npm:@huggingface/jinja@0.5.11";
 import { KvfoldError } from "./errors.ts";
+import { readBoundedJson } from "./_bounded_read.ts";
+import { checkTokenizerJson, describe } from "./_tokenizer_json.ts";
 
 /** One chat message, as chat templates expect it. */
 export interface ChatMessage {
@@ -15,29 +17,19 @@ export interface ChatMessage {
   content: string;
 }
 
-async function readJson(path: string, what: string): Promise<Record<string, unknown>> {
-  let text: string;
+// A missing optional file reads as absent; anything else wrong with it is an error.
+async function readJson(path: string, optional = false): Promise<Record<string, unknown> | undefined> {
+  let v: unknown;
   try {
-    text = await Deno.readTextFile(path);
+    v = await readBoundedJson(path, { action: "load tokenizer" });
   } catch (e) {
-    if (e instanceof Deno.errors.NotFound) {
-      throw new KvfoldError("IO", `Cannot load tokenizer: ${path} does not exist`, { cause: e });
-    }
-    throw new KvfoldError("IO", `Cannot load tokenizer: ${path}: ${(e as Error).message}`, { cause: e });
+    if (optional && e instanceof KvfoldError && e.cause instanceof Deno.errors.NotFound) return undefined;
+    throw e;
   }
-  try {
-    const v = JSON.parse(text);
-    if (typeof v !== "object" || v === null || Array.isArray(v)) throw new Error("not a JSON object");
-    return v;
-  } catch (e) {
-    throw new KvfoldError(
-      "FORMAT",
-      `Cannot load tokenizer: ${what} is not valid JSON: ${(e as Error).message}`,
-      {
-        cause: e,
-      },
-    );
+  if (typeof v !== "object" || v === null || Array.isArray(v)) {
+    throw new KvfoldError("FORMAT", `Cannot load tokenizer: ${path} is ${describe(v)}, not a JSON object`);
   }
+  return v as Record<string, unknown>;
 }
 
 function tokenText(v: unknown): string | undefined {
@@ -71,16 +63,21 @@ export class TextTokenizer {
   /** The chat template source, if the model has one. */
   readonly chatTemplate?: string;
 
-  private constructor(json: Record<string, unknown>, config: Record<string, unknown>) {
+  #source: string;
+
+  private constructor(json: Record<string, unknown>, config: Record<string, unknown>, source: string) {
+    this.#source = source;
+    checkTokenizerJson(json, source);
     try {
       this.#tok = new Tokenizer(json, config);
     } catch (e) {
+      // The library's own errors ("Unknown PreTokenizer type: X") say what is wrong; a JS
+      // TypeError ("x.split is not a function") only says where it broke, so it stays in `cause`.
+      const said = e instanceof TypeError || e instanceof RangeError ? "" : ` (${(e as Error).message})`;
       throw new KvfoldError(
         "FORMAT",
-        `Cannot load tokenizer: tokenizer.json is not usable: ${(e as Error).message}`,
-        {
-          cause: e,
-        },
+        `Cannot load tokenizer: ${source} has a part of the wrong type or an unknown setting${said}`,
+        { cause: e },
       );
     }
     this.bosToken = tokenText(config.bos_token);
@@ -106,21 +103,29 @@ export class TextTokenizer {
     }
     for (const t of [this.bosToken, this.eosToken]) {
       if (t === undefined) continue;
-      const id = this.#tok.token_to_id(t);
+      const id = this.#library("load tokenizer", () => this.#tok.token_to_id(t));
       if (id !== undefined) this.#ids.set(t, id);
+    }
+  }
+
+  // Runs a call into the tokenizer library: a throw there means tokenizer.json is unusable.
+  #library<T>(action: string, f: () => T): T {
+    try {
+      return f();
+    } catch (e) {
+      const said = e instanceof TypeError || e instanceof RangeError ? "" : ` (${(e as Error).message})`;
+      throw new KvfoldError("FORMAT", `Cannot ${action}: the tokenizer of ${this.#source} failed${said}`, {
+        cause: e,
+      });
     }
   }
 
   /** Loads `tokenizer.json` (+ `tokenizer_config.json` when present) from a model folder. */
   static async fromModelDir(dir: string): Promise<TextTokenizer> {
-    const json = await readJson(`${dir}/tokenizer.json`, "tokenizer.json");
-    let config: Record<string, unknown> = {};
-    try {
-      config = await readJson(`${dir}/tokenizer_config.json`, "tokenizer_config.json");
-    } catch (e) {
-      if (!(e instanceof KvfoldError && e.code === "IO")) throw e;
-    }
-    return new TextTokenizer(json, config);
+    const path = `${dir}/tokenizer.json`;
+    const json = (await readJson(path))!;
+    const config = await readJson(`${dir}/tokenizer_config.json`, true) ?? {};
+    return new TextTokenizer(json, config, path);
   }
 
   /** Id of the end-of-sequence token, if the vocabulary has it. */
@@ -135,7 +140,7 @@ export class TextTokenizer {
 
   /** Id of a token string, if present. */
   tokenToId(token: string): number | undefined {
-    return this.#tok.token_to_id(token);
+    return this.#library("look up a token", () => this.#tok.token_to_id(token));
   }
 
   /**
@@ -143,13 +148,32 @@ export class TextTokenizer {
    * runs, which for most Llama tokenizers prepends BOS.
    */
   encode(text: string, options: { addSpecialTokens?: boolean } = {}): number[] {
-    return this.#tok.encode(text, { add_special_tokens: options.addSpecialTokens ?? false }).ids;
+    const ids = this.#library(
+      "encode text",
+      () => this.#tok.encode(text, { add_special_tokens: options.addSpecialTokens ?? false }).ids,
+    );
+    // A vocab without the pieces its merges make (or without its unk token) yields undefined ids.
+    for (const id of ids) {
+      if (!Number.isSafeInteger(id) || id < 0) {
+        throw new KvfoldError(
+          "FORMAT",
+          `Cannot encode text: the tokenizer of ${this.#source} gave the token id ${describe(id)}; ` +
+            `its vocab is incomplete`,
+        );
+      }
+    }
+    return ids;
   }
 
   /** Text of `ids`; special tokens are dropped unless `skipSpecialTokens` is false. */
   decode(ids: readonly number[], options: { skipSpecialTokens?: boolean } = {}): string {
     if (ids.length === 0) return "";
-    return this.#tok.decode([...ids], { skip_special_tokens: options.skipSpecialTokens ?? true });
+    const bad = ids.findIndex((id) => !Number.isSafeInteger(id));
+    if (bad >= 0) throw new RangeError(`Cannot decode tokens: id ${ids[bad]} at ${bad} is not an integer`);
+    return this.#library(
+      "decode tokens",
+      () => this.#tok.decode([...ids], { skip_special_tokens: options.skipSpecialTokens ?? true }),
+    );
   }
 
   /** Whether the model ships a chat template. */

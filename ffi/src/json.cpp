@@ -495,6 +495,7 @@ int open_regular_file(const std::string &path, const char *action, uint64_t *siz
   }
   if (!S_ISREG(st.st_mode)) {
     ::close(fd);
+    if (S_ISDIR(st.st_mode)) raise(KF_ERR_IO, "cannot %s: %s is a directory, not a file", action, path.c_str());
     raise(KF_ERR_IO, "cannot %s: %s is not a regular file", action, path.c_str());
   }
   const int fl = ::fcntl(fd, F_GETFL);

@@ -94,8 +94,8 @@ Json read_json_file(const std::string &path, const char *action = "load model",
 // strerror(err) as a std::string, thread-safe.
 std::string errno_text(int err);
 // Opens a regular file read-only (close-on-exec) and returns its descriptor and size. Missing:
-// KF_ERR_IO "cannot <action>: <path> does not exist"; a directory, FIFO or device: KF_ERR_IO
-// "... is not a regular file"; other failures KF_ERR_IO with strerror. Never blocks on a FIFO.
+// KF_ERR_IO "cannot <action>: <path> does not exist"; a directory: KF_ERR_IO "... is a directory,
+// not a file"; a FIFO or device: KF_ERR_IO "... is not a regular file"; other failures KF_ERR_IO with strerror. Never blocks on a FIFO.
 int open_regular_file(const std::string &path, const char *action, uint64_t *size_out);
 // Reads exactly n bytes (retrying short reads and EINTR); a short file is KF_ERR_IO.
 void read_fully(int fd, uint8_t *dst, size_t n, const std::string &path, const char *action);

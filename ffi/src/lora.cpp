@@ -334,6 +334,12 @@ void adapter_load(kf_adapter &a, kf_model &m, const std::string &dir, kf_control
     if (!t.dtype_supported || t.shape.size() != 2)
       raise(KF_ERR_FORMAT, "cannot load adapter: tensor %s is %s %s; LoRA matrices are 2-D F32, F16 or BF16",
             t.name.c_str(), t.dtype_str.c_str(), shape_str(t.shape).c_str());
+    // A NaN here would surface much later as a NaN logit that names neither model nor adapter.
+    if (const int64_t k = first_non_finite(t.data, t.dtype, t.numel()); k >= 0)
+      raise(KF_ERR_FORMAT,
+            "cannot load adapter: tensor %s of %s/adapter_model.safetensors holds NaN or Inf at element %lld; the "
+            "weights are corrupt",
+            t.name.c_str(), dir.c_str(), static_cast<long long>(k));
     Found &f = found[size_t(pn.layer) * kNumProj + size_t(pn.proj)];
     const TensorInfo *&slot = pn.is_a ? f.a : f.b;
     if (slot) raise(KF_ERR_FORMAT, "cannot load adapter: tensors %s and %s are the same matrix", slot->name.c_str(), t.name.c_str());

@@ -1,6 +1,8 @@
 // model.cpp — binding a Hugging Face folder to kf_model: validate, then point at (or convert) weights.
 #include "model.h"
 
+#include <algorithm>
+#include <climits>
 #include <cmath>
 
 #include "cpu_ops.h"
@@ -37,10 +39,30 @@ void check_cancel(kf_control *ctl) {
   if (ctl && ctl->cancel) raise(KF_ERR_CANCELLED, "cannot load model: cancelled");
 }
 
+// A NaN or Inf weight turns every later logit into NaN, far from the cause: refuse it at load,
+// naming the tensor, its file and the first such element.
+[[noreturn]] void refuse_non_finite(const TensorInfo &t, int64_t at) {
+  float v = 0;
+  convert_row_to_f32(t.data + size_t(at) * dtype_size(t.dtype), t.dtype, &v, 1);
+  std::string where = "element " + std::to_string(at);
+  if (t.shape.size() == 2 && t.shape[1] > 0)
+    where += " (row " + std::to_string(at / t.shape[1]) + ", column " + std::to_string(at % t.shape[1]) + ")";
+  raise(KF_ERR_FORMAT, "cannot load model: tensor %s in %s holds %s at %s; the weights are corrupt", t.name.c_str(),
+        t.file.c_str(), std::isnan(v) ? "NaN" : v > 0 ? "+Inf" : "-Inf", where.c_str());
+}
+
+// The smallest of per-thread first bad indices (INT64_MAX: none).
+int64_t earliest(const std::vector<int64_t> &first) {
+  return *std::min_element(first.begin(), first.end());
+}
+
 // Small vectors (norms, biases) are always held in f32.
 std::vector<float> load_vector(const TensorInfo &t) {
-  std::vector<float> out(size_t(t.nbytes / dtype_size(t.dtype)));
-  convert_row_to_f32(t.data, t.dtype, out.data(), int64_t(out.size()));
+  const int64_t n = int64_t(t.nbytes / dtype_size(t.dtype));
+  const int64_t bad = first_non_finite(t.data, t.dtype, n);
+  if (bad >= 0) refuse_non_finite(t, bad);
+  std::vector<float> out(static_cast<size_t>(n));
+  convert_row_to_f32(t.data, t.dtype, out.data(), n);
   return out;
 }
 
@@ -99,15 +121,21 @@ void model_load(kf_model &m, const std::string &dir, const kf_model_params &p) {
     Weight w;
     w.rows = t->shape[0];
     w.cols = t->shape[1];
+    std::vector<int64_t> first_bad(size_t(pool.size()), INT64_MAX);
     if (t->dtype == want) {
       w.data = t->data;
       w.dtype = want;
-      // Touch every page now so the first decoded token does not pay for page faults.
-      const int64_t pages = int64_t((t->nbytes + 4095) / 4096);
-      std::vector<uint8_t> sink(size_t(pool.size()), 0);
-      pool.parallel_for(pages, [&](int64_t i, int th) { sink[size_t(th)] ^= t->data[size_t(i) * 4096]; });
-      volatile uint8_t keep = sink[0];
-      (void)keep;
+      // The finiteness scan reads every byte, which also faults every page in now, so the first
+      // decoded token does not pay for page faults.
+      constexpr int64_t kChunk = int64_t(1) << 16;
+      const int64_t n = t->numel(), chunks = (n + kChunk - 1) / kChunk;
+      const size_t es = dtype_size(t->dtype);
+      pool.parallel_for(chunks, [&](int64_t c, int th) {
+        const int64_t b = c * kChunk;
+        const int64_t k = first_non_finite(t->data + size_t(b) * es, t->dtype, std::min(kChunk, n - b));
+        if (k >= 0) first_bad[size_t(th)] = std::min(first_bad[size_t(th)], b + k);
+      });
+      if (earliest(first_bad) != INT64_MAX) refuse_non_finite(*t, earliest(first_bad));
     } else {
       const size_t n = size_t(w.rows) * size_t(w.cols);
       std::unique_ptr<uint8_t[]> buf(new uint8_t[n * dtype_size(want)]);
@@ -118,8 +146,12 @@ void model_load(kf_model &m, const std::string &dir, const kf_model_params &p) {
       pool.parallel_for(w.rows, [&](int64_t r, int th) {
         float *tmp = rows[size_t(th)].data();
         convert_row_to_f32(t->data + size_t(r) * src_row, t->dtype, tmp, w.cols);
+        // Checked on the f32 row while it is in cache: the conversion already read every value.
+        const int64_t k = first_non_finite(reinterpret_cast<const uint8_t *>(tmp), DType::F32, w.cols);
+        if (k >= 0) first_bad[size_t(th)] = std::min(first_bad[size_t(th)], r * w.cols + k);
         convert_f32_to(tmp, want, buf.get() + size_t(r) * dst_row, w.cols);
       });
+      if (earliest(first_bad) != INT64_MAX) refuse_non_finite(*t, earliest(first_bad));
       w.data = buf.get();
       w.dtype = want;
       m.owned.push_back(std::move(buf));

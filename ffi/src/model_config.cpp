@@ -1,8 +1,10 @@
 // model_config.cpp — config.json → ModelConfig, and the tensor list a config implies.
 #include "model_config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <unordered_set>
 
 #include "json.h"
 
@@ -289,8 +291,36 @@ std::vector<ExpectedTensor> expected_tensors(const ModelConfig &c) {
   return out;
 }
 
+namespace {
+
+// Tensors real checkpoints carry that the decoder has no use for: the rotary frequencies older
+// transformers saved per layer (recomputed from the config), and an AutoCompressor's summary
+// embeddings (read by the compressor, not by the decoder).
+bool harmless_extra(const std::string &name) {
+  if (name == "embed_summary.weight" || name == "model.rotary_emb.inv_freq") return true;
+  const std::string pre = "model.layers.", suf = ".self_attn.rotary_emb.inv_freq";
+  if (name.size() <= pre.size() + suf.size() || name.compare(0, pre.size(), pre) != 0 ||
+      name.compare(name.size() - suf.size(), suf.size(), suf) != 0)
+    return false;
+  const std::string mid = name.substr(pre.size(), name.size() - pre.size() - suf.size());
+  return mid.size() <= 6 && mid.find_first_not_of("0123456789") == std::string::npos;
+}
+
+// The layer index of "model.layers.<k>.<rest>", or -1.
+int64_t layer_of(const std::string &name) {
+  const std::string pre = "model.layers.";
+  if (name.compare(0, pre.size(), pre) != 0) return -1;
+  const size_t dot = name.find('.', pre.size());
+  const std::string k = name.substr(pre.size(), dot == std::string::npos ? std::string::npos : dot - pre.size());
+  if (k.empty() || k.size() > 9 || k.find_first_not_of("0123456789") != std::string::npos) return -1;
+  return std::stoll(k);
+}
+
+}  // namespace
+
 void validate_tensors(const ModelConfig &c, const TensorIndex &index) {
-  for (const ExpectedTensor &e : expected_tensors(c)) {
+  const std::vector<ExpectedTensor> expected = expected_tensors(c);
+  for (const ExpectedTensor &e : expected) {
     const TensorInfo *t = index.find(e.name);
     if (!t) {
       if (e.optional) continue;
@@ -303,6 +333,29 @@ void validate_tensors(const ModelConfig &c, const TensorIndex &index) {
       raise(KF_ERR_UNSUPPORTED, "cannot load model: tensor %s has dtype %s; expected F32, F16 or BF16",
             e.name.c_str(), printable(t->dtype_str, 32).c_str());
     }
+  }
+  // Tensors the config does not use mean the config and the weights disagree (a num_hidden_layers
+  // too small runs fewer layers than were trained; biases the config turns off are dropped).
+  std::unordered_set<std::string> known;
+  known.reserve(expected.size());
+  for (const ExpectedTensor &e : expected) known.insert(e.name);
+  std::vector<std::string> unused;
+  int64_t past_layers = -1;
+  for (const TensorInfo &t : index) {
+    if (known.count(t.name) || harmless_extra(t.name)) continue;
+    unused.push_back(t.name);
+    past_layers = std::max(past_layers, layer_of(t.name));
+  }
+  if (!unused.empty()) {
+    std::string names;
+    for (size_t k = 0; k < unused.size() && k < 4; k++) names += (k ? ", " : "") + printable(unused[k], 96);
+    if (unused.size() > 4) names += ", ... (" + std::to_string(unused.size()) + " in all)";
+    std::string why;
+    if (past_layers >= c.n_layers)
+      why = "; the files hold layer " + std::to_string(past_layers) + " but num_hidden_layers is " +
+            std::to_string(c.n_layers);
+    raise(KF_ERR_FORMAT, "cannot load model: the weights hold tensors that config.json does not use: %s%s",
+          names.c_str(), why.c_str());
   }
 }
 

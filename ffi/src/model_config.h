@@ -85,7 +85,10 @@ std::vector<ExpectedTensor> expected_tensors(const ModelConfig &cfg);
 //   missing   → KF_ERR_FORMAT "cannot load model: tensor model.layers.3.mlp.up_proj.weight is missing"
 //   bad shape → KF_ERR_FORMAT "cannot load model: tensor model.norm.weight has shape [63], config.json says [64]"
 //   bad dtype → KF_ERR_UNSUPPORTED "cannot load model: tensor X has dtype I64; expected F32, F16 or BF16"
-// Tensors the config does not imply (rotary_emb.inv_freq, ...) are ignored.
+//   unused    → KF_ERR_FORMAT "cannot load model: the weights hold tensors that config.json does not
+//               use: model.layers.1.input_layernorm.weight, ...; the files hold layer 1 but
+//               num_hidden_layers is 1" (checked last). Allowed extras: rotary_emb.inv_freq (older
+//               transformers saved it) and embed_summary.weight (AutoCompressor checkpoints).
 void validate_tensors(const ModelConfig &cfg, const TensorIndex &index);
 
 // "[4096, 11008]"

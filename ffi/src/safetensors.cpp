@@ -32,6 +32,42 @@ int safetensors_dtype_bits(const std::string &d) {
 
 namespace {
 
+// All-ones exponent = Inf or NaN. Blocks keep the loop branch-free (vectorised) and still stop early.
+template <typename U, U kExp>
+int64_t first_with_exp_all_ones(const uint8_t *p, int64_t n) {
+  constexpr int64_t kBlock = 4096;
+  for (int64_t b = 0; b < n; b += kBlock) {
+    const int64_t e = std::min(n, b + kBlock);
+    unsigned bad = 0;
+    for (int64_t i = b; i < e; i++) {
+      U u;
+      std::memcpy(&u, p + size_t(i) * sizeof(U), sizeof(U));
+      bad |= unsigned((u & kExp) == kExp);
+    }
+    if (bad) {
+      for (int64_t i = b; i < e; i++) {
+        U u;
+        std::memcpy(&u, p + size_t(i) * sizeof(U), sizeof(U));
+        if ((u & kExp) == kExp) return i;
+      }
+    }
+  }
+  return -1;
+}
+
+}  // namespace
+
+int64_t first_non_finite(const uint8_t *data, DType dt, int64_t n) {
+  switch (dt) {
+  case DType::F32: return first_with_exp_all_ones<uint32_t, 0x7f800000u>(data, n);
+  case DType::F16: return first_with_exp_all_ones<uint16_t, 0x7c00u>(data, n);
+  case DType::BF16: return first_with_exp_all_ones<uint16_t, 0x7f80u>(data, n);
+  }
+  return -1;
+}
+
+namespace {
+
 // A printable rendering of an untrusted name for messages (names come from file contents).
 std::string shown(const std::string &s) {
   std::string out;
@@ -216,18 +252,37 @@ SafetensorsFile::SafetensorsFile(const std::string &path, bool use_mmap, const c
       tensors_.push_back(std::move(t));
     }
 
-    // No two non-empty tensors may share a byte.
-    std::vector<size_t> order;
-    order.reserve(tensors_.size());
-    for (size_t k = 0; k < tensors_.size(); k++)
-      if (tensors_[k].nbytes) order.push_back(k);
-    std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return tensors_[a].data < tensors_[b].data; });
-    for (size_t k = 1; k < order.size(); k++) {
-      const TensorInfo &a = tensors_[order[k - 1]], &b = tensors_[order[k]];
-      if (a.data + a.nbytes > b.data)
+    // The tensors must tile the data section exactly, as the reference reader requires: in offset
+    // order each one starts where the previous one ended, and the last one ends at the end of the
+    // file. A header length that is off by a byte (every tensor shifted), a hole or bytes after the
+    // data all mean the file is not what its header says.
+    std::vector<size_t> order(tensors_.size());
+    for (size_t k = 0; k < order.size(); k++) order[k] = k;
+    std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+      const TensorInfo &x = tensors_[a], &y = tensors_[b];
+      return x.data != y.data ? x.data < y.data : x.nbytes < y.nbytes;
+    });
+    const uint8_t *at = data;
+    const TensorInfo *prev = nullptr;
+    for (size_t k : order) {
+      const TensorInfo &t = tensors_[k];
+      if (t.data < at)
         raise(KF_ERR_FORMAT, "cannot %s: %s: tensors %s and %s overlap in the data section", action, p,
-              shown(a.name).c_str(), shown(b.name).c_str());
+              shown(prev->name).c_str(), shown(t.name).c_str());
+      if (t.data > at)
+        raise(KF_ERR_FORMAT,
+              "cannot %s: %s: tensor %s starts at data offset %llu, but the previous tensor ends at %llu (a hole in "
+              "the data section; is the header length wrong?)",
+              action, p, shown(t.name).c_str(), static_cast<unsigned long long>(t.data - data),
+              static_cast<unsigned long long>(at - data));
+      at = t.data + t.nbytes;
+      prev = &t;
     }
+    if (at != data + data_len)
+      raise(KF_ERR_FORMAT,
+            "cannot %s: %s: the tensors end at data offset %llu, but the data section holds %llu bytes (trailing "
+            "bytes, or a wrong header length)",
+            action, p, static_cast<unsigned long long>(at - data), static_cast<unsigned long long>(data_len));
   } catch (...) {
     release();
     throw;
@@ -364,6 +419,19 @@ TensorIndex TensorIndex::open_dir(const std::string &dir, bool use_mmap, const c
       raise(KF_ERR_FORMAT, "cannot %s: %s maps tensor %s to %s, but that file does not contain it", action, ip,
             tn.c_str(), f.path().c_str());
     ix.add(*t);
+  }
+  // A tensor in a shard that the weight_map does not list (or lists under another shard) would be
+  // silently left out; the index and its shards must agree.
+  for (const SafetensorsFile &f : ix.files_) {
+    for (const TensorInfo &t : f.tensors()) {
+      const TensorInfo *listed = ix.find(t.name);
+      if (!listed)
+        raise(KF_ERR_FORMAT, "cannot %s: shard %s holds tensor %s, which the weight_map of %s does not list", action,
+              f.path().c_str(), shown(t.name).c_str(), ip);
+      if (listed->file != f.path())
+        raise(KF_ERR_FORMAT, "cannot %s: tensor %s is in both %s and %s; the weight_map of %s lists the latter",
+              action, shown(t.name).c_str(), f.path().c_str(), listed->file.c_str(), ip);
+    }
   }
   return ix;
 }

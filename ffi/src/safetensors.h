@@ -52,6 +52,10 @@ struct TensorInfo {
   }
 };
 
+// Index of the first NaN or infinite element among data[0, n) of dtype dt, or -1 when all are
+// finite. data may be unaligned. A bit test on the exponent, vectorised by the compiler.
+int64_t first_non_finite(const uint8_t *data, DType dt, int64_t n);
+
 // Size in bits of one element of a safetensors dtype string ("F32" → 32, "F4" → 4), 0 if unknown.
 int safetensors_dtype_bits(const std::string &dtype);
 

@@ -470,13 +470,31 @@ void safetensors_tests() {
   bad("metadata not object", raw_file(R"({"__metadata__":[]})", ""), KF_ERR_FORMAT, "__metadata__ is an array");
   bad("duplicate tensor name", raw_file(R"({"t":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"t":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}})", "ab"),
       KF_ERR_FORMAT, "duplicate key");
-  expect_ok("safetensors: touching tensors and holes are fine", [] {
+  expect_ok("safetensors: touching tensors and an empty one between them are fine", [] {
     write_file(path("touch.safetensors"),
                raw_file(R"({"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},"b":{"dtype":"U8","shape":[2],"data_offsets":[2,4]},)"
-                        R"("z":{"dtype":"U8","shape":[0],"data_offsets":[1,1]},"c":{"dtype":"U8","shape":[1],"data_offsets":[6,7]}})",
-                        "abcdefgh"));
+                        R"("z":{"dtype":"U8","shape":[0],"data_offsets":[2,2]},"c":{"dtype":"U8","shape":[1],"data_offsets":[4,5]}})",
+                        "abcde"));
     SafetensorsFile f(path("touch.safetensors"));
   });
+  bad("a hole between tensors",
+      raw_file(R"({"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},"c":{"dtype":"U8","shape":[1],"data_offsets":[6,7]}})",
+               "abcdefg"),
+      KF_ERR_FORMAT, "tensor c starts at data offset 6, but the previous tensor ends at 2");
+  bad("data not starting at offset 0", raw_file(R"({"a":{"dtype":"U8","shape":[2],"data_offsets":[1,3]}})", "abc"),
+      KF_ERR_FORMAT, "tensor a starts at data offset 1");
+  bad("trailing bytes after the data", good + "xyz", KF_ERR_FORMAT, "but the data section holds");
+  {
+    // A header length one byte short of a space-padded header: still valid JSON, but every tensor
+    // would be read one byte early. One byte long: the header swallows a data byte.
+    std::string shorter = good, longer = good;
+    const uint64_t n = uint64_t(uint8_t(good[0])) | uint64_t(uint8_t(good[1])) << 8;
+    shorter.replace(0, 8, le64(n - 1));
+    longer.replace(0, 8, le64(n + 1));
+    check("safetensors: the test header is space-padded", good[8 + n - 1] == ' ');
+    bad("header length one byte short", shorter, KF_ERR_FORMAT, "the data section holds");
+    bad("header length one byte long", longer, KF_ERR_FORMAT, "bad.safetensors");
+  }
   expect_ok("safetensors: unknown dtype recorded, not validated", [] {
     write_file(path("unk.safetensors"), raw_file(R"({"q":{"dtype":"Q4_K","shape":[32],"data_offsets":[0,3]}})", "abc"));
     SafetensorsFile f(path("unk.safetensors"));
@@ -493,7 +511,7 @@ void safetensors_tests() {
   }
   expect_error("safetensors: missing file is an IO error", KF_ERR_IO, "nope.safetensors does not exist",
                [] { SafetensorsFile f(path("nope.safetensors")); });
-  expect_error("safetensors: a directory is refused", KF_ERR_IO, "is not a regular file", [] {
+  expect_error("safetensors: a directory is refused as one", KF_ERR_IO, "dir.safetensors is a directory, not a file", [] {
     make_dir("dir.safetensors");
     SafetensorsFile f(path("dir.safetensors"));
   });
@@ -507,6 +525,30 @@ void safetensors_tests() {
       ::chmod(path("noperm.safetensors").c_str(), 0);
       SafetensorsFile f(path("noperm.safetensors"));
     });
+  }
+  {
+    // Non-finite scan: each dtype, at the start, inside a block and in the tail, unaligned too.
+    auto probe = [](DType dt, int64_t n, int64_t at, uint32_t bits) {
+      const size_t es = dtype_size(dt);
+      std::vector<uint8_t> buf(size_t(n) * es + 1, 0);
+      uint8_t *p = buf.data() + 1;  // unaligned on purpose
+      for (int64_t i = 0; i < n; i++) {
+        const uint32_t one = dt == DType::F32 ? 0x3f800000u : dt == DType::F16 ? 0x3c00u : 0x3f80u;
+        std::memcpy(p + size_t(i) * es, &one, es);
+      }
+      if (at >= 0) std::memcpy(p + size_t(at) * es, &bits, es);
+      return first_non_finite(p, dt, n);
+    };
+    bool ok = probe(DType::F32, 10000, -1, 0) == -1 && probe(DType::F16, 10000, -1, 0) == -1 &&
+              probe(DType::BF16, 10000, -1, 0) == -1;
+    ok &= probe(DType::F32, 10000, 0, 0x7fc00000u) == 0;        // NaN first
+    ok &= probe(DType::F32, 10000, 5000, 0xff800000u) == 5000;  // -Inf in the second block
+    ok &= probe(DType::F32, 10000, 9999, 0x7f800001u) == 9999;  // signalling NaN last
+    ok &= probe(DType::F32, 10000, 7, 0x7f7fffffu) == -1;       // FLT_MAX is finite
+    ok &= probe(DType::F16, 5, 3, 0x7c00u) == 3 && probe(DType::F16, 5, 3, 0x7bffu) == -1;
+    ok &= probe(DType::BF16, 4097, 4096, 0xffc0u) == 4096 && probe(DType::BF16, 5, 3, 0x7f7fu) == -1;
+    ok &= probe(DType::F32, 0, -1, 0) == -1;
+    check("safetensors: first_non_finite finds NaN and Inf in every dtype, and nothing else", ok);
   }
   expect_error("safetensors: message uses the action", KF_ERR_FORMAT, "cannot load adapter: ", [] {
     write_file(path("short.safetensors"), "abc");
@@ -777,6 +819,45 @@ void folder_tests() {
     for (const ExpectedTensor &e : expected_tensors(lb)) o |= e.name == "model.layers.0.self_attn.o_proj.bias" && e.shape == std::vector<int64_t>{16};
     check("expected_tensors: llama attention_bias adds o_proj.bias", o);
   }
+  expect_error("folder: weights of more layers than num_hidden_layers", KF_ERR_FORMAT,
+               "config.json does not use: model.layers.1.input_layernorm.weight, model.layers.1.self_attn.q_proj.weight, "
+               "model.layers.1.self_attn.k_proj.weight, model.layers.1.self_attn.v_proj.weight, ... (9 in all); the files "
+               "hold layer 1 but num_hidden_layers is 1",
+               [&] { load_dir(write_model("morelayers", with(llama_cfg(), "num_hidden_layers", "1"), tensors_for(c))); });
+  expect_error("folder: biases config.json turns off", KF_ERR_FORMAT,
+               "config.json does not use: model.layers.0.self_attn.q_proj.bias", [&] {
+                 load_dir(write_model("bias", llama_cfg(), tensors_for(c, "", {{"model.layers.0.self_attn.q_proj.bias", "F32", {16}}})));
+               });
+  expect_error("folder: an unknown tensor", KF_ERR_FORMAT, "does not use: model.extra.weight", [&] {
+    load_dir(write_model("unknown", llama_cfg(), tensors_for(c, "", {{"model.extra.weight", "F32", {3}}})));
+  });
+  expect_ok("folder: inv_freq of every layer and embed_summary are harmless extras", [&] {
+    load_dir(write_model("extras", llama_cfg(),
+                         tensors_for(c, "", {{"model.layers.1.self_attn.rotary_emb.inv_freq", "F32", {2}},
+                                             {"model.rotary_emb.inv_freq", "F32", {2}},
+                                             {"embed_summary.weight", "F32", {4, 16}}})));
+  });
+  expect_error("folder: config.json that is a directory", KF_ERR_IO, "config.json is a directory, not a file", [&] {
+    const std::string d = make_dir("cfgdir");
+    make_dir("cfgdir/config.json");
+    load_dir(d);
+  });
+  expect_error("folder: config.json that is a FIFO", KF_ERR_IO, "config.json is not a regular file", [&] {
+    const std::string d = make_dir("cfgfifo");
+    ::mkfifo((d + "/config.json").c_str(), 0600);
+    load_dir(d);
+  });
+  expect_error("folder: config.json linked to /dev/zero", KF_ERR_IO, "config.json is not a regular file", [&] {
+    const std::string d = make_dir("cfgzero");
+    if (::symlink("/dev/zero", (d + "/config.json").c_str()) != 0) raise(KF_ERR_IO, "config.json is not a regular file (no symlink)");
+    load_dir(d);
+  });
+  expect_error("folder: config.json over 16 MiB is refused before it is read", KF_ERR_FORMAT, "more than the 16777216", [&] {
+    const std::string d = make_dir("cfgbig");
+    write_file(d + "/config.json", "{}");
+    if (::truncate((d + "/config.json").c_str(), (int64_t(16) << 20) + 1) != 0) raise(KF_ERR_FORMAT, "more than the 16777216 (truncate)");
+    load_dir(d);
+  });
   expect_error("folder: neither weights file", KF_ERR_IO, "has neither model.safetensors nor model.safetensors.index.json", [] {
     const std::string d = make_dir("noweights");
     write_file(d + "/config.json", cfg_json(llama_cfg()));
@@ -840,12 +921,38 @@ void folder_tests() {
                  [&] { load_dir(sharded("mapempty", "{\"weight_map\": {}}")); });
     expect_error("sharded: bad index JSON", KF_ERR_FORMAT, "model.safetensors.index.json is not valid JSON",
                  [&] { load_dir(sharded("badindex", "{\"weight_map\": ")); });
-    expect_error("sharded: missing tensor reported by validation", KF_ERR_FORMAT, "tensor model.norm.weight is missing", [&] {
+    expect_error("sharded: a tensor in a shard that the weight_map does not list", KF_ERR_FORMAT,
+                 "holds tensor model.norm.weight, which the weight_map of", [&] {
       std::string j = index_for();
       const std::string key = "\"model.norm.weight\": \"model-00002-of-00002.safetensors\", ";
       const size_t at = j.find(key);
       if (at != std::string::npos) j.erase(at, key.size());
       load_dir(sharded("unmapped", j));
+    });
+    expect_error("sharded: a tensor in two shards", KF_ERR_FORMAT, "tensor model.norm.weight is in both", [&] {
+      const std::string d2 = sharded("twice", index_for());
+      std::vector<T> s1b = s1;
+      s1b.push_back({"model.norm.weight", "F32", {16}});
+      write_file(d2 + "/model-00001-of-00002.safetensors", make_st(s1b));
+      load_dir(d2);
+    });
+    expect_error("sharded: the index is a FIFO", KF_ERR_IO, "model.safetensors.index.json is not a regular file", [&] {
+      const std::string d2 = sharded("fifoindex", index_for());
+      ::unlink((d2 + "/model.safetensors.index.json").c_str());
+      ::mkfifo((d2 + "/model.safetensors.index.json").c_str(), 0600);
+      load_dir(d2);
+    });
+    expect_error("sharded: the index links to /dev/zero", KF_ERR_IO, "is not a regular file", [&] {
+      const std::string d2 = sharded("zeroindex", index_for());
+      ::unlink((d2 + "/model.safetensors.index.json").c_str());
+      if (::symlink("/dev/zero", (d2 + "/model.safetensors.index.json").c_str()) != 0) raise(KF_ERR_IO, "is not a regular file (no symlink)");
+      load_dir(d2);
+    });
+    expect_error("sharded: an index over 64 MiB is refused before it is read", KF_ERR_FORMAT, "more than the", [&] {
+      const std::string d2 = sharded("bigindex", index_for());
+      if (::truncate((d2 + "/model.safetensors.index.json").c_str(), (int64_t(64) << 20) + 1) != 0)
+        raise(KF_ERR_FORMAT, "more than the (truncate failed)");
+      load_dir(d2);
     });
     {
       // Hugging Face cache layout: shard files are symlinks to blobs elsewhere; followed.
