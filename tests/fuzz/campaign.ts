@@ -12,7 +12,7 @@
 
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { repoRoot } from "../../src/_native_build.ts";
+import { ensureNativeLibrary, repoRoot } from "../../src/_native_build.ts";
 import { makeCorpus, TARGETS } from "./targets.ts";
 import type { CaseOutcome } from "./worker.ts";
 
@@ -43,6 +43,7 @@ export interface CampaignOptions {
 
 /** The results of every case, in target order. */
 export async function runCampaign(options: CampaignOptions): Promise<CaseResult[]> {
+  await ensureNativeLibrary(); // built once here, so no worker's first case waits for the compiler
   const corpus = await Deno.makeTempDir({ prefix: "kvfold-fuzz-corpus-" });
   try {
     await makeCorpus(
