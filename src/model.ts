@@ -228,11 +228,24 @@ const CONFIG_FILE_LIMIT = 16 * 1024 * 1024;
 
 async function readEosIds(dir: string, tok: TextTokenizer): Promise<number[]> {
   const ids = new Set<number>();
-  const add = (v: unknown) => {
-    if (typeof v === "number" && Number.isInteger(v)) ids.add(v);
-    else if (Array.isArray(v)) v.forEach(add);
+  let file = "";
+  // eos_token_id: an id, a list of ids, or null. Ids past the vocabulary are dropped after the load
+  // (they can never be sampled); anything else is a corrupt file.
+  const add = (v: unknown, top = true) => {
+    if (v === null || v === undefined) return;
+    if (typeof v === "number" && Number.isSafeInteger(v) && v >= 0) ids.add(v);
+    else if (Array.isArray(v) && top) v.forEach((x) => add(x, false));
+    else {
+      throw new KvfoldError(
+        "FORMAT",
+        `Cannot load model: eos_token_id in ${dir}/${file} is ${
+          JSON.stringify(v)
+        }, not a token id or a list of them`,
+      );
+    }
   };
   for (const f of ["config.json", "generation_config.json"]) {
+    file = f;
     let json: unknown;
     try {
       json = await readBoundedJson(`${dir}/${f}`, { action: "load model", maxBytes: CONFIG_FILE_LIMIT });

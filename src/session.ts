@@ -156,7 +156,10 @@ export class Session extends HandleOwner {
     const params = alloc(40);
     params.set(new Uint8Array(s.kf_session_default_params()));
     const pv = new DataView(params.buffer);
-    const ctx = int32Arg("create session", "contextSize", options.contextSize ?? 0, { min: 0 });
+    // 0 in the native params means "the default"; a caller who writes contextSize asks for at least 1.
+    const ctx = options.contextSize === undefined
+      ? 0
+      : int32Arg("create session", "contextSize", options.contextSize, { min: 1 });
     const batch = int32Arg("create session", "batchSize", options.batchSize ?? pv.getInt32(4, true), {
       min: 1,
     });

@@ -19,9 +19,17 @@ Deno.test("bounded read: refuses a FIFO, /dev/zero behind a link, a directory an
     const fifo = `${dir}/config.json`;
     const mk = await new Deno.Command("mkfifo", { args: [fifo] }).output();
     assert.ok(mk.success);
-    await rejectsWith(readBoundedFile(fifo, { action: "load model" }), "IO", /config\.json is not a regular file/);
+    await rejectsWith(
+      readBoundedFile(fifo, { action: "load model" }),
+      "IO",
+      /config\.json is not a regular file/,
+    );
     Deno.symlinkSync("/dev/zero", `${dir}/zero.json`);
-    await rejectsWith(readBoundedFile(`${dir}/zero.json`, { action: "load model" }), "IO", /not a regular file/);
+    await rejectsWith(
+      readBoundedFile(`${dir}/zero.json`, { action: "load model" }),
+      "IO",
+      /not a regular file/,
+    );
     await rejectsWith(readBoundedFile(dir, { action: "load model" }), "IO", /is a directory/);
     await rejectsWith(readBoundedFile(`${dir}/nope.json`, { action: "load model" }), "IO", /does not exist/);
   } finally {
@@ -36,7 +44,11 @@ Deno.test("bounded read: the limit is exact and bad JSON names the file", async 
     Deno.writeTextFileSync(p, JSON.stringify({ x: "y".repeat(5000) }));
     const size = Deno.statSync(p).size;
     assert.equal((await readBoundedFile(p, { action: "t", maxBytes: size })).length, size);
-    await rejectsWith(readBoundedFile(p, { action: "t", maxBytes: size - 1 }), "FORMAT", /more than the limit/);
+    await rejectsWith(
+      readBoundedFile(p, { action: "t", maxBytes: size - 1 }),
+      "FORMAT",
+      /more than the limit/,
+    );
     assert.deepEqual(await readBoundedJson(p, { action: "t" }), { x: "y".repeat(5000) });
     Deno.writeTextFileSync(p, "{ not json");
     await rejectsWith(readBoundedJson(p, { action: "load model" }), "FORMAT", /a\.json is not valid JSON/);
