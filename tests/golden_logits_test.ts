@@ -1,0 +1,74 @@
+// Pins the CPU engine's exact output: SHA-256 of the logits (every prefill position, then greedy
+// decode steps) of fixed random models, so that a refactor that claims "behaviour unchanged" is
+// held to bit-identical numerics. The float64 reference tests say the numbers are right; this says
+// they did not move. A change of kernels that moves them on purpose updates the digests here.
+import assert from "node:assert/strict";
+import { Kvfold } from "../mod.ts";
+import type { TestModelOptions } from "../src/test_model.ts";
+import { makeTestAdapter } from "../src/test_model.ts";
+import { someIds, tempDir, testModel } from "./_fixtures.ts";
+
+const GOLDEN: [string, TestModelOptions, string][] = [
+  ["golden-gqa", { seed: 31 }, "7534c4ca6c95577a78326e39c78ef6976ec9d8397f0cc07f87abf815b6a805ec"],
+  [
+    "golden-qwen2-tied",
+    { seed: 32, modelType: "qwen2", tieWordEmbeddings: true },
+    "df88383c17346832db4ccb523338af4c49253d57f0cbe97fb4ff9434b1339fc6",
+  ],
+  [
+    "golden-bf16",
+    { seed: 33, dtype: "bfloat16" },
+    "db32e96ae52e1be9ee59b9cfe548e2693ea38bb4493ca0373b755fa9b60b426c",
+  ],
+];
+
+async function digest(parts: Float32Array[], ids: number[]): Promise<string> {
+  const total = parts.reduce((s, p) => s + p.byteLength, 0) + ids.length * 4;
+  const all = new Uint8Array(total);
+  let o = 0;
+  for (const p of parts) {
+    all.set(new Uint8Array(p.buffer, p.byteOffset, p.byteLength), o);
+    o += p.byteLength;
+  }
+  all.set(new Uint8Array(Int32Array.from(ids).buffer), o);
+  const h = new Uint8Array(await crypto.subtle.digest("SHA-256", all));
+  return [...h].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** Logits of 24 prefilled ids (3 chunks) and 6 greedy decode steps, with and without a LoRA adapter. */
+async function run(dir: string, adapterDir: string): Promise<string> {
+  // Two threads, as CI has: blocked kernels split work by thread count.
+  await using kv = await Kvfold.open({ backend: "cpu", threads: 2 });
+  await using model = await kv.loadModel(dir);
+  const adapter = await model.adapters.load(adapterDir);
+  const parts: Float32Array[] = [];
+  const ids: number[] = [];
+  for (const a of [null, adapter]) {
+    using s = model.session({ contextSize: 64, batchSize: 8 });
+    parts.push((await s.prefill(someIds(24, model.info.vocabSize, 9), { logits: "all", adapter: a }))!);
+    for (let i = 0; i < 6; i++) {
+      const l = s.logits();
+      parts.push(l);
+      let best = 0;
+      for (let j = 1; j < l.length; j++) if (l[j] > l[best]) best = j;
+      ids.push(best);
+      await s.decode(best);
+    }
+  }
+  return await digest(parts, ids);
+}
+
+for (const [name, options, want] of GOLDEN) {
+  Deno.test(`golden: CPU logits are bit-identical to the pinned digest (${name})`, async () => {
+    const dir = await testModel(name, options);
+    const adapterDir = await tempDir();
+    try {
+      await makeTestAdapter(adapterDir, { base: dir, rank: 4, seed: 5 });
+      const got = await run(dir, adapterDir);
+      if (want === "") console.log(`${name}: ${got}`);
+      assert.equal(got, want, `${name}: the CPU numerics moved (digest ${got})`);
+    } finally {
+      await Deno.remove(adapterDir, { recursive: true });
+    }
+  });
+}
