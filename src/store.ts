@@ -70,8 +70,9 @@ export interface OpenStoreOptions {
   /** Open for reading only; the file must exist. Default false. */
   readOnly?: boolean;
   /**
-   * Run SQLite's `PRAGMA quick_check` (structure of every page) at open and refuse a damaged file.
-   * Default: only for files of at most 64 MiB (it reads the whole file: about 1 s per GB).
+   * Run SQLite's `PRAGMA integrity_check` (every page, and every index against its table) at open and
+   * refuse a damaged file. Default: only for files of at most 64 MiB (it reads the whole file: about
+   * 1 s per GB).
    */
   quickCheck?: boolean;
 }
@@ -370,7 +371,7 @@ export class DocumentStore {
     const action = `read document ${source} of store`;
     return this.#guard(action, () => {
       const rows = this.#stmt(
-        `SELECT d.id, d.source, d.grp, d.metadata, c.id AS chunk_id, c.tokens, c.rows
+        `SELECT d.id, d.source, d.grp, d.metadata, c.id AS chunk_id, c.ordinal, c.tokens, c.rows
          FROM documents d LEFT JOIN chunks c ON c.document_id = d.id
          WHERE d.source = ? ORDER BY c.ordinal`,
       ).all(source);
@@ -389,7 +390,15 @@ export class DocumentStore {
         vectors: 0,
       };
       for (const r of rows) {
-        if (r.chunk_id === null) continue; // a document with no chunks (LEFT JOIN): none to list
+        // Every document is written with chunks 0..n-1: a gap (or none at all) means rows or index
+        // entries were lost, which no checksum of the rows that remain can show.
+        if (r.chunk_id === null || r.ordinal !== doc.chunkIds.length) {
+          throw new KvfoldError(
+            "FORMAT",
+            `Cannot ${action}: ${this.path} is damaged: ${where} (${source}) lacks its chunk ` +
+              `#${doc.chunkIds.length}`,
+          );
+        }
         const chunkId = v.int(r.chunk_id, "chunks.id", `a chunk of ${where}`, 1);
         doc.chunkIds.push(chunkId);
         doc.tokens += v.int(r.tokens, "chunks.tokens", `chunk ${chunkId}`, 0);

@@ -32,8 +32,11 @@ const GiB = 1024 * 1024 * 1024;
 const MAX_RANK = 64;
 const MAX_DEPTH = 32;
 
-/** Names of real tensors: printable, no spaces or control characters, not absurdly long. */
-const PLAUSIBLE_NAME = /^[^\p{C}\s\uFFFD]{1,1024}$/u;
+/**
+ * Names of real tensors: state-dict keys are module attribute names (Python identifiers) and list
+ * indices joined by dots, so letters, digits, `_`, `.` and `-`; not absurdly long.
+ */
+const PLAUSIBLE_NAME = /^[\p{L}\p{N}_.\-]{1,1024}$/u;
 
 function checkMaxBytes(max: number | undefined): void {
   if (max !== undefined && (!Number.isSafeInteger(max) || max <= 0)) {

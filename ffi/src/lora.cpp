@@ -411,6 +411,11 @@ void adapter_load(kf_adapter &a, kf_model &m, const std::string &dir, kf_control
       if (!std::isfinite(v)) raise(KF_ERR_FORMAT, "cannot load adapter: %s lora_A holds NaN or infinity", f.module.c_str());
     for (float v : b)
       if (!std::isfinite(v)) raise(KF_ERR_FORMAT, "cannot load adapter: %s lora_B holds NaN or infinity", f.module.c_str());
+    // A finite but huge lora_alpha overflows the folded B to infinity: refuse it here, not as NaN logits.
+    for (float v : pair.bt)
+      if (!std::isfinite(v))
+        raise(KF_ERR_FORMAT, "cannot load adapter: the scale %g (lora_alpha %g, r %lld) overflows %s lora_B past the float range",
+              double(s), alpha, (long long)rank, f.module.c_str());
     a.max_rank = std::max(a.max_rank, int32_t(rank));
     a.proj_mask |= 1u << p;
     if (ctl) ctl->done += 2;

@@ -29,7 +29,9 @@ export interface CampaignOptions {
   /** Cases per target. */
   cases: number;
   seed: number;
-  /** Targets to run; default all. */
+  /** Exactly these cases (replays of cases a long run found), instead of `cases` from `from`. */
+  only?: readonly { target: string; index: number }[];
+  /** Targets to run; default all (with `only`: the targets it names). */
   targets?: readonly string[];
   /** First case index; default 0. */
   from?: number;
@@ -50,14 +52,17 @@ export async function runCampaign(options: CampaignOptions): Promise<CaseResult[
       corpus,
       options.torchFixture ?? join(repoRoot(), "..", "shared", "fixtures", "torch-bin", "single"),
     );
-    const names = options.targets ?? TARGETS.map((t) => t.name);
+    const names = options.targets ??
+      (options.only ? [...new Set(options.only.map((c) => c.target))] : TARGETS.map((t) => t.name));
     const results: CaseResult[][] = names.map(() => []);
     let next = 0;
     const lane = async () => {
       while (next < names.length) {
         const i = next++;
         const from = options.from ?? 0;
-        results[i] = await runTarget(names[i], corpus, options.seed, from, from + options.cases, options);
+        const only = options.only?.filter((c) => c.target === names[i]).map((c) => c.index);
+        const indexes = only ?? Array.from({ length: options.cases }, (_, k) => from + k);
+        results[i] = await runTarget(names[i], corpus, options.seed, indexes, options);
       }
     };
     await Promise.all(Array.from({ length: options.parallel ?? 2 }, lane));
@@ -71,13 +76,12 @@ async function runTarget(
   target: string,
   corpus: string,
   seed: number,
-  from: number,
-  to: number,
+  indexes: readonly number[],
   options: CampaignOptions,
 ): Promise<CaseResult[]> {
   const results: CaseResult[] = [];
-  let at = from;
-  while (at < to) {
+  let at = 0; // position in `indexes` of the next case to run
+  while (at < indexes.length) {
     const child = new Deno.Command(Deno.execPath(), {
       args: [
         "run",
@@ -86,8 +90,7 @@ async function runTarget(
         target,
         corpus,
         String(seed),
-        String(at),
-        String(to),
+        indexes.slice(at).join(","),
       ],
       stdout: "piped",
       stderr: "piped",
@@ -123,7 +126,7 @@ async function runTarget(
         if (msg.start !== undefined) started = msg.start;
         else if (msg.index !== undefined) {
           results.push({ target, index: msg.index, outcome: msg.outcome!, message: msg.message ?? "" });
-          at = msg.index + 1;
+          at = indexes.indexOf(msg.index, at) + 1;
           started = -1;
         }
       }
@@ -142,12 +145,12 @@ async function runTarget(
         outcome: hung ? "hang" : "crash",
         message: `${why}\n${err.slice(-3000)}`,
       });
-      at = started + 1;
-    } else if (at < to) {
+      at = indexes.indexOf(started, at) + 1;
+    } else if (at < indexes.length) {
       // Died before its first case: report it once and stop this target.
       results.push({
         target,
-        index: at,
+        index: indexes[at],
         outcome: "crash",
         message: `worker failed to start: ${exitText(status)}\n${err.slice(-3000)}`,
       });

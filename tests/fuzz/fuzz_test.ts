@@ -18,3 +18,31 @@ Deno.test("fuzz: every target's mutated inputs end in correct output or a Kvfold
     `${summarize(results)}\n\nreplay one with: deno task fuzz --seed 20261204 --target T --case I\n${report}`,
   );
 });
+
+// Cases longer runs (`deno task fuzz`) found, replayed on every test run: [target, seed, index].
+const REGRESSIONS: [string, number, number][] = [
+  ["adapter-config", 7, 246], // lora_alpha 1e308: the folded scale overflowed to NaN logits
+  ["store", 7, 310], // a flipped index page hid chunks (only integrity_check compares index and table)
+  ["store", 7, 372], // the same for the documents index
+  ["torch-pickle", 7, 107], // a garbled tensor name with punctuation was converted
+  ["torch-pickle", 7, 189],
+  ["torch-pickle", 7, 331],
+  ["torch-pickle", 7, 339],
+];
+
+Deno.test("fuzz: cases found by longer runs stay fixed", async () => {
+  const bySeed = new Map<number, { target: string; index: number }[]>();
+  for (const [target, seed, index] of REGRESSIONS) {
+    bySeed.set(seed, [...(bySeed.get(seed) ?? []), { target, index }]);
+  }
+  for (const [seed, only] of bySeed) {
+    const results = await runCampaign({ cases: 0, seed, only });
+    assert.equal(results.length, only.length, summarize(results));
+    const bad = results.filter((r) => !isClean(r));
+    assert.equal(
+      bad.length,
+      0,
+      bad.map((r) => `${r.target} #${r.index}: ${r.message.slice(0, 400)}`).join("\n"),
+    );
+  }
+});

@@ -122,7 +122,7 @@ async function checkConverted(ctx: CaseContext, exact: boolean) {
   if (got.tensors.size === 0) throw new Garbage("converted zero tensors");
   if (!exact) {
     for (const name of got.tensors.keys()) {
-      if (!/^[A-Za-z0-9_.\-]+$/.test(name)) {
+      if (!/^[\p{L}\p{N}_.\-]+$/u.test(name)) {
         throw new Garbage(`implausible tensor name ${JSON.stringify(name)}`);
       }
     }

@@ -3,7 +3,7 @@
  * `{"start":i}` before the case, then `{"index":i,"outcome":...,"message":...}`. A crash or a hang
  * leaves a start without its result, which the campaign (the parent process) reports.
  *
- * Usage: deno run -A tests/fuzz/worker.ts TARGET CORPUS SEED FROM TO
+ * Usage: deno run -A tests/fuzz/worker.ts TARGET CORPUS SEED INDEXES (comma-separated case numbers)
  *
  * @module
  */
@@ -16,10 +16,11 @@ import { type CaseContext, Garbage, TARGETS } from "./targets.ts";
 /** How a case ended inside the worker. */
 export type CaseOutcome = "ok" | "refused" | "garbage" | "uncaught";
 
-const [targetName, corpus, seedText, fromText, toText] = Deno.args;
+const [targetName, corpus, seedText, indexText] = Deno.args;
 const target = TARGETS.find((t) => t.name === targetName);
 if (!target) throw new Error(`unknown fuzz target ${targetName}`);
-const seed = Number(seedText), from = Number(fromText), to = Number(toText);
+const seed = Number(seedText);
+const indexes = indexText.split(",").map(Number);
 
 const kv = await Kvfold.open({ backend: "cpu", threads: 1 });
 const memo = new Map<string, unknown>();
@@ -33,7 +34,7 @@ function copyDir(src: string, dst: string) {
 }
 
 try {
-  for (let index = from; index < to; index++) {
+  for (const index of indexes) {
     out({ start: index });
     const dir = join(scratch, String(index));
     copyDir(join(corpus, target.from), dir);
