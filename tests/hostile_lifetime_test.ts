@@ -51,10 +51,18 @@ Deno.test("lifetime: a session disposed during a batched decode step ends genera
   const s = model.session({ contextSize: 128 });
   const it = s.generate({ prompt: [1, 9, 10], maxTokens: 50, temperature: 0, ignoreEos: true, batcher })
     [Symbol.asyncIterator]();
-  assert.equal((await it.next()).done, false);
-  const step = it.next(); // queues the decode; the batcher starts it from a zero-delay timer
-  setTimeout(() => s.dispose(), 0); // runs after the batcher's timer: the step is in flight, uncancelled
-  await assert.rejects(step, isDisposed);
+  assert.equal((await it.next()).done, false); // prefilled, first token sampled
+  // The batcher starts the step later, from a timer: dispose right after it has started the native
+  // call (batched steps are not cancelled, so the step finishes and then the session is freed).
+  const handle = s._handle;
+  const hold = handle.hold.bind(handle);
+  handle.hold = ((call: () => Promise<unknown>, cancel?: () => void) => {
+    const running = hold(call, cancel);
+    handle.hold = hold;
+    s.dispose();
+    return running;
+  }) as typeof handle.hold;
+  await assert.rejects(it.next(), isDisposed);
   await s[Symbol.asyncDispose]();
 });
 
