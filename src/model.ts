@@ -24,7 +24,12 @@ const DTYPE_NAMES = ["f32", "f16", "bf16"] as const;
 export interface LoadModelOptions {
   /** Precision to hold weights in; default `"auto"`. */
   dtype?: WeightDType;
-  /** Memory-map the safetensors (default true); false reads them into memory. */
+  /**
+   * Memory-map the safetensors instead of reading them into memory the model owns (default false).
+   * Mapped weights are shared page cache and load without a copy, but if another process truncates
+   * a mapped file while the model is loaded, the next read of a lost page stops the process
+   * (SIGBUS, after a message naming the file). Read weights are not affected by later changes.
+   */
   mmap?: boolean;
   /** Called with (bytesDone, bytesTotal) while weights load. A throw cancels the load. */
   onProgress?: (done: number, total: number) => void;
@@ -128,7 +133,7 @@ export class Model extends HandleOwner {
       const pv = new DataView(params.buffer);
       pv.setBigUint64(0, BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(ctl.buf))), true);
       pv.setInt32(8, DTYPE_IDS[dtype], true);
-      pv.setInt32(12, options.mmap === false ? 0 : 1, true);
+      pv.setInt32(12, options.mmap === true ? 1 : 0, true);
       return s.kf_model_load(enginePtr, path, params, out.buf);
     }, {
       signal: options.signal,

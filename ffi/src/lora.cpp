@@ -154,7 +154,7 @@ void adapter_load(kf_adapter &a, kf_model &m, const std::string &dir, kf_control
   const Json *rank_pattern = field("rank_pattern"), *alpha_pattern = field("alpha_pattern");
   a.alpha = alpha_default;
 
-  TensorIndex files = TensorIndex::open_file(dir + "/adapter_model.safetensors", true, kAction);
+  TensorIndex files = TensorIndex::open_file(dir + "/adapter_model.safetensors", false, kAction);
   const ModelConfig &c = m.cfg;
   struct Found {
     const TensorInfo *a = nullptr, *b = nullptr;
