@@ -4,7 +4,10 @@
 # Env: CXX (default g++), KVFOLD_CXXFLAGS (extra flags), KVFOLD_NATIVE=0 to skip -march=native,
 #      NVCC (default nvcc), KVFOLD_CUDA (auto (default): build the CUDA backend when nvcc is found;
 #      0: never; 1: require it), KVFOLD_CUDA_ARCHS (default "80 86 89 90": real SASS for each, plus PTX
-#      of the last so newer GPUs can JIT it), KVFOLD_NVCCFLAGS (extra nvcc flags).
+#      of the last so newer GPUs can JIT it), KVFOLD_NVCCFLAGS (extra nvcc flags),
+#      KVFOLD_SANITIZE (e.g. "address,undefined": a sanitizer build, -O1 -g, CPU backend only; its
+#      callers put it in its own OUT_DIR, and a process loading it needs LD_PRELOAD of the runtime,
+#      see tests/sanitize.sh).
 # The CUDA runtime is linked statically (libcudart_static.a) and cuBLAS is only dlopen'ed at run time,
 # so the library loads on machines without any CUDA library; the CPU backend is always built.
 set -euo pipefail
@@ -22,7 +25,19 @@ arch=()
 if [[ "${KVFOLD_NATIVE:-1}" != "0" ]] && echo 'int main(){}' | "$cxx" -march=native -x c++ - -o /dev/null 2>/dev/null; then
   arch=(-march=native)
 fi
-flags=(-std=c++17 -O3 -fPIC -fvisibility=hidden -pthread -Wall -Wextra -Wno-unused-parameter "${arch[@]}"
+sanitize="${KVFOLD_SANITIZE:-}"
+opt=(-O3)
+link_san=()
+if [[ -n "$sanitize" ]]; then
+  if [[ ! "$sanitize" =~ ^[a-z,]+$ ]]; then
+    echo "kvfold build: KVFOLD_SANITIZE=$sanitize is not a comma-separated list of sanitizers (e.g. address,undefined)" >&2
+    exit 2
+  fi
+  # -fno-sanitize-recover: a UBSan finding stops the process like an ASan one, so tests cannot miss it.
+  opt=(-O1 -g -fno-omit-frame-pointer "-fsanitize=$sanitize" "-fno-sanitize-recover=all")
+  link_san=("-fsanitize=$sanitize")
+fi
+flags=(-std=c++17 "${opt[@]}" -fPIC -fvisibility=hidden -pthread -Wall -Wextra -Wno-unused-parameter "${arch[@]}"
   -I"$here/include" ${KVFOLD_CXXFLAGS:-})
 
 # ---- CUDA: decide before compiling anything, since the C++ side needs KVFOLD_HAVE_CUDA ----
@@ -33,7 +48,13 @@ if command -v "$nvcc" >/dev/null 2>&1; then nvcc_found="$("$nvcc" --version | ta
 cuda_sources=()
 if [[ -d "$here/cuda" ]]; then mapfile -t cuda_sources < <(find "$here/cuda" -maxdepth 1 -name '*.cu' | sort); fi
 build_cuda=false
-if [[ "$cuda_mode" != "0" && "$nvcc_found" != "no" && ${#cuda_sources[@]} -gt 0 ]]; then build_cuda=true; fi
+if [[ "$cuda_mode" != "0" && "$nvcc_found" != "no" && ${#cuda_sources[@]} -gt 0 && -z "$sanitize" ]]; then
+  build_cuda=true
+fi
+if [[ "$cuda_mode" == "1" && -n "$sanitize" ]]; then
+  echo "kvfold build: KVFOLD_SANITIZE builds the CPU backend only; unset KVFOLD_CUDA=1" >&2
+  exit 2
+fi
 if [[ "$cuda_mode" == "1" && "$build_cuda" != true ]]; then
   echo "kvfold build: KVFOLD_CUDA=1 but nvcc ($nvcc) was not found or ffi/cuda has no sources" >&2
   exit 2
@@ -85,13 +106,13 @@ for src in "$here"/src/*.cpp; do
   run "$cxx" "${flags[@]}" -c "$src" -o "$obj/$(basename "${src%.cpp}").o"
 done
 for p in "${pids[@]}"; do wait "$p"; done
-"$cxx" -shared -pthread "$obj"/*.o "${cuda_link[@]}" -o "$out/libkvfold.so.tmp"
+"$cxx" -shared -pthread "${link_san[@]}" "$obj"/*.o "${cuda_link[@]}" -o "$out/libkvfold.so.tmp"
 mv -f "$out/libkvfold.so.tmp" "$out/libkvfold.so"
 archs_json=""
 if [[ "$build_cuda" == true ]]; then
   for a in "${cuda_archs[@]}"; do archs_json+="${archs_json:+,}\"sm_$a\""; done
 fi
-printf '{"cxx":"%s","march_native":%s,"nvcc":"%s","cuda_built":%s,"cuda_archs":[%s],"build_seconds":%d}\n' \
+printf '{"cxx":"%s","march_native":%s,"nvcc":"%s","cuda_built":%s,"cuda_archs":[%s],"sanitize":"%s","build_seconds":%d}\n' \
   "$("$cxx" --version | head -n 1)" "$([[ ${#arch[@]} -gt 0 ]] && echo true || echo false)" "$nvcc_found" \
-  "$build_cuda" "$archs_json" "$(( SECONDS - start ))" > "$out/build-info.json"
+  "$build_cuda" "$archs_json" "$sanitize" "$(( SECONDS - start ))" > "$out/build-info.json"
 echo "kvfold build: wrote $out/libkvfold.so ($(( SECONDS - start )) s, cuda: $build_cuda)" >&2

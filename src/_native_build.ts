@@ -19,9 +19,17 @@ export function repoRoot(): string {
   return decodeURIComponent(ROOT.pathname).replace(/\/$/, "");
 }
 
-/** Where the built library and its stamp live (`$KVFOLD_BUILD_DIR` or `<repo>/build`). */
+/**
+ * Where the built library and its stamp live: `$KVFOLD_BUILD_DIR`, else `<repo>/build`, or for a
+ * sanitizer build (`$KVFOLD_SANITIZE`) `<repo>/build/sanitize-<list>`, so it never replaces the
+ * normal library.
+ */
 export function buildDir(): string {
-  return Deno.env.get("KVFOLD_BUILD_DIR") ?? `${repoRoot()}/build`;
+  const fixed = Deno.env.get("KVFOLD_BUILD_DIR");
+  if (fixed) return fixed;
+  const sanitize = Deno.env.get("KVFOLD_SANITIZE");
+  if (sanitize) return `${repoRoot()}/build/sanitize-${sanitize.replace(/[^a-z]+/g, "-")}`;
+  return `${repoRoot()}/build`;
 }
 
 async function listFiles(dir: string): Promise<string[]> {
@@ -43,6 +51,7 @@ const BUILD_ENV = [
   "KVFOLD_CUDA",
   "KVFOLD_CUDA_ARCHS",
   "KVFOLD_NVCCFLAGS",
+  "KVFOLD_SANITIZE",
 ];
 
 /**

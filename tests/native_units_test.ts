@@ -3,6 +3,13 @@
 import assert from "node:assert/strict";
 import { repoRoot } from "../src/_native_build.ts";
 
+// `KVFOLD_SANITIZE` (tests/sanitize.sh) builds the checks with the sanitizers the library uses.
+function optimization(): string[] {
+  const sanitize = Deno.env.get("KVFOLD_SANITIZE");
+  if (!sanitize) return ["-O2"];
+  return ["-O1", "-g", "-fno-omit-frame-pointer", `-fsanitize=${sanitize}`, "-fno-sanitize-recover=all"];
+}
+
 async function buildAndRun(name: string, sources: string[]): Promise<string> {
   const root = repoRoot();
   const outDir = await Deno.makeTempDir({ prefix: "kvfold-native-" });
@@ -11,7 +18,7 @@ async function buildAndRun(name: string, sources: string[]): Promise<string> {
     const cc = await new Deno.Command("g++", {
       args: [
         "-std=c++17",
-        "-O2",
+        ...optimization(),
         "-march=native",
         "-pthread",
         `-I${root}/ffi/include`,
@@ -28,7 +35,8 @@ async function buildAndRun(name: string, sources: string[]): Promise<string> {
     assert.ok(
       run.success,
       `${name} reported failures:\n${
-        text.split("\n").filter((l) => /FAIL/i.test(l)).join("\n") || text.slice(-4000)
+        text.split("\n").filter((l) => /FAIL|Sanitizer|runtime error/i.test(l)).join("\n") ||
+        text.slice(-4000)
       }`,
     );
     return text;
