@@ -21,9 +21,11 @@ const isId = (v: unknown) => typeof v === "number" && Number.isSafeInteger(v) &&
 
 /**
  * Throws a `KvfoldError` naming `path` when `json` is not a tokenizer the library can run: FORMAT
- * for a missing or mistyped part, UNSUPPORTED for a model type it does not implement.
+ * for a missing or mistyped part, UNSUPPORTED for a model type it does not implement. Returns the
+ * largest token id it defines (vocab and added tokens), for the check against the model's vocabulary.
  */
-export function checkTokenizerJson(json: Json, path: string): void {
+export function checkTokenizerJson(json: Json, path: string): number {
+  let maxId = -1;
   const fail = (why: string, code: "FORMAT" | "UNSUPPORTED" = "FORMAT") =>
     new KvfoldError(code, `Cannot load tokenizer: ${path}: ${why}`);
   const model = json.model;
@@ -43,12 +45,14 @@ export function checkTokenizerJson(json: Json, path: string): void {
       !Array.isArray(e) || e.length !== 2 || typeof e[0] !== "string" || typeof e[1] !== "number"
     );
     if (bad >= 0) throw fail(`model.vocab entry ${bad} is not a [piece, score] pair`);
+    maxId = vocab.length - 1;
   } else {
     if (!isObject(vocab)) throw fail(`model.vocab is ${describe(vocab)}, not an object of token ids`);
     const entries = Object.entries(vocab);
     if (entries.length === 0) throw fail("model.vocab is empty");
     const bad = entries.find(([, id]) => !isId(id));
     if (bad) throw fail(`model.vocab gives token ${JSON.stringify(bad[0])} the id ${describe(bad[1])}`);
+    for (const [, id] of entries) maxId = Math.max(maxId, id as number);
   }
   if (type === "BPE" || (type === undefined && "merges" in model)) {
     const merges = model.merges ?? [];
@@ -65,6 +69,7 @@ export function checkTokenizerJson(json: Json, path: string): void {
   if (!Array.isArray(added)) throw fail(`added_tokens is ${describe(added)}, not a list`);
   const badAdded = added.findIndex((t) => !isObject(t) || !isId(t.id) || typeof t.content !== "string");
   if (badAdded >= 0) throw fail(`added_tokens entry ${badAdded} has no integer id and string content`);
+  for (const t of added) maxId = Math.max(maxId, (t as { id: number }).id);
   for (const part of ["normalizer", "pre_tokenizer", "post_processor", "decoder"]) {
     const v = json[part];
     if (v === undefined || v === null) continue;
@@ -72,6 +77,7 @@ export function checkTokenizerJson(json: Json, path: string): void {
       throw fail(`${part} is ${describe(v)}, not an object with a type`);
     }
   }
+  return maxId;
 }
 
 /** "a number (5)", "a string", "an array", ... for messages. */

@@ -167,6 +167,14 @@ export class Model extends HandleOwner {
       weightBytes: Number(v.getBigInt64(48, true)),
       modelType: readCharArray(info, 56, 32),
     };
+    if (tokenizer.maxTokenId >= modelInfo.vocabSize) {
+      handle.dispose();
+      throw new KvfoldError(
+        "FORMAT",
+        `Cannot load model: ${dir}/tokenizer.json defines token id ${tokenizer.maxTokenId}, past the ` +
+          `model's vocabulary of ${modelInfo.vocabSize} (the tokenizer belongs to another model)`,
+      );
+    }
     return new Model(
       handle,
       engine,

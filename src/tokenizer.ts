@@ -64,10 +64,12 @@ export class TextTokenizer {
   readonly chatTemplate?: string;
 
   #source: string;
+  /** The largest token id tokenizer.json defines (its vocab and added tokens). */
+  readonly maxTokenId: number;
 
   private constructor(json: Record<string, unknown>, config: Record<string, unknown>, source: string) {
     this.#source = source;
-    checkTokenizerJson(json, source);
+    this.maxTokenId = checkTokenizerJson(json, source);
     try {
       this.#tok = new Tokenizer(json, config);
     } catch (e) {
