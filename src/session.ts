@@ -414,6 +414,21 @@ export class Session extends HandleOwner {
     return out;
   }
 
+  // "Cannot sample: logit 0 is NaN" says nothing of where the NaN came from: name the model and
+  // the adapter, the two things a user can swap.
+  #nameNonFinite(e: unknown): unknown {
+    if (!(e instanceof KvfoldError) || !/is (NaN|infinite)/.test(e.message)) return e;
+    const adapter = this.#adapter ? `adapter ${this.#adapter.name}` : "no adapter";
+    return new KvfoldError(
+      "INVALID_STATE",
+      `${
+        e.message.replace(/^Cannot sample/, "Cannot generate")
+      }: the forward pass of model ${this.model.dir} ` +
+        `(${adapter}) produced non-finite logits; its weights or the adapter's overflow`,
+      { cause: e },
+    );
+  }
+
   /**
    * Streams generated text. Prefills `prompt` (if given), then samples and decodes until EOS, a
    * stop token or string, `maxTokens`, or the context is full. Counters land in `lastStats`.
@@ -463,7 +478,11 @@ export class Session extends HandleOwner {
         if (signal?.aborted) throw abortError();
         // The pointer is read again at every step (a DISPOSED error once the session is disposed):
         // the session may have been freed during the last decode's await.
-        check(s.kf_sampler_sample(sampler.ptr, this._handle.ptr, tokenOut));
+        try {
+          check(s.kf_sampler_sample(sampler.ptr, this._handle.ptr, tokenOut));
+        } catch (e) {
+          throw this.#nameNonFinite(e);
+        }
         const id = new Int32Array(tokenOut.buffer)[0];
         tokens.push(id);
         if (eosIds.has(id)) {
