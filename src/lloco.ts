@@ -193,7 +193,9 @@ export function adapterForChunks(
 /** The groups the adapter rule looks at: `choice.group`, else the chunks' distinct groups. */
 function groupsOf(chunks: readonly Pick<AnswerContext, "group">[], choice: AdapterChoice): string[] {
   if (choice.group !== undefined) return choice.group === null ? [] : [choice.group];
-  return [...new Set(chunks.map((c) => c.group).filter((g): g is string => typeof g === "string" && g !== ""))];
+  return [
+    ...new Set(chunks.map((c) => c.group).filter((g): g is string => typeof g === "string" && g !== "")),
+  ];
 }
 
 /** Whether a prompt array holds token ids (an empty one counts as ids: no prompt). */
@@ -273,7 +275,12 @@ async function* answerStream(
     }
   }
   yield* session.generate({ ...generate, prompt });
-  const stats = { ...session.lastStats!, prefixPositions: rows, adapter: session.adapter?.name ?? null, group };
+  const stats = {
+    ...session.lastStats!,
+    prefixPositions: rows,
+    adapter: session.adapter?.name ?? null,
+    group,
+  };
   onStats?.(stats);
   return stats;
 }
