@@ -146,8 +146,7 @@ export interface AnswerStats extends GenerationStats {
 }
 
 /**
- * The adapter an answer decodes with (prefix and prompt alike), and the group it stands for. The
- * one rule of every answer path (`answerFromChunks`, the CLI's `ask`, the LangChain and
+ * The adapter an answer decodes with (prefix and prompt alike). The one rule of every answer path (`answerFromChunks`, the CLI's `ask`, the LangChain and
  * LlamaIndex integrations):
  *
  * 1. `choice.adapter`, when given, wins (`null`: the base model).
@@ -206,9 +205,16 @@ function isIds(prompt: readonly ChatMessage[] | readonly number[]): prompt is re
 /**
  * The one answer path over compressed chunks: streams the answer to `question` with the chunks'
  * summary vectors as the prefix. Positions 0..K-1 hold the vectors (in the given order), the
- * prompt follows from K, in a fresh session with `options.cache`. The adapter follows
- * {@link adapterForChunks}. Vectors read from a store reach the model as their stored bf16 bits
- * (joined once, no f32 copy); vectors built in memory go as f32.
+ * prompt follows from K, in a fresh session with `options.cache`.
+ *
+ * The adapter ({@link adapterForChunks}): `options.adapter` when given (`null`: the base model);
+ * else the adapter registered in `model.adapters` under the chunks' group (or `options.group`),
+ * none when no adapter has that name; chunks whose groups name different adapters are refused
+ * ("INVALID_ARGUMENT"), since one answer decodes with one adapter.
+ *
+ * Vectors read from a store reach the model as their stored bf16 bits (joined once, never widened
+ * in JavaScript); vectors built in memory go as f32. The model widens bf16 exactly, so both give
+ * the same logits.
  *
  * Checks the chunks, the adapter rule and the prompt at once (a bad call throws before any stream
  * is handed out); the session starts when the stream is first pulled. The generator returns the

@@ -255,6 +255,11 @@ Deno.test("answer path: the store's bf16 bits reach prefillEmbeddings as one 16-
       data: hits[1].vectors.data.slice(0, hits[0].vectors.hidden),
     }]);
     assert.equal(mixed.bf16, undefined);
+    // Replacing `data` drops the bits, which no longer describe the values.
+    const replaced = store.getChunks([hits[0].chunkId])[0].vectors;
+    replaced.data = new Float32Array(replaced.data.length).fill(0.5);
+    assert.equal(replaced.bf16, undefined);
+    assert.equal(concatVectors([replaced, hits[1].vectors]).data[0], 0.5);
     assert.deepEqual(mixed.data.subarray(0, hits[0].vectors.data.length), hits[0].vectors.data);
 
     const calls: { embeddings: Float32Array | Uint16Array; dtype?: string }[] = [];
