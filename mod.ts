@@ -70,5 +70,13 @@ export type {
   StoreStats,
 } from "./src/store.ts";
 export { adapterForChunks, answerFromChunks, compressIntoStore } from "./src/lloco.ts";
-export type { AnswerOptions, CompressIntoStoreOptions, SourceDocument } from "./src/lloco.ts";
+export type {
+  AdapterChoice,
+  AnswerContext,
+  AnswerOptions,
+  AnswerPrompt,
+  AnswerStats,
+  CompressIntoStoreOptions,
+  SourceDocument,
+} from "./src/lloco.ts";
 export { convertTorchCheckpoint } from "./src/torch_bin.ts";

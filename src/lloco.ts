@@ -5,12 +5,14 @@
  * @module
  */
 
+import { Adapter } from "./adapter.ts";
 import type { CacheOptions } from "./lococo.ts";
 import type { Compressor } from "./compressor.ts";
 import { KvfoldError } from "./errors.ts";
 import type { Model } from "./model.ts";
 import type { GenerateOptions, GenerationStats } from "./session.ts";
-import { concatVectors, type DocumentStore, type RetrievedChunk } from "./store.ts";
+import { concatVectors, type DocumentStore, type StoredVectors } from "./store.ts";
+import type { ChatMessage } from "./tokenizer.ts";
 
 /** A document to compress. */
 export interface SourceDocument {
@@ -93,38 +95,130 @@ export async function compressIntoStore(
   };
 }
 
-/** Options of {@link answerFromChunks}. */
-export interface AnswerOptions extends GenerateOptions {
-  /** Wrap the question in the model's chat template (default: when it has one). */
-  chat?: boolean;
-  /**
-   * The LoRA that decodes (prefix and prompt alike). Absent: the adapter registered in
-   * `model.adapters` under the first chunk's group, if any, else the base model. `null`: base model.
-   */
-  adapter?: GenerateOptions["adapter"];
-  /** How the answering session keeps its KV cache (default full). */
-  cache?: CacheOptions;
+/**
+ * Summary vectors to place before the prompt, with the adapter group they were compressed for. A
+ * {@linkcode RetrievedChunk} from the store is one.
+ */
+export interface AnswerContext {
+  /** The summary vectors, `rows × hidden`, row-major. */
+  vectors: StoredVectors;
+  /** The adapter group of the document (the LoRA trained to decode it), or null / absent: none. */
+  group?: string | null;
+  /** Where the vectors came from, for messages. */
+  source?: string;
+  /** The store's chunk id, for messages. */
+  chunkId?: number;
 }
 
 /**
- * The adapter {@link answerFromChunks} decodes with: the explicit one, else the first chunk's
- * group when `model.adapters` knows that name, else none.
+ * What {@link answerFromChunks} answers: a question (through the chat template when `chat`), chat
+ * messages (through the chat template), or prompt token ids as they are. An empty array is no
+ * prompt at all: generation continues right after the vectors.
+ */
+export type AnswerPrompt = string | readonly ChatMessage[] | readonly number[];
+
+/** Which adapter decodes an answer; see {@link adapterForChunks}. */
+export interface AdapterChoice {
+  /** This adapter (an {@link Adapter} or a name registered in `model.adapters`); `null`: the base model. */
+  adapter?: Adapter | string | null;
+  /** Decode as this adapter group, whatever the chunks' groups; `null`: as chunks without a group. */
+  group?: string | null;
+}
+
+/** Options of {@link answerFromChunks}. */
+export interface AnswerOptions extends Omit<GenerateOptions, "prompt" | "adapter">, AdapterChoice {
+  /** Wrap a string question in the model's chat template (default: when it has one). */
+  chat?: boolean;
+  /** How the answering session keeps its KV cache (default full). */
+  cache?: CacheOptions;
+  /** Receives the counters when generation ends (the generator also returns them). */
+  onStats?: (stats: AnswerStats) => void;
+}
+
+/** Counters of one answer: the generation's, the prefix length and the adapter used. */
+export interface AnswerStats extends GenerationStats {
+  /** Positions the summary vectors took before the prompt. */
+  prefixPositions: number;
+  /** The adapter that decoded (its registry name, or null: the base model). */
+  adapter: string | null;
+  /** The adapter group decoded for: `group` when given, else the chunks' one group, else null. */
+  group: string | null;
+}
+
+/**
+ * The adapter an answer decodes with (prefix and prompt alike). The one rule of every answer path (`answerFromChunks`, the CLI's `ask`, the LangChain and
+ * LlamaIndex integrations):
+ *
+ * 1. `choice.adapter`, when given, wins (`null`: the base model).
+ * 2. Else each group names its adapter: the one registered under the group's name in
+ *    `model.adapters` (`await model.adapters.load(dir, { name: group })`), or none (the base
+ *    model) when no adapter has that name. The groups are `choice.group` when given, else the
+ *    chunks' distinct groups; chunks without a group have no say.
+ * 3. The groups must agree on that adapter: one answer decodes with one adapter, and picking one of
+ *    two would decode the other group's vectors with a LoRA not trained for them. Groups whose
+ *    adapters differ throw an "INVALID_ARGUMENT" `KvfoldError` (pass `adapter` or `group` to choose);
+ *    groups that all name no adapter decode with the base model.
+ *
+ * `choice` may also be the explicit adapter itself (`adapterForChunks(model, chunks, "finance")`).
+ *
+ * @example
+ * ```ts ignore
+ * await model.adapters.load("./loras/finance", { name: "finance" });
+ * const chunks = store.retrieve("revenue", { k: 2, group: "finance" });
+ * console.log(adapterForChunks(model, chunks)); // "finance"
+ * ```
  */
 export function adapterForChunks(
   model: Model,
-  chunks: readonly RetrievedChunk[],
-  explicit?: GenerateOptions["adapter"],
-): GenerateOptions["adapter"] {
-  if (explicit !== undefined) return explicit;
-  const group = chunks.find((c) => c.group)?.group;
-  if (!group) return null;
-  return model.adapters.list().some((e) => e.name === group) ? group : null;
+  chunks: readonly Pick<AnswerContext, "group">[],
+  choice: AdapterChoice | Adapter | string | null = {},
+): Adapter | string | null {
+  if (choice === null || typeof choice === "string" || choice instanceof Adapter) return choice;
+  if (choice.adapter !== undefined) return choice.adapter;
+  const groups = groupsOf(chunks, choice);
+  const registered = new Set(model.adapters.list().map((e) => e.name));
+  const named = [...new Set(groups.map((g) => registered.has(g) ? g : null))];
+  if (named.length > 1) {
+    throw new KvfoldError(
+      "INVALID_ARGUMENT",
+      `Cannot answer: the chunks come from adapter groups ${groups.join(", ")}, which decode with ` +
+        `different adapters (${named.map((a) => a ?? "none").join(", ")}), and one answer decodes ` +
+        "with one adapter (retrieve within one group, or pass adapter or group to choose)",
+    );
+  }
+  return named[0] ?? null;
+}
+
+/** The groups the adapter rule looks at: `choice.group`, else the chunks' distinct groups. */
+function groupsOf(chunks: readonly Pick<AnswerContext, "group">[], choice: AdapterChoice): string[] {
+  if (choice.group !== undefined) return choice.group === null ? [] : [choice.group];
+  return [
+    ...new Set(chunks.map((c) => c.group).filter((g): g is string => typeof g === "string" && g !== "")),
+  ];
+}
+
+/** Whether a prompt array holds token ids (an empty one counts as ids: no prompt). */
+function isIds(prompt: readonly ChatMessage[] | readonly number[]): prompt is readonly number[] {
+  return prompt.length === 0 || typeof prompt[0] === "number";
 }
 
 /**
- * Streams an answer to `question` with the chunks' summary vectors as the prefix: positions
- * 0..K-1 hold the vectors (in the given order), the prompt follows from K. Counters land in
- * `onStats` with the number of prefix positions.
+ * The one answer path over compressed chunks: streams the answer to `question` with the chunks'
+ * summary vectors as the prefix. Positions 0..K-1 hold the vectors (in the given order), the
+ * prompt follows from K, in a fresh session with `options.cache`.
+ *
+ * The adapter ({@link adapterForChunks}): `options.adapter` when given (`null`: the base model);
+ * else the adapter registered in `model.adapters` under the chunks' group (or `options.group`),
+ * none when no adapter has that name; chunks whose groups name different adapters are refused
+ * ("INVALID_ARGUMENT"), since one answer decodes with one adapter.
+ *
+ * Vectors read from a store reach the model as their stored bf16 bits (joined once, never widened
+ * in JavaScript); vectors built in memory go as f32. The model widens bf16 exactly, so both give
+ * the same logits.
+ *
+ * Checks the chunks, the adapter rule and the prompt at once (a bad call throws before any stream
+ * is handed out); the session starts when the stream is first pulled. The generator returns the
+ * counters ({@link AnswerStats}), which also land in `onStats`.
  *
  * @example
  * ```ts ignore
@@ -132,39 +226,67 @@ export function adapterForChunks(
  * for await (const piece of answerFromChunks(model, chunks, "What was the revenue?")) console.log(piece);
  * ```
  */
-export async function* answerFromChunks(
+export function answerFromChunks(
   model: Model,
-  chunks: readonly RetrievedChunk[],
-  question: string,
-  options: AnswerOptions & {
-    /** Counters, the prefix length and the adapter used (its registry name, or null). */
-    onStats?: (stats: GenerationStats & { prefixPositions: number; adapter: string | null }) => void;
-  } = {},
-): AsyncGenerator<string, void, undefined> {
+  chunks: readonly AnswerContext[],
+  question: AnswerPrompt,
+  options: AnswerOptions = {},
+): AsyncGenerator<string, AnswerStats, undefined> {
   const H = model.info.hiddenSize;
-  const rows = chunks.reduce((n, c) => n + c.vectors.rows, 0);
-  for (const c of chunks) {
+  chunks.forEach((c, i) => {
     if (c.vectors.hidden !== H) {
+      const what = c.chunkId !== undefined
+        ? `chunk ${c.chunkId}${c.source ? ` of ${c.source}` : ""}`
+        : `context ${i}${c.source ? ` (${c.source})` : ""}`;
       throw new KvfoldError(
         "INVALID_ARGUMENT",
-        `Cannot answer: chunk ${c.chunkId} was compressed to ${c.vectors.hidden} dimensions, the model has ${H}`,
+        `Cannot answer: ${what} was compressed to ${c.vectors.hidden} dimensions, the model has ${H}`,
       );
     }
-  }
-  const chat = options.chat ?? model.tokenizer.hasChatTemplate;
-  const prompt = model.encodePrompt(question, { chat });
-  const full = (options.cache?.kind ?? "full") === "full";
-  using session = model.session({
-    contextSize: full ? rows + prompt.length + (options.maxTokens ?? 256) + 1 : 0,
-    cache: options.cache,
   });
-  const adapter = adapterForChunks(model, chunks, options.adapter);
-  await session.setAdapter(adapter ?? null);
+  const adapter = adapterForChunks(model, chunks, { adapter: options.adapter, group: options.group });
+  const groups = groupsOf(chunks, options);
+  const group = groups.length === 1 ? groups[0] : null;
+  const prompt = typeof question === "string"
+    ? model.encodePrompt(question, { chat: options.chat ?? model.tokenizer.hasChatTemplate })
+    : isIds(question)
+    ? [...question]
+    : model.encodePrompt(question);
+  return answerStream(model, chunks, prompt, adapter, group, options);
+}
+
+async function* answerStream(
+  model: Model,
+  chunks: readonly AnswerContext[],
+  prompt: number[],
+  adapter: Adapter | string | null,
+  group: string | null,
+  options: AnswerOptions,
+): AsyncGenerator<string, AnswerStats, undefined> {
+  const { chat: _chat, cache, onStats, adapter: _adapter, group: _group, ...generate } = options;
+  const rows = chunks.reduce((n, c) => n + c.vectors.rows, 0);
+  // A full cache reserves what this answer needs; a bounded one keeps its own default size.
+  const full = (cache?.kind ?? "full") === "full";
+  using session = model.session({
+    contextSize: full ? rows + prompt.length + (options.maxTokens ?? 256) + 1 : undefined,
+    cache,
+  });
+  await session.setAdapter(adapter);
   if (rows > 0) {
-    await session.prefillEmbeddings(concatVectors(chunks.map((c) => c.vectors)).data, {
-      signal: options.signal,
-    });
+    const prefix = concatVectors(chunks.map((c) => c.vectors));
+    if (prefix.bf16 !== undefined) {
+      await session.prefillEmbeddings(prefix.bf16, { dtype: "bf16", signal: options.signal });
+    } else {
+      await session.prefillEmbeddings(prefix.data, { signal: options.signal });
+    }
   }
-  yield* session.generate({ ...options, adapter: undefined, prompt });
-  options.onStats?.({ ...session.lastStats!, prefixPositions: rows, adapter: session.adapter?.name ?? null });
+  yield* session.generate({ ...generate, prompt });
+  const stats = {
+    ...session.lastStats!,
+    prefixPositions: rows,
+    adapter: session.adapter?.name ?? null,
+    group,
+  };
+  onStats?.(stats);
+  return stats;
 }

@@ -574,7 +574,7 @@ export class DocumentStore {
       tokens: c.tokens,
       group: v.textOrNull(r.grp, "documents.grp", docWhere),
       score,
-      vectors: { rows: c.rows, hidden: c.hidden, data: decodeVectors(c.vectors, c.rows, c.hidden) },
+      vectors: decodeVectors(c.vectors, c.rows, c.hidden),
       metadata: v.jsonObject(r.metadata, "documents.metadata", docWhere),
     };
   }

@@ -6,7 +6,7 @@
  */
 
 import { KvfoldError } from "./errors.ts";
-import { bf16ToF32, f32ToBf16 } from "./safetensors.ts";
+import { f32ToBf16 } from "./safetensors.ts";
 
 function bad(message: string): KvfoldError {
   return new KvfoldError("INVALID_ARGUMENT", message);
@@ -31,8 +31,45 @@ export interface StoredVectors {
   rows: number;
   /** Width of each vector. */
   hidden: number;
-  /** `rows * hidden` values, row-major. */
+  /**
+   * `rows * hidden` values, row-major. On vectors read from a store, decoded from {@link bf16}
+   * when first read (the answer path never reads it).
+   */
   data: Float32Array;
+  /**
+   * The same values as the bf16 bits the store holds (`rows * hidden`, row-major), present on
+   * vectors read from a store or joined by {@linkcode concatVectors} from such vectors. The answer
+   * path passes these to the model as they are; vectors built in memory (f32 only) go as f32.
+   * Not enumerable, so vectors compare and serialise as `{ rows, hidden, data }`.
+   */
+  readonly bf16?: Uint16Array;
+}
+
+/**
+ * Vectors backed by bf16 bits: `bf16` as given, `data` widened to f32 on first read (exact: a
+ * bf16 value is the top half of an f32).
+ */
+export function bf16Vectors(rows: number, hidden: number, bits: Uint16Array): StoredVectors {
+  let data: Float32Array | undefined;
+  const v = {
+    rows,
+    hidden,
+    get data(): Float32Array {
+      if (data === undefined) {
+        const wide = new Uint32Array(bits.length);
+        for (let i = 0; i < bits.length; i++) wide[i] = bits[i] << 16;
+        data = new Float32Array(wide.buffer);
+      }
+      return data;
+    },
+    set data(value: Float32Array) {
+      // A caller replacing the values: the bf16 bits no longer describe them.
+      data = value;
+      Object.defineProperty(v, "bf16", { value: undefined });
+    },
+  };
+  Object.defineProperty(v, "bf16", { value: bits, enumerable: false, configurable: true });
+  return v;
 }
 
 /**
@@ -58,13 +95,17 @@ export function concatVectors(blocks: readonly StoredVectors[]): StoredVectors {
     }
     rows += b.rows;
   }
-  const data = new Float32Array(rows * hidden);
+  // All from a store: join the 16-bit blocks (half the bytes, no widening). Any block built in
+  // memory: join as f32, which holds the store's values exactly too.
+  const bits = blocks.every((b) => b.bf16 !== undefined) ? new Uint16Array(rows * hidden) : undefined;
+  const data = bits === undefined ? new Float32Array(rows * hidden) : undefined;
   let offset = 0;
   for (const b of blocks) {
-    data.set(b.data, offset);
-    offset += b.data.length;
+    if (bits !== undefined) bits.set(b.bf16!, offset);
+    else data!.set(b.data, offset);
+    offset += b.rows * hidden;
   }
-  return { rows, hidden, data };
+  return bits !== undefined ? bf16Vectors(rows, hidden, bits) : { rows, hidden, data: data! };
 }
 
 /**
@@ -136,7 +177,7 @@ export interface RetrievedChunk {
   group: string | null;
   /** BM25 score from {@linkcode DocumentStore.retrieve}; 0 from {@linkcode DocumentStore.getChunks}. */
   score: number;
-  /** The vectors, converted back from bf16. */
+  /** The vectors as stored: `bf16` holds the stored bits, `data` their f32 values. */
   vectors: StoredVectors;
   /** The document's metadata. */
   metadata: Record<string, unknown>;
@@ -237,11 +278,22 @@ export function encodeVectors(v: StoredVectors, where: string): Uint8Array {
   return out;
 }
 
-/** Decodes a blob of `rows * hidden` bf16 values (its length checked by the caller). */
-export function decodeVectors(blob: Uint8Array, rows: number, hidden: number): Float32Array {
+/** Whether this machine stores a Uint16Array little-endian, as the blobs are written. */
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
+/**
+ * Vectors of a blob of `rows * hidden` little-endian bf16 values (its length checked by the
+ * caller): the bits as they are, viewed in place when aligned, `data` widened only when read.
+ */
+export function decodeVectors(blob: Uint8Array, rows: number, hidden: number): StoredVectors {
   const n = rows * hidden;
-  const view = new DataView(blob.buffer, blob.byteOffset, blob.byteLength);
-  const data = new Float32Array(n);
-  for (let i = 0; i < n; i++) data[i] = bf16ToF32(view.getUint16(i * 2, true));
-  return data;
+  let bits: Uint16Array;
+  if (LITTLE_ENDIAN && blob.byteOffset % 2 === 0) {
+    bits = new Uint16Array(blob.buffer, blob.byteOffset, n);
+  } else {
+    const view = new DataView(blob.buffer, blob.byteOffset, blob.byteLength);
+    bits = new Uint16Array(n);
+    for (let i = 0; i < n; i++) bits[i] = view.getUint16(i * 2, true);
+  }
+  return bf16Vectors(rows, hidden, bits);
 }

@@ -218,7 +218,7 @@ Deno.test("llamaindex LLM: chat and complete, streamed or not, equal answerFromC
 });
 
 Deno.test("llamaindex LLM: abort mid-stream, early break, bad contexts", async () => {
-  await withPipeline(async ({ model, store }) => {
+  await withPipeline(async ({ model, store, dir }) => {
     const hits = store.retrieve(QUESTION, { k: 2 });
     const llm = new KvfoldLLM(model, { temperature: 0, maxTokens: 64, ignoreEos: true });
     const controller = new AbortController();
@@ -244,7 +244,10 @@ Deno.test("llamaindex LLM: abort mid-stream, early break, bad contexts", async (
     const after = await llm.complete({ prompt: QUESTION, contexts: hits, maxTokens: 2 });
     assert.equal((after.raw as { generatedTokens: number }).generatedTokens, 2);
 
-    // Contexts from two adapter groups need an explicit group; vectors of another width are refused.
+    // Contexts from two adapter groups whose adapters differ (a LoRA for "a", none for "b") need an
+    // explicit group; vectors of another width are refused.
+    await makeTestAdapter(`${dir}/a-lora`, { base: model.dir, rank: 4, seed: 3 });
+    await model.adapters.load(`${dir}/a-lora`, { name: "a" });
     const mixed = [{ ...hits[0], group: "a" }, { ...hits[1], group: "b" }];
     await assert.rejects(
       () => llm.complete({ prompt: QUESTION, contexts: mixed }),

@@ -2,15 +2,15 @@
 // plain documents become text context, and the prompt goes through the model's chat template.
 
 import type {
+  AnswerStats,
   CacheOptions,
   ChatMessage,
   DocumentStore,
-  GenerationStats,
   Model,
   RetrievedChunk,
   SamplingOptions,
 } from "../../mod.ts";
-import { concatVectors, KvfoldError } from "../../mod.ts";
+import { answerFromChunks } from "../../mod.ts";
 import type { DocumentInterface } from "./_deps.ts";
 import { kvfoldPayloadOf, resolveKvfoldChunks } from "./payload.ts";
 
@@ -49,10 +49,8 @@ export function formatTextContext(documents: readonly DocumentInterface[], quest
   return `Context:\n${documents.map((d) => d.pageContent).join("\n\n")}\n\nQuestion: ${question}`;
 }
 
-/** Counters of one generation. */
-export interface KvfoldRunStats extends GenerationStats {
-  /** Prefix positions the summary vectors took. */
-  prefixPositions: number;
+/** Counters of one generation (`adapter`: the LoRA that decoded, by registry name, or null). */
+export interface KvfoldRunStats extends Omit<AnswerStats, "group"> {
   /** Adapter groups of the context documents, in first-seen order. */
   groups: string[];
 }
@@ -75,16 +73,6 @@ export interface KvfoldRunRequest {
 }
 
 /**
- * The LoRA a generation decodes with (prefix and prompt alike): the first of the context documents'
- * groups that `model.adapters` knows by name, else none (the base model). Register each group's
- * adapter under the group's name: `await model.adapters.load(dir, { name: group })`.
- */
-function adapterForGroups(model: Model, groups: readonly string[]): string | null {
-  const known = new Set(model.adapters.list().map((e) => e.name));
-  return groups.find((g) => known.has(g)) ?? null;
-}
-
-/**
  * The error a generation ends with when its signal fired: the signal's reason when it is an Error
  * (a DOMException "AbortError" by default), as LangChain's own `signal.throwIfAborted()` does; the
  * native error stays reachable as `cause` otherwise.
@@ -97,7 +85,7 @@ function abortError(signal: AbortSignal, cause: unknown): Error {
 
 /**
  * Streams the answer's text pieces: payload documents' summary vectors at positions 0..K-1, then
- * the prompt (with the text documents folded into the last user turn), as `answerFromChunks` does.
+ * the prompt (with the text documents folded into the last user turn), through `answerFromChunks`.
  *
  * An abort also closes the generator: LangChain rejects a stream the moment its signal fires and
  * never resumes the model's generator, so without this the session would stay open at its `yield`.
@@ -128,6 +116,11 @@ export function runKvfold(request: KvfoldRunRequest): AsyncGenerator<string, voi
   })();
 }
 
+/**
+ * The pieces of `answerFromChunks` over the payload documents' chunks, with the text documents
+ * folded into the prompt. The adapter follows kvfold's one rule (`adapterForChunks`): the payload
+ * chunks' group decides; text documents have no say.
+ */
 async function* generatePieces(request: KvfoldRunRequest): AsyncGenerator<string, void, undefined> {
   const { model, signal } = request;
   const chunks: RetrievedChunk[] = [];
@@ -140,36 +133,16 @@ async function* generatePieces(request: KvfoldRunRequest): AsyncGenerator<string
     const group = kvfoldPayloadOf(doc)?.group ?? doc.metadata?.group;
     if (typeof group === "string" && !groups.includes(group)) groups.push(group);
   }
-  const hidden = model.info.hiddenSize;
-  for (const c of chunks) {
-    if (c.vectors.hidden !== hidden) {
-      throw new KvfoldError(
-        "INVALID_ARGUMENT",
-        `Cannot answer: chunk ${c.chunkId} of ${c.source} was compressed to ${c.vectors.hidden} dimensions, the model has ${hidden}`,
-      );
-    }
-  }
-  const promptIds = encodePrompt(model, request.prompt, textDocuments, request.formatContext);
-  const rows = chunks.reduce((n, c) => n + c.vectors.rows, 0);
-  const maxTokens = request.settings.maxTokens ?? 256;
   try {
-    const full = (request.cache?.kind ?? "full") === "full";
-    using session = model.session({
-      contextSize: full ? rows + promptIds.length + maxTokens + 1 : 0,
-      cache: request.cache,
-    });
-    await session.setAdapter(adapterForGroups(model, groups));
-    if (rows > 0) {
-      await session.prefillEmbeddings(concatVectors(chunks.map((c) => c.vectors)).data, { signal });
-    }
-    yield* session.generate({
+    const promptIds = encodePrompt(model, request.prompt, textDocuments, request.formatContext);
+    yield* answerFromChunks(model, chunks, promptIds, {
       ...request.settings,
-      maxTokens,
-      prompt: promptIds,
+      maxTokens: request.settings.maxTokens ?? 256,
       stop: request.stop,
       signal,
+      cache: request.cache,
+      onStats: ({ group: _group, ...stats }) => request.onStats?.({ ...stats, groups }),
     });
-    request.onStats?.({ ...session.lastStats!, prefixPositions: rows, groups });
   } catch (e) {
     if (signal?.aborted) throw abortError(signal, e);
     throw e;

@@ -75,6 +75,8 @@ export interface KvfoldResponseMetadata {
   prefixPositions: number;
   /** Adapter groups of the context documents. */
   groups: string[];
+  /** The LoRA that decoded (its registry name), or null: the base model. */
+  adapter: string | null;
   prefillMs: number;
   decodeMs: number;
 }
@@ -108,6 +110,7 @@ function responseMetadata(stats: KvfoldRunStats): KvfoldResponseMetadata {
     generatedTokens: stats.generatedTokens,
     prefixPositions: stats.prefixPositions,
     groups: stats.groups,
+    adapter: stats.adapter,
     prefillMs: stats.prefillMs,
     decodeMs: stats.decodeMs,
   };
@@ -134,10 +137,11 @@ function chatMessage(message: BaseMessage): ChatMessage {
  *
  * Compressed context: pass documents as the call option `documents`. Those with a kvfold payload
  * (`metadata.kvfold`, from {@linkcode KvfoldRetriever} or {@linkcode KvfoldDocumentCompressor}) have
- * their summary vectors prepended as input embeddings, in the order given, exactly as
- * `answerFromChunks` does; the others are written into the last user message as text (see
- * `formatContext`). `response_metadata.kvfold` reports prefix positions, token counts and the
- * documents' adapter groups; `usage_metadata` counts prefix positions as input tokens.
+ * their summary vectors prepended as input embeddings, in the order given, through kvfold's
+ * `answerFromChunks`, whose rule (`adapterForChunks`) picks the LoRA from the payload chunks'
+ * group; the others are written into the last user message as text (see `formatContext`).
+ * `response_metadata.kvfold` reports prefix positions, token counts, the documents' adapter groups
+ * and the adapter used; `usage_metadata` counts prefix positions as input tokens.
  *
  * @example
  * ```ts ignore

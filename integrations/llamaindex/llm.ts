@@ -6,12 +6,11 @@
  */
 
 import {
+  answerFromChunks,
+  type AnswerStats,
   type CacheOptions,
   type ChatMessage as KvfoldChatMessage,
-  concatVectors,
   type GenerateOptions,
-  type GenerationStats,
-  KvfoldError,
   type Model,
 } from "../../mod.ts";
 import {
@@ -51,13 +50,11 @@ export interface KvfoldLLMOptions extends KvfoldGenerationOptions {
   kvCache?: CacheOptions;
 }
 
-/** Counters of one call: kvfold's generation stats, the prefix length and the adapter group. */
-export interface KvfoldGenerationStats extends GenerationStats {
-  /** Positions taken by the compressed contexts' summary vectors. */
-  prefixPositions: number;
-  /** The adapter group the call decoded for, or null. */
-  group: string | null;
-}
+/**
+ * Counters of one call: kvfold's `AnswerStats` (generation counters, `prefixPositions`, the
+ * `adapter` that decoded and the adapter `group` decoded for).
+ */
+export interface KvfoldGenerationStats extends AnswerStats {}
 
 /**
  * Per-call options: in `additionalChatOptions` of `chat`, beside `prompt` in `complete`. They
@@ -67,8 +64,9 @@ export interface KvfoldCallOptions extends KvfoldGenerationOptions {
   /** Summary vectors to place before the prompt, in order (positions 0..K-1). */
   contexts?: readonly CompressedContext[];
   /**
-   * The adapter group to decode with; default: the contexts' group. Contexts from two groups need
-   * it, since one request decodes with one adapter.
+   * The adapter group to decode with; default: the contexts' group. The adapter follows kvfold's
+   * one rule (`adapterForChunks`): the one registered under the group's name, else none; contexts
+   * of groups whose adapters differ need this, since one request decodes with one adapter.
    */
   group?: string;
   /** Aborts the call; the response (or its stream) then rejects with an ABORTED `KvfoldError`. */
@@ -80,31 +78,6 @@ export interface KvfoldCallOptions extends KvfoldGenerationOptions {
 const DEFAULT_TEMPERATURE = 0.8;
 const DEFAULT_TOP_P = 0.95;
 const DEFAULT_MAX_TOKENS = 256;
-
-/**
- * The LoRA a request decodes with (prefix and prompt alike): its group's adapter when
- * `model.adapters` knows the group by name, else none. Register each group's adapter under the
- * group's name: `await model.adapters.load(dir, { name: group })`.
- */
-function adapterForGroup(model: Model, group: string | null): string | null {
-  if (group === null) return null;
-  return model.adapters.list().some((e) => e.name === group) ? group : null;
-}
-
-/** One adapter group for a request: the explicit one, else the contexts' (which must agree). */
-function resolveGroup(explicit: string | undefined, contexts: readonly CompressedContext[]): string | null {
-  if (explicit !== undefined) return explicit;
-  const groups = [...new Set(contexts.map((c) => c.group ?? null).filter((g) => g !== null))];
-  if (groups.length > 1) {
-    throw new KvfoldError(
-      "INVALID_ARGUMENT",
-      `Cannot generate: the contexts come from adapter groups ${
-        groups.join(", ")
-      }, and one request decodes with one adapter (retrieve within one group or pass group)`,
-    );
-  }
-  return groups[0] ?? null;
-}
 
 /** The text of a message; kvfold models read text only. */
 function messageText(content: MessageContent, where: string): string {
@@ -245,22 +218,10 @@ export class KvfoldLLM extends BaseLLM<KvfoldCallOptions> {
   /**
    * Validates now (so a bad call rejects before any stream is handed out) and returns the pieces
    * of a generation that starts when first pulled: contexts' vectors at positions 0..K-1, the
-   * prompt from K, as `answerFromChunks` does.
+   * prompt from K, through kvfold's `answerFromChunks`.
    */
   #generate(prompt: number[], call: KvfoldCallOptions): AsyncGenerator<string, KvfoldGenerationStats> {
-    const { contexts = [], group: explicitGroup, signal, onStats, ...overrides } = call;
-    const hidden = this.model.info.hiddenSize;
-    contexts.forEach((c, i) => {
-      if (c.vectors.hidden !== hidden) {
-        throw new KvfoldError(
-          "INVALID_ARGUMENT",
-          `Cannot generate: context ${i}${
-            c.source ? ` (${c.source})` : ""
-          } was compressed to ${c.vectors.hidden} dimensions, the model has ${hidden}`,
-        );
-      }
-    });
-    const group = resolveGroup(explicitGroup, contexts);
+    const { contexts = [], group, signal, onStats, ...overrides } = call;
     const {
       modelName: _name,
       contextWindow: _window,
@@ -275,23 +236,8 @@ export class KvfoldLLM extends BaseLLM<KvfoldCallOptions> {
       ...definedOnly(defaults),
       ...definedOnly(overrides),
     };
-    const model = this.model;
-    return (async function* () {
-      const rows = contexts.reduce((n, c) => n + c.vectors.rows, 0);
-      const full = (cache?.kind ?? "full") === "full";
-      using session = model.session({
-        contextSize: full ? rows + prompt.length + settings.maxTokens! + 1 : 0,
-        cache,
-      });
-      await session.setAdapter(adapterForGroup(model, group));
-      if (rows > 0) {
-        await session.prefillEmbeddings(concatVectors(contexts.map((c) => c.vectors)).data, { signal });
-      }
-      yield* session.generate({ ...settings, prompt, signal });
-      const stats: KvfoldGenerationStats = { ...session.lastStats!, prefixPositions: rows, group };
-      onStats?.(stats);
-      return stats;
-    })();
+    // answerFromChunks checks the contexts and picks the adapter now; it runs when first pulled.
+    return answerFromChunks(this.model, contexts, prompt, { ...settings, group, signal, cache, onStats });
   }
 }
 

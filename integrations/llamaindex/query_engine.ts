@@ -49,8 +49,8 @@ export interface KvfoldResponseSynthesizerOptions {
  * itself, as in kvfold's `answerFromChunks`. Nodes without a payload fall back to text: their
  * content fills `textQATemplate`, which becomes the prompt. With no nodes at all, the question
  * is answered on its own (LlamaIndex's base synthesizer would say "Empty Response").
- * Compressed nodes of two adapter groups are refused (one answer decodes with one adapter) unless
- * `generation.group` picks one.
+ * The adapter follows kvfold's one rule (`adapterForChunks`): compressed nodes of groups whose
+ * adapters differ are refused (one answer decodes with one adapter) unless `generation.group` picks one.
  *
  * @example
  * ```ts ignore
