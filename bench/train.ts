@@ -76,7 +76,7 @@ async function score(
 ) {
   let nll = 0, n = 0, hits = 0;
   for (const s of seqs) {
-    using session = m.session({ cache, batchSize: 16, contextSize: cache ? 0 : s.ids.length + 1 });
+    using session = m.session({ cache, batchSize: 16, contextSize: cache ? undefined : s.ids.length + 1 });
     await session.setAdapter(adapter);
     const logits = (await session.prefill(s.ids, { logits: "all" }))!;
     const V = m.info.vocabSize;
