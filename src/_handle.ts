@@ -76,22 +76,43 @@ export class NativeHandle {
 
   /**
    * Runs a long nonblocking call with a control block: `signal` and dispose() cancel it, progress
-   * is reported, and a failure becomes a KvfoldError with the native message.
+   * is reported, and a failure becomes a KvfoldError with the native message. A call during which
+   * this handle was disposed ends in a DISPOSED error, even if it finished: its result belongs to
+   * freed state. `discard` frees what a failed call made and `adopt` takes what a successful one
+   * made; both run while this handle is still alive, so a child handle registered in `adopt`
+   * is freed before this one, never after.
    */
-  async runControlled(
+  async runControlled<T = void>(
     call: (ptr: Deno.PointerValue, ctl: ControlBlock) => Promise<number>,
-    options: { signal?: AbortSignal; onProgress?: (done: number, total: number) => void } = {},
-  ): Promise<void> {
+    options: {
+      signal?: AbortSignal;
+      onProgress?: (done: number, total: number) => void;
+      discard?: () => void;
+      adopt?: () => T;
+    } = {},
+  ): Promise<T> {
     const ptr = this.ptr;
     let control: ControlBlock | undefined;
-    await this.hold(
-      () =>
-        withControl(async (ctl) => {
+    const disposedError = () =>
+      new KvfoldError("DISPOSED", `Cannot finish the call: ${this.#what} was disposed while it ran`);
+    return await this.hold(async () => {
+      try {
+        await withControl(async (ctl) => {
           control = ctl;
           check(await call(ptr, ctl), ctl);
-        }, options),
-      () => control?.cancel(),
-    );
+        }, options);
+      } catch (e) {
+        options.discard?.();
+        const cancelled = e instanceof KvfoldError && e.code === "ABORTED" && !options.signal?.aborted;
+        throw cancelled && this.#disposed ? disposedError() : e;
+      }
+      // Still inside the held region: this handle cannot have been freed yet.
+      if (this.#disposed) {
+        options.discard?.();
+        throw disposedError();
+      }
+      return options.adopt ? options.adopt() : undefined as T;
+    }, () => control?.cancel());
   }
 
   /** Keeps `target` from being freed until this handle is freed (or {@link unuse} is called). */

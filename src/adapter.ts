@@ -80,23 +80,25 @@ export class Adapter extends HandleOwner {
     const s = sym();
     const out = outPointer();
     const path = cString(dir);
-    try {
-      await model._handle.runControlled(
-        (modelPtr, ctl) => s.kf_adapter_load(modelPtr, path, ctl.buf, out.buf),
-        { signal: options.signal },
-      );
-    } catch (e) {
-      const made = out.get();
-      if (made !== null) s.kf_adapter_free(made);
-      throw e;
-    }
-    const ptr = out.get();
-    const handle = new NativeHandle(
-      ptr,
-      `adapter ${name}`,
-      (p) => check(sym().kf_adapter_free(p)),
-      model._handle,
+    // Made while the model is still held: a model disposed during the load frees the adapter first.
+    const handle = await model._handle.runControlled(
+      (modelPtr, ctl) => s.kf_adapter_load(modelPtr, path, ctl.buf, out.buf),
+      {
+        signal: options.signal,
+        discard: () => {
+          const made = out.get();
+          if (made !== null) s.kf_adapter_free(made);
+        },
+        adopt: () =>
+          new NativeHandle(
+            out.get(),
+            `adapter ${name}`,
+            (p) => check(sym().kf_adapter_free(p)),
+            model._handle,
+          ),
+      },
     );
+    const ptr = handle.ptr;
     const buf = alloc(40);
     check(s.kf_adapter_get_info(ptr, buf));
     const v = new DataView(buf.buffer);

@@ -25,7 +25,12 @@ const DTYPE_NAMES = ["f32", "f16", "bf16"] as const;
 export interface LoadModelOptions {
   /** Precision to hold weights in; default `"auto"`. */
   dtype?: WeightDType;
-  /** Memory-map the safetensors (default true); false reads them into memory. */
+  /**
+   * Memory-map the safetensors instead of reading them into memory the model owns (default false).
+   * Mapped weights are shared page cache and load without a copy, but if another process truncates
+   * a mapped file while the model is loaded, the next read of a lost page stops the process
+   * (SIGBUS, after a message naming the file). Read weights are not affected by later changes.
+   */
   mmap?: boolean;
   /** Called with (bytesDone, bytesTotal) while weights load. A throw cancels the load. */
   onProgress?: (done: number, total: number) => void;
@@ -121,24 +126,28 @@ export class Model extends HandleOwner {
     const engineHandle = engine._handle;
     const out = outPointer();
     const path = cString(dir);
-    try {
-      await engineHandle.runControlled((enginePtr, ctl) => {
-        const params = alloc(16);
-        params.set(new Uint8Array(s.kf_model_default_params()));
-        const pv = new DataView(params.buffer);
-        pv.setBigUint64(0, BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(ctl.buf))), true);
-        pv.setInt32(8, DTYPE_IDS[dtype], true);
-        pv.setInt32(12, options.mmap === false ? 0 : 1, true);
-        return s.kf_model_load(enginePtr, path, params, out.buf);
-      }, { signal: options.signal, onProgress: options.onProgress });
-    } catch (e) {
-      // The load may have finished before a throwing onProgress was seen: free what it made.
-      const made = out.get();
-      if (made !== null) s.kf_model_free(made);
-      throw e;
-    }
-    const ptr = out.get();
-    const handle = new NativeHandle(ptr, `model ${dir}`, (p) => check(sym().kf_model_free(p)), engineHandle);
+    // The model's handle is made while the engine is still held: an engine disposed during the load
+    // frees the new model first, then itself.
+    const handle = await engineHandle.runControlled((enginePtr, ctl) => {
+      const params = alloc(16);
+      params.set(new Uint8Array(s.kf_model_default_params()));
+      const pv = new DataView(params.buffer);
+      pv.setBigUint64(0, BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(ctl.buf))), true);
+      pv.setInt32(8, DTYPE_IDS[dtype], true);
+      pv.setInt32(12, options.mmap === true ? 1 : 0, true);
+      return s.kf_model_load(enginePtr, path, params, out.buf);
+    }, {
+      signal: options.signal,
+      onProgress: options.onProgress,
+      // The load may have finished before a throwing onProgress or a dispose was seen.
+      discard: () => {
+        const made = out.get();
+        if (made !== null) s.kf_model_free(made);
+      },
+      adopt: () =>
+        new NativeHandle(out.get(), `model ${dir}`, (p) => check(sym().kf_model_free(p)), engineHandle),
+    });
+    const ptr = handle.ptr;
     const info = alloc(88);
     check(s.kf_model_get_info(ptr, info));
     const v = new DataView(info.buffer);

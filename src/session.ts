@@ -459,10 +459,11 @@ export class Session extends HandleOwner {
       const tokens: number[] = [];
       const tokenOut = alloc(4);
       let reason: StopReason = "max-tokens";
-      const ptr = this._handle.ptr;
       while (tokens.length < maxTokens) {
         if (signal?.aborted) throw abortError();
-        check(s.kf_sampler_sample(sampler.ptr, ptr, tokenOut));
+        // The pointer is read again at every step (a DISPOSED error once the session is disposed):
+        // the session may have been freed during the last decode's await.
+        check(s.kf_sampler_sample(sampler.ptr, this._handle.ptr, tokenOut));
         const id = new Int32Array(tokenOut.buffer)[0];
         tokens.push(id);
         if (eosIds.has(id)) {

@@ -202,7 +202,11 @@ Deno.test("errors: disposing a session during a prefill cancels it and frees aft
   const s = model.session({ contextSize: 256, batchSize: 1 });
   const running = s.prefill(Array.from({ length: 250 }, (_, i) => 3 + i));
   s.dispose();
-  await assert.rejects(() => running, (e: unknown) => e instanceof KvfoldError && e.code === "ABORTED");
+  await assert.rejects(
+    () => running,
+    (e: unknown) =>
+      e instanceof KvfoldError && e.code === "DISPOSED" && /session was disposed/.test(e.message),
+  );
   await s[Symbol.asyncDispose]();
 });
 

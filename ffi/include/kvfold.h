@@ -155,9 +155,17 @@ typedef enum kf_dtype { KF_DTYPE_F32 = 0, KF_DTYPE_F16 = 1, KF_DTYPE_BF16 = 2, K
 typedef struct kf_model_params {
   kf_control *control; /* optional; progress in bytes of weights loaded; default NULL         */
   int32_t weight_dtype; /* kf_dtype to hold weights in; KF_DTYPE_AUTO (default) keeps the file's
-                           dtype (memory-mapped, no copy, when possible). Cuda engines hold f16 or
-                           bf16 only: AUTO of an f32 file gives bf16, F32 is KF_ERR_UNSUPPORTED    */
-  int32_t use_mmap;     /* 1 (default): map files read-only; 0: read them into memory              */
+                           dtype (no conversion; with use_mmap, no copy either). Cuda engines hold
+                           f16 or bf16 only: AUTO of an f32 file gives bf16, F32 is
+                           KF_ERR_UNSUPPORTED                                                      */
+  int32_t use_mmap;     /* 0 (default): read the files into memory the model owns (a file whose
+                           tensors were all converted is freed after the load); a file truncated
+                           during the load is KF_ERR_IO/KF_ERR_FORMAT, and changing it afterwards
+                           cannot affect the model. 1: map them read-only (MAP_PRIVATE): shared
+                           page cache, nothing copied, but a file truncated by another process
+                           while the model is loaded faults (SIGBUS) at the next read of a lost
+                           page, on any thread; the process then stops, after printing
+                           "kvfold: fatal: <file> was truncated ..." to stderr                     */
 } kf_model_params;
 
 KF_API kf_model_params kf_model_default_params(void);

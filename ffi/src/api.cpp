@@ -221,7 +221,7 @@ kf_model_params kf_model_default_params(void) {
   kf_model_params p{};
   p.control = nullptr;
   p.weight_dtype = KF_DTYPE_AUTO;
-  p.use_mmap = 1;
+  p.use_mmap = 0;  // owned memory: a file truncated underneath cannot fault (see kvfold.h)
   return p;
 }
 

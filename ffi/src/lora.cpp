@@ -306,7 +306,7 @@ void adapter_load(kf_adapter &a, kf_model &m, const std::string &dir, kf_control
   a.rslora = cfg.rslora;
   a.alpha = cfg.alpha;
 
-  TensorIndex files = TensorIndex::open_file(dir + "/adapter_model.safetensors", true, kAction);
+  TensorIndex files = TensorIndex::open_file(dir + "/adapter_model.safetensors", false, kAction);
   const ModelConfig &c = m.cfg;
   struct Found {
     const TensorInfo *a = nullptr, *b = nullptr;

@@ -192,6 +192,12 @@ void model_load(kf_model &m, const std::string &dir, const kf_model_params &p) {
     opt("self_attn.o_proj.bias", L.bo);
   }
   if (ctl) ctl->done = total;
+  // A file whose every matrix was converted is read no more: free it (read into memory, it would
+  // otherwise stay resident beside its converted copy).
+  std::vector<const void *> bound = {m.embed.data, m.lm_head.data};
+  for (const LayerWeights &L : m.layers)
+    for (const Weight *w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) bound.push_back(w->data);
+  m.files.drop_data_except(bound);
 
   m.inv_freq = rope_inv_freq(c);
   m.n_params = 0;

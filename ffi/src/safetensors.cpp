@@ -1,13 +1,17 @@
 // safetensors.cpp — validated reading of .safetensors files and sharded model folders.
 #include "safetensors.h"
 
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdlib>
+#include <cstring>
+#include <mutex>
 
 #include "json.h"
 
@@ -98,6 +102,11 @@ std::string join_path(const std::string &dir, const std::string &name) {
 
 }  // namespace
 
+namespace {
+void watch_mapping(const void *base, size_t len, const std::string &path) noexcept;
+void unwatch_mapping(const void *base) noexcept;
+}  // namespace
+
 // ---------------------------------------------------------------------------------------------
 // SafetensorsFile
 
@@ -123,6 +132,7 @@ SafetensorsFile::SafetensorsFile(const std::string &path, bool use_mmap, const c
       alloc_ = size_t(size);
       file_off_ = 0;
       mapped_ = true;
+      watch_mapping(base_, alloc_, path_);
       std::memcpy(len_bytes, base_, 8);
     } else {
       read_fully(fd, len_bytes, 8, path_, action);
@@ -141,13 +151,16 @@ SafetensorsFile::SafetensorsFile(const std::string &path, bool use_mmap, const c
     if (!use_mmap) {
       // Pad in front so that the data section (file offset 8 + n) lands on a 64-byte boundary.
       const size_t pad = size_t((64 - (8 + n) % 64) % 64);
+      // Anonymous pages, huge where the kernel allows (advice only): reading gigabytes into 4 KiB
+      // pages costs a page fault per page, several times the copy itself (bench/model_load.ts).
+      void *buf = ::mmap(nullptr, pad + size_t(size), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (buf == MAP_FAILED)
+        raise(KF_ERR_OUT_OF_MEMORY, "cannot %s: cannot allocate %llu bytes to read %s: %s", action,
+              static_cast<unsigned long long>(size), p, errno_text(errno).c_str());
+#ifdef MADV_HUGEPAGE
+      ::madvise(buf, pad + size_t(size), MADV_HUGEPAGE);
+#endif
       alloc_ = pad + size_t(size);
-      void *buf = nullptr;
-      if (::posix_memalign(&buf, 64, alloc_) != 0 || !buf) {
-        alloc_ = 0;
-        raise(KF_ERR_OUT_OF_MEMORY, "cannot %s: cannot allocate %llu bytes to read %s", action,
-              static_cast<unsigned long long>(size), p);
-      }
       base_ = static_cast<uint8_t *>(buf);
       file_off_ = pad;
       std::memcpy(base_ + pad, len_bytes, 8);
@@ -291,8 +304,8 @@ SafetensorsFile::SafetensorsFile(const std::string &path, bool use_mmap, const c
 
 void SafetensorsFile::release() noexcept {
   if (base_) {
-    if (mapped_) ::munmap(base_, alloc_);
-    else std::free(base_);
+    if (mapped_) unwatch_mapping(base_);
+    ::munmap(base_, alloc_);  // the file's mapping, or the anonymous one it was read into
   }
   base_ = nullptr;
   alloc_ = 0;
@@ -435,5 +448,110 @@ TensorIndex TensorIndex::open_dir(const std::string &dir, bool use_mmap, const c
   }
   return ix;
 }
+
+void TensorIndex::drop_data_except(const std::vector<const void *> &in_use) noexcept {
+  for (SafetensorsFile &f : files_)
+    if (std::none_of(in_use.begin(), in_use.end(), [&](const void *p) { return f.holds(p); })) f.drop_data();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mapped files and SIGBUS
+//
+// A mapped file that another process truncates faults (SIGBUS) at the next read of a page past its
+// new end. Any thread of any kernel may make that read, so it cannot become an error of one call:
+// the process stops. This handler makes it say why, naming the file, instead of dying silently;
+// faults elsewhere go on to whatever handler was installed before. Only use_mmap files are watched
+// (models load without mmap by default).
+
+namespace {
+
+struct WatchedMapping {
+  std::atomic<int> used{0};
+  std::atomic<uintptr_t> begin{0}, end{0};  // begin is published last: nonzero means complete
+  char path[512];
+};
+constexpr int kMaxWatched = 256;  // beyond this, mappings still work but fault without the message
+WatchedMapping g_watched[kMaxWatched];
+struct sigaction g_previous_sigbus;
+std::once_flag g_sigbus_installed;
+
+void write_stderr(const char *s, size_t n) noexcept {
+  while (n > 0) {
+    const ssize_t w = ::write(2, s, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return;
+    s += w;
+    n -= size_t(w);
+  }
+}
+
+void default_sigbus() noexcept {
+  struct sigaction dfl;
+  std::memset(&dfl, 0, sizeof dfl);
+  dfl.sa_handler = SIG_DFL;
+  sigemptyset(&dfl.sa_mask);
+  ::sigaction(SIGBUS, &dfl, nullptr);
+}
+
+// Async-signal-safe: atomics, write(2) and sigaction(2) only.
+void on_sigbus(int sig, siginfo_t *info, void *context) {
+  const int saved_errno = errno;
+  const uintptr_t at = reinterpret_cast<uintptr_t>(info ? info->si_addr : nullptr);
+  for (WatchedMapping &w : g_watched) {
+    const uintptr_t b = w.begin.load(std::memory_order_acquire);
+    if (b == 0 || at < b || at >= w.end.load(std::memory_order_relaxed)) continue;
+    static const char head[] = "kvfold: fatal: ";
+    static const char tail[] =
+        " was truncated or replaced by another process while kvfold had it memory-mapped (loaded with mmap); "
+        "its weights are gone, so the process stops (SIGBUS). Load models without mmap (the default) to keep "
+        "the weights in memory the library owns.\n";
+    write_stderr(head, sizeof head - 1);
+    write_stderr(w.path, ::strnlen(w.path, sizeof w.path));
+    write_stderr(tail, sizeof tail - 1);
+    default_sigbus();  // the read faults again on return, and the default action stops the process
+    errno = saved_errno;
+    return;
+  }
+  errno = saved_errno;
+  if (g_previous_sigbus.sa_flags & SA_SIGINFO) {
+    if (g_previous_sigbus.sa_sigaction) return g_previous_sigbus.sa_sigaction(sig, info, context);
+  } else if (g_previous_sigbus.sa_handler != SIG_DFL && g_previous_sigbus.sa_handler != SIG_IGN) {
+    return g_previous_sigbus.sa_handler(sig);
+  }
+  default_sigbus();  // a fault cannot be ignored: returning re-runs the read under the default action
+}
+
+void watch_mapping(const void *base, size_t len, const std::string &path) noexcept {
+  std::call_once(g_sigbus_installed, [] {
+    struct sigaction sa;
+    std::memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_sigbus;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    ::sigaction(SIGBUS, &sa, &g_previous_sigbus);
+  });
+  for (WatchedMapping &w : g_watched) {
+    int expected = 0;
+    if (!w.used.compare_exchange_strong(expected, 1)) continue;
+    const size_t n = std::min(path.size(), sizeof w.path - 1);
+    std::memcpy(w.path, path.data(), n);
+    w.path[n] = '\0';
+    w.end.store(reinterpret_cast<uintptr_t>(base) + len, std::memory_order_relaxed);
+    w.begin.store(reinterpret_cast<uintptr_t>(base), std::memory_order_release);
+    return;
+  }
+}
+
+void unwatch_mapping(const void *base) noexcept {
+  for (WatchedMapping &w : g_watched) {
+    if (w.begin.load(std::memory_order_acquire) != reinterpret_cast<uintptr_t>(base)) continue;
+    w.begin.store(0, std::memory_order_release);
+    w.end.store(0, std::memory_order_relaxed);
+    w.used.store(0, std::memory_order_release);
+    return;
+  }
+}
+
+}  // namespace
 
 }  // namespace kf

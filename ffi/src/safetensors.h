@@ -13,11 +13,12 @@
 // padded the header (the reference writer does); a tensor's own offset may be anything. So
 // TensorInfo::data may be unaligned for its dtype: check TensorInfo::aligned() or read with memcpy.
 // With use_mmap the file is mapped read-only and data points into the mapping (the data section sits
-// at file offset 8 + N of a page-aligned mapping); without it the file is read into a 64-byte aligned
-// heap buffer laid out so that the data section itself starts 64-byte aligned.
+// at file offset 8 + N of a page-aligned mapping); without it the file is read into anonymous memory
+// (transparent huge pages advised) laid out so that the data section itself starts 64-byte aligned.
 //
 // A mapped file that another process truncates while it is mapped faults on access (SIGBUS); that is
-// inherent to mmap. Pass use_mmap = false where files may change underneath.
+// inherent to mmap, and the process stops (a handler installed with the first mapping prints which
+// file it was). Pass use_mmap = false where files may change underneath: model loads do by default.
 #pragma once
 
 #include <cstddef>
@@ -83,12 +84,19 @@ class SafetensorsFile {
   uint64_t file_size() const { return size_; }
   uint64_t header_size() const { return header_len_; }   // N
   bool mapped() const { return mapped_; }
+  // Whether p points into this file's bytes (its mapping or buffer).
+  bool holds(const void *p) const {
+    return base_ && p >= static_cast<const void *>(base_) && p < static_cast<const void *>(base_ + alloc_);
+  }
+  // Frees the file's bytes (unmaps or frees its buffer); tensors() then keeps names and shapes, but
+  // no TensorInfo::data may be read any more.
+  void drop_data() noexcept { release(); }
 
  private:
   void release() noexcept;
 
   std::string path_;
-  uint8_t *base_ = nullptr;  // mapping or heap buffer start
+  uint8_t *base_ = nullptr;  // file mapping, or the anonymous mapping the file was read into
   size_t alloc_ = 0;         // bytes mapped / allocated at base_
   size_t file_off_ = 0;      // offset of file byte 0 within base_ (heap padding)
   bool mapped_ = false;
@@ -129,6 +137,8 @@ class TensorIndex {
   int64_t total_bytes() const { return total_bytes_; }
   // The opened files (one, or one per distinct shard in first-use order).
   const std::vector<SafetensorsFile> &files() const { return files_; }
+  // Frees the bytes of every file that none of `in_use` points into (see SafetensorsFile::drop_data).
+  void drop_data_except(const std::vector<const void *> &in_use) noexcept;
 
  private:
   void add(const TensorInfo &t);
