@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "../cuda/cuda_backend.h"
+#include "backend.h"
 #include "common.h"
 #include "threadpool.h"
 
@@ -41,7 +41,7 @@ struct kf_lococo_heads {
   std::vector<Layer> layers;
   int64_t bytes = 0;
   std::atomic<int> n_users{0};  // sessions using them
-  kf::cuda::HeadsPtr cuda;      // the convolutions on the device (models of cuda engines)
+  kf::BackendStatePtr device;   // the convolutions where the backend runs (NULL on the CPU)
 };
 
 namespace kf {
@@ -86,8 +86,8 @@ struct KvCache {
   int64_t scratch_bytes() const;
 };
 
-// Sizes every buffer for `capacity` slots per layer. host_slots = false (cuda sessions, whose slots live
-// on the device) sets the counters and policy only. Throws std::bad_alloc.
+// Sizes every buffer for `capacity` slots per layer. host_slots = false (device backends, whose slots
+// live on the device) sets the counters and policy only. Throws std::bad_alloc.
 void cache_init(KvCache &c, const kf_model &m, const kf_session_params &p, int32_t capacity, bool host_slots = true);
 // Slots per layer a policy needs: the most it holds before shrinking plus one segment of `segment` rows.
 int32_t cache_capacity(const kf_session_params &p, int32_t segment);

@@ -150,10 +150,6 @@ void fuse_layer_backward(const kf_lococo_heads &H, ThreadPool &pool, const FuseT
   add_inplace(gw.data(), gk.data(), int64_t(gk.size()));
 }
 
-void check_cancel(kf_control *ctl) {
-  if (ctl && ctl->cancel) raise(KF_ERR_CANCELLED, "cannot calibrate: cancelled");
-}
-
 }  // namespace
 
 void lococo_trainer_init(kf_lococo_trainer &tr, kf_model &m, const kf_lococo_train_params &p_in,
@@ -238,7 +234,7 @@ double lococo_trainer_accumulate(kf_lococo_trainer &tr, const int32_t *ids, int3
   double loss_sum = 0;
   int32_t segments = 0;
   for (int64_t p0 = 0; p0 < n_ids;) {
-    check_cancel(ctl);
+    check_cancel(ctl, "calibrate");
     const int64_t T = std::min<int64_t>(B, n_ids - p0);
     PassRows in;
     in.T = T;

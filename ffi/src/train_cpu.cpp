@@ -45,10 +45,6 @@ const float *proj_bias(const LayerWeights &L, int p) {
   return b && !b->empty() ? b->data() : nullptr;
 }
 
-void check_cancel(kf_control *ctl) {
-  if (ctl && ctl->cancel) raise(KF_ERR_CANCELLED, "cannot train: cancelled");
-}
-
 struct Scratch {
   std::vector<float> tmp, tmp2, dt, tT, dtT, gsmall;
 };
@@ -342,7 +338,7 @@ double train_pass(const kf_model &m, const std::vector<std::vector<TrainPair>> &
   std::vector<float> x(in.x0, in.x0 + T * H);  // [T, H] residual stream
   std::vector<float> o(size_t(T * H));
   for (int64_t l = 0; l < c.n_layers; l++) {
-    check_cancel(ctl);
+    check_cancel(ctl, "train");
     const LayerWeights &W = m.layers[size_t(l)];
     const std::vector<TrainPair> &P = pairs[size_t(l)];
     LayerActivations &A = st.acts[size_t(l)];
@@ -405,7 +401,7 @@ double train_pass(const kf_model &m, const std::vector<std::vector<TrainPair>> &
   std::vector<float> dh(size_t(T * I)), dgate(size_t(T * I)), dup(size_t(T * I)), dxn_l(size_t(T * H));
   std::vector<float> dattn(size_t(T * q_dim)), dq(size_t(T * q_dim)), dk(size_t(T * kv_dim)), dv(size_t(T * kv_dim));
   for (int64_t l = c.n_layers - 1; l >= 0; l--) {
-    check_cancel(ctl);
+    check_cancel(ctl, "train");
     const LayerWeights &W = m.layers[size_t(l)];
     const std::vector<TrainPair> &P = pairs[size_t(l)];
     const LayerActivations &A = st.acts[size_t(l)];
