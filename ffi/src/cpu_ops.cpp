@@ -733,6 +733,29 @@ void softmax_inplace(float *x, int64_t n) {
   for (; i < n; i++) x[i] *= inv;
 }
 
+void rope_angles(float *cs, double pos, const double *inv_freq, int64_t hd) {
+  for (int64_t i = 0; i < hd / 2; i++) {
+    const double a = pos * inv_freq[i];
+    cs[2 * i] = float(std::cos(a));
+    cs[2 * i + 1] = float(std::sin(a));
+  }
+}
+
+void rope_rotate(float *x, int64_t T, int64_t n_heads, int64_t hd, const float *cs, bool inverse) {
+  const int64_t half = hd / 2;
+  for (int64_t t = 0; t < T; t++) {
+    const float *c = cs + t * hd;
+    for (int64_t h = 0; h < n_heads; h++) {
+      float *v = x + (t * n_heads + h) * hd;
+      for (int64_t i = 0; i < half; i++) {
+        const float x1 = v[i], x2 = v[i + half], co = c[2 * i], si = inverse ? -c[2 * i + 1] : c[2 * i + 1];
+        v[i] = x1 * co - x2 * si;
+        v[i + half] = x2 * co + x1 * si;
+      }
+    }
+  }
+}
+
 float dot_f32(const float *a, const float *b, int64_t n) {
   int64_t i = 0;
   float s = 0.0f;

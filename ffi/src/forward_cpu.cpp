@@ -67,23 +67,6 @@ double Workspace::estimate_bytes(const kf_model &m, int32_t n_rows, int32_t n_ct
 
 namespace {
 
-// Rotates pairs (i, i + hd/2) of each head — Hugging Face's rotate_half layout.
-// x: [T, n_heads, hd]; cs: [T, hd/2, 2] cos, sin.
-void apply_rope(float *x, int64_t T, int64_t n_heads, int64_t hd, const float *cs) {
-  const int64_t half = hd / 2;
-  for (int64_t t = 0; t < T; t++) {
-    const float *c = cs + t * hd;
-    for (int64_t h = 0; h < n_heads; h++) {
-      float *v = x + (t * n_heads + h) * hd;
-      for (int64_t i = 0; i < half; i++) {
-        const float x1 = v[i], x2 = v[i + half], co = c[2 * i], si = c[2 * i + 1];
-        v[i] = x1 * co - x2 * si;
-        v[i + half] = x2 * co + x1 * si;
-      }
-    }
-  }
-}
-
 // y[rows] += B (A x) for the rows whose adapter adapts projection `p` of layer `l`; x: [rows, in], y: [rows, out].
 void apply_lora(ThreadPool &pool, Workspace &ws, int32_t rows, int64_t l, Proj p, const float *x, int64_t in, float *y,
                 int64_t out) {
@@ -161,15 +144,9 @@ void forward_rows(Workspace &ws, const kf_model &m, int32_t T, const ChunkInput 
     }
   }
 
-  // rope_cs: [T, hd/2, 2], angles in double so large positions keep their precision
-  for (int32_t t = 0; t < T; t++) {
-    const double pos = double(ws.row_pos[size_t(t)]);
-    for (int64_t i = 0; i < hd / 2; i++) {
-      const double a = pos * m.inv_freq[size_t(i)];
-      ws.rope_cs[size_t(t * hd + 2 * i)] = float(std::cos(a));
-      ws.rope_cs[size_t(t * hd + 2 * i + 1)] = float(std::sin(a));
-    }
-  }
+  // rope_cs: [T, hd/2, 2] at each row's position
+  for (int32_t t = 0; t < T; t++)
+    rope_angles(ws.rope_cs.data() + t * hd, double(ws.row_pos[size_t(t)]), m.inv_freq.data(), hd);
 
   // Attention blocks: consecutive rows of one session (a prefill chunk), at most kAttnRows each.
   ws.attn_blocks.clear();
@@ -196,8 +173,8 @@ void forward_rows(Workspace &ws, const kf_model &m, int32_t T, const ChunkInput 
     apply_lora(pool, ws, T, l, kProjQ, ws.xn.data(), H, ws.q.data(), q_dim);      // + s·B(A xn), per row
     apply_lora(pool, ws, T, l, kProjK, ws.xn.data(), H, ws.k.data(), kv_dim);
     apply_lora(pool, ws, T, l, kProjV, ws.xn.data(), H, ws.v.data(), kv_dim);
-    apply_rope(ws.q.data(), T, nh, hd, ws.rope_cs.data());
-    apply_rope(ws.k.data(), T, nkv, hd, ws.rope_cs.data());
+    rope_rotate(ws.q.data(), T, nh, hd, ws.rope_cs.data());
+    rope_rotate(ws.k.data(), T, nkv, hd, ws.rope_cs.data());
     // Each row's key and value go to its session's cache at its position, before anyone attends.
     for (int32_t t = 0; t < T; t++) {
       KvCache &kv = ws.row_session[size_t(t)]->cache;

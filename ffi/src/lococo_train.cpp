@@ -329,20 +329,13 @@ kf_train_step_info lococo_trainer_step(kf_lococo_trainer &tr) {
   const double clip = p.max_grad_norm > 0 && norm > p.max_grad_norm ? p.max_grad_norm / (norm + 1e-6) : 1.0;
   const float coef = float(clip / n);
   const float lr = schedule_lr(p.lr, p.warmup_steps, p.total_steps, p.min_lr_ratio, tr.step);
-  const double t = double(tr.step + 1);
-  const float bc1 = float(1.0 - std::pow(double(p.beta1), t)), bc2 = float(1.0 - std::pow(double(p.beta2), t));
-  const auto adamw = [&](float &w, float g, float &m1, float &m2, float decay) {
-    g *= coef;
-    m1 = p.beta1 * m1 + (1.0f - p.beta1) * g;
-    m2 = p.beta2 * m2 + (1.0f - p.beta2) * g * g;
-    w -= lr * ((m1 / bc1) / (std::sqrt(m2 / bc2) + p.eps) + decay * w);
-  };
+  const AdamW opt(lr, p.beta1, p.beta2, p.eps, tr.step, coef);
   for (size_t l = 0; l < tr.state.size(); l++) {
     auto &s = tr.state[l];
     kf_lococo_heads::Layer &L = tr.heads.layers[l];
-    for (size_t i = 0; i < L.weight.size(); i++) adamw(L.weight[i], s.gw[i], s.mw[i], s.vw[i], p.weight_decay);
-    for (size_t i = 0; i < L.bias.size(); i++) adamw(L.bias[i], s.gb[i], s.mb[i], s.vb[i], 0.0f);
-    adamw(L.lambda, s.gl, s.ml, s.vl, 0.0f);
+    opt.update(L.weight.data(), s.gw.data(), s.mw.data(), s.vw.data(), L.weight.size(), p.weight_decay);
+    opt.update(L.bias.data(), s.gb.data(), s.mb.data(), s.vb.data(), L.bias.size(), 0.0f);
+    opt.update(&L.lambda, &s.gl, &s.ml, &s.vl, 1, 0.0f);
   }
   kf_train_step_info info{};
   info.examples = tr.accumulated;
