@@ -49,6 +49,8 @@ Deno.test("native: CPU kernels match a double-precision reference at many sizes,
   const out = await buildAndRun("cpu_ops_test", [
     "ffi/tests/cpu_ops_test.cpp",
     "ffi/src/cpu_ops.cpp",
+    "ffi/src/cpu_matmul.cpp",
+    "ffi/src/cpu_attention.cpp",
     "ffi/src/threadpool.cpp",
     "ffi/src/common.cpp",
   ]);

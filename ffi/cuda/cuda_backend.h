@@ -1,14 +1,12 @@
-// cuda_backend.h — what the C++ core (ffi/src) sees of the CUDA backend. Plain C++: no CUDA header is
-// included here, so every ffi/src file compiles with g++ whether or not the backend is built.
+// cuda_backend.h — the CUDA backend's functions, as backend_cuda.cu puts them behind kf::Backend
+// (ffi/src/backend.h). Plain C++: no CUDA header is included here. Built only with nvcc (ffi/cuda/*.cu,
+// KVFOLD_HAVE_CUDA defined for the C++ side); the core (ffi/src) never includes this file.
 //
-// Built with nvcc (ffi/cuda/*.cu, KVFOLD_HAVE_CUDA defined for the C++ side). Without it,
-// ffi/src/cuda_stub.cpp defines the same functions: device_count() returns 0 and everything that would
-// need a device throws KF_ERR_UNSUPPORTED "the cuda backend is not built into this library".
-//
-// Ownership: the core holds each device object in a unique_ptr with the deleter below, inside the
-// handle that owns it (kf_engine, kf_model, kf_session, kf_adapter), so a failure part-way through
-// any create/load frees whatever the device side had allocated. Every function throws kf::Error
-// (never aborts); CUDA failures become KF_ERR_BACKEND / KF_ERR_OUT_OF_MEMORY with the call named.
+// Ownership: each device object is a kf::BackendState held by the handle that owns it (kf_engine::state,
+// kf_model::device, kf_session::device, kf_adapter::device, kf_lococo_heads::device), so a failure
+// part-way through any create/load frees whatever the device side had allocated; each one's destructor
+// makes its device current first. Every function throws kf::Error (never aborts); CUDA failures become
+// KF_ERR_BACKEND / KF_ERR_OUT_OF_MEMORY with the call named.
 #pragma once
 
 #include <cstdint>
@@ -16,6 +14,7 @@
 #include <string>
 
 #include "../include/kvfold.h"
+#include "../src/backend.h"
 
 struct kf_engine;
 struct kf_model;
@@ -35,32 +34,28 @@ struct Session;  // a session's device KV cache and scratch
 struct Adapter;  // a LoRA adapter's pairs on the device
 struct Heads;    // LoCoCo heads' convolutions on the device
 
-struct EngineDeleter { void operator()(Engine *) const noexcept; };
-struct ModelDeleter { void operator()(Model *) const noexcept; };
-struct SessionDeleter { void operator()(Session *) const noexcept; };
-struct AdapterDeleter { void operator()(Adapter *) const noexcept; };
-struct HeadsDeleter { void operator()(Heads *) const noexcept; };
-using EnginePtr = std::unique_ptr<Engine, EngineDeleter>;
-using ModelPtr = std::unique_ptr<Model, ModelDeleter>;
-using SessionPtr = std::unique_ptr<Session, SessionDeleter>;
-using AdapterPtr = std::unique_ptr<Adapter, AdapterDeleter>;
-using HeadsPtr = std::unique_ptr<Heads, HeadsDeleter>;
+using EnginePtr = std::unique_ptr<Engine>;
 
-// Usable CUDA devices: 0 when the backend is not built, no driver is installed, the driver is too
-// old or no device is visible. Never throws, never touches a device's memory.
+// The device object of a handle (it must have one).
+Engine &dev(const kf_engine &e);
+Model &dev(const kf_model &m);
+Session &dev(const kf_session &s);
+Adapter &dev(const kf_adapter &a);
+Heads &dev(const kf_lococo_heads &h);
+
+// Usable CUDA devices: 0 when no driver is installed, the driver is too old or no device is visible. Never throws, never touches a device's memory.
 int32_t device_count() noexcept;
 
 // Opens device `device` (index among the visible ones) with at most `budget_bytes` of device memory
 // for this engine's weights, caches and scratch (0 = limited only by the device). Loads cuBLAS when it
 // can (cublas_loader.h). Writes a description such as "cuda:0 (NVIDIA H100 80GB HBM3, sm_90, 79.1 GiB,
-// cublas libcublas.so.13)" to `name`. Throws KF_ERR_UNSUPPORTED (not built), KF_ERR_BACKEND (no
-// driver, driver older than the runtime, no such device, compute capability below 8.0) or
-// KF_ERR_INVALID_ARGUMENT.
+// cublas libcublas.so.13)" to `name`. Throws KF_ERR_BACKEND (no driver, driver older than the
+// runtime, no such device), KF_ERR_UNSUPPORTED (compute capability below 8.0) or KF_ERR_INVALID_ARGUMENT.
 EnginePtr engine_open(int32_t device, int64_t budget_bytes, std::string &name);
 
 // The cuBLAS library an engine opened now would use: its path, or "" when none loads (own kernels).
 // Needs no device. Throws KF_ERR_BACKEND when $KVFOLD_CUBLAS names a library that cannot be loaded
-// or lacks a needed symbol, KF_ERR_UNSUPPORTED when the backend is not built.
+// or lacks a needed symbol.
 std::string blas_probe();
 
 // Device-to-device copy bandwidth, (bytes read + bytes written) / time, best of `repeats`, in GB/s.
@@ -72,18 +67,18 @@ double measure_matmul_rate(Engine &e, int32_t m, int32_t n, int32_t k, int32_t r
 // Uploads a loaded model's weights (after kf::model_load bound them on the host). Weights must be F16
 // or BF16 (model_load converts f32 files to bf16 for the cuda backend). Throws KF_ERR_OUT_OF_MEMORY
 // when the device or the budget has no room; nothing stays allocated on failure.
-ModelPtr model_upload(kf_model &m);
+BackendStatePtr model_upload(kf_model &m);  // a Model
 
 // Allocates a session's device KV cache ([n_layers, capacity, n_kv, head_dim] keys and values in the
 // model's 16-bit dtype), slot scores for lococo and h2o, and scratch for s.n_batch rows.
-SessionPtr session_alloc(kf_session &s);
+BackendStatePtr session_alloc(kf_session &s);  // a Session
 int64_t session_kv_bytes(const Session &s) noexcept;
 int64_t session_scratch_bytes(const Session &s) noexcept;
 
 // Uploads an adapter's pairs (f32, scale folded into B, as kf::adapter_load left them).
-AdapterPtr adapter_upload(kf_adapter &a);
+BackendStatePtr adapter_upload(kf_adapter &a);  // an Adapter
 // Uploads LoCoCo heads (weights in the model's dtype, tap-major [Mc, k·2·hd]; biases f32).
-HeadsPtr heads_upload(kf_lococo_heads &h);
+BackendStatePtr heads_upload(kf_lococo_heads &h);  // a Heads
 
 // The device forward with forward_rows' semantics: row r runs at position pos[r], writes its key and
 // value at cache slot slot[r] of session[r]'s cache and attends to that cache's slots [0, slot[r]]

@@ -129,7 +129,7 @@ class HostBuf {
   size_t bytes_ = 0;
 };
 
-struct Engine {
+struct Engine : BackendState {
   int32_t device = 0;
   int32_t cc_major = 0, cc_minor = 0, sm_count = 0;
   size_t shared_per_block_optin = 0;
@@ -139,7 +139,7 @@ struct Engine {
   CublasLib blas;                   // empty when no cuBLAS was found (own kernels run)
   void *blas_handle = nullptr;      // cublasHandle_t bound to `stream`
   std::string device_name;
-  ~Engine();
+  ~Engine() override;
 };
 
 // Makes the engine's device current on this thread (every entry point: the runtime's current device

@@ -107,8 +107,6 @@ Engine::~Engine() {
   cudaGetLastError();
 }
 
-void EngineDeleter::operator()(Engine *e) const noexcept { delete e; }
-
 namespace {
 
 // The CUDA driver (libcuda.so.1) is what the statically linked runtime talks to. Looking for it first

@@ -81,7 +81,7 @@ struct DevLayer {
   const float *bq = nullptr, *bk = nullptr, *bv = nullptr, *bo = nullptr; // f32 biases or NULL
 };
 
-struct Model {
+struct Model : BackendState {
   Engine *engine = nullptr;
   DType dt = DType::BF16;
   std::vector<DevBuf> bufs;  // every upload; freeing them frees the model
@@ -91,9 +91,10 @@ struct Model {
   const float *final_norm = nullptr;  // [H]
   const double *inv_freq = nullptr;   // [hd/2]
   std::unique_ptr<Scratch> batch;     // kf_batch_decode's scratch, grown to the largest batch
+  ~Model() override;
 };
 
-struct Session {
+struct Session : BackendState {
   Engine *engine = nullptr;
   DevBuf k, v;               // [n_layers, capacity, nkv, hd] dt
   int64_t layer_stride = 0;  // capacity * nkv * hd
@@ -109,43 +110,37 @@ struct Session {
   // LOCOCO's fusion scratch (lococo.cu), sized for S <= capacity rest slots.
   DevBuf x_pad, x_t, kept, mix, conv, fused;
   Scratch ws;                // for n_batch rows
+  ~Session() override;
 };
 
-struct Heads {
+struct Heads : BackendState {
   Engine *engine = nullptr;
   std::vector<DevBuf> bufs;
   std::vector<const void *> weight;  // per layer [Mc, k·2·hd] in the model's dtype (tap-major)
   std::vector<const float *> bias;   // per layer [Mc]
+  ~Heads() override;
 };
 
-struct Adapter {
+struct Adapter : BackendState {
   Engine *engine = nullptr;
   std::vector<DevBuf> bufs;  // A and Bt of every adapted projection, f32
   DevBuf table;              // LoraPairDev[n_layers * 7]
   int32_t max_rank = 0;
   uint32_t proj_mask = 0;
+  ~Adapter() override;
 };
 
-void ModelDeleter::operator()(Model *m) const noexcept {
-  if (!m) return;
-  cudaSetDevice(m->engine->device);
-  delete m;
-}
-void SessionDeleter::operator()(Session *s) const noexcept {
-  if (!s) return;
-  cudaSetDevice(s->engine->device);
-  delete s;
-}
-void HeadsDeleter::operator()(Heads *h) const noexcept {
-  if (!h) return;
-  cudaSetDevice(h->engine->device);
-  delete h;
-}
-void AdapterDeleter::operator()(Adapter *a) const noexcept {
-  if (!a) return;
-  cudaSetDevice(a->engine->device);
-  delete a;
-}
+// A device object is freed on its own device (the runtime's current device is per thread).
+Model::~Model() { cudaSetDevice(engine->device); }
+Session::~Session() { cudaSetDevice(engine->device); }
+Heads::~Heads() { cudaSetDevice(engine->device); }
+Adapter::~Adapter() { cudaSetDevice(engine->device); }
+
+Engine &dev(const kf_engine &e) { return static_cast<Engine &>(*e.state); }
+Model &dev(const kf_model &m) { return static_cast<Model &>(*m.device); }
+Session &dev(const kf_session &s) { return static_cast<Session &>(*s.device); }
+Adapter &dev(const kf_adapter &a) { return static_cast<Adapter &>(*a.device); }
+Heads &dev(const kf_lococo_heads &h) { return static_cast<Heads &>(*h.device); }
 
 namespace {
 
@@ -192,15 +187,15 @@ const char *dtype_label(DType d) { return dtype_name(d); }
 
 }  // namespace
 
-ModelPtr model_upload(kf_model &m) {
+BackendStatePtr model_upload(kf_model &m) {
   Doing op("load model");
-  Engine &e = *m.engine->cuda;
+  Engine &e = dev(*m.engine);
   use_device(e);
   const DType dt = DType(m.weight_dtype);
   if (dt != DType::F16 && dt != DType::BF16)
     raise(KF_ERR_UNSUPPORTED, "cannot load model: the cuda backend holds weights in f16 or bf16, not %s",
           dtype_label(dt));
-  ModelPtr dm(new Model());
+  std::unique_ptr<Model> dm(new Model());
   dm->engine = &e;
   dm->dt = dt;
   dm->bufs.reserve(size_t(m.cfg.n_layers) * 13 + 8);
@@ -243,13 +238,13 @@ ModelPtr model_upload(kf_model &m) {
   return dm;
 }
 
-SessionPtr session_alloc(kf_session &s) {
+BackendStatePtr session_alloc(kf_session &s) {
   Doing op("create session");
   const kf_model &m = *s.model;
-  Engine &e = *m.engine->cuda;
+  Engine &e = dev(*m.engine);
   use_device(e);
   const ModelConfig &c = m.cfg;
-  SessionPtr ds(new Session());
+  std::unique_ptr<Session> ds(new Session());
   ds->engine = &e;
   ds->layer_stride = int64_t(s.cache.capacity) * c.n_kv_heads * c.head_dim;
   const size_t bytes = size_t(c.n_layers) * size_t(ds->layer_stride) * 2;
@@ -301,13 +296,13 @@ int64_t session_scratch_bytes(const Session &s) noexcept {
                  s.conv.bytes() + s.fused.bytes() + s.idx.bytes());
 }
 
-HeadsPtr heads_upload(kf_lococo_heads &h) {
+BackendStatePtr heads_upload(kf_lococo_heads &h) {
   Doing op("load LoCoCo heads");
   const kf_model &m = *h.model;
-  Engine &e = *m.engine->cuda;
+  Engine &e = dev(*m.engine);
   use_device(e);
-  const DType dt = m.cuda->dt;
-  HeadsPtr dh(new Heads());
+  const DType dt = dev(m).dt;
+  std::unique_ptr<Heads> dh(new Heads());
   dh->engine = &e;
   std::vector<uint16_t> w16;
   for (const kf_lococo_heads::Layer &L : h.layers) {
@@ -323,11 +318,11 @@ HeadsPtr heads_upload(kf_lococo_heads &h) {
   return dh;
 }
 
-AdapterPtr adapter_upload(kf_adapter &a) {
+BackendStatePtr adapter_upload(kf_adapter &a) {
   Doing op("load adapter");
-  Engine &e = *a.model->engine->cuda;
+  Engine &e = dev(*a.model->engine);
   use_device(e);
-  AdapterPtr da(new Adapter());
+  std::unique_ptr<Adapter> da(new Adapter());
   da->engine = &e;
   da->max_rank = a.max_rank;
   da->proj_mask = a.proj_mask;
@@ -363,9 +358,9 @@ Plan plan_forward(const kf_model &m, Engine &e, Scratch &ws, const Rows &rows, c
   // Adapters of the rows: the largest rank sizes the LoRA scratch, the union of masks picks the passes.
   for (int32_t r = 0; r < p.T; r++) {
     if (const kf_adapter *a = rows.adapter[r]) {
-      if (!a->cuda) raise(KF_ERR_INTERNAL, "cannot run the model: an adapter has no device copy");
-      p.max_rank = std::max(p.max_rank, a->cuda->max_rank);
-      p.lora_mask |= a->cuda->proj_mask;
+      if (!a->device) raise(KF_ERR_INTERNAL, "cannot run the model: an adapter has no device copy");
+      p.max_rank = std::max(p.max_rank, dev(*a).max_rank);
+      p.lora_mask |= dev(*a).proj_mask;
     }
   }
   reserve_lora(ws, e, p.max_rank);
@@ -378,7 +373,7 @@ Plan plan_forward(const kf_model &m, Engine &e, Scratch &ws, const Rows &rows, c
   ws.zero_scores.clear();
   for (int32_t r = 0; r < p.T; r++) {
     const kf_session *sess = rows.session[r];
-    const Session &ds = *sess->cuda;
+    const Session &ds = dev(*sess);
     RowMeta &rm = meta[r];
     rm.pos = rows.pos[r];
     rm.slot = rows.slot[r];
@@ -387,7 +382,7 @@ Plan plan_forward(const kf_model &m, Engine &e, Scratch &ws, const Rows &rows, c
     rm.k = ds.k.get();
     rm.v = ds.v.get();
     rm.layer_stride = ds.layer_stride;
-    rm.lora = rows.adapter[r] ? rows.adapter[r]->cuda->table.as<const LoraPairDev>() : nullptr;
+    rm.lora = rows.adapter[r] ? dev(*rows.adapter[r]).table.as<const LoraPairDev>() : nullptr;
     rm.score = ds.score.as<float>();
     rm.score_stride = int64_t(sess->cache.capacity) * c.n_kv_heads;
     ids[r] = in.tokens ? in.tokens[r] : 0;
@@ -460,7 +455,7 @@ void enqueue_forward(const kf_model &m, Model &dm, Engine &e, Scratch &ws, const
     if (p.lora_mask & (1u << proj)) lora_apply(xin, dt, meta_dev, T, l, proj, n_in, n_out, p.max_rank, lt, y, s);
   };
   for (int32_t l = 0; l < c.n_layers; l++) {
-    if (ctl && ctl->cancel) raise(KF_ERR_CANCELLED, "cannot run the model: cancelled");
+    check_cancel(ctl, "run the model");
     const DevLayer &L = dm.layers[size_t(l)];
     // ---- attention block ----
     rmsnorm(x, L.attn_norm, T, H, eps, ws.xn.get(), dt, s);                 // xn: [T, H]
@@ -550,7 +545,7 @@ void run_forward(const kf_model &m, Model &dm, Engine &e, Scratch &ws, bool sing
   const bool graphable = single_session && p.T == 1 && in.tokens && !in.hidden_out && !p.scoring;
   // (one row never reaches cuBLAS: matmul runs its own GEMV for M <= kGemvRows, so the capture holds
   // kernels and one copy only)
-  if (ctl && ctl->cancel) raise(KF_ERR_CANCELLED, "cannot run the model: cancelled");
+  check_cancel(ctl, "run the model");
   if (!(graphable && replay_decode_graph(m, dm, e, ws, p, in))) enqueue_forward(m, dm, e, ws, p, in, ctl);
   if (in.hidden_out)
     KF_CUDA(cudaMemcpyAsync(in.hidden_out, ws.hidden.get(), size_t(p.T) * c.hidden_size * 4, cudaMemcpyDeviceToHost, s));
@@ -564,12 +559,12 @@ void run_forward(const kf_model &m, Model &dm, Engine &e, Scratch &ws, bool sing
 void forward(const kf_model &m, kf_session *scratch, const Rows &rows, const ChunkInput &in, float *logits,
              bool all_logits, kf_control *ctl) {
   Doing op("run the model");
-  Model &dm = *m.cuda;
+  Model &dm = dev(m);
   Engine &e = *dm.engine;
   use_device(e);
   Scratch *ws = nullptr;
   if (scratch) {
-    ws = &scratch->cuda->ws;
+    ws = &dev(*scratch).ws;
   } else {
     if (!dm.batch || dm.batch->rows < rows.n) {
       dm.batch.reset();  // the old scratch's memory counts against the budget: free it first
@@ -591,7 +586,7 @@ void forward(const kf_model &m, kf_session *scratch, const Rows &rows, const Chu
 
 void read_cache(const kf_session &s, int32_t layer, float *keys, float *values, float *scores, int32_t n_slots) {
   Doing op("read cache");
-  const Session &ds = *s.cuda;
+  const Session &ds = dev(s);
   use_device(*ds.engine);
   if (scores && n_slots > 0) {
     const size_t ns = size_t(n_slots) * size_t(s.cache.n_kv);
@@ -600,7 +595,7 @@ void read_cache(const kf_session &s, int32_t layer, float *keys, float *values, 
   }
   const ModelConfig &c = s.model->cfg;
   const size_t n = size_t(n_slots) * size_t(c.n_kv_heads) * size_t(c.head_dim);
-  const DType dt = s.model->cuda->dt;
+  const DType dt = dev(*s.model).dt;
   std::vector<uint16_t> raw(n);
   for (int which = 0; which < 2; which++) {
     float *dst = which == 0 ? keys : values;
@@ -616,7 +611,7 @@ void read_cache(const kf_session &s, int32_t layer, float *keys, float *values, 
 
 void cache_checkpoint(kf_session &s) {
   Doing op("run the model");
-  Session &ds = *s.cuda;
+  Session &ds = dev(s);
   ds.slots_saved = false;
   if (!ds.score.get()) return;
   use_device(*ds.engine);
@@ -626,7 +621,7 @@ void cache_checkpoint(kf_session &s) {
 
 void cache_restore(kf_session &s) {
   Doing op("roll the cache back");
-  Session &ds = *s.cuda;
+  Session &ds = dev(s);
   use_device(*ds.engine);
   const cudaStream_t st = ds.engine->stream;
   if (ds.slots_saved) {  // the slots as the call found them
@@ -641,11 +636,11 @@ void cache_restore(kf_session &s) {
 
 void cache_shrink(kf_session &s) {
   Doing op("compress the cache");
-  Session &ds = *s.cuda;
+  Session &ds = dev(s);
   Engine &e = *ds.engine;
   use_device(e);
   KvCache &c = s.cache;
-  const DType dt = s.model->cuda->dt;
+  const DType dt = dev(*s.model).dt;
   const auto t0 = std::chrono::steady_clock::now();
   const int32_t n = c.n_slots, nkv = c.n_kv, hd = c.head_dim;
   if (!ds.slots_saved) {  // once per call, before its first shrink rewrites slots
@@ -672,7 +667,7 @@ void cache_shrink(kf_session &s) {
   } else {
     const int32_t M = c.slots;
     const kf_lococo_heads *H = c.kind == KF_CACHE_LOCOCO ? c.heads : nullptr;
-    if (H && !H->cuda) raise(KF_ERR_INTERNAL, "cannot compress the cache: the LoCoCo heads have no device copy");
+    if (H && !H->device) raise(KF_ERR_INTERNAL, "cannot compress the cache: the LoCoCo heads have no device copy");
     const int32_t Mc = H ? H->fused : 0, Mh = M - Mc, S = n - Mh;  // h2o: Mh = M heavy hitters, nothing fused
     kept_slots = M;
     for (int32_t l = 0; l < c.n_layers; l++) {
@@ -714,8 +709,8 @@ void cache_shrink(kf_session &s) {
       f.V = layer_v(l);
       f.idx = ds.idx.as<const int32_t>();
       f.pick = ds.idx.as<const int32_t>() + int64_t(nkv) * (Mh + S);
-      f.weight = H->cuda->weight[size_t(l)];
-      f.bias = H->cuda->bias[size_t(l)];
+      f.weight = dev(*H).weight[size_t(l)];
+      f.bias = dev(*H).bias[size_t(l)];
       f.lambda = H->layers[size_t(l)].lambda;
       f.nkv = nkv;
       f.hd = hd;

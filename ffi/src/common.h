@@ -20,6 +20,12 @@ struct Error : std::runtime_error {
 // Throws kf::Error(code, printf-formatted message). Messages read "cannot X: Y".
 [[noreturn]] void raise(kf_status code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+// Throws KF_ERR_CANCELLED "cannot <what>: cancelled" once the caller set ctl->cancel (ctl may be NULL).
+// Long loops poll it between steps (a layer, a tensor, a segment), never inside a worker.
+inline void check_cancel(const kf_control *ctl, const char *what) {
+  if (ctl && ctl->cancel) raise(KF_ERR_CANCELLED, "cannot %s: cancelled", what);
+}
+
 enum class DType : int32_t { F32 = KF_DTYPE_F32, F16 = KF_DTYPE_F16, BF16 = KF_DTYPE_BF16 };
 
 inline size_t dtype_size(DType t) { return t == DType::F32 ? 4 : 2; }

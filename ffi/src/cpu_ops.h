@@ -77,6 +77,12 @@ void attn_scores_tile(const float *q, int64_t q_stride, int32_t nr, const float 
 // out[:hd] += sum_{j < n} p[j] * v_j, v_j = v + j * v_stride;  out: [hd]
 void attn_values_row(const float *p, const float *v, int64_t v_stride, int64_t n, int64_t hd, float *out);
 
+// RoPE in Hugging Face's rotate_half layout: pairs (i, i + hd/2) of each head turn by pos · inv_freq[i].
+// cs: [hd/2, 2] cos, sin of one row's angles, computed in double so large positions keep their precision.
+void rope_angles(float *cs, double pos, const double *inv_freq, int64_t hd);
+// x: [T, n_heads, hd] turned in place by cs: [T, hd/2, 2]; inverse turns back (R^T, the backward pass).
+void rope_rotate(float *x, int64_t T, int64_t n_heads, int64_t hd, const float *cs, bool inverse = false);
+
 // out[i] = x[i] / sqrt(mean(x^2) + eps) * w[i]
 //   out, x: [n] f32 (out may equal x);  w: [n] in dtype wdt
 void rmsnorm(float *out, const float *x, const void *w, DType wdt, int64_t n, float eps);

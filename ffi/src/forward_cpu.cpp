@@ -1,7 +1,8 @@
 // forward_cpu.cpp — the Llama-family forward pass on the CPU, read top to bottom.
 //
-// One call runs a chunk of T tokens (T = 1 for decode) through every layer, appending their keys and
-// values to the session's KV cache. Every buffer was allocated by session_init; nothing is allocated here.
+// One call runs a table of rows (a chunk of one session, or one row per session of a batch) through
+// every layer, writing their keys and values to their sessions' KV caches. Every buffer was allocated
+// with the Workspace (Workspace::init, by the CPU backend); nothing is allocated here.
 #include <algorithm>
 #include <climits>
 #include <cmath>
@@ -64,111 +65,7 @@ double Workspace::estimate_bytes(const kf_model &m, int32_t n_rows, int32_t n_ct
                           double(m.engine->pool->size()) * std::min(n_rows, kAttnRows) * n_ctx);
 }
 
-void session_init(kf_session &s, kf_model &m, const kf_session_params &p_in) {
-  const ModelConfig &c = m.cfg;
-  kf_session_params p = p_in;
-  if (p.n_ctx < 0) raise(KF_ERR_INVALID_ARGUMENT, "cannot create session: n_ctx %d is negative", p.n_ctx);
-  if (p.n_batch < 1 || p.n_batch > 65536)
-    raise(KF_ERR_INVALID_ARGUMENT, "cannot create session: n_batch %d is outside [1, 65536]", p.n_batch);
-  if (p.cache_kind < KF_CACHE_FULL || p.cache_kind > KF_CACHE_STREAMING)
-    raise(KF_ERR_INVALID_ARGUMENT, "cannot create session: cache kind %d is not one of 0 (full), 1 (lococo), 2 (h2o), "
-          "3 (streaming)", p.cache_kind);
-  if (p.heads && p.cache_kind != KF_CACHE_LOCOCO)
-    raise(KF_ERR_INVALID_ARGUMENT, "cannot create session: LoCoCo heads were given for a cache that is not lococo");
-  if (p.slots < 0 || p.segment < 0 || p.sinks < 0 || p.window < 0)
-    raise(KF_ERR_INVALID_ARGUMENT, "cannot create session: slots %d, segment %d, sinks %d and window %d must not be "
-          "negative", p.slots, p.segment, p.sinks, p.window);
-  if (p.segment > 65536)
-    raise(KF_ERR_INVALID_ARGUMENT, "cannot create session: segment %d is above 65536", p.segment);
-  switch (p.cache_kind) {
-  case KF_CACHE_LOCOCO:
-    if (!p.heads) raise(KF_ERR_INVALID_ARGUMENT, "cannot create session: a lococo cache needs LoCoCo heads");
-    if (p.heads->model != &m)
-      raise(KF_ERR_INVALID_ARGUMENT, "cannot create session: the LoCoCo heads were loaded for another model");
-    if (p.slots == 0) p.slots = p.heads->slots;
-    if (p.segment == 0) p.segment = p.heads->segment;
-    // Mc is fixed by the convolution's output channels; another M changes only the heavy hitters.
-    if (p.slots < p.heads->fused)
-      raise(KF_ERR_INVALID_ARGUMENT, "cannot create session: %d slots are fewer than the %d slots the heads fuse "
-            "into (Mc); use at least %d", p.slots, p.heads->fused, p.heads->fused);
-    break;
-  case KF_CACHE_H2O:
-    if (p.slots < 1) raise(KF_ERR_INVALID_ARGUMENT, "cannot create session: an h2o cache needs slots (M) >= 1");
-    break;
-  case KF_CACHE_STREAMING:
-    if (p.window < 1) raise(KF_ERR_INVALID_ARGUMENT, "cannot create session: a streaming cache needs window >= 1");
-    break;
-  default: break;
-  }
-  const bool compressing = p.cache_kind != KF_CACHE_FULL;
-  if (compressing && p.segment == 0) p.segment = p.n_batch;
-  if (compressing && int64_t(p.slots) + p.sinks + p.window + p.segment > (1 << 24))
-    raise(KF_ERR_INVALID_ARGUMENT, "cannot create session: slots, window and segment add up past 16777216");
-  s.model = &m;
-  s.n_ctx = compressing ? (p.n_ctx > 0 ? p.n_ctx : INT32_MAX) : (p.n_ctx > 0 ? p.n_ctx : c.max_position_embeddings);
-  if (!compressing && s.n_ctx > (1 << 24))
-    raise(KF_ERR_INVALID_ARGUMENT, "cannot create session: n_ctx %d is above 16777216", s.n_ctx);
-  s.n_batch = compressing ? p.segment : std::min(p.n_batch, s.n_ctx);
-  s.n_past = 0;
-  s.has_logits = false;
-  p.n_ctx = s.n_ctx;
-  const int32_t capacity = cache_capacity(p, s.n_batch);
-
-  if (m.engine->backend == KF_BACKEND_CUDA) {
-    // Slots, scores, scratch and their budget checks live on the device (cuda::session_alloc); the host
-    // keeps the cache's counters and policy, the row table forward_chunk fills, and the logits.
-    cache_init(s.cache, m, p, capacity, false);
-    const size_t B = size_t(s.n_batch);
-    s.ws.rows = s.n_batch;
-    s.ws.row_session.assign(B, nullptr);
-    s.ws.row_pos.assign(B, 0);
-    s.ws.row_slot.assign(B, 0);
-    s.ws.row_adapter.assign(B, nullptr);
-    s.logits.assign(size_t(c.vocab_size), 0.0f);
-    s.logits_saved.assign(size_t(c.vocab_size), 0.0f);
-    s.cuda = cuda::session_alloc(s);
-    return;
-  }
-  const size_t kv_dim = size_t(c.n_kv_heads) * size_t(c.head_dim);
-  // Refuse what cannot fit before touching it (see available_memory_bytes).
-  const double kv_bytes = 2.0 * c.n_layers * double(capacity) * double(kv_dim) * sizeof(float);
-  const double scratch_bytes = Workspace::estimate_bytes(m, s.n_batch, capacity) + 2.0 * 4 * c.vocab_size;
-  const double available = available_memory_bytes();
-  if (available > 0 && kv_bytes + scratch_bytes > 0.9 * available) {
-    raise(KF_ERR_OUT_OF_MEMORY,
-          "cannot create session: %d KV slots per layer need %.2f GiB of KV cache and %.2f GiB of scratch, but only "
-          "%.2f GiB of memory is available; lower the context size",
-          capacity, kv_bytes / 1073741824.0, scratch_bytes / 1073741824.0, available / 1073741824.0);
-  }
-  cache_init(s.cache, m, p, capacity);
-  s.ws.init(m, s.n_batch, capacity, s.cache.needs_scores());
-  s.logits.assign(size_t(c.vocab_size), 0.0f);
-  s.logits_saved.assign(size_t(c.vocab_size), 0.0f);
-}
-
 namespace {
-
-// Rotates pairs (i, i + hd/2) of each head — Hugging Face's rotate_half layout.
-// x: [T, n_heads, hd]; cs: [T, hd/2, 2] cos, sin.
-void apply_rope(float *x, int64_t T, int64_t n_heads, int64_t hd, const float *cs) {
-  const int64_t half = hd / 2;
-  for (int64_t t = 0; t < T; t++) {
-    const float *c = cs + t * hd;
-    for (int64_t h = 0; h < n_heads; h++) {
-      float *v = x + (t * n_heads + h) * hd;
-      for (int64_t i = 0; i < half; i++) {
-        const float x1 = v[i], x2 = v[i + half], co = c[2 * i], si = c[2 * i + 1];
-        v[i] = x1 * co - x2 * si;
-        v[i + half] = x2 * co + x1 * si;
-      }
-    }
-  }
-}
-
-void check_cancel(kf_control *ctl) {
-  if (ctl && ctl->cancel) raise(KF_ERR_CANCELLED, "cannot run the model: cancelled");
-}
-
 
 // y[rows] += B (A x) for the rows whose adapter adapts projection `p` of layer `l`; x: [rows, in], y: [rows, out].
 void apply_lora(ThreadPool &pool, Workspace &ws, int32_t rows, int64_t l, Proj p, const float *x, int64_t in, float *y,
@@ -247,15 +144,9 @@ void forward_rows(Workspace &ws, const kf_model &m, int32_t T, const ChunkInput 
     }
   }
 
-  // rope_cs: [T, hd/2, 2], angles in double so large positions keep their precision
-  for (int32_t t = 0; t < T; t++) {
-    const double pos = double(ws.row_pos[size_t(t)]);
-    for (int64_t i = 0; i < hd / 2; i++) {
-      const double a = pos * m.inv_freq[size_t(i)];
-      ws.rope_cs[size_t(t * hd + 2 * i)] = float(std::cos(a));
-      ws.rope_cs[size_t(t * hd + 2 * i + 1)] = float(std::sin(a));
-    }
-  }
+  // rope_cs: [T, hd/2, 2] at each row's position
+  for (int32_t t = 0; t < T; t++)
+    rope_angles(ws.rope_cs.data() + t * hd, double(ws.row_pos[size_t(t)]), m.inv_freq.data(), hd);
 
   // Attention blocks: consecutive rows of one session (a prefill chunk), at most kAttnRows each.
   ws.attn_blocks.clear();
@@ -268,7 +159,7 @@ void forward_rows(Workspace &ws, const kf_model &m, int32_t T, const ChunkInput 
   const int64_t n_blocks = int64_t(ws.attn_blocks.size());
 
   for (int64_t l = 0; l < c.n_layers; l++) {
-    check_cancel(ctl);
+    check_cancel(ctl, "run the model");
     const LayerWeights &L = m.layers[size_t(l)];
 
     // ---- attention block ----
@@ -282,8 +173,8 @@ void forward_rows(Workspace &ws, const kf_model &m, int32_t T, const ChunkInput 
     apply_lora(pool, ws, T, l, kProjQ, ws.xn.data(), H, ws.q.data(), q_dim);      // + s·B(A xn), per row
     apply_lora(pool, ws, T, l, kProjK, ws.xn.data(), H, ws.k.data(), kv_dim);
     apply_lora(pool, ws, T, l, kProjV, ws.xn.data(), H, ws.v.data(), kv_dim);
-    apply_rope(ws.q.data(), T, nh, hd, ws.rope_cs.data());
-    apply_rope(ws.k.data(), T, nkv, hd, ws.rope_cs.data());
+    rope_rotate(ws.q.data(), T, nh, hd, ws.rope_cs.data());
+    rope_rotate(ws.k.data(), T, nkv, hd, ws.rope_cs.data());
     // Each row's key and value go to its session's cache at its position, before anyone attends.
     for (int32_t t = 0; t < T; t++) {
       KvCache &kv = ws.row_session[size_t(t)]->cache;
@@ -380,35 +271,6 @@ void forward_rows(Workspace &ws, const kf_model &m, int32_t T, const ChunkInput 
     matmul(pool, ws.xn.data(), m.lm_head.data, m.lm_head.dtype, logits, T, H, V, nullptr);  // [T, V]
   } else {
     matmul(pool, ws.xn.data() + (T - 1) * H, m.lm_head.data, m.lm_head.dtype, logits, 1, H, V, nullptr);  // [V]
-  }
-}
-
-void forward_chunk(kf_session &s, const ChunkInput &in, int32_t T, int32_t pos0, float *logits_out,
-                   kf_control *ctl) {
-  Workspace &ws = s.ws;
-  for (int32_t t = 0; t < T; t++) {
-    ws.row_session[size_t(t)] = &s;
-    ws.row_pos[size_t(t)] = pos0 + t;
-    ws.row_slot[size_t(t)] = s.cache.n_slots + t;
-    ws.row_adapter[size_t(t)] = s.adapter;
-  }
-  const int64_t V = s.model->cfg.vocab_size;
-  if (s.cuda) {  // the same rows, run by the device forward
-    cuda::Rows rows;
-    rows.n = T;
-    rows.session = ws.row_session.data();
-    rows.pos = ws.row_pos.data();
-    rows.slot = ws.row_slot.data();
-    rows.adapter = ws.row_adapter.data();
-    cuda::forward(*s.model, &s, rows, in, logits_out ? logits_out : s.logits.data(), logits_out != nullptr, ctl);
-    if (logits_out) std::copy(logits_out + (T - 1) * V, logits_out + T * V, s.logits.begin());
-    return;
-  }
-  if (logits_out) {
-    forward_rows(ws, *s.model, T, in, logits_out, true, ctl);
-    std::copy(logits_out + (T - 1) * V, logits_out + T * V, s.logits.begin());
-  } else {
-    forward_rows(ws, *s.model, T, in, s.logits.data(), false, ctl);
   }
 }
 

@@ -10,16 +10,10 @@
 
 namespace kf {
 
-namespace {
-// DESIGN.md's hysteresis: lococo and h2o compress only once the cache passes M by this many slots, so
-// decode compresses every 17 tokens rather than every token.
-constexpr int32_t kSlack = 16;
-}  // namespace
-
 int32_t cache_capacity(const kf_session_params &p, int32_t segment) {
   switch (p.cache_kind) {
   case KF_CACHE_LOCOCO:
-  case KF_CACHE_H2O: return p.slots + kSlack + segment;
+  case KF_CACHE_H2O: return p.slots + kCacheSlack + segment;
   case KF_CACHE_STREAMING: return p.sinks + p.window + segment;
   default: return p.n_ctx;
   }
@@ -49,19 +43,8 @@ void cache_init(KvCache &c, const kf_model &m, const kf_session_params &p, int32
   }
   c.score.assign(c.needs_scores() ? L : 0, std::vector<float>(size_t(capacity) * size_t(c.n_kv), 0.0f));
   c.saved.score = c.score;
-  if (c.kind == KF_CACHE_H2O) c.order.assign(size_t(capacity), 0);
-  if (c.heads) {
-    const size_t S = size_t(capacity), two_hd = 2 * size_t(c.head_dim), Mc = size_t(c.heads->fused);
-    const size_t Mh = size_t(std::max(0, c.slots - c.heads->fused));
-    c.x_pad.assign((S + size_t(c.heads->kernel) - 1) * two_hd, 0.0f);
-    c.x_t.assign(two_hd * S, 0.0f);
-    c.conv.assign(S * Mc, 0.0f);
-    c.mix.assign(Mc * S, 0.0f);
-    c.fused.assign(Mc * two_hd, 0.0f);
-    c.kept.assign(Mh * two_hd, 0.0f);
-    c.order.assign(2 * S, 0);
-    c.rest_score.assign(S, 0.0f);
-  }
+  if (c.kind == KF_CACHE_H2O) c.shrink.order.assign(size_t(capacity), 0);
+  if (c.heads) c.shrink.init_lococo(capacity, *c.heads, c.slots);
   cache_clear(c);
 }
 
@@ -83,17 +66,35 @@ int64_t KvCache::bytes() const {
 
 int64_t KvCache::scratch_bytes() const {
   const auto sz = [](const auto &x) { return int64_t(x.capacity()) * int64_t(sizeof(x[0])); };
-  int64_t n = sz(x_pad) + sz(x_t) + sz(conv) + sz(mix) + sz(fused) + sz(kept) + sz(order) + sz(rest_score);
+  int64_t n = shrink.bytes();
   for (const auto &x : saved.k) n += sz(x);
   for (const auto &x : saved.v) n += sz(x);
   for (const auto &x : saved.score) n += sz(x);
   return n;
 }
 
+void ShrinkScratch::init_lococo(int32_t S_in, const kf_lococo_heads &h, int32_t M) {
+  const size_t S = size_t(S_in), two_hd = 2 * size_t(h.head_dim), Mc = size_t(h.fused);
+  const size_t Mh = size_t(std::max(0, M - h.fused));
+  x_pad.assign((S + size_t(h.kernel) - 1) * two_hd, 0.0f);
+  x_t.assign(two_hd * S, 0.0f);
+  conv.assign(S * Mc, 0.0f);
+  mix.assign(Mc * S, 0.0f);
+  fused.assign(Mc * two_hd, 0.0f);
+  kept.assign(Mh * two_hd, 0.0f);
+  order.assign(2 * S, 0);
+  rest_score.assign(S, 0.0f);
+}
+
+int64_t ShrinkScratch::bytes() const {
+  const auto sz = [](const auto &x) { return int64_t(x.capacity()) * int64_t(sizeof(x[0])); };
+  return sz(x_pad) + sz(x_t) + sz(conv) + sz(mix) + sz(fused) + sz(kept) + sz(order) + sz(rest_score);
+}
+
 bool cache_over_limit(const KvCache &c) {
   switch (c.kind) {
   case KF_CACHE_LOCOCO:
-  case KF_CACHE_H2O: return c.n_slots > c.slots + kSlack;
+  case KF_CACHE_H2O: return c.n_slots > c.slots + kCacheSlack;
   case KF_CACHE_STREAMING: return c.n_slots > c.sinks + c.window;
   default: return false;
   }
@@ -116,7 +117,7 @@ namespace {
 void h2o_shrink_layer(KvCache &c, int32_t l) {
   const int32_t n = c.n_slots, M = c.slots, nkv = c.n_kv, hd = c.head_dim;
   float *K = c.k[size_t(l)].data(), *V = c.v[size_t(l)].data(), *sc = c.score[size_t(l)].data();
-  int32_t *idx = c.order.data();
+  int32_t *idx = c.shrink.order.data();
   for (int32_t g = 0; g < nkv; g++) {
     std::iota(idx, idx + n, 0);
     top_slots(sc + g, nkv, idx, n, M);

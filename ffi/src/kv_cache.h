@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "../cuda/cuda_backend.h"
+#include "backend.h"
 #include "common.h"
 #include "threadpool.h"
 
@@ -41,10 +41,40 @@ struct kf_lococo_heads {
   std::vector<Layer> layers;
   int64_t bytes = 0;
   std::atomic<int> n_users{0};  // sessions using them
-  kf::cuda::HeadsPtr cuda;      // the convolutions on the device (models of cuda engines)
+  kf::BackendStatePtr device;   // the convolutions where the backend runs (NULL on the CPU)
 };
 
 namespace kf {
+
+// DESIGN.md's hysteresis: lococo and h2o compress only once the cache passes M by this many slots, so
+// decode compresses every 17 tokens rather than every token.
+constexpr int32_t kCacheSlack = 16;
+
+// Scratch of a shrink, sized once: the slot ranking (h2o, lococo) and the LoCoCo fusion.
+struct ShrinkScratch {
+  std::vector<float> x_pad;   // [S + k − 1, 2·hd] the rest slots' [K | V] rows with (k−1)/2 zero rows each side
+  std::vector<float> x_t;     // [2·hd, S] the same, transposed (weights of the mixing GEMM)
+  std::vector<float> conv;    // [S, Mc] Conv1d output, slot-major
+  std::vector<float> mix;     // [Mc, S] softmax over slots, then λ-scaled
+  std::vector<float> fused;   // [Mc, 2·hd]
+  std::vector<float> kept;    // [Mh, 2·hd] heavy hitters, gathered before the head's column is rewritten
+  std::vector<int32_t> order; // [capacity] slot indices while ranking ([2·capacity] for lococo)
+  std::vector<float> rest_score; // [capacity] lococo: scores of the slots left after the heavy hitters
+
+  // Sizes every buffer for fusing up to S slots with heads h into M slots (M − Mc heavy hitters kept).
+  void init_lococo(int32_t S, const kf_lococo_heads &h, int32_t M);
+  int64_t bytes() const;
+};
+
+// What one (layer, KV head)'s fusion keeps for its backward pass (LoCoCo calibration).
+struct FuseTrace {
+  int32_t S = 0;               // slots fused (the rest after the heavy hitters)
+  std::vector<float> x_pad;    // [S + k − 1, 2·hd] the rest's [K | V] rows with (k−1)/2 zero rows each side
+  std::vector<float> z;        // [S, Mc] Conv1d output before ReLU
+  std::vector<float> w;        // [Mc, S] softmax over slots of ReLU(z)
+  std::vector<float> wx;       // [Mc, 2·hd] W x
+  std::vector<int32_t> pick;   // [Mc] positions in the rest of the one-hot rows (the next Mc by score)
+};
 
 struct KvCache {
   int32_t kind = KF_CACHE_FULL;
@@ -60,15 +90,7 @@ struct KvCache {
   std::vector<std::vector<float>> k, v;  // [n_layers][capacity, n_kv, head_dim]
   std::vector<std::vector<float>> score; // [n_layers][capacity, n_kv]; lococo and h2o only
 
-  // LoCoCo fusion scratch, sized once for S <= capacity rest slots.
-  std::vector<float> x_pad;   // [S + k − 1, 2·hd] the rest slots' [K | V] rows with (k−1)/2 zero rows each side
-  std::vector<float> x_t;     // [2·hd, S] the same, transposed (weights of the mixing GEMM)
-  std::vector<float> conv;    // [S, Mc] Conv1d output, slot-major
-  std::vector<float> mix;     // [Mc, S] softmax over slots, then λ-scaled
-  std::vector<float> fused;   // [Mc, 2·hd]
-  std::vector<float> kept;    // [Mh, 2·hd] heavy hitters, gathered before the head's column is rewritten
-  std::vector<int32_t> order; // [capacity] slot indices while ranking ([2·capacity] for lococo)
-  std::vector<float> rest_score; // [capacity] lococo: scores of the slots left after the heavy hitters
+  ShrinkScratch shrink;  // sized for S <= capacity slots
 
   // The cache as a call found it, so that a call that fails part-way can put it back: counters and
   // scores at the start, the slots themselves just before the call's first shrink (allocated then).
@@ -86,8 +108,8 @@ struct KvCache {
   int64_t scratch_bytes() const;
 };
 
-// Sizes every buffer for `capacity` slots per layer. host_slots = false (cuda sessions, whose slots live
-// on the device) sets the counters and policy only. Throws std::bad_alloc.
+// Sizes every buffer for `capacity` slots per layer. host_slots = false (device backends, whose slots
+// live on the device) sets the counters and policy only. Throws std::bad_alloc.
 void cache_init(KvCache &c, const kf_model &m, const kf_session_params &p, int32_t capacity, bool host_slots = true);
 // Slots per layer a policy needs: the most it holds before shrinking plus one segment of `segment` rows.
 int32_t cache_capacity(const kf_session_params &p, int32_t segment);
@@ -106,6 +128,14 @@ void cache_restore(KvCache &c);
 
 // LoCoCo: one layer's compression to M slots (DESIGN.md), in place on c.k[l], c.v[l], c.score[l].
 void lococo_compress_layer(KvCache &c, ThreadPool &pool, int32_t l);
+// The LoCoCo fusion of layer l, inference and calibration alike: n slots (keys, values [n, nkv, hd],
+// scores [n, nkv]) become M per KV head, the top M − Mc by score in cache order, then Mc slots fused by
+// the heads (lococo.cpp's header has the formula). out_* receive M slots and may be the inputs
+// themselves. trace: NULL, or [nkv] records for the backward pass (the convolution then runs even
+// when λ = 0, so dλ can be computed).
+void lococo_fuse(const kf_lococo_heads &h, int32_t l, int32_t M, ThreadPool &pool, int32_t n, int32_t nkv,
+                 int32_t hd, const float *keys, const float *values, const float *score, float *out_k, float *out_v,
+                 float *out_score, ShrinkScratch &scratch, FuseTrace *trace);
 // Loads and validates a heads file for model m. Throws kf::Error.
 void lococo_heads_load(kf_lococo_heads &h, kf_model &m, const std::string &path);
 

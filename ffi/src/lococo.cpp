@@ -1,4 +1,5 @@
-// lococo.cpp — LoCoCo heads (loading, validation) and the convolutional fusion of one layer's cache.
+// lococo.cpp — LoCoCo heads (loading, validation) and the convolutional fusion of one layer's cache,
+// for inference (lococo_compress_layer) and calibration (lococo_train.cpp, with a trace) alike.
 //
 // Per KV head, with S = n_slots − Mh slots left after the Mh heavy hitters:
 //   x      = [K_r | V_r]                                   [S, 2·hd]  (slot-major)
@@ -139,58 +140,72 @@ void lococo_heads_load(kf_lococo_heads &h, kf_model &m, const std::string &path)
   }
 }
 
-void lococo_compress_layer(KvCache &c, ThreadPool &pool, int32_t l) {
-  const kf_lococo_heads &H = *c.heads;
-  const kf_lococo_heads::Layer &W = H.layers[size_t(l)];
-  const int32_t n = c.n_slots, M = c.slots, Mc = H.fused, Mh = M - Mc, nkv = c.n_kv;
-  const int64_t hd = c.head_dim, two_hd = 2 * hd, k = H.kernel, pad = (k - 1) / 2;
+void lococo_fuse(const kf_lococo_heads &h, int32_t l, int32_t M, ThreadPool &pool, int32_t n, int32_t nkv,
+                 int32_t hd_in, const float *K, const float *V, const float *sc, float *out_k, float *out_v,
+                 float *out_score, ShrinkScratch &scratch, FuseTrace *trace) {
+  const kf_lococo_heads::Layer &W = h.layers[size_t(l)];
+  const int32_t Mc = h.fused, Mh = M - Mc;
+  const int64_t hd = hd_in, two_hd = 2 * hd, k = h.kernel, pad = (k - 1) / 2;
   const int32_t S = n - Mh;  // slots to fuse; > Mc + 16 since n > M + 16
   const float lambda = W.lambda;
-  float *K = c.k[size_t(l)].data(), *V = c.v[size_t(l)].data(), *sc = c.score[size_t(l)].data();
-  int32_t *idx = c.order.data();
-  float *x_pad = c.x_pad.data(), *x_t = c.x_t.data(), *conv = c.conv.data(), *mix = c.mix.data();
-  float *fused = c.fused.data(), *kept = c.kept.data();
-  const auto slot_k = [&](int32_t s, int32_t g) { return K + (int64_t(s) * nkv + g) * hd; };
-  const auto slot_v = [&](int32_t s, int32_t g) { return V + (int64_t(s) * nkv + g) * hd; };
+  int32_t *idx = scratch.order.data();
+  float *x_t = scratch.x_t.data(), *mix = scratch.mix.data(), *fused = scratch.fused.data();
+  float *kept = scratch.kept.data(), *rest_score = scratch.rest_score.data();  // [Mh, 2·hd], [S]
+  const auto slot = [&](const float *X, int32_t s, int32_t g) { return X + (int64_t(s) * nkv + g) * hd; };
+  const auto out_slot = [&](float *X, int32_t s, int32_t g) { return X + (int64_t(s) * nkv + g) * hd; };
 
   for (int32_t g = 0; g < nkv; g++) {
+    FuseTrace *tr = trace ? trace + g : nullptr;
+    float *x_pad = scratch.x_pad.data(), *conv = scratch.conv.data();
+    if (tr) {  // the backward pass reads the padded rows, the convolution and its softmax: keep them
+      tr->S = S;
+      tr->x_pad.assign(size_t((S + 2 * pad) * two_hd), 0.0f);
+      tr->z.assign(size_t(S) * size_t(Mc), 0.0f);
+      tr->w.assign(size_t(Mc) * size_t(S), 0.0f);
+      tr->wx.assign(size_t(Mc * two_hd), 0.0f);
+      x_pad = tr->x_pad.data();
+      conv = tr->z.data();
+    }
     // Heavy hitters idx[0..Mh), the rest idx[Mh..n), both in cache order.
     std::iota(idx, idx + n, 0);
     top_slots(sc + g, nkv, idx, n, Mh);
     const int32_t *rest = idx + Mh;  // [S]
     for (int32_t m = 0; m < Mh; m++) {
-      std::copy_n(slot_k(idx[m], g), hd, kept + m * two_hd);
-      std::copy_n(slot_v(idx[m], g), hd, kept + m * two_hd + hd);
+      std::copy_n(slot(K, idx[m], g), hd, kept + m * two_hd);
+      std::copy_n(slot(V, idx[m], g), hd, kept + m * two_hd + hd);
     }
     // x_pad: [pad zero rows ; S rows of [K | V] ; pad zero rows]
     std::fill(x_pad, x_pad + pad * two_hd, 0.0f);
     std::fill(x_pad + (pad + S) * two_hd, x_pad + (2 * pad + S) * two_hd, 0.0f);
     for (int32_t t = 0; t < S; t++) {
-      std::copy_n(slot_k(rest[t], g), hd, x_pad + (pad + t) * two_hd);
-      std::copy_n(slot_v(rest[t], g), hd, x_pad + (pad + t) * two_hd + hd);
+      std::copy_n(slot(K, rest[t], g), hd, x_pad + (pad + t) * two_hd);
+      std::copy_n(slot(V, rest[t], g), hd, x_pad + (pad + t) * two_hd + hd);
     }
     // The one-hot selection: the top Mc of the rest by score, as positions in rest, in cache order.
-    float *rest_score = c.rest_score.data();  // [S]
-    int32_t *pick = idx + n;                  // [S]: order holds 2 * capacity entries
+    int32_t *pick = idx + n;  // [S]: order holds 2 * capacity entries
     for (int32_t t = 0; t < S; t++) rest_score[t] = sc[int64_t(rest[t]) * nkv + g];
     std::iota(pick, pick + S, 0);
     top_slots(rest_score, 1, pick, S, Mc);
+    if (tr) tr->pick.assign(pick, pick + Mc);
 
     std::fill(fused, fused + int64_t(Mc) * two_hd, 0.0f);
-    if (lambda != 0.0f) {
+    if (lambda != 0.0f || tr) {
       // conv[t, :] = bias + im2col row t · weight^T: rows of x_pad two_hd apart, k·two_hd long.  [S, Mc]
       matmul_strided(pool, x_pad, two_hd, W.weight.data(), DType::F32, conv, S, k * two_hd, Mc, W.bias.data());
       // mix[c, :] = λ · softmax over slots of ReLU(conv[:, c])  [Mc, S]
+      float *w_trace = tr ? tr->w.data() : nullptr;
       pool.parallel_for(Mc, [&](int64_t ch, int) {
         float *row = mix + ch * S;
         for (int32_t t = 0; t < S; t++) row[t] = std::max(0.0f, conv[int64_t(t) * Mc + ch]);
         softmax_inplace(row, S);
+        if (w_trace) std::copy_n(row, S, w_trace + ch * S);
         for (int32_t t = 0; t < S; t++) row[t] *= lambda;
       });
       // x_t = x^T  [2·hd, S]
       for (int32_t t = 0; t < S; t++)
         for (int64_t i = 0; i < two_hd; i++) x_t[i * S + t] = x_pad[(pad + t) * two_hd + i];
-      matmul(pool, mix, x_t, DType::F32, fused, Mc, S, two_hd, nullptr);  // fused = λ W x  [Mc, 2·hd]
+      if (lambda != 0.0f) matmul(pool, mix, x_t, DType::F32, fused, Mc, S, two_hd, nullptr);  // λ W x  [Mc, 2·hd]
+      if (tr) matmul(pool, tr->w.data(), x_t, DType::F32, tr->wx.data(), Mc, S, two_hd, nullptr);  // W x
     }
     // + (1 − λ) R x: row ch of R is one-hot at the ch-th picked slot. Exact copies when λ = 0.
     for (int32_t ch = 0; ch < Mc; ch++) {
@@ -202,16 +217,21 @@ void lococo_compress_layer(KvCache &c, ThreadPool &pool, int32_t l) {
     // The head's new column: [heavy hitters ; fused], M slots. Scores move with the heavy hitters;
     // a fused slot takes its picked slot's score (the next forward overwrites them all anyway).
     for (int32_t m = 0; m < Mh; m++) {
-      std::copy_n(kept + m * two_hd, hd, slot_k(m, g));
-      std::copy_n(kept + m * two_hd + hd, hd, slot_v(m, g));
-      sc[int64_t(m) * nkv + g] = sc[int64_t(idx[m]) * nkv + g];  // idx[m] >= m: not yet overwritten
+      std::copy_n(kept + m * two_hd, hd, out_slot(out_k, m, g));
+      std::copy_n(kept + m * two_hd + hd, hd, out_slot(out_v, m, g));
+      out_score[int64_t(m) * nkv + g] = sc[int64_t(idx[m]) * nkv + g];  // in place: idx[m] >= m, not yet overwritten
     }
     for (int32_t ch = 0; ch < Mc; ch++) {
-      std::copy_n(fused + int64_t(ch) * two_hd, hd, slot_k(Mh + ch, g));
-      std::copy_n(fused + int64_t(ch) * two_hd + hd, hd, slot_v(Mh + ch, g));
-      sc[int64_t(Mh + ch) * nkv + g] = rest_score[pick[ch]];
+      std::copy_n(fused + int64_t(ch) * two_hd, hd, out_slot(out_k, Mh + ch, g));
+      std::copy_n(fused + int64_t(ch) * two_hd + hd, hd, out_slot(out_v, Mh + ch, g));
+      out_score[int64_t(Mh + ch) * nkv + g] = rest_score[pick[ch]];
     }
   }
+}
+
+void lococo_compress_layer(KvCache &c, ThreadPool &pool, int32_t l) {
+  float *K = c.k[size_t(l)].data(), *V = c.v[size_t(l)].data(), *sc = c.score[size_t(l)].data();
+  lococo_fuse(*c.heads, l, c.slots, pool, c.n_slots, c.n_kv, c.head_dim, K, V, sc, K, V, sc, c.shrink, nullptr);
 }
 
 }  // namespace kf

@@ -1,6 +1,6 @@
-// lococo_train.cpp — calibrating LoCoCo heads, read top to bottom: the fusion of one layer's cache
-// keeping what its backward pass needs, that backward pass (into the conv weight, bias and λ), the
-// segment loop over one sequence, and AdamW.
+// lococo_train.cpp — calibrating LoCoCo heads, read top to bottom: the backward pass of the fusion
+// (lococo_fuse in lococo.cpp, run with a trace) into the conv weight, bias and λ, the segment loop over
+// one sequence, and the optimizer step (AdamW, train.h).
 //
 // Per segment, as inference runs it: when the detached cache holds more than M + 16 slots it is fused
 // to M (heavy hitters copied, Mc slots fused by the heads); the segment attends to [that cache ; its
@@ -20,18 +20,6 @@ namespace kf {
 
 namespace {
 
-constexpr int32_t kSlack = 16;  // DESIGN.md: compress once the cache passes M + 16
-
-// One (layer, KV head)'s fusion, kept for its backward pass.
-struct FuseTrace {
-  int32_t S = 0;               // slots fused (the rest after the heavy hitters)
-  std::vector<float> x_pad;    // [S + k − 1, 2·hd] the rest's [K | V] rows with (k−1)/2 zero rows each side
-  std::vector<float> z;        // [S, Mc] Conv1d output before ReLU
-  std::vector<float> w;        // [Mc, S] softmax over slots of ReLU(z)
-  std::vector<float> wx;       // [Mc, 2·hd] W x
-  std::vector<int32_t> pick;   // [Mc] positions in the rest of the one-hot rows (the next Mc by score)
-};
-
 // A sequence's detached cache: per layer keys and values [capacity, nkv, hd], scores [capacity, nkv].
 struct SeqCache {
   int64_t n = 0;
@@ -44,71 +32,7 @@ struct SeqCache {
   }
 };
 
-// Fuses layer l of `c` (n > M + 16 slots) into `out` (M slots), recording one trace per KV head.
-void fuse_layer(const kf_lococo_heads &H, ThreadPool &pool, const SeqCache &c, int64_t l, int64_t nkv, int64_t hd,
-                SeqCache &out, std::vector<FuseTrace> &traces) {
-  const kf_lococo_heads::Layer &W = H.layers[size_t(l)];
-  const int32_t n = int32_t(c.n), M = H.slots, Mc = H.fused, Mh = M - Mc;
-  const int64_t two_hd = 2 * hd, k = H.kernel, pad = (k - 1) / 2;
-  const float lambda = W.lambda;
-  const float *K = c.k[size_t(l)].data(), *V = c.v[size_t(l)].data(), *sc = c.score[size_t(l)].data();
-  float *OK = out.k[size_t(l)].data(), *OV = out.v[size_t(l)].data(), *OS = out.score[size_t(l)].data();
-  std::vector<int32_t> idx(static_cast<size_t>(n));
-  std::vector<float> rest_score(static_cast<size_t>(n)), x_t;
-  for (int64_t g = 0; g < nkv; g++) {
-    FuseTrace &tr = traces[size_t(g)];
-    std::iota(idx.begin(), idx.end(), 0);
-    top_slots(sc + g, nkv, idx.data(), n, Mh);  // idx[0..Mh) heavy, idx[Mh..n) the rest, both in cache order
-    const int32_t *rest = idx.data() + Mh;
-    const int32_t S = n - Mh;
-    tr.S = S;
-    for (int32_t m = 0; m < Mh; m++) {
-      std::copy_n(K + (int64_t(idx[size_t(m)]) * nkv + g) * hd, hd, OK + (int64_t(m) * nkv + g) * hd);
-      std::copy_n(V + (int64_t(idx[size_t(m)]) * nkv + g) * hd, hd, OV + (int64_t(m) * nkv + g) * hd);
-      OS[m * nkv + g] = sc[int64_t(idx[size_t(m)]) * nkv + g];
-    }
-    tr.x_pad.assign(size_t((S + 2 * pad) * two_hd), 0.0f);
-    for (int32_t t = 0; t < S; t++) {
-      std::copy_n(K + (int64_t(rest[t]) * nkv + g) * hd, hd, tr.x_pad.data() + (pad + t) * two_hd);
-      std::copy_n(V + (int64_t(rest[t]) * nkv + g) * hd, hd, tr.x_pad.data() + (pad + t) * two_hd + hd);
-      rest_score[size_t(t)] = sc[int64_t(rest[t]) * nkv + g];
-    }
-    std::vector<int32_t> pick(static_cast<size_t>(S));
-    std::iota(pick.begin(), pick.end(), 0);
-    top_slots(rest_score.data(), 1, pick.data(), S, Mc);
-    tr.pick.assign(pick.begin(), pick.begin() + Mc);
-    // z = im2col(x) · weight^T + bias: the implicit GEMM of inference.  [S, Mc]
-    tr.z.assign(size_t(S) * size_t(Mc), 0.0f);
-    matmul_strided(pool, tr.x_pad.data(), two_hd, W.weight.data(), DType::F32, tr.z.data(), S, k * two_hd, Mc,
-                   W.bias.data());
-    // w[c, :] = softmax over slots of ReLU(z[:, c])  [Mc, S]
-    tr.w.assign(size_t(Mc) * size_t(S), 0.0f);
-    for (int32_t ch = 0; ch < Mc; ch++) {
-      float *row = tr.w.data() + int64_t(ch) * S;
-      for (int32_t t = 0; t < S; t++) row[t] = std::max(0.0f, tr.z[size_t(int64_t(t) * Mc + ch)]);
-      softmax_inplace(row, S);
-    }
-    // wx = w x  [Mc, 2·hd]
-    x_t.assign(size_t(two_hd * S), 0.0f);
-    for (int32_t t = 0; t < S; t++)
-      for (int64_t i = 0; i < two_hd; i++) x_t[size_t(i * S + t)] = tr.x_pad[size_t((pad + t) * two_hd + i)];
-    tr.wx.assign(size_t(Mc * two_hd), 0.0f);
-    matmul(pool, tr.w.data(), x_t.data(), DType::F32, tr.wx.data(), Mc, S, two_hd, nullptr);
-    // fused = λ W x + (1 − λ) x[pick], written after the heavy hitters
-    for (int32_t ch = 0; ch < Mc; ch++) {
-      const float *xs = tr.x_pad.data() + (pad + tr.pick[size_t(ch)]) * two_hd;
-      const float *wx = tr.wx.data() + int64_t(ch) * two_hd;
-      float *ok = OK + (int64_t(Mh + ch) * nkv + g) * hd, *ov = OV + (int64_t(Mh + ch) * nkv + g) * hd;
-      for (int64_t i = 0; i < hd; i++) {
-        ok[i] = lambda * wx[i] + (1.0f - lambda) * xs[i];
-        ov[i] = lambda * wx[hd + i] + (1.0f - lambda) * xs[hd + i];
-      }
-      OS[(Mh + ch) * nkv + g] = rest_score[size_t(tr.pick[size_t(ch)])];
-    }
-  }
-}
-
-// Backward of fuse_layer for head g, given d loss / d prefix keys and values dk, dv [M, nkv, hd]:
+// Backward of lococo_fuse (lococo.cpp) for head g, given d loss / d prefix keys and values dk, dv [M, nkv, hd]:
 //   dλ += Σ_c dfused_c · (Wx_c − x_pick_c);  dW = λ dfused xᵀ;  dY = W ⊙ (dW − rowsum(W ⊙ dW));
 //   dZ = dY ⊙ [z > 0];  gbias += Σ_t dZ;  gweight += dZᵀ im2col(x)  (the implicit GEMM again)
 void fuse_layer_backward(const kf_lococo_heads &H, ThreadPool &pool, const FuseTrace &tr, int64_t l, int64_t g,
@@ -148,10 +72,6 @@ void fuse_layer_backward(const kf_lococo_heads &H, ThreadPool &pool, const FuseT
   std::vector<float> gk(size_t(Mc) * size_t(k * two_hd));
   matmul_nn(pool, dzt.data(), tr.x_pad.data(), DType::F32, gk.data(), Mc, S, k * two_hd, two_hd);
   add_inplace(gw.data(), gk.data(), int64_t(gk.size()));
-}
-
-void check_cancel(kf_control *ctl) {
-  if (ctl && ctl->cancel) raise(KF_ERR_CANCELLED, "cannot calibrate: cancelled");
 }
 
 }  // namespace
@@ -223,8 +143,10 @@ double lococo_trainer_accumulate(kf_lococo_trainer &tr, const int32_t *ids, int3
     ctl->done = 0;
   }
   SeqCache cache, fused;
-  cache.init(L, M + kSlack + B, nkv, hd);
+  cache.init(L, M + kCacheSlack + B, nkv, hd);
   fused.init(L, M, nkv, hd);
+  ShrinkScratch shrink;
+  shrink.init_lococo(int32_t(M + kCacheSlack + B), H, int32_t(M));
   std::vector<std::vector<FuseTrace>> traces(static_cast<size_t>(L), std::vector<FuseTrace>(static_cast<size_t>(nkv)));
   // This sequence's gradients: they join the accumulated ones only when it succeeded.
   std::vector<kf_lococo_trainer::LayerState> g(static_cast<size_t>(L));
@@ -238,7 +160,7 @@ double lococo_trainer_accumulate(kf_lococo_trainer &tr, const int32_t *ids, int3
   double loss_sum = 0;
   int32_t segments = 0;
   for (int64_t p0 = 0; p0 < n_ids;) {
-    check_cancel(ctl);
+    check_cancel(ctl, "calibrate");
     const int64_t T = std::min<int64_t>(B, n_ids - p0);
     PassRows in;
     in.T = T;
@@ -251,9 +173,14 @@ double lococo_trainer_accumulate(kf_lococo_trainer &tr, const int32_t *ids, int3
     }
     if (in.rows.empty()) break;  // a last segment of one token predicts nothing
     // The cache policy's turn, as in inference: fuse when the cache passes M + 16.
-    const bool fusing = cache.n > M + kSlack;
+    const bool fusing = cache.n > M + kCacheSlack;
     if (fusing)
-      for (int64_t l = 0; l < L; l++) fuse_layer(H, pool, cache, l, nkv, hd, fused, traces[size_t(l)]);
+      for (int64_t l = 0; l < L; l++) {
+        const size_t li = size_t(l);
+        lococo_fuse(H, int32_t(l), H.slots, pool, int32_t(cache.n), int32_t(nkv), int32_t(hd), cache.k[li].data(),
+                    cache.v[li].data(), cache.score[li].data(), fused.k[li].data(), fused.v[li].data(),
+                    fused.score[li].data(), shrink, traces[li].data());
+      }
     const SeqCache &pre = fusing ? fused : cache;
     const int64_t slots = fusing ? M : cache.n;
     PrefixCache prefix;
@@ -333,20 +260,13 @@ kf_train_step_info lococo_trainer_step(kf_lococo_trainer &tr) {
   const double clip = p.max_grad_norm > 0 && norm > p.max_grad_norm ? p.max_grad_norm / (norm + 1e-6) : 1.0;
   const float coef = float(clip / n);
   const float lr = schedule_lr(p.lr, p.warmup_steps, p.total_steps, p.min_lr_ratio, tr.step);
-  const double t = double(tr.step + 1);
-  const float bc1 = float(1.0 - std::pow(double(p.beta1), t)), bc2 = float(1.0 - std::pow(double(p.beta2), t));
-  const auto adamw = [&](float &w, float g, float &m1, float &m2, float decay) {
-    g *= coef;
-    m1 = p.beta1 * m1 + (1.0f - p.beta1) * g;
-    m2 = p.beta2 * m2 + (1.0f - p.beta2) * g * g;
-    w -= lr * ((m1 / bc1) / (std::sqrt(m2 / bc2) + p.eps) + decay * w);
-  };
+  const AdamW opt(lr, p.beta1, p.beta2, p.eps, tr.step, coef);
   for (size_t l = 0; l < tr.state.size(); l++) {
     auto &s = tr.state[l];
     kf_lococo_heads::Layer &L = tr.heads.layers[l];
-    for (size_t i = 0; i < L.weight.size(); i++) adamw(L.weight[i], s.gw[i], s.mw[i], s.vw[i], p.weight_decay);
-    for (size_t i = 0; i < L.bias.size(); i++) adamw(L.bias[i], s.gb[i], s.mb[i], s.vb[i], 0.0f);
-    adamw(L.lambda, s.gl, s.ml, s.vl, 0.0f);
+    opt.update(L.weight.data(), s.gw.data(), s.mw.data(), s.vw.data(), L.weight.size(), p.weight_decay);
+    opt.update(L.bias.data(), s.gb.data(), s.mb.data(), s.vb.data(), L.bias.size(), 0.0f);
+    opt.update(&L.lambda, &s.gl, &s.ml, &s.vl, 1, 0.0f);
   }
   kf_train_step_info info{};
   info.examples = tr.accumulated;

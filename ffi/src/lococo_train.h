@@ -1,5 +1,5 @@
-// lococo_train.h — calibrating LoCoCo heads: the fusion with what its backward pass needs, that
-// backward pass, and the segment loop over a sequence.
+// lococo_train.h — calibrating LoCoCo heads: the backward pass of the fusion (traced by lococo_fuse),
+// the segment loop over a sequence, and the optimizer step.
 #pragma once
 
 #include <vector>

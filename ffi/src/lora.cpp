@@ -393,7 +393,7 @@ void adapter_load(kf_adapter &a, kf_model &m, const std::string &dir, kf_control
   for (size_t i = 0; i < found.size(); i++) {
     const Found &f = found[i];
     if (!f.a) continue;
-    if (ctl && ctl->cancel) raise(KF_ERR_CANCELLED, "cannot load adapter: cancelled");
+    check_cancel(ctl, "load adapter");
     const int p = int(i % kNumProj);
     LoraPair &pair = a.layers[i / kNumProj].proj[p];
     const int64_t rank = f.a->shape[0], in = f.a->shape[1], out = f.b->shape[0];

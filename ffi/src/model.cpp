@@ -35,10 +35,6 @@ std::vector<double> rope_inv_freq(const ModelConfig &cfg) {
 
 namespace {
 
-void check_cancel(kf_control *ctl) {
-  if (ctl && ctl->cancel) raise(KF_ERR_CANCELLED, "cannot load model: cancelled");
-}
-
 // A NaN or Inf weight turns every later logit into NaN, far from the cause: refuse it at load,
 // naming the tensor, its file and the first such element.
 [[noreturn]] void refuse_non_finite(const TensorInfo &t, int64_t at) {
@@ -85,15 +81,9 @@ void model_load(kf_model &m, const std::string &dir, const kf_model_params &p) {
   DType file_dt = DType::F32;
   for (int i = 1; i < 3; i++)
     if (counts[i] > counts[int(file_dt)]) file_dt = DType(i);
-  DType want = p.weight_dtype == KF_DTYPE_AUTO ? file_dt : DType(p.weight_dtype);
-  if (m.engine->backend == KF_BACKEND_CUDA && want == DType::F32) {
-    // The device kernels read 16-bit weights (tensor cores, half the bytes per decoded token): an f32
-    // file is converted to bf16 (same exponent range, so no overflow); asking for f32 is refused.
-    if (p.weight_dtype != KF_DTYPE_AUTO)
-      raise(KF_ERR_UNSUPPORTED, "cannot load model: the cuda backend holds weights in f16 or bf16, not f32; load with "
-            "weight_dtype auto, f16 or bf16");
-    want = DType::BF16;
-  }
+  // The backend may hold another dtype than the file's (the cuda backend converts f32 to bf16).
+  const DType want = m.engine->backend->weight_dtype(p.weight_dtype == KF_DTYPE_AUTO ? file_dt : DType(p.weight_dtype),
+                                                     p.weight_dtype);
   m.weight_dtype = int32_t(want);
 
   int64_t total = 0;
@@ -117,7 +107,7 @@ void model_load(kf_model &m, const std::string &dir, const kf_model_params &p) {
   auto matrix = [&](const std::string &name) -> Weight {
     const TensorInfo *t = m.files.find(name);
     if (!t) raise(KF_ERR_FORMAT, "cannot load model: tensor %s is missing", name.c_str());
-    check_cancel(ctl);
+    check_cancel(ctl, "load model");
     Weight w;
     w.rows = t->shape[0];
     w.cols = t->shape[1];

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "../cuda/cuda_backend.h"
+#include "backend.h"
 #include "common.h"
 #include "cpu_ops.h"
 #include "kv_cache.h"
@@ -16,15 +16,15 @@
 #include "threadpool.h"
 
 struct kf_engine {
-  int32_t backend = KF_BACKEND_CPU;
+  const kf::Backend *backend = nullptr;  // chosen at open (backend.h); never NULL once open
   std::unique_ptr<kf::ThreadPool> pool;
   // The pool serves one caller at a time: sessions (and loads) of one engine take turns on it.
   std::mutex pool_mutex;
   std::atomic<int> n_models{0};
   std::string name;
-  // The CUDA device, stream and cuBLAS handle when backend == KF_BACKEND_CUDA (the pool above then
-  // serves host-side work only: weight conversion at load). Declared last: freed first.
-  kf::cuda::EnginePtr cuda;
+  // The backend's device (a CUDA device, stream and cuBLAS handle; NULL for the CPU, whose pool above
+  // then serves host-side work only: weight conversion at load). Declared last: freed first.
+  kf::BackendStatePtr state;
 };
 
 namespace kf {
@@ -85,7 +85,7 @@ struct kf_model {
   std::atomic<int> n_sessions{0};
   std::atomic<int> n_adapters{0};
   std::atomic<int> n_lococo_heads{0};
-  kf::cuda::ModelPtr cuda;  // the weights on the device (cuda engines); the host copies stay bound above
+  kf::BackendStatePtr device;  // the weights where the backend runs (NULL on the CPU); the host copies stay bound
 };
 
 // A loaded PEFT LoRA adapter: f32 copies of every pair, bound to one model. Immutable after load;
@@ -99,7 +99,7 @@ struct kf_adapter {
   bool rslora = false;
   int64_t n_params = 0, bytes = 0;    // bytes held (f32)
   std::atomic<int> n_users{0};        // sessions whose current adapter this is
-  kf::cuda::AdapterPtr cuda;          // the pairs on the device (models of cuda engines)
+  kf::BackendStatePtr device;         // the pairs where the backend runs (NULL on the CPU)
 };
 
 namespace kf {
@@ -163,17 +163,15 @@ struct kf_session {
   kf::Workspace ws;            // scratch for n_batch rows, allocated once
   std::vector<float> logits;   // [vocab] last position
   std::vector<float> logits_saved; // [vocab] the logits before a decode, restored if it fails
-  // Cuda engines: the device KV cache and scratch. `cache` then keeps only its counters (no host
-  // slots) and `ws` stays empty.
-  kf::cuda::SessionPtr cuda;
+  // A device backend's KV cache and scratch (NULL on the CPU). `cache` then keeps only its counters
+  // (no host slots) and `ws` only its row table.
+  kf::BackendStatePtr device;
 };
 
 namespace kf {
 
 // Loads config.json + safetensors, validates, binds (or converts) weights. Throws kf::Error.
 void model_load(kf_model &m, const std::string &dir, const kf_model_params &p);
-// Allocates every buffer of a session. Throws kf::Error / std::bad_alloc.
-void session_init(kf_session &s, kf_model &m, const kf_session_params &p);
 // The input rows of one chunk: token ids (looked up in embed_tokens) or ready embeddings.
 struct ChunkInput {
   const int32_t *tokens = nullptr;  // [T] ids, or
@@ -182,13 +180,8 @@ struct ChunkInput {
   float *hidden_out = nullptr;      // NULL, or [T, hidden] receiving the final-normed hidden states
 };
 
-// Runs T inputs at positions pos0.. (T <= n_batch) with the session's adapter. logits_out: NULL or
-// [T, vocab]. Does not advance n_past; the caller commits after the whole call succeeds.
-void forward_chunk(kf_session &s, const ChunkInput &in, int32_t T, int32_t pos0, float *logits_out,
-                   kf_control *ctl);
-
-// Runs ws.rows rows, row r at ws.row_pos[r] in the cache of ws.row_session[r] with ws.row_adapter[r]
-// (rows of one adapter should be contiguous: the LoRA pass walks them as segments). Writes each row's
+// The CPU forward (forward_cpu.cpp; backend_cpu.cpp calls it): runs ws.rows rows, row r at
+// ws.row_pos[r] in the cache of ws.row_session[r] with ws.row_adapter[r] (rows of one adapter should be contiguous: the LoRA pass walks them as segments). Writes each row's
 // keys and values first, then attends, so rows of one session at consecutive positions form a causal
 // chunk, and rows of different sessions never see each other.
 // logits: [rows, vocab] receiving every row's logits when all_logits, else [vocab] for the last row.

@@ -3,6 +3,7 @@
 // LoRA pairs only), and AdamW.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -21,6 +22,29 @@ inline uint64_t splitmix64(uint64_t &s) {
 // Learning rate at optimizer step `step` (0-based): linear warmup, then cosine decay to min_ratio · lr
 // over `total` steps (0: constant after warmup).
 float schedule_lr(float lr, int32_t warmup, int32_t total, float min_ratio, int64_t step);
+
+// AdamW (decoupled weight decay) at one optimizer step, shared by every trainer (LoRA, LoCoCo heads).
+struct AdamW {
+  float lr, beta1, beta2, eps;
+  float coef;      // scale of the accumulated gradients: 1 / examples, times the clipping factor
+  float bc1, bc2;  // bias corrections of this step
+  AdamW(float lr_, float beta1_, float beta2_, float eps_, int64_t step, float coef_)
+      : lr(lr_), beta1(beta1_), beta2(beta2_), eps(eps_), coef(coef_) {
+    const double t = double(step + 1);  // step is 0-based
+    bc1 = float(1.0 - std::pow(double(beta1), t));
+    bc2 = float(1.0 - std::pow(double(beta2), t));
+  }
+  // Moves n weights w against their accumulated gradients g (moments m1, m2 updated in place).
+  void update(float *w, const float *g, float *m1, float *m2, size_t n, float decay) const {
+    for (size_t i = 0; i < n; i++) {
+      const float gi = g[i] * coef;
+      m1[i] = beta1 * m1[i] + (1.0f - beta1) * gi;
+      m2[i] = beta2 * m2[i] + (1.0f - beta2) * gi * gi;
+      const float adam = (m1[i] / bc1) / (std::sqrt(m2[i] / bc2) + eps);
+      w[i] -= lr * (adam + decay * w[i]);
+    }
+  }
+};
 
 // One trainable pair y += s · B (A x), held as PEFT stores it (unscaled): A [r, in], B [out, r].
 struct TrainPair {

@@ -45,10 +45,6 @@ const float *proj_bias(const LayerWeights &L, int p) {
   return b && !b->empty() ? b->data() : nullptr;
 }
 
-void check_cancel(kf_control *ctl) {
-  if (ctl && ctl->cancel) raise(KF_ERR_CANCELLED, "cannot train: cancelled");
-}
-
 struct Scratch {
   std::vector<float> tmp, tmp2, dt, tT, dtT, gsmall;
 };
@@ -120,22 +116,6 @@ void rmsnorm_backward(const float *x, const float *w, const float *dy, int64_t T
     const double r = 1.0 / std::sqrt(ss / double(n) + double(eps));
     const double c = r * r * r * dot / double(n);
     for (int64_t i = 0; i < n; i++) dxr[i] += float(r * w[i] * dyr[i] - xr[i] * c);
-  }
-}
-
-// Rotates pairs (i, i + hd/2) of each head by +angle (forward) or −angle (backward: R^T).
-void rope(float *x, int64_t T, int64_t heads, int64_t hd, const float *cs, bool inverse) {
-  const int64_t half = hd / 2;
-  for (int64_t t = 0; t < T; t++) {
-    const float *c = cs + t * hd;
-    for (int64_t h = 0; h < heads; h++) {
-      float *v = x + (t * heads + h) * hd;
-      for (int64_t i = 0; i < half; i++) {
-        const float x1 = v[i], x2 = v[i + half], co = c[2 * i], si = inverse ? -c[2 * i + 1] : c[2 * i + 1];
-        v[i] = x1 * co - x2 * si;
-        v[i + half] = x2 * co + x1 * si;
-      }
-    }
   }
 }
 
@@ -333,16 +313,11 @@ double train_pass(const kf_model &m, const std::vector<std::vector<TrainPair>> &
   Scratch sc;
   std::vector<float> attn_scratch;
   float *cs = grow(st.rope_cs, size_t(T * hd));  // [T, hd/2, 2] at the true positions pos0..
-  for (int64_t t = 0; t < T; t++)
-    for (int64_t i = 0; i < hd / 2; i++) {
-      const double a = double(in.pos0 + t) * m.inv_freq[size_t(i)];
-      cs[t * hd + 2 * i] = float(std::cos(a));
-      cs[t * hd + 2 * i + 1] = float(std::sin(a));
-    }
+  for (int64_t t = 0; t < T; t++) rope_angles(cs + t * hd, double(in.pos0 + t), m.inv_freq.data(), hd);
   std::vector<float> x(in.x0, in.x0 + T * H);  // [T, H] residual stream
   std::vector<float> o(size_t(T * H));
   for (int64_t l = 0; l < c.n_layers; l++) {
-    check_cancel(ctl);
+    check_cancel(ctl, "train");
     const LayerWeights &W = m.layers[size_t(l)];
     const std::vector<TrainPair> &P = pairs[size_t(l)];
     LayerActivations &A = st.acts[size_t(l)];
@@ -354,8 +329,8 @@ double train_pass(const kf_model &m, const std::vector<std::vector<TrainPair>> &
                    A.lora_t[kProjK], sc);                                                             // k [T, nkv, hd]
     linear_forward(pool, W.wv, proj_bias(W, kProjV), P[kProjV], s, A.xn1.data(), T, grow(A.v, size_t(T * kv_dim)),
                    A.lora_t[kProjV], sc);                                                             // v [T, nkv, hd]
-    rope(A.q.data(), T, nh, hd, cs, false);
-    rope(A.k.data(), T, nkv, hd, cs, false);
+    rope_rotate(A.q.data(), T, nh, hd, cs, false);
+    rope_rotate(A.k.data(), T, nkv, hd, cs, false);
     float *col_sums = out.col_sums ? grow((*out.col_sums)[size_t(l)], size_t((slots + T) * nkv)) : nullptr;
     attention_forward(pool, c, A.q.data(), keys(l, A), T, grow(A.attn, size_t(T * q_dim)), col_sums, attn_scratch);
     linear_forward(pool, W.wo, proj_bias(W, kProjO), P[kProjO], s, A.attn.data(), T, o.data(), A.lora_t[kProjO], sc);
@@ -405,7 +380,7 @@ double train_pass(const kf_model &m, const std::vector<std::vector<TrainPair>> &
   std::vector<float> dh(size_t(T * I)), dgate(size_t(T * I)), dup(size_t(T * I)), dxn_l(size_t(T * H));
   std::vector<float> dattn(size_t(T * q_dim)), dq(size_t(T * q_dim)), dk(size_t(T * kv_dim)), dv(size_t(T * kv_dim));
   for (int64_t l = c.n_layers - 1; l >= 0; l--) {
-    check_cancel(ctl);
+    check_cancel(ctl, "train");
     const LayerWeights &W = m.layers[size_t(l)];
     const std::vector<TrainPair> &P = pairs[size_t(l)];
     const LayerActivations &A = st.acts[size_t(l)];
@@ -444,8 +419,8 @@ double train_pass(const kf_model &m, const std::vector<std::vector<TrainPair>> &
     }
     attention_backward(pool, c, A.q.data(), keys(l, A), dattn.data(), T, dq.data(), dk.data(), dv.data(), dkc, dvc,
                        attn_scratch);
-    rope(dq.data(), T, nh, hd, cs, true);  // back through the rotation: R^T
-    rope(dk.data(), T, nkv, hd, cs, true);
+    rope_rotate(dq.data(), T, nh, hd, cs, true);  // back through the rotation: R^T
+    rope_rotate(dk.data(), T, nkv, hd, cs, true);
     auto [ga_q, gb_q] = grads(kProjQ);
     linear_backward(pool, W.wq, P[kProjQ], s, A.xn1.data(), A.lora_t[kProjQ].data(), dq.data(), T, dxn_l.data(), false,
                     ga_q, gb_q, sc);
@@ -519,23 +494,16 @@ kf_train_step_info trainer_step(kf_trainer &tr) {
   const double clip = p.max_grad_norm > 0 && norm > p.max_grad_norm ? p.max_grad_norm / (norm + 1e-6) : 1.0;
   const float coef = float(clip / n);
   const float lr = schedule_lr(p.lr, p.warmup_steps, p.total_steps, p.min_lr_ratio, tr.step);
-  const double t = double(tr.step + 1);
-  const float bc1 = float(1.0 - std::pow(double(p.beta1), t)), bc2 = float(1.0 - std::pow(double(p.beta2), t));
-  const auto adamw = [&](std::vector<float> &w, std::vector<float> &g, std::vector<float> &m1, std::vector<float> &m2) {
-    for (size_t i = 0; i < w.size(); i++) {
-      const float gi = g[i] * coef;
-      m1[i] = p.beta1 * m1[i] + (1.0f - p.beta1) * gi;
-      m2[i] = p.beta2 * m2[i] + (1.0f - p.beta2) * gi * gi;
-      const float update = (m1[i] / bc1) / (std::sqrt(m2[i] / bc2) + p.eps);
-      w[i] -= lr * (update + p.weight_decay * w[i]);  // decoupled weight decay (AdamW)
-      g[i] = 0.0f;
-    }
+  const AdamW opt(lr, p.beta1, p.beta2, p.eps, tr.step, coef);
+  const auto update = [&](std::vector<float> &w, std::vector<float> &g, std::vector<float> &m1, std::vector<float> &m2) {
+    opt.update(w.data(), g.data(), m1.data(), m2.data(), w.size(), p.weight_decay);
+    std::fill(g.begin(), g.end(), 0.0f);
   };
   for (auto &layer : tr.pairs)
     for (TrainPair &pr : layer) {
       if (pr.rank == 0) continue;
-      adamw(pr.a, pr.ga, pr.ma, pr.va);
-      adamw(pr.b, pr.gb, pr.mb, pr.vb);
+      update(pr.a, pr.ga, pr.ma, pr.va);
+      update(pr.b, pr.gb, pr.mb, pr.vb);
     }
   kf_train_step_info info{};
   info.examples = tr.accumulated;

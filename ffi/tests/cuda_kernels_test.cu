@@ -216,14 +216,7 @@ void test_lococo(Engine &e, ThreadPool &pool, DType dt, int n, int nkv, int hd, 
   c.v.assign(1, std::vector<float>(vr.begin(), vr.end()));
   c.score.assign(1, std::vector<float>(size_t(n) * nkv));
   for (auto &x : c.score[0]) x = uni(0.0f, 1.0f);
-  c.x_pad.assign(size_t(n + k - 1) * two_hd, 0.0f);
-  c.x_t.assign(size_t(two_hd) * n, 0.0f);
-  c.conv.assign(size_t(n) * Mc, 0.0f);
-  c.mix.assign(size_t(Mc) * n, 0.0f);
-  c.fused.assign(size_t(Mc) * two_hd, 0.0f);
-  c.kept.assign(size_t(Mh) * two_hd, 0.0f);
-  c.order.assign(2 * size_t(n), 0);
-  c.rest_score.assign(size_t(n), 0.0f);
+  c.shrink.init_lococo(n, H, M);
   // The device side's ranking, chosen from the same scores as forward.cu's cache_shrink does.
   std::vector<int32_t> idx(size_t(nkv) * (Mh + S) + size_t(nkv) * Mc), order(2 * size_t(n));
   std::vector<float> rest(static_cast<size_t>(n));
