@@ -71,4 +71,4 @@ export type {
 } from "./src/store.ts";
 export { adapterForChunks, answerFromChunks, compressIntoStore } from "./src/lloco.ts";
 export type { AnswerOptions, CompressIntoStoreOptions, SourceDocument } from "./src/lloco.ts";
-export { convertTorchCheckpoint } from "./src/torch_bin.ts";
+export { convertTorchCheckpoint } from "./src/formats/torch_bin.ts";

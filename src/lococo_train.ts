@@ -14,9 +14,9 @@ import { int32Arg, int64Arg, showValue, tokenIdsArg } from "./_int_args.ts";
 import type { Adapter } from "./adapter.ts";
 import { KvfoldError } from "./errors.ts";
 import type { LococoHeads } from "./lococo.ts";
-import { lococoFusedSlots, type LococoLayerValues, writeLococoHeads } from "./lococo_heads.ts";
+import { lococoFusedSlots, type LococoLayerValues, writeLococoHeads } from "./formats/lococo_heads.ts";
 import type { Model } from "./model.ts";
-import type { TensorInput } from "./safetensors.ts";
+import type { TensorInput } from "./formats/safetensors.ts";
 import {
   type OptimizerOptions,
   readCheckpointFile,

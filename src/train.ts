@@ -14,7 +14,12 @@ import { LORA_PROJECTIONS, type LoraProjection } from "./adapter.ts";
 import type { Compressor } from "./compressor.ts";
 import { KvfoldError } from "./errors.ts";
 import type { Model } from "./model.ts";
-import { readSafetensorsFile, type TensorInput, toFloat32, writeSafetensorsFile } from "./safetensors.ts";
+import {
+  readSafetensorsFile,
+  type TensorInput,
+  toFloat32,
+  writeSafetensorsFile,
+} from "./formats/safetensors.ts";
 
 /** AdamW and its schedule, as both trainers take them. */
 export interface OptimizerOptions {

@@ -9,8 +9,8 @@
  */
 
 import { fileURLToPath } from "node:url";
-import { KvfoldError } from "./errors.ts";
-import { readBoundedFile } from "./_bounded_read.ts";
+import { KvfoldError } from "../errors.ts";
+import { readBoundedFile } from "../_bounded_read.ts";
 
 /** The element types safetensors names, with their sizes in bytes in {@link DTYPE_SIZES}. */
 export type SafetensorsDtype =

@@ -5,24 +5,24 @@
  */
 
 import { parseArgs } from "node:util";
-import { Kvfold } from "./engine.ts";
-import { KvfoldError } from "./errors.ts";
-import type { Model, WeightDType } from "./model.ts";
-import type { CacheOptions } from "./lococo.ts";
-import type { Session } from "./session.ts";
-import { ensureNativeLibrary } from "./_native_build.ts";
-import { readBoundedText } from "./_bounded_read.ts";
-import { readSafetensorsFile, writeSafetensorsFile } from "./safetensors.ts";
-import { makeTestAdapter, makeTestModel, TEST_MODEL_PRESETS } from "./test_model.ts";
-import { makeTestLococoHeads } from "./lococo_heads.ts";
-import { convertTorchCheckpoint } from "./torch_bin.ts";
-import { Compressor } from "./compressor.ts";
-import { answerFromChunks, compressIntoStore } from "./lloco.ts";
-import { finetuneLora, type QaExample, type TrainingProgress } from "./train.ts";
-import { calibrateLococo } from "./lococo_train.ts";
-import type { LoraProjection } from "./adapter.ts";
-import { DocumentStore } from "./store.ts";
-import { measureDecode, measurePrefill } from "./throughput.ts";
+import { Kvfold } from "../src/engine.ts";
+import { KvfoldError } from "../src/errors.ts";
+import type { Model, WeightDType } from "../src/model.ts";
+import type { CacheOptions } from "../src/lococo.ts";
+import type { Session } from "../src/session.ts";
+import { ensureNativeLibrary } from "../src/_native_build.ts";
+import { readBoundedText } from "../src/_bounded_read.ts";
+import { readSafetensorsFile, writeSafetensorsFile } from "../src/formats/safetensors.ts";
+import { makeTestAdapter, makeTestModel, TEST_MODEL_PRESETS } from "../testing/mod.ts";
+import { makeTestLococoHeads } from "../testing/mod.ts";
+import { convertTorchCheckpoint } from "../src/formats/torch_bin.ts";
+import { Compressor } from "../src/compressor.ts";
+import { answerFromChunks, compressIntoStore } from "../src/lloco.ts";
+import { finetuneLora, type QaExample, type TrainingProgress } from "../src/train.ts";
+import { calibrateLococo } from "../src/lococo_train.ts";
+import type { LoraProjection } from "../src/adapter.ts";
+import { DocumentStore } from "../src/store.ts";
+import { measureDecode, measurePrefill } from "../src/throughput.ts";
 
 const USAGE = `kvfold — Llama-family models with compressed context, from Deno
 

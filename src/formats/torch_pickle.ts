@@ -12,7 +12,7 @@
  * @module
  */
 
-import type { KvfoldError } from "./errors.ts";
+import type { KvfoldError } from "../errors.ts";
 import type { SafetensorsDtype } from "./safetensors.ts";
 import { formatError, u16, u32, u64 } from "./torch_zip.ts";
 
