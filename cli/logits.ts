@@ -68,7 +68,7 @@ export async function cmdLogits(args: string[]) {
   // A compressing cache prefills segment by segment; the logits of every position are kept on the way.
   const cache = cacheFromArgs(model, v);
   using session = model.session({
-    contextSize: cache ? 0 : k + ids.length,
+    contextSize: cache ? undefined : k + ids.length, // a compressing cache: no limit
     batchSize: Math.min(k + ids.length, 256),
     cache,
   });

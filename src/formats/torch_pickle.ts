@@ -15,6 +15,7 @@
 import type { KvfoldError } from "../errors.ts";
 import type { SafetensorsDtype } from "./safetensors.ts";
 import { formatError, u16, u32, u64 } from "./torch_zip.ts";
+import { OP, prescanPickle, readLine, refuseGlobal, unknownOpcode } from "./pickle_opcodes.ts";
 
 /** A `module.name` reference the pickle made (only allow-listed ones are ever created). */
 export class PGlobal {
@@ -69,143 +70,6 @@ const ALLOWED_GLOBALS: ReadonlySet<string> = new Set([
   "torch.nn.parameter.Parameter",
   ...Object.keys(STORAGE_DTYPES),
 ]);
-
-function refuseGlobal(name: string, full: string): KvfoldError {
-  return formatError(
-    name,
-    `the pickle references ${full}, which is not part of a plain tensor state dict; refusing to load it`,
-  );
-}
-
-const OP = {
-  PROTO: 0x80,
-  FRAME: 0x95,
-  EMPTY_DICT: 0x7d,
-  EMPTY_LIST: 0x5d,
-  EMPTY_TUPLE: 0x29,
-  MARK: 0x28,
-  BINUNICODE: 0x58,
-  SHORT_BINUNICODE: 0x8c,
-  BINUNICODE8: 0x8d,
-  BINSTRING: 0x54,
-  SHORT_BINSTRING: 0x55,
-  BININT: 0x4a,
-  BININT1: 0x4b,
-  BININT2: 0x4d,
-  LONG1: 0x8a,
-  LONG4: 0x8b,
-  BINFLOAT: 0x47,
-  NEWTRUE: 0x88,
-  NEWFALSE: 0x89,
-  NONE: 0x4e,
-  TUPLE: 0x74,
-  TUPLE1: 0x85,
-  TUPLE2: 0x86,
-  TUPLE3: 0x87,
-  SETITEM: 0x73,
-  SETITEMS: 0x75,
-  APPEND: 0x61,
-  APPENDS: 0x65,
-  BINPUT: 0x71,
-  LONG_BINPUT: 0x72,
-  BINGET: 0x68,
-  LONG_BINGET: 0x6a,
-  MEMOIZE: 0x94,
-  GLOBAL: 0x63,
-  STACK_GLOBAL: 0x93,
-  REDUCE: 0x52,
-  BUILD: 0x62,
-  BINPERSID: 0x51,
-  POP: 0x30,
-  POP_MARK: 0x31,
-  DUP: 0x32,
-  STOP: 0x2e,
-} as const;
-
-/** Inline argument bytes of the opcodes with a fixed-size argument; the other fixed ones take none. */
-const ARG_BYTES: Partial<Record<keyof typeof OP, number>> = {
-  PROTO: 1,
-  BININT1: 1,
-  BINPUT: 1,
-  BINGET: 1,
-  BININT2: 2,
-  BININT: 4,
-  LONG_BINPUT: 4,
-  LONG_BINGET: 4,
-  FRAME: 8,
-  BINFLOAT: 8,
-};
-
-/** Opcodes whose argument carries its own length (or is a text line). */
-const SIZED: ReadonlySet<string> = new Set([
-  "BINUNICODE",
-  "SHORT_BINUNICODE",
-  "BINUNICODE8",
-  "BINSTRING",
-  "SHORT_BINSTRING",
-  "LONG1",
-  "LONG4",
-  "GLOBAL",
-]);
-
-/** Fixed inline argument sizes; opcodes not listed here (and not handled specially) are unknown. */
-const FIXED_ARG: ReadonlyMap<number, number> = new Map(
-  Object.entries(OP)
-    .filter(([k]) => !SIZED.has(k))
-    .map(([k, op]) => [op, ARG_BYTES[k as keyof typeof OP] ?? 0]),
-);
-
-/** Reads a newline-terminated ASCII line starting at `at`; returns the text and the next offset. */
-function readLine(p: Uint8Array, at: number, name: string): [string, number] {
-  const nl = p.indexOf(0x0a, at);
-  if (nl < 0) throw formatError(name, `the pickle is truncated (GLOBAL at offset ${at - 1})`);
-  return [new TextDecoder().decode(p.subarray(at, nl)), nl + 1];
-}
-
-function unknownOpcode(name: string, op: number, at: number): KvfoldError {
-  return formatError(
-    name,
-    `the pickle uses opcode 0x${op.toString(16).padStart(2, "0")} at offset ${at}, ` +
-      "which a plain tensor state dict does not need; refusing to load it",
-  );
-}
-
-/**
- * Walks the opcode stream without interpreting it: refuses unknown opcodes and any GLOBAL outside
- * the allow-list before a single opcode is acted on.
- */
-function prescanPickle(p: Uint8Array, name: string): void {
-  let at = 0;
-  const truncated = () => formatError(name, "the pickle (data.pkl) is truncated");
-  while (at < p.length) {
-    const op = p[at];
-    const opAt = at;
-    at++;
-    const fixed = FIXED_ARG.get(op);
-    if (fixed !== undefined) {
-      at += fixed;
-      if (op === OP.STOP) return;
-    } else if (op === OP.BINUNICODE || op === OP.BINSTRING || op === OP.LONG4) {
-      if (at + 4 > p.length) throw truncated();
-      at += 4 + u32(p, at);
-    } else if (op === OP.SHORT_BINUNICODE || op === OP.SHORT_BINSTRING || op === OP.LONG1) {
-      if (at + 1 > p.length) throw truncated();
-      at += 1 + p[at];
-    } else if (op === OP.BINUNICODE8) {
-      if (at + 8 > p.length) throw truncated();
-      at += 8 + u64(p, at);
-    } else if (op === OP.GLOBAL) {
-      const [module, next] = readLine(p, at, name);
-      const [gname, next2] = readLine(p, next, name);
-      const full = `${module}.${gname}`;
-      if (!ALLOWED_GLOBALS.has(full)) throw refuseGlobal(name, full);
-      at = next2;
-    } else {
-      throw unknownOpcode(name, op, opAt);
-    }
-  }
-  throw truncated();
-}
 
 /** What the VM asks of the archive. */
 export interface PickleContext {
@@ -292,311 +156,304 @@ function callGlobal(fn: PValue, args: PValue, fail: Fail, depth = 0): PValue {
  * interpreting anything, opcodes and globals a plain tensor state dict does not use.
  */
 export function unpickle(p: Uint8Array, ctx: PickleContext): PValue {
-  prescanPickle(p, ctx.name);
-  return runPickle(p, ctx);
-}
-
-function runPickle(p: Uint8Array, ctx: PickleContext): PValue {
-  const name = ctx.name;
-  let stack: PValue[] = [];
-  const marks: PValue[][] = [];
-  const memo = new Map<number, PValue>();
-  const storages = new Map<string, PStorage>();
-  const dv = new DataView(p.buffer, p.byteOffset, p.byteLength);
-  const utf8 = new TextDecoder("utf-8", { fatal: true });
-  const latin1 = new TextDecoder("latin1");
-  let at = 0;
-  let opAt = 0;
-  const fail: Fail = (what) => formatError(name, `the pickle ${what} at offset ${opAt}`);
-  const need = (n: number) => {
-    if (at + n > p.length) throw formatError(name, "the pickle (data.pkl) is truncated");
-  };
-  const pop = (): PValue => {
-    if (stack.length === 0) throw fail("pops an empty stack");
-    return stack.pop();
-  };
-  const top = (): PValue => {
-    if (stack.length === 0) throw fail("reads an empty stack");
-    return stack[stack.length - 1];
-  };
-  const popMark = (): PValue[] => {
-    const items = stack;
-    const prev = marks.pop();
-    if (prev === undefined) throw fail("has no MARK");
-    stack = prev;
-    return items;
-  };
-  const setItems = (d: PValue, items: PValue[]) => {
-    if (!(d instanceof Map)) throw fail("sets items on a non-dict");
-    if (items.length % 2 !== 0) throw fail("sets a key without a value");
-    for (let i = 0; i < items.length; i += 2) d.set(items[i], items[i + 1]);
-  };
-  const appendItems = (l: PValue, items: PValue[]) => {
-    if (!Array.isArray(l) || Object.isFrozen(l)) throw fail("appends to a non-list");
-    for (const x of items) l.push(x);
-  };
-  const tuple = (items: PValue[]): PValue[] => Object.freeze(items) as PValue[];
-  const text = (b: Uint8Array): string => {
-    try {
-      return utf8.decode(b);
-    } catch {
-      throw fail("has a string that is not UTF-8");
-    }
-  };
-  const memoGet = (i: number): PValue => {
-    if (!memo.has(i)) throw fail(`reads unset memo slot ${i}`);
-    return memo.get(i);
-  };
-  const makeGlobal = (module: string, gname: string): PGlobal => {
-    const full = `${module}.${gname}`;
-    if (!ALLOWED_GLOBALS.has(full)) throw refuseGlobal(name, full);
-    return new PGlobal(module, gname);
-  };
-  const persistent = (pid: PValue): PStorage => {
-    if (!Array.isArray(pid) || pid.length !== 5 || pid[0] !== "storage") {
-      throw fail("has an unsupported persistent id");
-    }
-    const [, type, key, , numelV] = pid;
-    if (!(type instanceof PGlobal) || STORAGE_DTYPES[type.full] === undefined) {
-      throw fail("has a persistent id that names no known storage type");
-    }
-    if (typeof key !== "string") throw fail("has a persistent id whose storage key is not a string");
-    const dtype = STORAGE_DTYPES[type.full];
-    const numel = asInt(numelV, "a storage size", fail);
-    if (numel < 0) throw fail(`has storage ${key} of negative size ${numel}`);
-    const seen = storages.get(key);
-    if (seen !== undefined) {
-      if (seen.dtype !== dtype || seen.numel !== numel) {
-        throw fail(`uses storage ${key} as ${seen.numel} ${seen.dtype} and as ${numel} ${dtype}`);
-      }
-      return seen;
-    }
-    const why = ctx.checkStorage(key, dtype, numel);
-    if (why !== null) throw fail(`references storage ${key}, which ${why}`);
-    const s = new PStorage(dtype, key, numel);
-    storages.set(key, s);
-    return s;
-  };
-
-  while (at < p.length) {
-    opAt = at;
-    const op = p[at++];
-    switch (op) {
-      case OP.PROTO:
-        need(1);
-        if (p[at] < 2 || p[at] > 5) throw fail(`uses unsupported pickle protocol ${p[at]}`);
-        at += 1;
-        break;
-      case OP.FRAME:
-        need(8);
-        at += 8;
-        break;
-      case OP.EMPTY_DICT:
-        stack.push(new Map());
-        break;
-      case OP.EMPTY_LIST:
-        stack.push([]);
-        break;
-      case OP.EMPTY_TUPLE:
-        stack.push(tuple([]));
-        break;
-      case OP.MARK:
-        marks.push(stack);
-        stack = [];
-        break;
-      case OP.BINUNICODE:
-      case OP.BINSTRING: {
-        need(4);
-        const n = u32(p, at);
-        at += 4;
-        need(n);
-        const b = p.subarray(at, at + n);
-        stack.push(op === OP.BINUNICODE ? text(b) : latin1.decode(b));
-        at += n;
-        break;
-      }
-      case OP.SHORT_BINUNICODE:
-      case OP.SHORT_BINSTRING: {
-        need(1);
-        const n = p[at++];
-        need(n);
-        const b = p.subarray(at, at + n);
-        stack.push(op === OP.SHORT_BINUNICODE ? text(b) : latin1.decode(b));
-        at += n;
-        break;
-      }
-      case OP.BINUNICODE8: {
-        need(8);
-        const n = u64(p, at);
-        at += 8;
-        need(n);
-        stack.push(text(p.subarray(at, at + n)));
-        at += n;
-        break;
-      }
-      case OP.BININT:
-        need(4);
-        stack.push(dv.getInt32(at, true));
-        at += 4;
-        break;
-      case OP.BININT1:
-        need(1);
-        stack.push(p[at++]);
-        break;
-      case OP.BININT2:
-        need(2);
-        stack.push(u16(p, at));
-        at += 2;
-        break;
-      case OP.LONG1:
-      case OP.LONG4: {
-        const lenBytes = op === OP.LONG1 ? 1 : 4;
-        need(lenBytes);
-        const n = op === OP.LONG1 ? p[at] : u32(p, at);
-        at += lenBytes;
-        need(n);
-        // Past 8 bytes no size or offset of a real tensor fits; refuse before building a huge BigInt.
-        if (n > 8) throw fail(`has an integer of ${n} bytes`);
-        let v = 0n;
-        for (let i = n - 1; i >= 0; i--) v = (v << 8n) | BigInt(p[at + i]);
-        if (n > 0 && (p[at + n - 1] & 0x80) !== 0) v -= 1n << BigInt(8 * n);
-        at += n;
-        stack.push(
-          v >= BigInt(Number.MIN_SAFE_INTEGER) && v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v,
-        );
-        break;
-      }
-      case OP.BINFLOAT:
-        need(8);
-        stack.push(dv.getFloat64(at, false));
-        at += 8;
-        break;
-      case OP.NEWTRUE:
-        stack.push(true);
-        break;
-      case OP.NEWFALSE:
-        stack.push(false);
-        break;
-      case OP.NONE:
-        stack.push(null);
-        break;
-      case OP.TUPLE: {
-        const items = popMark(); // before reading `stack`, which popMark replaces
-        stack.push(tuple(items));
-        break;
-      }
-      case OP.TUPLE1: {
-        const a = pop();
-        stack.push(tuple([a]));
-        break;
-      }
-      case OP.TUPLE2: {
-        const b = pop();
-        const a = pop();
-        stack.push(tuple([a, b]));
-        break;
-      }
-      case OP.TUPLE3: {
-        const c = pop();
-        const b = pop();
-        const a = pop();
-        stack.push(tuple([a, b, c]));
-        break;
-      }
-      case OP.SETITEM: {
-        const v = pop();
-        const k = pop();
-        setItems(top(), [k, v]);
-        break;
-      }
-      case OP.SETITEMS: {
-        const items = popMark();
-        setItems(top(), items);
-        break;
-      }
-      case OP.APPEND: {
-        const v = pop();
-        appendItems(top(), [v]);
-        break;
-      }
-      case OP.APPENDS: {
-        const items = popMark();
-        appendItems(top(), items);
-        break;
-      }
-      case OP.BINPUT:
-        need(1);
-        memo.set(p[at++], top());
-        break;
-      case OP.LONG_BINPUT:
-        need(4);
-        memo.set(u32(p, at), top());
-        at += 4;
-        break;
-      case OP.MEMOIZE:
-        memo.set(memo.size, top());
-        break;
-      case OP.BINGET:
-        need(1);
-        stack.push(memoGet(p[at++]));
-        break;
-      case OP.LONG_BINGET:
-        need(4);
-        stack.push(memoGet(u32(p, at)));
-        at += 4;
-        break;
-      case OP.GLOBAL: {
-        const [module, next] = readLine(p, at, name);
-        const [gname, next2] = readLine(p, next, name);
-        at = next2;
-        stack.push(makeGlobal(module, gname));
-        break;
-      }
-      case OP.STACK_GLOBAL: {
-        const gname = pop();
-        const module = pop();
-        if (typeof module !== "string" || typeof gname !== "string") {
-          throw fail("takes non-string operands to STACK_GLOBAL");
-        }
-        stack.push(makeGlobal(module, gname));
-        break;
-      }
-      case OP.REDUCE: {
-        const args = pop();
-        const fn = pop();
-        stack.push(callGlobal(fn, args, fail));
-        break;
-      }
-      case OP.BUILD: {
-        // State of an OrderedDict (its `_metadata`) or a tensor: data only, nothing to apply.
-        pop();
-        const target = top();
-        if (!(target instanceof Map) && !(target instanceof PTensor)) {
-          throw fail("sets the state of a non-dict");
-        }
-        break;
-      }
-      case OP.BINPERSID:
-        stack.push(persistent(pop()));
-        break;
-      case OP.POP:
-        pop();
-        break;
-      case OP.POP_MARK:
-        popMark();
-        break;
-      case OP.DUP:
-        stack.push(top());
-        break;
-      case OP.STOP: {
-        const value = pop();
-        if (stack.length !== 0 || marks.length !== 0) throw fail("stops with values left on its stack");
-        if (at !== p.length) throw fail(`stops with ${p.length - at} bytes after STOP`);
-        return value;
-      }
-      default:
-        throw unknownOpcode(name, op, opAt);
-    }
+  prescanPickle(p, ctx.name, ALLOWED_GLOBALS);
+  const vm = new PickleVm(p, ctx);
+  while (vm.at < p.length) {
+    vm.opAt = vm.at;
+    const op = p[vm.at++];
+    if (op === OP.STOP) return vm.stop();
+    const handler = HANDLERS.get(op);
+    if (handler === undefined) throw unknownOpcode(ctx.name, op, vm.opAt);
+    handler(vm, op);
   }
-  throw formatError(name, "the pickle (data.pkl) is truncated");
+  throw vm.truncated();
 }
+
+/** The VM's state: the pickle, the read offset, the stack with its MARKs, the memo and the storages. */
+class PickleVm {
+  stack: PValue[] = [];
+  readonly marks: PValue[][] = [];
+  readonly memo = new Map<number, PValue>();
+  readonly storages = new Map<string, PStorage>();
+  readonly dv: DataView;
+  /** The next byte to read. */
+  at = 0;
+  /** The offset of the opcode being run, for messages. */
+  opAt = 0;
+  readonly fail: Fail = (what) => formatError(this.ctx.name, `the pickle ${what} at offset ${this.opAt}`);
+
+  constructor(readonly p: Uint8Array, readonly ctx: PickleContext) {
+    this.dv = new DataView(p.buffer, p.byteOffset, p.byteLength);
+  }
+
+  truncated(): KvfoldError {
+    return formatError(this.ctx.name, "the pickle (data.pkl) is truncated");
+  }
+  /** Refuses reading `n` more bytes past the end. */
+  need(n: number): void {
+    if (this.at + n > this.p.length) throw this.truncated();
+  }
+  /** The next `n` bytes, consumed. */
+  take(n: number): Uint8Array {
+    this.need(n);
+    const b = this.p.subarray(this.at, this.at + n);
+    this.at += n;
+    return b;
+  }
+  /** An unsigned little-endian length or index of `bytes` (1, 2, 4 or 8) bytes, consumed. */
+  uint(bytes: 1 | 2 | 4 | 8): number {
+    this.need(bytes);
+    const at = this.at;
+    this.at += bytes;
+    return bytes === 1
+      ? this.p[at]
+      : bytes === 2
+      ? u16(this.p, at)
+      : bytes === 4
+      ? u32(this.p, at)
+      : u64(this.p, at);
+  }
+  push(v: PValue): void {
+    this.stack.push(v);
+  }
+  pop(): PValue {
+    if (this.stack.length === 0) throw this.fail("pops an empty stack");
+    return this.stack.pop();
+  }
+  top(): PValue {
+    if (this.stack.length === 0) throw this.fail("reads an empty stack");
+    return this.stack[this.stack.length - 1];
+  }
+  /** The items pushed since the last MARK, which is removed. */
+  popMark(): PValue[] {
+    const items = this.stack;
+    const prev = this.marks.pop();
+    if (prev === undefined) throw this.fail("has no MARK");
+    this.stack = prev;
+    return items;
+  }
+  /** STOP: the one value left on the stack, with nothing after it. */
+  stop(): PValue {
+    const value = this.pop();
+    if (this.stack.length !== 0 || this.marks.length !== 0) {
+      throw this.fail("stops with values left on its stack");
+    }
+    if (this.at !== this.p.length) throw this.fail(`stops with ${this.p.length - this.at} bytes after STOP`);
+    return value;
+  }
+}
+
+type Handler = (vm: PickleVm, op: number) => void;
+
+const utf8 = new TextDecoder("utf-8", { fatal: true });
+const latin1 = new TextDecoder("latin1");
+
+function text(vm: PickleVm, b: Uint8Array): string {
+  try {
+    return utf8.decode(b);
+  } catch {
+    throw vm.fail("has a string that is not UTF-8");
+  }
+}
+
+/** Protocol and framing: PROTO checks the version, FRAME is a size hint only. */
+const FRAMING: [number, Handler][] = [
+  [OP.PROTO, (vm) => {
+    const version = vm.uint(1);
+    if (version < 2 || version > 5) throw vm.fail(`uses unsupported pickle protocol ${version}`);
+  }],
+  [OP.FRAME, (vm) => void vm.take(8)],
+];
+
+/** Constants: integers, floats, booleans and None. */
+const CONSTANTS: [number, Handler][] = [
+  [OP.BININT, (vm) => {
+    vm.need(4);
+    vm.push(vm.dv.getInt32(vm.at, true));
+    vm.at += 4;
+  }],
+  [OP.BININT1, (vm) => vm.push(vm.uint(1))],
+  [OP.BININT2, (vm) => vm.push(vm.uint(2))],
+  [OP.LONG1, (vm) => pushLong(vm, vm.uint(1))],
+  [OP.LONG4, (vm) => pushLong(vm, vm.uint(4))],
+  [OP.BINFLOAT, (vm) => {
+    vm.need(8);
+    vm.push(vm.dv.getFloat64(vm.at, false));
+    vm.at += 8;
+  }],
+  [OP.NEWTRUE, (vm) => vm.push(true)],
+  [OP.NEWFALSE, (vm) => vm.push(false)],
+  [OP.NONE, (vm) => vm.push(null)],
+];
+
+/** LONG1/LONG4: an `n`-byte two's-complement integer, a number when it is safe, else a bigint. */
+function pushLong(vm: PickleVm, n: number): void {
+  vm.need(n);
+  // Past 8 bytes no size or offset of a real tensor fits; refuse before building a huge BigInt.
+  if (n > 8) throw vm.fail(`has an integer of ${n} bytes`);
+  const b = vm.take(n);
+  let v = 0n;
+  for (let i = n - 1; i >= 0; i--) v = (v << 8n) | BigInt(b[i]);
+  if (n > 0 && (b[n - 1] & 0x80) !== 0) v -= 1n << BigInt(8 * n);
+  vm.push(v >= BigInt(Number.MIN_SAFE_INTEGER) && v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v);
+}
+
+/** Strings: UTF-8 unicode, and latin-1 byte strings, with a 1-, 4- or 8-byte length. */
+const STRINGS: [number, Handler][] = [
+  [OP.BINUNICODE, (vm) => vm.push(text(vm, vm.take(vm.uint(4))))],
+  [OP.SHORT_BINUNICODE, (vm) => vm.push(text(vm, vm.take(vm.uint(1))))],
+  [OP.BINUNICODE8, (vm) => vm.push(text(vm, vm.take(vm.uint(8))))],
+  [OP.BINSTRING, (vm) => vm.push(latin1.decode(vm.take(vm.uint(4))))],
+  [OP.SHORT_BINSTRING, (vm) => vm.push(latin1.decode(vm.take(vm.uint(1))))],
+];
+
+/** Tuples are frozen arrays. */
+const tuple = (items: PValue[]): PValue[] => Object.freeze(items) as PValue[];
+
+function setItems(vm: PickleVm, d: PValue, items: PValue[]): void {
+  if (!(d instanceof Map)) throw vm.fail("sets items on a non-dict");
+  if (items.length % 2 !== 0) throw vm.fail("sets a key without a value");
+  for (let i = 0; i < items.length; i += 2) d.set(items[i], items[i + 1]);
+}
+
+function appendItems(vm: PickleVm, l: PValue, items: PValue[]): void {
+  if (!Array.isArray(l) || Object.isFrozen(l)) throw vm.fail("appends to a non-list");
+  for (const x of items) l.push(x);
+}
+
+/** Containers and the stack: dicts, lists, tuples, MARK, POP, DUP. */
+const CONTAINERS: [number, Handler][] = [
+  [OP.EMPTY_DICT, (vm) => vm.push(new Map())],
+  [OP.EMPTY_LIST, (vm) => vm.push([])],
+  [OP.EMPTY_TUPLE, (vm) => vm.push(tuple([]))],
+  [OP.MARK, (vm) => {
+    vm.marks.push(vm.stack);
+    vm.stack = [];
+  }],
+  [OP.TUPLE, (vm) => {
+    const items = vm.popMark(); // before pushing: popMark replaces the stack
+    vm.push(tuple(items));
+  }],
+  [OP.TUPLE1, (vm) => vm.push(tuple([vm.pop()]))],
+  [OP.TUPLE2, (vm) => {
+    const b = vm.pop();
+    const a = vm.pop();
+    vm.push(tuple([a, b]));
+  }],
+  [OP.TUPLE3, (vm) => {
+    const c = vm.pop();
+    const b = vm.pop();
+    const a = vm.pop();
+    vm.push(tuple([a, b, c]));
+  }],
+  [OP.SETITEM, (vm) => {
+    const v = vm.pop();
+    const k = vm.pop();
+    setItems(vm, vm.top(), [k, v]);
+  }],
+  [OP.SETITEMS, (vm) => {
+    const items = vm.popMark();
+    setItems(vm, vm.top(), items);
+  }],
+  [OP.APPEND, (vm) => {
+    const v = vm.pop();
+    appendItems(vm, vm.top(), [v]);
+  }],
+  [OP.APPENDS, (vm) => {
+    const items = vm.popMark();
+    appendItems(vm, vm.top(), items);
+  }],
+  [OP.POP, (vm) => void vm.pop()],
+  [OP.POP_MARK, (vm) => void vm.popMark()],
+  [OP.DUP, (vm) => vm.push(vm.top())],
+];
+
+function memoGet(vm: PickleVm, i: number): PValue {
+  if (!vm.memo.has(i)) throw vm.fail(`reads unset memo slot ${i}`);
+  return vm.memo.get(i);
+}
+
+/** The memo: PUT, GET and MEMOIZE. */
+const MEMO: [number, Handler][] = [
+  [OP.BINPUT, (vm) => vm.memo.set(vm.uint(1), vm.top())],
+  [OP.LONG_BINPUT, (vm) => vm.memo.set(vm.uint(4), vm.top())],
+  [OP.MEMOIZE, (vm) => vm.memo.set(vm.memo.size, vm.top())],
+  [OP.BINGET, (vm) => vm.push(memoGet(vm, vm.uint(1)))],
+  [OP.LONG_BINGET, (vm) => vm.push(memoGet(vm, vm.uint(4)))],
+];
+
+function makeGlobal(vm: PickleVm, module: string, gname: string): PGlobal {
+  const full = `${module}.${gname}`;
+  if (!ALLOWED_GLOBALS.has(full)) throw refuseGlobal(vm.ctx.name, full);
+  return new PGlobal(module, gname);
+}
+
+/** BINPERSID: `("storage", type, key, location, numel)`, checked against the archive once per key. */
+function persistent(vm: PickleVm, pid: PValue): PStorage {
+  const fail = vm.fail;
+  if (!Array.isArray(pid) || pid.length !== 5 || pid[0] !== "storage") {
+    throw fail("has an unsupported persistent id");
+  }
+  const [, type, key, , numelV] = pid;
+  if (!(type instanceof PGlobal) || STORAGE_DTYPES[type.full] === undefined) {
+    throw fail("has a persistent id that names no known storage type");
+  }
+  if (typeof key !== "string") throw fail("has a persistent id whose storage key is not a string");
+  const dtype = STORAGE_DTYPES[type.full];
+  const numel = asInt(numelV, "a storage size", fail);
+  if (numel < 0) throw fail(`has storage ${key} of negative size ${numel}`);
+  const seen = vm.storages.get(key);
+  if (seen !== undefined) {
+    if (seen.dtype !== dtype || seen.numel !== numel) {
+      throw fail(`uses storage ${key} as ${seen.numel} ${seen.dtype} and as ${numel} ${dtype}`);
+    }
+    return seen;
+  }
+  const why = vm.ctx.checkStorage(key, dtype, numel);
+  if (why !== null) throw fail(`references storage ${key}, which ${why}`);
+  const s = new PStorage(dtype, key, numel);
+  vm.storages.set(key, s);
+  return s;
+}
+
+/** Globals, calls and storages: only allow-listed globals, only the calls that build data. */
+const CALLS: [number, Handler][] = [
+  [OP.GLOBAL, (vm) => {
+    const [module, next] = readLine(vm.p, vm.at, vm.ctx.name);
+    const [gname, next2] = readLine(vm.p, next, vm.ctx.name);
+    vm.at = next2;
+    vm.push(makeGlobal(vm, module, gname));
+  }],
+  [OP.STACK_GLOBAL, (vm) => {
+    const gname = vm.pop();
+    const module = vm.pop();
+    if (typeof module !== "string" || typeof gname !== "string") {
+      throw vm.fail("takes non-string operands to STACK_GLOBAL");
+    }
+    vm.push(makeGlobal(vm, module, gname));
+  }],
+  [OP.REDUCE, (vm) => {
+    const args = vm.pop();
+    const fn = vm.pop();
+    vm.push(callGlobal(fn, args, vm.fail));
+  }],
+  [OP.BUILD, (vm) => {
+    // State of an OrderedDict (its `_metadata`) or a tensor: data only, nothing to apply.
+    vm.pop();
+    const target = vm.top();
+    if (!(target instanceof Map) && !(target instanceof PTensor)) {
+      throw vm.fail("sets the state of a non-dict");
+    }
+  }],
+  [OP.BINPERSID, (vm) => vm.push(persistent(vm, vm.pop()))],
+];
+
+/** Every opcode the VM runs (STOP aside), by family. */
+const HANDLERS: ReadonlyMap<number, Handler> = new Map([
+  ...FRAMING,
+  ...CONSTANTS,
+  ...STRINGS,
+  ...CONTAINERS,
+  ...MEMO,
+  ...CALLS,
+]);
