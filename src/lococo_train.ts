@@ -21,6 +21,7 @@ import {
   type OptimizerOptions,
   optimizerStep,
   readCheckpointFile,
+  resolveOptimizer,
   runTrainingLoop,
   setOptimizer,
   type TrainingLoopOptions,
@@ -130,16 +131,7 @@ export class LococoTrainer extends HandleOwner {
       .set("keep_rate", shape.keepRate)
       .set("seed", int64Arg(action, "seed", options.seed ?? 0, { min: 0n }))
       .set("init_lambda", options.initLambda ?? 0.5);
-    setOptimizer(p, action, {
-      learningRate: options.learningRate ?? 1e-3,
-      weightDecay: options.weightDecay ?? 0,
-      betas: options.betas ?? [0.9, 0.999],
-      epsilon: options.epsilon ?? 1e-8,
-      maxGradNorm: options.maxGradNorm ?? 1,
-      minLearningRateRatio: options.minLearningRateRatio ?? 0,
-      warmupSteps: options.warmupSteps ?? 0,
-      totalSteps: options.totalSteps ?? 0,
-    });
+    setOptimizer(p, action, resolveOptimizer(options, 1e-3));
     if (init && init.model !== model) {
       throw new KvfoldError(
         "INVALID_ARGUMENT",

@@ -20,6 +20,7 @@ import {
   type OptimizerOptions,
   optimizerStep,
   readCheckpointFile,
+  resolveOptimizer,
   runTrainingLoop,
   setOptimizer,
   type TrainingLoopOptions,
@@ -125,14 +126,7 @@ export class LoraTrainer extends HandleOwner {
       targets: options.targets ?? ["q_proj", "k_proj", "v_proj", "o_proj"],
       rslora: options.rslora ?? false,
       seed: options.seed ?? 0,
-      learningRate: options.learningRate ?? 2e-4,
-      weightDecay: options.weightDecay ?? 0,
-      betas: options.betas ?? [0.9, 0.999],
-      epsilon: options.epsilon ?? 1e-8,
-      maxGradNorm: options.maxGradNorm ?? 1,
-      warmupSteps: options.warmupSteps ?? 0,
-      totalSteps: options.totalSteps ?? 0,
-      minLearningRateRatio: options.minLearningRateRatio ?? 0,
+      ...resolveOptimizer(options, 2e-4),
     };
     let mask = 0;
     for (const t of o.targets) {

@@ -78,6 +78,20 @@ export type ResolvedOptimizer = Required<Omit<OptimizerOptions, "betas">> & {
   betas: readonly [number, number];
 };
 
+/** `options` with every unset optimizer setting at its default (`learningRate` differs per trainer). */
+export function resolveOptimizer(options: OptimizerOptions, learningRate: number): ResolvedOptimizer {
+  return {
+    learningRate: options.learningRate ?? learningRate,
+    weightDecay: options.weightDecay ?? 0,
+    betas: options.betas ?? [0.9, 0.999],
+    epsilon: options.epsilon ?? 1e-8,
+    maxGradNorm: options.maxGradNorm ?? 1,
+    warmupSteps: options.warmupSteps ?? 0,
+    totalSteps: options.totalSteps ?? 0,
+    minLearningRateRatio: options.minLearningRateRatio ?? 0,
+  };
+}
+
 /**
  * Writes AdamW and its schedule into a trainer's native params (`kf_lora_train_params` and
  * `kf_lococo_train_params` name these fields alike).

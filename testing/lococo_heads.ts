@@ -7,7 +7,11 @@
 import { dirname, join } from "node:path";
 import { KvfoldError } from "../src/errors.ts";
 import { readBoundedJson } from "../src/_bounded_read.ts";
-import { checkLococoShape, writeLococoHeads } from "../src/formats/lococo_heads.ts";
+import {
+  checkLococoShape,
+  writeLococoHeads,
+  type WriteLococoHeadsOptions,
+} from "../src/formats/lococo_heads.ts";
 
 /** Options of {@link makeTestLococoHeads}. */
 export interface TestLococoHeadsOptions {
@@ -28,14 +32,9 @@ export interface TestLococoHeadsOptions {
 }
 
 /** What {@link makeTestLococoHeads} wrote. */
-export interface TestLococoHeadsInfo {
+export interface TestLococoHeadsInfo
+  extends Pick<WriteLococoHeadsOptions, "layers" | "headDim" | "slots" | "keepRate" | "kernel" | "segment"> {
   path: string;
-  layers: number;
-  headDim: number;
-  slots: number;
-  keepRate: number;
-  kernel: number;
-  segment: number;
   fusedSlots: number;
 }
 
