@@ -79,4 +79,22 @@ export type {
   CompressIntoStoreOptions,
   SourceDocument,
 } from "./src/lloco.ts";
-export { convertTorchCheckpoint } from "./src/torch_bin.ts";
+export { convertTorchCheckpoint } from "./src/formats/torch_bin.ts";
+export {
+  readSafetensors,
+  readSafetensorsFile,
+  writeSafetensors,
+  writeSafetensorsFile,
+} from "./src/formats/safetensors.ts";
+export type {
+  SafetensorsDtype,
+  SafetensorsFile,
+  TensorInput,
+  TensorView,
+} from "./src/formats/safetensors.ts";
+export { measureDecode, measurePrefill } from "./src/throughput.ts";
+export type { ThroughputResult } from "./src/throughput.ts";
+export { ensureNativeLibrary } from "./src/_native_build.ts";
+export type { EnsureLibraryOptions } from "./src/_native_build.ts";
+export { readBoundedText } from "./src/_bounded_read.ts";
+export type { BoundedReadOptions } from "./src/_bounded_read.ts";

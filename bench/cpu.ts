@@ -8,7 +8,7 @@
 // once per prefill, for the last position).
 import { parseArgs } from "node:util";
 import { Kvfold } from "../mod.ts";
-import { makeTestModel, TEST_MODEL_PRESETS } from "../src/test_model.ts";
+import { makeTestModel, TEST_MODEL_PRESETS } from "../testing/mod.ts";
 import { measureDecode, measurePrefill } from "../src/throughput.ts";
 
 const { values: v } = parseArgs({

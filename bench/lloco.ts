@@ -7,7 +7,7 @@
 // bf16. Its answers are noise; the positions and timings are what this measures.
 import { parseArgs } from "node:util";
 import { Compressor, Kvfold, type Model } from "../mod.ts";
-import { makeTestModel } from "../src/test_model.ts";
+import { makeTestModel } from "../testing/mod.ts";
 
 const { values: v } = parseArgs({
   args: Deno.args,

@@ -8,8 +8,8 @@
 //       [--kinds full,lococo,h2o,streaming] [--decode 32] [--out bench/results/lococo.json]
 import { parseArgs } from "node:util";
 import { type CacheOptions, Kvfold } from "../mod.ts";
-import { makeTestLococoHeads } from "../src/lococo_heads.ts";
-import { makeTestModel, TEST_MODEL_PRESETS } from "../src/test_model.ts";
+import { makeTestLococoHeads } from "../testing/mod.ts";
+import { makeTestModel, TEST_MODEL_PRESETS } from "../testing/mod.ts";
 
 const { values: v } = parseArgs({
   args: Deno.args,

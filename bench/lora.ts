@@ -8,7 +8,7 @@
 //   deno run -A bench/lora.ts [--threads 2] [--rank 8] [--steps 32] [--out bench/results/lora.json]
 import { parseArgs } from "node:util";
 import { type Adapter, Kvfold, type Model, type Session } from "../mod.ts";
-import { makeTestAdapter, makeTestModel, TEST_MODEL_PRESETS } from "../src/test_model.ts";
+import { makeTestAdapter, makeTestModel, TEST_MODEL_PRESETS } from "../testing/mod.ts";
 import { measureDecode } from "../src/throughput.ts";
 
 const { values: v } = parseArgs({

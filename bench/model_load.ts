@@ -6,7 +6,7 @@
 //   deno run -A bench/model_load.ts [--threads 2] [--repeats 5] [--out bench/results/model_load.json]
 import { parseArgs } from "node:util";
 import { Kvfold } from "../mod.ts";
-import { makeTestModel } from "../src/test_model.ts";
+import { makeTestModel } from "../testing/mod.ts";
 
 const { values: v } = parseArgs({
   args: Deno.args,

@@ -12,7 +12,7 @@
 import { parseArgs } from "node:util";
 import { type CacheOptions, Compressor, Kvfold, type Model } from "../mod.ts";
 import { LococoTrainer } from "../src/lococo_train.ts";
-import { makeTestModel } from "../src/test_model.ts";
+import { makeTestModel } from "../testing/mod.ts";
 import { finetuneLora, LoraTrainer, type QaExample } from "../src/train.ts";
 
 const { values: v } = parseArgs({

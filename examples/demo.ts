@@ -11,7 +11,7 @@
 // the memory and the speed are real. Point MODEL_DIR at a converted AutoCompressor for real answers.
 import { compressIntoStore, Compressor, DocumentStore, Kvfold } from "../mod.ts";
 import { ChatKvfold, type KvfoldResponseMetadata, KvfoldRetriever } from "../integrations/langchain/mod.ts";
-import { makeTestModel } from "../src/test_model.ts";
+import { makeTestModel } from "../testing/mod.ts";
 
 const root = new URL("../.kvfold/", import.meta.url).pathname;
 const modelDir = Deno.env.get("MODEL_DIR") ?? `${root}models/small-compressor`;

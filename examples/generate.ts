@@ -5,7 +5,7 @@
 // Without MODEL_DIR it first writes the random `small` test model (134M parameters) to
 // .kvfold/models/small: its weights are noise, so its text is noise too, but every step is real.
 import { Kvfold } from "../mod.ts";
-import { makeTestModel } from "../src/test_model.ts";
+import { makeTestModel } from "../testing/mod.ts";
 
 const dir = Deno.args[0] ?? new URL("../.kvfold/models/small", import.meta.url).pathname;
 const prompt = Deno.args[1] ?? "The quickest way to read a long report is";

@@ -26,6 +26,8 @@ function sources(dir) {
 const entryPoints = [
   "mod.ts",
   ...sources("src"),
+  ...sources("cli"),
+  ...sources("testing"),
   ...sources("integrations"),
   ...sources("node"),
   "tests/reference_forward.ts",

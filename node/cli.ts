@@ -6,6 +6,6 @@
  */
 
 import "./runtime.ts";
-import { main } from "../src/cli.ts";
+import { main } from "../cli/main.ts";
 
 process.exit(await main(process.argv.slice(2)));

@@ -7,6 +7,7 @@
 
 import { KvfoldError, type KvfoldErrorCode } from "./errors.ts";
 import { ensureNativeLibrary } from "./_native_build.ts";
+import { NativeStruct, structFields, STRUCTS } from "./_abi.ts";
 
 const SYMBOLS = {
   kf_last_error: { parameters: [], result: "pointer" },
@@ -18,7 +19,7 @@ const SYMBOLS = {
   kf_backend_device_count: { parameters: ["i32"], result: "i32" },
   kf_backend_blas_library: { parameters: ["i32", "buffer", "i32"], result: "i32" },
 
-  kf_engine_default_params: { parameters: [], result: { struct: ["i32", "i32", "i32", "i32"] } },
+  kf_engine_default_params: { parameters: [], result: { struct: structFields("kf_engine_params") } },
   kf_engine_open: { parameters: ["buffer", "buffer"], result: "i32" },
   kf_engine_free: { parameters: ["pointer"], result: "i32" },
   kf_engine_get_info: { parameters: ["pointer", "buffer"], result: "i32" },
@@ -33,14 +34,14 @@ const SYMBOLS = {
     nonblocking: true,
   },
 
-  kf_model_default_params: { parameters: [], result: { struct: ["pointer", "i32", "i32"] } },
+  kf_model_default_params: { parameters: [], result: { struct: structFields("kf_model_params") } },
   kf_model_load: { parameters: ["pointer", "buffer", "buffer", "buffer"], result: "i32", nonblocking: true },
   kf_model_free: { parameters: ["pointer"], result: "i32" },
   kf_model_get_info: { parameters: ["pointer", "buffer"], result: "i32" },
 
   kf_session_default_params: {
     parameters: [],
-    result: { struct: ["i32", "i32", "i32", "i32", "i32", "i32", "i32", "i32", "pointer"] },
+    result: { struct: structFields("kf_session_params") },
   },
   kf_session_create: { parameters: ["pointer", "buffer", "buffer"], result: "i32" },
   kf_session_free: { parameters: ["pointer"], result: "i32" },
@@ -107,7 +108,7 @@ const SYMBOLS = {
 
   kf_sampler_default_params: {
     parameters: [],
-    result: { struct: ["u64", "f32", "f32", "i32", "f32", "i32", "f32"] },
+    result: { struct: structFields("kf_sampler_params") },
   },
   kf_sampler_create: { parameters: ["buffer", "buffer"], result: "i32" },
   kf_sampler_free: { parameters: ["pointer"], result: "i32" },
@@ -118,24 +119,6 @@ const SYMBOLS = {
 
 /** The loaded library's symbols. */
 export type NativeSymbols = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
-
-/** Byte sizes of the structs as laid out here; checked against the library at load. */
-export const STRUCT_SIZES: Record<string, number> = {
-  kf_control: 512,
-  kf_engine_params: 16,
-  kf_engine_info: 72,
-  kf_model_params: 16,
-  kf_model_info: 88,
-  kf_session_params: 40,
-  kf_session_info: 80,
-  kf_sampler_params: 32,
-  kf_adapter_info: 40,
-  kf_lococo_heads_info: 40,
-  kf_lora_train_params: 64,
-  kf_trainer_info: 40,
-  kf_train_step_info: 24,
-  kf_lococo_train_params: 64,
-};
 
 /** Status codes of `kf_status`, by name. */
 export const Status = {
@@ -177,7 +160,7 @@ export function native(): Promise<NativeSymbols> {
     } catch (e) {
       throw new KvfoldError("BUILD", `Cannot open ${path}: ${(e as Error).message}`, { cause: e });
     }
-    for (const [name, size] of Object.entries(STRUCT_SIZES)) {
+    for (const [name, { size }] of Object.entries(STRUCTS)) {
       const got = Number(lib.symbols.kf_struct_size(cString(name)));
       if (got !== size) {
         lib.close();
@@ -257,28 +240,28 @@ export function outPointer(): { buf: Uint8Array<ArrayBuffer>; get(): Deno.Pointe
  * code updates `done`/`total` while the call runs.
  */
 export class ControlBlock {
-  /** The 512-byte struct handed to native code. */
-  readonly buf: Uint8Array<ArrayBuffer> = alloc(512);
-  #view = new DataView(this.buf.buffer);
+  readonly #struct = new NativeStruct("kf_control");
+  /** The struct handed to native code. */
+  readonly buf: Uint8Array<ArrayBuffer> = this.#struct.buf;
   /** Asks the running call to stop at its next check. */
   cancel(): void {
-    this.#view.setInt32(0, 1, true);
+    this.#struct.set("cancel", 1);
   }
   /** Whether cancellation was asked for. */
   get cancelled(): boolean {
-    return this.#view.getInt32(0, true) !== 0;
+    return this.#struct.get("cancel") !== 0;
   }
   /** Progress units done. */
   get done(): number {
-    return Number(this.#view.getBigInt64(8, true));
+    return this.#struct.get("done");
   }
   /** Progress units in all (0 while unknown). */
   get total(): number {
-    return Number(this.#view.getBigInt64(16, true));
+    return this.#struct.get("total");
   }
   /** The failure message the native call left here ("" if none). */
   get error(): string {
-    return readCharArray(this.buf, 24, 488);
+    return this.#struct.text("error");
   }
 }
 

@@ -6,7 +6,8 @@
  * @module
  */
 
-import { alloc, check, cString, outPointer, sym } from "./_binding.ts";
+import { check, cString, outPointer, sym } from "./_binding.ts";
+import { NativeStruct } from "./_abi.ts";
 import { HandleOwner, NativeHandle } from "./_handle.ts";
 import { KvfoldError } from "./errors.ts";
 import type { Model } from "./model.ts";
@@ -99,17 +100,16 @@ export class Adapter extends HandleOwner {
       },
     );
     const ptr = handle.ptr;
-    const buf = alloc(40);
-    check(s.kf_adapter_get_info(ptr, buf));
-    const v = new DataView(buf.buffer);
-    const mask = v.getUint32(4, true);
+    const i = new NativeStruct("kf_adapter_info");
+    check(s.kf_adapter_get_info(ptr, i.buf));
+    const mask = i.get("proj_mask");
     const info: AdapterInfo = {
-      rank: v.getInt32(0, true),
-      modules: LORA_PROJECTIONS.filter((_, i) => (mask & (1 << i)) !== 0),
-      rslora: v.getInt32(12, true) === 1,
-      alpha: v.getFloat64(16, true),
-      params: Number(v.getBigInt64(24, true)),
-      bytes: Number(v.getBigInt64(32, true)),
+      rank: i.get("max_rank"),
+      modules: LORA_PROJECTIONS.filter((_, p) => (mask & (1 << p)) !== 0),
+      rslora: i.get("rslora") === 1,
+      alpha: i.get("alpha"),
+      params: i.get("n_params"),
+      bytes: i.get("bytes"),
     };
     return new Adapter(handle, model, name, dir, info);
   }
@@ -117,9 +117,9 @@ export class Adapter extends HandleOwner {
   /** Sessions whose current adapter this is. */
   get users(): number {
     if (this._handle.disposed) return 0;
-    const buf = alloc(40);
-    check(sym().kf_adapter_get_info(this._handle.ptr, buf));
-    return new DataView(buf.buffer).getInt32(8, true);
+    const info = new NativeStruct("kf_adapter_info");
+    check(sym().kf_adapter_get_info(this._handle.ptr, info.buf));
+    return info.get("n_users");
   }
 
   /** Whether it was disposed (unloaded or evicted). */

@@ -11,7 +11,7 @@ import type { Kvfold } from "./engine.ts";
 import { KvfoldError } from "./errors.ts";
 import { readBoundedJson } from "./_bounded_read.ts";
 import type { LoadModelOptions, Model } from "./model.ts";
-import { readSafetensorsFile, toFloat32 } from "./safetensors.ts";
+import { readSafetensorsFile, toFloat32 } from "./formats/safetensors.ts";
 
 /** Summary vectors of one document: `rows` × `hidden` f32, row major. */
 export interface SummaryVectors {

@@ -15,6 +15,7 @@ import {
   sym,
 } from "./_binding.ts";
 import { HandleOwner, NativeHandle } from "./_handle.ts";
+import { NativeStruct } from "./_abi.ts";
 import { int32Arg, int64Arg } from "./_int_args.ts";
 import { KvfoldError } from "./errors.ts";
 import { type LoadModelOptions, Model } from "./model.ts";
@@ -89,25 +90,18 @@ export class Kvfold extends HandleOwner {
     const threads = int32Arg("open kvfold", "threads", options.threads ?? 0, { min: 0 });
     const device = int32Arg("open kvfold", "device", options.device ?? 0, { min: 0 });
     const memoryMiB = int32Arg("open kvfold", "memoryMiB", options.memoryMiB ?? 0, { min: 0 });
-    const params = new Uint8Array(s.kf_engine_default_params());
-    const pv = new DataView(params.buffer);
-    pv.setInt32(0, BACKEND_IDS[backend], true);
-    pv.setInt32(4, threads, true);
-    pv.setInt32(8, device, true);
-    pv.setInt32(12, memoryMiB, true);
+    const params = new NativeStruct("kf_engine_params", s.kf_engine_default_params())
+      .set("backend", BACKEND_IDS[backend])
+      .set("n_threads", threads)
+      .set("device", device)
+      .set("memory_mib", memoryMiB);
     const out = outPointer();
-    check(s.kf_engine_open(params, out.buf));
+    check(s.kf_engine_open(params.buf, out.buf));
     const ptr = out.get();
     const handle = new NativeHandle(ptr, "the kvfold engine", (p) => check(sym().kf_engine_free(p)), null);
-    const info = alloc(72);
-    check(s.kf_engine_get_info(ptr, info));
-    const iv = new DataView(info.buffer);
-    return new Kvfold(
-      handle,
-      BACKEND_NAMES[iv.getInt32(0, true)],
-      iv.getInt32(4, true),
-      readCharArray(info, 8, 64),
-    );
+    const info = new NativeStruct("kf_engine_info");
+    check(s.kf_engine_get_info(ptr, info.buf));
+    return new Kvfold(handle, BACKEND_NAMES[info.get("backend")], info.get("n_threads"), info.text("name"));
   }
 
   /** Library version, backends compiled in, GPUs visible. */

@@ -1,5 +1,17 @@
 /**
- * Typed errors of kvfold.
+ * Typed errors of kvfold, and the one rule for which error a failure is:
+ *
+ * - **`TypeError` / `RangeError`: misuse of the TypeScript API**, visible from the call alone and
+ *   raised before any native call or file access: an option of the wrong type (`TypeError`), a
+ *   number outside its range or a word outside its set (`RangeError`), naming the option and value.
+ * - **{@link KvfoldError}: what the engine or the files refuse.** Files that are missing or
+ *   malformed (`IO`, `FORMAT`, `UNSUPPORTED`), native refusals, lifetimes (`INVALID_STATE`,
+ *   `DISPOSED`), memory (`OUT_OF_MEMORY`), cancellation (`ABORTED`), and values only the data can
+ *   judge (`INVALID_ARGUMENT`): token ids against the vocabulary, heads or adapters of another
+ *   model, document and example records, anything read from a file.
+ * - Everything the CLI refuses, and everything read from a user's file, is a `KvfoldError`.
+ *
+ * Messages read "Cannot X: Y" and name the file, tensor or argument at fault.
  *
  * @module
  */

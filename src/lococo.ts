@@ -6,9 +6,9 @@
  * @module
  */
 
-import { alloc, check, cString, outPointer, sym } from "./_binding.ts";
+import { check, cString, outPointer, sym } from "./_binding.ts";
+import { NativeStruct } from "./_abi.ts";
 import { HandleOwner, NativeHandle } from "./_handle.ts";
-import { int32Arg } from "./_int_args.ts";
 import { KvfoldError } from "./errors.ts";
 import type { Model } from "./model.ts";
 
@@ -95,18 +95,17 @@ export class LococoHeads extends HandleOwner {
       (p) => check(sym().kf_lococo_heads_free(p)),
       model._handle,
     );
-    const buf = alloc(40);
-    check(s.kf_lococo_heads_get_info(ptr, buf));
-    const v = new DataView(buf.buffer);
+    const i = new NativeStruct("kf_lococo_heads_info");
+    check(s.kf_lococo_heads_get_info(ptr, i.buf));
     const info: LococoHeadsInfo = {
-      slots: v.getInt32(0, true),
-      fusedSlots: v.getInt32(4, true),
-      kernel: v.getInt32(8, true),
-      segment: v.getInt32(12, true),
-      keepRate: v.getFloat32(16, true),
-      layers: v.getInt32(20, true),
-      headDim: v.getInt32(24, true),
-      bytes: Number(v.getBigInt64(32, true)),
+      slots: i.get("slots"),
+      fusedSlots: i.get("fused_slots"),
+      kernel: i.get("kernel"),
+      segment: i.get("segment"),
+      keepRate: i.get("keep_rate"),
+      layers: i.get("n_layers"),
+      headDim: i.get("head_dim"),
+      bytes: i.get("bytes"),
     };
     return new LococoHeads(handle, model, path, info);
   }
@@ -114,9 +113,9 @@ export class LococoHeads extends HandleOwner {
   /** Sessions using them. */
   get users(): number {
     if (this._handle.disposed) return 0;
-    const buf = alloc(40);
-    check(sym().kf_lococo_heads_get_info(this._handle.ptr, buf));
-    return new DataView(buf.buffer).getInt32(28, true);
+    const info = new NativeStruct("kf_lococo_heads_info");
+    check(sym().kf_lococo_heads_get_info(this._handle.ptr, info.buf));
+    return info.get("n_users");
   }
 
   /** Frees them; refused (INVALID_STATE) while a live session uses them. */
@@ -131,57 +130,4 @@ export class LococoHeads extends HandleOwner {
     }
     super.dispose();
   }
-}
-
-function nonNegative(what: string, v: number | undefined): number {
-  return v === undefined ? 0 : int32Arg("create session", `cache ${what}`, v, { min: 0 });
-}
-
-/**
- * Writes a {@link CacheOptions} into `kf_session_params` (bytes 8..40) and returns the heads the
- * session will rely on, if any.
- * @internal
- */
-export function encodeCacheOptions(
-  view: DataView,
-  cache: CacheOptions | undefined,
-  model: Model,
-): LococoHeads | null {
-  if (cache === undefined) return null;
-  const kind = Object.hasOwn(CACHE_KINDS, cache.kind) ? CACHE_KINDS[cache.kind as CacheKind] : undefined;
-  if (kind === undefined) {
-    throw new RangeError(
-      `Cannot create session: cache kind "${cache.kind}" is not one of ${
-        Object.keys(CACHE_KINDS).join(", ")
-      }`,
-    );
-  }
-  view.setInt32(8, kind, true);
-  if (cache.kind === "full") return null;
-  view.setInt32(16, nonNegative("segment", cache.segment), true);
-  if (cache.kind === "h2o") {
-    view.setInt32(12, nonNegative("slots", cache.slots), true);
-    return null;
-  }
-  if (cache.kind === "streaming") {
-    if (cache.sinks !== undefined) view.setInt32(20, nonNegative("sinks", cache.sinks), true);
-    view.setInt32(24, nonNegative("window", cache.window), true);
-    return null;
-  }
-  const heads = cache.heads;
-  if (!(heads instanceof LococoHeads)) {
-    throw new KvfoldError(
-      "INVALID_ARGUMENT",
-      "Cannot create session: a lococo cache needs `heads` loaded with model.loadLococoHeads(path)",
-    );
-  }
-  if (heads.model !== model) {
-    throw new KvfoldError(
-      "INVALID_ARGUMENT",
-      "Cannot create session: the LoCoCo heads belong to another model",
-    );
-  }
-  view.setInt32(12, nonNegative("slots", cache.slots), true);
-  view.setBigUint64(32, BigInt(Deno.UnsafePointer.value(heads._handle.ptr)), true);
-  return heads;
 }

@@ -14,18 +14,22 @@ import { int32Arg, int64Arg, showValue, tokenIdsArg } from "./_int_args.ts";
 import type { Adapter } from "./adapter.ts";
 import { KvfoldError } from "./errors.ts";
 import type { LococoHeads } from "./lococo.ts";
-import { lococoFusedSlots, type LococoLayerValues, writeLococoHeads } from "./lococo_heads.ts";
+import { lococoFusedSlots, type LococoLayerValues, writeLococoHeads } from "./formats/lococo_heads.ts";
 import type { Model } from "./model.ts";
-import type { TensorInput } from "./safetensors.ts";
+import type { TensorInput } from "./formats/safetensors.ts";
 import {
   type OptimizerOptions,
+  optimizerStep,
   readCheckpointFile,
+  resolveOptimizer,
   runTrainingLoop,
+  setOptimizer,
   type TrainingLoopOptions,
   type TrainingProgress,
   type TrainStep,
   writeCheckpointFile,
-} from "./train.ts";
+} from "./training_loop.ts";
+import { NativeStruct } from "./_abi.ts";
 
 /** Settings of a {@link LococoTrainer} (`learningRate` defaults to 1e-3 here). */
 export interface LococoTrainOptions extends OptimizerOptions {
@@ -120,23 +124,14 @@ export class LococoTrainer extends HandleOwner {
       };
     shape.fusedSlots = init ? shape.fusedSlots : lococoFusedSlots(shape.slots, shape.keepRate);
     const action = "create LoCoCo trainer";
-    const p = alloc(64);
-    const v = new DataView(p.buffer);
-    v.setInt32(0, int32Arg(action, "slots", shape.slots), true);
-    v.setInt32(4, int32Arg(action, "segment", shape.segment), true);
-    v.setInt32(8, int32Arg(action, "kernel", shape.kernel), true);
-    v.setFloat32(12, shape.keepRate, true);
-    v.setBigUint64(16, int64Arg(action, "seed", options.seed ?? 0, { min: 0n }), true);
-    v.setFloat32(24, options.initLambda ?? 0.5, true);
-    v.setFloat32(28, options.learningRate ?? 1e-3, true);
-    v.setFloat32(32, options.weightDecay ?? 0, true);
-    v.setFloat32(36, (options.betas ?? [0.9, 0.999])[0], true);
-    v.setFloat32(40, (options.betas ?? [0.9, 0.999])[1], true);
-    v.setFloat32(44, options.epsilon ?? 1e-8, true);
-    v.setFloat32(48, options.maxGradNorm ?? 1, true);
-    v.setFloat32(52, options.minLearningRateRatio ?? 0, true);
-    v.setInt32(56, int32Arg(action, "warmupSteps", options.warmupSteps ?? 0), true);
-    v.setInt32(60, int32Arg(action, "totalSteps", options.totalSteps ?? 0), true);
+    const p = new NativeStruct("kf_lococo_train_params")
+      .set("slots", int32Arg(action, "slots", shape.slots))
+      .set("segment", int32Arg(action, "segment", shape.segment))
+      .set("kernel", int32Arg(action, "kernel", shape.kernel))
+      .set("keep_rate", shape.keepRate)
+      .set("seed", int64Arg(action, "seed", options.seed ?? 0, { min: 0n }))
+      .set("init_lambda", options.initLambda ?? 0.5);
+    setOptimizer(p, action, resolveOptimizer(options, 1e-3));
     if (init && init.model !== model) {
       throw new KvfoldError(
         "INVALID_ARGUMENT",
@@ -144,7 +139,7 @@ export class LococoTrainer extends HandleOwner {
       );
     }
     const out = outPointer();
-    check(sym().kf_lococo_trainer_create(model._handle.ptr, p, init ? init._handle.ptr : null, out.buf));
+    check(sym().kf_lococo_trainer_create(model._handle.ptr, p.buf, init ? init._handle.ptr : null, out.buf));
     const handle = new NativeHandle(
       out.get(),
       "the LoCoCo trainer",
@@ -181,16 +176,9 @@ export class LococoTrainer extends HandleOwner {
 
   /** AdamW over the accumulated gradients (averaged over sequences, clipped, scheduled rate). */
   step(): TrainStep {
-    const buf = alloc(24);
-    check(sym().kf_lococo_trainer_step(this._handle.ptr, buf));
-    const v = new DataView(buf.buffer);
-    this.#step = Number(v.getBigInt64(0, true));
-    return {
-      step: this.#step,
-      learningRate: v.getFloat32(8, true),
-      gradNorm: v.getFloat32(12, true),
-      examples: v.getInt32(16, true),
-    };
+    const step = optimizerStep((info) => sym().kf_lococo_trainer_step(this._handle.ptr, info));
+    this.#step = step.step;
+    return step;
   }
 
   /** Values in a tensor of layer `l`: weight-shaped [Mc, 2·head_dim, k], bias-shaped [Mc], λ-shaped 1. */

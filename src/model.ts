@@ -5,7 +5,8 @@
  * @module
  */
 
-import { alloc, check, cString, outPointer, readCharArray, sym } from "./_binding.ts";
+import { check, cString, outPointer, sym } from "./_binding.ts";
+import { NativeStruct } from "./_abi.ts";
 import { HandleOwner, NativeHandle } from "./_handle.ts";
 import type { Kvfold } from "./engine.ts";
 import { AdapterRegistry } from "./adapter.ts";
@@ -129,13 +130,11 @@ export class Model extends HandleOwner {
     // The model's handle is made while the engine is still held: an engine disposed during the load
     // frees the new model first, then itself.
     const handle = await engineHandle.runControlled((enginePtr, ctl) => {
-      const params = alloc(16);
-      params.set(new Uint8Array(s.kf_model_default_params()));
-      const pv = new DataView(params.buffer);
-      pv.setBigUint64(0, BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(ctl.buf))), true);
-      pv.setInt32(8, DTYPE_IDS[dtype], true);
-      pv.setInt32(12, options.mmap === true ? 1 : 0, true);
-      return s.kf_model_load(enginePtr, path, params, out.buf);
+      const params = new NativeStruct("kf_model_params", s.kf_model_default_params())
+        .setPointer("control", Deno.UnsafePointer.of(ctl.buf))
+        .set("weight_dtype", DTYPE_IDS[dtype])
+        .set("use_mmap", options.mmap === true ? 1 : 0);
+      return s.kf_model_load(enginePtr, path, params.buf, out.buf);
     }, {
       signal: options.signal,
       onProgress: options.onProgress,
@@ -148,24 +147,22 @@ export class Model extends HandleOwner {
         new NativeHandle(out.get(), `model ${dir}`, (p) => check(sym().kf_model_free(p)), engineHandle),
     });
     const ptr = handle.ptr;
-    const info = alloc(88);
-    check(s.kf_model_get_info(ptr, info));
-    const v = new DataView(info.buffer);
-    const i32 = (o: number) => v.getInt32(o, true);
+    const info = new NativeStruct("kf_model_info");
+    check(s.kf_model_get_info(ptr, info.buf));
     const modelInfo: ModelInfo = {
-      vocabSize: i32(0),
-      hiddenSize: i32(4),
-      intermediateSize: i32(8),
-      layers: i32(12),
-      heads: i32(16),
-      kvHeads: i32(20),
-      headDim: i32(24),
-      maxPositions: i32(28),
-      weightDType: DTYPE_NAMES[i32(32)],
-      tiedEmbeddings: i32(36) === 1,
-      params: Number(v.getBigInt64(40, true)),
-      weightBytes: Number(v.getBigInt64(48, true)),
-      modelType: readCharArray(info, 56, 32),
+      vocabSize: info.get("vocab_size"),
+      hiddenSize: info.get("hidden_size"),
+      intermediateSize: info.get("intermediate_size"),
+      layers: info.get("n_layers"),
+      heads: info.get("n_heads"),
+      kvHeads: info.get("n_kv_heads"),
+      headDim: info.get("head_dim"),
+      maxPositions: info.get("max_position_embeddings"),
+      weightDType: DTYPE_NAMES[info.get("weight_dtype")],
+      tiedEmbeddings: info.get("tied_embeddings") === 1,
+      params: info.get("n_params"),
+      weightBytes: info.get("weight_bytes"),
+      modelType: info.text("model_type"),
     };
     if (tokenizer.maxTokenId >= modelInfo.vocabSize) {
       handle.dispose();

@@ -9,7 +9,9 @@ import { alloc, check, native, outPointer, sym } from "./_binding.ts";
 import { HandleOwner, NativeHandle } from "./_handle.ts";
 import { int32Arg, tokenIdArg, tokenIdsArg, uint64Arg } from "./_int_args.ts";
 import type { Adapter } from "./adapter.ts";
-import { CACHE_KINDS, type CacheKind, type CacheOptions, encodeCacheOptions } from "./lococo.ts";
+import { CACHE_KINDS, type CacheKind, type CacheOptions } from "./lococo.ts";
+import { sessionParams } from "./_session_params.ts";
+import { NativeStruct } from "./_abi.ts";
 import type { DecodeBatcher } from "./batch.ts";
 import { KvfoldError } from "./errors.ts";
 import type { Model } from "./model.ts";
@@ -153,22 +155,10 @@ export class Session extends HandleOwner {
   /** @internal use {@link Model.session}. */
   static _create(model: Model, options: SessionOptions): Session {
     const s = sym();
-    const params = alloc(40);
-    params.set(new Uint8Array(s.kf_session_default_params()));
-    const pv = new DataView(params.buffer);
-    // 0 in the native params means "the default"; a caller who writes contextSize asks for at least 1.
-    const ctx = options.contextSize === undefined
-      ? 0
-      : int32Arg("create session", "contextSize", options.contextSize, { min: 1 });
-    const batch = int32Arg("create session", "batchSize", options.batchSize ?? pv.getInt32(4, true), {
-      min: 1,
-    });
-    pv.setInt32(0, ctx, true);
-    pv.setInt32(4, batch, true);
-    const heads = encodeCacheOptions(pv, options.cache, model);
+    const { params, heads } = sessionParams(model, options);
     const out = outPointer();
     const modelHandle = model._handle;
-    check(s.kf_session_create(modelHandle.ptr, params, out.buf));
+    check(s.kf_session_create(modelHandle.ptr, params.buf, out.buf));
     const ptr = out.get();
     const handle = new NativeHandle(ptr, "the session", (p) => check(sym().kf_session_free(p)), modelHandle);
     if (heads) handle.use(heads._handle); // the heads are freed only after this session
@@ -184,24 +174,22 @@ export class Session extends HandleOwner {
 
   /** KV cache and scratch memory of this session, and what its cache policy did. */
   memory(): SessionMemory {
-    const info = alloc(80);
-    check(sym().kf_session_get_info(this._handle.ptr, info));
-    const v = new DataView(info.buffer);
-    const kind = v.getInt32(8, true);
-    const i64 = (o: number) => Number(v.getBigInt64(o, true));
+    const info = new NativeStruct("kf_session_info");
+    check(sym().kf_session_get_info(this._handle.ptr, info.buf));
+    const kind = info.get("cache_kind");
     return {
       cacheKind: (Object.keys(CACHE_KINDS) as CacheKind[]).find((k) => CACHE_KINDS[k] === kind) ?? "full",
-      position: v.getInt32(0, true),
-      contextSize: v.getInt32(4, true),
-      kvBytes: i64(16),
-      kvSlots: i64(24),
-      scratchBytes: i64(32),
-      kvSlotsUsed: i64(40),
-      kvSlotsPeak: i64(48),
-      compressions: i64(56),
-      compressMs: i64(64) / 1e6,
-      slots: v.getInt32(72, true),
-      segment: v.getInt32(76, true),
+      position: info.get("n_past"),
+      contextSize: info.get("n_ctx"),
+      kvBytes: info.get("kv_bytes"),
+      kvSlots: info.get("kv_slots"),
+      scratchBytes: info.get("scratch_bytes"),
+      kvSlotsUsed: info.get("kv_slots_used"),
+      kvSlotsPeak: info.get("kv_slots_peak"),
+      compressions: info.get("compressions"),
+      compressMs: info.get("compress_ns") / 1e6,
+      slots: info.get("slots"),
+      segment: info.get("segment"),
     };
   }
 
@@ -528,20 +516,18 @@ export class Session extends HandleOwner {
 
 function createSampler(o: SamplingOptions): { ptr: Deno.PointerValue } {
   const s = sym();
-  const params = alloc(32);
-  params.set(new Uint8Array(s.kf_sampler_default_params()));
-  const v = new DataView(params.buffer);
-  if (o.seed !== undefined) v.setBigUint64(0, uint64Arg("create sampler", "seed", o.seed), true);
-  if (o.temperature !== undefined) v.setFloat32(8, o.temperature, true);
-  if (o.topP !== undefined) v.setFloat32(12, o.topP, true);
-  if (o.topK !== undefined) v.setInt32(16, int32Arg("create sampler", "topK", o.topK), true);
-  if (o.repetitionPenalty !== undefined) v.setFloat32(20, o.repetitionPenalty, true);
+  const p = new NativeStruct("kf_sampler_params", s.kf_sampler_default_params());
+  if (o.seed !== undefined) p.set("seed", uint64Arg("create sampler", "seed", o.seed));
+  if (o.temperature !== undefined) p.set("temperature", o.temperature);
+  if (o.topP !== undefined) p.set("top_p", o.topP);
+  if (o.topK !== undefined) p.set("top_k", int32Arg("create sampler", "topK", o.topK));
+  if (o.repetitionPenalty !== undefined) p.set("repetition_penalty", o.repetitionPenalty);
   if (o.repeatLastN !== undefined) {
-    v.setInt32(24, int32Arg("create sampler", "repeatLastN", o.repeatLastN), true);
+    p.set("repeat_last_n", int32Arg("create sampler", "repeatLastN", o.repeatLastN));
   }
-  if (o.minP !== undefined) v.setFloat32(28, o.minP, true);
+  if (o.minP !== undefined) p.set("min_p", o.minP);
   const out = outPointer();
-  check(s.kf_sampler_create(params, out.buf));
+  check(s.kf_sampler_create(p.buf, out.buf));
   return { ptr: out.get() };
 }
 

@@ -33,6 +33,7 @@ import {
   storeFailure,
   StoreValues,
 } from "./_store_integrity.ts";
+import { rankBm25, termFrequencies, tokenize } from "./_store_bm25.ts";
 
 export {
   concatVectors,
@@ -46,16 +47,6 @@ export {
 
 /** Opens that meet "database is locked" (another process creating the store) try this often. */
 const OPEN_ATTEMPTS = 8;
-
-/** BM25 term-frequency saturation. */
-const BM25_K1 = 1.2;
-/** BM25 length normalisation. */
-const BM25_B = 0.75;
-
-/** Lowercase runs of Unicode letters and digits. */
-function tokenize(text: string): string[] {
-  return text.toLowerCase().match(/[\p{L}\p{N}]+/gu) ?? [];
-}
 
 function bad(message: string): KvfoldError {
   return new KvfoldError("INVALID_ARGUMENT", message);
@@ -324,9 +315,7 @@ export class DocumentStore {
         blob,
         chunkChecksum(record),
       );
-      const tf = new Map<string, number>();
-      for (const t of terms) tf.set(t, (tf.get(t) ?? 0) + 1);
-      for (const [term, n] of tf) insPosting.run(term, chunkId, n);
+      for (const [term, n] of termFrequencies(terms)) insPosting.run(term, chunkId, n);
       chunkId++;
     });
     return documentId;
@@ -454,44 +443,11 @@ export class DocumentStore {
     const action = "retrieve from store";
     const ranked = this.#guard(
       action,
-      () => this.#rank(terms, k, options.group, new StoreValues(this.path, action)),
+      () => rankBm25((sql) => this.#stmt(sql), terms, k, options.group, new StoreValues(this.path, action)),
     );
     return ranked.map(([id, score]) =>
       this.#guard(`read chunk ${id} of store`, () => this.#chunk(id, score))
     );
-  }
-
-  /** The BM25 top `k` chunk ids with their scores. */
-  #rank(terms: string[], k: number, group: string | undefined, v: StoreValues): [number, number][] {
-    const corpus = this.#stmt("SELECT COUNT(*) AS n, COALESCE(AVG(length), 0) AS avg FROM chunks").get()!;
-    const n = v.int(corpus.n, "COUNT(*)", "chunks", 0);
-    const avg = v.real(corpus.avg, "AVG(chunks.length)", "chunks", 0);
-    if (n === 0) return [];
-    const dfStmt = this.#stmt("SELECT COUNT(*) AS df FROM postings WHERE term = ?");
-    const postingsStmt = group === undefined
-      ? this.#stmt(
-        "SELECT p.chunk_id, p.tf, c.length FROM postings p JOIN chunks c ON c.id = p.chunk_id WHERE p.term = ?",
-      )
-      : this.#stmt(
-        `SELECT p.chunk_id, p.tf, c.length FROM postings p JOIN chunks c ON c.id = p.chunk_id
-         JOIN documents d ON d.id = c.document_id WHERE p.term = ? AND d.grp = ?`,
-      );
-    const scores = new Map<number, number>();
-    for (const term of terms) {
-      const df = v.int(dfStmt.get(term)!.df, "COUNT(*)", `postings of term ${term}`, 0);
-      if (df === 0) continue;
-      const idf = Math.log(1 + (n - df + 0.5) / (df + 0.5));
-      const rows = group === undefined ? postingsStmt.all(term) : postingsStmt.all(term, group);
-      for (const row of rows) {
-        const id = v.int(row.chunk_id, "postings.chunk_id", `a posting of term ${term}`, 1);
-        const tf = v.int(row.tf, "postings.tf", `the posting of ${term} in chunk ${id}`, 1);
-        const len = v.int(row.length, "chunks.length", `chunk ${id}`, 0);
-        const norm = avg > 0 ? len / avg : 0;
-        const s = idf * (tf * (BM25_K1 + 1)) / (tf + BM25_K1 * (1 - BM25_B + BM25_B * norm));
-        scores.set(id, (scores.get(id) ?? 0) + s);
-      }
-    }
-    return [...scores].sort((a, b) => b[1] - a[1] || a[0] - b[0]).slice(0, k);
   }
 
   /**

@@ -9,7 +9,7 @@ import { Tokenizer } from "npm:@huggingface/tokenizers@0.2.0";
 import { Template } from "npm:@huggingface/jinja@0.5.11";
 import { KvfoldError } from "./errors.ts";
 import { readBoundedJson } from "./_bounded_read.ts";
-import { checkTokenizerJson, describe } from "./_tokenizer_json.ts";
+import { checkTokenizerJson, describe } from "./formats/_tokenizer_json.ts";
 
 /** One chat message, as chat templates expect it. */
 export interface ChatMessage {

@@ -14,40 +14,22 @@ import { LORA_PROJECTIONS, type LoraProjection } from "./adapter.ts";
 import type { Compressor } from "./compressor.ts";
 import { KvfoldError } from "./errors.ts";
 import type { Model } from "./model.ts";
-import { readSafetensorsFile, type TensorInput, toFloat32, writeSafetensorsFile } from "./safetensors.ts";
+import { type TensorInput, writeSafetensorsFile } from "./formats/safetensors.ts";
+import { NativeStruct } from "./_abi.ts";
+import {
+  type OptimizerOptions,
+  optimizerStep,
+  readCheckpointFile,
+  resolveOptimizer,
+  runTrainingLoop,
+  setOptimizer,
+  type TrainingLoopOptions,
+  type TrainingProgress,
+  type TrainStep,
+  writeCheckpointFile,
+} from "./training_loop.ts";
 
-/** AdamW and its schedule, as both trainers take them. */
-export interface OptimizerOptions {
-  /** Peak learning rate (LoRA default 2e-4, LoCoCo heads 1e-3). */
-  learningRate?: number;
-  /** AdamW decoupled weight decay; default 0. */
-  weightDecay?: number;
-  /** Default [0.9, 0.999]. */
-  betas?: readonly [number, number];
-  /** Default 1e-8. */
-  epsilon?: number;
-  /** Clip the global gradient norm to this; 0 disables; default 1. */
-  maxGradNorm?: number;
-  /** Linear warmup steps; default 0. */
-  warmupSteps?: number;
-  /** Steps of the cosine decay (usually the run's total); 0 keeps the rate constant; default 0. */
-  totalSteps?: number;
-  /** The cosine ends at this fraction of the peak rate; default 0. */
-  minLearningRateRatio?: number;
-}
-
-/** The loop settings both `finetuneLora` and `calibrateLococo` take. */
-export interface TrainingLoopOptions {
-  /** Optimizer steps; default: one pass over the data. */
-  steps?: number;
-  /** Examples (sequences) per optimizer step (gradient accumulation); default 1. */
-  accumulate?: number;
-  /** Saves a checkpoint here every `checkpointEvery` steps, and resumes from it when it exists. */
-  checkpoint?: string;
-  /** Default 10. */
-  checkpointEvery?: number;
-  signal?: AbortSignal;
-}
+export type { OptimizerOptions, TrainingLoopOptions, TrainingProgress, TrainStep } from "./training_loop.ts";
 
 /** Settings of a {@link LoraTrainer}; the defaults follow PEFT and common LLoCO finetuning. */
 export interface LoraTrainOptions extends OptimizerOptions {
@@ -61,18 +43,6 @@ export interface LoraTrainOptions extends OptimizerOptions {
   rslora?: boolean;
   /** Seed of A's initialisation and of the example order; default 0. */
   seed?: number;
-}
-
-/** One optimizer step's report. */
-export interface TrainStep {
-  /** Steps taken, this one included. */
-  step: number;
-  /** Learning rate used. */
-  learningRate: number;
-  /** Global norm of the averaged gradient before clipping. */
-  gradNorm: number;
-  /** Examples averaged. */
-  examples: number;
 }
 
 /** Which tensor of a pair {@link LoraTrainer.read} and {@link LoraTrainer.write} address. */
@@ -137,16 +107,14 @@ export class LoraTrainer extends HandleOwner {
     super(handle);
     this.model = model;
     this.options = options;
-    const buf = alloc(40);
-    check(sym().kf_trainer_get_info(handle.ptr, buf));
-    const v = new DataView(buf.buffer);
-    const mask = v.getUint32(4, true);
+    const info = trainerInfo(handle.ptr);
+    const mask = info.get("target_mask");
     this.info = {
-      rank: v.getInt32(0, true),
-      alpha: v.getFloat32(32, true),
-      scale: v.getFloat32(36, true),
+      rank: info.get("rank"),
+      alpha: info.get("alpha"),
+      scale: info.get("scale"),
       targets: LORA_PROJECTIONS.filter((_, i) => (mask & (1 << i)) !== 0),
-      params: Number(v.getBigInt64(24, true)),
+      params: info.get("n_params"),
     };
   }
 
@@ -158,14 +126,7 @@ export class LoraTrainer extends HandleOwner {
       targets: options.targets ?? ["q_proj", "k_proj", "v_proj", "o_proj"],
       rslora: options.rslora ?? false,
       seed: options.seed ?? 0,
-      learningRate: options.learningRate ?? 2e-4,
-      weightDecay: options.weightDecay ?? 0,
-      betas: options.betas ?? [0.9, 0.999],
-      epsilon: options.epsilon ?? 1e-8,
-      maxGradNorm: options.maxGradNorm ?? 1,
-      warmupSteps: options.warmupSteps ?? 0,
-      totalSteps: options.totalSteps ?? 0,
-      minLearningRateRatio: options.minLearningRateRatio ?? 0,
+      ...resolveOptimizer(options, 2e-4),
     };
     let mask = 0;
     for (const t of o.targets) {
@@ -179,24 +140,15 @@ export class LoraTrainer extends HandleOwner {
       mask |= 1 << i;
     }
     const action = "create trainer";
-    const p = alloc(64);
-    const v = new DataView(p.buffer);
-    v.setInt32(0, int32Arg(action, "rank", o.rank), true);
-    v.setFloat32(4, o.alpha, true);
-    v.setUint32(8, mask, true);
-    v.setInt32(12, o.rslora ? 1 : 0, true);
-    v.setBigUint64(16, int64Arg(action, "seed", o.seed, { min: 0n }), true);
-    v.setFloat32(24, o.learningRate, true);
-    v.setFloat32(28, o.weightDecay, true);
-    v.setFloat32(32, o.betas[0], true);
-    v.setFloat32(36, o.betas[1], true);
-    v.setFloat32(40, o.epsilon, true);
-    v.setFloat32(44, o.maxGradNorm, true);
-    v.setFloat32(48, o.minLearningRateRatio, true);
-    v.setInt32(52, int32Arg(action, "warmupSteps", o.warmupSteps), true);
-    v.setInt32(56, int32Arg(action, "totalSteps", o.totalSteps), true);
+    const p = new NativeStruct("kf_lora_train_params")
+      .set("rank", int32Arg(action, "rank", o.rank))
+      .set("alpha", o.alpha)
+      .set("target_mask", mask)
+      .set("use_rslora", o.rslora ? 1 : 0)
+      .set("seed", int64Arg(action, "seed", o.seed, { min: 0n }));
+    setOptimizer(p, action, o);
     const out = outPointer();
-    check(sym().kf_lora_trainer_create(model._handle.ptr, p, out.buf));
+    check(sym().kf_lora_trainer_create(model._handle.ptr, p.buf, out.buf));
     const handle = new NativeHandle(
       out.get(),
       "the trainer",
@@ -208,16 +160,12 @@ export class LoraTrainer extends HandleOwner {
 
   /** Optimizer steps taken. */
   get stepCount(): number {
-    const buf = alloc(40);
-    check(sym().kf_trainer_get_info(this._handle.ptr, buf));
-    return Number(new DataView(buf.buffer).getBigInt64(16, true));
+    return trainerInfo(this._handle.ptr).get("step");
   }
 
   /** Examples whose gradients wait for the next {@link step}. */
   get accumulated(): number {
-    const buf = alloc(40);
-    check(sym().kf_trainer_get_info(this._handle.ptr, buf));
-    return new DataView(buf.buffer).getInt32(12, true);
+    return trainerInfo(this._handle.ptr).get("accumulated");
   }
 
   /**
@@ -270,15 +218,7 @@ export class LoraTrainer extends HandleOwner {
 
   /** AdamW over the accumulated gradients (averaged, clipped), with the scheduled learning rate. */
   step(): TrainStep {
-    const buf = alloc(24);
-    check(sym().kf_trainer_step(this._handle.ptr, buf));
-    const v = new DataView(buf.buffer);
-    return {
-      step: Number(v.getBigInt64(0, true)),
-      learningRate: v.getFloat32(8, true),
-      gradNorm: v.getFloat32(12, true),
-      examples: v.getInt32(16, true),
-    };
+    return optimizerStep((info) => sym().kf_trainer_step(this._handle.ptr, info));
   }
 
   /** Shape of a pair's tensor: A and its moments [r, in], B and its moments [out, r]. */
@@ -403,59 +343,13 @@ export class LoraTrainer extends HandleOwner {
 }
 
 // What a LoRA checkpoint holds per pair: weights and AdamW moments (gradients are empty at a step boundary).
+function trainerInfo(ptr: Deno.PointerValue): NativeStruct<"kf_trainer_info"> {
+  const info = new NativeStruct("kf_trainer_info");
+  check(sym().kf_trainer_get_info(ptr, info.buf));
+  return info;
+}
+
 const CHECKPOINT_TENSORS = ["A", "B", "momentA", "varianceA", "momentB", "varianceB"] as const;
-
-/**
- * Writes a trainer checkpoint: f32 tensors, the step, an identity a resuming trainer must match, and
- * the loop's `state`, atomically (a temp file renamed over the old one), so a killed run never leaves
- * a torn checkpoint.
- * @internal
- */
-export async function writeCheckpointFile(
-  path: string,
-  tensors: TensorInput[],
-  step: number,
-  identity: string,
-  state: Record<string, string | number>,
-): Promise<void> {
-  const meta: Record<string, string> = {
-    "kvfold.train.step": String(step),
-    "kvfold.train.identity": identity,
-  };
-  for (const [k, v] of Object.entries(state)) meta[`kvfold.loop.${k}`] = String(v);
-  await writeSafetensorsFile(`${path}.tmp`, tensors, meta);
-  await Deno.rename(`${path}.tmp`, path);
-}
-
-/**
- * Reads {@link writeCheckpointFile}'s file, refusing one written for another `identity`; `tensor`
- * throws a FORMAT error naming a missing tensor.
- * @internal
- */
-export async function readCheckpointFile(
-  path: string,
-  identity: string,
-): Promise<{ tensor(name: string): Float32Array; step: number; state: Record<string, string> }> {
-  const f = await readSafetensorsFile(path);
-  const saved = f.metadata["kvfold.train.identity"];
-  if (saved !== identity) {
-    throw new KvfoldError(
-      "INVALID_ARGUMENT",
-      `Cannot resume from ${path}: it holds ${saved ?? "no trainer identity"}, this run trains ${identity}`,
-    );
-  }
-  const state: Record<string, string> = {};
-  for (const [k, v] of Object.entries(f.metadata)) if (k.startsWith("kvfold.loop.")) state[k.slice(12)] = v;
-  return {
-    tensor(name: string): Float32Array {
-      const t = f.tensors.get(name);
-      if (!t) throw new KvfoldError("FORMAT", `Cannot resume from ${path}: tensor ${name} is missing`);
-      return toFloat32(t);
-    },
-    step: Number(f.metadata["kvfold.train.step"] ?? 0),
-    state,
-  };
-}
 
 /** A question-answer pair over a document (text to compress) or ready summary vectors. */
 export interface QaExample {
@@ -465,18 +359,6 @@ export interface QaExample {
   vectors?: Float32Array;
   question: string;
   answer: string;
-}
-
-/** Progress of a training loop ({@link finetuneLora}, `calibrateLococo`), after every optimizer step. */
-export interface TrainingProgress extends TrainStep {
-  /** Mean loss of the step's examples. */
-  loss: number;
-  /** Steps the run will take. */
-  totalSteps: number;
-  /** Rows (prefix + tokens) trained per second, since this process started the run. */
-  tokensPerSecond: number;
-  /** Seconds left at the current rate. */
-  etaSeconds: number;
 }
 
 /** Progress of {@link finetuneLora}. */
@@ -512,86 +394,6 @@ export function qaExampleRows(
   const ids = [...prompt, ...target.slice(0, -1)];
   const labels = ids.map((_, t) => (t >= prompt.length - 1 ? target[t - (prompt.length - 1)] : -1));
   return { prefix: vectors, ids, labels };
-}
-
-/** What {@link runTrainingLoop} drives: either trainer. */
-export interface LoopTrainer {
-  readonly stepCount: number;
-  step(): TrainStep;
-  saveCheckpoint(path: string, state: Record<string, string | number>): Promise<void>;
-  loadCheckpoint(path: string): Promise<Record<string, string>>;
-}
-
-/**
- * The loop both trainers run: resume from `checkpoint` when it exists (weights, moments, step and
- * the cursor of items consumed), then until `steps`: `accumulate` items in a seeded order per epoch,
- * one optimizer step, a checkpoint every `checkpointEvery` steps (and at the end), progress with
- * tokens/s and ETA. Deterministic: a resumed run visits the same items in the same order.
- * @internal
- */
-export async function runTrainingLoop(
-  trainer: LoopTrainer,
-  items: number,
-  options: TrainingLoopOptions & { seed: number; steps: number; onProgress?: (p: TrainingProgress) => void },
-  accumulateItem: (index: number) => Promise<{ loss: number; rows: number }>,
-): Promise<void> {
-  const accumulate = options.accumulate ?? 1;
-  if (!Number.isInteger(accumulate) || accumulate < 1) {
-    throw new RangeError(`Cannot train: accumulate ${accumulate} is not a positive integer`);
-  }
-  let cursor = 0; // items consumed, over all epochs
-  if (options.checkpoint) {
-    try {
-      cursor = Number((await trainer.loadCheckpoint(options.checkpoint)).cursor ?? 0);
-    } catch (e) {
-      if (!(e instanceof KvfoldError && e.code === "IO")) throw e;
-      // No checkpoint yet: a fresh run.
-    }
-  }
-  const every = options.checkpointEvery ?? 10, steps = options.steps;
-  const t0 = performance.now();
-  let rowsDone = 0, stepsHere = 0;
-  let order = epochOrder(items, options.seed, Math.floor(cursor / items));
-  while (trainer.stepCount < steps) {
-    let lossSum = 0;
-    for (let k = 0; k < accumulate; k++) {
-      if (cursor % items === 0) order = epochOrder(items, options.seed, cursor / items);
-      const r = await accumulateItem(order[cursor % items]);
-      lossSum += r.loss;
-      rowsDone += r.rows;
-      cursor++;
-    }
-    const s = trainer.step();
-    stepsHere++;
-    if (options.checkpoint && (s.step % every === 0 || s.step === steps)) {
-      await trainer.saveCheckpoint(options.checkpoint, { cursor });
-    }
-    const elapsed = (performance.now() - t0) / 1000;
-    options.onProgress?.({
-      ...s,
-      loss: lossSum / accumulate,
-      totalSteps: steps,
-      tokensPerSecond: rowsDone / Math.max(elapsed, 1e-9),
-      etaSeconds: (elapsed / stepsHere) * (steps - s.step),
-    });
-  }
-}
-
-/** Deterministic order of `n` examples in epoch `epoch` for `seed` (Fisher-Yates over mulberry32). */
-function epochOrder(n: number, seed: number, epoch: number): number[] {
-  let a = (seed * 0x9e3779b1 + epoch * 0x85ebca6b) >>> 0;
-  const rand = () => {
-    a = (a + 0x6d2b79f5) | 0;
-    let t = Math.imul(a ^ (a >>> 15), 1 | a);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-  const order = Array.from({ length: n }, (_, i) => i);
-  for (let i = n - 1; i > 0; i--) {
-    const j = Math.floor(rand() * (i + 1));
-    [order[i], order[j]] = [order[j], order[i]];
-  }
-  return order;
 }
 
 /**

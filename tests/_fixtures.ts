@@ -5,7 +5,7 @@
  */
 
 import { Kvfold } from "../mod.ts";
-import { makeTestModel, type TestModelOptions } from "../src/test_model.ts";
+import { makeTestModel, type TestModelOptions } from "../testing/mod.ts";
 import { repoRoot } from "../src/_native_build.ts";
 
 /** A test model big enough that long prefills take measurable time (8 layers, hidden 256). */
@@ -44,10 +44,10 @@ export function tempDir(): Promise<string> {
   return Deno.makeTempDir({ prefix: "kvfold-test-" });
 }
 
-/** Runs the kvfold CLI (`src/cli.ts`) as a subprocess: its exit code, stdout and stderr. */
+/** Runs the kvfold CLI (`cli/main.ts`) as a subprocess: its exit code, stdout and stderr. */
 export async function runCli(...args: string[]): Promise<{ code: number; out: string; err: string }> {
   const o = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", `${repoRoot()}/src/cli.ts`, ...args],
+    args: ["run", "-A", `${repoRoot()}/cli/main.ts`, ...args],
     stdout: "piped",
     stderr: "piped",
   }).output();

@@ -19,8 +19,8 @@ import {
 import { ChatKvfold, type KvfoldResponseMetadata, payloadRef } from "../integrations/langchain/mod.ts";
 import { Document } from "npm:@langchain/core@1.4.0/documents";
 import { type KvfoldGenerationStats, KvfoldLLM } from "../integrations/llamaindex/mod.ts";
-import { f32ToBf16 } from "../src/safetensors.ts";
-import { makeTestAdapter } from "../src/test_model.ts";
+import { f32ToBf16 } from "../src/formats/safetensors.ts";
+import { makeTestAdapter } from "../testing/mod.ts";
 import { tempDir, TEST_COMPRESSOR, testEngine, testModel } from "./_fixtures.ts";
 
 const DOCS = [

@@ -1,6 +1,6 @@
 // The kvfold CLI as users and later issues call it, run as a subprocess.
 import assert from "node:assert/strict";
-import { readSafetensorsFile, toFloat32, writeSafetensorsFile } from "../src/safetensors.ts";
+import { readSafetensorsFile, toFloat32, writeSafetensorsFile } from "../src/formats/safetensors.ts";
 import { loadReferenceModel, referenceLogits } from "./reference_forward.ts";
 import { Compressor } from "../src/compressor.ts";
 import { relativeError, runCli, tempDir, testEngine, testModel } from "./_fixtures.ts";

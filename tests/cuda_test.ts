@@ -122,7 +122,7 @@ Deno.test("cuda: the cpu engine measures its matmul rate (the prefill ceiling), 
 
 Deno.test("cuda: kvfold info says whether CUDA is built, for which GPUs, and why none is usable", async () => {
   const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", new URL("../src/cli.ts", import.meta.url).pathname, "info"],
+    args: ["run", "-A", new URL("../cli/main.ts", import.meta.url).pathname, "info"],
     stdout: "piped",
     stderr: "piped",
   }).output();

@@ -2,7 +2,7 @@
 // then prompt tokens from K on.
 import assert from "node:assert/strict";
 import { KvfoldError } from "../mod.ts";
-import { f32ToBf16, readSafetensorsFile, toFloat32 } from "../src/safetensors.ts";
+import { f32ToBf16, readSafetensorsFile, toFloat32 } from "../src/formats/safetensors.ts";
 import { loadReferenceModel, referenceLogits } from "./reference_forward.ts";
 import { relativeError, someIds, testEngine, testModel } from "./_fixtures.ts";
 

@@ -1,7 +1,7 @@
 // Bad input gets a KvfoldError that names the problem, and the process survives it.
 import assert from "node:assert/strict";
 import { Kvfold, KvfoldError, type KvfoldErrorCode } from "../mod.ts";
-import { readSafetensorsFile, type TensorInput, writeSafetensorsFile } from "../src/safetensors.ts";
+import { readSafetensorsFile, type TensorInput, writeSafetensorsFile } from "../src/formats/safetensors.ts";
 import { tempDir, testEngine, testModel, WIDE_MODEL } from "./_fixtures.ts";
 
 /** A writable copy of the tiny test model, handed to `edit`, removed afterwards. */

@@ -1,8 +1,8 @@
 // The native forward pass against the float64 TypeScript reference, across the architectures the
 // design names, plus the metamorphic identities of the KV cache and weight conversion.
 import assert from "node:assert/strict";
-import type { TestModelOptions } from "../src/test_model.ts";
-import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from "../src/safetensors.ts";
+import type { TestModelOptions } from "../testing/mod.ts";
+import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from "../src/formats/safetensors.ts";
 import { loadReferenceModel, referenceLogits } from "./reference_forward.ts";
 import { relativeError, someIds, testEngine, testModel } from "./_fixtures.ts";
 

@@ -4,8 +4,8 @@
 // they did not move. A change of kernels that moves them on purpose updates the digests here.
 import assert from "node:assert/strict";
 import { Kvfold } from "../mod.ts";
-import type { TestModelOptions } from "../src/test_model.ts";
-import { makeTestAdapter } from "../src/test_model.ts";
+import type { TestModelOptions } from "../testing/mod.ts";
+import { makeTestAdapter } from "../testing/mod.ts";
 import { someIds, tempDir, testModel } from "./_fixtures.ts";
 
 const GOLDEN: [string, TestModelOptions, string][] = [

@@ -1,7 +1,7 @@
 // Hostile command lines: integer flags parsed strictly, unknown words refused, shapes checked, and
 // every failure one "kvfold <command>: ..." line with a non-zero exit, never a stack trace.
 import assert from "node:assert/strict";
-import { writeSafetensorsFile } from "../src/safetensors.ts";
+import { writeSafetensorsFile } from "../src/formats/safetensors.ts";
 import { runCli, tempDir, testModel } from "./_fixtures.ts";
 
 // One clear line, exit 1, and nothing that looks like a JS stack frame.

@@ -4,8 +4,8 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import type { Adapter, KvfoldError, Model } from "../mod.ts";
-import { readSafetensorsFile, writeSafetensorsFile } from "../src/safetensors.ts";
-import { makeTestAdapter } from "../src/test_model.ts";
+import { readSafetensorsFile, writeSafetensorsFile } from "../src/formats/safetensors.ts";
+import { makeTestAdapter } from "../testing/mod.ts";
 import { relativeError, someIds, tempDir, testEngine, testModel } from "./_fixtures.ts";
 
 type Config = Record<string, unknown>;

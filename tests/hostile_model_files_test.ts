@@ -4,9 +4,9 @@
 import assert from "node:assert/strict";
 import { KvfoldError, type KvfoldErrorCode } from "../mod.ts";
 import { Compressor } from "../src/compressor.ts";
-import { makeTestLococoHeads } from "../src/lococo_heads.ts";
-import { readSafetensors, readSafetensorsFile } from "../src/safetensors.ts";
-import { makeTestAdapter } from "../src/test_model.ts";
+import { makeTestLococoHeads } from "../testing/mod.ts";
+import { readSafetensors, readSafetensorsFile } from "../src/formats/safetensors.ts";
+import { makeTestAdapter } from "../testing/mod.ts";
 import { runCli, tempDir, TEST_COMPRESSOR, testEngine, testModel } from "./_fixtures.ts";
 
 /** A writable copy of a test model (default: the tiny GQA one), handed to `edit`, removed afterwards. */

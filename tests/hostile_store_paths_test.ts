@@ -6,7 +6,7 @@ import { DatabaseSync } from "node:sqlite";
 import { join } from "node:path";
 import { DocumentStore } from "../src/store.ts";
 import { KvfoldError } from "../src/errors.ts";
-import { bf16ToF32, f32ToBf16 } from "../src/safetensors.ts";
+import { bf16ToF32, f32ToBf16 } from "../src/formats/safetensors.ts";
 import { repoRoot } from "../src/_native_build.ts";
 import { runCli } from "./_fixtures.ts";
 import { raceChunks } from "./_store_race_child.ts";

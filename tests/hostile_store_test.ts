@@ -8,7 +8,7 @@ import { Compressor } from "../src/compressor.ts";
 import { compressIntoStore } from "../src/lloco.ts";
 import { DocumentStore, type NewChunk, type RetrievedChunk } from "../src/store.ts";
 import { KvfoldError } from "../src/errors.ts";
-import { bf16ToF32, f32ToBf16 } from "../src/safetensors.ts";
+import { bf16ToF32, f32ToBf16 } from "../src/formats/safetensors.ts";
 import { crc32, crc32Portable } from "../src/_crc32.ts";
 import { TEST_COMPRESSOR, testEngine, testModel } from "./_fixtures.ts";
 

@@ -6,10 +6,10 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { KvfoldError } from "../src/errors.ts";
-import { DTYPE_SIZES, readSafetensorsFile, type TensorView } from "../src/safetensors.ts";
-import { convertTorchCheckpoint, readTorchCheckpoint } from "../src/torch_bin.ts";
+import { DTYPE_SIZES, readSafetensorsFile, type TensorView } from "../src/formats/safetensors.ts";
+import { convertTorchCheckpoint, readTorchCheckpoint } from "../src/formats/torch_bin.ts";
 import { crc32, crc32Portable } from "../src/_crc32.ts";
-import { u16, ZipArchive } from "../src/torch_zip.ts";
+import { u16, ZipArchive } from "../src/formats/torch_zip.ts";
 import { runCli, tempDir } from "./_fixtures.ts";
 import { Pickler, zip } from "./_torch_zip.ts";
 

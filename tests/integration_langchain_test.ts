@@ -28,7 +28,7 @@ import {
   resolveKvfoldChunks,
 } from "../integrations/langchain/mod.ts";
 import { tempDir, TEST_COMPRESSOR, testEngine, testModel } from "./_fixtures.ts";
-import { makeTestAdapter } from "../src/test_model.ts";
+import { makeTestAdapter } from "../testing/mod.ts";
 
 const DOCS = [
   {

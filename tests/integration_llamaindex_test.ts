@@ -30,7 +30,7 @@ import {
   payloadRefOf,
 } from "../integrations/llamaindex/mod.ts";
 import { tempDir, TEST_COMPRESSOR, testEngine, testModel } from "./_fixtures.ts";
-import { makeTestAdapter } from "../src/test_model.ts";
+import { makeTestAdapter } from "../testing/mod.ts";
 
 const DOCS = [
   {

@@ -3,15 +3,15 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { KvfoldError } from "../src/errors.ts";
+import { makeTestLococoHeads } from "../testing/mod.ts";
 import {
   lococoFusedSlots,
   lococoTensorNames,
-  makeTestLococoHeads,
   readLococoHeads,
   writeLococoHeads,
-} from "../src/lococo_heads.ts";
-import { readSafetensorsFile, type TensorInput, writeSafetensorsFile } from "../src/safetensors.ts";
-import { makeTestModel } from "../src/test_model.ts";
+} from "../src/formats/lococo_heads.ts";
+import { readSafetensorsFile, type TensorInput, writeSafetensorsFile } from "../src/formats/safetensors.ts";
+import { makeTestModel } from "../testing/mod.ts";
 import { runCli, tempDir } from "./_fixtures.ts";
 import {
   type LococoStepInput,

@@ -218,7 +218,7 @@ Deno.test("calibrate: bad settings and sequences are refused; CLI train lococo w
 
 Deno.test("calibrate: with a LoRA set, the loss is the adapted model's, as a session with that adapter serves it", async () => {
   await withModel(async (model, dir, tmp) => {
-    const { makeTestAdapter } = await import("../src/test_model.ts");
+    const { makeTestAdapter } = await import("../testing/mod.ts");
     const adapterDir = join(tmp, "lora");
     await makeTestAdapter(adapterDir, { base: dir, rank: 4, seed: 8, std: 0.2 });
     const adapter = await model.adapters.load(adapterDir);

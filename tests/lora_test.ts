@@ -5,10 +5,10 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import type { Adapter, KvfoldError, Model } from "../mod.ts";
 import { DecodeBatcher } from "../src/batch.ts";
-import { writeSafetensorsFile } from "../src/safetensors.ts";
-import { makeTestAdapter } from "../src/test_model.ts";
-import { convertTorchCheckpoint } from "../src/torch_bin.ts";
-import { readSafetensorsFile, toFloat64 } from "../src/safetensors.ts";
+import { writeSafetensorsFile } from "../src/formats/safetensors.ts";
+import { makeTestAdapter } from "../testing/mod.ts";
+import { convertTorchCheckpoint } from "../src/formats/torch_bin.ts";
+import { readSafetensorsFile, toFloat64 } from "../src/formats/safetensors.ts";
 import { loadReferenceModel, referenceLogits, type ReferenceModel } from "./reference_forward.ts";
 import { relativeError, runCli, someIds, tempDir, testEngine, testModel } from "./_fixtures.ts";
 

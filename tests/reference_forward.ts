@@ -9,7 +9,7 @@
 
 import { join } from "node:path";
 import { KvfoldError } from "../src/errors.ts";
-import { readSafetensorsFile, type TensorView, toFloat64 } from "../src/safetensors.ts";
+import { readSafetensorsFile, type TensorView, toFloat64 } from "../src/formats/safetensors.ts";
 
 /** The config fields the forward pass uses, with HF's defaults filled in. */
 export interface ReferenceConfig {
@@ -101,7 +101,7 @@ export function parseReferenceConfig(cfg: Record<string, unknown>): ReferenceCon
  *
  * @example
  * ```ts
- * import { makeTestModel } from "../src/test_model.ts";
+ * import { makeTestModel } from "../testing/mod.ts";
  * import { loadReferenceModel } from "./reference_forward.ts";
  * const dir = await Deno.makeTempDir();
  * await makeTestModel(dir, { seed: 3 });
@@ -354,7 +354,7 @@ function attention(
  *
  * @example
  * ```ts
- * import { makeTestModel } from "../src/test_model.ts";
+ * import { makeTestModel } from "../testing/mod.ts";
  * import { embedTokens, loadReferenceModel, referenceHidden } from "./reference_forward.ts";
  * const dir = await Deno.makeTempDir();
  * await makeTestModel(dir, { seed: 3 });
@@ -410,7 +410,7 @@ export function referenceHidden(
  *
  * @example
  * ```ts
- * import { makeTestModel } from "../src/test_model.ts";
+ * import { makeTestModel } from "../testing/mod.ts";
  * import { embedTokens, loadReferenceModel } from "./reference_forward.ts";
  * const dir = await Deno.makeTempDir();
  * await makeTestModel(dir, { seed: 3 });
@@ -438,7 +438,7 @@ export function embedTokens(model: ReferenceModel, ids: readonly number[]): Floa
  *
  * @example
  * ```ts
- * import { makeTestModel } from "../src/test_model.ts";
+ * import { makeTestModel } from "../testing/mod.ts";
  * import { loadReferenceModel, referenceLogits } from "./reference_forward.ts";
  * const dir = await Deno.makeTempDir();
  * await makeTestModel(dir, { seed: 3 });

@@ -2,7 +2,7 @@
 // that a wrong layout (RoPE pairing, GQA grouping, causal mask, prefix positions, tying) breaks.
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { makeTestModel, type TestModelOptions } from "../src/test_model.ts";
+import { makeTestModel, type TestModelOptions } from "../testing/mod.ts";
 import {
   embedTokens,
   loadReferenceModel,

@@ -14,7 +14,7 @@ import {
   toFloat64,
   writeSafetensors,
   writeSafetensorsFile,
-} from "../src/safetensors.ts";
+} from "../src/formats/safetensors.ts";
 
 /** Raw file bytes from a header object (serialized as is) and a data section of `dataLen` bytes. */
 function rawFile(header: unknown, dataLen: number, headerText?: string): Uint8Array {

@@ -3,7 +3,7 @@ import { DatabaseSync } from "node:sqlite";
 import { join } from "node:path";
 import { DocumentStore, type NewChunk, type StoredVectors } from "../src/store.ts";
 import { KvfoldError } from "../src/errors.ts";
-import { bf16ToF32, f32ToBf16 } from "../src/safetensors.ts";
+import { bf16ToF32, f32ToBf16 } from "../src/formats/safetensors.ts";
 
 function tempPath(): string {
   return join(Deno.makeTempDirSync({ prefix: "kvfold_store_" }), "store.kvfold");

@@ -3,13 +3,14 @@ import { join } from "node:path";
 import { Tokenizer } from "@huggingface/tokenizers";
 import { Template } from "@huggingface/jinja";
 import { KvfoldError } from "../src/errors.ts";
-import { f16ToF32, f32ToF16, readSafetensorsFile, type TensorView, toFloat32 } from "../src/safetensors.ts";
 import {
-  makeTestModel,
-  makeTestTokenizer,
-  TEST_MODEL_PRESETS,
-  TEST_SPECIAL_TOKENS,
-} from "../src/test_model.ts";
+  f16ToF32,
+  f32ToF16,
+  readSafetensorsFile,
+  type TensorView,
+  toFloat32,
+} from "../src/formats/safetensors.ts";
+import { makeTestModel, makeTestTokenizer, TEST_MODEL_PRESETS, TEST_SPECIAL_TOKENS } from "../testing/mod.ts";
 
 async function withTempDir(fn: (dir: string) => Promise<void>): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "kvfold_test_model_" });

@@ -2,8 +2,8 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { KvfoldError } from "../src/errors.ts";
-import { readSafetensorsFile, type TensorView } from "../src/safetensors.ts";
-import { convertTorchCheckpoint, readTorchCheckpoint } from "../src/torch_bin.ts";
+import { readSafetensorsFile, type TensorView } from "../src/formats/safetensors.ts";
+import { convertTorchCheckpoint, readTorchCheckpoint } from "../src/formats/torch_bin.ts";
 import { Pickler, zip } from "./_torch_zip.ts";
 
 const FIXTURES = new URL("../../shared/fixtures/torch-bin/", import.meta.url);
@@ -151,7 +151,7 @@ Deno.test("hostile: a pickle calling os.system is refused and nothing runs", asy
     // Again in a child process whose working directory is the temp dir.
     const script = `
       import { convertTorchCheckpoint } from ${
-      JSON.stringify(new URL("../src/torch_bin.ts", import.meta.url).href)
+      JSON.stringify(new URL("../src/formats/torch_bin.ts", import.meta.url).href)
     };
       try { await convertTorchCheckpoint(${JSON.stringify(bin)}, "out2"); console.log("converted"); }
       catch (e) { console.log(e.code + " " + e.message); }`;

@@ -369,7 +369,7 @@ Deno.test("CLI: train lora killed with SIGKILL resumes from its checkpoint to th
     const args = (out: string, ckpt: string) => [
       "run",
       "-A",
-      new URL("../src/cli.ts", import.meta.url).pathname,
+      new URL("../cli/main.ts", import.meta.url).pathname,
       "train",
       "lora",
       "--model",

@@ -10,9 +10,9 @@
 
 import { join } from "node:path";
 import { DocumentStore, type Kvfold, KvfoldError, type Model } from "../../mod.ts";
-import { readSafetensorsFile } from "../../src/safetensors.ts";
-import { makeTestAdapter, makeTestModel } from "../../src/test_model.ts";
-import { makeTestLococoHeads } from "../../src/lococo_heads.ts";
+import { readSafetensorsFile } from "../../src/formats/safetensors.ts";
+import { makeTestAdapter, makeTestModel } from "../../testing/mod.ts";
+import { makeTestLococoHeads } from "../../testing/mod.ts";
 import { mutateBytes, mutateJson, mutateSafetensors, type Rng } from "./mutate.ts";
 import { readZipEntries, writeZip } from "./zip_entries.ts";
 
@@ -116,7 +116,7 @@ function pickleMutation(rng: Rng, dir: string) {
 
 async function checkConverted(ctx: CaseContext, exact: boolean) {
   const out = join(ctx.dir, "out.safetensors");
-  const { convertTorchCheckpoint } = await import("../../src/torch_bin.ts");
+  const { convertTorchCheckpoint } = await import("../../src/formats/torch_bin.ts");
   await convertTorchCheckpoint(join(ctx.dir, "pytorch_model.bin"), out);
   const got = await readSafetensorsFile(out);
   if (got.tensors.size === 0) throw new Garbage("converted zero tensors");
@@ -355,7 +355,7 @@ async function runCommandLine(ctx: CaseContext) {
   };
   const args = (JSON.parse(Deno.readTextFileSync(join(ctx.dir, "args.json"))) as string[])
     .map((a) => paths[a] ?? a);
-  const { main } = await import("../../src/cli.ts");
+  const { main } = await import("../../cli/main.ts");
   const code = await main(args);
   // 1: a KvfoldError printed as one line; 2: a usage error. Anything thrown is a stack trace.
   if (code !== 0) {

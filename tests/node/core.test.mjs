@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { after, test } from "node:test";
-import { readSafetensorsFile, toFloat32 } from "../../dist/src/safetensors.js";
+import { readSafetensorsFile, toFloat32 } from "../../dist/src/formats/safetensors.js";
 import { loadReferenceModel, referenceLogits } from "../../dist/tests/reference_forward.js";
 import {
   collect,

@@ -10,8 +10,8 @@
  */
 
 import { basename, dirname, join, resolve } from "node:path";
-import { readBoundedFile, readBoundedJson } from "./_bounded_read.ts";
-import { KvfoldError } from "./errors.ts";
+import { readBoundedFile, readBoundedJson } from "../_bounded_read.ts";
+import { KvfoldError } from "../errors.ts";
 import { DTYPE_SIZES, type TensorView, writeSafetensorsFile } from "./safetensors.ts";
 import { PTensor, type PValue, unpickle } from "./torch_pickle.ts";
 import { formatError, ZipArchive } from "./torch_zip.ts";

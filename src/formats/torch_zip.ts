@@ -8,8 +8,8 @@
  */
 
 import * as zlib from "node:zlib";
-import { KvfoldError } from "./errors.ts";
-import { crc32 } from "./_crc32.ts";
+import { KvfoldError } from "../errors.ts";
+import { crc32 } from "../_crc32.ts";
 
 /** "Cannot convert NAME: WHAT" as a FORMAT error. */
 export function formatError(name: string, what: string): KvfoldError {

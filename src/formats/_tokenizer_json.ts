@@ -6,7 +6,7 @@
  * @module
  */
 
-import { KvfoldError } from "./errors.ts";
+import { KvfoldError } from "../errors.ts";
 
 /**
  * The model types of Hugging Face tokenizers, all of which the library runs (WordLevel through its

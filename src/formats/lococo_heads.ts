@@ -16,11 +16,9 @@
  * @module
  */
 
-import { dirname, join } from "node:path";
-import { KvfoldError } from "./errors.ts";
-import { readBoundedJson } from "./_bounded_read.ts";
+import { KvfoldError } from "../errors.ts";
 import { readSafetensorsFile, type TensorInput, toFloat64, writeSafetensorsFile } from "./safetensors.ts";
-import { uniformTensor } from "./test_model.ts";
+import { uniformTensor } from "../_seeded_random.ts";
 
 /** Metadata keys of a heads file. */
 export const LOCOCO_METADATA_KEYS = Object.freeze(
@@ -117,7 +115,7 @@ function invalid(what: string): KvfoldError {
 }
 
 /** Checks (M, r, k, B) and returns Mc; `fail` builds the error. */
-function checkHyper(
+export function checkLococoShape(
   h: { slots: number; keepRate: number; kernel: number; segment: number },
   fail: (why: string) => KvfoldError,
 ): number {
@@ -167,7 +165,7 @@ export async function writeLococoHeads(path: string, options: WriteLococoHeadsOp
   if (!Number.isSafeInteger(headDim) || headDim < 1) {
     throw invalid(`head_dim must be an integer >= 1, got ${headDim}`);
   }
-  const mc = checkHyper({ slots, keepRate, kernel, segment }, invalid);
+  const mc = checkLococoShape({ slots, keepRate, kernel, segment }, invalid);
   const seed = options.seed ?? 0;
   const lambda = options.lambda ?? 0.5;
   if (!Number.isFinite(lambda)) throw invalid(`lambda must be finite, got ${lambda}`);
@@ -256,7 +254,7 @@ export async function readLococoHeads(path: string, model: LococoModelShape): Pr
     throw fail(`__metadata__ "${LOCOCO_METADATA_KEYS.keepRate}" is "${rs}", not a decimal number`);
   }
   const keepRate = Number(rs);
-  const mc = checkHyper({ slots, keepRate, kernel, segment }, (why) => fail(`metadata: ${why}`));
+  const mc = checkLococoShape({ slots, keepRate, kernel, segment }, (why) => fail(`metadata: ${why}`));
 
   // Layers: exactly 0..L-1, nothing else.
   const layerRe =
@@ -324,96 +322,4 @@ export async function readLococoHeads(path: string, model: LococoModelShape): Pr
     layers.push({ weight, bias, lambda: lam[0] });
   }
   return { slots, keepRate, kernel, segment, fusedSlots: mc, headDim: model.headDim, layers };
-}
-
-/** Options of {@link makeTestLococoHeads}. */
-export interface TestLococoHeadsOptions {
-  /** The model folder whose config.json gives the layer count and head_dim. */
-  base: string;
-  /** Default 0. */
-  seed?: number;
-  /** M. Default 512. */
-  slots?: number;
-  /** r. Default 0.5. */
-  keepRate?: number;
-  /** k. Default 21. */
-  kernel?: number;
-  /** B. Default 512. */
-  segment?: number;
-  /** λ. Default 0.5. */
-  lambda?: number;
-}
-
-/** What {@link makeTestLococoHeads} wrote. */
-export interface TestLococoHeadsInfo {
-  path: string;
-  layers: number;
-  headDim: number;
-  slots: number;
-  keepRate: number;
-  kernel: number;
-  segment: number;
-  fusedSlots: number;
-}
-
-/**
- * Writes random heads for the model folder `options.base` (num_hidden_layers; head_dim, or
- * hidden_size / num_attention_heads) to the file `outPath`, creating its folder.
- *
- * @example
- * ```ts ignore
- * await makeTestModel("./models/tiny");
- * await makeTestLococoHeads("./heads/tiny.safetensors", { base: "./models/tiny", slots: 64, segment: 32 });
- * ```
- */
-export async function makeTestLococoHeads(
-  outPath: string,
-  options: TestLococoHeadsOptions,
-): Promise<TestLococoHeadsInfo> {
-  const json = await readBoundedJson(join(options.base, "config.json"), { action: "make test LoCoCo heads" });
-  const cfg = json as Record<string, unknown>;
-  if (typeof json !== "object" || json === null || Array.isArray(json)) {
-    throw new KvfoldError(
-      "FORMAT",
-      `Cannot make test LoCoCo heads: ${options.base}/config.json is not a JSON object`,
-    );
-  }
-  const layers = cfg.num_hidden_layers;
-  const headDim = cfg.head_dim ?? (Number(cfg.hidden_size) / Number(cfg.num_attention_heads));
-  if (typeof layers !== "number" || !Number.isSafeInteger(layers) || layers < 1) {
-    throw new KvfoldError(
-      "FORMAT",
-      `Cannot make test LoCoCo heads: ${options.base}/config.json has no valid num_hidden_layers`,
-    );
-  }
-  if (typeof headDim !== "number" || !Number.isSafeInteger(headDim) || headDim < 1) {
-    throw new KvfoldError(
-      "FORMAT",
-      `Cannot make test LoCoCo heads: ${options.base}/config.json gives no integer head_dim ` +
-        `(head_dim, or hidden_size / num_attention_heads)`,
-    );
-  }
-  const info = {
-    path: outPath,
-    layers,
-    headDim,
-    slots: options.slots ?? 512,
-    keepRate: options.keepRate ?? 0.5,
-    kernel: options.kernel ?? 21,
-    segment: options.segment ?? 512,
-    fusedSlots: 0,
-  };
-  info.fusedSlots = checkHyper(
-    info,
-    (why) => new KvfoldError("INVALID_ARGUMENT", `Cannot make test LoCoCo heads: ${why}`),
-  );
-  try {
-    await Deno.mkdir(dirname(outPath), { recursive: true });
-  } catch (e) {
-    throw new KvfoldError("IO", `Cannot make test LoCoCo heads: cannot create ${dirname(outPath)}`, {
-      cause: e,
-    });
-  }
-  await writeLococoHeads(outPath, { ...info, seed: options.seed ?? 0, lambda: options.lambda });
-  return info;
 }

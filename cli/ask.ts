@@ -1,0 +1,102 @@
+/**
+ * `kvfold ask`: stream an answer from the best chunks' summary vectors in the store.
+ *
+ * @module
+ */
+
+import { answerFromChunks, DocumentStore, KvfoldError, type Model } from "../mod.ts";
+import {
+  CACHE,
+  cacheFromArgs,
+  COMMON,
+  dtypeOpt,
+  intOpt,
+  need,
+  numOpt,
+  openEngine,
+  parseCommand,
+  seedOpt,
+  STRING,
+} from "./_options.ts";
+import { decodeRate, interruptSignal, note, write } from "./_console.ts";
+
+export async function cmdAsk(args: string[]) {
+  const { values: v, positionals } = parseCommand(args, {
+    ...COMMON,
+    model: STRING,
+    store: STRING,
+    k: STRING,
+    "max-tokens": STRING,
+    temperature: STRING,
+    seed: STRING,
+    adapter: { ...STRING, multiple: true },
+    ...CACHE,
+  }, true);
+  const question = positionals.join(" ");
+  if (!question) {
+    throw new KvfoldError(
+      "INVALID_ARGUMENT",
+      "Missing QUESTION: kvfold ask --model DIR --store FILE QUESTION",
+    );
+  }
+  using store = DocumentStore.open(need(v.store, "store"), { readOnly: true });
+  const chunks = store.retrieve(question, { k: intOpt(v.k, "k", 1) ?? 2 });
+  for (const c of chunks) {
+    note(`[retrieved ${c.source} #${c.ordinal}, score ${c.score.toFixed(3)}, ${c.vectors.rows} vectors]`);
+  }
+  if (chunks.length === 0) note("[nothing retrieved: answering without context]");
+  using kv = await openEngine(v);
+  using model = await kv.loadModel(need(v.model, "model"), { dtype: dtypeOpt(v) });
+  const forced = await loadAdapters(model, v.adapter);
+  using interrupt = interruptSignal(); // Ctrl-C aborts within one token
+  let stats:
+    | {
+      prefixPositions: number;
+      promptTokens: number;
+      generatedTokens: number;
+      decodeMs: number;
+      adapter: string | null;
+    }
+    | undefined;
+  for await (
+    const piece of answerFromChunks(model, chunks, question, {
+      adapter: forced,
+      cache: cacheFromArgs(model, v),
+      maxTokens: intOpt(v["max-tokens"], "max-tokens") ?? 128,
+      temperature: numOpt(v.temperature, "temperature"),
+      seed: seedOpt(v.seed),
+      signal: interrupt.signal,
+      onStats: (s) => (stats = s),
+    })
+  ) write(piece);
+  write("\n");
+  if (stats) {
+    const tokensIn = chunks.reduce((n, c) => n + c.tokens, 0);
+    note(
+      `[${stats.prefixPositions} prefix positions for ${tokensIn} context tokens; ${stats.promptTokens} prompt tokens; ` +
+        `adapter ${stats.adapter ?? "none"}; ` +
+        `${stats.generatedTokens} generated at ${decodeRate(stats.generatedTokens, stats.decodeMs)}]`,
+    );
+  }
+}
+
+// --adapter specs: "DIR" (used as given) or "GROUP=DIR" (registered under the group's name, chosen
+// by the retrieved chunks' group). Returns the adapter name to force, if a plain DIR was given.
+async function loadAdapters(model: Model, specs: string[] | undefined): Promise<string | undefined> {
+  let forced: string | undefined;
+  for (const spec of specs ?? []) {
+    const eq = spec.indexOf("=");
+    if (eq > 0) {
+      await model.adapters.load(spec.slice(eq + 1), { name: spec.slice(0, eq) });
+      continue;
+    }
+    if (forced !== undefined) {
+      throw new KvfoldError(
+        "INVALID_ARGUMENT",
+        "Cannot use two plain --adapter folders; name them GROUP=DIR",
+      );
+    }
+    forced = (await model.adapters.load(spec)).name;
+  }
+  return forced;
+}

@@ -1,0 +1,83 @@
+/**
+ * `kvfold compress`: AutoCompressor summary vectors of ids, or documents compressed into the store.
+ *
+ * @module
+ */
+
+import { compressIntoStore, Compressor, DocumentStore, KvfoldError, writeSafetensorsFile } from "../mod.ts";
+import {
+  BOOLEAN,
+  COMMON,
+  dtypeOpt,
+  intOpt,
+  need,
+  openEngine,
+  parseCommand,
+  parseIds,
+  STRING,
+} from "./_options.ts";
+import { interruptSignal, note, ProgressBar, readUserText } from "./_console.ts";
+
+export async function cmdCompress(args: string[]) {
+  const { values: v, positionals: files } = parseCommand(args, {
+    ...COMMON,
+    compressor: STRING,
+    ids: STRING,
+    "segment-length": STRING,
+    "chunk-tokens": STRING,
+    out: STRING,
+    store: STRING,
+    group: STRING,
+    replace: BOOLEAN,
+  }, true);
+  const dir = need(v.compressor, "compressor");
+  if (v.store === undefined && v.ids === undefined) {
+    throw new KvfoldError(
+      "INVALID_ARGUMENT",
+      "Missing --store FILE with FILES..., or --ids 1,2,3 with --out FILE",
+    );
+  }
+  using kv = await openEngine(v);
+  using compressor = await Compressor.load(kv, dir, { dtype: dtypeOpt(v) });
+  const segmentLength = intOpt(v["segment-length"], "segment-length", 1);
+  if (v.store === undefined) {
+    // Inspection mode: exact summary vectors of given ids.
+    const out = need(v.out, "out");
+    const summary = await compressor.compress(parseIds(need(v.ids, "ids")), { segmentLength });
+    await writeSafetensorsFile(
+      out,
+      [{ name: "summary", dtype: "F32", shape: [summary.rows, summary.hidden], data: summary.data }],
+      { "kvfold.compressor": dir, "kvfold.tokens": String(summary.tokens) },
+    );
+    note(`wrote ${out}: summary [${summary.rows}, ${summary.hidden}] f32 from ${summary.tokens} tokens`);
+    return;
+  }
+  if (files.length === 0) {
+    throw new KvfoldError("INVALID_ARGUMENT", "Missing FILES to compress into the store");
+  }
+  using store = DocumentStore.open(v.store);
+  using interrupt = interruptSignal(); // Ctrl-C aborts within one token
+  const texts = await Promise.all(files.map((f) => readUserText(f, "compress")));
+  const totals = texts.map((t) => compressor.model.tokenizer.encode(t).length);
+  const all = totals.reduce((a, b) => a + b, 0);
+  const bar = new ProgressBar(all);
+  let before = 0;
+  for (let i = 0; i < files.length; i++) {
+    const r = await compressIntoStore(compressor, store, {
+      source: files[i],
+      text: texts[i],
+      group: v.group,
+    }, {
+      chunkTokens: intOpt(v["chunk-tokens"], "chunk-tokens", 1),
+      segmentLength,
+      replace: v.replace,
+      signal: interrupt.signal,
+      onProgress: (done) => bar.update(before + done, files[i]),
+    });
+    before += totals[i];
+    bar.update(before, files[i]);
+    bar.done(
+      `${files[i]}: ${r.tokens} tokens -> ${r.vectors} vectors (${(r.tokens / r.vectors).toFixed(1)}x)`,
+    );
+  }
+}
