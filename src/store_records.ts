@@ -6,7 +6,7 @@
  */
 
 import { KvfoldError } from "./errors.ts";
-import { bf16ToF32, f32ToBf16 } from "./formats/safetensors.ts";
+import { f32ToBf16 } from "./formats/safetensors.ts";
 
 function bad(message: string): KvfoldError {
   return new KvfoldError("INVALID_ARGUMENT", message);
