@@ -3,15 +3,7 @@ import assert from "node:assert/strict";
 import { KvfoldError } from "../mod.ts";
 import { readBoundedFile, readBoundedJson } from "../src/_bounded_read.ts";
 import { tempDir } from "./_fixtures.ts";
-
-async function rejectsWith(p: Promise<unknown>, code: string, pattern: RegExp) {
-  await assert.rejects(p, (e: unknown) => {
-    assert.ok(e instanceof KvfoldError, `expected KvfoldError, got ${e}`);
-    assert.equal(e.code, code);
-    assert.match(e.message, pattern);
-    return true;
-  });
-}
+import { rejectsWith } from "./_kvfold_asserts.ts";
 
 Deno.test("bounded read: refuses a FIFO, /dev/zero behind a link, a directory and a missing file", async () => {
   const dir = await tempDir();

@@ -3,22 +3,7 @@ import assert from "node:assert/strict";
 import { Kvfold, KvfoldError, type KvfoldErrorCode } from "../mod.ts";
 import { readSafetensorsFile, type TensorInput, writeSafetensorsFile } from "../src/formats/safetensors.ts";
 import { tempDir, testEngine, testModel, WIDE_MODEL } from "./_fixtures.ts";
-
-/** A writable copy of the tiny test model, handed to `edit`, removed afterwards. */
-async function withBrokenModel(
-  edit: (dir: string) => Promise<void> | void,
-  check: (dir: string) => Promise<void>,
-) {
-  const src = await testModel("gqa", { seed: 11 });
-  const dir = await tempDir();
-  try {
-    for (const f of Deno.readDirSync(src)) Deno.copyFileSync(`${src}/${f.name}`, `${dir}/${f.name}`);
-    await edit(dir);
-    await check(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-}
+import { withBrokenModel } from "./_kvfold_asserts.ts";
 
 async function expectLoadError(dir: string, code: KvfoldErrorCode, pattern: RegExp) {
   const kv = await testEngine();

@@ -8,34 +8,7 @@ import { makeTestLococoHeads } from "../testing/mod.ts";
 import { readSafetensors, readSafetensorsFile } from "../src/formats/safetensors.ts";
 import { makeTestAdapter } from "../testing/mod.ts";
 import { runCli, tempDir, TEST_COMPRESSOR, testEngine, testModel } from "./_fixtures.ts";
-
-/** A writable copy of a test model (default: the tiny GQA one), handed to `edit`, removed afterwards. */
-async function withBrokenModel(
-  edit: (dir: string) => Promise<void> | void,
-  check: (dir: string) => Promise<void>,
-  source: Promise<string> = testModel("gqa", { seed: 11 }),
-) {
-  const src = await source;
-  const dir = await tempDir();
-  try {
-    for (const f of Deno.readDirSync(src)) Deno.copyFileSync(`${src}/${f.name}`, `${dir}/${f.name}`);
-    await edit(dir);
-    await check(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-}
-
-/** Asserts that `p` rejects with a KvfoldError of `code` whose message matches every pattern. */
-async function rejectsWith(p: Promise<unknown>, code: KvfoldErrorCode, ...patterns: RegExp[]) {
-  await assert.rejects(p, (e: unknown) => {
-    assert.ok(e instanceof KvfoldError, `not a KvfoldError: ${e}`);
-    assert.equal(e.code, code, e.message);
-    for (const re of patterns) assert.match(e.message, re);
-    assert.doesNotMatch(e.message, /is not a function|is not iterable|Cannot read properties/);
-    return true;
-  });
-}
+import { rejectsWith, withBrokenModel } from "./_kvfold_asserts.ts";
 
 async function expectLoadError(dir: string, code: KvfoldErrorCode, ...patterns: RegExp[]) {
   const kv = await testEngine();
@@ -49,7 +22,7 @@ const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
  * that blocks reading the FIFO takes that long), a writer opens and closes the FIFO, so that a
  * blocked reader sees end of file and the test fails on its assertion instead of hanging.
  */
-async function unblockingFifo(fifo: string, check: () => Promise<void>) {
+async function unblockingFifo(fifo: string, check: () => Promise<unknown>) {
   const timer = setTimeout(() => Deno.open(fifo, { write: true }).then((f) => f.close(), () => {}), 60_000);
   try {
     await check();

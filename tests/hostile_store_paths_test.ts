@@ -9,25 +9,10 @@ import { KvfoldError } from "../src/errors.ts";
 import { bf16ToF32, f32ToBf16 } from "../src/formats/safetensors.ts";
 import { repoRoot } from "../src/_native_build.ts";
 import { runCli } from "./_fixtures.ts";
+import { tempStore, throwsKvfold as assertKvfold } from "./_kvfold_asserts.ts";
 import { raceChunks } from "./_store_race_child.ts";
 
 const CORRUPT_FIXTURE = `${repoRoot()}/tests/fixtures/hostile/store-corrupt.sqlite`;
-
-function tempStore(name = "store.kvfold"): string {
-  return join(Deno.makeTempDirSync({ prefix: "kvfold_hostile_store_" }), name);
-}
-
-function assertKvfold(fn: () => unknown, code: string, pattern?: RegExp): KvfoldError {
-  let caught: KvfoldError | undefined;
-  assert.throws(fn, (e: unknown) => {
-    assert.ok(e instanceof KvfoldError, `expected KvfoldError, got ${(e as Error)?.stack ?? e}`);
-    assert.equal(e.code, code, e.message);
-    if (pattern) assert.match(e.message, pattern);
-    caught = e;
-    return true;
-  });
-  return caught!;
-}
 
 // --- concurrent creation ---------------------------------------------------------------------
 

@@ -11,22 +11,7 @@ import { KvfoldError } from "../src/errors.ts";
 import { bf16ToF32, f32ToBf16 } from "../src/formats/safetensors.ts";
 import { crc32, crc32Portable } from "../src/_crc32.ts";
 import { TEST_COMPRESSOR, testEngine, testModel } from "./_fixtures.ts";
-
-function tempStore(name = "store.kvfold"): string {
-  return join(Deno.makeTempDirSync({ prefix: "kvfold_hostile_store_" }), name);
-}
-
-function assertKvfold(fn: () => unknown, code: string, pattern?: RegExp): KvfoldError {
-  let caught: KvfoldError | undefined;
-  assert.throws(fn, (e: unknown) => {
-    assert.ok(e instanceof KvfoldError, `expected KvfoldError, got ${(e as Error)?.stack ?? e}`);
-    assert.equal(e.code, code, e.message);
-    if (pattern) assert.match(e.message, pattern);
-    caught = e;
-    return true;
-  });
-  return caught!;
-}
+import { tempStore, throwsKvfold as assertKvfold } from "./_kvfold_asserts.ts";
 
 /** Runs raw SQL on a store file, as another program (or damage) would. */
 function raw(path: string, ...sql: string[]): void {

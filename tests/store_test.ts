@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { DocumentStore, type NewChunk, type StoredVectors } from "../src/store.ts";
 import { KvfoldError } from "../src/errors.ts";
 import { bf16ToF32, f32ToBf16 } from "../src/formats/safetensors.ts";
+import { throwsKvfold as assertKvfold } from "./_kvfold_asserts.ts";
 
 function tempPath(): string {
   return join(Deno.makeTempDirSync({ prefix: "kvfold_store_" }), "store.kvfold");
@@ -30,15 +31,6 @@ function rawCount(path: string, sql: string): number {
   } finally {
     db.close();
   }
-}
-
-function assertKvfold(fn: () => unknown, code: string, pattern?: RegExp): void {
-  assert.throws(fn, (e: unknown) => {
-    assert.ok(e instanceof KvfoldError, `expected KvfoldError, got ${e}`);
-    assert.equal(e.code, code, e.message);
-    if (pattern) assert.match(e.message, pattern);
-    return true;
-  });
 }
 
 Deno.test("store: round trip of documents, chunks, vectors and stats", () => {
