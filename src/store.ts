@@ -10,6 +10,8 @@
 import { DatabaseSync, type SQLInputValue, type StatementSync } from "node:sqlite";
 import { KvfoldError } from "./errors.ts";
 import {
+  checkNewChunk,
+  checkNewDocument,
   decodeVectors,
   encodeVectors,
   type NewChunk,
@@ -50,10 +52,6 @@ const OPEN_ATTEMPTS = 8;
 
 function bad(message: string): KvfoldError {
   return new KvfoldError("INVALID_ARGUMENT", message);
-}
-
-function isNonNegativeInt(n: unknown): n is number {
-  return typeof n === "number" && Number.isSafeInteger(n) && n >= 0;
 }
 
 /** Options of {@linkcode DocumentStore.open}. */
@@ -203,30 +201,7 @@ export class DocumentStore {
    */
   addDocument(doc: NewDocument, options: { replace?: boolean } = {}): number {
     const db = this.#writable("add document");
-    if (doc === null || typeof doc !== "object") throw bad("Cannot add document: expected an object");
-    const { source, group, metadata, chunks } = doc;
-    if (typeof source !== "string" || source === "") {
-      throw bad("Cannot add document: source must be a non-empty string");
-    }
-    if (group !== undefined && typeof group !== "string") {
-      throw bad("Cannot add document: group must be a string");
-    }
-    if (!Array.isArray(chunks) || chunks.length === 0) {
-      throw bad(`Cannot add document ${source}: it has no chunks`);
-    }
-    let metaJson = "{}";
-    if (metadata !== undefined) {
-      if (metadata === null || typeof metadata !== "object" || Array.isArray(metadata)) {
-        throw bad(`Cannot add document ${source}: metadata must be a plain object`);
-      }
-      try {
-        metaJson = JSON.stringify(metadata);
-      } catch (e) {
-        throw bad(
-          `Cannot add document ${source}: metadata is not JSON-serialisable (${(e as Error).message})`,
-        );
-      }
-    }
+    const { source, group, metaJson, chunks } = checkNewDocument(doc);
     const action = `add document ${source} to store`;
     return this.#guard(action, () => {
       db.exec("BEGIN IMMEDIATE");
@@ -279,15 +254,7 @@ export class DocumentStore {
     const insPosting = this.#stmt("INSERT INTO postings (term, chunk_id, tf) VALUES (?, ?, ?)");
     chunks.forEach((chunk, ordinal) => {
       const where = `chunk ${ordinal} of ${source}`;
-      if (chunk === null || typeof chunk !== "object") {
-        throw bad(`Cannot add document: ${where} is not an object`);
-      }
-      if (typeof chunk.text !== "string") throw bad(`Cannot add document: ${where} text must be a string`);
-      if (!isNonNegativeInt(chunk.tokens)) {
-        throw bad(
-          `Cannot add document: ${where} tokens must be a non-negative integer, got ${chunk.tokens}`,
-        );
-      }
+      checkNewChunk(chunk, where);
       const blob = encodeVectors(chunk.vectors, where);
       const terms = tokenize(chunk.text);
       const { rows, hidden } = chunk.vectors;

@@ -297,3 +297,46 @@ export function decodeVectors(blob: Uint8Array, rows: number, hidden: number): S
   }
   return bf16Vectors(rows, hidden, bits);
 }
+
+/**
+ * The checked parts of a document to add: a non-empty source, an optional string group, chunks,
+ * and the metadata as JSON. Throws INVALID_ARGUMENT naming what is wrong.
+ */
+export function checkNewDocument(
+  doc: NewDocument,
+): { source: string; group?: string; metaJson: string; chunks: NewChunk[] } {
+  if (doc === null || typeof doc !== "object") throw bad("Cannot add document: expected an object");
+  const { source, group, metadata, chunks } = doc;
+  if (typeof source !== "string" || source === "") {
+    throw bad("Cannot add document: source must be a non-empty string");
+  }
+  if (group !== undefined && typeof group !== "string") {
+    throw bad("Cannot add document: group must be a string");
+  }
+  if (!Array.isArray(chunks) || chunks.length === 0) {
+    throw bad(`Cannot add document ${source}: it has no chunks`);
+  }
+  let metaJson = "{}";
+  if (metadata !== undefined) {
+    if (metadata === null || typeof metadata !== "object" || Array.isArray(metadata)) {
+      throw bad(`Cannot add document ${source}: metadata must be a plain object`);
+    }
+    try {
+      metaJson = JSON.stringify(metadata);
+    } catch (e) {
+      throw bad(`Cannot add document ${source}: metadata is not JSON-serialisable (${(e as Error).message})`);
+    }
+  }
+  return { source, group, metaJson, chunks };
+}
+
+/** Throws INVALID_ARGUMENT unless `chunk` has string text and a non-negative integer token count. */
+export function checkNewChunk(chunk: NewChunk, where: string): void {
+  if (chunk === null || typeof chunk !== "object") {
+    throw bad(`Cannot add document: ${where} is not an object`);
+  }
+  if (typeof chunk.text !== "string") throw bad(`Cannot add document: ${where} text must be a string`);
+  if (!isNonNegativeInt(chunk.tokens)) {
+    throw bad(`Cannot add document: ${where} tokens must be a non-negative integer, got ${chunk.tokens}`);
+  }
+}
