@@ -190,6 +190,19 @@ export class HandleOwner {
     this.#handle.dispose();
   }
 
+  /**
+   * Disposes unless live sessions use this handle (an adapter, LoCoCo heads): then an INVALID_STATE
+   * error "Cannot <action>: N session(s) are using <what>", and nothing is freed.
+   */
+  protected disposeUnlessUsed(action: string, what: string): void {
+    if (this.#handle.disposed) return;
+    const users = this.#handle.liveUsers;
+    if (users > 0) {
+      throw new KvfoldError("INVALID_STATE", `Cannot ${action}: ${users} session(s) are using ${what}`);
+    }
+    this.#handle.dispose();
+  }
+
   [Symbol.dispose](): void {
     this.dispose();
   }

@@ -132,15 +132,7 @@ export class Adapter extends HandleOwner {
    * adapter (or none) there first. Disposing the model frees everything in the right order.
    */
   override dispose(): void {
-    if (this._handle.disposed) return;
-    const users = this._handle.liveUsers;
-    if (users > 0) {
-      throw new KvfoldError(
-        "INVALID_STATE",
-        `Cannot unload adapter ${this.name}: ${users} session(s) are using it`,
-      );
-    }
-    super.dispose();
+    this.disposeUnlessUsed(`unload adapter ${this.name}`, "it");
   }
 }
 

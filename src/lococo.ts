@@ -120,14 +120,6 @@ export class LococoHeads extends HandleOwner {
 
   /** Frees them; refused (INVALID_STATE) while a live session uses them. */
   override dispose(): void {
-    if (this._handle.disposed) return;
-    const users = this._handle.liveUsers;
-    if (users > 0) {
-      throw new KvfoldError(
-        "INVALID_STATE",
-        `Cannot free the LoCoCo heads: ${users} session(s) are using them`,
-      );
-    }
-    super.dispose();
+    this.disposeUnlessUsed("free the LoCoCo heads", "them");
   }
 }
