@@ -37,8 +37,8 @@ const STRUCT_TABLES = {
     fields: { backend: ["i32", 0], n_threads: ["i32", 4], name: ["char[64]", 8] },
   },
   kf_model_params: {
-    size: 16,
-    fields: { control: ["ptr", 0], weight_dtype: ["i32", 8], use_mmap: ["i32", 12] },
+    size: 8,
+    fields: { weight_dtype: ["i32", 0], use_mmap: ["i32", 4] },
   },
   kf_model_info: {
     size: 88,
@@ -148,7 +148,7 @@ const STRUCT_TABLES = {
       reserved: ["i32", 60],
     },
   },
-  kf_trainer_info: {
+  kf_lora_trainer_info: {
     size: 40,
     fields: {
       rank: ["i32", 0],

@@ -24,18 +24,22 @@ const SYMBOLS = {
   kf_engine_free: { parameters: ["pointer"], result: "i32" },
   kf_engine_get_info: { parameters: ["pointer", "buffer"], result: "i32" },
   kf_engine_measure_read_bandwidth: {
-    parameters: ["pointer", "i64", "i32", "buffer"],
+    parameters: ["pointer", "i64", "i32", "buffer", "buffer"],
     result: "i32",
     nonblocking: true,
   },
   kf_engine_measure_matmul_rate: {
-    parameters: ["pointer", "i32", "i32", "i32", "i32", "buffer"],
+    parameters: ["pointer", "i32", "i32", "i32", "i32", "buffer", "buffer"],
     result: "i32",
     nonblocking: true,
   },
 
   kf_model_default_params: { parameters: [], result: { struct: structFields("kf_model_params") } },
-  kf_model_load: { parameters: ["pointer", "buffer", "buffer", "buffer"], result: "i32", nonblocking: true },
+  kf_model_load: {
+    parameters: ["pointer", "buffer", "buffer", "buffer", "buffer"],
+    result: "i32",
+    nonblocking: true,
+  },
   kf_model_free: { parameters: ["pointer"], result: "i32" },
   kf_model_get_info: { parameters: ["pointer", "buffer"], result: "i32" },
 
@@ -77,17 +81,17 @@ const SYMBOLS = {
   kf_batch_decode: { parameters: ["buffer", "buffer", "i32", "buffer"], result: "i32", nonblocking: true },
 
   kf_lora_trainer_create: { parameters: ["pointer", "buffer", "buffer"], result: "i32" },
-  kf_trainer_free: { parameters: ["pointer"], result: "i32" },
-  kf_trainer_get_info: { parameters: ["pointer", "buffer"], result: "i32" },
-  kf_trainer_accumulate: {
+  kf_lora_trainer_free: { parameters: ["pointer"], result: "i32" },
+  kf_lora_trainer_get_info: { parameters: ["pointer", "buffer"], result: "i32" },
+  kf_lora_trainer_accumulate: {
     parameters: ["pointer", "buffer", "i32", "buffer", "buffer", "i32", "buffer", "buffer"],
     result: "i32",
     nonblocking: true,
   },
-  kf_trainer_step: { parameters: ["pointer", "buffer"], result: "i32" },
-  kf_trainer_read: { parameters: ["pointer", "i32", "i32", "i32", "buffer", "i64"], result: "i32" },
-  kf_trainer_write: { parameters: ["pointer", "i32", "i32", "i32", "buffer", "i64"], result: "i32" },
-  kf_trainer_set_step: { parameters: ["pointer", "i64"], result: "i32" },
+  kf_lora_trainer_step: { parameters: ["pointer", "buffer"], result: "i32" },
+  kf_lora_trainer_read: { parameters: ["pointer", "i32", "i32", "i32", "buffer", "i64"], result: "i32" },
+  kf_lora_trainer_write: { parameters: ["pointer", "i32", "i32", "i32", "buffer", "i64"], result: "i32" },
+  kf_lora_trainer_set_step: { parameters: ["pointer", "i64"], result: "i32" },
 
   kf_lococo_trainer_create: { parameters: ["pointer", "buffer", "pointer", "buffer"], result: "i32" },
   kf_lococo_trainer_free: { parameters: ["pointer"], result: "i32" },
@@ -102,7 +106,7 @@ const SYMBOLS = {
   kf_lococo_trainer_set_step: { parameters: ["pointer", "i64"], result: "i32" },
   kf_lococo_trainer_set_adapter: { parameters: ["pointer", "pointer"], result: "i32" },
 
-  kf_lococo_heads_load: { parameters: ["pointer", "buffer", "buffer"], result: "i32" },
+  kf_lococo_heads_load: { parameters: ["pointer", "buffer", "buffer", "buffer"], result: "i32" },
   kf_lococo_heads_free: { parameters: ["pointer"], result: "i32" },
   kf_lococo_heads_get_info: { parameters: ["pointer", "buffer"], result: "i32" },
 
@@ -146,6 +150,9 @@ const CODE_OF_STATUS: Record<number, KvfoldErrorCode> = {
   9: "INTERNAL",
 };
 
+/** The `KF_ABI_VERSION` of `ffi/include/kvfold.h` that {@link SYMBOLS} and the struct tables follow. */
+export const ABI_VERSION = 3;
+
 let loaded: { lib: Deno.DynamicLibrary<typeof SYMBOLS>; path: string } | null = null;
 let loading: Promise<NativeSymbols> | null = null;
 
@@ -159,6 +166,15 @@ export function native(): Promise<NativeSymbols> {
       lib = Deno.dlopen(path, SYMBOLS);
     } catch (e) {
       throw new KvfoldError("BUILD", `Cannot open ${path}: ${(e as Error).message}`, { cause: e });
+    }
+    // A library of another ABI may bind (same names) and then misread arguments: refuse it first.
+    const abi = lib.symbols.kf_abi_version();
+    if (abi !== ABI_VERSION) {
+      lib.close();
+      throw new KvfoldError(
+        "BUILD",
+        `Cannot use ${path}: its ABI version is ${abi}, this kvfold needs ${ABI_VERSION}`,
+      );
     }
     for (const [name, { size }] of Object.entries(STRUCTS)) {
       const got = Number(lib.symbols.kf_struct_size(cString(name)));

@@ -83,7 +83,7 @@ export class Adapter extends HandleOwner {
     const path = cString(dir);
     // Made while the model is still held: a model disposed during the load frees the adapter first.
     const handle = await model._handle.runControlled(
-      (modelPtr, ctl) => s.kf_adapter_load(modelPtr, path, ctl.buf, out.buf),
+      (modelPtr, ctl) => s.kf_adapter_load(modelPtr, path, out.buf, ctl.buf),
       {
         signal: options.signal,
         discard: () => {

@@ -154,8 +154,8 @@ export class Kvfold extends HandleOwner {
     const bytes = int64Arg("measure bandwidth", "bytes", options.bytes ?? 512 << 20, { min: 1n << 20n });
     const repeats = int32Arg("measure bandwidth", "repeats", options.repeats ?? 5, { min: 1 });
     const out = alloc(8);
-    await this._handle.runControlled((ptr) =>
-      sym().kf_engine_measure_read_bandwidth(ptr, bytes, repeats, out)
+    await this._handle.runControlled((ptr, ctl) =>
+      sym().kf_engine_measure_read_bandwidth(ptr, bytes, repeats, out, ctl.buf)
     );
     return new DataView(out.buffer).getFloat64(0, true);
   }
@@ -173,8 +173,8 @@ export class Kvfold extends HandleOwner {
     const m = dim("m"), n = dim("n"), k = dim("k");
     const repeats = int32Arg("measure matmul rate", "repeats", options.repeats ?? 10, { min: 1, max: 1000 });
     const out = alloc(8);
-    await this._handle.runControlled((ptr) =>
-      sym().kf_engine_measure_matmul_rate(ptr, m, n, k, repeats, out)
+    await this._handle.runControlled((ptr, ctl) =>
+      sym().kf_engine_measure_matmul_rate(ptr, m, n, k, repeats, out, ctl.buf)
     );
     return new DataView(out.buffer).getFloat64(0, true);
   }

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { check, cString, outPointer, sym } from "./_binding.ts";
+import { check, ControlBlock, cString, outPointer, sym } from "./_binding.ts";
 import { NativeStruct } from "./_abi.ts";
 import { HandleOwner, NativeHandle } from "./_handle.ts";
 import { KvfoldError } from "./errors.ts";
@@ -87,7 +87,10 @@ export class LococoHeads extends HandleOwner {
     }
     const s = sym();
     const out = outPointer();
-    check(s.kf_lococo_heads_load(model._handle.ptr, cString(path), out.buf));
+    // A synchronous call: nothing can cancel it from this thread, but the block takes the error copy
+    // as on every long call (kvfold.h, "Conventions").
+    const ctl = new ControlBlock();
+    check(s.kf_lococo_heads_load(model._handle.ptr, cString(path), out.buf, ctl.buf), ctl);
     const ptr = out.get();
     const handle = new NativeHandle(
       ptr,

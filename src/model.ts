@@ -131,10 +131,9 @@ export class Model extends HandleOwner {
     // frees the new model first, then itself.
     const handle = await engineHandle.runControlled((enginePtr, ctl) => {
       const params = new NativeStruct("kf_model_params", s.kf_model_default_params())
-        .setPointer("control", Deno.UnsafePointer.of(ctl.buf))
         .set("weight_dtype", DTYPE_IDS[dtype])
         .set("use_mmap", options.mmap === true ? 1 : 0);
-      return s.kf_model_load(enginePtr, path, params.buf, out.buf);
+      return s.kf_model_load(enginePtr, path, params.buf, out.buf, ctl.buf);
     }, {
       signal: options.signal,
       onProgress: options.onProgress,

@@ -152,7 +152,7 @@ export class LoraTrainer extends HandleOwner {
     const handle = new NativeHandle(
       out.get(),
       "the trainer",
-      (ptr) => check(sym().kf_trainer_free(ptr)),
+      (ptr) => check(sym().kf_lora_trainer_free(ptr)),
       model._handle,
     );
     return new LoraTrainer(handle, model, o);
@@ -201,7 +201,7 @@ export class LoraTrainer extends HandleOwner {
     const loss = alloc(4);
     await this._handle.runControlled(
       (ptr, ctl) =>
-        sym().kf_trainer_accumulate(
+        sym().kf_lora_trainer_accumulate(
           ptr,
           prefixBuf,
           nPrefix,
@@ -218,7 +218,7 @@ export class LoraTrainer extends HandleOwner {
 
   /** AdamW over the accumulated gradients (averaged, clipped), with the scheduled learning rate. */
   step(): TrainStep {
-    return optimizerStep((info) => sym().kf_trainer_step(this._handle.ptr, info));
+    return optimizerStep((info) => sym().kf_lora_trainer_step(this._handle.ptr, info));
   }
 
   /** Shape of a pair's tensor: A and its moments [r, in], B and its moments [out, r]. */
@@ -243,7 +243,8 @@ export class LoraTrainer extends HandleOwner {
     const [l, p, w] = tensorArgs("read trainer tensor", layer, proj, which);
     const [r, c] = this.shapeOf(proj, which);
     const out = new Float32Array(r * c);
-    check(sym().kf_trainer_read(this._handle.ptr, l, p, w, new Uint8Array(out.buffer), BigInt(out.length)));
+    const bytes = new Uint8Array(out.buffer);
+    check(sym().kf_lora_trainer_read(this._handle.ptr, l, p, w, bytes, BigInt(out.length)));
     return out;
   }
 
@@ -251,14 +252,13 @@ export class LoraTrainer extends HandleOwner {
   write(layer: number, proj: LoraProjection, which: TrainTensor, data: Float32Array): void {
     const [l, p, w] = tensorArgs("write trainer tensor", layer, proj, which);
     const copy = new Float32Array(data);
-    check(
-      sym().kf_trainer_write(this._handle.ptr, l, p, w, new Uint8Array(copy.buffer), BigInt(copy.length)),
-    );
+    const bytes = new Uint8Array(copy.buffer);
+    check(sym().kf_lora_trainer_write(this._handle.ptr, l, p, w, bytes, BigInt(copy.length)));
   }
 
   /** Sets the step count (for the learning-rate schedule) and drops accumulated gradients. */
   setStep(step: number): void {
-    check(sym().kf_trainer_set_step(this._handle.ptr, int64Arg("set trainer step", "step", step)));
+    check(sym().kf_lora_trainer_set_step(this._handle.ptr, int64Arg("set trainer step", "step", step)));
   }
 
   /** Every trained (layer, projection). */
@@ -343,9 +343,9 @@ export class LoraTrainer extends HandleOwner {
 }
 
 // What a LoRA checkpoint holds per pair: weights and AdamW moments (gradients are empty at a step boundary).
-function trainerInfo(ptr: Deno.PointerValue): NativeStruct<"kf_trainer_info"> {
-  const info = new NativeStruct("kf_trainer_info");
-  check(sym().kf_trainer_get_info(ptr, info.buf));
+function trainerInfo(ptr: Deno.PointerValue): NativeStruct<"kf_lora_trainer_info"> {
+  const info = new NativeStruct("kf_lora_trainer_info");
+  check(sym().kf_lora_trainer_get_info(ptr, info.buf));
   return info;
 }
 

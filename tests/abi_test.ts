@@ -69,6 +69,6 @@ Deno.test("abi: misuse of a NativeStruct is a TypeError or RangeError naming the
 });
 
 Deno.test("abi: struct results are declared from the tables", () => {
-  assert.deepEqual(structFields("kf_model_params"), ["pointer", "i32", "i32"]);
+  assert.deepEqual(structFields("kf_model_params"), ["i32", "i32"]);
   assert.deepEqual(structFields("kf_engine_info").length, 2 + 64);
 });

@@ -28,6 +28,9 @@ ST_NAME = {"f32": "F32", "f16": "F16", "bf16": "BF16"}
 
 
 # ---------------------------------------------------------------------------------------------- ABI
+ABI_VERSION = 3  # KF_ABI_VERSION of the kvfold.h the signatures below follow
+
+
 class EngineParams(C.Structure):
     _fields_ = [("backend", C.c_int32), ("n_threads", C.c_int32), ("device", C.c_int32), ("memory_mib", C.c_int32)]
 
@@ -37,7 +40,7 @@ class EngineInfo(C.Structure):
 
 
 class ModelParams(C.Structure):
-    _fields_ = [("control", C.c_void_p), ("weight_dtype", C.c_int32), ("use_mmap", C.c_int32)]
+    _fields_ = [("weight_dtype", C.c_int32), ("use_mmap", C.c_int32)]
 
 
 class ModelInfo(C.Structure):
@@ -62,6 +65,9 @@ class Lib:
         self.l = C.CDLL(path)
         L = self.l
         P, I32, I64 = C.c_void_p, C.c_int32, C.c_int64
+        L.kf_abi_version.argtypes, L.kf_abi_version.restype = [], C.c_int32
+        if L.kf_abi_version() != ABI_VERSION:
+            raise RuntimeError(f"{path} has ABI version {L.kf_abi_version()}; bench.py speaks version {ABI_VERSION}")
         sig = {
             "kf_last_error": ([], C.c_char_p),
             "kf_backend_built": ([I32], I32),
@@ -71,10 +77,10 @@ class Lib:
             "kf_engine_open": ([P, P], I32),
             "kf_engine_free": ([P], I32),
             "kf_engine_get_info": ([P, P], I32),
-            "kf_engine_measure_read_bandwidth": ([P, I64, I32, P], I32),
-            "kf_engine_measure_matmul_rate": ([P, I32, I32, I32, I32, P], I32),
+            "kf_engine_measure_read_bandwidth": ([P, I64, I32, P, P], I32),
+            "kf_engine_measure_matmul_rate": ([P, I32, I32, I32, I32, P, P], I32),
             "kf_model_default_params": ([], ModelParams),
-            "kf_model_load": ([P, C.c_char_p, P, P], I32),
+            "kf_model_load": ([P, C.c_char_p, P, P, P], I32),
             "kf_model_free": ([P], I32),
             "kf_model_get_info": ([P, P], I32),
             "kf_session_default_params": ([], SessionParams),
@@ -91,7 +97,7 @@ class Lib:
             "kf_adapter_free": ([P], I32),
             "kf_session_set_adapter": ([P, P], I32),
             "kf_batch_decode": ([P, P, I32, P], I32),
-            "kf_lococo_heads_load": ([P, C.c_char_p, P], I32),
+            "kf_lococo_heads_load": ([P, C.c_char_p, P, P], I32),
             "kf_lococo_heads_free": ([P], I32),
         }
         for name, (args, res) in sig.items():
@@ -123,12 +129,14 @@ class Engine:
 
     def bandwidth(self, nbytes=1 << 30, repeats=10):
         out = C.c_double()
-        self.lib.check(self.lib.l.kf_engine_measure_read_bandwidth(self.h, nbytes, repeats, C.byref(out)), "bandwidth")
+        self.lib.check(self.lib.l.kf_engine_measure_read_bandwidth(self.h, nbytes, repeats, C.byref(out), None),
+                       "bandwidth")
         return out.value
 
     def matmul_rate(self, m, n, k, repeats=10):
         out = C.c_double()
-        self.lib.check(self.lib.l.kf_engine_measure_matmul_rate(self.h, m, n, k, repeats, C.byref(out)), "matmul rate")
+        self.lib.check(self.lib.l.kf_engine_measure_matmul_rate(self.h, m, n, k, repeats, C.byref(out), None),
+                       "matmul rate")
         return out.value
 
     def close(self):
@@ -141,7 +149,8 @@ class Model:
         p = self.lib.l.kf_model_default_params()
         p.weight_dtype = DT_ID[dtype]
         h = C.c_void_p()
-        self.lib.check(self.lib.l.kf_model_load(eng.h, path.encode(), C.byref(p), C.byref(h)), f"load {path}")
+        self.lib.check(self.lib.l.kf_model_load(eng.h, path.encode(), C.byref(p), C.byref(h), None),
+                       f"load {path}")
         self.h = h
         self.info = ModelInfo()
         self.lib.check(self.lib.l.kf_model_get_info(h, C.byref(self.info)), "model info")
@@ -152,12 +161,14 @@ class Model:
 
     def heads(self, path):
         h = C.c_void_p()
-        self.lib.check(self.lib.l.kf_lococo_heads_load(self.h, path.encode(), C.byref(h)), f"load heads {path}")
+        self.lib.check(self.lib.l.kf_lococo_heads_load(self.h, path.encode(), C.byref(h), None),
+                       f"load heads {path}")
         return h
 
     def adapter(self, path):
         h = C.c_void_p()
-        self.lib.check(self.lib.l.kf_adapter_load(self.h, path.encode(), None, C.byref(h)), f"load adapter {path}")
+        self.lib.check(self.lib.l.kf_adapter_load(self.h, path.encode(), C.byref(h), None),
+                       f"load adapter {path}")
         return h
 
     def close(self):

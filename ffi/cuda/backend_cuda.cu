@@ -17,11 +17,12 @@ class CudaBackend final : public Backend {
   void engine_open(kf_engine &e, int32_t device, int64_t budget_bytes) const override {
     e.state = cuda::engine_open(device, budget_bytes, e.name);
   }
-  double measure_read_bandwidth(kf_engine &e, int64_t bytes, int32_t repeats) const override {
-    return measure_copy_bandwidth(dev(e), bytes, repeats);
+  double measure_read_bandwidth(kf_engine &e, int64_t bytes, int32_t repeats, kf_control *ctl) const override {
+    return measure_copy_bandwidth(dev(e), bytes, repeats, ctl);
   }
-  double measure_matmul_rate(kf_engine &e, int32_t m, int32_t n, int32_t k, int32_t repeats) const override {
-    return cuda::measure_matmul_rate(dev(e), m, n, k, repeats);
+  double measure_matmul_rate(kf_engine &e, int32_t m, int32_t n, int32_t k, int32_t repeats,
+                             kf_control *ctl) const override {
+    return cuda::measure_matmul_rate(dev(e), m, n, k, repeats, ctl);
   }
 
   DType weight_dtype(DType want, int32_t requested) const override {

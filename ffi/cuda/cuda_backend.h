@@ -59,10 +59,11 @@ EnginePtr engine_open(int32_t device, int64_t budget_bytes, std::string &name);
 std::string blas_probe();
 
 // Device-to-device copy bandwidth, (bytes read + bytes written) / time, best of `repeats`, in GB/s.
-double measure_copy_bandwidth(Engine &e, int64_t bytes, int32_t repeats);
+// ctl (may be NULL), here and below: cancel between passes, progress in passes.
+double measure_copy_bandwidth(Engine &e, int64_t bytes, int32_t repeats, kf_control *ctl);
 // Rate of the forward's own matrix product y[m, n] = x[m, k] · W[n, k]^T on random bf16 operands with
 // f32 output (cuBLAS when loaded, else the built-in kernels), best of `repeats`, in TFLOP/s.
-double measure_matmul_rate(Engine &e, int32_t m, int32_t n, int32_t k, int32_t repeats);
+double measure_matmul_rate(Engine &e, int32_t m, int32_t n, int32_t k, int32_t repeats, kf_control *ctl);
 
 // Uploads a loaded model's weights (after kf::model_load bound them on the host). Weights must be F16
 // or BF16 (model_load converts f32 files to bf16 for the cuda backend). Throws KF_ERR_OUT_OF_MEMORY

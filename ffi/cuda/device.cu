@@ -215,7 +215,7 @@ std::string blas_probe() {
   return lib.loaded() ? lib.path : std::string();
 }
 
-double measure_copy_bandwidth(Engine &e, int64_t bytes, int32_t repeats) {
+double measure_copy_bandwidth(Engine &e, int64_t bytes, int32_t repeats, kf_control *ctl) {
   Doing op("measure bandwidth");
   use_device(e);
   DevBuf a(e, size_t(bytes), "the source buffer"), b(e, size_t(bytes), "the destination buffer");
@@ -226,7 +226,12 @@ double measure_copy_bandwidth(Engine &e, int64_t bytes, int32_t repeats) {
   double best = 0.0;
   try {
     KF_CUDA(cudaMemcpyAsync(b.get(), a.get(), size_t(bytes), cudaMemcpyDeviceToDevice, e.stream));  // warm-up
+    if (ctl) {
+      ctl->total = repeats;
+      ctl->done = 0;
+    }
     for (int32_t r = 0; r < repeats; r++) {
+      check_cancel(ctl, "measure read bandwidth");
       KF_CUDA(cudaEventRecord(t0, e.stream));
       KF_CUDA(cudaMemcpyAsync(b.get(), a.get(), size_t(bytes), cudaMemcpyDeviceToDevice, e.stream));
       KF_CUDA(cudaEventRecord(t1, e.stream));
@@ -234,6 +239,7 @@ double measure_copy_bandwidth(Engine &e, int64_t bytes, int32_t repeats) {
       float ms = 0.0f;
       KF_CUDA(cudaEventElapsedTime(&ms, t0, t1));
       if (ms > 0) best = std::max(best, 2.0 * double(bytes) / (double(ms) * 1e6));  // read + write
+      if (ctl) ctl->done = r + 1;
     }
   } catch (...) {
     cudaEventDestroy(t0);
@@ -245,7 +251,7 @@ double measure_copy_bandwidth(Engine &e, int64_t bytes, int32_t repeats) {
   return best;
 }
 
-double measure_matmul_rate(Engine &e, int32_t m, int32_t n, int32_t k, int32_t repeats) {
+double measure_matmul_rate(Engine &e, int32_t m, int32_t n, int32_t k, int32_t repeats, kf_control *ctl) {
   Doing op("measure matmul rate");
   use_device(e);
   DevBuf x(e, size_t(m) * size_t(k) * 2, "the x operand"), w(e, size_t(n) * size_t(k) * 2, "the W operand");
@@ -259,7 +265,12 @@ double measure_matmul_rate(Engine &e, int32_t m, int32_t n, int32_t k, int32_t r
   double best = 0.0;
   try {
     matmul(e, x.get(), w.get(), DType::BF16, y.as<float>(), m, n, k, false, e.stream);  // warm-up
+    if (ctl) {
+      ctl->total = repeats;
+      ctl->done = 0;
+    }
     for (int32_t r = 0; r < repeats; r++) {
+      check_cancel(ctl, "measure matmul rate");
       KF_CUDA(cudaEventRecord(t0, e.stream));
       matmul(e, x.get(), w.get(), DType::BF16, y.as<float>(), m, n, k, false, e.stream);
       KF_CUDA(cudaEventRecord(t1, e.stream));
@@ -267,6 +278,7 @@ double measure_matmul_rate(Engine &e, int32_t m, int32_t n, int32_t k, int32_t r
       float ms = 0.0f;
       KF_CUDA(cudaEventElapsedTime(&ms, t0, t1));
       if (ms > 0) best = std::max(best, 2.0 * double(m) * double(n) * double(k) / (double(ms) * 1e9));
+      if (ctl) ctl->done = r + 1;
     }
   } catch (...) {
     cudaEventDestroy(t0);

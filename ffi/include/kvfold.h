@@ -14,10 +14,12 @@
  * - Ownership: whoever creates a handle frees it with the matching *_free. A model is immutable after
  *   load and may be shared by many sessions; kf_model_free is refused (KF_ERR_INVALID_STATE) while
  *   sessions of it are alive, kf_engine_free likewise while models are alive.
- * - Long calls (model load, prefill, decode) take an optional kf_control that the caller may read
- *   and write from another thread while the call runs: set `cancel` to a nonzero value to stop the
- *   call at its next check (it returns KF_ERR_CANCELLED), read `done`/`total` for progress. Native
- *   code never calls back into the caller.
+ * - Long calls (engine measurements, loads of models, adapters and heads, prefill, decode, training)
+ *   take an optional kf_control that the caller may read and write from another thread while the call
+ *   runs: set `cancel` to a nonzero value to stop the call at its next check (it returns
+ *   KF_ERR_CANCELLED), read `done`/`total` for progress, read `error` after a failure. It is always the
+ *   last argument, so bindings pass it the same way everywhere. Native code never calls back into
+ *   the caller.
  * - Thread safety: calls on different sessions may run concurrently; calls on one session must not.
  */
 #ifndef KVFOLD_H
@@ -36,7 +38,7 @@ extern "C" {
 #define KF_API __attribute__((visibility("default")))
 #endif
 
-#define KF_ABI_VERSION 2
+#define KF_ABI_VERSION 3
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Status and errors                                                                                */
@@ -136,14 +138,16 @@ KF_API kf_status kf_engine_get_info(const kf_engine *engine, kf_engine_info *out
 
 /* Measures sustained memory read bandwidth of this engine's threads over a buffer of `bytes`
  * (at least 64 MiB is sensible), best of `repeats` passes. Used by benchmarks as the ceiling.
- * cuda engines: a device-to-device copy of `bytes`, counted as bytes read plus bytes written. */
+ * cuda engines: a device-to-device copy of `bytes`, counted as bytes read plus bytes written.
+ * control: optional (cancel, progress in passes, error copy). */
 KF_API kf_status kf_engine_measure_read_bandwidth(kf_engine *engine, int64_t bytes, int32_t repeats,
-                                                  double *gbytes_per_s);
+                                                  double *gbytes_per_s, kf_control *control);
 /* Measures the rate of the matrix product the forward uses, y[m, n] = x[m, k] · W[n, k]^T with random
  * bf16 x and W and f32 y (cuda: cuBLAS when loaded, else kvfold's kernels; cpu: its threaded matmul),
- * best of `repeats`, in TFLOP/s (2·m·n·k per product). m, n, k in [1, 65536]. The prefill ceiling. */
+ * best of `repeats`, in TFLOP/s (2·m·n·k per product). m, n, k in [1, 65536]. The prefill ceiling.
+ * control: optional (cancel, progress in products, error copy). */
 KF_API kf_status kf_engine_measure_matmul_rate(kf_engine *engine, int32_t m, int32_t n, int32_t k, int32_t repeats,
-                                               double *tflops);
+                                               double *tflops, kf_control *control);
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Model: a Hugging Face folder (config.json + model.safetensors or model.safetensors.index.json)   */
@@ -153,7 +157,6 @@ typedef struct kf_model kf_model;
 typedef enum kf_dtype { KF_DTYPE_F32 = 0, KF_DTYPE_F16 = 1, KF_DTYPE_BF16 = 2, KF_DTYPE_AUTO = -1 } kf_dtype;
 
 typedef struct kf_model_params {
-  kf_control *control; /* optional; progress in bytes of weights loaded; default NULL         */
   int32_t weight_dtype; /* kf_dtype to hold weights in; KF_DTYPE_AUTO (default) keeps the file's
                            dtype (no conversion; with use_mmap, no copy either). Cuda engines hold
                            f16 or bf16 only: AUTO of an f32 file gives bf16, F32 is
@@ -169,9 +172,11 @@ typedef struct kf_model_params {
 } kf_model_params;
 
 KF_API kf_model_params kf_model_default_params(void);
-/* `dir` is a NUL-terminated UTF-8 path. On failure *out is NULL and nothing stays allocated. */
+/* `dir` is a NUL-terminated UTF-8 path; params may be NULL (the defaults). control: optional (cancel,
+ * progress in bytes of weights loaded, error copy). On failure *out is NULL and nothing stays
+ * allocated. */
 KF_API kf_status kf_model_load(kf_engine *engine, const char *dir, const kf_model_params *params,
-                               kf_model **out);
+                               kf_model **out, kf_control *control);
 /* Refused with KF_ERR_INVALID_STATE while sessions of this model are alive. NULL is a no-op. */
 KF_API kf_status kf_model_free(kf_model *model);
 
@@ -322,7 +327,7 @@ typedef struct kf_adapter_info {
  * values, r outside [1, 65536]) is KF_ERR_FORMAT naming adapter_config.json and the key; a
  * target_modules regular expression is KF_ERR_UNSUPPORTED. control: optional (cancel, progress
  * in tensors, error copy). On failure *out is NULL and nothing stays allocated. */
-KF_API kf_status kf_adapter_load(kf_model *model, const char *dir, kf_control *control, kf_adapter **out);
+KF_API kf_status kf_adapter_load(kf_model *model, const char *dir, kf_adapter **out, kf_control *control);
 /* Refused with KF_ERR_INVALID_STATE while a session uses the adapter. NULL is a no-op. */
 KF_API kf_status kf_adapter_free(kf_adapter *adapter);
 KF_API kf_status kf_adapter_get_info(const kf_adapter *adapter, kf_adapter_info *out);
@@ -340,7 +345,7 @@ KF_API kf_status kf_batch_decode(kf_session *const *sessions, const int32_t *ids
 /* ---------------------------------------------------------------------------------------------- */
 /* LoRA training: the base model frozen, LoRA pairs trained with AdamW (LLoCO finetuning)            */
 
-typedef struct kf_trainer kf_trainer;
+typedef struct kf_lora_trainer kf_lora_trainer;
 
 typedef struct kf_lora_train_params {
   int32_t rank;          /* r; default 8                                                           */
@@ -360,7 +365,7 @@ typedef struct kf_lora_train_params {
   int32_t reserved;      /* keep zero                                                              */
 } kf_lora_train_params;
 
-typedef struct kf_trainer_info {
+typedef struct kf_lora_trainer_info {
   int32_t rank;
   uint32_t target_mask;
   int32_t n_layers;
@@ -369,7 +374,7 @@ typedef struct kf_trainer_info {
   int64_t n_params;      /* trainable parameters                                                   */
   float alpha;
   float scale;           /* alpha / r or alpha / sqrt(r)                                            */
-} kf_trainer_info;
+} kf_lora_trainer_info;
 
 typedef struct kf_train_step_info {
   int64_t step;          /* steps taken, this one included                                         */
@@ -379,42 +384,43 @@ typedef struct kf_train_step_info {
   int32_t reserved;
 } kf_train_step_info;
 
-/* Which tensor of a pair kf_trainer_read / kf_trainer_write address. */
-typedef enum kf_train_tensor {
-  KF_TRAIN_A = 0,        /* lora_A [r, in] (PEFT layout, unscaled)                                  */
-  KF_TRAIN_B = 1,        /* lora_B [out, r]                                                         */
-  KF_TRAIN_GRAD_A = 2,   /* summed gradients of the accumulated examples                            */
-  KF_TRAIN_GRAD_B = 3,
-  KF_TRAIN_M_A = 4,      /* AdamW moments                                                           */
-  KF_TRAIN_V_A = 5,
-  KF_TRAIN_M_B = 6,
-  KF_TRAIN_V_B = 7
-} kf_train_tensor;
+/* Which tensor of a pair kf_lora_trainer_read / kf_lora_trainer_write address. */
+typedef enum kf_lora_tensor {
+  KF_LORA_A = 0,         /* lora_A [r, in] (PEFT layout, unscaled)                                  */
+  KF_LORA_B = 1,         /* lora_B [out, r]                                                         */
+  KF_LORA_GRAD_A = 2,    /* summed gradients of the accumulated examples                            */
+  KF_LORA_GRAD_B = 3,
+  KF_LORA_M_A = 4,       /* AdamW moments                                                           */
+  KF_LORA_V_A = 5,
+  KF_LORA_M_B = 6,
+  KF_LORA_V_B = 7
+} kf_lora_tensor;
 
 KF_API kf_lora_train_params kf_lora_train_default_params(void);
 /* New LoRA pairs for the masked projections of every layer: A uniform in +-1/sqrt(in) (PEFT's
  * kaiming init), B zero, so training starts from the base model. */
-KF_API kf_status kf_lora_trainer_create(kf_model *model, const kf_lora_train_params *params, kf_trainer **out);
-KF_API kf_status kf_trainer_free(kf_trainer *trainer);
-KF_API kf_status kf_trainer_get_info(const kf_trainer *trainer, kf_trainer_info *out);
+KF_API kf_status kf_lora_trainer_create(kf_model *model, const kf_lora_train_params *params, kf_lora_trainer **out);
+KF_API kf_status kf_lora_trainer_free(kf_lora_trainer *trainer);
+KF_API kf_status kf_lora_trainer_get_info(const kf_lora_trainer *trainer, kf_lora_trainer_info *out);
 /* Forward and backward of one example: rows [prefix (n_prefix x hidden, f32; may be 0 rows) | ids],
  * positions 0..n_prefix+n_ids-1, causal. labels[t] is the token id that row n_prefix + t must
  * predict, or -1 (no loss). Adds the gradient of the mean cross-entropy over labelled rows to the
  * accumulated gradients and writes that mean to *loss. control: cancel (gradients unchanged then),
  * progress in layers. */
-KF_API kf_status kf_trainer_accumulate(kf_trainer *trainer, const float *prefix, int32_t n_prefix, const int32_t *ids,
-                                       const int32_t *labels, int32_t n_ids, float *loss, kf_control *control);
+KF_API kf_status kf_lora_trainer_accumulate(kf_lora_trainer *trainer, const float *prefix, int32_t n_prefix,
+                                            const int32_t *ids, const int32_t *labels, int32_t n_ids, float *loss,
+                                            kf_control *control);
 /* AdamW over the accumulated gradients averaged over the examples (clipped, lr from the schedule),
  * then zeroes them. Refused when nothing was accumulated. */
-KF_API kf_status kf_trainer_step(kf_trainer *trainer, kf_train_step_info *out);
+KF_API kf_status kf_lora_trainer_step(kf_lora_trainer *trainer, kf_train_step_info *out);
 /* Copies a pair's tensor out / in (n floats, which must be its size): checkpoints and tests. layer and
  * proj (0..6) must name a trained pair. */
-KF_API kf_status kf_trainer_read(const kf_trainer *trainer, int32_t layer, int32_t proj, int32_t which, float *out,
-                                 int64_t n);
-KF_API kf_status kf_trainer_write(kf_trainer *trainer, int32_t layer, int32_t proj, int32_t which, const float *in,
-                                  int64_t n);
+KF_API kf_status kf_lora_trainer_read(const kf_lora_trainer *trainer, int32_t layer, int32_t proj, int32_t which,
+                                      float *out, int64_t n);
+KF_API kf_status kf_lora_trainer_write(kf_lora_trainer *trainer, int32_t layer, int32_t proj, int32_t which,
+                                       const float *in, int64_t n);
 /* Sets the optimizer step count (resuming from a checkpoint) and drops accumulated gradients. */
-KF_API kf_status kf_trainer_set_step(kf_trainer *trainer, int64_t step);
+KF_API kf_status kf_lora_trainer_set_step(kf_lora_trainer *trainer, int64_t step);
 
 /* ---------------------------------------------------------------------------------------------- */
 /* LoCoCo heads: one Conv1d compressor per layer, bound to one model                                 */
@@ -433,8 +439,10 @@ typedef struct kf_lococo_heads_info {
 
 /* Loads a heads file (safetensors, DESIGN.md's names and metadata) and validates it against the
  * model: one memory_saver per layer, weight [Mc, 2 * head_dim, k] with k odd, bias [Mc], normalizer
- * [1], all finite floats, Mc = floor(M * (1 - r)). On failure *out is NULL. */
-KF_API kf_status kf_lococo_heads_load(kf_model *model, const char *path, kf_lococo_heads **out);
+ * [1], all finite floats, Mc = floor(M * (1 - r)). control: optional (cancel, progress in layers,
+ * error copy). On failure *out is NULL and nothing stays allocated. */
+KF_API kf_status kf_lococo_heads_load(kf_model *model, const char *path, kf_lococo_heads **out,
+                                      kf_control *control);
 /* Refused with KF_ERR_INVALID_STATE while a session uses the heads. NULL is a no-op. */
 KF_API kf_status kf_lococo_heads_free(kf_lococo_heads *heads);
 KF_API kf_status kf_lococo_heads_get_info(const kf_lococo_heads *heads, kf_lococo_heads_info *out);

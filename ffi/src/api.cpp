@@ -71,7 +71,7 @@ size_t kf_struct_size(const char *name) {
   if (n == "kf_adapter_info") return sizeof(kf_adapter_info);
   if (n == "kf_lococo_heads_info") return sizeof(kf_lococo_heads_info);
   if (n == "kf_lora_train_params") return sizeof(kf_lora_train_params);
-  if (n == "kf_trainer_info") return sizeof(kf_trainer_info);
+  if (n == "kf_lora_trainer_info") return sizeof(kf_lora_trainer_info);
   if (n == "kf_train_step_info") return sizeof(kf_train_step_info);
   if (n == "kf_lococo_train_params") return sizeof(kf_lococo_train_params);
   return 0;
@@ -155,42 +155,43 @@ kf_status kf_engine_get_info(const kf_engine *engine, kf_engine_info *out) {
   });
 }
 
-kf_status kf_engine_measure_read_bandwidth(kf_engine *engine, int64_t bytes, int32_t repeats, double *gbytes_per_s) {
-  return guarded("measure read bandwidth", [&] {
+kf_status kf_engine_measure_read_bandwidth(kf_engine *engine, int64_t bytes, int32_t repeats, double *gbytes_per_s,
+                                           kf_control *control) {
+  return report(control, guarded("measure read bandwidth", [&] {
     KF_REQUIRE(engine && gbytes_per_s, "measure read bandwidth", "engine or gbytes_per_s is NULL");
     KF_REQUIRE(bytes >= (1 << 20) && bytes <= (int64_t(1) << 36), "measure read bandwidth",
                "bytes %lld is outside [1 MiB, 64 GiB]", (long long)bytes);
     KF_REQUIRE(repeats >= 1 && repeats <= 1000, "measure read bandwidth", "repeats %d is outside [1, 1000]", repeats);
     std::lock_guard<std::mutex> lock(engine->pool_mutex);
-    *gbytes_per_s = engine->backend->measure_read_bandwidth(*engine, bytes, repeats);
-  });
+    *gbytes_per_s = engine->backend->measure_read_bandwidth(*engine, bytes, repeats, control);
+  }));
 }
 
 kf_status kf_engine_measure_matmul_rate(kf_engine *engine, int32_t m, int32_t n, int32_t k, int32_t repeats,
-                                        double *tflops) {
-  return guarded("measure matmul rate", [&] {
+                                        double *tflops, kf_control *control) {
+  return report(control, guarded("measure matmul rate", [&] {
     KF_REQUIRE(engine && tflops, "measure matmul rate", "engine or tflops is NULL");
     KF_REQUIRE(m >= 1 && m <= 65536 && n >= 1 && n <= 65536 && k >= 1 && k <= 65536, "measure matmul rate",
                "m %d, n %d, k %d must each be in [1, 65536]", m, n, k);
     KF_REQUIRE(repeats >= 1 && repeats <= 1000, "measure matmul rate", "repeats %d is outside [1, 1000]", repeats);
     std::lock_guard<std::mutex> lock(engine->pool_mutex);
-    *tflops = engine->backend->measure_matmul_rate(*engine, m, n, k, repeats);
-  });
+    *tflops = engine->backend->measure_matmul_rate(*engine, m, n, k, repeats, control);
+  }));
 }
 
 // ---- model ----
 
 kf_model_params kf_model_default_params(void) {
   kf_model_params p{};
-  p.control = nullptr;
   p.weight_dtype = KF_DTYPE_AUTO;
   p.use_mmap = 0;  // owned memory: a file truncated underneath cannot fault (see kvfold.h)
   return p;
 }
 
-kf_status kf_model_load(kf_engine *engine, const char *dir, const kf_model_params *params, kf_model **out) {
+kf_status kf_model_load(kf_engine *engine, const char *dir, const kf_model_params *params, kf_model **out,
+                        kf_control *control) {
   if (out) *out = nullptr;
-  return report(params ? params->control : nullptr, guarded("load model", [&] {
+  return report(control, guarded("load model", [&] {
     KF_REQUIRE(engine, "load model", "engine is NULL");
     KF_REQUIRE(dir && *dir, "load model", "the model folder path is empty");
     KF_REQUIRE(out, "load model", "out is NULL");
@@ -199,7 +200,7 @@ kf_status kf_model_load(kf_engine *engine, const char *dir, const kf_model_param
     m->engine = engine;
     {
       std::lock_guard<std::mutex> lock(engine->pool_mutex);
-      kf::model_load(*m, dir, p);
+      kf::model_load(*m, dir, p, control);
       engine->backend->model_upload(*m);  // on failure m's destructor frees the device side
     }
     engine->n_models++;

@@ -170,7 +170,7 @@ kf_status kf_session_read_cache(const kf_session *session, int32_t layer, float 
 
 // ---- adapters ----
 
-kf_status kf_adapter_load(kf_model *model, const char *dir, kf_control *control, kf_adapter **out) {
+kf_status kf_adapter_load(kf_model *model, const char *dir, kf_adapter **out, kf_control *control) {
   if (out) *out = nullptr;
   return report(control, guarded("load adapter", [&] {
     KF_REQUIRE(model && out, "load adapter", "model or out is NULL");
@@ -235,17 +235,17 @@ kf_status kf_batch_decode(kf_session *const *sessions, const int32_t *ids, int32
 
 // ---- LoCoCo heads ----
 
-kf_status kf_lococo_heads_load(kf_model *model, const char *path, kf_lococo_heads **out) {
+kf_status kf_lococo_heads_load(kf_model *model, const char *path, kf_lococo_heads **out, kf_control *control) {
   if (out) *out = nullptr;
-  return guarded("load LoCoCo heads", [&] {
+  return report(control, guarded("load LoCoCo heads", [&] {
     KF_REQUIRE(model && out, "load LoCoCo heads", "model or out is NULL");
     KF_REQUIRE(path && *path, "load LoCoCo heads", "the heads file path is empty");
     auto h = std::make_unique<kf_lococo_heads>();
-    kf::lococo_heads_load(*h, *model, path);
+    kf::lococo_heads_load(*h, *model, path, control);
     model->engine->backend->heads_upload(*h);
     model->n_lococo_heads++;
     *out = h.release();
-  });
+  }));
 }
 
 kf_status kf_lococo_heads_free(kf_lococo_heads *heads) {

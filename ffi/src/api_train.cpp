@@ -14,7 +14,7 @@ using kf::api::guarded;
 using kf::api::report;
 
 // The pair `which` of (layer, proj) names, checked; n must be its size.
-std::vector<float> &train_tensor(kf_trainer &tr, int32_t layer, int32_t proj, int32_t which, int64_t n) {
+std::vector<float> &train_tensor(kf_lora_trainer &tr, int32_t layer, int32_t proj, int32_t which, int64_t n) {
   KF_REQUIRE(layer >= 0 && layer < int32_t(tr.pairs.size()), "access trainer tensor", "layer %d is outside [0, %zu)",
              layer, tr.pairs.size());
   KF_REQUIRE(proj >= 0 && proj < kf::kNumProj, "access trainer tensor", "projection %d is outside [0, 7)", proj);
@@ -23,15 +23,15 @@ std::vector<float> &train_tensor(kf_trainer &tr, int32_t layer, int32_t proj, in
              layer);
   std::vector<float> *v = nullptr;
   switch (which) {
-  case KF_TRAIN_A: v = &p.a; break;
-  case KF_TRAIN_B: v = &p.b; break;
-  case KF_TRAIN_GRAD_A: v = &p.ga; break;
-  case KF_TRAIN_GRAD_B: v = &p.gb; break;
-  case KF_TRAIN_M_A: v = &p.ma; break;
-  case KF_TRAIN_V_A: v = &p.va; break;
-  case KF_TRAIN_M_B: v = &p.mb; break;
-  case KF_TRAIN_V_B: v = &p.vb; break;
-  default: kf::raise(KF_ERR_INVALID_ARGUMENT, "cannot access trainer tensor: which %d is not a kf_train_tensor", which);
+  case KF_LORA_A: v = &p.a; break;
+  case KF_LORA_B: v = &p.b; break;
+  case KF_LORA_GRAD_A: v = &p.ga; break;
+  case KF_LORA_GRAD_B: v = &p.gb; break;
+  case KF_LORA_M_A: v = &p.ma; break;
+  case KF_LORA_V_A: v = &p.va; break;
+  case KF_LORA_M_B: v = &p.mb; break;
+  case KF_LORA_V_B: v = &p.vb; break;
+  default: kf::raise(KF_ERR_INVALID_ARGUMENT, "cannot access trainer tensor: which %d is not a kf_lora_tensor", which);
   }
   KF_REQUIRE(n == int64_t(v->size()), "access trainer tensor", "n %lld is not the tensor's %zu values", (long long)n,
              v->size());
@@ -56,19 +56,19 @@ kf_lora_train_params kf_lora_train_default_params(void) {
   return p;
 }
 
-kf_status kf_lora_trainer_create(kf_model *model, const kf_lora_train_params *params, kf_trainer **out) {
+kf_status kf_lora_trainer_create(kf_model *model, const kf_lora_train_params *params, kf_lora_trainer **out) {
   if (out) *out = nullptr;
   return guarded("create trainer", [&] {
     KF_REQUIRE(model && out, "create trainer", "model or out is NULL");
     const kf_lora_train_params p = params ? *params : kf_lora_train_default_params();
-    auto tr = std::make_unique<kf_trainer>();
+    auto tr = std::make_unique<kf_lora_trainer>();
     kf::trainer_init(*tr, *model, p);
     model->n_sessions++;  // a trainer reads the weights as a session does: the model outlives it
     *out = tr.release();
   });
 }
 
-kf_status kf_trainer_free(kf_trainer *trainer) {
+kf_status kf_lora_trainer_free(kf_lora_trainer *trainer) {
   return guarded("free trainer", [&] {
     if (!trainer) return;
     trainer->model->n_sessions--;
@@ -76,10 +76,10 @@ kf_status kf_trainer_free(kf_trainer *trainer) {
   });
 }
 
-kf_status kf_trainer_get_info(const kf_trainer *trainer, kf_trainer_info *out) {
+kf_status kf_lora_trainer_get_info(const kf_lora_trainer *trainer, kf_lora_trainer_info *out) {
   return guarded("get trainer info", [&] {
     KF_REQUIRE(trainer && out, "get trainer info", "trainer or out is NULL");
-    *out = kf_trainer_info{};
+    *out = kf_lora_trainer_info{};
     out->rank = trainer->params.rank;
     out->target_mask = trainer->params.target_mask;
     out->n_layers = int32_t(trainer->pairs.size());
@@ -91,8 +91,9 @@ kf_status kf_trainer_get_info(const kf_trainer *trainer, kf_trainer_info *out) {
   });
 }
 
-kf_status kf_trainer_accumulate(kf_trainer *trainer, const float *prefix, int32_t n_prefix, const int32_t *ids,
-                                const int32_t *labels, int32_t n_ids, float *loss, kf_control *control) {
+kf_status kf_lora_trainer_accumulate(kf_lora_trainer *trainer, const float *prefix, int32_t n_prefix,
+                                     const int32_t *ids, const int32_t *labels, int32_t n_ids, float *loss,
+                                     kf_control *control) {
   return report(control, guarded("train", [&] {
     KF_REQUIRE(trainer && loss, "train", "trainer or loss is NULL");
     KF_REQUIRE(n_prefix >= 0 && n_ids >= 1 && ids && labels, "train",
@@ -128,7 +129,7 @@ kf_status kf_trainer_accumulate(kf_trainer *trainer, const float *prefix, int32_
   }));
 }
 
-kf_status kf_trainer_step(kf_trainer *trainer, kf_train_step_info *out) {
+kf_status kf_lora_trainer_step(kf_lora_trainer *trainer, kf_train_step_info *out) {
   return guarded("step optimizer", [&] {
     KF_REQUIRE(trainer, "step optimizer", "trainer is NULL");
     const kf_train_step_info info = kf::trainer_step(*trainer);
@@ -136,17 +137,17 @@ kf_status kf_trainer_step(kf_trainer *trainer, kf_train_step_info *out) {
   });
 }
 
-kf_status kf_trainer_read(const kf_trainer *trainer, int32_t layer, int32_t proj, int32_t which, float *out,
-                          int64_t n) {
+kf_status kf_lora_trainer_read(const kf_lora_trainer *trainer, int32_t layer, int32_t proj, int32_t which, float *out,
+                               int64_t n) {
   return guarded("read trainer tensor", [&] {
     KF_REQUIRE(trainer && out, "read trainer tensor", "trainer or out is NULL");
-    const std::vector<float> &v = train_tensor(const_cast<kf_trainer &>(*trainer), layer, proj, which, n);
+    const std::vector<float> &v = train_tensor(const_cast<kf_lora_trainer &>(*trainer), layer, proj, which, n);
     std::copy(v.begin(), v.end(), out);
   });
 }
 
-kf_status kf_trainer_write(kf_trainer *trainer, int32_t layer, int32_t proj, int32_t which, const float *in,
-                           int64_t n) {
+kf_status kf_lora_trainer_write(kf_lora_trainer *trainer, int32_t layer, int32_t proj, int32_t which, const float *in,
+                                int64_t n) {
   return guarded("write trainer tensor", [&] {
     KF_REQUIRE(trainer && in, "write trainer tensor", "trainer or in is NULL");
     std::vector<float> &v = train_tensor(*trainer, layer, proj, which, n);
@@ -157,7 +158,7 @@ kf_status kf_trainer_write(kf_trainer *trainer, int32_t layer, int32_t proj, int
   });
 }
 
-kf_status kf_trainer_set_step(kf_trainer *trainer, int64_t step) {
+kf_status kf_lora_trainer_set_step(kf_lora_trainer *trainer, int64_t step) {
   return guarded("set trainer step", [&] {
     KF_REQUIRE(trainer, "set trainer step", "trainer is NULL");
     KF_REQUIRE(step >= 0, "set trainer step", "step %lld is negative", (long long)step);

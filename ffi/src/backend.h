@@ -50,8 +50,11 @@ class Backend {
   // Opens device `device` for e (its thread pool exists) with at most budget_bytes of device memory
   // (0 = no limit); sets e.name and e.state.
   virtual void engine_open(kf_engine &e, int32_t device, int64_t budget_bytes) const = 0;
-  virtual double measure_read_bandwidth(kf_engine &e, int64_t bytes, int32_t repeats) const = 0;
-  virtual double measure_matmul_rate(kf_engine &e, int32_t m, int32_t n, int32_t k, int32_t repeats) const = 0;
+  // The ceilings of kvfold.h's kf_engine_measure_*; ctl (may be NULL) is polled between passes,
+  // which it counts as progress.
+  virtual double measure_read_bandwidth(kf_engine &e, int64_t bytes, int32_t repeats, kf_control *ctl) const = 0;
+  virtual double measure_matmul_rate(kf_engine &e, int32_t m, int32_t n, int32_t k, int32_t repeats,
+                                     kf_control *ctl) const = 0;
 
   // ---- model, adapters, heads ----
   // The dtype weights are held in, given the one model_load would choose (`want`) and what the caller

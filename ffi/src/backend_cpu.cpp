@@ -32,11 +32,12 @@ class CpuBackend final : public Backend {
     e.name = "cpu (" + (isa.empty() ? std::string("scalar") : isa) + ")";
   }
 
-  double measure_read_bandwidth(kf_engine &e, int64_t bytes, int32_t repeats) const override {
-    return kf::measure_read_bandwidth(*e.pool, bytes, repeats);
+  double measure_read_bandwidth(kf_engine &e, int64_t bytes, int32_t repeats, kf_control *ctl) const override {
+    return kf::measure_read_bandwidth(*e.pool, bytes, repeats, ctl);
   }
 
-  double measure_matmul_rate(kf_engine &e, int32_t m, int32_t n, int32_t k, int32_t repeats) const override {
+  double measure_matmul_rate(kf_engine &e, int32_t m, int32_t n, int32_t k, int32_t repeats,
+                             kf_control *ctl) const override {
     // x: [m, k] f32 (the CPU matmul's activations); W: [n, k] bf16; y: [m, n]. Random, never zeros.
     std::vector<float> x(size_t(m) * size_t(k)), y(size_t(m) * size_t(n));
     std::vector<uint16_t> w(size_t(n) * size_t(k));
@@ -44,11 +45,17 @@ class CpuBackend final : public Backend {
     for (float &v : x) v = float((h = h * 1664525u + 1013904223u) >> 8) / 16777216.0f - 0.5f;
     for (uint16_t &v : w) v = f32_to_bf16(float((h = h * 1664525u + 1013904223u) >> 8) / 16777216.0f - 0.5f);
     double best = 0;
+    if (ctl) {
+      ctl->total = repeats;
+      ctl->done = 0;
+    }
     for (int32_t r = 0; r <= repeats; r++) {  // the first pass warms up
+      check_cancel(ctl, "measure matmul rate");
       const auto t0 = std::chrono::steady_clock::now();
       matmul(*e.pool, x.data(), w.data(), DType::BF16, y.data(), m, k, n, nullptr);
       const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       if (r > 0 && s > 0) best = std::max(best, 2.0 * m * double(n) * k / s / 1e12);
+      if (ctl && r > 0) ctl->done = r;
     }
     return best;
   }

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <new>
 #include <vector>
 
@@ -260,7 +261,7 @@ void convert_f32_to(const float *src, DType dt, void *dstv, int64_t n) {
 // ---------------------------------------------------------------------------------------------
 // Bandwidth probe
 
-double measure_read_bandwidth(ThreadPool &pool, int64_t bytes, int repeats) {
+double measure_read_bandwidth(ThreadPool &pool, int64_t bytes, int repeats, kf_control *ctl) {
   const int nth = pool.size();
   // Every thread gets an equal slice that is a whole number of 256-byte steps.
   const int64_t slice = bytes / nth / 256 * 256;
@@ -269,12 +270,21 @@ double measure_read_bandwidth(ThreadPool &pool, int64_t bytes, int repeats) {
           repeats);
   const size_t total = size_t(slice) * size_t(nth);
   std::vector<float> sink(size_t(nth), 0.0f);  // one sum per thread, so the loads are used
-  unsigned char *buf = static_cast<unsigned char *>(::operator new(total, std::align_val_t(64)));
+  // Freed on every exit, a cancellation included.
+  const std::unique_ptr<unsigned char, void (*)(unsigned char *)> owned(
+      static_cast<unsigned char *>(::operator new(total, std::align_val_t(64))),
+      [](unsigned char *p) { ::operator delete(p, std::align_val_t(64)); });
+  unsigned char *buf = owned.get();
   // First touch from the thread that will read the slice (page placement), with nonzero data.
   pool.run_per_thread([&](int th, int) { std::memset(buf + size_t(th) * size_t(slice), 1 + th, size_t(slice)); });
 
   double best = 0.0;
+  if (ctl) {
+    ctl->total = repeats;
+    ctl->done = 0;
+  }
   for (int rep = 0; rep < repeats; rep++) {
+    check_cancel(ctl, "measure read bandwidth");
     const auto t0 = std::chrono::steady_clock::now();
     pool.run_per_thread([&](int th, int) {
       const unsigned char *p = buf + size_t(th) * size_t(slice);
@@ -305,10 +315,10 @@ double measure_read_bandwidth(ThreadPool &pool, int64_t bytes, int repeats) {
     });
     const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (sec > 0) best = std::max(best, double(total) / sec / 1e9);
+    if (ctl) ctl->done = rep + 1;
   }
   volatile float keep = sink[0];  // the sums escape, so the loads cannot be dropped
   (void)keep;
-  ::operator delete(buf, std::align_val_t(64));
   return best;
 }
 

@@ -122,7 +122,8 @@ void convert_f32_to(const float *src, DType dt, void *dst, int64_t n);
 
 // Sustained read bandwidth in GB/s (1e9 bytes/s), best of `repeats` passes in which every thread
 // of the pool reads a disjoint slice of one `bytes`-sized buffer (allocated, touched, freed here).
-// bytes >= 1 MiB sensible; use far more than the last-level cache (>= 256 MiB) for DRAM.
-double measure_read_bandwidth(ThreadPool &pool, int64_t bytes, int repeats);
+// bytes >= 1 MiB sensible; use far more than the last-level cache (>= 256 MiB) for DRAM. ctl (may
+// be NULL): cancel between passes, progress in passes.
+double measure_read_bandwidth(ThreadPool &pool, int64_t bytes, int repeats, kf_control *ctl);
 
 }  // namespace kf

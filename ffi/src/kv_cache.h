@@ -136,8 +136,9 @@ void lococo_compress_layer(KvCache &c, ThreadPool &pool, int32_t l);
 void lococo_fuse(const kf_lococo_heads &h, int32_t l, int32_t M, ThreadPool &pool, int32_t n, int32_t nkv,
                  int32_t hd, const float *keys, const float *values, const float *score, float *out_k, float *out_v,
                  float *out_score, ShrinkScratch &scratch, FuseTrace *trace);
-// Loads and validates a heads file for model m. Throws kf::Error.
-void lococo_heads_load(kf_lococo_heads &h, kf_model &m, const std::string &path);
+// Loads and validates a heads file for model m. ctl (may be NULL): cancel and progress in layers.
+// Throws kf::Error.
+void lococo_heads_load(kf_lococo_heads &h, kf_model &m, const std::string &path, kf_control *ctl);
 
 // Indices of the n highest scores among idx[0..count) (score of slot j: score[j * stride]), ties
 // broken by the lower slot, returned in idx[0..n) in ascending (cache) order; idx[n..count) keeps the

@@ -76,7 +76,7 @@ std::vector<float> read_tensor(const TensorIndex &idx, const std::string &name, 
 
 }  // namespace
 
-void lococo_heads_load(kf_lococo_heads &h, kf_model &m, const std::string &path) {
+void lococo_heads_load(kf_lococo_heads &h, kf_model &m, const std::string &path, kf_control *ctl) {
   const ModelConfig &cfg = m.cfg;
   TensorIndex idx = TensorIndex::open_file(path, false, kAction);
   const SafetensorsFile &f = idx.files().front();
@@ -126,7 +126,12 @@ void lococo_heads_load(kf_lococo_heads &h, kf_model &m, const std::string &path)
   const int64_t Mc = h.fused, k = h.kernel, two_hd = 2 * int64_t(cfg.head_dim);
   h.layers.assign(size_t(cfg.n_layers), {});
   h.bytes = 0;
+  if (ctl) {
+    ctl->total = cfg.n_layers;
+    ctl->done = 0;
+  }
   for (int32_t l = 0; l < cfg.n_layers; l++) {
+    check_cancel(ctl, kAction);
     const std::string p = "model.layers." + std::to_string(l) + ".self_attn.memory_saver.";
     kf_lococo_heads::Layer &L = h.layers[size_t(l)];
     const std::vector<float> w = read_tensor(idx, p + "layers.0.weight", {Mc, two_hd, k});  // PyTorch [Mc, 2hd, k]
@@ -137,6 +142,7 @@ void lococo_heads_load(kf_lococo_heads &h, kf_model &m, const std::string &path)
     L.bias = read_tensor(idx, p + "layers.0.bias", {Mc});
     L.lambda = read_tensor(idx, p + "normalizer", {1})[0];
     h.bytes += int64_t(L.weight.size() + L.bias.size() + 1) * 4;
+    if (ctl) ctl->done = l + 1;
   }
 }
 

@@ -64,11 +64,10 @@ std::vector<float> load_vector(const TensorInfo &t) {
 
 }  // namespace
 
-void model_load(kf_model &m, const std::string &dir, const kf_model_params &p) {
+void model_load(kf_model &m, const std::string &dir, const kf_model_params &p, kf_control *ctl) {
   if (p.weight_dtype < KF_DTYPE_AUTO || p.weight_dtype > KF_DTYPE_BF16)
     raise(KF_ERR_INVALID_ARGUMENT, "cannot load model: weight_dtype %d is not one of -1 (auto), 0 (f32), 1 (f16), 2 (bf16)",
           p.weight_dtype);
-  kf_control *ctl = p.control;
   m.cfg = parse_model_config(dir);
   m.files = TensorIndex::open_dir(dir, p.use_mmap != 0);
   validate_tensors(m.cfg, m.files);

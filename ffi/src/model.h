@@ -171,7 +171,7 @@ struct kf_session {
 namespace kf {
 
 // Loads config.json + safetensors, validates, binds (or converts) weights. Throws kf::Error.
-void model_load(kf_model &m, const std::string &dir, const kf_model_params &p);
+void model_load(kf_model &m, const std::string &dir, const kf_model_params &p, kf_control *ctl);
 // The input rows of one chunk: token ids (looked up in embed_tokens) or ready embeddings.
 struct ChunkInput {
   const int32_t *tokens = nullptr;  // [T] ids, or

@@ -109,7 +109,7 @@ double train_pass(const kf_model &m, const std::vector<std::vector<TrainPair>> &
 
 }  // namespace kf
 
-struct kf_trainer {
+struct kf_lora_trainer {
   kf_model *model = nullptr;
   kf_lora_train_params params{};
   float scale = 1.0f;  // s = alpha / r (alpha / sqrt(r) with rslora)
@@ -123,13 +123,13 @@ struct kf_trainer {
 namespace kf {
 
 // Creates the pairs (A ~ U(−1/√in, 1/√in) as PEFT's kaiming init, B = 0) for the masked projections.
-void trainer_init(kf_trainer &tr, kf_model &m, const kf_lora_train_params &p);
+void trainer_init(kf_lora_trainer &tr, kf_model &m, const kf_lora_train_params &p);
 // One example: rows [prefix (n_prefix × hidden f32) | embeddings of ids], positions 0..T−1, causal.
 // labels[t] (t < n_ids): the token id row n_prefix + t must predict, or −1. Adds the gradients of the
 // mean cross-entropy over labelled rows to ga/gb and returns that mean.
-double trainer_accumulate(kf_trainer &tr, const float *prefix, int32_t n_prefix, const int32_t *ids,
+double trainer_accumulate(kf_lora_trainer &tr, const float *prefix, int32_t n_prefix, const int32_t *ids,
                           const int32_t *labels, int32_t n_ids, kf_control *ctl);
 // AdamW over the accumulated gradients (averaged over the examples), then zeroes them.
-kf_train_step_info trainer_step(kf_trainer &tr);
+kf_train_step_info trainer_step(kf_lora_trainer &tr);
 
 }  // namespace kf

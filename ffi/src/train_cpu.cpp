@@ -240,7 +240,7 @@ float schedule_lr(float lr, int32_t warmup, int32_t total, float min_ratio, int6
   return float(lr * (min_ratio + (1.0 - min_ratio) * cosine));
 }
 
-void trainer_init(kf_trainer &tr, kf_model &m, const kf_lora_train_params &p) {
+void trainer_init(kf_lora_trainer &tr, kf_model &m, const kf_lora_train_params &p) {
   const ModelConfig &c = m.cfg;
   if (p.rank < 1 || p.rank > 4096) raise(KF_ERR_INVALID_ARGUMENT, "cannot create trainer: rank %d is outside [1, 4096]", p.rank);
   if (!(p.alpha > 0.0f) || !std::isfinite(p.alpha))
@@ -436,7 +436,7 @@ double train_pass(const kf_model &m, const std::vector<std::vector<TrainPair>> &
   return loss;
 }
 
-double trainer_accumulate(kf_trainer &tr, const float *prefix, int32_t n_prefix, const int32_t *ids,
+double trainer_accumulate(kf_lora_trainer &tr, const float *prefix, int32_t n_prefix, const int32_t *ids,
                           const int32_t *labels, int32_t n_ids, kf_control *ctl) {
   const kf_model &m = *tr.model;
   const int64_t H = m.cfg.hidden_size;
@@ -470,7 +470,7 @@ double trainer_accumulate(kf_trainer &tr, const float *prefix, int32_t n_prefix,
   return loss;
 }
 
-kf_train_step_info trainer_step(kf_trainer &tr) {
+kf_train_step_info trainer_step(kf_lora_trainer &tr) {
   if (tr.accumulated == 0) raise(KF_ERR_INVALID_STATE, "cannot take an optimizer step: no example was accumulated");
   const kf_lora_train_params &p = tr.params;
   const double n = tr.accumulated;

@@ -469,8 +469,26 @@ void test_convert() {
 void test_bandwidth() {
   Check c("measure_read_bandwidth returns a plausible number");
   ThreadPool pool(2);
-  const double gbs = measure_read_bandwidth(pool, int64_t(8) << 20, 2);
+  kf_control ctl{};
+  const double gbs = measure_read_bandwidth(pool, int64_t(8) << 20, 2, &ctl);
   c.expect(gbs > 0.1 && gbs < 10000.0, shape("8 MiB: %lld GB/s", (long long)gbs));
+  c.expect(ctl.done == 2 && ctl.total == 2, shape("progress %lld of %lld passes", (long long)ctl.done,
+                                                  (long long)ctl.total));
+}
+
+void test_bandwidth_cancel() {
+  Check c("measure_read_bandwidth stops at a set cancel flag");
+  ThreadPool pool(2);
+  kf_control ctl{};
+  ctl.cancel = 1;
+  kf_status got = KF_OK;
+  try {
+    measure_read_bandwidth(pool, int64_t(8) << 20, 2, &ctl);
+  } catch (const Error &e) {
+    got = e.code;
+  }
+  c.expect(got == KF_ERR_CANCELLED && ctl.done == 0, shape("status %lld, %lld passes done", (long long)got,
+                                                           (long long)ctl.done));
 }
 
 }  // namespace
@@ -483,6 +501,7 @@ int main() {
     test_norm_and_elementwise();
     test_matmul();
     test_bandwidth();
+    test_bandwidth_cancel();
   } catch (const std::exception &e) {
     std::printf("FAIL unexpected exception: %s\n", e.what());
     return 2;

@@ -6,7 +6,7 @@ import { Kvfold, KvfoldError } from "kvfold";
 import assert from "node:assert/strict";
 import { readFile, writeFile } from "node:fs/promises";
 import { after, test } from "node:test";
-import { alloc, native, outPointer } from "../../dist/src/_binding.js";
+import { ABI_VERSION, alloc, native, outPointer } from "../../dist/src/_binding.js";
 import { removeTestModels, someIds, tempDir, testEngine, testModel, WIDE_MODEL } from "./_fixtures.mjs";
 
 after(removeTestModels);
@@ -15,7 +15,8 @@ test("runtime: Deno is the Node.js/Bun layer, and the library loads through it",
   assert.equal(typeof globalThis.Deno?.dlopen, "function");
   assert.equal(globalThis.Deno.execPath(), process.execPath); // not a real Deno
   const s = await native();
-  assert.ok(s.kf_abi_version() >= 1);
+  assert.equal(s.kf_abi_version(), 3);
+  assert.equal(ABI_VERSION, 3);
   assert.equal(Number(s.kf_struct_size(new TextEncoder().encode("kf_control\0"))), 512);
 });
 
@@ -26,9 +27,9 @@ test("ffi: struct results come back by value as their bytes", async () => {
   assert.deepEqual([0, 4, 8, 12].map((o) => engine.getInt32(o, true)), [0, 0, 0, 0]); // auto, all cores
 
   const model = s.kf_model_default_params();
-  assert.equal(model.byteLength, 16);
-  assert.equal(new DataView(model.buffer).getBigUint64(0, true), 0n); // no control block
-  assert.equal(new DataView(model.buffer).getInt32(12, true), 0); // mmap off: weights read into owned memory
+  assert.equal(model.byteLength, 8);
+  assert.equal(new DataView(model.buffer).getInt32(0, true), -1); // weight dtype auto
+  assert.equal(new DataView(model.buffer).getInt32(4, true), 0); // mmap off: weights read into owned memory
 
   // 32 bytes, returned in memory, with f32 fields: the kvfold.h defaults to the bit.
   const sampler = s.kf_sampler_default_params();
@@ -74,7 +75,7 @@ test("ffi: UnsafePointer.of is the address native code sees, and UnsafePointerVi
   assert.equal(Deno.UnsafePointer.value(Deno.UnsafePointer.create(0n)), 0n);
 });
 
-test("ffi: model load fills the control block that params point to (progress reaches the total)", async () => {
+test("ffi: model load fills the control block passed last (progress reaches the total)", async () => {
   const kv = await testEngine();
   const seen = [];
   const model = await kv.loadModel(await testModel("gqa", { seed: 11 }), {
