@@ -94,7 +94,7 @@ Deno.test("langchain: getNumTokens counts with the model's tokenizer, never the 
 });
 
 Deno.test("langchain embeddings: a path string or another object is refused with a TypeError", async () => {
-  await withModel(async (model) => {
+  await withModel((model) => {
     assert.throws(() => new KvfoldEmbeddings("./models/tiny" as never), {
       name: "TypeError",
       message: "KvfoldEmbeddings takes { model }, a loaded model (await kv.loadModel(path)), not the path " +
@@ -112,5 +112,6 @@ Deno.test("langchain embeddings: a path string or another object is refused with
       name: "TypeError",
       message: "KvfoldEmbeddings takes { model }, a loaded kvfold Model; got undefined",
     });
+    return Promise.resolve();
   });
 });
