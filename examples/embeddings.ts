@@ -6,7 +6,7 @@
 //
 // A test model's weights are random: which document is nearest is noise, every step is real.
 import { MemoryVectorStore } from "npm:@langchain/classic@1.0.50/vectorstores/memory";
-import { Document, Settings, VectorStoreIndex } from "npm:llamaindex@0.12.1";
+import { Document, MetadataMode, Settings, VectorStoreIndex } from "npm:llamaindex@0.12.1";
 import { Kvfold } from "../mod.ts";
 import { KvfoldEmbeddings } from "../integrations/langchain/mod.ts";
 import { KvfoldEmbedding, KvfoldLLM } from "../integrations/llamaindex/mod.ts";
@@ -36,4 +36,4 @@ Settings.embedModel = new KvfoldEmbedding({ model });
 Settings.llm = new KvfoldLLM(model, { maxTokens: 16, temperature: 0 });
 const index = await VectorStoreIndex.fromDocuments(texts.map((text) => new Document({ text })));
 const [hit] = await index.asRetriever({ similarityTopK: 1 }).retrieve({ query });
-console.log(`LlamaIndex nearest: ${hit.node.getContent()} (${hit.score?.toFixed(4)})`);
+console.log(`LlamaIndex nearest: ${hit.node.getContent(MetadataMode.NONE)} (${hit.score?.toFixed(4)})`);
