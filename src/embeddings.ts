@@ -55,7 +55,7 @@ export async function embedTexts(
       `Cannot embed: pooling ${JSON.stringify(pooling)} is not one of ${EMBEDDING_POOLINGS.join(", ")}`,
     );
   }
-  options.signal?.throwIfAborted();
+  checkAborted(options.signal);
   if (texts.length === 0) return [];
   const bos = model.tokenizer.bosTokenId;
   const encoded = texts.map((text, i) => {
@@ -80,7 +80,7 @@ export async function embedTexts(
   using session = model.session({ contextSize: longest });
   const out: Float32Array[] = [];
   for (const [i, ids] of encoded.entries()) {
-    options.signal?.throwIfAborted();
+    checkAborted(options.signal);
     session.reset();
     const hidden = new Float32Array(ids.length * H);
     await session.prefill(ids, { hiddenOut: hidden, signal: options.signal });
@@ -102,6 +102,10 @@ function pool(rows: Float32Array, H: number, from: number, to: number): Float32A
   norm = Math.sqrt(norm);
   // The mean's 1/n cancels in the normalisation. An all-zero row stays zero rather than NaN.
   return Float32Array.from(sum, (v) => norm > 0 ? v / norm : 0);
+}
+
+function checkAborted(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw new KvfoldError("ABORTED", "Cannot embed: aborted", { cause: signal.reason });
 }
 
 function describe(v: unknown): string {
