@@ -57,6 +57,8 @@ export type { ChatMessage } from "./src/tokenizer.ts";
 export { KvfoldError } from "./src/errors.ts";
 export type { KvfoldErrorCode } from "./src/errors.ts";
 export { IncrementalDecoder, StopStringFilter } from "./src/text_stream.ts";
+export { EMBEDDING_POOLINGS } from "./src/embeddings.ts";
+export type { EmbeddingPooling, EmbedOptions } from "./src/embeddings.ts";
 export { Compressor } from "./src/compressor.ts";
 export type { CompressOptions, SummaryVectors } from "./src/compressor.ts";
 export { concatVectors, DocumentStore } from "./src/store.ts";

@@ -57,6 +57,11 @@ const SYMBOLS = {
     result: "i32",
     nonblocking: true,
   },
+  kf_session_prefill_hidden: {
+    parameters: ["pointer", "buffer", "i32", "buffer", "buffer", "buffer"],
+    result: "i32",
+    nonblocking: true,
+  },
   kf_session_prefill_embeddings: {
     parameters: ["pointer", "buffer", "i32", "i32", "i32", "buffer", "buffer", "buffer"],
     result: "i32",

@@ -16,6 +16,7 @@ import { readBoundedJson } from "./_bounded_read.ts";
 import { LococoHeads } from "./lococo.ts";
 import { type GenerateOptions, Session, type SessionOptions } from "./session.ts";
 import { type ChatMessage, TextTokenizer } from "./tokenizer.ts";
+import { type EmbedOptions, embedTexts } from "./embeddings.ts";
 
 /** Weight precision in memory. `"auto"` keeps the file's dtype (memory-mapped, no copy). */
 export type WeightDType = "auto" | "f32" | "f16" | "bf16";
@@ -223,6 +224,20 @@ export class Model extends HandleOwner {
     using session = this.session(options);
     const ids = this.encodePrompt(prompt, { chat: options.chat });
     yield* session.generate({ ...options, prompt: ids });
+  }
+
+  /**
+   * Embeds texts: per text, its final-normed hidden states pooled (`"mean"` by default, or `"last"`)
+   * and L2-normalised to one vector of `info.hiddenSize` floats. One session serves the whole call.
+   *
+   * @example
+   * ```ts ignore
+   * const [a, b] = await model.embed(["a cat sat", "a dog ran"]);
+   * const cosine = a.reduce((s, v, i) => s + v * b[i], 0); // vectors have norm 1
+   * ```
+   */
+  embed(texts: readonly string[], options: EmbedOptions = {}): Promise<Float32Array[]> {
+    return embedTexts(this, texts, options);
   }
 
   /** Prompt ids: chat messages through the template, or text with BOS as the tokenizer adds it. */

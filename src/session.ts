@@ -123,6 +123,11 @@ export interface PrefillOptions {
   onProgress?: (done: number, total: number) => void;
   /** Selects this adapter (or `null`: none) first, as {@link Session.setAdapter} does. */
   adapter?: Adapter | string | null;
+  /**
+   * Receives each position's final-normed hidden state ([n, hidden] row major): what token
+   * embeddings are pooled from (see {@link Model.embed}).
+   */
+  hiddenOut?: Float32Array;
 }
 
 /**
@@ -299,10 +304,23 @@ export class Session extends HandleOwner {
     const logits = options.logits === "all"
       ? new Float32Array(new ArrayBuffer(ids.length * vocab * 4))
       : null;
+    const { hiddenOut } = options;
+    const hidden = this.model.info.hiddenSize;
+    if (hiddenOut && hiddenOut.length !== ids.length * hidden) {
+      throw new RangeError(
+        `Cannot prefill: hiddenOut holds ${hiddenOut.length} floats, ${ids.length * hidden} needed`,
+      );
+    }
+    // The native side writes into memory of its own (not a caller's view of a shared buffer).
+    const hiddenBuf = hiddenOut ? new Float32Array(new ArrayBuffer(hiddenOut.byteLength)) : null;
     await this._handle.runControlled(
-      (ptr, ctl) => sym().kf_session_prefill(ptr, idBuf, ids.length, logits, ctl.buf),
+      (ptr, ctl) =>
+        hiddenBuf
+          ? sym().kf_session_prefill_hidden(ptr, idBuf, ids.length, logits, hiddenBuf, ctl.buf)
+          : sym().kf_session_prefill(ptr, idBuf, ids.length, logits, ctl.buf),
       { signal: options.signal, onProgress: options.onProgress },
     );
+    if (hiddenOut && hiddenBuf) hiddenOut.set(hiddenBuf);
     return logits;
   }
 

@@ -271,6 +271,11 @@ KF_API kf_status kf_session_prefill(kf_session *session, const int32_t *ids, int
 KF_API kf_status kf_session_prefill_embeddings(kf_session *session, const void *embeddings, int32_t dtype,
                                                int32_t n_rows, int32_t hidden, float *logits, float *hidden_out,
                                                kf_control *control);
+/* kf_session_prefill that also writes each position's final-normed hidden state into hidden_out
+ * ([n_ids, hidden] f32, required): what token embeddings (mean or last-token pooling) are taken
+ * from. ids, logits, control and the rollback on failure as in kf_session_prefill. */
+KF_API kf_status kf_session_prefill_hidden(kf_session *session, const int32_t *ids, int32_t n_ids, float *logits,
+                                           float *hidden_out, kf_control *control);
 /* One token at position n_past (the single-token path, tuned separately from prefill).
  * On failure the session keeps its previous n_past and logits. */
 KF_API kf_status kf_session_decode(kf_session *session, int32_t id, kf_control *control);

@@ -96,6 +96,23 @@ kf_status kf_session_prefill(kf_session *session, const int32_t *ids, int32_t n_
   }));
 }
 
+kf_status kf_session_prefill_hidden(kf_session *session, const int32_t *ids, int32_t n_ids, float *logits,
+                                    float *hidden_out, kf_control *control) {
+  return report(control, guarded("prefill with hidden states", [&] {
+    KF_REQUIRE(session, "prefill with hidden states", "session is NULL");
+    KF_REQUIRE(ids && n_ids > 0, "prefill with hidden states", "no token ids given (ids NULL or n_ids %d)", n_ids);
+    KF_REQUIRE(hidden_out, "prefill with hidden states", "hidden_out is NULL");
+    check_ids(*session, ids, n_ids, "prefill with hidden states");
+    const int64_t H = session->model->cfg.hidden_size;
+    kf::session_run(*session, n_ids, logits, control, [&](int32_t off) {
+      kf::ChunkInput in;
+      in.tokens = ids + off;
+      in.hidden_out = hidden_out + int64_t(off) * H;
+      return in;
+    });
+  }));
+}
+
 kf_status kf_session_prefill_embeddings(kf_session *session, const void *embeddings, int32_t dtype, int32_t n_rows,
                                         int32_t hidden, float *logits, float *hidden_out, kf_control *control) {
   return report(control, guarded("prefill embeddings", [&] {

@@ -12,7 +12,9 @@ export type {
 export { LLM } from "npm:@langchain/core@1.4.0/language_models/llms";
 export type { BaseLLMCallOptions, BaseLLMParams } from "npm:@langchain/core@1.4.0/language_models/llms";
 export { AIMessage, AIMessageChunk } from "npm:@langchain/core@1.4.0/messages";
-export type { BaseMessage } from "npm:@langchain/core@1.4.0/messages";
+export type { BaseMessage, MessageContent } from "npm:@langchain/core@1.4.0/messages";
+export { Embeddings } from "npm:@langchain/core@1.4.0/embeddings";
+export type { EmbeddingsParams } from "npm:@langchain/core@1.4.0/embeddings";
 export { ChatGenerationChunk, GenerationChunk } from "npm:@langchain/core@1.4.0/outputs";
 export type { ChatResult } from "npm:@langchain/core@1.4.0/outputs";
 export type {

@@ -20,7 +20,9 @@ import {
   type ChatResult,
   GenerationChunk,
   LLM,
+  type MessageContent,
 } from "./_deps.ts";
+import { countModelTokens } from "./embeddings.ts";
 import {
   formatTextContext,
   type KvfoldDocumentsCallOptions,
@@ -186,6 +188,11 @@ export class ChatKvfold extends BaseChatModel<ChatKvfoldCallOptions, AIMessageCh
     return "kvfold";
   }
 
+  /** Tokens of `content` by the model's own tokenizer (LangChain's default downloads tiktoken's). */
+  override getNumTokens(content: MessageContent): Promise<number> {
+    return Promise.resolve(countModelTokens(this.model, content));
+  }
+
   /** Settings as traced (never the documents' vectors). */
   override invocationParams(options?: this["ParsedCallOptions"]): Record<string, unknown> {
     return { model: this.model.dir, ...settingsOf(this.#fields, options ?? {}) };
@@ -309,6 +316,11 @@ export class KvfoldLLM extends LLM<KvfoldLLMCallOptions> {
   /** The LangChain provider name. */
   _llmType(): string {
     return "kvfold";
+  }
+
+  /** Tokens of `content` by the model's own tokenizer (LangChain's default downloads tiktoken's). */
+  override getNumTokens(content: MessageContent): Promise<number> {
+    return Promise.resolve(countModelTokens(this.model, content));
   }
 
   /** Settings as traced (never the documents' vectors). */

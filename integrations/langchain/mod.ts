@@ -9,6 +9,9 @@
  *   chat template, streaming, `stop` and abort; documents passed as the `documents` call option are
  *   read from their summary vectors (prepended as input embeddings) or, without a payload, as text.
  * - {@linkcode createKvfoldQaChain}: retrieve → answer as one streaming runnable.
+ * - {@linkcode KvfoldEmbeddings}: an `Embeddings` (pooled final-normed hidden states of any kvfold
+ *   model) for `MemoryVectorStore` and other vector stores; `getNumTokens` of the models counts with
+ *   the model's own tokenizer.
  *
  * A payload is a small JSON reference ({@linkcode KvfoldPayloadRef}: document id, chunk ids, vector
  * count, width, tokens, group); the vectors ride along in memory, out of JSON, and are read back from
@@ -57,6 +60,8 @@ export type {
   KvfoldGenerationSettings,
   TextContextFormatter,
 } from "./_generate.ts";
+export { countModelTokens, KvfoldEmbeddings } from "./embeddings.ts";
+export type { KvfoldEmbeddingsInput } from "./embeddings.ts";
 export { createKvfoldQaChain } from "./chain.ts";
 export type { KvfoldQaChainOptions } from "./chain.ts";
 export { kvfoldPayloadOf, payloadRef, resolveKvfoldChunks } from "./payload.ts";

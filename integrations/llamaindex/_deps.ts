@@ -16,6 +16,7 @@ export type {
   MessageContent,
 } from "npm:@llamaindex/core@0.6.22/llms";
 export { wrapLLMEvent } from "npm:@llamaindex/core@0.6.22/decorator";
+export { BaseEmbedding } from "npm:@llamaindex/core@0.6.22/embeddings";
 export { Settings } from "npm:@llamaindex/core@0.6.22/global";
 export { defaultTextQAPrompt } from "npm:@llamaindex/core@0.6.22/prompts";
 export type { ModuleRecord, PromptsRecord, TextQAPrompt } from "npm:@llamaindex/core@0.6.22/prompts";

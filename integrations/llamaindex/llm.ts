@@ -28,6 +28,7 @@ import {
   wrapLLMEvent,
 } from "./_deps.ts";
 import type { CompressedContext } from "./payload.ts";
+import { kvfoldTokenizer, type LlamaIndexTokenizer } from "./embedding.ts";
 
 /** Generation settings of a {@linkcode KvfoldLLM}, as kvfold's `generate` takes them. */
 export type KvfoldGenerationOptions = Omit<GenerateOptions, "prompt" | "signal" | "onPrefillProgress">;
@@ -137,6 +138,11 @@ export class KvfoldLLM extends BaseLLM<KvfoldCallOptions> {
     super();
     this.model = model;
     this.#options = { ...options };
+  }
+
+  /** The model's own tokenizer for `Settings.tokenizer` (LlamaIndex counts with cl100k otherwise). */
+  get tokenizer(): LlamaIndexTokenizer {
+    return kvfoldTokenizer(this.model);
   }
 
   /** Name, sampling defaults and context window, as LlamaIndex reads them. */

@@ -10,6 +10,9 @@
  *   retriever into the store once and attaches their vectors.
  * - {@linkcode KvfoldQueryEngine}: a `RetrieverQueryEngine` answering from compressed contexts,
  *   with text fallback for nodes without them.
+ * - {@linkcode KvfoldEmbedding}: a `BaseEmbedding` (pooled final-normed hidden states of any kvfold
+ *   model) for `Settings.embedModel`, so `VectorStoreIndex` needs no other provider; and
+ *   {@linkcode kvfoldTokenizer} for `Settings.tokenizer` (the model's own token counts).
  *
  * Classes come from `npm:@llamaindex/core@0.6.22`, the exact version `npm:llamaindex@0.12.1`
  * depends on, so they mix with `llamaindex`'s own retrievers, nodes and engines.
@@ -44,6 +47,8 @@ export type {
   KvfoldGenerationStats,
   KvfoldLLMOptions,
 } from "./llm.ts";
+export { KvfoldEmbedding, kvfoldTokenizer } from "./embedding.ts";
+export type { KvfoldEmbeddingOptions, LlamaIndexTokenizer } from "./embedding.ts";
 export { KvfoldNodeCompressor } from "./node_compressor.ts";
 export type { KvfoldNodeCompressorOptions, NodeCompressionEvent } from "./node_compressor.ts";
 export { KvfoldQueryEngine, KvfoldResponseSynthesizer } from "./query_engine.ts";
