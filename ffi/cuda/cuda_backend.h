@@ -16,15 +16,7 @@
 #include "../include/kvfold.h"
 #include "../src/backend.h"
 
-struct kf_engine;
-struct kf_model;
-struct kf_session;
-struct kf_adapter;
-struct kf_lococo_heads;
-
-namespace kf {
-struct ChunkInput;
-}
+// kf_engine, kf_model, ... and kf::ChunkInput are declared by backend.h.
 
 namespace kf::cuda {
 

@@ -6,6 +6,7 @@
  */
 
 import type { EmbeddingPooling, Model } from "../../mod.ts";
+import { checkModelOption } from "../_model_option.ts";
 import { Embeddings, type EmbeddingsParams, type MessageContent } from "./_deps.ts";
 
 /** Options of {@linkcode KvfoldEmbeddings}. */
@@ -45,7 +46,7 @@ export class KvfoldEmbeddings extends Embeddings {
   readonly pooling: EmbeddingPooling;
 
   constructor(fields: KvfoldEmbeddingsInput) {
-    checkModelField("KvfoldEmbeddings", fields);
+    checkModelOption("KvfoldEmbeddings", fields);
     super(fields);
     this.model = fields.model;
     this.pooling = fields.pooling ?? "mean";
@@ -75,27 +76,4 @@ export function countModelTokens(model: Model, content: MessageContent): number 
     return type === "text" && typeof text === "string" ? text : "";
   }).join("");
   return model.tokenizer.encode(text).length;
-}
-
-/** Refuses a constructor argument that is not `{ model: <loaded Model> }`, naming what came. */
-export function checkModelField(cls: string, fields: unknown): void {
-  const model = (fields as { model?: unknown } | null | undefined)?.model;
-  if (typeof fields === "string" || typeof model === "string") {
-    throw new TypeError(
-      `${cls} takes { model }, a loaded model (await kv.loadModel(path)), not the path string ` +
-        JSON.stringify(typeof fields === "string" ? fields : model),
-    );
-  }
-  if (
-    typeof model !== "object" || model === null || typeof (model as { embed?: unknown }).embed !== "function"
-  ) {
-    const got = fields === null || typeof fields !== "object" ? kind(fields) : `model: ${kind(model)}`;
-    throw new TypeError(`${cls} takes { model }, a loaded kvfold Model; got ${got}`);
-  }
-}
-
-function kind(v: unknown): string {
-  if (v === null || v === undefined) return String(v);
-  if (typeof v !== "object") return `${typeof v} ${String(v)}`;
-  return `a ${(v as object).constructor?.name ?? "null-prototype object"}`;
 }

@@ -6,6 +6,7 @@
  */
 
 import type { EmbeddingPooling, Model } from "../../mod.ts";
+import { checkModelOption } from "../_model_option.ts";
 import { BaseEmbedding } from "./_deps.ts";
 
 /** Options of {@linkcode KvfoldEmbedding}. */
@@ -88,27 +89,4 @@ export class KvfoldEmbedding extends BaseEmbedding {
     const vectors = await this.model.embed(texts, { pooling: this.pooling });
     return vectors.map((v) => Array.from(v));
   }
-}
-
-/** Refuses a constructor argument that is not `{ model: <loaded Model> }`, naming what came. */
-function checkModelOption(cls: string, options: unknown): void {
-  const model = (options as { model?: unknown } | null | undefined)?.model;
-  if (typeof options === "string" || typeof model === "string") {
-    throw new TypeError(
-      `${cls} takes { model }, a loaded model (await kv.loadModel(path)), not the path string ` +
-        JSON.stringify(typeof options === "string" ? options : model),
-    );
-  }
-  if (
-    typeof model !== "object" || model === null || typeof (model as { embed?: unknown }).embed !== "function"
-  ) {
-    const got = options === null || typeof options !== "object" ? kind(options) : `model: ${kind(model)}`;
-    throw new TypeError(`${cls} takes { model }, a loaded kvfold Model; got ${got}`);
-  }
-}
-
-function kind(v: unknown): string {
-  if (v === null || v === undefined) return String(v);
-  if (typeof v !== "object") return `${typeof v} ${String(v)}`;
-  return `a ${(v as object).constructor?.name ?? "null-prototype object"}`;
 }
