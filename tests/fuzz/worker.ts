@@ -40,6 +40,8 @@ try {
     copyDir(join(corpus, target.from), dir);
     // Case 0 is the control: the pristine input, which must load and pass the oracle.
     if (index > 0) target.mutate(new Rng(caseSeed(seed, target.name, index)), dir);
+    // Relative paths a mutated command line names land in the case's folder, never in the checkout.
+    Deno.chdir(dir);
     const ctx: CaseContext = { kv, corpus, dir, index, memo };
     let outcome: CaseOutcome = "ok";
     let message = "";
@@ -57,6 +59,7 @@ try {
       }
     }
     out({ index, outcome, message: message.slice(0, 2000) });
+    Deno.chdir(scratch);
     Deno.removeSync(dir, { recursive: true });
   }
 } finally {
