@@ -72,6 +72,19 @@ export async function cmdCompress(args: string[]) {
     throw new KvfoldError("INVALID_ARGUMENT", "Missing FILES to compress into the store");
   }
   using store = DocumentStore.open(v.store);
+  // Refused before any compressing, not after (the store would refuse the source at the end).
+  const existing = new Set(files.filter((f) => store.hasDocument(f)));
+  for (const [i, f] of files.entries()) {
+    if (files.indexOf(f) !== i) {
+      throw new KvfoldError("INVALID_ARGUMENT", `Cannot compress ${f}: it is named twice`);
+    }
+    if (existing.has(f) && !v.replace) {
+      throw new KvfoldError(
+        "INVALID_STATE",
+        `Cannot compress ${f}: it is already in the store ${v.store}; pass --replace to replace it`,
+      );
+    }
+  }
   using interrupt = interruptSignal(); // Ctrl-C aborts within one token
   const texts = await Promise.all(files.map((f) => readUserText(f, "compress")));
   const totals = texts.map((t) => compressor.model.tokenizer.encode(t).length);
@@ -93,7 +106,8 @@ export async function cmdCompress(args: string[]) {
     before += totals[i];
     bar.update(before, files[i]);
     bar.done(
-      `${files[i]}: ${r.tokens} tokens -> ${r.vectors} vectors (${(r.tokens / r.vectors).toFixed(1)}x)`,
+      `${files[i]}: ${r.tokens} tokens -> ${r.vectors} vectors (${(r.tokens / r.vectors).toFixed(1)}x)` +
+        (existing.has(files[i]) ? ", replacing the stored one" : ""),
     );
   }
 }
