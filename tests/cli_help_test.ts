@@ -34,7 +34,7 @@ Deno.test("cli help: kvfold --help names every command and no `deno task`", asyn
   for (const { spec } of COMMANDS) {
     assert.ok(
       r.out.split("\n").some((l) =>
-        /^  \S/.test(l) && l.trim().split(/ {2,}/).join(" ") ===
+        /^ {2}\S/.test(l) && l.trim().split(/ {2,}/).join(" ") ===
           `${spec.name} ${spec.summary}`
       ),
       `${spec.name} is missing from:\n${r.out}`,
