@@ -46,25 +46,50 @@ export function noteTrainingStep(p: TrainingProgress): void {
   );
 }
 
-/** A one-line progress bar on stderr: percentage, tokens/s and ETA. */
+/**
+ * Progress on stderr: on a terminal, one line redrawn in place (`\r`) with the percentage, tokens/s
+ * and ETA; otherwise (a log file, a pipe) a plain line at every tenth of the way, so logs read cleanly.
+ */
 export class ProgressBar {
   #total: number;
   #t0 = performance.now();
-  constructor(total: number) {
+  #tty: boolean;
+  #lastTenth = -1;
+  constructor(total: number, tty: boolean = isStderrTerminal()) {
     this.#total = Math.max(total, 1);
+    this.#tty = tty;
   }
   update(done: number, label: string) {
     const secs = (performance.now() - this.#t0) / 1000;
     const rate = done / Math.max(secs, 1e-9);
     const eta = rate > 0 ? (this.#total - done) / rate : 0;
+    const pct = `${(100 * done / this.#total).toFixed(0)}% ${done}/${this.#total} tokens, ${
+      rate.toFixed(0)
+    } tok/s`;
+    if (!this.#tty) {
+      const tenth = Math.floor((10 * done) / this.#total);
+      if (tenth > this.#lastTenth) note(`${pct}, ETA ${eta.toFixed(0)} s  ${label}`);
+      this.#lastTenth = Math.max(this.#lastTenth, tenth);
+      return;
+    }
     const width = 24, filled = Math.round((width * done) / this.#total);
-    const line =
-      `[${"#".repeat(filled)}${"-".repeat(width - filled)}] ${(100 * done / this.#total).toFixed(0)}% ` +
-      `${done}/${this.#total} tokens, ${rate.toFixed(0)} tok/s, ETA ${eta.toFixed(0)} s  ${label}`;
+    const line = `[${"#".repeat(filled)}${"-".repeat(width - filled)}] ${pct}, ETA ${
+      eta.toFixed(0)
+    } s  ${label}`;
     Deno.stderr.writeSync(enc.encode(`\r${line.slice(0, 150).padEnd(150)}`));
   }
   done(message: string) {
-    Deno.stderr.writeSync(enc.encode(`\r${message.padEnd(150)}\n`));
+    if (this.#tty) Deno.stderr.writeSync(enc.encode(`\r${message.padEnd(150)}\n`));
+    else note(message);
+  }
+}
+
+// A runtime without isTerminal (or a closed stream) counts as not a terminal.
+function isStderrTerminal(): boolean {
+  try {
+    return Deno.stderr.isTerminal();
+  } catch {
+    return false;
   }
 }
 

@@ -10,28 +10,178 @@
 import { parseArgs } from "node:util";
 import { type CacheOptions, Kvfold, KvfoldError, type Model, type WeightDType } from "../mod.ts";
 
-/** How `parseArgs` declares one flag. */
-type Flag = { type: "string" | "boolean"; multiple?: boolean; short?: string };
+/**
+ * One flag of a command: how `parseArgs` reads it, and what `--help` says of it. The same table
+ * parses the command line and prints the help, so the two cannot disagree.
+ */
+export interface Flag {
+  type: "string" | "boolean";
+  multiple?: boolean;
+  short?: string;
+  /** What the value stands for in the help ("N", "DIR"). */
+  arg?: string;
+  /** One line for the help. */
+  help?: string;
+  /** The heading it is listed under (default "Options"). */
+  group?: string;
+}
 
-/** A flag that takes a value. */
-export const STRING = { type: "string" } as const;
+/** A flag that takes a value, described in the help as `--name ARG  help`. */
+export const str = (arg: string, help: string, group?: string) =>
+  ({ type: "string", arg, help, group }) as const;
+/** A flag that takes a value and may be given more than once. */
+export const many = (arg: string, help: string, group?: string) =>
+  ({ type: "string", multiple: true, arg, help, group }) as const;
 /** A flag without a value. */
+export const bool = (help: string, group?: string) => ({ type: "boolean", help, group }) as const;
+
+/** A flag that takes a value (listed in the help without a description). */
+export const STRING = { type: "string" } as const;
+/** A flag without a value (listed in the help without a description). */
 export const BOOLEAN = { type: "boolean" } as const;
 
+/** A command of `kvfold`: its usage lines and option table, and what it does. */
+export interface CommandSpec<T extends Record<string, Flag> = Record<string, Flag>> {
+  /** The word after `kvfold`. */
+  name: string;
+  /** One line for `kvfold --help`. */
+  summary: string;
+  /** Usage lines, each after "kvfold " ("generate --model DIR --prompt TEXT [options]"). */
+  usage: readonly string[];
+  /** More about the command and its arguments, printed after the usage. */
+  details?: string;
+  options: T;
+  /** Whether it takes positional arguments. */
+  positionals?: boolean;
+}
+
+/** `spec` with its option table's type kept (for the parsed values). */
+export function defineCommand<T extends Record<string, Flag>>(spec: CommandSpec<T>): CommandSpec<T> {
+  return spec;
+}
+
+const HELP_FLAG = { type: "boolean", short: "h", help: "show this help" } as const;
+
+// Usage errors: wrong words on the command line, not a refusal of data. `main` prints them without
+// the error code, points at the command's --help and exits 2.
+const usageErrors = new WeakSet<Error>();
+
+/** A `KvfoldError("INVALID_ARGUMENT")` that `main` reports as a usage error (exit 2). */
+export function usageError(message: string, options?: ErrorOptions): KvfoldError {
+  const e = new KvfoldError("INVALID_ARGUMENT", message, options);
+  usageErrors.add(e);
+  return e;
+}
+
+/** Whether `e` came from {@link usageError}. */
+export function isUsageError(e: unknown): boolean {
+  return e instanceof Error && usageErrors.has(e);
+}
+
+/** Levenshtein distance between `a` and `b`. */
+export function editDistance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const row = [i];
+    for (let j = 1; j <= b.length; j++) {
+      row[j] = Math.min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+    }
+    prev = row;
+  }
+  return prev[b.length];
+}
+
+/** The closest of `names` to `word` when it is close enough to be a typo of it, else undefined. */
+export function closest(word: string, names: Iterable<string>): string | undefined {
+  let best: string | undefined, bestD = Infinity;
+  for (const n of names) {
+    const d = editDistance(word, n);
+    if (d < bestD) [best, bestD] = [n, d];
+  }
+  return bestD <= Math.max(1, Math.floor(word.length / 3)) ? best : undefined;
+}
+
+// parseArgs' own messages name the option in quotes: "Unknown option '--lrr'. To specify ...".
+function parseArgsMessage(e: Error & { code: string }, spec: CommandSpec): string {
+  const quoted = /'(-[^']*)'/.exec(e.message)?.[1] ?? "";
+  const option = quoted.replace(/ <value>$/, "");
+  switch (e.code) {
+    case "ERR_PARSE_ARGS_UNKNOWN_OPTION": {
+      const near = option.startsWith("--")
+        ? closest(option.slice(2), Object.keys(spec.options).concat("help"))
+        : undefined;
+      return `unknown option ${option}${near ? `; did you mean --${near}?` : ""}`;
+    }
+    case "ERR_PARSE_ARGS_INVALID_OPTION_VALUE":
+      return /argument missing/.test(e.message)
+        ? `option ${option} needs a value`
+        : /does not take an argument/.test(e.message)
+        ? `option ${option} does not take a value`
+        : e.message;
+    case "ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL":
+      return `unexpected argument ${
+        /'([^']*)'/.exec(e.message)?.[1] ?? ""
+      }: ${spec.name} takes no positional arguments`;
+    default:
+      return e.message;
+  }
+}
+
 /**
- * `args` parsed strictly against `options` (unknown flags are refused); positionals only when
- * `positionals` is true.
+ * `args` parsed strictly against the command's option table (and `-h, --help`): unknown flags are
+ * refused with the nearest known one suggested, positionals taken only when the command takes them.
  */
 export function parseCommand<T extends Record<string, Flag>>(
   args: string[],
-  options: T,
-  positionals = false,
+  spec: CommandSpec<T>,
 ): { values: ReturnType<typeof parseArgs<{ options: T }>>["values"]; positionals: string[] } {
-  const r = parseArgs({ args, options, allowPositionals: positionals, strict: true });
+  let r;
+  try {
+    r = parseArgs({
+      args,
+      options: { ...spec.options, help: HELP_FLAG },
+      allowPositionals: spec.positionals ?? false,
+      strict: true,
+    });
+  } catch (e) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === "string" && code.startsWith("ERR_PARSE_ARGS")) {
+      throw usageError(parseArgsMessage(e as Error & { code: string }, spec as CommandSpec), { cause: e });
+    }
+    throw e;
+  }
   return {
     values: r.values as ReturnType<typeof parseArgs<{ options: T }>>["values"],
     positionals: r.positionals,
   };
+}
+
+/** The `--help` text of a command, from the same table that parses it. */
+export function helpText(spec: CommandSpec): string {
+  const groups = new Map<string, [string, string][]>();
+  const options: [string, Flag][] = [...Object.entries(spec.options), ["help", HELP_FLAG]];
+  for (const [name, f] of options) {
+    const left = `${f.short ? `-${f.short}, ` : ""}--${name}${
+      f.type === "string" ? ` ${f.arg ?? "VALUE"}` : ""
+    }`;
+    const right = (f.help ?? "") + (f.multiple ? " (repeatable)" : "");
+    const g = f.group ?? "Options";
+    groups.set(g, [...groups.get(g) ?? [], [left, right]]);
+  }
+  const width = Math.min(
+    32,
+    Math.max(...[...groups.values()].flat().map(([l]) => l.length)) + 2,
+  );
+  const lines = spec.usage.map((u, i) => `${i === 0 ? "Usage: " : "       "}kvfold ${u}`);
+  lines.push("", spec.summary.charAt(0).toUpperCase() + spec.summary.slice(1) + ".");
+  if (spec.details) lines.push("", spec.details.trimEnd());
+  for (const [g, rows] of groups) {
+    lines.push("", `${g}:`);
+    for (const [l, r] of rows) {
+      lines.push(l.length + 2 > width ? `  ${l}\n  ${" ".repeat(width)}${r}` : `  ${l.padEnd(width)}${r}`);
+    }
+  }
+  return lines.join("\n").replace(/ +$/gm, "") + "\n";
 }
 
 // Integer flags are decimal digits with an optional sign, nothing else ("1e3", "0x10", "2.0", ""
@@ -104,22 +254,23 @@ export function parseIds(list: string): number[] {
   );
 }
 
+const ENGINE = "Engine options";
 /** Options of every command that opens an engine. */
 export const COMMON = {
-  threads: { type: "string" },
-  backend: { type: "string" },
-  dtype: { type: "string" },
-  help: { type: "boolean", short: "h" },
+  threads: str("N", "CPU threads (default: all cores)", ENGINE),
+  backend: str("auto|cpu|cuda", "where the model runs (default auto)", ENGINE),
+  dtype: str("auto|f32|f16|bf16", "weight type in memory (default auto: as stored)", ENGINE),
 } as const;
 
+const CACHE_GROUP = "Cache options";
 /** --cache and its settings, on generate, logits and ask. */
 export const CACHE = {
-  cache: { type: "string" },
-  heads: { type: "string" },
-  slots: { type: "string" },
-  segment: { type: "string" },
-  sinks: { type: "string" },
-  window: { type: "string" },
+  cache: str("full|lococo|h2o|streaming", "KV cache kind (default full)", CACHE_GROUP),
+  heads: str("FILE", "lococo: heads .safetensors file", CACHE_GROUP),
+  slots: str("M", "lococo (default: the file's), h2o: KV slots kept", CACHE_GROUP),
+  segment: str("B", "lococo, h2o, streaming: tokens per compression segment", CACHE_GROUP),
+  sinks: str("N", "streaming: attention sinks kept (default 4)", CACHE_GROUP),
+  window: str("W", "streaming: recent tokens kept", CACHE_GROUP),
 } as const;
 
 /** The session cache the --cache options ask for (undefined: full), loading --heads for lococo. */

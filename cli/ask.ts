@@ -9,29 +9,42 @@ import {
   CACHE,
   cacheFromArgs,
   COMMON,
+  defineCommand,
   dtypeOpt,
   intOpt,
+  many,
   need,
   numOpt,
   openEngine,
   parseCommand,
   seedOpt,
-  STRING,
+  str,
 } from "./_options.ts";
 import { decodeRate, interruptSignal, note, write } from "./_console.ts";
 
-export async function cmdAsk(args: string[]) {
-  const { values: v, positionals } = parseCommand(args, {
+/** `kvfold ask`'s usage and options. */
+export const ASK = defineCommand({
+  name: "ask",
+  summary: "stream an answer from the best chunks' summary vectors in the store",
+  usage: ["ask --model DIR --store FILE [--k N] [--adapter [GROUP=]DIR]... [options] QUESTION"],
+  details: "GROUP=DIR adapters are chosen by the best chunk's group; a plain DIR is used whatever\n" +
+    "the group.",
+  options: {
+    model: str("DIR", "model folder (Hugging Face layout)"),
+    store: str("FILE", "the document store (SQLite) to answer from"),
+    k: str("N", "chunks retrieved (default 2)"),
+    "max-tokens": str("N", "tokens to generate at most (default 128)"),
+    temperature: str("T", "sampling temperature (0: greedy)"),
+    seed: str("S", "sampling seed"),
+    adapter: many("[GROUP=]DIR", "a PEFT LoRA adapter, for one group or for all"),
     ...COMMON,
-    model: STRING,
-    store: STRING,
-    k: STRING,
-    "max-tokens": STRING,
-    temperature: STRING,
-    seed: STRING,
-    adapter: { ...STRING, multiple: true },
     ...CACHE,
-  }, true);
+  },
+  positionals: true,
+});
+
+export async function cmdAsk(args: string[]) {
+  const { values: v, positionals } = parseCommand(args, ASK);
   const question = positionals.join(" ");
   if (!question) {
     throw new KvfoldError(

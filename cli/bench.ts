@@ -5,16 +5,25 @@
  */
 
 import { KvfoldError, measureDecode, measurePrefill } from "../mod.ts";
-import { COMMON, dtypeOpt, intOpt, need, openEngine, parseCommand, STRING } from "./_options.ts";
+import { COMMON, defineCommand, dtypeOpt, intOpt, need, openEngine, parseCommand, str } from "./_options.ts";
 import { write } from "./_console.ts";
 
-export async function cmdBench(args: string[]) {
-  const { values: v, positionals } = parseCommand(args, {
+/** `kvfold bench`'s usage and options. */
+export const BENCH = defineCommand({
+  name: "bench",
+  summary: "tokens/s and the fraction of the memory-bandwidth limit",
+  usage: ["bench decode|prefill --model DIR [--tokens N] [--repeats N]"],
+  options: {
+    model: str("DIR", "model folder (Hugging Face layout)"),
+    tokens: str("N", "tokens per run"),
+    repeats: str("N", "runs (the best and the median are reported)"),
     ...COMMON,
-    model: STRING,
-    tokens: STRING,
-    repeats: STRING,
-  }, true);
+  },
+  positionals: true,
+});
+
+export async function cmdBench(args: string[]) {
+  const { values: v, positionals } = parseCommand(args, BENCH);
   const kind = positionals[0];
   if (kind !== "decode" && kind !== "prefill") {
     throw new KvfoldError("INVALID_ARGUMENT", "Usage: kvfold bench decode|prefill --model DIR");

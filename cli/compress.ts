@@ -6,30 +6,46 @@
 
 import { compressIntoStore, Compressor, DocumentStore, KvfoldError, writeSafetensorsFile } from "../mod.ts";
 import {
-  BOOLEAN,
+  bool,
   COMMON,
+  defineCommand,
   dtypeOpt,
   intOpt,
   need,
   openEngine,
   parseCommand,
   parseIds,
-  STRING,
+  str,
 } from "./_options.ts";
 import { interruptSignal, note, ProgressBar, readUserText } from "./_console.ts";
 
-export async function cmdCompress(args: string[]) {
-  const { values: v, positionals: files } = parseCommand(args, {
+/** `kvfold compress`'s usage and options. */
+export const COMPRESS = defineCommand({
+  name: "compress",
+  summary: "compress documents into the store, or token ids into summary vectors",
+  usage: [
+    "compress --compressor DIR --store FILE [--group NAME] [--chunk-tokens N] [--replace] FILES...",
+    "compress --compressor DIR --ids 1,2,3 [--segment-length N] --out FILE.safetensors",
+  ],
+  details: "With --store, each FILE becomes a document of the SQLite store (its path is its source);\n" +
+    "a source already there is refused unless --replace. With --ids, writes the AutoCompressor's\n" +
+    'summary vectors: tensor "summary" [K, hidden] f32.',
+  options: {
+    compressor: str("DIR", "AutoCompressor model folder"),
+    store: str("FILE", "the document store (SQLite) to add FILES to"),
+    group: str("NAME", "the group the documents belong to (chooses adapters in `ask`)"),
+    "chunk-tokens": str("N", "tokens per chunk of a document"),
+    replace: bool("replace documents whose source is already in the store"),
+    ids: str("1,2,3", "token ids to compress instead of files"),
+    out: str("FILE", "with --ids: the .safetensors file to write"),
+    "segment-length": str("N", "tokens per compression segment"),
     ...COMMON,
-    compressor: STRING,
-    ids: STRING,
-    "segment-length": STRING,
-    "chunk-tokens": STRING,
-    out: STRING,
-    store: STRING,
-    group: STRING,
-    replace: BOOLEAN,
-  }, true);
+  },
+  positionals: true,
+});
+
+export async function cmdCompress(args: string[]) {
+  const { values: v, positionals: files } = parseCommand(args, COMPRESS);
   const dir = need(v.compressor, "compressor");
   if (v.store === undefined && v.ids === undefined) {
     throw new KvfoldError(
@@ -56,6 +72,19 @@ export async function cmdCompress(args: string[]) {
     throw new KvfoldError("INVALID_ARGUMENT", "Missing FILES to compress into the store");
   }
   using store = DocumentStore.open(v.store);
+  // Refused before any compressing, not after (the store would refuse the source at the end).
+  const existing = new Set(files.filter((f) => store.hasDocument(f)));
+  for (const [i, f] of files.entries()) {
+    if (files.indexOf(f) !== i) {
+      throw new KvfoldError("INVALID_ARGUMENT", `Cannot compress ${f}: it is named twice`);
+    }
+    if (existing.has(f) && !v.replace) {
+      throw new KvfoldError(
+        "INVALID_STATE",
+        `Cannot compress ${f}: it is already in the store ${v.store}; pass --replace to replace it`,
+      );
+    }
+  }
   using interrupt = interruptSignal(); // Ctrl-C aborts within one token
   const texts = await Promise.all(files.map((f) => readUserText(f, "compress")));
   const totals = texts.map((t) => compressor.model.tokenizer.encode(t).length);
@@ -77,7 +106,8 @@ export async function cmdCompress(args: string[]) {
     before += totals[i];
     bar.update(before, files[i]);
     bar.done(
-      `${files[i]}: ${r.tokens} tokens -> ${r.vectors} vectors (${(r.tokens / r.vectors).toFixed(1)}x)`,
+      `${files[i]}: ${r.tokens} tokens -> ${r.vectors} vectors (${(r.tokens / r.vectors).toFixed(1)}x)` +
+        (existing.has(files[i]) ? ", replacing the stored one" : ""),
     );
   }
 }

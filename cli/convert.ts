@@ -5,7 +5,7 @@
  */
 
 import { convertTorchCheckpoint, KvfoldError } from "../mod.ts";
-import { parseCommand, STRING } from "./_options.ts";
+import { defineCommand, parseCommand, str } from "./_options.ts";
 import { note } from "./_console.ts";
 
 /** "4G", "512MiB", "1e9": a byte count for --max-memory (K/M/G/T are powers of 1024). */
@@ -21,8 +21,19 @@ function parseByteSize(text: string, flag: string): number {
   return bytes;
 }
 
+/** `kvfold convert`'s usage and options. */
+export const CONVERT = defineCommand({
+  name: "convert",
+  summary: "convert PyTorch .bin checkpoints to safetensors",
+  usage: ["convert SRC DST [--max-memory SIZE]"],
+  details: "SRC is a torch.save zip .bin file or a folder of them (sharded checkpoints, PEFT\n" +
+    "adapter_model.bin). Non-tensor pickles and corrupt files are refused.",
+  options: { "max-memory": str("SIZE", "bound on the memory per file (e.g. 8G, 512M)") },
+  positionals: true,
+});
+
 export async function cmdConvert(args: string[]) {
-  const { values: v, positionals } = parseCommand(args, { "max-memory": STRING }, true);
+  const { values: v, positionals } = parseCommand(args, CONVERT);
   const [src, dst] = positionals;
   if (!src || !dst || positionals.length > 2) {
     throw new KvfoldError(

@@ -5,40 +5,50 @@
  */
 
 import {
-  BOOLEAN,
+  bool,
   CACHE,
   cacheFromArgs,
   COMMON,
+  defineCommand,
   dtypeOpt,
   intOpt,
+  many,
   need,
   numOpt,
   openEngine,
   parseCommand,
   seedOpt,
-  STRING,
+  str,
 } from "./_options.ts";
 import { cacheNote, decodeRate, interruptSignal, note, write } from "./_console.ts";
 
-export async function cmdGenerate(args: string[]) {
-  const { values: v } = parseCommand(args, {
+/** `kvfold generate`'s usage and options. */
+export const GENERATE = defineCommand({
+  name: "generate",
+  summary: "stream a completion to stdout",
+  usage: ["generate --model DIR --prompt TEXT [options]"],
+  options: {
+    model: str("DIR", "model folder (Hugging Face layout)"),
+    prompt: str("TEXT", "the prompt"),
+    "max-tokens": str("N", "tokens to generate at most (default 128)"),
+    temperature: str("T", "sampling temperature (0: greedy)"),
+    "top-p": str("P", "nucleus sampling threshold"),
+    "top-k": str("K", "sample among the K likeliest tokens"),
+    "min-p": str("P", "drop tokens below P times the likeliest's probability"),
+    "repetition-penalty": str("R", "penalty on tokens already seen"),
+    seed: str("S", "sampling seed"),
+    stop: many("TEXT", "stop when TEXT is generated"),
+    chat: bool("wrap the prompt in the model's chat template"),
+    system: str("TEXT", "a system message (implies --chat)"),
+    "context-size": str("N", "context positions (default: the model's)"),
+    adapter: str("DIR", "a PEFT LoRA adapter folder"),
     ...COMMON,
-    model: STRING,
-    prompt: STRING,
-    "max-tokens": STRING,
-    temperature: STRING,
-    "top-p": STRING,
-    "top-k": STRING,
-    "min-p": STRING,
-    "repetition-penalty": STRING,
-    seed: STRING,
-    stop: { ...STRING, multiple: true },
-    chat: BOOLEAN,
-    system: STRING,
-    "context-size": STRING,
-    adapter: STRING,
     ...CACHE,
-  });
+  },
+});
+
+export async function cmdGenerate(args: string[]) {
+  const { values: v } = parseCommand(args, GENERATE);
   const dir = need(v.model, "model");
   const prompt = need(v.prompt, "prompt");
   using kv = await openEngine(v);

@@ -5,11 +5,19 @@
  */
 
 import { Kvfold } from "../mod.ts";
-import { COMMON, parseCommand } from "./_options.ts";
+import { COMMON, defineCommand, parseCommand } from "./_options.ts";
 import { write } from "./_console.ts";
 
+/** `kvfold info`'s usage and options. */
+export const INFO = defineCommand({
+  name: "info",
+  summary: "version, backends built, threads, GPU found or not",
+  usage: ["info"],
+  options: { ...COMMON },
+});
+
 export async function cmdInfo(args: string[]) {
-  parseCommand(args, COMMON);
+  parseCommand(args, INFO);
   const info = await Kvfold.info();
   using kv = await Kvfold.open({ backend: "cpu" });
   let build: { cxx?: string; nvcc?: string; cuda_built?: boolean; cuda_archs?: string[] } = {};

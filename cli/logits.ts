@@ -9,25 +9,36 @@ import {
   CACHE,
   cacheFromArgs,
   COMMON,
+  defineCommand,
   dtypeOpt,
   need,
   openEngine,
   parseCommand,
   parseIds,
-  STRING,
+  str,
 } from "./_options.ts";
 import { cacheNote, note } from "./_console.ts";
 
-export async function cmdLogits(args: string[]) {
-  const { values: v } = parseCommand(args, {
+/** `kvfold logits`' usage and options. */
+export const LOGITS = defineCommand({
+  name: "logits",
+  summary: "write the logits at every position of given token ids",
+  usage: ["logits --model DIR --ids 1,2,3 --out FILE.safetensors [options]"],
+  details: 'Writes tensor "logits" [n_ids, vocab] f32 (no BOS added). --prefix runs its tensor\n' +
+    '"embeddings" [K, hidden] first; a compressing cache prefills segment by segment.',
+  options: {
+    model: str("DIR", "model folder (Hugging Face layout)"),
+    ids: str("1,2,3", "token ids, comma-separated"),
+    out: str("FILE", "the .safetensors file to write"),
+    prefix: str("FILE", 'a .safetensors file whose "embeddings" [K, hidden] run first'),
+    adapter: str("DIR", "a PEFT LoRA adapter folder"),
     ...COMMON,
-    model: STRING,
-    ids: STRING,
-    out: STRING,
-    prefix: STRING,
-    adapter: STRING,
     ...CACHE,
-  });
+  },
+});
+
+export async function cmdLogits(args: string[]) {
+  const { values: v } = parseCommand(args, LOGITS);
   const dir = need(v.model, "model");
   const out = need(v.out, "out");
   // --prefix FILE.safetensors: tensor "embeddings" [K, hidden] runs first, at positions 0..K-1.

@@ -1,114 +1,114 @@
 /**
- * The `kvfold` command line: `deno task kvfold <command> ...`. One file per command in `cli/`,
- * each over the public API (`mod.ts`) only; `_options.ts` parses the flags they share.
+ * The `kvfold` command line (`deno task kvfold <command> ...` from a checkout, `kvfold` from npm).
+ * One file per command in `cli/`, each over the public API (`mod.ts`) only, each with the option
+ * table that both parses its flags and prints its `--help`; `_options.ts` holds the shared parts.
  *
  * @module
  */
 
-import { KvfoldError } from "../mod.ts";
+import { Kvfold, KvfoldError } from "../mod.ts";
 import { note, write } from "./_console.ts";
-import { cmdAsk } from "./ask.ts";
-import { cmdBench } from "./bench.ts";
-import { cmdBuild } from "./build.ts";
-import { cmdCompress } from "./compress.ts";
-import { cmdConvert } from "./convert.ts";
-import { cmdGenerate } from "./generate.ts";
-import { cmdInfo } from "./info.ts";
-import { cmdLogits } from "./logits.ts";
-import { cmdMakeTestModel } from "./make_test_model.ts";
-import { cmdStore } from "./store.ts";
-import { cmdTrain } from "./train.ts";
+import { closest, type CommandSpec, helpText, isUsageError } from "./_options.ts";
+import { VERSION } from "./_version.ts";
+import { ASK, cmdAsk } from "./ask.ts";
+import { BENCH, cmdBench } from "./bench.ts";
+import { BUILD, cmdBuild } from "./build.ts";
+import { cmdCompress, COMPRESS } from "./compress.ts";
+import { cmdConvert, CONVERT } from "./convert.ts";
+import { cmdGenerate, GENERATE } from "./generate.ts";
+import { cmdInfo, INFO } from "./info.ts";
+import { cmdLogits, LOGITS } from "./logits.ts";
+import { cmdMakeTestModel, MAKE_TEST_MODEL } from "./make_test_model.ts";
+import { cmdStore, STORE } from "./store.ts";
+import { cmdTrain, TRAIN } from "./train.ts";
 
-const USAGE = `kvfold — Llama-family models with compressed context, from Deno
+/** Every command: its usage and option table (for --help and parsing) and what runs it. */
+export const COMMANDS: readonly { spec: CommandSpec; run: (args: string[]) => Promise<void> }[] = [
+  { spec: INFO, run: cmdInfo },
+  { spec: BUILD, run: cmdBuild },
+  { spec: GENERATE, run: cmdGenerate },
+  { spec: LOGITS, run: cmdLogits },
+  { spec: MAKE_TEST_MODEL, run: cmdMakeTestModel },
+  { spec: COMPRESS, run: cmdCompress },
+  { spec: ASK, run: cmdAsk },
+  { spec: STORE, run: cmdStore },
+  { spec: CONVERT, run: cmdConvert },
+  { spec: BENCH, run: cmdBench },
+  { spec: TRAIN, run: cmdTrain },
+];
 
-Usage: deno task kvfold <command> [options]
+/** `kvfold --help`: the commands, one line each. */
+export function usage(): string {
+  const width = Math.max(...COMMANDS.map((c) => c.spec.name.length)) + 3;
+  return [
+    "kvfold — Llama-family models with compressed context",
+    "",
+    "Usage: kvfold <command> [options]",
+    "       kvfold <command> --help     the command's usage and options",
+    "       kvfold --version            the package and native library versions",
+    "",
+    "Commands:",
+    ...COMMANDS.map((c) => `  ${c.spec.name.padEnd(width)}${c.spec.summary}`),
+    "",
+    "Engine options (commands that load a model): --threads N, --backend auto|cpu|cuda,",
+    "  --dtype auto|f32|f16|bf16. Environment: KVFOLD_LIB (a prebuilt library), KVFOLD_CUDA=0|1,",
+    "  KVFOLD_BUILD_DIR, KVFOLD_DEBUG=1 (stack traces).",
+    "",
+  ].join("\n");
+}
 
-Commands:
-  info                                   version, backends built, threads, GPU found or not
-  build [--force]                        build the native library (done on first use anyway)
-  generate --model DIR --prompt TEXT     stream a completion to stdout
-      [--max-tokens N] [--temperature T] [--top-p P] [--top-k K] [--min-p P]
-      [--repetition-penalty R] [--seed S] [--stop TEXT]... [--chat] [--system TEXT] [--adapter DIR]
-      [CACHE]
-  logits --model DIR --ids 1,2,3 --out FILE.safetensors [--prefix EMB.safetensors] [--adapter DIR]
-      [CACHE]                            logits [n_ids, vocab] f32 at every position (no BOS added);
-                                         --prefix runs its tensor "embeddings" [K, hidden] first;
-                                         a compressing cache prefills segment by segment
-  make-test-model OUT_DIR [--seed S] [--preset tiny|small|compressor] [--dtype float32|float16|bfloat16]
-                                         write a random Llama-family model in Hugging Face layout
-  make-test-model OUT_DIR --preset lora --base DIR [--rank R] [--targets q_proj,v_proj,...] [--seed S]
-                                         write a random PEFT LoRA adapter for the model in DIR
-  make-test-model FILE.safetensors --preset lococo-heads --base DIR [--slots M] [--segment B] [--seed S]
-                                         write random LoCoCo heads (k 21, r 0.5; M, B default 512)
-  compress --compressor DIR --ids 1,2,3 [--segment-length N] --out FILE.safetensors
-                                         AutoCompressor summary vectors: tensor "summary" [K, hidden] f32
-  compress --compressor DIR --store FILE [--group NAME] [--chunk-tokens N] FILES...
-                                         compress documents into the SQLite store, with progress
-  ask --model DIR --store FILE [--k N] [--adapter [GROUP=]DIR]... [CACHE] QUESTION
-                                         stream an answer from the best chunks' summary vectors;
-                                         GROUP=DIR adapters are chosen by the best chunk's group,
-                                         a plain DIR is used whatever the group
-  train lora --model DIR --data FILE.jsonl --out DIR [--rank R] [--alpha A] [--targets q_proj,...]
-      [--rslora] [--steps N] [--accumulate N] [--lr LR] [--weight-decay W] [--warmup N] [--seed S]
-      [--checkpoint FILE [--checkpoint-every N]]
-                                         finetune a LoRA on {"question","answer"[,"document"]} lines
-                                         (documents compressed by the checkpoint); writes a PEFT
-                                         folder; --checkpoint resumes a killed run
-  train lococo --model DIR --data FILE.txt --out HEADS.safetensors [--slots M] [--segment B]
-      [--kernel K] [--keep-rate R] [--init HEADS] [--sequence-length N] [--steps N] [--lr LR]
-      [--seed S] [--checkpoint FILE [--checkpoint-every N]]
-                                         calibrate LoCoCo heads on text (model frozen)
-  store stats FILE                       documents, tokens in, vectors kept, ratio, bytes
-  convert SRC DST [--max-memory SIZE]    PyTorch .bin checkpoints (torch.save zip; sharded; PEFT
-                                         adapter_model.bin) to safetensors; refuses non-tensor pickles
-                                         and corrupt files; SIZE (e.g. 8G) bounds the memory per file
-  bench decode|prefill --model DIR [--tokens N] [--repeats N]
-                                         tokens/s and the fraction of the memory-bandwidth limit
+/** `kvfold --version`: the package version, and the native library's version and ABI. */
+async function version(): Promise<string> {
+  let native: string;
+  try {
+    const info = await Kvfold.info();
+    native = `native library ${info.version} (ABI ${info.abiVersion}) at ${info.libraryPath}`;
+  } catch (e) {
+    native = `native library: not available (${(e as Error).message.split("\n")[0]})`;
+  }
+  return `kvfold ${VERSION}\n${native}\n`;
+}
 
-Common options: --threads N (default: all cores), --backend auto|cpu|cuda, --dtype auto|f32|f16|bf16
-CACHE: --cache full|lococo|h2o|streaming (default full)
-  lococo:    --heads FILE.safetensors [--slots M] [--segment B]   (M, B default to the file's)
-  h2o:       --slots M [--segment B]
-  streaming: --window W [--sinks N] [--segment B]                  (sinks default 4)
-`;
-
-const COMMANDS: Record<string, (args: string[]) => Promise<void>> = {
-  info: cmdInfo,
-  build: cmdBuild,
-  generate: cmdGenerate,
-  logits: cmdLogits,
-  "make-test-model": cmdMakeTestModel,
-  compress: cmdCompress,
-  ask: cmdAsk,
-  store: cmdStore,
-  convert: cmdConvert,
-  bench: cmdBench,
-  train: cmdTrain,
-};
+// -h/--help anywhere before a "--" (after it, words are positionals: a question may say "--help").
+function asksHelp(args: string[]): boolean {
+  const end = args.indexOf("--");
+  return args.slice(0, end < 0 ? args.length : end).some((a) => a === "--help" || a === "-h");
+}
 
 /** Runs the CLI with `args`; returns the process exit code. */
 export async function main(args: string[]): Promise<number> {
   const [cmd, ...rest] = args;
-  if (!cmd || cmd === "--help" || cmd === "-h" || cmd === "help" || rest.includes("--help")) {
-    write(USAGE);
+  if (!cmd || cmd === "--help" || cmd === "-h" || cmd === "help") {
+    const about = cmd === "help" && rest[0] ? COMMANDS.find((c) => c.spec.name === rest[0]) : undefined;
+    write(about ? helpText(about.spec) : usage());
     return cmd ? 0 : 2;
   }
-  const run = COMMANDS[cmd];
-  if (!run) {
-    note(`kvfold: unknown command "${cmd}"\n\n${USAGE}`);
+  if (cmd === "--version" || cmd === "-V" || cmd === "version") {
+    write(await version());
+    return 0;
+  }
+  const command = COMMANDS.find((c) => c.spec.name === cmd);
+  if (!command) {
+    const near = closest(cmd.replace(/^-+/, ""), COMMANDS.map((c) => c.spec.name));
+    note(`kvfold: unknown command "${cmd}"${near ? `; did you mean ${near}?` : ""}\n\n${usage()}`);
     return 2;
   }
+  if (asksHelp(rest)) {
+    write(helpText(command.spec));
+    return 0;
+  }
   try {
-    await run(rest);
+    await command.run(rest);
     return 0;
   } catch (e) {
+    if (isUsageError(e)) {
+      note(`kvfold ${cmd}: ${(e as Error).message}`);
+      note(`Run 'kvfold ${cmd} --help' for its usage and options.`);
+      return 2;
+    }
     if (e instanceof KvfoldError) {
       note(`kvfold ${cmd}: ${e.message} [${e.code}]`);
       return e.code === "ABORTED" ? 130 : 1;
-    }
-    if (e instanceof TypeError && (e as { code?: string }).code?.startsWith("ERR_PARSE_ARGS")) {
-      note(`kvfold ${cmd}: ${e.message}`);
-      return 2;
     }
     // Anything else is a kvfold bug: one line, and the stack only on request.
     const err = e instanceof Error ? e : new Error(String(e));

@@ -6,21 +6,35 @@
 
 import { KvfoldError } from "../mod.ts";
 import { makeTestAdapter, makeTestLococoHeads, makeTestModel, TEST_MODEL_PRESETS } from "../testing/mod.ts";
-import { BOOLEAN, intOpt, need, parseCommand, seedOpt, STRING } from "./_options.ts";
+import { defineCommand, intOpt, need, parseCommand, seedOpt, str } from "./_options.ts";
 import { note } from "./_console.ts";
 
+/** `kvfold make-test-model`'s usage and options. */
+export const MAKE_TEST_MODEL = defineCommand({
+  name: "make-test-model",
+  summary: "write a random Llama-family model, LoRA adapter or LoCoCo heads for tests",
+  usage: [
+    "make-test-model OUT_DIR [--seed S] [--preset tiny|small|compressor] [--dtype float32|float16|bfloat16]",
+    "make-test-model OUT_DIR --preset lora --base DIR [--rank R] [--targets q_proj,v_proj,...] [--seed S]",
+    "make-test-model FILE.safetensors --preset lococo-heads --base DIR [--slots M] [--segment B] [--seed S]",
+  ],
+  details: "Models are written in Hugging Face layout; compressor is the tiny preset as an\n" +
+    "AutoCompressor. LoCoCo heads: kernel 21, keep rate 0.5; M and B default to 512.",
+  options: {
+    preset: str("NAME", "tiny (default), small, compressor, lora or lococo-heads"),
+    seed: str("S", "random seed (default 0)"),
+    dtype: str("float32|float16|bfloat16", "weight type of a model (default float32)"),
+    base: str("DIR", "lora, lococo-heads: the model they are for"),
+    rank: str("R", "lora: the rank"),
+    targets: str("q_proj,v_proj,...", "lora: the projections adapted"),
+    slots: str("M", "lococo-heads: KV slots"),
+    segment: str("B", "lococo-heads: tokens per segment"),
+  },
+  positionals: true,
+});
+
 export async function cmdMakeTestModel(args: string[]) {
-  const { values: v, positionals } = parseCommand(args, {
-    seed: STRING,
-    preset: STRING,
-    dtype: STRING,
-    base: STRING,
-    rank: STRING,
-    targets: STRING,
-    slots: STRING,
-    segment: STRING,
-    help: BOOLEAN,
-  }, true);
+  const { values: v, positionals } = parseCommand(args, MAKE_TEST_MODEL);
   const outDir = positionals[0];
   if (!outDir) {
     throw new KvfoldError(

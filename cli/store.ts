@@ -5,12 +5,21 @@
  */
 
 import { DocumentStore, KvfoldError } from "../mod.ts";
-import { parseCommand, STRING } from "./_options.ts";
+import { defineCommand, parseCommand, str } from "./_options.ts";
 import { write } from "./_console.ts";
+
+/** `kvfold store`'s usage and options. */
+export const STORE = defineCommand({
+  name: "store",
+  summary: "what a document store holds: documents, tokens in, vectors kept, ratio, bytes",
+  usage: ["store stats FILE", "store stats --store FILE"],
+  options: { store: str("FILE", "the document store (instead of FILE)") },
+  positionals: true,
+});
 
 export function cmdStore(args: string[]): Promise<void> {
   // FILE or --store FILE, as `compress` and `ask` take it.
-  const { values: v, positionals } = parseCommand(args, { store: STRING }, true);
+  const { values: v, positionals } = parseCommand(args, STORE);
   const [sub, ...rest] = positionals;
   const file = v.store ?? rest[0];
   if (sub !== "stats" || !file || rest.length > (v.store === undefined ? 1 : 0)) {

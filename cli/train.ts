@@ -13,8 +13,9 @@ import {
   type QaExample,
 } from "../mod.ts";
 import {
-  BOOLEAN,
+  bool,
   COMMON,
+  defineCommand,
   dtypeOpt,
   intOpt,
   need,
@@ -22,7 +23,7 @@ import {
   openEngine,
   parseCommand,
   seedOpt,
-  STRING,
+  str,
 } from "./_options.ts";
 import { interruptSignal, note, noteTrainingStep, readUserText } from "./_console.ts";
 
@@ -62,31 +63,49 @@ async function trainLococo(v: Record<string, string | boolean | undefined>) {
   );
 }
 
-export async function cmdTrain(args: string[]) {
-  const { values: v, positionals } = parseCommand(args, {
+const LORA = "LoRA options (train lora)";
+const LOCOCO = "LoCoCo options (train lococo)";
+
+/** `kvfold train`'s usage and options. */
+export const TRAIN = defineCommand({
+  name: "train",
+  summary: "finetune a LoRA adapter, or calibrate LoCoCo heads",
+  usage: [
+    "train lora --model DIR --data FILE.jsonl --out DIR [options]",
+    "train lococo --model DIR --data FILE.txt --out HEADS.safetensors [options]",
+  ],
+  details: 'train lora finetunes on {"question","answer"[,"document"]} lines (documents are compressed\n' +
+    "by the checkpoint itself) and writes a PEFT folder; train lococo calibrates LoCoCo heads on text\n" +
+    "with the model frozen. --checkpoint resumes a killed run.",
+  options: {
+    model: str("DIR", "model folder (Hugging Face layout)"),
+    data: str("FILE", "training data (.jsonl for lora, text for lococo)"),
+    out: str("PATH", "the adapter folder or heads file to write"),
+    steps: str("N", "optimizer steps (default: one pass over the data)"),
+    accumulate: str("N", "examples per optimizer step (default 1)"),
+    lr: str("LR", "learning rate"),
+    "weight-decay": str("W", "AdamW weight decay"),
+    warmup: str("N", "warmup steps"),
+    seed: str("S", "random seed"),
+    checkpoint: str("FILE", "save progress here, and resume from it"),
+    "checkpoint-every": str("N", "steps between checkpoints"),
+    rank: str("R", "the LoRA rank", LORA),
+    alpha: str("A", "the LoRA alpha", LORA),
+    targets: str("q_proj,...", "the projections adapted", LORA),
+    rslora: bool("rank-stabilised scaling (alpha / sqrt(rank))", LORA),
+    slots: str("M", "KV slots (default 512)", LOCOCO),
+    segment: str("B", "tokens per segment (default 512)", LOCOCO),
+    kernel: str("K", "convolution kernel size, odd (default 21)", LOCOCO),
+    "keep-rate": str("R", "keep rate r (default 0.5)", LOCOCO),
+    "sequence-length": str("N", "tokens per training sequence (default 4 x B)", LOCOCO),
+    init: str("HEADS", "heads file to start from (its M, r, k, B win)", LOCOCO),
     ...COMMON,
-    model: STRING,
-    data: STRING,
-    out: STRING,
-    rank: STRING,
-    alpha: STRING,
-    targets: STRING,
-    rslora: BOOLEAN,
-    steps: STRING,
-    accumulate: STRING,
-    lr: STRING,
-    "weight-decay": STRING,
-    warmup: STRING,
-    seed: STRING,
-    checkpoint: STRING,
-    "checkpoint-every": STRING,
-    slots: STRING,
-    segment: STRING,
-    kernel: STRING,
-    "keep-rate": STRING,
-    "sequence-length": STRING,
-    init: STRING,
-  }, true);
+  },
+  positionals: true,
+});
+
+export async function cmdTrain(args: string[]) {
+  const { values: v, positionals } = parseCommand(args, TRAIN);
   if (positionals[0] === "lococo") return await trainLococo(v);
   if (positionals[0] !== "lora") {
     throw new KvfoldError(

@@ -6,11 +6,13 @@
 //   npm:pkg@1.2.3/sub        -> pkg/sub          (Deno's npm specifiers, resolved from node_modules)
 //   ./file.ts                -> ./file.js
 //   node:sqlite (in src/)    -> dist/node/sqlite.js (Node.js 20 has no node:sqlite)
-// Types are stripped; `using` and decorators are lowered for Node.js 20.
+// Types are stripped; `using` and decorators are lowered for Node.js 20. The .d.ts beside each .js
+// come from node/declarations.mjs (tsc).
 import * as esbuild from "esbuild";
 import { readdirSync, rmSync } from "node:fs";
 import { dirname, join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { writeDeclarations } from "./declarations.mjs";
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const outdir = join(root, "dist");
@@ -75,4 +77,6 @@ const result = await esbuild.build({
   logLevel: "warning",
 });
 if (result.errors.length > 0) process.exit(1);
+// Declarations of the package's own modules (the test helper stays without).
+writeDeclarations(root, outdir, entryPoints.filter((f) => !f.startsWith("tests/")));
 console.error(`kvfold: built ${entryPoints.length} modules into ${relative(process.cwd(), outdir) || "."}`);
