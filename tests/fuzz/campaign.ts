@@ -3,7 +3,7 @@
  * (so a crash costs one case, not the runner), kills a worker that stops reporting (a hang) and
  * restarts after the case that killed it. `deno task fuzz` runs it from the command line:
  *
- *   deno task fuzz [--cases N] [--seed S] [--target NAME]... [--case I]
+ *   deno task fuzz [--cases N] [--seed S] [--target NAME]... [--case I] [--parallel P] [--timeout MS]
  *
  * `--case I` replays one case (with `--target` and the campaign's `--seed`).
  *
@@ -195,6 +195,7 @@ if (import.meta.main) {
       target: { type: "string", multiple: true },
       case: { type: "string" },
       timeout: { type: "string", default: "30000" },
+      parallel: { type: "string", default: "2" },
     },
   });
   const one = values.case !== undefined ? Number(values.case) : undefined;
@@ -204,6 +205,7 @@ if (import.meta.main) {
     seed: Number(values.seed),
     targets: values.target,
     caseTimeoutMs: Number(values.timeout),
+    parallel: Number(values.parallel),
   });
   console.log(summarize(results));
   const bad = results.filter((r) => !isClean(r));
