@@ -2,7 +2,11 @@
 // came when a path string, a bare model or store, or a wrong object is passed. Also the LlamaIndex
 // LLM's top-level `signal` and the deprecated positional forms that still work.
 import assert from "node:assert/strict";
-import { Compressor, DocumentStore, type Model } from "../mod.ts";
+import { Document, type DocumentInterface } from "npm:@langchain/core@1.4.0/documents";
+import { HumanMessage } from "npm:@langchain/core@1.4.0/messages";
+import { ChatPromptTemplate } from "npm:@langchain/core@1.4.0/prompts";
+import { RunnableLambda } from "npm:@langchain/core@1.4.0/runnables";
+import { compressIntoStore, Compressor, DocumentStore, type Model } from "../mod.ts";
 import * as lc from "../integrations/langchain/mod.ts";
 import * as li from "../integrations/llamaindex/mod.ts";
 import { tempDir, TEST_COMPRESSOR, testEngine, testModel } from "./_fixtures.ts";
@@ -16,7 +20,10 @@ interface Loaded {
 async function withLoaded(fn: (l: Loaded) => Promise<void> | void): Promise<void> {
   const dir = await tempDir();
   try {
-    using compressor = await Compressor.load(await testEngine(), await testModel("compressor", TEST_COMPRESSOR));
+    using compressor = await Compressor.load(
+      await testEngine(),
+      await testModel("compressor", TEST_COMPRESSOR),
+    );
     using store = DocumentStore.open(`${dir}/kb.sqlite`);
     await fn({ model: compressor.model, compressor, store });
   } finally {
@@ -66,7 +73,8 @@ Deno.test("constructors: model classes refuse a path string, a bare model and wr
     for (const Cls of [lc.ChatKvfold, lc.KvfoldLLM]) {
       assert.throws(() => new Cls({ model, store: "kb.sqlite" } as never), {
         name: "TypeError",
-        message: /takes store, an open store \(DocumentStore\.open\(path\)\), not the path string "kb\.sqlite"$/,
+        message:
+          /takes store, an open store \(DocumentStore\.open\(path\)\), not the path string "kb\.sqlite"$/,
       });
       assert.throws(() => new Cls({ model, store: {} } as never), {
         name: "TypeError",
@@ -93,7 +101,8 @@ Deno.test("constructors: retrievers and compressors refuse path strings and wron
       });
       assert.throws(() => new Cls({ store: "kb.sqlite", k: 2 } as never), {
         name: "TypeError",
-        message: /takes store, an open store \(DocumentStore\.open\(path\)\), not the path string "kb\.sqlite"/,
+        message:
+          /takes store, an open store \(DocumentStore\.open\(path\)\), not the path string "kb\.sqlite"/,
       });
       assert.throws(() => new Cls({ store: model } as never), {
         name: "TypeError",
@@ -108,7 +117,8 @@ Deno.test("constructors: retrievers and compressors refuse path strings and wron
     for (const [name, Cls] of COMPRESSOR_CLASSES) {
       assert.throws(() => new Cls("./models/lloco" as never), {
         name: "TypeError",
-        message: `${name} takes { compressor, store }, a loaded compressor (await Compressor.load(kv, path)), ` +
+        message:
+          `${name} takes { compressor, store }, a loaded compressor (await Compressor.load(kv, path)), ` +
           'not the path string "./models/lloco"',
       });
       assert.throws(() => new Cls({ compressor: "./models/lloco", store } as never), {
@@ -121,7 +131,8 @@ Deno.test("constructors: retrievers and compressors refuse path strings and wron
       });
       assert.throws(() => new Cls({ compressor, store: "kb.sqlite" } as never), {
         name: "TypeError",
-        message: /takes store, an open store \(DocumentStore\.open\(path\)\), not the path string "kb\.sqlite"/,
+        message:
+          /takes store, an open store \(DocumentStore\.open\(path\)\), not the path string "kb\.sqlite"/,
       });
       assert.throws(() => new Cls({ compressor } as never), {
         name: "TypeError",
@@ -208,5 +219,47 @@ Deno.test("constructors: the LlamaIndex LLM honours a top-level signal in chat, 
     // Without an abort the same call runs to its length.
     const whole = await llm.chat({ messages, signal: new AbortController().signal });
     assert.equal((whole.raw as li.KvfoldGenerationStats).generatedTokens, 64);
+  });
+});
+
+Deno.test("createKvfoldQaChain: a prompt template (string or ChatPromptTemplate) shapes the question", async () => {
+  await withLoaded(async ({ model, compressor, store }) => {
+    const GREEDY = { temperature: 0, maxTokens: 6, ignoreEos: true };
+    await compressIntoStore(compressor, store, {
+      source: "ships.txt",
+      text: "The ship Aurora left the harbour at dawn with timber. ".repeat(3),
+    }, { chunkTokens: 64, segmentLength: 32 });
+    const question = "Which ship left the harbour?";
+    const chat = new lc.ChatKvfold({ model, store, ...GREEDY });
+    const payloadDocs = await new lc.KvfoldRetriever({ store, k: 1 }).invoke(question);
+    assert.equal(payloadDocs.length, 1);
+    const textDoc = new Document({ pageContent: "Bees make honey.", metadata: {} });
+    const retriever = RunnableLambda.from((_q: string): DocumentInterface[] => [...payloadDocs, textDoc]);
+
+    // `{context}` gets the text documents; the payload document is read from its vectors.
+    const template = "Context: {context}\nQ: {question}";
+    const expected = (await chat.invoke([new HumanMessage(`Context: Bees make honey.\nQ: ${question}`)], {
+      documents: payloadDocs,
+    })).text;
+    const byString = lc.createKvfoldQaChain({ retriever, model: chat, prompt: template });
+    assert.equal(await byString.invoke(question), expected);
+    const byTemplate = lc.createKvfoldQaChain({
+      retriever,
+      model: chat,
+      prompt: ChatPromptTemplate.fromMessages([["human", template]]),
+    });
+    assert.equal(await byTemplate.invoke(question), expected);
+
+    // Without `{context}` the text documents go through the model's formatContext, as with no prompt.
+    const noContext = lc.createKvfoldQaChain({ retriever, model: chat, prompt: "Q: {question}" });
+    const expectedNoContext = (await chat.invoke([new HumanMessage(`Q: ${question}`)], {
+      documents: [...payloadDocs, textDoc],
+    })).text;
+    assert.equal(await noContext.invoke(question), expectedNoContext);
+
+    assert.throws(() => lc.createKvfoldQaChain({ retriever, model: chat, prompt: 42 as never }), {
+      name: "TypeError",
+      message: "createKvfoldQaChain takes prompt, a prompt template or a template string",
+    });
   });
 });

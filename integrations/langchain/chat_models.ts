@@ -138,7 +138,8 @@ function checkFields(cls: string, fields: unknown): void {
 
 /** The model's name: the `modelName` option, else its folder's name. */
 function nameOf(fields: KvfoldModelFields): string {
-  return fields.modelName ?? (fields.model.dir.split(/[\\/]/).filter((p) => p !== "").pop() || fields.model.dir);
+  return fields.modelName ??
+    (fields.model.dir.split(/[\\/]/).filter((p) => p !== "").pop() || fields.model.dir);
 }
 
 /** LangSmith's standard parameters of a call (the call's settings over the model's). */

@@ -180,13 +180,16 @@ export class KvfoldLLM extends BaseLLM<KvfoldCallOptions> {
    * Chat through the model's chat template; streams `ChatResponseChunk`s with `stream: true`.
    * `signal` (top level, or in `additionalChatOptions`) aborts it.
    */
-  chat(params: LLMChatParamsStreaming<KvfoldCallOptions> & KvfoldChatSignal): Promise<AsyncIterable<ChatResponseChunk>>;
+  chat(
+    params: LLMChatParamsStreaming<KvfoldCallOptions> & KvfoldChatSignal,
+  ): Promise<AsyncIterable<ChatResponseChunk>>;
   /** Chat through the model's chat template; resolves to the whole reply, `raw` holding its stats. */
   chat(params: LLMChatParamsNonStreaming<KvfoldCallOptions> & KvfoldChatSignal): Promise<ChatResponse>;
   @wrapLLMEvent
   async chat(
-    params: (LLMChatParamsStreaming<KvfoldCallOptions> | LLMChatParamsNonStreaming<KvfoldCallOptions>) &
-      KvfoldChatSignal,
+    params:
+      & (LLMChatParamsStreaming<KvfoldCallOptions> | LLMChatParamsNonStreaming<KvfoldCallOptions>)
+      & KvfoldChatSignal,
   ): Promise<AsyncIterable<ChatResponseChunk> | ChatResponse> {
     if (params.responseFormat !== undefined) {
       throw new TypeError("Cannot chat: KvfoldLLM has no structured output (responseFormat)");
