@@ -48,7 +48,7 @@ const COMPRESSOR_CLASSES: [string, Ctor][] = [
 ];
 
 Deno.test("constructors: model classes refuse a path string, a bare model and wrong objects", async () => {
-  await withLoaded(({ model, store }) => {
+  await withLoaded(({ model }) => {
     for (const [name, Cls] of MODEL_CLASSES) {
       assert.throws(() => new Cls("./models/tiny" as never), {
         name: "TypeError",
