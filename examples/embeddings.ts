@@ -33,7 +33,7 @@ console.log(`LangChain nearest: ${best.pageContent} (${score.toFixed(4)})`);
 
 // LlamaIndex: kvfold as the embedding model and the LLM.
 Settings.embedModel = new KvfoldEmbedding({ model });
-Settings.llm = new KvfoldLLM(model, { maxTokens: 16, temperature: 0 });
+Settings.llm = new KvfoldLLM({ model, maxTokens: 16, temperature: 0 });
 const index = await VectorStoreIndex.fromDocuments(texts.map((text) => new Document({ text })));
 const [hit] = await index.asRetriever({ similarityTopK: 1 }).retrieve({ query });
 console.log(`LlamaIndex nearest: ${hit.node.getContent(MetadataMode.NONE)} (${hit.score?.toFixed(4)})`);

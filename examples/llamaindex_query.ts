@@ -28,8 +28,8 @@ for (
 }
 
 const engine = new KvfoldQueryEngine({
-  retriever: new KvfoldRetriever(store, { k: 1 }),
-  llm: new KvfoldLLM(compressor.model, { maxTokens: 32, temperature: 0 }),
+  retriever: new KvfoldRetriever({ store, k: 1 }),
+  llm: new KvfoldLLM({ model: compressor.model, maxTokens: 32, temperature: 0 }),
 });
 const query = "What did the audit find?";
 console.log(`Q: ${query}`);

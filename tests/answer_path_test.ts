@@ -106,7 +106,7 @@ async function llamaindex(
   chunks: readonly RetrievedChunk[],
   group?: string,
 ): Promise<{ text: string; stats: KvfoldGenerationStats }> {
-  const reply = await new KvfoldLLM(model, GREEDY).chat({
+  const reply = await new KvfoldLLM({ model, ...GREEDY }).chat({
     messages: [{ role: "user", content: QUESTION }],
     additionalChatOptions: { contexts: chunks, group },
   });

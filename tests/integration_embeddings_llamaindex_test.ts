@@ -40,7 +40,7 @@ function dot(a: ArrayLike<number>, b: ArrayLike<number>): number {
 async function asOnlyProvider<T>(
   model: Model,
   fn: () => Promise<T>,
-  llm = new KvfoldLLM(model, { temperature: 0, maxTokens: 4 }),
+  llm = new KvfoldLLM({ model, temperature: 0, maxTokens: 4 }),
 ): Promise<T> {
   const realFetch = globalThis.fetch;
   const calls: string[] = [];
@@ -102,7 +102,7 @@ Deno.test("llamaindex: VectorStoreIndex and SummaryIndex query engines answer wi
     const documents = TEXTS.map((text, i) => new Document({ text, id_: `doc-${i}` }));
     // The synthesizers call complete(); every prompt they send is kept.
     const prompts: string[] = [];
-    const llm = new KvfoldLLM(model, { temperature: 0, maxTokens: 4 });
+    const llm = new KvfoldLLM({ model, temperature: 0, maxTokens: 4 });
     const complete = llm.complete.bind(llm);
     llm.complete = ((params: { prompt: unknown }) => {
       prompts.push(String(params.prompt));
@@ -130,7 +130,7 @@ Deno.test("llamaindex: the model's own tokenizer for Settings.tokenizer", async 
     const tok = kvfoldTokenizer(model);
     assert.deepEqual(Array.from(tok.encode(text)), model.tokenizer.encode(text));
     assert.equal(tok.decode(tok.encode(text)), text);
-    const llm = new KvfoldLLM(model);
+    const llm = new KvfoldLLM({ model });
     assert.deepEqual(llm.tokenizer.encode(text), tok.encode(text));
     await asOnlyProvider(model, () => {
       assert.deepEqual(CoreSettings.tokenizer.encode(text), tok.encode(text));

@@ -107,7 +107,7 @@ const isAborted = (e: unknown) => e instanceof KvfoldError && e.code === "ABORTE
 
 Deno.test("llamaindex retriever: nodes are the store's BM25 hits with metadata and payload", async () => {
   await withPipeline(async ({ store }) => {
-    const retriever = new KvfoldRetriever(store, { k: 3 });
+    const retriever = new KvfoldRetriever({ store, k: 3 });
     const nodes = await retriever.retrieve(QUESTION);
     const hits = store.retrieve(QUESTION, { k: 3 });
     assert.ok(hits.length >= 2);
@@ -149,8 +149,8 @@ Deno.test("llamaindex retriever: nodes are the store's BM25 hits with metadata a
     // A query bundle with multi-modal text parts searches the same text.
     const viaBundle = await retriever.retrieve({ query: [{ type: "text", text: QUESTION }] });
     assert.deepEqual(viaBundle.map((n) => n.node.id_), nodes.map((n) => n.node.id_));
-    assert.deepEqual(await new KvfoldRetriever(store, { group: "elsewhere" }).retrieve(QUESTION), []);
-    assert.throws(() => new KvfoldRetriever(store, { k: 0 }), RangeError);
+    assert.deepEqual(await new KvfoldRetriever({ store, group: "elsewhere" }).retrieve(QUESTION), []);
+    assert.throws(() => new KvfoldRetriever({ store, k: 0 }), RangeError);
   });
 });
 
@@ -160,7 +160,7 @@ Deno.test("llamaindex LLM: chat and complete, streamed or not, equal answerFromC
     const expected = await answer(model, hits, QUESTION);
     // The summary vectors matter: without them the same prompt continues differently.
     assert.notEqual(expected, await answer(model, [], QUESTION));
-    const llm = new KvfoldLLM(model, GREEDY);
+    const llm = new KvfoldLLM({ model, ...GREEDY });
     assert.deepEqual(llm.metadata, {
       model: "compressor",
       temperature: 0,
@@ -220,7 +220,7 @@ Deno.test("llamaindex LLM: chat and complete, streamed or not, equal answerFromC
 Deno.test("llamaindex LLM: abort mid-stream, early break, bad contexts", async () => {
   await withPipeline(async ({ model, store, dir }) => {
     const hits = store.retrieve(QUESTION, { k: 2 });
-    const llm = new KvfoldLLM(model, { temperature: 0, maxTokens: 64, ignoreEos: true });
+    const llm = new KvfoldLLM({ model, temperature: 0, maxTokens: 64, ignoreEos: true });
     const controller = new AbortController();
     const stream = await llm.chat({
       messages: [{ role: "user", content: QUESTION }],
@@ -293,7 +293,7 @@ Deno.test("llamaindex postprocessor: compresses foreign nodes once, keeps metada
       segmentLength: 32,
       onNode: (e: NodeCompressionEvent) => events.push(e),
     };
-    const postprocessor = new KvfoldNodeCompressor(compressor, store, options);
+    const postprocessor = new KvfoldNodeCompressor({ compressor, store, ...options });
     const documentsBefore = store.stats().documents;
 
     const first = foreignNodes();
@@ -331,19 +331,19 @@ Deno.test("llamaindex postprocessor: compresses foreign nodes once, keeps metada
     assert.deepEqual(second.map((n) => payloadRefOf(n.node)), first.map((n) => payloadRefOf(n.node)));
     // A new postprocessor (another process, say) reads them back from the store instead.
     events.length = 0;
-    await new KvfoldNodeCompressor(compressor, store, options).postprocessNodes(foreignNodes());
+    await new KvfoldNodeCompressor({ compressor, store, ...options }).postprocessNodes(foreignNodes());
     assert.deepEqual(events.map((e) => e.action), ["stored", "stored"]);
     assert.equal(store.stats().documents, documentsBefore + 2);
     // Nodes that already carry a payload (from KvfoldRetriever) pass through untouched.
     events.length = 0;
-    await postprocessor.postprocessNodes(await new KvfoldRetriever(store).retrieve(QUESTION));
+    await postprocessor.postprocessNodes(await new KvfoldRetriever({ store }).retrieve(QUESTION));
     assert.deepEqual(events, []);
 
     // In a query engine behind a foreign retriever, the answer is the stored chunks' answer.
     const engine = new KvfoldQueryEngine({
       retriever: new FixedRetriever(foreignNodes),
       nodePostprocessors: [postprocessor],
-      llm: new KvfoldLLM(model, GREEDY),
+      llm: new KvfoldLLM({ model, ...GREEDY }),
     });
     const response = await engine.query({ query: "how many gulls" });
     const chunks = store.getChunks(first.flatMap((n) => payloadRefOf(n.node)!.chunkIds));
@@ -354,8 +354,8 @@ Deno.test("llamaindex postprocessor: compresses foreign nodes once, keeps metada
 Deno.test("llamaindex query engine: streamed and whole answers equal answerFromChunks", async () => {
   await withPipeline(async ({ model, store }) => {
     const engine = new KvfoldQueryEngine({
-      retriever: new KvfoldRetriever(store, { k: 2 }),
-      llm: new KvfoldLLM(model, GREEDY),
+      retriever: new KvfoldRetriever({ store, k: 2 }),
+      llm: new KvfoldLLM({ model, ...GREEDY }),
     });
     assert.ok(engine instanceof RetrieverQueryEngine);
     const hits = store.retrieve(QUESTION, { k: 2 });
@@ -399,12 +399,12 @@ Deno.test("llamaindex query engine: nodes without a payload fall back to text; n
     });
     // One compressed node (KvfoldRetriever's, its vectors not in memory after a JSON round trip) and one plain.
     const reloaded = new TextNode({
-      ...(await new KvfoldRetriever(store, { k: 1 }).retrieve(QUESTION))[0].node.toMutableJSON(),
+      ...(await new KvfoldRetriever({ store, k: 1 }).retrieve(QUESTION))[0].node.toMutableJSON(),
     });
     assert.equal(compressedContextOf(reloaded), undefined);
     const engine = new KvfoldQueryEngine({
       retriever: new FixedRetriever(() => [{ node: reloaded, score: 2 }, { node: plain, score: 1 }]),
-      llm: new KvfoldLLM(model, GREEDY),
+      llm: new KvfoldLLM({ model, ...GREEDY }),
       store,
     });
     const prompt = defaultTextQAPrompt.format({
@@ -419,8 +419,8 @@ Deno.test("llamaindex query engine: nodes without a payload fall back to text; n
 
     // Nothing retrieved: the question alone, not LlamaIndex's "Empty Response".
     const empty = new KvfoldQueryEngine({
-      retriever: new KvfoldRetriever(store, { k: 2 }),
-      llm: new KvfoldLLM(model, GREEDY),
+      retriever: new KvfoldRetriever({ store, k: 2 }),
+      llm: new KvfoldLLM({ model, ...GREEDY }),
     });
     assert.deepEqual(await empty.retrieve("zebra quasar"), []);
     const alone = await answer(model, [], "zebra quasar");
@@ -441,8 +441,8 @@ Deno.test("llamaindex query engine: decodes with the LoRA registered under the n
     const withLora = await answer(model, hits, QUESTION); // answerFromChunks picks "demo" too
     assert.notEqual(withLora, base, "the adapter changed nothing");
     const engine = new KvfoldQueryEngine({
-      retriever: new KvfoldRetriever(store, { k: 2 }),
-      llm: new KvfoldLLM(model, GREEDY),
+      retriever: new KvfoldRetriever({ store, k: 2 }),
+      llm: new KvfoldLLM({ model, ...GREEDY }),
     });
     assert.equal((await engine.query({ query: QUESTION })).message.content, withLora);
   });

@@ -8,6 +8,7 @@ export { BaseChatModel } from "npm:@langchain/core@1.4.0/language_models/chat_mo
 export type {
   BaseChatModelCallOptions,
   BaseChatModelParams,
+  LangSmithParams,
 } from "npm:@langchain/core@1.4.0/language_models/chat_models";
 export { LLM } from "npm:@langchain/core@1.4.0/language_models/llms";
 export type { BaseLLMCallOptions, BaseLLMParams } from "npm:@langchain/core@1.4.0/language_models/llms";
@@ -24,4 +25,5 @@ export type {
 } from "npm:@langchain/core@1.4.0/callbacks/manager";
 export { RunnableLambda, RunnablePassthrough, RunnableSequence } from "npm:@langchain/core@1.4.0/runnables";
 export type { Runnable, RunnableConfig } from "npm:@langchain/core@1.4.0/runnables";
+export { BasePromptTemplate, ChatPromptTemplate } from "npm:@langchain/core@1.4.0/prompts";
 export { dispatchCustomEvent } from "npm:@langchain/core@1.4.0/callbacks/dispatch/web";

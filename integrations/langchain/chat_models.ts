@@ -19,9 +19,11 @@ import {
   ChatGenerationChunk,
   type ChatResult,
   GenerationChunk,
+  type LangSmithParams,
   LLM,
   type MessageContent,
 } from "./_deps.ts";
+import { checkModelOption, checkStoreOption } from "../_model_option.ts";
 import { countModelTokens } from "./embeddings.ts";
 import {
   formatTextContext,
@@ -40,6 +42,11 @@ export interface KvfoldModelFields extends KvfoldGenerationSettings {
   store?: DocumentStore;
   /** Stop strings used when a call gives none. */
   stop?: string[];
+  /**
+   * The model's name in `response_metadata.model` and LangSmith's `ls_model_name`; default: the
+   * model folder's name.
+   */
+  modelName?: string;
   /** How plain-text documents and the question are written into the prompt; default {@linkcode formatTextContext}. */
   formatContext?: TextContextFormatter;
   /**
@@ -83,6 +90,11 @@ export interface KvfoldResponseMetadata {
   decodeMs: number;
 }
 
+/** kvfold's sampling defaults (`SamplingOptions`), as LangSmith reports them. */
+const DEFAULT_TEMPERATURE = 0.8;
+/** Tokens generated when neither the model nor the call sets `maxTokens` (see `runKvfold`). */
+const DEFAULT_MAX_TOKENS = 256;
+
 const SETTING_KEYS = [
   "maxTokens",
   "temperature",
@@ -115,6 +127,35 @@ function responseMetadata(stats: KvfoldRunStats): KvfoldResponseMetadata {
     adapter: stats.adapter,
     prefillMs: stats.prefillMs,
     decodeMs: stats.decodeMs,
+  };
+}
+
+/** Checks the one options object both model classes take, naming the class at fault. */
+function checkFields(cls: string, fields: unknown): void {
+  checkModelOption(cls, fields);
+  checkStoreOption(cls, fields, false);
+}
+
+/** The model's name: the `modelName` option, else its folder's name. */
+function nameOf(fields: KvfoldModelFields): string {
+  return fields.modelName ??
+    (fields.model.dir.split(/[\\/]/).filter((p) => p !== "").pop() || fields.model.dir);
+}
+
+/** LangSmith's standard parameters of a call (the call's settings over the model's). */
+function lsParams(
+  fields: KvfoldModelFields,
+  options: KvfoldGenerationSettings & { stop?: string[] },
+  modelType: "chat" | "llm",
+): Omit<LangSmithParams, "ls_model_type"> & { ls_model_type: "chat" | "llm" } {
+  const settings = settingsOf(fields, options);
+  return {
+    ls_provider: "kvfold",
+    ls_model_name: nameOf(fields),
+    ls_model_type: modelType,
+    ls_temperature: settings.temperature ?? DEFAULT_TEMPERATURE,
+    ls_max_tokens: settings.maxTokens ?? DEFAULT_MAX_TOKENS,
+    ls_stop: options.stop ?? fields.stop ?? [],
   };
 }
 
@@ -172,11 +213,25 @@ export class ChatKvfold extends BaseChatModel<ChatKvfoldCallOptions, AIMessageCh
   readonly store?: DocumentStore;
   readonly #fields: KvfoldModelFields;
 
+  /** The model's name, as `response_metadata.model` and LangSmith's `ls_model_name` report it. */
+  readonly modelName: string;
+
+  /**
+   * Generates with `fields.model`; throws `TypeError` when `fields` is not an options object with
+   * a loaded model (a path string, a bare model) or `store` is not an open `DocumentStore`.
+   */
   constructor(fields: ChatKvfoldInput) {
+    checkFields("ChatKvfold", fields);
     super(fields);
     this.model = fields.model;
     this.store = fields.store;
     this.#fields = fields;
+    this.modelName = nameOf(fields);
+  }
+
+  /** LangSmith's standard parameters: provider, model name and type, temperature, max tokens, stop. */
+  override getLsParams(options: this["ParsedCallOptions"]): LangSmithParams {
+    return lsParams(this.#fields, options ?? {}, "chat") as LangSmithParams;
   }
 
   override get callKeys(): string[] {
@@ -229,7 +284,7 @@ export class ChatKvfold extends BaseChatModel<ChatKvfoldCallOptions, AIMessageCh
       text: "",
       message: new AIMessageChunk({
         content: "",
-        response_metadata: { kvfold },
+        response_metadata: { model: this.modelName, kvfold },
         usage_metadata: {
           input_tokens: kvfold.prefixPositions + kvfold.promptTokens,
           output_tokens: kvfold.generatedTokens,
@@ -301,12 +356,31 @@ export class KvfoldLLM extends LLM<KvfoldLLMCallOptions> {
   readonly chat: boolean;
   readonly #fields: KvfoldModelFields;
 
+  /** The model's name, as `generationInfo.model` and LangSmith's `ls_model_name` report it. */
+  readonly modelName: string;
+
+  /**
+   * Completes with `fields.model`; throws `TypeError` when `fields` is not an options object with
+   * a loaded model (a path string, a bare model) or `store` is not an open `DocumentStore`.
+   */
   constructor(fields: KvfoldLLMInput) {
+    checkFields("KvfoldLLM", fields);
     super(fields);
     this.model = fields.model;
     this.store = fields.store;
     this.chat = fields.chat ?? fields.model.tokenizer.hasChatTemplate;
     this.#fields = fields;
+    this.modelName = nameOf(fields);
+  }
+
+  /**
+   * LangSmith's standard parameters with `ls_model_type: "llm"`, in the shape `BaseChatModel`'s
+   * `getLsParams` has (`@langchain/core`'s `LLM` has no such hook yet).
+   */
+  getLsParams(options: this["ParsedCallOptions"]): Omit<LangSmithParams, "ls_model_type"> & {
+    ls_model_type: "llm";
+  } {
+    return lsParams(this.#fields, options ?? {}, "llm") as ReturnType<KvfoldLLM["getLsParams"]>;
   }
 
   override get callKeys(): string[] {
@@ -353,7 +427,10 @@ export class KvfoldLLM extends LLM<KvfoldLLMCallOptions> {
       yield chunk;
     }
     const kvfold = responseMetadata(stats!);
-    yield new GenerationChunk({ text: "", generationInfo: { finish_reason: kvfold.stopReason, kvfold } });
+    yield new GenerationChunk({
+      text: "",
+      generationInfo: { finish_reason: kvfold.stopReason, model: this.modelName, kvfold },
+    });
   }
 
   /** Generates the whole completion; LangChain calls this from `invoke`. */

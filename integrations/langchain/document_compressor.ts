@@ -20,6 +20,7 @@ import {
   type DocumentInterface,
 } from "./_deps.ts";
 import { kvfoldPayloadOf, payloadRef } from "./payload.ts";
+import { checkCompressorOption, checkStoreOption } from "../_model_option.ts";
 
 /** What one document cost or saved; passed to `onCompressed` and dispatched as a custom event. */
 export interface KvfoldCompressionReport {
@@ -133,7 +134,13 @@ export class KvfoldDocumentCompressor extends BaseDocumentCompressor {
   /** Compressions under way, by store key, so concurrent calls compress a document once. */
   readonly #pending = new Map<string, Promise<{ chunks: RetrievedChunk[]; cached: boolean }>>();
 
+  /**
+   * Compresses with `fields.compressor` into `fields.store`; throws `TypeError` when `fields` is not
+   * `{ compressor, store }` with a loaded `Compressor` and an open `DocumentStore`.
+   */
   constructor(fields: KvfoldDocumentCompressorInput) {
+    checkCompressorOption("KvfoldDocumentCompressor", fields);
+    checkStoreOption("KvfoldDocumentCompressor", fields, true);
     super();
     this.compressor = fields.compressor;
     this.store = fields.store;

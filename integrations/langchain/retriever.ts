@@ -7,6 +7,7 @@
 import type { DocumentStore, RetrievedChunk } from "../../mod.ts";
 import { BaseRetriever, type BaseRetrieverInput, Document, type DocumentInterface } from "./_deps.ts";
 import { payloadRef } from "./payload.ts";
+import { checkStoreOption } from "../_model_option.ts";
 
 /** Fields of {@linkcode KvfoldRetriever}. */
 export interface KvfoldRetrieverInput extends BaseRetrieverInput {
@@ -55,7 +56,12 @@ export class KvfoldRetriever extends BaseRetriever {
   readonly group?: string;
   readonly #attachVectors: boolean;
 
+  /**
+   * Searches `fields.store`; throws `TypeError` when `fields` is not `{ store }` with an open
+   * `DocumentStore` (a path string, a bare store) and `RangeError` when `k` is not a positive integer.
+   */
   constructor(fields: KvfoldRetrieverInput) {
+    checkStoreOption("KvfoldRetriever", fields, true);
     super(fields);
     const k = fields.k ?? 4;
     if (!Number.isSafeInteger(k) || k < 1) {

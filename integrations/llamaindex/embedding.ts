@@ -56,7 +56,7 @@ export function kvfoldTokenizer(model: Model): LlamaIndexTokenizer {
  * using kv = await Kvfold.open();
  * using model = await kv.loadModel("./models/tiny");
  * Settings.embedModel = new KvfoldEmbedding({ model });
- * Settings.llm = new KvfoldLLM(model, { maxTokens: 64 });
+ * Settings.llm = new KvfoldLLM({ model, maxTokens: 64 });
  * CoreSettings.tokenizer = kvfoldTokenizer(model);
  * const index = await VectorStoreIndex.fromDocuments([new Document({ text: "The ship left at dawn." })]);
  * console.log(await index.asRetriever({ similarityTopK: 1 }).retrieve({ query: "Which ship left?" }));

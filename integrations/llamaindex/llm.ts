@@ -29,12 +29,18 @@ import {
 } from "./_deps.ts";
 import type { CompressedContext } from "./payload.ts";
 import { kvfoldTokenizer, type LlamaIndexTokenizer } from "./embedding.ts";
+import { checkModelOption, fromPositional } from "../_model_option.ts";
 
 /** Generation settings of a {@linkcode KvfoldLLM}, as kvfold's `generate` takes them. */
 export type KvfoldGenerationOptions = Omit<GenerateOptions, "prompt" | "signal" | "onPrefillProgress">;
 
-/** Options of a {@linkcode KvfoldLLM}: default generation settings and how it describes itself. */
+/**
+ * Options of a {@linkcode KvfoldLLM}: the model, default generation settings and how it describes
+ * itself.
+ */
 export interface KvfoldLLMOptions extends KvfoldGenerationOptions {
+  /** The loaded model (for LLoCO, the compressor's `model`, which is also the decoder). */
+  model: Model;
   /** Name in `metadata.model`; default: the model folder's name. */
   modelName?: string;
   /** `metadata.contextWindow`; default: the model's max_position_embeddings. */
@@ -59,7 +65,8 @@ export interface KvfoldGenerationStats extends AnswerStats {}
 
 /**
  * Per-call options: in `additionalChatOptions` of `chat`, beside `prompt` in `complete`. They
- * override the LLM's defaults for this call.
+ * override the LLM's defaults for this call. `signal` may also be given at the top level of
+ * `chat`'s params.
  */
 export interface KvfoldCallOptions extends KvfoldGenerationOptions {
   /** Summary vectors to place before the prompt, in order (positions 0..K-1). */
@@ -118,12 +125,13 @@ function definedOnly<T extends object>(o: T): Partial<T> {
  * using kv = await Kvfold.open();
  * using compressor = await Compressor.load(kv, "./models/lloco");
  * using store = DocumentStore.open("kb.sqlite");
- * const llm = new KvfoldLLM(compressor.model, { temperature: 0, maxTokens: 64 });
+ * const llm = new KvfoldLLM({ model: compressor.model, temperature: 0, maxTokens: 64 });
  * const contexts = store.retrieve("Which ship left?", { k: 2 });
  * const stream = await llm.chat({
  *   messages: [{ role: "user", content: "Which ship left?" }],
  *   stream: true,
- *   additionalChatOptions: { contexts, signal: AbortSignal.timeout(30_000) },
+ *   signal: AbortSignal.timeout(30_000),
+ *   additionalChatOptions: { contexts },
  * });
  * for await (const chunk of stream) console.log(chunk.delta);
  * ```
@@ -133,10 +141,19 @@ export class KvfoldLLM extends BaseLLM<KvfoldCallOptions> {
   readonly model: Model;
   readonly #options: KvfoldLLMOptions;
 
-  /** Runs `model` (a kvfold model, or a compressor's `model` for LLoCO) with default `options`. */
-  constructor(model: Model, options: KvfoldLLMOptions = {}) {
+  /**
+   * Runs `options.model` (a kvfold model, or a compressor's `model` for LLoCO) with the default
+   * settings of `options`; throws `TypeError` when `options` is not an options object with a loaded
+   * model (a path string, say).
+   */
+  constructor(options: KvfoldLLMOptions);
+  /** @deprecated Pass one options object: `new KvfoldLLM({ model, ...options })`. */
+  constructor(model: Model, options?: Omit<KvfoldLLMOptions, "model">);
+  constructor(...args: [KvfoldLLMOptions] | [Model, Omit<KvfoldLLMOptions, "model">?]) {
+    const options = fromPositional(args, ["model"]) as KvfoldLLMOptions;
+    checkModelOption("KvfoldLLM", options);
     super();
-    this.model = model;
+    this.model = options.model;
     this.#options = { ...options };
   }
 
@@ -159,19 +176,28 @@ export class KvfoldLLM extends BaseLLM<KvfoldCallOptions> {
     };
   }
 
-  /** Chat through the model's chat template; streams `ChatResponseChunk`s with `stream: true`. */
-  chat(params: LLMChatParamsStreaming<KvfoldCallOptions>): Promise<AsyncIterable<ChatResponseChunk>>;
+  /**
+   * Chat through the model's chat template; streams `ChatResponseChunk`s with `stream: true`.
+   * `signal` (top level, or in `additionalChatOptions`) aborts it.
+   */
+  chat(
+    params: LLMChatParamsStreaming<KvfoldCallOptions> & KvfoldChatSignal,
+  ): Promise<AsyncIterable<ChatResponseChunk>>;
   /** Chat through the model's chat template; resolves to the whole reply, `raw` holding its stats. */
-  chat(params: LLMChatParamsNonStreaming<KvfoldCallOptions>): Promise<ChatResponse>;
+  chat(params: LLMChatParamsNonStreaming<KvfoldCallOptions> & KvfoldChatSignal): Promise<ChatResponse>;
   @wrapLLMEvent
   async chat(
-    params: LLMChatParamsStreaming<KvfoldCallOptions> | LLMChatParamsNonStreaming<KvfoldCallOptions>,
+    params:
+      & (LLMChatParamsStreaming<KvfoldCallOptions> | LLMChatParamsNonStreaming<KvfoldCallOptions>)
+      & KvfoldChatSignal,
   ): Promise<AsyncIterable<ChatResponseChunk> | ChatResponse> {
     if (params.responseFormat !== undefined) {
       throw new TypeError("Cannot chat: KvfoldLLM has no structured output (responseFormat)");
     }
     const prompt = this.#encodeChat(params.messages);
-    const pieces = this.#generate(prompt, params.additionalChatOptions ?? {});
+    const call = params.additionalChatOptions ?? {};
+    const signal = eitherSignal(params.signal, call.signal);
+    const pieces = this.#generate(prompt, signal === call.signal ? call : { ...call, signal });
     if (params.stream) {
       return (async function* () {
         for await (const delta of pieces) yield { delta, raw: null };
@@ -229,6 +255,7 @@ export class KvfoldLLM extends BaseLLM<KvfoldCallOptions> {
   #generate(prompt: number[], call: KvfoldCallOptions): AsyncGenerator<string, KvfoldGenerationStats> {
     const { contexts = [], group, signal, onStats, ...overrides } = call;
     const {
+      model: _model,
       modelName: _name,
       contextWindow: _window,
       templateCompletions: _template,
@@ -245,6 +272,19 @@ export class KvfoldLLM extends BaseLLM<KvfoldCallOptions> {
     // answerFromChunks checks the contexts and picks the adapter now; it runs when first pulled.
     return answerFromChunks(this.model, contexts, prompt, { ...settings, group, signal, cache, onStats });
   }
+}
+
+/** `chat`'s params may carry `signal` at the top level, as LlamaIndex users pass it to other LLMs. */
+export interface KvfoldChatSignal {
+  /** Aborts the call, as `additionalChatOptions.signal` does. */
+  signal?: AbortSignal;
+}
+
+/** One signal that fires when either does. */
+function eitherSignal(a: AbortSignal | undefined, b: AbortSignal | undefined): AbortSignal | undefined {
+  if (a === undefined || a === b) return b;
+  if (b === undefined) return a;
+  return AbortSignal.any([a, b]);
 }
 
 async function collect(

@@ -28,8 +28,8 @@
  * await compressIntoStore(compressor, store, { source: "log.txt", text: await Deno.readTextFile("log.txt") });
  *
  * const engine = new KvfoldQueryEngine({
- *   retriever: new KvfoldRetriever(store, { k: 2 }),
- *   llm: new KvfoldLLM(compressor.model, { temperature: 0, maxTokens: 128 }),
+ *   retriever: new KvfoldRetriever({ store, k: 2 }),
+ *   llm: new KvfoldLLM({ model: compressor.model, temperature: 0, maxTokens: 128 }),
  * });
  * const response = await engine.query({ query: "Which ship left the harbour?" });
  * console.log(response.message.content, response.sourceNodes?.map((n) => n.node.metadata.source));
@@ -43,6 +43,7 @@ export type { KvfoldRetrieverOptions } from "./retriever.ts";
 export { KvfoldLLM } from "./llm.ts";
 export type {
   KvfoldCallOptions,
+  KvfoldChatSignal,
   KvfoldGenerationOptions,
   KvfoldGenerationStats,
   KvfoldLLMOptions,

@@ -21,6 +21,7 @@ import {
   type CompressedPayloadRef,
   concatVectors,
 } from "./payload.ts";
+import { checkCompressorOption, checkStoreOption, fromPositional } from "../_model_option.ts";
 
 /** What {@linkcode KvfoldNodeCompressor} did with one node. */
 export interface NodeCompressionEvent {
@@ -39,6 +40,10 @@ export interface NodeCompressionEvent {
 /** Options of {@linkcode KvfoldNodeCompressor}. */
 export interface KvfoldNodeCompressorOptions
   extends Pick<CompressIntoStoreOptions, "segmentLength" | "signal"> {
+  /** The compressor (its tokenizer also splits nodes into chunks). */
+  compressor: Compressor;
+  /** The store nodes are compressed into. */
+  store: DocumentStore;
   /** Tokens per stored chunk (a longer node becomes several); default 1536. */
   chunkTokens?: number;
   /**
@@ -88,7 +93,7 @@ async function defaultSourceOf(node: BaseNode): Promise<string> {
  * using kv = await Kvfold.open();
  * using compressor = await Compressor.load(kv, "./models/lloco");
  * using store = DocumentStore.open("kb.sqlite");
- * const postprocessor = new KvfoldNodeCompressor(compressor, store, { groupOf: () => "manuals" });
+ * const postprocessor = new KvfoldNodeCompressor({ compressor, store, groupOf: () => "manuals" });
  * const nodes = await postprocessor.postprocessNodes(await vectorIndex.asRetriever().retrieve("query"));
  * console.log(nodes.map(({ node }) => node.metadata.kvfold));
  * ```
@@ -106,16 +111,34 @@ export class KvfoldNodeCompressor implements BaseNodePostprocessor {
     { texts: string[]; context: CompressedContext; ref: CompressedPayloadRef }
   >();
 
-  /** Compresses with `compressor` into `store`; throws `RangeError` for a bad `chunkTokens`. */
-  constructor(compressor: Compressor, store: DocumentStore, options: KvfoldNodeCompressorOptions = {}) {
+  /**
+   * Compresses with `options.compressor` into `options.store`; throws `TypeError` when `options` is
+   * not `{ compressor, store }` with a loaded `Compressor` and an open `DocumentStore`, and
+   * `RangeError` for a bad `chunkTokens`.
+   */
+  constructor(options: KvfoldNodeCompressorOptions);
+  /** @deprecated Pass one options object: `new KvfoldNodeCompressor({ compressor, store, ...options })`. */
+  constructor(
+    compressor: Compressor,
+    store: DocumentStore,
+    options?: Omit<KvfoldNodeCompressorOptions, "compressor" | "store">,
+  );
+  constructor(
+    ...args:
+      | [KvfoldNodeCompressorOptions]
+      | [Compressor, DocumentStore, Omit<KvfoldNodeCompressorOptions, "compressor" | "store">?]
+  ) {
+    const options = fromPositional(args, ["compressor", "store"]) as KvfoldNodeCompressorOptions;
+    checkCompressorOption("KvfoldNodeCompressor", options);
+    checkStoreOption("KvfoldNodeCompressor", options, true);
     const chunkTokens = options.chunkTokens ?? 1536;
     if (!Number.isSafeInteger(chunkTokens) || chunkTokens < 1) {
       throw new RangeError(
         `Cannot create node compressor: chunkTokens ${chunkTokens} is not a positive integer`,
       );
     }
-    this.compressor = compressor;
-    this.store = store;
+    this.compressor = options.compressor;
+    this.store = options.store;
     this.#options = options;
     this.#chunkTokens = chunkTokens;
   }

@@ -164,8 +164,8 @@ export interface KvfoldQueryEngineOptions extends Omit<KvfoldResponseSynthesizer
  * using compressor = await Compressor.load(kv, "./models/lloco");
  * using store = DocumentStore.open("kb.sqlite");
  * const engine = new KvfoldQueryEngine({
- *   retriever: new KvfoldRetriever(store, { k: 2 }),
- *   llm: new KvfoldLLM(compressor.model, { temperature: 0 }),
+ *   retriever: new KvfoldRetriever({ store, k: 2 }),
+ *   llm: new KvfoldLLM({ model: compressor.model, temperature: 0 }),
  * });
  * const stream = await engine.query({ query: "Which ship left the harbour?", stream: true });
  * for await (const chunk of stream) console.log(chunk.delta);

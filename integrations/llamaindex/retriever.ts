@@ -7,9 +7,12 @@
 import type { DocumentStore, RetrievedChunk } from "../../mod.ts";
 import { BaseRetriever, extractText, type NodeWithScore, type QueryBundle, TextNode } from "./_deps.ts";
 import { attachCompressedContext } from "./payload.ts";
+import { checkStoreOption, fromPositional } from "../_model_option.ts";
 
 /** Options of {@linkcode KvfoldRetriever}. */
 export interface KvfoldRetrieverOptions {
+  /** The store to search. */
+  store: DocumentStore;
   /** How many chunks to return; default 4. */
   k?: number;
   /** Only chunks of documents in this adapter group. */
@@ -66,7 +69,7 @@ export function nodeFromChunk(chunk: RetrievedChunk, store: DocumentStore): Text
  * import { DocumentStore } from "../../mod.ts";
  * import { KvfoldRetriever } from "./retriever.ts";
  * using store = DocumentStore.open("kb.sqlite");
- * const retriever = new KvfoldRetriever(store, { k: 2 });
+ * const retriever = new KvfoldRetriever({ store, k: 2 });
  * for (const { node, score } of await retriever.retrieve("which ship left the harbour")) {
  *   console.log(node.metadata.source, node.metadata.chunkId, score);
  * }
@@ -80,14 +83,22 @@ export class KvfoldRetriever extends BaseRetriever {
   /** The adapter group results are limited to, if any. */
   readonly group?: string;
 
-  /** Searches `store`; throws `RangeError` when `k` is not a positive integer. */
-  constructor(store: DocumentStore, options: KvfoldRetrieverOptions = {}) {
+  /**
+   * Searches `options.store`; throws `TypeError` when `options` is not `{ store }` with an open
+   * `DocumentStore` (a path string, say) and `RangeError` when `k` is not a positive integer.
+   */
+  constructor(options: KvfoldRetrieverOptions);
+  /** @deprecated Pass one options object: `new KvfoldRetriever({ store, ...options })`. */
+  constructor(store: DocumentStore, options?: Omit<KvfoldRetrieverOptions, "store">);
+  constructor(...args: [KvfoldRetrieverOptions] | [DocumentStore, Omit<KvfoldRetrieverOptions, "store">?]) {
+    const options = fromPositional(args, ["store"]) as KvfoldRetrieverOptions;
+    checkStoreOption("KvfoldRetriever", options, true);
     super();
     const k = options.k ?? 4;
     if (!Number.isSafeInteger(k) || k < 1) {
       throw new RangeError(`Cannot create retriever: k must be a positive integer, got ${k}`);
     }
-    this.store = store;
+    this.store = options.store;
     this.k = k;
     this.group = options.group;
   }

@@ -94,7 +94,7 @@ test("KvfoldEmbedding: LlamaIndex's VectorStoreIndex retrieves the nearest docum
   const restore = noNetwork();
   try {
     const { best, cosines } = await nearest(model);
-    const llm = new KvfoldLLM(model, { maxTokens: 4, temperature: 0 });
+    const llm = new KvfoldLLM({ model, maxTokens: 4, temperature: 0 });
     const hits = await Settings.withEmbedModel(
       new KvfoldEmbedding({ model }),
       () =>

@@ -51,7 +51,7 @@ after(async () => {
 const answer = (chunks) => collect(answerFromChunks(model, chunks, QUESTION, GREEDY));
 
 test("llamaindex: KvfoldRetriever nodes are the store's BM25 hits with metadata and payload", async () => {
-  const nodes = await new KvfoldRetriever(store, { k: 3 }).retrieve(QUESTION);
+  const nodes = await new KvfoldRetriever({ store, k: 3 }).retrieve(QUESTION);
   const hits = store.retrieve(QUESTION, { k: 3 });
   assert.ok(hits.length >= 2);
   assert.equal(nodes.length, hits.length);
@@ -67,8 +67,8 @@ test("llamaindex: KvfoldRetriever nodes are the store's BM25 hits with metadata 
 
 test("llamaindex: KvfoldQueryEngine answers as answerFromChunks, streamed and whole", async () => {
   const engine = new KvfoldQueryEngine({
-    retriever: new KvfoldRetriever(store, { k: 2 }),
-    llm: new KvfoldLLM(model, GREEDY),
+    retriever: new KvfoldRetriever({ store, k: 2 }),
+    llm: new KvfoldLLM({ model, ...GREEDY }),
   });
   assert.ok(engine instanceof RetrieverQueryEngine);
   const hits = store.retrieve(QUESTION, { k: 2 });
@@ -88,14 +88,14 @@ test("llamaindex: KvfoldQueryEngine answers as answerFromChunks, streamed and wh
   assert.deepEqual(response.sourceNodes?.map((n) => n.score), hits.map((h) => h.score));
 
   // Without contexts the LLM answers from the question alone, which differs.
-  const llm = new KvfoldLLM(model, GREEDY);
+  const llm = new KvfoldLLM({ model, ...GREEDY });
   const alone = await llm.complete({ prompt: QUESTION });
   assert.notEqual(alone.text, expected);
 });
 
 test("llamaindex: aborting a streamed chat rejects with ABORTED", async () => {
   const hits = store.retrieve(QUESTION, { k: 2 });
-  const llm = new KvfoldLLM(model, { temperature: 0, maxTokens: 64, ignoreEos: true });
+  const llm = new KvfoldLLM({ model, temperature: 0, maxTokens: 64, ignoreEos: true });
   const controller = new AbortController();
   const stream = await llm.chat({
     messages: [{ role: "user", content: QUESTION }],
