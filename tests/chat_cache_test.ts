@@ -67,7 +67,7 @@ Deno.test("chat: each turn equals a fresh session given the whole conversation, 
     else {
       // Everything up to the last prompt (its assistant opening included) is reused; the reply as
       // the template renders it and the new user message are prefilled.
-      const lastPrompt = model.encodePrompt(chat.messages.slice(0, -2)).length;
+      const lastPrompt = model.encodePrompt(chat.messages.slice(0, -3)).length;
       assert.ok(got.reusedPositions >= lastPrompt, `turn ${turn}: reused ${got.reusedPositions} < ${lastPrompt}`);
       assert.ok(got.promptTokens <= whole - lastPrompt, `turn ${turn}`);
     }
