@@ -275,8 +275,7 @@ async function* answerStream(
   group: string | null,
   options: AnswerOptions,
 ): AsyncGenerator<string, AnswerStats, undefined> {
-  const { chat: _chat, cache, onStats, adapter: _adapter, group: _group, prefixCache, ...generate } =
-    options;
+  const { chat: _chat, cache, onStats, adapter: _adapter, group: _group, prefixCache, ...generate } = options;
   const rows = chunks.reduce((n, c) => n + c.vectors.rows, 0);
   // A full cache reserves what this answer needs; a bounded one keeps its own default size.
   const full = (cache?.kind ?? "full") === "full";

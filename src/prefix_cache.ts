@@ -115,7 +115,10 @@ export class PrefixCache {
       return { entry: best, common: bestCommon };
     }
     const max = this.model.info.maxPositions;
-    const largest = Math.max(0, ...this.#entries.filter((e) => e.key === key).map((e) => e.session.contextSize));
+    const largest = Math.max(
+      0,
+      ...this.#entries.filter((e) => e.key === key).map((e) => e.session.contextSize),
+    );
     const contextSize = Math.min(max, Math.max(needed, this.#contextSize, largest * 2));
     const entry: PrefixEntry = {
       session: this.model.session({ contextSize: Math.max(contextSize, needed) }),

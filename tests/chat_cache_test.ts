@@ -68,7 +68,10 @@ Deno.test("chat: each turn equals a fresh session given the whole conversation, 
       // Everything up to the last prompt (its assistant opening included) is reused; the reply as
       // the template renders it and the new user message are prefilled.
       const lastPrompt = model.encodePrompt(chat.messages.slice(0, -3)).length;
-      assert.ok(got.reusedPositions >= lastPrompt, `turn ${turn}: reused ${got.reusedPositions} < ${lastPrompt}`);
+      assert.ok(
+        got.reusedPositions >= lastPrompt,
+        `turn ${turn}: reused ${got.reusedPositions} < ${lastPrompt}`,
+      );
       assert.ok(got.promptTokens <= whole - lastPrompt, `turn ${turn}`);
     }
     assert.deepEqual(chat.messages.at(-1), { role: "assistant", content: text });
@@ -106,7 +109,10 @@ Deno.test("prefix cache: questions over the same vectors skip their prefill and 
     if (i === 0) assert.equal(cached.stats.reusedPositions, 0);
     else {
       assert.ok(cached.stats.reusedPositions >= doc.rows, `question ${i}: vectors not reused`);
-      assert.equal(cached.stats.promptTokens, plain.stats.promptTokens - (cached.stats.reusedPositions - doc.rows));
+      assert.equal(
+        cached.stats.promptTokens,
+        plain.stats.promptTokens - (cached.stats.reusedPositions - doc.rows),
+      );
     }
   }
   // The same question again reuses all of the prompt but its last token.
@@ -125,7 +131,10 @@ Deno.test("prefix cache: the repetition penalty sees the reused prompt as a fres
   using prefixes = new PrefixCache(model);
   const opts = { repetitionPenalty: 1.5, maxTokens: 12 };
   await answer(model, doc, "the ship the ship the ship", { ...opts, prefixCache: prefixes });
-  const cached = await answer(model, doc, "the ship the ship the ship left", { ...opts, prefixCache: prefixes });
+  const cached = await answer(model, doc, "the ship the ship the ship left", {
+    ...opts,
+    prefixCache: prefixes,
+  });
   assert.ok(cached.stats.reusedPositions > doc.rows);
   const plain = await answer(model, doc, "the ship the ship the ship left", opts);
   assert.deepEqual(cached.stats.tokens, plain.stats.tokens);

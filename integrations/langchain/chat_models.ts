@@ -5,7 +5,13 @@
  * @module
  */
 
-import { type CacheOptions, type ChatMessage, type DocumentStore, type Model, PrefixCache } from "../../mod.ts";
+import {
+  type CacheOptions,
+  type ChatMessage,
+  type DocumentStore,
+  type Model,
+  PrefixCache,
+} from "../../mod.ts";
 import {
   AIMessage,
   AIMessageChunk,
