@@ -81,6 +81,10 @@ export type {
   CompressIntoStoreOptions,
   SourceDocument,
 } from "./src/lloco.ts";
+export { ChatSession } from "./src/chat.ts";
+export type { ChatOptions, ChatSendOptions } from "./src/chat.ts";
+export { PrefixCache } from "./src/prefix_cache.ts";
+export type { PrefixCacheOptions } from "./src/prefix_cache.ts";
 export { convertTorchCheckpoint } from "./src/formats/torch_bin.ts";
 export {
   readSafetensors,

@@ -10,9 +10,10 @@ import type { CacheOptions } from "./lococo.ts";
 import type { Compressor } from "./compressor.ts";
 import { KvfoldError } from "./errors.ts";
 import type { Model } from "./model.ts";
-import type { GenerateOptions, GenerationStats } from "./session.ts";
+import type { GenerateOptions, GenerationStats, Session } from "./session.ts";
 import { concatVectors, type DocumentStore, type StoredVectors } from "./store.ts";
 import type { ChatMessage } from "./tokenizer.ts";
+import type { PrefixCache } from "./prefix_cache.ts";
 
 /** A document to compress. */
 export interface SourceDocument {
@@ -133,6 +134,12 @@ export interface AnswerOptions extends Omit<GenerateOptions, "prompt" | "adapter
   cache?: CacheOptions;
   /** Receives the counters when generation ends (the generator also returns them). */
   onStats?: (stats: AnswerStats) => void;
+  /**
+   * Keeps the answering session afterwards and reuses one whose cache already holds these vectors
+   * (and adapter) and the start of this prompt: only the rest is prefilled. Full cache only (with
+   * another `cache` kind it is not used); see {@link PrefixCache}.
+   */
+  prefixCache?: PrefixCache;
 }
 
 /** Counters of one answer: the generation's, the prefix length and the adapter used. */
@@ -143,6 +150,11 @@ export interface AnswerStats extends GenerationStats {
   adapter: string | null;
   /** The adapter group decoded for: `group` when given, else the chunks' one group, else null. */
   group: string | null;
+  /**
+   * Positions (vectors and prompt tokens) found in a {@link PrefixCache} session and not prefilled
+   * again; 0 without one. `promptTokens` counts the prompt tokens that were prefilled.
+   */
+  reusedPositions: number;
 }
 
 /**
@@ -263,30 +275,99 @@ async function* answerStream(
   group: string | null,
   options: AnswerOptions,
 ): AsyncGenerator<string, AnswerStats, undefined> {
-  const { chat: _chat, cache, onStats, adapter: _adapter, group: _group, ...generate } = options;
+  const { chat: _chat, cache, onStats, adapter: _adapter, group: _group, prefixCache, ...generate } = options;
   const rows = chunks.reduce((n, c) => n + c.vectors.rows, 0);
   // A full cache reserves what this answer needs; a bounded one keeps its own default size.
   const full = (cache?.kind ?? "full") === "full";
-  using session = model.session({
-    contextSize: full ? rows + prompt.length + (options.maxTokens ?? 256) + 1 : undefined,
-    cache,
-  });
-  await session.setAdapter(adapter);
-  if (rows > 0) {
-    const prefix = concatVectors(chunks.map((c) => c.vectors));
-    if (prefix.bf16 !== undefined) {
-      await session.prefillEmbeddings(prefix.bf16, { dtype: "bf16", signal: options.signal });
-    } else {
-      await session.prefillEmbeddings(prefix.data, { signal: options.signal });
+  const needed = rows + prompt.length + (options.maxTokens ?? 256) + 1;
+  // An empty prompt samples from the vectors' last logits, which a truncated cache no longer has.
+  if (prefixCache !== undefined && full && prompt.length > 0) {
+    if (prefixCache.model !== model) {
+      throw new KvfoldError("INVALID_ARGUMENT", "Cannot answer: the prefix cache serves another model");
     }
+    return yield* cachedAnswer(model, chunks, rows, prompt, adapter, group, options, needed);
   }
+  using session = model.session({ contextSize: full ? needed : undefined, cache });
+  await session.setAdapter(adapter);
+  if (rows > 0) await prefillVectors(session, chunks, options.signal);
   yield* session.generate({ ...generate, prompt });
   const stats = {
     ...session.lastStats!,
     prefixPositions: rows,
     adapter: session.adapter?.name ?? null,
     group,
+    reusedPositions: 0,
   };
   onStats?.(stats);
   return stats;
+}
+
+async function prefillVectors(session: Session, chunks: readonly AnswerContext[], signal?: AbortSignal) {
+  const prefix = concatVectors(chunks.map((c) => c.vectors));
+  if (prefix.bf16 !== undefined) {
+    await session.prefillEmbeddings(prefix.bf16, { dtype: "bf16", signal });
+  } else {
+    await session.prefillEmbeddings(prefix.data, { signal });
+  }
+}
+
+/**
+ * The answer in a {@link PrefixCache} session: keep the vectors and the prompt's common start,
+ * prefill the rest. What the cache holds afterwards is exact (the session's position says how many
+ * of prompt + answer went in); a failed answer goes back to the common start, or drops the session.
+ */
+async function* cachedAnswer(
+  model: Model,
+  chunks: readonly AnswerContext[],
+  rows: number,
+  prompt: number[],
+  adapter: Adapter | string | null,
+  group: string | null,
+  options: AnswerOptions,
+  needed: number,
+): AsyncGenerator<string, AnswerStats, undefined> {
+  const { chat: _c, cache: _k, onStats, adapter: _a, group: _g, prefixCache, ...generate } = options;
+  const resolved = adapter === null ? null : await model.adapters.acquire(adapter);
+  const vectors = rows > 0 ? concatVectors(chunks.map((c) => c.vectors)) : null;
+  const { entry, common: found } = prefixCache!._acquire(vectors, resolved?.name ?? null, prompt, needed);
+  const { session } = entry;
+  // At least one prompt token is prefilled: its logits are the first sample's.
+  const common = found < 0 ? -1 : Math.min(found, prompt.length - 1);
+  let ok = false;
+  try {
+    await session.setAdapter(resolved);
+    if (common < 0) {
+      session.reset();
+      if (rows > 0) await prefillVectors(session, chunks, options.signal);
+    } else {
+      session.truncate(rows + common);
+    }
+    const kept = Math.max(common, 0);
+    entry.ids = prompt.slice(0, kept);
+    yield* session.generate({ ...generate, prompt: prompt.slice(kept), history: prompt.slice(0, kept) });
+    const last = session.lastStats!;
+    entry.ids = [...prompt, ...last.tokens].slice(0, session.position - rows);
+    ok = true;
+    const stats = {
+      ...last,
+      prefixPositions: rows,
+      adapter: session.adapter?.name ?? null,
+      group,
+      reusedPositions: common < 0 ? 0 : rows + common,
+    };
+    onStats?.(stats);
+    return stats;
+  } finally {
+    if (!ok) {
+      // Cancelled and failed calls leave the session where the generation started, or unknown.
+      try {
+        if (session.position >= rows + entry.ids.length) session.truncate(rows + entry.ids.length);
+        else ok = false;
+        ok = session.position === rows + entry.ids.length;
+      } catch {
+        ok = false;
+      }
+    }
+    prefixCache!._release(entry, ok);
+  }
 }

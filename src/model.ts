@@ -17,6 +17,7 @@ import { LococoHeads } from "./lococo.ts";
 import { type GenerateOptions, Session, type SessionOptions } from "./session.ts";
 import { type ChatMessage, TextTokenizer } from "./tokenizer.ts";
 import { type EmbedOptions, embedTexts } from "./embeddings.ts";
+import { type ChatOptions, ChatSession } from "./chat.ts";
 
 /** Weight precision in memory. `"auto"` keeps the file's dtype (memory-mapped, no copy). */
 export type WeightDType = "auto" | "f32" | "f16" | "bf16";
@@ -186,6 +187,19 @@ export class Model extends HandleOwner {
   /** Opens a session (its own KV cache and buffers). */
   session(options: SessionOptions = {}): Session {
     return Session._create(this, options);
+  }
+
+  /**
+   * Starts a multi-turn chat that keeps its KV cache between turns (see {@link ChatSession}).
+   *
+   * @example
+   * ```ts ignore
+   * using chat = model.chat({ system: "Be brief." });
+   * for await (const piece of chat.send("Hi!")) console.log(piece);
+   * ```
+   */
+  chat(options: ChatOptions = {}): ChatSession {
+    return new ChatSession(this, options);
   }
 
   /**

@@ -80,6 +80,11 @@ export interface SamplingOptions {
 export interface GenerateOptions extends SamplingOptions {
   /** Text (tokenized without BOS) or ids to prefill before generating. */
   prompt?: string | readonly number[];
+  /**
+   * Ids already in the cache before `prompt` that the repetition penalty counts as prompt (a
+   * conversation continued in the same session sees what a fresh session given it all would).
+   */
+  history?: readonly number[];
   /** Most tokens to generate; default 256. */
   maxTokens?: number;
   /** Stop when the text contains one of these (the stop string is not emitted). */
@@ -469,6 +474,11 @@ export class Session extends HandleOwner {
         throw new KvfoldError("INVALID_ARGUMENT", "Cannot generate: the batcher serves another model");
       }
       const t0 = performance.now();
+      if (options.history?.length) {
+        const vocab = this.model.info.vocabSize;
+        const history = tokenIdsArg("generate", options.history, vocab);
+        check(s.kf_sampler_accept(sampler.ptr, history, options.history.length));
+      }
       if (promptIds.length > 0) {
         await this.#prefill(promptIds, { signal, onProgress: options.onPrefillProgress });
         const vocab = this.model.info.vocabSize;

@@ -7,6 +7,7 @@ import type {
   ChatMessage,
   DocumentStore,
   Model,
+  PrefixCache,
   RetrievedChunk,
   SamplingOptions,
 } from "../../mod.ts";
@@ -69,6 +70,8 @@ export interface KvfoldRunRequest {
   formatContext: TextContextFormatter;
   /** The session's KV cache (default full). */
   cache?: CacheOptions;
+  /** Sessions kept between calls (full cache only): see kvfold's `PrefixCache`. */
+  prefixCache?: PrefixCache;
   onStats?: (stats: KvfoldRunStats) => void;
 }
 
@@ -141,6 +144,7 @@ async function* generatePieces(request: KvfoldRunRequest): AsyncGenerator<string
       stop: request.stop,
       signal,
       cache: request.cache,
+      prefixCache: request.prefixCache,
       onStats: ({ group: _group, ...stats }) => request.onStats?.({ ...stats, groups }),
     });
   } catch (e) {

@@ -5,7 +5,13 @@
  * @module
  */
 
-import type { CacheOptions, ChatMessage, DocumentStore, Model } from "../../mod.ts";
+import {
+  type CacheOptions,
+  type ChatMessage,
+  type DocumentStore,
+  type Model,
+  PrefixCache,
+} from "../../mod.ts";
 import {
   AIMessage,
   AIMessageChunk,
@@ -55,6 +61,15 @@ export interface KvfoldModelFields extends KvfoldGenerationSettings {
    * (`{ kind: "lococo", heads }`, `h2o`, `streaming`) keeps long text contexts within a fixed memory.
    */
   kvCache?: CacheOptions;
+  /**
+   * Keep the KV cache between calls (full `kvCache` only): a call whose messages (and payload
+   * documents' vectors, and adapter) start as an earlier call's prompt and reply did prefills only
+   * the rest, so a growing chat history costs one new turn per call, and many questions over the
+   * same compressed documents skip the vectors' prefill. The answer is the same as without it.
+   * `true` keeps up to 4 sessions of this instance (freed with the model); or share a kvfold
+   * `PrefixCache` (and `clear()` it when done). Default false.
+   */
+  reuseCache?: boolean | PrefixCache;
 }
 
 /** Fields of {@linkcode ChatKvfold}. */
@@ -76,8 +91,10 @@ export interface KvfoldLLMCallOptions extends BaseLLMCallOptions, KvfoldDocument
 export interface KvfoldResponseMetadata {
   /** Why generation ended. */
   stopReason: KvfoldRunStats["stopReason"];
-  /** Prompt tokens (after the prefix). */
+  /** Prompt tokens (after the prefix) prefilled by this call: without those `reusedPositions` kept. */
   promptTokens: number;
+  /** Positions (vectors and prompt tokens) kept from an earlier call's cache (`reuseCache`); else 0. */
+  reusedPositions: number;
   /** Tokens generated. */
   generatedTokens: number;
   /** Summary-vector positions before the prompt. */
@@ -121,6 +138,7 @@ function responseMetadata(stats: KvfoldRunStats): KvfoldResponseMetadata {
   return {
     stopReason: stats.stopReason,
     promptTokens: stats.promptTokens,
+    reusedPositions: stats.reusedPositions,
     generatedTokens: stats.generatedTokens,
     prefixPositions: stats.prefixPositions,
     groups: stats.groups,
@@ -157,6 +175,11 @@ function lsParams(
     ls_max_tokens: settings.maxTokens ?? DEFAULT_MAX_TOKENS,
     ls_stop: options.stop ?? fields.stop ?? [],
   };
+}
+
+/** Every input position: the vectors and the prompt, kept from a cache or prefilled. */
+function inputTokens(m: KvfoldResponseMetadata): number {
+  return Math.max(m.prefixPositions, m.reusedPositions) + m.promptTokens;
 }
 
 /** A LangChain message as a chat-template message. */
@@ -212,6 +235,7 @@ export class ChatKvfold extends BaseChatModel<ChatKvfoldCallOptions, AIMessageCh
   /** Where payload references are resolved. */
   readonly store?: DocumentStore;
   readonly #fields: KvfoldModelFields;
+  #reused?: PrefixCache;
 
   /** The model's name, as `response_metadata.model` and LangSmith's `ls_model_name` report it. */
   readonly modelName: string;
@@ -270,6 +294,7 @@ export class ChatKvfold extends BaseChatModel<ChatKvfoldCallOptions, AIMessageCh
       signal: options.signal,
       formatContext: this.#fields.formatContext ?? formatTextContext,
       cache: this.#fields.kvCache,
+      prefixCache: this.#reused ??= prefixCacheOf(this.#fields),
       onStats: (s) => (stats = s),
     });
     for await (const piece of pieces) {
@@ -286,9 +311,10 @@ export class ChatKvfold extends BaseChatModel<ChatKvfoldCallOptions, AIMessageCh
         content: "",
         response_metadata: { model: this.modelName, kvfold },
         usage_metadata: {
-          input_tokens: kvfold.prefixPositions + kvfold.promptTokens,
+          input_tokens: inputTokens(kvfold),
           output_tokens: kvfold.generatedTokens,
-          total_tokens: kvfold.prefixPositions + kvfold.promptTokens + kvfold.generatedTokens,
+          total_tokens: inputTokens(kvfold) + kvfold.generatedTokens,
+          input_token_details: { cache_read: kvfold.reusedPositions },
         },
       }),
       generationInfo: { finish_reason: kvfold.stopReason },
@@ -355,6 +381,7 @@ export class KvfoldLLM extends LLM<KvfoldLLMCallOptions> {
   /** Whether prompts go through the chat template. */
   readonly chat: boolean;
   readonly #fields: KvfoldModelFields;
+  #reused?: PrefixCache;
 
   /** The model's name, as `generationInfo.model` and LangSmith's `ls_model_name` report it. */
   readonly modelName: string;
@@ -419,6 +446,7 @@ export class KvfoldLLM extends LLM<KvfoldLLMCallOptions> {
       signal: options.signal,
       formatContext: this.#fields.formatContext ?? formatTextContext,
       cache: this.#fields.kvCache,
+      prefixCache: this.#reused ??= prefixCacheOf(this.#fields),
       onStats: (s) => (stats = s),
     });
     for await (const piece of pieces) {
@@ -443,4 +471,13 @@ export class KvfoldLLM extends LLM<KvfoldLLMCallOptions> {
     for await (const chunk of this._streamResponseChunks(prompt, options, runManager)) text += chunk.text;
     return text;
   }
+}
+
+/** The sessions `reuseCache` keeps: the caller's cache, a new one for `true`, none otherwise. */
+function prefixCacheOf(fields: KvfoldModelFields): PrefixCache | undefined {
+  const { reuseCache } = fields;
+  if (reuseCache === undefined || reuseCache === false) return undefined;
+  if (reuseCache === true) return new PrefixCache(fields.model);
+  if (reuseCache instanceof PrefixCache) return reuseCache;
+  throw new TypeError("Cannot generate: reuseCache is not a boolean or a PrefixCache");
 }

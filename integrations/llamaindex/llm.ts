@@ -12,6 +12,7 @@ import {
   type ChatMessage as KvfoldChatMessage,
   type GenerateOptions,
   type Model,
+  PrefixCache,
 } from "../../mod.ts";
 import {
   BaseLLM,
@@ -55,6 +56,14 @@ export interface KvfoldLLMOptions extends KvfoldGenerationOptions {
    * (`{ kind: "lococo", heads }`, `h2o`, `streaming`) keeps long text contexts within a fixed memory.
    */
   kvCache?: CacheOptions;
+  /**
+   * Keep the KV cache between calls (full `kvCache` only): a `chat()` whose messages (and
+   * contexts' vectors, and adapter) start as an earlier call's prompt and reply did prefills only
+   * the rest, and many questions over the same contexts skip the vectors' prefill. The answer is
+   * the same as without it. `true` keeps up to 4 sessions of this instance (freed with the model);
+   * or share a kvfold `PrefixCache` (and `clear()` it when done). Default false.
+   */
+  reuseCache?: boolean | PrefixCache;
 }
 
 /**
@@ -140,6 +149,7 @@ export class KvfoldLLM extends BaseLLM<KvfoldCallOptions> {
   /** The model generating. */
   readonly model: Model;
   readonly #options: KvfoldLLMOptions;
+  #reused?: PrefixCache;
 
   /**
    * Runs `options.model` (a kvfold model, or a compressor's `model` for LLoCO) with the default
@@ -260,6 +270,7 @@ export class KvfoldLLM extends BaseLLM<KvfoldCallOptions> {
       contextWindow: _window,
       templateCompletions: _template,
       kvCache: cache,
+      reuseCache,
       ...defaults
     } = this.#options;
     const settings: GenerateOptions = {
@@ -270,7 +281,21 @@ export class KvfoldLLM extends BaseLLM<KvfoldCallOptions> {
       ...definedOnly(overrides),
     };
     // answerFromChunks checks the contexts and picks the adapter now; it runs when first pulled.
-    return answerFromChunks(this.model, contexts, prompt, { ...settings, group, signal, cache, onStats });
+    let prefixCache = this.#reused;
+    if (prefixCache === undefined && reuseCache) {
+      if (reuseCache !== true && !(reuseCache instanceof PrefixCache)) {
+        throw new TypeError("Cannot generate: reuseCache is not a boolean or a PrefixCache");
+      }
+      prefixCache = this.#reused = reuseCache === true ? new PrefixCache(this.model) : reuseCache;
+    }
+    return answerFromChunks(this.model, contexts, prompt, {
+      ...settings,
+      group,
+      signal,
+      cache,
+      prefixCache,
+      onStats,
+    });
   }
 }
 
