@@ -4,7 +4,7 @@
  * @module
  */
 
-import { Kvfold } from "../mod.ts";
+import { compressIntoStore, Compressor, DocumentStore, Kvfold, type SourceDocument } from "../mod.ts";
 import { makeTestModel, type TestModelOptions } from "../testing/mod.ts";
 import { repoRoot } from "../src/_native_build.ts";
 
@@ -83,4 +83,28 @@ export function someIds(n: number, hi: number, seed = 3, lo = 3): number[] {
     out.push(lo + ((x >>> 8) % (hi - lo)));
   }
   return out;
+}
+
+/**
+ * Runs `fn` with the shared test compressor and a new store in a temp folder (`kb.sqlite`), holding
+ * `docs` compressed in 64-token chunks of two 32-token segments; closed and removed afterwards.
+ */
+export async function withCompressorAndStore(
+  fn: (compressor: Compressor, store: DocumentStore, dir: string) => Promise<void> | void,
+  docs: readonly SourceDocument[] = [],
+): Promise<void> {
+  const dir = await tempDir();
+  try {
+    using compressor = await Compressor.load(
+      await testEngine(),
+      await testModel("compressor", TEST_COMPRESSOR),
+    );
+    using store = DocumentStore.open(`${dir}/kb.sqlite`);
+    for (const d of docs) {
+      await compressIntoStore(compressor, store, d, { chunkTokens: 64, segmentLength: 32 });
+    }
+    await fn(compressor, store, dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 }

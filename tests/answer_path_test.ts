@@ -7,10 +7,8 @@ import {
   answerFromChunks,
   type AnswerOptions,
   type AnswerStats,
-  compressIntoStore,
-  Compressor,
   concatVectors,
-  DocumentStore,
+  type DocumentStore,
   KvfoldError,
   type Model,
   type RetrievedChunk,
@@ -21,7 +19,7 @@ import { Document } from "npm:@langchain/core@1.4.0/documents";
 import { type KvfoldGenerationStats, KvfoldLLM } from "../integrations/llamaindex/mod.ts";
 import { f32ToBf16 } from "../src/formats/safetensors.ts";
 import { makeTestAdapter } from "../testing/mod.ts";
-import { tempDir, TEST_COMPRESSOR, testEngine, testModel } from "./_fixtures.ts";
+import { withCompressorAndStore } from "./_fixtures.ts";
 
 const DOCS = [
   {
@@ -48,24 +46,12 @@ interface Kit {
 }
 
 /** DOCS compressed into a store (one group each, or all in `group`), with the compressor's model. */
-async function withStore(fn: (kit: Kit) => Promise<void>, group?: string): Promise<void> {
-  const dir = await tempDir();
-  try {
-    using compressor = await Compressor.load(
-      await testEngine(),
-      await testModel("compressor", TEST_COMPRESSOR),
-    );
-    using store = DocumentStore.open(`${dir}/kb.sqlite`);
-    for (const d of DOCS) {
-      await compressIntoStore(compressor, store, { ...d, group: group ?? d.group }, {
-        chunkTokens: 64,
-        segmentLength: 32,
-      });
-    }
-    await fn({ model: compressor.model, store, dir });
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+function withStore(fn: (kit: Kit) => Promise<void>, group?: string): Promise<void> {
+  const docs = DOCS.map((d) => ({ ...d, group: group ?? d.group }));
+  return withCompressorAndStore(
+    (compressor, store, dir) => fn({ model: compressor.model, store, dir }),
+    docs,
+  );
 }
 
 /** Registers a small random LoRA under `name`. */

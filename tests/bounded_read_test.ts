@@ -1,6 +1,5 @@
 // Files taken from users are read only when regular and bounded: no hang on a FIFO, no endless read.
 import assert from "node:assert/strict";
-import { KvfoldError } from "../mod.ts";
 import { readBoundedFile, readBoundedJson } from "../src/_bounded_read.ts";
 import { tempDir } from "./_fixtures.ts";
 import { rejectsWith } from "./_kvfold_asserts.ts";

@@ -6,10 +6,10 @@ import { Document, type DocumentInterface } from "npm:@langchain/core@1.4.0/docu
 import { HumanMessage } from "npm:@langchain/core@1.4.0/messages";
 import { ChatPromptTemplate } from "npm:@langchain/core@1.4.0/prompts";
 import { RunnableLambda } from "npm:@langchain/core@1.4.0/runnables";
-import { compressIntoStore, Compressor, DocumentStore, type Model } from "../mod.ts";
+import { compressIntoStore, type Compressor, type DocumentStore, type Model } from "../mod.ts";
 import * as lc from "../integrations/langchain/mod.ts";
 import * as li from "../integrations/llamaindex/mod.ts";
-import { tempDir, TEST_COMPRESSOR, testEngine, testModel } from "./_fixtures.ts";
+import { withCompressorAndStore } from "./_fixtures.ts";
 
 interface Loaded {
   model: Model;
@@ -17,18 +17,8 @@ interface Loaded {
   store: DocumentStore;
 }
 
-async function withLoaded(fn: (l: Loaded) => Promise<void> | void): Promise<void> {
-  const dir = await tempDir();
-  try {
-    using compressor = await Compressor.load(
-      await testEngine(),
-      await testModel("compressor", TEST_COMPRESSOR),
-    );
-    using store = DocumentStore.open(`${dir}/kb.sqlite`);
-    await fn({ model: compressor.model, compressor, store });
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+function withLoaded(fn: (l: Loaded) => Promise<void> | void): Promise<void> {
+  return withCompressorAndStore((compressor, store) => fn({ model: compressor.model, compressor, store }));
 }
 
 type Ctor = new (options: never) => unknown;

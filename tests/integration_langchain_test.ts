@@ -6,9 +6,8 @@ import { BaseRetriever } from "npm:@langchain/core@1.4.0/retrievers";
 import { ContextualCompressionRetriever } from "npm:@langchain/classic@1.0.50/retrievers/contextual_compression";
 import {
   answerFromChunks,
-  compressIntoStore,
-  Compressor,
-  DocumentStore,
+  type Compressor,
+  type DocumentStore,
   KvfoldError,
   type Model,
   type RetrievedChunk,
@@ -27,7 +26,7 @@ import {
   KvfoldRetriever,
   resolveKvfoldChunks,
 } from "../integrations/langchain/mod.ts";
-import { tempDir, TEST_COMPRESSOR, testEngine, testModel } from "./_fixtures.ts";
+import { withCompressorAndStore } from "./_fixtures.ts";
 import { makeTestAdapter } from "../testing/mod.ts";
 
 const DOCS = [
@@ -54,29 +53,15 @@ interface KnowledgeBase {
 }
 
 /** A store with DOCS compressed in 64-token chunks (4 vectors per 32-token segment), group "demo". */
-async function withKnowledgeBase(
+function withKnowledgeBase(
   fn: (kb: KnowledgeBase) => Promise<void>,
   options: { fill?: boolean } = {},
 ): Promise<void> {
-  const dir = await tempDir();
-  try {
-    using compressor = await Compressor.load(
-      await testEngine(),
-      await testModel("compressor", TEST_COMPRESSOR),
-    );
-    using store = DocumentStore.open(`${dir}/kb.sqlite`);
-    if (options.fill !== false) {
-      for (const d of DOCS) {
-        await compressIntoStore(compressor, store, { ...d, group: "demo" }, {
-          chunkTokens: 64,
-          segmentLength: 32,
-        });
-      }
-    }
-    await fn({ compressor, model: compressor.model, store, dir });
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  const docs = options.fill === false ? [] : DOCS.map((d) => ({ ...d, group: "demo" }));
+  return withCompressorAndStore(
+    (compressor, store, dir) => fn({ compressor, model: compressor.model, store, dir }),
+    docs,
+  );
 }
 
 async function collect(pieces: AsyncIterable<string>): Promise<string> {

@@ -13,9 +13,8 @@ import {
 import {
   answerFromChunks,
   type ChatMessage,
-  compressIntoStore,
-  Compressor,
-  DocumentStore,
+  type Compressor,
+  type DocumentStore,
   KvfoldError,
   type Model,
   type RetrievedChunk,
@@ -29,7 +28,7 @@ import {
   type NodeCompressionEvent,
   payloadRefOf,
 } from "../integrations/llamaindex/mod.ts";
-import { tempDir, TEST_COMPRESSOR, testEngine, testModel } from "./_fixtures.ts";
+import { withCompressorAndStore } from "./_fixtures.ts";
 import { makeTestAdapter } from "../testing/mod.ts";
 
 const DOCS = [
@@ -58,24 +57,12 @@ interface Pipeline {
 }
 
 /** A store with DOCS compressed (group "demo"), 64-token chunks of two 32-token segments. */
-async function withPipeline(fn: (p: Pipeline) => Promise<void>): Promise<void> {
-  const dir = await tempDir();
-  try {
-    using compressor = await Compressor.load(
-      await testEngine(),
-      await testModel("compressor", TEST_COMPRESSOR),
-    );
-    using store = DocumentStore.open(`${dir}/kb.sqlite`);
-    for (const d of DOCS) {
-      await compressIntoStore(compressor, store, { ...d, group: "demo" }, {
-        chunkTokens: 64,
-        segmentLength: 32,
-      });
-    }
-    await fn({ dir, compressor, model: compressor.model, store });
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+function withPipeline(fn: (p: Pipeline) => Promise<void>): Promise<void> {
+  const docs = DOCS.map((d) => ({ ...d, group: "demo" }));
+  return withCompressorAndStore(
+    (compressor, store, dir) => fn({ dir, compressor, model: compressor.model, store }),
+    docs,
+  );
 }
 
 async function answer(model: Model, chunks: readonly RetrievedChunk[], question: string): Promise<string> {

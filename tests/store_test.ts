@@ -2,7 +2,6 @@ import assert from "node:assert/strict";
 import { DatabaseSync } from "node:sqlite";
 import { join } from "node:path";
 import { DocumentStore, type NewChunk, type StoredVectors } from "../src/store.ts";
-import { KvfoldError } from "../src/errors.ts";
 import { bf16ToF32, f32ToBf16 } from "../src/formats/safetensors.ts";
 import { throwsKvfold as assertKvfold } from "./_kvfold_asserts.ts";
 
