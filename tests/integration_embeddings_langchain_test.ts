@@ -5,40 +5,11 @@ import { MemoryVectorStore } from "npm:@langchain/classic@1.0.50/vectorstores/me
 import type { Model } from "../mod.ts";
 import { ChatKvfold, KvfoldEmbeddings, KvfoldLLM } from "../integrations/langchain/mod.ts";
 import { testEngine, testModel } from "./_fixtures.ts";
-
-const TEXTS = [
-  "The harbour log lists every ship that left at dawn.",
-  "Bees keep the orchard alive and honey is sold in June.",
-  "A library is a quiet machine for remembering.",
-  "Computers read text by splitting it into tokens.",
-];
-const QUERY = "Which ship left the harbour?";
+import { dot, QUERY, TEXTS, withoutNetwork } from "./_embedding_corpus.ts";
 
 async function withModel(fn: (model: Model) => Promise<void>): Promise<void> {
   using model = await (await testEngine()).loadModel(await testModel("gqa", { seed: 11 }));
   await fn(model);
-}
-
-function dot(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let s = 0;
-  for (let i = 0; i < a.length; i++) s += a[i] * b[i];
-  return s;
-}
-
-// Fails the test when fetch is called while `fn` runs (tiktoken's default downloads its ranks).
-async function withoutNetwork<T>(fn: () => Promise<T>): Promise<T> {
-  const real = globalThis.fetch;
-  const calls: string[] = [];
-  globalThis.fetch = (input: string | URL | Request) => {
-    calls.push(String(input instanceof Request ? input.url : input));
-    return Promise.reject(new Error("no network in this test"));
-  };
-  try {
-    return await fn();
-  } finally {
-    globalThis.fetch = real;
-    assert.deepEqual(calls, [], "fetch was called");
-  }
 }
 
 Deno.test("langchain embeddings: a real Embeddings whose vectors are model.embed's", async () => {

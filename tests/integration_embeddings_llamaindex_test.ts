@@ -14,14 +14,7 @@ import { Settings as CoreSettings } from "npm:@llamaindex/core@0.6.22/global";
 import type { Model } from "../mod.ts";
 import { KvfoldEmbedding, KvfoldLLM, kvfoldTokenizer } from "../integrations/llamaindex/mod.ts";
 import { testEngine, testModel } from "./_fixtures.ts";
-
-const TEXTS = [
-  "The harbour log lists every ship that left at dawn.",
-  "Bees keep the orchard alive and honey is sold in June.",
-  "A library is a quiet machine for remembering.",
-  "Computers read text by splitting it into tokens.",
-];
-const QUERY = "Which ship left the harbour?";
+import { dot, QUERY, TEXTS, withoutNetwork } from "./_embedding_corpus.ts";
 
 // The tiny test model with room for LlamaIndex's QA prompt around the documents.
 async function withModel(fn: (model: Model) => Promise<void>): Promise<void> {
@@ -30,33 +23,18 @@ async function withModel(fn: (model: Model) => Promise<void>): Promise<void> {
   await fn(model);
 }
 
-function dot(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let s = 0;
-  for (let i = 0; i < a.length; i++) s += a[i] * b[i];
-  return s;
-}
-
 // kvfold as LlamaIndex's only provider while `fn` runs; fails the test when fetch is called.
-async function asOnlyProvider<T>(
+function asOnlyProvider<T>(
   model: Model,
   fn: () => Promise<T>,
   llm = new KvfoldLLM({ model, temperature: 0, maxTokens: 4 }),
 ): Promise<T> {
-  const realFetch = globalThis.fetch;
-  const calls: string[] = [];
-  globalThis.fetch = (input: string | URL | Request) => {
-    calls.push(String(input instanceof Request ? input.url : input));
-    return Promise.reject(new Error("no network in this test"));
-  };
-  try {
-    return await Settings.withEmbedModel(
+  return withoutNetwork(() =>
+    Settings.withEmbedModel(
       new KvfoldEmbedding({ model }),
       () => Settings.withLLM(llm, () => CoreSettings.withTokenizer(llm.tokenizer, fn)),
-    );
-  } finally {
-    globalThis.fetch = realFetch;
-    assert.deepEqual(calls, [], "fetch was called");
-  }
+    )
+  );
 }
 
 Deno.test("llamaindex embedding: a real BaseEmbedding whose vectors are model.embed's", async () => {
