@@ -69,7 +69,7 @@ const COLUMNS: Record<string, string[]> = {
  * integrity_check, not quick_check: a flipped index page loses rows silently, and only the full
  * check compares every index with its table.
  */
-export const QUICK_CHECK_MAX_BYTES = 64 * 1024 * 1024;
+export const INTEGRITY_CHECK_MAX_BYTES = 64 * 1024 * 1024;
 
 /** The statement reading one chunk with its document, checksum or NULL. */
 export function chunkSelect(checksums: boolean): string {
@@ -127,7 +127,7 @@ export function prepareStore(
   db: DatabaseSync,
   path: string,
   readOnly: boolean,
-  quickCheck: boolean,
+  integrityCheck: boolean,
 ): boolean {
   const format = (why: string) => new KvfoldError("FORMAT", `Cannot open store: ${path} ${why}`);
   // First, so that everything after waits for another process's transaction instead of failing.
@@ -141,7 +141,7 @@ export function prepareStore(
     create(db);
     tables = tableNames();
   }
-  if (quickCheck) {
+  if (integrityCheck) {
     const problems = db.prepare("PRAGMA integrity_check(5)").all().map((r) => String(Object.values(r)[0]));
     if (problems.length !== 1 || problems[0] !== "ok") {
       throw format(`is damaged (PRAGMA integrity_check: ${problems.join("; ")})`);

@@ -23,8 +23,8 @@ import {
 import {
   addChecksumColumn,
   chunkSelect,
+  INTEGRITY_CHECK_MAX_BYTES,
   prepareStore,
-  QUICK_CHECK_MAX_BYTES,
   rollback,
 } from "./_store_schema.ts";
 import {
@@ -63,7 +63,7 @@ export interface OpenStoreOptions {
    * refuse a damaged file. Default: only for files of at most 64 MiB (it reads the whole file: about
    * 1 s per GB).
    */
-  quickCheck?: boolean;
+  integrityCheck?: boolean;
 }
 
 /**
@@ -123,7 +123,7 @@ export class DocumentStore {
     const readOnly = options.readOnly === true;
     // A FIFO would block SQLite's open forever, a device gives nonsense errors: refuse them first.
     const bytes = checkStorePath(path, readOnly);
-    const quickCheck = options.quickCheck ?? bytes <= QUICK_CHECK_MAX_BYTES;
+    const integrityCheck = options.integrityCheck ?? bytes <= INTEGRITY_CHECK_MAX_BYTES;
     for (let attempt = 1;; attempt++) {
       let db: DatabaseSync;
       try {
@@ -132,7 +132,7 @@ export class DocumentStore {
         throw storeFailure(path, "open store", e);
       }
       try {
-        const checksums = prepareStore(db, path, readOnly, quickCheck);
+        const checksums = prepareStore(db, path, readOnly, integrityCheck);
         return new DocumentStore(path, db, readOnly, checksums);
       } catch (e) {
         try {

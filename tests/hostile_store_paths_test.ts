@@ -37,7 +37,7 @@ Deno.test("hostile store: processes creating one new store at once all succeed; 
   const dec = new TextDecoder();
   results.forEach((r, i) => assert.equal(r.code, 0, `writer ${i}: ${dec.decode(r.stderr)}`));
 
-  using store = DocumentStore.open(path, { readOnly: true, quickCheck: true });
+  using store = DocumentStore.open(path, { readOnly: true, integrityCheck: true });
   const s = store.stats();
   assert.equal(s.documents, writers * 2);
   assert.equal(s.chunks, writers * 4);
@@ -138,7 +138,7 @@ Deno.test("hostile store: the damaged store of the fuzz run is a FORMAT error th
     assert.ok(e.message.includes(path), e.message);
   }
   // Without the check at open, each read gives data or a FORMAT error naming the file.
-  using store = DocumentStore.open(path, { readOnly: true, quickCheck: false });
+  using store = DocumentStore.open(path, { readOnly: true, integrityCheck: false });
   const reads: (() => unknown)[] = [
     () => store.stats(),
     () => store.retrieve("the of and a to in", { k: 50 }),

@@ -94,7 +94,7 @@ type Outcome = "same" | "checksum" | "format";
 /** Reads every chunk of a damaged copy; each read must give the original or a FORMAT error. */
 function readBack(
   path: string,
-  quickCheck: boolean,
+  integrityCheck: boolean,
   original: Map<number, RetrievedChunk>,
 ): { open: Outcome; chunks: Map<number, Outcome>; wrong: string[] } {
   const wrong: string[] = [];
@@ -108,7 +108,7 @@ function readBack(
   };
   let store: DocumentStore;
   try {
-    store = DocumentStore.open(path, { readOnly: true, quickCheck });
+    store = DocumentStore.open(path, { readOnly: true, integrityCheck });
   } catch (e) {
     return { open: classify(e, "open"), chunks, wrong };
   }
@@ -203,14 +203,16 @@ Deno.test("hostile store: byte flips in vector pages read back as the original d
   for (const [n, flip] of flips.entries()) {
     const bytes = file.slice();
     bytes[flip.offset] ^= 1 + next() % 255;
-    for (const quickCheck of [true, false]) {
+    for (const integrityCheck of [true, false]) {
       Deno.writeFileSync(damaged, bytes);
-      const r = readBack(damaged, quickCheck, original);
-      wrong.push(...r.wrong.map((w) => `flip ${n} at ${flip.offset} (quickCheck ${quickCheck}): ${w}`));
+      const r = readBack(damaged, integrityCheck, original);
+      wrong.push(
+        ...r.wrong.map((w) => `flip ${n} at ${flip.offset} (integrityCheck ${integrityCheck}): ${w}`),
+      );
       if (r.open !== "same") tally[r.open]++;
       for (const o of r.chunks.values()) tally[o]++;
       // A flip inside a chunk's vectors is never structural: only the checksum can catch it.
-      if (flip.chunkId !== undefined && !quickCheck) {
+      if (flip.chunkId !== undefined && !integrityCheck) {
         assert.equal(
           r.chunks.get(flip.chunkId),
           "checksum",
