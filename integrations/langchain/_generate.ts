@@ -2,18 +2,19 @@
 // plain documents become text context, and the prompt goes through the model's chat template.
 
 import type {
+  AnswerContext,
   AnswerStats,
   CacheOptions,
   ChatMessage,
   DocumentStore,
   Model,
   PrefixCache,
-  RetrievedChunk,
   SamplingOptions,
 } from "../../mod.ts";
 import { answerFromChunks } from "../../mod.ts";
 import type { DocumentInterface } from "./_deps.ts";
 import { kvfoldPayloadOf, resolveKvfoldChunks } from "./payload.ts";
+import { takePayloadTexts } from "../_payload_text.ts";
 
 /** Sampling and length settings a model is built with and a call may override. */
 export interface KvfoldGenerationSettings extends SamplingOptions {
@@ -68,6 +69,11 @@ export interface KvfoldRunRequest {
   stop?: readonly string[];
   signal?: AbortSignal;
   formatContext: TextContextFormatter;
+  /**
+   * Read payload documents' text found in the prompt from their summary vectors (the rule of
+   * `integrations/_payload_text.ts`); default true.
+   */
+  payloadText?: boolean;
   /** The session's KV cache (default full). */
   cache?: CacheOptions;
   /** Sessions kept between calls (full cache only): see kvfold's `PrefixCache`. */
@@ -126,18 +132,30 @@ export function runKvfold(request: KvfoldRunRequest): AsyncGenerator<string, voi
  */
 async function* generatePieces(request: KvfoldRunRequest): AsyncGenerator<string, void, undefined> {
   const { model, signal } = request;
-  const chunks: RetrievedChunk[] = [];
+  const chunks: AnswerContext[] = [];
   const textDocuments: DocumentInterface[] = [];
   const groups: string[] = [];
+  const addGroup = (group: unknown) => {
+    if (typeof group === "string" && !groups.includes(group)) groups.push(group);
+  };
   for (const doc of request.documents) {
     const resolved = resolveKvfoldChunks(doc, request.store);
     if (resolved === undefined) textDocuments.push(doc);
     else chunks.push(...resolved);
-    const group = kvfoldPayloadOf(doc)?.group ?? doc.metadata?.group;
-    if (typeof group === "string" && !groups.includes(group)) groups.push(group);
+    addGroup(kvfoldPayloadOf(doc)?.group ?? doc.metadata?.group);
+  }
+  let prompt = request.prompt;
+  if (request.payloadText !== false) {
+    const taken = takePrompt(prompt);
+    prompt = taken.prompt;
+    for (const chunk of taken.chunks) {
+      if (chunks.some((c) => sameChunk(c, chunk))) continue;
+      chunks.push(chunk);
+      addGroup(chunk.group);
+    }
   }
   try {
-    const promptIds = encodePrompt(model, request.prompt, textDocuments, request.formatContext);
+    const promptIds = encodePrompt(model, prompt, textDocuments, request.formatContext);
     yield* answerFromChunks(model, chunks, promptIds, {
       ...request.settings,
       maxTokens: request.settings.maxTokens ?? 256,
@@ -151,6 +169,23 @@ async function* generatePieces(request: KvfoldRunRequest): AsyncGenerator<string
     if (signal?.aborted) throw abortError(signal, e);
     throw e;
   }
+}
+
+/** The prompt with remembered payload texts cut out, and their chunks (see `_payload_text.ts`). */
+function takePrompt(
+  prompt: readonly ChatMessage[] | string,
+): { prompt: readonly ChatMessage[] | string; chunks: AnswerContext[] } {
+  if (typeof prompt === "string") {
+    const { texts, chunks } = takePayloadTexts([prompt]);
+    return { prompt: texts[0], chunks };
+  }
+  const { texts, chunks } = takePayloadTexts(prompt.map((m) => m.content));
+  return { prompt: prompt.map((m, i) => ({ ...m, content: texts[i] })), chunks };
+}
+
+/** The same store chunk reached twice (as a call's document and through its text). */
+function sameChunk(a: AnswerContext, b: AnswerContext): boolean {
+  return a === b || (a.chunkId !== undefined && a.chunkId === b.chunkId && a.source === b.source);
 }
 
 /**

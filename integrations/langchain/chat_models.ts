@@ -56,6 +56,12 @@ export interface KvfoldModelFields extends KvfoldGenerationSettings {
   /** How plain-text documents and the question are written into the prompt; default {@linkcode formatTextContext}. */
   formatContext?: TextContextFormatter;
   /**
+   * Read the text of documents kvfold handed out with a compressed payload, when it appears
+   * verbatim in the prompt (as a stock `prompt | model` chain writes it), from their summary
+   * vectors instead; the rule of `integrations/_payload_text.ts`. Default true.
+   */
+  payloadText?: boolean;
+  /**
    * How each generation's session keeps its KV cache (default full; `cache` is LangChain's response
    * cache). A bounded cache
    * (`{ kind: "lococo", heads }`, `h2o`, `streaming`) keeps long text contexts within a fixed memory.
@@ -293,6 +299,7 @@ export class ChatKvfold extends BaseChatModel<ChatKvfoldCallOptions, AIMessageCh
       stop: options.stop ?? this.#fields.stop,
       signal: options.signal,
       formatContext: this.#fields.formatContext ?? formatTextContext,
+      payloadText: this.#fields.payloadText,
       cache: this.#fields.kvCache,
       prefixCache: this.#reused ??= prefixCacheOf(this.#fields),
       onStats: (s) => (stats = s),
@@ -445,6 +452,7 @@ export class KvfoldLLM extends LLM<KvfoldLLMCallOptions> {
       stop: options.stop ?? this.#fields.stop,
       signal: options.signal,
       formatContext: this.#fields.formatContext ?? formatTextContext,
+      payloadText: this.#fields.payloadText,
       cache: this.#fields.kvCache,
       prefixCache: this.#reused ??= prefixCacheOf(this.#fields),
       onStats: (s) => (stats = s),

@@ -20,6 +20,7 @@ import {
   type DocumentInterface,
 } from "./_deps.ts";
 import { kvfoldPayloadOf, payloadRef } from "./payload.ts";
+import { rememberPayloadText } from "../_payload_text.ts";
 import { checkCompressorOption, checkStoreOption } from "../_model_option.ts";
 
 /** What one document cost or saved; passed to `onCompressed` and dispatched as a custom event. */
@@ -189,6 +190,7 @@ export class KvfoldDocumentCompressor extends BaseDocumentCompressor {
       };
       this.#options.onCompressed?.(report);
       await dispatchCustomEvent(KVFOLD_COMPRESSION_EVENT, report, { callbacks });
+      rememberPayloadText(doc.pageContent, chunks);
       out.push(
         new Document({
           id: doc.id,

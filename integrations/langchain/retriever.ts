@@ -7,6 +7,7 @@
 import type { DocumentStore, RetrievedChunk } from "../../mod.ts";
 import { BaseRetriever, type BaseRetrieverInput, Document, type DocumentInterface } from "./_deps.ts";
 import { payloadRef } from "./payload.ts";
+import { rememberPayloadText } from "../_payload_text.ts";
 import { checkStoreOption } from "../_model_option.ts";
 
 /** Fields of {@linkcode KvfoldRetriever}. */
@@ -82,6 +83,7 @@ export class KvfoldRetriever extends BaseRetriever {
 
 /** One retrieved chunk as a LangChain document. */
 function chunkDocument(chunk: RetrievedChunk, attach: boolean): Document {
+  rememberPayloadText(chunk.text, [chunk]);
   return new Document({
     pageContent: chunk.text,
     metadata: {

@@ -31,6 +31,7 @@ import {
 import type { CompressedContext } from "./payload.ts";
 import { kvfoldTokenizer, type LlamaIndexTokenizer } from "./embedding.ts";
 import { checkModelOption, fromPositional } from "../_model_option.ts";
+import { takePayloadTexts } from "../_payload_text.ts";
 
 /** Generation settings of a {@linkcode KvfoldLLM}, as kvfold's `generate` takes them. */
 export type KvfoldGenerationOptions = Omit<GenerateOptions, "prompt" | "signal" | "onPrefillProgress">;
@@ -51,6 +52,12 @@ export interface KvfoldLLMOptions extends KvfoldGenerationOptions {
    * `answerFromChunks` does; default: when the model has a template.
    */
   templateCompletions?: boolean;
+  /**
+   * Read the text of nodes kvfold handed out with a compressed payload, when it appears verbatim in
+   * a prompt (as a stock response synthesizer writes it), from their summary vectors instead; the
+   * rule of `integrations/_payload_text.ts`. Default true.
+   */
+  payloadText?: boolean;
   /**
    * How each generation's session keeps its KV cache (default full). A bounded cache
    * (`{ kind: "lococo", heads }`, `h2o`, `streaming`) keeps long text contexts within a fixed memory.
@@ -204,9 +211,12 @@ export class KvfoldLLM extends BaseLLM<KvfoldCallOptions> {
     if (params.responseFormat !== undefined) {
       throw new TypeError("Cannot chat: KvfoldLLM has no structured output (responseFormat)");
     }
-    const prompt = this.#encodeChat(params.messages);
-    const call = params.additionalChatOptions ?? {};
-    const signal = eitherSignal(params.signal, call.signal);
+    const texts = params.messages.map((m, i) => messageText(m.content, `message ${i}`));
+    const taken = this.#takePayloadTexts(texts);
+    const prompt = this.#encodeChat(params.messages.map((m, i) => ({ role: m.role, text: taken.texts[i] })));
+    const given = params.additionalChatOptions ?? {};
+    const call = withContexts(given, taken.contexts);
+    const signal = eitherSignal(params.signal, given.signal);
     const pieces = this.#generate(prompt, signal === call.signal ? call : { ...call, signal });
     if (params.stream) {
       return (async function* () {
@@ -235,8 +245,9 @@ export class KvfoldLLM extends BaseLLM<KvfoldCallOptions> {
       throw new TypeError("Cannot complete: KvfoldLLM has no structured output (responseFormat)");
     }
     const chat = this.#options.templateCompletions ?? this.model.tokenizer.hasChatTemplate;
-    const ids = this.model.encodePrompt(messageText(prompt, "the prompt"), { chat });
-    const pieces = this.#generate(ids, call);
+    const taken = this.#takePayloadTexts([messageText(prompt, "the prompt")]);
+    const ids = this.model.encodePrompt(taken.texts[0], { chat });
+    const pieces = this.#generate(ids, withContexts(call, taken.contexts));
     if (stream) {
       return (async function* () {
         for await (const text of pieces) yield { text, raw: null };
@@ -246,12 +257,19 @@ export class KvfoldLLM extends BaseLLM<KvfoldCallOptions> {
     return { text, raw: stats };
   }
 
+  /**
+   * Cuts remembered payload texts (nodes kvfold handed out with vectors) out of the prompt texts,
+   * unless `payloadText` is false: the rule of `integrations/_payload_text.ts`.
+   */
+  #takePayloadTexts(texts: string[]): { texts: string[]; contexts: CompressedContext[] } {
+    if (this.#options.payloadText === false) return { texts, contexts: [] };
+    const { texts: cut, chunks } = takePayloadTexts(texts);
+    return { texts: cut, contexts: chunks };
+  }
+
   /** Prompt ids of a conversation: the chat template, or a plain transcript for models without one. */
-  #encodeChat(messages: readonly ChatMessage[]): number[] {
-    const turns: KvfoldChatMessage[] = messages.map((m, i) => ({
-      role: templateRole(m.role),
-      content: messageText(m.content, `message ${i}`),
-    }));
+  #encodeChat(messages: readonly { role: ChatMessage["role"]; text: string }[]): number[] {
+    const turns: KvfoldChatMessage[] = messages.map((m) => ({ role: templateRole(m.role), content: m.text }));
     if (this.model.tokenizer.hasChatTemplate) return this.model.encodePrompt(turns);
     const transcript = turns.map((t) => `${t.role}: ${t.content}\n`).join("") + "assistant:";
     return this.model.encodePrompt(transcript);
@@ -269,6 +287,7 @@ export class KvfoldLLM extends BaseLLM<KvfoldCallOptions> {
       modelName: _name,
       contextWindow: _window,
       templateCompletions: _template,
+      payloadText: _payloadText,
       kvCache: cache,
       reuseCache,
       ...defaults
@@ -303,6 +322,13 @@ export class KvfoldLLM extends BaseLLM<KvfoldCallOptions> {
 export interface KvfoldChatSignal {
   /** Aborts the call, as `additionalChatOptions.signal` does. */
   signal?: AbortSignal;
+}
+
+/** Call options with `found` contexts after the call's own (each context once). */
+function withContexts(call: KvfoldCallOptions, found: readonly CompressedContext[]): KvfoldCallOptions {
+  if (found.length === 0) return call;
+  const own = call.contexts ?? [];
+  return { ...call, contexts: [...own, ...found.filter((c) => !own.includes(c))] };
 }
 
 /** One signal that fires when either does. */

@@ -9,6 +9,7 @@
 
 import { concatVectors, type DocumentStore, type StoredVectors } from "../../mod.ts";
 import type { BaseNode, NodeWithScore } from "./_deps.ts";
+import { rememberPayloadText } from "../_payload_text.ts";
 
 export { concatVectors };
 
@@ -85,6 +86,16 @@ export const INTERNAL_METADATA_KEYS: readonly string[] = [
 type PayloadHolder = Record<string | symbol, unknown>;
 
 /**
+ * Keeps the vectors on the node and remembers its text as standing for them, so a stock response
+ * synthesizer that writes the text into a prompt gets the vectors read instead (`_payload_text.ts`).
+ */
+function hold(node: BaseNode, context: CompressedContext): void {
+  (node.metadata as PayloadHolder)[PAYLOAD] = context;
+  const text = (node as { text?: unknown }).text;
+  if (typeof text === "string") rememberPayloadText(text, [context]);
+}
+
+/**
  * Attaches a compressed context to a node: its reference under `metadata.kvfold` and its vectors
  * in memory; the reference keys are excluded from the node's LLM and embedding metadata.
  *
@@ -107,7 +118,7 @@ export function attachCompressedContext(
   ref: CompressedPayloadRef,
 ): void {
   node.metadata[PAYLOAD_REF_KEY] = ref;
-  (node.metadata as PayloadHolder)[PAYLOAD] = context;
+  hold(node, context);
   for (const key of INTERNAL_METADATA_KEYS) {
     if (!node.excludedLlmMetadataKeys.includes(key)) node.excludedLlmMetadataKeys.push(key);
     if (!node.excludedEmbedMetadataKeys.includes(key)) node.excludedEmbedMetadataKeys.push(key);
@@ -163,6 +174,6 @@ export function compressedContextOf(
     group: ref.group,
     source: ref.source,
   };
-  (n.metadata as PayloadHolder)[PAYLOAD] = context;
+  hold(n, context);
   return context;
 }
