@@ -197,10 +197,12 @@ function buildDocument(
         `(${used} tokens)`,
     );
   }
-  // Filler up to the budget; near the end, a few more draws look for a sentence that still fits.
+  // Filler up to the budget. Near the end random draws miss; then each template is tried in turn,
+  // so the document stops short of the budget by less than the group's shortest filler sentence.
   const filler: string[][] = [];
-  for (let misses = 0; misses < 16;) {
-    const s = fill(next, pick(next, group.filler));
+  for (let misses = 0; misses < 16 + group.filler.length;) {
+    const template = misses < 16 ? pick(next, group.filler) : group.filler[misses - 16];
+    const s = fill(next, template);
     if (used + s.length <= tokens) {
       filler.push(s);
       used += s.length;

@@ -269,7 +269,7 @@ const LEDGER: DemoGroup = {
       values: SEALS,
       facts: [
         "{e} signs every bill with the seal of the {v} .",
-        "the bills of {e} bear the seal of the {v} .",
+        "the bills of {e} carry the seal of the {v} .",
       ],
       question: "what seal does {e} sign with ?",
     },
@@ -303,13 +303,13 @@ const LEDGER: DemoGroup = {
 /** A ship's log. */
 const VOYAGE: DemoGroup = {
   name: "voyage",
-  header: "log of the {ship} , voyage {number} , kept by the mate .",
+  header: "log of the {ship} , voyage {number} , written by the mate .",
   attributes: [
     {
       name: "port",
       values: PORTS,
       facts: [
-        "{e} went ashore at {v} with the morning tide .",
+        "{e} stepped ashore at {v} with the morning tide .",
         "we set {e} down on the quay at {v} .",
       ],
       question: "at which port did {e} go ashore ?",
@@ -339,7 +339,7 @@ const VOYAGE: DemoGroup = {
         "{e} signed on as {v} for this voyage .",
         "the captain named {e} our {v} after the storm .",
       ],
-      question: "what post did {e} sign on as ?",
+      question: "what post does {e} hold aboard ?",
     },
     {
       name: "pennant",
@@ -352,15 +352,15 @@ const VOYAGE: DemoGroup = {
     },
   ],
   filler: [
-    "the wind backed to the north and the sea rose .",
+    "the wind backed to the north and the sea grew rough .",
     "we sighted {port} off the bow at dawn .",
     "the deck was scrubbed and the ropes coiled .",
     "fog lay on the water until noon .",
-    "we took on fresh water and {number} barrels of fish .",
+    "we loaded fresh water and {number} barrels of fish .",
     "a {colour} sail passed us to the south .",
     "the weather turned and we shortened sail .",
     "gulls followed the wake all afternoon .",
-    "we made {number} leagues since the last reckoning .",
+    "we logged {number} leagues since the last reckoning .",
     "the {ship} was seen far astern .",
     "the crew sang as they hauled the anchor .",
     "stars were clear and the course held .",
@@ -370,7 +370,7 @@ const VOYAGE: DemoGroup = {
     "dolphins played under the bow .",
     "the night watch reported calm seas .",
     "the sun was hot and the pitch soft in the seams .",
-    "we tacked about to clear the reef .",
+    "we tacked hard to clear the reef .",
     "the boats were lashed down before the swell .",
     "no land in sight .",
     "the mate studied the charts of {port} .",
