@@ -17,7 +17,7 @@ import {
   writeDemoTokenizer,
 } from "../demo/mod.ts";
 import { bool, defineCommand, intOpt, need, parseCommand, seedOpt, str, usageError } from "./_options.ts";
-import { note, ProgressBar } from "./_console.ts";
+import { ProgressBar } from "./_console.ts";
 
 const GROUP_NAMES = DEMO_GROUPS.map((g) => g.name);
 
