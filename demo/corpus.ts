@@ -111,7 +111,15 @@ function shuffle<T>(next: Draw, xs: T[]): T[] {
   return xs;
 }
 
-/** Text of word-level tokens: single spaces, none before `.`, `,` or `?`. */
+/**
+ * Text of word-level tokens: single spaces, none before `.`, `,` or `?`.
+ *
+ * @example
+ * ```ts
+ * import { renderTokens } from "./corpus.ts";
+ * console.log(renderTokens(["we", "sighted", "kesh", ",", "far", "off", "."])); // "we sighted kesh, far off."
+ * ```
+ */
 export function renderTokens(tokens: readonly string[]): string {
   return tokens.join(" ").replace(/ ([.,?])/g, "$1");
 }
@@ -367,7 +375,16 @@ export function generateDemoCorpus(options: DemoCorpusOptions): DemoCorpus {
   return { documents, questions };
 }
 
-/** The rows of `questions.jsonl`: one JSON object per line, each ending in a newline. */
+/**
+ * The rows of `questions.jsonl`: one JSON object per line, each ending in a newline.
+ *
+ * @example
+ * ```ts
+ * import { generateDemoCorpus, questionsJsonl } from "./corpus.ts";
+ * const { questions } = generateDemoCorpus({ seed: 3, documents: 1, tokensPerDocument: 300, factsPerDocument: 2 });
+ * console.log(questionsJsonl(questions).split("\n").length); // 3 (two rows and the final newline)
+ * ```
+ */
 export function questionsJsonl(questions: readonly DemoQuestion[]): string {
   return questions.map((q) => JSON.stringify(q) + "\n").join("");
 }

@@ -47,7 +47,15 @@ const TEENS = [
 ];
 const TENS = ["twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"];
 
-/** `n` (1..99) in words: "seven", "fourteen", "forty two". */
+/**
+ * `n` (1..99) in words: "seven", "fourteen", "forty two".
+ *
+ * @example
+ * ```ts
+ * import { numberWords } from "./groups.ts";
+ * console.log(numberWords(42)); // "forty two"
+ * ```
+ */
 export function numberWords(n: number): string {
   if (!Number.isInteger(n) || n < 1 || n > 99) throw new RangeError(`Cannot spell ${n}: not in 1..99`);
   if (n < 10) return ONES[n - 1];
@@ -425,12 +433,28 @@ export const SHARED_WORDS: ReadonlySet<string> = new Set([
   "up",
 ]);
 
-/** The words of a template, its slots (`{v}`, `{goods}`) left out. */
+/**
+ * The words of a template, its slots (`{v}`, `{goods}`) left out.
+ *
+ * @example
+ * ```ts
+ * import { templateWords } from "./groups.ts";
+ * console.log(templateWords("{e} owes {v} crowns .")); // ["owes", "crowns", "."]
+ * ```
+ */
 export function templateWords(template: string): string[] {
   return template.split(" ").filter((w) => !w.startsWith("{"));
 }
 
-/** Every template of a group: header, fact sentences, questions and filler. */
+/**
+ * Every template of a group: header, fact sentences, questions and filler.
+ *
+ * @example
+ * ```ts
+ * import { DEMO_GROUPS, groupTemplates } from "./groups.ts";
+ * console.log(groupTemplates(DEMO_GROUPS[0])[0]); // the ledger's header
+ * ```
+ */
 export function groupTemplates(group: DemoGroup): string[] {
   return [
     group.header,
