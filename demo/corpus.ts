@@ -14,7 +14,7 @@
 import { KvfoldError } from "../src/errors.ts";
 import { seededUint32 } from "../src/_seeded_random.ts";
 import { DEMO_GROUPS, type DemoAttribute, type DemoGroup, SLOT_VALUES } from "./groups.ts";
-import { ENTITY_POOL_SIZE, entityNames } from "./names.ts";
+import { entityNames } from "./names.ts";
 
 export { exactMatch, normalizeAnswer } from "./answers.ts";
 export { DEMO_GROUPS, type DemoAttribute, type DemoGroup } from "./groups.ts";
@@ -160,7 +160,7 @@ interface Shape {
 function checkShape(o: DemoDocumentOptions): Shape {
   const seed = checkCount(o.seed, "seed", 0, Number.MAX_SAFE_INTEGER);
   const names = o.groups ?? DEMO_GROUPS.map((g) => g.name);
-  if (!Array.isArray(names) || names.length === 0) throw fail("groups names no group");
+  if (!Array.isArray(names) || names.length === 0) throw fail("groups is empty");
   const groups = names.map((n) => {
     const g = DEMO_GROUPS.find((g) => g.name === n);
     if (!g) throw fail(`group "${n}" is not one of ${DEMO_GROUPS.map((g) => g.name).join(", ")}`);
@@ -178,8 +178,8 @@ function checkShape(o: DemoDocumentOptions): Shape {
 }
 
 /**
- * One document of `group` stating one fact about each of `entities` (in their order of
- * attributes drawn here), filled to `tokens` with the group's filler.
+ * One document of `group` stating one fact about each of `entities` (attribute, value and
+ * wording drawn here), filled to `tokens` with the group's filler.
  */
 function buildDocument(
   next: Draw,
@@ -262,31 +262,29 @@ function buildDocument(
  * }
  * ```
  */
-export function* demoDocuments(options: DemoDocumentOptions & { start?: number }): Generator<DemoDocument> {
+export function demoDocuments(options: DemoDocumentOptions & { start?: number }): Generator<DemoDocument> {
   const shape = checkShape(options);
   const start = checkCount(options.start ?? 0, "start", 0, Number.MAX_SAFE_INTEGER);
-  if (shape.facts > ENTITY_POOL_SIZE) {
-    throw fail(`${shape.facts} facts need more names than the pool's ${ENTITY_POOL_SIZE}`);
+  // The first document is made now, so options that cannot make one throw here, not at the first next().
+  const first = streamDocument(shape, start);
+  return (function* () {
+    yield first;
+    for (let i = start + 1;; i++) yield streamDocument(shape, i);
+  })();
+}
+
+/** Document i of the stream: its own draws, names drawn afresh from the whole pool. */
+function streamDocument(shape: Shape, i: number): DemoDocument {
+  const next = seededUint32(shape.seed, `stream:${i}`);
+  // A partial Fisher-Yates: the first `facts` of a shuffled copy, without shuffling it all.
+  const pool = [...entityNames()];
+  for (let j = 0; j < shape.facts; j++) {
+    const r = j + below(next, pool.length - j);
+    [pool[j], pool[r]] = [pool[r], pool[j]];
   }
-  const names = entityNames();
-  const G = shape.groups.length;
-  for (let i = start;; i++) {
-    const next = seededUint32(shape.seed, `stream:${i}`);
-    // A partial Fisher-Yates: the first `facts` of a shuffled copy, without shuffling it all.
-    const pool = [...names];
-    for (let j = 0; j < shape.facts; j++) {
-      const r = j + below(next, pool.length - j);
-      [pool[j], pool[r]] = [pool[r], pool[j]];
-    }
-    const group = shape.groups[i % G];
-    yield buildDocument(
-      next,
-      group,
-      `${group.name}-${Math.floor(i / G)}`,
-      pool.slice(0, shape.facts),
-      shape.tokens,
-    );
-  }
+  const group = shape.groups[i % shape.groups.length];
+  const name = `${group.name}-${Math.floor(i / shape.groups.length)}`;
+  return buildDocument(next, group, name, pool.slice(0, shape.facts), shape.tokens);
 }
 
 /**

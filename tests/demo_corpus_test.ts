@@ -213,6 +213,10 @@ Deno.test("demo corpus: options out of range are refused by name", () => {
     "INVALID_ARGUMENT",
     /twice/,
   );
+  // The stream refuses when called, not at its first document.
+  throwsKvfold(() => demoDocuments({ seed: 1, tokensPerDocument: 50 }), "INVALID_ARGUMENT", /50 tokens/);
+  throwsKvfold(() => demoDocuments({ seed: 1, start: -2 }), "INVALID_ARGUMENT", /start -2/);
+  throwsKvfold(() => demoDocuments({ seed: 1, groups: [] }), "INVALID_ARGUMENT", /groups is empty/);
   throwsKvfold(
     () => generateDemoCorpus({ seed: 1, tokensPerDocument: 100 }),
     "INVALID_ARGUMENT",
