@@ -18,6 +18,7 @@ import { cmdConvert, CONVERT } from "./convert.ts";
 import { cmdGenerate, GENERATE } from "./generate.ts";
 import { cmdInfo, INFO } from "./info.ts";
 import { cmdLogits, LOGITS } from "./logits.ts";
+import { cmdMakeDemoCorpus, MAKE_DEMO_CORPUS } from "./make_demo_corpus.ts";
 import { cmdMakeTestModel, MAKE_TEST_MODEL } from "./make_test_model.ts";
 import { cmdStore, STORE } from "./store.ts";
 import { cmdTrain, TRAIN } from "./train.ts";
@@ -29,6 +30,7 @@ export const COMMANDS: readonly { spec: CommandSpec; run: (args: string[]) => Pr
   { spec: GENERATE, run: cmdGenerate },
   { spec: LOGITS, run: cmdLogits },
   { spec: MAKE_TEST_MODEL, run: cmdMakeTestModel },
+  { spec: MAKE_DEMO_CORPUS, run: cmdMakeDemoCorpus },
   { spec: COMPRESS, run: cmdCompress },
   { spec: ASK, run: cmdAsk },
   { spec: STORE, run: cmdStore },

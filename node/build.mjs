@@ -31,6 +31,7 @@ const entryPoints = [
   ...sources("cli"),
   ...sources("testing"),
   ...sources("integrations"),
+  ...sources("demo"),
   ...sources("node"),
   "tests/reference_forward.ts",
 ];
