@@ -4,7 +4,14 @@
  * @module
  */
 
-import { ADAPTER_MODES, type AdapterMode, answerFromChunks, DocumentStore, KvfoldError, type Model } from "../mod.ts";
+import {
+  ADAPTER_MODES,
+  type AdapterMode,
+  answerFromChunks,
+  DocumentStore,
+  KvfoldError,
+  type Model,
+} from "../mod.ts";
 import {
   CACHE,
   cacheFromArgs,

@@ -80,12 +80,17 @@ export function adaptersForChunks(
 ): AdapterTerm[] {
   const mode = choice.adapterMode ?? "compose";
   if (!ADAPTER_MODES.includes(mode)) {
-    throw new RangeError(`Cannot choose adapters: adapterMode ${JSON.stringify(mode)} is not compose, best or none`);
+    throw new RangeError(
+      `Cannot choose adapters: adapterMode ${JSON.stringify(mode)} is not compose, best or none`,
+    );
   }
   if (choice.adapters !== undefined) return [...choice.adapters];
-  if (choice.adapter !== undefined) return choice.adapter === null ? [] : [{ adapter: choice.adapter, weight: 1 }];
+  if (choice.adapter !== undefined) {
+    return choice.adapter === null ? [] : [{ adapter: choice.adapter, weight: 1 }];
+  }
   const registered = new Set(model.adapters.list().map((e) => e.name));
-  const alone = (group: string | null) => group !== null && registered.has(group) ? [{ adapter: group, weight: 1 }] : [];
+  const alone = (group: string | null) =>
+    group !== null && registered.has(group) ? [{ adapter: group, weight: 1 }] : [];
   if (choice.group !== undefined) return alone(choice.group);
   if (mode === "none") return [];
   const grouped = chunks.filter((c): c is ChunkGroupScore & { group: string } =>
@@ -102,7 +107,10 @@ export function adaptersForChunks(
   const mass = new Map<string, number>(); // in first-appearance order
   for (const c of grouped) mass.set(c.group, (mass.get(c.group) ?? 0) + (scored ? c.score! : 1));
   const total = [...mass.values()].reduce((a, b) => a + b, 0);
-  let terms = [...mass].filter(([g]) => registered.has(g)).map(([g, m]) => ({ adapter: g, weight: m / total }));
+  let terms = [...mass].filter(([g]) => registered.has(g)).map(([g, m]) => ({
+    adapter: g,
+    weight: m / total,
+  }));
   if (terms.length > MAX_COMPOSED_ADAPTERS) {
     const kept = new Set(
       [...terms].sort((a, b) => b.weight - a.weight).slice(0, MAX_COMPOSED_ADAPTERS).map((t) => t.adapter),

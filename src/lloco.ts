@@ -377,7 +377,9 @@ async function* cachedAnswer(
     ...generate
   } = options;
   const resolved = [];
-  for (const t of adapters) resolved.push({ adapter: await model.adapters.acquire(t.adapter), weight: t.weight });
+  for (const t of adapters) {
+    resolved.push({ adapter: await model.adapters.acquire(t.adapter), weight: t.weight });
+  }
   // The cache key: one adapter at weight 1 by its name (as before compositions), else every term.
   const key = resolved.length === 0
     ? null

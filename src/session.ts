@@ -8,12 +8,7 @@
 import { alloc, check, native, outPointer, sym } from "./_binding.ts";
 import { HandleOwner, NativeHandle } from "./_handle.ts";
 import { int32Arg, tokenIdArg, tokenIdsArg, uint64Arg } from "./_int_args.ts";
-import {
-  type Adapter,
-  type AdapterTerm,
-  type AppliedAdapterTerm,
-  MAX_COMPOSED_ADAPTERS,
-} from "./adapter.ts";
+import { type Adapter, type AdapterTerm, type AppliedAdapterTerm, MAX_COMPOSED_ADAPTERS } from "./adapter.ts";
 import { CACHE_KINDS, type CacheKind, type CacheOptions } from "./lococo.ts";
 import { sessionParams } from "./_session_params.ts";
 import { NativeStruct } from "./_abi.ts";
@@ -301,18 +296,25 @@ export class Session extends HandleOwner {
   async #setAdapters(terms: readonly AdapterTerm[], what: string): Promise<void> {
     checkAdapterTerms(terms, what);
     const next: AppliedAdapterTerm[] = [];
-    for (const t of terms) next.push({ adapter: await this.model.adapters.acquire(t.adapter), weight: t.weight });
+    for (const t of terms) {
+      next.push({ adapter: await this.model.adapters.acquire(t.adapter), weight: t.weight });
+    }
     // Acquiring a later term may have evicted an earlier one (no session used it yet).
     const evicted = next.find((t) => t.adapter.disposed);
     if (evicted) {
       throw new KvfoldError(
         "OUT_OF_MEMORY",
-        `Cannot ${what}: the adapter budget cannot hold ${next.map((t) => t.adapter.name).join(", ")} at once ` +
+        `Cannot ${what}: the adapter budget cannot hold ${
+          next.map((t) => t.adapter.name).join(", ")
+        } at once ` +
           `(${evicted.adapter.name} was evicted to load another); raise model.adapters.budgetBytes`,
       );
     }
     const cur = this.#adapters;
-    if (next.length === cur.length && next.every((t, i) => t.adapter === cur[i].adapter && t.weight === cur[i].weight)) {
+    if (
+      next.length === cur.length &&
+      next.every((t, i) => t.adapter === cur[i].adapter && t.weight === cur[i].weight)
+    ) {
       return;
     }
     const handle = this._handle;
@@ -330,7 +332,9 @@ export class Session extends HandleOwner {
   }
 
   // The adapter or adapters a call's options select, if any.
-  async #applyAdapterOptions(options: { adapter?: Adapter | string | null; adapters?: readonly AdapterTerm[] }) {
+  async #applyAdapterOptions(
+    options: { adapter?: Adapter | string | null; adapters?: readonly AdapterTerm[] },
+  ) {
     if (options.adapter !== undefined && options.adapters !== undefined) {
       throw new TypeError("Cannot select adapters: pass either adapter or adapters, not both");
     }
@@ -511,7 +515,9 @@ export class Session extends HandleOwner {
   // the adapter, the two things a user can swap.
   #nameNonFinite(e: unknown): unknown {
     if (!(e instanceof KvfoldError) || !/is (NaN|infinite)/.test(e.message)) return e;
-    const names = this.#adapters.map((t) => t.weight === 1 ? t.adapter.name : `${t.adapter.name}×${t.weight}`);
+    const names = this.#adapters.map((t) =>
+      t.weight === 1 ? t.adapter.name : `${t.adapter.name}×${t.weight}`
+    );
     const adapter = names.length === 0 ? "no adapter" : `adapter ${names.join(" + ")}`;
     return new KvfoldError(
       "INVALID_STATE",
@@ -627,7 +633,9 @@ export class Session extends HandleOwner {
 
 // Misuse of a composition list is a TypeError or RangeError naming the term at fault.
 function checkAdapterTerms(terms: readonly AdapterTerm[], what: string): void {
-  if (!Array.isArray(terms)) throw new TypeError(`Cannot ${what}: the terms are not an array of { adapter, weight }`);
+  if (!Array.isArray(terms)) {
+    throw new TypeError(`Cannot ${what}: the terms are not an array of { adapter, weight }`);
+  }
   if (terms.length > MAX_COMPOSED_ADAPTERS) {
     throw new RangeError(
       `Cannot ${what}: ${terms.length} adapters are more than the ${MAX_COMPOSED_ADAPTERS} one session composes`,

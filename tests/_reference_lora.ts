@@ -38,7 +38,11 @@ export async function mergeLoraInto(ref: ReferenceModel, adapterDir: string, wei
 }
 
 /** Writes `ref`'s tensors as an f32 model.safetensors in `outDir`, with `srcDir`'s other files. */
-export async function writeReferenceModel(ref: ReferenceModel, srcDir: string, outDir: string): Promise<void> {
+export async function writeReferenceModel(
+  ref: ReferenceModel,
+  srcDir: string,
+  outDir: string,
+): Promise<void> {
   await Deno.mkdir(outDir, { recursive: true });
   for await (const e of Deno.readDir(srcDir)) {
     if (e.isFile && !e.name.endsWith(".safetensors") && !e.name.endsWith(".index.json")) {

@@ -11,7 +11,7 @@ import {
   type AnswerStats,
   concatVectors,
   describeAdapters,
-  KvfoldError,
+  type KvfoldError,
   MAX_COMPOSED_ADAPTERS,
   type Model,
   type RetrievedChunk,
@@ -21,7 +21,14 @@ import { sym } from "../src/_binding.ts";
 import { makeTestAdapter, makeTestLococoHeads } from "../testing/mod.ts";
 import { embedTokens, loadReferenceModel, referenceLogits } from "./reference_forward.ts";
 import { mergeLoraInto, writeReferenceModel } from "./_reference_lora.ts";
-import { relativeError, someIds, tempDir, testEngine, testModel, withCompressorAndStore } from "./_fixtures.ts";
+import {
+  relativeError,
+  someIds,
+  tempDir,
+  testEngine,
+  testModel,
+  withCompressorAndStore,
+} from "./_fixtures.ts";
 
 const root = tempDir();
 async function adapterDir(name: string, options: Parameters<typeof makeTestAdapter>[1]): Promise<string> {
@@ -37,7 +44,14 @@ async function withAdapters(
   const base = await testModel("lora-base", { seed: 5, numHeads: 4, numKeyValueHeads: 2 });
   const dirs = {
     a: await adapterDir("a", { base, seed: 41, rank: 4, alpha: 8 }),
-    b: await adapterDir("b", { base, seed: 42, rank: 8, alpha: 16, rslora: true, targetModules: ["q_proj", "v_proj"] }),
+    b: await adapterDir("b", {
+      base,
+      seed: 42,
+      rank: 8,
+      alpha: 16,
+      rslora: true,
+      targetModules: ["q_proj", "v_proj"],
+    }),
     c: await adapterDir("c", {
       base,
       seed: 43,
@@ -63,11 +77,15 @@ async function runLogits(session: Session, ids: number[], extra: number[]): Prom
   return Float32Array.from(out);
 }
 
-const sameValues = (a: Float32Array, b: Float32Array) => a.length === b.length && a.every((v, i) => v === b[i]);
+const sameValues = (a: Float32Array, b: Float32Array) =>
+  a.length === b.length && a.every((v, i) => v === b[i]);
 
 Deno.test("compose: prefill, decode and an LLoCO prefix equal the float64 reference with merged weights", async () => {
   await withAdapters(async ({ model, base, dirs }) => {
-    const mix = [{ adapter: "a", weight: 0.7 }, { adapter: "b", weight: -0.4 }, { adapter: "c", weight: 1.3 }];
+    const mix = [{ adapter: "a", weight: 0.7 }, { adapter: "b", weight: -0.4 }, {
+      adapter: "c",
+      weight: 1.3,
+    }];
     const ids = someIds(10, model.info.vocabSize, 9), extra = someIds(3, model.info.vocabSize, 10);
     const ref = await loadReferenceModel(base);
     const plain = referenceLogits(ref, [...ids, ...extra]);
@@ -88,7 +106,10 @@ Deno.test("compose: prefill, decode and an LLoCO prefix equal the float64 refere
     using p = model.session({ contextSize: 64 });
     await p.prefillEmbeddings(Float32Array.from(prefix), { adapters: mix });
     const gotPrefix = await runLogits(p, ids, extra);
-    assert.ok(relativeError(gotPrefix, wantPrefix) < 2e-5, `prefix: relative error ${relativeError(gotPrefix, wantPrefix)}`);
+    assert.ok(
+      relativeError(gotPrefix, wantPrefix) < 2e-5,
+      `prefix: relative error ${relativeError(gotPrefix, wantPrefix)}`,
+    );
   });
 });
 
@@ -105,7 +126,12 @@ Deno.test("compose: one adapter at weight 1 is setAdapter bit for bit; weight 0 
     assert.ok(!sameValues(single, base), "adapter a changed nothing");
     assert.ok(sameValues(await run((s) => s.setAdapters([{ adapter: "a", weight: 1 }])), single));
     assert.ok(sameValues(await run((s) => s.setAdapters([{ adapter: "a", weight: 0 }])), base));
-    assert.ok(sameValues(await run((s) => s.setAdapters([{ adapter: "b", weight: 0 }, { adapter: "c", weight: 0 }])), base));
+    assert.ok(
+      sameValues(
+        await run((s) => s.setAdapters([{ adapter: "b", weight: 0 }, { adapter: "c", weight: 0 }])),
+        base,
+      ),
+    );
     assert.ok(sameValues(await run((s) => s.setAdapters([])), base));
     // Through generate's and prefill's options too.
     using s = model.session({ contextSize: 32 });
@@ -127,7 +153,10 @@ Deno.test("compose: linear in the weights (A at w twice is A at 2w; the order of
     const twice = await run([{ adapter: "a", weight: 0.35 }, { adapter: "a", weight: 0.35 }]);
     const double = await run([{ adapter: "a", weight: 0.7 }]);
     assert.ok(relativeError(twice, double) < 1e-5, `relative error ${relativeError(twice, double)}`);
-    assert.ok(relativeError(double, await run([{ adapter: "a", weight: 1 }])) > 1e-3, "the weight changed nothing");
+    assert.ok(
+      relativeError(double, await run([{ adapter: "a", weight: 1 }])) > 1e-3,
+      "the weight changed nothing",
+    );
     const ab = await run([{ adapter: "a", weight: 0.6 }, { adapter: "b", weight: 0.4 }]);
     const ba = await run([{ adapter: "b", weight: 0.4 }, { adapter: "a", weight: 0.6 }]);
     assert.ok(relativeError(ab, ba) < 1e-5, `order: relative error ${relativeError(ab, ba)}`);
@@ -166,7 +195,10 @@ Deno.test("compose: a batched decode of mixed compositions equals each session d
           assert.ok(err < 1e-5, `step ${k}, row ${i}: relative error ${err}`);
         }
       }
-      assert.ok(relativeError(solo[0][1], solo[2][1]) > 1e-3, "rows must differ for the test to mean anything");
+      assert.ok(
+        relativeError(solo[0][1], solo[2][1]) > 1e-3,
+        "rows must differ for the test to mean anything",
+      );
     } finally {
       sessions.forEach((s) => s.dispose());
     }
@@ -179,7 +211,12 @@ Deno.test("compose: a LoCoCo session composing adapters equals the merged model'
   const kv = await testEngine();
   try {
     const a = await adapterDir("lococo-a", { base, seed: 61, rank: 4 });
-    const b = await adapterDir("lococo-b", { base, seed: 62, rank: 2, targetModules: ["q_proj", "v_proj", "up_proj"] });
+    const b = await adapterDir("lococo-b", {
+      base,
+      seed: 62,
+      rank: 2,
+      targetModules: ["q_proj", "v_proj", "up_proj"],
+    });
     const ref = await loadReferenceModel(base);
     await mergeLoraInto(ref, a, 0.75);
     await mergeLoraInto(ref, b, 0.5);
@@ -220,14 +257,20 @@ Deno.test("compose: a LoCoCo session composing adapters equals the merged model'
 Deno.test("compose: bad compositions are refused by name and change nothing; adapters in use stay loaded", async () => {
   await withAdapters(async ({ model, base }) => {
     using s = model.session({ contextSize: 32 });
-    await s.setAdapters([{ adapter: "a", weight: 0.5 }, { adapter: "a", weight: 0.5 }, { adapter: "b", weight: 2 }]);
+    await s.setAdapters([{ adapter: "a", weight: 0.5 }, { adapter: "a", weight: 0.5 }, {
+      adapter: "b",
+      weight: 2,
+    }]);
     const ids = someIds(4, model.info.vocabSize, 71);
     await s.prefill(ids);
     const before = s.logits();
     const a = model.adapters.get("a")!, b = model.adapters.get("b")!, c = model.adapters.get("c")!;
     assert.deepEqual([a.users, b.users, c.users], [1, 1, 0], "users count sessions, once each");
     const nine = Array.from({ length: MAX_COMPOSED_ADAPTERS + 1 }, () => ({ adapter: "a", weight: 0.1 }));
-    await assert.rejects(() => s.setAdapters(nine), (e: Error) => e instanceof RangeError && /9 adapters/.test(e.message));
+    await assert.rejects(
+      () => s.setAdapters(nine),
+      (e: Error) => e instanceof RangeError && /9 adapters/.test(e.message),
+    );
     await assert.rejects(
       () => s.setAdapters([{ adapter: "a", weight: 1 }, { adapter: "b", weight: NaN }]),
       (e: Error) => e instanceof RangeError && /term 1 has weight NaN/.test(e.message),
@@ -245,12 +288,23 @@ Deno.test("compose: bad compositions are refused by name and change nothing; ada
       const p = new BigUint64Array(Math.max(n, 1)), w = new Float32Array(Math.max(n, 1));
       ptrs.forEach((x, i) => (p[i] = BigInt(x === null ? 0 : Deno.UnsafePointer.value(x))));
       weights.forEach((x, i) => (w[i] = x));
-      const code = sym().kf_session_set_adapters(s._handle.ptr, new Uint8Array(p.buffer), new Uint8Array(w.buffer), n);
+      const code = sym().kf_session_set_adapters(
+        s._handle.ptr,
+        new Uint8Array(p.buffer),
+        new Uint8Array(w.buffer),
+        n,
+      );
       return { code, message: new Deno.UnsafePointerView(sym().kf_last_error()!).getCString() };
     };
     const ap = a._handle.ptr, bp = b._handle.ptr;
-    assert.deepEqual(native([ap, null], [1, 1]), { code: 1, message: "cannot set adapters: adapter 1 of the list is NULL" });
-    assert.deepEqual(native([ap, bp], [1, Infinity]), { code: 1, message: "cannot set adapters: weight 1 is inf, not a finite number" });
+    assert.deepEqual(native([ap, null], [1, 1]), {
+      code: 1,
+      message: "cannot set adapters: adapter 1 of the list is NULL",
+    });
+    assert.deepEqual(native([ap, bp], [1, Infinity]), {
+      code: 1,
+      message: "cannot set adapters: weight 1 is inf, not a finite number",
+    });
     assert.match(native(Array(9).fill(ap), Array(9).fill(1)).message, /n 9 is outside \[0, 8\]/);
     assert.match(native([ap], [1], -1).message, /n -1 is outside/);
     using other = await (await testEngine()).loadModel(base);
@@ -280,7 +334,8 @@ Deno.test("compose: bad compositions are refused by name and change nothing; ada
 });
 
 // A model stand-in for the rule: only its registry's names are read.
-const withNames = (...names: string[]) => ({ adapters: { list: () => names.map((name) => ({ name })) } }) as unknown as Model;
+const withNames = (...names: string[]) =>
+  ({ adapters: { list: () => names.map((name) => ({ name })) } }) as unknown as Model;
 
 Deno.test("compose: the answer rule weighs each group's adapter by its share of the retrieval scores", () => {
   const m = withNames("harbour", "farm");
@@ -291,24 +346,42 @@ Deno.test("compose: the answer rule weighs each group's adapter by its share of 
     { group: "docs", score: 4 }, // no adapter: its share stays with the base model
     { group: null, score: 9 }, // no group: no say
   ];
-  assert.deepEqual(adaptersForChunks(m, chunks), [{ adapter: "harbour", weight: 0.5 }, { adapter: "farm", weight: 0.1 }]);
+  assert.deepEqual(adaptersForChunks(m, chunks), [{ adapter: "harbour", weight: 0.5 }, {
+    adapter: "farm",
+    weight: 0.1,
+  }]);
   assert.deepEqual(adaptersForChunks(m, chunks, { adapterMode: "best" }), []); // docs, the best chunk, has none
-  assert.deepEqual(adaptersForChunks(m, chunks.slice(0, 3), { adapterMode: "best" }), [{ adapter: "harbour", weight: 1 }]);
+  assert.deepEqual(adaptersForChunks(m, chunks.slice(0, 3), { adapterMode: "best" }), [{
+    adapter: "harbour",
+    weight: 1,
+  }]);
   assert.deepEqual(adaptersForChunks(m, chunks, { adapterMode: "none" }), []);
   // Unknown scores (getChunks gives 0): each chunk counts one.
   const unscored = [{ group: "harbour", score: 0 }, { group: "farm", score: 0 }, { group: "farm" }];
-  assert.deepEqual(adaptersForChunks(m, unscored), [{ adapter: "harbour", weight: 1 / 3 }, { adapter: "farm", weight: 2 / 3 }]);
-  assert.deepEqual(adaptersForChunks(m, unscored, { adapterMode: "best" }), [{ adapter: "harbour", weight: 1 }]);
+  assert.deepEqual(adaptersForChunks(m, unscored), [{ adapter: "harbour", weight: 1 / 3 }, {
+    adapter: "farm",
+    weight: 2 / 3,
+  }]);
+  assert.deepEqual(adaptersForChunks(m, unscored, { adapterMode: "best" }), [{
+    adapter: "harbour",
+    weight: 1,
+  }]);
   // One group: exactly weight 1, today's single-adapter answer.
   assert.deepEqual(adaptersForChunks(m, [{ group: "farm", score: 0.3 }, { group: "farm", score: 0.4 }]), [
     { adapter: "farm", weight: 1 },
   ]);
   // Explicit choices win, in order: adapters, adapter, group.
-  assert.deepEqual(adaptersForChunks(m, chunks, { adapters: [{ adapter: "farm", weight: 2 }], adapter: null }), [
-    { adapter: "farm", weight: 2 },
-  ]);
+  assert.deepEqual(
+    adaptersForChunks(m, chunks, { adapters: [{ adapter: "farm", weight: 2 }], adapter: null }),
+    [
+      { adapter: "farm", weight: 2 },
+    ],
+  );
   assert.deepEqual(adaptersForChunks(m, chunks, { adapter: null }), []);
-  assert.deepEqual(adaptersForChunks(m, chunks, { group: "farm", adapterMode: "none" }), [{ adapter: "farm", weight: 1 }]);
+  assert.deepEqual(adaptersForChunks(m, chunks, { group: "farm", adapterMode: "none" }), [{
+    adapter: "farm",
+    weight: 1,
+  }]);
   // More groups with adapters than a session composes: the heaviest are kept.
   const many = withNames(...Array.from({ length: 10 }, (_, i) => `g${i}`));
   const spread = Array.from({ length: 10 }, (_, i) => ({ group: `g${i}`, score: i + 1 }));
@@ -316,13 +389,24 @@ Deno.test("compose: the answer rule weighs each group's adapter by its share of 
   assert.deepEqual(kept.map((t) => t.adapter), ["g2", "g3", "g4", "g5", "g6", "g7", "g8", "g9"]);
   assert.equal(kept[0].weight, 3 / 55);
   assert.throws(() => adaptersForChunks(m, chunks, { adapterMode: "all" as "none" }), RangeError);
-  assert.equal(describeAdapters([{ adapter: "harbour", weight: 0.5 }, { adapter: "farm", weight: 1 }]), "harbour×0.5 + farm");
+  assert.equal(
+    describeAdapters([{ adapter: "harbour", weight: 0.5 }, { adapter: "farm", weight: 1 }]),
+    "harbour×0.5 + farm",
+  );
 });
 
 Deno.test("compose: answerFromChunks over two groups decodes with the scored composition", async () => {
   const docs = [
-    { source: "ships.txt", group: "harbour", text: "The ship Aurora left the harbour at dawn with timber. ".repeat(4) },
-    { source: "bees.txt", group: "farm", text: "Bees keep the orchard alive and the hives full of honey. ".repeat(4) },
+    {
+      source: "ships.txt",
+      group: "harbour",
+      text: "The ship Aurora left the harbour at dawn with timber. ".repeat(4),
+    },
+    {
+      source: "bees.txt",
+      group: "farm",
+      text: "Bees keep the orchard alive and the hives full of honey. ".repeat(4),
+    },
   ];
   await withCompressorAndStore(async (compressor, store, dir) => {
     const model = compressor.model;
@@ -337,11 +421,20 @@ Deno.test("compose: answerFromChunks over two groups decodes with the scored com
     const answer = async (mode?: "compose" | "best" | "none") => {
       let stats: AnswerStats | undefined;
       let text = "";
-      for await (const p of answerFromChunks(model, hits, question, { ...greedy, adapterMode: mode, onStats: (s) => (stats = s) })) text += p;
+      for await (
+        const p of answerFromChunks(model, hits, question, {
+          ...greedy,
+          adapterMode: mode,
+          onStats: (s) => (stats = s),
+        })
+      ) text += p;
       return { text, stats: stats! };
     };
     const composed = await answer();
-    assert.deepEqual(composed.stats.adapters, [{ name: "harbour", weight: 0.75 }, { name: "farm", weight: 0.25 }]);
+    assert.deepEqual(composed.stats.adapters, [{ name: "harbour", weight: 0.75 }, {
+      name: "farm",
+      weight: 0.25,
+    }]);
     assert.equal(composed.stats.adapter, "harbour×0.75 + farm×0.25");
     // The same as a session given that composition by hand.
     using s = model.session({ contextSize: 64 });
@@ -357,6 +450,8 @@ Deno.test("compose: answerFromChunks over two groups decodes with the scored com
     assert.equal(best.stats.adapter, "harbour");
     const none = await answer("none");
     assert.deepEqual([none.stats.adapter, none.stats.adapters], [null, []]);
-    assert.ok(new Set([composed.stats.tokens.join(), best.stats.tokens.join(), none.stats.tokens.join()]).size >= 2);
+    assert.ok(
+      new Set([composed.stats.tokens.join(), best.stats.tokens.join(), none.stats.tokens.join()]).size >= 2,
+    );
   }, docs);
 });

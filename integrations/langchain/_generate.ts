@@ -143,8 +143,9 @@ async function* generatePieces(request: KvfoldRunRequest): AsyncGenerator<string
     const resolved = resolveKvfoldChunks(doc, request.store);
     const score = doc.metadata?.score;
     if (resolved === undefined) textDocuments.push(doc);
-    else if (typeof score === "number" && Number.isFinite(score)) chunks.push(...resolved.map((c) => ({ ...c, score })));
-    else chunks.push(...resolved);
+    else if (typeof score === "number" && Number.isFinite(score)) {
+      chunks.push(...resolved.map((c) => ({ ...c, score })));
+    } else chunks.push(...resolved);
     const group = kvfoldPayloadOf(doc)?.group ?? doc.metadata?.group;
     if (typeof group === "string" && !groups.includes(group)) groups.push(group);
   }

@@ -6,10 +6,10 @@
  */
 
 import {
+  type AdapterMode,
   type CacheOptions,
   type ChatMessage,
   type DocumentStore,
-  type AdapterMode,
   type Model,
   PrefixCache,
 } from "../../mod.ts";
