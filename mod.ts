@@ -28,8 +28,16 @@ export type {
 } from "./src/session.ts";
 export { CACHE_KINDS, LococoHeads } from "./src/lococo.ts";
 export type { CacheKind, CacheOptions, LococoHeadsInfo } from "./src/lococo.ts";
-export { Adapter, AdapterRegistry, LORA_PROJECTIONS } from "./src/adapter.ts";
-export type { AdapterEntry, AdapterInfo, LoraProjection } from "./src/adapter.ts";
+export { Adapter, AdapterRegistry, LORA_PROJECTIONS, MAX_COMPOSED_ADAPTERS } from "./src/adapter.ts";
+export type {
+  AdapterEntry,
+  AdapterInfo,
+  AdapterTerm,
+  AppliedAdapterTerm,
+  LoraProjection,
+} from "./src/adapter.ts";
+export { ADAPTER_MODES, adaptersForChunks, describeAdapters } from "./src/adapter_composition.ts";
+export type { AdapterCompositionChoice, AdapterMode, ChunkGroupScore } from "./src/adapter_composition.ts";
 export { finetuneLora, LoraTrainer, qaExampleRows, TRAIN_TENSORS } from "./src/train.ts";
 export type {
   FinetuneOptions,

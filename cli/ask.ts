@@ -4,7 +4,14 @@
  * @module
  */
 
-import { answerFromChunks, DocumentStore, KvfoldError, type Model } from "../mod.ts";
+import {
+  ADAPTER_MODES,
+  type AdapterMode,
+  answerFromChunks,
+  DocumentStore,
+  KvfoldError,
+  type Model,
+} from "../mod.ts";
 import {
   CACHE,
   cacheFromArgs,
@@ -26,8 +33,12 @@ import { decodeRate, interruptSignal, note, write } from "./_console.ts";
 export const ASK = defineCommand({
   name: "ask",
   summary: "stream an answer from the best chunks' summary vectors in the store",
-  usage: ["ask --model DIR --store FILE [--k N] [--adapter [GROUP=]DIR]... [options] QUESTION"],
-  details: "GROUP=DIR adapters are chosen by the best chunk's group; a plain DIR is used whatever\n" +
+  usage: [
+    "ask --model DIR --store FILE [--k N] [--adapter [GROUP=]DIR]... [--adapter-mode MODE] [options] QUESTION",
+  ],
+  details: "GROUP=DIR adapters are chosen by the retrieved chunks' groups: with chunks of several groups,\n" +
+    "compose (default) applies every group's adapter weighted by its share of the chunks' BM25\n" +
+    "scores, best the best chunk's group alone, none the base model. A plain DIR is used whatever\n" +
     "the group.",
   options: {
     model: str("DIR", "model folder (Hugging Face layout)"),
@@ -37,6 +48,7 @@ export const ASK = defineCommand({
     temperature: str("T", "sampling temperature (0: greedy)"),
     seed: str("S", "sampling seed"),
     adapter: many("[GROUP=]DIR", "a PEFT LoRA adapter, for one group or for all"),
+    "adapter-mode": str("MODE", "chunks of several groups: compose (default), best or none"),
     ...COMMON,
     ...CACHE,
   },
@@ -50,6 +62,13 @@ export async function cmdAsk(args: string[]) {
     throw new KvfoldError(
       "INVALID_ARGUMENT",
       "Missing QUESTION: kvfold ask --model DIR --store FILE QUESTION",
+    );
+  }
+  const mode = v["adapter-mode"] ?? "compose";
+  if (!(ADAPTER_MODES as readonly string[]).includes(mode)) {
+    throw new KvfoldError(
+      "INVALID_ARGUMENT",
+      `Cannot ask: --adapter-mode ${mode} is not one of ${ADAPTER_MODES.join(", ")}`,
     );
   }
   using store = DocumentStore.open(need(v.store, "store"), { readOnly: true });
@@ -74,6 +93,7 @@ export async function cmdAsk(args: string[]) {
   for await (
     const piece of answerFromChunks(model, chunks, question, {
       adapter: forced,
+      adapterMode: mode as AdapterMode,
       cache: cacheFromArgs(model, v),
       maxTokens: intOpt(v["max-tokens"], "max-tokens") ?? 128,
       temperature: numOpt(v.temperature, "temperature"),

@@ -83,6 +83,7 @@ const SYMBOLS = {
   kf_adapter_free: { parameters: ["pointer"], result: "i32" },
   kf_adapter_get_info: { parameters: ["pointer", "buffer"], result: "i32" },
   kf_session_set_adapter: { parameters: ["pointer", "pointer"], result: "i32" },
+  kf_session_set_adapters: { parameters: ["pointer", "buffer", "buffer", "i32"], result: "i32" },
   kf_batch_decode: { parameters: ["buffer", "buffer", "i32", "buffer"], result: "i32", nonblocking: true },
 
   kf_lora_trainer_create: { parameters: ["pointer", "buffer", "buffer"], result: "i32" },

@@ -25,6 +25,33 @@ export const LORA_PROJECTIONS = [
 /** One of {@link LORA_PROJECTIONS}. */
 export type LoraProjection = typeof LORA_PROJECTIONS[number];
 
+/** Most adapters one session composes (`KF_MAX_ADAPTERS` of the native library). */
+export const MAX_COMPOSED_ADAPTERS = 8;
+
+/**
+ * One term of an adapter composition (`session.setAdapters`): an {@link Adapter} or a name
+ * registered in `model.adapters`, and its weight. The session applies
+ * `y = W x + Σ weight_i · s_i · B_i (A_i x)`, `s_i` each adapter's own scale.
+ *
+ * @example
+ * ```ts ignore
+ * const mix: AdapterTerm[] = [{ adapter: "finance", weight: 0.7 }, { adapter: "legal", weight: 0.3 }];
+ * await session.setAdapters(mix);
+ * ```
+ */
+export interface AdapterTerm {
+  /** The adapter, or its registry name (loaded if it was evicted). */
+  adapter: Adapter | string;
+  /** Its weight: any finite number (1: the adapter as trained; 0: no effect). */
+  weight: number;
+}
+
+/** A term of the composition a session applies now, its adapter loaded. */
+export interface AppliedAdapterTerm {
+  adapter: Adapter;
+  weight: number;
+}
+
 /** What a loaded adapter holds. */
 export interface AdapterInfo {
   /** Largest rank of any adapted projection. */

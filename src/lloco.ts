@@ -5,7 +5,8 @@
  * @module
  */
 
-import { Adapter } from "./adapter.ts";
+import { Adapter, type AdapterTerm } from "./adapter.ts";
+import { type AdapterMode, adaptersForChunks, describeAdapters } from "./adapter_composition.ts";
 import type { CacheOptions } from "./lococo.ts";
 import type { Compressor } from "./compressor.ts";
 import { KvfoldError } from "./errors.ts";
@@ -109,6 +110,8 @@ export interface AnswerContext {
   source?: string;
   /** The store's chunk id, for messages. */
   chunkId?: number;
+  /** Retrieval score (higher is better): weighs the group's adapter in a composition. */
+  score?: number;
 }
 
 /**
@@ -118,12 +121,20 @@ export interface AnswerContext {
  */
 export type AnswerPrompt = string | readonly ChatMessage[] | readonly number[];
 
-/** Which adapter decodes an answer; see {@link adapterForChunks}. */
+/** Which adapters decode an answer; see {@link adaptersForChunks}. */
 export interface AdapterChoice {
   /** This adapter (an {@link Adapter} or a name registered in `model.adapters`); `null`: the base model. */
   adapter?: Adapter | string | null;
   /** Decode as this adapter group, whatever the chunks' groups; `null`: as chunks without a group. */
   group?: string | null;
+  /** This composition of adapters, as given (wins over `adapter`, `group` and `adapterMode`). */
+  adapters?: readonly AdapterTerm[];
+  /**
+   * How chunks of several adapter groups choose: `"compose"` (default; every group's adapter,
+   * weighted by its share of the retrieval scores), `"best"` (the best chunk's group alone) or
+   * `"none"` (the base model). See {@link adaptersForChunks}.
+   */
+  adapterMode?: AdapterMode;
 }
 
 /** Options of {@link answerFromChunks}. */
@@ -146,8 +157,13 @@ export interface AnswerOptions extends Omit<GenerateOptions, "prompt" | "adapter
 export interface AnswerStats extends GenerationStats {
   /** Positions the summary vectors took before the prompt. */
   prefixPositions: number;
-  /** The adapter that decoded (its registry name, or null: the base model). */
+  /**
+   * The adapter that decoded: its registry name when one adapter decoded at weight 1, the
+   * composition as one line ("harbour×0.6 + farm×0.4") when several did, null: the base model.
+   */
   adapter: string | null;
+  /** The adapters that decoded with their weights (empty: the base model). */
+  adapters: { name: string; weight: number }[];
   /** The adapter group decoded for: `group` when given, else the chunks' one group, else null. */
   group: string | null;
   /**
@@ -158,8 +174,10 @@ export interface AnswerStats extends GenerationStats {
 }
 
 /**
- * The adapter an answer decodes with (prefix and prompt alike). The one rule of every answer path (`answerFromChunks`, the CLI's `ask`, the LangChain and
- * LlamaIndex integrations):
+ * The one adapter for chunks whose groups agree on it: the single-adapter rule, for callers that need
+ * one adapter. Answers ({@link answerFromChunks}, the CLI's `ask`, the LangChain and LlamaIndex
+ * integrations) use {@link adaptersForChunks}, which composes the groups' adapters instead of
+ * refusing chunks of groups that disagree:
  *
  * 1. `choice.adapter`, when given, wins (`null`: the base model).
  * 2. Else each group names its adapter: the one registered under the group's name in
@@ -219,10 +237,12 @@ function isIds(prompt: readonly ChatMessage[] | readonly number[]): prompt is re
  * summary vectors as the prefix. Positions 0..K-1 hold the vectors (in the given order), the
  * prompt follows from K, in a fresh session with `options.cache`.
  *
- * The adapter ({@link adapterForChunks}): `options.adapter` when given (`null`: the base model);
+ * The adapters ({@link adaptersForChunks}): `options.adapters` or `options.adapter` when given;
  * else the adapter registered in `model.adapters` under the chunks' group (or `options.group`),
- * none when no adapter has that name; chunks whose groups name different adapters are refused
- * ("INVALID_ARGUMENT"), since one answer decodes with one adapter.
+ * none when no adapter has that name. Chunks of several groups decode with every group's adapter
+ * composed, each weighted by its group's share of the chunks' retrieval scores (`adapterMode:
+ * "compose"`, the default), with the best chunk's group alone (`"best"`), or with the base model
+ * (`"none"`).
  *
  * Vectors read from a store reach the model as their stored bf16 bits (joined once, never widened
  * in JavaScript); vectors built in memory go as f32. The model widens bf16 exactly, so both give
@@ -256,7 +276,7 @@ export function answerFromChunks(
       );
     }
   });
-  const adapter = adapterForChunks(model, chunks, { adapter: options.adapter, group: options.group });
+  const adapters = adaptersForChunks(model, chunks, options);
   const groups = groupsOf(chunks, options);
   const group = groups.length === 1 ? groups[0] : null;
   const prompt = typeof question === "string"
@@ -264,18 +284,37 @@ export function answerFromChunks(
     : isIds(question)
     ? [...question]
     : model.encodePrompt(question);
-  return answerStream(model, chunks, prompt, adapter, group, options);
+  return answerStream(model, chunks, prompt, adapters, group, options);
+}
+
+// The counters' adapter fields for the composition a session applied.
+function adapterStats(session: Session): Pick<AnswerStats, "adapter" | "adapters"> {
+  const terms = session.adapters;
+  return {
+    adapter: session.adapter?.name ?? (terms.length > 0 ? describeAdapters(terms) : null),
+    adapters: terms.map((t) => ({ name: t.adapter.name, weight: t.weight })),
+  };
 }
 
 async function* answerStream(
   model: Model,
   chunks: readonly AnswerContext[],
   prompt: number[],
-  adapter: Adapter | string | null,
+  adapters: AdapterTerm[],
   group: string | null,
   options: AnswerOptions,
 ): AsyncGenerator<string, AnswerStats, undefined> {
-  const { chat: _chat, cache, onStats, adapter: _adapter, group: _group, prefixCache, ...generate } = options;
+  const {
+    chat: _chat,
+    cache,
+    onStats,
+    adapter: _adapter,
+    adapters: _adapters,
+    adapterMode: _mode,
+    group: _group,
+    prefixCache,
+    ...generate
+  } = options;
   const rows = chunks.reduce((n, c) => n + c.vectors.rows, 0);
   // A full cache reserves what this answer needs; a bounded one keeps its own default size.
   const full = (cache?.kind ?? "full") === "full";
@@ -285,16 +324,16 @@ async function* answerStream(
     if (prefixCache.model !== model) {
       throw new KvfoldError("INVALID_ARGUMENT", "Cannot answer: the prefix cache serves another model");
     }
-    return yield* cachedAnswer(model, chunks, rows, prompt, adapter, group, options, needed);
+    return yield* cachedAnswer(model, chunks, rows, prompt, adapters, group, options, needed);
   }
   using session = model.session({ contextSize: full ? needed : undefined, cache });
-  await session.setAdapter(adapter);
+  await session.setAdapters(adapters);
   if (rows > 0) await prefillVectors(session, chunks, options.signal);
   yield* session.generate({ ...generate, prompt });
   const stats = {
     ...session.lastStats!,
     prefixPositions: rows,
-    adapter: session.adapter?.name ?? null,
+    ...adapterStats(session),
     group,
     reusedPositions: 0,
   };
@@ -321,21 +360,40 @@ async function* cachedAnswer(
   chunks: readonly AnswerContext[],
   rows: number,
   prompt: number[],
-  adapter: Adapter | string | null,
+  adapters: AdapterTerm[],
   group: string | null,
   options: AnswerOptions,
   needed: number,
 ): AsyncGenerator<string, AnswerStats, undefined> {
-  const { chat: _c, cache: _k, onStats, adapter: _a, group: _g, prefixCache, ...generate } = options;
-  const resolved = adapter === null ? null : await model.adapters.acquire(adapter);
+  const {
+    chat: _c,
+    cache: _k,
+    onStats,
+    adapter: _a,
+    adapters: _as,
+    adapterMode: _m,
+    group: _g,
+    prefixCache,
+    ...generate
+  } = options;
+  const resolved = [];
+  for (const t of adapters) {
+    resolved.push({ adapter: await model.adapters.acquire(t.adapter), weight: t.weight });
+  }
+  // The cache key: one adapter at weight 1 by its name (as before compositions), else every term.
+  const key = resolved.length === 0
+    ? null
+    : resolved.length === 1 && resolved[0].weight === 1
+    ? resolved[0].adapter.name
+    : JSON.stringify(resolved.map((t) => [t.adapter.name, t.weight]));
   const vectors = rows > 0 ? concatVectors(chunks.map((c) => c.vectors)) : null;
-  const { entry, common: found } = prefixCache!._acquire(vectors, resolved?.name ?? null, prompt, needed);
+  const { entry, common: found } = prefixCache!._acquire(vectors, key, prompt, needed);
   const { session } = entry;
   // At least one prompt token is prefilled: its logits are the first sample's.
   const common = found < 0 ? -1 : Math.min(found, prompt.length - 1);
   let ok = false;
   try {
-    await session.setAdapter(resolved);
+    await session.setAdapters(resolved);
     if (common < 0) {
       session.reset();
       if (rows > 0) await prefillVectors(session, chunks, options.signal);
@@ -351,7 +409,7 @@ async function* cachedAnswer(
     const stats = {
       ...last,
       prefixPositions: rows,
-      adapter: session.adapter?.name ?? null,
+      ...adapterStats(session),
       group,
       reusedPositions: common < 0 ? 0 : rows + common,
     };

@@ -8,7 +8,7 @@
 import { alloc, check, native, outPointer, sym } from "./_binding.ts";
 import { HandleOwner, NativeHandle } from "./_handle.ts";
 import { int32Arg, tokenIdArg, tokenIdsArg, uint64Arg } from "./_int_args.ts";
-import type { Adapter } from "./adapter.ts";
+import { type Adapter, type AdapterTerm, type AppliedAdapterTerm, MAX_COMPOSED_ADAPTERS } from "./adapter.ts";
 import { CACHE_KINDS, type CacheKind, type CacheOptions } from "./lococo.ts";
 import { sessionParams } from "./_session_params.ts";
 import { NativeStruct } from "./_abi.ts";
@@ -102,6 +102,11 @@ export interface GenerateOptions extends SamplingOptions {
    * `null` runs the base model; absent keeps the session's current one.
    */
   adapter?: Adapter | string | null;
+  /**
+   * Several adapters composed with weights for this request (see {@link Session.setAdapters});
+   * `[]` runs the base model; absent keeps the session's current ones. Not together with `adapter`.
+   */
+  adapters?: readonly AdapterTerm[];
   /** Runs each decode step through this batcher, together with other sessions' concurrent steps. */
   batcher?: DecodeBatcher;
 }
@@ -128,6 +133,8 @@ export interface PrefillOptions {
   onProgress?: (done: number, total: number) => void;
   /** Selects this adapter (or `null`: none) first, as {@link Session.setAdapter} does. */
   adapter?: Adapter | string | null;
+  /** Selects this composition first, as {@link Session.setAdapters} does. Not together with `adapter`. */
+  adapters?: readonly AdapterTerm[];
   /**
    * Receives each position's final-normed hidden state ([n, hidden] row major): what token
    * embeddings are pooled from (see {@link Model.embed}).
@@ -154,7 +161,7 @@ export class Session extends HandleOwner {
   /** Counters of the last finished generate(). */
   lastStats?: GenerationStats;
   #busy = false;
-  #adapter: Adapter | null = null;
+  #adapters: AppliedAdapterTerm[] = [];
 
   private constructor(handle: NativeHandle, model: Model, contextSize: number) {
     super(handle);
@@ -231,9 +238,18 @@ export class Session extends HandleOwner {
     return { slots: n, keys, values, scores };
   }
 
-  /** The LoRA adapter applied now, or null for the base model. */
+  /**
+   * The LoRA adapter applied now when it is one adapter at weight 1 (as {@link Session.setAdapter}
+   * selects), else null: the base model, or a composition ({@link Session.adapters} lists it).
+   */
   get adapter(): Adapter | null {
-    return this.#adapter;
+    const [only, ...rest] = this.#adapters;
+    return only && rest.length === 0 && only.weight === 1 ? only.adapter : null;
+  }
+
+  /** The adapters applied now with their weights (empty: the base model). */
+  get adapters(): AppliedAdapterTerm[] {
+    return this.#adapters.map((t) => ({ ...t }));
   }
 
   /**
@@ -246,14 +262,84 @@ export class Session extends HandleOwner {
   }
 
   async #setAdapter(adapter: Adapter | string | null): Promise<Adapter | null> {
-    const next = adapter === null ? null : await this.model.adapters.acquire(adapter);
-    if (next === this.#adapter) return next;
+    await this.#setAdapters(adapter === null ? [] : [{ adapter, weight: 1 }], "set adapter");
+    return this.adapter;
+  }
+
+  /**
+   * Composes several adapters, each with a weight, for every later call:
+   * `y = W x + Σ weight_i · s_i · B_i (A_i x)` on every projection they adapt (`s_i` each adapter's
+   * own scale). One adapter at weight 1 is {@link Session.setAdapter}, bit for bit; `[]` is the base
+   * model. At most {@link MAX_COMPOSED_ADAPTERS} terms; weights are finite numbers (0 and negative
+   * allowed; an adapter listed twice adds both terms). Names are acquired from `model.adapters`
+   * (loaded if evicted), and every adapter listed stays resident (never evicted, `dispose` refused)
+   * while the session uses it. Nothing is copied; positions already in the cache keep what they were
+   * computed with. A refused call (a bad term, an adapter of another model) changes nothing.
+   * Resolves to the composition now applied.
+   *
+   * @example
+   * ```ts ignore
+   * await model.adapters.load("./loras/finance", { name: "finance" });
+   * await model.adapters.load("./loras/legal", { name: "legal" });
+   * using session = model.session();
+   * await session.setAdapters([{ adapter: "finance", weight: 0.6 }, { adapter: "legal", weight: 0.4 }]);
+   * for await (const piece of session.generate({ prompt: "Q: ...", maxTokens: 32 })) console.log(piece);
+   * ```
+   */
+  setAdapters(terms: readonly AdapterTerm[]): Promise<AppliedAdapterTerm[]> {
+    return this.#exclusive("set adapters", async () => {
+      await this.#setAdapters(terms, "set adapters");
+      return this.adapters;
+    });
+  }
+
+  async #setAdapters(terms: readonly AdapterTerm[], what: string): Promise<void> {
+    checkAdapterTerms(terms, what);
+    const next: AppliedAdapterTerm[] = [];
+    for (const t of terms) {
+      next.push({ adapter: await this.model.adapters.acquire(t.adapter), weight: t.weight });
+    }
+    // Acquiring a later term may have evicted an earlier one (no session used it yet).
+    const evicted = next.find((t) => t.adapter.disposed);
+    if (evicted) {
+      throw new KvfoldError(
+        "OUT_OF_MEMORY",
+        `Cannot ${what}: the adapter budget cannot hold ${
+          next.map((t) => t.adapter.name).join(", ")
+        } at once ` +
+          `(${evicted.adapter.name} was evicted to load another); raise model.adapters.budgetBytes`,
+      );
+    }
+    const cur = this.#adapters;
+    if (
+      next.length === cur.length &&
+      next.every((t, i) => t.adapter === cur[i].adapter && t.weight === cur[i].weight)
+    ) {
+      return;
+    }
     const handle = this._handle;
-    check(sym().kf_session_set_adapter(handle.ptr, next ? next._handle.ptr : null));
-    if (this.#adapter) handle.unuse(this.#adapter._handle);
-    if (next) handle.use(next._handle);
-    this.#adapter = next;
-    return next;
+    const ptrs = alloc(Math.max(next.length, 1) * 8), weights = alloc(Math.max(next.length, 1) * 4);
+    const pv = new DataView(ptrs.buffer), wv = new DataView(weights.buffer);
+    next.forEach((t, i) => {
+      pv.setBigUint64(i * 8, BigInt(Deno.UnsafePointer.value(t.adapter._handle.ptr)), true);
+      wv.setFloat32(i * 4, t.weight, true);
+    });
+    check(sym().kf_session_set_adapters(handle.ptr, ptrs, weights, next.length));
+    const before = new Set(cur.map((t) => t.adapter)), after = new Set(next.map((t) => t.adapter));
+    for (const a of after) if (!before.has(a)) handle.use(a._handle);
+    for (const a of before) if (!after.has(a)) handle.unuse(a._handle);
+    this.#adapters = next;
+  }
+
+  // The adapter or adapters a call's options select, if any.
+  async #applyAdapterOptions(
+    options: { adapter?: Adapter | string | null; adapters?: readonly AdapterTerm[] },
+  ) {
+    if (options.adapter !== undefined && options.adapters !== undefined) {
+      throw new TypeError("Cannot select adapters: pass either adapter or adapters, not both");
+    }
+    if (options.adapter !== undefined) await this.#setAdapter(options.adapter);
+    else if (options.adapters !== undefined) await this.#setAdapters(options.adapters, "set adapters");
   }
 
   /** @internal marks the session busy for a call made from outside (a batched decode). */
@@ -303,7 +389,7 @@ export class Session extends HandleOwner {
 
   async #prefill(ids: readonly number[] | Int32Array, options: PrefillOptions): Promise<Float32Array | null> {
     if (ids.length === 0) throw new KvfoldError("INVALID_ARGUMENT", "Cannot prefill: no token ids given");
-    if (options.adapter !== undefined) await this.#setAdapter(options.adapter);
+    await this.#applyAdapterOptions(options);
     const vocab = this.model.info.vocabSize;
     const idBuf = tokenIdsArg("prefill", ids, vocab);
     const logits = options.logits === "all"
@@ -397,7 +483,7 @@ export class Session extends HandleOwner {
         );
       }
       const hiddenBuf = hiddenOut ? new Float32Array(new ArrayBuffer(hiddenOut.byteLength)) : null;
-      if (options.adapter !== undefined) await this.#setAdapter(options.adapter);
+      await this.#applyAdapterOptions(options);
       await this._handle.runControlled(
         (ptr, ctl) =>
           sym().kf_session_prefill_embeddings(ptr, buf, dtypeId, rows, hidden, logits, hiddenBuf, ctl.buf),
@@ -429,7 +515,10 @@ export class Session extends HandleOwner {
   // the adapter, the two things a user can swap.
   #nameNonFinite(e: unknown): unknown {
     if (!(e instanceof KvfoldError) || !/is (NaN|infinite)/.test(e.message)) return e;
-    const adapter = this.#adapter ? `adapter ${this.#adapter.name}` : "no adapter";
+    const names = this.#adapters.map((t) =>
+      t.weight === 1 ? t.adapter.name : `${t.adapter.name}×${t.weight}`
+    );
+    const adapter = names.length === 0 ? "no adapter" : `adapter ${names.join(" + ")}`;
     return new KvfoldError(
       "INVALID_STATE",
       `${
@@ -468,7 +557,7 @@ export class Session extends HandleOwner {
       const stopIds = new Set<number>(options.stopTokens ?? []);
       const eosIds = new Set<number>(options.ignoreEos ? [] : this.model.eosTokenIds);
       const s = sym();
-      if (options.adapter !== undefined) await this.#setAdapter(options.adapter);
+      await this.#applyAdapterOptions(options);
       const { batcher } = options;
       if (batcher && batcher.model !== this.model) {
         throw new KvfoldError("INVALID_ARGUMENT", "Cannot generate: the batcher serves another model");
@@ -540,6 +629,30 @@ export class Session extends HandleOwner {
       this.#busy = false;
     }
   }
+}
+
+// Misuse of a composition list is a TypeError or RangeError naming the term at fault.
+function checkAdapterTerms(terms: readonly AdapterTerm[], what: string): void {
+  if (!Array.isArray(terms)) {
+    throw new TypeError(`Cannot ${what}: the terms are not an array of { adapter, weight }`);
+  }
+  if (terms.length > MAX_COMPOSED_ADAPTERS) {
+    throw new RangeError(
+      `Cannot ${what}: ${terms.length} adapters are more than the ${MAX_COMPOSED_ADAPTERS} one session composes`,
+    );
+  }
+  terms.forEach((t, i) => {
+    if (t === null || typeof t !== "object" || t.adapter === null || t.adapter === undefined) {
+      throw new TypeError(`Cannot ${what}: term ${i} has no adapter (pass [] for the base model)`);
+    }
+    if (typeof t.weight !== "number" || !Number.isFinite(t.weight)) {
+      throw new RangeError(`Cannot ${what}: term ${i} has weight ${t.weight}, not a finite number`);
+    }
+    // The native weight is an f32: a finite double past its range would become infinity there.
+    if (!Number.isFinite(Math.fround(t.weight))) {
+      throw new RangeError(`Cannot ${what}: term ${i} has weight ${t.weight}, past the f32 range`);
+    }
+  });
 }
 
 function createSampler(o: SamplingOptions): { ptr: Deno.PointerValue } {

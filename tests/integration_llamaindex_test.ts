@@ -231,16 +231,18 @@ Deno.test("llamaindex LLM: abort mid-stream, early break, bad contexts", async (
     const after = await llm.complete({ prompt: QUESTION, contexts: hits, maxTokens: 2 });
     assert.equal((after.raw as { generatedTokens: number }).generatedTokens, 2);
 
-    // Contexts from two adapter groups whose adapters differ (a LoRA for "a", none for "b") need an
-    // explicit group; vectors of another width are refused.
+    // Contexts from two adapter groups whose adapters differ (a LoRA for "a", none for "b") compose
+    // (by default; "best" takes the best context's group) or follow an explicit group; vectors of
+    // another width are refused.
     await makeTestAdapter(`${dir}/a-lora`, { base: model.dir, rank: 4, seed: 3 });
     await model.adapters.load(`${dir}/a-lora`, { name: "a" });
     const mixed = [{ ...hits[0], group: "a" }, { ...hits[1], group: "b" }];
-    await assert.rejects(
-      () => llm.complete({ prompt: QUESTION, contexts: mixed }),
-      (e: unknown) =>
-        e instanceof KvfoldError && e.code === "INVALID_ARGUMENT" && /groups a, b/.test(e.message),
-    );
+    const composed = await llm.complete({ prompt: QUESTION, contexts: mixed, maxTokens: 1 });
+    // Weighted by the BM25 scores: a's share of the two contexts' scores; b's share stays base.
+    const share = hits[0].score / (hits[0].score + hits[1].score);
+    assert.deepEqual((composed.raw as { adapters: unknown }).adapters, [{ name: "a", weight: share }]);
+    const best = await llm.complete({ prompt: QUESTION, contexts: mixed, adapterMode: "best", maxTokens: 1 });
+    assert.equal((best.raw as { adapter: string }).adapter, "a");
     const chosen = await llm.complete({ prompt: QUESTION, contexts: mixed, group: "b", maxTokens: 1 });
     assert.equal((chosen.raw as { group: string }).group, "b");
     const narrow = { vectors: { rows: 1, hidden: 3, data: new Float32Array(3) } };

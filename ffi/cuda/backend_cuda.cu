@@ -47,7 +47,7 @@ class CudaBackend final : public Backend {
     s.ws.row_session.assign(B, nullptr);
     s.ws.row_pos.assign(B, 0);
     s.ws.row_slot.assign(B, 0);
-    s.ws.row_adapter.assign(B, nullptr);
+    s.ws.row_mix.assign(B, nullptr);
     s.device = cuda::session_alloc(s);
   }
   int64_t session_kv_bytes(const kf_session &s) const override { return cuda::session_kv_bytes(dev(s)); }
@@ -61,7 +61,7 @@ class CudaBackend final : public Backend {
     ws.row_session.assign(size_t(rows), nullptr);
     ws.row_pos.assign(size_t(rows), 0);
     ws.row_slot.assign(size_t(rows), 0);
-    ws.row_adapter.assign(size_t(rows), nullptr);
+    ws.row_mix.assign(size_t(rows), nullptr);
   }
 
   void forward(const kf_model &m, Workspace &ws, int32_t n, kf_session *session, const ChunkInput &in, float *logits,
@@ -71,7 +71,7 @@ class CudaBackend final : public Backend {
     rows.session = ws.row_session.data();
     rows.pos = ws.row_pos.data();
     rows.slot = ws.row_slot.data();
-    rows.adapter = ws.row_adapter.data();
+    rows.mix = ws.row_mix.data();
     cuda::forward(m, session, rows, in, logits, all_logits, ctl);
   }
 

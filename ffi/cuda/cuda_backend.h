@@ -75,7 +75,7 @@ BackendStatePtr heads_upload(kf_lococo_heads &h);  // a Heads
 
 // The device forward with forward_rows' semantics: row r runs at position pos[r], writes its key and
 // value at cache slot slot[r] of session[r]'s cache and attends to that cache's slots [0, slot[r]]
-// (Mistral's sliding window applied), with adapter[r] (or none). Rows of one session at consecutive
+// (Mistral's sliding window applied), with the adapters of mix[r] (NULL: none). Rows of one session at consecutive
 // positions must be contiguous (a prefill chunk); rows of different sessions never see each other.
 // logits: [n, vocab] when all_logits, else [vocab] for the last row. scratch: the session whose
 // scratch the call may use (single-session calls) or NULL (batch decode: the engine's own, grown as
@@ -85,7 +85,7 @@ struct Rows {
   kf_session *const *session = nullptr;  // [n]
   const int32_t *pos = nullptr;          // [n]
   const int32_t *slot = nullptr;         // [n]
-  const kf_adapter *const *adapter = nullptr;  // [n]
+  const AdapterMix *const *mix = nullptr;  // [n]
 };
 void forward(const kf_model &m, kf_session *scratch, const Rows &rows, const ChunkInput &in, float *logits,
              bool all_logits, kf_control *ctl);

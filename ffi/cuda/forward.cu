@@ -28,6 +28,7 @@ namespace {
 // What one forward launches, fixed before anything is enqueued (and the key of a captured decode graph).
 struct Plan {
   int32_t T = 0, n_blocks = 0, n_splits = 1, max_rank = 0;
+  int32_t lora_terms = 0;  // most adapters any row composes (one shrink and expand each)
   uint32_t lora_mask = 0;
   int32_t first = 0;  // first row whose logits are computed (T - 1 unless all_logits)
   bool scoring = false;  // some row's session ranks its slots by score
@@ -48,7 +49,7 @@ struct Scratch {
   DevBuf hidden;   // [rows, H] f32 final-normed rows (hidden_out)
   DevBuf rope_cs;  // [rows, hd/2, 2] f32
   DevBuf embeds;   // [rows, H] caller rows in their own dtype (<= 4 bytes each)
-  DevBuf meta;     // RowMeta[rows], AttnBlock[rows], int32 ids[rows]: the per-call upload
+  DevBuf meta;     // RowMeta[rows], AttnBlock[rows], int32 ids[rows], LoraTermsDev[rows]: the per-call upload
   DevBuf partial;  // [kMaxSplits, split_rows, nh, hd + 2] f32 split-KV partials
   DevBuf lora_tmp; // [rows, lora_rank] f32: A x of each row
   HostBuf staging; // pinned host copy of `meta`
@@ -144,9 +145,12 @@ Heads &dev(const kf_lococo_heads &h) { return static_cast<Heads &>(*h.device); }
 
 namespace {
 
-size_t meta_bytes(int32_t rows) {
-  return size_t(rows) * (sizeof(RowMeta) + sizeof(AttnBlock) + sizeof(int32_t));
+// The row table's parts, in upload order; LoraTermsDev holds pointers, so it starts 8-byte aligned.
+size_t terms_offset(int32_t rows) {
+  const size_t b = size_t(rows) * (sizeof(RowMeta) + sizeof(AttnBlock) + sizeof(int32_t));
+  return (b + 15) / 16 * 16;
 }
+size_t meta_bytes(int32_t rows) { return terms_offset(rows) + size_t(rows) * sizeof(LoraTermsDev); }
 
 void scratch_init(Scratch &w, Engine &e, const kf_model &m, int32_t rows) {
   const ModelConfig &c = m.cfg;
@@ -355,19 +359,26 @@ Plan plan_forward(const kf_model &m, Engine &e, Scratch &ws, const Rows &rows, c
   p.T = rows.n;
   if (p.T < 1 || p.T > ws.rows) raise(KF_ERR_INTERNAL, "cannot run the model: %d rows for a scratch of %d", p.T, ws.rows);
   p.first = all_logits ? 0 : p.T - 1;
-  // Adapters of the rows: the largest rank sizes the LoRA scratch, the union of masks picks the passes.
+  // Adapters of the rows: the largest rank sizes the LoRA scratch (terms run one after another and
+  // reuse it), the union of masks picks the passes, the longest composition the terms to run.
   for (int32_t r = 0; r < p.T; r++) {
-    if (const kf_adapter *a = rows.adapter[r]) {
+    const AdapterMix *mix = rows.mix[r];
+    for (int32_t i = 0; mix && i < mix->n; i++) {
+      const kf_adapter *a = mix->adapter[i];
       if (!a->device) raise(KF_ERR_INTERNAL, "cannot run the model: an adapter has no device copy");
       p.max_rank = std::max(p.max_rank, dev(*a).max_rank);
       p.lora_mask |= dev(*a).proj_mask;
     }
+    if (mix) p.lora_terms = std::max(p.lora_terms, mix->n);
   }
   reserve_lora(ws, e, p.max_rank);
 
   auto *meta = static_cast<RowMeta *>(ws.staging.get());
   auto *blocks = reinterpret_cast<AttnBlock *>(meta + ws.rows);
   auto *ids = reinterpret_cast<int32_t *>(blocks + ws.rows);
+  auto *terms = reinterpret_cast<LoraTermsDev *>(static_cast<uint8_t *>(ws.staging.get()) + terms_offset(ws.rows));
+  const auto *terms_dev =
+      reinterpret_cast<const LoraTermsDev *>(static_cast<const uint8_t *>(ws.meta.get()) + terms_offset(ws.rows));
   const int32_t window = c.sliding_window;
   int32_t max_capacity = 0;
   ws.zero_scores.clear();
@@ -382,7 +393,17 @@ Plan plan_forward(const kf_model &m, Engine &e, Scratch &ws, const Rows &rows, c
     rm.k = ds.k.get();
     rm.v = ds.v.get();
     rm.layer_stride = ds.layer_stride;
-    rm.lora = rows.adapter[r] ? dev(*rows.adapter[r]).table.as<const LoraPairDev>() : nullptr;
+    rm.lora = nullptr;
+    if (const AdapterMix *mix = rows.mix[r]; mix && mix->n > 0) {
+      LoraTermsDev &lt = terms[r];
+      lt = LoraTermsDev{};
+      lt.n = mix->n;
+      for (int32_t i = 0; i < mix->n; i++) {
+        lt.table[i] = dev(*mix->adapter[i]).table.as<const LoraPairDev>();
+        lt.weight[i] = mix->weight[i];
+      }
+      rm.lora = terms_dev + r;
+    }
     rm.score = ds.score.as<float>();
     rm.score_stride = int64_t(sess->cache.capacity) * c.n_kv_heads;
     ids[r] = in.tokens ? in.tokens[r] : 0;
@@ -452,7 +473,8 @@ void enqueue_forward(const kf_model &m, Model &dm, Engine &e, Scratch &ws, const
   float *gate = ws.gate.as<float>(), *up = ws.up.as<float>();
   float *lt = ws.lora_tmp.as<float>();
   auto lora = [&](int l, int proj, const void *xin, int32_t n_in, float *y, int32_t n_out) {
-    if (p.lora_mask & (1u << proj)) lora_apply(xin, dt, meta_dev, T, l, proj, n_in, n_out, p.max_rank, lt, y, s);
+    if (p.lora_mask & (1u << proj))
+      lora_apply(xin, dt, meta_dev, T, l, proj, n_in, n_out, p.max_rank, p.lora_terms, lt, y, s);
   };
   for (int32_t l = 0; l < c.n_layers; l++) {
     check_cancel(ctl, "run the model");
@@ -505,7 +527,7 @@ bool graphs_enabled() {
 bool replay_decode_graph(const kf_model &m, Model &dm, Engine &e, Scratch &ws, const Plan &p, const ChunkInput &in) {
   if (ws.graph_failed || !graphs_enabled()) return false;
   const bool same = ws.graph_exec && ws.graph_plan.n_splits == p.n_splits && ws.graph_plan.max_rank == p.max_rank &&
-                    ws.graph_plan.lora_mask == p.lora_mask && ws.graph_lora == ws.lora_tmp.get();
+                    ws.graph_plan.lora_mask == p.lora_mask && ws.graph_plan.lora_terms == p.lora_terms && ws.graph_lora == ws.lora_tmp.get();
   if (!same) {
     if (ws.graph_exec) cudaGraphExecDestroy(ws.graph_exec);
     ws.graph_exec = nullptr;

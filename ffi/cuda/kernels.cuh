@@ -16,6 +16,18 @@ struct LoraPairDev {
   int32_t pad = 0;
 };
 
+// Most adapters one row composes (KF_MAX_ADAPTERS).
+constexpr int kMaxLoraTerms = 8;
+
+// The adapters of one row (kf::AdapterMix on the device): term i adds weight[i] · B (A x) with the
+// pairs of table[i] ([n_layers * 7] of that adapter). Uploaded with the row table.
+struct LoraTermsDev {
+  const LoraPairDev *table[kMaxLoraTerms];
+  float weight[kMaxLoraTerms];
+  int32_t n;
+  int32_t pad;
+};
+
 // Per row of a forward, uploaded once per call.
 struct RowMeta {
   int32_t pos;    // absolute position (RoPE)
@@ -24,7 +36,7 @@ struct RowMeta {
   int32_t pad;
   void *k, *v;            // the row's session cache: [n_layers, capacity, n_kv, hd] in dt
   int64_t layer_stride;   // elements per layer of k and v (capacity * n_kv * hd)
-  const LoraPairDev *lora;  // [n_layers * 7] of the row's adapter, NULL for none
+  const LoraTermsDev *lora;  // the row's adapters (in the uploaded row table), NULL for none
   float *score;           // the session's slot scores [n_layers, capacity, n_kv] (lococo, h2o), else NULL
   int64_t score_stride;   // elements per layer of score (capacity * n_kv)
 };
@@ -83,11 +95,12 @@ void swiglu(const float *gate, const float *up, int64_t n, void *out, DType dt, 
 void add_bias(float *y, const float *b, int32_t T, int32_t N, cudaStream_t s);
 
 // ---- lora.cu ----
-// BGMV: every row uses its own adapter (rows[t].lora, NULL = none), pair `layer * 7 + proj`.
-// tmp[t, j] = A_t[j, :] · x[t, :] (j < rank_t); y[t, :] += tmp[t, :rank_t] · Bt_t.
+// BGMV: every row uses its own adapters (rows[t].lora, NULL = none), pair `layer * 7 + proj` of each.
+// For each term i < n_terms: tmp[t, j] = A_ti[j, :] · x[t, :] (j < rank_ti);
+// y[t, :] += w_ti · tmp[t, :rank_ti] · Bt_ti (rows with fewer terms skip the rest).
 // x: [T, in] dt; y: [T, out] f32; tmp: [T, max_rank] f32.
 void lora_apply(const void *x, DType dt, const RowMeta *rows, int32_t T, int32_t layer, int32_t proj, int32_t in,
-                int32_t out, int32_t max_rank, float *tmp, float *y, cudaStream_t s);
+                int32_t out, int32_t max_rank, int32_t n_terms, float *tmp, float *y, cudaStream_t s);
 
 // ---- lococo.cu ----
 // One layer's LoCoCo fusion for all KV heads (see lococo.cu). K, V: the layer's [capacity, nkv, hd]

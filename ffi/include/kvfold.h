@@ -314,7 +314,7 @@ typedef struct kf_adapter kf_adapter;
 typedef struct kf_adapter_info {
   int32_t max_rank;  /* largest rank of any adapted projection                                    */
   uint32_t proj_mask; /* bit p set when projection p is adapted: 0 q, 1 k, 2 v, 3 o, 4 gate, 5 up, 6 down */
-  int32_t n_users;   /* sessions whose current adapter this is                                    */
+  int32_t n_users;   /* sessions whose current adapter this is (or one of whose composed adapters)  */
   int32_t rslora;    /* 1 when the scale is alpha / sqrt(r) (use_rslora)                           */
   double alpha;      /* lora_alpha                                                                */
   int64_t n_params;  /* LoRA parameters                                                           */
@@ -341,9 +341,26 @@ KF_API kf_status kf_adapter_get_info(const kf_adapter *adapter, kf_adapter_info 
  * model. Positions already in the cache keep what they were computed with. */
 KF_API kf_status kf_session_set_adapter(kf_session *session, kf_adapter *adapter);
 
+/* Most adapters kf_session_set_adapters composes. */
+#define KF_MAX_ADAPTERS 8
+/* Makes later calls on the session apply n adapters at once, each with its weight (adapter
+ * composition):  y = W x + sum_i weights[i] * s_i * B_i (A_i x),  s_i each adapter's own scale.
+ * n in [0, KF_MAX_ADAPTERS]; n = 0 returns to the base model (adapters and weights may then be NULL).
+ * Every adapter must be non-NULL and belong to the session's model; every weight must be finite (0
+ * and negative weights are allowed; an adapter may appear more than once, its terms add up).
+ * kf_session_set_adapter(s, a) is this with one adapter of weight 1 and gives the same results bit
+ * for bit. Pointers are kept, nothing is copied: each adapter listed counts the session once in its
+ * n_users, so kf_adapter_free refuses it until the session selects other adapters or is freed.
+ * Positions already in the cache keep what they were computed with. On failure (KF_ERR_INVALID_ARGUMENT
+ * naming the entry at fault, or KF_ERR_OUT_OF_MEMORY growing the LoRA scratch) nothing changes.
+ * Works with every cache kind, prefill, decode and kf_batch_decode, on the cpu and cuda backends. */
+KF_API kf_status kf_session_set_adapters(kf_session *session, kf_adapter *const *adapters, const float *weights,
+                                         int32_t n);
+
 /* One decode step over several sessions of one model: session i takes token ids[i] at its position
- * n_past. The weights are read once for all rows; each row uses its session's adapter (rows grouped
- * by adapter, as Punica's SGMV does) or none. Every session ends as if kf_session_decode had run on
+ * n_past. The weights are read once for all rows; each row uses its session's adapter, composition of
+ * adapters (kf_session_set_adapters) or none; rows are grouped by composition (equal adapters and
+ * weights in the same order), as Punica's SGMV groups rows by adapter. Every session ends as if kf_session_decode had run on
  * it alone. Sessions must be distinct; n in [1, 4096]. On failure no session changes. */
 KF_API kf_status kf_batch_decode(kf_session *const *sessions, const int32_t *ids, int32_t n, kf_control *control);
 

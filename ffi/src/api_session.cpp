@@ -42,7 +42,7 @@ kf_status kf_session_create(kf_model *model, const kf_session_params *params, kf
 kf_status kf_session_free(kf_session *session) {
   return guarded("free session", [&] {
     if (!session) return;
-    if (session->adapter) session->adapter->n_users--;
+    kf::session_release_adapters(*session);
     if (session->cache.heads) const_cast<kf_lococo_heads *>(session->cache.heads)->n_users--;
     session->model->n_sessions--;
     delete session;
@@ -229,7 +229,34 @@ kf_status kf_session_set_adapter(kf_session *session, kf_adapter *adapter) {
     KF_REQUIRE(session, "set adapter", "session is NULL");
     if (adapter && adapter->model != session->model)
       kf::raise(KF_ERR_INVALID_ARGUMENT, "cannot set adapter: it was loaded for another model than the session's");
-    kf::session_set_adapter(*session, adapter);
+    kf::AdapterMix mix;  // one adapter with weight 1, or none
+    if (adapter) {
+      mix.n = 1;
+      mix.adapter[0] = adapter;
+      mix.weight[0] = 1.0f;
+    }
+    kf::session_set_adapters(*session, mix);
+  });
+}
+
+kf_status kf_session_set_adapters(kf_session *session, kf_adapter *const *adapters, const float *weights, int32_t n) {
+  return guarded("set adapters", [&] {
+    KF_REQUIRE(session, "set adapters", "session is NULL");
+    KF_REQUIRE(n >= 0 && n <= KF_MAX_ADAPTERS, "set adapters", "n %d is outside [0, %d]", n, KF_MAX_ADAPTERS);
+    KF_REQUIRE(n == 0 || (adapters && weights), "set adapters", "adapters or weights is NULL for %d adapters", n);
+    kf::AdapterMix mix;
+    for (int32_t i = 0; i < n; i++) {
+      KF_REQUIRE(adapters[i], "set adapters", "adapter %d of the list is NULL", i);
+      if (adapters[i]->model != session->model)
+        kf::raise(KF_ERR_INVALID_ARGUMENT,
+                  "cannot set adapters: adapter %d was loaded for another model than the session's", i);
+      KF_REQUIRE(std::isfinite(weights[i]), "set adapters", "weight %d is %g, not a finite number", i,
+                 double(weights[i]));
+      mix.adapter[i] = adapters[i];
+      mix.weight[i] = weights[i];
+    }
+    mix.n = n;
+    kf::session_set_adapters(*session, mix);
   });
 }
 

@@ -26,6 +26,7 @@ struct kf_lococo_heads;
 
 namespace kf {
 
+struct AdapterMix;
 struct ChunkInput;
 struct Workspace;
 
@@ -74,15 +75,16 @@ class Backend {
   // Bytes of KV cache, and of scratch held outside the host structures, of a session.
   virtual int64_t session_kv_bytes(const kf_session &s) const = 0;
   virtual int64_t session_device_scratch_bytes(const kf_session &s) const = 0;
-  // Sizes ws for one batch step of `rows` rows (one per session) over caches of up to max_ctx slots.
+  // Sizes ws for one batch step of `rows` rows (one per session) over caches of up to max_ctx slots;
+  // max_rank: the largest rank sum of the rows' compositions (LoRA scratch columns).
   virtual void batch_workspace(Workspace &ws, const kf_model &m, int32_t rows, int32_t max_ctx, bool with_scores,
                                int32_t max_rank) const = 0;
 
   // ---- the forward ----
   // Runs `rows` rows (<= ws.rows) of ws's row table: row r at position ws.row_pos[r], writing its key
   // and value at slot ws.row_slot[r] of ws.row_session[r]'s cache and attending to that cache's slots
-  // [0, slot], with ws.row_adapter[r] (or none). Rows of one session at consecutive positions must be contiguous (a
-  // chunk), rows of one adapter should be (LoRA runs segments); rows of different sessions never see
+  // [0, slot], with the adapters of ws.row_mix[r] (or none). Rows of one session at consecutive positions must be
+  // contiguous (a chunk), rows of one composition should be (LoRA runs segments); rows of different sessions never see
   // each other. logits: [rows, vocab] when all_logits, else [vocab] for the last row. session: the one
   // session all rows belong to (its scratch may be used), or NULL for a batch of sessions.
   virtual void forward(const kf_model &m, Workspace &ws, int32_t rows, kf_session *session, const ChunkInput &in,

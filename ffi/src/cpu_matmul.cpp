@@ -407,30 +407,31 @@ void lora_add(ThreadPool &pool, const float *x, int64_t in, float *y, int64_t ou
   // work: bytes of A and B the call streams, scaled up by rows per eighth (compute grows with rows).
   int64_t n_a_tasks = 0, work = 0;
   for (int32_t s = 0; s < n_segs; s++) {
-    if (segs[s].rank > tmp_stride)
-      raise(KF_ERR_INTERNAL, "cannot apply LoRA: rank %d is above the scratch stride %lld", segs[s].rank,
-            (long long)tmp_stride);
+    if (segs[s].col < 0 || int64_t(segs[s].col) + segs[s].rank > tmp_stride)
+      raise(KF_ERR_INTERNAL, "cannot apply LoRA: columns %d + rank %d are past the scratch stride %lld", segs[s].col,
+            segs[s].rank, (long long)tmp_stride);
     n_a_tasks += segs[s].rank;
     work += int64_t(segs[s].rank) * (in + out) * int64_t(sizeof(float)) * std::max(1, segs[s].n_rows / 8);
   }
   if (n_a_tasks == 0) return;
-  // Pass 1: tmp[r, j] = A[j] . x[r]; one task per (segment, j), looping over the segment's rows.
+  // Pass 1: tmp[r, col + j] = A[j] . x[r]; one task per (segment, j), looping over the segment's rows.
   auto pass_a = [&](int64_t task, int) {
     int32_t s = 0;
     while (task >= segs[s].rank) task -= segs[s++].rank;
     const LoraSegment &g = segs[s];
     const float *a = g.a + task * in;
-    for (int32_t r = g.row0; r < g.row0 + g.n_rows; r++) tmp[r * tmp_stride + task] = dot_f32(a, x + r * in, in);
+    for (int32_t r = g.row0; r < g.row0 + g.n_rows; r++) tmp[r * tmp_stride + g.col + task] = dot_f32(a, x + r * in, in);
   };
-  // Pass 2: y[r, o0:o1] += sum_j tmp[r, j] Bt[j, o0:o1], in blocks of output features.
+  // Pass 2: y[r, o0:o1] += weight · sum_j tmp[r, col + j] Bt[j, o0:o1], in blocks of output features.
+  // Segments over the same rows (a composition's terms) add into the same block one after another.
   constexpr int64_t kBlock = 256;
   auto pass_b = [&](int64_t blk, int) {
     const int64_t o0 = blk * kBlock, n = std::min(out, o0 + kBlock) - o0;
     for (int32_t s = 0; s < n_segs; s++) {
       const LoraSegment &g = segs[s];
       for (int32_t r = g.row0; r < g.row0 + g.n_rows; r++) {
-        const float *t = tmp + r * tmp_stride;
-        for (int32_t j = 0; j < g.rank; j++) axpy_f32(t[j], g.bt + j * out + o0, y + r * out + o0, n);
+        const float *t = tmp + r * tmp_stride + g.col;
+        for (int32_t j = 0; j < g.rank; j++) axpy_f32(g.weight * t[j], g.bt + j * out + o0, y + r * out + o0, n);
       }
     }
   };

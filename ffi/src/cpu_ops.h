@@ -50,17 +50,21 @@ void matmul_strided(ThreadPool &pool, const float *x, int64_t x_stride, const vo
 void matmul_nn(ThreadPool &pool, const float *x, const void *W, DType dt, float *y, int64_t T, int64_t K, int64_t N,
                int64_t w_stride = 0);
 
-// A run of consecutive rows that share one LoRA pair (one adapter), as Punica's SGMV groups them.
+// A run of consecutive rows that share one LoRA pair (one adapter term), as Punica's SGMV groups them.
+// Rows composing several adapters have one segment per term over the same rows, each with its own
+// columns of the scratch.
 struct LoraSegment {
   const float *a;   // [rank, in]
   const float *bt;  // [rank, out]: B transposed, scale folded in
   int32_t rank;
   int32_t row0, n_rows;
+  float weight;     // the term's composition weight (1: a single adapter)
+  int32_t col;      // first scratch column of this term's A x
 };
 
-// For each segment, y[r] += B (A x[r]) over its rows r in [row0, row0 + n_rows):
+// For each segment, y[r] += weight · B (A x[r]) over its rows r in [row0, row0 + n_rows):
 //   x:   [rows, in] f32;  y: [rows, out] f32, accumulated into
-//   tmp: [rows, tmp_stride] f32 scratch, tmp_stride >= every segment's rank
+//   tmp: [rows, tmp_stride] f32 scratch, tmp_stride >= every segment's col + rank
 // Two passes: A x for every (segment, rank row), each A row read once per segment; then blocks of
 // output features, each B row block read once per segment. Small calls (a decode step's few dozen
 // KiB of A and B) run on the calling thread; larger ones over the pool. Rows without a segment are

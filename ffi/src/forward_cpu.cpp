@@ -37,18 +37,19 @@ void Workspace::init(const kf_model &m, int32_t n_rows, int32_t n_ctx, bool with
   row_session.assign(B, nullptr);
   row_pos.assign(B, 0);
   row_slot.assign(B, 0);
-  row_adapter.assign(B, nullptr);
-  lora_segments.reserve(B);
+  row_mix.assign(B, nullptr);
+  lora_segments.reserve(B * size_t(kMaxAdapterTerms));
   // Blocks are at most kAttnRows rows of one session; a batch of sessions has one block per row.
   const size_t max_blocks = size_t(n_rows) <= size_t(kAttnRows) ? B : (B + kAttnRows - 1) / kAttnRows + 1;
   col_sums.assign(with_scores ? max_blocks * size_t(c.n_heads) * size_t(n_ctx) : 0, 0.0f);
   block_keys.assign(max_blocks, {0, 0});
 }
 
-void Workspace::reserve_lora(int32_t max_rank) {
-  const size_t need = size_t(rows) * size_t(std::max(max_rank, 0));
-  if (lora_tmp.size() < need) lora_tmp.assign(need, 0.0f);
-  lora_rank = std::max(lora_rank, max_rank);
+void Workspace::reserve_lora(int32_t rank_sum) {
+  if (rank_sum <= lora_rank) return;
+  // The stride grows, so the scratch is laid out anew for it (its contents live within one call).
+  lora_tmp.assign(size_t(rows) * size_t(rank_sum), 0.0f);
+  lora_rank = rank_sum;
 }
 
 int64_t Workspace::bytes() const {
@@ -67,17 +68,22 @@ double Workspace::estimate_bytes(const kf_model &m, int32_t n_rows, int32_t n_ct
 
 namespace {
 
-// y[rows] += B (A x) for the rows whose adapter adapts projection `p` of layer `l`; x: [rows, in], y: [rows, out].
+// y[rows] += sum_i w_i B_i (A_i x) over the terms of each row's mix that adapt projection `p` of layer
+// `l`; x: [rows, in], y: [rows, out]. A run of rows with one mix gives one segment per term, each term's
+// A x in its own scratch columns.
 void apply_lora(ThreadPool &pool, Workspace &ws, int32_t rows, int64_t l, Proj p, const float *x, int64_t in, float *y,
                 int64_t out) {
   ws.lora_segments.clear();
   for (int32_t r = 0; r < rows;) {
-    const kf_adapter *a = ws.row_adapter[size_t(r)];
+    const AdapterMix *mix = ws.row_mix[size_t(r)];
     int32_t end = r + 1;
-    while (end < rows && ws.row_adapter[size_t(end)] == a) end++;
-    if (a) {
-      const LoraPair &pair = a->layers[size_t(l)].proj[p];
-      if (pair.rank > 0) ws.lora_segments.push_back({pair.a.data(), pair.bt.data(), pair.rank, r, end - r});
+    while (end < rows && same_mix(ws.row_mix[size_t(end)], mix)) end++;
+    int32_t col = 0;
+    for (int32_t i = 0; mix && i < mix->n; i++) {
+      const LoraPair &pair = mix->adapter[i]->layers[size_t(l)].proj[p];
+      if (pair.rank == 0) continue;
+      ws.lora_segments.push_back({pair.a.data(), pair.bt.data(), pair.rank, r, end - r, mix->weight[i], col});
+      col += pair.rank;
     }
     r = end;
   }

@@ -104,6 +104,43 @@ struct kf_adapter {
 
 namespace kf {
 
+// Most adapters one session composes (KF_MAX_ADAPTERS of kvfold.h).
+constexpr int32_t kMaxAdapterTerms = KF_MAX_ADAPTERS;
+
+// The adapters a session applies, each with its weight: y = W x + sum_i w_i s_i B_i (A_i x).
+// Fixed size, so choosing one allocates nothing; n = 0 is the base model. One adapter with weight 1
+// is kf_session_set_adapter's case (the weight multiplies exactly, so both give the same bits).
+struct AdapterMix {
+  int32_t n = 0;
+  kf_adapter *adapter[kMaxAdapterTerms] = {};
+  float weight[kMaxAdapterTerms] = {};
+
+  // Columns of LoRA scratch a row needs: the terms' A x side by side, one block per term.
+  int32_t rank_sum() const {
+    int32_t r = 0;
+    for (int32_t i = 0; i < n; i++) r += adapter[i]->max_rank;
+    return r;
+  }
+  // Same adapters with the same weights in the same order (rows that may share LoRA segments).
+  bool same_as(const AdapterMix &o) const {
+    if (n != o.n) return false;
+    for (int32_t i = 0; i < n; i++)
+      if (adapter[i] != o.adapter[i] || weight[i] != o.weight[i]) return false;
+    return true;
+  }
+  // Whether term i's adapter appeared in an earlier term (users are counted once per session).
+  bool repeats(int32_t i) const {
+    for (int32_t j = 0; j < i; j++)
+      if (adapter[j] == adapter[i]) return true;
+    return false;
+  }
+};
+
+// Rows of two mixes (NULL: none) may share a LoRA segment.
+inline bool same_mix(const AdapterMix *a, const AdapterMix *b) {
+  return a == b || (a && b && a->same_as(*b));
+}
+
 // Query rows of one session that attend together: each key/value row is read once per block.
 constexpr int32_t kAttnRows = 16;
 // Keys per tile of the score GEMM (q_block · K_tile^T), transposed so the inner loop is contiguous.
@@ -126,15 +163,15 @@ struct Workspace {
   // every key and value row they read (first row, row count).
   std::vector<std::pair<int32_t, int32_t>> attn_blocks;
   std::vector<float> rope_cs;  // [rows, head_dim/2, 2] cos, sin of each row's position
-  std::vector<float> lora_tmp; // [rows, lora_rank] A x of the rows (grown when an adapter needs more)
-  int32_t lora_rank = 0;       // row stride of lora_tmp
-  std::vector<LoraSegment> lora_segments;  // [<= rows] this projection's runs of rows per adapter
+  std::vector<float> lora_tmp; // [rows, lora_rank] A x of the rows, one column block per adapter term
+  int32_t lora_rank = 0;       // row stride of lora_tmp (>= the rank sum of every row's mix)
+  std::vector<LoraSegment> lora_segments;  // [<= rows * kMaxAdapterTerms] this projection's runs of rows per term
   // Per row: the session whose cache it reads and writes, its absolute position (RoPE), the cache
-  // slot it writes (it attends to slots 0..slot), its adapter (or none).
+  // slot it writes (it attends to slots 0..slot), its adapters (NULL: none).
   std::vector<kf_session *> row_session;
   std::vector<int32_t> row_pos;
   std::vector<int32_t> row_slot;
-  std::vector<const kf_adapter *> row_adapter;
+  std::vector<const AdapterMix *> row_mix;
   // Slot scores: per (attention block, query head) the column sums of the block's probabilities over
   // the slots it saw, reduced into the session's cache scores after each layer's attention.
   // [max blocks, n_heads, n_cols]; empty unless some session's cache ranks slots by score.
@@ -144,8 +181,8 @@ struct Workspace {
   // Allocates every buffer for n_rows rows over caches of up to n_ctx slots; with_scores sizes the
   // slot score buffers too.
   void init(const kf_model &m, int32_t n_rows, int32_t n_ctx, bool with_scores = false);
-  // Grows lora_tmp for adapters up to max_rank (called when an adapter is chosen, never per token).
-  void reserve_lora(int32_t max_rank);
+  // Grows lora_tmp for mixes up to rank_sum columns (called when adapters are chosen, never per token).
+  void reserve_lora(int32_t rank_sum);
   int64_t bytes() const;
   static double estimate_bytes(const kf_model &m, int32_t n_rows, int32_t n_ctx);
 };
@@ -158,7 +195,7 @@ struct kf_session {
   // segment B); n_past: positions seen (the next row's absolute position).
   int32_t n_ctx = 0, n_batch = 0, n_past = 0;
   bool has_logits = false;
-  kf_adapter *adapter = nullptr;  // applied to every projection it adapts; NULL = base model
+  kf::AdapterMix adapters;        // applied to every projection they adapt; n = 0: the base model
   kf::KvCache cache;              // keys post-RoPE; slot = position for KF_CACHE_FULL
   kf::Workspace ws;            // scratch for n_batch rows, allocated once
   std::vector<float> logits;   // [vocab] last position
@@ -181,7 +218,7 @@ struct ChunkInput {
 };
 
 // The CPU forward (forward_cpu.cpp; backend_cpu.cpp calls it): runs ws.rows rows, row r at
-// ws.row_pos[r] in the cache of ws.row_session[r] with ws.row_adapter[r] (rows of one adapter should be contiguous: the LoRA pass walks them as segments). Writes each row's
+// ws.row_pos[r] in the cache of ws.row_session[r] with ws.row_mix[r] (rows of one mix should be contiguous: the LoRA pass walks them as segments). Writes each row's
 // keys and values first, then attends, so rows of one session at consecutive positions form a causal
 // chunk, and rows of different sessions never see each other.
 // logits: [rows, vocab] receiving every row's logits when all_logits, else [vocab] for the last row.

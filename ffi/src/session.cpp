@@ -107,7 +107,7 @@ void cache_append(KvCache &c, int32_t n) {
   c.peak = std::max(c.peak, c.n_slots);
 }
 
-// One forward of T rows at positions pos0.. with the session's adapter, after the cache policy had its
+// One forward of T rows at positions pos0.. with the session's adapters, after the cache policy had its
 // turn; appends T slots. logits_out: NULL or [T, vocab]; the session's logits get the last row's.
 void forward_segment(kf_session &s, CacheUndo &undo, const ChunkInput &in, int32_t T, int32_t pos0,
                      float *logits_out, kf_control *ctl) {
@@ -117,7 +117,7 @@ void forward_segment(kf_session &s, CacheUndo &undo, const ChunkInput &in, int32
     ws.row_session[size_t(t)] = &s;
     ws.row_pos[size_t(t)] = pos0 + t;
     ws.row_slot[size_t(t)] = s.cache.n_slots + t;
-    ws.row_adapter[size_t(t)] = s.adapter;
+    ws.row_mix[size_t(t)] = s.adapters.n > 0 ? &s.adapters : nullptr;
   }
   const int64_t V = s.model->cfg.vocab_size;
   const Backend &b = backend_of(s);
@@ -180,16 +180,17 @@ void batch_decode(kf_session *const *sessions, const int32_t *ids, int32_t n, kf
     const kf_session *s = sessions[i];
     max_ctx = std::max(max_ctx, s->cache.capacity);
     any_scores = any_scores || s->cache.needs_scores();
-    if (s->adapter) max_rank = std::max(max_rank, s->adapter->max_rank);
+    max_rank = std::max(max_rank, s->adapters.rank_sum());
   }
-  // Rows grouped by adapter (first appearance order), so each adapter's rows form one segment.
+  // Rows grouped by composition (first appearance order; equal adapters and weights group together
+  // whichever session holds them), so each composition's rows form one segment per term.
   std::vector<int32_t> order;
   order.reserve(size_t(n));
   std::vector<bool> taken(size_t(n), false);
   for (int32_t i = 0; i < n; i++) {
     if (taken[size_t(i)]) continue;
     for (int32_t j = i; j < n; j++)
-      if (!taken[size_t(j)] && sessions[j]->adapter == sessions[i]->adapter) {
+      if (!taken[size_t(j)] && sessions[j]->adapters.same_as(sessions[i]->adapters)) {
         order.push_back(j);
         taken[size_t(j)] = true;
       }
@@ -210,7 +211,7 @@ void batch_decode(kf_session *const *sessions, const int32_t *ids, int32_t n, kf
     ws.row_session[size_t(r)] = s;
     ws.row_pos[size_t(r)] = s->n_past;
     ws.row_slot[size_t(r)] = s->cache.n_slots;
-    ws.row_adapter[size_t(r)] = s->adapter;
+    ws.row_mix[size_t(r)] = s->adapters.n > 0 ? &s->adapters : nullptr;
     row_ids[size_t(r)] = ids[order[size_t(r)]];
   }
   const int64_t V = m->cfg.vocab_size;
@@ -250,13 +251,17 @@ void session_truncate(kf_session &s, int32_t n) {
   s.cache.n_slots = n;  // uncompressed: slot = position
 }
 
-void session_set_adapter(kf_session &s, kf_adapter *a) {
-  if (a == s.adapter) return;
-  if (a) s.ws.reserve_lora(a->max_rank);  // may throw: nothing changed yet
-  if (s.adapter) s.adapter->n_users--;
-  if (a) a->n_users++;
-  s.adapter = a;
+void session_set_adapters(kf_session &s, const AdapterMix &next) {
+  s.ws.reserve_lora(next.rank_sum());  // may throw: nothing changed yet
+  // n_users counts sessions: each distinct adapter once, however many terms name it.
+  for (int32_t i = 0; i < next.n; i++)
+    if (!next.repeats(i)) next.adapter[i]->n_users++;
+  for (int32_t i = 0; i < s.adapters.n; i++)
+    if (!s.adapters.repeats(i)) s.adapters.adapter[i]->n_users--;
+  s.adapters = next;
 }
+
+void session_release_adapters(kf_session &s) { session_set_adapters(s, AdapterMix{}); }
 
 kf_session_info session_info(const kf_session &s) {
   kf_session_info out{};

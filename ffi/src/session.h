@@ -1,7 +1,7 @@
 // session.h — the session layer: what a session does with its backend, between the C ABI (api*.cpp,
 // which validates arguments and translates errors) and the backend (backend.h, which runs rows).
 // It owns the session's limits (session_init), chunking (session_run), rollback (a failed call leaves
-// the session as it found it) and batching (batch_decode: one row per session, rows grouped by adapter).
+// the session as it found it) and batching (batch_decode: one row per session, rows grouped by adapter composition).
 #pragma once
 
 #include <functional>
@@ -31,8 +31,11 @@ void batch_decode(kf_session *const *sessions, const int32_t *ids, int32_t n, kf
 void session_reset(kf_session &s);
 // Keeps the first n positions (n <= n_past); refused once a compressing cache was compressed.
 void session_truncate(kf_session &s, int32_t n);
-// Makes `a` (or none) the adapter of every later call; nothing changes when it fails.
-void session_set_adapter(kf_session &s, kf_adapter *a);
+// Makes `mix` (n = 0: none) the adapters of every later call; nothing changes when it fails. The
+// caller validated the terms (kf_session_set_adapters).
+void session_set_adapters(kf_session &s, const AdapterMix &mix);
+// Drops the session's adapters (their user counts), as a session being freed does. Never throws.
+void session_release_adapters(kf_session &s);
 kf_session_info session_info(const kf_session &s);
 
 }  // namespace kf

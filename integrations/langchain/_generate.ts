@@ -2,6 +2,7 @@
 // plain documents become text context, and the prompt goes through the model's chat template.
 
 import type {
+  AdapterMode,
   AnswerContext,
   AnswerStats,
   CacheOptions,
@@ -32,6 +33,12 @@ export interface KvfoldDocumentsCallOptions extends KvfoldGenerationSettings {
    * as summary-vector embeddings, in the order given; the others are written into the prompt as text.
    */
   documents?: readonly DocumentInterface[];
+  /**
+   * How payload documents of several adapter groups choose the LoRA: `"compose"` (default: every
+   * group's adapter, weighted by its share of the documents' `metadata.score`), `"best"` (the best
+   * document's group alone) or `"none"` (the base model). See kvfold's `adaptersForChunks`.
+   */
+  adapterMode?: AdapterMode;
 }
 
 /** Builds the text the model sees when plain-text documents come with a question. */
@@ -78,6 +85,8 @@ export interface KvfoldRunRequest {
   cache?: CacheOptions;
   /** Sessions kept between calls (full cache only): see kvfold's `PrefixCache`. */
   prefixCache?: PrefixCache;
+  /** How chunks of several adapter groups choose the LoRA (kvfold's `adaptersForChunks`). */
+  adapterMode?: AdapterMode;
   onStats?: (stats: KvfoldRunStats) => void;
 }
 
@@ -127,8 +136,9 @@ export function runKvfold(request: KvfoldRunRequest): AsyncGenerator<string, voi
 
 /**
  * The pieces of `answerFromChunks` over the payload documents' chunks, with the text documents
- * folded into the prompt. The adapter follows kvfold's one rule (`adapterForChunks`): the payload
- * chunks' group decides; text documents have no say.
+ * folded into the prompt. The adapters follow kvfold's rule (`adaptersForChunks`): the payload
+ * chunks' groups decide, weighted by the documents' retrieval score (`metadata.score`, as
+ * `KvfoldRetriever` sets it) under `adapterMode` "compose"; text documents have no say.
  */
 async function* generatePieces(request: KvfoldRunRequest): AsyncGenerator<string, void, undefined> {
   const { model, signal } = request;
@@ -140,8 +150,11 @@ async function* generatePieces(request: KvfoldRunRequest): AsyncGenerator<string
   };
   for (const doc of request.documents) {
     const resolved = resolveKvfoldChunks(doc, request.store);
+    const score = doc.metadata?.score;
     if (resolved === undefined) textDocuments.push(doc);
-    else chunks.push(...resolved);
+    else if (typeof score === "number" && Number.isFinite(score)) {
+      chunks.push(...resolved.map((c) => ({ ...c, score })));
+    } else chunks.push(...resolved);
     addGroup(kvfoldPayloadOf(doc)?.group ?? doc.metadata?.group);
   }
   let prompt = request.prompt;
@@ -163,6 +176,7 @@ async function* generatePieces(request: KvfoldRunRequest): AsyncGenerator<string
       signal,
       cache: request.cache,
       prefixCache: request.prefixCache,
+      adapterMode: request.adapterMode,
       onStats: ({ group: _group, ...stats }) => request.onStats?.({ ...stats, groups }),
     });
   } catch (e) {

@@ -6,6 +6,7 @@
  */
 
 import {
+  type AdapterMode,
   type CacheOptions,
   type ChatMessage,
   type DocumentStore,
@@ -76,6 +77,8 @@ export interface KvfoldModelFields extends KvfoldGenerationSettings {
    * `PrefixCache` (and `clear()` it when done). Default false.
    */
   reuseCache?: boolean | PrefixCache;
+  /** Default of the `adapterMode` call option (payload documents of several adapter groups); default "compose". */
+  adapterMode?: AdapterMode;
 }
 
 /** Fields of {@linkcode ChatKvfold}. */
@@ -107,8 +110,13 @@ export interface KvfoldResponseMetadata {
   prefixPositions: number;
   /** Adapter groups of the context documents. */
   groups: string[];
-  /** The LoRA that decoded (its registry name), or null: the base model. */
+  /**
+   * The LoRA that decoded: its registry name, a composition as one line ("a×0.75 + b×0.25"), or
+   * null: the base model.
+   */
   adapter: string | null;
+  /** The adapters that decoded with their weights (empty: the base model). */
+  adapters: { name: string; weight: number }[];
   prefillMs: number;
   decodeMs: number;
 }
@@ -149,6 +157,7 @@ function responseMetadata(stats: KvfoldRunStats): KvfoldResponseMetadata {
     prefixPositions: stats.prefixPositions,
     groups: stats.groups,
     adapter: stats.adapter,
+    adapters: stats.adapters,
     prefillMs: stats.prefillMs,
     decodeMs: stats.decodeMs,
   };
@@ -265,7 +274,7 @@ export class ChatKvfold extends BaseChatModel<ChatKvfoldCallOptions, AIMessageCh
   }
 
   override get callKeys(): string[] {
-    return [...super.callKeys, "documents", ...SETTING_KEYS];
+    return [...super.callKeys, "documents", "adapterMode", ...SETTING_KEYS];
   }
 
   /** The LangChain provider name. */
@@ -302,6 +311,7 @@ export class ChatKvfold extends BaseChatModel<ChatKvfoldCallOptions, AIMessageCh
       payloadText: this.#fields.payloadText,
       cache: this.#fields.kvCache,
       prefixCache: this.#reused ??= prefixCacheOf(this.#fields),
+      adapterMode: options.adapterMode ?? this.#fields.adapterMode,
       onStats: (s) => (stats = s),
     });
     for await (const piece of pieces) {
@@ -418,7 +428,7 @@ export class KvfoldLLM extends LLM<KvfoldLLMCallOptions> {
   }
 
   override get callKeys(): string[] {
-    return [...super.callKeys, "documents", ...SETTING_KEYS];
+    return [...super.callKeys, "documents", "adapterMode", ...SETTING_KEYS];
   }
 
   /** The LangChain provider name. */
@@ -455,6 +465,7 @@ export class KvfoldLLM extends LLM<KvfoldLLMCallOptions> {
       payloadText: this.#fields.payloadText,
       cache: this.#fields.kvCache,
       prefixCache: this.#reused ??= prefixCacheOf(this.#fields),
+      adapterMode: options.adapterMode ?? this.#fields.adapterMode,
       onStats: (s) => (stats = s),
     });
     for await (const piece of pieces) {

@@ -6,6 +6,7 @@
  */
 
 import {
+  type AdapterMode,
   answerFromChunks,
   type AnswerStats,
   type CacheOptions,
@@ -88,11 +89,17 @@ export interface KvfoldCallOptions extends KvfoldGenerationOptions {
   /** Summary vectors to place before the prompt, in order (positions 0..K-1). */
   contexts?: readonly CompressedContext[];
   /**
-   * The adapter group to decode with; default: the contexts' group. The adapter follows kvfold's
-   * one rule (`adapterForChunks`): the one registered under the group's name, else none; contexts
-   * of groups whose adapters differ need this, since one request decodes with one adapter.
+   * The adapter group to decode with; default: the contexts' groups. The adapters follow kvfold's
+   * rule (`adaptersForChunks`): the one registered under a group's name, else none; contexts of
+   * several groups compose their adapters (see `adapterMode`) unless this picks one group.
    */
   group?: string;
+  /**
+   * How contexts of several adapter groups choose: `"compose"` (default: every group's adapter,
+   * weighted by its share of the contexts' `score`), `"best"` (the best context's group alone) or
+   * `"none"` (the base model).
+   */
+  adapterMode?: AdapterMode;
   /** Aborts the call; the response (or its stream) then rejects with an ABORTED `KvfoldError`. */
   signal?: AbortSignal;
   /** Receives the call's counters when generation ends. */
@@ -281,7 +288,7 @@ export class KvfoldLLM extends BaseLLM<KvfoldCallOptions> {
    * prompt from K, through kvfold's `answerFromChunks`.
    */
   #generate(prompt: number[], call: KvfoldCallOptions): AsyncGenerator<string, KvfoldGenerationStats> {
-    const { contexts = [], group, signal, onStats, ...overrides } = call;
+    const { contexts = [], group, adapterMode, signal, onStats, ...overrides } = call;
     const {
       model: _model,
       modelName: _name,
@@ -310,6 +317,7 @@ export class KvfoldLLM extends BaseLLM<KvfoldCallOptions> {
     return answerFromChunks(this.model, contexts, prompt, {
       ...settings,
       group,
+      adapterMode,
       signal,
       cache,
       prefixCache,

@@ -35,6 +35,8 @@ export interface CompressedContext {
   group?: string | null;
   /** The document's source in the store. */
   source?: string;
+  /** Retrieval score (higher is better): weighs the group's adapter when contexts of several groups compose. */
+  score?: number;
 }
 
 /**

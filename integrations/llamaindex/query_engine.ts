@@ -49,8 +49,9 @@ export interface KvfoldResponseSynthesizerOptions {
  * itself, as in kvfold's `answerFromChunks`. Nodes without a payload fall back to text: their
  * content fills `textQATemplate`, which becomes the prompt. With no nodes at all, the question
  * is answered on its own (LlamaIndex's base synthesizer would say "Empty Response").
- * The adapter follows kvfold's one rule (`adapterForChunks`): compressed nodes of groups whose
- * adapters differ are refused (one answer decodes with one adapter) unless `generation.group` picks one.
+ * The adapters follow kvfold's rule (`adaptersForChunks`): compressed nodes of several groups decode
+ * with their groups' adapters composed, weighted by the nodes' scores (`generation.adapterMode`
+ * "compose", the default), unless `generation.group` picks one group.
  *
  * @example
  * ```ts ignore
@@ -120,7 +121,8 @@ export class KvfoldResponseSynthesizer extends BaseSynthesizer {
     const texts: string[] = [];
     for (const n of nodes) {
       const context = compressedContextOf(n, this.#store);
-      if (context) contexts.push(context);
+      // The node's retrieval score weighs its group's adapter in a composition.
+      if (context) contexts.push(typeof n.score === "number" ? { ...context, score: n.score } : context);
       else texts.push(n.node.getContent(this.#metadataMode));
     }
     const question = extractText(query);
