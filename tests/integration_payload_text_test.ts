@@ -7,7 +7,7 @@ import { ChatPromptTemplate } from "npm:@langchain/core@1.4.0/prompts";
 import { StringOutputParser } from "npm:@langchain/core@1.4.0/output_parsers";
 import { RunnableLambda } from "npm:@langchain/core@1.4.0/runnables";
 import type { AIMessageChunk } from "npm:@langchain/core@1.4.0/messages";
-import { Document, type DocumentInterface } from "npm:@langchain/core@1.4.0/documents";
+import type { DocumentInterface } from "npm:@langchain/core@1.4.0/documents";
 import { getResponseSynthesizer, MetadataMode } from "npm:llamaindex@0.12.1";
 import { type AnswerContext, answerFromChunks, type ChatMessage, type Model } from "../mod.ts";
 import { ChatKvfold, KvfoldRetriever } from "../integrations/langchain/mod.ts";
