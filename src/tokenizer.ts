@@ -10,6 +10,7 @@ import { Template } from "npm:@huggingface/jinja@0.5.11";
 import { KvfoldError } from "./errors.ts";
 import { readBoundedJson } from "./_bounded_read.ts";
 import { checkTokenizerJson, describe } from "./formats/_tokenizer_json.ts";
+import { tokenByteStrings } from "./grammar/token_bytes.ts";
 
 /** One chat message, as chat templates expect it. */
 export interface ChatMessage {
@@ -64,11 +65,14 @@ export class TextTokenizer {
   readonly chatTemplate?: string;
 
   #source: string;
+  #json: Record<string, unknown>;
+  #bytes?: { size: number; bytes: readonly (Uint8Array | null)[] };
   /** The largest token id tokenizer.json defines (its vocab and added tokens). */
   readonly maxTokenId: number;
 
   private constructor(json: Record<string, unknown>, config: Record<string, unknown>, source: string) {
     this.#source = source;
+    this.#json = json;
     this.maxTokenId = checkTokenizerJson(json, source);
     try {
       this.#tok = new Tokenizer(json, config);
@@ -176,6 +180,18 @@ export class TextTokenizer {
       "decode tokens",
       () => this.#tok.decode([...ids], { skip_special_tokens: options.skipSpecialTokens ?? true }),
     );
+  }
+
+  /**
+   * The bytes each id below `size` stands for (null: special tokens and ids the vocabulary lacks),
+   * as constrained decoding matches them against a grammar. Computed once.
+   */
+  tokenBytes(size: number): readonly (Uint8Array | null)[] {
+    if (this.#bytes?.size !== size) {
+      const bytes = tokenByteStrings(this.#json, size, (id) => this.decode([id], { skipSpecialTokens: false }));
+      this.#bytes = { size, bytes };
+    }
+    return this.#bytes.bytes;
   }
 
   /** Whether the model ships a chat template. */
