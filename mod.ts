@@ -52,6 +52,8 @@ export type {
 } from "./src/lococo_train.ts";
 export { decodeBatch, DecodeBatcher } from "./src/batch.ts";
 export type { BatchEntry, BatcherStats } from "./src/batch.ts";
+export { JsonGrammar } from "./src/grammar/json_grammar.ts";
+export type { GrammarOption, JsonSchema } from "./src/grammar/json_grammar.ts";
 export { TextTokenizer } from "./src/tokenizer.ts";
 export type { ChatMessage } from "./src/tokenizer.ts";
 export { KvfoldError } from "./src/errors.ts";

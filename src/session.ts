@@ -16,7 +16,13 @@ import type { DecodeBatcher } from "./batch.ts";
 import { KvfoldError } from "./errors.ts";
 import type { Model } from "./model.ts";
 import { IncrementalDecoder, StopStringFilter } from "./text_stream.ts";
-import { GrammarConstraint, grammarOf, type GrammarOption, type JsonSchema, tokenTrie } from "./grammar/json_grammar.ts";
+import {
+  GrammarConstraint,
+  grammarOf,
+  type GrammarOption,
+  type JsonSchema,
+  tokenTrie,
+} from "./grammar/json_grammar.ts";
 
 /** Options of {@link Model.session}. */
 export interface SessionOptions {

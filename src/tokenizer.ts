@@ -188,7 +188,11 @@ export class TextTokenizer {
    */
   tokenBytes(size: number): readonly (Uint8Array | null)[] {
     if (this.#bytes?.size !== size) {
-      const bytes = tokenByteStrings(this.#json, size, (id) => this.decode([id], { skipSpecialTokens: false }));
+      const bytes = tokenByteStrings(
+        this.#json,
+        size,
+        (id) => this.decode([id], { skipSpecialTokens: false }),
+      );
       this.#bytes = { size, bytes };
     }
     return this.#bytes.bytes;

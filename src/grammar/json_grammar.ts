@@ -8,7 +8,14 @@
 import { KvfoldError } from "../errors.ts";
 import type { TextTokenizer } from "../tokenizer.ts";
 import { anyJsonValue, compileJsonSchema, type ValueNode } from "./json_schema.ts";
-import { dedupeState, initialState, isClosed, type MatchState, minCompletion, stepBytes } from "./json_matcher.ts";
+import {
+  dedupeState,
+  initialState,
+  isClosed,
+  type MatchState,
+  minCompletion,
+  stepBytes,
+} from "./json_matcher.ts";
 import { budgetBits, MaskCache, TokenTrie } from "./token_mask.ts";
 
 /** The JSON Schema subset {@link JsonGrammar.fromSchema} takes: a schema object, or `true`. */
@@ -58,7 +65,9 @@ export class JsonGrammar {
    * patternProperties, uniqueItems, multipleOf, recursive `$ref`, non-local `$ref`, ...
    */
   static fromSchema(schema: JsonSchema): JsonGrammar {
-    if (typeof schema !== "boolean" && (typeof schema !== "object" || schema === null || Array.isArray(schema))) {
+    if (
+      typeof schema !== "boolean" && (typeof schema !== "object" || schema === null || Array.isArray(schema))
+    ) {
       throw new TypeError("Cannot compile JSON schema: the schema is not an object or a boolean");
     }
     return new JsonGrammar(compileJsonSchema(schema), schema);
@@ -158,6 +167,13 @@ export class GrammarConstraint {
     if (this.#cache.misses > misses) this.walks++;
     else this.lookups++;
     if (m.closed && this.#endIds.length === 0) return null;
+    if (m.ids.length === 0 && !(m.canEnd && this.#endIds.length > 0)) {
+      throw new KvfoldError(
+        "UNSUPPORTED",
+        "Cannot generate: no token of the vocabulary continues the JSON value here " +
+          "(the vocabulary lacks single-byte tokens the grammar needs)",
+      );
+    }
     return budgetBits(m, budget, this.#endIds, this.#trie.size);
   }
 
@@ -166,7 +182,10 @@ export class GrammarConstraint {
     const bytes = this.#trie.bytes[id];
     const next = bytes ? stepBytes(this.#state, bytes) : [];
     if (next.length === 0) {
-      throw new KvfoldError("INTERNAL", `Cannot generate: token ${id} was sampled but the grammar refuses it`);
+      throw new KvfoldError(
+        "INTERNAL",
+        `Cannot generate: token ${id} was sampled but the grammar refuses it`,
+      );
     }
     this.#state = dedupeState(next);
   }

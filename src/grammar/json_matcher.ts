@@ -9,11 +9,23 @@
  */
 
 import { itemNode, type PropertyNode, type ValueNode } from "./json_schema.ts";
-import { numberComplete, numberCost, numberKey, numberStart, type NumberState, numberStep } from "./json_number.ts";
+import {
+  numberComplete,
+  numberCost,
+  numberKey,
+  numberStart,
+  type NumberState,
+  numberStep,
+} from "./json_number.ts";
 
 type ObjectNode = Extract<ValueNode, { kind: "object" }>;
 type ArrayNode = Extract<ValueNode, { kind: "array" }>;
-type StringNode = Extract<ValueNode, { kind: "string" }> | { kind: "key"; id: -1; minLength: 0; maxLength: number };
+type StringNode = Extract<ValueNode, { kind: "string" }> | {
+  kind: "key";
+  id: -1;
+  minLength: 0;
+  maxLength: number;
+};
 type LiteralNode = Extract<ValueNode, { kind: "literal" }>;
 type NumberNode = Extract<ValueNode, { kind: "number" }>;
 
@@ -214,7 +226,10 @@ function stepObject(st: Stack, f: Extract<Frame, { t: "object" }>, b: number): S
       const pos = f.pos + 1;
       if (cand.length === 1 && props[cand[0]].keyBytes.length === pos) {
         const j = cand[0];
-        return expectValue(push(up, { t: "object", n: f.n, ph: "after", i: j + 1, cand: [], pos: 0 }), props[j].value);
+        return expectValue(
+          push(up, { t: "object", n: f.n, ph: "after", i: j + 1, cand: [], pos: 0 }),
+          props[j].value,
+        );
       }
       return [push(up, { ...f, cand, pos })];
     }
@@ -415,7 +430,11 @@ function frameKey(f: Frame): string {
     case "record":
       return `d${f.n?.id ?? "a"}${f.ph}`;
     case "array":
-      return `a${f.n?.id ?? "a"}${f.ph[0]}${f.n === null || (f.n.minItems === 0 && f.n.maxItems === Infinity && f.n.prefix.length === 0) ? "" : f.c}`;
+      return `a${f.n?.id ?? "a"}${f.ph[0]}${
+        f.n === null || (f.n.minItems === 0 && f.n.maxItems === Infinity && f.n.prefix.length === 0)
+          ? ""
+          : f.c
+      }`;
     case "string": {
       const counted = f.n.minLength > 0 || f.n.maxLength < Infinity;
       return `s${f.n.id}${counted ? `#${f.len}` : ""}u${f.u}${f.lo}${f.hi}e${f.esc}`;

@@ -99,13 +99,17 @@ function reachableIn(node: NumberNode, s: NumberState, k: number): boolean {
   const loX = !node.integer && b.minExclusive === true;
   const hiX = !node.integer && b.maxExclusive === true;
   // Each candidate is magnitudes a, a + step, ..., up to top (inclusive).
+  // Grid points within a millionth of a step of a bound count as on it: a decimal of at most 15
+  // digits and a schema bound that equal each other may differ in their last float bits.
   const fits = (a: number, top: number, step: number) => {
     const [from, to] = s.neg ? [-top, -a] : [a, top];
-    let m = Math.max(0, Math.ceil((lo - from) / step - 1e-9));
+    const tol = step * 1e-6;
+    const aboveLow = (x: number) => loX ? x > lo + tol : x >= lo - tol;
+    let m = Math.max(0, Math.ceil((lo - from) / step - 1e-6));
     let x = from + m * step;
-    if (loX && x <= lo) x = from + ++m * step;
-    if (x > to + step * 1e-6) return false;
-    return hiX ? x < hi : x <= hi;
+    if (!aboveLow(x)) x = from + ++m * step;
+    if (!aboveLow(x) || x > to + tol) return false;
+    return hiX ? x < hi - tol : x <= hi + tol;
   };
   const nd = s.int.length;
   if (s.frac !== null) {

@@ -64,6 +64,8 @@ const HANDLED = new Set([
   "enum",
   "const",
   "anyOf",
+  "oneOf",
+  "propertyNames",
   "$ref",
   "nullable",
   "properties",
@@ -137,10 +139,13 @@ class SchemaCompiler {
       if (!ANNOTATIONS.has(key) && !HANDLED.has(key)) unsupported(where, `the keyword "${key}"`);
     }
     if (schema.$ref !== undefined) return this.#ref(schema, where);
-    if (schema.anyOf !== undefined) return this.#anyOf(schema, where);
+    if (schema.anyOf !== undefined) return this.#anyOf(schema, where, "anyOf");
+    if (schema.oneOf !== undefined) return this.#anyOf(schema, where, "oneOf");
     if (schema.const !== undefined) return this.#literal([schema.const], where);
     if (schema.enum !== undefined) {
-      if (!Array.isArray(schema.enum) || schema.enum.length === 0) invalid(where, "has an empty or non-array enum");
+      if (!Array.isArray(schema.enum) || schema.enum.length === 0) {
+        invalid(where, "has an empty or non-array enum");
+      }
       return this.#literal(schema.enum, where);
     }
     let types: JsonType[];
@@ -153,7 +158,9 @@ class SchemaCompiler {
     } else {
       const list = Array.isArray(schema.type) ? schema.type : [schema.type];
       for (const t of list) {
-        if (!TYPES.includes(t as JsonType)) invalid(`${where}/type`, `names the unknown type ${JSON.stringify(t)}`);
+        if (!TYPES.includes(t as JsonType)) {
+          invalid(`${where}/type`, `names the unknown type ${JSON.stringify(t)}`);
+        }
       }
       types = list as JsonType[];
     }
@@ -195,13 +202,24 @@ class SchemaCompiler {
     }
   }
 
-  #anyOf(schema: Record<string, unknown>, where: string): ValueNode {
-    const list = schema.anyOf;
-    if (!Array.isArray(list) || list.length === 0) invalid(`${where}/anyOf`, "is not a non-empty array");
-    const others = Object.keys(schema).filter((k) => k !== "anyOf" && k !== "nullable" && !ANNOTATIONS.has(k));
-    if (others.length > 0) unsupported(where, `"${others[0]}" beside anyOf`);
-    const options = list.map((s, i) => this.compile(s, `${where}/anyOf/${i}`));
+  #anyOf(schema: Record<string, unknown>, where: string, key: "anyOf" | "oneOf"): ValueNode {
+    const list = schema[key];
+    if (!Array.isArray(list) || list.length === 0) invalid(`${where}/${key}`, "is not a non-empty array");
+    const others = Object.keys(schema).filter((k) => k !== key && k !== "nullable" && !ANNOTATIONS.has(k));
+    if (others.length > 0) unsupported(where, `"${others[0]}" beside ${key}`);
+    const options = list.map((s, i) => this.compile(s, `${where}/${key}/${i}`));
     if (schema.nullable === true) options.push(this.#literal([null], where));
+    // oneOf: exactly one option may match, which the grammar can keep only when no value matches
+    // two (different first bytes, or objects told apart by a required literal: a discriminator).
+    if (key === "oneOf") {
+      for (let i = 0; i < options.length; i++) {
+        for (let j = i + 1; j < options.length; j++) {
+          if (!disjoint(options[i], options[j])) {
+            unsupported(`${where}/oneOf`, `oneOf whose options ${i} and ${j} may both match a value`);
+          }
+        }
+      }
+    }
     return options.length === 1 ? options[0] : this.#union(options);
   }
 
@@ -220,7 +238,9 @@ class SchemaCompiler {
   #count(schema: Record<string, unknown>, key: string, where: string, fallback: number): number {
     const v = schema[key];
     if (v === undefined) return fallback;
-    if (typeof v !== "number" || !Number.isInteger(v) || v < 0) invalid(`${where}/${key}`, "is not a non-negative integer");
+    if (typeof v !== "number" || !Number.isInteger(v) || v < 0) {
+      invalid(`${where}/${key}`, "is not a non-negative integer");
+    }
     return v;
   }
 
@@ -302,7 +322,9 @@ class SchemaCompiler {
       const restKey = key === "prefixItems" ? "items" : "additionalItems";
       const rest = schema[restKey];
       // Items past the tuple are written only when a schema says what they are (fewer is valid).
-      items = rest === undefined || typeof rest === "boolean" ? null : this.compile(rest, `${where}/${restKey}`);
+      items = rest === undefined || typeof rest === "boolean"
+        ? null
+        : this.compile(rest, `${where}/${restKey}`);
     } else {
       items = schema.items === undefined ? this.any() : this.compile(schema.items, `${where}/items`);
     }
@@ -325,7 +347,9 @@ class SchemaCompiler {
       invalid(`${where}/required`, "is not an array of strings");
     }
     for (const r of required as string[]) {
-      if (!(r in props)) unsupported(`${where}/required`, `the required property "${r}" without a schema in properties`);
+      if (!(r in props)) {
+        unsupported(`${where}/required`, `the required property "${r}" without a schema in properties`);
+      }
     }
     const properties: PropertyNode[] = Object.entries(props).map(([name, s]) => ({
       name,
@@ -333,6 +357,14 @@ class SchemaCompiler {
       required: (required as string[]).includes(name),
       value: this.compile(s, `${where}/properties/${pointerEscape(name)}`),
     }));
+    const names = schema.propertyNames;
+    if (
+      names !== undefined &&
+      !(isObject(names) && Object.keys(names).every((k) => k === "type" || ANNOTATIONS.has(k)) &&
+        (names.type === undefined || names.type === "string"))
+    ) {
+      unsupported(`${where}/propertyNames`, 'propertyNames other than {type: "string"}');
+    }
     const extra = schema.additionalProperties;
     let freeValues: ValueNode | null = null;
     // With no declared properties, keys are free: `{type: "object"}` and records (zod's z.record).
@@ -351,6 +383,45 @@ class SchemaCompiler {
     }
     return this.#node({ kind: "object", properties, freeValues, minBytes: bytes });
   }
+}
+
+/** The bytes a value of `n` may start with. */
+function firstBytes(n: ValueNode): Set<number> {
+  switch (n.kind) {
+    case "any":
+      return new Set([...'{["-0123456789tfn'].map((c) => c.charCodeAt(0)));
+    case "object":
+      return new Set([0x7b]);
+    case "array":
+      return new Set([0x5b]);
+    case "string":
+      return new Set([0x22]);
+    case "number":
+      return new Set([..."-0123456789"].map((c) => c.charCodeAt(0)));
+    case "literal":
+      return new Set(n.texts.map((t) => t[0]));
+    case "union":
+      return new Set(n.options.flatMap((o) => [...firstBytes(o)]));
+  }
+}
+
+/** Whether no JSON value matches both nodes (a sufficient test, not a complete one). */
+function disjoint(a: ValueNode, b: ValueNode): boolean {
+  const fa = firstBytes(a);
+  if (![...firstBytes(b)].some((x) => fa.has(x))) return true;
+  if (a.kind === "union") return a.options.every((o) => disjoint(o, b));
+  if (b.kind === "union") return b.options.every((o) => disjoint(a, o));
+  if (a.kind === "literal" && b.kind === "literal") {
+    const texts = new Set(a.texts.map((t) => new TextDecoder().decode(t)));
+    return !b.texts.some((t) => texts.has(new TextDecoder().decode(t)));
+  }
+  if (a.kind === "object" && b.kind === "object") {
+    // A discriminator: a property both require, whose values cannot coincide.
+    return a.properties.some((p) =>
+      p.required && b.properties.some((q) => q.name === p.name && q.required && disjoint(p.value, q.value))
+    );
+  }
+  return false;
 }
 
 /** The node an array's item `index` must match, or null when the array allows no such item. */
@@ -376,7 +447,10 @@ function shortestNumberLength(node: Extract<ValueNode, { kind: "number" }>): num
   const b = node.bounds!;
   const lo = node.integer ? integerLow(b) : b.min ?? -Infinity;
   const hi = node.integer ? integerHigh(b) : b.max ?? Infinity;
-  if (lo <= 0 && hi >= 0 && !(lo === 0 && b.minExclusive && !node.integer) && !(hi === 0 && b.maxExclusive && !node.integer)) {
+  if (
+    lo <= 0 && hi >= 0 && !(lo === 0 && b.minExclusive && !node.integer) &&
+    !(hi === 0 && b.maxExclusive && !node.integer)
+  ) {
     return 1;
   }
   // Integers: the bound nearest zero is the shortest. Numbers: its integer neighbour inward, or

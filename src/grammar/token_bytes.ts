@@ -72,7 +72,9 @@ export function tokenByteStrings(
   const byteFallback = model.byte_fallback === true || hasDecoder(decoder, "ByteFallback");
   const pieces: [string, number][] = [];
   if (isRecord(model.vocab)) {
-    for (const [piece, id] of Object.entries(model.vocab)) if (typeof id === "number") pieces.push([piece, id]);
+    for (const [piece, id] of Object.entries(model.vocab)) {
+      if (typeof id === "number") pieces.push([piece, id]);
+    }
   } else if (Array.isArray(model.vocab)) {
     model.vocab.forEach((entry, id) => {
       if (Array.isArray(entry) && typeof entry[0] === "string") pieces.push([entry[0], id]);

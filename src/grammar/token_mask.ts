@@ -164,7 +164,12 @@ export class MaskCache {
  * that one byte per token still closes the value), plus `endIds` when the value may end here.
  * When no token fits the budget, the ones that leave the fewest bytes.
  */
-export function budgetBits(mask: StateMask, budget: number, endIds: readonly number[], size: number): Uint8Array {
+export function budgetBits(
+  mask: StateMask,
+  budget: number,
+  endIds: readonly number[],
+  size: number,
+): Uint8Array {
   let bits: Uint8Array;
   if (mask.maxCost <= budget) bits = mask.bits.slice();
   else {
@@ -180,6 +185,6 @@ export function budgetBits(mask: StateMask, budget: number, endIds: readonly num
       if (mask.costs[k] <= floor) bits[mask.ids[k] >> 3] |= 1 << (mask.ids[k] & 7);
     }
   }
-  if (mask.canEnd) for (const id of endIds) if (id >= 0 && id < size) bits[id >> 3] |= 1 << (id & 7);
+  if (mask.canEnd) { for (const id of endIds) if (id >= 0 && id < size) bits[id >> 3] |= 1 << (id & 7); }
   return bits;
 }
