@@ -55,7 +55,7 @@ export type { BatchEntry, BatcherStats } from "./src/batch.ts";
 export { JsonGrammar } from "./src/grammar/json_grammar.ts";
 export type { GrammarOption, JsonSchema } from "./src/grammar/json_grammar.ts";
 export { TextTokenizer } from "./src/tokenizer.ts";
-export type { ChatMessage } from "./src/tokenizer.ts";
+export type { ChatMessage, ChatTemplateOptions } from "./src/tokenizer.ts";
 export { KvfoldError } from "./src/errors.ts";
 export type { KvfoldErrorCode } from "./src/errors.ts";
 export { IncrementalDecoder, StopStringFilter } from "./src/text_stream.ts";

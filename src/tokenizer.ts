@@ -18,6 +18,17 @@ export interface ChatMessage {
   content: string;
 }
 
+/** Options of {@link TextTokenizer.applyChatTemplate}. */
+export interface ChatTemplateOptions {
+  /** Open the assistant's turn at the end; default true. */
+  addGenerationPrompt?: boolean;
+  /**
+   * Tools for templates that list them (the `tools` variable, in the Hugging Face form
+   * `[{type: "function", function: {name, description, parameters}}]`).
+   */
+  tools?: readonly Record<string, unknown>[];
+}
+
 // A missing optional file reads as absent; anything else wrong with it is an error.
 async function readJson(path: string, optional = false): Promise<Record<string, unknown> | undefined> {
   let v: unknown;
@@ -206,7 +217,7 @@ export class TextTokenizer {
   /** Renders `messages` through the chat template (with the assistant turn opened by default). */
   applyChatTemplate(
     messages: readonly ChatMessage[],
-    options: { addGenerationPrompt?: boolean } = {},
+    options: ChatTemplateOptions = {},
   ): string {
     if (!this.#template) {
       throw new KvfoldError("UNSUPPORTED", "Cannot build a chat prompt: the model has no chat_template");
@@ -215,6 +226,7 @@ export class TextTokenizer {
       return this.#template.render({
         messages,
         add_generation_prompt: options.addGenerationPrompt ?? true,
+        ...(options.tools ? { tools: options.tools } : {}),
         bos_token: this.bosToken ?? "",
         eos_token: this.eosToken ?? "",
       });
@@ -233,7 +245,7 @@ export class TextTokenizer {
    * Ids for a chat: the rendered template, tokenized with special tokens recognised. BOS is added
    * only when the template did not already write it.
    */
-  encodeChat(messages: readonly ChatMessage[], options: { addGenerationPrompt?: boolean } = {}): number[] {
+  encodeChat(messages: readonly ChatMessage[], options: ChatTemplateOptions = {}): number[] {
     const text = this.applyChatTemplate(messages, options);
     const ids = this.encode(text);
     const bos = this.bosTokenId;

@@ -6,6 +6,7 @@ import type {
   CacheOptions,
   ChatMessage,
   DocumentStore,
+  JsonSchema,
   Model,
   PrefixCache,
   RetrievedChunk,
@@ -72,6 +73,10 @@ export interface KvfoldRunRequest {
   cache?: CacheOptions;
   /** Sessions kept between calls (full cache only): see kvfold's `PrefixCache`. */
   prefixCache?: PrefixCache;
+  /** Tools for a chat template that lists them (Hugging Face form). */
+  templateTools?: readonly Record<string, unknown>[];
+  /** Constrains the reply to this JSON Schema (`"json"`: any JSON value). */
+  jsonSchema?: JsonSchema | "json";
   onStats?: (stats: KvfoldRunStats) => void;
 }
 
@@ -137,9 +142,11 @@ async function* generatePieces(request: KvfoldRunRequest): AsyncGenerator<string
     if (typeof group === "string" && !groups.includes(group)) groups.push(group);
   }
   try {
-    const promptIds = encodePrompt(model, request.prompt, textDocuments, request.formatContext);
+    const promptIds = encodePrompt(model, request.prompt, textDocuments, request.formatContext, request.templateTools);
+    const { jsonSchema } = request;
     yield* answerFromChunks(model, chunks, promptIds, {
       ...request.settings,
+      ...(jsonSchema === "json" ? { grammar: "json" as const } : jsonSchema !== undefined ? { jsonSchema } : {}),
       maxTokens: request.settings.maxTokens ?? 256,
       stop: request.stop,
       signal,
@@ -163,6 +170,7 @@ function encodePrompt(
   prompt: readonly ChatMessage[] | string,
   textDocuments: readonly DocumentInterface[],
   formatContext: TextContextFormatter,
+  tools?: readonly Record<string, unknown>[],
 ): number[] {
   if (typeof prompt === "string") {
     const text = textDocuments.length > 0 ? formatContext(textDocuments, prompt) : prompt;
@@ -179,6 +187,6 @@ function encodePrompt(
       );
     }
   }
-  if (model.tokenizer.hasChatTemplate) return model.encodePrompt(messages);
+  if (model.tokenizer.hasChatTemplate) return model.tokenizer.encodeChat(messages, { tools });
   return model.encodePrompt(messages.map((m) => m.content).join("\n\n"), { chat: false });
 }

@@ -9,6 +9,7 @@ import {
   type CacheOptions,
   type ChatMessage,
   type DocumentStore,
+  JsonGrammar,
   type Model,
   PrefixCache,
 } from "../../mod.ts";
@@ -28,7 +29,21 @@ import {
   type LangSmithParams,
   LLM,
   type MessageContent,
+  type BaseLanguageModelInput,
+  type BindToolsInput,
+  type Runnable,
+  type ModelProfile,
+  type StructuredOutputMethodOptions,
 } from "./_deps.ts";
+import {
+  type KvfoldToolCallOptions,
+  normalizeToolChoice,
+  parseReply,
+  replySchema,
+  toolPrompt,
+  toolSpecs,
+} from "./tools.ts";
+import { structuredOutput } from "./structured_output.ts";
 import { checkModelOption, checkStoreOption } from "../_model_option.ts";
 import { countModelTokens } from "./embeddings.ts";
 import {
@@ -76,7 +91,8 @@ export interface KvfoldModelFields extends KvfoldGenerationSettings {
 export interface ChatKvfoldInput extends KvfoldModelFields, BaseChatModelParams {}
 
 /** Call options of {@linkcode ChatKvfold}: LangChain's (`stop`, `signal`, ...) plus `documents` and sampling. */
-export interface ChatKvfoldCallOptions extends BaseChatModelCallOptions, KvfoldDocumentsCallOptions {}
+export interface ChatKvfoldCallOptions
+  extends BaseChatModelCallOptions, KvfoldDocumentsCallOptions, Omit<KvfoldToolCallOptions, "tool_choice"> {}
 
 /** Fields of {@linkcode KvfoldLLM}. */
 export interface KvfoldLLMInput extends KvfoldModelFields, BaseLLMParams {
@@ -123,6 +139,9 @@ const SETTING_KEYS = [
   "seed",
   "ignoreEos",
 ] as const satisfies readonly (keyof KvfoldGenerationSettings)[];
+
+/** Call options of tool calling and constrained replies. */
+const TOOL_KEYS = ["tools", "tool_choice", "parallel_tool_calls", "jsonSchema"];
 
 /** The model's settings overridden by the call's. */
 function settingsOf(
@@ -253,13 +272,31 @@ export class ChatKvfold extends BaseChatModel<ChatKvfoldCallOptions, AIMessageCh
     this.modelName = nameOf(fields);
   }
 
+  /**
+   * What this model does, as LangChain's model profiles say it: tool calling (with `tool_choice`)
+   * and structured output through constrained decoding, text in and out, the context window.
+   */
+  override get profile(): ModelProfile {
+    return {
+      maxInputTokens: this.model.info.maxPositions,
+      toolCalling: true,
+      toolChoice: true,
+      structuredOutput: true,
+      imageInputs: false,
+      audioInputs: false,
+      pdfInputs: false,
+      videoInputs: false,
+      reasoningOutput: false,
+    };
+  }
+
   /** LangSmith's standard parameters: provider, model name and type, temperature, max tokens, stop. */
   override getLsParams(options: this["ParsedCallOptions"]): LangSmithParams {
     return lsParams(this.#fields, options ?? {}, "chat") as LangSmithParams;
   }
 
   override get callKeys(): string[] {
-    return [...super.callKeys, "documents", ...SETTING_KEYS];
+    return [...super.callKeys, "documents", ...SETTING_KEYS, ...TOOL_KEYS];
   }
 
   /** The LangChain provider name. */
@@ -274,7 +311,49 @@ export class ChatKvfold extends BaseChatModel<ChatKvfoldCallOptions, AIMessageCh
 
   /** Settings as traced (never the documents' vectors). */
   override invocationParams(options?: this["ParsedCallOptions"]): Record<string, unknown> {
-    return { model: this.model.dir, ...settingsOf(this.#fields, options ?? {}) };
+    const tools = options?.tools?.length ? { tools: options.tools, tool_choice: options.tool_choice } : {};
+    return { model: this.model.dir, ...settingsOf(this.#fields, options ?? {}), ...tools };
+  }
+
+  /**
+   * Binds tools (LangChain tools, zod-schema tools, runnables' `asTool`, OpenAI tool objects):
+   * replies are then held by constrained decoding to a JSON envelope of tool calls whose arguments
+   * validate against each tool's schema, read back into `AIMessage.tool_calls` (`tool_call_chunks`
+   * when streaming). `kwargs.tool_choice`: `"auto"` (default: call tools or answer), `"any"`, a
+   * tool's name, or `"none"`. A tool schema the grammar cannot express is refused here, naming the
+   * keyword. See `tools.ts` for the prompt format.
+   */
+  override bindTools(
+    tools: BindToolsInput[],
+    kwargs?: Partial<ChatKvfoldCallOptions>,
+  ): Runnable<BaseLanguageModelInput, AIMessageChunk, ChatKvfoldCallOptions> {
+    const specs = toolSpecs(tools);
+    const choice = normalizeToolChoice(kwargs?.tool_choice, specs);
+    if (choice.kind !== "none") JsonGrammar.fromSchema(replySchema(specs, choice, 1) as Record<string, unknown>);
+    return this.withConfig({ ...kwargs, tools: specs } as Partial<ChatKvfoldCallOptions>);
+  }
+
+  /**
+   * Replies parsed into `schema`'s shape (a zod schema, a standard schema or a JSON Schema).
+   * `method: "functionCalling"` (default) binds one tool and forces its call; `"jsonSchema"`
+   * constrains the reply itself to the schema; `"jsonMode"` to any JSON value. `includeRaw` gives
+   * `{ raw, parsed }`.
+   */
+  // deno-lint-ignore no-explicit-any
+  override withStructuredOutput<RunOutput extends Record<string, any> = Record<string, any>>(
+    // deno-lint-ignore no-explicit-any
+    outputSchema: any,
+    config?: StructuredOutputMethodOptions<false>,
+  ): Runnable<BaseLanguageModelInput, RunOutput>;
+  // deno-lint-ignore no-explicit-any
+  override withStructuredOutput<RunOutput extends Record<string, any> = Record<string, any>>(
+    // deno-lint-ignore no-explicit-any
+    outputSchema: any,
+    config?: StructuredOutputMethodOptions<true>,
+  ): Runnable<BaseLanguageModelInput, { raw: BaseMessage; parsed: RunOutput }>;
+  // deno-lint-ignore no-explicit-any
+  override withStructuredOutput(outputSchema: any, config?: StructuredOutputMethodOptions<boolean>): Runnable {
+    return structuredOutput(this, outputSchema, config);
   }
 
   /** Streams the reply; LangChain calls this from `stream`, `streamEvents` and streaming callbacks. */
@@ -284,9 +363,12 @@ export class ChatKvfold extends BaseChatModel<ChatKvfoldCallOptions, AIMessageCh
     runManager?: CallbackManagerForLLMRun,
   ): AsyncGenerator<ChatGenerationChunk> {
     let stats: KvfoldRunStats | undefined;
+    const call = toolPrompt(this.model, messages, options, chatMessage);
     const pieces = runKvfold({
       model: this.model,
-      prompt: messages.map(chatMessage),
+      prompt: call.messages,
+      templateTools: call.templateTools,
+      jsonSchema: call.jsonSchema,
       documents: options.documents ?? [],
       store: this.store,
       settings: settingsOf(this.#fields, options),
@@ -297,10 +379,32 @@ export class ChatKvfold extends BaseChatModel<ChatKvfoldCallOptions, AIMessageCh
       prefixCache: this.#reused ??= prefixCacheOf(this.#fields),
       onStats: (s) => (stats = s),
     });
+    let envelope = "";
     for await (const piece of pieces) {
+      // A tool envelope is read whole: its JSON is not the reply's text.
+      if (call.envelope) {
+        envelope += piece;
+        continue;
+      }
       const chunk = new ChatGenerationChunk({ text: piece, message: new AIMessageChunk({ content: piece }) });
       // Report before yielding: a consumer that stops here still saw every token counted.
       await runManager?.handleLLMNewToken(piece, undefined, undefined, undefined, undefined, { chunk });
+      yield chunk;
+    }
+    if (call.envelope) {
+      const { content, toolCalls } = parseReply(envelope);
+      const message = new AIMessageChunk({
+        content,
+        tool_call_chunks: toolCalls.map((c, index) => ({
+          type: "tool_call_chunk" as const,
+          id: c.id,
+          name: c.name,
+          args: JSON.stringify(c.args),
+          index,
+        })),
+      });
+      const chunk = new ChatGenerationChunk({ text: content, message });
+      await runManager?.handleLLMNewToken(content, undefined, undefined, undefined, undefined, { chunk });
       yield chunk;
     }
     const kvfold = responseMetadata(stats!);
@@ -334,6 +438,7 @@ export class ChatKvfold extends BaseChatModel<ChatKvfoldCallOptions, AIMessageCh
     const chunk = all!.message as AIMessageChunk;
     const message = new AIMessage({
       content: all!.text,
+      tool_calls: chunk.tool_calls,
       response_metadata: chunk.response_metadata,
       usage_metadata: chunk.usage_metadata,
     });
