@@ -27,10 +27,7 @@ export { RunnableLambda, RunnablePassthrough, RunnableSequence } from "npm:@lang
 export type { Runnable, RunnableConfig } from "npm:@langchain/core@1.4.0/runnables";
 export { BasePromptTemplate, ChatPromptTemplate } from "npm:@langchain/core@1.4.0/prompts";
 export { dispatchCustomEvent } from "npm:@langchain/core@1.4.0/callbacks/dispatch/web";
-export type {
-  BindToolsInput,
-  ToolChoice,
-} from "npm:@langchain/core@1.4.0/language_models/chat_models";
+export type { BindToolsInput, ToolChoice } from "npm:@langchain/core@1.4.0/language_models/chat_models";
 export type {
   BaseLanguageModelInput,
   StructuredOutputMethodOptions,

@@ -142,11 +142,21 @@ async function* generatePieces(request: KvfoldRunRequest): AsyncGenerator<string
     if (typeof group === "string" && !groups.includes(group)) groups.push(group);
   }
   try {
-    const promptIds = encodePrompt(model, request.prompt, textDocuments, request.formatContext, request.templateTools);
+    const promptIds = encodePrompt(
+      model,
+      request.prompt,
+      textDocuments,
+      request.formatContext,
+      request.templateTools,
+    );
     const { jsonSchema } = request;
     yield* answerFromChunks(model, chunks, promptIds, {
       ...request.settings,
-      ...(jsonSchema === "json" ? { grammar: "json" as const } : jsonSchema !== undefined ? { jsonSchema } : {}),
+      ...(jsonSchema === "json"
+        ? { grammar: "json" as const }
+        : jsonSchema !== undefined
+        ? { jsonSchema }
+        : {}),
       maxTokens: request.settings.maxTokens ?? 256,
       stop: request.stop,
       signal,

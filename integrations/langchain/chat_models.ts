@@ -19,9 +19,11 @@ import {
   BaseChatModel,
   type BaseChatModelCallOptions,
   type BaseChatModelParams,
+  type BaseLanguageModelInput,
   type BaseLLMCallOptions,
   type BaseLLMParams,
   type BaseMessage,
+  type BindToolsInput,
   type CallbackManagerForLLMRun,
   ChatGenerationChunk,
   type ChatResult,
@@ -29,10 +31,8 @@ import {
   type LangSmithParams,
   LLM,
   type MessageContent,
-  type BaseLanguageModelInput,
-  type BindToolsInput,
-  type Runnable,
   type ModelProfile,
+  type Runnable,
   type StructuredOutputMethodOptions,
 } from "./_deps.ts";
 import {
@@ -329,7 +329,9 @@ export class ChatKvfold extends BaseChatModel<ChatKvfoldCallOptions, AIMessageCh
   ): Runnable<BaseLanguageModelInput, AIMessageChunk, ChatKvfoldCallOptions> {
     const specs = toolSpecs(tools);
     const choice = normalizeToolChoice(kwargs?.tool_choice, specs);
-    if (choice.kind !== "none") JsonGrammar.fromSchema(replySchema(specs, choice, 1) as Record<string, unknown>);
+    if (choice.kind !== "none") {
+      JsonGrammar.fromSchema(replySchema(specs, choice, 1) as Record<string, unknown>);
+    }
     return this.withConfig({ ...kwargs, tools: specs } as Partial<ChatKvfoldCallOptions>);
   }
 
@@ -352,7 +354,10 @@ export class ChatKvfold extends BaseChatModel<ChatKvfoldCallOptions, AIMessageCh
     config?: StructuredOutputMethodOptions<true>,
   ): Runnable<BaseLanguageModelInput, { raw: BaseMessage; parsed: RunOutput }>;
   // deno-lint-ignore no-explicit-any
-  override withStructuredOutput(outputSchema: any, config?: StructuredOutputMethodOptions<boolean>): Runnable {
+  override withStructuredOutput(
+    outputSchema: any,
+    config?: StructuredOutputMethodOptions<boolean>,
+  ): Runnable {
     return structuredOutput(this, outputSchema, config);
   }
 

@@ -30,7 +30,9 @@ export function structuredOutput(
   const jsonSchema = (typed ? toJsonSchema(schema) : schema) as Record<string, unknown>;
   const name = config.name ??
     (!typed && typeof schema.name === "string" && schema.parameters ? schema.name : undefined) ?? "extract";
-  const parameters = !typed && schema.parameters && typeof schema.name === "string" ? schema.parameters : jsonSchema;
+  const parameters = !typed && schema.parameters && typeof schema.name === "string"
+    ? schema.parameters
+    : jsonSchema;
   const traced = { ls_structured_output_format: { kwargs: { method }, schema: jsonSchema } };
   const includeRaw = config.includeRaw === true;
   const runName = includeRaw ? "StructuredOutputRunnable" : "StructuredOutput";
@@ -41,8 +43,15 @@ export function structuredOutput(
       [{ type: "function", function: { name, description, parameters } }],
       { tool_choice: name, ...traced } as never,
     );
-    return assembleStructuredOutputPipeline(llm, createFunctionCallingParser(schema, name), includeRaw, runName);
+    return assembleStructuredOutputPipeline(
+      llm,
+      createFunctionCallingParser(schema, name),
+      includeRaw,
+      runName,
+    );
   }
-  const llm = model.withConfig({ jsonSchema: method === "jsonMode" ? "json" : parameters, ...traced } as never);
+  const llm = model.withConfig(
+    { jsonSchema: method === "jsonMode" ? "json" : parameters, ...traced } as never,
+  );
   return assembleStructuredOutputPipeline(llm, createContentParser(schema), includeRaw, runName);
 }

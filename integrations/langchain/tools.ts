@@ -35,7 +35,10 @@ export interface KvfoldToolSpec {
 }
 
 /** What the model must do with its tools: answer or call (`auto`), call some tool (`any`), call this one, or no tools. */
-export type NormalizedToolChoice = { kind: "auto" } | { kind: "any" } | { kind: "none" } | { kind: "tool"; name: string };
+export type NormalizedToolChoice = { kind: "auto" } | { kind: "any" } | { kind: "none" } | {
+  kind: "tool";
+  name: string;
+};
 
 /**
  * Tools in any LangChain form (a `StructuredTool`, `tool(...)`, a runnable's `asTool`, an OpenAI
@@ -46,7 +49,9 @@ export function toolSpecs(tools: readonly BindToolsInput[]): KvfoldToolSpec[] {
     // deno-lint-ignore no-explicit-any
     const f = (convertToOpenAITool(t as any) as unknown as { function?: Record<string, unknown> }).function;
     if (!f || typeof f.name !== "string" || f.name === "") {
-      throw new TypeError(`Cannot bind tools: tool ${i} has no name (pass a LangChain tool or an OpenAI tool object)`);
+      throw new TypeError(
+        `Cannot bind tools: tool ${i} has no name (pass a LangChain tool or an OpenAI tool object)`,
+      );
     }
     const parameters = f.parameters && typeof f.parameters === "object"
       ? f.parameters as Record<string, unknown>
@@ -62,7 +67,10 @@ export function toolSpecs(tools: readonly BindToolsInput[]): KvfoldToolSpec[] {
 }
 
 /** LangChain's `tool_choice` values, checked against the tools. */
-export function normalizeToolChoice(choice: ToolChoice | undefined, specs: readonly KvfoldToolSpec[]): NormalizedToolChoice {
+export function normalizeToolChoice(
+  choice: ToolChoice | undefined,
+  specs: readonly KvfoldToolSpec[],
+): NormalizedToolChoice {
   if (choice === undefined || choice === "auto") return { kind: "auto" };
   if (choice === "any" || choice === "required") return { kind: "any" };
   if (choice === "none") return { kind: "none" };
@@ -72,7 +80,9 @@ export function normalizeToolChoice(choice: ToolChoice | undefined, specs: reado
       (choice as { name?: unknown }).name;
   if (typeof name !== "string" || !specs.some((s) => s.name === name)) {
     throw new TypeError(
-      `Cannot call tools: tool_choice ${JSON.stringify(choice)} is not "auto", "any", "none" or a bound tool's name`,
+      `Cannot call tools: tool_choice ${
+        JSON.stringify(choice)
+      } is not "auto", "any", "none" or a bound tool's name`,
     );
   }
   return { kind: "tool", name };
@@ -82,7 +92,11 @@ export function normalizeToolChoice(choice: ToolChoice | undefined, specs: reado
  * The JSON Schema of the reply: `{"tool_calls":[...]}` (one call, or up to `parallel` calls) whose
  * items are `{"name": <a tool>, "arguments": <its schema>}`, or with `auto` also `{"content": "..."}`.
  */
-export function replySchema(specs: readonly KvfoldToolSpec[], choice: NormalizedToolChoice, parallel: number): JsonSchema {
+export function replySchema(
+  specs: readonly KvfoldToolSpec[],
+  choice: NormalizedToolChoice,
+  parallel: number,
+): JsonSchema {
   const allowed = choice.kind === "tool" ? specs.filter((s) => s.name === choice.name) : specs;
   const call = (s: KvfoldToolSpec) => ({
     type: "object",
@@ -125,13 +139,21 @@ export function templateTakesTools(model: Model): boolean {
 }
 
 /** The system text of the default format. */
-export function toolInstructions(specs: readonly KvfoldToolSpec[], choice: NormalizedToolChoice, listTools: boolean): string {
+export function toolInstructions(
+  specs: readonly KvfoldToolSpec[],
+  choice: NormalizedToolChoice,
+  listTools: boolean,
+): string {
   const allowed = choice.kind === "tool" ? specs.filter((s) => s.name === choice.name) : specs;
   const lines: string[] = [];
   if (listTools) {
     lines.push("You can call these tools. Each takes a JSON object of arguments matching its JSON Schema:");
     for (const s of allowed) {
-      lines.push(`- ${s.name}: ${s.description || "(no description)"} Arguments: ${JSON.stringify(withoutDialect(s.parameters))}`);
+      lines.push(
+        `- ${s.name}: ${s.description || "(no description)"} Arguments: ${
+          JSON.stringify(withoutDialect(s.parameters))
+        }`,
+      );
     }
   }
   const callForm = '{"tool_calls":[{"name":"<tool name>","arguments":{...}}]}';
@@ -147,7 +169,11 @@ export function toolInstructions(specs: readonly KvfoldToolSpec[], choice: Norma
 
 /** Template messages may carry tool fields beside role and content. */
 export type ToolChatMessage = ChatMessage & {
-  tool_calls?: { id?: string; type: "function"; function: { name: string; arguments: Record<string, unknown> } }[];
+  tool_calls?: {
+    id?: string;
+    type: "function";
+    function: { name: string; arguments: Record<string, unknown> };
+  }[];
   tool_call_id?: string;
   name?: string;
 };
@@ -156,12 +182,21 @@ export type ToolChatMessage = ChatMessage & {
  * A LangChain message for the prompt, tool calls and results included: in the template's own
  * terms when it takes tools, else in the default format's.
  */
-export function toolChatMessage(message: BaseMessage, templateTools: boolean, plain: (m: BaseMessage) => ChatMessage): ToolChatMessage {
+export function toolChatMessage(
+  message: BaseMessage,
+  templateTools: boolean,
+  plain: (m: BaseMessage) => ChatMessage,
+): ToolChatMessage {
   const type = message.getType();
   if (type === "tool") {
     const m = message as BaseMessage & { tool_call_id?: string; name?: string };
-    if (templateTools) return { role: "tool", content: message.text, tool_call_id: m.tool_call_id, name: m.name };
-    return { role: "user", content: `Tool ${m.name ?? "result"} (call ${m.tool_call_id ?? "?"}) returned: ${message.text}` };
+    if (templateTools) {
+      return { role: "tool", content: message.text, tool_call_id: m.tool_call_id, name: m.name };
+    }
+    return {
+      role: "user",
+      content: `Tool ${m.name ?? "result"} (call ${m.tool_call_id ?? "?"}) returned: ${message.text}`,
+    };
   }
   const calls = type === "ai" ? (message as BaseMessage & { tool_calls?: ToolCall[] }).tool_calls ?? [] : [];
   if (calls.length === 0) return plain(message);
@@ -169,7 +204,11 @@ export function toolChatMessage(message: BaseMessage, templateTools: boolean, pl
     return {
       role: "assistant",
       content: message.text,
-      tool_calls: calls.map((c) => ({ id: c.id, type: "function", function: { name: c.name, arguments: c.args } })),
+      tool_calls: calls.map((c) => ({
+        id: c.id,
+        type: "function",
+        function: { name: c.name, arguments: c.args },
+      })),
     };
   }
   return {
@@ -180,11 +219,17 @@ export function toolChatMessage(message: BaseMessage, templateTools: boolean, pl
 
 /** The tools in the Hugging Face form chat templates read (`[{type: "function", function}]`). */
 export function templateTools(specs: readonly KvfoldToolSpec[]): Record<string, unknown>[] {
-  return specs.map((s) => ({ type: "function", function: { name: s.name, description: s.description, parameters: withoutDialect(s.parameters) } }));
+  return specs.map((s) => ({
+    type: "function",
+    function: { name: s.name, description: s.description, parameters: withoutDialect(s.parameters) },
+  }));
 }
 
 /** The messages with the default format's instructions opening the first system message. */
-export function withInstructions(messages: readonly ToolChatMessage[], instructions: string): ToolChatMessage[] {
+export function withInstructions(
+  messages: readonly ToolChatMessage[],
+  instructions: string,
+): ToolChatMessage[] {
   if (messages[0]?.role === "system") {
     return [{ ...messages[0], content: `${instructions}\n\n${messages[0].content}` }, ...messages.slice(1)];
   }
@@ -270,11 +315,15 @@ export function toolPrompt(
   const hasToolMessages = messages.some((m) =>
     m.getType() === "tool" || ((m as BaseMessage & { tool_calls?: unknown[] }).tool_calls?.length ?? 0) > 0
   );
-  if (specs.length === 0 && !hasToolMessages) return { messages: messages.map(plain), jsonSchema: options.jsonSchema, envelope: false };
+  if (specs.length === 0 && !hasToolMessages) {
+    return { messages: messages.map(plain), jsonSchema: options.jsonSchema, envelope: false };
+  }
   const viaTemplate = templateTakesTools(model);
   let out = messages.map((m) => toolChatMessage(m, viaTemplate, plain));
   const choice = normalizeToolChoice(options.tool_choice, specs);
-  if (specs.length === 0 || choice.kind === "none") return { messages: out, jsonSchema: options.jsonSchema, envelope: false };
+  if (specs.length === 0 || choice.kind === "none") {
+    return { messages: out, jsonSchema: options.jsonSchema, envelope: false };
+  }
   out = withInstructions(out, toolInstructions(specs, choice, !viaTemplate));
   const p = options.parallel_tool_calls;
   const parallel = p === true ? 8 : typeof p === "number" ? p : 1;
