@@ -12,7 +12,7 @@ import { Validator } from "npm:@cfworker/json-schema@4.1.6";
 import { z } from "npm:zod@4.6.7";
 import {
   AIMessage,
-  AIMessageChunk,
+  type AIMessageChunk,
   type BaseMessage,
   HumanMessage,
   SystemMessage,

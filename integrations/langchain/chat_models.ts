@@ -353,8 +353,8 @@ export class ChatKvfold extends BaseChatModel<ChatKvfoldCallOptions, AIMessageCh
     outputSchema: any,
     config?: StructuredOutputMethodOptions<true>,
   ): Runnable<BaseLanguageModelInput, { raw: BaseMessage; parsed: RunOutput }>;
-  // deno-lint-ignore no-explicit-any
   override withStructuredOutput(
+    // deno-lint-ignore no-explicit-any
     outputSchema: any,
     config?: StructuredOutputMethodOptions<boolean>,
   ): Runnable {
