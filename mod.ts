@@ -54,6 +54,13 @@ export { decodeBatch, DecodeBatcher } from "./src/batch.ts";
 export type { BatchEntry, BatcherStats } from "./src/batch.ts";
 export { JsonGrammar } from "./src/grammar/json_grammar.ts";
 export type { GrammarOption, JsonSchema } from "./src/grammar/json_grammar.ts";
+export {
+  parseToolReply,
+  toolInstructions,
+  toolReplySchema,
+  withoutDialect,
+} from "./src/grammar/tool_envelope.ts";
+export type { ParsedReply, ParsedToolCall, ToolChoiceKind, ToolSpec } from "./src/grammar/tool_envelope.ts";
 export { TextTokenizer } from "./src/tokenizer.ts";
 export type { ChatMessage, ChatTemplateOptions } from "./src/tokenizer.ts";
 export { KvfoldError } from "./src/errors.ts";

@@ -11,7 +11,9 @@ import {
   type DocumentStore,
   JsonGrammar,
   type Model,
+  parseToolReply,
   PrefixCache,
+  toolReplySchema,
 } from "../../mod.ts";
 import {
   AIMessage,
@@ -38,8 +40,6 @@ import {
 import {
   type KvfoldToolCallOptions,
   normalizeToolChoice,
-  parseReply,
-  replySchema,
   toolPrompt,
   toolSpecs,
 } from "./tools.ts";
@@ -330,7 +330,7 @@ export class ChatKvfold extends BaseChatModel<ChatKvfoldCallOptions, AIMessageCh
     const specs = toolSpecs(tools);
     const choice = normalizeToolChoice(kwargs?.tool_choice, specs);
     if (choice.kind !== "none") {
-      JsonGrammar.fromSchema(replySchema(specs, choice, 1) as Record<string, unknown>);
+      JsonGrammar.fromSchema(toolReplySchema(specs, choice, 1) as Record<string, unknown>);
     }
     return this.withConfig({ ...kwargs, tools: specs } as Partial<ChatKvfoldCallOptions>);
   }
@@ -397,7 +397,7 @@ export class ChatKvfold extends BaseChatModel<ChatKvfoldCallOptions, AIMessageCh
       yield chunk;
     }
     if (call.envelope) {
-      const { content, toolCalls } = parseReply(envelope);
+      const { content, toolCalls } = parseToolReply(envelope);
       const message = new AIMessageChunk({
         content,
         tool_call_chunks: toolCalls.map((c, index) => ({

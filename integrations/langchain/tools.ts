@@ -17,7 +17,17 @@
  * @module
  */
 
-import type { ChatMessage, JsonSchema, Model } from "../../mod.ts";
+import {
+  type ChatMessage,
+  type JsonSchema,
+  type Model,
+  parseToolReply,
+  toolReplySchema,
+  type ToolChoiceKind,
+  toolInstructions,
+  type ToolSpec,
+  withoutDialect,
+} from "../../mod.ts";
 import {
   type BaseMessage,
   type BindToolsInput,
@@ -26,25 +36,11 @@ import {
   type ToolChoice,
 } from "./_deps.ts";
 
-/** A tool as the model sees it. */
-export interface KvfoldToolSpec {
-  name: string;
-  description: string;
-  /** JSON Schema of the arguments object. */
-  parameters: Record<string, unknown>;
-}
-
-/** What the model must do with its tools: answer or call (`auto`), call some tool (`any`), call this one, or no tools. */
-export type NormalizedToolChoice = { kind: "auto" } | { kind: "any" } | { kind: "none" } | {
-  kind: "tool";
-  name: string;
-};
-
 /**
  * Tools in any LangChain form (a `StructuredTool`, `tool(...)`, a runnable's `asTool`, an OpenAI
  * `{type: "function", function}` object, `{name, description, schema}`) as specs.
  */
-export function toolSpecs(tools: readonly BindToolsInput[]): KvfoldToolSpec[] {
+export function toolSpecs(tools: readonly BindToolsInput[]): ToolSpec[] {
   const specs = tools.map((t, i) => {
     // deno-lint-ignore no-explicit-any
     const f = (convertToOpenAITool(t as any) as unknown as { function?: Record<string, unknown> }).function;
@@ -69,8 +65,8 @@ export function toolSpecs(tools: readonly BindToolsInput[]): KvfoldToolSpec[] {
 /** LangChain's `tool_choice` values, checked against the tools. */
 export function normalizeToolChoice(
   choice: ToolChoice | undefined,
-  specs: readonly KvfoldToolSpec[],
-): NormalizedToolChoice {
+  specs: readonly ToolSpec[],
+): ToolChoiceKind {
   if (choice === undefined || choice === "auto") return { kind: "auto" };
   if (choice === "any" || choice === "required") return { kind: "any" };
   if (choice === "none") return { kind: "none" };
@@ -88,83 +84,9 @@ export function normalizeToolChoice(
   return { kind: "tool", name };
 }
 
-/**
- * The JSON Schema of the reply: `{"tool_calls":[...]}` (one call, or up to `parallel` calls) whose
- * items are `{"name": <a tool>, "arguments": <its schema>}`, or with `auto` also `{"content": "..."}`.
- */
-export function replySchema(
-  specs: readonly KvfoldToolSpec[],
-  choice: NormalizedToolChoice,
-  parallel: number,
-): JsonSchema {
-  const allowed = choice.kind === "tool" ? specs.filter((s) => s.name === choice.name) : specs;
-  const call = (s: KvfoldToolSpec) => ({
-    type: "object",
-    properties: { name: { const: s.name }, arguments: withoutDialect(s.parameters) },
-    required: ["name", "arguments"],
-    additionalProperties: false,
-  });
-  const calls = {
-    type: "object",
-    properties: {
-      tool_calls: {
-        type: "array",
-        items: allowed.length === 1 ? call(allowed[0]) : { anyOf: allowed.map(call) },
-        minItems: 1,
-        maxItems: Math.max(1, parallel),
-      },
-    },
-    required: ["tool_calls"],
-    additionalProperties: false,
-  };
-  if (choice.kind !== "auto") return calls;
-  const content = {
-    type: "object",
-    properties: { content: { type: "string" } },
-    required: ["content"],
-    additionalProperties: false,
-  };
-  return { anyOf: [calls, content] };
-}
-
-/** A schema embedded in another: `$schema` and `$id` would be misplaced there. */
-function withoutDialect(schema: Record<string, unknown>): Record<string, unknown> {
-  const { $schema: _s, $id: _i, ...rest } = schema;
-  return rest;
-}
-
 /** Whether the model's chat template reads a `tools` variable. */
 export function templateTakesTools(model: Model): boolean {
   return /\btools\b/.test(model.tokenizer.chatTemplate ?? "");
-}
-
-/** The system text of the default format. */
-export function toolInstructions(
-  specs: readonly KvfoldToolSpec[],
-  choice: NormalizedToolChoice,
-  listTools: boolean,
-): string {
-  const allowed = choice.kind === "tool" ? specs.filter((s) => s.name === choice.name) : specs;
-  const lines: string[] = [];
-  if (listTools) {
-    lines.push("You can call these tools. Each takes a JSON object of arguments matching its JSON Schema:");
-    for (const s of allowed) {
-      lines.push(
-        `- ${s.name}: ${s.description || "(no description)"} Arguments: ${
-          JSON.stringify(withoutDialect(s.parameters))
-        }`,
-      );
-    }
-  }
-  const callForm = '{"tool_calls":[{"name":"<tool name>","arguments":{...}}]}';
-  lines.push(
-    choice.kind === "auto"
-      ? `Reply with one JSON object: ${callForm} to call tools, or {"content":"<your answer>"} to answer directly.`
-      : choice.kind === "tool"
-      ? `Reply with one JSON object that calls the tool ${choice.name}: ${callForm}`
-      : `Reply with one JSON object that calls a tool: ${callForm}`,
-  );
-  return lines.join("\n");
 }
 
 /** Template messages may carry tool fields beside role and content. */
@@ -218,7 +140,7 @@ export function toolChatMessage(
 }
 
 /** The tools in the Hugging Face form chat templates read (`[{type: "function", function}]`). */
-export function templateTools(specs: readonly KvfoldToolSpec[]): Record<string, unknown>[] {
+export function templateTools(specs: readonly ToolSpec[]): Record<string, unknown>[] {
   return specs.map((s) => ({
     type: "function",
     function: { name: s.name, description: s.description, parameters: withoutDialect(s.parameters) },
@@ -236,42 +158,11 @@ export function withInstructions(
   return [{ role: "system", content: instructions }, ...messages];
 }
 
-/** A reply parsed: text content and tool calls (each with a fresh id). */
-export interface ParsedReply {
-  content: string;
-  toolCalls: ToolCall[];
-}
-
-/**
- * Reads the envelope. Text that is not one (a reply cut by a stop string, or generated without
- * constraint under `tool_choice: "none"`) is content as it stands.
- */
-export function parseReply(text: string): ParsedReply {
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch {
-    return { content: text, toolCalls: [] };
-  }
-  if (typeof value !== "object" || value === null) return { content: text, toolCalls: [] };
-  const v = value as { tool_calls?: unknown; content?: unknown };
-  if (Array.isArray(v.tool_calls)) {
-    const toolCalls = v.tool_calls.map((c: { name?: unknown; arguments?: unknown }) => ({
-      id: `call_${crypto.randomUUID().replaceAll("-", "").slice(0, 24)}`,
-      name: String(c.name),
-      args: (c.arguments ?? {}) as Record<string, unknown>,
-      type: "tool_call" as const,
-    }));
-    return { content: "", toolCalls };
-  }
-  if (typeof v.content === "string") return { content: v.content, toolCalls: [] };
-  return { content: text, toolCalls: [] };
-}
 
 /** Call options that bind tools or constrain the reply (see {@linkcode ChatKvfold.bindTools}). */
 export interface KvfoldToolCallOptions {
   /** Tools the model may call (set by `bindTools`). */
-  tools?: readonly (KvfoldToolSpec | BindToolsInput)[];
+  tools?: readonly (ToolSpec | BindToolsInput)[];
   /** `"auto"` (default), `"any"` / `"required"`, `"none"`, or a tool's name (or `{type: "function", function: {name}}`). */
   tool_choice?: ToolChoice;
   /** Calls one reply may make: false (default) one, true up to 8, or a number. */
@@ -289,16 +180,16 @@ export interface ToolPrompt {
   envelope: boolean;
 }
 
-function isSpec(t: unknown): t is KvfoldToolSpec {
-  return typeof t === "object" && t !== null && typeof (t as KvfoldToolSpec).name === "string" &&
-    typeof (t as KvfoldToolSpec).parameters === "object" && !("schema" in t) && !("function" in t) &&
+function isSpec(t: unknown): t is ToolSpec {
+  return typeof t === "object" && t !== null && typeof (t as ToolSpec).name === "string" &&
+    typeof (t as ToolSpec).parameters === "object" && !("schema" in t) && !("function" in t) &&
     !("invoke" in t);
 }
 
 /** Specs of the `tools` call option, whichever form it holds. */
-export function boundSpecs(tools: KvfoldToolCallOptions["tools"]): KvfoldToolSpec[] {
+export function boundSpecs(tools: KvfoldToolCallOptions["tools"]): ToolSpec[] {
   if (!tools?.length) return [];
-  return tools.every(isSpec) ? [...tools as KvfoldToolSpec[]] : toolSpecs(tools as BindToolsInput[]);
+  return tools.every(isSpec) ? [...tools as ToolSpec[]] : toolSpecs(tools as BindToolsInput[]);
 }
 
 /**
@@ -330,7 +221,7 @@ export function toolPrompt(
   return {
     messages: out,
     templateTools: viaTemplate ? templateTools(specs) : undefined,
-    jsonSchema: replySchema(specs, choice, parallel),
+    jsonSchema: toolReplySchema(specs, choice, parallel),
     envelope: true,
   };
 }
