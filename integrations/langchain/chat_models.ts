@@ -37,12 +37,7 @@ import {
   type Runnable,
   type StructuredOutputMethodOptions,
 } from "./_deps.ts";
-import {
-  type KvfoldToolCallOptions,
-  normalizeToolChoice,
-  toolPrompt,
-  toolSpecs,
-} from "./tools.ts";
+import { type KvfoldToolCallOptions, normalizeToolChoice, toolPrompt, toolSpecs } from "./tools.ts";
 import { structuredOutput } from "./structured_output.ts";
 import { checkModelOption, checkStoreOption } from "../_model_option.ts";
 import { countModelTokens } from "./embeddings.ts";

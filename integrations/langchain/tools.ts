@@ -21,10 +21,9 @@ import {
   type ChatMessage,
   type JsonSchema,
   type Model,
-  parseToolReply,
-  toolReplySchema,
   type ToolChoiceKind,
   toolInstructions,
+  toolReplySchema,
   type ToolSpec,
   withoutDialect,
 } from "../../mod.ts";
@@ -157,7 +156,6 @@ export function withInstructions(
   }
   return [{ role: "system", content: instructions }, ...messages];
 }
-
 
 /** Call options that bind tools or constrain the reply (see {@linkcode ChatKvfold.bindTools}). */
 export interface KvfoldToolCallOptions {
