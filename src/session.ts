@@ -16,13 +16,7 @@ import type { DecodeBatcher } from "./batch.ts";
 import { KvfoldError } from "./errors.ts";
 import type { Model } from "./model.ts";
 import { IncrementalDecoder, StopStringFilter } from "./text_stream.ts";
-import {
-  GrammarConstraint,
-  grammarOf,
-  type GrammarOption,
-  type JsonSchema,
-  tokenTrie,
-} from "./grammar/json_grammar.ts";
+import { constrain, grammarOf, type GrammarOption, type JsonSchema } from "./grammar/json_grammar.ts";
 
 /** Options of {@link Model.session}. */
 export interface SessionOptions {
@@ -112,11 +106,8 @@ export interface GenerateOptions extends SamplingOptions {
   /** Runs each decode step through this batcher, together with other sessions' concurrent steps. */
   batcher?: DecodeBatcher;
   /**
-   * Constrains the output to compact JSON valid against this JSON Schema (see
-   * {@link JsonGrammar.fromSchema} for the keywords it takes): every step samples only tokens that
-   * keep the text a prefix of a valid value, within the tokens left, and EOS (or a stop token)
-   * only once the value is whole. With `maxTokens` at least the bytes of the schema's shortest
-   * value, the text always parses and validates.
+   * Constrains the output to compact JSON valid against this JSON Schema ({@link JsonGrammar}):
+   * with `maxTokens` at least the bytes of its shortest value, the text always parses and validates.
    */
   jsonSchema?: JsonSchema;
   /** `"json"`: any one JSON value; or a compiled {@link JsonGrammar}. Exclusive with `jsonSchema`. */
@@ -492,15 +483,7 @@ export class Session extends HandleOwner {
         throw new KvfoldError("INVALID_ARGUMENT", "Cannot generate: the batcher serves another model");
       }
       const vocab = this.model.info.vocabSize;
-      const constraint = grammar &&
-        new GrammarConstraint(grammar, tokenTrie(tok, vocab), [...new Set([...eosIds, ...stopIds])]);
-      if (constraint && constraint.bytesLeft > maxTokens) {
-        throw new KvfoldError(
-          "INVALID_ARGUMENT",
-          `Cannot generate: the shortest value of the JSON schema takes ${constraint.bytesLeft} bytes, ` +
-            `more than maxTokens ${maxTokens} can be relied on to write`,
-        );
-      }
+      const constraint = grammar && constrain(grammar, tok, vocab, [...eosIds, ...stopIds], maxTokens);
       const t0 = performance.now();
       if (options.history?.length) {
         const vocab = this.model.info.vocabSize;
@@ -523,9 +506,10 @@ export class Session extends HandleOwner {
         // The pointer is read again at every step (a DISPOSED error once the session is disposed):
         // the session may have been freed during the last decode's await.
         if (constraint) {
-          // Tokens that may follow this one: enough to close the value at one byte per token.
-          const budget = Math.min(maxTokens - tokens.length - 1, this.contextSize - this.position);
-          const mask = constraint.mask(budget);
+          // The tokens that may follow this one must still close the value (one byte per token).
+          const mask = constraint.mask(
+            Math.min(maxTokens - tokens.length - 1, this.contextSize - this.position),
+          );
           if (mask === null) {
             reason = "eos"; // the value is closed and there is no end token to sample
             break;

@@ -190,3 +190,26 @@ export class GrammarConstraint {
     this.#state = dedupeState(next);
   }
 }
+
+/**
+ * The constraint of one generation: `endIds` (EOS and stop tokens) end it once the value is whole.
+ * Refuses a `maxTokens` below the bytes of the grammar's shortest value: the budget that closes
+ * every value in time counts one byte per token.
+ */
+export function constrain(
+  grammar: JsonGrammar,
+  tokenizer: TextTokenizer,
+  vocab: number,
+  endIds: readonly number[],
+  maxTokens: number,
+): GrammarConstraint {
+  const constraint = new GrammarConstraint(grammar, tokenTrie(tokenizer, vocab), [...new Set(endIds)]);
+  if (constraint.bytesLeft > maxTokens) {
+    throw new KvfoldError(
+      "INVALID_ARGUMENT",
+      `Cannot generate: the shortest value of the JSON schema takes ${constraint.bytesLeft} bytes, ` +
+        `more than maxTokens ${maxTokens} can be relied on to write`,
+    );
+  }
+  return constraint;
+}
