@@ -423,3 +423,43 @@ Deno.test("tools: a LangChain agent loop with two tools runs to completion, ever
     }
   });
 });
+
+Deno.test("tools: a chat template that takes tools gets them, assistant tool_calls and tool messages in its own terms", async () => {
+  const dir = await testModel("tools-template", { seed: 9 });
+  const configPath = `${dir}/tokenizer_config.json`;
+  const config = JSON.parse(await Deno.readTextFile(configPath));
+  config.chat_template =
+    "{% if tools %}[TOOLS]{% for t in tools %}{{ t.function.name }};{% endfor %}[/TOOLS]{% endif %}" +
+    "{% for m in messages %}<{{ m.role }}>{{ m.content }}" +
+    "{% if m.tool_calls %}{% for c in m.tool_calls %}[CALL {{ c.function.name }} {{ c.id }}]{% endfor %}{% endif %}" +
+    "{% if m.tool_call_id %}[FOR {{ m.tool_call_id }}]{% endif %}</{{ m.role }}>{% endfor %}" +
+    "{% if add_generation_prompt %}<assistant>{% endif %}";
+  await Deno.writeTextFile(configPath, JSON.stringify(config));
+  using model = await (await testEngine()).loadModel(dir);
+  const seen: string[] = [];
+  const original = model.tokenizer.encodeChat.bind(model.tokenizer);
+  model.tokenizer.encodeChat = (messages, options) => {
+    seen.push(model.tokenizer.applyChatTemplate(messages, options));
+    return original(messages, options);
+  };
+  const chat = new ChatKvfold({ model, ...SAMPLED });
+  const reply = await chat.bindTools([new AdderTool(), weatherTool], { tool_choice: "any" }).invoke([
+    new HumanMessage("What is 1 + 2"),
+    new AIMessage({
+      content: "",
+      tool_calls: [{ name: "AdderTool", args: { a: 1, b: 2 }, id: "c1", type: "tool_call" }],
+    }),
+    new ToolMessage('{"result":3}', "c1", "AdderTool"),
+  ]);
+  model.tokenizer.encodeChat = original;
+  assert.match(
+    seen[0],
+    /^\[TOOLS\]AdderTool;get_current_weather;\[\/TOOLS\]<system>Reply with one JSON object that calls a tool: /,
+  );
+  assert.doesNotMatch(seen[0], /You can call these tools/, "the template lists the tools itself");
+  assert.match(
+    seen[0],
+    /<assistant>\[CALL AdderTool c1\]<\/assistant><tool>\{"result":3\}\[FOR c1\]<\/tool><assistant>$/,
+  );
+  assert.equal(reply.tool_calls?.length, 1);
+});
