@@ -25,7 +25,7 @@ import { BaseCallbackHandler } from "npm:@langchain/core@1.4.0/callbacks/base";
 import { toJsonSchema } from "npm:@langchain/core@1.4.0/utils/json_schema";
 import { concat } from "npm:@langchain/core@1.4.0/utils/stream";
 import type { Model } from "../mod.ts";
-import { ChatKvfold } from "../integrations/langchain/mod.ts";
+import { ChatKvfold, KvfoldLLM } from "../integrations/langchain/mod.ts";
 import { throwsKvfold } from "./_kvfold_asserts.ts";
 import { testEngine, testModel } from "./_fixtures.ts";
 
@@ -462,4 +462,21 @@ Deno.test("tools: a chat template that takes tools gets them, assistant tool_cal
     /<assistant>\[CALL AdderTool c1\]<\/assistant><tool>\{"result":3\}\[FOR c1\]<\/tool><assistant>$/,
   );
   assert.equal(reply.tool_calls?.length, 1);
+});
+
+Deno.test('tools: the LangChain KvfoldLLM takes jsonSchema (and "json") as a call option', async () => {
+  await withModel(async (model) => {
+    const llm = new KvfoldLLM({ model, ...SAMPLED });
+    const schema = {
+      type: "object",
+      properties: { n: { type: "integer", minimum: 1, maximum: 9 } },
+      required: ["n"],
+      additionalProperties: false,
+    };
+    for (const seed of [1, 2, 3]) {
+      const text = await llm.invoke("A digit:", { jsonSchema: schema, seed } as never);
+      assert.ok(new Validator(schema as never, "2020-12").validate(JSON.parse(text)).valid, text);
+    }
+    JSON.parse(await llm.invoke("Anything:", { jsonSchema: "json" } as never));
+  });
 });

@@ -96,7 +96,8 @@ export interface KvfoldLLMInput extends KvfoldModelFields, BaseLLMParams {
 }
 
 /** Call options of {@linkcode KvfoldLLM}: LangChain's plus `documents` and sampling. */
-export interface KvfoldLLMCallOptions extends BaseLLMCallOptions, KvfoldDocumentsCallOptions {}
+export interface KvfoldLLMCallOptions
+  extends BaseLLMCallOptions, KvfoldDocumentsCallOptions, Pick<KvfoldToolCallOptions, "jsonSchema"> {}
 
 /** What `response_metadata.kvfold` (and `generationInfo.kvfold`) reports about a generation. */
 export interface KvfoldResponseMetadata {
@@ -516,7 +517,7 @@ export class KvfoldLLM extends LLM<KvfoldLLMCallOptions> {
   }
 
   override get callKeys(): string[] {
-    return [...super.callKeys, "documents", ...SETTING_KEYS];
+    return [...super.callKeys, "documents", ...SETTING_KEYS, "jsonSchema"];
   }
 
   /** The LangChain provider name. */
@@ -544,6 +545,7 @@ export class KvfoldLLM extends LLM<KvfoldLLMCallOptions> {
     const pieces = runKvfold({
       model: this.model,
       prompt: this.chat ? [{ role: "user", content: prompt }] : prompt,
+      jsonSchema: options.jsonSchema,
       documents: options.documents ?? [],
       store: this.store,
       settings: settingsOf(this.#fields, options),
