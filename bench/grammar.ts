@@ -44,8 +44,34 @@ const SCHEMAS: Record<string, JsonSchema> = {
         minItems: 1,
         items: {
           anyOf: [
-            { type: "object", properties: { name: { const: "get_weather" }, arguments: { type: "object", properties: { city: { type: "string" } }, required: ["city"], additionalProperties: false } }, required: ["name", "arguments"], additionalProperties: false },
-            { type: "object", properties: { name: { const: "add" }, arguments: { type: "object", properties: { a: { type: "number" }, b: { type: "number" } }, required: ["a", "b"], additionalProperties: false } }, required: ["name", "arguments"], additionalProperties: false },
+            {
+              type: "object",
+              properties: {
+                name: { const: "get_weather" },
+                arguments: {
+                  type: "object",
+                  properties: { city: { type: "string" } },
+                  required: ["city"],
+                  additionalProperties: false,
+                },
+              },
+              required: ["name", "arguments"],
+              additionalProperties: false,
+            },
+            {
+              type: "object",
+              properties: {
+                name: { const: "add" },
+                arguments: {
+                  type: "object",
+                  properties: { a: { type: "number" }, b: { type: "number" } },
+                  required: ["a", "b"],
+                  additionalProperties: false,
+                },
+              },
+              required: ["name", "arguments"],
+              additionalProperties: false,
+            },
           ],
         },
       },
@@ -58,10 +84,28 @@ const SCHEMAS: Record<string, JsonSchema> = {
 function stats(xs: number[]) {
   const s = [...xs].sort((a, b) => a - b);
   const q = (p: number) => s.length ? s[Math.min(s.length - 1, Math.floor(p * s.length))] : 0;
-  return { n: s.length, mean: s.length ? s.reduce((a, b) => a + b, 0) / s.length : 0, p50: q(0.5), p95: q(0.95), max: s.at(-1) ?? 0 };
+  return {
+    n: s.length,
+    mean: s.length ? s.reduce((a, b) => a + b, 0) / s.length : 0,
+    p50: q(0.5),
+    p95: q(0.95),
+    max: s.at(-1) ?? 0,
+  };
 }
 
-const rows: Record<string, unknown>[] = [];
+type Stats = ReturnType<typeof stats>;
+interface Row {
+  vocab: number;
+  trieNodes: number;
+  trieBuildMs: number;
+  schema: string;
+  tokens: number;
+  bytesPerToken: number;
+  step: Stats;
+  cold: Stats;
+  warm: Stats;
+}
+const rows: Row[] = [];
 for (const vocab of [512, 32000]) {
   const dir = await Deno.makeTempDir({ prefix: "kvfold-bench-grammar-" });
   const { tokenizerJson, tokenizerConfig } = makeTestTokenizer(vocab);
@@ -97,18 +141,39 @@ for (const vocab of [512, 32000]) {
       }
     }
     const all = stats([...cold, ...warm]);
-    rows.push({ vocab, trieNodes: trie.nodes, trieBuildMs: buildMs, schema: name, tokens, bytesPerToken: bytes / tokens, step: all, cold: stats(cold), warm: stats(warm) });
+    rows.push({
+      vocab,
+      trieNodes: trie.nodes,
+      trieBuildMs: buildMs,
+      schema: name,
+      tokens,
+      bytesPerToken: bytes / tokens,
+      step: all,
+      cold: stats(cold),
+      warm: stats(warm),
+    });
   }
 }
 
 const f = (x: number) => x.toFixed(3);
-console.log("vocab | trie nodes | build ms | schema | steps | cold steps (mean / p95 / max ms) | warm steps (mean / p95 ms) | all steps mean ms");
+console.log(
+  "vocab | trie nodes | build ms | schema | steps | cold steps (mean / p95 / max ms) | warm steps (mean / p95 ms) | all steps mean ms",
+);
 console.log("---|---|---|---|---|---|---|---");
-for (const r of rows as any[]) {
+for (const r of rows) {
   console.log(
-    `${r.vocab} | ${r.trieNodes} | ${r.trieBuildMs.toFixed(1)} | ${r.schema} | ${r.step.n} | ${r.cold.n}: ${f(r.cold.mean)} / ${f(r.cold.p95)} / ${f(r.cold.max)} | ${r.warm.n}: ${f(r.warm.mean)} / ${f(r.warm.p95)} | ${f(r.step.mean)}`,
+    `${r.vocab} | ${r.trieNodes} | ${r.trieBuildMs.toFixed(1)} | ${r.schema} | ${r.step.n} | ${r.cold.n}: ${
+      f(r.cold.mean)
+    } / ${f(r.cold.p95)} / ${f(r.cold.max)} | ${r.warm.n}: ${f(r.warm.mean)} / ${f(r.warm.p95)} | ${
+      f(r.step.mean)
+    }`,
   );
 }
-const result = { machine: { cpus: navigator.hardwareConcurrency, deno: Deno.version.deno }, values: VALUES, maxTokens: MAX_TOKENS, rows };
+const result = {
+  machine: { cpus: navigator.hardwareConcurrency, deno: Deno.version.deno },
+  values: VALUES,
+  maxTokens: MAX_TOKENS,
+  rows,
+};
 await Deno.writeTextFile(v.out, JSON.stringify(result, null, 2) + "\n");
 console.log(`wrote ${v.out}`);

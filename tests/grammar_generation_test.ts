@@ -11,7 +11,6 @@ import { initialState, stepBytes } from "../src/grammar/json_matcher.ts";
 import { rejectsWith } from "./_kvfold_asserts.ts";
 import { testEngine, testModel } from "./_fixtures.ts";
 
-
 const SCHEMAS: [string, JsonSchema][] = [
   [
     "zod object: int bounds, optional, enum, nullable, nested, tuple, record, discriminated union",
