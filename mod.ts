@@ -60,8 +60,17 @@ export type {
 } from "./src/lococo_train.ts";
 export { decodeBatch, DecodeBatcher } from "./src/batch.ts";
 export type { BatchEntry, BatcherStats } from "./src/batch.ts";
+export { JsonGrammar } from "./src/grammar/json_grammar.ts";
+export type { GrammarOption, JsonSchema } from "./src/grammar/json_grammar.ts";
+export {
+  parseToolReply,
+  toolInstructions,
+  toolReplySchema,
+  withoutDialect,
+} from "./src/grammar/tool_envelope.ts";
+export type { ParsedReply, ParsedToolCall, ToolChoiceKind, ToolSpec } from "./src/grammar/tool_envelope.ts";
 export { TextTokenizer } from "./src/tokenizer.ts";
-export type { ChatMessage } from "./src/tokenizer.ts";
+export type { ChatMessage, ChatTemplateOptions } from "./src/tokenizer.ts";
 export { KvfoldError } from "./src/errors.ts";
 export type { KvfoldErrorCode } from "./src/errors.ts";
 export { IncrementalDecoder, StopStringFilter } from "./src/text_stream.ts";

@@ -4,6 +4,7 @@
  * @module
  */
 
+import { JsonGrammar, type JsonSchema, KvfoldError, readBoundedText } from "../mod.ts";
 import {
   bool,
   CACHE,
@@ -42,6 +43,8 @@ export const GENERATE = defineCommand({
     system: str("TEXT", "a system message (implies --chat)"),
     "context-size": str("N", "context positions (default: the model's)"),
     adapter: str("DIR", "a PEFT LoRA adapter folder"),
+    "json-schema": str("FILE", "write compact JSON valid against this JSON Schema (constrained decoding)"),
+    json: bool("write one JSON value (constrained decoding)"),
     ...COMMON,
     ...CACHE,
   },
@@ -51,6 +54,7 @@ export async function cmdGenerate(args: string[]) {
   const { values: v } = parseCommand(args, GENERATE);
   const dir = need(v.model, "model");
   const prompt = need(v.prompt, "prompt");
+  const grammar = await grammarFromArgs(v["json-schema"], v.json);
   using kv = await openEngine(v);
   using model = await kv.loadModel(dir, { dtype: dtypeOpt(v) });
   using interrupt = interruptSignal(); // Ctrl-C aborts within one token
@@ -78,6 +82,7 @@ export async function cmdGenerate(args: string[]) {
       seed: seedOpt(v.seed),
       stop: v.stop,
       signal: interrupt.signal,
+      grammar,
     })
   ) write(piece);
   const s = session.lastStats!;
@@ -87,4 +92,32 @@ export async function cmdGenerate(args: string[]) {
       `${decodeRate(s.generatedTokens, s.decodeMs)}; stop: ${s.stopReason}]`,
   );
   cacheNote(session);
+}
+
+/** The grammar of `--json-schema FILE` (compiled now, so a bad schema fails before the model loads) or `--json`. */
+async function grammarFromArgs(schemaPath: string | undefined, json: boolean | undefined) {
+  if (schemaPath !== undefined && json) {
+    throw new KvfoldError("INVALID_ARGUMENT", "Cannot generate: give --json-schema or --json, not both");
+  }
+  if (json) return "json" as const;
+  if (schemaPath === undefined) return undefined;
+  const text = await readBoundedText(schemaPath, {
+    action: "read the JSON schema",
+    maxBytes: 16 * 1024 * 1024,
+  });
+  let schema: unknown;
+  try {
+    schema = JSON.parse(text);
+  } catch (e) {
+    throw new KvfoldError(
+      "FORMAT",
+      `Cannot read the JSON schema: ${schemaPath} is not JSON (${(e as Error).message})`,
+    );
+  }
+  if (
+    typeof schema !== "boolean" && (typeof schema !== "object" || schema === null || Array.isArray(schema))
+  ) {
+    throw new KvfoldError("FORMAT", `Cannot read the JSON schema: ${schemaPath} holds no JSON object`);
+  }
+  return JsonGrammar.fromSchema(schema as JsonSchema);
 }

@@ -16,6 +16,7 @@ import type { DecodeBatcher } from "./batch.ts";
 import { KvfoldError } from "./errors.ts";
 import type { Model } from "./model.ts";
 import { IncrementalDecoder, StopStringFilter } from "./text_stream.ts";
+import { constrain, grammarOf, type GrammarOption, type JsonSchema } from "./grammar/json_grammar.ts";
 
 /** Options of {@link Model.session}. */
 export interface SessionOptions {
@@ -109,6 +110,13 @@ export interface GenerateOptions extends SamplingOptions {
   adapters?: readonly AdapterTerm[];
   /** Runs each decode step through this batcher, together with other sessions' concurrent steps. */
   batcher?: DecodeBatcher;
+  /**
+   * Constrains the output to compact JSON valid against this JSON Schema ({@link JsonGrammar}):
+   * with `maxTokens` at least the bytes of its shortest value, the text always parses and validates.
+   */
+  jsonSchema?: JsonSchema;
+  /** `"json"`: any one JSON value; or a compiled {@link JsonGrammar}. Exclusive with `jsonSchema`. */
+  grammar?: GrammarOption;
 }
 
 /** Why generation ended. */
@@ -540,11 +548,12 @@ export class Session extends HandleOwner {
 
   async *#generate(options: GenerateOptions): AsyncGenerator<string, void, undefined> {
     this.#assertIdle("generate");
-    const sampler = createSampler(options); // first: a bad option must not leave the session busy
+    const grammar = grammarOf(options); // first: a bad option must not leave the session busy
+    const maxTokens = int32Arg("generate", "maxTokens", options.maxTokens ?? 256, { min: 0 });
+    const sampler = createSampler(options);
     this.#busy = true;
     try {
       const { signal } = options;
-      const maxTokens = int32Arg("generate", "maxTokens", options.maxTokens ?? 256, { min: 0 });
       const abortError = () =>
         new KvfoldError("ABORTED", "Cannot generate: aborted", { cause: signal?.reason });
       if (signal?.aborted) throw abortError();
@@ -562,6 +571,8 @@ export class Session extends HandleOwner {
       if (batcher && batcher.model !== this.model) {
         throw new KvfoldError("INVALID_ARGUMENT", "Cannot generate: the batcher serves another model");
       }
+      const vocab = this.model.info.vocabSize;
+      const constraint = grammar && constrain(grammar, tok, vocab, [...eosIds, ...stopIds], maxTokens);
       const t0 = performance.now();
       if (options.history?.length) {
         const vocab = this.model.info.vocabSize;
@@ -583,6 +594,17 @@ export class Session extends HandleOwner {
         if (signal?.aborted) throw abortError();
         // The pointer is read again at every step (a DISPOSED error once the session is disposed):
         // the session may have been freed during the last decode's await.
+        if (constraint) {
+          // The tokens that may follow this one must still close the value (one byte per token).
+          const mask = constraint.mask(
+            Math.min(maxTokens - tokens.length - 1, this.contextSize - this.position),
+          );
+          if (mask === null) {
+            reason = "eos"; // the value is closed and there is no end token to sample
+            break;
+          }
+          check(s.kf_sampler_set_allowed(sampler.ptr, mask, vocab));
+        }
         try {
           check(s.kf_sampler_sample(sampler.ptr, this._handle.ptr, tokenOut));
         } catch (e) {
@@ -590,6 +612,7 @@ export class Session extends HandleOwner {
         }
         const id = new Int32Array(tokenOut.buffer)[0];
         tokens.push(id);
+        if (constraint && !eosIds.has(id) && !stopIds.has(id)) constraint.accept(id);
         if (eosIds.has(id)) {
           reason = "eos";
           break;

@@ -10,11 +10,23 @@ import { Template } from "npm:@huggingface/jinja@0.5.11";
 import { KvfoldError } from "./errors.ts";
 import { readBoundedJson } from "./_bounded_read.ts";
 import { checkTokenizerJson, describe } from "./formats/_tokenizer_json.ts";
+import { tokenByteStrings } from "./grammar/token_bytes.ts";
 
 /** One chat message, as chat templates expect it. */
 export interface ChatMessage {
   role: "system" | "user" | "assistant" | string;
   content: string;
+}
+
+/** Options of {@link TextTokenizer.applyChatTemplate}. */
+export interface ChatTemplateOptions {
+  /** Open the assistant's turn at the end; default true. */
+  addGenerationPrompt?: boolean;
+  /**
+   * Tools for templates that list them (the `tools` variable, in the Hugging Face form
+   * `[{type: "function", function: {name, description, parameters}}]`).
+   */
+  tools?: readonly Record<string, unknown>[];
 }
 
 // A missing optional file reads as absent; anything else wrong with it is an error.
@@ -64,11 +76,14 @@ export class TextTokenizer {
   readonly chatTemplate?: string;
 
   #source: string;
+  #json: Record<string, unknown>;
+  #bytes?: { size: number; bytes: readonly (Uint8Array | null)[] };
   /** The largest token id tokenizer.json defines (its vocab and added tokens). */
   readonly maxTokenId: number;
 
   private constructor(json: Record<string, unknown>, config: Record<string, unknown>, source: string) {
     this.#source = source;
+    this.#json = json;
     this.maxTokenId = checkTokenizerJson(json, source);
     try {
       this.#tok = new Tokenizer(json, config);
@@ -178,6 +193,22 @@ export class TextTokenizer {
     );
   }
 
+  /**
+   * The bytes each id below `size` stands for (null: special tokens and ids the vocabulary lacks),
+   * as constrained decoding matches them against a grammar. Computed once.
+   */
+  tokenBytes(size: number): readonly (Uint8Array | null)[] {
+    if (this.#bytes?.size !== size) {
+      const bytes = tokenByteStrings(
+        this.#json,
+        size,
+        (id) => this.decode([id], { skipSpecialTokens: false }),
+      );
+      this.#bytes = { size, bytes };
+    }
+    return this.#bytes.bytes;
+  }
+
   /** Whether the model ships a chat template. */
   get hasChatTemplate(): boolean {
     return this.#template !== null;
@@ -186,7 +217,7 @@ export class TextTokenizer {
   /** Renders `messages` through the chat template (with the assistant turn opened by default). */
   applyChatTemplate(
     messages: readonly ChatMessage[],
-    options: { addGenerationPrompt?: boolean } = {},
+    options: ChatTemplateOptions = {},
   ): string {
     if (!this.#template) {
       throw new KvfoldError("UNSUPPORTED", "Cannot build a chat prompt: the model has no chat_template");
@@ -195,6 +226,7 @@ export class TextTokenizer {
       return this.#template.render({
         messages,
         add_generation_prompt: options.addGenerationPrompt ?? true,
+        ...(options.tools ? { tools: options.tools } : {}),
         bos_token: this.bosToken ?? "",
         eos_token: this.eosToken ?? "",
       });
@@ -213,7 +245,7 @@ export class TextTokenizer {
    * Ids for a chat: the rendered template, tokenized with special tokens recognised. BOS is added
    * only when the template did not already write it.
    */
-  encodeChat(messages: readonly ChatMessage[], options: { addGenerationPrompt?: boolean } = {}): number[] {
+  encodeChat(messages: readonly ChatMessage[], options: ChatTemplateOptions = {}): number[] {
     const text = this.applyChatTemplate(messages, options);
     const ids = this.encode(text);
     const bos = this.bosTokenId;

@@ -155,7 +155,7 @@ Deno.test("llamaindex LLM: chat and complete, streamed or not, equal answerFromC
       maxTokens: 8,
       contextWindow: model.info.maxPositions,
       tokenizer: undefined,
-      structuredOutput: false,
+      structuredOutput: true, // responseFormat constrains the reply (grammar)
     });
 
     const completion = await llm.complete({ prompt: QUESTION, contexts: hits });

@@ -556,6 +556,11 @@ KF_API kf_status kf_sampler_sample(kf_sampler *sampler, const kf_session *sessio
 /* Same over caller logits ([n_vocab] f32, left unchanged). */
 KF_API kf_status kf_sampler_sample_logits(kf_sampler *sampler, const float *logits, int32_t n_vocab,
                                           int32_t *out);
+/* Restricts later samples to the ids whose bit is set in mask (bit i & 7 of byte i >> 3 is id i;
+ * (n_vocab + 7) / 8 bytes, copied): the others get probability 0 before the penalty, temperature
+ * and top-k/p/min-p (constrained decoding). mask NULL clears the restriction. Stays until set again.
+ * Refused at sampling: a mask of another vocabulary size than the logits, or one allowing no id. */
+KF_API kf_status kf_sampler_set_allowed(kf_sampler *sampler, const uint8_t *mask, int32_t n_vocab);
 
 #ifdef __cplusplus
 }

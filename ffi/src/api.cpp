@@ -289,6 +289,20 @@ kf_status kf_sampler_sample(kf_sampler *sampler, const kf_session *session, int3
   });
 }
 
+kf_status kf_sampler_set_allowed(kf_sampler *sampler, const uint8_t *mask, int32_t n_vocab) {
+  return guarded("set allowed tokens", [&] {
+    KF_REQUIRE(sampler, "set allowed tokens", "sampler is NULL");
+    if (!mask) {
+      sampler->allowed.clear();
+      sampler->allowed_vocab = 0;
+      return;
+    }
+    KF_REQUIRE(n_vocab > 0, "set allowed tokens", "n_vocab %d is not positive", n_vocab);
+    sampler->allowed.assign(mask, mask + (size_t(n_vocab) + 7) / 8);
+    sampler->allowed_vocab = n_vocab;
+  });
+}
+
 kf_status kf_sampler_sample_logits(kf_sampler *sampler, const float *logits, int32_t n_vocab, int32_t *out) {
   return guarded("sample", [&] {
     KF_REQUIRE(sampler && logits && out, "sample", "sampler, logits or out is NULL");

@@ -61,6 +61,20 @@ int32_t Sampler::sample(const float *logits, int32_t n_vocab) {
     if (std::isnan(work[size_t(i)]))
       raise(KF_ERR_INVALID_ARGUMENT, "cannot sample: logit %d is NaN", i);
 
+  // Constrained decoding: ids outside the mask can never be chosen.
+  int32_t n_allowed = n_vocab;
+  if (!allowed.empty()) {
+    if (allowed_vocab != n_vocab)
+      raise(KF_ERR_INVALID_ARGUMENT, "cannot sample: the allowed-token mask covers %d ids, the logits %d",
+            allowed_vocab, n_vocab);
+    n_allowed = 0;
+    for (int32_t i = 0; i < n_vocab; i++) {
+      if (allowed[size_t(i) >> 3] & (1u << (i & 7))) n_allowed++;
+      else work[size_t(i)] = -INFINITY;
+    }
+    if (n_allowed == 0) raise(KF_ERR_INVALID_ARGUMENT, "cannot sample: the allowed-token mask allows no id");
+  }
+
   // Repetition penalty (CTRL): each distinct recent token once; positive logits shrink, negative grow.
   if (params.repetition_penalty != 1.0f && params.repeat_last_n > 0) {
     const size_t from = history.size() > size_t(params.repeat_last_n) ? history.size() - size_t(params.repeat_last_n) : 0;
@@ -74,8 +88,15 @@ int32_t Sampler::sample(const float *logits, int32_t n_vocab) {
   }
 
   int32_t chosen;
-  if (params.temperature == 0.0f) {
+  if (params.temperature == 0.0f || n_allowed == 1) {
     chosen = int32_t(std::max_element(work.begin(), work.end()) - work.begin());  // first max on ties
+    // All allowed logits -inf (or the only one): max_element gives the first id, maybe a masked one.
+    if (!allowed.empty() && !(allowed[size_t(chosen) >> 3] & (1u << (chosen & 7))))
+      for (int32_t i = 0; i < n_vocab; i++)
+        if (allowed[size_t(i) >> 3] & (1u << (i & 7))) {
+          chosen = i;
+          break;
+        }
   } else {
     // Candidates sorted by logit, descending; top-k narrows before the full sort.
     order.resize(size_t(n_vocab));
@@ -83,18 +104,21 @@ int32_t Sampler::sample(const float *logits, int32_t n_vocab) {
     auto by_logit = [&](int32_t a, int32_t b) {
       return work[size_t(a)] > work[size_t(b)] || (work[size_t(a)] == work[size_t(b)] && a < b);
     };
-    size_t n = size_t(n_vocab);
-    if (params.top_k > 0 && size_t(params.top_k) < n) {
-      std::nth_element(order.begin(), order.begin() + params.top_k - 1, order.end(), by_logit);
-      n = size_t(params.top_k);
-    }
+    // Top-k, and a mask (masked ids are -inf, so they sort last), narrow before the full sort.
+    size_t n = size_t(n_allowed);
+    if (params.top_k > 0 && size_t(params.top_k) < n) n = size_t(params.top_k);
+    if (n < size_t(n_vocab)) std::nth_element(order.begin(), order.begin() + long(n) - 1, order.end(), by_logit);
     std::sort(order.begin(), order.begin() + long(n), by_logit);
 
     // Softmax over the candidates at the temperature, in double for stable sums.
     probs.resize(n);
     const double maxl = work[size_t(order[0])];
     double sum = 0;
-    for (size_t i = 0; i < n; i++) sum += probs[i] = std::exp((work[size_t(order[i])] - maxl) / params.temperature);
+    for (size_t i = 0; i < n; i++) {
+      const double x = work[size_t(order[i])];
+      // Every candidate -inf (a mask over -inf logits): equal chances rather than NaN.
+      sum += probs[i] = std::isinf(maxl) && maxl < 0 ? 1.0 : std::exp((x - maxl) / params.temperature);
+    }
     for (auto &p : probs) p /= sum;
 
     // min-p relative to the best, then top-p: the smallest prefix whose mass reaches top_p.

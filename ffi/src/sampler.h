@@ -16,6 +16,8 @@ struct Sampler {
   std::vector<float> work;       // [vocab] penalised logits
   std::vector<int32_t> order;    // [vocab] candidate ids, best first
   std::vector<double> probs;     // [candidates]
+  std::vector<uint8_t> allowed;  // [(allowed_vocab + 7) / 8] bitmask of ids that may be sampled; empty: all
+  int32_t allowed_vocab = 0;
 
   explicit Sampler(const kf_sampler_params &p);
   double uniform();

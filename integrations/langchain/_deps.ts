@@ -27,3 +27,19 @@ export { RunnableLambda, RunnablePassthrough, RunnableSequence } from "npm:@lang
 export type { Runnable, RunnableConfig } from "npm:@langchain/core@1.4.0/runnables";
 export { BasePromptTemplate, ChatPromptTemplate } from "npm:@langchain/core@1.4.0/prompts";
 export { dispatchCustomEvent } from "npm:@langchain/core@1.4.0/callbacks/dispatch/web";
+export type { BindToolsInput, ToolChoice } from "npm:@langchain/core@1.4.0/language_models/chat_models";
+export type {
+  BaseLanguageModelInput,
+  StructuredOutputMethodOptions,
+} from "npm:@langchain/core@1.4.0/language_models/base";
+export type { ToolCall, ToolCallChunk } from "npm:@langchain/core@1.4.0/messages/tool";
+export { convertToOpenAITool } from "npm:@langchain/core@1.4.0/utils/function_calling";
+export { toJsonSchema } from "npm:@langchain/core@1.4.0/utils/json_schema";
+export { isInteropZodSchema } from "npm:@langchain/core@1.4.0/utils/types";
+export { isSerializableSchema } from "npm:@langchain/core@1.4.0/utils/standard_schema";
+export {
+  assembleStructuredOutputPipeline,
+  createContentParser,
+  createFunctionCallingParser,
+} from "npm:@langchain/core@1.4.0/language_models/structured_output";
+export type { ModelProfile } from "npm:@langchain/core@1.4.0/language_models/profile";

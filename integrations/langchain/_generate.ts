@@ -8,6 +8,7 @@ import type {
   CacheOptions,
   ChatMessage,
   DocumentStore,
+  JsonSchema,
   Model,
   PrefixCache,
   SamplingOptions,
@@ -87,6 +88,10 @@ export interface KvfoldRunRequest {
   prefixCache?: PrefixCache;
   /** How chunks of several adapter groups choose the LoRA (kvfold's `adaptersForChunks`). */
   adapterMode?: AdapterMode;
+  /** Tools for a chat template that lists them (Hugging Face form). */
+  templateTools?: readonly Record<string, unknown>[];
+  /** Constrains the reply to this JSON Schema (`"json"`: any JSON value). */
+  jsonSchema?: JsonSchema | "json";
   onStats?: (stats: KvfoldRunStats) => void;
 }
 
@@ -168,9 +173,21 @@ async function* generatePieces(request: KvfoldRunRequest): AsyncGenerator<string
     }
   }
   try {
-    const promptIds = encodePrompt(model, prompt, textDocuments, request.formatContext);
+    const promptIds = encodePrompt(
+      model,
+      prompt,
+      textDocuments,
+      request.formatContext,
+      request.templateTools,
+    );
+    const { jsonSchema } = request;
     yield* answerFromChunks(model, chunks, promptIds, {
       ...request.settings,
+      ...(jsonSchema === "json"
+        ? { grammar: "json" as const }
+        : jsonSchema !== undefined
+        ? { jsonSchema }
+        : {}),
       maxTokens: request.settings.maxTokens ?? 256,
       stop: request.stop,
       signal,
@@ -212,6 +229,7 @@ function encodePrompt(
   prompt: readonly ChatMessage[] | string,
   textDocuments: readonly DocumentInterface[],
   formatContext: TextContextFormatter,
+  tools?: readonly Record<string, unknown>[],
 ): number[] {
   if (typeof prompt === "string") {
     const text = textDocuments.length > 0 ? formatContext(textDocuments, prompt) : prompt;
@@ -228,6 +246,6 @@ function encodePrompt(
       );
     }
   }
-  if (model.tokenizer.hasChatTemplate) return model.encodePrompt(messages);
+  if (model.tokenizer.hasChatTemplate) return model.tokenizer.encodeChat(messages, { tools });
   return model.encodePrompt(messages.map((m) => m.content).join("\n\n"), { chat: false });
 }

@@ -10,8 +10,11 @@ import {
   type CacheOptions,
   type ChatMessage,
   type DocumentStore,
+  JsonGrammar,
   type Model,
+  parseToolReply,
   PrefixCache,
+  toolReplySchema,
 } from "../../mod.ts";
 import {
   AIMessage,
@@ -19,9 +22,11 @@ import {
   BaseChatModel,
   type BaseChatModelCallOptions,
   type BaseChatModelParams,
+  type BaseLanguageModelInput,
   type BaseLLMCallOptions,
   type BaseLLMParams,
   type BaseMessage,
+  type BindToolsInput,
   type CallbackManagerForLLMRun,
   ChatGenerationChunk,
   type ChatResult,
@@ -29,7 +34,12 @@ import {
   type LangSmithParams,
   LLM,
   type MessageContent,
+  type ModelProfile,
+  type Runnable,
+  type StructuredOutputMethodOptions,
 } from "./_deps.ts";
+import { type KvfoldToolCallOptions, normalizeToolChoice, toolPrompt, toolSpecs } from "./tools.ts";
+import { structuredOutput } from "./structured_output.ts";
 import { checkModelOption, checkStoreOption } from "../_model_option.ts";
 import { countModelTokens } from "./embeddings.ts";
 import {
@@ -85,7 +95,8 @@ export interface KvfoldModelFields extends KvfoldGenerationSettings {
 export interface ChatKvfoldInput extends KvfoldModelFields, BaseChatModelParams {}
 
 /** Call options of {@linkcode ChatKvfold}: LangChain's (`stop`, `signal`, ...) plus `documents` and sampling. */
-export interface ChatKvfoldCallOptions extends BaseChatModelCallOptions, KvfoldDocumentsCallOptions {}
+export interface ChatKvfoldCallOptions
+  extends BaseChatModelCallOptions, KvfoldDocumentsCallOptions, Omit<KvfoldToolCallOptions, "tool_choice"> {}
 
 /** Fields of {@linkcode KvfoldLLM}. */
 export interface KvfoldLLMInput extends KvfoldModelFields, BaseLLMParams {
@@ -94,7 +105,8 @@ export interface KvfoldLLMInput extends KvfoldModelFields, BaseLLMParams {
 }
 
 /** Call options of {@linkcode KvfoldLLM}: LangChain's plus `documents` and sampling. */
-export interface KvfoldLLMCallOptions extends BaseLLMCallOptions, KvfoldDocumentsCallOptions {}
+export interface KvfoldLLMCallOptions
+  extends BaseLLMCallOptions, KvfoldDocumentsCallOptions, Pick<KvfoldToolCallOptions, "jsonSchema"> {}
 
 /** What `response_metadata.kvfold` (and `generationInfo.kvfold`) reports about a generation. */
 export interface KvfoldResponseMetadata {
@@ -137,6 +149,9 @@ const SETTING_KEYS = [
   "seed",
   "ignoreEos",
 ] as const satisfies readonly (keyof KvfoldGenerationSettings)[];
+
+/** Call options of tool calling and constrained replies. */
+const TOOL_KEYS = ["tools", "tool_choice", "parallel_tool_calls", "jsonSchema"];
 
 /** The model's settings overridden by the call's. */
 function settingsOf(
@@ -268,13 +283,31 @@ export class ChatKvfold extends BaseChatModel<ChatKvfoldCallOptions, AIMessageCh
     this.modelName = nameOf(fields);
   }
 
+  /**
+   * What this model does, as LangChain's model profiles say it: tool calling (with `tool_choice`)
+   * and structured output through constrained decoding, text in and out, the context window.
+   */
+  override get profile(): ModelProfile {
+    return {
+      maxInputTokens: this.model.info.maxPositions,
+      toolCalling: true,
+      toolChoice: true,
+      structuredOutput: true,
+      imageInputs: false,
+      audioInputs: false,
+      pdfInputs: false,
+      videoInputs: false,
+      reasoningOutput: false,
+    };
+  }
+
   /** LangSmith's standard parameters: provider, model name and type, temperature, max tokens, stop. */
   override getLsParams(options: this["ParsedCallOptions"]): LangSmithParams {
     return lsParams(this.#fields, options ?? {}, "chat") as LangSmithParams;
   }
 
   override get callKeys(): string[] {
-    return [...super.callKeys, "documents", "adapterMode", ...SETTING_KEYS];
+    return [...super.callKeys, "documents", "adapterMode", ...SETTING_KEYS, ...TOOL_KEYS];
   }
 
   /** The LangChain provider name. */
@@ -289,7 +322,54 @@ export class ChatKvfold extends BaseChatModel<ChatKvfoldCallOptions, AIMessageCh
 
   /** Settings as traced (never the documents' vectors). */
   override invocationParams(options?: this["ParsedCallOptions"]): Record<string, unknown> {
-    return { model: this.model.dir, ...settingsOf(this.#fields, options ?? {}) };
+    const tools = options?.tools?.length ? { tools: options.tools, tool_choice: options.tool_choice } : {};
+    return { model: this.model.dir, ...settingsOf(this.#fields, options ?? {}), ...tools };
+  }
+
+  /**
+   * Binds tools (LangChain tools, zod-schema tools, runnables' `asTool`, OpenAI tool objects):
+   * replies are then held by constrained decoding to a JSON envelope of tool calls whose arguments
+   * validate against each tool's schema, read back into `AIMessage.tool_calls` (`tool_call_chunks`
+   * when streaming). `kwargs.tool_choice`: `"auto"` (default: call tools or answer), `"any"`, a
+   * tool's name, or `"none"`. A tool schema the grammar cannot express is refused here, naming the
+   * keyword. See `tools.ts` for the prompt format.
+   */
+  override bindTools(
+    tools: BindToolsInput[],
+    kwargs?: Partial<ChatKvfoldCallOptions>,
+  ): Runnable<BaseLanguageModelInput, AIMessageChunk, ChatKvfoldCallOptions> {
+    const specs = toolSpecs(tools);
+    const choice = normalizeToolChoice(kwargs?.tool_choice, specs);
+    if (choice.kind !== "none") {
+      JsonGrammar.fromSchema(toolReplySchema(specs, choice, 1) as Record<string, unknown>);
+    }
+    return this.withConfig({ ...kwargs, tools: specs } as Partial<ChatKvfoldCallOptions>);
+  }
+
+  /**
+   * Replies parsed into `schema`'s shape (a zod schema, a standard schema or a JSON Schema).
+   * `method: "functionCalling"` (default) binds one tool and forces its call; `"jsonSchema"`
+   * constrains the reply itself to the schema; `"jsonMode"` to any JSON value. `includeRaw` gives
+   * `{ raw, parsed }`.
+   */
+  // deno-lint-ignore no-explicit-any
+  override withStructuredOutput<RunOutput extends Record<string, any> = Record<string, any>>(
+    // deno-lint-ignore no-explicit-any
+    outputSchema: any,
+    config?: StructuredOutputMethodOptions<false>,
+  ): Runnable<BaseLanguageModelInput, RunOutput>;
+  // deno-lint-ignore no-explicit-any
+  override withStructuredOutput<RunOutput extends Record<string, any> = Record<string, any>>(
+    // deno-lint-ignore no-explicit-any
+    outputSchema: any,
+    config?: StructuredOutputMethodOptions<true>,
+  ): Runnable<BaseLanguageModelInput, { raw: BaseMessage; parsed: RunOutput }>;
+  override withStructuredOutput(
+    // deno-lint-ignore no-explicit-any
+    outputSchema: any,
+    config?: StructuredOutputMethodOptions<boolean>,
+  ): Runnable {
+    return structuredOutput(this, outputSchema, config);
   }
 
   /** Streams the reply; LangChain calls this from `stream`, `streamEvents` and streaming callbacks. */
@@ -299,9 +379,12 @@ export class ChatKvfold extends BaseChatModel<ChatKvfoldCallOptions, AIMessageCh
     runManager?: CallbackManagerForLLMRun,
   ): AsyncGenerator<ChatGenerationChunk> {
     let stats: KvfoldRunStats | undefined;
+    const call = toolPrompt(this.model, messages, options, chatMessage);
     const pieces = runKvfold({
       model: this.model,
-      prompt: messages.map(chatMessage),
+      prompt: call.messages,
+      templateTools: call.templateTools,
+      jsonSchema: call.jsonSchema,
       documents: options.documents ?? [],
       store: this.store,
       settings: settingsOf(this.#fields, options),
@@ -314,10 +397,32 @@ export class ChatKvfold extends BaseChatModel<ChatKvfoldCallOptions, AIMessageCh
       adapterMode: options.adapterMode ?? this.#fields.adapterMode,
       onStats: (s) => (stats = s),
     });
+    let envelope = "";
     for await (const piece of pieces) {
+      // A tool envelope is read whole: its JSON is not the reply's text.
+      if (call.envelope) {
+        envelope += piece;
+        continue;
+      }
       const chunk = new ChatGenerationChunk({ text: piece, message: new AIMessageChunk({ content: piece }) });
       // Report before yielding: a consumer that stops here still saw every token counted.
       await runManager?.handleLLMNewToken(piece, undefined, undefined, undefined, undefined, { chunk });
+      yield chunk;
+    }
+    if (call.envelope) {
+      const { content, toolCalls } = parseToolReply(envelope);
+      const message = new AIMessageChunk({
+        content,
+        tool_call_chunks: toolCalls.map((c, index) => ({
+          type: "tool_call_chunk" as const,
+          id: c.id,
+          name: c.name,
+          args: JSON.stringify(c.args),
+          index,
+        })),
+      });
+      const chunk = new ChatGenerationChunk({ text: content, message });
+      await runManager?.handleLLMNewToken(content, undefined, undefined, undefined, undefined, { chunk });
       yield chunk;
     }
     const kvfold = responseMetadata(stats!);
@@ -351,6 +456,7 @@ export class ChatKvfold extends BaseChatModel<ChatKvfoldCallOptions, AIMessageCh
     const chunk = all!.message as AIMessageChunk;
     const message = new AIMessage({
       content: all!.text,
+      tool_calls: chunk.tool_calls,
       response_metadata: chunk.response_metadata,
       usage_metadata: chunk.usage_metadata,
     });
@@ -428,7 +534,7 @@ export class KvfoldLLM extends LLM<KvfoldLLMCallOptions> {
   }
 
   override get callKeys(): string[] {
-    return [...super.callKeys, "documents", "adapterMode", ...SETTING_KEYS];
+    return [...super.callKeys, "documents", "adapterMode", ...SETTING_KEYS, "jsonSchema"];
   }
 
   /** The LangChain provider name. */
@@ -456,6 +562,7 @@ export class KvfoldLLM extends LLM<KvfoldLLMCallOptions> {
     const pieces = runKvfold({
       model: this.model,
       prompt: this.chat ? [{ role: "user", content: prompt }] : prompt,
+      jsonSchema: options.jsonSchema,
       documents: options.documents ?? [],
       store: this.store,
       settings: settingsOf(this.#fields, options),

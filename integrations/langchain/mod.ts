@@ -66,3 +66,5 @@ export { createKvfoldQaChain } from "./chain.ts";
 export type { KvfoldQaChainOptions } from "./chain.ts";
 export { kvfoldPayloadOf, payloadRef, resolveKvfoldChunks } from "./payload.ts";
 export type { KvfoldPayloadRef } from "./payload.ts";
+export { toolSpecs } from "./tools.ts";
+export type { KvfoldToolCallOptions } from "./tools.ts";

@@ -2,8 +2,9 @@
 // exactly `@llamaindex/core@0.6.22`, so classes imported here are the very ones `llamaindex`
 // re-exports (one `TextNode`, one `RetrieverQueryEngine`), while loading only the subpaths used.
 
-export { BaseLLM } from "npm:@llamaindex/core@0.6.22/llms";
+export { BaseLLM, ToolCallLLM } from "npm:@llamaindex/core@0.6.22/llms";
 export type {
+  BaseTool,
   ChatMessage,
   ChatResponse,
   ChatResponseChunk,
@@ -29,3 +30,4 @@ export { BaseRetriever } from "npm:@llamaindex/core@0.6.22/retriever";
 export { EngineResponse, MetadataMode, TextNode } from "npm:@llamaindex/core@0.6.22/schema";
 export type { BaseNode, Metadata, NodeWithScore } from "npm:@llamaindex/core@0.6.22/schema";
 export { extractText } from "npm:@llamaindex/core@0.6.22/utils";
+export { isZodSchema, zodToJsonSchema } from "npm:@llamaindex/core@0.6.22/zod";

@@ -12,11 +12,11 @@ import {
   type CacheOptions,
   type ChatMessage as KvfoldChatMessage,
   type GenerateOptions,
+  type JsonSchema,
   type Model,
   PrefixCache,
 } from "../../mod.ts";
 import {
-  BaseLLM,
   type ChatMessage,
   type ChatResponse,
   type ChatResponseChunk,
@@ -27,8 +27,10 @@ import {
   type LLMCompletionParamsStreaming,
   type LLMMetadata,
   type MessageContent,
+  ToolCallLLM,
   wrapLLMEvent,
 } from "./_deps.ts";
+import { type KvfoldToolChoice, llamaToolCall, replyOptions, toolTurn } from "./tools.ts";
 import type { CompressedContext } from "./payload.ts";
 import { kvfoldTokenizer, type LlamaIndexTokenizer } from "./embedding.ts";
 import { checkModelOption, fromPositional } from "../_model_option.ts";
@@ -42,6 +44,10 @@ export type KvfoldGenerationOptions = Omit<GenerateOptions, "prompt" | "signal" 
  * itself.
  */
 export interface KvfoldLLMOptions extends KvfoldGenerationOptions {
+  /** Default `toolChoice` of calls with `tools` (see {@linkcode KvfoldCallOptions}). */
+  toolChoice?: KvfoldToolChoice;
+  /** Default `parallelToolCalls`. */
+  parallelToolCalls?: boolean | number;
   /** The loaded model (for LLoCO, the compressor's `model`, which is also the decoder). */
   model: Model;
   /** Name in `metadata.model`; default: the model folder's name. */
@@ -104,6 +110,10 @@ export interface KvfoldCallOptions extends KvfoldGenerationOptions {
   signal?: AbortSignal;
   /** Receives the call's counters when generation ends. */
   onStats?: (stats: KvfoldGenerationStats) => void;
+  /** With `tools`: `"auto"` (default: call tools or answer), `"any"`, `"none"`, or a tool's name. */
+  toolChoice?: KvfoldToolChoice;
+  /** Tool calls one reply may make: false (default) one, true up to 8, or a number. */
+  parallelToolCalls?: boolean | number;
 }
 
 const DEFAULT_TEMPERATURE = 0.8;
@@ -159,7 +169,13 @@ function definedOnly<T extends object>(o: T): Partial<T> {
  * for await (const chunk of stream) console.log(chunk.delta);
  * ```
  */
-export class KvfoldLLM extends BaseLLM<KvfoldCallOptions> {
+export class KvfoldLLM extends ToolCallLLM<KvfoldCallOptions> {
+  /**
+   * Tool calling: `chat({ tools })` replies are held by constrained decoding to kvfold's tool-call
+   * envelope and come back as `message.options.toolCall` (each call's `input` valid against its
+   * tool's `parameters`), which LlamaIndex's agents (`agent()`, `FunctionAgent`, `llm.exec`) run.
+   */
+  readonly supportToolCall = true;
   /** The model generating. */
   readonly model: Model;
   readonly #options: KvfoldLLMOptions;
@@ -196,7 +212,7 @@ export class KvfoldLLM extends BaseLLM<KvfoldCallOptions> {
       maxTokens: o.maxTokens ?? DEFAULT_MAX_TOKENS,
       contextWindow: o.contextWindow ?? this.model.info.maxPositions,
       tokenizer: undefined,
-      structuredOutput: false,
+      structuredOutput: true,
     };
   }
 
@@ -215,23 +231,36 @@ export class KvfoldLLM extends BaseLLM<KvfoldCallOptions> {
       & (LLMChatParamsStreaming<KvfoldCallOptions> | LLMChatParamsNonStreaming<KvfoldCallOptions>)
       & KvfoldChatSignal,
   ): Promise<AsyncIterable<ChatResponseChunk> | ChatResponse> {
-    if (params.responseFormat !== undefined) {
-      throw new TypeError("Cannot chat: KvfoldLLM has no structured output (responseFormat)");
-    }
+    const call0 = params.additionalChatOptions ?? {};
+    const p = call0.parallelToolCalls ?? this.#options.parallelToolCalls;
+    const tooling = llamaToolCall(
+      params.tools,
+      call0.toolChoice ?? this.#options.toolChoice,
+      params.responseFormat,
+      p === true ? 8 : typeof p === "number" ? p : 1,
+    );
     const texts = params.messages.map((m, i) => messageText(m.content, `message ${i}`));
     const taken = this.#takePayloadTexts(texts);
-    const prompt = this.#encodeChat(params.messages.map((m, i) => ({ role: m.role, text: taken.texts[i] })));
-    const given = params.additionalChatOptions ?? {};
-    const call = withContexts(given, taken.contexts);
-    const signal = eitherSignal(params.signal, given.signal);
-    const pieces = this.#generate(prompt, signal === call.signal ? call : { ...call, signal });
+    const prompt = this.#encodeChat(params.messages, tooling.instructions, taken.texts);
+    const call = withContexts(call0, taken.contexts);
+    const signal = eitherSignal(params.signal, call0.signal);
+    const pieces = this.#generate(prompt, { ...call, signal }, tooling.jsonSchema);
     if (params.stream) {
       return (async function* () {
-        for await (const delta of pieces) yield { delta, raw: null };
+        if (!tooling.envelope) {
+          for await (const delta of pieces) yield { delta, raw: null };
+          return;
+        }
+        // A tool envelope is read whole: its JSON is not the reply's text.
+        const { text } = await collect(pieces);
+        const { content, options } = replyOptions(text);
+        yield options ? { delta: content, raw: null, options } : { delta: content, raw: null };
       })();
     }
     const { text, stats } = await collect(pieces);
-    return { message: { role: "assistant", content: text }, raw: stats };
+    if (!tooling.envelope) return { message: { role: "assistant", content: text }, raw: stats };
+    const { content, options } = replyOptions(text);
+    return { message: { role: "assistant", content, ...(options ? { options } : {}) }, raw: stats };
   }
 
   /**
@@ -248,13 +277,11 @@ export class KvfoldLLM extends BaseLLM<KvfoldCallOptions> {
     params: (LLMCompletionParamsStreaming | LLMCompletionParamsNonStreaming) & KvfoldCallOptions,
   ): Promise<AsyncIterable<CompletionResponse> | CompletionResponse> {
     const { prompt, stream, responseFormat, ...call } = params;
-    if (responseFormat !== undefined) {
-      throw new TypeError("Cannot complete: KvfoldLLM has no structured output (responseFormat)");
-    }
+    const jsonSchema = llamaToolCall(undefined, undefined, responseFormat, 1).jsonSchema;
     const chat = this.#options.templateCompletions ?? this.model.tokenizer.hasChatTemplate;
     const taken = this.#takePayloadTexts([messageText(prompt, "the prompt")]);
     const ids = this.model.encodePrompt(taken.texts[0], { chat });
-    const pieces = this.#generate(ids, withContexts(call, taken.contexts));
+    const pieces = this.#generate(ids, withContexts(call, taken.contexts), jsonSchema);
     if (stream) {
       return (async function* () {
         for await (const text of pieces) yield { text, raw: null };
@@ -275,8 +302,20 @@ export class KvfoldLLM extends BaseLLM<KvfoldCallOptions> {
   }
 
   /** Prompt ids of a conversation: the chat template, or a plain transcript for models without one. */
-  #encodeChat(messages: readonly { role: ChatMessage["role"]; text: string }[]): number[] {
-    const turns: KvfoldChatMessage[] = messages.map((m) => ({ role: templateRole(m.role), content: m.text }));
+  #encodeChat(
+    messages: readonly ChatMessage[],
+    instructions: string | null = null,
+    texts?: readonly string[],
+  ): number[] {
+    let turns: KvfoldChatMessage[] = messages.map((m, i) => {
+      const content = texts?.[i] ?? messageText(m.content, `message ${i}`);
+      return toolTurn(m, content) ?? { role: templateRole(m.role), content };
+    });
+    if (instructions !== null) {
+      turns = turns[0]?.role === "system"
+        ? [{ role: "system", content: `${instructions}\n\n${turns[0].content}` }, ...turns.slice(1)]
+        : [{ role: "system", content: instructions }, ...turns];
+    }
     if (this.model.tokenizer.hasChatTemplate) return this.model.encodePrompt(turns);
     const transcript = turns.map((t) => `${t.role}: ${t.content}\n`).join("") + "assistant:";
     return this.model.encodePrompt(transcript);
@@ -287,8 +326,21 @@ export class KvfoldLLM extends BaseLLM<KvfoldCallOptions> {
    * of a generation that starts when first pulled: contexts' vectors at positions 0..K-1, the
    * prompt from K, through kvfold's `answerFromChunks`.
    */
-  #generate(prompt: number[], call: KvfoldCallOptions): AsyncGenerator<string, KvfoldGenerationStats> {
-    const { contexts = [], group, adapterMode, signal, onStats, ...overrides } = call;
+  #generate(
+    prompt: number[],
+    call: KvfoldCallOptions,
+    jsonSchema?: JsonSchema,
+  ): AsyncGenerator<string, KvfoldGenerationStats> {
+    const {
+      contexts = [],
+      group,
+      adapterMode,
+      signal,
+      onStats,
+      toolChoice: _choice,
+      parallelToolCalls: _parallel,
+      ...overrides
+    } = call;
     const {
       model: _model,
       modelName: _name,
@@ -297,6 +349,8 @@ export class KvfoldLLM extends BaseLLM<KvfoldCallOptions> {
       payloadText: _payloadText,
       kvCache: cache,
       reuseCache,
+      toolChoice: _defaultChoice,
+      parallelToolCalls: _defaultParallel,
       ...defaults
     } = this.#options;
     const settings: GenerateOptions = {
@@ -316,6 +370,7 @@ export class KvfoldLLM extends BaseLLM<KvfoldCallOptions> {
     }
     return answerFromChunks(this.model, contexts, prompt, {
       ...settings,
+      ...(jsonSchema !== undefined ? { jsonSchema } : {}),
       group,
       adapterMode,
       signal,
