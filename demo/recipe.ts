@@ -1,0 +1,300 @@
+/**
+ * The seeded recipe that trains the demo model from zero on the CPU, in four phases:
+ *
+ * 1. **reader**: a 4-layer Llama (hidden 128) learns the corpus language and text QA
+ *    (`[<s> | document window | question] -> answer </s>`), full-parameter.
+ * 2. **compressor**: the same weights plus `embed_summary` learn AutoCompressor compression of store
+ *    chunks (512 tokens, segments of 256 -> 8 summary vectors each: 32x), with the next-segment LM loss
+ *    and LLoCO's QA loss backpropagated through the summary vectors into both segments' encoder passes;
+ *    text-QA examples stay in the mix so the reader keeps reading text.
+ * 3. **adapters**: one LoRA per document group, finetuned on `[summary vectors | question] -> answer`
+ *    with the compressor frozen (LLoCO's per-group finetuning).
+ * 4. **LoCoCo heads**: calibrated on corpus text (M = 512 slots) for the fixed-memory cache baseline.
+ *
+ * Every draw comes from seeds fixed here; the training documents come from `demoDocuments` at seed
+ * {@link TRAIN_SEED}, which no evaluation seed shares.
+ *
+ * @module
+ */
+
+import { join } from "node:path";
+import type { Kvfold } from "../src/engine.ts";
+import { ModelTrainer } from "../src/model_train.ts";
+import { initModelFolder } from "../src/model_train_loop.ts";
+import { Compressor } from "../src/compressor.ts";
+import { finetuneLora, type QaExample } from "../src/train.ts";
+import { calibrateLococo } from "../src/lococo_train.ts";
+import { type DemoDocument, demoDocuments } from "./corpus.ts";
+import { demoVocabulary, writeDemoTokenizer } from "./tokenizer.ts";
+import {
+  chunkRange,
+  compressedQaExample,
+  documentIds,
+  questionsIn,
+  type SpanQuestion,
+  textQaExample,
+} from "./examples.ts";
+
+/** Seed of the training documents' stream. */
+export const TRAIN_SEED = 20261204;
+/** Tokens per store chunk, and per compressor segment; summary vectors per segment. */
+export const CHUNK_TOKENS = 512;
+export const SEGMENT_TOKENS = 256;
+export const SUMMARY_VECTORS = 8;
+/** Groups, each with its own adapter. */
+export const GROUPS = ["ledger", "voyage"] as const;
+
+/** The demo model's shape (Hugging Face `config.json`). */
+export function demoConfig(): Record<string, unknown> {
+  return {
+    architectures: ["LlamaForCausalLM"],
+    model_type: "llama",
+    hidden_size: 128,
+    intermediate_size: 352,
+    num_hidden_layers: 4,
+    num_attention_heads: 4,
+    num_key_value_heads: 2,
+    head_dim: 32,
+    vocab_size: demoVocabulary().length,
+    max_position_embeddings: 4096,
+    rms_norm_eps: 1e-5,
+    rope_theta: 10000,
+    tie_word_embeddings: true,
+    bos_token_id: 1,
+    eos_token_id: 2,
+    pad_token_id: 3,
+    hidden_act: "silu",
+    initializer_range: 0.02,
+    torch_dtype: "float32",
+  };
+}
+
+/** How long each phase runs, in optimizer steps (and examples per step). */
+export interface RecipeBudget {
+  readerSteps: number;
+  compressorSteps: number;
+  adapterSteps: number;
+  lococoSteps: number;
+  /** Examples per optimizer step. */
+  batch: number;
+}
+
+/** The shipped run's budget: fits in 60 minutes on the project's 2-core machine. */
+export const SHIPPED_BUDGET: RecipeBudget = {
+  readerSteps: 600,
+  compressorSteps: 1200,
+  adapterSteps: 150,
+  lococoSteps: 60,
+  batch: 8,
+};
+
+/** What the recipe reports as it goes. */
+export interface RecipeProgress {
+  phase: "reader" | "compressor" | "adapters" | "lococo";
+  step: number;
+  steps: number;
+  /** Mean losses of the step's examples (NaN where an objective is off). */
+  loss: { lm: number; qa: number };
+  seconds: number;
+}
+
+/** Options of {@link trainDemoModel}. */
+export interface RecipeOptions {
+  /** Where the model folder, adapters and heads go. */
+  outDir: string;
+  budget?: RecipeBudget;
+  onProgress?: (p: RecipeProgress) => void;
+  signal?: AbortSignal;
+}
+
+/** What {@link trainDemoModel} wrote. */
+export interface RecipeOutput {
+  modelDir: string;
+  adapters: Record<string, string>;
+  lococoHeads: string;
+  seconds: number;
+}
+
+/** A window of a document with a question over it: a chunk-aligned store chunk or a random span. */
+interface Draw {
+  doc: DemoDocument;
+  ids: number[];
+  start: number;
+  end: number;
+  question: SpanQuestion;
+}
+
+/**
+ * An endless, seeded stream of (document span, question) draws: store chunks (chunk-aligned
+ * `CHUNK_TOKENS` windows), each with one of the questions wholly inside it.
+ */
+function* chunkDraws(seed: number, group?: string): Generator<Draw> {
+  let pick = seed >>> 0;
+  const next = () => (pick = (Math.imul(pick, 1664525) + 1013904223) >>> 0);
+  for (const doc of demoDocuments({ seed, groups: group ? [group] : undefined })) {
+    const ids = documentIds(doc);
+    const chunks = Math.ceil(ids.length / CHUNK_TOKENS);
+    for (let c = 0; c < chunks; c++) {
+      const [start, end] = chunkRange(doc, CHUNK_TOKENS, c);
+      const qs = questionsIn(doc, start, end);
+      if (qs.length === 0) continue;
+      yield { doc, ids: ids.slice(start, end), start, end, question: qs[next() % qs.length] };
+    }
+  }
+}
+
+/** Mean of numbers, NaN for none. */
+const mean = (xs: number[]) => xs.length === 0 ? NaN : xs.reduce((a, b) => a + b, 0) / xs.length;
+
+/**
+ * Trains the demo model, its group adapters and LoCoCo heads from zero into `options.outDir`
+ * (`model/`, `adapters/<group>/`, `lococo.safetensors`).
+ *
+ * @example
+ * ```ts ignore
+ * await using kv = await Kvfold.open();
+ * await trainDemoModel(kv, { outDir: "./demo/trained", onProgress: (p) => console.log(p) });
+ * ```
+ */
+export async function trainDemoModel(kv: Kvfold, options: RecipeOptions): Promise<RecipeOutput> {
+  const budget = options.budget ?? SHIPPED_BUDGET;
+  const t0 = performance.now();
+  const seconds = () => (performance.now() - t0) / 1000;
+  const init = join(options.outDir, "init"), modelDir = join(options.outDir, "model");
+  await Deno.mkdir(init, { recursive: true });
+  await writeDemoTokenizer(init);
+  await initModelFolder(init, demoConfig(), { seed: TRAIN_SEED, tokenizerDir: init });
+
+  // Phase 1 and 2 share one trainer: the compressor is the reader plus embed_summary.
+  {
+    using model = await kv.loadModel(init, { dtype: "f32" });
+    using trainer = ModelTrainer.create(model, {
+      seed: TRAIN_SEED,
+      summaryLength: SUMMARY_VECTORS,
+      segmentLength: SEGMENT_TOKENS,
+      backpropSegments: 2,
+      lmWeight: 0.5,
+      qaWeight: 1,
+      learningRate: 2e-3,
+      warmupSteps: 50,
+      totalSteps: budget.readerSteps + budget.compressorSteps,
+      minLearningRateRatio: 0.05,
+      weightDecay: 0.01,
+    });
+    const draws = chunkDraws(TRAIN_SEED);
+    const take = () => draws.next().value as Draw;
+    for (let s = 0; s < budget.readerSteps; s++) {
+      options.signal?.throwIfAborted();
+      const losses: number[] = [];
+      for (let b = 0; b < budget.batch; b++) {
+        const d = take();
+        const ex = textQaExample(d.ids, d.question.question, d.question.answer);
+        losses.push(await trainer.accumulate(ex, { signal: options.signal }));
+      }
+      trainer.step();
+      options.onProgress?.({
+        phase: "reader",
+        step: s + 1,
+        steps: budget.readerSteps,
+        loss: { lm: mean(losses), qa: NaN },
+        seconds: seconds(),
+      });
+    }
+    for (let s = 0; s < budget.compressorSteps; s++) {
+      options.signal?.throwIfAborted();
+      const lm: number[] = [], qa: number[] = [];
+      for (let b = 0; b < budget.batch; b++) {
+        const d = take();
+        if (b % 4 === 3) {
+          // One example in four keeps the reader reading text.
+          await trainer.accumulate(textQaExample(d.ids, d.question.question, d.question.answer), {
+            signal: options.signal,
+          });
+          continue;
+        }
+        const loss = await trainer.accumulateDocument(
+          compressedQaExample(d.ids, d.question.question, d.question.answer),
+          { signal: options.signal },
+        );
+        lm.push(loss.lm);
+        qa.push(loss.qa);
+      }
+      trainer.step();
+      options.onProgress?.({
+        phase: "compressor",
+        step: s + 1,
+        steps: budget.compressorSteps,
+        loss: { lm: mean(lm), qa: mean(qa) },
+        seconds: seconds(),
+      });
+    }
+    await trainer.saveModel(modelDir);
+  }
+  await Deno.remove(init, { recursive: true });
+
+  // Phase 3: one adapter per group on the frozen compressor's vectors.
+  const adapters: Record<string, string> = {};
+  {
+    using compressor = await Compressor.load(kv, modelDir);
+    for (const group of GROUPS) {
+      const examples: QaExample[] = [];
+      const draws = chunkDraws(TRAIN_SEED + 1 + GROUPS.indexOf(group), group);
+      const n = budget.adapterSteps * budget.batch;
+      for (let i = 0; i < n; i++) {
+        const d = draws.next().value as Draw;
+        const vectors = await compressor.compress(d.ids, { segmentLength: SEGMENT_TOKENS });
+        examples.push({ vectors: vectors.data, question: d.question.question, answer: d.question.answer });
+      }
+      using trainer = await finetuneLora(compressor.model, examples, {
+        steps: budget.adapterSteps,
+        accumulate: budget.batch,
+        rank: 8,
+        alpha: 16,
+        learningRate: 1e-3,
+        warmupSteps: 10,
+        totalSteps: budget.adapterSteps,
+        seed: TRAIN_SEED,
+        signal: options.signal,
+        onProgress: (p) =>
+          options.onProgress?.({
+            phase: "adapters",
+            step: p.step,
+            steps: budget.adapterSteps,
+            loss: { lm: NaN, qa: p.loss },
+            seconds: seconds(),
+          }),
+      });
+      adapters[group] = join(options.outDir, "adapters", group);
+      await trainer.saveAdapter(adapters[group]);
+    }
+  }
+
+  // Phase 4: LoCoCo heads for the fixed-memory baseline (M = 512 slots, segments of 256).
+  const lococoHeads = join(options.outDir, "lococo.safetensors");
+  {
+    using model = await kv.loadModel(modelDir);
+    const corpus: number[] = [];
+    for (const doc of demoDocuments({ seed: TRAIN_SEED + 7 })) {
+      corpus.push(...documentIds(doc));
+      if (corpus.length > budget.lococoSteps * 2048) break;
+    }
+    using trainer = await calibrateLococo(model, corpus, {
+      slots: 512,
+      segment: 256,
+      steps: budget.lococoSteps,
+      sequenceLength: 2048,
+      seed: TRAIN_SEED,
+      signal: options.signal,
+      onProgress: (p) =>
+        options.onProgress?.({
+          phase: "lococo",
+          step: p.step,
+          steps: budget.lococoSteps,
+          loss: { lm: p.loss, qa: NaN },
+          seconds: seconds(),
+        }),
+    });
+    await trainer.saveHeads(lococoHeads);
+  }
+  return { modelDir, adapters, lococoHeads, seconds: seconds() };
+}
