@@ -1,6 +1,6 @@
-// train.h — LoRA training with the base model frozen: a forward pass that keeps what the backward
-// pass needs, the backward pass (activation gradients through every layer, weight gradients for the
-// LoRA pairs only), and AdamW.
+// train.h — training passes: a forward pass that keeps what the backward pass needs, the backward
+// pass (activation gradients through every layer; weight gradients for the LoRA pairs, and for every
+// base tensor when a full-parameter trainer asks), and AdamW with its schedule and clipping.
 #pragma once
 
 #include <cmath>
@@ -46,6 +46,17 @@ struct AdamW {
   }
 };
 
+// What every trainer's optimizer step shares: the averaged gradient's global norm, the clipping
+// factor folded into AdamW's coefficient, and the learning rate of this step. Throws
+// KF_ERR_INVALID_STATE (after `drop` has zeroed the gradients) when the norm is not finite.
+struct StepPlan {
+  double norm = 0;
+  float coef = 0, lr = 0;
+};
+template <class Drop>
+StepPlan plan_step(double sum_sq, int32_t examples, float max_grad_norm, float lr, int32_t warmup, int32_t total,
+                   float min_ratio, int64_t step, Drop drop);
+
 // One trainable pair y += s · B (A x), held as PEFT stores it (unscaled): A [r, in], B [out, r].
 struct TrainPair {
   int32_t rank = 0;  // 0: projection not trained
@@ -68,11 +79,18 @@ struct LayerActivations {
   std::vector<float> lora_t[kNumProj];  // [T, r] A x of each trained projection
 };
 
-// Scratch of one pass, grown on demand and kept for the next.
+// Scratch of one pass, grown on demand and kept for the next (nothing is allocated per step once
+// the largest pass has run).
 struct PassScratch {
   std::vector<LayerActivations> acts;   // [n_layers]
   std::vector<float> x_final, xn_final; // [T, H]
   std::vector<float> rope_cs;           // [T, hd/2, 2]
+  // Work buffers of the forward and backward passes (the backward reads nothing in them the forward
+  // wrote, except through acts / x_final / xn_final above).
+  std::vector<float> x, o, attn_work;                  // [T, H] x2, attention's per-thread rows
+  std::vector<float> xr, logits, dxr, dxn, dx;         // labelled rows and their logits; [T, H] x2
+  std::vector<float> dh, dgate, dup, dxn_l, dattn, dq, dk, dv;
+  std::vector<float> tmp, tmp2, dt, tT, dtT, gsmall, dyT;  // linear_backward's
 };
 
 // The rows of one pass: input embeddings at positions pos0.., and which rows predict which token.
@@ -83,6 +101,26 @@ struct PassRows {
   std::vector<int32_t> targets;  // the token each predicts
   int64_t progress0 = 0;         // added to the control block's done counter
   bool report_progress = true;   // false: the caller counts progress itself (cancel is still polled)
+  // The loss is the labelled rows' summed cross-entropy over loss_denom (0: the count of labelled
+  // rows, a plain mean), so passes of one document share one mean; its gradient is taken times
+  // loss_weight (the returned loss is not).
+  double loss_denom = 0, loss_weight = 1;
+  // NULL, or [T, H]: a gradient arriving on the final-normed rows from outside the pass (the
+  // compressor's summary rows, read by later passes).
+  const float *dxn_ext = nullptr;
+};
+
+// Where a full-parameter trainer wants the base weights' gradients added (each NULL: not wanted).
+// The embedding's gradient is the caller's: it is the gradient of the input rows (PassGrads::dx0).
+struct ModelGrads {
+  struct Layer {
+    float *attn_norm = nullptr, *ffn_norm = nullptr;
+    float *proj[kNumProj] = {};  // [out, in] each
+    float *bias[4] = {};         // q, k, v, o biases when the model has them
+  };
+  std::vector<Layer> layers;     // [n_layers]
+  float *final_norm = nullptr;   // [H]
+  float *lm_head = nullptr;      // [V, H]: the embedding's gradient when the head is tied
 };
 
 // The cache a segment attends to before its own rows (LoCoCo calibration): per layer, post-RoPE keys
@@ -100,12 +138,42 @@ struct PassGrads {
   std::vector<std::vector<float>> *cache_dk = nullptr, *cache_dv = nullptr;
   // When set: per layer [(slots + T), nkv] column sums of the attention probabilities (slot scores).
   std::vector<std::vector<float>> *col_sums = nullptr;
+  // When set: every base weight's gradient is added to these buffers.
+  const ModelGrads *weights = nullptr;
+  // When set: [T, H] receives d loss / d input rows x0 (overwritten).
+  float *dx0 = nullptr;
 };
 
 // Forward and backward of one pass: mean cross-entropy over the labelled rows, its gradients for the
-// LoRA pairs (all rank 0 to train nothing) and, with a prefix, for the prefix cache.
+// LoRA pairs (all rank 0 to train nothing) and, with a prefix, for the prefix cache; with
+// out.weights, for every base tensor; with out.dx0, for the input rows.
 double train_pass(const kf_model &m, const std::vector<std::vector<TrainPair>> &pairs, float s, PassScratch &st,
                   const PassRows &in, const PrefixCache *prefix, PassGrads &out, kf_control *ctl);
+// train_pass in two halves, for callers that run several forwards before the backwards (the
+// compressor: a pass's summary rows feed the next pass, whose backward gives their gradient).
+// pass_forward leaves st.xn_final [T, H] (final-normed rows) and what pass_backward reads; `in` and
+// `prefix` must be the same for both halves and st untouched between them. col_sums is filled by
+// the forward (out.col_sums). pass_backward returns the loss (0 when no row is labelled).
+void pass_forward(const kf_model &m, const std::vector<std::vector<TrainPair>> &pairs, float s, PassScratch &st,
+                  const PassRows &in, const PrefixCache *prefix, PassGrads &out, kf_control *ctl);
+double pass_backward(const kf_model &m, const std::vector<std::vector<TrainPair>> &pairs, float s, PassScratch &st,
+                     const PassRows &in, const PrefixCache *prefix, PassGrads &out, kf_control *ctl);
+
+template <class Drop>
+StepPlan plan_step(double sum_sq, int32_t examples, float max_grad_norm, float lr, int32_t warmup, int32_t total,
+                   float min_ratio, int64_t step, Drop drop) {
+  StepPlan sp;
+  sp.norm = std::sqrt(sum_sq) / double(examples);  // sum_sq is of the summed (not averaged) gradients
+  if (!std::isfinite(sp.norm)) {
+    drop();
+    raise(KF_ERR_INVALID_STATE, "cannot take an optimizer step: the gradient is not finite (norm %g); it was dropped "
+          "and the weights are unchanged; lower the learning rate", sp.norm);
+  }
+  const double clip = max_grad_norm > 0 && sp.norm > max_grad_norm ? max_grad_norm / (sp.norm + 1e-6) : 1.0;
+  sp.coef = float(clip / double(examples));
+  sp.lr = schedule_lr(lr, warmup, total, min_ratio, step);
+  return sp;
+}
 
 }  // namespace kf
 
