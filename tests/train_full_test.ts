@@ -112,6 +112,10 @@ Deno.test("train model: a tied head's gradient (qwen2 biases) reaches the embedd
   ]);
 });
 
+Deno.test("train model: with Mistral's sliding window, gradients still equal finite differences", async () => {
+  await checkFullGradients("full-window", { seed: 7, modelType: "mistral", slidingWindow: 4 }, [/k_proj\.weight/]);
+});
+
 // The compressor objective's gradient for a trainer and a reference, with embed_summary as a parameter.
 async function compressorCase(name: string, backpropSegments: number) {
   const dir = await testModel(name, { seed: 8, numHeads: 4, numKeyValueHeads: 2 });

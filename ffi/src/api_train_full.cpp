@@ -179,6 +179,7 @@ kf_status kf_model_trainer_accumulate_document(kf_model_trainer *trainer, const 
 kf_status kf_model_trainer_step(kf_model_trainer *trainer, kf_train_step_info *out) {
   return guarded("step optimizer", [&] {
     KF_REQUIRE(trainer, "step optimizer", "trainer is NULL");
+    std::lock_guard<std::mutex> lock(trainer->view.engine->pool_mutex);
     const kf_train_step_info info = kf::model_trainer_step(*trainer);
     if (out) *out = info;
   });

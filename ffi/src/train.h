@@ -53,6 +53,19 @@ struct StepPlan {
   double norm = 0;
   float coef = 0, lr = 0;
 };
+// out [c, r] = aᵀ for a [r, c], in cache-sized tiles over the pool.
+void transpose_blocked(ThreadPool &pool, const float *a, int64_t r, int64_t c, float *out);
+
+// Plain causal self-attention of T rows (no prefix cache) as GEMMs per query head
+// (train_attention.cpp): q [T, nh, hd], k, v [T, nkv, hd] post-RoPE; out [T, nh, hd]; backward: dq
+// [T, nh, hd], dk, dv [T, nkv, hd] (overwritten). `work` grows to about 2 T² floats, so passes of more
+// than kDenseAttentionRows rows take the row-by-row path instead.
+constexpr int64_t kDenseAttentionRows = 4096;
+void attention_forward_dense(ThreadPool &pool, const ModelConfig &c, const float *q, const float *k, const float *v,
+                             int64_t T, float *out, std::vector<float> &work);
+void attention_backward_dense(ThreadPool &pool, const ModelConfig &c, const float *q, const float *k, const float *v,
+                              const float *dout, int64_t T, float *dq, float *dk, float *dv, std::vector<float> &work);
+
 template <class Drop>
 StepPlan plan_step(double sum_sq, int32_t examples, float max_grad_norm, float lr, int32_t warmup, int32_t total,
                    float min_ratio, int64_t step, Drop drop);

@@ -67,7 +67,7 @@ void transpose(const float *a, int64_t r, int64_t c, float *out) {
 void add_at_b(ThreadPool &pool, const float *a, const float *b, int64_t T, int64_t rows, int64_t cols, float *g,
               PassScratch &sc) {
   float *aT = grow(sc.dyT, size_t(rows) * size_t(T));
-  transpose(a, T, rows, aT);
+  transpose_blocked(pool, a, T, rows, aT);
   float *prod = grow(sc.tmp2, size_t(rows) * size_t(cols));
   matmul_nn(pool, aT, b, DType::F32, prod, rows, T, cols);  // [rows, cols]
   add_inplace(g, prod, rows * cols);
@@ -347,8 +347,12 @@ void pass_forward(const kf_model &m, const std::vector<std::vector<TrainPair>> &
     rope_rotate(A.q.data(), T, nh, hd, cs, false);
     rope_rotate(A.k.data(), T, nkv, hd, cs, false);
     float *col_sums = out.col_sums ? grow((*out.col_sums)[size_t(l)], size_t((slots + T) * nkv)) : nullptr;
-    attention_forward(pool, c, A.q.data(), pass_keys(c, prefix, l, A), T, grow(A.attn, size_t(T * q_dim)), col_sums,
-                      st.attn_work);
+    if (slots == 0 && !col_sums && T <= kDenseAttentionRows)
+      attention_forward_dense(pool, c, A.q.data(), A.k.data(), A.v.data(), T, grow(A.attn, size_t(T * q_dim)),
+                              st.attn_work);
+    else
+      attention_forward(pool, c, A.q.data(), pass_keys(c, prefix, l, A), T, grow(A.attn, size_t(T * q_dim)),
+                        col_sums, st.attn_work);
     linear_forward(pool, W.wo, proj_bias(W, kProjO), P[kProjO], s, A.attn.data(), T, o, A.lora_t[kProjO], st);
     add_inplace(x, o, T * H);                                                                         // x_mid
     std::copy_n(x, T * H, grow(A.x_mid, size_t(T * H)));
@@ -462,7 +466,11 @@ double pass_backward(const kf_model &m, const std::vector<std::vector<TrainPair>
       dkc = grow((*out.cache_dk)[size_t(l)], size_t(slots * kv_dim));
       dvc = grow((*out.cache_dv)[size_t(l)], size_t(slots * kv_dim));
     }
-    attention_backward(pool, c, A.q.data(), pass_keys(c, prefix, l, A), dattn, T, dq, dk, dv, dkc, dvc, st.attn_work);
+    if (slots == 0 && T <= kDenseAttentionRows)
+      attention_backward_dense(pool, c, A.q.data(), A.k.data(), A.v.data(), dattn, T, dq, dk, dv, st.attn_work);
+    else
+      attention_backward(pool, c, A.q.data(), pass_keys(c, prefix, l, A), dattn, T, dq, dk, dv, dkc, dvc,
+                         st.attn_work);
     rope_rotate(dq, T, nh, hd, cs, true);  // back through the rotation: R^T
     rope_rotate(dk, T, nkv, hd, cs, true);
     auto [ga_q, gb_q] = grads(kProjQ);

@@ -192,16 +192,36 @@ double model_trainer_accumulate(kf_model_trainer &tr, const float *prefix, int32
 kf_train_step_info model_trainer_step(kf_model_trainer &tr) {
   if (tr.accumulated == 0) raise(KF_ERR_INVALID_STATE, "cannot take an optimizer step: no example was accumulated");
   const kf_model_train_params &p = tr.params;
+  ThreadPool &pool = *tr.view.engine->pool;
+  // Fixed chunks of every tensor, so the norm's summation order (and so every bit of the step) does
+  // not depend on the thread count.
+  constexpr size_t kChunk = 16384;
+  struct Chunk {
+    FullTensor *t;
+    size_t b, e;
+  };
+  std::vector<Chunk> chunks;
+  for (FullTensor &t : tr.tensors)
+    for (size_t b = 0; b < t.size(); b += kChunk) chunks.push_back({&t, b, std::min(t.size(), b + kChunk)});
+  std::vector<double> partial(chunks.size());
+  pool.parallel_for(int64_t(chunks.size()), [&](int64_t i, int) {
+    const Chunk &k = chunks[size_t(i)];
+    double sq = 0;
+    for (size_t j = k.b; j < k.e; j++) sq += double(k.t->g[j]) * k.t->g[j];
+    partial[size_t(i)] = sq;
+  });
   double sq = 0;
-  for (const FullTensor &t : tr.tensors)
-    for (float g : t.g) sq += double(g) * g;
+  for (double x : partial) sq += x;
   const StepPlan sp = plan_step(sq, tr.accumulated, p.max_grad_norm, p.lr, p.warmup_steps, p.total_steps,
                                 p.min_lr_ratio, tr.step, [&] { model_trainer_drop_grads(tr); });
   const AdamW opt(sp.lr, p.beta1, p.beta2, p.eps, tr.step, sp.coef);
-  for (FullTensor &t : tr.tensors) {
-    opt.update(t.w, t.g.data(), t.m.data(), t.v.data(), t.size(), t.decay ? p.weight_decay : 0.0f);
-    std::fill(t.g.begin(), t.g.end(), 0.0f);
-  }
+  pool.parallel_for(int64_t(chunks.size()), [&](int64_t i, int) {
+    const Chunk &k = chunks[size_t(i)];
+    FullTensor &t = *k.t;
+    opt.update(t.w + k.b, t.g.data() + k.b, t.m.data() + k.b, t.v.data() + k.b, k.e - k.b,
+               t.decay ? p.weight_decay : 0.0f);
+    std::fill(t.g.begin() + k.b, t.g.begin() + k.e, 0.0f);
+  });
   kf_train_step_info info{};
   info.examples = tr.accumulated;
   tr.accumulated = 0;
