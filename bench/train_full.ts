@@ -32,7 +32,8 @@ const SHAPES = {
   small: { hiddenSize: 128, numLayers: 4, numHeads: 4, numKeyValueHeads: 2, intermediateSize: 352 },
   medium: { hiddenSize: 256, numLayers: 6, numHeads: 8, numKeyValueHeads: 4, intermediateSize: 704 },
 };
-const ids = (n: number, seed: number) => Array.from({ length: n }, (_, i) => 10 + ((i * 7919 + seed * 104729) % 1000));
+const ids = (n: number, seed: number) =>
+  Array.from({ length: n }, (_, i) => 10 + ((i * 7919 + seed * 104729) % 1000));
 
 interface Row {
   shape: string;
@@ -65,7 +66,11 @@ for (const [shape, sizes] of Object.entries(SHAPES)) {
           const x = ids(segment + 1, k);
           await tr.accumulate({ ids: x.slice(0, -1), labels: x.slice(1) });
         } else {
-          await tr.accumulateDocument({ ids: ids(4 * segment, k), question: ids(16, k + 1), answer: ids(4, k + 2) });
+          await tr.accumulateDocument({
+            ids: ids(4 * segment, k),
+            question: ids(16, k + 1),
+            answer: ids(4, k + 2),
+          });
         }
         tr.step();
       };
@@ -90,7 +95,9 @@ for (const [shape, sizes] of Object.entries(SHAPES)) {
       const r = rows.at(-1)!;
       console.log(
         `${shape.padEnd(7)} ${mode.padEnd(10)} seg ${String(segment).padStart(3)}  ` +
-          `${r.secondsPerStep.toFixed(3).padStart(7)} s/step  ${r.tokensPerSecond.toFixed(0).padStart(6)} tok/s`,
+          `${r.secondsPerStep.toFixed(3).padStart(7)} s/step  ${
+            r.tokensPerSecond.toFixed(0).padStart(6)
+          } tok/s`,
       );
     }
   }
@@ -99,7 +106,9 @@ for (const [shape, sizes] of Object.entries(SHAPES)) {
 console.log("\n| shape | mode | segment | s / step | tokens / s |\n| --- | --- | --- | --- | --- |");
 for (const r of rows) {
   console.log(
-    `| ${r.shape} | ${r.mode} | ${r.segment} | ${r.secondsPerStep.toFixed(3)} | ${r.tokensPerSecond.toFixed(0)} |`,
+    `| ${r.shape} | ${r.mode} | ${r.segment} | ${r.secondsPerStep.toFixed(3)} | ${
+      r.tokensPerSecond.toFixed(0)
+    } |`,
   );
 }
 await Deno.mkdir(new URL("./results/", import.meta.url).pathname, { recursive: true });

@@ -113,7 +113,9 @@ Deno.test("train model: a tied head's gradient (qwen2 biases) reaches the embedd
 });
 
 Deno.test("train model: with Mistral's sliding window, gradients still equal finite differences", async () => {
-  await checkFullGradients("full-window", { seed: 7, modelType: "mistral", slidingWindow: 4 }, [/k_proj\.weight/]);
+  await checkFullGradients("full-window", { seed: 7, modelType: "mistral", slidingWindow: 4 }, [
+    /k_proj\.weight/,
+  ]);
 });
 
 // The compressor objective's gradient for a trainer and a reference, with embed_summary as a parameter.
@@ -280,4 +282,38 @@ Deno.test("train model: a tiny model memorises a short sequence", async () => {
   console.log(`  loss ${first.toFixed(3)} -> ${loss.toFixed(3)}`);
   assert.ok(first > 5, `a random model starts near ln(vocab): ${first}`);
   assert.ok(loss < 0.5, `loss after 40 steps: ${loss}`);
+});
+
+Deno.test("train model: bad settings, examples and tensor names are refused with the reason", async () => {
+  const { rejectsWith, throwsKvfold } = await import("./_kvfold_asserts.ts");
+  const dir = await testModel("full-adamw", { seed: 5, attentionBias: true });
+  const kv = await testEngine();
+  using model = await kv.loadModel(dir);
+  throwsKvfold(
+    () => ModelTrainer.create(model, { learningRate: -1 }),
+    "INVALID_ARGUMENT",
+    /optimizer setting/,
+  );
+  throwsKvfold(
+    () => ModelTrainer.create(model, { summaryLength: 2, lmWeight: -1 }),
+    "INVALID_ARGUMENT",
+    /compressor setting/,
+  );
+  using tr = ModelTrainer.create(model);
+  await rejectsWith(tr.accumulateDocument({ ids: [5, 6] }), "INVALID_ARGUMENT", /summary_length 0/);
+  await rejectsWith(
+    tr.accumulate({ ids: [5, 6], labels: [-1, -1] }),
+    "INVALID_ARGUMENT",
+    /no labelled position/,
+  );
+  await rejectsWith(tr.accumulate({ ids: [5, 9999], labels: [6, 7] }), "INVALID_ARGUMENT", /9999 at index 1/);
+  throwsKvfold(() => tr.read("model.layers.9.mlp.up_proj.weight"), "INVALID_ARGUMENT", /has no/);
+  const w = tr.read("model.norm.weight");
+  w[3] = NaN;
+  throwsKvfold(
+    () => tr.write("model.norm.weight", w),
+    "INVALID_ARGUMENT",
+    /value 3 of model.norm.weight is not finite/,
+  );
+  throwsKvfold(() => tr.step(), "INVALID_STATE", /no example was accumulated/);
 });
