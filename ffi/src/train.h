@@ -77,11 +77,11 @@ struct StepPlan {
 // out [c, r] = aᵀ for a [r, c], in cache-sized tiles over the pool.
 void transpose_blocked(ThreadPool &pool, const float *a, int64_t r, int64_t c, float *out);
 
-// Plain causal self-attention of T rows (no prefix cache) as GEMMs per query head
-// (train_attention.cpp): q [T, nh, hd], k, v [T, nkv, hd] post-RoPE; out [T, nh, hd]; backward: dq
-// [T, nh, hd], dk, dv [T, nkv, hd] (overwritten). `work` grows to about 2 T² floats, so passes of more
-// than kDenseAttentionRows rows take the row-by-row path instead.
-constexpr int64_t kDenseAttentionRows = 4096;
+// Plain causal self-attention of T rows (no prefix cache) as GEMMs per query head and block of query
+// rows (train_attention.cpp): q [T, nh, hd], k, v [T, nkv, hd] post-RoPE; out [T, nh, hd]; backward:
+// dq [T, nh, hd], dk, dv [T, nkv, hd] (overwritten). `work` grows to about 2 · 128 · T + 9 T · hd
+// floats; passes of more than kDenseAttentionRows rows take the row-by-row path.
+constexpr int64_t kDenseAttentionRows = 65536;
 void attention_forward_dense(ThreadPool &pool, const ModelConfig &c, const float *q, const float *k, const float *v,
                              int64_t T, float *out, std::vector<float> &work);
 void attention_backward_dense(ThreadPool &pool, const ModelConfig &c, const float *q, const float *k, const float *v,

@@ -1,10 +1,12 @@
-// train_attention.cpp — causal self-attention of a training pass as GEMMs, one query head at a time:
-// scores S = Q_h K_gᵀ, probabilities P = softmax(S · scale) under the causal (and sliding-window)
-// mask, O_h = P V_g; backward recomputes P and runs dP = dO_h V_gᵀ, dS = P ⊙ (dP − rowsum(P ⊙ dP)),
-// dQ_h = scale dS K_g, dK_g += scale dSᵀ Q_h, dV_g += Pᵀ dO_h. The row-by-row path in train_cpu.cpp
-// stays for passes with a prefix cache (LoCoCo calibration) or slot scores; this one is for the long
-// plain passes of full-parameter and compressor training, where row-by-row dot products of head_dim
-// floats were a third of the step.
+// train_attention.cpp — causal self-attention of a training pass as GEMMs, one query head at a time
+// and one block of kAttnBlock query rows at a time, each block against the keys up to its last row
+// (so the masked upper triangle is mostly skipped, and scratch is [block, T], not [T, T]):
+//   S = Q_b K_gᵀ, P = softmax(S · scale) under the causal (and sliding-window) mask, O_b = P V_g;
+// backward recomputes P and runs dP = dO_b V_gᵀ, dS = scale P ⊙ (dP − rowsum(P ⊙ dP)),
+// dQ_b = dS K_g, dK_gᵀ += Q_bᵀ dS, dV_gᵀ += dO_bᵀ P. The row-by-row path in train_cpu.cpp stays for
+// passes with a prefix cache (LoCoCo calibration) or slot scores; this one serves the long plain
+// passes of full-parameter and compressor training, where row-by-row dot products of head_dim floats
+// were a third of the step.
 #include <algorithm>
 #include <cmath>
 
@@ -26,18 +28,24 @@ void gather(const float *src, int64_t rows, int64_t stride, int64_t c0, int64_t 
   for (int64_t r = 0; r < rows; r++) std::copy_n(src + r * stride + c0, w, dst + r * w);
 }
 
-// The probabilities of one head: P [T, T] (rows past the causal / window mask are zero).
-void head_probabilities(ThreadPool &pool, const float *qh, const float *kh, int64_t T, int64_t hd, int64_t window,
-                        float *p) {
+// Query rows per block.
+constexpr int64_t kAttnBlock = 128;
+
+// The probabilities of query rows [r0, r1) of one head against keys [0, r1): p [r1 - r0, r1], zero
+// outside the causal / window mask.
+void block_probabilities(ThreadPool &pool, const float *qh, const float *kh, int64_t r0, int64_t r1, int64_t hd,
+                         int64_t window, float *p) {
   const float scale = 1.0f / std::sqrt(float(hd));
-  matmul(pool, qh, kh, DType::F32, p, T, hd, T, nullptr);  // S = Q_h K_gᵀ  [T, T]
-  pool.parallel_for(T, [&](int64_t i, int) {
-    float *row = p + i * T;
+  const int64_t n = r1;
+  matmul(pool, qh + r0 * hd, kh, DType::F32, p, r1 - r0, hd, n, nullptr);  // S = Q_b K_gᵀ  [rows, n]
+  pool.parallel_for(r1 - r0, [&](int64_t ii, int) {
+    const int64_t i = r0 + ii;
+    float *row = p + ii * n;
     const int64_t j0 = window > 0 ? std::max<int64_t>(0, i - window + 1) : 0, j1 = i + 1;
     for (int64_t j = j0; j < j1; j++) row[j] *= scale;
     softmax_inplace(row + j0, j1 - j0);
     std::fill(row, row + j0, 0.0f);
-    std::fill(row + j1, row + T, 0.0f);
+    std::fill(row + j1, row + n, 0.0f);
   });
 }
 
@@ -104,8 +112,9 @@ void transpose_blocked(ThreadPool &pool, const float *a, int64_t r, int64_t c, f
 void attention_forward_dense(ThreadPool &pool, const ModelConfig &c, const float *q, const float *k, const float *v,
                              int64_t T, float *out, std::vector<float> &work) {
   const int64_t nh = c.n_heads, nkv = c.n_kv_heads, hd = c.head_dim, group = nh / nkv;
-  float *buf = grow(work, size_t(T) * size_t(T) + 4 * size_t(T) * size_t(hd));
-  float *p = buf, *qh = p + T * T, *kh = qh + T * hd, *vh = kh + T * hd, *oh = vh + T * hd;
+  const int64_t B = std::min(T, kAttnBlock);
+  float *buf = grow(work, size_t(B) * size_t(T) + 4 * size_t(T) * size_t(hd));
+  float *p = buf, *qh = p + B * T, *kh = qh + T * hd, *vh = kh + T * hd, *oh = vh + T * hd;
   for (int64_t h = 0; h < nh; h++) {
     const int64_t g = h / group;
     gather(q, T, nh * hd, h * hd, hd, qh);
@@ -113,8 +122,11 @@ void attention_forward_dense(ThreadPool &pool, const ModelConfig &c, const float
       gather(k, T, nkv * hd, g * hd, hd, kh);
       gather(v, T, nkv * hd, g * hd, hd, vh);
     }
-    head_probabilities(pool, qh, kh, T, hd, c.sliding_window, p);
-    matmul_nn(pool, p, vh, DType::F32, oh, T, T, hd);  // O_h = P V_g  [T, hd]
+    for (int64_t r0 = 0; r0 < T; r0 += B) {
+      const int64_t r1 = std::min(T, r0 + B);
+      block_probabilities(pool, qh, kh, r0, r1, hd, c.sliding_window, p);
+      matmul_nn(pool, p, vh, DType::F32, oh + r0 * hd, r1 - r0, r1, hd);  // O_b = P V_g  [rows, hd]
+    }
     for (int64_t i = 0; i < T; i++) std::copy_n(oh + i * hd, hd, out + (i * nh + h) * hd);
   }
 }
@@ -123,40 +135,43 @@ void attention_backward_dense(ThreadPool &pool, const ModelConfig &c, const floa
                               const float *dout, int64_t T, float *dq, float *dk, float *dv, std::vector<float> &work) {
   const int64_t nh = c.n_heads, nkv = c.n_kv_heads, hd = c.head_dim, group = nh / nkv;
   const float scale = 1.0f / std::sqrt(float(hd));
-  float *buf = grow(work, 2 * size_t(T) * size_t(T) + 9 * size_t(T) * size_t(hd));
-  float *p = buf, *ds = p + T * T, *tt = ds + T * T;
+  const int64_t B = std::min(T, kAttnBlock);
+  float *buf = grow(work, 2 * size_t(B) * size_t(T) + 9 * size_t(T) * size_t(hd) + 2 * size_t(B) * size_t(hd));
+  float *p = buf, *ds = p + B * T, *tt = ds + B * T;
   float *qh = tt + T * hd, *kh = qh + T * hd, *vh = kh + T * hd, *doh = vh + T * hd, *r1 = doh + T * hd,
-        *r2 = r1 + T * hd, *dkt = r2 + T * hd, *dvt = dkt + T * hd;
+        *r2 = r1 + T * hd, *dkt = r2 + T * hd, *dvt = dkt + T * hd, *bt = dvt + T * hd;  // bt: [hd, B]
   for (int64_t h = 0; h < nh; h++) {
     const int64_t g = h / group;
     if (h % group == 0) {
-      std::fill(dkt, dkt + hd * T, 0.0f);
+      gather(k, T, nkv * hd, g * hd, hd, kh);
+      gather(v, T, nkv * hd, g * hd, hd, vh);
+      std::fill(dkt, dkt + hd * T, 0.0f);  // dK_gᵀ, dV_gᵀ [hd, T], summed over the group's query heads
       std::fill(dvt, dvt + hd * T, 0.0f);
     }
     gather(q, T, nh * hd, h * hd, hd, qh);
-    if (h % group == 0) {
-      gather(k, T, nkv * hd, g * hd, hd, kh);
-      gather(v, T, nkv * hd, g * hd, hd, vh);
-    }
     gather(dout, T, nh * hd, h * hd, hd, doh);
-    head_probabilities(pool, qh, kh, T, hd, c.sliding_window, p);
-    matmul(pool, doh, vh, DType::F32, ds, T, hd, T, nullptr);  // dP = dO_h V_gᵀ  [T, T]
-    pool.parallel_for(T, [&](int64_t i, int) {
-      float *pr = p + i * T, *dr = ds + i * T;
-      double sum = 0;
-      for (int64_t j = 0; j <= i; j++) sum += double(pr[j]) * dr[j];
-      for (int64_t j = 0; j <= i; j++) dr[j] = scale * pr[j] * (dr[j] - float(sum));
-      std::fill(dr + i + 1, dr + T, 0.0f);
-    });
-    matmul_nn(pool, ds, kh, DType::F32, r1, T, T, hd);  // dQ_h = scale dS K_g  [T, hd]
+    for (int64_t b0 = 0; b0 < T; b0 += B) {
+      const int64_t b1 = std::min(T, b0 + B), rows = b1 - b0, n = b1;
+      block_probabilities(pool, qh, kh, b0, b1, hd, c.sliding_window, p);
+      matmul(pool, doh + b0 * hd, vh, DType::F32, ds, rows, hd, n, nullptr);  // dP = dO_b V_gᵀ  [rows, n]
+      pool.parallel_for(rows, [&](int64_t ii, int) {
+        const int64_t i = b0 + ii;
+        float *pr = p + ii * n, *dr = ds + ii * n;
+        double sum = 0;
+        for (int64_t j = 0; j <= i; j++) sum += double(pr[j]) * dr[j];
+        for (int64_t j = 0; j <= i; j++) dr[j] = scale * pr[j] * (dr[j] - float(sum));
+        std::fill(dr + i + 1, dr + n, 0.0f);
+      });
+      matmul_nn(pool, ds, kh, DType::F32, r1 + b0 * hd, rows, n, hd);  // dQ_b = dS K_g  [rows, hd]
+      // dK_gᵀ [hd, n] += Q_bᵀ dS and dV_gᵀ += dO_bᵀ P: only the thin [rows, hd] blocks are transposed.
+      transpose_blocked(pool, qh + b0 * hd, rows, hd, bt);
+      matmul_nn(pool, bt, ds, DType::F32, tt, hd, rows, n);
+      for (int64_t d = 0; d < hd; d++) add_inplace(dkt + d * T, tt + d * n, n);
+      transpose_blocked(pool, doh + b0 * hd, rows, hd, bt);
+      matmul_nn(pool, bt, p, DType::F32, tt, hd, rows, n);
+      for (int64_t d = 0; d < hd; d++) add_inplace(dvt + d * T, tt + d * n, n);
+    }
     for (int64_t i = 0; i < T; i++) std::copy_n(r1 + i * hd, hd, dq + (i * nh + h) * hd);
-    // dK_gᵀ [hd, T] += Q_hᵀ dS and dV_gᵀ += dO_hᵀ P: only the thin [T, hd] operands are transposed.
-    transpose_blocked(pool, qh, T, hd, r2);
-    matmul_nn(pool, r2, ds, DType::F32, tt, hd, T, T);
-    add_inplace(dkt, tt, hd * T);
-    transpose_blocked(pool, doh, T, hd, r2);
-    matmul_nn(pool, r2, p, DType::F32, tt, hd, T, T);
-    add_inplace(dvt, tt, hd * T);
     if ((h + 1) % group == 0) {  // the group's last query head: its KV head's gradients are complete
       transpose_blocked(pool, dkt, hd, T, r1);
       transpose_blocked(pool, dvt, hd, T, r2);
