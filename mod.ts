@@ -58,6 +58,27 @@ export type {
   LococoTensor,
   LococoTrainOptions,
 } from "./src/lococo_train.ts";
+export { MODEL_TRAIN_TENSORS, ModelTrainer } from "./src/model_train.ts";
+export type {
+  CompressorExample,
+  CompressorLoss,
+  ModelTrainOptions,
+  ModelTrainTensor,
+  TrainedTensor,
+} from "./src/model_train.ts";
+export {
+  initModelFolder,
+  readModelConfig,
+  readTrainingData,
+  trainCompressor,
+  trainModel,
+} from "./src/model_train_loop.ts";
+export type {
+  CompressorDocument,
+  InitModelOptions,
+  TrainCompressorOptions,
+  TrainModelOptions,
+} from "./src/model_train_loop.ts";
 export { decodeBatch, DecodeBatcher } from "./src/batch.ts";
 export type { BatchEntry, BatcherStats } from "./src/batch.ts";
 export { JsonGrammar } from "./src/grammar/json_grammar.ts";

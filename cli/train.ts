@@ -1,5 +1,7 @@
 /**
- * `kvfold train lora|lococo`: finetune a LoRA adapter on question/answer lines, or calibrate LoCoCo heads on text.
+ * `kvfold train lora|lococo|model|compressor`: finetune a LoRA adapter on question/answer lines,
+ * calibrate LoCoCo heads on text, or train every weight of a model or an AutoCompressor
+ * (cli/train_model.ts).
  *
  * @module
  */
@@ -26,6 +28,7 @@ import {
   str,
 } from "./_options.ts";
 import { interruptSignal, note, noteTrainingStep, readUserText } from "./_console.ts";
+import { trainCompressorCommand, trainModelCommand } from "./train_model.ts";
 
 /** `train lococo`: calibrate heads on a text file, printing progress, writing the heads file. */
 async function trainLococo(v: Record<string, string | boolean | undefined>) {
@@ -65,18 +68,28 @@ async function trainLococo(v: Record<string, string | boolean | undefined>) {
 
 const LORA = "LoRA options (train lora)";
 const LOCOCO = "LoCoCo options (train lococo)";
+const FULL = "Model options (train model, train compressor)";
+const COMPRESSOR = "Compressor options (train compressor)";
 
 /** `kvfold train`'s usage and options. */
 export const TRAIN = defineCommand({
   name: "train",
-  summary: "finetune a LoRA adapter, or calibrate LoCoCo heads",
+  summary: "finetune a LoRA adapter, calibrate LoCoCo heads, or train a model or a compressor",
   usage: [
     "train lora --model DIR --data FILE.jsonl --out DIR [options]",
     "train lococo --model DIR --data FILE.txt --out HEADS.safetensors [options]",
+    "train model --init CONFIG.json|--base DIR --data FILE.jsonl --out DIR [options]",
+    "train compressor --init CONFIG.json|--base DIR --data FILE.jsonl --summary-length N --out DIR [options]",
   ],
   details: 'train lora finetunes on {"question","answer"[,"document"]} lines (documents are compressed\n' +
     "by the checkpoint itself) and writes a PEFT folder; train lococo calibrates LoCoCo heads on text\n" +
-    "with the model frozen. --checkpoint resumes a killed run.",
+    'with the model frozen. train model trains every weight on {"text"} lines (next-token prediction\n' +
+    "over --sequence-length pieces); train compressor trains the model and its embed_summary rows on\n" +
+    '{"document" (or "text")[,"question","answer"]} lines: each document segment predicts its next\n' +
+    "tokens from the summaries of the segments before it, and [summaries | question] predicts the\n" +
+    "answer. --init writes a random model from an HF config.json (weights normal(0, 0.02), seeded by\n" +
+    "--seed) beside --out and trains it from scratch. Both write an HF folder (config.json,\n" +
+    "model.safetensors, the tokenizer files). --checkpoint resumes a killed run.",
   options: {
     model: str("DIR", "model folder (Hugging Face layout)"),
     data: str("FILE", "training data (.jsonl for lora, text for lococo)"),
@@ -97,8 +110,19 @@ export const TRAIN = defineCommand({
     segment: str("B", "tokens per segment (default 512)", LOCOCO),
     kernel: str("K", "convolution kernel size, odd (default 21)", LOCOCO),
     "keep-rate": str("R", "keep rate r (default 0.5)", LOCOCO),
-    "sequence-length": str("N", "tokens per training sequence (default 4 x B)", LOCOCO),
-    init: str("HEADS", "heads file to start from (its M, r, k, B win)", LOCOCO),
+    init: str(
+      "HEADS|CONFIG",
+      "lococo: heads file to start from; model, compressor: a config.json to start from scratch",
+    ),
+    base: str("DIR", "model folder to start from", FULL),
+    tokenizer: str("DIR", "with --init: folder of tokenizer.json (default: the config's folder)", FULL),
+    "sequence-length": str("N", "lococo: tokens per sequence (default 4 x B); model: default 512"),
+    "min-lr-ratio": str("R", "the cosine ends at R x lr (default 0)", FULL),
+    "summary-length": str("N", "summary vectors per segment (embed_summary rows)", COMPRESSOR),
+    "segment-length": str("N", "document tokens per segment (default 512)", COMPRESSOR),
+    "backprop-segments": str("N", "segments a gradient crosses through summaries (default 2)", COMPRESSOR),
+    "lm-weight": str("W", "weight of the next-segment LM loss (default 1)", COMPRESSOR),
+    "qa-weight": str("W", "weight of the question-answer loss (default 1)", COMPRESSOR),
     ...COMMON,
   },
   positionals: true,
@@ -107,10 +131,12 @@ export const TRAIN = defineCommand({
 export async function cmdTrain(args: string[]) {
   const { values: v, positionals } = parseCommand(args, TRAIN);
   if (positionals[0] === "lococo") return await trainLococo(v);
+  if (positionals[0] === "model") return await trainModelCommand(v);
+  if (positionals[0] === "compressor") return await trainCompressorCommand(v);
   if (positionals[0] !== "lora") {
     throw new KvfoldError(
       "INVALID_ARGUMENT",
-      "Usage: kvfold train lora|lococo --model DIR --data FILE --out PATH [options]",
+      "Usage: kvfold train lora|lococo|model|compressor --data FILE --out PATH [options]; see kvfold train --help",
     );
   }
   const dir = need(v.model, "model"), out = need(v.out, "out");

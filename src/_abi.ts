@@ -191,6 +191,39 @@ const STRUCT_TABLES = {
       total_steps: ["i32", 60],
     },
   },
+  kf_model_train_params: {
+    size: 72,
+    fields: {
+      seed: ["u64", 0],
+      lr: ["f32", 8],
+      weight_decay: ["f32", 12],
+      beta1: ["f32", 16],
+      beta2: ["f32", 20],
+      eps: ["f32", 24],
+      max_grad_norm: ["f32", 28],
+      min_lr_ratio: ["f32", 32],
+      warmup_steps: ["i32", 36],
+      total_steps: ["i32", 40],
+      summary_length: ["i32", 44],
+      segment_length: ["i32", 48],
+      backprop_segments: ["i32", 52],
+      lm_weight: ["f32", 56],
+      qa_weight: ["f32", 60],
+      init_std: ["f32", 64],
+      reserved: ["i32", 68],
+    },
+  },
+  kf_model_trainer_info: {
+    size: 32,
+    fields: {
+      step: ["i64", 0],
+      n_params: ["i64", 8],
+      accumulated: ["i32", 16],
+      n_tensors: ["i32", 20],
+      summary_length: ["i32", 24],
+      tied: ["i32", 28],
+    },
+  },
 } as const satisfies Record<string, { size: number; fields: Record<string, Field> }>;
 
 /** The name of a public native struct, e.g. `"kf_session_params"`. */

@@ -99,6 +99,32 @@ const SYMBOLS = {
   kf_lora_trainer_write: { parameters: ["pointer", "i32", "i32", "i32", "buffer", "i64"], result: "i32" },
   kf_lora_trainer_set_step: { parameters: ["pointer", "i64"], result: "i32" },
 
+  kf_model_train_default_params: {
+    parameters: [],
+    result: { struct: structFields("kf_model_train_params") },
+  },
+  kf_model_trainer_create: { parameters: ["pointer", "buffer", "buffer"], result: "i32" },
+  kf_model_trainer_free: { parameters: ["pointer"], result: "i32" },
+  kf_model_trainer_get_info: { parameters: ["pointer", "buffer"], result: "i32" },
+  kf_model_trainer_tensor_name: {
+    parameters: ["pointer", "i32", "buffer", "i32", "buffer", "buffer"],
+    result: "i32",
+  },
+  kf_model_trainer_accumulate: {
+    parameters: ["pointer", "buffer", "i32", "buffer", "buffer", "i32", "buffer", "buffer"],
+    result: "i32",
+    nonblocking: true,
+  },
+  kf_model_trainer_accumulate_document: {
+    parameters: ["pointer", "buffer", "i32", "buffer", "i32", "buffer", "i32", "buffer", "buffer", "buffer"],
+    result: "i32",
+    nonblocking: true,
+  },
+  kf_model_trainer_step: { parameters: ["pointer", "buffer"], result: "i32" },
+  kf_model_trainer_read: { parameters: ["pointer", "buffer", "i32", "buffer", "i64"], result: "i32" },
+  kf_model_trainer_write: { parameters: ["pointer", "buffer", "i32", "buffer", "i64"], result: "i32" },
+  kf_model_trainer_set_step: { parameters: ["pointer", "i64"], result: "i32" },
+
   kf_lococo_trainer_create: { parameters: ["pointer", "buffer", "pointer", "buffer"], result: "i32" },
   kf_lococo_trainer_free: { parameters: ["pointer"], result: "i32" },
   kf_lococo_trainer_accumulate: {

@@ -374,6 +374,25 @@ export interface FinetuneOptions extends LoraTrainOptions, TrainingLoopOptions {
 }
 
 /**
+ * The token ids of a question (the prompt, encoded as {@link answerFromChunks} encodes it) and of
+ * its answer followed by EOS (what the rows after the prompt predict).
+ */
+export function qaTokens(
+  model: Model,
+  question: string,
+  answer: string,
+  options: { chat?: boolean } = {},
+): { prompt: number[]; target: number[] } {
+  const chat = options.chat ?? model.tokenizer.hasChatTemplate;
+  const prompt = model.encodePrompt(question, { chat });
+  const answerIds = model.tokenizer.encode(answer, { addSpecialTokens: false });
+  const eos = model.eosTokenIds[0];
+  const target = eos === undefined ? answerIds : [...answerIds, eos];
+  if (target.length === 0) throw new KvfoldError("INVALID_ARGUMENT", "Cannot train: the answer is empty");
+  return { prompt, target };
+}
+
+/**
  * The rows and labels of one LLoCO example: `[vectors | prompt | answer EOS]`, each answer token
  * (and the EOS) labelled at the row before it. The prompt is encoded as {@link answerFromChunks}
  * encodes questions, so the adapter is trained on what it will serve.
@@ -385,12 +404,7 @@ export function qaExampleRows(
   answer: string,
   options: { chat?: boolean } = {},
 ): TrainExample {
-  const chat = options.chat ?? model.tokenizer.hasChatTemplate;
-  const prompt = model.encodePrompt(question, { chat });
-  const answerIds = model.tokenizer.encode(answer, { addSpecialTokens: false });
-  const eos = model.eosTokenIds[0];
-  const target = eos === undefined ? answerIds : [...answerIds, eos];
-  if (target.length === 0) throw new KvfoldError("INVALID_ARGUMENT", "Cannot train: the answer is empty");
+  const { prompt, target } = qaTokens(model, question, answer, options);
   const ids = [...prompt, ...target.slice(0, -1)];
   const labels = ids.map((_, t) => (t >= prompt.length - 1 ? target[t - (prompt.length - 1)] : -1));
   return { prefix: vectors, ids, labels };

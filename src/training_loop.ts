@@ -93,12 +93,15 @@ export function resolveOptimizer(options: OptimizerOptions, learningRate: number
 }
 
 /**
- * Writes AdamW and its schedule into a trainer's native params (`kf_lora_train_params` and
- * `kf_lococo_train_params` name these fields alike).
+ * Writes AdamW and its schedule into a trainer's native params (`kf_lora_train_params`,
+ * `kf_lococo_train_params` and `kf_model_train_params` name these fields alike).
  * @internal
  */
 export function setOptimizer(
-  params: NativeStruct<"kf_lora_train_params"> | NativeStruct<"kf_lococo_train_params">,
+  params:
+    | NativeStruct<"kf_lora_train_params">
+    | NativeStruct<"kf_lococo_train_params">
+    | NativeStruct<"kf_model_train_params">,
   action: string,
   o: ResolvedOptimizer,
 ): void {

@@ -445,6 +445,104 @@ KF_API kf_status kf_lora_trainer_write(kf_lora_trainer *trainer, int32_t layer, 
 KF_API kf_status kf_lora_trainer_set_step(kf_lora_trainer *trainer, int64_t step);
 
 /* ---------------------------------------------------------------------------------------------- */
+/* Full-parameter training: every tensor of the model (embed_tokens, the norms, every projection and
+ * bias, the final norm, lm_head unless tied) as an f32 master copy trained with AdamW, the LoRA
+ * trainer's schedule and clipping. With summary_length > 0 it also trains an AutoCompressor: the
+ * rows of embed_summary.weight and the model together, on documents (next-segment language
+ * modelling) and LLoCO questions ([summary vectors | question] -> answer). The trainer copies the
+ * weights at create: the model it was created from is not changed (save the trained tensors with
+ * kf_model_trainer_read). */
+
+typedef struct kf_model_trainer kf_model_trainer;
+
+typedef struct kf_model_train_params {
+  uint64_t seed;             /* initialisation of embed_summary.weight                                */
+  float lr;                  /* peak learning rate; default 1e-3                                      */
+  float weight_decay;        /* AdamW decoupled decay of the matrices only (embed_tokens, projections,
+                                lm_head, embed_summary); norms and biases never decay; default 0      */
+  float beta1, beta2;        /* default 0.9, 0.999                                                    */
+  float eps;                 /* default 1e-8                                                          */
+  float max_grad_norm;       /* clip the global gradient norm to this; 0 = no clipping; default 1    */
+  float min_lr_ratio;        /* the cosine ends at min_lr_ratio * lr; default 0                       */
+  int32_t warmup_steps;      /* linear warmup from 0; default 0                                       */
+  int32_t total_steps;       /* cosine decay over this many steps; 0 = constant lr after warmup      */
+  int32_t summary_length;    /* rows of embed_summary.weight; 0 = no compressor; default 0           */
+  int32_t segment_length;    /* compressor: document tokens per segment; default 512                 */
+  int32_t backprop_segments; /* compressor: segments per gradient window (>= 1), see
+                                kf_model_trainer_accumulate_document; default 2                        */
+  float lm_weight;           /* compressor: weight of the next-segment LM loss; default 1            */
+  float qa_weight;           /* compressor: weight of the QA loss; default 1                          */
+  float init_std;            /* embed_summary.weight starts normal(0, init_std); default 0.02        */
+  int32_t reserved;          /* keep zero                                                              */
+} kf_model_train_params;
+
+typedef struct kf_model_trainer_info {
+  int64_t step;              /* optimizer steps taken                                                  */
+  int64_t n_params;          /* trained values, embed_summary included                                 */
+  int32_t accumulated;       /* examples (or documents) whose gradients wait for the next step        */
+  int32_t n_tensors;         /* tensors kf_model_trainer_tensor_name enumerates                         */
+  int32_t summary_length;
+  int32_t tied;              /* 1: lm_head is embed_tokens (its gradient has both parts)              */
+} kf_model_trainer_info;
+
+/* Which copy of a tensor kf_model_trainer_read / kf_model_trainer_write address. */
+typedef enum kf_train_tensor {
+  KF_TRAIN_WEIGHT = 0,       /* the f32 master copy                                                   */
+  KF_TRAIN_GRAD = 1,         /* summed gradient of the accumulated examples                           */
+  KF_TRAIN_M = 2,            /* AdamW moments                                                          */
+  KF_TRAIN_V = 3
+} kf_train_tensor;
+
+KF_API kf_model_train_params kf_model_train_default_params(void);
+/* Copies every tensor of the model to f32 (any stored dtype) and zeroes the moments. With
+ * summary_length > 0, embed_summary.weight [summary_length, hidden] starts normal(0, init_std)
+ * from seed (write the model folder's own rows over it to continue a compressor). */
+KF_API kf_status kf_model_trainer_create(kf_model *model, const kf_model_train_params *params,
+                                         kf_model_trainer **out);
+KF_API kf_status kf_model_trainer_free(kf_model_trainer *trainer);
+KF_API kf_status kf_model_trainer_get_info(const kf_model_trainer *trainer, kf_model_trainer_info *out);
+/* Tensor `index` (0..n_tensors-1): its HF name (NUL-terminated in cap bytes) and shape (*cols = 1 for
+ * a vector). */
+KF_API kf_status kf_model_trainer_tensor_name(const kf_model_trainer *trainer, int32_t index, char *name,
+                                              int32_t cap, int64_t *rows, int64_t *cols);
+/* One language-modelling example, as kf_lora_trainer_accumulate: rows [prefix | ids] at positions
+ * 0.., causal; labels[t] is what row n_prefix + t predicts, or -1. Adds the gradients of the mean
+ * cross-entropy of the labelled rows (for every tensor; the prefix rows are inputs, not trained).
+ * On an error or cancel the gradients accumulated since the last step are dropped (zeroed). */
+KF_API kf_status kf_model_trainer_accumulate(kf_model_trainer *trainer, const float *prefix, int32_t n_prefix,
+                                             const int32_t *ids, const int32_t *labels, int32_t n_ids,
+                                             float *loss, kf_control *control);
+/* One compressor document (needs summary_length > 0). The ids split into segments of
+ * segment_length; segment i runs [summaries of segments < i | segment i | embed_summary rows] at
+ * positions 0..N-1, causal, and its last summary_length final-normed rows are its summaries (the
+ * forward of kvfold's Compressor). Losses, each a mean cross-entropy:
+ *   lm: every segment token predicts the next token of its segment (so segment i+1's tokens are
+ *       predicted from the summaries of segments <= i);
+ *   qa (when n_answer > 0): [all summaries | question | answer], labels on the answer only (the
+ *       last question row predicts answer[0]).
+ * The objective is lm_weight * lm + qa_weight * qa. Stop-gradient: the segments are cut into
+ * windows of backprop_segments, the last window ending at the last segment; a summary vector
+ * passes gradient to the encoder pass that produced it when it is read by a pass (or the QA pass
+ * when produced by the last window) of the same window; summaries from earlier windows are
+ * constants. Every pass gets the gradient of its own loss. Writes the two means (NaN for qa without
+ * an answer; either pointer may be NULL). On an error or cancel the accumulated gradients are dropped. */
+KF_API kf_status kf_model_trainer_accumulate_document(kf_model_trainer *trainer, const int32_t *ids, int32_t n_ids,
+                                                      const int32_t *question, int32_t n_question,
+                                                      const int32_t *answer, int32_t n_answer, float *lm_loss,
+                                                      float *qa_loss, kf_control *control);
+/* AdamW over the accumulated gradients averaged over the examples (clipped, lr from the schedule),
+ * then zeroes them. Refused when nothing was accumulated. */
+KF_API kf_status kf_model_trainer_step(kf_model_trainer *trainer, kf_train_step_info *out);
+/* Copies a tensor named as in HF (e.g. "model.layers.0.self_attn.q_proj.weight",
+ * "embed_summary.weight") out / in; n must be its size. Written weights must be finite. */
+KF_API kf_status kf_model_trainer_read(const kf_model_trainer *trainer, const char *name, int32_t which, float *out,
+                                       int64_t n);
+KF_API kf_status kf_model_trainer_write(kf_model_trainer *trainer, const char *name, int32_t which,
+                                        const float *in, int64_t n);
+/* Sets the optimizer step count (resuming from a checkpoint) and drops accumulated gradients. */
+KF_API kf_status kf_model_trainer_set_step(kf_model_trainer *trainer, int64_t step);
+
+/* ---------------------------------------------------------------------------------------------- */
 /* LoCoCo heads: one Conv1d compressor per layer, bound to one model                                 */
 
 typedef struct kf_lococo_heads_info {

@@ -74,6 +74,8 @@ size_t kf_struct_size(const char *name) {
   if (n == "kf_lora_trainer_info") return sizeof(kf_lora_trainer_info);
   if (n == "kf_train_step_info") return sizeof(kf_train_step_info);
   if (n == "kf_lococo_train_params") return sizeof(kf_lococo_train_params);
+  if (n == "kf_model_train_params") return sizeof(kf_model_train_params);
+  if (n == "kf_model_trainer_info") return sizeof(kf_model_trainer_info);
   return 0;
 }
 

@@ -236,14 +236,12 @@ double lococo_trainer_accumulate(kf_lococo_trainer &tr, const int32_t *ids, int3
 kf_train_step_info lococo_trainer_step(kf_lococo_trainer &tr) {
   if (tr.accumulated == 0) raise(KF_ERR_INVALID_STATE, "cannot take an optimizer step: no sequence was accumulated");
   const kf_lococo_train_params &p = tr.params;
-  const double n = tr.accumulated;
   double sq = 0;
   for (const auto &s : tr.state) {
-    for (float x : s.gw) sq += (x / n) * (x / n);
-    for (float x : s.gb) sq += (x / n) * (x / n);
-    sq += (s.gl / n) * (s.gl / n);
+    for (float x : s.gw) sq += double(x) * x;
+    for (float x : s.gb) sq += double(x) * x;
+    sq += double(s.gl) * s.gl;
   }
-  const double norm = std::sqrt(sq);
   const auto clear = [&] {
     for (auto &s : tr.state) {
       std::fill(s.gw.begin(), s.gw.end(), 0.0f);
@@ -252,14 +250,10 @@ kf_train_step_info lococo_trainer_step(kf_lococo_trainer &tr) {
     }
     tr.accumulated = 0;
   };
-  if (!std::isfinite(norm)) {
-    clear();
-    raise(KF_ERR_INVALID_STATE, "cannot take an optimizer step: the gradient is not finite; it was dropped and the "
-          "heads are unchanged; lower the learning rate");
-  }
-  const double clip = p.max_grad_norm > 0 && norm > p.max_grad_norm ? p.max_grad_norm / (norm + 1e-6) : 1.0;
-  const float coef = float(clip / n);
-  const float lr = schedule_lr(p.lr, p.warmup_steps, p.total_steps, p.min_lr_ratio, tr.step);
+  const StepPlan sp = plan_step(sq, tr.accumulated, p.max_grad_norm, p.lr, p.warmup_steps, p.total_steps,
+                                p.min_lr_ratio, tr.step, clear);
+  const float lr = sp.lr, coef = sp.coef;
+  const double norm = sp.norm;
   const AdamW opt(lr, p.beta1, p.beta2, p.eps, tr.step, coef);
   for (size_t l = 0; l < tr.state.size(); l++) {
     auto &s = tr.state[l];

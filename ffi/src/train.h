@@ -1,12 +1,13 @@
-// train.h — LoRA training with the base model frozen: a forward pass that keeps what the backward
-// pass needs, the backward pass (activation gradients through every layer, weight gradients for the
-// LoRA pairs only), and AdamW.
+// train.h — training passes: a forward pass that keeps what the backward pass needs, the backward
+// pass (activation gradients through every layer; weight gradients for the LoRA pairs, and for every
+// base tensor when a full-parameter trainer asks), and AdamW with its schedule and clipping.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 #include <vector>
 
+#include "cpu_simd.h"
 #include "model.h"
 
 namespace kf {
@@ -35,8 +36,28 @@ struct AdamW {
     bc2 = float(1.0 - std::pow(double(beta2), t));
   }
   // Moves n weights w against their accumulated gradients g (moments m1, m2 updated in place).
-  void update(float *w, const float *g, float *m1, float *m2, size_t n, float decay) const {
-    for (size_t i = 0; i < n; i++) {
+  // The four arrays never overlap. AVX2 takes 8 weights at a time (sqrt and divide are correctly
+  // rounded either way); the tail runs the same formula one at a time.
+  void update(float *__restrict w, const float *__restrict g, float *__restrict m1, float *__restrict m2, size_t n,
+              float decay) const {
+    size_t i = 0;
+#ifdef KF_AVX2
+    const __m256 vcoef = _mm256_set1_ps(coef), vb1 = _mm256_set1_ps(beta1), vb2 = _mm256_set1_ps(beta2),
+                 vc1 = _mm256_set1_ps(1.0f - beta1), vc2 = _mm256_set1_ps(1.0f - beta2), vbc1 = _mm256_set1_ps(bc1),
+                 vbc2 = _mm256_set1_ps(bc2), veps = _mm256_set1_ps(eps), vlr = _mm256_set1_ps(lr),
+                 vdecay = _mm256_set1_ps(decay);
+    for (; i + 8 <= n; i += 8) {
+      const __m256 gi = _mm256_mul_ps(_mm256_loadu_ps(g + i), vcoef);
+      const __m256 a = _mm256_add_ps(_mm256_mul_ps(vb1, _mm256_loadu_ps(m1 + i)), _mm256_mul_ps(vc1, gi));
+      const __m256 b = _mm256_add_ps(_mm256_mul_ps(vb2, _mm256_loadu_ps(m2 + i)), _mm256_mul_ps(_mm256_mul_ps(vc2, gi), gi));
+      _mm256_storeu_ps(m1 + i, a);
+      _mm256_storeu_ps(m2 + i, b);
+      const __m256 adam = _mm256_div_ps(_mm256_div_ps(a, vbc1), _mm256_add_ps(_mm256_sqrt_ps(_mm256_div_ps(b, vbc2)), veps));
+      const __m256 wi = _mm256_loadu_ps(w + i);
+      _mm256_storeu_ps(w + i, _mm256_sub_ps(wi, _mm256_mul_ps(vlr, _mm256_add_ps(adam, _mm256_mul_ps(vdecay, wi)))));
+    }
+#endif
+    for (; i < n; i++) {
       const float gi = g[i] * coef;
       m1[i] = beta1 * m1[i] + (1.0f - beta1) * gi;
       m2[i] = beta2 * m2[i] + (1.0f - beta2) * gi * gi;
@@ -45,6 +66,30 @@ struct AdamW {
     }
   }
 };
+
+// What every trainer's optimizer step shares: the averaged gradient's global norm, the clipping
+// factor folded into AdamW's coefficient, and the learning rate of this step. Throws
+// KF_ERR_INVALID_STATE (after `drop` has zeroed the gradients) when the norm is not finite.
+struct StepPlan {
+  double norm = 0;
+  float coef = 0, lr = 0;
+};
+// out [c, r] = aᵀ for a [r, c], in cache-sized tiles over the pool.
+void transpose_blocked(ThreadPool &pool, const float *a, int64_t r, int64_t c, float *out);
+
+// Plain causal self-attention of T rows (no prefix cache) as GEMMs per query head and block of query
+// rows (train_attention.cpp): q [T, nh, hd], k, v [T, nkv, hd] post-RoPE; out [T, nh, hd]; backward:
+// dq [T, nh, hd], dk, dv [T, nkv, hd] (overwritten). `work` grows to about 2 · 128 · T + 9 T · hd
+// floats; passes of more than kDenseAttentionRows rows take the row-by-row path.
+constexpr int64_t kDenseAttentionRows = 65536;
+void attention_forward_dense(ThreadPool &pool, const ModelConfig &c, const float *q, const float *k, const float *v,
+                             int64_t T, float *out, std::vector<float> &work);
+void attention_backward_dense(ThreadPool &pool, const ModelConfig &c, const float *q, const float *k, const float *v,
+                              const float *dout, int64_t T, float *dq, float *dk, float *dv, std::vector<float> &work);
+
+template <class Drop>
+StepPlan plan_step(double sum_sq, int32_t examples, float max_grad_norm, float lr, int32_t warmup, int32_t total,
+                   float min_ratio, int64_t step, Drop drop);
 
 // One trainable pair y += s · B (A x), held as PEFT stores it (unscaled): A [r, in], B [out, r].
 struct TrainPair {
@@ -68,11 +113,18 @@ struct LayerActivations {
   std::vector<float> lora_t[kNumProj];  // [T, r] A x of each trained projection
 };
 
-// Scratch of one pass, grown on demand and kept for the next.
+// Scratch of one pass, grown on demand and kept for the next (nothing is allocated per step once
+// the largest pass has run).
 struct PassScratch {
   std::vector<LayerActivations> acts;   // [n_layers]
   std::vector<float> x_final, xn_final; // [T, H]
   std::vector<float> rope_cs;           // [T, hd/2, 2]
+  // Work buffers of the forward and backward passes (the backward reads nothing in them the forward
+  // wrote, except through acts / x_final / xn_final above).
+  std::vector<float> x, o, attn_work;                  // [T, H] x2, attention's per-thread rows
+  std::vector<float> xr, logits, dxr, dxn, dx;         // labelled rows and their logits; [T, H] x2
+  std::vector<float> dh, dgate, dup, dxn_l, dattn, dq, dk, dv;
+  std::vector<float> tmp, tmp2, dt, tT, dtT, gsmall, dyT;  // linear_backward's
 };
 
 // The rows of one pass: input embeddings at positions pos0.., and which rows predict which token.
@@ -83,6 +135,26 @@ struct PassRows {
   std::vector<int32_t> targets;  // the token each predicts
   int64_t progress0 = 0;         // added to the control block's done counter
   bool report_progress = true;   // false: the caller counts progress itself (cancel is still polled)
+  // The loss is the labelled rows' summed cross-entropy over loss_denom (0: the count of labelled
+  // rows, a plain mean), so passes of one document share one mean; its gradient is taken times
+  // loss_weight (the returned loss is not).
+  double loss_denom = 0, loss_weight = 1;
+  // NULL, or [T, H]: a gradient arriving on the final-normed rows from outside the pass (the
+  // compressor's summary rows, read by later passes).
+  const float *dxn_ext = nullptr;
+};
+
+// Where a full-parameter trainer wants the base weights' gradients added (each NULL: not wanted).
+// The embedding's gradient is the caller's: it is the gradient of the input rows (PassGrads::dx0).
+struct ModelGrads {
+  struct Layer {
+    float *attn_norm = nullptr, *ffn_norm = nullptr;
+    float *proj[kNumProj] = {};  // [out, in] each
+    float *bias[4] = {};         // q, k, v, o biases when the model has them
+  };
+  std::vector<Layer> layers;     // [n_layers]
+  float *final_norm = nullptr;   // [H]
+  float *lm_head = nullptr;      // [V, H]: the embedding's gradient when the head is tied
 };
 
 // The cache a segment attends to before its own rows (LoCoCo calibration): per layer, post-RoPE keys
@@ -100,12 +172,42 @@ struct PassGrads {
   std::vector<std::vector<float>> *cache_dk = nullptr, *cache_dv = nullptr;
   // When set: per layer [(slots + T), nkv] column sums of the attention probabilities (slot scores).
   std::vector<std::vector<float>> *col_sums = nullptr;
+  // When set: every base weight's gradient is added to these buffers.
+  const ModelGrads *weights = nullptr;
+  // When set: [T, H] receives d loss / d input rows x0 (overwritten).
+  float *dx0 = nullptr;
 };
 
 // Forward and backward of one pass: mean cross-entropy over the labelled rows, its gradients for the
-// LoRA pairs (all rank 0 to train nothing) and, with a prefix, for the prefix cache.
+// LoRA pairs (all rank 0 to train nothing) and, with a prefix, for the prefix cache; with
+// out.weights, for every base tensor; with out.dx0, for the input rows.
 double train_pass(const kf_model &m, const std::vector<std::vector<TrainPair>> &pairs, float s, PassScratch &st,
                   const PassRows &in, const PrefixCache *prefix, PassGrads &out, kf_control *ctl);
+// train_pass in two halves, for callers that run several forwards before the backwards (the
+// compressor: a pass's summary rows feed the next pass, whose backward gives their gradient).
+// pass_forward leaves st.xn_final [T, H] (final-normed rows) and what pass_backward reads; `in` and
+// `prefix` must be the same for both halves and st untouched between them. col_sums is filled by
+// the forward (out.col_sums). pass_backward returns the loss (0 when no row is labelled).
+void pass_forward(const kf_model &m, const std::vector<std::vector<TrainPair>> &pairs, float s, PassScratch &st,
+                  const PassRows &in, const PrefixCache *prefix, PassGrads &out, kf_control *ctl);
+double pass_backward(const kf_model &m, const std::vector<std::vector<TrainPair>> &pairs, float s, PassScratch &st,
+                     const PassRows &in, const PrefixCache *prefix, PassGrads &out, kf_control *ctl);
+
+template <class Drop>
+StepPlan plan_step(double sum_sq, int32_t examples, float max_grad_norm, float lr, int32_t warmup, int32_t total,
+                   float min_ratio, int64_t step, Drop drop) {
+  StepPlan sp;
+  sp.norm = std::sqrt(sum_sq) / double(examples);  // sum_sq is of the summed (not averaged) gradients
+  if (!std::isfinite(sp.norm)) {
+    drop();
+    raise(KF_ERR_INVALID_STATE, "cannot take an optimizer step: the gradient is not finite (norm %g); it was dropped "
+          "and the weights are unchanged; lower the learning rate", sp.norm);
+  }
+  const double clip = max_grad_norm > 0 && sp.norm > max_grad_norm ? max_grad_norm / (sp.norm + 1e-6) : 1.0;
+  sp.coef = float(clip / double(examples));
+  sp.lr = schedule_lr(lr, warmup, total, min_ratio, step);
+  return sp;
+}
 
 }  // namespace kf
 

@@ -45,13 +45,9 @@ const float *proj_bias(const LayerWeights &L, int p) {
   return b && !b->empty() ? b->data() : nullptr;
 }
 
-struct Scratch {
-  std::vector<float> tmp, tmp2, dt, tT, dtT, gsmall;
-};
-
 // y[T, out] = x W^T (+ bias) + s (x A^T) B^T; keeps t = x A^T [T, r] for the backward pass.
 void linear_forward(ThreadPool &pool, const Weight &W, const float *bias, const TrainPair &pr, float s,
-                    const float *x, int64_t T, float *y, std::vector<float> &t, Scratch &sc) {
+                    const float *x, int64_t T, float *y, std::vector<float> &t, PassScratch &sc) {
   matmul(pool, x, W.data, W.dtype, y, T, W.cols, W.rows, bias);
   if (pr.rank == 0) return;
   float *tp = grow(t, size_t(T) * size_t(pr.rank));
@@ -67,12 +63,27 @@ void transpose(const float *a, int64_t r, int64_t c, float *out) {
     for (int64_t j = 0; j < c; j++) out[j * r + i] = a[i * c + j];
 }
 
-// Backward of y = x W^T + s (x A^T) B^T given dy [T, out]:
+// g [rows, cols] += a^T b for a [T, rows], b [T, cols]: a weight's gradient dy^T x.
+void add_at_b(ThreadPool &pool, const float *a, const float *b, int64_t T, int64_t rows, int64_t cols, float *g,
+              PassScratch &sc) {
+  float *aT = grow(sc.dyT, size_t(rows) * size_t(T));
+  transpose_blocked(pool, a, T, rows, aT);
+  float *prod = grow(sc.tmp2, size_t(rows) * size_t(cols));
+  matmul_nn(pool, aT, b, DType::F32, prod, rows, T, cols);  // [rows, cols]
+  add_inplace(g, prod, rows * cols);
+}
+
+// Backward of y = x W^T (+ bias) + s (x A^T) B^T given dy [T, out]:
 //   dx [T, in] (+)= dy W + (s dy B) A          (overwritten unless accumulate)
 //   gA [r, in] += (s dy B)^T x,  gB [out, r] += s dy^T t
+//   gW [out, in] += dy^T x, gbias [out] += Σ_t dy   (when given: full-parameter training)
 void linear_backward(ThreadPool &pool, const Weight &W, const TrainPair &pr, float s, const float *x, const float *t,
-                     const float *dy, int64_t T, float *dx, bool accumulate, float *ga, float *gb, Scratch &sc) {
+                     const float *dy, int64_t T, float *dx, bool accumulate, float *ga, float *gb, float *gw,
+                     float *gbias, PassScratch &sc) {
   const int64_t in = W.cols, out = W.rows;
+  if (gw) add_at_b(pool, dy, x, T, out, in, gw, sc);
+  if (gbias)
+    for (int64_t r = 0; r < T; r++) add_inplace(gbias, dy + r * out, out);
   if (accumulate) {
     float *tmp = grow(sc.tmp, size_t(T) * size_t(in));
     matmul_nn(pool, dy, W.data, W.dtype, tmp, T, out, in);  // dy W  [T, in]
@@ -103,8 +114,10 @@ void linear_backward(ThreadPool &pool, const Weight &W, const TrainPair &pr, flo
   add_inplace(dx, tmp, T * in);
 }
 
-// dx[t] += d/dx of y = x / rms(x) · w, given dy: r (w⊙dy) − x r³ Σ(w⊙dy⊙x) / n.
-void rmsnorm_backward(const float *x, const float *w, const float *dy, int64_t T, int64_t n, float eps, float *dx) {
+// dx[t] += d/dx of y = x / rms(x) · w, given dy: r (w⊙dy) − x r³ Σ(w⊙dy⊙x) / n; and, when gw is
+// given, gw += Σ_t dy ⊙ x r (the norm weight's gradient).
+void rmsnorm_backward(const float *x, const float *w, const float *dy, int64_t T, int64_t n, float eps, float *dx,
+                      float *gw = nullptr) {
   for (int64_t t = 0; t < T; t++) {
     const float *xr = x + t * n, *dyr = dy + t * n;
     float *dxr = dx + t * n;
@@ -116,6 +129,8 @@ void rmsnorm_backward(const float *x, const float *w, const float *dy, int64_t T
     const double r = 1.0 / std::sqrt(ss / double(n) + double(eps));
     const double c = r * r * r * dot / double(n);
     for (int64_t i = 0; i < n; i++) dxr[i] += float(r * w[i] * dyr[i] - xr[i] * c);
+    if (gw)
+      for (int64_t i = 0; i < n; i++) gw[i] += float(double(dyr[i]) * xr[i] * r);
   }
 }
 
@@ -281,8 +296,83 @@ void trainer_init(kf_lora_trainer &tr, kf_model &m, const kf_lora_train_params &
   }
 }
 
-double train_pass(const kf_model &m, const std::vector<std::vector<TrainPair>> &pairs, float s, PassScratch &st,
+namespace {
+
+// The keys layer l's rows attend to: the prefix cache's (if any), then the pass's own.
+Keys pass_keys(const ModelConfig &c, const PrefixCache *prefix, int64_t l, const LayerActivations &A) {
+  Keys K;
+  K.slots = prefix ? prefix->slots : 0;
+  if (K.slots > 0) {
+    K.kc = prefix->k[size_t(l)];
+    K.vc = prefix->v[size_t(l)];
+  }
+  K.k = A.k.data();
+  K.v = A.v.data();
+  K.nkv = c.n_kv_heads;
+  K.hd = c.head_dim;
+  K.window = c.sliding_window;
+  return K;
+}
+
+}  // namespace
+
+void pass_forward(const kf_model &m, const std::vector<std::vector<TrainPair>> &pairs, float s, PassScratch &st,
                   const PassRows &in, const PrefixCache *prefix, PassGrads &out, kf_control *ctl) {
+  const ModelConfig &c = m.cfg;
+  ThreadPool &pool = *m.engine->pool;
+  const int64_t T = in.T, H = c.hidden_size, hd = c.head_dim, nh = c.n_heads, nkv = c.n_kv_heads,
+                I = c.intermediate_size;
+  const int64_t q_dim = nh * hd, kv_dim = nkv * hd;
+  const int64_t slots = prefix ? prefix->slots : 0;
+  const float eps = float(c.rms_norm_eps);
+  st.acts.resize(size_t(c.n_layers));
+  float *cs = grow(st.rope_cs, size_t(T * hd));  // [T, hd/2, 2] at the true positions pos0..
+  for (int64_t t = 0; t < T; t++) rope_angles(cs + t * hd, double(in.pos0 + t), m.inv_freq.data(), hd);
+  float *x = grow(st.x, size_t(T * H));  // [T, H] residual stream
+  std::copy_n(in.x0, T * H, x);
+  float *o = grow(st.o, size_t(T * H));
+  for (int64_t l = 0; l < c.n_layers; l++) {
+    check_cancel(ctl, "train");
+    const LayerWeights &W = m.layers[size_t(l)];
+    const std::vector<TrainPair> &P = pairs[size_t(l)];
+    LayerActivations &A = st.acts[size_t(l)];
+    std::copy_n(x, T * H, grow(A.x, size_t(T * H)));
+    rmsnorm_rows(pool, grow(A.xn1, size_t(T * H)), x, W.attn_norm.data(), T, H, eps);                // xn1 [T, H]
+    linear_forward(pool, W.wq, proj_bias(W, kProjQ), P[kProjQ], s, A.xn1.data(), T, grow(A.q, size_t(T * q_dim)),
+                   A.lora_t[kProjQ], st);                                                             // q [T, nh, hd]
+    linear_forward(pool, W.wk, proj_bias(W, kProjK), P[kProjK], s, A.xn1.data(), T, grow(A.k, size_t(T * kv_dim)),
+                   A.lora_t[kProjK], st);                                                             // k [T, nkv, hd]
+    linear_forward(pool, W.wv, proj_bias(W, kProjV), P[kProjV], s, A.xn1.data(), T, grow(A.v, size_t(T * kv_dim)),
+                   A.lora_t[kProjV], st);                                                             // v [T, nkv, hd]
+    rope_rotate(A.q.data(), T, nh, hd, cs, false);
+    rope_rotate(A.k.data(), T, nkv, hd, cs, false);
+    float *col_sums = out.col_sums ? grow((*out.col_sums)[size_t(l)], size_t((slots + T) * nkv)) : nullptr;
+    if (slots == 0 && !col_sums && T <= kDenseAttentionRows)
+      attention_forward_dense(pool, c, A.q.data(), A.k.data(), A.v.data(), T, grow(A.attn, size_t(T * q_dim)),
+                              st.attn_work);
+    else
+      attention_forward(pool, c, A.q.data(), pass_keys(c, prefix, l, A), T, grow(A.attn, size_t(T * q_dim)),
+                        col_sums, st.attn_work);
+    linear_forward(pool, W.wo, proj_bias(W, kProjO), P[kProjO], s, A.attn.data(), T, o, A.lora_t[kProjO], st);
+    add_inplace(x, o, T * H);                                                                         // x_mid
+    std::copy_n(x, T * H, grow(A.x_mid, size_t(T * H)));
+    rmsnorm_rows(pool, grow(A.xn2, size_t(T * H)), x, W.ffn_norm.data(), T, H, eps);                  // xn2 [T, H]
+    linear_forward(pool, W.w_gate, nullptr, P[kProjGate], s, A.xn2.data(), T, grow(A.gate, size_t(T * I)),
+                   A.lora_t[kProjGate], st);                                                          // gate [T, I]
+    linear_forward(pool, W.w_up, nullptr, P[kProjUp], s, A.xn2.data(), T, grow(A.up, size_t(T * I)),
+                   A.lora_t[kProjUp], st);                                                            // up [T, I]
+    float *h = grow(A.h, size_t(T * I));
+    for (int64_t i = 0; i < T * I; i++) h[i] = A.gate[size_t(i)] * sigmoid(A.gate[size_t(i)]) * A.up[size_t(i)];
+    linear_forward(pool, W.w_down, nullptr, P[kProjDown], s, h, T, o, A.lora_t[kProjDown], st);       // [T, H]
+    add_inplace(x, o, T * H);
+    if (ctl && in.report_progress) ctl->done = in.progress0 + l + 1;
+  }
+  std::copy_n(x, T * H, grow(st.x_final, size_t(T * H)));
+  rmsnorm_rows(pool, grow(st.xn_final, size_t(T * H)), x, m.final_norm.data(), T, H, eps);
+}
+
+double pass_backward(const kf_model &m, const std::vector<std::vector<TrainPair>> &pairs, float s, PassScratch &st,
+                     const PassRows &in, const PrefixCache *prefix, PassGrads &out, kf_control *ctl) {
   const ModelConfig &c = m.cfg;
   ThreadPool &pool = *m.engine->pool;
   const int64_t T = in.T, H = c.hidden_size, hd = c.head_dim, nh = c.n_heads, nkv = c.n_kv_heads,
@@ -293,97 +383,54 @@ double train_pass(const kf_model &m, const std::vector<std::vector<TrainPair>> &
   const std::vector<int64_t> &rows = in.rows;
   const std::vector<int32_t> &targets = in.targets;
   const int64_t L = int64_t(rows.size());
-  st.acts.resize(size_t(c.n_layers));
-  const auto keys = [&](int64_t l, const LayerActivations &A) {
-    Keys K;
-    K.slots = slots;
-    if (slots > 0) {
-      K.kc = prefix->k[size_t(l)];
-      K.vc = prefix->v[size_t(l)];
-    }
-    K.k = A.k.data();
-    K.v = A.v.data();
-    K.nkv = nkv;
-    K.hd = hd;
-    K.window = c.sliding_window;
-    return K;
-  };
+  const ModelGrads *wg = out.weights;
+  const float *cs = st.rope_cs.data();
 
-  // ---- forward, keeping activations ----
-  Scratch sc;
-  std::vector<float> attn_scratch;
-  float *cs = grow(st.rope_cs, size_t(T * hd));  // [T, hd/2, 2] at the true positions pos0..
-  for (int64_t t = 0; t < T; t++) rope_angles(cs + t * hd, double(in.pos0 + t), m.inv_freq.data(), hd);
-  std::vector<float> x(in.x0, in.x0 + T * H);  // [T, H] residual stream
-  std::vector<float> o(size_t(T * H));
-  for (int64_t l = 0; l < c.n_layers; l++) {
-    check_cancel(ctl, "train");
-    const LayerWeights &W = m.layers[size_t(l)];
-    const std::vector<TrainPair> &P = pairs[size_t(l)];
-    LayerActivations &A = st.acts[size_t(l)];
-    std::copy(x.begin(), x.end(), grow(A.x, size_t(T * H)));
-    rmsnorm_rows(pool, grow(A.xn1, size_t(T * H)), x.data(), W.attn_norm.data(), T, H, eps);         // xn1 [T, H]
-    linear_forward(pool, W.wq, proj_bias(W, kProjQ), P[kProjQ], s, A.xn1.data(), T, grow(A.q, size_t(T * q_dim)),
-                   A.lora_t[kProjQ], sc);                                                             // q [T, nh, hd]
-    linear_forward(pool, W.wk, proj_bias(W, kProjK), P[kProjK], s, A.xn1.data(), T, grow(A.k, size_t(T * kv_dim)),
-                   A.lora_t[kProjK], sc);                                                             // k [T, nkv, hd]
-    linear_forward(pool, W.wv, proj_bias(W, kProjV), P[kProjV], s, A.xn1.data(), T, grow(A.v, size_t(T * kv_dim)),
-                   A.lora_t[kProjV], sc);                                                             // v [T, nkv, hd]
-    rope_rotate(A.q.data(), T, nh, hd, cs, false);
-    rope_rotate(A.k.data(), T, nkv, hd, cs, false);
-    float *col_sums = out.col_sums ? grow((*out.col_sums)[size_t(l)], size_t((slots + T) * nkv)) : nullptr;
-    attention_forward(pool, c, A.q.data(), keys(l, A), T, grow(A.attn, size_t(T * q_dim)), col_sums, attn_scratch);
-    linear_forward(pool, W.wo, proj_bias(W, kProjO), P[kProjO], s, A.attn.data(), T, o.data(), A.lora_t[kProjO], sc);
-    add_inplace(x.data(), o.data(), T * H);                                                           // x_mid
-    std::copy(x.begin(), x.end(), grow(A.x_mid, size_t(T * H)));
-    rmsnorm_rows(pool, grow(A.xn2, size_t(T * H)), x.data(), W.ffn_norm.data(), T, H, eps);           // xn2 [T, H]
-    linear_forward(pool, W.w_gate, nullptr, P[kProjGate], s, A.xn2.data(), T, grow(A.gate, size_t(T * I)),
-                   A.lora_t[kProjGate], sc);                                                          // gate [T, I]
-    linear_forward(pool, W.w_up, nullptr, P[kProjUp], s, A.xn2.data(), T, grow(A.up, size_t(T * I)),
-                   A.lora_t[kProjUp], sc);                                                            // up [T, I]
-    float *h = grow(A.h, size_t(T * I));
-    for (int64_t i = 0; i < T * I; i++) h[i] = A.gate[size_t(i)] * sigmoid(A.gate[size_t(i)]) * A.up[size_t(i)];
-    linear_forward(pool, W.w_down, nullptr, P[kProjDown], s, h, T, o.data(), A.lora_t[kProjDown], sc);  // [T, H]
-    add_inplace(x.data(), o.data(), T * H);
-    if (ctl && in.report_progress) ctl->done = in.progress0 + l + 1;
-  }
-  std::copy(x.begin(), x.end(), grow(st.x_final, size_t(T * H)));
-  rmsnorm_rows(pool, grow(st.xn_final, size_t(T * H)), x.data(), m.final_norm.data(), T, H, eps);
-
-  // ---- loss: mean cross-entropy over the labelled rows; dlogits = (softmax − onehot) / L ----
-  std::vector<float> xr(size_t(L * H)), logits(size_t(L * V));
-  for (int64_t r = 0; r < L; r++) std::copy_n(st.xn_final.begin() + rows[size_t(r)] * H, H, xr.begin() + r * H);
-  matmul(pool, xr.data(), m.lm_head.data, m.lm_head.dtype, logits.data(), L, H, V, nullptr);  // [L, V]
+  // ---- loss: Σ cross-entropy over the labelled rows / denom; dlogits = (softmax − onehot) · weight / denom ----
+  const double denom = in.loss_denom > 0 ? in.loss_denom : double(std::max<int64_t>(L, 1));
+  const double lw = in.loss_weight / denom;
+  float *dxn = grow(st.dxn, size_t(T * H));  // d loss / d final-normed rows [T, H]
+  if (in.dxn_ext) std::copy_n(in.dxn_ext, T * H, dxn);
+  else std::fill_n(dxn, T * H, 0.0f);
   double loss = 0;
-  for (int64_t r = 0; r < L; r++) {
-    float *lr = logits.data() + r * V;
-    float mx = lr[0];
-    for (int64_t i = 1; i < V; i++) mx = std::max(mx, lr[i]);
-    double sum = 0;
-    for (int64_t i = 0; i < V; i++) sum += std::exp(double(lr[i] - mx));
-    loss += std::log(sum) + double(mx) - double(lr[targets[size_t(r)]]);
-    for (int64_t i = 0; i < V; i++) lr[i] = float(std::exp(double(lr[i] - mx)) / sum / double(L));
-    lr[targets[size_t(r)]] -= 1.0f / float(L);
+  if (L > 0) {
+    float *xr = grow(st.xr, size_t(L * H)), *logits = grow(st.logits, size_t(L * V));
+    for (int64_t r = 0; r < L; r++) std::copy_n(st.xn_final.begin() + rows[size_t(r)] * H, H, xr + r * H);
+    matmul(pool, xr, m.lm_head.data, m.lm_head.dtype, logits, L, H, V, nullptr);  // [L, V]
+    for (int64_t r = 0; r < L; r++) {
+      float *lr = logits + r * V;
+      float mx = lr[0];
+      for (int64_t i = 1; i < V; i++) mx = std::max(mx, lr[i]);
+      double sum = 0;
+      for (int64_t i = 0; i < V; i++) sum += std::exp(double(lr[i] - mx));
+      loss += std::log(sum) + double(mx) - double(lr[targets[size_t(r)]]);
+      for (int64_t i = 0; i < V; i++) lr[i] = float(std::exp(double(lr[i] - mx)) / sum * lw);
+      lr[targets[size_t(r)]] -= float(lw);
+    }
+    loss /= denom;  // unweighted: the caller weighs the losses it reports itself
+    // dxn_final rows += dlogits · W_lm  (W_lm [V, H] read as [K = V, N = H]); the head's gradient dlogits^T xr
+    float *dxr = grow(st.dxr, size_t(L * H));
+    matmul_nn(pool, logits, m.lm_head.data, m.lm_head.dtype, dxr, L, V, H);
+    for (int64_t r = 0; r < L; r++) add_inplace(dxn + rows[size_t(r)] * H, dxr + r * H, H);
+    if (wg && wg->lm_head) add_at_b(pool, logits, xr, L, V, H, wg->lm_head, st);
   }
-  loss /= double(L);
-  // dxn_final rows = dlogits · W_lm  (W_lm [V, H] read as [K = V, N = H])
-  std::vector<float> dxr(size_t(L * H)), dxn(size_t(T * H), 0.0f);
-  matmul_nn(pool, logits.data(), m.lm_head.data, m.lm_head.dtype, dxr.data(), L, V, H);
-  for (int64_t r = 0; r < L; r++) std::copy_n(dxr.begin() + r * H, H, dxn.begin() + rows[size_t(r)] * H);
-  std::vector<float> dx(size_t(T * H), 0.0f);  // d loss / d residual stream
-  rmsnorm_backward(st.x_final.data(), m.final_norm.data(), dxn.data(), T, H, eps, dx.data());
+  float *dx = grow(st.dx, size_t(T * H));  // d loss / d residual stream
+  std::fill_n(dx, T * H, 0.0f);
+  rmsnorm_backward(st.x_final.data(), m.final_norm.data(), dxn, T, H, eps, dx, wg ? wg->final_norm : nullptr);
 
   // ---- backward through the layers, last first ----
   std::vector<std::vector<float>> &ega = out.lora_ga, &egb = out.lora_gb;
   ega.assign(size_t(c.n_layers) * kNumProj, {});
   egb.assign(size_t(c.n_layers) * kNumProj, {});
-  std::vector<float> dh(size_t(T * I)), dgate(size_t(T * I)), dup(size_t(T * I)), dxn_l(size_t(T * H));
-  std::vector<float> dattn(size_t(T * q_dim)), dq(size_t(T * q_dim)), dk(size_t(T * kv_dim)), dv(size_t(T * kv_dim));
+  float *dh = grow(st.dh, size_t(T * I)), *dgate = grow(st.dgate, size_t(T * I)), *dup = grow(st.dup, size_t(T * I));
+  float *dxn_l = grow(st.dxn_l, size_t(T * H)), *dattn = grow(st.dattn, size_t(T * q_dim));
+  float *dq = grow(st.dq, size_t(T * q_dim)), *dk = grow(st.dk, size_t(T * kv_dim)), *dv = grow(st.dv, size_t(T * kv_dim));
   for (int64_t l = c.n_layers - 1; l >= 0; l--) {
     check_cancel(ctl, "train");
     const LayerWeights &W = m.layers[size_t(l)];
     const std::vector<TrainPair> &P = pairs[size_t(l)];
     const LayerActivations &A = st.acts[size_t(l)];
+    const ModelGrads::Layer *G = wg ? &wg->layers[size_t(l)] : nullptr;
     const auto grads = [&](int pj) {
       std::vector<float> &ga = ega[size_t(l) * kNumProj + size_t(pj)], &gb = egb[size_t(l) * kNumProj + size_t(pj)];
       if (P[size_t(pj)].rank > 0 && ga.empty()) {
@@ -392,48 +439,60 @@ double train_pass(const kf_model &m, const std::vector<std::vector<TrainPair>> &
       }
       return std::pair<float *, float *>(ga.data(), gb.data());
     };
+    const auto gw = [&](int pj) { return G ? G->proj[pj] : nullptr; };
+    const auto gbias = [&](int pj) { return G ? G->bias[pj] : nullptr; };
     // MLP: x_out = x_mid + down(h), h = silu(gate) · up
     auto [ga_d, gb_d] = grads(kProjDown);
-    linear_backward(pool, W.w_down, P[kProjDown], s, A.h.data(), A.lora_t[kProjDown].data(), dx.data(), T, dh.data(),
-                    false, ga_d, gb_d, sc);                                                           // dh [T, I]
+    linear_backward(pool, W.w_down, P[kProjDown], s, A.h.data(), A.lora_t[kProjDown].data(), dx, T, dh, false, ga_d,
+                    gb_d, gw(kProjDown), nullptr, st);                                                // dh [T, I]
     for (int64_t i = 0; i < T * I; i++) {
       const float g = A.gate[size_t(i)], sg = sigmoid(g);
-      dgate[size_t(i)] = dh[size_t(i)] * A.up[size_t(i)] * sg * (1.0f + g * (1.0f - sg));  // silu'(g)
-      dup[size_t(i)] = dh[size_t(i)] * g * sg;
+      dgate[i] = dh[i] * A.up[size_t(i)] * sg * (1.0f + g * (1.0f - sg));  // silu'(g)
+      dup[i] = dh[i] * g * sg;
     }
     auto [ga_g, gb_g] = grads(kProjGate);
-    linear_backward(pool, W.w_gate, P[kProjGate], s, A.xn2.data(), A.lora_t[kProjGate].data(), dgate.data(), T,
-                    dxn_l.data(), false, ga_g, gb_g, sc);
+    linear_backward(pool, W.w_gate, P[kProjGate], s, A.xn2.data(), A.lora_t[kProjGate].data(), dgate, T, dxn_l, false,
+                    ga_g, gb_g, gw(kProjGate), nullptr, st);
     auto [ga_u, gb_u] = grads(kProjUp);
-    linear_backward(pool, W.w_up, P[kProjUp], s, A.xn2.data(), A.lora_t[kProjUp].data(), dup.data(), T, dxn_l.data(),
-                    true, ga_u, gb_u, sc);                                                            // dxn2 [T, H]
-    rmsnorm_backward(A.x_mid.data(), W.ffn_norm.data(), dxn_l.data(), T, H, eps, dx.data());          // dx = dx_mid
+    linear_backward(pool, W.w_up, P[kProjUp], s, A.xn2.data(), A.lora_t[kProjUp].data(), dup, T, dxn_l, true, ga_u,
+                    gb_u, gw(kProjUp), nullptr, st);                                                  // dxn2 [T, H]
+    rmsnorm_backward(A.x_mid.data(), W.ffn_norm.data(), dxn_l, T, H, eps, dx, G ? G->ffn_norm : nullptr);  // dx_mid
     // Attention: x_mid = x + o(attn)
     auto [ga_o, gb_o] = grads(kProjO);
-    linear_backward(pool, W.wo, P[kProjO], s, A.attn.data(), A.lora_t[kProjO].data(), dx.data(), T, dattn.data(),
-                    false, ga_o, gb_o, sc);                                                           // dattn [T, nh·hd]
+    linear_backward(pool, W.wo, P[kProjO], s, A.attn.data(), A.lora_t[kProjO].data(), dx, T, dattn, false, ga_o, gb_o,
+                    gw(kProjO), proj_bias(W, kProjO) ? gbias(kProjO) : nullptr, st);                 // dattn [T, nh·hd]
     float *dkc = nullptr, *dvc = nullptr;
     if (out.cache_dk && slots > 0) {
       dkc = grow((*out.cache_dk)[size_t(l)], size_t(slots * kv_dim));
       dvc = grow((*out.cache_dv)[size_t(l)], size_t(slots * kv_dim));
     }
-    attention_backward(pool, c, A.q.data(), keys(l, A), dattn.data(), T, dq.data(), dk.data(), dv.data(), dkc, dvc,
-                       attn_scratch);
-    rope_rotate(dq.data(), T, nh, hd, cs, true);  // back through the rotation: R^T
-    rope_rotate(dk.data(), T, nkv, hd, cs, true);
+    if (slots == 0 && T <= kDenseAttentionRows)
+      attention_backward_dense(pool, c, A.q.data(), A.k.data(), A.v.data(), dattn, T, dq, dk, dv, st.attn_work);
+    else
+      attention_backward(pool, c, A.q.data(), pass_keys(c, prefix, l, A), dattn, T, dq, dk, dv, dkc, dvc,
+                         st.attn_work);
+    rope_rotate(dq, T, nh, hd, cs, true);  // back through the rotation: R^T
+    rope_rotate(dk, T, nkv, hd, cs, true);
     auto [ga_q, gb_q] = grads(kProjQ);
-    linear_backward(pool, W.wq, P[kProjQ], s, A.xn1.data(), A.lora_t[kProjQ].data(), dq.data(), T, dxn_l.data(), false,
-                    ga_q, gb_q, sc);
+    linear_backward(pool, W.wq, P[kProjQ], s, A.xn1.data(), A.lora_t[kProjQ].data(), dq, T, dxn_l, false, ga_q, gb_q,
+                    gw(kProjQ), proj_bias(W, kProjQ) ? gbias(kProjQ) : nullptr, st);
     auto [ga_k, gb_k] = grads(kProjK);
-    linear_backward(pool, W.wk, P[kProjK], s, A.xn1.data(), A.lora_t[kProjK].data(), dk.data(), T, dxn_l.data(), true,
-                    ga_k, gb_k, sc);
+    linear_backward(pool, W.wk, P[kProjK], s, A.xn1.data(), A.lora_t[kProjK].data(), dk, T, dxn_l, true, ga_k, gb_k,
+                    gw(kProjK), proj_bias(W, kProjK) ? gbias(kProjK) : nullptr, st);
     auto [ga_v, gb_v] = grads(kProjV);
-    linear_backward(pool, W.wv, P[kProjV], s, A.xn1.data(), A.lora_t[kProjV].data(), dv.data(), T, dxn_l.data(), true,
-                    ga_v, gb_v, sc);                                                                  // dxn1 [T, H]
-    rmsnorm_backward(A.x.data(), W.attn_norm.data(), dxn_l.data(), T, H, eps, dx.data());             // dx = d layer input
+    linear_backward(pool, W.wv, P[kProjV], s, A.xn1.data(), A.lora_t[kProjV].data(), dv, T, dxn_l, true, ga_v, gb_v,
+                    gw(kProjV), proj_bias(W, kProjV) ? gbias(kProjV) : nullptr, st);                 // dxn1 [T, H]
+    rmsnorm_backward(A.x.data(), W.attn_norm.data(), dxn_l, T, H, eps, dx, G ? G->attn_norm : nullptr);  // d layer input
     if (ctl && in.report_progress) ctl->done = in.progress0 + 2 * c.n_layers - l;
   }
+  if (out.dx0) std::copy_n(dx, T * H, out.dx0);
   return loss;
+}
+
+double train_pass(const kf_model &m, const std::vector<std::vector<TrainPair>> &pairs, float s, PassScratch &st,
+                  const PassRows &in, const PrefixCache *prefix, PassGrads &out, kf_control *ctl) {
+  pass_forward(m, pairs, s, st, in, prefix, out, ctl);
+  return pass_backward(m, pairs, s, st, in, prefix, out, ctl);
 }
 
 double trainer_accumulate(kf_lora_trainer &tr, const float *prefix, int32_t n_prefix, const int32_t *ids,
@@ -473,27 +532,24 @@ double trainer_accumulate(kf_lora_trainer &tr, const float *prefix, int32_t n_pr
 kf_train_step_info trainer_step(kf_lora_trainer &tr) {
   if (tr.accumulated == 0) raise(KF_ERR_INVALID_STATE, "cannot take an optimizer step: no example was accumulated");
   const kf_lora_train_params &p = tr.params;
-  const double n = tr.accumulated;
   double sq = 0;
   for (auto &layer : tr.pairs)
     for (TrainPair &pr : layer) {
-      for (float g : pr.ga) sq += (double(g) / n) * (double(g) / n);
-      for (float g : pr.gb) sq += (double(g) / n) * (double(g) / n);
+      for (float g : pr.ga) sq += double(g) * g;
+      for (float g : pr.gb) sq += double(g) * g;
     }
-  const double norm = std::sqrt(sq);
-  if (!std::isfinite(norm)) {
-    for (auto &layer : tr.pairs)
-      for (TrainPair &pr : layer) {
-        std::fill(pr.ga.begin(), pr.ga.end(), 0.0f);
-        std::fill(pr.gb.begin(), pr.gb.end(), 0.0f);
-      }
-    tr.accumulated = 0;
-    raise(KF_ERR_INVALID_STATE, "cannot take an optimizer step: the gradient is not finite (norm %g); it was dropped "
-          "and the weights are unchanged; lower the learning rate", norm);
-  }
-  const double clip = p.max_grad_norm > 0 && norm > p.max_grad_norm ? p.max_grad_norm / (norm + 1e-6) : 1.0;
-  const float coef = float(clip / n);
-  const float lr = schedule_lr(p.lr, p.warmup_steps, p.total_steps, p.min_lr_ratio, tr.step);
+  const StepPlan sp = plan_step(sq, tr.accumulated, p.max_grad_norm, p.lr, p.warmup_steps, p.total_steps,
+                                p.min_lr_ratio, tr.step, [&] {
+                                  for (auto &layer : tr.pairs)
+                                    for (TrainPair &pr : layer) {
+                                      std::fill(pr.ga.begin(), pr.ga.end(), 0.0f);
+                                      std::fill(pr.gb.begin(), pr.gb.end(), 0.0f);
+                                    }
+                                  tr.accumulated = 0;
+                                });
+  const float lr = sp.lr;
+  const double norm = sp.norm;
+  const float coef = sp.coef;
   const AdamW opt(lr, p.beta1, p.beta2, p.eps, tr.step, coef);
   const auto update = [&](std::vector<float> &w, std::vector<float> &g, std::vector<float> &m1, std::vector<float> &m2) {
     opt.update(w.data(), g.data(), m1.data(), m2.data(), w.size(), p.weight_decay);

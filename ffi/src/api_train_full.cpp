@@ -1,0 +1,222 @@
+// api_train_full.cpp — the C ABI of full-parameter and compressor training: argument checks and
+// ownership; the work is in train_full.cpp and train_compressor.cpp.
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <mutex>
+
+#include "api_guard.h"
+#include "train_full.h"
+
+namespace {
+
+using kf::api::guarded;
+using kf::api::report;
+
+std::vector<float> *model_tensor(kf_model_trainer &tr, const char *name, int32_t which, int64_t n, const char *what) {
+  if (!name) kf::raise(KF_ERR_INVALID_ARGUMENT, "cannot %s: name is NULL", what);
+  const int i = kf::model_trainer_find(tr, name);
+  if (i < 0) kf::raise(KF_ERR_INVALID_ARGUMENT, "cannot %s: the trainer has no tensor %s", what, name);
+  kf::FullTensor &t = tr.tensors[size_t(i)];
+  std::vector<float> *v = nullptr;
+  switch (which) {
+  case KF_TRAIN_WEIGHT: break;
+  case KF_TRAIN_GRAD: v = &t.g; break;
+  case KF_TRAIN_M: v = &t.m; break;
+  case KF_TRAIN_V: v = &t.v; break;
+  default: kf::raise(KF_ERR_INVALID_ARGUMENT, "cannot %s: which %d is not a kf_train_tensor", what, which);
+  }
+  if (n != int64_t(t.size()))
+    kf::raise(KF_ERR_INVALID_ARGUMENT, "cannot %s: n %lld is not the %zu values of %s", what, (long long)n, t.size(),
+              name);
+  return v;
+}
+
+// The activations a pass of T rows keeps (as kf_lora_trainer_accumulate estimates them), refused
+// past 90% of the memory available.
+void check_activation_memory(const kf::ModelConfig &c, double rows, double passes, const char *what) {
+  const double bytes = 4.0 * rows * passes * c.n_layers *
+                       (6.0 * c.hidden_size + 4.0 * c.n_heads * c.head_dim + 4.0 * c.intermediate_size);
+  const double available = kf::available_memory_bytes();
+  if (available > 0 && bytes > 0.9 * available)
+    kf::raise(KF_ERR_OUT_OF_MEMORY, "cannot %s: %.0f rows need %.2f GiB of activations, only %.2f GiB are available; "
+              "shorten the example", what, rows * passes, bytes / 1073741824.0, available / 1073741824.0);
+}
+
+void check_ids(const int32_t *ids, int32_t n, int32_t V, const char *what, const char *which) {
+  for (int32_t t = 0; t < n; t++)
+    if (ids[t] < 0 || ids[t] >= V)
+      kf::raise(KF_ERR_INVALID_ARGUMENT, "cannot %s: %s token id %d at index %d is outside [0, %d)", what, which, ids[t],
+                t, V);
+}
+
+}  // namespace
+
+extern "C" {
+
+kf_model_train_params kf_model_train_default_params(void) {
+  kf_model_train_params p{};
+  p.seed = 0x6b76666f6c64ull;
+  p.lr = 1e-3f;
+  p.beta1 = 0.9f;
+  p.beta2 = 0.999f;
+  p.eps = 1e-8f;
+  p.max_grad_norm = 1.0f;
+  p.segment_length = 512;
+  p.backprop_segments = 2;
+  p.lm_weight = 1.0f;
+  p.qa_weight = 1.0f;
+  p.init_std = 0.02f;
+  return p;
+}
+
+kf_status kf_model_trainer_create(kf_model *model, const kf_model_train_params *params, kf_model_trainer **out) {
+  if (out) *out = nullptr;
+  return guarded("create model trainer", [&] {
+    KF_REQUIRE(model && out, "create model trainer", "model or out is NULL");
+    const kf_model_train_params p = params ? *params : kf_model_train_default_params();
+    auto tr = std::make_unique<kf_model_trainer>();
+    std::lock_guard<std::mutex> lock(model->engine->pool_mutex);
+    kf::model_trainer_init(*tr, *model, p);
+    model->n_sessions++;  // holds the model's engine and config: the model outlives it
+    *out = tr.release();
+  });
+}
+
+kf_status kf_model_trainer_free(kf_model_trainer *trainer) {
+  return guarded("free model trainer", [&] {
+    if (!trainer) return;
+    trainer->model->n_sessions--;
+    delete trainer;
+  });
+}
+
+kf_status kf_model_trainer_get_info(const kf_model_trainer *trainer, kf_model_trainer_info *out) {
+  return guarded("get model trainer info", [&] {
+    KF_REQUIRE(trainer && out, "get model trainer info", "trainer or out is NULL");
+    *out = kf_model_trainer_info{};
+    out->step = trainer->step;
+    out->n_params = trainer->n_params;
+    out->accumulated = trainer->accumulated;
+    out->n_tensors = int32_t(trainer->tensors.size());
+    out->summary_length = trainer->params.summary_length;
+    out->tied = trainer->tied ? 1 : 0;
+  });
+}
+
+kf_status kf_model_trainer_tensor_name(const kf_model_trainer *trainer, int32_t index, char *name, int32_t cap,
+                                       int64_t *rows, int64_t *cols) {
+  return guarded("name model trainer tensor", [&] {
+    KF_REQUIRE(trainer && name && rows && cols, "name model trainer tensor", "trainer, name, rows or cols is NULL");
+    KF_REQUIRE(index >= 0 && index < int32_t(trainer->tensors.size()), "name model trainer tensor",
+               "index %d is outside [0, %zu)", index, trainer->tensors.size());
+    const kf::FullTensor &t = trainer->tensors[size_t(index)];
+    KF_REQUIRE(cap > int32_t(t.name.size()), "name model trainer tensor", "cap %d cannot hold %zu bytes and a NUL",
+               cap, t.name.size());
+    std::memcpy(name, t.name.c_str(), t.name.size() + 1);
+    *rows = t.rows;
+    *cols = t.cols;
+  });
+}
+
+kf_status kf_model_trainer_accumulate(kf_model_trainer *trainer, const float *prefix, int32_t n_prefix,
+                                      const int32_t *ids, const int32_t *labels, int32_t n_ids, float *loss,
+                                      kf_control *control) {
+  return report(control, guarded("train model", [&] {
+    KF_REQUIRE(trainer && loss, "train model", "trainer or loss is NULL");
+    KF_REQUIRE(n_prefix >= 0 && n_ids >= 1 && ids && labels, "train model",
+               "an example needs ids and labels (n_ids %d) and n_prefix >= 0 (%d)", n_ids, n_prefix);
+    KF_REQUIRE(n_prefix == 0 || prefix, "train model", "prefix is NULL but n_prefix is %d", n_prefix);
+    const kf::ModelConfig &c = trainer->view.cfg;
+    const int32_t V = c.vocab_size, H = c.hidden_size;
+    check_ids(ids, n_ids, V, "train model", "input");
+    int32_t n_labels = 0;
+    for (int32_t t = 0; t < n_ids; t++) {
+      if (labels[t] < -1 || labels[t] >= V)
+        kf::raise(KF_ERR_INVALID_ARGUMENT, "cannot train model: label %d at index %d is neither -1 nor in [0, %d)",
+                  labels[t], t, V);
+      n_labels += labels[t] >= 0;
+    }
+    if (n_labels == 0) kf::raise(KF_ERR_INVALID_ARGUMENT, "cannot train model: the example has no labelled position");
+    for (int64_t i = 0; i < int64_t(n_prefix) * H; i++)
+      if (!std::isfinite(prefix[i]))
+        kf::raise(KF_ERR_INVALID_ARGUMENT, "cannot train model: prefix row %lld holds a non-finite value",
+                  (long long)(i / H));
+    check_activation_memory(c, double(n_prefix) + n_ids, 1, "train model");
+    std::lock_guard<std::mutex> lock(trainer->view.engine->pool_mutex);
+    *loss = float(kf::model_trainer_accumulate(*trainer, prefix, n_prefix, ids, labels, n_ids, control));
+  }));
+}
+
+kf_status kf_model_trainer_accumulate_document(kf_model_trainer *trainer, const int32_t *ids, int32_t n_ids,
+                                               const int32_t *question, int32_t n_question, const int32_t *answer,
+                                               int32_t n_answer, float *lm_loss, float *qa_loss, kf_control *control) {
+  return report(control, guarded("train compressor", [&] {
+    KF_REQUIRE(trainer, "train compressor", "trainer is NULL");
+    const kf_model_train_params &p = trainer->params;
+    KF_REQUIRE(p.summary_length > 0, "train compressor",
+               "the trainer was created with summary_length 0 (no embed_summary to train)");
+    KF_REQUIRE(ids && n_ids >= 1, "train compressor", "a document needs ids (n_ids %d)", n_ids);
+    KF_REQUIRE(n_question >= 0 && n_answer >= 0 && (n_question == 0 || question) && (n_answer == 0 || answer),
+               "train compressor", "question (%d ids) or answer (%d ids) is NULL or negative", n_question, n_answer);
+    const kf::ModelConfig &c = trainer->view.cfg;
+    check_ids(ids, n_ids, c.vocab_size, "train compressor", "document");
+    check_ids(question, n_question, c.vocab_size, "train compressor", "question");
+    check_ids(answer, n_answer, c.vocab_size, "train compressor", "answer");
+    const double segments = std::ceil(double(n_ids) / p.segment_length), S = p.summary_length;
+    const double window = std::min<double>(segments, p.backprop_segments);
+    const double longest = std::max((segments - 1) * S + p.segment_length + S, segments * S + n_question + n_answer);
+    check_activation_memory(c, longest, window + 1, "train compressor");
+    std::lock_guard<std::mutex> lock(trainer->view.engine->pool_mutex);
+    double lm = 0, qa = 0;
+    kf::model_trainer_accumulate_document(*trainer, ids, n_ids, question, n_question, answer, n_answer, lm, qa,
+                                          control);
+    if (lm_loss) *lm_loss = float(lm);
+    if (qa_loss) *qa_loss = float(qa);
+  }));
+}
+
+kf_status kf_model_trainer_step(kf_model_trainer *trainer, kf_train_step_info *out) {
+  return guarded("step optimizer", [&] {
+    KF_REQUIRE(trainer, "step optimizer", "trainer is NULL");
+    std::lock_guard<std::mutex> lock(trainer->view.engine->pool_mutex);
+    const kf_train_step_info info = kf::model_trainer_step(*trainer);
+    if (out) *out = info;
+  });
+}
+
+kf_status kf_model_trainer_read(const kf_model_trainer *trainer, const char *name, int32_t which, float *out,
+                                int64_t n) {
+  return guarded("read model trainer tensor", [&] {
+    KF_REQUIRE(trainer && out, "read model trainer tensor", "trainer or out is NULL");
+    auto &tr = const_cast<kf_model_trainer &>(*trainer);
+    const std::vector<float> *v = model_tensor(tr, name, which, n, "read model trainer tensor");
+    const float *src = v ? v->data() : tr.tensors[size_t(kf::model_trainer_find(tr, name))].w;
+    std::copy(src, src + n, out);
+  });
+}
+
+kf_status kf_model_trainer_write(kf_model_trainer *trainer, const char *name, int32_t which, const float *in,
+                                 int64_t n) {
+  return guarded("write model trainer tensor", [&] {
+    KF_REQUIRE(trainer && in, "write model trainer tensor", "trainer or in is NULL");
+    std::vector<float> *v = model_tensor(*trainer, name, which, n, "write model trainer tensor");
+    for (int64_t i = 0; i < n; i++)
+      if (!std::isfinite(in[i]))
+        kf::raise(KF_ERR_INVALID_ARGUMENT, "cannot write model trainer tensor: value %lld of %s is not finite",
+                  (long long)i, name);
+    float *dst = v ? v->data() : trainer->tensors[size_t(kf::model_trainer_find(*trainer, name))].w;
+    std::copy(in, in + n, dst);
+  });
+}
+
+kf_status kf_model_trainer_set_step(kf_model_trainer *trainer, int64_t step) {
+  return guarded("set model trainer step", [&] {
+    KF_REQUIRE(trainer, "set model trainer step", "trainer is NULL");
+    KF_REQUIRE(step >= 0, "set model trainer step", "step %lld is negative", (long long)step);
+    trainer->step = step;
+    kf::model_trainer_drop_grads(*trainer);
+  });
+}
+
+}  // extern "C"

@@ -1,0 +1,148 @@
+// train_compressor.cpp — AutoCompressor training of one document, read top to bottom:
+//   segment i runs [summaries of segments < i | segment i | embed_summary rows] at positions 0..N-1,
+//   causal; its last S final-normed rows are segment i's summaries (kvfold's Compressor forward);
+//   each segment's tokens predict their next token (the LM loss), and [all summaries | question |
+//   answer] predicts the answer (the QA loss).
+// Gradients flow back through the summary vectors within a window of backprop_segments segments
+// (the last window ends at the last segment): the window's passes run forward first, keeping their
+// activations, then backward last to first, each handing the gradient of the summaries it read to
+// the passes of the window that produced them. Summaries from earlier windows are constants.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "cpu_ops.h"
+#include "train_full.h"
+
+namespace kf {
+
+void model_trainer_accumulate_document(kf_model_trainer &tr, const int32_t *ids, int32_t n_ids,
+                                       const int32_t *question, int32_t n_question, const int32_t *answer,
+                                       int32_t n_answer, double &lm_loss, double &qa_loss, kf_control *ctl) {
+  const kf_model &m = tr.view;
+  const kf_model_train_params &p = tr.params;
+  const int64_t H = m.cfg.hidden_size, S = p.summary_length, seg = p.segment_length, B = p.backprop_segments;
+  const int64_t n_seg = (int64_t(n_ids) + seg - 1) / seg;
+  const auto seg_len = [&](int64_t i) { return std::min<int64_t>(seg, n_ids - i * seg); };
+  // The LM loss is one mean over every predicted token of the document.
+  int64_t lm_rows = 0;
+  for (int64_t i = 0; i < n_seg; i++) lm_rows += seg_len(i) - 1;
+  const bool lm_on = p.lm_weight > 0 && lm_rows > 0, qa_on = p.qa_weight > 0 && n_answer > 0;
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  lm_loss = lm_on ? 0.0 : nan;
+  qa_loss = nan;
+  const float *table = tr.tensors[size_t(tr.embed)].w;
+  const float *summary_rows = tr.tensors[size_t(tr.summary)].w;
+  float *g_embed = tr.tensors[size_t(tr.embed)].g.data(), *g_summary = tr.tensors[size_t(tr.summary)].g.data();
+  tr.summaries.resize(size_t(n_seg * S * H));   // [n_seg · S, H] every segment's summaries
+  tr.dsummaries.resize(size_t(n_seg * S * H));  // their gradients, within the current window
+  tr.scratch.resize(size_t(B) + 1);
+  tr.x0.resize(size_t(B) + 1);
+  std::vector<PassRows> rows(size_t(B) + 1);
+  if (ctl) {
+    ctl->total = 2 * n_seg + (qa_on ? 2 : 0);
+    ctl->done = 0;
+  }
+  const auto tick = [&] {
+    if (ctl) ctl->done++;
+  };
+  // Pass k of the window starting at a: segment i = a + k.
+  const auto build_segment = [&](int64_t i, int64_t k) {
+    const int64_t len = seg_len(i), T = i * S + len + S;
+    std::vector<float> &x0 = tr.x0[size_t(k)];
+    x0.resize(size_t(T * H));
+    std::copy_n(tr.summaries.begin(), i * S * H, x0.begin());  // [summaries < i | segment | summary rows]
+    for (int64_t t = 0; t < len; t++) std::copy_n(table + int64_t(ids[i * seg + t]) * H, H, x0.begin() + (i * S + t) * H);
+    std::copy_n(summary_rows, S * H, x0.begin() + (i * S + len) * H);
+    PassRows &in = rows[size_t(k)];
+    in = PassRows{};
+    in.T = T;
+    in.x0 = x0.data();
+    in.report_progress = false;
+    if (lm_on) {
+      for (int64_t t = 0; t + 1 < len; t++) {
+        in.rows.push_back(i * S + t);
+        in.targets.push_back(ids[i * seg + t + 1]);
+      }
+      in.loss_denom = double(lm_rows);
+      in.loss_weight = p.lm_weight;
+    }
+  };
+  // Adds a pass's input-row gradient dx0 [T, H] where its rows came from: summaries of the window
+  // (from row lo·S), embedding rows of `tokens` (from row t0), embed_summary rows (from row s0, or -1).
+  const auto scatter = [&](const float *dx0, int64_t lo, int64_t hi, int64_t t0, const int32_t *tokens, int64_t n_tok,
+                           int64_t s0) {
+    if (hi > lo) add_inplace(tr.dsummaries.data() + lo * S * H, dx0 + lo * S * H, (hi - lo) * S * H);
+    for (int64_t t = 0; t < n_tok; t++) add_inplace(g_embed + int64_t(tokens[t]) * H, dx0 + (t0 + t) * H, H);
+    if (s0 >= 0) add_inplace(g_summary, dx0 + s0 * H, S * H);
+  };
+  try {
+    // Windows of B segments, the last one ending at the last segment.
+    const int64_t first_end = n_seg - ((n_seg - 1) / B) * B;
+    for (int64_t a = 0, b = first_end; a < n_seg; a = b, b += B) {
+      const bool last = b == n_seg, backward = lm_on || (last && qa_on);
+      std::fill_n(tr.dsummaries.begin() + a * S * H, (b - a) * S * H, 0.0f);
+      PassGrads fwd;
+      for (int64_t i = a; i < b; i++) {
+        check_cancel(ctl, "train compressor");
+        const int64_t k = backward ? i - a : 0;  // forward-only passes share one scratch
+        build_segment(i, k);
+        const PassRows &in = rows[size_t(k)];
+        pass_forward(m, tr.no_lora, 1.0f, tr.scratch[size_t(k)], in, nullptr, fwd, ctl);
+        std::copy_n(tr.scratch[size_t(k)].xn_final.begin() + (in.T - S) * H, S * H, tr.summaries.begin() + i * S * H);
+        tick();
+      }
+      if (!backward) {
+        if (ctl) ctl->done += b - a;
+        continue;
+      }
+      if (last && qa_on) {  // [all summaries | question | answer]; row K + nq - 1 + t predicts answer[t]
+        const int64_t K = n_seg * S, T = K + n_question + n_answer;
+        std::vector<float> &x0 = tr.x0[size_t(B)];
+        x0.resize(size_t(T * H));
+        std::copy_n(tr.summaries.begin(), K * H, x0.begin());
+        for (int64_t t = 0; t < n_question; t++) std::copy_n(table + int64_t(question[t]) * H, H, x0.begin() + (K + t) * H);
+        for (int64_t t = 0; t < n_answer; t++)
+          std::copy_n(table + int64_t(answer[t]) * H, H, x0.begin() + (K + n_question + t) * H);
+        PassRows in;
+        in.T = T;
+        in.x0 = x0.data();
+        in.report_progress = false;
+        in.loss_weight = p.qa_weight;
+        for (int64_t t = 0; t < n_answer; t++) {
+          in.rows.push_back(K + n_question - 1 + t);
+          in.targets.push_back(answer[t]);
+        }
+        tr.dx0.resize(size_t(T * H));
+        PassGrads g;
+        g.weights = &tr.grads;
+        g.dx0 = tr.dx0.data();
+        qa_loss = train_pass(m, tr.no_lora, 1.0f, tr.scratch[size_t(B)], in, nullptr, g, ctl);
+        scatter(tr.dx0.data(), a, b, K, question, n_question, -1);
+        scatter(tr.dx0.data(), 0, 0, K + n_question, answer, n_answer, -1);
+        if (ctl) ctl->done += 2;
+      }
+      for (int64_t i = b - 1; i >= a; i--) {
+        const int64_t k = i - a, len = seg_len(i);
+        PassRows &in = rows[size_t(k)];
+        tr.dxn_ext.assign(size_t(in.T * H), 0.0f);  // the gradient of this pass's summaries, from later passes
+        std::copy_n(tr.dsummaries.begin() + i * S * H, S * H, tr.dxn_ext.begin() + (in.T - S) * H);
+        in.dxn_ext = tr.dxn_ext.data();
+        tr.dx0.resize(size_t(in.T * H));
+        PassGrads g;
+        g.weights = &tr.grads;
+        g.dx0 = tr.dx0.data();
+        const double loss = pass_backward(m, tr.no_lora, 1.0f, tr.scratch[size_t(k)], in, nullptr, g, ctl);
+        if (lm_on) lm_loss += loss;
+        scatter(tr.dx0.data(), a, i, i * S, ids + i * seg, len, i * S + len);
+        tick();
+      }
+    }
+    tr.accumulated++;
+  } catch (...) {
+    model_trainer_drop_grads(tr);  // a pass may have added part of its gradients
+    throw;
+  }
+}
+
+}  // namespace kf

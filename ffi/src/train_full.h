@@ -1,0 +1,61 @@
+// train_full.h — full-parameter training (every tensor of a model as an f32 master copy) and
+// AutoCompressor training (embed_summary.weight and the model, on documents and questions).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "train.h"
+
+namespace kf {
+
+// One trained tensor: its f32 master, the summed gradient and the AdamW moments.
+struct FullTensor {
+  std::string name;         // HF name, e.g. "model.layers.0.self_attn.q_proj.weight"
+  int64_t rows = 0, cols = 1;
+  bool decay = false;       // matrices decay; norms and biases do not
+  float *w = nullptr;       // the master: in `own` (matrices) or in the view model's vectors (norms, biases)
+  std::vector<float> own;
+  std::vector<float> g, m, v;
+  size_t size() const { return size_t(rows) * size_t(cols); }
+};
+
+}  // namespace kf
+
+struct kf_model_trainer {
+  kf_model *model = nullptr;  // the model it was created from (config, engine); its weights are not read again
+  kf_model_train_params params{};
+  // The model as the passes see it: the same config, every weight pointing at the f32 masters.
+  kf_model view;
+  std::vector<kf::FullTensor> tensors;
+  int embed = -1, summary = -1;  // indices of embed_tokens and embed_summary (-1: none) in tensors
+  bool tied = false;
+  kf::ModelGrads grads;  // pointers into tensors[..].g, handed to every pass
+  std::vector<std::vector<kf::TrainPair>> no_lora;  // [n_layers][kNumProj], all rank 0
+  // Per pass of a gradient window (and the QA pass, last): activations and work buffers, kept.
+  std::vector<kf::PassScratch> scratch;
+  std::vector<std::vector<float>> x0;  // the input rows of each pass of a window
+  std::vector<float> dx0, dxn_ext, summaries, dsummaries;
+  int64_t step = 0, n_params = 0;
+  int32_t accumulated = 0;
+};
+
+namespace kf {
+
+// Copies the model's weights to f32 masters (and embed_summary when params.summary_length > 0).
+void model_trainer_init(kf_model_trainer &tr, kf_model &m, const kf_model_train_params &p);
+// Index of the tensor `name` in tr.tensors, or -1.
+int model_trainer_find(const kf_model_trainer &tr, const std::string &name);
+// One LM example (rows [prefix | ids], labels per id row); returns the mean cross-entropy.
+double model_trainer_accumulate(kf_model_trainer &tr, const float *prefix, int32_t n_prefix, const int32_t *ids,
+                                const int32_t *labels, int32_t n_ids, kf_control *ctl);
+// One compressor document (kvfold.h states the passes, losses and stop-gradient rule); writes the
+// LM and QA mean cross-entropies (NaN for an objective that is off or has nothing to predict).
+void model_trainer_accumulate_document(kf_model_trainer &tr, const int32_t *ids, int32_t n_ids,
+                                       const int32_t *question, int32_t n_question, const int32_t *answer,
+                                       int32_t n_answer, double &lm_loss, double &qa_loss, kf_control *ctl);
+kf_train_step_info model_trainer_step(kf_model_trainer &tr);
+// Zeroes the accumulated gradients (after an error, a cancel, or a resume).
+void model_trainer_drop_grads(kf_model_trainer &tr);
+
+}  // namespace kf

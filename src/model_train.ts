@@ -1,0 +1,386 @@
+/**
+ * Full-parameter training of a model, and AutoCompressor training (the model with its
+ * `embed_summary.weight` rows, on documents and LLoCO questions), in the native engine: f32 master
+ * copies of every tensor, AdamW with the LoRA trainer's schedule and clipping, checkpoints a killed
+ * run resumes from exactly, and a Hugging Face model folder at the end that `loadModel` and
+ * `Compressor.load` read.
+ *
+ * @module
+ */
+
+import { NativeStruct } from "./_abi.ts";
+import { alloc, check, cString, outPointer, sym } from "./_binding.ts";
+import { HandleOwner, NativeHandle } from "./_handle.ts";
+import { int32Arg, showValue, tokenIdsArg, uint64Arg } from "./_int_args.ts";
+import { readBoundedJson } from "./_bounded_read.ts";
+import { KvfoldError } from "./errors.ts";
+import type { Model } from "./model.ts";
+import { type TensorInput, writeSafetensorsFile } from "./formats/safetensors.ts";
+import type { TrainExample } from "./train.ts";
+import {
+  type OptimizerOptions,
+  optimizerStep,
+  readCheckpointFile,
+  resolveOptimizer,
+  setOptimizer,
+  type TrainStep,
+  writeCheckpointFile,
+} from "./training_loop.ts";
+
+/** Settings of a {@link ModelTrainer}. */
+export interface ModelTrainOptions extends OptimizerOptions {
+  /** Seed of embed_summary's initialisation and of the example order; default 0. */
+  seed?: number;
+  /** Rows of `embed_summary.weight`; 0 (default) trains a plain language model, no compressor. */
+  summaryLength?: number;
+  /** Compressor: document tokens per segment; default 512. */
+  segmentLength?: number;
+  /**
+   * Compressor: segments per gradient window (>= 1; default 2). Summary vectors pass gradient to the
+   * encoder pass that made them only within a window; the last window ends at the document's last
+   * segment (so the QA loss reaches the last `backpropSegments` segments); earlier summaries are
+   * constants.
+   */
+  backpropSegments?: number;
+  /** Compressor: weight of the next-segment LM loss; default 1. */
+  lmWeight?: number;
+  /** Compressor: weight of the `[summaries | question] -> answer` loss; default 1. */
+  qaWeight?: number;
+  /** Compressor: `embed_summary.weight` starts normal(0, this); default 0.02. */
+  summaryInitStd?: number;
+}
+
+/** Which copy of a tensor {@link ModelTrainer.read} and {@link ModelTrainer.write} address. */
+export const MODEL_TRAIN_TENSORS = Object.freeze({ weight: 0, grad: 1, moment: 2, variance: 3 } as const);
+/** A key of {@link MODEL_TRAIN_TENSORS}. */
+export type ModelTrainTensor = keyof typeof MODEL_TRAIN_TENSORS;
+
+/** One compressor document: its ids, and optionally a question and answer over it. */
+export interface CompressorExample {
+  /** Document token ids (no BOS), split into segments of `segmentLength`. */
+  ids: readonly number[];
+  /** Question ids (the prompt after the summary vectors); may be empty. */
+  question?: readonly number[];
+  /** Answer ids (what the question predicts; end it with EOS to teach stopping). */
+  answer?: readonly number[];
+}
+
+/** Losses of one {@link ModelTrainer.accumulateDocument} (NaN for an objective that is off). */
+export interface CompressorLoss {
+  /** Mean cross-entropy of every segment token predicting the next one. */
+  lm: number;
+  /** Mean cross-entropy of the answer tokens. */
+  qa: number;
+}
+
+/** A trained tensor: HF name and shape. */
+export interface TrainedTensor {
+  name: string;
+  shape: number[];
+}
+
+/**
+ * Every tensor of a model being trained (and `embed_summary.weight` for a compressor). The loaded
+ * model is only the starting point: its weights are copied, and it stays unchanged.
+ *
+ * @example
+ * ```ts ignore
+ * using model = await kv.loadModel("./models/from-scratch");
+ * using trainer = ModelTrainer.create(model, { learningRate: 1e-3, summaryLength: 8, segmentLength: 256 });
+ * const loss = await trainer.accumulateDocument({ ids: docIds, question: qIds, answer: aIds });
+ * trainer.step();
+ * await trainer.saveModel("./models/trained");
+ * ```
+ */
+export class ModelTrainer extends HandleOwner {
+  /** The model it started from (config, tokenizer). */
+  readonly model: Model;
+  /** Every trained tensor in a fixed order. */
+  readonly tensors: readonly TrainedTensor[];
+  /** Rows of embed_summary (0: not a compressor). */
+  readonly summaryLength: number;
+  /** Whether lm_head is the embedding. */
+  readonly tied: boolean;
+  /** Trained values. */
+  readonly params: number;
+  /** The settings it was created with (defaults filled in). */
+  readonly options: Readonly<Required<ModelTrainOptions>>;
+
+  private constructor(handle: NativeHandle, model: Model, options: Required<ModelTrainOptions>) {
+    super(handle);
+    this.model = model;
+    this.options = options;
+    const info = modelTrainerInfo(handle.ptr);
+    this.summaryLength = info.get("summary_length");
+    this.tied = info.get("tied") !== 0;
+    this.params = info.get("n_params");
+    const tensors: TrainedTensor[] = [];
+    const name = alloc(256), rows = alloc(8), cols = alloc(8);
+    for (let i = 0; i < info.get("n_tensors"); i++) {
+      check(sym().kf_model_trainer_tensor_name(handle.ptr, i, name, name.length, rows, cols));
+      const r = Number(new DataView(rows.buffer).getBigInt64(0, true));
+      const c = Number(new DataView(cols.buffer).getBigInt64(0, true));
+      tensors.push({
+        name: new TextDecoder().decode(name.subarray(0, name.indexOf(0))),
+        shape: c === 1 ? [r] : [r, c],
+      });
+    }
+    this.tensors = tensors;
+  }
+
+  /** f32 copies of every weight of `model`; with `summaryLength`, a new embed_summary too. */
+  static create(model: Model, options: ModelTrainOptions = {}): ModelTrainer {
+    const o: Required<ModelTrainOptions> = {
+      seed: options.seed ?? 0,
+      summaryLength: options.summaryLength ?? 0,
+      segmentLength: options.segmentLength ?? 512,
+      backpropSegments: options.backpropSegments ?? 2,
+      lmWeight: options.lmWeight ?? 1,
+      qaWeight: options.qaWeight ?? 1,
+      summaryInitStd: options.summaryInitStd ?? 0.02,
+      ...resolveOptimizer(options, 1e-3),
+    };
+    const action = "create model trainer";
+    const p = new NativeStruct("kf_model_train_params")
+      .set("seed", uint64Arg(action, "seed", o.seed))
+      .set("summary_length", int32Arg(action, "summaryLength", o.summaryLength, { min: 0 }))
+      .set("segment_length", int32Arg(action, "segmentLength", o.segmentLength, { min: 1 }))
+      .set("backprop_segments", int32Arg(action, "backpropSegments", o.backpropSegments, { min: 1 }))
+      .set("lm_weight", o.lmWeight)
+      .set("qa_weight", o.qaWeight)
+      .set("init_std", o.summaryInitStd);
+    setOptimizer(p, action, o);
+    const out = outPointer();
+    check(sym().kf_model_trainer_create(model._handle.ptr, p.buf, out.buf));
+    const handle = new NativeHandle(
+      out.get(),
+      "the model trainer",
+      (ptr) => check(sym().kf_model_trainer_free(ptr)),
+      model._handle,
+    );
+    return new ModelTrainer(handle, model, o);
+  }
+
+  /** Optimizer steps taken. */
+  get stepCount(): number {
+    return Number(modelTrainerInfo(this._handle.ptr).get("step"));
+  }
+
+  /** Examples whose gradients wait for the next {@link step}. */
+  get accumulated(): number {
+    return modelTrainerInfo(this._handle.ptr).get("accumulated");
+  }
+
+  /**
+   * One language-modelling example, rows `[prefix | ids]`, `labels[t]` what row `prefix rows + t`
+   * predicts (or -1): adds the gradient of the mean cross-entropy for every tensor and returns that
+   * mean. Aborting drops the gradients accumulated since the last step.
+   */
+  async accumulate(
+    example: TrainExample,
+    options: { signal?: AbortSignal; onProgress?: (done: number, total: number) => void } = {},
+  ): Promise<number> {
+    const { ids, labels } = example;
+    const H = this.model.info.hiddenSize, V = this.model.info.vocabSize;
+    if (ids.length !== labels.length) {
+      throw new KvfoldError(
+        "INVALID_ARGUMENT",
+        `Cannot train model: ${ids.length} ids but ${labels.length} labels`,
+      );
+    }
+    const prefix = example.prefix ?? new Float32Array(0);
+    if (prefix.length % H !== 0) {
+      throw new KvfoldError(
+        "INVALID_ARGUMENT",
+        `Cannot train model: the prefix holds ${prefix.length} values, not rows of the hidden size ${H}`,
+      );
+    }
+    const idBuf = tokenIdsArg("train model", ids, V);
+    const labelBuf = tokenIdsArg("train model", labels, V, { what: "label", ignore: -1 });
+    const nIds = int32Arg("train model", "ids.length", ids.length, { min: 1 });
+    const nPrefix = int32Arg("train model", "prefix rows", prefix.length / H);
+    const prefixBuf = alloc(prefix.length * 4);
+    new Float32Array(prefixBuf.buffer).set(prefix);
+    const loss = alloc(4);
+    await this._handle.runControlled(
+      (ptr, ctl) =>
+        sym().kf_model_trainer_accumulate(ptr, prefixBuf, nPrefix, idBuf, labelBuf, nIds, loss, ctl.buf),
+      { signal: options.signal, onProgress: options.onProgress },
+    );
+    return new DataView(loss.buffer).getFloat32(0, true);
+  }
+
+  /**
+   * One compressor document (needs `summaryLength`): the next-segment LM loss over its segments
+   * and, with an answer, the QA loss of `[summaries | question] -> answer`; adds the gradients of
+   * `lmWeight · lm + qaWeight · qa` and returns both means.
+   */
+  async accumulateDocument(
+    example: CompressorExample,
+    options: { signal?: AbortSignal; onProgress?: (done: number, total: number) => void } = {},
+  ): Promise<CompressorLoss> {
+    const V = this.model.info.vocabSize, action = "train compressor";
+    const ids = tokenIdsArg(action, example.ids, V);
+    const q = tokenIdsArg(action, example.question ?? [], V, { what: "question id" });
+    const a = tokenIdsArg(action, example.answer ?? [], V, { what: "answer id" });
+    const n = int32Arg(action, "ids.length", example.ids.length, { min: 1 });
+    const nq = int32Arg(action, "question.length", example.question?.length ?? 0);
+    const na = int32Arg(action, "answer.length", example.answer?.length ?? 0);
+    const lm = alloc(4), qa = alloc(4);
+    await this._handle.runControlled(
+      (ptr, ctl) => sym().kf_model_trainer_accumulate_document(ptr, ids, n, q, nq, a, na, lm, qa, ctl.buf),
+      { signal: options.signal, onProgress: options.onProgress },
+    );
+    return {
+      lm: new DataView(lm.buffer).getFloat32(0, true),
+      qa: new DataView(qa.buffer).getFloat32(0, true),
+    };
+  }
+
+  /** AdamW over the accumulated gradients (averaged, clipped), with the scheduled learning rate. */
+  step(): TrainStep {
+    return optimizerStep((info) => sym().kf_model_trainer_step(this._handle.ptr, info));
+  }
+
+  /** The shape of the tensor `name` (see {@link tensors}). */
+  shapeOf(name: string): number[] {
+    const t = this.tensors.find((t) => t.name === name);
+    if (!t) {
+      throw new KvfoldError(
+        "INVALID_ARGUMENT",
+        `Cannot find trainer tensor: the trainer has no ${showValue(name)}`,
+      );
+    }
+    return t.shape;
+  }
+
+  /** A copy of one tensor (weight, summed gradient, or an AdamW moment), row-major. */
+  read(name: string, which: ModelTrainTensor = "weight"): Float32Array {
+    const out = new Float32Array(this.shapeOf(name).reduce((a, b) => a * b, 1));
+    check(
+      sym().kf_model_trainer_read(
+        this._handle.ptr,
+        cString(name),
+        whichArg("read model trainer tensor", which),
+        new Uint8Array(out.buffer),
+        BigInt(out.length),
+      ),
+    );
+    return out;
+  }
+
+  /** Overwrites one tensor (checkpoint restore, a compressor's saved embed_summary, tests). */
+  write(name: string, data: Float32Array, which: ModelTrainTensor = "weight"): void {
+    const copy = new Float32Array(data);
+    check(
+      sym().kf_model_trainer_write(
+        this._handle.ptr,
+        cString(name),
+        whichArg("write model trainer tensor", which),
+        new Uint8Array(copy.buffer),
+        BigInt(copy.length),
+      ),
+    );
+  }
+
+  /** Sets the step count (for the learning-rate schedule) and drops accumulated gradients. */
+  setStep(step: number): void {
+    if (!Number.isSafeInteger(step) || step < 0) {
+      throw new RangeError(`Cannot set trainer step: ${showValue(step)} is not a non-negative integer`);
+    }
+    check(sym().kf_model_trainer_set_step(this._handle.ptr, BigInt(step)));
+  }
+
+  /**
+   * Writes weights, AdamW moments, the step and `state` to one safetensors file, atomically, so a
+   * killed run never leaves a torn checkpoint.
+   */
+  async saveCheckpoint(path: string, state: Record<string, string | number>): Promise<void> {
+    const tensors: TensorInput[] = [];
+    for (const t of this.tensors) {
+      for (const which of ["weight", "moment", "variance"] as const) {
+        tensors.push({
+          name: `${t.name}#${which}`,
+          dtype: "F32",
+          shape: t.shape,
+          data: this.read(t.name, which),
+        });
+      }
+    }
+    await writeCheckpointFile(path, tensors, this.stepCount, this.#identity(), state);
+  }
+
+  /** Restores {@link saveCheckpoint}'s weights, moments and step; returns its `state`. */
+  async loadCheckpoint(path: string): Promise<Record<string, string>> {
+    const ckpt = await readCheckpointFile(path, this.#identity());
+    for (const t of this.tensors) {
+      for (const which of ["weight", "moment", "variance"] as const) {
+        this.write(t.name, ckpt.tensor(`${t.name}#${which}`), which);
+      }
+    }
+    this.setStep(ckpt.step);
+    return ckpt.state;
+  }
+
+  /**
+   * Writes the trained model as a Hugging Face folder: `config.json` (the base model's, with
+   * `summary_length` for a compressor and `torch_dtype` float32), `model.safetensors` (every tensor
+   * in f32, `embed_summary.weight` included) and the base folder's tokenizer files.
+   */
+  async saveModel(dir: string): Promise<void> {
+    const base = this.model.dir;
+    const config = await readBoundedJson(`${base}/config.json`, { action: "save model" }) as Record<
+      string,
+      unknown
+    >;
+    config.torch_dtype = "float32";
+    config.tie_word_embeddings = this.tied;
+    if (this.summaryLength > 0) config.summary_length = this.summaryLength;
+    await Deno.mkdir(dir, { recursive: true });
+    const tensors: TensorInput[] = this.tensors.map((t) => ({
+      name: t.name,
+      dtype: "F32",
+      shape: t.shape,
+      data: this.read(t.name),
+    }));
+    await writeSafetensorsFile(`${dir}/model.safetensors.tmp`, tensors, { format: "pt" });
+    await Deno.rename(`${dir}/model.safetensors.tmp`, `${dir}/model.safetensors`);
+    await Deno.writeTextFile(`${dir}/config.json`, JSON.stringify(config, null, 2) + "\n");
+    for (const f of TOKENIZER_FILES) {
+      try {
+        await Deno.copyFile(`${base}/${f}`, `${dir}/${f}`);
+      } catch (e) {
+        if (!(e instanceof Deno.errors.NotFound)) throw e;
+      }
+    }
+  }
+
+  /** What a checkpoint must match to resume this trainer: every tensor's name and shape. */
+  #identity(): string {
+    return `model ${this.tensors.map((t) => `${t.name}[${t.shape}]`).join(" ")}`;
+  }
+}
+
+/** Files of a model folder that describe its tokenizer and generation, copied by saveModel. */
+const TOKENIZER_FILES = [
+  "tokenizer.json",
+  "tokenizer_config.json",
+  "special_tokens_map.json",
+  "generation_config.json",
+  "tokenizer.model",
+];
+
+function whichArg(action: string, which: ModelTrainTensor): number {
+  if (!Object.hasOwn(MODEL_TRAIN_TENSORS, which)) {
+    throw new TypeError(
+      `Cannot ${action}: ${showValue(which)} is not one of ${Object.keys(MODEL_TRAIN_TENSORS).join(", ")}`,
+    );
+  }
+  return MODEL_TRAIN_TENSORS[which];
+}
+
+function modelTrainerInfo(ptr: Deno.PointerValue): NativeStruct<"kf_model_trainer_info"> {
+  const info = new NativeStruct("kf_model_trainer_info");
+  check(sym().kf_model_trainer_get_info(ptr, info.buf));
+  return info;
+}

@@ -1,0 +1,111 @@
+/**
+ * Float64 reference objectives of the full-parameter and compressor trainers, over
+ * tests/reference_forward.ts: the losses whose central finite differences the native gradients are
+ * checked against. Readable over fast.
+ *
+ * @module
+ */
+
+import { embedTokens, referenceHidden, type ReferenceModel, weight } from "./reference_forward.ts";
+
+/** Mean cross-entropy of `hidden` rows [n, H] (final-normed) predicting `targets` (row, token). */
+export function headLoss(ref: ReferenceModel, hidden: Float64Array, targets: [number, number][]): number {
+  const { hiddenSize: H, vocabSize: V, tieWordEmbeddings } = ref.config;
+  const head = weight(ref, tieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight"); // [V, H]
+  let loss = 0;
+  for (const [row, y] of targets) {
+    const h = hidden.subarray(row * H, (row + 1) * H);
+    const logits = new Float64Array(V);
+    for (let v = 0; v < V; v++) {
+      let acc = 0;
+      for (let i = 0; i < H; i++) acc += head[v * H + i] * h[i];
+      logits[v] = acc;
+    }
+    let mx = -Infinity;
+    for (const x of logits) mx = Math.max(mx, x);
+    let sum = 0;
+    for (const x of logits) sum += Math.exp(x - mx);
+    loss += Math.log(sum) + mx - logits[y];
+  }
+  return loss / targets.length;
+}
+
+/** Mean cross-entropy of one LM example: rows [prefix | ids], labels[t] for row prefix rows + t (or -1). */
+export function referenceLmLoss(
+  ref: ReferenceModel,
+  prefix: Float64Array,
+  ids: readonly number[],
+  labels: readonly number[],
+): number {
+  const H = ref.config.hiddenSize, K = prefix.length / H;
+  const x = new Float64Array(prefix.length + ids.length * H);
+  x.set(prefix);
+  x.set(embedTokens(ref, ids), prefix.length);
+  const targets: [number, number][] = [];
+  labels.forEach((y, t) => y >= 0 && targets.push([K + t, y]));
+  return headLoss(ref, referenceHidden(ref, x), targets);
+}
+
+/** A compressor objective's inputs. */
+export interface ReferenceDocument {
+  ids: readonly number[];
+  question: readonly number[];
+  answer: readonly number[];
+  segmentLength: number;
+  /** embed_summary.weight [S, H]. */
+  summaryRows: Float64Array;
+  lmWeight: number;
+  qaWeight: number;
+  /**
+   * Summaries of the first `frozen.length / (S·H)` segments to use instead of recomputing them: the
+   * stop-gradient of earlier windows (a finite difference then does not move them).
+   */
+  frozen?: Float64Array;
+}
+
+/**
+ * The compressor's summaries ([segments · S, H]) and its objective lmWeight · lm + qaWeight · qa,
+ * exactly as kvfold.h states them: segment i runs [summaries < i | segment i | summary rows] and its
+ * last S final-normed rows are its summaries; lm is one mean over every segment token predicting the
+ * next of its segment; qa is [all summaries | question | answer] with labels on the answer.
+ */
+export function referenceCompressor(ref: ReferenceModel, doc: ReferenceDocument): {
+  summaries: Float64Array;
+  objective: number;
+  lm: number;
+  qa: number;
+} {
+  const H = ref.config.hiddenSize, S = doc.summaryRows.length / H, L = doc.segmentLength;
+  const n = Math.ceil(doc.ids.length / L);
+  const summaries = new Float64Array(n * S * H);
+  let lmSum = 0, lmRows = 0;
+  for (let i = 0; i < n; i++) {
+    const seg = doc.ids.slice(i * L, (i + 1) * L);
+    const x = new Float64Array((i * S + seg.length + S) * H);
+    x.set(summaries.subarray(0, i * S * H));
+    x.set(embedTokens(ref, seg), i * S * H);
+    x.set(doc.summaryRows, (i * S + seg.length) * H);
+    const h = referenceHidden(ref, x);
+    const targets: [number, number][] = [];
+    for (let t = 0; t + 1 < seg.length; t++) targets.push([i * S + t, seg[t + 1]]);
+    if (targets.length > 0) {
+      lmSum += headLoss(ref, h, targets) * targets.length;
+      lmRows += targets.length;
+    }
+    const frozenRows = (doc.frozen?.length ?? 0) / H;
+    if ((i + 1) * S <= frozenRows) summaries.set(doc.frozen!.subarray(i * S * H, (i + 1) * S * H), i * S * H);
+    else summaries.set(h.subarray((x.length / H - S) * H), i * S * H);
+  }
+  const lm = lmRows > 0 ? lmSum / lmRows : NaN;
+  let qa = NaN;
+  if (doc.answer.length > 0) {
+    const K = n * S, q = doc.question, a = doc.answer;
+    const x = new Float64Array((K + q.length + a.length) * H);
+    x.set(summaries);
+    x.set(embedTokens(ref, q), K * H);
+    x.set(embedTokens(ref, a), (K + q.length) * H);
+    qa = headLoss(ref, referenceHidden(ref, x), a.map((y, t) => [K + q.length - 1 + t, y]));
+  }
+  const objective = (lmRows > 0 ? doc.lmWeight * lm : 0) + (doc.answer.length > 0 ? doc.qaWeight * qa : 0);
+  return { summaries, objective, lm, qa };
+}
