@@ -106,10 +106,12 @@ export async function cmdServe(args: string[]) {
         await server.shutdown();
         throw e;
       }
-      note(`kvfold serve: ready on ${server.url} (models: ${
-        ["base", ...Object.keys(adapters)].map((a, i) => i === 0 ? v.name ?? a : `${v.name ?? "base"}:${a}`)
-          .join(", ")
-      })`);
+      note(
+        `kvfold serve: ready on ${server.url} (models: ${
+          ["base", ...Object.keys(adapters)].map((a, i) => i === 0 ? v.name ?? a : `${v.name ?? "base"}:${a}`)
+            .join(", ")
+        })`,
+      );
       await server.finished;
       note("kvfold serve: stopped");
     } finally {

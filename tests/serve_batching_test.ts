@@ -15,7 +15,9 @@ const ADAPTERS = ["a0", "a1", "a2", "a3"];
 async function withModel(fn: (model: Model, dir: string) => Promise<void>, wide = false) {
   const dir = await tempDir();
   try {
-    const folder = wide ? await testModel("serve-wide", WIDE_MODEL) : await testModel("serve-batching", { seed: 5 });
+    const folder = wide
+      ? await testModel("serve-wide", WIDE_MODEL)
+      : await testModel("serve-batching", { seed: 5 });
     using model = await (await testEngine()).loadModel(folder);
     for (const [i, name] of ADAPTERS.entries()) {
       await makeTestAdapter(`${dir}/${name}`, { base: model.dir, rank: 4, seed: 11 + i, std: 0.1 });
@@ -113,7 +115,11 @@ Deno.test("serve: 16 concurrent streaming clients over 4 adapters each get their
     const single = await metric(server, 'kvfold_batch_rows_bucket{le="1"}');
     assert.ok(steps > single, `every one of ${steps} steps had one row`);
     const rows = await metric(server, "kvfold_batch_rows_sum");
-    assert.equal(rows + 16, await metric(server, "kvfold_generated_tokens_total"), "one row per token but the last");
+    assert.equal(
+      rows + 16,
+      await metric(server, "kvfold_generated_tokens_total"),
+      "one row per token but the last",
+    );
     const widest = Math.max(...server.trace.filter((e) => e.type === "step").map((e) => e.ids.length));
     assert.ok(widest >= 4, `the widest step had ${widest} rows`);
   });
@@ -136,7 +142,13 @@ Deno.test("serve: a client that disconnects mid-stream leaves within one step an
     assert.match((await a.next())!, /"content"/); // generating
     const b = fetch(`${server.url}/v1/chat/completions`, {
       method: "POST",
-      body: JSON.stringify({ model: "base:a1", messages, max_tokens: 6, temperature: 0, kvfold: { ignore_eos: true } }),
+      body: JSON.stringify({
+        model: "base:a1",
+        messages,
+        max_tokens: 6,
+        temperature: 0,
+        kvfold: { ignore_eos: true },
+      }),
     });
     await until("the second request to queue", async () => (await health(server)).queued === 1);
     abort.abort();
@@ -176,7 +188,13 @@ Deno.test("serve: a long prompt is prefilled in chunks between the running reque
     const longIds = someIds(100, model.info.vocabSize, 9);
     const r = await fetch(`${server.url}/v1/completions`, {
       method: "POST",
-      body: JSON.stringify({ model: "base:a2", prompt: longIds, max_tokens: 5, temperature: 0, kvfold: { ignore_eos: true } }),
+      body: JSON.stringify({
+        model: "base:a2",
+        prompt: longIds,
+        max_tokens: 5,
+        temperature: 0,
+        kvfold: { ignore_eos: true },
+      }),
     });
     const text = (await r.json()).choices[0].text;
     stopA.abort();
@@ -185,7 +203,13 @@ Deno.test("serve: a long prompt is prefilled in chunks between the running reque
     using session = model.session({ batchSize: chunk });
     let expected = "";
     for await (
-      const p of session.generate({ prompt: longIds, adapter: "a2", temperature: 0, maxTokens: 5, ignoreEos: true })
+      const p of session.generate({
+        prompt: longIds,
+        adapter: "a2",
+        temperature: 0,
+        maxTokens: 5,
+        ignoreEos: true,
+      })
     ) expected += p;
     assert.equal(text, expected);
 

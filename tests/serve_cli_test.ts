@@ -10,7 +10,18 @@ Deno.test({
   fn: async () => {
     const dir = await testModel("serve-wide", WIDE_MODEL);
     const child = new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", `${repoRoot()}/cli/main.ts`, "serve", "--model", dir, "--port", "0", "--threads", "2"],
+      args: [
+        "run",
+        "-A",
+        `${repoRoot()}/cli/main.ts`,
+        "serve",
+        "--model",
+        dir,
+        "--port",
+        "0",
+        "--threads",
+        "2",
+      ],
       stdout: "piped",
       stderr: "piped",
     }).spawn();

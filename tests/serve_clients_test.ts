@@ -12,7 +12,9 @@ const DOCS = [
   {
     source: "ships.txt",
     group: "harbour",
-    text: "The harbour log lists every ship. The ship Aurora left the harbour at dawn with timber. ".repeat(3),
+    text: "The harbour log lists every ship. The ship Aurora left the harbour at dawn with timber. ".repeat(
+      3,
+    ),
   },
   {
     source: "bees.txt",
@@ -130,7 +132,12 @@ Deno.test("serve: openai client and ChatOpenAI get the in-process greedy text", 
     } as OpenAI.ChatCompletionCreateParamsStreaming);
     let streamed = "";
     for await (const chunk of byIds) streamed += chunk.choices[0]?.delta?.content ?? "";
-    const byIdsRef = await inProcess(model, QUESTION, { adapter: "harbour" }, store.getChunks(info.chunk_ids) as never);
+    const byIdsRef = await inProcess(
+      model,
+      QUESTION,
+      { adapter: "harbour" },
+      store.getChunks(info.chunk_ids) as never,
+    );
     assert.equal(streamed, byIdsRef);
 
     // LangChain's ChatOpenAI pointed at the server (configuration.baseURL).

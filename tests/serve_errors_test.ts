@@ -89,14 +89,16 @@ Deno.test("serve: 401 without the key, 404 for unknown models and routes, 405, 4
   await using server = startServer({ model, port: 0, apiKey: "sk-secret", maxBodyBytes: 4096 });
   await server.ready;
   const key = { authorization: "Bearer sk-secret" };
-  const refused: Record<string, string>[] = [{}, { authorization: "Bearer sk-wrong" }, { authorization: "sk-secret" }];
+  const refused: Record<string, string>[] = [{}, { authorization: "Bearer sk-wrong" }, {
+    authorization: "sk-secret",
+  }];
   for (const headers of refused) {
     const r = await post(server, "/v1/chat/completions", CHAT, headers);
     assert.equal(r.status, 401);
     assert.equal(openAIError(r.json).type, "authentication_error");
   }
   assert.equal((await fetch(`${server.url}/v1/models`)).status, 401);
-  assert.equal((await fetch(`${server.url}/health`).then((r) => r.status)), 200, "health needs no key");
+  assert.equal(await fetch(`${server.url}/health`).then((r) => r.status), 200, "health needs no key");
 
   const unknown = await post(server, "/v1/chat/completions", { ...CHAT, model: "gpt-4" }, key);
   assert.equal(unknown.status, 404);
@@ -211,14 +213,18 @@ Deno.test("serve: 200 malformed bodies each get a 4xx in OpenAI's shape, and the
         return Array.from({ length: Math.floor(r() * 4) }, () => junk(depth + 1));
       default:
         return Object.fromEntries(
-          Array.from({ length: Math.floor(r() * 4) }, () => [pick(["a", "role", "content", "k"]), junk(depth + 1)]),
+          Array.from(
+            { length: Math.floor(r() * 4) },
+            () => [pick(["a", "role", "content", "k"]), junk(depth + 1)],
+          ),
         );
     }
   };
   // Values that are wrong for each field (never a valid one).
   const wrong: Record<string, () => unknown> = {
     model: () => pick([null, 5, "", "nope", ["base"], {}]),
-    messages: () => pick([null, "hi", [], [1], [{ role: "user" }], [{ role: 5, content: "x" }], { role: "user" }]),
+    messages: () =>
+      pick([null, "hi", [], [1], [{ role: "user" }], [{ role: 5, content: "x" }], { role: "user" }]),
     max_tokens: () => pick([0, -3, 1.5, "8", 1e300, true, 2 ** 31]),
     temperature: () => pick([-0.5, 2.5, "0", [], {}]),
     top_p: () => pick([0, 1.5, -1, "1"]),
@@ -257,11 +263,17 @@ Deno.test("serve: 200 malformed bodies each get a 4xx in OpenAI's shape, and the
         break;
       }
       default: // numbers past every range, written as text
-        body = JSON.stringify(valid).replace(/"max_tokens":\d+/, `"max_tokens":${pick(["1e999999", "-0", "99999999999999999999"])}`);
+        body = JSON.stringify(valid).replace(
+          /"max_tokens":\d+/,
+          `"max_tokens":${pick(["1e999999", "-0", "99999999999999999999"])}`,
+        );
         if (!body.includes("max_tokens")) body = body.replace("{", '{"seed":1e400,');
     }
     const { status, json } = await post(server, path, body);
-    assert.ok(status >= 400 && status < 500, `body ${i} (${String(body).slice(0, 80)}): ${status} ${JSON.stringify(json)}`);
+    assert.ok(
+      status >= 400 && status < 500,
+      `body ${i} (${String(body).slice(0, 80)}): ${status} ${JSON.stringify(json)}`,
+    );
     openAIError(json);
     statuses.set(status, (statuses.get(status) ?? 0) + 1);
   }

@@ -126,7 +126,9 @@ export function planCompletion(served: ServedModel, req: CompletionRequest): Com
   return {
     spec: {
       promptIds,
-      vectors: vectors === undefined ? undefined : vectors.bf16 !== undefined
+      vectors: vectors === undefined
+        ? undefined
+        : vectors.bf16 !== undefined
         ? { data: vectors.bf16, dtype: "bf16", rows }
         : { data: vectors.data, dtype: "f32", rows },
       adapters,
@@ -167,7 +169,9 @@ function promptTokens(model: Model, req: CompletionRequest): number[] {
   if (typeof prompt === "string") return model.encodePrompt(prompt);
   const vocab = model.info.vocabSize;
   prompt.forEach((id, i) => {
-    if (id >= vocab) throw HttpError.badRequest(`prompt[${i}]`, `prompt[${i}]: ${id} is past the vocabulary of ${vocab}`);
+    if (id >= vocab) {
+      throw HttpError.badRequest(`prompt[${i}]`, `prompt[${i}]: ${id} is past the vocabulary of ${vocab}`);
+    }
   });
   return [...prompt];
 }
@@ -176,13 +180,18 @@ function retrieveChunks(served: ServedModel, req: CompletionRequest): RetrievedC
   const kv = req.kvfold;
   const name = kv.store ?? served.stores.keys().next().value;
   if (name === undefined) {
-    throw HttpError.badRequest("kvfold.store", "kvfold.store: this server has no store (start it with --store)");
+    throw HttpError.badRequest(
+      "kvfold.store",
+      "kvfold.store: this server has no store (start it with --store)",
+    );
   }
   const store = served.stores.get(name);
   if (store === undefined) {
     throw HttpError.badRequest(
       "kvfold.store",
-      `kvfold.store: no store named ${JSON.stringify(name)} (this server has ${[...served.stores.keys()].join(", ")})`,
+      `kvfold.store: no store named ${JSON.stringify(name)} (this server has ${
+        [...served.stores.keys()].join(", ")
+      })`,
     );
   }
   try {
@@ -206,5 +215,8 @@ function defaultQuery(req: CompletionRequest): string {
   } else if (typeof req.prompt === "string") {
     return req.prompt;
   }
-  throw HttpError.badRequest("kvfold.query", "kvfold.query: needed when there is no user message or prompt text");
+  throw HttpError.badRequest(
+    "kvfold.query",
+    "kvfold.query: needed when there is no user message or prompt text",
+  );
 }

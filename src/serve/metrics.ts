@@ -38,7 +38,11 @@ export class Histogram {
       cumulative += this.counts[i];
       out.push(`${name}_bucket{le="${b}"} ${cumulative}`);
     });
-    out.push(`${name}_bucket{le="+Inf"} ${this.count}`, `${name}_sum ${this.sum}`, `${name}_count ${this.count}`);
+    out.push(
+      `${name}_bucket{le="+Inf"} ${this.count}`,
+      `${name}_sum ${this.sum}`,
+      `${name}_count ${this.count}`,
+    );
     return out;
   }
 }
@@ -61,7 +65,7 @@ const BATCH_BOUNDS = [1, 2, 4, 8, 16, 32, 64, 128, 256];
  */
 export class ServerMetrics {
   /** Requests answered, by `endpoint status`. */
-  readonly requests = new Map<string, number>();
+  readonly requests: Map<string, number> = new Map();
   /** Prompt tokens prefilled (summary vector rows not counted). */
   promptTokens = 0;
   /** Summary vector rows prefilled. */
@@ -79,11 +83,11 @@ export class ServerMetrics {
   /** Most requests running at once. */
   maxBatch = 0;
   /** Rows per batched decode step. */
-  readonly batchRows = new Histogram(BATCH_BOUNDS);
+  readonly batchRows: Histogram = new Histogram(BATCH_BOUNDS);
   /** Seconds from arrival to the first generated token. */
-  readonly timeToFirstToken = new Histogram(LATENCY_BOUNDS);
+  readonly timeToFirstToken: Histogram = new Histogram(LATENCY_BOUNDS);
   /** Seconds between a request's consecutive tokens. */
-  readonly interTokenLatency = new Histogram(LATENCY_BOUNDS);
+  readonly interTokenLatency: Histogram = new Histogram(LATENCY_BOUNDS);
 
   /** Counts one answered request. */
   request(endpoint: string, status: number): void {

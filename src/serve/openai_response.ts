@@ -15,7 +15,9 @@ export function finishReason(reason: StopReason): "stop" | "length" {
 }
 
 /** OpenAI's usage block. */
-export function usage(r: JobResult): { prompt_tokens: number; completion_tokens: number; total_tokens: number } {
+export function usage(
+  r: JobResult,
+): { prompt_tokens: number; completion_tokens: number; total_tokens: number } {
   return {
     prompt_tokens: r.promptTokens,
     completion_tokens: r.generatedTokens,
@@ -33,7 +35,8 @@ export interface ResponseIdentity {
 
 /** A new identity: `chatcmpl-…` or `cmpl-…`, created now (Unix seconds). */
 export function responseIdentity(endpoint: "chat" | "completions", model: string): ResponseIdentity {
-  const hex = [...crypto.getRandomValues(new Uint8Array(12))].map((b) => b.toString(16).padStart(2, "0")).join("");
+  const hex = [...crypto.getRandomValues(new Uint8Array(12))].map((b) => b.toString(16).padStart(2, "0"))
+    .join("");
   return {
     id: `${endpoint === "chat" ? "chatcmpl" : "cmpl"}-${hex}`,
     created: Math.floor(Date.now() / 1000),

@@ -181,7 +181,9 @@ class StepGate extends DecodeBatcher {
 
   override _decode(session: Session, token: number, signal?: AbortSignal): Promise<void> {
     const job = this.#jobs.get(session);
-    if (job === undefined) return Promise.reject(new KvfoldError("INTERNAL", "Cannot decode: unknown session"));
+    if (job === undefined) {
+      return Promise.reject(new KvfoldError("INTERNAL", "Cannot decode: unknown session"));
+    }
     return new Promise((resolve, reject) => {
       const row: PendingRow = { job, token, resolve, reject };
       this.pending.push(row);

@@ -112,7 +112,10 @@ export class KvfoldServer {
   /** @internal use {@link startServer}. */
   constructor(options: ServerOptions) {
     if (typeof Deno?.serve !== "function") {
-      throw new KvfoldError("UNSUPPORTED", "Cannot start the server: it runs on Deno.serve (run it under Deno)");
+      throw new KvfoldError(
+        "UNSUPPORTED",
+        "Cannot start the server: it runs on Deno.serve (run it under Deno)",
+      );
     }
     this.#options = options;
     const hostname = options.hostname ?? "127.0.0.1";
@@ -143,7 +146,10 @@ export class KvfoldServer {
       const caches = new Map(offered.map((c) => [c.kind, c] as const));
       const defaultCache = o.defaultCache ?? "full";
       if (defaultCache !== "full" && !caches.has(defaultCache as CacheOptions["kind"])) {
-        throw new KvfoldError("INVALID_ARGUMENT", `Cannot serve: the default cache ${defaultCache} is not offered`);
+        throw new KvfoldError(
+          "INVALID_ARGUMENT",
+          `Cannot serve: the default cache ${defaultCache} is not offered`,
+        );
       }
       this.#served = {
         model,
@@ -214,7 +220,9 @@ export class KvfoldServer {
         headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" },
       });
     }
-    if (!path.startsWith("/v1/")) throw new HttpError(404, `No route ${method} ${path}`, { code: "not_found" });
+    if (!path.startsWith("/v1/")) {
+      throw new HttpError(404, `No route ${method} ${path}`, { code: "not_found" });
+    }
     this.#authorize(req);
     if (this.#draining) {
       throw new HttpError(503, "The server is shutting down", { code: "shutting_down" });
@@ -236,7 +244,9 @@ export class KvfoldServer {
       allow(method, "GET");
       const id = decodeURIComponent(path.slice("/v1/models/".length));
       if (!modelIds(served).includes(id)) {
-        throw new HttpError(404, `The model ${JSON.stringify(id)} does not exist`, { code: "model_not_found" });
+        throw new HttpError(404, `The model ${JSON.stringify(id)} does not exist`, {
+          code: "model_not_found",
+        });
       }
       return Response.json(modelEntry(id));
     }
@@ -342,7 +352,12 @@ async function wholeResponse(job: Job, who: ResponseIdentity, plan: CompletionPl
   }
 }
 
-function streamResponse(job: Job, who: ResponseIdentity, plan: CompletionPlan, req: CompletionRequest): Response {
+function streamResponse(
+  job: Job,
+  who: ResponseIdentity,
+  plan: CompletionPlan,
+  req: CompletionRequest,
+): Response {
   const body = new ReadableStream<Uint8Array>({
     async start(controller) {
       // After the client went away the stream is closed: nothing more is sent.
