@@ -1,8 +1,8 @@
 /**
  * Continuous batching: one loop owns every request's session. Each turn of the loop admits waiting
- * requests into free slots, runs at most one prefill chunk (of the oldest request still
- * prefilling), then one batched decode step over every request that is generating, whatever its
- * adapters. Requests join and leave between steps; a long prompt delays the running ones by one
+ * requests into free slots, prefills at most one chunk's worth of tokens (the oldest new request's
+ * next chunk, and other new requests' whole next chunks while they fit), then runs one batched
+ * decode step over every request that is generating, whatever its adapters. Requests join and leave between steps; a long prompt delays the running ones by one
  * chunk per step, never by its whole prefill.
  *
  * Sampling, stop strings and incremental detokenization are `Session.generate`'s own: each request
@@ -346,10 +346,16 @@ export class Scheduler {
       await this.#admit();
       if (this.#closing && this.running === 0 && this.#waiting.length === 0) return;
       let worked = false;
-      const job = this.#prefilling[0];
-      if (job) {
+      // Prefill within one chunk's worth of tokens per step: the oldest request's next chunk, then
+      // other requests whose whole next chunk still fits (short prompts join in one turn).
+      let budget = this.prefillChunk;
+      for (const job of [...this.#prefilling]) {
+        const next = this.#nextChunk(job);
+        if (worked && next > budget) continue;
         await this.#prefillChunk(job);
+        budget -= next;
         worked = true;
+        if (budget <= 0) break;
       }
       await this.#settled();
       if (this.#gate.pending.length > 0) {
@@ -392,7 +398,16 @@ export class Scheduler {
     this.metrics.running = this.running;
   }
 
-  // One chunk of the oldest prefilling request: vector rows first, then prompt tokens.
+  // Rows or tokens the request's next prefill chunk takes.
+  #nextChunk(job: Job): number {
+    const rows = job.spec.vectors?.rows ?? 0;
+    const left = job.prefilled < rows
+      ? rows - job.prefilled
+      : rows + job.spec.promptIds.length - job.prefilled;
+    return Math.min(this.prefillChunk, left);
+  }
+
+  // One chunk of a prefilling request: vector rows first, then prompt tokens.
   async #prefillChunk(job: Job) {
     const { vectors, promptIds } = job.spec;
     const rows = vectors?.rows ?? 0;
