@@ -136,6 +136,8 @@ export type {
   TensorInput,
   TensorView,
 } from "./src/formats/safetensors.ts";
+export { KvfoldServer, startServer } from "./src/serve/server.ts";
+export type { ServerOptions } from "./src/serve/server.ts";
 export { measureDecode, measurePrefill } from "./src/throughput.ts";
 export type { ThroughputResult } from "./src/throughput.ts";
 export { ensureNativeLibrary } from "./src/_native_build.ts";

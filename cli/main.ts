@@ -20,6 +20,7 @@ import { cmdInfo, INFO } from "./info.ts";
 import { cmdLogits, LOGITS } from "./logits.ts";
 import { cmdMakeDemoCorpus, MAKE_DEMO_CORPUS } from "./make_demo_corpus.ts";
 import { cmdMakeTestModel, MAKE_TEST_MODEL } from "./make_test_model.ts";
+import { cmdServe, SERVE } from "./serve.ts";
 import { cmdStore, STORE } from "./store.ts";
 import { cmdTrain, TRAIN } from "./train.ts";
 
@@ -33,6 +34,7 @@ export const COMMANDS: readonly { spec: CommandSpec; run: (args: string[]) => Pr
   { spec: MAKE_DEMO_CORPUS, run: cmdMakeDemoCorpus },
   { spec: COMPRESS, run: cmdCompress },
   { spec: ASK, run: cmdAsk },
+  { spec: SERVE, run: cmdServe },
   { spec: STORE, run: cmdStore },
   { spec: CONVERT, run: cmdConvert },
   { spec: BENCH, run: cmdBench },

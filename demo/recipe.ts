@@ -162,8 +162,8 @@ export async function trainDemoModel(kv: Kvfold, options: RecipeOptions): Promis
   const seconds = () => (performance.now() - t0) / 1000;
   const init = join(options.outDir, "init"), modelDir = join(options.outDir, "model");
   await Deno.mkdir(init, { recursive: true });
+  await initModelFolder(init, demoConfig(), { seed: TRAIN_SEED });
   await writeDemoTokenizer(init);
-  await initModelFolder(init, demoConfig(), { seed: TRAIN_SEED, tokenizerDir: init });
 
   // Phase 1 and 2 share one trainer: the compressor is the reader plus embed_summary.
   {

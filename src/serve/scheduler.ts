@@ -1,0 +1,543 @@
+/**
+ * Continuous batching: one loop owns every request's session. Each turn of the loop admits waiting
+ * requests into free slots, prefills at most one chunk's worth of tokens (the oldest new request's
+ * next chunk, and other new requests' whole next chunks while they fit), then runs one batched
+ * decode step over every request that is generating, whatever its adapters. Requests join and leave between steps; a long prompt delays the running ones by one
+ * chunk per step, never by its whole prefill.
+ *
+ * Sampling, stop strings and incremental detokenization are `Session.generate`'s own: each request
+ * runs `generate({ batcher })` with a batcher whose decode steps this loop releases together, so a
+ * greedy request gives exactly the text the in-process API gives.
+ *
+ * @module
+ */
+
+import type { AdapterTerm } from "../adapter.ts";
+import { DecodeBatcher } from "../batch.ts";
+import { KvfoldError } from "../errors.ts";
+import type { CacheOptions } from "../lococo.ts";
+import type { Model } from "../model.ts";
+import type { Session, StopReason } from "../session.ts";
+import { HttpError } from "./http_error.ts";
+import type { ServerMetrics } from "./metrics.ts";
+
+/** Summary vectors that go before the prompt, as one block. */
+export interface PrefixVectors {
+  /** `rows × hidden` values: f32, or the raw bf16 bits a store keeps. */
+  data: Float32Array | Uint16Array;
+  dtype: "f32" | "bf16";
+  rows: number;
+}
+
+/** What one request runs. */
+export interface JobSpec {
+  /** Prompt token ids (after the vectors). */
+  promptIds: number[];
+  /** Summary vectors placed before the prompt. */
+  vectors?: PrefixVectors;
+  /** The adapter composition (empty: the base model). */
+  adapters: AdapterTerm[];
+  /** The KV cache (default full). */
+  cache?: CacheOptions;
+  /** Positions to reserve (full cache). */
+  contextSize?: number;
+  maxTokens: number;
+  temperature: number;
+  topP: number;
+  seed?: number;
+  stop: string[];
+  ignoreEos?: boolean;
+  /** Aborts the request (a client that went away). */
+  signal?: AbortSignal;
+}
+
+/** How a request ended. */
+export interface JobResult {
+  stopReason: StopReason;
+  promptTokens: number;
+  vectorRows: number;
+  generatedTokens: number;
+}
+
+/** One entry of the scheduler's trace (tests read it to check the interleaving). */
+export type SchedulerEvent =
+  | { type: "admit"; id: number }
+  | { type: "prefill"; id: number; tokens: number }
+  | { type: "step"; ids: number[] }
+  | { type: "abort"; id: number }
+  | { type: "retire"; id: number; reason: StopReason | "aborted" | "failed" };
+
+/** Options of {@link Scheduler}. */
+export interface SchedulerOptions {
+  /** Most requests prefilling or generating at once (rows of a decode step); default 16. */
+  maxBatch?: number;
+  /** Most requests waiting for a slot; one more is refused with 429. Default 256. */
+  maxQueue?: number;
+  /** Tokens (or vector rows) per prefill chunk, also each session's native batch size; default 256. */
+  prefillChunk?: number;
+  /** Keeps a trace of admissions, chunks, steps and retirements in {@link Scheduler.trace}. */
+  trace?: boolean;
+}
+
+interface PendingRow {
+  job: Job;
+  token: number;
+  resolve: () => void;
+  reject: (e: unknown) => void;
+}
+
+/** A request inside the scheduler, and the stream of text it produces. */
+export class Job {
+  /** Sequence number (1, 2, ...). */
+  readonly id: number;
+  readonly spec: JobSpec;
+  /** `performance.now()` at submission. */
+  readonly arrival = performance.now();
+  readonly #abort = new AbortController();
+  session?: Session;
+  state: "waiting" | "prefill" | "generating" | "done" = "waiting";
+  /** Vector rows and prompt tokens prefilled so far. */
+  prefilled = 0;
+  /** Tokens sampled so far. */
+  sampled = 0;
+  lastTokenAt = 0;
+  #pieces: string[] = [];
+  #result?: JobResult;
+  #error?: unknown;
+  #notify?: () => void;
+
+  constructor(id: number, spec: JobSpec) {
+    this.id = id;
+    this.spec = spec;
+    const outer = spec.signal;
+    if (outer?.aborted) this.#abort.abort(outer.reason);
+    else outer?.addEventListener("abort", () => this.abort(outer.reason), { once: true });
+  }
+
+  /** Aborted by its client (or the server). */
+  get signal(): AbortSignal {
+    return this.#abort.signal;
+  }
+
+  /** Aborts the request: it leaves the batch within one step. */
+  abort(reason?: unknown): void {
+    this.#abort.abort(reason);
+  }
+
+  /** Whether it finished (result or error). */
+  get settled(): boolean {
+    return this.#result !== undefined || this.#error !== undefined;
+  }
+
+  _push(text: string): void {
+    this.#pieces.push(text);
+    this.#wake();
+  }
+
+  _finish(result: JobResult): void {
+    if (this.settled) return;
+    this.#result = result;
+    this.#wake();
+  }
+
+  _fail(error: unknown): void {
+    if (this.settled) return;
+    this.#error = error;
+    this.#wake();
+  }
+
+  #wake() {
+    const n = this.#notify;
+    this.#notify = undefined;
+    n?.();
+  }
+
+  /** The generated text, piece by piece; returns how it ended. Throws what failed it. */
+  async *stream(): AsyncGenerator<string, JobResult, undefined> {
+    for (;;) {
+      if (this.#pieces.length > 0) {
+        yield this.#pieces.shift()!;
+        continue;
+      }
+      if (this.#error !== undefined) throw this.#error;
+      if (this.#result !== undefined) return this.#result;
+      await new Promise<void>((r) => (this.#notify = r));
+    }
+  }
+}
+
+// The batcher each request's generate() loop decodes through: it holds every step until the
+// scheduler releases them all together.
+class StepGate extends DecodeBatcher {
+  readonly pending: PendingRow[] = [];
+  readonly #owner: Scheduler;
+  readonly #jobs: Map<Session, Job>;
+
+  constructor(model: Model, owner: Scheduler, jobs: Map<Session, Job>, maxBatch: number) {
+    super(model, { maxBatch });
+    this.#owner = owner;
+    this.#jobs = jobs;
+  }
+
+  override _decode(session: Session, token: number, signal?: AbortSignal): Promise<void> {
+    const job = this.#jobs.get(session);
+    if (job === undefined) {
+      return Promise.reject(new KvfoldError("INTERNAL", "Cannot decode: unknown session"));
+    }
+    return new Promise((resolve, reject) => {
+      const row: PendingRow = { job, token, resolve, reject };
+      this.pending.push(row);
+      this.#owner._rowQueued(job);
+      signal?.addEventListener("abort", () => {
+        const i = this.pending.indexOf(row);
+        if (i < 0) return; // already in a step: the generate loop sees the abort after it
+        this.pending.splice(i, 1);
+        this.#owner._computing(+1);
+        reject(new KvfoldError("ABORTED", "Cannot generate: aborted", { cause: signal.reason }));
+      }, { once: true });
+    });
+  }
+}
+
+/**
+ * The continuous-batching loop over one model's sessions. `submit` queues a request; the loop
+ * admits it when a slot is free, prefills it chunk by chunk between decode steps, and decodes it
+ * together with every other generating request until it ends or is aborted.
+ *
+ * @example
+ * ```ts ignore
+ * const scheduler = new Scheduler(model, new ServerMetrics(), { maxBatch: 8 });
+ * const job = scheduler.submit({ promptIds: model.encodePrompt("Hi"), adapters: [], maxTokens: 8,
+ *   temperature: 0, topP: 1, stop: [] });
+ * for await (const piece of job.stream()) console.log(piece);
+ * await scheduler.close();
+ * ```
+ */
+export class Scheduler {
+  readonly model: Model;
+  readonly maxBatch: number;
+  readonly maxQueue: number;
+  readonly prefillChunk: number;
+  readonly metrics: ServerMetrics;
+  /** Admissions, chunks, steps, aborts and retirements, in order (with `trace: true`). */
+  readonly trace: SchedulerEvent[] | null;
+  readonly #waiting: Job[] = [];
+  readonly #prefilling: Job[] = [];
+  readonly #generating = new Set<Job>();
+  readonly #jobs = new Map<Session, Job>();
+  readonly #gate: StepGate;
+  readonly #inner: DecodeBatcher;
+  readonly #loop: Promise<void>;
+  #nextId = 1;
+  #computing = 0;
+  #settledWaiter?: () => void;
+  #kicked = false;
+  #waiter?: () => void;
+  #closing = false;
+
+  constructor(model: Model, metrics: ServerMetrics, options: SchedulerOptions = {}) {
+    this.model = model;
+    this.metrics = metrics;
+    this.maxBatch = positive("maxBatch", options.maxBatch ?? 16, 4096);
+    this.maxQueue = positive("maxQueue", options.maxQueue ?? 256, 1 << 20, 0);
+    this.prefillChunk = positive("prefillChunk", options.prefillChunk ?? 256, 1 << 16);
+    this.trace = options.trace ? [] : null;
+    metrics.maxBatch = this.maxBatch;
+    this.#gate = new StepGate(model, this, this.#jobs, this.maxBatch);
+    this.#inner = new DecodeBatcher(model, { maxBatch: this.maxBatch });
+    this.#loop = this.#run();
+  }
+
+  /** Requests waiting for a slot. */
+  get queued(): number {
+    return this.#waiting.length;
+  }
+
+  /** Requests prefilling or generating. */
+  get running(): number {
+    return this.#prefilling.length + this.#generating.size;
+  }
+
+  /**
+   * Queues a request. Throws a 429 {@link HttpError} when the queue is full and a 503 once the
+   * scheduler is closing.
+   */
+  submit(spec: JobSpec): Job {
+    if (this.#closing) {
+      throw new HttpError(503, "Cannot accept the request: the server is shutting down", {
+        code: "shutting_down",
+      });
+    }
+    const free = Math.max(0, this.maxBatch - this.running);
+    if (this.#waiting.length >= this.maxQueue + free) {
+      throw new HttpError(
+        429,
+        `Cannot accept the request: ${this.#waiting.length} requests already wait for one of ` +
+          `${this.maxBatch} slots; retry later`,
+        { type: "rate_limit_error", code: "queue_full" },
+      );
+    }
+    const job = new Job(this.#nextId++, spec);
+    job.signal.addEventListener("abort", () => {
+      if (job.state === "done") return; // Deno aborts a request's signal after its response, too
+      this.#event({ type: "abort", id: job.id });
+      this.#wake();
+    }, { once: true });
+    this.#waiting.push(job);
+    this.metrics.queued = this.#waiting.length;
+    this.#wake();
+    return job;
+  }
+
+  /** Refuses new requests, finishes the ones accepted, and resolves when the loop has stopped. */
+  close(): Promise<void> {
+    this.#closing = true;
+    this.#wake();
+    return this.#loop;
+  }
+
+  /** @internal a generate loop queued its decode step (it sampled a token). */
+  _rowQueued(job: Job): void {
+    this.#tokenSampled(job);
+    this._computing(-1);
+  }
+
+  /** @internal counts generate loops that run JavaScript now (neither queued nor finished). */
+  _computing(delta: number): void {
+    this.#computing += delta;
+    if (this.#computing === 0) {
+      const w = this.#settledWaiter;
+      this.#settledWaiter = undefined;
+      w?.();
+    }
+  }
+
+  #tokenSampled(job: Job) {
+    const now = performance.now();
+    if (job.sampled === 0) this.metrics.timeToFirstToken.observe((now - job.arrival) / 1000);
+    else this.metrics.interTokenLatency.observe((now - job.lastTokenAt) / 1000);
+    job.sampled++;
+    job.lastTokenAt = now;
+  }
+
+  #event(e: SchedulerEvent) {
+    this.trace?.push(e);
+  }
+
+  #wake() {
+    this.#kicked = true;
+    const w = this.#waiter;
+    this.#waiter = undefined;
+    w?.();
+  }
+
+  async #sleep() {
+    if (!this.#kicked) await new Promise<void>((r) => (this.#waiter = r));
+    this.#kicked = false;
+  }
+
+  // Every generate loop has queued its next step or finished.
+  async #settled() {
+    while (this.#computing > 0) await new Promise<void>((r) => (this.#settledWaiter = r));
+  }
+
+  async #run(): Promise<void> {
+    for (;;) {
+      await this.#admit();
+      if (this.#closing && this.running === 0 && this.#waiting.length === 0) return;
+      let worked = false;
+      // Prefill within one chunk's worth of tokens per step: the oldest request's next chunk, then
+      // other requests whose whole next chunk still fits (short prompts join in one turn).
+      let budget = this.prefillChunk;
+      for (const job of [...this.#prefilling]) {
+        const next = this.#nextChunk(job);
+        if (worked && next > budget) continue;
+        await this.#prefillChunk(job);
+        budget -= next;
+        worked = true;
+        if (budget <= 0) break;
+      }
+      await this.#settled();
+      if (this.#gate.pending.length > 0) {
+        await this.#step();
+        worked = true;
+      }
+      if (!worked) await this.#sleep();
+    }
+  }
+
+  async #admit() {
+    // Aborted requests that wait or prefill leave at once (no native call of theirs runs now).
+    for (const list of [this.#waiting, this.#prefilling]) {
+      for (const job of list.filter((j) => j.signal.aborted)) {
+        list.splice(list.indexOf(job), 1);
+        this.#retire(job, "aborted", abortError(job));
+      }
+    }
+    while (this.#waiting.length > 0 && this.running < this.maxBatch) {
+      const job = this.#waiting.shift()!;
+      this.#prefilling.push(job);
+      job.state = "prefill";
+      this.#event({ type: "admit", id: job.id });
+      this.metrics.running = this.running;
+      try {
+        const s = job.spec;
+        const session = this.model.session({
+          contextSize: s.contextSize,
+          cache: s.cache,
+          batchSize: this.prefillChunk,
+        });
+        job.session = session;
+        this.#jobs.set(session, job);
+        await session.setAdapters(s.adapters);
+      } catch (e) {
+        this.#retire(job, "failed", e);
+      }
+    }
+    this.metrics.queued = this.#waiting.length;
+    this.metrics.running = this.running;
+  }
+
+  // Rows or tokens the request's next prefill chunk takes.
+  #nextChunk(job: Job): number {
+    const rows = job.spec.vectors?.rows ?? 0;
+    const left = job.prefilled < rows
+      ? rows - job.prefilled
+      : rows + job.spec.promptIds.length - job.prefilled;
+    return Math.min(this.prefillChunk, left);
+  }
+
+  // One chunk of a prefilling request: vector rows first, then prompt tokens.
+  async #prefillChunk(job: Job) {
+    const { vectors, promptIds } = job.spec;
+    const rows = vectors?.rows ?? 0;
+    const session = job.session!;
+    const chunk = this.prefillChunk;
+    try {
+      if (job.signal.aborted) throw abortError(job);
+      if (job.prefilled < rows) {
+        const v = vectors!;
+        const hidden = v.data.length / rows;
+        const n = Math.min(chunk, rows - job.prefilled);
+        const block = v.data.subarray(job.prefilled * hidden, (job.prefilled + n) * hidden);
+        if (v.dtype === "bf16") {
+          await session.prefillEmbeddings(block as Uint16Array, { dtype: "bf16", signal: job.signal });
+        } else {
+          await session.prefillEmbeddings(block as Float32Array, { signal: job.signal });
+        }
+        job.prefilled += n;
+        this.metrics.vectorRows += n;
+        this.#event({ type: "prefill", id: job.id, tokens: n });
+      } else {
+        const at = job.prefilled - rows;
+        const ids = promptIds.slice(at, at + chunk);
+        await session.prefill(ids, { signal: job.signal });
+        job.prefilled += ids.length;
+        this.metrics.promptTokens += ids.length;
+        this.#event({ type: "prefill", id: job.id, tokens: ids.length });
+      }
+      this.metrics.prefillChunks++;
+    } catch (e) {
+      this.#retire(job, job.signal.aborted ? "aborted" : "failed", job.signal.aborted ? abortError(job) : e);
+      return;
+    }
+    if (job.prefilled === rows + promptIds.length) {
+      this.#prefilling.splice(this.#prefilling.indexOf(job), 1);
+      this.#generating.add(job);
+      job.state = "generating";
+      this.#pump(job);
+    }
+  }
+
+  // Runs the request's generate() loop; its decode steps wait in the gate.
+  async #pump(job: Job) {
+    const s = job.spec;
+    const session = job.session!;
+    this._computing(+1);
+    try {
+      const pieces = session.generate({
+        history: s.promptIds,
+        batcher: this.#gate,
+        signal: job.signal,
+        maxTokens: s.maxTokens,
+        temperature: s.temperature,
+        topP: s.topP,
+        topK: 0, // OpenAI's sampling has no top-k
+        seed: s.seed ?? randomSeed(),
+        stop: s.stop,
+        ignoreEos: s.ignoreEos,
+      });
+      for await (const piece of pieces) job._push(piece);
+      const st = session.lastStats!;
+      if (st.generatedTokens > job.sampled) this.#tokenSampled(job);
+      this.#retire(job, st.stopReason, undefined, {
+        stopReason: st.stopReason,
+        promptTokens: s.promptIds.length,
+        vectorRows: s.vectors?.rows ?? 0,
+        generatedTokens: st.generatedTokens,
+      });
+    } catch (e) {
+      const aborted = job.signal.aborted;
+      this.#retire(job, aborted ? "aborted" : "failed", aborted ? abortError(job) : e);
+    } finally {
+      this._computing(-1);
+    }
+  }
+
+  // The one batched decode step over every queued row.
+  async #step() {
+    const rows = this.#gate.pending.splice(0);
+    this.#event({ type: "step", ids: rows.map((r) => r.job.id) });
+    this.metrics.batchRows.observe(rows.length);
+    // Queued in one turn, so the inner batcher runs them as one native step.
+    const done = rows.map((r) =>
+      this.#inner._decode(r.job.session!, r.token).then(
+        () => {
+          this._computing(+1);
+          r.resolve();
+        },
+        (e) => {
+          this._computing(+1);
+          r.reject(e);
+        },
+      )
+    );
+    await Promise.all(done);
+  }
+
+  #retire(job: Job, reason: StopReason | "aborted" | "failed", error?: unknown, result?: JobResult) {
+    if (job.state === "done") return;
+    job.state = "done";
+    const p = this.#prefilling.indexOf(job);
+    if (p >= 0) this.#prefilling.splice(p, 1);
+    this.#generating.delete(job);
+    if (job.session) {
+      this.#jobs.delete(job.session);
+      job.session.dispose();
+    }
+    this.#event({ type: "retire", id: job.id, reason });
+    if (reason === "aborted") this.metrics.aborted++;
+    this.metrics.generatedTokens += result?.generatedTokens ?? job.sampled;
+    this.metrics.running = this.running;
+    this.metrics.queued = this.#waiting.length;
+    if (result) job._finish(result);
+    else job._fail(error);
+    this.#wake();
+  }
+}
+
+function abortError(job: Job): KvfoldError {
+  return new KvfoldError("ABORTED", "Cannot generate: the client went away", { cause: job.signal.reason });
+}
+
+function randomSeed(): number {
+  const [a, b] = crypto.getRandomValues(new Uint32Array(2));
+  return a * 2 ** 21 + (b >>> 11); // below 2**53
+}
+
+function positive(name: string, v: number, max: number, min = 1): number {
+  if (!Number.isSafeInteger(v) || v < min || v > max) {
+    throw new RangeError(`Cannot start the scheduler: ${name} ${v} is not an integer in [${min}, ${max}]`);
+  }
+  return v;
+}
