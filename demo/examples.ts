@@ -57,15 +57,21 @@ export interface TextQaExample {
 }
 
 /**
- * Text QA over `context` ids: next-token loss on the context (weight of the reader's language model),
- * none on the question, and the answer then `</s>`.
+ * Text QA over `context` ids: the answer then `</s>`, and with `languageModel` also next-token loss on
+ * the context (no loss on the question either way). Without it every labelled row is an answer row,
+ * so a context of hundreds of tokens does not drown the answer's few tokens in the mean loss.
  */
-export function textQaExample(context: readonly number[], question: string, answer: string): TextQaExample {
+export function textQaExample(
+  context: readonly number[],
+  question: string,
+  answer: string,
+  options: { languageModel?: boolean } = {},
+): TextQaExample {
   const q = textIds(question), a = textIds(answer);
   const ids = [DEMO_BOS_ID, ...context, ...q, ...a];
   const labels = new Array<number>(ids.length).fill(-1);
   // <s> and the context predict the context; the context's last token does not predict the question.
-  for (let t = 0; t < context.length; t++) labels[t] = ids[t + 1];
+  if (options.languageModel) for (let t = 0; t < context.length; t++) labels[t] = ids[t + 1];
   const firstAnswer = 1 + context.length + q.length;
   labels[firstAnswer - 1] = a[0]; // the question's last token predicts the answer
   for (let t = firstAnswer; t < ids.length; t++) labels[t] = t + 1 < ids.length ? ids[t + 1] : DEMO_EOS_ID;

@@ -143,6 +143,28 @@ function* chunkDraws(seed: number, group?: string): Generator<Draw> {
   }
 }
 
+/**
+ * An endless, seeded stream of text windows of `length(i)` tokens (for the i-th draw), each around
+ * one fact, placed at random so the fact may sit anywhere in it: the reader's curriculum, which starts
+ * with short windows so the lookup forms early, and grows to whole store chunks.
+ */
+function* windowDraws(seed: number, length: (i: number) => number): Generator<Draw> {
+  let pick = seed >>> 0;
+  const next = () => (pick = (Math.imul(pick, 1664525) + 1013904223) >>> 0);
+  let i = 0;
+  for (const doc of demoDocuments({ seed })) {
+    const ids = documentIds(doc);
+    for (const fact of doc.facts) {
+      const L = Math.min(ids.length, length(i++));
+      const lo = Math.max(0, fact.tokenEnd - L), hi = Math.min(fact.tokenStart, ids.length - L);
+      const start = lo + (hi > lo ? next() % (hi - lo + 1) : 0);
+      const question = questionsIn(doc, start, start + L).find((q) => q.fact === fact);
+      if (question === undefined) continue; // the window could not hold the whole fact sentence
+      yield { doc, ids: ids.slice(start, start + L), start, end: start + L, question };
+    }
+  }
+}
+
 /** Mean of numbers, NaN for none. */
 const mean = (xs: number[]) => xs.length === 0 ? NaN : xs.reduce((a, b) => a + b, 0) / xs.length;
 
@@ -181,14 +203,18 @@ export async function trainDemoModel(kv: Kvfold, options: RecipeOptions): Promis
       minLearningRateRatio: 0.05,
       weightDecay: 0.01,
     });
-    const draws = chunkDraws(TRAIN_SEED);
+    // Reader windows grow from 32 tokens to a whole chunk over the first 3/4 of the phase.
+    const grow = Math.max(1, Math.floor(0.75 * budget.readerSteps * budget.batch));
+    const windows = windowDraws(TRAIN_SEED, (i) => Math.round(32 * (CHUNK_TOKENS / 32) ** Math.min(1, i / grow)));
+    const draws = chunkDraws(TRAIN_SEED + 100);
     const take = () => draws.next().value as Draw;
     for (let s = 0; s < budget.readerSteps; s++) {
       options.signal?.throwIfAborted();
       const losses: number[] = [];
       for (let b = 0; b < budget.batch; b++) {
-        const d = take();
-        const ex = textQaExample(d.ids, d.question.question, d.question.answer);
+        const d = windows.next().value as Draw;
+        // Half the examples also model the context's language; the other half are answers only.
+        const ex = textQaExample(d.ids, d.question.question, d.question.answer, { languageModel: b % 2 === 0 });
         losses.push(await trainer.accumulate(ex, { signal: options.signal }));
       }
       trainer.step();
@@ -200,18 +226,22 @@ export async function trainDemoModel(kv: Kvfold, options: RecipeOptions): Promis
         seconds: seconds(),
       });
     }
+    // Compressor documents grow from 64 tokens to a whole chunk (two segments) over its first half.
+    const growDocs = Math.max(1, Math.floor(0.5 * budget.compressorSteps * budget.batch));
+    const docs = windowDraws(TRAIN_SEED + 200, (i) => Math.round(64 * (CHUNK_TOKENS / 64) ** Math.min(1, i / growDocs)));
     for (let s = 0; s < budget.compressorSteps; s++) {
       options.signal?.throwIfAborted();
       const lm: number[] = [], qa: number[] = [];
       for (let b = 0; b < budget.batch; b++) {
-        const d = take();
         if (b % 4 === 3) {
-          // One example in four keeps the reader reading text.
+          // One example in four keeps the reader reading text (whole chunks).
+          const d = take();
           await trainer.accumulate(textQaExample(d.ids, d.question.question, d.question.answer), {
             signal: options.signal,
           });
           continue;
         }
+        const d = docs.next().value as Draw;
         const loss = await trainer.accumulateDocument(
           compressedQaExample(d.ids, d.question.question, d.question.answer),
           { signal: options.signal },
