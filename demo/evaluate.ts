@@ -163,7 +163,16 @@ export interface DemoEvaluation {
   seconds: number;
 }
 
-function summarize(
+/**
+ * A condition's summary from its answers: exact match, mean positions and KV bytes, and speed
+ * (generated tokens over decode seconds; prefilled positions over prefill seconds).
+ *
+ * @example
+ * ```ts ignore
+ * const full = summarizeCondition("full", rows.filter((r) => r.condition === "full"), 2048);
+ * ```
+ */
+export function summarizeCondition(
   condition: DemoCondition,
   rows: readonly DemoAnswerRow[],
   kvBytesPerSlot: number,
@@ -333,7 +342,9 @@ export async function evaluateDemo(kv: Kvfold, options: EvaluateDemoOptions): Pr
       retrievalAccuracy: wantsChunk ? retrieved / items.length : null,
       factsSplitAcrossChunks: split,
       kvBytesPerSlot,
-      conditions: conditions.map((c) => summarize(c, rows.filter((r) => r.condition === c), kvBytesPerSlot)),
+      conditions: conditions.map((c) =>
+        summarizeCondition(c, rows.filter((r) => r.condition === c), kvBytesPerSlot)
+      ),
       rows,
       crossGroup,
       seconds: (performance.now() - t0) / 1000,
