@@ -40,12 +40,28 @@ export function textPrompt(model: Model, context: readonly number[], question: s
 /**
  * Tokens the greedy decoder may generate for these answers: the longest answer's tokens, `</s>`
  * and one more, so a model that does not stop is caught rather than cut to a right answer.
+ *
+ * @example
+ * ```ts ignore
+ * answerTokenBudget(model, ["silk", "forty two"]); // 4
+ * ```
  */
 export function answerTokenBudget(model: Model, answers: readonly string[]): number {
   return Math.max(...answers.map((a) => model.tokenizer.encode(a).length)) + 2;
 }
 
-/** The document's chunk (ordinal) holding the fact's value, and whether the sentence straddles chunks. */
+/**
+ * The store chunk (ordinal) of `doc` holding the fact's value, and whether the fact's sentence
+ * straddles two chunks.
+ *
+ * @example
+ * ```ts
+ * import { generateDemoCorpus } from "./corpus.ts";
+ * import { factChunk } from "./evaluate_paths.ts";
+ * const [doc] = generateDemoCorpus({ seed: 3, documents: 1 }).documents;
+ * console.log(factChunk(doc, doc.facts[0]).ordinal === Math.floor(doc.facts[0].tokenStart / 512)); // true (unless split)
+ * ```
+ */
 export function factChunk(doc: DemoDocument, fact: DemoFact): { ordinal: number; split: boolean } {
   const value = fact.value.split(" ");
   let at = fact.tokenStart;
@@ -59,7 +75,16 @@ export function factChunk(doc: DemoDocument, fact: DemoFact): { ordinal: number;
   return { ordinal: chunk(at), split: chunk(fact.tokenStart) !== chunk(fact.tokenEnd - 1) };
 }
 
-/** Greedy generation from prompt ids in a fresh session with `cache` (full when absent). */
+/**
+ * Greedy generation from prompt ids in a fresh session with `cache` (a full cache of just the
+ * positions needed when absent); the peak KV slots come from the session.
+ *
+ * @example
+ * ```ts ignore
+ * const a = await generateFrom(model, textPrompt(model, ids, question), 6, { kind: "h2o", slots: 512 });
+ * console.log(a.text, a.kvSlotsPeak);
+ * ```
+ */
 export async function generateFrom(
   model: Model,
   prompt: number[],
@@ -73,7 +98,16 @@ export async function generateFrom(
   return { text, stats: session.lastStats!, kvSlotsPeak: session.memory().kvSlotsPeak, prefixPositions: 0 };
 }
 
-/** Greedy LLoCO answer over chunks, with kvfold's adapter rule. */
+/**
+ * Greedy LLoCO answer over chunks through `answerFromChunks` (a string question: `[vectors | <s>
+ * question]`), with kvfold's adapter rule under `adapterMode`; the peak KV slots are counted.
+ *
+ * @example
+ * ```ts ignore
+ * const a = await answerOverChunks(model, store.retrieve(question, { k: 1 }), question, { maxTokens: 6 });
+ * console.log(a.text, a.adapter);
+ * ```
+ */
 export async function answerOverChunks(
   model: Model,
   chunks: readonly RetrievedChunk[],

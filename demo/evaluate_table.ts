@@ -8,7 +8,15 @@
 import type { CrossGroupEvaluation } from "./evaluate_cross.ts";
 import { CACHE_SLOTS, type DemoConditionResult, type DemoEvaluation, STREAMING_SINKS } from "./evaluate.ts";
 
-/** Bytes as KiB or MiB. */
+/**
+ * Bytes as KiB or MiB.
+ *
+ * @example
+ * ```ts
+ * import { formatBytes } from "./evaluate_table.ts";
+ * console.log(formatBytes(51712)); // "50.5 KiB"
+ * ```
+ */
 export function formatBytes(bytes: number): string {
   if (!Number.isFinite(bytes)) return "-";
   return bytes >= 2 ** 20 ? `${(bytes / 2 ** 20).toFixed(2)} MiB` : `${(bytes / 2 ** 10).toFixed(1)} KiB`;
@@ -63,6 +71,11 @@ export function formatDemoTable(e: DemoEvaluation): string {
 /**
  * The lines under the table: retrieval accuracy, and LLoCO against the issue's targets (at least
  * 0.9x the full text's exact match and 80% absolute, far above truncation at the same budget).
+ *
+ * @example
+ * ```ts ignore
+ * console.log(formatDemoTargets(evaluation));
+ * ```
  */
 export function formatDemoTargets(e: DemoEvaluation): string {
   const em = (name: string) => e.conditions.find((c) => c.condition === name)?.exactMatch ?? NaN;

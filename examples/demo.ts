@@ -10,7 +10,7 @@
 //  4. prints each expected answer beside kvfold's, then exact match over all, the positions used
 //     against the full text's, KV memory and speed.
 //
-//   deno task demo [--trained demo/trained] [--seed 20261205] [--documents 4] [--questions 64]
+//   deno task demo [--trained demo/trained] [--seed 90210] [--documents 4] [--questions 64]
 import { parseArgs } from "node:util";
 import { join } from "node:path";
 import { DocumentStore, Kvfold, KvfoldError } from "../mod.ts";
@@ -24,7 +24,7 @@ const { values: v } = parseArgs({
   args: Deno.args,
   options: {
     trained: { type: "string", default: DEFAULT_TRAINED_DIR },
-    seed: { type: "string", default: "20261205" },
+    seed: { type: "string", default: "90210" },
     documents: { type: "string", default: "4" },
     questions: { type: "string", default: "64" },
   },
