@@ -139,6 +139,8 @@ export interface DemoConditionResult {
   decodeTokensPerSecond: number;
   /** Prefill speed over the condition: prefilled positions / prefill seconds. */
   prefillPositionsPerSecond: number;
+  /** Mean milliseconds to prefill an answer's prompt (LLoCO: after the vectors' own prefill). */
+  meanPrefillMs: number;
 }
 
 /** What {@link evaluateDemo} returns. */
@@ -189,6 +191,7 @@ export function summarizeCondition(
     meanKvBytes: n ? sum((r) => r.kvSlotsPeak) * kvBytesPerSlot / n : NaN,
     decodeTokensPerSecond: sum((r) => r.generatedTokens) / (sum((r) => r.decodeMs) / 1000),
     prefillPositionsPerSecond: sum((r) => r.promptPositions) / (sum((r) => r.prefillMs) / 1000),
+    meanPrefillMs: n ? sum((r) => r.prefillMs) / n : NaN,
   };
 }
 

@@ -46,7 +46,7 @@ function positionsCell(c: DemoConditionResult, e: DemoEvaluation): string {
 
 /**
  * The issue's table, one row per condition: context given, mean positions of context, exact match,
- * mean peak KV memory of an answer, and decode speed.
+ * mean peak KV memory of an answer, mean prompt prefill time, and decode speed.
  *
  * @example
  * ```ts ignore
@@ -55,14 +55,14 @@ function positionsCell(c: DemoConditionResult, e: DemoEvaluation): string {
  */
 export function formatDemoTable(e: DemoEvaluation): string {
   const lines = [
-    "| context given to the same trained model | positions | exact match | KV memory (peak) | decode tok/s |",
-    "| --- | --- | --- | --- | --- |",
+    "| context given to the same trained model | positions | exact match | KV memory (peak) | prefill ms | decode tok/s |",
+    "| --- | --- | --- | --- | --- | --- |",
   ];
   for (const c of e.conditions) {
     lines.push(
       `| ${c.label} | ${positionsCell(c, e)} | ${fixed(c.exactMatch)} | ${formatBytes(c.meanKvBytes)} | ${
-        fixed(c.decodeTokensPerSecond, 0)
-      } |`,
+        fixed(c.meanPrefillMs, 1)
+      } | ${fixed(c.decodeTokensPerSecond, 0)} |`,
     );
   }
   return lines.join("\n");

@@ -112,6 +112,7 @@ Deno.test("demo evaluate: a condition's summary scores canned answers by exact m
   assert.equal(s.meanKvBytes, ((112 * 3 + 312) / 4) * 2048);
   assert.equal(s.decodeTokensPerSecond, 14 / 0.012);
   assert.equal(s.prefillPositionsPerSecond, 640 / 0.04);
+  assert.equal(s.meanPrefillMs, 10);
 });
 
 Deno.test("demo evaluate: every condition answers every question with consistent positions", async () => {
