@@ -1,118 +1,131 @@
-// `deno task demo`: kvfold's main job on a fresh machine, end to end.
+// `deno task demo`: kvfold's main job on a fresh machine, end to end, with a model kvfold trained.
 //
-//  1. makes the `small` test model as an AutoCompressor (134M parameters, random weights) and a
-//     synthetic set of long documents, if they are not there yet (under .kvfold/demo);
-//  2. compresses the documents into one SQLite store, with a progress bar;
-//  3. answers questions through the LangChain adapter (retriever → chat model), the summary
-//     vectors placed before each question as input embeddings;
-//  4. prints the positions used, the compression ratio, KV memory and speed.
+//  1. loads the shipped demo model (demo/trained: a 4-layer reader that is also its own
+//     AutoCompressor, one LoRA per document group), trained from zero by demo/recipe.ts;
+//  2. draws held-out documents from a seed the recipe never trained on (`--seed` for others) and
+//     compresses them into a temporary SQLite store, 512 tokens -> 16 summary vectors per chunk;
+//  3. answers every question through the LangChain adapter: KvfoldRetriever (BM25, k = 1) hands
+//     the best chunk to ChatKvfold, which places its vectors before the question and decodes with
+//     the chunk's group adapter, greedy;
+//  4. prints each expected answer beside kvfold's, then exact match over all, the positions used
+//     against the full text's, KV memory and speed.
 //
-// The model's weights are random, so its answers are noise; the retrieval, the compression ratio,
-// the memory and the speed are real. Point MODEL_DIR at a converted AutoCompressor for real answers.
-import { compressIntoStore, Compressor, DocumentStore, Kvfold } from "../mod.ts";
+//   deno task demo [--trained demo/trained] [--seed 90210] [--documents 4] [--questions 64]
+import { parseArgs } from "node:util";
+import { join } from "node:path";
+import { DocumentStore, Kvfold, KvfoldError } from "../mod.ts";
 import { ChatKvfold, type KvfoldResponseMetadata, KvfoldRetriever } from "../integrations/langchain/mod.ts";
-import { makeTestModel } from "../testing/mod.ts";
+import { exactMatch, generateDemoCorpus } from "../demo/mod.ts";
+import { answerTokenBudget } from "../demo/evaluate.ts";
+import { formatBytes } from "../demo/evaluate_table.ts";
+import { compressDemoDocuments, DEFAULT_TRAINED_DIR, loadTrainedDemo } from "../demo/trained.ts";
 
-const root = new URL("../.kvfold/", import.meta.url).pathname;
-const modelDir = Deno.env.get("MODEL_DIR") ?? `${root}models/small-compressor`;
-const out = (s: string) => Deno.stdout.writeSync(new TextEncoder().encode(s));
-
-if (!Deno.env.get("MODEL_DIR")) {
-  try {
-    Deno.statSync(`${modelDir}/model.safetensors`);
-  } catch {
-    console.error(`making the random small AutoCompressor in ${modelDir} ...`);
-    await makeTestModel(modelDir, { preset: "small", seed: 1, dtype: "bfloat16", summaryLength: 50 });
+const { values: v } = parseArgs({
+  args: Deno.args,
+  options: {
+    trained: { type: "string", default: DEFAULT_TRAINED_DIR },
+    seed: { type: "string", default: "90210" },
+    documents: { type: "string", default: "4" },
+    questions: { type: "string", default: "64" },
+  },
+});
+const count = (name: string, s: string | undefined) => {
+  const n = Number(s);
+  if (!Number.isSafeInteger(n) || n < 1) {
+    console.error(`--${name} ${s} is not a positive integer`);
+    Deno.exit(2);
   }
-}
-
-// A synthetic document set: each document states a few facts among plenty of filler.
-const TOPICS = [
-  {
-    source: "harbour-log.txt",
-    fact: "The ship Aurora left the harbour at dawn carrying timber to Northport.",
-  },
-  {
-    source: "orchard-report.txt",
-    fact: "Honey from the orchard hives sold at the June market for nine crowns.",
-  },
-  {
-    source: "audit-notes.txt",
-    fact: "The audit found that the east warehouse had lost forty crates of salt.",
-  },
-  { source: "weather-diary.txt", fact: "A storm in October flooded the lower mill and stopped the wheel." },
-];
-const FILLER = "Clerks copied the ledgers, the bell rang at noon, and carts crossed the square. ";
-const documents = TOPICS.map((t, i) => ({
-  source: t.source,
-  group: "demo",
-  text: Array.from({ length: 6 }, (_, k) => (k % 4 === i % 4 ? t.fact + " " : "") + FILLER.repeat(12)).join(
-    "\n",
-  ),
-}));
+  return n;
+};
+const seed = count("seed", v.seed), documents = count("documents", v.documents);
+const out = (s: string) => Deno.stdout.writeSync(new TextEncoder().encode(s));
+const progress = (s: string) => Deno.stderr.writeSync(new TextEncoder().encode(s));
 
 await using kv = await Kvfold.open();
-using compressor = await Compressor.load(kv, modelDir);
-const model = compressor.model; // the LLoCO decoder is the compressor checkpoint (+ a group LoRA)
-await Deno.mkdir(`${root}demo`, { recursive: true });
-using store = DocumentStore.open(`${root}demo/kb.sqlite`);
-console.log(`model: ${(model.info.params / 1e6).toFixed(0)}M params, ${model.info.weightDType}, ${kv.name}`);
-
-for (const doc of documents) {
-  if (store.getDocument(doc.source)) continue; // compressed by an earlier run
-  const t0 = performance.now();
-  const r = await compressIntoStore(compressor, store, doc, {
-    chunkTokens: 1536,
-    onProgress: (done, total) => {
-      const rate = done / Math.max((performance.now() - t0) / 1000, 1e-3);
-      const bar = "#".repeat(Math.round((24 * done) / total)).padEnd(24, "-");
-      Deno.stderr.writeSync(
-        new TextEncoder().encode(
-          `\r[${bar}] ${doc.source} ${done}/${total} tokens, ${rate.toFixed(0)} tok/s, ETA ${
-            ((total - done) / rate).toFixed(0)
-          } s  `,
-        ),
-      );
-    },
-  });
-  console.error(
-    `\r${doc.source}: ${r.tokens} tokens -> ${r.vectors} vectors in ${
-      ((performance.now() - t0) / 1000).toFixed(1)
-    } s`.padEnd(90),
-  );
+let loaded;
+try {
+  loaded = await loadTrainedDemo(kv, v.trained!);
+} catch (e) {
+  if (!(e instanceof KvfoldError)) throw e;
+  console.error(e.message);
+  Deno.exit(1);
 }
-const stats = store.stats();
+using trained = loaded;
+const { model } = trained;
 console.log(
-  `store: ${stats.documents} documents, ${stats.tokensIn} tokens -> ${stats.vectorsKept} vectors (${
-    stats.ratio.toFixed(1)
-  }x fewer positions), ${(stats.fileBytes / 2 ** 20).toFixed(1)} MiB on disk\n`,
+  `model: ${v.trained} (${(model.info.params / 1e6).toFixed(2)}M params, ${model.info.layers} layers, ` +
+    `adapters: ${trained.groups.join(", ")}), ${kv.name}`,
 );
 
-const retriever = new KvfoldRetriever({ store, k: 1 });
-const chat = new ChatKvfold({ model, store, maxTokens: 24, temperature: 0 });
-// Per position, a full-cache session holds keys and values of every layer in f32.
-const kvBytesPerPosition = 2 * model.info.layers * model.info.kvHeads * model.info.headDim * 4;
-for (const question of ["Which ship left the harbour at dawn?", "What did the audit find?"]) {
-  const docs = await retriever.invoke(question);
-  out(`Q: ${question}\n   retrieved: ${docs.map((d) => d.metadata.source).join(", ")}\nA: `);
-  let meta: KvfoldResponseMetadata | undefined;
-  for await (const chunk of await chat.stream(question, { documents: docs })) {
-    out(chunk.text);
-    meta = (chunk.response_metadata.kvfold as KvfoldResponseMetadata | undefined) ?? meta;
-  }
-  const tokensIn = docs.reduce((n, d) => n + Number(d.metadata.kvfold.tokens), 0);
-  const positions = meta!.prefixPositions + meta!.promptTokens + meta!.generatedTokens;
-  const fullPositions = tokensIn + meta!.promptTokens + meta!.generatedTokens;
+// Held-out documents: a seed the recipe never trained on, so nothing here was seen in training.
+const corpus = generateDemoCorpus({ seed, documents });
+const questions = corpus.questions.slice(0, count("questions", v.questions));
+const tmp = await Deno.makeTempDir({ prefix: "kvfold-demo-" });
+try {
+  using store = DocumentStore.open(join(tmp, "heldout.sqlite"));
+  const t0 = performance.now();
+  await compressDemoDocuments(trained.compressor, store, corpus.documents, {
+    onProgress: (done, total, file) => {
+      const rate = done / Math.max((performance.now() - t0) / 1000, 1e-3);
+      const bar = "#".repeat(Math.round((24 * done) / total)).padEnd(24, "-");
+      progress(`\r[${bar}] ${file} ${done}/${total} tokens, ${rate.toFixed(0)} tok/s  `);
+    },
+  });
+  const stats = store.stats();
+  progress("\r".padEnd(90) + "\r");
   console.log(
-    `\n   positions: ${meta!.prefixPositions} summary vectors for ${tokensIn} context tokens (${
-      (tokensIn / meta!.prefixPositions).toFixed(1)
-    }x); ` +
-      `KV ${(positions * kvBytesPerPosition / 2 ** 20).toFixed(1)} MiB vs ${
-        (fullPositions * kvBytesPerPosition / 2 ** 20).toFixed(1)
-      } MiB with the full text; ` +
-      `first token after ${meta!.prefillMs.toFixed(0)} ms, ${
-        ((meta!.generatedTokens - 1) / (meta!.decodeMs / 1000)).toFixed(1)
-      } tok/s\n`,
+    `held-out corpus (seed ${seed}): ${stats.documents} documents, ${stats.tokensIn} tokens -> ` +
+      `${stats.vectorsKept} summary vectors (${stats.ratio.toFixed(1)}x fewer positions) in ` +
+      `${((performance.now() - t0) / 1000).toFixed(1)} s\n`,
   );
+
+  const retriever = new KvfoldRetriever({ store, k: 1 });
+  const chat = new ChatKvfold({
+    model,
+    store,
+    temperature: 0,
+    maxTokens: answerTokenBudget(model, questions.map((q) => q.answer)),
+  });
+  const docTokens = new Map(corpus.documents.map((d) => [d.file, d.tokens.length]));
+  const { layers, kvHeads, headDim } = model.info;
+  const bytesPerPosition = 2 * layers * kvHeads * headDim * 4; // keys and values, every layer, f32
+  let right = 0, used = 0, full = 0, generated = 0, decodeMs = 0, prefillMs = 0;
+  const width = Math.max(...questions.map((q) => q.question.length));
+  for (const [i, q] of questions.entries()) {
+    const docs = await retriever.invoke(q.question);
+    let answer = "";
+    let meta: KvfoldResponseMetadata | undefined;
+    for await (const chunk of await chat.stream(q.question, { documents: docs })) {
+      answer += chunk.text;
+      meta = (chunk.response_metadata.kvfold as KvfoldResponseMetadata | undefined) ?? meta;
+    }
+    const ok = exactMatch(answer, q.answer);
+    right += +ok;
+    // Positions held when the answer ends: vectors, prompt and answer (the last token is never fed).
+    const tail = meta!.promptTokens + Math.max(meta!.generatedTokens - 1, 0);
+    used += meta!.prefixPositions + tail;
+    full += docTokens.get(q.document)! + tail;
+    generated += meta!.generatedTokens;
+    decodeMs += meta!.decodeMs;
+    prefillMs += meta!.prefillMs;
+    const from = docs.map((d) => `${d.metadata.source}#${d.metadata.ordinal}`).join(", ");
+    out(
+      `${String(i + 1).padStart(3)}. ${q.question.padEnd(width)}  expected: ${q.answer.padEnd(16)} kvfold: ` +
+        `${answer.trim().padEnd(16)} ${ok ? "✓" : "✗"}  (${from})\n`,
+    );
+  }
+  const n = questions.length;
+  console.log(
+    `\nexact match: ${right}/${n} = ${(right / n).toFixed(3)} (greedy, held-out seed ${seed})\n` +
+      `positions per answer: ${(used / n).toFixed(0)} (summary vectors + question + answer) vs ` +
+      `${(full / n).toFixed(0)} with the full document text (${(full / used).toFixed(1)}x fewer)\n` +
+      `KV memory per answer: ${formatBytes((used / n) * bytesPerPosition)} vs ${
+        formatBytes((full / n) * bytesPerPosition)
+      } with the full text\n` +
+      `speed: question prefill after the vectors ${(prefillMs / n).toFixed(1)} ms on average, decode ${
+        (generated / (decodeMs / 1000)).toFixed(0)
+      } tok/s`,
+  );
+} finally {
+  await Deno.remove(tmp, { recursive: true }).catch(() => {});
 }
-console.log("(random weights: the answers are noise; retrieval, positions, memory and speed are real)");

@@ -1,0 +1,147 @@
+/**
+ * The trained demo folder as the evaluation, the bench and `deno task demo` load it: the model (an
+ * AutoCompressor checkpoint that is also the reader), one LoRA per document group registered under
+ * the group's name (so kvfold's adapter rule picks it for that group's chunks), and the LoCoCo heads;
+ * and the held-out documents compressed into a store exactly as the recipe cut its training chunks.
+ *
+ * The folder's layout is what `demo/recipe.ts` writes: `model/`, `adapters/<group>/`,
+ * `lococo.safetensors`. The shipped one is `demo/trained/`.
+ *
+ * @module
+ */
+
+import { join } from "node:path";
+import { Compressor } from "../src/compressor.ts";
+import type { Kvfold } from "../src/engine.ts";
+import { KvfoldError } from "../src/errors.ts";
+import { compressIntoStore } from "../src/lloco.ts";
+import type { LococoHeads } from "../src/lococo.ts";
+import type { Model } from "../src/model.ts";
+import type { DocumentStore } from "../src/store.ts";
+import type { DemoDocument } from "./corpus.ts";
+import { CHUNK_TOKENS, GROUPS, SEGMENT_TOKENS } from "./recipe.ts";
+
+/** The shipped trained folder: `demo/trained/` of this repository. */
+export const DEFAULT_TRAINED_DIR: string = new URL("./trained", import.meta.url).pathname;
+
+/** The command that trains the demo folder (named when it is missing). */
+export const DEMO_RECIPE_COMMAND = "deno run -A demo/train.ts demo/trained";
+
+/** A loaded trained demo folder. Dispose it to free the model, its adapters and heads. */
+export interface TrainedDemo extends Disposable {
+  /** The folder. */
+  readonly dir: string;
+  /** The compressor; its `model` is the reader and the LLoCO decoder. */
+  readonly compressor: Compressor;
+  /** The model: `compressor.model`. */
+  readonly model: Model;
+  /** Groups whose adapter is registered in `model.adapters` under the group's name. */
+  readonly groups: readonly string[];
+  /** The calibrated LoCoCo heads, when asked for. */
+  readonly lococoHeads: LococoHeads | null;
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return false;
+    throw e;
+  }
+}
+
+function missing(dir: string, what: string): KvfoldError {
+  return new KvfoldError(
+    "IO",
+    `Cannot load the trained demo model: ${what} is missing in ${dir} (train it with \`${DEMO_RECIPE_COMMAND}\`, ` +
+      "or pass the folder a recipe run wrote)",
+  );
+}
+
+/**
+ * Loads a trained demo folder: the model as a compressor, each group's adapter under the group's
+ * name, and (with `lococo: true`) the LoCoCo heads. A missing piece throws an "IO" `KvfoldError`
+ * naming it and the recipe command.
+ *
+ * @example
+ * ```ts ignore
+ * await using kv = await Kvfold.open();
+ * using trained = await loadTrainedDemo(kv, DEFAULT_TRAINED_DIR);
+ * console.log(trained.groups); // ["ledger", "voyage"]
+ * ```
+ */
+export async function loadTrainedDemo(
+  kv: Kvfold,
+  dir: string,
+  options: { lococo?: boolean } = {},
+): Promise<TrainedDemo> {
+  const modelDir = join(dir, "model");
+  if (!(await exists(join(modelDir, "config.json")))) throw missing(dir, "model/config.json");
+  for (const group of GROUPS) {
+    if (!(await exists(join(dir, "adapters", group)))) throw missing(dir, `adapters/${group}/`);
+  }
+  const headsPath = join(dir, "lococo.safetensors");
+  if (options.lococo && !(await exists(headsPath))) throw missing(dir, "lococo.safetensors");
+  const compressor = await Compressor.load(kv, modelDir);
+  try {
+    const model = compressor.model;
+    for (const group of GROUPS) await model.adapters.load(join(dir, "adapters", group), { name: group });
+    const lococoHeads = options.lococo ? model.loadLococoHeads(headsPath) : null;
+    return {
+      dir,
+      compressor,
+      model,
+      groups: [...GROUPS],
+      lococoHeads,
+      [Symbol.dispose]() {
+        lococoHeads?.dispose();
+        compressor.dispose();
+      },
+    };
+  } catch (e) {
+    compressor.dispose();
+    throw e;
+  }
+}
+
+/** Progress of {@link compressDemoDocuments}: tokens done of all documents' tokens. */
+export type CompressProgress = (done: number, total: number, document: string) => void;
+
+/**
+ * Compresses demo documents into `store` as the recipe cut its training chunks (chunks of
+ * {@link CHUNK_TOKENS} tokens, segments of {@link SEGMENT_TOKENS}), each under its file name and
+ * group. Returns the tokens that went in and the vectors that came out.
+ *
+ * @example
+ * ```ts ignore
+ * using store = DocumentStore.open("/tmp/heldout.sqlite");
+ * await compressDemoDocuments(trained.compressor, store, corpus.documents);
+ * ```
+ */
+export async function compressDemoDocuments(
+  compressor: Compressor,
+  store: DocumentStore,
+  documents: readonly DemoDocument[],
+  options: { onProgress?: CompressProgress; signal?: AbortSignal } = {},
+): Promise<{ tokens: number; vectors: number }> {
+  const total = documents.reduce((n, d) => n + d.tokens.length, 0);
+  let before = 0, tokens = 0, vectors = 0;
+  for (const doc of documents) {
+    const r = await compressIntoStore(compressor, store, {
+      source: doc.file,
+      text: doc.text,
+      group: doc.group,
+    }, {
+      chunkTokens: CHUNK_TOKENS,
+      segmentLength: SEGMENT_TOKENS,
+      replace: true,
+      signal: options.signal,
+      onProgress: (done) => options.onProgress?.(before + done, total, doc.file),
+    });
+    before += doc.tokens.length;
+    tokens += r.tokens;
+    vectors += r.vectors;
+  }
+  return { tokens, vectors };
+}
