@@ -25,7 +25,7 @@ import { CHUNK_TOKENS, GROUPS, SEGMENT_TOKENS } from "./recipe.ts";
 export const DEFAULT_TRAINED_DIR: string = new URL("./trained", import.meta.url).pathname;
 
 /** The command that trains the demo folder (named when it is missing). */
-export const DEMO_RECIPE_COMMAND = "deno run -A demo/train.ts demo/trained";
+export const DEMO_RECIPE_COMMAND = "deno task train-demo";
 
 /** A loaded trained demo folder. Dispose it to free the model, its adapters and heads. */
 export interface TrainedDemo extends Disposable {

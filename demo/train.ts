@@ -1,0 +1,62 @@
+/**
+ * `deno task train-demo [OUT_DIR]`: trains the demo model from zero with the seeded recipe
+ * (demo/recipe.ts), then checks it on held-out documents (demo/evaluate.ts) and writes
+ * `recipe.json` (budget, seconds per phase, machine) and `eval.json` beside the weights.
+ * Ctrl-C stops between examples; nothing half-written is kept.
+ *
+ * @module
+ */
+
+import { join } from "node:path";
+import { cpus } from "node:os";
+import { Kvfold } from "../mod.ts";
+import { type RecipeProgress, SHIPPED_BUDGET, trainDemoModel } from "./recipe.ts";
+import { DEFAULT_TRAINED_DIR } from "./trained.ts";
+import { evaluateDemo } from "./evaluate.ts";
+import { formatDemoTable } from "./evaluate_table.ts";
+
+/** Held-out seed of the recipe's own check (no training seed shares it). */
+export const CHECK_SEED = 4242;
+
+if (import.meta.main) {
+  const outDir = Deno.args[0] ?? DEFAULT_TRAINED_DIR;
+  const budget = Deno.args[1] ? { ...SHIPPED_BUDGET, ...JSON.parse(Deno.args[1]) } : SHIPPED_BUDGET;
+  const abort = new AbortController();
+  Deno.addSignalListener("SIGINT", () => abort.abort(new Error("interrupted")));
+  const phases: Record<string, number> = {};
+  let last = 0;
+  const report = (p: RecipeProgress) => {
+    phases[p.phase] = p.seconds;
+    if (p.seconds - last < 15 && p.step !== p.steps) return;
+    last = p.seconds;
+    const loss = [isNaN(p.loss.lm) ? "" : `lm ${p.loss.lm.toFixed(3)}`, isNaN(p.loss.qa) ? "" : `qa ${p.loss.qa.toFixed(3)}`]
+      .filter(Boolean).join(" ");
+    console.log(`${p.phase} ${p.step}/${p.steps} ${loss} ${p.seconds.toFixed(0)} s`);
+  };
+  await using kv = await Kvfold.open();
+  const tmp = `${outDir}.partial`;
+  await Deno.remove(tmp, { recursive: true }).catch(() => {});
+  const out = await trainDemoModel(kv, { outDir: tmp, budget, onProgress: report, signal: abort.signal });
+  await Deno.remove(outDir, { recursive: true }).catch(() => {});
+  await Deno.rename(tmp, outDir);
+  const recipe = {
+    command: `deno task train-demo ${Deno.args.join(" ")}`.trim(),
+    date: new Date().toISOString(),
+    machine: { cpu: cpus()[0]?.model ?? "unknown", cores: cpus().length },
+    budget,
+    seconds: out.seconds,
+    phaseEndSeconds: phases,
+  };
+  await Deno.writeTextFile(join(outDir, "recipe.json"), JSON.stringify(recipe, null, 2) + "\n");
+  console.log(`trained in ${(out.seconds / 60).toFixed(1)} min; checking on held-out documents (seed ${CHECK_SEED})`);
+  const check = await evaluateDemo(kv, {
+    trainedDir: outDir,
+    seed: CHECK_SEED,
+    documents: 4,
+    conditions: ["none", "lloco", "lloco-oracle", "chunk-text"],
+    signal: abort.signal,
+  });
+  console.log(formatDemoTable(check));
+  const { rows: _rows, ...summary } = check as unknown as Record<string, unknown>;
+  await Deno.writeTextFile(join(outDir, "eval.json"), JSON.stringify(summary, null, 2) + "\n");
+}
