@@ -18,7 +18,7 @@ import { ChatKvfold, type KvfoldResponseMetadata, KvfoldRetriever } from "../int
 import { exactMatch, generateDemoCorpus } from "../demo/mod.ts";
 import { answerTokenBudget } from "../demo/evaluate.ts";
 import { formatBytes } from "../demo/evaluate_table.ts";
-import { compressDemoDocuments, DEFAULT_TRAINED_DIR, loadTrainedDemo } from "../demo/trained.ts";
+import { compressDemoDocuments, DEFAULT_TRAINED_DIR, DEMO_RECIPE_COMMAND, loadTrainedDemo } from "../demo/trained.ts";
 
 const { values: v } = parseArgs({
   args: Deno.args,
@@ -41,6 +41,16 @@ const seed = count("seed", v.seed), documents = count("documents", v.documents);
 const out = (s: string) => Deno.stdout.writeSync(new TextEncoder().encode(s));
 const progress = (s: string) => Deno.stderr.writeSync(new TextEncoder().encode(s));
 
+const explicit = Deno.args.some((a) => a === "--trained" || a.startsWith("--trained="));
+if (!explicit && !(await Deno.stat(`${v.trained}/model/model.safetensors`).then(() => true, () => false))) {
+  // No trained model in this checkout yet: run the end-to-end job on random weights instead, and say so.
+  console.error(
+    `note: ${v.trained} is not in this checkout (train it with \`${DEMO_RECIPE_COMMAND}\`); ` +
+      "running the pipeline on a random model, whose answers are noise",
+  );
+  await import("./demo_random.ts");
+  Deno.exit(0);
+}
 await using kv = await Kvfold.open();
 let loaded;
 try {
