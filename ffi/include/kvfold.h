@@ -154,7 +154,16 @@ KF_API kf_status kf_engine_measure_matmul_rate(kf_engine *engine, int32_t m, int
 
 typedef struct kf_model kf_model;
 
-typedef enum kf_dtype { KF_DTYPE_F32 = 0, KF_DTYPE_F16 = 1, KF_DTYPE_BF16 = 2, KF_DTYPE_AUTO = -1 } kf_dtype;
+/* Q8_0 and Q4_0 are weight formats only (kf_model_params.weight_dtype, CPU backend): llama.cpp's blocks of
+   32 values with one f16 scale (34 and 18 bytes a block), quantized at load; rows need a multiple of 32. */
+typedef enum kf_dtype {
+  KF_DTYPE_F32 = 0,
+  KF_DTYPE_F16 = 1,
+  KF_DTYPE_BF16 = 2,
+  KF_DTYPE_Q8_0 = 3,
+  KF_DTYPE_Q4_0 = 4,
+  KF_DTYPE_AUTO = -1
+} kf_dtype;
 
 typedef struct kf_model_params {
   int32_t weight_dtype; /* kf_dtype to hold weights in; KF_DTYPE_AUTO (default) keeps the file's

@@ -3,6 +3,7 @@
 // tiles in cpu_attention.cpp. Every AVX2 block has a scalar twin right after it, and the scalar twins
 // are also the tail loops of the vector code.
 #include "cpu_ops.h"
+#include "cpu_quant.h"
 
 #include <algorithm>
 #include <chrono>
@@ -216,6 +217,11 @@ void convert_row_to_f32(const void *src, DType dt, float *dst, int64_t n) {
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load8<DType::F16>(src, i));
 #endif
     for (; i < n; i++) dst[i] = load1<DType::F16>(src, i);
+    return;
+  case DType::Q8_0:
+  case DType::Q4_0:  // an embedding row of a quantized table; rows are whole blocks
+    if (n % kQuantBlock != 0) raise(KF_ERR_INTERNAL, "cannot convert row: %lld values are not whole blocks", (long long)n);
+    dequantize_row(src, dt, dst, n);
     return;
   }
   raise(KF_ERR_INTERNAL, "cannot convert row: unknown dtype %d", int(dt));
