@@ -67,6 +67,7 @@ void rmsnorm(float *out, const float *x, const void *w, DType wdt, int64_t n, fl
   case DType::F32: rmsnorm_dt<DType::F32>(out, x, w, n, eps); return;
   case DType::F16: rmsnorm_dt<DType::F16>(out, x, w, n, eps); return;
   case DType::BF16: rmsnorm_dt<DType::BF16>(out, x, w, n, eps); return;
+  default: break;  // norms are never quantized
   }
   raise(KF_ERR_INTERNAL, "cannot run rmsnorm: unknown weight dtype %d", int(wdt));
 }
@@ -260,6 +261,7 @@ void convert_f32_to(const float *src, DType dt, void *dstv, int64_t n) {
 #endif
     for (; i < n; i++) dst[i] = f32_to_f16(src[i]);
     return;
+  default: break;  // quantized: quantize_row (cpu_quant.h)
   }
   raise(KF_ERR_INTERNAL, "cannot convert row: unknown dtype %d", int(dt));
 }
