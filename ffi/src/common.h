@@ -74,6 +74,10 @@ float f16_to_f32(uint16_t h);
 // Physical memory available now, in bytes (0 when unknown). Big allocations are checked against it
 // before they are touched: under overcommit they would otherwise succeed and get the process killed.
 double available_memory_bytes();
+// Asks the kernel to back the whole 2 MiB pages inside [p, p + n) with transparent huge pages
+// (Linux THP "madvise" mode), before they are first touched: 512 times fewer page faults when a big
+// buffer is filled, and fewer TLB misses when weights are streamed. A hint; no-op elsewhere.
+void advise_huge_pages(void *p, size_t n);
 uint16_t f32_to_f16(float f);
 
 }  // namespace kf

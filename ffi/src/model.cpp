@@ -134,6 +134,7 @@ void model_load(kf_model &m, const std::string &dir, const kf_model_params &p, k
       if (earliest(first_bad) != INT64_MAX) refuse_non_finite(*t, earliest(first_bad));
     } else {
       std::unique_ptr<uint8_t[]> buf(new uint8_t[size_t(w.rows) * dtype_row_bytes(want, w.cols)]);
+      advise_huge_pages(buf.get(), size_t(w.rows) * dtype_row_bytes(want, w.cols));  // before the first touch
       const size_t src_row = size_t(w.cols) * dtype_size(t->dtype), dst_row = dtype_row_bytes(want, w.cols);
       // Row by row through f32, so any pair of dtypes converts with one rounding. Row buffers are
       // allocated here: nothing may throw inside a worker.
