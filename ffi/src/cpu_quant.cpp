@@ -8,8 +8,10 @@
 #include "cpu_quant.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "cpu_features.h"
@@ -236,7 +238,10 @@ bool rows8(Kernel k, const uint8_t *w, size_t rb, const ActBlock *x, int64_t nb,
   }
 }
 
+std::atomic<int> g_forced_kernel{-1};
+
 Kernel choose_kernel() {
+  if (const int k = g_forced_kernel.load(std::memory_order_relaxed); k >= 0) return Kernel(k);
   const CpuPath p = cpu_path();
   const CpuFeatures &f = cpu_features();
   if (cpu_int8_vnni()) return f.avx512_vnni ? Kernel::Vnni512 : Kernel::AvxVnni;
@@ -276,6 +281,26 @@ void matmul_quant_dt(ThreadPool &pool, const ActBlock *xq, int64_t nb, const voi
 }
 
 }  // namespace
+
+bool quant_force_kernel(const char *name) {
+  const CpuFeatures &f = cpu_features();
+  if (!name) {
+    g_forced_kernel = -1;
+    return true;
+  }
+  const std::string n = name;
+  Kernel k;
+  if (n == "scalar") k = Kernel::Scalar;
+  else if (n == "maddubs" && f.avx2) k = Kernel::Avx2;
+  else if (n == "vnni512" && f.avx512_vnni) k = Kernel::Vnni512;
+  else if (n == "avxvnni" && f.avx_vnni) k = Kernel::AvxVnni;
+  else return false;
+#ifndef KF_QUANT_X86
+  if (k != Kernel::Scalar) return false;
+#endif
+  g_forced_kernel = int(k);
+  return true;
+}
 
 void matmul_quant(ThreadPool &pool, const float *x, int64_t lda, const void *W, DType dt, float *y, int64_t T,
                   int64_t in, int64_t out, const float *bias) {

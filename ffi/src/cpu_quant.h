@@ -44,4 +44,9 @@ void dequantize_row(const void *src, DType dt, float *dst, int64_t n);
 void matmul_quant(ThreadPool &pool, const float *x, int64_t lda, const void *W, DType dt, float *y, int64_t T,
                   int64_t in, int64_t out, const float *bias);
 
+// Tests only: the int8 kernel matmul_quant uses, whatever cpu_path() says: "vnni512" (AVX512-VNNI on
+// ymm), "avxvnni" (VEX AVX-VNNI), "maddubs" (AVX2), "scalar", or NULL for the automatic choice.
+// Returns false (and changes nothing) when this CPU lacks the kernel's instructions.
+bool quant_force_kernel(const char *name);
+
 }  // namespace kf

@@ -143,10 +143,10 @@ std::vector<float> quantized_activations(const float *x, int64_t n) {
   return q;
 }
 
-void test_quant_path(CpuPath path, ThreadPool *pools) {
-  Rng rng(99 + int(path));
+void test_quant_path(const std::string &label, int seed, ThreadPool *pools) {
+  Rng rng(99 + seed);
   for (DType dt : {DType::Q8_0, DType::Q4_0}) {
-    Check c(std::string("matmul ") + cpu_path_name(path) + (cpu_int8_vnni() ? " (int8 vnni) " : " ") + dtype_name(dt));
+    Check c("matmul " + label + " " + dtype_name(dt));
     for (int64_t T : {1, 2, 5, 9, 40})
       for (int64_t K : {32, 96, 512, 2080})
         for (int64_t N : {1, 7, 33, 100}) {
@@ -248,8 +248,17 @@ int main() {
       continue;
     }
     test_float_path(want, pools);
-    test_quant_path(want, pools);
+    test_quant_path(std::string(cpu_path_name(want)) + (cpu_int8_vnni() ? " (int8 vnni)" : ""), int(want), pools);
   }
+  // Each int8 kernel by name, the VEX AVX-VNNI one included (the paths above prefer AVX512-VNNI).
+  for (const char *k : {"scalar", "maddubs", "vnni512", "avxvnni"}) {
+    if (!quant_force_kernel(k)) {
+      std::printf("skip int8 kernel %s: this CPU lacks it\n", k);
+      continue;
+    }
+    test_quant_path(std::string("int8 kernel ") + k, 10 + int(std::strlen(k)), pools);
+  }
+  quant_force_kernel(nullptr);
   std::printf(g_failed ? "FAILED: %d check(s)\n" : "all checks passed\n", g_failed);
   return g_failed ? 1 : 0;
 }
