@@ -162,40 +162,48 @@ void rows_scalar(const uint8_t *w, size_t rb, const ActBlock *x, int64_t nb, flo
     }                                                                                                            \
   }
 
-// 8 rows at once, one block at a time: the 8 rows' int dots are summed into one vector (lane r = row r)
-// by a tree of hadds, so the int-to-float conversion, the scales (8 f16 loads) and the FMA are paid
-// once per 8 rows instead of once per row.
+// 8 rows against NT (1 or 2) activation rows, one block at a time: the 8 rows' int dots are summed
+// into one vector (lane r = row r) by a tree of hadds, so the int-to-float conversion, the scales
+// (8 f16 loads) and the FMA are paid once per 8 rows; with NT = 2 each weight block is loaded and
+// prepared once for both activation rows. Every activation row's outputs are summed exactly as with
+// NT = 1, so batching rows never changes a bit.
+//   x[j]: activation row j's blocks; out[j]: its 8 outputs
 #define KF_QUANT_ROWS8(NAME, TARGET, DOT)                                                                        \
-  template <DType D>                                                                                             \
-  __attribute__((target(TARGET))) void NAME(const uint8_t *w, size_t rb, const ActBlock *x, int64_t nb,         \
-                                            float *out) {                                                        \
+  template <DType D, int NT>                                                                                     \
+  __attribute__((target(TARGET))) void NAME(const uint8_t *w, size_t rb, const ActBlock *const *x, int64_t nb,  \
+                                            float *const *out) {                                                 \
     constexpr size_t bs = D == DType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);                              \
-    __m256 acc = _mm256_setzero_ps();                                                                            \
+    __m256 acc[NT];                                                                                              \
+    for (int j = 0; j < NT; j++) acc[j] = _mm256_setzero_ps();                                                   \
     const __m256i low4 = _mm256_set1_epi8(15);                                                                   \
     for (int64_t b = 0; b < nb; b++) {                                                                           \
-      const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x[b].qs));                         \
-      __m256i d[8];                                                                                              \
+      __m256i xq[NT], d[NT][8];                                                                                  \
+      for (int j = 0; j < NT; j++) xq[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x[j][b].qs));    \
       uint16_t dh[8];                                                                                            \
       for (int r = 0; r < 8; r++) {                                                                              \
         const uint8_t *blk = w + size_t(r) * rb + size_t(b) * bs;                                                \
         std::memcpy(&dh[r], blk, 2);                                                                             \
         if constexpr (D == DType::Q8_0) {                                                                        \
           const __m256i wq = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(blk + 2));                     \
-          d[r] = DOT(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(xq, wq));                                        \
+          const __m256i aw = _mm256_sign_epi8(wq, wq);                                                           \
+          for (int j = 0; j < NT; j++) d[j][r] = DOT(aw, _mm256_sign_epi8(xq[j], wq));                           \
         } else {                                                                                                 \
           const __m128i p = _mm_loadu_si128(reinterpret_cast<const __m128i *>(blk + 2));                         \
-          d[r] = DOT(_mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(p, 4), p), low4), xq);                     \
+          const __m256i nib = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(p, 4), p), low4);                 \
+          for (int j = 0; j < NT; j++) d[j][r] = DOT(nib, xq[j]);                                                \
         }                                                                                                        \
       }                                                                                                          \
-      const __m256i u0 = _mm256_hadd_epi32(_mm256_hadd_epi32(d[0], d[1]), _mm256_hadd_epi32(d[2], d[3]));        \
-      const __m256i u1 = _mm256_hadd_epi32(_mm256_hadd_epi32(d[4], d[5]), _mm256_hadd_epi32(d[6], d[7]));        \
-      __m256i sums = _mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20),                                   \
-                                      _mm256_permute2x128_si256(u0, u1, 0x31));                                  \
-      if constexpr (D == DType::Q4_0) sums = _mm256_sub_epi32(sums, _mm256_set1_epi32(8 * x[b].sum));           \
       const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i *>(dh)));                 \
-      acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_mul_ps(dw, _mm256_set1_ps(x[b].d)), acc);          \
+      for (int j = 0; j < NT; j++) {                                                                             \
+        const __m256i u0 = _mm256_hadd_epi32(_mm256_hadd_epi32(d[j][0], d[j][1]), _mm256_hadd_epi32(d[j][2], d[j][3])); \
+        const __m256i u1 = _mm256_hadd_epi32(_mm256_hadd_epi32(d[j][4], d[j][5]), _mm256_hadd_epi32(d[j][6], d[j][7])); \
+        __m256i sums = _mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20),                                 \
+                                        _mm256_permute2x128_si256(u0, u1, 0x31));                                \
+        if constexpr (D == DType::Q4_0) sums = _mm256_sub_epi32(sums, _mm256_set1_epi32(8 * x[j][b].sum));       \
+        acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_mul_ps(dw, _mm256_set1_ps(x[j][b].d)), acc[j]); \
+      }                                                                                                          \
     }                                                                                                            \
-    _mm256_storeu_ps(out, acc);                                                                                  \
+    for (int j = 0; j < NT; j++) _mm256_storeu_ps(out[j], acc[j]);                                               \
   }
 
 #define KF_DOT_AVX2(u, s) _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
@@ -225,14 +233,15 @@ void rows(Kernel k, const uint8_t *w, size_t rb, const ActBlock *x, int64_t nb, 
   }
 }
 
-// 8 rows at once where a vector kernel runs; false: the caller takes rows 4 and 1 at a time.
-template <DType D>
-bool rows8(Kernel k, const uint8_t *w, size_t rb, const ActBlock *x, int64_t nb, float *out) {
+// 8 weight rows against NT activation rows where a vector kernel runs; false: the caller takes rows
+// 4 and 1 at a time.
+template <DType D, int NT>
+bool rows8(Kernel k, const uint8_t *w, size_t rb, const ActBlock *const *x, int64_t nb, float *const *out) {
   switch (k) {
 #ifdef KF_QUANT_X86
-  case Kernel::Vnni512: rows8_vnni512<D>(w, rb, x, nb, out); return true;
-  case Kernel::AvxVnni: rows8_avxvnni<D>(w, rb, x, nb, out); return true;
-  case Kernel::Avx2: rows8_avx2<D>(w, rb, x, nb, out); return true;
+  case Kernel::Vnni512: rows8_vnni512<D, NT>(w, rb, x, nb, out); return true;
+  case Kernel::AvxVnni: rows8_avxvnni<D, NT>(w, rb, x, nb, out); return true;
+  case Kernel::Avx2: rows8_avx2<D, NT>(w, rb, x, nb, out); return true;
 #endif
   default: return false;
   }
@@ -260,11 +269,28 @@ void matmul_quant_dt(ThreadPool &pool, const ActBlock *xq, int64_t nb, const voi
   const Kernel k = choose_kernel();
   auto task = [&](int64_t blk, int) {
     const int64_t r0 = blk * kRowsPerTask, r1 = std::min(out, r0 + kRowsPerTask);
+    // Whole groups of 8 rows, activation rows in pairs (then a last single one).
+    int64_t r8 = r0;
+    for (; r8 + 8 <= r1; r8 += 8) {
+      const uint8_t *w = W + size_t(r8) * rb;
+      int64_t t = 0;
+      bool vector = true;
+      for (; vector && t + 2 <= T; t += 2) {
+        const ActBlock *xs[2] = {xq + t * nb, xq + (t + 1) * nb};
+        float *ys[2] = {y + t * out + r8, y + (t + 1) * out + r8};
+        vector = rows8<D, 2>(k, w, rb, xs, nb, ys);
+      }
+      if (vector && t < T) {
+        const ActBlock *xs[1] = {xq + t * nb};
+        float *ys[1] = {y + t * out + r8};
+        vector = rows8<D, 1>(k, w, rb, xs, nb, ys);
+      }
+      if (!vector) break;  // no vector kernel: every row from r8 on goes below, 4 and 1 at a time
+    }
     for (int64_t t = 0; t < T; t++) {
       const ActBlock *x = xq + t * nb;
       float *yt = y + t * out;
-      int64_t r = r0;
-      while (r + 8 <= r1 && rows8<D>(k, W + size_t(r) * rb, rb, x, nb, yt + r)) r += 8;
+      int64_t r = r8;
       for (; r + 4 <= r1; r += 4) rows<D, 4>(k, W + size_t(r) * rb, rb, x, nb, yt + r);
       for (; r < r1; r++) rows<D, 1>(k, W + size_t(r) * rb, rb, x, nb, yt + r);
       if (bias)
