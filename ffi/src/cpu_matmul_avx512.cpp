@@ -6,6 +6,7 @@
 // Ragged columns are masked loads and stores, not copies. Every function carries its own target
 // attribute: the file builds with any -march and only runs where cpu_path() chose it.
 #include "cpu_matmul_avx512.h"
+#include "cpu_scratch.h"
 
 #include <algorithm>
 #include <cstring>
@@ -250,22 +251,20 @@ void gemm_avx512(ThreadPool &pool, const float *x, int64_t lda, const void *W, D
                  int64_t K, int64_t N, const float *bias, bool bf16_dot) {
   Gemm g{x, lda, nullptr, 0, static_cast<const uint8_t *>(W), size_t(K) * dtype_size(dt), dt, y, T, K, N, bias,
          bf16_dot && dt == DType::BF16, 1, T};
-  // bf16 dot: x rounded once per call into a buffer of the calling thread that only grows (no
-  // allocation, no page faults after the first call of a size).
-  thread_local std::vector<uint16_t> xb;
+  // bf16 dot: x rounded once per call into a lent buffer, reused call after call (cpu_scratch.h).
+  const int64_t kp = (K + 1) / 2 * 2;
+  ScratchLease lease(g.bf16_dot ? size_t(T * kp) * sizeof(uint16_t) : 0);
+  uint16_t *xb = lease.as<uint16_t>();
   if (g.bf16_dot) {
-    g.kp = (K + 1) / 2 * 2;
-    if (xb.size() < size_t(T * g.kp)) xb.resize(size_t(T * g.kp));
-    g.xb = xb.data();
+    g.kp = kp;
+    g.xb = xb;
     if (T * K >= (int64_t(1) << 16) && pool.size() > 1) {
       const int64_t per = (T + pool.size() - 1) / pool.size();
       pool.run_per_thread([&](int th, int) {
-        // g.xb, not xb: a worker's xb is its own thread's (empty) buffer.
-        round_rows_bf16(x, lda, K, g.kp, const_cast<uint16_t *>(g.xb), std::min<int64_t>(T, th * per),
-                        std::min<int64_t>(T, (th + 1) * per));
+        round_rows_bf16(x, lda, K, g.kp, xb, std::min<int64_t>(T, th * per), std::min<int64_t>(T, (th + 1) * per));
       });
     } else {
-      round_rows_bf16(x, lda, K, g.kp, xb.data(), 0, T);
+      round_rows_bf16(x, lda, K, g.kp, xb, 0, T);
     }
   }
   // Tasks: column blocks of kNC, times row blocks of T when there are too few column blocks to give

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "cpu_features.h"
+#include "cpu_scratch.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -334,11 +335,9 @@ void matmul_quant(ThreadPool &pool, const float *x, int64_t lda, const void *W, 
     raise(KF_ERR_INTERNAL, "cannot run matmul: %s weights need rows of a multiple of 32 values, not %lld",
           dtype_name(dt), (long long)in);
   const int64_t nb = in / kQuantBlock;
-  // The quantized activations live in a buffer of the calling thread that only grows, so a forward
-  // allocates (and faults in) nothing after its first call.
-  thread_local std::vector<ActBlock> xq;
-  if (xq.size() < size_t(T * nb)) xq.resize(size_t(T * nb));
-  ActBlock *xb = xq.data();  // workers must not name xq: theirs is another thread's variable
+  // The quantized activations: a lent buffer, reused call after call (cpu_scratch.h).
+  ScratchLease lease(size_t(T * nb) * sizeof(ActBlock));
+  ActBlock *xb = lease.as<ActBlock>();
   if (T * in >= (int64_t(1) << 16) && pool.size() > 1) {
     pool.parallel_for(T, [&](int64_t t, int) { quantize_act_row(x + t * lda, in, xb + t * nb); });
   } else {
