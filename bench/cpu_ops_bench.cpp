@@ -2,7 +2,10 @@
 //
 // Build and run (from the repository root; -O3 as the library is built):
 //   g++ -std=c++17 -O3 -march=native -pthread -Iffi/include bench/cpu_ops_bench.cpp ffi/src/cpu_ops.cpp
-//       ffi/src/threadpool.cpp ffi/src/common.cpp -o build/cpu_ops_bench && build/cpu_ops_bench [out.json]
+//       ffi/src/cpu_matmul.cpp ffi/src/cpu_matmul_avx512.cpp ffi/src/cpu_matmul_scalar.cpp ffi/src/cpu_quant.cpp
+//       ffi/src/cpu_features.cpp ffi/src/cpu_attention.cpp ffi/src/threadpool.cpp ffi/src/common.cpp
+//       -o build/cpu_ops_bench && build/cpu_ops_bench [out.json]
+// KVFOLD_CPU=scalar|avx2|avx512|avx512bf16 picks the kernel path (cpu_features.h).
 //
 // For 1 and 2 threads (or the counts given by KF_BENCH_THREADS="1,2,4") it prints:
 // - memory read bandwidth (GB/s) over 512 MiB, the ceiling for decode;
@@ -222,7 +225,7 @@ int main(int argc, char **argv) {
 
   for (int nt : thread_counts) {
     ThreadPool pool(nt);
-    const double bw = measure_read_bandwidth(pool, int64_t(512) << 20, 10);
+    const double bw = measure_read_bandwidth(pool, int64_t(512) << 20, 10, nullptr);
     const double peak = fma_peak_gflops(pool);
     const double lat = region_latency_us(pool);
     const double work50 = region_50us_parts_us(pool, iters_50us);

@@ -236,7 +236,8 @@ export function choiceOpt<T extends string>(
 
 /** --dtype of commands that load a model. */
 export function dtypeOpt(v: { dtype?: string }): WeightDType {
-  return choiceOpt(v.dtype, "dtype", ["auto", "f32", "f16", "bf16"] as const) ?? "auto";
+  return choiceOpt(v.dtype, "dtype", ["auto", "f32", "f16", "bf16", "q8_0", "q4_0"] as const) ??
+    "auto";
 }
 
 /** The value of a required flag; refuses it missing or empty. */
@@ -259,7 +260,7 @@ const ENGINE = "Engine options";
 export const COMMON = {
   threads: str("N", "CPU threads (default: all cores)", ENGINE),
   backend: str("auto|cpu|cuda", "where the model runs (default auto)", ENGINE),
-  dtype: str("auto|f32|f16|bf16", "weight type in memory (default auto: as stored)", ENGINE),
+  dtype: str("auto|f32|f16|bf16|q8_0|q4_0", "weight type in memory (default auto: as stored)", ENGINE),
 } as const;
 
 const CACHE_GROUP = "Cache options";

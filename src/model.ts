@@ -19,10 +19,14 @@ import { type ChatMessage, TextTokenizer } from "./tokenizer.ts";
 import { type EmbedOptions, embedTexts } from "./embeddings.ts";
 import { type ChatOptions, ChatSession } from "./chat.ts";
 
-/** Weight precision in memory. `"auto"` keeps the file's dtype (memory-mapped, no copy). */
-export type WeightDType = "auto" | "f32" | "f16" | "bf16";
-const DTYPE_IDS: Record<WeightDType, number> = { auto: -1, f32: 0, f16: 1, bf16: 2 };
-const DTYPE_NAMES = ["f32", "f16", "bf16"] as const;
+/**
+ * Weight precision in memory. `"auto"` keeps the file's dtype (memory-mapped, no copy).
+ * `"q8_0"` / `"q4_0"` quantize every matrix at load to llama.cpp's blocks of 32 values with one f16
+ * scale (CPU backend only; every matrix row must be a multiple of 32 values).
+ */
+export type WeightDType = "auto" | "f32" | "f16" | "bf16" | "q8_0" | "q4_0";
+const DTYPE_IDS: Record<WeightDType, number> = { auto: -1, f32: 0, f16: 1, bf16: 2, q8_0: 3, q4_0: 4 };
+const DTYPE_NAMES = ["f32", "f16", "bf16", "q8_0", "q4_0"] as const;
 
 /** Options of {@link Kvfold.loadModel}. */
 export interface LoadModelOptions {
@@ -54,7 +58,7 @@ export interface ModelInfo {
   kvHeads: number;
   headDim: number;
   maxPositions: number;
-  weightDType: "f32" | "f16" | "bf16";
+  weightDType: "f32" | "f16" | "bf16" | "q8_0" | "q4_0";
   tiedEmbeddings: boolean;
   /** Parameters in all tensors. */
   params: number;
@@ -114,7 +118,7 @@ export class Model extends HandleOwner {
     }
     const dtype = options.dtype ?? "auto";
     if (!Object.hasOwn(DTYPE_IDS, dtype)) {
-      throw new TypeError(`Cannot load model: dtype "${dtype}" is not auto, f32, f16 or bf16`);
+      throw new TypeError(`Cannot load model: dtype "${dtype}" is not auto, f32, f16, bf16, q8_0 or q4_0`);
     }
     const budget = options.adapterBudgetBytes;
     if (budget !== undefined && (typeof budget !== "number" || !(budget >= 0))) {

@@ -130,8 +130,10 @@ KF_API kf_status kf_engine_free(kf_engine *engine);
 typedef struct kf_engine_info {
   int32_t backend;   /* the backend actually chosen (never AUTO)                                 */
   int32_t n_threads; /* worker threads in use                                                    */
-  char name[64];     /* e.g. "cpu (avx2+fma+f16c)", "cuda:0 (NVIDIA H100 80GB HBM3, sm_90, 79.1 GiB,
-                        cublas libcublas.so.13)" (truncated to fit)                               */
+  char name[64];     /* e.g. "cpu (avx2+fma+f16c; kernels avx512-bf16, int8 vnni)" (the build's
+                        ISA, then the kernels chosen at run time; KVFOLD_CPU lowers them),
+                        "cuda:0 (NVIDIA H100 80GB HBM3, sm_90, 79.1 GiB, cublas libcublas.so.13)"
+                        (truncated to fit)                                                        */
 } kf_engine_info;
 
 KF_API kf_status kf_engine_get_info(const kf_engine *engine, kf_engine_info *out);
@@ -154,13 +156,24 @@ KF_API kf_status kf_engine_measure_matmul_rate(kf_engine *engine, int32_t m, int
 
 typedef struct kf_model kf_model;
 
-typedef enum kf_dtype { KF_DTYPE_F32 = 0, KF_DTYPE_F16 = 1, KF_DTYPE_BF16 = 2, KF_DTYPE_AUTO = -1 } kf_dtype;
+/* Q8_0 and Q4_0 are weight formats only (kf_model_params.weight_dtype, CPU backend): llama.cpp's blocks of
+   32 values with one f16 scale (34 and 18 bytes a block), quantized at load; rows need a multiple of 32. */
+typedef enum kf_dtype {
+  KF_DTYPE_F32 = 0,
+  KF_DTYPE_F16 = 1,
+  KF_DTYPE_BF16 = 2,
+  KF_DTYPE_Q8_0 = 3,
+  KF_DTYPE_Q4_0 = 4,
+  KF_DTYPE_AUTO = -1
+} kf_dtype;
 
 typedef struct kf_model_params {
   int32_t weight_dtype; /* kf_dtype to hold weights in; KF_DTYPE_AUTO (default) keeps the file's
                            dtype (no conversion; with use_mmap, no copy either). Cuda engines hold
-                           f16 or bf16 only: AUTO of an f32 file gives bf16, F32 is
-                           KF_ERR_UNSUPPORTED                                                      */
+                           f16 or bf16 only: AUTO of an f32 file gives bf16, F32, Q8_0 and Q4_0
+                           are KF_ERR_UNSUPPORTED. Q8_0 / Q4_0 (CPU): every matrix is quantized at
+                           load; a matrix whose rows are not whole blocks of 32 is
+                           KF_ERR_UNSUPPORTED, naming the tensor                                    */
   int32_t use_mmap;     /* 0 (default): read the files into memory the model owns (a file whose
                            tensors were all converted is freed after the load); a file truncated
                            during the load is KF_ERR_IO/KF_ERR_FORMAT, and changing it afterwards

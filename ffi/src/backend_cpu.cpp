@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "backend.h"
+#include "cpu_features.h"
 #include "cpu_ops.h"
 #include "model.h"
 
@@ -29,7 +30,8 @@ class CpuBackend final : public Backend {
 #ifdef __F16C__
     isa += isa.empty() ? "f16c" : "+f16c";
 #endif
-    e.name = "cpu (" + (isa.empty() ? std::string("scalar") : isa) + ")";
+    // The build's ISA, then the kernels chosen at run time (cpu_features.h).
+    e.name = "cpu (" + (isa.empty() ? std::string("scalar") : isa) + "; kernels " + cpu_kernels_name() + ")";
   }
 
   double measure_read_bandwidth(kf_engine &e, int64_t bytes, int32_t repeats, kf_control *ctl) const override {

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdarg>
 #include <cstdio>
+#include <sys/mman.h>
 #include <unistd.h>
 
 namespace kf {
@@ -15,6 +16,17 @@ void raise(kf_status code, const char *fmt, ...) {
   std::vsnprintf(buf, sizeof buf, fmt, ap);
   va_end(ap);
   throw Error(code, buf);
+}
+
+void advise_huge_pages(void *p, size_t n) {
+#ifdef MADV_HUGEPAGE
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  const uintptr_t a = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t b = (reinterpret_cast<uintptr_t>(p) + n) & ~(kHuge - 1);
+  if (b > a) (void)madvise(reinterpret_cast<void *>(a), b - a, MADV_HUGEPAGE);  // a hint: failure is harmless
+#else
+  (void)p, (void)n;
+#endif
 }
 
 double available_memory_bytes() {

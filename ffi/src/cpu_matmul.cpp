@@ -7,7 +7,10 @@
 #include <new>
 #include <vector>
 
+#include "cpu_features.h"
+#include "cpu_matmul_avx512.h"
 #include "cpu_ops.h"
+#include "cpu_quant.h"
 #include "cpu_simd.h"
 
 namespace kf {
@@ -358,10 +361,19 @@ void matmul(ThreadPool &pool, const float *x, const void *W, DType dt, float *y,
     return;
   }
   if (!x || !W || !y) raise(KF_ERR_INTERNAL, "cannot run matmul: null x, W or y");
+  // Kernels by cpu_path() (cpu_features.h): quantized weights have their own; the scalar path is
+  // plain loops; AVX-512 takes the GEMM (T > kMatvecMaxT), where it pays. The matrix-vector path
+  // stays AVX2 (memory-bound: wider registers do not read faster), which keeps decode bit-identical.
+  if (dtype_quantized(dt)) return matmul_quant(pool, x, in, W, dt, y, T, in, out, bias);
+  const CpuPath path = cpu_path();
+  if (path == CpuPath::Scalar) return matmul_portable(pool, x, in, W, dt, y, T, in, out, bias);
+  if (T > kMatvecMaxT && int32_t(path) >= int32_t(CpuPath::Avx512))
+    return gemm_avx512(pool, x, in, W, dt, y, T, in, out, bias, path == CpuPath::Avx512Bf16);
   switch (dt) {
   case DType::F32: matmul_dt<DType::F32>(pool, x, W, y, T, in, out, bias); return;
   case DType::F16: matmul_dt<DType::F16>(pool, x, W, y, T, in, out, bias); return;
   case DType::BF16: matmul_dt<DType::BF16>(pool, x, W, y, T, in, out, bias); return;
+  default: break;  // quantized: handled above
   }
   raise(KF_ERR_INTERNAL, "cannot run matmul: unknown weight dtype %d", int(dt));
 }
@@ -369,6 +381,7 @@ void matmul(ThreadPool &pool, const float *x, const void *W, DType dt, float *y,
 void matmul_strided(ThreadPool &pool, const float *x, int64_t x_stride, const void *W, DType dt, float *y, int64_t T,
                     int64_t in, int64_t out, const float *bias) {
   if (x_stride == in || T <= 1) return matmul(pool, x, W, dt, y, T, in, out, bias);
+  if (dtype_quantized(dt)) return matmul_quant(pool, x, x_stride, W, dt, y, T, in, out, bias);
   if (x_stride < 1 || in < 1 || out < 1 || !x || !W || !y)
     raise(KF_ERR_INTERNAL, "cannot run strided matmul: bad shape in=%lld out=%lld stride=%lld", (long long)in,
           (long long)out, (long long)x_stride);
@@ -380,6 +393,7 @@ void matmul_strided(ThreadPool &pool, const float *x, int64_t x_stride, const vo
   case DType::F32: gemm<DType::F32>(pool, x, x_stride, W, y, T, in, out, bias); return;
   case DType::F16: gemm<DType::F16>(pool, x, x_stride, W, y, T, in, out, bias); return;
   case DType::BF16: gemm<DType::BF16>(pool, x, x_stride, W, y, T, in, out, bias); return;
+  default: break;  // quantized: handled above
   }
 }
 
@@ -392,10 +406,14 @@ void matmul_nn(ThreadPool &pool, const float *x, const void *W, DType dt, float 
     return;
   }
   if (!x || !W || !y) raise(KF_ERR_INTERNAL, "cannot run matmul_nn: null x, W or y");
+  if (dtype_quantized(dt))
+    raise(KF_ERR_UNSUPPORTED, "cannot run the backward matmul: %s weights have none yet; load the model in f32 or bf16 "
+          "to train", dtype_name(dt));
   switch (dt) {
   case DType::F32: gemm<DType::F32, true>(pool, x, K, W, y, T, K, N, nullptr, w_stride); return;
   case DType::F16: gemm<DType::F16, true>(pool, x, K, W, y, T, K, N, nullptr, w_stride); return;
   case DType::BF16: gemm<DType::BF16, true>(pool, x, K, W, y, T, K, N, nullptr, w_stride); return;
+  default: break;  // quantized: handled above
   }
 }
 

@@ -3,6 +3,7 @@
 // tiles in cpu_attention.cpp. Every AVX2 block has a scalar twin right after it, and the scalar twins
 // are also the tail loops of the vector code.
 #include "cpu_ops.h"
+#include "cpu_quant.h"
 
 #include <algorithm>
 #include <chrono>
@@ -66,6 +67,7 @@ void rmsnorm(float *out, const float *x, const void *w, DType wdt, int64_t n, fl
   case DType::F32: rmsnorm_dt<DType::F32>(out, x, w, n, eps); return;
   case DType::F16: rmsnorm_dt<DType::F16>(out, x, w, n, eps); return;
   case DType::BF16: rmsnorm_dt<DType::BF16>(out, x, w, n, eps); return;
+  default: break;  // norms are never quantized
   }
   raise(KF_ERR_INTERNAL, "cannot run rmsnorm: unknown weight dtype %d", int(wdt));
 }
@@ -217,6 +219,11 @@ void convert_row_to_f32(const void *src, DType dt, float *dst, int64_t n) {
 #endif
     for (; i < n; i++) dst[i] = load1<DType::F16>(src, i);
     return;
+  case DType::Q8_0:
+  case DType::Q4_0:  // an embedding row of a quantized table; rows are whole blocks
+    if (n % kQuantBlock != 0) raise(KF_ERR_INTERNAL, "cannot convert row: %lld values are not whole blocks", (long long)n);
+    dequantize_row(src, dt, dst, n);
+    return;
   }
   raise(KF_ERR_INTERNAL, "cannot convert row: unknown dtype %d", int(dt));
 }
@@ -254,6 +261,7 @@ void convert_f32_to(const float *src, DType dt, void *dstv, int64_t n) {
 #endif
     for (; i < n; i++) dst[i] = f32_to_f16(src[i]);
     return;
+  default: break;  // quantized: quantize_row (cpu_quant.h)
   }
   raise(KF_ERR_INTERNAL, "cannot convert row: unknown dtype %d", int(dt));
 }
@@ -275,6 +283,9 @@ double measure_read_bandwidth(ThreadPool &pool, int64_t bytes, int repeats, kf_c
       static_cast<unsigned char *>(::operator new(total, std::align_val_t(64))),
       [](unsigned char *p) { ::operator delete(p, std::align_val_t(64)); });
   unsigned char *buf = owned.get();
+  // Huge pages first: touching 1 GiB of 4 KiB pages is 262144 page faults (about half of a probe's
+  // time, and the memset / page-fault share of a whole-bench profile).
+  advise_huge_pages(buf, total);
   // First touch from the thread that will read the slice (page placement), with nonzero data.
   pool.run_per_thread([&](int th, int) { std::memset(buf + size_t(th) * size_t(slice), 1 + th, size_t(slice)); });
 

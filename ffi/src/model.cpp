@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "cpu_ops.h"
+#include "cpu_quant.h"
 
 namespace kf {
 
@@ -65,9 +66,9 @@ std::vector<float> load_vector(const TensorInfo &t) {
 }  // namespace
 
 void model_load(kf_model &m, const std::string &dir, const kf_model_params &p, kf_control *ctl) {
-  if (p.weight_dtype < KF_DTYPE_AUTO || p.weight_dtype > KF_DTYPE_BF16)
-    raise(KF_ERR_INVALID_ARGUMENT, "cannot load model: weight_dtype %d is not one of -1 (auto), 0 (f32), 1 (f16), 2 (bf16)",
-          p.weight_dtype);
+  if (p.weight_dtype < KF_DTYPE_AUTO || p.weight_dtype > KF_DTYPE_Q4_0)
+    raise(KF_ERR_INVALID_ARGUMENT, "cannot load model: weight_dtype %d is not one of -1 (auto), 0 (f32), 1 (f16), 2 (bf16), "
+          "3 (q8_0), 4 (q4_0)", p.weight_dtype);
   m.cfg = parse_model_config(dir);
   m.files = TensorIndex::open_dir(dir, p.use_mmap != 0);
   validate_tensors(m.cfg, m.files);
@@ -90,8 +91,14 @@ void model_load(kf_model &m, const std::string &dir, const kf_model_params &p, k
   for (const TensorInfo &t : m.files.tensors()) {
     total += int64_t(t.nbytes);
     if (t.dtype_supported && t.shape.size() == 2 && t.dtype != want)
-      converted += double(t.nbytes) / double(dtype_size(t.dtype)) * double(dtype_size(want));
+      converted += double(dtype_row_bytes(want, t.shape[1])) * double(t.shape[0]);
   }
+  // Quantized rows are whole blocks of 32: refuse a model with another row length before any work.
+  if (dtype_quantized(want))
+    for (const TensorInfo &t : m.files.tensors())
+      if (t.shape.size() == 2 && t.shape[1] % 32 != 0)
+        raise(KF_ERR_UNSUPPORTED, "cannot load model: %s weights are blocks of 32 values per row, but tensor %s has %lld "
+              "columns; load it in f32, f16 or bf16", dtype_name(want), t.name.c_str(), (long long)t.shape[1]);
   const double available = available_memory_bytes();
   if (available > 0 && converted > 0.9 * available)
     raise(KF_ERR_OUT_OF_MEMORY,
@@ -126,9 +133,9 @@ void model_load(kf_model &m, const std::string &dir, const kf_model_params &p, k
       });
       if (earliest(first_bad) != INT64_MAX) refuse_non_finite(*t, earliest(first_bad));
     } else {
-      const size_t n = size_t(w.rows) * size_t(w.cols);
-      std::unique_ptr<uint8_t[]> buf(new uint8_t[n * dtype_size(want)]);
-      const size_t src_row = size_t(w.cols) * dtype_size(t->dtype), dst_row = size_t(w.cols) * dtype_size(want);
+      std::unique_ptr<uint8_t[]> buf(new uint8_t[size_t(w.rows) * dtype_row_bytes(want, w.cols)]);
+      advise_huge_pages(buf.get(), size_t(w.rows) * dtype_row_bytes(want, w.cols));  // before the first touch
+      const size_t src_row = size_t(w.cols) * dtype_size(t->dtype), dst_row = dtype_row_bytes(want, w.cols);
       // Row by row through f32, so any pair of dtypes converts with one rounding. Row buffers are
       // allocated here: nothing may throw inside a worker.
       std::vector<std::vector<float>> rows(size_t(pool.size()), std::vector<float>(size_t(w.cols)));
@@ -138,7 +145,8 @@ void model_load(kf_model &m, const std::string &dir, const kf_model_params &p, k
         // Checked on the f32 row while it is in cache: the conversion already read every value.
         const int64_t k = first_non_finite(reinterpret_cast<const uint8_t *>(tmp), DType::F32, w.cols);
         if (k >= 0) first_bad[size_t(th)] = std::min(first_bad[size_t(th)], r * w.cols + k);
-        convert_f32_to(tmp, want, buf.get() + size_t(r) * dst_row, w.cols);
+        if (dtype_quantized(want)) quantize_row(tmp, want, buf.get() + size_t(r) * dst_row, w.cols);
+        else convert_f32_to(tmp, want, buf.get() + size_t(r) * dst_row, w.cols);
       });
       if (earliest(first_bad) != INT64_MAX) refuse_non_finite(*t, earliest(first_bad));
       w.data = buf.get();
@@ -196,11 +204,11 @@ void model_load(kf_model &m, const std::string &dir, const kf_model_params &p, k
     m.n_params += n;
   }
   // Bytes streamed per decoded token: every matrix but the embedding table (one row is gathered).
-  const int64_t es = int64_t(dtype_size(want));
-  int64_t per_layer = (numel(m.layers[0].wq) + numel(m.layers[0].wk) + numel(m.layers[0].wv) +
-                       numel(m.layers[0].wo) + numel(m.layers[0].w_gate) + numel(m.layers[0].w_up) +
-                       numel(m.layers[0].w_down));
-  m.weight_bytes = (per_layer * c.n_layers + numel(m.lm_head)) * es;
+  const auto bytes = [](const Weight &w) { return int64_t(dtype_row_bytes(w.dtype, w.cols)) * w.rows; };
+  const LayerWeights &L0 = m.layers[0];
+  const int64_t per_layer = bytes(L0.wq) + bytes(L0.wk) + bytes(L0.wv) + bytes(L0.wo) + bytes(L0.w_gate) +
+                            bytes(L0.w_up) + bytes(L0.w_down);
+  m.weight_bytes = per_layer * c.n_layers + bytes(m.lm_head);
 }
 
 }  // namespace kf

@@ -35,7 +35,7 @@ struct Weight {
   DType dtype = DType::F32;
   int64_t rows = 0, cols = 0;
   const uint8_t *row(int64_t r) const {
-    return static_cast<const uint8_t *>(data) + size_t(r) * size_t(cols) * dtype_size(dtype);
+    return static_cast<const uint8_t *>(data) + size_t(r) * dtype_row_bytes(dtype, cols);
   }
 };
 

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "../src/common.h"
+#include "../src/cpu_features.h"
 #include "../src/cpu_ops.h"
 #include "../src/threadpool.h"
 
@@ -494,6 +495,9 @@ void test_bandwidth_cancel() {
 }  // namespace
 
 int main() {
+  // This file checks the AVX2 kernels (and, built without AVX2, the scalar ones) with tight f32
+  // bounds; cpu_kernels_test.cpp checks every run-time path, bf16 dot products included.
+  cpu_force_path(CpuPath::Avx2);
   std::printf("cpu_ops_test (%s)\n", cpu_simd_name());
   try {
     test_threadpool();

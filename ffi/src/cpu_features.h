@@ -1,0 +1,41 @@
+// cpu_features.h — which CPU kernels run: the features cpuid reports, narrowed by KVFOLD_CPU.
+//
+// The library is built for the machine it is built on (-march=native), but its AVX-512 and VNNI
+// kernels live in their own translation units with per-function target attributes, so one build runs
+// on CPUs with and without them: the kernels are chosen here, once per process, from cpuid.
+//
+// KVFOLD_CPU (read once, at the first matmul) forces a lower path so every one can be tested on one
+// machine: "scalar", "avx2", "avx512" (AVX-512F/BW/VL f32 GEMM, no bf16 dot products) or
+// "avx512bf16" (the best this CPU has; also "auto" or unset). Asking for more than the CPU has gives
+// the best it has. Int8 dot products (quantized weights) use VNNI (AVX512-VNNI or AVX-VNNI) on the
+// avx512 paths, maddubs on avx2, plain loops on scalar.
+#pragma once
+
+#include <cstdint>
+
+namespace kf {
+
+enum class CpuPath : int32_t { Scalar = 0, Avx2 = 1, Avx512 = 2, Avx512Bf16 = 3 };
+
+struct CpuFeatures {
+  bool avx2 = false;         // AVX2 + FMA + F16C (and the OS saves ymm state)
+  bool avx512 = false;       // AVX-512 F + BW + VL (and the OS saves zmm state)
+  bool avx512_bf16 = false;  // vdpbf16ps
+  bool avx512_vnni = false;  // vpdpbusd on zmm/ymm (with VL)
+  bool avx_vnni = false;     // vpdpbusd, VEX encoded
+};
+
+// What cpuid says (cached).
+const CpuFeatures &cpu_features();
+// The path the kernels take: the best the CPU and this build have, lowered by KVFOLD_CPU.
+CpuPath cpu_path();
+// Int8 dot products through vpdpbusd on this path.
+bool cpu_int8_vnni();
+// "scalar", "avx2", "avx512", "avx512-bf16".
+const char *cpu_path_name(CpuPath p);
+// A description for the engine name, e.g. "avx512-bf16, int8 vnni".
+const char *cpu_kernels_name();
+// Tests only: forces a path (lowered to what the CPU has) for the whole process; returns the one set.
+CpuPath cpu_force_path(CpuPath p);
+
+}  // namespace kf

@@ -1,0 +1,293 @@
+// cpu_matmul_avx512.cpp — the packed GEMM on 512-bit registers (cpu_matmul_avx512.h), after BLIS:
+//   task (parallel): up to kNC output columns x a block of rows of T
+//   k0: K in blocks of kKC — pack W[n-block, k-block] to panels of kNR = 32 columns
+//       (f32: [kc][32] floats; bf16 dot: [kc/2][32] pairs of bf16), 16x16 in-register transposes
+//   t0: kMR = 8 rows of T — an 8x32 register tile (16 zmm accumulators) over the panel
+// Ragged columns are masked loads and stores, not copies. Every function carries its own target
+// attribute: the file builds with any -march and only runs where cpu_path() chose it.
+#include "cpu_matmul_avx512.h"
+#include "cpu_scratch.h"
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+// GCC 12's intrinsics headers trip -Wmaybe-uninitialized (their _mm512_undefined_ps) when the
+// file is built without -mavx512f; the values are always written.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
+#define KF_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
+#define KF_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c,avx512bf16")))
+
+namespace kf {
+
+namespace {
+
+constexpr int kMR = 8, kNR = 32;
+constexpr int64_t kKC = 256, kNC = 256;  // f32 panels of one task: kKC * kNC * 4 = 256 KiB of scratch
+static_assert(kKC * kNC * 4 <= int64_t(ThreadPool::scratch_bytes()), "panels fit the pool's scratch");
+
+// r[i][j] <- r[j][i] for a 16x16 block of 32-bit lanes.
+KF_AVX512 inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; i++) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; i++) {
+    r[4 * i + 0] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0x44);
+    r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0xee);
+    r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xee);
+  }
+  for (int h = 0; h < 2; h++)
+    for (int i = 0; i < 4; i++) {
+      t[8 * h + i] = _mm512_shuffle_f32x4(r[8 * h + i], r[8 * h + 4 + i], 0x88);
+      t[8 * h + 4 + i] = _mm512_shuffle_f32x4(r[8 * h + i], r[8 * h + 4 + i], 0xdd);
+    }
+  for (int i = 0; i < 8; i++) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0x88);
+    r[8 + i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0xdd);
+  }
+}
+
+KF_AVX512 inline __mmask16 first_n(int n) { return n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1u); }
+
+// Elements k .. k + n - 1 (n <= 16) of a row in dtype D widened to f32; lanes past n are 0 and unread.
+template <DType D>
+KF_AVX512 inline __m512 load16(const uint8_t *row, int64_t k, int n) {
+  const __mmask16 m = first_n(n);
+  if constexpr (D == DType::F32) {
+    return _mm512_maskz_loadu_ps(m, reinterpret_cast<const float *>(row) + k);
+  } else {
+    const __m256i h = _mm256_maskz_loadu_epi16(m, reinterpret_cast<const uint16_t *>(row) + k);
+    if constexpr (D == DType::BF16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    else return _mm512_cvtph_ps(h);
+  }
+}
+
+// bp[p][k][32] = W[n0 + 32p + j][k0 + k] as f32 (0 past nv columns), k < kc.
+template <DType D>
+KF_AVX512 void pack_f32(const uint8_t *W, size_t rb, int64_t n0, int64_t nv, int64_t k0, int64_t kc, float *bp) {
+  for (int64_t p = 0; p * kNR < nv; p++) {
+    float *panel = bp + p * kc * kNR;
+    for (int h = 0; h < 2; h++)
+      for (int64_t k = 0; k < kc; k += 16) {
+        const int n = int(std::min<int64_t>(16, kc - k));
+        __m512 r[16];
+        for (int i = 0; i < 16; i++) {
+          const int64_t j = p * kNR + h * 16 + i;
+          r[i] = j < nv ? load16<D>(W + size_t(n0 + j) * rb, k0 + k, n) : _mm512_setzero_ps();
+        }
+        transpose16(r);
+        for (int kk = 0; kk < n; kk++) _mm512_store_ps(panel + (k + kk) * kNR + h * 16, r[kk]);
+      }
+  }
+}
+
+// bf16 pairs: bp[p][q][32] = (W[.][k0 + 2q], W[.][k0 + 2q + 1]) as one 32-bit lane, q < ceil(kc / 2); an odd
+// kc's last pair has 0 as its second value.
+KF_AVX512 void pack_bf16_pairs(const uint8_t *W, size_t rb, int64_t n0, int64_t nv, int64_t k0, int64_t kc,
+                               uint32_t *bp) {
+  const int64_t full = kc / 2, pairs = (kc + 1) / 2;
+  for (int64_t p = 0; p * kNR < nv; p++) {
+    uint32_t *panel = bp + p * pairs * kNR;
+    for (int h = 0; h < 2; h++)
+      for (int64_t q = 0; q < full; q += 16) {
+        const int n = int(std::min<int64_t>(16, full - q));
+        __m512 r[16];
+        for (int i = 0; i < 16; i++) {
+          const int64_t j = p * kNR + h * 16 + i;
+          const uint8_t *src = W + size_t(n0 + j) * rb + size_t(k0 + 2 * q) * 2;
+          r[i] = j < nv ? _mm512_castsi512_ps(_mm512_maskz_loadu_epi32(first_n(n), src)) : _mm512_setzero_ps();
+        }
+        transpose16(r);
+        for (int kk = 0; kk < n; kk++)
+          _mm512_store_si512(reinterpret_cast<__m512i *>(panel + (q + kk) * kNR + h * 16), _mm512_castps_si512(r[kk]));
+      }
+    if (pairs > full)
+      for (int j = 0; j < kNR; j++) {
+        uint16_t v = 0;
+        if (p * kNR + j < nv) std::memcpy(&v, W + size_t(n0 + p * kNR + j) * rb + size_t(k0 + kc - 1) * 2, 2);
+        panel[full * kNR + j] = v;
+      }
+  }
+}
+
+// c[r][0:32] (masked to m0 | m1 << 16) = acc (+ bias when first, else + c).
+template <int M>
+KF_AVX512 inline void store_tile(__m512 (&acc)[M][2], float *c, int64_t ldc, bool first, const float *bias,
+                                 __mmask16 m0, __mmask16 m1) {
+  for (int r = 0; r < M; r++) {
+    float *cr = c + r * ldc;
+    const float *add = first ? bias : cr;
+    if (add) {
+      acc[r][0] = _mm512_add_ps(acc[r][0], _mm512_maskz_loadu_ps(m0, add));
+      acc[r][1] = _mm512_add_ps(acc[r][1], _mm512_maskz_loadu_ps(m1, add + 16));
+    }
+    _mm512_mask_storeu_ps(cr, m0, acc[r][0]);
+    _mm512_mask_storeu_ps(cr + 16, m1, acc[r][1]);
+  }
+}
+
+// C[M, 32] (+)= A[M, kc] · panel[kc, 32] in f32; a rows lda apart.
+template <int M>
+KF_AVX512 void kernel_f32(int64_t kc, const float *a, int64_t lda, const float *bp, float *c, int64_t ldc, bool first,
+                          const float *bias, __mmask16 m0, __mmask16 m1) {
+  __m512 acc[M][2];
+  for (int r = 0; r < M; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < kc; k++) {
+    const __m512 b0 = _mm512_load_ps(bp + k * kNR), b1 = _mm512_load_ps(bp + k * kNR + 16);
+    for (int r = 0; r < M; r++) {
+      const __m512 av = _mm512_set1_ps(a[r * lda + k]);
+      acc[r][0] = _mm512_fmadd_ps(av, b0, acc[r][0]);
+      acc[r][1] = _mm512_fmadd_ps(av, b1, acc[r][1]);
+    }
+  }
+  store_tile<M>(acc, c, ldc, first, bias, m0, m1);
+}
+
+// The same with bf16 pairs: a rows (bf16, lda elements apart, from an even k) times panel pairs.
+template <int M>
+KF_AVX512BF16 void kernel_bf16(int64_t pairs, const uint16_t *a, int64_t lda, const uint32_t *bp, float *c,
+                               int64_t ldc, bool first, const float *bias, __mmask16 m0, __mmask16 m1) {
+  __m512 acc[M][2];
+  for (int r = 0; r < M; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+  for (int64_t q = 0; q < pairs; q++) {
+    const __m512i b0 = _mm512_load_si512(bp + q * kNR), b1 = _mm512_load_si512(bp + q * kNR + 16);
+    for (int r = 0; r < M; r++) {
+      uint32_t pr;
+      std::memcpy(&pr, a + r * lda + 2 * q, 4);
+      const __m512i av = _mm512_set1_epi32(int32_t(pr));
+      acc[r][0] = _mm512_dpbf16_ps(acc[r][0], (__m512bh)av, (__m512bh)b0);
+      acc[r][1] = _mm512_dpbf16_ps(acc[r][1], (__m512bh)av, (__m512bh)b1);
+    }
+  }
+  store_tile<M>(acc, c, ldc, first, bias, m0, m1);
+}
+
+using KernelF32 = void (*)(int64_t, const float *, int64_t, const float *, float *, int64_t, bool, const float *,
+                           __mmask16, __mmask16);
+using KernelBf16 = void (*)(int64_t, const uint16_t *, int64_t, const uint32_t *, float *, int64_t, bool,
+                            const float *, __mmask16, __mmask16);
+constexpr KernelF32 kKernelsF32[kMR + 1] = {nullptr,       kernel_f32<1>, kernel_f32<2>, kernel_f32<3>, kernel_f32<4>,
+                                            kernel_f32<5>, kernel_f32<6>, kernel_f32<7>, kernel_f32<8>};
+constexpr KernelBf16 kKernelsBf16[kMR + 1] = {nullptr,          kernel_bf16<1>, kernel_bf16<2>,
+                                              kernel_bf16<3>,   kernel_bf16<4>, kernel_bf16<5>,
+                                              kernel_bf16<6>,   kernel_bf16<7>, kernel_bf16<8>};
+
+struct Gemm {
+  const float *x;
+  int64_t lda;
+  const uint16_t *xb;  // bf16 dot: x rounded to bf16, [T, kp], kp = K rounded up to even, zero padded
+  int64_t kp;
+  const uint8_t *W;
+  size_t rb;
+  DType dt;
+  float *y;
+  int64_t T, K, N;
+  const float *bias;
+  bool bf16_dot;
+  int64_t m_blocks, m_step;
+};
+
+template <DType D>
+KF_AVX512 void pack_panels(const Gemm &g, int64_t n0, int64_t nv, int64_t k0, int64_t kc, void *bp) {
+  pack_f32<D>(g.W, g.rb, n0, nv, k0, kc, static_cast<float *>(bp));
+}
+
+KF_AVX512 void gemm_task(const Gemm &g, int64_t task, void *scratch) {
+  const int64_t n0 = (task / g.m_blocks) * kNC, nv = std::min(kNC, g.N - n0);
+  const int64_t m0 = (task % g.m_blocks) * g.m_step, m1 = std::min(g.T, m0 + g.m_step);
+  for (int64_t k0 = 0; k0 < g.K; k0 += kKC) {
+    const int64_t kc = std::min(kKC, g.K - k0), pairs = (kc + 1) / 2;
+    const bool first = k0 == 0;
+    if (g.bf16_dot) pack_bf16_pairs(g.W, g.rb, n0, nv, k0, kc, static_cast<uint32_t *>(scratch));
+    else if (g.dt == DType::F32) pack_panels<DType::F32>(g, n0, nv, k0, kc, scratch);
+    else if (g.dt == DType::F16) pack_panels<DType::F16>(g, n0, nv, k0, kc, scratch);
+    else pack_panels<DType::BF16>(g, n0, nv, k0, kc, scratch);
+    for (int64_t t0 = m0; t0 < m1; t0 += kMR) {
+      const int mr = int(std::min<int64_t>(kMR, m1 - t0));
+      for (int64_t p = 0; p * kNR < nv; p++) {
+        const int64_t j0 = n0 + p * kNR;
+        const int jv = int(std::min<int64_t>(kNR, nv - p * kNR));
+        const __mmask16 mk0 = first_n(jv), mk1 = jv > 16 ? first_n(jv - 16) : __mmask16(0);
+        float *c = g.y + t0 * g.N + j0;
+        const float *b = g.bias ? g.bias + j0 : nullptr;
+        if (g.bf16_dot) {
+          const uint32_t *panel = static_cast<const uint32_t *>(scratch) + p * pairs * kNR;
+          kKernelsBf16[mr](pairs, g.xb + t0 * g.kp + k0, g.kp, panel, c, g.N, first, b, mk0, mk1);
+        } else {
+          const float *panel = static_cast<const float *>(scratch) + p * kc * kNR;
+          kKernelsF32[mr](kc, g.x + t0 * g.lda + k0, g.lda, panel, c, g.N, first, b, mk0, mk1);
+        }
+      }
+    }
+  }
+}
+
+// xb[t][0:kp] = bf16(x[t][0:K]) rounded to nearest even, then zeros.
+KF_AVX512BF16 void round_rows_bf16(const float *x, int64_t lda, int64_t K, int64_t kp, uint16_t *xb, int64_t t0,
+                                   int64_t t1) {
+  for (int64_t t = t0; t < t1; t++) {
+    const float *src = x + t * lda;
+    uint16_t *dst = xb + t * kp;
+    for (int64_t i = 0; i < K; i += 16) {
+      const __mmask16 m = first_n(int(std::min<int64_t>(16, K - i)));
+      const __m256bh h = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, src + i));
+      _mm256_mask_storeu_epi16(dst + i, m, (__m256i)h);
+    }
+    if (kp > K) dst[K] = 0;
+  }
+}
+
+}  // namespace
+
+void gemm_avx512(ThreadPool &pool, const float *x, int64_t lda, const void *W, DType dt, float *y, int64_t T,
+                 int64_t K, int64_t N, const float *bias, bool bf16_dot) {
+  Gemm g{x, lda, nullptr, 0, static_cast<const uint8_t *>(W), size_t(K) * dtype_size(dt), dt, y, T, K, N, bias,
+         bf16_dot && dt == DType::BF16, 1, T};
+  // bf16 dot: x rounded once per call into a lent buffer, reused call after call (cpu_scratch.h).
+  const int64_t kp = (K + 1) / 2 * 2;
+  ScratchLease lease(g.bf16_dot ? size_t(T * kp) * sizeof(uint16_t) : 0);
+  uint16_t *xb = lease.as<uint16_t>();
+  if (g.bf16_dot) {
+    g.kp = kp;
+    g.xb = xb;
+    if (T * K >= (int64_t(1) << 16) && pool.size() > 1) {
+      const int64_t per = (T + pool.size() - 1) / pool.size();
+      pool.run_per_thread([&](int th, int) {
+        round_rows_bf16(x, lda, K, g.kp, xb, std::min<int64_t>(T, th * per), std::min<int64_t>(T, (th + 1) * per));
+      });
+    } else {
+      round_rows_bf16(x, lda, K, g.kp, xb, 0, T);
+    }
+  }
+  // Tasks: column blocks of kNC, times row blocks of T when there are too few column blocks to give
+  // every thread two (each row block packs its panels again, so T is split only when needed).
+  const int nth = pool.size();
+  const int64_t n_blocks = (N + kNC - 1) / kNC;
+  int64_t m_blocks = 1;
+  if (n_blocks < 2 * int64_t(nth)) m_blocks = std::min((2 * int64_t(nth) + n_blocks - 1) / n_blocks, (T + 31) / 32);
+  m_blocks = std::max<int64_t>(1, m_blocks);
+  g.m_step = ((T + m_blocks - 1) / m_blocks + kMR - 1) / kMR * kMR;
+  g.m_blocks = (T + g.m_step - 1) / g.m_step;
+  pool.parallel_for(n_blocks * g.m_blocks, [&](int64_t task, int th) { gemm_task(g, task, pool.scratch(th)); });
+}
+
+}  // namespace kf
+
+#else  // not x86-64: never chosen (cpu_path() is scalar there)
+
+namespace kf {
+void gemm_avx512(ThreadPool &, const float *, int64_t, const void *, DType, float *, int64_t, int64_t, int64_t,
+                 const float *, bool) {
+  raise(KF_ERR_INTERNAL, "cannot run matmul: no AVX-512 on this architecture");
+}
+}  // namespace kf
+
+#endif

@@ -1,0 +1,350 @@
+// cpu_quant.cpp — Q8_0 / Q4_0 quantization and the matmul over quantized weights (cpu_quant.h).
+//
+// The matmul quantizes each activation row to blocks of 32 int8 with an f32 scale (and the block's
+// int sum, for Q4_0's offset of 8), then every output is sum over blocks of
+// d_w * d_x * (exact int dot of the block). Three kernels compute that dot for R <= 4 weight rows
+// against one activation row: vpdpbusd (AVX512-VNNI on ymm, or AVX-VNNI), AVX2 maddubs + madd, and
+// plain loops. Each has its own target attribute, so the file builds and runs on any x86-64.
+#include "cpu_quant.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "cpu_features.h"
+#include "cpu_scratch.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define KF_QUANT_X86 1
+#endif
+
+namespace kf {
+
+void quantize_row(const float *src, DType dt, void *dst, int64_t n) {
+  const int64_t nb = n / kQuantBlock;
+  if (dt == DType::Q8_0) {
+    BlockQ8_0 *y = static_cast<BlockQ8_0 *>(dst);
+    for (int64_t b = 0; b < nb; b++) {
+      const float *x = src + b * kQuantBlock;
+      float amax = 0.0f;
+      for (int j = 0; j < 32; j++) amax = std::max(amax, std::fabs(x[j]));
+      const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+      y[b].d = f32_to_f16(d);
+      for (int j = 0; j < 32; j++) y[b].qs[j] = int8_t(std::roundf(x[j] * id));
+    }
+    return;
+  }
+  BlockQ4_0 *y = static_cast<BlockQ4_0 *>(dst);
+  for (int64_t b = 0; b < nb; b++) {
+    const float *x = src + b * kQuantBlock;
+    // ggml: the value of largest magnitude, with its sign, maps to -8.
+    float amax = 0.0f, max = 0.0f;
+    for (int j = 0; j < 32; j++)
+      if (amax < std::fabs(x[j])) amax = std::fabs(x[j]), max = x[j];
+    const float d = max / -8.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    y[b].d = f32_to_f16(d);
+    for (int j = 0; j < 16; j++) {
+      const uint8_t lo = uint8_t(std::min<int>(15, int8_t(x[j] * id + 8.5f)));
+      const uint8_t hi = uint8_t(std::min<int>(15, int8_t(x[16 + j] * id + 8.5f)));
+      y[b].qs[j] = uint8_t(lo | (hi << 4));
+    }
+  }
+}
+
+void dequantize_row(const void *src, DType dt, float *dst, int64_t n) {
+  const int64_t nb = n / kQuantBlock;
+  if (dt == DType::Q8_0) {
+    const BlockQ8_0 *x = static_cast<const BlockQ8_0 *>(src);
+    for (int64_t b = 0; b < nb; b++) {
+      const float d = f16_to_f32(x[b].d);
+      for (int j = 0; j < 32; j++) dst[b * 32 + j] = d * float(x[b].qs[j]);
+    }
+    return;
+  }
+  const BlockQ4_0 *x = static_cast<const BlockQ4_0 *>(src);
+  for (int64_t b = 0; b < nb; b++) {
+    const float d = f16_to_f32(x[b].d);
+    for (int j = 0; j < 16; j++) {
+      dst[b * 32 + j] = d * float((x[b].qs[j] & 15) - 8);
+      dst[b * 32 + 16 + j] = d * float((x[b].qs[j] >> 4) - 8);
+    }
+  }
+}
+
+namespace {
+
+// One activation block: 32 int8 with an f32 scale (not rounded to f16: a little closer to x than
+// ggml's q8_0 activations, same int math) and the sum of the 32 values.
+struct ActBlock {
+  float d;
+  int32_t sum;
+  int8_t qs[32];
+};
+
+void quantize_act_row(const float *x, int64_t n, ActBlock *y) {
+  for (int64_t b = 0; b < n / kQuantBlock; b++) {
+    const float *v = x + b * kQuantBlock;
+    float amax = 0.0f;
+    for (int j = 0; j < 32; j++) amax = std::max(amax, std::fabs(v[j]));
+    const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    int32_t s = 0;
+    for (int j = 0; j < 32; j++) {
+      y[b].qs[j] = int8_t(std::nearbyintf(v[j] * id));
+      s += y[b].qs[j];
+    }
+    y[b].d = d;
+    y[b].sum = s;
+  }
+}
+
+// out[r] = sum_b d_w[r][b] * x.d[b] * dot(W[r] block b, x block b), r < R; rows `rb` bytes apart.
+template <DType D, int R>
+void rows_scalar(const uint8_t *w, size_t rb, const ActBlock *x, int64_t nb, float *out) {
+  float acc[R] = {};
+  for (int64_t b = 0; b < nb; b++)
+    for (int r = 0; r < R; r++) {
+      int32_t s = 0;
+      float dw;
+      if constexpr (D == DType::Q8_0) {
+        const BlockQ8_0 &q = reinterpret_cast<const BlockQ8_0 *>(w + size_t(r) * rb)[b];
+        for (int j = 0; j < 32; j++) s += int32_t(q.qs[j]) * x[b].qs[j];
+        dw = f16_to_f32(q.d);
+      } else {
+        const BlockQ4_0 &q = reinterpret_cast<const BlockQ4_0 *>(w + size_t(r) * rb)[b];
+        for (int j = 0; j < 16; j++) s += int32_t(q.qs[j] & 15) * x[b].qs[j] + int32_t(q.qs[j] >> 4) * x[b].qs[16 + j];
+        s -= 8 * x[b].sum;
+        dw = f16_to_f32(q.d);
+      }
+      acc[r] += float(s) * (dw * x[b].d);
+    }
+  for (int r = 0; r < R; r++) out[r] = acc[r];
+}
+
+#ifdef KF_QUANT_X86
+// The same with 256-bit int8 dots. DOT(u, s) returns 8 int32 lanes summing to sum_j u[j] * s[j]
+// (u unsigned, s signed bytes); Q8_0 weights go through the sign trick (|w| times x with w's sign).
+#define KF_QUANT_ROWS(NAME, TARGET, DOT)                                                                         \
+  template <DType D, int R>                                                                                      \
+  __attribute__((target(TARGET))) void NAME(const uint8_t *w, size_t rb, const ActBlock *x, int64_t nb,         \
+                                            float *out) {                                                        \
+    __m256 acc[R];                                                                                               \
+    for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();                                                    \
+    const __m256i low4 = _mm256_set1_epi8(15);                                                                   \
+    for (int64_t b = 0; b < nb; b++) {                                                                           \
+      const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x[b].qs));                         \
+      for (int r = 0; r < R; r++) {                                                                              \
+        __m256i dot;                                                                                             \
+        uint16_t dh;                                                                                             \
+        if constexpr (D == DType::Q8_0) {                                                                        \
+          const BlockQ8_0 &q = reinterpret_cast<const BlockQ8_0 *>(w + size_t(r) * rb)[b];                       \
+          const __m256i wq = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(q.qs));                        \
+          dot = DOT(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(xq, wq));                                         \
+          dh = q.d;                                                                                              \
+        } else {                                                                                                 \
+          const BlockQ4_0 &q = reinterpret_cast<const BlockQ4_0 *>(w + size_t(r) * rb)[b];                       \
+          const __m128i p = _mm_loadu_si128(reinterpret_cast<const __m128i *>(q.qs));                            \
+          const __m256i nib = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(p, 4), p), low4);                 \
+          dot = _mm256_sub_epi32(DOT(nib, xq), _mm256_setr_epi32(8 * x[b].sum, 0, 0, 0, 0, 0, 0, 0));                           \
+          dh = q.d;                                                                                              \
+        }                                                                                                        \
+        const float dd = _cvtsh_ss(dh) * x[b].d;                                                                 \
+        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(dd), acc[r]);                           \
+      }                                                                                                          \
+    }                                                                                                            \
+    for (int r = 0; r < R; r++) {                                                                                \
+      __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[r]), _mm256_extractf128_ps(acc[r], 1));                   \
+      s = _mm_add_ps(s, _mm_movehl_ps(s, s));                                                                    \
+      s = _mm_add_ss(s, _mm_movehdup_ps(s));                                                                     \
+      out[r] = _mm_cvtss_f32(s);                                                                                 \
+    }                                                                                                            \
+  }
+
+// 8 rows against NT (1 or 2) activation rows, one block at a time: the 8 rows' int dots are summed
+// into one vector (lane r = row r) by a tree of hadds, so the int-to-float conversion, the scales
+// (8 f16 loads) and the FMA are paid once per 8 rows; with NT = 2 each weight block is loaded and
+// prepared once for both activation rows. Every activation row's outputs are summed exactly as with
+// NT = 1, so batching rows never changes a bit.
+//   x[j]: activation row j's blocks; out[j]: its 8 outputs
+#define KF_QUANT_ROWS8(NAME, TARGET, DOT)                                                                        \
+  template <DType D, int NT>                                                                                     \
+  __attribute__((target(TARGET))) void NAME(const uint8_t *w, size_t rb, const ActBlock *const *x, int64_t nb,  \
+                                            float *const *out) {                                                 \
+    constexpr size_t bs = D == DType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);                              \
+    __m256 acc[NT];                                                                                              \
+    for (int j = 0; j < NT; j++) acc[j] = _mm256_setzero_ps();                                                   \
+    const __m256i low4 = _mm256_set1_epi8(15);                                                                   \
+    for (int64_t b = 0; b < nb; b++) {                                                                           \
+      __m256i xq[NT], d[NT][8];                                                                                  \
+      for (int j = 0; j < NT; j++) xq[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x[j][b].qs));    \
+      uint16_t dh[8];                                                                                            \
+      for (int r = 0; r < 8; r++) {                                                                              \
+        const uint8_t *blk = w + size_t(r) * rb + size_t(b) * bs;                                                \
+        std::memcpy(&dh[r], blk, 2);                                                                             \
+        if constexpr (D == DType::Q8_0) {                                                                        \
+          const __m256i wq = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(blk + 2));                     \
+          const __m256i aw = _mm256_sign_epi8(wq, wq);                                                           \
+          for (int j = 0; j < NT; j++) d[j][r] = DOT(aw, _mm256_sign_epi8(xq[j], wq));                           \
+        } else {                                                                                                 \
+          const __m128i p = _mm_loadu_si128(reinterpret_cast<const __m128i *>(blk + 2));                         \
+          const __m256i nib = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(p, 4), p), low4);                 \
+          for (int j = 0; j < NT; j++) d[j][r] = DOT(nib, xq[j]);                                                \
+        }                                                                                                        \
+      }                                                                                                          \
+      const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i *>(dh)));                 \
+      for (int j = 0; j < NT; j++) {                                                                             \
+        const __m256i u0 = _mm256_hadd_epi32(_mm256_hadd_epi32(d[j][0], d[j][1]), _mm256_hadd_epi32(d[j][2], d[j][3])); \
+        const __m256i u1 = _mm256_hadd_epi32(_mm256_hadd_epi32(d[j][4], d[j][5]), _mm256_hadd_epi32(d[j][6], d[j][7])); \
+        __m256i sums = _mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20),                                 \
+                                        _mm256_permute2x128_si256(u0, u1, 0x31));                                \
+        if constexpr (D == DType::Q4_0) sums = _mm256_sub_epi32(sums, _mm256_set1_epi32(8 * x[j][b].sum));       \
+        acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_mul_ps(dw, _mm256_set1_ps(x[j][b].d)), acc[j]); \
+      }                                                                                                          \
+    }                                                                                                            \
+    for (int j = 0; j < NT; j++) _mm256_storeu_ps(out[j], acc[j]);                                               \
+  }
+
+#define KF_DOT_AVX2(u, s) _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+#define KF_DOT_VNNI512(u, s) _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
+#define KF_DOT_AVXVNNI(u, s) _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s)
+KF_QUANT_ROWS(rows_avx2, "avx2,fma,f16c", KF_DOT_AVX2)
+KF_QUANT_ROWS(rows_vnni512, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", KF_DOT_VNNI512)
+KF_QUANT_ROWS(rows_avxvnni, "avx2,fma,f16c,avxvnni", KF_DOT_AVXVNNI)
+KF_QUANT_ROWS8(rows8_avx2, "avx2,fma,f16c", KF_DOT_AVX2)
+KF_QUANT_ROWS8(rows8_vnni512, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", KF_DOT_VNNI512)
+KF_QUANT_ROWS8(rows8_avxvnni, "avx2,fma,f16c,avxvnni", KF_DOT_AVXVNNI)
+#undef KF_QUANT_ROWS
+#undef KF_QUANT_ROWS8
+#endif
+
+enum class Kernel { Scalar, Avx2, Vnni512, AvxVnni };
+
+template <DType D, int R>
+void rows(Kernel k, const uint8_t *w, size_t rb, const ActBlock *x, int64_t nb, float *out) {
+  switch (k) {
+#ifdef KF_QUANT_X86
+  case Kernel::Vnni512: return rows_vnni512<D, R>(w, rb, x, nb, out);
+  case Kernel::AvxVnni: return rows_avxvnni<D, R>(w, rb, x, nb, out);
+  case Kernel::Avx2: return rows_avx2<D, R>(w, rb, x, nb, out);
+#endif
+  default: return rows_scalar<D, R>(w, rb, x, nb, out);
+  }
+}
+
+// 8 weight rows against NT activation rows where a vector kernel runs; false: the caller takes rows
+// 4 and 1 at a time.
+template <DType D, int NT>
+bool rows8(Kernel k, const uint8_t *w, size_t rb, const ActBlock *const *x, int64_t nb, float *const *out) {
+  switch (k) {
+#ifdef KF_QUANT_X86
+  case Kernel::Vnni512: rows8_vnni512<D, NT>(w, rb, x, nb, out); return true;
+  case Kernel::AvxVnni: rows8_avxvnni<D, NT>(w, rb, x, nb, out); return true;
+  case Kernel::Avx2: rows8_avx2<D, NT>(w, rb, x, nb, out); return true;
+#endif
+  default: return false;
+  }
+}
+
+std::atomic<int> g_forced_kernel{-1};
+
+Kernel choose_kernel() {
+  if (const int k = g_forced_kernel.load(std::memory_order_relaxed); k >= 0) return Kernel(k);
+  const CpuPath p = cpu_path();
+  const CpuFeatures &f = cpu_features();
+  if (cpu_int8_vnni()) return f.avx512_vnni ? Kernel::Vnni512 : Kernel::AvxVnni;
+  if (p != CpuPath::Scalar && f.avx2) return Kernel::Avx2;
+  return Kernel::Scalar;
+}
+
+// Weight rows per task: a block stays in L1/L2 while every activation row passes over it.
+constexpr int64_t kRowsPerTask = 16;
+
+template <DType D>
+void matmul_quant_dt(ThreadPool &pool, const ActBlock *xq, int64_t nb, const void *Wv, float *y, int64_t T,
+                     int64_t out, const float *bias) {
+  const uint8_t *W = static_cast<const uint8_t *>(Wv);
+  const size_t rb = dtype_row_bytes(D, nb * kQuantBlock);
+  const Kernel k = choose_kernel();
+  auto task = [&](int64_t blk, int) {
+    const int64_t r0 = blk * kRowsPerTask, r1 = std::min(out, r0 + kRowsPerTask);
+    // Whole groups of 8 rows, activation rows in pairs (then a last single one).
+    int64_t r8 = r0;
+    for (; r8 + 8 <= r1; r8 += 8) {
+      const uint8_t *w = W + size_t(r8) * rb;
+      int64_t t = 0;
+      bool vector = true;
+      for (; vector && t + 2 <= T; t += 2) {
+        const ActBlock *xs[2] = {xq + t * nb, xq + (t + 1) * nb};
+        float *ys[2] = {y + t * out + r8, y + (t + 1) * out + r8};
+        vector = rows8<D, 2>(k, w, rb, xs, nb, ys);
+      }
+      if (vector && t < T) {
+        const ActBlock *xs[1] = {xq + t * nb};
+        float *ys[1] = {y + t * out + r8};
+        vector = rows8<D, 1>(k, w, rb, xs, nb, ys);
+      }
+      if (!vector) break;  // no vector kernel: every row from r8 on goes below, 4 and 1 at a time
+    }
+    for (int64_t t = 0; t < T; t++) {
+      const ActBlock *x = xq + t * nb;
+      float *yt = y + t * out;
+      int64_t r = r8;
+      for (; r + 4 <= r1; r += 4) rows<D, 4>(k, W + size_t(r) * rb, rb, x, nb, yt + r);
+      for (; r < r1; r++) rows<D, 1>(k, W + size_t(r) * rb, rb, x, nb, yt + r);
+      if (bias)
+        for (int64_t o = r0; o < r1; o++) yt[o] += bias[o];
+    }
+  };
+  const int64_t n_tasks = (out + kRowsPerTask - 1) / kRowsPerTask;
+  // Below ~64 KiB of weights, waking the pool costs more than it saves.
+  if (pool.size() == 1 || size_t(out) * rb * size_t(T) < (size_t(64) << 10)) {
+    for (int64_t b = 0; b < n_tasks; b++) task(b, 0);
+    return;
+  }
+  pool.parallel_for(n_tasks, task);
+}
+
+}  // namespace
+
+bool quant_force_kernel(const char *name) {
+  const CpuFeatures &f = cpu_features();
+  if (!name) {
+    g_forced_kernel = -1;
+    return true;
+  }
+  const std::string n = name;
+  Kernel k;
+  if (n == "scalar") k = Kernel::Scalar;
+  else if (n == "maddubs" && f.avx2) k = Kernel::Avx2;
+  else if (n == "vnni512" && f.avx512_vnni) k = Kernel::Vnni512;
+  else if (n == "avxvnni" && f.avx_vnni) k = Kernel::AvxVnni;
+  else return false;
+#ifndef KF_QUANT_X86
+  if (k != Kernel::Scalar) return false;
+#endif
+  g_forced_kernel = int(k);
+  return true;
+}
+
+void matmul_quant(ThreadPool &pool, const float *x, int64_t lda, const void *W, DType dt, float *y, int64_t T,
+                  int64_t in, int64_t out, const float *bias) {
+  if (!dtype_quantized(dt) || in % kQuantBlock != 0)
+    raise(KF_ERR_INTERNAL, "cannot run matmul: %s weights need rows of a multiple of 32 values, not %lld",
+          dtype_name(dt), (long long)in);
+  const int64_t nb = in / kQuantBlock;
+  // The quantized activations: a lent buffer, reused call after call (cpu_scratch.h).
+  ScratchLease lease(size_t(T * nb) * sizeof(ActBlock));
+  ActBlock *xb = lease.as<ActBlock>();
+  if (T * in >= (int64_t(1) << 16) && pool.size() > 1) {
+    pool.parallel_for(T, [&](int64_t t, int) { quantize_act_row(x + t * lda, in, xb + t * nb); });
+  } else {
+    for (int64_t t = 0; t < T; t++) quantize_act_row(x + t * lda, in, xb + t * nb);
+  }
+  if (dt == DType::Q8_0) matmul_quant_dt<DType::Q8_0>(pool, xb, nb, W, y, T, out, bias);
+  else matmul_quant_dt<DType::Q4_0>(pool, xb, nb, W, y, T, out, bias);
+}
+
+}  // namespace kf

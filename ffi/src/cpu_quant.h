@@ -1,0 +1,52 @@
+// cpu_quant.h — 8- and 4-bit weights in llama.cpp's block layouts, and the matmul over them.
+//
+// A quantized row of n values (n a multiple of 32) is n / 32 blocks, each one f16 scale d and 32
+// values, exactly ggml's block_q8_0 / block_q4_0, so GGUF tensors of those types can be used as
+// they are (no repacking):
+//   Q8_0: { f16 d; int8 qs[32]; }   value j = d * qs[j]                                  (34 bytes)
+//   Q4_0: { f16 d; uint8 qs[16]; }  value j = d * ((qs[j] & 15) - 8),
+//                                   value j + 16 = d * ((qs[j] >> 4) - 8), j < 16         (18 bytes)
+// Quantization rounds as ggml's reference (quantize_row_q8_0_ref / quantize_row_q4_0_ref).
+//
+// Matmuls on quantized weights quantize the activations to Q8_0 blocks first (as llama.cpp does)
+// and sum exact int8 products per block, scaled by the two blocks' scales in f32.
+#pragma once
+
+#include <cstdint>
+
+#include "common.h"
+#include "threadpool.h"
+
+namespace kf {
+
+constexpr int64_t kQuantBlock = 32;
+
+struct BlockQ8_0 {
+  uint16_t d;  // f16 scale
+  int8_t qs[32];
+};
+struct BlockQ4_0 {
+  uint16_t d;  // f16 scale
+  uint8_t qs[16];
+};
+static_assert(sizeof(BlockQ8_0) == 34, "ggml block_q8_0 is 34 bytes");
+static_assert(sizeof(BlockQ4_0) == 18, "ggml block_q4_0 is 18 bytes");
+
+// dst: n / 32 blocks of dt (Q8_0 or Q4_0) from src: [n] f32; n a multiple of 32.
+void quantize_row(const float *src, DType dt, void *dst, int64_t n);
+// dst: [n] f32 from n / 32 blocks of dt.
+void dequantize_row(const void *src, DType dt, float *dst, int64_t n);
+
+// y[t][o] = sum_i x[t][i] * W[o][i] (+ bias[o]) for W in Q8_0 / Q4_0 rows ([out, in / 32] blocks);
+// x rows lda floats apart. in must be a multiple of 32 (else KF_ERR_INTERNAL: the loader refuses
+// such models first). Rows of W are split over the pool in fixed blocks, so results do not depend
+// on the thread count. Uses vpdpbusd when cpu_int8_vnni(), else AVX2 maddubs, else plain loops.
+void matmul_quant(ThreadPool &pool, const float *x, int64_t lda, const void *W, DType dt, float *y, int64_t T,
+                  int64_t in, int64_t out, const float *bias);
+
+// Tests only: the int8 kernel matmul_quant uses, whatever cpu_path() says: "vnni512" (AVX512-VNNI on
+// ymm), "avxvnni" (VEX AVX-VNNI), "maddubs" (AVX2), "scalar", or NULL for the automatic choice.
+// Returns false (and changes nothing) when this CPU lacks the kernel's instructions.
+bool quant_force_kernel(const char *name);
+
+}  // namespace kf

@@ -1,0 +1,264 @@
+// cpu_kernels_test.cpp — every CPU kernel path (cpu_features.h: scalar, avx2, avx512, avx512-bf16, and
+// the int8 kernels: plain, maddubs, vnni) against float64 references on shapes that are not
+// multiples of any tile, plus llama.cpp's Q8_0 / Q4_0 block layouts byte for byte.
+//
+// Build and run (from the repository root; tests/cpu_kernels_test.ts does this):
+//   g++ -std=c++17 -O2 -march=native -pthread -Iffi/include ffi/tests/cpu_kernels_test.cpp ffi/src/cpu_ops.cpp
+//       ffi/src/cpu_matmul.cpp ffi/src/cpu_matmul_avx512.cpp ffi/src/cpu_matmul_scalar.cpp ffi/src/cpu_quant.cpp
+//       ffi/src/cpu_features.cpp ffi/src/threadpool.cpp ffi/src/common.cpp -o build/cpu_kernels_test
+// Prints one line per check ("ok" / "FAIL" / "skip") and exits nonzero if any check failed.
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "../src/common.h"
+#include "../src/cpu_features.h"
+#include "../src/cpu_ops.h"
+#include "../src/cpu_quant.h"
+#include "../src/threadpool.h"
+
+using namespace kf;
+
+namespace {
+
+int g_failed = 0;
+
+struct Check {
+  std::string name;
+  double worst = 0.0;  // max err / bound
+  int failures = 0, cases = 0;
+  explicit Check(std::string n) : name(std::move(n)) {}
+  void add(double err, double bound, const std::string &what) {
+    cases++;
+    const double r = bound > 0 ? err / bound : (err > 0 ? INFINITY : 0);
+    if (!(err <= bound)) {
+      if (failures < 5) std::printf("    FAIL %s: err %.3g > bound %.3g\n", what.c_str(), err, bound);
+      failures++;
+    }
+    if (!(r <= worst)) worst = r;
+  }
+  void expect(bool ok, const std::string &what) { add(ok ? 0.0 : 1.0, 0.0, what); }
+  ~Check() {
+    if (failures) g_failed++;
+    std::printf("%-4s %-60s %d cases, worst err/bound %.3g\n", failures ? "FAIL" : "ok", name.c_str(), cases, worst);
+  }
+};
+
+struct Rng {
+  uint64_t s;
+  explicit Rng(uint64_t seed) : s(seed * 0x9E3779B97F4A7C15ull + 1) {}
+  float uniform() {
+    s ^= s >> 12;
+    s ^= s << 25;
+    s ^= s >> 27;
+    return float(double((s * 0x2545F4914F6CDD1Dull) >> 11) * 0x1.0p-53) * 2.0f - 1.0f;
+  }
+};
+
+std::vector<float> random_vec(Rng &rng, size_t n) {
+  std::vector<float> v(n);
+  for (float &f : v) f = rng.uniform();
+  return v;
+}
+
+std::string fmt(const char *f, long long a, long long b = 0, long long c = 0, long long d = 0) {
+  char buf[160];
+  std::snprintf(buf, sizeof buf, f, a, b, c, d);
+  return buf;
+}
+
+// Stored weights in a float dtype plus their exact values.
+void make_float_weights(Rng &rng, DType dt, size_t n, std::vector<uint8_t> &raw, std::vector<float> &exact) {
+  const std::vector<float> f = random_vec(rng, n);
+  raw.assign(n * dtype_size(dt), 0);
+  exact.resize(n);
+  for (size_t i = 0; i < n; i++) {
+    if (dt == DType::F32) {
+      std::memcpy(&raw[i * 4], &f[i], 4);
+      exact[i] = f[i];
+    } else {
+      const uint16_t h = dt == DType::BF16 ? f32_to_bf16(f[i]) : f32_to_f16(f[i]);
+      std::memcpy(&raw[i * 2], &h, 2);
+      exact[i] = dt == DType::BF16 ? bf16_to_f32(h) : f16_to_f32(h);
+    }
+  }
+}
+
+// Float matmuls of one path: against float64 sums of the values the kernel multiplies (x rounded to
+// bf16 where the path's bf16 dot products round it), deterministic over 1-3 threads.
+void test_float_path(CpuPath path, ThreadPool *pools) {
+  Rng rng(7 + int(path));
+  for (DType dt : {DType::F32, DType::F16, DType::BF16}) {
+    Check c(std::string("matmul ") + cpu_path_name(path) + " " + dtype_name(dt));
+    for (int64_t T : {1, 3, 8, 9, 17, 45})
+      for (int64_t K : {7, 33, 100, 257, 520})
+        for (int64_t N : {1, 15, 33, 100, 300}) {
+          const std::vector<float> x = random_vec(rng, size_t(T * K)), bias = random_vec(rng, size_t(N));
+          std::vector<uint8_t> raw;
+          std::vector<float> w;
+          make_float_weights(rng, dt, size_t(N * K), raw, w);
+          const bool rounds_x = path == CpuPath::Avx512Bf16 && dt == DType::BF16 && T > kMatvecMaxT;
+          std::vector<double> ref(size_t(T * N));
+          double mag = 0.0;
+          for (int64_t t = 0; t < T; t++)
+            for (int64_t o = 0; o < N; o++) {
+              double s = bias[size_t(o)], a = std::fabs(bias[size_t(o)]);
+              for (int64_t i = 0; i < K; i++) {
+                const float xv = rounds_x ? bf16_to_f32(f32_to_bf16(x[size_t(t * K + i)])) : x[size_t(t * K + i)];
+                s += double(xv) * w[size_t(o * K + i)];
+                a += std::fabs(double(xv) * w[size_t(o * K + i)]);
+              }
+              ref[size_t(t * N + o)] = s;
+              mag = std::max(mag, a);
+            }
+          std::vector<float> first;
+          for (int p = 0; p < 3; p++) {
+            std::vector<float> y(size_t(T * N), NAN);
+            matmul(pools[p], x.data(), raw.data(), dt, y.data(), T, K, N, bias.data());
+            double err = 0;
+            for (size_t k = 0; k < y.size(); k++) {
+              const double e = std::fabs(y[k] - ref[k]);
+              err = std::isnan(e) ? INFINITY : std::max(err, e);
+            }
+            const std::string what = fmt("T=%lld K=%lld N=%lld threads=%lld", T, K, N, p + 1);
+            c.add(err, 2e-6 * (1.0 + mag), what);
+            if (p == 0) first = y;
+            else c.expect(std::memcmp(first.data(), y.data(), y.size() * 4) == 0, what + " deterministic");
+          }
+        }
+  }
+}
+
+// What matmul_quant does to an activation row: blocks of 32 scaled by amax / 127, rounded to nearest.
+std::vector<float> quantized_activations(const float *x, int64_t n) {
+  std::vector<float> q(static_cast<size_t>(n));
+  for (int64_t b = 0; b < n / 32; b++) {
+    float amax = 0;
+    for (int j = 0; j < 32; j++) amax = std::max(amax, std::fabs(x[b * 32 + j]));
+    const float d = amax / 127.0f, id = d != 0 ? 1.0f / d : 0.0f;
+    for (int j = 0; j < 32; j++) q[size_t(b * 32 + j)] = d * std::nearbyintf(x[b * 32 + j] * id);
+  }
+  return q;
+}
+
+void test_quant_path(const std::string &label, int seed, ThreadPool *pools) {
+  Rng rng(99 + seed);
+  for (DType dt : {DType::Q8_0, DType::Q4_0}) {
+    Check c("matmul " + label + " " + dtype_name(dt));
+    for (int64_t T : {1, 2, 5, 9, 40})
+      for (int64_t K : {32, 96, 512, 2080})
+        for (int64_t N : {1, 7, 33, 100}) {
+          const std::vector<float> x = random_vec(rng, size_t(T * K)), f = random_vec(rng, size_t(N * K));
+          const std::vector<float> bias = random_vec(rng, size_t(N));
+          std::vector<uint8_t> raw(size_t(N) * dtype_row_bytes(dt, K));
+          std::vector<float> w(size_t(N * K));
+          for (int64_t o = 0; o < N; o++) {
+            quantize_row(f.data() + o * K, dt, raw.data() + size_t(o) * dtype_row_bytes(dt, K), K);
+            dequantize_row(raw.data() + size_t(o) * dtype_row_bytes(dt, K), dt, w.data() + o * K, K);
+          }
+          std::vector<double> ref(size_t(T * N));
+          double mag = 0;
+          for (int64_t t = 0; t < T; t++) {
+            const std::vector<float> xq = quantized_activations(x.data() + t * K, K);
+            for (int64_t o = 0; o < N; o++) {
+              double s = bias[size_t(o)], a = std::fabs(bias[size_t(o)]);
+              for (int64_t i = 0; i < K; i++) {
+                s += double(xq[size_t(i)]) * w[size_t(o * K + i)];
+                a += std::fabs(double(xq[size_t(i)]) * w[size_t(o * K + i)]);
+              }
+              ref[size_t(t * N + o)] = s;
+              mag = std::max(mag, a);
+            }
+          }
+          std::vector<float> first;
+          for (int p = 0; p < 3; p++) {
+            std::vector<float> y(size_t(T * N), NAN);
+            matmul(pools[p], x.data(), raw.data(), dt, y.data(), T, K, N, bias.data());
+            double err = 0;
+            for (size_t k = 0; k < y.size(); k++) {
+              const double e = std::fabs(y[k] - ref[k]);
+              err = std::isnan(e) ? INFINITY : std::max(err, e);
+            }
+            const std::string what = fmt("T=%lld K=%lld N=%lld threads=%lld", T, K, N, p + 1);
+            c.add(err, 2e-6 * (1.0 + mag), what);
+            if (p == 0) first = y;
+            else c.expect(std::memcmp(first.data(), y.data(), y.size() * 4) == 0, what + " deterministic");
+          }
+        }
+    // Rows that are not whole blocks are refused (the loader refuses such models first).
+    bool threw = false;
+    try {
+      std::vector<float> x(40), y(1);
+      std::vector<uint8_t> wq(64);
+      matmul(pools[1], x.data(), wq.data(), dt, y.data(), 1, 40, 1, nullptr);
+    } catch (const Error &) {
+      threw = true;
+    }
+    c.expect(threw, "K=40 refused");
+  }
+}
+
+// ggml's layouts, byte for byte, and the round trip bound.
+void test_quant_layout() {
+  Check c("Q8_0 / Q4_0 blocks as llama.cpp lays them out");
+  float x[32];
+  for (int j = 0; j < 16; j++) x[j] = float(j - 8), x[16 + j] = float(7 - j);
+  BlockQ4_0 q4;
+  quantize_row(x, DType::Q4_0, &q4, 32);
+  c.expect(q4.d == f32_to_f16(1.0f), "q4_0 d = max / -8");
+  for (int j = 0; j < 16; j++) c.expect(q4.qs[j] == uint8_t(j | ((15 - j) << 4)), fmt("q4_0 nibbles of byte %lld", j));
+  for (int j = 0; j < 32; j++) x[j] = float(j - 16);
+  BlockQ8_0 q8;
+  quantize_row(x, DType::Q8_0, &q8, 32);
+  c.expect(q8.d == f32_to_f16(16.0f / 127.0f), "q8_0 d = amax / 127");
+  c.expect(q8.qs[0] == -127 && q8.qs[16] == 0 && q8.qs[31] == int8_t(std::roundf(15.0f * 127.0f / 16.0f)), "q8_0 values");
+  Rng rng(5);
+  for (DType dt : {DType::Q8_0, DType::Q4_0}) {
+    const std::vector<float> v = random_vec(rng, 32 * 64);
+    std::vector<uint8_t> raw(dtype_row_bytes(dt, 32 * 64));
+    std::vector<float> back(v.size());
+    quantize_row(v.data(), dt, raw.data(), int64_t(v.size()));
+    dequantize_row(raw.data(), dt, back.data(), int64_t(v.size()));
+    for (size_t b = 0; b < 64; b++) {
+      uint16_t dh;
+      std::memcpy(&dh, raw.data() + b * (dt == DType::Q8_0 ? 34 : 18), 2);
+      const double d = std::fabs(f16_to_f32(dh));
+      // Half a step (Q4_0: a whole one where +amax clamps at 15), plus the f16 rounding of d.
+      for (size_t j = 0; j < 32; j++)
+        c.add(std::fabs(double(v[b * 32 + j]) - back[b * 32 + j]),
+              d * (dt == DType::Q8_0 ? 0.5 : 1.0) + 1e-3 * std::fabs(v[b * 32 + j]) + 1e-7,
+              std::string(dtype_name(dt)) + " round trip");
+    }
+  }
+}
+
+}  // namespace
+
+int main() {
+  ThreadPool pools[] = {ThreadPool(1), ThreadPool(2), ThreadPool(3)};
+  const CpuFeatures &f = cpu_features();
+  std::printf("cpu: avx2 %d, avx512 %d, avx512_bf16 %d, avx512_vnni %d, avx_vnni %d\n", f.avx2, f.avx512,
+              f.avx512_bf16, f.avx512_vnni, f.avx_vnni);
+  test_quant_layout();
+  for (CpuPath want : {CpuPath::Scalar, CpuPath::Avx2, CpuPath::Avx512, CpuPath::Avx512Bf16}) {
+    if (cpu_force_path(want) != want) {
+      std::printf("skip %s: this CPU or build lacks it\n", cpu_path_name(want));
+      continue;
+    }
+    test_float_path(want, pools);
+    test_quant_path(std::string(cpu_path_name(want)) + (cpu_int8_vnni() ? " (int8 vnni)" : ""), int(want), pools);
+  }
+  // Each int8 kernel by name, the VEX AVX-VNNI one included (the paths above prefer AVX512-VNNI).
+  for (const char *k : {"scalar", "maddubs", "vnni512", "avxvnni"}) {
+    if (!quant_force_kernel(k)) {
+      std::printf("skip int8 kernel %s: this CPU lacks it\n", k);
+      continue;
+    }
+    test_quant_path(std::string("int8 kernel ") + k, 10 + int(std::strlen(k)), pools);
+  }
+  quant_force_kernel(nullptr);
+  std::printf(g_failed ? "FAILED: %d check(s)\n" : "all checks passed\n", g_failed);
+  return g_failed ? 1 : 0;
+}
