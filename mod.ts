@@ -109,7 +109,13 @@ export type {
   StoredVectors,
   StoreStats,
 } from "./src/store.ts";
-export { adapterForChunks, answerFromChunks, compressIntoStore } from "./src/lloco.ts";
+export { asStore, openStore, storeBackendOf } from "./src/store/open_store.ts";
+export type { OpenStoreAtOptions } from "./src/store/open_store.ts";
+export { SqliteStore } from "./src/store/sqlite_store.ts";
+export type { Store, StoreBackend, StoreLike } from "./src/store/store_api.ts";
+// PostgreSQL: the client loads only when openStore is given a postgres:// URL.
+export type { PostgresStore, PostgresStoreOptions } from "./src/store/postgres_store.ts";
+export { adapterForChunks, answerFromChunks, compressChunks, compressIntoStore } from "./src/lloco.ts";
 export type {
   AdapterChoice,
   AnswerContext,

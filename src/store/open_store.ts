@@ -6,7 +6,7 @@
  * @module
  */
 
-import { DocumentStore } from "../store.ts";
+import type { DocumentStore } from "../store.ts";
 import { KvfoldError } from "../errors.ts";
 import { SqliteStore } from "./sqlite_store.ts";
 import type { Store, StoreBackend, StoreLike } from "./store_api.ts";
@@ -71,23 +71,24 @@ const wrapped = new WeakMap<DocumentStore, SqliteStore>();
  *
  * @example
  * ```ts ignore
- * import { DocumentStore } from "../store.ts";
+ * import type { DocumentStore } from "../store.ts";
  * import { asStore } from "./open_store.ts";
  * using sync = DocumentStore.open("docs.sqlite");
  * console.log((await asStore(sync).stats()).documents);
  * ```
  */
 export function asStore(store: StoreLike): Store {
-  if (store instanceof DocumentStore) {
-    let s = wrapped.get(store);
-    if (s === undefined) {
-      s = new SqliteStore(store);
-      wrapped.set(store, s);
-    }
-    return s;
+  const s = store as Partial<Store> | null;
+  if (s === null || typeof s !== "object" || typeof s.retrieve !== "function") {
+    throw new TypeError("Expected a store: await openStore(location) or DocumentStore.open(path)");
   }
-  if (store === null || typeof store !== "object" || typeof (store as Store).retrieve !== "function") {
-    throw new TypeError("Expected a store: openStore(location) or DocumentStore.open(path)");
+  // By shape, not instanceof: the Node.js build may hold more than one copy of the classes.
+  if (typeof s.backend === "string") return store as Store;
+  const sync = store as DocumentStore;
+  let wrapper = wrapped.get(sync);
+  if (wrapper === undefined) {
+    wrapper = new SqliteStore(sync);
+    wrapped.set(sync, wrapper);
   }
-  return store;
+  return wrapper;
 }
