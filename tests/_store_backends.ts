@@ -163,3 +163,28 @@ function noteSkip(backend: Backend): void {
   noted.add(backend.name);
   console.warn(`store tests: the ${backend.name} half is SKIPPED: ${backend.skip}`);
 }
+
+/**
+ * Registers `fn` as a PostgreSQL-only test with a new schema (its URL given), dropped afterwards;
+ * skipped (saying why) without a server, failing in CI.
+ */
+export function postgresTest(name: string, fn: (b: BackendStore) => Promise<void>): void {
+  const backend = BACKENDS[1];
+  const skipped = backend.skip !== undefined && !REQUIRED;
+  Deno.test({
+    name: `${name} [postgres]`,
+    ignore: skipped,
+    sanitizeResources: false,
+    sanitizeOps: false,
+    fn: async () => {
+      if (backend.skip !== undefined) throw new Error(`The PostgreSQL tests must run in CI: ${backend.skip}`);
+      const b = await backend.create();
+      try {
+        await fn(b);
+      } finally {
+        await b.cleanup();
+      }
+    },
+  });
+  if (skipped) noteSkip(backend);
+}
