@@ -23,6 +23,8 @@ export interface PgQueryable {
 
 interface PgClient extends PgQueryable {
   release(destroy?: boolean | Error): void;
+  on(event: "error", fn: (e: Error) => void): void;
+  off(event: "error", fn: (e: Error) => void): void;
 }
 
 interface PgPool extends PgQueryable {
@@ -193,6 +195,10 @@ export class PgConnection implements PgQueryable {
       throw pgFailure(this.location, action, e);
     }
     let broken: Error | undefined;
+    // The server dropping a checked-out client is an 'error' event besides the failed query; the
+    // query's rejection is what reports it.
+    const dropped = (e: Error) => void (broken = e);
+    client.on("error", dropped);
     try {
       await client.query("BEGIN");
       const result = await fn(client);
@@ -206,6 +212,7 @@ export class PgConnection implements PgQueryable {
       }
       throw pgFailure(this.location, action, e);
     } finally {
+      client.off("error", dropped);
       client.release(broken ?? false);
     }
   }

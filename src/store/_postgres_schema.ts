@@ -170,9 +170,10 @@ export async function preparePgStore(conn: PgConnection, readOnly: boolean): Pro
       }) ` +
         `and no schema_version; point kvfold at another schema with ?schema=NAME`,
     );
+  const db: PgQueryable = { query: (sql, params) => conn.query(sql, params, action) };
   // The common case first, without a lock: a store of this version.
-  let tables = await tablesOf(conn, schema);
-  let version = await versionOf(conn, tables, where);
+  let tables = await tablesOf(db, schema);
+  let version = await versionOf(db, tables, where);
   if (version === 0 && tables.size > 0) throw foreign(tables);
   if (version >= PG_SCHEMA_VERSION || (readOnly && version > 0)) {
     check(tables, version);
@@ -184,25 +185,25 @@ export async function preparePgStore(conn: PgConnection, readOnly: boolean): Pro
       `Cannot open store: ${where} holds no kvfold store and the store was opened read-only`,
     );
   }
-  await conn.transaction(action, async (db) => {
+  await conn.transaction(action, async (tx) => {
     // One creator at a time per schema; whoever comes second finds the work done.
-    await db.query("SELECT pg_advisory_xact_lock(hashtext('kvfold schema ' || $1))", [schema]);
-    await db.query(`CREATE SCHEMA IF NOT EXISTS ${schema}`);
-    tables = await tablesOf(db, schema);
-    version = await versionOf(db, tables, where);
+    await tx.query("SELECT pg_advisory_xact_lock(hashtext('kvfold schema ' || $1))", [schema]);
+    await tx.query(`CREATE SCHEMA IF NOT EXISTS ${schema}`);
+    tables = await tablesOf(tx, schema);
+    version = await versionOf(tx, tables, where);
     if (version === 0 && tables.size > 0) throw foreign(tables);
     if (version > PG_SCHEMA_VERSION) return;
     if (version === 0) {
-      await db.query(
+      await tx.query(
         `CREATE TABLE ${schema}.schema_version (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now(), applied_by TEXT NOT NULL)`,
       );
     }
     for (let v = version + 1; v <= PG_SCHEMA_VERSION; v++) {
-      await db.query(`SET LOCAL search_path = ${schema}`);
-      await db.query(MIGRATIONS[v - 1]);
-      await db.query("INSERT INTO schema_version (version, applied_by) VALUES ($1, 'kvfold')", [v]);
+      await tx.query(`SET LOCAL search_path = ${schema}`);
+      await tx.query(MIGRATIONS[v - 1]);
+      await tx.query("INSERT INTO schema_version (version, applied_by) VALUES ($1, 'kvfold')", [v]);
     }
   });
-  tables = await tablesOf(conn, schema);
-  check(tables, await versionOf(conn, tables, where));
+  tables = await tablesOf(db, schema);
+  check(tables, await versionOf(db, tables, where));
 }
