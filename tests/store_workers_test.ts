@@ -52,7 +52,7 @@ async function contents(
   return out;
 }
 
-const WORDS_PER_DOCUMENT = 1500;
+const WORDS_PER_DOCUMENT = 800;
 const COMPRESS_ARGS = ["--chunk-tokens", "48", "--segment-length", "24"];
 
 postgresTest(
@@ -61,7 +61,7 @@ postgresTest(
     const dir = await Deno.makeTempDir({ prefix: "kvfold-workers-" });
     try {
       const compressor = await testModel("compressor", TEST_COMPRESSOR);
-      // Long enough (~70 chunks each) that the queue outlasts two kills and restarts of a worker.
+      // Long enough (~40 chunks each) that the queue outlasts two kills and restarts of a worker.
       const files = await writeDocs(dir, 40, WORDS_PER_DOCUMENT);
       // The reference: one process compressing into SQLite.
       const ref = join(dir, "ref.sqlite");
@@ -106,10 +106,11 @@ postgresTest(
           stderr: "piped",
         }).spawn();
       const t1 = performance.now();
-      const workers = [spawnWorker(), spawnWorker(), spawnWorker(), spawnWorker()];
-      const finished: Promise<Deno.CommandOutput>[] = workers.slice(1).map((w) => w.output());
-      // Kill worker 0 twice, each time while it holds an item (between taking it and committing it).
-      let victim = workers[0];
+      // Worker 0 (the victim) starts alone and is killed while it holds an item (between taking it
+      // and committing it); then it restarts beside the 3 others (all starting at once, so it takes
+      // an item before they drain the queue) and is killed so again; its third start stays.
+      const finished: Promise<Deno.CommandOutput>[] = [];
+      let victim = spawnWorker();
       let kills = 0;
       const deadline = Date.now() + 120_000;
       while (kills < 2 && Date.now() < deadline) {
@@ -122,6 +123,7 @@ postgresTest(
           await victim.output();
           kills++;
           victim = spawnWorker();
+          if (kills === 1) { for (let i = 0; i < 3; i++) finished.push(spawnWorker().output()); }
         } else if (await b.raw("SELECT COUNT(*) FROM work_items WHERE state = 'queued'") === 0) {
           break; // drained before the victim took anything more
         } else {
