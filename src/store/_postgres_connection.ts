@@ -149,8 +149,8 @@ export class PgConnection implements PgQueryable {
       types: TYPES,
       connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
       idleTimeoutMillis: 10_000,
-      // The schema's tables by their plain names; kvfold's names never clash with pg_catalog's.
-      options: `-c search_path=${schema},public`,
+      // The schema's tables by their plain names, and nothing else's (pg_catalog is always searched).
+      options: `-c search_path=${schema}`,
       application_name: "kvfold",
     });
     // An idle client whose server went away: the pool drops it; the next query reconnects.

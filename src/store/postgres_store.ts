@@ -235,8 +235,9 @@ export class PostgresStore implements Store {
       "documents",
       0,
     );
-    const groups = (await q("SELECT DISTINCT grp FROM documents WHERE grp IS NOT NULL ORDER BY grp")).rows
-      .map((r) => v.text(r.grp, "documents.grp", "a document"));
+    const groups =
+      (await q('SELECT grp FROM documents WHERE grp IS NOT NULL GROUP BY grp ORDER BY grp COLLATE "C"')).rows
+        .map((r) => v.text(r.grp, "documents.grp", "a document"));
     const size = (await q(
       `SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0)::bigint AS bytes
        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind = 'r'`,
