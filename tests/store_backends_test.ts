@@ -349,3 +349,30 @@ storeTest("store: concurrent writers of one source end with exactly one document
     for (const s of stores) await s.close();
   }
 });
+
+storeTest("store: impossible counts are refused naming the column, on either backend", async (b) => {
+  await using store = await b.open();
+  await store.addDocument({ source: "a", chunks: [chunk("one", 5, 1, 2, 1), chunk("two", 4, 1, 2, 2)] });
+  const [first, second] = (await store.getDocument("a"))!.chunkIds;
+  await b.exec("UPDATE chunks SET tokens = -5 WHERE id = ?", second);
+  await rejectsWith(
+    store.stats(),
+    "FORMAT",
+    new RegExp(`chunks\\.tokens of chunk ${second} is -5; it cannot be below 0`),
+  );
+  await rejectsWith(store.getDocument("a"), "FORMAT", new RegExp(`chunks\\.tokens of chunk ${second} is -5`));
+  await rejectsWith(
+    store.getChunks([second]),
+    "FORMAT",
+    new RegExp(`chunks\\.tokens of chunk ${second} is -5`),
+  );
+  assert.equal((await store.getChunks([first]))[0].tokens, 5); // the other chunk still reads
+  await b.exec("UPDATE chunks SET tokens = 4, checksum = NULL, rows = 0 WHERE id = ?", second);
+  await rejectsWith(
+    store.stats(),
+    "FORMAT",
+    new RegExp(`chunks\\.rows of chunk ${second} is 0; it cannot be below 1`),
+  );
+  await b.exec("UPDATE chunks SET rows = 1, hidden = 3 WHERE id = ?", second);
+  await rejectsWith(store.getChunks([second]), "FORMAT", /has 4 bytes, not 2 × rows × hidden/);
+});

@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { Compressor, openStore, type PostgresStore, runWorker, type Store, WorkQueue } from "../mod.ts";
 import { repoRoot } from "../src/_native_build.ts";
 import { runCli, TEST_COMPRESSOR, testEngine, testModel } from "./_fixtures.ts";
-import { postgresTest } from "./_store_backends.ts";
+import { pgRaw, postgresTest } from "./_store_backends.ts";
 
 const WORDS = ("harbour ship lantern keeper storm tide north river stone bridge market bell tower garden " +
   "winter orchard miller road quarry signal ferry cliff meadow archive ledger copper anchor").split(" ");
@@ -158,6 +158,19 @@ postgresTest(
       assert.match(c1.err, /copied 40 documents .*verified/);
       await using backStore = await openStore(back, { readOnly: true });
       for (const [f, chunks] of await contents(backStore)) assert.deepEqual(chunks, want.get(f), f);
+      // SQLite -> PostgreSQL into an empty schema: the same documents, bit for bit.
+      const fresh = new URL(b.location);
+      fresh.searchParams.set("schema", `${fresh.searchParams.get("schema")}_copy`);
+      try {
+        const c2 = await runCli("store", "copy", back, fresh.toString());
+        assert.equal(c2.code, 0, c2.err);
+        await using copied = await openStore(fresh.toString(), { readOnly: true });
+        const copiedContents = await contents(copied);
+        assert.equal(copiedContents.size, 40);
+        for (const [f, chunks] of copiedContents) assert.deepEqual(chunks, want.get(f), f);
+      } finally {
+        await pgRaw(undefined, `DROP SCHEMA IF EXISTS ${fresh.searchParams.get("schema")} CASCADE`);
+      }
       const again2 = await runCli("store", "copy", ref, b.location);
       assert.notEqual(again2.code, 0);
       assert.match(again2.err, /is already there/);
