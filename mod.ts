@@ -109,7 +109,19 @@ export type {
   StoredVectors,
   StoreStats,
 } from "./src/store.ts";
-export { adapterForChunks, answerFromChunks, compressIntoStore } from "./src/lloco.ts";
+export { asStore, openStore, storeBackendOf } from "./src/store/open_store.ts";
+export type { OpenStoreAtOptions } from "./src/store/open_store.ts";
+export { SqliteStore } from "./src/store/sqlite_store.ts";
+export type { Store, StoreBackend, StoreLike } from "./src/store/store_api.ts";
+// PostgreSQL: the client loads only when openStore is given a postgres:// URL.
+export type { PostgresStore, PostgresStoreOptions } from "./src/store/postgres_store.ts";
+export { copyStore } from "./src/store/copy_store.ts";
+export type { CopyReport } from "./src/store/copy_store.ts";
+export { MAX_ATTEMPTS, WorkQueue } from "./src/store/work_queue.ts";
+export type { NewWorkItem, QueueStats, WorkItem, WorkOptions } from "./src/store/work_queue.ts";
+export { defaultWorkerId, runWorker } from "./src/store/compression_worker.ts";
+export type { WorkerEvent, WorkerOptions } from "./src/store/compression_worker.ts";
+export { adapterForChunks, answerFromChunks, compressChunks, compressIntoStore } from "./src/lloco.ts";
 export type {
   AdapterChoice,
   AnswerContext,

@@ -8,9 +8,9 @@ import {
   ADAPTER_MODES,
   type AdapterMode,
   answerFromChunks,
-  DocumentStore,
   KvfoldError,
   type Model,
+  openStore,
 } from "../mod.ts";
 import {
   CACHE,
@@ -42,7 +42,7 @@ export const ASK = defineCommand({
     "the group.",
   options: {
     model: str("DIR", "model folder (Hugging Face layout)"),
-    store: str("FILE", "the document store (SQLite) to answer from"),
+    store: str("FILE|URL", "the document store (SQLite file or postgres:// URL) to answer from"),
     k: str("N", "chunks retrieved (default 2)"),
     "max-tokens": str("N", "tokens to generate at most (default 128)"),
     temperature: str("T", "sampling temperature (0: greedy)"),
@@ -71,8 +71,8 @@ export async function cmdAsk(args: string[]) {
       `Cannot ask: --adapter-mode ${mode} is not one of ${ADAPTER_MODES.join(", ")}`,
     );
   }
-  using store = DocumentStore.open(need(v.store, "store"), { readOnly: true });
-  const chunks = store.retrieve(question, { k: intOpt(v.k, "k", 1) ?? 2 });
+  await using store = await openStore(need(v.store, "store"), { readOnly: true });
+  const chunks = await store.retrieve(question, { k: intOpt(v.k, "k", 1) ?? 2 });
   for (const c of chunks) {
     note(`[retrieved ${c.source} #${c.ordinal}, score ${c.score.toFixed(3)}, ${c.vectors.rows} vectors]`);
   }

@@ -4,7 +4,7 @@
  * @module
  */
 
-import { compressIntoStore, Compressor, DocumentStore, KvfoldError, writeSafetensorsFile } from "../mod.ts";
+import { compressIntoStore, Compressor, KvfoldError, openStore, writeSafetensorsFile } from "../mod.ts";
 import {
   bool,
   COMMON,
@@ -24,15 +24,16 @@ export const COMPRESS = defineCommand({
   name: "compress",
   summary: "compress documents into the store, or token ids into summary vectors",
   usage: [
-    "compress --compressor DIR --store FILE [--group NAME] [--chunk-tokens N] [--replace] FILES...",
+    "compress --compressor DIR --store FILE|URL [--group NAME] [--chunk-tokens N] [--replace] FILES...",
     "compress --compressor DIR --ids 1,2,3 [--segment-length N] --out FILE.safetensors",
   ],
-  details: "With --store, each FILE becomes a document of the SQLite store (its path is its source);\n" +
+  details: "With --store, each FILE becomes a document of the store, a SQLite file or a postgres:// URL\n" +
+    "(its path is its source);\n" +
     "a source already there is refused unless --replace. With --ids, writes the AutoCompressor's\n" +
     'summary vectors: tensor "summary" [K, hidden] f32.',
   options: {
     compressor: str("DIR", "AutoCompressor model folder"),
-    store: str("FILE", "the document store (SQLite) to add FILES to"),
+    store: str("FILE|URL", "the document store (SQLite file or postgres:// URL) to add FILES to"),
     group: str("NAME", "the group the documents belong to (chooses adapters in `ask`)"),
     "chunk-tokens": str("N", "tokens per chunk of a document"),
     replace: bool("replace documents whose source is already in the store"),
@@ -71,9 +72,10 @@ export async function cmdCompress(args: string[]) {
   if (files.length === 0) {
     throw new KvfoldError("INVALID_ARGUMENT", "Missing FILES to compress into the store");
   }
-  using store = DocumentStore.open(v.store);
+  await using store = await openStore(v.store);
   // Refused before any compressing, not after (the store would refuse the source at the end).
-  const existing = new Set(files.filter((f) => store.hasDocument(f)));
+  const existing = new Set<string>();
+  for (const f of files) if (await store.hasDocument(f)) existing.add(f);
   for (const [i, f] of files.entries()) {
     if (files.indexOf(f) !== i) {
       throw new KvfoldError("INVALID_ARGUMENT", `Cannot compress ${f}: it is named twice`);

@@ -23,6 +23,7 @@ import { cmdMakeTestModel, MAKE_TEST_MODEL } from "./make_test_model.ts";
 import { cmdServe, SERVE } from "./serve.ts";
 import { cmdStore, STORE } from "./store.ts";
 import { cmdTrain, TRAIN } from "./train.ts";
+import { cmdWorker, WORKER } from "./worker.ts";
 
 /** Every command: its usage and option table (for --help and parsing) and what runs it. */
 export const COMMANDS: readonly { spec: CommandSpec; run: (args: string[]) => Promise<void> }[] = [
@@ -36,6 +37,7 @@ export const COMMANDS: readonly { spec: CommandSpec; run: (args: string[]) => Pr
   { spec: ASK, run: cmdAsk },
   { spec: SERVE, run: cmdServe },
   { spec: STORE, run: cmdStore },
+  { spec: WORKER, run: cmdWorker },
   { spec: CONVERT, run: cmdConvert },
   { spec: BENCH, run: cmdBench },
   { spec: TRAIN, run: cmdTrain },

@@ -4,7 +4,7 @@
  * @module
  */
 
-import { DocumentStore, KvfoldError, startServer } from "../mod.ts";
+import { KvfoldError, openStore, startServer, type Store } from "../mod.ts";
 import {
   CACHE,
   cacheFromArgs,
@@ -25,7 +25,7 @@ export const SERVE = defineCommand({
   name: "serve",
   summary: "serve the model over an OpenAI-compatible HTTP API, batching requests across adapters",
   usage: [
-    "serve --model DIR [--adapter GROUP=DIR]... [--store [NAME=]FILE]... [--port N] [--host H] [options]",
+    "serve --model DIR [--adapter GROUP=DIR]... [--store [NAME=]FILE|URL]... [--port N] [--host H] [options]",
   ],
   details: "Endpoints: POST /v1/chat/completions, POST /v1/completions (stream: true for server-sent\n" +
     "events), GET /v1/models (the model as `base`, each adapter as `base:GROUP`), GET /health,\n" +
@@ -35,7 +35,10 @@ export const SERVE = defineCommand({
   options: {
     model: str("DIR", "model folder (Hugging Face layout)"),
     adapter: many("GROUP=DIR", "a PEFT LoRA adapter, served as model id base:GROUP"),
-    store: many("[NAME=]FILE", "a document store (SQLite) for kvfold.store (the first is the default)"),
+    store: many(
+      "[NAME=]FILE|URL",
+      "a document store (SQLite file or postgres:// URL) for kvfold.store (the first is the default)",
+    ),
     port: str("N", "port to listen on (default 8000; 0: any free port)"),
     host: str("H", "interface to listen on (default 127.0.0.1)"),
     "api-key": str("KEY", "require Authorization: Bearer KEY on /v1/*"),
@@ -59,15 +62,17 @@ export async function cmdServe(args: string[]) {
     }
     adapters[spec.slice(0, eq)] = spec.slice(eq + 1);
   }
-  const stores: Record<string, DocumentStore> = {};
+  const stores: Record<string, Store> = {};
   try {
     for (const spec of v.store ?? []) {
+      // NAME=LOCATION; a URL's own "=" (?schema=x) comes after "://", never in a name.
       const eq = spec.indexOf("=");
-      const name = eq > 0 ? spec.slice(0, eq) : "default";
+      const named = eq > 0 && /^[\w.-]+$/.test(spec.slice(0, eq));
+      const name = named ? spec.slice(0, eq) : "default";
       if (Object.hasOwn(stores, name)) {
         throw new KvfoldError("INVALID_ARGUMENT", `Cannot serve: two --store flags are named ${name}`);
       }
-      stores[name] = DocumentStore.open(eq > 0 ? spec.slice(eq + 1) : spec, { readOnly: true });
+      stores[name] = await openStore(named ? spec.slice(eq + 1) : spec, { readOnly: true });
     }
     const port = intOpt(v.port, "port", 0, 65535) ?? 8000;
     const maxBatch = intOpt(v["max-batch"], "max-batch", 1, 4096);
@@ -118,6 +123,6 @@ export async function cmdServe(args: string[]) {
       for (const s of signals) Deno.removeSignalListener(s, stop);
     }
   } finally {
-    for (const s of Object.values(stores)) s.close();
+    for (const s of Object.values(stores)) await s.close();
   }
 }

@@ -9,9 +9,9 @@ import type { StatementSync } from "node:sqlite";
 import type { StoreValues } from "./_store_integrity.ts";
 
 /** BM25 term-frequency saturation. */
-const BM25_K1 = 1.2;
+export const BM25_K1 = 1.2;
 /** BM25 length normalisation. */
-const BM25_B = 0.75;
+export const BM25_B = 0.75;
 
 /** Lowercase runs of Unicode letters and digits. */
 export function tokenize(text: string): string[] {

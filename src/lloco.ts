@@ -12,7 +12,9 @@ import type { Compressor } from "./compressor.ts";
 import { KvfoldError } from "./errors.ts";
 import type { Model } from "./model.ts";
 import type { GenerateOptions, GenerationStats, Session } from "./session.ts";
-import { concatVectors, type DocumentStore, type StoredVectors } from "./store.ts";
+import { concatVectors, type NewChunk, type StoredVectors } from "./store.ts";
+import { asStore } from "./store/open_store.ts";
+import type { StoreLike } from "./store/store_api.ts";
 import type { ChatMessage } from "./tokenizer.ts";
 import type { PrefixCache } from "./prefix_cache.ts";
 
@@ -41,7 +43,8 @@ export interface CompressIntoStoreOptions {
 
 /**
  * Splits a document into chunks of `chunkTokens` tokens, compresses each, and commits the document
- * with all its chunks in one transaction (an interrupted run leaves no half-written document).
+ * with all its chunks in one transaction (an interrupted run leaves no half-written document) to
+ * `store`: a {@linkcode Store} of any backend (`openStore(location)`) or a `DocumentStore`.
  * Returns the document's id, its stored chunk ids in order (for `store.getChunks`), the tokens that
  * went in and the summary vectors that came out.
  *
@@ -53,36 +56,19 @@ export interface CompressIntoStoreOptions {
  */
 export async function compressIntoStore(
   compressor: Compressor,
-  store: DocumentStore,
+  store: StoreLike,
   doc: SourceDocument,
   options: CompressIntoStoreOptions = {},
 ): Promise<{ documentId: number; chunkIds: number[]; tokens: number; vectors: number }> {
-  const tok = compressor.model.tokenizer;
-  const ids = tok.encode(doc.text);
-  if (ids.length === 0) {
-    throw new KvfoldError("INVALID_ARGUMENT", `Cannot compress ${doc.source}: the document is empty`);
-  }
-  const chunkTokens = options.chunkTokens ?? 1536;
-  if (!Number.isInteger(chunkTokens) || chunkTokens < 1) {
-    throw new RangeError(`Cannot compress: chunkTokens ${chunkTokens} is not a positive integer`);
-  }
-  const chunks = [];
-  for (let off = 0; off < ids.length; off += chunkTokens) {
-    const part = ids.slice(off, off + chunkTokens);
-    const summary = await compressor.compress(part, {
-      segmentLength: options.segmentLength ?? chunkTokens,
-      signal: options.signal,
-      onProgress: (d) => options.onProgress?.(off + d, ids.length),
-    });
-    chunks.push({ text: tok.decode(part), tokens: part.length, vectors: summary });
-  }
-  const documentId = store.addDocument(
+  const { chunks, tokens } = await compressChunks(compressor, doc, options);
+  const target = asStore(store);
+  const documentId = await target.addDocument(
     { source: doc.source, group: doc.group, metadata: doc.metadata, chunks },
     { replace: options.replace },
   );
   // Read back at once on the same connection: only another process replacing the source in between
   // could make this differ.
-  const stored = store.getDocument(doc.source);
+  const stored = await target.getDocument(doc.source);
   if (stored === undefined || stored.documentId !== documentId) {
     throw new KvfoldError(
       "INVALID_STATE",
@@ -92,9 +78,47 @@ export async function compressIntoStore(
   return {
     documentId,
     chunkIds: stored.chunkIds,
-    tokens: ids.length,
+    tokens,
     vectors: chunks.reduce((n, c) => n + c.vectors.rows, 0),
   };
+}
+
+/**
+ * The chunks {@link compressIntoStore} stores for `doc`: its tokens split every `chunkTokens`, each
+ * part compressed, with its decoded text and token count. Nothing is written: a caller that commits
+ * the document in a transaction of its own (a work queue's worker) uses this.
+ *
+ * @example
+ * ```ts ignore
+ * const { chunks, tokens } = await compressChunks(compressor, { source: "a.txt", text });
+ * await store.addDocument({ source: "a.txt", chunks });
+ * ```
+ */
+export async function compressChunks(
+  compressor: Compressor,
+  doc: SourceDocument,
+  options: Omit<CompressIntoStoreOptions, "replace"> = {},
+): Promise<{ chunks: NewChunk[]; tokens: number }> {
+  const tok = compressor.model.tokenizer;
+  const ids = tok.encode(doc.text);
+  if (ids.length === 0) {
+    throw new KvfoldError("INVALID_ARGUMENT", `Cannot compress ${doc.source}: the document is empty`);
+  }
+  const chunkTokens = options.chunkTokens ?? 1536;
+  if (!Number.isInteger(chunkTokens) || chunkTokens < 1) {
+    throw new RangeError(`Cannot compress: chunkTokens ${chunkTokens} is not a positive integer`);
+  }
+  const chunks: NewChunk[] = [];
+  for (let off = 0; off < ids.length; off += chunkTokens) {
+    const part = ids.slice(off, off + chunkTokens);
+    const summary = await compressor.compress(part, {
+      segmentLength: options.segmentLength ?? chunkTokens,
+      signal: options.signal,
+      onProgress: (d) => options.onProgress?.(off + d, ids.length),
+    });
+    chunks.push({ text: tok.decode(part), tokens: part.length, vectors: summary });
+  }
+  return { chunks, tokens: ids.length };
 }
 
 /**

@@ -7,15 +7,15 @@ import type {
   AnswerStats,
   CacheOptions,
   ChatMessage,
-  DocumentStore,
   JsonSchema,
   Model,
   PrefixCache,
   SamplingOptions,
+  StoreLike,
 } from "../../mod.ts";
 import { answerFromChunks } from "../../mod.ts";
 import type { DocumentInterface } from "./_deps.ts";
-import { kvfoldPayloadOf, resolveKvfoldChunks } from "./payload.ts";
+import { kvfoldPayloadOf, loadKvfoldChunks } from "./payload.ts";
 import { takePayloadTexts } from "../_payload_text.ts";
 
 /** Sampling and length settings a model is built with and a call may override. */
@@ -72,7 +72,7 @@ export interface KvfoldRunRequest {
   prompt: readonly ChatMessage[] | string;
   documents: readonly DocumentInterface[];
   /** Reads payload vectors that are not attached in memory. */
-  store?: DocumentStore;
+  store?: StoreLike;
   settings: KvfoldGenerationSettings;
   stop?: readonly string[];
   signal?: AbortSignal;
@@ -154,7 +154,7 @@ async function* generatePieces(request: KvfoldRunRequest): AsyncGenerator<string
     if (typeof group === "string" && !groups.includes(group)) groups.push(group);
   };
   for (const doc of request.documents) {
-    const resolved = resolveKvfoldChunks(doc, request.store);
+    const resolved = await loadKvfoldChunks(doc, request.store);
     const score = doc.metadata?.score;
     if (resolved === undefined) textDocuments.push(doc);
     else if (typeof score === "number" && Number.isFinite(score)) {

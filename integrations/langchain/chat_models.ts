@@ -9,11 +9,11 @@ import {
   type AdapterMode,
   type CacheOptions,
   type ChatMessage,
-  type DocumentStore,
   JsonGrammar,
   type Model,
   parseToolReply,
   PrefixCache,
+  type StoreLike,
   toolReplySchema,
 } from "../../mod.ts";
 import {
@@ -56,7 +56,7 @@ export interface KvfoldModelFields extends KvfoldGenerationSettings {
   /** The loaded model (for LLoCO, the compressor checkpoint, which is also the decoder). */
   model: Model;
   /** Reads payload vectors that documents reference but do not carry in memory. */
-  store?: DocumentStore;
+  store?: StoreLike;
   /** Stop strings used when a call gives none. */
   stop?: string[];
   /**
@@ -263,7 +263,7 @@ export class ChatKvfold extends BaseChatModel<ChatKvfoldCallOptions, AIMessageCh
   /** The model that generates. */
   readonly model: Model;
   /** Where payload references are resolved. */
-  readonly store?: DocumentStore;
+  readonly store?: StoreLike;
   readonly #fields: KvfoldModelFields;
   #reused?: PrefixCache;
 
@@ -500,7 +500,7 @@ export class KvfoldLLM extends LLM<KvfoldLLMCallOptions> {
   /** The model that generates. */
   readonly model: Model;
   /** Where payload references are resolved. */
-  readonly store?: DocumentStore;
+  readonly store?: StoreLike;
   /** Whether prompts go through the chat template. */
   readonly chat: boolean;
   readonly #fields: KvfoldModelFields;

@@ -6,11 +6,12 @@
  */
 
 import {
+  asStore,
   compressIntoStore,
   type Compressor,
-  type DocumentStore,
   KvfoldError,
   type RetrievedChunk,
+  type StoreLike,
 } from "../../mod.ts";
 import {
   BaseDocumentCompressor,
@@ -54,7 +55,7 @@ export interface KvfoldDocumentCompressorInput {
   /** The AutoCompressor that turns text into summary vectors. */
   compressor: Compressor;
   /** Where compressed documents are kept (and found again). */
-  store: DocumentStore;
+  store: StoreLike;
   /** Adapter group of documents whose `metadata.group` is not a string. */
   group?: string;
   /** Tokens per stored chunk; default 1536. */
@@ -125,7 +126,7 @@ export class KvfoldDocumentCompressor extends BaseDocumentCompressor {
   /** The compressor used. */
   readonly compressor: Compressor;
   /** The store written to. */
-  readonly store: DocumentStore;
+  readonly store: StoreLike;
   /** Default adapter group. */
   readonly group?: string;
   readonly #options: KvfoldDocumentCompressorInput;
@@ -216,16 +217,16 @@ export class KvfoldDocumentCompressor extends BaseDocumentCompressor {
     let chunks: RetrievedChunk[] | undefined;
     if (known !== undefined) {
       try {
-        chunks = this.store.getChunks(known);
+        chunks = await asStore(this.store).getChunks(known);
       } catch (e) {
         if (!(e instanceof KvfoldError && e.code === "INVALID_ARGUMENT")) throw e;
         // Removed from the store since: compress again.
       }
     } else {
-      const stored = this.store.getDocument(key);
+      const stored = await asStore(this.store).getDocument(key);
       // A document stored under another group (possible with a custom `sourceOf`) is recompressed.
       if (stored !== undefined && (group === undefined || stored.group === group)) {
-        chunks = this.store.getChunks(stored.chunkIds);
+        chunks = await asStore(this.store).getChunks(stored.chunkIds);
       }
     }
     const same = chunks !== undefined && chunks.length === chunkTexts.length &&
@@ -246,7 +247,7 @@ export class KvfoldDocumentCompressor extends BaseDocumentCompressor {
       replace: true,
       signal: this.#options.signal,
     });
-    chunks = this.store.getChunks(r.chunkIds);
+    chunks = await asStore(this.store).getChunks(r.chunkIds);
     this.#known.set(key, r.chunkIds);
     this.#stats.compressed++;
     this.#stats.tokensIn += r.tokens;

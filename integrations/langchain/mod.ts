@@ -64,7 +64,7 @@ export { countModelTokens, KvfoldEmbeddings } from "./embeddings.ts";
 export type { KvfoldEmbeddingsInput } from "./embeddings.ts";
 export { createKvfoldQaChain } from "./chain.ts";
 export type { KvfoldQaChainOptions } from "./chain.ts";
-export { kvfoldPayloadOf, payloadRef, resolveKvfoldChunks } from "./payload.ts";
+export { kvfoldPayloadOf, loadKvfoldChunks, payloadRef, resolveKvfoldChunks } from "./payload.ts";
 export type { KvfoldPayloadRef } from "./payload.ts";
 export { toolSpecs } from "./tools.ts";
 export type { KvfoldToolCallOptions } from "./tools.ts";

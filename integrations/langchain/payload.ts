@@ -7,7 +7,7 @@
  * @module
  */
 
-import type { DocumentStore, RetrievedChunk } from "../../mod.ts";
+import { asStore, type DocumentStore, type RetrievedChunk, type StoreLike } from "../../mod.ts";
 import type { DocumentInterface } from "./_deps.ts";
 
 /**
@@ -127,4 +127,26 @@ export function resolveKvfoldChunks(
     );
   }
   return store.getChunks(ref.chunkIds);
+}
+
+/**
+ * {@link resolveKvfoldChunks} for a store of any backend (`openStore(location)`): the attached
+ * chunks, else the referenced ones read from `store`.
+ *
+ * @example
+ * ```ts ignore
+ * const [doc] = await retriever.invoke("which ship left?");
+ * const chunks = await loadKvfoldChunks(doc, await openStore("postgres://kvfold@db/corpus"));
+ * console.log(chunks?.map((c) => c.vectors.rows));
+ * ```
+ */
+export async function loadKvfoldChunks(
+  document: DocumentInterface,
+  store?: StoreLike,
+): Promise<readonly RetrievedChunk[] | undefined> {
+  const ref = kvfoldPayloadOf(document) as RefWithChunks | undefined;
+  if (ref === undefined) return undefined;
+  const attached = ref[CHUNKS];
+  if (attached !== undefined || store === undefined) return resolveKvfoldChunks(document);
+  return await asStore(store).getChunks(ref.chunkIds);
 }

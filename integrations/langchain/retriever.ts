@@ -4,7 +4,7 @@
  * @module
  */
 
-import type { DocumentStore, RetrievedChunk } from "../../mod.ts";
+import { asStore, type RetrievedChunk, type StoreLike } from "../../mod.ts";
 import { BaseRetriever, type BaseRetrieverInput, Document, type DocumentInterface } from "./_deps.ts";
 import { payloadRef } from "./payload.ts";
 import { rememberPayloadText } from "../_payload_text.ts";
@@ -13,7 +13,7 @@ import { checkStoreOption } from "../_model_option.ts";
 /** Fields of {@linkcode KvfoldRetriever}. */
 export interface KvfoldRetrieverInput extends BaseRetrieverInput {
   /** The store to search. */
-  store: DocumentStore;
+  store: StoreLike;
   /** Chunks to return; default 4. */
   k?: number;
   /** Only chunks of documents in this adapter group. */
@@ -50,7 +50,7 @@ export class KvfoldRetriever extends BaseRetriever {
   }
   lc_namespace: string[] = ["kvfold", "retrievers"];
   /** The store searched. */
-  readonly store: DocumentStore;
+  readonly store: StoreLike;
   /** Chunks returned per query. */
   readonly k: number;
   /** The adapter group searched, or all. */
@@ -75,9 +75,9 @@ export class KvfoldRetriever extends BaseRetriever {
   }
 
   /** Runs the BM25 search; LangChain calls this from `invoke`. */
-  override _getRelevantDocuments(query: string): Promise<DocumentInterface[]> {
-    const hits = this.store.retrieve(query, { k: this.k, group: this.group });
-    return Promise.resolve(hits.map((hit) => chunkDocument(hit, this.#attachVectors)));
+  override async _getRelevantDocuments(query: string): Promise<DocumentInterface[]> {
+    const hits = await asStore(this.store).retrieve(query, { k: this.k, group: this.group });
+    return hits.map((hit) => chunkDocument(hit, this.#attachVectors));
   }
 }
 

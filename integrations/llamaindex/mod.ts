@@ -59,6 +59,7 @@ export {
   compressedContextOf,
   concatVectors,
   INTERNAL_METADATA_KEYS,
+  loadCompressedContext,
   PAYLOAD_REF_KEY,
   payloadRefOf,
 } from "./payload.ts";

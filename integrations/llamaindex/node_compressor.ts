@@ -6,20 +6,21 @@
  */
 
 import {
+  asStore,
   compressIntoStore,
   type CompressIntoStoreOptions,
   type Compressor,
-  type DocumentStore,
   KvfoldError,
   type RetrievedChunk,
+  type StoreLike,
 } from "../../mod.ts";
 import { type BaseNode, type BaseNodePostprocessor, MetadataMode, type NodeWithScore } from "./_deps.ts";
 import {
   attachCompressedContext,
   type CompressedContext,
-  compressedContextOf,
   type CompressedPayloadRef,
   concatVectors,
+  loadCompressedContext,
 } from "./payload.ts";
 import { checkCompressorOption, checkStoreOption, fromPositional } from "../_model_option.ts";
 
@@ -43,7 +44,7 @@ export interface KvfoldNodeCompressorOptions
   /** The compressor (its tokenizer also splits nodes into chunks). */
   compressor: Compressor;
   /** The store nodes are compressed into. */
-  store: DocumentStore;
+  store: StoreLike;
   /** Tokens per stored chunk (a longer node becomes several); default 1536. */
   chunkTokens?: number;
   /**
@@ -102,7 +103,7 @@ export class KvfoldNodeCompressor implements BaseNodePostprocessor {
   /** The compressor (its tokenizer also splits nodes into chunks). */
   readonly compressor: Compressor;
   /** The store nodes are compressed into. */
-  readonly store: DocumentStore;
+  readonly store: StoreLike;
   readonly #options: KvfoldNodeCompressorOptions;
   readonly #chunkTokens: number;
   /** Payloads by store source, with the chunk texts they were made from. */
@@ -120,13 +121,13 @@ export class KvfoldNodeCompressor implements BaseNodePostprocessor {
   /** @deprecated Pass one options object: `new KvfoldNodeCompressor({ compressor, store, ...options })`. */
   constructor(
     compressor: Compressor,
-    store: DocumentStore,
+    store: StoreLike,
     options?: Omit<KvfoldNodeCompressorOptions, "compressor" | "store">,
   );
   constructor(
     ...args:
       | [KvfoldNodeCompressorOptions]
-      | [Compressor, DocumentStore, Omit<KvfoldNodeCompressorOptions, "compressor" | "store">?]
+      | [Compressor, StoreLike, Omit<KvfoldNodeCompressorOptions, "compressor" | "store">?]
   ) {
     const options = fromPositional(args, ["compressor", "store"]) as KvfoldNodeCompressorOptions;
     checkCompressorOption("KvfoldNodeCompressor", options);
@@ -146,7 +147,7 @@ export class KvfoldNodeCompressor implements BaseNodePostprocessor {
   /** Attaches a payload to every node with text (compressing those not stored yet); same order. */
   async postprocessNodes(nodes: NodeWithScore[], _query?: unknown): Promise<NodeWithScore[]> {
     for (const { node } of nodes) {
-      if (this.#hasPayload(node)) continue;
+      if (await this.#hasPayload(node)) continue;
       if (nodeText(node).trim() === "") continue;
       await this.#attach(node);
     }
@@ -154,9 +155,9 @@ export class KvfoldNodeCompressor implements BaseNodePostprocessor {
   }
 
   /** Whether the node has vectors in memory or a reference into this store that still resolves. */
-  #hasPayload(node: BaseNode): boolean {
+  async #hasPayload(node: BaseNode): Promise<boolean> {
     try {
-      return compressedContextOf(node, this.store) !== undefined;
+      return (await loadCompressedContext(node, this.store)) !== undefined;
     } catch (e) {
       // The referenced chunks are gone from the store (document replaced or removed): recompress.
       if (e instanceof KvfoldError && e.code === "INVALID_ARGUMENT") return false;
@@ -184,12 +185,12 @@ export class KvfoldNodeCompressor implements BaseNodePostprocessor {
       });
 
     const cached = this.#cache.get(source);
-    if (cached && sameTexts(cached.texts, texts) && this.store.hasDocument(source)) {
+    if (cached && sameTexts(cached.texts, texts) && (await asStore(this.store).hasDocument(source))) {
       attachCompressedContext(node, cached.context, cached.ref);
       report("cached", cached.context);
       return;
     }
-    let chunks = this.#findStored(source, texts);
+    let chunks = await this.#findStored(source, texts);
     let action: NodeCompressionEvent["action"] = "stored";
     if (chunks === undefined) {
       const group = (this.#options.groupOf ?? defaultGroupOf)(node);
@@ -200,7 +201,7 @@ export class KvfoldNodeCompressor implements BaseNodePostprocessor {
         // A stored document under this source with other text is stale: this node replaces it.
         replace: true,
       });
-      chunks = this.store.getChunks(chunkIds);
+      chunks = await asStore(this.store).getChunks(chunkIds);
       action = "compressed";
     }
     const context: CompressedContext = {
@@ -209,7 +210,7 @@ export class KvfoldNodeCompressor implements BaseNodePostprocessor {
       source,
     };
     const ref: CompressedPayloadRef = {
-      store: this.store.path,
+      store: asStore(this.store).location,
       source,
       documentId: chunks[0].documentId,
       chunkIds: chunks.map((c) => c.chunkId),
@@ -223,10 +224,11 @@ export class KvfoldNodeCompressor implements BaseNodePostprocessor {
   }
 
   /** The stored chunks of `source` in order, when they are exactly `texts`; else undefined. */
-  #findStored(source: string, texts: readonly string[]): RetrievedChunk[] | undefined {
-    const stored = this.store.getDocument(source);
+  async #findStored(source: string, texts: readonly string[]): Promise<RetrievedChunk[] | undefined> {
+    const store = asStore(this.store);
+    const stored = await store.getDocument(source);
     if (stored === undefined || stored.chunkIds.length !== texts.length) return undefined;
-    const chunks = this.store.getChunks(stored.chunkIds);
+    const chunks = await store.getChunks(stored.chunkIds);
     return sameTexts(chunks.map((c) => c.text), texts) ? chunks : undefined;
   }
 }

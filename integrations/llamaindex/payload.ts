@@ -7,7 +7,7 @@
  * @module
  */
 
-import { concatVectors, type DocumentStore, type StoredVectors } from "../../mod.ts";
+import { asStore, concatVectors, type DocumentStore, type StoredVectors, type StoreLike } from "../../mod.ts";
 import type { BaseNode, NodeWithScore } from "./_deps.ts";
 import { rememberPayloadText } from "../_payload_text.ts";
 
@@ -52,7 +52,7 @@ export interface CompressedContext {
  * ```
  */
 export interface CompressedPayloadRef {
-  /** Path of the store (`DocumentStore.path`). */
+  /** Where the store is (`Store.location`: its path, or its URL without the password). */
   store: string;
   /** The document's source in the store. */
   source: string;
@@ -171,6 +171,39 @@ export function compressedContextOf(
   const ref = payloadRefOf(n);
   if (ref === undefined || store === undefined || store.path !== ref.store) return undefined;
   const chunks = store.getChunks(ref.chunkIds);
+  const context = {
+    vectors: concatVectors(chunks.map((c) => c.vectors)),
+    group: ref.group,
+    source: ref.source,
+  };
+  hold(n, context);
+  return context;
+}
+
+/**
+ * {@link compressedContextOf} for a store of any backend (`openStore(location)`): the in-memory
+ * payload when attached; else, when `store` is the store the node's reference names, the
+ * referenced chunks read back (and attached for next time); else undefined.
+ *
+ * @example
+ * ```ts
+ * import { TextNode } from "npm:@llamaindex/core@0.6.22/schema";
+ * import { loadCompressedContext } from "./payload.ts";
+ * console.log(await loadCompressedContext(new TextNode({ text: "plain" }))); // undefined
+ * ```
+ */
+export async function loadCompressedContext(
+  node: BaseNode | NodeWithScore,
+  store?: StoreLike,
+): Promise<CompressedContext | undefined> {
+  const n = "node" in node ? node.node : node;
+  const held = (n.metadata as PayloadHolder | undefined)?.[PAYLOAD] as CompressedContext | undefined;
+  if (held !== undefined) return held;
+  const ref = payloadRefOf(n);
+  if (ref === undefined || store === undefined) return undefined;
+  const s = asStore(store);
+  if (s.location !== ref.store) return undefined;
+  const chunks = await s.getChunks(ref.chunkIds);
   const context = {
     vectors: concatVectors(chunks.map((c) => c.vectors)),
     group: ref.group,

@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { DocumentStore } from "../../mod.ts";
+import type { StoreLike } from "../../mod.ts";
 import {
   type BaseNodePostprocessor,
   type BaseRetriever,
@@ -23,7 +23,7 @@ import {
   type TextQAPrompt,
 } from "./_deps.ts";
 import type { KvfoldCallOptions, KvfoldLLM } from "./llm.ts";
-import { type CompressedContext, compressedContextOf } from "./payload.ts";
+import { type CompressedContext, loadCompressedContext } from "./payload.ts";
 import { KvfoldRetriever } from "./retriever.ts";
 
 /** Options of {@linkcode KvfoldResponseSynthesizer}. */
@@ -31,7 +31,7 @@ export interface KvfoldResponseSynthesizerOptions {
   /** The LLM that answers. */
   llm: KvfoldLLM;
   /** Resolves payload references of nodes whose vectors are not in memory (read from this store). */
-  store?: DocumentStore;
+  store?: StoreLike;
   /**
    * The prompt for nodes without a compressed payload, whose text goes in `{context}`; default
    * LlamaIndex's `defaultTextQAPrompt`. Unused when every node has a payload.
@@ -66,7 +66,7 @@ export class KvfoldResponseSynthesizer extends BaseSynthesizer {
   readonly kvfoldLLM: KvfoldLLM;
   /** The prompt for text-only nodes. */
   textQATemplate: TextQAPrompt;
-  readonly #store?: DocumentStore;
+  readonly #store?: StoreLike;
   readonly #metadataMode: MetadataMode;
   readonly #generation: Omit<KvfoldCallOptions, "contexts">;
 
@@ -120,7 +120,7 @@ export class KvfoldResponseSynthesizer extends BaseSynthesizer {
     const contexts: CompressedContext[] = [];
     const texts: string[] = [];
     for (const n of nodes) {
-      const context = compressedContextOf(n, this.#store);
+      const context = await loadCompressedContext(n, this.#store);
       // The node's retrieval score weighs its group's adapter in a composition.
       if (context) contexts.push(typeof n.score === "number" ? { ...context, score: n.score } : context);
       else texts.push(n.node.getContent(this.#metadataMode));

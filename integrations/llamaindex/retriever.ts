@@ -4,7 +4,7 @@
  * @module
  */
 
-import type { DocumentStore, RetrievedChunk } from "../../mod.ts";
+import { asStore, type RetrievedChunk, type StoreLike } from "../../mod.ts";
 import { BaseRetriever, extractText, type NodeWithScore, type QueryBundle, TextNode } from "./_deps.ts";
 import { attachCompressedContext } from "./payload.ts";
 import { checkStoreOption, fromPositional } from "../_model_option.ts";
@@ -12,7 +12,7 @@ import { checkStoreOption, fromPositional } from "../_model_option.ts";
 /** Options of {@linkcode KvfoldRetriever}. */
 export interface KvfoldRetrieverOptions {
   /** The store to search. */
-  store: DocumentStore;
+  store: StoreLike;
   /** How many chunks to return; default 4. */
   k?: number;
   /** Only chunks of documents in this adapter group. */
@@ -33,9 +33,10 @@ export interface KvfoldRetrieverOptions {
  * console.log(nodeFromChunk(chunk, store).metadata.source);
  * ```
  */
-export function nodeFromChunk(chunk: RetrievedChunk, store: DocumentStore): TextNode {
+export function nodeFromChunk(chunk: RetrievedChunk, store: StoreLike): TextNode {
+  const location = asStore(store).location;
   const node = new TextNode({
-    id_: `kvfold:${store.path}#${chunk.chunkId}`,
+    id_: `kvfold:${location}#${chunk.chunkId}`,
     text: chunk.text,
     metadata: {
       ...chunk.metadata,
@@ -48,7 +49,7 @@ export function nodeFromChunk(chunk: RetrievedChunk, store: DocumentStore): Text
     },
   });
   attachCompressedContext(node, { vectors: chunk.vectors, group: chunk.group, source: chunk.source }, {
-    store: store.path,
+    store: location,
     source: chunk.source,
     documentId: chunk.documentId,
     chunkIds: [chunk.chunkId],
@@ -77,7 +78,7 @@ export function nodeFromChunk(chunk: RetrievedChunk, store: DocumentStore): Text
  */
 export class KvfoldRetriever extends BaseRetriever {
   /** The store searched. */
-  readonly store: DocumentStore;
+  readonly store: StoreLike;
   /** Chunks per query. */
   readonly k: number;
   /** The adapter group results are limited to, if any. */
@@ -89,8 +90,8 @@ export class KvfoldRetriever extends BaseRetriever {
    */
   constructor(options: KvfoldRetrieverOptions);
   /** @deprecated Pass one options object: `new KvfoldRetriever({ store, ...options })`. */
-  constructor(store: DocumentStore, options?: Omit<KvfoldRetrieverOptions, "store">);
-  constructor(...args: [KvfoldRetrieverOptions] | [DocumentStore, Omit<KvfoldRetrieverOptions, "store">?]) {
+  constructor(store: StoreLike, options?: Omit<KvfoldRetrieverOptions, "store">);
+  constructor(...args: [KvfoldRetrieverOptions] | [StoreLike, Omit<KvfoldRetrieverOptions, "store">?]) {
     const options = fromPositional(args, ["store"]) as KvfoldRetrieverOptions;
     checkStoreOption("KvfoldRetriever", options, true);
     super();
@@ -104,8 +105,11 @@ export class KvfoldRetriever extends BaseRetriever {
   }
 
   /** BM25 search; called by `retrieve`, which adds LlamaIndex's events. */
-  override _retrieve(params: QueryBundle): Promise<NodeWithScore[]> {
-    const hits = this.store.retrieve(extractText(params.query), { k: this.k, group: this.group });
-    return Promise.resolve(hits.map((hit) => ({ node: nodeFromChunk(hit, this.store), score: hit.score })));
+  override async _retrieve(params: QueryBundle): Promise<NodeWithScore[]> {
+    const hits = await asStore(this.store).retrieve(extractText(params.query), {
+      k: this.k,
+      group: this.group,
+    });
+    return hits.map((hit) => ({ node: nodeFromChunk(hit, this.store), score: hit.score }));
   }
 }

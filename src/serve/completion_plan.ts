@@ -12,7 +12,8 @@ import { adaptersForChunks, describeAdapters } from "../adapter_composition.ts";
 import { KvfoldError } from "../errors.ts";
 import type { CacheOptions } from "../lococo.ts";
 import type { Model } from "../model.ts";
-import { concatVectors, type DocumentStore, type RetrievedChunk } from "../store.ts";
+import { concatVectors, type RetrievedChunk } from "../store.ts";
+import type { Store } from "../store/store_api.ts";
 import { HttpError } from "./http_error.ts";
 import type { CompletionRequest } from "./openai_request.ts";
 import type { JobSpec } from "./scheduler.ts";
@@ -23,7 +24,7 @@ export interface ServedModel {
   /** The base model's id (`base`); adapters are `base:<name>`. */
   name: string;
   /** Stores by name (the first is the default). */
-  stores: ReadonlyMap<string, DocumentStore>;
+  stores: ReadonlyMap<string, Store>;
   /** Caches by kind name, besides the full cache. */
   caches: ReadonlyMap<string, CacheOptions>;
   /** The cache a request without `kvfold.cache` gets ("full" or a key of `caches`). */
@@ -51,7 +52,7 @@ export function modelIds(served: ServedModel): string[] {
 }
 
 /** Plans a checked request (throws {@link HttpError}). */
-export function planCompletion(served: ServedModel, req: CompletionRequest): CompletionPlan {
+export async function planCompletion(served: ServedModel, req: CompletionRequest): Promise<CompletionPlan> {
   const { model } = served;
   const registered = new Set(model.adapters.list().map((e) => e.name));
   // The model id: the base, or the base and an adapter.
@@ -78,7 +79,7 @@ export function planCompletion(served: ServedModel, req: CompletionRequest): Com
     );
   }
   const promptIds = promptTokens(model, req);
-  const chunks = req.retrieves ? retrieveChunks(served, req) : [];
+  const chunks = req.retrieves ? await retrieveChunks(served, req) : [];
   const H = model.info.hiddenSize;
   for (const c of chunks) {
     if (c.vectors.hidden !== H) {
@@ -176,7 +177,7 @@ function promptTokens(model: Model, req: CompletionRequest): number[] {
   return [...prompt];
 }
 
-function retrieveChunks(served: ServedModel, req: CompletionRequest): RetrievedChunk[] {
+async function retrieveChunks(served: ServedModel, req: CompletionRequest): Promise<RetrievedChunk[]> {
   const kv = req.kvfold;
   const name = kv.store ?? served.stores.keys().next().value;
   if (name === undefined) {
@@ -195,9 +196,9 @@ function retrieveChunks(served: ServedModel, req: CompletionRequest): RetrievedC
     );
   }
   try {
-    if (kv.chunkIds !== undefined) return store.getChunks(kv.chunkIds);
+    if (kv.chunkIds !== undefined) return await store.getChunks(kv.chunkIds);
     const query = kv.query ?? defaultQuery(req);
-    return store.retrieve(query, { k: kv.k ?? 2, group: kv.group ?? undefined });
+    return await store.retrieve(query, { k: kv.k ?? 2, group: kv.group ?? undefined });
   } catch (e) {
     if (e instanceof KvfoldError && e.code === "INVALID_ARGUMENT") {
       const param = kv.chunkIds !== undefined ? "kvfold.chunk_ids" : "kvfold.query";

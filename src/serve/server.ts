@@ -11,7 +11,8 @@
 import type { CacheOptions } from "../lococo.ts";
 import { KvfoldError } from "../errors.ts";
 import type { Model } from "../model.ts";
-import type { DocumentStore } from "../store.ts";
+import { asStore } from "../store/open_store.ts";
+import type { StoreLike } from "../store/store_api.ts";
 import { type CompletionPlan, modelIds, planCompletion, type ServedModel } from "./completion_plan.ts";
 import { HttpError, toHttpError } from "./http_error.ts";
 import { ServerMetrics } from "./metrics.ts";
@@ -40,7 +41,7 @@ export interface ServerOptions {
   /** PEFT LoRA folders to load into `model.adapters` before serving, by name (the adapter group). */
   adapters?: Readonly<Record<string, string>>;
   /** Document stores by name, for `kvfold.store` (the first is the default). */
-  stores?: Readonly<Record<string, DocumentStore>>;
+  stores?: Readonly<Record<string, StoreLike>>;
   /**
    * KV caches requests may ask for by kind name (`kvfold.cache`), besides `full`; or a function
    * that makes them once the model is loaded (LoCoCo heads belong to a model).
@@ -154,7 +155,7 @@ export class KvfoldServer {
       this.#served = {
         model,
         name: o.name ?? "base",
-        stores: new Map(Object.entries(o.stores ?? {})),
+        stores: new Map(Object.entries(o.stores ?? {}).map(([name, s]) => [name, asStore(s)])),
         caches,
         defaultCache,
       };
@@ -272,7 +273,7 @@ export class KvfoldServer {
   async #complete(req: Request, endpoint: "chat" | "completions", served: ServedModel): Promise<Response> {
     const body = await readJsonBody(req, this.#options.maxBodyBytes ?? 4 * 1024 * 1024);
     const request = parseCompletionRequest(body, endpoint);
-    const plan = planCompletion(served, request);
+    const plan = await planCompletion(served, request);
     const job = this.#scheduler!.submit({ ...plan.spec, signal: req.signal });
     const who = responseIdentity(endpoint, request.model);
     return request.stream ? streamResponse(job, who, plan, request) : await wholeResponse(job, who, plan);
