@@ -71,7 +71,7 @@ export function textQaExample(
   const ids = [DEMO_BOS_ID, ...context, ...q, ...a];
   const labels = new Array<number>(ids.length).fill(-1);
   // <s> and the context predict the context; the context's last token does not predict the question.
-  if (options.languageModel) for (let t = 0; t < context.length; t++) labels[t] = ids[t + 1];
+  if (options.languageModel) { for (let t = 0; t < context.length; t++) labels[t] = ids[t + 1]; }
   const firstAnswer = 1 + context.length + q.length;
   labels[firstAnswer - 1] = a[0]; // the question's last token predicts the answer
   for (let t = firstAnswer; t < ids.length; t++) labels[t] = t + 1 < ids.length ? ids[t + 1] : DEMO_EOS_ID;
@@ -86,6 +86,14 @@ export interface CompressedQaExample {
 }
 
 /** Compressed QA over one chunk's ids. */
-export function compressedQaExample(chunk: readonly number[], question: string, answer: string): CompressedQaExample {
-  return { ids: [...chunk], question: [DEMO_BOS_ID, ...textIds(question)], answer: [...textIds(answer), DEMO_EOS_ID] };
+export function compressedQaExample(
+  chunk: readonly number[],
+  question: string,
+  answer: string,
+): CompressedQaExample {
+  return {
+    ids: [...chunk],
+    question: [DEMO_BOS_ID, ...textIds(question)],
+    answer: [...textIds(answer), DEMO_EOS_ID],
+  };
 }

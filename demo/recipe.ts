@@ -205,7 +205,10 @@ export async function trainDemoModel(kv: Kvfold, options: RecipeOptions): Promis
     });
     // Reader windows grow from 32 tokens to a whole chunk over the first 3/4 of the phase.
     const grow = Math.max(1, Math.floor(0.75 * budget.readerSteps * budget.batch));
-    const windows = windowDraws(TRAIN_SEED, (i) => Math.round(32 * (CHUNK_TOKENS / 32) ** Math.min(1, i / grow)));
+    const windows = windowDraws(
+      TRAIN_SEED,
+      (i) => Math.round(32 * (CHUNK_TOKENS / 32) ** Math.min(1, i / grow)),
+    );
     const draws = chunkDraws(TRAIN_SEED + 100);
     const take = () => draws.next().value as Draw;
     for (let s = 0; s < budget.readerSteps; s++) {
@@ -214,7 +217,9 @@ export async function trainDemoModel(kv: Kvfold, options: RecipeOptions): Promis
       for (let b = 0; b < budget.batch; b++) {
         const d = windows.next().value as Draw;
         // Half the examples also model the context's language; the other half are answers only.
-        const ex = textQaExample(d.ids, d.question.question, d.question.answer, { languageModel: b % 2 === 0 });
+        const ex = textQaExample(d.ids, d.question.question, d.question.answer, {
+          languageModel: b % 2 === 0,
+        });
         losses.push(await trainer.accumulate(ex, { signal: options.signal }));
       }
       trainer.step();
@@ -228,7 +233,10 @@ export async function trainDemoModel(kv: Kvfold, options: RecipeOptions): Promis
     }
     // Compressor documents grow from 64 tokens to a whole chunk (two segments) over its first half.
     const growDocs = Math.max(1, Math.floor(0.5 * budget.compressorSteps * budget.batch));
-    const docs = windowDraws(TRAIN_SEED + 200, (i) => Math.round(64 * (CHUNK_TOKENS / 64) ** Math.min(1, i / growDocs)));
+    const docs = windowDraws(
+      TRAIN_SEED + 200,
+      (i) => Math.round(64 * (CHUNK_TOKENS / 64) ** Math.min(1, i / growDocs)),
+    );
     for (let s = 0; s < budget.compressorSteps; s++) {
       options.signal?.throwIfAborted();
       const lm: number[] = [], qa: number[] = [];

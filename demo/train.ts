@@ -29,7 +29,10 @@ if (import.meta.main) {
     phases[p.phase] = p.seconds;
     if (p.seconds - last < 15 && p.step !== p.steps) return;
     last = p.seconds;
-    const loss = [isNaN(p.loss.lm) ? "" : `lm ${p.loss.lm.toFixed(3)}`, isNaN(p.loss.qa) ? "" : `qa ${p.loss.qa.toFixed(3)}`]
+    const loss = [
+      isNaN(p.loss.lm) ? "" : `lm ${p.loss.lm.toFixed(3)}`,
+      isNaN(p.loss.qa) ? "" : `qa ${p.loss.qa.toFixed(3)}`,
+    ]
       .filter(Boolean).join(" ");
     console.log(`${p.phase} ${p.step}/${p.steps} ${loss} ${p.seconds.toFixed(0)} s`);
   };
@@ -48,7 +51,9 @@ if (import.meta.main) {
     phaseEndSeconds: phases,
   };
   await Deno.writeTextFile(join(outDir, "recipe.json"), JSON.stringify(recipe, null, 2) + "\n");
-  console.log(`trained in ${(out.seconds / 60).toFixed(1)} min; checking on held-out documents (seed ${CHECK_SEED})`);
+  console.log(
+    `trained in ${(out.seconds / 60).toFixed(1)} min; checking on held-out documents (seed ${CHECK_SEED})`,
+  );
   const check = await evaluateDemo(kv, {
     trainedDir: outDir,
     seed: CHECK_SEED,

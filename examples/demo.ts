@@ -18,7 +18,12 @@ import { ChatKvfold, type KvfoldResponseMetadata, KvfoldRetriever } from "../int
 import { exactMatch, generateDemoCorpus } from "../demo/mod.ts";
 import { answerTokenBudget } from "../demo/evaluate.ts";
 import { formatBytes } from "../demo/evaluate_table.ts";
-import { compressDemoDocuments, DEFAULT_TRAINED_DIR, DEMO_RECIPE_COMMAND, loadTrainedDemo } from "../demo/trained.ts";
+import {
+  compressDemoDocuments,
+  DEFAULT_TRAINED_DIR,
+  DEMO_RECIPE_COMMAND,
+  loadTrainedDemo,
+} from "../demo/trained.ts";
 
 const { values: v } = parseArgs({
   args: Deno.args,

@@ -319,7 +319,12 @@ Deno.test("train model: bad settings, examples and tensor names are refused with
 });
 
 Deno.test("train model: a 300-row example (attention in many GEMM tiles) still matches the reference", async () => {
-  const dir = await testModel("full-long", { seed: 12, numHeads: 4, numKeyValueHeads: 2, maxPositionEmbeddings: 512 });
+  const dir = await testModel("full-long", {
+    seed: 12,
+    numHeads: 4,
+    numKeyValueHeads: 2,
+    maxPositionEmbeddings: 512,
+  });
   const kv = await testEngine();
   using model = await kv.loadModel(dir);
   const ref = await loadReferenceModel(dir);
