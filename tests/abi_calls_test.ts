@@ -12,8 +12,8 @@ import { tempDir, testEngine, testModel } from "./_fixtures.ts";
 
 Deno.test("abi: the library reports ABI version 3, the one the binding speaks", async () => {
   const info = await Kvfold.info();
-  assert.equal(info.abiVersion, 3);
-  assert.equal(ABI_VERSION, 3);
+  assert.equal(info.abiVersion, 4);
+  assert.equal(ABI_VERSION, 4);
   assert.equal(sym().kf_abi_version(), 3);
 });
 

@@ -38,7 +38,7 @@ extern "C" {
 #define KF_API __attribute__((visibility("default")))
 #endif
 
-#define KF_ABI_VERSION 3
+#define KF_ABI_VERSION 4
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Status and errors                                                                                */
