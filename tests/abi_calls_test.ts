@@ -10,11 +10,11 @@ import { KvfoldError } from "../src/errors.ts";
 import { makeTestLococoHeads } from "../testing/mod.ts";
 import { tempDir, testEngine, testModel } from "./_fixtures.ts";
 
-Deno.test("abi: the library reports ABI version 3, the one the binding speaks", async () => {
+Deno.test("abi: the library reports ABI version 4, the one the binding speaks", async () => {
   const info = await Kvfold.info();
   assert.equal(info.abiVersion, 4);
   assert.equal(ABI_VERSION, 4);
-  assert.equal(sym().kf_abi_version(), 3);
+  assert.equal(sym().kf_abi_version(), 4);
 });
 
 Deno.test("abi: a heads load stops at a set cancel flag, frees what it made, and counts layers", async () => {

@@ -231,7 +231,7 @@ Deno.test("demo evaluate: a folder without the model names the recipe command", 
     await rejectsWith(
       evaluateDemo(kv, { trainedDir: dir, seed: 1, documents: 1 }),
       "IO",
-      /model\/config\.json is missing .*train it with `deno run -A/,
+      /model\/config\.json is missing .*train it with `deno task train-demo`/,
     );
     await assert.rejects(
       evaluateDemo(kv, { trainedDir: dir, seed: 1, documents: 1, conditions: ["nope" as "none"] }),

@@ -70,7 +70,7 @@ Deno.test("cli args: an unknown --backend or --dtype is a clear error, not a Typ
   );
   assertRefused(
     await gen("--dtype", "int4"),
-    /--dtype: "int4" is not one of auto, f32, f16, bf16 \[INVALID_ARGUMENT\]/,
+    /--dtype: "int4" is not one of auto, f32, f16, bf16, q8_0, q4_0 \[INVALID_ARGUMENT\]/,
   );
   assertRefused(
     await runCli("bench", "decode", "--model", model, "--backend", "toString"),
