@@ -120,6 +120,11 @@ const SYMBOLS = {
     result: "i32",
     nonblocking: true,
   },
+  kf_model_trainer_accumulate_document_pairs: {
+    parameters: ["pointer", "buffer", "i32", "buffer", "buffer", "buffer", "buffer", "i32", "buffer", "buffer", "buffer"],
+    result: "i32",
+    nonblocking: true,
+  },
   kf_model_trainer_step: { parameters: ["pointer", "buffer"], result: "i32" },
   kf_model_trainer_read: { parameters: ["pointer", "buffer", "i32", "buffer", "i64"], result: "i32" },
   kf_model_trainer_write: { parameters: ["pointer", "buffer", "i32", "buffer", "i64"], result: "i32" },
