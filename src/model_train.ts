@@ -275,7 +275,9 @@ export class ModelTrainer extends HandleOwner {
     const nPairs = int32Arg(action, "pairs.length", pairs.length);
     // Pair j's ids follow those of pairs < j, as kvfold.h lays them out; each is checked by its name.
     const flat = (part: "question" | "answer") => {
-      const bufs = pairs.map((p, j) => tokenIdsArg(action, p[part] ?? [], V, { what: `pairs[${j}].${part} id` }));
+      const bufs = pairs.map((p, j) =>
+        tokenIdsArg(action, p[part] ?? [], V, { what: `pairs[${j}].${part} id` })
+      );
       const out = alloc(Math.max(4, pairs.reduce((sum, p) => sum + (p[part]?.length ?? 0), 0) * 4));
       let at = 0;
       pairs.forEach((p, j) => {
