@@ -3,12 +3,15 @@
 // (hidden 128, 4 layers, vocab 1024); a document of 4 segments of 256 tokens, 16 summary vectors,
 // backprop window 2; each pair 16 question and 4 answer tokens. Per optimizer step (step included):
 //   - 1 pair: one document, one pair (the old accumulateDocument);
-//   - 4 pairs: one document, four pairs;
+//   - 2 and 4 pairs: one document, two or four pairs.
 // Tokens/s counts document tokens, pairs/s QA supervisions, at the median (and fastest) step; the
-// machine's 1-minute load average is recorded before and after.
+// machine's 1-minute load average is recorded before and after. On a shared machine wall time
+// carries other processes' bursts, so the median CPU seconds of the process per step (all threads)
+// are recorded too: the work itself, nearly independent of the load.
 //
 //   deno run -A bench/train_pairs.ts [--threads 2] [--steps 7] [--out bench/results/train_pairs.json]
 import { parseArgs } from "node:util";
+import process from "node:process";
 import { Kvfold } from "../mod.ts";
 import { ModelTrainer } from "../src/model_train.ts";
 import { makeTestModel } from "../testing/mod.ts";
@@ -55,6 +58,8 @@ interface Row {
   pairsPerSecond: number;
   /** Document tokens per second at the fastest step. */
   bestTokensPerSecond: number;
+  /** CPU seconds of the process (user + system, all threads) per step, median. */
+  cpuSecondsPerStep: number;
 }
 const rows: Row[] = [];
 for (const pairs of [1, 2, 4]) {
@@ -75,13 +80,16 @@ for (const pairs of [1, 2, 4]) {
     tr.step();
   };
   await run(0); // warm: scratch buffers grow once
-  const times: number[] = [];
+  const times: number[] = [], cpuTimes: number[] = [];
   for (let k = 1; k <= steps; k++) {
-    const t0 = performance.now();
+    const t0 = performance.now(), c0 = process.cpuUsage();
     await run(k);
+    const c = process.cpuUsage(c0);
     times.push((performance.now() - t0) / 1000);
+    cpuTimes.push((c.user + c.system) / 1e6);
   }
   times.sort((a, b) => a - b);
+  cpuTimes.sort((a, b) => a - b);
   const s = times[Math.floor(times.length / 2)];
   const r: Row = {
     pairs,
@@ -89,22 +97,26 @@ for (const pairs of [1, 2, 4]) {
     tokensPerSecond: docTokens / s,
     pairsPerSecond: pairs / s,
     bestTokensPerSecond: docTokens / times[0],
+    cpuSecondsPerStep: cpuTimes[Math.floor(cpuTimes.length / 2)],
   };
   rows.push(r);
   console.log(
     `${pairs} pair(s)  ${s.toFixed(3)} s/step  ${r.tokensPerSecond.toFixed(0)} tok/s  ` +
-      `${r.pairsPerSecond.toFixed(2)} pairs/s (fastest step ${r.bestTokensPerSecond.toFixed(0)} tok/s)`,
+      `${r.pairsPerSecond.toFixed(2)} pairs/s (fastest step ${r.bestTokensPerSecond.toFixed(0)} tok/s), ` +
+      `${r.cpuSecondsPerStep.toFixed(3)} CPU s/step`,
   );
 }
 const loadAfter = await load();
 console.log(
-  "\n| pairs / document | s / step (median) | document tokens / s | pairs / s | tokens / s (fastest step) |\n" +
-    "| --- | --- | --- | --- | --- |",
+  "\n| pairs / document | s / step (median) | document tokens / s | pairs / s | tokens / s (fastest step) | CPU s / step (median) |\n" +
+    "| --- | --- | --- | --- | --- | --- |",
 );
 for (const r of rows) {
   console.log(
     `| ${r.pairs} | ${r.secondsPerStep.toFixed(3)} | ${r.tokensPerSecond.toFixed(0)} | ` +
-      `${r.pairsPerSecond.toFixed(2)} | ${r.bestTokensPerSecond.toFixed(0)} |`,
+      `${r.pairsPerSecond.toFixed(2)} | ${r.bestTokensPerSecond.toFixed(0)} | ${
+        r.cpuSecondsPerStep.toFixed(3)
+      } |`,
   );
 }
 console.log(`load average ${loadBefore} before, ${loadAfter} after; ${cpu}, ${v.threads} threads`);
