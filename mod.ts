@@ -62,6 +62,7 @@ export { MODEL_TRAIN_TENSORS, ModelTrainer } from "./src/model_train.ts";
 export type {
   CompressorExample,
   CompressorLoss,
+  CompressorQaPair,
   ModelTrainOptions,
   ModelTrainTensor,
   TrainedTensor,

@@ -85,9 +85,9 @@ export const TRAIN = defineCommand({
     "by the checkpoint itself) and writes a PEFT folder; train lococo calibrates LoCoCo heads on text\n" +
     'with the model frozen. train model trains every weight on {"text"} lines (next-token prediction\n' +
     "over --sequence-length pieces); train compressor trains the model and its embed_summary rows on\n" +
-    '{"document" (or "text")[,"question","answer"]} lines: each document segment predicts its next\n' +
-    "tokens from the summaries of the segments before it, and [summaries | question] predicts the\n" +
-    "answer. --init writes a random model from an HF config.json (weights normal(0, 0.02), seeded by\n" +
+    '{"document" (or "text")[,"question","answer" | ,"pairs":[{"question","answer"},...]]} lines:\n' +
+    "each document segment predicts its next tokens from the summaries of the segments before it, and\n" +
+    "[summaries | question] predicts the answer (for each pair, over one compression). --init writes a random model from an HF config.json (weights normal(0, 0.02), seeded by\n" +
     "--seed) beside --out and trains it from scratch. Both write an HF folder (config.json,\n" +
     "model.safetensors, the tokenizer files). --checkpoint resumes a killed run.",
   options: {

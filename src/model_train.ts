@@ -55,21 +55,34 @@ export const MODEL_TRAIN_TENSORS = Object.freeze({ weight: 0, grad: 1, moment: 2
 /** A key of {@link MODEL_TRAIN_TENSORS}. */
 export type ModelTrainTensor = keyof typeof MODEL_TRAIN_TENSORS;
 
-/** One compressor document: its ids, and optionally a question and answer over it. */
-export interface CompressorExample {
-  /** Document token ids (no BOS), split into segments of `segmentLength`. */
-  ids: readonly number[];
+/** One question over a compressor document and its answer. */
+export interface CompressorQaPair {
   /** Question ids (the prompt after the summary vectors); may be empty. */
   question?: readonly number[];
-  /** Answer ids (what the question predicts; end it with EOS to teach stopping). */
+  /** Answer ids (what the question predicts; end it with EOS to teach stopping); empty adds no loss. */
   answer?: readonly number[];
+}
+
+/**
+ * One compressor document: its ids, and optionally a question and answer over it, or several
+ * (`pairs`: the document is compressed once and every pair trains on the same summaries).
+ */
+export interface CompressorExample extends CompressorQaPair {
+  /** Document token ids (no BOS), split into segments of `segmentLength`. */
+  ids: readonly number[];
+  /**
+   * Questions and answers over the document, instead of `question` / `answer`: each runs its own
+   * `[summaries | question] -> answer` pass (they do not see each other) and the QA loss is one mean
+   * over every answer token of every pair.
+   */
+  pairs?: readonly CompressorQaPair[];
 }
 
 /** Losses of one {@link ModelTrainer.accumulateDocument} (NaN for an objective that is off). */
 export interface CompressorLoss {
   /** Mean cross-entropy of every segment token predicting the next one. */
   lm: number;
-  /** Mean cross-entropy of the answer tokens. */
+  /** Mean cross-entropy of the answer tokens (of every pair, one mean over all their tokens). */
   qa: number;
 }
 
@@ -212,14 +225,24 @@ export class ModelTrainer extends HandleOwner {
 
   /**
    * One compressor document (needs `summaryLength`): the next-segment LM loss over its segments
-   * and, with an answer, the QA loss of `[summaries | question] -> answer`; adds the gradients of
-   * `lmWeight · lm + qaWeight · qa` and returns both means.
+   * and, with an answer, the QA loss of `[summaries | question] -> answer` (or of each of `pairs`,
+   * all over one compression of the document); adds the gradients of `lmWeight · lm + qaWeight · qa`
+   * and returns both means.
+   *
+   * @example
+   * ```ts ignore
+   * const { lm, qa } = await trainer.accumulateDocument({
+   *   ids: documentIds,
+   *   pairs: [{ question: q1, answer: a1 }, { question: q2, answer: a2 }],
+   * });
+   * ```
    */
   async accumulateDocument(
     example: CompressorExample,
     options: { signal?: AbortSignal; onProgress?: (done: number, total: number) => void } = {},
   ): Promise<CompressorLoss> {
     const V = this.model.info.vocabSize, action = "train compressor";
+    if (example.pairs !== undefined) return await this.#accumulatePairs(example, example.pairs, options);
     const ids = tokenIdsArg(action, example.ids, V);
     const q = tokenIdsArg(action, example.question ?? [], V, { what: "question id" });
     const a = tokenIdsArg(action, example.answer ?? [], V, { what: "answer id" });
@@ -229,6 +252,49 @@ export class ModelTrainer extends HandleOwner {
     const lm = alloc(4), qa = alloc(4);
     await this._handle.runControlled(
       (ptr, ctl) => sym().kf_model_trainer_accumulate_document(ptr, ids, n, q, nq, a, na, lm, qa, ctl.buf),
+      { signal: options.signal, onProgress: options.onProgress },
+    );
+    return {
+      lm: new DataView(lm.buffer).getFloat32(0, true),
+      qa: new DataView(qa.buffer).getFloat32(0, true),
+    };
+  }
+
+  async #accumulatePairs(
+    example: CompressorExample,
+    pairs: readonly CompressorQaPair[],
+    options: { signal?: AbortSignal; onProgress?: (done: number, total: number) => void },
+  ): Promise<CompressorLoss> {
+    const V = this.model.info.vocabSize, action = "train compressor";
+    if (example.question !== undefined || example.answer !== undefined) {
+      throw new TypeError(`Cannot ${action}: give either pairs or question/answer, not both`);
+    }
+    if (!Array.isArray(pairs)) throw new TypeError(`Cannot ${action}: pairs is not an array`);
+    const ids = tokenIdsArg(action, example.ids, V);
+    const n = int32Arg(action, "ids.length", example.ids.length, { min: 1 });
+    const nPairs = int32Arg(action, "pairs.length", pairs.length);
+    // Pair j's ids follow those of pairs < j, as kvfold.h lays them out; each is checked by its name.
+    const flat = (part: "question" | "answer") => {
+      const bufs = pairs.map((p, j) =>
+        tokenIdsArg(action, p[part] ?? [], V, { what: `pairs[${j}].${part} id` })
+      );
+      const out = alloc(Math.max(4, pairs.reduce((sum, p) => sum + (p[part]?.length ?? 0), 0) * 4));
+      let at = 0;
+      pairs.forEach((p, j) => {
+        const len = (p[part]?.length ?? 0) * 4;
+        out.set(bufs[j].subarray(0, len), at);
+        at += len;
+      });
+      return out;
+    };
+    const q = flat("question"), a = flat("answer");
+    const ql = alloc(Math.max(4, nPairs * 4)), al = alloc(Math.max(4, nPairs * 4));
+    new Int32Array(ql.buffer).set(pairs.map((p) => p.question?.length ?? 0));
+    new Int32Array(al.buffer).set(pairs.map((p) => p.answer?.length ?? 0));
+    const lm = alloc(4), qa = alloc(4);
+    await this._handle.runControlled(
+      (ptr, ctl) =>
+        sym().kf_model_trainer_accumulate_document_pairs(ptr, ids, n, q, ql, a, al, nPairs, lm, qa, ctl.buf),
       { signal: options.signal, onProgress: options.onProgress },
     );
     return {

@@ -16,7 +16,7 @@ import {
   toFloat32,
   writeSafetensorsFile,
 } from "./formats/safetensors.ts";
-import { ModelTrainer, type ModelTrainOptions } from "./model_train.ts";
+import { type CompressorExample, ModelTrainer, type ModelTrainOptions } from "./model_train.ts";
 import { qaTokens } from "./train.ts";
 import { runTrainingLoop, type TrainingLoopOptions, type TrainingProgress } from "./training_loop.ts";
 
@@ -134,17 +134,20 @@ export async function readModelConfig(path: string): Promise<Record<string, unkn
   return c as Record<string, unknown>;
 }
 
-/** One compressor training document: text, and optionally a question and its answer. */
+/** One compressor training document: text, and optionally a question and its answer (or several). */
 export interface CompressorDocument {
   document: string;
   question?: string;
   answer?: string;
+  /** Several questions over the document instead of `question` / `answer`: one compression serves them all. */
+  pairs?: { question: string; answer: string }[];
 }
 
 /**
  * Reads training JSONL: `{"text": ...}` lines for `"lm"`, `{"document"|"text", "question",
- * "answer"}` lines for `"compressor"` (question and answer together, or neither). Blank lines are
- * skipped; a bad line is a FORMAT error naming its line number.
+ * "answer"}` lines for `"compressor"` (question and answer together, or neither; or `"pairs"`, an
+ * array of `{"question", "answer"}`, instead of both). Blank lines are skipped; a bad line is a
+ * FORMAT error naming its line number.
  *
  * @example
  * ```ts ignore
@@ -179,6 +182,22 @@ export async function readTrainingData(
     const document = r.document ?? r.text;
     if (typeof document !== "string" || document === "") {
       throw bad(i + 1, 'needs a non-empty string "document" (or "text")');
+    }
+    if (r.pairs !== undefined) {
+      if (r.question !== undefined || r.answer !== undefined) {
+        throw bad(i + 1, 'has "pairs" and "question"/"answer"; give one or the other');
+      }
+      if (!Array.isArray(r.pairs)) throw bad(i + 1, 'has "pairs" that is not an array');
+      const pairs = r.pairs.map((p: unknown, j: number) => {
+        const q = (p as Record<string, unknown> | null)?.question,
+          a = (p as Record<string, unknown> | null)?.answer;
+        if (typeof q !== "string" || typeof a !== "string" || a === "") {
+          throw bad(i + 1, `pairs[${j}] needs a string "question" and a non-empty string "answer"`);
+        }
+        return { question: q, answer: a };
+      });
+      out.push({ document, pairs });
+      continue;
     }
     const hasQ = r.question !== undefined, hasA = r.answer !== undefined;
     if (hasQ !== hasA || (hasQ && (typeof r.question !== "string" || typeof r.answer !== "string"))) {
@@ -270,14 +289,18 @@ export async function trainCompressor(
   if (!(options.summaryLength !== undefined && options.summaryLength > 0)) {
     throw new RangeError("Cannot train compressor: summaryLength must be a positive integer");
   }
-  const examples = documents.map((d, i) => {
+  const examples: CompressorExample[] = documents.map((d, i) => {
     const ids = model.tokenizer.encode(d.document);
     if (ids.length === 0) {
       throw new KvfoldError("INVALID_ARGUMENT", `Cannot train compressor: document ${i} is empty`);
     }
+    const qa = (question: string, answer: string) => {
+      const { prompt, target } = qaTokens(model, question, answer, { chat: options.chat });
+      return { question: prompt, answer: target };
+    };
+    if (d.pairs !== undefined) return { ids, pairs: d.pairs.map((p) => qa(p.question, p.answer)) };
     if (d.answer === undefined) return { ids };
-    const { prompt, target } = qaTokens(model, d.question ?? "", d.answer, { chat: options.chat });
-    return { ids, question: prompt, answer: target };
+    return { ids, ...qa(d.question ?? "", d.answer) };
   });
   const initSummary = options.resumeSummary ?? true ? await readEmbedSummaryOf(model.dir) : undefined;
   return await runModelLoop(model, examples.length, options, async (trainer, i) => {
@@ -285,7 +308,11 @@ export async function trainCompressor(
     const l = await trainer.accumulateDocument(e, { signal: options.signal });
     const o = trainer.options;
     const loss = (Number.isNaN(l.lm) ? 0 : o.lmWeight * l.lm) + (Number.isNaN(l.qa) ? 0 : o.qaWeight * l.qa);
-    return { loss, rows: e.ids.length + (e.question?.length ?? 0) + (e.answer?.length ?? 0) };
+    const qaRows = (e.pairs ?? [e]).reduce(
+      (n, p) => n + (p.question?.length ?? 0) + (p.answer?.length ?? 0),
+      0,
+    );
+    return { loss, rows: e.ids.length + qaRows };
   }, initSummary);
 }
 

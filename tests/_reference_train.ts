@@ -57,6 +57,11 @@ export interface ReferenceDocument {
   lmWeight: number;
   qaWeight: number;
   /**
+   * Several questions over the document instead of `question` / `answer`: each its own
+   * [summaries | question | answer] pass; qa is one mean over every answer token of every pair.
+   */
+  pairs?: readonly { question: readonly number[]; answer: readonly number[] }[];
+  /**
    * Summaries of the first `frozen.length / (S·H)` segments to use instead of recomputing them: the
    * stop-gradient of earlier windows (a finite difference then does not move them).
    */
@@ -67,7 +72,8 @@ export interface ReferenceDocument {
  * The compressor's summaries ([segments · S, H]) and its objective lmWeight · lm + qaWeight · qa,
  * exactly as kvfold.h states them: segment i runs [summaries < i | segment i | summary rows] and its
  * last S final-normed rows are its summaries; lm is one mean over every segment token predicting the
- * next of its segment; qa is [all summaries | question | answer] with labels on the answer.
+ * next of its segment; qa is [all summaries | question | answer] with labels on the answer (per pair,
+ * one mean over all the pairs' answer tokens).
  */
 export function referenceCompressor(ref: ReferenceModel, doc: ReferenceDocument): {
   summaries: Float64Array;
@@ -97,15 +103,18 @@ export function referenceCompressor(ref: ReferenceModel, doc: ReferenceDocument)
     else summaries.set(h.subarray((x.length / H - S) * H), i * S * H);
   }
   const lm = lmRows > 0 ? lmSum / lmRows : NaN;
-  let qa = NaN;
-  if (doc.answer.length > 0) {
-    const K = n * S, q = doc.question, a = doc.answer;
+  let qaSum = 0, qaRows = 0;
+  for (const { question: q, answer: a } of doc.pairs ?? [{ question: doc.question, answer: doc.answer }]) {
+    if (a.length === 0) continue;
+    const K = n * S;
     const x = new Float64Array((K + q.length + a.length) * H);
     x.set(summaries);
     x.set(embedTokens(ref, q), K * H);
     x.set(embedTokens(ref, a), (K + q.length) * H);
-    qa = headLoss(ref, referenceHidden(ref, x), a.map((y, t) => [K + q.length - 1 + t, y]));
+    qaSum += headLoss(ref, referenceHidden(ref, x), a.map((y, t) => [K + q.length - 1 + t, y])) * a.length;
+    qaRows += a.length;
   }
-  const objective = (lmRows > 0 ? doc.lmWeight * lm : 0) + (doc.answer.length > 0 ? doc.qaWeight * qa : 0);
+  const qa = qaRows > 0 ? qaSum / qaRows : NaN;
+  const objective = (lmRows > 0 ? doc.lmWeight * lm : 0) + (qaRows > 0 ? doc.qaWeight * qa : 0);
   return { summaries, objective, lm, qa };
 }

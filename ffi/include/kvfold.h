@@ -543,6 +543,19 @@ KF_API kf_status kf_model_trainer_accumulate_document(kf_model_trainer *trainer,
                                                       const int32_t *question, int32_t n_question,
                                                       const int32_t *answer, int32_t n_answer, float *lm_loss,
                                                       float *qa_loss, kf_control *control);
+/* kf_model_trainer_accumulate_document with n_pairs (0..4096) questions over the one document: the
+ * document is compressed once, then each pair j runs its own QA pass [all summaries | question j |
+ * answer j] (pairs do not see each other), and the summaries' gradients of every pair add up before
+ * the one backward through the encoder passes. Pair j's ids are question_lengths[j] ids of questions
+ * and answer_lengths[j] ids of answers, following those of pairs < j. qa is one mean cross-entropy
+ * over every answer token of every pair (a pair weighs as many answer tokens as it has; a pair with
+ * no answer adds nothing); NaN when no pair has an answer. One pair is
+ * kf_model_trainer_accumulate_document exactly; n_pairs 0 trains the LM loss only. */
+KF_API kf_status kf_model_trainer_accumulate_document_pairs(kf_model_trainer *trainer, const int32_t *ids,
+                                                            int32_t n_ids, const int32_t *questions,
+                                                            const int32_t *question_lengths, const int32_t *answers,
+                                                            const int32_t *answer_lengths, int32_t n_pairs,
+                                                            float *lm_loss, float *qa_loss, kf_control *control);
 /* AdamW over the accumulated gradients averaged over the examples (clipped, lr from the schedule),
  * then zeroes them. Refused when nothing was accumulated. */
 KF_API kf_status kf_model_trainer_step(kf_model_trainer *trainer, kf_train_step_info *out);

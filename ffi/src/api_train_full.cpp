@@ -1,6 +1,8 @@
 // api_train_full.cpp — the C ABI of full-parameter and compressor training: argument checks and
 // ownership; the work is in train_full.cpp and train_compressor.cpp.
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -12,6 +14,10 @@ namespace {
 
 using kf::api::guarded;
 using kf::api::report;
+
+// Question/answer pairs one document may carry: a bound on the per-call pair table, far above any
+// use (each pair is a decoder pass).
+constexpr int32_t kMaxDocumentPairs = 4096;
 
 std::vector<float> *model_tensor(kf_model_trainer &tr, const char *name, int32_t which, int64_t n, const char *what) {
   if (!name) kf::raise(KF_ERR_INVALID_ARGUMENT, "cannot %s: name is NULL", what);
@@ -48,6 +54,39 @@ void check_ids(const int32_t *ids, int32_t n, int32_t V, const char *what, const
     if (ids[t] < 0 || ids[t] >= V)
       kf::raise(KF_ERR_INVALID_ARGUMENT, "cannot %s: %s token id %d at index %d is outside [0, %d)", what, which, ids[t],
                 t, V);
+}
+
+// The checks every compressor document shares, then the document (its pairs' pointers checked).
+void accumulate_document(kf_model_trainer &tr, const int32_t *ids, int32_t n_ids, const kf::QaPair *pairs,
+                         int32_t n_pairs, float *lm_loss, float *qa_loss, kf_control *control) {
+  const kf_model_train_params &p = tr.params;
+  KF_REQUIRE(p.summary_length > 0, "train compressor",
+             "the trainer was created with summary_length 0 (no embed_summary to train)");
+  KF_REQUIRE(ids && n_ids >= 1, "train compressor", "a document needs ids (n_ids %d)", n_ids);
+  const kf::ModelConfig &c = tr.view.cfg;
+  check_ids(ids, n_ids, c.vocab_size, "train compressor", "document");
+  int64_t longest_pair = 0;
+  for (int32_t j = 0; j < n_pairs; j++) {
+    const kf::QaPair &qp = pairs[j];
+    // The one-pair call keeps its old names ("question", "answer"); pairs are named by index.
+    char q[32] = "question", a[32] = "answer";
+    if (n_pairs > 1) {
+      std::snprintf(q, sizeof q, "question %d", j);
+      std::snprintf(a, sizeof a, "answer %d", j);
+    }
+    check_ids(qp.question, qp.n_question, c.vocab_size, "train compressor", q);
+    check_ids(qp.answer, qp.n_answer, c.vocab_size, "train compressor", a);
+    if (qp.n_answer > 0) longest_pair = std::max<int64_t>(longest_pair, int64_t(qp.n_question) + qp.n_answer);
+  }
+  const double segments = std::ceil(double(n_ids) / p.segment_length), S = p.summary_length;
+  const double window = std::min<double>(segments, p.backprop_segments);
+  const double longest = std::max((segments - 1) * S + p.segment_length + S, segments * S + double(longest_pair));
+  check_activation_memory(c, longest, window + 1, "train compressor");
+  std::lock_guard<std::mutex> lock(tr.view.engine->pool_mutex);
+  double lm = 0, qa = 0;
+  kf::model_trainer_accumulate_document(tr, ids, n_ids, pairs, n_pairs, lm, qa, control);
+  if (lm_loss) *lm_loss = float(lm);
+  if (qa_loss) *qa_loss = float(qa);
 }
 
 }  // namespace
@@ -153,26 +192,46 @@ kf_status kf_model_trainer_accumulate_document(kf_model_trainer *trainer, const 
                                                int32_t n_answer, float *lm_loss, float *qa_loss, kf_control *control) {
   return report(control, guarded("train compressor", [&] {
     KF_REQUIRE(trainer, "train compressor", "trainer is NULL");
-    const kf_model_train_params &p = trainer->params;
-    KF_REQUIRE(p.summary_length > 0, "train compressor",
-               "the trainer was created with summary_length 0 (no embed_summary to train)");
-    KF_REQUIRE(ids && n_ids >= 1, "train compressor", "a document needs ids (n_ids %d)", n_ids);
     KF_REQUIRE(n_question >= 0 && n_answer >= 0 && (n_question == 0 || question) && (n_answer == 0 || answer),
                "train compressor", "question (%d ids) or answer (%d ids) is NULL or negative", n_question, n_answer);
-    const kf::ModelConfig &c = trainer->view.cfg;
-    check_ids(ids, n_ids, c.vocab_size, "train compressor", "document");
-    check_ids(question, n_question, c.vocab_size, "train compressor", "question");
-    check_ids(answer, n_answer, c.vocab_size, "train compressor", "answer");
-    const double segments = std::ceil(double(n_ids) / p.segment_length), S = p.summary_length;
-    const double window = std::min<double>(segments, p.backprop_segments);
-    const double longest = std::max((segments - 1) * S + p.segment_length + S, segments * S + n_question + n_answer);
-    check_activation_memory(c, longest, window + 1, "train compressor");
-    std::lock_guard<std::mutex> lock(trainer->view.engine->pool_mutex);
-    double lm = 0, qa = 0;
-    kf::model_trainer_accumulate_document(*trainer, ids, n_ids, question, n_question, answer, n_answer, lm, qa,
-                                          control);
-    if (lm_loss) *lm_loss = float(lm);
-    if (qa_loss) *qa_loss = float(qa);
+    const kf::QaPair pair{question, answer, n_question, n_answer};
+    accumulate_document(*trainer, ids, n_ids, &pair, 1, lm_loss, qa_loss, control);
+  }));
+}
+
+kf_status kf_model_trainer_accumulate_document_pairs(kf_model_trainer *trainer, const int32_t *ids, int32_t n_ids,
+                                                     const int32_t *questions, const int32_t *question_lengths,
+                                                     const int32_t *answers, const int32_t *answer_lengths,
+                                                     int32_t n_pairs, float *lm_loss, float *qa_loss,
+                                                     kf_control *control) {
+  return report(control, guarded("train compressor", [&] {
+    KF_REQUIRE(trainer, "train compressor", "trainer is NULL");
+    KF_REQUIRE(n_pairs >= 0 && n_pairs <= kMaxDocumentPairs, "train compressor", "n_pairs %d is outside [0, %d]",
+               n_pairs, kMaxDocumentPairs);
+    KF_REQUIRE(n_pairs == 0 || (question_lengths && answer_lengths), "train compressor",
+               "question_lengths or answer_lengths is NULL for %d pairs", n_pairs);
+    // Pair j's ids follow those of pairs < j in questions and answers.
+    std::vector<kf::QaPair> pairs(static_cast<size_t>(n_pairs));
+    int64_t nq = 0, na = 0;
+    for (int32_t j = 0; j < n_pairs; j++) {
+      KF_REQUIRE(question_lengths[j] >= 0 && answer_lengths[j] >= 0, "train compressor",
+                 "pair %d has a negative length (question %d, answer %d ids)", j, question_lengths[j],
+                 answer_lengths[j]);
+      pairs[size_t(j)].n_question = question_lengths[j];
+      pairs[size_t(j)].n_answer = answer_lengths[j];
+      nq += question_lengths[j];
+      na += answer_lengths[j];
+    }
+    KF_REQUIRE((nq == 0 || questions) && (na == 0 || answers), "train compressor",
+               "questions (%lld ids) or answers (%lld ids) is NULL", (long long)nq, (long long)na);
+    nq = na = 0;
+    for (kf::QaPair &qp : pairs) {
+      qp.question = questions ? questions + nq : nullptr;
+      qp.answer = answers ? answers + na : nullptr;
+      nq += qp.n_question;
+      na += qp.n_answer;
+    }
+    accumulate_document(*trainer, ids, n_ids, pairs.data(), n_pairs, lm_loss, qa_loss, control);
   }));
 }
 

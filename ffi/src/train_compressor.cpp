@@ -1,8 +1,9 @@
 // train_compressor.cpp — AutoCompressor training of one document, read top to bottom:
 //   segment i runs [summaries of segments < i | segment i | embed_summary rows] at positions 0..N-1,
 //   causal; its last S final-normed rows are segment i's summaries (kvfold's Compressor forward);
-//   each segment's tokens predict their next token (the LM loss), and [all summaries | question |
-//   answer] predicts the answer (the QA loss).
+//   each segment's tokens predict their next token (the LM loss), and for each question/answer
+//   pair [all summaries | question | answer] predicts the answer (the QA loss, one mean over every
+//   answer token of every pair; one compression serves every pair).
 // Gradients flow back through the summary vectors within a window of backprop_segments segments
 // (the last window ends at the last segment): the window's passes run forward first, keeping their
 // activations, then backward last to first, each handing the gradient of the summaries it read to
@@ -16,9 +17,8 @@
 
 namespace kf {
 
-void model_trainer_accumulate_document(kf_model_trainer &tr, const int32_t *ids, int32_t n_ids,
-                                       const int32_t *question, int32_t n_question, const int32_t *answer,
-                                       int32_t n_answer, double &lm_loss, double &qa_loss, kf_control *ctl) {
+void model_trainer_accumulate_document(kf_model_trainer &tr, const int32_t *ids, int32_t n_ids, const QaPair *pairs,
+                                       int32_t n_pairs, double &lm_loss, double &qa_loss, kf_control *ctl) {
   const kf_model &m = tr.view;
   const kf_model_train_params &p = tr.params;
   const int64_t H = m.cfg.hidden_size, S = p.summary_length, seg = p.segment_length, B = p.backprop_segments;
@@ -27,7 +27,15 @@ void model_trainer_accumulate_document(kf_model_trainer &tr, const int32_t *ids,
   // The LM loss is one mean over every predicted token of the document.
   int64_t lm_rows = 0;
   for (int64_t i = 0; i < n_seg; i++) lm_rows += seg_len(i) - 1;
-  const bool lm_on = p.lm_weight > 0 && lm_rows > 0, qa_on = p.qa_weight > 0 && n_answer > 0;
+  // The QA loss is one mean over every answer token of every pair: each pair's pass divides its
+  // summed cross-entropy by the total, so a long answer weighs more than a short one, exactly as
+  // the LM loss weighs tokens (and one pair is the old mean over its answer).
+  int64_t qa_rows = 0, qa_passes = 0;
+  for (int32_t j = 0; j < n_pairs; j++) {
+    qa_rows += pairs[j].n_answer;
+    qa_passes += pairs[j].n_answer > 0;
+  }
+  const bool lm_on = p.lm_weight > 0 && lm_rows > 0, qa_on = p.qa_weight > 0 && qa_rows > 0;
   const double nan = std::numeric_limits<double>::quiet_NaN();
   lm_loss = lm_on ? 0.0 : nan;
   qa_loss = nan;
@@ -40,7 +48,7 @@ void model_trainer_accumulate_document(kf_model_trainer &tr, const int32_t *ids,
   tr.x0.resize(size_t(B) + 1);
   std::vector<PassRows> rows(size_t(B) + 1);
   if (ctl) {
-    ctl->total = 2 * n_seg + (qa_on ? 2 : 0);
+    ctl->total = 2 * n_seg + (qa_on ? 2 * qa_passes : 0);
     ctl->done = 0;
   }
   const auto tick = [&] {
@@ -96,30 +104,36 @@ void model_trainer_accumulate_document(kf_model_trainer &tr, const int32_t *ids,
         if (ctl) ctl->done += b - a;
         continue;
       }
-      if (last && qa_on) {  // [all summaries | question | answer]; row K + nq - 1 + t predicts answer[t]
-        const int64_t K = n_seg * S, T = K + n_question + n_answer;
+      // Each pair: [all summaries | question | answer], row K + nq - 1 + t predicts answer[t]; the
+      // pairs do not see each other, their summary gradients add up in dsummaries.
+      if (last && qa_on) qa_loss = 0.0;
+      for (int32_t j = 0; last && qa_on && j < n_pairs; j++) {
+        const QaPair &qp = pairs[j];
+        if (qp.n_answer == 0) continue;
+        check_cancel(ctl, "train compressor");
+        const int64_t K = n_seg * S, nq = qp.n_question, na = qp.n_answer, T = K + nq + na;
         std::vector<float> &x0 = tr.x0[size_t(B)];
         x0.resize(size_t(T * H));
         std::copy_n(tr.summaries.begin(), K * H, x0.begin());
-        for (int64_t t = 0; t < n_question; t++) std::copy_n(table + int64_t(question[t]) * H, H, x0.begin() + (K + t) * H);
-        for (int64_t t = 0; t < n_answer; t++)
-          std::copy_n(table + int64_t(answer[t]) * H, H, x0.begin() + (K + n_question + t) * H);
+        for (int64_t t = 0; t < nq; t++) std::copy_n(table + int64_t(qp.question[t]) * H, H, x0.begin() + (K + t) * H);
+        for (int64_t t = 0; t < na; t++) std::copy_n(table + int64_t(qp.answer[t]) * H, H, x0.begin() + (K + nq + t) * H);
         PassRows in;
         in.T = T;
         in.x0 = x0.data();
         in.report_progress = false;
+        in.loss_denom = double(qa_rows);
         in.loss_weight = p.qa_weight;
-        for (int64_t t = 0; t < n_answer; t++) {
-          in.rows.push_back(K + n_question - 1 + t);
-          in.targets.push_back(answer[t]);
+        for (int64_t t = 0; t < na; t++) {
+          in.rows.push_back(K + nq - 1 + t);
+          in.targets.push_back(qp.answer[t]);
         }
         tr.dx0.resize(size_t(T * H));
         PassGrads g;
         g.weights = &tr.grads;
         g.dx0 = tr.dx0.data();
-        qa_loss = train_pass(m, tr.no_lora, 1.0f, tr.scratch[size_t(B)], in, nullptr, g, ctl);
-        scatter(tr.dx0.data(), a, b, K, question, n_question, -1);
-        scatter(tr.dx0.data(), 0, 0, K + n_question, answer, n_answer, -1);
+        qa_loss += train_pass(m, tr.no_lora, 1.0f, tr.scratch[size_t(B)], in, nullptr, g, ctl);
+        scatter(tr.dx0.data(), a, b, K, qp.question, nq, -1);
+        scatter(tr.dx0.data(), 0, 0, K + nq, qp.answer, na, -1);
         if (ctl) ctl->done += 2;
       }
       for (int64_t i = b - 1; i >= a; i--) {

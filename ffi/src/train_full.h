@@ -49,11 +49,16 @@ int model_trainer_find(const kf_model_trainer &tr, const std::string &name);
 // One LM example (rows [prefix | ids], labels per id row); returns the mean cross-entropy.
 double model_trainer_accumulate(kf_model_trainer &tr, const float *prefix, int32_t n_prefix, const int32_t *ids,
                                 const int32_t *labels, int32_t n_ids, kf_control *ctl);
-// One compressor document (kvfold.h states the passes, losses and stop-gradient rule); writes the
-// LM and QA mean cross-entropies (NaN for an objective that is off or has nothing to predict).
-void model_trainer_accumulate_document(kf_model_trainer &tr, const int32_t *ids, int32_t n_ids,
-                                       const int32_t *question, int32_t n_question, const int32_t *answer,
-                                       int32_t n_answer, double &lm_loss, double &qa_loss, kf_control *ctl);
+// One question and its answer over a compressor document (ids already checked).
+struct QaPair {
+  const int32_t *question = nullptr, *answer = nullptr;
+  int32_t n_question = 0, n_answer = 0;
+};
+// One compressor document (kvfold.h states the passes, losses and stop-gradient rule) with n_pairs
+// questions over it; writes the LM and QA mean cross-entropies (NaN for an objective that is off or
+// has nothing to predict).
+void model_trainer_accumulate_document(kf_model_trainer &tr, const int32_t *ids, int32_t n_ids, const QaPair *pairs,
+                                       int32_t n_pairs, double &lm_loss, double &qa_loss, kf_control *ctl);
 kf_train_step_info model_trainer_step(kf_model_trainer &tr);
 // Zeroes the accumulated gradients (after an error, a cancel, or a resume).
 void model_trainer_drop_grads(kf_model_trainer &tr);
