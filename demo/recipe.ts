@@ -148,14 +148,14 @@ function* chunkDraws(seed: number, group?: string): Generator<Draw> {
  * one fact, placed at random so the fact may sit anywhere in it: the reader's curriculum, which starts
  * with short windows so the lookup forms early, and grows to whole store chunks.
  */
-function* windowDraws(seed: number, length: (i: number) => number): Generator<Draw> {
+function* windowDraws(seed: number, length: (i: number, u: number) => number): Generator<Draw> {
   let pick = seed >>> 0;
   const next = () => (pick = (Math.imul(pick, 1664525) + 1013904223) >>> 0);
   let i = 0;
   for (const doc of demoDocuments({ seed })) {
     const ids = documentIds(doc);
     for (const fact of doc.facts) {
-      const L = Math.min(ids.length, length(i++));
+      const L = Math.min(ids.length, length(i++, next() / 2 ** 32));
       const lo = Math.max(0, fact.tokenEnd - L), hi = Math.min(fact.tokenStart, ids.length - L);
       const start = lo + (hi > lo ? next() % (hi - lo + 1) : 0);
       const question = questionsIn(doc, start, start + L).find((q) => q.fact === fact);
