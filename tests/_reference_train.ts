@@ -6,6 +6,7 @@
  * @module
  */
 
+import assert from "node:assert/strict";
 import { embedTokens, referenceHidden, type ReferenceModel, weight } from "./reference_forward.ts";
 
 /** Mean cross-entropy of `hidden` rows [n, H] (final-normed) predicting `targets` (row, token). */
@@ -117,4 +118,39 @@ export function referenceCompressor(ref: ReferenceModel, doc: ReferenceDocument)
   const qa = qaRows > 0 ? qaSum / qaRows : NaN;
   const objective = (lmRows > 0 ? doc.lmWeight * lm : 0) + (qaRows > 0 ? doc.qaWeight * qa : 0);
   return { summaries, objective, lm, qa };
+}
+
+/**
+ * Checks `grad` (the native gradient of one tensor, parameters `theta` in the reference) at its
+ * largest entry, the `extra` indices and one more against central differences of `objective`, as the
+ * full-parameter and pair tests of the trainer do; returns the worst error relative to the tensor's
+ * largest gradient.
+ */
+export function checkEntries(
+  label: string,
+  grad: Float32Array,
+  theta: Float64Array,
+  objective: () => number,
+  extra: number[] = [],
+): number {
+  let gmax = 0, imax = 0;
+  grad.forEach((g, i) => {
+    if (Math.abs(g) > gmax) [gmax, imax] = [Math.abs(g), i];
+  });
+  assert.ok(gmax > 1e-6, `${label}: the gradient is all zero`);
+  const eps = 1e-4;
+  let worst = 0;
+  for (const i of [imax, ...extra, Math.floor(theta.length / 3)]) {
+    const keep = theta[i];
+    theta[i] = keep + eps;
+    const up = objective();
+    theta[i] = keep - eps;
+    const down = objective();
+    theta[i] = keep;
+    const fd = (up - down) / (2 * eps);
+    const err = Math.abs(grad[i] - fd) / gmax;
+    worst = Math.max(worst, err);
+    assert.ok(err < 3e-3, `${label}[${i}]: native ${grad[i]}, finite difference ${fd}`);
+  }
+  return worst;
 }

@@ -5,7 +5,12 @@
 import assert from "node:assert/strict";
 import { ModelTrainer } from "../src/model_train.ts";
 import { loadReferenceModel, type ReferenceModel } from "./reference_forward.ts";
-import { referenceCompressor, type ReferenceDocument, referenceLmLoss } from "./_reference_train.ts";
+import {
+  checkEntries,
+  referenceCompressor,
+  type ReferenceDocument,
+  referenceLmLoss,
+} from "./_reference_train.ts";
 import { someIds, testEngine, testModel } from "./_fixtures.ts";
 
 /** Deterministic uniform numbers in [-scale, scale). */
@@ -17,40 +22,6 @@ function uniform(n: number, seed: number, scale: number): Float32Array {
     t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
     return ((((t ^ (t >>> 14)) >>> 0) / 4294967296) * 2 - 1) * scale;
   });
-}
-
-/**
- * Checks `grad` (the native gradient of one tensor, parameters `theta` in the reference) at its
- * largest entry and two others against central differences of `objective`; returns the worst
- * error relative to the tensor's largest gradient.
- */
-function checkEntries(
-  label: string,
-  grad: Float32Array,
-  theta: Float64Array,
-  objective: () => number,
-  extra: number[] = [],
-): number {
-  let gmax = 0, imax = 0;
-  grad.forEach((g, i) => {
-    if (Math.abs(g) > gmax) [gmax, imax] = [Math.abs(g), i];
-  });
-  assert.ok(gmax > 1e-6, `${label}: the gradient is all zero`);
-  const eps = 1e-4;
-  let worst = 0;
-  for (const i of [imax, ...extra, Math.floor(theta.length / 3)]) {
-    const keep = theta[i];
-    theta[i] = keep + eps;
-    const up = objective();
-    theta[i] = keep - eps;
-    const down = objective();
-    theta[i] = keep;
-    const fd = (up - down) / (2 * eps);
-    const err = Math.abs(grad[i] - fd) / gmax;
-    worst = Math.max(worst, err);
-    assert.ok(err < 3e-3, `${label}[${i}]: native ${grad[i]}, finite difference ${fd}`);
-  }
-  return worst;
 }
 
 async function checkFullGradients(name: string, options: Parameters<typeof testModel>[1], kinds: RegExp[]) {
