@@ -18,6 +18,7 @@
  */
 
 import { join } from "node:path";
+import { seededUint32 } from "../src/_seeded_random.ts";
 import type { Kvfold } from "../src/engine.ts";
 import { ModelTrainer } from "../src/model_train.ts";
 import { initModelFolder } from "../src/model_train_loop.ts";
@@ -129,8 +130,7 @@ interface Draw {
  * `CHUNK_TOKENS` windows), each with one of the questions wholly inside it.
  */
 function* chunkDraws(seed: number, group?: string): Generator<Draw> {
-  let pick = seed >>> 0;
-  const next = () => (pick = (Math.imul(pick, 1664525) + 1013904223) >>> 0);
+  const next = seededUint32(seed, "demo recipe: chunk draws");
   for (const doc of demoDocuments({ seed, groups: group ? [group] : undefined })) {
     const ids = documentIds(doc);
     const chunks = Math.ceil(ids.length / CHUNK_TOKENS);
@@ -149,8 +149,7 @@ function* chunkDraws(seed: number, group?: string): Generator<Draw> {
  * with short windows so the lookup forms early, and grows to whole store chunks.
  */
 function* windowDraws(seed: number, length: (i: number, u: number) => number): Generator<Draw> {
-  let pick = seed >>> 0;
-  const next = () => (pick = (Math.imul(pick, 1664525) + 1013904223) >>> 0);
+  const next = seededUint32(seed, "demo recipe: window draws");
   let i = 0;
   for (const doc of demoDocuments({ seed })) {
     const ids = documentIds(doc);
