@@ -13,6 +13,7 @@
  * @module
  */
 
+import { specialAddedTokens } from "../src/formats/_tokenizer_json.ts";
 import { DEMO_GROUPS, groupTemplates, SLOT_VALUES, templateWords } from "./groups.ts";
 import { entityNames } from "./names.ts";
 
@@ -105,15 +106,7 @@ export interface DemoTokenizerFiles {
  */
 export function makeDemoTokenizer(options: { modelMaxLength?: number } = {}): DemoTokenizerFiles {
   const vocab = Object.fromEntries(demoVocabulary().map((t, i) => [t, i]));
-  const added = DEMO_SPECIAL_TOKENS.map((content, id) => ({
-    id,
-    content,
-    single_word: false,
-    lstrip: false,
-    rstrip: false,
-    normalized: false,
-    special: true,
-  }));
+  const added = specialAddedTokens(DEMO_SPECIAL_TOKENS);
   const tokenizerJson: Record<string, unknown> = {
     version: "1.0",
     truncation: null,

@@ -6,6 +6,7 @@
  * @module
  */
 
+import { specialAddedTokens } from "../src/formats/_tokenizer_json.ts";
 import { KvfoldError } from "../src/errors.ts";
 
 /** Plain English the BPE merges are learned from. */
@@ -192,15 +193,7 @@ export function makeTestTokenizer(
     const w = fillerWord(k);
     if (!vocab.has(w)) vocab.set(w, vocab.size);
   }
-  const added = TEST_SPECIAL_TOKENS.map((content, id) => ({
-    id,
-    content,
-    single_word: false,
-    lstrip: false,
-    rstrip: false,
-    normalized: false,
-    special: true,
-  }));
+  const added = specialAddedTokens(TEST_SPECIAL_TOKENS);
   const tokenizerJson: Record<string, unknown> = {
     version: "1.0",
     truncation: null,

@@ -1,7 +1,8 @@
 /**
  * Checks of a `tokenizer.json` before it reaches `@huggingface/tokenizers`, which accepts some
  * broken files silently (an empty vocab, an unknown model type it guesses around, ids that are
- * strings) and fails on others with its own internals ("x.split is not a function").
+ * strings) and fails on others with its own internals ("x.split is not a function"); and the
+ * `added_tokens` entries of the tokenizers kvfold writes itself (test models, the demo).
  *
  * @module
  */
@@ -92,4 +93,20 @@ export function describe(v: unknown): string {
     return `a string (${JSON.stringify(v.length > 40 ? v.slice(0, 40) + "..." : v)})`;
   }
   return typeof v === "object" ? "an object" : typeof v;
+}
+
+/**
+ * `added_tokens` entries for special tokens whose ids are their indices in `contents`, as Hugging
+ * Face writes them (never split, stripped or normalised).
+ */
+export function specialAddedTokens(contents: readonly string[]): Json[] {
+  return contents.map((content, id) => ({
+    id,
+    content,
+    single_word: false,
+    lstrip: false,
+    rstrip: false,
+    normalized: false,
+    special: true,
+  }));
 }
