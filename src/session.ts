@@ -5,9 +5,9 @@
  * @module
  */
 
-import { alloc, check, native, outPointer, sym } from "./_binding.ts";
+import { alloc, check, outPointer, sym } from "./_binding.ts";
 import { HandleOwner, NativeHandle } from "./_handle.ts";
-import { int32Arg, tokenIdArg, tokenIdsArg, uint64Arg } from "./_int_args.ts";
+import { int32Arg, tokenIdArg, tokenIdsArg } from "./_int_args.ts";
 import { type Adapter, type AdapterTerm, type AppliedAdapterTerm, MAX_COMPOSED_ADAPTERS } from "./adapter.ts";
 import { CACHE_KINDS, type CacheKind, type CacheOptions } from "./lococo.ts";
 import { sessionParams } from "./_session_params.ts";
@@ -16,7 +16,10 @@ import type { DecodeBatcher } from "./batch.ts";
 import { KvfoldError } from "./errors.ts";
 import type { Model } from "./model.ts";
 import { IncrementalDecoder, StopStringFilter } from "./text_stream.ts";
+import { createSampler, type SamplingOptions } from "./sampler.ts";
 import { constrain, grammarOf, type GrammarOption, type JsonSchema } from "./grammar/json_grammar.ts";
+
+export { sampleFromLogits, type SamplingOptions } from "./sampler.ts";
 
 /** Options of {@link Model.session}. */
 export interface SessionOptions {
@@ -57,24 +60,6 @@ export interface SessionMemory {
   segment: number;
   /** Bytes of activation scratch allocated. */
   scratchBytes: number;
-}
-
-/** Sampling settings. Temperature 0 is greedy. */
-export interface SamplingOptions {
-  /** 0 = greedy; default 0.8. */
-  temperature?: number;
-  /** Nucleus mass in (0, 1]; default 0.95. */
-  topP?: number;
-  /** Keep the k most likely; 0 disables; default 40. */
-  topK?: number;
-  /** Drop tokens below minP × the best probability; default 0 (off). */
-  minP?: number;
-  /** CTRL-style penalty on recent tokens; 1 (default) disables. */
-  repetitionPenalty?: number;
-  /** How many recent tokens the penalty looks at; default 64. */
-  repeatLastN?: number;
-  /** RNG seed; the same seed, prompt and settings give the same tokens. */
-  seed?: number | bigint;
 }
 
 /** Options of {@link Session.generate}. */
@@ -676,46 +661,4 @@ function checkAdapterTerms(terms: readonly AdapterTerm[], what: string): void {
       throw new RangeError(`Cannot ${what}: term ${i} has weight ${t.weight}, past the f32 range`);
     }
   });
-}
-
-function createSampler(o: SamplingOptions): { ptr: Deno.PointerValue } {
-  const s = sym();
-  const p = new NativeStruct("kf_sampler_params", s.kf_sampler_default_params());
-  if (o.seed !== undefined) p.set("seed", uint64Arg("create sampler", "seed", o.seed));
-  if (o.temperature !== undefined) p.set("temperature", o.temperature);
-  if (o.topP !== undefined) p.set("top_p", o.topP);
-  if (o.topK !== undefined) p.set("top_k", int32Arg("create sampler", "topK", o.topK));
-  if (o.repetitionPenalty !== undefined) p.set("repetition_penalty", o.repetitionPenalty);
-  if (o.repeatLastN !== undefined) {
-    p.set("repeat_last_n", int32Arg("create sampler", "repeatLastN", o.repeatLastN));
-  }
-  if (o.minP !== undefined) p.set("min_p", o.minP);
-  const out = outPointer();
-  check(s.kf_sampler_create(p.buf, out.buf));
-  return { ptr: out.get() };
-}
-
-/**
- * Samples token ids from logits with the same native sampler generate() uses. Handy for custom
- * decoding loops and for tests.
- */
-export async function sampleFromLogits(
-  logits: Float32Array,
-  options: SamplingOptions & { history?: readonly number[] } = {},
-): Promise<number> {
-  await native();
-  const n = int32Arg("sample", "logits.length", logits.length, { min: 1 });
-  const history = options.history?.length ? tokenIdsArg("sample", options.history, n) : null;
-  const sampler = createSampler(options);
-  const s = sym();
-  try {
-    if (history) check(s.kf_sampler_accept(sampler.ptr, history, options.history!.length));
-    const buf = new Float32Array(new ArrayBuffer(logits.length * 4));
-    buf.set(logits);
-    const out = alloc(4);
-    check(s.kf_sampler_sample_logits(sampler.ptr, buf, n, out));
-    return new Int32Array(out.buffer)[0];
-  } finally {
-    check(s.kf_sampler_free(sampler.ptr));
-  }
 }
