@@ -120,6 +120,28 @@ const SYMBOLS = {
     result: "i32",
     nonblocking: true,
   },
+  kf_model_trainer_accumulate_document_targets: {
+    parameters: [
+      "pointer",
+      "buffer",
+      "i32",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "i32",
+      "buffer",
+      "buffer",
+      "i32",
+      "f32",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+    ],
+    result: "i32",
+    nonblocking: true,
+  },
   kf_model_trainer_accumulate_document_pairs: {
     parameters: [
       "pointer",

@@ -76,6 +76,23 @@ export interface CompressorExample extends CompressorQaPair {
    * over every answer token of every pair.
    */
   pairs?: readonly CompressorQaPair[];
+  /**
+   * Summary targets: summary vector `row` (of all the document's segments' summaries, in order)
+   * predicts `token` through the LM head, a third loss (one mean over the targets) weighted by
+   * `summaryTargetWeight`. A dense signal that teaches the compressor to carry the tokens a reader
+   * needs (an answer's tokens, say) long before the QA loss alone does.
+   */
+  summaryTargets?: readonly SummaryTarget[];
+  /** Weight of the summary-target loss (default 1). */
+  summaryTargetWeight?: number;
+}
+
+/** One summary target of {@link CompressorExample.summaryTargets}. */
+export interface SummaryTarget {
+  /** Summary row: segment index × `summaryLength` + the vector's index in its segment. */
+  row: number;
+  /** The token id it predicts. */
+  token: number;
 }
 
 /** Losses of one {@link ModelTrainer.accumulateDocument} (NaN for an objective that is off). */
@@ -84,6 +101,8 @@ export interface CompressorLoss {
   lm: number;
   /** Mean cross-entropy of the answer tokens (of every pair, one mean over all their tokens). */
   qa: number;
+  /** Mean cross-entropy of the summary targets (NaN without any). */
+  summary: number;
 }
 
 /** A trained tensor: HF name and shape. */
@@ -243,6 +262,10 @@ export class ModelTrainer extends HandleOwner {
   ): Promise<CompressorLoss> {
     const V = this.model.info.vocabSize, action = "train compressor";
     if (example.pairs !== undefined) return await this.#accumulatePairs(example, example.pairs, options);
+    if (example.summaryTargets !== undefined) {
+      const { question, answer, ...rest } = example;
+      return await this.#accumulatePairs(rest, [{ question, answer }], options);
+    }
     const ids = tokenIdsArg(action, example.ids, V);
     const q = tokenIdsArg(action, example.question ?? [], V, { what: "question id" });
     const a = tokenIdsArg(action, example.answer ?? [], V, { what: "answer id" });
@@ -257,6 +280,7 @@ export class ModelTrainer extends HandleOwner {
     return {
       lm: new DataView(lm.buffer).getFloat32(0, true),
       qa: new DataView(qa.buffer).getFloat32(0, true),
+      summary: NaN,
     };
   }
 
@@ -291,15 +315,46 @@ export class ModelTrainer extends HandleOwner {
     const ql = alloc(Math.max(4, nPairs * 4)), al = alloc(Math.max(4, nPairs * 4));
     new Int32Array(ql.buffer).set(pairs.map((p) => p.question?.length ?? 0));
     new Int32Array(al.buffer).set(pairs.map((p) => p.answer?.length ?? 0));
-    const lm = alloc(4), qa = alloc(4);
+    const targets = example.summaryTargets ?? [];
+    if (!Array.isArray(targets)) throw new TypeError(`Cannot ${action}: summaryTargets is not an array`);
+    const nTargets = int32Arg(action, "summaryTargets.length", targets.length);
+    const weight = example.summaryTargetWeight ?? 1;
+    if (!Number.isFinite(weight) || weight < 0) {
+      throw new RangeError(`Cannot ${action}: summaryTargetWeight ${weight} is not a finite number >= 0`);
+    }
+    const rows = alloc(Math.max(4, nTargets * 4)), tokens = alloc(Math.max(4, nTargets * 4));
+    const rowView = new Int32Array(rows.buffer), tokenView = new Int32Array(tokens.buffer);
+    targets.forEach((t, i) => {
+      rowView[i] = int32Arg(action, `summaryTargets[${i}].row`, t.row, { min: 0 });
+      tokenView[i] = int32Arg(action, `summaryTargets[${i}].token`, t.token, { min: 0 });
+    });
+    const lm = alloc(4), qa = alloc(4), summary = alloc(4);
     await this._handle.runControlled(
       (ptr, ctl) =>
-        sym().kf_model_trainer_accumulate_document_pairs(ptr, ids, n, q, ql, a, al, nPairs, lm, qa, ctl.buf),
+        sym().kf_model_trainer_accumulate_document_targets(
+          ptr,
+          ids,
+          n,
+          q,
+          ql,
+          a,
+          al,
+          nPairs,
+          rows,
+          tokens,
+          nTargets,
+          weight,
+          lm,
+          qa,
+          summary,
+          ctl.buf,
+        ),
       { signal: options.signal, onProgress: options.onProgress },
     );
     return {
       lm: new DataView(lm.buffer).getFloat32(0, true),
       qa: new DataView(qa.buffer).getFloat32(0, true),
+      summary: new DataView(summary.buffer).getFloat32(0, true),
     };
   }
 

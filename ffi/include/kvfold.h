@@ -556,6 +556,18 @@ KF_API kf_status kf_model_trainer_accumulate_document_pairs(kf_model_trainer *tr
                                                             const int32_t *question_lengths, const int32_t *answers,
                                                             const int32_t *answer_lengths, int32_t n_pairs,
                                                             float *lm_loss, float *qa_loss, kf_control *control);
+/* kf_model_trainer_accumulate_document_pairs with a third objective, summary targets: summary row
+ * target_rows[i] (0 .. n_segments * summary_length - 1, every segment's summaries in order) predicts
+ * target_tokens[i] through the LM head (a row may appear several times with different tokens).
+ * target is one mean cross-entropy over the n_targets (0..2^20) targets, added to the objective times
+ * target_weight (finite, >= 0); its gradient reaches the encoder pass of the target's segment even
+ * where the stop-gradient rule leaves that window constant for the QA loss. NaN when n_targets is 0
+ * or target_weight 0. With n_targets 0 this is kf_model_trainer_accumulate_document_pairs exactly. */
+KF_API kf_status kf_model_trainer_accumulate_document_targets(
+    kf_model_trainer *trainer, const int32_t *ids, int32_t n_ids, const int32_t *questions,
+    const int32_t *question_lengths, const int32_t *answers, const int32_t *answer_lengths, int32_t n_pairs,
+    const int32_t *target_rows, const int32_t *target_tokens, int32_t n_targets, float target_weight,
+    float *lm_loss, float *qa_loss, float *target_loss, kf_control *control);
 /* AdamW over the accumulated gradients averaged over the examples (clipped, lr from the schedule),
  * then zeroes them. Refused when nothing was accumulated. */
 KF_API kf_status kf_model_trainer_step(kf_model_trainer *trainer, kf_train_step_info *out);

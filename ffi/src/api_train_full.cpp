@@ -18,6 +18,7 @@ using kf::api::report;
 // Question/answer pairs one document may carry: a bound on the per-call pair table, far above any
 // use (each pair is a decoder pass).
 constexpr int32_t kMaxDocumentPairs = 4096;
+constexpr int32_t kMaxSummaryTargets = 1 << 20;
 
 std::vector<float> *model_tensor(kf_model_trainer &tr, const char *name, int32_t which, int64_t n, const char *what) {
   if (!name) kf::raise(KF_ERR_INVALID_ARGUMENT, "cannot %s: name is NULL", what);
@@ -58,7 +59,8 @@ void check_ids(const int32_t *ids, int32_t n, int32_t V, const char *what, const
 
 // The checks every compressor document shares, then the document (its pairs' pointers checked).
 void accumulate_document(kf_model_trainer &tr, const int32_t *ids, int32_t n_ids, const kf::QaPair *pairs,
-                         int32_t n_pairs, float *lm_loss, float *qa_loss, kf_control *control) {
+                         int32_t n_pairs, const kf::SummaryTargets &targets, float *lm_loss, float *qa_loss,
+                         float *target_loss, kf_control *control) {
   const kf_model_train_params &p = tr.params;
   KF_REQUIRE(p.summary_length > 0, "train compressor",
              "the trainer was created with summary_length 0 (no embed_summary to train)");
@@ -79,14 +81,23 @@ void accumulate_document(kf_model_trainer &tr, const int32_t *ids, int32_t n_ids
     if (qp.n_answer > 0) longest_pair = std::max<int64_t>(longest_pair, int64_t(qp.n_question) + qp.n_answer);
   }
   const double segments = std::ceil(double(n_ids) / p.segment_length), S = p.summary_length;
+  KF_REQUIRE(std::isfinite(targets.weight) && targets.weight >= 0, "train compressor",
+             "the summary-target weight %g is not a finite number >= 0", targets.weight);
+  for (int32_t i = 0; i < targets.n; i++) {
+    KF_REQUIRE(targets.rows[i] >= 0 && targets.rows[i] < segments * S, "train compressor",
+               "summary target %d names summary row %d, outside the document's %.0f rows (%.0f segments x %.0f)", i,
+               targets.rows[i], segments * S, segments, S);
+  }
+  check_ids(targets.tokens, targets.n, c.vocab_size, "train compressor", "summary target");
   const double window = std::min<double>(segments, p.backprop_segments);
   const double longest = std::max((segments - 1) * S + p.segment_length + S, segments * S + double(longest_pair));
   check_activation_memory(c, longest, window + 1, "train compressor");
   std::lock_guard<std::mutex> lock(tr.view.engine->pool_mutex);
-  double lm = 0, qa = 0;
-  kf::model_trainer_accumulate_document(tr, ids, n_ids, pairs, n_pairs, lm, qa, control);
+  double lm = 0, qa = 0, tl = 0;
+  kf::model_trainer_accumulate_document(tr, ids, n_ids, pairs, n_pairs, targets, lm, qa, tl, control);
   if (lm_loss) *lm_loss = float(lm);
   if (qa_loss) *qa_loss = float(qa);
+  if (target_loss) *target_loss = float(tl);
 }
 
 }  // namespace
@@ -195,7 +206,7 @@ kf_status kf_model_trainer_accumulate_document(kf_model_trainer *trainer, const 
     KF_REQUIRE(n_question >= 0 && n_answer >= 0 && (n_question == 0 || question) && (n_answer == 0 || answer),
                "train compressor", "question (%d ids) or answer (%d ids) is NULL or negative", n_question, n_answer);
     const kf::QaPair pair{question, answer, n_question, n_answer};
-    accumulate_document(*trainer, ids, n_ids, &pair, 1, lm_loss, qa_loss, control);
+    accumulate_document(*trainer, ids, n_ids, &pair, 1, kf::SummaryTargets{}, lm_loss, qa_loss, nullptr, control);
   }));
 }
 
@@ -204,8 +215,25 @@ kf_status kf_model_trainer_accumulate_document_pairs(kf_model_trainer *trainer, 
                                                      const int32_t *answers, const int32_t *answer_lengths,
                                                      int32_t n_pairs, float *lm_loss, float *qa_loss,
                                                      kf_control *control) {
+  return kf_model_trainer_accumulate_document_targets(trainer, ids, n_ids, questions, question_lengths, answers,
+                                                      answer_lengths, n_pairs, nullptr, nullptr, 0, 0.0f, lm_loss,
+                                                      qa_loss, nullptr, control);
+}
+
+kf_status kf_model_trainer_accumulate_document_targets(kf_model_trainer *trainer, const int32_t *ids, int32_t n_ids,
+                                                       const int32_t *questions, const int32_t *question_lengths,
+                                                       const int32_t *answers, const int32_t *answer_lengths,
+                                                       int32_t n_pairs, const int32_t *target_rows,
+                                                       const int32_t *target_tokens, int32_t n_targets,
+                                                       float target_weight, float *lm_loss, float *qa_loss,
+                                                       float *target_loss, kf_control *control) {
   return report(control, guarded("train compressor", [&] {
     KF_REQUIRE(trainer, "train compressor", "trainer is NULL");
+    KF_REQUIRE(n_targets >= 0 && n_targets <= kMaxSummaryTargets, "train compressor",
+               "n_targets %d is outside [0, %d]", n_targets, kMaxSummaryTargets);
+    KF_REQUIRE(n_targets == 0 || (target_rows && target_tokens), "train compressor",
+               "target_rows or target_tokens is NULL for %d summary targets", n_targets);
+    const kf::SummaryTargets targets{target_rows, target_tokens, n_targets, double(target_weight)};
     KF_REQUIRE(n_pairs >= 0 && n_pairs <= kMaxDocumentPairs, "train compressor", "n_pairs %d is outside [0, %d]",
                n_pairs, kMaxDocumentPairs);
     KF_REQUIRE(n_pairs == 0 || (question_lengths && answer_lengths), "train compressor",
@@ -231,7 +259,7 @@ kf_status kf_model_trainer_accumulate_document_pairs(kf_model_trainer *trainer, 
       nq += qp.n_question;
       na += qp.n_answer;
     }
-    accumulate_document(*trainer, ids, n_ids, pairs.data(), n_pairs, lm_loss, qa_loss, control);
+    accumulate_document(*trainer, ids, n_ids, pairs.data(), n_pairs, targets, lm_loss, qa_loss, target_loss, control);
   }));
 }
 

@@ -119,6 +119,7 @@ struct PassScratch {
   std::vector<LayerActivations> acts;   // [n_layers]
   std::vector<float> x_final, xn_final; // [T, H]
   std::vector<float> rope_cs;           // [T, hd/2, 2]
+  double aux_loss = 0;                  // the last backward's auxiliary mean (PassRows::n_main)
   // Work buffers of the forward and backward passes (the backward reads nothing in them the forward
   // wrote, except through acts / x_final / xn_final above).
   std::vector<float> x, o, attn_work;                  // [T, H] x2, attention's per-thread rows
@@ -139,6 +140,11 @@ struct PassRows {
   // rows, a plain mean), so passes of one document share one mean; its gradient is taken times
   // loss_weight (the returned loss is not).
   double loss_denom = 0, loss_weight = 1;
+  // Rows from index n_main on (-1: none) are an auxiliary objective with their own mean and weight
+  // (the compressor's summary targets); their summed cross-entropy / aux_denom goes to
+  // PassScratch::aux_loss, not to the returned loss.
+  int64_t n_main = -1;
+  double aux_denom = 1, aux_weight = 0;
   // NULL, or [T, H]: a gradient arriving on the final-normed rows from outside the pass (the
   // compressor's summary rows, read by later passes).
   const float *dxn_ext = nullptr;

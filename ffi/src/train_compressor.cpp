@@ -1,9 +1,11 @@
 // train_compressor.cpp — AutoCompressor training of one document, read top to bottom:
 //   segment i runs [summaries of segments < i | segment i | embed_summary rows] at positions 0..N-1,
 //   causal; its last S final-normed rows are segment i's summaries (kvfold's Compressor forward);
-//   each segment's tokens predict their next token (the LM loss), and for each question/answer
-//   pair [all summaries | question | answer] predicts the answer (the QA loss, one mean over every
-//   answer token of every pair; one compression serves every pair).
+//   each segment's tokens predict their next token (the LM loss), for each question/answer pair
+//   [all summaries | question | answer] predicts the answer (the QA loss, one mean over every
+//   answer token of every pair; one compression serves every pair), and summary rows given target
+//   tokens predict them through the LM head (the summary-target loss, so a vector learns to carry
+//   the tokens a reader will need: a dense signal the QA loss alone gives slowly).
 // Gradients flow back through the summary vectors within a window of backprop_segments segments
 // (the last window ends at the last segment): the window's passes run forward first, keeping their
 // activations, then backward last to first, each handing the gradient of the summaries it read to
@@ -18,7 +20,8 @@
 namespace kf {
 
 void model_trainer_accumulate_document(kf_model_trainer &tr, const int32_t *ids, int32_t n_ids, const QaPair *pairs,
-                                       int32_t n_pairs, double &lm_loss, double &qa_loss, kf_control *ctl) {
+                                       int32_t n_pairs, const SummaryTargets &targets, double &lm_loss,
+                                       double &qa_loss, double &target_loss, kf_control *ctl) {
   const kf_model &m = tr.view;
   const kf_model_train_params &p = tr.params;
   const int64_t H = m.cfg.hidden_size, S = p.summary_length, seg = p.segment_length, B = p.backprop_segments;
@@ -36,9 +39,14 @@ void model_trainer_accumulate_document(kf_model_trainer &tr, const int32_t *ids,
     qa_passes += pairs[j].n_answer > 0;
   }
   const bool lm_on = p.lm_weight > 0 && lm_rows > 0, qa_on = p.qa_weight > 0 && qa_rows > 0;
+  // Summary targets: which segment's pass holds each target row (they ask nothing of later passes).
+  const bool targets_on = targets.n > 0 && targets.weight > 0;
+  std::vector<int64_t> seg_targets(size_t(n_seg), 0);
+  for (int32_t i = 0; i < targets.n; i++) seg_targets[size_t(targets.rows[i] / S)]++;
   const double nan = std::numeric_limits<double>::quiet_NaN();
   lm_loss = lm_on ? 0.0 : nan;
   qa_loss = nan;
+  target_loss = targets_on ? 0.0 : nan;
   const float *table = tr.tensors[size_t(tr.embed)].w;
   const float *summary_rows = tr.tensors[size_t(tr.summary)].w;
   float *g_embed = tr.tensors[size_t(tr.embed)].g.data(), *g_summary = tr.tensors[size_t(tr.summary)].g.data();
@@ -75,6 +83,22 @@ void model_trainer_accumulate_document(kf_model_trainer &tr, const int32_t *ids,
       in.loss_denom = double(lm_rows);
       in.loss_weight = p.lm_weight;
     }
+    // Summary row r = i·S + j sits at pass row T − S + j; it predicts its targets (auxiliary rows).
+    if (targets_on && seg_targets[size_t(i)] > 0) {
+      in.n_main = int64_t(in.rows.size());
+      for (int32_t n = 0; n < targets.n; n++) {
+        if (targets.rows[n] / S != i) continue;
+        in.rows.push_back(T - S + targets.rows[n] % S);
+        in.targets.push_back(targets.tokens[n]);
+      }
+      in.aux_denom = double(targets.n);
+      in.aux_weight = targets.weight;
+    }
+  };
+  const auto window_has_targets = [&](int64_t a, int64_t b) {
+    for (int64_t i = a; targets_on && i < b; i++)
+      if (seg_targets[size_t(i)] > 0) return true;
+    return false;
   };
   // Adds a pass's input-row gradient dx0 [T, H] where its rows came from: summaries of the window
   // (from row lo·S), embedding rows of `tokens` (from row t0), embed_summary rows (from row s0, or -1).
@@ -88,7 +112,7 @@ void model_trainer_accumulate_document(kf_model_trainer &tr, const int32_t *ids,
     // Windows of B segments, the last one ending at the last segment.
     const int64_t first_end = n_seg - ((n_seg - 1) / B) * B;
     for (int64_t a = 0, b = first_end; a < n_seg; a = b, b += B) {
-      const bool last = b == n_seg, backward = lm_on || (last && qa_on);
+      const bool last = b == n_seg, backward = lm_on || (last && qa_on) || window_has_targets(a, b);
       std::fill_n(tr.dsummaries.begin() + a * S * H, (b - a) * S * H, 0.0f);
       PassGrads fwd;
       for (int64_t i = a; i < b; i++) {
@@ -148,6 +172,7 @@ void model_trainer_accumulate_document(kf_model_trainer &tr, const int32_t *ids,
         g.dx0 = tr.dx0.data();
         const double loss = pass_backward(m, tr.no_lora, 1.0f, tr.scratch[size_t(k)], in, nullptr, g, ctl);
         if (lm_on) lm_loss += loss;
+        if (targets_on && seg_targets[size_t(i)] > 0) target_loss += tr.scratch[size_t(k)].aux_loss;
         scatter(tr.dx0.data(), a, i, i * S, ids + i * seg, len, i * S + len);
         tick();
       }

@@ -393,21 +393,27 @@ double pass_backward(const kf_model &m, const std::vector<std::vector<TrainPair>
   if (in.dxn_ext) std::copy_n(in.dxn_ext, T * H, dxn);
   else std::fill_n(dxn, T * H, 0.0f);
   double loss = 0;
+  st.aux_loss = 0;
   if (L > 0) {
     float *xr = grow(st.xr, size_t(L * H)), *logits = grow(st.logits, size_t(L * V));
     for (int64_t r = 0; r < L; r++) std::copy_n(st.xn_final.begin() + rows[size_t(r)] * H, H, xr + r * H);
     matmul(pool, xr, m.lm_head.data, m.lm_head.dtype, logits, L, H, V, nullptr);  // [L, V]
+    const int64_t n_main = in.n_main < 0 ? L : std::min(in.n_main, L);
+    const double aw = in.aux_denom > 0 ? in.aux_weight / in.aux_denom : 0.0;
+    double aux = 0;
     for (int64_t r = 0; r < L; r++) {
       float *lr = logits + r * V;
       float mx = lr[0];
       for (int64_t i = 1; i < V; i++) mx = std::max(mx, lr[i]);
       double sum = 0;
       for (int64_t i = 0; i < V; i++) sum += std::exp(double(lr[i] - mx));
-      loss += std::log(sum) + double(mx) - double(lr[targets[size_t(r)]]);
-      for (int64_t i = 0; i < V; i++) lr[i] = float(std::exp(double(lr[i] - mx)) / sum * lw);
-      lr[targets[size_t(r)]] -= float(lw);
+      const double ce = std::log(sum) + double(mx) - double(lr[targets[size_t(r)]]), w = r < n_main ? lw : aw;
+      (r < n_main ? loss : aux) += ce;
+      for (int64_t i = 0; i < V; i++) lr[i] = float(std::exp(double(lr[i] - mx)) / sum * w);
+      lr[targets[size_t(r)]] -= float(w);
     }
     loss /= denom;  // unweighted: the caller weighs the losses it reports itself
+    st.aux_loss = in.aux_denom > 0 ? aux / in.aux_denom : 0.0;
     // dxn_final rows += dlogits · W_lm  (W_lm [V, H] read as [K = V, N = H]); the head's gradient dlogits^T xr
     float *dxr = grow(st.dxr, size_t(L * H));
     matmul_nn(pool, logits, m.lm_head.data, m.lm_head.dtype, dxr, L, V, H);

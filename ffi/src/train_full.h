@@ -54,11 +54,19 @@ struct QaPair {
   const int32_t *question = nullptr, *answer = nullptr;
   int32_t n_question = 0, n_answer = 0;
 };
+// Summary targets (checked): summary row rows[i] (of all n_segments · summary_length) predicts
+// tokens[i] through the LM head, one mean cross-entropy over the n of them, weighted by weight.
+struct SummaryTargets {
+  const int32_t *rows = nullptr, *tokens = nullptr;
+  int32_t n = 0;
+  double weight = 0;
+};
 // One compressor document (kvfold.h states the passes, losses and stop-gradient rule) with n_pairs
-// questions over it; writes the LM and QA mean cross-entropies (NaN for an objective that is off or
-// has nothing to predict).
+// questions over it and optional summary targets; writes the LM, QA and summary-target mean
+// cross-entropies (NaN for an objective that is off or has nothing to predict).
 void model_trainer_accumulate_document(kf_model_trainer &tr, const int32_t *ids, int32_t n_ids, const QaPair *pairs,
-                                       int32_t n_pairs, double &lm_loss, double &qa_loss, kf_control *ctl);
+                                       int32_t n_pairs, const SummaryTargets &targets, double &lm_loss,
+                                       double &qa_loss, double &target_loss, kf_control *ctl);
 kf_train_step_info model_trainer_step(kf_model_trainer &tr);
 // Zeroes the accumulated gradients (after an error, a cancel, or a resume).
 void model_trainer_drop_grads(kf_model_trainer &tr);
