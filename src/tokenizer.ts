@@ -173,6 +173,11 @@ export class TextTokenizer {
     return { tokenizer, eosTokenIds: [...ids] };
   }
 
+  /** Where the tokenizer was read from: a tokenizer.json path, or a GGUF file's metadata. */
+  get source(): string {
+    return this.#source;
+  }
+
   /** Id of the end-of-sequence token, if the vocabulary has it. */
   get eosTokenId(): number | undefined {
     return this.eosToken === undefined ? undefined : this.#ids.get(this.eosToken);

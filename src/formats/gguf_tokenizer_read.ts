@@ -142,8 +142,31 @@ export function tokenizerFromGguf(
   const eos = tokenOf("tokenizer.ggml.eos_token_id");
   if (bos !== undefined) tokenizerConfig.bos_token = bos;
   if (eos !== undefined) tokenizerConfig.eos_token = eos;
-  const addBos = meta.get("tokenizer.ggml.add_bos_token");
-  tokenizerConfig.add_bos_token = addBos === true;
+  const addBos = meta.get("tokenizer.ggml.add_bos_token") === true && bos !== undefined;
+  const addEos = meta.get("tokenizer.ggml.add_eos_token") === true && eos !== undefined;
+  tokenizerConfig.add_bos_token = addBos;
+  tokenizerConfig.add_eos_token = addEos;
+  if (addBos || addEos) {
+    // Encoding with special tokens adds them, as the post-processor of Llama-style tokenizer.json does.
+    const special = (t: string, typeId: number) => ({ SpecialToken: { id: t, type_id: typeId } });
+    const around = (seq: string, typeId: number) => [
+      ...(addBos ? [special(bos!, typeId)] : []),
+      { Sequence: { id: seq, type_id: typeId } },
+      ...(addEos ? [special(eos!, typeId)] : []),
+    ];
+    const specials: Json = {};
+    for (
+      const [t, key] of [[bos, "tokenizer.ggml.bos_token_id"], [eos, "tokenizer.ggml.eos_token_id"]] as const
+    ) {
+      if (t !== undefined) specials[t] = { id: t, ids: [meta.get(key)], tokens: [t] };
+    }
+    tokenizerJson.post_processor = {
+      type: "TemplateProcessing",
+      single: around("A", 0),
+      pair: [...around("A", 0), ...around("B", 1)],
+      special_tokens: specials,
+    };
+  }
   const template = meta.get("tokenizer.chat_template");
   if (typeof template === "string") tokenizerConfig.chat_template = template;
   return { tokenizerJson, tokenizerConfig };
