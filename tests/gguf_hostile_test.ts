@@ -124,13 +124,30 @@ const CASES: Case[] = [
   {
     name: "overlapping tensors",
     code: "FORMAT",
-    why: /overlap in the data section/,
+    why:
+      /tensor blk\.1\.ffn_up\.weight is at data offset \d+, but tensor blk\.1\.ffn_gate\.weight ends at \d+ \(they overlap\)/,
     patch: (b) =>
       setU64(
         b,
         tensorInfo(b, "blk.1.ffn_up.weight").offset,
         getU64(b, tensorInfo(b, "blk.1.ffn_gate.weight").offset),
       ),
+  },
+  {
+    name: "hole between tensors",
+    code: "FORMAT",
+    why:
+      /tensor blk\.1\.attn_q\.weight is at data offset \d+, but tensor blk\.1\.attn_norm\.weight ends at \d+ \(a hole/,
+    patch: (b) => {
+      const at = tensorInfo(b, "blk.1.attn_q.weight").offset;
+      setU64(b, at, getU64(b, at) + 32n);
+    },
+  },
+  {
+    name: "bytes appended",
+    code: "FORMAT",
+    why: /64 bytes follow the last tensor's data/,
+    patch: (b) => new Uint8Array([...b, ...new Uint8Array(64)]),
   },
   {
     name: "element count overflow",

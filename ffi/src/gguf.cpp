@@ -385,13 +385,25 @@ Header parse_header(const uint8_t *base_, uint64_t size, const std::string &path
             "the file's %llu data bytes; is the file truncated?", p, tn.c_str(), (unsigned long long)t.offset,
             (unsigned long long)t.nbytes, (unsigned long long)data_len);
   }
-  std::vector<const RawTensor *> order;
-  for (const RawTensor &t : raw) order.push_back(&t);
-  std::sort(order.begin(), order.end(), [](const RawTensor *a, const RawTensor *b) { return a->offset < b->offset; });
-  for (size_t k = 1; k < order.size(); k++)
-    if (order[k - 1]->offset + order[k - 1]->nbytes > order[k]->offset && order[k]->nbytes > 0)
-      raise(KF_ERR_FORMAT, "cannot load model: %s: tensors %s and %s overlap in the data section", p,
-            shown(order[k - 1]->name).c_str(), shown(order[k]->name).c_str());
+  // llama.cpp's layout, which its reader requires too: in file order each tensor starts at the first
+  // aligned offset after the previous one's end, and the file ends with the last one (and its
+  // padding). Holes, overlaps and bytes inserted or appended all break it.
+  uint64_t expected = 0;
+  const RawTensor *prev = nullptr;
+  for (const RawTensor &t : raw) {
+    if (t.offset != expected)
+      raise(KF_ERR_FORMAT, "cannot load model: %s: tensor %s is at data offset %llu, but %s ends at %llu (%s)", p,
+            shown(t.name).c_str(), (unsigned long long)t.offset,
+            prev ? ("tensor " + shown(prev->name)).c_str() : "the data section's start", (unsigned long long)expected,
+            t.offset < expected ? "they overlap" : "a hole in the data section");
+    expected = (t.offset + t.nbytes + alignment - 1) / alignment * alignment;
+    prev = &t;
+  }
+  const uint64_t end = prev ? prev->offset + prev->nbytes : 0;
+  if (data_len > expected)
+    raise(KF_ERR_FORMAT, "cannot load model: %s: %llu bytes follow the last tensor's data (it ends at data offset %llu "
+          "of %llu); bytes were inserted or appended", p, (unsigned long long)(data_len - end),
+          (unsigned long long)end, (unsigned long long)data_len);
 
   h.data_at = data_at;
   return h;
