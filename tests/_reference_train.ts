@@ -67,10 +67,14 @@ export interface ReferenceDocument {
    * stop-gradient of earlier windows (a finite difference then does not move them).
    */
   frozen?: Float64Array;
+  /** Summary row `row` predicts `token` through the LM head: one mean, times summaryTargetWeight. */
+  summaryTargets?: readonly { row: number; token: number }[];
+  summaryTargetWeight?: number;
 }
 
 /**
- * The compressor's summaries ([segments · S, H]) and its objective lmWeight · lm + qaWeight · qa,
+ * The compressor's summaries ([segments · S, H]) and its objective lmWeight · lm + qaWeight · qa
+ * (+ summaryTargetWeight · summary, the summary targets' mean cross-entropy),
  * exactly as kvfold.h states them: segment i runs [summaries < i | segment i | summary rows] and its
  * last S final-normed rows are its summaries; lm is one mean over every segment token predicting the
  * next of its segment; qa is [all summaries | question | answer] with labels on the answer (per pair,
@@ -81,11 +85,13 @@ export function referenceCompressor(ref: ReferenceModel, doc: ReferenceDocument)
   objective: number;
   lm: number;
   qa: number;
+  /** Mean cross-entropy of the summary targets (NaN without any). */
+  summary: number;
 } {
   const H = ref.config.hiddenSize, S = doc.summaryRows.length / H, L = doc.segmentLength;
   const n = Math.ceil(doc.ids.length / L);
   const summaries = new Float64Array(n * S * H);
-  let lmSum = 0, lmRows = 0;
+  let lmSum = 0, lmRows = 0, targetSum = 0;
   for (let i = 0; i < n; i++) {
     const seg = doc.ids.slice(i * L, (i + 1) * L);
     const x = new Float64Array((i * S + seg.length + S) * H);
@@ -98,6 +104,12 @@ export function referenceCompressor(ref: ReferenceModel, doc: ReferenceDocument)
     if (targets.length > 0) {
       lmSum += headLoss(ref, h, targets) * targets.length;
       lmRows += targets.length;
+    }
+    // Summary targets of this segment: its summary row j sits at pass row T − S + j.
+    const mine = (doc.summaryTargets ?? []).filter((t) => Math.floor(t.row / S) === i);
+    if (mine.length > 0) {
+      const T = x.length / H;
+      targetSum += headLoss(ref, h, mine.map((t) => [T - S + (t.row % S), t.token])) * mine.length;
     }
     const frozenRows = (doc.frozen?.length ?? 0) / H;
     if ((i + 1) * S <= frozenRows) summaries.set(doc.frozen!.subarray(i * S * H, (i + 1) * S * H), i * S * H);
@@ -116,8 +128,11 @@ export function referenceCompressor(ref: ReferenceModel, doc: ReferenceDocument)
     qaRows += a.length;
   }
   const qa = qaRows > 0 ? qaSum / qaRows : NaN;
-  const objective = (lmRows > 0 ? doc.lmWeight * lm : 0) + (qaRows > 0 ? doc.qaWeight * qa : 0);
-  return { summaries, objective, lm, qa };
+  const nTargets = doc.summaryTargets?.length ?? 0, targetWeight = doc.summaryTargetWeight ?? 1;
+  const summary = nTargets > 0 && targetWeight > 0 ? targetSum / nTargets : NaN;
+  const objective = (lmRows > 0 ? doc.lmWeight * lm : 0) + (qaRows > 0 ? doc.qaWeight * qa : 0) +
+    (Number.isNaN(summary) ? 0 : targetWeight * summary);
+  return { summaries, objective, lm, qa, summary };
 }
 
 /**
