@@ -3,7 +3,7 @@
 //   npm ci --prefix bench/llamacpp --omit=optional --ignore-scripts    # once: the peer
 //   deno task bench:vs-llamacpp [--rounds 5] [--shapes small,1.1b] [--dtypes f32,bf16,f16,q8_0,q4_0]
 //       [--threads 2] [--decode-tokens 64] [--prefill 128,512] [--quiet-cores 0.1] [--rebuild-gguf]
-//       [--out bench/results/vs_llamacpp.json]
+//       [--kvfold-gguf] [--out bench/results/vs_llamacpp.json]
 //
 // The peer is llama.cpp as node-llama-cpp@3.22.1 ships it (its prebuilt CPU binary, which picks its
 // ggml kernels by CPU features at run time), driven through node-llama-cpp's public API in a child
@@ -11,6 +11,7 @@
 // shape is a random model written once as safetensors under .kvfold/bench-models/<shape>/ and
 // converted to GGUF in every dtype by kvfold's GGUF writer; kvfold loads the safetensors with the
 // matching dtype (quantizing at load), llama.cpp the GGUF, so both hold the same weights.
+// `--kvfold-gguf` adds a third engine: kvfold loading the same GGUF file (needs kvfold's GGUF reader).
 //
 // Each round: a memory read-bandwidth probe, then per shape and dtype both engines load, warm up,
 // and alternate (order flipped every round) through decode and each prefill. The CPU time that
@@ -26,7 +27,7 @@ import { LlamaCppPeer, type PeerLoad } from "./_llamacpp_peer.ts";
 
 const DTYPES = ["f32", "bf16", "f16", "q8_0", "q4_0"] as const;
 type Dtype = typeof DTYPES[number];
-type Engine = "kvfold" | "llama.cpp";
+type Engine = "kvfold" | "kvfold-gguf" | "llama.cpp";
 
 // `tiny` is for trying the bench itself in seconds; `small` and `1.1b` are the issue's shapes.
 // The 1.1B model is written in bf16 (2.2 GB instead of 4.4): every dtype is converted from the
@@ -61,6 +62,7 @@ const { values: v } = parseArgs({
     prefill: { type: "string", default: "128,512" },
     "quiet-cores": { type: "string", default: "0.1" },
     "rebuild-gguf": { type: "boolean", default: false },
+    "kvfold-gguf": { type: "boolean", default: false },
     cache: { type: "string", default: new URL("../.kvfold/bench-models/", import.meta.url).pathname },
     out: { type: "string", default: new URL("./results/vs_llamacpp.json", import.meta.url).pathname },
   },
@@ -78,6 +80,7 @@ for (const s of shapes) {
 for (const d of dtypes) if (!DTYPES.includes(d)) throw new Error(`unknown dtype ${d} (${DTYPES.join(", ")})`);
 const phases = [`decode ${decodeTokens}`, ...prefillLengths.map((n) => `prefill ${n}`)];
 const maxPrefill = Math.max(...prefillLengths);
+const engines: Engine[] = v["kvfold-gguf"] ? ["kvfold", "kvfold-gguf", "llama.cpp"] : ["kvfold", "llama.cpp"];
 
 function pseudoIds(n: number, vocab: number, seed: number): number[] {
   const ids: number[] = [];
@@ -131,6 +134,8 @@ interface Measurement {
 }
 
 interface Agreement {
+  /** The kvfold side compared with llama.cpp. */
+  engine: Engine;
   shape: string;
   dtype: Dtype;
   positions: number;
@@ -236,48 +241,59 @@ try {
     for (const shape of shapes) {
       for (const dtype of dtypes) {
         const key = `${shape}/${dtype}`;
+        const gguf = `${dirs[shape]}/gguf/model-${dtype}.gguf`;
         using ours = new KvfoldSide(await kv.loadModel(dirs[shape], { dtype }));
+        using oursGguf = engines.includes("kvfold-gguf") ? new KvfoldSide(await kv.loadModel(gguf)) : null;
         const vocab = ours.model.info.vocabSize;
         weightBytes[key] = ours.model.info.weightBytes;
-        peerLoads[key] = await peer.request<PeerLoad>("load", {
-          path: `${dirs[shape]}/gguf/model-${dtype}.gguf`,
+        const { ok: _, ...peerLoad } = await peer.request<PeerLoad & { ok: true }>("load", {
+          path: gguf,
           threads,
           contextSize: Math.max(1024, maxPrefill + 16),
           batchSize: maxPrefill,
         });
+        peerLoads[key] = peerLoad;
         const prompt = prompt16(vocab);
         const prefills = prefillLengths.map((n, i) => pseudoIds(n, vocab, 11 + i));
         // Warm-up on both: page in the weights, grow buffers and caches.
-        await ours.prefill(prefills[prefills.length - 1]);
-        await ours.decode(prompt, 4);
+        for (const side of [ours, oursGguf]) {
+          await side?.prefill(prefills[prefills.length - 1]);
+          await side?.decode(prompt, 4);
+        }
         await peer.request("prefill", { ids: prefills[prefills.length - 1] });
         await peer.request("decode", { prompt, tokens: 4 });
         if (round === 0) {
           const ids = pseudoIds(8, vocab, 3);
           const { logits } = await peer.request<{ logits: number[][] }>("logits", { ids });
-          const agreement = {
-            shape,
-            dtype,
-            positions: ids.length,
-            ...compareLogits(await ours.logits(ids), logits, vocab),
-          };
-          agreements.push(agreement);
-          console.error(
-            `  ${key}: logits differ by max ${agreement.maxAbsDiff.toExponential(2)} abs, ` +
-              `${
-                agreement.maxRelDiff.toExponential(2)
-              } rel; argmax agrees at ${agreement.argmaxAgree}/${ids.length}`,
-          );
+          for (const [engine, side] of [["kvfold", ours], ["kvfold-gguf", oursGguf]] as const) {
+            if (side === null) continue;
+            const a = {
+              engine,
+              shape,
+              dtype,
+              positions: ids.length,
+              ...compareLogits(await side.logits(ids), logits, vocab),
+            };
+            agreements.push(a);
+            console.error(
+              `  ${key}: ${engine} and llama.cpp logits differ by max ${
+                a.maxAbsDiff.toExponential(2)
+              } abs, ` +
+                `${a.maxRelDiff.toExponential(2)} rel; argmax agrees at ${a.argmaxAgree}/${ids.length}`,
+            );
+          }
         }
         const runs: Record<Engine, (phase: number) => Promise<number>> = {
           kvfold: (p) => p === 0 ? ours.decode(prompt, decodeTokens) : ours.prefill(prefills[p - 1]),
+          "kvfold-gguf": (p) =>
+            p === 0 ? oursGguf!.decode(prompt, decodeTokens) : oursGguf!.prefill(prefills[p - 1]),
           "llama.cpp": async (p) =>
             (p === 0
               ? await peer.request<{ tokPerS: number }>("decode", { prompt, tokens: decodeTokens })
               : await peer.request<{ tokPerS: number }>("prefill", { ids: prefills[p - 1] })).tokPerS,
         };
         // Alternate per phase, flipping who goes first each round so neither always runs warm.
-        const order: Engine[] = round % 2 === 0 ? ["kvfold", "llama.cpp"] : ["llama.cpp", "kvfold"];
+        const order = round % 2 === 0 ? engines : [...engines].reverse();
         for (let p = 0; p < phases.length; p++) {
           for (const engine of order) {
             const tokPerS = await measure(engine, () => runs[engine](p), {
@@ -293,7 +309,7 @@ try {
           }
         }
         await peer.request("unload");
-        const last = measurements.slice(-2 * phases.length);
+        const last = measurements.slice(-engines.length * phases.length);
         console.error(
           `  ${key}: ` + last.map((m) => `${m.engine} ${m.phase} ${m.tokPerS.toFixed(1)}`).join(", "),
         );
@@ -332,8 +348,9 @@ for (const shape of shapes) {
           m.shape === shape && m.dtype === dtype && m.phase === phase && m.engine === engine &&
           usedRounds.has(m.round)
         );
-      const ours = pick("kvfold"), theirs = pick("llama.cpp");
+      const ours = pick("kvfold"), theirs = pick("llama.cpp"), oursGguf = pick("kvfold-gguf");
       const k = spread(ours.map((m) => m.tokPerS)), l = spread(theirs.map((m) => m.tokPerS));
+      const g = oursGguf.length > 0 ? spread(oursGguf.map((m) => m.tokPerS)) : undefined;
       const frac = (ms: Measurement[]) =>
         phase.startsWith("decode") ? spread(ms.map((m) => m.fractionOfBandwidthLimit!)).median : undefined;
       summary.push({
@@ -344,6 +361,8 @@ for (const shape of shapes) {
         kvfold: k,
         llamacpp: l,
         ratio: k.median / l.median,
+        kvfoldGguf: g,
+        kvfoldGgufRatio: g === undefined ? undefined : g.median / l.median,
         kvfoldFractionOfBandwidthLimit: frac(ours),
         llamacppFractionOfBandwidthLimit: frac(theirs),
       });
@@ -373,22 +392,25 @@ if (quietRounds.size === 0) {
 console.log(`\nlogit agreement (${agreements[0]?.positions ?? 0} positions):`);
 for (const a of agreements) {
   console.log(
-    `  ${a.shape} ${a.dtype.padEnd(4)}: max abs ${a.maxAbsDiff.toExponential(2)}, max rel ` +
+    `  ${a.engine} ${a.shape} ${a.dtype.padEnd(4)}: max abs ${a.maxAbsDiff.toExponential(2)}, max rel ` +
       `${a.maxRelDiff.toExponential(2)}, argmax ${a.argmaxAgree}/${a.positions}`,
   );
 }
+const withGguf = engines.includes("kvfold-gguf");
 console.log(
   `\n| shape | dtype | phase | rounds | kvfold tok/s min / median / max | llama.cpp tok/s min / median / max | ` +
-    `ratio | decode % of bandwidth limit (kvfold / llama.cpp) |`,
+    `ratio | decode % of bandwidth limit (kvfold / llama.cpp) |` +
+    (withGguf ? ` kvfold from GGUF tok/s min / median / max | ratio |` : ""),
 );
-console.log(`| --- | --- | --- | --- | --- | --- | --- | --- |`);
+console.log(`| --- | --- | --- | --- | --- | --- | --- | --- |` + (withGguf ? ` --- | --- |` : ""));
 for (const s of summary) {
   const limit = s.kvfoldFractionOfBandwidthLimit === undefined
     ? ""
     : `${pct(s.kvfoldFractionOfBandwidthLimit)} / ${pct(s.llamacppFractionOfBandwidthLimit)}`;
   console.log(
     `| ${s.shape} | ${s.dtype} | ${s.phase} | ${s.rounds} | ${mmm(s.kvfold)} | ${mmm(s.llamacpp)} | ` +
-      `${s.ratio.toFixed(2)} | ${limit} |`,
+      `${s.ratio.toFixed(2)} | ${limit} |` +
+      (s.kvfoldGguf ? ` ${mmm(s.kvfoldGguf)} | ${s.kvfoldGgufRatio!.toFixed(2)} |` : ""),
   );
 }
 
