@@ -143,6 +143,13 @@ interface Agreement {
   /** maxAbsDiff over the largest |logit| of llama.cpp's rows. */
   maxRelDiff: number;
   argmaxAgree: number;
+  /**
+   * How far each engine's logits moved from its own f32 logits (max abs over the largest |logit|):
+   * the quantization or rounding error of each, which the difference between the engines is
+   * measured against. Absent for f32 and when f32 is not benched.
+   */
+  kvfoldVsOwnF32?: number;
+  llamacppVsOwnF32?: number;
 }
 
 interface RoundRecord {
@@ -187,6 +194,14 @@ class KvfoldSide {
   }
 }
 
+/** A [positions * vocab] array as rows. */
+function rows(flat: Float32Array, vocab: number): number[][] {
+  return Array.from(
+    { length: flat.length / vocab },
+    (_, p) => Array.from(flat.subarray(p * vocab, (p + 1) * vocab)),
+  );
+}
+
 function compareLogits(ours: Float32Array, peer: number[][], vocab: number) {
   let maxAbs = 0, scale = 0, argmaxAgree = 0;
   peer.forEach((row, p) => {
@@ -216,6 +231,7 @@ const measurements: Measurement[] = [];
 const agreements: Agreement[] = [];
 const roundRecords: RoundRecord[] = [];
 const peerLoads: Record<string, PeerLoad> = {};
+const f32Logits: Record<string, { peer: number[][]; kvfold: Float32Array }> = {};
 const weightBytes: Record<string, number> = {};
 const prompt16 = (vocab: number) => pseudoIds(16, vocab, 7);
 
@@ -265,21 +281,34 @@ try {
         if (round === 0) {
           const ids = pseudoIds(8, vocab, 3);
           const { logits } = await peer.request<{ logits: number[][] }>("logits", { ids });
+          const f32 = f32Logits[shape];
           for (const [engine, side] of [["kvfold", ours], ["kvfold-gguf", oursGguf]] as const) {
             if (side === null) continue;
-            const a = {
+            const own = await side.logits(ids);
+            if (dtype === "f32" && engine === "kvfold") f32Logits[shape] = { peer: logits, kvfold: own };
+            const a: Agreement = {
               engine,
               shape,
               dtype,
               positions: ids.length,
-              ...compareLogits(await side.logits(ids), logits, vocab),
+              ...compareLogits(own, logits, vocab),
             };
+            if (f32 && dtype !== "f32") {
+              a.kvfoldVsOwnF32 = compareLogits(own, rows(f32.kvfold, vocab), vocab).maxRelDiff;
+              a.llamacppVsOwnF32 =
+                compareLogits(Float32Array.from(logits.flat()), f32.peer, vocab).maxRelDiff;
+            }
             agreements.push(a);
             console.error(
               `  ${key}: ${engine} and llama.cpp logits differ by max ${
                 a.maxAbsDiff.toExponential(2)
               } abs, ` +
-                `${a.maxRelDiff.toExponential(2)} rel; argmax agrees at ${a.argmaxAgree}/${ids.length}`,
+                `${a.maxRelDiff.toExponential(2)} rel; argmax agrees at ${a.argmaxAgree}/${ids.length}` +
+                (a.kvfoldVsOwnF32 === undefined
+                  ? ""
+                  : `; from their own f32: kvfold ${a.kvfoldVsOwnF32.toExponential(2)}, llama.cpp ${
+                    a.llamacppVsOwnF32!.toExponential(2)
+                  } rel`),
             );
           }
         }
@@ -393,7 +422,12 @@ console.log(`\nlogit agreement (${agreements[0]?.positions ?? 0} positions):`);
 for (const a of agreements) {
   console.log(
     `  ${a.engine} ${a.shape} ${a.dtype.padEnd(4)}: max abs ${a.maxAbsDiff.toExponential(2)}, max rel ` +
-      `${a.maxRelDiff.toExponential(2)}, argmax ${a.argmaxAgree}/${a.positions}`,
+      `${a.maxRelDiff.toExponential(2)}, argmax ${a.argmaxAgree}/${a.positions}` +
+      (a.kvfoldVsOwnF32 === undefined
+        ? ""
+        : `; each from its own f32: kvfold ${a.kvfoldVsOwnF32.toExponential(2)}, llama.cpp ${
+          a.llamacppVsOwnF32!.toExponential(2)
+        } rel`),
   );
 }
 const withGguf = engines.includes("kvfold-gguf");
