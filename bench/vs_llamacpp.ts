@@ -221,12 +221,14 @@ function compareLogits(ours: Float32Array, peer: number[][], vocab: number) {
 
 const cpu = (await Deno.readTextFile("/proc/cpuinfo").catch(() => "")).match(/model name\s*:\s*(.*)/)?.[1] ??
   "unknown";
+const benchStart = performance.now();
 const dirs: Record<string, string> = {};
 for (const shape of shapes) dirs[shape] = await ensureModels(shape);
+const modelsSeconds = (performance.now() - benchStart) / 1000;
 
 await using kv = await Kvfold.open({ backend: "cpu", threads });
 const peer = LlamaCppPeer.start();
-const peerInfo = await peer.request<{ systemInfo: string; buildType: string }>("info");
+const peerInfo = await peer.request<{ llamaCpp: string; systemInfo: string; buildType: string }>("info");
 const ownPids = [peer.pid];
 const measurements: Measurement[] = [];
 const agreements: Agreement[] = [];
@@ -404,7 +406,8 @@ const f = (x: number) => x >= 100 ? x.toFixed(0) : x.toFixed(1);
 const mmm = (s: { min: number; median: number; max: number }) => `${f(s.min)} / ${f(s.median)} / ${f(s.max)}`;
 const pct = (x?: number) => x === undefined ? "" : `${(100 * x).toFixed(0)}%`;
 console.log(
-  `\nkvfold vs llama.cpp (node-llama-cpp@3.22.1, ${peerInfo.buildType} binary), ${threads} threads`,
+  `\nkvfold vs llama.cpp ${peerInfo.llamaCpp} (node-llama-cpp@3.22.1, ${peerInfo.buildType} binary), ` +
+    `${threads} threads`,
 );
 console.log(
   `machine: ${cpu}, ${navigator.hardwareConcurrency} CPUs; llama.cpp: ${peerInfo.systemInfo.trim()}`,
@@ -458,6 +461,7 @@ await Deno.writeTextFile(
       machine: { cpu, cpus: navigator.hardwareConcurrency, kvfoldEngine: kv.name, threads },
       peer: { package: "node-llama-cpp@3.22.1", ...peerInfo, loads: peerLoads },
       settings: { rounds, shapes, dtypes, decodeTokens, prefillLengths, quietCores },
+      seconds: { total: (performance.now() - benchStart) / 1000, writingModels: modelsSeconds },
       shapes: Object.fromEntries(shapes.map((s) => [s, { label: SHAPES[s].label, ...SHAPES[s].model }])),
       weightBytesPerToken: weightBytes,
       rounds: roundRecords,
@@ -470,4 +474,7 @@ await Deno.writeTextFile(
     2,
   ) + "\n",
 );
-console.log(`\nwrote ${v.out}`);
+console.log(
+  `\nwrote ${v.out}; ${((performance.now() - benchStart) / 1000).toFixed(0)} s in all, ` +
+    `${modelsSeconds.toFixed(0)} s of it writing models`,
+);

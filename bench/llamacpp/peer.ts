@@ -83,8 +83,20 @@ function loaded(): LlamaContextSequence {
 
 async function handle(req: Request): Promise<unknown> {
   switch (req.op) {
-    case "info":
-      return { systemInfo: llama.systemInfo, cpuMathCores: llama.cpuMathCores, buildType: llama.buildType };
+    case "info": {
+      // The llama.cpp release node-llama-cpp's binaries are built from.
+      const release = JSON.parse(
+        await Deno.readTextFile(
+          new URL("./node_modules/node-llama-cpp/llama/llama.cpp.info.json", import.meta.url),
+        ),
+      );
+      return {
+        llamaCpp: `${release.llamaCppGithubRepo}@${release.tag}`,
+        systemInfo: llama.systemInfo,
+        cpuMathCores: llama.cpuMathCores,
+        buildType: llama.buildType,
+      };
+    }
     case "load": {
       await unload();
       const t0 = performance.now();
