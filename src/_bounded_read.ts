@@ -78,6 +78,45 @@ export async function readBoundedFile(path: string, options: BoundedReadOptions)
   }
 }
 
+/**
+ * The first `maxBytes` bytes of a regular file (all of it when shorter): for formats whose header
+ * is read on the TS side while the bulk is left to the native library (GGUF metadata).
+ */
+export async function readBoundedHead(path: string, options: BoundedReadOptions): Promise<Uint8Array> {
+  const limit = options.maxBytes ?? JSON_FILE_LIMIT;
+  const fail = (why: string, cause?: unknown) =>
+    new KvfoldError("IO", `Cannot ${options.action}: ${path} ${why}`, cause ? { cause } : undefined);
+  let file: Deno.FsFile;
+  let size: number;
+  try {
+    const info = await Deno.stat(path);
+    if (!info.isFile) throw fail(info.isDirectory ? "is a directory, not a file" : "is not a regular file");
+    size = info.size;
+    file = await Deno.open(path, { read: true });
+  } catch (e) {
+    if (e instanceof KvfoldError) throw e;
+    throw fail(
+      e instanceof Deno.errors.NotFound ? "does not exist" : `cannot be read (${(e as Error).message})`,
+      e,
+    );
+  }
+  try {
+    // Sized by the file, so a small file costs little; a file that grows meanwhile is cut there.
+    const buf = new Uint8Array(Math.min(limit, size));
+    let n = 0;
+    while (n < buf.length) {
+      const r = await file.read(buf.subarray(n));
+      if (r === null) break;
+      n += r;
+    }
+    return buf.subarray(0, n);
+  } catch (e) {
+    throw fail(`cannot be read (${(e as Error).message})`, e);
+  } finally {
+    file.close();
+  }
+}
+
 /** The UTF-8 text of a regular file; see {@link readBoundedFile}. */
 export async function readBoundedText(path: string, options: BoundedReadOptions): Promise<string> {
   const bytes = await readBoundedFile(path, options);

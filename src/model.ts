@@ -125,9 +125,15 @@ export class Model extends HandleOwner {
       throw new RangeError(`Cannot load model: adapterBudgetBytes ${budget} is not a non-negative number`);
     }
     dir = dir.replace(/\/+$/, "") || "/";
-    // The tokenizer first: it is cheap and a missing one should fail before gigabytes are mapped.
-    const tokenizer = await TextTokenizer.fromModelDir(dir);
-    const eos = await readEosIds(dir, tokenizer);
+    // The tokenizer first: it is cheap and a missing one should fail before gigabytes are mapped. A
+    // regular file is a GGUF model (its tokenizer from beside it or from its metadata).
+    const file = await Deno.stat(dir).then((s) => s.isFile, () => false);
+    const { tokenizer, eosTokenIds: eos } = file
+      ? await TextTokenizer.fromGgufFile(dir)
+      : await TextTokenizer.fromModelDir(dir).then(async (t) => ({
+        tokenizer: t,
+        eosTokenIds: await readEosIds(dir, t),
+      }));
 
     const s = sym();
     const engineHandle = engine._handle;
@@ -173,7 +179,8 @@ export class Model extends HandleOwner {
       handle.dispose();
       throw new KvfoldError(
         "FORMAT",
-        `Cannot load model: ${dir}/tokenizer.json defines token id ${tokenizer.maxTokenId}, past the ` +
+        `Cannot load model: ${file ? `the tokenizer of ${dir}` : `${dir}/tokenizer.json`} defines token id ` +
+          `${tokenizer.maxTokenId}, past the ` +
           `model's vocabulary of ${modelInfo.vocabSize} (the tokenizer belongs to another model)`,
       );
     }

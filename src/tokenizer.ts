@@ -11,6 +11,8 @@ import { KvfoldError } from "./errors.ts";
 import { readBoundedJson } from "./_bounded_read.ts";
 import { checkTokenizerJson, describe } from "./formats/_tokenizer_json.ts";
 import { tokenByteStrings } from "./grammar/token_bytes.ts";
+import { readGgufMetadata } from "./formats/gguf_read.ts";
+import { tokenizerFromGguf } from "./formats/gguf_tokenizer_read.ts";
 
 /** One chat message, as chat templates expect it. */
 export interface ChatMessage {
@@ -143,6 +145,37 @@ export class TextTokenizer {
     const json = (await readJson(path))!;
     const config = await readJson(`${dir}/tokenizer_config.json`, true) ?? {};
     return new TextTokenizer(json, config, path);
+  }
+
+  /**
+   * The tokenizer of a GGUF model file: the `tokenizer.json` (and `tokenizer_config.json`) beside
+   * it when there is one, else rebuilt from its `tokenizer.ggml.*` metadata (byte-level BPE only);
+   * with the metadata's end-of-sequence id when it was read.
+   */
+  static async fromGgufFile(path: string): Promise<{ tokenizer: TextTokenizer; eosTokenIds: number[] }> {
+    const slash = path.lastIndexOf("/");
+    const dir = slash < 0 ? "." : slash === 0 ? "/" : path.slice(0, slash);
+    try {
+      if ((await Deno.stat(`${dir}/tokenizer.json`)).isFile) {
+        const tokenizer = await TextTokenizer.fromModelDir(dir);
+        return { tokenizer, eosTokenIds: tokenizer.eosTokenId === undefined ? [] : [tokenizer.eosTokenId] };
+      }
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+    }
+    const meta = await readGgufMetadata(path);
+    const { tokenizerJson, tokenizerConfig } = tokenizerFromGguf(meta, path);
+    const tokenizer = new TextTokenizer(tokenizerJson, tokenizerConfig, `${path} (tokenizer.ggml.*)`);
+    const ids = new Set<number>();
+    const eos = meta.get("tokenizer.ggml.eos_token_id");
+    if (typeof eos === "number") ids.add(eos);
+    if (tokenizer.eosTokenId !== undefined) ids.add(tokenizer.eosTokenId);
+    return { tokenizer, eosTokenIds: [...ids] };
+  }
+
+  /** Where the tokenizer was read from: a tokenizer.json path, or a GGUF file's metadata. */
+  get source(): string {
+    return this.#source;
   }
 
   /** Id of the end-of-sequence token, if the vocabulary has it. */

@@ -4,9 +4,11 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <cstring>
 
 #include "cpu_ops.h"
 #include "cpu_quant.h"
+#include "gguf.h"
 
 namespace kf {
 
@@ -48,6 +50,24 @@ namespace {
         t.file.c_str(), std::isnan(v) ? "NaN" : v > 0 ? "+Inf" : "-Inf", where.c_str());
 }
 
+// A quantized matrix is finite when its block scales are (its quanta are integers): the first
+// element of the first block whose f16 scale is NaN or Inf, or -1. Blocks start with their scale.
+int64_t first_bad_block(const uint8_t *data, DType dt, int64_t first_block, int64_t n_blocks) {
+  const size_t block = dt == DType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
+  for (int64_t b = 0; b < n_blocks; b++) {
+    uint16_t d;
+    std::memcpy(&d, data + size_t(first_block + b) * block, 2);
+    if ((d & 0x7c00) == 0x7c00) return (first_block + b) * kQuantBlock;
+  }
+  return -1;
+}
+
+[[noreturn]] void refuse_bad_scale(const TensorInfo &t, int64_t at) {
+  raise(KF_ERR_FORMAT, "cannot load model: tensor %s in %s has a NaN or infinite block scale at row %lld, column %lld; "
+        "the weights are corrupt", t.name.c_str(), t.file.c_str(), (long long)(at / t.shape[1]),
+        (long long)(at % t.shape[1]));
+}
+
 // The smallest of per-thread first bad indices (INT64_MAX: none).
 int64_t earliest(const std::vector<int64_t> &first) {
   return *std::min_element(first.begin(), first.end());
@@ -69,17 +89,27 @@ void model_load(kf_model &m, const std::string &dir, const kf_model_params &p, k
   if (p.weight_dtype < KF_DTYPE_AUTO || p.weight_dtype > KF_DTYPE_Q4_0)
     raise(KF_ERR_INVALID_ARGUMENT, "cannot load model: weight_dtype %d is not one of -1 (auto), 0 (f32), 1 (f16), 2 (bf16), "
           "3 (q8_0), 4 (q4_0)", p.weight_dtype);
-  m.cfg = parse_model_config(dir);
-  m.files = TensorIndex::open_dir(dir, p.use_mmap != 0);
-  validate_tensors(m.cfg, m.files);
+  // A file is a GGUF model (gguf.h: its metadata is the config, its tensors get HF names); a folder
+  // is config.json and safetensors.
+  const bool gguf = is_model_file(dir);
+  if (gguf) {
+    m.gguf = std::make_unique<GgufModelFile>(dir, p.use_mmap != 0);
+    m.cfg = m.gguf->config();
+  } else {
+    m.cfg = parse_model_config(dir);
+    m.files = TensorIndex::open_dir(dir, p.use_mmap != 0);
+    validate_tensors(m.cfg, m.files);
+  }
+  const std::vector<TensorInfo> &all = gguf ? m.gguf->tensors() : m.files.tensors();
+  auto find = [&](const std::string &name) { return gguf ? m.gguf->find(name) : m.files.find(name); };
   const ModelConfig &c = m.cfg;
 
   // The dominant file dtype decides AUTO; mixed files are converted to it.
-  int64_t counts[3] = {0, 0, 0};
-  for (const TensorInfo &t : m.files.tensors())
+  int64_t counts[5] = {0, 0, 0, 0, 0};
+  for (const TensorInfo &t : all)
     if (t.dtype_supported) counts[int(t.dtype)] += int64_t(t.nbytes);
   DType file_dt = DType::F32;
-  for (int i = 1; i < 3; i++)
+  for (int i = 1; i < 5; i++)
     if (counts[i] > counts[int(file_dt)]) file_dt = DType(i);
   // The backend may hold another dtype than the file's (the cuda backend converts f32 to bf16).
   const DType want = m.engine->backend->weight_dtype(p.weight_dtype == KF_DTYPE_AUTO ? file_dt : DType(p.weight_dtype),
@@ -88,14 +118,14 @@ void model_load(kf_model &m, const std::string &dir, const kf_model_params &p, k
 
   int64_t total = 0;
   double converted = 0;  // bytes of converted copies this load will allocate
-  for (const TensorInfo &t : m.files.tensors()) {
+  for (const TensorInfo &t : all) {
     total += int64_t(t.nbytes);
     if (t.dtype_supported && t.shape.size() == 2 && t.dtype != want)
       converted += double(dtype_row_bytes(want, t.shape[1])) * double(t.shape[0]);
   }
   // Quantized rows are whole blocks of 32: refuse a model with another row length before any work.
   if (dtype_quantized(want))
-    for (const TensorInfo &t : m.files.tensors())
+    for (const TensorInfo &t : all)
       if (t.shape.size() == 2 && t.shape[1] % 32 != 0)
         raise(KF_ERR_UNSUPPORTED, "cannot load model: %s weights are blocks of 32 values per row, but tensor %s has %lld "
               "columns; load it in f32, f16 or bf16", dtype_name(want), t.name.c_str(), (long long)t.shape[1]);
@@ -111,14 +141,14 @@ void model_load(kf_model &m, const std::string &dir, const kf_model_params &p, k
 
   ThreadPool &pool = *m.engine->pool;
   auto matrix = [&](const std::string &name) -> Weight {
-    const TensorInfo *t = m.files.find(name);
+    const TensorInfo *t = find(name);
     if (!t) raise(KF_ERR_FORMAT, "cannot load model: tensor %s is missing", name.c_str());
     check_cancel(ctl, "load model");
     Weight w;
     w.rows = t->shape[0];
     w.cols = t->shape[1];
     std::vector<int64_t> first_bad(size_t(pool.size()), INT64_MAX);
-    if (t->dtype == want) {
+    if (t->dtype == want && !dtype_quantized(want)) {
       w.data = t->data;
       w.dtype = want;
       // The finiteness scan reads every byte, which also faults every page in now, so the first
@@ -132,16 +162,27 @@ void model_load(kf_model &m, const std::string &dir, const kf_model_params &p, k
         if (k >= 0) first_bad[size_t(th)] = std::min(first_bad[size_t(th)], b + k);
       });
       if (earliest(first_bad) != INT64_MAX) refuse_non_finite(*t, earliest(first_bad));
+    } else if (t->dtype == want) {
+      // GGUF blocks are used as they are; only their scales can be non-finite.
+      w.data = t->data;
+      w.dtype = want;
+      const int64_t blocks = w.rows * (w.cols / kQuantBlock), chunk = int64_t(1) << 16;
+      pool.parallel_for((blocks + chunk - 1) / chunk, [&](int64_t k, int th) {
+        const int64_t bad = first_bad_block(t->data, want, k * chunk, std::min(chunk, blocks - k * chunk));
+        if (bad >= 0) first_bad[size_t(th)] = std::min(first_bad[size_t(th)], bad);
+      });
+      if (earliest(first_bad) != INT64_MAX) refuse_bad_scale(*t, earliest(first_bad));
     } else {
       std::unique_ptr<uint8_t[]> buf(new uint8_t[size_t(w.rows) * dtype_row_bytes(want, w.cols)]);
       advise_huge_pages(buf.get(), size_t(w.rows) * dtype_row_bytes(want, w.cols));  // before the first touch
-      const size_t src_row = size_t(w.cols) * dtype_size(t->dtype), dst_row = dtype_row_bytes(want, w.cols);
+      const size_t src_row = dtype_row_bytes(t->dtype, w.cols), dst_row = dtype_row_bytes(want, w.cols);
       // Row by row through f32, so any pair of dtypes converts with one rounding. Row buffers are
       // allocated here: nothing may throw inside a worker.
       std::vector<std::vector<float>> rows(size_t(pool.size()), std::vector<float>(size_t(w.cols)));
       pool.parallel_for(w.rows, [&](int64_t r, int th) {
         float *tmp = rows[size_t(th)].data();
-        convert_row_to_f32(t->data + size_t(r) * src_row, t->dtype, tmp, w.cols);
+        if (dtype_quantized(t->dtype)) dequantize_row(t->data + size_t(r) * src_row, t->dtype, tmp, w.cols);
+        else convert_row_to_f32(t->data + size_t(r) * src_row, t->dtype, tmp, w.cols);
         // Checked on the f32 row while it is in cache: the conversion already read every value.
         const int64_t k = first_non_finite(reinterpret_cast<const uint8_t *>(tmp), DType::F32, w.cols);
         if (k >= 0) first_bad[size_t(th)] = std::min(first_bad[size_t(th)], r * w.cols + k);
@@ -157,14 +198,14 @@ void model_load(kf_model &m, const std::string &dir, const kf_model_params &p, k
     return w;
   };
   auto vec = [&](const std::string &name) -> std::vector<float> {
-    const TensorInfo *t = m.files.find(name);
+    const TensorInfo *t = find(name);
     if (!t) raise(KF_ERR_FORMAT, "cannot load model: tensor %s is missing", name.c_str());
     if (ctl) ctl->done += int64_t(t->nbytes);
     return load_vector(*t);
   };
 
   m.embed = matrix("model.embed_tokens.weight");
-  const bool has_head = m.files.find("lm_head.weight") != nullptr;
+  const bool has_head = find("lm_head.weight") != nullptr;
   m.lm_head = (c.tie_word_embeddings || !has_head) ? m.embed : matrix("lm_head.weight");
   m.final_norm = vec("model.norm.weight");
   m.layers.resize(size_t(c.n_layers));
@@ -181,7 +222,7 @@ void model_load(kf_model &m, const std::string &dir, const kf_model_params &p, k
     L.w_up = matrix(pre + "mlp.up_proj.weight");
     L.w_down = matrix(pre + "mlp.down_proj.weight");
     auto opt = [&](const char *suffix, std::vector<float> &dst) {
-      if (m.files.find(pre + suffix)) dst = vec(pre + suffix);
+      if (find(pre + suffix)) dst = vec(pre + suffix);
     };
     opt("self_attn.q_proj.bias", L.bq);
     opt("self_attn.k_proj.bias", L.bk);
@@ -194,11 +235,12 @@ void model_load(kf_model &m, const std::string &dir, const kf_model_params &p, k
   std::vector<const void *> bound = {m.embed.data, m.lm_head.data};
   for (const LayerWeights &L : m.layers)
     for (const Weight *w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) bound.push_back(w->data);
-  m.files.drop_data_except(bound);
+  if (gguf) m.gguf->drop_data_except(bound);
+  else m.files.drop_data_except(bound);
 
   m.inv_freq = rope_inv_freq(c);
   m.n_params = 0;
-  for (const TensorInfo &t : m.files.tensors()) {
+  for (const TensorInfo &t : all) {
     int64_t n = 1;
     for (int64_t d : t.shape) n *= d;
     m.n_params += n;

@@ -10,6 +10,7 @@
 #include "backend.h"
 #include "common.h"
 #include "cpu_ops.h"
+#include "gguf.h"
 #include "kv_cache.h"
 #include "model_config.h"
 #include "safetensors.h"
@@ -74,6 +75,7 @@ struct kf_model {
   kf_engine *engine = nullptr;
   kf::ModelConfig cfg;
   kf::TensorIndex files;
+  std::unique_ptr<kf::GgufModelFile> gguf;        // instead of files when loaded from a GGUF file
   std::vector<std::unique_ptr<uint8_t[]>> owned;  // converted copies (weight_dtype != file dtype)
   kf::Weight embed;                               // [vocab, hidden]
   kf::Weight lm_head;                             // [vocab, hidden]; aliases embed when tied

@@ -13,7 +13,7 @@ import { readBoundedJson } from "../_bounded_read.ts";
 import { readSafetensorsFile, type TensorView, toFloat32 } from "./safetensors.ts";
 import type { GgmlType } from "./ggml_quant.ts";
 import { tokenizerMetadata } from "./gguf_tokenizer.ts";
-import { type GgufMetadataValue, type GgufTensorInput, writeGguf } from "./gguf_write.ts";
+import { type GgufContents, type GgufMetadataValue, type GgufTensorInput, writeGguf } from "./gguf_write.ts";
 
 /** The dtypes {@link writeModelGguf} writes the weight matrices in. */
 export type GgufModelDtype = GgmlType;
@@ -130,6 +130,28 @@ export async function writeModelGguf(
   outPath: string,
   options: WriteModelGgufOptions = {},
 ): Promise<void> {
+  await writeGguf(outPath, await modelGgufContents(modelDir, options));
+}
+
+/**
+ * What {@link writeModelGguf} writes, before it is written: metadata and tensors (each tensor's
+ * data produced when it is written), for callers that add or change entries first.
+ *
+ * @example
+ * ```ts
+ * import { modelGgufContents } from "./gguf_model_write.ts";
+ * import { makeTestModel } from "../../testing/mod.ts";
+ * const dir = await Deno.makeTempDir();
+ * await makeTestModel(dir, { seed: 1 });
+ * const { metadata, tensors } = await modelGgufContents(dir);
+ * console.log(metadata["general.architecture"], tensors[0].name); // llama token_embd.weight
+ * await Deno.remove(dir, { recursive: true });
+ * ```
+ */
+export async function modelGgufContents(
+  modelDir: string,
+  options: WriteModelGgufOptions = {},
+): Promise<GgufContents> {
   const dtype = options.dtype ?? "f32";
   if (!Object.hasOwn(FILE_TYPES, dtype)) {
     throw new RangeError(
@@ -270,5 +292,5 @@ export async function writeModelGguf(
   else used.add("lm_head.weight");
   const left = [...source.keys()].filter((n) => !used.has(n) && !n.endsWith("rotary_emb.inv_freq"));
   if (left.length > 0) throw unsupported(`tensor ${left[0]} has no GGUF equivalent`);
-  await writeGguf(outPath, { metadata, tensors });
+  return { metadata, tensors };
 }

@@ -14,7 +14,7 @@
 import { KvfoldError } from "../errors.ts";
 import { encodeGgml, GGML_TYPE_IDS, ggmlBytes, type GgmlType } from "./ggml_quant.ts";
 
-export { writeModelGguf } from "./gguf_model_write.ts";
+export { modelGgufContents, writeModelGguf } from "./gguf_model_write.ts";
 export type { GgufModelDtype, WriteModelGgufOptions } from "./gguf_model_write.ts";
 export type { GgmlType } from "./ggml_quant.ts";
 

@@ -11,6 +11,7 @@
 import { join } from "node:path";
 import { DocumentStore, type Kvfold, KvfoldError, type Model } from "../../mod.ts";
 import { readSafetensorsFile } from "../../src/formats/safetensors.ts";
+import { writeModelGguf } from "../../src/formats/gguf_write.ts";
 import { makeTestAdapter, makeTestModel } from "../../testing/mod.ts";
 import { makeTestLococoHeads } from "../../testing/mod.ts";
 import { mutateBytes, mutateJson, mutateSafetensors, type Rng } from "./mutate.ts";
@@ -178,6 +179,15 @@ export const TARGETS: readonly FuzzTarget[] = [
   modelFileTarget("tokenizer", "tokenizer.json"),
   modelFileTarget("tokenizer-config", "tokenizer_config.json"),
   modelFileTarget("generation-config", "generation_config.json"),
+  // GGUF files: the header (first 20 KB, with the tokenizer) is where mutations are aimed. Alone, the
+  // tokenizer comes from the metadata (TypeScript's reader sees the file first); with a tokenizer.json
+  // beside it, only the native reader does.
+  ...(["gguf", "gguf-beside"] as const).map((from): FuzzTarget => ({
+    name: from,
+    from,
+    mutate: (rng, dir) => mutateFile(rng, join(dir, "model.gguf"), 20_000),
+    run: (ctx) => checkModel(ctx.kv, join(ctx.dir, "model.gguf")),
+  })),
   modelFileTarget("sharded-index", "model.safetensors.index.json", "sharded"),
   modelFileTarget("shard", "model-00001-of-00002.safetensors", "sharded"),
   {
@@ -380,6 +390,13 @@ export async function makeCorpus(dir: string, torchFixture: string): Promise<voi
   const model = join(dir, "model");
   await makeTestModel(model, { preset: "tiny", seed: 1 });
   await makeTestModel(join(dir, "sharded"), { preset: "tiny", seed: 2, shards: 2 });
+  Deno.mkdirSync(join(dir, "gguf"));
+  await writeModelGguf(model, join(dir, "gguf", "model.gguf"), { dtype: "q8_0" });
+  Deno.mkdirSync(join(dir, "gguf-beside"));
+  await writeModelGguf(model, join(dir, "gguf-beside", "model.gguf"), { dtype: "f16" });
+  for (const f of ["tokenizer.json", "tokenizer_config.json"]) {
+    Deno.copyFileSync(join(model, f), join(dir, "gguf-beside", f));
+  }
   await makeTestAdapter(join(dir, "adapter"), { base: model, rank: 4, seed: 3 });
   Deno.mkdirSync(join(dir, "heads"));
   await makeTestLococoHeads(join(dir, "heads", "heads.safetensors"), {
