@@ -3,7 +3,7 @@
 //   npm ci --prefix bench/llamacpp --omit=optional --ignore-scripts    # once: the peer
 //   deno task bench:vs-llamacpp [--rounds 5] [--shapes small,1.1b] [--dtypes f32,bf16,f16,q8_0,q4_0]
 //       [--threads 2] [--decode-tokens 64] [--prefill 128,512] [--quiet-cores 0.1] [--rebuild-gguf]
-//       [--kvfold-gguf] [--out bench/results/vs_llamacpp.json]
+//       [--skip-kvfold-gguf] [--out bench/results/vs_llamacpp.json]
 //
 // The peer is llama.cpp as node-llama-cpp@3.22.1 ships it (its prebuilt CPU binary, which picks its
 // ggml kernels by CPU features at run time), driven through node-llama-cpp's public API in a child
@@ -11,7 +11,8 @@
 // shape is a random model written once as safetensors under .kvfold/bench-models/<shape>/ and
 // converted to GGUF in every dtype by kvfold's GGUF writer; kvfold loads the safetensors with the
 // matching dtype (quantizing at load), llama.cpp the GGUF, so both hold the same weights.
-// `--kvfold-gguf` adds a third engine: kvfold loading the same GGUF file (needs kvfold's GGUF reader).
+// A third engine, kvfold loading the very GGUF file llama.cpp loads, shows what the GGUF path costs or
+// saves (`--skip-kvfold-gguf` leaves it out: it holds a second copy of kvfold's weights).
 //
 // Each round: a memory read-bandwidth probe, then per shape and dtype both engines load, warm up,
 // and alternate (order flipped every round) through decode and each prefill. The CPU time that
@@ -63,7 +64,7 @@ const { values: v } = parseArgs({
     prefill: { type: "string", default: "128,512" },
     "quiet-cores": { type: "string", default: "0.1" },
     "rebuild-gguf": { type: "boolean", default: false },
-    "kvfold-gguf": { type: "boolean", default: false },
+    "skip-kvfold-gguf": { type: "boolean", default: false },
     cache: { type: "string", default: new URL("../.kvfold/bench-models/", import.meta.url).pathname },
     out: { type: "string", default: new URL("./results/vs_llamacpp.json", import.meta.url).pathname },
   },
@@ -81,7 +82,9 @@ for (const s of shapes) {
 for (const d of dtypes) if (!DTYPES.includes(d)) throw new Error(`unknown dtype ${d} (${DTYPES.join(", ")})`);
 const phases = [`decode ${decodeTokens}`, ...prefillLengths.map((n) => `prefill ${n}`)];
 const maxPrefill = Math.max(...prefillLengths);
-const engines: Engine[] = v["kvfold-gguf"] ? ["kvfold", "kvfold-gguf", "llama.cpp"] : ["kvfold", "llama.cpp"];
+const engines: Engine[] = v["skip-kvfold-gguf"]
+  ? ["kvfold", "llama.cpp"]
+  : ["kvfold", "kvfold-gguf", "llama.cpp"];
 
 function pseudoIds(n: number, vocab: number, seed: number): number[] {
   const ids: number[] = [];
