@@ -132,7 +132,10 @@ interface Measurement {
   phase: string;
   engine: Engine;
   tokPerS: number;
-  /** Decode only: tok/s over (bandwidth / weight bytes per token) of the same round. */
+  /**
+   * Decode only: tok/s over the bandwidth limit, (best probe of the run) / (weight bytes per token).
+   * The best probe, since other work during a round lowers its probe as well as the decode.
+   */
   fractionOfBandwidthLimit?: number;
   load: CpuLoadInterval | null;
 }
@@ -331,16 +334,7 @@ try {
         const order = round % 2 === 0 ? engines : [...engines].reverse();
         for (let p = 0; p < phases.length; p++) {
           for (const engine of order) {
-            const tokPerS = await measure(engine, () => runs[engine](p), {
-              round,
-              shape,
-              dtype,
-              phase: phases[p],
-            });
-            if (p === 0) {
-              measurements[measurements.length - 1].fractionOfBandwidthLimit = tokPerS * weightBytes[key] /
-                (bandwidthGBs * 1e9);
-            }
+            await measure(engine, () => runs[engine](p), { round, shape, dtype, phase: phases[p] });
           }
         }
         await peer.request("unload");
@@ -364,6 +358,12 @@ try {
 }
 
 // ---- the table: per (shape, dtype, phase) and engine, over the quiet rounds ----
+const bestBandwidthGBs = Math.max(...roundRecords.map((r) => r.bandwidthGBs));
+for (const m of measurements) {
+  if (m.phase.startsWith("decode")) {
+    m.fractionOfBandwidthLimit = m.tokPerS * weightBytes[`${m.shape}/${m.dtype}`] / (bestBandwidthGBs * 1e9);
+  }
+}
 const quietRounds = new Set(roundRecords.filter((r) => !r.disturbed).map((r) => r.round));
 const usedRounds = quietRounds.size > 0 ? quietRounds : new Set(roundRecords.map((r) => r.round));
 const spread = (xs: number[]) => {
@@ -439,6 +439,12 @@ for (const a of agreements) {
 }
 const withGguf = engines.includes("kvfold-gguf");
 console.log(
+  `\ndecode's bandwidth limit: ${
+    bestBandwidthGBs.toFixed(2)
+  } GB/s (the best probe of the run) / kvfold's weight ` +
+    `bytes read per token`,
+);
+console.log(
   `\n| shape | dtype | phase | rounds | kvfold tok/s min / median / max | llama.cpp tok/s min / median / max | ` +
     `ratio | decode % of bandwidth limit (kvfold / llama.cpp) |` +
     (withGguf ? ` kvfold from GGUF tok/s min / median / max | ratio |` : ""),
@@ -467,6 +473,7 @@ await Deno.writeTextFile(
       seconds: { total: (performance.now() - benchStart) / 1000, writingModels: modelsSeconds },
       shapes: Object.fromEntries(shapes.map((s) => [s, { label: SHAPES[s].label, ...SHAPES[s].model }])),
       weightBytesPerToken: weightBytes,
+      bestBandwidthGBs,
       rounds: roundRecords,
       quietRounds: [...quietRounds],
       agreement: agreements,
