@@ -149,6 +149,16 @@ export type {
   TensorInput,
   TensorView,
 } from "./src/formats/safetensors.ts";
+export { modelGgufContents, writeGguf, writeModelGguf } from "./src/formats/gguf_write.ts";
+export type {
+  GgmlType,
+  GgufContents,
+  GgufMetadataValue,
+  GgufModelDtype,
+  GgufScalarType,
+  GgufTensorInput,
+  WriteModelGgufOptions,
+} from "./src/formats/gguf_write.ts";
 export { KvfoldServer, startServer } from "./src/serve/server.ts";
 export type { ServerOptions } from "./src/serve/server.ts";
 export { measureDecode, measurePrefill } from "./src/throughput.ts";

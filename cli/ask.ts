@@ -41,7 +41,7 @@ export const ASK = defineCommand({
     "scores, best the best chunk's group alone, none the base model. A plain DIR is used whatever\n" +
     "the group.",
   options: {
-    model: str("DIR", "model folder (Hugging Face layout)"),
+    model: str("DIR", "model folder (Hugging Face layout) or GGUF file"),
     store: str("FILE|URL", "the document store (SQLite file or postgres:// URL) to answer from"),
     k: str("N", "chunks retrieved (default 2)"),
     "max-tokens": str("N", "tokens to generate at most (default 128)"),

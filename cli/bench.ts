@@ -14,7 +14,7 @@ export const BENCH = defineCommand({
   summary: "tokens/s and the fraction of the memory-bandwidth limit",
   usage: ["bench decode|prefill --model DIR [--tokens N] [--repeats N]"],
   options: {
-    model: str("DIR", "model folder (Hugging Face layout)"),
+    model: str("DIR", "model folder (Hugging Face layout) or GGUF file"),
     tokens: str("N", "tokens per run"),
     repeats: str("N", "runs (the best and the median are reported)"),
     ...COMMON,

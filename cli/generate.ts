@@ -29,7 +29,7 @@ export const GENERATE = defineCommand({
   summary: "stream a completion to stdout",
   usage: ["generate --model DIR --prompt TEXT [options]"],
   options: {
-    model: str("DIR", "model folder (Hugging Face layout)"),
+    model: str("DIR", "model folder (Hugging Face layout) or GGUF file"),
     prompt: str("TEXT", "the prompt"),
     "max-tokens": str("N", "tokens to generate at most (default 128)"),
     temperature: str("T", "sampling temperature (0: greedy)"),

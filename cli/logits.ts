@@ -27,7 +27,7 @@ export const LOGITS = defineCommand({
   details: 'Writes tensor "logits" [n_ids, vocab] f32 (no BOS added). --prefix runs its tensor\n' +
     '"embeddings" [K, hidden] first; a compressing cache prefills segment by segment.',
   options: {
-    model: str("DIR", "model folder (Hugging Face layout)"),
+    model: str("DIR", "model folder (Hugging Face layout) or GGUF file"),
     ids: str("1,2,3", "token ids, comma-separated"),
     out: str("FILE", "the .safetensors file to write"),
     prefix: str("FILE", 'a .safetensors file whose "embeddings" [K, hidden] run first'),

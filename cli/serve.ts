@@ -33,7 +33,7 @@ export const SERVE = defineCommand({
     "group, adapter, adapter_mode, cache, ignore_eos } to answer from the store's compressed chunks.\n" +
     "The API key may also come from $KVFOLD_API_KEY. SIGTERM or Ctrl-C: finish running requests, exit.",
   options: {
-    model: str("DIR", "model folder (Hugging Face layout)"),
+    model: str("DIR", "model folder (Hugging Face layout) or GGUF file"),
     adapter: many("GROUP=DIR", "a PEFT LoRA adapter, served as model id base:GROUP"),
     store: many(
       "[NAME=]FILE|URL",

@@ -139,8 +139,19 @@ export class Kvfold extends HandleOwner {
   }
 
   /**
-   * Loads a Hugging Face model folder (config.json, safetensors, tokenizer.json).
-   * `onProgress(bytesDone, bytesTotal)` is called while weights load; `signal` cancels.
+   * Loads a Hugging Face model folder (config.json, safetensors, tokenizer.json), or a llama.cpp
+   * GGUF file (llama or qwen2; F32, F16, BF16, Q8_0 or Q4_0 tensors; its tokenizer from a
+   * tokenizer.json beside it, else from its metadata). `onProgress(bytesDone, bytesTotal)` is called
+   * while weights load; `signal` cancels.
+   *
+   * @example
+   * ```ts ignore
+   * import { Kvfold } from "./mod.ts";
+   * using kv = await Kvfold.open();
+   * using model = await kv.loadModel("./models/tinyllama-q8_0.gguf"); // Q8_0 blocks used as stored
+   * console.log(model.info.weightDType); // q8_0
+   * using f32 = await kv.loadModel("./models/tinyllama-q8_0.gguf", { dtype: "f32" }); // dequantized
+   * ```
    */
   loadModel(dir: string, options: LoadModelOptions = {}): Promise<Model> {
     return Model._load(this, dir, options);

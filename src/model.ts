@@ -81,7 +81,7 @@ export interface ModelInfo {
 export class Model extends HandleOwner {
   /** The engine this model was loaded on. */
   readonly engine: Kvfold;
-  /** The folder it came from. */
+  /** The folder (or GGUF file) it came from. */
   readonly dir: string;
   /** Architecture and size. */
   readonly info: ModelInfo;

@@ -9,7 +9,8 @@ import { modelGgufContents, writeGguf, writeModelGguf } from "../src/formats/ggu
 import type { GgmlType } from "../src/formats/ggml_quant.ts";
 import { loadReferenceModel, referenceLogits } from "./reference_forward.ts";
 import { quantizeDequantize } from "./_reference_quant.ts";
-import { relativeError, someIds, tempDir, testEngine, testModel } from "./_fixtures.ts";
+import { relativeError, runCli, someIds, tempDir, testEngine, testModel } from "./_fixtures.ts";
+import { readSafetensorsFile } from "../src/formats/safetensors.ts";
 import { rejectsWith } from "./_kvfold_asserts.ts";
 
 async function prefillLogits(model: Model, ids: number[]): Promise<Float32Array> {
@@ -138,6 +139,52 @@ Deno.test("GGUF: a dtype option converts the file's weights (q8_0 blocks dequant
     assert.equal(q8AsF32.info.weightDType, "f32");
     const ids = someIds(16, 512, 9);
     assert.deepEqual(await prefillLogits(q8AsF32, ids), await prefillLogits(deq, ids));
+  } finally {
+    await Deno.remove(out, { recursive: true });
+  }
+});
+
+Deno.test("GGUF: the CLI takes a GGUF file wherever it takes a model folder", async () => {
+  const dir = await testModel("gguf-llama", { seed: 5 });
+  const out = await tempDir();
+  try {
+    await writeModelGguf(dir, `${out}/m.gguf`, { dtype: "q4_0" });
+    const ids = "5,17,300,42";
+    const a = await runCli(
+      "logits",
+      "--model",
+      `${out}/m.gguf`,
+      "--ids",
+      ids,
+      "--out",
+      `${out}/a.safetensors`,
+    );
+    assert.equal(a.code, 0, a.err);
+    const b = await runCli(
+      "logits",
+      "--model",
+      dir,
+      "--dtype",
+      "q4_0",
+      "--ids",
+      ids,
+      "--out",
+      `${out}/b.safetensors`,
+    );
+    assert.equal(b.code, 0, b.err);
+    const logits = async (f: string) => (await readSafetensorsFile(f)).tensors.get("logits")!.data;
+    assert.deepEqual(await logits(`${out}/a.safetensors`), await logits(`${out}/b.safetensors`));
+    const bad = await runCli(
+      "logits",
+      "--model",
+      `${out}/a.safetensors`,
+      "--ids",
+      ids,
+      "--out",
+      `${out}/c.safetensors`,
+    );
+    assert.equal(bad.code, 1);
+    assert.match(bad.err, /is not a GGUF file/);
   } finally {
     await Deno.remove(out, { recursive: true });
   }

@@ -313,3 +313,70 @@ Deno.test("writeGguf / writeModelGguf refuse what GGUF or llama.cpp cannot hold,
     await Deno.remove(out, { recursive: true });
   }
 });
+
+Deno.test("writeModelGguf: a SentencePiece-style BPE tokenizer is written as 'llama' with merge-rank scores and byte tokens", async () => {
+  const dir = await tempDir();
+  try {
+    const src = await testModel("gguf-llama", { seed: 5 });
+    for (const f of ["config.json", "model.safetensors", "tokenizer_config.json"]) {
+      await Deno.copyFile(`${src}/${f}`, `${dir}/${f}`);
+    }
+    const vocab: Record<string, number> = { "<unk>": 0, "<s>": 1, "</s>": 2 };
+    for (let b = 0; b < 256; b++) vocab[`<0x${b.toString(16).toUpperCase().padStart(2, "0")}>`] = 3 + b;
+    for (const t of ["▁", "t", "h", "e", "▁t", "he", "▁the"]) vocab[t] = Object.keys(vocab).length;
+    const special = (id: number, content: string) => ({
+      id,
+      content,
+      single_word: false,
+      lstrip: false,
+      rstrip: false,
+      normalized: false,
+      special: true,
+    });
+    await Deno.writeTextFile(
+      `${dir}/tokenizer.json`,
+      JSON.stringify({
+        version: "1.0",
+        added_tokens: [special(0, "<unk>"), special(1, "<s>"), special(2, "</s>")],
+        normalizer: {
+          type: "Sequence",
+          normalizers: [{ type: "Prepend", prepend: "▁" }, {
+            type: "Replace",
+            pattern: { String: " " },
+            content: "▁",
+          }],
+        },
+        pre_tokenizer: null,
+        post_processor: null,
+        decoder: { type: "Sequence", decoders: [{ type: "ByteFallback" }, { type: "Fuse" }] },
+        model: {
+          type: "BPE",
+          unk_token: "<unk>",
+          byte_fallback: true,
+          vocab,
+          merges: ["▁ t", "h e", "▁t he"],
+        },
+      }),
+    );
+    await writeModelGguf(dir, `${dir}/spm.gguf`);
+    const p = await readWithHub(`${dir}/spm.gguf`);
+    assert.equal(p.metadata["tokenizer.ggml.model"], "llama");
+    assert.equal(meta(p, "tokenizer.ggml.merges"), undefined);
+    const tokens = p.metadata["tokenizer.ggml.tokens"] as string[];
+    const scores = meta(p, "tokenizer.ggml.scores") as number[];
+    const types = p.metadata["tokenizer.ggml.token_type"] as number[];
+    assert.equal(tokens.length, 512);
+    const id = (t: string) => tokens.indexOf(t);
+    // Merged first, scored highest: llama.cpp's SentencePiece merge order is BPE's merge order.
+    assert.deepEqual([scores[id("▁t")], scores[id("he")], scores[id("▁the")], scores[id("t")]], [
+      -1,
+      -2,
+      -3,
+      0,
+    ]);
+    assert.deepEqual([types[0], types[1], types[3 + 0x41], types[id("▁the")], types[511]], [2, 3, 6, 1, 5]);
+    assert.equal(tokens[511], "[PAD511]");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

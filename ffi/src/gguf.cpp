@@ -67,7 +67,10 @@ struct Value {
   std::string s;
   uint32_t item_type = 0;  // arrays: element type and count (elements are skipped, not kept)
   uint64_t count = 0;
-  bool is_int() const { return type <= kI32 ? type != kF32 : type == kU64 || type == kI64; }
+  bool is_int() const {
+    return type == kU8 || type == kI8 || type == kU16 || type == kI16 || type == kU32 || type == kI32 || type == kU64 ||
+           type == kI64;
+  }
 };
 
 // Bounds-checked little-endian reads over the header bytes.
