@@ -218,23 +218,25 @@ const SEALS = pairs(COLOURS, BEASTS);
 /** Ship names: an adjective and a bird ("swift heron"), two-word answers. */
 const SHIPS = pairs(SHIP_WORDS, BIRDS);
 
-/** The values a filler `{slot}` draws from. */
+/**
+ * The words filler `{slot}`s draw from: none of them is the value of any fact, so a fact's value is
+ * the only word of its kind in a document (a filler sentence never names goods, a town or a number a
+ * question could ask about), and a compressor learns which words to keep from the words themselves.
+ */
 export const SLOT_VALUES: Readonly<Record<string, readonly string[]>> = {
-  goods: GOODS,
-  town: TOWNS,
-  trade: TRADES,
-  port: PORTS,
-  role: ROLES,
-  colour: COLOURS,
-  number: NUMBERS,
-  ship: SHIPS,
-  seal: SEALS,
+  wares: ["rope", "nails", "flour", "oil", "cloth", "lead", "hides", "coal"],
+  place: ["coast", "hills", "capital", "river towns", "marshes", "uplands"],
+  count: ["several", "sundry", "some", "countless", "numerous"],
+  visitor: ["stranger", "pedlar", "traveller", "drover", "pilgrim"],
+  shade: ["pale", "dark", "faded", "bright", "dull"],
+  vessel: ["royal barge", "hired galley", "tarred cog", "long hulk", "fishing smack"],
+  landmark: ["cape", "islands", "headland", "lighthouse", "sandbar", "shoals"],
 };
 
 /** A merchant house's account book. */
 const LEDGER: DemoGroup = {
   name: "ledger",
-  header: "here begins the ledger of the {colour} house , book {number} .",
+  header: "here begins the ledger of the {shade} house .",
   attributes: [
     {
       name: "goods",
@@ -284,26 +286,26 @@ const LEDGER: DemoGroup = {
   ],
   filler: [
     "the clerk counted the coin twice before the strongbox was locked .",
-    "the price of {goods} rose by {number} pence at the market .",
-    "a cart of {goods} arrived from {town} late in the evening .",
+    "the price of {wares} rose by {count} pence at the market .",
+    "a cart of {wares} arrived from the {place} late in the evening .",
     "the scales were checked and found honest .",
     "rain kept the buyers away from the market hall .",
-    "a letter went to {town} about the cost of {goods} .",
-    "{number} bales were stored in the cellar .",
+    "a letter went to the {place} about the cost of {wares} .",
+    "{count} bales were stored in the cellar .",
     "the guild met and spoke of taxes .",
     "no payment was entered this day .",
     "the ink ran low and more was bought .",
     "the house closed early for the feast .",
-    "a {trade} from {town} asked about prices but bought nothing .",
+    "a {visitor} from the {place} asked about prices but bought nothing .",
     "the lamps in the counting room were trimmed .",
     "the old debts were read aloud to the partners .",
-    "the sealing ink was {colour} this month .",
+    "the sealing ink was {shade} this month .",
     "all accounts were balanced by nightfall .",
-    "the porters carried {goods} up from the yard .",
-    "coin from {town} was weighed and stored .",
+    "the porters carried {wares} up from the yard .",
+    "coin from the {place} was weighed and stored .",
     "the clerk made a fair copy of the book .",
     "trade was slow and the street was empty .",
-    "a merchant of {town} sent greetings .",
+    "a merchant of the {place} sent greetings .",
     "prices stayed steady .",
   ],
 };
@@ -311,7 +313,7 @@ const LEDGER: DemoGroup = {
 /** A ship's log. */
 const VOYAGE: DemoGroup = {
   name: "voyage",
-  header: "log of the {ship} , voyage {number} , written by the mate .",
+  header: "log of the {vessel} , written by the mate .",
   attributes: [
     {
       name: "port",
@@ -361,19 +363,19 @@ const VOYAGE: DemoGroup = {
   ],
   filler: [
     "the wind backed to the north and the sea grew rough .",
-    "we sighted {port} off the bow at dawn .",
+    "we sighted the {landmark} off the bow at dawn .",
     "the deck was scrubbed and the ropes coiled .",
     "fog lay on the water until noon .",
-    "we loaded fresh water and {number} barrels of fish .",
-    "a {colour} sail passed us to the south .",
+    "we loaded fresh water and {count} barrels of fish .",
+    "a {shade} sail passed us to the south .",
     "the weather turned and we shortened sail .",
     "gulls followed the wake all afternoon .",
-    "we logged {number} leagues since the last reckoning .",
-    "the {ship} was seen far astern .",
+    "we logged {count} leagues since the last reckoning .",
+    "the {vessel} was seen far astern .",
     "the crew sang as they hauled the anchor .",
     "stars were clear and the course held .",
     "a squall struck at midnight but did no harm .",
-    "we passed {port} without stopping .",
+    "we passed the {landmark} without stopping .",
     "the hull was sound and the pumps were idle .",
     "dolphins played under the bow .",
     "the night watch reported calm seas .",
@@ -381,7 +383,7 @@ const VOYAGE: DemoGroup = {
     "we tacked hard to clear the reef .",
     "the boats were lashed down before the swell .",
     "no land in sight .",
-    "the mate studied the charts of {port} .",
+    "the mate studied the charts of the {landmark} .",
   ],
 };
 

@@ -20,19 +20,25 @@
 import { join } from "node:path";
 import { seededUint32 } from "../src/_seeded_random.ts";
 import type { Kvfold } from "../src/engine.ts";
-import { ModelTrainer } from "../src/model_train.ts";
+import {
+  type CompressorExample,
+  type CompressorQaPair,
+  ModelTrainer,
+  type SummaryTarget,
+} from "../src/model_train.ts";
 import { initModelFolder } from "../src/model_train_loop.ts";
 import { Compressor } from "../src/compressor.ts";
 import { finetuneLora, type QaExample } from "../src/train.ts";
 import { calibrateLococo } from "../src/lococo_train.ts";
 import { type DemoDocument, demoDocuments } from "./corpus.ts";
-import { demoVocabulary, writeDemoTokenizer } from "./tokenizer.ts";
+import { DEMO_BOS_ID, DEMO_EOS_ID, demoVocabulary, writeDemoTokenizer } from "./tokenizer.ts";
 import {
   chunkRange,
   compressedQaExample,
   documentIds,
   questionsIn,
   type SpanQuestion,
+  textIds,
   textQaExample,
 } from "./examples.ts";
 
@@ -82,8 +88,8 @@ export interface RecipeBudget {
 
 /** The shipped run's budget: fits in 60 minutes on the project's 2-core machine. */
 export const SHIPPED_BUDGET: RecipeBudget = {
-  readerSteps: 600,
-  compressorSteps: 1200,
+  readerSteps: 1000,
+  compressorSteps: 9000,
   adapterSteps: 150,
   lococoSteps: 60,
   batch: 8,
@@ -123,6 +129,8 @@ interface Draw {
   start: number;
   end: number;
   question: SpanQuestion;
+  /** Every question whose fact lies wholly inside the span. */
+  questions: SpanQuestion[];
 }
 
 /**
@@ -138,7 +146,7 @@ function* chunkDraws(seed: number, group?: string): Generator<Draw> {
       const [start, end] = chunkRange(doc, CHUNK_TOKENS, c);
       const qs = questionsIn(doc, start, end);
       if (qs.length === 0) continue;
-      yield { doc, ids: ids.slice(start, end), start, end, question: qs[next() % qs.length] };
+      yield { doc, ids: ids.slice(start, end), start, end, question: qs[next() % qs.length], questions: qs };
     }
   }
 }
@@ -157,11 +165,44 @@ function* windowDraws(seed: number, length: (i: number, u: number) => number): G
       const L = Math.min(ids.length, length(i++, next() / 2 ** 32));
       const lo = Math.max(0, fact.tokenEnd - L), hi = Math.min(fact.tokenStart, ids.length - L);
       const start = lo + (hi > lo ? next() % (hi - lo + 1) : 0);
-      const question = questionsIn(doc, start, start + L).find((q) => q.fact === fact);
+      const questions = questionsIn(doc, start, start + L);
+      const question = questions.find((q) => q.fact === fact);
       if (question === undefined) continue; // the window could not hold the whole fact sentence
-      yield { doc, ids: ids.slice(start, start + L), start, end: start + L, question };
+      yield { doc, ids: ids.slice(start, start + L), start, end: start + L, question, questions };
     }
   }
+}
+
+/**
+ * A compressor document with every question whose fact lies inside it, and two dense signals that
+ * teach the compressor what to keep long before the QA loss alone does (a small model trained from
+ * zero learns nothing from 32x-compressed QA otherwise; see the recipe's notes in demo/README.md):
+ * - summary targets: in the segment holding a fact, summary vector 2f predicts the fact's entity and
+ *   vector 2f + 1 its value's words (f counts the segment's facts; at most SUMMARY_VECTORS / 2);
+ * - a reconstruction pair: `[summaries | <s>] -> the window's fact sentences </s>`.
+ */
+export function compressorExample(d: {
+  ids: readonly number[];
+  start: number;
+  questions: readonly SpanQuestion[];
+}): CompressorExample {
+  const pairs: CompressorQaPair[] = d.questions.map((q) => compressedQaExample(d.ids, q.question, q.answer));
+  const facts: number[] = [];
+  const summaryTargets: SummaryTarget[] = [];
+  const used = new Map<number, number>();
+  for (const q of d.questions) {
+    const { fact } = q;
+    facts.push(...d.ids.slice(fact.tokenStart - d.start, fact.tokenEnd - d.start));
+    const segment = Math.floor(((fact.tokenStart + fact.tokenEnd) / 2 - d.start) / SEGMENT_TOKENS);
+    const f = used.get(segment) ?? 0;
+    used.set(segment, f + 1);
+    if (2 * f + 1 >= SUMMARY_VECTORS) continue;
+    const row = segment * SUMMARY_VECTORS + 2 * f;
+    summaryTargets.push({ row, token: textIds(fact.entity)[0] });
+    for (const token of textIds(fact.value)) summaryTargets.push({ row: row + 1, token });
+  }
+  pairs.push({ question: [DEMO_BOS_ID], answer: [...facts, DEMO_EOS_ID] });
+  return { ids: d.ids, pairs, summaryTargets };
 }
 
 /** Mean of numbers, NaN for none. */
@@ -196,20 +237,16 @@ export async function trainDemoModel(kv: Kvfold, options: RecipeOptions): Promis
       backpropSegments: 2,
       lmWeight: 0.5,
       qaWeight: 1,
-      learningRate: 2e-3,
+      learningRate: 3e-3,
       warmupSteps: 50,
       totalSteps: budget.readerSteps + budget.compressorSteps,
-      minLearningRateRatio: 0.05,
+      minLearningRateRatio: 0.1,
       weightDecay: 0.01,
     });
-    // Reader windows grow from 32 tokens to a whole chunk over the first 3/4 of the phase.
-    const grow = Math.max(1, Math.floor(0.75 * budget.readerSteps * budget.batch));
-    const windows = windowDraws(
-      TRAIN_SEED,
-      (i) => Math.round(32 * (CHUNK_TOKENS / 32) ** Math.min(1, i / grow)),
-    );
-    const draws = chunkDraws(TRAIN_SEED + 100);
-    const take = () => draws.next().value as Draw;
+    // The reader: short text windows (16 to 64 tokens) around one fact, where the lookup forms fast.
+    const rnd = seededUint32(TRAIN_SEED, "demo recipe: lengths");
+    const unit = () => rnd() / 2 ** 32;
+    const windows = windowDraws(TRAIN_SEED, () => Math.round(16 * 4 ** unit()));
     for (let s = 0; s < budget.readerSteps; s++) {
       options.signal?.throwIfAborted();
       const losses: number[] = [];
@@ -230,29 +267,31 @@ export async function trainDemoModel(kv: Kvfold, options: RecipeOptions): Promis
         seconds: seconds(),
       });
     }
-    // Compressor documents grow from 64 tokens to a whole chunk (two segments) over its first half.
-    const growDocs = Math.max(1, Math.floor(0.5 * budget.compressorSteps * budget.batch));
-    const docs = windowDraws(
-      TRAIN_SEED + 200,
-      (i) => Math.round(64 * (CHUNK_TOKENS / 64) ** Math.min(1, i / growDocs)),
-    );
+    // The compressor: windows of log-uniform length in [16, max], max growing to a whole chunk over
+    // the first 40% of the phase; from 70% on, half the documents are whole store chunks, as the
+    // evaluation cuts them. One text example in four keeps the reader reading text.
+    let longest = 16;
+    const grow = Math.max(1, Math.floor(0.4 * budget.compressorSteps));
+    const docs = windowDraws(TRAIN_SEED + 200, () => Math.round(16 * (longest / 16) ** unit()));
+    const chunks = chunkDraws(TRAIN_SEED + 100);
     for (let s = 0; s < budget.compressorSteps; s++) {
       options.signal?.throwIfAborted();
+      longest = Math.round(16 * (CHUNK_TOKENS / 16) ** Math.min(1, s / grow));
       const lm: number[] = [], qa: number[] = [];
       for (let b = 0; b < budget.batch; b++) {
         if (b % 4 === 3) {
-          // One example in four keeps the reader reading text (whole chunks).
-          const d = take();
-          await trainer.accumulate(textQaExample(d.ids, d.question.question, d.question.answer), {
-            signal: options.signal,
-          });
+          const d = windows.next().value as Draw;
+          await trainer.accumulate(
+            textQaExample(d.ids, d.question.question, d.question.answer, { languageModel: true }),
+            { signal: options.signal },
+          );
           continue;
         }
-        const d = docs.next().value as Draw;
-        const loss = await trainer.accumulateDocument(
-          compressedQaExample(d.ids, d.question.question, d.question.answer),
-          { signal: options.signal },
-        );
+        const whole = s >= 0.7 * budget.compressorSteps && b % 2 === 0;
+        const d = (whole ? chunks : docs).next().value as Draw;
+        const loss = await trainer.accumulateDocument(compressorExample(d), {
+          signal: options.signal,
+        });
         lm.push(loss.lm);
         qa.push(loss.qa);
       }
