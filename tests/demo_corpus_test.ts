@@ -158,7 +158,9 @@ Deno.test("demo corpus: the groups share no template word, and none is a value o
   const words = (list: readonly string[]) => list.flatMap((v) => v.split(" "));
   const factValues = new Set(DEMO_GROUPS.flatMap((g) => g.attributes.flatMap((a) => words(a.values))));
   // A filler word is never a fact's value: a value is the only word of its kind in a document.
-  for (const w of words(Object.values(SLOT_VALUES).flat())) assert.ok(!factValues.has(w), `filler word "${w}" is a value`);
+  for (const w of words(Object.values(SLOT_VALUES).flat())) {
+    assert.ok(!factValues.has(w), `filler word "${w}" is a value`);
+  }
   const values = new Set([...factValues, ...words(Object.values(SLOT_VALUES).flat())]);
   const names = new Set(entityNames());
   const own = DEMO_GROUPS.map((g) => {

@@ -43,12 +43,28 @@ function document(tr: ModelTrainer, V: number, targets: { row: number; token: nu
   return doc;
 }
 
-function checkTensors(tr: ModelTrainer, ref: ReferenceModel, doc: ReferenceDocument, objective: () => number) {
-  let worst = checkEntries("embed_summary.weight", tr.read("embed_summary.weight", "grad"), doc.summaryRows, objective, [
-    1,
-  ]);
-  for (const name of ["model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight", "model.norm.weight"]) {
-    worst = Math.max(worst, checkEntries(name, tr.read(name, "grad"), ref.tensors.get(name)!, objective, [1]));
+function checkTensors(
+  tr: ModelTrainer,
+  ref: ReferenceModel,
+  doc: ReferenceDocument,
+  objective: () => number,
+) {
+  let worst = checkEntries(
+    "embed_summary.weight",
+    tr.read("embed_summary.weight", "grad"),
+    doc.summaryRows,
+    objective,
+    [
+      1,
+    ],
+  );
+  for (
+    const name of ["model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight", "model.norm.weight"]
+  ) {
+    worst = Math.max(
+      worst,
+      checkEntries(name, tr.read(name, "grad"), ref.tensors.get(name)!, objective, [1]),
+    );
   }
   return worst;
 }
@@ -59,7 +75,10 @@ Deno.test("summary targets: losses equal the reference and gradients equal finit
   using tr = ModelTrainer.create(model, { ...SETTINGS, backpropSegments: 3 });
   const V = model.info.vocabSize;
   // Row 1 twice (two tokens pull one vector), rows 2 and 5: every segment has a target.
-  const targets = [{ row: 1, token: 7 }, { row: 1, token: 11 }, { row: 2, token: 3 }, { row: 5, token: V - 1 }];
+  const targets = [{ row: 1, token: 7 }, { row: 1, token: 11 }, { row: 2, token: 3 }, {
+    row: 5,
+    token: V - 1,
+  }];
   const doc = document(tr, V, targets, 0.9);
   const loss = await tr.accumulateDocument({
     ids: doc.ids,
@@ -96,7 +115,8 @@ Deno.test("summary targets: a target in a constant window still trains its own s
   });
   const base = referenceCompressor(ref, doc);
   assert.ok(Math.abs(base.summary - loss.summary) < 1e-4 * base.summary);
-  const objective = () => referenceCompressor(ref, { ...doc, frozen: base.summaries.subarray(0, 2 * H) }).objective;
+  const objective = () =>
+    referenceCompressor(ref, { ...doc, frozen: base.summaries.subarray(0, 2 * H) }).objective;
   const worst = checkTensors(tr, ref, doc, objective);
   console.log(`  worst relative error ${worst.toExponential(2)}`);
 });
@@ -112,7 +132,12 @@ Deno.test("summary targets: none (or weight 0) is the call without them, gradien
     return { loss, grad: tr.read("model.layers.1.self_attn.v_proj.weight", "grad") };
   };
   const plain = await grads({});
-  for (const extra of [{ summaryTargets: [] }, { summaryTargets: [{ row: 4, token: 1 }], summaryTargetWeight: 0 }]) {
+  for (
+    const extra of [{ summaryTargets: [] }, {
+      summaryTargets: [{ row: 4, token: 1 }],
+      summaryTargetWeight: 0,
+    }]
+  ) {
     const got = await grads(extra);
     assert.deepEqual(got.grad, plain.grad);
     assert.equal(got.loss.qa, plain.loss.qa);
@@ -127,8 +152,14 @@ Deno.test("summary targets: a bad target is refused, naming it, and nothing accu
   using tr = ModelTrainer.create(model, { ...SETTINGS });
   const V = model.info.vocabSize, ids = someIds(12, V, 51);
   const cases: [object, RegExp][] = [
-    [{ summaryTargets: [{ row: 6, token: 1 }] }, /summary target 0 names summary row 6, outside the document's 6 rows/],
-    [{ summaryTargets: [{ row: 0, token: 1 }, { row: 1, token: V }] }, /summary target token id \d+ at index 1/],
+    [
+      { summaryTargets: [{ row: 6, token: 1 }] },
+      /summary target 0 names summary row 6, outside the document's 6 rows/,
+    ],
+    [
+      { summaryTargets: [{ row: 0, token: 1 }, { row: 1, token: V }] },
+      /summary target token id \d+ at index 1/,
+    ],
     [{ summaryTargets: [{ row: -1, token: 1 }] }, /summaryTargets\[0\]\.row -1/],
     [{ summaryTargets: [{ row: 0, token: 1 }], summaryTargetWeight: -1 }, /summaryTargetWeight -1/],
     [{ summaryTargets: [{ row: 0, token: 1.5 }] }, /summaryTargets\[0\]\.token 1\.5/],

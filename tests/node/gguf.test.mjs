@@ -20,7 +20,10 @@ test("gguf: a q8_0 file written from a folder gives the folder's q8_0 logits and
     const folder = await kv.loadModel(dir, { dtype: "q8_0" });
     try {
       assert.equal(file.info.weightDType, "q8_0");
-      assert.deepEqual(file.tokenizer.encode("Hello, world 123"), folder.tokenizer.encode("Hello, world 123"));
+      assert.deepEqual(
+        file.tokenizer.encode("Hello, world 123"),
+        folder.tokenizer.encode("Hello, world 123"),
+      );
       const ids = someIds(12, 512, 3);
       const logits = async (m) => {
         const s = m.session({ contextSize: 32 });
