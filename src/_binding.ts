@@ -168,6 +168,7 @@ const SYMBOLS = {
   kf_sampler_accept: { parameters: ["pointer", "buffer", "i32"], result: "i32" },
   kf_sampler_sample: { parameters: ["pointer", "pointer", "buffer"], result: "i32" },
   kf_sampler_sample_logits: { parameters: ["pointer", "buffer", "i32", "buffer"], result: "i32" },
+  kf_sampler_sample_batch: { parameters: ["buffer", "buffer", "i32", "buffer"], result: "i32" },
   kf_sampler_set_allowed: { parameters: ["pointer", "buffer", "i32"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
 

@@ -680,6 +680,13 @@ KF_API kf_status kf_sampler_sample(kf_sampler *sampler, const kf_session *sessio
 /* Same over caller logits ([n_vocab] f32, left unchanged). */
 KF_API kf_status kf_sampler_sample_logits(kf_sampler *sampler, const float *logits, int32_t n_vocab,
                                           int32_t *out);
+/* One sample per row, for a batched decode step: row i samples with samplers[i] from sessions[i]'s
+ * last logits exactly as kf_sampler_sample(samplers[i], sessions[i], &out[i]) would (the same id,
+ * history and RNG state after). Rows run in parallel on the first session's engine pool when no
+ * other call holds it, else one after another on the caller's thread. Samplers must be distinct;
+ * n in [1, 4096]. On failure (the first failing row is named) no sampler changes. */
+KF_API kf_status kf_sampler_sample_batch(kf_sampler *const *samplers, const kf_session *const *sessions,
+                                         int32_t n, int32_t *out);
 /* Restricts later samples to the ids whose bit is set in mask (bit i & 7 of byte i >> 3 is id i;
  * (n_vocab + 7) / 8 bytes, copied): the others get probability 0 before the penalty, temperature
  * and top-k/p/min-p (constrained decoding). mask NULL clears the restriction. Stays until set again.

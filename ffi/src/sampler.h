@@ -14,7 +14,8 @@ struct Sampler {
   uint64_t rng[4];               // xoshiro256** state, seeded by splitmix64(seed)
   std::vector<int32_t> history;  // accepted and sampled ids, for the repetition penalty
   std::vector<float> work;       // [vocab] penalised logits
-  std::vector<int32_t> order;    // [vocab] candidate ids, best first
+  std::vector<uint64_t> keys;    // [vocab] sort keys (logit descending, id ascending)
+  std::vector<int32_t> order;    // [candidates] candidate ids, best first
   std::vector<double> probs;     // [candidates]
   std::vector<uint8_t> allowed;  // [(allowed_vocab + 7) / 8] bitmask of ids that may be sampled; empty: all
   int32_t allowed_vocab = 0;
