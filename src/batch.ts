@@ -48,8 +48,8 @@ export async function decodeBatch(entries: readonly BatchEntry[], options: { sig
   }
 }
 
-// The native step; sessions already claimed by the caller.
-async function runBatch(entries: readonly BatchEntry[], signal?: AbortSignal): Promise<void> {
+/** @internal one native step over sessions the caller owns (not claimed here); see {@link decodeBatch}. */
+export async function runBatch(entries: readonly BatchEntry[], signal?: AbortSignal): Promise<void> {
   const n = entries.length;
   if (n === 0) return;
   const model = entries[0].session.model;

@@ -1,0 +1,126 @@
+// The scheduler's own generation loop (src/serve/scheduler.ts): rows sampled together in one
+// native call, then text, stop strings and limits row by row. Each request, run among others in
+// shared steps, must end exactly as Session.generate ends it alone with the same settings: the
+// same text and stop reason for seeded top-p sampling, stop strings, max_tokens 0 and a full
+// context.
+import assert from "node:assert/strict";
+import type { Model } from "../mod.ts";
+import { ServerMetrics } from "../src/serve/metrics.ts";
+import { type JobResult, type JobSpec, Scheduler, type SchedulerEvent } from "../src/serve/scheduler.ts";
+import { someIds, testEngine, testModel } from "./_fixtures.ts";
+
+interface Case {
+  spec: JobSpec;
+  text?: string;
+  result?: JobResult;
+}
+
+async function solo(model: Model, spec: JobSpec) {
+  using session = model.session({ contextSize: spec.contextSize });
+  let text = "";
+  for await (
+    const p of session.generate({
+      prompt: spec.promptIds,
+      temperature: spec.temperature,
+      topP: spec.topP,
+      topK: 0,
+      seed: spec.seed,
+      stop: spec.stop,
+      maxTokens: spec.maxTokens,
+      ignoreEos: spec.ignoreEos,
+    })
+  ) text += p;
+  return { text, reason: session.lastStats!.stopReason, tokens: session.lastStats!.generatedTokens };
+}
+
+async function runTogether(model: Model, cases: Case[], trace: SchedulerEvent[]) {
+  const scheduler = new Scheduler(model, new ServerMetrics(), { maxBatch: 8, trace: true });
+  await Promise.all(cases.map(async (c) => {
+    const job = scheduler.submit(c.spec);
+    const pieces = job.stream();
+    c.text = "";
+    for (;;) {
+      const r = await pieces.next();
+      if (r.done) {
+        c.result = r.value;
+        break;
+      }
+      c.text += r.value;
+    }
+  }));
+  await scheduler.close();
+  trace.push(...scheduler.trace!);
+}
+
+const spec = (over: Partial<JobSpec> & { promptIds: number[] }): JobSpec => ({
+  adapters: [],
+  maxTokens: 12,
+  temperature: 0,
+  topP: 1,
+  stop: [],
+  ignoreEos: true,
+  ...over,
+});
+
+Deno.test("scheduler: seeded top-p, greedy and stop strings in shared steps end as generate() alone", async () => {
+  using model = await (await testEngine()).loadModel(await testModel("tiny"));
+  const vocab = model.info.vocabSize;
+  const ids = (i: number) => someIds(5 + i, vocab, 40 + i);
+  // A stop string taken from the middle of a greedy answer, so it is sure to occur.
+  const greedy = await solo(model, spec({ promptIds: ids(3), maxTokens: 16 }));
+  const stop = greedy.text.slice(5, 8);
+  assert.ok(stop.length === 3, `the greedy answer ${JSON.stringify(greedy.text)} is too short`);
+  const cases: Case[] = [
+    { spec: spec({ promptIds: ids(0), temperature: 0.9, topP: 0.8, seed: 11 }) },
+    { spec: spec({ promptIds: ids(1), temperature: 1.2, topP: 1, seed: 12, maxTokens: 20 }) },
+    { spec: spec({ promptIds: ids(2) }) },
+    { spec: spec({ promptIds: ids(3), maxTokens: 16, stop: [stop] }) },
+    { spec: spec({ promptIds: ids(4), maxTokens: 0 }) },
+    { spec: spec({ promptIds: ids(5), contextSize: ids(5).length + 4, maxTokens: 50 }) },
+  ];
+  const trace: SchedulerEvent[] = [];
+  await runTogether(model, cases, trace);
+  for (const [i, c] of cases.entries()) {
+    const want = await solo(model, c.spec);
+    assert.equal(c.text, want.text, `case ${i}`);
+    assert.equal(c.result!.stopReason, want.reason, `case ${i}`);
+    assert.equal(c.result!.generatedTokens, want.tokens, `case ${i}`);
+  }
+  assert.deepEqual(cases.map((c) => c.result!.stopReason), [
+    "max-tokens",
+    "max-tokens",
+    "max-tokens",
+    "stop-string",
+    "max-tokens",
+    "context-full",
+  ]);
+  assert.equal(cases[4].result!.generatedTokens, 0);
+  const widest = Math.max(...trace.filter((e) => e.type === "step").map((e) => e.ids.length));
+  assert.ok(widest >= 4, `the requests never shared a step (widest ${widest} rows)`);
+});
+
+Deno.test("scheduler: a request aborted while waiting or generating leaves, the others finish", async () => {
+  using model = await (await testEngine()).loadModel(await testModel("tiny"));
+  const vocab = model.info.vocabSize;
+  const scheduler = new Scheduler(model, new ServerMetrics(), { maxBatch: 2, trace: true });
+  const abort = new AbortController();
+  const a = scheduler.submit(spec({ promptIds: someIds(6, vocab, 1), maxTokens: 200, signal: abort.signal }));
+  const b = scheduler.submit(spec({ promptIds: someIds(6, vocab, 2), maxTokens: 5 }));
+  const c = scheduler.submit(spec({ promptIds: someIds(6, vocab, 3), maxTokens: 5 }));
+  const streamA = a.stream();
+  await streamA.next(); // a is generating
+  abort.abort();
+  await assert.rejects(async () => {
+    for (;;) if ((await streamA.next()).done) break;
+  }, { name: "KvfoldError", message: /client went away/ });
+  for (const job of [b, c]) {
+    let text = "";
+    for await (const p of job.stream()) text += p;
+    assert.equal(text, (await solo(model, job.spec)).text);
+  }
+  await scheduler.close();
+  const retired = scheduler.trace!.filter((e) => e.type === "retire").map((e) =>
+    e.type === "retire" && e.reason
+  );
+  assert.deepEqual(retired.sort(), ["aborted", "max-tokens", "max-tokens"]);
+});
