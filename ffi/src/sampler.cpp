@@ -17,15 +17,13 @@ uint64_t splitmix64(uint64_t &x) {
   return z ^ (z >> 31);
 }
 
-// A key whose ascending order is (logit descending, id ascending): the logit's bits mapped so that
-// unsigned order is float order (-0 counted as +0, as == does; no NaN reaches here), inverted, in the
-// high 32 bits; the id in the low 32.
-uint64_t descending_key(float logit, int32_t id) {
+// A key whose unsigned ascending order is the logits' descending order: the float's bits mapped so
+// that unsigned order is float order (-0 counted as +0, as == does; no NaN reaches here), inverted.
+uint32_t descending_key(float logit) {
   uint32_t bits;
   const float x = logit == 0.0f ? 0.0f : logit;
   std::memcpy(&bits, &x, sizeof bits);
-  const uint32_t ascending = bits & 0x80000000u ? ~bits : bits | 0x80000000u;
-  return uint64_t(~ascending) << 32 | uint32_t(id);
+  return ~(bits & 0x80000000u ? ~bits : bits | 0x80000000u);
 }
 
 }  // namespace
@@ -63,6 +61,45 @@ double Sampler::uniform() {  // xoshiro256**, 53 random bits in [0, 1)
   rng[2] ^= t;
   rng[3] = rotl(rng[3], 45);
   return double(result >> 11) * (1.0 / 9007199254740992.0);
+}
+
+// Every id, best first: logit descending, ties by id ascending (the order top-k/top-p walk).
+void Sampler::sort_candidates(int32_t n_vocab, size_t n) {
+  const size_t v = size_t(n_vocab);
+  if (n * 8 < v) {
+    // A narrow top-k: select, then sort the few, on (key, id) pairs.
+    wide.resize(v);
+    for (size_t i = 0; i < v; i++) wide[i] = uint64_t(descending_key(work[i])) << 32 | uint32_t(i);
+    std::nth_element(wide.begin(), wide.begin() + long(n) - 1, wide.end());
+    std::sort(wide.begin(), wide.begin() + long(n));
+    order.resize(n);
+    for (size_t i = 0; i < n; i++) order[i] = int32_t(uint32_t(wide[i]));
+    return;
+  }
+  // Otherwise a stable LSD radix sort of the ids by key, 8 bits a pass: ids start ascending and
+  // stay in that order within equal keys. Linear, where a comparison sort of 32k ids is not.
+  keys.resize(v);
+  keys_tmp.resize(v);
+  order.resize(v);
+  order_tmp.resize(v);
+  for (size_t i = 0; i < v; i++) {
+    keys[i] = descending_key(work[i]);
+    order[i] = int32_t(i);
+  }
+  for (int shift = 0; shift < 32; shift += 8) {
+    size_t at[257] = {};
+    for (size_t i = 0; i < v; i++) at[((keys[i] >> shift) & 255u) + 1]++;
+    if (at[((keys[0] >> shift) & 255u) + 1] == v) continue;  // one digit everywhere: the pass keeps the order
+    for (int d = 0; d < 256; d++) at[d + 1] += at[d];
+    for (size_t i = 0; i < v; i++) {
+      const size_t to = at[(keys[i] >> shift) & 255u]++;
+      keys_tmp[to] = keys[i];
+      order_tmp[to] = order[i];
+    }
+    keys.swap(keys_tmp);
+    order.swap(order_tmp);
+  }
+  order.resize(n);
 }
 
 int32_t Sampler::sample(const float *logits, int32_t n_vocab) {
@@ -120,18 +157,11 @@ int32_t Sampler::sample(const float *logits, int32_t n_vocab) {
           break;
         }
   } else {
-    // Candidates sorted by logit, descending, ties by id. Each is one integer key (the logit's
-    // order-preserving bits, inverted, above the id), so the sort compares integers rather than
-    // looking logits up: the same order as comparing (logit desc, id asc), several times faster.
-    keys.resize(size_t(n_vocab));
-    for (int32_t i = 0; i < n_vocab; i++) keys[size_t(i)] = descending_key(work[size_t(i)], i);
-    // Top-k, and a mask (masked ids are -inf, so they sort last), narrow before the full sort.
+    // Candidates sorted by logit, descending, ties by id ascending. Top-k, and a mask (masked ids
+    // are -inf, so they sort last), narrow the candidates.
     size_t n = size_t(n_allowed);
     if (params.top_k > 0 && size_t(params.top_k) < n) n = size_t(params.top_k);
-    if (n < size_t(n_vocab)) std::nth_element(keys.begin(), keys.begin() + long(n) - 1, keys.end());
-    std::sort(keys.begin(), keys.begin() + long(n));
-    order.resize(n);
-    for (size_t i = 0; i < n; i++) order[i] = int32_t(uint32_t(keys[i]));
+    sort_candidates(n_vocab, n);
 
     // Softmax over the candidates at the temperature, in double for stable sums.
     probs.resize(n);
