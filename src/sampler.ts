@@ -72,8 +72,9 @@ export async function sampleFromLogits(
 
 /**
  * One sample per row in one native call: row i samples with `samplers[i]` from the last logits of
- * the session whose handle pointer is `sessions[i]`, exactly as `kf_sampler_sample` would, the rows
- * spread over the engine's threads. Samplers must be distinct. On failure no sampler changes.
+ * the session whose handle pointer is `sessions[i]`, exactly as `kf_sampler_sample` would; rows that
+ * sample at a temperature spread over the engine's threads. Samplers must be distinct. On failure
+ * no sampler changes.
  *
  * @example
  * ```ts ignore

@@ -682,8 +682,9 @@ KF_API kf_status kf_sampler_sample_logits(kf_sampler *sampler, const float *logi
                                           int32_t *out);
 /* One sample per row, for a batched decode step: row i samples with samplers[i] from sessions[i]'s
  * last logits exactly as kf_sampler_sample(samplers[i], sessions[i], &out[i]) would (the same id,
- * history and RNG state after). Rows run in parallel on the first session's engine pool when no
- * other call holds it, else one after another on the caller's thread. Samplers must be distinct;
+ * history and RNG state after). Rows that sample at a temperature run in parallel on the first
+ * session's engine pool when no other call holds it; otherwise rows run one after another on the
+ * caller's thread. Samplers must be distinct;
  * n in [1, 4096]. On failure (the first failing row is named) no sampler changes. */
 KF_API kf_status kf_sampler_sample_batch(kf_sampler *const *samplers, const kf_session *const *sessions,
                                          int32_t n, int32_t *out);

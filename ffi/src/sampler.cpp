@@ -106,12 +106,29 @@ int32_t Sampler::sample(const float *logits, int32_t n_vocab) {
   if (n_vocab <= 0) raise(KF_ERR_INVALID_ARGUMENT, "cannot sample: vocabulary size %d", n_vocab);
   const bool penalty = params.repetition_penalty != 1.0f && params.repeat_last_n > 0;
   if (params.temperature == 0.0f && allowed.empty() && !penalty) {
-    // Plain greedy: one pass over the logits, no copy (the same first max the general path finds).
-    int32_t chosen = 0;
-    for (int32_t i = 0; i < n_vocab; i++) {
-      if (std::isnan(logits[i])) raise(KF_ERR_INVALID_ARGUMENT, "cannot sample: logit %d is NaN", i);
-      if (logits[i] > logits[chosen]) chosen = i;
+    // Plain greedy, no copy: the largest logit over 8 independent lanes (x > m ? x : m is one SIMD
+    // max; NaN never wins it, and is caught by the lanes' own test), then its first index: the same
+    // first max the general path finds.
+    float lane[8];
+    bool nan = false;
+    std::fill(lane, lane + 8, -INFINITY);
+    int32_t i = 0;
+    for (; i + 8 <= n_vocab; i += 8)
+      for (int k = 0; k < 8; k++) {
+        const float x = logits[i + k];
+        nan |= x != x;
+        lane[k] = x > lane[k] ? x : lane[k];
+      }
+    for (; i < n_vocab; i++) {
+      nan |= logits[i] != logits[i];
+      lane[0] = logits[i] > lane[0] ? logits[i] : lane[0];
     }
+    if (nan)
+      for (int32_t j = 0; j < n_vocab; j++)
+        if (std::isnan(logits[j])) raise(KF_ERR_INVALID_ARGUMENT, "cannot sample: logit %d is NaN", j);
+    const float best = *std::max_element(lane, lane + 8);
+    int32_t chosen = 0;
+    while (chosen < n_vocab - 1 && !(logits[chosen] == best)) chosen++;
     history.push_back(chosen);
     return chosen;
   }

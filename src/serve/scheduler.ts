@@ -5,8 +5,8 @@
  * decode step over every request that is generating, whatever its adapters. Requests join and leave between steps; a long prompt delays the running ones by one
  * chunk per step, never by its whole prefill.
  *
- * Each step samples every generating row in one native call (`kf_sampler_sample_batch`, the rows
- * spread over the engine's threads), detokenizes and checks stops row by row, then decodes the
+ * Each step samples every generating row in one native call (`kf_sampler_sample_batch`; rows at a
+ * temperature spread over the engine's threads), detokenizes and checks stops row by row, then decodes the
  * rows that go on in one native call: no promise per row and no await between rows. Sampling, the
  * repetition history, incremental detokenization and stop strings follow `Session.generate` step
  * for step, so a greedy request gives exactly the text the in-process API gives.
