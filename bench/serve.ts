@@ -2,7 +2,9 @@
 // client with one of 4 LoRA adapters (rank 8), against the same N generations run one after another
 // in-process in the same run. Reports aggregate generated tokens/s, p50/p99 time to first token and
 // inter-token latency (measured by the clients, from the server-sent events), and the server's mean
-// batch rows. Target (issue): at N = 16, aggregate throughput at least 4x N = 1.
+// batch rows. Target (issue): at N = 16, aggregate throughput at least 4x N = 1. From the server's
+// metrics it also reports, per N, the mean native decode step, the mean host work before each step
+// (sampling, detokenizing, stop checks) and the prefill seconds: where a round's time went.
 //
 // The clients run in a separate Deno process (bench/_serve_clients.ts), so their fetch and parsing
 // never take the server's event loop; `--clients-in-process` runs them in this process instead.
@@ -67,15 +69,19 @@ const quantile = (xs: number[], q: number) => {
 };
 const median = (xs: number[]) => quantile(xs, 0.5);
 const fixed = (x: number, digits: number) => Number(x.toFixed(digits));
+const sum = <T>(xs: T[], f: (x: T) => number) => xs.reduce((s, x) => s + f(x), 0);
 
 async function inProcess(m: Model, n: number) {
   const t0 = performance.now();
   let tokens = 0;
   for (let i = 0; i < n; i++) {
-    using session = m.session();
+    // The context the server gives the same request (prompt + max tokens + 1), not the model's
+    // whole 2048 positions, whose cache alone takes longer to allocate than the answer to decode.
+    const ids = m.encodePrompt(prompt(i));
+    using session = m.session({ contextSize: ids.length + maxTokens + 1 });
     for await (
       const _ of session.generate({
-        prompt: m.encodePrompt(prompt(i)),
+        prompt: ids,
         adapter: ADAPTERS[i % 4],
         temperature: 0,
         maxTokens,
@@ -112,12 +118,16 @@ interface Run {
   results: ClientResult[];
   steps: number;
   rows: number;
+  decodeSeconds: number;
+  hostSeconds: number;
+  prefillSeconds: number;
 }
 const runs: Run[] = [];
 const loadBefore = await loadavg();
 for (let round = 0; round < rounds; round++) {
   for (const n of counts) {
     const steps = m.batchRows.count, rows = m.batchRows.sum;
+    const decode = m.decodeStepSeconds.sum, host = m.stepHostSeconds.sum, prefill = m.prefillChunkSeconds.sum;
     const { seconds, results } = await clients(server.url, n);
     runs.push({
       round,
@@ -127,6 +137,9 @@ for (let round = 0; round < rounds; round++) {
       results,
       steps: m.batchRows.count - steps,
       rows: m.batchRows.sum - rows,
+      decodeSeconds: m.decodeStepSeconds.sum - decode,
+      hostSeconds: m.stepHostSeconds.sum - host,
+      prefillSeconds: m.prefillChunkSeconds.sum - prefill,
     });
   }
 }
@@ -158,6 +171,9 @@ const rows = counts.map((n) => {
     ttft_p99_ms: fixed(quantile(ttft, 0.99) * 1000, 1),
     itl_p50_ms: fixed(quantile(gaps, 0.5) * 1000, 1),
     itl_p99_ms: fixed(quantile(gaps, 0.99) * 1000, 1),
+    decode_step_ms: fixed(sum(mine, (r) => r.decodeSeconds) / sum(mine, (r) => r.steps) * 1000, 2),
+    step_host_ms: fixed(sum(mine, (r) => r.hostSeconds) / sum(mine, (r) => r.steps) * 1000, 3),
+    prefill_ms_per_round: fixed(sum(mine, (r) => r.prefillSeconds) / mine.length * 1000, 1),
     mean_batch_rows: fixed(
       mine.reduce((s, r) => s + r.rows, 0) / Math.max(1, mine.reduce((s, r) => s + r.steps, 0)),
       2,
@@ -172,7 +188,8 @@ console.log(
     `${rounds} rounds, ${where}, ${cpu}`,
 );
 console.log(
-  "clients | tok/s  | vs N=1 (per round)      | in-process seq tok/s | TTFT p50 / p99 ms | ITL p50 / p99 ms | mean batch rows",
+  "clients | tok/s  | vs N=1 (per round)      | in-process seq tok/s | TTFT p50 / p99 ms | ITL p50 / p99 ms | " +
+    "mean batch rows | native step / host ms | prefill ms",
 );
 for (const r of rows) {
   console.log(
@@ -180,7 +197,9 @@ for (const r of rows) {
       `${r.vs_one.toFixed(2)}x (${r.vs_one_per_round.join(", ")})`.padEnd(23)
     } | ${(r.in_process_sequential_tokens_per_s?.toFixed(1) ?? "-").padStart(20)} | ${
       `${r.ttft_p50_ms} / ${r.ttft_p99_ms}`.padStart(17)
-    } | ${`${r.itl_p50_ms} / ${r.itl_p99_ms}`.padStart(16)} | ${r.mean_batch_rows}`,
+    } | ${`${r.itl_p50_ms} / ${r.itl_p99_ms}`.padStart(16)} | ${String(r.mean_batch_rows).padStart(15)} | ${
+      `${r.decode_step_ms} / ${r.step_host_ms}`.padStart(21)
+    } | ${r.prefill_ms_per_round}`,
   );
 }
 await Deno.writeTextFile(

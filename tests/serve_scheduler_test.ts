@@ -33,8 +33,9 @@ async function solo(model: Model, spec: JobSpec) {
   return { text, reason: session.lastStats!.stopReason, tokens: session.lastStats!.generatedTokens };
 }
 
-async function runTogether(model: Model, cases: Case[], trace: SchedulerEvent[]) {
-  const scheduler = new Scheduler(model, new ServerMetrics(), { maxBatch: 8, trace: true });
+async function runTogether(model: Model, cases: Case[], trace: SchedulerEvent[]): Promise<ServerMetrics> {
+  const metrics = new ServerMetrics();
+  const scheduler = new Scheduler(model, metrics, { maxBatch: 8, trace: true });
   await Promise.all(cases.map(async (c) => {
     const job = scheduler.submit(c.spec);
     const pieces = job.stream();
@@ -50,6 +51,7 @@ async function runTogether(model: Model, cases: Case[], trace: SchedulerEvent[])
   }));
   await scheduler.close();
   trace.push(...scheduler.trace!);
+  return metrics;
 }
 
 const spec = (over: Partial<JobSpec> & { promptIds: number[] }): JobSpec => ({
@@ -79,7 +81,7 @@ Deno.test("scheduler: seeded top-p, greedy and stop strings in shared steps end 
     { spec: spec({ promptIds: ids(5), contextSize: ids(5).length + 4, maxTokens: 50 }) },
   ];
   const trace: SchedulerEvent[] = [];
-  await runTogether(model, cases, trace);
+  const metrics = await runTogether(model, cases, trace);
   for (const [i, c] of cases.entries()) {
     const want = await solo(model, c.spec);
     assert.equal(c.text, want.text, `case ${i}`);
@@ -97,6 +99,13 @@ Deno.test("scheduler: seeded top-p, greedy and stop strings in shared steps end 
   assert.equal(cases[4].result!.generatedTokens, 0);
   const widest = Math.max(...trace.filter((e) => e.type === "step").map((e) => e.ids.length));
   assert.ok(widest >= 4, `the requests never shared a step (widest ${widest} rows)`);
+  // One timing per native step and per prefill chunk.
+  const steps = trace.filter((e) => e.type === "step").length;
+  assert.equal(metrics.decodeStepSeconds.count, steps);
+  assert.equal(metrics.stepHostSeconds.count, steps);
+  assert.equal(metrics.prefillChunkSeconds.count, trace.filter((e) => e.type === "prefill").length);
+  assert.ok(metrics.decodeStepSeconds.sum > 0);
+  assert.match(metrics.text(), new RegExp(`^kvfold_decode_step_seconds_count ${steps}$`, "m"));
 });
 
 Deno.test("scheduler: a request aborted while waiting or generating leaves, the others finish", async () => {

@@ -360,6 +360,7 @@ export class Scheduler {
     const rows = vectors?.rows ?? 0;
     const session = job.session!;
     const chunk = this.prefillChunk;
+    const t0 = performance.now();
     try {
       if (job.signal.aborted) throw abortError(job);
       if (job.prefilled < rows) {
@@ -384,6 +385,7 @@ export class Scheduler {
         this.#event({ type: "prefill", id: job.id, tokens: ids.length });
       }
       this.metrics.prefillChunks++;
+      this.metrics.prefillChunkSeconds.observe((performance.now() - t0) / 1000);
     } catch (e) {
       this.#retire(job, job.signal.aborted ? "aborted" : "failed", job.signal.aborted ? abortError(job) : e);
       return;
@@ -431,6 +433,7 @@ export class Scheduler {
     }
     const rows = [...this.#generating];
     if (rows.length === 0) return;
+    const t0 = performance.now();
     const ids = this.#sample(rows);
     const entries: BatchEntry[] = [];
     const stepping: Job[] = [];
@@ -442,8 +445,11 @@ export class Scheduler {
     if (entries.length === 0) return;
     this.#event({ type: "step", ids: stepping.map((j) => j.id) });
     this.metrics.batchRows.observe(entries.length);
+    const t1 = performance.now();
+    this.metrics.stepHostSeconds.observe((t1 - t0) / 1000);
     try {
       await runBatch(entries);
+      this.metrics.decodeStepSeconds.observe((performance.now() - t1) / 1000);
     } catch (e) {
       for (const job of stepping) this.#retire(job, job.signal.aborted ? "aborted" : "failed", e);
     }
