@@ -85,6 +85,11 @@ const SYMBOLS = {
   kf_session_set_adapter: { parameters: ["pointer", "pointer"], result: "i32" },
   kf_session_set_adapters: { parameters: ["pointer", "buffer", "buffer", "i32"], result: "i32" },
   kf_batch_decode: { parameters: ["buffer", "buffer", "i32", "buffer"], result: "i32", nonblocking: true },
+  kf_batch_prefill: {
+    parameters: ["buffer", "buffer", "buffer", "i32", "buffer"],
+    result: "i32",
+    nonblocking: true,
+  },
 
   kf_lora_trainer_create: { parameters: ["pointer", "buffer", "buffer"], result: "i32" },
   kf_lora_trainer_free: { parameters: ["pointer"], result: "i32" },

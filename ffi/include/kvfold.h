@@ -377,6 +377,16 @@ KF_API kf_status kf_session_set_adapters(kf_session *session, kf_adapter *const 
  * it alone. Sessions must be distinct; n in [1, 4096]. On failure no session changes. */
 KF_API kf_status kf_batch_decode(kf_session *const *sessions, const int32_t *ids, int32_t n, kf_control *control);
 
+/* Prefill chunks of several sessions of one model in one pass: session i takes counts[i] >= 1 ids
+ * (ids holds them concatenated, session 0 first) at its next positions, with its adapters. The
+ * weights are read once for all rows, a session's rows attend causally to its own cache only, and
+ * each session keeps its last row's logits, as kf_session_prefill without logits would leave it
+ * (up to float rounding of the wider matrix products). Full caches only (KF_ERR_UNSUPPORTED for a
+ * compressing cache, or on a backend other than cpu); sessions distinct; n in [1, 4096]; at most
+ * 65536 ids in all. On failure no session changes. */
+KF_API kf_status kf_batch_prefill(kf_session *const *sessions, const int32_t *ids, const int32_t *counts, int32_t n,
+                                  kf_control *control);
+
 /* ---------------------------------------------------------------------------------------------- */
 /* LoRA training: the base model frozen, LoRA pairs trained with AdamW (LLoCO finetuning)            */
 
