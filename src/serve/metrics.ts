@@ -93,7 +93,7 @@ export class ServerMetrics {
   readonly decodeStepSeconds: Histogram = new Histogram(STEP_BOUNDS);
   /** Seconds of each step's host work before its native call (sampling, detokenizing, stops). */
   readonly stepHostSeconds: Histogram = new Histogram(STEP_BOUNDS);
-  /** Seconds of each prefill chunk's native call. */
+  /** Seconds of each prefill native call (one request's chunk, or several requests' in one pass). */
   readonly prefillChunkSeconds: Histogram = new Histogram(STEP_BOUNDS);
 
   /** Counts one answered request. */
@@ -145,7 +145,7 @@ export class ServerMetrics {
       ),
       ...this.prefillChunkSeconds.lines(
         "kvfold_prefill_chunk_seconds",
-        "Seconds of each prefill chunk's native call.",
+        "Seconds of each prefill native call (one request's chunk, or several requests' in one pass).",
       ),
     );
     return lines.join("\n") + "\n";

@@ -17,7 +17,7 @@
 import type { AdapterTerm } from "../adapter.ts";
 import { alloc, check, sym } from "../_binding.ts";
 import { tokenIdsArg } from "../_int_args.ts";
-import { type BatchEntry, runBatch } from "../batch.ts";
+import { type BatchEntry, runBatch, runPrefillBatch } from "../batch.ts";
 import { KvfoldError } from "../errors.ts";
 import type { CacheOptions } from "../lococo.ts";
 import type { Model } from "../model.ts";
@@ -204,6 +204,8 @@ export class Scheduler {
   readonly #loop: Promise<void>;
   #nextId = 1;
   #kicked = false;
+  // Several requests' prompt chunks in one native pass (kf_batch_prefill runs on the cpu backend).
+  #batchPrefill: boolean;
   #waiter?: () => void;
   #closing = false;
 
@@ -215,6 +217,7 @@ export class Scheduler {
     this.prefillChunk = positive("prefillChunk", options.prefillChunk ?? 256, 1 << 16);
     this.trace = options.trace ? [] : null;
     metrics.maxBatch = this.maxBatch;
+    this.#batchPrefill = model.engine.backend === "cpu";
     this.#loop = this.#run();
   }
 
@@ -298,14 +301,22 @@ export class Scheduler {
       // Prefill within one chunk's worth of tokens per step: the oldest request's next chunk, then
       // other requests whose whole next chunk still fits (short prompts join in one turn).
       let budget = this.prefillChunk;
-      for (const job of [...this.#prefilling]) {
+      const chosen: Job[] = [];
+      for (const job of this.#prefilling) {
         const next = this.#nextChunk(job);
-        if (worked && next > budget) continue;
-        await this.#prefillChunk(job);
+        if (chosen.length > 0 && next > budget) continue;
+        chosen.push(job);
         budget -= next;
-        worked = true;
         if (budget <= 0) break;
       }
+      // Prompt-token chunks of full caches run in one pass (the weights read once for all);
+      // summary vectors and compressing caches, one request at a time.
+      const together = this.#batchPrefill ? chosen.filter((j) => this.#canJoinPrefill(j)) : [];
+      if (together.length >= 2) await this.#prefillTogether(together);
+      for (const job of chosen) {
+        if (together.length < 2 || !together.includes(job)) await this.#prefillChunk(job);
+      }
+      if (chosen.length > 0) worked = true;
       if (this.#generating.size > 0) {
         await this.#step();
         worked = true;
@@ -354,6 +365,37 @@ export class Scheduler {
     return Math.min(this.prefillChunk, left);
   }
 
+  // Whether the request's next chunk may share a batched prefill pass: prompt tokens (its summary
+  // vectors, if any, are in), a full cache, still wanted.
+  #canJoinPrefill(job: Job): boolean {
+    const kind = job.spec.cache?.kind ?? "full";
+    return kind === "full" && job.prefilled >= (job.spec.vectors?.rows ?? 0) && !job.signal.aborted;
+  }
+
+  // The next prompt chunks of several requests in one native pass. If the pass fails (it changes no
+  // session), each request runs its chunk alone, so only a request at fault fails.
+  async #prefillTogether(jobs: Job[]) {
+    const chunks = jobs.map((job) => {
+      const at = job.prefilled - (job.spec.vectors?.rows ?? 0);
+      return job.spec.promptIds.slice(at, at + this.prefillChunk);
+    });
+    const t0 = performance.now();
+    try {
+      await runPrefillBatch(jobs.map((job, i) => ({ session: job.session!, ids: chunks[i] })));
+    } catch {
+      for (const job of jobs) await this.#prefillChunk(job);
+      return;
+    }
+    this.metrics.prefillChunkSeconds.observe((performance.now() - t0) / 1000);
+    jobs.forEach((job, i) => {
+      job.prefilled += chunks[i].length;
+      this.metrics.promptTokens += chunks[i].length;
+      this.metrics.prefillChunks++;
+      this.#event({ type: "prefill", id: job.id, tokens: chunks[i].length });
+      this.#prefilled(job);
+    });
+  }
+
   // One chunk of a prefilling request: vector rows first, then prompt tokens.
   async #prefillChunk(job: Job) {
     const { vectors, promptIds } = job.spec;
@@ -390,13 +432,17 @@ export class Scheduler {
       this.#retire(job, job.signal.aborted ? "aborted" : "failed", job.signal.aborted ? abortError(job) : e);
       return;
     }
-    if (job.prefilled === rows + promptIds.length) {
-      this.#prefilling.splice(this.#prefilling.indexOf(job), 1);
-      try {
-        this.#startGenerating(job);
-      } catch (e) {
-        this.#retire(job, "failed", e);
-      }
+    this.#prefilled(job);
+  }
+
+  // After a chunk: a request whose prompt is all in starts generating.
+  #prefilled(job: Job) {
+    if (job.prefilled < (job.spec.vectors?.rows ?? 0) + job.spec.promptIds.length) return;
+    this.#prefilling.splice(this.#prefilling.indexOf(job), 1);
+    try {
+      this.#startGenerating(job);
+    } catch (e) {
+      this.#retire(job, "failed", e);
     }
   }
 
