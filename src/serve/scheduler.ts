@@ -1,15 +1,17 @@
 /**
  * Continuous batching: one loop owns every request's session. Each turn of the loop admits waiting
  * requests into free slots, prefills at most one chunk's worth of tokens (the oldest new request's
- * next chunk, and other new requests' whole next chunks while they fit), then runs one batched
- * decode step over every request that is generating, whatever its adapters. Requests join and leave between steps; a long prompt delays the running ones by one
- * chunk per step, never by its whole prefill.
+ * next chunk, and other new requests' whole next chunks while they fit; prompt chunks of full caches
+ * in one native pass, `kf_batch_prefill`), then runs one batched decode step over every request
+ * that is generating, whatever its adapters. Requests join and leave between steps; a long prompt
+ * delays the running ones by one chunk per step, never by its whole prefill.
  *
  * Each step samples every generating row in one native call (`kf_sampler_sample_batch`; rows at a
- * temperature spread over the engine's threads), detokenizes and checks stops row by row, then decodes the
- * rows that go on in one native call: no promise per row and no await between rows. Sampling, the
- * repetition history, incremental detokenization and stop strings follow `Session.generate` step
- * for step, so a greedy request gives exactly the text the in-process API gives.
+ * temperature spread over the engine's threads), detokenizes and checks stops row by row, then
+ * decodes the rows that go on in one native call: no promise per row and no await between rows.
+ * Sampling, the repetition history, incremental detokenization and stop strings follow
+ * `Session.generate` step for step, so a greedy request gives exactly the text the in-process API
+ * gives (a shared prefill pass rounds differently from a lone one, which only a near tie notices).
  *
  * @module
  */
