@@ -85,6 +85,11 @@ const SYMBOLS = {
   kf_session_set_adapter: { parameters: ["pointer", "pointer"], result: "i32" },
   kf_session_set_adapters: { parameters: ["pointer", "buffer", "buffer", "i32"], result: "i32" },
   kf_batch_decode: { parameters: ["buffer", "buffer", "i32", "buffer"], result: "i32", nonblocking: true },
+  kf_batch_prefill: {
+    parameters: ["buffer", "buffer", "buffer", "i32", "buffer"],
+    result: "i32",
+    nonblocking: true,
+  },
 
   kf_lora_trainer_create: { parameters: ["pointer", "buffer", "buffer"], result: "i32" },
   kf_lora_trainer_free: { parameters: ["pointer"], result: "i32" },
@@ -190,6 +195,7 @@ const SYMBOLS = {
   kf_sampler_accept: { parameters: ["pointer", "buffer", "i32"], result: "i32" },
   kf_sampler_sample: { parameters: ["pointer", "pointer", "buffer"], result: "i32" },
   kf_sampler_sample_logits: { parameters: ["pointer", "buffer", "i32", "buffer"], result: "i32" },
+  kf_sampler_sample_batch: { parameters: ["buffer", "buffer", "i32", "buffer"], result: "i32" },
   kf_sampler_set_allowed: { parameters: ["pointer", "buffer", "i32"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
 

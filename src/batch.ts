@@ -48,8 +48,8 @@ export async function decodeBatch(entries: readonly BatchEntry[], options: { sig
   }
 }
 
-// The native step; sessions already claimed by the caller.
-async function runBatch(entries: readonly BatchEntry[], signal?: AbortSignal): Promise<void> {
+/** @internal one native step over sessions the caller owns (not claimed here); see {@link decodeBatch}. */
+export async function runBatch(entries: readonly BatchEntry[], signal?: AbortSignal): Promise<void> {
   const n = entries.length;
   if (n === 0) return;
   const model = entries[0].session.model;
@@ -181,4 +181,47 @@ export class DecodeBatcher {
       this.#schedule();
     }
   }
+}
+
+/** One session's prefill chunk in {@link runPrefillBatch}. */
+export interface PrefillEntry {
+  session: Session;
+  /** Token ids to run at the session's next positions (at least one). */
+  ids: readonly number[];
+}
+
+/**
+ * @internal one forward pass over several sessions' prefill chunks (`kf_batch_prefill`: full
+ * caches, cpu backend), sessions owned by the caller. Each session ends as if `prefill(ids)` had
+ * run on it alone (its last row's logits), up to float rounding of the wider matrix products.
+ */
+export async function runPrefillBatch(entries: readonly PrefillEntry[], signal?: AbortSignal): Promise<void> {
+  const n = entries.length;
+  if (n === 0) return;
+  const model = entries[0].session.model;
+  const vocab = model.info.vocabSize;
+  const total = entries.reduce((s, e) => s + e.ids.length, 0);
+  const ptrs = alloc(n * 8);
+  const counts = new Int32Array(n);
+  const ids = new Int32Array(Math.max(1, total));
+  const pv = new DataView(ptrs.buffer);
+  let at = 0;
+  entries.forEach(({ session, ids: chunk }, i) => {
+    if (session.model !== model) {
+      throw new KvfoldError(
+        "INVALID_ARGUMENT",
+        `Cannot prefill a batch: entry ${i} is a session of another model`,
+      );
+    }
+    for (const id of chunk) ids[at++] = tokenIdArg("prefill a batch", id, vocab, { index: i });
+    counts[i] = chunk.length;
+    pv.setBigUint64(i * 8, BigInt(Deno.UnsafePointer.value(session._handle.ptr)), true);
+  });
+  const handles: NativeHandle[] = entries.map((e) => e.session._handle);
+  const call = () =>
+    withControl(async (ctl) => check(await sym().kf_batch_prefill(ptrs, ids, counts, n, ctl.buf), ctl), {
+      signal,
+    });
+  const held = handles.reduce<() => Promise<void>>((inner, h) => () => h.hold(inner), call);
+  await held();
 }

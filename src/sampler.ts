@@ -69,3 +69,32 @@ export async function sampleFromLogits(
     check(s.kf_sampler_free(sampler.ptr));
   }
 }
+
+/**
+ * One sample per row in one native call: row i samples with `samplers[i]` from the last logits of
+ * the session whose handle pointer is `sessions[i]`, exactly as `kf_sampler_sample` would; rows that
+ * sample at a temperature spread over the engine's threads. Samplers must be distinct. On failure
+ * no sampler changes.
+ *
+ * @example
+ * ```ts ignore
+ * const ids = sampleRows([samplerA.ptr, samplerB.ptr], [a._handle.ptr, b._handle.ptr]);
+ * ```
+ */
+export function sampleRows(
+  samplers: readonly Deno.PointerValue[],
+  sessions: readonly Deno.PointerValue[],
+): Int32Array {
+  const n = samplers.length;
+  if (sessions.length !== n) {
+    throw new RangeError(`Cannot sample a batch: ${n} samplers for ${sessions.length} sessions`);
+  }
+  const sp = new BigUint64Array(n), pp = new BigUint64Array(n);
+  for (let i = 0; i < n; i++) {
+    sp[i] = BigInt(Deno.UnsafePointer.value(samplers[i]));
+    pp[i] = BigInt(Deno.UnsafePointer.value(sessions[i]));
+  }
+  const out = new Int32Array(n);
+  check(sym().kf_sampler_sample_batch(sp, pp, n, out));
+  return out;
+}

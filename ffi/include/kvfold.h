@@ -377,6 +377,16 @@ KF_API kf_status kf_session_set_adapters(kf_session *session, kf_adapter *const 
  * it alone. Sessions must be distinct; n in [1, 4096]. On failure no session changes. */
 KF_API kf_status kf_batch_decode(kf_session *const *sessions, const int32_t *ids, int32_t n, kf_control *control);
 
+/* Prefill chunks of several sessions of one model in one pass: session i takes counts[i] >= 1 ids
+ * (ids holds them concatenated, session 0 first) at its next positions, with its adapters. The
+ * weights are read once for all rows, a session's rows attend causally to its own cache only, and
+ * each session keeps its last row's logits, as kf_session_prefill without logits would leave it
+ * (up to float rounding of the wider matrix products). Full caches only (KF_ERR_UNSUPPORTED for a
+ * compressing cache, or on a backend other than cpu); sessions distinct; n in [1, 4096]; at most
+ * 65536 ids in all. On failure no session changes. */
+KF_API kf_status kf_batch_prefill(kf_session *const *sessions, const int32_t *ids, const int32_t *counts, int32_t n,
+                                  kf_control *control);
+
 /* ---------------------------------------------------------------------------------------------- */
 /* LoRA training: the base model frozen, LoRA pairs trained with AdamW (LLoCO finetuning)            */
 
@@ -692,6 +702,14 @@ KF_API kf_status kf_sampler_sample(kf_sampler *sampler, const kf_session *sessio
 /* Same over caller logits ([n_vocab] f32, left unchanged). */
 KF_API kf_status kf_sampler_sample_logits(kf_sampler *sampler, const float *logits, int32_t n_vocab,
                                           int32_t *out);
+/* One sample per row, for a batched decode step: row i samples with samplers[i] from sessions[i]'s
+ * last logits exactly as kf_sampler_sample(samplers[i], sessions[i], &out[i]) would (the same id,
+ * history and RNG state after). Rows that sample at a temperature run in parallel on the first
+ * session's engine pool when no other call holds it; otherwise rows run one after another on the
+ * caller's thread. Samplers must be distinct;
+ * n in [1, 4096]. On failure (the first failing row is named) no sampler changes. */
+KF_API kf_status kf_sampler_sample_batch(kf_sampler *const *samplers, const kf_session *const *sessions,
+                                         int32_t n, int32_t *out);
 /* Restricts later samples to the ids whose bit is set in mask (bit i & 7 of byte i >> 3 is id i;
  * (n_vocab + 7) / 8 bytes, copied): the others get probability 0 before the penalty, temperature
  * and top-k/p/min-p (constrained decoding). mask NULL clears the restriction. Stays until set again.

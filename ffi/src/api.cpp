@@ -4,9 +4,12 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <exception>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <thread>
+#include <vector>
 
 #include "api_guard.h"
 #include "cpu_ops.h"
@@ -288,6 +291,65 @@ kf_status kf_sampler_sample(kf_sampler *sampler, const kf_session *session, int3
     KF_REQUIRE(sampler && session && out, "sample", "sampler, session or out is NULL");
     if (!session->has_logits) kf::raise(KF_ERR_INVALID_STATE, "cannot sample: the session has no logits yet");
     *out = sampler->sample(session->logits.data(), session->model->cfg.vocab_size);
+  });
+}
+
+kf_status kf_sampler_sample_batch(kf_sampler *const *samplers, const kf_session *const *sessions, int32_t n,
+                                  int32_t *out) {
+  return guarded("sample a batch", [&] {
+    KF_REQUIRE(n >= 1 && n <= 4096, "sample a batch", "n %d is outside [1, 4096]", n);
+    KF_REQUIRE(samplers && sessions && out, "sample a batch", "samplers, sessions or out is NULL");
+    for (int32_t i = 0; i < n; i++) {
+      KF_REQUIRE(samplers[i] && sessions[i], "sample a batch", "row %d has a NULL sampler or session", i);
+      if (!sessions[i]->has_logits)
+        kf::raise(KF_ERR_INVALID_STATE, "cannot sample a batch: row %d's session has no logits yet", i);
+    }
+    // Rows run in parallel, each on its own sampler's scratch and state: a repeat would race.
+    std::vector<const kf_sampler *> sorted(samplers, samplers + n);
+    std::sort(sorted.begin(), sorted.end());
+    KF_REQUIRE(std::adjacent_find(sorted.begin(), sorted.end()) == sorted.end(), "sample a batch",
+               "a sampler appears in two rows");
+    // What each row's sampler was, so that a failing row leaves every sampler as it found it.
+    struct Saved {
+      uint64_t rng[4];
+      size_t history;
+    };
+    std::vector<Saved> saved(static_cast<size_t>(n));
+    for (int32_t i = 0; i < n; i++) {
+      std::copy(samplers[i]->rng, samplers[i]->rng + 4, saved[size_t(i)].rng);
+      saved[size_t(i)].history = samplers[i]->history.size();
+    }
+    std::vector<std::exception_ptr> failed(static_cast<size_t>(n));
+    auto row = [&](int64_t i, int) {
+      try {
+        const kf_session &s = *sessions[i];
+        out[i] = samplers[i]->sample(s.logits.data(), s.model->cfg.vocab_size);
+      } catch (...) {
+        failed[size_t(i)] = std::current_exception();  // never out of a worker thread
+      }
+    };
+    // Rows that sort candidates (temperature > 0: ~0.3 ms and up for a 32k vocabulary) go to the
+    // engine's pool; greedy rows (~20 µs) are cheaper than waking it. A busy pool (another
+    // session's long call) must not stall the caller, who then samples on its own thread.
+    int32_t sorting = 0;
+    for (int32_t i = 0; i < n; i++) sorting += samplers[i]->params.temperature != 0.0f;
+    kf_engine &engine = *sessions[0]->model->engine;
+    std::unique_lock<std::mutex> lock(engine.pool_mutex, std::defer_lock);
+    if (sorting >= 2 && engine.pool && engine.pool->size() > 1 && lock.try_lock()) engine.pool->parallel_for(n, row);
+    else
+      for (int32_t i = 0; i < n; i++) row(i, 0);
+    for (int32_t i = 0; i < n; i++) {
+      if (!failed[size_t(i)]) continue;
+      for (int32_t j = 0; j < n; j++) {
+        std::copy(saved[size_t(j)].rng, saved[size_t(j)].rng + 4, samplers[j]->rng);
+        samplers[j]->history.resize(saved[size_t(j)].history);
+      }
+      try {
+        std::rethrow_exception(failed[size_t(i)]);
+      } catch (const kf::Error &e) {
+        kf::raise(e.code, "cannot sample a batch: row %d: %s", i, e.what());
+      }
+    }
   });
 }
 

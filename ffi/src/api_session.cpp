@@ -277,6 +277,32 @@ kf_status kf_batch_decode(kf_session *const *sessions, const int32_t *ids, int32
   }));
 }
 
+kf_status kf_batch_prefill(kf_session *const *sessions, const int32_t *ids, const int32_t *counts, int32_t n,
+                           kf_control *control) {
+  return report(control, guarded("batch prefill", [&] {
+    KF_REQUIRE(n >= 1 && n <= 4096, "batch prefill", "n %d is outside [1, 4096]", n);
+    KF_REQUIRE(sessions && ids && counts, "batch prefill", "sessions, ids or counts is NULL");
+    const kf_model *m = nullptr;
+    int64_t total = 0;
+    for (int32_t i = 0; i < n; i++) {
+      const kf_session *s = sessions[i];
+      KF_REQUIRE(s, "batch prefill", "session %d is NULL", i);
+      if (!m) m = s->model;
+      KF_REQUIRE(s->model == m, "batch prefill", "session %d belongs to another model than session 0", i);
+      for (int32_t j = 0; j < i; j++) KF_REQUIRE(sessions[j] != s, "batch prefill", "session %d appears twice (at %d)", i, j);
+      KF_REQUIRE(counts[i] >= 1, "batch prefill", "count %d of session %d is not positive", counts[i], i);
+      if (s->cache.kind != KF_CACHE_FULL)
+        kf::raise(KF_ERR_UNSUPPORTED, "cannot batch prefill: session %d has a compressing cache (full caches only)", i);
+      check_ids(*s, ids + total, counts[i], "batch prefill");
+      total += counts[i];
+      KF_REQUIRE(total <= 65536, "batch prefill", "more than 65536 tokens in all");
+    }
+    if (m->engine->state)
+      kf::raise(KF_ERR_UNSUPPORTED, "cannot batch prefill: only the cpu backend runs several sessions' prefill at once");
+    kf::batch_prefill(sessions, ids, counts, n, control);
+  }));
+}
+
 // ---- LoCoCo heads ----
 
 kf_status kf_lococo_heads_load(kf_model *model, const char *path, kf_lococo_heads **out, kf_control *control) {

@@ -265,8 +265,17 @@ void forward_rows(Workspace &ws, const kf_model &m, int32_t T, const ChunkInput 
     add_inplace(ws.x.data(), ws.proj.data(), int64_t(T) * H);
   }
 
-  // ---- head: final norm, then logits of every row (when asked) or only the last ----
+  // ---- head: final norm, then logits of every row (when asked), of chosen rows, or only the last ----
   // The final-normed rows are also what an AutoCompressor takes as summary vectors (hidden_out).
+  if (in.logit_rows && !all_logits && !in.hidden_out) {
+    // Several sessions' prefill chunks in one pass: each one's last row, packed into xn[0, n).
+    const int32_t n = in.n_logit_rows;
+    for (int32_t i = 0; i < n; i++)
+      rmsnorm_rows(pool, ws.xn.data() + int64_t(i) * H, ws.x.data() + int64_t(in.logit_rows[i]) * H,
+                   m.final_norm.data(), 1, H, eps);
+    matmul(pool, ws.xn.data(), m.lm_head.data, m.lm_head.dtype, logits, n, H, V, nullptr);  // [n, V]
+    return;
+  }
   if (all_logits || in.hidden_out) {
     rmsnorm_rows(pool, ws.xn.data(), ws.x.data(), m.final_norm.data(), T, H, eps);  // xn: [T, H]
     if (in.hidden_out) std::copy(ws.xn.begin(), ws.xn.begin() + int64_t(T) * H, in.hidden_out);

@@ -217,6 +217,10 @@ struct ChunkInput {
   const void *embeds = nullptr;     // [T, hidden] rows in embeds_dtype
   DType embeds_dtype = DType::F32;
   float *hidden_out = nullptr;      // NULL, or [T, hidden] receiving the final-normed hidden states
+  // NULL, or the rows whose logits are wanted ([n_logit_rows] ascending; the CPU forward only):
+  // logits then receives [n_logit_rows, vocab], row by row, instead of the last row's.
+  const int32_t *logit_rows = nullptr;
+  int32_t n_logit_rows = 0;
 };
 
 // The CPU forward (forward_cpu.cpp; backend_cpu.cpp calls it): runs ws.rows rows, row r at

@@ -3,7 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
-#include <numeric>
+#include <cstring>
 #include <unordered_set>
 
 namespace kf {
@@ -15,6 +15,15 @@ uint64_t splitmix64(uint64_t &x) {
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
   return z ^ (z >> 31);
+}
+
+// A key whose unsigned ascending order is the logits' descending order: the float's bits mapped so
+// that unsigned order is float order (-0 counted as +0, as == does; no NaN reaches here), inverted.
+uint32_t descending_key(float logit) {
+  uint32_t bits;
+  const float x = logit == 0.0f ? 0.0f : logit;
+  std::memcpy(&bits, &x, sizeof bits);
+  return ~(bits & 0x80000000u ? ~bits : bits | 0x80000000u);
 }
 
 }  // namespace
@@ -54,8 +63,75 @@ double Sampler::uniform() {  // xoshiro256**, 53 random bits in [0, 1)
   return double(result >> 11) * (1.0 / 9007199254740992.0);
 }
 
+// Every id, best first: logit descending, ties by id ascending (the order top-k/top-p walk).
+void Sampler::sort_candidates(int32_t n_vocab, size_t n) {
+  const size_t v = size_t(n_vocab);
+  if (n * 8 < v) {
+    // A narrow top-k: select, then sort the few, on (key, id) pairs.
+    wide.resize(v);
+    for (size_t i = 0; i < v; i++) wide[i] = uint64_t(descending_key(work[i])) << 32 | uint32_t(i);
+    std::nth_element(wide.begin(), wide.begin() + long(n) - 1, wide.end());
+    std::sort(wide.begin(), wide.begin() + long(n));
+    order.resize(n);
+    for (size_t i = 0; i < n; i++) order[i] = int32_t(uint32_t(wide[i]));
+    return;
+  }
+  // Otherwise a stable LSD radix sort of the ids by key, 8 bits a pass: ids start ascending and
+  // stay in that order within equal keys. Linear, where a comparison sort of 32k ids is not.
+  keys.resize(v);
+  keys_tmp.resize(v);
+  order.resize(v);
+  order_tmp.resize(v);
+  for (size_t i = 0; i < v; i++) {
+    keys[i] = descending_key(work[i]);
+    order[i] = int32_t(i);
+  }
+  for (int shift = 0; shift < 32; shift += 8) {
+    size_t at[257] = {};
+    for (size_t i = 0; i < v; i++) at[((keys[i] >> shift) & 255u) + 1]++;
+    if (at[((keys[0] >> shift) & 255u) + 1] == v) continue;  // one digit everywhere: the pass keeps the order
+    for (int d = 0; d < 256; d++) at[d + 1] += at[d];
+    for (size_t i = 0; i < v; i++) {
+      const size_t to = at[(keys[i] >> shift) & 255u]++;
+      keys_tmp[to] = keys[i];
+      order_tmp[to] = order[i];
+    }
+    keys.swap(keys_tmp);
+    order.swap(order_tmp);
+  }
+  order.resize(n);
+}
+
 int32_t Sampler::sample(const float *logits, int32_t n_vocab) {
   if (n_vocab <= 0) raise(KF_ERR_INVALID_ARGUMENT, "cannot sample: vocabulary size %d", n_vocab);
+  const bool penalty = params.repetition_penalty != 1.0f && params.repeat_last_n > 0;
+  if (params.temperature == 0.0f && allowed.empty() && !penalty) {
+    // Plain greedy, no copy: the largest logit over 8 independent lanes (x > m ? x : m is one SIMD
+    // max; NaN never wins it, and is caught by the lanes' own test), then its first index: the same
+    // first max the general path finds.
+    float lane[8];
+    bool nan = false;
+    std::fill(lane, lane + 8, -INFINITY);
+    int32_t i = 0;
+    for (; i + 8 <= n_vocab; i += 8)
+      for (int k = 0; k < 8; k++) {
+        const float x = logits[i + k];
+        nan |= x != x;
+        lane[k] = x > lane[k] ? x : lane[k];
+      }
+    for (; i < n_vocab; i++) {
+      nan |= logits[i] != logits[i];
+      lane[0] = logits[i] > lane[0] ? logits[i] : lane[0];
+    }
+    if (nan)
+      for (int32_t j = 0; j < n_vocab; j++)
+        if (std::isnan(logits[j])) raise(KF_ERR_INVALID_ARGUMENT, "cannot sample: logit %d is NaN", j);
+    const float best = *std::max_element(lane, lane + 8);
+    int32_t chosen = 0;
+    while (chosen < n_vocab - 1 && !(logits[chosen] == best)) chosen++;
+    history.push_back(chosen);
+    return chosen;
+  }
   work.assign(logits, logits + n_vocab);
   for (int32_t i = 0; i < n_vocab; i++)
     if (std::isnan(work[size_t(i)]))
@@ -76,7 +152,7 @@ int32_t Sampler::sample(const float *logits, int32_t n_vocab) {
   }
 
   // Repetition penalty (CTRL): each distinct recent token once; positive logits shrink, negative grow.
-  if (params.repetition_penalty != 1.0f && params.repeat_last_n > 0) {
+  if (penalty) {
     const size_t from = history.size() > size_t(params.repeat_last_n) ? history.size() - size_t(params.repeat_last_n) : 0;
     std::unordered_set<int32_t> seen;
     for (size_t i = from; i < history.size(); i++) {
@@ -98,17 +174,11 @@ int32_t Sampler::sample(const float *logits, int32_t n_vocab) {
           break;
         }
   } else {
-    // Candidates sorted by logit, descending; top-k narrows before the full sort.
-    order.resize(size_t(n_vocab));
-    std::iota(order.begin(), order.end(), 0);
-    auto by_logit = [&](int32_t a, int32_t b) {
-      return work[size_t(a)] > work[size_t(b)] || (work[size_t(a)] == work[size_t(b)] && a < b);
-    };
-    // Top-k, and a mask (masked ids are -inf, so they sort last), narrow before the full sort.
+    // Candidates sorted by logit, descending, ties by id ascending. Top-k, and a mask (masked ids
+    // are -inf, so they sort last), narrow the candidates.
     size_t n = size_t(n_allowed);
     if (params.top_k > 0 && size_t(params.top_k) < n) n = size_t(params.top_k);
-    if (n < size_t(n_vocab)) std::nth_element(order.begin(), order.begin() + long(n) - 1, order.end(), by_logit);
-    std::sort(order.begin(), order.begin() + long(n), by_logit);
+    sort_candidates(n_vocab, n);
 
     // Softmax over the candidates at the temperature, in double for stable sums.
     probs.resize(n);

@@ -235,6 +235,71 @@ void batch_decode(kf_session *const *sessions, const int32_t *ids, int32_t n, kf
   if (ctl) ctl->done = n;
 }
 
+void batch_prefill(kf_session *const *sessions, const int32_t *ids, const int32_t *counts, int32_t n,
+                   kf_control *ctl) {
+  kf_model *m = sessions[0]->model;
+  int32_t max_ctx = 0, max_rank = 0;
+  std::vector<int64_t> first(static_cast<size_t>(n));
+  int64_t rows = 0;
+  for (int32_t i = 0; i < n; i++) {
+    first[size_t(i)] = rows;
+    rows += counts[i];
+    max_ctx = std::max(max_ctx, sessions[i]->cache.capacity);
+    max_rank = std::max(max_rank, sessions[i]->adapters.rank_sum());
+  }
+  // Sessions grouped by composition (first appearance order), each session's rows kept together:
+  // the attention takes a session's consecutive rows as one causal chunk, LoRA a mix's rows as runs.
+  std::vector<int32_t> order;
+  order.reserve(size_t(n));
+  std::vector<bool> taken(size_t(n), false);
+  for (int32_t i = 0; i < n; i++) {
+    if (taken[size_t(i)]) continue;
+    for (int32_t j = i; j < n; j++)
+      if (!taken[size_t(j)] && sessions[j]->adapters.same_as(sessions[i]->adapters)) {
+        order.push_back(j);
+        taken[size_t(j)] = true;
+      }
+  }
+  const Backend &b = *m->engine->backend;
+  std::lock_guard<std::mutex> lock(m->engine->pool_mutex);
+  Workspace ws;
+  b.batch_workspace(ws, *m, int32_t(rows), max_ctx, false, max_rank);
+  std::vector<int32_t> row_ids(static_cast<size_t>(rows)), last_rows(static_cast<size_t>(n));
+  int64_t r = 0;
+  for (int32_t k = 0; k < n; k++) {
+    kf_session *s = sessions[order[size_t(k)]];
+    for (int32_t j = 0; j < counts[order[size_t(k)]]; j++, r++) {
+      ws.row_session[size_t(r)] = s;
+      ws.row_pos[size_t(r)] = s->n_past + j;
+      ws.row_slot[size_t(r)] = s->cache.n_slots + j;
+      ws.row_mix[size_t(r)] = s->adapters.n > 0 ? &s->adapters : nullptr;
+      row_ids[size_t(r)] = ids[first[size_t(order[size_t(k)])] + j];
+    }
+    last_rows[size_t(k)] = int32_t(r - 1);
+  }
+  const int64_t V = m->cfg.vocab_size;
+  std::vector<float> logits(size_t(n) * size_t(V));
+  if (ctl) {
+    ctl->total = rows;
+    ctl->done = 0;
+  }
+  ChunkInput in;
+  in.tokens = row_ids.data();
+  in.logit_rows = last_rows.data();
+  in.n_logit_rows = n;
+  b.forward(*m, ws, int32_t(rows), nullptr, in, logits.data(), false, ctl);
+  // Commit only after the whole pass succeeded (slots past n_slots written by a failed one are unused).
+  for (int32_t k = 0; k < n; k++) {
+    kf_session *s = sessions[order[size_t(k)]];
+    const int32_t c = counts[order[size_t(k)]];
+    std::copy_n(logits.begin() + int64_t(k) * V, V, s->logits.begin());
+    s->n_past += c;
+    s->has_logits = true;
+    cache_append(s->cache, c);
+  }
+  if (ctl) ctl->done = rows;
+}
+
 void session_reset(kf_session &s) {
   s.n_past = 0;
   s.has_logits = false;

@@ -27,6 +27,9 @@ void session_decode(kf_session &s, int32_t id, kf_control *ctl);
 
 // One token for each of n distinct sessions of one model, in one forward; all or nothing.
 void batch_decode(kf_session *const *sessions, const int32_t *ids, int32_t n, kf_control *ctl);
+// Several sessions' prefill chunks in one forward pass (full caches, CPU): session i takes counts[i]
+// ids from ids (concatenated in session order) at its next positions; each keeps its last row's logits.
+void batch_prefill(kf_session *const *sessions, const int32_t *ids, const int32_t *counts, int32_t n, kf_control *ctl);
 
 void session_reset(kf_session &s);
 // Keeps the first n positions (n <= n_past); refused once a compressing cache was compressed.

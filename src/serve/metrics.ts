@@ -49,6 +49,7 @@ export class Histogram {
 
 const LATENCY_BOUNDS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 const BATCH_BOUNDS = [1, 2, 4, 8, 16, 32, 64, 128, 256];
+const STEP_BOUNDS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1];
 
 /**
  * What the server counts. The scheduler and the HTTP layer update it; {@link ServerMetrics.text}
@@ -88,6 +89,12 @@ export class ServerMetrics {
   readonly timeToFirstToken: Histogram = new Histogram(LATENCY_BOUNDS);
   /** Seconds between a request's consecutive tokens. */
   readonly interTokenLatency: Histogram = new Histogram(LATENCY_BOUNDS);
+  /** Seconds of each batched decode step's native call. */
+  readonly decodeStepSeconds: Histogram = new Histogram(STEP_BOUNDS);
+  /** Seconds of each step's host work before its native call (sampling, detokenizing, stops). */
+  readonly stepHostSeconds: Histogram = new Histogram(STEP_BOUNDS);
+  /** Seconds of each prefill native call (one request's chunk, or several requests' in one pass). */
+  readonly prefillChunkSeconds: Histogram = new Histogram(STEP_BOUNDS);
 
   /** Counts one answered request. */
   request(endpoint: string, status: number): void {
@@ -125,6 +132,20 @@ export class ServerMetrics {
       ...this.interTokenLatency.lines(
         "kvfold_inter_token_latency_seconds",
         "Seconds between a request's consecutive generated tokens.",
+      ),
+    );
+    lines.push(
+      ...this.decodeStepSeconds.lines(
+        "kvfold_decode_step_seconds",
+        "Seconds of each batched decode step's native call.",
+      ),
+      ...this.stepHostSeconds.lines(
+        "kvfold_step_host_seconds",
+        "Seconds of each step's host work before its native call: sampling, detokenizing, stop checks.",
+      ),
+      ...this.prefillChunkSeconds.lines(
+        "kvfold_prefill_chunk_seconds",
+        "Seconds of each prefill native call (one request's chunk, or several requests' in one pass).",
       ),
     );
     return lines.join("\n") + "\n";

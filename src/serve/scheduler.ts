@@ -1,23 +1,31 @@
 /**
  * Continuous batching: one loop owns every request's session. Each turn of the loop admits waiting
  * requests into free slots, prefills at most one chunk's worth of tokens (the oldest new request's
- * next chunk, and other new requests' whole next chunks while they fit), then runs one batched
- * decode step over every request that is generating, whatever its adapters. Requests join and leave between steps; a long prompt delays the running ones by one
- * chunk per step, never by its whole prefill.
+ * next chunk, and other new requests' whole next chunks while they fit; prompt chunks of full caches
+ * in one native pass, `kf_batch_prefill`), then runs one batched decode step over every request
+ * that is generating, whatever its adapters. Requests join and leave between steps; a long prompt
+ * delays the running ones by one chunk per step, never by its whole prefill.
  *
- * Sampling, stop strings and incremental detokenization are `Session.generate`'s own: each request
- * runs `generate({ batcher })` with a batcher whose decode steps this loop releases together, so a
- * greedy request gives exactly the text the in-process API gives.
+ * Each step samples every generating row in one native call (`kf_sampler_sample_batch`; rows at a
+ * temperature spread over the engine's threads), detokenizes and checks stops row by row, then
+ * decodes the rows that go on in one native call: no promise per row and no await between rows.
+ * Sampling, the repetition history, incremental detokenization and stop strings follow
+ * `Session.generate` step for step, so a greedy request gives exactly the text the in-process API
+ * gives (a shared prefill pass rounds differently from a lone one, which only a near tie notices).
  *
  * @module
  */
 
 import type { AdapterTerm } from "../adapter.ts";
-import { DecodeBatcher } from "../batch.ts";
+import { alloc, check, sym } from "../_binding.ts";
+import { tokenIdsArg } from "../_int_args.ts";
+import { type BatchEntry, runBatch, runPrefillBatch } from "../batch.ts";
 import { KvfoldError } from "../errors.ts";
 import type { CacheOptions } from "../lococo.ts";
 import type { Model } from "../model.ts";
+import { createSampler, sampleRows } from "../sampler.ts";
 import type { Session, StopReason } from "../session.ts";
+import { IncrementalDecoder, StopStringFilter } from "../text_stream.ts";
 import { HttpError } from "./http_error.ts";
 import type { ServerMetrics } from "./metrics.ts";
 
@@ -79,11 +87,12 @@ export interface SchedulerOptions {
   trace?: boolean;
 }
 
-interface PendingRow {
-  job: Job;
-  token: number;
-  resolve: () => void;
-  reject: (e: unknown) => void;
+// What a generating request carries from step to step (Session.generate's loop state).
+interface Generation {
+  sampler: Deno.PointerValue;
+  decoder: IncrementalDecoder;
+  stops: StopStringFilter;
+  eos: ReadonlySet<number>;
 }
 
 /** A request inside the scheduler, and the stream of text it produces. */
@@ -101,6 +110,8 @@ export class Job {
   /** Tokens sampled so far. */
   sampled = 0;
   lastTokenAt = 0;
+  /** @internal sampler and text state while generating. */
+  _gen?: Generation;
   #pieces: string[] = [];
   #result?: JobResult;
   #error?: unknown;
@@ -156,46 +167,14 @@ export class Job {
   async *stream(): AsyncGenerator<string, JobResult, undefined> {
     for (;;) {
       if (this.#pieces.length > 0) {
-        yield this.#pieces.shift()!;
+        // Everything that arrived since the reader last looked goes as one piece (one SSE write).
+        yield this.#pieces.length === 1 ? this.#pieces.pop()! : this.#pieces.splice(0).join("");
         continue;
       }
       if (this.#error !== undefined) throw this.#error;
       if (this.#result !== undefined) return this.#result;
       await new Promise<void>((r) => (this.#notify = r));
     }
-  }
-}
-
-// The batcher each request's generate() loop decodes through: it holds every step until the
-// scheduler releases them all together.
-class StepGate extends DecodeBatcher {
-  readonly pending: PendingRow[] = [];
-  readonly #owner: Scheduler;
-  readonly #jobs: Map<Session, Job>;
-
-  constructor(model: Model, owner: Scheduler, jobs: Map<Session, Job>, maxBatch: number) {
-    super(model, { maxBatch });
-    this.#owner = owner;
-    this.#jobs = jobs;
-  }
-
-  override _decode(session: Session, token: number, signal?: AbortSignal): Promise<void> {
-    const job = this.#jobs.get(session);
-    if (job === undefined) {
-      return Promise.reject(new KvfoldError("INTERNAL", "Cannot decode: unknown session"));
-    }
-    return new Promise((resolve, reject) => {
-      const row: PendingRow = { job, token, resolve, reject };
-      this.pending.push(row);
-      this.#owner._rowQueued(job);
-      signal?.addEventListener("abort", () => {
-        const i = this.pending.indexOf(row);
-        if (i < 0) return; // already in a step: the generate loop sees the abort after it
-        this.pending.splice(i, 1);
-        this.#owner._computing(+1);
-        reject(new KvfoldError("ABORTED", "Cannot generate: aborted", { cause: signal.reason }));
-      }, { once: true });
-    });
   }
 }
 
@@ -224,14 +203,11 @@ export class Scheduler {
   readonly #waiting: Job[] = [];
   readonly #prefilling: Job[] = [];
   readonly #generating = new Set<Job>();
-  readonly #jobs = new Map<Session, Job>();
-  readonly #gate: StepGate;
-  readonly #inner: DecodeBatcher;
   readonly #loop: Promise<void>;
   #nextId = 1;
-  #computing = 0;
-  #settledWaiter?: () => void;
   #kicked = false;
+  // Several requests' prompt chunks in one native pass (kf_batch_prefill runs on the cpu backend).
+  #batchPrefill: boolean;
   #waiter?: () => void;
   #closing = false;
 
@@ -243,8 +219,7 @@ export class Scheduler {
     this.prefillChunk = positive("prefillChunk", options.prefillChunk ?? 256, 1 << 16);
     this.trace = options.trace ? [] : null;
     metrics.maxBatch = this.maxBatch;
-    this.#gate = new StepGate(model, this, this.#jobs, this.maxBatch);
-    this.#inner = new DecodeBatcher(model, { maxBatch: this.maxBatch });
+    this.#batchPrefill = model.engine.backend === "cpu";
     this.#loop = this.#run();
   }
 
@@ -296,22 +271,6 @@ export class Scheduler {
     return this.#loop;
   }
 
-  /** @internal a generate loop queued its decode step (it sampled a token). */
-  _rowQueued(job: Job): void {
-    this.#tokenSampled(job);
-    this._computing(-1);
-  }
-
-  /** @internal counts generate loops that run JavaScript now (neither queued nor finished). */
-  _computing(delta: number): void {
-    this.#computing += delta;
-    if (this.#computing === 0) {
-      const w = this.#settledWaiter;
-      this.#settledWaiter = undefined;
-      w?.();
-    }
-  }
-
   #tokenSampled(job: Job) {
     const now = performance.now();
     if (job.sampled === 0) this.metrics.timeToFirstToken.observe((now - job.arrival) / 1000);
@@ -336,11 +295,6 @@ export class Scheduler {
     this.#kicked = false;
   }
 
-  // Every generate loop has queued its next step or finished.
-  async #settled() {
-    while (this.#computing > 0) await new Promise<void>((r) => (this.#settledWaiter = r));
-  }
-
   async #run(): Promise<void> {
     for (;;) {
       await this.#admit();
@@ -349,16 +303,23 @@ export class Scheduler {
       // Prefill within one chunk's worth of tokens per step: the oldest request's next chunk, then
       // other requests whose whole next chunk still fits (short prompts join in one turn).
       let budget = this.prefillChunk;
-      for (const job of [...this.#prefilling]) {
+      const chosen: Job[] = [];
+      for (const job of this.#prefilling) {
         const next = this.#nextChunk(job);
-        if (worked && next > budget) continue;
-        await this.#prefillChunk(job);
+        if (chosen.length > 0 && next > budget) continue;
+        chosen.push(job);
         budget -= next;
-        worked = true;
         if (budget <= 0) break;
       }
-      await this.#settled();
-      if (this.#gate.pending.length > 0) {
+      // Prompt-token chunks of full caches run in one pass (the weights read once for all);
+      // summary vectors and compressing caches, one request at a time.
+      const together = this.#batchPrefill ? chosen.filter((j) => this.#canJoinPrefill(j)) : [];
+      if (together.length >= 2) await this.#prefillTogether(together);
+      for (const job of chosen) {
+        if (together.length < 2 || !together.includes(job)) await this.#prefillChunk(job);
+      }
+      if (chosen.length > 0) worked = true;
+      if (this.#generating.size > 0) {
         await this.#step();
         worked = true;
       }
@@ -388,7 +349,6 @@ export class Scheduler {
           batchSize: this.prefillChunk,
         });
         job.session = session;
-        this.#jobs.set(session, job);
         await session.setAdapters(s.adapters);
       } catch (e) {
         this.#retire(job, "failed", e);
@@ -407,12 +367,44 @@ export class Scheduler {
     return Math.min(this.prefillChunk, left);
   }
 
+  // Whether the request's next chunk may share a batched prefill pass: prompt tokens (its summary
+  // vectors, if any, are in), a full cache, still wanted.
+  #canJoinPrefill(job: Job): boolean {
+    const kind = job.spec.cache?.kind ?? "full";
+    return kind === "full" && job.prefilled >= (job.spec.vectors?.rows ?? 0) && !job.signal.aborted;
+  }
+
+  // The next prompt chunks of several requests in one native pass. If the pass fails (it changes no
+  // session), each request runs its chunk alone, so only a request at fault fails.
+  async #prefillTogether(jobs: Job[]) {
+    const chunks = jobs.map((job) => {
+      const at = job.prefilled - (job.spec.vectors?.rows ?? 0);
+      return job.spec.promptIds.slice(at, at + this.prefillChunk);
+    });
+    const t0 = performance.now();
+    try {
+      await runPrefillBatch(jobs.map((job, i) => ({ session: job.session!, ids: chunks[i] })));
+    } catch {
+      for (const job of jobs) await this.#prefillChunk(job);
+      return;
+    }
+    this.metrics.prefillChunkSeconds.observe((performance.now() - t0) / 1000);
+    jobs.forEach((job, i) => {
+      job.prefilled += chunks[i].length;
+      this.metrics.promptTokens += chunks[i].length;
+      this.metrics.prefillChunks++;
+      this.#event({ type: "prefill", id: job.id, tokens: chunks[i].length });
+      this.#prefilled(job);
+    });
+  }
+
   // One chunk of a prefilling request: vector rows first, then prompt tokens.
   async #prefillChunk(job: Job) {
     const { vectors, promptIds } = job.spec;
     const rows = vectors?.rows ?? 0;
     const session = job.session!;
     const chunk = this.prefillChunk;
+    const t0 = performance.now();
     try {
       if (job.signal.aborted) throw abortError(job);
       if (job.prefilled < rows) {
@@ -437,72 +429,127 @@ export class Scheduler {
         this.#event({ type: "prefill", id: job.id, tokens: ids.length });
       }
       this.metrics.prefillChunks++;
+      this.metrics.prefillChunkSeconds.observe((performance.now() - t0) / 1000);
     } catch (e) {
       this.#retire(job, job.signal.aborted ? "aborted" : "failed", job.signal.aborted ? abortError(job) : e);
       return;
     }
-    if (job.prefilled === rows + promptIds.length) {
-      this.#prefilling.splice(this.#prefilling.indexOf(job), 1);
-      this.#generating.add(job);
-      job.state = "generating";
-      this.#pump(job);
-    }
+    this.#prefilled(job);
   }
 
-  // Runs the request's generate() loop; its decode steps wait in the gate.
-  async #pump(job: Job) {
-    const s = job.spec;
-    const session = job.session!;
-    this._computing(+1);
+  // After a chunk: a request whose prompt is all in starts generating.
+  #prefilled(job: Job) {
+    if (job.prefilled < (job.spec.vectors?.rows ?? 0) + job.spec.promptIds.length) return;
+    this.#prefilling.splice(this.#prefilling.indexOf(job), 1);
     try {
-      const pieces = session.generate({
-        history: s.promptIds,
-        batcher: this.#gate,
-        signal: job.signal,
-        maxTokens: s.maxTokens,
-        temperature: s.temperature,
-        topP: s.topP,
-        topK: 0, // OpenAI's sampling has no top-k
-        seed: s.seed ?? randomSeed(),
-        stop: s.stop,
-        ignoreEos: s.ignoreEos,
-      });
-      for await (const piece of pieces) job._push(piece);
-      const st = session.lastStats!;
-      if (st.generatedTokens > job.sampled) this.#tokenSampled(job);
-      this.#retire(job, st.stopReason, undefined, {
-        stopReason: st.stopReason,
-        promptTokens: s.promptIds.length,
-        vectorRows: s.vectors?.rows ?? 0,
-        generatedTokens: st.generatedTokens,
-      });
+      this.#startGenerating(job);
     } catch (e) {
-      const aborted = job.signal.aborted;
-      this.#retire(job, aborted ? "aborted" : "failed", aborted ? abortError(job) : e);
-    } finally {
-      this._computing(-1);
+      this.#retire(job, "failed", e);
     }
   }
 
-  // The one batched decode step over every queued row.
+  // As Session.generate starts: a sampler of the request's settings that has seen the prompt.
+  #startGenerating(job: Job) {
+    const s = job.spec;
+    const sampler = createSampler({
+      temperature: s.temperature,
+      topP: s.topP,
+      topK: 0, // OpenAI's sampling has no top-k
+      seed: s.seed ?? randomSeed(),
+    }).ptr;
+    const tok = this.model.tokenizer;
+    job._gen = {
+      sampler,
+      decoder: new IncrementalDecoder((ids) => tok.decode(ids)),
+      stops: new StopStringFilter(s.stop),
+      eos: new Set(s.ignoreEos ? [] : this.model.eosTokenIds),
+    };
+    if (s.promptIds.length > 0) {
+      const ids = tokenIdsArg("generate", s.promptIds, this.model.info.vocabSize);
+      check(sym().kf_sampler_accept(sampler, ids, s.promptIds.length));
+    }
+    this.#generating.add(job);
+    job.state = "generating";
+    if (s.maxTokens === 0) this.#finish(job, "max-tokens");
+  }
+
+  // One step: sample every generating row in one call, take each row's token (text, stops,
+  // limits), then decode the rows that go on in one batched native call.
   async #step() {
-    const rows = this.#gate.pending.splice(0);
-    this.#event({ type: "step", ids: rows.map((r) => r.job.id) });
-    this.metrics.batchRows.observe(rows.length);
-    // Queued in one turn, so the inner batcher runs them as one native step.
-    const done = rows.map((r) =>
-      this.#inner._decode(r.job.session!, r.token).then(
-        () => {
-          this._computing(+1);
-          r.resolve();
-        },
-        (e) => {
-          this._computing(+1);
-          r.reject(e);
-        },
-      )
-    );
-    await Promise.all(done);
+    for (const job of this.#generating) {
+      if (job.signal.aborted) this.#retire(job, "aborted", abortError(job));
+    }
+    const rows = [...this.#generating];
+    if (rows.length === 0) return;
+    const t0 = performance.now();
+    const ids = this.#sample(rows);
+    const entries: BatchEntry[] = [];
+    const stepping: Job[] = [];
+    rows.forEach((job, i) => {
+      if (ids[i] < 0 || !this.#take(job, ids[i])) return;
+      entries.push({ session: job.session!, token: ids[i] });
+      stepping.push(job);
+    });
+    if (entries.length === 0) return;
+    this.#event({ type: "step", ids: stepping.map((j) => j.id) });
+    this.metrics.batchRows.observe(entries.length);
+    const t1 = performance.now();
+    this.metrics.stepHostSeconds.observe((t1 - t0) / 1000);
+    try {
+      await runBatch(entries);
+      this.metrics.decodeStepSeconds.observe((performance.now() - t1) / 1000);
+    } catch (e) {
+      for (const job of stepping) this.#retire(job, job.signal.aborted ? "aborted" : "failed", e);
+    }
+  }
+
+  // Every row's next token; a row whose sampling fails (non-finite logits) is retired and gets -1.
+  #sample(rows: Job[]): Int32Array {
+    try {
+      return sampleRows(rows.map((j) => j._gen!.sampler), rows.map((j) => j.session!._handle.ptr));
+    } catch {
+      // The batch call changed no sampler: find the row at fault one by one.
+      const out = alloc(4);
+      return Int32Array.from(rows, (job) => {
+        try {
+          check(sym().kf_sampler_sample(job._gen!.sampler, job.session!._handle.ptr, out));
+          return new Int32Array(out.buffer)[0];
+        } catch (e) {
+          this.#retire(job, "failed", e);
+          return -1;
+        }
+      });
+    }
+  }
+
+  // Session.generate's checks after a sample, in its order. True when the row decodes `id` next.
+  #take(job: Job, id: number): boolean {
+    const g = job._gen!;
+    this.#tokenSampled(job);
+    if (g.eos.has(id)) return this.#finish(job, "eos");
+    const text = g.stops.push(g.decoder.push(id));
+    if (text) job._push(text);
+    if (g.stops.stopped) return this.#finish(job, "stop-string");
+    if (job.sampled >= job.spec.maxTokens) return this.#finish(job, "max-tokens");
+    const session = job.session!;
+    if (session.position >= session.contextSize) return this.#finish(job, "context-full");
+    return true;
+  }
+
+  #finish(job: Job, reason: StopReason): false {
+    const g = job._gen!;
+    if (reason !== "stop-string") {
+      const tail = g.stops.push(g.decoder.flush()) + g.stops.flush();
+      if (tail) job._push(tail);
+    }
+    const s = job.spec;
+    this.#retire(job, reason, undefined, {
+      stopReason: reason,
+      promptTokens: s.promptIds.length,
+      vectorRows: s.vectors?.rows ?? 0,
+      generatedTokens: job.sampled,
+    });
+    return false;
   }
 
   #retire(job: Job, reason: StopReason | "aborted" | "failed", error?: unknown, result?: JobResult) {
@@ -511,10 +558,9 @@ export class Scheduler {
     const p = this.#prefilling.indexOf(job);
     if (p >= 0) this.#prefilling.splice(p, 1);
     this.#generating.delete(job);
-    if (job.session) {
-      this.#jobs.delete(job.session);
-      job.session.dispose();
-    }
+    if (job._gen) check(sym().kf_sampler_free(job._gen.sampler));
+    job._gen = undefined;
+    job.session?.dispose();
     this.#event({ type: "retire", id: job.id, reason });
     if (reason === "aborted") this.metrics.aborted++;
     this.metrics.generatedTokens += result?.generatedTokens ?? job.sampled;
