@@ -229,7 +229,7 @@ const CODE_OF_STATUS: Record<number, KvfoldErrorCode> = {
 };
 
 /** The `KF_ABI_VERSION` of `ffi/include/kvfold.h` that {@link SYMBOLS} and the struct tables follow. */
-export const ABI_VERSION = 4;
+export const ABI_VERSION = 5;
 
 let loaded: { lib: Deno.DynamicLibrary<typeof SYMBOLS>; path: string } | null = null;
 let loading: Promise<NativeSymbols> | null = null;

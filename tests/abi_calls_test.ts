@@ -12,9 +12,9 @@ import { tempDir, testEngine, testModel } from "./_fixtures.ts";
 
 Deno.test("abi: the library reports ABI version 4, the one the binding speaks", async () => {
   const info = await Kvfold.info();
-  assert.equal(info.abiVersion, 4);
-  assert.equal(ABI_VERSION, 4);
-  assert.equal(sym().kf_abi_version(), 4);
+  assert.equal(info.abiVersion, 5);
+  assert.equal(ABI_VERSION, 5);
+  assert.equal(sym().kf_abi_version(), 5);
 });
 
 Deno.test("abi: a heads load stops at a set cancel flag, frees what it made, and counts layers", async () => {

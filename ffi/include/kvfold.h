@@ -38,7 +38,7 @@ extern "C" {
 #define KF_API __attribute__((visibility("default")))
 #endif
 
-#define KF_ABI_VERSION 4
+#define KF_ABI_VERSION 5
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Status and errors                                                                                */
