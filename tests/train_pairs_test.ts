@@ -5,26 +5,14 @@
 import assert from "node:assert/strict";
 import { ModelTrainer } from "../src/model_train.ts";
 import { ControlBlock, Status, sym } from "../src/_binding.ts";
-import type { Model } from "../src/model.ts";
-import { loadReferenceModel, type ReferenceModel } from "./reference_forward.ts";
-import { checkEntries, referenceCompressor, type ReferenceDocument } from "./_reference_train.ts";
-import { someIds, testEngine, testModel } from "./_fixtures.ts";
+import type { ReferenceModel } from "./reference_forward.ts";
+import { referenceCompressor, type ReferenceDocument } from "./_reference_train.ts";
+import { checkCompressorTensors, COMPRESSOR_SETTINGS, compressorSetup } from "./_compressor_grad_check.ts";
+import { someIds } from "./_fixtures.ts";
 import { rejectsWith } from "./_kvfold_asserts.ts";
 
-const SETTINGS = {
-  summaryLength: 2,
-  segmentLength: 5,
-  lmWeight: 0.7,
-  qaWeight: 1.3,
-  summaryInitStd: 0.5,
-  seed: 4,
-} as const;
-
-async function setup(name: string): Promise<{ model: Model; ref: ReferenceModel }> {
-  const dir = await testModel(name, { seed: 8, numHeads: 4, numKeyValueHeads: 2 });
-  const kv = await testEngine();
-  return { model: await kv.loadModel(dir), ref: await loadReferenceModel(dir) };
-}
+const SETTINGS = COMPRESSOR_SETTINGS;
+const setup = (name: string) => compressorSetup(name, 8);
 
 /** The reference document of `pairs` over 12 ids (segments of 5, 5 and 2 tokens). */
 function pairsDocument(tr: ModelTrainer, V: number, pairs: ReferenceDocument["pairs"]): ReferenceDocument {
@@ -40,34 +28,18 @@ function pairsDocument(tr: ModelTrainer, V: number, pairs: ReferenceDocument["pa
   };
 }
 
-function checkTensors(
+const checkTensors = (
   tr: ModelTrainer,
   ref: ReferenceModel,
   doc: ReferenceDocument,
   objective: () => number,
-) {
-  let worst = checkEntries(
-    "embed_summary.weight",
-    tr.read("embed_summary.weight", "grad"),
-    doc.summaryRows,
-    objective,
-    [1],
-  );
-  for (
-    const name of [
-      "model.embed_tokens.weight",
-      "model.layers.0.self_attn.k_proj.weight",
-      "model.layers.1.mlp.down_proj.weight",
-      "lm_head.weight",
-    ]
-  ) {
-    worst = Math.max(
-      worst,
-      checkEntries(name, tr.read(name, "grad"), ref.tensors.get(name)!, objective, [1]),
-    );
-  }
-  return worst;
-}
+) =>
+  checkCompressorTensors(tr, ref, doc, objective, [
+    "model.embed_tokens.weight",
+    "model.layers.0.self_attn.k_proj.weight",
+    "model.layers.1.mlp.down_proj.weight",
+    "lm_head.weight",
+  ]);
 
 Deno.test("train compressor pairs: two pairs' loss is one mean over all answer tokens, gradients equal finite differences", async () => {
   const { model, ref } = await setup("pairs-2");

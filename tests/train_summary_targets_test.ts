@@ -5,25 +5,13 @@
 // call without targets, and refusals naming the target at fault.
 import assert from "node:assert/strict";
 import { ModelTrainer } from "../src/model_train.ts";
-import type { Model } from "../src/model.ts";
-import { loadReferenceModel, type ReferenceModel } from "./reference_forward.ts";
-import { checkEntries, referenceCompressor, type ReferenceDocument } from "./_reference_train.ts";
-import { someIds, testEngine, testModel } from "./_fixtures.ts";
+import type { ReferenceModel } from "./reference_forward.ts";
+import { referenceCompressor, type ReferenceDocument } from "./_reference_train.ts";
+import { checkCompressorTensors, COMPRESSOR_SETTINGS, compressorSetup } from "./_compressor_grad_check.ts";
+import { someIds } from "./_fixtures.ts";
 
-const SETTINGS = {
-  summaryLength: 2,
-  segmentLength: 5,
-  lmWeight: 0.7,
-  qaWeight: 1.3,
-  summaryInitStd: 0.5,
-  seed: 4,
-} as const;
-
-async function setup(name: string): Promise<{ model: Model; ref: ReferenceModel }> {
-  const dir = await testModel(name, { seed: 9, numHeads: 4, numKeyValueHeads: 2 });
-  const kv = await testEngine();
-  return { model: await kv.loadModel(dir), ref: await loadReferenceModel(dir) };
-}
+const SETTINGS = COMPRESSOR_SETTINGS;
+const setup = (name: string) => compressorSetup(name, 9);
 
 /** 12 ids (segments of 5, 5 and 2: summary rows 0..5), one pair, and the given targets. */
 function document(tr: ModelTrainer, V: number, targets: { row: number; token: number }[], weight: number) {
@@ -43,31 +31,17 @@ function document(tr: ModelTrainer, V: number, targets: { row: number; token: nu
   return doc;
 }
 
-function checkTensors(
+const checkTensors = (
   tr: ModelTrainer,
   ref: ReferenceModel,
   doc: ReferenceDocument,
   objective: () => number,
-) {
-  let worst = checkEntries(
-    "embed_summary.weight",
-    tr.read("embed_summary.weight", "grad"),
-    doc.summaryRows,
-    objective,
-    [
-      1,
-    ],
-  );
-  for (
-    const name of ["model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight", "model.norm.weight"]
-  ) {
-    worst = Math.max(
-      worst,
-      checkEntries(name, tr.read(name, "grad"), ref.tensors.get(name)!, objective, [1]),
-    );
-  }
-  return worst;
-}
+) =>
+  checkCompressorTensors(tr, ref, doc, objective, [
+    "model.embed_tokens.weight",
+    "model.layers.0.self_attn.q_proj.weight",
+    "model.norm.weight",
+  ]);
 
 Deno.test("summary targets: losses equal the reference and gradients equal finite differences (whole-document window)", async () => {
   const { model, ref } = await setup("targets-exact");

@@ -171,19 +171,9 @@ void session_decode(kf_session &s, int32_t id, kf_control *ctl) {
   s.n_past += 1;
   s.has_logits = true;
 }
-
-void batch_decode(kf_session *const *sessions, const int32_t *ids, int32_t n, kf_control *ctl) {
-  kf_model *m = sessions[0]->model;
-  int32_t max_ctx = 0, max_rank = 0;
-  bool any_scores = false;
-  for (int32_t i = 0; i < n; i++) {
-    const kf_session *s = sessions[i];
-    max_ctx = std::max(max_ctx, s->cache.capacity);
-    any_scores = any_scores || s->cache.needs_scores();
-    max_rank = std::max(max_rank, s->adapters.rank_sum());
-  }
-  // Rows grouped by composition (first appearance order; equal adapters and weights group together
-  // whichever session holds them), so each composition's rows form one segment per term.
+// Session indices grouped by adapter composition, in first-appearance order (equal adapters and
+// weights group together whichever session holds them), so a composition's rows form one run.
+static std::vector<int32_t> order_by_composition(kf_session *const *sessions, int32_t n) {
   std::vector<int32_t> order;
   order.reserve(size_t(n));
   std::vector<bool> taken(size_t(n), false);
@@ -195,6 +185,22 @@ void batch_decode(kf_session *const *sessions, const int32_t *ids, int32_t n, kf
         taken[size_t(j)] = true;
       }
   }
+  return order;
+}
+
+
+void batch_decode(kf_session *const *sessions, const int32_t *ids, int32_t n, kf_control *ctl) {
+  kf_model *m = sessions[0]->model;
+  int32_t max_ctx = 0, max_rank = 0;
+  bool any_scores = false;
+  for (int32_t i = 0; i < n; i++) {
+    const kf_session *s = sessions[i];
+    max_ctx = std::max(max_ctx, s->cache.capacity);
+    any_scores = any_scores || s->cache.needs_scores();
+    max_rank = std::max(max_rank, s->adapters.rank_sum());
+  }
+  // Rows grouped by composition, so each composition's rows form one segment per term.
+  const std::vector<int32_t> order = order_by_composition(sessions, n);
   const Backend &b = *m->engine->backend;
   std::lock_guard<std::mutex> lock(m->engine->pool_mutex);
   // Each cache policy has its turn first; every session is put back if the step fails.
@@ -249,17 +255,7 @@ void batch_prefill(kf_session *const *sessions, const int32_t *ids, const int32_
   }
   // Sessions grouped by composition (first appearance order), each session's rows kept together:
   // the attention takes a session's consecutive rows as one causal chunk, LoRA a mix's rows as runs.
-  std::vector<int32_t> order;
-  order.reserve(size_t(n));
-  std::vector<bool> taken(size_t(n), false);
-  for (int32_t i = 0; i < n; i++) {
-    if (taken[size_t(i)]) continue;
-    for (int32_t j = i; j < n; j++)
-      if (!taken[size_t(j)] && sessions[j]->adapters.same_as(sessions[i]->adapters)) {
-        order.push_back(j);
-        taken[size_t(j)] = true;
-      }
-  }
+  const std::vector<int32_t> order = order_by_composition(sessions, n);
   const Backend &b = *m->engine->backend;
   std::lock_guard<std::mutex> lock(m->engine->pool_mutex);
   Workspace ws;
