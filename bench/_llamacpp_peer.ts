@@ -38,7 +38,7 @@ export class LlamaCppPeer {
     } catch {
       throw new Error(
         `Cannot start the llama.cpp peer: node-llama-cpp is not installed in ${PEER_DIR}; run ` +
-          `\`npm ci --prefix bench/llamacpp --omit=optional --ignore-scripts\` first`,
+          `\`npm install --prefix bench/llamacpp --omit=optional --ignore-scripts\` first`,
       );
     }
     const child = new Deno.Command(Deno.execPath(), {

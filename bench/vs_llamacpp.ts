@@ -1,6 +1,6 @@
 // kvfold beside llama.cpp on the CPU, same random weights, same threads, interleaved (issue 19).
 //
-//   npm ci --prefix bench/llamacpp --omit=optional --ignore-scripts    # once: the peer
+//   npm install --prefix bench/llamacpp --omit=optional --ignore-scripts    # once: the peer
 //   deno task bench:vs-llamacpp [--rounds 5] [--shapes small,1.1b] [--dtypes f32,bf16,f16,q8_0,q4_0]
 //       [--threads 2] [--decode-tokens 64] [--prefill 128,512] [--quiet-cores 0.1] [--rebuild-gguf]
 //       [--skip-kvfold-gguf] [--out bench/results/vs_llamacpp.json]
