@@ -5,7 +5,7 @@ import type { ModelTrainer } from "../src/model_train.ts";
 import type { Model } from "../src/model.ts";
 import { loadReferenceModel, type ReferenceModel } from "./reference_forward.ts";
 import { checkEntries, type ReferenceDocument } from "./_reference_train.ts";
-import { testEngine, testModel } from "./_fixtures.ts";
+import { someIds, testEngine, testModel } from "./_fixtures.ts";
 
 /** Trainer settings of the compressor gradient tests: summaries of 2 rows over segments of 5. */
 export const COMPRESSOR_SETTINGS = {
@@ -52,4 +52,26 @@ export function checkCompressorTensors(
     );
   }
   return worst;
+}
+
+/**
+ * The reference document over 12 seeded ids (segments of 5, 5 and 2: summary rows 0..5) with the
+ * trainer's embed_summary rows and the settings' weights; `extra` adds pairs, targets and the like.
+ */
+export function compressorDocument(
+  tr: ModelTrainer,
+  V: number,
+  idSeed: number,
+  extra: Partial<ReferenceDocument> = {},
+): ReferenceDocument {
+  return {
+    ids: someIds(12, V, idSeed),
+    question: [],
+    answer: [],
+    segmentLength: 5,
+    summaryRows: Float64Array.from(tr.read("embed_summary.weight")),
+    lmWeight: COMPRESSOR_SETTINGS.lmWeight,
+    qaWeight: COMPRESSOR_SETTINGS.qaWeight,
+    ...extra,
+  };
 }

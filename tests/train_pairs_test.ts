@@ -7,7 +7,12 @@ import { ModelTrainer } from "../src/model_train.ts";
 import { ControlBlock, Status, sym } from "../src/_binding.ts";
 import type { ReferenceModel } from "./reference_forward.ts";
 import { referenceCompressor, type ReferenceDocument } from "./_reference_train.ts";
-import { checkCompressorTensors, COMPRESSOR_SETTINGS, compressorSetup } from "./_compressor_grad_check.ts";
+import {
+  checkCompressorTensors,
+  COMPRESSOR_SETTINGS,
+  compressorDocument,
+  compressorSetup,
+} from "./_compressor_grad_check.ts";
 import { someIds } from "./_fixtures.ts";
 import { rejectsWith } from "./_kvfold_asserts.ts";
 
@@ -15,18 +20,8 @@ const SETTINGS = COMPRESSOR_SETTINGS;
 const setup = (name: string) => compressorSetup(name, 8);
 
 /** The reference document of `pairs` over 12 ids (segments of 5, 5 and 2 tokens). */
-function pairsDocument(tr: ModelTrainer, V: number, pairs: ReferenceDocument["pairs"]): ReferenceDocument {
-  return {
-    ids: someIds(12, V, 11),
-    question: [],
-    answer: [],
-    pairs,
-    segmentLength: 5,
-    summaryRows: Float64Array.from(tr.read("embed_summary.weight")),
-    lmWeight: SETTINGS.lmWeight,
-    qaWeight: SETTINGS.qaWeight,
-  };
-}
+const pairsDocument = (tr: ModelTrainer, V: number, pairs: ReferenceDocument["pairs"]) =>
+  compressorDocument(tr, V, 11, { pairs });
 
 const checkTensors = (
   tr: ModelTrainer,

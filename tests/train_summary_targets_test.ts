@@ -7,29 +7,33 @@ import assert from "node:assert/strict";
 import { ModelTrainer } from "../src/model_train.ts";
 import type { ReferenceModel } from "./reference_forward.ts";
 import { referenceCompressor, type ReferenceDocument } from "./_reference_train.ts";
-import { checkCompressorTensors, COMPRESSOR_SETTINGS, compressorSetup } from "./_compressor_grad_check.ts";
+import {
+  checkCompressorTensors,
+  COMPRESSOR_SETTINGS,
+  compressorDocument,
+  compressorSetup,
+} from "./_compressor_grad_check.ts";
 import { someIds } from "./_fixtures.ts";
 
 const SETTINGS = COMPRESSOR_SETTINGS;
 const setup = (name: string) => compressorSetup(name, 9);
 
 /** 12 ids (segments of 5, 5 and 2: summary rows 0..5), one pair, and the given targets. */
-function document(tr: ModelTrainer, V: number, targets: { row: number; token: number }[], weight: number) {
-  const pairs = [{ question: someIds(2, V, 31), answer: someIds(3, V, 32) }];
-  const doc: ReferenceDocument = {
-    ids: someIds(12, V, 33),
-    question: [],
-    answer: [],
-    pairs,
-    segmentLength: 5,
-    summaryRows: Float64Array.from(tr.read("embed_summary.weight")),
-    lmWeight: SETTINGS.lmWeight,
-    qaWeight: SETTINGS.qaWeight,
+const document = (tr: ModelTrainer, V: number, targets: { row: number; token: number }[], weight: number) =>
+  compressorDocument(tr, V, 33, {
+    pairs: [{ question: someIds(2, V, 31), answer: someIds(3, V, 32) }],
     summaryTargets: targets,
     summaryTargetWeight: weight,
-  };
-  return doc;
-}
+  });
+
+/** The native accumulation of the reference document `doc` (its ids, pairs and targets). */
+const accumulate = (tr: ModelTrainer, doc: ReferenceDocument) =>
+  tr.accumulateDocument({
+    ids: doc.ids,
+    pairs: doc.pairs!,
+    summaryTargets: doc.summaryTargets,
+    summaryTargetWeight: doc.summaryTargetWeight,
+  });
 
 const checkTensors = (
   tr: ModelTrainer,
@@ -54,12 +58,7 @@ Deno.test("summary targets: losses equal the reference and gradients equal finit
     token: V - 1,
   }];
   const doc = document(tr, V, targets, 0.9);
-  const loss = await tr.accumulateDocument({
-    ids: doc.ids,
-    pairs: doc.pairs!,
-    summaryTargets: targets,
-    summaryTargetWeight: 0.9,
-  });
+  const loss = await accumulate(tr, doc);
   const r = referenceCompressor(ref, doc);
   for (const k of ["lm", "qa", "summary"] as const) {
     assert.ok(Math.abs(r[k] - loss[k]) < 1e-4 * r[k], `${k} loss ${loss[k]} vs reference ${r[k]}`);
@@ -81,12 +80,7 @@ Deno.test("summary targets: a target in a constant window still trains its own s
   const V = model.info.vocabSize, H = model.info.hiddenSize;
   const targets = [{ row: 0, token: 5 }, { row: 3, token: 9 }];
   const doc = document(tr, V, targets, 1.5);
-  const loss = await tr.accumulateDocument({
-    ids: doc.ids,
-    pairs: doc.pairs!,
-    summaryTargets: targets,
-    summaryTargetWeight: 1.5,
-  });
+  const loss = await accumulate(tr, doc);
   const base = referenceCompressor(ref, doc);
   assert.ok(Math.abs(base.summary - loss.summary) < 1e-4 * base.summary);
   const objective = () =>
