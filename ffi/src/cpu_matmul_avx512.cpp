@@ -193,6 +193,7 @@ struct Gemm {
   const float *bias;
   bool bf16_dot;
   int64_t m_blocks, m_step;
+  int64_t nc;  // output columns per task, at most kNC
 };
 
 template <DType D>
@@ -201,7 +202,7 @@ KF_AVX512 void pack_panels(const Gemm &g, int64_t n0, int64_t nv, int64_t k0, in
 }
 
 KF_AVX512 void gemm_task(const Gemm &g, int64_t task, void *scratch) {
-  const int64_t n0 = (task / g.m_blocks) * kNC, nv = std::min(kNC, g.N - n0);
+  const int64_t n0 = (task / g.m_blocks) * g.nc, nv = std::min(g.nc, g.N - n0);
   const int64_t m0 = (task % g.m_blocks) * g.m_step, m1 = std::min(g.T, m0 + g.m_step);
   for (int64_t k0 = 0; k0 < g.K; k0 += kKC) {
     const int64_t kc = std::min(kKC, g.K - k0), pairs = (kc + 1) / 2;
@@ -270,13 +271,16 @@ void gemm_avx512(ThreadPool &pool, const float *x, int64_t lda, const void *W, D
   // Tasks: column blocks of kNC, times row blocks of T when there are too few column blocks to give
   // every thread two (each row block packs its panels again, so T is split only when needed).
   const int nth = pool.size();
-  const int64_t n_blocks = (N + kNC - 1) / kNC;
+  // Column blocks of at most kNC, as many as a multiple of the thread count: 768 columns in three
+  // blocks of 256 left one of two threads idle for a third of every q/k/v/o/down product.
+  const int64_t n_blocks = ((N + kNC - 1) / kNC + nth - 1) / nth * nth;
+  g.nc = std::min(kNC, ((N + n_blocks - 1) / n_blocks + kNR - 1) / kNR * kNR);
   int64_t m_blocks = 1;
   if (n_blocks < 2 * int64_t(nth)) m_blocks = std::min((2 * int64_t(nth) + n_blocks - 1) / n_blocks, (T + 31) / 32);
   m_blocks = std::max<int64_t>(1, m_blocks);
   g.m_step = ((T + m_blocks - 1) / m_blocks + kMR - 1) / kMR * kMR;
   g.m_blocks = (T + g.m_step - 1) / g.m_step;
-  pool.parallel_for(n_blocks * g.m_blocks, [&](int64_t task, int th) { gemm_task(g, task, pool.scratch(th)); });
+  pool.parallel_for((N + g.nc - 1) / g.nc * g.m_blocks, [&](int64_t task, int th) { gemm_task(g, task, pool.scratch(th)); });
 }
 
 }  // namespace kf

@@ -92,7 +92,7 @@ void test_float_path(CpuPath path, ThreadPool *pools) {
   Rng rng(7 + int(path));
   for (DType dt : {DType::F32, DType::F16, DType::BF16}) {
     Check c(std::string("matmul ") + cpu_path_name(path) + " " + dtype_name(dt));
-    for (int64_t T : {1, 3, 8, 9, 17, 45})
+    for (int64_t T : {1, 3, 8, 9, 16, 17, 32, 45})
       for (int64_t K : {7, 33, 100, 257, 520})
         for (int64_t N : {1, 15, 33, 100, 300}) {
           const std::vector<float> x = random_vec(rng, size_t(T * K)), bias = random_vec(rng, size_t(N));
