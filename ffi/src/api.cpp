@@ -1,5 +1,9 @@
 // api.cpp — the C ABI of errors, versions, backends, engines, models and samplers: argument checks,
 // exception-to-status translation, ownership rules (sessions, adapters, heads: api_session.cpp).
+#if defined(__linux__)
+#include <sched.h>
+#endif
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -26,7 +30,13 @@ using kf::api::g_last_error;
 using kf::api::guarded;
 using kf::api::report;
 
+// The cores this process may run on (taskset, cgroup cpusets), not every core of the machine: a pool
+// larger than its CPU set spins threads against each other.
 int hardware_threads() {
+#if defined(__linux__)
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0) return CPU_COUNT(&set);
+#endif
   const unsigned n = std::thread::hardware_concurrency();
   return n == 0 ? 1 : int(n);
 }
