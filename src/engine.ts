@@ -30,7 +30,7 @@ const BACKEND_NAMES = ["auto", "cpu", "cuda"] as const;
 export interface OpenOptions {
   /** `"auto"` (default: CUDA when built and a GPU is present, else CPU), `"cpu"` or `"cuda"`. */
   backend?: BackendName;
-  /** CPU worker threads, the calling one included; default: all cores. */
+  /** CPU worker threads, the calling one included; default: every core this process may run on (its CPU set). */
   threads?: number;
   /** GPU index for GPU backends; default 0. */
   device?: number;
