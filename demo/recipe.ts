@@ -174,11 +174,29 @@ function* windowDraws(seed: number, length: (i: number, u: number) => number): G
 }
 
 /**
+ * Which facts of one segment the summary-vector pairs carry: pair p (vectors 2p and 2p + 1) the
+ * segment's p-th fact, in document order; facts past `SUMMARY_VECTORS / 2` have no pair.
+ *
+ * What the shipped model learned from it (`bench/demo_summary_probe.ts`, held-out chunks): pair 0
+ * names its fact's entity 93% of the time, pair 1 almost never (the second fact's value words it gets
+ * 64% right). Other layouts measured no better (README "Training the demo model").
+ *
+ * @example
+ * ```ts
+ * import { summaryPairSlots } from "./recipe.ts";
+ * console.log(summaryPairSlots(["a", "b"])); // ["a", "b", undefined, undefined]
+ * ```
+ */
+export function summaryPairSlots<T>(facts: readonly T[]): (T | undefined)[] {
+  return Array.from({ length: SUMMARY_VECTORS / 2 }, (_, p) => facts[p]);
+}
+
+/**
  * A compressor document with every question whose fact lies inside it, and two dense signals that
  * teach the compressor what to keep long before the QA loss alone does (a small model trained from
- * zero learns nothing from 32x-compressed QA otherwise; see the recipe's notes in demo/README.md):
- * - summary targets: in the segment holding a fact, summary vector 2f predicts the fact's entity and
- *   vector 2f + 1 its value's words (f counts the segment's facts; at most SUMMARY_VECTORS / 2);
+ * zero learns nothing from 32x-compressed QA otherwise; see README "Training the demo model"):
+ * - summary targets: in each segment, summary vector 2p predicts the entity of the fact that
+ *   {@link summaryPairSlots} gives pair p, and vector 2p + 1 that fact's value words;
  * - a reconstruction pair: `[summaries | <s>] -> the window's fact sentences </s>`.
  */
 export function compressorExample(d: {
@@ -188,18 +206,21 @@ export function compressorExample(d: {
 }): CompressorExample {
   const pairs: CompressorQaPair[] = d.questions.map((q) => compressedQaExample(d.ids, q.question, q.answer));
   const facts: number[] = [];
-  const summaryTargets: SummaryTarget[] = [];
-  const used = new Map<number, number>();
+  const bySegment = new Map<number, SpanQuestion[]>();
   for (const q of d.questions) {
     const { fact } = q;
     facts.push(...d.ids.slice(fact.tokenStart - d.start, fact.tokenEnd - d.start));
     const segment = Math.floor(((fact.tokenStart + fact.tokenEnd) / 2 - d.start) / SEGMENT_TOKENS);
-    const f = used.get(segment) ?? 0;
-    used.set(segment, f + 1);
-    if (2 * f + 1 >= SUMMARY_VECTORS) continue;
-    const row = segment * SUMMARY_VECTORS + 2 * f;
-    summaryTargets.push({ row, token: textIds(fact.entity)[0] });
-    for (const token of textIds(fact.value)) summaryTargets.push({ row: row + 1, token });
+    bySegment.set(segment, [...(bySegment.get(segment) ?? []), q]);
+  }
+  const summaryTargets: SummaryTarget[] = [];
+  for (const [segment, qs] of bySegment) {
+    summaryPairSlots(qs).forEach((q, p) => {
+      if (!q) return;
+      const row = segment * SUMMARY_VECTORS + 2 * p;
+      summaryTargets.push({ row, token: textIds(q.fact.entity)[0] });
+      for (const token of textIds(q.fact.value)) summaryTargets.push({ row: row + 1, token });
+    });
   }
   pairs.push({ question: [DEMO_BOS_ID], answer: [...facts, DEMO_EOS_ID] });
   return { ids: d.ids, pairs, summaryTargets };

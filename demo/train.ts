@@ -45,7 +45,7 @@ if (import.meta.main) {
   const recipe = {
     command: `deno task train-demo ${Deno.args.join(" ")}`.trim(),
     date: new Date().toISOString(),
-    machine: { cpu: cpus()[0]?.model ?? "unknown", cores: cpus().length },
+    machine: { cpu: cpus()[0]?.model ?? "unknown", cores: cpus().length, threads: kv.threads },
     budget,
     seconds: out.seconds,
     phaseEndSeconds: phases,

@@ -1,0 +1,84 @@
+// What the demo model's summary vectors carry: for each held-out store chunk, the vectors the recipe
+// trains to name a fact (demo/recipe.ts summaryPairSlots: pair p of a segment = vectors 2p, 2p + 1)
+// are read through the tied LM head, and the top-1 token is checked against the fact's entity
+// (vector 2p) and its value's words (vector 2p + 1). Reported by the fact's rank in its segment
+// (first, second, ...), since the owner of a second fact is what the reader needs to tell two facts of
+// one kind apart. A diagnostic, not a timed bench; it never trains.
+//
+//   deno run -A bench/demo_summary_probe.ts [--trained demo/trained] [--seed 4242] [--documents 8]
+import { parseArgs } from "node:util";
+import { join } from "node:path";
+import { Kvfold } from "../mod.ts";
+import { Compressor } from "../src/compressor.ts";
+import { readSafetensorsFile, toFloat32 } from "../src/formats/safetensors.ts";
+import { generateDemoCorpus } from "../demo/corpus.ts";
+import { chunkRange, documentIds, questionsIn, textIds } from "../demo/examples.ts";
+import { CHUNK_TOKENS, SEGMENT_TOKENS, SUMMARY_VECTORS, summaryPairSlots } from "../demo/recipe.ts";
+import { DEFAULT_TRAINED_DIR } from "../demo/trained.ts";
+
+const { values: v } = parseArgs({
+  args: Deno.args,
+  options: {
+    trained: { type: "string", default: DEFAULT_TRAINED_DIR },
+    seed: { type: "string", default: "4242" },
+    documents: { type: "string", default: "8" },
+  },
+});
+const modelDir = join(v.trained!, "model");
+const { tensors } = await readSafetensorsFile(join(modelDir, "model.safetensors"));
+const embed = tensors.get("model.embed_tokens.weight");
+if (!embed || tensors.has("lm_head.weight")) throw new Error(`${modelDir}: expected tied embeddings`);
+const E = toFloat32(embed);
+const [V, H] = embed.shape;
+/** The token the LM head ranks first for summary row r. */
+const top1 = (vec: Float32Array, r: number) => {
+  let best = 0, bestScore = -Infinity;
+  for (let t = 0; t < V; t++) {
+    let s = 0;
+    for (let i = 0; i < H; i++) s += vec[r * H + i] * E[t * H + i];
+    if (s > bestScore) [best, bestScore] = [t, s];
+  }
+  return best;
+};
+
+await using kv = await Kvfold.open({ backend: "cpu" });
+using compressor = await Compressor.load(kv, modelDir);
+const corpus = generateDemoCorpus({ seed: Number(v.seed), documents: Number(v.documents) });
+// byRank[k] = [facts, entity right, value word right] for the k-th fact of its segment
+const byRank: number[][] = [];
+for (const doc of corpus.documents) {
+  const ids = documentIds(doc);
+  for (let c = 0; c * CHUNK_TOKENS < ids.length; c++) {
+    const [start, end] = chunkRange(doc, CHUNK_TOKENS, c);
+    const vectors =
+      (await compressor.compress(ids.slice(start, end), { segmentLength: SEGMENT_TOKENS })).data;
+    const questions = questionsIn(doc, start, end);
+    for (let seg = 0; seg * SEGMENT_TOKENS < end - start; seg++) {
+      const inSeg = questions.filter((q) =>
+        Math.floor(((q.fact.tokenStart + q.fact.tokenEnd) / 2 - start) / SEGMENT_TOKENS) === seg
+      );
+      summaryPairSlots(inSeg).forEach((q, pair) => {
+        if (!q) return;
+        const rank = inSeg.indexOf(q), row = seg * SUMMARY_VECTORS + 2 * pair;
+        const counts = byRank[rank] ??= [0, 0, 0];
+        counts[0]++;
+        if (top1(vectors, row) === textIds(q.fact.entity)[0]) counts[1]++;
+        if (textIds(q.fact.value).includes(top1(vectors, row + 1))) counts[2]++;
+      });
+    }
+  }
+}
+console.log(
+  `summary vectors of ${v.trained} on held-out documents (seed ${v.seed}, ${v.documents} documents)`,
+);
+console.log("| fact in its segment | facts | entity top-1 | value word top-1 |");
+console.log("| --- | --- | --- | --- |");
+byRank.forEach(([n, e, w], k) => {
+  if (n) {
+    console.log(
+      `| ${["first", "second", "third", "fourth"][k] ?? k + 1} | ${n} | ${(e / n).toFixed(3)} | ${
+        (w / n).toFixed(3)
+      } |`,
+    );
+  }
+});
