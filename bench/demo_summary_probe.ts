@@ -13,7 +13,13 @@ import { Compressor } from "../src/compressor.ts";
 import { readSafetensorsFile, toFloat32 } from "../src/formats/safetensors.ts";
 import { generateDemoCorpus } from "../demo/corpus.ts";
 import { chunkRange, documentIds, questionsIn, textIds } from "../demo/examples.ts";
-import { CHUNK_TOKENS, SEGMENT_TOKENS, SUMMARY_VECTORS, summaryPairSlots } from "../demo/recipe.ts";
+import {
+  CHUNK_TOKENS,
+  questionsBySegment,
+  SEGMENT_TOKENS,
+  SUMMARY_VECTORS,
+  summaryPairSlots,
+} from "../demo/recipe.ts";
 import { DEFAULT_TRAINED_DIR } from "../demo/trained.ts";
 
 const { values: v } = parseArgs({
@@ -52,11 +58,7 @@ for (const doc of corpus.documents) {
     const [start, end] = chunkRange(doc, CHUNK_TOKENS, c);
     const vectors =
       (await compressor.compress(ids.slice(start, end), { segmentLength: SEGMENT_TOKENS })).data;
-    const questions = questionsIn(doc, start, end);
-    for (let seg = 0; seg * SEGMENT_TOKENS < end - start; seg++) {
-      const inSeg = questions.filter((q) =>
-        Math.floor(((q.fact.tokenStart + q.fact.tokenEnd) / 2 - start) / SEGMENT_TOKENS) === seg
-      );
+    for (const [seg, inSeg] of questionsBySegment(questionsIn(doc, start, end), start)) {
       summaryPairSlots(inSeg).forEach((q, pair) => {
         if (!q) return;
         const rank = inSeg.indexOf(q), row = seg * SUMMARY_VECTORS + 2 * pair;

@@ -192,6 +192,24 @@ export function summaryPairSlots<T>(facts: readonly T[]): (T | undefined)[] {
 }
 
 /**
+ * The questions of a window grouped by the compressor segment their fact sentence's midpoint falls in
+ * (window-relative; segments in the order first met, questions in their given order).
+ */
+export function questionsBySegment(
+  questions: readonly SpanQuestion[],
+  windowStart: number,
+): Map<number, SpanQuestion[]> {
+  const out = new Map<number, SpanQuestion[]>();
+  for (const q of questions) {
+    const segment = Math.floor(((q.fact.tokenStart + q.fact.tokenEnd) / 2 - windowStart) / SEGMENT_TOKENS);
+    const list = out.get(segment);
+    if (list) list.push(q);
+    else out.set(segment, [q]);
+  }
+  return out;
+}
+
+/**
  * A compressor document with every question whose fact lies inside it, and two dense signals that
  * teach the compressor what to keep long before the QA loss alone does (a small model trained from
  * zero learns nothing from 32x-compressed QA otherwise; see README "Training the demo model"):
@@ -205,16 +223,11 @@ export function compressorExample(d: {
   questions: readonly SpanQuestion[];
 }): CompressorExample {
   const pairs: CompressorQaPair[] = d.questions.map((q) => compressedQaExample(d.ids, q.question, q.answer));
-  const facts: number[] = [];
-  const bySegment = new Map<number, SpanQuestion[]>();
-  for (const q of d.questions) {
-    const { fact } = q;
-    facts.push(...d.ids.slice(fact.tokenStart - d.start, fact.tokenEnd - d.start));
-    const segment = Math.floor(((fact.tokenStart + fact.tokenEnd) / 2 - d.start) / SEGMENT_TOKENS);
-    bySegment.set(segment, [...(bySegment.get(segment) ?? []), q]);
-  }
+  const facts = d.questions.flatMap(({ fact }) =>
+    d.ids.slice(fact.tokenStart - d.start, fact.tokenEnd - d.start)
+  );
   const summaryTargets: SummaryTarget[] = [];
-  for (const [segment, qs] of bySegment) {
+  for (const [segment, qs] of questionsBySegment(d.questions, d.start)) {
     summaryPairSlots(qs).forEach((q, p) => {
       if (!q) return;
       const row = segment * SUMMARY_VECTORS + 2 * p;

@@ -268,19 +268,20 @@ void gemm_avx512(ThreadPool &pool, const float *x, int64_t lda, const void *W, D
       round_rows_bf16(x, lda, K, g.kp, xb, 0, T);
     }
   }
-  // Tasks: column blocks of kNC, times row blocks of T when there are too few column blocks to give
-  // every thread two (each row block packs its panels again, so T is split only when needed).
+  // Tasks: column blocks of at most kNC, aiming at a multiple of the thread count (768 columns in
+  // three blocks of 256 left one of two threads idle for a third of every q/k/v/o/down product),
+  // times row blocks of T when there are too few column blocks to give every thread two (each row
+  // block packs its panels again, so T is split only when needed).
   const int nth = pool.size();
-  // Column blocks of at most kNC, as many as a multiple of the thread count: 768 columns in three
-  // blocks of 256 left one of two threads idle for a third of every q/k/v/o/down product.
-  const int64_t n_blocks = ((N + kNC - 1) / kNC + nth - 1) / nth * nth;
-  g.nc = std::min(kNC, ((N + n_blocks - 1) / n_blocks + kNR - 1) / kNR * kNR);
+  const int64_t aim = ((N + kNC - 1) / kNC + nth - 1) / nth * nth;
+  g.nc = std::min(kNC, ((N + aim - 1) / aim + kNR - 1) / kNR * kNR);
+  const int64_t n_blocks = (N + g.nc - 1) / g.nc;
   int64_t m_blocks = 1;
   if (n_blocks < 2 * int64_t(nth)) m_blocks = std::min((2 * int64_t(nth) + n_blocks - 1) / n_blocks, (T + 31) / 32);
   m_blocks = std::max<int64_t>(1, m_blocks);
   g.m_step = ((T + m_blocks - 1) / m_blocks + kMR - 1) / kMR * kMR;
   g.m_blocks = (T + g.m_step - 1) / g.m_step;
-  pool.parallel_for((N + g.nc - 1) / g.nc * g.m_blocks, [&](int64_t task, int th) { gemm_task(g, task, pool.scratch(th)); });
+  pool.parallel_for(n_blocks * g.m_blocks, [&](int64_t task, int th) { gemm_task(g, task, pool.scratch(th)); });
 }
 
 }  // namespace kf

@@ -212,22 +212,23 @@ void forward_rows(Workspace &ws, const kf_model &m, int32_t T, const ChunkInput 
       // scores[i, j] = q_i · k_j * scale, a small GEMM per tile of kAttnKeys keys: the tile is
       // transposed once ([hd, keys]) and a register-blocked kernel runs the block's rows over it. Entries
       // past a row's own range are computed but never read.
-      float *kt = ws.key_tile.data() + size_t(th) * size_t(hd) * kAttnKeys;
       if (nr == 1) {
         // One row (a decode step): its dot products straight off the cache rows; a transposed tile
         // would cost more to build than the one row saves.
         const float *q1 = ws.q.data() + (r0 * nh + h) * hd;
         for (int64_t j = lo; j < hi; j++) sc[j - lo] = dot_f32(q1, kc + (j * nkv + kvh) * hd, hd) * scale;
-      }
-      for (int64_t j0 = lo; nr > 1 && j0 < hi; j0 += kAttnKeys) {
-        const int64_t jb = std::min<int64_t>(kAttnKeys, hi - j0);
-        for (int64_t jj = 0; jj < jb; jj++) {
-          const float *kj = kc + ((j0 + jj) * nkv + kvh) * hd;
-          for (int64_t d = 0; d < hd; d++) kt[d * kAttnKeys + jj] = kj[d];
+      } else {
+        float *kt = ws.key_tile.data() + size_t(th) * size_t(hd) * kAttnKeys;
+        for (int64_t j0 = lo; j0 < hi; j0 += kAttnKeys) {
+          const int64_t jb = std::min<int64_t>(kAttnKeys, hi - j0);
+          for (int64_t jj = 0; jj < jb; jj++) {
+            const float *kj = kc + ((j0 + jj) * nkv + kvh) * hd;
+            for (int64_t d = 0; d < hd; d++) kt[d * kAttnKeys + jj] = kj[d];
+          }
+          // Rows whose range misses this tile are computed too (cheap) and never read.
+          attn_scores_tile(ws.q.data() + (r0 * nh + h) * hd, nh * hd, nr, kt, kAttnKeys, jb, hd, scale,
+                           sc + (j0 - lo), n_cols);
         }
-        // Rows whose range misses this tile are computed too (cheap) and never read.
-        attn_scores_tile(ws.q.data() + (r0 * nh + h) * hd, nh * hd, nr, kt, kAttnKeys, jb, hd, scale,
-                         sc + (j0 - lo), n_cols);
       }
       for (int32_t i = 0; i < nr; i++) {
         softmax_inplace(sc + i * n_cols + (begin[i] - lo), end[i] - begin[i]);
