@@ -2,9 +2,11 @@
 //
 // The matmul quantizes each activation row to blocks of 32 int8 with an f32 scale (and the block's
 // int sum, for Q4_0's offset of 8), then every output is sum over blocks of
-// d_w * d_x * (exact int dot of the block). Three kernels compute that dot for R <= 4 weight rows
-// against one activation row: vpdpbusd (AVX512-VNNI on ymm, or AVX-VNNI), AVX2 maddubs + madd, and
-// plain loops. Each has its own target attribute, so the file builds and runs on any x86-64.
+// d_w * d_x * (exact int dot of the block). Row kernels compute that dot for 8 (or 4, 1) weight rows
+// against one or two activation rows: vpdpbusd (AVX512-VNNI on ymm, or AVX-VNNI), AVX2 maddubs +
+// madd, and plain loops. From 3 activation rows on, AVX512-VNNI runs a GEMM over repacked panels
+// instead (5x the row kernels at T = 128), with the same bits. Each kernel has its own target
+// attribute, so the file builds and runs on any x86-64.
 #include "cpu_quant.h"
 
 #include <algorithm>
@@ -172,12 +174,14 @@ void rows_scalar(const uint8_t *w, size_t rb, const ActBlock *x, int64_t nb, flo
 #define KF_QUANT_ROWS8(NAME, TARGET, DOT)                                                                        \
   template <DType D, int NT>                                                                                     \
   __attribute__((target(TARGET))) void NAME(const uint8_t *w, size_t rb, const ActBlock *const *x, int64_t nb,  \
-                                            float *const *out) {                                                 \
+                                            float *const *out, const uint8_t *pf, int64_t pf_lines) {            \
     constexpr size_t bs = D == DType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);                              \
     __m256 acc[NT];                                                                                              \
     for (int j = 0; j < NT; j++) acc[j] = _mm256_setzero_ps();                                                   \
     const __m256i low4 = _mm256_set1_epi8(15);                                                                   \
     for (int64_t b = 0; b < nb; b++) {                                                                           \
+      for (int64_t l = b * pf_lines / nb; l < (b + 1) * pf_lines / nb; l++)                                      \
+        _mm_prefetch(reinterpret_cast<const char *>(pf + 64 * l), _MM_HINT_T0);                                  \
       __m256i xq[NT], d[NT][8];                                                                                  \
       for (int j = 0; j < NT; j++) xq[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x[j][b].qs));    \
       uint16_t dh[8];                                                                                            \
@@ -218,6 +222,141 @@ KF_QUANT_ROWS8(rows8_vnni512, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnn
 KF_QUANT_ROWS8(rows8_avxvnni, "avx2,fma,f16c,avxvnni", KF_DOT_AVXVNNI)
 #undef KF_QUANT_ROWS
 #undef KF_QUANT_ROWS8
+
+// The prefill GEMM (AVX512-VNNI, T >= kGemmMinTokens). Per task, one panel of 16 * C weight rows is
+// repacked into the pool's scratch so that one zmm holds 16 rows' next 4 values (vpdpbusd lanes =
+// output rows), then every activation row passes over it, 6 at a time with the 4 bytes broadcast.
+// vpdpbusd multiplies unsigned by signed bytes, so the weights are stored unsigned with an offset
+// (Q4_0: the nibble, offset 8; Q8_0: w + 128) and each block's int sum starts at -offset * sum(x):
+// the same exact int dot as the row kernels, then the same acc = fma(float(dot), d_w * d_x, acc)
+// per block in block order, so the GEMM and rows8 give identical bits for every output.
+//   panel, per block b: f32 d[16C]; u8 v[8 quads][C][16 lanes][4]     (64C + 512C bytes)
+constexpr int64_t kGemmMinTokens = 3;
+constexpr int kGemmTile = 6;        // activation rows per register tile: 6 x C int and f32 accumulators
+constexpr int64_t kPackAhead = 4;  // blocks fetched ahead while packing: the best of 2, 4, 8 at T = 2..16
+
+#define KF_VNNI512 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
+
+// o[q] = dword q of rows 0..15 from r[i] = [row i's 8 dwords | row i + 8's 8 dwords]: an 8 x 8
+// transpose in each 256-bit half (unpack 32, unpack 64), then the halves' 128-bit lanes interleaved.
+KF_VNNI512 inline void transpose_16x8_dwords(const __m512i r[8], __m512i o[8]) {
+  __m512i a[8], b[8];
+  for (int i = 0; i < 8; i += 2) {
+    a[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    a[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    b[i] = _mm512_unpacklo_epi64(a[i], a[i + 2]);      // dwords 0 | 4 of rows i..i+3
+    b[i + 1] = _mm512_unpackhi_epi64(a[i], a[i + 2]);  // 1 | 5
+    b[i + 2] = _mm512_unpacklo_epi64(a[i + 1], a[i + 3]);  // 2 | 6
+    b[i + 3] = _mm512_unpackhi_epi64(a[i + 1], a[i + 3]);  // 3 | 7
+  }
+  const __m512i lo = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13), hi = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
+  for (int q = 0; q < 4; q++) {
+    o[q] = _mm512_permutex2var_epi64(b[q], lo, b[q + 4]);
+    o[q + 4] = _mm512_permutex2var_epi64(b[q], hi, b[q + 4]);
+  }
+}
+
+template <DType D, int C>
+KF_VNNI512 void pack_vnni_panel(const uint8_t *w, size_t rb, int64_t nb, uint8_t *dst) {
+  constexpr size_t bs = D == DType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
+  for (int64_t b = 0; b < nb; b++) {
+    float *d = reinterpret_cast<float *>(dst + size_t(b) * 576 * C);
+    uint8_t *v = dst + size_t(b) * 576 * C + 64 * C;
+    for (int c = 0; c < C; c++) {
+      const uint8_t *blk = w + size_t(16 * c) * rb + size_t(b) * bs;
+      // 16 row streams at once: fetch a few blocks ahead (a small T reads W from DRAM).
+      if (b + kPackAhead < nb)
+        for (int r = 0; r < 16; r++) _mm_prefetch(reinterpret_cast<const char *>(blk + size_t(r) * rb + kPackAhead * bs), _MM_HINT_T0);
+      for (int r = 0; r < 16; r++) {
+        uint16_t dh;
+        std::memcpy(&dh, blk + size_t(r) * rb, 2);
+        d[16 * c + r] = _cvtsh_ss(dh);
+      }
+      // Each row's 32 values as unsigned bytes, rows i and i + 8 in one register.
+      __m512i r[8], o[8];
+      for (int i = 0; i < 8; i++) {
+        const uint8_t *p0 = blk + size_t(i) * rb + 2, *p1 = blk + size_t(i + 8) * rb + 2;
+        if constexpr (D == DType::Q8_0) {
+          const __m512i q = _mm512_inserti64x4(
+              _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p0))),
+              _mm256_loadu_si256(reinterpret_cast<const __m256i *>(p1)), 1);
+          r[i] = _mm512_xor_si512(q, _mm512_set1_epi8(char(0x80)));
+        } else {
+          const __m128i x0 = _mm_loadu_si128(reinterpret_cast<const __m128i *>(p0));
+          const __m128i x1 = _mm_loadu_si128(reinterpret_cast<const __m128i *>(p1));
+          const __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set_m128i(_mm_srli_epi16(x0, 4), x0)),
+                                               _mm256_set_m128i(_mm_srli_epi16(x1, 4), x1), 1);
+          r[i] = _mm512_and_si512(q, _mm512_set1_epi8(15));
+        }
+      }
+      transpose_16x8_dwords(r, o);
+      for (int q = 0; q < 8; q++) _mm512_storeu_si512(v + (q * C + c) * 64, o[q]);
+    }
+  }
+}
+
+// y[j][0, 16C) for R activation rows x[j] against a packed panel.
+template <int R, int C>
+KF_VNNI512 void vnni_tile(const uint8_t *panel, int64_t nb, int32_t offset, const ActBlock *const *x,
+                          float *const *y) {
+  __m512 acc[R][C];
+  for (int j = 0; j < R; j++)
+    for (int c = 0; c < C; c++) acc[j][c] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; b++) {
+    const uint8_t *p = panel + size_t(b) * 576 * C;
+    __m512i s[R][C];
+    for (int j = 0; j < R; j++) {
+      const __m512i init = _mm512_set1_epi32(-offset * x[j][b].sum);
+      for (int c = 0; c < C; c++) s[j][c] = init;
+    }
+    for (int q = 0; q < 8; q++) {
+      __m512i w[C];
+      for (int c = 0; c < C; c++) w[c] = _mm512_loadu_si512(p + 64 * C + (q * C + c) * 64);
+      for (int j = 0; j < R; j++) {
+        int32_t x4;
+        std::memcpy(&x4, x[j][b].qs + 4 * q, 4);
+        const __m512i xb = _mm512_set1_epi32(x4);
+        for (int c = 0; c < C; c++) s[j][c] = _mm512_dpbusd_epi32(s[j][c], w[c], xb);
+      }
+    }
+    for (int c = 0; c < C; c++) {
+      const __m512 dw = _mm512_loadu_ps(p + 64 * c);
+      for (int j = 0; j < R; j++)
+        acc[j][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[j][c]), _mm512_mul_ps(dw, _mm512_set1_ps(x[j][b].d)),
+                                    acc[j][c]);
+    }
+  }
+  for (int j = 0; j < R; j++)
+    for (int c = 0; c < C; c++) _mm512_storeu_ps(y[j] + 16 * c, acc[j][c]);
+}
+
+// Every activation row against one packed panel of 16C rows starting at output row r0.
+template <int C>
+void vnni_panel_rows(const uint8_t *panel, int64_t nb, int32_t offset, const ActBlock *xq, float *y, int64_t T,
+                     int64_t out, int64_t r0) {
+  const ActBlock *xs[kGemmTile];
+  float *ys[kGemmTile];
+  int64_t t = 0;
+  auto rows_at = [&](int n) {
+    for (int j = 0; j < n; j++) xs[j] = xq + (t + j) * nb, ys[j] = y + (t + j) * out + r0;
+  };
+  for (; t + kGemmTile <= T; t += kGemmTile) {
+    rows_at(kGemmTile);
+    vnni_tile<kGemmTile, C>(panel, nb, offset, xs, ys);
+  }
+  rows_at(int(T - t));
+  switch (T - t) {
+  case 5: return vnni_tile<5, C>(panel, nb, offset, xs, ys);
+  case 4: return vnni_tile<4, C>(panel, nb, offset, xs, ys);
+  case 3: return vnni_tile<3, C>(panel, nb, offset, xs, ys);
+  case 2: return vnni_tile<2, C>(panel, nb, offset, xs, ys);
+  case 1: return vnni_tile<1, C>(panel, nb, offset, xs, ys);
+  default: return;
+  }
+}
+#undef KF_VNNI512
 #endif
 
 enum class Kernel { Scalar, Avx2, Vnni512, AvxVnni };
@@ -237,18 +376,20 @@ void rows(Kernel k, const uint8_t *w, size_t rb, const ActBlock *x, int64_t nb, 
 // 8 weight rows against NT activation rows where a vector kernel runs; false: the caller takes rows
 // 4 and 1 at a time.
 template <DType D, int NT>
-bool rows8(Kernel k, const uint8_t *w, size_t rb, const ActBlock *const *x, int64_t nb, float *const *out) {
+bool rows8(Kernel k, const uint8_t *w, size_t rb, const ActBlock *const *x, int64_t nb, float *const *out,
+           const uint8_t *pf, int64_t pf_lines) {
   switch (k) {
 #ifdef KF_QUANT_X86
-  case Kernel::Vnni512: rows8_vnni512<D, NT>(w, rb, x, nb, out); return true;
-  case Kernel::AvxVnni: rows8_avxvnni<D, NT>(w, rb, x, nb, out); return true;
-  case Kernel::Avx2: rows8_avx2<D, NT>(w, rb, x, nb, out); return true;
+  case Kernel::Vnni512: rows8_vnni512<D, NT>(w, rb, x, nb, out, pf, pf_lines); return true;
+  case Kernel::AvxVnni: rows8_avxvnni<D, NT>(w, rb, x, nb, out, pf, pf_lines); return true;
+  case Kernel::Avx2: rows8_avx2<D, NT>(w, rb, x, nb, out, pf, pf_lines); return true;
 #endif
   default: return false;
   }
 }
 
 std::atomic<int> g_forced_kernel{-1};
+std::atomic<bool> g_gemm_off{false};  // tests: the row kernels even where the GEMM would run
 
 Kernel choose_kernel() {
   if (const int k = g_forced_kernel.load(std::memory_order_relaxed); k >= 0) return Kernel(k);
@@ -262,29 +403,60 @@ Kernel choose_kernel() {
 // Weight rows per task: a block stays in L1/L2 while every activation row passes over it.
 constexpr int64_t kRowsPerTask = 16;
 
+
 template <DType D>
 void matmul_quant_dt(ThreadPool &pool, const ActBlock *xq, int64_t nb, const void *Wv, float *y, int64_t T,
                      int64_t out, const float *bias) {
   const uint8_t *W = static_cast<const uint8_t *>(Wv);
   const size_t rb = dtype_row_bytes(D, nb * kQuantBlock);
   const Kernel k = choose_kernel();
+  // Rows [0, r_gemm) go through the GEMM in panels of 32 (then one of 16); the rest, and everything
+  // when the GEMM does not apply, through the row kernels in tasks of kRowsPerTask.
+  int64_t r_gemm = 0, n_panels = 0;
+#ifdef KF_QUANT_X86
+  if (k == Kernel::Vnni512 && T >= kGemmMinTokens && !g_gemm_off.load(std::memory_order_relaxed) &&
+      size_t(nb) * 576 * 2 <= ThreadPool::scratch_bytes()) {
+    r_gemm = out / 16 * 16;
+    n_panels = out / 32 + (r_gemm % 32 != 0);
+  }
+  const int32_t offset = D == DType::Q8_0 ? 128 : 8;
+  auto panel_task = [&](int64_t p, int thread) {
+    uint8_t *panel = static_cast<uint8_t *>(pool.scratch(thread));
+    const int64_t r0 = p * 32;
+    if (r0 + 32 <= r_gemm) {
+      pack_vnni_panel<D, 2>(W + size_t(r0) * rb, rb, nb, panel);
+      vnni_panel_rows<2>(panel, nb, offset, xq, y, T, out, r0);
+    } else {
+      pack_vnni_panel<D, 1>(W + size_t(r0) * rb, rb, nb, panel);
+      vnni_panel_rows<1>(panel, nb, offset, xq, y, T, out, r0);
+    }
+    if (bias)
+      for (int64_t t = 0; t < T; t++)
+        for (int64_t o = r0; o < std::min(r_gemm, r0 + 32); o++) y[t * out + o] += bias[o];
+  };
+#endif
   auto task = [&](int64_t blk, int) {
-    const int64_t r0 = blk * kRowsPerTask, r1 = std::min(out, r0 + kRowsPerTask);
+    const int64_t r0 = r_gemm + blk * kRowsPerTask, r1 = std::min(out, r0 + kRowsPerTask);
     // Whole groups of 8 rows, activation rows in pairs (then a last single one).
     int64_t r8 = r0;
     for (; r8 + 8 <= r1; r8 += 8) {
       const uint8_t *w = W + size_t(r8) * rb;
+      // Decode streams W once from DRAM: while one group of 8 rows is summed, ask for the group two
+      // ahead, spread over the blocks (the hardware prefetcher alone keeps one core at a third of
+      // its bandwidth over these 8 interleaved row streams). Prefill rereads W: no prefetch.
+      const uint8_t *next = w + 16 * rb, *end = W + size_t(out) * rb;
+      const int64_t next_lines = T <= 2 && next < end ? int64_t(std::min(8 * rb, size_t(end - next)) / 64) : 0;
       int64_t t = 0;
       bool vector = true;
       for (; vector && t + 2 <= T; t += 2) {
         const ActBlock *xs[2] = {xq + t * nb, xq + (t + 1) * nb};
         float *ys[2] = {y + t * out + r8, y + (t + 1) * out + r8};
-        vector = rows8<D, 2>(k, w, rb, xs, nb, ys);
+        vector = rows8<D, 2>(k, w, rb, xs, nb, ys, next, next_lines);
       }
       if (vector && t < T) {
         const ActBlock *xs[1] = {xq + t * nb};
         float *ys[1] = {y + t * out + r8};
-        vector = rows8<D, 1>(k, w, rb, xs, nb, ys);
+        vector = rows8<D, 1>(k, w, rb, xs, nb, ys, next, next_lines);
       }
       if (!vector) break;  // no vector kernel: every row from r8 on goes below, 4 and 1 at a time
     }
@@ -298,13 +470,20 @@ void matmul_quant_dt(ThreadPool &pool, const ActBlock *xq, int64_t nb, const voi
         for (int64_t o = r0; o < r1; o++) yt[o] += bias[o];
     }
   };
-  const int64_t n_tasks = (out + kRowsPerTask - 1) / kRowsPerTask;
-  // Below ~64 KiB of weights, waking the pool costs more than it saves.
-  if (pool.size() == 1 || size_t(out) * rb * size_t(T) < (size_t(64) << 10)) {
-    for (int64_t b = 0; b < n_tasks; b++) task(b, 0);
+  const int64_t n_tasks = (out - r_gemm + kRowsPerTask - 1) / kRowsPerTask;
+  auto any_task = [&](int64_t i, int thread) {
+#ifdef KF_QUANT_X86
+    if (i < n_panels) return panel_task(i, thread);
+#endif
+    task(i - n_panels, thread);
+  };
+  // Below ~64 KiB of weights, waking the pool costs more than it saves. The GEMM always takes a
+  // region: its panels live in the pool's per-thread scratch, which only a region owns.
+  if (n_panels == 0 && (pool.size() == 1 || size_t(out) * rb * size_t(T) < (size_t(64) << 10))) {
+    for (int64_t i = 0; i < n_tasks; i++) task(i, 0);
     return;
   }
-  pool.parallel_for(n_tasks, task);
+  pool.parallel_for(n_panels + n_tasks, any_task);
 }
 
 }  // namespace
@@ -313,11 +492,13 @@ bool quant_force_kernel(const char *name) {
   const CpuFeatures &f = cpu_features();
   if (!name) {
     g_forced_kernel = -1;
+    g_gemm_off = false;
     return true;
   }
   const std::string n = name;
   Kernel k;
   if (n == "scalar") k = Kernel::Scalar;
+  else if (n == "vnni512-rows" && f.avx512_vnni) k = Kernel::Vnni512;
   else if (n == "maddubs" && f.avx2) k = Kernel::Avx2;
   else if (n == "vnni512" && f.avx512_vnni) k = Kernel::Vnni512;
   else if (n == "avxvnni" && f.avx_vnni) k = Kernel::AvxVnni;
@@ -326,6 +507,7 @@ bool quant_force_kernel(const char *name) {
   if (k != Kernel::Scalar) return false;
 #endif
   g_forced_kernel = int(k);
+  g_gemm_off = n == "vnni512-rows";
   return true;
 }
 

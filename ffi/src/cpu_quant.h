@@ -40,12 +40,14 @@ void dequantize_row(const void *src, DType dt, float *dst, int64_t n);
 // y[t][o] = sum_i x[t][i] * W[o][i] (+ bias[o]) for W in Q8_0 / Q4_0 rows ([out, in / 32] blocks);
 // x rows lda floats apart. in must be a multiple of 32 (else KF_ERR_INTERNAL: the loader refuses
 // such models first). Rows of W are split over the pool in fixed blocks, so results do not depend
-// on the thread count. Uses vpdpbusd when cpu_int8_vnni(), else AVX2 maddubs, else plain loops.
+// on the thread count. Uses vpdpbusd when cpu_int8_vnni(), else AVX2 maddubs, else plain loops;
+// with AVX512-VNNI and T >= 3, a GEMM over repacked weight panels (same bits as the row kernels).
 void matmul_quant(ThreadPool &pool, const float *x, int64_t lda, const void *W, DType dt, float *y, int64_t T,
                   int64_t in, int64_t out, const float *bias);
 
 // Tests only: the int8 kernel matmul_quant uses, whatever cpu_path() says: "vnni512" (AVX512-VNNI on
-// ymm), "avxvnni" (VEX AVX-VNNI), "maddubs" (AVX2), "scalar", or NULL for the automatic choice.
+// ymm, and its GEMM from T = 3), "vnni512-rows" (the same without the GEMM), "avxvnni" (VEX
+// AVX-VNNI), "maddubs" (AVX2), "scalar", or NULL for the automatic choice.
 // Returns false (and changes nothing) when this CPU lacks the kernel's instructions.
 bool quant_force_kernel(const char *name);
 

@@ -200,6 +200,37 @@ void test_quant_path(const std::string &label, int seed, ThreadPool *pools) {
   }
 }
 
+// The AVX512-VNNI prefill GEMM (repacked panels, 6-row tiles) gives the same bits as the row
+// kernels for every output: both sum exact int block dots and add d_w * d_x * dot block by block.
+void test_quant_gemm_matches_rows(ThreadPool *pools) {
+  if (!quant_force_kernel("vnni512-rows")) {
+    std::printf("skip int8 GEMM: this CPU lacks AVX512-VNNI\n");
+    return;
+  }
+  Check c("int8 GEMM (vnni512) = row kernels, bit for bit");
+  Rng rng(17);
+  for (DType dt : {DType::Q8_0, DType::Q4_0})
+    for (int64_t T : {2, 5, 6, 7, 13, 40})
+      for (int64_t K : {32, 96, 2080})
+        for (int64_t N : {16, 33, 48, 100}) {
+          const std::vector<float> x = random_vec(rng, size_t(T * K)), f = random_vec(rng, size_t(N * K));
+          const std::vector<float> bias = random_vec(rng, size_t(N));
+          std::vector<uint8_t> raw(size_t(N) * dtype_row_bytes(dt, K));
+          for (int64_t o = 0; o < N; o++)
+            quantize_row(f.data() + o * K, dt, raw.data() + size_t(o) * dtype_row_bytes(dt, K), K);
+          std::vector<float> rows(size_t(T * N)), gemm(size_t(T * N), NAN);
+          quant_force_kernel("vnni512-rows");
+          matmul(pools[1], x.data(), raw.data(), dt, rows.data(), T, K, N, bias.data());
+          quant_force_kernel("vnni512");
+          for (int p = 0; p < 3; p++) {
+            matmul(pools[p], x.data(), raw.data(), dt, gemm.data(), T, K, N, bias.data());
+            c.expect(std::memcmp(rows.data(), gemm.data(), rows.size() * 4) == 0, std::string(
+                     dtype_name(dt)) + fmt(" T=%lld K=%lld N=%lld threads=%lld", T, K, N, p + 1));
+          }
+        }
+  quant_force_kernel(nullptr);
+}
+
 // ggml's layouts, byte for byte, and the round trip bound.
 void test_quant_layout() {
   Check c("Q8_0 / Q4_0 blocks as llama.cpp lays them out");
@@ -251,7 +282,7 @@ int main() {
     test_quant_path(std::string(cpu_path_name(want)) + (cpu_int8_vnni() ? " (int8 vnni)" : ""), int(want), pools);
   }
   // Each int8 kernel by name, the VEX AVX-VNNI one included (the paths above prefer AVX512-VNNI).
-  for (const char *k : {"scalar", "maddubs", "vnni512", "avxvnni"}) {
+  for (const char *k : {"scalar", "maddubs", "vnni512", "vnni512-rows", "avxvnni"}) {
     if (!quant_force_kernel(k)) {
       std::printf("skip int8 kernel %s: this CPU lacks it\n", k);
       continue;
@@ -259,6 +290,7 @@ int main() {
     test_quant_path(std::string("int8 kernel ") + k, 10 + int(std::strlen(k)), pools);
   }
   quant_force_kernel(nullptr);
+  test_quant_gemm_matches_rows(pools);
   std::printf(g_failed ? "FAILED: %d check(s)\n" : "all checks passed\n", g_failed);
   return g_failed ? 1 : 0;
 }
