@@ -1,7 +1,7 @@
 // kvfold beside llama.cpp on the CPU, same random weights, same threads, interleaved (issue 19).
 //
 //   npm install --prefix bench/llamacpp --omit=optional --ignore-scripts    # once: the peer
-//   deno task bench:vs-llamacpp [--rounds 5] [--shapes small,1.1b] [--dtypes f32,bf16,f16,q8_0,q4_0]
+//   deno task bench:vs-llamacpp [--rounds 5] [--shapes small,1.1b] [--dtypes f32,bf16,f16,q8_0,q4_0,q4_k_m]
 //       [--threads 2] [--decode-tokens 64] [--prefill 128,512] [--quiet-cores 0.1] [--rebuild-gguf]
 //       [--skip-kvfold-gguf] [--out bench/results/vs_llamacpp.json]
 //
@@ -10,7 +10,8 @@
 // Deno process (bench/llamacpp/peer.ts); kvfold runs in this process through its public API. Each
 // shape is a random model written once as safetensors under .kvfold/bench-models/<shape>/ and
 // converted to GGUF in every dtype by kvfold's GGUF writer; kvfold loads the safetensors with the
-// matching dtype (quantizing at load), llama.cpp the GGUF, so both hold the same weights.
+// matching dtype (quantizing at load), llama.cpp the GGUF, so both hold the same weights (q4_k_m:
+// both load the GGUF).
 // A third engine, kvfold loading the very GGUF file llama.cpp loads, shows what the GGUF path costs or
 // saves (`--skip-kvfold-gguf` leaves it out: it holds a second copy of kvfold's weights).
 //
@@ -26,7 +27,9 @@ import { writeModelGguf } from "../src/formats/gguf_write.ts";
 import { cpuLoadBetween, type CpuLoadInterval, sampleCpuLoad } from "./_cpu_load.ts";
 import { LlamaCppPeer, type PeerLoad } from "./_llamacpp_peer.ts";
 
-const DTYPES = ["f32", "bf16", "f16", "q8_0", "q4_0"] as const;
+// q4_k_m: llama.cpp's most published mix (q4_K + q6_K), which kvfold reads from the GGUF file and
+// computes on as q8_0 (it has no k-quant kernels); its row compares the same file in both engines.
+const DTYPES = ["f32", "bf16", "f16", "q8_0", "q4_0", "q4_k_m"] as const;
 type Dtype = typeof DTYPES[number];
 type Engine = "kvfold" | "kvfold-gguf" | "llama.cpp";
 
@@ -267,8 +270,12 @@ try {
       for (const dtype of dtypes) {
         const key = `${shape}/${dtype}`;
         const gguf = `${dirs[shape]}/gguf/model-${dtype}.gguf`;
-        using ours = new KvfoldSide(await kv.loadModel(dirs[shape], { dtype }));
-        using oursGguf = engines.includes("kvfold-gguf") ? new KvfoldSide(await kv.loadModel(gguf)) : null;
+        using ours = new KvfoldSide(
+          await (dtype === "q4_k_m" ? kv.loadModel(gguf) : kv.loadModel(dirs[shape], { dtype })),
+        );
+        using oursGguf = engines.includes("kvfold-gguf") && dtype !== "q4_k_m"
+          ? new KvfoldSide(await kv.loadModel(gguf))
+          : null;
         const vocab = ours.model.info.vocabSize;
         weightBytes[key] = ours.model.info.weightBytes;
         const { ok: _, ...peerLoad } = await peer.request<PeerLoad & { ok: true }>("load", {

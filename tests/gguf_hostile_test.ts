@@ -95,9 +95,15 @@ const CASES: Case[] = [
     patch: (b) => setU64(b, after(b, "tokenizer.ggml.tokens") + 8, 1n << 50n),
   },
   {
-    name: "q4_K tensor",
+    name: "q5_K tensor",
     code: "UNSUPPORTED",
-    why: /tensor blk\.0\.ffn_up\.weight is of type Q4_K; supported: F32, F16, BF16, Q8_0, Q4_0/,
+    why: /tensor blk\.0\.ffn_up\.weight is of type Q5_K; supported: F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K/,
+    patch: (b) => setU32(b, tensorInfo(b, "blk.0.ffn_up.weight").type, 13),
+  },
+  {
+    name: "q4_K tensor whose rows are not whole blocks of 256",
+    code: "FORMAT",
+    why: /tensor blk\.0\.ffn_up\.weight of type Q4_K has rows of \d+ values, not whole blocks of 256/,
     patch: (b) => setU32(b, tensorInfo(b, "blk.0.ffn_up.weight").type, 12),
   },
   {

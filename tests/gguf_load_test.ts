@@ -8,7 +8,8 @@ import type { Model, WeightDType } from "../mod.ts";
 import { modelGgufContents, writeGguf, writeModelGguf } from "../src/formats/gguf_write.ts";
 import type { GgmlType } from "../src/formats/ggml_quant.ts";
 import { loadReferenceModel, referenceLogits } from "./reference_forward.ts";
-import { quantizeDequantize } from "./_reference_quant.ts";
+import { dequantizeKQuant, quantizeDequantize } from "./_reference_quant.ts";
+import { encodeGgml } from "../src/formats/ggml_quant.ts";
 import { relativeError, runCli, someIds, tempDir, testEngine, testModel } from "./_fixtures.ts";
 import { readSafetensorsFile } from "../src/formats/safetensors.ts";
 import { rejectsWith } from "./_kvfold_asserts.ts";
@@ -141,6 +142,73 @@ Deno.test("GGUF: a dtype option converts the file's weights (q8_0 blocks dequant
     assert.deepEqual(await prefillLogits(q8AsF32, ids), await prefillLogits(deq, ids));
   } finally {
     await Deno.remove(out, { recursive: true });
+  }
+});
+
+Deno.test("GGUF: q4_K and q6_K blocks (a Q4_K_M mix, and all q6_K) load as llama.cpp's layouts say", async () => {
+  const kv = await testEngine();
+  // Rows of 256 and 512 values: whole k-quant blocks everywhere.
+  const dir = await testModel("gguf-kquant", {
+    seed: 12,
+    hiddenSize: 256,
+    numHeads: 4,
+    intermediateSize: 512,
+  });
+  const out = await tempDir();
+  try {
+    const ids = someIds(16, 512, 13);
+    for (const dtype of ["q4_k_m", "q6_k"] as const) {
+      await writeModelGguf(dir, `${out}/${dtype}.gguf`, { dtype });
+      // The same file's blocks decoded by the reference (tests/_reference_quant.ts), as an f32 GGUF.
+      const contents = await modelGgufContents(dir, { dtype });
+      const types = new Set<string>();
+      contents.tensors = contents.tensors.map((t) => {
+        if (t.type !== "q4_k" && t.type !== "q6_k") return t;
+        types.add(t.type);
+        const type = t.type, f32 = t.data as () => Float32Array;
+        return { ...t, type: "f32", data: () => dequantizeKQuant(encodeGgml(f32(), type), type) };
+      });
+      assert.deepEqual([...types].sort(), dtype === "q6_k" ? ["q6_k"] : ["q4_k", "q6_k"]);
+      await writeGguf(`${out}/${dtype}-deq.gguf`, contents);
+      using asF32 = await kv.loadModel(`${out}/${dtype}.gguf`, { dtype: "f32" });
+      using deq = await kv.loadModel(`${out}/${dtype}-deq.gguf`);
+      assert.deepEqual(
+        await prefillLogits(asF32, ids),
+        await prefillLogits(deq, ids),
+        `${dtype}: decoded blocks differ`,
+      );
+      // By default a k-quant file computes as q8_0, the nearest format kvfold runs, and stays close
+      // to its own decoded weights (q8_0's band of tests/cpu_quant_test.ts).
+      using auto = await kv.loadModel(`${out}/${dtype}.gguf`);
+      assert.equal(auto.info.weightDType, "q8_0");
+      const err = relativeError(await prefillLogits(auto, ids), await prefillLogits(deq, ids));
+      assert.ok(err < 0.08, `${dtype} as q8_0: ${err} from its decoded weights`);
+    }
+  } finally {
+    await Deno.remove(out, { recursive: true });
+  }
+});
+
+Deno.test("GGUF: q4_K and q6_K encoders round-trip within each block's step", () => {
+  const x = new Float32Array(4 * 256).map((_, i) =>
+    Math.sin(i * 1.7) * (1 + (i % 97) / 10) - (i % 256 < 32 ? 3 : 0)
+  );
+  for (const type of ["q4_k", "q6_k"] as const) {
+    const back = dequantizeKQuant(encodeGgml(x, type), type);
+    // Per sub-block (32 values for q4_K, 16 for q6_K): half a step of the stored scale, plus the
+    // 6/8-bit rounding of the scales themselves (a relative 1/63 or 1/127 of the range).
+    const sub = type === "q4_k" ? 32 : 16;
+    for (let s = 0; s < x.length; s += sub) {
+      const v = x.subarray(s, s + sub);
+      const range = type === "q4_k" ? Math.max(...v) - Math.min(0, ...v) : 2 * Math.max(...v.map(Math.abs));
+      const levels = type === "q4_k" ? 15 : 62;
+      let err = 0;
+      for (let l = 0; l < sub; l++) err = Math.max(err, Math.abs(back[s + l] - v[l]));
+      assert.ok(
+        err <= range / levels * 0.5 + range / 10,
+        `${type} sub-block at ${s}: error ${err}, range ${range}`,
+      );
+    }
   }
 });
 

@@ -28,8 +28,9 @@ class CudaBackend final : public Backend {
   DType weight_dtype(DType want, int32_t requested) const override {
     // No device kernels read llama.cpp's blocks yet (a later GPU issue): refuse before any work.
     if (dtype_quantized(want))
-      raise(KF_ERR_UNSUPPORTED, "cannot load model: the cuda backend has no kernels for %s weights yet; load with "
-            "weight_dtype auto, f16 or bf16, or use the cpu backend", dtype_name(want));
+      raise(KF_ERR_UNSUPPORTED, "cannot load model: the cuda backend has no kernels for %s weights yet (%s); load "
+            "with weight_dtype f16 or bf16, or use the cpu backend", dtype_name(want),
+            requested == KF_DTYPE_AUTO ? "what auto picks for this file" : "as asked");
     if (want != DType::F32) return want;
     // The device kernels read 16-bit weights (tensor cores, half the bytes per decoded token): an f32
     // file is converted to bf16 (same exponent range, so no overflow); asking for f32 is refused.

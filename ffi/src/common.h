@@ -32,16 +32,27 @@ enum class DType : int32_t {
   F16 = KF_DTYPE_F16,
   BF16 = KF_DTYPE_BF16,
   Q8_0 = KF_DTYPE_Q8_0,
-  Q4_0 = KF_DTYPE_Q4_0
+  Q4_0 = KF_DTYPE_Q4_0,
+  // llama.cpp's k-quants, read from GGUF files and converted at load (never computed on, never in
+  // the ABI): Q4_K (144-byte blocks of 256) and Q6_K (210-byte blocks of 256).
+  Q4_K = 5,
+  Q6_K = 6,
 };
+constexpr int kNumDTypes = 7;
 
+// Q8_0 / Q4_0: weights the matmuls run on (blocks of 32).
 inline bool dtype_quantized(DType t) { return t == DType::Q8_0 || t == DType::Q4_0; }
+// Q4_K / Q6_K: weights that are only ever dequantized (blocks of 256).
+inline bool dtype_load_only(DType t) { return t == DType::Q4_K || t == DType::Q6_K; }
 // Bytes per element of a float dtype (quantized ones have no per-element size: use dtype_row_bytes).
 inline size_t dtype_size(DType t) { return t == DType::F32 ? 4 : 2; }
-// Bytes of a row of n values; quantized rows are n / 32 blocks of 34 (Q8_0) or 18 (Q4_0) bytes.
+// Bytes of a row of n values; quantized rows are n / 32 blocks of 34 (Q8_0) or 18 (Q4_0) bytes, or
+// n / 256 blocks of 144 (Q4_K) or 210 (Q6_K).
 inline size_t dtype_row_bytes(DType t, int64_t n) {
   if (t == DType::Q8_0) return size_t(n / 32) * 34;
   if (t == DType::Q4_0) return size_t(n / 32) * 18;
+  if (t == DType::Q4_K) return size_t(n / 256) * 144;
+  if (t == DType::Q6_K) return size_t(n / 256) * 210;
   return size_t(n) * dtype_size(t);
 }
 inline const char *dtype_name(DType t) {
@@ -51,6 +62,8 @@ inline const char *dtype_name(DType t) {
   case DType::BF16: return "BF16";
   case DType::Q8_0: return "Q8_0";
   case DType::Q4_0: return "Q4_0";
+  case DType::Q4_K: return "Q4_K";
+  case DType::Q6_K: return "Q6_K";
   }
   return "?";
 }

@@ -224,6 +224,11 @@ void convert_row_to_f32(const void *src, DType dt, float *dst, int64_t n) {
     if (n % kQuantBlock != 0) raise(KF_ERR_INTERNAL, "cannot convert row: %lld values are not whole blocks", (long long)n);
     dequantize_row(src, dt, dst, n);
     return;
+  case DType::Q4_K:
+  case DType::Q6_K:
+    if (n % kKQuantBlock != 0) raise(KF_ERR_INTERNAL, "cannot convert row: %lld values are not whole blocks", (long long)n);
+    dequantize_row(src, dt, dst, n);
+    return;
   }
   raise(KF_ERR_INTERNAL, "cannot convert row: unknown dtype %d", int(dt));
 }

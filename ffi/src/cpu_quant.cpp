@@ -57,7 +57,59 @@ void quantize_row(const float *src, DType dt, void *dst, int64_t n) {
   }
 }
 
+namespace {
+
+// Sub-block j's 6-bit scale and min of a Q4_K block: j < 4 in the low 6 bits of bytes j and j + 4;
+// j >= 4 split into the low / high nibble of byte j + 4 and the top 2 bits of bytes j - 4 / j.
+void q4_k_scale_min(const uint8_t *q, int j, uint8_t *sc, uint8_t *m) {
+  if (j < 4) {
+    *sc = q[j] & 63;
+    *m = q[j + 4] & 63;
+  } else {
+    *sc = uint8_t((q[j + 4] & 15) | ((q[j - 4] >> 6) << 4));
+    *m = uint8_t((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+  }
+}
+
+void dequantize_q4_k(const BlockQ4_K *x, float *y, int64_t nb) {
+  for (int64_t b = 0; b < nb; b++, y += kKQuantBlock) {
+    const float d = f16_to_f32(x[b].d), dmin = f16_to_f32(x[b].dmin);
+    for (int pair = 0; pair < 4; pair++) {  // 64 values from 32 bytes: low nibbles, then high
+      const uint8_t *q = x[b].qs + 32 * pair;
+      uint8_t sc, m;
+      q4_k_scale_min(x[b].scales, 2 * pair, &sc, &m);
+      const float d1 = d * sc, m1 = dmin * m;
+      q4_k_scale_min(x[b].scales, 2 * pair + 1, &sc, &m);
+      const float d2 = d * sc, m2 = dmin * m;
+      for (int l = 0; l < 32; l++) y[64 * pair + l] = d1 * float(q[l] & 15) - m1;
+      for (int l = 0; l < 32; l++) y[64 * pair + 32 + l] = d2 * float(q[l] >> 4) - m2;
+    }
+  }
+}
+
+void dequantize_q6_k(const BlockQ6_K *x, float *y, int64_t nb) {
+  for (int64_t b = 0; b < nb; b++, y += kKQuantBlock) {
+    const float d = f16_to_f32(x[b].d);
+    for (int half = 0; half < 2; half++) {  // 128 values: ql[64], qh[32], scales[8]
+      const uint8_t *ql = x[b].ql + 64 * half, *qh = x[b].qh + 32 * half;
+      const int8_t *sc = x[b].scales + 8 * half;
+      float *o = y + 128 * half;
+      for (int l = 0; l < 32; l++) {
+        const int s = l / 16;
+        o[l] = d * sc[s] * float(((ql[l] & 15) | (((qh[l] >> 0) & 3) << 4)) - 32);
+        o[l + 32] = d * sc[s + 2] * float(((ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4)) - 32);
+        o[l + 64] = d * sc[s + 4] * float(((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
+        o[l + 96] = d * sc[s + 6] * float(((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
+      }
+    }
+  }
+}
+
+}  // namespace
+
 void dequantize_row(const void *src, DType dt, float *dst, int64_t n) {
+  if (dt == DType::Q4_K) return dequantize_q4_k(static_cast<const BlockQ4_K *>(src), dst, n / kKQuantBlock);
+  if (dt == DType::Q6_K) return dequantize_q6_k(static_cast<const BlockQ6_K *>(src), dst, n / kKQuantBlock);
   const int64_t nb = n / kQuantBlock;
   if (dt == DType::Q8_0) {
     const BlockQ8_0 *x = static_cast<const BlockQ8_0 *>(src);

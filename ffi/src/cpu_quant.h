@@ -34,8 +34,29 @@ static_assert(sizeof(BlockQ4_0) == 18, "ggml block_q4_0 is 18 bytes");
 
 // dst: n / 32 blocks of dt (Q8_0 or Q4_0) from src: [n] f32; n a multiple of 32.
 void quantize_row(const float *src, DType dt, void *dst, int64_t n);
-// dst: [n] f32 from n / 32 blocks of dt.
+// dst: [n] f32 from n / 32 blocks of dt (Q8_0, Q4_0), or n / 256 blocks (Q4_K, Q6_K).
 void dequantize_row(const void *src, DType dt, float *dst, int64_t n);
+
+// llama.cpp's k-quants, which kvfold reads from GGUF files and converts at load:
+//   Q4_K: { f16 d, dmin; u8 scales[12]; u8 qs[128] }: 8 sub-blocks of 32, each with a 6-bit scale
+//         s and min m packed in `scales`; value = d * s * q - dmin * m, q a 4-bit code (the 64
+//         values of sub-blocks 2i, 2i + 1 share 32 bytes: low nibbles, then high)      (144 bytes)
+//   Q6_K: { u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d }: 16 sub-blocks of 16, value =
+//         d * scale * (q - 32), q a 6-bit code (4 low bits in ql, 2 high bits in qh)   (210 bytes)
+constexpr int64_t kKQuantBlock = 256;
+struct BlockQ4_K {
+  uint16_t d, dmin;
+  uint8_t scales[12];
+  uint8_t qs[128];
+};
+struct BlockQ6_K {
+  uint8_t ql[128];
+  uint8_t qh[64];
+  int8_t scales[16];
+  uint16_t d;
+};
+static_assert(sizeof(BlockQ4_K) == 144, "ggml block_q4_K is 144 bytes");
+static_assert(sizeof(BlockQ6_K) == 210, "ggml block_q6_K is 210 bytes");
 
 // y[t][o] = sum_i x[t][i] * W[o][i] (+ bias[o]) for W in Q8_0 / Q4_0 rows ([out, in / 32] blocks);
 // x rows lda floats apart. in must be a multiple of 32 (else KF_ERR_INTERNAL: the loader refuses

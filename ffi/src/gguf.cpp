@@ -42,6 +42,8 @@ bool ggml_to_dtype(uint32_t t, DType *dt, int64_t *block_values, int64_t *block_
   case 30: *dt = DType::BF16, *block_values = 1, *block_bytes = 2; return true;
   case 8: *dt = DType::Q8_0, *block_values = 32, *block_bytes = 34; return true;
   case 2: *dt = DType::Q4_0, *block_values = 32, *block_bytes = 18; return true;
+  case 12: *dt = DType::Q4_K, *block_values = 256, *block_bytes = 144; return true;
+  case 14: *dt = DType::Q6_K, *block_values = 256, *block_bytes = 210; return true;
   default: return false;
   }
 }
@@ -350,7 +352,7 @@ Header parse_header(const uint8_t *base_, uint64_t size, const std::string &path
     if (!ggml_to_dtype(t.type, &t.dtype, &bv, &bb)) {
       if (t.type < kNumGgmlTypes && *kGgmlTypeNames[t.type])
         raise(KF_ERR_UNSUPPORTED, "cannot load model: %s: tensor %s is of type %s; supported: F32, F16, BF16, Q8_0, "
-              "Q4_0", p, tn.c_str(), kGgmlTypeNames[t.type]);
+              "Q4_0, Q4_K, Q6_K", p, tn.c_str(), kGgmlTypeNames[t.type]);
       raise(KF_ERR_FORMAT, "cannot load model: %s: tensor %s has ggml type %u, which is not a ggml type", p,
             tn.c_str(), t.type);
     }
@@ -561,7 +563,7 @@ GgufModelFile::GgufModelFile(const std::string &path, bool use_mmap) : path_(pat
       if (shape != w->second->shape)
         raise(KF_ERR_FORMAT, "cannot load model: %s: tensor %s has shape %s, the metadata says %s", p, tn.c_str(),
               shape_to_string(shape).c_str(), shape_to_string(w->second->shape).c_str());
-      if (shape.size() == 1 && dtype_quantized(r.dtype))
+      if (shape.size() == 1 && (dtype_quantized(r.dtype) || dtype_load_only(r.dtype)))
         raise(KF_ERR_UNSUPPORTED, "cannot load model: %s: tensor %s is %s; vectors must be F32, F16 or BF16", p,
               tn.c_str(), kGgmlTypeNames[r.type]);
       TensorInfo t;

@@ -105,12 +105,15 @@ void model_load(kf_model &m, const std::string &dir, const kf_model_params &p, k
   const ModelConfig &c = m.cfg;
 
   // The dominant file dtype decides AUTO; mixed files are converted to it.
-  int64_t counts[5] = {0, 0, 0, 0, 0};
+  int64_t counts[kNumDTypes] = {};
   for (const TensorInfo &t : all)
     if (t.dtype_supported) counts[int(t.dtype)] += int64_t(t.nbytes);
   DType file_dt = DType::F32;
-  for (int i = 1; i < 5; i++)
+  for (int i = 1; i < kNumDTypes; i++)
     if (counts[i] > counts[int(file_dt)]) file_dt = DType(i);
+  // k-quant files (a Q4_K_M GGUF) are converted at load: to Q8_0 unless asked otherwise, the nearest
+  // format kvfold computes on that keeps what the k-quants hold.
+  if (dtype_load_only(file_dt)) file_dt = DType::Q8_0;
   // The backend may hold another dtype than the file's (the cuda backend converts f32 to bf16).
   const DType want = m.engine->backend->weight_dtype(p.weight_dtype == KF_DTYPE_AUTO ? file_dt : DType(p.weight_dtype),
                                                      p.weight_dtype);
@@ -181,7 +184,8 @@ void model_load(kf_model &m, const std::string &dir, const kf_model_params &p, k
       std::vector<std::vector<float>> rows(size_t(pool.size()), std::vector<float>(size_t(w.cols)));
       pool.parallel_for(w.rows, [&](int64_t r, int th) {
         float *tmp = rows[size_t(th)].data();
-        if (dtype_quantized(t->dtype)) dequantize_row(t->data + size_t(r) * src_row, t->dtype, tmp, w.cols);
+        if (dtype_quantized(t->dtype) || dtype_load_only(t->dtype))
+          dequantize_row(t->data + size_t(r) * src_row, t->dtype, tmp, w.cols);
         else convert_row_to_f32(t->data + size_t(r) * src_row, t->dtype, tmp, w.cols);
         // Checked on the f32 row while it is in cache: the conversion already read every value.
         const int64_t k = first_non_finite(reinterpret_cast<const uint8_t *>(tmp), DType::F32, w.cols);

@@ -8,9 +8,10 @@
  */
 
 import { f32BitsToBf16, f32BitsToF16 } from "./dtypes.ts";
+import { quantizeBlockQ4K, quantizeBlockQ6K } from "./ggml_kquant.ts";
 
 /** The ggml tensor types kvfold writes. */
-export type GgmlType = "f32" | "f16" | "bf16" | "q8_0" | "q4_0";
+export type GgmlType = "f32" | "f16" | "bf16" | "q8_0" | "q4_0" | "q4_k" | "q6_k";
 
 /**
  * ggml_type ids (ggml.h) of the types kvfold writes.
@@ -26,6 +27,8 @@ export const GGML_TYPE_IDS: Readonly<Record<GgmlType, number>> = Object.freeze({
   f16: 1,
   q4_0: 2,
   q8_0: 8,
+  q4_k: 12,
+  q6_k: 14,
   bf16: 30,
 });
 
@@ -36,6 +39,8 @@ export const GGML_BLOCKS: Readonly<Record<GgmlType, { values: number; bytes: num
   bf16: { values: 1, bytes: 2 },
   q8_0: { values: 32, bytes: 34 },
   q4_0: { values: 32, bytes: 18 },
+  q4_k: { values: 256, bytes: 144 },
+  q6_k: { values: 256, bytes: 210 },
 });
 
 /** Bytes of `n` values of `type`; `n` must be whole blocks (a RangeError otherwise). */
@@ -57,7 +62,8 @@ const f16Bits = (x: number) => {
 
 /**
  * Encodes f32 values as `type`, little endian: f16/bf16 round to nearest even, q8_0/q4_0 blocks
- * exactly as ggml's reference quantizers write them (`x.length` whole blocks of 32).
+ * exactly as ggml's reference quantizers write them (`x.length` whole blocks of 32), q4_k/q6_k in
+ * llama.cpp's layouts with scales from min/max (ggml_kquant.ts; whole blocks of 256).
  *
  * @example
  * ```ts
@@ -91,6 +97,12 @@ export function encodeGgml(x: Float32Array, type: GgmlType): Uint8Array {
       return out;
     case "q4_0":
       for (let b = 0, o = 0; b < n; b += 32, o += 18) quantizeBlockQ4_0(x, b, out, o);
+      return out;
+    case "q4_k":
+      for (let b = 0, o = 0; b < n; b += 256, o += 144) quantizeBlockQ4K(x, b, out, o);
+      return out;
+    case "q6_k":
+      for (let b = 0, o = 0; b < n; b += 256, o += 210) quantizeBlockQ6K(x, b, out, o);
       return out;
   }
 }

@@ -11,12 +11,15 @@
 import { KvfoldError } from "../errors.ts";
 import { readBoundedJson } from "../_bounded_read.ts";
 import { readSafetensorsFile, type TensorView, toFloat32 } from "./safetensors.ts";
-import type { GgmlType } from "./ggml_quant.ts";
+import { GGML_BLOCKS, type GgmlType } from "./ggml_quant.ts";
 import { tokenizerMetadata } from "./gguf_tokenizer.ts";
 import { type GgufContents, type GgufMetadataValue, type GgufTensorInput, writeGguf } from "./gguf_write.ts";
 
-/** The dtypes {@link writeModelGguf} writes the weight matrices in. */
-export type GgufModelDtype = GgmlType;
+/**
+ * The dtypes {@link writeModelGguf} writes the weight matrices in: one ggml type for all, or
+ * "q4_k_m", llama.cpp's most published mix (q6_K for attn_v, ffn_down and output, q4_K for the rest).
+ */
+export type GgufModelDtype = GgmlType | "q4_k_m";
 
 /** Options of {@link writeModelGguf}. */
 export interface WriteModelGgufOptions {
@@ -29,7 +32,16 @@ export interface WriteModelGgufOptions {
 }
 
 // llama_ftype ids (llama.h) written as general.file_type.
-const FILE_TYPES: Record<GgufModelDtype, number> = { f32: 0, f16: 1, q4_0: 2, q8_0: 7, bf16: 32 };
+const FILE_TYPES: Record<GgufModelDtype, number> = {
+  f32: 0,
+  f16: 1,
+  q4_0: 2,
+  q8_0: 7,
+  q4_k: 14, // LLAMA_FTYPE_MOSTLY_Q4_K_S
+  q4_k_m: 15,
+  q6_k: 18,
+  bf16: 32,
+};
 
 type Json = Record<string, unknown>;
 const u32 = (value: number): GgufMetadataValue => ({ type: "uint32", value });
@@ -191,7 +203,7 @@ export async function modelGgufContents(
     "general.name": options.name ?? (modelDir.replace(/\/+$/, "").split("/").pop() || "model"),
     "general.file_type": u32(FILE_TYPES[dtype]),
   };
-  if (dtype === "q8_0" || dtype === "q4_0") metadata["general.quantization_version"] = u32(2);
+  if (!["f32", "f16", "bf16"].includes(dtype)) metadata["general.quantization_version"] = u32(2);
   metadata[`${p}.context_length`] = u32(intOf(config, "max_position_embeddings", configPath));
   metadata[`${p}.embedding_length`] = u32(hidden);
   metadata[`${p}.block_count`] = u32(layers);
@@ -243,9 +255,18 @@ export async function modelGgufContents(
     }
     used.add(hf);
     const matrix = t.shape.length === 2;
-    const type: GgmlType = matrix ? dtype : "f32";
-    if ((type === "q8_0" || type === "q4_0") && t.shape[1] % 32 !== 0) {
-      throw unsupported(`tensor ${hf} has rows of ${t.shape[1]} values, not whole ${type} blocks of 32`);
+    const type: GgmlType = !matrix
+      ? "f32"
+      : dtype !== "q4_k_m"
+      ? dtype
+      : /attn_v|ffn_down|^output\./.test(gguf)
+      ? "q6_k"
+      : "q4_k";
+    const block = GGML_BLOCKS[type].values;
+    if (matrix && t.shape[1] % block !== 0) {
+      throw unsupported(
+        `tensor ${hf} has rows of ${t.shape[1]} values, not whole ${type} blocks of ${block}`,
+      );
     }
     const rows = t.shape[0];
     const cols = matrix ? t.shape[1] : 1;
