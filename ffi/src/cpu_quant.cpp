@@ -487,8 +487,9 @@ void matmul_quant_dt(ThreadPool &pool, const ActBlock *xq, int64_t nb, const voi
         for (int64_t o = r0; o < std::min(r_gemm, r0 + 32); o++) y[t * out + o] += bias[o];
   };
 #endif
-  auto task = [&](int64_t blk, int) {
-    const int64_t r0 = r_gemm + blk * kRowsPerTask, r1 = std::min(out, r0 + kRowsPerTask);
+  // Rows [r0, r1) (r0 a multiple of 8, so every row is summed by the same kernel however the rows are
+  // split); prefetching reads no further than row `stop`.
+  auto row_block = [&](int64_t r0, int64_t r1, int64_t stop) {
     // Whole groups of 8 rows, activation rows in pairs (then a last single one).
     int64_t r8 = r0;
     for (; r8 + 8 <= r1; r8 += 8) {
@@ -496,8 +497,9 @@ void matmul_quant_dt(ThreadPool &pool, const ActBlock *xq, int64_t nb, const voi
       // Decode streams W once from DRAM: while one group of 8 rows is summed, ask for the group two
       // ahead, spread over the blocks (the hardware prefetcher alone keeps one core at a third of
       // its bandwidth over these 8 interleaved row streams). Prefill rereads W: no prefetch.
-      const uint8_t *next = w + 16 * rb, *end = W + size_t(out) * rb;
-      const int64_t next_lines = T <= 2 && next < end ? int64_t(std::min(8 * rb, size_t(end - next)) / 64) : 0;
+      const int64_t ahead = std::max<int64_t>(0, std::min<int64_t>(8, stop - (r8 + 16)));
+      const uint8_t *next = w + 16 * rb;
+      const int64_t next_lines = T <= 2 ? int64_t(size_t(ahead) * rb / 64) : 0;
       int64_t t = 0;
       bool vector = true;
       for (; vector && t + 2 <= T; t += 2) {
@@ -522,7 +524,21 @@ void matmul_quant_dt(ThreadPool &pool, const ActBlock *xq, int64_t nb, const voi
         for (int64_t o = r0; o < r1; o++) yt[o] += bias[o];
     }
   };
+  auto task = [&](int64_t blk, int) {
+    const int64_t r0 = r_gemm + blk * kRowsPerTask;
+    row_block(r0, std::min(out, r0 + kRowsPerTask), out);
+  };
   const int64_t n_tasks = (out - r_gemm + kRowsPerTask - 1) / kRowsPerTask;
+  // Decode: one contiguous run of rows per thread, so the group each thread prefetches is its own
+  // next one (with tasks handed out in turn, it was mostly the other thread's).
+  if (n_panels == 0 && T <= 2 && pool.size() > 1 && size_t(out) * rb >= (size_t(64) << 10)) {
+    pool.run_per_thread([&](int part, int parts) {
+      const int64_t per = (n_tasks + parts - 1) / parts * kRowsPerTask;
+      const int64_t r0 = part * per, r1 = std::min(out, r0 + per);
+      for (int64_t r = r0; r < r1; r += kRowsPerTask) row_block(r, std::min(r1, r + kRowsPerTask), r1);
+    });
+    return;
+  }
   auto any_task = [&](int64_t i, int thread) {
 #ifdef KF_QUANT_X86
     if (i < n_panels) return panel_task(i, thread);
