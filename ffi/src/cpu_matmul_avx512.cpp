@@ -246,7 +246,69 @@ KF_AVX512BF16 void round_rows_bf16(const float *x, int64_t lda, int64_t K, int64
   }
 }
 
+// y[t][r] = xb[t] · W[r] (+ bias) for rows [r0, r1), W bf16: 32 products per vdpbf16ps, two
+// accumulators per t (even and odd 64-byte steps), each row one sequential stream prefetched 1 KiB
+// ahead. Every output is summed the same way whatever T is, so batching rows changes no bit.
+template <int T>
+KF_AVX512BF16 void matvec_bf16_dot_rows(const uint16_t *xb, int64_t kp, int64_t K, const uint8_t *W, size_t rb,
+                                        float *y, int64_t N, int64_t r0, int64_t r1, const float *bias) {
+  for (int64_t r = r0; r < r1; r++) {
+    const uint16_t *w = reinterpret_cast<const uint16_t *>(W + size_t(r) * rb);
+    __m512 acc[T][2];
+    for (int t = 0; t < T; t++) acc[t][0] = acc[t][1] = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 64 <= K; i += 64) {
+      _mm_prefetch(reinterpret_cast<const char *>(w + i) + 1024, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char *>(w + i) + 1088, _MM_HINT_T0);
+      const __m512bh w0 = (__m512bh)_mm512_loadu_si512(w + i), w1 = (__m512bh)_mm512_loadu_si512(w + i + 32);
+      for (int t = 0; t < T; t++) {
+        acc[t][0] = _mm512_dpbf16_ps(acc[t][0], (__m512bh)_mm512_loadu_si512(xb + t * kp + i), w0);
+        acc[t][1] = _mm512_dpbf16_ps(acc[t][1], (__m512bh)_mm512_loadu_si512(xb + t * kp + i + 32), w1);
+      }
+    }
+    for (; i < K; i += 32) {  // the tail, masked: x's padding and W's lanes past K are zeros
+      const __mmask32 m = K - i >= 32 ? __mmask32(0xffffffffu) : __mmask32((1u << (K - i)) - 1u);
+      const __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(m, w + i);
+      for (int t = 0; t < T; t++)
+        acc[t][0] = _mm512_dpbf16_ps(acc[t][0], (__m512bh)_mm512_maskz_loadu_epi16(m, xb + t * kp + i), wv);
+    }
+    for (int t = 0; t < T; t++)
+      y[t * N + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[t][0], acc[t][1])) + (bias ? bias[r] : 0.0f);
+  }
+}
+
 }  // namespace
+
+void matvec_bf16_dot(ThreadPool &pool, const float *x, const void *W, float *y, int64_t T, int64_t K, int64_t N,
+                     const float *bias) {
+  if (T < 1 || T > 8) raise(KF_ERR_INTERNAL, "cannot run matvec_bf16_dot: T = %lld is not 1..8", (long long)T);
+  const int64_t kp = (K + 1) / 2 * 2;
+  ScratchLease lease(size_t(T * kp) * sizeof(uint16_t));
+  uint16_t *xb = lease.as<uint16_t>();
+  round_rows_bf16(x, K, K, kp, xb, 0, T);
+  const uint8_t *Wb = static_cast<const uint8_t *>(W);
+  const size_t rb = size_t(K) * 2;
+  auto range = [&](int64_t r0, int64_t r1) {
+    switch (T) {
+    case 1: return matvec_bf16_dot_rows<1>(xb, kp, K, Wb, rb, y, N, r0, r1, bias);
+    case 2: return matvec_bf16_dot_rows<2>(xb, kp, K, Wb, rb, y, N, r0, r1, bias);
+    case 3: return matvec_bf16_dot_rows<3>(xb, kp, K, Wb, rb, y, N, r0, r1, bias);
+    case 4: return matvec_bf16_dot_rows<4>(xb, kp, K, Wb, rb, y, N, r0, r1, bias);
+    case 5: return matvec_bf16_dot_rows<5>(xb, kp, K, Wb, rb, y, N, r0, r1, bias);
+    case 6: return matvec_bf16_dot_rows<6>(xb, kp, K, Wb, rb, y, N, r0, r1, bias);
+    case 7: return matvec_bf16_dot_rows<7>(xb, kp, K, Wb, rb, y, N, r0, r1, bias);
+    default: return matvec_bf16_dot_rows<8>(xb, kp, K, Wb, rb, y, N, r0, r1, bias);
+    }
+  };
+  // Below ~64 KiB of weights, waking the pool costs more than it saves; else one contiguous block
+  // of rows per thread, streamed front to back.
+  if (pool.size() == 1 || size_t(N) * rb < (size_t(64) << 10)) return range(0, N);
+  pool.run_per_thread([&](int th, int nth) {
+    const int64_t per = ((N + nth - 1) / nth + 7) / 8 * 8;
+    const int64_t r0 = std::min(N, int64_t(th) * per), r1 = std::min(N, r0 + per);
+    range(r0, r1);
+  });
+}
 
 void gemm_avx512(ThreadPool &pool, const float *x, int64_t lda, const void *W, DType dt, float *y, int64_t T,
                  int64_t K, int64_t N, const float *bias, bool bf16_dot) {
@@ -291,6 +353,9 @@ void gemm_avx512(ThreadPool &pool, const float *x, int64_t lda, const void *W, D
 namespace kf {
 void gemm_avx512(ThreadPool &, const float *, int64_t, const void *, DType, float *, int64_t, int64_t, int64_t,
                  const float *, bool) {
+  raise(KF_ERR_INTERNAL, "cannot run matmul: no AVX-512 on this architecture");
+}
+void matvec_bf16_dot(ThreadPool &, const float *, const void *, float *, int64_t, int64_t, int64_t, const float *) {
   raise(KF_ERR_INTERNAL, "cannot run matmul: no AVX-512 on this architecture");
 }
 }  // namespace kf

@@ -17,6 +17,12 @@ namespace kf {
 void gemm_avx512(ThreadPool &pool, const float *x, int64_t lda, const void *W, DType dt, float *y, int64_t T,
                  int64_t K, int64_t N, const float *bias, bool bf16_dot);
 
+// Decode's product for bf16 W and T <= 8 rows of x (contiguous, K floats each): x rounded to bf16 as
+// the GEMM's bf16_dot does, 32 products per vdpbf16ps, each W row streamed once. Needs AVX512-BF16.
+// Each output is summed in the same order whatever T and the thread count are.
+void matvec_bf16_dot(ThreadPool &pool, const float *x, const void *W, float *y, int64_t T, int64_t K, int64_t N,
+                     const float *bias);
+
 // The same product in plain C++ loops (any T, any float dtype): KVFOLD_CPU=scalar's path.
 void matmul_portable(ThreadPool &pool, const float *x, int64_t lda, const void *W, DType dt, float *y, int64_t T,
                      int64_t K, int64_t N, const float *bias);

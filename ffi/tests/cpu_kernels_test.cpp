@@ -93,13 +93,14 @@ void test_float_path(CpuPath path, ThreadPool *pools) {
   for (DType dt : {DType::F32, DType::F16, DType::BF16}) {
     Check c(std::string("matmul ") + cpu_path_name(path) + " " + dtype_name(dt));
     for (int64_t T : {1, 3, 8, 9, 16, 17, 32, 45})
-      for (int64_t K : {7, 33, 100, 257, 520})
+      for (int64_t K : {7, 33, 100, 257, 520, 1565})
         for (int64_t N : {1, 15, 33, 100, 300}) {
           const std::vector<float> x = random_vec(rng, size_t(T * K)), bias = random_vec(rng, size_t(N));
           std::vector<uint8_t> raw;
           std::vector<float> w;
           make_float_weights(rng, dt, size_t(N * K), raw, w);
-          const bool rounds_x = path == CpuPath::Avx512Bf16 && dt == DType::BF16 && T > kMatvecMaxT;
+          // The GEMM, and decode's vdpbf16ps kernel on rows of >= 3 KiB, round x to bf16.
+          const bool rounds_x = path == CpuPath::Avx512Bf16 && dt == DType::BF16 && (T > kMatvecMaxT || K >= 1536);
           std::vector<double> ref(size_t(T * N));
           double mag = 0.0;
           for (int64_t t = 0; t < T; t++)
@@ -127,6 +128,15 @@ void test_float_path(CpuPath path, ThreadPool *pools) {
             if (p == 0) first = y;
             else c.expect(std::memcmp(first.data(), y.data(), y.size() * 4) == 0, what + " deterministic");
           }
+          // vdpbf16ps decode batches (T <= 8): each row's outputs are the bits of that row alone (the
+          // AVX2 matrix-vector kernels pick their accumulator count by T, so theirs are not).
+          if (T <= kMatvecMaxT && rounds_x)
+            for (int64_t t = 0; t < T; t++) {
+              std::vector<float> one(static_cast<size_t>(N));
+              matmul(pools[1], x.data() + t * K, raw.data(), dt, one.data(), 1, K, N, bias.data());
+              c.expect(std::memcmp(one.data(), first.data() + t * N, size_t(N) * 4) == 0,
+                       fmt("T=%lld K=%lld N=%lld row %lld alone", T, K, N, t));
+            }
         }
   }
 }
