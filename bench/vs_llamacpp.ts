@@ -375,7 +375,8 @@ for (const m of measurements) {
   if (m.phase.startsWith("decode")) {
     const bytesPerS = m.tokPerS * weightBytes[`${m.shape}/${m.dtype}`];
     m.fractionOfBandwidthLimit = bytesPerS / (bestBandwidthGBs * 1e9);
-    m.fractionOfRoundBandwidth = bytesPerS / (roundRecords.find((r) => r.round === m.round)!.bandwidthGBs * 1e9);
+    m.fractionOfRoundBandwidth = bytesPerS /
+      (roundRecords.find((r) => r.round === m.round)!.bandwidthGBs * 1e9);
   }
 }
 const quietRounds = new Set(roundRecords.filter((r) => !r.disturbed).map((r) => r.round));
