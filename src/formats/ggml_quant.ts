@@ -92,20 +92,23 @@ export function encodeGgml(x: Float32Array, type: GgmlType): Uint8Array {
       }
       return out;
     }
-    case "q8_0":
-      for (let b = 0, o = 0; b < n; b += 32, o += 34) quantizeBlockQ8_0(x, b, out, o);
+    default: {
+      // One block encoder per quantized type, called on each block in turn.
+      const encode = BLOCK_ENCODERS[type];
+      const { values, bytes } = GGML_BLOCKS[type];
+      for (let b = 0, o = 0; b < n; b += values, o += bytes) encode(x, b, out, o);
       return out;
-    case "q4_0":
-      for (let b = 0, o = 0; b < n; b += 32, o += 18) quantizeBlockQ4_0(x, b, out, o);
-      return out;
-    case "q4_k":
-      for (let b = 0, o = 0; b < n; b += 256, o += 144) quantizeBlockQ4K(x, b, out, o);
-      return out;
-    case "q6_k":
-      for (let b = 0, o = 0; b < n; b += 256, o += 210) quantizeBlockQ6K(x, b, out, o);
-      return out;
+    }
   }
 }
+
+type BlockEncoder = (x: Float32Array, b: number, out: Uint8Array, o: number) => void;
+const BLOCK_ENCODERS: Record<Exclude<GgmlType, "f32" | "f16" | "bf16">, BlockEncoder> = {
+  q8_0: quantizeBlockQ8_0,
+  q4_0: quantizeBlockQ4_0,
+  q4_k: quantizeBlockQ4K,
+  q6_k: quantizeBlockQ6K,
+};
 
 function quantizeBlockQ8_0(x: Float32Array, b: number, out: Uint8Array, o: number): void {
   let amax = 0;
