@@ -3,9 +3,13 @@
 // are read through the tied LM head, and the top-1 token is checked against the fact's entity
 // (vector 2p) and its value's words (vector 2p + 1). Reported by the fact's rank in its segment
 // (first, second, ...), since the owner of a second fact is what the reader needs to tell two facts of
-// one kind apart. A diagnostic, not a timed bench; it never trains.
+// one kind apart. With --qa-rows (the JSON of `bench/demo_qa.ts --rows`, same seed and documents), the
+// LLoCO answers' exact match is broken down by the same rank, which tells the encoder's misses (a fact
+// no vector carries) from the reader's (a carried fact answered wrong). A diagnostic, not a timed
+// bench; it never trains.
 //
 //   deno run -A bench/demo_summary_probe.ts [--trained demo/trained] [--seed 4242] [--documents 8]
+//       [--qa-rows demo_qa_rows.json]
 import { parseArgs } from "node:util";
 import { join } from "node:path";
 import { Kvfold } from "../mod.ts";
@@ -28,6 +32,7 @@ const { values: v } = parseArgs({
     trained: { type: "string", default: DEFAULT_TRAINED_DIR },
     seed: { type: "string", default: "4242" },
     documents: { type: "string", default: "8" },
+    "qa-rows": { type: "string" },
   },
 });
 const modelDir = join(v.trained!, "model");
@@ -52,6 +57,8 @@ using compressor = await Compressor.load(kv, modelDir);
 const corpus = generateDemoCorpus({ seed: Number(v.seed), documents: Number(v.documents) });
 // byRank[k] = [facts, entity right, value word right] for the k-th fact of its segment
 const byRank: number[][] = [];
+/** Each question's rank in its segment, by document file and question text. */
+const rankOf = new Map<string, number>();
 for (const doc of corpus.documents) {
   const ids = documentIds(doc);
   for (let c = 0; c * CHUNK_TOKENS < ids.length; c++) {
@@ -59,6 +66,7 @@ for (const doc of corpus.documents) {
     const vectors =
       (await compressor.compress(ids.slice(start, end), { segmentLength: SEGMENT_TOKENS })).data;
     for (const [seg, inSeg] of questionsBySegment(questionsIn(doc, start, end), start)) {
+      inSeg.forEach((q, rank) => rankOf.set(`${doc.file}\n${q.question}`, rank));
       summaryPairSlots(inSeg).forEach((q, pair) => {
         if (!q) return;
         const rank = inSeg.indexOf(q), row = seg * SUMMARY_VECTORS + 2 * pair;
@@ -84,3 +92,24 @@ byRank.forEach(([n, e, w], k) => {
     );
   }
 });
+
+if (v["qa-rows"]) {
+  const { rows } = JSON.parse(await Deno.readTextFile(v["qa-rows"])) as {
+    rows?: { condition: string; document: string; question: string; exact: boolean }[];
+  };
+  if (!rows) throw new Error(`${v["qa-rows"]}: no rows (run bench/demo_qa.ts with --rows)`);
+  const cells = new Map<string, [number, number]>();
+  for (const r of rows.filter((r) => r.condition.startsWith("lloco"))) {
+    const rank = rankOf.get(`${r.document}\n${r.question}`);
+    const key = `${r.condition}\t${rank === undefined ? "split across chunks" : rank + 1}`;
+    const c = cells.get(key) ?? [0, 0];
+    c[0]++, c[1] += Number(r.exact);
+    cells.set(key, c);
+  }
+  console.log("\n| LLoCO condition | fact's rank in its segment | questions | exact match |");
+  console.log("| --- | --- | --- | --- |");
+  for (const [key, [n, e]] of [...cells].sort()) {
+    const [condition, rank] = key.split("\t");
+    console.log(`| ${condition} | ${rank} | ${n} | ${(e / n).toFixed(3)} |`);
+  }
+}
