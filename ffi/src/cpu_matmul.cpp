@@ -145,16 +145,9 @@ template <DType D, int T>
 void matvec(ThreadPool &pool, const float *x, const void *Wv, float *y, int64_t in, int64_t out, const float *bias) {
   const uint8_t *W = static_cast<const uint8_t *>(Wv);
   const size_t row_bytes = size_t(in) * dtype_size(D);
-  // Below ~64 KiB of weights, waking the pool costs more than it saves.
-  if (pool.size() == 1 || size_t(out) * row_bytes < (size_t(64) << 10)) {
-    matvec_range<D, T>(x, in, W, row_bytes, y, out, 0, out, bias);
-    return;
-  }
   // One contiguous block of rows per thread (a multiple of 8 rows): each core streams its own part
-  // of W front to back, which the hardware prefetchers follow best.
-  pool.run_per_thread([&](int th, int nth) {
-    const int64_t per = ((out + nth - 1) / nth + 7) / 8 * 8;
-    const int64_t r0 = std::min(out, int64_t(th) * per), r1 = std::min(out, r0 + per);
+  // of W front to back.
+  pool.run_row_blocks(out, 8, size_t(out) * row_bytes, [&](int64_t r0, int64_t r1) {
     matvec_range<D, T>(x, in, W, row_bytes, y, out, r0, r1, bias);
   });
 }

@@ -300,14 +300,7 @@ void matvec_bf16_dot(ThreadPool &pool, const float *x, const void *W, float *y, 
     default: return matvec_bf16_dot_rows<8>(xb, kp, K, Wb, rb, y, N, r0, r1, bias);
     }
   };
-  // Below ~64 KiB of weights, waking the pool costs more than it saves; else one contiguous block
-  // of rows per thread, streamed front to back.
-  if (pool.size() == 1 || size_t(N) * rb < (size_t(64) << 10)) return range(0, N);
-  pool.run_per_thread([&](int th, int nth) {
-    const int64_t per = ((N + nth - 1) / nth + 7) / 8 * 8;
-    const int64_t r0 = std::min(N, int64_t(th) * per), r1 = std::min(N, r0 + per);
-    range(r0, r1);
-  });
+  pool.run_row_blocks(N, 8, size_t(N) * rb, range);
 }
 
 void gemm_avx512(ThreadPool &pool, const float *x, int64_t lda, const void *W, DType dt, float *y, int64_t T,

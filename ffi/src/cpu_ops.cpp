@@ -221,12 +221,10 @@ void convert_row_to_f32(const void *src, DType dt, float *dst, int64_t n) {
     return;
   case DType::Q8_0:
   case DType::Q4_0:  // an embedding row of a quantized table; rows are whole blocks
-    if (n % kQuantBlock != 0) raise(KF_ERR_INTERNAL, "cannot convert row: %lld values are not whole blocks", (long long)n);
-    dequantize_row(src, dt, dst, n);
-    return;
   case DType::Q4_K:
   case DType::Q6_K:
-    if (n % kKQuantBlock != 0) raise(KF_ERR_INTERNAL, "cannot convert row: %lld values are not whole blocks", (long long)n);
+    if (n % (dtype_load_only(dt) ? kKQuantBlock : kQuantBlock) != 0)
+      raise(KF_ERR_INTERNAL, "cannot convert row: %lld values are not whole blocks", (long long)n);
     dequantize_row(src, dt, dst, n);
     return;
   }

@@ -282,12 +282,17 @@ KF_QUANT_ROWS8(rows8_avxvnni, "avx2,fma,f16c,avxvnni", KF_DOT_AVXVNNI)
 // (Q4_0: the nibble, offset 8; Q8_0: w + 128) and each block's int sum starts at -offset * sum(x):
 // the same exact int dot as the row kernels, then the same acc = fma(float(dot), d_w * d_x, acc)
 // per block in block order, so the GEMM and rows8 give identical bits for every output.
-//   panel, per block b: f32 d[16C]; u8 v[8 quads][C][16 lanes][4]     (64C + 512C bytes)
+//   panel, per block b: f32 d[16C]; u8 v[8 quads][C][16 lanes][4]     (kPanelBlockBytes * C bytes)
 constexpr int64_t kGemmMinTokens = 3;
 constexpr int kGemmTile = 6;        // activation rows per register tile: 6 x C int and f32 accumulators
+constexpr size_t kPanelBlockBytes = 16 * 4 + 16 * 32;  // per 16 rows and block: scales, values
 constexpr int64_t kPackAhead = 4;  // blocks fetched ahead while packing: the best of 2, 4, 8 at T = 2..16
 
 #define KF_VNNI512 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
+// GCC 12 reports the `_mm512_undefined_*` pass-through operands inside AVX-512 intrinsics as "may be
+// used uninitialized" (a false positive in its headers, not in this code).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 // o[q] = dword q of rows 0..15 from r[i] = [row i's 8 dwords | row i + 8's 8 dwords]: an 8 x 8
 // transpose in each 256-bit half (unpack 32, unpack 64), then the halves' 128-bit lanes interleaved.
@@ -314,8 +319,8 @@ template <DType D, int C>
 KF_VNNI512 void pack_vnni_panel(const uint8_t *w, size_t rb, int64_t nb, uint8_t *dst) {
   constexpr size_t bs = D == DType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
   for (int64_t b = 0; b < nb; b++) {
-    float *d = reinterpret_cast<float *>(dst + size_t(b) * 576 * C);
-    uint8_t *v = dst + size_t(b) * 576 * C + 64 * C;
+    float *d = reinterpret_cast<float *>(dst + size_t(b) * kPanelBlockBytes * C);
+    uint8_t *v = dst + size_t(b) * kPanelBlockBytes * C + 64 * C;
     for (int c = 0; c < C; c++) {
       const uint8_t *blk = w + size_t(16 * c) * rb + size_t(b) * bs;
       // 16 row streams at once: fetch a few blocks ahead (a small T reads W from DRAM).
@@ -332,13 +337,13 @@ KF_VNNI512 void pack_vnni_panel(const uint8_t *w, size_t rb, int64_t nb, uint8_t
         const uint8_t *p0 = blk + size_t(i) * rb + 2, *p1 = blk + size_t(i + 8) * rb + 2;
         if constexpr (D == DType::Q8_0) {
           const __m512i q = _mm512_inserti64x4(
-              _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p0))),
+              _mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p0))),
               _mm256_loadu_si256(reinterpret_cast<const __m256i *>(p1)), 1);
           r[i] = _mm512_xor_si512(q, _mm512_set1_epi8(char(0x80)));
         } else {
           const __m128i x0 = _mm_loadu_si128(reinterpret_cast<const __m128i *>(p0));
           const __m128i x1 = _mm_loadu_si128(reinterpret_cast<const __m128i *>(p1));
-          const __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set_m128i(_mm_srli_epi16(x0, 4), x0)),
+          const __m512i q = _mm512_inserti64x4(_mm512_zextsi256_si512(_mm256_set_m128i(_mm_srli_epi16(x0, 4), x0)),
                                                _mm256_set_m128i(_mm_srli_epi16(x1, 4), x1), 1);
           r[i] = _mm512_and_si512(q, _mm512_set1_epi8(15));
         }
@@ -357,7 +362,7 @@ KF_VNNI512 void vnni_tile(const uint8_t *panel, int64_t nb, int32_t offset, cons
   for (int j = 0; j < R; j++)
     for (int c = 0; c < C; c++) acc[j][c] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; b++) {
-    const uint8_t *p = panel + size_t(b) * 576 * C;
+    const uint8_t *p = panel + size_t(b) * kPanelBlockBytes * C;
     __m512i s[R][C];
     for (int j = 0; j < R; j++) {
       const __m512i init = _mm512_set1_epi32(-offset * x[j][b].sum);
@@ -408,6 +413,7 @@ void vnni_panel_rows(const uint8_t *panel, int64_t nb, int32_t offset, const Act
   default: return;
   }
 }
+#pragma GCC diagnostic pop
 #undef KF_VNNI512
 #endif
 
@@ -455,7 +461,6 @@ Kernel choose_kernel() {
 // Weight rows per task: a block stays in L1/L2 while every activation row passes over it.
 constexpr int64_t kRowsPerTask = 16;
 
-
 template <DType D>
 void matmul_quant_dt(ThreadPool &pool, const ActBlock *xq, int64_t nb, const void *Wv, float *y, int64_t T,
                      int64_t out, const float *bias) {
@@ -467,7 +472,7 @@ void matmul_quant_dt(ThreadPool &pool, const ActBlock *xq, int64_t nb, const voi
   int64_t r_gemm = 0, n_panels = 0;
 #ifdef KF_QUANT_X86
   if (k == Kernel::Vnni512 && T >= kGemmMinTokens && !g_gemm_off.load(std::memory_order_relaxed) &&
-      size_t(nb) * 576 * 2 <= ThreadPool::scratch_bytes()) {
+      size_t(nb) * kPanelBlockBytes * 2 <= ThreadPool::scratch_bytes()) {
     r_gemm = out / 16 * 16;
     n_panels = out / 32 + (r_gemm % 32 != 0);
   }
@@ -531,10 +536,8 @@ void matmul_quant_dt(ThreadPool &pool, const ActBlock *xq, int64_t nb, const voi
   const int64_t n_tasks = (out - r_gemm + kRowsPerTask - 1) / kRowsPerTask;
   // Decode: one contiguous run of rows per thread, so the group each thread prefetches is its own
   // next one (with tasks handed out in turn, it was mostly the other thread's).
-  if (n_panels == 0 && T <= 2 && pool.size() > 1 && size_t(out) * rb >= (size_t(64) << 10)) {
-    pool.run_per_thread([&](int part, int parts) {
-      const int64_t per = (n_tasks + parts - 1) / parts * kRowsPerTask;
-      const int64_t r0 = part * per, r1 = std::min(out, r0 + per);
+  if (n_panels == 0 && T <= 2) {
+    pool.run_row_blocks(out, kRowsPerTask, size_t(out) * rb * size_t(T), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; r += kRowsPerTask) row_block(r, std::min(r1, r + kRowsPerTask), r1);
     });
     return;
@@ -547,7 +550,7 @@ void matmul_quant_dt(ThreadPool &pool, const ActBlock *xq, int64_t nb, const voi
   };
   // Below ~64 KiB of weights, waking the pool costs more than it saves. The GEMM always takes a
   // region: its panels live in the pool's per-thread scratch, which only a region owns.
-  if (n_panels == 0 && (pool.size() == 1 || size_t(out) * rb * size_t(T) < (size_t(64) << 10))) {
+  if (n_panels == 0 && (pool.size() == 1 || size_t(out) * rb * size_t(T) < ThreadPool::kInlineBytes)) {
     for (int64_t i = 0; i < n_tasks; i++) task(i, 0);
     return;
   }

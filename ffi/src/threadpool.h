@@ -28,6 +28,7 @@
 //   one region to the next.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -89,6 +90,21 @@ class ThreadPool {
       int n;
     } ctx{&fn, n};
     run([](void *p, int64_t part, int) { Ctx &c = *static_cast<Ctx *>(p); (*c.fn)(int(part), c.n); }, &ctx, n);
+  }
+
+  // Calls fn(r0, r1) over [0, rows) in one contiguous block per part (lengths a multiple of `align`),
+  // for kernels that stream rows of memory front to back, which the prefetchers follow best; or
+  // once, fn(0, rows), on the calling thread when the pool has one thread or the work touches fewer
+  // than kInlineBytes, where waking the pool costs more than it saves.
+  static constexpr size_t kInlineBytes = size_t(64) << 10;
+  template <class F>
+  void run_row_blocks(int64_t rows, int64_t align, size_t bytes, F &&fn) {
+    if (n_threads_ == 1 || bytes < kInlineBytes) return fn(int64_t(0), rows);
+    run_per_thread([&](int part, int parts) {
+      const int64_t per = ((rows + parts - 1) / parts + align - 1) / align * align;
+      const int64_t r0 = std::min(rows, int64_t(part) * per), r1 = std::min(rows, r0 + per);
+      if (r0 < r1) fn(r0, r1);
+    });
   }
 
   // Per-thread scratch, valid for the pool's lifetime; see the usage rules above.
