@@ -20,6 +20,7 @@ Deno.test("cpu kernels: every path against float64 references (native checks)", 
       "cpu_matmul_avx512",
       "cpu_matmul_scalar",
       "cpu_quant",
+      "cpu_quant_vnni512",
       "cpu_features",
     ]
       .concat(["threadpool", "common"]).map((f) => `${root}/ffi/src/${f}.cpp`);

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "cpu_features.h"
+#include "cpu_quant_vnni512.h"
 #include "cpu_scratch.h"
 
 #if defined(__x86_64__)
@@ -108,6 +109,9 @@ void dequantize_q6_k(const BlockQ6_K *x, float *y, int64_t nb) {
 }  // namespace
 
 void dequantize_row(const void *src, DType dt, float *dst, int64_t n) {
+  if (dtype_rows16(dt))
+    raise(KF_ERR_INTERNAL, "cannot dequantize a row of interleaved %s weights in place: deinterleave_row16 first",
+          dtype_name(dt));
   if (dt == DType::Q4_K) return dequantize_q4_k(static_cast<const BlockQ4_K *>(src), dst, n / kKQuantBlock);
   if (dt == DType::Q6_K) return dequantize_q6_k(static_cast<const BlockQ6_K *>(src), dst, n / kKQuantBlock);
   const int64_t nb = n / kQuantBlock;
@@ -131,13 +135,7 @@ void dequantize_row(const void *src, DType dt, float *dst, int64_t n) {
 
 namespace {
 
-// One activation block: 32 int8 with an f32 scale (not rounded to f16: a little closer to x than
-// ggml's q8_0 activations, same int math) and the sum of the 32 values.
-struct ActBlock {
-  float d;
-  int32_t sum;
-  int8_t qs[32];
-};
+using quant::ActBlock;
 
 void quantize_act_row(const float *x, int64_t n, ActBlock *y) {
   for (int64_t b = 0; b < n / kQuantBlock; b++) {
@@ -274,147 +272,6 @@ KF_QUANT_ROWS8(rows8_vnni512, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnn
 KF_QUANT_ROWS8(rows8_avxvnni, "avx2,fma,f16c,avxvnni", KF_DOT_AVXVNNI)
 #undef KF_QUANT_ROWS
 #undef KF_QUANT_ROWS8
-
-// The prefill GEMM (AVX512-VNNI, T >= kGemmMinTokens). Per task, one panel of 16 * C weight rows is
-// repacked into the pool's scratch so that one zmm holds 16 rows' next 4 values (vpdpbusd lanes =
-// output rows), then every activation row passes over it, 6 at a time with the 4 bytes broadcast.
-// vpdpbusd multiplies unsigned by signed bytes, so the weights are stored unsigned with an offset
-// (Q4_0: the nibble, offset 8; Q8_0: w + 128) and each block's int sum starts at -offset * sum(x):
-// the same exact int dot as the row kernels, then the same acc = fma(float(dot), d_w * d_x, acc)
-// per block in block order, so the GEMM and rows8 give identical bits for every output.
-//   panel, per block b: f32 d[16C]; u8 v[8 quads][C][16 lanes][4]     (kPanelBlockBytes * C bytes)
-constexpr int64_t kGemmMinTokens = 3;
-constexpr int kGemmTile = 6;        // activation rows per register tile: 6 x C int and f32 accumulators
-constexpr size_t kPanelBlockBytes = 16 * 4 + 16 * 32;  // per 16 rows and block: scales, values
-constexpr int64_t kPackAhead = 4;  // blocks fetched ahead while packing: the best of 2, 4, 8 at T = 2..16
-
-#define KF_VNNI512 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
-// GCC 12 reports the `_mm512_undefined_*` pass-through operands inside AVX-512 intrinsics as "may be
-// used uninitialized" (a false positive in its headers, not in this code).
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-
-// o[q] = dword q of rows 0..15 from r[i] = [row i's 8 dwords | row i + 8's 8 dwords]: an 8 x 8
-// transpose in each 256-bit half (unpack 32, unpack 64), then the halves' 128-bit lanes interleaved.
-KF_VNNI512 inline void transpose_16x8_dwords(const __m512i r[8], __m512i o[8]) {
-  __m512i a[8], b[8];
-  for (int i = 0; i < 8; i += 2) {
-    a[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
-    a[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 8; i += 4) {
-    b[i] = _mm512_unpacklo_epi64(a[i], a[i + 2]);      // dwords 0 | 4 of rows i..i+3
-    b[i + 1] = _mm512_unpackhi_epi64(a[i], a[i + 2]);  // 1 | 5
-    b[i + 2] = _mm512_unpacklo_epi64(a[i + 1], a[i + 3]);  // 2 | 6
-    b[i + 3] = _mm512_unpackhi_epi64(a[i + 1], a[i + 3]);  // 3 | 7
-  }
-  const __m512i lo = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13), hi = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
-  for (int q = 0; q < 4; q++) {
-    o[q] = _mm512_permutex2var_epi64(b[q], lo, b[q + 4]);
-    o[q + 4] = _mm512_permutex2var_epi64(b[q], hi, b[q + 4]);
-  }
-}
-
-template <DType D, int C>
-KF_VNNI512 void pack_vnni_panel(const uint8_t *w, size_t rb, int64_t nb, uint8_t *dst) {
-  constexpr size_t bs = D == DType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
-  for (int64_t b = 0; b < nb; b++) {
-    float *d = reinterpret_cast<float *>(dst + size_t(b) * kPanelBlockBytes * C);
-    uint8_t *v = dst + size_t(b) * kPanelBlockBytes * C + 64 * C;
-    for (int c = 0; c < C; c++) {
-      const uint8_t *blk = w + size_t(16 * c) * rb + size_t(b) * bs;
-      // 16 row streams at once: fetch a few blocks ahead (a small T reads W from DRAM).
-      if (b + kPackAhead < nb)
-        for (int r = 0; r < 16; r++) _mm_prefetch(reinterpret_cast<const char *>(blk + size_t(r) * rb + kPackAhead * bs), _MM_HINT_T0);
-      for (int r = 0; r < 16; r++) {
-        uint16_t dh;
-        std::memcpy(&dh, blk + size_t(r) * rb, 2);
-        d[16 * c + r] = _cvtsh_ss(dh);
-      }
-      // Each row's 32 values as unsigned bytes, rows i and i + 8 in one register.
-      __m512i r[8], o[8];
-      for (int i = 0; i < 8; i++) {
-        const uint8_t *p0 = blk + size_t(i) * rb + 2, *p1 = blk + size_t(i + 8) * rb + 2;
-        if constexpr (D == DType::Q8_0) {
-          const __m512i q = _mm512_inserti64x4(
-              _mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p0))),
-              _mm256_loadu_si256(reinterpret_cast<const __m256i *>(p1)), 1);
-          r[i] = _mm512_xor_si512(q, _mm512_set1_epi8(char(0x80)));
-        } else {
-          const __m128i x0 = _mm_loadu_si128(reinterpret_cast<const __m128i *>(p0));
-          const __m128i x1 = _mm_loadu_si128(reinterpret_cast<const __m128i *>(p1));
-          const __m512i q = _mm512_inserti64x4(_mm512_zextsi256_si512(_mm256_set_m128i(_mm_srli_epi16(x0, 4), x0)),
-                                               _mm256_set_m128i(_mm_srli_epi16(x1, 4), x1), 1);
-          r[i] = _mm512_and_si512(q, _mm512_set1_epi8(15));
-        }
-      }
-      transpose_16x8_dwords(r, o);
-      for (int q = 0; q < 8; q++) _mm512_storeu_si512(v + (q * C + c) * 64, o[q]);
-    }
-  }
-}
-
-// y[j][0, 16C) for R activation rows x[j] against a packed panel.
-template <int R, int C>
-KF_VNNI512 void vnni_tile(const uint8_t *panel, int64_t nb, int32_t offset, const ActBlock *const *x,
-                          float *const *y) {
-  __m512 acc[R][C];
-  for (int j = 0; j < R; j++)
-    for (int c = 0; c < C; c++) acc[j][c] = _mm512_setzero_ps();
-  for (int64_t b = 0; b < nb; b++) {
-    const uint8_t *p = panel + size_t(b) * kPanelBlockBytes * C;
-    __m512i s[R][C];
-    for (int j = 0; j < R; j++) {
-      const __m512i init = _mm512_set1_epi32(-offset * x[j][b].sum);
-      for (int c = 0; c < C; c++) s[j][c] = init;
-    }
-    for (int q = 0; q < 8; q++) {
-      __m512i w[C];
-      for (int c = 0; c < C; c++) w[c] = _mm512_loadu_si512(p + 64 * C + (q * C + c) * 64);
-      for (int j = 0; j < R; j++) {
-        int32_t x4;
-        std::memcpy(&x4, x[j][b].qs + 4 * q, 4);
-        const __m512i xb = _mm512_set1_epi32(x4);
-        for (int c = 0; c < C; c++) s[j][c] = _mm512_dpbusd_epi32(s[j][c], w[c], xb);
-      }
-    }
-    for (int c = 0; c < C; c++) {
-      const __m512 dw = _mm512_loadu_ps(p + 64 * c);
-      for (int j = 0; j < R; j++)
-        acc[j][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[j][c]), _mm512_mul_ps(dw, _mm512_set1_ps(x[j][b].d)),
-                                    acc[j][c]);
-    }
-  }
-  for (int j = 0; j < R; j++)
-    for (int c = 0; c < C; c++) _mm512_storeu_ps(y[j] + 16 * c, acc[j][c]);
-}
-
-// Every activation row against one packed panel of 16C rows starting at output row r0.
-template <int C>
-void vnni_panel_rows(const uint8_t *panel, int64_t nb, int32_t offset, const ActBlock *xq, float *y, int64_t T,
-                     int64_t out, int64_t r0) {
-  const ActBlock *xs[kGemmTile];
-  float *ys[kGemmTile];
-  int64_t t = 0;
-  auto rows_at = [&](int n) {
-    for (int j = 0; j < n; j++) xs[j] = xq + (t + j) * nb, ys[j] = y + (t + j) * out + r0;
-  };
-  for (; t + kGemmTile <= T; t += kGemmTile) {
-    rows_at(kGemmTile);
-    vnni_tile<kGemmTile, C>(panel, nb, offset, xs, ys);
-  }
-  rows_at(int(T - t));
-  switch (T - t) {
-  case 5: return vnni_tile<5, C>(panel, nb, offset, xs, ys);
-  case 4: return vnni_tile<4, C>(panel, nb, offset, xs, ys);
-  case 3: return vnni_tile<3, C>(panel, nb, offset, xs, ys);
-  case 2: return vnni_tile<2, C>(panel, nb, offset, xs, ys);
-  case 1: return vnni_tile<1, C>(panel, nb, offset, xs, ys);
-  default: return;
-  }
-}
-#pragma GCC diagnostic pop
-#undef KF_VNNI512
 #endif
 
 enum class Kernel { Scalar, Avx2, Vnni512, AvxVnni };
@@ -470,28 +327,19 @@ void matmul_quant_dt(ThreadPool &pool, const ActBlock *xq, int64_t nb, const voi
   // Rows [0, r_gemm) go through the GEMM in panels of 32 (then one of 16); the rest, and everything
   // when the GEMM does not apply, through the row kernels in tasks of kRowsPerTask.
   int64_t r_gemm = 0, n_panels = 0;
-#ifdef KF_QUANT_X86
-  if (k == Kernel::Vnni512 && T >= kGemmMinTokens && !g_gemm_off.load(std::memory_order_relaxed) &&
-      size_t(nb) * kPanelBlockBytes * 2 <= ThreadPool::scratch_bytes()) {
+  if (k == Kernel::Vnni512 && T >= quant::kGemmMinTokens && !g_gemm_off.load(std::memory_order_relaxed) &&
+      quant::gemm_panel_bytes(nb) <= ThreadPool::scratch_bytes()) {
     r_gemm = out / 16 * 16;
     n_panels = out / 32 + (r_gemm % 32 != 0);
   }
-  const int32_t offset = D == DType::Q8_0 ? 128 : 8;
   auto panel_task = [&](int64_t p, int thread) {
-    uint8_t *panel = static_cast<uint8_t *>(pool.scratch(thread));
     const int64_t r0 = p * 32;
-    if (r0 + 32 <= r_gemm) {
-      pack_vnni_panel<D, 2>(W + size_t(r0) * rb, rb, nb, panel);
-      vnni_panel_rows<2>(panel, nb, offset, xq, y, T, out, r0);
-    } else {
-      pack_vnni_panel<D, 1>(W + size_t(r0) * rb, rb, nb, panel);
-      vnni_panel_rows<1>(panel, nb, offset, xq, y, T, out, r0);
-    }
+    const int C = r0 + 32 <= r_gemm ? 2 : 1;
+    quant::gemm_panel(D, W + size_t(r0) * rb, rb, C, nb, xq, y, T, out, r0, static_cast<uint8_t *>(pool.scratch(thread)));
     if (bias)
       for (int64_t t = 0; t < T; t++)
-        for (int64_t o = r0; o < std::min(r_gemm, r0 + 32); o++) y[t * out + o] += bias[o];
+        for (int64_t o = r0; o < r0 + 16 * C; o++) y[t * out + o] += bias[o];
   };
-#endif
   // Rows [r0, r1) (r0 a multiple of 8, so every row is summed by the same kernel however the rows are
   // split); prefetching reads no further than row `stop`.
   auto row_block = [&](int64_t r0, int64_t r1, int64_t stop) {
@@ -543,9 +391,7 @@ void matmul_quant_dt(ThreadPool &pool, const ActBlock *xq, int64_t nb, const voi
     return;
   }
   auto any_task = [&](int64_t i, int thread) {
-#ifdef KF_QUANT_X86
     if (i < n_panels) return panel_task(i, thread);
-#endif
     task(i - n_panels, thread);
   };
   // Below ~64 KiB of weights, waking the pool costs more than it saves. The GEMM always takes a
@@ -557,7 +403,46 @@ void matmul_quant_dt(ThreadPool &pool, const ActBlock *xq, int64_t nb, const voi
   pool.parallel_for(n_panels + n_tasks, any_task);
 }
 
+// Interleaved weights (Q8_0_R16 / Q4_0_R16): the GEMM from kGemmMinTokens activation rows on (panels
+// of two groups), else the group kernel over activation rows in pairs, one contiguous run of groups
+// per thread (decode streams W once, sequentially).
+void matmul_rows16(ThreadPool &pool, const ActBlock *xq, int64_t nb, DType dt, const uint8_t *W, float *y, int64_t T,
+                   int64_t out, const float *bias) {
+  if (!cpu_features().avx512_vnni || out % 16 != 0)
+    raise(KF_ERR_INTERNAL, "cannot run matmul: interleaved %s weights need AVX512-VNNI and whole 16-row groups",
+          dtype_name(dt));
+  const size_t rb = dtype_row_bytes(dt, nb * kQuantBlock);
+  auto add_bias = [&](int64_t r0, int64_t r1) {
+    if (bias)
+      for (int64_t t = 0; t < T; t++)
+        for (int64_t o = r0; o < r1; o++) y[t * out + o] += bias[o];
+  };
+  if (T >= quant::kGemmMinTokens && quant::gemm_panel_bytes(nb) <= ThreadPool::scratch_bytes()) {
+    pool.parallel_for((out / 16 + 1) / 2, [&](int64_t p, int thread) {
+      const int64_t r0 = p * 32;
+      const int C = r0 + 32 <= out ? 2 : 1;
+      quant::gemm_panel(dt, W + size_t(r0) * rb, rb, C, nb, xq, y, T, out, r0,
+                        static_cast<uint8_t *>(pool.scratch(thread)));
+      add_bias(r0, r0 + 16 * C);
+    });
+    return;
+  }
+  pool.run_row_blocks(out, 16, size_t(out) * rb * size_t(T), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; r += 16) {
+      for (int64_t t = 0; t < T; t += 2) {
+        const int nt = int(std::min<int64_t>(2, T - t));
+        const ActBlock *xs[2] = {xq + t * nb, xq + (t + nt - 1) * nb};
+        float *ys[2] = {y + t * out + r, y + (t + nt - 1) * out + r};
+        quant::rows16_group(dt, W + size_t(r) * rb, nb, xs, nt, ys);
+      }
+    }
+    add_bias(r0, r1);
+  });
+}
+
 }  // namespace
+
+bool quant_rows16_wanted() { return choose_kernel() == Kernel::Vnni512; }
 
 bool quant_force_kernel(const char *name) {
   const CpuFeatures &f = cpu_features();
@@ -596,7 +481,8 @@ void matmul_quant(ThreadPool &pool, const float *x, int64_t lda, const void *W, 
   } else {
     for (int64_t t = 0; t < T; t++) quantize_act_row(x + t * lda, in, xb + t * nb);
   }
-  if (dt == DType::Q8_0) matmul_quant_dt<DType::Q8_0>(pool, xb, nb, W, y, T, out, bias);
+  if (dtype_rows16(dt)) matmul_rows16(pool, xb, nb, dt, static_cast<const uint8_t *>(W), y, T, out, bias);
+  else if (dt == DType::Q8_0) matmul_quant_dt<DType::Q8_0>(pool, xb, nb, W, y, T, out, bias);
   else matmul_quant_dt<DType::Q4_0>(pool, xb, nb, W, y, T, out, bias);
 }
 

@@ -85,6 +85,13 @@ std::vector<float> load_vector(const TensorInfo &t) {
 
 }  // namespace
 
+void weight_row_to_f32(const Weight &w, int64_t r, float *dst) {
+  if (!dtype_rows16(w.dtype)) return convert_row_to_f32(w.row(r), w.dtype, dst, w.cols);
+  std::vector<uint8_t> blocks(dtype_row_bytes(w.dtype, w.cols));
+  deinterleave_row16(w.dtype, w.data, r, w.cols, blocks.data());
+  dequantize_row(blocks.data(), dtype_block_kind(w.dtype), dst, w.cols);
+}
+
 void model_load(kf_model &m, const std::string &dir, const kf_model_params &p, kf_control *ctl) {
   if (p.weight_dtype < KF_DTYPE_AUTO || p.weight_dtype > KF_DTYPE_Q4_0)
     raise(KF_ERR_INVALID_ARGUMENT, "cannot load model: weight_dtype %d is not one of -1 (auto), 0 (f32), 1 (f16), 2 (bf16), "
@@ -208,9 +215,31 @@ void model_load(kf_model &m, const std::string &dir, const kf_model_params &p, k
     return load_vector(*t);
   };
 
+  // Quantized matrices the matmul reads (not the embedding table, whose rows are gathered) take the
+  // 16-row interleaved layout where the AVX512-VNNI kernels run (cpu_quant.h; only the CPU backend
+  // accepts quantized weights): in place in a converted copy, else into a new one.
+  const bool rows16 = dtype_quantized(want) && quant_rows16_wanted();
+  auto projection = [&](const std::string &name) -> Weight {
+    Weight w = matrix(name);
+    if (!rows16 || w.rows % 16 != 0 || !dtype_quantized(w.dtype)) return w;
+    const size_t n = size_t(w.rows) * dtype_row_bytes(w.dtype, w.cols);
+    uint8_t *dst;
+    if (!m.owned.empty() && m.owned.back().get() == w.data) {
+      dst = m.owned.back().get();
+    } else {
+      m.owned.emplace_back(new uint8_t[n]);
+      dst = m.owned.back().get();
+      advise_huge_pages(dst, n);
+    }
+    interleave_rows16(pool, w.dtype, w.data, w.rows, w.cols, dst);
+    w.data = dst;
+    w.dtype = w.dtype == DType::Q8_0 ? DType::Q8_0_R16 : DType::Q4_0_R16;
+    return w;
+  };
+
   m.embed = matrix("model.embed_tokens.weight");
   const bool has_head = find("lm_head.weight") != nullptr;
-  m.lm_head = (c.tie_word_embeddings || !has_head) ? m.embed : matrix("lm_head.weight");
+  m.lm_head = (c.tie_word_embeddings || !has_head) ? m.embed : projection("lm_head.weight");
   m.final_norm = vec("model.norm.weight");
   m.layers.resize(size_t(c.n_layers));
   for (int i = 0; i < c.n_layers; i++) {
@@ -218,13 +247,13 @@ void model_load(kf_model &m, const std::string &dir, const kf_model_params &p, k
     LayerWeights &L = m.layers[size_t(i)];
     L.attn_norm = vec(pre + "input_layernorm.weight");
     L.ffn_norm = vec(pre + "post_attention_layernorm.weight");
-    L.wq = matrix(pre + "self_attn.q_proj.weight");
-    L.wk = matrix(pre + "self_attn.k_proj.weight");
-    L.wv = matrix(pre + "self_attn.v_proj.weight");
-    L.wo = matrix(pre + "self_attn.o_proj.weight");
-    L.w_gate = matrix(pre + "mlp.gate_proj.weight");
-    L.w_up = matrix(pre + "mlp.up_proj.weight");
-    L.w_down = matrix(pre + "mlp.down_proj.weight");
+    L.wq = projection(pre + "self_attn.q_proj.weight");
+    L.wk = projection(pre + "self_attn.k_proj.weight");
+    L.wv = projection(pre + "self_attn.v_proj.weight");
+    L.wo = projection(pre + "self_attn.o_proj.weight");
+    L.w_gate = projection(pre + "mlp.gate_proj.weight");
+    L.w_up = projection(pre + "mlp.up_proj.weight");
+    L.w_down = projection(pre + "mlp.down_proj.weight");
     auto opt = [&](const char *suffix, std::vector<float> &dst) {
       if (find(pre + suffix)) dst = vec(pre + suffix);
     };

@@ -35,12 +35,15 @@ struct Weight {
   const void *data = nullptr;
   DType dtype = DType::F32;
   int64_t rows = 0, cols = 0;
+  // Row r's bytes in a row-major layout (not the interleaved Q8_0_R16 / Q4_0_R16: weight_row_to_f32).
   const uint8_t *row(int64_t r) const {
     return static_cast<const uint8_t *>(data) + size_t(r) * dtype_row_bytes(dtype, cols);
   }
 };
 
 inline int64_t numel(const Weight &w) { return w.rows * w.cols; }
+// dst: [w.cols] f32, row r of w in any layout.
+void weight_row_to_f32(const Weight &w, int64_t r, float *dst);
 
 struct LayerWeights {
   std::vector<float> attn_norm, ffn_norm;  // [hidden], converted to f32 at load

@@ -30,7 +30,7 @@ struct MasterBuilder {
   void matrix(const std::string &name, const Weight &src, Weight &dst) {
     FullTensor &t = add(name, src.rows, src.cols, true);
     t.own.resize(t.size());
-    for (int64_t r = 0; r < src.rows; r++) convert_row_to_f32(src.row(r), src.dtype, t.own.data() + r * src.cols, src.cols);
+    for (int64_t r = 0; r < src.rows; r++) weight_row_to_f32(src, r, t.own.data() + r * src.cols);
     t.w = t.own.data();  // a vector's buffer survives the move into tr.tensors' growth
     dst = Weight{t.w, DType::F32, src.rows, src.cols};
   }

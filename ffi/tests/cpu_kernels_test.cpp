@@ -5,7 +5,7 @@
 // Build and run (from the repository root; tests/cpu_kernels_test.ts does this):
 //   g++ -std=c++17 -O2 -march=native -pthread -Iffi/include ffi/tests/cpu_kernels_test.cpp ffi/src/cpu_ops.cpp
 //       ffi/src/cpu_matmul.cpp ffi/src/cpu_matmul_avx512.cpp ffi/src/cpu_matmul_scalar.cpp ffi/src/cpu_quant.cpp
-//       ffi/src/cpu_features.cpp ffi/src/threadpool.cpp ffi/src/common.cpp -o build/cpu_kernels_test
+//       ffi/src/cpu_quant_vnni512.cpp ffi/src/cpu_features.cpp ffi/src/threadpool.cpp ffi/src/common.cpp -o build/cpu_kernels_test
 // Prints one line per check ("ok" / "FAIL" / "skip") and exits nonzero if any check failed.
 #include <cmath>
 #include <cstdio>
@@ -241,6 +241,57 @@ void test_quant_gemm_matches_rows(ThreadPool *pools) {
   quant_force_kernel(nullptr);
 }
 
+// The 16-row interleaved layouts: every row reads back as it went in, in place or not, and the
+// matmul over them (the group kernel for T <= 2, the GEMM from 3) gives the row kernels' bits.
+void test_quant_rows16(ThreadPool *pools) {
+  if (!quant_force_kernel("vnni512-rows")) {
+    std::printf("skip 16-row interleaved layouts: this CPU lacks AVX512-VNNI\n");
+    return;
+  }
+  Check c("16-row interleaved Q8_0 / Q4_0 = row-major, bit for bit");
+  Rng rng(23);
+  for (DType dt : {DType::Q8_0, DType::Q4_0}) {
+    const DType r16 = dt == DType::Q8_0 ? DType::Q8_0_R16 : DType::Q4_0_R16;
+    for (int64_t K : {32, 96, 2080})
+      for (int64_t N : {16, 48, 112}) {
+        const size_t rb = dtype_row_bytes(dt, K);
+        const std::vector<float> f = random_vec(rng, size_t(N * K)), bias = random_vec(rng, size_t(N));
+        std::vector<uint8_t> raw(size_t(N) * rb), inter(raw.size()), back(rb);
+        for (int64_t o = 0; o < N; o++) quantize_row(f.data() + o * K, dt, raw.data() + size_t(o) * rb, K);
+        interleave_rows16(pools[1], dt, raw.data(), N, K, inter.data());
+        std::vector<uint8_t> in_place = raw;
+        interleave_rows16(pools[2], dt, in_place.data(), N, K, in_place.data());
+        const std::string shape = std::string(dtype_name(dt)) + fmt(" K=%lld N=%lld", K, N);
+        c.expect(in_place == inter, shape + " in place");
+        c.expect(N == 16 || inter != raw, shape + " layout differs from row-major");
+        for (int64_t o = 0; o < N; o++) {
+          deinterleave_row16(r16, inter.data(), o, K, back.data());
+          c.expect(std::memcmp(back.data(), raw.data() + size_t(o) * rb, rb) == 0, shape + fmt(" row %lld back", o));
+        }
+        for (int64_t T : {1, 2, 3, 5, 7, 13}) {
+          const std::vector<float> x = random_vec(rng, size_t(T * K));
+          std::vector<float> rows(size_t(T * N)), got(size_t(T * N), NAN);
+          quant_force_kernel("vnni512-rows");
+          matmul(pools[1], x.data(), raw.data(), dt, rows.data(), T, K, N, bias.data());
+          for (int p = 0; p < 3; p++) {
+            matmul(pools[p], x.data(), inter.data(), r16, got.data(), T, K, N, bias.data());
+            c.expect(std::memcmp(rows.data(), got.data(), rows.size() * 4) == 0,
+                     shape + fmt(" T=%lld threads=%lld", T, p + 1));
+          }
+        }
+      }
+    bool threw = false;
+    try {
+      std::vector<uint8_t> w(size_t(24) * dtype_row_bytes(dt, 32));
+      interleave_rows16(pools[0], dt, w.data(), 24, 32, w.data());
+    } catch (const Error &) {
+      threw = true;
+    }
+    c.expect(threw, std::string(dtype_name(dt)) + " 24 rows refused");
+  }
+  quant_force_kernel(nullptr);
+}
+
 // ggml's layouts, byte for byte, and the round trip bound.
 void test_quant_layout() {
   Check c("Q8_0 / Q4_0 blocks as llama.cpp lays them out");
@@ -301,6 +352,7 @@ int main() {
   }
   quant_force_kernel(nullptr);
   test_quant_gemm_matches_rows(pools);
+  test_quant_rows16(pools);
   std::printf(g_failed ? "FAILED: %d check(s)\n" : "all checks passed\n", g_failed);
   return g_failed ? 1 : 0;
 }

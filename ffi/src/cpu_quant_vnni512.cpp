@@ -1,0 +1,328 @@
+// cpu_quant_vnni512.cpp — the int8 kernels that read 16 weight rows per AVX512-VNNI instruction
+// (cpu_quant_vnni512.h): the prefill GEMM over repacked panels, and the 16-row interleaved weight
+// layouts (Q8_0_R16, Q4_0_R16) with their decode kernel. Portable code (the interleaving itself)
+// builds everywhere; the kernels only where the compiler targets x86-64, each with its own target
+// attribute, and run only where cpu_features() says the CPU has AVX512-VNNI.
+#include "cpu_quant_vnni512.h"
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "cpu_features.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define KF_QUANT_X86 1
+#endif
+
+namespace kf {
+
+namespace {
+size_t block_bytes(DType base) { return base == DType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0); }
+size_t quant_bytes(DType base) { return block_bytes(base) - 2; }  // a block's values (after its f16 scale)
+}  // namespace
+
+// Group g (16 rows), block b: the 16 rows' blocks b, 16 * block_bytes at (g * nb + b) * 16 * bs.
+void interleave_rows16(ThreadPool &pool, DType dt, const void *srcv, int64_t rows, int64_t cols, void *dstv) {
+  if (!(dt == DType::Q8_0 || dt == DType::Q4_0) || rows % 16 != 0 || cols % kQuantBlock != 0)
+    raise(KF_ERR_INTERNAL, "cannot interleave %s rows: %lld x %lld is not whole 16-row groups of blocks",
+          dtype_name(dt), (long long)rows, (long long)cols);
+  const uint8_t *src = static_cast<const uint8_t *>(srcv);
+  uint8_t *dst = static_cast<uint8_t *>(dstv);
+  const int64_t nb = cols / kQuantBlock;
+  const size_t bs = block_bytes(dt), rb = size_t(nb) * bs, chunks = quant_bytes(dt) / 4;
+  // A group takes the same bytes in both layouts: each is copied aside first, so dst may be src.
+  std::vector<uint8_t> aside(size_t(pool.size()) * 16 * rb);  // allocated here: no throw in workers
+  pool.parallel_for(rows / 16, [&](int64_t g, int thread) {
+    uint8_t *rows16 = aside.data() + size_t(thread) * 16 * rb;
+    std::memcpy(rows16, src + size_t(16 * g) * rb, 16 * rb);
+    for (int64_t b = 0; b < nb; b++) {
+      uint8_t *o = dst + (size_t(g) * size_t(nb) + size_t(b)) * 16 * bs;
+      for (int r = 0; r < 16; r++) {
+        const uint8_t *blk = rows16 + size_t(r) * rb + size_t(b) * bs;
+        std::memcpy(o + 2 * r, blk, 2);
+        for (size_t k = 0; k < chunks; k++) std::memcpy(o + 32 + 64 * k + 4 * r, blk + 2 + 4 * k, 4);
+      }
+    }
+  });
+}
+
+void deinterleave_row16(DType dt, const void *wv, int64_t r, int64_t cols, void *dstv) {
+  const DType base = dtype_block_kind(dt);
+  if (!dtype_rows16(dt) || cols % kQuantBlock != 0)
+    raise(KF_ERR_INTERNAL, "cannot read an interleaved row of %s weights with %lld columns", dtype_name(dt),
+          (long long)cols);
+  const uint8_t *w = static_cast<const uint8_t *>(wv);
+  uint8_t *dst = static_cast<uint8_t *>(dstv);
+  const int64_t nb = cols / kQuantBlock, g = r / 16, i = r % 16;
+  const size_t bs = block_bytes(base), chunks = quant_bytes(base) / 4;
+  for (int64_t b = 0; b < nb; b++) {
+    const uint8_t *o = w + (size_t(g) * size_t(nb) + size_t(b)) * 16 * bs;
+    uint8_t *blk = dst + size_t(b) * bs;
+    std::memcpy(blk, o + 2 * i, 2);
+    for (size_t k = 0; k < chunks; k++) std::memcpy(blk + 2 + 4 * k, o + 32 + 64 * k + 4 * i, 4);
+  }
+}
+
+namespace quant {
+
+namespace {
+
+#ifdef KF_QUANT_X86
+// The prefill GEMM (AVX512-VNNI, T >= kGemmMinTokens). Per task, one panel of 16 * C weight rows is
+// repacked into the pool's scratch so that one zmm holds 16 rows' next 4 values (vpdpbusd lanes =
+// output rows), then every activation row passes over it, 6 at a time with the 4 bytes broadcast.
+// vpdpbusd multiplies unsigned by signed bytes, so the weights are stored unsigned with an offset
+// (Q4_0: the nibble, offset 8; Q8_0: w + 128) and each block's int sum starts at -offset * sum(x):
+// the same exact int dot as the row kernels, then the same acc = fma(float(dot), d_w * d_x, acc)
+// per block in block order, so the GEMM and rows8 give identical bits for every output.
+//   panel, per block b: f32 d[16C]; u8 v[8 quads][C][16 lanes][4]     (kPanelBlockBytes * C bytes)
+constexpr int kGemmTile = 6;        // activation rows per register tile: 6 x C int and f32 accumulators
+constexpr size_t kPanelBlockBytes = 16 * 4 + 16 * 32;  // per 16 rows and block: scales, values
+constexpr int64_t kPackAhead = 4;  // blocks fetched ahead while packing: the best of 2, 4, 8 at T = 2..16
+
+#define KF_VNNI512 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
+// GCC 12 reports the `_mm512_undefined_*` pass-through operands inside AVX-512 intrinsics as "may be
+// used uninitialized" (a false positive in its headers, not in this code).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+// o[q] = dword q of rows 0..15 from r[i] = [row i's 8 dwords | row i + 8's 8 dwords]: an 8 x 8
+// transpose in each 256-bit half (unpack 32, unpack 64), then the halves' 128-bit lanes interleaved.
+KF_VNNI512 inline void transpose_16x8_dwords(const __m512i r[8], __m512i o[8]) {
+  __m512i a[8], b[8];
+  for (int i = 0; i < 8; i += 2) {
+    a[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    a[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    b[i] = _mm512_unpacklo_epi64(a[i], a[i + 2]);      // dwords 0 | 4 of rows i..i+3
+    b[i + 1] = _mm512_unpackhi_epi64(a[i], a[i + 2]);  // 1 | 5
+    b[i + 2] = _mm512_unpacklo_epi64(a[i + 1], a[i + 3]);  // 2 | 6
+    b[i + 3] = _mm512_unpackhi_epi64(a[i + 1], a[i + 3]);  // 3 | 7
+  }
+  const __m512i lo = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13), hi = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
+  for (int q = 0; q < 4; q++) {
+    o[q] = _mm512_permutex2var_epi64(b[q], lo, b[q + 4]);
+    o[q + 4] = _mm512_permutex2var_epi64(b[q], hi, b[q + 4]);
+  }
+}
+
+template <DType D, int C>
+KF_VNNI512 void pack_vnni_panel(const uint8_t *w, size_t rb, int64_t nb, uint8_t *dst) {
+  constexpr size_t bs = D == DType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
+  for (int64_t b = 0; b < nb; b++) {
+    float *d = reinterpret_cast<float *>(dst + size_t(b) * kPanelBlockBytes * C);
+    uint8_t *v = dst + size_t(b) * kPanelBlockBytes * C + 64 * C;
+    for (int c = 0; c < C; c++) {
+      const uint8_t *blk = w + size_t(16 * c) * rb + size_t(b) * bs;
+      // 16 row streams at once: fetch a few blocks ahead (a small T reads W from DRAM).
+      if (b + kPackAhead < nb)
+        for (int r = 0; r < 16; r++) _mm_prefetch(reinterpret_cast<const char *>(blk + size_t(r) * rb + kPackAhead * bs), _MM_HINT_T0);
+      for (int r = 0; r < 16; r++) {
+        uint16_t dh;
+        std::memcpy(&dh, blk + size_t(r) * rb, 2);
+        d[16 * c + r] = _cvtsh_ss(dh);
+      }
+      // Each row's 32 values as unsigned bytes, rows i and i + 8 in one register.
+      __m512i r[8], o[8];
+      for (int i = 0; i < 8; i++) {
+        const uint8_t *p0 = blk + size_t(i) * rb + 2, *p1 = blk + size_t(i + 8) * rb + 2;
+        if constexpr (D == DType::Q8_0) {
+          const __m512i q = _mm512_inserti64x4(
+              _mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p0))),
+              _mm256_loadu_si256(reinterpret_cast<const __m256i *>(p1)), 1);
+          r[i] = _mm512_xor_si512(q, _mm512_set1_epi8(char(0x80)));
+        } else {
+          const __m128i x0 = _mm_loadu_si128(reinterpret_cast<const __m128i *>(p0));
+          const __m128i x1 = _mm_loadu_si128(reinterpret_cast<const __m128i *>(p1));
+          const __m512i q = _mm512_inserti64x4(_mm512_zextsi256_si512(_mm256_set_m128i(_mm_srli_epi16(x0, 4), x0)),
+                                               _mm256_set_m128i(_mm_srli_epi16(x1, 4), x1), 1);
+          r[i] = _mm512_and_si512(q, _mm512_set1_epi8(15));
+        }
+      }
+      transpose_16x8_dwords(r, o);
+      for (int q = 0; q < 8; q++) _mm512_storeu_si512(v + (q * C + c) * 64, o[q]);
+    }
+  }
+}
+
+// y[j][0, 16C) for R activation rows x[j] against a packed panel.
+template <int R, int C>
+KF_VNNI512 void vnni_tile(const uint8_t *panel, int64_t nb, int32_t offset, const ActBlock *const *x,
+                          float *const *y) {
+  __m512 acc[R][C];
+  for (int j = 0; j < R; j++)
+    for (int c = 0; c < C; c++) acc[j][c] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; b++) {
+    const uint8_t *p = panel + size_t(b) * kPanelBlockBytes * C;
+    __m512i s[R][C];
+    for (int j = 0; j < R; j++) {
+      const __m512i init = _mm512_set1_epi32(-offset * x[j][b].sum);
+      for (int c = 0; c < C; c++) s[j][c] = init;
+    }
+    for (int q = 0; q < 8; q++) {
+      __m512i w[C];
+      for (int c = 0; c < C; c++) w[c] = _mm512_loadu_si512(p + 64 * C + (q * C + c) * 64);
+      for (int j = 0; j < R; j++) {
+        int32_t x4;
+        std::memcpy(&x4, x[j][b].qs + 4 * q, 4);
+        const __m512i xb = _mm512_set1_epi32(x4);
+        for (int c = 0; c < C; c++) s[j][c] = _mm512_dpbusd_epi32(s[j][c], w[c], xb);
+      }
+    }
+    for (int c = 0; c < C; c++) {
+      const __m512 dw = _mm512_loadu_ps(p + 64 * c);
+      for (int j = 0; j < R; j++)
+        acc[j][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[j][c]), _mm512_mul_ps(dw, _mm512_set1_ps(x[j][b].d)),
+                                    acc[j][c]);
+    }
+  }
+  for (int j = 0; j < R; j++)
+    for (int c = 0; c < C; c++) _mm512_storeu_ps(y[j] + 16 * c, acc[j][c]);
+}
+
+// Every activation row against one packed panel of 16C rows starting at output row r0.
+template <int C>
+void vnni_panel_rows(const uint8_t *panel, int64_t nb, int32_t offset, const ActBlock *xq, float *y, int64_t T,
+                     int64_t out, int64_t r0) {
+  const ActBlock *xs[kGemmTile];
+  float *ys[kGemmTile];
+  int64_t t = 0;
+  auto rows_at = [&](int n) {
+    for (int j = 0; j < n; j++) xs[j] = xq + (t + j) * nb, ys[j] = y + (t + j) * out + r0;
+  };
+  for (; t + kGemmTile <= T; t += kGemmTile) {
+    rows_at(kGemmTile);
+    vnni_tile<kGemmTile, C>(panel, nb, offset, xs, ys);
+  }
+  rows_at(int(T - t));
+  switch (T - t) {
+  case 5: return vnni_tile<5, C>(panel, nb, offset, xs, ys);
+  case 4: return vnni_tile<4, C>(panel, nb, offset, xs, ys);
+  case 3: return vnni_tile<3, C>(panel, nb, offset, xs, ys);
+  case 2: return vnni_tile<2, C>(panel, nb, offset, xs, ys);
+  case 1: return vnni_tile<1, C>(panel, nb, offset, xs, ys);
+  default: return;
+  }
+}
+
+// The GEMM's panel from C 16-row groups of an interleaved layout: the values are already one zmm
+// per 4 bytes of 16 rows, so packing is a widening, not a transpose. Q4_0: chunk k's low nibbles
+// are values 4k..4k+3 (quad k), its high nibbles values 16 + 4k.. (quad 4 + k).
+template <DType D, int C>
+KF_VNNI512 void pack_rows16_panel(const uint8_t *groups, size_t group_bytes, int64_t nb, uint8_t *dst) {
+  constexpr size_t gb = 16 * (D == DType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0));
+  for (int64_t b = 0; b < nb; b++) {
+    float *d = reinterpret_cast<float *>(dst + size_t(b) * kPanelBlockBytes * C);
+    uint8_t *v = dst + size_t(b) * kPanelBlockBytes * C + 64 * C;
+    for (int c = 0; c < C; c++) {
+      const uint8_t *p = groups + size_t(c) * group_bytes + size_t(b) * gb;
+      _mm512_storeu_ps(d + 16 * c, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p))));
+      if constexpr (D == DType::Q8_0) {
+        for (int k = 0; k < 8; k++)
+          _mm512_storeu_si512(v + (k * C + c) * 64, _mm512_xor_si512(_mm512_loadu_si512(p + 32 + 64 * k),
+                                                                    _mm512_set1_epi8(char(0x80))));
+      } else {
+        for (int k = 0; k < 4; k++) {
+          const __m512i q = _mm512_loadu_si512(p + 32 + 64 * k);
+          _mm512_storeu_si512(v + (k * C + c) * 64, _mm512_and_si512(q, _mm512_set1_epi8(15)));
+          _mm512_storeu_si512(v + ((4 + k) * C + c) * 64,
+                              _mm512_and_si512(_mm512_srli_epi16(q, 4), _mm512_set1_epi8(15)));
+        }
+      }
+    }
+  }
+}
+
+// Decode over one group: per block, one zmm of 16 scales, 8 (Q8_0) or 4 (Q4_0, two nibble halves)
+// loads, and 8 vpdpbusd per activation row whose lanes are the 16 outputs; no horizontal sums. The
+// int sums go in two chains so each block's dots do not wait on one another. Then the block's
+// acc = fma(float(dot), d_w * d_x, acc), in block order, as the row kernels and the GEMM do.
+template <DType D, int NT>
+KF_VNNI512 void rows16(const uint8_t *p, int64_t nb, const ActBlock *const *x, float *const *y) {
+  constexpr size_t gb = 16 * (D == DType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0));
+  constexpr int32_t offset = D == DType::Q8_0 ? 128 : 8;
+  __m512 acc[NT];
+  for (int j = 0; j < NT; j++) acc[j] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; b++, p += gb) {
+    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p)));
+    __m512i s0[NT], s1[NT];
+    int32_t xd[NT][8];
+    for (int j = 0; j < NT; j++) {
+      s0[j] = _mm512_set1_epi32(-offset * x[j][b].sum);
+      s1[j] = _mm512_setzero_si512();
+      std::memcpy(xd[j], x[j][b].qs, 32);
+    }
+    if constexpr (D == DType::Q8_0) {
+      for (int k = 0; k < 8; k += 2) {
+        const __m512i v0 = _mm512_xor_si512(_mm512_loadu_si512(p + 32 + 64 * k), _mm512_set1_epi8(char(0x80)));
+        const __m512i v1 = _mm512_xor_si512(_mm512_loadu_si512(p + 96 + 64 * k), _mm512_set1_epi8(char(0x80)));
+        for (int j = 0; j < NT; j++) {
+          s0[j] = _mm512_dpbusd_epi32(s0[j], v0, _mm512_set1_epi32(xd[j][k]));
+          s1[j] = _mm512_dpbusd_epi32(s1[j], v1, _mm512_set1_epi32(xd[j][k + 1]));
+        }
+      }
+    } else {
+      for (int k = 0; k < 4; k++) {
+        const __m512i q = _mm512_loadu_si512(p + 32 + 64 * k);
+        const __m512i lo = _mm512_and_si512(q, _mm512_set1_epi8(15));
+        const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), _mm512_set1_epi8(15));
+        for (int j = 0; j < NT; j++) {
+          s0[j] = _mm512_dpbusd_epi32(s0[j], lo, _mm512_set1_epi32(xd[j][k]));
+          s1[j] = _mm512_dpbusd_epi32(s1[j], hi, _mm512_set1_epi32(xd[j][4 + k]));
+        }
+      }
+    }
+    for (int j = 0; j < NT; j++)
+      acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0[j], s1[j])),
+                               _mm512_mul_ps(dw, _mm512_set1_ps(x[j][b].d)), acc[j]);
+  }
+  for (int j = 0; j < NT; j++) _mm512_storeu_ps(y[j], acc[j]);
+}
+#pragma GCC diagnostic pop
+#undef KF_VNNI512
+#endif  // KF_QUANT_X86
+
+}  // namespace
+
+size_t gemm_panel_bytes(int64_t nb) { return size_t(nb) * kPanelBlockBytes * 2; }
+
+void gemm_panel(DType dt, const uint8_t *w, size_t rb, int C, int64_t nb, const ActBlock *xq, float *y, int64_t T,
+                int64_t out, int64_t r0, uint8_t *panel) {
+#ifdef KF_QUANT_X86
+  const DType base = dtype_block_kind(dt);
+  const int32_t offset = base == DType::Q8_0 ? 128 : 8;
+  const size_t group_bytes = 16 * rb;
+  const bool r16 = dtype_rows16(dt), two = C == 2;
+  if (base == DType::Q8_0) {
+    if (r16) two ? pack_rows16_panel<DType::Q8_0, 2>(w, group_bytes, nb, panel)
+                 : pack_rows16_panel<DType::Q8_0, 1>(w, group_bytes, nb, panel);
+    else two ? pack_vnni_panel<DType::Q8_0, 2>(w, rb, nb, panel) : pack_vnni_panel<DType::Q8_0, 1>(w, rb, nb, panel);
+  } else {
+    if (r16) two ? pack_rows16_panel<DType::Q4_0, 2>(w, group_bytes, nb, panel)
+                 : pack_rows16_panel<DType::Q4_0, 1>(w, group_bytes, nb, panel);
+    else two ? pack_vnni_panel<DType::Q4_0, 2>(w, rb, nb, panel) : pack_vnni_panel<DType::Q4_0, 1>(w, rb, nb, panel);
+  }
+  if (two) vnni_panel_rows<2>(panel, nb, offset, xq, y, T, out, r0);
+  else vnni_panel_rows<1>(panel, nb, offset, xq, y, T, out, r0);
+#else
+  (void)w, (void)rb, (void)C, (void)nb, (void)xq, (void)y, (void)T, (void)out, (void)r0, (void)panel;
+  raise(KF_ERR_INTERNAL, "cannot run the int8 GEMM on %s weights: this build has no AVX512-VNNI kernels",
+        dtype_name(dt));
+#endif
+}
+
+void rows16_group(DType dt, const uint8_t *group, int64_t nb, const ActBlock *const *x, int nt, float *const *y) {
+#ifdef KF_QUANT_X86
+  if (dtype_block_kind(dt) == DType::Q8_0) nt == 2 ? rows16<DType::Q8_0, 2>(group, nb, x, y) : rows16<DType::Q8_0, 1>(group, nb, x, y);
+  else nt == 2 ? rows16<DType::Q4_0, 2>(group, nb, x, y) : rows16<DType::Q4_0, 1>(group, nb, x, y);
+#else
+  (void)group, (void)nb, (void)x, (void)nt, (void)y;
+  raise(KF_ERR_INTERNAL, "cannot run the interleaved %s kernel: this build has no AVX512-VNNI kernels", dtype_name(dt));
+#endif
+}
+
+}  // namespace quant
+}  // namespace kf

@@ -1,0 +1,36 @@
+// cpu_quant_vnni512.h — inside the quantized matmul (cpu_quant.cpp): the activation blocks, and the
+// AVX512-VNNI kernels of cpu_quant_vnni512.cpp that read 16 weight rows per instruction: the
+// prefill GEMM over repacked panels and the decode kernel over the 16-row interleaved layouts.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "cpu_quant.h"
+
+namespace kf::quant {
+
+// One activation block: 32 int8 with an f32 scale (not rounded to f16: a little closer to x than
+// ggml's q8_0 activations, same int math) and the sum of the 32 values.
+struct ActBlock {
+  float d;
+  int32_t sum;
+  int8_t qs[32];
+};
+
+// The GEMM runs from this many activation rows on (below, the row kernels are as fast).
+constexpr int64_t kGemmMinTokens = 3;
+// Scratch one GEMM task packs its panel of up to 32 rows into, for rows of nb blocks.
+size_t gemm_panel_bytes(int64_t nb);
+
+// y[t][r0, r0 + 16C) for every t < T (rows `out` floats apart), C = 1 or 2: packs the 16C weight rows
+// into `panel` (gemm_panel_bytes) and runs the register tiles over it. `w` is the first of the rows:
+// row-major rows `rb` bytes apart (Q8_0, Q4_0), or C consecutive 16-row groups (Q8_0_R16, Q4_0_R16).
+void gemm_panel(DType dt, const uint8_t *w, size_t rb, int C, int64_t nb, const ActBlock *xq, float *y, int64_t T,
+                int64_t out, int64_t r0, uint8_t *panel);
+
+// One 16-row group of Q8_0_R16 / Q4_0_R16 weights (nb blocks) against nt = 1 or 2 activation rows:
+// y[j][0, 16) = the group's 16 outputs for x[j]. Same bits as the row kernels and the GEMM.
+void rows16_group(DType dt, const uint8_t *group, int64_t nb, const ActBlock *const *x, int nt, float *const *y);
+
+}  // namespace kf::quant
