@@ -161,6 +161,7 @@ Deno.test("GGUF: q4_K and q6_K blocks (a Q4_K_M mix, and all q6_K) load as llama
       await writeModelGguf(dir, `${out}/${dtype}.gguf`, { dtype });
       // The same file's blocks decoded by the reference (tests/_reference_quant.ts), as an f32 GGUF.
       const contents = await modelGgufContents(dir, { dtype });
+      const stored = contents.tensors.map((t) => ({ name: t.name, type: t.type, shape: t.shape }));
       const types = new Set<string>();
       contents.tensors = contents.tensors.map((t) => {
         if (t.type !== "q4_k" && t.type !== "q6_k") return t;
@@ -177,12 +178,23 @@ Deno.test("GGUF: q4_K and q6_K blocks (a Q4_K_M mix, and all q6_K) load as llama
         await prefillLogits(deq, ids),
         `${dtype}: decoded blocks differ`,
       );
-      // By default a k-quant file computes as q8_0, the nearest format kvfold runs, and stays close
-      // to its own decoded weights (q8_0's band of tests/cpu_quant_test.ts).
+      // By default a k-quant file computes as q8_0, the nearest format kvfold runs, except that
+      // where the AVX512-VNNI kernels run, Q4_K projections are computed as they are stored (148
+      // bytes per 256 values, rows interleaved); either stays close to its own decoded weights
+      // (q8_0's band of tests/cpu_quant_test.ts).
       using auto = await kv.loadModel(`${out}/${dtype}.gguf`);
       assert.equal(auto.info.weightDType, "q8_0");
       const err = relativeError(await prefillLogits(auto, ids), await prefillLogits(deq, ids));
       assert.ok(err < 0.08, `${dtype} as q8_0: ${err} from its decoded weights`);
+      // The bytes a decoded token reads: every matrix but the embedding table (or the tied head).
+      const native = /avx512.*int8 vnni/.test(kv.name);
+      let bytes = 0;
+      for (const t of stored) {
+        if (t.shape.length !== 2 || (t.name === "token_embd.weight" && stored.some((u) => u.name === "output.weight"))) continue;
+        const n = t.shape[0] * t.shape[1];
+        bytes += t.type === "q4_k" && native && t.name !== "token_embd.weight" ? n / 256 * 148 : n / 32 * 34;
+      }
+      assert.equal(auto.info.weightBytes, bytes, `${dtype}: bytes per token (${native ? "native Q4_K" : "all q8_0"})`);
     }
   } finally {
     await Deno.remove(out, { recursive: true });

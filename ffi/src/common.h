@@ -41,18 +41,25 @@ enum class DType : int32_t {
   // quantized matrix where the AVX512-VNNI kernels run. Same bytes per row; never in the ABI.
   Q8_0_R16 = 7,
   Q4_0_R16 = 8,
+  // Q4_K blocks likewise, with their 6-bit scales and mins unpacked to bytes (148 bytes per row and
+  // 256 values): a Q4_K GGUF matrix computed as it is stored.
+  Q4_K_R16 = 9,
 };
-constexpr int kNumDTypes = 9;
+constexpr int kNumDTypes = 10;
 
 // The 16-row interleaved layouts, and the row-major dtype each holds the blocks of.
-inline bool dtype_rows16(DType t) { return t == DType::Q8_0_R16 || t == DType::Q4_0_R16; }
+inline bool dtype_rows16(DType t) { return t == DType::Q8_0_R16 || t == DType::Q4_0_R16 || t == DType::Q4_K_R16; }
 inline DType dtype_block_kind(DType t) {
-  return t == DType::Q8_0_R16 ? DType::Q8_0 : t == DType::Q4_0_R16 ? DType::Q4_0 : t;
+  switch (t) {
+  case DType::Q8_0_R16: return DType::Q8_0;
+  case DType::Q4_0_R16: return DType::Q4_0;
+  case DType::Q4_K_R16: return DType::Q4_K;
+  default: return t;
+  }
 }
-// Q8_0 / Q4_0 (either layout): weights the matmuls run on (blocks of 32).
+// Weights the int8 matmuls run on: Q8_0 / Q4_0 (blocks of 32, either layout) and Q4_K_R16.
 inline bool dtype_quantized(DType t) {
-  t = dtype_block_kind(t);
-  return t == DType::Q8_0 || t == DType::Q4_0;
+  return t == DType::Q4_K_R16 || dtype_block_kind(t) == DType::Q8_0 || dtype_block_kind(t) == DType::Q4_0;
 }
 // Q4_K / Q6_K: weights that are only ever dequantized (blocks of 256).
 inline bool dtype_load_only(DType t) { return t == DType::Q4_K || t == DType::Q6_K; }
@@ -61,6 +68,7 @@ inline size_t dtype_size(DType t) { return t == DType::F32 ? 4 : 2; }
 // Bytes of a row of n values; quantized rows are n / 32 blocks of 34 (Q8_0) or 18 (Q4_0) bytes, or
 // n / 256 blocks of 144 (Q4_K) or 210 (Q6_K).
 inline size_t dtype_row_bytes(DType t, int64_t n) {
+  if (t == DType::Q4_K_R16) return size_t(n / 256) * 148;
   t = dtype_block_kind(t);
   if (t == DType::Q8_0) return size_t(n / 32) * 34;
   if (t == DType::Q4_0) return size_t(n / 32) * 18;
@@ -79,6 +87,7 @@ inline const char *dtype_name(DType t) {
   case DType::Q6_K: return "Q6_K";
   case DType::Q8_0_R16: return "Q8_0";  // users asked for Q8_0: the layout is the CPU's business
   case DType::Q4_0_R16: return "Q4_0";
+  case DType::Q4_K_R16: return "Q4_K";
   }
   return "?";
 }

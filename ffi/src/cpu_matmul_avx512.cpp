@@ -306,7 +306,7 @@ void matvec_bf16_dot(ThreadPool &pool, const float *x, const void *W, float *y, 
 void gemm_avx512(ThreadPool &pool, const float *x, int64_t lda, const void *W, DType dt, float *y, int64_t T,
                  int64_t K, int64_t N, const float *bias, bool bf16_dot) {
   Gemm g{x, lda, nullptr, 0, static_cast<const uint8_t *>(W), size_t(K) * dtype_size(dt), dt, y, T, K, N, bias,
-         bf16_dot && dt == DType::BF16, 1, T};
+         bf16_dot && dt == DType::BF16, 1, T, 0};  // nc: set below
   // bf16 dot: x rounded once per call into a lent buffer, reused call after call (cpu_scratch.h).
   const int64_t kp = (K + 1) / 2 * 2;
   ScratchLease lease(g.bf16_dot ? size_t(T * kp) * sizeof(uint16_t) : 0);

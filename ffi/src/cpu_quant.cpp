@@ -58,8 +58,6 @@ void quantize_row(const float *src, DType dt, void *dst, int64_t n) {
   }
 }
 
-namespace {
-
 // Sub-block j's 6-bit scale and min of a Q4_K block: j < 4 in the low 6 bits of bytes j and j + 4;
 // j >= 4 split into the low / high nibble of byte j + 4 and the top 2 bits of bytes j - 4 / j.
 void q4_k_scale_min(const uint8_t *q, int j, uint8_t *sc, uint8_t *m) {
@@ -71,6 +69,8 @@ void q4_k_scale_min(const uint8_t *q, int j, uint8_t *sc, uint8_t *m) {
     *m = uint8_t((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
   }
 }
+
+namespace {
 
 void dequantize_q4_k(const BlockQ4_K *x, float *y, int64_t nb) {
   for (int64_t b = 0; b < nb; b++, y += kKQuantBlock) {
@@ -417,7 +417,8 @@ void matmul_rows16(ThreadPool &pool, const ActBlock *xq, int64_t nb, DType dt, c
       for (int64_t t = 0; t < T; t++)
         for (int64_t o = r0; o < r1; o++) y[t * out + o] += bias[o];
   };
-  if (T >= quant::kGemmMinTokens && quant::gemm_panel_bytes(nb) <= ThreadPool::scratch_bytes()) {
+  // Q4_K's per-row mins have no place in the GEMM's panels: its prefill takes activation rows in pairs.
+  if (T >= quant::kGemmMinTokens && dt != DType::Q4_K_R16 && quant::gemm_panel_bytes(nb) <= ThreadPool::scratch_bytes()) {
     pool.parallel_for((out / 16 + 1) / 2, [&](int64_t p, int thread) {
       const int64_t r0 = p * 32;
       const int C = r0 + 32 <= out ? 2 : 1;
@@ -469,9 +470,10 @@ bool quant_force_kernel(const char *name) {
 
 void matmul_quant(ThreadPool &pool, const float *x, int64_t lda, const void *W, DType dt, float *y, int64_t T,
                   int64_t in, int64_t out, const float *bias) {
-  if (!dtype_quantized(dt) || in % kQuantBlock != 0)
-    raise(KF_ERR_INTERNAL, "cannot run matmul: %s weights need rows of a multiple of 32 values, not %lld",
-          dtype_name(dt), (long long)in);
+  const int64_t per = dt == DType::Q4_K_R16 ? kKQuantBlock : kQuantBlock;
+  if (!dtype_quantized(dt) || in % per != 0)
+    raise(KF_ERR_INTERNAL, "cannot run matmul: %s weights need rows of a multiple of %lld values, not %lld",
+          dtype_name(dt), (long long)per, (long long)in);
   const int64_t nb = in / kQuantBlock;
   // The quantized activations: a lent buffer, reused call after call (cpu_scratch.h).
   ScratchLease lease(size_t(T * nb) * sizeof(ActBlock));

@@ -57,6 +57,8 @@ struct BlockQ6_K {
 };
 static_assert(sizeof(BlockQ4_K) == 144, "ggml block_q4_K is 144 bytes");
 static_assert(sizeof(BlockQ6_K) == 210, "ggml block_q6_K is 210 bytes");
+// Sub-block j's (0..7) 6-bit scale and min from a Q4_K block's packed `scales`.
+void q4_k_scale_min(const uint8_t *scales, int j, uint8_t *sc, uint8_t *m);
 
 // y[t][o] = sum_i x[t][i] * W[o][i] (+ bias[o]) for W in Q8_0 / Q4_0 rows ([out, in / 32] blocks),
 // or their 16-row interleaved layouts (below: always the AVX512-VNNI kernels, whatever is forced);
@@ -76,10 +78,15 @@ void matmul_quant(ThreadPool &pool, const float *x, int64_t lda, const void *W, 
 // so one zmm load gives 16 rows' next 4 bytes and the vpdpbusd lanes are the 16 outputs (no
 // horizontal sums), and decoding reads one sequential run per thread instead of 8 row streams:
 // 1.1B shapes, one thread, cold: Q4_0 13 -> 42 G weights/s, Q8_0 16 -> 25. Same bits as row-major.
-// dt: Q8_0 or Q4_0; rows a multiple of 16, cols of 32.
+// Q4_K_R16 (from a Q4_K GGUF matrix) is the same idea per 256-value block, with the packed 6-bit
+// scales and mins unpacked to bytes (148 bytes per 256 values instead of 144; cpu_quant_vnni512.cpp).
+// dt: Q8_0, Q4_0 (dst may be src) or Q4_K (dst of rows * dtype_row_bytes(Q4_K_R16, cols) bytes);
+// rows a multiple of 16, cols of the block.
 void interleave_rows16(ThreadPool &pool, DType dt, const void *src, int64_t rows, int64_t cols, void *dst);
-// dst: row r of an interleaved matrix w (Q8_0_R16 / Q4_0_R16) as row-major blocks.
+// dst: row r of an interleaved Q8_0_R16 / Q4_0_R16 matrix w as row-major blocks.
 void deinterleave_row16(DType dt, const void *w, int64_t r, int64_t cols, void *dst);
+// dst: [cols] f32, row r of an interleaved matrix (the values dequantize_row gives the row-major one).
+void rows16_row_to_f32(DType dt, const void *w, int64_t r, int64_t cols, float *dst);
 // Whether matmul_quant runs the AVX512-VNNI kernels here (the interleaved layouts pay only there).
 bool quant_rows16_wanted();
 

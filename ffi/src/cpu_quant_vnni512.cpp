@@ -21,36 +21,54 @@ namespace kf {
 namespace {
 size_t block_bytes(DType base) { return base == DType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0); }
 size_t quant_bytes(DType base) { return block_bytes(base) - 2; }  // a block's values (after its f16 scale)
+
+// Q4_K_R16, per group and 256-value block (kQ4kGroupBlock bytes): f16 d[16], f16 dmin[16], u8 sc[8][16]
+// and u8 m[8][16] (sub-block j's scale / min of row r at 16j + r), then the values as 32 chunks of
+// 64 bytes: chunk 8i + k holds row r's qs[32i + 4k, +4) at 4r (low nibbles: sub-block 2i, high: 2i + 1).
+constexpr size_t kQ4kScales = 64, kQ4kMins = 192, kQ4kValues = 320, kQ4kGroupBlock = 320 + 32 * 64;
+static_assert(kQ4kGroupBlock == 16 * 148, "Q4_K_R16 rows are 148 bytes per 256 values");
+
+// Row r's block b of a row-major matrix into its place in group block o.
+void place_block(DType dt, const uint8_t *blk, int r, uint8_t *o) {
+  if (dt == DType::Q4_K) {
+    const BlockQ4_K &q = *reinterpret_cast<const BlockQ4_K *>(blk);
+    std::memcpy(o + 2 * r, &q.d, 2);
+    std::memcpy(o + 32 + 2 * r, &q.dmin, 2);
+    for (int j = 0; j < 8; j++) q4_k_scale_min(q.scales, j, o + kQ4kScales + 16 * j + r, o + kQ4kMins + 16 * j + r);
+    for (int c = 0; c < 32; c++) std::memcpy(o + kQ4kValues + 64 * c + 4 * r, q.qs + 4 * c, 4);
+    return;
+  }
+  std::memcpy(o + 2 * r, blk, 2);
+  for (size_t k = 0; k < quant_bytes(dt) / 4; k++) std::memcpy(o + 32 + 64 * k + 4 * r, blk + 2 + 4 * k, 4);
+}
 }  // namespace
 
-// Group g (16 rows), block b: the 16 rows' blocks b, 16 * block_bytes at (g * nb + b) * 16 * bs.
+// Group g (16 rows), block b at (g * nb + b) * (group block bytes): the 16 rows' blocks b.
 void interleave_rows16(ThreadPool &pool, DType dt, const void *srcv, int64_t rows, int64_t cols, void *dstv) {
-  if (!(dt == DType::Q8_0 || dt == DType::Q4_0) || rows % 16 != 0 || cols % kQuantBlock != 0)
-    raise(KF_ERR_INTERNAL, "cannot interleave %s rows: %lld x %lld is not whole 16-row groups of blocks",
-          dtype_name(dt), (long long)rows, (long long)cols);
+  const int64_t per = dt == DType::Q4_K ? kKQuantBlock : kQuantBlock;
+  if (!(dt == DType::Q8_0 || dt == DType::Q4_0 || dt == DType::Q4_K) || rows % 16 != 0 || cols % per != 0 ||
+      (dt == DType::Q4_K && srcv == dstv))
+    raise(KF_ERR_INTERNAL, "cannot interleave %s rows: %lld x %lld is not whole 16-row groups of blocks%s",
+          dtype_name(dt), (long long)rows, (long long)cols, dt == DType::Q4_K ? " (or in place)" : "");
   const uint8_t *src = static_cast<const uint8_t *>(srcv);
   uint8_t *dst = static_cast<uint8_t *>(dstv);
-  const int64_t nb = cols / kQuantBlock;
-  const size_t bs = block_bytes(dt), rb = size_t(nb) * bs, chunks = quant_bytes(dt) / 4;
-  // A group takes the same bytes in both layouts: each is copied aside first, so dst may be src.
+  const int64_t nb = cols / per;
+  const size_t bs = dt == DType::Q4_K ? sizeof(BlockQ4_K) : block_bytes(dt), rb = size_t(nb) * bs;
+  const size_t gb = dt == DType::Q4_K ? kQ4kGroupBlock : 16 * bs;
+  // Q8_0 / Q4_0 groups take the same bytes in both layouts: each is copied aside first, so dst may be src.
   std::vector<uint8_t> aside(size_t(pool.size()) * 16 * rb);  // allocated here: no throw in workers
   pool.parallel_for(rows / 16, [&](int64_t g, int thread) {
     uint8_t *rows16 = aside.data() + size_t(thread) * 16 * rb;
     std::memcpy(rows16, src + size_t(16 * g) * rb, 16 * rb);
-    for (int64_t b = 0; b < nb; b++) {
-      uint8_t *o = dst + (size_t(g) * size_t(nb) + size_t(b)) * 16 * bs;
-      for (int r = 0; r < 16; r++) {
-        const uint8_t *blk = rows16 + size_t(r) * rb + size_t(b) * bs;
-        std::memcpy(o + 2 * r, blk, 2);
-        for (size_t k = 0; k < chunks; k++) std::memcpy(o + 32 + 64 * k + 4 * r, blk + 2 + 4 * k, 4);
-      }
-    }
+    for (int64_t b = 0; b < nb; b++)
+      for (int r = 0; r < 16; r++)
+        place_block(dt, rows16 + size_t(r) * rb + size_t(b) * bs, r, dst + (size_t(g) * size_t(nb) + size_t(b)) * gb);
   });
 }
 
 void deinterleave_row16(DType dt, const void *wv, int64_t r, int64_t cols, void *dstv) {
   const DType base = dtype_block_kind(dt);
-  if (!dtype_rows16(dt) || cols % kQuantBlock != 0)
+  if (!(dt == DType::Q8_0_R16 || dt == DType::Q4_0_R16) || cols % kQuantBlock != 0)
     raise(KF_ERR_INTERNAL, "cannot read an interleaved row of %s weights with %lld columns", dtype_name(dt),
           (long long)cols);
   const uint8_t *w = static_cast<const uint8_t *>(wv);
@@ -62,6 +80,32 @@ void deinterleave_row16(DType dt, const void *wv, int64_t r, int64_t cols, void 
     uint8_t *blk = dst + size_t(b) * bs;
     std::memcpy(blk, o + 2 * i, 2);
     for (size_t k = 0; k < chunks; k++) std::memcpy(blk + 2 + 4 * k, o + 32 + 64 * k + 4 * i, 4);
+  }
+}
+
+void rows16_row_to_f32(DType dt, const void *wv, int64_t r, int64_t cols, float *dst) {
+  if (dt != DType::Q4_K_R16) {
+    std::vector<uint8_t> blocks(dtype_row_bytes(dt, cols));
+    deinterleave_row16(dt, wv, r, cols, blocks.data());
+    return dequantize_row(blocks.data(), dtype_block_kind(dt), dst, cols);
+  }
+  if (cols % kKQuantBlock != 0)
+    raise(KF_ERR_INTERNAL, "cannot read a Q4_K row of %lld columns", (long long)cols);
+  const uint8_t *w = static_cast<const uint8_t *>(wv);
+  const int64_t nb = cols / kKQuantBlock, g = r / 16, i = r % 16;
+  for (int64_t b = 0; b < nb; b++, dst += kKQuantBlock) {
+    const uint8_t *o = w + (size_t(g) * size_t(nb) + size_t(b)) * kQ4kGroupBlock;
+    uint16_t dh, mh;
+    std::memcpy(&dh, o + 2 * i, 2);
+    std::memcpy(&mh, o + 32 + 2 * i, 2);
+    const float d = f16_to_f32(dh), dmin = f16_to_f32(mh);
+    for (int j = 0; j < 8; j++) {  // as dequantize_q4_k: (d * sc) * q - dmin * m, in f32
+      const float ds = d * float(o[kQ4kScales + 16 * j + i]), dm = dmin * float(o[kQ4kMins + 16 * j + i]);
+      for (int l = 0; l < 32; l++) {
+        const uint8_t q = o[kQ4kValues + 64 * (8 * (j / 2) + l / 4) + 4 * i + l % 4];
+        dst[32 * j + l] = ds * float(j % 2 ? q >> 4 : q & 15) - dm;
+      }
+    }
   }
 }
 
@@ -281,6 +325,50 @@ KF_VNNI512 void rows16(const uint8_t *p, int64_t nb, const ActBlock *const *x, f
   }
   for (int j = 0; j < NT; j++) _mm512_storeu_ps(y[j], acc[j]);
 }
+// Q4_K_R16 over one group: per 256-value block, the 16 rows' d and dmin, then per pair of
+// sub-blocks 8 loads of 64 bytes (low nibbles: sub-block 2i, high: 2i + 1) against the two
+// activation blocks; each sub-block adds (d * sc) * d_x * dot - (dmin * m) * d_x * sum(x).
+template <int NT>
+KF_VNNI512 void rows16_q4_k(const uint8_t *p, int64_t nb, const ActBlock *const *x, float *const *y) {
+  __m512 acc[NT];
+  for (int j = 0; j < NT; j++) acc[j] = _mm512_setzero_ps();
+  const __m512i low4 = _mm512_set1_epi8(15);
+  auto bytes_ps = [](const uint8_t *q) {  // 16 bytes as 16 floats
+    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(q))));
+  };
+  for (int64_t b = 0; b < nb; b++, p += kQ4kGroupBlock) {
+    const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p)));
+    const __m512 dmin = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p + 32)));
+    for (int i = 0; i < 4; i++) {
+      __m512i s0[NT], s1[NT];
+      int32_t x0[NT][8], x1[NT][8];
+      for (int j = 0; j < NT; j++) {
+        s0[j] = s1[j] = _mm512_setzero_si512();
+        std::memcpy(x0[j], x[j][8 * b + 2 * i].qs, 32);
+        std::memcpy(x1[j], x[j][8 * b + 2 * i + 1].qs, 32);
+      }
+      for (int k = 0; k < 8; k++) {
+        const __m512i q = _mm512_loadu_si512(p + kQ4kValues + 64 * (8 * i + k));
+        const __m512i lo = _mm512_and_si512(q, low4), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), low4);
+        for (int j = 0; j < NT; j++) {
+          s0[j] = _mm512_dpbusd_epi32(s0[j], lo, _mm512_set1_epi32(x0[j][k]));
+          s1[j] = _mm512_dpbusd_epi32(s1[j], hi, _mm512_set1_epi32(x1[j][k]));
+        }
+      }
+      for (int h = 0; h < 2; h++) {
+        const int sub = 2 * i + h;
+        const __m512 ds = _mm512_mul_ps(d, bytes_ps(p + kQ4kScales + 16 * sub));
+        const __m512 dm = _mm512_mul_ps(dmin, bytes_ps(p + kQ4kMins + 16 * sub));
+        for (int j = 0; j < NT; j++) {
+          const ActBlock &a = x[j][8 * b + sub];
+          acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(h ? s1[j] : s0[j]), _mm512_mul_ps(ds, _mm512_set1_ps(a.d)), acc[j]);
+          acc[j] = _mm512_fnmadd_ps(dm, _mm512_set1_ps(a.d * float(a.sum)), acc[j]);
+        }
+      }
+    }
+  }
+  for (int j = 0; j < NT; j++) _mm512_storeu_ps(y[j], acc[j]);
+}
 #pragma GCC diagnostic pop
 #undef KF_VNNI512
 #endif  // KF_QUANT_X86
@@ -316,7 +404,8 @@ void gemm_panel(DType dt, const uint8_t *w, size_t rb, int C, int64_t nb, const 
 
 void rows16_group(DType dt, const uint8_t *group, int64_t nb, const ActBlock *const *x, int nt, float *const *y) {
 #ifdef KF_QUANT_X86
-  if (dtype_block_kind(dt) == DType::Q8_0) nt == 2 ? rows16<DType::Q8_0, 2>(group, nb, x, y) : rows16<DType::Q8_0, 1>(group, nb, x, y);
+  if (dt == DType::Q4_K_R16) nt == 2 ? rows16_q4_k<2>(group, nb / 8, x, y) : rows16_q4_k<1>(group, nb / 8, x, y);
+  else if (dtype_block_kind(dt) == DType::Q8_0) nt == 2 ? rows16<DType::Q8_0, 2>(group, nb, x, y) : rows16<DType::Q8_0, 1>(group, nb, x, y);
   else nt == 2 ? rows16<DType::Q4_0, 2>(group, nb, x, y) : rows16<DType::Q4_0, 1>(group, nb, x, y);
 #else
   (void)group, (void)nb, (void)x, (void)nt, (void)y;

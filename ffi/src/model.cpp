@@ -86,10 +86,8 @@ std::vector<float> load_vector(const TensorInfo &t) {
 }  // namespace
 
 void weight_row_to_f32(const Weight &w, int64_t r, float *dst) {
-  if (!dtype_rows16(w.dtype)) return convert_row_to_f32(w.row(r), w.dtype, dst, w.cols);
-  std::vector<uint8_t> blocks(dtype_row_bytes(w.dtype, w.cols));
-  deinterleave_row16(w.dtype, w.data, r, w.cols, blocks.data());
-  dequantize_row(blocks.data(), dtype_block_kind(w.dtype), dst, w.cols);
+  if (dtype_rows16(w.dtype)) return rows16_row_to_f32(w.dtype, w.data, r, w.cols, dst);
+  convert_row_to_f32(w.row(r), w.dtype, dst, w.cols);
 }
 
 void model_load(kf_model &m, const std::string &dir, const kf_model_params &p, kf_control *ctl) {
@@ -220,6 +218,23 @@ void model_load(kf_model &m, const std::string &dir, const kf_model_params &p, k
   // accepts quantized weights): in place in a converted copy, else into a new one.
   const bool rows16 = dtype_quantized(want) && quant_rows16_wanted();
   auto projection = [&](const std::string &name) -> Weight {
+    // A Q4_K matrix under auto stays 4-bit: interleaved from the file's blocks, never dequantized.
+    const TensorInfo *t = find(name);
+    if (rows16 && t && t->dtype == DType::Q4_K && p.weight_dtype == KF_DTYPE_AUTO && t->shape.size() == 2 &&
+        t->shape[0] % 16 == 0 && t->shape[1] % kKQuantBlock == 0) {
+      check_cancel(ctl, "load model");
+      const int64_t rows = t->shape[0], cols = t->shape[1], blocks = rows * (cols / kKQuantBlock);
+      for (int64_t b = 0; b < blocks; b++) {  // only d and dmin can be non-finite
+        const BlockQ4_K &q = reinterpret_cast<const BlockQ4_K *>(t->data)[b];
+        if ((q.d & 0x7c00) == 0x7c00 || (q.dmin & 0x7c00) == 0x7c00) refuse_bad_scale(*t, b * kKQuantBlock);
+      }
+      const size_t n = size_t(rows) * dtype_row_bytes(DType::Q4_K_R16, cols);
+      m.owned.emplace_back(new uint8_t[n]);
+      advise_huge_pages(m.owned.back().get(), n);
+      interleave_rows16(pool, DType::Q4_K, t->data, rows, cols, m.owned.back().get());
+      if (ctl) ctl->done += int64_t(t->nbytes);
+      return Weight{m.owned.back().get(), DType::Q4_K_R16, rows, cols};
+    }
     Weight w = matrix(name);
     if (!rows16 || w.rows % 16 != 0 || !dtype_quantized(w.dtype)) return w;
     const size_t n = size_t(w.rows) * dtype_row_bytes(w.dtype, w.cols);

@@ -292,6 +292,78 @@ void test_quant_rows16(ThreadPool *pools) {
   quant_force_kernel(nullptr);
 }
 
+// Q4_K matrices interleaved as they are (Q4_K_R16): rows read back as dequantize_row gives them,
+// and the matmul equals the float64 sum over the dequantized weights and int8 activations, the same
+// bits for any thread count and for each activation row alone or in a batch.
+void test_q4_k_rows16(ThreadPool *pools) {
+  if (!quant_force_kernel("vnni512")) {
+    std::printf("skip Q4_K_R16: this CPU lacks AVX512-VNNI\n");
+    return;
+  }
+  Check c("Q4_K_R16 against float64 over the dequantized Q4_K blocks");
+  Rng rng(31);
+  for (int64_t K : {256, 768})
+    for (int64_t N : {16, 48}) {
+      const int64_t nbk = K / 256;
+      std::vector<BlockQ4_K> raw(size_t(N * nbk));
+      for (BlockQ4_K &q : raw) {
+        q.d = f32_to_f16(0.002f + 0.01f * std::fabs(rng.uniform()));
+        q.dmin = f32_to_f16(0.002f + 0.01f * std::fabs(rng.uniform()));
+        for (uint8_t &b : q.scales) b = uint8_t(rng.uniform() * 127.5f + 128.0f);
+        for (uint8_t &b : q.qs) b = uint8_t(rng.uniform() * 127.5f + 128.0f);
+      }
+      std::vector<uint8_t> inter(size_t(N) * dtype_row_bytes(DType::Q4_K_R16, K));
+      interleave_rows16(pools[1], DType::Q4_K, raw.data(), N, K, inter.data());
+      std::vector<float> w(size_t(N * K)), back(static_cast<size_t>(K));
+      const std::string shape = fmt("K=%lld N=%lld", K, N);
+      for (int64_t o = 0; o < N; o++) {
+        dequantize_row(raw.data() + o * nbk, DType::Q4_K, w.data() + o * K, K);
+        rows16_row_to_f32(DType::Q4_K_R16, inter.data(), o, K, back.data());
+        c.expect(std::memcmp(back.data(), w.data() + o * K, size_t(K) * 4) == 0, shape + fmt(" row %lld back", o));
+      }
+      for (int64_t T : {1, 2, 3, 5}) {
+        const std::vector<float> x = random_vec(rng, size_t(T * K)), bias = random_vec(rng, size_t(N));
+        std::vector<float> first;
+        for (int p = 0; p < 3; p++) {
+          std::vector<float> y(size_t(T * N), NAN);
+          matmul(pools[p], x.data(), inter.data(), DType::Q4_K_R16, y.data(), T, K, N, bias.data());
+          double err = 0, mag = 0;
+          for (int64_t t = 0; t < T; t++) {
+            const std::vector<float> xq = quantized_activations(x.data() + t * K, K);
+            for (int64_t o = 0; o < N; o++) {
+              double s = bias[size_t(o)], a = std::fabs(bias[size_t(o)]);
+              for (int64_t i = 0; i < K; i++) {
+                s += double(xq[size_t(i)]) * w[size_t(o * K + i)];
+                a += std::fabs(double(xq[size_t(i)]) * w[size_t(o * K + i)]);
+              }
+              const double e = std::fabs(y[size_t(t * N + o)] - s);
+              err = std::isnan(e) ? INFINITY : std::max(err, e);
+              mag = std::max(mag, a);
+            }
+          }
+          const std::string what = shape + fmt(" T=%lld threads=%lld", T, p + 1);
+          c.add(err, 2e-6 * (1.0 + mag), what);
+          if (p == 0) first = y;
+          else c.expect(std::memcmp(first.data(), y.data(), y.size() * 4) == 0, what + " deterministic");
+        }
+        for (int64_t t = 0; t < T; t++) {  // each row alone: the batch's bits
+          std::vector<float> one(static_cast<size_t>(N));
+          matmul(pools[1], x.data() + t * K, inter.data(), DType::Q4_K_R16, one.data(), 1, K, N, bias.data());
+          c.expect(std::memcmp(one.data(), first.data() + t * N, size_t(N) * 4) == 0, shape + fmt(" T=%lld row %lld alone", T, t));
+        }
+      }
+    }
+  bool threw = false;
+  try {
+    std::vector<uint8_t> w(16 * sizeof(BlockQ4_K));
+    interleave_rows16(pools[0], DType::Q4_K, w.data(), 16, 256, w.data());
+  } catch (const Error &) {
+    threw = true;
+  }
+  c.expect(threw, "Q4_K in place refused (its interleaved rows are longer)");
+  quant_force_kernel(nullptr);
+}
+
 // ggml's layouts, byte for byte, and the round trip bound.
 void test_quant_layout() {
   Check c("Q8_0 / Q4_0 blocks as llama.cpp lays them out");
@@ -353,6 +425,7 @@ int main() {
   quant_force_kernel(nullptr);
   test_quant_gemm_matches_rows(pools);
   test_quant_rows16(pools);
+  test_q4_k_rows16(pools);
   std::printf(g_failed ? "FAILED: %d check(s)\n" : "all checks passed\n", g_failed);
   return g_failed ? 1 : 0;
 }
