@@ -5,9 +5,8 @@
 // d_w * d_x * (exact int dot of the block). Row kernels compute that dot for 8 (or 4, 1) weight rows
 // against one or two activation rows: vpdpbusd (AVX512-VNNI on ymm, or AVX-VNNI), AVX2 maddubs +
 // madd, and plain loops. From 3 activation rows on, AVX512-VNNI runs a GEMM over repacked panels
-// instead (5x the row kernels at T = 128), with the same bits. Weights the loader interleaved 16
-// rows at a time (Q8_0_R16, Q4_0_R16, Q4_K_R16; cpu_quant_vnni512.cpp) take their group kernel at
-// every T instead. Each kernel has its own target attribute, so the file builds and runs on any x86-64.
+// instead (5x the row kernels at T = 128), with the same bits. Each kernel has its own target
+// attribute, so the file builds and runs on any x86-64.
 #include "cpu_quant.h"
 
 #include <algorithm>
@@ -404,30 +403,43 @@ void matmul_quant_dt(ThreadPool &pool, const ActBlock *xq, int64_t nb, const voi
   pool.parallel_for(n_panels + n_tasks, any_task);
 }
 
-// Interleaved weights (Q8_0_R16, Q4_0_R16, Q4_K_R16): the group kernel over activation rows in pairs,
-// one contiguous run of groups per thread (decode streams W once, sequentially). No GEMM: the pair
-// kernel is faster than the panel GEMM at every T (one thread, 2048 x 5632 .. 768 x 768, T = 3..128:
-// 58-110 G MAC/s against 33-80), a group's bytes staying in L1/L2 while the activation rows pass.
-constexpr int kRows16Batch = 2;  // 4 spills registers (Q4_K: 108 -> 65 G MAC/s at T = 128)
+// Interleaved weights (Q8_0_R16, Q4_0_R16, Q4_K_R16): the GEMM from kGemmMinTokens activation rows on
+// (panels of two groups), else the group kernel over activation rows in pairs, one contiguous run of
+// groups per thread (decode streams W once, sequentially). A one-thread bench on one hot matrix had
+// the pair kernel ahead of the GEMM at every T, but whole models say otherwise (134M q4_0, 2 threads,
+// alternating builds: prefill 128 2,800-3,500 tok/s with the GEMM, 2,000-2,100 without).
 void matmul_rows16(ThreadPool &pool, const ActBlock *xq, int64_t nb, DType dt, const uint8_t *W, float *y, int64_t T,
                    int64_t out, const float *bias) {
   if (!cpu_features().avx512_vnni || out % 16 != 0)
     raise(KF_ERR_INTERNAL, "cannot run matmul: interleaved %s weights need AVX512-VNNI and whole 16-row groups",
           dtype_name(dt));
   const size_t rb = dtype_row_bytes(dt, nb * kQuantBlock);
-  pool.run_row_blocks(out, 16, size_t(out) * rb * size_t(T), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; r += 16) {
-      for (int64_t t = 0; t < T; t += kRows16Batch) {
-        const int nt = int(std::min<int64_t>(kRows16Batch, T - t));
-        const ActBlock *xs[kRows16Batch];
-        float *ys[kRows16Batch];
-        for (int j = 0; j < nt; j++) xs[j] = xq + (t + j) * nb, ys[j] = y + (t + j) * out + r;
-        quant::rows16_group(dt, W + size_t(r) * rb, nb, xs, nt, ys);
-      }
-    }
+  auto add_bias = [&](int64_t r0, int64_t r1) {
     if (bias)
       for (int64_t t = 0; t < T; t++)
         for (int64_t o = r0; o < r1; o++) y[t * out + o] += bias[o];
+  };
+  // Q4_K's per-row mins have no place in the GEMM's panels: its prefill takes activation rows in pairs.
+  if (T >= quant::kGemmMinTokens && dt != DType::Q4_K_R16 && quant::gemm_panel_bytes(nb) <= ThreadPool::scratch_bytes()) {
+    pool.parallel_for((out / 16 + 1) / 2, [&](int64_t p, int thread) {
+      const int64_t r0 = p * 32;
+      const int C = r0 + 32 <= out ? 2 : 1;
+      quant::gemm_panel(dt, W + size_t(r0) * rb, rb, C, nb, xq, y, T, out, r0,
+                        static_cast<uint8_t *>(pool.scratch(thread)));
+      add_bias(r0, r0 + 16 * C);
+    });
+    return;
+  }
+  pool.run_row_blocks(out, 16, size_t(out) * rb * size_t(T), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; r += 16) {
+      for (int64_t t = 0; t < T; t += 2) {
+        const int nt = int(std::min<int64_t>(2, T - t));
+        const ActBlock *xs[2] = {xq + t * nb, xq + (t + nt - 1) * nb};
+        float *ys[2] = {y + t * out + r, y + (t + nt - 1) * out + r};
+        quant::rows16_group(dt, W + size_t(r) * rb, nb, xs, nt, ys);
+      }
+    }
+    add_bias(r0, r1);
   });
 }
 

@@ -61,9 +61,9 @@ static_assert(sizeof(BlockQ6_K) == 210, "ggml block_q6_K is 210 bytes");
 void q4_k_scale_min(const uint8_t *scales, int j, uint8_t *sc, uint8_t *m);
 
 // y[t][o] = sum_i x[t][i] * W[o][i] (+ bias[o]) for W in Q8_0 / Q4_0 rows ([out, in / 32] blocks),
-// or the 16-row interleaved layouts below (their AVX512-VNNI group kernel at every T, whatever is
-// forced); x rows lda floats apart. in must be a multiple of 32 (256 for Q4_K_R16; else
-// KF_ERR_INTERNAL: the loader refuses such models first). Rows of W are split over the pool in fixed blocks, so results do not depend
+// or their 16-row interleaved layouts (below: always the AVX512-VNNI kernels, whatever is forced);
+// x rows lda floats apart. in must be a multiple of 32 (else KF_ERR_INTERNAL: the loader refuses
+// such models first). Rows of W are split over the pool in fixed blocks, so results do not depend
 // on the thread count. Uses vpdpbusd when cpu_int8_vnni(), else AVX2 maddubs, else plain loops;
 // with AVX512-VNNI and T >= 3, a GEMM over repacked weight panels (same bits as the row kernels).
 void matmul_quant(ThreadPool &pool, const float *x, int64_t lda, const void *W, DType dt, float *y, int64_t T,
@@ -77,8 +77,7 @@ void matmul_quant(ThreadPool &pool, const float *x, int64_t lda, const void *W, 
 //   chunk k holds row r's qs[4k, 4k + 4) at offset 4r
 // so one zmm load gives 16 rows' next 4 bytes and the vpdpbusd lanes are the 16 outputs (no
 // horizontal sums), and decoding reads one sequential run per thread instead of 8 row streams:
-// 1.1B shapes, one thread, cold: Q4_0 13 -> 42 G weights/s, Q8_0 16 -> 25; prefill, two activation
-// rows per pass, 1.3-1.9x the panel GEMM. Same bits as row-major.
+// 1.1B shapes, one thread, cold: Q4_0 13 -> 42 G weights/s, Q8_0 16 -> 25. Same bits as row-major.
 // Q4_K_R16 (from a Q4_K GGUF matrix) is the same idea per 256-value block, with the packed 6-bit
 // scales and mins unpacked to bytes (148 bytes per 256 values instead of 144; cpu_quant_vnni512.cpp).
 // dt: Q8_0, Q4_0 (dst may be src) or Q4_K (dst of rows * dtype_row_bytes(Q4_K_R16, cols) bytes);

@@ -1,6 +1,6 @@
 // cpu_quant_vnni512.cpp — the int8 kernels that read 16 weight rows per AVX512-VNNI instruction
-// (cpu_quant_vnni512.h): the prefill GEMM over panels repacked from row-major weights, and the
-// 16-row interleaved weight layouts (Q8_0_R16, Q4_0_R16, Q4_K_R16) with their group kernel. Portable code (the interleaving itself)
+// (cpu_quant_vnni512.h): the prefill GEMM over repacked panels, and the 16-row interleaved weight
+// layouts (Q8_0_R16, Q4_0_R16) with their decode kernel. Portable code (the interleaving itself)
 // builds everywhere; the kernels only where the compiler targets x86-64, each with its own target
 // attribute, and run only where cpu_features() says the CPU has AVX512-VNNI.
 #include "cpu_quant_vnni512.h"
@@ -252,7 +252,35 @@ void vnni_panel_rows(const uint8_t *panel, int64_t nb, int32_t offset, const Act
   }
 }
 
-// One group against 1-4 activation rows: per block, one zmm of 16 scales, 8 (Q8_0) or 4 (Q4_0, two nibble halves)
+// The GEMM's panel from C 16-row groups of an interleaved layout: the values are already one zmm
+// per 4 bytes of 16 rows, so packing is a widening, not a transpose. Q4_0: chunk k's low nibbles
+// are values 4k..4k+3 (quad k), its high nibbles values 16 + 4k.. (quad 4 + k).
+template <DType D, int C>
+KF_VNNI512 void pack_rows16_panel(const uint8_t *groups, size_t group_bytes, int64_t nb, uint8_t *dst) {
+  constexpr size_t gb = 16 * (D == DType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0));
+  for (int64_t b = 0; b < nb; b++) {
+    float *d = reinterpret_cast<float *>(dst + size_t(b) * kPanelBlockBytes * C);
+    uint8_t *v = dst + size_t(b) * kPanelBlockBytes * C + 64 * C;
+    for (int c = 0; c < C; c++) {
+      const uint8_t *p = groups + size_t(c) * group_bytes + size_t(b) * gb;
+      _mm512_storeu_ps(d + 16 * c, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p))));
+      if constexpr (D == DType::Q8_0) {
+        for (int k = 0; k < 8; k++)
+          _mm512_storeu_si512(v + (k * C + c) * 64, _mm512_xor_si512(_mm512_loadu_si512(p + 32 + 64 * k),
+                                                                    _mm512_set1_epi8(char(0x80))));
+      } else {
+        for (int k = 0; k < 4; k++) {
+          const __m512i q = _mm512_loadu_si512(p + 32 + 64 * k);
+          _mm512_storeu_si512(v + (k * C + c) * 64, _mm512_and_si512(q, _mm512_set1_epi8(15)));
+          _mm512_storeu_si512(v + ((4 + k) * C + c) * 64,
+                              _mm512_and_si512(_mm512_srli_epi16(q, 4), _mm512_set1_epi8(15)));
+        }
+      }
+    }
+  }
+}
+
+// Decode over one group: per block, one zmm of 16 scales, 8 (Q8_0) or 4 (Q4_0, two nibble halves)
 // loads, and 8 vpdpbusd per activation row whose lanes are the 16 outputs; no horizontal sums. The
 // int sums go in two chains so each block's dots do not wait on one another. Then the block's
 // acc = fma(float(dot), d_w * d_x, acc), in block order, as the row kernels and the GEMM do.
@@ -352,10 +380,19 @@ size_t gemm_panel_bytes(int64_t nb) { return size_t(nb) * kPanelBlockBytes * 2; 
 void gemm_panel(DType dt, const uint8_t *w, size_t rb, int C, int64_t nb, const ActBlock *xq, float *y, int64_t T,
                 int64_t out, int64_t r0, uint8_t *panel) {
 #ifdef KF_QUANT_X86
-  const bool two = C == 2;
-  if (dt == DType::Q8_0) two ? pack_vnni_panel<DType::Q8_0, 2>(w, rb, nb, panel) : pack_vnni_panel<DType::Q8_0, 1>(w, rb, nb, panel);
-  else two ? pack_vnni_panel<DType::Q4_0, 2>(w, rb, nb, panel) : pack_vnni_panel<DType::Q4_0, 1>(w, rb, nb, panel);
-  const int32_t offset = dt == DType::Q8_0 ? 128 : 8;
+  const DType base = dtype_block_kind(dt);
+  const int32_t offset = base == DType::Q8_0 ? 128 : 8;
+  const size_t group_bytes = 16 * rb;
+  const bool r16 = dtype_rows16(dt), two = C == 2;
+  if (base == DType::Q8_0) {
+    if (r16) two ? pack_rows16_panel<DType::Q8_0, 2>(w, group_bytes, nb, panel)
+                 : pack_rows16_panel<DType::Q8_0, 1>(w, group_bytes, nb, panel);
+    else two ? pack_vnni_panel<DType::Q8_0, 2>(w, rb, nb, panel) : pack_vnni_panel<DType::Q8_0, 1>(w, rb, nb, panel);
+  } else {
+    if (r16) two ? pack_rows16_panel<DType::Q4_0, 2>(w, group_bytes, nb, panel)
+                 : pack_rows16_panel<DType::Q4_0, 1>(w, group_bytes, nb, panel);
+    else two ? pack_vnni_panel<DType::Q4_0, 2>(w, rb, nb, panel) : pack_vnni_panel<DType::Q4_0, 1>(w, rb, nb, panel);
+  }
   if (two) vnni_panel_rows<2>(panel, nb, offset, xq, y, T, out, r0);
   else vnni_panel_rows<1>(panel, nb, offset, xq, y, T, out, r0);
 #else
@@ -367,17 +404,9 @@ void gemm_panel(DType dt, const uint8_t *w, size_t rb, int C, int64_t nb, const 
 
 void rows16_group(DType dt, const uint8_t *group, int64_t nb, const ActBlock *const *x, int nt, float *const *y) {
 #ifdef KF_QUANT_X86
-  switch (dt) {
-  case DType::Q4_K_R16:
-    return nt == 4 ? rows16_q4_k<4>(group, nb / 8, x, y) : nt == 3 ? rows16_q4_k<3>(group, nb / 8, x, y)
-         : nt == 2 ? rows16_q4_k<2>(group, nb / 8, x, y) : rows16_q4_k<1>(group, nb / 8, x, y);
-  case DType::Q8_0_R16:
-    return nt == 4 ? rows16<DType::Q8_0, 4>(group, nb, x, y) : nt == 3 ? rows16<DType::Q8_0, 3>(group, nb, x, y)
-         : nt == 2 ? rows16<DType::Q8_0, 2>(group, nb, x, y) : rows16<DType::Q8_0, 1>(group, nb, x, y);
-  default:
-    return nt == 4 ? rows16<DType::Q4_0, 4>(group, nb, x, y) : nt == 3 ? rows16<DType::Q4_0, 3>(group, nb, x, y)
-         : nt == 2 ? rows16<DType::Q4_0, 2>(group, nb, x, y) : rows16<DType::Q4_0, 1>(group, nb, x, y);
-  }
+  if (dt == DType::Q4_K_R16) nt == 2 ? rows16_q4_k<2>(group, nb / 8, x, y) : rows16_q4_k<1>(group, nb / 8, x, y);
+  else if (dtype_block_kind(dt) == DType::Q8_0) nt == 2 ? rows16<DType::Q8_0, 2>(group, nb, x, y) : rows16<DType::Q8_0, 1>(group, nb, x, y);
+  else nt == 2 ? rows16<DType::Q4_0, 2>(group, nb, x, y) : rows16<DType::Q4_0, 1>(group, nb, x, y);
 #else
   (void)group, (void)nb, (void)x, (void)nt, (void)y;
   raise(KF_ERR_INTERNAL, "cannot run the interleaved %s kernel: this build has no AVX512-VNNI kernels", dtype_name(dt));

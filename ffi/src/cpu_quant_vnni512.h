@@ -1,7 +1,6 @@
 // cpu_quant_vnni512.h — inside the quantized matmul (cpu_quant.cpp): the activation blocks, and the
 // AVX512-VNNI kernels of cpu_quant_vnni512.cpp that read 16 weight rows per instruction: the
-// prefill GEMM over panels repacked from row-major weights, and the group kernel over the 16-row
-// interleaved layouts (every T).
+// prefill GEMM over repacked panels and the decode kernel over the 16-row interleaved layouts.
 #pragma once
 
 #include <cstddef>
@@ -24,9 +23,9 @@ constexpr int64_t kGemmMinTokens = 3;
 // Scratch one GEMM task packs its panel of up to 32 rows into, for rows of nb blocks.
 size_t gemm_panel_bytes(int64_t nb);
 
-// y[t][r0, r0 + 16C) for every t < T (rows `out` floats apart), C = 1 or 2: packs the 16C row-major
-// Q8_0 / Q4_0 weight rows starting at w (`rb` bytes apart) into `panel` (gemm_panel_bytes) and runs
-// the register tiles over it.
+// y[t][r0, r0 + 16C) for every t < T (rows `out` floats apart), C = 1 or 2: packs the 16C weight rows
+// into `panel` (gemm_panel_bytes) and runs the register tiles over it. `w` is the first of the rows:
+// row-major rows `rb` bytes apart (Q8_0, Q4_0), or C consecutive 16-row groups (Q8_0_R16, Q4_0_R16).
 void gemm_panel(DType dt, const uint8_t *w, size_t rb, int C, int64_t nb, const ActBlock *xq, float *y, int64_t T,
                 int64_t out, int64_t r0, uint8_t *panel);
 
