@@ -9,7 +9,7 @@ import { makeTestAdapter } from "../testing/mod.ts";
 import { rejectsWith } from "./_kvfold_asserts.ts";
 import { someIds, tempDir, testEngine, testModel } from "./_fixtures.ts";
 
-async function greedyTail(model: Model, s: Session, n: number): Promise<number[]> {
+async function greedyTail(s: Session, n: number): Promise<number[]> {
   const out: number[] = [];
   for (let i = 0; i < n; i++) {
     const l = s.logits();
@@ -60,8 +60,8 @@ Deno.test("batch prefill: sessions with adapters, lengths and positions of their
       }
       for (let i = 0; i < setups.length; i++) {
         assert.deepEqual(
-          await greedyTail(model, batched[i], 5),
-          await greedyTail(model, alone[i], 5),
+          await greedyTail(batched[i], 5),
+          await greedyTail(alone[i], 5),
           `session ${i}`,
         );
       }

@@ -190,11 +190,18 @@ Deno.test("GGUF: q4_K and q6_K blocks (a Q4_K_M mix, and all q6_K) load as llama
       const native = /avx512.*int8 vnni/.test(kv.name);
       let bytes = 0;
       for (const t of stored) {
-        if (t.shape.length !== 2 || (t.name === "token_embd.weight" && stored.some((u) => u.name === "output.weight"))) continue;
+        if (
+          t.shape.length !== 2 ||
+          (t.name === "token_embd.weight" && stored.some((u) => u.name === "output.weight"))
+        ) continue;
         const n = t.shape[0] * t.shape[1];
         bytes += t.type === "q4_k" && native && t.name !== "token_embd.weight" ? n / 256 * 148 : n / 32 * 34;
       }
-      assert.equal(auto.info.weightBytes, bytes, `${dtype}: bytes per token (${native ? "native Q4_K" : "all q8_0"})`);
+      assert.equal(
+        auto.info.weightBytes,
+        bytes,
+        `${dtype}: bytes per token (${native ? "native Q4_K" : "all q8_0"})`,
+      );
     }
   } finally {
     await Deno.remove(out, { recursive: true });

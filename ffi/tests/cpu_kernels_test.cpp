@@ -153,6 +153,60 @@ std::vector<float> quantized_activations(const float *x, int64_t n) {
   return q;
 }
 
+// The int8 matmul's float64 reference: bias + the int8-rounded activations times w (the dequantized
+// weights, [N, K]); *mag gets the largest sum of |terms| (the scale of the error bound).
+std::vector<double> quant_reference(const std::vector<float> &x, const std::vector<float> &w,
+                                    const std::vector<float> &bias, int64_t T, int64_t K, int64_t N, double *mag) {
+  std::vector<double> ref(size_t(T * N));
+  *mag = 0;
+  for (int64_t t = 0; t < T; t++) {
+    const std::vector<float> xq = quantized_activations(x.data() + t * K, K);
+    for (int64_t o = 0; o < N; o++) {
+      double s = bias[size_t(o)], a = std::fabs(bias[size_t(o)]);
+      for (int64_t i = 0; i < K; i++) {
+        s += double(xq[size_t(i)]) * w[size_t(o * K + i)];
+        a += std::fabs(double(xq[size_t(i)]) * w[size_t(o * K + i)]);
+      }
+      ref[size_t(t * N + o)] = s;
+      *mag = std::max(*mag, a);
+    }
+  }
+  return ref;
+}
+
+// matmul over `raw` (dtype dt) on 1, 2 and 3 threads against ref, every thread count with the same
+// bits; returns the one-thread output.
+std::vector<float> check_quant_matmul(Check &c, ThreadPool *pools, const std::vector<float> &x, const void *raw, DType dt,
+                                      const std::vector<float> &bias, const std::vector<double> &ref, double mag,
+                                      int64_t T, int64_t K, int64_t N, const std::string &what) {
+  std::vector<float> first;
+  for (int p = 0; p < 3; p++) {
+    std::vector<float> y(size_t(T * N), NAN);
+    matmul(pools[p], x.data(), raw, dt, y.data(), T, K, N, bias.data());
+    double err = 0;
+    for (size_t k = 0; k < y.size(); k++) {
+      const double e = std::fabs(y[k] - ref[k]);
+      err = std::isnan(e) ? INFINITY : std::max(err, e);
+    }
+    const std::string at = what + fmt(" threads=%lld", p + 1);
+    c.add(err, 2e-6 * (1.0 + mag), at);
+    if (p == 0) first = y;
+    else c.expect(std::memcmp(first.data(), y.data(), y.size() * 4) == 0, at + " deterministic");
+  }
+  return first;
+}
+
+// Whether f raises a kf::Error.
+template <class F>
+bool throws_error(F &&f) {
+  try {
+    f();
+  } catch (const Error &) {
+    return true;
+  }
+  return false;
+}
+
 void test_quant_path(const std::string &label, int seed, ThreadPool *pools) {
   Rng rng(99 + seed);
   for (DType dt : {DType::Q8_0, DType::Q4_0}) {
@@ -168,45 +222,16 @@ void test_quant_path(const std::string &label, int seed, ThreadPool *pools) {
             quantize_row(f.data() + o * K, dt, raw.data() + size_t(o) * dtype_row_bytes(dt, K), K);
             dequantize_row(raw.data() + size_t(o) * dtype_row_bytes(dt, K), dt, w.data() + o * K, K);
           }
-          std::vector<double> ref(size_t(T * N));
-          double mag = 0;
-          for (int64_t t = 0; t < T; t++) {
-            const std::vector<float> xq = quantized_activations(x.data() + t * K, K);
-            for (int64_t o = 0; o < N; o++) {
-              double s = bias[size_t(o)], a = std::fabs(bias[size_t(o)]);
-              for (int64_t i = 0; i < K; i++) {
-                s += double(xq[size_t(i)]) * w[size_t(o * K + i)];
-                a += std::fabs(double(xq[size_t(i)]) * w[size_t(o * K + i)]);
-              }
-              ref[size_t(t * N + o)] = s;
-              mag = std::max(mag, a);
-            }
-          }
-          std::vector<float> first;
-          for (int p = 0; p < 3; p++) {
-            std::vector<float> y(size_t(T * N), NAN);
-            matmul(pools[p], x.data(), raw.data(), dt, y.data(), T, K, N, bias.data());
-            double err = 0;
-            for (size_t k = 0; k < y.size(); k++) {
-              const double e = std::fabs(y[k] - ref[k]);
-              err = std::isnan(e) ? INFINITY : std::max(err, e);
-            }
-            const std::string what = fmt("T=%lld K=%lld N=%lld threads=%lld", T, K, N, p + 1);
-            c.add(err, 2e-6 * (1.0 + mag), what);
-            if (p == 0) first = y;
-            else c.expect(std::memcmp(first.data(), y.data(), y.size() * 4) == 0, what + " deterministic");
-          }
+          double mag;
+          const std::vector<double> ref = quant_reference(x, w, bias, T, K, N, &mag);
+          check_quant_matmul(c, pools, x, raw.data(), dt, bias, ref, mag, T, K, N, fmt("T=%lld K=%lld N=%lld", T, K, N));
         }
     // Rows that are not whole blocks are refused (the loader refuses such models first).
-    bool threw = false;
-    try {
+    c.expect(throws_error([&] {
       std::vector<float> x(40), y(1);
       std::vector<uint8_t> wq(64);
       matmul(pools[1], x.data(), wq.data(), dt, y.data(), 1, 40, 1, nullptr);
-    } catch (const Error &) {
-      threw = true;
-    }
-    c.expect(threw, "K=40 refused");
+    }), "K=40 refused");
   }
 }
 
@@ -280,14 +305,10 @@ void test_quant_rows16(ThreadPool *pools) {
           }
         }
       }
-    bool threw = false;
-    try {
+    c.expect(throws_error([&] {
       std::vector<uint8_t> w(size_t(24) * dtype_row_bytes(dt, 32));
       interleave_rows16(pools[0], dt, w.data(), 24, 32, w.data());
-    } catch (const Error &) {
-      threw = true;
-    }
-    c.expect(threw, std::string(dtype_name(dt)) + " 24 rows refused");
+    }), std::string(dtype_name(dt)) + " 24 rows refused");
   }
   quant_force_kernel(nullptr);
 }
@@ -323,29 +344,10 @@ void test_q4_k_rows16(ThreadPool *pools) {
       }
       for (int64_t T : {1, 2, 3, 5}) {
         const std::vector<float> x = random_vec(rng, size_t(T * K)), bias = random_vec(rng, size_t(N));
-        std::vector<float> first;
-        for (int p = 0; p < 3; p++) {
-          std::vector<float> y(size_t(T * N), NAN);
-          matmul(pools[p], x.data(), inter.data(), DType::Q4_K_R16, y.data(), T, K, N, bias.data());
-          double err = 0, mag = 0;
-          for (int64_t t = 0; t < T; t++) {
-            const std::vector<float> xq = quantized_activations(x.data() + t * K, K);
-            for (int64_t o = 0; o < N; o++) {
-              double s = bias[size_t(o)], a = std::fabs(bias[size_t(o)]);
-              for (int64_t i = 0; i < K; i++) {
-                s += double(xq[size_t(i)]) * w[size_t(o * K + i)];
-                a += std::fabs(double(xq[size_t(i)]) * w[size_t(o * K + i)]);
-              }
-              const double e = std::fabs(y[size_t(t * N + o)] - s);
-              err = std::isnan(e) ? INFINITY : std::max(err, e);
-              mag = std::max(mag, a);
-            }
-          }
-          const std::string what = shape + fmt(" T=%lld threads=%lld", T, p + 1);
-          c.add(err, 2e-6 * (1.0 + mag), what);
-          if (p == 0) first = y;
-          else c.expect(std::memcmp(first.data(), y.data(), y.size() * 4) == 0, what + " deterministic");
-        }
+        double mag;
+        const std::vector<double> ref = quant_reference(x, w, bias, T, K, N, &mag);
+        const std::vector<float> first =
+            check_quant_matmul(c, pools, x, inter.data(), DType::Q4_K_R16, bias, ref, mag, T, K, N, shape + fmt(" T=%lld", T));
         for (int64_t t = 0; t < T; t++) {  // each row alone: the batch's bits
           std::vector<float> one(static_cast<size_t>(N));
           matmul(pools[1], x.data() + t * K, inter.data(), DType::Q4_K_R16, one.data(), 1, K, N, bias.data());
@@ -353,14 +355,10 @@ void test_q4_k_rows16(ThreadPool *pools) {
         }
       }
     }
-  bool threw = false;
-  try {
+  c.expect(throws_error([&] {
     std::vector<uint8_t> w(16 * sizeof(BlockQ4_K));
     interleave_rows16(pools[0], DType::Q4_K, w.data(), 16, 256, w.data());
-  } catch (const Error &) {
-    threw = true;
-  }
-  c.expect(threw, "Q4_K in place refused (its interleaved rows are longer)");
+  }), "Q4_K in place refused (its interleaved rows are longer)");
   quant_force_kernel(nullptr);
 }
 
