@@ -40,7 +40,12 @@ namespace {
 
 // A NaN or Inf weight turns every later logit into NaN, far from the cause: refuse it at load,
 // naming the tensor, its file and the first such element.
+[[noreturn]] void refuse_bad_scale(const TensorInfo &t, int64_t at);
+
 [[noreturn]] void refuse_non_finite(const TensorInfo &t, int64_t at) {
+  // Quanta are integers: in a block format only a scale can be NaN or Inf (and `at` is an element
+  // of the decoded row, not of the blocks).
+  if (dtype_quantized(t.dtype) || dtype_load_only(t.dtype)) refuse_bad_scale(t, at);
   float v = 0;
   convert_row_to_f32(t.data + size_t(at) * dtype_size(t.dtype), t.dtype, &v, 1);
   std::string where = "element " + std::to_string(at);
