@@ -21,6 +21,14 @@ export const WIDE_MODEL: TestModelOptions = {
 /** The tiny AutoCompressor the compressor and LLoCO tests share (summary_length 4). */
 export const TEST_COMPRESSOR: TestModelOptions = { summaryLength: 4, seed: 21 };
 
+/** A model whose matrices are whole k-quant blocks (rows of 256 and 512 values), for GGUF k-quant tests. */
+export const TEST_KQUANT: TestModelOptions = {
+  seed: 12,
+  hiddenSize: 256,
+  numHeads: 4,
+  intermediateSize: 512,
+};
+
 let root: string | null = null;
 const made = new Map<string, Promise<string>>();
 

@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import type { KvfoldErrorCode } from "../mod.ts";
 import { type GgufContents, modelGgufContents, writeGguf } from "../src/formats/gguf_write.ts";
-import { tempDir, testEngine, testModel } from "./_fixtures.ts";
+import { tempDir, TEST_KQUANT, testEngine, testModel } from "./_fixtures.ts";
 import { rejectsWith } from "./_kvfold_asserts.ts";
 
 const enc = new TextEncoder();
@@ -311,12 +311,7 @@ Deno.test("GGUF hostile files: each is refused with a KvfoldError naming the pro
 // asked for, or other CPUs).
 Deno.test("GGUF hostile files: a NaN or infinite Q4_K block scale is refused, naming the block", async () => {
   const kv = await testEngine();
-  const dir = await testModel("gguf-kquant-hostile", {
-    seed: 12,
-    hiddenSize: 256,
-    numHeads: 4,
-    intermediateSize: 512,
-  });
+  const dir = await testModel("gguf-kquant", TEST_KQUANT);
   const out = await tempDir();
   try {
     for (const f of ["tokenizer.json", "tokenizer_config.json"]) {

@@ -10,7 +10,7 @@ import type { GgmlType } from "../src/formats/ggml_quant.ts";
 import { loadReferenceModel, referenceLogits } from "./reference_forward.ts";
 import { dequantizeKQuant, quantizeDequantize } from "./_reference_quant.ts";
 import { encodeGgml } from "../src/formats/ggml_quant.ts";
-import { relativeError, runCli, someIds, tempDir, testEngine, testModel } from "./_fixtures.ts";
+import { relativeError, runCli, someIds, tempDir, TEST_KQUANT, testEngine, testModel } from "./_fixtures.ts";
 import { readSafetensorsFile } from "../src/formats/safetensors.ts";
 import { rejectsWith } from "./_kvfold_asserts.ts";
 
@@ -147,13 +147,7 @@ Deno.test("GGUF: a dtype option converts the file's weights (q8_0 blocks dequant
 
 Deno.test("GGUF: q4_K and q6_K blocks (a Q4_K_M mix, and all q6_K) load as llama.cpp's layouts say", async () => {
   const kv = await testEngine();
-  // Rows of 256 and 512 values: whole k-quant blocks everywhere.
-  const dir = await testModel("gguf-kquant", {
-    seed: 12,
-    hiddenSize: 256,
-    numHeads: 4,
-    intermediateSize: 512,
-  });
+  const dir = await testModel("gguf-kquant", TEST_KQUANT);
   const out = await tempDir();
   try {
     const ids = someIds(16, 512, 13);
