@@ -135,6 +135,8 @@ void model_load(kf_model &m, const std::string &dir, const kf_model_params &p, k
     total += int64_t(t.nbytes);
     if (t.dtype_supported && t.shape.size() == 2 && t.dtype != want)
       converted += double(dtype_row_bytes(want, t.shape[1])) * double(t.shape[0]);
+    else if (t.dtype_supported && t.shape.size() == 2 && dtype_quantized(want) && quant_rows16_wanted())
+      converted += double(t.nbytes);  // quantized blocks used as stored are still copied to be interleaved
   }
   // Quantized rows are whole blocks of 32: refuse a model with another row length before any work.
   if (dtype_quantized(want))
