@@ -225,7 +225,7 @@ void rows_scalar(const uint8_t *w, size_t rb, const ActBlock *x, int64_t nb, flo
   template <DType D, int NT>                                                                                     \
   __attribute__((target(TARGET))) void NAME(const uint8_t *w, size_t rb, const ActBlock *const *x, int64_t nb,  \
                                             float *const *out, const uint8_t *pf, int64_t pf_lines) {            \
-    constexpr size_t bs = D == DType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);                              \
+    constexpr size_t bs = quant_block_bytes(D);                                                                    \
     __m256 acc[NT];                                                                                              \
     for (int j = 0; j < NT; j++) acc[j] = _mm256_setzero_ps();                                                   \
     const __m256i low4 = _mm256_set1_epi8(15);                                                                   \
@@ -318,6 +318,13 @@ Kernel choose_kernel() {
 // Weight rows per task: a block stays in L1/L2 while every activation row passes over it.
 constexpr int64_t kRowsPerTask = 16;
 
+// y[t][o] += bias[o] for every t < T and o in [r0, r1) (rows `out` apart); nothing without a bias.
+void add_bias_rows(float *y, int64_t T, int64_t out, const float *bias, int64_t r0, int64_t r1) {
+  if (bias)
+    for (int64_t t = 0; t < T; t++)
+      for (int64_t o = r0; o < r1; o++) y[t * out + o] += bias[o];
+}
+
 template <DType D>
 void matmul_quant_dt(ThreadPool &pool, const ActBlock *xq, int64_t nb, const void *Wv, float *y, int64_t T,
                      int64_t out, const float *bias) {
@@ -336,9 +343,7 @@ void matmul_quant_dt(ThreadPool &pool, const ActBlock *xq, int64_t nb, const voi
     const int64_t r0 = p * 32;
     const int C = r0 + 32 <= r_gemm ? 2 : 1;
     quant::gemm_panel(D, W + size_t(r0) * rb, rb, C, nb, xq, y, T, out, r0, static_cast<uint8_t *>(pool.scratch(thread)));
-    if (bias)
-      for (int64_t t = 0; t < T; t++)
-        for (int64_t o = r0; o < r0 + 16 * C; o++) y[t * out + o] += bias[o];
+    add_bias_rows(y, T, out, bias, r0, r0 + 16 * C);
   };
   // Rows [r0, r1) (r0 a multiple of 8, so every row is summed by the same kernel however the rows are
   // split); prefetching reads no further than row `stop`.
@@ -414,11 +419,6 @@ void matmul_rows16(ThreadPool &pool, const ActBlock *xq, int64_t nb, DType dt, c
     raise(KF_ERR_INTERNAL, "cannot run matmul: interleaved %s weights need AVX512-VNNI and whole 16-row groups",
           dtype_name(dt));
   const size_t rb = dtype_row_bytes(dt, nb * kQuantBlock);
-  auto add_bias = [&](int64_t r0, int64_t r1) {
-    if (bias)
-      for (int64_t t = 0; t < T; t++)
-        for (int64_t o = r0; o < r1; o++) y[t * out + o] += bias[o];
-  };
   // Q4_K's per-row mins have no place in the GEMM's panels: its prefill takes activation rows in pairs.
   if (T >= quant::kGemmMinTokens && dt != DType::Q4_K_R16 && quant::gemm_panel_bytes(nb) <= ThreadPool::scratch_bytes()) {
     pool.parallel_for((out / 16 + 1) / 2, [&](int64_t p, int thread) {
@@ -426,7 +426,7 @@ void matmul_rows16(ThreadPool &pool, const ActBlock *xq, int64_t nb, DType dt, c
       const int C = r0 + 32 <= out ? 2 : 1;
       quant::gemm_panel(dt, W + size_t(r0) * rb, rb, C, nb, xq, y, T, out, r0,
                         static_cast<uint8_t *>(pool.scratch(thread)));
-      add_bias(r0, r0 + 16 * C);
+      add_bias_rows(y, T, out, bias, r0, r0 + 16 * C);
     });
     return;
   }
@@ -439,7 +439,7 @@ void matmul_rows16(ThreadPool &pool, const ActBlock *xq, int64_t nb, DType dt, c
         quant::rows16_group(dt, W + size_t(r) * rb, nb, xs, nt, ys);
       }
     }
-    add_bias(r0, r1);
+    add_bias_rows(y, T, out, bias, r0, r1);
   });
 }
 

@@ -57,13 +57,17 @@ struct BlockQ6_K {
 };
 static_assert(sizeof(BlockQ4_K) == 144, "ggml block_q4_K is 144 bytes");
 static_assert(sizeof(BlockQ6_K) == 210, "ggml block_q6_K is 210 bytes");
+// Bytes of one block of a row-major block format (Q8_0, Q4_0 or Q4_K).
+constexpr size_t quant_block_bytes(DType t) {
+  return t == DType::Q8_0 ? sizeof(BlockQ8_0) : t == DType::Q4_0 ? sizeof(BlockQ4_0) : sizeof(BlockQ4_K);
+}
 // Sub-block j's (0..7) 6-bit scale and min from a Q4_K block's packed `scales`.
 void q4_k_scale_min(const uint8_t *scales, int j, uint8_t *sc, uint8_t *m);
 
 // y[t][o] = sum_i x[t][i] * W[o][i] (+ bias[o]) for W in Q8_0 / Q4_0 rows ([out, in / 32] blocks),
-// or their 16-row interleaved layouts (below: always the AVX512-VNNI kernels, whatever is forced);
-// x rows lda floats apart. in must be a multiple of 32 (else KF_ERR_INTERNAL: the loader refuses
-// such models first). Rows of W are split over the pool in fixed blocks, so results do not depend
+// or the 16-row interleaved layouts below (always the AVX512-VNNI kernels, whatever is forced);
+// x rows lda floats apart. in must be a multiple of 32 (256 for Q4_K_R16; else KF_ERR_INTERNAL: the
+// loader refuses such models first). Rows of W are split over the pool in fixed blocks, so results do not depend
 // on the thread count. Uses vpdpbusd when cpu_int8_vnni(), else AVX2 maddubs, else plain loops;
 // with AVX512-VNNI and T >= 3, a GEMM over repacked weight panels (same bits as the row kernels).
 void matmul_quant(ThreadPool &pool, const float *x, int64_t lda, const void *W, DType dt, float *y, int64_t T,

@@ -1,6 +1,6 @@
 // cpu_quant_vnni512.cpp — the int8 kernels that read 16 weight rows per AVX512-VNNI instruction
 // (cpu_quant_vnni512.h): the prefill GEMM over repacked panels, and the 16-row interleaved weight
-// layouts (Q8_0_R16, Q4_0_R16) with their decode kernel. Portable code (the interleaving itself)
+// layouts (Q8_0_R16, Q4_0_R16, Q4_K_R16) with their group kernels. Portable code (the interleaving itself)
 // builds everywhere; the kernels only where the compiler targets x86-64, each with its own target
 // attribute, and run only where cpu_features() says the CPU has AVX512-VNNI.
 #include "cpu_quant_vnni512.h"
@@ -19,8 +19,7 @@
 namespace kf {
 
 namespace {
-size_t block_bytes(DType base) { return base == DType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0); }
-size_t quant_bytes(DType base) { return block_bytes(base) - 2; }  // a block's values (after its f16 scale)
+size_t quant_bytes(DType base) { return quant_block_bytes(base) - 2; }  // a block's values (after its f16 scale)
 
 // Q4_K_R16, per group and 256-value block (kQ4kGroupBlock bytes): f16 d[16], f16 dmin[16], u8 sc[8][16]
 // and u8 m[8][16] (sub-block j's scale / min of row r at 16j + r), then the values as 32 chunks of
@@ -53,7 +52,7 @@ void interleave_rows16(ThreadPool &pool, DType dt, const void *srcv, int64_t row
   const uint8_t *src = static_cast<const uint8_t *>(srcv);
   uint8_t *dst = static_cast<uint8_t *>(dstv);
   const int64_t nb = cols / per;
-  const size_t bs = dt == DType::Q4_K ? sizeof(BlockQ4_K) : block_bytes(dt), rb = size_t(nb) * bs;
+  const size_t bs = quant_block_bytes(dt), rb = size_t(nb) * bs;
   const size_t gb = dt == DType::Q4_K ? kQ4kGroupBlock : 16 * bs;
   // Q8_0 / Q4_0 groups take the same bytes in both layouts: each is copied aside first, so dst may be src.
   std::vector<uint8_t> aside(size_t(pool.size()) * 16 * rb);  // allocated here: no throw in workers
@@ -74,7 +73,7 @@ void deinterleave_row16(DType dt, const void *wv, int64_t r, int64_t cols, void 
   const uint8_t *w = static_cast<const uint8_t *>(wv);
   uint8_t *dst = static_cast<uint8_t *>(dstv);
   const int64_t nb = cols / kQuantBlock, g = r / 16, i = r % 16;
-  const size_t bs = block_bytes(base), chunks = quant_bytes(base) / 4;
+  const size_t bs = quant_block_bytes(base), chunks = quant_bytes(base) / 4;
   for (int64_t b = 0; b < nb; b++) {
     const uint8_t *o = w + (size_t(g) * size_t(nb) + size_t(b)) * 16 * bs;
     uint8_t *blk = dst + size_t(b) * bs;
@@ -155,7 +154,7 @@ KF_VNNI512 inline void transpose_16x8_dwords(const __m512i r[8], __m512i o[8]) {
 
 template <DType D, int C>
 KF_VNNI512 void pack_vnni_panel(const uint8_t *w, size_t rb, int64_t nb, uint8_t *dst) {
-  constexpr size_t bs = D == DType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
+  constexpr size_t bs = quant_block_bytes(D);
   for (int64_t b = 0; b < nb; b++) {
     float *d = reinterpret_cast<float *>(dst + size_t(b) * kPanelBlockBytes * C);
     uint8_t *v = dst + size_t(b) * kPanelBlockBytes * C + 64 * C;
@@ -257,7 +256,7 @@ void vnni_panel_rows(const uint8_t *panel, int64_t nb, int32_t offset, const Act
 // are values 4k..4k+3 (quad k), its high nibbles values 16 + 4k.. (quad 4 + k).
 template <DType D, int C>
 KF_VNNI512 void pack_rows16_panel(const uint8_t *groups, size_t group_bytes, int64_t nb, uint8_t *dst) {
-  constexpr size_t gb = 16 * (D == DType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0));
+  constexpr size_t gb = 16 * quant_block_bytes(D);
   for (int64_t b = 0; b < nb; b++) {
     float *d = reinterpret_cast<float *>(dst + size_t(b) * kPanelBlockBytes * C);
     uint8_t *v = dst + size_t(b) * kPanelBlockBytes * C + 64 * C;
@@ -286,7 +285,7 @@ KF_VNNI512 void pack_rows16_panel(const uint8_t *groups, size_t group_bytes, int
 // acc = fma(float(dot), d_w * d_x, acc), in block order, as the row kernels and the GEMM do.
 template <DType D, int NT>
 KF_VNNI512 void rows16(const uint8_t *p, int64_t nb, const ActBlock *const *x, float *const *y) {
-  constexpr size_t gb = 16 * (D == DType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0));
+  constexpr size_t gb = 16 * quant_block_bytes(D);
   constexpr int32_t offset = D == DType::Q8_0 ? 128 : 8;
   __m512 acc[NT];
   for (int j = 0; j < NT; j++) acc[j] = _mm512_setzero_ps();

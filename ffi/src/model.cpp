@@ -58,7 +58,7 @@ namespace {
 // A quantized matrix is finite when its block scales are (its quanta are integers): the first
 // element of the first block whose f16 scale is NaN or Inf, or -1. Blocks start with their scale.
 int64_t first_bad_block(const uint8_t *data, DType dt, int64_t first_block, int64_t n_blocks) {
-  const size_t block = dt == DType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
+  const size_t block = quant_block_bytes(dt);
   for (int64_t b = 0; b < n_blocks; b++) {
     uint16_t d;
     std::memcpy(&d, data + size_t(first_block + b) * block, 2);
@@ -129,13 +129,17 @@ void model_load(kf_model &m, const std::string &dir, const kf_model_params &p, k
                                                      p.weight_dtype);
   m.weight_dtype = int32_t(want);
 
+  // Quantized matrices the matmul reads (not the embedding table, whose rows are gathered) take the
+  // 16-row interleaved layout where the AVX512-VNNI kernels run (cpu_quant.h; only the CPU backend
+  // accepts quantized weights).
+  const bool rows16 = dtype_quantized(want) && quant_rows16_wanted();
   int64_t total = 0;
   double converted = 0;  // bytes of converted copies this load will allocate
   for (const TensorInfo &t : all) {
     total += int64_t(t.nbytes);
     if (t.dtype_supported && t.shape.size() == 2 && t.dtype != want)
       converted += double(dtype_row_bytes(want, t.shape[1])) * double(t.shape[0]);
-    else if (t.dtype_supported && t.shape.size() == 2 && dtype_quantized(want) && quant_rows16_wanted())
+    else if (t.dtype_supported && t.shape.size() == 2 && rows16)
       converted += double(t.nbytes);  // quantized blocks used as stored are still copied to be interleaved
   }
   // Quantized rows are whole blocks of 32: refuse a model with another row length before any work.
@@ -155,6 +159,12 @@ void model_load(kf_model &m, const std::string &dir, const kf_model_params &p, k
   }
 
   ThreadPool &pool = *m.engine->pool;
+  // A weight buffer the model owns (converted or interleaved copies).
+  auto new_buffer = [&](size_t n) {
+    m.owned.emplace_back(new uint8_t[n]);
+    advise_huge_pages(m.owned.back().get(), n);  // before the first touch
+    return m.owned.back().get();
+  };
   auto matrix = [&](const std::string &name) -> Weight {
     const TensorInfo *t = find(name);
     if (!t) raise(KF_ERR_FORMAT, "cannot load model: tensor %s is missing", name.c_str());
@@ -188,8 +198,7 @@ void model_load(kf_model &m, const std::string &dir, const kf_model_params &p, k
       });
       if (earliest(first_bad) != INT64_MAX) refuse_bad_scale(*t, earliest(first_bad));
     } else {
-      std::unique_ptr<uint8_t[]> buf(new uint8_t[size_t(w.rows) * dtype_row_bytes(want, w.cols)]);
-      advise_huge_pages(buf.get(), size_t(w.rows) * dtype_row_bytes(want, w.cols));  // before the first touch
+      uint8_t *buf = new_buffer(size_t(w.rows) * dtype_row_bytes(want, w.cols));
       const size_t src_row = dtype_row_bytes(t->dtype, w.cols), dst_row = dtype_row_bytes(want, w.cols);
       // Row by row through f32, so any pair of dtypes converts with one rounding. Row buffers are
       // allocated here: nothing may throw inside a worker.
@@ -202,13 +211,12 @@ void model_load(kf_model &m, const std::string &dir, const kf_model_params &p, k
         // Checked on the f32 row while it is in cache: the conversion already read every value.
         const int64_t k = first_non_finite(reinterpret_cast<const uint8_t *>(tmp), DType::F32, w.cols);
         if (k >= 0) first_bad[size_t(th)] = std::min(first_bad[size_t(th)], r * w.cols + k);
-        if (dtype_quantized(want)) quantize_row(tmp, want, buf.get() + size_t(r) * dst_row, w.cols);
-        else convert_f32_to(tmp, want, buf.get() + size_t(r) * dst_row, w.cols);
+        if (dtype_quantized(want)) quantize_row(tmp, want, buf + size_t(r) * dst_row, w.cols);
+        else convert_f32_to(tmp, want, buf + size_t(r) * dst_row, w.cols);
       });
       if (earliest(first_bad) != INT64_MAX) refuse_non_finite(*t, earliest(first_bad));
-      w.data = buf.get();
+      w.data = buf;
       w.dtype = want;
-      m.owned.push_back(std::move(buf));
     }
     if (ctl) ctl->done += int64_t(t->nbytes);
     return w;
@@ -220,10 +228,7 @@ void model_load(kf_model &m, const std::string &dir, const kf_model_params &p, k
     return load_vector(*t);
   };
 
-  // Quantized matrices the matmul reads (not the embedding table, whose rows are gathered) take the
-  // 16-row interleaved layout where the AVX512-VNNI kernels run (cpu_quant.h; only the CPU backend
-  // accepts quantized weights): in place in a converted copy, else into a new one.
-  const bool rows16 = dtype_quantized(want) && quant_rows16_wanted();
+  // A projection in the interleaved layout (where rows16): in place in a converted copy, else in a new one.
   auto projection = [&](const std::string &name) -> Weight {
     // A Q4_K matrix under auto stays 4-bit: interleaved from the file's blocks, never dequantized.
     const TensorInfo *t = find(name);
@@ -235,24 +240,16 @@ void model_load(kf_model &m, const std::string &dir, const kf_model_params &p, k
         const BlockQ4_K &q = reinterpret_cast<const BlockQ4_K *>(t->data)[b];
         if ((q.d & 0x7c00) == 0x7c00 || (q.dmin & 0x7c00) == 0x7c00) refuse_bad_scale(*t, b * kKQuantBlock);
       }
-      const size_t n = size_t(rows) * dtype_row_bytes(DType::Q4_K_R16, cols);
-      m.owned.emplace_back(new uint8_t[n]);
-      advise_huge_pages(m.owned.back().get(), n);
-      interleave_rows16(pool, DType::Q4_K, t->data, rows, cols, m.owned.back().get());
+      uint8_t *dst = new_buffer(size_t(rows) * dtype_row_bytes(DType::Q4_K_R16, cols));
+      interleave_rows16(pool, DType::Q4_K, t->data, rows, cols, dst);
       if (ctl) ctl->done += int64_t(t->nbytes);
-      return Weight{m.owned.back().get(), DType::Q4_K_R16, rows, cols};
+      return Weight{dst, DType::Q4_K_R16, rows, cols};
     }
     Weight w = matrix(name);
     if (!rows16 || w.rows % 16 != 0 || !dtype_quantized(w.dtype)) return w;
-    const size_t n = size_t(w.rows) * dtype_row_bytes(w.dtype, w.cols);
-    uint8_t *dst;
-    if (!m.owned.empty() && m.owned.back().get() == w.data) {
-      dst = m.owned.back().get();
-    } else {
-      m.owned.emplace_back(new uint8_t[n]);
-      dst = m.owned.back().get();
-      advise_huge_pages(dst, n);
-    }
+    uint8_t *dst = !m.owned.empty() && m.owned.back().get() == w.data
+                       ? m.owned.back().get()
+                       : new_buffer(size_t(w.rows) * dtype_row_bytes(w.dtype, w.cols));
     interleave_rows16(pool, w.dtype, w.data, w.rows, w.cols, dst);
     w.data = dst;
     w.dtype = w.dtype == DType::Q8_0 ? DType::Q8_0_R16 : DType::Q4_0_R16;
