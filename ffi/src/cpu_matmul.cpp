@@ -360,11 +360,14 @@ void matmul(ThreadPool &pool, const float *x, const void *W, DType dt, float *y,
   }
   if (!x || !W || !y) raise(KF_ERR_INTERNAL, "cannot run matmul: null x, W or y");
   // Kernels by cpu_path() (cpu_features.h): quantized weights have their own; the scalar path is
-  // plain loops; AVX-512 takes the GEMM (T > kMatvecMaxT), where it pays. The matrix-vector path
-  // stays AVX2 for f32/f16 (memory-bound: wider registers do not read faster); long bf16 rows on
-  // AVX512-BF16 take vdpbf16ps (one instruction per 64 weight bytes instead of widen + FMA per 16:
-  // 1.1B decode on one thread 11.0 -> 12.2 tok/s; activations rounded to bf16 as prefill already does
-  // there). Short rows (< 3 KiB) stay AVX2: there the per-row reduction costs more (134M: 10% slower).
+  // plain loops; AVX-512 takes the GEMM (T > kMatvecMaxT), where it pays. The matrix-vector path:
+  // - f32 stays AVX2 (memory-bound: wider registers do not read faster);
+  // - f16 on AVX-512 widens 16 weights per instruction, one row stream at a time (the AVX2 kernel's 8
+  //   interleaved 4 KiB rows read at 2/3 of bf16's rate: 1.1B decode 0.92x llama.cpp's);
+  // - long bf16 rows on AVX512-BF16 take vdpbf16ps (one instruction per 64 weight bytes instead of
+  //   widen + FMA per 16: 1.1B decode on one thread 11.0 -> 12.2 tok/s; activations rounded to bf16 as
+  //   prefill already does there); short ones (< 3 KiB) stay AVX2, where the per-row reduction costs
+  //   more (134M: 10% slower).
   if (dtype_quantized(dt)) return matmul_quant(pool, x, in, W, dt, y, T, in, out, bias);
   const CpuPath path = cpu_path();
   if (path == CpuPath::Scalar) return matmul_portable(pool, x, in, W, dt, y, T, in, out, bias);
@@ -372,6 +375,7 @@ void matmul(ThreadPool &pool, const float *x, const void *W, DType dt, float *y,
     return gemm_avx512(pool, x, in, W, dt, y, T, in, out, bias, path == CpuPath::Avx512Bf16);
   if (dt == DType::BF16 && path == CpuPath::Avx512Bf16 && size_t(in) * 2 >= kMvShortRowBytes)
     return matvec_bf16_dot(pool, x, W, y, T, in, out, bias);
+  if (dt == DType::F16 && int32_t(path) >= int32_t(CpuPath::Avx512)) return matvec_f16(pool, x, W, y, T, in, out, bias);
   switch (dt) {
   case DType::F32: matmul_dt<DType::F32>(pool, x, W, y, T, in, out, bias); return;
   case DType::F16: matmul_dt<DType::F16>(pool, x, W, y, T, in, out, bias); return;

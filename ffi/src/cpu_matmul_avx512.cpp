@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #if defined(__x86_64__)
@@ -277,6 +278,53 @@ KF_AVX512BF16 void matvec_bf16_dot_rows(const uint16_t *xb, int64_t kp, int64_t 
   }
 }
 
+// y[t][r] = x[t] · W[r] (+ bias) for rows [r0, r1), W f16: 16 weights widened per vcvtph2ps zmm,
+// FMAs in f32 (x is not rounded: f16 keeps 11 significant bits, rounding x to bf16 would lose
+// more), two accumulators per t, each row one sequential stream prefetched 1 KiB ahead. Summed
+// the same way whatever T is. Measured (1.1B shapes, 1 thread, cold): the AVX2 kernel's 8
+// interleaved 4 KiB rows read 15.5 GB/s; one stream here reads at bf16's rate.
+template <int T>
+KF_AVX512 void matvec_f16_rows(const float *x, int64_t K, const uint8_t *W, size_t rb, float *y, int64_t N,
+                               int64_t r0, int64_t r1, const float *bias) {
+  for (int64_t r = r0; r < r1; r++) {
+    const uint16_t *w = reinterpret_cast<const uint16_t *>(W + size_t(r) * rb);
+    __m512 acc[T][2];
+    for (int t = 0; t < T; t++) acc[t][0] = acc[t][1] = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= K; i += 32) {
+      _mm_prefetch(reinterpret_cast<const char *>(w + i) + 1024, _MM_HINT_T0);
+      const __m512 w0 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(w + i)));
+      const __m512 w1 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(w + i + 16)));
+      for (int t = 0; t < T; t++) {
+        acc[t][0] = _mm512_fmadd_ps(_mm512_loadu_ps(x + t * K + i), w0, acc[t][0]);
+        acc[t][1] = _mm512_fmadd_ps(_mm512_loadu_ps(x + t * K + i + 16), w1, acc[t][1]);
+      }
+    }
+    for (; i < K; i += 16) {  // the tail, masked: lanes past K are zeros
+      const __mmask16 m = first_n(int(std::min<int64_t>(16, K - i)));
+      const __m512 wv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, w + i));
+      for (int t = 0; t < T; t++) acc[t][0] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x + t * K + i), wv, acc[t][0]);
+    }
+    for (int t = 0; t < T; t++)
+      y[t * N + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[t][0], acc[t][1])) + (bias ? bias[r] : 0.0f);
+  }
+}
+
+// f(std::integral_constant<int, T>{}) for T = 1..8: the matrix-vector kernels are templates on T.
+template <class F>
+void with_rows(int64_t T, F &&f) {
+  switch (T) {
+  case 1: return f(std::integral_constant<int, 1>{});
+  case 2: return f(std::integral_constant<int, 2>{});
+  case 3: return f(std::integral_constant<int, 3>{});
+  case 4: return f(std::integral_constant<int, 4>{});
+  case 5: return f(std::integral_constant<int, 5>{});
+  case 6: return f(std::integral_constant<int, 6>{});
+  case 7: return f(std::integral_constant<int, 7>{});
+  default: return f(std::integral_constant<int, 8>{});
+  }
+}
+
 }  // namespace
 
 void matvec_bf16_dot(ThreadPool &pool, const float *x, const void *W, float *y, int64_t T, int64_t K, int64_t N,
@@ -289,18 +337,19 @@ void matvec_bf16_dot(ThreadPool &pool, const float *x, const void *W, float *y, 
   const uint8_t *Wb = static_cast<const uint8_t *>(W);
   const size_t rb = size_t(K) * 2;
   auto range = [&](int64_t r0, int64_t r1) {
-    switch (T) {
-    case 1: return matvec_bf16_dot_rows<1>(xb, kp, K, Wb, rb, y, N, r0, r1, bias);
-    case 2: return matvec_bf16_dot_rows<2>(xb, kp, K, Wb, rb, y, N, r0, r1, bias);
-    case 3: return matvec_bf16_dot_rows<3>(xb, kp, K, Wb, rb, y, N, r0, r1, bias);
-    case 4: return matvec_bf16_dot_rows<4>(xb, kp, K, Wb, rb, y, N, r0, r1, bias);
-    case 5: return matvec_bf16_dot_rows<5>(xb, kp, K, Wb, rb, y, N, r0, r1, bias);
-    case 6: return matvec_bf16_dot_rows<6>(xb, kp, K, Wb, rb, y, N, r0, r1, bias);
-    case 7: return matvec_bf16_dot_rows<7>(xb, kp, K, Wb, rb, y, N, r0, r1, bias);
-    default: return matvec_bf16_dot_rows<8>(xb, kp, K, Wb, rb, y, N, r0, r1, bias);
-    }
+    with_rows(T, [&](auto t) { matvec_bf16_dot_rows<t.value>(xb, kp, K, Wb, rb, y, N, r0, r1, bias); });
   };
   pool.run_row_blocks(N, 8, size_t(N) * rb, range);
+}
+
+void matvec_f16(ThreadPool &pool, const float *x, const void *W, float *y, int64_t T, int64_t K, int64_t N,
+                const float *bias) {
+  if (T < 1 || T > 8) raise(KF_ERR_INTERNAL, "cannot run matvec_f16: T = %lld is not 1..8", (long long)T);
+  const uint8_t *Wb = static_cast<const uint8_t *>(W);
+  const size_t rb = size_t(K) * 2;
+  pool.run_row_blocks(N, 8, size_t(N) * rb, [&](int64_t r0, int64_t r1) {
+    with_rows(T, [&](auto t) { matvec_f16_rows<t.value>(x, K, Wb, rb, y, N, r0, r1, bias); });
+  });
 }
 
 void gemm_avx512(ThreadPool &pool, const float *x, int64_t lda, const void *W, DType dt, float *y, int64_t T,
@@ -349,6 +398,9 @@ void gemm_avx512(ThreadPool &, const float *, int64_t, const void *, DType, floa
   raise(KF_ERR_INTERNAL, "cannot run matmul: no AVX-512 on this architecture");
 }
 void matvec_bf16_dot(ThreadPool &, const float *, const void *, float *, int64_t, int64_t, int64_t, const float *) {
+  raise(KF_ERR_INTERNAL, "cannot run matmul: no AVX-512 on this architecture");
+}
+void matvec_f16(ThreadPool &, const float *, const void *, float *, int64_t, int64_t, int64_t, const float *) {
   raise(KF_ERR_INTERNAL, "cannot run matmul: no AVX-512 on this architecture");
 }
 }  // namespace kf

@@ -23,6 +23,12 @@ void gemm_avx512(ThreadPool &pool, const float *x, int64_t lda, const void *W, D
 void matvec_bf16_dot(ThreadPool &pool, const float *x, const void *W, float *y, int64_t T, int64_t K, int64_t N,
                      const float *bias);
 
+// Decode's product for f16 W and T <= 8 rows of x (contiguous, K floats each): W widened to f32, FMAs
+// in f32, each W row streamed once. Needs AVX-512F. Summed the same way whatever T and the thread
+// count are.
+void matvec_f16(ThreadPool &pool, const float *x, const void *W, float *y, int64_t T, int64_t K, int64_t N,
+                const float *bias);
+
 // The same product in plain C++ loops (any T, any float dtype): KVFOLD_CPU=scalar's path.
 void matmul_portable(ThreadPool &pool, const float *x, int64_t lda, const void *W, DType dt, float *y, int64_t T,
                      int64_t K, int64_t N, const float *bias);

@@ -128,9 +128,11 @@ void test_float_path(CpuPath path, ThreadPool *pools) {
             if (p == 0) first = y;
             else c.expect(std::memcmp(first.data(), y.data(), y.size() * 4) == 0, what + " deterministic");
           }
-          // vdpbf16ps decode batches (T <= 8): each row's outputs are the bits of that row alone (the
-          // AVX2 matrix-vector kernels pick their accumulator count by T, so theirs are not).
-          if (T <= kMatvecMaxT && rounds_x)
+          // AVX-512 decode batches (T <= 8; vdpbf16ps for bf16, widened f16): each row's outputs are the
+          // bits of that row alone (the AVX2 matrix-vector kernels pick their accumulator count by T,
+          // so theirs are not).
+          const bool f16_avx512 = dt == DType::F16 && int(path) >= int(CpuPath::Avx512);
+          if (T <= kMatvecMaxT && (rounds_x || f16_avx512))
             for (int64_t t = 0; t < T; t++) {
               std::vector<float> one(static_cast<size_t>(N));
               matmul(pools[1], x.data() + t * K, raw.data(), dt, one.data(), 1, K, N, bias.data());
