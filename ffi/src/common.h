@@ -108,8 +108,10 @@ inline uint16_t f32_to_bf16(float f) {  // round to nearest even, NaN kept quiet
 }
 float f16_to_f32(uint16_t h);
 
-// Physical memory available now, in bytes (0 when unknown). Big allocations are checked against it
-// before they are touched: under overcommit they would otherwise succeed and get the process killed.
+// Physical memory available now, in bytes (0 when unknown): Linux's MemAvailable (free pages plus the
+// cache the kernel can drop), capped by the cgroup v2 limit where one is set. Big allocations are
+// checked against it before they are touched: under overcommit they would otherwise succeed and get
+// the process killed.
 double available_memory_bytes();
 // Asks the kernel to back the whole 2 MiB pages inside [p, p + n) with transparent huge pages
 // (Linux THP "madvise" mode), before they are first touched: 512 times fewer page faults when a big

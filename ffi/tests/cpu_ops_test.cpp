@@ -467,6 +467,34 @@ void test_convert() {
   }
 }
 
+// available_memory_bytes is what the kernel can hand out (MemAvailable: free pages plus droppable
+// cache), not free pages alone: a process that has read a few model files has most of its memory in
+// page cache, and loads were refused with 20 GiB to spare.
+void test_available_memory() {
+  Check c("available memory counts the droppable page cache (MemAvailable)");
+  FILE *f = std::fopen("/proc/meminfo", "r");
+  if (!f) {
+    std::printf("  (no /proc/meminfo here: skipped)\n");
+    return;
+  }
+  double mem_available = -1, mem_total = -1;
+  char line[256];
+  while (std::fgets(line, sizeof line, f)) {
+    if (std::strncmp(line, "MemAvailable:", 13) == 0) mem_available = std::atof(line + 13) * 1024.0;
+    if (std::strncmp(line, "MemTotal:", 9) == 0) mem_total = std::atof(line + 9) * 1024.0;
+  }
+  std::fclose(f);
+  const double got = available_memory_bytes();
+  char what[160];
+  std::snprintf(what, sizeof what, "%.0f MiB; MemAvailable %.0f MiB of %.0f MiB", got / 1048576.0,
+                mem_available / 1048576.0, mem_total / 1048576.0);
+  c.expect(got > 0 && got <= mem_total, what);
+  // With no cgroup v2 limit the value is MemAvailable read a moment apart (within 2% + 64 MiB).
+  FILE *limit = std::fopen("/sys/fs/cgroup/memory.max", "r");
+  if (limit) std::fclose(limit);
+  else c.expect(std::fabs(got - mem_available) <= 0.02 * mem_available + 64.0 * 1048576.0, what);
+}
+
 void test_bandwidth() {
   Check c("measure_read_bandwidth returns a plausible number");
   ThreadPool pool(2);
@@ -506,6 +534,7 @@ int main() {
     test_matmul();
     test_bandwidth();
     test_bandwidth_cancel();
+    test_available_memory();
   } catch (const std::exception &e) {
     std::printf("FAIL unexpected exception: %s\n", e.what());
     return 2;
