@@ -51,10 +51,14 @@ void matvec_rows(const float *x, int64_t in, const uint8_t *W, size_t row_bytes,
     for (int r = 0; r < R; r++) acc[t][r] = _mm256_setzero_ps();
   for (; i + 8 <= in; i += 8) {
     // Each row's stream kMvPrefetchBytes ahead, one prefetch per 64-byte line (the hardware
-    // prefetcher alone leaves these R interleaved streams well short of the read bandwidth).
-    if (((size_t(i) * dtype_size(D)) & 63) == 0)
-      for (int r = 0; r < R; r++)
-        _mm_prefetch(static_cast<const char *>(rows[r]) + size_t(i) * dtype_size(D) + kMvPrefetchBytes, _MM_HINT_T0);
+    // prefetcher alone leaves these R interleaved streams well short of the read bandwidth). Near
+    // a row's end the stream continues into the same row of the next block of R (the one this
+    // thread reads next), not into row r + 1, which another stream already fetched.
+    if (((size_t(i) * dtype_size(D)) & 63) == 0) {
+      size_t ahead = size_t(i) * dtype_size(D) + kMvPrefetchBytes;
+      if (ahead >= row_bytes) ahead += size_t(R - 1) * row_bytes;
+      for (int r = 0; r < R; r++) _mm_prefetch(static_cast<const char *>(rows[r]) + ahead, _MM_HINT_T0);
+    }
     __m256 xv[T];
     for (int t = 0; t < T; t++) xv[t] = _mm256_loadu_ps(x + t * in + i);
     for (int r = 0; r < R; r++) {
