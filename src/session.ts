@@ -20,14 +20,7 @@ import { constrain, grammarOf } from "./grammar/json_grammar.ts";
 
 export { sampleFromLogits, type SamplingOptions } from "./sampler.ts";
 
-export type {
-  GenerateOptions,
-  GenerationStats,
-  PrefillOptions,
-  SessionMemory,
-  SessionOptions,
-  StopReason,
-} from "./session_options.ts";
+export type * from "./session_options.ts";
 import type {
   GenerateOptions,
   GenerationStats,

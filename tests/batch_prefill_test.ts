@@ -3,7 +3,7 @@
 // alone leaves it: the same last-row logits (to float rounding) and the same greedy continuation,
 // and the pass must refuse what it cannot run without touching any session.
 import assert from "node:assert/strict";
-import { decodeBatch, type Model, type Session } from "../mod.ts";
+import { decodeBatch, type Session } from "../mod.ts";
 import { runPrefillBatch } from "../src/batch.ts";
 import { makeTestAdapter } from "../testing/mod.ts";
 import { rejectsWith } from "./_kvfold_asserts.ts";
