@@ -34,7 +34,8 @@ void advise_huge_pages(void *p, size_t n) {
 
 namespace {
 
-// The number after `key` in a text file of "key value" lines (/proc/meminfo), or -1.
+// The number after `key` on the first line of a text file that starts with it (`key` "": the first
+// line), or -1 when there is no such line, no file, or no number there (cgroup v2's "max").
 double read_keyed_number(const char *path, const char *key) {
   FILE *f = std::fopen(path, "r");
   if (!f) return -1.0;
@@ -43,23 +44,13 @@ double read_keyed_number(const char *path, const char *key) {
   const size_t n = std::strlen(key);
   while (std::fgets(line, sizeof line, f))
     if (std::strncmp(line, key, n) == 0) {
-      v = std::strtod(line + n, nullptr);
+      char *end = nullptr;
+      const double got = std::strtod(line + n, &end);
+      if (end != line + n) v = got;
       break;
     }
   std::fclose(f);
   return v;
-}
-
-// The first number in a one-line file (cgroup v2's memory.max / memory.current), or -1 ("max").
-double read_number(const char *path) {
-  FILE *f = std::fopen(path, "r");
-  if (!f) return -1.0;
-  char line[64] = {};
-  const bool ok = std::fgets(line, sizeof line, f) != nullptr;
-  std::fclose(f);
-  char *end = nullptr;
-  const double v = ok ? std::strtod(line, &end) : -1.0;
-  return ok && end != line ? v : -1.0;
 }
 
 }  // namespace
@@ -75,7 +66,8 @@ double available_memory_bytes() {
     avail = pages > 0 && page > 0 ? double(pages) * double(page) : 0.0;
   }
   // A container's cgroup (v2) limit binds before the machine's memory does.
-  const double max = read_number("/sys/fs/cgroup/memory.max"), cur = read_number("/sys/fs/cgroup/memory.current");
+  const double max = read_keyed_number("/sys/fs/cgroup/memory.max", ""),
+               cur = read_keyed_number("/sys/fs/cgroup/memory.current", "");
   if (max >= 0 && cur >= 0) avail = std::min(avail, std::max(0.0, max - cur));
   return avail;
 }
