@@ -5,10 +5,12 @@
 #include <cmath>
 #include <cstring>
 #include <new>
+#include <type_traits>
 #include <vector>
 
 #include "cpu_features.h"
 #include "cpu_matmul_avx512.h"
+#include "cpu_matvec.h"
 #include "cpu_ops.h"
 #include "cpu_quant.h"
 #include "cpu_simd.h"
@@ -31,7 +33,6 @@ namespace {
 //   sequential stream. Measured on Zen 3 (bf16 768x32000, 1 thread): 4 interleaved streams of
 //   1.5 KiB rows reach 55% of the read bandwidth (the hardware prefetcher does not follow them),
 //   one stream 85%.
-constexpr size_t kMvShortRowBytes = 3072;
 constexpr int64_t kMvPrefetchBytes = 1024;
 
 // y[t][r0 + r] = x[t] · W[r0 + r] (+ bias) for t < T, r < R.
@@ -143,17 +144,6 @@ void matvec_range(const float *x, int64_t in, const uint8_t *W, size_t row_bytes
   int64_t r = r0;
   for (; r + R <= r1; r += R) matvec_rows<D, T, R>(x, in, W, row_bytes, y, out, r, bias);
   for (; r < r1; r++) matvec_rows<D, T, 1>(x, in, W, row_bytes, y, out, r, bias);
-}
-
-template <DType D, int T>
-void matvec(ThreadPool &pool, const float *x, const void *Wv, float *y, int64_t in, int64_t out, const float *bias) {
-  const uint8_t *W = static_cast<const uint8_t *>(Wv);
-  const size_t row_bytes = size_t(in) * dtype_size(D);
-  // One contiguous block of rows per thread (a multiple of 8 rows): each core streams its own part
-  // of W front to back.
-  pool.run_row_blocks(out, 8, size_t(out) * row_bytes, [&](int64_t r0, int64_t r1) {
-    matvec_range<D, T>(x, in, W, row_bytes, y, out, r0, r1, bias);
-  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -332,24 +322,30 @@ void gemm(ThreadPool &pool, const float *x, int64_t lda, const void *Wv, float *
   });
 }
 
-template <DType D>
-void matmul_dt(ThreadPool &pool, const float *x, const void *W, float *y, int64_t T, int64_t in, int64_t out,
-               const float *bias) {
-  switch (T) {
-  case 1: matvec<D, 1>(pool, x, W, y, in, out, bias); return;
-  case 2: matvec<D, 2>(pool, x, W, y, in, out, bias); return;
-  case 3: matvec<D, 3>(pool, x, W, y, in, out, bias); return;
-  case 4: matvec<D, 4>(pool, x, W, y, in, out, bias); return;
-  case 5: matvec<D, 5>(pool, x, W, y, in, out, bias); return;
-  case 6: matvec<D, 6>(pool, x, W, y, in, out, bias); return;
-  case 7: matvec<D, 7>(pool, x, W, y, in, out, bias); return;
-  case 8: matvec<D, 8>(pool, x, W, y, in, out, bias); return;
-  default: gemm<D>(pool, x, in, W, y, T, in, out, bias); return;
-  }
-}
-static_assert(kMatvecMaxT == 8, "matmul_dt dispatches T = 1..8 to matvec");
-
 }  // namespace
+
+void matvec_float_range(DType dt, const float *x, int64_t in, const void *W, float *y, int64_t T, int64_t out,
+                        int64_t r0, int64_t r1, const float *bias) {
+  const uint8_t *Wb = static_cast<const uint8_t *>(W);
+  auto run = [&](auto d) {
+    constexpr DType D = decltype(d)::value;
+    const size_t rb = size_t(in) * dtype_size(D);
+    switch (T) {
+    case 1: return matvec_range<D, 1>(x, in, Wb, rb, y, out, r0, r1, bias);
+    case 2: return matvec_range<D, 2>(x, in, Wb, rb, y, out, r0, r1, bias);
+    case 3: return matvec_range<D, 3>(x, in, Wb, rb, y, out, r0, r1, bias);
+    case 4: return matvec_range<D, 4>(x, in, Wb, rb, y, out, r0, r1, bias);
+    case 5: return matvec_range<D, 5>(x, in, Wb, rb, y, out, r0, r1, bias);
+    case 6: return matvec_range<D, 6>(x, in, Wb, rb, y, out, r0, r1, bias);
+    case 7: return matvec_range<D, 7>(x, in, Wb, rb, y, out, r0, r1, bias);
+    default: return matvec_range<D, 8>(x, in, Wb, rb, y, out, r0, r1, bias);
+    }
+  };
+  static_assert(kMatvecMaxT == 8, "matvec_float_range dispatches T = 1..8");
+  if (dt == DType::F16) run(std::integral_constant<DType, DType::F16>{});
+  else if (dt == DType::BF16) run(std::integral_constant<DType, DType::BF16>{});
+  else run(std::integral_constant<DType, DType::F32>{});
+}
 
 void matmul(ThreadPool &pool, const float *x, const void *W, DType dt, float *y, int64_t T, int64_t in, int64_t out,
             const float *bias) {
@@ -363,30 +359,25 @@ void matmul(ThreadPool &pool, const float *x, const void *W, DType dt, float *y,
     return;
   }
   if (!x || !W || !y) raise(KF_ERR_INTERNAL, "cannot run matmul: null x, W or y");
-  // Kernels by cpu_path() (cpu_features.h): quantized weights have their own; the scalar path is
-  // plain loops; AVX-512 takes the GEMM (T > kMatvecMaxT), where it pays. The matrix-vector path:
-  // - f32 stays AVX2 (memory-bound: wider registers do not read faster);
-  // - f16 on AVX-512 widens 16 weights per instruction, one row stream at a time (the AVX2 kernel's 8
-  //   interleaved 4 KiB rows read at 2/3 of bf16's rate: 1.1B decode 0.92x llama.cpp's);
-  // - long bf16 rows on AVX512-BF16 take vdpbf16ps (one instruction per 64 weight bytes instead of
-  //   widen + FMA per 16: 1.1B decode on one thread 11.0 -> 12.2 tok/s; activations rounded to bf16 as
-  //   prefill already does there); short ones (< 3 KiB) stay AVX2, where the per-row reduction costs
-  //   more (134M: 10% slower).
+  // Decode-sized T: the matrix-vector path (cpu_matvec.cpp) where it applies. Otherwise kernels by
+  // cpu_path() (cpu_features.h): quantized weights have their own; the scalar path is plain loops;
+  // AVX-512 takes the GEMM, where it pays.
+  if (T <= kMatvecMaxT) {
+    const MatmulProduct p{W, dt, y, out, bias};
+    if (matvec_products(pool, x, T, in, &p, 1)) return;
+  }
   if (dtype_quantized(dt)) return matmul_quant(pool, x, in, W, dt, y, T, in, out, bias);
+  if (dt != DType::F32 && dt != DType::F16 && dt != DType::BF16)
+    raise(KF_ERR_INTERNAL, "cannot run matmul: unknown weight dtype %d", int(dt));
   const CpuPath path = cpu_path();
   if (path == CpuPath::Scalar) return matmul_portable(pool, x, in, W, dt, y, T, in, out, bias);
-  if (T > kMatvecMaxT && int32_t(path) >= int32_t(CpuPath::Avx512))
+  if (int32_t(path) >= int32_t(CpuPath::Avx512))
     return gemm_avx512(pool, x, in, W, dt, y, T, in, out, bias, path == CpuPath::Avx512Bf16);
-  if (dt == DType::BF16 && path == CpuPath::Avx512Bf16 && size_t(in) * 2 >= kMvShortRowBytes)
-    return matvec_bf16_dot(pool, x, W, y, T, in, out, bias);
-  if (dt == DType::F16 && int32_t(path) >= int32_t(CpuPath::Avx512)) return matvec_f16(pool, x, W, y, T, in, out, bias);
   switch (dt) {
-  case DType::F32: matmul_dt<DType::F32>(pool, x, W, y, T, in, out, bias); return;
-  case DType::F16: matmul_dt<DType::F16>(pool, x, W, y, T, in, out, bias); return;
-  case DType::BF16: matmul_dt<DType::BF16>(pool, x, W, y, T, in, out, bias); return;
-  default: break;  // quantized: handled above
+  case DType::F32: gemm<DType::F32>(pool, x, in, W, y, T, in, out, bias); return;
+  case DType::F16: gemm<DType::F16>(pool, x, in, W, y, T, in, out, bias); return;
+  default: gemm<DType::BF16>(pool, x, in, W, y, T, in, out, bias); return;
   }
-  raise(KF_ERR_INTERNAL, "cannot run matmul: unknown weight dtype %d", int(dt));
 }
 
 void matmul_strided(ThreadPool &pool, const float *x, int64_t x_stride, const void *W, DType dt, float *y, int64_t T,

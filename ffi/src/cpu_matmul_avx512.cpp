@@ -327,29 +327,20 @@ void with_rows(int64_t T, F &&f) {
 
 }  // namespace
 
-void matvec_bf16_dot(ThreadPool &pool, const float *x, const void *W, float *y, int64_t T, int64_t K, int64_t N,
-                     const float *bias) {
-  if (T < 1 || T > 8) raise(KF_ERR_INTERNAL, "cannot run matvec_bf16_dot: T = %lld is not 1..8", (long long)T);
-  const int64_t kp = (K + 1) / 2 * 2;
-  ScratchLease lease(size_t(T * kp) * sizeof(uint16_t));
-  uint16_t *xb = lease.as<uint16_t>();
+void bf16_round_rows(const float *x, int64_t K, int64_t T, int64_t kp, uint16_t *xb) {
   round_rows_bf16(x, K, K, kp, xb, 0, T);
-  const uint8_t *Wb = static_cast<const uint8_t *>(W);
-  const size_t rb = size_t(K) * 2;
-  auto range = [&](int64_t r0, int64_t r1) {
-    with_rows(T, [&](auto t) { matvec_bf16_dot_rows<t.value>(xb, kp, K, Wb, rb, y, N, r0, r1, bias); });
-  };
-  pool.run_row_blocks(N, 8, size_t(N) * rb, range);
 }
 
-void matvec_f16(ThreadPool &pool, const float *x, const void *W, float *y, int64_t T, int64_t K, int64_t N,
-                const float *bias) {
-  if (T < 1 || T > 8) raise(KF_ERR_INTERNAL, "cannot run matvec_f16: T = %lld is not 1..8", (long long)T);
+void matvec_bf16_dot_range(const uint16_t *xb, int64_t kp, const void *W, float *y, int64_t T, int64_t K, int64_t N,
+                           int64_t r0, int64_t r1, const float *bias) {
   const uint8_t *Wb = static_cast<const uint8_t *>(W);
-  const size_t rb = size_t(K) * 2;
-  pool.run_row_blocks(N, 8, size_t(N) * rb, [&](int64_t r0, int64_t r1) {
-    with_rows(T, [&](auto t) { matvec_f16_rows<t.value>(x, K, Wb, rb, y, N, r0, r1, bias); });
-  });
+  with_rows(T, [&](auto t) { matvec_bf16_dot_rows<t.value>(xb, kp, K, Wb, size_t(K) * 2, y, N, r0, r1, bias); });
+}
+
+void matvec_f16_range(const float *x, const void *W, float *y, int64_t T, int64_t K, int64_t N, int64_t r0, int64_t r1,
+                      const float *bias) {
+  const uint8_t *Wb = static_cast<const uint8_t *>(W);
+  with_rows(T, [&](auto t) { matvec_f16_rows<t.value>(x, K, Wb, size_t(K) * 2, y, N, r0, r1, bias); });
 }
 
 void gemm_avx512(ThreadPool &pool, const float *x, int64_t lda, const void *W, DType dt, float *y, int64_t T,
@@ -397,12 +388,14 @@ void gemm_avx512(ThreadPool &, const float *, int64_t, const void *, DType, floa
                  const float *, bool) {
   raise(KF_ERR_INTERNAL, "cannot run matmul: no AVX-512 on this architecture");
 }
-void matvec_bf16_dot(ThreadPool &, const float *, const void *, float *, int64_t, int64_t, int64_t, const float *) {
+void bf16_round_rows(const float *, int64_t, int64_t, int64_t, uint16_t *) {
   raise(KF_ERR_INTERNAL, "cannot run matmul: no AVX-512 on this architecture");
 }
-void matvec_f16(ThreadPool &, const float *, const void *, float *, int64_t, int64_t, int64_t, const float *) {
-  raise(KF_ERR_INTERNAL, "cannot run matmul: no AVX-512 on this architecture");
-}
+// Never chosen off x86-64 (cpu_matvec.cpp asks cpu_path() first); nothing may throw inside a region.
+void matvec_bf16_dot_range(const uint16_t *, int64_t, const void *, float *, int64_t, int64_t, int64_t, int64_t,
+                           int64_t, const float *) {}
+void matvec_f16_range(const float *, const void *, float *, int64_t, int64_t, int64_t, int64_t, int64_t,
+                      const float *) {}
 }  // namespace kf
 
 #endif

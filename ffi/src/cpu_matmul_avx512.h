@@ -17,17 +17,18 @@ namespace kf {
 void gemm_avx512(ThreadPool &pool, const float *x, int64_t lda, const void *W, DType dt, float *y, int64_t T,
                  int64_t K, int64_t N, const float *bias, bool bf16_dot);
 
-// Decode's product for bf16 W and T <= 8 rows of x (contiguous, K floats each): x rounded to bf16 as
-// the GEMM's bf16_dot does, 32 products per vdpbf16ps, each W row streamed once. Needs AVX512-BF16.
-// Each output is summed in the same order whatever T and the thread count are.
-void matvec_bf16_dot(ThreadPool &pool, const float *x, const void *W, float *y, int64_t T, int64_t K, int64_t N,
-                     const float *bias);
-
-// Decode's product for f16 W and T <= 8 rows of x (contiguous, K floats each): W widened to f32, FMAs
-// in f32, each W row streamed once. Needs AVX-512F. Summed the same way whatever T and the thread
-// count are.
-void matvec_f16(ThreadPool &pool, const float *x, const void *W, float *y, int64_t T, int64_t K, int64_t N,
-                const float *bias);
+// Decode's products (T <= 8 rows of x) as row ranges, which cpu_matvec.cpp runs alone or several
+// in one parallel region: rows [r0, r1) of y[T, N] = x · W^T (+ bias), W [N, K], each W row streamed
+// once. Every output is summed in the same order whatever T, r0, r1 and the thread split are.
+// - bf16 W (AVX512-BF16): x rounded to bf16 first (bf16_round_rows: T rows of kp = K rounded up to
+//   even, zero-padded), 32 products per vdpbf16ps, as llama.cpp and the GEMM's bf16_dot do;
+// - f16 W (AVX-512F): W widened to f32, FMAs in f32 on x as it is (T rows of K floats).
+// The caller checks cpu_features().
+void bf16_round_rows(const float *x, int64_t K, int64_t T, int64_t kp, uint16_t *xb);
+void matvec_bf16_dot_range(const uint16_t *xb, int64_t kp, const void *W, float *y, int64_t T, int64_t K, int64_t N,
+                           int64_t r0, int64_t r1, const float *bias);
+void matvec_f16_range(const float *x, const void *W, float *y, int64_t T, int64_t K, int64_t N, int64_t r0, int64_t r1,
+                      const float *bias);
 
 // The same product in plain C++ loops (any T, any float dtype): KVFOLD_CPU=scalar's path.
 void matmul_portable(ThreadPool &pool, const float *x, int64_t lda, const void *W, DType dt, float *y, int64_t T,

@@ -38,6 +38,20 @@ constexpr int64_t kMatvecMaxT = 8;
 void matmul(ThreadPool &pool, const float *x, const void *W, DType dt, float *y, int64_t T, int64_t in, int64_t out,
             const float *bias);
 
+// One product of matmul_shared_x: y = x · W^T (+ bias), W [out, in] in dtype dt (as matmul's).
+struct MatmulProduct {
+  const void *W;
+  DType dt;
+  float *y;
+  int64_t out;
+  const float *bias;
+};
+
+// y_i = x · W_i^T (+ bias_i) for each of n products of one x [T, in]: a layer's q, k and v, or gate
+// and up. The same bits as n matmul calls. Decode-sized T (the matrix-vector path) runs them in one
+// parallel region, with x rounded or quantized once, instead of n regions: fewer joins per token.
+void matmul_shared_x(ThreadPool &pool, const float *x, int64_t T, int64_t in, const MatmulProduct *p, int n);
+
 // matmul with the rows of x `x_stride` floats apart: row t is x[t * x_stride .. t * x_stride + in).
 // x_stride < in makes rows overlap, which is how an implicit im2col (a convolution as one GEMM) reads.
 void matmul_strided(ThreadPool &pool, const float *x, int64_t x_stride, const void *W, DType dt, float *y, int64_t T,

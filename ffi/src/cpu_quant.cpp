@@ -325,6 +325,84 @@ void add_bias_rows(float *y, int64_t T, int64_t out, const float *bias, int64_t 
       for (int64_t o = r0; o < r1; o++) y[t * out + o] += bias[o];
 }
 
+// Rows [r0, r1) of y[T, out] over row-major weights W (rows `rb` bytes apart) by the row kernels:
+// whole groups of 8 rows with the activation rows in pairs (then a last single one), the rest 4 and 1
+// at a time. r0 a multiple of 8, so every row is summed by the same kernel however the rows are
+// split; prefetching reads no further than row `stop`.
+template <DType D>
+void row_block(Kernel k, const uint8_t *W, size_t rb, const ActBlock *xq, int64_t nb, float *y, int64_t T, int64_t out,
+               const float *bias, int64_t r0, int64_t r1, int64_t stop) {
+  int64_t r8 = r0;
+  for (; r8 + 8 <= r1; r8 += 8) {
+    const uint8_t *w = W + size_t(r8) * rb;
+    // Decode streams W once from DRAM: while one group of 8 rows is summed, ask for the group two
+    // ahead, spread over the blocks (the hardware prefetcher alone keeps one core at a third of
+    // its bandwidth over these 8 interleaved row streams). Prefill rereads W: no prefetch.
+    const int64_t ahead = std::max<int64_t>(0, std::min<int64_t>(8, stop - (r8 + 16)));
+    const uint8_t *next = w + 16 * rb;
+    const int64_t next_lines = T <= 2 ? int64_t(size_t(ahead) * rb / 64) : 0;
+    int64_t t = 0;
+    bool vector = true;
+    for (; vector && t + 2 <= T; t += 2) {
+      const ActBlock *xs[2] = {xq + t * nb, xq + (t + 1) * nb};
+      float *ys[2] = {y + t * out + r8, y + (t + 1) * out + r8};
+      vector = rows8<D, 2>(k, w, rb, xs, nb, ys, next, next_lines);
+    }
+    if (vector && t < T) {
+      const ActBlock *xs[1] = {xq + t * nb};
+      float *ys[1] = {y + t * out + r8};
+      vector = rows8<D, 1>(k, w, rb, xs, nb, ys, next, next_lines);
+    }
+    if (!vector) break;  // no vector kernel: every row from r8 on goes below, 4 and 1 at a time
+  }
+  for (int64_t t = 0; t < T; t++) {
+    const ActBlock *x = xq + t * nb;
+    float *yt = y + t * out;
+    int64_t r = r8;
+    for (; r + 4 <= r1; r += 4) rows<D, 4>(k, W + size_t(r) * rb, rb, x, nb, yt + r);
+    for (; r < r1; r++) rows<D, 1>(k, W + size_t(r) * rb, rb, x, nb, yt + r);
+  }
+  add_bias_rows(y, T, out, bias, r0, r1);
+}
+
+}  // namespace
+
+void quantize_act_rows(const float *x, int64_t lda, int64_t in, int64_t T, ActBlock *xq) {
+  for (int64_t t = 0; t < T; t++) quantize_act_row(x + t * lda, in, xq + t * (in / kQuantBlock));
+}
+
+bool matmul_quant_rows_apply(DType dt, int64_t T, int64_t in, int64_t out) {
+  const int64_t per = dt == DType::Q4_K_R16 ? kKQuantBlock : kQuantBlock;
+  if (!dtype_quantized(dt) || T < 1 || T > kQuantMatvecMaxT || in < 1 || in % per != 0) return false;
+  return !dtype_rows16(dt) || (cpu_features().avx512_vnni && out % 16 == 0);
+}
+
+void matmul_quant_rows(const ActBlock *xq, int64_t nb, const void *Wv, DType dt, float *y, int64_t T, int64_t out,
+                       const float *bias, int64_t r0, int64_t r1) {
+  const uint8_t *W = static_cast<const uint8_t *>(Wv);
+  const size_t rb = dtype_row_bytes(dt, nb * kQuantBlock);
+  if (dtype_rows16(dt)) {  // 16-row groups, activation rows in pairs
+    for (int64_t r = r0; r < r1; r += 16) {
+      for (int64_t t = 0; t < T; t += 2) {
+        const int nt = int(std::min<int64_t>(2, T - t));
+        const ActBlock *xs[2] = {xq + t * nb, xq + (t + nt - 1) * nb};
+        float *ys[2] = {y + t * out + r, y + (t + nt - 1) * out + r};
+        quant::rows16_group(dt, W + size_t(r) * rb, nb, xs, nt, ys);
+      }
+    }
+    add_bias_rows(y, T, out, bias, r0, r1);
+    return;
+  }
+  const Kernel k = choose_kernel();
+  for (int64_t r = r0; r < r1; r += kRowsPerTask) {
+    const int64_t e = std::min(r1, r + kRowsPerTask);
+    if (dt == DType::Q8_0) row_block<DType::Q8_0>(k, W, rb, xq, nb, y, T, out, bias, r, e, r1);
+    else row_block<DType::Q4_0>(k, W, rb, xq, nb, y, T, out, bias, r, e, r1);
+  }
+}
+
+namespace {
+
 template <DType D>
 void matmul_quant_dt(ThreadPool &pool, const ActBlock *xq, int64_t nb, const void *Wv, float *y, int64_t T,
                      int64_t out, const float *bias) {
@@ -345,54 +423,16 @@ void matmul_quant_dt(ThreadPool &pool, const ActBlock *xq, int64_t nb, const voi
     quant::gemm_panel(D, W + size_t(r0) * rb, rb, C, nb, xq, y, T, out, r0, static_cast<uint8_t *>(pool.scratch(thread)));
     add_bias_rows(y, T, out, bias, r0, r0 + 16 * C);
   };
-  // Rows [r0, r1) (r0 a multiple of 8, so every row is summed by the same kernel however the rows are
-  // split); prefetching reads no further than row `stop`.
-  auto row_block = [&](int64_t r0, int64_t r1, int64_t stop) {
-    // Whole groups of 8 rows, activation rows in pairs (then a last single one).
-    int64_t r8 = r0;
-    for (; r8 + 8 <= r1; r8 += 8) {
-      const uint8_t *w = W + size_t(r8) * rb;
-      // Decode streams W once from DRAM: while one group of 8 rows is summed, ask for the group two
-      // ahead, spread over the blocks (the hardware prefetcher alone keeps one core at a third of
-      // its bandwidth over these 8 interleaved row streams). Prefill rereads W: no prefetch.
-      const int64_t ahead = std::max<int64_t>(0, std::min<int64_t>(8, stop - (r8 + 16)));
-      const uint8_t *next = w + 16 * rb;
-      const int64_t next_lines = T <= 2 ? int64_t(size_t(ahead) * rb / 64) : 0;
-      int64_t t = 0;
-      bool vector = true;
-      for (; vector && t + 2 <= T; t += 2) {
-        const ActBlock *xs[2] = {xq + t * nb, xq + (t + 1) * nb};
-        float *ys[2] = {y + t * out + r8, y + (t + 1) * out + r8};
-        vector = rows8<D, 2>(k, w, rb, xs, nb, ys, next, next_lines);
-      }
-      if (vector && t < T) {
-        const ActBlock *xs[1] = {xq + t * nb};
-        float *ys[1] = {y + t * out + r8};
-        vector = rows8<D, 1>(k, w, rb, xs, nb, ys, next, next_lines);
-      }
-      if (!vector) break;  // no vector kernel: every row from r8 on goes below, 4 and 1 at a time
-    }
-    for (int64_t t = 0; t < T; t++) {
-      const ActBlock *x = xq + t * nb;
-      float *yt = y + t * out;
-      int64_t r = r8;
-      for (; r + 4 <= r1; r += 4) rows<D, 4>(k, W + size_t(r) * rb, rb, x, nb, yt + r);
-      for (; r < r1; r++) rows<D, 1>(k, W + size_t(r) * rb, rb, x, nb, yt + r);
-      if (bias)
-        for (int64_t o = r0; o < r1; o++) yt[o] += bias[o];
-    }
-  };
   auto task = [&](int64_t blk, int) {
     const int64_t r0 = r_gemm + blk * kRowsPerTask;
-    row_block(r0, std::min(out, r0 + kRowsPerTask), out);
+    row_block<D>(k, W, rb, xq, nb, y, T, out, bias, r0, std::min(out, r0 + kRowsPerTask), out);
   };
   const int64_t n_tasks = (out - r_gemm + kRowsPerTask - 1) / kRowsPerTask;
   // Decode: one contiguous run of rows per thread, so the group each thread prefetches is its own
   // next one (with tasks handed out in turn, it was mostly the other thread's).
-  if (n_panels == 0 && T <= 2) {
-    pool.run_row_blocks(out, kRowsPerTask, size_t(out) * rb * size_t(T), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; r += kRowsPerTask) row_block(r, std::min(r1, r + kRowsPerTask), r1);
-    });
+  if (n_panels == 0 && T <= kQuantMatvecMaxT) {
+    pool.run_row_blocks(out, kRowsPerTask, size_t(out) * rb * size_t(T),
+                        [&](int64_t r0, int64_t r1) { matmul_quant_rows(xq, nb, W, D, y, T, out, bias, r0, r1); });
     return;
   }
   auto any_task = [&](int64_t i, int thread) {
@@ -430,17 +470,8 @@ void matmul_rows16(ThreadPool &pool, const ActBlock *xq, int64_t nb, DType dt, c
     });
     return;
   }
-  pool.run_row_blocks(out, 16, size_t(out) * rb * size_t(T), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; r += 16) {
-      for (int64_t t = 0; t < T; t += 2) {
-        const int nt = int(std::min<int64_t>(2, T - t));
-        const ActBlock *xs[2] = {xq + t * nb, xq + (t + nt - 1) * nb};
-        float *ys[2] = {y + t * out + r, y + (t + nt - 1) * out + r};
-        quant::rows16_group(dt, W + size_t(r) * rb, nb, xs, nt, ys);
-      }
-    }
-    add_bias_rows(y, T, out, bias, r0, r1);
-  });
+  pool.run_row_blocks(out, 16, size_t(out) * rb * size_t(T),
+                      [&](int64_t r0, int64_t r1) { matmul_quant_rows(xq, nb, W, dt, y, T, out, bias, r0, r1); });
 }
 
 }  // namespace
@@ -483,7 +514,7 @@ void matmul_quant(ThreadPool &pool, const float *x, int64_t lda, const void *W, 
   if (T * in >= (int64_t(1) << 16) && pool.size() > 1) {
     pool.parallel_for(T, [&](int64_t t, int) { quantize_act_row(x + t * lda, in, xb + t * nb); });
   } else {
-    for (int64_t t = 0; t < T; t++) quantize_act_row(x + t * lda, in, xb + t * nb);
+    quantize_act_rows(x, lda, in, T, xb);
   }
   if (dtype_rows16(dt)) matmul_rows16(pool, xb, nb, dt, static_cast<const uint8_t *>(W), y, T, out, bias);
   else if (dt == DType::Q8_0) matmul_quant_dt<DType::Q8_0>(pool, xb, nb, W, y, T, out, bias);

@@ -73,6 +73,21 @@ void q4_k_scale_min(const uint8_t *scales, int j, uint8_t *sc, uint8_t *m);
 void matmul_quant(ThreadPool &pool, const float *x, int64_t lda, const void *W, DType dt, float *y, int64_t T,
                   int64_t in, int64_t out, const float *bias);
 
+// The matrix-vector pieces of matmul_quant, for products that share one x (cpu_matvec.cpp):
+// - quantize_act_rows: xq[T][in / 32] <- T rows of x (lda floats apart) as activation blocks;
+// - matmul_quant_rows: rows [r0, r1) of y over xq (r0 a multiple of 16, r1 likewise or `out`), with
+//   the same kernels and bits as matmul_quant at that T;
+// - matmul_quant_rows_apply: whether those apply (T <= kQuantMatvecMaxT, rows of whole blocks, the
+//   interleaved layouts' needs); otherwise matmul_quant runs (and names what is wrong).
+namespace quant {
+struct ActBlock;
+}
+constexpr int64_t kQuantMatvecMaxT = 2;
+void quantize_act_rows(const float *x, int64_t lda, int64_t in, int64_t T, quant::ActBlock *xq);
+bool matmul_quant_rows_apply(DType dt, int64_t T, int64_t in, int64_t out);
+void matmul_quant_rows(const quant::ActBlock *xq, int64_t nb, const void *W, DType dt, float *y, int64_t T,
+                       int64_t out, const float *bias, int64_t r0, int64_t r1);
+
 // The 16-row interleaved layouts (DType::Q8_0_R16 / Q4_0_R16), which the CPU loader makes of each
 // quantized matrix whose rows are a multiple of 16 where quant_rows16_wanted(). The R / 16 groups of
 // 16 rows take the same bytes as 16 row-major rows; group g's block b (groups in order, then blocks)

@@ -170,12 +170,12 @@ void forward_rows(Workspace &ws, const kf_model &m, int32_t T, const ChunkInput 
 
     // ---- attention block ----
     rmsnorm_rows(pool, ws.xn.data(), ws.x.data(), L.attn_norm.data(), T, H, eps);  // xn: [T, H]
-    matmul(pool, ws.xn.data(), L.wq.data, L.wq.dtype, ws.q.data(), T, H, q_dim,
-           L.bq.empty() ? nullptr : L.bq.data());                                  // q: [T, nh, hd]
-    matmul(pool, ws.xn.data(), L.wk.data, L.wk.dtype, ws.k.data(), T, H, kv_dim,
-           L.bk.empty() ? nullptr : L.bk.data());                                  // k: [T, nkv, hd]
-    matmul(pool, ws.xn.data(), L.wv.data, L.wv.dtype, ws.v.data(), T, H, kv_dim,
-           L.bv.empty() ? nullptr : L.bv.data());                                  // v: [T, nkv, hd]
+    // q: [T, nh, hd], k and v: [T, nkv, hd]; one parallel region for the three at decode
+    const auto bias = [](const std::vector<float> &b) { return b.empty() ? nullptr : b.data(); };
+    const MatmulProduct qkv[3] = {{L.wq.data, L.wq.dtype, ws.q.data(), q_dim, bias(L.bq)},
+                                  {L.wk.data, L.wk.dtype, ws.k.data(), kv_dim, bias(L.bk)},
+                                  {L.wv.data, L.wv.dtype, ws.v.data(), kv_dim, bias(L.bv)}};
+    matmul_shared_x(pool, ws.xn.data(), T, H, qkv, 3);
     apply_lora(pool, ws, T, l, kProjQ, ws.xn.data(), H, ws.q.data(), q_dim);      // + s·B(A xn), per row
     apply_lora(pool, ws, T, l, kProjK, ws.xn.data(), H, ws.k.data(), kv_dim);
     apply_lora(pool, ws, T, l, kProjV, ws.xn.data(), H, ws.v.data(), kv_dim);
@@ -262,8 +262,9 @@ void forward_rows(Workspace &ws, const kf_model &m, int32_t T, const ChunkInput 
 
     // ---- MLP block: x += down(silu(gate(xn)) * up(xn)) ----
     rmsnorm_rows(pool, ws.xn.data(), ws.x.data(), L.ffn_norm.data(), T, H, eps);
-    matmul(pool, ws.xn.data(), L.w_gate.data, L.w_gate.dtype, ws.gate.data(), T, H, I, nullptr);  // [T, I]
-    matmul(pool, ws.xn.data(), L.w_up.data, L.w_up.dtype, ws.up.data(), T, H, I, nullptr);        // [T, I]
+    const MatmulProduct gate_up[2] = {{L.w_gate.data, L.w_gate.dtype, ws.gate.data(), I, nullptr},   // [T, I]
+                                      {L.w_up.data, L.w_up.dtype, ws.up.data(), I, nullptr}};        // [T, I]
+    matmul_shared_x(pool, ws.xn.data(), T, H, gate_up, 2);
     apply_lora(pool, ws, T, l, kProjGate, ws.xn.data(), H, ws.gate.data(), I);
     apply_lora(pool, ws, T, l, kProjUp, ws.xn.data(), H, ws.up.data(), I);
     silu_mul(ws.gate.data(), ws.up.data(), int64_t(T) * I);

@@ -4,8 +4,8 @@
 //
 // Build and run (from the repository root; tests/cpu_kernels_test.ts does this):
 //   g++ -std=c++17 -O2 -march=native -pthread -Iffi/include ffi/tests/cpu_kernels_test.cpp ffi/src/cpu_ops.cpp
-//       ffi/src/cpu_matmul.cpp ffi/src/cpu_matmul_avx512.cpp ffi/src/cpu_matmul_scalar.cpp ffi/src/cpu_quant.cpp
-//       ffi/src/cpu_quant_vnni512.cpp ffi/src/cpu_features.cpp ffi/src/threadpool.cpp ffi/src/common.cpp -o build/cpu_kernels_test
+//       ffi/src/cpu_matmul.cpp ffi/src/cpu_matvec.cpp ffi/src/cpu_matmul_avx512.cpp ffi/src/cpu_matmul_scalar.cpp
+//       ffi/src/cpu_quant.cpp ffi/src/cpu_quant_vnni512.cpp ffi/src/cpu_features.cpp ffi/src/threadpool.cpp ffi/src/common.cpp -o build/cpu_kernels_test
 // Prints one line per check ("ok" / "FAIL" / "skip") and exits nonzero if any check failed.
 #include <cmath>
 #include <cstdio>
@@ -364,6 +364,65 @@ void test_q4_k_rows16(ThreadPool *pools) {
   quant_force_kernel(nullptr);
 }
 
+// matmul_shared_x (several products of one x in one region): every output of every product, the
+// same bits as a matmul call per product, for mixed dtypes (interleaved ones where this CPU has
+// them), row counts that are not multiples of the 16-row split, T on and off the matrix-vector path,
+// biases or none, and 1-3 threads. Outputs start as NaN, so a row no part ran cannot pass.
+void test_shared_x(const std::string &label, ThreadPool *pools) {
+  Check c("matmul_shared_x = one matmul per product, " + label);
+  Rng rng(41);
+  const bool r16 = quant_rows16_wanted();
+  for (int64_t K : {64, 1600}) {
+    struct Weights {
+      DType dt;
+      int64_t out;
+      std::vector<uint8_t> raw;
+      std::vector<float> bias;
+    };
+    std::vector<Weights> ws;
+    for (auto [dt, out] : {std::pair{DType::F32, int64_t(100)}, {DType::BF16, int64_t(33)}, {DType::F16, int64_t(48)},
+                           {DType::Q8_0, int64_t(40)}, {DType::Q4_0, int64_t(17)},
+                           {r16 ? DType::Q8_0_R16 : DType::Q8_0, int64_t(32)}}) {
+      Weights w{dt, out, {}, random_vec(rng, size_t(out))};
+      if (dtype_quantized(dt)) {
+        const DType base = dt == DType::Q8_0_R16 ? DType::Q8_0 : dt;
+        const size_t rb = dtype_row_bytes(base, K);
+        const std::vector<float> f = random_vec(rng, size_t(out * K));
+        w.raw.resize(size_t(out) * rb);
+        for (int64_t o = 0; o < out; o++) quantize_row(f.data() + o * K, base, w.raw.data() + size_t(o) * rb, K);
+        if (dt == DType::Q8_0_R16) interleave_rows16(pools[0], DType::Q8_0, w.raw.data(), out, K, w.raw.data());
+      } else {
+        std::vector<float> exact;
+        make_float_weights(rng, dt, size_t(out * K), w.raw, exact);
+      }
+      ws.push_back(std::move(w));
+    }
+    // Groups of products as a layer forms them (3 and 2), and mixed ones.
+    const std::vector<std::vector<int>> groups = {{0, 1, 2}, {3, 4}, {5, 0}, {2, 4, 5, 1}, {1}};
+    for (const auto &g : groups)
+      for (int64_t T : {1, 2, 3, 8, 9}) {
+        const std::vector<float> x = random_vec(rng, size_t(T * K));
+        for (int th = 0; th < 3; th++) {
+          std::vector<std::vector<float>> want, got;
+          std::vector<MatmulProduct> ps;
+          for (size_t j = 0; j < g.size(); j++) {
+            const Weights &w = ws[size_t(g[j])];
+            const float *bias = j % 2 == 0 ? w.bias.data() : nullptr;
+            want.emplace_back(size_t(T * w.out), NAN);
+            got.emplace_back(size_t(T * w.out), NAN);
+            matmul(pools[th], x.data(), w.raw.data(), w.dt, want.back().data(), T, K, w.out, bias);
+            ps.push_back({w.raw.data(), w.dt, nullptr, w.out, bias});
+          }
+          for (size_t j = 0; j < g.size(); j++) ps[j].y = got[j].data();
+          matmul_shared_x(pools[th], x.data(), T, K, ps.data(), int(ps.size()));
+          for (size_t j = 0; j < g.size(); j++)
+            c.expect(std::memcmp(want[j].data(), got[j].data(), want[j].size() * 4) == 0,
+                     std::string(dtype_name(ws[size_t(g[j])].dt)) + fmt(" K=%lld T=%lld threads=%lld", K, T, th + 1));
+        }
+      }
+  }
+}
+
 // ggml's layouts, byte for byte, and the round trip bound.
 void test_quant_layout() {
   Check c("Q8_0 / Q4_0 blocks as llama.cpp lays them out");
@@ -412,6 +471,7 @@ int main() {
       continue;
     }
     test_float_path(want, pools);
+    test_shared_x(cpu_path_name(want), pools);
     test_quant_path(std::string(cpu_path_name(want)) + (cpu_int8_vnni() ? " (int8 vnni)" : ""), int(want), pools);
   }
   // Each int8 kernel by name, the VEX AVX-VNNI one included (the paths above prefer AVX512-VNNI).

@@ -1,0 +1,26 @@
+// cpu_matvec.h — inside the CPU matmul: decode's matrix-vector path (cpu_matvec.cpp) and the AVX2
+// float kernel it shares with cpu_matmul.cpp.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "cpu_ops.h"
+
+namespace kf {
+
+// W rows shorter than this take the one-row-stream kernels (see cpu_matmul.cpp).
+constexpr size_t kMvShortRowBytes = 3072;
+
+// Rows [r0, r1) of y[T, out] = x[T, in] · W^T (+ bias), W f32 / f16 / bf16, T in 1..kMatvecMaxT, by the
+// AVX2 (or plain) matrix-vector kernels of cpu_matmul.cpp. Same bits whatever r0 and r1 are.
+void matvec_float_range(DType dt, const float *x, int64_t in, const void *W, float *y, int64_t T, int64_t out,
+                        int64_t r0, int64_t r1, const float *bias);
+
+// The products p[0..n) of one x [T, in] on the matrix-vector path (T <= kMatvecMaxT): x converted
+// once for the kernels that read it converted, then one parallel region over all the products' rows.
+// False, having done nothing, where a product takes another path (the scalar path, quantized weights
+// at T > kQuantMatvecMaxT, a bad shape): the caller runs matmul for each.
+bool matvec_products(ThreadPool &pool, const float *x, int64_t T, int64_t in, const MatmulProduct *p, int n);
+
+}  // namespace kf
