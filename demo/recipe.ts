@@ -22,9 +22,11 @@ import { seededUint32 } from "../src/_seeded_random.ts";
 import type { Kvfold } from "../src/engine.ts";
 import {
   type CompressorExample,
+  type CompressorLoss,
   type CompressorQaPair,
   ModelTrainer,
   type SummaryTarget,
+  type TrainBatchItem,
 } from "../src/model_train.ts";
 import { initModelFolder } from "../src/model_train_loop.ts";
 import { Compressor } from "../src/compressor.ts";
@@ -84,6 +86,11 @@ export interface RecipeBudget {
   lococoSteps: number;
   /** Examples per optimizer step. */
   batch: number;
+  /**
+   * Gradient replicas a step's examples are spread over (`ModelTrainer.accumulateBatch`: one core
+   * each; the weights depend on this number, not on the machine). Default 1.
+   */
+  replicas?: number;
 }
 
 /**
@@ -285,17 +292,18 @@ export async function trainDemoModel(kv: Kvfold, options: RecipeOptions): Promis
     const rnd = seededUint32(TRAIN_SEED, "demo recipe: lengths");
     const unit = () => rnd() / 2 ** 32;
     const windows = windowDraws(TRAIN_SEED, () => Math.round(16 * 4 ** unit()));
+    const replicas = budget.replicas ?? 1;
     for (let s = 0; s < budget.readerSteps; s++) {
       options.signal?.throwIfAborted();
-      const losses: number[] = [];
+      const items: TrainBatchItem[] = [];
       for (let b = 0; b < budget.batch; b++) {
         const d = windows.next().value as Draw;
         // Half the examples also model the context's language; the other half are answers only.
-        const ex = textQaExample(d.ids, d.question.question, d.question.answer, {
-          languageModel: b % 2 === 0,
+        items.push({
+          text: textQaExample(d.ids, d.question.question, d.question.answer, { languageModel: b % 2 === 0 }),
         });
-        losses.push(await trainer.accumulate(ex, { signal: options.signal }));
       }
+      const losses = await trainer.accumulateBatch(items, { replicas, signal: options.signal }) as number[];
       trainer.step();
       options.onProgress?.({
         phase: "reader",
@@ -315,24 +323,22 @@ export async function trainDemoModel(kv: Kvfold, options: RecipeOptions): Promis
     for (let s = 0; s < budget.compressorSteps; s++) {
       options.signal?.throwIfAborted();
       longest = Math.round(16 * (CHUNK_TOKENS / 16) ** Math.min(1, s / grow));
-      const lm: number[] = [], qa: number[] = [];
+      const items: TrainBatchItem[] = [];
       for (let b = 0; b < budget.batch; b++) {
         if (b % 4 === 3) {
           const d = windows.next().value as Draw;
-          await trainer.accumulate(
-            textQaExample(d.ids, d.question.question, d.question.answer, { languageModel: true }),
-            { signal: options.signal },
-          );
+          items.push({
+            text: textQaExample(d.ids, d.question.question, d.question.answer, { languageModel: true }),
+          });
           continue;
         }
         const whole = s >= 0.7 * budget.compressorSteps && b % 2 === 0;
         const d = (whole ? chunks : docs).next().value as Draw;
-        const loss = await trainer.accumulateDocument(compressorExample(d), {
-          signal: options.signal,
-        });
-        lm.push(loss.lm);
-        qa.push(loss.qa);
+        items.push({ document: compressorExample(d) });
       }
+      const losses = await trainer.accumulateBatch(items, { replicas, signal: options.signal });
+      const documents = losses.filter((l): l is CompressorLoss => typeof l !== "number");
+      const lm = documents.map((l) => l.lm), qa = documents.map((l) => l.qa);
       trainer.step();
       options.onProgress?.({
         phase: "compressor",

@@ -147,6 +147,35 @@ const SYMBOLS = {
     result: "i32",
     nonblocking: true,
   },
+  // The *_on twins take a gradient replica after the trainer (kvfold.h).
+  kf_model_trainer_accumulate_on: {
+    parameters: ["pointer", "i32", "buffer", "i32", "buffer", "buffer", "i32", "buffer", "buffer"],
+    result: "i32",
+    nonblocking: true,
+  },
+  kf_model_trainer_accumulate_document_on: {
+    parameters: [
+      "pointer",
+      "i32",
+      "buffer",
+      "i32",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "i32",
+      "buffer",
+      "buffer",
+      "i32",
+      "f32",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+    ],
+    result: "i32",
+    nonblocking: true,
+  },
   kf_model_trainer_accumulate_document_pairs: {
     parameters: [
       "pointer",

@@ -17,6 +17,14 @@ import { KvfoldError } from "./errors.ts";
 import type { Model } from "./model.ts";
 import { type TensorInput, writeSafetensorsFile } from "./formats/safetensors.ts";
 import type { TrainExample } from "./train.ts";
+import type {
+  AccumulateOptions,
+  CompressorExample,
+  CompressorLoss,
+  CompressorQaPair,
+  TrainBatchItem,
+  TrainedTensor,
+} from "./model_train_types.ts";
 import {
   type OptimizerOptions,
   optimizerStep,
@@ -50,66 +58,12 @@ export interface ModelTrainOptions extends OptimizerOptions {
   summaryInitStd?: number;
 }
 
+export type * from "./model_train_types.ts";
+
 /** Which copy of a tensor {@link ModelTrainer.read} and {@link ModelTrainer.write} address. */
 export const MODEL_TRAIN_TENSORS = Object.freeze({ weight: 0, grad: 1, moment: 2, variance: 3 } as const);
 /** A key of {@link MODEL_TRAIN_TENSORS}. */
 export type ModelTrainTensor = keyof typeof MODEL_TRAIN_TENSORS;
-
-/** One question over a compressor document and its answer. */
-export interface CompressorQaPair {
-  /** Question ids (the prompt after the summary vectors); may be empty. */
-  question?: readonly number[];
-  /** Answer ids (what the question predicts; end it with EOS to teach stopping); empty adds no loss. */
-  answer?: readonly number[];
-}
-
-/**
- * One compressor document: its ids, and optionally a question and answer over it, or several
- * (`pairs`: the document is compressed once and every pair trains on the same summaries).
- */
-export interface CompressorExample extends CompressorQaPair {
-  /** Document token ids (no BOS), split into segments of `segmentLength`. */
-  ids: readonly number[];
-  /**
-   * Questions and answers over the document, instead of `question` / `answer`: each runs its own
-   * `[summaries | question] -> answer` pass (they do not see each other) and the QA loss is one mean
-   * over every answer token of every pair.
-   */
-  pairs?: readonly CompressorQaPair[];
-  /**
-   * Summary targets: summary vector `row` (of all the document's segments' summaries, in order)
-   * predicts `token` through the LM head, a third loss (one mean over the targets) weighted by
-   * `summaryTargetWeight`. A dense signal that teaches the compressor to carry the tokens a reader
-   * needs (an answer's tokens, say) long before the QA loss alone does.
-   */
-  summaryTargets?: readonly SummaryTarget[];
-  /** Weight of the summary-target loss (default 1). */
-  summaryTargetWeight?: number;
-}
-
-/** One summary target of {@link CompressorExample.summaryTargets}. */
-export interface SummaryTarget {
-  /** Summary row: segment index × `summaryLength` + the vector's index in its segment. */
-  row: number;
-  /** The token id it predicts. */
-  token: number;
-}
-
-/** Losses of one {@link ModelTrainer.accumulateDocument} (NaN for an objective that is off). */
-export interface CompressorLoss {
-  /** Mean cross-entropy of every segment token predicting the next one. */
-  lm: number;
-  /** Mean cross-entropy of the answer tokens (of every pair, one mean over all their tokens). */
-  qa: number;
-  /** Mean cross-entropy of the summary targets (NaN without any). */
-  summary: number;
-}
-
-/** A trained tensor: HF name and shape. */
-export interface TrainedTensor {
-  name: string;
-  shape: number[];
-}
 
 /**
  * Every tensor of a model being trained (and `embed_summary.weight` for a compressor). The loaded
@@ -208,10 +162,7 @@ export class ModelTrainer extends HandleOwner {
    * predicts (or -1): adds the gradient of the mean cross-entropy for every tensor and returns that
    * mean. Aborting drops the gradients accumulated since the last step.
    */
-  async accumulate(
-    example: TrainExample,
-    options: { signal?: AbortSignal; onProgress?: (done: number, total: number) => void } = {},
-  ): Promise<number> {
+  async accumulate(example: TrainExample, options: AccumulateOptions = {}): Promise<number> {
     const { ids, labels } = example;
     const H = this.model.info.hiddenSize, V = this.model.info.vocabSize;
     if (ids.length !== labels.length) {
@@ -234,9 +185,14 @@ export class ModelTrainer extends HandleOwner {
     const prefixBuf = alloc(prefix.length * 4);
     new Float32Array(prefixBuf.buffer).set(prefix);
     const loss = alloc(4);
+    const replica = replicaArg(options.replica);
     await this._handle.runControlled(
-      (ptr, ctl) =>
-        sym().kf_model_trainer_accumulate(ptr, prefixBuf, nPrefix, idBuf, labelBuf, nIds, loss, ctl.buf),
+      (ptr, ctl) => {
+        const args = [prefixBuf, nPrefix, idBuf, labelBuf, nIds, loss, ctl.buf] as const;
+        return replica === undefined
+          ? sym().kf_model_trainer_accumulate(ptr, ...args)
+          : sym().kf_model_trainer_accumulate_on(ptr, replica, ...args);
+      },
       { signal: options.signal, onProgress: options.onProgress },
     );
     return new DataView(loss.buffer).getFloat32(0, true);
@@ -258,11 +214,11 @@ export class ModelTrainer extends HandleOwner {
    */
   async accumulateDocument(
     example: CompressorExample,
-    options: { signal?: AbortSignal; onProgress?: (done: number, total: number) => void } = {},
+    options: AccumulateOptions = {},
   ): Promise<CompressorLoss> {
     const V = this.model.info.vocabSize, action = "train compressor";
     if (example.pairs !== undefined) return await this.#accumulatePairs(example, example.pairs, options);
-    if (example.summaryTargets !== undefined) {
+    if (example.summaryTargets !== undefined || options.replica !== undefined) {
       const { question, answer, ...rest } = example;
       return await this.#accumulatePairs(rest, [{ question, answer }], options);
     }
@@ -287,7 +243,7 @@ export class ModelTrainer extends HandleOwner {
   async #accumulatePairs(
     example: CompressorExample,
     pairs: readonly CompressorQaPair[],
-    options: { signal?: AbortSignal; onProgress?: (done: number, total: number) => void },
+    options: AccumulateOptions,
   ): Promise<CompressorLoss> {
     const V = this.model.info.vocabSize, action = "train compressor";
     if (example.question !== undefined || example.answer !== undefined) {
@@ -329,26 +285,14 @@ export class ModelTrainer extends HandleOwner {
       tokenView[i] = int32Arg(action, `summaryTargets[${i}].token`, t.token, { min: 0 });
     });
     const lm = alloc(4), qa = alloc(4), summary = alloc(4);
+    const replica = replicaArg(options.replica);
+    // The same arguments either way; replica calls name their replica first.
+    const args = [ids, n, q, ql, a, al, nPairs, rows, tokens, nTargets, weight, lm, qa, summary] as const;
     await this._handle.runControlled(
       (ptr, ctl) =>
-        sym().kf_model_trainer_accumulate_document_targets(
-          ptr,
-          ids,
-          n,
-          q,
-          ql,
-          a,
-          al,
-          nPairs,
-          rows,
-          tokens,
-          nTargets,
-          weight,
-          lm,
-          qa,
-          summary,
-          ctl.buf,
-        ),
+        replica !== undefined
+          ? sym().kf_model_trainer_accumulate_document_on(ptr, replica, ...args, ctl.buf)
+          : sym().kf_model_trainer_accumulate_document_targets(ptr, ...args, ctl.buf),
       { signal: options.signal, onProgress: options.onProgress },
     );
     return {
@@ -356,6 +300,62 @@ export class ModelTrainer extends HandleOwner {
       qa: new DataView(qa.buffer).getFloat32(0, true),
       summary: new DataView(summary.buffer).getFloat32(0, true),
     };
+  }
+
+  /**
+   * A batch of examples over `replicas` gradient replicas at once (data parallelism: one thread
+   * each, so up to `replicas` cores): example i runs on replica i % replicas, each replica's
+   * examples in order, so the gradients the next {@link step} sums, and every bit of it, depend on
+   * `replicas`, never on timing or the thread count. Returns each example's loss in order (a number
+   * for `text`, {@link CompressorLoss} for `document`). A failure or abort drops every gradient
+   * accumulated since the last step, as one call's does, and throws the first error.
+   *
+   * @example
+   * ```ts ignore
+   * await trainer.accumulateBatch([{ document: doc1 }, { document: doc2 }, { text: qa }], { replicas: 2 });
+   * trainer.step();
+   * ```
+   */
+  async accumulateBatch(
+    items: readonly TrainBatchItem[],
+    options: { replicas?: number; signal?: AbortSignal } = {},
+  ): Promise<(number | CompressorLoss)[]> {
+    if (!Array.isArray(items)) throw new TypeError("Cannot train model: items is not an array");
+    const replicas = options.replicas ?? 1;
+    if (!Number.isInteger(replicas) || replicas < 1 || replicas > MAX_REPLICAS) {
+      throw new RangeError(
+        `Cannot train model: replicas ${showValue(replicas)} is not an integer in [1, ${MAX_REPLICAS}]`,
+      );
+    }
+    const out: (number | CompressorLoss)[] = new Array(items.length);
+    // The first failure stops the other replicas' chains at their next example.
+    const stop = new AbortController();
+    const signal = options.signal ? AbortSignal.any([options.signal, stop.signal]) : stop.signal;
+    const chain = async (r: number) => {
+      for (let i = r; i < items.length; i += replicas) {
+        const item = items[i];
+        try {
+          if (item && "text" in item) out[i] = await this.accumulate(item.text, { signal, replica: r });
+          else if (item && "document" in item) {
+            out[i] = await this.accumulateDocument(item.document, { signal, replica: r });
+          } else throw new TypeError(`Cannot train model: items[${i}] has neither text nor document`);
+        } catch (e) {
+          stop.abort(e);
+          throw e;
+        }
+      }
+    };
+    const settled = await Promise.allSettled(
+      Array.from({ length: Math.min(replicas, items.length) }, (_, r) => chain(r)),
+    );
+    const failed = settled.find((s): s is PromiseRejectedResult => s.status === "rejected");
+    if (failed) {
+      this.setStep(this.stepCount); // drops every replica's gradients
+      throw options.signal?.aborted
+        ? options.signal.reason ?? failed.reason
+        : stop.signal.reason ?? failed.reason;
+    }
+    return out;
   }
 
   /** AdamW over the accumulated gradients (averaged, clipped), with the scheduled learning rate. */
@@ -504,4 +504,18 @@ function modelTrainerInfo(ptr: Deno.PointerValue): NativeStruct<"kf_model_traine
   const info = new NativeStruct("kf_model_trainer_info");
   check(sym().kf_model_trainer_get_info(ptr, info.buf));
   return info;
+}
+
+/** Gradient replicas a trainer holds (kvfold.h: kf_model_trainer_accumulate_on). */
+const MAX_REPLICAS = 64;
+
+/** A replica index for the *_on calls, checked; undefined stays undefined (replica 0 over the pool). */
+function replicaArg(replica: number | undefined): number | undefined {
+  if (replica === undefined) return undefined;
+  if (!Number.isInteger(replica) || replica < 0 || replica >= MAX_REPLICAS) {
+    throw new RangeError(
+      `Cannot train model: replica ${showValue(replica)} is not an integer in [0, ${MAX_REPLICAS})`,
+    );
+  }
+  return replica;
 }

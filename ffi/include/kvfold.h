@@ -578,6 +578,23 @@ KF_API kf_status kf_model_trainer_accumulate_document_targets(
     const int32_t *question_lengths, const int32_t *answers, const int32_t *answer_lengths, int32_t n_pairs,
     const int32_t *target_rows, const int32_t *target_tokens, int32_t n_targets, float target_weight,
     float *lm_loss, float *qa_loss, float *target_loss, kf_control *control);
+/* Data parallelism: kf_model_trainer_accumulate and kf_model_trainer_accumulate_document_targets
+ * into gradient replica `replica` (0 .. 63), computed wholly on the calling thread (not the engine's
+ * pool), so calls on different replicas run at the same time from different threads; a second call on
+ * a busy replica is refused (KF_ERR_INVALID_STATE). Replica 0 is the one the calls above use; each
+ * other replica holds its own gradients (4 bytes per parameter, allocated on first use), which
+ * kf_model_trainer_step adds into replica 0's in replica order before the update. Splitting a batch
+ * as example i -> replica i % R therefore gives bits that depend on R, never on timing or threads.
+ * A failed or cancelled call drops the gradients of its replica only; kf_model_trainer_set_step drops
+ * every replica's. Steps, writes and set_step wait for running calls. */
+KF_API kf_status kf_model_trainer_accumulate_on(kf_model_trainer *trainer, int32_t replica, const float *prefix,
+                                                int32_t n_prefix, const int32_t *ids, const int32_t *labels,
+                                                int32_t n_ids, float *loss, kf_control *control);
+KF_API kf_status kf_model_trainer_accumulate_document_on(
+    kf_model_trainer *trainer, int32_t replica, const int32_t *ids, int32_t n_ids, const int32_t *questions,
+    const int32_t *question_lengths, const int32_t *answers, const int32_t *answer_lengths, int32_t n_pairs,
+    const int32_t *target_rows, const int32_t *target_tokens, int32_t n_targets, float target_weight,
+    float *lm_loss, float *qa_loss, float *target_loss, kf_control *control);
 /* AdamW over the accumulated gradients averaged over the examples (clipped, lr from the schedule),
  * then zeroes them. Refused when nothing was accumulated. */
 KF_API kf_status kf_model_trainer_step(kf_model_trainer *trainer, kf_train_step_info *out);

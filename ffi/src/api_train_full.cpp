@@ -6,6 +6,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
 
 #include "api_guard.h"
 #include "train_full.h"
@@ -57,8 +58,32 @@ void check_ids(const int32_t *ids, int32_t n, int32_t V, const char *what, const
                 t, V);
 }
 
+// Runs fn(replica) for one accumulating call: beside other replicas' calls, never beside a step or a
+// write (the gate), one call per replica at a time. replica >= 0 (the *_on calls): wholly on this
+// thread, without the engine's pool (its own scratch), so replicas run in parallel from several
+// threads. replica < 0 (the one-call API): replica 0 over the pool, taking turns with sessions.
+template <class F>
+void on_replica(kf_model_trainer &tr, int32_t replica, const char *what, F &&fn) {
+  std::shared_lock<std::shared_mutex> gate(tr.gate);  // first: a step walks the replicas this may add to
+  kf::TrainReplica &rep = kf::model_trainer_replica(tr, std::max(replica, 0));
+  if (rep.busy.exchange(true))
+    kf::raise(KF_ERR_INVALID_STATE, "cannot %s: replica %d is in use by another call", what, std::max(replica, 0));
+  struct Release {
+    std::atomic<bool> &busy;
+    ~Release() { busy = false; }
+  } release{rep.busy};
+  if (replica >= 0) {
+    const auto at = reinterpret_cast<uintptr_t>(rep.pool_scratch.get());
+    kf::ThreadPool::InlineScope scope(*tr.view.engine->pool, reinterpret_cast<void *>((at + 63) / 64 * 64));
+    fn(rep);
+  } else {
+    std::lock_guard<std::mutex> lock(tr.view.engine->pool_mutex);
+    fn(rep);
+  }
+}
+
 // The checks every compressor document shares, then the document (its pairs' pointers checked).
-void accumulate_document(kf_model_trainer &tr, const int32_t *ids, int32_t n_ids, const kf::QaPair *pairs,
+void accumulate_document(kf_model_trainer &tr, int32_t replica, const int32_t *ids, int32_t n_ids, const kf::QaPair *pairs,
                          int32_t n_pairs, const kf::SummaryTargets &targets, float *lm_loss, float *qa_loss,
                          float *target_loss, kf_control *control) {
   const kf_model_train_params &p = tr.params;
@@ -92,12 +117,82 @@ void accumulate_document(kf_model_trainer &tr, const int32_t *ids, int32_t n_ids
   const double window = std::min<double>(segments, p.backprop_segments);
   const double longest = std::max((segments - 1) * S + p.segment_length + S, segments * S + double(longest_pair));
   check_activation_memory(c, longest, window + 1, "train compressor");
-  std::lock_guard<std::mutex> lock(tr.view.engine->pool_mutex);
   double lm = 0, qa = 0, tl = 0;
-  kf::model_trainer_accumulate_document(tr, ids, n_ids, pairs, n_pairs, targets, lm, qa, tl, control);
+  on_replica(tr, replica, "train compressor", [&](kf::TrainReplica &rep) {
+    kf::model_trainer_accumulate_document(tr, rep, ids, n_ids, pairs, n_pairs, targets, lm, qa, tl, control);
+  });
   if (lm_loss) *lm_loss = float(lm);
   if (qa_loss) *qa_loss = float(qa);
   if (target_loss) *target_loss = float(tl);
+}
+
+// One LM example's checks, then the example on `replica` (see on_replica).
+void accumulate_lm(kf_model_trainer *trainer, int32_t replica, const float *prefix, int32_t n_prefix,
+                   const int32_t *ids, const int32_t *labels, int32_t n_ids, float *loss, kf_control *control) {
+  KF_REQUIRE(trainer && loss, "train model", "trainer or loss is NULL");
+  KF_REQUIRE(n_prefix >= 0 && n_ids >= 1 && ids && labels, "train model",
+             "an example needs ids and labels (n_ids %d) and n_prefix >= 0 (%d)", n_ids, n_prefix);
+  KF_REQUIRE(n_prefix == 0 || prefix, "train model", "prefix is NULL but n_prefix is %d", n_prefix);
+  const kf::ModelConfig &c = trainer->view.cfg;
+  const int32_t V = c.vocab_size, H = c.hidden_size;
+  check_ids(ids, n_ids, V, "train model", "input");
+  int32_t n_labels = 0;
+  for (int32_t t = 0; t < n_ids; t++) {
+    if (labels[t] < -1 || labels[t] >= V)
+      kf::raise(KF_ERR_INVALID_ARGUMENT, "cannot train model: label %d at index %d is neither -1 nor in [0, %d)",
+                labels[t], t, V);
+    n_labels += labels[t] >= 0;
+  }
+  if (n_labels == 0) kf::raise(KF_ERR_INVALID_ARGUMENT, "cannot train model: the example has no labelled position");
+  for (int64_t i = 0; i < int64_t(n_prefix) * H; i++)
+    if (!std::isfinite(prefix[i]))
+      kf::raise(KF_ERR_INVALID_ARGUMENT, "cannot train model: prefix row %lld holds a non-finite value",
+                (long long)(i / H));
+  check_activation_memory(c, double(n_prefix) + n_ids, 1, "train model");
+  on_replica(*trainer, replica, "train model", [&](kf::TrainReplica &rep) {
+    *loss = float(kf::model_trainer_accumulate(*trainer, rep, prefix, n_prefix, ids, labels, n_ids, control));
+  });
+}
+
+// The pair table's checks (pair j's ids follow those of pairs < j), then the document on `replica`.
+void accumulate_document_table(kf_model_trainer *trainer, int32_t replica, const int32_t *ids, int32_t n_ids,
+                               const int32_t *questions, const int32_t *question_lengths, const int32_t *answers,
+                               const int32_t *answer_lengths, int32_t n_pairs, const int32_t *target_rows,
+                               const int32_t *target_tokens, int32_t n_targets, float target_weight, float *lm_loss,
+                               float *qa_loss, float *target_loss, kf_control *control) {
+  KF_REQUIRE(trainer, "train compressor", "trainer is NULL");
+  KF_REQUIRE(n_targets >= 0 && n_targets <= kMaxSummaryTargets, "train compressor",
+             "n_targets %d is outside [0, %d]", n_targets, kMaxSummaryTargets);
+  KF_REQUIRE(n_targets == 0 || (target_rows && target_tokens), "train compressor",
+             "target_rows or target_tokens is NULL for %d summary targets", n_targets);
+  const kf::SummaryTargets targets{target_rows, target_tokens, n_targets, double(target_weight)};
+  KF_REQUIRE(n_pairs >= 0 && n_pairs <= kMaxDocumentPairs, "train compressor", "n_pairs %d is outside [0, %d]",
+             n_pairs, kMaxDocumentPairs);
+  KF_REQUIRE(n_pairs == 0 || (question_lengths && answer_lengths), "train compressor",
+             "question_lengths or answer_lengths is NULL for %d pairs", n_pairs);
+  // Pair j's ids follow those of pairs < j in questions and answers.
+  std::vector<kf::QaPair> pairs(static_cast<size_t>(n_pairs));
+  int64_t nq = 0, na = 0;
+  for (int32_t j = 0; j < n_pairs; j++) {
+    KF_REQUIRE(question_lengths[j] >= 0 && answer_lengths[j] >= 0, "train compressor",
+               "pair %d has a negative length (question %d, answer %d ids)", j, question_lengths[j],
+               answer_lengths[j]);
+    pairs[size_t(j)].n_question = question_lengths[j];
+    pairs[size_t(j)].n_answer = answer_lengths[j];
+    nq += question_lengths[j];
+    na += answer_lengths[j];
+  }
+  KF_REQUIRE((nq == 0 || questions) && (na == 0 || answers), "train compressor",
+             "questions (%lld ids) or answers (%lld ids) is NULL", (long long)nq, (long long)na);
+  nq = na = 0;
+  for (kf::QaPair &qp : pairs) {
+    qp.question = questions ? questions + nq : nullptr;
+    qp.answer = answers ? answers + na : nullptr;
+    nq += qp.n_question;
+    na += qp.n_answer;
+  }
+  accumulate_document(*trainer, replica, ids, n_ids, pairs.data(), n_pairs, targets, lm_loss, qa_loss, target_loss,
+                      control);
 }
 
 }  // namespace
@@ -147,7 +242,10 @@ kf_status kf_model_trainer_get_info(const kf_model_trainer *trainer, kf_model_tr
     *out = kf_model_trainer_info{};
     out->step = trainer->step;
     out->n_params = trainer->n_params;
-    out->accumulated = trainer->accumulated;
+    {
+      std::lock_guard<std::mutex> lock(const_cast<kf_model_trainer *>(trainer)->replicas_mutex);
+      out->accumulated = kf::model_trainer_accumulated(*trainer);
+    }
     out->n_tensors = int32_t(trainer->tensors.size());
     out->summary_length = trainer->params.summary_length;
     out->tied = trainer->tied ? 1 : 0;
@@ -173,28 +271,16 @@ kf_status kf_model_trainer_accumulate(kf_model_trainer *trainer, const float *pr
                                       const int32_t *ids, const int32_t *labels, int32_t n_ids, float *loss,
                                       kf_control *control) {
   return report(control, guarded("train model", [&] {
-    KF_REQUIRE(trainer && loss, "train model", "trainer or loss is NULL");
-    KF_REQUIRE(n_prefix >= 0 && n_ids >= 1 && ids && labels, "train model",
-               "an example needs ids and labels (n_ids %d) and n_prefix >= 0 (%d)", n_ids, n_prefix);
-    KF_REQUIRE(n_prefix == 0 || prefix, "train model", "prefix is NULL but n_prefix is %d", n_prefix);
-    const kf::ModelConfig &c = trainer->view.cfg;
-    const int32_t V = c.vocab_size, H = c.hidden_size;
-    check_ids(ids, n_ids, V, "train model", "input");
-    int32_t n_labels = 0;
-    for (int32_t t = 0; t < n_ids; t++) {
-      if (labels[t] < -1 || labels[t] >= V)
-        kf::raise(KF_ERR_INVALID_ARGUMENT, "cannot train model: label %d at index %d is neither -1 nor in [0, %d)",
-                  labels[t], t, V);
-      n_labels += labels[t] >= 0;
-    }
-    if (n_labels == 0) kf::raise(KF_ERR_INVALID_ARGUMENT, "cannot train model: the example has no labelled position");
-    for (int64_t i = 0; i < int64_t(n_prefix) * H; i++)
-      if (!std::isfinite(prefix[i]))
-        kf::raise(KF_ERR_INVALID_ARGUMENT, "cannot train model: prefix row %lld holds a non-finite value",
-                  (long long)(i / H));
-    check_activation_memory(c, double(n_prefix) + n_ids, 1, "train model");
-    std::lock_guard<std::mutex> lock(trainer->view.engine->pool_mutex);
-    *loss = float(kf::model_trainer_accumulate(*trainer, prefix, n_prefix, ids, labels, n_ids, control));
+    accumulate_lm(trainer, -1, prefix, n_prefix, ids, labels, n_ids, loss, control);
+  }));
+}
+
+kf_status kf_model_trainer_accumulate_on(kf_model_trainer *trainer, int32_t replica, const float *prefix,
+                                         int32_t n_prefix, const int32_t *ids, const int32_t *labels, int32_t n_ids,
+                                         float *loss, kf_control *control) {
+  return report(control, guarded("train model", [&] {
+    KF_REQUIRE(replica >= 0, "train model", "replica %d is negative", replica);
+    accumulate_lm(trainer, replica, prefix, n_prefix, ids, labels, n_ids, loss, control);
   }));
 }
 
@@ -206,7 +292,7 @@ kf_status kf_model_trainer_accumulate_document(kf_model_trainer *trainer, const 
     KF_REQUIRE(n_question >= 0 && n_answer >= 0 && (n_question == 0 || question) && (n_answer == 0 || answer),
                "train compressor", "question (%d ids) or answer (%d ids) is NULL or negative", n_question, n_answer);
     const kf::QaPair pair{question, answer, n_question, n_answer};
-    accumulate_document(*trainer, ids, n_ids, &pair, 1, kf::SummaryTargets{}, lm_loss, qa_loss, nullptr, control);
+    accumulate_document(*trainer, -1, ids, n_ids, &pair, 1, kf::SummaryTargets{}, lm_loss, qa_loss, nullptr, control);
   }));
 }
 
@@ -228,44 +314,31 @@ kf_status kf_model_trainer_accumulate_document_targets(kf_model_trainer *trainer
                                                        float target_weight, float *lm_loss, float *qa_loss,
                                                        float *target_loss, kf_control *control) {
   return report(control, guarded("train compressor", [&] {
-    KF_REQUIRE(trainer, "train compressor", "trainer is NULL");
-    KF_REQUIRE(n_targets >= 0 && n_targets <= kMaxSummaryTargets, "train compressor",
-               "n_targets %d is outside [0, %d]", n_targets, kMaxSummaryTargets);
-    KF_REQUIRE(n_targets == 0 || (target_rows && target_tokens), "train compressor",
-               "target_rows or target_tokens is NULL for %d summary targets", n_targets);
-    const kf::SummaryTargets targets{target_rows, target_tokens, n_targets, double(target_weight)};
-    KF_REQUIRE(n_pairs >= 0 && n_pairs <= kMaxDocumentPairs, "train compressor", "n_pairs %d is outside [0, %d]",
-               n_pairs, kMaxDocumentPairs);
-    KF_REQUIRE(n_pairs == 0 || (question_lengths && answer_lengths), "train compressor",
-               "question_lengths or answer_lengths is NULL for %d pairs", n_pairs);
-    // Pair j's ids follow those of pairs < j in questions and answers.
-    std::vector<kf::QaPair> pairs(static_cast<size_t>(n_pairs));
-    int64_t nq = 0, na = 0;
-    for (int32_t j = 0; j < n_pairs; j++) {
-      KF_REQUIRE(question_lengths[j] >= 0 && answer_lengths[j] >= 0, "train compressor",
-                 "pair %d has a negative length (question %d, answer %d ids)", j, question_lengths[j],
-                 answer_lengths[j]);
-      pairs[size_t(j)].n_question = question_lengths[j];
-      pairs[size_t(j)].n_answer = answer_lengths[j];
-      nq += question_lengths[j];
-      na += answer_lengths[j];
-    }
-    KF_REQUIRE((nq == 0 || questions) && (na == 0 || answers), "train compressor",
-               "questions (%lld ids) or answers (%lld ids) is NULL", (long long)nq, (long long)na);
-    nq = na = 0;
-    for (kf::QaPair &qp : pairs) {
-      qp.question = questions ? questions + nq : nullptr;
-      qp.answer = answers ? answers + na : nullptr;
-      nq += qp.n_question;
-      na += qp.n_answer;
-    }
-    accumulate_document(*trainer, ids, n_ids, pairs.data(), n_pairs, targets, lm_loss, qa_loss, target_loss, control);
+    accumulate_document_table(trainer, -1, ids, n_ids, questions, question_lengths, answers, answer_lengths, n_pairs,
+                              target_rows, target_tokens, n_targets, target_weight, lm_loss, qa_loss, target_loss,
+                              control);
+  }));
+}
+
+kf_status kf_model_trainer_accumulate_document_on(kf_model_trainer *trainer, int32_t replica, const int32_t *ids,
+                                                  int32_t n_ids, const int32_t *questions,
+                                                  const int32_t *question_lengths, const int32_t *answers,
+                                                  const int32_t *answer_lengths, int32_t n_pairs,
+                                                  const int32_t *target_rows, const int32_t *target_tokens,
+                                                  int32_t n_targets, float target_weight, float *lm_loss,
+                                                  float *qa_loss, float *target_loss, kf_control *control) {
+  return report(control, guarded("train compressor", [&] {
+    KF_REQUIRE(replica >= 0, "train compressor", "replica %d is negative", replica);
+    accumulate_document_table(trainer, replica, ids, n_ids, questions, question_lengths, answers, answer_lengths,
+                              n_pairs, target_rows, target_tokens, n_targets, target_weight, lm_loss, qa_loss,
+                              target_loss, control);
   }));
 }
 
 kf_status kf_model_trainer_step(kf_model_trainer *trainer, kf_train_step_info *out) {
   return guarded("step optimizer", [&] {
     KF_REQUIRE(trainer, "step optimizer", "trainer is NULL");
+    std::unique_lock<std::shared_mutex> gate(trainer->gate);
     std::lock_guard<std::mutex> lock(trainer->view.engine->pool_mutex);
     const kf_train_step_info info = kf::model_trainer_step(*trainer);
     if (out) *out = info;
@@ -277,6 +350,7 @@ kf_status kf_model_trainer_read(const kf_model_trainer *trainer, const char *nam
   return guarded("read model trainer tensor", [&] {
     KF_REQUIRE(trainer && out, "read model trainer tensor", "trainer or out is NULL");
     auto &tr = const_cast<kf_model_trainer &>(*trainer);
+    std::shared_lock<std::shared_mutex> gate(tr.gate);
     const std::vector<float> *v = model_tensor(tr, name, which, n, "read model trainer tensor");
     const float *src = v ? v->data() : tr.tensors[size_t(kf::model_trainer_find(tr, name))].w;
     std::copy(src, src + n, out);
@@ -287,6 +361,7 @@ kf_status kf_model_trainer_write(kf_model_trainer *trainer, const char *name, in
                                  int64_t n) {
   return guarded("write model trainer tensor", [&] {
     KF_REQUIRE(trainer && in, "write model trainer tensor", "trainer or in is NULL");
+    std::unique_lock<std::shared_mutex> gate(trainer->gate);
     std::vector<float> *v = model_tensor(*trainer, name, which, n, "write model trainer tensor");
     for (int64_t i = 0; i < n; i++)
       if (!std::isfinite(in[i]))
@@ -301,6 +376,7 @@ kf_status kf_model_trainer_set_step(kf_model_trainer *trainer, int64_t step) {
   return guarded("set model trainer step", [&] {
     KF_REQUIRE(trainer, "set model trainer step", "trainer is NULL");
     KF_REQUIRE(step >= 0, "set model trainer step", "step %lld is negative", (long long)step);
+    std::unique_lock<std::shared_mutex> gate(trainer->gate);
     trainer->step = step;
     kf::model_trainer_drop_grads(*trainer);
   });

@@ -46,6 +46,7 @@ constexpr auto kSpinFor = std::chrono::microseconds(1000);
 // The pool (and thread index) whose region the current thread is running, for nested calls.
 thread_local const ThreadPool *tl_pool = nullptr;
 thread_local int tl_thread = 0;
+thread_local void *tl_scratch = nullptr;  // an InlineScope's own scratch (for tl_pool), else NULL
 
 // Spins (then spins and yields) until done() is true.
 template <class Done>
@@ -87,6 +88,24 @@ ThreadPool::~ThreadPool() {
   cv_.notify_all();
   for (std::thread &t : workers_) t.join();
   ::operator delete(scratch_, std::align_val_t(64));
+}
+
+void *ThreadPool::scratch(int thread) const {
+  if (tl_scratch && tl_pool == this) return tl_scratch;
+  return scratch_ + size_t(thread) * kScratchBytes;
+}
+
+ThreadPool::InlineScope::InlineScope(const ThreadPool &pool, void *scratch)
+    : prev_pool_(tl_pool), prev_thread_(tl_thread), prev_scratch_(tl_scratch) {
+  tl_pool = &pool;
+  tl_thread = 0;
+  tl_scratch = scratch;
+}
+
+ThreadPool::InlineScope::~InlineScope() {
+  tl_pool = prev_pool_;
+  tl_thread = prev_thread_;
+  tl_scratch = prev_scratch_;
 }
 
 bool ThreadPool::nested(int *thread) const {

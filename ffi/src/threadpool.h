@@ -108,8 +108,25 @@ class ThreadPool {
   }
 
   // Per-thread scratch, valid for the pool's lifetime; see the usage rules above.
-  void *scratch(int thread) const { return scratch_ + size_t(thread) * kScratchBytes; }
+  void *scratch(int thread) const;
   static constexpr size_t scratch_bytes() { return kScratchBytes; }
+
+  // For its lifetime, the calling thread runs every parallel_for, run_per_thread and run_row_blocks
+  // of this pool inline, as a nested call does, and scratch() of any index gives it `scratch`
+  // (scratch_bytes(), 64-byte aligned) instead of a pool thread's buffer: a training replica runs its
+  // passes this way beside other replicas, neither waiting for the pool nor sharing its scratch.
+  class InlineScope {
+   public:
+    InlineScope(const ThreadPool &pool, void *scratch);
+    ~InlineScope();
+    InlineScope(const InlineScope &) = delete;
+    InlineScope &operator=(const InlineScope &) = delete;
+
+   private:
+    const ThreadPool *prev_pool_;
+    int prev_thread_;
+    void *prev_scratch_;
+  };
 
  private:
   using JobFn = void (*)(void *ctx, int64_t part, int thread);

@@ -19,7 +19,7 @@
 
 namespace kf {
 
-void model_trainer_accumulate_document(kf_model_trainer &tr, const int32_t *ids, int32_t n_ids, const QaPair *pairs,
+void model_trainer_accumulate_document(kf_model_trainer &tr, TrainReplica &rep, const int32_t *ids, int32_t n_ids, const QaPair *pairs,
                                        int32_t n_pairs, const SummaryTargets &targets, double &lm_loss,
                                        double &qa_loss, double &target_loss, kf_control *ctl) {
   const kf_model &m = tr.view;
@@ -49,11 +49,11 @@ void model_trainer_accumulate_document(kf_model_trainer &tr, const int32_t *ids,
   target_loss = targets_on ? 0.0 : nan;
   const float *table = tr.tensors[size_t(tr.embed)].w;
   const float *summary_rows = tr.tensors[size_t(tr.summary)].w;
-  float *g_embed = tr.tensors[size_t(tr.embed)].g.data(), *g_summary = tr.tensors[size_t(tr.summary)].g.data();
-  tr.summaries.resize(size_t(n_seg * S * H));   // [n_seg · S, H] every segment's summaries
-  tr.dsummaries.resize(size_t(n_seg * S * H));  // their gradients, within the current window
-  tr.scratch.resize(size_t(B) + 1);
-  tr.x0.resize(size_t(B) + 1);
+  float *g_embed = rep.g[size_t(tr.embed)], *g_summary = rep.g[size_t(tr.summary)];
+  rep.summaries.resize(size_t(n_seg * S * H));   // [n_seg · S, H] every segment's summaries
+  rep.dsummaries.resize(size_t(n_seg * S * H));  // their gradients, within the current window
+  rep.scratch.resize(size_t(B) + 1);
+  rep.x0.resize(size_t(B) + 1);
   std::vector<PassRows> rows(size_t(B) + 1);
   if (ctl) {
     ctl->total = 2 * n_seg + (qa_on ? 2 * qa_passes : 0);
@@ -65,9 +65,9 @@ void model_trainer_accumulate_document(kf_model_trainer &tr, const int32_t *ids,
   // Pass k of the window starting at a: segment i = a + k.
   const auto build_segment = [&](int64_t i, int64_t k) {
     const int64_t len = seg_len(i), T = i * S + len + S;
-    std::vector<float> &x0 = tr.x0[size_t(k)];
+    std::vector<float> &x0 = rep.x0[size_t(k)];
     x0.resize(size_t(T * H));
-    std::copy_n(tr.summaries.begin(), i * S * H, x0.begin());  // [summaries < i | segment | summary rows]
+    std::copy_n(rep.summaries.begin(), i * S * H, x0.begin());  // [summaries < i | segment | summary rows]
     for (int64_t t = 0; t < len; t++) std::copy_n(table + int64_t(ids[i * seg + t]) * H, H, x0.begin() + (i * S + t) * H);
     std::copy_n(summary_rows, S * H, x0.begin() + (i * S + len) * H);
     PassRows &in = rows[size_t(k)];
@@ -104,7 +104,7 @@ void model_trainer_accumulate_document(kf_model_trainer &tr, const int32_t *ids,
   // (from row lo·S), embedding rows of `tokens` (from row t0), embed_summary rows (from row s0, or -1).
   const auto scatter = [&](const float *dx0, int64_t lo, int64_t hi, int64_t t0, const int32_t *tokens, int64_t n_tok,
                            int64_t s0) {
-    if (hi > lo) add_inplace(tr.dsummaries.data() + lo * S * H, dx0 + lo * S * H, (hi - lo) * S * H);
+    if (hi > lo) add_inplace(rep.dsummaries.data() + lo * S * H, dx0 + lo * S * H, (hi - lo) * S * H);
     for (int64_t t = 0; t < n_tok; t++) add_inplace(g_embed + int64_t(tokens[t]) * H, dx0 + (t0 + t) * H, H);
     if (s0 >= 0) add_inplace(g_summary, dx0 + s0 * H, S * H);
   };
@@ -113,15 +113,15 @@ void model_trainer_accumulate_document(kf_model_trainer &tr, const int32_t *ids,
     const int64_t first_end = n_seg - ((n_seg - 1) / B) * B;
     for (int64_t a = 0, b = first_end; a < n_seg; a = b, b += B) {
       const bool last = b == n_seg, backward = lm_on || (last && qa_on) || window_has_targets(a, b);
-      std::fill_n(tr.dsummaries.begin() + a * S * H, (b - a) * S * H, 0.0f);
+      std::fill_n(rep.dsummaries.begin() + a * S * H, (b - a) * S * H, 0.0f);
       PassGrads fwd;
       for (int64_t i = a; i < b; i++) {
         check_cancel(ctl, "train compressor");
         const int64_t k = backward ? i - a : 0;  // forward-only passes share one scratch
         build_segment(i, k);
         const PassRows &in = rows[size_t(k)];
-        pass_forward(m, tr.no_lora, 1.0f, tr.scratch[size_t(k)], in, nullptr, fwd, ctl);
-        std::copy_n(tr.scratch[size_t(k)].xn_final.begin() + (in.T - S) * H, S * H, tr.summaries.begin() + i * S * H);
+        pass_forward(m, tr.no_lora, 1.0f, rep.scratch[size_t(k)], in, nullptr, fwd, ctl);
+        std::copy_n(rep.scratch[size_t(k)].xn_final.begin() + (in.T - S) * H, S * H, rep.summaries.begin() + i * S * H);
         tick();
       }
       if (!backward) {
@@ -136,9 +136,9 @@ void model_trainer_accumulate_document(kf_model_trainer &tr, const int32_t *ids,
         if (qp.n_answer == 0) continue;
         check_cancel(ctl, "train compressor");
         const int64_t K = n_seg * S, nq = qp.n_question, na = qp.n_answer, T = K + nq + na;
-        std::vector<float> &x0 = tr.x0[size_t(B)];
+        std::vector<float> &x0 = rep.x0[size_t(B)];
         x0.resize(size_t(T * H));
-        std::copy_n(tr.summaries.begin(), K * H, x0.begin());
+        std::copy_n(rep.summaries.begin(), K * H, x0.begin());
         for (int64_t t = 0; t < nq; t++) std::copy_n(table + int64_t(qp.question[t]) * H, H, x0.begin() + (K + t) * H);
         for (int64_t t = 0; t < na; t++) std::copy_n(table + int64_t(qp.answer[t]) * H, H, x0.begin() + (K + nq + t) * H);
         PassRows in;
@@ -151,35 +151,35 @@ void model_trainer_accumulate_document(kf_model_trainer &tr, const int32_t *ids,
           in.rows.push_back(K + nq - 1 + t);
           in.targets.push_back(qp.answer[t]);
         }
-        tr.dx0.resize(size_t(T * H));
+        rep.dx0.resize(size_t(T * H));
         PassGrads g;
-        g.weights = &tr.grads;
-        g.dx0 = tr.dx0.data();
-        qa_loss += train_pass(m, tr.no_lora, 1.0f, tr.scratch[size_t(B)], in, nullptr, g, ctl);
-        scatter(tr.dx0.data(), a, b, K, qp.question, nq, -1);
-        scatter(tr.dx0.data(), 0, 0, K + nq, qp.answer, na, -1);
+        g.weights = &rep.grads;
+        g.dx0 = rep.dx0.data();
+        qa_loss += train_pass(m, tr.no_lora, 1.0f, rep.scratch[size_t(B)], in, nullptr, g, ctl);
+        scatter(rep.dx0.data(), a, b, K, qp.question, nq, -1);
+        scatter(rep.dx0.data(), 0, 0, K + nq, qp.answer, na, -1);
         if (ctl) ctl->done += 2;
       }
       for (int64_t i = b - 1; i >= a; i--) {
         const int64_t k = i - a, len = seg_len(i);
         PassRows &in = rows[size_t(k)];
-        tr.dxn_ext.assign(size_t(in.T * H), 0.0f);  // the gradient of this pass's summaries, from later passes
-        std::copy_n(tr.dsummaries.begin() + i * S * H, S * H, tr.dxn_ext.begin() + (in.T - S) * H);
-        in.dxn_ext = tr.dxn_ext.data();
-        tr.dx0.resize(size_t(in.T * H));
+        rep.dxn_ext.assign(size_t(in.T * H), 0.0f);  // the gradient of this pass's summaries, from later passes
+        std::copy_n(rep.dsummaries.begin() + i * S * H, S * H, rep.dxn_ext.begin() + (in.T - S) * H);
+        in.dxn_ext = rep.dxn_ext.data();
+        rep.dx0.resize(size_t(in.T * H));
         PassGrads g;
-        g.weights = &tr.grads;
-        g.dx0 = tr.dx0.data();
-        const double loss = pass_backward(m, tr.no_lora, 1.0f, tr.scratch[size_t(k)], in, nullptr, g, ctl);
+        g.weights = &rep.grads;
+        g.dx0 = rep.dx0.data();
+        const double loss = pass_backward(m, tr.no_lora, 1.0f, rep.scratch[size_t(k)], in, nullptr, g, ctl);
         if (lm_on) lm_loss += loss;
-        if (targets_on && seg_targets[size_t(i)] > 0) target_loss += tr.scratch[size_t(k)].aux_loss;
-        scatter(tr.dx0.data(), a, i, i * S, ids + i * seg, len, i * S + len);
+        if (targets_on && seg_targets[size_t(i)] > 0) target_loss += rep.scratch[size_t(k)].aux_loss;
+        scatter(rep.dx0.data(), a, i, i * S, ids + i * seg, len, i * S + len);
         tick();
       }
     }
-    tr.accumulated++;
+    rep.accumulated++;
   } catch (...) {
-    model_trainer_drop_grads(tr);  // a pass may have added part of its gradients
+    model_trainer_drop_replica(tr, rep);  // a pass may have added part of its gradients
     throw;
   }
 }

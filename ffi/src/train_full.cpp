@@ -116,27 +116,52 @@ void model_trainer_init(kf_model_trainer &tr, kf_model &m, const kf_model_train_
     for (auto *vec : {&t.g, &t.m, &t.v}) vec->assign(t.size(), 0.0f);
     tr.n_params += int64_t(t.size());
   }
-  // Where each pass adds its weight gradients.
-  ModelGrads &g = tr.grads;
-  g.layers.assign(size_t(c.n_layers), {});
-  const auto grad_of = [&](const std::string &name) {
-    const int i = model_trainer_find(tr, name);
-    return i < 0 ? nullptr : tr.tensors[size_t(i)].g.data();
-  };
-  const char *proj_names[kNumProj] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                                      "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
-  for (int l = 0; l < c.n_layers; l++) {
-    const std::string pre = "model.layers." + std::to_string(l) + ".";
-    ModelGrads::Layer &G = g.layers[size_t(l)];
-    G.attn_norm = grad_of(pre + "input_layernorm.weight");
-    G.ffn_norm = grad_of(pre + "post_attention_layernorm.weight");
-    for (int pj = 0; pj < kNumProj; pj++) G.proj[pj] = grad_of(pre + proj_names[pj] + ".weight");
-    for (int pj = 0; pj < 4; pj++) G.bias[pj] = grad_of(pre + proj_names[pj] + ".bias");
-  }
-  g.final_norm = grad_of("model.norm.weight");
-  g.lm_head = grad_of(tr.tied ? "model.embed_tokens.weight" : "lm_head.weight");
   tr.no_lora.assign(size_t(c.n_layers), std::vector<TrainPair>(kNumProj));
-  tr.scratch.resize(1);
+  model_trainer_replica(tr, 0);
+}
+
+TrainReplica &model_trainer_replica(kf_model_trainer &tr, int32_t r) {
+  if (r < 0 || r >= kMaxTrainReplicas)
+    raise(KF_ERR_INVALID_ARGUMENT, "cannot train model: replica %d is outside [0, %d)", r, kMaxTrainReplicas);
+  std::lock_guard<std::mutex> lock(tr.replicas_mutex);
+  while (int32_t(tr.replicas.size()) <= r) {
+    const bool first = tr.replicas.empty();
+    const double bytes = first ? 0.0 : 4.0 * double(tr.n_params), available = available_memory_bytes();
+    if (available > 0 && bytes > 0.9 * available)
+      raise(KF_ERR_OUT_OF_MEMORY, "cannot train model: gradient replica %d needs %.2f GiB (4 bytes per parameter), "
+            "only %.2f GiB are available; use fewer replicas", int(tr.replicas.size()), bytes / 1073741824.0,
+            available / 1073741824.0);
+    auto rep = std::make_unique<TrainReplica>();
+    if (!first) rep->own.resize(tr.tensors.size());
+    for (size_t i = 0; i < tr.tensors.size(); i++) {
+      if (!first) rep->own[i].assign(tr.tensors[i].size(), 0.0f);
+      rep->g.push_back(first ? tr.tensors[i].g.data() : rep->own[i].data());
+    }
+    // Where each pass adds its weight gradients.
+    const ModelConfig &c = tr.view.cfg;
+    ModelGrads &g = rep->grads;
+    g.layers.assign(size_t(c.n_layers), {});
+    const auto grad_of = [&](const std::string &name) {
+      const int i = model_trainer_find(tr, name);
+      return i < 0 ? nullptr : rep->g[size_t(i)];
+    };
+    const char *proj_names[kNumProj] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                                        "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
+    for (int l = 0; l < c.n_layers; l++) {
+      const std::string pre = "model.layers." + std::to_string(l) + ".";
+      ModelGrads::Layer &G = g.layers[size_t(l)];
+      G.attn_norm = grad_of(pre + "input_layernorm.weight");
+      G.ffn_norm = grad_of(pre + "post_attention_layernorm.weight");
+      for (int pj = 0; pj < kNumProj; pj++) G.proj[pj] = grad_of(pre + proj_names[pj] + ".weight");
+      for (int pj = 0; pj < 4; pj++) G.bias[pj] = grad_of(pre + proj_names[pj] + ".bias");
+    }
+    g.final_norm = grad_of("model.norm.weight");
+    g.lm_head = grad_of(tr.tied ? "model.embed_tokens.weight" : "lm_head.weight");
+    rep->scratch.resize(1);
+    rep->pool_scratch.reset(new unsigned char[ThreadPool::scratch_bytes() + 64]);
+    tr.replicas.push_back(std::move(rep));
+  }
+  return *tr.replicas[size_t(r)];
 }
 
 int model_trainer_find(const kf_model_trainer &tr, const std::string &name) {
@@ -145,12 +170,22 @@ int model_trainer_find(const kf_model_trainer &tr, const std::string &name) {
   return -1;
 }
 
-void model_trainer_drop_grads(kf_model_trainer &tr) {
-  for (FullTensor &t : tr.tensors) std::fill(t.g.begin(), t.g.end(), 0.0f);
-  tr.accumulated = 0;
+void model_trainer_drop_replica(kf_model_trainer &tr, TrainReplica &rep) {
+  for (size_t i = 0; i < tr.tensors.size(); i++) std::fill_n(rep.g[i], tr.tensors[i].size(), 0.0f);
+  rep.accumulated = 0;
 }
 
-double model_trainer_accumulate(kf_model_trainer &tr, const float *prefix, int32_t n_prefix, const int32_t *ids,
+void model_trainer_drop_grads(kf_model_trainer &tr) {
+  for (auto &rep : tr.replicas) model_trainer_drop_replica(tr, *rep);
+}
+
+int32_t model_trainer_accumulated(const kf_model_trainer &tr) {
+  int32_t n = 0;
+  for (const auto &rep : tr.replicas) n += rep->accumulated;
+  return n;
+}
+
+double model_trainer_accumulate(kf_model_trainer &tr, TrainReplica &rep, const float *prefix, int32_t n_prefix, const int32_t *ids,
                                 const int32_t *labels, int32_t n_ids, kf_control *ctl) {
   const kf_model &m = tr.view;
   const int64_t H = m.cfg.hidden_size;
@@ -161,8 +196,8 @@ double model_trainer_accumulate(kf_model_trainer &tr, const float *prefix, int32
   try {
     PassRows in;
     in.T = int64_t(n_prefix) + n_ids;
-    tr.x0.resize(1);
-    std::vector<float> &x0 = tr.x0[0];
+    rep.x0.resize(1);
+    std::vector<float> &x0 = rep.x0[0];
     x0.resize(size_t(in.T * H));  // [prefix rows | embeddings of ids]
     std::copy_n(prefix, int64_t(n_prefix) * H, x0.begin());
     const float *table = tr.tensors[size_t(tr.embed)].w;
@@ -173,24 +208,25 @@ double model_trainer_accumulate(kf_model_trainer &tr, const float *prefix, int32
       in.rows.push_back(int64_t(n_prefix) + t);
       in.targets.push_back(labels[t]);
     }
-    tr.dx0.resize(size_t(in.T * H));
+    rep.dx0.resize(size_t(in.T * H));
     PassGrads g;
-    g.weights = &tr.grads;
-    g.dx0 = tr.dx0.data();
-    const double loss = train_pass(m, tr.no_lora, 1.0f, tr.scratch[0], in, nullptr, g, ctl);
+    g.weights = &rep.grads;
+    g.dx0 = rep.dx0.data();
+    const double loss = train_pass(m, tr.no_lora, 1.0f, rep.scratch[0], in, nullptr, g, ctl);
     // The embedding's gradient: each id row's input gradient, added to its table row.
-    float *ge = tr.tensors[size_t(tr.embed)].g.data();
-    for (int32_t t = 0; t < n_ids; t++) add_inplace(ge + int64_t(ids[t]) * H, tr.dx0.data() + (n_prefix + t) * H, H);
-    tr.accumulated++;
+    float *ge = rep.g[size_t(tr.embed)];
+    for (int32_t t = 0; t < n_ids; t++) add_inplace(ge + int64_t(ids[t]) * H, rep.dx0.data() + (n_prefix + t) * H, H);
+    rep.accumulated++;
     return loss;
   } catch (...) {
-    model_trainer_drop_grads(tr);  // a pass may have added part of its gradients
+    model_trainer_drop_replica(tr, rep);  // a pass may have added part of its gradients
     throw;
   }
 }
 
 kf_train_step_info model_trainer_step(kf_model_trainer &tr) {
-  if (tr.accumulated == 0) raise(KF_ERR_INVALID_STATE, "cannot take an optimizer step: no example was accumulated");
+  const int32_t examples = model_trainer_accumulated(tr);
+  if (examples == 0) raise(KF_ERR_INVALID_STATE, "cannot take an optimizer step: no example was accumulated");
   const kf_model_train_params &p = tr.params;
   ThreadPool &pool = *tr.view.engine->pool;
   // Fixed chunks of every tensor, so the norm's summation order (and so every bit of the step) does
@@ -206,13 +242,21 @@ kf_train_step_info model_trainer_step(kf_model_trainer &tr) {
   std::vector<double> partial(chunks.size());
   pool.parallel_for(int64_t(chunks.size()), [&](int64_t i, int) {
     const Chunk &k = chunks[size_t(i)];
+    // Replicas 1.. into the tensors' gradients, in replica order (so the sum does not depend on timing).
+    const size_t ti = size_t(k.t - tr.tensors.data());
+    for (size_t r = 1; r < tr.replicas.size(); r++) {
+      float *src = tr.replicas[r]->g[ti];
+      if (tr.replicas[r]->accumulated == 0) continue;
+      add_inplace(k.t->g.data() + k.b, src + k.b, int64_t(k.e - k.b));
+      std::fill(src + k.b, src + k.e, 0.0f);
+    }
     double sq = 0;
     for (size_t j = k.b; j < k.e; j++) sq += double(k.t->g[j]) * k.t->g[j];
     partial[size_t(i)] = sq;
   });
   double sq = 0;
   for (double x : partial) sq += x;
-  const StepPlan sp = plan_step(sq, tr.accumulated, p.max_grad_norm, p.lr, p.warmup_steps, p.total_steps,
+  const StepPlan sp = plan_step(sq, examples, p.max_grad_norm, p.lr, p.warmup_steps, p.total_steps,
                                 p.min_lr_ratio, tr.step, [&] { model_trainer_drop_grads(tr); });
   const AdamW opt(sp.lr, p.beta1, p.beta2, p.eps, tr.step, sp.coef);
   pool.parallel_for(int64_t(chunks.size()), [&](int64_t i, int) {
@@ -223,8 +267,8 @@ kf_train_step_info model_trainer_step(kf_model_trainer &tr) {
     std::fill(t.g.begin() + k.b, t.g.begin() + k.e, 0.0f);
   });
   kf_train_step_info info{};
-  info.examples = tr.accumulated;
-  tr.accumulated = 0;
+  info.examples = examples;
+  for (auto &rep : tr.replicas) rep->accumulated = 0;
   tr.step++;
   info.step = tr.step;
   info.lr = sp.lr;
