@@ -43,7 +43,7 @@ read -r -a tests <<<"${KVFOLD_SANITIZE_TESTS:-tests/native_units_test.ts tests/h
 tests/hostile_truncated_weights_test.ts tests/errors_test.ts tests/generate_test.ts tests/forward_test.ts \
 tests/lora_test.ts tests/lococo_cache_test.ts tests/lococo_heads_test.ts tests/embeddings_test.ts \
 tests/compressor_test.ts tests/train_test.ts tests/lococo_train_test.ts tests/model_test.ts \
-tests/gguf_hostile_test.ts tests/gguf_load_test.ts}"
+tests/gguf_hostile_test.ts tests/gguf_load_test.ts tests/train_replicas_test.ts}"
 # One Deno process per file: a sanitizer report stops the process it happens in, and the other files
 # still run and count.
 total_pass=0
