@@ -17,6 +17,7 @@ import { KvfoldError } from "./errors.ts";
 import type { Model } from "./model.ts";
 import { type TensorInput, writeSafetensorsFile } from "./formats/safetensors.ts";
 import type { TrainExample } from "./train.ts";
+import { batchItemWork, splitOverReplicas } from "./replica_split.ts";
 import type {
   AccumulateOptions,
   CompressorExample,
@@ -304,9 +305,11 @@ export class ModelTrainer extends HandleOwner {
 
   /**
    * A batch of examples over `replicas` gradient replicas at once (data parallelism: one thread
-   * each, so up to `replicas` cores): example i runs on replica i % replicas, each replica's
-   * examples in order, so the gradients the next {@link step} sums, and every bit of it, depend on
-   * `replicas`, never on timing or the thread count. Returns each example's loss in order (a number
+   * each, so up to `replicas` cores). The examples are shared out by their estimated work
+   * ({@link splitOverReplicas}: the largest first, each to the least loaded replica) and each
+   * replica runs its share in order, so the gradients the next {@link step} sums, and every bit of
+   * it, depend on the batch and `replicas`, never on timing or the thread count; one replica runs
+   * the batch in order, as one call per example does. Returns each example's loss in order (a number
    * for `text`, {@link CompressorLoss} for `document`). A failure or abort drops every gradient
    * accumulated since the last step, as one call's does, and throws the first error.
    *
@@ -331,8 +334,9 @@ export class ModelTrainer extends HandleOwner {
     // The first failure stops the other replicas' chains at their next example.
     const stop = new AbortController();
     const signal = options.signal ? AbortSignal.any([options.signal, stop.signal]) : stop.signal;
+    const plan = this.replicaPlan(items, replicas);
     const chain = async (r: number) => {
-      for (let i = r; i < items.length; i += replicas) {
+      for (const i of plan[r]) {
         const item = items[i];
         try {
           if (item && "text" in item) out[i] = await this.accumulate(item.text, { signal, replica: r });
@@ -345,9 +349,7 @@ export class ModelTrainer extends HandleOwner {
         }
       }
     };
-    const settled = await Promise.allSettled(
-      Array.from({ length: Math.min(replicas, items.length) }, (_, r) => chain(r)),
-    );
+    const settled = await Promise.allSettled(plan.map((_, r) => chain(r)));
     const failed = settled.find((s): s is PromiseRejectedResult => s.status === "rejected");
     if (failed) {
       this.setStep(this.stepCount); // drops every replica's gradients
@@ -356,6 +358,31 @@ export class ModelTrainer extends HandleOwner {
         : stop.signal.reason ?? failed.reason;
     }
     return out;
+  }
+
+  /**
+   * Which items of a batch each replica runs in {@link accumulateBatch} (indices, in the order run):
+   * by their estimated work on this model ({@link batchItemWork}), split by {@link splitOverReplicas}.
+   */
+  replicaPlan(items: readonly TrainBatchItem[], replicas: number): number[][] {
+    return splitOverReplicas(items.map((item) => this.batchItemWork(item)), replicas);
+  }
+
+  /** The estimated work of one batch item on this trainer's model (0 for a malformed one). */
+  private batchItemWork(item: TrainBatchItem): number {
+    const m = this.model.info;
+    try {
+      const work = batchItemWork(item, {
+        rowWork: this.params,
+        pairWork: 2 * m.layers * m.heads * m.headDim,
+        hidden: m.hiddenSize,
+        summaryLength: this.summaryLength,
+        segmentLength: this.options.segmentLength,
+      });
+      return Number.isFinite(work) ? work : 0;
+    } catch {
+      return 0; // a malformed item: refused, with its own message, when its replica reaches it
+    }
   }
 
   /** AdamW over the accumulated gradients (averaged, clipped), with the scheduled learning rate. */

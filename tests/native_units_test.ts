@@ -1,7 +1,8 @@
 // The native library's own C++ checks (kernels against a double-precision reference; JSON,
-// safetensors and config.json parsing with every error path), built and run as part of the suite.
+// safetensors and config.json parsing with every error path; gradient replicas on real threads),
+// built and run as part of the suite.
 import assert from "node:assert/strict";
-import { repoRoot } from "../src/_native_build.ts";
+import { ensureNativeLibrary, repoRoot } from "../src/_native_build.ts";
 
 // `KVFOLD_SANITIZE` (tests/sanitize.sh) builds the checks with the sanitizers the library uses.
 function optimization(): string[] {
@@ -10,7 +11,7 @@ function optimization(): string[] {
   return ["-O1", "-g", "-fno-omit-frame-pointer", `-fsanitize=${sanitize}`, "-fno-sanitize-recover=all"];
 }
 
-async function buildAndRun(name: string, sources: string[]): Promise<string> {
+async function buildAndRun(name: string, sources: string[], link: string[] = []): Promise<string> {
   const root = repoRoot();
   const outDir = await Deno.makeTempDir({ prefix: "kvfold-native-" });
   try {
@@ -23,6 +24,7 @@ async function buildAndRun(name: string, sources: string[]): Promise<string> {
         "-pthread",
         `-I${root}/ffi/include`,
         ...sources.map((s) => `${root}/${s}`),
+        ...link,
         "-o",
         exe,
       ],
@@ -72,4 +74,20 @@ Deno.test("native: JSON, safetensors and config.json parsing, including every er
     "ffi/src/common.cpp",
   ]);
   assert.ok(/ok|pass/i.test(out), out.slice(-2000));
+});
+
+Deno.test("native: gradient replicas on threads of their own end in the bits of one thread", async () => {
+  // Against the library itself (the sanitized one under tests/sanitize.sh), through kvfold.h only.
+  const lib = await ensureNativeLibrary();
+  const dir = lib.slice(0, lib.lastIndexOf("/"));
+  const out = await buildAndRun(
+    "train_replicas_threads_test",
+    ["ffi/tests/train_replicas_threads_test.cpp"],
+    [
+      lib,
+      `-Wl,-rpath,${dir}`,
+    ],
+  );
+  assert.match(out, /threaded replicas end in the sequential run's bits: 0 of \d+ values differ/);
+  assert.match(out, /a second call on a busy replica is refused/);
 });

@@ -126,3 +126,46 @@ Deno.test("replicas: an abort stops every replica and drops the gradients", asyn
   );
   assert.equal(tr.accumulated, 0);
 });
+
+Deno.test("replicas: accumulateBatch runs its replicaPlan, long examples spread over both replicas", async () => {
+  const { model } = await compressorSetup("replicas-plan", 15);
+  using _m = model;
+  const V = model.info.vocabSize;
+  // Long documents at even indices, short text examples at odd ones: by index (i % 2) one replica
+  // would get every document.
+  const items: TrainBatchItem[] = [];
+  for (let i = 0; i < 8; i++) {
+    if (i % 2 === 1) {
+      const ids = someIds(3, V, 500 + i);
+      items.push({ text: { ids, labels: [...ids.slice(1), -1] } });
+    } else {
+      items.push({
+        document: {
+          ids: someIds(16 + 2 * i, V, 600 + i),
+          pairs: [{ question: someIds(2, V, i), answer: [1] }],
+        },
+      });
+    }
+  }
+  using a = ModelTrainer.create(model, SETTINGS);
+  const plan = a.replicaPlan(items, 2);
+  assert.deepEqual(plan.flat().sort((x, y) => x - y), [0, 1, 2, 3, 4, 5, 6, 7]);
+  for (const share of plan) assert.equal(share.filter((i) => i % 2 === 0).length, 2, JSON.stringify(plan));
+  const batched = await a.accumulateBatch(items, { replicas: 2 });
+  a.step();
+  // The same plan by hand, one call at a time on the named replicas: the same bits.
+  using b = ModelTrainer.create(model, SETTINGS);
+  const byHand: (number | CompressorLoss)[] = new Array(items.length);
+  for (const [r, share] of plan.entries()) {
+    for (const i of share) {
+      const item = items[i];
+      byHand[i] = "text" in item
+        ? await b.accumulate(item.text, { replica: r })
+        : await b.accumulateDocument(item.document, { replica: r });
+    }
+  }
+  b.step();
+  assert.deepEqual(batched, byHand);
+  const wa = weights(a), wb = weights(b);
+  wa.forEach((w, i) => assert.deepEqual(w, wb[i], `tensor ${i}`));
+});

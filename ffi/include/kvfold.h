@@ -584,7 +584,8 @@ KF_API kf_status kf_model_trainer_accumulate_document_targets(
  * a busy replica is refused (KF_ERR_INVALID_STATE). Replica 0 is the one the calls above use; each
  * other replica holds its own gradients (4 bytes per parameter, allocated on first use), which
  * kf_model_trainer_step adds into replica 0's in replica order before the update. Splitting a batch
- * as example i -> replica i % R therefore gives bits that depend on R, never on timing or threads.
+ * by a fixed rule (ModelTrainer.accumulateBatch: by estimated work) therefore gives bits that depend on
+ * the split, never on timing or threads.
  * A failed or cancelled call drops the gradients of its replica only; kf_model_trainer_set_step drops
  * every replica's. Steps, writes and set_step wait for running calls. */
 KF_API kf_status kf_model_trainer_accumulate_on(kf_model_trainer *trainer, int32_t replica, const float *prefix,
