@@ -68,5 +68,31 @@ for t in "${tests[@]}"; do
   total_pass=$(( total_pass + passed ))
   total_fail=$(( total_fail + failed ))
 done
+# ThreadSanitizer, for the code several threads run at once (gradient replicas beside each other, a reader
+# and the engine's pool): ffi/tests/train_replicas_threads_test.cpp through kvfold.h, built with
+# -fsanitize=thread against a library built the same way (build/sanitize-thread). One check.
+# KVFOLD_SANITIZE_THREAD=0 skips it.
+if [[ "${KVFOLD_SANITIZE_THREAD:-1}" != "0" ]]; then
+  tdir="$(mktemp -d)"
+  tlib="$(KVFOLD_SANITIZE=thread "$deno" eval \
+    'import { ensureNativeLibrary } from "./src/_native_build.ts"; console.log(await ensureNativeLibrary());')"
+  if [[ -f "$tlib" ]] && g++ -std=c++17 -O1 -g -fsanitize=thread -pthread -Iffi/include \
+    ffi/tests/train_replicas_threads_test.cpp "$tlib" "-Wl,-rpath,$(dirname "$tlib")" -o "$tdir/replicas"; then
+    # setarch -R: TSan refuses some address-space layouts that full randomisation produces.
+    TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1" LD_PRELOAD= setarch "$(uname -m)" -R "$tdir/replicas" \
+      2>&1 | tee "$tdir/log"
+    if [[ "${PIPESTATUS[0]}" == 0 ]] && ! grep -q 'WARNING: ThreadSanitizer' "$tdir/log"; then
+      echo "sanitize: thread: ok"
+      total_pass=$(( total_pass + 1 ))
+    else
+      echo "sanitize: thread: the replica test failed or ThreadSanitizer reported a race (above)" >&2
+      total_fail=$(( total_fail + 1 ))
+    fi
+  else
+    echo "sanitize: thread: the ThreadSanitizer build failed" >&2
+    total_fail=$(( total_fail + 1 ))
+  fi
+  rm -rf "$tdir"
+fi
 echo "sanitize: $total_pass passed, $total_fail failed"
 exit $(( total_fail > 0 ? 1 : 0 ))

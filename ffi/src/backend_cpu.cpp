@@ -48,8 +48,8 @@ class CpuBackend final : public Backend {
     for (uint16_t &v : w) v = f32_to_bf16(float((h = h * 1664525u + 1013904223u) >> 8) / 16777216.0f - 0.5f);
     double best = 0;
     if (ctl) {
-      ctl->total = repeats;
-      ctl->done = 0;
+      progress_total(ctl, repeats);
+      progress_set(ctl, 0);
     }
     for (int32_t r = 0; r <= repeats; r++) {  // the first pass warms up
       check_cancel(ctl, "measure matmul rate");
@@ -57,7 +57,7 @@ class CpuBackend final : public Backend {
       matmul(*e.pool, x.data(), w.data(), DType::BF16, y.data(), m, k, n, nullptr);
       const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       if (r > 0 && s > 0) best = std::max(best, 2.0 * m * double(n) * k / s / 1e12);
-      if (ctl && r > 0) ctl->done = r;
+      if (ctl && r > 0) progress_set(ctl, r);
     }
     return best;
   }

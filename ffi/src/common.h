@@ -20,10 +20,28 @@ struct Error : std::runtime_error {
 // Throws kf::Error(code, printf-formatted message). Messages read "cannot X: Y".
 [[noreturn]] void raise(kf_status code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+// A control block is shared with the caller while a call runs (the caller sets cancel and reads the
+// progress from its own thread), so its fields are read and written as relaxed atomics, never as plain
+// loads and stores: `volatile` in kvfold.h is for C callers and orders nothing between threads. Every
+// helper takes ctl NULL as "no control block".
+inline bool cancel_requested(const kf_control *ctl) {
+  return ctl && __atomic_load_n(&ctl->cancel, __ATOMIC_RELAXED) != 0;
+}
+// Progress: the units of the whole call, then how many are done.
+inline void progress_total(kf_control *ctl, int64_t total) {
+  if (ctl) __atomic_store_n(&ctl->total, total, __ATOMIC_RELAXED);
+}
+inline void progress_set(kf_control *ctl, int64_t done) {
+  if (ctl) __atomic_store_n(&ctl->done, done, __ATOMIC_RELAXED);
+}
+inline void progress_add(kf_control *ctl, int64_t n) {
+  if (ctl) __atomic_fetch_add(&ctl->done, n, __ATOMIC_RELAXED);
+}
+
 // Throws KF_ERR_CANCELLED "cannot <what>: cancelled" once the caller set ctl->cancel (ctl may be NULL).
 // Long loops poll it between steps (a layer, a tensor, a segment), never inside a worker.
 inline void check_cancel(const kf_control *ctl, const char *what) {
-  if (ctl && ctl->cancel) raise(KF_ERR_CANCELLED, "cannot %s: cancelled", what);
+  if (cancel_requested(ctl)) raise(KF_ERR_CANCELLED, "cannot %s: cancelled", what);
 }
 
 // Q8_0 / Q4_0: llama.cpp's weight blocks (cpu_quant.h), for matrices only; never activations.

@@ -298,8 +298,8 @@ double measure_read_bandwidth(ThreadPool &pool, int64_t bytes, int repeats, kf_c
 
   double best = 0.0;
   if (ctl) {
-    ctl->total = repeats;
-    ctl->done = 0;
+    progress_total(ctl, repeats);
+    progress_set(ctl, 0);
   }
   for (int rep = 0; rep < repeats; rep++) {
     check_cancel(ctl, "measure read bandwidth");
@@ -333,7 +333,7 @@ double measure_read_bandwidth(ThreadPool &pool, int64_t bytes, int repeats, kf_c
     });
     const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (sec > 0) best = std::max(best, double(total) / sec / 1e9);
-    if (ctl) ctl->done = rep + 1;
+    if (ctl) progress_set(ctl, rep + 1);
   }
   volatile float keep = sink[0];  // the sums escape, so the loads cannot be dropped
   (void)keep;

@@ -127,8 +127,8 @@ void lococo_heads_load(kf_lococo_heads &h, kf_model &m, const std::string &path,
   h.layers.assign(size_t(cfg.n_layers), {});
   h.bytes = 0;
   if (ctl) {
-    ctl->total = cfg.n_layers;
-    ctl->done = 0;
+    progress_total(ctl, cfg.n_layers);
+    progress_set(ctl, 0);
   }
   for (int32_t l = 0; l < cfg.n_layers; l++) {
     check_cancel(ctl, kAction);
@@ -142,7 +142,7 @@ void lococo_heads_load(kf_lococo_heads &h, kf_model &m, const std::string &path,
     L.bias = read_tensor(idx, p + "layers.0.bias", {Mc});
     L.lambda = read_tensor(idx, p + "normalizer", {1})[0];
     h.bytes += int64_t(L.weight.size() + L.bias.size() + 1) * 4;
-    if (ctl) ctl->done = l + 1;
+    if (ctl) progress_set(ctl, l + 1);
   }
 }
 

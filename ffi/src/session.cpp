@@ -134,8 +134,8 @@ void forward_segment(kf_session &s, CacheUndo &undo, const ChunkInput &in, int32
 
 void session_run(kf_session &s, int32_t n, float *logits, kf_control *ctl, const ChunkSource &input_at) {
   if (ctl) {
-    ctl->total = n;
-    ctl->done = 0;
+    progress_total(ctl, n);
+    progress_set(ctl, 0);
   }
   const int64_t V = s.model->cfg.vocab_size;
   const int32_t start = s.n_past;
@@ -145,7 +145,7 @@ void session_run(kf_session &s, int32_t n, float *logits, kf_control *ctl, const
   for (int32_t off = 0; off < n; off += s.n_batch) {
     const int32_t T = std::min(s.n_batch, n - off);
     forward_segment(s, undo, input_at(off), T, start + off, logits ? logits + int64_t(off) * V : nullptr, ctl);
-    if (ctl) ctl->done = off + T;
+    if (ctl) progress_set(ctl, off + T);
   }
   undo.commit();
   s.n_past = start + n;
@@ -223,8 +223,8 @@ void batch_decode(kf_session *const *sessions, const int32_t *ids, int32_t n, kf
   const int64_t V = m->cfg.vocab_size;
   std::vector<float> logits(size_t(n) * size_t(V));
   if (ctl) {
-    ctl->total = n;
-    ctl->done = 0;
+    progress_total(ctl, n);
+    progress_set(ctl, 0);
   }
   ChunkInput in;
   in.tokens = row_ids.data();
@@ -238,7 +238,7 @@ void batch_decode(kf_session *const *sessions, const int32_t *ids, int32_t n, kf
     cache_append(s->cache, 1);
   }
   for (auto &u : undo) u->commit();
-  if (ctl) ctl->done = n;
+  if (ctl) progress_set(ctl, n);
 }
 
 void batch_prefill(kf_session *const *sessions, const int32_t *ids, const int32_t *counts, int32_t n,
@@ -276,8 +276,8 @@ void batch_prefill(kf_session *const *sessions, const int32_t *ids, const int32_
   const int64_t V = m->cfg.vocab_size;
   std::vector<float> logits(size_t(n) * size_t(V));
   if (ctl) {
-    ctl->total = rows;
-    ctl->done = 0;
+    progress_total(ctl, rows);
+    progress_set(ctl, 0);
   }
   ChunkInput in;
   in.tokens = row_ids.data();
@@ -293,7 +293,7 @@ void batch_prefill(kf_session *const *sessions, const int32_t *ids, const int32_
     s->has_logits = true;
     cache_append(s->cache, c);
   }
-  if (ctl) ctl->done = rows;
+  if (ctl) progress_set(ctl, rows);
 }
 
 void session_reset(kf_session &s) {

@@ -365,7 +365,7 @@ void pass_forward(const kf_model &m, const std::vector<std::vector<TrainPair>> &
     for (int64_t i = 0; i < T * I; i++) h[i] = A.gate[size_t(i)] * sigmoid(A.gate[size_t(i)]) * A.up[size_t(i)];
     linear_forward(pool, W.w_down, nullptr, P[kProjDown], s, h, T, o, A.lora_t[kProjDown], st);       // [T, H]
     add_inplace(x, o, T * H);
-    if (ctl && in.report_progress) ctl->done = in.progress0 + l + 1;
+    if (ctl && in.report_progress) progress_set(ctl, in.progress0 + l + 1);
   }
   std::copy_n(x, T * H, grow(st.x_final, size_t(T * H)));
   rmsnorm_rows(pool, grow(st.xn_final, size_t(T * H)), x, m.final_norm.data(), T, H, eps);
@@ -489,7 +489,7 @@ double pass_backward(const kf_model &m, const std::vector<std::vector<TrainPair>
     linear_backward(pool, W.wv, P[kProjV], s, A.xn1.data(), A.lora_t[kProjV].data(), dv, T, dxn_l, true, ga_v, gb_v,
                     gw(kProjV), proj_bias(W, kProjV) ? gbias(kProjV) : nullptr, st);                 // dxn1 [T, H]
     rmsnorm_backward(A.x.data(), W.attn_norm.data(), dxn_l, T, H, eps, dx, G ? G->attn_norm : nullptr);  // d layer input
-    if (ctl && in.report_progress) ctl->done = in.progress0 + 2 * c.n_layers - l;
+    if (ctl && in.report_progress) progress_set(ctl, in.progress0 + 2 * c.n_layers - l);
   }
   if (out.dx0) std::copy_n(dx, T * H, out.dx0);
   return loss;
@@ -506,8 +506,8 @@ double trainer_accumulate(kf_lora_trainer &tr, const float *prefix, int32_t n_pr
   const kf_model &m = *tr.model;
   const int64_t H = m.cfg.hidden_size;
   if (ctl) {
-    ctl->total = 2 * m.cfg.n_layers;
-    ctl->done = 0;
+    progress_total(ctl, 2 * m.cfg.n_layers);
+    progress_set(ctl, 0);
   }
   PassRows in;
   in.T = int64_t(n_prefix) + n_ids;

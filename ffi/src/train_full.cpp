@@ -190,8 +190,8 @@ double model_trainer_accumulate(kf_model_trainer &tr, TrainReplica &rep, const f
   const kf_model &m = tr.view;
   const int64_t H = m.cfg.hidden_size;
   if (ctl) {
-    ctl->total = 2 * m.cfg.n_layers;
-    ctl->done = 0;
+    progress_total(ctl, 2 * m.cfg.n_layers);
+    progress_set(ctl, 0);
   }
   try {
     PassRows in;
