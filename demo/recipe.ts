@@ -91,6 +91,34 @@ export interface RecipeBudget {
    * each; the weights depend on this number, not on the machine). Default 1.
    */
   replicas?: number;
+  /**
+   * Seed of the run: the model's initialisation and every training draw (default
+   * {@link TRAIN_SEED}). Another seed is another run of the same recipe, to measure its spread; seeds
+   * whose draws would reach an evaluation seed's documents are refused.
+   */
+  seed?: number;
+}
+
+/** Evaluation seeds no training draw may use: the recipe's check (4242) and the demo's (90210). */
+export const EVALUATION_SEEDS: readonly number[] = [4242, 90210];
+/** Offsets of the recipe's document streams from its seed (see {@link trainDemoModel}). */
+const STREAM_OFFSETS = [0, 1, 2, 7, 100, 200];
+
+/** The run's seed, checked (a safe integer >= 0 whose streams avoid {@link EVALUATION_SEEDS}). */
+export function recipeSeed(budget: RecipeBudget): number {
+  const seed = budget.seed ?? TRAIN_SEED;
+  if (!Number.isSafeInteger(seed) || seed < 0) {
+    throw new RangeError(`Cannot train the demo model: seed ${seed} is not a safe integer >= 0`);
+  }
+  const hit = STREAM_OFFSETS.find((o) => EVALUATION_SEEDS.includes(seed + o));
+  if (hit !== undefined) {
+    throw new RangeError(
+      `Cannot train the demo model: seed ${seed} would draw training documents from evaluation seed ${
+        seed + hit
+      }; pick another`,
+    );
+  }
+  return seed;
 }
 
 /**
@@ -265,18 +293,19 @@ const mean = (xs: number[]) => xs.length === 0 ? NaN : xs.reduce((a, b) => a + b
  */
 export async function trainDemoModel(kv: Kvfold, options: RecipeOptions): Promise<RecipeOutput> {
   const budget = options.budget ?? SHIPPED_BUDGET;
+  const seed = recipeSeed(budget);
   const t0 = performance.now();
   const seconds = () => (performance.now() - t0) / 1000;
   const init = join(options.outDir, "init"), modelDir = join(options.outDir, "model");
   await Deno.mkdir(init, { recursive: true });
-  await initModelFolder(init, demoConfig(), { seed: TRAIN_SEED });
+  await initModelFolder(init, demoConfig(), { seed });
   await writeDemoTokenizer(init);
 
   // Phase 1 and 2 share one trainer: the compressor is the reader plus embed_summary.
   {
     using model = await kv.loadModel(init, { dtype: "f32" });
     using trainer = ModelTrainer.create(model, {
-      seed: TRAIN_SEED,
+      seed,
       summaryLength: SUMMARY_VECTORS,
       segmentLength: SEGMENT_TOKENS,
       backpropSegments: 2,
@@ -289,9 +318,9 @@ export async function trainDemoModel(kv: Kvfold, options: RecipeOptions): Promis
       weightDecay: 0.01,
     });
     // The reader: short text windows (16 to 64 tokens) around one fact, where the lookup forms fast.
-    const rnd = seededUint32(TRAIN_SEED, "demo recipe: lengths");
+    const rnd = seededUint32(seed, "demo recipe: lengths");
     const unit = () => rnd() / 2 ** 32;
-    const windows = windowDraws(TRAIN_SEED, () => Math.round(16 * 4 ** unit()));
+    const windows = windowDraws(seed, () => Math.round(16 * 4 ** unit()));
     const replicas = budget.replicas ?? 1;
     for (let s = 0; s < budget.readerSteps; s++) {
       options.signal?.throwIfAborted();
@@ -318,8 +347,8 @@ export async function trainDemoModel(kv: Kvfold, options: RecipeOptions): Promis
     // evaluation cuts them. One text example in four keeps the reader reading text.
     let longest = 16;
     const grow = Math.max(1, Math.floor(0.4 * budget.compressorSteps));
-    const docs = windowDraws(TRAIN_SEED + 200, () => Math.round(16 * (longest / 16) ** unit()));
-    const chunks = chunkDraws(TRAIN_SEED + 100);
+    const docs = windowDraws(seed + 200, () => Math.round(16 * (longest / 16) ** unit()));
+    const chunks = chunkDraws(seed + 100);
     for (let s = 0; s < budget.compressorSteps; s++) {
       options.signal?.throwIfAborted();
       longest = Math.round(16 * (CHUNK_TOKENS / 16) ** Math.min(1, s / grow));
@@ -358,7 +387,7 @@ export async function trainDemoModel(kv: Kvfold, options: RecipeOptions): Promis
     using compressor = await Compressor.load(kv, modelDir);
     for (const group of GROUPS) {
       const examples: QaExample[] = [];
-      const draws = chunkDraws(TRAIN_SEED + 1 + GROUPS.indexOf(group), group);
+      const draws = chunkDraws(seed + 1 + GROUPS.indexOf(group), group);
       const n = budget.adapterSteps * budget.batch;
       for (let i = 0; i < n; i++) {
         const d = draws.next().value as Draw;
@@ -373,7 +402,7 @@ export async function trainDemoModel(kv: Kvfold, options: RecipeOptions): Promis
         learningRate: 1e-3,
         warmupSteps: 10,
         totalSteps: budget.adapterSteps,
-        seed: TRAIN_SEED,
+        seed,
         signal: options.signal,
         onProgress: (p) =>
           options.onProgress?.({
@@ -394,7 +423,7 @@ export async function trainDemoModel(kv: Kvfold, options: RecipeOptions): Promis
   {
     using model = await kv.loadModel(modelDir);
     const corpus: number[] = [];
-    for (const doc of demoDocuments({ seed: TRAIN_SEED + 7 })) {
+    for (const doc of demoDocuments({ seed: seed + 7 })) {
       corpus.push(...documentIds(doc));
       if (corpus.length > budget.lococoSteps * 2048) break;
     }
@@ -403,7 +432,7 @@ export async function trainDemoModel(kv: Kvfold, options: RecipeOptions): Promis
       segment: 256,
       steps: budget.lococoSteps,
       sequenceLength: 2048,
-      seed: TRAIN_SEED,
+      seed,
       signal: options.signal,
       onProgress: (p) =>
         options.onProgress?.({

@@ -1,0 +1,44 @@
+// The recipe's seed (RecipeBudget.seed): another seed is another run (different weights from the same
+// budget), and a seed whose document streams would reach an evaluation seed is refused before anything
+// is written.
+import assert from "node:assert/strict";
+import { Kvfold } from "../mod.ts";
+import {
+  EVALUATION_SEEDS,
+  type RecipeBudget,
+  recipeSeed,
+  TRAIN_SEED,
+  trainDemoModel,
+} from "../demo/recipe.ts";
+import { tempDir } from "./_fixtures.ts";
+
+const TINY: RecipeBudget = { readerSteps: 1, compressorSteps: 1, adapterSteps: 1, lococoSteps: 1, batch: 1 };
+
+Deno.test("demo recipe seed: checked, and never one that draws evaluation documents", () => {
+  assert.equal(recipeSeed(TINY), TRAIN_SEED);
+  assert.equal(recipeSeed({ ...TINY, seed: 12345 }), 12345);
+  for (const evaluation of EVALUATION_SEEDS) {
+    for (const offset of [0, 1, 2, 7, 100, 200]) {
+      assert.throws(() => recipeSeed({ ...TINY, seed: evaluation - offset }), /evaluation seed/);
+    }
+  }
+  for (const seed of [-1, 1.5, NaN, 2 ** 60]) assert.throws(() => recipeSeed({ ...TINY, seed }), RangeError);
+});
+
+Deno.test("demo recipe seed: another seed trains other weights; a refused seed writes nothing", async () => {
+  await using kv = await Kvfold.open();
+  const weights = async (seed: number) => {
+    const dir = await tempDir();
+    await trainDemoModel(kv, { outDir: dir, budget: { ...TINY, seed } });
+    return await Deno.readFile(`${dir}/model/model.safetensors`);
+  };
+  const a = await weights(12345), b = await weights(12346);
+  assert.equal(a.length, b.length);
+  assert.ok(a.some((x, i) => x !== b[i]), "two seeds trained the same bytes");
+  const dir = `${await tempDir()}/out`;
+  await assert.rejects(
+    trainDemoModel(kv, { outDir: dir, budget: { ...TINY, seed: 4242 } }),
+    /evaluation seed/,
+  );
+  await assert.rejects(Deno.stat(dir), Deno.errors.NotFound);
+});
