@@ -101,8 +101,19 @@ export interface RecipeBudget {
 
 /** Evaluation seeds no training draw may use: the recipe's check (4242) and the demo's (90210). */
 export const EVALUATION_SEEDS: readonly number[] = [4242, 90210];
-/** Offsets of the recipe's document streams from its seed (see {@link trainDemoModel}). */
-const STREAM_OFFSETS = [0, 1, 2, 7, 100, 200];
+/**
+ * The recipe's document streams, each drawn from the run's seed plus its offset: the reader's windows,
+ * each group's adapter chunks (plus the group's index), the LoCoCo corpus, the compressor's whole
+ * chunks and its growing windows.
+ */
+const STREAM = { reader: 0, adapters: 1, lococo: 7, chunks: 100, windows: 200 } as const;
+const STREAM_OFFSETS = [
+  STREAM.reader,
+  ...GROUPS.map((_, g) => STREAM.adapters + g),
+  STREAM.lococo,
+  STREAM.chunks,
+  STREAM.windows,
+];
 
 /** The run's seed, checked (a safe integer >= 0 whose streams avoid {@link EVALUATION_SEEDS}). */
 export function recipeSeed(budget: RecipeBudget): number {
@@ -320,7 +331,7 @@ export async function trainDemoModel(kv: Kvfold, options: RecipeOptions): Promis
     // The reader: short text windows (16 to 64 tokens) around one fact, where the lookup forms fast.
     const rnd = seededUint32(seed, "demo recipe: lengths");
     const unit = () => rnd() / 2 ** 32;
-    const windows = windowDraws(seed, () => Math.round(16 * 4 ** unit()));
+    const windows = windowDraws(seed + STREAM.reader, () => Math.round(16 * 4 ** unit()));
     const replicas = budget.replicas ?? 1;
     for (let s = 0; s < budget.readerSteps; s++) {
       options.signal?.throwIfAborted();
@@ -347,8 +358,8 @@ export async function trainDemoModel(kv: Kvfold, options: RecipeOptions): Promis
     // evaluation cuts them. One text example in four keeps the reader reading text.
     let longest = 16;
     const grow = Math.max(1, Math.floor(0.4 * budget.compressorSteps));
-    const docs = windowDraws(seed + 200, () => Math.round(16 * (longest / 16) ** unit()));
-    const chunks = chunkDraws(seed + 100);
+    const docs = windowDraws(seed + STREAM.windows, () => Math.round(16 * (longest / 16) ** unit()));
+    const chunks = chunkDraws(seed + STREAM.chunks);
     for (let s = 0; s < budget.compressorSteps; s++) {
       options.signal?.throwIfAborted();
       longest = Math.round(16 * (CHUNK_TOKENS / 16) ** Math.min(1, s / grow));
@@ -387,7 +398,7 @@ export async function trainDemoModel(kv: Kvfold, options: RecipeOptions): Promis
     using compressor = await Compressor.load(kv, modelDir);
     for (const group of GROUPS) {
       const examples: QaExample[] = [];
-      const draws = chunkDraws(seed + 1 + GROUPS.indexOf(group), group);
+      const draws = chunkDraws(seed + STREAM.adapters + GROUPS.indexOf(group), group);
       const n = budget.adapterSteps * budget.batch;
       for (let i = 0; i < n; i++) {
         const d = draws.next().value as Draw;
@@ -423,7 +434,7 @@ export async function trainDemoModel(kv: Kvfold, options: RecipeOptions): Promis
   {
     using model = await kv.loadModel(modelDir);
     const corpus: number[] = [];
-    for (const doc of demoDocuments({ seed: seed + 7 })) {
+    for (const doc of demoDocuments({ seed: seed + STREAM.lococo })) {
       corpus.push(...documentIds(doc));
       if (corpus.length > budget.lococoSteps * 2048) break;
     }

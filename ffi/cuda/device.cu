@@ -226,10 +226,7 @@ double measure_copy_bandwidth(Engine &e, int64_t bytes, int32_t repeats, kf_cont
   double best = 0.0;
   try {
     KF_CUDA(cudaMemcpyAsync(b.get(), a.get(), size_t(bytes), cudaMemcpyDeviceToDevice, e.stream));  // warm-up
-    if (ctl) {
-      progress_total(ctl, repeats);
-      progress_set(ctl, 0);
-    }
+    progress_start(ctl, repeats);
     for (int32_t r = 0; r < repeats; r++) {
       check_cancel(ctl, "measure read bandwidth");
       KF_CUDA(cudaEventRecord(t0, e.stream));
@@ -239,7 +236,7 @@ double measure_copy_bandwidth(Engine &e, int64_t bytes, int32_t repeats, kf_cont
       float ms = 0.0f;
       KF_CUDA(cudaEventElapsedTime(&ms, t0, t1));
       if (ms > 0) best = std::max(best, 2.0 * double(bytes) / (double(ms) * 1e6));  // read + write
-      if (ctl) progress_set(ctl, r + 1);
+      progress_set(ctl, r + 1);
     }
   } catch (...) {
     cudaEventDestroy(t0);
@@ -265,10 +262,7 @@ double measure_matmul_rate(Engine &e, int32_t m, int32_t n, int32_t k, int32_t r
   double best = 0.0;
   try {
     matmul(e, x.get(), w.get(), DType::BF16, y.as<float>(), m, n, k, false, e.stream);  // warm-up
-    if (ctl) {
-      progress_total(ctl, repeats);
-      progress_set(ctl, 0);
-    }
+    progress_start(ctl, repeats);
     for (int32_t r = 0; r < repeats; r++) {
       check_cancel(ctl, "measure matmul rate");
       KF_CUDA(cudaEventRecord(t0, e.stream));
@@ -278,7 +272,7 @@ double measure_matmul_rate(Engine &e, int32_t m, int32_t n, int32_t k, int32_t r
       float ms = 0.0f;
       KF_CUDA(cudaEventElapsedTime(&ms, t0, t1));
       if (ms > 0) best = std::max(best, 2.0 * double(m) * double(n) * double(k) / (double(ms) * 1e9));
-      if (ctl) progress_set(ctl, r + 1);
+      progress_set(ctl, r + 1);
     }
   } catch (...) {
     cudaEventDestroy(t0);

@@ -47,10 +47,7 @@ class CpuBackend final : public Backend {
     for (float &v : x) v = float((h = h * 1664525u + 1013904223u) >> 8) / 16777216.0f - 0.5f;
     for (uint16_t &v : w) v = f32_to_bf16(float((h = h * 1664525u + 1013904223u) >> 8) / 16777216.0f - 0.5f);
     double best = 0;
-    if (ctl) {
-      progress_total(ctl, repeats);
-      progress_set(ctl, 0);
-    }
+    progress_start(ctl, repeats);
     for (int32_t r = 0; r <= repeats; r++) {  // the first pass warms up
       check_cancel(ctl, "measure matmul rate");
       const auto t0 = std::chrono::steady_clock::now();

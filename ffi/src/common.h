@@ -27,9 +27,11 @@ struct Error : std::runtime_error {
 inline bool cancel_requested(const kf_control *ctl) {
   return ctl && __atomic_load_n(&ctl->cancel, __ATOMIC_RELAXED) != 0;
 }
-// Progress: the units of the whole call, then how many are done.
-inline void progress_total(kf_control *ctl, int64_t total) {
-  if (ctl) __atomic_store_n(&ctl->total, total, __ATOMIC_RELAXED);
+// Progress: a call starts at 0 of `total` units, then sets or adds how many are done.
+inline void progress_start(kf_control *ctl, int64_t total) {
+  if (!ctl) return;
+  __atomic_store_n(&ctl->total, total, __ATOMIC_RELAXED);
+  __atomic_store_n(&ctl->done, int64_t(0), __ATOMIC_RELAXED);
 }
 inline void progress_set(kf_control *ctl, int64_t done) {
   if (ctl) __atomic_store_n(&ctl->done, done, __ATOMIC_RELAXED);

@@ -297,10 +297,7 @@ double measure_read_bandwidth(ThreadPool &pool, int64_t bytes, int repeats, kf_c
   pool.run_per_thread([&](int th, int) { std::memset(buf + size_t(th) * size_t(slice), 1 + th, size_t(slice)); });
 
   double best = 0.0;
-  if (ctl) {
-    progress_total(ctl, repeats);
-    progress_set(ctl, 0);
-  }
+  progress_start(ctl, repeats);
   for (int rep = 0; rep < repeats; rep++) {
     check_cancel(ctl, "measure read bandwidth");
     const auto t0 = std::chrono::steady_clock::now();
@@ -333,7 +330,7 @@ double measure_read_bandwidth(ThreadPool &pool, int64_t bytes, int repeats, kf_c
     });
     const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (sec > 0) best = std::max(best, double(total) / sec / 1e9);
-    if (ctl) progress_set(ctl, rep + 1);
+    progress_set(ctl, rep + 1);
   }
   volatile float keep = sink[0];  // the sums escape, so the loads cannot be dropped
   (void)keep;

@@ -126,10 +126,7 @@ void lococo_heads_load(kf_lococo_heads &h, kf_model &m, const std::string &path,
   const int64_t Mc = h.fused, k = h.kernel, two_hd = 2 * int64_t(cfg.head_dim);
   h.layers.assign(size_t(cfg.n_layers), {});
   h.bytes = 0;
-  if (ctl) {
-    progress_total(ctl, cfg.n_layers);
-    progress_set(ctl, 0);
-  }
+  progress_start(ctl, cfg.n_layers);
   for (int32_t l = 0; l < cfg.n_layers; l++) {
     check_cancel(ctl, kAction);
     const std::string p = "model.layers." + std::to_string(l) + ".self_attn.memory_saver.";
@@ -142,7 +139,7 @@ void lococo_heads_load(kf_lococo_heads &h, kf_model &m, const std::string &path,
     L.bias = read_tensor(idx, p + "layers.0.bias", {Mc});
     L.lambda = read_tensor(idx, p + "normalizer", {1})[0];
     h.bytes += int64_t(L.weight.size() + L.bias.size() + 1) * 4;
-    if (ctl) progress_set(ctl, l + 1);
+    progress_set(ctl, l + 1);
   }
 }
 

@@ -138,10 +138,7 @@ double lococo_trainer_accumulate(kf_lococo_trainer &tr, const int32_t *ids, int3
   const kf_lococo_heads &H = tr.heads;
   const int64_t L = c.n_layers, nkv = c.n_kv_heads, hd = c.head_dim, kv_dim = nkv * hd, Hd = c.hidden_size;
   const int64_t M = H.slots, B = H.segment;
-  if (ctl) {
-    progress_total(ctl, n_ids);
-    progress_set(ctl, 0);
-  }
+  progress_start(ctl, n_ids);
   SeqCache cache, fused;
   cache.init(L, M + kCacheSlack + B, nkv, hd);
   fused.init(L, M, nkv, hd);
@@ -218,7 +215,7 @@ double lococo_trainer_accumulate(kf_lococo_trainer &tr, const int32_t *ids, int3
     }
     cache.n = slots + T;
     p0 += T;
-    if (ctl) progress_set(ctl, p0);
+    progress_set(ctl, p0);
   }
   if (segments == 0) raise(KF_ERR_INVALID_ARGUMENT, "cannot calibrate: a sequence needs at least 2 tokens");
   // The loss is the mean over segments: scale this sequence's gradients by 1 / segments and keep them.

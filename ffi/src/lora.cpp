@@ -386,10 +386,7 @@ void adapter_load(kf_adapter &a, kf_model &m, const std::string &dir, kf_control
           bytes / 1073741824.0, available / 1073741824.0);
 
   a.layers.assign(size_t(c.n_layers), LoraLayer{});
-  if (ctl) {
-    progress_total(ctl, int64_t(files.size()));
-    progress_set(ctl, 0);
-  }
+  progress_start(ctl, int64_t(files.size()));
   for (size_t i = 0; i < found.size(); i++) {
     const Found &f = found[i];
     if (!f.a) continue;
@@ -418,9 +415,9 @@ void adapter_load(kf_adapter &a, kf_model &m, const std::string &dir, kf_control
               double(s), alpha, (long long)rank, f.module.c_str());
     a.max_rank = std::max(a.max_rank, int32_t(rank));
     a.proj_mask |= 1u << p;
-    if (ctl) progress_add(ctl, 2);
+    progress_add(ctl, 2);
   }
-  if (ctl) progress_set(ctl, __atomic_load_n(&ctl->total, __ATOMIC_RELAXED));
+  progress_set(ctl, int64_t(files.size()));
   a.model = &m;
   a.n_params = n_params;
   a.bytes = int64_t(bytes);

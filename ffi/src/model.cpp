@@ -153,10 +153,7 @@ void model_load(kf_model &m, const std::string &dir, const kf_model_params &p, k
     raise(KF_ERR_OUT_OF_MEMORY,
           "cannot load model: converting the weights to %s needs %.2f GiB, but only %.2f GiB of memory is available",
           dtype_name(want), converted / 1073741824.0, available / 1073741824.0);
-  if (ctl) {
-    progress_total(ctl, total);
-    progress_set(ctl, 0);
-  }
+  progress_start(ctl, total);
 
   ThreadPool &pool = *m.engine->pool;
   // A weight buffer the model owns (converted or interleaved copies).
@@ -218,13 +215,13 @@ void model_load(kf_model &m, const std::string &dir, const kf_model_params &p, k
       w.data = buf;
       w.dtype = want;
     }
-    if (ctl) progress_add(ctl, int64_t(t->nbytes));
+    progress_add(ctl, int64_t(t->nbytes));
     return w;
   };
   auto vec = [&](const std::string &name) -> std::vector<float> {
     const TensorInfo *t = find(name);
     if (!t) raise(KF_ERR_FORMAT, "cannot load model: tensor %s is missing", name.c_str());
-    if (ctl) progress_add(ctl, int64_t(t->nbytes));
+    progress_add(ctl, int64_t(t->nbytes));
     return load_vector(*t);
   };
 
@@ -242,7 +239,7 @@ void model_load(kf_model &m, const std::string &dir, const kf_model_params &p, k
       }
       uint8_t *dst = new_buffer(size_t(rows) * dtype_row_bytes(DType::Q4_K_R16, cols));
       interleave_rows16(pool, DType::Q4_K, t->data, rows, cols, dst);
-      if (ctl) progress_add(ctl, int64_t(t->nbytes));
+      progress_add(ctl, int64_t(t->nbytes));
       return Weight{dst, DType::Q4_K_R16, rows, cols};
     }
     Weight w = matrix(name);
@@ -281,7 +278,7 @@ void model_load(kf_model &m, const std::string &dir, const kf_model_params &p, k
     opt("self_attn.v_proj.bias", L.bv);
     opt("self_attn.o_proj.bias", L.bo);
   }
-  if (ctl) progress_set(ctl, total);
+  progress_set(ctl, total);
   // A file whose every matrix was converted is read no more: free it (read into memory, it would
   // otherwise stay resident beside its converted copy).
   std::vector<const void *> bound = {m.embed.data, m.lm_head.data};

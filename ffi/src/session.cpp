@@ -133,10 +133,7 @@ void forward_segment(kf_session &s, CacheUndo &undo, const ChunkInput &in, int32
 }  // namespace
 
 void session_run(kf_session &s, int32_t n, float *logits, kf_control *ctl, const ChunkSource &input_at) {
-  if (ctl) {
-    progress_total(ctl, n);
-    progress_set(ctl, 0);
-  }
+  progress_start(ctl, n);
   const int64_t V = s.model->cfg.vocab_size;
   const int32_t start = s.n_past;
   std::lock_guard<std::mutex> lock(s.model->engine->pool_mutex);
@@ -145,7 +142,7 @@ void session_run(kf_session &s, int32_t n, float *logits, kf_control *ctl, const
   for (int32_t off = 0; off < n; off += s.n_batch) {
     const int32_t T = std::min(s.n_batch, n - off);
     forward_segment(s, undo, input_at(off), T, start + off, logits ? logits + int64_t(off) * V : nullptr, ctl);
-    if (ctl) progress_set(ctl, off + T);
+    progress_set(ctl, off + T);
   }
   undo.commit();
   s.n_past = start + n;
@@ -222,10 +219,7 @@ void batch_decode(kf_session *const *sessions, const int32_t *ids, int32_t n, kf
   }
   const int64_t V = m->cfg.vocab_size;
   std::vector<float> logits(size_t(n) * size_t(V));
-  if (ctl) {
-    progress_total(ctl, n);
-    progress_set(ctl, 0);
-  }
+  progress_start(ctl, n);
   ChunkInput in;
   in.tokens = row_ids.data();
   b.forward(*m, ws, n, nullptr, in, logits.data(), true, ctl);
@@ -238,7 +232,7 @@ void batch_decode(kf_session *const *sessions, const int32_t *ids, int32_t n, kf
     cache_append(s->cache, 1);
   }
   for (auto &u : undo) u->commit();
-  if (ctl) progress_set(ctl, n);
+  progress_set(ctl, n);
 }
 
 void batch_prefill(kf_session *const *sessions, const int32_t *ids, const int32_t *counts, int32_t n,
@@ -275,10 +269,7 @@ void batch_prefill(kf_session *const *sessions, const int32_t *ids, const int32_
   }
   const int64_t V = m->cfg.vocab_size;
   std::vector<float> logits(size_t(n) * size_t(V));
-  if (ctl) {
-    progress_total(ctl, rows);
-    progress_set(ctl, 0);
-  }
+  progress_start(ctl, rows);
   ChunkInput in;
   in.tokens = row_ids.data();
   in.logit_rows = last_rows.data();
@@ -293,7 +284,7 @@ void batch_prefill(kf_session *const *sessions, const int32_t *ids, const int32_
     s->has_logits = true;
     cache_append(s->cache, c);
   }
-  if (ctl) progress_set(ctl, rows);
+  progress_set(ctl, rows);
 }
 
 void session_reset(kf_session &s) {

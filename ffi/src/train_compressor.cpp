@@ -55,12 +55,9 @@ void model_trainer_accumulate_document(kf_model_trainer &tr, TrainReplica &rep, 
   rep.scratch.resize(size_t(B) + 1);
   rep.x0.resize(size_t(B) + 1);
   std::vector<PassRows> rows(size_t(B) + 1);
-  if (ctl) {
-    progress_total(ctl, 2 * n_seg + (qa_on ? 2 * qa_passes : 0));
-    progress_set(ctl, 0);
-  }
+  progress_start(ctl, 2 * n_seg + (qa_on ? 2 * qa_passes : 0));
   const auto tick = [&] {
-    if (ctl) progress_add(ctl, 1);
+    progress_add(ctl, 1);
   };
   // Pass k of the window starting at a: segment i = a + k.
   const auto build_segment = [&](int64_t i, int64_t k) {
@@ -125,7 +122,7 @@ void model_trainer_accumulate_document(kf_model_trainer &tr, TrainReplica &rep, 
         tick();
       }
       if (!backward) {
-        if (ctl) progress_add(ctl, b - a);
+        progress_add(ctl, b - a);
         continue;
       }
       // Each pair: [all summaries | question | answer], row K + nq - 1 + t predicts answer[t]; the
@@ -158,7 +155,7 @@ void model_trainer_accumulate_document(kf_model_trainer &tr, TrainReplica &rep, 
         qa_loss += train_pass(m, tr.no_lora, 1.0f, rep.scratch[size_t(B)], in, nullptr, g, ctl);
         scatter(rep.dx0.data(), a, b, K, qp.question, nq, -1);
         scatter(rep.dx0.data(), 0, 0, K + nq, qp.answer, na, -1);
-        if (ctl) progress_add(ctl, 2);
+        progress_add(ctl, 2);
       }
       for (int64_t i = b - 1; i >= a; i--) {
         const int64_t k = i - a, len = seg_len(i);

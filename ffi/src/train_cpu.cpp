@@ -505,10 +505,7 @@ double trainer_accumulate(kf_lora_trainer &tr, const float *prefix, int32_t n_pr
                           const int32_t *labels, int32_t n_ids, kf_control *ctl) {
   const kf_model &m = *tr.model;
   const int64_t H = m.cfg.hidden_size;
-  if (ctl) {
-    progress_total(ctl, 2 * m.cfg.n_layers);
-    progress_set(ctl, 0);
-  }
+  progress_start(ctl, 2 * m.cfg.n_layers);
   PassRows in;
   in.T = int64_t(n_prefix) + n_ids;
   std::vector<float> x0(size_t(in.T * H));  // [prefix rows | embeddings of ids]

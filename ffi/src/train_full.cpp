@@ -189,10 +189,7 @@ double model_trainer_accumulate(kf_model_trainer &tr, TrainReplica &rep, const f
                                 const int32_t *labels, int32_t n_ids, kf_control *ctl) {
   const kf_model &m = tr.view;
   const int64_t H = m.cfg.hidden_size;
-  if (ctl) {
-    progress_total(ctl, 2 * m.cfg.n_layers);
-    progress_set(ctl, 0);
-  }
+  progress_start(ctl, 2 * m.cfg.n_layers);
   try {
     PassRows in;
     in.T = int64_t(n_prefix) + n_ids;
