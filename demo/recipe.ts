@@ -32,6 +32,7 @@ import { initModelFolder } from "../src/model_train_loop.ts";
 import { Compressor } from "../src/compressor.ts";
 import { finetuneLora, type QaExample } from "../src/train.ts";
 import { calibrateLococo } from "../src/lococo_train.ts";
+import { WeightAverage } from "../src/weight_average.ts";
 import { type DemoDocument, demoDocuments } from "./corpus.ts";
 import { DEMO_BOS_ID, DEMO_EOS_ID, demoVocabulary, writeDemoTokenizer } from "./tokenizer.ts";
 import {
@@ -97,10 +98,24 @@ export interface RecipeBudget {
    * whose draws would reach an evaluation seed's documents are refused.
    */
   seed?: number;
+  /**
+   * Decay of the moving average of the compressor phase's weights that the model is saved from
+   * (`WeightAverage`); absent or 0: the last step's weights.
+   */
+  ema?: number;
+  /**
+   * Compressor steps at which the recipe also keeps the model as it is then (`snapshots/step-S/`, and
+   * with `ema` the average too, `snapshots/step-S-ema/`), each with its own group adapters: to
+   * measure how much the result moves late in a run. Default none.
+   */
+  snapshots?: readonly number[];
 }
 
-/** Evaluation seeds no training draw may use: the recipe's check (4242) and the demo's (90210). */
-export const EVALUATION_SEEDS: readonly number[] = [4242, 90210];
+/**
+ * Evaluation seeds no training draw may use: the recipe's check (4242), the demo's (90210) and the
+ * validation seed that picks among snapshots and runs (5150), so the other two stay unseen by choices.
+ */
+export const EVALUATION_SEEDS: readonly number[] = [4242, 90210, 5150];
 /**
  * The recipe's document streams, each drawn from the run's seed plus its offset: the reader's windows,
  * each group's adapter chunks (plus the group's index), the LoCoCo corpus, the compressor's whole
@@ -169,6 +184,8 @@ export interface RecipeOutput {
   modelDir: string;
   adapters: Record<string, string>;
   lococoHeads: string;
+  /** The budget's snapshots, each a folder with `model/` and `adapters/` ("step-S", "step-S-ema"). */
+  snapshots: string[];
   seconds: number;
 }
 
@@ -308,6 +325,14 @@ export async function trainDemoModel(kv: Kvfold, options: RecipeOptions): Promis
   const t0 = performance.now();
   const seconds = () => (performance.now() - t0) / 1000;
   const init = join(options.outDir, "init"), modelDir = join(options.outDir, "model");
+  const snapshotSteps = budget.snapshots ?? [], snapshots: string[] = [];
+  for (const step of snapshotSteps) {
+    if (!Number.isInteger(step) || step < 1 || step > budget.compressorSteps) {
+      throw new RangeError(
+        `Cannot train the demo model: snapshot step ${step} is not in [1, ${budget.compressorSteps}]`,
+      );
+    }
+  }
   await Deno.mkdir(init, { recursive: true });
   await initModelFolder(init, demoConfig(), { seed });
   await writeDemoTokenizer(init);
@@ -360,6 +385,7 @@ export async function trainDemoModel(kv: Kvfold, options: RecipeOptions): Promis
     const grow = Math.max(1, Math.floor(0.4 * budget.compressorSteps));
     const docs = windowDraws(seed + STREAM.windows, () => Math.round(16 * (longest / 16) ** unit()));
     const chunks = chunkDraws(seed + STREAM.chunks);
+    const average = budget.ema ? new WeightAverage(trainer, budget.ema) : undefined;
     for (let s = 0; s < budget.compressorSteps; s++) {
       options.signal?.throwIfAborted();
       longest = Math.round(16 * (CHUNK_TOKENS / 16) ** Math.min(1, s / grow));
@@ -380,6 +406,16 @@ export async function trainDemoModel(kv: Kvfold, options: RecipeOptions): Promis
       const documents = losses.filter((l): l is CompressorLoss => typeof l !== "number");
       const lm = documents.map((l) => l.lm), qa = documents.map((l) => l.qa);
       trainer.step();
+      average?.update();
+      if (snapshotSteps.includes(s + 1)) {
+        const dir = join(options.outDir, "snapshots", `step-${s + 1}`);
+        await trainer.saveModel(join(dir, "model"));
+        snapshots.push(dir);
+        if (average) {
+          await average.saveModel(join(`${dir}-ema`, "model"));
+          snapshots.push(`${dir}-ema`);
+        }
+      }
       options.onProgress?.({
         phase: "compressor",
         step: s + 1,
@@ -388,46 +424,13 @@ export async function trainDemoModel(kv: Kvfold, options: RecipeOptions): Promis
         seconds: seconds(),
       });
     }
-    await trainer.saveModel(modelDir);
+    await (average ?? trainer).saveModel(modelDir);
   }
   await Deno.remove(init, { recursive: true });
 
-  // Phase 3: one adapter per group on the frozen compressor's vectors.
-  const adapters: Record<string, string> = {};
-  {
-    using compressor = await Compressor.load(kv, modelDir);
-    for (const group of GROUPS) {
-      const examples: QaExample[] = [];
-      const draws = chunkDraws(seed + STREAM.adapters + GROUPS.indexOf(group), group);
-      const n = budget.adapterSteps * budget.batch;
-      for (let i = 0; i < n; i++) {
-        const d = draws.next().value as Draw;
-        const vectors = await compressor.compress(d.ids, { segmentLength: SEGMENT_TOKENS });
-        examples.push({ vectors: vectors.data, question: d.question.question, answer: d.question.answer });
-      }
-      using trainer = await finetuneLora(compressor.model, examples, {
-        steps: budget.adapterSteps,
-        accumulate: budget.batch,
-        rank: 8,
-        alpha: 16,
-        learningRate: 1e-3,
-        warmupSteps: 10,
-        totalSteps: budget.adapterSteps,
-        seed,
-        signal: options.signal,
-        onProgress: (p) =>
-          options.onProgress?.({
-            phase: "adapters",
-            step: p.step,
-            steps: budget.adapterSteps,
-            loss: { lm: NaN, qa: p.loss },
-            seconds: seconds(),
-          }),
-      });
-      adapters[group] = join(options.outDir, "adapters", group);
-      await trainer.saveAdapter(adapters[group]);
-    }
-  }
+  // Phase 3: one adapter per group on the frozen compressor's vectors (and each snapshot's).
+  const adapters = await trainGroupAdapters(kv, options.outDir, budget, seed, options, seconds);
+  for (const dir of snapshots) await trainGroupAdapters(kv, dir, budget, seed, options, seconds);
 
   // Phase 4: LoCoCo heads for the fixed-memory baseline (M = 512 slots, segments of 256).
   const lococoHeads = join(options.outDir, "lococo.safetensors");
@@ -456,5 +459,53 @@ export async function trainDemoModel(kv: Kvfold, options: RecipeOptions): Promis
     });
     await trainer.saveHeads(lococoHeads);
   }
-  return { modelDir, adapters, lococoHeads, seconds: seconds() };
+  return { modelDir, adapters, lococoHeads, snapshots, seconds: seconds() };
+}
+
+/**
+ * LLoCO's per-group finetuning: one LoRA per group on `[summary vectors | question] -> answer`, with
+ * the compressor in `dir/model` frozen; writes `dir/adapters/<group>/`.
+ */
+async function trainGroupAdapters(
+  kv: Kvfold,
+  dir: string,
+  budget: RecipeBudget,
+  seed: number,
+  options: RecipeOptions,
+  seconds: () => number,
+): Promise<Record<string, string>> {
+  const adapters: Record<string, string> = {};
+  using compressor = await Compressor.load(kv, join(dir, "model"));
+  for (const group of GROUPS) {
+    const examples: QaExample[] = [];
+    const draws = chunkDraws(seed + STREAM.adapters + GROUPS.indexOf(group), group);
+    const n = budget.adapterSteps * budget.batch;
+    for (let i = 0; i < n; i++) {
+      const d = draws.next().value as Draw;
+      const vectors = await compressor.compress(d.ids, { segmentLength: SEGMENT_TOKENS });
+      examples.push({ vectors: vectors.data, question: d.question.question, answer: d.question.answer });
+    }
+    using trainer = await finetuneLora(compressor.model, examples, {
+      steps: budget.adapterSteps,
+      accumulate: budget.batch,
+      rank: 8,
+      alpha: 16,
+      learningRate: 1e-3,
+      warmupSteps: 10,
+      totalSteps: budget.adapterSteps,
+      seed,
+      signal: options.signal,
+      onProgress: (p) =>
+        options.onProgress?.({
+          phase: "adapters",
+          step: p.step,
+          steps: budget.adapterSteps,
+          loss: { lm: NaN, qa: p.loss },
+          seconds: seconds(),
+        }),
+    });
+    adapters[group] = join(dir, "adapters", group);
+    await trainer.saveAdapter(adapters[group]);
+  }
+  return adapters;
 }

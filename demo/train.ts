@@ -7,7 +7,7 @@
  * @module
  */
 
-import { join } from "node:path";
+import { join, relative } from "node:path";
 import { cpus } from "node:os";
 import { Kvfold } from "../mod.ts";
 import { type RecipeProgress, SHIPPED_BUDGET, trainDemoModel } from "./recipe.ts";
@@ -17,6 +17,9 @@ import { formatDemoTable } from "./evaluate_table.ts";
 
 /** Held-out seed of the recipe's own check (no training seed shares it). */
 export const CHECK_SEED = 4242;
+/** Held-out seed that chooses among snapshots and runs, and its documents (the check stays unseen). */
+export const VALIDATION_SEED = 5150;
+export const VALIDATION_DOCUMENTS = 8;
 
 if (import.meta.main) {
   const outDir = Deno.args[0] ?? DEFAULT_TRAINED_DIR;
@@ -63,5 +66,31 @@ if (import.meta.main) {
   });
   console.log(formatDemoTable(check));
   const { rows: _rows, ...summary } = check as unknown as Record<string, unknown>;
-  await Deno.writeTextFile(join(outDir, "eval.json"), JSON.stringify(summary, null, 2) + "\n");
+  // The validation seed: more documents, for choosing among snapshots and runs without the check seed.
+  const compressed = async (dir: string) => {
+    const exact: Record<string, number> = {};
+    for (const seed of [CHECK_SEED, VALIDATION_SEED]) {
+      const e = await evaluateDemo(kv, {
+        trainedDir: dir,
+        seed,
+        documents: seed === CHECK_SEED ? 4 : VALIDATION_DOCUMENTS,
+        conditions: ["lloco", "lloco-oracle"],
+        signal: abort.signal,
+      });
+      for (const c of e.conditions) exact[`${c.condition}@${seed}`] = c.exactMatch;
+    }
+    return exact;
+  };
+  const validation = await compressed(outDir);
+  const snapshots: Record<string, Record<string, number>> = {};
+  for (const dir of out.snapshots) {
+    const name = relative(tmp, dir);
+    snapshots[name] = await compressed(join(outDir, name));
+    console.log(`${name}: ${JSON.stringify(snapshots[name])}`);
+  }
+  console.log(`final: ${JSON.stringify(validation)}`);
+  await Deno.writeTextFile(
+    join(outDir, "eval.json"),
+    JSON.stringify({ ...summary, compressed: validation, snapshots }, null, 2) + "\n",
+  );
 }

@@ -1,0 +1,51 @@
+// The recipe's weight average and snapshots (RecipeBudget.ema, .snapshots): snapshots do not change
+// the trained model; the model is saved from the average when `ema` is set (the final step's -ema
+// snapshot has its bytes, the raw one the bytes of a run without the average); each snapshot gets its
+// group adapters; steps outside the phase are refused before anything is written.
+import assert from "node:assert/strict";
+import { Kvfold } from "../mod.ts";
+import { GROUPS, type RecipeBudget, trainDemoModel } from "../demo/recipe.ts";
+import { tempDir } from "./_fixtures.ts";
+
+const TINY: RecipeBudget = { readerSteps: 1, compressorSteps: 2, adapterSteps: 1, lococoSteps: 1, batch: 1 };
+
+Deno.test("demo recipe: the model comes from the weight average; snapshots keep both and change nothing", async () => {
+  await using kv = await Kvfold.open();
+  const run = async (budget: RecipeBudget) => {
+    const dir = await tempDir();
+    const out = await trainDemoModel(kv, { outDir: dir, budget });
+    return { dir, out, model: await Deno.readFile(`${dir}/model/model.safetensors`) };
+  };
+  const plain = await run(TINY);
+  const snapped = await run({ ...TINY, snapshots: [1, 2] });
+  const averaged = await run({ ...TINY, ema: 0.9, snapshots: [2] });
+  assert.deepEqual(plain.out.snapshots, []);
+  assert.deepEqual(snapped.model, plain.model, "snapshots changed the trained model");
+  assert.deepEqual(snapped.out.snapshots.map((d) => d.slice(snapped.dir.length)), [
+    "/snapshots/step-1",
+    "/snapshots/step-2",
+  ]);
+  const file = (dir: string) => Deno.readFile(`${dir}/model/model.safetensors`);
+  assert.deepEqual(await file(snapped.out.snapshots[1]), plain.model, "the last raw snapshot is the model");
+  assert.notDeepEqual(await file(snapped.out.snapshots[0]), plain.model);
+  for (const dir of snapped.out.snapshots) {
+    for (const g of GROUPS) await Deno.stat(`${dir}/adapters/${g}/adapter_model.safetensors`);
+  }
+  const [raw, ema] = averaged.out.snapshots;
+  assert.ok(ema.endsWith("step-2-ema"));
+  assert.deepEqual(await file(raw), plain.model, "the average changed the training");
+  assert.deepEqual(await file(ema), averaged.model, "the model is not the average");
+  assert.notDeepEqual(averaged.model, plain.model);
+});
+
+Deno.test("demo recipe: snapshot steps outside the compressor phase are refused before writing", async () => {
+  await using kv = await Kvfold.open();
+  for (const step of [0, 3, 1.5]) {
+    const dir = `${await tempDir()}/out`;
+    await assert.rejects(
+      trainDemoModel(kv, { outDir: dir, budget: { ...TINY, snapshots: [step] } }),
+      /snapshot step .* is not in \[1, 2\]/,
+    );
+    await assert.rejects(Deno.stat(dir), Deno.errors.NotFound);
+  }
+});
