@@ -33,17 +33,11 @@ import { Compressor } from "../src/compressor.ts";
 import { finetuneLora, type QaExample } from "../src/train.ts";
 import { calibrateLococo } from "../src/lococo_train.ts";
 import { WeightAverage } from "../src/weight_average.ts";
-import { type DemoDocument, demoDocuments } from "./corpus.ts";
+import { demoDocuments } from "./corpus.ts";
+import { chunkDraws, type Draw, windowDraws } from "./recipe_draws.ts";
 import { DEMO_BOS_ID, DEMO_EOS_ID, demoVocabulary, writeDemoTokenizer } from "./tokenizer.ts";
-import {
-  chunkRange,
-  compressedQaExample,
-  documentIds,
-  questionsIn,
-  type SpanQuestion,
-  textIds,
-  textQaExample,
-} from "./examples.ts";
+import { compressedQaExample, documentIds, type SpanQuestion, textIds, textQaExample } from "./examples.ts";
+import { pathExists } from "../src/_path_exists.ts";
 
 /** Seed of the training documents' stream. */
 export const TRAIN_SEED = 20261204;
@@ -177,6 +171,13 @@ export interface RecipeOptions {
   budget?: RecipeBudget;
   onProgress?: (p: RecipeProgress) => void;
   signal?: AbortSignal;
+  /**
+   * Go on from the checkpoint a stopped run left in `outDir` (same budget), instead of starting
+   * over: the result has the bits of a run that was never stopped. Default false.
+   */
+  resume?: boolean;
+  /** Optimizer steps between checkpoints of phases 1 and 2 (default 500; also written when aborted). */
+  checkpointEvery?: number;
 }
 
 /** What {@link trainDemoModel} wrote. */
@@ -187,57 +188,6 @@ export interface RecipeOutput {
   /** The budget's snapshots, each a folder with `model/` and `adapters/` ("step-S", "step-S-ema"). */
   snapshots: string[];
   seconds: number;
-}
-
-/** A window of a document with a question over it: a chunk-aligned store chunk or a random span. */
-interface Draw {
-  doc: DemoDocument;
-  ids: number[];
-  start: number;
-  end: number;
-  question: SpanQuestion;
-  /** Every question whose fact lies wholly inside the span. */
-  questions: SpanQuestion[];
-}
-
-/**
- * An endless, seeded stream of (document span, question) draws: store chunks (chunk-aligned
- * `CHUNK_TOKENS` windows), each with one of the questions wholly inside it.
- */
-function* chunkDraws(seed: number, group?: string): Generator<Draw> {
-  const next = seededUint32(seed, "demo recipe: chunk draws");
-  for (const doc of demoDocuments({ seed, groups: group ? [group] : undefined })) {
-    const ids = documentIds(doc);
-    const chunks = Math.ceil(ids.length / CHUNK_TOKENS);
-    for (let c = 0; c < chunks; c++) {
-      const [start, end] = chunkRange(doc, CHUNK_TOKENS, c);
-      const qs = questionsIn(doc, start, end);
-      if (qs.length === 0) continue;
-      yield { doc, ids: ids.slice(start, end), start, end, question: qs[next() % qs.length], questions: qs };
-    }
-  }
-}
-
-/**
- * An endless, seeded stream of text windows of `length(i)` tokens (for the i-th draw), each around
- * one fact, placed at random so the fact may sit anywhere in it: the reader's curriculum, which starts
- * with short windows so the lookup forms early, and grows to whole store chunks.
- */
-function* windowDraws(seed: number, length: (i: number, u: number) => number): Generator<Draw> {
-  const next = seededUint32(seed, "demo recipe: window draws");
-  let i = 0;
-  for (const doc of demoDocuments({ seed })) {
-    const ids = documentIds(doc);
-    for (const fact of doc.facts) {
-      const L = Math.min(ids.length, length(i++, next() / 2 ** 32));
-      const lo = Math.max(0, fact.tokenEnd - L), hi = Math.min(fact.tokenStart, ids.length - L);
-      const start = lo + (hi > lo ? next() % (hi - lo + 1) : 0);
-      const questions = questionsIn(doc, start, start + L);
-      const question = questions.find((q) => q.fact === fact);
-      if (question === undefined) continue; // the window could not hold the whole fact sentence
-      yield { doc, ids: ids.slice(start, start + L), start, end: start + L, question, questions };
-    }
-  }
 }
 
 /**
@@ -333,100 +283,21 @@ export async function trainDemoModel(kv: Kvfold, options: RecipeOptions): Promis
       );
     }
   }
-  await Deno.mkdir(init, { recursive: true });
-  await initModelFolder(init, demoConfig(), { seed });
-  await writeDemoTokenizer(init);
-
-  // Phase 1 and 2 share one trainer: the compressor is the reader plus embed_summary.
-  {
-    using model = await kv.loadModel(init, { dtype: "f32" });
-    using trainer = ModelTrainer.create(model, {
-      seed,
-      summaryLength: SUMMARY_VECTORS,
-      segmentLength: SEGMENT_TOKENS,
-      backpropSegments: 2,
-      lmWeight: 0.5,
-      qaWeight: 1,
-      learningRate: 3e-3,
-      warmupSteps: 50,
-      totalSteps: budget.readerSteps + budget.compressorSteps,
-      minLearningRateRatio: 0.1,
-      weightDecay: 0.01,
-    });
-    // The reader: short text windows (16 to 64 tokens) around one fact, where the lookup forms fast.
-    const rnd = seededUint32(seed, "demo recipe: lengths");
-    const unit = () => rnd() / 2 ** 32;
-    const windows = windowDraws(seed + STREAM.reader, () => Math.round(16 * 4 ** unit()));
-    const replicas = budget.replicas ?? 1;
-    for (let s = 0; s < budget.readerSteps; s++) {
-      options.signal?.throwIfAborted();
-      const items: TrainBatchItem[] = [];
-      for (let b = 0; b < budget.batch; b++) {
-        const d = windows.next().value as Draw;
-        // Half the examples also model the context's language; the other half are answers only.
-        items.push({
-          text: textQaExample(d.ids, d.question.question, d.question.answer, { languageModel: b % 2 === 0 }),
-        });
-      }
-      const losses = await trainer.accumulateBatch(items, { replicas, signal: options.signal }) as number[];
-      trainer.step();
-      options.onProgress?.({
-        phase: "reader",
-        step: s + 1,
-        steps: budget.readerSteps,
-        loss: { lm: mean(losses), qa: NaN },
-        seconds: seconds(),
-      });
-    }
-    // The compressor: windows of log-uniform length in [16, max], max growing to a whole chunk over
-    // the first 40% of the phase; from 70% on, half the documents are whole store chunks, as the
-    // evaluation cuts them. One text example in four keeps the reader reading text.
-    let longest = 16;
-    const grow = Math.max(1, Math.floor(0.4 * budget.compressorSteps));
-    const docs = windowDraws(seed + STREAM.windows, () => Math.round(16 * (longest / 16) ** unit()));
-    const chunks = chunkDraws(seed + STREAM.chunks);
-    const average = budget.ema ? new WeightAverage(trainer, budget.ema) : undefined;
-    for (let s = 0; s < budget.compressorSteps; s++) {
-      options.signal?.throwIfAborted();
-      longest = Math.round(16 * (CHUNK_TOKENS / 16) ** Math.min(1, s / grow));
-      const items: TrainBatchItem[] = [];
-      for (let b = 0; b < budget.batch; b++) {
-        if (b % 4 === 3) {
-          const d = windows.next().value as Draw;
-          items.push({
-            text: textQaExample(d.ids, d.question.question, d.question.answer, { languageModel: true }),
-          });
-          continue;
-        }
-        const whole = s >= 0.7 * budget.compressorSteps && b % 2 === 0;
-        const d = (whole ? chunks : docs).next().value as Draw;
-        items.push({ document: compressorExample(d) });
-      }
-      const losses = await trainer.accumulateBatch(items, { replicas, signal: options.signal });
-      const documents = losses.filter((l): l is CompressorLoss => typeof l !== "number");
-      const lm = documents.map((l) => l.lm), qa = documents.map((l) => l.qa);
-      trainer.step();
-      average?.update();
-      if (snapshotSteps.includes(s + 1)) {
-        const dir = join(options.outDir, "snapshots", `step-${s + 1}`);
-        await trainer.saveModel(join(dir, "model"));
-        snapshots.push(dir);
-        if (average) {
-          await average.saveModel(join(`${dir}-ema`, "model"));
-          snapshots.push(`${dir}-ema`);
-        }
-      }
-      options.onProgress?.({
-        phase: "compressor",
-        step: s + 1,
-        steps: budget.compressorSteps,
-        loss: { lm: mean(lm), qa: mean(qa) },
-        seconds: seconds(),
-      });
-    }
-    await (average ?? trainer).saveModel(modelDir);
+  // Phases 1 and 2 share one trainer: the compressor is the reader plus embed_summary.
+  const ckpt = join(options.outDir, "train.ckpt.safetensors");
+  const resumable = options.resume === true && await pathExists(ckpt);
+  if (!resumable && !(options.resume === true && await pathExists(join(modelDir, "model.safetensors")))) {
+    await Deno.mkdir(init, { recursive: true });
+    await initModelFolder(init, demoConfig(), { seed });
+    await writeDemoTokenizer(init);
   }
-  await Deno.remove(init, { recursive: true });
+  if (await pathExists(init)) {
+    await trainReaderAndCompressor(kv, { ...options, budget, seed, seconds, snapshots, resumable });
+    await Deno.remove(ckpt).catch(() => {});
+    await Deno.remove(init, { recursive: true });
+  } else {
+    snapshots.push(...snapshotDirs(options.outDir, budget, budget.compressorSteps));
+  }
 
   // Phase 3: one adapter per group on the frozen compressor's vectors (and each snapshot's).
   const adapters = await trainGroupAdapters(kv, options.outDir, budget, seed, options, seconds);
@@ -462,6 +333,147 @@ export async function trainDemoModel(kv: Kvfold, options: RecipeOptions): Promis
   return { modelDir, adapters, lococoHeads, snapshots, seconds: seconds() };
 }
 
+/** What phases 1 and 2 need from {@link trainDemoModel}. */
+interface CompressorRun extends RecipeOptions {
+  budget: RecipeBudget;
+  seed: number;
+  seconds: () => number;
+  /** Filled with the snapshot folders, written or (resuming) already there. */
+  snapshots: string[];
+  /** Whether `train.ckpt.safetensors` in outDir holds the run to resume. */
+  resumable: boolean;
+}
+
+/** The snapshot folders of the compressor steps up to `step`, in order ("step-S" and "step-S-ema"). */
+function snapshotDirs(outDir: string, budget: RecipeBudget, step: number): string[] {
+  return (budget.snapshots ?? []).filter((s) => s <= step).flatMap((s) => {
+    const dir = join(outDir, "snapshots", `step-${s}`);
+    return budget.ema ? [dir, `${dir}-ema`] : [dir];
+  });
+}
+
+/**
+ * Phases 1 and 2 on `outDir/init` into `outDir/model`, with a checkpoint (`train.ckpt.safetensors`,
+ * the weight average beside it) every {@link RecipeOptions.checkpointEvery} steps and when aborted.
+ * A resumed run replays the draws of the steps done without training on them, so it ends with the
+ * bits of a run that was never stopped.
+ */
+async function trainReaderAndCompressor(kv: Kvfold, run: CompressorRun): Promise<void> {
+  const { budget, seed, outDir } = run;
+  const ckpt = join(outDir, "train.ckpt.safetensors");
+  const averageFile = (step: number) => join(outDir, `average-${step}.ckpt.safetensors`);
+  using model = await kv.loadModel(join(outDir, "init"), { dtype: "f32" });
+  using trainer = ModelTrainer.create(model, {
+    seed,
+    summaryLength: SUMMARY_VECTORS,
+    segmentLength: SEGMENT_TOKENS,
+    backpropSegments: 2,
+    lmWeight: 0.5,
+    qaWeight: 1,
+    learningRate: 3e-3,
+    warmupSteps: 50,
+    totalSteps: budget.readerSteps + budget.compressorSteps,
+    minLearningRateRatio: 0.1,
+    weightDecay: 0.01,
+  });
+  let done = 0;
+  if (run.resumable) {
+    const state = await trainer.loadCheckpoint(ckpt);
+    if (state.budget !== JSON.stringify(budget)) {
+      throw new RangeError(
+        `Cannot resume the demo recipe in ${outDir}: it was started with budget ${state.budget}, not ${
+          JSON.stringify(budget)
+        }`,
+      );
+    }
+    done = trainer.stepCount;
+  }
+  let average: WeightAverage | undefined;
+  const checkpoint = async () => {
+    const step = trainer.stepCount;
+    await average?.saveState(averageFile(step));
+    await trainer.saveCheckpoint(ckpt, { budget: JSON.stringify(budget) });
+    for await (const e of Deno.readDir(outDir)) {
+      const m = /^average-(\d+)\.ckpt\.safetensors$/.exec(e.name);
+      if (m && Number(m[1]) !== step) await Deno.remove(join(outDir, e.name));
+    }
+  };
+
+  // The reader: short text windows (16 to 64 tokens) around one fact, where the lookup forms fast.
+  const rnd = seededUint32(seed, "demo recipe: lengths");
+  const unit = () => rnd() / 2 ** 32;
+  const windows = windowDraws(seed + STREAM.reader, () => Math.round(16 * 4 ** unit()));
+  const readerBatch = () =>
+    Array.from({ length: budget.batch }, (_, b): TrainBatchItem => {
+      const d = windows.next().value as Draw;
+      // Half the examples also model the context's language; the other half are answers only.
+      return {
+        text: textQaExample(d.ids, d.question.question, d.question.answer, { languageModel: b % 2 === 0 }),
+      };
+    });
+  // The compressor: windows of log-uniform length in [16, max], max growing to a whole chunk over
+  // the first 40% of the phase; from 70% on, half the documents are whole store chunks, as the
+  // evaluation cuts them. One text example in four keeps the reader reading text.
+  let longest = 16;
+  const grow = Math.max(1, Math.floor(0.4 * budget.compressorSteps));
+  const docs = windowDraws(seed + STREAM.windows, () => Math.round(16 * (longest / 16) ** unit()));
+  const chunks = chunkDraws(seed + STREAM.chunks, CHUNK_TOKENS);
+  const compressorBatch = (s: number) => {
+    longest = Math.round(16 * (CHUNK_TOKENS / 16) ** Math.min(1, s / grow));
+    return Array.from({ length: budget.batch }, (_, b): TrainBatchItem => {
+      if (b % 4 === 3) {
+        const d = windows.next().value as Draw;
+        return {
+          text: textQaExample(d.ids, d.question.question, d.question.answer, { languageModel: true }),
+        };
+      }
+      const whole = s >= 0.7 * budget.compressorSteps && b % 2 === 0;
+      return { document: compressorExample((whole ? chunks : docs).next().value as Draw) };
+    });
+  };
+
+  const replicas = budget.replicas ?? 1, every = run.checkpointEvery ?? 500;
+  const total = budget.readerSteps + budget.compressorSteps;
+  try {
+    for (let g = 0; g < total; g++) {
+      const phase = g < budget.readerSteps ? "reader" : "compressor";
+      const s = phase === "reader" ? g : g - budget.readerSteps;
+      const items = phase === "reader" ? readerBatch() : compressorBatch(s);
+      if (g < done) continue; // resuming: these draws were trained on before the checkpoint
+      run.signal?.throwIfAborted();
+      if (phase === "compressor" && budget.ema && !average) {
+        average = new WeightAverage(trainer, budget.ema);
+        if (s > 0) await average.loadState(averageFile(g));
+      }
+      const losses = await trainer.accumulateBatch(items, { replicas, signal: run.signal });
+      trainer.step();
+      average?.update();
+      const documents = losses.filter((l): l is CompressorLoss => typeof l !== "number");
+      if (phase === "compressor" && budget.snapshots?.includes(s + 1)) {
+        const dir = join(outDir, "snapshots", `step-${s + 1}`);
+        await trainer.saveModel(join(dir, "model"));
+        if (average) await average.saveModel(join(`${dir}-ema`, "model"));
+      }
+      if ((g + 1) % every === 0) await checkpoint();
+      run.onProgress?.({
+        phase,
+        step: s + 1,
+        steps: phase === "reader" ? budget.readerSteps : budget.compressorSteps,
+        loss: phase === "reader"
+          ? { lm: mean(losses as number[]), qa: NaN }
+          : { lm: mean(documents.map((l) => l.lm)), qa: mean(documents.map((l) => l.qa)) },
+        seconds: run.seconds(),
+      });
+    }
+  } catch (e) {
+    // Stopped between steps (Ctrl-C): keep the last whole step so `resume` goes on from it.
+    if (run.signal?.aborted && trainer.stepCount > done) await checkpoint();
+    throw e;
+  }
+  run.snapshots.push(...snapshotDirs(outDir, budget, budget.compressorSteps));
+  await (average ?? trainer).saveModel(join(outDir, "model"));
+}
+
 /**
  * LLoCO's per-group finetuning: one LoRA per group on `[summary vectors | question] -> answer`, with
  * the compressor in `dir/model` frozen; writes `dir/adapters/<group>/`.
@@ -478,7 +490,7 @@ async function trainGroupAdapters(
   using compressor = await Compressor.load(kv, join(dir, "model"));
   for (const group of GROUPS) {
     const examples: QaExample[] = [];
-    const draws = chunkDraws(seed + STREAM.adapters + GROUPS.indexOf(group), group);
+    const draws = chunkDraws(seed + STREAM.adapters + GROUPS.indexOf(group), CHUNK_TOKENS, group);
     const n = budget.adapterSteps * budget.batch;
     for (let i = 0; i < n; i++) {
       const d = draws.next().value as Draw;

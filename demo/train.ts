@@ -1,8 +1,9 @@
 /**
- * `deno task train-demo [OUT_DIR]`: trains the demo model from zero with the seeded recipe
+ * `deno task train-demo [OUT_DIR] ['{budget overrides}'] [--resume]`: trains the demo model from zero with the seeded recipe
  * (demo/recipe.ts), then checks it on held-out documents (demo/evaluate.ts) and writes
  * `recipe.json` (budget, seconds per phase, machine) and `eval.json` beside the weights.
- * Ctrl-C stops between examples; nothing half-written is kept.
+ * Ctrl-C stops between steps and keeps a checkpoint in `OUT_DIR.partial/` (one is also written every
+ * 500 steps); `--resume` goes on from it with the same budget, to the bits of an unstopped run.
  *
  * @module
  */
@@ -22,8 +23,10 @@ export const VALIDATION_SEED = 5150;
 export const VALIDATION_DOCUMENTS = 8;
 
 if (import.meta.main) {
-  const outDir = Deno.args[0] ?? DEFAULT_TRAINED_DIR;
-  const budget = Deno.args[1] ? { ...SHIPPED_BUDGET, ...JSON.parse(Deno.args[1]) } : SHIPPED_BUDGET;
+  const resume = Deno.args.includes("--resume");
+  const args = Deno.args.filter((a) => a !== "--resume");
+  const outDir = args[0] ?? DEFAULT_TRAINED_DIR;
+  const budget = args[1] ? { ...SHIPPED_BUDGET, ...JSON.parse(args[1]) } : SHIPPED_BUDGET;
   const abort = new AbortController();
   Deno.addSignalListener("SIGINT", () => abort.abort(new Error("interrupted")));
   const phases: Record<string, number> = {};
@@ -41,12 +44,22 @@ if (import.meta.main) {
   };
   await using kv = await Kvfold.open();
   const tmp = `${outDir}.partial`;
-  await Deno.remove(tmp, { recursive: true }).catch(() => {});
-  const out = await trainDemoModel(kv, { outDir: tmp, budget, onProgress: report, signal: abort.signal });
+  if (!resume) await Deno.remove(tmp, { recursive: true }).catch(() => {});
+  const out = await trainDemoModel(kv, {
+    outDir: tmp,
+    budget,
+    onProgress: report,
+    signal: abort.signal,
+    resume,
+  }).catch((e) => {
+    const again = [outDir, ...args.slice(1).map((a) => `'${a}'`), "--resume"].join(" ");
+    if (abort.signal.aborted) console.error(`stopped; go on with: deno task train-demo ${again}`);
+    throw e;
+  });
   await Deno.remove(outDir, { recursive: true }).catch(() => {});
   await Deno.rename(tmp, outDir);
   const recipe = {
-    command: `deno task train-demo ${Deno.args.join(" ")}`.trim(),
+    command: `deno task train-demo ${args.join(" ")}`.trim(),
     date: new Date().toISOString(),
     machine: { cpu: cpus()[0]?.model ?? "unknown", cores: cpus().length, threads: kv.threads },
     budget,

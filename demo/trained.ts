@@ -20,6 +20,7 @@ import type { Model } from "../src/model.ts";
 import type { DocumentStore } from "../src/store.ts";
 import type { DemoDocument } from "./corpus.ts";
 import { CHUNK_TOKENS, GROUPS, SEGMENT_TOKENS } from "./recipe.ts";
+import { pathExists } from "../src/_path_exists.ts";
 
 /** The shipped trained folder: `demo/trained/` of this repository. */
 export const DEFAULT_TRAINED_DIR: string = new URL("./trained", import.meta.url).pathname;
@@ -39,16 +40,6 @@ export interface TrainedDemo extends Disposable {
   readonly groups: readonly string[];
   /** The calibrated LoCoCo heads, when asked for. */
   readonly lococoHeads: LococoHeads | null;
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return false;
-    throw e;
-  }
 }
 
 function missing(dir: string, what: string): KvfoldError {
@@ -77,12 +68,12 @@ export async function loadTrainedDemo(
   options: { lococo?: boolean } = {},
 ): Promise<TrainedDemo> {
   const modelDir = join(dir, "model");
-  if (!(await exists(join(modelDir, "config.json")))) throw missing(dir, "model/config.json");
+  if (!(await pathExists(join(modelDir, "config.json")))) throw missing(dir, "model/config.json");
   for (const group of GROUPS) {
-    if (!(await exists(join(dir, "adapters", group)))) throw missing(dir, `adapters/${group}/`);
+    if (!(await pathExists(join(dir, "adapters", group)))) throw missing(dir, `adapters/${group}/`);
   }
   const headsPath = join(dir, "lococo.safetensors");
-  if (options.lococo && !(await exists(headsPath))) throw missing(dir, "lococo.safetensors");
+  if (options.lococo && !(await pathExists(headsPath))) throw missing(dir, "lococo.safetensors");
   const compressor = await Compressor.load(kv, modelDir);
   try {
     const model = compressor.model;

@@ -11,6 +11,7 @@
  */
 
 import { KvfoldError } from "./errors.ts";
+import { pathExists } from "./_path_exists.ts";
 
 // The Node.js/Bun build (`npm run build`) runs this file from dist/src/, one folder deeper than src/.
 const ROOT = new URL(
@@ -225,7 +226,7 @@ export async function ensureNativeLibrary(options: EnsureLibraryOptions = {}): P
   const reason = async () =>
     options.force
       ? "a rebuild was asked for"
-      : rebuildReason(await readText(stampPath), manifest, await exists(lib));
+      : rebuildReason(await readText(stampPath), manifest, await pathExists(lib));
   if (await reason() === null) return lib;
   if (!options.buildDir) await adoptLegacyBuild(root, dir, manifest.hash);
   if (await reason() === null) return lib;
@@ -279,7 +280,7 @@ export async function ensureNativeLibrary(options: EnsureLibraryOptions = {}): P
 async function adoptLegacyBuild(root: string, dir: string, hash: string): Promise<void> {
   const old = `${root}/build`;
   if (dir !== `${old}/cpu` && dir !== `${old}/cuda`) return;
-  if ((await readText(`${old}/libkvfold.stamp`)) !== hash || await exists(`${dir}/libkvfold.so`)) return;
+  if ((await readText(`${old}/libkvfold.stamp`)) !== hash || await pathExists(`${dir}/libkvfold.so`)) return;
   let cudaBuilt: unknown;
   try {
     cudaBuilt = JSON.parse(await readText(`${old}/build-info.json`) ?? "{}").cuda_built;
@@ -288,14 +289,5 @@ async function adoptLegacyBuild(root: string, dir: string, hash: string): Promis
   await Deno.mkdir(dir, { recursive: true });
   for (const f of ["libkvfold.so", "build-info.json", "libkvfold.stamp"]) {
     await Deno.rename(`${old}/${f}`, `${dir}/${f}`).catch(() => {});
-  }
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch {
-    return false;
   }
 }

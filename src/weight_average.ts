@@ -11,6 +11,7 @@
  */
 
 import type { ModelTrainer } from "./model_train.ts";
+import { readCheckpointFile, writeCheckpointFile } from "./training_loop.ts";
 
 /**
  * The moving average of every weight of a trainer.
@@ -72,6 +73,30 @@ export class WeightAverage {
       throw new RangeError(`Cannot read weight average: the trainer has no tensor ${JSON.stringify(name)}`);
     }
     return new Float32Array(avg);
+  }
+
+  /** Writes the average and its update count to one file, atomically (to resume a run). */
+  async saveState(path: string): Promise<void> {
+    const tensors = this.trainer.tensors.map((t) => ({
+      name: t.name,
+      dtype: "F32" as const,
+      shape: t.shape,
+      data: this.#average.get(t.name)!,
+    }));
+    await writeCheckpointFile(path, tensors, this.#updates, this.#identity(), {});
+  }
+
+  /** Restores {@link saveState}'s file; one written for another trainer shape or decay is refused. */
+  async loadState(path: string): Promise<void> {
+    const saved = await readCheckpointFile(path, this.#identity());
+    for (const t of this.trainer.tensors) this.#average.set(t.name, saved.tensor(t.name));
+    this.#updates = saved.step;
+  }
+
+  #identity(): string {
+    return `weight average ${this.decay} of ${
+      this.trainer.tensors.map((t) => `${t.name}[${t.shape}]`).join(" ")
+    }`;
   }
 
   /**

@@ -49,3 +49,68 @@ Deno.test("demo recipe: snapshot steps outside the compressor phase are refused 
     await assert.rejects(Deno.stat(dir), Deno.errors.NotFound);
   }
 });
+
+Deno.test("demo recipe: a stopped run resumed from its checkpoint ends with the bits of an unstopped one", async () => {
+  await using kv = await Kvfold.open();
+  const budget: RecipeBudget = { ...TINY, readerSteps: 2, compressorSteps: 3, ema: 0.9, snapshots: [1, 3] };
+  const files = async (dir: string) => {
+    const out: Record<string, Uint8Array> = {};
+    for (const f of ["model", "snapshots/step-1-ema/model", "snapshots/step-3/model"]) {
+      out[f] = await Deno.readFile(`${dir}/${f}/model.safetensors`);
+    }
+    for (const g of GROUPS) {
+      out[g] = await Deno.readFile(`${dir}/adapters/${g}/adapter_model.safetensors`);
+    }
+    return out;
+  };
+  const whole = await tempDir();
+  await trainDemoModel(kv, { outDir: whole, budget });
+  const want = await files(whole);
+
+  // Ctrl-C after the first compressor step (the checkpoint is written as it stops), then resume.
+  const stopped = await tempDir();
+  const abort = new AbortController();
+  await assert.rejects(
+    trainDemoModel(kv, {
+      outDir: stopped,
+      budget,
+      checkpointEvery: 100,
+      signal: abort.signal,
+      onProgress: (p) => p.phase === "compressor" && p.step === 1 && abort.abort(new Error("stop")),
+    }),
+    /stop/,
+  );
+  await Deno.stat(`${stopped}/train.ckpt.safetensors`);
+  await Deno.stat(`${stopped}/average-3.ckpt.safetensors`);
+  await assert.rejects(
+    trainDemoModel(kv, { outDir: stopped, budget: { ...budget, ema: 0.8 }, resume: true }),
+    /started with budget/,
+  );
+  const out = await trainDemoModel(kv, { outDir: stopped, budget, resume: true });
+  assert.deepEqual(await files(stopped), want);
+  assert.deepEqual(out.snapshots.map((d) => d.slice(stopped.length)), [
+    "/snapshots/step-1",
+    "/snapshots/step-1-ema",
+    "/snapshots/step-3",
+    "/snapshots/step-3-ema",
+  ]);
+  await assert.rejects(Deno.stat(`${stopped}/train.ckpt.safetensors`), Deno.errors.NotFound);
+
+  // A crash in the last step (no checkpoint as it stops) goes on from the last periodic checkpoint
+  // (step 4 of 5) and trains step 5 again.
+  const crashed = await tempDir();
+  await assert.rejects(
+    trainDemoModel(kv, {
+      outDir: crashed,
+      budget,
+      checkpointEvery: 2,
+      onProgress: (p) => {
+        if (p.phase === "compressor" && p.step === 3) throw new Error("killed");
+      },
+    }),
+    /killed/,
+  );
+  await Deno.stat(`${crashed}/average-4.ckpt.safetensors`);
+  await trainDemoModel(kv, { outDir: crashed, budget, resume: true });
+  assert.deepEqual(await files(crashed), want);
+});

@@ -76,3 +76,36 @@ Deno.test("weight average: decay 0 is the last weights; bad decays and names are
   for (const bad of [-0.1, 1, NaN]) assert.throws(() => new WeightAverage(tr, bad), /decay/);
   assert.throws(() => average.read("no.such.weight"), /no tensor "no.such.weight"/);
 });
+
+Deno.test("weight average: a saved state resumes to the same average; another decay's file is refused", async () => {
+  const { model } = await compressorSetup("weight-average-state", 12);
+  using _m = model;
+  using tr = ModelTrainer.create(model, SETTINGS);
+  const run = new WeightAverage(tr, 0.7);
+  const path = `${await tempDir()}/average.safetensors`;
+  for (let s = 0; s < 4; s++) {
+    await tr.accumulateBatch(batch(model.info.vocabSize, s));
+    tr.step();
+    run.update();
+    if (s === 1) await run.saveState(path);
+  }
+  // Resume from the state after two updates and replay the last two steps' weights.
+  using again = ModelTrainer.create(model, SETTINGS);
+  const resumed = new WeightAverage(again, 0.7);
+  await resumed.loadState(path);
+  assert.equal(resumed.updates, 2);
+  const ckpt = `${await tempDir()}/trainer.safetensors`;
+  for (let s = 0; s < 4; s++) {
+    await again.accumulateBatch(batch(model.info.vocabSize, s));
+    again.step();
+    if (s >= 2) resumed.update();
+  }
+  assert.equal(resumed.updates, 4);
+  for (const t of tr.tensors) assert.deepEqual(resumed.read(t.name), run.read(t.name), t.name);
+  await assert.rejects(
+    new WeightAverage(again, 0.8).loadState(path),
+    /weight average 0.7 of .*this run trains weight average 0.8/,
+  );
+  await again.saveCheckpoint(ckpt, {});
+  await assert.rejects(new WeightAverage(again, 0.7).loadState(ckpt), /Cannot resume/);
+});
