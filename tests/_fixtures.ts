@@ -71,6 +71,14 @@ export function testEngine(): Promise<Kvfold> {
   return engine;
 }
 
+/**
+ * Whether two byte arrays are equal: what to assert on whole files, where a failing `deepEqual` would
+ * format a diff of megabytes (enough to exhaust memory) instead of naming the file.
+ */
+export function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
+}
+
 /** max |a - b| / max |b|: the relative error used against the float64 reference. */
 export function relativeError(a: ArrayLike<number>, b: ArrayLike<number>): number {
   if (a.length !== b.length) throw new Error(`length ${a.length} != ${b.length}`);
