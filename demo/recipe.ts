@@ -31,6 +31,7 @@ import {
 import { initModelFolder } from "../src/model_train_loop.ts";
 import { Compressor } from "../src/compressor.ts";
 import { finetuneLora, type QaExample } from "../src/train.ts";
+import type { LoraProjection } from "../src/adapter.ts";
 import { calibrateLococo } from "../src/lococo_train.ts";
 import { WeightAverage } from "../src/weight_average.ts";
 import { demoDocuments } from "./corpus.ts";
@@ -103,6 +104,8 @@ export interface RecipeBudget {
    * measure how much the result moves late in a run. Default none.
    */
   snapshots?: readonly number[];
+  /** The group adapters' LoRA (default rank 8, alpha 16, learning rate 1e-3, q/k/v/o projections). */
+  adapter?: { rank?: number; alpha?: number; learningRate?: number; targets?: readonly LoraProjection[] };
 }
 
 /**
@@ -478,7 +481,7 @@ async function trainReaderAndCompressor(kv: Kvfold, run: CompressorRun): Promise
  * LLoCO's per-group finetuning: one LoRA per group on `[summary vectors | question] -> answer`, with
  * the compressor in `dir/model` frozen; writes `dir/adapters/<group>/`.
  */
-async function trainGroupAdapters(
+export async function trainGroupAdapters(
   kv: Kvfold,
   dir: string,
   budget: RecipeBudget,
@@ -500,9 +503,10 @@ async function trainGroupAdapters(
     using trainer = await finetuneLora(compressor.model, examples, {
       steps: budget.adapterSteps,
       accumulate: budget.batch,
-      rank: 8,
-      alpha: 16,
-      learningRate: 1e-3,
+      rank: budget.adapter?.rank ?? 8,
+      alpha: budget.adapter?.alpha ?? 16,
+      learningRate: budget.adapter?.learningRate ?? 1e-3,
+      targets: budget.adapter?.targets,
       warmupSteps: 10,
       totalSteps: budget.adapterSteps,
       seed,
