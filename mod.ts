@@ -59,6 +59,7 @@ export type {
   LococoTrainOptions,
 } from "./src/lococo_train.ts";
 export { MODEL_TRAIN_TENSORS, ModelTrainer } from "./src/model_train.ts";
+export { WeightAverage } from "./src/weight_average.ts";
 export type {
   CompressorExample,
   CompressorLoss,
