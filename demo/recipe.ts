@@ -278,8 +278,7 @@ export async function trainDemoModel(kv: Kvfold, options: RecipeOptions): Promis
   const t0 = performance.now();
   const seconds = () => (performance.now() - t0) / 1000;
   const init = join(options.outDir, "init"), modelDir = join(options.outDir, "model");
-  const snapshotSteps = budget.snapshots ?? [], snapshots: string[] = [];
-  for (const step of snapshotSteps) {
+  for (const step of budget.snapshots ?? []) {
     if (!Number.isInteger(step) || step < 1 || step > budget.compressorSteps) {
       throw new RangeError(
         `Cannot train the demo model: snapshot step ${step} is not in [1, ${budget.compressorSteps}]`,
@@ -287,20 +286,22 @@ export async function trainDemoModel(kv: Kvfold, options: RecipeOptions): Promis
     }
   }
   // Phases 1 and 2 share one trainer: the compressor is the reader plus embed_summary.
+  // Resuming: a checkpoint goes on from its step; without one, a saved model means they are done.
   const ckpt = join(options.outDir, "train.ckpt.safetensors");
   const resumable = options.resume === true && await pathExists(ckpt);
-  if (!resumable && !(options.resume === true && await pathExists(join(modelDir, "model.safetensors")))) {
-    await Deno.mkdir(init, { recursive: true });
-    await initModelFolder(init, demoConfig(), { seed });
-    await writeDemoTokenizer(init);
-  }
-  if (await pathExists(init)) {
-    await trainReaderAndCompressor(kv, { ...options, budget, seed, seconds, snapshots, resumable });
+  const trained = options.resume === true && !resumable &&
+    await pathExists(join(modelDir, "model.safetensors"));
+  if (!trained) {
+    if (!resumable) {
+      await Deno.mkdir(init, { recursive: true });
+      await initModelFolder(init, demoConfig(), { seed });
+      await writeDemoTokenizer(init);
+    }
+    await trainReaderAndCompressor(kv, { ...options, budget, seed, seconds, resumable });
     await Deno.remove(ckpt).catch(() => {});
-    await Deno.remove(init, { recursive: true });
-  } else {
-    snapshots.push(...snapshotDirs(options.outDir, budget, budget.compressorSteps));
   }
+  await Deno.remove(init, { recursive: true }).catch(() => {});
+  const snapshots = snapshotDirs(options.outDir, budget);
 
   // Phase 3: one adapter per group on the frozen compressor's vectors (and each snapshot's).
   const adapters = await trainGroupAdapters(kv, options.outDir, budget, seed, options, seconds);
@@ -341,18 +342,22 @@ interface CompressorRun extends RecipeOptions {
   budget: RecipeBudget;
   seed: number;
   seconds: () => number;
-  /** Filled with the snapshot folders, written or (resuming) already there. */
-  snapshots: string[];
   /** Whether `train.ckpt.safetensors` in outDir holds the run to resume. */
   resumable: boolean;
 }
 
-/** The snapshot folders of the compressor steps up to `step`, in order ("step-S" and "step-S-ema"). */
-function snapshotDirs(outDir: string, budget: RecipeBudget, step: number): string[] {
-  return (budget.snapshots ?? []).filter((s) => s <= step).flatMap((s) => {
-    const dir = join(outDir, "snapshots", `step-${s}`);
-    return budget.ema ? [dir, `${dir}-ema`] : [dir];
-  });
+/** The folder of the snapshot at compressor step `step`: the weights then, or their average. */
+function snapshotDir(outDir: string, step: number, averaged: boolean): string {
+  return join(outDir, "snapshots", `step-${step}${averaged ? "-ema" : ""}`);
+}
+
+/** Every snapshot folder of the budget, in order ("step-S", then "step-S-ema" with `ema`). */
+function snapshotDirs(outDir: string, budget: RecipeBudget): string[] {
+  return (budget.snapshots ?? []).flatMap((s) =>
+    budget.ema
+      ? [snapshotDir(outDir, s, false), snapshotDir(outDir, s, true)]
+      : [snapshotDir(outDir, s, false)]
+  );
 }
 
 /**
@@ -453,9 +458,8 @@ async function trainReaderAndCompressor(kv: Kvfold, run: CompressorRun): Promise
       average?.update();
       const documents = losses.filter((l): l is CompressorLoss => typeof l !== "number");
       if (phase === "compressor" && budget.snapshots?.includes(s + 1)) {
-        const dir = join(outDir, "snapshots", `step-${s + 1}`);
-        await trainer.saveModel(join(dir, "model"));
-        if (average) await average.saveModel(join(`${dir}-ema`, "model"));
+        await trainer.saveModel(join(snapshotDir(outDir, s + 1, false), "model"));
+        if (average) await average.saveModel(join(snapshotDir(outDir, s + 1, true), "model"));
       }
       if ((g + 1) % every === 0) await checkpoint();
       run.onProgress?.({
@@ -473,7 +477,6 @@ async function trainReaderAndCompressor(kv: Kvfold, run: CompressorRun): Promise
     if (run.signal?.aborted && trainer.stepCount > done) await checkpoint();
     throw e;
   }
-  run.snapshots.push(...snapshotDirs(outDir, budget, budget.compressorSteps));
   await (average ?? trainer).saveModel(join(outDir, "model"));
 }
 

@@ -13,7 +13,7 @@ import { cpus } from "node:os";
 import { Kvfold } from "../mod.ts";
 import { type RecipeProgress, SHIPPED_BUDGET, trainDemoModel } from "./recipe.ts";
 import { DEFAULT_TRAINED_DIR } from "./trained.ts";
-import { evaluateDemo } from "./evaluate.ts";
+import { type DemoEvaluation, evaluateDemo } from "./evaluate.ts";
 import { formatDemoTable } from "./evaluate_table.ts";
 
 /** Held-out seed of the recipe's own check (no training seed shares it). */
@@ -80,21 +80,26 @@ if (import.meta.main) {
   console.log(formatDemoTable(check));
   const { rows: _rows, ...summary } = check as unknown as Record<string, unknown>;
   // The validation seed: more documents, for choosing among snapshots and runs without the check seed.
-  const compressed = async (dir: string) => {
+  // The model's check-seed scores are the check's own; snapshots are scored on both seeds.
+  const compressed = async (dir: string, checked?: DemoEvaluation) => {
     const exact: Record<string, number> = {};
     for (const seed of [CHECK_SEED, VALIDATION_SEED]) {
-      const e = await evaluateDemo(kv, {
+      const e = seed === CHECK_SEED && checked ? checked : await evaluateDemo(kv, {
         trainedDir: dir,
         seed,
         documents: seed === CHECK_SEED ? 4 : VALIDATION_DOCUMENTS,
         conditions: ["lloco", "lloco-oracle"],
         signal: abort.signal,
       });
-      for (const c of e.conditions) exact[`${c.condition}@${seed}`] = c.exactMatch;
+      for (const c of e.conditions) {
+        if (c.condition === "lloco" || c.condition === "lloco-oracle") {
+          exact[`${c.condition}@${seed}`] = c.exactMatch;
+        }
+      }
     }
     return exact;
   };
-  const validation = await compressed(outDir);
+  const validation = await compressed(outDir, check);
   const snapshots: Record<string, Record<string, number>> = {};
   for (const dir of out.snapshots) {
     const name = relative(tmp, dir);

@@ -473,9 +473,13 @@ export class ModelTrainer extends HandleOwner {
   /**
    * Writes the trained model as a Hugging Face folder: `config.json` (the base model's, with
    * `summary_length` for a compressor and `torch_dtype` float32), `model.safetensors` (every tensor
-   * in f32, `embed_summary.weight` included) and the base folder's tokenizer files.
+   * in f32, `embed_summary.weight` included) and the base folder's tokenizer files. `weights` gives
+   * other values for the tensors than the trainer's own (a `WeightAverage`'s), by name.
    */
-  async saveModel(dir: string): Promise<void> {
+  async saveModel(
+    dir: string,
+    weights: (name: string) => Float32Array = (name) => this.read(name),
+  ): Promise<void> {
     const base = this.model.dir;
     const config = await readBoundedJson(`${base}/config.json`, { action: "save model" }) as Record<
       string,
@@ -489,7 +493,7 @@ export class ModelTrainer extends HandleOwner {
       name: t.name,
       dtype: "F32",
       shape: t.shape,
-      data: this.read(t.name),
+      data: weights(t.name),
     }));
     await writeSafetensorsFile(`${dir}/model.safetensors.tmp`, tensors, { format: "pt" });
     await Deno.rename(`${dir}/model.safetensors.tmp`, `${dir}/model.safetensors`);

@@ -99,17 +99,8 @@ export class WeightAverage {
     }`;
   }
 
-  /**
-   * Writes the averaged weights as a Hugging Face folder (see `ModelTrainer.saveModel`); the trainer's
-   * weights are put back afterwards, also when writing fails.
-   */
+  /** Writes the averaged weights as a Hugging Face folder (see `ModelTrainer.saveModel`). */
   async saveModel(dir: string): Promise<void> {
-    const current = this.trainer.tensors.map((t) => this.trainer.read(t.name));
-    try {
-      for (const t of this.trainer.tensors) this.trainer.write(t.name, this.#average.get(t.name)!);
-      await this.trainer.saveModel(dir);
-    } finally {
-      this.trainer.tensors.forEach((t, i) => this.trainer.write(t.name, current[i]));
-    }
+    await this.trainer.saveModel(dir, (name) => this.#average.get(name)!);
   }
 }
