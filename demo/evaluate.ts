@@ -18,7 +18,7 @@ import { DocumentStore } from "../src/store.ts";
 import type { RetrievedChunk } from "../src/store_records.ts";
 import { exactMatch } from "./answers.ts";
 import { generateDemoCorpus } from "./corpus.ts";
-import { CHUNK_TOKENS, SEGMENT_TOKENS } from "./recipe.ts";
+import { CHUNK_TOKENS, SEGMENT_TOKENS } from "./recipe_shape.ts";
 import {
   type Answered,
   answerOverChunks,

@@ -13,7 +13,7 @@ import type { GenerationStats } from "../src/session.ts";
 import type { RetrievedChunk } from "../src/store_records.ts";
 import type { DemoDocument, DemoFact } from "./corpus.ts";
 import { DEMO_BOS_ID } from "./tokenizer.ts";
-import { CHUNK_TOKENS } from "./recipe.ts";
+import { CHUNK_TOKENS } from "./recipe_shape.ts";
 
 /** An answer's text and counters, from either answer path. */
 export interface Answered {

@@ -20,14 +20,7 @@
 import { join } from "node:path";
 import { seededUint32 } from "../src/_seeded_random.ts";
 import type { Kvfold } from "../src/engine.ts";
-import {
-  type CompressorExample,
-  type CompressorLoss,
-  type CompressorQaPair,
-  ModelTrainer,
-  type SummaryTarget,
-  type TrainBatchItem,
-} from "../src/model_train.ts";
+import { type CompressorLoss, ModelTrainer, type TrainBatchItem } from "../src/model_train.ts";
 import { initModelFolder } from "../src/model_train_loop.ts";
 import { Compressor } from "../src/compressor.ts";
 import { finetuneLora, type QaExample } from "../src/train.ts";
@@ -36,43 +29,36 @@ import { calibrateLococo } from "../src/lococo_train.ts";
 import { WeightAverage } from "../src/weight_average.ts";
 import { demoDocuments } from "./corpus.ts";
 import { chunkDraws, type Draw, windowDraws } from "./recipe_draws.ts";
-import { DEMO_BOS_ID, DEMO_EOS_ID, demoVocabulary, writeDemoTokenizer } from "./tokenizer.ts";
-import { compressedQaExample, documentIds, type SpanQuestion, textIds, textQaExample } from "./examples.ts";
+import { writeDemoTokenizer } from "./tokenizer.ts";
+import { documentIds, textQaExample } from "./examples.ts";
 import { pathExists } from "../src/_path_exists.ts";
+import {
+  bestStart,
+  readStartsRecord,
+  startSeed,
+  type StartsRecord,
+  validationScore,
+  writeStartsRecord,
+} from "./recipe_select.ts";
+import {
+  CHUNK_TOKENS,
+  demoConfig,
+  GROUPS,
+  SEGMENT_TOKENS,
+  SUMMARY_VECTORS,
+  TRAIN_SEED,
+} from "./recipe_shape.ts";
+import { compressorExample } from "./compressor_examples.ts";
 
-/** Seed of the training documents' stream. */
-export const TRAIN_SEED = 20261204;
-/** Tokens per store chunk, and per compressor segment; summary vectors per segment. */
-export const CHUNK_TOKENS = 512;
-export const SEGMENT_TOKENS = 256;
-export const SUMMARY_VECTORS = 8;
-/** Groups, each with its own adapter. */
-export const GROUPS = ["ledger", "voyage"] as const;
-
-/** The demo model's shape (Hugging Face `config.json`). */
-export function demoConfig(): Record<string, unknown> {
-  return {
-    architectures: ["LlamaForCausalLM"],
-    model_type: "llama",
-    hidden_size: 128,
-    intermediate_size: 352,
-    num_hidden_layers: 4,
-    num_attention_heads: 4,
-    num_key_value_heads: 2,
-    head_dim: 32,
-    vocab_size: demoVocabulary().length,
-    max_position_embeddings: 4096,
-    rms_norm_eps: 1e-5,
-    rope_theta: 10000,
-    tie_word_embeddings: true,
-    bos_token_id: 1,
-    eos_token_id: 2,
-    pad_token_id: 3,
-    hidden_act: "silu",
-    initializer_range: 0.02,
-    torch_dtype: "float32",
-  };
-}
+export {
+  CHUNK_TOKENS,
+  demoConfig,
+  GROUPS,
+  SEGMENT_TOKENS,
+  SUMMARY_VECTORS,
+  TRAIN_SEED,
+} from "./recipe_shape.ts";
+export { compressorExample, questionsBySegment, summaryPairSlots } from "./compressor_examples.ts";
 
 /** How long each phase runs, in optimizer steps (and examples per step). */
 export interface RecipeBudget {
@@ -104,6 +90,18 @@ export interface RecipeBudget {
    * measure how much the result moves late in a run. Default none.
    */
   snapshots?: readonly number[];
+  /** Decoder layers of the model trained from zero (default 4). */
+  layers?: number;
+  /**
+   * Starts to choose among (default 1). With K > 1, K runs (seeds `seed`, `seed + 1000`, ...: see
+   * `startSeed`) each train phases 1-2 up to compressor step {@link selectAt}, get group adapters and are
+   * scored on the validation seed (LLoCO retrieved, `validationScore`); the best goes on to the end and
+   * the others are dropped (`starts.json` keeps their scores). Every start trains the same examples a run
+   * would, so the choice costs K - 1 part-runs.
+   */
+  starts?: number;
+  /** Compressor step at which the starts are scored (default a quarter of the phase). */
+  selectAt?: number;
   /** The group adapters' LoRA (default rank 8, alpha 16, learning rate 1e-3, q/k/v/o projections). */
   adapter?: { rank?: number; alpha?: number; learningRate?: number; targets?: readonly LoraProjection[] };
 }
@@ -159,7 +157,11 @@ export const SHIPPED_BUDGET: RecipeBudget = {
 
 /** What the recipe reports as it goes. */
 export interface RecipeProgress {
-  phase: "reader" | "compressor" | "adapters" | "lococo";
+  phase: "reader" | "compressor" | "adapters" | "lococo" | "select";
+  /** With several starts, the start being trained or scored (0-based). */
+  start?: number;
+  /** Phase "select": the start's validation score. */
+  score?: number;
   step: number;
   steps: number;
   /** Mean losses of the step's examples (NaN where an objective is off). */
@@ -179,6 +181,11 @@ export interface RecipeOptions {
    * over: the result has the bits of a run that was never stopped. Default false.
    */
   resume?: boolean;
+  /**
+   * How a start is scored when the budget has several (higher is better): given a folder with the
+   * start's `model/` and `adapters/`. Default `validationScore` (the validation seed's LLoCO exact match).
+   */
+  scoreStart?: (trainedDir: string) => Promise<number>;
   /** Optimizer steps between checkpoints of phases 1 and 2 (default 500; also written when aborted). */
   checkpointEvery?: number;
 }
@@ -191,72 +198,6 @@ export interface RecipeOutput {
   /** The budget's snapshots, each a folder with `model/` and `adapters/` ("step-S", "step-S-ema"). */
   snapshots: string[];
   seconds: number;
-}
-
-/**
- * Which facts of one segment the summary-vector pairs carry: pair p (vectors 2p and 2p + 1) the
- * segment's p-th fact, in document order; facts past `SUMMARY_VECTORS / 2` have no pair.
- *
- * What the shipped model learned from it (`bench/demo_summary_probe.ts`, held-out chunks): pair 0
- * names its fact's entity 93% of the time, pair 1 almost never (the second fact's value words it gets
- * 64% right). Other layouts measured no better (README "Training the demo model").
- *
- * @example
- * ```ts
- * import { summaryPairSlots } from "./recipe.ts";
- * console.log(summaryPairSlots(["a", "b"])); // ["a", "b", undefined, undefined]
- * ```
- */
-export function summaryPairSlots<T>(facts: readonly T[]): (T | undefined)[] {
-  return Array.from({ length: SUMMARY_VECTORS / 2 }, (_, p) => facts[p]);
-}
-
-/**
- * The questions of a window grouped by the compressor segment their fact sentence's midpoint falls in
- * (window-relative; segments in the order first met, questions in their given order).
- */
-export function questionsBySegment(
-  questions: readonly SpanQuestion[],
-  windowStart: number,
-): Map<number, SpanQuestion[]> {
-  const out = new Map<number, SpanQuestion[]>();
-  for (const q of questions) {
-    const segment = Math.floor(((q.fact.tokenStart + q.fact.tokenEnd) / 2 - windowStart) / SEGMENT_TOKENS);
-    const list = out.get(segment);
-    if (list) list.push(q);
-    else out.set(segment, [q]);
-  }
-  return out;
-}
-
-/**
- * A compressor document with every question whose fact lies inside it, and two dense signals that
- * teach the compressor what to keep long before the QA loss alone does (a small model trained from
- * zero learns nothing from 32x-compressed QA otherwise; see README "Training the demo model"):
- * - summary targets: in each segment, summary vector 2p predicts the entity of the fact that
- *   {@link summaryPairSlots} gives pair p, and vector 2p + 1 that fact's value words;
- * - a reconstruction pair: `[summaries | <s>] -> the window's fact sentences </s>`.
- */
-export function compressorExample(d: {
-  ids: readonly number[];
-  start: number;
-  questions: readonly SpanQuestion[];
-}): CompressorExample {
-  const pairs: CompressorQaPair[] = d.questions.map((q) => compressedQaExample(d.ids, q.question, q.answer));
-  const facts = d.questions.flatMap(({ fact }) =>
-    d.ids.slice(fact.tokenStart - d.start, fact.tokenEnd - d.start)
-  );
-  const summaryTargets: SummaryTarget[] = [];
-  for (const [segment, qs] of questionsBySegment(d.questions, d.start)) {
-    summaryPairSlots(qs).forEach((q, p) => {
-      if (!q) return;
-      const row = segment * SUMMARY_VECTORS + 2 * p;
-      summaryTargets.push({ row, token: textIds(q.fact.entity)[0] });
-      for (const token of textIds(q.fact.value)) summaryTargets.push({ row: row + 1, token });
-    });
-  }
-  pairs.push({ question: [DEMO_BOS_ID], answer: [...facts, DEMO_EOS_ID] });
-  return { ids: d.ids, pairs, summaryTargets };
 }
 
 /** Mean of numbers, NaN for none. */
@@ -278,6 +219,10 @@ export async function trainDemoModel(kv: Kvfold, options: RecipeOptions): Promis
   const t0 = performance.now();
   const seconds = () => (performance.now() - t0) / 1000;
   const init = join(options.outDir, "init"), modelDir = join(options.outDir, "model");
+  const layers = budget.layers ?? 4;
+  if (!Number.isInteger(layers) || layers < 1 || layers > 32) {
+    throw new RangeError(`Cannot train the demo model: layers ${layers} is not an integer in [1, 32]`);
+  }
   for (const step of budget.snapshots ?? []) {
     if (!Number.isInteger(step) || step < 1 || step > budget.compressorSteps) {
       throw new RangeError(
@@ -288,31 +233,35 @@ export async function trainDemoModel(kv: Kvfold, options: RecipeOptions): Promis
   // Phases 1 and 2 share one trainer: the compressor is the reader plus embed_summary.
   // Resuming: a checkpoint goes on from its step; without one, a saved model means they are done.
   const ckpt = join(options.outDir, "train.ckpt.safetensors");
-  const resumable = options.resume === true && await pathExists(ckpt);
+  let resumable = options.resume === true && await pathExists(ckpt);
   const trained = options.resume === true && !resumable &&
     await pathExists(join(modelDir, "model.safetensors"));
+  // Several starts: the chosen one's checkpoint becomes this run's, and its seed the run's seed.
+  const starts = checkedStarts(budget, seed);
+  let runSeed = seed;
+  if (starts > 1) {
+    const chosen = await chooseStart(kv, { ...options, budget, seed, seconds, resumable: false }, layers);
+    runSeed = startSeed(seed, chosen);
+    resumable ||= !trained;
+  }
   if (!trained) {
-    if (!resumable) {
-      await Deno.mkdir(init, { recursive: true });
-      await initModelFolder(init, demoConfig(), { seed });
-      await writeDemoTokenizer(init);
-    }
-    await trainReaderAndCompressor(kv, { ...options, budget, seed, seconds, resumable });
+    if (!resumable) await initRunFolder(init, layers, runSeed);
+    await trainReaderAndCompressor(kv, { ...options, budget, seed: runSeed, seconds, resumable });
     await Deno.remove(ckpt).catch(() => {});
   }
   await Deno.remove(init, { recursive: true }).catch(() => {});
   const snapshots = snapshotDirs(options.outDir, budget);
 
   // Phase 3: one adapter per group on the frozen compressor's vectors (and each snapshot's).
-  const adapters = await trainGroupAdapters(kv, options.outDir, budget, seed, options, seconds);
-  for (const dir of snapshots) await trainGroupAdapters(kv, dir, budget, seed, options, seconds);
+  const adapters = await trainGroupAdapters(kv, options.outDir, budget, runSeed, options, seconds);
+  for (const dir of snapshots) await trainGroupAdapters(kv, dir, budget, runSeed, options, seconds);
 
   // Phase 4: LoCoCo heads for the fixed-memory baseline (M = 512 slots, segments of 256).
   const lococoHeads = join(options.outDir, "lococo.safetensors");
   {
     using model = await kv.loadModel(modelDir);
     const corpus: number[] = [];
-    for (const doc of demoDocuments({ seed: seed + STREAM.lococo })) {
+    for (const doc of demoDocuments({ seed: runSeed + STREAM.lococo })) {
       corpus.push(...documentIds(doc));
       if (corpus.length > budget.lococoSteps * 2048) break;
     }
@@ -321,7 +270,7 @@ export async function trainDemoModel(kv: Kvfold, options: RecipeOptions): Promis
       segment: 256,
       steps: budget.lococoSteps,
       sequenceLength: 2048,
-      seed,
+      seed: runSeed,
       signal: options.signal,
       onProgress: (p) =>
         options.onProgress?.({
@@ -344,6 +293,90 @@ interface CompressorRun extends RecipeOptions {
   seconds: () => number;
   /** Whether `train.ckpt.safetensors` in outDir holds the run to resume. */
   resumable: boolean;
+  /** Stop after this many steps of phases 1-2 together, with a checkpoint and the model saved. */
+  stopAt?: number;
+}
+
+/** A new model folder (`init/`) with random weights from `seed` and the demo tokenizer. */
+async function initRunFolder(init: string, layers: number, seed: number): Promise<void> {
+  await Deno.mkdir(init, { recursive: true });
+  await initModelFolder(init, demoConfig(layers), { seed });
+  await writeDemoTokenizer(init);
+}
+
+/** The budget's starts, checked with every start's seed (before anything is written). */
+function checkedStarts(budget: RecipeBudget, seed: number): number {
+  const starts = budget.starts ?? 1;
+  if (!Number.isInteger(starts) || starts < 1 || starts > 16) {
+    throw new RangeError(`Cannot train the demo model: starts ${starts} is not an integer in [1, 16]`);
+  }
+  const at = budget.selectAt;
+  if (at !== undefined && (!Number.isInteger(at) || at < 1 || at > budget.compressorSteps)) {
+    throw new RangeError(
+      `Cannot train the demo model: selectAt ${at} is not in [1, ${budget.compressorSteps}]`,
+    );
+  }
+  for (let k = 1; k < starts; k++) recipeSeed({ ...budget, seed: startSeed(seed, k) });
+  return starts;
+}
+
+/**
+ * Trains each start of the budget up to its `selectAt` compressor step in `outDir/starts/start-k/`,
+ * scores it, and makes the best one's checkpoint (and weight average, snapshots, init) `outDir`'s,
+ * so phases 1-2 go on from it. Returns the chosen start. With `resume`, starts already scored in
+ * `starts.json` are kept and a start's own checkpoint is gone on from.
+ */
+async function chooseStart(kv: Kvfold, run: CompressorRun, layers: number): Promise<number> {
+  const { budget, seed, outDir } = run;
+  const starts = budget.starts ?? 1;
+  const selectAt = budget.selectAt ?? Math.max(1, Math.round(budget.compressorSteps / 4));
+  const startDir = (k: number) => join(outDir, "starts", `start-${k}`);
+  const record: StartsRecord = (run.resume ? await readStartsRecord(outDir) : undefined) ??
+    { budget: JSON.stringify(budget), scores: [] };
+  if (record.budget !== JSON.stringify(budget)) {
+    throw new RangeError(
+      `Cannot resume the demo recipe in ${outDir}: its starts were trained with budget ${record.budget}, not ${
+        JSON.stringify(budget)
+      }`,
+    );
+  }
+  await Deno.mkdir(outDir, { recursive: true });
+  for (let k = 0; k < starts && record.chosen === undefined; k++) {
+    if (record.scores[k] !== undefined) continue;
+    const dir = startDir(k), s = startSeed(seed, k);
+    const resumable = run.resume === true && await pathExists(join(dir, "train.ckpt.safetensors"));
+    if (!resumable) await initRunFolder(join(dir, "init"), layers, s);
+    const onProgress = (p: RecipeProgress) => run.onProgress?.({ ...p, start: k });
+    const stopAt = budget.readerSteps + selectAt;
+    await trainReaderAndCompressor(kv, { ...run, outDir: dir, seed: s, resumable, stopAt, onProgress });
+    await trainGroupAdapters(kv, dir, budget, s, { ...run, onProgress }, run.seconds);
+    record.scores[k] = await (run.scoreStart ?? ((d) => validationScore(kv, d, run.signal)))(dir);
+    await writeStartsRecord(outDir, record);
+    onProgress({
+      phase: "select",
+      step: k + 1,
+      steps: starts,
+      score: record.scores[k],
+      loss: { lm: NaN, qa: NaN },
+      seconds: run.seconds(),
+    });
+  }
+  if (record.chosen === undefined) {
+    record.chosen = bestStart(record.scores);
+    await writeStartsRecord(outDir, record);
+  }
+  // Idempotent, so a run stopped half-way through it finishes it when resumed.
+  const from = startDir(record.chosen);
+  if (await pathExists(from)) {
+    for await (const e of Deno.readDir(from)) {
+      if (e.name === "init" || e.name === "snapshots" || e.name.endsWith(".ckpt.safetensors")) {
+        await Deno.remove(join(outDir, e.name), { recursive: true }).catch(() => {});
+        await Deno.rename(join(from, e.name), join(outDir, e.name));
+      }
+    }
+    await Deno.remove(join(outDir, "starts"), { recursive: true });
+  }
+  return record.chosen;
 }
 
 /** The folder of the snapshot at compressor step `step`: the weights then, or their average. */
@@ -441,7 +474,7 @@ async function trainReaderAndCompressor(kv: Kvfold, run: CompressorRun): Promise
   };
 
   const replicas = budget.replicas ?? 1, every = run.checkpointEvery ?? 500;
-  const total = budget.readerSteps + budget.compressorSteps;
+  const total = run.stopAt ?? budget.readerSteps + budget.compressorSteps;
   try {
     for (let g = 0; g < total; g++) {
       const phase = g < budget.readerSteps ? "reader" : "compressor";
@@ -477,6 +510,7 @@ async function trainReaderAndCompressor(kv: Kvfold, run: CompressorRun): Promise
     if (run.signal?.aborted && trainer.stepCount > done) await checkpoint();
     throw e;
   }
+  if (run.stopAt !== undefined && trainer.stepCount % every !== 0) await checkpoint();
   await (average ?? trainer).saveModel(join(outDir, "model"));
 }
 

@@ -15,13 +15,10 @@ import { type RecipeProgress, SHIPPED_BUDGET, trainDemoModel } from "./recipe.ts
 import { DEFAULT_TRAINED_DIR } from "./trained.ts";
 import { type DemoEvaluation, evaluateDemo } from "./evaluate.ts";
 import { formatDemoTable } from "./evaluate_table.ts";
+import { VALIDATION_DOCUMENTS, VALIDATION_SEED } from "./recipe_select.ts";
 
 /** Held-out seed of the recipe's own check (no training seed shares it). */
 export const CHECK_SEED = 4242;
-/** Held-out seed that chooses among snapshots and runs, and its documents (the check stays unseen). */
-export const VALIDATION_SEED = 5150;
-export const VALIDATION_DOCUMENTS = 8;
-
 if (import.meta.main) {
   const resume = Deno.args.includes("--resume");
   const args = Deno.args.filter((a) => a !== "--resume");
@@ -32,15 +29,17 @@ if (import.meta.main) {
   const phases: Record<string, number> = {};
   let last = 0;
   const report = (p: RecipeProgress) => {
-    phases[p.phase] = p.seconds;
-    if (p.seconds - last < 15 && p.step !== p.steps) return;
+    phases[p.start === undefined ? p.phase : `start-${p.start}`] = p.seconds;
+    if (p.seconds - last < 15 && p.step !== p.steps && p.phase !== "select") return;
     last = p.seconds;
     const loss = [
       isNaN(p.loss.lm) ? "" : `lm ${p.loss.lm.toFixed(3)}`,
       isNaN(p.loss.qa) ? "" : `qa ${p.loss.qa.toFixed(3)}`,
+      p.score === undefined ? "" : `validation ${p.score.toFixed(3)}`,
     ]
       .filter(Boolean).join(" ");
-    console.log(`${p.phase} ${p.step}/${p.steps} ${loss} ${p.seconds.toFixed(0)} s`);
+    const start = p.start === undefined ? "" : `start ${p.start}: `;
+    console.log(`${start}${p.phase} ${p.step}/${p.steps} ${loss} ${p.seconds.toFixed(0)} s`);
   };
   await using kv = await Kvfold.open();
   const tmp = `${outDir}.partial`;

@@ -19,7 +19,7 @@ import type { LococoHeads } from "../src/lococo.ts";
 import type { Model } from "../src/model.ts";
 import type { DocumentStore } from "../src/store.ts";
 import type { DemoDocument } from "./corpus.ts";
-import { CHUNK_TOKENS, GROUPS, SEGMENT_TOKENS } from "./recipe.ts";
+import { CHUNK_TOKENS, GROUPS, SEGMENT_TOKENS } from "./recipe_shape.ts";
 import { pathExists } from "../src/_path_exists.ts";
 
 /** The shipped trained folder: `demo/trained/` of this repository. */

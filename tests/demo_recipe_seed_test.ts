@@ -1,6 +1,6 @@
 // The recipe's seed (RecipeBudget.seed): another seed is another run (different weights from the same
 // budget), and a seed whose document streams would reach an evaluation seed is refused before anything
-// is written.
+// is written. The model's depth (RecipeBudget.layers) goes into its config and tensors.
 import assert from "node:assert/strict";
 import { Kvfold } from "../mod.ts";
 import {
@@ -41,4 +41,22 @@ Deno.test("demo recipe seed: another seed trains other weights; a refused seed w
     /evaluation seed/,
   );
   await assert.rejects(Deno.stat(dir), Deno.errors.NotFound);
+});
+
+Deno.test("demo recipe layers: the model has that many decoder layers; a bad count writes nothing", async () => {
+  await using kv = await Kvfold.open();
+  const dir = await tempDir();
+  await trainDemoModel(kv, { outDir: dir, budget: { ...TINY, layers: 2 } });
+  const config = JSON.parse(await Deno.readTextFile(`${dir}/model/config.json`));
+  assert.equal(config.num_hidden_layers, 2);
+  using model = await kv.loadModel(`${dir}/model`);
+  assert.equal(model.info.layers, 2);
+  for (const layers of [0, 1.5, 33]) {
+    const out = `${await tempDir()}/out`;
+    await assert.rejects(
+      trainDemoModel(kv, { outDir: out, budget: { ...TINY, layers } }),
+      /layers .* is not an integer in \[1, 32\]/,
+    );
+    await assert.rejects(Deno.stat(out), Deno.errors.NotFound);
+  }
 });

@@ -1,0 +1,42 @@
+/**
+ * The demo model's fixed shape: its config, the store's chunking and the summary vectors per segment,
+ * the document groups and the training seed. Shared by the recipe, its examples and the evaluation.
+ *
+ * @module
+ */
+
+import { demoVocabulary } from "./tokenizer.ts";
+
+/** Seed of the training documents' stream. */
+export const TRAIN_SEED = 20261204;
+/** Tokens per store chunk, and per compressor segment; summary vectors per segment. */
+export const CHUNK_TOKENS = 512;
+export const SEGMENT_TOKENS = 256;
+export const SUMMARY_VECTORS = 8;
+/** Groups, each with its own adapter. */
+export const GROUPS = ["ledger", "voyage"] as const;
+
+/** The demo model's shape (Hugging Face `config.json`), with `layers` decoder layers (default 4). */
+export function demoConfig(layers = 4): Record<string, unknown> {
+  return {
+    architectures: ["LlamaForCausalLM"],
+    model_type: "llama",
+    hidden_size: 128,
+    intermediate_size: 352,
+    num_hidden_layers: layers,
+    num_attention_heads: 4,
+    num_key_value_heads: 2,
+    head_dim: 32,
+    vocab_size: demoVocabulary().length,
+    max_position_embeddings: 4096,
+    rms_norm_eps: 1e-5,
+    rope_theta: 10000,
+    tie_word_embeddings: true,
+    bos_token_id: 1,
+    eos_token_id: 2,
+    pad_token_id: 3,
+    hidden_act: "silu",
+    initializer_range: 0.02,
+    torch_dtype: "float32",
+  };
+}
