@@ -48,7 +48,7 @@ import {
   SUMMARY_VECTORS,
   TRAIN_SEED,
 } from "./recipe_shape.ts";
-import { compressorExample } from "./compressor_examples.ts";
+import { compressorExample, type SummaryLayout } from "./compressor_examples.ts";
 
 export {
   CHUNK_TOKENS,
@@ -58,7 +58,13 @@ export {
   SUMMARY_VECTORS,
   TRAIN_SEED,
 } from "./recipe_shape.ts";
-export { compressorExample, questionsBySegment, summaryPairSlots } from "./compressor_examples.ts";
+export {
+  compressorExample,
+  questionsBySegment,
+  segmentTargets,
+  type SummaryLayout,
+  summaryPairSlots,
+} from "./compressor_examples.ts";
 
 /** How long each phase runs, in optimizer steps (and examples per step). */
 export interface RecipeBudget {
@@ -102,6 +108,8 @@ export interface RecipeBudget {
   starts?: number;
   /** Compressor step at which the starts are scored (default a quarter of the phase). */
   selectAt?: number;
+  /** Which summary vectors carry which fact's words (default `"pairs"`). */
+  layout?: SummaryLayout;
   /** The group adapters' LoRA (default rank 8, alpha 16, learning rate 1e-3, q/k/v/o projections). */
   adapter?: { rank?: number; alpha?: number; learningRate?: number; targets?: readonly LoraProjection[] };
 }
@@ -222,6 +230,11 @@ export async function trainDemoModel(kv: Kvfold, options: RecipeOptions): Promis
   const layers = budget.layers ?? 4;
   if (!Number.isInteger(layers) || layers < 1 || layers > 32) {
     throw new RangeError(`Cannot train the demo model: layers ${layers} is not an integer in [1, 32]`);
+  }
+  if (budget.layout !== undefined && budget.layout !== "pairs" && budget.layout !== "triples") {
+    throw new RangeError(
+      `Cannot train the demo model: layout "${budget.layout}" is not "pairs" or "triples"`,
+    );
   }
   for (const step of budget.snapshots ?? []) {
     if (!Number.isInteger(step) || step < 1 || step > budget.compressorSteps) {
@@ -469,7 +482,7 @@ async function trainReaderAndCompressor(kv: Kvfold, run: CompressorRun): Promise
         };
       }
       const whole = s >= 0.7 * budget.compressorSteps && b % 2 === 0;
-      return { document: compressorExample((whole ? chunks : docs).next().value as Draw) };
+      return { document: compressorExample((whole ? chunks : docs).next().value as Draw, budget.layout) };
     });
   };
 

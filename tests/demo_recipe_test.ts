@@ -13,43 +13,54 @@ Deno.test("recipe: summary pair p carries the segment's p-th fact, none past the
   assert.deepEqual(summaryPairSlots(["a", "b", "c", "d", "e"]), ["a", "b", "c", "d"]);
 });
 
-Deno.test("recipe: a whole chunk's summary targets follow the pair rule in each segment", () => {
-  const { documents } = generateDemoCorpus({ seed: 77, documents: 4 });
-  let checked = 0, twoFactSegments = 0;
-  for (const doc of documents) {
-    const ids = documentIds(doc);
-    for (let c = 0; c * 2 * SEGMENT_TOKENS < ids.length; c++) {
-      const [start, end] = chunkRange(doc, 2 * SEGMENT_TOKENS, c);
-      const questions = questionsIn(doc, start, end);
-      const ex = compressorExample({ ids: ids.slice(start, end), start, questions });
-      // Expected targets, in order: the rule the shipped weights were trained with, restated: the
-      // f-th fact of a segment (by its sentence's midpoint) gives vector 2f its entity and 2f + 1 its
-      // value words, for 2f + 1 < SUMMARY_VECTORS.
-      const want: { row: number; token: number }[] = [];
-      const seen = new Map<number, number>();
-      for (const q of questions) {
-        const seg = Math.floor(((q.fact.tokenStart + q.fact.tokenEnd) / 2 - start) / SEGMENT_TOKENS);
-        const f = seen.get(seg) ?? 0;
-        seen.set(seg, f + 1);
-        if (f === 1) twoFactSegments++;
-        if (2 * f + 1 >= SUMMARY_VECTORS) continue;
-        const row = seg * SUMMARY_VECTORS + 2 * f;
-        want.push({ row, token: textIds(q.fact.entity)[0] });
-        for (const token of textIds(q.fact.value)) want.push({ row: row + 1, token });
+for (const layout of ["pairs", "triples"] as const) {
+  Deno.test(`recipe: a whole chunk's summary targets follow the ${layout} rule in each segment`, () => {
+    const { documents } = generateDemoCorpus({ seed: 77, documents: 4 });
+    let checked = 0, twoFactSegments = 0;
+    for (const doc of documents) {
+      const ids = documentIds(doc);
+      for (let c = 0; c * 2 * SEGMENT_TOKENS < ids.length; c++) {
+        const [start, end] = chunkRange(doc, 2 * SEGMENT_TOKENS, c);
+        const questions = questionsIn(doc, start, end);
+        const ex = compressorExample({ ids: ids.slice(start, end), start, questions }, layout);
+        // Expected targets, in order, restated. Pairs (the shipped weights' rule): the f-th fact of a
+        // segment (by its sentence's midpoint) gives vector 2f its entity and 2f + 1 its value words, for
+        // 2f + 1 < SUMMARY_VECTORS. Triples: 3f its entity, 3f + 1 and 3f + 2 its value's first and
+        // second word (</s> for one word), each row kept while < SUMMARY_VECTORS.
+        const want: { row: number; token: number }[] = [];
+        const seen = new Map<number, number>();
+        for (const q of questions) {
+          const seg = Math.floor(((q.fact.tokenStart + q.fact.tokenEnd) / 2 - start) / SEGMENT_TOKENS);
+          const f = seen.get(seg) ?? 0;
+          seen.set(seg, f + 1);
+          if (f === 1) twoFactSegments++;
+          const base = seg * SUMMARY_VECTORS,
+            entity = textIds(q.fact.entity)[0],
+            value = textIds(q.fact.value);
+          if (layout === "pairs") {
+            if (2 * f + 1 >= SUMMARY_VECTORS) continue;
+            want.push({ row: base + 2 * f, token: entity });
+            for (const token of value) want.push({ row: base + 2 * f + 1, token });
+          } else {
+            [entity, value[0], value[1] ?? DEMO_EOS_ID].forEach((token, i) => {
+              if (3 * f + i < SUMMARY_VECTORS) want.push({ row: base + 3 * f + i, token });
+            });
+          }
+        }
+        assert.deepEqual(ex.summaryTargets, want, `${doc.file} chunk ${c}`);
+        // One QA pair per question, then the reconstruction pair of every fact sentence in order.
+        const pairs = ex.pairs ?? [];
+        assert.equal(pairs.length, questions.length + 1);
+        const rec = pairs[pairs.length - 1];
+        assert.deepEqual(rec.question, [DEMO_BOS_ID]);
+        assert.deepEqual(
+          rec.answer,
+          [...questions.flatMap((q) => ids.slice(q.fact.tokenStart, q.fact.tokenEnd)), DEMO_EOS_ID],
+        );
+        checked++;
       }
-      assert.deepEqual(ex.summaryTargets, want, `${doc.file} chunk ${c}`);
-      // One QA pair per question, then the reconstruction pair of every fact sentence in order.
-      const pairs = ex.pairs ?? [];
-      assert.equal(pairs.length, questions.length + 1);
-      const rec = pairs[pairs.length - 1];
-      assert.deepEqual(rec.question, [DEMO_BOS_ID]);
-      assert.deepEqual(
-        rec.answer,
-        [...questions.flatMap((q) => ids.slice(q.fact.tokenStart, q.fact.tokenEnd)), DEMO_EOS_ID],
-      );
-      checked++;
     }
-  }
-  assert.ok(checked >= 20, `${checked} chunks`);
-  assert.ok(twoFactSegments >= 3, `${twoFactSegments} segments with two or more facts`);
-});
+    assert.ok(checked >= 20, `${checked} chunks`);
+    assert.ok(twoFactSegments >= 3, `${twoFactSegments} segments with two or more facts`);
+  });
+}
