@@ -1,7 +1,7 @@
 // What the demo model's summary vectors carry: for each held-out store chunk, the vectors the recipe
-// trains to name a fact (demo/recipe.ts summaryPairSlots: pair p of a segment = vectors 2p, 2p + 1)
-// are read through the tied LM head, and the top-1 token is checked against the fact's entity
-// (vector 2p) and its value's words (vector 2p + 1). Reported by the fact's rank in its segment
+// trains to name a fact (demo/compressor_examples.ts factTargets, in the layout of the model's
+// recipe.json: pairs or triples) are read through the tied LM head, and the top-1 token is checked
+// against the fact's entity (its entity row) and its value's words (its first value row). Reported by the fact's rank in its segment
 // (first, second, ...), since the owner of a second fact is what the reader needs to tell two facts of
 // one kind apart. With --qa-rows (the JSON of `bench/demo_qa.ts --rows`, same seed and documents), the
 // LLoCO answers' exact match is broken down by the same rank, which tells the encoder's misses (a fact
@@ -9,7 +9,7 @@
 // bench; it never trains.
 //
 //   deno run -A bench/demo_summary_probe.ts [--trained demo/trained] [--seed 4242] [--documents 8]
-//       [--qa-rows demo_qa_rows.json]
+//       [--qa-rows demo_qa_rows.json] [--layout pairs|triples (default: the model's recipe.json)]
 import { parseArgs } from "node:util";
 import { join } from "node:path";
 import { Kvfold } from "../mod.ts";
@@ -19,11 +19,12 @@ import { generateDemoCorpus } from "../demo/corpus.ts";
 import { chunkRange, documentIds, questionsIn, textIds } from "../demo/examples.ts";
 import {
   CHUNK_TOKENS,
+  factTargets,
   questionsBySegment,
   SEGMENT_TOKENS,
   SUMMARY_VECTORS,
-  summaryPairSlots,
 } from "../demo/recipe.ts";
+import { DEMO_EOS_ID } from "../demo/tokenizer.ts";
 import { DEFAULT_TRAINED_DIR } from "../demo/trained.ts";
 
 const { values: v } = parseArgs({
@@ -33,8 +34,14 @@ const { values: v } = parseArgs({
     seed: { type: "string", default: "4242" },
     documents: { type: "string", default: "8" },
     "qa-rows": { type: "string" },
+    layout: { type: "string" },
   },
 });
+const recipe = await Deno.readTextFile(join(v.trained!, "recipe.json")).then(JSON.parse).catch(() => ({}));
+const layout = v.layout ?? recipe.budget?.layout ?? "pairs";
+if (layout !== "pairs" && layout !== "triples") {
+  throw new Error(`--layout ${layout}: expected pairs or triples`);
+}
 const modelDir = join(v.trained!, "model");
 const { tensors } = await readSafetensorsFile(join(modelDir, "model.safetensors"));
 const embed = tensors.get("model.embed_tokens.weight");
@@ -67,19 +74,20 @@ for (const doc of corpus.documents) {
       (await compressor.compress(ids.slice(start, end), { segmentLength: SEGMENT_TOKENS })).data;
     for (const [seg, inSeg] of questionsBySegment(questionsIn(doc, start, end), start)) {
       inSeg.forEach((q, rank) => rankOf.set(`${doc.file}\n${q.question}`, rank));
-      summaryPairSlots(inSeg).forEach((q, pair) => {
-        if (!q) return;
-        const rank = inSeg.indexOf(q), row = seg * SUMMARY_VECTORS + 2 * pair;
+      inSeg.forEach((q, rank) => {
+        const fact = { entity: textIds(q.fact.entity)[0], value: textIds(q.fact.value) };
+        const [entity, value] = factTargets(fact, rank, layout, DEMO_EOS_ID);
+        if (!value) return; // no room for its value in the layout
         const counts = byRank[rank] ??= [0, 0, 0];
         counts[0]++;
-        if (top1(vectors, row) === textIds(q.fact.entity)[0]) counts[1]++;
-        if (textIds(q.fact.value).includes(top1(vectors, row + 1))) counts[2]++;
+        if (top1(vectors, seg * SUMMARY_VECTORS + entity.row) === fact.entity) counts[1]++;
+        if (fact.value.includes(top1(vectors, seg * SUMMARY_VECTORS + value.row))) counts[2]++;
       });
     }
   }
 }
 console.log(
-  `summary vectors of ${v.trained} on held-out documents (seed ${v.seed}, ${v.documents} documents)`,
+  `summary vectors of ${v.trained} (${layout}) on held-out documents (seed ${v.seed}, ${v.documents} documents)`,
 );
 console.log("| fact in its segment | facts | entity top-1 | value word top-1 |");
 console.log("| --- | --- | --- | --- |");

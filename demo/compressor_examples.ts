@@ -11,65 +11,69 @@ import { compressedQaExample, type SpanQuestion, textIds } from "./examples.ts";
 import { SEGMENT_TOKENS, SUMMARY_VECTORS } from "./recipe_shape.ts";
 
 /**
- * Which facts of one segment the summary-vector pairs carry: pair p (vectors 2p and 2p + 1) the
- * segment's p-th fact, in document order; facts past `SUMMARY_VECTORS / 2` have no pair.
- *
- * What the shipped model learned from it (`bench/demo_summary_probe.ts`, held-out chunks): pair 0
- * names its fact's entity 93% of the time, pair 1 almost never (the second fact's value words it gets
- * 64% right). Other layouts measured no better (README "Training the demo model").
- *
- * @example
- * ```ts
- * import { summaryPairSlots } from "./compressor_examples.ts";
- * console.log(summaryPairSlots(["a", "b"])); // ["a", "b", undefined, undefined]
- * ```
- */
-export function summaryPairSlots<T>(facts: readonly T[]): (T | undefined)[] {
-  return Array.from({ length: SUMMARY_VECTORS / 2 }, (_, p) => facts[p]);
-}
-
-/**
  * How a segment's summary vectors are assigned to its facts (in document order):
  * - `"pairs"`: fact p in vectors 2p (its entity) and 2p + 1 (its value's words, as a bag);
  * - `"triples"`: fact f in vectors 3f (its entity), 3f + 1 (its value's first word) and 3f + 2 (its
  *   second word, or `</s>` for a one-word value), so the vectors read like the text "entity value
  *   </s>" that the reader copies from; rows past the segment's vectors are dropped (the third fact
  *   keeps its entity and first word).
+ *
+ * What the pairs model learned (`bench/demo_summary_probe.ts`, held-out chunks, README "Training the demo
+ * model"): a segment's first fact's entity and value words almost always, the second's owner only
+ * with 16 examples per step; wrong answers were mostly a value of the right kind but another fact's,
+ * or a two-word value with one word wrong, which the triples layout addresses.
  */
 export type SummaryLayout = "pairs" | "triples";
 
+/** One fact of a segment as token ids: its entity's token and its value's words. */
+export interface FactTokens {
+  entity: number;
+  value: readonly number[];
+}
+
 /**
- * The summary targets of one segment's facts (`row` relative to the segment's first vector).
+ * The summary targets of the `f`-th fact of a segment (`row` relative to the segment's first vector;
+ * the entity's first when its row exists), empty when the layout has no room for it.
+ *
+ * @example
+ * ```ts
+ * import { factTargets } from "./compressor_examples.ts";
+ * console.log(factTargets({ entity: 7, value: [8] }, 1, "triples", 2));
+ * // [{ row: 3, token: 7 }, { row: 4, token: 8 }, { row: 5, token: 2 }]
+ * ```
+ */
+export function factTargets(
+  fact: FactTokens,
+  f: number,
+  layout: SummaryLayout,
+  eos: number,
+): SummaryTarget[] {
+  const rows = layout === "pairs"
+    ? (2 * f + 1 < SUMMARY_VECTORS ? [2 * f, ...fact.value.map(() => 2 * f + 1)] : [])
+    : [3 * f, 3 * f + 1, 3 * f + 2];
+  const tokens = layout === "pairs"
+    ? [fact.entity, ...fact.value]
+    : [fact.entity, fact.value[0], fact.value[1] ?? eos];
+  return rows.map((row, i) => ({ row, token: tokens[i] })).filter((t) => t.row < SUMMARY_VECTORS);
+}
+
+/**
+ * The summary targets of one segment's facts, in order (`row` relative to the segment's first vector).
  *
  * @example
  * ```ts
  * import { segmentTargets } from "./compressor_examples.ts";
  * // Two facts: entity 7 with value [8, 9], entity 10 with value [11].
- * console.log(segmentTargets([{ entity: 7, value: [8, 9] }, { entity: 10, value: [11] }], "triples", 2));
- * // [{row: 0, token: 7}, {row: 1, token: 8}, {row: 2, token: 9}, {row: 3, token: 10}, {row: 4, token: 11}, {row: 5, token: 2}]
+ * console.log(segmentTargets([{ entity: 7, value: [8, 9] }, { entity: 10, value: [11] }], "pairs", 2));
+ * // [{ row: 0, token: 7 }, { row: 1, token: 8 }, { row: 1, token: 9 }, { row: 2, token: 10 }, { row: 3, token: 11 }]
  * ```
  */
 export function segmentTargets(
-  facts: readonly { entity: number; value: readonly number[] }[],
+  facts: readonly FactTokens[],
   layout: SummaryLayout,
   eos: number,
 ): SummaryTarget[] {
-  const out: SummaryTarget[] = [];
-  const keep = (t: SummaryTarget) => t.row < SUMMARY_VECTORS && out.push(t);
-  if (layout === "pairs") {
-    summaryPairSlots(facts).forEach((f, p) => {
-      if (!f) return;
-      keep({ row: 2 * p, token: f.entity });
-      for (const token of f.value) keep({ row: 2 * p + 1, token });
-    });
-    return out;
-  }
-  facts.forEach((f, i) => {
-    keep({ row: 3 * i, token: f.entity });
-    keep({ row: 3 * i + 1, token: f.value[0] });
-    keep({ row: 3 * i + 2, token: f.value[1] ?? eos });
-  });
-  return out;
+  return facts.flatMap((fact, f) => factTargets(fact, f, layout, eos));
 }
 
 /**

@@ -50,20 +50,13 @@ import {
 } from "./recipe_shape.ts";
 import { compressorExample, type SummaryLayout } from "./compressor_examples.ts";
 
-export {
-  CHUNK_TOKENS,
-  demoConfig,
-  GROUPS,
-  SEGMENT_TOKENS,
-  SUMMARY_VECTORS,
-  TRAIN_SEED,
-} from "./recipe_shape.ts";
+export * from "./recipe_shape.ts";
 export {
   compressorExample,
+  factTargets,
   questionsBySegment,
   segmentTargets,
   type SummaryLayout,
-  summaryPairSlots,
 } from "./compressor_examples.ts";
 
 /** How long each phase runs, in optimizer steps (and examples per step). */

@@ -1,16 +1,30 @@
-// The demo recipe's compressor examples: which summary vector learns which fact (summaryPairSlots),
+// The demo recipe's compressor examples: which summary vector learns which fact (factTargets),
 // checked on real corpus chunks against the rule the shipped weights were trained with, restated here.
 import assert from "node:assert/strict";
 import { generateDemoCorpus } from "../demo/corpus.ts";
 import { chunkRange, documentIds, questionsIn, textIds } from "../demo/examples.ts";
-import { compressorExample, SEGMENT_TOKENS, SUMMARY_VECTORS, summaryPairSlots } from "../demo/recipe.ts";
+import { compressorExample, factTargets, SEGMENT_TOKENS, SUMMARY_VECTORS } from "../demo/recipe.ts";
 import { DEMO_BOS_ID, DEMO_EOS_ID } from "../demo/tokenizer.ts";
 
-Deno.test("recipe: summary pair p carries the segment's p-th fact, none past the last pair", () => {
-  assert.deepEqual(summaryPairSlots([]), [undefined, undefined, undefined, undefined]);
-  assert.deepEqual(summaryPairSlots(["a"]), ["a", undefined, undefined, undefined]);
-  assert.deepEqual(summaryPairSlots(["a", "b", "c"]), ["a", "b", "c", undefined]);
-  assert.deepEqual(summaryPairSlots(["a", "b", "c", "d", "e"]), ["a", "b", "c", "d"]);
+Deno.test("recipe: fact f's rows in each layout, none past the segment's vectors", () => {
+  const fact = { entity: 7, value: [8, 9] }, one = { entity: 7, value: [8] };
+  assert.deepEqual(factTargets(fact, 0, "pairs", 2), [{ row: 0, token: 7 }, { row: 1, token: 8 }, {
+    row: 1,
+    token: 9,
+  }]);
+  assert.deepEqual(factTargets(one, 3, "pairs", 2), [{ row: 6, token: 7 }, { row: 7, token: 8 }]);
+  assert.deepEqual(factTargets(fact, 4, "pairs", 2), []);
+  assert.deepEqual(factTargets(fact, 1, "triples", 2), [{ row: 3, token: 7 }, { row: 4, token: 8 }, {
+    row: 5,
+    token: 9,
+  }]);
+  assert.deepEqual(factTargets(one, 0, "triples", 2), [{ row: 0, token: 7 }, { row: 1, token: 8 }, {
+    row: 2,
+    token: 2,
+  }]);
+  assert.deepEqual(factTargets(fact, 2, "triples", 2), [{ row: 6, token: 7 }, { row: 7, token: 8 }]);
+  assert.deepEqual(factTargets(fact, 3, "triples", 2), []);
+  assert.equal(SUMMARY_VECTORS, 8, "the rows above assume 8 vectors per segment");
 });
 
 for (const layout of ["pairs", "triples"] as const) {
