@@ -103,6 +103,8 @@ export interface RecipeBudget {
   selectAt?: number;
   /** Which summary vectors carry which fact's words (default `"pairs"`). */
   layout?: SummaryLayout;
+  /** AdamW of phases 1-2 (default peak learning rate 3e-3, betas [0.9, 0.999]). */
+  optimizer?: { learningRate?: number; betas?: readonly [number, number] };
   /** The group adapters' LoRA (default rank 8, alpha 16, learning rate 1e-3, q/k/v/o projections). */
   adapter?: { rank?: number; alpha?: number; learningRate?: number; targets?: readonly LoraProjection[] };
 }
@@ -417,7 +419,8 @@ async function trainReaderAndCompressor(kv: Kvfold, run: CompressorRun): Promise
     backpropSegments: 2,
     lmWeight: 0.5,
     qaWeight: 1,
-    learningRate: 3e-3,
+    learningRate: budget.optimizer?.learningRate ?? 3e-3,
+    betas: budget.optimizer?.betas,
     warmupSteps: 50,
     totalSteps: budget.readerSteps + budget.compressorSteps,
     minLearningRateRatio: 0.1,

@@ -1,6 +1,7 @@
 // The recipe's seed (RecipeBudget.seed): another seed is another run (different weights from the same
 // budget), and a seed whose document streams would reach an evaluation seed is refused before anything
-// is written. The model's depth (RecipeBudget.layers) goes into its config and tensors.
+// is written. The model's depth (RecipeBudget.layers) goes into its config and tensors, and the
+// optimizer settings (RecipeBudget.optimizer) into the trainer.
 import assert from "node:assert/strict";
 import { Kvfold } from "../mod.ts";
 import {
@@ -10,7 +11,7 @@ import {
   TRAIN_SEED,
   trainDemoModel,
 } from "../demo/recipe.ts";
-import { tempDir } from "./_fixtures.ts";
+import { sameBytes, tempDir } from "./_fixtures.ts";
 
 const TINY: RecipeBudget = { readerSteps: 1, compressorSteps: 1, adapterSteps: 1, lococoSteps: 1, batch: 1 };
 
@@ -58,5 +59,23 @@ Deno.test("demo recipe layers: the model has that many decoder layers; a bad cou
       /layers .* is not an integer in \[1, 32\]/,
     );
     await assert.rejects(Deno.stat(out), Deno.errors.NotFound);
+  }
+});
+
+Deno.test("demo recipe optimizer: its settings reach the trainer; the defaults spelled out change no bit", async () => {
+  await using kv = await Kvfold.open();
+  const weights = async (budget: RecipeBudget) => {
+    const dir = await tempDir();
+    await trainDemoModel(kv, { outDir: dir, budget });
+    return await Deno.readFile(`${dir}/model/model.safetensors`);
+  };
+  const plain = await weights(TINY);
+  const spelled = await weights({ ...TINY, optimizer: { learningRate: 3e-3, betas: [0.9, 0.999] } });
+  assert.ok(sameBytes(spelled, plain), "the default optimizer spelled out trained other bits");
+  for (const optimizer of [{ betas: [0.9, 0.95] as const }, { learningRate: 1e-3 }]) {
+    assert.ok(
+      !sameBytes(await weights({ ...TINY, optimizer }), plain),
+      `${JSON.stringify(optimizer)} changed nothing`,
+    );
   }
 });
