@@ -32,12 +32,27 @@ export const TEST_KQUANT: TestModelOptions = {
 let root: string | null = null;
 const made = new Map<string, Promise<string>>();
 
+// Every temp folder a test file makes goes when its process ends, so a test run leaves /tmp as it was.
+const temps = new Set<string>();
+globalThis.addEventListener("unload", () => {
+  for (const dir of temps) {
+    try {
+      Deno.removeSync(dir, { recursive: true });
+    } catch { /* already removed by its test */ }
+  }
+});
+async function makeTemp(prefix = "kvfold-test-"): Promise<string> {
+  const dir = await Deno.makeTempDir({ prefix });
+  temps.add(dir);
+  return dir;
+}
+
 /** A test model folder for these options (written once per process). */
 export function testModel(name: string, options: TestModelOptions = {}): Promise<string> {
   let p = made.get(name);
   if (!p) {
     p = (async () => {
-      root ??= await Deno.makeTempDir({ prefix: "kvfold-test-" });
+      root ??= await makeTemp();
       const dir = `${root}/${name}`;
       await makeTestModel(dir, { preset: "tiny", seed: 1, ...options });
       return dir;
@@ -47,9 +62,16 @@ export function testModel(name: string, options: TestModelOptions = {}): Promise
   return p;
 }
 
-/** A fresh temp folder removed by the caller. */
-export function tempDir(): Promise<string> {
-  return Deno.makeTempDir({ prefix: "kvfold-test-" });
+/** A fresh temp folder (removed when the test process ends, if its test has not removed it). */
+export function tempDir(prefix?: string): Promise<string> {
+  return makeTemp(prefix);
+}
+
+/** {@link tempDir}, synchronously. */
+export function tempDirSync(prefix = "kvfold-test-"): string {
+  const dir = Deno.makeTempDirSync({ prefix });
+  temps.add(dir);
+  return dir;
 }
 
 /** Runs the kvfold CLI (`cli/main.ts`) as a subprocess: its exit code, stdout and stderr. */

@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { KvfoldError, type KvfoldErrorCode } from "../mod.ts";
-import { tempDir, testModel } from "./_fixtures.ts";
+import { tempDir, tempDirSync, testModel } from "./_fixtures.ts";
 
 function checkKvfold(e: unknown, code: string, patterns: readonly RegExp[]): KvfoldError {
   assert.ok(e instanceof KvfoldError, `expected KvfoldError, got ${(e as Error)?.stack ?? e}`);
@@ -61,5 +61,5 @@ export async function withBrokenModel(
 
 /** A path for a new store in a fresh temp folder. */
 export function tempStore(name = "store.kvfold"): string {
-  return join(Deno.makeTempDirSync({ prefix: "kvfold_hostile_store_" }), name);
+  return join(tempDirSync("kvfold_hostile_store_"), name);
 }

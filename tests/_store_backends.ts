@@ -10,6 +10,7 @@ import { join } from "node:path";
 import pg from "npm:pg@8.23.1";
 import { openStore } from "../src/store/open_store.ts";
 import type { Store } from "../src/store/store_api.ts";
+import { tempDirSync } from "./_fixtures.ts";
 
 /** The PostgreSQL server of the tests, or undefined. */
 export const POSTGRES_URL = Deno.env.get("KVFOLD_TEST_POSTGRES_URL") || undefined;
@@ -44,7 +45,7 @@ function sqliteBackend(): Backend {
   return {
     name: "sqlite",
     create() {
-      const dir = Deno.makeTempDirSync({ prefix: "kvfold_store_" });
+      const dir = tempDirSync("kvfold_store_");
       const path = join(dir, "store.kvfold");
       const withDb = <T>(fn: (db: DatabaseSync) => T): T => {
         const db = new DatabaseSync(path);

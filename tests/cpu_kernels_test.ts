@@ -6,13 +6,13 @@ import assert from "node:assert/strict";
 import { repoRoot } from "../src/_native_build.ts";
 import { ensureNativeLibrary } from "../src/_native_build.ts";
 import { loadReferenceModel, referenceLogits } from "./reference_forward.ts";
-import { relativeError, testModel } from "./_fixtures.ts";
+import { relativeError, tempDir, testModel } from "./_fixtures.ts";
 
 const PATHS = ["scalar", "avx2", "avx512", "avx512bf16"] as const;
 
 Deno.test("cpu kernels: every path against float64 references (native checks)", async () => {
   const root = repoRoot();
-  const dir = await Deno.makeTempDir({ prefix: "kvfold-kernels-" });
+  const dir = await tempDir("kvfold-kernels-");
   try {
     const src = [
       "cpu_ops",

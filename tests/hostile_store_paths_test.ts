@@ -8,7 +8,7 @@ import { DocumentStore } from "../src/store.ts";
 import { KvfoldError } from "../src/errors.ts";
 import { bf16ToF32, f32ToBf16 } from "../src/formats/safetensors.ts";
 import { repoRoot } from "../src/_native_build.ts";
-import { runCli } from "./_fixtures.ts";
+import { runCli, tempDirSync } from "./_fixtures.ts";
 import { tempStore, throwsKvfold as assertKvfold } from "./_kvfold_asserts.ts";
 import { raceChunks } from "./_store_race_child.ts";
 
@@ -18,7 +18,7 @@ const CORRUPT_FIXTURE = `${repoRoot()}/tests/fixtures/hostile/store-corrupt.sqli
 
 Deno.test("hostile store: processes creating one new store at once all succeed; nothing lost or duplicated", async () => {
   const writers = 6;
-  const dir = Deno.makeTempDirSync({ prefix: "kvfold_hostile_store_" });
+  const dir = tempDirSync("kvfold_hostile_store_");
   const path = join(dir, "race.kvfold");
   const go = join(dir, "go");
   const children = Array.from({ length: writers }, (_, i) =>
@@ -71,7 +71,7 @@ function mkfifo(path: string): void {
 }
 
 Deno.test("hostile store: FIFO, device and directory paths are refused with IO errors naming the path", async () => {
-  const dir = Deno.makeTempDirSync({ prefix: "kvfold_hostile_store_" });
+  const dir = tempDirSync("kvfold_hostile_store_");
   const fifo = join(dir, "fifo.kvfold");
   mkfifo(fifo);
   for (const readOnly of [false, true]) {

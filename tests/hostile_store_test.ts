@@ -10,7 +10,7 @@ import { DocumentStore, type NewChunk, type RetrievedChunk } from "../src/store.
 import { KvfoldError } from "../src/errors.ts";
 import { bf16ToF32, f32ToBf16 } from "../src/formats/safetensors.ts";
 import { crc32, crc32Portable } from "../src/_crc32.ts";
-import { sameBytes, TEST_COMPRESSOR, testEngine, testModel } from "./_fixtures.ts";
+import { sameBytes, tempDirSync, TEST_COMPRESSOR, testEngine, testModel } from "./_fixtures.ts";
 import { tempStore, throwsKvfold as assertKvfold } from "./_kvfold_asserts.ts";
 
 /** Runs raw SQL on a store file, as another program (or damage) would. */
@@ -199,7 +199,7 @@ Deno.test("hostile store: byte flips in vector pages read back as the original d
 
   const wrong: string[] = [];
   const tally = { same: 0, checksum: 0, format: 0 };
-  const damaged = join(Deno.makeTempDirSync({ prefix: "kvfold_hostile_store_" }), "damaged.kvfold");
+  const damaged = join(tempDirSync("kvfold_hostile_store_"), "damaged.kvfold");
   for (const [n, flip] of flips.entries()) {
     const bytes = file.slice();
     bytes[flip.offset] ^= 1 + next() % 255;

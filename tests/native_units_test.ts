@@ -3,6 +3,7 @@
 // built and run as part of the suite.
 import assert from "node:assert/strict";
 import { ensureNativeLibrary, repoRoot } from "../src/_native_build.ts";
+import { tempDir } from "./_fixtures.ts";
 
 // `KVFOLD_SANITIZE` (tests/sanitize.sh) builds the checks with the sanitizers the library uses.
 function optimization(): string[] {
@@ -13,7 +14,7 @@ function optimization(): string[] {
 
 async function buildAndRun(name: string, sources: string[], link: string[] = []): Promise<string> {
   const root = repoRoot();
-  const outDir = await Deno.makeTempDir({ prefix: "kvfold-native-" });
+  const outDir = await tempDir("kvfold-native-");
   try {
     const exe = `${outDir}/${name}`;
     const cc = await new Deno.Command("g++", {

@@ -11,6 +11,7 @@ import {
   type ReferenceModel,
   ropeInvFreq,
 } from "./reference_forward.ts";
+import { tempDir } from "./_fixtures.ts";
 
 const IDS = [
   1,
@@ -52,7 +53,7 @@ const cache = new Map<string, Promise<ReferenceModel>>();
 
 /** A freshly loaded reference model for these generator options (files written once per process). */
 async function model(name: string, options: TestModelOptions): Promise<ReferenceModel> {
-  root ??= await Deno.makeTempDir({ prefix: "kvfold_reference_" });
+  root ??= await tempDir("kvfold_reference_");
   let p = cache.get(name);
   if (p === undefined) {
     const dir = join(root, name);

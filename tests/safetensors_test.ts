@@ -15,6 +15,7 @@ import {
   writeSafetensors,
   writeSafetensorsFile,
 } from "../src/formats/safetensors.ts";
+import { tempDir } from "./_fixtures.ts";
 
 /** Raw file bytes from a header object (serialized as is) and a data section of `dataLen` bytes. */
 function rawFile(header: unknown, dataLen: number, headerText?: string): Uint8Array {
@@ -181,7 +182,7 @@ Deno.test("writer refuses bad input", () => {
 });
 
 Deno.test("file round trip, and file errors are IO", async () => {
-  const dir = await Deno.makeTempDir();
+  const dir = await tempDir();
   try {
     const path = join(dir, "t.safetensors");
     const data = new Float32Array(1000).map((_, i) => Math.sin(i));

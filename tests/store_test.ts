@@ -4,9 +4,10 @@ import { join } from "node:path";
 import { DocumentStore, type NewChunk, type StoredVectors } from "../src/store.ts";
 import { bf16ToF32, f32ToBf16 } from "../src/formats/safetensors.ts";
 import { throwsKvfold as assertKvfold } from "./_kvfold_asserts.ts";
+import { tempDirSync } from "./_fixtures.ts";
 
 function tempPath(): string {
-  return join(Deno.makeTempDirSync({ prefix: "kvfold_store_" }), "store.kvfold");
+  return join(tempDirSync("kvfold_store_"), "store.kvfold");
 }
 
 function vectors(rows: number, hidden: number, seed: number): StoredVectors {
@@ -282,7 +283,7 @@ Deno.test("store: reopen, schema version, non-SQLite file, duplicates and replac
     /schema version 99 is newer than this kvfold \(1\)/,
   );
 
-  const junk = join(Deno.makeTempDirSync({ prefix: "kvfold_store_" }), "junk.kvfold");
+  const junk = join(tempDirSync("kvfold_store_"), "junk.kvfold");
   Deno.writeTextFileSync(junk, "this is definitely not a SQLite database, just some text\n".repeat(100));
   assertKvfold(() => DocumentStore.open(junk), "FORMAT");
 });

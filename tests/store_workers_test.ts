@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { Compressor, openStore, type PostgresStore, runWorker, type Store, WorkQueue } from "../mod.ts";
 import { repoRoot } from "../src/_native_build.ts";
-import { runCli, TEST_COMPRESSOR, testEngine, testModel } from "./_fixtures.ts";
+import { runCli, tempDir, TEST_COMPRESSOR, testEngine, testModel } from "./_fixtures.ts";
 import { pgRaw, postgresTest } from "./_store_backends.ts";
 
 const WORDS = ("harbour ship lantern keeper storm tide north river stone bridge market bell tower garden " +
@@ -58,7 +58,7 @@ const COMPRESS_ARGS = ["--chunk-tokens", "48", "--segment-length", "24"];
 postgresTest(
   "workers: 4 processes drain 40 documents while one is SIGKILLed twice; each stored once, bits as SQLite",
   async (b) => {
-    const dir = await Deno.makeTempDir({ prefix: "kvfold-workers-" });
+    const dir = await tempDir("kvfold-workers-");
     try {
       const compressor = await testModel("compressor", TEST_COMPRESSOR);
       // Long enough (~40 chunks each) that the queue outlasts two kills and restarts of a worker.

@@ -11,10 +11,10 @@ import {
   toFloat32,
 } from "../src/formats/safetensors.ts";
 import { makeTestModel, makeTestTokenizer, TEST_MODEL_PRESETS, TEST_SPECIAL_TOKENS } from "../testing/mod.ts";
-import { sameBytes } from "./_fixtures.ts";
+import { sameBytes, tempDir } from "./_fixtures.ts";
 
 async function withTempDir(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await Deno.makeTempDir({ prefix: "kvfold_test_model_" });
+  const dir = await tempDir("kvfold_test_model_");
   try {
     await fn(dir);
   } finally {

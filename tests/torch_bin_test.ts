@@ -5,12 +5,13 @@ import { KvfoldError } from "../src/errors.ts";
 import { readSafetensorsFile, type TensorView } from "../src/formats/safetensors.ts";
 import { convertTorchCheckpoint, readTorchCheckpoint } from "../src/formats/torch_bin.ts";
 import { Pickler, zip } from "./_torch_zip.ts";
+import { tempDir } from "./_fixtures.ts";
 
 const FIXTURES = new URL("../../shared/fixtures/torch-bin/", import.meta.url);
 const fixture = (p: string) => fileURLToPath(new URL(p, FIXTURES));
 
 async function withTempDir(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await Deno.makeTempDir({ prefix: "kvfold-torch-bin-" });
+  const dir = await tempDir("kvfold-torch-bin-");
   try {
     await fn(dir);
   } finally {
