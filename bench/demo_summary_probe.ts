@@ -22,6 +22,7 @@ import {
   factTargets,
   questionsBySegment,
   SEGMENT_TOKENS,
+  SUMMARY_LAYOUTS,
   SUMMARY_VECTORS,
 } from "../demo/recipe.ts";
 import { DEMO_EOS_ID } from "../demo/tokenizer.ts";
@@ -39,8 +40,8 @@ const { values: v } = parseArgs({
 });
 const recipe = await Deno.readTextFile(join(v.trained!, "recipe.json")).then(JSON.parse).catch(() => ({}));
 const layout = v.layout ?? recipe.budget?.layout ?? "pairs";
-if (layout !== "pairs" && layout !== "triples") {
-  throw new Error(`--layout ${layout}: expected pairs or triples`);
+if (!SUMMARY_LAYOUTS.includes(layout)) {
+  throw new Error(`--layout ${layout}: expected ${SUMMARY_LAYOUTS.join(" or ")}`);
 }
 const modelDir = join(v.trained!, "model");
 const { tensors } = await readSafetensorsFile(join(modelDir, "model.safetensors"));

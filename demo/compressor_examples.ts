@@ -23,7 +23,9 @@ import { SEGMENT_TOKENS, SUMMARY_VECTORS } from "./recipe_shape.ts";
  * with 16 examples per step; wrong answers were mostly a value of the right kind but another fact's,
  * or a two-word value with one word wrong, which the triples layout addresses.
  */
-export type SummaryLayout = "pairs" | "triples";
+export type SummaryLayout = typeof SUMMARY_LAYOUTS[number];
+/** Every {@link SummaryLayout}, for checking a layout given as a string. */
+export const SUMMARY_LAYOUTS = ["pairs", "triples"] as const;
 
 /** One fact of a segment as token ids: its entity's token and its value's words. */
 export interface FactTokens {

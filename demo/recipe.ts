@@ -48,7 +48,7 @@ import {
   SUMMARY_VECTORS,
   TRAIN_SEED,
 } from "./recipe_shape.ts";
-import { compressorExample, type SummaryLayout } from "./compressor_examples.ts";
+import { compressorExample, SUMMARY_LAYOUTS, type SummaryLayout } from "./compressor_examples.ts";
 
 export * from "./recipe_shape.ts";
 export {
@@ -56,6 +56,7 @@ export {
   factTargets,
   questionsBySegment,
   segmentTargets,
+  SUMMARY_LAYOUTS,
   type SummaryLayout,
 } from "./compressor_examples.ts";
 
@@ -226,7 +227,7 @@ export async function trainDemoModel(kv: Kvfold, options: RecipeOptions): Promis
   if (!Number.isInteger(layers) || layers < 1 || layers > 32) {
     throw new RangeError(`Cannot train the demo model: layers ${layers} is not an integer in [1, 32]`);
   }
-  if (budget.layout !== undefined && budget.layout !== "pairs" && budget.layout !== "triples") {
+  if (budget.layout !== undefined && !SUMMARY_LAYOUTS.includes(budget.layout)) {
     throw new RangeError(
       `Cannot train the demo model: layout "${budget.layout}" is not "pairs" or "triples"`,
     );

@@ -41,18 +41,13 @@ globalThis.addEventListener("unload", () => {
     } catch { /* already removed by its test */ }
   }
 });
-async function makeTemp(prefix = "kvfold-test-"): Promise<string> {
-  const dir = await Deno.makeTempDir({ prefix });
-  temps.add(dir);
-  return dir;
-}
 
 /** A test model folder for these options (written once per process). */
 export function testModel(name: string, options: TestModelOptions = {}): Promise<string> {
   let p = made.get(name);
   if (!p) {
     p = (async () => {
-      root ??= await makeTemp();
+      root ??= await tempDir();
       const dir = `${root}/${name}`;
       await makeTestModel(dir, { preset: "tiny", seed: 1, ...options });
       return dir;
@@ -63,8 +58,10 @@ export function testModel(name: string, options: TestModelOptions = {}): Promise
 }
 
 /** A fresh temp folder (removed when the test process ends, if its test has not removed it). */
-export function tempDir(prefix?: string): Promise<string> {
-  return makeTemp(prefix);
+export async function tempDir(prefix = "kvfold-test-"): Promise<string> {
+  const dir = await Deno.makeTempDir({ prefix });
+  temps.add(dir);
+  return dir;
 }
 
 /** {@link tempDir}, synchronously. */
