@@ -219,26 +219,10 @@ const mean = (xs: number[]) => xs.length === 0 ? NaN : xs.reduce((a, b) => a + b
  */
 export async function trainDemoModel(kv: Kvfold, options: RecipeOptions): Promise<RecipeOutput> {
   const budget = options.budget ?? SHIPPED_BUDGET;
-  const seed = recipeSeed(budget);
+  const { seed, layers, starts } = checkedBudget(budget);
   const t0 = performance.now();
   const seconds = () => (performance.now() - t0) / 1000;
   const init = join(options.outDir, "init"), modelDir = join(options.outDir, "model");
-  const layers = budget.layers ?? 4;
-  if (!Number.isInteger(layers) || layers < 1 || layers > 32) {
-    throw new RangeError(`Cannot train the demo model: layers ${layers} is not an integer in [1, 32]`);
-  }
-  if (budget.layout !== undefined && !SUMMARY_LAYOUTS.includes(budget.layout)) {
-    throw new RangeError(
-      `Cannot train the demo model: layout "${budget.layout}" is not "pairs" or "triples"`,
-    );
-  }
-  for (const step of budget.snapshots ?? []) {
-    if (!Number.isInteger(step) || step < 1 || step > budget.compressorSteps) {
-      throw new RangeError(
-        `Cannot train the demo model: snapshot step ${step} is not in [1, ${budget.compressorSteps}]`,
-      );
-    }
-  }
   // Phases 1 and 2 share one trainer: the compressor is the reader plus embed_summary.
   // Resuming: a checkpoint goes on from its step; without one, a saved model means they are done.
   const ckpt = join(options.outDir, "train.ckpt.safetensors");
@@ -246,10 +230,9 @@ export async function trainDemoModel(kv: Kvfold, options: RecipeOptions): Promis
   const trained = options.resume === true && !resumable &&
     await pathExists(join(modelDir, "model.safetensors"));
   // Several starts: the chosen one's checkpoint becomes this run's, and its seed the run's seed.
-  const starts = checkedStarts(budget, seed);
   let runSeed = seed;
   if (starts > 1) {
-    const chosen = await chooseStart(kv, { ...options, budget, seed, seconds, resumable: false }, layers);
+    const chosen = await chooseStart(kv, { ...options, budget, seed, seconds }, layers);
     runSeed = startSeed(seed, chosen);
     resumable ||= !trained;
   }
@@ -313,20 +296,37 @@ async function initRunFolder(init: string, layers: number, seed: number): Promis
   await writeDemoTokenizer(init);
 }
 
-/** The budget's starts, checked with every start's seed (before anything is written). */
-function checkedStarts(budget: RecipeBudget, seed: number): number {
+/**
+ * The budget's seed, layers and starts, every key checked before anything is written (each start's
+ * seed too, so a bad one cannot fail a run hours in).
+ */
+function checkedBudget(budget: RecipeBudget): { seed: number; layers: number; starts: number } {
+  const seed = recipeSeed(budget);
+  const refuse = (what: string) => {
+    throw new RangeError(`Cannot train the demo model: ${what}`);
+  };
+  const layers = budget.layers ?? 4;
+  if (!Number.isInteger(layers) || layers < 1 || layers > 32) {
+    refuse(`layers ${layers} is not an integer in [1, 32]`);
+  }
+  if (budget.layout !== undefined && !SUMMARY_LAYOUTS.includes(budget.layout)) {
+    refuse(`layout "${budget.layout}" is not "pairs" or "triples"`);
+  }
+  for (const step of budget.snapshots ?? []) {
+    if (!Number.isInteger(step) || step < 1 || step > budget.compressorSteps) {
+      refuse(`snapshot step ${step} is not in [1, ${budget.compressorSteps}]`);
+    }
+  }
   const starts = budget.starts ?? 1;
   if (!Number.isInteger(starts) || starts < 1 || starts > 16) {
-    throw new RangeError(`Cannot train the demo model: starts ${starts} is not an integer in [1, 16]`);
+    refuse(`starts ${starts} is not an integer in [1, 16]`);
   }
   const at = budget.selectAt;
   if (at !== undefined && (!Number.isInteger(at) || at < 1 || at > budget.compressorSteps)) {
-    throw new RangeError(
-      `Cannot train the demo model: selectAt ${at} is not in [1, ${budget.compressorSteps}]`,
-    );
+    refuse(`selectAt ${at} is not in [1, ${budget.compressorSteps}]`);
   }
   for (let k = 1; k < starts; k++) recipeSeed({ ...budget, seed: startSeed(seed, k) });
-  return starts;
+  return { seed, layers, starts };
 }
 
 /**
@@ -335,7 +335,11 @@ function checkedStarts(budget: RecipeBudget, seed: number): number {
  * so phases 1-2 go on from it. Returns the chosen start. With `resume`, starts already scored in
  * `starts.json` are kept and a start's own checkpoint is gone on from.
  */
-async function chooseStart(kv: Kvfold, run: CompressorRun, layers: number): Promise<number> {
+async function chooseStart(
+  kv: Kvfold,
+  run: Omit<CompressorRun, "resumable">,
+  layers: number,
+): Promise<number> {
   const { budget, seed, outDir } = run;
   const starts = budget.starts ?? 1;
   const selectAt = budget.selectAt ?? Math.max(1, Math.round(budget.compressorSteps / 4));
