@@ -37,3 +37,24 @@ export function normalizeAnswer(text: string): string {
 export function exactMatch(prediction: string, answer: string): boolean {
   return normalizeAnswer(prediction) === normalizeAnswer(answer);
 }
+
+/**
+ * How many of `parts` the prediction states: each part counts when its normalised words appear in the
+ * normalised prediction as a run of whole words (so "seventy" is not found in "seventy six"). For a
+ * two-part question ("X and Y") it tells a model that gives one of the two values from one that gives
+ * neither, where exact match scores both 0.
+ *
+ * @example
+ * ```ts
+ * import { partsAnswered } from "./answers.ts";
+ * console.log(partsAnswered("quillon", ["ninety", "quillon"])); // 1
+ * console.log(partsAnswered("seventy six", ["wax", "seventy"])); // 0
+ * ```
+ */
+export function partsAnswered(prediction: string, parts: readonly string[]): number {
+  const said = ` ${normalizeAnswer(prediction)} `;
+  return parts.filter((p) => {
+    const words = normalizeAnswer(p);
+    return words !== "" && said.includes(` ${words} `);
+  }).length;
+}

@@ -16,7 +16,7 @@ import { seededUint32 } from "../src/_seeded_random.ts";
 import { DEMO_GROUPS, type DemoAttribute, type DemoGroup, SLOT_VALUES } from "./groups.ts";
 import { entityNames } from "./names.ts";
 
-export { exactMatch, normalizeAnswer } from "./answers.ts";
+export { exactMatch, normalizeAnswer, partsAnswered } from "./answers.ts";
 export { DEMO_GROUPS, type DemoAttribute, type DemoGroup } from "./groups.ts";
 
 /** Tokens per document unless an option says otherwise. */

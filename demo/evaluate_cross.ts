@@ -11,7 +11,7 @@
 import type { AdapterMode } from "../src/adapter_composition.ts";
 import { DocumentStore } from "../src/store.ts";
 import type { RetrievedChunk } from "../src/store_records.ts";
-import { exactMatch } from "./answers.ts";
+import { exactMatch, partsAnswered } from "./answers.ts";
 import { type DemoDocument, type DemoQuestion, generateDemoCorpus } from "./corpus.ts";
 import { answerOverChunks, answerTokenBudget, factChunk } from "./evaluate_paths.ts";
 import { compressDemoDocuments, type TrainedDemo } from "./trained.ts";
@@ -46,6 +46,8 @@ export interface CrossGroupAnswerRow {
   answer: string;
   prediction: string;
   exact: boolean;
+  /** How many of the answer's two values the prediction states (`partsAnswered`). */
+  parts: number;
   /** The adapters that decoded ("ledger×0.55 + voyage×0.45"), null: the base model. */
   adapter: string | null;
   /** The chunks' sources and ordinals, in prefix order. */
@@ -58,6 +60,8 @@ export interface CrossGroupResult {
   chunks: CrossGroupChunks;
   n: number;
   exactMatch: number;
+  /** Share of the answers' values stated (each question has two), exact or not. */
+  partsAnswered: number;
 }
 
 /** What {@link evaluateCrossGroup} returns. */
@@ -123,6 +127,7 @@ export async function evaluateCrossGroup(
           answer: q.answer,
           prediction: a.text,
           exact: exactMatch(a.text, q.answer),
+          parts: partsAnswered(a.text, answerParts(q)),
           adapter: a.adapter ?? null,
           context: context.map((c) => ({ source: c.source, ordinal: c.ordinal, group: c.group })),
         });
@@ -139,6 +144,7 @@ export async function evaluateCrossGroup(
         chunks,
         n: mine.length,
         exactMatch: mine.filter((r) => r.exact).length / mine.length,
+        partsAnswered: mine.reduce((s, r) => s + r.parts, 0) / (2 * mine.length),
       });
     }
   }
@@ -152,6 +158,20 @@ export async function evaluateCrossGroup(
     results,
     rows,
   };
+}
+
+/**
+ * A cross-group answer's two values: the corpus writes them as "X and Y", and no value holds the
+ * word "and" (`SLOT_VALUES` in `demo/groups.ts`).
+ *
+ * @example
+ * ```ts
+ * import { answerParts } from "./evaluate_cross.ts";
+ * console.log(answerParts({ answer: "wax and seventy" })); // ["wax", "seventy"]
+ * ```
+ */
+export function answerParts(q: Pick<DemoQuestion, "answer">): string[] {
+  return q.answer.split(" and ");
 }
 
 /**

@@ -101,7 +101,8 @@ export function formatDemoTargets(e: DemoEvaluation): string {
 const MODE_LABELS = { best: "best group's adapter", compose: "composed adapters", none: "no adapter" };
 
 /**
- * The cross-group table: exact match per adapter mode, over the retrieved and the oracle chunks.
+ * The cross-group table: exact match per adapter mode, over the retrieved and the oracle chunks, with
+ * the share of the answers' values stated beside it ("0.000 (0.44)").
  *
  * @example
  * ```ts ignore
@@ -109,10 +110,12 @@ const MODE_LABELS = { best: "best group's adapter", compose: "composed adapters"
  * ```
  */
 export function formatCrossGroupTable(x: CrossGroupEvaluation): string {
-  const cell = (mode: string, chunks: string) =>
-    fixed(x.results.find((r) => r.mode === mode && r.chunks === chunks)?.exactMatch ?? NaN);
+  const cell = (mode: string, chunks: string) => {
+    const r = x.results.find((r) => r.mode === mode && r.chunks === chunks);
+    return `${fixed(r?.exactMatch ?? NaN)} (${(r?.partsAnswered ?? NaN).toFixed(2)})`;
+  };
   const lines = [
-    `| adapters (${x.questions} cross-group questions) | retrieved chunks (BM25, k = ${x.k}) | oracle chunks (both facts) |`,
+    `| adapters (${x.questions} cross-group questions; exact match (values stated)) | retrieved chunks (BM25, k = ${x.k}) | oracle chunks (both facts) |`,
     "| --- | --- | --- |",
   ];
   for (const [mode, label] of Object.entries(MODE_LABELS)) {

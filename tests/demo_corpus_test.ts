@@ -13,10 +13,12 @@ import {
   generateDemoCorpus,
   makeDemoTokenizer,
   normalizeAnswer,
+  partsAnswered,
   questionsJsonl,
 } from "../demo/mod.ts";
 import { SHARED_WORDS, SLOT_VALUES, templateWords } from "../demo/groups.ts";
 import { runCli, tempDir } from "./_fixtures.ts";
+import { answerParts } from "../demo/evaluate_cross.ts";
 import { throwsKvfold } from "./_kvfold_asserts.ts";
 
 const SMALL = { documents: 6, tokensPerDocument: 1200, factsPerDocument: 8, crossGroup: 3 };
@@ -253,6 +255,43 @@ Deno.test("demo corpus: exact match normalises case, punctuation, articles and s
   assert.ok(!exactMatch("forty", "forty two"));
   assert.ok(!exactMatch("forty two crowns", "forty two"));
   assert.ok(!exactMatch("", "silk"));
+});
+
+Deno.test("demo corpus: a part is stated when its words are whole words of the answer, in order", () => {
+  assert.equal(partsAnswered("quillon", ["ninety", "quillon"]), 1);
+  assert.equal(partsAnswered("The Quillon, and ninety!", ["ninety", "quillon"]), 2);
+  // Not inside a longer value, not a prefix of a word, not out of order.
+  assert.equal(partsAnswered("seventy six", ["wax", "seventy six"]), 1);
+  assert.equal(partsAnswered("seventy six", ["wax", "seventy"]), 1);
+  assert.equal(partsAnswered("seventy", ["wax", "seventy six"]), 0);
+  assert.equal(partsAnswered("blue boar", ["varesh", "blue bear"]), 0);
+  assert.equal(partsAnswered("bear blue", ["varesh", "blue bear"]), 0);
+  assert.equal(partsAnswered("bluebear", ["blue bear"]), 0);
+  assert.equal(partsAnswered("", ["silk"]), 0);
+  assert.equal(partsAnswered("silk", [""]), 0);
+});
+
+Deno.test("demo corpus: a cross-group answer splits into its two facts' values", () => {
+  const c = generateDemoCorpus({ seed: 42, ...SMALL });
+  const cross = c.questions.filter((q) => q.documents);
+  assert.equal(cross.length, SMALL.crossGroup);
+  for (const q of cross) {
+    // The values of the one entity the question names that has a fact in both documents.
+    const [a, b] = q.documents!.map((file) => c.documents.find((d) => d.file === file)!);
+    const words = q.question.replace(/[?,]/g, "").split(" ");
+    const shared = a.facts.filter((f) =>
+      words.includes(f.entity) && b.facts.some((g) => g.entity === f.entity)
+    );
+    assert.equal(shared.length, 1, q.question);
+    const entity = shared[0].entity;
+    const values = [a, b].map((d) => d.facts.find((f) => f.entity === entity)!.value);
+    assert.deepEqual(answerParts(q), values, q.question);
+    assert.equal(partsAnswered(q.answer, answerParts(q)), 2);
+  }
+  // No value holds the word the answer joins them with.
+  for (const list of Object.values(SLOT_VALUES)) {
+    for (const v of list) assert.ok(!v.split(" ").includes("and"), v);
+  }
 });
 
 Deno.test("cli make-demo-corpus: writes the API's corpus, questions and tokenizer, nothing more", async () => {

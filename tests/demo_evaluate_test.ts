@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { DocumentStore, Kvfold } from "../mod.ts";
-import { exactMatch, generateDemoCorpus } from "../demo/mod.ts";
+import { exactMatch, generateDemoCorpus, partsAnswered } from "../demo/mod.ts";
 import { compressedQaExample, documentIds, textIds, textQaExample } from "../demo/examples.ts";
 import {
   CACHE_SLOTS,
@@ -178,7 +178,17 @@ Deno.test("demo evaluate: every condition answers every question with consistent
   assert.ok(e.crossGroup);
   assert.equal(e.crossGroup.questions, 2);
   assert.equal(e.crossGroup.results.length, 6);
-  for (const r of e.crossGroup.results) assert.equal(r.n, 2);
+  const crossRows = e.crossGroup.rows;
+  for (const r of e.crossGroup.results) {
+    assert.equal(r.n, 2);
+    // Values stated: each row's count by the rule, and the result their share of 2 per question.
+    const mine = crossRows.filter((x) => x.mode === r.mode && x.chunks === r.chunks);
+    for (const x of mine) {
+      assert.equal(x.parts, partsAnswered(x.prediction, x.answer.split(" and ")));
+      assert.ok(!x.exact || x.parts === 2, "an exact answer states both values");
+    }
+    assert.equal(r.partsAnswered, mine.reduce((s, x) => s + x.parts, 0) / 4);
+  }
   for (const r of e.crossGroup.rows.filter((r) => r.chunks === "oracle")) {
     assert.equal(r.context.length, 2);
     assert.deepEqual(new Set(r.context.map((c) => c.group)), new Set(["ledger", "voyage"]));
