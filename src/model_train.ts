@@ -507,9 +507,17 @@ export class ModelTrainer extends HandleOwner {
     }
   }
 
-  /** What a checkpoint must match to resume this trainer: every tensor's name and shape. */
+  /**
+   * Every trained tensor's name and shape in order (`"embed_tokens.weight[1333,128] ..."`): what a
+   * checkpoint of this trainer, or of a weight average over it, must match to be loaded.
+   */
+  get tensorShapes(): string {
+    return this.tensors.map((t) => `${t.name}[${t.shape}]`).join(" ");
+  }
+
+  /** What a checkpoint must match to resume this trainer. */
   #identity(): string {
-    return `model ${this.tensors.map((t) => `${t.name}[${t.shape}]`).join(" ")}`;
+    return `model ${this.tensorShapes}`;
   }
 }
 

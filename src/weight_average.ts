@@ -94,9 +94,7 @@ export class WeightAverage {
   }
 
   #identity(): string {
-    return `weight average ${this.decay} of ${
-      this.trainer.tensors.map((t) => `${t.name}[${t.shape}]`).join(" ")
-    }`;
+    return `weight average ${this.decay} of ${this.trainer.tensorShapes}`;
   }
 
   /** Writes the averaged weights as a Hugging Face folder (see `ModelTrainer.saveModel`). */
