@@ -46,6 +46,7 @@ import {
   formatTextContext,
   type KvfoldDocumentsCallOptions,
   type KvfoldGenerationSettings,
+  type KvfoldRunRequest,
   type KvfoldRunStats,
   runKvfold,
   type TextContextFormatter,
@@ -381,20 +382,10 @@ export class ChatKvfold extends BaseChatModel<ChatKvfoldCallOptions, AIMessageCh
     let stats: KvfoldRunStats | undefined;
     const call = toolPrompt(this.model, messages, options, chatMessage);
     const pieces = runKvfold({
-      model: this.model,
+      ...runSettings(this.#fields, options, this.#reused ??= prefixCacheOf(this.#fields)),
       prompt: call.messages,
       templateTools: call.templateTools,
       jsonSchema: call.jsonSchema,
-      documents: options.documents ?? [],
-      store: this.store,
-      settings: settingsOf(this.#fields, options),
-      stop: options.stop ?? this.#fields.stop,
-      signal: options.signal,
-      formatContext: this.#fields.formatContext ?? formatTextContext,
-      payloadText: this.#fields.payloadText,
-      cache: this.#fields.kvCache,
-      prefixCache: this.#reused ??= prefixCacheOf(this.#fields),
-      adapterMode: options.adapterMode ?? this.#fields.adapterMode,
       onStats: (s) => (stats = s),
     });
     let envelope = "";
@@ -560,19 +551,9 @@ export class KvfoldLLM extends LLM<KvfoldLLMCallOptions> {
   ): AsyncGenerator<GenerationChunk> {
     let stats: KvfoldRunStats | undefined;
     const pieces = runKvfold({
-      model: this.model,
+      ...runSettings(this.#fields, options, this.#reused ??= prefixCacheOf(this.#fields)),
       prompt: this.chat ? [{ role: "user", content: prompt }] : prompt,
       jsonSchema: options.jsonSchema,
-      documents: options.documents ?? [],
-      store: this.store,
-      settings: settingsOf(this.#fields, options),
-      stop: options.stop ?? this.#fields.stop,
-      signal: options.signal,
-      formatContext: this.#fields.formatContext ?? formatTextContext,
-      payloadText: this.#fields.payloadText,
-      cache: this.#fields.kvCache,
-      prefixCache: this.#reused ??= prefixCacheOf(this.#fields),
-      adapterMode: options.adapterMode ?? this.#fields.adapterMode,
       onStats: (s) => (stats = s),
     });
     for await (const piece of pieces) {
@@ -597,6 +578,27 @@ export class KvfoldLLM extends LLM<KvfoldLLMCallOptions> {
     for await (const chunk of this._streamResponseChunks(prompt, options, runManager)) text += chunk.text;
     return text;
   }
+}
+
+/** What both classes give `runKvfold` besides the prompt: `fields` under the call's options. */
+function runSettings(
+  fields: KvfoldModelFields,
+  call: KvfoldDocumentsCallOptions & { stop?: string[]; signal?: AbortSignal },
+  prefixCache: PrefixCache | undefined,
+): Omit<KvfoldRunRequest, "prompt"> {
+  return {
+    model: fields.model,
+    documents: call.documents ?? [],
+    store: fields.store,
+    settings: settingsOf(fields, call),
+    stop: call.stop ?? fields.stop,
+    signal: call.signal,
+    formatContext: fields.formatContext ?? formatTextContext,
+    payloadText: fields.payloadText,
+    cache: fields.kvCache,
+    prefixCache,
+    adapterMode: call.adapterMode ?? fields.adapterMode,
+  };
 }
 
 /** The sessions `reuseCache` keeps: the caller's cache, a new one for `true`, none otherwise. */
