@@ -161,6 +161,25 @@ export const SHIPPED_BUDGET: RecipeBudget = {
   optimizer: { betas: [0.9, 0.95] },
 };
 
+/**
+ * The shipped budget with `overrides` over it, `optimizer` merged key by key, so
+ * `{ optimizer: { learningRate } }` keeps the shipped betas (what `deno task train-demo OUT '{...}'` runs).
+ *
+ * @example
+ * ```ts
+ * import { overShippedBudget } from "./recipe.ts";
+ * console.log(overShippedBudget({ optimizer: { learningRate: 1e-3 } }).optimizer);
+ * // { betas: [ 0.9, 0.95 ], learningRate: 0.001 }
+ * ```
+ */
+export function overShippedBudget(overrides: Partial<RecipeBudget>): RecipeBudget {
+  return {
+    ...SHIPPED_BUDGET,
+    ...overrides,
+    optimizer: { ...SHIPPED_BUDGET.optimizer, ...overrides.optimizer },
+  };
+}
+
 /** What the recipe reports as it goes. */
 export interface RecipeProgress {
   phase: "reader" | "compressor" | "adapters" | "lococo" | "select";

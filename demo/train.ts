@@ -11,7 +11,7 @@
 import { join, relative } from "node:path";
 import { cpus } from "node:os";
 import { Kvfold } from "../mod.ts";
-import { type RecipeProgress, SHIPPED_BUDGET, trainDemoModel } from "./recipe.ts";
+import { overShippedBudget, type RecipeProgress, SHIPPED_BUDGET, trainDemoModel } from "./recipe.ts";
 import { DEFAULT_TRAINED_DIR } from "./trained.ts";
 import { type DemoEvaluation, evaluateDemo } from "./evaluate.ts";
 import { formatDemoTable } from "./evaluate_table.ts";
@@ -23,7 +23,7 @@ if (import.meta.main) {
   const resume = Deno.args.includes("--resume");
   const args = Deno.args.filter((a) => a !== "--resume");
   const outDir = args[0] ?? DEFAULT_TRAINED_DIR;
-  const budget = args[1] ? { ...SHIPPED_BUDGET, ...JSON.parse(args[1]) } : SHIPPED_BUDGET;
+  const budget = args[1] ? overShippedBudget(JSON.parse(args[1])) : SHIPPED_BUDGET;
   const abort = new AbortController();
   Deno.addSignalListener("SIGINT", () => abort.abort(new Error("interrupted")));
   const phases: Record<string, number> = {};

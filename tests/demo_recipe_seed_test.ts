@@ -6,8 +6,10 @@ import assert from "node:assert/strict";
 import { Kvfold } from "../mod.ts";
 import {
   EVALUATION_SEEDS,
+  overShippedBudget,
   type RecipeBudget,
   recipeSeed,
+  SHIPPED_BUDGET,
   TRAIN_SEED,
   trainDemoModel,
 } from "../demo/recipe.ts";
@@ -78,4 +80,21 @@ Deno.test("demo recipe optimizer: its settings reach the trainer; the defaults s
       `${JSON.stringify(optimizer)} changed nothing`,
     );
   }
+});
+
+Deno.test("demo recipe budget: overrides go over the shipped budget, the optimizer key by key", () => {
+  const plain = overShippedBudget({});
+  assert.deepEqual(plain, SHIPPED_BUDGET);
+  assert.equal(
+    JSON.stringify(plain),
+    JSON.stringify(SHIPPED_BUDGET),
+    "key order kept (resume compares JSON)",
+  );
+  const lr = overShippedBudget({ optimizer: { learningRate: 1e-3 } });
+  assert.deepEqual(lr.optimizer, { ...SHIPPED_BUDGET.optimizer, learningRate: 1e-3 });
+  assert.deepEqual(overShippedBudget({ optimizer: { betas: [0.9, 0.999] } }).optimizer!.betas, [0.9, 0.999]);
+  const seeded = overShippedBudget({ seed: 2027, batch: 8 });
+  assert.equal(seeded.seed, 2027);
+  assert.equal(seeded.batch, 8);
+  assert.deepEqual(seeded.optimizer, SHIPPED_BUDGET.optimizer);
 });
