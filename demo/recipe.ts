@@ -104,7 +104,10 @@ export interface RecipeBudget {
   selectAt?: number;
   /** Which summary vectors carry which fact's words (default `"pairs"`). */
   layout?: SummaryLayout;
-  /** AdamW of phases 1-2 (default peak learning rate 3e-3, betas [0.9, 0.999]). */
+  /**
+   * AdamW of phases 1-2 (unset: peak learning rate 3e-3, betas [0.9, 0.999]; the shipped budget sets
+   * betas [0.9, 0.95]).
+   */
   optimizer?: { learningRate?: number; betas?: readonly [number, number] };
   /** The group adapters' LoRA (default rank 8, alpha 16, learning rate 1e-3, q/k/v/o projections). */
   adapter?: { rank?: number; alpha?: number; learningRate?: number; targets?: readonly LoraProjection[] };
@@ -331,7 +334,7 @@ function checkedBudget(budget: RecipeBudget): { seed: number; layers: number; st
     refuse(`layers ${layers} is not an integer in [1, 32]`);
   }
   if (budget.layout !== undefined && !SUMMARY_LAYOUTS.includes(budget.layout)) {
-    refuse(`layout "${budget.layout}" is not "pairs" or "triples"`);
+    refuse(`layout "${budget.layout}" is not ${SUMMARY_LAYOUTS.map((l) => `"${l}"`).join(" or ")}`);
   }
   for (const step of budget.snapshots ?? []) {
     if (!Number.isInteger(step) || step < 1 || step > budget.compressorSteps) {
