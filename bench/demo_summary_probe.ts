@@ -1,6 +1,6 @@
 // What the demo model's summary vectors carry: for each held-out store chunk, the vectors the recipe
 // trains to name a fact (demo/compressor_examples.ts factTargets, in the layout of the model's
-// recipe.json: pairs or triples) are read through the tied LM head, and the top-1 token is checked
+// recipe.json) are read through the tied LM head, and the top-1 token is checked
 // against the fact's entity (its entity row) and its value's words (its first value row). Reported by the fact's rank in its segment
 // (first, second, ...), since the owner of a second fact is what the reader needs to tell two facts of
 // one kind apart. With --qa-rows (the JSON of `bench/demo_qa.ts --rows`, same seed and documents), the
@@ -9,17 +9,19 @@
 // bench; it never trains.
 //
 //   deno run -A bench/demo_summary_probe.ts [--trained demo/trained] [--seed 4242] [--documents 8]
-//       [--qa-rows demo_qa_rows.json] [--layout pairs|triples (default: the model's recipe.json)]
+//       [--qa-rows demo_qa_rows.json] [--layout pairs|triples|spans (default: the model's recipe.json)]
 import { parseArgs } from "node:util";
 import { join } from "node:path";
 import { Kvfold } from "../mod.ts";
 import { Compressor } from "../src/compressor.ts";
 import { readSafetensorsFile, toFloat32 } from "../src/formats/safetensors.ts";
 import { generateDemoCorpus } from "../demo/corpus.ts";
-import { chunkRange, documentIds, questionsIn, textIds } from "../demo/examples.ts";
+import { chunkRange, documentIds, questionsIn } from "../demo/examples.ts";
 import {
   CHUNK_TOKENS,
+  factSlots,
   factTargets,
+  factTokens,
   questionsBySegment,
   SEGMENT_TOKENS,
   SUMMARY_LAYOUTS,
@@ -75,9 +77,10 @@ for (const doc of corpus.documents) {
       (await compressor.compress(ids.slice(start, end), { segmentLength: SEGMENT_TOKENS })).data;
     for (const [seg, inSeg] of questionsBySegment(questionsIn(doc, start, end), start)) {
       inSeg.forEach((q, rank) => rankOf.set(`${doc.file}\n${q.question}`, rank));
-      inSeg.forEach((q, rank) => {
-        const fact = { entity: textIds(q.fact.entity)[0], value: textIds(q.fact.value) };
-        const [entity, value] = factTargets(fact, rank, layout, DEMO_EOS_ID);
+      const facts = inSeg.map((q) => factTokens(q, start + seg * SEGMENT_TOKENS));
+      const slots = factSlots(facts, layout);
+      facts.forEach((fact, rank) => {
+        const [entity, value] = factTargets(fact, slots[rank], layout, DEMO_EOS_ID);
         if (!value) return; // no room for its value in the layout
         const counts = byRank[rank] ??= [0, 0, 0];
         counts[0]++;

@@ -11,12 +11,17 @@ import { compressedQaExample, type SpanQuestion, textIds } from "./examples.ts";
 import { SEGMENT_TOKENS, SUMMARY_VECTORS } from "./recipe_shape.ts";
 
 /**
- * How a segment's summary vectors are assigned to its facts (in document order):
- * - `"pairs"`: fact p in vectors 2p (its entity) and 2p + 1 (its value's words, as a bag);
- * - `"triples"`: fact f in vectors 3f (its entity), 3f + 1 (its value's first word) and 3f + 2 (its
- *   second word, or `</s>` for a one-word value), so the vectors read like the text "entity value
+ * How a segment's summary vectors are assigned to its facts:
+ * - `"pairs"`: the f-th fact in document order in vectors 2f (its entity) and 2f + 1 (its value's
+ *   words, as a bag);
+ * - `"triples"`: the f-th fact in vectors 3f (its entity), 3f + 1 (its value's first word) and 3f + 2
+ *   (its second word, or `</s>` for a one-word value), so the vectors read like the text "entity value
  *   </s>" that the reader copies from; rows past the segment's vectors are dropped (the third fact
- *   keeps its entity and first word).
+ *   keeps its entity and first word);
+ * - `"spans"`: the segment cut into {@link SUMMARY_VECTORS} / 2 equal spans of tokens; the fact whose
+ *   sentence's midpoint lies in span s in vectors 2s and 2s + 1 as in pairs (a second fact in the same
+ *   span gets no targets). A vector then learns to read a fixed stretch of positions, not to count
+ *   facts, which is what a small encoder fails at for a segment's second and third fact.
  *
  * What the pairs model learned (`bench/demo_summary_probe.ts`, held-out chunks, README "Training the demo
  * model"): a segment's first fact's entity and value words almost always, the second's owner only
@@ -25,17 +30,45 @@ import { SEGMENT_TOKENS, SUMMARY_VECTORS } from "./recipe_shape.ts";
  */
 export type SummaryLayout = typeof SUMMARY_LAYOUTS[number];
 /** Every {@link SummaryLayout}, for checking a layout given as a string. */
-export const SUMMARY_LAYOUTS = ["pairs", "triples"] as const;
+export const SUMMARY_LAYOUTS = ["pairs", "triples", "spans"] as const;
+/** Tokens per span of the `"spans"` layout. */
+export const SPAN_TOKENS = SEGMENT_TOKENS / (SUMMARY_VECTORS / 2);
 
 /** One fact of a segment as token ids: its entity's token and its value's words. */
 export interface FactTokens {
   entity: number;
   value: readonly number[];
+  /** Its sentence's midpoint in tokens from the segment's start (the `"spans"` layout needs it). */
+  at?: number;
 }
 
 /**
- * The summary targets of the `f`-th fact of a segment (`row` relative to the segment's first vector;
- * the entity's first when its row exists), empty when the layout has no room for it.
+ * The slot each of a segment's facts (in document order) takes in `layout`: its index for pairs and
+ * triples, its span for spans, -1 for a fact sharing its span with an earlier one.
+ *
+ * @example
+ * ```ts
+ * import { factSlots } from "./compressor_examples.ts";
+ * const fact = (at: number) => ({ entity: 7, value: [8], at });
+ * console.log(factSlots([fact(10), fact(40), fact(200)], "spans")); // [0, -1, 3]
+ * ```
+ */
+export function factSlots(facts: readonly FactTokens[], layout: SummaryLayout): number[] {
+  if (layout !== "spans") return facts.map((_, f) => f);
+  const taken = new Set<number>();
+  return facts.map(({ at }) => {
+    if (at === undefined) throw new RangeError('factSlots: the "spans" layout needs each fact\'s `at`');
+    const span = Math.min(SUMMARY_VECTORS / 2 - 1, Math.max(0, Math.floor(at / SPAN_TOKENS)));
+    if (taken.has(span)) return -1;
+    taken.add(span);
+    return span;
+  });
+}
+
+/**
+ * The summary targets of a fact in slot `f` of its segment (see {@link factSlots}; `row` relative to the
+ * segment's first vector; the entity's first when its row exists), empty when the layout has no room
+ * for it.
  *
  * @example
  * ```ts
@@ -50,12 +83,13 @@ export function factTargets(
   layout: SummaryLayout,
   eos: number,
 ): SummaryTarget[] {
-  const rows = layout === "pairs"
-    ? (2 * f + 1 < SUMMARY_VECTORS ? [2 * f, ...fact.value.map(() => 2 * f + 1)] : [])
-    : [3 * f, 3 * f + 1, 3 * f + 2];
-  const tokens = layout === "pairs"
-    ? [fact.entity, ...fact.value]
-    : [fact.entity, fact.value[0], fact.value[1] ?? eos];
+  if (f < 0) return [];
+  const rows = layout === "triples"
+    ? [3 * f, 3 * f + 1, 3 * f + 2]
+    : (2 * f + 1 < SUMMARY_VECTORS ? [2 * f, ...fact.value.map(() => 2 * f + 1)] : []);
+  const tokens = layout === "triples"
+    ? [fact.entity, fact.value[0], fact.value[1] ?? eos]
+    : [fact.entity, ...fact.value];
   return rows.map((row, i) => ({ row, token: tokens[i] })).filter((t) => t.row < SUMMARY_VECTORS);
 }
 
@@ -75,7 +109,17 @@ export function segmentTargets(
   layout: SummaryLayout,
   eos: number,
 ): SummaryTarget[] {
-  return facts.flatMap((fact, f) => factTargets(fact, f, layout, eos));
+  const slots = factSlots(facts, layout);
+  return facts.flatMap((fact, f) => factTargets(fact, slots[f], layout, eos));
+}
+
+/** A question's fact as {@link FactTokens}, `at` counted from `segmentStart` (a document position). */
+export function factTokens(q: SpanQuestion, segmentStart: number): FactTokens {
+  return {
+    entity: textIds(q.fact.entity)[0],
+    value: textIds(q.fact.value),
+    at: (q.fact.tokenStart + q.fact.tokenEnd) / 2 - segmentStart,
+  };
 }
 
 /**
@@ -115,7 +159,7 @@ export function compressorExample(d: {
   );
   const summaryTargets: SummaryTarget[] = [];
   for (const [segment, qs] of questionsBySegment(d.questions, d.start)) {
-    const facts = qs.map((q) => ({ entity: textIds(q.fact.entity)[0], value: textIds(q.fact.value) }));
+    const facts = qs.map((q) => factTokens(q, d.start + segment * SEGMENT_TOKENS));
     for (const t of segmentTargets(facts, layout, DEMO_EOS_ID)) {
       summaryTargets.push({ row: segment * SUMMARY_VECTORS + t.row, token: t.token });
     }

@@ -53,9 +53,12 @@ import { compressorExample, SUMMARY_LAYOUTS, type SummaryLayout } from "./compre
 export * from "./recipe_shape.ts";
 export {
   compressorExample,
+  factSlots,
   factTargets,
+  factTokens,
   questionsBySegment,
   segmentTargets,
+  SPAN_TOKENS,
   SUMMARY_LAYOUTS,
   type SummaryLayout,
 } from "./compressor_examples.ts";

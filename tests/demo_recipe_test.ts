@@ -3,7 +3,13 @@
 import assert from "node:assert/strict";
 import { generateDemoCorpus } from "../demo/corpus.ts";
 import { chunkRange, documentIds, questionsIn, textIds } from "../demo/examples.ts";
-import { compressorExample, factTargets, SEGMENT_TOKENS, SUMMARY_VECTORS } from "../demo/recipe.ts";
+import {
+  compressorExample,
+  factSlots,
+  factTargets,
+  SEGMENT_TOKENS,
+  SUMMARY_VECTORS,
+} from "../demo/recipe.ts";
 import { DEMO_BOS_ID, DEMO_EOS_ID } from "../demo/tokenizer.ts";
 
 Deno.test("recipe: fact f's rows in each layout, none past the segment's vectors", () => {
@@ -27,10 +33,25 @@ Deno.test("recipe: fact f's rows in each layout, none past the segment's vectors
   assert.equal(SUMMARY_VECTORS, 8, "the rows above assume 8 vectors per segment");
 });
 
-for (const layout of ["pairs", "triples"] as const) {
+Deno.test("recipe: spans slots are a fact's 64-token stretch of its segment, the first fact of each", () => {
+  const fact = (at: number) => ({ entity: 7, value: [8], at });
+  assert.deepEqual(factSlots([fact(0), fact(63.5), fact(64), fact(130), fact(255.5)], "spans"), [
+    0,
+    -1,
+    1,
+    2,
+    3,
+  ]);
+  assert.deepEqual(factSlots([fact(200), fact(10)], "pairs"), [0, 1]);
+  assert.deepEqual(factTargets(fact(70), -1, "spans", 2), []);
+  assert.deepEqual(factTargets(fact(70), 1, "spans", 2), [{ row: 2, token: 7 }, { row: 3, token: 8 }]);
+  assert.throws(() => factSlots([{ entity: 7, value: [8] }], "spans"), /needs each fact's `at`/);
+});
+
+for (const layout of ["pairs", "triples", "spans"] as const) {
   Deno.test(`recipe: a whole chunk's summary targets follow the ${layout} rule in each segment`, () => {
     const { documents } = generateDemoCorpus({ seed: 77, documents: 4 });
-    let checked = 0, twoFactSegments = 0;
+    let checked = 0, twoFactSegments = 0, sharedSpans = 0;
     for (const doc of documents) {
       const ids = documentIds(doc);
       for (let c = 0; c * 2 * SEGMENT_TOKENS < ids.length; c++) {
@@ -40,18 +61,29 @@ for (const layout of ["pairs", "triples"] as const) {
         // Expected targets, in order, restated. Pairs (the shipped weights' rule): the f-th fact of a
         // segment (by its sentence's midpoint) gives vector 2f its entity and 2f + 1 its value words, for
         // 2f + 1 < SUMMARY_VECTORS. Triples: 3f its entity, 3f + 1 and 3f + 2 its value's first and
-        // second word (</s> for one word), each row kept while < SUMMARY_VECTORS.
+        // second word (</s> for one word), each row kept while < SUMMARY_VECTORS. Spans: the segment in 4
+        // stretches of 64 tokens; the fact whose midpoint lies in stretch s as pairs' fact s, a later fact
+        // in the same stretch nothing.
         const want: { row: number; token: number }[] = [];
-        const seen = new Map<number, number>();
+        const seen = new Map<number, number>(), spans = new Set<string>();
         for (const q of questions) {
-          const seg = Math.floor(((q.fact.tokenStart + q.fact.tokenEnd) / 2 - start) / SEGMENT_TOKENS);
-          const f = seen.get(seg) ?? 0;
+          const mid = (q.fact.tokenStart + q.fact.tokenEnd) / 2 - start;
+          const seg = Math.floor(mid / SEGMENT_TOKENS);
+          let f = seen.get(seg) ?? 0;
           seen.set(seg, f + 1);
           if (f === 1) twoFactSegments++;
           const base = seg * SUMMARY_VECTORS,
             entity = textIds(q.fact.entity)[0],
             value = textIds(q.fact.value);
-          if (layout === "pairs") {
+          if (layout === "spans") {
+            f = Math.floor((mid - seg * SEGMENT_TOKENS) / 64);
+            if (spans.has(`${seg} ${f}`)) {
+              sharedSpans++;
+              continue;
+            }
+            spans.add(`${seg} ${f}`);
+          }
+          if (layout !== "triples") {
             if (2 * f + 1 >= SUMMARY_VECTORS) continue;
             want.push({ row: base + 2 * f, token: entity });
             for (const token of value) want.push({ row: base + 2 * f + 1, token });
@@ -76,5 +108,6 @@ for (const layout of ["pairs", "triples"] as const) {
     }
     assert.ok(checked >= 20, `${checked} chunks`);
     assert.ok(twoFactSegments >= 3, `${twoFactSegments} segments with two or more facts`);
+    if (layout === "spans") assert.ok(sharedSpans >= 1, `${sharedSpans} facts sharing a span`);
   });
 }
