@@ -25,7 +25,6 @@ import {
   questionsBySegment,
   SEGMENT_TOKENS,
   SUMMARY_LAYOUTS,
-  SUMMARY_VECTORS,
 } from "../demo/recipe.ts";
 import { DEMO_EOS_ID } from "../demo/tokenizer.ts";
 import { DEFAULT_TRAINED_DIR } from "../demo/trained.ts";
@@ -64,6 +63,7 @@ const top1 = (vec: Float32Array, r: number) => {
 
 await using kv = await Kvfold.open({ backend: "cpu" });
 using compressor = await Compressor.load(kv, modelDir);
+const S = compressor.summaryLength;
 const corpus = generateDemoCorpus({ seed: Number(v.seed), documents: Number(v.documents) });
 // byRank[k] = [facts, entity right, value word right] for the k-th fact of its segment
 const byRank: number[][] = [];
@@ -78,14 +78,14 @@ for (const doc of corpus.documents) {
     for (const [seg, inSeg] of questionsBySegment(questionsIn(doc, start, end), start)) {
       inSeg.forEach((q, rank) => rankOf.set(`${doc.file}\n${q.question}`, rank));
       const facts = inSeg.map((q) => factTokens(q, start + seg * SEGMENT_TOKENS));
-      const slots = factSlots(facts, layout);
+      const slots = factSlots(facts, layout, S);
       facts.forEach((fact, rank) => {
-        const [entity, value] = factTargets(fact, slots[rank], layout, DEMO_EOS_ID);
+        const [entity, value] = factTargets(fact, slots[rank], layout, DEMO_EOS_ID, S);
         if (!value) return; // no room for its value in the layout
         const counts = byRank[rank] ??= [0, 0, 0];
         counts[0]++;
-        if (top1(vectors, seg * SUMMARY_VECTORS + entity.row) === fact.entity) counts[1]++;
-        if (fact.value.includes(top1(vectors, seg * SUMMARY_VECTORS + value.row))) counts[2]++;
+        if (top1(vectors, seg * S + entity.row) === fact.entity) counts[1]++;
+        if (fact.value.includes(top1(vectors, seg * S + value.row))) counts[2]++;
       });
     }
   }

@@ -18,7 +18,7 @@ import { SEGMENT_TOKENS, SUMMARY_VECTORS } from "./recipe_shape.ts";
  *   (its second word, or `</s>` for a one-word value), so the vectors read like the text "entity value
  *   </s>" that the reader copies from; rows past the segment's vectors are dropped (the third fact
  *   keeps its entity and first word);
- * - `"spans"`: the segment cut into {@link SUMMARY_VECTORS} / 2 equal spans of tokens; the fact whose
+ * - `"spans"`: the segment cut into one equal span of tokens per two vectors; the fact whose
  *   sentence's midpoint lies in span s in vectors 2s and 2s + 1 as in pairs (a second fact in the same
  *   span gets no targets). A vector then learns to read a fixed stretch of positions, not to count
  *   facts, which is what a small encoder fails at for a segment's second and third fact.
@@ -31,8 +31,6 @@ import { SEGMENT_TOKENS, SUMMARY_VECTORS } from "./recipe_shape.ts";
 export type SummaryLayout = typeof SUMMARY_LAYOUTS[number];
 /** Every {@link SummaryLayout}, for checking a layout given as a string. */
 export const SUMMARY_LAYOUTS = ["pairs", "triples", "spans"] as const;
-/** Tokens per span of the `"spans"` layout. */
-export const SPAN_TOKENS = SEGMENT_TOKENS / (SUMMARY_VECTORS / 2);
 
 /** One fact of a segment as token ids: its entity's token and its value's words. */
 export interface FactTokens {
@@ -43,8 +41,9 @@ export interface FactTokens {
 }
 
 /**
- * The slot each of a segment's facts (in document order) takes in `layout`: its index for pairs and
- * triples, its span for spans, -1 for a fact sharing its span with an earlier one.
+ * The slot each of a segment's facts (in document order) takes in `layout` with `vectors` summary
+ * vectors per segment: its index for pairs and triples, its span for spans (`vectors / 2` spans of
+ * equal length), -1 for a fact sharing its span with an earlier one.
  *
  * @example
  * ```ts
@@ -53,12 +52,16 @@ export interface FactTokens {
  * console.log(factSlots([fact(10), fact(40), fact(200)], "spans")); // [0, -1, 3]
  * ```
  */
-export function factSlots(facts: readonly FactTokens[], layout: SummaryLayout): number[] {
+export function factSlots(
+  facts: readonly FactTokens[],
+  layout: SummaryLayout,
+  vectors = SUMMARY_VECTORS,
+): number[] {
   if (layout !== "spans") return facts.map((_, f) => f);
-  const taken = new Set<number>();
+  const spans = Math.floor(vectors / 2), taken = new Set<number>();
   return facts.map(({ at }) => {
     if (at === undefined) throw new RangeError('factSlots: the "spans" layout needs each fact\'s `at`');
-    const span = Math.min(SUMMARY_VECTORS / 2 - 1, Math.max(0, Math.floor(at / SPAN_TOKENS)));
+    const span = Math.min(spans - 1, Math.max(0, Math.floor(at * spans / SEGMENT_TOKENS)));
     if (taken.has(span)) return -1;
     taken.add(span);
     return span;
@@ -68,7 +71,7 @@ export function factSlots(facts: readonly FactTokens[], layout: SummaryLayout): 
 /**
  * The summary targets of a fact in slot `f` of its segment (see {@link factSlots}; `row` relative to the
  * segment's first vector; the entity's first when its row exists), empty when the layout has no room
- * for it.
+ * for it in `vectors` summary vectors.
  *
  * @example
  * ```ts
@@ -82,19 +85,21 @@ export function factTargets(
   f: number,
   layout: SummaryLayout,
   eos: number,
+  vectors = SUMMARY_VECTORS,
 ): SummaryTarget[] {
   if (f < 0) return [];
   const rows = layout === "triples"
     ? [3 * f, 3 * f + 1, 3 * f + 2]
-    : (2 * f + 1 < SUMMARY_VECTORS ? [2 * f, ...fact.value.map(() => 2 * f + 1)] : []);
+    : (2 * f + 1 < vectors ? [2 * f, ...fact.value.map(() => 2 * f + 1)] : []);
   const tokens = layout === "triples"
     ? [fact.entity, fact.value[0], fact.value[1] ?? eos]
     : [fact.entity, ...fact.value];
-  return rows.map((row, i) => ({ row, token: tokens[i] })).filter((t) => t.row < SUMMARY_VECTORS);
+  return rows.map((row, i) => ({ row, token: tokens[i] })).filter((t) => t.row < vectors);
 }
 
 /**
- * The summary targets of one segment's facts, in order (`row` relative to the segment's first vector).
+ * The summary targets of one segment's facts, in order (`row` relative to the segment's first vector;
+ * `vectors` per segment).
  *
  * @example
  * ```ts
@@ -108,9 +113,10 @@ export function segmentTargets(
   facts: readonly FactTokens[],
   layout: SummaryLayout,
   eos: number,
+  vectors = SUMMARY_VECTORS,
 ): SummaryTarget[] {
-  const slots = factSlots(facts, layout);
-  return facts.flatMap((fact, f) => factTargets(fact, slots[f], layout, eos));
+  const slots = factSlots(facts, layout, vectors);
+  return facts.flatMap((fact, f) => factTargets(fact, slots[f], layout, eos, vectors));
 }
 
 /** A question's fact as {@link FactTokens}, `at` counted from `segmentStart` (a document position). */
@@ -148,11 +154,15 @@ export function questionsBySegment(
  *   entity and value words through the LM head (default `"pairs"`);
  * - a reconstruction pair: `[summaries | <s>] -> the window's fact sentences </s>`.
  */
-export function compressorExample(d: {
-  ids: readonly number[];
-  start: number;
-  questions: readonly SpanQuestion[];
-}, layout: SummaryLayout = "pairs"): CompressorExample {
+export function compressorExample(
+  d: {
+    ids: readonly number[];
+    start: number;
+    questions: readonly SpanQuestion[];
+  },
+  layout: SummaryLayout = "pairs",
+  vectors = SUMMARY_VECTORS,
+): CompressorExample {
   const pairs: CompressorQaPair[] = d.questions.map((q) => compressedQaExample(d.ids, q.question, q.answer));
   const facts = d.questions.flatMap(({ fact }) =>
     d.ids.slice(fact.tokenStart - d.start, fact.tokenEnd - d.start)
@@ -160,8 +170,8 @@ export function compressorExample(d: {
   const summaryTargets: SummaryTarget[] = [];
   for (const [segment, qs] of questionsBySegment(d.questions, d.start)) {
     const facts = qs.map((q) => factTokens(q, d.start + segment * SEGMENT_TOKENS));
-    for (const t of segmentTargets(facts, layout, DEMO_EOS_ID)) {
-      summaryTargets.push({ row: segment * SUMMARY_VECTORS + t.row, token: t.token });
+    for (const t of segmentTargets(facts, layout, DEMO_EOS_ID, vectors)) {
+      summaryTargets.push({ row: segment * vectors + t.row, token: t.token });
     }
   }
   pairs.push({ question: [DEMO_BOS_ID], answer: [...facts, DEMO_EOS_ID] });

@@ -58,7 +58,6 @@ export {
   factTokens,
   questionsBySegment,
   segmentTargets,
-  SPAN_TOKENS,
   SUMMARY_LAYOUTS,
   type SummaryLayout,
 } from "./compressor_examples.ts";
@@ -107,6 +106,11 @@ export interface RecipeBudget {
   selectAt?: number;
   /** Which summary vectors carry which fact's words (default `"pairs"`). */
   layout?: SummaryLayout;
+  /**
+   * Summary vectors per 256-token segment (default {@link SUMMARY_VECTORS}, 8: 32x); at most 10 keeps
+   * the issue's 25x or more.
+   */
+  summaryVectors?: number;
   /**
    * AdamW of phases 1-2 (unset: peak learning rate 3e-3, betas [0.9, 0.999]; the shipped budget sets
    * betas [0.9, 0.95]).
@@ -339,6 +343,10 @@ function checkedBudget(budget: RecipeBudget): { seed: number; layers: number; st
   if (budget.layout !== undefined && !SUMMARY_LAYOUTS.includes(budget.layout)) {
     refuse(`layout "${budget.layout}" is not ${SUMMARY_LAYOUTS.map((l) => `"${l}"`).join(" or ")}`);
   }
+  const vectors = budget.summaryVectors ?? SUMMARY_VECTORS;
+  if (!Number.isInteger(vectors) || vectors < 2 || vectors > SEGMENT_TOKENS / 2) {
+    refuse(`summaryVectors ${vectors} is not an integer in [2, ${SEGMENT_TOKENS / 2}]`);
+  }
   for (const step of budget.snapshots ?? []) {
     if (!Number.isInteger(step) || step < 1 || step > budget.compressorSteps) {
       refuse(`snapshot step ${step} is not in [1, ${budget.compressorSteps}]`);
@@ -446,7 +454,7 @@ async function trainReaderAndCompressor(kv: Kvfold, run: CompressorRun): Promise
   using model = await kv.loadModel(join(outDir, "init"), { dtype: "f32" });
   using trainer = ModelTrainer.create(model, {
     seed,
-    summaryLength: SUMMARY_VECTORS,
+    summaryLength: budget.summaryVectors ?? SUMMARY_VECTORS,
     segmentLength: SEGMENT_TOKENS,
     backpropSegments: 2,
     lmWeight: 0.5,
@@ -510,7 +518,13 @@ async function trainReaderAndCompressor(kv: Kvfold, run: CompressorRun): Promise
         };
       }
       const whole = s >= 0.7 * budget.compressorSteps && b % 2 === 0;
-      return { document: compressorExample((whole ? chunks : docs).next().value as Draw, budget.layout) };
+      return {
+        document: compressorExample(
+          (whole ? chunks : docs).next().value as Draw,
+          budget.layout,
+          budget.summaryVectors,
+        ),
+      };
     });
   };
 

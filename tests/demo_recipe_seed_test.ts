@@ -1,6 +1,6 @@
 // The recipe's seed (RecipeBudget.seed): another seed is another run (different weights from the same
 // budget), and a seed whose document streams would reach an evaluation seed is refused before anything
-// is written. The model's depth (RecipeBudget.layers) goes into its config and tensors, and the
+// is written. The model's depth (RecipeBudget.layers) and summary vectors go into its files, and the
 // optimizer settings (RecipeBudget.optimizer) into the trainer.
 import assert from "node:assert/strict";
 import { Kvfold } from "../mod.ts";
@@ -13,6 +13,7 @@ import {
   TRAIN_SEED,
   trainDemoModel,
 } from "../demo/recipe.ts";
+import { Compressor } from "../src/compressor.ts";
 import { sameBytes, tempDir } from "./_fixtures.ts";
 
 const TINY: RecipeBudget = { readerSteps: 1, compressorSteps: 1, adapterSteps: 1, lococoSteps: 1, batch: 1 };
@@ -46,20 +47,32 @@ Deno.test("demo recipe seed: another seed trains other weights; a refused seed w
   await assert.rejects(Deno.stat(dir), Deno.errors.NotFound);
 });
 
-Deno.test("demo recipe layers: the model has that many decoder layers; a bad count writes nothing", async () => {
+Deno.test("demo recipe layers and summary vectors: the model has that many; a bad count writes nothing", async () => {
   await using kv = await Kvfold.open();
   const dir = await tempDir();
-  await trainDemoModel(kv, { outDir: dir, budget: { ...TINY, layers: 2 } });
+  await trainDemoModel(kv, {
+    outDir: dir,
+    budget: { ...TINY, layers: 2, summaryVectors: 10, layout: "spans" },
+  });
   const config = JSON.parse(await Deno.readTextFile(`${dir}/model/config.json`));
   assert.equal(config.num_hidden_layers, 2);
   using model = await kv.loadModel(`${dir}/model`);
   assert.equal(model.info.layers, 2);
-  for (const layers of [0, 1.5, 33]) {
-    const out = `${await tempDir()}/out`;
-    await assert.rejects(
-      trainDemoModel(kv, { outDir: out, budget: { ...TINY, layers } }),
+  using compressor = await Compressor.load(kv, `${dir}/model`);
+  assert.equal(compressor.summaryLength, 10);
+  const bad: [Partial<RecipeBudget>, RegExp][] = [
+    ...[0, 1.5, 33].map((layers): [Partial<RecipeBudget>, RegExp] => [
+      { layers },
       /layers .* is not an integer in \[1, 32\]/,
-    );
+    ]),
+    ...[1, 2.5, 129].map((summaryVectors): [Partial<RecipeBudget>, RegExp] => [
+      { summaryVectors },
+      /summaryVectors .* is not an integer in \[2, 128\]/,
+    ]),
+  ];
+  for (const [extra, message] of bad) {
+    const out = `${await tempDir()}/out`;
+    await assert.rejects(trainDemoModel(kv, { outDir: out, budget: { ...TINY, ...extra } }), message);
     await assert.rejects(Deno.stat(out), Deno.errors.NotFound);
   }
 });

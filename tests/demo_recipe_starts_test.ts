@@ -125,7 +125,7 @@ Deno.test("demo recipe starts: bad counts and steps are refused before writing; 
     [{ starts: 17 }, /starts 17 is not/],
     [{ starts: 2, selectAt: 4 }, /selectAt 4 is not in \[1, 3\]/],
     [{ starts: 2, selectAt: 0 }, /selectAt 0 is not/],
-    [{ layout: "quads" as "pairs" }, /layout "quads" is not "pairs" or "triples"/],
+    [{ layout: "quads" as "pairs" }, /layout "quads" is not "pairs" or "triples" or "spans"/],
     // Start 1 of seed 4242 - 1000 draws evaluation documents.
     [{ starts: 2, seed: 4242 - 1000 }, /evaluation seed/],
   ];

@@ -111,3 +111,30 @@ for (const layout of ["pairs", "triples", "spans"] as const) {
     if (layout === "spans") assert.ok(sharedSpans >= 1, `${sharedSpans} facts sharing a span`);
   });
 }
+
+Deno.test("recipe: with 10 vectors a segment has 5 spans of 51.2 tokens and pairs room for 5 facts", () => {
+  const fact = (at: number) => ({ entity: 7, value: [8], at });
+  assert.deepEqual(factSlots([fact(51), fact(51.5), fact(204.8), fact(255)], "spans", 10), [0, 1, 4, -1]);
+  assert.deepEqual(factTargets(fact(0), 4, "pairs", 2, 10), [{ row: 8, token: 7 }, { row: 9, token: 8 }]);
+  assert.deepEqual(factTargets(fact(0), 4, "pairs", 2), []);
+  // Every entity row of real chunks: 10 rows per segment, 2 per span of 51.2 tokens.
+  const { documents } = generateDemoCorpus({ seed: 77, documents: 2 });
+  let secondSegment = 0;
+  for (const doc of documents) {
+    const ids = documentIds(doc);
+    for (let start = 0; start < ids.length; start += 512) {
+      const questions = questionsIn(doc, start, start + 512);
+      const ex = compressorExample({ ids: ids.slice(start, start + 512), start, questions }, "spans", 10);
+      const entityRows = ex.summaryTargets!.filter((t) => t.row % 2 === 0).map((t) => t.row);
+      const want = [
+        ...new Set(questions.map((q) => {
+          const mid = (q.fact.tokenStart + q.fact.tokenEnd) / 2 - start, seg = Math.floor(mid / 256);
+          return seg * 10 + 2 * Math.floor((mid - seg * 256) / 51.2);
+        })),
+      ];
+      assert.deepEqual(entityRows, want, `${doc.file} at ${start}`);
+      secondSegment += want.filter((r) => r >= 10).length;
+    }
+  }
+  assert.ok(secondSegment >= 3, `${secondSegment} facts in second segments`);
+});
