@@ -347,6 +347,13 @@ function checkedBudget(budget: RecipeBudget): { seed: number; layers: number; st
   if (!Number.isInteger(vectors) || vectors < 2 || vectors > SEGMENT_TOKENS / 2) {
     refuse(`summaryVectors ${vectors} is not an integer in [2, ${SEGMENT_TOKENS / 2}]`);
   }
+  const { learningRate: rate, betas } = budget.optimizer ?? {};
+  if (rate !== undefined && !(Number.isFinite(rate) && rate > 0)) {
+    refuse(`optimizer.learningRate ${rate} is not a finite number > 0`);
+  }
+  if (betas !== undefined && !(betas.length === 2 && betas.every((b) => b >= 0 && b < 1))) {
+    refuse(`optimizer.betas [${betas}] are not two numbers in [0, 1)`);
+  }
   for (const step of budget.snapshots ?? []) {
     if (!Number.isInteger(step) || step < 1 || step > budget.compressorSteps) {
       refuse(`snapshot step ${step} is not in [1, ${budget.compressorSteps}]`);

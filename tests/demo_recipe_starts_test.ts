@@ -117,7 +117,7 @@ Deno.test("demo recipe starts: stopped while training a start, resumed, ends wit
   assert.equal((await readStartsRecord(stopped))!.chosen, 1);
 });
 
-Deno.test("demo recipe starts: bad counts and steps are refused before writing; ties go to the first", async () => {
+Deno.test("demo recipe starts: bad counts, steps and optimizer settings are refused before writing; ties go to the first", async () => {
   await using kv = await Kvfold.open();
   const bad: [Partial<RecipeBudget>, RegExp][] = [
     [{ starts: 0 }, /starts 0 is not an integer in \[1, 16\]/],
@@ -126,6 +126,10 @@ Deno.test("demo recipe starts: bad counts and steps are refused before writing; 
     [{ starts: 2, selectAt: 4 }, /selectAt 4 is not in \[1, 3\]/],
     [{ starts: 2, selectAt: 0 }, /selectAt 0 is not/],
     [{ layout: "quads" as "pairs" }, /layout "quads" is not "pairs" or "triples" or "spans"/],
+    [{ optimizer: { learningRate: -1e-3 } }, /optimizer.learningRate -0.001 is not a finite number > 0/],
+    [{ optimizer: { learningRate: NaN } }, /optimizer.learningRate NaN is not/],
+    [{ optimizer: { betas: [0.9, 1] } }, /optimizer.betas \[0.9,1\] are not two numbers in \[0, 1\)/],
+    [{ optimizer: { betas: [0.9] as unknown as [number, number] } }, /optimizer.betas \[0.9\] are not/],
     // Start 1 of seed 4242 - 1000 draws evaluation documents.
     [{ starts: 2, seed: 4242 - 1000 }, /evaluation seed/],
   ];
