@@ -45,15 +45,11 @@ export type {
   KvfoldCompressionStats,
   KvfoldDocumentCompressorInput,
 } from "./document_compressor.ts";
-export { ChatKvfold, KvfoldLLM } from "./chat_models.ts";
-export type {
-  ChatKvfoldCallOptions,
-  ChatKvfoldInput,
-  KvfoldLLMCallOptions,
-  KvfoldLLMInput,
-  KvfoldModelFields,
-  KvfoldResponseMetadata,
-} from "./chat_models.ts";
+export { ChatKvfold } from "./chat_models.ts";
+export type { ChatKvfoldCallOptions, ChatKvfoldInput } from "./chat_models.ts";
+export { KvfoldLLM } from "./llms.ts";
+export type { KvfoldLLMCallOptions, KvfoldLLMInput } from "./llms.ts";
+export type { KvfoldModelFields, KvfoldResponseMetadata } from "./_model_fields.ts";
 export { formatTextContext } from "./_generate.ts";
 export type {
   KvfoldDocumentsCallOptions,
