@@ -21,7 +21,10 @@ import { SEGMENT_TOKENS, SUMMARY_VECTORS } from "./recipe_shape.ts";
  * - `"spans"`: the segment cut into one equal span of tokens per two vectors; the fact whose
  *   sentence's midpoint lies in span s in vectors 2s and 2s + 1 as in pairs (a second fact in the same
  *   span gets no targets). A vector then learns to read a fixed stretch of positions, not to count
- *   facts, which is what a small encoder fails at for a segment's second and third fact.
+ *   facts, which is what a small encoder fails at for a segment's second and third fact;
+ * - `"joint"`: the f-th fact in vector f alone, its entity and value words as one bag, so the reader
+ *   finds the fact and reads its value in the same vector (one attention step instead of finding the
+ *   entity's vector and reading the one after it).
  *
  * What the pairs model learned (`bench/demo_summary_probe.ts`, held-out chunks, README "Training the demo
  * model"): a segment's first fact's entity and value words almost always, the second's owner only
@@ -30,7 +33,7 @@ import { SEGMENT_TOKENS, SUMMARY_VECTORS } from "./recipe_shape.ts";
  */
 export type SummaryLayout = typeof SUMMARY_LAYOUTS[number];
 /** Every {@link SummaryLayout}, for checking a layout given as a string. */
-export const SUMMARY_LAYOUTS = ["pairs", "triples", "spans"] as const;
+export const SUMMARY_LAYOUTS = ["pairs", "triples", "spans", "joint"] as const;
 
 /** One fact of a segment as token ids: its entity's token and its value's words. */
 export interface FactTokens {
@@ -90,6 +93,8 @@ export function factTargets(
   if (f < 0) return [];
   const rows = layout === "triples"
     ? [3 * f, 3 * f + 1, 3 * f + 2]
+    : layout === "joint"
+    ? [f, ...fact.value.map(() => f)]
     : (2 * f + 1 < vectors ? [2 * f, ...fact.value.map(() => 2 * f + 1)] : []);
   const tokens = layout === "triples"
     ? [fact.entity, fact.value[0], fact.value[1] ?? eos]

@@ -590,6 +590,11 @@ export async function trainGroupAdapters(
 ): Promise<Record<string, string>> {
   const adapters: Record<string, string> = {};
   using compressor = await Compressor.load(kv, join(dir, "model"));
+  // With a decoder phase the adapters go on the decoder; otherwise the compressor decodes.
+  using decoder = await pathExists(join(dir, "decoder", "model.safetensors"))
+    ? await kv.loadModel(join(dir, "decoder"))
+    : undefined;
+  const reader = decoder ?? compressor.model;
   for (const group of GROUPS) {
     const examples: QaExample[] = [];
     const draws = chunkDraws(seed + STREAM.adapters + GROUPS.indexOf(group), CHUNK_TOKENS, group);
@@ -599,7 +604,7 @@ export async function trainGroupAdapters(
       const vectors = await compressor.compress(d.ids, { segmentLength: SEGMENT_TOKENS });
       examples.push({ vectors: vectors.data, question: d.question.question, answer: d.question.answer });
     }
-    using trainer = await finetuneLora(compressor.model, examples, {
+    using trainer = await finetuneLora(reader, examples, {
       steps: budget.adapterSteps,
       accumulate: budget.batch,
       rank: budget.adapter?.rank ?? 8,

@@ -5,7 +5,8 @@
  * and the held-out documents compressed into a store exactly as the recipe cut its training chunks.
  *
  * The folder's layout is what `demo/recipe.ts` writes: `model/`, `adapters/<group>/`,
- * `lococo.safetensors`. The shipped one is `demo/trained/`.
+ * `lococo.safetensors`, and with a decoder phase `decoder/` (the model that answers from the vectors
+ * `model/` makes). The shipped one is `demo/trained/`.
  *
  * @module
  */
@@ -32,9 +33,9 @@ export const DEMO_RECIPE_COMMAND = "deno task train-demo";
 export interface TrainedDemo extends Disposable {
   /** The folder. */
   readonly dir: string;
-  /** The compressor; its `model` is the reader and the LLoCO decoder. */
+  /** The compressor, which encodes the documents. */
   readonly compressor: Compressor;
-  /** The model: `compressor.model`. */
+  /** The model that answers: `decoder/` when the folder has one, else `compressor.model`. */
   readonly model: Model;
   /** Groups whose adapter is registered in `model.adapters` under the group's name. */
   readonly groups: readonly string[];
@@ -75,8 +76,13 @@ export async function loadTrainedDemo(
   const headsPath = join(dir, "lococo.safetensors");
   if (options.lococo && !(await pathExists(headsPath))) throw missing(dir, "lococo.safetensors");
   const compressor = await Compressor.load(kv, modelDir);
+  let decoder: Model | undefined;
   try {
-    const model = compressor.model;
+    // A recipe run with a decoder phase answers with `decoder/`; otherwise the compressor decodes.
+    if (await pathExists(join(dir, "decoder", "model.safetensors"))) {
+      decoder = await kv.loadModel(join(dir, "decoder"));
+    }
+    const model = decoder ?? compressor.model;
     for (const group of GROUPS) await model.adapters.load(join(dir, "adapters", group), { name: group });
     const lococoHeads = options.lococo ? model.loadLococoHeads(headsPath) : null;
     return {
@@ -87,10 +93,12 @@ export async function loadTrainedDemo(
       lococoHeads,
       [Symbol.dispose]() {
         lococoHeads?.dispose();
+        decoder?.dispose();
         compressor.dispose();
       },
     };
   } catch (e) {
+    decoder?.dispose();
     compressor.dispose();
     throw e;
   }

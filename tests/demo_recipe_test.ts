@@ -48,7 +48,7 @@ Deno.test("recipe: spans slots are a fact's 64-token stretch of its segment, the
   assert.throws(() => factSlots([{ entity: 7, value: [8] }], "spans"), /needs each fact's `at`/);
 });
 
-for (const layout of ["pairs", "triples", "spans"] as const) {
+for (const layout of ["pairs", "triples", "spans", "joint"] as const) {
   Deno.test(`recipe: a whole chunk's summary targets follow the ${layout} rule in each segment`, () => {
     const { documents } = generateDemoCorpus({ seed: 77, documents: 4 });
     let checked = 0, twoFactSegments = 0, sharedSpans = 0;
@@ -63,7 +63,7 @@ for (const layout of ["pairs", "triples", "spans"] as const) {
         // 2f + 1 < SUMMARY_VECTORS. Triples: 3f its entity, 3f + 1 and 3f + 2 its value's first and
         // second word (</s> for one word), each row kept while < SUMMARY_VECTORS. Spans: the segment in 4
         // stretches of 64 tokens; the fact whose midpoint lies in stretch s as pairs' fact s, a later fact
-        // in the same stretch nothing.
+        // in the same stretch nothing. Joint: fact f's entity and value words all in vector f.
         const want: { row: number; token: number }[] = [];
         const seen = new Map<number, number>(), spans = new Set<string>();
         for (const q of questions) {
@@ -83,7 +83,10 @@ for (const layout of ["pairs", "triples", "spans"] as const) {
             }
             spans.add(`${seg} ${f}`);
           }
-          if (layout !== "triples") {
+          if (layout === "joint") {
+            if (f >= SUMMARY_VECTORS) continue;
+            for (const token of [entity, ...value]) want.push({ row: base + f, token });
+          } else if (layout !== "triples") {
             if (2 * f + 1 >= SUMMARY_VECTORS) continue;
             want.push({ row: base + 2 * f, token: entity });
             for (const token of value) want.push({ row: base + 2 * f + 1, token });
