@@ -1,7 +1,8 @@
 // What the demo model's summary vectors carry: for each held-out store chunk, the vectors the recipe
 // trains to name a fact (demo/compressor_examples.ts factTargets, in the layout of the model's
-// recipe.json) are read through the tied LM head, and the top-1 token is checked
-// against the fact's entity (its entity row) and its value's words (its first value row). Reported by the fact's rank in its segment
+// recipe.json) are read through the tied LM head, and the top-1 token (joint layout: top k, k the
+// vector's targets) is checked against the fact's entity (its entity row) and its value's words (its
+// first value row). Reported by the fact's rank in its segment
 // (first, second, ...), since the owner of a second fact is what the reader needs to tell two facts of
 // one kind apart. With --qa-rows (the JSON of `bench/demo_qa.ts --rows`, same seed and documents), the
 // LLoCO answers' exact match is broken down by the same rank, which tells the encoder's misses (a fact
@@ -9,7 +10,7 @@
 // bench; it never trains.
 //
 //   deno run -A bench/demo_summary_probe.ts [--trained demo/trained] [--seed 4242] [--documents 8]
-//       [--qa-rows demo_qa_rows.json] [--layout pairs|triples|spans (default: the model's recipe.json)]
+//       [--qa-rows demo_qa_rows.json] [--layout pairs|triples|spans|joint (default: the model's recipe.json)]
 import { parseArgs } from "node:util";
 import { join } from "node:path";
 import { Kvfold } from "../mod.ts";
@@ -50,15 +51,14 @@ const embed = tensors.get("model.embed_tokens.weight");
 if (!embed || tensors.has("lm_head.weight")) throw new Error(`${modelDir}: expected tied embeddings`);
 const E = toFloat32(embed);
 const [V, H] = embed.shape;
-/** The token the LM head ranks first for summary row r. */
-const top1 = (vec: Float32Array, r: number) => {
-  let best = 0, bestScore = -Infinity;
-  for (let t = 0; t < V; t++) {
+/** The k tokens the LM head ranks first for summary row r. */
+const topK = (vec: Float32Array, r: number, k: number) => {
+  const scores = Array.from({ length: V }, (_, t) => {
     let s = 0;
     for (let i = 0; i < H; i++) s += vec[r * H + i] * E[t * H + i];
-    if (s > bestScore) [best, bestScore] = [t, s];
-  }
-  return best;
+    return [t, s] as const;
+  });
+  return scores.sort((a, b) => b[1] - a[1]).slice(0, k).map(([t]) => t);
 };
 
 await using kv = await Kvfold.open({ backend: "cpu" });
@@ -84,8 +84,11 @@ for (const doc of corpus.documents) {
         if (!value) return; // no room for its value in the layout
         const counts = byRank[rank] ??= [0, 0, 0];
         counts[0]++;
-        if (top1(vectors, seg * S + entity.row) === fact.entity) counts[1]++;
-        if (fact.value.includes(top1(vectors, seg * S + value.row))) counts[2]++;
+        // A joint vector holds its fact's entity and value words at once: its k = 1 + words targets
+        // are looked for among its top k tokens; every other layout's rows among their top 1.
+        const k = layout === "joint" ? 1 + fact.value.length : 1;
+        if (topK(vectors, seg * S + entity.row, k).includes(fact.entity)) counts[1]++;
+        if (topK(vectors, seg * S + value.row, k).some((t) => fact.value.includes(t))) counts[2]++;
       });
     }
   }
@@ -93,7 +96,11 @@ for (const doc of corpus.documents) {
 console.log(
   `summary vectors of ${v.trained} (${layout}) on held-out documents (seed ${v.seed}, ${v.documents} documents)`,
 );
-console.log("| fact in its segment | facts | entity top-1 | value word top-1 |");
+console.log(
+  `| fact in its segment | facts | entity top-${layout === "joint" ? "k" : 1} | value word top-${
+    layout === "joint" ? "k" : 1
+  } |`,
+);
 console.log("| --- | --- | --- | --- |");
 byRank.forEach(([n, e, w], k) => {
   if (n) {

@@ -49,6 +49,8 @@ import {
   TRAIN_SEED,
 } from "./recipe_shape.ts";
 import { compressorExample, SUMMARY_LAYOUTS, type SummaryLayout } from "./compressor_examples.ts";
+import { type DecoderBudget, trainDecoder } from "./recipe_decoder.ts";
+import { decoderOr } from "./trained.ts";
 
 export * from "./recipe_shape.ts";
 export {
@@ -116,6 +118,12 @@ export interface RecipeBudget {
    * betas [0.9, 0.95]).
    */
   optimizer?: { learningRate?: number; betas?: readonly [number, number] };
+  /**
+   * A decoder phase after phase 2 (default none): a full-parameter copy of the model finetuned on the
+   * frozen compressor's vectors (`decoder/`, see `demo/recipe_decoder.ts`), which then answers and gets
+   * the group adapters and LoCoCo heads.
+   */
+  decoder?: DecoderBudget;
   /** The group adapters' LoRA (default rank 8, alpha 16, learning rate 1e-3, q/k/v/o projections). */
   adapter?: { rank?: number; alpha?: number; learningRate?: number; targets?: readonly LoraProjection[] };
 }
@@ -130,13 +138,14 @@ export const EVALUATION_SEEDS: readonly number[] = [4242, 90210, 5150];
  * each group's adapter chunks (plus the group's index), the LoCoCo corpus, the compressor's whole
  * chunks and its growing windows.
  */
-const STREAM = { reader: 0, adapters: 1, lococo: 7, chunks: 100, windows: 200 } as const;
+const STREAM = { reader: 0, adapters: 1, lococo: 7, chunks: 100, windows: 200, decoder: 300 } as const;
 const STREAM_OFFSETS = [
   STREAM.reader,
   ...GROUPS.map((_, g) => STREAM.adapters + g),
   STREAM.lococo,
   STREAM.chunks,
   STREAM.windows,
+  STREAM.decoder,
 ];
 
 /** The run's seed, checked (a safe integer >= 0 whose streams avoid {@link EVALUATION_SEEDS}). */
@@ -192,7 +201,7 @@ export function overShippedBudget(overrides: Partial<RecipeBudget>): RecipeBudge
 
 /** What the recipe reports as it goes. */
 export interface RecipeProgress {
-  phase: "reader" | "compressor" | "adapters" | "lococo" | "select";
+  phase: "reader" | "compressor" | "decoder" | "adapters" | "lococo" | "select";
   /** With several starts, the start being trained or scored (0-based). */
   start?: number;
   /** Phase "select": the start's validation score. */
@@ -275,6 +284,26 @@ export async function trainDemoModel(kv: Kvfold, options: RecipeOptions): Promis
   await Deno.remove(init, { recursive: true }).catch(() => {});
   const snapshots = snapshotDirs(options.outDir, budget);
 
+  // Optional: a decoder of its own, finetuned on the frozen compressor's vectors.
+  if (budget.decoder && budget.decoder.steps > 0) {
+    await trainDecoder(kv, {
+      dir: options.outDir,
+      budget: budget.decoder,
+      batch: budget.batch,
+      replicas: budget.replicas ?? 1,
+      seed: runSeed + STREAM.decoder,
+      signal: options.signal,
+      onProgress: (step, steps, loss) =>
+        options.onProgress?.({
+          phase: "decoder",
+          step,
+          steps,
+          loss: { lm: NaN, qa: loss },
+          seconds: seconds(),
+        }),
+    });
+  }
+
   // Phase 3: one adapter per group on the frozen compressor's vectors (and each snapshot's).
   const adapters = await trainGroupAdapters(kv, options.outDir, budget, runSeed, options, seconds);
   for (const dir of snapshots) await trainGroupAdapters(kv, dir, budget, runSeed, options, seconds);
@@ -282,7 +311,7 @@ export async function trainDemoModel(kv: Kvfold, options: RecipeOptions): Promis
   // Phase 4: LoCoCo heads for the fixed-memory baseline (M = 512 slots, segments of 256).
   const lococoHeads = join(options.outDir, "lococo.safetensors");
   {
-    using model = await kv.loadModel(modelDir);
+    using model = await kv.loadModel(await decoderOr(options.outDir));
     const corpus: number[] = [];
     for (const doc of demoDocuments({ seed: runSeed + STREAM.lococo })) {
       corpus.push(...documentIds(doc));
@@ -353,6 +382,20 @@ function checkedBudget(budget: RecipeBudget): { seed: number; layers: number; st
   }
   if (betas !== undefined && !(betas.length === 2 && betas.every((b) => b >= 0 && b < 1))) {
     refuse(`optimizer.betas [${betas}] are not two numbers in [0, 1)`);
+  }
+  const decoder = budget.decoder;
+  if (decoder !== undefined) {
+    const count = (n: number | undefined, min: number) =>
+      n === undefined || (Number.isInteger(n) && n >= min);
+    const rate = decoder.learningRate;
+    if (!count(decoder.steps, 0) || !count(decoder.chunks, 1)) {
+      refuse(
+        `decoder steps ${decoder.steps} or chunks ${decoder.chunks} is not a whole count (steps >= 0, chunks >= 1)`,
+      );
+    }
+    if (rate !== undefined && !(Number.isFinite(rate) && rate > 0)) {
+      refuse(`decoder.learningRate ${rate} is not a finite number > 0`);
+    }
   }
   for (const step of budget.snapshots ?? []) {
     if (!Number.isInteger(step) || step < 1 || step > budget.compressorSteps) {
@@ -591,9 +634,8 @@ export async function trainGroupAdapters(
   const adapters: Record<string, string> = {};
   using compressor = await Compressor.load(kv, join(dir, "model"));
   // With a decoder phase the adapters go on the decoder; otherwise the compressor decodes.
-  using decoder = await pathExists(join(dir, "decoder", "model.safetensors"))
-    ? await kv.loadModel(join(dir, "decoder"))
-    : undefined;
+  const decoderDir = await decoderOr(dir);
+  using decoder = decoderDir === join(dir, "model") ? undefined : await kv.loadModel(decoderDir);
   const reader = decoder ?? compressor.model;
   for (const group of GROUPS) {
     const examples: QaExample[] = [];

@@ -43,6 +43,15 @@ export interface TrainedDemo extends Disposable {
   readonly lococoHeads: LococoHeads | null;
 }
 
+/**
+ * The folder of the model that answers in a trained folder: `decoder/` when the recipe's decoder
+ * phase wrote one, else `model/` (the compressor decodes).
+ */
+export async function decoderOr(dir: string): Promise<string> {
+  const decoder = join(dir, "decoder");
+  return await pathExists(join(decoder, "model.safetensors")) ? decoder : join(dir, "model");
+}
+
 function missing(dir: string, what: string): KvfoldError {
   return new KvfoldError(
     "IO",
@@ -79,9 +88,8 @@ export async function loadTrainedDemo(
   let decoder: Model | undefined;
   try {
     // A recipe run with a decoder phase answers with `decoder/`; otherwise the compressor decodes.
-    if (await pathExists(join(dir, "decoder", "model.safetensors"))) {
-      decoder = await kv.loadModel(join(dir, "decoder"));
-    }
+    const decoderDir = await decoderOr(dir);
+    if (decoderDir !== modelDir) decoder = await kv.loadModel(decoderDir);
     const model = decoder ?? compressor.model;
     for (const group of GROUPS) await model.adapters.load(join(dir, "adapters", group), { name: group });
     const lococoHeads = options.lococo ? model.loadLococoHeads(headsPath) : null;
