@@ -24,7 +24,6 @@ import { type CompressorLoss, ModelTrainer, type TrainBatchItem } from "../src/m
 import { initModelFolder } from "../src/model_train_loop.ts";
 import { Compressor } from "../src/compressor.ts";
 import { finetuneLora, type QaExample } from "../src/train.ts";
-import type { LoraProjection } from "../src/adapter.ts";
 import { calibrateLococo } from "../src/lococo_train.ts";
 import { WeightAverage } from "../src/weight_average.ts";
 import { demoDocuments } from "./corpus.ts";
@@ -40,19 +39,20 @@ import {
   validationScore,
   writeStartsRecord,
 } from "./recipe_select.ts";
-import {
-  CHUNK_TOKENS,
-  demoConfig,
-  GROUPS,
-  SEGMENT_TOKENS,
-  SUMMARY_VECTORS,
-  TRAIN_SEED,
-} from "./recipe_shape.ts";
-import { compressorExample, SUMMARY_LAYOUTS, type SummaryLayout } from "./compressor_examples.ts";
-import { type DecoderBudget, trainDecoder } from "./recipe_decoder.ts";
+import { CHUNK_TOKENS, demoConfig, GROUPS, SEGMENT_TOKENS, SUMMARY_VECTORS } from "./recipe_shape.ts";
+import { compressorExample } from "./compressor_examples.ts";
+import { trainDecoder } from "./recipe_decoder.ts";
+import { checkedBudget, type RecipeBudget, SHIPPED_BUDGET, STREAM } from "./recipe_budget.ts";
 import { decoderOr } from "./trained.ts";
 
 export * from "./recipe_shape.ts";
+export {
+  EVALUATION_SEEDS,
+  overShippedBudget,
+  type RecipeBudget,
+  recipeSeed,
+  SHIPPED_BUDGET,
+} from "./recipe_budget.ts";
 export {
   compressorExample,
   factSlots,
@@ -63,141 +63,6 @@ export {
   SUMMARY_LAYOUTS,
   type SummaryLayout,
 } from "./compressor_examples.ts";
-
-/** How long each phase runs, in optimizer steps (and examples per step). */
-export interface RecipeBudget {
-  readerSteps: number;
-  compressorSteps: number;
-  adapterSteps: number;
-  lococoSteps: number;
-  /** Examples per optimizer step. */
-  batch: number;
-  /**
-   * Gradient replicas a step's examples are spread over (`ModelTrainer.accumulateBatch`: one core
-   * each; the weights depend on this number, not on the machine). Default 1.
-   */
-  replicas?: number;
-  /**
-   * Seed of the run: the model's initialisation and every training draw (default
-   * {@link TRAIN_SEED}). Another seed is another run of the same recipe, to measure its spread; seeds
-   * whose draws would reach an evaluation seed's documents are refused.
-   */
-  seed?: number;
-  /**
-   * Decay of the moving average of the compressor phase's weights that the model is saved from
-   * (`WeightAverage`); absent or 0: the last step's weights.
-   */
-  ema?: number;
-  /**
-   * Compressor steps at which the recipe also keeps the model as it is then (`snapshots/step-S/`, and
-   * with `ema` the average too, `snapshots/step-S-ema/`), each with its own group adapters: to
-   * measure how much the result moves late in a run. Default none.
-   */
-  snapshots?: readonly number[];
-  /** Decoder layers of the model trained from zero (default 4). */
-  layers?: number;
-  /**
-   * Starts to choose among (default 1). With K > 1, K runs (seeds `seed`, `seed + 1000`, ...: see
-   * `startSeed`) each train phases 1-2 up to compressor step {@link selectAt}, get group adapters and are
-   * scored on the validation seed (LLoCO retrieved, `validationScore`); the best goes on to the end and
-   * the others are dropped (`starts.json` keeps their scores). Every start trains the same examples a run
-   * would, so the choice costs K - 1 part-runs.
-   */
-  starts?: number;
-  /** Compressor step at which the starts are scored (default a quarter of the phase). */
-  selectAt?: number;
-  /** Which summary vectors carry which fact's words (default `"pairs"`). */
-  layout?: SummaryLayout;
-  /**
-   * Summary vectors per 256-token segment (default {@link SUMMARY_VECTORS}, 8: 32x); at most 10 keeps
-   * the issue's 25x or more.
-   */
-  summaryVectors?: number;
-  /**
-   * AdamW of phases 1-2 (unset: peak learning rate 3e-3, betas [0.9, 0.999]; the shipped budget sets
-   * betas [0.9, 0.95]).
-   */
-  optimizer?: { learningRate?: number; betas?: readonly [number, number] };
-  /**
-   * A decoder phase after phase 2 (default none): a full-parameter copy of the model finetuned on the
-   * frozen compressor's vectors (`decoder/`, see `demo/recipe_decoder.ts`), which then answers and gets
-   * the group adapters and LoCoCo heads.
-   */
-  decoder?: DecoderBudget;
-  /** The group adapters' LoRA (default rank 8, alpha 16, learning rate 1e-3, q/k/v/o projections). */
-  adapter?: { rank?: number; alpha?: number; learningRate?: number; targets?: readonly LoraProjection[] };
-}
-
-/**
- * Evaluation seeds no training draw may use: the recipe's check (4242), the demo's (90210) and the
- * validation seed that picks among snapshots and runs (5150), so the other two stay unseen by choices.
- */
-export const EVALUATION_SEEDS: readonly number[] = [4242, 90210, 5150];
-/**
- * The recipe's document streams, each drawn from the run's seed plus its offset: the reader's windows,
- * each group's adapter chunks (plus the group's index), the LoCoCo corpus, the compressor's whole
- * chunks and its growing windows.
- */
-const STREAM = { reader: 0, adapters: 1, lococo: 7, chunks: 100, windows: 200, decoder: 300 } as const;
-const STREAM_OFFSETS = [
-  STREAM.reader,
-  ...GROUPS.map((_, g) => STREAM.adapters + g),
-  STREAM.lococo,
-  STREAM.chunks,
-  STREAM.windows,
-  STREAM.decoder,
-];
-
-/** The run's seed, checked (a safe integer >= 0 whose streams avoid {@link EVALUATION_SEEDS}). */
-export function recipeSeed(budget: RecipeBudget): number {
-  const seed = budget.seed ?? TRAIN_SEED;
-  if (!Number.isSafeInteger(seed) || seed < 0) {
-    throw new RangeError(`Cannot train the demo model: seed ${seed} is not a safe integer >= 0`);
-  }
-  const hit = STREAM_OFFSETS.find((o) => EVALUATION_SEEDS.includes(seed + o));
-  if (hit !== undefined) {
-    throw new RangeError(
-      `Cannot train the demo model: seed ${seed} would draw training documents from evaluation seed ${
-        seed + hit
-      }; pick another`,
-    );
-  }
-  return seed;
-}
-
-/**
- * The shipped run's budget: 48 minutes on one core of the project's 2-core machine. 16 examples per
- * step instead of 8 took the recipe's own check from 0.55 to 0.69 (README "Training the demo model");
- * twice the steps at 8 did worse (0.36), so the gain is the less noisy gradient, not the extra work.
- * Adam's second moment over ~20 steps (beta2 0.95, not 0.999) kept weak seeds from falling behind.
- */
-export const SHIPPED_BUDGET: RecipeBudget = {
-  readerSteps: 1000,
-  compressorSteps: 9000,
-  adapterSteps: 150,
-  lococoSteps: 60,
-  batch: 16,
-  optimizer: { betas: [0.9, 0.95] },
-};
-
-/**
- * The shipped budget with `overrides` over it, `optimizer` merged key by key, so
- * `{ optimizer: { learningRate } }` keeps the shipped betas (what `deno task train-demo OUT '{...}'` runs).
- *
- * @example
- * ```ts
- * import { overShippedBudget } from "./recipe.ts";
- * console.log(overShippedBudget({ optimizer: { learningRate: 1e-3 } }).optimizer);
- * // { betas: [ 0.9, 0.95 ], learningRate: 0.001 }
- * ```
- */
-export function overShippedBudget(overrides: Partial<RecipeBudget>): RecipeBudget {
-  return {
-    ...SHIPPED_BUDGET,
-    ...overrides,
-    optimizer: { ...SHIPPED_BUDGET.optimizer, ...overrides.optimizer },
-  };
-}
 
 /** What the recipe reports as it goes. */
 export interface RecipeProgress {
@@ -354,64 +219,6 @@ async function initRunFolder(init: string, layers: number, seed: number): Promis
   await Deno.mkdir(init, { recursive: true });
   await initModelFolder(init, demoConfig(layers), { seed });
   await writeDemoTokenizer(init);
-}
-
-/**
- * The budget's seed, layers and starts, every key checked before anything is written (each start's
- * seed too, so a bad one cannot fail a run hours in).
- */
-function checkedBudget(budget: RecipeBudget): { seed: number; layers: number; starts: number } {
-  const seed = recipeSeed(budget);
-  const refuse = (what: string) => {
-    throw new RangeError(`Cannot train the demo model: ${what}`);
-  };
-  const layers = budget.layers ?? 4;
-  if (!Number.isInteger(layers) || layers < 1 || layers > 32) {
-    refuse(`layers ${layers} is not an integer in [1, 32]`);
-  }
-  if (budget.layout !== undefined && !SUMMARY_LAYOUTS.includes(budget.layout)) {
-    refuse(`layout "${budget.layout}" is not ${SUMMARY_LAYOUTS.map((l) => `"${l}"`).join(" or ")}`);
-  }
-  const vectors = budget.summaryVectors ?? SUMMARY_VECTORS;
-  if (!Number.isInteger(vectors) || vectors < 2 || vectors > SEGMENT_TOKENS / 2) {
-    refuse(`summaryVectors ${vectors} is not an integer in [2, ${SEGMENT_TOKENS / 2}]`);
-  }
-  const { learningRate: rate, betas } = budget.optimizer ?? {};
-  if (rate !== undefined && !(Number.isFinite(rate) && rate > 0)) {
-    refuse(`optimizer.learningRate ${rate} is not a finite number > 0`);
-  }
-  if (betas !== undefined && !(betas.length === 2 && betas.every((b) => b >= 0 && b < 1))) {
-    refuse(`optimizer.betas [${betas}] are not two numbers in [0, 1)`);
-  }
-  const decoder = budget.decoder;
-  if (decoder !== undefined) {
-    const count = (n: number | undefined, min: number) =>
-      n === undefined || (Number.isInteger(n) && n >= min);
-    const rate = decoder.learningRate;
-    if (!count(decoder.steps, 0) || !count(decoder.chunks, 1)) {
-      refuse(
-        `decoder steps ${decoder.steps} or chunks ${decoder.chunks} is not a whole count (steps >= 0, chunks >= 1)`,
-      );
-    }
-    if (rate !== undefined && !(Number.isFinite(rate) && rate > 0)) {
-      refuse(`decoder.learningRate ${rate} is not a finite number > 0`);
-    }
-  }
-  for (const step of budget.snapshots ?? []) {
-    if (!Number.isInteger(step) || step < 1 || step > budget.compressorSteps) {
-      refuse(`snapshot step ${step} is not in [1, ${budget.compressorSteps}]`);
-    }
-  }
-  const starts = budget.starts ?? 1;
-  if (!Number.isInteger(starts) || starts < 1 || starts > 16) {
-    refuse(`starts ${starts} is not an integer in [1, 16]`);
-  }
-  const at = budget.selectAt;
-  if (at !== undefined && (!Number.isInteger(at) || at < 1 || at > budget.compressorSteps)) {
-    refuse(`selectAt ${at} is not in [1, ${budget.compressorSteps}]`);
-  }
-  for (let k = 1; k < starts; k++) recipeSeed({ ...budget, seed: startSeed(seed, k) });
-  return { seed, layers, starts };
 }
 
 /**
