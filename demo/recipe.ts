@@ -11,6 +11,9 @@
  *    with the compressor frozen (LLoCO's per-group finetuning).
  * 4. **LoCoCo heads**: calibrated on corpus text (M = 512 slots) for the fixed-memory cache baseline.
  *
+ * With `budget.decoder`, a decoder phase runs between 2 and 3 (`demo/recipe_decoder.ts`): a copy of the
+ * model finetuned on the frozen compressor's vectors answers, and phases 3-4 train on it.
+ *
  * Every draw comes from seeds fixed here; the training documents come from `demoDocuments` at seed
  * {@link TRAIN_SEED}, which no evaluation seed shares.
  *

@@ -83,7 +83,7 @@ export const EVALUATION_SEEDS: readonly number[] = [4242, 90210, 5150];
 /**
  * The recipe's document streams, each drawn from the run's seed plus its offset: the reader's windows,
  * each group's adapter chunks (plus the group's index), the LoCoCo corpus, the compressor's whole
- * chunks and its growing windows.
+ * chunks, its growing windows and the decoder phase's pool of chunks.
  */
 export const STREAM = { reader: 0, adapters: 1, lococo: 7, chunks: 100, windows: 200, decoder: 300 } as const;
 const STREAM_OFFSETS = [
