@@ -63,7 +63,9 @@ export async function trainDecoder(kv: Kvfold, run: DecoderRun): Promise<string>
     const vectors = (await compressor.compress(draw.ids, { segmentLength: SEGMENT_TOKENS })).data;
     pool.push({ vectors, draw });
   }
-  using decoder = await kv.loadModel(join(run.dir, "model"), { dtype: "f32" });
+  // The trainer copies the compressor's weights to f32 and leaves them as they are, so the decoder
+  // starts from the loaded model itself rather than a second load of the same folder.
+  const decoder = compressor.model;
   using trainer = ModelTrainer.create(decoder, {
     seed: run.seed,
     learningRate: budget.learningRate ?? 1e-3,
