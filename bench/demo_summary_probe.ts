@@ -24,11 +24,10 @@ import {
   factTargets,
   factTokens,
   questionsBySegment,
-  SEGMENT_TOKENS,
   SUMMARY_LAYOUTS,
 } from "../demo/recipe.ts";
 import { DEMO_EOS_ID } from "../demo/tokenizer.ts";
-import { DEFAULT_TRAINED_DIR } from "../demo/trained.ts";
+import { DEFAULT_TRAINED_DIR, trainedSegmentTokens } from "../demo/trained.ts";
 
 const { values: v } = parseArgs({
   args: Deno.args,
@@ -63,7 +62,7 @@ const topK = (vec: Float32Array, r: number, k: number) => {
 
 await using kv = await Kvfold.open({ backend: "cpu" });
 using compressor = await Compressor.load(kv, modelDir);
-const S = compressor.summaryLength;
+const S = compressor.summaryLength, L = trainedSegmentTokens(compressor);
 const corpus = generateDemoCorpus({ seed: Number(v.seed), documents: Number(v.documents) });
 // byRank[k] = [facts, entity right, value word right] for the k-th fact of its segment
 const byRank: number[][] = [];
@@ -73,12 +72,11 @@ for (const doc of corpus.documents) {
   const ids = documentIds(doc);
   for (let c = 0; c * CHUNK_TOKENS < ids.length; c++) {
     const [start, end] = chunkRange(doc, CHUNK_TOKENS, c);
-    const vectors =
-      (await compressor.compress(ids.slice(start, end), { segmentLength: SEGMENT_TOKENS })).data;
-    for (const [seg, inSeg] of questionsBySegment(questionsIn(doc, start, end), start)) {
+    const vectors = (await compressor.compress(ids.slice(start, end), { segmentLength: L })).data;
+    for (const [seg, inSeg] of questionsBySegment(questionsIn(doc, start, end), start, L)) {
       inSeg.forEach((q, rank) => rankOf.set(`${doc.file}\n${q.question}`, rank));
-      const facts = inSeg.map((q) => factTokens(q, start + seg * SEGMENT_TOKENS));
-      const slots = factSlots(facts, layout, S);
+      const facts = inSeg.map((q) => factTokens(q, start + seg * L));
+      const slots = factSlots(facts, layout, S, L);
       facts.forEach((fact, rank) => {
         const [entity, value] = factTargets(fact, slots[rank], layout, DEMO_EOS_ID, S);
         if (!value) return; // no room for its value in the layout

@@ -45,8 +45,8 @@ export interface FactTokens {
 
 /**
  * The slot each of a segment's facts (in document order) takes in `layout` with `vectors` summary
- * vectors per segment: its index for pairs and triples, its span for spans (`vectors / 2` spans of
- * equal length), -1 for a fact sharing its span with an earlier one.
+ * vectors per segment of `segmentTokens` tokens: its index for pairs and triples, its span for spans
+ * (`vectors / 2` spans of equal length), -1 for a fact sharing its span with an earlier one.
  *
  * @example
  * ```ts
@@ -59,12 +59,13 @@ export function factSlots(
   facts: readonly FactTokens[],
   layout: SummaryLayout,
   vectors = SUMMARY_VECTORS,
+  segmentTokens = SEGMENT_TOKENS,
 ): number[] {
   if (layout !== "spans") return facts.map((_, f) => f);
   const spans = Math.floor(vectors / 2), taken = new Set<number>();
   return facts.map(({ at }) => {
     if (at === undefined) throw new RangeError('factSlots: the "spans" layout needs each fact\'s `at`');
-    const span = Math.min(spans - 1, Math.max(0, Math.floor(at * spans / SEGMENT_TOKENS)));
+    const span = Math.min(spans - 1, Math.max(0, Math.floor(at * spans / segmentTokens)));
     if (taken.has(span)) return -1;
     taken.add(span);
     return span;
@@ -119,8 +120,9 @@ export function segmentTargets(
   layout: SummaryLayout,
   eos: number,
   vectors = SUMMARY_VECTORS,
+  segmentTokens = SEGMENT_TOKENS,
 ): SummaryTarget[] {
-  const slots = factSlots(facts, layout, vectors);
+  const slots = factSlots(facts, layout, vectors, segmentTokens);
   return facts.flatMap((fact, f) => factTargets(fact, slots[f], layout, eos, vectors));
 }
 
@@ -134,16 +136,18 @@ export function factTokens(q: SpanQuestion, segmentStart: number): FactTokens {
 }
 
 /**
- * The questions of a window grouped by the compressor segment their fact sentence's midpoint falls in
- * (window-relative; segments in the order first met, questions in their given order).
+ * The questions of a window grouped by the compressor segment (of `segmentTokens`) their fact
+ * sentence's midpoint falls in (window-relative; segments in the order first met, questions in their
+ * given order).
  */
 export function questionsBySegment(
   questions: readonly SpanQuestion[],
   windowStart: number,
+  segmentTokens = SEGMENT_TOKENS,
 ): Map<number, SpanQuestion[]> {
   const out = new Map<number, SpanQuestion[]>();
   for (const q of questions) {
-    const segment = Math.floor(((q.fact.tokenStart + q.fact.tokenEnd) / 2 - windowStart) / SEGMENT_TOKENS);
+    const segment = Math.floor(((q.fact.tokenStart + q.fact.tokenEnd) / 2 - windowStart) / segmentTokens);
     const list = out.get(segment);
     if (list) list.push(q);
     else out.set(segment, [q]);
@@ -155,7 +159,7 @@ export function questionsBySegment(
  * A compressor document with every question whose fact lies inside it, and two dense signals that
  * teach the compressor what to keep long before the QA loss alone does (a small model trained from
  * zero learns nothing from 32x-compressed QA otherwise; see README "Training the demo model"):
- * - summary targets: in each segment, the vectors {@link SummaryLayout} gives a fact predict its
+ * - summary targets: in each segment of `segmentTokens`, the vectors {@link SummaryLayout} gives a fact predict its
  *   entity and value words through the LM head (default `"pairs"`);
  * - a reconstruction pair: `[summaries | <s>] -> the window's fact sentences </s>`.
  */
@@ -167,15 +171,16 @@ export function compressorExample(
   },
   layout: SummaryLayout = "pairs",
   vectors = SUMMARY_VECTORS,
+  segmentTokens = SEGMENT_TOKENS,
 ): CompressorExample {
   const pairs: CompressorQaPair[] = d.questions.map((q) => compressedQaExample(d.ids, q.question, q.answer));
   const facts = d.questions.flatMap(({ fact }) =>
     d.ids.slice(fact.tokenStart - d.start, fact.tokenEnd - d.start)
   );
   const summaryTargets: SummaryTarget[] = [];
-  for (const [segment, qs] of questionsBySegment(d.questions, d.start)) {
-    const facts = qs.map((q) => factTokens(q, d.start + segment * SEGMENT_TOKENS));
-    for (const t of segmentTargets(facts, layout, DEMO_EOS_ID, vectors)) {
+  for (const [segment, qs] of questionsBySegment(d.questions, d.start, segmentTokens)) {
+    const facts = qs.map((q) => factTokens(q, d.start + segment * segmentTokens));
+    for (const t of segmentTargets(facts, layout, DEMO_EOS_ID, vectors, segmentTokens)) {
       summaryTargets.push({ row: segment * vectors + t.row, token: t.token });
     }
   }

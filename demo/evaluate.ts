@@ -27,7 +27,7 @@ import {
   generateFrom,
   textPrompt,
 } from "./evaluate_paths.ts";
-import { compressDemoDocuments, loadTrainedDemo, type TrainedDemo } from "./trained.ts";
+import { compressDemoDocuments, loadTrainedDemo, type TrainedDemo, trainedSegmentTokens } from "./trained.ts";
 import { type CrossGroupEvaluation, evaluateCrossGroup } from "./evaluate_cross.ts";
 
 export { answerOverChunks, answerTokenBudget, factChunk, textPrompt } from "./evaluate_paths.ts";
@@ -272,7 +272,7 @@ export async function evaluateDemo(kv: Kvfold, options: EvaluateDemoOptions): Pr
       if (top.length > 0 && holds(top[0])) retrieved++;
       // The vectors' positions for one chunk: what the truncated conditions get.
       const budget = top[0]?.vectors.rows ??
-        (CHUNK_TOKENS / SEGMENT_TOKENS) * trained.compressor.summaryLength;
+        (CHUNK_TOKENS / trainedSegmentTokens(trained.compressor)) * trained.compressor.summaryLength;
       for (const condition of conditions) {
         let answered: Answered;
         let context = 0;
@@ -341,7 +341,11 @@ export async function evaluateDemo(kv: Kvfold, options: EvaluateDemoOptions): Pr
       documents: options.documents,
       questions: items.length,
       maxTokens,
-      store: { ...compressed, chunkTokens: CHUNK_TOKENS, segmentLength: SEGMENT_TOKENS },
+      store: {
+        ...compressed,
+        chunkTokens: CHUNK_TOKENS,
+        segmentLength: trainedSegmentTokens(trained.compressor),
+      },
       retrievalAccuracy: wantsChunk ? retrieved / items.length : null,
       factsSplitAcrossChunks: split,
       kvBytesPerSlot,

@@ -42,11 +42,17 @@ import {
   validationScore,
   writeStartsRecord,
 } from "./recipe_select.ts";
-import { CHUNK_TOKENS, demoConfig, GROUPS, SEGMENT_TOKENS, SUMMARY_VECTORS } from "./recipe_shape.ts";
+import { CHUNK_TOKENS, demoConfig, GROUPS, SUMMARY_VECTORS } from "./recipe_shape.ts";
 import { compressorExample } from "./compressor_examples.ts";
 import { trainDecoder } from "./recipe_decoder.ts";
-import { checkedBudget, type RecipeBudget, SHIPPED_BUDGET, STREAM } from "./recipe_budget.ts";
-import { decoderOr } from "./trained.ts";
+import {
+  checkedBudget,
+  type RecipeBudget,
+  segmentTokensOf,
+  SHIPPED_BUDGET,
+  STREAM,
+} from "./recipe_budget.ts";
+import { decoderOr, trainedSegmentTokens } from "./trained.ts";
 
 export * from "./recipe_shape.ts";
 export {
@@ -54,6 +60,7 @@ export {
   overShippedBudget,
   type RecipeBudget,
   recipeSeed,
+  segmentTokensOf,
   SHIPPED_BUDGET,
 } from "./recipe_budget.ts";
 export {
@@ -315,7 +322,7 @@ async function trainReaderAndCompressor(kv: Kvfold, run: CompressorRun): Promise
   using trainer = ModelTrainer.create(model, {
     seed,
     summaryLength: budget.summaryVectors ?? SUMMARY_VECTORS,
-    segmentLength: SEGMENT_TOKENS,
+    segmentLength: segmentTokensOf(budget),
     backpropSegments: 2,
     lmWeight: 0.5,
     qaWeight: 1,
@@ -383,6 +390,7 @@ async function trainReaderAndCompressor(kv: Kvfold, run: CompressorRun): Promise
           (whole ? chunks : docs).next().value as Draw,
           budget.layout,
           budget.summaryVectors,
+          segmentTokensOf(budget),
         ),
       };
     });
@@ -453,7 +461,7 @@ export async function trainGroupAdapters(
     const n = budget.adapterSteps * budget.batch;
     for (let i = 0; i < n; i++) {
       const d = draws.next().value as Draw;
-      const vectors = await compressor.compress(d.ids, { segmentLength: SEGMENT_TOKENS });
+      const vectors = await compressor.compress(d.ids, { segmentLength: trainedSegmentTokens(compressor) });
       examples.push({ vectors: vectors.data, question: d.question.question, answer: d.question.answer });
     }
     using trainer = await finetuneLora(reader, examples, {

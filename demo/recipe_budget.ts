@@ -9,7 +9,7 @@ import type { LoraProjection } from "../src/adapter.ts";
 import { SUMMARY_LAYOUTS, type SummaryLayout } from "./compressor_examples.ts";
 import type { DecoderBudget } from "./recipe_decoder.ts";
 import { startSeed } from "./recipe_select.ts";
-import { GROUPS, SEGMENT_TOKENS, SUMMARY_VECTORS, TRAIN_SEED } from "./recipe_shape.ts";
+import { CHUNK_TOKENS, GROUPS, SEGMENT_TOKENS, SUMMARY_VECTORS, TRAIN_SEED } from "./recipe_shape.ts";
 
 /** How long each phase runs, in optimizer steps (and examples per step). */
 export interface RecipeBudget {
@@ -56,10 +56,15 @@ export interface RecipeBudget {
   /** Which summary vectors carry which fact's words (default `"pairs"`). */
   layout?: SummaryLayout;
   /**
-   * Summary vectors per 256-token segment (default {@link SUMMARY_VECTORS}, 8: 32x); at most 10 keeps
-   * the issue's 25x or more.
+   * Summary vectors per segment (default {@link SUMMARY_VECTORS}, 8: 32x of 256 tokens); the issue's
+   * 25x or more holds up to 10 per 256 tokens, 5 per 128.
    */
   summaryVectors?: number;
+  /**
+   * Tokens per compressor segment (default {@link SEGMENT_TOKENS}, 256), a divisor of the store's
+   * 512-token chunks: the recipe trains, and the trained folder compresses, with it (`recipe.json`).
+   */
+  segmentTokens?: number;
   /**
    * AdamW of phases 1-2 (unset: peak learning rate 3e-3, betas [0.9, 0.999]; the shipped budget sets
    * betas [0.9, 0.95]).
@@ -94,6 +99,11 @@ const STREAM_OFFSETS = [
   STREAM.windows,
   STREAM.decoder,
 ];
+
+/** Tokens per compressor segment of a run ({@link RecipeBudget.segmentTokens} or the default). */
+export function segmentTokensOf(budget: Pick<RecipeBudget, "segmentTokens">): number {
+  return budget.segmentTokens ?? SEGMENT_TOKENS;
+}
 
 /** The run's seed, checked (a safe integer >= 0 whose streams avoid {@link EVALUATION_SEEDS}). */
 export function recipeSeed(budget: RecipeBudget): number {
@@ -162,9 +172,13 @@ export function checkedBudget(budget: RecipeBudget): { seed: number; layers: num
   if (budget.layout !== undefined && !SUMMARY_LAYOUTS.includes(budget.layout)) {
     refuse(`layout "${budget.layout}" is not ${SUMMARY_LAYOUTS.map((l) => `"${l}"`).join(" or ")}`);
   }
+  const segment = segmentTokensOf(budget);
+  if (!Number.isInteger(segment) || segment < 16 || CHUNK_TOKENS % segment !== 0) {
+    refuse(`segmentTokens ${segment} is not a divisor of the ${CHUNK_TOKENS}-token chunks, 16 or more`);
+  }
   const vectors = budget.summaryVectors ?? SUMMARY_VECTORS;
-  if (!Number.isInteger(vectors) || vectors < 2 || vectors > SEGMENT_TOKENS / 2) {
-    refuse(`summaryVectors ${vectors} is not an integer in [2, ${SEGMENT_TOKENS / 2}]`);
+  if (!Number.isInteger(vectors) || vectors < 2 || vectors > segment / 2) {
+    refuse(`summaryVectors ${vectors} is not an integer in [2, ${segment / 2}]`);
   }
   const { learningRate: rate, betas } = budget.optimizer ?? {};
   if (rate !== undefined && !(Number.isFinite(rate) && rate > 0)) {

@@ -19,7 +19,8 @@ import { ModelTrainer, type TrainBatchItem } from "../src/model_train.ts";
 import { qaExampleRows } from "../src/train.ts";
 import { seededUint32 } from "../src/_seeded_random.ts";
 import { chunkDraws, type Draw } from "./recipe_draws.ts";
-import { CHUNK_TOKENS, SEGMENT_TOKENS } from "./recipe_shape.ts";
+import { CHUNK_TOKENS } from "./recipe_shape.ts";
+import { trainedSegmentTokens } from "./trained.ts";
 
 /** The decoder phase's settings (`RecipeBudget.decoder`). */
 export interface DecoderBudget {
@@ -60,7 +61,8 @@ export async function trainDecoder(kv: Kvfold, run: DecoderRun): Promise<string>
   for (let i = 0; i < (budget.chunks ?? 2000); i++) {
     run.signal?.throwIfAborted();
     const draw = draws.next().value as Draw;
-    const vectors = (await compressor.compress(draw.ids, { segmentLength: SEGMENT_TOKENS })).data;
+    const vectors = (await compressor.compress(draw.ids, { segmentLength: trainedSegmentTokens(compressor) }))
+      .data;
     pool.push({ vectors, draw });
   }
   // The trainer copies the compressor's weights to f32 and leaves them as they are, so the decoder

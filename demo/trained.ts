@@ -112,12 +112,20 @@ export async function loadTrainedDemo(
   }
 }
 
+/**
+ * Tokens per segment a demo compressor was trained with: its config's `segment_length` (the recipe's
+ * `segmentTokens`), else {@link SEGMENT_TOKENS} for a folder written before the config said.
+ */
+export function trainedSegmentTokens(compressor: Compressor): number {
+  return compressor.segmentLength ?? SEGMENT_TOKENS;
+}
+
 /** Progress of {@link compressDemoDocuments}: tokens done of all documents' tokens. */
 export type CompressProgress = (done: number, total: number, document: string) => void;
 
 /**
  * Compresses demo documents into `store` as the recipe cut its training chunks (chunks of
- * {@link CHUNK_TOKENS} tokens, segments of {@link SEGMENT_TOKENS}), each under its file name and
+ * {@link CHUNK_TOKENS} tokens, segments of {@link trainedSegmentTokens}), each under its file name and
  * group. Returns the tokens that went in and the vectors that came out.
  *
  * @example
@@ -141,7 +149,7 @@ export async function compressDemoDocuments(
       group: doc.group,
     }, {
       chunkTokens: CHUNK_TOKENS,
-      segmentLength: SEGMENT_TOKENS,
+      segmentLength: trainedSegmentTokens(compressor),
       replace: true,
       signal: options.signal,
       onProgress: (done) => options.onProgress?.(before + done, total, doc.file),

@@ -24,7 +24,9 @@ export interface SummaryVectors {
 
 /** Options of {@link Compressor.compress}. */
 export interface CompressOptions {
-  /** Tokens per segment; LLoCO uses 1536 (the default). */
+  /**
+   * Tokens per segment; default the checkpoint's own (`Compressor.segmentLength`), else LLoCO's 1536.
+   */
   segmentLength?: number;
   /** Cancels between (and within) segments. */
   signal?: AbortSignal;
@@ -68,6 +70,29 @@ async function readEmbedSummary(dir: string): Promise<{ rows: number; hidden: nu
   );
 }
 
+/** `segment_length` of the checkpoint's config.json: a positive integer, or undefined when absent. */
+async function readSegmentLength(dir: string): Promise<number | undefined> {
+  let config: unknown;
+  try {
+    config = await readBoundedJson(`${dir}/config.json`, { action: "load compressor" });
+  } catch (e) {
+    // No config: loading the model names that problem.
+    if (e instanceof KvfoldError && e.cause instanceof Deno.errors.NotFound) return undefined;
+    throw e;
+  }
+  const n = (config as Record<string, unknown> | null)?.segment_length;
+  if (n === undefined) return undefined;
+  if (typeof n !== "number" || !Number.isSafeInteger(n) || n < 1 || n > 0x7fffffff) {
+    throw new KvfoldError(
+      "FORMAT",
+      `Cannot load compressor: segment_length ${
+        JSON.stringify(n)
+      } in ${dir}/config.json is not a positive integer`,
+    );
+  }
+  return n;
+}
+
 /**
  * An AutoCompressor: the model plus its `embed_summary.weight` rows.
  *
@@ -83,17 +108,24 @@ export class Compressor {
   readonly model: Model;
   /** Summary rows appended to every segment (summary_length). */
   readonly summaryLength: number;
+  /**
+   * Tokens per segment the checkpoint was trained with (`segment_length` in its config.json, which
+   * kvfold's trainer writes), or undefined when the config does not say; `compress` defaults to it.
+   */
+  readonly segmentLength: number | undefined;
   #summaryRows: Float32Array;
 
-  private constructor(model: Model, rows: Float32Array, summaryLength: number) {
+  private constructor(model: Model, rows: Float32Array, summaryLength: number, segmentLength?: number) {
     this.model = model;
     this.#summaryRows = rows;
     this.summaryLength = summaryLength;
+    this.segmentLength = segmentLength;
   }
 
   /** Loads an AutoCompressor checkpoint folder. */
   static async load(engine: Kvfold, dir: string, options: LoadModelOptions = {}): Promise<Compressor> {
     const summary = await readEmbedSummary(dir);
+    const segmentLength = await readSegmentLength(dir);
     const model = await engine.loadModel(dir, options);
     if (summary.hidden !== model.info.hiddenSize) {
       model.dispose();
@@ -102,7 +134,7 @@ export class Compressor {
         `Cannot load compressor: embed_summary.weight has ${summary.hidden} columns, hidden_size is ${model.info.hiddenSize}`,
       );
     }
-    return new Compressor(model, summary.data, summary.rows);
+    return new Compressor(model, summary.data, summary.rows, segmentLength);
   }
 
   /**
@@ -116,7 +148,14 @@ export class Compressor {
   ): Promise<SummaryVectors> {
     const ids = typeof document === "string" ? this.model.tokenizer.encode(document) : [...document];
     if (ids.length === 0) throw new KvfoldError("INVALID_ARGUMENT", "Cannot compress: the document is empty");
-    const segLen = int32Arg("compress", "segmentLength", options.segmentLength ?? 1536, { min: 1 });
+    const segLen = int32Arg(
+      "compress",
+      "segmentLength",
+      options.segmentLength ?? this.segmentLength ?? 1536,
+      {
+        min: 1,
+      },
+    );
     const S = this.summaryLength, H = this.model.info.hiddenSize;
     const segments = Math.ceil(ids.length / segLen);
     const out = new Float32Array(segments * S * H);

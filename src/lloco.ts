@@ -32,7 +32,10 @@ export interface SourceDocument {
 export interface CompressIntoStoreOptions {
   /** Tokens per chunk; each chunk is compressed and retrieved on its own. Default 1536. */
   chunkTokens?: number;
-  /** Tokens per compressor segment; default = chunkTokens. */
+  /**
+   * Tokens per compressor segment; default the compressor's own (`Compressor.segmentLength`), else
+   * chunkTokens.
+   */
   segmentLength?: number;
   /** Replace a document already stored under the same source. */
   replace?: boolean;
@@ -112,7 +115,7 @@ export async function compressChunks(
   for (let off = 0; off < ids.length; off += chunkTokens) {
     const part = ids.slice(off, off + chunkTokens);
     const summary = await compressor.compress(part, {
-      segmentLength: options.segmentLength ?? chunkTokens,
+      segmentLength: options.segmentLength ?? compressor.segmentLength ?? chunkTokens,
       signal: options.signal,
       onProgress: (d) => options.onProgress?.(off + d, ids.length),
     });

@@ -472,7 +472,8 @@ export class ModelTrainer extends HandleOwner {
 
   /**
    * Writes the trained model as a Hugging Face folder: `config.json` (the base model's, with
-   * `summary_length` for a compressor and `torch_dtype` float32), `model.safetensors` (every tensor
+   * `summary_length` and `segment_length` for a compressor, so `Compressor.load` compresses as it was
+   * trained, and `torch_dtype` float32), `model.safetensors` (every tensor
    * in f32, `embed_summary.weight` included) and the base folder's tokenizer files. `weights` gives
    * other values for the tensors than the trainer's own (a `WeightAverage`'s), by name.
    */
@@ -487,7 +488,10 @@ export class ModelTrainer extends HandleOwner {
     >;
     config.torch_dtype = "float32";
     config.tie_word_embeddings = this.tied;
-    if (this.summaryLength > 0) config.summary_length = this.summaryLength;
+    if (this.summaryLength > 0) {
+      config.summary_length = this.summaryLength;
+      config.segment_length = this.options.segmentLength;
+    }
     await Deno.mkdir(dir, { recursive: true });
     const tensors: TensorInput[] = this.tensors.map((t) => ({
       name: t.name,

@@ -3,8 +3,10 @@
 import assert from "node:assert/strict";
 import { KvfoldError } from "../mod.ts";
 import { Compressor } from "../src/compressor.ts";
+import { compressChunks } from "../src/lloco.ts";
+import { ModelTrainer } from "../src/model_train.ts";
 import { embedTokens, loadReferenceModel, referenceHidden } from "./reference_forward.ts";
-import { relativeError, someIds, TEST_COMPRESSOR, testEngine, testModel } from "./_fixtures.ts";
+import { relativeError, someIds, tempDir, TEST_COMPRESSOR, testEngine, testModel } from "./_fixtures.ts";
 
 const S = TEST_COMPRESSOR.summaryLength!; // summary_length of the test compressor
 
@@ -76,4 +78,54 @@ Deno.test("compressor: empty documents, non-compressor checkpoints and aborts ar
     () => c.compress(someIds(40, 500), { segmentLength: 8, signal: ac.signal }),
     (e: unknown) => e instanceof KvfoldError && e.code === "ABORTED",
   );
+});
+
+Deno.test("compressor: a trained checkpoint compresses by default with the segment length it was trained with", async () => {
+  const kv = await testEngine();
+  const base = await testModel("compressor-segment-base", { seed: 13, numHeads: 4, numKeyValueHeads: 2 });
+  const dir = await tempDir();
+  {
+    using model = await kv.loadModel(base);
+    using tr = ModelTrainer.create(model, { summaryLength: 2, segmentLength: 12, seed: 3 });
+    await tr.saveModel(dir);
+  }
+  const config = JSON.parse(await Deno.readTextFile(`${dir}/config.json`));
+  assert.equal(config.segment_length, 12);
+  assert.equal(config.summary_length, 2);
+  using c = await Compressor.load(kv, dir);
+  assert.equal(c.segmentLength, 12);
+  const ids = someIds(30, c.model.info.vocabSize, 8);
+  const byDefault = await c.compress(ids);
+  // 3 segments of 12, 12 and 6 tokens: the same bits as asking for 12, not LLoCO's 1536 (one segment).
+  assert.equal(byDefault.rows, 3 * 2);
+  assert.deepEqual(byDefault.data, (await c.compress(ids, { segmentLength: 12 })).data);
+  assert.equal((await c.compress(ids, { segmentLength: 1536 })).rows, 2);
+  // compressChunks takes it too: a 30-token chunk in segments of 12, not one of chunkTokens.
+  const { chunks } = await compressChunks(c, { source: "a", text: c.model.tokenizer.decode(ids) }, {
+    chunkTokens: 64,
+  });
+  const chunkIds = c.model.tokenizer.encode(c.model.tokenizer.decode(ids));
+  assert.equal(chunks[0].vectors.rows, Math.ceil(chunkIds.length / 12) * 2);
+  // A checkpoint whose config does not say keeps 1536.
+  using plain = await Compressor.load(kv, await testModel("compressor", TEST_COMPRESSOR));
+  assert.equal(plain.segmentLength, undefined);
+  assert.equal((await plain.compress(someIds(40, plain.model.info.vocabSize, 2))).rows, S);
+});
+
+Deno.test("compressor: a segment_length that is not a positive integer is refused, naming it", async () => {
+  const kv = await testEngine();
+  const src = await testModel("compressor", TEST_COMPRESSOR);
+  for (const bad of ["12", 0, -4, 2.5, null, 2 ** 31]) {
+    const dir = await tempDir();
+    for await (const e of Deno.readDir(src)) await Deno.copyFile(`${src}/${e.name}`, `${dir}/${e.name}`);
+    const config = JSON.parse(await Deno.readTextFile(`${dir}/config.json`));
+    await Deno.writeTextFile(`${dir}/config.json`, JSON.stringify({ ...config, segment_length: bad }));
+    await assert.rejects(
+      () => Compressor.load(kv, dir),
+      (e: unknown) =>
+        e instanceof KvfoldError && e.code === "FORMAT" &&
+        /segment_length .* not a positive integer/.test(e.message),
+      `segment_length ${JSON.stringify(bad)}`,
+    );
+  }
 });

@@ -1,6 +1,6 @@
 // The recipe's seed (RecipeBudget.seed): another seed is another run (different weights from the same
 // budget), and a seed whose document streams would reach an evaluation seed is refused before anything
-// is written. The model's depth (RecipeBudget.layers) and summary vectors go into its files, and the
+// is written. The model's depth (RecipeBudget.layers), summary vectors and segment length go into its files, and the
 // optimizer settings (RecipeBudget.optimizer) into the trainer.
 import assert from "node:assert/strict";
 import { Kvfold } from "../mod.ts";
@@ -60,6 +60,13 @@ Deno.test("demo recipe layers and summary vectors: the model has that many; a ba
   assert.equal(model.info.layers, 2);
   using compressor = await Compressor.load(kv, `${dir}/model`);
   assert.equal(compressor.summaryLength, 10);
+  assert.equal(compressor.segmentLength, 256, "the default segment goes into config.json");
+  // Shorter segments: the trained folder says so, and compresses a 512-token chunk into 4 x 4 vectors.
+  const short = await tempDir();
+  await trainDemoModel(kv, { outDir: short, budget: { ...TINY, segmentTokens: 128, summaryVectors: 4 } });
+  using shortCompressor = await Compressor.load(kv, `${short}/model`);
+  assert.equal(shortCompressor.segmentLength, 128);
+  assert.equal((await shortCompressor.compress(Array.from({ length: 512 }, (_, i) => 10 + i % 50))).rows, 16);
   const bad: [Partial<RecipeBudget>, RegExp][] = [
     ...[0, 1.5, 33].map((layers): [Partial<RecipeBudget>, RegExp] => [
       { layers },
@@ -69,6 +76,11 @@ Deno.test("demo recipe layers and summary vectors: the model has that many; a ba
       { summaryVectors },
       /summaryVectors .* is not an integer in \[2, 128\]/,
     ]),
+    ...[8, 100, 1024, 1.5].map((segmentTokens): [Partial<RecipeBudget>, RegExp] => [
+      { segmentTokens },
+      /segmentTokens .* is not a divisor of the 512-token chunks, 16 or more/,
+    ]),
+    [{ segmentTokens: 128, summaryVectors: 65 }, /summaryVectors 65 is not an integer in \[2, 64\]/],
   ];
   for (const [extra, message] of bad) {
     const out = `${await tempDir()}/out`;

@@ -48,71 +48,74 @@ Deno.test("recipe: spans slots are a fact's 64-token stretch of its segment, the
   assert.throws(() => factSlots([{ entity: 7, value: [8] }], "spans"), /needs each fact's `at`/);
 });
 
+const SHAPES = [{ L: SEGMENT_TOKENS, V: SUMMARY_VECTORS }, { L: 128, V: 4 }];
 for (const layout of ["pairs", "triples", "spans", "joint"] as const) {
-  Deno.test(`recipe: a whole chunk's summary targets follow the ${layout} rule in each segment`, () => {
-    const { documents } = generateDemoCorpus({ seed: 77, documents: 4 });
-    let checked = 0, twoFactSegments = 0, sharedSpans = 0;
-    for (const doc of documents) {
-      const ids = documentIds(doc);
-      for (let c = 0; c * 2 * SEGMENT_TOKENS < ids.length; c++) {
-        const [start, end] = chunkRange(doc, 2 * SEGMENT_TOKENS, c);
-        const questions = questionsIn(doc, start, end);
-        const ex = compressorExample({ ids: ids.slice(start, end), start, questions }, layout);
-        // Expected targets, in order, restated. Pairs (the shipped weights' rule): the f-th fact of a
-        // segment (by its sentence's midpoint) gives vector 2f its entity and 2f + 1 its value words, for
-        // 2f + 1 < SUMMARY_VECTORS. Triples: 3f its entity, 3f + 1 and 3f + 2 its value's first and
-        // second word (</s> for one word), each row kept while < SUMMARY_VECTORS. Spans: the segment in 4
-        // stretches of 64 tokens; the fact whose midpoint lies in stretch s as pairs' fact s, a later fact
-        // in the same stretch nothing. Joint: fact f's entity and value words all in vector f.
-        const want: { row: number; token: number }[] = [];
-        const seen = new Map<number, number>(), spans = new Set<string>();
-        for (const q of questions) {
-          const mid = (q.fact.tokenStart + q.fact.tokenEnd) / 2 - start;
-          const seg = Math.floor(mid / SEGMENT_TOKENS);
-          let f = seen.get(seg) ?? 0;
-          seen.set(seg, f + 1);
-          if (f === 1) twoFactSegments++;
-          const base = seg * SUMMARY_VECTORS,
-            entity = textIds(q.fact.entity)[0],
-            value = textIds(q.fact.value);
-          if (layout === "spans") {
-            f = Math.floor((mid - seg * SEGMENT_TOKENS) / 64);
-            if (spans.has(`${seg} ${f}`)) {
-              sharedSpans++;
-              continue;
+  for (const { L, V } of SHAPES) {
+    Deno.test(`recipe: a whole chunk's summary targets follow the ${layout} rule in each segment (${L} -> ${V})`, () => {
+      const { documents } = generateDemoCorpus({ seed: 77, documents: 4 });
+      let checked = 0, twoFactSegments = 0, sharedSpans = 0;
+      for (const doc of documents) {
+        const ids = documentIds(doc);
+        for (let c = 0; c * 512 < ids.length; c++) {
+          const [start, end] = chunkRange(doc, 512, c);
+          const questions = questionsIn(doc, start, end);
+          const ex = compressorExample({ ids: ids.slice(start, end), start, questions }, layout, V, L);
+          // Expected targets, in order, restated. Pairs (the shipped weights' rule): the f-th fact of a
+          // segment of L tokens (by its sentence's midpoint) gives vector 2f its entity and 2f + 1 its value
+          // words, for 2f + 1 < V. Triples: 3f its entity, 3f + 1 and 3f + 2 its value's first and second
+          // word (</s> for one word), each row kept while < V. Spans: the segment in V / 2 stretches of
+          // 2L / V tokens; the fact whose midpoint lies in stretch s as pairs' fact s, a later fact in the
+          // same stretch nothing. Joint: fact f's entity and value words all in vector f.
+          const want: { row: number; token: number }[] = [];
+          const seen = new Map<number, number>(), spans = new Set<string>();
+          for (const q of questions) {
+            const mid = (q.fact.tokenStart + q.fact.tokenEnd) / 2 - start;
+            const seg = Math.floor(mid / L);
+            let f = seen.get(seg) ?? 0;
+            seen.set(seg, f + 1);
+            if (f === 1) twoFactSegments++;
+            const base = seg * V,
+              entity = textIds(q.fact.entity)[0],
+              value = textIds(q.fact.value);
+            if (layout === "spans") {
+              f = Math.floor((mid - seg * L) / (2 * L / V));
+              if (spans.has(`${seg} ${f}`)) {
+                sharedSpans++;
+                continue;
+              }
+              spans.add(`${seg} ${f}`);
             }
-            spans.add(`${seg} ${f}`);
+            if (layout === "joint") {
+              if (f >= V) continue;
+              for (const token of [entity, ...value]) want.push({ row: base + f, token });
+            } else if (layout !== "triples") {
+              if (2 * f + 1 >= V) continue;
+              want.push({ row: base + 2 * f, token: entity });
+              for (const token of value) want.push({ row: base + 2 * f + 1, token });
+            } else {
+              [entity, value[0], value[1] ?? DEMO_EOS_ID].forEach((token, i) => {
+                if (3 * f + i < V) want.push({ row: base + 3 * f + i, token });
+              });
+            }
           }
-          if (layout === "joint") {
-            if (f >= SUMMARY_VECTORS) continue;
-            for (const token of [entity, ...value]) want.push({ row: base + f, token });
-          } else if (layout !== "triples") {
-            if (2 * f + 1 >= SUMMARY_VECTORS) continue;
-            want.push({ row: base + 2 * f, token: entity });
-            for (const token of value) want.push({ row: base + 2 * f + 1, token });
-          } else {
-            [entity, value[0], value[1] ?? DEMO_EOS_ID].forEach((token, i) => {
-              if (3 * f + i < SUMMARY_VECTORS) want.push({ row: base + 3 * f + i, token });
-            });
-          }
+          assert.deepEqual(ex.summaryTargets, want, `${doc.file} chunk ${c}`);
+          // One QA pair per question, then the reconstruction pair of every fact sentence in order.
+          const pairs = ex.pairs ?? [];
+          assert.equal(pairs.length, questions.length + 1);
+          const rec = pairs[pairs.length - 1];
+          assert.deepEqual(rec.question, [DEMO_BOS_ID]);
+          assert.deepEqual(
+            rec.answer,
+            [...questions.flatMap((q) => ids.slice(q.fact.tokenStart, q.fact.tokenEnd)), DEMO_EOS_ID],
+          );
+          checked++;
         }
-        assert.deepEqual(ex.summaryTargets, want, `${doc.file} chunk ${c}`);
-        // One QA pair per question, then the reconstruction pair of every fact sentence in order.
-        const pairs = ex.pairs ?? [];
-        assert.equal(pairs.length, questions.length + 1);
-        const rec = pairs[pairs.length - 1];
-        assert.deepEqual(rec.question, [DEMO_BOS_ID]);
-        assert.deepEqual(
-          rec.answer,
-          [...questions.flatMap((q) => ids.slice(q.fact.tokenStart, q.fact.tokenEnd)), DEMO_EOS_ID],
-        );
-        checked++;
       }
-    }
-    assert.ok(checked >= 20, `${checked} chunks`);
-    assert.ok(twoFactSegments >= 3, `${twoFactSegments} segments with two or more facts`);
-    if (layout === "spans") assert.ok(sharedSpans >= 1, `${sharedSpans} facts sharing a span`);
-  });
+      assert.ok(checked >= 20, `${checked} chunks`);
+      assert.ok(twoFactSegments >= 3, `${twoFactSegments} segments with two or more facts`);
+      if (layout === "spans") assert.ok(sharedSpans >= 1, `${sharedSpans} facts sharing a span`);
+    });
+  }
 }
 
 Deno.test("recipe: with 10 vectors a segment has 5 spans of 51.2 tokens and pairs room for 5 facts", () => {

@@ -60,7 +60,10 @@ export interface KvfoldDocumentCompressorInput {
   group?: string;
   /** Tokens per stored chunk; default 1536. */
   chunkTokens?: number;
-  /** Tokens per compressor segment; default `chunkTokens`. */
+  /**
+   * Tokens per compressor segment; default the compressor's own (`Compressor.segmentLength`), else
+   * `chunkTokens`.
+   */
   segmentLength?: number;
   /**
    * The store key of a document. Default: `${metadata.source ?? "text"}#` followed by 16 hex digits
