@@ -10,13 +10,7 @@
 #include "cpu_matvec.h"
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 #include <vector>
-
-#if defined(__x86_64__) || defined(__i386__)
-#include <xmmintrin.h>
-#endif
 
 #include "cpu_features.h"
 #include "cpu_matmul_avx512.h"
@@ -58,90 +52,20 @@ bool choose_kernel(const MatmulProduct &p, CpuPath path, int64_t T, int64_t in, 
   return true;
 }
 
-// The products' rows laid end to end by bytes, and where part k of `parts` starts: at byte
-// k * total / parts, moved to the nearest multiple of kAlign rows of its product.
-struct RowSplit {
-  const MatmulProduct *p;
-  int n;
-  size_t cum[kMaxProducts + 1] = {0};  // bytes of W before product i
-
-  RowSplit(const MatmulProduct *products, int count, int64_t in) : p(products), n(count) {
-    for (int i = 0; i < n; i++) cum[i + 1] = cum[i] + size_t(p[i].out) * dtype_row_bytes(p[i].dt, in);
-  }
-  size_t total() const { return cum[n]; }
-
-  struct Cut {
-    int i;
-    int64_t row;
-  };
-  Cut cut(int k, int parts) const {
-    if (k >= parts) return {n, 0};
-    const size_t b = size_t((unsigned __int128)total() * unsigned(k) / unsigned(parts));
-    int i = 0;
-    while (i + 1 < n && cum[i + 1] <= b) i++;
-    const size_t rb = (cum[i + 1] - cum[i]) / size_t(p[i].out);
-    const int64_t row = int64_t((b - cum[i]) / rb + kAlign / 2) / kAlign * kAlign;
-    return row >= p[i].out ? Cut{i + 1, 0} : Cut{i, row};
-  }
-
-  // Calls f(i, r0, r1) for the rows of part `part`, product by product.
-  template <class F>
-  void part_rows(int part, int parts, F &&f) const {
-    const Cut a = cut(part, parts), z = cut(part + 1, parts);
-    for (int i = a.i; i <= z.i && i < n; i++) {
-      const int64_t r0 = i == a.i ? a.row : 0, r1 = i == z.i ? z.row : p[i].out;
-      if (r0 < r1) f(i, r0, r1);
-    }
-  }
-};
-
-inline void prefetch_l2(const char *p) {
-#if defined(__x86_64__) || defined(__i386__)
-  _mm_prefetch(p, _MM_HINT_T1);
-#else
-  __builtin_prefetch(p, 0, 2);
-#endif
-}
-
-// KVFOLD_FETCH_NEXT=0 turns the fetch below off (read once), so one build measures both ways.
-bool fetch_next_enabled() {
-  static const bool on = [] {
-    const char *e = std::getenv("KVFOLD_FETCH_NEXT");
-    return !(e && std::strcmp(e, "0") == 0);
-  }();
-  return on;
-}
-
-// Bytes of the next region's part a thread fetches into its L2 once its own part is done: the start
-// of what it will stream next, read while the other thread finishes and the serial steps between
-// regions (norms, attention, activations quantized) run, when the memory bus would otherwise idle.
-constexpr size_t kNextFetchBytes = size_t(128) << 10;
-
-void fetch_part_start(const RowSplit &next, int64_t in, int part, int parts) {
-  size_t left = kNextFetchBytes;
-  next.part_rows(part, parts, [&](int i, int64_t r0, int64_t r1) {
-    const size_t rb = dtype_row_bytes(next.p[i].dt, in);
-    const char *b = static_cast<const char *>(next.p[i].W) + size_t(r0) * rb;
-    const size_t bytes = std::min(left, size_t(r1 - r0) * rb);
-    for (size_t o = 0; o < bytes; o += 64) prefetch_l2(b + o);
-    left -= bytes;
-  });
-}
-
 }  // namespace
 
-bool matvec_products(ThreadPool &pool, const float *x, int64_t T, int64_t in, const MatmulProduct *p, int n,
-                     const NextProducts *next) {
+bool matvec_products(ThreadPool &pool, const float *x, int64_t T, int64_t in, const MatmulProduct *p, int n) {
   if (n < 1 || n > kMaxProducts || T < 1 || T > kMatvecMaxT || in < 1 || !x) return false;
   const CpuPath path = cpu_path();
   RowKernel kind[kMaxProducts];
+  size_t cum[kMaxProducts + 1] = {0};  // bytes of W before product i
   bool need_bf16 = false, need_q8 = false;
   for (int i = 0; i < n; i++) {
     if (!p[i].W || !p[i].y || p[i].out < 1 || !choose_kernel(p[i], path, T, in, &kind[i])) return false;
     need_bf16 |= kind[i] == RowKernel::Bf16Dot;
     need_q8 |= kind[i] == RowKernel::Quant;
+    cum[i + 1] = cum[i] + size_t(p[i].out) * dtype_row_bytes(p[i].dt, in);
   }
-  const RowSplit split(p, n, in);
 
   // x in the forms the kernels read, converted once on the calling thread: bf16 rows of kp (even)
   // values, then int8 blocks, in one lent buffer (cpu_scratch.h).
@@ -162,22 +86,38 @@ bool matvec_products(ThreadPool &pool, const float *x, int64_t T, int64_t in, co
     case RowKernel::Float: return matvec_float_range(q.dt, x, in, q.W, q.y, T, q.out, r0, r1, q.bias);
     }
   };
-  if (pool.size() == 1 || split.total() * size_t(T) < ThreadPool::kInlineBytes) {
+  const size_t total = cum[n];
+  if (pool.size() == 1 || total * size_t(T) < ThreadPool::kInlineBytes) {
     for (int i = 0; i < n; i++) rows(i, 0, p[i].out);
     return true;
   }
-  const bool fetch = next && next->n >= 1 && next->n <= kMaxProducts && next->in >= 1 && fetch_next_enabled();
-  const RowSplit after = fetch ? RowSplit(next->p, next->n, next->in) : RowSplit(p, 0, in);
+  // Cut k of `parts` sits at byte k * total / parts of the products' rows laid end to end, moved to
+  // the nearest multiple of kAlign rows of its product; part k runs from cut k to cut k + 1.
+  struct Cut {
+    int i;
+    int64_t row;
+  };
+  auto cut = [&](int k, int parts) -> Cut {
+    if (k >= parts) return {n, 0};
+    const size_t b = size_t((unsigned __int128)total * unsigned(k) / unsigned(parts));
+    int i = 0;
+    while (i + 1 < n && cum[i + 1] <= b) i++;
+    const size_t rb = (cum[i + 1] - cum[i]) / size_t(p[i].out);
+    const int64_t row = int64_t((b - cum[i]) / rb + kAlign / 2) / kAlign * kAlign;
+    return row >= p[i].out ? Cut{i + 1, 0} : Cut{i, row};
+  };
   pool.run_per_thread([&](int part, int parts) {
-    split.part_rows(part, parts, rows);
-    if (fetch) fetch_part_start(after, next->in, part, parts);
+    const Cut a = cut(part, parts), z = cut(part + 1, parts);
+    for (int i = a.i; i <= z.i && i < n; i++) {
+      const int64_t r0 = i == a.i ? a.row : 0, r1 = i == z.i ? z.row : p[i].out;
+      if (r0 < r1) rows(i, r0, r1);
+    }
   });
   return true;
 }
 
-void matmul_shared_x(ThreadPool &pool, const float *x, int64_t T, int64_t in, const MatmulProduct *p, int n,
-                     const NextProducts *next) {
-  if (matvec_products(pool, x, T, in, p, n, next)) return;
+void matmul_shared_x(ThreadPool &pool, const float *x, int64_t T, int64_t in, const MatmulProduct *p, int n) {
+  if (matvec_products(pool, x, T, in, p, n)) return;
   for (int i = 0; i < n; i++) matmul(pool, x, p[i].W, p[i].dt, p[i].y, T, in, p[i].out, p[i].bias);
 }
 

@@ -21,8 +21,6 @@ void matvec_float_range(DType dt, const float *x, int64_t in, const void *W, flo
 // once for the kernels that read it converted, then one parallel region over all the products' rows.
 // False, having done nothing, where a product takes another path (the scalar path, quantized weights
 // at T > kQuantMatvecMaxT, a bad shape): the caller runs matmul for each.
-// `next`: see NextProducts (cpu_ops.h); KVFOLD_FETCH_NEXT=0 ignores it.
-bool matvec_products(ThreadPool &pool, const float *x, int64_t T, int64_t in, const MatmulProduct *p, int n,
-                     const NextProducts *next = nullptr);
+bool matvec_products(ThreadPool &pool, const float *x, int64_t T, int64_t in, const MatmulProduct *p, int n);
 
 }  // namespace kf

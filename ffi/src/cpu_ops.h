@@ -47,21 +47,10 @@ struct MatmulProduct {
   const float *bias;
 };
 
-// The products of the region that comes next (their x has `in` columns): a hint, so that on the
-// matrix-vector path each thread, its own part done, fetches the start of its part of them into cache
-// while the other threads finish and the serial steps between the two regions run.
-struct NextProducts {
-  const MatmulProduct *p;
-  int n;
-  int64_t in;
-};
-
 // y_i = x · W_i^T (+ bias_i) for each of n products of one x [T, in]: a layer's q, k and v, or gate
 // and up. The same bits as n matmul calls. Decode-sized T (the matrix-vector path) runs them in one
 // parallel region, with x rounded or quantized once, instead of n regions: fewer joins per token.
-// `next` (optional) names the products the caller runs next, to be fetched ahead (NextProducts).
-void matmul_shared_x(ThreadPool &pool, const float *x, int64_t T, int64_t in, const MatmulProduct *p, int n,
-                     const NextProducts *next = nullptr);
+void matmul_shared_x(ThreadPool &pool, const float *x, int64_t T, int64_t in, const MatmulProduct *p, int n);
 
 // matmul with the rows of x `x_stride` floats apart: row t is x[t * x_stride .. t * x_stride + in).
 // x_stride < in makes rows overlap, which is how an implicit im2col (a convolution as one GEMM) reads.

@@ -4,7 +4,6 @@
 // every layer, writing their keys and values to their sessions' KV caches. Every buffer was allocated
 // with the Workspace (Workspace::init, by the CPU backend); nothing is allocated here.
 #include <algorithm>
-#include <array>
 #include <climits>
 #include <cmath>
 #if defined(__SSE__) || defined(__x86_64__)
@@ -165,32 +164,18 @@ void forward_rows(Workspace &ws, const kf_model &m, int32_t T, const ChunkInput 
   }
   const int64_t n_blocks = int64_t(ws.attn_blocks.size());
 
-  const auto bias = [](const std::vector<float> &b) { return b.empty() ? nullptr : b.data(); };
-  // q: [T, nh, hd], k and v: [T, nkv, hd] of layer l, one parallel region for the three at decode
-  const auto qkv_products = [&](int64_t l) {
-    const LayerWeights &L = m.layers[size_t(l)];
-    return std::array<MatmulProduct, 3>{MatmulProduct{L.wq.data, L.wq.dtype, ws.q.data(), q_dim, bias(L.bq)},
-                                        MatmulProduct{L.wk.data, L.wk.dtype, ws.k.data(), kv_dim, bias(L.bk)},
-                                        MatmulProduct{L.wv.data, L.wv.dtype, ws.v.data(), kv_dim, bias(L.bv)}};
-  };
   for (int64_t l = 0; l < c.n_layers; l++) {
     check_cancel(ctl, "run the model");
     const LayerWeights &L = m.layers[size_t(l)];
 
     // ---- attention block ----
     rmsnorm_rows(pool, ws.xn.data(), ws.x.data(), L.attn_norm.data(), T, H, eps);  // xn: [T, H]
-    // Each matrix region names the one after it, whose start the threads fetch while they wait.
-    const auto qkv = qkv_products(l);
-    const MatmulProduct wo{L.wo.data, L.wo.dtype, ws.proj.data(), H, bias(L.bo)};
-    const MatmulProduct gate_up[2] = {{L.w_gate.data, L.w_gate.dtype, ws.gate.data(), I, nullptr},   // [T, I]
-                                      {L.w_up.data, L.w_up.dtype, ws.up.data(), I, nullptr}};        // [T, I]
-    const MatmulProduct down{L.w_down.data, L.w_down.dtype, ws.proj.data(), H, nullptr};
-    const auto after_down = l + 1 < c.n_layers ? qkv_products(l + 1) : std::array<MatmulProduct, 3>{};
-    const MatmulProduct head{m.lm_head.data, m.lm_head.dtype, logits, V, nullptr};
-    const NextProducts next_wo{&wo, 1, q_dim}, next_gate_up{gate_up, 2, H}, next_down{&down, 1, I};
-    const NextProducts next_layer = l + 1 < c.n_layers ? NextProducts{after_down.data(), 3, H}
-                                                       : NextProducts{&head, 1, H};
-    matmul_shared_x(pool, ws.xn.data(), T, H, qkv.data(), 3, &next_wo);
+    // q: [T, nh, hd], k and v: [T, nkv, hd]; one parallel region for the three at decode
+    const auto bias = [](const std::vector<float> &b) { return b.empty() ? nullptr : b.data(); };
+    const MatmulProduct qkv[3] = {{L.wq.data, L.wq.dtype, ws.q.data(), q_dim, bias(L.bq)},
+                                  {L.wk.data, L.wk.dtype, ws.k.data(), kv_dim, bias(L.bk)},
+                                  {L.wv.data, L.wv.dtype, ws.v.data(), kv_dim, bias(L.bv)}};
+    matmul_shared_x(pool, ws.xn.data(), T, H, qkv, 3);
     apply_lora(pool, ws, T, l, kProjQ, ws.xn.data(), H, ws.q.data(), q_dim);      // + s·B(A xn), per row
     apply_lora(pool, ws, T, l, kProjK, ws.xn.data(), H, ws.k.data(), kv_dim);
     apply_lora(pool, ws, T, l, kProjV, ws.xn.data(), H, ws.v.data(), kv_dim);
@@ -270,17 +255,20 @@ void forward_rows(Workspace &ws, const kf_model &m, int32_t T, const ChunkInput 
       }
     });
     if (!ws.col_sums.empty()) reduce_slot_scores(ws, l, nh, group, n_cols);
-    matmul_shared_x(pool, ws.attn.data(), T, q_dim, &wo, 1, &next_gate_up);  // proj: [T, H]
+    matmul(pool, ws.attn.data(), L.wo.data, L.wo.dtype, ws.proj.data(), T, q_dim, H,
+           L.bo.empty() ? nullptr : L.bo.data());  // proj: [T, H]
     apply_lora(pool, ws, T, l, kProjO, ws.attn.data(), q_dim, ws.proj.data(), H);
     add_inplace(ws.x.data(), ws.proj.data(), int64_t(T) * H);
 
     // ---- MLP block: x += down(silu(gate(xn)) * up(xn)) ----
     rmsnorm_rows(pool, ws.xn.data(), ws.x.data(), L.ffn_norm.data(), T, H, eps);
-    matmul_shared_x(pool, ws.xn.data(), T, H, gate_up, 2, &next_down);
+    const MatmulProduct gate_up[2] = {{L.w_gate.data, L.w_gate.dtype, ws.gate.data(), I, nullptr},   // [T, I]
+                                      {L.w_up.data, L.w_up.dtype, ws.up.data(), I, nullptr}};        // [T, I]
+    matmul_shared_x(pool, ws.xn.data(), T, H, gate_up, 2);
     apply_lora(pool, ws, T, l, kProjGate, ws.xn.data(), H, ws.gate.data(), I);
     apply_lora(pool, ws, T, l, kProjUp, ws.xn.data(), H, ws.up.data(), I);
     silu_mul(ws.gate.data(), ws.up.data(), int64_t(T) * I);
-    matmul_shared_x(pool, ws.gate.data(), T, I, &down, 1, &next_layer);  // [T, H]
+    matmul(pool, ws.gate.data(), L.w_down.data, L.w_down.dtype, ws.proj.data(), T, I, H, nullptr);  // [T, H]
     apply_lora(pool, ws, T, l, kProjDown, ws.gate.data(), I, ws.proj.data(), H);
     add_inplace(ws.x.data(), ws.proj.data(), int64_t(T) * H);
   }

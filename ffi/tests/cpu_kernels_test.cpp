@@ -418,17 +418,6 @@ void test_shared_x(const std::string &label, ThreadPool *pools) {
           for (size_t j = 0; j < g.size(); j++)
             c.expect(std::memcmp(want[j].data(), got[j].data(), want[j].size() * 4) == 0,
                      std::string(dtype_name(ws[size_t(g[j])].dt)) + fmt(" K=%lld T=%lld threads=%lld", K, T, th + 1));
-          // Naming the next region's products (fetched ahead into cache) changes no bit.
-          std::vector<MatmulProduct> after;
-          for (int i : groups[size_t(&g - groups.data() + 1) % groups.size()])
-            after.push_back({ws[size_t(i)].raw.data(), ws[size_t(i)].dt, nullptr, ws[size_t(i)].out, nullptr});
-          const NextProducts next{after.data(), int(after.size()), K};
-          for (auto &v : got) std::fill(v.begin(), v.end(), NAN);
-          matmul_shared_x(pools[th], x.data(), T, K, ps.data(), int(ps.size()), &next);
-          for (size_t j = 0; j < g.size(); j++)
-            c.expect(std::memcmp(want[j].data(), got[j].data(), want[j].size() * 4) == 0,
-                     std::string(dtype_name(ws[size_t(g[j])].dt)) +
-                         fmt(" with next K=%lld T=%lld threads=%lld", K, T, th + 1));
         }
       }
   }
