@@ -42,7 +42,7 @@ import {
   validationScore,
   writeStartsRecord,
 } from "./recipe_select.ts";
-import { CHUNK_TOKENS, demoConfig, GROUPS, SUMMARY_VECTORS } from "./recipe_shape.ts";
+import { CHUNK_TOKENS, demoConfig, type DemoShape, GROUPS, SUMMARY_VECTORS } from "./recipe_shape.ts";
 import { compressorExample } from "./compressor_examples.ts";
 import { trainDecoder } from "./recipe_decoder.ts";
 import {
@@ -134,7 +134,7 @@ const mean = (xs: number[]) => xs.length === 0 ? NaN : xs.reduce((a, b) => a + b
  */
 export async function trainDemoModel(kv: Kvfold, options: RecipeOptions): Promise<RecipeOutput> {
   const budget = options.budget ?? SHIPPED_BUDGET;
-  const { seed, layers, starts } = checkedBudget(budget);
+  const { seed, shape, starts } = checkedBudget(budget);
   const t0 = performance.now();
   const seconds = () => (performance.now() - t0) / 1000;
   const init = join(options.outDir, "init"), modelDir = join(options.outDir, "model");
@@ -147,12 +147,12 @@ export async function trainDemoModel(kv: Kvfold, options: RecipeOptions): Promis
   // Several starts: the chosen one's checkpoint becomes this run's, and its seed the run's seed.
   let runSeed = seed;
   if (starts > 1) {
-    const chosen = await chooseStart(kv, { ...options, budget, seed, seconds }, layers);
+    const chosen = await chooseStart(kv, { ...options, budget, seed, seconds }, shape);
     runSeed = startSeed(seed, chosen);
     resumable ||= !trained;
   }
   if (!trained) {
-    if (!resumable) await initRunFolder(init, layers, runSeed);
+    if (!resumable) await initRunFolder(init, shape, runSeed);
     await trainReaderAndCompressor(kv, { ...options, budget, seed: runSeed, seconds, resumable });
     await Deno.remove(ckpt).catch(() => {});
   }
@@ -225,9 +225,9 @@ interface CompressorRun extends RecipeOptions {
 }
 
 /** A new model folder (`init/`) with random weights from `seed` and the demo tokenizer. */
-async function initRunFolder(init: string, layers: number, seed: number): Promise<void> {
+async function initRunFolder(init: string, shape: DemoShape, seed: number): Promise<void> {
   await Deno.mkdir(init, { recursive: true });
-  await initModelFolder(init, demoConfig(layers), { seed });
+  await initModelFolder(init, demoConfig(shape), { seed });
   await writeDemoTokenizer(init);
 }
 
@@ -240,7 +240,7 @@ async function initRunFolder(init: string, layers: number, seed: number): Promis
 async function chooseStart(
   kv: Kvfold,
   run: Omit<CompressorRun, "resumable">,
-  layers: number,
+  shape: DemoShape,
 ): Promise<number> {
   const { budget, seed, outDir } = run;
   const starts = budget.starts ?? 1;
@@ -260,7 +260,7 @@ async function chooseStart(
     if (record.scores[k] !== undefined) continue;
     const dir = startDir(k), s = startSeed(seed, k);
     const resumable = run.resume === true && await pathExists(join(dir, "train.ckpt.safetensors"));
-    if (!resumable) await initRunFolder(join(dir, "init"), layers, s);
+    if (!resumable) await initRunFolder(join(dir, "init"), shape, s);
     const onProgress = (p: RecipeProgress) => run.onProgress?.({ ...p, start: k });
     const stopAt = budget.readerSteps + selectAt;
     await trainReaderAndCompressor(kv, { ...run, outDir: dir, seed: s, resumable, stopAt, onProgress });

@@ -9,7 +9,14 @@ import type { LoraProjection } from "../src/adapter.ts";
 import { SUMMARY_LAYOUTS, type SummaryLayout } from "./compressor_examples.ts";
 import type { DecoderBudget } from "./recipe_decoder.ts";
 import { startSeed } from "./recipe_select.ts";
-import { CHUNK_TOKENS, GROUPS, SEGMENT_TOKENS, SUMMARY_VECTORS, TRAIN_SEED } from "./recipe_shape.ts";
+import {
+  CHUNK_TOKENS,
+  type DemoShape,
+  GROUPS,
+  SEGMENT_TOKENS,
+  SUMMARY_VECTORS,
+  TRAIN_SEED,
+} from "./recipe_shape.ts";
 
 /** How long each phase runs, in optimizer steps (and examples per step). */
 export interface RecipeBudget {
@@ -43,6 +50,11 @@ export interface RecipeBudget {
   snapshots?: readonly number[];
   /** Decoder layers of the model trained from zero (default 4). */
   layers?: number;
+  /**
+   * Hidden width of the model trained from zero (default 128; 4 heads of width / 4, MLP 2.75x): a
+   * multiple of 8 in [32, 512]. The time per step grows about as its square.
+   */
+  width?: number;
   /**
    * Starts to choose among (default 1). With K > 1, K runs (seeds `seed`, `seed + 1000`, ...: see
    * `startSeed`) each train phases 1-2 up to compressor step {@link selectAt}, get group adapters and are
@@ -157,17 +169,20 @@ export function overShippedBudget(overrides: Partial<RecipeBudget>): RecipeBudge
 }
 
 /**
- * The budget's seed, layers and starts, every key checked before anything is written (each start's
+ * The budget's seed, model shape and starts, every key checked before anything is written (each start's
  * seed too, so a bad one cannot fail a run hours in).
  */
-export function checkedBudget(budget: RecipeBudget): { seed: number; layers: number; starts: number } {
+export function checkedBudget(budget: RecipeBudget): { seed: number; shape: DemoShape; starts: number } {
   const seed = recipeSeed(budget);
   const refuse = (what: string) => {
     throw new RangeError(`Cannot train the demo model: ${what}`);
   };
-  const layers = budget.layers ?? 4;
+  const layers = budget.layers ?? 4, width = budget.width ?? 128;
   if (!Number.isInteger(layers) || layers < 1 || layers > 32) {
     refuse(`layers ${layers} is not an integer in [1, 32]`);
+  }
+  if (!Number.isInteger(width) || width % 8 !== 0 || width < 32 || width > 512) {
+    refuse(`width ${width} is not a multiple of 8 in [32, 512]`);
   }
   if (budget.layout !== undefined && !SUMMARY_LAYOUTS.includes(budget.layout)) {
     refuse(`layout "${budget.layout}" is not ${SUMMARY_LAYOUTS.map((l) => `"${l}"`).join(" or ")}`);
@@ -215,5 +230,5 @@ export function checkedBudget(budget: RecipeBudget): { seed: number; layers: num
     refuse(`selectAt ${at} is not in [1, ${budget.compressorSteps}]`);
   }
   for (let k = 1; k < starts; k++) recipeSeed({ ...budget, seed: startSeed(seed, k) });
-  return { seed, layers, starts };
+  return { seed, shape: { layers, width }, starts };
 }

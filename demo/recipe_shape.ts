@@ -16,17 +16,28 @@ export const SUMMARY_VECTORS = 8;
 /** Groups, each with its own adapter. */
 export const GROUPS = ["ledger", "voyage"] as const;
 
-/** The demo model's shape (Hugging Face `config.json`), with `layers` decoder layers (default 4). */
-export function demoConfig(layers = 4): Record<string, unknown> {
+/** The demo model's size: decoder layers and hidden width. */
+export interface DemoShape {
+  layers: number;
+  width: number;
+}
+
+/**
+ * The demo model's config (Hugging Face `config.json`): `layers` decoder layers (default 4) of
+ * `width` (default 128), 4 heads of width / 4 (2 KV heads) and an MLP 2.75 times as wide (to a
+ * multiple of 16).
+ */
+export function demoConfig(shape: Partial<DemoShape> = {}): Record<string, unknown> {
+  const { layers = 4, width = 128 } = shape;
   return {
     architectures: ["LlamaForCausalLM"],
     model_type: "llama",
-    hidden_size: 128,
-    intermediate_size: 352,
+    hidden_size: width,
+    intermediate_size: Math.round((width * 2.75) / 16) * 16,
     num_hidden_layers: layers,
     num_attention_heads: 4,
     num_key_value_heads: 2,
-    head_dim: 32,
+    head_dim: width / 4,
     vocab_size: demoVocabulary().length,
     max_position_embeddings: 4096,
     rms_norm_eps: 1e-5,

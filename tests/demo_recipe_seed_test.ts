@@ -61,6 +61,20 @@ Deno.test("demo recipe layers and summary vectors: the model has that many; a ba
   using compressor = await Compressor.load(kv, `${dir}/model`);
   assert.equal(compressor.summaryLength, 10);
   assert.equal(compressor.segmentLength, 256, "the default segment goes into config.json");
+  // A wider model: 4 heads of width / 4, an MLP 2.75 times as wide; the default is the shipped shape.
+  const wide = await tempDir();
+  await trainDemoModel(kv, { outDir: wide, budget: { ...TINY, width: 160 } });
+  const wideConfig = JSON.parse(await Deno.readTextFile(`${wide}/model/config.json`));
+  assert.deepEqual(
+    [
+      wideConfig.hidden_size,
+      wideConfig.head_dim,
+      wideConfig.intermediate_size,
+      wideConfig.num_attention_heads,
+    ],
+    [160, 40, 448, 4],
+  );
+  assert.deepEqual([config.hidden_size, config.head_dim, config.intermediate_size], [128, 32, 352]);
   // Shorter segments: the trained folder says so, and compresses a 512-token chunk into 4 x 4 vectors.
   const short = await tempDir();
   await trainDemoModel(kv, { outDir: short, budget: { ...TINY, segmentTokens: 128, summaryVectors: 4 } });
@@ -79,6 +93,10 @@ Deno.test("demo recipe layers and summary vectors: the model has that many; a ba
     ...[8, 100, 1024, 1.5].map((segmentTokens): [Partial<RecipeBudget>, RegExp] => [
       { segmentTokens },
       /segmentTokens .* is not a divisor of the 512-token chunks, 16 or more/,
+    ]),
+    ...[100, 24, 520, 128.5].map((width): [Partial<RecipeBudget>, RegExp] => [
+      { width },
+      /width .* is not a multiple of 8 in \[32, 512\]/,
     ]),
     [{ segmentTokens: 128, summaryVectors: 65 }, /summaryVectors 65 is not an integer in \[2, 64\]/],
   ];
