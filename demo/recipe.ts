@@ -369,8 +369,8 @@ async function trainReaderAndCompressor(kv: Kvfold, run: CompressorRun): Promise
       };
     });
   // The compressor: windows of log-uniform length in [16, max], max growing to a whole chunk over
-  // the first 40% of the phase; from 70% on, half the documents are whole store chunks, as the
-  // evaluation cuts them. One text example in four keeps the reader reading text.
+  // the first 40% of the phase; from `wholeChunksFrom` (70%) on, half the documents are whole store
+  // chunks, as the evaluation cuts them. One text example in four keeps the reader reading text.
   let longest = 16;
   const grow = Math.max(1, Math.floor(0.4 * budget.compressorSteps));
   const docs = windowDraws(seed + STREAM.windows, () => Math.round(16 * (longest / 16) ** unit()));
@@ -384,7 +384,7 @@ async function trainReaderAndCompressor(kv: Kvfold, run: CompressorRun): Promise
           text: textQaExample(d.ids, d.question.question, d.question.answer, { languageModel: true }),
         };
       }
-      const whole = s >= 0.7 * budget.compressorSteps && b % 2 === 0;
+      const whole = s >= (budget.wholeChunksFrom ?? 0.7) * budget.compressorSteps && b % 2 === 0;
       return {
         document: compressorExample(
           (whole ? chunks : docs).next().value as Draw,

@@ -48,6 +48,13 @@ export interface RecipeBudget {
    * measure how much the result moves late in a run. Default none.
    */
   snapshots?: readonly number[];
+  /**
+   * Fraction of the compressor phase after which half its documents are whole 512-token chunks
+   * (default 0.7; before, windows of log-uniform length). Windows are mostly shorter than a segment
+   * and hold one fact, so the summary pairs of a segment's second and third fact learn mostly from
+   * whole chunks.
+   */
+  wholeChunksFrom?: number;
   /** Decoder layers of the model trained from zero (default 4). */
   layers?: number;
   /**
@@ -224,6 +231,10 @@ export function checkedBudget(budget: RecipeBudget): { seed: number; shape: Demo
   const starts = budget.starts ?? 1;
   if (!Number.isInteger(starts) || starts < 1 || starts > 16) {
     refuse(`starts ${starts} is not an integer in [1, 16]`);
+  }
+  const from = budget.wholeChunksFrom;
+  if (from !== undefined && !(Number.isFinite(from) && from >= 0 && from <= 1)) {
+    refuse(`wholeChunksFrom ${from} is not a fraction in [0, 1]`);
   }
   const at = budget.selectAt;
   if (at !== undefined && (!Number.isInteger(at) || at < 1 || at > budget.compressorSteps)) {

@@ -98,6 +98,10 @@ Deno.test("demo recipe layers and summary vectors: the model has that many; a ba
       { width },
       /width .* is not a multiple of 8 in \[32, 512\]/,
     ]),
+    ...[-0.1, 1.5, NaN].map((wholeChunksFrom): [Partial<RecipeBudget>, RegExp] => [
+      { wholeChunksFrom },
+      /wholeChunksFrom .* is not a fraction in \[0, 1\]/,
+    ]),
     [{ segmentTokens: 128, summaryVectors: 65 }, /summaryVectors 65 is not an integer in \[2, 64\]/],
   ];
   for (const [extra, message] of bad) {
@@ -117,6 +121,11 @@ Deno.test("demo recipe optimizer: its settings reach the trainer; the defaults s
   const plain = await weights(TINY);
   const spelled = await weights({ ...TINY, optimizer: { learningRate: 3e-3, betas: [0.9, 0.999] } });
   assert.ok(sameBytes(spelled, plain), "the default optimizer spelled out trained other bits");
+  // Whole chunks from the phase's start change the documents; the default spelled out changes nothing.
+  const long = { ...TINY, compressorSteps: 4, batch: 2 };
+  const longPlain = await weights(long);
+  assert.ok(sameBytes(await weights({ ...long, wholeChunksFrom: 0.7 }), longPlain), "wholeChunksFrom 0.7");
+  assert.ok(!sameBytes(await weights({ ...long, wholeChunksFrom: 0 }), longPlain), "wholeChunksFrom 0");
   for (const optimizer of [{ betas: [0.9, 0.95] as const }, { learningRate: 1e-3 }]) {
     assert.ok(
       !sameBytes(await weights({ ...TINY, optimizer }), plain),
