@@ -6,7 +6,7 @@
 // busy the machine was; writes JSON beside it. Not a test: a measurement.
 //
 //   deno run -A bench/decode_ab.ts [--model DIR] [--dtype q4_0] [--rounds 10] [--tokens 64]
-//     [--env-a K=V] [--env-b K=V] [--lib-a PATH] [--lib-b PATH] [--threads 2] [--out FILE.json]
+//     [--env-a K=V] [--env-b K=V] [--lib-a PATH] [--lib-b PATH] [--threads 2] [--out bench/results/decode_ab.json]
 //
 // --model defaults to the 1.1B bench model that `bench/vs_llamacpp.ts` caches (.kvfold/bench-models/1.1b).
 import { parseArgs } from "node:util";
@@ -50,7 +50,7 @@ const { values: v } = parseArgs({
     "env-b": { type: "string", multiple: true, default: [] },
     "lib-a": { type: "string" },
     "lib-b": { type: "string" },
-    out: { type: "string" },
+    out: { type: "string", default: new URL("results/decode_ab.json", import.meta.url).pathname },
   },
 });
 
@@ -157,4 +157,4 @@ console.log(
     summary.medianRatio.toFixed(3)
   } (${rounds.length} rounds)`,
 );
-if (v.out) await Deno.writeTextFile(v.out, JSON.stringify(summary, null, 2) + "\n");
+await Deno.writeTextFile(v.out!, JSON.stringify(summary, null, 2) + "\n");

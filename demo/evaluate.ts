@@ -241,6 +241,7 @@ export async function evaluateDemo(kv: Kvfold, options: EvaluateDemoOptions): Pr
   using trained = await loadTrainedDemo(kv, options.trainedDir, { lococo: conditions.includes("lococo") });
   const { model } = trained;
   const { layers, kvHeads, headDim } = model.info;
+  const segmentTokens = trainedSegmentTokens(trained.compressor);
   const kvBytesPerSlot = 2 * layers * kvHeads * headDim * 4;
   const tmp = await Deno.makeTempDir({ prefix: "kvfold-demo-eval-" });
   try {
@@ -272,7 +273,7 @@ export async function evaluateDemo(kv: Kvfold, options: EvaluateDemoOptions): Pr
       if (top.length > 0 && holds(top[0])) retrieved++;
       // The vectors' positions for one chunk: what the truncated conditions get.
       const budget = top[0]?.vectors.rows ??
-        (CHUNK_TOKENS / trainedSegmentTokens(trained.compressor)) * trained.compressor.summaryLength;
+        (CHUNK_TOKENS / segmentTokens) * trained.compressor.summaryLength;
       for (const condition of conditions) {
         let answered: Answered;
         let context = 0;
@@ -344,7 +345,7 @@ export async function evaluateDemo(kv: Kvfold, options: EvaluateDemoOptions): Pr
       store: {
         ...compressed,
         chunkTokens: CHUNK_TOKENS,
-        segmentLength: trainedSegmentTokens(trained.compressor),
+        segmentLength: segmentTokens,
       },
       retrievalAccuracy: wantsChunk ? retrieved / items.length : null,
       factsSplitAcrossChunks: split,

@@ -318,11 +318,12 @@ async function trainReaderAndCompressor(kv: Kvfold, run: CompressorRun): Promise
   const { budget, seed, outDir } = run;
   const ckpt = join(outDir, "train.ckpt.safetensors");
   const averageFile = (step: number) => join(outDir, `average-${step}.ckpt.safetensors`);
+  const segmentTokens = segmentTokensOf(budget);
   using model = await kv.loadModel(join(outDir, "init"), { dtype: "f32" });
   using trainer = ModelTrainer.create(model, {
     seed,
     summaryLength: budget.summaryVectors ?? SUMMARY_VECTORS,
-    segmentLength: segmentTokensOf(budget),
+    segmentLength: segmentTokens,
     backpropSegments: 2,
     lmWeight: 0.5,
     qaWeight: 1,
@@ -390,7 +391,7 @@ async function trainReaderAndCompressor(kv: Kvfold, run: CompressorRun): Promise
           (whole ? chunks : docs).next().value as Draw,
           budget.layout,
           budget.summaryVectors,
-          segmentTokensOf(budget),
+          segmentTokens,
         ),
       };
     });

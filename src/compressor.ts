@@ -148,14 +148,8 @@ export class Compressor {
   ): Promise<SummaryVectors> {
     const ids = typeof document === "string" ? this.model.tokenizer.encode(document) : [...document];
     if (ids.length === 0) throw new KvfoldError("INVALID_ARGUMENT", "Cannot compress: the document is empty");
-    const segLen = int32Arg(
-      "compress",
-      "segmentLength",
-      options.segmentLength ?? this.segmentLength ?? 1536,
-      {
-        min: 1,
-      },
-    );
+    const asked = options.segmentLength ?? this.segmentLength ?? 1536;
+    const segLen = int32Arg("compress", "segmentLength", asked, { min: 1 });
     const S = this.summaryLength, H = this.model.info.hiddenSize;
     const segments = Math.ceil(ids.length / segLen);
     const out = new Float32Array(segments * S * H);

@@ -128,9 +128,8 @@ postgresTest(
             `%:${victim.pid}:%`,
           );
           if (orphaned > 0) kills++;
-          const first = !spawnedOthers;
           victim = spawnWorker();
-          if (first) {
+          if (!spawnedOthers) {
             spawnedOthers = true;
             for (let i = 0; i < 3; i++) finished.push(spawnWorker().output());
           }
