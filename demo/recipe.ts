@@ -30,7 +30,7 @@ import { finetuneLora, type QaExample } from "../src/train.ts";
 import { calibrateLococo } from "../src/lococo_train.ts";
 import { WeightAverage } from "../src/weight_average.ts";
 import { demoDocuments } from "./corpus.ts";
-import { chunkDraws, type Draw, windowDraws } from "./recipe_draws.ts";
+import { chunkDraws, type Draw, factPairDraws, windowDraws } from "./recipe_draws.ts";
 import { writeDemoTokenizer } from "./tokenizer.ts";
 import { documentIds, textQaExample } from "./examples.ts";
 import { pathExists } from "../src/_path_exists.ts";
@@ -376,6 +376,13 @@ async function trainReaderAndCompressor(kv: Kvfold, run: CompressorRun): Promise
   const grow = Math.max(1, Math.floor(0.4 * budget.compressorSteps));
   const docs = windowDraws(seed + STREAM.windows, () => Math.round(16 * (longest / 16) ** unit()));
   const chunks = chunkDraws(seed + STREAM.chunks, CHUNK_TOKENS);
+  // From `factPairsFrom` on, one document in four is a window with two facts in one segment.
+  const pairs = factPairDraws(
+    seed + STREAM.factPairs,
+    segmentTokens,
+    (_, u) => Math.round(16 * (longest / 16) ** u),
+  );
+  const pairsFrom = (budget.factPairsFrom ?? Infinity) * budget.compressorSteps;
   const compressorBatch = (s: number) => {
     longest = Math.round(16 * (CHUNK_TOKENS / 16) ** Math.min(1, s / grow));
     return Array.from({ length: budget.batch }, (_, b): TrainBatchItem => {
@@ -386,9 +393,10 @@ async function trainReaderAndCompressor(kv: Kvfold, run: CompressorRun): Promise
         };
       }
       const whole = s >= (budget.wholeChunksFrom ?? 0.7) * budget.compressorSteps && b % 2 === 0;
+      const pair = s >= pairsFrom && b % 4 === 1;
       return {
         document: compressorExample(
-          (whole ? chunks : docs).next().value as Draw,
+          (whole ? chunks : pair ? pairs : docs).next().value as Draw,
           budget.layout,
           budget.summaryVectors,
           segmentTokens,

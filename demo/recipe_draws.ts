@@ -59,3 +59,42 @@ export function* windowDraws(seed: number, length: (i: number, u: number) => num
     }
   }
 }
+
+/**
+ * An endless, seeded stream of windows in which two neighbouring facts share one segment of
+ * `segmentTokens`: for each pair of consecutive facts whose sentences fit in a segment, a window of
+ * `length(i, u)` tokens (at least the pair's span) placed so both sentences lie wholly inside one of
+ * its segments (which one is drawn). The question is the pair's second fact: the summary pairs that
+ * carry a segment's second fact learn mostly from these, since a window around one fact rarely holds
+ * another in the same segment.
+ */
+export function* factPairDraws(
+  seed: number,
+  segmentTokens: number,
+  length: (i: number, u: number) => number,
+): Generator<Draw> {
+  const next = seededUint32(seed, "demo recipe: fact pair draws");
+  const uniform = (lo: number, hi: number) => lo + (hi > lo ? next() % (hi - lo + 1) : 0);
+  let i = 0;
+  for (const doc of demoDocuments({ seed })) {
+    const ids = documentIds(doc);
+    for (let f = 0; f + 1 < doc.facts.length; f++) {
+      const a = doc.facts[f], b = doc.facts[f + 1];
+      const span = b.tokenEnd - a.tokenStart;
+      if (span > segmentTokens) continue;
+      const L = Math.min(ids.length, Math.max(span, length(i++, next() / 2 ** 32)));
+      // Segment k of the window spans [start + k*S, start + min(L, (k+1)*S)): one long enough for both.
+      const fits = Math.floor(L / segmentTokens) + (L % segmentTokens >= span ? 1 : 0);
+      const k = uniform(0, fits - 1);
+      const segmentEnd = Math.min(L, (k + 1) * segmentTokens);
+      const lo = Math.max(0, b.tokenEnd - segmentEnd);
+      const hi = Math.min(a.tokenStart - k * segmentTokens, ids.length - L);
+      if (hi < lo) continue;
+      const start = uniform(lo, hi);
+      const questions = questionsIn(doc, start, start + L);
+      const question = questions.find((q) => q.fact === b);
+      if (question === undefined) continue;
+      yield { doc, ids: ids.slice(start, start + L), start, end: start + L, question, questions };
+    }
+  }
+}

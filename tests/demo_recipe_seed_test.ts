@@ -22,7 +22,7 @@ Deno.test("demo recipe seed: checked, and never one that draws evaluation docume
   assert.equal(recipeSeed(TINY), TRAIN_SEED);
   assert.equal(recipeSeed({ ...TINY, seed: 12345 }), 12345);
   for (const evaluation of EVALUATION_SEEDS) {
-    for (const offset of [0, 1, 2, 7, 100, 200]) {
+    for (const offset of [0, 1, 2, 7, 100, 200, 300, 400]) {
       assert.throws(() => recipeSeed({ ...TINY, seed: evaluation - offset }), /evaluation seed/);
     }
   }
@@ -102,6 +102,10 @@ Deno.test("demo recipe layers and summary vectors: the model has that many; a ba
       { wholeChunksFrom },
       /wholeChunksFrom .* is not a fraction in \[0, 1\]/,
     ]),
+    ...[-0.1, 1.5, NaN].map((factPairsFrom): [Partial<RecipeBudget>, RegExp] => [
+      { factPairsFrom },
+      /factPairsFrom .* is not a fraction in \[0, 1\]/,
+    ]),
     [{ segmentTokens: 128, summaryVectors: 65 }, /summaryVectors 65 is not an integer in \[2, 64\]/],
   ];
   for (const [extra, message] of bad) {
@@ -126,6 +130,9 @@ Deno.test("demo recipe optimizer: its settings reach the trainer; the defaults s
   const longPlain = await weights(long);
   assert.ok(sameBytes(await weights({ ...long, wholeChunksFrom: 0.7 }), longPlain), "wholeChunksFrom 0.7");
   assert.ok(!sameBytes(await weights({ ...long, wholeChunksFrom: 0 }), longPlain), "wholeChunksFrom 0");
+  // Fact-pair windows from the phase's end on are none at all; from its start they change the documents.
+  assert.ok(sameBytes(await weights({ ...long, factPairsFrom: 1 }), longPlain), "factPairsFrom 1");
+  assert.ok(!sameBytes(await weights({ ...long, factPairsFrom: 0 }), longPlain), "factPairsFrom 0");
   for (const optimizer of [{ betas: [0.9, 0.95] as const }, { learningRate: 1e-3 }]) {
     assert.ok(
       !sameBytes(await weights({ ...TINY, optimizer }), plain),
