@@ -163,3 +163,34 @@ export function tokenIdArg(
   }
   return id;
 }
+
+/** Who reads a config field, for {@link configPositiveInt}'s message and error code. */
+export interface ConfigFieldReader {
+  /** Error code of a bad value: `"FORMAT"` for a file's field, `"INVALID_ARGUMENT"` for an argument's. */
+  code: "FORMAT" | "INVALID_ARGUMENT";
+  /** What failed, as "Cannot convert model". */
+  action: string;
+  /** Where the field comes from, as a file's path. */
+  source: string;
+}
+
+/**
+ * `config[key]` (or `fallback` when the key is absent) as an integer in [1, 2^31 - 1]: the sizes a
+ * model's `config.json` holds. A {@link KvfoldError} otherwise: "Cannot load compressor:
+ * m/config.json: segment_length is 0, not a positive integer".
+ */
+export function configPositiveInt(
+  config: Readonly<Record<string, unknown>>,
+  key: string,
+  reader: ConfigFieldReader,
+  fallback?: number,
+): number {
+  const v = config[key] ?? fallback;
+  if (typeof v !== "number" || !Number.isSafeInteger(v) || v < 1 || v > INT32_MAX) {
+    throw new KvfoldError(
+      reader.code,
+      `${reader.action}: ${reader.source}: ${key} is ${showValue(v)}, not a positive integer`,
+    );
+  }
+  return v;
+}

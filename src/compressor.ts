@@ -6,7 +6,7 @@
  * @module
  */
 
-import { int32Arg } from "./_int_args.ts";
+import { configPositiveInt, int32Arg } from "./_int_args.ts";
 import type { Kvfold } from "./engine.ts";
 import { KvfoldError } from "./errors.ts";
 import { readBoundedJson } from "./_bounded_read.ts";
@@ -80,17 +80,13 @@ async function readSegmentLength(dir: string): Promise<number | undefined> {
     if (e instanceof KvfoldError && e.cause instanceof Deno.errors.NotFound) return undefined;
     throw e;
   }
-  const n = (config as Record<string, unknown> | null)?.segment_length;
-  if (n === undefined) return undefined;
-  if (typeof n !== "number" || !Number.isSafeInteger(n) || n < 1 || n > 0x7fffffff) {
-    throw new KvfoldError(
-      "FORMAT",
-      `Cannot load compressor: segment_length ${
-        JSON.stringify(n)
-      } in ${dir}/config.json is not a positive integer`,
-    );
-  }
-  return n;
+  const fields = (config ?? {}) as Record<string, unknown>;
+  if (fields.segment_length === undefined) return undefined;
+  return configPositiveInt(fields, "segment_length", {
+    code: "FORMAT",
+    action: "Cannot load compressor",
+    source: `${dir}/config.json`,
+  });
 }
 
 /**

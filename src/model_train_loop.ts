@@ -7,6 +7,7 @@
  */
 
 import { readBoundedJson, readBoundedText } from "./_bounded_read.ts";
+import { configPositiveInt } from "./_int_args.ts";
 import { normalTensor } from "./_seeded_random.ts";
 import { KvfoldError } from "./errors.ts";
 import type { Model } from "./model.ts";
@@ -49,16 +50,12 @@ export async function initModelFolder(
   config: Record<string, unknown>,
   options: InitModelOptions = {},
 ): Promise<void> {
-  const num = (k: string, fallback?: number): number => {
-    const v = config[k] ?? fallback;
-    if (typeof v !== "number" || !Number.isSafeInteger(v) || v <= 0) {
-      throw new KvfoldError(
-        "INVALID_ARGUMENT",
-        `Cannot initialise model: config field ${k} must be a positive integer`,
-      );
-    }
-    return v;
-  };
+  const num = (k: string, fallback?: number): number =>
+    configPositiveInt(config, k, {
+      code: "INVALID_ARGUMENT",
+      action: "Cannot initialise model",
+      source: "config",
+    }, fallback);
   const H = num("hidden_size"), I = num("intermediate_size"), L = num("num_hidden_layers");
   const nh = num("num_attention_heads"), nkv = num("num_key_value_heads", nh), V = num("vocab_size");
   const hd = num("head_dim", Math.floor(H / nh));

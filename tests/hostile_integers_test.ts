@@ -7,8 +7,17 @@ import { decodeBatch } from "../src/batch.ts";
 import { LococoTrainer } from "../src/lococo_train.ts";
 import { sampleFromLogits } from "../src/session.ts";
 import { LoraTrainer } from "../src/train.ts";
-import { int32Arg, int64Arg, showValue, tokenIdsArg, uint64Arg } from "../src/_int_args.ts";
-import { testEngine, testModel } from "./_fixtures.ts";
+import {
+  configPositiveInt,
+  int32Arg,
+  int64Arg,
+  showValue,
+  tokenIdsArg,
+  uint64Arg,
+} from "../src/_int_args.ts";
+import { initModelFolder } from "../src/model_train_loop.ts";
+import { writeModelGguf } from "../src/formats/gguf_write.ts";
+import { tempDir, testEngine, testModel } from "./_fixtures.ts";
 
 const BIG = 2 ** 32 + 5; // wraps to 5 as an int32
 
@@ -219,4 +228,43 @@ Deno.test("hostile integers: prefillEmbeddings refuses a block whose shape is no
   assert.equal(s.position, 0);
   await s.prefillEmbeddings(block, { shape: [2, H] });
   assert.equal(s.position, 2);
+});
+
+Deno.test("hostile integers: config.json sizes are positive int32s wherever a config is read", async () => {
+  const reader = { code: "FORMAT", action: "Cannot load x", source: "m/config.json" } as const;
+  assert.equal(configPositiveInt({ hidden_size: 64 }, "hidden_size", reader), 64);
+  assert.equal(configPositiveInt({}, "head_dim", reader, 16), 16, "the fallback for an absent key");
+  for (const bad of [0, -3, 1.5, 2 ** 31, "64", null, NaN, [64]]) {
+    assert.throws(() => configPositiveInt({ k: bad }, "k", reader), (e: unknown) => {
+      assert.ok(e instanceof KvfoldError && e.code === "FORMAT", String(e));
+      assert.match(e.message, /^Cannot load x: m\/config.json: k is .*, not a positive integer$/);
+      return true;
+    });
+  }
+  // The three readers: a new model's config (an argument), a folder converted to GGUF (a file).
+  const config = {
+    model_type: "llama",
+    hidden_size: 32,
+    intermediate_size: 64,
+    num_hidden_layers: 0,
+    num_attention_heads: 2,
+    num_key_value_heads: 2,
+    vocab_size: 64,
+    max_position_embeddings: 64,
+    rms_norm_eps: 1e-5,
+  };
+  await assert.rejects(
+    initModelFolder(`${await tempDir()}/m`, config),
+    invalidArgument(/Cannot initialise model: config: num_hidden_layers is 0, not a positive integer/),
+  );
+  const dir = await tempDir();
+  const source = await testModel("int-config", { seed: 2 });
+  for await (const e of Deno.readDir(source)) await Deno.copyFile(`${source}/${e.name}`, `${dir}/${e.name}`);
+  const json = JSON.parse(await Deno.readTextFile(`${dir}/config.json`));
+  await Deno.writeTextFile(`${dir}/config.json`, JSON.stringify({ ...json, vocab_size: 2 ** 32 + 5 }));
+  await assert.rejects(writeModelGguf(dir, `${dir}/m.gguf`), (e: unknown) => {
+    assert.ok(e instanceof KvfoldError && e.code === "FORMAT", String(e));
+    assert.match(e.message, /config.json: vocab_size is 4294967301, not a positive integer/);
+    return true;
+  });
 });

@@ -9,6 +9,7 @@
  */
 
 import { KvfoldError } from "../errors.ts";
+import { configPositiveInt } from "../_int_args.ts";
 import { readBoundedJson } from "../_bounded_read.ts";
 import { readSafetensorsFile, type TensorView, toFloat32 } from "./safetensors.ts";
 import { GGML_BLOCKS, type GgmlType } from "./ggml_quant.ts";
@@ -76,14 +77,12 @@ export function permuteLlamaRows(w: Float32Array, rows: number, cols: number, he
 }
 
 function intOf(config: Json, key: string, path: string, fallback?: number): number {
-  const v = config[key] ?? fallback;
-  if (typeof v !== "number" || !Number.isSafeInteger(v) || v <= 0) {
-    throw new KvfoldError(
-      "FORMAT",
-      `Cannot convert model: ${path}: ${key} is ${JSON.stringify(v)}, not a positive integer`,
-    );
-  }
-  return v;
+  return configPositiveInt(
+    config,
+    key,
+    { code: "FORMAT", action: "Cannot convert model", source: path },
+    fallback,
+  );
 }
 
 /** All tensors of the folder's safetensors file(s), by name. */
