@@ -66,16 +66,23 @@ Deno.test("native: CPU kernels match a double-precision reference at many sizes,
   assert.ok(/ok|pass/i.test(out), out.slice(-2000));
 });
 
-Deno.test("native: JSON, safetensors and config.json parsing, including every error path", async () => {
-  const out = await buildAndRun("model_files_test", [
-    "ffi/tests/model_files_test.cpp",
-    "ffi/src/json.cpp",
-    "ffi/src/safetensors.cpp",
-    "ffi/src/model_config.cpp",
-    "ffi/src/common.cpp",
-  ]);
-  assert.ok(/ok|pass/i.test(out), out.slice(-2000));
-});
+for (
+  const [name, what] of [
+    ["model_files_test", "JSON and safetensors parsing"],
+    ["model_folder_test", "config.json parsing and model folders"],
+  ]
+) {
+  Deno.test(`native: ${what}, including every error path`, async () => {
+    const out = await buildAndRun(name, [
+      `ffi/tests/${name}.cpp`,
+      "ffi/src/json.cpp",
+      "ffi/src/safetensors.cpp",
+      "ffi/src/model_config.cpp",
+      "ffi/src/common.cpp",
+    ]);
+    assert.match(out, /[1-9]\d* passed, 0 failed/, out.slice(-2000));
+  });
+}
 
 Deno.test("native: gradient replicas on threads of their own end in the bits of one thread", async () => {
   // Against the library itself (the sanitized one under tests/sanitize.sh), through kvfold.h only.
