@@ -107,6 +107,17 @@ export function relativeError(a: ArrayLike<number>, b: ArrayLike<number>): numbe
   return num / den;
 }
 
+/** `n` deterministic uniform numbers in [-scale, scale) from `seed` (mulberry32). */
+export function uniformValues(n: number, seed: number, scale = 1): Float64Array {
+  let a = seed >>> 0;
+  return Float64Array.from({ length: n }, () => {
+    a = (a + 0x6d2b79f5) | 0;
+    let t = Math.imul(a ^ (a >>> 15), 1 | a);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((((t ^ (t >>> 14)) >>> 0) / 4294967296) * 2 - 1) * scale;
+  });
+}
+
 /** Deterministic pseudo-random token ids in [lo, hi). */
 export function someIds(n: number, hi: number, seed = 3, lo = 3): number[] {
   const out: number[] = [];

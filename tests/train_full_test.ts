@@ -11,18 +11,7 @@ import {
   type ReferenceDocument,
   referenceLmLoss,
 } from "./_reference_train.ts";
-import { someIds, testEngine, testModel } from "./_fixtures.ts";
-
-/** Deterministic uniform numbers in [-scale, scale). */
-function uniform(n: number, seed: number, scale: number): Float32Array {
-  let a = seed >>> 0;
-  return Float32Array.from({ length: n }, () => {
-    a = (a + 0x6d2b79f5) | 0;
-    let t = Math.imul(a ^ (a >>> 15), 1 | a);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((((t ^ (t >>> 14)) >>> 0) / 4294967296) * 2 - 1) * scale;
-  });
-}
+import { someIds, testEngine, testModel, uniformValues } from "./_fixtures.ts";
 
 async function checkFullGradients(name: string, options: Parameters<typeof testModel>[1], kinds: RegExp[]) {
   const dir = await testModel(name, options);
@@ -31,7 +20,7 @@ async function checkFullGradients(name: string, options: Parameters<typeof testM
   const ref = await loadReferenceModel(dir);
   using tr = ModelTrainer.create(model);
   const H = model.info.hiddenSize;
-  const prefix = uniform(2 * H, 77, 1);
+  const prefix = Float32Array.from(uniformValues(2 * H, 77, 1));
   const ids = someIds(9, model.info.vocabSize, 4);
   const labels = ids.map((_, t) => (t >= 3 ? ids[(t + 5) % ids.length] : -1));
   const loss = await tr.accumulate({ prefix, ids, labels });

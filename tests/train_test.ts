@@ -9,7 +9,7 @@ import { KvfoldError } from "../src/errors.ts";
 import { finetuneLora, LoraTrainer, type QaExample, qaExampleRows } from "../src/train.ts";
 import { LORA_PROJECTIONS, type LoraProjection } from "../src/adapter.ts";
 import { loadReferenceModel, referenceLogits, type ReferenceModel } from "./reference_forward.ts";
-import { runCli, someIds, tempDir, testEngine, testModel } from "./_fixtures.ts";
+import { runCli, someIds, tempDir, testEngine, testModel, uniformValues } from "./_fixtures.ts";
 
 const GQA = { seed: 5, numHeads: 4, numKeyValueHeads: 2 };
 
@@ -31,17 +31,6 @@ function referenceLoss(ref: ReferenceModel, prefix: Float64Array, ids: number[],
   return loss / n;
 }
 
-/** Deterministic uniform numbers in [-scale, scale). */
-function uniform(n: number, seed: number, scale: number): Float32Array {
-  let a = seed >>> 0;
-  return Float32Array.from({ length: n }, () => {
-    a = (a + 0x6d2b79f5) | 0;
-    let t = Math.imul(a ^ (a >>> 15), 1 | a);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((((t ^ (t >>> 14)) >>> 0) / 4294967296) * 2 - 1) * scale;
-  });
-}
-
 const PARENT = (p: LoraProjection) => ["gate_proj", "up_proj", "down_proj"].includes(p) ? "mlp" : "self_attn";
 
 Deno.test("train: every LoRA gradient equals central finite differences of the float64 reference", async () => {
@@ -54,9 +43,11 @@ Deno.test("train: every LoRA gradient equals central finite differences of the f
   const s = tr.info.scale;
   // B starts at zero (no gradient reaches A then): give every B random values first.
   let seed = 1;
-  for (const [l, p] of tr.pairs()) tr.write(l, p, "B", uniform(tr.read(l, p, "B").length, seed++, 0.3));
+  for (const [l, p] of tr.pairs()) {
+    tr.write(l, p, "B", Float32Array.from(uniformValues(tr.read(l, p, "B").length, seed++, 0.3)));
+  }
   const H = model.info.hiddenSize;
-  const prefix = uniform(2 * H, 77, 1); // two summary-vector rows
+  const prefix = Float32Array.from(uniformValues(2 * H, 77, 1)); // two summary-vector rows
   const ids = someIds(9, model.info.vocabSize, 4);
   const labels = ids.map((_, t) => (t >= 4 ? ids[(t + 3) % ids.length] : -1));
   const loss = await tr.accumulate({ prefix, ids, labels });
@@ -138,7 +129,7 @@ Deno.test("train: one AdamW step equals the update computed by hand", async () =
     warmupSteps: 2,
     seed: 3,
   });
-  tr.write(0, "v_proj", "B", uniform(tr.read(0, "v_proj", "B").length, 4, 0.2));
+  tr.write(0, "v_proj", "B", Float32Array.from(uniformValues(tr.read(0, "v_proj", "B").length, 4, 0.2)));
   const ids = someIds(6, model.info.vocabSize, 8);
   const labels = [-1, -1, 7, 9, 11, 13];
   await tr.accumulate({ ids, labels });
