@@ -68,7 +68,8 @@ export interface RecipeBudget {
   layers?: number;
   /**
    * Hidden width of the model trained from zero (default 128; 4 heads of width / 4, MLP 2.75x): a
-   * multiple of 8 in [32, 512]. The time per step grows about as its square.
+   * multiple of 8 in [32, 512]. The time per step grows about as its square; 160 measured no better
+   * (one seed, README "Training the demo model").
    */
   width?: number;
   /**
