@@ -374,14 +374,12 @@ async function trainReaderAndCompressor(kv: Kvfold, run: CompressorRun): Promise
   // chunks, as the evaluation cuts them. One text example in four keeps the reader reading text.
   let longest = 16;
   const grow = Math.max(1, Math.floor(0.4 * budget.compressorSteps));
-  const docs = windowDraws(seed + STREAM.windows, () => Math.round(16 * (longest / 16) ** unit()));
+  // A window length in [16, longest], log-uniform in u.
+  const windowLength = (u: number) => Math.round(16 * (longest / 16) ** u);
+  const docs = windowDraws(seed + STREAM.windows, () => windowLength(unit()));
   const chunks = chunkDraws(seed + STREAM.chunks, CHUNK_TOKENS);
   // From `factPairsFrom` on, one document in four is a window with two facts in one segment.
-  const pairs = factPairDraws(
-    seed + STREAM.factPairs,
-    segmentTokens,
-    (_, u) => Math.round(16 * (longest / 16) ** u),
-  );
+  const pairs = factPairDraws(seed + STREAM.factPairs, segmentTokens, (_, u) => windowLength(u));
   const pairsFrom = (budget.factPairsFrom ?? Infinity) * budget.compressorSteps;
   const compressorBatch = (s: number) => {
     longest = Math.round(16 * (CHUNK_TOKENS / 16) ** Math.min(1, s / grow));

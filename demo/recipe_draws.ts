@@ -6,7 +6,7 @@
  */
 
 import { seededUint32 } from "../src/_seeded_random.ts";
-import { type DemoDocument, demoDocuments } from "./corpus.ts";
+import { type DemoDocument, demoDocuments, type DemoFact } from "./corpus.ts";
 import { chunkRange, documentIds, questionsIn, type SpanQuestion } from "./examples.ts";
 
 /** A window of a document with a question over it: a chunk-aligned store chunk or a random span. */
@@ -38,6 +38,28 @@ export function* chunkDraws(seed: number, chunkTokens: number, group?: string): 
   }
 }
 
+/** An integer in [lo, hi] drawn from `next` (lo when the range holds one value or none). */
+function drawIn(next: () => number, lo: number, hi: number): number {
+  return lo + (hi > lo ? next() % (hi - lo + 1) : 0);
+}
+
+/**
+ * Tokens [start, start + length) of `doc` with the question on `fact`, or undefined when the window
+ * does not hold the fact's whole sentence.
+ */
+function windowOn(
+  doc: DemoDocument,
+  ids: number[],
+  start: number,
+  length: number,
+  fact: DemoFact,
+): Draw | undefined {
+  const end = start + length;
+  const questions = questionsIn(doc, start, end);
+  const question = questions.find((q) => q.fact === fact);
+  return question && { doc, ids: ids.slice(start, end), start, end, question, questions };
+}
+
 /**
  * An endless, seeded stream of text windows of `length(i)` tokens (for the i-th draw), each around
  * one fact, placed at random so the fact may sit anywhere in it: the reader's curriculum, which starts
@@ -51,11 +73,8 @@ export function* windowDraws(seed: number, length: (i: number, u: number) => num
     for (const fact of doc.facts) {
       const L = Math.min(ids.length, length(i++, next() / 2 ** 32));
       const lo = Math.max(0, fact.tokenEnd - L), hi = Math.min(fact.tokenStart, ids.length - L);
-      const start = lo + (hi > lo ? next() % (hi - lo + 1) : 0);
-      const questions = questionsIn(doc, start, start + L);
-      const question = questions.find((q) => q.fact === fact);
-      if (question === undefined) continue; // the window could not hold the whole fact sentence
-      yield { doc, ids: ids.slice(start, start + L), start, end: start + L, question, questions };
+      const draw = windowOn(doc, ids, drawIn(next, lo, hi), L, fact);
+      if (draw) yield draw; // else the window could not hold the whole fact sentence
     }
   }
 }
@@ -74,7 +93,6 @@ export function* factPairDraws(
   length: (i: number, u: number) => number,
 ): Generator<Draw> {
   const next = seededUint32(seed, "demo recipe: fact pair draws");
-  const uniform = (lo: number, hi: number) => lo + (hi > lo ? next() % (hi - lo + 1) : 0);
   let i = 0;
   for (const doc of demoDocuments({ seed })) {
     const ids = documentIds(doc);
@@ -85,16 +103,13 @@ export function* factPairDraws(
       const L = Math.min(ids.length, Math.max(span, length(i++, next() / 2 ** 32)));
       // Segment k of the window spans [start + k*S, start + min(L, (k+1)*S)): one long enough for both.
       const fits = Math.floor(L / segmentTokens) + (L % segmentTokens >= span ? 1 : 0);
-      const k = uniform(0, fits - 1);
+      const k = drawIn(next, 0, fits - 1);
       const segmentEnd = Math.min(L, (k + 1) * segmentTokens);
       const lo = Math.max(0, b.tokenEnd - segmentEnd);
       const hi = Math.min(a.tokenStart - k * segmentTokens, ids.length - L);
       if (hi < lo) continue;
-      const start = uniform(lo, hi);
-      const questions = questionsIn(doc, start, start + L);
-      const question = questions.find((q) => q.fact === b);
-      if (question === undefined) continue;
-      yield { doc, ids: ids.slice(start, start + L), start, end: start + L, question, questions };
+      const draw = windowOn(doc, ids, drawIn(next, lo, hi), L, b);
+      if (draw) yield draw;
     }
   }
 }

@@ -241,7 +241,8 @@ Deno.test("hostile integers: config.json sizes are positive int32s wherever a co
       return true;
     });
   }
-  // The three readers: a new model's config (an argument), a folder converted to GGUF (a file).
+  // Two of its readers (the compressor's segment_length is in compressor_test.ts): a new model's config
+  // (an argument) and a folder converted to GGUF (a file).
   const config = {
     model_type: "llama",
     hidden_size: 32,
