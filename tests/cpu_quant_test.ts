@@ -4,11 +4,13 @@
 //
 // Accuracy is measured as relativeError (max |a - b| / max |b|) over every logit of a prefill. The
 // random test models (std 0.1 weights) show each format's intrinsic error; measured here (2 cores,
-// this machine): bf16 0.8%, q8_0 2.7-5.8%, q4_0 33-55% (hidden 256: the worst). About half of
-// q8_0's error is the int8 rounding of the activations that llama.cpp's scheme implies (the quantized
-// base is 2-3% from the same weights dequantized to f32). So the issue's "q8_0 within 1%" is not met
-// on these random models; the bands below are the measurements with headroom, and a model outside
-// its band fails.
+// this machine): bf16 0.8%, q8_0 2.7-5.8%, q4_0 33-55% (hidden 256: the worst). The weights' rounding
+// alone (the float64 reference on the weights quantized and dequantized) is already q8_0 2.0-4.6% and
+// q4_0 33-55% from the f32 logits, so the issue's "q8_0 within 1%" is out of reach of llama.cpp's
+// q8_0 blocks on these models, whatever the kernels do (on the trained demo model too: 1.2%). What
+// the kernels add is the int8 rounding of the activations that llama.cpp's scheme implies; the test
+// bounds it against that floor, and the bands below are the measurements with headroom: a model
+// outside either fails.
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import type { Model } from "../mod.ts";
@@ -25,6 +27,9 @@ type QType = "q8_0" | "q4_0";
 const BAND: Record<QType, number> = { q8_0: 0.08, q4_0: 0.7 };
 // The quantized base against the same weights dequantized to f32: only the activations' int8
 // rounding (and f32 summation order) differs.
+// The engine's error against the weights' own rounding error (the format's floor): measured 1.2-1.4x
+// for q8_0, 1.0x for q4_0.
+const OVER_FLOOR: Record<QType, number> = { q8_0: 2, q4_0: 1.3 };
 const SAME_AS_DEQUANTIZED: Record<QType, number> = { q8_0: 0.08, q4_0: 0.1 };
 
 const MODELS = [
@@ -83,9 +88,16 @@ Deno.test("quant: q8_0 and q4_0 logits stay within their bands of the float64 re
       console.log(`${name} ${q}: relative error ${err.toExponential(3)} (band ${BAND[q]})`);
       assert.ok(err <= BAND[q], `${name} ${q}: relative error ${err} is outside the band ${BAND[q]}`);
       // The kernels' own error: against the reference on the dequantized weights, far tighter.
-      const deq = await loadReferenceModel(await dequantizedModel(dir, q));
-      const own = relativeError(await prefillLogits(model, ids), referenceLogits(deq, ids));
+      const deq = referenceLogits(await loadReferenceModel(await dequantizedModel(dir, q)), ids);
+      const own = relativeError(await prefillLogits(model, ids), deq);
       assert.ok(own <= SAME_AS_DEQUANTIZED[q], `${name} ${q}: ${own} from the dequantized reference`);
+      // The format's floor: the weights' rounding alone, which no kernel can undo.
+      const floor = relativeError(deq, want);
+      console.log(`${name} ${q}: the weights' rounding alone ${floor.toExponential(3)}`);
+      assert.ok(
+        err <= OVER_FLOOR[q] * floor,
+        `${name} ${q}: ${err} is over ${OVER_FLOOR[q]}x the floor ${floor}`,
+      );
     }
   }
 });
