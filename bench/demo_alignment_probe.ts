@@ -186,7 +186,7 @@ await Deno.writeTextFile(
       rows,
     },
     null,
-    1,
+    2,
   ) + "\n",
 );
 console.log(`\nwrote ${v.out}`);
