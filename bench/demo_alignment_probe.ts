@@ -14,6 +14,8 @@ import { parseArgs } from "node:util";
 import { Kvfold } from "../mod.ts";
 import type { Model } from "../src/model.ts";
 import { answerFromChunks } from "../src/lloco.ts";
+import { bf16Vectors, type StoredVectors } from "../src/store_records.ts";
+import { f32ToBf16 } from "../src/formats/safetensors.ts";
 import { exactMatch, generateDemoCorpus } from "../demo/corpus.ts";
 import { documentIds } from "../demo/examples.ts";
 import { CHUNK_TOKENS } from "../demo/recipe_shape.ts";
@@ -36,25 +38,18 @@ if (!Number.isInteger(N) || N < 1 || CHUNK_TOKENS % N !== 0) {
 }
 const offsets = Array.from({ length: N }, (_, j) => (j * CHUNK_TOKENS) / N);
 
-/** f32 values rounded to bf16 (nearest even), as the store keeps vectors. */
-function bf16Rounded(x: Float32Array): Float32Array {
-  const u = new Uint32Array(Float32Array.from(x).buffer);
-  for (let i = 0; i < u.length; i++) u[i] = ((u[i] + 0x7fff + ((u[i] >>> 16) & 1)) >>> 16) << 16;
-  return new Float32Array(u.buffer);
-}
-
 /** log p(answer tokens, then `</s>` | vectors, prompt) under the group's adapter. */
 async function answerLogProb(
   model: Model,
-  vectors: Float32Array,
+  vectors: StoredVectors,
   group: string,
   prompt: number[],
   answer: number[],
 ): Promise<number> {
   const seq = [...prompt, ...answer, DEMO_EOS_ID];
-  using s = model.session({ contextSize: vectors.length / model.info.hiddenSize + seq.length });
+  using s = model.session({ contextSize: vectors.rows + seq.length });
   await s.setAdapter(group);
-  await s.prefillEmbeddings(vectors);
+  await s.prefillEmbeddings(vectors.data);
   const logits = (await s.prefill(seq, { logits: "all" }))!;
   const V = model.info.vocabSize;
   let sum = 0;
@@ -82,13 +77,15 @@ interface Row {
 const rows: Row[] = [];
 for (const doc of corpus.documents) {
   const ids = documentIds(doc);
-  const compressed = new Map<number, Float32Array>();
-  const vectorsFrom = async (start: number) => {
-    if (!compressed.has(start)) {
-      const part = ids.slice(start, start + CHUNK_TOKENS);
-      compressed.set(start, bf16Rounded((await compressor.compress(part, { segmentLength: L })).data));
+  // Each chunk [start, end) compressed once, kept as the store keeps it (bf16 bits).
+  const compressed = new Map<string, StoredVectors>();
+  const chunkVectors = async (start: number, end: number) => {
+    const key = `${start}:${end}`;
+    if (!compressed.has(key)) {
+      const { rows, hidden, data } = await compressor.compress(ids.slice(start, end), { segmentLength: L });
+      compressed.set(key, bf16Vectors(rows, hidden, Uint16Array.from(data, f32ToBf16)));
     }
-    return compressed.get(start)!;
+    return compressed.get(key)!;
   };
   for (const [i, q] of doc.questions.entries()) {
     const at = doc.facts[i].tokenStart;
@@ -98,33 +95,21 @@ for (const doc of corpus.documents) {
       // The alignment's chunks start at offset + 512k (and one shorter chunk [0, offset) before them).
       const k = Math.floor((at - offset) / CHUNK_TOKENS);
       const start = k < 0 ? 0 : offset + k * CHUNK_TOKENS;
-      const vectors = k < 0
-        ? bf16Rounded((await compressor.compress(ids.slice(0, offset), { segmentLength: L })).data)
-        : await vectorsFrom(start);
-      const context = {
-        vectors: {
-          rows: vectors.length / model.info.hiddenSize,
-          hidden: model.info.hiddenSize,
-          data: vectors,
-        },
-        group: doc.group,
-      };
+      const vectors = await chunkVectors(start, k < 0 ? offset : start + CHUNK_TOKENS);
       let text = "";
       for await (
-        const piece of answerFromChunks(model, [context], prompt, { temperature: 0, maxTokens: 5 })
+        const piece of answerFromChunks(model, [{ vectors, group: doc.group }], prompt, {
+          temperature: 0,
+          maxTokens: 5,
+        })
       ) {
         text += piece;
       }
-      const logProb = await answerLogProb(
-        model,
-        vectors,
-        doc.group,
-        prompt,
-        model.tokenizer.encode(text.trim()),
-      );
+      text = text.trim();
+      const logProb = await answerLogProb(model, vectors, doc.group, prompt, model.tokenizer.encode(text));
       row.alignments.push({
         offset,
-        text: text.trim(),
+        text,
         exact: exactMatch(text, q.answer),
         logProb,
         inSegment: (at - start) % L,
