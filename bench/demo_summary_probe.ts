@@ -6,7 +6,8 @@
 // (first, second, ...), since the owner of a second fact is what the reader needs to tell two facts of
 // one kind apart. With --qa-rows (the JSON of `bench/demo_qa.ts --rows`, same seed and documents), the
 // LLoCO answers' exact match is broken down by the same rank, which tells the encoder's misses (a fact
-// no vector carries) from the reader's (a carried fact answered wrong). A diagnostic, not a timed
+// no vector carries) from the reader's (a carried fact answered wrong), and by whether another fact of
+// the chunk has the question's attribute (then only the entity names the answer). A diagnostic, not a timed
 // bench; it never trains.
 //
 //   deno run -A bench/demo_summary_probe.ts [--trained demo/trained] [--seed 4242] [--documents 8]
@@ -68,11 +69,20 @@ const corpus = generateDemoCorpus({ seed: Number(v.seed), documents: Number(v.do
 const byRank: number[][] = [];
 /** Each question's rank in its segment, by document file and question text. */
 const rankOf = new Map<string, number>();
+/** Whether another fact of the question's chunk has its attribute (only the entity tells them apart). */
+const twinOf = new Map<string, boolean>();
 for (const doc of corpus.documents) {
   const ids = documentIds(doc);
   for (let c = 0; c * CHUNK_TOKENS < ids.length; c++) {
     const [start, end] = chunkRange(doc, CHUNK_TOKENS, c);
     const vectors = (await compressor.compress(ids.slice(start, end), { segmentLength: L })).data;
+    const inChunk = questionsIn(doc, start, end);
+    for (const q of inChunk) {
+      twinOf.set(
+        `${doc.file}\n${q.question}`,
+        inChunk.some((o) => o !== q && o.fact.attribute === q.fact.attribute),
+      );
+    }
     for (const [seg, inSeg] of questionsBySegment(questionsIn(doc, start, end), start, L)) {
       inSeg.forEach((q, rank) => rankOf.set(`${doc.file}\n${q.question}`, rank));
       const facts = inSeg.map((q) => factTokens(q, start + seg * L));
@@ -128,5 +138,19 @@ if (v["qa-rows"]) {
   for (const [key, [n, e]] of [...cells].sort()) {
     const [condition, rank] = key.split("\t");
     console.log(`| ${condition} | ${rank} | ${n} | ${(e / n).toFixed(3)} |`);
+  }
+  // Twins: a chunk with two facts of one attribute (two seals) can only be read by the entity.
+  const twins = new Map<string, [number, number]>();
+  for (const r of rows.filter((r) => r.condition.startsWith("lloco"))) {
+    const key = `${r.condition}\t${twinOf.get(`${r.document}\n${r.question}`) ? "yes" : "no"}`;
+    const c = twins.get(key) ?? [0, 0];
+    c[0]++, c[1] += Number(r.exact);
+    twins.set(key, c);
+  }
+  console.log("\n| LLoCO condition | another fact of its attribute in its chunk | questions | exact match |");
+  console.log("| --- | --- | --- | --- |");
+  for (const [key, [n, e]] of [...twins].sort()) {
+    const [condition, twin] = key.split("\t");
+    console.log(`| ${condition} | ${twin} | ${n} | ${(e / n).toFixed(3)} |`);
   }
 }

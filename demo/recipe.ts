@@ -30,7 +30,14 @@ import { finetuneLora, type QaExample } from "../src/train.ts";
 import { calibrateLococo } from "../src/lococo_train.ts";
 import { WeightAverage } from "../src/weight_average.ts";
 import { demoDocuments } from "./corpus.ts";
-import { chunkDraws, type Draw, factPairDraws, windowDraws } from "./recipe_draws.ts";
+import {
+  chunkDraws,
+  type Draw,
+  factPairDraws,
+  twinDraws,
+  twinSentences,
+  windowDraws,
+} from "./recipe_draws.ts";
 import { writeDemoTokenizer } from "./tokenizer.ts";
 import { documentIds, textQaExample } from "./examples.ts";
 import { pathExists } from "../src/_path_exists.ts";
@@ -361,8 +368,19 @@ async function trainReaderAndCompressor(kv: Kvfold, run: CompressorRun): Promise
   const rnd = seededUint32(seed, "demo recipe: lengths");
   const unit = () => rnd() / 2 ** 32;
   const windows = windowDraws(seed + STREAM.reader, () => Math.round(16 * 4 ** unit()));
+  // With `twinsFrom`, one text example in four (from the start) is two facts of one attribute side
+  // by side, so the text lookup learns to match the entity, not just the attribute.
+  const twinTexts = twinDraws(seed + STREAM.twinTexts, CHUNK_TOKENS, () => 0);
+  const twinText = (): TrainBatchItem => {
+    const d = twinTexts.next().value as Draw;
+    return {
+      text: textQaExample(twinSentences(d), d.question.question, d.question.answer, { languageModel: true }),
+    };
+  };
+  const twinsOn = budget.twinsFrom !== undefined;
   const readerBatch = () =>
     Array.from({ length: budget.batch }, (_, b): TrainBatchItem => {
+      if (twinsOn && b % 4 === 1) return twinText();
       const d = windows.next().value as Draw;
       // Half the examples also model the context's language; the other half are answers only.
       return {
@@ -381,10 +399,14 @@ async function trainReaderAndCompressor(kv: Kvfold, run: CompressorRun): Promise
   // From `factPairsFrom` on, one document in four is a window with two facts in one segment.
   const pairs = factPairDraws(seed + STREAM.factPairs, segmentTokens, (_, u) => windowLength(u));
   const pairsFrom = (budget.factPairsFrom ?? Infinity) * budget.compressorSteps;
+  // From `twinsFrom` on, one document in four is a window with two facts of one attribute.
+  const twins = twinDraws(seed + STREAM.twins, CHUNK_TOKENS, (_, u) => windowLength(u));
+  const twinsFrom = (budget.twinsFrom ?? Infinity) * budget.compressorSteps;
   const compressorBatch = (s: number) => {
     longest = Math.round(16 * (CHUNK_TOKENS / 16) ** Math.min(1, s / grow));
     return Array.from({ length: budget.batch }, (_, b): TrainBatchItem => {
       if (b % 4 === 3) {
+        if (twinsOn && b % 8 === 7) return twinText();
         const d = windows.next().value as Draw;
         return {
           text: textQaExample(d.ids, d.question.question, d.question.answer, { languageModel: true }),
@@ -392,9 +414,10 @@ async function trainReaderAndCompressor(kv: Kvfold, run: CompressorRun): Promise
       }
       const whole = s >= (budget.wholeChunksFrom ?? 0.7) * budget.compressorSteps && b % 2 === 0;
       const pair = s >= pairsFrom && b % 4 === 1;
+      const twin = s >= twinsFrom && b % 4 === 1;
       return {
         document: compressorExample(
-          (whole ? chunks : pair ? pairs : docs).next().value as Draw,
+          (whole ? chunks : pair ? pairs : twin ? twins : docs).next().value as Draw,
           budget.layout,
           budget.summaryVectors,
           segmentTokens,

@@ -64,6 +64,15 @@ export interface RecipeBudget {
    * demo model").
    */
   factPairsFrom?: number;
+  /**
+   * Fraction of the compressor phase after which one document in four is a window holding two facts
+   * of one attribute about different entities (`twinDraws`), in place of a window around one fact;
+   * with it, one text example in four of the reader phase and one in eight of the compressor phase
+   * are two such facts' sentences side by side. Absent: never. Where only the entity tells two
+   * answers apart, the shipped model's reader picked by attribute (questions with a twin in their
+   * chunk 0.38, the others 0.98), though its vectors carried both entities. Not with `factPairsFrom`.
+   */
+  twinsFrom?: number;
   /** Decoder layers of the model trained from zero (default 4). */
   layers?: number;
   /**
@@ -127,6 +136,8 @@ export const STREAM = {
   windows: 200,
   decoder: 300,
   factPairs: 400,
+  twins: 500,
+  twinTexts: 600,
 } as const;
 const STREAM_OFFSETS = [
   STREAM.reader,
@@ -136,6 +147,8 @@ const STREAM_OFFSETS = [
   STREAM.windows,
   STREAM.decoder,
   STREAM.factPairs,
+  STREAM.twins,
+  STREAM.twinTexts,
 ];
 
 /** Tokens per compressor segment of a run ({@link RecipeBudget.segmentTokens} or the default). */
@@ -253,7 +266,10 @@ export function checkedBudget(budget: RecipeBudget): { seed: number; shape: Demo
   if (!Number.isInteger(starts) || starts < 1 || starts > 16) {
     refuse(`starts ${starts} is not an integer in [1, 16]`);
   }
-  for (const key of ["wholeChunksFrom", "factPairsFrom"] as const) {
+  if (budget.twinsFrom !== undefined && budget.factPairsFrom !== undefined) {
+    refuse("twinsFrom and factPairsFrom both take one document in four: set one");
+  }
+  for (const key of ["wholeChunksFrom", "factPairsFrom", "twinsFrom"] as const) {
     const from = budget[key];
     if (from !== undefined && !(Number.isFinite(from) && from >= 0 && from <= 1)) {
       refuse(`${key} ${from} is not a fraction in [0, 1]`);

@@ -1,8 +1,9 @@
 // The recipe's streams of training windows (demo/recipe_draws.ts): each window is a slice of its
 // document holding its question's fact, and the fact-pair stream puts two neighbouring facts in one
-// compressor segment, in any segment of the window, as the summary targets count segments.
+// compressor segment, in any segment of the window, as the summary targets count segments; the twin
+// stream holds two facts of one attribute about different entities.
 import assert from "node:assert/strict";
-import { factPairDraws, windowDraws } from "../demo/recipe_draws.ts";
+import { factPairDraws, twinDraws, twinSentences, windowDraws } from "../demo/recipe_draws.ts";
 import { questionsBySegment } from "../demo/compressor_examples.ts";
 import { documentIds } from "../demo/examples.ts";
 
@@ -46,4 +47,34 @@ Deno.test("recipe draws: windows around one fact hold it wholly, at any place", 
     offsets.add(d.question.fact.tokenStart - d.start);
   }
   assert.ok(offsets.size > 50, "the fact is placed at few offsets");
+});
+
+Deno.test("recipe draws: twin windows hold two facts of one attribute, and their sentences side by side", () => {
+  const lengths = [0, 100, 512];
+  const draws = take(twinDraws(79, 512, (i) => lengths[i % 3]), 300);
+  const asked = new Set<string>();
+  for (const d of draws) {
+    assert.deepEqual(d.ids, documentIds(d.doc).slice(d.start, d.end));
+    const twins = d.questions.filter((q) => q.fact.attribute === d.question.fact.attribute);
+    assert.ok(twins.length >= 2, "a twin window holds another fact of its question's attribute");
+    assert.equal(
+      new Set(twins.map((q) => q.fact.entity)).size,
+      twins.length,
+      "twins are about different entities",
+    );
+    assert.ok(d.end - d.start <= 512, "no window longer than the longest length or span");
+    asked.add(d.question === twins[0] ? "first" : "later");
+    // The side-by-side text: exactly the twins' sentences, in document order, nothing between them.
+    const ids = documentIds(d.doc);
+    assert.deepEqual(
+      twinSentences(d),
+      twins.flatMap((q) => ids.slice(q.fact.tokenStart, q.fact.tokenEnd)),
+    );
+    // A length-0 window is the pair's own span.
+    if (d.end - d.start < 100) assert.ok(twins.some((q) => q.fact.tokenStart === d.start));
+  }
+  assert.deepEqual([...asked].sort(), ["first", "later"], "the question is drawn from either twin");
+  const starts = (seed: number) => take(twinDraws(seed, 512, () => 200), 20).map((d) => d.start);
+  assert.deepEqual(starts(5), starts(5));
+  assert.notDeepEqual(starts(5), starts(6));
 });

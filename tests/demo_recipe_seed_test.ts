@@ -106,6 +106,11 @@ Deno.test("demo recipe layers and summary vectors: the model has that many; a ba
       { factPairsFrom },
       /factPairsFrom .* is not a fraction in \[0, 1\]/,
     ]),
+    ...[-0.1, 1.5, NaN].map((twinsFrom): [Partial<RecipeBudget>, RegExp] => [
+      { twinsFrom },
+      /twinsFrom .* is not a fraction in \[0, 1\]/,
+    ]),
+    [{ twinsFrom: 0.5, factPairsFrom: 0.5 }, /twinsFrom and factPairsFrom both take one document in four/],
     [{ segmentTokens: 128, summaryVectors: 65 }, /summaryVectors 65 is not an integer in \[2, 64\]/],
   ];
   for (const [extra, message] of bad) {
@@ -133,6 +138,13 @@ Deno.test("demo recipe optimizer: its settings reach the trainer; the defaults s
   // Fact-pair windows from the phase's end on are none at all; from its start they change the documents.
   assert.ok(sameBytes(await weights({ ...long, factPairsFrom: 1 }), longPlain), "factPairsFrom 1");
   assert.ok(!sameBytes(await weights({ ...long, factPairsFrom: 0 }), longPlain), "factPairsFrom 0");
+  // Twins change the text examples from the start, and the documents from their fraction on.
+  const twinsLate = await weights({ ...long, twinsFrom: 1 });
+  assert.ok(!sameBytes(twinsLate, longPlain), "twinsFrom 1 left the text examples alone");
+  assert.ok(
+    !sameBytes(await weights({ ...long, twinsFrom: 0 }), twinsLate),
+    "twinsFrom 0 left the documents alone",
+  );
   for (const optimizer of [{ betas: [0.9, 0.95] as const }, { learningRate: 1e-3 }]) {
     assert.ok(
       !sameBytes(await weights({ ...TINY, optimizer }), plain),
