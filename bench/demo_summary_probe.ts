@@ -93,10 +93,12 @@ for (const doc of corpus.documents) {
         const counts = byRank[rank] ??= [0, 0, 0];
         counts[0]++;
         // A joint vector holds its fact's entity and value words at once: its k = 1 + words targets
-        // are looked for among its top k tokens; every other layout's rows among their top 1.
+        // are looked for among its top k tokens; an owned value row (its owner as well) among its top
+        // 2; every other row among its top 1.
         const k = layout === "joint" ? 1 + fact.value.length : 1;
         if (topK(vectors, seg * S + entity.row, k).includes(fact.entity)) counts[1]++;
-        if (topK(vectors, seg * S + value.row, k).some((t) => fact.value.includes(t))) counts[2]++;
+        const kValue = layout === "owned" ? 2 : k;
+        if (topK(vectors, seg * S + value.row, kValue).some((t) => fact.value.includes(t))) counts[2]++;
       });
     }
   }

@@ -125,7 +125,10 @@ Deno.test("demo recipe starts: bad counts, steps and optimizer settings are refu
     [{ starts: 17 }, /starts 17 is not/],
     [{ starts: 2, selectAt: 4 }, /selectAt 4 is not in \[1, 3\]/],
     [{ starts: 2, selectAt: 0 }, /selectAt 0 is not/],
-    [{ layout: "quads" as "pairs" }, /layout "quads" is not "pairs" or "triples" or "spans" or "joint"/],
+    [
+      { layout: "quads" as "pairs" },
+      /layout "quads" is not "pairs" or "triples" or "spans" or "joint" or "owned"/,
+    ],
     [{ optimizer: { learningRate: -1e-3 } }, /optimizer.learningRate -0.001 is not a finite number > 0/],
     [{ optimizer: { learningRate: NaN } }, /optimizer.learningRate NaN is not/],
     [{ optimizer: { betas: [0.9, 1] } }, /optimizer.betas \[0.9,1\] are not two numbers in \[0, 1\)/],

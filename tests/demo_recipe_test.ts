@@ -49,7 +49,7 @@ Deno.test("recipe: spans slots are a fact's 64-token stretch of its segment, the
 });
 
 const SHAPES = [{ L: SEGMENT_TOKENS, V: SUMMARY_VECTORS }, { L: 128, V: 4 }];
-for (const layout of ["pairs", "triples", "spans", "joint"] as const) {
+for (const layout of ["pairs", "triples", "spans", "joint", "owned"] as const) {
   for (const { L, V } of SHAPES) {
     Deno.test(`recipe: a whole chunk's summary targets follow the ${layout} rule in each segment (${L} -> ${V})`, () => {
       const { documents } = generateDemoCorpus({ seed: 77, documents: 4 });
@@ -65,7 +65,8 @@ for (const layout of ["pairs", "triples", "spans", "joint"] as const) {
           // words, for 2f + 1 < V. Triples: 3f its entity, 3f + 1 and 3f + 2 its value's first and second
           // word (</s> for one word), each row kept while < V. Spans: the segment in V / 2 stretches of
           // 2L / V tokens; the fact whose midpoint lies in stretch s as pairs' fact s, a later fact in the
-          // same stretch nothing. Joint: fact f's entity and value words all in vector f.
+          // same stretch nothing. Joint: fact f's entity and value words all in vector f. Owned: pairs, and
+          // vector 2f + 1 also the entity, after the value words.
           const want: { row: number; token: number }[] = [];
           const seen = new Map<number, number>(), spans = new Set<string>();
           for (const q of questions) {
@@ -92,6 +93,7 @@ for (const layout of ["pairs", "triples", "spans", "joint"] as const) {
               if (2 * f + 1 >= V) continue;
               want.push({ row: base + 2 * f, token: entity });
               for (const token of value) want.push({ row: base + 2 * f + 1, token });
+              if (layout === "owned") want.push({ row: base + 2 * f + 1, token: entity });
             } else {
               [entity, value[0], value[1] ?? DEMO_EOS_ID].forEach((token, i) => {
                 if (3 * f + i < V) want.push({ row: base + 3 * f + i, token });
