@@ -127,32 +127,30 @@ if (v["qa-rows"]) {
     rows?: { condition: string; document: string; question: string; exact: boolean }[];
   };
   if (!rows) throw new Error(`${v["qa-rows"]}: no rows (run bench/demo_qa.ts with --rows)`);
-  const cells = new Map<string, [number, number]>();
-  for (const r of rows.filter((r) => r.condition.startsWith("lloco"))) {
+  type Row = (typeof rows)[number];
+  /** Exact match of the LLoCO rows per condition and per `column(row)`, as a table. */
+  const breakdown = (heading: string, column: (r: Row) => string) => {
+    const cells = new Map<string, [number, number]>();
+    for (const r of rows.filter((r) => r.condition.startsWith("lloco"))) {
+      const key = `${r.condition}\t${column(r)}`;
+      const c = cells.get(key) ?? [0, 0];
+      c[0]++, c[1] += Number(r.exact);
+      cells.set(key, c);
+    }
+    console.log(`\n| LLoCO condition | ${heading} | questions | exact match |`);
+    console.log("| --- | --- | --- | --- |");
+    for (const [key, [n, e]] of [...cells].sort()) {
+      const [condition, value] = key.split("\t");
+      console.log(`| ${condition} | ${value} | ${n} | ${(e / n).toFixed(3)} |`);
+    }
+  };
+  breakdown("fact's rank in its segment", (r) => {
     const rank = rankOf.get(`${r.document}\n${r.question}`);
-    const key = `${r.condition}\t${rank === undefined ? "split across chunks" : rank + 1}`;
-    const c = cells.get(key) ?? [0, 0];
-    c[0]++, c[1] += Number(r.exact);
-    cells.set(key, c);
-  }
-  console.log("\n| LLoCO condition | fact's rank in its segment | questions | exact match |");
-  console.log("| --- | --- | --- | --- |");
-  for (const [key, [n, e]] of [...cells].sort()) {
-    const [condition, rank] = key.split("\t");
-    console.log(`| ${condition} | ${rank} | ${n} | ${(e / n).toFixed(3)} |`);
-  }
+    return rank === undefined ? "split across chunks" : String(rank + 1);
+  });
   // Twins: a chunk with two facts of one attribute (two seals) can only be read by the entity.
-  const twins = new Map<string, [number, number]>();
-  for (const r of rows.filter((r) => r.condition.startsWith("lloco"))) {
-    const key = `${r.condition}\t${twinOf.get(`${r.document}\n${r.question}`) ? "yes" : "no"}`;
-    const c = twins.get(key) ?? [0, 0];
-    c[0]++, c[1] += Number(r.exact);
-    twins.set(key, c);
-  }
-  console.log("\n| LLoCO condition | another fact of its attribute in its chunk | questions | exact match |");
-  console.log("| --- | --- | --- | --- |");
-  for (const [key, [n, e]] of [...twins].sort()) {
-    const [condition, twin] = key.split("\t");
-    console.log(`| ${condition} | ${twin} | ${n} | ${(e / n).toFixed(3)} |`);
-  }
+  breakdown(
+    "another fact of its attribute in its chunk",
+    (r) => twinOf.get(`${r.document}\n${r.question}`) ? "yes" : "no",
+  );
 }
