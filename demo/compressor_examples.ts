@@ -29,6 +29,7 @@ import { SEGMENT_TOKENS, SUMMARY_VECTORS } from "./recipe_shape.ts";
  *   value it is. Where two facts of one attribute share a chunk the pairs model picks by attribute
  *   (0.41 against 0.98 for the other questions), though each entity and value is carried: which value
  *   goes with which entity is only their order, which the reader did not learn to use.
+ *   Measured on two seeds: worse (validation 0.59 against 0.69-0.72), twins no better (README).
  *
  * What the pairs model learned (`bench/demo_summary_probe.ts`, held-out chunks, README "Training the demo
  * model"): a segment's first fact's entity and value words almost always, the second's owner only

@@ -70,7 +70,8 @@ export interface RecipeBudget {
    * with it, one text example in four of the reader phase and one in eight of the compressor phase
    * are two such facts' sentences side by side. Absent: never. Where only the entity tells two
    * answers apart, the shipped model's reader picked by attribute (questions with a twin in their
-   * chunk 0.38, the others 0.98), though its vectors carried both entities. Not with `factPairsFrom`.
+   * chunk 0.38, the others 0.98), though its vectors carried both entities. Measured from 0 on two
+   * seeds: a tie on the validation seed, twins still 0.41-0.49 (README). Not with `factPairsFrom`.
    */
   twinsFrom?: number;
   /** Decoder layers of the model trained from zero (default 4). */
