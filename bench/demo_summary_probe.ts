@@ -83,7 +83,7 @@ for (const doc of corpus.documents) {
         inChunk.some((o) => o !== q && o.fact.attribute === q.fact.attribute),
       );
     }
-    for (const [seg, inSeg] of questionsBySegment(questionsIn(doc, start, end), start, L)) {
+    for (const [seg, inSeg] of questionsBySegment(inChunk, start, L)) {
       inSeg.forEach((q, rank) => rankOf.set(`${doc.file}\n${q.question}`, rank));
       const facts = inSeg.map((q) => factTokens(q, start + seg * L));
       const slots = factSlots(facts, layout, S, L);
