@@ -64,7 +64,8 @@ console.log(
 );
 console.log(
   `machine: ${cpu}, ${kv.name}, ${kv.threads} threads; store: ${summary.store.tokens} tokens -> ` +
-    `${summary.store.vectors} vectors (chunks of ${summary.store.chunkTokens}, segments of ` +
+    `${summary.store.vectors} vectors (chunks of at most ${summary.store.chunkTokens} cut at ${summary.store.breakAt} ` +
+    `ends, segments of ` +
     `${summary.store.segmentLength}); ${summary.seconds.toFixed(0)} s\n`,
 );
 console.log(formatDemoTable(evaluation));

@@ -12,23 +12,18 @@
 //
 //   deno run -A bench/demo_summary_probe.ts [--trained demo/trained] [--seed 4242] [--documents 8]
 //       [--qa-rows demo_qa_rows.json] [--layout pairs|triples|spans|joint (default: the model's recipe.json)]
+//       [--chunk-tokens N (chunks every N tokens; default: the store's chunks, demo/trained.ts storeChunking)]
 import { parseArgs } from "node:util";
 import { join } from "node:path";
 import { Kvfold } from "../mod.ts";
 import { Compressor } from "../src/compressor.ts";
 import { readSafetensorsFile, toFloat32 } from "../src/formats/safetensors.ts";
-import { generateDemoCorpus } from "../demo/corpus.ts";
-import { chunkRange, documentIds, questionsIn } from "../demo/examples.ts";
-import {
-  CHUNK_TOKENS,
-  factSlots,
-  factTargets,
-  factTokens,
-  questionsBySegment,
-  SUMMARY_LAYOUTS,
-} from "../demo/recipe.ts";
+import { type DemoDocument, generateDemoCorpus } from "../demo/corpus.ts";
+import { documentIds, questionsIn } from "../demo/examples.ts";
+import { factSlots, factTargets, factTokens, questionsBySegment, SUMMARY_LAYOUTS } from "../demo/recipe.ts";
 import { DEMO_EOS_ID } from "../demo/tokenizer.ts";
-import { DEFAULT_TRAINED_DIR, trainedSegmentTokens } from "../demo/trained.ts";
+import { DEFAULT_TRAINED_DIR, demoChunkSpans, trainedSegmentTokens } from "../demo/trained.ts";
+import { chunkSpans } from "../src/chunk_spans.ts";
 
 const { values: v } = parseArgs({
   args: Deno.args,
@@ -38,6 +33,7 @@ const { values: v } = parseArgs({
     documents: { type: "string", default: "8" },
     "qa-rows": { type: "string" },
     layout: { type: "string" },
+    "chunk-tokens": { type: "string" },
   },
 });
 const recipe = await Deno.readTextFile(join(v.trained!, "recipe.json")).then(JSON.parse).catch(() => ({}));
@@ -64,6 +60,12 @@ const topK = (vec: Float32Array, r: number, k: number) => {
 await using kv = await Kvfold.open({ backend: "cpu" });
 using compressor = await Compressor.load(kv, modelDir);
 const S = compressor.summaryLength, L = trainedSegmentTokens(compressor);
+// The store's chunks (at most one segment each, cut at sentence ends, as bench/demo_qa.ts stores
+// them) or, with --chunk-tokens 512, the recipe's two-segment training chunks.
+const spansOf = (doc: DemoDocument) =>
+  v["chunk-tokens"] === undefined
+    ? demoChunkSpans(compressor, doc)
+    : chunkSpans(doc.tokens.length, { chunkTokens: Number(v["chunk-tokens"]) });
 const corpus = generateDemoCorpus({ seed: Number(v.seed), documents: Number(v.documents) });
 // byRank[k] = [facts, entity right, value word right] for the k-th fact of its segment
 const byRank: number[][] = [];
@@ -73,8 +75,7 @@ const rankOf = new Map<string, number>();
 const twinOf = new Map<string, boolean>();
 for (const doc of corpus.documents) {
   const ids = documentIds(doc);
-  for (let c = 0; c * CHUNK_TOKENS < ids.length; c++) {
-    const [start, end] = chunkRange(doc, CHUNK_TOKENS, c);
+  for (const [start, end] of spansOf(doc)) {
     const vectors = (await compressor.compress(ids.slice(start, end), { segmentLength: L })).data;
     const inChunk = questionsIn(doc, start, end);
     for (const q of inChunk) {

@@ -4,9 +4,17 @@
  * @module
  */
 
-import { compressIntoStore, Compressor, KvfoldError, openStore, writeSafetensorsFile } from "../mod.ts";
+import {
+  CHUNK_BREAKS,
+  compressIntoStore,
+  Compressor,
+  KvfoldError,
+  openStore,
+  writeSafetensorsFile,
+} from "../mod.ts";
 import {
   bool,
+  choiceOpt,
   COMMON,
   defineCommand,
   dtypeOpt,
@@ -24,7 +32,8 @@ export const COMPRESS = defineCommand({
   name: "compress",
   summary: "compress documents into the store, or token ids into summary vectors",
   usage: [
-    "compress --compressor DIR --store FILE|URL [--group NAME] [--chunk-tokens N] [--replace] FILES...",
+    "compress --compressor DIR --store FILE|URL [--group NAME] [--chunk-tokens N] [--break-at tokens|sentence]\n" +
+    "         [--replace] FILES...",
     "compress --compressor DIR --ids 1,2,3 [--segment-length N] --out FILE.safetensors",
   ],
   details: "With --store, each FILE becomes a document of the store, a SQLite file or a postgres:// URL\n" +
@@ -35,7 +44,8 @@ export const COMPRESS = defineCommand({
     compressor: str("DIR", "AutoCompressor model folder"),
     store: str("FILE|URL", "the document store (SQLite file or postgres:// URL) to add FILES to"),
     group: str("NAME", "the group the documents belong to (chooses adapters in `ask`)"),
-    "chunk-tokens": str("N", "tokens per chunk of a document"),
+    "chunk-tokens": str("N", "tokens per chunk of a document (at most, with --break-at sentence)"),
+    "break-at": str("tokens|sentence", "where chunks end: every N tokens (default), or at a sentence end"),
     replace: bool("replace documents whose source is already in the store"),
     ids: str("1,2,3", "token ids to compress instead of files"),
     out: str("FILE", "with --ids: the .safetensors file to write"),
@@ -54,6 +64,7 @@ export async function cmdCompress(args: string[]) {
       "Missing --store FILE with FILES..., or --ids 1,2,3 with --out FILE",
     );
   }
+  const breakAt = choiceOpt(v["break-at"], "break-at", CHUNK_BREAKS); // refused before loading
   using kv = await openEngine(v);
   using compressor = await Compressor.load(kv, dir, { dtype: dtypeOpt(v) });
   const segmentLength = intOpt(v["segment-length"], "segment-length", 1);
@@ -100,6 +111,7 @@ export async function cmdCompress(args: string[]) {
       group: v.group,
     }, {
       chunkTokens: intOpt(v["chunk-tokens"], "chunk-tokens", 1),
+      breakAt,
       segmentLength,
       replace: v.replace,
       signal: interrupt.signal,

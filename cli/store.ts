@@ -6,6 +6,8 @@
  */
 
 import {
+  CHUNK_BREAKS,
+  type ChunkBreak,
   copyStore,
   KvfoldError,
   type NewWorkItem,
@@ -14,7 +16,7 @@ import {
   type Store,
   WorkQueue,
 } from "../mod.ts";
-import { bool, defineCommand, intOpt, parseCommand, str } from "./_options.ts";
+import { bool, choiceOpt, defineCommand, intOpt, parseCommand, str } from "./_options.ts";
 import { note, ProgressBar, readUserText, write } from "./_console.ts";
 
 /** `kvfold store`'s usage and options. */
@@ -23,7 +25,8 @@ export const STORE = defineCommand({
   summary: "a document store: stats, enqueue documents for workers, copy between SQLite and PostgreSQL",
   usage: [
     "store stats FILE|URL (or --store FILE|URL)",
-    "store enqueue --store URL [--group NAME] [--chunk-tokens N] [--segment-length N] [--replace] [--requeue] FILES...",
+    "store enqueue --store URL [--group NAME] [--chunk-tokens N] [--break-at tokens|sentence]\n" +
+    "              [--segment-length N] [--replace] [--requeue] FILES...",
     "store copy SRC DST [--replace]",
   ],
   details: "A store is a SQLite file or a PostgreSQL database: postgres://user:password@host:5432/db\n" +
@@ -34,6 +37,7 @@ export const STORE = defineCommand({
     store: str("FILE|URL", "the document store"),
     group: str("NAME", "enqueue: the group the documents belong to"),
     "chunk-tokens": str("N", "enqueue: tokens per chunk of a document"),
+    "break-at": str("tokens|sentence", "enqueue: where chunks end (every N tokens, or at a sentence end)"),
     "segment-length": str("N", "enqueue: tokens per compression segment"),
     replace: bool("enqueue: replace stored documents of the same source; copy: replace in DST"),
     requeue: bool("enqueue: queue again files already queued or done"),
@@ -56,6 +60,7 @@ export async function cmdStore(args: string[]): Promise<void> {
     return await enqueue(v.store, rest, {
       group: v.group,
       chunkTokens: intOpt(v["chunk-tokens"], "chunk-tokens", 1),
+      breakAt: choiceOpt(v["break-at"], "break-at", CHUNK_BREAKS),
       segmentLength: intOpt(v["segment-length"], "segment-length", 1),
       replace: v.replace === true,
       requeue: v.requeue === true,
@@ -102,7 +107,14 @@ async function stats(location: string | undefined, extra: boolean): Promise<void
 async function enqueue(
   location: string,
   files: string[],
-  o: { group?: string; chunkTokens?: number; segmentLength?: number; replace: boolean; requeue: boolean },
+  o: {
+    group?: string;
+    chunkTokens?: number;
+    breakAt?: ChunkBreak;
+    segmentLength?: number;
+    replace: boolean;
+    requeue: boolean;
+  },
 ): Promise<void> {
   for (const [i, f] of files.entries()) {
     if (files.indexOf(f) !== i) {
@@ -119,6 +131,7 @@ async function enqueue(
   }
   const options = {
     ...(o.chunkTokens !== undefined ? { chunkTokens: o.chunkTokens } : {}),
+    ...(o.breakAt !== undefined ? { breakAt: o.breakAt } : {}),
     ...(o.segmentLength !== undefined ? { segmentLength: o.segmentLength } : {}),
     ...(o.replace ? { replace: true } : {}),
   };

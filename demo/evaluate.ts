@@ -16,9 +16,10 @@ import type { CacheOptions } from "../src/lococo.ts";
 import type { Kvfold } from "../src/engine.ts";
 import { DocumentStore } from "../src/store.ts";
 import type { RetrievedChunk } from "../src/store_records.ts";
+import type { ChunkBreak } from "../src/chunk_spans.ts";
 import { exactMatch } from "./answers.ts";
 import { generateDemoCorpus } from "./corpus.ts";
-import { CHUNK_TOKENS, SEGMENT_TOKENS } from "./recipe_shape.ts";
+import { SEGMENT_TOKENS } from "./recipe_shape.ts";
 import {
   type Answered,
   answerOverChunks,
@@ -27,7 +28,14 @@ import {
   generateFrom,
   textPrompt,
 } from "./evaluate_paths.ts";
-import { compressDemoDocuments, loadTrainedDemo, type TrainedDemo, trainedSegmentTokens } from "./trained.ts";
+import {
+  compressDemoDocuments,
+  demoChunkSpans,
+  loadTrainedDemo,
+  storeChunking,
+  type TrainedDemo,
+  trainedSegmentTokens,
+} from "./trained.ts";
 import { type CrossGroupEvaluation, evaluateCrossGroup } from "./evaluate_cross.ts";
 
 export { answerOverChunks, answerTokenBudget, factChunk, textPrompt } from "./evaluate_paths.ts";
@@ -152,7 +160,7 @@ export interface DemoEvaluation {
   /** Tokens the greedy decoder may generate per answer: just above the longest answer and `</s>`. */
   maxTokens: number;
   /** The store: tokens in, vectors out, and tokens per chunk / per segment. */
-  store: { tokens: number; vectors: number; chunkTokens: number; segmentLength: number };
+  store: { tokens: number; vectors: number; chunkTokens: number; breakAt: ChunkBreak; segmentLength: number };
   /** Share of questions whose top BM25 chunk holds the fact's value (when a LLoCO condition ran). */
   retrievalAccuracy: number | null;
   /** Questions whose fact sentence straddles two chunks. */
@@ -242,6 +250,7 @@ export async function evaluateDemo(kv: Kvfold, options: EvaluateDemoOptions): Pr
   const { model } = trained;
   const { layers, kvHeads, headDim } = model.info;
   const segmentTokens = trainedSegmentTokens(trained.compressor);
+  const chunking = storeChunking(trained.compressor);
   const kvBytesPerSlot = 2 * layers * kvHeads * headDim * 4;
   const tmp = await Deno.makeTempDir({ prefix: "kvfold-demo-eval-" });
   try {
@@ -258,22 +267,21 @@ export async function evaluateDemo(kv: Kvfold, options: EvaluateDemoOptions): Pr
     const maxTokens = answerTokenBudget(model, items.map((it) => it.q.answer));
     // Ids as the store's chunks were cut from: the document's text through the model's tokenizer.
     const docIds = new Map(corpus.documents.map((d) => [d.file, model.tokenizer.encode(d.text)]));
-    const chunkTokens = (c: RetrievedChunk) =>
-      docIds.get(c.source)!.slice(c.ordinal * CHUNK_TOKENS, (c.ordinal + 1) * CHUNK_TOKENS);
+    const spans = new Map(corpus.documents.map((d) => [d.file, demoChunkSpans(trained.compressor, d)]));
+    const chunkIdsOf = (c: RetrievedChunk) => docIds.get(c.source)!.slice(...spans.get(c.source)![c.ordinal]);
     const rows: DemoAnswerRow[] = [];
     let retrieved = 0, split = 0;
     const wantsChunk = conditions.some((c) => c === "lloco" || c.endsWith("-chunk") || c === "chunk-text");
     for (const [index, { doc, q, fact }] of items.entries()) {
       signal?.throwIfAborted();
       const ids = docIds.get(doc.file)!;
-      const where = factChunk(doc, fact);
+      const where = factChunk(doc, fact, spans.get(doc.file)!);
       if (where.split) split++;
       const top = wantsChunk ? store.retrieve(q.question, { k: 1 }) : [];
       const holds = (c: RetrievedChunk) => c.source === doc.file && c.ordinal === where.ordinal;
       if (top.length > 0 && holds(top[0])) retrieved++;
       // The vectors' positions for one chunk: what the truncated conditions get.
-      const budget = top[0]?.vectors.rows ??
-        (CHUNK_TOKENS / segmentTokens) * trained.compressor.summaryLength;
+      const budget = top[0]?.vectors.rows ?? trained.compressor.summaryLength;
       for (const condition of conditions) {
         let answered: Answered;
         let context = 0;
@@ -290,9 +298,9 @@ export async function evaluateDemo(kv: Kvfold, options: EvaluateDemoOptions): Pr
             : condition === "truncated-document"
             ? ids.slice(0, budget)
             : condition === "truncated-chunk"
-            ? (top[0] ? chunkTokens(top[0]).slice(0, budget) : [])
+            ? (top[0] ? chunkIdsOf(top[0]).slice(0, budget) : [])
             : condition === "chunk-text"
-            ? (top[0] ? chunkTokens(top[0]) : [])
+            ? (top[0] ? chunkIdsOf(top[0]) : [])
             : ids;
           context = ctx.length;
           answered = await generateFrom(
@@ -344,7 +352,7 @@ export async function evaluateDemo(kv: Kvfold, options: EvaluateDemoOptions): Pr
       maxTokens,
       store: {
         ...compressed,
-        chunkTokens: CHUNK_TOKENS,
+        ...chunking,
         segmentLength: segmentTokens,
       },
       retrievalAccuracy: wantsChunk ? retrieved / items.length : null,

@@ -14,7 +14,7 @@ import type { RetrievedChunk } from "../src/store_records.ts";
 import { exactMatch, partsAnswered } from "./answers.ts";
 import { type DemoDocument, type DemoQuestion, generateDemoCorpus } from "./corpus.ts";
 import { answerOverChunks, answerTokenBudget, factChunk } from "./evaluate_paths.ts";
-import { compressDemoDocuments, type TrainedDemo } from "./trained.ts";
+import { compressDemoDocuments, demoChunkSpans, type TrainedDemo } from "./trained.ts";
 
 /** Chunks retrieved per cross-group question. */
 export const CROSS_GROUP_K = 2;
@@ -108,7 +108,7 @@ export async function evaluateCrossGroup(
   let both = 0, spanning = 0;
   for (const [i, q] of cross.entries()) {
     options.signal?.throwIfAborted();
-    const oracle = oracleChunks(corpus.documents, q, store);
+    const oracle = oracleChunks(corpus.documents, q, store, (d) => demoChunkSpans(trained.compressor, d));
     const top = store.retrieve(q.question, { k: CROSS_GROUP_K });
     const key = (c: RetrievedChunk) => `${c.source}#${c.ordinal}`;
     if (oracle.every((o) => top.some((c) => key(c) === key(o)))) both++;
@@ -183,6 +183,7 @@ function oracleChunks(
   documents: readonly DemoDocument[],
   q: DemoQuestion,
   store: DocumentStore,
+  spansOf: (doc: DemoDocument) => [number, number][],
 ): RetrievedChunk[] {
   const docs = q.documents!.map((f) => documents.find((d) => d.file === f)!);
   const words = new Set(q.question.replace(/[?,.]/g, " ").split(/\s+/));
@@ -191,7 +192,7 @@ function oracleChunks(
   )!;
   return docs.map((doc) => {
     const fact = doc.facts.find((f) => f.entity === entity)!;
-    const { ordinal } = factChunk(doc, fact);
+    const { ordinal } = factChunk(doc, fact, spansOf(doc));
     const [chunk] = store.getChunks([store.getDocument(doc.file)!.chunkIds[ordinal]]);
     return { ...chunk, score: 1 };
   });

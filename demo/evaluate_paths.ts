@@ -13,7 +13,6 @@ import type { GenerationStats } from "../src/session.ts";
 import type { RetrievedChunk } from "../src/store_records.ts";
 import type { DemoDocument, DemoFact } from "./corpus.ts";
 import { DEMO_BOS_ID } from "./tokenizer.ts";
-import { CHUNK_TOKENS } from "./recipe_shape.ts";
 
 /** An answer's text and counters, from either answer path. */
 export interface Answered {
@@ -51,18 +50,23 @@ export function answerTokenBudget(model: Model, answers: readonly string[]): num
 }
 
 /**
- * The store chunk (ordinal) of `doc` holding the fact's value, and whether the fact's sentence
- * straddles two chunks.
+ * The store chunk (ordinal) of `doc` holding the fact's value, given the chunks' `[start, end)`
+ * token spans, and whether the fact's sentence straddles two chunks.
  *
  * @example
  * ```ts
  * import { generateDemoCorpus } from "./corpus.ts";
  * import { factChunk } from "./evaluate_paths.ts";
  * const [doc] = generateDemoCorpus({ seed: 3, documents: 1 }).documents;
- * console.log(factChunk(doc, doc.facts[0]).ordinal === Math.floor(doc.facts[0].tokenStart / 512)); // true (unless split)
+ * const spans = [[0, 256], [256, 512], [512, 768], [768, 1024]] as [number, number][];
+console.log(factChunk(doc, doc.facts[0], spans).ordinal === Math.floor(doc.facts[0].tokenStart / 256)); // true (unless split)
  * ```
  */
-export function factChunk(doc: DemoDocument, fact: DemoFact): { ordinal: number; split: boolean } {
+export function factChunk(
+  doc: DemoDocument,
+  fact: DemoFact,
+  spans: readonly (readonly [number, number])[],
+): { ordinal: number; split: boolean } {
   const value = fact.value.split(" ");
   let at = fact.tokenStart;
   for (let t = fact.tokenStart; t + value.length <= fact.tokenEnd; t++) {
@@ -71,7 +75,7 @@ export function factChunk(doc: DemoDocument, fact: DemoFact): { ordinal: number;
       break;
     }
   }
-  const chunk = (t: number) => Math.floor(t / CHUNK_TOKENS);
+  const chunk = (t: number) => spans.findIndex(([a, b]) => a <= t && t < b);
   return { ordinal: chunk(at), split: chunk(fact.tokenStart) !== chunk(fact.tokenEnd - 1) };
 }
 

@@ -9,7 +9,11 @@ import { demoVocabulary } from "./tokenizer.ts";
 
 /** Seed of the training documents' stream. */
 export const TRAIN_SEED = 20261204;
-/** Tokens per store chunk, and per compressor segment; summary vectors per segment. */
+/**
+ * Tokens of the longest training window (two segments: the compressor learns the hand-off between
+ * segments on it), and per compressor segment; summary vectors per segment. The store's chunks are
+ * one segment each ({@linkcode storeChunkTokens} in `trained.ts`).
+ */
 export const CHUNK_TOKENS = 512;
 export const SEGMENT_TOKENS = 256;
 export const SUMMARY_VECTORS = 8;

@@ -4,6 +4,8 @@
  * `recipe.json` (budget, seconds per phase, machine) and `eval.json` beside the weights.
  * Ctrl-C stops between steps and keeps a checkpoint in `OUT_DIR.partial/` (one is also written every
  * 500 steps); `--resume` goes on from it with the same budget, to the bits of an unstopped run.
+ * `deno task train-demo [DIR] --recheck` runs only the check of a folder trained before, rewriting its
+ * `eval.json`.
  *
  * @module
  */
@@ -19,7 +21,12 @@ import { VALIDATION_DOCUMENTS, VALIDATION_SEED } from "./recipe_select.ts";
 
 /** Held-out seed of the recipe's own check (no training seed shares it). */
 export const CHECK_SEED = 4242;
-if (import.meta.main) {
+if (import.meta.main && Deno.args.includes("--recheck")) {
+  const dir = Deno.args.find((a) => !a.startsWith("--")) ?? DEFAULT_TRAINED_DIR;
+  const before = await Deno.readTextFile(join(dir, "eval.json")).then(JSON.parse).catch(() => ({}));
+  await using kv = await Kvfold.open();
+  await checkTrained(kv, dir, Object.keys(before.snapshots ?? {}));
+} else if (import.meta.main) {
   const resume = Deno.args.includes("--resume");
   const args = Deno.args.filter((a) => a !== "--resume");
   const outDir = args[0] ?? DEFAULT_TRAINED_DIR;
@@ -66,29 +73,49 @@ if (import.meta.main) {
     phaseEndSeconds: phases,
   };
   await Deno.writeTextFile(join(outDir, "recipe.json"), JSON.stringify(recipe, null, 2) + "\n");
-  console.log(
-    `trained in ${(out.seconds / 60).toFixed(1)} min; checking on held-out documents (seed ${CHECK_SEED})`,
-  );
+  console.log(`trained in ${(out.seconds / 60).toFixed(1)} min`);
+  await checkTrained(kv, outDir, out.snapshots.map((dir) => relative(tmp, dir)), abort.signal);
+}
+
+/**
+ * The recipe's check of a trained folder: the check seed's table (none, LLoCO retrieved and oracle,
+ * the chunk's text) and LLoCO exact match on the check and validation seeds for the model and each
+ * snapshot (`snapshots`, folders under `dir`), written to `dir/eval.json`. `--recheck` runs it alone
+ * on a folder trained before, as when the evaluation changes (the store's chunking on 2026-12-06).
+ *
+ * @example
+ * ```ts ignore
+ * await using kv = await Kvfold.open();
+ * await checkTrained(kv, "demo/trained", []);
+ * ```
+ */
+export async function checkTrained(
+  kv: Kvfold,
+  dir: string,
+  snapshotNames: readonly string[],
+  signal?: AbortSignal,
+): Promise<void> {
+  console.log(`checking ${dir} on held-out documents (seed ${CHECK_SEED})`);
   const check = await evaluateDemo(kv, {
-    trainedDir: outDir,
+    trainedDir: dir,
     seed: CHECK_SEED,
     documents: 4,
     conditions: ["none", "lloco", "lloco-oracle", "chunk-text"],
-    signal: abort.signal,
+    signal,
   });
   console.log(formatDemoTable(check));
   const { rows: _rows, ...summary } = check as unknown as Record<string, unknown>;
   // The validation seed: more documents, for choosing among snapshots and runs without the check seed.
   // The model's check-seed scores are the check's own; snapshots are scored on both seeds.
-  const compressed = async (dir: string, checked?: DemoEvaluation) => {
+  const compressed = async (trainedDir: string, checked?: DemoEvaluation) => {
     const exact: Record<string, number> = {};
     for (const seed of [CHECK_SEED, VALIDATION_SEED]) {
       const e = seed === CHECK_SEED && checked ? checked : await evaluateDemo(kv, {
-        trainedDir: dir,
+        trainedDir,
         seed,
         documents: seed === CHECK_SEED ? 4 : VALIDATION_DOCUMENTS,
         conditions: ["lloco", "lloco-oracle"],
-        signal: abort.signal,
+        signal,
       });
       for (const c of e.conditions) {
         if (c.condition === "lloco" || c.condition === "lloco-oracle") {
@@ -98,16 +125,15 @@ if (import.meta.main) {
     }
     return exact;
   };
-  const validation = await compressed(outDir, check);
+  const validation = await compressed(dir, check);
   const snapshots: Record<string, Record<string, number>> = {};
-  for (const dir of out.snapshots) {
-    const name = relative(tmp, dir);
-    snapshots[name] = await compressed(join(outDir, name));
+  for (const name of snapshotNames) {
+    snapshots[name] = await compressed(join(dir, name));
     console.log(`${name}: ${JSON.stringify(snapshots[name])}`);
   }
   console.log(`final: ${JSON.stringify(validation)}`);
   await Deno.writeTextFile(
-    join(outDir, "eval.json"),
+    join(dir, "eval.json"),
     JSON.stringify({ ...summary, compressed: validation, snapshots }, null, 2) + "\n",
   );
 }

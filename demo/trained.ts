@@ -2,7 +2,7 @@
  * The trained demo folder as the evaluation, the bench and `deno task demo` load it: the model (an
  * AutoCompressor checkpoint that is also the reader), one LoRA per document group registered under
  * the group's name (so kvfold's adapter rule picks it for that group's chunks), and the LoCoCo heads;
- * and the held-out documents compressed into a store exactly as the recipe cut its training chunks.
+ * and the held-out documents compressed into a store, one compressor segment per chunk.
  *
  * The folder's layout is what `demo/recipe.ts` writes: `model/`, `adapters/<group>/`,
  * `lococo.safetensors`, and with a decoder phase `decoder/` (the model that answers from the vectors
@@ -16,11 +16,12 @@ import { Compressor } from "../src/compressor.ts";
 import type { Kvfold } from "../src/engine.ts";
 import { KvfoldError } from "../src/errors.ts";
 import { compressIntoStore } from "../src/lloco.ts";
+import { type ChunkBreak, documentChunkSpans } from "../src/chunk_spans.ts";
 import type { LococoHeads } from "../src/lococo.ts";
 import type { Model } from "../src/model.ts";
 import type { DocumentStore } from "../src/store.ts";
 import type { DemoDocument } from "./corpus.ts";
-import { CHUNK_TOKENS, GROUPS, SEGMENT_TOKENS } from "./recipe_shape.ts";
+import { GROUPS, SEGMENT_TOKENS } from "./recipe_shape.ts";
 import { pathExists } from "../src/_path_exists.ts";
 
 /** The shipped trained folder: `demo/trained/` of this repository. */
@@ -120,13 +121,33 @@ export function trainedSegmentTokens(compressor: Compressor): number {
   return compressor.segmentLength ?? SEGMENT_TOKENS;
 }
 
+/**
+ * How the demo cuts documents into store chunks: at most one compressor segment
+ * ({@link trainedSegmentTokens}) each, ending at a sentence end, so a chunk is at most 8 summary
+ * vectors (32x), rarely holds two facts of one attribute, and never cuts a fact's sentence in two.
+ * Chunks of two segments (the recipe's longest training windows) hold such "twins" twice as often,
+ * and the reader tells twins apart by their entity only about half the time; a cut sentence leaves
+ * its owner in one chunk and its value in the next (README, "Training the demo model").
+ */
+export function storeChunking(compressor: Compressor): { chunkTokens: number; breakAt: ChunkBreak } {
+  return { chunkTokens: trainedSegmentTokens(compressor), breakAt: "sentence" };
+}
+
+/**
+ * The `[start, end)` token spans of `doc`'s store chunks ({@link storeChunking}), as
+ * {@link compressDemoDocuments} cuts them.
+ */
+export function demoChunkSpans(compressor: Compressor, doc: DemoDocument): [number, number][] {
+  const tok = compressor.model.tokenizer;
+  return documentChunkSpans(tok.encode(doc.text), tok, storeChunking(compressor));
+}
+
 /** Progress of {@link compressDemoDocuments}: tokens done of all documents' tokens. */
 export type CompressProgress = (done: number, total: number, document: string) => void;
 
 /**
- * Compresses demo documents into `store` as the recipe cut its training chunks (chunks of
- * {@link CHUNK_TOKENS} tokens, segments of {@link trainedSegmentTokens}), each under its file name and
- * group. Returns the tokens that went in and the vectors that came out.
+ * Compresses demo documents into `store` in the chunks of {@link storeChunking} (at most one
+ * compressor segment each), each under its file name and group. Returns the tokens that went in and the vectors that came out.
  *
  * @example
  * ```ts ignore
@@ -148,7 +169,7 @@ export async function compressDemoDocuments(
       text: doc.text,
       group: doc.group,
     }, {
-      chunkTokens: CHUNK_TOKENS,
+      ...storeChunking(compressor),
       segmentLength: trainedSegmentTokens(compressor),
       replace: true,
       signal: options.signal,

@@ -10,6 +10,7 @@ import { type AdapterMode, adaptersForChunks, describeAdapters } from "./adapter
 import type { CacheOptions } from "./lococo.ts";
 import type { Compressor } from "./compressor.ts";
 import { KvfoldError } from "./errors.ts";
+import { type ChunkBreak, documentChunkSpans } from "./chunk_spans.ts";
 import type { Model } from "./model.ts";
 import type { GenerateOptions, GenerationStats, Session } from "./session.ts";
 import { concatVectors, type NewChunk, type StoredVectors } from "./store.ts";
@@ -30,8 +31,13 @@ export interface SourceDocument {
 
 /** Options of {@link compressIntoStore}. */
 export interface CompressIntoStoreOptions {
-  /** Tokens per chunk; each chunk is compressed and retrieved on its own. Default 1536. */
+  /** Tokens per chunk (at most); each chunk is compressed and retrieved on its own. Default 1536. */
   chunkTokens?: number;
+  /**
+   * Where chunks end: `"tokens"` (default) every chunkTokens; `"sentence"` at the last sentence end
+   * in the chunk's second half, so a sentence's words stay in one chunk ({@linkcode documentChunkSpans}).
+   */
+  breakAt?: ChunkBreak;
   /**
    * Tokens per compressor segment; default the compressor's own (`Compressor.segmentLength`), else
    * chunkTokens.
@@ -45,7 +51,8 @@ export interface CompressIntoStoreOptions {
 }
 
 /**
- * Splits a document into chunks of `chunkTokens` tokens, compresses each, and commits the document
+ * Splits a document into chunks of at most `chunkTokens` tokens (at sentence ends with `breakAt:
+ * "sentence"`), compresses each, and commits the document
  * with all its chunks in one transaction (an interrupted run leaves no half-written document) to
  * `store`: a {@linkcode Store} of any backend (`openStore(location)`) or a `DocumentStore`.
  * Returns the document's id, its stored chunk ids in order (for `store.getChunks`), the tokens that
@@ -87,8 +94,8 @@ export async function compressIntoStore(
 }
 
 /**
- * The chunks {@link compressIntoStore} stores for `doc`: its tokens split every `chunkTokens`, each
- * part compressed, with its decoded text and token count. Nothing is written: a caller that commits
+ * The chunks {@link compressIntoStore} stores for `doc`: its tokens cut by {@linkcode documentChunkSpans},
+ * each part compressed, with its decoded text and token count. Nothing is written: a caller that commits
  * the document in a transaction of its own (a work queue's worker) uses this.
  *
  * @example
@@ -112,8 +119,8 @@ export async function compressChunks(
     throw new RangeError(`Cannot compress: chunkTokens ${chunkTokens} is not a positive integer`);
   }
   const chunks: NewChunk[] = [];
-  for (let off = 0; off < ids.length; off += chunkTokens) {
-    const part = ids.slice(off, off + chunkTokens);
+  for (const [off, end] of documentChunkSpans(ids, tok, { chunkTokens, breakAt: options.breakAt })) {
+    const part = ids.slice(off, end);
     const summary = await compressor.compress(part, {
       segmentLength: options.segmentLength ?? compressor.segmentLength ?? chunkTokens,
       signal: options.signal,

@@ -17,12 +17,14 @@ import {
   summarizeCondition,
   textPrompt,
 } from "../demo/evaluate.ts";
-import { CHUNK_TOKENS, SEGMENT_TOKENS, trainDemoModel } from "../demo/recipe.ts";
+import { SEGMENT_TOKENS, trainDemoModel } from "../demo/recipe.ts";
 import { compressDemoDocuments, loadTrainedDemo } from "../demo/trained.ts";
 import { tempDir } from "./_fixtures.ts";
 import { rejectsWith } from "./_kvfold_asserts.ts";
 
-// Documents of about two and a half chunks, so a document has a short last chunk.
+// Documents of about four and a half store chunks (one 256-token segment each), so a document has a
+// short last chunk.
+const CHUNK = SEGMENT_TOKENS;
 const SHAPE = { seed: 90210, documents: 2, tokensPerDocument: 1200, factsPerDocument: 4 };
 
 let folder: Promise<string> | undefined;
@@ -63,7 +65,7 @@ Deno.test("demo evaluate: text and compressed prompts are the recipe's training 
     // The store cuts chunks from the tokenizer's ids of the text: the recipe's document ids.
     assert.deepEqual(model.tokenizer.encode(doc.text), ids);
     for (const q of doc.questions) {
-      for (const context of [[], ids, ids.slice(0, 16), ids.slice(CHUNK_TOKENS, 2 * CHUNK_TOKENS)]) {
+      for (const context of [[], ids, ids.slice(0, 16), ids.slice(CHUNK, 2 * CHUNK)]) {
         const example = textQaExample(context, q.question, q.answer);
         const promptLength = 1 + context.length + textIds(q.question).length;
         const prompt = textPrompt(model, context, q.question);
@@ -73,7 +75,7 @@ Deno.test("demo evaluate: text and compressed prompts are the recipe's training 
         assert.equal(example.ids[promptLength], textIds(q.answer)[0]);
       }
       // answerFromChunks's prompt for a string question on a model without a chat template.
-      const compressed = compressedQaExample(ids.slice(0, CHUNK_TOKENS), q.question, q.answer);
+      const compressed = compressedQaExample(ids.slice(0, CHUNK), q.question, q.answer);
       assert.equal(model.tokenizer.hasChatTemplate, false);
       assert.deepEqual(model.encodePrompt(q.question, { chat: false }), compressed.question);
     }
@@ -143,15 +145,10 @@ Deno.test("demo evaluate: every condition answers every question with consistent
     assert.equal(full.contextPositions, docLength(full.document));
     assert.equal(full.promptPositions, 1 + docLength(full.document) + question);
     assert.equal(full.kvSlotsPeak, full.promptPositions + full.generatedTokens - 1);
-    // LLoCO: 8 vectors per started segment of 256 tokens of the chunk (16 for a whole chunk).
+    // LLoCO: a store chunk is one segment, so 8 vectors whatever its length.
     for (const name of ["lloco", "lloco-oracle"]) {
       const r = at(name);
-      const chunkTokens = Math.min(
-        CHUNK_TOKENS,
-        docLength(r.chunk!.source) - r.chunk!.ordinal * CHUNK_TOKENS,
-      );
-      assert.equal(r.contextPositions, S * Math.ceil(chunkTokens / SEGMENT_TOKENS), name);
-      if (chunkTokens === CHUNK_TOKENS) assert.equal(r.contextPositions, 16);
+      assert.equal(r.contextPositions, S, name);
       assert.equal(r.promptPositions, r.contextPositions + 1 + question);
       // The group adapter rule: the chunk's document group names the adapter.
       assert.equal(r.adapter, r.chunk!.source.split("-")[0], name);
@@ -162,11 +159,8 @@ Deno.test("demo evaluate: every condition answers every question with consistent
     for (const name of ["truncated-document", "truncated-chunk"]) {
       assert.equal(at(name).contextPositions, at("lloco").contextPositions, name);
     }
-    const top = at("lloco").chunk!;
-    assert.equal(
-      at("chunk-text").contextPositions,
-      Math.min(CHUNK_TOKENS, docLength(top.source) - top.ordinal * CHUNK_TOKENS),
-    );
+    // (Its exact length, the stored chunk's tokens, is checked against the store below.)
+    assert.ok(at("chunk-text").contextPositions <= CHUNK);
     // The bounded caches read the full text into at most M + one segment (+ 16) slots.
     for (const name of ["lococo", "h2o", "streaming"]) {
       const r = at(name);
@@ -211,20 +205,35 @@ Deno.test("demo evaluate: retrieval accuracy is what store.retrieve gives on the
     using store = DocumentStore.open(join(dir, "kb.sqlite"));
     await compressDemoDocuments(trained.compressor, store, corpus.documents);
     let hits = 0;
-    const llocoRows = rowsOf(e, "lloco");
+    const llocoRows = rowsOf(e, "lloco"), textRows = rowsOf(e, "chunk-text");
     let i = 0;
     for (const doc of corpus.documents) {
+      // The store's chunks: at most one segment each, every one but the last ending a sentence, and
+      // over half a segment long; together the document's tokens.
+      const chunks = store.getChunks(store.getDocument(doc.file)!.chunkIds);
+      const spans: [number, number][] = [];
+      for (const c of chunks) spans.push([spans.at(-1)?.[1] ?? 0, (spans.at(-1)?.[1] ?? 0) + c.tokens]);
+      assert.equal(spans.at(-1)![1], doc.tokens.length);
+      for (const [k, [a, b]] of spans.entries()) {
+        assert.ok(b - a <= CHUNK, `${doc.file} chunk ${k}: ${b - a} tokens`);
+        if (k < spans.length - 1) {
+          assert.equal(doc.tokens[b - 1], ".", `${doc.file} chunk ${k} ends mid-sentence`);
+          assert.ok(b - a > CHUNK / 2);
+        }
+      }
+      const chunkOf = (t: number) => spans.findIndex(([a, b]) => a <= t && t < b);
       for (const [f, q] of doc.questions.slice(0, 3).entries()) {
         const [top] = store.retrieve(q.question, { k: 1 });
         const fact = doc.facts[f];
-        // The fact's chunk from its token span (these facts lie inside one chunk).
-        const ordinal = Math.floor(fact.tokenStart / CHUNK_TOKENS);
-        assert.equal(Math.floor((fact.tokenEnd - 1) / CHUNK_TOKENS), ordinal);
+        // The fact's whole sentence lies in one chunk: chunks end at sentence ends.
+        const ordinal = chunkOf(fact.tokenStart);
+        assert.equal(chunkOf(fact.tokenEnd - 1), ordinal);
         const hit = top.source === doc.file && top.ordinal === ordinal;
         hits += +hit;
-        const row = llocoRows[i++];
+        const row = llocoRows[i];
         assert.equal(row.question, q.question);
         assert.deepEqual(row.chunk, { source: top.source, ordinal: top.ordinal, holdsFact: hit });
+        assert.equal(textRows[i++].contextPositions, top.tokens);
       }
     }
     assert.equal(e.factsSplitAcrossChunks, 0);

@@ -7,7 +7,15 @@
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { Compressor, openStore, type PostgresStore, runWorker, type Store, WorkQueue } from "../mod.ts";
+import {
+  chunkTexts,
+  Compressor,
+  openStore,
+  type PostgresStore,
+  runWorker,
+  type Store,
+  WorkQueue,
+} from "../mod.ts";
 import { repoRoot } from "../src/_native_build.ts";
 import { runCli, tempDir, TEST_COMPRESSOR, testEngine, testModel } from "./_fixtures.ts";
 import { pgRaw, postgresTest } from "./_store_backends.ts";
@@ -233,5 +241,31 @@ postgresTest(
     assert.deepEqual(await store.getDocument("b"), before);
     assert.equal((await store.stats()).documents, 2);
     assert.deepEqual(await store.retrieve("late"), []);
+  },
+);
+
+postgresTest(
+  "workers: a document enqueued with breakAt sentence is cut as compressIntoStore cuts it",
+  async (b) => {
+    const engine = await testEngine();
+    using compressor = await Compressor.load(engine, await testModel("compressor", TEST_COMPRESSOR));
+    await using store = await openStore(b.location) as PostgresStore;
+    // Sentences of 5-9 words, so most chunks of 48 tokens end at one of them.
+    const sentences = Array.from(
+      { length: 30 },
+      (_, i) => WORDS.slice(i % 20, i % 20 + 5 + (i % 5)).join(" "),
+    );
+    const text = sentences.map((s) => `${s[0].toUpperCase()}${s.slice(1)}.`).join(" ");
+    const options = { chunkTokens: 48, breakAt: "sentence" as const, segmentLength: 24 };
+    await new WorkQueue(store).enqueue([{ source: "s", text, options }]);
+    assert.deepEqual(await runWorker(compressor, store, { workerId: "w" }), { done: 1, failed: 0 });
+    const doc = (await store.getDocument("s"))!;
+    const chunks = await store.getChunks(doc.chunkIds);
+    const texts = chunks.map((c) => c.text);
+    assert.deepEqual(texts, chunkTexts(compressor.model.tokenizer, text, options));
+    // Each chunk but the last ends a sentence, or is full where its second half holds no sentence end.
+    for (const c of chunks.slice(0, -1)) assert.ok(c.text.endsWith(".") || c.tokens === 48, c.text);
+    assert.ok(chunks.filter((c) => c.text.endsWith(".")).length > chunks.length / 2);
+    assert.notDeepEqual(texts, chunkTexts(compressor.model.tokenizer, text, { chunkTokens: 48 }));
   },
 );

@@ -7,6 +7,8 @@
 
 import {
   asStore,
+  type ChunkBreak,
+  chunkTexts,
   compressIntoStore,
   type Compressor,
   KvfoldError,
@@ -58,8 +60,10 @@ export interface KvfoldDocumentCompressorInput {
   store: StoreLike;
   /** Adapter group of documents whose `metadata.group` is not a string. */
   group?: string;
-  /** Tokens per stored chunk; default 1536. */
+  /** Tokens per stored chunk (at most, with `breakAt: "sentence"`); default 1536. */
   chunkTokens?: number;
+  /** Where stored chunks end: every `chunkTokens` tokens (default) or at a sentence end. */
+  breakAt?: ChunkBreak;
   /**
    * Tokens per compressor segment; default the compressor's own (`Compressor.segmentLength`), else
    * `chunkTokens`.
@@ -246,6 +250,7 @@ export class KvfoldDocumentCompressor extends BaseDocumentCompressor {
       metadata: jsonSafe(doc.metadata),
     }, {
       chunkTokens: this.#options.chunkTokens,
+      breakAt: this.#options.breakAt,
       segmentLength: this.#options.segmentLength,
       replace: true,
       signal: this.#options.signal,
@@ -260,14 +265,8 @@ export class KvfoldDocumentCompressor extends BaseDocumentCompressor {
 
   /** The chunk texts `compressIntoStore` stores for this text (same split, same decode). */
   #chunkTexts(text: string): string[] {
-    const tok = this.compressor.model.tokenizer;
-    const ids = tok.encode(text);
-    const chunkTokens = this.#options.chunkTokens ?? 1536;
-    const texts = [];
-    for (let off = 0; off < ids.length; off += chunkTokens) {
-      texts.push(tok.decode(ids.slice(off, off + chunkTokens)));
-    }
-    return texts;
+    const { chunkTokens, breakAt } = this.#options;
+    return chunkTexts(this.compressor.model.tokenizer, text, { chunkTokens, breakAt });
   }
 }
 

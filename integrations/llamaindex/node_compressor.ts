@@ -7,6 +7,9 @@
 
 import {
   asStore,
+  CHUNK_BREAKS,
+  type ChunkBreak,
+  chunkTexts,
   compressIntoStore,
   type CompressIntoStoreOptions,
   type Compressor,
@@ -47,6 +50,8 @@ export interface KvfoldNodeCompressorOptions
   store: StoreLike;
   /** Tokens per stored chunk (a longer node becomes several); default 1536. */
   chunkTokens?: number;
+  /** Where stored chunks end: every `chunkTokens` tokens (default) or at a sentence end. */
+  breakAt?: ChunkBreak;
   /**
    * The store source of a node; default: its `metadata.source` (or `file_path`, `file_name`)
    * followed by `#` and a hash of its text, else its id.
@@ -115,7 +120,7 @@ export class KvfoldNodeCompressor implements BaseNodePostprocessor {
   /**
    * Compresses with `options.compressor` into `options.store`; throws `TypeError` when `options` is
    * not `{ compressor, store }` with a loaded `Compressor` and an open `DocumentStore`, and
-   * `RangeError` for a bad `chunkTokens`.
+   * `RangeError` for a bad `chunkTokens` or `breakAt`.
    */
   constructor(options: KvfoldNodeCompressorOptions);
   /** @deprecated Pass one options object: `new KvfoldNodeCompressor({ compressor, store, ...options })`. */
@@ -136,6 +141,13 @@ export class KvfoldNodeCompressor implements BaseNodePostprocessor {
     if (!Number.isSafeInteger(chunkTokens) || chunkTokens < 1) {
       throw new RangeError(
         `Cannot create node compressor: chunkTokens ${chunkTokens} is not a positive integer`,
+      );
+    }
+    if (options.breakAt !== undefined && !CHUNK_BREAKS.includes(options.breakAt)) {
+      throw new RangeError(
+        `Cannot create node compressor: breakAt "${options.breakAt}" is not one of ${
+          CHUNK_BREAKS.join(", ")
+        }`,
       );
     }
     this.compressor = options.compressor;
@@ -171,10 +183,7 @@ export class KvfoldNodeCompressor implements BaseNodePostprocessor {
     const tok = this.compressor.model.tokenizer;
     const ids = tok.encode(text);
     // The chunk texts compressIntoStore will store: what a stored document must match to be reused.
-    const texts: string[] = [];
-    for (let off = 0; off < ids.length; off += this.#chunkTokens) {
-      texts.push(tok.decode(ids.slice(off, off + this.#chunkTokens)));
-    }
+    const texts = chunkTexts(tok, text, { chunkTokens: this.#chunkTokens, breakAt: this.#options.breakAt });
     const report = (action: NodeCompressionEvent["action"], context: CompressedContext) =>
       this.#options.onNode?.({
         nodeId: node.id_,
@@ -196,6 +205,7 @@ export class KvfoldNodeCompressor implements BaseNodePostprocessor {
       const group = (this.#options.groupOf ?? defaultGroupOf)(node);
       const { chunkIds } = await compressIntoStore(this.compressor, this.store, { source, text, group }, {
         chunkTokens: this.#chunkTokens,
+        breakAt: this.#options.breakAt,
         segmentLength: this.#options.segmentLength,
         signal: this.#options.signal,
         // A stored document under this source with other text is stale: this node replaces it.

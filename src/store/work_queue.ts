@@ -9,6 +9,7 @@
  * @module
  */
 
+import type { ChunkBreak } from "../chunk_spans.ts";
 import { KvfoldError } from "../errors.ts";
 import type { NewDocument } from "../store_records.ts";
 import { StoreValues } from "../_store_integrity.ts";
@@ -20,6 +21,8 @@ import { encodeDocument, writeDocument } from "./_postgres_documents.ts";
 export interface WorkOptions {
   /** Tokens per chunk. */
   chunkTokens?: number;
+  /** Where chunks end (`"tokens"` or `"sentence"`). */
+  breakAt?: ChunkBreak;
   /** Tokens per compressor segment. */
   segmentLength?: number;
   /** Replace a document already stored under the same source. */
