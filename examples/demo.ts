@@ -3,7 +3,8 @@
 //  1. loads the shipped demo model (demo/trained: a 4-layer reader that is also its own
 //     AutoCompressor, one LoRA per document group), trained from zero by demo/recipe.ts;
 //  2. draws held-out documents from a seed the recipe never trained on (`--seed` for others) and
-//     compresses them into a temporary SQLite store, 256 tokens -> 8 summary vectors per chunk;
+//     compresses them into a temporary SQLite store in chunks of at most 256 tokens cut at sentence
+//     ends, 8 summary vectors each;
 //  3. answers every question through the LangChain adapter: KvfoldRetriever (BM25, k = 1) hands
 //     the best chunk to ChatKvfold, which places its vectors before the question and decodes with
 //     the chunk's group adapter, greedy;
