@@ -16,7 +16,9 @@
 // saves (`--skip-kvfold-gguf` leaves it out: it holds a second copy of kvfold's weights).
 //
 // Each round: a memory read-bandwidth probe, then per shape and dtype both engines load, warm up,
-// and alternate (order flipped every round) through decode and each prefill. The CPU time that
+// and alternate (order flipped every round) through decode and each prefill; each decode has a
+// bandwidth probe right before and right after it, whose mean its "beside" fraction is taken
+// against (the round's probe can be minutes old by then). The CPU time that
 // other processes used during the round is recorded (/proc/stat minus this process and the peer);
 // a round where others used more than --quiet-cores is marked disturbed, and the table's
 // min/median/max use the quiet rounds only (all rounds, said so, when none was quiet).
@@ -145,6 +147,14 @@ interface Measurement {
    * round to round in quiet rounds too, so both are kept: this one is the fairer when it drifts.
    */
   fractionOfRoundBandwidth?: number;
+  /**
+   * Decode only: read bandwidth probed right before and right after this decode (their mean), and
+   * the decode's bytes per second against it. A round's probe can be minutes old by the time a
+   * decode runs, and the VM's bandwidth moves by a third within a minute; the probes beside it are
+   * the nearest measure of what the machine gave the decode.
+   */
+  besideGBs?: number;
+  fractionOfBesideBandwidth?: number;
   load: CpuLoadInterval | null;
 }
 
@@ -258,9 +268,15 @@ async function measure(
   run: () => Promise<number>,
   where: Omit<Measurement, "engine" | "tokPerS" | "load">,
 ) {
+  // 256 MiB twice: past any L3, and about 10 ms at this machine's rate.
+  const probe = () => kv.measureReadBandwidth({ bytes: 256 << 20, repeats: 2 });
+  const decode = where.phase.startsWith("decode");
+  const before = decode ? await probe() : 0;
   const a = sampleCpuLoad(ownPids);
   const tokPerS = await run();
-  measurements.push({ ...where, engine, tokPerS, load: cpuLoadBetween(a, sampleCpuLoad(ownPids)) });
+  const load = cpuLoadBetween(a, sampleCpuLoad(ownPids));
+  const besideGBs = decode ? (before + await probe()) / 2 : undefined;
+  measurements.push({ ...where, engine, tokPerS, load, ...(besideGBs ? { besideGBs } : {}) });
   return tokPerS;
 }
 
@@ -377,6 +393,7 @@ for (const m of measurements) {
     m.fractionOfBandwidthLimit = bytesPerS / (bestBandwidthGBs * 1e9);
     m.fractionOfRoundBandwidth = bytesPerS /
       (roundRecords.find((r) => r.round === m.round)!.bandwidthGBs * 1e9);
+    m.fractionOfBesideBandwidth = bytesPerS / (m.besideGBs! * 1e9);
   }
 }
 const quietRounds = new Set(roundRecords.filter((r) => !r.disturbed).map((r) => r.round));
@@ -401,10 +418,10 @@ for (const shape of shapes) {
       const ours = pick("kvfold"), theirs = pick("llama.cpp"), oursGguf = pick("kvfold-gguf");
       const k = spread(ours.map((m) => m.tokPerS)), l = spread(theirs.map((m) => m.tokPerS));
       const g = oursGguf.length > 0 ? spread(oursGguf.map((m) => m.tokPerS)) : undefined;
-      const frac = (ms: Measurement[], round = false) =>
-        phase.startsWith("decode")
-          ? spread(ms.map((m) => round ? m.fractionOfRoundBandwidth! : m.fractionOfBandwidthLimit!)).median
-          : undefined;
+      const frac = (
+        ms: Measurement[],
+        of: "fractionOfBandwidthLimit" | "fractionOfRoundBandwidth" | "fractionOfBesideBandwidth",
+      ) => phase.startsWith("decode") ? spread(ms.map((m) => m[of]!)).median : undefined;
       summary.push({
         shape,
         dtype,
@@ -415,10 +432,12 @@ for (const shape of shapes) {
         ratio: k.median / l.median,
         kvfoldGguf: g,
         kvfoldGgufRatio: g === undefined ? undefined : g.median / l.median,
-        kvfoldFractionOfBandwidthLimit: frac(ours),
-        llamacppFractionOfBandwidthLimit: frac(theirs),
-        kvfoldFractionOfRoundBandwidth: frac(ours, true),
-        llamacppFractionOfRoundBandwidth: frac(theirs, true),
+        kvfoldFractionOfBandwidthLimit: frac(ours, "fractionOfBandwidthLimit"),
+        llamacppFractionOfBandwidthLimit: frac(theirs, "fractionOfBandwidthLimit"),
+        kvfoldFractionOfRoundBandwidth: frac(ours, "fractionOfRoundBandwidth"),
+        llamacppFractionOfRoundBandwidth: frac(theirs, "fractionOfRoundBandwidth"),
+        kvfoldFractionOfBesideBandwidth: frac(ours, "fractionOfBesideBandwidth"),
+        llamacppFractionOfBesideBandwidth: frac(theirs, "fractionOfBesideBandwidth"),
       });
     }
   }
@@ -465,18 +484,22 @@ console.log(
 );
 console.log(
   `\n| shape | dtype | phase | rounds | kvfold tok/s min / median / max | llama.cpp tok/s min / median / max | ` +
-    `ratio | decode % of bandwidth limit (kvfold / llama.cpp) | same, of the round's probe |` +
+    `ratio | decode % of bandwidth limit (kvfold / llama.cpp) | same, of the round's probe | ` +
+    `same, of the probes beside it |` +
     (withGguf ? ` kvfold from GGUF tok/s min / median / max | ratio |` : ""),
 );
-console.log(`| --- | --- | --- | --- | --- | --- | --- | --- | --- |` + (withGguf ? ` --- | --- |` : ""));
+console.log(
+  `| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |` + (withGguf ? ` --- | --- |` : ""),
+);
 for (const s of summary) {
   const limit = s.kvfoldFractionOfBandwidthLimit === undefined
     ? ""
     : `${pct(s.kvfoldFractionOfBandwidthLimit)} / ${pct(s.llamacppFractionOfBandwidthLimit)} | ` +
-      `${pct(s.kvfoldFractionOfRoundBandwidth)} / ${pct(s.llamacppFractionOfRoundBandwidth)}`;
+      `${pct(s.kvfoldFractionOfRoundBandwidth)} / ${pct(s.llamacppFractionOfRoundBandwidth)} | ` +
+      `${pct(s.kvfoldFractionOfBesideBandwidth)} / ${pct(s.llamacppFractionOfBesideBandwidth)}`;
   console.log(
     `| ${s.shape} | ${s.dtype} | ${s.phase} | ${s.rounds} | ${mmm(s.kvfold)} | ${mmm(s.llamacpp)} | ` +
-      `${s.ratio.toFixed(2)} | ${limit || " |"} |` +
+      `${s.ratio.toFixed(2)} | ${limit || " | |"} |` +
       (s.kvfoldGguf ? ` ${mmm(s.kvfoldGguf)} | ${s.kvfoldGgufRatio!.toFixed(2)} |` : ""),
   );
 }

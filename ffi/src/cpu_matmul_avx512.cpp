@@ -6,6 +6,7 @@
 // Ragged columns are masked loads and stores, not copies. Every function carries its own target
 // attribute: the file builds with any -march and only runs where cpu_path() chose it.
 #include "cpu_matmul_avx512.h"
+#include "cpu_matvec.h"
 #include "cpu_scratch.h"
 
 #include <algorithm>
@@ -248,8 +249,9 @@ KF_AVX512BF16 void round_rows_bf16(const float *x, int64_t lda, int64_t K, int64
 }
 
 // y[t][r] = xb[t] · W[r] (+ bias) for rows [r0, r1), W bf16: 32 products per vdpbf16ps, two
-// accumulators per t (even and odd 64-byte steps), each row one sequential stream prefetched 1 KiB
-// ahead. Every output is summed the same way whatever T is, so batching rows changes no bit.
+// accumulators per t (even and odd 64-byte steps), each row one sequential stream prefetched
+// kDecodePrefetchBytes ahead. Every output is summed the same way whatever T is, so batching rows
+// changes no bit.
 template <int T>
 KF_AVX512BF16 void matvec_bf16_dot_rows(const uint16_t *xb, int64_t kp, int64_t K, const uint8_t *W, size_t rb,
                                         float *y, int64_t N, int64_t r0, int64_t r1, const float *bias) {
@@ -259,8 +261,8 @@ KF_AVX512BF16 void matvec_bf16_dot_rows(const uint16_t *xb, int64_t kp, int64_t 
     for (int t = 0; t < T; t++) acc[t][0] = acc[t][1] = _mm512_setzero_ps();
     int64_t i = 0;
     for (; i + 64 <= K; i += 64) {
-      _mm_prefetch(reinterpret_cast<const char *>(w + i) + 1024, _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char *>(w + i) + 1088, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char *>(w + i) + kDecodePrefetchBytes, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char *>(w + i) + kDecodePrefetchBytes + 64, _MM_HINT_T0);
       const __m512bh w0 = (__m512bh)_mm512_loadu_si512(w + i), w1 = (__m512bh)_mm512_loadu_si512(w + i + 32);
       for (int t = 0; t < T; t++) {
         acc[t][0] = _mm512_dpbf16_ps(acc[t][0], (__m512bh)_mm512_loadu_si512(xb + t * kp + i), w0);
@@ -280,8 +282,8 @@ KF_AVX512BF16 void matvec_bf16_dot_rows(const uint16_t *xb, int64_t kp, int64_t 
 
 // y[t][r] = x[t] · W[r] (+ bias) for rows [r0, r1), W f16: 16 weights widened per vcvtph2ps zmm,
 // FMAs in f32 (x is not rounded: f16 keeps 11 significant bits, rounding x to bf16 would lose
-// more), two accumulators per t, each row one sequential stream prefetched 1 KiB ahead. Summed
-// the same way whatever T is. Measured (1.1B shapes, 1 thread, cold): the AVX2 kernel's 8
+// more), two accumulators per t, each row one sequential stream prefetched kDecodePrefetchBytes
+// ahead. Summed the same way whatever T is. Measured (1.1B shapes, 1 thread, cold): the AVX2 kernel's 8
 // interleaved 4 KiB rows read 15.5 GB/s; one stream here reads at bf16's rate.
 template <int T>
 KF_AVX512 void matvec_f16_rows(const float *x, int64_t K, const uint8_t *W, size_t rb, float *y, int64_t N,
@@ -292,7 +294,7 @@ KF_AVX512 void matvec_f16_rows(const float *x, int64_t K, const uint8_t *W, size
     for (int t = 0; t < T; t++) acc[t][0] = acc[t][1] = _mm512_setzero_ps();
     int64_t i = 0;
     for (; i + 32 <= K; i += 32) {
-      _mm_prefetch(reinterpret_cast<const char *>(w + i) + 1024, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char *>(w + i) + kDecodePrefetchBytes, _MM_HINT_T0);
       const __m512 w0 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(w + i)));
       const __m512 w1 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(w + i + 16)));
       for (int t = 0; t < T; t++) {

@@ -12,6 +12,13 @@ namespace kf {
 // W rows shorter than this take the one-row-stream kernels (see cpu_matmul.cpp).
 constexpr size_t kMvShortRowBytes = 3072;
 
+// How far ahead decode's one-stream kernels (bf16 dot, f16, the 16-row int8 groups) prefetch their
+// weights. The hardware prefetcher alone leaves DRAM latency exposed on one sequential stream per
+// thread. Measured (1.1B decode, 2 threads, the 2-core EPYC VM, bench/decode_ab.ts, one build with
+// the distance switched, median of 8-10 rounds): 4 KiB against 1 KiB bf16 +8%, f16 +11%; against
+// no prefetch q8_0 +7% (at 2 KiB; 4 KiB +4% more), q4_0 +7%, q4_k_m +3%; 8 KiB no better.
+constexpr size_t kDecodePrefetchBytes = 4096;
+
 // Rows [r0, r1) of y[T, out] = x[T, in] · W^T (+ bias), W f32 / f16 / bf16, T in 1..kMatvecMaxT, by the
 // AVX2 (or plain) matrix-vector kernels of cpu_matmul.cpp. Same bits whatever r0 and r1 are.
 void matvec_float_range(DType dt, const float *x, int64_t in, const void *W, float *y, int64_t T, int64_t out,

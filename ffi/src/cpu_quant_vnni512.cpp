@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cpu_features.h"
+#include "cpu_matvec.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -290,6 +291,9 @@ KF_VNNI512 void rows16(const uint8_t *p, int64_t nb, const ActBlock *const *x, f
   __m512 acc[NT];
   for (int j = 0; j < NT; j++) acc[j] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; b++, p += gb) {
+    // A thread's groups are one sequential stream: every line of the block kDecodePrefetchBytes on.
+    for (size_t l = 0; l < gb; l += 64)
+      _mm_prefetch(reinterpret_cast<const char *>(p + kDecodePrefetchBytes + l), _MM_HINT_T0);
     const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p)));
     __m512i s0[NT], s1[NT];
     int32_t xd[NT][8];
@@ -336,6 +340,8 @@ KF_VNNI512 void rows16_q4_k(const uint8_t *p, int64_t nb, const ActBlock *const 
     return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(q))));
   };
   for (int64_t b = 0; b < nb; b++, p += kQ4kGroupBlock) {
+    for (size_t l = 0; l < kQ4kGroupBlock; l += 64)
+      _mm_prefetch(reinterpret_cast<const char *>(p + kDecodePrefetchBytes + l), _MM_HINT_T0);
     const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p)));
     const __m512 dmin = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p + 32)));
     for (int i = 0; i < 4; i++) {
