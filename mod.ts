@@ -124,7 +124,14 @@ export type { NewWorkItem, QueueStats, WorkItem, WorkOptions } from "./src/store
 export { defaultWorkerId, runWorker } from "./src/store/compression_worker.ts";
 export type { WorkerEvent, WorkerOptions } from "./src/store/compression_worker.ts";
 export { adapterForChunks, answerFromChunks, compressChunks, compressIntoStore } from "./src/lloco.ts";
-export { CHUNK_BREAKS, chunkSpans, chunkTexts, documentChunkSpans, sentenceEnds } from "./src/chunk_spans.ts";
+export {
+  CHUNK_BREAKS,
+  chunkOptionsProblem,
+  chunkSpans,
+  chunkTexts,
+  documentChunkSpans,
+  sentenceEnds,
+} from "./src/chunk_spans.ts";
 export type { ChunkBreak, ChunkSpanOptions } from "./src/chunk_spans.ts";
 export type {
   AdapterChoice,

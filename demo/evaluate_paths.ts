@@ -59,7 +59,7 @@ export function answerTokenBudget(model: Model, answers: readonly string[]): num
  * import { factChunk } from "./evaluate_paths.ts";
  * const [doc] = generateDemoCorpus({ seed: 3, documents: 1 }).documents;
  * const spans = [[0, 256], [256, 512], [512, 768], [768, 1024]] as [number, number][];
-console.log(factChunk(doc, doc.facts[0], spans).ordinal === Math.floor(doc.facts[0].tokenStart / 256)); // true (unless split)
+ * console.log(factChunk(doc, doc.facts[0], spans).ordinal === Math.floor(doc.facts[0].tokenStart / 256)); // true (unless split)
  * ```
  */
 export function factChunk(

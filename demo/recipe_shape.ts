@@ -12,7 +12,7 @@ export const TRAIN_SEED = 20261204;
 /**
  * Tokens of the longest training window (two segments: the compressor learns the hand-off between
  * segments on it), and per compressor segment; summary vectors per segment. The store's chunks are
- * one segment each ({@linkcode storeChunkTokens} in `trained.ts`).
+ * one segment each ({@linkcode storeChunking} in `trained.ts`).
  */
 export const CHUNK_TOKENS = 512;
 export const SEGMENT_TOKENS = 256;

@@ -147,7 +147,8 @@ export type CompressProgress = (done: number, total: number, document: string) =
 
 /**
  * Compresses demo documents into `store` in the chunks of {@link storeChunking} (at most one
- * compressor segment each), each under its file name and group. Returns the tokens that went in and the vectors that came out.
+ * compressor segment each), each under its file name and group. Returns the tokens that went in and
+ * the vectors that came out.
  *
  * @example
  * ```ts ignore

@@ -26,6 +26,27 @@ export interface ChunkSpanOptions {
   breakAt?: ChunkBreak;
 }
 
+/**
+ * What is wrong with chunk options, as the end of a "Cannot X: ..." message, or undefined when
+ * nothing is: `chunkTokens` must be a positive safe integer, `breakAt` one of {@link CHUNK_BREAKS}.
+ * One check for every caller that refuses them early (a compressor's constructor) or late.
+ *
+ * @example
+ * ```ts
+ * import { chunkOptionsProblem } from "./chunk_spans.ts";
+ * chunkOptionsProblem({ chunkTokens: 0 }); // "chunkTokens 0 is not a positive integer"
+ * chunkOptionsProblem({ chunkTokens: 256, breakAt: "sentence" }); // undefined
+ * ```
+ */
+export function chunkOptionsProblem(options: ChunkSpanOptions): string | undefined {
+  const { chunkTokens = 1536, breakAt = "tokens" } = options;
+  if (!Number.isSafeInteger(chunkTokens) || chunkTokens < 1) {
+    return `chunkTokens ${chunkTokens} is not a positive integer`;
+  }
+  if (!CHUNK_BREAKS.includes(breakAt)) return `breakAt "${breakAt}" is not one of ${CHUNK_BREAKS.join(", ")}`;
+  return undefined;
+}
+
 /** A token that ends a sentence: its text ends in `.`, `!` or `?` (closing quotes aside) or a newline. */
 const SENTENCE_END = /([.!?]["'”’)\]]*|\n)\s*$/;
 
@@ -67,14 +88,9 @@ export function chunkSpans(
   options: ChunkSpanOptions = {},
   endsSentence?: (index: number) => boolean,
 ): [number, number][] {
-  const chunkTokens = options.chunkTokens ?? 1536;
-  if (!Number.isSafeInteger(chunkTokens) || chunkTokens < 1) {
-    throw new RangeError(`Cannot cut chunks: chunkTokens ${chunkTokens} is not a positive integer`);
-  }
-  const breakAt = options.breakAt ?? "tokens";
-  if (!CHUNK_BREAKS.includes(breakAt)) {
-    throw new RangeError(`Cannot cut chunks: breakAt "${breakAt}" is not one of ${CHUNK_BREAKS.join(", ")}`);
-  }
+  const problem = chunkOptionsProblem(options);
+  if (problem) throw new RangeError(`Cannot cut chunks: ${problem}`);
+  const { chunkTokens = 1536, breakAt = "tokens" } = options;
   if (breakAt === "sentence" && !endsSentence) {
     throw new RangeError("Cannot cut chunks at sentences: no sentence-end test was given");
   }
@@ -121,7 +137,8 @@ export function documentChunkSpans(
 
 /**
  * The texts of the chunks `compressIntoStore` stores for `text` under `options` (same cut, same
- * decode): what a stored document must match to be reused.
+ * decode): what a stored document must match to be reused. Pass the text's ids instead of the text
+ * when they are at hand, so it is not encoded twice.
  *
  * @example
  * ```ts ignore
@@ -130,9 +147,9 @@ export function documentChunkSpans(
  */
 export function chunkTexts(
   tokenizer: Pick<TextTokenizer, "encode" | "decode">,
-  text: string,
+  text: string | readonly number[],
   options: ChunkSpanOptions = {},
 ): string[] {
-  const ids = tokenizer.encode(text);
+  const ids = typeof text === "string" ? tokenizer.encode(text) : text;
   return documentChunkSpans(ids, tokenizer, options).map(([a, b]) => tokenizer.decode(ids.slice(a, b)));
 }

@@ -10,7 +10,7 @@ import { type AdapterMode, adaptersForChunks, describeAdapters } from "./adapter
 import type { CacheOptions } from "./lococo.ts";
 import type { Compressor } from "./compressor.ts";
 import { KvfoldError } from "./errors.ts";
-import { type ChunkBreak, documentChunkSpans } from "./chunk_spans.ts";
+import { type ChunkBreak, chunkOptionsProblem, documentChunkSpans } from "./chunk_spans.ts";
 import type { Model } from "./model.ts";
 import type { GenerateOptions, GenerationStats, Session } from "./session.ts";
 import { concatVectors, type NewChunk, type StoredVectors } from "./store.ts";
@@ -115,9 +115,8 @@ export async function compressChunks(
     throw new KvfoldError("INVALID_ARGUMENT", `Cannot compress ${doc.source}: the document is empty`);
   }
   const chunkTokens = options.chunkTokens ?? 1536;
-  if (!Number.isInteger(chunkTokens) || chunkTokens < 1) {
-    throw new RangeError(`Cannot compress: chunkTokens ${chunkTokens} is not a positive integer`);
-  }
+  const problem = chunkOptionsProblem(options);
+  if (problem) throw new RangeError(`Cannot compress: ${problem}`);
   const chunks: NewChunk[] = [];
   for (const [off, end] of documentChunkSpans(ids, tok, { chunkTokens, breakAt: options.breakAt })) {
     const part = ids.slice(off, end);

@@ -7,8 +7,8 @@
 
 import {
   asStore,
-  CHUNK_BREAKS,
   type ChunkBreak,
+  chunkOptionsProblem,
   chunkTexts,
   compressIntoStore,
   type CompressIntoStoreOptions,
@@ -137,23 +137,12 @@ export class KvfoldNodeCompressor implements BaseNodePostprocessor {
     const options = fromPositional(args, ["compressor", "store"]) as KvfoldNodeCompressorOptions;
     checkCompressorOption("KvfoldNodeCompressor", options);
     checkStoreOption("KvfoldNodeCompressor", options, true);
-    const chunkTokens = options.chunkTokens ?? 1536;
-    if (!Number.isSafeInteger(chunkTokens) || chunkTokens < 1) {
-      throw new RangeError(
-        `Cannot create node compressor: chunkTokens ${chunkTokens} is not a positive integer`,
-      );
-    }
-    if (options.breakAt !== undefined && !CHUNK_BREAKS.includes(options.breakAt)) {
-      throw new RangeError(
-        `Cannot create node compressor: breakAt "${options.breakAt}" is not one of ${
-          CHUNK_BREAKS.join(", ")
-        }`,
-      );
-    }
+    const problem = chunkOptionsProblem(options);
+    if (problem) throw new RangeError(`Cannot create node compressor: ${problem}`);
     this.compressor = options.compressor;
     this.store = options.store;
     this.#options = options;
-    this.#chunkTokens = chunkTokens;
+    this.#chunkTokens = options.chunkTokens ?? 1536;
   }
 
   /** Attaches a payload to every node with text (compressing those not stored yet); same order. */
@@ -183,7 +172,7 @@ export class KvfoldNodeCompressor implements BaseNodePostprocessor {
     const tok = this.compressor.model.tokenizer;
     const ids = tok.encode(text);
     // The chunk texts compressIntoStore will store: what a stored document must match to be reused.
-    const texts = chunkTexts(tok, text, { chunkTokens: this.#chunkTokens, breakAt: this.#options.breakAt });
+    const texts = chunkTexts(tok, ids, { chunkTokens: this.#chunkTokens, breakAt: this.#options.breakAt });
     const report = (action: NodeCompressionEvent["action"], context: CompressedContext) =>
       this.#options.onNode?.({
         nodeId: node.id_,
