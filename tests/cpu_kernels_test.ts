@@ -8,7 +8,7 @@ import { ensureNativeLibrary } from "../src/_native_build.ts";
 import { loadReferenceModel, referenceLogits } from "./reference_forward.ts";
 import { relativeError, tempDir, testModel } from "./_fixtures.ts";
 
-const PATHS = ["scalar", "avx2", "avx512", "avx512bf16"] as const;
+const PATHS = ["scalar", "avx2", "avx512", "avx512bf16", "amx"] as const;
 
 Deno.test("cpu kernels: every path against float64 references (native checks)", async () => {
   const root = repoRoot();
@@ -22,6 +22,8 @@ Deno.test("cpu kernels: every path against float64 references (native checks)", 
       "cpu_matmul_scalar",
       "cpu_quant",
       "cpu_quant_vnni512",
+      "cpu_quant_amx",
+      "cpu_matmul_amx",
       "cpu_features",
     ]
       .concat(["threadpool", "common"]).map((f) => `${root}/ffi/src/${f}.cpp`);
@@ -93,7 +95,7 @@ Deno.test("cpu kernels: whole models under every KVFOLD_CPU path match the float
     console.log(`${path}: f32 ${f32Err.toExponential(2)}, bf16 ${bf16Err.toExponential(2)} (${name})`);
     assert.ok(f32Err < 1e-4, `${path}: f32 logits ${f32Err} from the reference`);
     assert.ok(
-      bf16Err < (path === "avx512bf16" ? 3e-2 : 1e-4),
+      bf16Err < (path === "avx512bf16" || path === "amx" ? 3e-2 : 1e-4),
       `${path}: bf16 logits ${bf16Err} from the reference`,
     );
     // Quantized weights: the same int8 sums on every path, only f32 summation order differs.

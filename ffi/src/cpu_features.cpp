@@ -9,6 +9,10 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
 #endif
+#if defined(__linux__) && defined(__x86_64__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 namespace kf {
 
@@ -37,6 +41,19 @@ CpuFeatures detect() {
   f.avx512_bf16 = f.avx512 && bf16;
   f.avx512_vnni = f.avx512 && vnni512;
   f.avx_vnni = f.avx2 && avxvnni;
+  // AMX: Linux hands out the 8 KiB tile state only on request (ARCH_REQ_XCOMP_PERM for
+  // XFEATURE_XTILEDATA), once per process; then XCR0 bits 17-18 say the OS saves it.
+  const bool amx_tile = (d >> 24) & 1, amx_int8 = (d >> 25) & 1, amx_bf16 = (d >> 22) & 1;
+#if defined(__linux__) && defined(__x86_64__)
+  if (f.avx512_bf16 && f.avx512_vnni && amx_tile && (amx_int8 || amx_bf16) && syscall(SYS_arch_prctl, 0x1023, 18) == 0) {
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    const bool os = (lo & 0x60000) == 0x60000;
+    f.amx_int8 = os && amx_int8;
+    f.amx_bf16 = os && amx_bf16;
+  }
+#else
+  (void)amx_tile, (void)amx_int8, (void)amx_bf16;
+#endif
 #endif
   return f;
 }
@@ -46,6 +63,7 @@ CpuFeatures detect() {
 CpuPath best_path() {
   const CpuFeatures &f = cpu_features();
 #if defined(__AVX2__) && defined(__FMA__)
+  if (f.amx_int8 || f.amx_bf16) return CpuPath::Amx;
   if (f.avx512_bf16) return CpuPath::Avx512Bf16;
   if (f.avx512) return CpuPath::Avx512;
   if (f.avx2) return CpuPath::Avx2;
@@ -64,6 +82,7 @@ CpuPath from_env() {
   else if (!std::strcmp(e, "avx2")) want = CpuPath::Avx2;
   else if (!std::strcmp(e, "avx512")) want = CpuPath::Avx512;
   else if (!std::strcmp(e, "avx512bf16") || !std::strcmp(e, "avx512-bf16")) want = CpuPath::Avx512Bf16;
+  else if (!std::strcmp(e, "amx")) want = CpuPath::Amx;
   return int32_t(want) < int32_t(best) ? want : best;
 }
 
@@ -91,21 +110,26 @@ bool cpu_int8_vnni() {
   return int32_t(cpu_path()) >= int32_t(CpuPath::Avx512) && (f.avx512_vnni || f.avx_vnni);
 }
 
+bool cpu_int8_amx() { return cpu_path() == CpuPath::Amx && cpu_features().amx_int8; }
+bool cpu_bf16_amx() { return cpu_path() == CpuPath::Amx && cpu_features().amx_bf16; }
+
 const char *cpu_path_name(CpuPath p) {
   switch (p) {
   case CpuPath::Scalar: return "scalar";
   case CpuPath::Avx2: return "avx2";
   case CpuPath::Avx512: return "avx512";
   case CpuPath::Avx512Bf16: return "avx512-bf16";
+  case CpuPath::Amx: return "amx";
   }
   return "?";
 }
 
 const char *cpu_kernels_name() {
-  static const char *names[4][2] = {{"scalar", "scalar"},
+  static const char *names[5][2] = {{"scalar", "scalar"},
                                     {"avx2", "avx2"},
                                     {"avx512", "avx512, int8 vnni"},
-                                    {"avx512-bf16", "avx512-bf16, int8 vnni"}};
+                                    {"avx512-bf16", "avx512-bf16, int8 vnni"},
+                                    {"amx", "amx, avx512-bf16, int8 vnni"}};
   return names[int32_t(cpu_path())][cpu_int8_vnni() ? 1 : 0];
 }
 

@@ -6,16 +6,18 @@
 //
 // KVFOLD_CPU (read once, at the first matmul) forces a lower path so every one can be tested on one
 // machine: "scalar", "avx2", "avx512" (AVX-512F/BW/VL f32 GEMM, no bf16 dot products) or
-// "avx512bf16" (the best this CPU has; also "auto" or unset). Asking for more than the CPU has gives
-// the best it has. Int8 dot products (quantized weights) use VNNI (AVX512-VNNI or AVX-VNNI) on the
-// avx512 paths, maddubs on avx2, plain loops on scalar.
+// "avx512bf16", or "amx" (the best this CPU has; also "auto" or unset): avx512bf16 plus AMX tiles for
+// prefill (where the OS grants the tile state): the bf16 GEMM through AMX-BF16, the int8 GEMM on
+// quantized weights through AMX-INT8. Asking for
+// more than the CPU has gives the best it has. Int8 dot products (quantized weights) use VNNI
+// (AVX512-VNNI or AVX-VNNI) on the avx512 paths, maddubs on avx2, plain loops on scalar.
 #pragma once
 
 #include <cstdint>
 
 namespace kf {
 
-enum class CpuPath : int32_t { Scalar = 0, Avx2 = 1, Avx512 = 2, Avx512Bf16 = 3 };
+enum class CpuPath : int32_t { Scalar = 0, Avx2 = 1, Avx512 = 2, Avx512Bf16 = 3, Amx = 4 };
 
 struct CpuFeatures {
   bool avx2 = false;         // AVX2 + FMA + F16C (and the OS saves ymm state)
@@ -23,6 +25,8 @@ struct CpuFeatures {
   bool avx512_bf16 = false;  // vdpbf16ps
   bool avx512_vnni = false;  // vpdpbusd on zmm/ymm (with VL)
   bool avx_vnni = false;     // vpdpbusd, VEX encoded
+  bool amx_int8 = false;     // AMX-TILE + AMX-INT8 (tdpbssd), the tile state granted by the OS
+  bool amx_bf16 = false;     // AMX-TILE + AMX-BF16 (tdpbf16ps), the same
 };
 
 // What cpuid says (cached).
@@ -31,8 +35,11 @@ const CpuFeatures &cpu_features();
 CpuPath cpu_path();
 // Int8 dot products through vpdpbusd on this path.
 bool cpu_int8_vnni();
-// "scalar", "avx2", "avx512", "avx512-bf16".
+// "scalar", "avx2", "avx512", "avx512-bf16", "amx".
 const char *cpu_path_name(CpuPath p);
+// Prefill GEMMs through AMX tiles on this path: int8 (quantized weights), bf16 (bf16 weights).
+bool cpu_int8_amx();
+bool cpu_bf16_amx();
 // A description for the engine name, e.g. "avx512-bf16, int8 vnni".
 const char *cpu_kernels_name();
 // Tests only: forces a path (lowered to what the CPU has) for the whole process; returns the one set.

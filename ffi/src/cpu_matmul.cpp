@@ -372,7 +372,7 @@ void matmul(ThreadPool &pool, const float *x, const void *W, DType dt, float *y,
   const CpuPath path = cpu_path();
   if (path == CpuPath::Scalar) return matmul_portable(pool, x, in, W, dt, y, T, in, out, bias);
   if (int32_t(path) >= int32_t(CpuPath::Avx512))
-    return gemm_avx512(pool, x, in, W, dt, y, T, in, out, bias, path == CpuPath::Avx512Bf16);
+    return gemm_avx512(pool, x, in, W, dt, y, T, in, out, bias, int32_t(path) >= int32_t(CpuPath::Avx512Bf16));
   switch (dt) {
   case DType::F32: gemm<DType::F32>(pool, x, in, W, y, T, in, out, bias); return;
   case DType::F16: gemm<DType::F16>(pool, x, in, W, y, T, in, out, bias); return;

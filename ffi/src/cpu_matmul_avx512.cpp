@@ -6,6 +6,8 @@
 // Ragged columns are masked loads and stores, not copies. Every function carries its own target
 // attribute: the file builds with any -march and only runs where cpu_path() chose it.
 #include "cpu_matmul_avx512.h"
+#include "cpu_features.h"
+#include "cpu_matmul_amx.h"
 #include "cpu_matvec.h"
 #include "cpu_scratch.h"
 
@@ -92,12 +94,14 @@ KF_AVX512 void pack_f32(const uint8_t *W, size_t rb, int64_t n0, int64_t nv, int
 }
 
 // bf16 pairs: bp[p][q][32] = (W[.][k0 + 2q], W[.][k0 + 2q + 1]) as one 32-bit lane, q < ceil(kc / 2); an odd
-// kc's last pair has 0 as its second value.
+// kc's last pair has 0 as its second value. Panels are `rows` >= ceil(kc / 2) pairs apart, the rows
+// past ceil(kc / 2) zero (AMX tiles take 16 pairs at a time).
 KF_AVX512 void pack_bf16_pairs(const uint8_t *W, size_t rb, int64_t n0, int64_t nv, int64_t k0, int64_t kc,
-                               uint32_t *bp) {
+                               int64_t rows, uint32_t *bp) {
   const int64_t full = kc / 2, pairs = (kc + 1) / 2;
   for (int64_t p = 0; p * kNR < nv; p++) {
-    uint32_t *panel = bp + p * pairs * kNR;
+    uint32_t *panel = bp + p * rows * kNR;
+    std::memset(panel + pairs * kNR, 0, size_t(rows - pairs) * kNR * 4);
     for (int h = 0; h < 2; h++)
       for (int64_t q = 0; q < full; q += 16) {
         const int n = int(std::min<int64_t>(16, full - q));
@@ -194,6 +198,7 @@ struct Gemm {
   int64_t T, K, N;
   const float *bias;
   bool bf16_dot;
+  bool amx;  // bf16 dot through AMX tiles (cpu_matmul_amx.h)
   int64_t m_blocks, m_step;
   int64_t nc;  // output columns per task, at most kNC
 };
@@ -206,10 +211,24 @@ KF_AVX512 void pack_panels(const Gemm &g, int64_t n0, int64_t nv, int64_t k0, in
 KF_AVX512 void gemm_task(const Gemm &g, int64_t task, void *scratch) {
   const int64_t n0 = (task / g.m_blocks) * g.nc, nv = std::min(g.nc, g.N - n0);
   const int64_t m0 = (task % g.m_blocks) * g.m_step, m1 = std::min(g.T, m0 + g.m_step);
+  if (g.amx) amx_bf16_begin();
   for (int64_t k0 = 0; k0 < g.K; k0 += kKC) {
     const int64_t kc = std::min(kKC, g.K - k0), pairs = (kc + 1) / 2;
     const bool first = k0 == 0;
-    if (g.bf16_dot) pack_bf16_pairs(g.W, g.rb, n0, nv, k0, kc, static_cast<uint32_t *>(scratch));
+    if (g.amx) {  // 32 rows x 32 columns per tile call, 16 pairs per step
+      const int64_t steps = (pairs + 15) / 16;
+      pack_bf16_pairs(g.W, g.rb, n0, nv, k0, kc, 16 * steps, static_cast<uint32_t *>(scratch));
+      for (int64_t t0 = m0; t0 < m1; t0 += 32)
+        for (int64_t p = 0; p * kNR < nv; p++) {
+          const int64_t j0 = n0 + p * kNR;
+          const int jv = int(std::min<int64_t>(kNR, nv - p * kNR));
+          amx_bf16_tile(steps, g.xb + t0 * g.kp + k0, g.kp, static_cast<const uint32_t *>(scratch) + p * 16 * steps * kNR,
+                        g.y + t0 * g.N + j0, g.N, int(std::min<int64_t>(32, m1 - t0)), first,
+                        g.bias ? g.bias + j0 : nullptr, first_n(jv), jv > 16 ? first_n(jv - 16) : __mmask16(0));
+        }
+      continue;
+    }
+    if (g.bf16_dot) pack_bf16_pairs(g.W, g.rb, n0, nv, k0, kc, pairs, static_cast<uint32_t *>(scratch));
     else if (g.dt == DType::F32) pack_panels<DType::F32>(g, n0, nv, k0, kc, scratch);
     else if (g.dt == DType::F16) pack_panels<DType::F16>(g, n0, nv, k0, kc, scratch);
     else pack_panels<DType::BF16>(g, n0, nv, k0, kc, scratch);
@@ -231,6 +250,7 @@ KF_AVX512 void gemm_task(const Gemm &g, int64_t task, void *scratch) {
       }
     }
   }
+  if (g.amx) amx_end();
 }
 
 // xb[t][0:kp] = bf16(x[t][0:K]) rounded to nearest even, then zeros.
@@ -244,7 +264,7 @@ KF_AVX512BF16 void round_rows_bf16(const float *x, int64_t lda, int64_t K, int64
       const __m256bh h = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, src + i));
       _mm256_mask_storeu_epi16(dst + i, m, (__m256i)h);
     }
-    if (kp > K) dst[K] = 0;
+    for (int64_t i = K; i < kp; i++) dst[i] = 0;
   }
 }
 
@@ -347,15 +367,19 @@ void matvec_f16_range(const float *x, const void *W, float *y, int64_t T, int64_
 
 void gemm_avx512(ThreadPool &pool, const float *x, int64_t lda, const void *W, DType dt, float *y, int64_t T,
                  int64_t K, int64_t N, const float *bias, bool bf16_dot) {
+  const bool dot = bf16_dot && dt == DType::BF16;
   Gemm g{x, lda, nullptr, 0, static_cast<const uint8_t *>(W), size_t(K) * dtype_size(dt), dt, y, T, K, N, bias,
-         bf16_dot && dt == DType::BF16, 1, T, 0};  // nc: set below
-  // bf16 dot: x rounded once per call into a lent buffer, reused call after call (cpu_scratch.h).
-  const int64_t kp = (K + 1) / 2 * 2;
-  ScratchLease lease(g.bf16_dot ? size_t(T * kp) * sizeof(uint16_t) : 0);
+         dot, dot && cpu_bf16_amx(), 1, T, 0};  // nc: set below
+  // bf16 dot: x rounded once per call into a lent buffer, reused call after call (cpu_scratch.h). AMX
+  // tiles read 32 rows of 32 values from any row and column they start at: rows padded to a
+  // multiple of 32 values with zeros, and 32 rows past T (their results are dropped).
+  const int64_t kp = g.amx ? (K + 31) / 32 * 32 : (K + 1) / 2 * 2, rows = g.amx ? T + 32 : T;
+  ScratchLease lease(g.bf16_dot ? size_t(rows * kp) * sizeof(uint16_t) : 0);
   uint16_t *xb = lease.as<uint16_t>();
   if (g.bf16_dot) {
     g.kp = kp;
     g.xb = xb;
+    if (rows > T) std::memset(xb + T * kp, 0, size_t((rows - T) * kp) * sizeof(uint16_t));
     if (T * K >= (int64_t(1) << 16) && pool.size() > 1) {
       const int64_t per = (T + pool.size() - 1) / pool.size();
       pool.run_per_thread([&](int th, int) {
@@ -376,7 +400,8 @@ void gemm_avx512(ThreadPool &pool, const float *x, int64_t lda, const void *W, D
   int64_t m_blocks = 1;
   if (n_blocks < 2 * int64_t(nth)) m_blocks = std::min((2 * int64_t(nth) + n_blocks - 1) / n_blocks, (T + 31) / 32);
   m_blocks = std::max<int64_t>(1, m_blocks);
-  g.m_step = ((T + m_blocks - 1) / m_blocks + kMR - 1) / kMR * kMR;
+  const int64_t unit = g.amx ? 32 : kMR;  // rows per tile call
+  g.m_step = ((T + m_blocks - 1) / m_blocks + unit - 1) / unit * unit;
   g.m_blocks = (T + g.m_step - 1) / g.m_step;
   pool.parallel_for(n_blocks * g.m_blocks, [&](int64_t task, int th) { gemm_task(g, task, pool.scratch(th)); });
 }

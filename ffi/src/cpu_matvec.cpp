@@ -43,7 +43,7 @@ bool choose_kernel(const MatmulProduct &p, CpuPath path, int64_t T, int64_t in, 
   // - f16 on AVX-512 widens 16 weights per instruction, one row stream at a time (the AVX2 kernel's
   //   8 interleaved 4 KiB rows read at 2/3 of bf16's rate: 1.1B decode 0.92x llama.cpp's);
   // - f32 stays AVX2 (memory-bound: wider registers do not read faster).
-  if (p.dt == DType::BF16 && path == CpuPath::Avx512Bf16 && size_t(in) * 2 >= kMvShortRowBytes)
+  if (p.dt == DType::BF16 && int32_t(path) >= int32_t(CpuPath::Avx512Bf16) && size_t(in) * 2 >= kMvShortRowBytes)
     *k = RowKernel::Bf16Dot;
   else if (p.dt == DType::F16 && int32_t(path) >= int32_t(CpuPath::Avx512))
     *k = RowKernel::F16;

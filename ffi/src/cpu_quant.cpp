@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "cpu_features.h"
+#include "cpu_quant_amx.h"
 #include "cpu_quant_vnni512.h"
 #include "cpu_scratch.h"
 
@@ -137,7 +138,7 @@ namespace {
 
 using quant::ActBlock;
 
-void quantize_act_row(const float *x, int64_t n, ActBlock *y) {
+void quantize_act_row_scalar(const float *x, int64_t n, ActBlock *y) {
   for (int64_t b = 0; b < n / kQuantBlock; b++) {
     const float *v = x + b * kQuantBlock;
     float amax = 0.0f;
@@ -151,6 +152,35 @@ void quantize_act_row(const float *x, int64_t n, ActBlock *y) {
     y[b].d = d;
     y[b].sum = s;
   }
+}
+
+#ifdef KF_QUANT_X86
+// The same blocks 16 lanes at a time, the same bits: a NaN lane leaves the max as the scalar loop's
+// std::max does (vmaxps returns its second operand), and vcvtps2dq rounds to nearest even as
+// nearbyintf does in the default rounding mode. Prefill quantizes T x in values per matmul.
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void quantize_act_row_avx512(const float *x, int64_t n,
+                                                                               ActBlock *y) {
+  const __m512 sign = _mm512_set1_ps(-0.0f);
+  for (int64_t b = 0; b < n / kQuantBlock; b++) {
+    const __m512 v0 = _mm512_loadu_ps(x + 32 * b), v1 = _mm512_loadu_ps(x + 32 * b + 16);
+    const __m512 m = _mm512_max_ps(_mm512_andnot_ps(sign, v1), _mm512_max_ps(_mm512_andnot_ps(sign, v0), _mm512_setzero_ps()));
+    const float amax = _mm512_reduce_max_ps(m);
+    const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, _mm512_set1_ps(id)));
+    const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, _mm512_set1_ps(id)));
+    _mm_storeu_si128(reinterpret_cast<__m128i *>(y[b].qs), _mm512_cvtepi32_epi8(q0));
+    _mm_storeu_si128(reinterpret_cast<__m128i *>(y[b].qs + 16), _mm512_cvtepi32_epi8(q1));
+    y[b].d = d;
+    y[b].sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+  }
+}
+#endif
+
+void quantize_act_row(const float *x, int64_t n, ActBlock *y) {
+#ifdef KF_QUANT_X86
+  if (int32_t(cpu_path()) >= int32_t(CpuPath::Avx512)) return quantize_act_row_avx512(x, n, y);
+#endif
+  quantize_act_row_scalar(x, n, y);
 }
 
 // out[r] = sum_b d_w[r][b] * x.d[b] * dot(W[r] block b, x block b), r < R; rows `rb` bytes apart.
@@ -305,6 +335,12 @@ bool rows8(Kernel k, const uint8_t *w, size_t rb, const ActBlock *const *x, int6
 
 std::atomic<int> g_forced_kernel{-1};
 std::atomic<bool> g_gemm_off{false};  // tests: the row kernels even where the GEMM would run
+std::atomic<int> g_amx{-1};           // tests: 0 / 1 turn the AMX GEMM off / on; -1: as cpu_int8_amx()
+
+bool amx_gemm_on() {
+  const int a = g_amx.load(std::memory_order_relaxed);
+  return a < 0 ? cpu_int8_amx() : a == 1;
+}
 
 Kernel choose_kernel() {
   if (const int k = g_forced_kernel.load(std::memory_order_relaxed); k >= 0) return Kernel(k);
@@ -459,6 +495,22 @@ void matmul_rows16(ThreadPool &pool, const ActBlock *xq, int64_t nb, DType dt, c
     raise(KF_ERR_INTERNAL, "cannot run matmul: interleaved %s weights need AVX512-VNNI and whole 16-row groups",
           dtype_name(dt));
   const size_t rb = dtype_row_bytes(dt, nb * kQuantBlock);
+  const int64_t groups = out / 16;
+  if (T >= quant::kAmxMinTokens && amx_gemm_on() &&
+      quant::amx_panel_bytes(dt, nb) + quant::amx_scale_bytes(nb) <= ThreadPool::scratch_bytes()) {
+    // Tasks of G groups (their panels in the thread's scratch, each tile of activations read once for
+    // all G), G up to 4 but small enough that every thread gets several tasks.
+    const int64_t fit =
+        int64_t((ThreadPool::scratch_bytes() - quant::amx_scale_bytes(nb)) / quant::amx_panel_bytes(dt, nb));
+    const int64_t G = std::max<int64_t>(1, std::min<int64_t>({4, fit, groups / (4 * pool.size())}));
+    pool.parallel_for((groups + G - 1) / G, [&](int64_t task, int thread) {
+      const int64_t g0 = task * G, n = std::min(G, groups - g0);
+      quant::amx_gemm_groups(dt, W + size_t(16 * g0) * rb, 16 * rb, int(n), nb, xq, y, T, out, 16 * g0,
+                             static_cast<uint8_t *>(pool.scratch(thread)));
+      add_bias_rows(y, T, out, bias, 16 * g0, 16 * (g0 + n));
+    });
+    return;
+  }
   // Q4_K's per-row mins have no place in the GEMM's panels: its prefill takes activation rows in pairs.
   if (T >= quant::kGemmMinTokens && dt != DType::Q4_K_R16 && quant::gemm_panel_bytes(nb) <= ThreadPool::scratch_bytes()) {
     pool.parallel_for((out / 16 + 1) / 2, [&](int64_t p, int thread) {
@@ -483,11 +535,13 @@ bool quant_force_kernel(const char *name) {
   if (!name) {
     g_forced_kernel = -1;
     g_gemm_off = false;
+    g_amx = -1;
     return true;
   }
   const std::string n = name;
   Kernel k;
-  if (n == "scalar") k = Kernel::Scalar;
+  if (n == "amx" && f.amx_int8) k = Kernel::Vnni512;
+  else if (n == "scalar") k = Kernel::Scalar;
   else if (n == "vnni512-rows" && f.avx512_vnni) k = Kernel::Vnni512;
   else if (n == "maddubs" && f.avx2) k = Kernel::Avx2;
   else if (n == "vnni512" && f.avx512_vnni) k = Kernel::Vnni512;
@@ -498,6 +552,7 @@ bool quant_force_kernel(const char *name) {
 #endif
   g_forced_kernel = int(k);
   g_gemm_off = n == "vnni512-rows";
+  g_amx = n == "amx" ? 1 : 0;
   return true;
 }
 
@@ -509,8 +564,13 @@ void matmul_quant(ThreadPool &pool, const float *x, int64_t lda, const void *W, 
           dtype_name(dt), (long long)per, (long long)in);
   const int64_t nb = in / kQuantBlock;
   // The quantized activations: a lent buffer, reused call after call (cpu_scratch.h).
-  ScratchLease lease(size_t(T * nb) * sizeof(ActBlock));
+  // The AMX GEMM loads activation rows 16 at a time: zero blocks past T, to whole tiles.
+  const int64_t padded = dtype_rows16(dt) && T >= quant::kAmxMinTokens && amx_gemm_on()
+                             ? (T + quant::kAmxRows - 1) / quant::kAmxRows * quant::kAmxRows
+                             : T;
+  ScratchLease lease(size_t(padded * nb) * sizeof(ActBlock));
   ActBlock *xb = lease.as<ActBlock>();
+  if (padded > T) std::memset(static_cast<void *>(xb + T * nb), 0, size_t((padded - T) * nb) * sizeof(ActBlock));
   if (T * in >= (int64_t(1) << 16) && pool.size() > 1) {
     pool.parallel_for(T, [&](int64_t t, int) { quantize_act_row(x + t * lda, in, xb + t * nb); });
   } else {

@@ -109,8 +109,9 @@ void rows16_row_to_f32(DType dt, const void *w, int64_t r, int64_t cols, float *
 // Whether matmul_quant runs the AVX512-VNNI kernels here (the interleaved layouts pay only there).
 bool quant_rows16_wanted();
 
-// Tests only: the int8 kernel matmul_quant uses, whatever cpu_path() says: "vnni512" (AVX512-VNNI on
-// ymm, and its GEMM from T = 3), "vnni512-rows" (the same without the GEMM), "avxvnni" (VEX
+// Tests only: the int8 kernel matmul_quant uses, whatever cpu_path() says: "amx" (vnni512, with the
+// AMX GEMM on interleaved weights from T = 8), "vnni512" (AVX512-VNNI on ymm, and its GEMM from
+// T = 3; no AMX), "vnni512-rows" (the same without the GEMM), "avxvnni" (VEX
 // AVX-VNNI), "maddubs" (AVX2), "scalar", or NULL for the automatic choice.
 // Returns false (and changes nothing) when this CPU lacks the kernel's instructions. The forced
 // kernel applies to row-major weights; quant_rows16_wanted() follows it (a model loaded while another

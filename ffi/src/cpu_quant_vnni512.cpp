@@ -22,11 +22,7 @@ namespace kf {
 namespace {
 size_t quant_bytes(DType base) { return quant_block_bytes(base) - 2; }  // a block's values (after its f16 scale)
 
-// Q4_K_R16, per group and 256-value block (kQ4kGroupBlock bytes): f16 d[16], f16 dmin[16], u8 sc[8][16]
-// and u8 m[8][16] (sub-block j's scale / min of row r at 16j + r), then the values as 32 chunks of
-// 64 bytes: chunk 8i + k holds row r's qs[32i + 4k, +4) at 4r (low nibbles: sub-block 2i, high: 2i + 1).
-constexpr size_t kQ4kScales = 64, kQ4kMins = 192, kQ4kValues = 320, kQ4kGroupBlock = 320 + 32 * 64;
-static_assert(kQ4kGroupBlock == 16 * 148, "Q4_K_R16 rows are 148 bytes per 256 values");
+using quant::kQ4kGroupBlock, quant::kQ4kMins, quant::kQ4kScales, quant::kQ4kValues;
 
 // Row r's block b of a row-major matrix into its place in group block o.
 void place_block(DType dt, const uint8_t *blk, int r, uint8_t *o) {

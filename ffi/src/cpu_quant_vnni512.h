@@ -18,6 +18,12 @@ struct ActBlock {
   int8_t qs[32];
 };
 
+// Q4_K_R16, per group and 256-value block (kQ4kGroupBlock bytes): f16 d[16], f16 dmin[16], u8 sc[8][16]
+// and u8 m[8][16] (sub-block j's scale / min of row r at 16j + r), then the values as 32 chunks of
+// 64 bytes: chunk 8i + k holds row r's qs[32i + 4k, +4) at 4r (low nibbles: sub-block 2i, high: 2i + 1).
+constexpr size_t kQ4kScales = 64, kQ4kMins = 192, kQ4kValues = 320, kQ4kGroupBlock = 320 + 32 * 64;
+static_assert(kQ4kGroupBlock == 16 * 148, "Q4_K_R16 rows are 148 bytes per 256 values");
+
 // The GEMM runs from this many activation rows on (below, the row kernels are as fast).
 constexpr int64_t kGemmMinTokens = 3;
 // Scratch one GEMM task packs its panel of up to 32 rows into, for rows of nb blocks.

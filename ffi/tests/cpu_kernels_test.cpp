@@ -5,7 +5,7 @@
 // Build and run (from the repository root; tests/cpu_kernels_test.ts does this):
 //   g++ -std=c++17 -O2 -march=native -pthread -Iffi/include ffi/tests/cpu_kernels_test.cpp ffi/src/cpu_ops.cpp
 //       ffi/src/cpu_matmul.cpp ffi/src/cpu_matvec.cpp ffi/src/cpu_matmul_avx512.cpp ffi/src/cpu_matmul_scalar.cpp
-//       ffi/src/cpu_quant.cpp ffi/src/cpu_quant_vnni512.cpp ffi/src/cpu_features.cpp ffi/src/threadpool.cpp ffi/src/common.cpp -o build/cpu_kernels_test
+//       ffi/src/cpu_quant.cpp ffi/src/cpu_quant_vnni512.cpp ffi/src/cpu_quant_amx.cpp ffi/src/cpu_matmul_amx.cpp ffi/src/cpu_features.cpp ffi/src/threadpool.cpp ffi/src/common.cpp -o build/cpu_kernels_test
 // Prints one line per check ("ok" / "FAIL" / "skip") and exits nonzero if any check failed.
 #include <cmath>
 #include <cstdio>
@@ -17,6 +17,7 @@
 #include "../src/cpu_features.h"
 #include "../src/cpu_ops.h"
 #include "../src/cpu_quant.h"
+#include "../src/cpu_quant_vnni512.h"
 #include "../src/threadpool.h"
 
 using namespace kf;
@@ -100,7 +101,7 @@ void test_float_path(CpuPath path, ThreadPool *pools) {
           std::vector<float> w;
           make_float_weights(rng, dt, size_t(N * K), raw, w);
           // The GEMM, and decode's vdpbf16ps kernel on rows of >= 3 KiB, round x to bf16.
-          const bool rounds_x = path == CpuPath::Avx512Bf16 && dt == DType::BF16 && (T > kMatvecMaxT || K >= 1536);
+          const bool rounds_x = int(path) >= int(CpuPath::Avx512Bf16) && dt == DType::BF16 && (T > kMatvecMaxT || K >= 1536);
           std::vector<double> ref(size_t(T * N));
           double mag = 0.0;
           for (int64_t t = 0; t < T; t++)
@@ -237,6 +238,38 @@ void test_quant_path(const std::string &label, int seed, ThreadPool *pools) {
   }
 }
 
+// Activation blocks: the AVX-512 quantizer writes the scalar loop's bytes (scale, sum, values) for
+// ordinary rows, all-zero blocks, blocks whose largest value ties or sits at a rounding edge, and
+// blocks holding a NaN (ignored by the max in both; the NaN's own int8 is not defined).
+void test_act_blocks_avx512() {
+  if (cpu_force_path(CpuPath::Avx512) != CpuPath::Avx512) {
+    std::printf("skip the AVX-512 activation quantizer: this CPU or build lacks AVX-512\n");
+    return;
+  }
+  Check c("activation blocks: avx512 = scalar, byte for byte");
+  Rng rng(41);
+  const int64_t in = 32 * 40;
+  std::vector<float> x = random_vec(rng, size_t(3 * in));
+  for (int j = 0; j < 32; j++) x[size_t(32 + j)] = 0.0f;                       // block 1: zeros
+  for (int j = 0; j < 32; j++) x[size_t(64 + j)] = float(j - 16) * 0.5f;       // halves: ties after scaling
+  x[100] = NAN;                                                                // block 3: a NaN
+  for (int j = 0; j < 32; j++) x[size_t(128 + j)] = 1e-30f * float(j + 1);    // tiny
+  for (int j = 0; j < 32; j++) x[size_t(160 + j)] = 3e4f * rng.uniform();      // large
+  std::vector<quant::ActBlock> want(size_t(3 * in / 32)), got(want.size());
+  cpu_force_path(CpuPath::Scalar);
+  quantize_act_rows(x.data(), in, in, 3, want.data());
+  cpu_force_path(CpuPath::Avx512);
+  quantize_act_rows(x.data(), in, in, 3, got.data());
+  for (size_t b = 0; b < want.size(); b++) {
+    if (b == 3) {  // the NaN's own value (and so the sum) is whatever int8(NaN) gives: the rest must agree
+      got[b].qs[4] = want[b].qs[4];
+      got[b].sum = want[b].sum;
+    }
+    c.expect(std::memcmp(&want[b], &got[b], sizeof(quant::ActBlock)) == 0, fmt("block %lld", (long long)b));
+  }
+  cpu_force_path(CpuPath::Amx);  // back to the best this CPU has
+}
+
 // The AVX512-VNNI prefill GEMM (repacked panels, 6-row tiles) gives the same bits as the row
 // kernels for every output: both sum exact int block dots and add d_w * d_x * dot block by block.
 void test_quant_gemm_matches_rows(ThreadPool *pools) {
@@ -295,15 +328,19 @@ void test_quant_rows16(ThreadPool *pools) {
           deinterleave_row16(r16, inter.data(), o, K, back.data());
           c.expect(std::memcmp(back.data(), raw.data() + size_t(o) * rb, rb) == 0, shape + fmt(" row %lld back", o));
         }
-        for (int64_t T : {1, 2, 3, 5, 7, 13}) {
+        for (int64_t T : {1, 2, 3, 5, 7, 8, 13, 16, 17, 40}) {
           const std::vector<float> x = random_vec(rng, size_t(T * K));
           std::vector<float> rows(size_t(T * N)), got(size_t(T * N), NAN);
           quant_force_kernel("vnni512-rows");
           matmul(pools[1], x.data(), raw.data(), dt, rows.data(), T, K, N, bias.data());
-          for (int p = 0; p < 3; p++) {
-            matmul(pools[p], x.data(), inter.data(), r16, got.data(), T, K, N, bias.data());
-            c.expect(std::memcmp(rows.data(), got.data(), rows.size() * 4) == 0,
-                     shape + fmt(" T=%lld threads=%lld", T, p + 1));
+          for (const char *kernel : {"vnni512", "amx"}) {
+            if (!quant_force_kernel(kernel)) continue;  // AMX: only where the CPU has it (reported in main)
+            for (int p = 0; p < 3; p++) {
+              std::fill(got.begin(), got.end(), NAN);
+              matmul(pools[p], x.data(), inter.data(), r16, got.data(), T, K, N, bias.data());
+              c.expect(std::memcmp(rows.data(), got.data(), rows.size() * 4) == 0,
+                       shape + fmt(" T=%lld threads=%lld ", T, p + 1) + kernel);
+            }
           }
         }
       }
@@ -318,12 +355,12 @@ void test_quant_rows16(ThreadPool *pools) {
 // Q4_K matrices interleaved as they are (Q4_K_R16): rows read back as dequantize_row gives them,
 // and the matmul equals the float64 sum over the dequantized weights and int8 activations, the same
 // bits for any thread count and for each activation row alone or in a batch.
-void test_q4_k_rows16(ThreadPool *pools) {
-  if (!quant_force_kernel("vnni512")) {
-    std::printf("skip Q4_K_R16: this CPU lacks AVX512-VNNI\n");
+void test_q4_k_rows16(ThreadPool *pools, const char *kernel) {
+  if (!quant_force_kernel(kernel)) {
+    std::printf("skip Q4_K_R16 (%s): this CPU lacks it\n", kernel);
     return;
   }
-  Check c("Q4_K_R16 against float64 over the dequantized Q4_K blocks");
+  Check c(std::string("Q4_K_R16 against float64 over the dequantized Q4_K blocks, ") + kernel);
   Rng rng(31);
   for (int64_t K : {256, 768})
     for (int64_t N : {16, 48}) {
@@ -344,7 +381,7 @@ void test_q4_k_rows16(ThreadPool *pools) {
         rows16_row_to_f32(DType::Q4_K_R16, inter.data(), o, K, back.data());
         c.expect(std::memcmp(back.data(), w.data() + o * K, size_t(K) * 4) == 0, shape + fmt(" row %lld back", o));
       }
-      for (int64_t T : {1, 2, 3, 5}) {
+      for (int64_t T : {1, 2, 3, 5, 8, 17}) {
         const std::vector<float> x = random_vec(rng, size_t(T * K)), bias = random_vec(rng, size_t(N));
         double mag;
         const std::vector<double> ref = quant_reference(x, w, bias, T, K, N, &mag);
@@ -462,10 +499,11 @@ void test_quant_layout() {
 int main() {
   ThreadPool pools[] = {ThreadPool(1), ThreadPool(2), ThreadPool(3)};
   const CpuFeatures &f = cpu_features();
-  std::printf("cpu: avx2 %d, avx512 %d, avx512_bf16 %d, avx512_vnni %d, avx_vnni %d\n", f.avx2, f.avx512,
-              f.avx512_bf16, f.avx512_vnni, f.avx_vnni);
+  std::printf("cpu: avx2 %d, avx512 %d, avx512_bf16 %d, avx512_vnni %d, avx_vnni %d, amx_int8 %d\n", f.avx2,
+              f.avx512, f.avx512_bf16, f.avx512_vnni, f.avx_vnni, f.amx_int8);
+  if (!f.amx_int8) std::printf("skip the AMX GEMM: this CPU (or its OS) lacks AMX-INT8\n");
   test_quant_layout();
-  for (CpuPath want : {CpuPath::Scalar, CpuPath::Avx2, CpuPath::Avx512, CpuPath::Avx512Bf16}) {
+  for (CpuPath want : {CpuPath::Scalar, CpuPath::Avx2, CpuPath::Avx512, CpuPath::Avx512Bf16, CpuPath::Amx}) {
     if (cpu_force_path(want) != want) {
       std::printf("skip %s: this CPU or build lacks it\n", cpu_path_name(want));
       continue;
@@ -475,7 +513,7 @@ int main() {
     test_quant_path(std::string(cpu_path_name(want)) + (cpu_int8_vnni() ? " (int8 vnni)" : ""), int(want), pools);
   }
   // Each int8 kernel by name, the VEX AVX-VNNI one included (the paths above prefer AVX512-VNNI).
-  for (const char *k : {"scalar", "maddubs", "vnni512", "vnni512-rows", "avxvnni"}) {
+  for (const char *k : {"scalar", "maddubs", "vnni512", "vnni512-rows", "avxvnni", "amx"}) {
     if (!quant_force_kernel(k)) {
       std::printf("skip int8 kernel %s: this CPU lacks it\n", k);
       continue;
@@ -483,9 +521,11 @@ int main() {
     test_quant_path(std::string("int8 kernel ") + k, 10 + int(std::strlen(k)), pools);
   }
   quant_force_kernel(nullptr);
+  test_act_blocks_avx512();
   test_quant_gemm_matches_rows(pools);
   test_quant_rows16(pools);
-  test_q4_k_rows16(pools);
+  test_q4_k_rows16(pools, "vnni512");
+  test_q4_k_rows16(pools, "amx");
   std::printf(g_failed ? "FAILED: %d check(s)\n" : "all checks passed\n", g_failed);
   return g_failed ? 1 : 0;
 }
