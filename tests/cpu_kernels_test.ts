@@ -24,6 +24,8 @@ Deno.test("cpu kernels: every path against float64 references (native checks)", 
       "cpu_quant_vnni512",
       "cpu_quant_amx",
       "cpu_matmul_amx",
+      "cpu_attention",
+      "cpu_attention_avx512",
       "cpu_features",
     ]
       .concat(["threadpool", "common"]).map((f) => `${root}/ffi/src/${f}.cpp`);

@@ -1,6 +1,9 @@
 // cpu_attention.cpp — the CPU attention tiles (cpu_ops.h): one block of query rows against one tile of
 // keys (scores) or values (weighted sums).
 #include "cpu_ops.h"
+
+#include <algorithm>
+
 #include "cpu_simd.h"
 
 namespace kf {
@@ -10,7 +13,7 @@ namespace kf {
 
 void attn_scores_tile(const float *q, int64_t q_stride, int32_t nr, const float *kt, int64_t kt_stride, int64_t jb,
                       int64_t hd, float scale, float *s, int64_t s_stride) {
-  int32_t i = 0;
+  int32_t i = attn_avx512() ? attn_scores_rows4_avx512(q, q_stride, nr, kt, kt_stride, jb, hd, scale, s, s_stride) : 0;
 #ifdef KF_AVX2
   // 4 rows x 16 keys of accumulators: per d, two key loads and four broadcasts feed eight FMAs.
   const __m256 vs = _mm256_set1_ps(scale);
@@ -71,6 +74,21 @@ void attn_values_row(const float *p, const float *v, int64_t v_stride, int64_t n
 #endif
   for (int64_t j = 0; j < n; j++)
     for (int64_t d = d0; d < hd; d++) out[d] += p[j] * v[j * v_stride + d];
+}
+
+void attn_values_rows(const float *const *p, int32_t nr, const float *v, int64_t v_stride, int64_t n, int64_t hd,
+                      float *const *out) {
+  int32_t i = 0;
+  if (hd % 32 == 0 && attn_avx512())  // hd % 32: attn_values_row has no scalar tail, so the same bits
+    for (; i + 4 <= nr; i += 4) attn_values_rows4_avx512(p + i, v, v_stride, n, hd, out + i);
+  for (; i < nr; i++) attn_values_row(p[i], v, v_stride, n, hd, out[i]);
+}
+
+void attn_key_tile(const float *k, int64_t k_stride, int64_t jb, int64_t hd, float *kt, int64_t kt_stride) {
+  if (attn_avx512() && kt_stride % 16 == 0 && (jb + 15) / 16 * 16 <= kt_stride)
+    return transpose_keys_avx512(k, k_stride, jb, hd, kt, kt_stride);
+  for (int64_t jj = 0; jj < jb; jj++)
+    for (int64_t d = 0; d < hd; d++) kt[d * kt_stride + jj] = k[jj * k_stride + d];
 }
 
 }  // namespace kf

@@ -10,6 +10,7 @@
 #include "cpu_matmul_amx.h"
 #include "cpu_matvec.h"
 #include "cpu_scratch.h"
+#include "cpu_transpose16.h"
 
 #include <algorithm>
 #include <cstring>
@@ -34,30 +35,6 @@ namespace {
 constexpr int kMR = 8, kNR = 32;
 constexpr int64_t kKC = 256, kNC = 256;  // f32 panels of one task: kKC * kNC * 4 = 256 KiB of scratch
 static_assert(kKC * kNC * 4 <= int64_t(ThreadPool::scratch_bytes()), "panels fit the pool's scratch");
-
-// r[i][j] <- r[j][i] for a 16x16 block of 32-bit lanes.
-KF_AVX512 inline void transpose16(__m512 r[16]) {
-  __m512 t[16];
-  for (int i = 0; i < 8; i++) {
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; i++) {
-    r[4 * i + 0] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0x44);
-    r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0xee);
-    r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
-    r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xee);
-  }
-  for (int h = 0; h < 2; h++)
-    for (int i = 0; i < 4; i++) {
-      t[8 * h + i] = _mm512_shuffle_f32x4(r[8 * h + i], r[8 * h + 4 + i], 0x88);
-      t[8 * h + 4 + i] = _mm512_shuffle_f32x4(r[8 * h + i], r[8 * h + 4 + i], 0xdd);
-    }
-  for (int i = 0; i < 8; i++) {
-    r[i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0x88);
-    r[8 + i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0xdd);
-  }
-}
 
 KF_AVX512 inline __mmask16 first_n(int n) { return n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1u); }
 

@@ -94,6 +94,22 @@ void attn_scores_tile(const float *q, int64_t q_stride, int32_t nr, const float 
                       int64_t hd, float scale, float *s, int64_t s_stride);
 // out[:hd] += sum_{j < n} p[j] * v_j, v_j = v + j * v_stride;  out: [hd]
 void attn_values_row(const float *p, const float *v, int64_t v_stride, int64_t n, int64_t hd, float *out);
+// The same for nr rows sharing the n value rows: out[i] += sum_j p[i][j] v_j (each row's bits as alone).
+void attn_values_rows(const float *const *p, int32_t nr, const float *v, int64_t v_stride, int64_t n, int64_t hd,
+                      float *const *out);
+// kt[d * kt_stride + jj] = k[jj * k_stride + d] for jj < jb, d < hd: a tile of keys transposed for
+// attn_scores_tile (columns of kt past jb may get anything).
+void attn_key_tile(const float *k, int64_t k_stride, int64_t jb, int64_t hd, float *kt, int64_t kt_stride);
+
+// The AVX-512 forms of the tiles (cpu_attention_avx512.cpp), taken where attn_avx512(): the AVX2
+// kernels' bits. attn_scores_rows4_avx512 returns the rows it did (whole 4s, or 0 if kt_stride is not
+// a multiple of 32); attn_values_rows4_avx512 needs hd a multiple of 16.
+bool attn_avx512();
+int32_t attn_scores_rows4_avx512(const float *q, int64_t q_stride, int32_t nr, const float *kt, int64_t kt_stride,
+                                 int64_t jb, int64_t hd, float scale, float *s, int64_t s_stride);
+void attn_values_rows4_avx512(const float *const p[4], const float *v, int64_t v_stride, int64_t n, int64_t hd,
+                              float *const out[4]);
+void transpose_keys_avx512(const float *k, int64_t k_stride, int64_t jb, int64_t hd, float *kt, int64_t kt_stride);
 
 // RoPE in Hugging Face's rotate_half layout: pairs (i, i + hd/2) of each head turn by pos · inv_freq[i].
 // cs: [hd/2, 2] cos, sin of one row's angles, computed in double so large positions keep their precision.

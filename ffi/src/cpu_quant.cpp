@@ -158,6 +158,8 @@ void quantize_act_row_scalar(const float *x, int64_t n, ActBlock *y) {
 // The same blocks 16 lanes at a time, the same bits: a NaN lane leaves the max as the scalar loop's
 // std::max does (vmaxps returns its second operand), and vcvtps2dq rounds to nearest even as
 // nearbyintf does in the default rounding mode. Prefill quantizes T x in values per matmul.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12's _mm512_undefined_* in its own headers
 __attribute__((target("avx512f,avx512bw,avx512vl"))) void quantize_act_row_avx512(const float *x, int64_t n,
                                                                                ActBlock *y) {
   const __m512 sign = _mm512_set1_ps(-0.0f);
@@ -174,6 +176,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void quantize_act_row_avx51
     y[b].sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
   }
 }
+#pragma GCC diagnostic pop
 #endif
 
 void quantize_act_row(const float *x, int64_t n, ActBlock *y) {

@@ -221,10 +221,7 @@ void forward_rows(Workspace &ws, const kf_model &m, int32_t T, const ChunkInput 
         float *kt = ws.key_tile.data() + size_t(th) * size_t(hd) * kAttnKeys;
         for (int64_t j0 = lo; j0 < hi; j0 += kAttnKeys) {
           const int64_t jb = std::min<int64_t>(kAttnKeys, hi - j0);
-          for (int64_t jj = 0; jj < jb; jj++) {
-            const float *kj = kc + ((j0 + jj) * nkv + kvh) * hd;
-            for (int64_t d = 0; d < hd; d++) kt[d * kAttnKeys + jj] = kj[d];
-          }
+          attn_key_tile(kc + (j0 * nkv + kvh) * hd, nkv * hd, jb, hd, kt, kAttnKeys);
           // Rows whose range misses this tile are computed too (cheap) and never read.
           attn_scores_tile(ws.q.data() + (r0 * nh + h) * hd, nh * hd, nr, kt, kAttnKeys, jb, hd, scale,
                            sc + (j0 - lo), n_cols);
@@ -243,15 +240,38 @@ void forward_rows(Workspace &ws, const kf_model &m, int32_t T, const ChunkInput 
           add_inplace(cs + begin[i], sc + i * n_cols + (begin[i] - lo), end[i] - begin[i]);
         if (h == 0) ws.block_keys[size_t(task / nh)] = {lo, hi};
       }
-      // out_i += p[i, j] v_j, tile by tile so each tile of values stays in cache for the whole block
+      // out_i += p[i, j] v_j, tile by tile so each tile of values stays in cache for the whole block;
+      // 4 rows at a time over the keys all 4 see (causal rows end apart), each row's rest alone, in
+      // ascending j either way, so every row sums as it would alone.
+      const auto values = [&](int32_t i, int64_t a, int64_t b) {
+        if (a < b)
+          attn_values_row(sc + i * n_cols + (a - lo), vc + (a * nkv + kvh) * hd, nkv * hd, b - a, hd,
+                          ws.attn.data() + ((r0 + i) * nh + h) * hd);
+      };
       for (int64_t j0 = lo; j0 < hi; j0 += kAttnKeys) {
         const int64_t j1 = std::min<int64_t>(hi, j0 + kAttnKeys);
-        for (int32_t i = 0; i < nr; i++) {
-          const int64_t a = std::max(j0, begin[i]), b = std::min(j1, end[i]);
-          if (a < b)
-            attn_values_row(sc + i * n_cols + (a - lo), vc + (a * nkv + kvh) * hd, nkv * hd, b - a, hd,
-                            ws.attn.data() + ((r0 + i) * nh + h) * hd);
+        int32_t i = 0;
+        for (; i + 4 <= nr; i += 4) {
+          int64_t a[4], b[4], A = j0, B = j1;
+          for (int r = 0; r < 4; r++) {
+            a[r] = std::max(j0, begin[i + r]), b[r] = std::min(j1, end[i + r]);
+            A = std::max(A, a[r]), B = std::min(B, b[r]);
+          }
+          if (A >= B) {
+            for (int r = 0; r < 4; r++) values(i + r, a[r], b[r]);
+            continue;
+          }
+          const float *p[4];
+          float *out[4];
+          for (int r = 0; r < 4; r++) {
+            values(i + r, a[r], A);
+            p[r] = sc + (i + r) * n_cols + (A - lo);
+            out[r] = ws.attn.data() + ((r0 + i + r) * nh + h) * hd;
+          }
+          attn_values_rows(p, 4, vc + (A * nkv + kvh) * hd, nkv * hd, B - A, hd, out);
+          for (int r = 0; r < 4; r++) values(i + r, B, b[r]);
         }
+        for (; i < nr; i++) values(i, std::max(j0, begin[i]), std::min(j1, end[i]));
       }
     });
     if (!ws.col_sums.empty()) reduce_slot_scores(ws, l, nh, group, n_cols);

@@ -5,7 +5,7 @@
 // Build and run (from the repository root; tests/cpu_kernels_test.ts does this):
 //   g++ -std=c++17 -O2 -march=native -pthread -Iffi/include ffi/tests/cpu_kernels_test.cpp ffi/src/cpu_ops.cpp
 //       ffi/src/cpu_matmul.cpp ffi/src/cpu_matvec.cpp ffi/src/cpu_matmul_avx512.cpp ffi/src/cpu_matmul_scalar.cpp
-//       ffi/src/cpu_quant.cpp ffi/src/cpu_quant_vnni512.cpp ffi/src/cpu_quant_amx.cpp ffi/src/cpu_matmul_amx.cpp ffi/src/cpu_features.cpp ffi/src/threadpool.cpp ffi/src/common.cpp -o build/cpu_kernels_test
+//       ffi/src/cpu_quant.cpp ffi/src/cpu_quant_vnni512.cpp ffi/src/cpu_quant_amx.cpp ffi/src/cpu_matmul_amx.cpp ffi/src/cpu_attention.cpp ffi/src/cpu_attention_avx512.cpp ffi/src/cpu_features.cpp ffi/src/threadpool.cpp ffi/src/common.cpp -o build/cpu_kernels_test
 // Prints one line per check ("ok" / "FAIL" / "skip") and exits nonzero if any check failed.
 #include <cmath>
 #include <cstdio>
@@ -270,6 +270,58 @@ void test_act_blocks_avx512() {
   cpu_force_path(CpuPath::Amx);  // back to the best this CPU has
 }
 
+// Attention's tiles: the AVX-512 forms (key tile transpose, 4-row score and value tiles) give the AVX2
+// kernels' bits, and the scores match float64, for head dims with and without a 32-wide tail, key
+// counts that end inside a 16 and rows that are not whole 4s.
+void test_attention_tiles() {
+  if (cpu_force_path(CpuPath::Avx512) != CpuPath::Avx512) {
+    std::printf("skip the AVX-512 attention tiles: this CPU or build lacks AVX-512\n");
+    return;
+  }
+  Check c("attention tiles: avx512 = avx2, bit for bit; scores against float64");
+  Rng rng(43);
+  constexpr int64_t kts = 64;
+  for (int64_t hd : {32, 64, 80, 128})
+    for (int64_t jb : {1, 17, 64})
+      for (int32_t nr : {1, 4, 7, 16}) {
+        const int64_t q_stride = hd + 3, k_stride = 2 * hd;
+        const std::vector<float> q = random_vec(rng, size_t(nr * q_stride)), k = random_vec(rng, size_t(jb * k_stride));
+        const std::vector<float> p = random_vec(rng, size_t(nr * jb)), out0 = random_vec(rng, size_t(nr * hd));
+        struct Run { std::vector<float> kt, s, out; };
+        auto run = [&](CpuPath path) {
+          cpu_force_path(path);
+          Run r{std::vector<float>(size_t(hd * kts), 0.0f), std::vector<float>(size_t(nr * kts), NAN), out0};
+          attn_key_tile(k.data(), k_stride, jb, hd, r.kt.data(), kts);
+          attn_scores_tile(q.data(), q_stride, nr, r.kt.data(), kts, jb, hd, 0.125f, r.s.data(), kts);
+          std::vector<const float *> ps;
+          std::vector<float *> outs;
+          for (int32_t i = 0; i < nr; i++) ps.push_back(p.data() + i * jb), outs.push_back(r.out.data() + i * hd);
+          attn_values_rows(ps.data(), nr, k.data() + hd, k_stride, jb, hd, outs.data());  // values: k's second half
+          return r;
+        };
+        const Run a = run(CpuPath::Avx2), b = run(CpuPath::Avx512);
+        const std::string shape = fmt("hd=%lld jb=%lld nr=%d", (long long)hd, (long long)jb, nr);
+        bool kt_same = true, s_same = true;
+        for (int64_t d = 0; d < hd; d++)
+          kt_same = kt_same && std::memcmp(&a.kt[size_t(d * kts)], &b.kt[size_t(d * kts)], size_t(jb) * 4) == 0;
+        for (int32_t i = 0; i < nr; i++) {
+          s_same = s_same && std::memcmp(&a.s[size_t(i * kts)], &b.s[size_t(i * kts)], size_t(jb) * 4) == 0;
+          for (int64_t j = 0; j < jb; j++) {
+            double ref = 0, mag = 0;
+            for (int64_t d = 0; d < hd; d++) {
+              ref += double(q[size_t(i * q_stride + d)]) * k[size_t(j * k_stride + d)];
+              mag += std::fabs(double(q[size_t(i * q_stride + d)]) * k[size_t(j * k_stride + d)]);
+            }
+            c.add(std::fabs(b.s[size_t(i * kts + j)] - 0.125 * ref), 2e-6 * (1.0 + mag), shape + " score");
+          }
+        }
+        c.expect(kt_same, shape + " key tile");
+        c.expect(s_same, shape + " scores");
+        c.expect(std::memcmp(a.out.data(), b.out.data(), a.out.size() * 4) == 0, shape + " values");
+      }
+  cpu_force_path(CpuPath::Amx);  // back to the best this CPU has
+}
+
 // The AVX512-VNNI prefill GEMM (repacked panels, 6-row tiles) gives the same bits as the row
 // kernels for every output: both sum exact int block dots and add d_w * d_x * dot block by block.
 void test_quant_gemm_matches_rows(ThreadPool *pools) {
@@ -522,6 +574,7 @@ int main() {
   }
   quant_force_kernel(nullptr);
   test_act_blocks_avx512();
+  test_attention_tiles();
   test_quant_gemm_matches_rows(pools);
   test_quant_rows16(pools);
   test_q4_k_rows16(pools, "vnni512");

@@ -1,0 +1,104 @@
+// cpu_attention_avx512.cpp — attention's tiles on 512-bit registers (cpu_ops.h: attn_*), chosen by
+// cpu_path() at run time. Every output is summed in the order of the AVX2 kernels (scores: one FMA per
+// head dimension, ascending, then the scale; values: one FMA per value row, ascending), so the path
+// changes no bit; only more rows share each load.
+#include "cpu_features.h"
+#include "cpu_ops.h"
+#include "cpu_transpose16.h"
+
+#if defined(__x86_64__)
+
+#define KF_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
+// GCC 12's headers trip -Wmaybe-uninitialized (their _mm512_undefined_ps) outside -mavx512f builds.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+namespace kf {
+
+bool attn_avx512() { return int32_t(cpu_path()) >= int32_t(CpuPath::Avx512); }
+
+// Rows [0, nr / 4 * 4) of attn_scores_tile: 4 rows x 32 keys per register tile (8 accumulators), per
+// head dimension two key loads and four broadcasts. Keys past jb are computed from whatever kt holds
+// there and not stored.
+KF_AVX512 int32_t attn_scores_rows4_avx512(const float *q, int64_t q_stride, int32_t nr, const float *kt,
+                                           int64_t kt_stride, int64_t jb, int64_t hd, float scale, float *s,
+                                           int64_t s_stride) {
+  if (kt_stride % 32 != 0) return 0;
+  const __m512 vs = _mm512_set1_ps(scale);
+  int32_t i = 0;
+  for (; i + 4 <= nr; i += 4)
+    for (int64_t j = 0; j < jb; j += 32) {
+      __m512 acc[4][2];
+      for (auto &r : acc) r[0] = r[1] = _mm512_setzero_ps();
+      for (int64_t d = 0; d < hd; d++) {
+        const __m512 k0 = _mm512_loadu_ps(kt + d * kt_stride + j), k1 = _mm512_loadu_ps(kt + d * kt_stride + j + 16);
+        for (int r = 0; r < 4; r++) {
+          const __m512 qd = _mm512_set1_ps(q[(i + r) * q_stride + d]);
+          acc[r][0] = _mm512_fmadd_ps(qd, k0, acc[r][0]);
+          acc[r][1] = _mm512_fmadd_ps(qd, k1, acc[r][1]);
+        }
+      }
+      const int64_t n = std::min<int64_t>(32, jb - j);
+      const __mmask16 m0 = n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1u);
+      const __mmask16 m1 = n >= 32 ? __mmask16(0xffff) : n > 16 ? __mmask16((1u << (n - 16)) - 1u) : __mmask16(0);
+      for (int r = 0; r < 4; r++) {
+        _mm512_mask_storeu_ps(s + (i + r) * s_stride + j, m0, _mm512_mul_ps(acc[r][0], vs));
+        _mm512_mask_storeu_ps(s + (i + r) * s_stride + j + 16, m1, _mm512_mul_ps(acc[r][1], vs));
+      }
+    }
+  return i;
+}
+
+// out_r[:hd] += sum_{j < n} p_r[j] v_j for 4 rows sharing the value rows: per value row, hd / 16 loads
+// feed 4 x hd / 16 FMAs. hd a multiple of 16; 64 output values per row at a time.
+KF_AVX512 void attn_values_rows4_avx512(const float *const p[4], const float *v, int64_t v_stride, int64_t n,
+                                        int64_t hd, float *const out[4]) {
+  for (int64_t d0 = 0; d0 < hd; d0 += 64) {
+    const int nv = int(std::min<int64_t>(64, hd - d0)) / 16;
+    __m512 acc[4][4];
+    for (int r = 0; r < 4; r++)
+      for (int c = 0; c < nv; c++) acc[r][c] = _mm512_loadu_ps(out[r] + d0 + 16 * c);
+    for (int64_t j = 0; j < n; j++) {
+      const float *vj = v + j * v_stride + d0;
+      __m512 vv[4];
+      for (int c = 0; c < nv; c++) vv[c] = _mm512_loadu_ps(vj + 16 * c);
+      for (int r = 0; r < 4; r++) {
+        const __m512 pj = _mm512_set1_ps(p[r][j]);
+        for (int c = 0; c < nv; c++) acc[r][c] = _mm512_fmadd_ps(pj, vv[c], acc[r][c]);
+      }
+    }
+    for (int r = 0; r < 4; r++)
+      for (int c = 0; c < nv; c++) _mm512_storeu_ps(out[r] + d0 + 16 * c, acc[r][c]);
+  }
+}
+
+// kt[d][jj] = k[jj][d] (k rows k_stride apart) for jj < jb, d < hd, 16 x 16 at a time; columns of kt
+// from jb to the next multiple of 16 get zeros.
+KF_AVX512 void transpose_keys_avx512(const float *k, int64_t k_stride, int64_t jb, int64_t hd, float *kt,
+                                     int64_t kt_stride) {
+  for (int64_t j = 0; j < jb; j += 16)
+    for (int64_t d = 0; d < hd; d += 16) {
+      const int nd = int(std::min<int64_t>(16, hd - d));
+      const __mmask16 md = nd >= 16 ? __mmask16(0xffff) : __mmask16((1u << nd) - 1u);
+      __m512 r[16];
+      for (int i = 0; i < 16; i++)
+        r[i] = j + i < jb ? _mm512_maskz_loadu_ps(md, k + (j + i) * k_stride + d) : _mm512_setzero_ps();
+      transpose16(r);
+      for (int i = 0; i < nd; i++) _mm512_storeu_ps(kt + (d + i) * kt_stride + j, r[i]);
+    }
+}
+
+}  // namespace kf
+
+#else
+
+namespace kf {
+bool attn_avx512() { return false; }
+int32_t attn_scores_rows4_avx512(const float *, int64_t, int32_t, const float *, int64_t, int64_t, int64_t, float,
+                                 float *, int64_t) {
+  return 0;
+}
+void attn_values_rows4_avx512(const float *const[4], const float *, int64_t, int64_t, int64_t, float *const[4]) {}
+void transpose_keys_avx512(const float *, int64_t, int64_t, int64_t, float *, int64_t) {}
+}  // namespace kf
+
+#endif
