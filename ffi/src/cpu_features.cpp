@@ -22,6 +22,8 @@ CpuFeatures detect() {
   CpuFeatures f;
 #if defined(__x86_64__) || defined(__i386__)
   unsigned a, b, c, d;
+  if (!__get_cpuid(0, &a, &b, &c, &d)) return f;
+  f.intel = b == 0x756e6547 && d == 0x49656e69 && c == 0x6c65746e;  // "Genu" "ineI" "ntel"
   if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
   const bool osxsave = (c >> 27) & 1, fma = (c >> 12) & 1, f16c = (c >> 29) & 1, avx = (c >> 28) & 1;
   if (!osxsave || !avx) return f;
@@ -108,6 +110,16 @@ CpuPath cpu_path() {
 bool cpu_int8_vnni() {
   const CpuFeatures &f = cpu_features();
   return int32_t(cpu_path()) >= int32_t(CpuPath::Avx512) && (f.avx512_vnni || f.avx_vnni);
+}
+
+bool cpu_decode_prefetch_l2() {
+  static const bool l2 = [] {
+    const char *e = std::getenv("KVFOLD_PREFETCH");
+    if (e && !std::strcmp(e, "l1")) return false;
+    if (e && !std::strcmp(e, "l2")) return true;
+    return cpu_features().intel;
+  }();
+  return l2;
 }
 
 bool cpu_int8_amx() { return cpu_path() == CpuPath::Amx && cpu_features().amx_int8; }
