@@ -58,7 +58,7 @@ export function usage(): string {
     "",
     "Engine options (commands that load a model): --threads N, --backend auto|cpu|cuda,",
     "  --dtype auto|f32|f16|bf16|q8_0|q4_0. Environment: KVFOLD_LIB (a prebuilt library), KVFOLD_CUDA=0|1,",
-    "  KVFOLD_CPU=scalar|avx2|avx512|avx512bf16 (CPU kernels; default: the best this CPU has),",
+    "  KVFOLD_CPU=scalar|avx2|avx512|avx512bf16|amx (CPU kernels; default: the best this CPU has),",
     "  KVFOLD_BUILD_DIR, KVFOLD_DEBUG=1 (stack traces).",
     "",
   ].join("\n");
