@@ -1,7 +1,7 @@
 // Tokens/s of every CPU kernel path (KVFOLD_CPU) and weight dtype on the `small` preset (134M):
 // decode 64 tokens, prefill 128 and 512, at 2 threads, with the machine's load beside each row.
 //
-//   deno run -A bench/cpu_paths.ts [--paths avx512bf16,avx512,avx2] [--dtypes f32,bf16,q8_0,q4_0]
+//   deno run -A bench/cpu_paths.ts [--paths amx,avx512bf16,avx512,avx2] [--dtypes f32,bf16,q8_0,q4_0]
 //                                  [--threads 2] [--out bench/results/cpu_paths.json]
 //
 // KVFOLD_CPU is read once per process, so each path runs in a child process of this script. The
@@ -16,7 +16,7 @@ import { ensureNativeLibrary } from "../src/_native_build.ts";
 const { values: v } = parseArgs({
   args: Deno.args,
   options: {
-    paths: { type: "string", default: "avx512bf16,avx512,avx2" },
+    paths: { type: "string", default: "amx,avx512bf16,avx512,avx2" },
     dtypes: { type: "string", default: "f32,bf16,q8_0,q4_0" },
     threads: { type: "string", default: "2" },
     out: { type: "string", default: new URL("./results/cpu_paths.json", import.meta.url).pathname },
