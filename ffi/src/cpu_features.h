@@ -8,9 +8,9 @@
 // machine: "scalar", "avx2", "avx512" (AVX-512F/BW/VL f32 GEMM, no bf16 dot products) or
 // "avx512bf16", or "amx" (the best this CPU has; also "auto" or unset): avx512bf16 plus AMX tiles for
 // prefill (where the OS grants the tile state): the bf16 GEMM through AMX-BF16, the int8 GEMM on
-// quantized weights through AMX-INT8. Asking for
-// more than the CPU has gives the best it has. Int8 dot products (quantized weights) use VNNI
-// (AVX512-VNNI or AVX-VNNI) on the avx512 paths, maddubs on avx2, plain loops on scalar.
+// quantized weights through AMX-INT8. Asking for more than the CPU has gives the best it has. Int8
+// dot products (quantized weights) use VNNI (AVX512-VNNI or AVX-VNNI) on the avx512 paths, maddubs on
+// avx2, plain loops on scalar.
 #pragma once
 
 #include <cstdint>

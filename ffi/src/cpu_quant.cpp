@@ -340,9 +340,12 @@ std::atomic<int> g_forced_kernel{-1};
 std::atomic<bool> g_gemm_off{false};  // tests: the row kernels even where the GEMM would run
 std::atomic<int> g_amx{-1};           // tests: 0 / 1 turn the AMX GEMM off / on; -1: as cpu_int8_amx()
 
-bool amx_gemm_on() {
+// Whether matmul_rows16 takes the AMX GEMM for T activation rows of nb blocks (matmul_quant pads the
+// activation blocks to whole tiles exactly then).
+bool amx_gemm_applies(DType dt, int64_t T, int64_t nb) {
   const int a = g_amx.load(std::memory_order_relaxed);
-  return a < 0 ? cpu_int8_amx() : a == 1;
+  return dtype_rows16(dt) && T >= quant::kAmxMinTokens && (a < 0 ? cpu_int8_amx() : a == 1) &&
+         quant::amx_panel_bytes(dt, nb) + quant::amx_scale_bytes(nb) <= ThreadPool::scratch_bytes();
 }
 
 Kernel choose_kernel() {
@@ -499,8 +502,7 @@ void matmul_rows16(ThreadPool &pool, const ActBlock *xq, int64_t nb, DType dt, c
           dtype_name(dt));
   const size_t rb = dtype_row_bytes(dt, nb * kQuantBlock);
   const int64_t groups = out / 16;
-  if (T >= quant::kAmxMinTokens && amx_gemm_on() &&
-      quant::amx_panel_bytes(dt, nb) + quant::amx_scale_bytes(nb) <= ThreadPool::scratch_bytes()) {
+  if (amx_gemm_applies(dt, T, nb)) {
     // Tasks of G groups (their panels in the thread's scratch, each tile of activations read once for
     // all G), G up to 4 but small enough that every thread gets several tasks.
     const int64_t fit =
@@ -568,9 +570,8 @@ void matmul_quant(ThreadPool &pool, const float *x, int64_t lda, const void *W, 
   const int64_t nb = in / kQuantBlock;
   // The quantized activations: a lent buffer, reused call after call (cpu_scratch.h).
   // The AMX GEMM loads activation rows 16 at a time: zero blocks past T, to whole tiles.
-  const int64_t padded = dtype_rows16(dt) && T >= quant::kAmxMinTokens && amx_gemm_on()
-                             ? (T + quant::kAmxRows - 1) / quant::kAmxRows * quant::kAmxRows
-                             : T;
+  const int64_t padded =
+      amx_gemm_applies(dt, T, nb) ? (T + quant::kAmxRows - 1) / quant::kAmxRows * quant::kAmxRows : T;
   ScratchLease lease(size_t(padded * nb) * sizeof(ActBlock));
   ActBlock *xb = lease.as<ActBlock>();
   if (padded > T) std::memset(static_cast<void *>(xb + T * nb), 0, size_t((padded - T) * nb) * sizeof(ActBlock));

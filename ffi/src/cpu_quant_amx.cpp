@@ -91,9 +91,9 @@ KF_AMX void unpack_group(DType dt, const uint8_t *g, int64_t nb, uint8_t *panel)
   }
 }
 
-// tdpbssd's latency is long beside its issue rate, and a tile store reaches vector loads late, so
-// blocks go through four C tiles in turn: while block i + 2 is multiplied and block i stored, block
-// i - 1 (stored one step earlier) is scaled. A and B tiles alternate by block parity.
+// tdpbssd's latency is long beside its issue rate, so blocks go through four C tiles in turn: while
+// block i + 2 is multiplied and block i stored, block i - kLag (stored kLag steps earlier) is scaled.
+// A and B tiles alternate by block parity.
 #define KF_AMX_ISSUE(j, c, a, b)                          \
   do {                                                    \
     _tile_zero(c);                                        \

@@ -26,8 +26,8 @@ size_t amx_scale_bytes(int64_t nb);
 // y[t][r0, r0 + 16G) for every t < T (rows `out` floats apart): G consecutive 16-row groups of dt
 // (Q8_0_R16, Q4_0_R16, Q4_K_R16) starting at `groups`, `group_bytes` apart, nb blocks of 32 values per
 // row. xq holds T activation rows of nb blocks, padded with zero blocks to a multiple of kAmxRows rows.
-// `scratch` holds G panels (amx_panel_bytes each), then amx_scale_bytes. Runs on the calling thread; sets and releases its
-// tile configuration.
+// `scratch` holds G panels (amx_panel_bytes each), then amx_scale_bytes. Runs on the calling thread;
+// sets and releases its tile configuration.
 void amx_gemm_groups(DType dt, const uint8_t *groups, size_t group_bytes, int G, int64_t nb, const ActBlock *xq,
                      float *y, int64_t T, int64_t out, int64_t r0, uint8_t *scratch);
 
