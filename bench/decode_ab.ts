@@ -1,12 +1,16 @@
-// A/B of one native change on decode speed: two processes, each with the same model loaded, decode
-// 64 tokens in turn (never at once), round after round, so drift of the machine (a VM's memory
+// A/B of one native change on decode (or prefill) speed: two processes, each with the same model
+// loaded, decode 64 tokens (or prefill `--tokens` ids) in turn (never at once), round after round, so drift of the machine (a VM's memory
 // bandwidth moves by tens of percent over minutes) falls on both sides alike. The sides differ by
 // environment: a library build (`--lib-b PATH` loads another libkvfold.so) or a switch the library
 // reads (`--env-b KVFOLD_CPU=avx2`). Prints each round's pair and the median ratio B / A, with how
 // busy the machine was; writes JSON beside it. Not a test: a measurement.
 //
 //   deno run -A bench/decode_ab.ts [--model DIR] [--dtype q4_0] [--rounds 10] [--tokens 64]
-//     [--env-a K=V] [--env-b K=V] [--lib-a PATH] [--lib-b PATH] [--threads 2] [--out bench/results/decode_ab.json]
+//     [--env-a K=V] [--env-b K=V] [--lib-a PATH] [--lib-b PATH] [--threads 2] [--phase decode|prefill]
+//     [--out bench/results/decode_ab.json]
+//
+// The second process tends to measure faster (an A/A run gave B / A 1.09 on a 2-core VM): run both
+// orders (A and B swapped) and take the geometric mean of the two ratios.
 //
 // --model defaults to the 1.1B bench model that `bench/vs_llamacpp.ts` caches (.kvfold/bench-models/1.1b).
 import { parseArgs } from "node:util";
@@ -17,9 +21,9 @@ const CHILD = "--child";
 
 if (Deno.args[0] === CHILD) {
   // One side: load the model, then for every line "go" decode once and answer tok/s.
-  const [, dir, dtype, tokens, threads] = Deno.args;
+  const [, dir, dtype, tokens, threads, phase] = Deno.args;
   const { Kvfold } = await import("../mod.ts");
-  const { measureDecode } = await import("../src/throughput.ts");
+  const { measureDecode, measurePrefill } = await import("../src/throughput.ts");
   await using kv = await Kvfold.open({ backend: "cpu", threads: Number(threads) });
   using model = await kv.loadModel(dir, { dtype: dtype as "f32" });
   await measureDecode(model, { tokens: 8, repeats: 1 }); // page the weights in
@@ -31,7 +35,9 @@ if (Deno.args[0] === CHILD) {
     buf += piece;
     for (let i = buf.indexOf("\n"); i >= 0; i = buf.indexOf("\n")) {
       buf = buf.slice(i + 1);
-      const r = await measureDecode(model, { tokens: Number(tokens), repeats: 1 });
+      const r = phase === "prefill"
+        ? await measurePrefill(model, { tokens: Number(tokens), repeats: 1 })
+        : await measureDecode(model, { tokens: Number(tokens), repeats: 1 });
       await out(JSON.stringify({ tokensPerSecond: r.medianTokensPerSecond }));
     }
   }
@@ -46,6 +52,7 @@ const { values: v } = parseArgs({
     rounds: { type: "string", default: "10" },
     tokens: { type: "string", default: "64" },
     threads: { type: "string", default: "2" },
+    phase: { type: "string", default: "decode" },
     "env-a": { type: "string", multiple: true, default: [] },
     "env-b": { type: "string", multiple: true, default: [] },
     "lib-a": { type: "string" },
@@ -53,6 +60,8 @@ const { values: v } = parseArgs({
     out: { type: "string", default: new URL("results/decode_ab.json", import.meta.url).pathname },
   },
 });
+
+if (v.phase !== "decode" && v.phase !== "prefill") throw new Error(`--phase takes decode or prefill, not "${v.phase}"`);
 
 function envOf(pairs: string[], lib?: string): Record<string, string> {
   const env: Record<string, string> = {};
@@ -68,7 +77,7 @@ function envOf(pairs: string[], lib?: string): Record<string, string> {
 /** A side's child process with a line reader on its stdout. */
 function side(env: Record<string, string>) {
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", new URL(import.meta.url).pathname, CHILD, v.model!, v.dtype!, v.tokens!, v.threads!],
+    args: ["run", "-A", new URL(import.meta.url).pathname, CHILD, v.model!, v.dtype!, v.tokens!, v.threads!, v.phase!],
     env,
     stdin: "piped",
     stdout: "piped",
@@ -112,7 +121,7 @@ console.log(
   }`,
 );
 console.log(
-  `model ${v.model} as ${v.dtype}, ${v.threads} threads, decode ${v.tokens}; engines: ${engines.join(" | ")}`,
+  `model ${v.model} as ${v.dtype}, ${v.threads} threads, ${v.phase} ${v.tokens}; engines: ${engines.join(" | ")}`,
 );
 console.log("| round | A tok/s | B tok/s | B / A | others' cores |");
 console.log("| ----- | ------- | ------- | ----- | ------------- |");
@@ -144,6 +153,7 @@ const summary = {
   model: v.model,
   dtype: v.dtype,
   threads: Number(v.threads),
+  phase: v.phase,
   tokens: Number(v.tokens),
   a: { env: v["env-a"], lib: v["lib-a"] ?? null, engine: engines[0] },
   b: { env: v["env-b"], lib: v["lib-b"] ?? null, engine: engines[1] },

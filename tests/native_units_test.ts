@@ -63,6 +63,7 @@ Deno.test("native: CPU kernels match a double-precision reference at many sizes,
     "ffi/src/cpu_features.cpp",
     "ffi/src/cpu_attention.cpp",
     "ffi/src/cpu_attention_avx512.cpp",
+    "ffi/src/cpu_ops_avx512.cpp",
     "ffi/src/threadpool.cpp",
     "ffi/src/common.cpp",
   ]);

@@ -48,26 +48,39 @@ KF_AVX512 int32_t attn_scores_rows4_avx512(const float *q, int64_t q_stride, int
   return i;
 }
 
-// out_r[:hd] += sum_{j < n} p_r[j] v_j for 4 rows sharing the value rows: per value row, hd / 16 loads
-// feed 4 x hd / 16 FMAs. hd a multiple of 16; 64 output values per row at a time.
+// out_r[d0 : d0 + 16 NV] += sum_{j < n} p_r[j] v_j[d0 : ...] for 4 rows sharing the value rows: per
+// value row, NV loads feed 4 NV FMAs. NV is a template argument so the 4 x NV accumulators stay in
+// registers (a run-time count made GCC keep them on the stack: a store and a load per FMA).
+template <int NV>
+KF_AVX512 static void values_rows4_cols(const float *const p[4], const float *v, int64_t v_stride, int64_t n,
+                                        int64_t d0, float *const out[4]) {
+  __m512 acc[4][NV];
+  for (int r = 0; r < 4; r++)
+    for (int c = 0; c < NV; c++) acc[r][c] = _mm512_loadu_ps(out[r] + d0 + 16 * c);
+  for (int64_t j = 0; j < n; j++) {
+    const float *vj = v + j * v_stride + d0;
+    __m512 vv[NV];
+    for (int c = 0; c < NV; c++) vv[c] = _mm512_loadu_ps(vj + 16 * c);
+    for (int r = 0; r < 4; r++) {
+      const __m512 pj = _mm512_set1_ps(p[r][j]);
+      for (int c = 0; c < NV; c++) acc[r][c] = _mm512_fmadd_ps(pj, vv[c], acc[r][c]);
+    }
+  }
+  for (int r = 0; r < 4; r++)
+    for (int c = 0; c < NV; c++) _mm512_storeu_ps(out[r] + d0 + 16 * c, acc[r][c]);
+}
+
+// out_r[:hd] += sum_{j < n} p_r[j] v_j for 4 rows sharing the value rows, 64 output values per row at a
+// time. hd a multiple of 16.
 KF_AVX512 void attn_values_rows4_avx512(const float *const p[4], const float *v, int64_t v_stride, int64_t n,
                                         int64_t hd, float *const out[4]) {
-  for (int64_t d0 = 0; d0 < hd; d0 += 64) {
-    const int nv = int(std::min<int64_t>(64, hd - d0)) / 16;
-    __m512 acc[4][4];
-    for (int r = 0; r < 4; r++)
-      for (int c = 0; c < nv; c++) acc[r][c] = _mm512_loadu_ps(out[r] + d0 + 16 * c);
-    for (int64_t j = 0; j < n; j++) {
-      const float *vj = v + j * v_stride + d0;
-      __m512 vv[4];
-      for (int c = 0; c < nv; c++) vv[c] = _mm512_loadu_ps(vj + 16 * c);
-      for (int r = 0; r < 4; r++) {
-        const __m512 pj = _mm512_set1_ps(p[r][j]);
-        for (int c = 0; c < nv; c++) acc[r][c] = _mm512_fmadd_ps(pj, vv[c], acc[r][c]);
-      }
-    }
-    for (int r = 0; r < 4; r++)
-      for (int c = 0; c < nv; c++) _mm512_storeu_ps(out[r] + d0 + 16 * c, acc[r][c]);
+  int64_t d0 = 0;
+  for (; d0 + 64 <= hd; d0 += 64) values_rows4_cols<4>(p, v, v_stride, n, d0, out);
+  switch ((hd - d0) / 16) {
+    case 3: return values_rows4_cols<3>(p, v, v_stride, n, d0, out);
+    case 2: return values_rows4_cols<2>(p, v, v_stride, n, d0, out);
+    case 1: return values_rows4_cols<1>(p, v, v_stride, n, d0, out);
+    default: return;
   }
 }
 

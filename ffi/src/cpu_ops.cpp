@@ -107,6 +107,11 @@ void softmax_inplace(float *x, int64_t n) {
 #ifdef KF_AVX2
   const __m256 vmx = _mm256_set1_ps(mx);
   __m256 s = _mm256_setzero_ps();
+  if (ops_avx512()) {
+    alignas(32) float sum8[8] = {};
+    i = exp_sum_avx512(x, n, mx, sum8);
+    s = _mm256_load_ps(sum8);
+  }
   for (; i + 8 <= n; i += 8) {
     const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(x + i), vmx));
     _mm256_storeu_ps(x + i, e);
@@ -180,6 +185,7 @@ void silu_mul(float *gate, const float *up, int64_t n) {
   int64_t i = 0;
 #ifdef KF_AVX2
   const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+  if (ops_avx512()) i = silu_mul_avx512(gate, up, n);
   for (; i + 8 <= n; i += 8) {
     const __m256 g = _mm256_loadu_ps(gate + i);
     // exp256 saturates at exp(88), so g / (1 + e^-g) stays finite (tends to -0) for very negative g.
@@ -200,6 +206,14 @@ void add_inplace(float *y, const float *x, int64_t n) {
   for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_loadu_ps(y + i), _mm256_loadu_ps(x + i)));
 #endif
   for (; i < n; i++) y[i] += x[i];
+}
+
+void silu_mul(ThreadPool &pool, float *gate, const float *up, int64_t n) {
+  pool.run_row_blocks(n, 64, size_t(n) * 8, [&](int64_t a, int64_t b) { silu_mul(gate + a, up + a, b - a); });
+}
+
+void add_inplace(ThreadPool &pool, float *y, const float *x, int64_t n) {
+  pool.run_row_blocks(n, 64, size_t(n) * 8, [&](int64_t a, int64_t b) { add_inplace(y + a, x + a, b - a); });
 }
 
 void convert_row_to_f32(const void *src, DType dt, float *dst, int64_t n) {

@@ -111,6 +111,13 @@ void attn_values_rows4_avx512(const float *const p[4], const float *v, int64_t v
                               float *const out[4]);
 void transpose_keys_avx512(const float *k, int64_t k_stride, int64_t jb, int64_t hd, float *kt, int64_t kt_stride);
 
+// The AVX-512 forms of silu_mul and of softmax's exp pass (cpu_ops_avx512.cpp), taken where
+// ops_avx512(): exp256's bits. Each does a prefix of whole 16s and returns its length; exp_sum_avx512
+// adds element i's exp to sum8[i % 8] in ascending i, as the AVX2 loop's 8-lane sum does.
+bool ops_avx512();
+int64_t silu_mul_avx512(float *gate, const float *up, int64_t n);
+int64_t exp_sum_avx512(float *x, int64_t n, float mx, float sum8[8]);
+
 // RoPE in Hugging Face's rotate_half layout: pairs (i, i + hd/2) of each head turn by pos · inv_freq[i].
 // cs: [hd/2, 2] cos, sin of one row's angles, computed in double so large positions keep their precision.
 void rope_angles(float *cs, double pos, const double *inv_freq, int64_t hd);
@@ -146,6 +153,11 @@ void silu_mul(float *gate, const float *up, int64_t n);
 
 // y[i] += x[i]; x, y: [n]
 void add_inplace(float *y, const float *x, int64_t n);
+
+// The two above over the pool, in blocks of a multiple of 8 values, so every value takes the path
+// (vector or tail) it takes in one call: the same bits. Small n runs on the calling thread.
+void silu_mul(ThreadPool &pool, float *gate, const float *up, int64_t n);
+void add_inplace(ThreadPool &pool, float *y, const float *x, int64_t n);
 
 // dst[i] = float(src[i]); src: [n] in dtype dt (exact conversion), dst: [n] f32
 void convert_row_to_f32(const void *src, DType dt, float *dst, int64_t n);

@@ -160,20 +160,67 @@ void quantize_act_row_scalar(const float *x, int64_t n, ActBlock *y) {
 // nearbyintf does in the default rounding mode. Prefill quantizes T x in values per matmul.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12's _mm512_undefined_* in its own headers
-__attribute__((target("avx512f,avx512bw,avx512vl"))) void quantize_act_row_avx512(const float *x, int64_t n,
-                                                                               ActBlock *y) {
+#define KF_Q512 __attribute__((target("avx512f,avx512bw,avx512vl")))
+
+// Lane b := op over the 16 lanes of v[b], for 16 vectors at once: 15 combine steps of two shuffles
+// each, where 16 separate reductions take 4 x 16. Max and integer add are exact in any order.
+template <class Op>
+KF_Q512 inline __m512 reduce16(__m512 v[16], Op op) {
+  __m512 c[8], e[4], f[2];
+  for (int i = 0; i < 8; i++)  // quarters 0-1: v[2i]'s halves combined; 2-3: v[2i+1]'s
+    c[i] = op(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44), _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
+  for (int i = 0; i < 4; i++)  // quarter q: v[4i + q], 4 lanes
+    e[i] = op(_mm512_shuffle_f32x4(c[2 * i], c[2 * i + 1], 0x88), _mm512_shuffle_f32x4(c[2 * i], c[2 * i + 1], 0xDD));
+  for (int i = 0; i < 2; i++)  // quarter q: lanes 0-1 v[8i + q], lanes 2-3 v[8i + 4 + q]
+    f[i] = op(_mm512_shuffle_ps(e[2 * i], e[2 * i + 1], 0x44), _mm512_shuffle_ps(e[2 * i], e[2 * i + 1], 0xEE));
+  // lane 4q + k: v[4k + q]; put lane b at b
+  const __m512 g = op(_mm512_shuffle_ps(f[0], f[1], 0x88), _mm512_shuffle_ps(f[0], f[1], 0xDD));
+  return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), g);
+}
+
+// One block: its max |v| (NaN lanes skipped), as the scalar loop's std::max leaves it.
+KF_Q512 inline __m512 block_abs_max(const float *v) {
   const __m512 sign = _mm512_set1_ps(-0.0f);
-  for (int64_t b = 0; b < n / kQuantBlock; b++) {
-    const __m512 v0 = _mm512_loadu_ps(x + 32 * b), v1 = _mm512_loadu_ps(x + 32 * b + 16);
-    const __m512 m = _mm512_max_ps(_mm512_andnot_ps(sign, v1), _mm512_max_ps(_mm512_andnot_ps(sign, v0), _mm512_setzero_ps()));
-    const float amax = _mm512_reduce_max_ps(m);
+  const __m512 v0 = _mm512_loadu_ps(v), v1 = _mm512_loadu_ps(v + 16);
+  return _mm512_max_ps(_mm512_andnot_ps(sign, v1), _mm512_max_ps(_mm512_andnot_ps(sign, v0), _mm512_setzero_ps()));
+}
+
+// Writes block y's 32 values at scale id; returns their 16 pairwise sums (int32 lanes).
+KF_Q512 inline __m512i quantize_block(const float *v, float id, ActBlock *y) {
+  const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(v), _mm512_set1_ps(id)));
+  const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(v + 16), _mm512_set1_ps(id)));
+  _mm_storeu_si128(reinterpret_cast<__m128i *>(y->qs), _mm512_cvtepi32_epi8(q0));
+  _mm_storeu_si128(reinterpret_cast<__m128i *>(y->qs + 16), _mm512_cvtepi32_epi8(q1));
+  return _mm512_add_epi32(q0, q1);
+}
+
+KF_Q512 void quantize_act_row_avx512(const float *x, int64_t n, ActBlock *y) {
+  const int64_t nb = n / kQuantBlock;
+  int64_t b = 0;
+  // 16 blocks at a time: their maxima and sums reduced together, the scales divided as one vector.
+  for (; b + 16 <= nb; b += 16) {
+    const float *xb = x + 32 * b;
+    __m512 m[16];
+    for (int i = 0; i < 16; i++) m[i] = block_abs_max(xb + 32 * i);
+    const __m512 d = _mm512_div_ps(reduce16(m, [](__m512 u, __m512 w) { return _mm512_max_ps(u, w); }),
+                                   _mm512_set1_ps(127.0f));
+    alignas(64) float dv[16], idv[16];
+    _mm512_store_ps(dv, d);
+    _mm512_store_ps(idv, _mm512_maskz_div_ps(_mm512_cmp_ps_mask(d, _mm512_setzero_ps(), _CMP_NEQ_UQ),
+                                             _mm512_set1_ps(1.0f), d));
+    __m512 sums[16];
+    for (int i = 0; i < 16; i++) sums[i] = _mm512_castsi512_ps(quantize_block(xb + 32 * i, idv[i], y + b + i));
+    alignas(64) int32_t sv[16];
+    _mm512_store_si512(sv, _mm512_castps_si512(reduce16(sums, [](__m512 u, __m512 w) {
+                         return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(u), _mm512_castps_si512(w)));
+                       })));
+    for (int i = 0; i < 16; i++) y[b + i].d = dv[i], y[b + i].sum = sv[i];
+  }
+  for (; b < nb; b++) {
+    const float amax = _mm512_reduce_max_ps(block_abs_max(x + 32 * b));
     const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
-    const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, _mm512_set1_ps(id)));
-    const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, _mm512_set1_ps(id)));
-    _mm_storeu_si128(reinterpret_cast<__m128i *>(y[b].qs), _mm512_cvtepi32_epi8(q0));
-    _mm_storeu_si128(reinterpret_cast<__m128i *>(y[b].qs + 16), _mm512_cvtepi32_epi8(q1));
     y[b].d = d;
-    y[b].sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+    y[b].sum = _mm512_reduce_add_epi32(quantize_block(x + 32 * b, id, y + b));
   }
 }
 #pragma GCC diagnostic pop
@@ -505,8 +552,8 @@ void matmul_rows16(ThreadPool &pool, const ActBlock *xq, int64_t nb, DType dt, c
   if (amx_gemm_applies(dt, T, nb)) {
     // Tasks of G groups (their panels in the thread's scratch, each tile of activations read once for
     // all G), G up to 4 but small enough that every thread gets several tasks.
-    const int64_t fit =
-        int64_t((ThreadPool::scratch_bytes() - quant::amx_scale_bytes(nb)) / quant::amx_panel_bytes(dt, nb));
+    const size_t panel = quant::amx_panel_bytes(dt, nb);  // 0: tiles load from the weights
+    const int64_t fit = panel ? int64_t((ThreadPool::scratch_bytes() - quant::amx_scale_bytes(nb)) / panel) : 4;
     const int64_t G = std::max<int64_t>(1, std::min<int64_t>({4, fit, groups / (4 * pool.size())}));
     pool.parallel_for((groups + G - 1) / G, [&](int64_t task, int thread) {
       const int64_t g0 = task * G, n = std::min(G, groups - g0);

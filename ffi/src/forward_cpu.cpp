@@ -278,7 +278,7 @@ void forward_rows(Workspace &ws, const kf_model &m, int32_t T, const ChunkInput 
     matmul(pool, ws.attn.data(), L.wo.data, L.wo.dtype, ws.proj.data(), T, q_dim, H,
            L.bo.empty() ? nullptr : L.bo.data());  // proj: [T, H]
     apply_lora(pool, ws, T, l, kProjO, ws.attn.data(), q_dim, ws.proj.data(), H);
-    add_inplace(ws.x.data(), ws.proj.data(), int64_t(T) * H);
+    add_inplace(pool, ws.x.data(), ws.proj.data(), int64_t(T) * H);
 
     // ---- MLP block: x += down(silu(gate(xn)) * up(xn)) ----
     rmsnorm_rows(pool, ws.xn.data(), ws.x.data(), L.ffn_norm.data(), T, H, eps);
@@ -287,10 +287,10 @@ void forward_rows(Workspace &ws, const kf_model &m, int32_t T, const ChunkInput 
     matmul_shared_x(pool, ws.xn.data(), T, H, gate_up, 2);
     apply_lora(pool, ws, T, l, kProjGate, ws.xn.data(), H, ws.gate.data(), I);
     apply_lora(pool, ws, T, l, kProjUp, ws.xn.data(), H, ws.up.data(), I);
-    silu_mul(ws.gate.data(), ws.up.data(), int64_t(T) * I);
+    silu_mul(pool, ws.gate.data(), ws.up.data(), int64_t(T) * I);
     matmul(pool, ws.gate.data(), L.w_down.data, L.w_down.dtype, ws.proj.data(), T, I, H, nullptr);  // [T, H]
     apply_lora(pool, ws, T, l, kProjDown, ws.gate.data(), I, ws.proj.data(), H);
-    add_inplace(ws.x.data(), ws.proj.data(), int64_t(T) * H);
+    add_inplace(pool, ws.x.data(), ws.proj.data(), int64_t(T) * H);
   }
 
   // ---- head: final norm, then logits of every row (when asked), of chosen rows, or only the last ----

@@ -5,7 +5,7 @@
 // Build and run (from the repository root; tests/cpu_kernels_test.ts does this):
 //   g++ -std=c++17 -O2 -march=native -pthread -Iffi/include ffi/tests/cpu_kernels_test.cpp ffi/src/cpu_ops.cpp
 //       ffi/src/cpu_matmul.cpp ffi/src/cpu_matvec.cpp ffi/src/cpu_matmul_avx512.cpp ffi/src/cpu_matmul_scalar.cpp
-//       ffi/src/cpu_quant.cpp ffi/src/cpu_quant_vnni512.cpp ffi/src/cpu_quant_amx.cpp ffi/src/cpu_matmul_amx.cpp ffi/src/cpu_attention.cpp ffi/src/cpu_attention_avx512.cpp ffi/src/cpu_features.cpp ffi/src/threadpool.cpp ffi/src/common.cpp -o build/cpu_kernels_test
+//       ffi/src/cpu_quant.cpp ffi/src/cpu_quant_vnni512.cpp ffi/src/cpu_quant_amx.cpp ffi/src/cpu_matmul_amx.cpp ffi/src/cpu_attention.cpp ffi/src/cpu_attention_avx512.cpp ffi/src/cpu_ops_avx512.cpp ffi/src/cpu_features.cpp ffi/src/threadpool.cpp ffi/src/common.cpp -o build/cpu_kernels_test
 // Prints one line per check ("ok" / "FAIL" / "skip") and exits nonzero if any check failed.
 #include <cmath>
 #include <cstdio>
@@ -255,17 +255,69 @@ void test_act_blocks_avx512() {
   x[100] = NAN;                                                                // block 3: a NaN
   for (int j = 0; j < 32; j++) x[size_t(128 + j)] = 1e-30f * float(j + 1);    // tiny
   for (int j = 0; j < 32; j++) x[size_t(160 + j)] = 3e4f * rng.uniform();      // large
+  x[20 * 32 + 7] = NAN;                                  // the second run of 16 blocks: a NaN
+  for (int j = 0; j < 32; j++) x[size_t(35 * 32 + j)] = 0.0f;                  // the tail blocks: zeros
   std::vector<quant::ActBlock> want(size_t(3 * in / 32)), got(want.size());
   cpu_force_path(CpuPath::Scalar);
   quantize_act_rows(x.data(), in, in, 3, want.data());
   cpu_force_path(CpuPath::Avx512);
   quantize_act_rows(x.data(), in, in, 3, got.data());
   for (size_t b = 0; b < want.size(); b++) {
-    if (b == 3) {  // the NaN's own value (and so the sum) is whatever int8(NaN) gives: the rest must agree
-      got[b].qs[4] = want[b].qs[4];
+    if (b == 3 || b == 20) {  // the NaN's own value (and so the sum) is whatever int8(NaN) gives
+      got[b].qs[b == 3 ? 4 : 7] = want[b].qs[b == 3 ? 4 : 7];
       got[b].sum = want[b].sum;
     }
     c.expect(std::memcmp(&want[b], &got[b], sizeof(quant::ActBlock)) == 0, fmt("block %lld", (long long)b));
+  }
+  cpu_force_path(CpuPath::Amx);  // back to the best this CPU has
+}
+
+// SiLU and softmax: the AVX-512 exp gives the AVX2 kernels' bits (values and the softmax sum), on
+// lengths with and without 16- and 8-wide tails and inputs at exp's edges (saturating above 88, zero
+// below -87.3, -inf masked entries, a whole row masked); the AVX2 results also against float64.
+void test_elementwise_avx512() {
+  if (cpu_force_path(CpuPath::Avx512) != CpuPath::Avx512) {
+    std::printf("skip the AVX-512 element-wise kernels: this CPU or build lacks AVX-512\n");
+    return;
+  }
+  Check c("silu_mul and softmax: avx512 = avx2, bit for bit; against float64");
+  Rng rng(47);
+  for (int64_t n : {1, 7, 8, 15, 16, 17, 24, 31, 33, 64, 100, 257}) {
+    const size_t len = size_t(n);
+    std::vector<float> g(len), up = random_vec(rng, len), x(len);
+    for (int64_t i = 0; i < n; i++) {
+      g[size_t(i)] = 12.0f * rng.uniform();
+      x[size_t(i)] = 9.0f * rng.uniform();
+    }
+    if (n > 5) {
+      g[1] = 95.0f, g[2] = -95.0f, g[3] = -87.5f, g[4] = 88.5f;  // exp's saturation and underflow edges
+      x[1] = -INFINITY, x[n - 2] = -INFINITY;                      // masked entries
+    }
+    struct Run { std::vector<float> silu, soft; };
+    auto run = [&](CpuPath path, const std::vector<float> &sx) {
+      cpu_force_path(path);
+      Run r{g, sx};
+      silu_mul(r.silu.data(), up.data(), n);
+      softmax_inplace(r.soft.data(), n);
+      return r;
+    };
+    const std::vector<float> masked(len, -INFINITY);
+    for (const std::vector<float> *sx : {static_cast<const std::vector<float> *>(&x), &masked}) {
+      const Run a = run(CpuPath::Avx2, *sx), b = run(CpuPath::Avx512, *sx);
+      const std::string what = fmt("n=%lld", (long long)n) + (sx == &masked ? " all masked" : "");
+      c.expect(std::memcmp(a.silu.data(), b.silu.data(), size_t(n) * 4) == 0, what + " silu");
+      c.expect(std::memcmp(a.soft.data(), b.soft.data(), size_t(n) * 4) == 0, what + " softmax");
+      double mx = -INFINITY, sum = 0;
+      for (float v : *sx) mx = std::max(mx, double(v));
+      for (float v : *sx) sum += std::isinf(v) ? 0.0 : std::exp(double(v) - mx);
+      for (int64_t i = 0; i < n; i++) {
+        const double gi = g[size_t(i)], want_silu = gi / (1 + std::exp(-gi)) * up[size_t(i)];
+        c.add(std::fabs(a.silu[size_t(i)] - want_silu), 1e-6 * (1 + std::fabs(want_silu)), what + " silu ref");
+        const double xi = (*sx)[size_t(i)];
+        const double want = sum > 0 && !std::isinf(xi) ? std::exp(xi - mx) / sum : 0.0;
+        c.add(std::fabs(a.soft[size_t(i)] - want), 1e-6 * (1e-3 + want), what + " softmax ref");
+      }
+    }
   }
   cpu_force_path(CpuPath::Amx);  // back to the best this CPU has
 }
@@ -575,6 +627,7 @@ int main() {
   quant_force_kernel(nullptr);
   test_act_blocks_avx512();
   test_attention_tiles();
+  test_elementwise_avx512();
   test_quant_gemm_matches_rows(pools);
   test_quant_rows16(pools);
   test_q4_k_rows16(pools, "vnni512");
