@@ -61,7 +61,9 @@ const { values: v } = parseArgs({
   },
 });
 
-if (v.phase !== "decode" && v.phase !== "prefill") throw new Error(`--phase takes decode or prefill, not "${v.phase}"`);
+if (v.phase !== "decode" && v.phase !== "prefill") {
+  throw new Error(`--phase takes decode or prefill, not "${v.phase}"`);
+}
 
 function envOf(pairs: string[], lib?: string): Record<string, string> {
   const env: Record<string, string> = {};
@@ -77,7 +79,17 @@ function envOf(pairs: string[], lib?: string): Record<string, string> {
 /** A side's child process with a line reader on its stdout. */
 function side(env: Record<string, string>) {
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", new URL(import.meta.url).pathname, CHILD, v.model!, v.dtype!, v.tokens!, v.threads!, v.phase!],
+    args: [
+      "run",
+      "-A",
+      new URL(import.meta.url).pathname,
+      CHILD,
+      v.model!,
+      v.dtype!,
+      v.tokens!,
+      v.threads!,
+      v.phase!,
+    ],
     env,
     stdin: "piped",
     stdout: "piped",
@@ -121,7 +133,9 @@ console.log(
   }`,
 );
 console.log(
-  `model ${v.model} as ${v.dtype}, ${v.threads} threads, ${v.phase} ${v.tokens}; engines: ${engines.join(" | ")}`,
+  `model ${v.model} as ${v.dtype}, ${v.threads} threads, ${v.phase} ${v.tokens}; engines: ${
+    engines.join(" | ")
+  }`,
 );
 console.log("| round | A tok/s | B tok/s | B / A | others' cores |");
 console.log("| ----- | ------- | ------- | ----- | ------------- |");
