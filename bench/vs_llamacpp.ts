@@ -2,7 +2,7 @@
 //
 //   npm install --prefix bench/llamacpp --omit=optional --ignore-scripts    # once: the peer
 //   deno task bench:vs-llamacpp [--rounds 5] [--shapes small,1.1b] [--dtypes f32,bf16,f16,q8_0,q4_0,q4_k_m]
-//       [--threads 2] [--decode-tokens 64] [--prefill 128,512] [--quiet-cores 0.1] [--rebuild-gguf]
+//       [--threads 2] [--decode-tokens 64] [--prefill 128,512] [--prefill-repeats 3] [--quiet-cores 0.1] [--rebuild-gguf]
 //       [--skip-kvfold-gguf] [--out bench/results/vs_llamacpp.json]
 //
 // The peer is llama.cpp as node-llama-cpp@3.22.1 ships it (its prebuilt CPU binary, which picks its
@@ -20,6 +20,8 @@
 // bandwidth probe right before and right after it, whose mean its "beside" fraction is taken
 // against (the round's probe can be minutes old by then). The CPU time that
 // other processes used during the round is recorded (/proc/stat minus this process and the peer);
+// A prefill's figure in a round is the median of --prefill-repeats runs back to back (a 128-token
+// prefill takes ~50 ms on the 134M shape, short enough for one stall to halve a single run's figure);
 // a round where others used more than --quiet-cores is marked disturbed, and the table's
 // min/median/max use the quiet rounds only (all rounds, said so, when none was quiet).
 import { parseArgs } from "node:util";
@@ -30,7 +32,8 @@ import { cpuLoadBetween, type CpuLoadInterval, sampleCpuLoad } from "./_cpu_load
 import { LlamaCppPeer, type PeerLoad } from "./_llamacpp_peer.ts";
 
 // q4_k_m: llama.cpp's most published mix (q4_K + q6_K), which kvfold reads from the GGUF file and
-// computes on as q8_0 (it has no k-quant kernels); its row compares the same file in both engines.
+// computes on as stored for Q4_K (where the VNNI kernels run) and as q8_0 for Q6_K; its row compares
+// the same file in both engines.
 const DTYPES = ["f32", "bf16", "f16", "q8_0", "q4_0", "q4_k_m"] as const;
 type Dtype = typeof DTYPES[number];
 type Engine = "kvfold" | "kvfold-gguf" | "llama.cpp";
@@ -67,6 +70,7 @@ const { values: v } = parseArgs({
     threads: { type: "string", default: "2" },
     "decode-tokens": { type: "string", default: "64" },
     prefill: { type: "string", default: "128,512" },
+    "prefill-repeats": { type: "string", default: "3" },
     "quiet-cores": { type: "string", default: "0.1" },
     "rebuild-gguf": { type: "boolean", default: false },
     "skip-kvfold-gguf": { type: "boolean", default: false },
@@ -78,6 +82,19 @@ const rounds = Number(v.rounds);
 const threads = Number(v.threads);
 const decodeTokens = Number(v["decode-tokens"]);
 const prefillLengths = v.prefill!.split(",").map(Number);
+const prefillRepeats = Number(v["prefill-repeats"]);
+if (!(prefillRepeats >= 1)) {
+  throw new Error(`--prefill-repeats takes a count of 1 or more, not ${v["prefill-repeats"]}`);
+}
+/** min / median / max of a list (the median of an even count: the mean of the middle two). */
+const spread = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return {
+    min: s[0],
+    median: s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2,
+    max: s[s.length - 1],
+  };
+};
 const quietCores = Number(v["quiet-cores"]);
 const shapes = v.shapes!.split(",");
 const dtypes = v.dtypes!.split(",") as Dtype[];
@@ -349,14 +366,24 @@ try {
             );
           }
         }
+        const prefillRuns = async (run: () => Promise<number>) => {
+          const xs: number[] = [];
+          for (let i = 0; i < prefillRepeats; i++) xs.push(await run());
+          return spread(xs).median;
+        };
         const runs: Record<Engine, (phase: number) => Promise<number>> = {
-          kvfold: (p) => p === 0 ? ours.decode(prompt, decodeTokens) : ours.prefill(prefills[p - 1]),
+          kvfold: (p) =>
+            p === 0 ? ours.decode(prompt, decodeTokens) : prefillRuns(() => ours.prefill(prefills[p - 1])),
           "kvfold-gguf": (p) =>
-            p === 0 ? oursGguf!.decode(prompt, decodeTokens) : oursGguf!.prefill(prefills[p - 1]),
+            p === 0
+              ? oursGguf!.decode(prompt, decodeTokens)
+              : prefillRuns(() => oursGguf!.prefill(prefills[p - 1])),
           "llama.cpp": async (p) =>
-            (p === 0
-              ? await peer.request<{ tokPerS: number }>("decode", { prompt, tokens: decodeTokens })
-              : await peer.request<{ tokPerS: number }>("prefill", { ids: prefills[p - 1] })).tokPerS,
+            p === 0
+              ? (await peer.request<{ tokPerS: number }>("decode", { prompt, tokens: decodeTokens })).tokPerS
+              : await prefillRuns(async () =>
+                (await peer.request<{ tokPerS: number }>("prefill", { ids: prefills[p - 1] })).tokPerS
+              ),
         };
         // Alternate per phase, flipping who goes first each round so neither always runs warm.
         const order = round % 2 === 0 ? engines : [...engines].reverse();
@@ -398,14 +425,6 @@ for (const m of measurements) {
 }
 const quietRounds = new Set(roundRecords.filter((r) => !r.disturbed).map((r) => r.round));
 const usedRounds = quietRounds.size > 0 ? quietRounds : new Set(roundRecords.map((r) => r.round));
-const spread = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return {
-    min: s[0],
-    median: s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2,
-    max: s[s.length - 1],
-  };
-};
 const summary = [];
 for (const shape of shapes) {
   for (const dtype of dtypes) {
@@ -512,7 +531,7 @@ await Deno.writeTextFile(
       date: new Date().toISOString(),
       machine: { cpu, cpus: navigator.hardwareConcurrency, kvfoldEngine: kv.name, threads },
       peer: { package: "node-llama-cpp@3.22.1", ...peerInfo, loads: peerLoads },
-      settings: { rounds, shapes, dtypes, decodeTokens, prefillLengths, quietCores },
+      settings: { rounds, shapes, dtypes, decodeTokens, prefillLengths, prefillRepeats, quietCores },
       seconds: { total: (performance.now() - benchStart) / 1000, writingModels: modelsSeconds },
       shapes: Object.fromEntries(shapes.map((s) => [s, { label: SHAPES[s].label, ...SHAPES[s].model }])),
       weightBytesPerToken: weightBytes,

@@ -552,8 +552,8 @@ void matmul_rows16(ThreadPool &pool, const ActBlock *xq, int64_t nb, DType dt, c
   if (amx_gemm_applies(dt, T, nb)) {
     // Tasks of G groups (their panels in the thread's scratch, each tile of activations read once for
     // all G), G up to 4 but small enough that every thread gets several tasks.
-    const size_t panel = quant::amx_panel_bytes(dt, nb);  // 0: tiles load from the weights
-    const int64_t fit = panel ? int64_t((ThreadPool::scratch_bytes() - quant::amx_scale_bytes(nb)) / panel) : 4;
+    const int64_t fit =
+        int64_t((ThreadPool::scratch_bytes() - quant::amx_scale_bytes(nb)) / quant::amx_panel_bytes(dt, nb));
     const int64_t G = std::max<int64_t>(1, std::min<int64_t>({4, fit, groups / (4 * pool.size())}));
     pool.parallel_for((groups + G - 1) / G, [&](int64_t task, int thread) {
       const int64_t g0 = task * G, n = std::min(G, groups - g0);

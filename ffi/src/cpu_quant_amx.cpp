@@ -1,8 +1,6 @@
 // cpu_quant_amx.cpp — the AMX-INT8 prefill GEMM (cpu_quant_amx.h).
 //
-// Per 16-row weight group, Q8_0_R16 blocks are what a tile load takes as they are (f16 scales, then
-// the B layout below), so its tiles load straight from the weights; the other formats' panels are
-// unpacked once into that form, per 32-value block:
+// Per 16-row weight group, the panel is unpacked once into what a tile load takes, per 32-value block:
 //   f32 s[16] (the rows' scales: d, or Q4_K's d * sc), [f32 m[16]: Q4_K's dmin * m],
 //   s8 v[8][64]: row k holds the 16 weight rows' values 4k..4k+3 at 4r (tdpbssd's B layout; the
 //   interleaved layouts already store Q8_0 so, Q4_0 and Q4_K nibbles are split and Q4_0's offset of 8
@@ -32,16 +30,7 @@ constexpr size_t kTileValues = 8 * 64;  // one block's B tile: 8 rows of 64 byte
 constexpr int64_t kLag = 2, kBuffers = 4;
 
 constexpr bool has_mins(DType dt) { return dt == DType::Q4_K_R16; }
-constexpr bool in_place(DType dt) { return dt == DType::Q8_0_R16; }
-size_t panel_block_bytes(DType dt) { return in_place(dt) ? 0 : (has_mins(dt) ? 128 : 64) + kTileValues; }
-
-// How tile_rows finds a block's scales and B tile: an unpacked panel (f32 scales), one with Q4_K's
-// mins, or Q8_0_R16's own blocks (f16 scales).
-enum class Blocks { Panel, PanelMins, Q8InPlace };
-template <Blocks B>
-constexpr size_t block_stride() {
-  return B == Blocks::Q8InPlace ? 32 + kTileValues : (B == Blocks::PanelMins ? 128 : 64) + kTileValues;
-}
+size_t panel_block_bytes(DType dt) { return (has_mins(dt) ? 128 : 64) + kTileValues; }
 }  // namespace
 
 size_t amx_panel_bytes(DType dt, int64_t nb) { return size_t(nb) * panel_block_bytes(dt); }
@@ -63,7 +52,7 @@ struct alignas(64) TileConfig {
 };
 static_assert(sizeof(TileConfig) == 64, "ldtilecfg reads 64 bytes");
 
-// One group's panel (layout above) from its interleaved Q4_0 / Q4_K blocks.
+// One group's panel (layout above) from its interleaved blocks.
 KF_AMX void unpack_group(DType dt, const uint8_t *g, int64_t nb, uint8_t *panel) {
   const size_t pb = panel_block_bytes(dt), vo = pb - kTileValues;
   const __m512i low4 = _mm512_set1_epi8(15), eight = _mm512_set1_epi8(8);
@@ -90,6 +79,10 @@ KF_AMX void unpack_group(DType dt, const uint8_t *g, int64_t nb, uint8_t *panel)
   for (int64_t b = 0; b < nb; b++, g += gb) {
     uint8_t *o = panel + size_t(b) * pb;
     _mm512_storeu_ps(o, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(g))));
+    if (dt == DType::Q8_0_R16) {
+      std::memcpy(o + vo, g + 32, kTileValues);
+      continue;
+    }
     for (int k = 0; k < 4; k++) {  // Q4_0: chunk k's low nibbles are values 4k.., its high ones 16 + 4k..
       const __m512i q = _mm512_loadu_si512(g + 32 + 64 * k);
       _mm512_storeu_si512(o + vo + 64 * k, _mm512_sub_epi8(_mm512_and_si512(q, low4), eight));
@@ -119,11 +112,10 @@ KF_AMX void unpack_group(DType dt, const uint8_t *g, int64_t nb, uint8_t *panel)
 
 // y[r][0, 16) for activation rows r < rows of the 16 at x (rows nb blocks apart) against one panel.
 // dx[16i + r] = x[r][i].d, and for Q4_K dm[16i + r] = x[r][i].d * sum(x[r][i]).
-template <Blocks B>
+template <bool Mins>
 KF_AMX void tile_rows(const uint8_t *panel, int64_t nb, const ActBlock *x, const float *dx, const float *dm, float *y,
                       int64_t out, int rows) {
-  constexpr bool Mins = B == Blocks::PanelMins;
-  constexpr size_t pb = block_stride<B>(), vo = pb - kTileValues;
+  constexpr size_t pb = (Mins ? 128 : 64) + kTileValues, vo = pb - kTileValues;
   const long xs = long(size_t(nb) * sizeof(ActBlock));
   alignas(64) int32_t c[kBuffers][16][16];
   __m512 acc[16];
@@ -133,9 +125,7 @@ KF_AMX void tile_rows(const uint8_t *panel, int64_t nb, const ActBlock *x, const
     const int32_t(*ci)[16] = c[i % kBuffers];
     const uint8_t *blk = panel + size_t(i) * pb;
     const float *dxi = dx + 16 * i;
-    const __m512 s = B == Blocks::Q8InPlace
-                         ? _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(blk)))
-                         : _mm512_loadu_ps(blk);
+    const __m512 s = _mm512_loadu_ps(blk);
 #pragma GCC unroll 16
     for (int r = 0; r < 16; r++) {
       acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(ci[r])), _mm512_mul_ps(s, _mm512_set1_ps(dxi[r])),
@@ -171,8 +161,7 @@ KF_AMX void tile_rows(const uint8_t *panel, int64_t nb, const ActBlock *x, const
 KF_AMX void gemm_groups(DType dt, const uint8_t *groups, size_t group_bytes, int G, int64_t nb, const ActBlock *xq,
                         float *y, int64_t T, int64_t out, int64_t r0, uint8_t *scratch) {
   const size_t pbytes = amx_panel_bytes(dt, nb);
-  if (!in_place(dt))
-    for (int g = 0; g < G; g++) unpack_group(dt, groups + size_t(g) * group_bytes, nb, scratch + size_t(g) * pbytes);
+  for (int g = 0; g < G; g++) unpack_group(dt, groups + size_t(g) * group_bytes, nb, scratch + size_t(g) * pbytes);
   float *dx = reinterpret_cast<float *>(scratch + size_t(G) * pbytes), *dm = dx + 16 * nb;
   __asm__ volatile("" ::: "memory");  // tileloadd's asm does not say it reads the panels just written
   static const TileConfig cfg;
@@ -190,10 +179,10 @@ KF_AMX void gemm_groups(DType dt, const uint8_t *groups, size_t group_bytes, int
         _mm512_storeu_ps(dm + 16 * i, _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_i32gather_epi32(rows16, &x[i].sum, 1))));
     }
     for (int g = 0; g < G; g++) {
+      const uint8_t *panel = scratch + size_t(g) * pbytes;
       float *yt = y + t0 * out + r0 + 16 * g;
-      if (in_place(dt)) tile_rows<Blocks::Q8InPlace>(groups + size_t(g) * group_bytes, nb, x, dx, dm, yt, out, rows);
-      else if (has_mins(dt)) tile_rows<Blocks::PanelMins>(scratch + size_t(g) * pbytes, nb, x, dx, dm, yt, out, rows);
-      else tile_rows<Blocks::Panel>(scratch + size_t(g) * pbytes, nb, x, dx, dm, yt, out, rows);
+      if (has_mins(dt)) tile_rows<true>(panel, nb, x, dx, dm, yt, out, rows);
+      else tile_rows<false>(panel, nb, x, dx, dm, yt, out, rows);
     }
   }
   _tile_release();

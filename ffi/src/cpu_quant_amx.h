@@ -18,8 +18,8 @@ constexpr int64_t kAmxMinTokens = 8;
 // Activation rows the caller pads the activation blocks to (zero blocks past T): tiles load 16.
 constexpr int64_t kAmxRows = 16;
 
-// Scratch bytes one group's unpacked panel takes, for rows of nb blocks of 32 values (0 for Q8_0_R16,
-// whose tiles load from the weights), and those of the activation scales laid out per token tile.
+// Scratch bytes one group's unpacked panel takes, for rows of nb blocks of 32 values, and those of
+// the activation scales laid out per token tile.
 size_t amx_panel_bytes(DType dt, int64_t nb);
 size_t amx_scale_bytes(int64_t nb);
 
