@@ -282,7 +282,7 @@ KF_AVX512BF16 void matvec_bf16_dot_rows(const uint16_t *xb, int64_t kp, int64_t 
 // more), two accumulators per t, each row one sequential stream prefetched kDecodePrefetchBytes
 // ahead. Summed the same way whatever T is. Measured (1.1B shapes, 1 thread, cold): the AVX2 kernel's 8
 // interleaved 4 KiB rows read 15.5 GB/s; one stream here reads at bf16's rate.
-template <int T>
+template <int T, bool L2>
 KF_AVX512 void matvec_f16_rows(const float *x, int64_t K, const uint8_t *W, size_t rb, float *y, int64_t N,
                                int64_t r0, int64_t r1, const float *bias) {
   for (int64_t r = r0; r < r1; r++) {
@@ -291,7 +291,7 @@ KF_AVX512 void matvec_f16_rows(const float *x, int64_t K, const uint8_t *W, size
     for (int t = 0; t < T; t++) acc[t][0] = acc[t][1] = _mm512_setzero_ps();
     int64_t i = 0;
     for (; i + 32 <= K; i += 32) {
-      _mm_prefetch(reinterpret_cast<const char *>(w + i) + kDecodePrefetchBytes, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char *>(w + i) + kDecodePrefetchBytes, L2 ? _MM_HINT_T1 : _MM_HINT_T0);
       const __m512 w0 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(w + i)));
       const __m512 w1 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(w + i + 16)));
       for (int t = 0; t < T; t++) {
@@ -339,7 +339,10 @@ void matvec_bf16_dot_range(const uint16_t *xb, int64_t kp, const void *W, float 
 void matvec_f16_range(const float *x, const void *W, float *y, int64_t T, int64_t K, int64_t N, int64_t r0, int64_t r1,
                       const float *bias) {
   const uint8_t *Wb = static_cast<const uint8_t *>(W);
-  with_rows(T, [&](auto t) { matvec_f16_rows<t.value>(x, K, Wb, size_t(K) * 2, y, N, r0, r1, bias); });
+  with_rows(T, [&](auto t) {
+    if (cpu_decode_prefetch_l2()) matvec_f16_rows<t.value, true>(x, K, Wb, size_t(K) * 2, y, N, r0, r1, bias);
+    else matvec_f16_rows<t.value, false>(x, K, Wb, size_t(K) * 2, y, N, r0, r1, bias);
+  });
 }
 
 void gemm_avx512(ThreadPool &pool, const float *x, int64_t lda, const void *W, DType dt, float *y, int64_t T,

@@ -392,7 +392,7 @@ std::atomic<int> g_amx{-1};           // tests: 0 / 1 turn the AMX GEMM off / on
 bool amx_gemm_applies(DType dt, int64_t T, int64_t nb) {
   const int a = g_amx.load(std::memory_order_relaxed);
   return dtype_rows16(dt) && T >= quant::kAmxMinTokens && (a < 0 ? cpu_int8_amx() : a == 1) &&
-         quant::amx_panel_bytes(dt, nb) + quant::amx_scale_bytes(nb) <= ThreadPool::scratch_bytes();
+         quant::amx_panel_bytes(dt, nb) <= ThreadPool::scratch_bytes();
 }
 
 Kernel choose_kernel() {
@@ -550,16 +550,25 @@ void matmul_rows16(ThreadPool &pool, const ActBlock *xq, int64_t nb, DType dt, c
   const size_t rb = dtype_row_bytes(dt, nb * kQuantBlock);
   const int64_t groups = out / 16;
   if (amx_gemm_applies(dt, T, nb)) {
-    // Tasks of G groups (their panels in the thread's scratch, each tile of activations read once for
-    // all G), G up to 4 but small enough that every thread gets several tasks.
-    const int64_t fit =
-        int64_t((ThreadPool::scratch_bytes() - quant::amx_scale_bytes(nb)) / quant::amx_panel_bytes(dt, nb));
-    const int64_t G = std::max<int64_t>(1, std::min<int64_t>({4, fit, groups / (4 * pool.size())}));
-    pool.parallel_for((groups + G - 1) / G, [&](int64_t task, int thread) {
-      const int64_t g0 = task * G, n = std::min(G, groups - g0);
-      quant::amx_gemm_groups(dt, W + size_t(16 * g0) * rb, 16 * rb, int(n), nb, xq, y, T, out, 16 * g0,
-                             static_cast<uint8_t *>(pool.scratch(thread)));
-      add_bias_rows(y, T, out, bias, 16 * g0, 16 * (g0 + n));
+    // One contiguous run of groups per thread, in steps of G groups (their panels in the thread's
+    // scratch, each tile of activations read once for all G); while a step computes, the next step's
+    // weights are fetched into L2 (with one step after another on a thread, reading them when their
+    // panels are unpacked stalled the step: 134M q8_0 prefill 128 spent a quarter of its GEMM there).
+    const int64_t fit = int64_t(ThreadPool::scratch_bytes() / quant::amx_panel_bytes(dt, nb));
+    const int64_t G = std::max<int64_t>(1, std::min<int64_t>(4, fit));
+    const int64_t parts = std::min<int64_t>(pool.size(), groups);
+    ScratchLease lease(quant::amx_scale_bytes(T, nb));
+    float *scales = lease.as<float>();
+    quant::amx_act_scales(xq, T, nb, dt, scales);
+    pool.parallel_for(parts, [&](int64_t part, int thread) {
+      const int64_t lo = groups * part / parts, hi = groups * (part + 1) / parts;
+      for (int64_t g0 = lo; g0 < hi; g0 += G) {
+        const int64_t n = std::min(G, hi - g0), next = std::min(G, hi - g0 - n);
+        quant::amx_gemm_groups(dt, W + size_t(16 * g0) * rb, 16 * rb, int(n), nb, xq, scales, y, T, out, 16 * g0,
+                               static_cast<uint8_t *>(pool.scratch(thread)), W + size_t(16 * (g0 + n)) * rb,
+                               size_t(16 * next) * rb);
+        add_bias_rows(y, T, out, bias, 16 * g0, 16 * (g0 + n));
+      }
     });
     return;
   }

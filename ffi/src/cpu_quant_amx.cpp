@@ -34,7 +34,9 @@ size_t panel_block_bytes(DType dt) { return (has_mins(dt) ? 128 : 64) + kTileVal
 }  // namespace
 
 size_t amx_panel_bytes(DType dt, int64_t nb) { return size_t(nb) * panel_block_bytes(dt); }
-size_t amx_scale_bytes(int64_t nb) { return size_t(nb) * 16 * 2 * sizeof(float); }
+size_t amx_scale_bytes(int64_t T, int64_t nb) {
+  return size_t((T + kAmxRows - 1) / kAmxRows) * size_t(nb) * 16 * 2 * sizeof(float);
+}
 
 #ifdef KF_AMX_X86
 namespace {
@@ -105,16 +107,18 @@ KF_AMX void unpack_group(DType dt, const uint8_t *g, int64_t nb, uint8_t *panel)
 // scale block i - kLag, stored kLag steps earlier.
 #define KF_AMX_STEP(i, cn, an, bn, cs)                    \
   do {                                                    \
+    fetch(i);                                             \
     if ((i) + 2 < nb) KF_AMX_ISSUE((i) + 2, cn, an, bn); \
     _tile_stored(cs, c[(i) % kBuffers], 64);              \
     if ((i) >= kLag) scale((i) - kLag);                   \
   } while (0)
 
 // y[r][0, 16) for activation rows r < rows of the 16 at x (rows nb blocks apart) against one panel.
-// dx[16i + r] = x[r][i].d, and for Q4_K dm[16i + r] = x[r][i].d * sum(x[r][i]).
+// dx[16i + r] = x[r][i].d, and for Q4_K dm[16i + r] = x[r][i].d * sum(x[r][i]). Meanwhile the
+// pf_lines cache lines at pf are prefetched into L2, a few per block (a burst of them stalls).
 template <bool Mins>
 KF_AMX void tile_rows(const uint8_t *panel, int64_t nb, const ActBlock *x, const float *dx, const float *dm, float *y,
-                      int64_t out, int rows) {
+                      int64_t out, int rows, const uint8_t *pf, int64_t pf_lines) {
   constexpr size_t pb = (Mins ? 128 : 64) + kTileValues, vo = pb - kTileValues;
   const long xs = long(size_t(nb) * sizeof(ActBlock));
   alignas(64) int32_t c[kBuffers][16][16];
@@ -132,6 +136,11 @@ KF_AMX void tile_rows(const uint8_t *panel, int64_t nb, const ActBlock *x, const
                                acc[r]);
       if constexpr (Mins) acc[r] = _mm512_fnmadd_ps(_mm512_loadu_ps(blk + 64), _mm512_set1_ps(dm[16 * i + r]), acc[r]);
     }
+  };
+  const int64_t pf_step = (pf_lines + nb - 1) / nb;
+  auto fetch = [&](int64_t i) __attribute__((always_inline)) {
+    for (int64_t l = i * pf_step, e = std::min(pf_lines, l + pf_step); l < e; l++)
+      _mm_prefetch(reinterpret_cast<const char *>(pf + 64 * l), _MM_HINT_T1);
   };
   KF_AMX_ISSUE(0, 0, 4, 6);
   if (nb > 1) KF_AMX_ISSUE(1, 1, 5, 7);
@@ -159,33 +168,46 @@ KF_AMX void tile_rows(const uint8_t *panel, int64_t nb, const ActBlock *x, const
 #undef KF_AMX_ISSUE
 
 KF_AMX void gemm_groups(DType dt, const uint8_t *groups, size_t group_bytes, int G, int64_t nb, const ActBlock *xq,
-                        float *y, int64_t T, int64_t out, int64_t r0, uint8_t *scratch) {
+                        const float *scales, float *y, int64_t T, int64_t out, int64_t r0, uint8_t *scratch,
+                        const uint8_t *fetch, size_t fetch_bytes) {
   const size_t pbytes = amx_panel_bytes(dt, nb);
   for (int g = 0; g < G; g++) unpack_group(dt, groups + size_t(g) * group_bytes, nb, scratch + size_t(g) * pbytes);
-  float *dx = reinterpret_cast<float *>(scratch + size_t(G) * pbytes), *dm = dx + 16 * nb;
   __asm__ volatile("" ::: "memory");  // tileloadd's asm does not say it reads the panels just written
   static const TileConfig cfg;
   _tile_loadconfig(&cfg);
   // Token tiles outside, groups inside: a tile's activation blocks stay in L1/L2 across the G panels.
-  for (int64_t t0 = 0; t0 < T; t0 += kAmxRows) {
-    const int rows = int(T - t0 < kAmxRows ? T - t0 : kAmxRows);
-    const ActBlock *x = xq + t0 * nb;
-    const __m512i rows16 = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                              _mm512_set1_epi32(int32_t(nb * int64_t(sizeof(ActBlock)))));
-    for (int64_t i = 0; i < nb; i++) {  // the 16 rows' block i, one gather each for d and sum
-      const __m512 d = _mm512_i32gather_ps(rows16, &x[i].d, 1);
-      _mm512_storeu_ps(dx + 16 * i, d);
-      if (has_mins(dt))
-        _mm512_storeu_ps(dm + 16 * i, _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_i32gather_epi32(rows16, &x[i].sum, 1))));
-    }
+  // The next weights' lines are dealt out over the tile_rows calls, all fetched by the last.
+  const int64_t tiles = (T + kAmxRows - 1) / kAmxRows, calls = tiles * G;
+  const int64_t lines = int64_t((fetch_bytes + 63) / 64), per_call = (lines + calls - 1) / calls;
+  for (int64_t t = 0; t < tiles; t++) {
+    const int rows = int(std::min<int64_t>(kAmxRows, T - t * kAmxRows));
+    const ActBlock *x = xq + t * kAmxRows * nb;
+    const float *dx = scales + size_t(t) * size_t(nb) * 32, *dm = dx + 16 * nb;
     for (int g = 0; g < G; g++) {
       const uint8_t *panel = scratch + size_t(g) * pbytes;
-      float *yt = y + t0 * out + r0 + 16 * g;
-      if (has_mins(dt)) tile_rows<true>(panel, nb, x, dx, dm, yt, out, rows);
-      else tile_rows<false>(panel, nb, x, dx, dm, yt, out, rows);
+      float *yt = y + t * kAmxRows * out + r0 + 16 * g;
+      const int64_t l0 = std::min(lines, (t * G + g) * per_call), n = std::min(lines - l0, per_call);
+      if (has_mins(dt)) tile_rows<true>(panel, nb, x, dx, dm, yt, out, rows, fetch + 64 * l0, n);
+      else tile_rows<false>(panel, nb, x, dx, dm, yt, out, rows, fetch + 64 * l0, n);
     }
   }
   _tile_release();
+}
+
+// Per token tile: dx[16i + r] = x[r][i].d, then (Q4_K) dm[16i + r] = d * sum, one gather each.
+KF_AMX void act_scales(const ActBlock *xq, int64_t T, int64_t nb, bool mins, float *scales) {
+  const __m512i rows16 = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                            _mm512_set1_epi32(int32_t(nb * int64_t(sizeof(ActBlock)))));
+  for (int64_t t = 0; t < (T + kAmxRows - 1) / kAmxRows; t++) {
+    const ActBlock *x = xq + t * kAmxRows * nb;
+    float *dx = scales + size_t(t) * size_t(nb) * 32, *dm = dx + 16 * nb;
+    for (int64_t i = 0; i < nb; i++) {
+      const __m512 d = _mm512_i32gather_ps(rows16, &x[i].d, 1);
+      _mm512_storeu_ps(dx + 16 * i, d);
+      if (mins)
+        _mm512_storeu_ps(dm + 16 * i, _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_i32gather_epi32(rows16, &x[i].sum, 1))));
+    }
+  }
 }
 
 #pragma GCC diagnostic pop
@@ -194,12 +216,23 @@ KF_AMX void gemm_groups(DType dt, const uint8_t *groups, size_t group_bytes, int
 }  // namespace
 #endif  // KF_AMX_X86
 
-void amx_gemm_groups(DType dt, const uint8_t *groups, size_t group_bytes, int G, int64_t nb, const ActBlock *xq,
-                     float *y, int64_t T, int64_t out, int64_t r0, uint8_t *scratch) {
+void amx_act_scales(const ActBlock *xq, int64_t T, int64_t nb, DType dt, float *scales) {
 #ifdef KF_AMX_X86
-  gemm_groups(dt, groups, group_bytes, G, nb, xq, y, T, out, r0, scratch);
+  act_scales(xq, T, nb, has_mins(dt), scales);
 #else
-  (void)groups, (void)group_bytes, (void)G, (void)nb, (void)xq, (void)y, (void)T, (void)out, (void)r0, (void)scratch;
+  (void)xq, (void)T, (void)nb, (void)scales;
+  raise(KF_ERR_INTERNAL, "cannot run the AMX GEMM on %s weights: this build is not for x86-64", dtype_name(dt));
+#endif
+}
+
+void amx_gemm_groups(DType dt, const uint8_t *groups, size_t group_bytes, int G, int64_t nb, const ActBlock *xq,
+                     const float *scales, float *y, int64_t T, int64_t out, int64_t r0, uint8_t *scratch,
+                     const uint8_t *fetch, size_t fetch_bytes) {
+#ifdef KF_AMX_X86
+  gemm_groups(dt, groups, group_bytes, G, nb, xq, scales, y, T, out, r0, scratch, fetch, fetch_bytes);
+#else
+  (void)groups, (void)group_bytes, (void)G, (void)nb, (void)xq, (void)scales, (void)y, (void)T, (void)out, (void)r0;
+  (void)scratch, (void)fetch, (void)fetch_bytes;
   raise(KF_ERR_INTERNAL, "cannot run the AMX GEMM on %s weights: this build is not for x86-64", dtype_name(dt));
 #endif
 }
