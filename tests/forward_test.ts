@@ -137,8 +137,11 @@ Deno.test("forward: weights converted to bf16/f16 at load match the reference wi
   ) {
     using model = await kv.loadModel(dir, { dtype });
     assert.equal(model.info.weightDType, dtype);
-    // 8 rows: the matrix-vector path, which multiplies bf16 weights exactly on every CPU (a longer
-    // prefill's AVX512-BF16 GEMM rounds the activations too; see above).
+    // 8 rows: the matrix-vector path. It multiplies f16 weights exactly on every CPU, and bf16 ones
+    // too except on AVX512-BF16 CPUs, where vdpbf16ps rounds the activations to bf16 as the GEMM does
+    // (see above): there the bf16 case can only be held to that rounding's bound, and every path's
+    // exact product is checked by tests/cpu_kernels_test.ts (KVFOLD_CPU=avx512 included).
+    const roundsActivations = dtype === "bf16" && kv.name.includes("avx512-bf16");
     const ids = someIds(8, model.info.vocabSize, 8);
     using s = model.session({ contextSize: 16 });
     const got = (await s.prefill(ids, { logits: "all" }))!;
@@ -148,7 +151,9 @@ Deno.test("forward: weights converted to bf16/f16 at load match the reference wi
       if (shape.length === 2) ref.tensors.get(name)!.forEach((x, i, arr) => (arr[i] = round(x)));
     }
     const err = relativeError(got, referenceLogits(ref, ids));
-    assert.ok(err < 1e-4, `${dtype}: relative error ${err.toExponential(2)} against rounded reference`);
+    const bound = roundsActivations ? 3e-2 : 1e-4;
+    assert.ok(err < bound, `${dtype}: relative error ${err.toExponential(2)} against rounded reference`);
+    if (roundsActivations) continue;
     // ...and the rounding really happened: the unrounded reference is measurably further away.
     const errUnrounded = relativeError(got, referenceLogits(await loadReferenceModel(dir), ids));
     assert.ok(errUnrounded > 10 * err, `${dtype}: ${errUnrounded} vs ${err}`);

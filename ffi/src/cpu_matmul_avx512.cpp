@@ -277,6 +277,84 @@ KF_AVX512BF16 void matvec_bf16_dot_rows(const uint16_t *xb, int64_t kp, int64_t 
   }
 }
 
+// f(std::integral_constant<int, T>{}) for T = 1..8: the matrix-vector kernels are templates on T.
+template <class F>
+void with_rows(int64_t T, F &&f) {
+  switch (T) {
+  case 1: return f(std::integral_constant<int, 1>{});
+  case 2: return f(std::integral_constant<int, 2>{});
+  case 3: return f(std::integral_constant<int, 3>{});
+  case 4: return f(std::integral_constant<int, 4>{});
+  case 5: return f(std::integral_constant<int, 5>{});
+  case 6: return f(std::integral_constant<int, 6>{});
+  case 7: return f(std::integral_constant<int, 7>{});
+  default: return f(std::integral_constant<int, 8>{});
+  }
+}
+
+// Short bf16 rows (under kMvShortRowBytes): a row's dot product is too short to pay for its own
+// horizontal sum, so 16 (t, row) pairs keep one accumulator each, R = 16 / T rows at a time, and
+// reduce16 sums all 16 at once (134M bf16 decode +25%, decode_ab both orders; the same for f16 rows
+// measured 0.85x of matvec_f16_rows, which keeps them). Rows go two at a time (two dependency chains
+// even at T = 1; +3.5% over one). An accumulator's steps and its reduction tree depend on neither T,
+// the pairing nor its slot: batching changes no bit.
+//
+// P rows' chunks: a[p * T + t] += x[t] · row p (32 bf16 products per vdpbf16ps; x rounded to bf16).
+template <int T, int P, bool L2>
+KF_AVX512BF16 inline void short_rows_bf16(const uint16_t *xb, int64_t kp, int64_t K, const uint16_t *w, size_t rw,
+                                          __m512 *a) {
+  int64_t i = 0;
+  for (; i + 32 <= K; i += 32)
+    for (int p = 0; p < P; p++) {
+      _mm_prefetch(reinterpret_cast<const char *>(w + p * rw + i) + kDecodePrefetchBytes, L2 ? _MM_HINT_T1 : _MM_HINT_T0);
+      const __m512bh wv = (__m512bh)_mm512_loadu_si512(w + p * rw + i);
+      for (int t = 0; t < T; t++)
+        a[p * T + t] = _mm512_dpbf16_ps(a[p * T + t], (__m512bh)_mm512_loadu_si512(xb + t * kp + i), wv);
+    }
+  if (i < K) {  // masked: x's padding and W's lanes past K are zeros
+    const __mmask32 m = __mmask32((1u << (K - i)) - 1u);
+    for (int p = 0; p < P; p++) {
+      const __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(m, w + p * rw + i);
+      for (int t = 0; t < T; t++)
+        a[p * T + t] = _mm512_dpbf16_ps(a[p * T + t], (__m512bh)_mm512_maskz_loadu_epi16(m, xb + t * kp + i), wv);
+    }
+  }
+}
+
+// y[t][r] for rows [r0, r1) of short bf16 rows of K values. A pair's accumulators
+// live in registers; their totals go to slot t * R + row of `acc` (memory: a register array indexed
+// by the row would be kept on the stack anyway), and reduce16 sums the 16 slots.
+template <int T, int P, bool L2>
+KF_AVX512BF16 inline void short_pair(const uint16_t *xb, int64_t kp, int64_t K, const uint16_t *w, int r,
+                                     __m512 *acc) {
+  constexpr int R = 16 / T;
+  __m512 a[P * T];
+  for (auto &v : a) v = _mm512_setzero_ps();
+  short_rows_bf16<T, P, L2>(xb, kp, K, w, size_t(K), a);
+  for (int p = 0; p < P; p++)
+    for (int t = 0; t < T; t++) acc[t * R + r + p] = a[p * T + t];
+}
+
+template <int T, bool L2>
+KF_AVX512BF16 void short_rows(const uint16_t *xb, int64_t kp, int64_t K, const uint8_t *W, float *y, int64_t N,
+                              int64_t r0, int64_t r1, const float *bias) {
+  constexpr int R = 16 / T;
+  for (int64_t g = r0; g < r1; g += R) {
+    const int n = int(std::min<int64_t>(R, r1 - g));
+    const uint16_t *wg = reinterpret_cast<const uint16_t *>(W) + size_t(g) * size_t(K);
+    alignas(64) __m512 acc[16];
+    for (auto &v : acc) v = _mm512_setzero_ps();
+    int r = 0;
+    for (; r + 2 <= n; r += 2) short_pair<T, 2, L2>(xb, kp, K, wg + size_t(r) * size_t(K), r, acc);
+    if (r < n) short_pair<T, 1, L2>(xb, kp, K, wg + size_t(r) * size_t(K), r, acc);
+    alignas(64) float sums[16];
+    _mm512_store_ps(sums, reduce16(acc, [](__m512 u, __m512 v) KF_AVX512 { return _mm512_add_ps(u, v); }));
+    for (int t = 0; t < T; t++)
+      for (int q = 0; q < n; q++) y[t * N + g + q] = sums[t * R + q] + (bias ? bias[g + q] : 0.0f);
+  }
+}
+
+
 // y[t][r] = x[t] · W[r] (+ bias) for rows [r0, r1), W f16: 16 weights widened per vcvtph2ps zmm,
 // FMAs in f32 (x is not rounded: f16 keeps 11 significant bits, rounding x to bf16 would lose
 // more), two accumulators per t, each row one sequential stream prefetched kDecodePrefetchBytes
@@ -309,20 +387,6 @@ KF_AVX512 void matvec_f16_rows(const float *x, int64_t K, const uint8_t *W, size
   }
 }
 
-// f(std::integral_constant<int, T>{}) for T = 1..8: the matrix-vector kernels are templates on T.
-template <class F>
-void with_rows(int64_t T, F &&f) {
-  switch (T) {
-  case 1: return f(std::integral_constant<int, 1>{});
-  case 2: return f(std::integral_constant<int, 2>{});
-  case 3: return f(std::integral_constant<int, 3>{});
-  case 4: return f(std::integral_constant<int, 4>{});
-  case 5: return f(std::integral_constant<int, 5>{});
-  case 6: return f(std::integral_constant<int, 6>{});
-  case 7: return f(std::integral_constant<int, 7>{});
-  default: return f(std::integral_constant<int, 8>{});
-  }
-}
 
 }  // namespace
 
@@ -333,7 +397,12 @@ void bf16_round_rows(const float *x, int64_t K, int64_t T, int64_t kp, uint16_t 
 void matvec_bf16_dot_range(const uint16_t *xb, int64_t kp, const void *W, float *y, int64_t T, int64_t K, int64_t N,
                            int64_t r0, int64_t r1, const float *bias) {
   const uint8_t *Wb = static_cast<const uint8_t *>(W);
-  with_rows(T, [&](auto t) { matvec_bf16_dot_rows<t.value>(xb, kp, K, Wb, size_t(K) * 2, y, N, r0, r1, bias); });
+  with_rows(T, [&](auto t) {
+    if (size_t(K) * 2 >= kMvShortRowBytes)
+      matvec_bf16_dot_rows<t.value>(xb, kp, K, Wb, size_t(K) * 2, y, N, r0, r1, bias);
+    else if (cpu_decode_prefetch_l2()) short_rows<t.value, true>(xb, kp, K, Wb, y, N, r0, r1, bias);
+    else short_rows<t.value, false>(xb, kp, K, Wb, y, N, r0, r1, bias);
+  });
 }
 
 void matvec_f16_range(const float *x, const void *W, float *y, int64_t T, int64_t K, int64_t N, int64_t r0, int64_t r1,

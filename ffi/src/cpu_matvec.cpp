@@ -36,14 +36,14 @@ bool choose_kernel(const MatmulProduct &p, CpuPath path, int64_t T, int64_t in, 
     return matmul_quant_rows_apply(p.dt, T, in, p.out);
   }
   if (path == CpuPath::Scalar || (p.dt != DType::F32 && p.dt != DType::F16 && p.dt != DType::BF16)) return false;
-  // - long bf16 rows on AVX512-BF16 take vdpbf16ps (one instruction per 64 weight bytes instead of
+  // - bf16 rows on AVX512-BF16 take vdpbf16ps (one instruction per 64 weight bytes instead of
   //   widen + FMA per 16: 1.1B decode on one thread 11.0 -> 12.2 tok/s; x rounded to bf16 as prefill
-  //   already does there); short ones (< 3 KiB) stay AVX2, where the per-row reduction costs more
-  //   (134M: 10% slower);
+  //   already does there); short ones (< 3 KiB) 16 at a time with one reduction for all 16 (one per
+  //   row made them 10% slower than AVX2 on the 134M; batched, 25% faster);
   // - f16 on AVX-512 widens 16 weights per instruction, one row stream at a time (the AVX2 kernel's
   //   8 interleaved 4 KiB rows read at 2/3 of bf16's rate: 1.1B decode 0.92x llama.cpp's);
   // - f32 stays AVX2 (memory-bound: wider registers do not read faster).
-  if (p.dt == DType::BF16 && int32_t(path) >= int32_t(CpuPath::Avx512Bf16) && size_t(in) * 2 >= kMvShortRowBytes)
+  if (p.dt == DType::BF16 && int32_t(path) >= int32_t(CpuPath::Avx512Bf16))
     *k = RowKernel::Bf16Dot;
   else if (p.dt == DType::F16 && int32_t(path) >= int32_t(CpuPath::Avx512))
     *k = RowKernel::F16;

@@ -19,6 +19,7 @@
 #include "cpu_features.h"
 #include "cpu_quant_amx.h"
 #include "cpu_quant_vnni512.h"
+#include "cpu_transpose16.h"
 #include "cpu_scratch.h"
 
 #if defined(__x86_64__)
@@ -160,23 +161,7 @@ void quantize_act_row_scalar(const float *x, int64_t n, ActBlock *y) {
 // nearbyintf does in the default rounding mode. Prefill quantizes T x in values per matmul.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12's _mm512_undefined_* in its own headers
-#define KF_Q512 __attribute__((target("avx512f,avx512bw,avx512vl")))
-
-// Lane b := op over the 16 lanes of v[b], for 16 vectors at once: 15 combine steps of two shuffles
-// each, where 16 separate reductions take 4 x 16. Max and integer add are exact in any order.
-template <class Op>
-KF_Q512 inline __m512 reduce16(__m512 v[16], Op op) {
-  __m512 c[8], e[4], f[2];
-  for (int i = 0; i < 8; i++)  // quarters 0-1: v[2i]'s halves combined; 2-3: v[2i+1]'s
-    c[i] = op(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44), _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
-  for (int i = 0; i < 4; i++)  // quarter q: v[4i + q], 4 lanes
-    e[i] = op(_mm512_shuffle_f32x4(c[2 * i], c[2 * i + 1], 0x88), _mm512_shuffle_f32x4(c[2 * i], c[2 * i + 1], 0xDD));
-  for (int i = 0; i < 2; i++)  // quarter q: lanes 0-1 v[8i + q], lanes 2-3 v[8i + 4 + q]
-    f[i] = op(_mm512_shuffle_ps(e[2 * i], e[2 * i + 1], 0x44), _mm512_shuffle_ps(e[2 * i], e[2 * i + 1], 0xEE));
-  // lane 4q + k: v[4k + q]; put lane b at b
-  const __m512 g = op(_mm512_shuffle_ps(f[0], f[1], 0x88), _mm512_shuffle_ps(f[0], f[1], 0xDD));
-  return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), g);
-}
+#define KF_Q512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
 
 // One block: its max |v| (NaN lanes skipped), as the scalar loop's std::max leaves it.
 KF_Q512 inline __m512 block_abs_max(const float *v) {
@@ -202,7 +187,7 @@ KF_Q512 void quantize_act_row_avx512(const float *x, int64_t n, ActBlock *y) {
     const float *xb = x + 32 * b;
     __m512 m[16];
     for (int i = 0; i < 16; i++) m[i] = block_abs_max(xb + 32 * i);
-    const __m512 d = _mm512_div_ps(reduce16(m, [](__m512 u, __m512 w) { return _mm512_max_ps(u, w); }),
+    const __m512 d = _mm512_div_ps(reduce16(m, [](__m512 u, __m512 w) KF_Q512 { return _mm512_max_ps(u, w); }),
                                    _mm512_set1_ps(127.0f));
     alignas(64) float dv[16], idv[16];
     _mm512_store_ps(dv, d);
@@ -211,7 +196,7 @@ KF_Q512 void quantize_act_row_avx512(const float *x, int64_t n, ActBlock *y) {
     __m512 sums[16];
     for (int i = 0; i < 16; i++) sums[i] = _mm512_castsi512_ps(quantize_block(xb + 32 * i, idv[i], y + b + i));
     alignas(64) int32_t sv[16];
-    _mm512_store_si512(sv, _mm512_castps_si512(reduce16(sums, [](__m512 u, __m512 w) {
+    _mm512_store_si512(sv, _mm512_castps_si512(reduce16(sums, [](__m512 u, __m512 w) KF_Q512 {
                          return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(u), _mm512_castps_si512(w)));
                        })));
     for (int i = 0; i < 16; i++) y[b + i].d = dv[i], y[b + i].sum = sv[i];

@@ -64,7 +64,7 @@ KF_AMX void unpack_group(DType dt, const uint8_t *g, int64_t nb, uint8_t *panel)
       const __m512 dmin = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(g + 32)));
       for (int j = 0; j < 8; j++) {  // sub-block j: the low (even j) or high nibbles of chunks 8(j/2)..+7
         uint8_t *o = panel + size_t(8 * b + j) * pb;
-        auto bytes_ps = [](const uint8_t *q) {
+        auto bytes_ps = [](const uint8_t *q) KF_AMX {
           return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(q))));
         };
         _mm512_storeu_ps(o, _mm512_mul_ps(d, bytes_ps(g + kQ4kScales + 16 * j)));
@@ -125,7 +125,7 @@ KF_AMX void tile_rows(const uint8_t *panel, int64_t nb, const ActBlock *x, const
   __m512 acc[16];
 #pragma GCC unroll 16
   for (int r = 0; r < 16; r++) acc[r] = _mm512_setzero_ps();
-  auto scale = [&](int64_t i) __attribute__((always_inline)) {
+  auto scale = [&](int64_t i) KF_AMX __attribute__((always_inline)) {
     const int32_t(*ci)[16] = c[i % kBuffers];
     const uint8_t *blk = panel + size_t(i) * pb;
     const float *dxi = dx + 16 * i;
@@ -138,7 +138,7 @@ KF_AMX void tile_rows(const uint8_t *panel, int64_t nb, const ActBlock *x, const
     }
   };
   const int64_t pf_step = (pf_lines + nb - 1) / nb;
-  auto fetch = [&](int64_t i) __attribute__((always_inline)) {
+  auto fetch = [&](int64_t i) KF_AMX __attribute__((always_inline)) {
     for (int64_t l = i * pf_step, e = std::min(pf_lines, l + pf_step); l < e; l++)
       _mm_prefetch(reinterpret_cast<const char *>(pf + 64 * l), _MM_HINT_T1);
   };

@@ -339,7 +339,7 @@ KF_VNNI512 void rows16_q4_k(const uint8_t *p, int64_t nb, const ActBlock *const 
   __m512 acc[NT];
   for (int j = 0; j < NT; j++) acc[j] = _mm512_setzero_ps();
   const __m512i low4 = _mm512_set1_epi8(15);
-  auto bytes_ps = [](const uint8_t *q) {  // 16 bytes as 16 floats
+  auto bytes_ps = [](const uint8_t *q) KF_VNNI512 {  // 16 bytes as 16 floats
     return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(q))));
   };
   for (int64_t b = 0; b < nb; b++, p += kQ4kGroupBlock) {
