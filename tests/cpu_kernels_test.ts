@@ -27,6 +27,7 @@ Deno.test("cpu kernels: every path against float64 references (native checks)", 
       "cpu_attention",
       "cpu_attention_avx512",
       "cpu_ops_avx512",
+      "cpu_quant_act",
       "cpu_features",
     ]
       .concat(["threadpool", "common"]).map((f) => `${root}/ffi/src/${f}.cpp`);

@@ -64,6 +64,7 @@ Deno.test("native: CPU kernels match a double-precision reference at many sizes,
     "ffi/src/cpu_attention.cpp",
     "ffi/src/cpu_attention_avx512.cpp",
     "ffi/src/cpu_ops_avx512.cpp",
+    "ffi/src/cpu_quant_act.cpp",
     "ffi/src/threadpool.cpp",
     "ffi/src/common.cpp",
   ]);

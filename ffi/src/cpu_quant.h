@@ -84,6 +84,7 @@ struct ActBlock;
 }
 constexpr int64_t kQuantMatvecMaxT = 2;
 void quantize_act_rows(const float *x, int64_t lda, int64_t in, int64_t T, quant::ActBlock *xq);
+void quantize_act_row(const float *x, int64_t n, quant::ActBlock *y);  // one row (cpu_quant_act.cpp)
 bool matmul_quant_rows_apply(DType dt, int64_t T, int64_t in, int64_t out);
 void matmul_quant_rows(const quant::ActBlock *xq, int64_t nb, const void *W, DType dt, float *y, int64_t T,
                        int64_t out, const float *bias, int64_t r0, int64_t r1);
