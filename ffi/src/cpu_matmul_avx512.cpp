@@ -258,8 +258,8 @@ KF_AVX512BF16 void matvec_bf16_dot_rows(const uint16_t *xb, int64_t kp, int64_t 
     for (int t = 0; t < T; t++) acc[t][0] = acc[t][1] = _mm512_setzero_ps();
     int64_t i = 0;
     for (; i + 64 <= K; i += 64) {
-      _mm_prefetch(reinterpret_cast<const char *>(w + i) + kDecodePrefetchBytes, _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char *>(w + i) + kDecodePrefetchBytes + 64, _MM_HINT_T0);
+      decode_prefetch<false>(w + i);
+      decode_prefetch<false>(w + i + 32);
       const __m512bh w0 = (__m512bh)_mm512_loadu_si512(w + i), w1 = (__m512bh)_mm512_loadu_si512(w + i + 32);
       for (int t = 0; t < T; t++) {
         acc[t][0] = _mm512_dpbf16_ps(acc[t][0], (__m512bh)_mm512_loadu_si512(xb + t * kp + i), w0);
@@ -306,7 +306,7 @@ KF_AVX512BF16 inline void short_rows_bf16(const uint16_t *xb, int64_t kp, int64_
   int64_t i = 0;
   for (; i + 32 <= K; i += 32)
     for (int p = 0; p < P; p++) {
-      _mm_prefetch(reinterpret_cast<const char *>(w + p * rw + i) + kDecodePrefetchBytes, L2 ? _MM_HINT_T1 : _MM_HINT_T0);
+      decode_prefetch<L2>(w + p * rw + i);
       const __m512bh wv = (__m512bh)_mm512_loadu_si512(w + p * rw + i);
       for (int t = 0; t < T; t++)
         a[p * T + t] = _mm512_dpbf16_ps(a[p * T + t], (__m512bh)_mm512_loadu_si512(xb + t * kp + i), wv);
@@ -321,9 +321,8 @@ KF_AVX512BF16 inline void short_rows_bf16(const uint16_t *xb, int64_t kp, int64_
   }
 }
 
-// y[t][r] for rows [r0, r1) of short bf16 rows of K values. A pair's accumulators
-// live in registers; their totals go to slot t * R + row of `acc` (memory: a register array indexed
-// by the row would be kept on the stack anyway), and reduce16 sums the 16 slots.
+// P rows from row r of a group: their accumulators live in registers, their totals go to slots
+// t * R + r + p of `acc` (memory: a register array indexed by the row would be kept on the stack anyway).
 template <int T, int P, bool L2>
 KF_AVX512BF16 inline void short_pair(const uint16_t *xb, int64_t kp, int64_t K, const uint16_t *w, int r,
                                      __m512 *acc) {
@@ -335,6 +334,8 @@ KF_AVX512BF16 inline void short_pair(const uint16_t *xb, int64_t kp, int64_t K, 
     for (int t = 0; t < T; t++) acc[t * R + r + p] = a[p * T + t];
 }
 
+// y[t][r] for rows [r0, r1) of short bf16 rows of K values, R = 16 / T rows per group, reduce16 summing
+// the group's 16 slots.
 template <int T, bool L2>
 KF_AVX512BF16 void short_rows(const uint16_t *xb, int64_t kp, int64_t K, const uint8_t *W, float *y, int64_t N,
                               int64_t r0, int64_t r1, const float *bias) {
@@ -354,7 +355,6 @@ KF_AVX512BF16 void short_rows(const uint16_t *xb, int64_t kp, int64_t K, const u
   }
 }
 
-
 // y[t][r] = x[t] · W[r] (+ bias) for rows [r0, r1), W f16: 16 weights widened per vcvtph2ps zmm,
 // FMAs in f32 (x is not rounded: f16 keeps 11 significant bits, rounding x to bf16 would lose
 // more), two accumulators per t, each row one sequential stream prefetched kDecodePrefetchBytes
@@ -369,7 +369,7 @@ KF_AVX512 void matvec_f16_rows(const float *x, int64_t K, const uint8_t *W, size
     for (int t = 0; t < T; t++) acc[t][0] = acc[t][1] = _mm512_setzero_ps();
     int64_t i = 0;
     for (; i + 32 <= K; i += 32) {
-      _mm_prefetch(reinterpret_cast<const char *>(w + i) + kDecodePrefetchBytes, L2 ? _MM_HINT_T1 : _MM_HINT_T0);
+      decode_prefetch<L2>(w + i);
       const __m512 w0 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(w + i)));
       const __m512 w1 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(w + i + 16)));
       for (int t = 0; t < T; t++) {
@@ -387,7 +387,6 @@ KF_AVX512 void matvec_f16_rows(const float *x, int64_t K, const uint8_t *W, size
   }
 }
 
-
 }  // namespace
 
 void bf16_round_rows(const float *x, int64_t K, int64_t T, int64_t kp, uint16_t *xb) {
@@ -397,20 +396,18 @@ void bf16_round_rows(const float *x, int64_t K, int64_t T, int64_t kp, uint16_t 
 void matvec_bf16_dot_range(const uint16_t *xb, int64_t kp, const void *W, float *y, int64_t T, int64_t K, int64_t N,
                            int64_t r0, int64_t r1, const float *bias) {
   const uint8_t *Wb = static_cast<const uint8_t *>(W);
-  with_rows(T, [&](auto t) {
-    if (size_t(K) * 2 >= kMvShortRowBytes)
-      matvec_bf16_dot_rows<t.value>(xb, kp, K, Wb, size_t(K) * 2, y, N, r0, r1, bias);
-    else if (cpu_decode_prefetch_l2()) short_rows<t.value, true>(xb, kp, K, Wb, y, N, r0, r1, bias);
-    else short_rows<t.value, false>(xb, kp, K, Wb, y, N, r0, r1, bias);
+  if (size_t(K) * 2 >= kMvShortRowBytes)
+    return with_rows(T, [&](auto t) { matvec_bf16_dot_rows<t.value>(xb, kp, K, Wb, size_t(K) * 2, y, N, r0, r1, bias); });
+  with_decode_prefetch([&](auto l2) {
+    with_rows(T, [&](auto t) { short_rows<t.value, l2.value>(xb, kp, K, Wb, y, N, r0, r1, bias); });
   });
 }
 
 void matvec_f16_range(const float *x, const void *W, float *y, int64_t T, int64_t K, int64_t N, int64_t r0, int64_t r1,
                       const float *bias) {
   const uint8_t *Wb = static_cast<const uint8_t *>(W);
-  with_rows(T, [&](auto t) {
-    if (cpu_decode_prefetch_l2()) matvec_f16_rows<t.value, true>(x, K, Wb, size_t(K) * 2, y, N, r0, r1, bias);
-    else matvec_f16_rows<t.value, false>(x, K, Wb, size_t(K) * 2, y, N, r0, r1, bias);
+  with_decode_prefetch([&](auto l2) {
+    with_rows(T, [&](auto t) { matvec_f16_rows<t.value, l2.value>(x, K, Wb, size_t(K) * 2, y, N, r0, r1, bias); });
   });
 }
 

@@ -4,7 +4,12 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
+#if defined(__x86_64__)
+#include <xmmintrin.h>
+#endif
 
+#include "cpu_features.h"
 #include "cpu_ops.h"
 
 namespace kf {
@@ -18,6 +23,24 @@ constexpr size_t kMvShortRowBytes = 3072;
 // the distance switched, median of 8-10 rounds): 4 KiB against 1 KiB bf16 +8%, f16 +11%; against
 // no prefetch q8_0 +7% (at 2 KiB; 4 KiB +4% more), q4_0 +7%, q4_k_m +3%; 8 KiB no better.
 constexpr size_t kDecodePrefetchBytes = 4096;
+
+// The line kDecodePrefetchBytes past `at`, into L2 or L1 (cpu_decode_prefetch_l2() says which the
+// kernels take: a template argument, given by with_decode_prefetch).
+template <bool L2>
+inline void decode_prefetch(const void *at) {
+#if defined(__x86_64__)
+  _mm_prefetch(static_cast<const char *>(at) + kDecodePrefetchBytes, L2 ? _MM_HINT_T1 : _MM_HINT_T0);
+#else
+  (void)at;
+#endif
+}
+
+// f(std::true_type{}) where decode prefetches into L2, else f(std::false_type{}).
+template <class F>
+void with_decode_prefetch(F &&f) {
+  if (cpu_decode_prefetch_l2()) f(std::true_type{});
+  else f(std::false_type{});
+}
 
 // Rows [r0, r1) of y[T, out] = x[T, in] · W^T (+ bias), W f32 / f16 / bf16, T in 1..kMatvecMaxT, by the
 // AVX2 (or plain) matrix-vector kernels of cpu_matmul.cpp. Same bits whatever r0 and r1 are.

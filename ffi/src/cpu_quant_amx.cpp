@@ -31,11 +31,13 @@ constexpr int64_t kLag = 2, kBuffers = 4;
 
 constexpr bool has_mins(DType dt) { return dt == DType::Q4_K_R16; }
 size_t panel_block_bytes(DType dt) { return (has_mins(dt) ? 128 : 64) + kTileValues; }
+// Floats of one token tile's activation scales: dx[16 nb], then dm[16 nb] (Q4_K only, the room kept).
+size_t tile_scale_floats(int64_t nb) { return size_t(nb) * 16 * 2; }
 }  // namespace
 
 size_t amx_panel_bytes(DType dt, int64_t nb) { return size_t(nb) * panel_block_bytes(dt); }
 size_t amx_scale_bytes(int64_t T, int64_t nb) {
-  return size_t((T + kAmxRows - 1) / kAmxRows) * size_t(nb) * 16 * 2 * sizeof(float);
+  return size_t((T + kAmxRows - 1) / kAmxRows) * tile_scale_floats(nb) * sizeof(float);
 }
 
 #ifdef KF_AMX_X86
@@ -182,7 +184,7 @@ KF_AMX void gemm_groups(DType dt, const uint8_t *groups, size_t group_bytes, int
   for (int64_t t = 0; t < tiles; t++) {
     const int rows = int(std::min<int64_t>(kAmxRows, T - t * kAmxRows));
     const ActBlock *x = xq + t * kAmxRows * nb;
-    const float *dx = scales + size_t(t) * size_t(nb) * 32, *dm = dx + 16 * nb;
+    const float *dx = scales + size_t(t) * tile_scale_floats(nb), *dm = dx + 16 * nb;
     for (int g = 0; g < G; g++) {
       const uint8_t *panel = scratch + size_t(g) * pbytes;
       float *yt = y + t * kAmxRows * out + r0 + 16 * g;
@@ -200,7 +202,7 @@ KF_AMX void act_scales(const ActBlock *xq, int64_t T, int64_t nb, bool mins, flo
                                             _mm512_set1_epi32(int32_t(nb * int64_t(sizeof(ActBlock)))));
   for (int64_t t = 0; t < (T + kAmxRows - 1) / kAmxRows; t++) {
     const ActBlock *x = xq + t * kAmxRows * nb;
-    float *dx = scales + size_t(t) * size_t(nb) * 32, *dm = dx + 16 * nb;
+    float *dx = scales + size_t(t) * tile_scale_floats(nb), *dm = dx + 16 * nb;
     for (int64_t i = 0; i < nb; i++) {
       const __m512 d = _mm512_i32gather_ps(rows16, &x[i].d, 1);
       _mm512_storeu_ps(dx + 16 * i, d);

@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <type_traits>
 #include <vector>
 
 #include "cpu_features.h"
@@ -277,13 +276,6 @@ KF_VNNI512 void pack_rows16_panel(const uint8_t *groups, size_t group_bytes, int
   }
 }
 
-// Decode's prefetch of the stream kDecodePrefetchBytes ahead, into L1 or (cpu_decode_prefetch_l2) L2.
-template <bool L2>
-KF_VNNI512 inline void decode_prefetch(const uint8_t *a) {
-  if constexpr (L2) _mm_prefetch(reinterpret_cast<const char *>(a), _MM_HINT_T1);
-  else _mm_prefetch(reinterpret_cast<const char *>(a), _MM_HINT_T0);
-}
-
 // Decode over one group: per block, one zmm of 16 scales, 8 (Q8_0) or 4 (Q4_0, two nibble halves)
 // loads, and 8 vpdpbusd per activation row whose lanes are the 16 outputs; no horizontal sums. The
 // int sums go in two chains so each block's dots do not wait on one another. Then the block's
@@ -296,7 +288,7 @@ KF_VNNI512 void rows16(const uint8_t *p, int64_t nb, const ActBlock *const *x, f
   for (int j = 0; j < NT; j++) acc[j] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; b++, p += gb) {
     // A thread's groups are one sequential stream: every line of the block kDecodePrefetchBytes on.
-    for (size_t l = 0; l < gb; l += 64) decode_prefetch<L2>(p + kDecodePrefetchBytes + l);
+    for (size_t l = 0; l < gb; l += 64) decode_prefetch<L2>(p + l);
     const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p)));
     __m512i s0[NT], s1[NT];
     int32_t xd[NT][8];
@@ -343,7 +335,7 @@ KF_VNNI512 void rows16_q4_k(const uint8_t *p, int64_t nb, const ActBlock *const 
     return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(q))));
   };
   for (int64_t b = 0; b < nb; b++, p += kQ4kGroupBlock) {
-    for (size_t l = 0; l < kQ4kGroupBlock; l += 64) decode_prefetch<L2>(p + kDecodePrefetchBytes + l);
+    for (size_t l = 0; l < kQ4kGroupBlock; l += 64) decode_prefetch<L2>(p + l);
     const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p)));
     const __m512 dmin = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p + 32)));
     for (int i = 0; i < 4; i++) {
@@ -411,15 +403,13 @@ void gemm_panel(DType dt, const uint8_t *w, size_t rb, int C, int64_t nb, const 
 
 void rows16_group(DType dt, const uint8_t *group, int64_t nb, const ActBlock *const *x, int nt, float *const *y) {
 #ifdef KF_QUANT_X86
-  const auto run = [&](auto l2) {
+  with_decode_prefetch([&](auto l2) {
     constexpr bool L2 = decltype(l2)::value;
     if (dt == DType::Q4_K_R16) nt == 2 ? rows16_q4_k<2, L2>(group, nb / 8, x, y) : rows16_q4_k<1, L2>(group, nb / 8, x, y);
     else if (dtype_block_kind(dt) == DType::Q8_0)
       nt == 2 ? rows16<DType::Q8_0, 2, L2>(group, nb, x, y) : rows16<DType::Q8_0, 1, L2>(group, nb, x, y);
     else nt == 2 ? rows16<DType::Q4_0, 2, L2>(group, nb, x, y) : rows16<DType::Q4_0, 1, L2>(group, nb, x, y);
-  };
-  if (cpu_decode_prefetch_l2()) run(std::true_type{});
-  else run(std::false_type{});
+  });
 #else
   (void)group, (void)nb, (void)x, (void)nt, (void)y;
   raise(KF_ERR_INTERNAL, "cannot run the interleaved %s kernel: this build has no AVX512-VNNI kernels", dtype_name(dt));
