@@ -1,9 +1,10 @@
 // A/B of one native change on decode (or prefill) speed: two processes, each with the same model
-// loaded, decode 64 tokens (or prefill `--tokens` ids) in turn (never at once), round after round, so drift of the machine (a VM's memory
-// bandwidth moves by tens of percent over minutes) falls on both sides alike. The sides differ by
-// environment: a library build (`--lib-b PATH` loads another libkvfold.so) or a switch the library
-// reads (`--env-b KVFOLD_CPU=avx2`). Prints each round's pair and the median ratio B / A, with how
-// busy the machine was; writes JSON beside it. Not a test: a measurement.
+// loaded, decode 64 tokens (or prefill `--tokens` ids) in turn (never at once), round after round, so
+// drift of the machine (a VM's memory bandwidth moves by tens of percent over minutes) falls on both
+// sides alike. The sides differ by environment: a library build (`--lib-b PATH` loads another
+// libkvfold.so) or a switch the library reads (`--env-b KVFOLD_CPU=avx2`). Prints each round's pair
+// and the median ratio B / A, with how busy the machine was; writes JSON beside it. Not a test: a
+// measurement.
 //
 //   deno run -A bench/decode_ab.ts [--model DIR] [--dtype q4_0] [--rounds 10] [--tokens 64]
 //     [--env-a K=V] [--env-b K=V] [--lib-a PATH] [--lib-b PATH] [--threads 2] [--phase decode|prefill]
