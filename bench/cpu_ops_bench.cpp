@@ -5,7 +5,8 @@
 //       ffi/src/cpu_matmul.cpp ffi/src/cpu_matvec.cpp ffi/src/cpu_matmul_avx512.cpp ffi/src/cpu_matmul_scalar.cpp
 //       ffi/src/cpu_quant.cpp ffi/src/cpu_quant_vnni512.cpp ffi/src/cpu_quant_amx.cpp ffi/src/cpu_matmul_amx.cpp ffi/src/cpu_features.cpp ffi/src/cpu_attention.cpp ffi/src/cpu_attention_avx512.cpp ffi/src/cpu_ops_avx512.cpp ffi/src/cpu_quant_act.cpp ffi/src/threadpool.cpp ffi/src/common.cpp
 //       -o build/cpu_ops_bench && build/cpu_ops_bench [out.json]
-// KVFOLD_CPU=scalar|avx2|avx512|avx512bf16 picks the kernel path (cpu_features.h).
+// KVFOLD_CPU=scalar|avx2|avx512|avx512bf16 picks the kernel path (cpu_features.h);
+// KF_BENCH_DTYPES="Q4_0,Q4_K" measures only the dtypes named.
 //
 // For 1 and 2 threads (or the counts given by KF_BENCH_THREADS="1,2,4") it prints:
 // - memory read bandwidth (GB/s) over 512 MiB, the ceiling for decode;
@@ -25,11 +26,14 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
+#include <new>
 #include <string>
 #include <vector>
 
 #include "../src/common.h"
 #include "../src/cpu_ops.h"
+#include "../src/cpu_quant.h"
 #include "../src/threadpool.h"
 
 #ifdef __AVX2__
@@ -46,19 +50,45 @@ double seconds_since(Clock::time_point t0) { return std::chrono::duration<double
 struct Shape {
   int64_t in, out;
 };
-const Shape kShapes[] = {{768, 768}, {768, 2048}, {2048, 768}, {768, 32000}};
-const DType kDtypes[] = {DType::F32, DType::BF16, DType::F16};
+// The 134M's shapes, then the 1.1B's (hidden 2048, intermediate 5632).
+const Shape kShapes[] = {{768, 768}, {768, 2048}, {2048, 768}, {768, 32000}, {2048, 5632}, {5632, 2048}};
+// Quantized weights in the layout a loaded model decodes with here (16-row groups where
+// quant_rows16_wanted(); Q4_K only as Q4_K_R16, so only there).
+const DType kDtypes[] = {DType::F32, DType::BF16, DType::F16, DType::Q8_0, DType::Q4_0, DType::Q4_K};
 
-std::vector<uint8_t> random_weights(DType dt, int64_t n, uint64_t seed) {
+// W [out, in] in dt from uniform values in [-1, 1); *used: the dtype matmul reads it as. Q4_K gets
+// valid blocks of random codes, scales and mins (kvfold has no Q4_K quantizer; speed ignores values).
+std::vector<uint8_t> random_weights(DType dt, int64_t out, int64_t in, uint64_t seed, ThreadPool &pool, DType *used) {
+  const int64_t n = out * in;
   std::vector<float> f(static_cast<size_t>(n));
   uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
   for (float &v : f) {
     s = s * 6364136223846793005ull + 1442695040888963407ull;
     v = float(int64_t(s >> 40) - (1 << 23)) / float(1 << 23);
   }
-  std::vector<uint8_t> raw(size_t(n) * dtype_size(dt));
-  convert_f32_to(f.data(), dt, raw.data(), n);
-  return raw;
+  *used = dt;
+  if (!dtype_quantized(dt) && dt != DType::Q4_K) {
+    std::vector<uint8_t> raw(size_t(n) * dtype_size(dt));
+    convert_f32_to(f.data(), dt, raw.data(), n);
+    return raw;
+  }
+  const size_t rb = dtype_row_bytes(dt, in);
+  std::vector<uint8_t> raw(size_t(out) * rb);
+  if (dt == DType::Q4_K) {
+    for (size_t i = 0; i < raw.size(); i++) raw[i] = uint8_t(f[i % f.size()] * 127.0f + 128.0f);
+    for (size_t b = 0; b < raw.size(); b += sizeof(BlockQ4_K)) {
+      const uint16_t d = 0x211F;  // f16 0.01
+      std::memcpy(&raw[b], &d, 2);
+      std::memcpy(&raw[b + 2], &d, 2);
+    }
+  } else {
+    for (int64_t r = 0; r < out; r++) quantize_row(f.data() + r * in, dt, raw.data() + size_t(r) * rb, in);
+  }
+  if (!quant_rows16_wanted()) return raw;
+  *used = dt == DType::Q8_0 ? DType::Q8_0_R16 : dt == DType::Q4_0 ? DType::Q4_0_R16 : DType::Q4_K_R16;
+  std::vector<uint8_t> r16(size_t(out) * dtype_row_bytes(*used, in));
+  interleave_rows16(pool, dt, raw.data(), out, in, r16.data());
+  return r16;
 }
 
 // FMA throughput of every thread: 12 independent vfmadd231ps chains in inline asm (written in C++
@@ -218,6 +248,7 @@ int main(int argc, char **argv) {
       if (*p == ',') p++;
     }
   }
+  const char *dtype_filter = std::getenv("KF_BENCH_DTYPES");  // e.g. "Q4_0,Q4_K": only those
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // rows appear as they are measured, even through a pipe
   std::printf("cpu_ops_bench (%s)\n", cpu_simd_name());
   std::vector<Row> rows;
@@ -239,24 +270,36 @@ int main(int argc, char **argv) {
 
     std::printf("%-6s %-12s %12s %8s %12s %8s %12s %14s %8s\n", "dtype", "in->out", "matvec cold", "% bw", "read same",
                 "% read", "matvec hot", "gemm T=128", "% peak");
-    for (DType dt : kDtypes) {
+    for (DType wanted : kDtypes) {
+      if (wanted == DType::Q4_K && !quant_rows16_wanted()) continue;
+      if (dtype_filter && !std::strstr(dtype_filter, dtype_name(wanted))) continue;
       for (const Shape &s : kShapes) {
         const int64_t n = s.in * s.out;
-        const size_t bytes = size_t(n) * dtype_size(dt);
-        // Enough copies that one pass over them overflows the 32 MiB L3 many times.
-        const size_t copies = std::max<size_t>(2, (size_t(256) << 20) / bytes);
-        std::vector<std::vector<uint8_t>> w;
-        for (size_t c = 0; c < copies; c++) w.push_back(random_weights(dt, n, c + 1));
+        DType dt = wanted;
+        const std::vector<uint8_t> w0 = random_weights(wanted, s.out, s.in, 1, pool, &dt);
+        const size_t bytes = w0.size(), stride = (bytes + 4095) / 4096 * 4096;
+        // Enough copies that one pass over them overflows the L3 many times (480 MiB on the Xeon VM),
+        // on huge pages where the kernel gives them, as a loaded model's weights are (model.cpp).
+        const size_t copies = std::max<size_t>(2, (size_t(1) << 30) / bytes);
+        const std::unique_ptr<uint8_t, void (*)(uint8_t *)> arena(
+            static_cast<uint8_t *>(::operator new(copies * stride, std::align_val_t(1 << 21))),
+            [](uint8_t *p) { ::operator delete(p, std::align_val_t(1 << 21)); });
+        advise_huge_pages(arena.get(), copies * stride);
+        std::vector<const uint8_t *> w;
+        for (size_t c = 0; c < copies; c++) {  // the same values: reads cost the same
+          std::memcpy(arena.get() + c * stride, w0.data(), bytes);
+          w.push_back(arena.get() + c * stride);
+        }
         std::vector<float> x(size_t(128 * s.in), 0.5f), y(size_t(128 * s.out));
 
         volatile float keep = 0.0f;
         const auto [cold, read] = time_per_call_pair(
-            [&](int64_t i) { matmul(pool, x.data(), w[size_t(i) % copies].data(), dt, y.data(), 1, s.in, s.out, nullptr); },
-            [&](int64_t i) { keep = keep + read_buffer(pool, w[size_t(i) % copies].data(), bytes); });
+            [&](int64_t i) { matmul(pool, x.data(), w[size_t(i) % copies], dt, y.data(), 1, s.in, s.out, nullptr); },
+            [&](int64_t i) { keep = keep + read_buffer(pool, w[size_t(i) % copies], bytes); });
         const double hot = time_per_call(
-            [&](int64_t) { matmul(pool, x.data(), w[0].data(), dt, y.data(), 1, s.in, s.out, nullptr); });
+            [&](int64_t) { matmul(pool, x.data(), w[0], dt, y.data(), 1, s.in, s.out, nullptr); });
         const double gemm = time_per_call(
-            [&](int64_t) { matmul(pool, x.data(), w[0].data(), dt, y.data(), 128, s.in, s.out, nullptr); });
+            [&](int64_t) { matmul(pool, x.data(), w[0], dt, y.data(), 128, s.in, s.out, nullptr); });
         const double cold_gbs = double(bytes) / cold / 1e9, hot_gbs = double(bytes) / hot / 1e9;
         const double read_gbs = double(bytes) / read / 1e9;
         const double gflops = 2.0 * 128 * double(n) / gemm / 1e9;

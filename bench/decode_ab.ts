@@ -6,7 +6,7 @@
 // and the median ratio B / A, with how busy the machine was; writes JSON beside it. Not a test: a
 // measurement.
 //
-//   deno run -A bench/decode_ab.ts [--model DIR] [--dtype q4_0] [--rounds 10] [--tokens 64]
+//   deno run -A bench/decode_ab.ts [--model DIR] [--dtype q4_0|auto] [--rounds 10] [--tokens 64]
 //     [--env-a K=V] [--env-b K=V] [--lib-a PATH] [--lib-b PATH] [--threads 2] [--phase decode|prefill]
 //     [--out bench/results/decode_ab.json]
 //
@@ -26,7 +26,8 @@ if (Deno.args[0] === CHILD) {
   const { Kvfold } = await import("../mod.ts");
   const { measureDecode, measurePrefill } = await import("../src/throughput.ts");
   await using kv = await Kvfold.open({ backend: "cpu", threads: Number(threads) });
-  using model = await kv.loadModel(dir, { dtype: dtype as "f32" });
+  // "auto": the file's own dtype (a Q4_K_M GGUF stays 4-bit only so).
+  using model = await kv.loadModel(dir, dtype === "auto" ? {} : { dtype: dtype as "f32" });
   await measureDecode(model, { tokens: 8, repeats: 1 }); // page the weights in
   const out = (s: string) => Deno.stdout.write(new TextEncoder().encode(s + "\n"));
   await out(JSON.stringify({ ready: true, engine: kv.name }));

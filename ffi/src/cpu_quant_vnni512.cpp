@@ -287,8 +287,9 @@ KF_VNNI512 void rows16(const uint8_t *p, int64_t nb, const ActBlock *const *x, f
   __m512 acc[NT];
   for (int j = 0; j < NT; j++) acc[j] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; b++, p += gb) {
-    // A thread's groups are one sequential stream: every line of the block kDecodePrefetchBytes on.
-    for (size_t l = 0; l < gb; l += 64) decode_prefetch<L2>(p + l);
+    // A thread's groups are one sequential stream: every line of the block kDecodePrefetchBytes on,
+    // each just before its values are read (not in one burst: see rows16_q4_k).
+    decode_prefetch<L2>(p);
     const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p)));
     __m512i s0[NT], s1[NT];
     int32_t xd[NT][8];
@@ -299,6 +300,8 @@ KF_VNNI512 void rows16(const uint8_t *p, int64_t nb, const ActBlock *const *x, f
     }
     if constexpr (D == DType::Q8_0) {
       for (int k = 0; k < 8; k += 2) {
+        decode_prefetch<L2>(p + 32 + 64 * k);
+        decode_prefetch<L2>(p + 96 + 64 * k);
         const __m512i v0 = _mm512_xor_si512(_mm512_loadu_si512(p + 32 + 64 * k), _mm512_set1_epi8(char(0x80)));
         const __m512i v1 = _mm512_xor_si512(_mm512_loadu_si512(p + 96 + 64 * k), _mm512_set1_epi8(char(0x80)));
         for (int j = 0; j < NT; j++) {
@@ -308,6 +311,7 @@ KF_VNNI512 void rows16(const uint8_t *p, int64_t nb, const ActBlock *const *x, f
       }
     } else {
       for (int k = 0; k < 4; k++) {
+        decode_prefetch<L2>(p + 32 + 64 * k);
         const __m512i q = _mm512_loadu_si512(p + 32 + 64 * k);
         const __m512i lo = _mm512_and_si512(q, _mm512_set1_epi8(15));
         const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), _mm512_set1_epi8(15));
@@ -335,7 +339,9 @@ KF_VNNI512 void rows16_q4_k(const uint8_t *p, int64_t nb, const ActBlock *const 
     return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(q))));
   };
   for (int64_t b = 0; b < nb; b++, p += kQ4kGroupBlock) {
-    for (size_t l = 0; l < kQ4kGroupBlock; l += 64) decode_prefetch<L2>(p + l);
+    // The block's 37 lines fetched ahead as it is read (5 before its header, 8 before each pair of
+    // sub-blocks): 37 prefetches in one burst stall on the fill buffers.
+    for (size_t l = 0; l < kQ4kValues; l += 64) decode_prefetch<L2>(p + l);
     const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p)));
     const __m512 dmin = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p + 32)));
     for (int i = 0; i < 4; i++) {
@@ -346,6 +352,7 @@ KF_VNNI512 void rows16_q4_k(const uint8_t *p, int64_t nb, const ActBlock *const 
         std::memcpy(x0[j], x[j][8 * b + 2 * i].qs, 32);
         std::memcpy(x1[j], x[j][8 * b + 2 * i + 1].qs, 32);
       }
+      for (int k = 0; k < 8; k++) decode_prefetch<L2>(p + kQ4kValues + 64 * (8 * i + k));
       for (int k = 0; k < 8; k++) {
         const __m512i q = _mm512_loadu_si512(p + kQ4kValues + 64 * (8 * i + k));
         const __m512i lo = _mm512_and_si512(q, low4), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), low4);
