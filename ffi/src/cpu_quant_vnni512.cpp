@@ -310,16 +310,19 @@ KF_VNNI512 void rows16(const uint8_t *p, int64_t nb, const ActBlock *const *x, f
         }
       }
     } else {
+      // The high nibbles stay in place (16 x their value: one AND, no shift per load); the
+      // exact int sum is shifted back once per block.
       for (int k = 0; k < 4; k++) {
         decode_prefetch<L2>(p + 32 + 64 * k);
         const __m512i q = _mm512_loadu_si512(p + 32 + 64 * k);
         const __m512i lo = _mm512_and_si512(q, _mm512_set1_epi8(15));
-        const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), _mm512_set1_epi8(15));
+        const __m512i hi16 = _mm512_and_si512(q, _mm512_set1_epi8(char(0xF0)));
         for (int j = 0; j < NT; j++) {
           s0[j] = _mm512_dpbusd_epi32(s0[j], lo, _mm512_set1_epi32(xd[j][k]));
-          s1[j] = _mm512_dpbusd_epi32(s1[j], hi, _mm512_set1_epi32(xd[j][4 + k]));
+          s1[j] = _mm512_dpbusd_epi32(s1[j], hi16, _mm512_set1_epi32(xd[j][4 + k]));
         }
       }
+      for (int j = 0; j < NT; j++) s1[j] = _mm512_srai_epi32(s1[j], 4);
     }
     for (int j = 0; j < NT; j++)
       acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0[j], s1[j])),
@@ -355,12 +358,13 @@ KF_VNNI512 void rows16_q4_k(const uint8_t *p, int64_t nb, const ActBlock *const 
       for (int k = 0; k < 8; k++) decode_prefetch<L2>(p + kQ4kValues + 64 * (8 * i + k));
       for (int k = 0; k < 8; k++) {
         const __m512i q = _mm512_loadu_si512(p + kQ4kValues + 64 * (8 * i + k));
-        const __m512i lo = _mm512_and_si512(q, low4), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), low4);
+        const __m512i lo = _mm512_and_si512(q, low4), hi16 = _mm512_andnot_si512(low4, q);  // as rows16's Q4_0
         for (int j = 0; j < NT; j++) {
           s0[j] = _mm512_dpbusd_epi32(s0[j], lo, _mm512_set1_epi32(x0[j][k]));
-          s1[j] = _mm512_dpbusd_epi32(s1[j], hi, _mm512_set1_epi32(x1[j][k]));
+          s1[j] = _mm512_dpbusd_epi32(s1[j], hi16, _mm512_set1_epi32(x1[j][k]));
         }
       }
+      for (int j = 0; j < NT; j++) s1[j] = _mm512_srai_epi32(s1[j], 4);
       for (int h = 0; h < 2; h++) {
         const int sub = 2 * i + h;
         const __m512 ds = _mm512_mul_ps(d, bytes_ps(p + kQ4kScales + 16 * sub));
