@@ -39,6 +39,7 @@ Deno.test("cpu kernels: every path against float64 references (native checks)", 
         "-pthread",
         `-I${root}/ffi/include`,
         `${root}/ffi/tests/cpu_kernels_test.cpp`,
+        `${root}/ffi/tests/cpu_kernels_avx512_test.cpp`,
         ...src,
         "-o",
         `${dir}/t`,
@@ -108,4 +109,49 @@ Deno.test("cpu kernels: whole models under every KVFOLD_CPU path match the float
       assert.ok(err < 1e-4, `${path}: ${q} logits ${err} from the scalar path's`);
     }
   }
+});
+
+// `KVFOLD_NATIVE=0` builds without -march=native, for a CPU other than the build machine's: every
+// kernel then lives in a function with its own target attribute, and one that calls an intrinsic
+// its target lacks stops the build ("inlining failed ... target specific option mismatch"), which
+// a -march=native build never shows. -O0 -c: the error needs no optimisation, and takes seconds.
+Deno.test({
+  name: "cpu kernels: the native sources compile without -march=native (x86-64 baseline, and AVX2)",
+  ignore: Deno.build.arch !== "x86_64",
+  fn: async () => {
+    const root = repoRoot();
+    const files: string[] = [];
+    for await (const e of Deno.readDir(`${root}/ffi/src`)) {
+      if (!e.name.endsWith(".cpp")) continue;
+      const text = await Deno.readTextFile(`${root}/ffi/src/${e.name}`);
+      if (/immintrin|cpu_simd\.h|target\(/.test(text)) files.push(e.name);
+    }
+    assert.ok(files.length >= 10, `only ${files.length} files with x86 kernels found in ffi/src`);
+    const jobs = files.sort().flatMap((f) =>
+      [[] as string[], ["-mavx2", "-mfma", "-mf16c"]].map((arch) => ({ f, arch }))
+    );
+    const failures: string[] = [];
+    const compile = async ({ f, arch }: { f: string; arch: string[] }) => {
+      const out = await new Deno.Command("g++", {
+        args: [
+          "-std=c++17",
+          "-O0",
+          "-pthread",
+          ...arch,
+          `-I${root}/ffi/include`,
+          "-c",
+          `${root}/ffi/src/${f}`,
+          "-o",
+          "/dev/null",
+        ],
+        stderr: "piped",
+      }).output();
+      if (!out.success) {
+        const err = new TextDecoder().decode(out.stderr).split("\n").find((l) => /error/.test(l)) ?? "";
+        failures.push(`${f} (${arch.join(" ") || "baseline"}): ${err}`);
+      }
+    };
+    for (let i = 0; i < jobs.length; i += 2) await Promise.all(jobs.slice(i, i + 2).map(compile));
+    assert.deepEqual(failures, []);
+  },
 });

@@ -1,0 +1,78 @@
+// cpu_kernels_check.h — what the CPU kernel tests share (ffi/tests/cpu_kernels_test.cpp and the
+// files it is built with): a named check that prints one line and counts its failures, a seeded
+// generator, and the functions each file contributes to main().
+#pragma once
+
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "../src/common.h"
+
+namespace kf_test {
+
+inline int g_failed = 0;  // checks that failed, over every file of the test
+
+struct Check {
+  std::string name;
+  double worst = 0.0;  // max err / bound
+  int failures = 0, cases = 0;
+  explicit Check(std::string n) : name(std::move(n)) {}
+  void add(double err, double bound, const std::string &what) {
+    cases++;
+    const double r = bound > 0 ? err / bound : (err > 0 ? INFINITY : 0);
+    if (!(err <= bound)) {
+      if (failures < 5) std::printf("    FAIL %s: err %.3g > bound %.3g\n", what.c_str(), err, bound);
+      failures++;
+    }
+    if (!(r <= worst)) worst = r;
+  }
+  void expect(bool ok, const std::string &what) { add(ok ? 0.0 : 1.0, 0.0, what); }
+  ~Check() {
+    if (failures) g_failed++;
+    std::printf("%-4s %-60s %d cases, worst err/bound %.3g\n", failures ? "FAIL" : "ok", name.c_str(), cases, worst);
+  }
+};
+
+struct Rng {
+  uint64_t s;
+  explicit Rng(uint64_t seed) : s(seed * 0x9E3779B97F4A7C15ull + 1) {}
+  float uniform() {
+    s ^= s >> 12;
+    s ^= s << 25;
+    s ^= s >> 27;
+    return float(double((s * 0x2545F4914F6CDD1Dull) >> 11) * 0x1.0p-53) * 2.0f - 1.0f;
+  }
+};
+
+inline std::vector<float> random_vec(Rng &rng, size_t n) {
+  std::vector<float> v(n);
+  for (float &f : v) f = rng.uniform();
+  return v;
+}
+
+inline std::string fmt(const char *f, long long a, long long b = 0, long long c = 0, long long d = 0) {
+  char buf[160];
+  std::snprintf(buf, sizeof buf, f, a, b, c, d);
+  return buf;
+}
+
+// Whether f raises a kf::Error.
+template <class F>
+bool throws_error(F &&f) {
+  try {
+    f();
+  } catch (const kf::Error &) {
+    return true;
+  }
+  return false;
+}
+
+// ffi/tests/cpu_kernels_avx512_test.cpp: the AVX-512 element-wise, activation-block and attention-tile
+// kernels against their AVX2 / scalar twins, bit for bit.
+void test_act_blocks_avx512();
+void test_elementwise_avx512();
+void test_attention_tiles();
+
+}  // namespace kf_test
