@@ -287,9 +287,12 @@ KF_VNNI512 void rows16(const uint8_t *p, int64_t nb, const ActBlock *const *x, f
   __m512 acc[NT];
   for (int j = 0; j < NT; j++) acc[j] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; b++, p += gb) {
-    // A thread's groups are one sequential stream: every line of the block kDecodePrefetchBytes on,
-    // each just before its values are read (not in one burst: see rows16_q4_k).
-    decode_prefetch<L2>(p);
+    // A thread's groups are one sequential stream: every line of the block kDecodePrefetchBytes on.
+    // Q8_0's 9 lines in one burst (spread over the loads as Q4_0's and Q4_K's: 134M q8_0 decode
+    // 0.94x in both A/B orders); Q4_0's 5 each before its values are read.
+    if constexpr (D == DType::Q8_0)
+      for (size_t l = 0; l < gb; l += 64) decode_prefetch<L2>(p + l);
+    else decode_prefetch<L2>(p);
     const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p)));
     __m512i s0[NT], s1[NT];
     int32_t xd[NT][8];
@@ -300,8 +303,6 @@ KF_VNNI512 void rows16(const uint8_t *p, int64_t nb, const ActBlock *const *x, f
     }
     if constexpr (D == DType::Q8_0) {
       for (int k = 0; k < 8; k += 2) {
-        decode_prefetch<L2>(p + 32 + 64 * k);
-        decode_prefetch<L2>(p + 96 + 64 * k);
         const __m512i v0 = _mm512_xor_si512(_mm512_loadu_si512(p + 32 + 64 * k), _mm512_set1_epi8(char(0x80)));
         const __m512i v1 = _mm512_xor_si512(_mm512_loadu_si512(p + 96 + 64 * k), _mm512_set1_epi8(char(0x80)));
         for (int j = 0; j < NT; j++) {
