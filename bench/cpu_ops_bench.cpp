@@ -325,9 +325,11 @@ int main(int argc, char **argv) {
     std::fprintf(f, "[\n");
     for (size_t i = 0; i < rows.size(); i++) {
       const Row &r = rows[i];
+      // One key per line, as `deno fmt` lays out objects this long (CI checks bench/results/ too).
       std::fprintf(f,
-                   "  {\"kernel\": \"%s\", \"dtype\": \"%s\", \"threads\": %d, \"T\": %lld, \"in\": %lld, \"out\": %lld, "
-                   "\"value\": %.3f, \"unit\": \"%s\", \"percent_of_ceiling\": %.1f}%s\n",
+                   "  {\n    \"kernel\": \"%s\",\n    \"dtype\": \"%s\",\n    \"threads\": %d,\n    \"T\": %lld,\n"
+                   "    \"in\": %lld,\n    \"out\": %lld,\n    \"value\": %.3f,\n    \"unit\": \"%s\",\n"
+                   "    \"percent_of_ceiling\": %.1f\n  }%s\n",
                    r.kernel.c_str(), r.dtype.c_str(), r.threads, (long long)r.T, (long long)r.in, (long long)r.out,
                    r.value, r.unit.c_str(), r.pct, i + 1 < rows.size() ? "," : "");
     }
