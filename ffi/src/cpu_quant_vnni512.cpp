@@ -317,7 +317,7 @@ KF_VNNI512 void rows16(const uint8_t *p, int64_t nb, const ActBlock *const *x, f
         decode_prefetch<L2>(p + 32 + 64 * k);
         const __m512i q = _mm512_loadu_si512(p + 32 + 64 * k);
         const __m512i lo = _mm512_and_si512(q, _mm512_set1_epi8(15));
-        const __m512i hi16 = _mm512_and_si512(q, _mm512_set1_epi8(char(0xF0)));
+        const __m512i hi16 = _mm512_andnot_si512(_mm512_set1_epi8(15), q);
         for (int j = 0; j < NT; j++) {
           s0[j] = _mm512_dpbusd_epi32(s0[j], lo, _mm512_set1_epi32(xd[j][k]));
           s1[j] = _mm512_dpbusd_epi32(s1[j], hi16, _mm512_set1_epi32(xd[j][4 + k]));

@@ -35,20 +35,21 @@ struct Check {
   }
 };
 
-struct Rng {
+struct Rng {  // xorshift64*: deterministic test data (cpu_ops_test.cpp uses it too)
   uint64_t s;
   explicit Rng(uint64_t seed) : s(seed * 0x9E3779B97F4A7C15ull + 1) {}
-  float uniform() {
+  uint64_t next() {
     s ^= s >> 12;
     s ^= s << 25;
     s ^= s >> 27;
-    return float(double((s * 0x2545F4914F6CDD1Dull) >> 11) * 0x1.0p-53) * 2.0f - 1.0f;
+    return s * 0x2545F4914F6CDD1Dull;
   }
+  float uniform(float lo = -1.0f, float hi = 1.0f) { return lo + (hi - lo) * float(double(next() >> 11) * 0x1.0p-53); }
 };
 
-inline std::vector<float> random_vec(Rng &rng, size_t n) {
+inline std::vector<float> random_vec(Rng &rng, size_t n, float lo = -1.0f, float hi = 1.0f) {
   std::vector<float> v(n);
-  for (float &f : v) f = rng.uniform();
+  for (float &f : v) f = rng.uniform(lo, hi);
   return v;
 }
 

@@ -20,6 +20,7 @@
 #include "../src/cpu_features.h"
 #include "../src/cpu_ops.h"
 #include "../src/threadpool.h"
+#include "cpu_kernels_check.h"
 
 using namespace kf;
 
@@ -58,23 +59,8 @@ struct Check {
   }
 };
 
-struct Rng {  // xorshift64*: deterministic test data
-  uint64_t s;
-  explicit Rng(uint64_t seed) : s(seed * 0x9E3779B97F4A7C15ull + 1) {}
-  uint64_t next() {
-    s ^= s >> 12;
-    s ^= s << 25;
-    s ^= s >> 27;
-    return s * 0x2545F4914F6CDD1Dull;
-  }
-  float uniform(float lo, float hi) { return lo + (hi - lo) * float(double(next() >> 11) * 0x1.0p-53); }
-};
-
-std::vector<float> random_vec(Rng &rng, size_t n, float lo = -1.0f, float hi = 1.0f) {
-  std::vector<float> v(n);
-  for (float &f : v) f = rng.uniform(lo, hi);
-  return v;
-}
+using kf_test::random_vec;
+using kf_test::Rng;
 
 // Stored weights in dtype dt plus their exact f32 values (what the reference multiplies by).
 struct Weights {
