@@ -75,6 +75,7 @@ for (
   const [name, what] of [
     ["model_files_test", "JSON and safetensors parsing"],
     ["model_folder_test", "config.json parsing and model folders"],
+    ["weight_arena_test", "the memory converted weights live in"],
   ]
 ) {
   Deno.test(`native: ${what}, including every error path`, async () => {
@@ -83,6 +84,7 @@ for (
       "ffi/src/json.cpp",
       "ffi/src/safetensors.cpp",
       "ffi/src/model_config.cpp",
+      "ffi/src/weight_arena.cpp",
       "ffi/src/common.cpp",
     ]);
     assert.match(out, /[1-9]\d* passed, 0 failed/, out.slice(-2000));

@@ -193,13 +193,13 @@ ModelConfig config_from(const Header &h, const std::string &path) {
 
 // Copies of q/k (or their biases) with llama.cpp's per-head row interleaving undone: HF row
 // g*hd + j*hd/2 + i is file row g*hd + 2i + j.
-std::unique_ptr<uint8_t[]> unpermute_rows(const uint8_t *src, int64_t rows, size_t row_bytes, int64_t heads) {
-  std::unique_ptr<uint8_t[]> out(new uint8_t[size_t(rows) * row_bytes]);
+const uint8_t *unpermute_rows(const uint8_t *src, int64_t rows, size_t row_bytes, int64_t heads, WeightArena &arena) {
+  uint8_t *out = arena.alloc(size_t(rows) * row_bytes, "the q/k rows of a GGUF file");
   const int64_t hd = rows / heads, half = hd / 2;
   for (int64_t g = 0; g < heads; g++)
     for (int64_t i = 0; i < half; i++)
       for (int64_t j = 0; j < 2; j++)
-        std::memcpy(out.get() + size_t(g * hd + j * half + i) * row_bytes, src + size_t(g * hd + 2 * i + j) * row_bytes,
+        std::memcpy(out + size_t(g * hd + j * half + i) * row_bytes, src + size_t(g * hd + 2 * i + j) * row_bytes,
                     row_bytes);
   return out;
 }
@@ -277,8 +277,7 @@ GgufModelFile::GgufModelFile(const std::string &path, bool use_mmap) : path_(pat
       const bool q = hf.find("q_proj") != std::string::npos, k = hf.find("k_proj") != std::string::npos;
       if (cfg_.model_type == "llama" && (q || k)) {
         const size_t row_bytes = shape.size() == 2 ? dtype_row_bytes(r.dtype, shape[1]) : dtype_size(r.dtype);
-        owned_.push_back(unpermute_rows(t.data, shape[0], row_bytes, q ? cfg_.n_heads : cfg_.n_kv_heads));
-        t.data = owned_.back().get();
+        t.data = unpermute_rows(t.data, shape[0], row_bytes, q ? cfg_.n_heads : cfg_.n_kv_heads, owned_);
       }
       by_name_.emplace(hf, tensors_.size());
       tensors_.push_back(std::move(t));

@@ -28,6 +28,7 @@
 
 #include "model_config.h"
 #include "safetensors.h"
+#include "weight_arena.h"
 
 namespace kf {
 
@@ -65,7 +66,7 @@ class GgufModelFile {
   ModelConfig cfg_;
   std::vector<TensorInfo> tensors_;
   std::unordered_map<std::string, size_t> by_name_;
-  std::vector<std::unique_ptr<uint8_t[]>> owned_;  // q/k rows in HF order
+  WeightArena owned_;  // q/k rows in HF order
 };
 
 }  // namespace kf

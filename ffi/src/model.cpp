@@ -156,12 +156,10 @@ void model_load(kf_model &m, const std::string &dir, const kf_model_params &p, k
   progress_start(ctl, total);
 
   ThreadPool &pool = *m.engine->pool;
-  // A weight buffer the model owns (converted or interleaved copies).
-  auto new_buffer = [&](size_t n) {
-    m.owned.emplace_back(new uint8_t[n]);
-    advise_huge_pages(m.owned.back().get(), n);  // before the first touch
-    return m.owned.back().get();
-  };
+  // A weight buffer the model owns (converted or interleaved copies): 64-byte-aligned rows on huge
+  // pages, all in one mapping where the estimate above holds (weight_arena.h).
+  if (converted > 0) m.owned.reserve(size_t(converted) + all.size() * WeightArena::kAlign);
+  auto new_buffer = [&](size_t n) { return m.owned.alloc(n, "the model's converted weights"); };
   auto matrix = [&](const std::string &name) -> Weight {
     const TensorInfo *t = find(name);
     if (!t) raise(KF_ERR_FORMAT, "cannot load model: tensor %s is missing", name.c_str());
@@ -244,9 +242,8 @@ void model_load(kf_model &m, const std::string &dir, const kf_model_params &p, k
     }
     Weight w = matrix(name);
     if (!rows16 || w.rows % 16 != 0 || !dtype_quantized(w.dtype)) return w;
-    uint8_t *dst = !m.owned.empty() && m.owned.back().get() == w.data
-                       ? m.owned.back().get()
-                       : new_buffer(size_t(w.rows) * dtype_row_bytes(w.dtype, w.cols));
+    uint8_t *dst = m.owned.last() == w.data ? m.owned.last()
+                                            : new_buffer(size_t(w.rows) * dtype_row_bytes(w.dtype, w.cols));
     interleave_rows16(pool, w.dtype, w.data, w.rows, w.cols, dst);
     w.data = dst;
     w.dtype = w.dtype == DType::Q8_0 ? DType::Q8_0_R16 : DType::Q4_0_R16;

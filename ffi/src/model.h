@@ -15,6 +15,7 @@
 #include "model_config.h"
 #include "safetensors.h"
 #include "threadpool.h"
+#include "weight_arena.h"
 
 struct kf_engine {
   const kf::Backend *backend = nullptr;  // chosen at open (backend.h); never NULL once open
@@ -79,7 +80,7 @@ struct kf_model {
   kf::ModelConfig cfg;
   kf::TensorIndex files;
   std::unique_ptr<kf::GgufModelFile> gguf;        // instead of files when loaded from a GGUF file
-  std::vector<std::unique_ptr<uint8_t[]>> owned;  // converted copies (weight_dtype != file dtype)
+  kf::WeightArena owned;                          // converted copies (weight_dtype != file dtype)
   kf::Weight embed;                               // [vocab, hidden]
   kf::Weight lm_head;                             // [vocab, hidden]; aliases embed when tied
   std::vector<float> final_norm;                  // [hidden]
