@@ -158,7 +158,8 @@ void model_load(kf_model &m, const std::string &dir, const kf_model_params &p, k
   ThreadPool &pool = *m.engine->pool;
   // A weight buffer the model owns (converted or interleaved copies): 64-byte-aligned rows on huge
   // pages, all in one mapping where the estimate above holds (weight_arena.h).
-  if (converted > 0) m.owned.reserve(size_t(converted) + all.size() * WeightArena::kAlign);
+  const size_t piece_pad = WeightArena::kAlign + WeightArena::kRedzone;  // rounding (and ASan's redzone) per piece
+  if (converted > 0) m.owned.reserve(size_t(converted) + all.size() * piece_pad);
   auto new_buffer = [&](size_t n) { return m.owned.alloc(n, "the model's converted weights"); };
   auto matrix = [&](const std::string &name) -> Weight {
     const TensorInfo *t = find(name);
