@@ -45,9 +45,7 @@ void WeightArena::map_chunk(size_t bytes, const char *what) {
   uint8_t *base = reinterpret_cast<uint8_t *>(round_up(reinterpret_cast<uintptr_t>(raw), kHuge));
   if (base > raw) ::munmap(raw, size_t(base - raw));
   if (raw + size + kHuge > base + size) ::munmap(base + size, size_t(raw + size + kHuge - (base + size)));
-#ifdef MADV_HUGEPAGE
-  (void)::madvise(base, size, MADV_HUGEPAGE);  // a hint: failure is harmless
-#endif
+  advise_huge_pages(base, size);  // base and size are whole huge pages: all of it
   KF_POISON(base, size);
   chunks_.push_back({base, size});
   used_ = 0;
