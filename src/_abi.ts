@@ -102,6 +102,10 @@ const STRUCT_TABLES = {
       min_p: ["f32", 28],
     },
   },
+  kf_generate_params: {
+    size: 16,
+    fields: { pending: ["i32", 0], max_tokens: ["i32", 4], budget_us: ["i64", 8] },
+  },
   kf_adapter_info: {
     size: 40,
     fields: {

@@ -226,6 +226,12 @@ const SYMBOLS = {
   kf_sampler_sample_logits: { parameters: ["pointer", "buffer", "i32", "buffer"], result: "i32" },
   kf_sampler_sample_batch: { parameters: ["buffer", "buffer", "i32", "buffer"], result: "i32" },
   kf_sampler_set_allowed: { parameters: ["pointer", "buffer", "i32"], result: "i32" },
+  kf_generate_default_params: { parameters: [], result: { struct: structFields("kf_generate_params") } },
+  kf_session_generate: {
+    parameters: ["pointer", "pointer", "buffer", "buffer", "i32", "buffer", "buffer", "buffer"],
+    result: "i32",
+    nonblocking: true,
+  },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The loaded library's symbols. */
@@ -258,7 +264,7 @@ const CODE_OF_STATUS: Record<number, KvfoldErrorCode> = {
 };
 
 /** The `KF_ABI_VERSION` of `ffi/include/kvfold.h` that {@link SYMBOLS} and the struct tables follow. */
-export const ABI_VERSION = 5;
+export const ABI_VERSION = 6;
 
 let loaded: { lib: Deno.DynamicLibrary<typeof SYMBOLS>; path: string } | null = null;
 let loading: Promise<NativeSymbols> | null = null;

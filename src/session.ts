@@ -17,6 +17,7 @@ import type { Model } from "./model.ts";
 import { IncrementalDecoder, StopStringFilter } from "./text_stream.ts";
 import { createSampler } from "./sampler.ts";
 import { constrain, grammarOf } from "./grammar/json_grammar.ts";
+import { nativeStep, streamIntervalArg, tokenStep } from "./generate_steps.ts";
 
 export { sampleFromLogits, type SamplingOptions } from "./sampler.ts";
 
@@ -392,6 +393,13 @@ export class Session extends HandleOwner {
     await this._handle.runControlled((ptr, ctl) => sym().kf_session_decode(ptr, id, ctl.buf), { signal });
   }
 
+  // Truncates to `position` and decodes `id` there again: the cache and the logits become what they
+  // were right after `id` first ran (decoding is deterministic).
+  async #rewind(position: number, id: number, signal?: AbortSignal): Promise<void> {
+    check(sym().kf_session_truncate(this._handle.ptr, position));
+    await this.#decode(id, signal);
+  }
+
   /** The last position's logits ([vocab] f32). */
   logits(): Float32Array {
     const out = new Float32Array(new ArrayBuffer(this.model.info.vocabSize * 4));
@@ -430,6 +438,7 @@ export class Session extends HandleOwner {
     this.#assertIdle("generate");
     const grammar = grammarOf(options); // first: a bad option must not leave the session busy
     const maxTokens = int32Arg("generate", "maxTokens", options.maxTokens ?? 256, { min: 0 });
+    const intervalMs = streamIntervalArg(options.streamIntervalMs);
     const sampler = createSampler(options);
     this.#busy = true;
     try {
@@ -467,17 +476,25 @@ export class Session extends HandleOwner {
       const t1 = performance.now();
       const decoder = new IncrementalDecoder((ids) => tok.decode(ids));
       const stops = new StopStringFilter(options.stop ?? []);
+      // A stop string found inside a hand-over rewinds the cache (truncate), which a compressing
+      // cache refuses once it compressed: there, and with a grammar's per-token mask, one token a step.
+      const handOverMany = !constraint &&
+        (stops.empty || this.memory().cacheKind === "full");
+      const step = batcher
+        ? tokenStep(this._handle, sampler, (id) => batcher._decode(this, id, signal))
+        : nativeStep(this._handle, sampler, [...eosIds, ...stopIds], signal);
       const tokens: number[] = [];
-      const tokenOut = alloc(4);
-      let reason: StopReason = "max-tokens";
+      let reason: StopReason | undefined;
+      let pending = -1; // sampled by the last step, not decoded yet
       while (tokens.length < maxTokens) {
         if (signal?.aborted) throw abortError();
-        // The pointer is read again at every step (a DISPOSED error once the session is disposed):
-        // the session may have been freed during the last decode's await.
         if (constraint) {
           // The tokens that may follow this one must still close the value (one byte per token).
           const mask = constraint.mask(
-            Math.min(maxTokens - tokens.length - 1, this.contextSize - this.position),
+            Math.min(
+              maxTokens - tokens.length - 1,
+              this.contextSize - (this.position + (pending >= 0 ? 1 : 0)),
+            ),
           );
           if (mask === null) {
             reason = "eos"; // the value is closed and there is no end token to sample
@@ -485,36 +502,42 @@ export class Session extends HandleOwner {
           }
           check(s.kf_sampler_set_allowed(sampler.ptr, mask, vocab));
         }
+        // The first token comes alone: the time to it is the prefill's.
+        const many = handOverMany && pending >= 0;
+        const before = this.position;
+        let got: Int32Array;
         try {
-          check(s.kf_sampler_sample(sampler.ptr, this._handle.ptr, tokenOut));
+          got = await step(pending, many ? maxTokens - tokens.length : 1, many ? intervalMs : 0);
         } catch (e) {
           throw this.#nameNonFinite(e);
         }
-        const id = new Int32Array(tokenOut.buffer)[0];
-        tokens.push(id);
-        if (constraint && !eosIds.has(id) && !stopIds.has(id)) constraint.accept(id);
-        if (eosIds.has(id)) {
-          reason = "eos";
-          break;
+        let text = "", end = got.length;
+        for (let j = 0; j < got.length && reason === undefined; j++) {
+          const id = got[j];
+          tokens.push(id);
+          end = j + 1;
+          if (constraint && !eosIds.has(id) && !stopIds.has(id)) constraint.accept(id);
+          if (eosIds.has(id)) reason = "eos";
+          else if (stopIds.has(id)) reason = "stop-token";
+          else {
+            text += stops.push(decoder.push(id));
+            if (stops.stopped) reason = "stop-string";
+          }
         }
-        if (stopIds.has(id)) {
-          reason = "stop-token";
-          break;
+        // Tokens past the stop were decoded: back to where sampling got[end - 1] left the cache.
+        if (end < got.length) {
+          await this.#rewind(before + end - 1, end === 1 ? pending : got[end - 2], signal);
         }
-        const text = stops.push(decoder.push(id));
         if (text) yield text;
-        if (stops.stopped) {
-          reason = "stop-string";
-          break;
-        }
+        if (reason !== undefined) break;
+        pending = got[got.length - 1];
         if (tokens.length >= maxTokens) break;
         if (this.position >= this.contextSize) {
           reason = "context-full";
           break;
         }
-        if (batcher) await batcher._decode(this, id, signal);
-        else await this.#decode(id, signal);
       }
+      reason ??= "max-tokens";
       if (reason !== "stop-string") {
         const tail = stops.push(decoder.flush()) + stops.flush();
         if (tail) yield tail;

@@ -69,6 +69,13 @@ export interface GenerateOptions extends SamplingOptions {
   stopTokens?: readonly number[];
   /** Keep going past EOS (benchmarks). */
   ignoreEos?: boolean;
+  /**
+   * Longest time in milliseconds the native loop samples and decodes before it hands the tokens over
+   * (one yield per hand-over; the first token always comes alone). A hand-over costs a few hundred
+   * microseconds of FFI thread wake-ups, so a longer interval decodes faster and streams in coarser
+   * pieces; 0 hands over every token. Default 40. With a grammar or a batcher every token is handed over.
+   */
+  streamIntervalMs?: number;
   /** Aborts generation within one decode step; the iterator then throws an ABORTED KvfoldError. */
   signal?: AbortSignal;
   /** Called with (tokensDone, tokensTotal) during prompt prefill. */

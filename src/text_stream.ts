@@ -75,6 +75,11 @@ export class StopStringFilter {
     this.#stops = stops.filter((s) => s.length > 0);
   }
 
+  /** Whether there is no stop string to look for. */
+  get empty(): boolean {
+    return this.#stops.length === 0;
+  }
+
   /** Adds text; returns what is safe to emit. */
   push(text: string): string {
     if (this.stopped) return "";

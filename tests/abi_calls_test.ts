@@ -10,11 +10,11 @@ import { KvfoldError } from "../src/errors.ts";
 import { makeTestLococoHeads } from "../testing/mod.ts";
 import { tempDir, testEngine, testModel } from "./_fixtures.ts";
 
-Deno.test("abi: the library reports ABI version 4, the one the binding speaks", async () => {
+Deno.test("abi: the library reports ABI version 6, the one the binding speaks", async () => {
   const info = await Kvfold.info();
-  assert.equal(info.abiVersion, 5);
-  assert.equal(ABI_VERSION, 5);
-  assert.equal(sym().kf_abi_version(), 5);
+  assert.equal(info.abiVersion, 6);
+  assert.equal(ABI_VERSION, 6);
+  assert.equal(sym().kf_abi_version(), 6);
 });
 
 Deno.test("abi: a heads load stops at a set cancel flag, frees what it made, and counts layers", async () => {

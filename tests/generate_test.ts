@@ -195,6 +195,7 @@ Deno.test("generate: abort stops within one decode step and leaves the session u
         temperature: 0,
         ignoreEos: true,
         signal: ac.signal,
+        streamIntervalMs: 0, // a piece per token, so the abort lands after the third
       })
     ) {
       if (++pieces === 3) ac.abort(new Error("user pressed stop"));

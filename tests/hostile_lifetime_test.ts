@@ -31,7 +31,14 @@ Deno.test("lifetime: a session disposed while its decode runs ends generate() wi
   using model = await kv.loadModel(await testModel("gqa", { seed: 11 }));
   for (const after of [1, 2, 5]) {
     const s = model.session({ contextSize: 128 });
-    const it = s.generate({ prompt: [1, 9, 10], maxTokens: 50, temperature: 0, ignoreEos: true })
+    // One token a step, so that the `after`th step is still a decode of the stream.
+    const it = s.generate({
+      prompt: [1, 9, 10],
+      maxTokens: 50,
+      temperature: 0,
+      ignoreEos: true,
+      streamIntervalMs: 0,
+    })
       [Symbol.asyncIterator]();
     for (let i = 0; i < after; i++) assert.equal((await it.next()).done, false);
     // next() runs the generator up to its decode's native call, so the dispose lands mid-decode.
@@ -100,7 +107,14 @@ for (const batched of [false, true]) {
       let pieces = 0;
       try {
         for await (
-          const _ of s.generate({ prompt: [1, 9, 10 + i], maxTokens: 200, ignoreEos: true, seed: i, batcher })
+          const _ of s.generate({
+            prompt: [1, 9, 10 + i],
+            maxTokens: 200,
+            ignoreEos: true,
+            seed: i,
+            batcher,
+            streamIntervalMs: 0, // every session still streaming when the last one gets going
+          })
         ) {
           // The last one to get going disposes the model while the others' steps are in flight.
           if (++pieces === 2 && ++started === 8) model.dispose();

@@ -207,7 +207,8 @@ Deno.test("llamaindex LLM: chat and complete, streamed or not, equal answerFromC
 Deno.test("llamaindex LLM: abort mid-stream, early break, bad contexts", async () => {
   await withPipeline(async ({ model, store, dir }) => {
     const hits = store.retrieve(QUESTION, { k: 2 });
-    const llm = new KvfoldLLM({ model, temperature: 0, maxTokens: 64, ignoreEos: true });
+    // A piece per token, so the abort lands while the stream still runs.
+    const llm = new KvfoldLLM({ model, temperature: 0, maxTokens: 64, ignoreEos: true, streamIntervalMs: 0 });
     const controller = new AbortController();
     const stream = await llm.chat({
       messages: [{ role: "user", content: QUESTION }],

@@ -28,7 +28,7 @@ ST_NAME = {"f32": "F32", "f16": "F16", "bf16": "BF16"}
 
 
 # ---------------------------------------------------------------------------------------------- ABI
-ABI_VERSION = 5  # KF_ABI_VERSION of the kvfold.h the signatures below follow
+ABI_VERSION = 6  # KF_ABI_VERSION of the kvfold.h the signatures below follow
 
 
 class EngineParams(C.Structure):

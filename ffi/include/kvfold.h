@@ -39,7 +39,7 @@ extern "C" {
 #define KF_API __attribute__((visibility("default")))
 #endif
 
-#define KF_ABI_VERSION 5
+#define KF_ABI_VERSION 6
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Status and errors                                                                                */
@@ -450,6 +450,29 @@ KF_API kf_status kf_sampler_sample_batch(kf_sampler *const *samplers, const kf_s
  * and top-k/p/min-p (constrained decoding). mask NULL clears the restriction. Stays until set again.
  * Refused at sampling: a mask of another vocabulary size than the logits, or one allowing no id. */
 KF_API kf_status kf_sampler_set_allowed(kf_sampler *sampler, const uint8_t *mask, int32_t n_vocab);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Generation: sample and decode in one native loop                                                */
+
+typedef struct kf_generate_params {
+  int32_t pending;    /* a token sampled earlier and not run yet, decoded first; -1 = none (default) */
+  int32_t max_tokens; /* most tokens this call samples, >= 1; default 1                              */
+  int64_t budget_us;  /* hand over once this long has passed since the call began; 0 = after the
+                         first token (default)                                                       */
+} kf_generate_params;
+
+KF_API kf_generate_params kf_generate_default_params(void);
+/* Decodes params->pending (if >= 0), then repeats: sample a token from the session's last logits with
+ * sampler into out_ids[*n_out] (capacity max_tokens) and stop once it is one of stop_ids, *n_out is
+ * max_tokens, the cache is full (n_past == n_ctx) or budget_us has passed; otherwise decode it. The
+ * last token written is never decoded: the caller passes it as the next call's pending. One call
+ * stands for many sample-then-decode round trips, each of which would cross the FFI twice.
+ * stop_ids may be NULL when n_stop_ids is 0. control: cancel is polled before every decode, done
+ * counts the tokens sampled. On failure (cancel included) *n_out holds the tokens sampled so far and
+ * the session is as those steps left it: all but the last decoded (a failing decode is undone). */
+KF_API kf_status kf_session_generate(kf_session *session, kf_sampler *sampler, const kf_generate_params *params,
+                                     const int32_t *stop_ids, int32_t n_stop_ids, int32_t *out_ids,
+                                     int32_t *n_out, kf_control *control);
 
 /* Training: LoRA adapters, full parameters and compressors, LoCoCo heads. */
 #include "kvfold_train.h"

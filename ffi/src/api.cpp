@@ -81,6 +81,7 @@ size_t kf_struct_size(const char *name) {
   if (n == "kf_session_params") return sizeof(kf_session_params);
   if (n == "kf_session_info") return sizeof(kf_session_info);
   if (n == "kf_sampler_params") return sizeof(kf_sampler_params);
+  if (n == "kf_generate_params") return sizeof(kf_generate_params);
   if (n == "kf_adapter_info") return sizeof(kf_adapter_info);
   if (n == "kf_lococo_heads_info") return sizeof(kf_lococo_heads_info);
   if (n == "kf_lora_train_params") return sizeof(kf_lora_train_params);

@@ -154,7 +154,14 @@ test("generate: streaming abort stops within one decode step and leaves the sess
     await assert.rejects(
       async () => {
         for await (
-          const _ of s.generate({ prompt: [1, 2, 3], maxTokens: 100, temperature: 0, signal: ac.signal })
+          // A piece per token (streamIntervalMs 0), so the abort lands after the third.
+          const _ of s.generate({
+            prompt: [1, 2, 3],
+            maxTokens: 100,
+            temperature: 0,
+            signal: ac.signal,
+            streamIntervalMs: 0,
+          })
         ) {
           if (++pieces === 3) ac.abort(new Error("user pressed stop"));
         }

@@ -15,8 +15,8 @@ test("runtime: Deno is the Node.js/Bun layer, and the library loads through it",
   assert.equal(typeof globalThis.Deno?.dlopen, "function");
   assert.equal(globalThis.Deno.execPath(), process.execPath); // not a real Deno
   const s = await native();
-  assert.equal(s.kf_abi_version(), 5);
-  assert.equal(ABI_VERSION, 5);
+  assert.equal(s.kf_abi_version(), 6);
+  assert.equal(ABI_VERSION, 6);
   assert.equal(Number(s.kf_struct_size(new TextEncoder().encode("kf_control\0"))), 512);
 });
 

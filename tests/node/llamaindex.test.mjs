@@ -95,7 +95,8 @@ test("llamaindex: KvfoldQueryEngine answers as answerFromChunks, streamed and wh
 
 test("llamaindex: aborting a streamed chat rejects with ABORTED", async () => {
   const hits = store.retrieve(QUESTION, { k: 2 });
-  const llm = new KvfoldLLM({ model, temperature: 0, maxTokens: 64, ignoreEos: true });
+  // A piece per token, so the abort lands while the stream still runs.
+  const llm = new KvfoldLLM({ model, temperature: 0, maxTokens: 64, ignoreEos: true, streamIntervalMs: 0 });
   const controller = new AbortController();
   const stream = await llm.chat({
     messages: [{ role: "user", content: QUESTION }],
