@@ -46,6 +46,10 @@ export const SERVE = defineCommand({
     "max-batch": str("N", "requests decoded together at most (default 16)"),
     "max-queue": str("N", "requests waiting for a slot at most, then 429 (default 256)"),
     "prefill-chunk": str("N", "prompt tokens prefilled between two decode steps (default 256)"),
+    "solo-interval-ms": str(
+      "MS",
+      "a request decoding alone runs natively this long per turn (default 20; 0: a token)",
+    ),
     ...COMMON,
     ...CACHE,
   },
@@ -78,6 +82,7 @@ export async function cmdServe(args: string[]) {
     const maxBatch = intOpt(v["max-batch"], "max-batch", 1, 4096);
     const maxQueue = intOpt(v["max-queue"], "max-queue", 0);
     const prefillChunk = intOpt(v["prefill-chunk"], "prefill-chunk", 1, 65536);
+    const soloIntervalMs = intOpt(v["solo-interval-ms"], "solo-interval-ms", 0, 60_000);
     using kv = await openEngine(v);
     const server = startServer({
       model: kv.loadModel(modelDir, { dtype: dtypeOpt(v) }),
@@ -96,6 +101,7 @@ export async function cmdServe(args: string[]) {
       maxBatch,
       maxQueue,
       prefillChunk,
+      soloIntervalMs,
     });
     note(`kvfold serve: listening on ${server.url}; loading ${modelDir} ...`);
     const stop = () => {

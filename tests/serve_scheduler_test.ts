@@ -176,3 +176,66 @@ Deno.test("scheduler: a request aborted while waiting or generating leaves, the 
   );
   assert.deepEqual(retired.sort(), ["aborted", "max-tokens", "max-tokens"]);
 });
+
+Deno.test("scheduler: a request alone is handed over natively and ends as generate() alone; abort stops it", async () => {
+  using model = await (await testEngine()).loadModel(await testModel("tiny"));
+  const vocab = model.info.vocabSize;
+  const ids = someIds(7, vocab, 5);
+  const greedy = await solo(model, spec({ promptIds: ids, maxTokens: 40 }));
+  const stop = greedy.text.slice(Math.floor(greedy.text.length / 2), Math.floor(greedy.text.length / 2) + 3);
+  const cases = [
+    spec({ promptIds: ids, maxTokens: 40 }),
+    spec({ promptIds: ids, maxTokens: 40, stop: [stop] }),
+    spec({ promptIds: ids, maxTokens: 40, contextSize: ids.length + 9 }),
+    spec({ promptIds: ids, maxTokens: 40, temperature: 0.9, topP: 0.8, seed: 4 }),
+  ];
+  for (const [i, c] of cases.entries()) {
+    const want = await solo(model, c);
+    for (const soloIntervalMs of [0, 60_000]) {
+      const scheduler = new Scheduler(model, new ServerMetrics(), { trace: true, soloIntervalMs });
+      const job = scheduler.submit(c);
+      let text = "";
+      const pieces = job.stream();
+      let result: JobResult;
+      for (;;) {
+        const r = await pieces.next();
+        if (r.done) {
+          result = r.value;
+          break;
+        }
+        text += r.value;
+      }
+      await scheduler.close();
+      const what = `case ${i}, soloIntervalMs ${soloIntervalMs}`;
+      assert.equal(text, want.text, what);
+      assert.equal(result.stopReason, want.reason, what);
+      assert.equal(result.generatedTokens, want.tokens, what);
+      const trace = scheduler.trace!;
+      const handOvers = trace.filter((e) => e.type === "solo");
+      // Alone from its first token on: one hand-over holds them all (none without the interval).
+      assert.equal(handOvers.length, soloIntervalMs > 0 ? 1 : 0, what);
+      // A decode step per token that went on, whichever way it was run.
+      const steps = trace.filter((e) => e.type === "step").length;
+      assert.equal(steps, want.tokens - 1, what);
+    }
+  }
+  assert.deepEqual(
+    await Promise.all(cases.map(async (c) => (await solo(model, c)).reason)),
+    ["max-tokens", "stop-string", "context-full", "max-tokens"],
+  );
+  // A client that goes away mid-hand-over: the native loop stops between two decodes.
+  const scheduler = new Scheduler(model, new ServerMetrics(), { trace: true, soloIntervalMs: 60_000 });
+  const abort = new AbortController();
+  const long = spec({ promptIds: ids, maxTokens: 100_000, contextSize: 100_000, signal: abort.signal });
+  const job = scheduler.submit(long);
+  const started = performance.now();
+  setTimeout(() => abort.abort(), 20);
+  await assert.rejects(async () => {
+    for await (const _ of job.stream()) { /* drain */ }
+  }, { name: "KvfoldError", message: /client went away/ });
+  await scheduler.close();
+  assert.ok(performance.now() - started < 30_000);
+  const retired = scheduler.trace!.filter((e) => e.type === "retire");
+  assert.deepEqual(retired, [{ type: "retire", id: 1, reason: "aborted" }]);
+  assert.throws(() => new Scheduler(model, new ServerMetrics(), { soloIntervalMs: -1 }), RangeError);
+});

@@ -16,7 +16,7 @@ import { concatVectors, type RetrievedChunk } from "../store.ts";
 import type { Store } from "../store/store_api.ts";
 import { HttpError } from "./http_error.ts";
 import type { CompletionRequest } from "./openai_request.ts";
-import type { JobSpec } from "./scheduler.ts";
+import type { JobSpec } from "./job.ts";
 
 /** What the server serves a request from. */
 export interface ServedModel {

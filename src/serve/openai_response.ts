@@ -7,7 +7,7 @@
 
 import type { StopReason } from "../session.ts";
 import type { CompletionPlan } from "./completion_plan.ts";
-import type { JobResult } from "./scheduler.ts";
+import type { JobResult } from "./job.ts";
 
 /** OpenAI's finish_reason for a stop reason: "length" when cut by a budget, else "stop". */
 export function finishReason(reason: StopReason): "stop" | "length" {

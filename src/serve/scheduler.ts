@@ -13,65 +13,35 @@
  * `Session.generate` step for step, so a greedy request gives exactly the text the in-process API
  * gives (a shared prefill pass rounds differently from a lone one, which only a near tie notices).
  *
+ * A request that generates alone (none waits or prefills) is run natively for `soloIntervalMs` per
+ * turn (`kf_session_generate`), its tokens then taken one by one as a step takes them: one FFI
+ * crossing per turn instead of per token. A request arriving meanwhile waits at most that long.
+ *
  * @module
  */
 
-import type { AdapterTerm } from "../adapter.ts";
 import { alloc, check, sym } from "../_binding.ts";
 import { tokenIdsArg } from "../_int_args.ts";
 import { type BatchEntry, runBatch, runPrefillBatch } from "../batch.ts";
 import { KvfoldError } from "../errors.ts";
-import type { CacheOptions } from "../lococo.ts";
 import type { Model } from "../model.ts";
 import { createSampler, sampleRows } from "../sampler.ts";
-import type { Session, StopReason } from "../session.ts";
+import type { StopReason } from "../session.ts";
 import { IncrementalDecoder, StopStringFilter } from "../text_stream.ts";
+import { nativeStep } from "../generate_steps.ts";
+import { Job, type JobResult, type JobSpec } from "./job.ts";
 import { HttpError } from "./http_error.ts";
 import type { ServerMetrics } from "./metrics.ts";
 
-/** Summary vectors that go before the prompt, as one block. */
-export interface PrefixVectors {
-  /** `rows × hidden` values: f32, or the raw bf16 bits a store keeps. */
-  data: Float32Array | Uint16Array;
-  dtype: "f32" | "bf16";
-  rows: number;
-}
+export { Job } from "./job.ts";
+export type { JobResult, JobSpec, PrefixVectors } from "./job.ts";
 
-/** What one request runs. */
-export interface JobSpec {
-  /** Prompt token ids (after the vectors). */
-  promptIds: number[];
-  /** Summary vectors placed before the prompt. */
-  vectors?: PrefixVectors;
-  /** The adapter composition (empty: the base model). */
-  adapters: AdapterTerm[];
-  /** The KV cache (default full). */
-  cache?: CacheOptions;
-  /** Positions to reserve (full cache). */
-  contextSize?: number;
-  maxTokens: number;
-  temperature: number;
-  topP: number;
-  seed?: number;
-  stop: string[];
-  ignoreEos?: boolean;
-  /** Aborts the request (a client that went away). */
-  signal?: AbortSignal;
-}
-
-/** How a request ended. */
-export interface JobResult {
-  stopReason: StopReason;
-  promptTokens: number;
-  vectorRows: number;
-  generatedTokens: number;
-}
-
-/** One entry of the scheduler's trace (tests read it to check the interleaving). */
 export type SchedulerEvent =
   | { type: "admit"; id: number }
   | { type: "prefill"; id: number; tokens: number }
   | { type: "step"; ids: number[] }
+  /** One native hand-over of a request generating alone (`soloIntervalMs`): the tokens it sampled. */
+  | { type: "solo"; id: number; tokens: number }
   | { type: "abort"; id: number }
   | { type: "retire"; id: number; reason: StopReason | "aborted" | "failed" };
 
@@ -85,97 +55,13 @@ export interface SchedulerOptions {
   prefillChunk?: number;
   /** Keeps a trace of admissions, chunks, steps and retirements in {@link Scheduler.trace}. */
   trace?: boolean;
-}
-
-// What a generating request carries from step to step (Session.generate's loop state).
-interface Generation {
-  sampler: Deno.PointerValue;
-  decoder: IncrementalDecoder;
-  stops: StopStringFilter;
-  eos: ReadonlySet<number>;
-}
-
-/** A request inside the scheduler, and the stream of text it produces. */
-export class Job {
-  /** Sequence number (1, 2, ...). */
-  readonly id: number;
-  readonly spec: JobSpec;
-  /** `performance.now()` at submission. */
-  readonly arrival = performance.now();
-  readonly #abort = new AbortController();
-  session?: Session;
-  state: "waiting" | "prefill" | "generating" | "done" = "waiting";
-  /** Vector rows and prompt tokens prefilled so far. */
-  prefilled = 0;
-  /** Tokens sampled so far. */
-  sampled = 0;
-  lastTokenAt = 0;
-  /** @internal sampler and text state while generating. */
-  _gen?: Generation;
-  #pieces: string[] = [];
-  #result?: JobResult;
-  #error?: unknown;
-  #notify?: () => void;
-
-  constructor(id: number, spec: JobSpec) {
-    this.id = id;
-    this.spec = spec;
-    const outer = spec.signal;
-    if (outer?.aborted) this.#abort.abort(outer.reason);
-    else outer?.addEventListener("abort", () => this.abort(outer.reason), { once: true });
-  }
-
-  /** Aborted by its client (or the server). */
-  get signal(): AbortSignal {
-    return this.#abort.signal;
-  }
-
-  /** Aborts the request: it leaves the batch within one step. */
-  abort(reason?: unknown): void {
-    this.#abort.abort(reason);
-  }
-
-  /** Whether it finished (result or error). */
-  get settled(): boolean {
-    return this.#result !== undefined || this.#error !== undefined;
-  }
-
-  _push(text: string): void {
-    this.#pieces.push(text);
-    this.#wake();
-  }
-
-  _finish(result: JobResult): void {
-    if (this.settled) return;
-    this.#result = result;
-    this.#wake();
-  }
-
-  _fail(error: unknown): void {
-    if (this.settled) return;
-    this.#error = error;
-    this.#wake();
-  }
-
-  #wake() {
-    const n = this.#notify;
-    this.#notify = undefined;
-    n?.();
-  }
-
-  /** The generated text, piece by piece; returns how it ended. Throws what failed it. */
-  async *stream(): AsyncGenerator<string, JobResult, undefined> {
-    for (;;) {
-      if (this.#pieces.length > 0) {
-        // Everything that arrived since the reader last looked goes as one piece (one SSE write).
-        yield this.#pieces.length === 1 ? this.#pieces.pop()! : this.#pieces.splice(0).join("");
-        continue;
-      }
-      if (this.#error !== undefined) throw this.#error;
-      if (this.#result !== undefined) return this.#result;
-      await new Promise<void>((r) => (this.#notify = r));
-    }
-  }
+  /**
+   * While one request generates alone (none waits or prefills), each turn samples and decodes it in
+   * one native call for up to this many milliseconds (`kf_session_generate`) instead of one token:
+   * a turn costs a few hundred microseconds of FFI wake-ups, a fifth of a small model's step. A
+   * request that arrives meanwhile waits at most this long. 0: one token a turn. Default 20.
+   */
+  soloIntervalMs?: number;
 }
 
 /**
@@ -197,6 +83,7 @@ export class Scheduler {
   readonly maxBatch: number;
   readonly maxQueue: number;
   readonly prefillChunk: number;
+  readonly soloIntervalMs: number;
   readonly metrics: ServerMetrics;
   /** Admissions, chunks, steps, aborts and retirements, in order (with `trace: true`). */
   readonly trace: SchedulerEvent[] | null;
@@ -218,6 +105,12 @@ export class Scheduler {
     this.maxQueue = positive("maxQueue", options.maxQueue ?? 256, 1 << 20, 0);
     this.prefillChunk = positive("prefillChunk", options.prefillChunk ?? 256, 1 << 16);
     this.trace = options.trace ? [] : null;
+    this.soloIntervalMs = options.soloIntervalMs ?? 20;
+    if (!Number.isFinite(this.soloIntervalMs) || this.soloIntervalMs < 0) {
+      throw new RangeError(
+        `Cannot start the scheduler: soloIntervalMs ${options.soloIntervalMs} is not a number >= 0`,
+      );
+    }
     metrics.maxBatch = this.maxBatch;
     this.#batchPrefill = model.engine.backend === "cpu";
     this.#loop = this.#run();
@@ -320,7 +213,10 @@ export class Scheduler {
       }
       if (chosen.length > 0) worked = true;
       if (this.#generating.size > 0) {
-        await this.#step();
+        const alone = this.#generating.size === 1 && this.#prefilling.length === 0 &&
+          this.#waiting.length === 0;
+        if (alone && this.soloIntervalMs > 0) await this.#soloStep([...this.#generating][0]);
+        else await this.#step();
         worked = true;
       }
       if (!worked) await this.#sleep();
@@ -503,6 +399,55 @@ export class Scheduler {
     }
   }
 
+  // The only generating request, for up to soloIntervalMs in one native call. Its tokens then go
+  // through #take one by one, each at the position a step would have seen; one that ends the
+  // request inside the hand-over leaves decoded tokens behind in a session that is retired anyway.
+  // The last token, when the request goes on, is decoded here as a step would.
+  async #soloStep(job: Job) {
+    if (job.signal.aborted) return this.#retire(job, "aborted", abortError(job));
+    const g = job._gen!;
+    const session = job.session!;
+    g.solo ??= nativeStep(session._handle, { ptr: g.sampler }, g.eos, job.signal);
+    const at = session.position;
+    const t0 = performance.now();
+    let got: Int32Array;
+    try {
+      got = await g.solo(-1, job.spec.maxTokens - job.sampled, this.soloIntervalMs);
+    } catch (e) {
+      return this.#failed(job, e);
+    }
+    const t1 = performance.now();
+    this.#event({ type: "solo", id: job.id, tokens: got.length });
+    let went = 0; // tokens after which the request goes on: each was (or is now) decoded
+    for (const [j, id] of got.entries()) {
+      if (!this.#take(job, id, at + j)) break;
+      went++;
+    }
+    // Each token that went on counts as a decode step of one row, the hand-over's time split over them.
+    const t2 = performance.now();
+    for (let i = 0; i < went; i++) {
+      this.#event({ type: "step", ids: [job.id] });
+      this.metrics.batchRows.observe(1);
+      this.metrics.stepHostSeconds.observe((t2 - t1) / 1000 / went);
+    }
+    let decodeMs = t1 - t0;
+    if (went === got.length) { // it goes on: its last token still needs decoding
+      try {
+        await session.decode(got[got.length - 1], { signal: job.signal });
+      } catch (e) {
+        return this.#failed(job, e);
+      }
+      decodeMs += performance.now() - t2;
+    } // else it ended inside the hand-over, and #take retired it
+    for (let i = 0; i < went; i++) this.metrics.decodeStepSeconds.observe(decodeMs / 1000 / went);
+  }
+
+  // A native call of the request failed: "the client went away" when its signal stopped it.
+  #failed(job: Job, e: unknown) {
+    if (job.signal.aborted) this.#retire(job, "aborted", abortError(job));
+    else this.#retire(job, "failed", e);
+  }
+
   // Every row's next token; a row whose sampling fails (non-finite logits) is retired and gets -1.
   #sample(rows: Job[]): Int32Array {
     try {
@@ -523,7 +468,7 @@ export class Scheduler {
   }
 
   // Session.generate's checks after a sample, in its order. True when the row decodes `id` next.
-  #take(job: Job, id: number): boolean {
+  #take(job: Job, id: number, position = job.session!.position): boolean {
     const g = job._gen!;
     this.#tokenSampled(job);
     if (g.eos.has(id)) return this.#finish(job, "eos");
@@ -531,8 +476,7 @@ export class Scheduler {
     if (text) job._push(text);
     if (g.stops.stopped) return this.#finish(job, "stop-string");
     if (job.sampled >= job.spec.maxTokens) return this.#finish(job, "max-tokens");
-    const session = job.session!;
-    if (session.position >= session.contextSize) return this.#finish(job, "context-full");
+    if (position >= job.session!.contextSize) return this.#finish(job, "context-full");
     return true;
   }
 

@@ -61,6 +61,8 @@ export interface ServerOptions {
   maxQueue?: number;
   /** Tokens per prefill chunk between decode steps; default 256. */
   prefillChunk?: number;
+  /** Milliseconds a request generating alone runs natively per turn (0: a token a turn); default 20. */
+  soloIntervalMs?: number;
   /** Largest request body in bytes (413 past it); default 4 MiB. */
   maxBodyBytes?: number;
   /** Keep the scheduler's trace ({@link KvfoldServer.trace}); default false. */
@@ -163,6 +165,7 @@ export class KvfoldServer {
         maxBatch: o.maxBatch,
         maxQueue: o.maxQueue,
         prefillChunk: o.prefillChunk,
+        soloIntervalMs: o.soloIntervalMs,
         trace: o.trace,
       });
     } catch (e) {
