@@ -13,7 +13,8 @@
 // rounds of the ratio within a round.
 //
 //   deno run -A bench/serve.ts [--preset small] [--threads 2] [--max-tokens 32] [--clients 1,4,16]
-//     [--rounds 3] [--clients-in-process] [--no-sequential] [--out bench/results/serve.json]
+//     [--rounds 3] [--clients-in-process] [--no-sequential] [--solo-interval-ms 20]
+//     [--out bench/results/serve.json]
 import { parseArgs } from "node:util";
 import { Kvfold, type Model, startServer } from "../mod.ts";
 import { makeTestAdapter, makeTestModel, TEST_MODEL_PRESETS } from "../testing/mod.ts";
@@ -29,6 +30,7 @@ const { values: v } = parseArgs({
     rounds: { type: "string", default: "3" },
     "clients-in-process": { type: "boolean", default: false },
     "no-sequential": { type: "boolean", default: false },
+    "solo-interval-ms": { type: "string" },
     out: { type: "string", default: new URL("./results/serve.json", import.meta.url).pathname },
   },
 });
@@ -105,7 +107,8 @@ async function clients(url: string, n: number, tokens = maxTokens) {
   return JSON.parse(new TextDecoder().decode(out.stdout)) as { seconds: number; results: ClientResult[] };
 }
 
-await using server = startServer({ model, port: 0, maxBatch: 16 });
+const soloIntervalMs = v["solo-interval-ms"] === undefined ? undefined : Number(v["solo-interval-ms"]);
+await using server = startServer({ model, port: 0, maxBatch: 16, soloIntervalMs });
 await server.ready;
 const m = server.metrics;
 await clients(server.url, 1, 4); // warm-up: the client script compiled, the first session made
@@ -212,6 +215,7 @@ await Deno.writeTextFile(
       maxTokens,
       adapters: ADAPTERS.length,
       rounds,
+      soloIntervalMs: soloIntervalMs ?? 20,
       clients: v["clients-in-process"] ? "in-process" : "separate-process",
       cpu,
       loadavg_before: loadBefore,
