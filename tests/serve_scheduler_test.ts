@@ -212,8 +212,17 @@ Deno.test("scheduler: a request alone is handed over natively and ends as genera
       assert.equal(result.generatedTokens, want.tokens, what);
       const trace = scheduler.trace!;
       const handOvers = trace.filter((e) => e.type === "solo");
-      // Alone from its first token on: one hand-over holds them all (none without the interval).
-      assert.equal(handOvers.length, soloIntervalMs > 0 ? 1 : 0, what);
+      // Alone from its first token on: the first token in a hand-over of its own (the time to it is
+      // the prefill's), the rest in one more (no hand-over without the interval); a stop string is
+      // found after the native loop sampled past it.
+      const sizes = handOvers.map((e) => e.type === "solo" ? e.tokens : 0);
+      if (soloIntervalMs === 0) assert.deepEqual(sizes, [], what);
+      else {
+        assert.deepEqual(sizes.slice(0, 1), [1], what);
+        assert.equal(sizes.length, 2, what);
+        if (want.reason === "stop-string") assert.ok(sizes[1] > want.tokens - 1, what);
+        else assert.equal(sizes[1], want.tokens - 1, what);
+      }
       // A decode step per token that went on, whichever way it was run.
       const steps = trace.filter((e) => e.type === "step").length;
       assert.equal(steps, want.tokens - 1, what);

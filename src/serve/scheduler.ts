@@ -412,7 +412,9 @@ export class Scheduler {
     const t0 = performance.now();
     let got: Int32Array;
     try {
-      got = await g.solo(-1, job.spec.maxTokens - job.sampled, this.soloIntervalMs);
+      // The first token comes alone: the time to it is the prefill's.
+      const budget = job.sampled === 0 ? 0 : this.soloIntervalMs;
+      got = await g.solo(-1, job.spec.maxTokens - job.sampled, budget);
     } catch (e) {
       return this.#failed(job, e);
     }
