@@ -6,9 +6,11 @@
 // and the median ratio B / A, with how busy the machine was; writes JSON beside it. Not a test: a
 // measurement.
 //
-//   deno run -A bench/decode_ab.ts [--model DIR] [--dtype q4_0|auto] [--rounds 10] [--tokens 64]
+//   deno run -A bench/decode_ab.ts [--model DIR] [--dtype q4_0|auto] [--rounds 10] [--tokens 64] [--context 16]
 //     [--env-a K=V] [--env-b K=V] [--lib-a PATH] [--lib-b PATH] [--threads 2] [--phase decode|prefill]
 //     [--out bench/results/decode_ab.json]
+//
+// --context N prefills N prompt tokens before each decode (its attention then reads N + 64 cache slots).
 //
 // The second process tends to measure faster (an A/A run gave B / A 1.09 on a 2-core VM): run both
 // orders (A and B swapped) and take the geometric mean of the two ratios.
@@ -22,7 +24,7 @@ const CHILD = "--child";
 
 if (Deno.args[0] === CHILD) {
   // One side: load the model, then for every line "go" decode once and answer tok/s.
-  const [, dir, dtype, tokens, threads, phase] = Deno.args;
+  const [, dir, dtype, tokens, threads, phase, context] = Deno.args;
   const { Kvfold } = await import("../mod.ts");
   const { measureDecode, measurePrefill } = await import("../src/throughput.ts");
   await using kv = await Kvfold.open({ backend: "cpu", threads: Number(threads) });
@@ -39,7 +41,7 @@ if (Deno.args[0] === CHILD) {
       buf = buf.slice(i + 1);
       const r = phase === "prefill"
         ? await measurePrefill(model, { tokens: Number(tokens), repeats: 1 })
-        : await measureDecode(model, { tokens: Number(tokens), repeats: 1 });
+        : await measureDecode(model, { tokens: Number(tokens), repeats: 1, promptTokens: Number(context) });
       await out(JSON.stringify({ tokensPerSecond: r.medianTokensPerSecond }));
     }
   }
@@ -55,6 +57,7 @@ const { values: v } = parseArgs({
     tokens: { type: "string", default: "64" },
     threads: { type: "string", default: "2" },
     phase: { type: "string", default: "decode" },
+    context: { type: "string", default: "16" },
     "env-a": { type: "string", multiple: true, default: [] },
     "env-b": { type: "string", multiple: true, default: [] },
     "lib-a": { type: "string" },
@@ -91,6 +94,7 @@ function side(env: Record<string, string>) {
       v.tokens!,
       v.threads!,
       v.phase!,
+      v.context!,
     ],
     env,
     stdin: "piped",
@@ -135,7 +139,7 @@ console.log(
   }`,
 );
 console.log(
-  `model ${v.model} as ${v.dtype}, ${v.threads} threads, ${v.phase} ${v.tokens}; engines: ${
+  `model ${v.model} as ${v.dtype}, ${v.threads} threads, ${v.phase} ${v.tokens} after ${v.context}; engines: ${
     engines.join(" | ")
   }`,
 );
@@ -171,6 +175,7 @@ const summary = {
   threads: Number(v.threads),
   phase: v.phase,
   tokens: Number(v.tokens),
+  context: Number(v.context),
   a: { env: v["env-a"], lib: v["lib-a"] ?? null, engine: engines[0] },
   b: { env: v["env-b"], lib: v["lib-b"] ?? null, engine: engines[1] },
   medianA: median(rounds.map((r) => r.a)),

@@ -100,6 +100,71 @@ KF_AVX512 void transpose_keys_avx512(const float *k, int64_t k_stride, int64_t j
     }
 }
 
+// attn_rows_alone's chunk (cpu_attention_decode.cpp) on 512-bit registers, NV = hd / 16: a
+// position's keys (then values) of each KV head loaded once for the group's query heads. The bits of
+// its dot_f32 / axpy_f32 loops, as the tiles above keep the AVX2 kernels' bits.
+// s[h * nj + jj] = scale * q[h] · k[j0 + jj][h / group]
+template <int NV>
+KF_AVX512 static void chunk_scores(const float *q, const float *k, int64_t kv_dim, int64_t j0, int64_t nj, int64_t nh,
+                                   int64_t group, float scale, float *s) {
+  constexpr int64_t hd = 16 * NV;
+  for (int64_t jj = 0; jj < nj; jj++) {
+    const float *kj = k + (j0 + jj) * kv_dim;
+    for (int64_t kvh = 0; kvh < nh / group; kvh++) {
+      __m512 kv[NV];
+      for (int c = 0; c < NV; c++) kv[c] = _mm512_loadu_ps(kj + kvh * hd + 16 * c);
+      for (int64_t h = kvh * group; h < (kvh + 1) * group; h++) {
+        // dot_f32's sums exactly: its two 8-lane accumulators are this one's halves, then its hsum.
+        __m512 acc = _mm512_setzero_ps();
+        for (int c = 0; c < NV; c++) acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + h * hd + 16 * c), kv[c], acc);
+        const __m256 v8 = _mm256_add_ps(_mm512_castps512_ps256(acc), _mm512_extractf32x8_ps(acc, 1));
+        __m128 v4 = _mm_add_ps(_mm256_castps256_ps128(v8), _mm256_extractf128_ps(v8, 1));
+        v4 = _mm_add_ps(v4, _mm_movehl_ps(v4, v4));
+        v4 = _mm_add_ss(v4, _mm_movehdup_ps(v4));
+        s[h * nj + jj] = _mm_cvtss_f32(v4) * scale;
+      }
+    }
+  }
+}
+
+// o[h] += sum_jj p[h * nj + jj] v[j0 + jj][h / group]  (o rows hd + 2 apart, at o + 2)
+template <int NV>
+KF_AVX512 static void chunk_values(const float *p, const float *v, int64_t kv_dim, int64_t j0, int64_t nj, int64_t nh,
+                                   int64_t group, float *o, int64_t o_stride) {
+  constexpr int64_t hd = 16 * NV;
+  for (int64_t jj = 0; jj < nj; jj++) {
+    const float *vj = v + (j0 + jj) * kv_dim;
+    for (int64_t kvh = 0; kvh < nh / group; kvh++) {
+      __m512 vv[NV];
+      for (int c = 0; c < NV; c++) vv[c] = _mm512_loadu_ps(vj + kvh * hd + 16 * c);
+      for (int64_t h = kvh * group; h < (kvh + 1) * group; h++) {
+        const __m512 ph = _mm512_set1_ps(p[h * nj + jj]);
+        float *oh = o + h * o_stride;
+        for (int c = 0; c < NV; c++)
+          _mm512_storeu_ps(oh + 16 * c, _mm512_fmadd_ps(ph, vv[c], _mm512_loadu_ps(oh + 16 * c)));
+      }
+    }
+  }
+}
+
+bool attn_chunk_scores_avx512(const float *q, const float *k, int64_t kv_dim, int64_t j0, int64_t nj, int64_t nh,
+                              int64_t group, int64_t hd, float scale, float *s) {
+  switch (hd) {
+    case 64: return chunk_scores<4>(q, k, kv_dim, j0, nj, nh, group, scale, s), true;
+    case 128: return chunk_scores<8>(q, k, kv_dim, j0, nj, nh, group, scale, s), true;
+    default: return false;
+  }
+}
+
+bool attn_chunk_values_avx512(const float *p, const float *v, int64_t kv_dim, int64_t j0, int64_t nj, int64_t nh,
+                              int64_t group, int64_t hd, float *o, int64_t o_stride) {
+  switch (hd) {
+    case 64: return chunk_values<4>(p, v, kv_dim, j0, nj, nh, group, o, o_stride), true;
+    case 128: return chunk_values<8>(p, v, kv_dim, j0, nj, nh, group, o, o_stride), true;
+    default: return false;
+  }
+}
+
 }  // namespace kf
 
 #else
@@ -112,6 +177,14 @@ int32_t attn_scores_rows4_avx512(const float *, int64_t, int32_t, const float *,
 }
 void attn_values_rows4_avx512(const float *const[4], const float *, int64_t, int64_t, int64_t, float *const[4]) {}
 void transpose_keys_avx512(const float *, int64_t, int64_t, int64_t, float *, int64_t) {}
+bool attn_chunk_scores_avx512(const float *, const float *, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float,
+                              float *) {
+  return false;
+}
+bool attn_chunk_values_avx512(const float *, const float *, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                              float *, int64_t) {
+  return false;
+}
 }  // namespace kf
 
 #endif

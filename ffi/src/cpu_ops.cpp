@@ -85,8 +85,9 @@ void rmsnorm_rows(ThreadPool &pool, float *out, const float *x, const void *w, D
   pool.parallel_for(T, [&](int64_t t, int) { rmsnorm(out + t * n, x + t * n, w, wdt, n, eps); });
 }
 
-void softmax_inplace(float *x, int64_t n) {
-  if (n <= 0) return;
+float softmax_unnormalized(float *x, int64_t n, float *max_out) {
+  *max_out = 0.0f;
+  if (n <= 0) return 0.0f;
   int64_t i = 0;
   float mx = x[0];
 #ifdef KF_AVX2
@@ -101,6 +102,7 @@ void softmax_inplace(float *x, int64_t n) {
 #endif
   for (; i < n; i++) mx = std::max(mx, x[i]);
   if (mx == -INFINITY) mx = 0.0f;  // every entry masked: leave the zeros (and NaN-free) below
+  *max_out = mx;
 
   float sum = 0.0f;
   i = 0;
@@ -123,8 +125,14 @@ void softmax_inplace(float *x, int64_t n) {
     x[i] = std::exp(x[i] - mx);
     sum += x[i];
   }
+  return sum;
+}
+
+void softmax_inplace(float *x, int64_t n) {
+  float mx;
+  const float sum = softmax_unnormalized(x, n, &mx);
   const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
-  i = 0;
+  int64_t i = 0;
 #ifdef KF_AVX2
   const __m256 vinv = _mm256_set1_ps(inv);
   for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), vinv));

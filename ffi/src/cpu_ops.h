@@ -104,6 +104,29 @@ void attn_key_tile(const float *k, int64_t k_stride, int64_t jb, int64_t hd, flo
 // The AVX-512 forms of the tiles (cpu_attention_avx512.cpp), taken where attn_avx512(): the AVX2
 // kernels' bits. attn_scores_rows4_avx512 returns the rows it did (whole 4s, or 0 if kt_stride is not
 // a multiple of 32); attn_values_rows4_avx512 needs hd a multiple of 16.
+// One query row against its session's cache slots [lo, hi) (keys, values: [slots, nkv, hd], post-RoPE),
+// every head: out[h] = softmax(q[h] · K[h / group] * scale) V[h / group] (cpu_attention_decode.cpp).
+struct AttnRow {
+  const float *q;  // [nh, hd]
+  const float *k, *v;
+  int64_t lo, hi;
+  float *out;  // [nh, hd]
+  // NULL, or what a cache that keeps slot scores reads: probs[h * probs_stride + j] = head h's
+  // softmax probability of slot j, for j in [lo, hi).
+  float *probs = nullptr;
+  int64_t probs_stride = 0;
+};
+// The rows' attention over chunks of positions that depend on each row's range alone (so the bits do
+// not depend on the thread count), each chunk's softmax partials merged in order.
+void attn_rows_alone(ThreadPool &pool, const AttnRow *rows, int n_rows, int64_t nh, int64_t nkv, int64_t hd,
+                     float scale);
+// Its chunk kernels on AVX-512 (cpu_attention_avx512.cpp), for hd 64 and 128 (false: not done):
+// s[h * nj + jj] = scale * q[h] · k_(j0 + jj)[h / group]; o[h] (o_stride apart) += sum_jj p[h * nj + jj] v_(j0 + jj).
+bool attn_chunk_scores_avx512(const float *q, const float *k, int64_t kv_dim, int64_t j0, int64_t nj, int64_t nh,
+                              int64_t group, int64_t hd, float scale, float *s);
+bool attn_chunk_values_avx512(const float *p, const float *v, int64_t kv_dim, int64_t j0, int64_t nj, int64_t nh,
+                              int64_t group, int64_t hd, float *o, int64_t o_stride);
+
 bool attn_avx512();
 int32_t attn_scores_rows4_avx512(const float *q, int64_t q_stride, int32_t nr, const float *kt, int64_t kt_stride,
                                  int64_t jb, int64_t hd, float scale, float *s, int64_t s_stride);
@@ -140,6 +163,8 @@ inline void rmsnorm_rows(ThreadPool &pool, float *out, const float *x, const flo
 
 // x[i] = exp(x[i] - max) / sum_j exp(x[j] - max), in place; x: [n], n >= 1. -inf entries give 0.
 void softmax_inplace(float *x, int64_t n);
+// x[i] = exp(x[i] - max x) in place; returns their sum and writes the max (0 when every entry is -inf).
+float softmax_unnormalized(float *x, int64_t n, float *max_out);
 
 // sum_i a[i] * b[i]; a, b: [n]
 float dot_f32(const float *a, const float *b, int64_t n);

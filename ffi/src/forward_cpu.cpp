@@ -163,6 +163,10 @@ void forward_rows(Workspace &ws, const kf_model &m, int32_t T, const ChunkInput 
     r = end;
   }
   const int64_t n_blocks = int64_t(ws.attn_blocks.size());
+  bool rows_alone = true;
+  for (const auto &[r0, nr] : ws.attn_blocks) rows_alone &= nr == 1;
+  std::vector<AttnRow> &alone = ws.attn_alone;  // grows to the most rows once, then is reused
+  if (rows_alone) alone.resize(size_t(n_blocks));
 
   for (int64_t l = 0; l < c.n_layers; l++) {
     check_cancel(ctl, "run the model");
@@ -190,8 +194,27 @@ void forward_rows(Workspace &ws, const kf_model &m, int32_t T, const ChunkInput 
     }
 
     // attn[t, h] = softmax(q[t,h] · K[begin_t..pos_t, kvh] * scale) · V[begin_t..pos_t, kvh], causal within
-    // the row's own session. One task per (block, head): the block's rows share each K and V row they
-    // read, so a long context streams from memory once per block instead of once per row.
+    // the row's own session. Rows alone in their block (a decode step) go over chunks of positions,
+    // every head at once (cpu_attention_decode.cpp).
+    if (rows_alone) {
+      for (int64_t b = 0; b < n_blocks; b++) {
+        const int32_t r = ws.attn_blocks[size_t(b)].first;
+        const KvCache &kv = ws.row_session[size_t(r)]->cache;
+        const int64_t end = int64_t(ws.row_slot[size_t(r)]) + 1;
+        const int64_t begin = window > 0 && !kv.compressing() ? std::max<int64_t>(0, end - window) : 0;
+        AttnRow &a = alone[size_t(b)];
+        a = {ws.q.data() + r * q_dim, kv.k[size_t(l)].data(), kv.v[size_t(l)].data(), begin, end,
+             ws.attn.data() + r * q_dim};
+        if (kv.needs_scores()) {  // the block's column sums are its one row's probabilities
+          a.probs = ws.col_sums.data() + size_t(b) * size_t(nh) * size_t(n_cols);
+          a.probs_stride = n_cols;
+          ws.block_keys[size_t(b)] = {begin, end};
+        }
+      }
+      attn_rows_alone(pool, alone.data(), int(n_blocks), nh, nkv, hd, scale);
+    } else
+    // Otherwise one task per (block, head): the block's rows share each K and V row they read, so a
+    // long context streams from memory once per block instead of once per row.
     pool.parallel_for(n_blocks * nh, [&](int64_t task, int th) {
       const auto [r0, nr] = ws.attn_blocks[size_t(task / nh)];
       const int64_t h = task % nh, kvh = h / group;

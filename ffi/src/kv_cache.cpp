@@ -38,8 +38,13 @@ void cache_init(KvCache &c, const kf_model &m, const kf_session_params &p, int32
   c.k.assign(L, {});
   c.v.assign(L, {});
   for (size_t l = 0; l < L; l++) {
-    c.k[l].assign(size_t(capacity) * kv_dim, 0.0f);
-    c.v[l].assign(size_t(capacity) * kv_dim, 0.0f);
+    // Reserved, advised, then zeroed: the first touch is what THP backs with huge pages (a decode step
+    // streams every slot of every layer: 4 KiB pages cost a 4096-position 134M decode 10%).
+    for (std::vector<float> *a : {&c.k[l], &c.v[l]}) {
+      a->reserve(size_t(capacity) * kv_dim);
+      advise_huge_pages(a->data(), a->capacity() * sizeof(float));
+      a->assign(size_t(capacity) * kv_dim, 0.0f);
+    }
   }
   c.score.assign(c.needs_scores() ? L : 0, std::vector<float>(size_t(capacity) * size_t(c.n_kv), 0.0f));
   c.saved.score = c.score;

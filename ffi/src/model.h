@@ -168,6 +168,7 @@ struct Workspace {
   // Attention work units: runs of up to kAttnRows consecutive rows of one session, which share
   // every key and value row they read (first row, row count).
   std::vector<std::pair<int32_t, int32_t>> attn_blocks;
+  std::vector<AttnRow> attn_alone;  // [blocks] when every block is one row (attn_rows_alone)
   std::vector<float> rope_cs;  // [rows, head_dim/2, 2] cos, sin of each row's position
   std::vector<float> lora_tmp; // [rows, lora_rank] A x of the rows, one column block per adapter term
   int32_t lora_rank = 0;       // row stride of lora_tmp (>= the rank sum of every row's mix)

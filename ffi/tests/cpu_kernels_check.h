@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "../src/common.h"
+#include "../src/threadpool.h"
 
 namespace kf_test {
 
@@ -75,5 +76,7 @@ bool throws_error(F &&f) {
 void test_act_blocks_avx512();
 void test_elementwise_avx512();
 void test_attention_tiles();
+// ffi/tests/cpu_attention_rows_test.cpp: attn_rows_alone against a float64 softmax, on the path in force.
+void test_attention_rows_alone(const std::string &label, kf::ThreadPool *pools);
 
 }  // namespace kf_test

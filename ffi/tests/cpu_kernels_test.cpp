@@ -425,6 +425,7 @@ int main() {
     }
     test_float_path(want, pools);
     test_shared_x(cpu_path_name(want), pools);
+    test_attention_rows_alone(cpu_path_name(want), pools);
     test_quant_path(std::string(cpu_path_name(want)) + (cpu_int8_vnni() ? " (int8 vnni)" : ""), int(want), pools);
   }
   // Each int8 kernel by name, the VEX AVX-VNNI one included (the paths above prefer AVX512-VNNI).
