@@ -2,6 +2,8 @@
 // cpu_path() at run time. Every output is summed in the order of the AVX2 kernels (scores: one FMA per
 // head dimension, ascending, then the scale; values: one FMA per value row, ascending), so the path
 // changes no bit; only more rows share each load.
+#include <type_traits>
+
 #include "cpu_features.h"
 #include "cpu_ops.h"
 #include "cpu_transpose16.h"
@@ -147,22 +149,22 @@ KF_AVX512 static void chunk_values(const float *p, const float *v, int64_t kv_di
   }
 }
 
+// f(std::integral_constant<int, hd / 16>) for the head sizes the chunk kernels are built for.
+template <class F>
+static bool with_registers_per_row(int64_t hd, F &&f) {
+  if (hd == 64) return f(std::integral_constant<int, 4>{}), true;
+  if (hd == 128) return f(std::integral_constant<int, 8>{}), true;
+  return false;
+}
+
 bool attn_chunk_scores_avx512(const float *q, const float *k, int64_t kv_dim, int64_t j0, int64_t nj, int64_t nh,
                               int64_t group, int64_t hd, float scale, float *s) {
-  switch (hd) {
-    case 64: return chunk_scores<4>(q, k, kv_dim, j0, nj, nh, group, scale, s), true;
-    case 128: return chunk_scores<8>(q, k, kv_dim, j0, nj, nh, group, scale, s), true;
-    default: return false;
-  }
+  return with_registers_per_row(hd, [&](auto nv) { chunk_scores<nv()>(q, k, kv_dim, j0, nj, nh, group, scale, s); });
 }
 
 bool attn_chunk_values_avx512(const float *p, const float *v, int64_t kv_dim, int64_t j0, int64_t nj, int64_t nh,
                               int64_t group, int64_t hd, float *o, int64_t o_stride) {
-  switch (hd) {
-    case 64: return chunk_values<4>(p, v, kv_dim, j0, nj, nh, group, o, o_stride), true;
-    case 128: return chunk_values<8>(p, v, kv_dim, j0, nj, nh, group, o, o_stride), true;
-    default: return false;
-  }
+  return with_registers_per_row(hd, [&](auto nv) { chunk_values<nv()>(p, v, kv_dim, j0, nj, nh, group, o, o_stride); });
 }
 
 }  // namespace kf

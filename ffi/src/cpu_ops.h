@@ -101,9 +101,6 @@ void attn_values_rows(const float *const *p, int32_t nr, const float *v, int64_t
 // attn_scores_tile (columns of kt past jb may get anything).
 void attn_key_tile(const float *k, int64_t k_stride, int64_t jb, int64_t hd, float *kt, int64_t kt_stride);
 
-// The AVX-512 forms of the tiles (cpu_attention_avx512.cpp), taken where attn_avx512(): the AVX2
-// kernels' bits. attn_scores_rows4_avx512 returns the rows it did (whole 4s, or 0 if kt_stride is not
-// a multiple of 32); attn_values_rows4_avx512 needs hd a multiple of 16.
 // One query row against its session's cache slots [lo, hi) (keys, values: [slots, nkv, hd], post-RoPE),
 // every head: out[h] = softmax(q[h] · K[h / group] * scale) V[h / group] (cpu_attention_decode.cpp).
 struct AttnRow {
@@ -127,6 +124,9 @@ bool attn_chunk_scores_avx512(const float *q, const float *k, int64_t kv_dim, in
 bool attn_chunk_values_avx512(const float *p, const float *v, int64_t kv_dim, int64_t j0, int64_t nj, int64_t nh,
                               int64_t group, int64_t hd, float *o, int64_t o_stride);
 
+// The AVX-512 forms of the tiles (cpu_attention_avx512.cpp), taken where attn_avx512(): the AVX2
+// kernels' bits. attn_scores_rows4_avx512 returns the rows it did (whole 4s, or 0 if kt_stride is not
+// a multiple of 32); attn_values_rows4_avx512 needs hd a multiple of 16.
 bool attn_avx512();
 int32_t attn_scores_rows4_avx512(const float *q, int64_t q_stride, int32_t nr, const float *kt, int64_t kt_stride,
                                  int64_t jb, int64_t hd, float scale, float *s, int64_t s_stride);

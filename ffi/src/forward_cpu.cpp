@@ -166,6 +166,12 @@ void forward_rows(Workspace &ws, const kf_model &m, int32_t T, const ChunkInput 
   bool rows_alone = true;
   for (const auto &[r0, nr] : ws.attn_blocks) rows_alone &= nr == 1;
   std::vector<AttnRow> &alone = ws.attn_alone;  // grows to the most rows once, then is reused
+  // The first slot a row ending at `end` sees: Mistral's sliding window masks keys more than
+  // `window - 1` positions back (a full cache's slot is its position; compressing caches keep every
+  // slot visible, as LoCoCo does).
+  const auto first_visible = [window](const KvCache &kv, int64_t end) {
+    return window > 0 && !kv.compressing() ? std::max<int64_t>(0, end - window) : int64_t(0);
+  };
   if (rows_alone) alone.resize(size_t(n_blocks));
 
   for (int64_t l = 0; l < c.n_layers; l++) {
@@ -201,7 +207,7 @@ void forward_rows(Workspace &ws, const kf_model &m, int32_t T, const ChunkInput 
         const int32_t r = ws.attn_blocks[size_t(b)].first;
         const KvCache &kv = ws.row_session[size_t(r)]->cache;
         const int64_t end = int64_t(ws.row_slot[size_t(r)]) + 1;
-        const int64_t begin = window > 0 && !kv.compressing() ? std::max<int64_t>(0, end - window) : 0;
+        const int64_t begin = first_visible(kv, end);
         AttnRow &a = alone[size_t(b)];
         a = {ws.q.data() + r * q_dim, kv.k[size_t(l)].data(), kv.v[size_t(l)].data(), begin, end,
              ws.attn.data() + r * q_dim};
@@ -226,9 +232,7 @@ void forward_rows(Workspace &ws, const kf_model &m, int32_t T, const ChunkInput 
       int64_t lo = INT64_MAX, hi = 0;
       for (int32_t i = 0; i < nr; i++) {
         end[i] = int64_t(ws.row_slot[size_t(r0 + i)]) + 1;  // causal: every cache slot, then own rows up to itself
-        // Mistral's sliding window: keys more than `window - 1` positions back are masked (a full
-        // cache's slot is its position; compressing caches keep every slot visible, as LoCoCo does).
-        begin[i] = window > 0 && !kv.compressing() ? std::max<int64_t>(0, end[i] - window) : 0;
+        begin[i] = first_visible(kv, end[i]);
         lo = std::min(lo, begin[i]);
         hi = std::max(hi, end[i]);
       }

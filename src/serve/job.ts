@@ -49,7 +49,6 @@ export interface JobResult {
   generatedTokens: number;
 }
 
-/** One entry of the scheduler's trace (tests read it to check the interleaving). */
 // What a generating request carries from step to step (Session.generate's loop state).
 export interface Generation {
   sampler: Deno.PointerValue;

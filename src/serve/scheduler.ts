@@ -36,6 +36,7 @@ import type { ServerMetrics } from "./metrics.ts";
 export { Job } from "./job.ts";
 export type { JobResult, JobSpec, PrefixVectors } from "./job.ts";
 
+/** One entry of the scheduler's trace (tests read it to check the interleaving). */
 export type SchedulerEvent =
   | { type: "admit"; id: number }
   | { type: "prefill"; id: number; tokens: number }
