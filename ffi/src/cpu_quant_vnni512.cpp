@@ -291,8 +291,8 @@ KF_VNNI512 void rows16(const uint8_t *p, int64_t nb, const ActBlock *const *x, f
     // Q8_0's 9 lines in one burst (spread over the loads as Q4_0's and Q4_K's: 134M q8_0 decode
     // 0.94x in both A/B orders); Q4_0's 5 each before its values are read.
     if constexpr (D == DType::Q8_0)
-      for (size_t l = 0; l < gb; l += 64) decode_prefetch<L2>(p + l);
-    else decode_prefetch<L2>(p);
+      for (size_t l = 0; l < gb; l += 64) decode_prefetch_near_too<L2>(p + l);
+    else decode_prefetch_near_too<L2>(p);
     const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p)));
     __m512i s0[NT], s1[NT];
     int32_t xd[NT][8];
@@ -314,7 +314,7 @@ KF_VNNI512 void rows16(const uint8_t *p, int64_t nb, const ActBlock *const *x, f
       // The high nibbles stay in place (16 x their value: one AND, no shift per load); the
       // exact int sum is shifted back once per block.
       for (int k = 0; k < 4; k++) {
-        decode_prefetch<L2>(p + 32 + 64 * k);
+        decode_prefetch_near_too<L2>(p + 32 + 64 * k);
         const __m512i q = _mm512_loadu_si512(p + 32 + 64 * k);
         const __m512i lo = _mm512_and_si512(q, _mm512_set1_epi8(15));
         const __m512i hi16 = _mm512_andnot_si512(_mm512_set1_epi8(15), q);
@@ -345,7 +345,7 @@ KF_VNNI512 void rows16_q4_k(const uint8_t *p, int64_t nb, const ActBlock *const 
   for (int64_t b = 0; b < nb; b++, p += kQ4kGroupBlock) {
     // The block's 37 lines fetched ahead as it is read (5 before its header, 8 before each pair of
     // sub-blocks): 37 prefetches in one burst stall on the fill buffers.
-    for (size_t l = 0; l < kQ4kValues; l += 64) decode_prefetch<L2>(p + l);
+    for (size_t l = 0; l < kQ4kValues; l += 64) decode_prefetch_near_too<L2>(p + l);
     const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p)));
     const __m512 dmin = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p + 32)));
     for (int i = 0; i < 4; i++) {
@@ -356,7 +356,7 @@ KF_VNNI512 void rows16_q4_k(const uint8_t *p, int64_t nb, const ActBlock *const 
         std::memcpy(x0[j], x[j][8 * b + 2 * i].qs, 32);
         std::memcpy(x1[j], x[j][8 * b + 2 * i + 1].qs, 32);
       }
-      for (int k = 0; k < 8; k++) decode_prefetch<L2>(p + kQ4kValues + 64 * (8 * i + k));
+      for (int k = 0; k < 8; k++) decode_prefetch_near_too<L2>(p + kQ4kValues + 64 * (8 * i + k));
       for (int k = 0; k < 8; k++) {
         const __m512i q = _mm512_loadu_si512(p + kQ4kValues + 64 * (8 * i + k));
         const __m512i lo = _mm512_and_si512(q, low4), hi16 = _mm512_andnot_si512(low4, q);  // as rows16's Q4_0
