@@ -328,8 +328,7 @@ export class Scheduler {
       this.metrics.prefillChunks++;
       this.metrics.prefillChunkSeconds.observe((performance.now() - t0) / 1000);
     } catch (e) {
-      this.#retire(job, job.signal.aborted ? "aborted" : "failed", job.signal.aborted ? abortError(job) : e);
-      return;
+      return this.#failed(job, e);
     }
     this.#prefilled(job);
   }
@@ -396,7 +395,7 @@ export class Scheduler {
       await runBatch(entries);
       this.metrics.decodeStepSeconds.observe((performance.now() - t1) / 1000);
     } catch (e) {
-      for (const job of stepping) this.#retire(job, job.signal.aborted ? "aborted" : "failed", e);
+      for (const job of stepping) this.#failed(job, e);
     }
   }
 
