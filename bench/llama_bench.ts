@@ -35,6 +35,7 @@ const src = `${root}.kvfold/llama.cpp/src`, build = `${root}.kvfold/llama.cpp/bu
 const bundle = `${root}bench/llamacpp/node_modules/node-llama-cpp/llama/gitRelease.bundle`;
 const bin = `${build}/bin/llama-bench`;
 const threads = Number(v.threads);
+const shapes = v.shapes!.split(","), dtypes = v.dtypes!.split(",");
 // GCC keeps ISA flags given explicitly over those -march=native implies, whatever their order.
 const NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16";
 
@@ -135,8 +136,8 @@ const samples: Sample[] = [];
 const failures: { shape: string; dtype: string; round: number; why: string }[] = [];
 let info = "";
 for (let round = 0; round < Number(v.rounds); round++) {
-  for (const shape of v.shapes!.split(",")) {
-    for (const dtype of v.dtypes!.split(",")) {
+  for (const shape of shapes) {
+    for (const dtype of dtypes) {
       const gguf = `${models}/${shape}/gguf/model-${dtype}.gguf`;
       if (!await exists(gguf)) {
         throw new Error(`${gguf} is missing: run deno task bench:vs-llamacpp once first`);
@@ -189,8 +190,8 @@ console.log(
 console.log("| shape | dtype | phase | kvfold tok/s | llama-bench tok/s | ratio |");
 console.log("| --- | --- | --- | --- | --- | --- |");
 const f = (x: number) => Number.isNaN(x) ? "failed" : x.toFixed(x < 100 ? 1 : 0);
-for (const shape of v.shapes!.split(",")) {
-  for (const dtype of v.dtypes!.split(",")) {
+for (const shape of shapes) {
+  for (const dtype of dtypes) {
     for (const phase of PHASES) {
       const of = (e: Sample["engine"]) =>
         median(

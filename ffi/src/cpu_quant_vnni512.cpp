@@ -287,7 +287,8 @@ KF_VNNI512 void rows16(const uint8_t *p, int64_t nb, const ActBlock *const *x, f
   __m512 acc[NT];
   for (int j = 0; j < NT; j++) acc[j] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; b++, p += gb) {
-    // A thread's groups are one sequential stream: every line of the block kDecodePrefetchBytes on.
+    // A thread's groups are one sequential stream: every line of the block kDecodePrefetchBytes on
+    // (and kDecodeNearPrefetchBytes on into L1 where the far one goes to L2: decode_prefetch_near_too).
     // Q8_0's 9 lines in one burst (spread over the loads as Q4_0's and Q4_K's: 134M q8_0 decode
     // 0.94x in both A/B orders); Q4_0's 5 each before its values are read.
     if constexpr (D == DType::Q8_0)
