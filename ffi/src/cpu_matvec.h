@@ -39,8 +39,8 @@ inline void decode_prefetch(const void *at) {
 // as well: the int8 group kernels (cpu_quant_vnni512.cpp) then wait less on L2. Measured on the
 // 2-core Xeon VM (bench/decode_ab.ts, one build, the near prefetch switched, both orders, 5-6
 // rounds): 1.1B q4_0 +5.5%, q4_k_m +4.6%, q8_0 +3.6%; 256 or 1024 bytes ahead no better than 512.
-// The bf16 and f16 kernels gained nothing (134M bf16 -3%, f16 and 1.1B bf16 +-1%): they take
-// decode_prefetch alone.
+// The bf16 and f16 kernels gained nothing (134M bf16 -3%, f16 and 1.1B bf16 +-1%; bf16's long rows
+// again +1-4% once their far prefetch went to L2, within noise): they take decode_prefetch alone.
 constexpr size_t kDecodeNearPrefetchBytes = 512;
 template <bool L2>
 inline void decode_prefetch_near_too(const void *at) {
