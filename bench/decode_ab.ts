@@ -19,6 +19,7 @@
 import { parseArgs } from "node:util";
 import { cpus } from "node:os";
 import { cpuLoadBetween, sampleCpuLoad } from "./_cpu_load.ts";
+import { median } from "./_stats.ts";
 
 const CHILD = "--child";
 
@@ -131,7 +132,6 @@ function side(env: Record<string, string>) {
 
 const a = side(envOf(v["env-a"]!, v["lib-a"])), b = side(envOf(v["env-b"]!, v["lib-b"]));
 const engines = [await a.line(), await b.line()].map((r) => r.engine);
-const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)];
 const rounds: { a: number; b: number; ratio: number; othersCores: number | null }[] = [];
 console.log(
   `A: ${JSON.stringify(v["env-a"])} ${v["lib-a"] ?? ""} | B: ${JSON.stringify(v["env-b"])} ${

@@ -16,6 +16,7 @@ import { parseArgs } from "node:util";
 import { cpus } from "node:os";
 import { Kvfold } from "../mod.ts";
 import { measureDecode, measurePrefill } from "../src/throughput.ts";
+import { median } from "./_stats.ts";
 
 const { values: v } = parseArgs({
   args: Deno.args,
@@ -178,11 +179,6 @@ for (let round = 0; round < Number(v.rounds); round++) {
   }
 }
 
-const median = (xs: number[]) => {
-  if (xs.length === 0) return NaN;
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
 const summary = [];
 console.log(
   `kvfold (${kv.name}) / llama-bench (${info}), ${threads} threads, medians of ${v.rounds} rounds\n`,

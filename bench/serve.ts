@@ -19,6 +19,7 @@ import { parseArgs } from "node:util";
 import { Kvfold, type Model, startServer } from "../mod.ts";
 import { makeTestAdapter, makeTestModel, TEST_MODEL_PRESETS } from "../testing/mod.ts";
 import { type ClientResult, prompt, runClients } from "./_serve_clients.ts";
+import { median, quantile } from "./_stats.ts";
 
 const { values: v } = parseArgs({
   args: Deno.args,
@@ -64,12 +65,6 @@ for (const [i, name] of ADAPTERS.entries()) {
   await model.adapters.load(dir, { name });
 }
 
-const quantile = (xs: number[], q: number) => {
-  if (xs.length === 0) return NaN;
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor(q * s.length))];
-};
-const median = (xs: number[]) => quantile(xs, 0.5);
 const fixed = (x: number, digits: number) => Number(x.toFixed(digits));
 const sum = <T>(xs: T[], f: (x: T) => number) => xs.reduce((s, x) => s + f(x), 0);
 

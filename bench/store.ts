@@ -13,6 +13,7 @@ import pg from "npm:pg@8.23.1";
 import { openStore, type PostgresStore, type Store, WorkQueue } from "../mod.ts";
 import { makeTestModel } from "../testing/mod.ts";
 import { repoRoot } from "../src/_native_build.ts";
+import { quantile } from "./_stats.ts";
 
 const { values: v } = parseArgs({
   args: Deno.args,
@@ -59,10 +60,6 @@ const docs = Array.from({ length: CHUNKS / CHUNKS_PER_DOC }, (_, d) => ({
 }));
 const queries = Array.from({ length: QUERIES }, () => `${word()} ${word()} ${word()}`);
 
-const quantile = (xs: number[], q: number) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor(q * s.length))];
-};
 const round = (x: number, d = 2) => Number(x.toFixed(d));
 
 async function storeRow(name: string, store: Store) {

@@ -17,6 +17,7 @@ import { compressorExample, demoConfig, SEGMENT_TOKENS, SUMMARY_VECTORS } from "
 import { writeDemoTokenizer } from "../demo/tokenizer.ts";
 import { demoDocuments } from "../demo/corpus.ts";
 import { chunkRange, documentIds, questionsIn } from "../demo/examples.ts";
+import { median } from "./_stats.ts";
 
 const { values: v } = parseArgs({
   args: Deno.args,
@@ -68,7 +69,6 @@ try {
       trainer.setStep(0); // drops the gradients: every round starts alike
     }
   }
-  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
   const base = median(seconds.get(counts[0])!);
   const rows = counts.map((r) => {
     const s = seconds.get(r)!;
