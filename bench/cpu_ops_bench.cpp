@@ -51,7 +51,7 @@ struct Shape {
   int64_t in, out;
 };
 // The 134M's shapes, then the 1.1B's (hidden 2048, intermediate 5632).
-const Shape kShapes[] = {{768, 768}, {768, 2048}, {2048, 768}, {768, 32000}, {2048, 5632}, {5632, 2048}};
+const Shape kShapes[] = {{768, 768}, {768, 2048}, {2048, 768}, {768, 32000}, {2048, 5632}, {5632, 2048}, {2048, 32000}};
 // Quantized weights in the layout a loaded model decodes with here (16-row groups where
 // quant_rows16_wanted(); Q4_K only as Q4_K_R16, so only there).
 const DType kDtypes[] = {DType::F32, DType::BF16, DType::F16, DType::Q8_0, DType::Q4_0, DType::Q4_K};

@@ -2,7 +2,7 @@
 //
 //   npm install --prefix bench/llamacpp --omit=optional --ignore-scripts    # once: the peer
 //   deno task bench:vs-llamacpp [--rounds 5] [--shapes small,1.1b] [--dtypes f32,bf16,f16,q8_0,q4_0,q4_k_m]
-//       [--threads 2] [--decode-tokens 64] [--prefill 128,512] [--prefill-repeats 3] [--quiet-cores 0.1] [--rebuild-gguf]
+//       [--threads 2] [--decode-tokens 64] [--decode-context 16] [--prefill 128,512] [--prefill-repeats 3] [--quiet-cores 0.1] [--rebuild-gguf]
 //       [--skip-kvfold-gguf] [--out bench/results/vs_llamacpp.json]
 //
 // The peer is llama.cpp as node-llama-cpp@3.22.1 ships it (its prebuilt CPU binary, which picks its
@@ -24,12 +24,16 @@
 // prefill takes ~50 ms on the 134M shape, short enough for one stall to halve a single run's figure);
 // a round where others used more than --quiet-cores is marked disturbed, and the table's
 // min/median/max use the quiet rounds only (all rounds, said so, when none was quiet).
+// --decode-context N decodes after an N-token prompt instead of 16 (each step then also reads the
+// KV cache of N + its own tokens: kvfold's f32, llama.cpp's f16; the bandwidth columns count the
+// weights alone).
 import { parseArgs } from "node:util";
 import { Kvfold, type Model, type Session } from "../mod.ts";
 import { makeTestModel, type TestModelOptions } from "../testing/mod.ts";
 import { writeModelGguf } from "../src/formats/gguf_write.ts";
 import { cpuLoadBetween, type CpuLoadInterval, sampleCpuLoad } from "./_cpu_load.ts";
 import { LlamaCppPeer, type PeerLoad } from "./_llamacpp_peer.ts";
+import { spread } from "./_stats.ts";
 
 // q4_k_m: llama.cpp's most published mix (q4_K + q6_K), which kvfold reads from the GGUF file and
 // computes on as stored for Q4_K (where the VNNI kernels run) and as q8_0 for Q6_K; its row compares
@@ -69,6 +73,7 @@ const { values: v } = parseArgs({
     dtypes: { type: "string", default: DTYPES.join(",") },
     threads: { type: "string", default: "2" },
     "decode-tokens": { type: "string", default: "64" },
+    "decode-context": { type: "string", default: "16" },
     prefill: { type: "string", default: "128,512" },
     "prefill-repeats": { type: "string", default: "3" },
     "quiet-cores": { type: "string", default: "0.1" },
@@ -81,20 +86,15 @@ const { values: v } = parseArgs({
 const rounds = Number(v.rounds);
 const threads = Number(v.threads);
 const decodeTokens = Number(v["decode-tokens"]);
+const decodeContext = Number(v["decode-context"]);
+if (!(Number.isInteger(decodeContext) && decodeContext >= 1)) {
+  throw new Error(`--decode-context takes a prompt length of 1 or more, not ${v["decode-context"]}`);
+}
 const prefillLengths = v.prefill!.split(",").map(Number);
 const prefillRepeats = Number(v["prefill-repeats"]);
 if (!(prefillRepeats >= 1)) {
   throw new Error(`--prefill-repeats takes a count of 1 or more, not ${v["prefill-repeats"]}`);
 }
-/** min / median / max of a list (the median of an even count: the mean of the middle two). */
-const spread = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return {
-    min: s[0],
-    median: s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2,
-    max: s[s.length - 1],
-  };
-};
 const quietCores = Number(v["quiet-cores"]);
 const shapes = v.shapes!.split(",");
 const dtypes = v.dtypes!.split(",") as Dtype[];
@@ -102,7 +102,10 @@ for (const s of shapes) {
   if (!SHAPES[s]) throw new Error(`unknown shape ${s} (${Object.keys(SHAPES).join(", ")})`);
 }
 for (const d of dtypes) if (!DTYPES.includes(d)) throw new Error(`unknown dtype ${d} (${DTYPES.join(", ")})`);
-const phases = [`decode ${decodeTokens}`, ...prefillLengths.map((n) => `prefill ${n}`)];
+const phases = [
+  `decode ${decodeTokens}${decodeContext === 16 ? "" : ` after ${decodeContext}`}`,
+  ...prefillLengths.map((n) => `prefill ${n}`),
+];
 const maxPrefill = Math.max(...prefillLengths);
 const engines: Engine[] = v["skip-kvfold-gguf"]
   ? ["kvfold", "llama.cpp"]
@@ -209,7 +212,7 @@ class KvfoldSide {
   readonly #prefill: Session;
   constructor(model: Model) {
     this.model = model;
-    this.#decode = model.session({ contextSize: 16 + decodeTokens + 8 });
+    this.#decode = model.session({ contextSize: decodeContext + decodeTokens + 8 });
     this.#prefill = model.session({ contextSize: maxPrefill + 1, batchSize: maxPrefill });
   }
   /** Greedy generation as a user runs it; decode steps over decode time (the prefill excluded). */
@@ -277,7 +280,7 @@ const roundRecords: RoundRecord[] = [];
 const peerLoads: Record<string, PeerLoad> = {};
 const f32Logits: Record<string, { peer: number[][]; kvfold: Float32Array }> = {};
 const weightBytes: Record<string, number> = {};
-const prompt16 = (vocab: number) => pseudoIds(16, vocab, 7);
+const decodePrompt = (vocab: number) => pseudoIds(decodeContext, vocab, 7);
 
 /** Times one phase on one engine, with the machine's load over it. */
 async function measure(
@@ -319,11 +322,11 @@ try {
         const { ok: _, ...peerLoad } = await peer.request<PeerLoad & { ok: true }>("load", {
           path: gguf,
           threads,
-          contextSize: Math.max(1024, maxPrefill + 16),
+          contextSize: Math.max(1024, maxPrefill + 16, decodeContext + decodeTokens + 8),
           batchSize: maxPrefill,
         });
         peerLoads[key] = peerLoad;
-        const prompt = prompt16(vocab);
+        const prompt = decodePrompt(vocab);
         const prefills = prefillLengths.map((n, i) => pseudoIds(n, vocab, 11 + i));
         // Warm-up on both: page in the weights, grow buffers and caches.
         for (const side of [ours, oursGguf]) {
@@ -531,7 +534,16 @@ await Deno.writeTextFile(
       date: new Date().toISOString(),
       machine: { cpu, cpus: navigator.hardwareConcurrency, kvfoldEngine: kv.name, threads },
       peer: { package: "node-llama-cpp@3.22.1", ...peerInfo, loads: peerLoads },
-      settings: { rounds, shapes, dtypes, decodeTokens, prefillLengths, prefillRepeats, quietCores },
+      settings: {
+        rounds,
+        shapes,
+        dtypes,
+        decodeTokens,
+        decodeContext,
+        prefillLengths,
+        prefillRepeats,
+        quietCores,
+      },
       seconds: { total: (performance.now() - benchStart) / 1000, writingModels: modelsSeconds },
       shapes: Object.fromEntries(shapes.map((s) => [s, { label: SHAPES[s].label, ...SHAPES[s].model }])),
       weightBytesPerToken: weightBytes,
