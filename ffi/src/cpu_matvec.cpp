@@ -118,6 +118,9 @@ bool matvec_products(ThreadPool &pool, const float *x, int64_t T, int64_t in, co
 
 void matmul_shared_x(ThreadPool &pool, const float *x, int64_t T, int64_t in, const MatmulProduct *p, int n) {
   if (matvec_products(pool, x, T, in, p, n)) return;
+  bool quantized = true;
+  for (int i = 0; i < n; i++) quantized &= dtype_quantized(p[i].dt);
+  if (quantized) return matmul_quant_products(pool, x, T, in, p, n);
   for (int i = 0; i < n; i++) matmul(pool, x, p[i].W, p[i].dt, p[i].y, T, in, p[i].out, p[i].bias);
 }
 

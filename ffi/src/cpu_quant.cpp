@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "cpu_features.h"
+#include "cpu_ops.h"
 #include "cpu_quant_amx.h"
 #include "cpu_quant_vnni512.h"
 #include "cpu_scratch.h"
@@ -455,6 +456,8 @@ void matmul_rows16(ThreadPool &pool, const ActBlock *xq, int64_t nb, DType dt, c
     // scratch, each tile of activations read once for all G); while a step computes, the next step's
     // weights are fetched into L2 (with one step after another on a thread, reading them when their
     // panels are unpacked stalled the step: 134M q8_0 prefill 128 spent a quarter of its GEMM there).
+    // Pieces claimed dynamically, stolen when a thread finished its run first, measured no better (134M
+    // q4_0 prefill 128 0.98-1.00x) or worse (q8_0 0.90-0.97x).
     const int64_t fit = int64_t(ThreadPool::scratch_bytes() / quant::amx_panel_bytes(dt, nb));
     const int64_t G = std::max<int64_t>(1, std::min<int64_t>(4, fit));
     const int64_t parts = std::min<int64_t>(pool.size(), groups);
@@ -518,17 +521,26 @@ bool quant_force_kernel(const char *name) {
   return true;
 }
 
-void matmul_quant(ThreadPool &pool, const float *x, int64_t lda, const void *W, DType dt, float *y, int64_t T,
-                  int64_t in, int64_t out, const float *bias) {
+namespace {
+
+void check_quant_shape(DType dt, int64_t in) {
   const int64_t per = dt == DType::Q4_K_R16 ? kKQuantBlock : kQuantBlock;
   if (!dtype_quantized(dt) || in % per != 0)
     raise(KF_ERR_INTERNAL, "cannot run matmul: %s weights need rows of a multiple of %lld values, not %lld",
           dtype_name(dt), (long long)per, (long long)in);
+}
+
+// The products p[0..n) over x [T, in] quantized once into a lent buffer (cpu_scratch.h), reused call
+// after call. The AMX GEMM loads activation rows 16 at a time: zero blocks past T, to whole tiles.
+void quant_products(ThreadPool &pool, const float *x, int64_t lda, int64_t T, int64_t in, const MatmulProduct *p,
+                    int n) {
   const int64_t nb = in / kQuantBlock;
-  // The quantized activations: a lent buffer, reused call after call (cpu_scratch.h).
-  // The AMX GEMM loads activation rows 16 at a time: zero blocks past T, to whole tiles.
-  const int64_t padded =
-      amx_gemm_applies(dt, T, nb) ? (T + quant::kAmxRows - 1) / quant::kAmxRows * quant::kAmxRows : T;
+  bool amx = false;
+  for (int i = 0; i < n; i++) {
+    check_quant_shape(p[i].dt, in);
+    amx |= amx_gemm_applies(p[i].dt, T, nb);
+  }
+  const int64_t padded = amx ? (T + quant::kAmxRows - 1) / quant::kAmxRows * quant::kAmxRows : T;
   ScratchLease lease(size_t(padded * nb) * sizeof(ActBlock));
   ActBlock *xb = lease.as<ActBlock>();
   if (padded > T) std::memset(static_cast<void *>(xb + T * nb), 0, size_t((padded - T) * nb) * sizeof(ActBlock));
@@ -537,9 +549,25 @@ void matmul_quant(ThreadPool &pool, const float *x, int64_t lda, const void *W, 
   } else {
     quantize_act_rows(x, lda, in, T, xb);
   }
-  if (dtype_rows16(dt)) matmul_rows16(pool, xb, nb, dt, static_cast<const uint8_t *>(W), y, T, out, bias);
-  else if (dt == DType::Q8_0) matmul_quant_dt<DType::Q8_0>(pool, xb, nb, W, y, T, out, bias);
-  else matmul_quant_dt<DType::Q4_0>(pool, xb, nb, W, y, T, out, bias);
+  for (int i = 0; i < n; i++) {
+    const DType dt = p[i].dt;
+    const uint8_t *W = static_cast<const uint8_t *>(p[i].W);
+    if (dtype_rows16(dt)) matmul_rows16(pool, xb, nb, dt, W, p[i].y, T, p[i].out, p[i].bias);
+    else if (dt == DType::Q8_0) matmul_quant_dt<DType::Q8_0>(pool, xb, nb, W, p[i].y, T, p[i].out, p[i].bias);
+    else matmul_quant_dt<DType::Q4_0>(pool, xb, nb, W, p[i].y, T, p[i].out, p[i].bias);
+  }
+}
+
+}  // namespace
+
+void matmul_quant(ThreadPool &pool, const float *x, int64_t lda, const void *W, DType dt, float *y, int64_t T,
+                  int64_t in, int64_t out, const float *bias) {
+  const MatmulProduct p{W, dt, y, out, bias};
+  quant_products(pool, x, lda, T, in, &p, 1);
+}
+
+void matmul_quant_products(ThreadPool &pool, const float *x, int64_t T, int64_t in, const MatmulProduct *p, int n) {
+  quant_products(pool, x, in, T, in, p, n);
 }
 
 }  // namespace kf

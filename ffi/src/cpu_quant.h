@@ -73,6 +73,11 @@ void q4_k_scale_min(const uint8_t *scales, int j, uint8_t *sc, uint8_t *m);
 void matmul_quant(ThreadPool &pool, const float *x, int64_t lda, const void *W, DType dt, float *y, int64_t T,
                   int64_t in, int64_t out, const float *bias);
 
+struct MatmulProduct;  // cpu_ops.h
+// matmul_quant of the products p[0..n) (every one quantized) of one x [T, in]: x quantized once for
+// all of them (prefill's q, k and v; gate and up), then each product as matmul_quant runs it.
+void matmul_quant_products(ThreadPool &pool, const float *x, int64_t T, int64_t in, const MatmulProduct *p, int n);
+
 // The matrix-vector pieces of matmul_quant, for products that share one x (cpu_matvec.cpp):
 // - quantize_act_rows: xq[T][in / 32] <- T rows of x (lda floats apart) as activation blocks;
 // - matmul_quant_rows: rows [r0, r1) of y over xq (r0 a multiple of 16, r1 likewise or `out`), with
