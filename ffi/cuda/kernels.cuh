@@ -46,7 +46,7 @@ struct AttnBlock {
   int32_t row0, n_rows, lo, hi;
 };
 
-// Rows per attention block (as kf::kAttnRows on the CPU).
+// Rows per attention block (kf::kAttnMinRows on the CPU, whose blocks grow to kf::kAttnRows).
 constexpr int32_t kBlockRows = 16;
 
 // ---- embed.cu ----

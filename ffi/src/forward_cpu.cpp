@@ -15,6 +15,17 @@
 
 namespace kf {
 
+namespace {
+
+// Rows of an attention block for a workspace of n_rows rows and n_ctx columns (model.h, kAttnRows).
+int32_t attn_block_rows(int32_t n_rows, int32_t n_ctx) {
+  int32_t r = kAttnRows;
+  while (r > kAttnMinRows && size_t(r) * size_t(n_ctx) * sizeof(float) > kAttnScoreBytes) r /= 2;
+  return std::max(1, std::min(n_rows, r));
+}
+
+}  // namespace
+
 void Workspace::init(const kf_model &m, int32_t n_rows, int32_t n_ctx, bool with_scores) {
   const ModelConfig &c = m.cfg;
   const size_t B = size_t(n_rows), H = size_t(c.hidden_size), hd = size_t(c.head_dim);
@@ -30,7 +41,8 @@ void Workspace::init(const kf_model &m, int32_t n_rows, int32_t n_ctx, bool with
   gate.assign(B * I, 0.0f);
   up.assign(B * I, 0.0f);
   score_cols = n_ctx;
-  scores.assign(size_t(m.engine->pool->size()) * size_t(std::min(n_rows, kAttnRows)) * size_t(n_ctx), 0.0f);
+  attn_rows = attn_block_rows(n_rows, n_ctx);
+  scores.assign(size_t(m.engine->pool->size()) * size_t(attn_rows) * size_t(n_ctx), 0.0f);
   attn_blocks.reserve(B);
   key_tile.assign(size_t(m.engine->pool->size()) * hd * kAttnKeys, 0.0f);
   rope_cs.assign(B * hd, 0.0f);
@@ -39,8 +51,9 @@ void Workspace::init(const kf_model &m, int32_t n_rows, int32_t n_ctx, bool with
   row_slot.assign(B, 0);
   row_mix.assign(B, nullptr);
   lora_segments.reserve(B * size_t(kMaxAdapterTerms));
-  // Blocks are at most kAttnRows rows of one session; a batch of sessions has one block per row.
-  const size_t max_blocks = size_t(n_rows) <= size_t(kAttnRows) ? B : (B + kAttnRows - 1) / kAttnRows + 1;
+  // Blocks are at least kAttnMinRows rows of one session but the last; a batch of sessions has one
+  // block per row.
+  const size_t max_blocks = size_t(n_rows) <= size_t(kAttnMinRows) ? B : (B + kAttnMinRows - 1) / kAttnMinRows + 1;
   col_sums.assign(with_scores ? max_blocks * size_t(c.n_heads) * size_t(n_ctx) : 0, 0.0f);
   block_keys.assign(max_blocks, {0, 0});
 }
@@ -63,7 +76,7 @@ double Workspace::estimate_bytes(const kf_model &m, int32_t n_rows, int32_t n_ct
   const double B = n_rows, H = c.hidden_size, hd = c.head_dim, q_dim = double(c.n_heads) * hd,
                kv_dim = double(c.n_kv_heads) * hd, I = c.intermediate_size;
   return sizeof(float) * (B * (3.0 * H + 2.0 * q_dim + 2.0 * kv_dim + 2.0 * I + hd) +
-                          double(m.engine->pool->size()) * std::min(n_rows, kAttnRows) * n_ctx);
+                          double(m.engine->pool->size()) * attn_block_rows(n_rows, n_ctx) * n_ctx);
 }
 
 namespace {
@@ -132,7 +145,11 @@ void forward_rows(Workspace &ws, const kf_model &m, int32_t T, const ChunkInput 
   const float scale = 1.0f / std::sqrt(float(hd));
   const int64_t window = c.sliding_window;  // 0 = none
   const int64_t n_cols = ws.score_cols;  // >= n_ctx of every row's session
-  const int64_t block_rows = std::min<int64_t>(T, kAttnRows);
+  // Rows per attention block: the workspace's most, halved while the blocks give the threads fewer
+  // than 4 tasks each (a short prefill of a model with few heads).
+  int64_t block_rows = std::min<int64_t>(T, ws.attn_rows);
+  while (block_rows > kAttnMinRows && (T + block_rows - 1) / block_rows * nh < 4 * int64_t(pool.size()))
+    block_rows = std::max<int64_t>(kAttnMinRows, block_rows / 2);
 
   // Flush denormals to zero on the calling thread (pool workers set it once at start): softmax and
   // SiLU tails underflow into them, and x86 runs denormal operands ~100x slower.
@@ -154,11 +171,11 @@ void forward_rows(Workspace &ws, const kf_model &m, int32_t T, const ChunkInput 
   for (int32_t t = 0; t < T; t++)
     rope_angles(ws.rope_cs.data() + t * hd, double(ws.row_pos[size_t(t)]), m.inv_freq.data(), hd);
 
-  // Attention blocks: consecutive rows of one session (a prefill chunk), at most kAttnRows each.
+  // Attention blocks: consecutive rows of one session (a prefill chunk), at most block_rows each.
   ws.attn_blocks.clear();
   for (int32_t r = 0; r < T;) {
     int32_t end = r + 1;
-    while (end < T && end - r < kAttnRows && ws.row_session[size_t(end)] == ws.row_session[size_t(r)]) end++;
+    while (end < T && end - r < block_rows && ws.row_session[size_t(end)] == ws.row_session[size_t(r)]) end++;
     ws.attn_blocks.push_back({r, end - r});
     r = end;
   }
@@ -248,13 +265,23 @@ void forward_rows(Workspace &ws, const kf_model &m, int32_t T, const ChunkInput 
         const float *q1 = ws.q.data() + (r0 * nh + h) * hd;
         for (int64_t j = lo; j < hi; j++) sc[j - lo] = dot_f32(q1, kc + (j * nkv + kvh) * hd, hd) * scale;
       } else {
+        // The tile is transposed once for the whole block, then scored by runs of kAttnMinRows rows, each
+        // over the tile's keys up to its last row's end: a causal block's rows end apart, and scoring
+        // all of a 64-row block over every key of its diagonal tiles cost 134M q4_0 prefill 128 4%.
+        // Rows whose range misses part of a run's keys are computed too (cheap) and never read.
         float *kt = ws.key_tile.data() + size_t(th) * size_t(hd) * kAttnKeys;
         for (int64_t j0 = lo; j0 < hi; j0 += kAttnKeys) {
           const int64_t jb = std::min<int64_t>(kAttnKeys, hi - j0);
           attn_key_tile(kc + (j0 * nkv + kvh) * hd, nkv * hd, jb, hd, kt, kAttnKeys);
-          // Rows whose range misses this tile are computed too (cheap) and never read.
-          attn_scores_tile(ws.q.data() + (r0 * nh + h) * hd, nh * hd, nr, kt, kAttnKeys, jb, hd, scale,
-                           sc + (j0 - lo), n_cols);
+          for (int32_t i0 = 0; i0 < nr; i0 += kAttnMinRows) {
+            const int32_t n = std::min(kAttnMinRows, nr - i0);
+            int64_t run_hi = 0;
+            for (int32_t i = i0; i < i0 + n; i++) run_hi = std::max(run_hi, end[i]);
+            const int64_t keys = std::min(jb, run_hi - j0);
+            if (keys > 0)
+              attn_scores_tile(ws.q.data() + ((r0 + i0) * nh + h) * hd, nh * hd, n, kt, kAttnKeys, keys, hd, scale,
+                               sc + i0 * n_cols + (j0 - lo), n_cols);
+          }
         }
       }
       for (int32_t i = 0; i < nr; i++) {

@@ -147,8 +147,13 @@ inline bool same_mix(const AdapterMix *a, const AdapterMix *b) {
   return a == b || (a && b && a->same_as(*b));
 }
 
-// Query rows of one session that attend together: each key/value row is read once per block.
-constexpr int32_t kAttnRows = 16;
+// Query rows of one session that attend together: each key/value row is read (and each key tile
+// transposed) once per block. At most kAttnRows; Workspace::attn_rows halves it, down to kAttnMinRows,
+// where a thread's score rows would pass kAttnScoreBytes, and a forward halves it again while its blocks
+// give the pool's threads fewer than 4 tasks each. 64 rather than 16: 134M q8_0 prefill 512 +6-8% (the
+// key transposes were 5% of it), 128 no better.
+constexpr int32_t kAttnRows = 64, kAttnMinRows = 16;
+constexpr size_t kAttnScoreBytes = size_t(8) << 20;
 // Keys per tile of the score GEMM (q_block · K_tile^T), transposed so the inner loop is contiguous.
 constexpr int32_t kAttnKeys = 64;
 
@@ -162,10 +167,11 @@ struct Workspace {
   std::vector<float> attn;     // [rows, n_heads*hd]
   std::vector<float> proj;     // [rows, hidden] output of o/down projections
   std::vector<float> gate, up; // [rows, inter]
-  std::vector<float> scores;   // [n_threads, kAttnRows, n_ctx] per-thread attention rows of one block
+  int32_t attn_rows = kAttnMinRows;  // most rows of an attention block (attn_block_rows)
+  std::vector<float> scores;   // [n_threads, attn_rows, n_ctx] per-thread attention rows of one block
   int32_t score_cols = 0;      // n_ctx the scores were sized for
   std::vector<float> key_tile; // [n_threads, head_dim, kAttnKeys] a block of keys, transposed
-  // Attention work units: runs of up to kAttnRows consecutive rows of one session, which share
+  // Attention work units: runs of up to attn_rows consecutive rows of one session, which share
   // every key and value row they read (first row, row count).
   std::vector<std::pair<int32_t, int32_t>> attn_blocks;
   std::vector<AttnRow> attn_alone;  // [blocks] when every block is one row (attn_rows_alone)
