@@ -35,6 +35,7 @@
 #include "../src/cpu_ops.h"
 #include "../src/cpu_quant.h"
 #include "../src/threadpool.h"
+#include "_json_rows.h"
 
 #ifdef __AVX2__
 #include <immintrin.h>
@@ -316,25 +317,14 @@ int main(int argc, char **argv) {
     }
   }
 
-  if (argc > 1) {
-    FILE *f = std::fopen(argv[1], "w");
-    if (!f) {
-      std::fprintf(stderr, "cannot write %s\n", argv[1]);
-      return 1;
-    }
-    std::fprintf(f, "[\n");
-    for (size_t i = 0; i < rows.size(); i++) {
-      const Row &r = rows[i];
-      // One key per line, as `deno fmt` lays out objects this long (CI checks bench/results/ too).
-      std::fprintf(f,
-                   "  {\n    \"kernel\": \"%s\",\n    \"dtype\": \"%s\",\n    \"threads\": %d,\n    \"T\": %lld,\n"
-                   "    \"in\": %lld,\n    \"out\": %lld,\n    \"value\": %.3f,\n    \"unit\": \"%s\",\n"
-                   "    \"percent_of_ceiling\": %.1f\n  }%s\n",
-                   r.kernel.c_str(), r.dtype.c_str(), r.threads, (long long)r.T, (long long)r.in, (long long)r.out,
-                   r.value, r.unit.c_str(), r.pct, i + 1 < rows.size() ? "," : "");
-    }
-    std::fprintf(f, "]\n");
-    std::fclose(f);
-  }
-  return 0;
+  const bool written = argc < 2 || write_json_rows(argv[1], rows.size(), [&](FILE *f, size_t i) {
+    const Row &r = rows[i];
+    std::fprintf(f,
+                 "    \"kernel\": \"%s\",\n    \"dtype\": \"%s\",\n    \"threads\": %d,\n    \"T\": %lld,\n"
+                 "    \"in\": %lld,\n    \"out\": %lld,\n    \"value\": %.3f,\n    \"unit\": \"%s\",\n"
+                 "    \"percent_of_ceiling\": %.1f",
+                 r.kernel.c_str(), r.dtype.c_str(), r.threads, (long long)r.T, (long long)r.in, (long long)r.out,
+                 r.value, r.unit.c_str(), r.pct);
+  });
+  return written ? 0 : 1;
 }

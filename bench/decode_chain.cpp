@@ -33,6 +33,7 @@
 #include "../src/cpu_quant.h"
 #include "../src/threadpool.h"
 #include "../src/weight_arena.h"
+#include "_json_rows.h"
 
 using namespace kf;
 using Clock = std::chrono::steady_clock;
@@ -169,27 +170,14 @@ int main(int argc, char **argv) {
     }
   }
 
-  if (argc > 1) {
-    FILE *f = std::fopen(argv[1], "w");
-    if (!f) {
-      std::fprintf(stderr, "cannot write %s\n", argv[1]);
-      return 1;
-    }
-    std::fprintf(f, "[\n");
-    for (size_t i = 0; i < rows.size(); i++) {
-      const Row &r = rows[i];
-      // One key per line, as `deno fmt` lays out objects this long (CI checks bench/results/ too).
-      std::fprintf(f, "  {\n    \"shape\": \"%s\",\n    \"dtype\": \"%s\",\n    \"threads\": %d,\n    \"round\": %d,\n",
-                   r.shape.c_str(), r.dtype.c_str(), threads, r.round);
-      std::fprintf(f, "    \"stepsPerSecond\": %.3f,\n    \"weightGBs\": %.3f,\n    \"probeGBs\": %.3f,\n", r.steps_per_s,
-                   r.gbs, r.probe_gbs);
-      std::fprintf(f, "    \"percentOfProbe\": %.1f,\n", 100 * r.gbs / r.probe_gbs);
-      for (int k = 0; k < 5; k++)
-        std::fprintf(f, "    \"%sGBs\": %.3f%s\n", kKinds[k], r.kind_gbs[k], k < 4 ? "," : "");
-      std::fprintf(f, "  }%s\n", i + 1 < rows.size() ? "," : "");
-    }
-    std::fprintf(f, "]\n");
-    std::fclose(f);
-  }
-  return 0;
+  const bool written = argc < 2 || write_json_rows(argv[1], rows.size(), [&](FILE *f, size_t i) {
+    const Row &r = rows[i];
+    std::fprintf(f, "    \"shape\": \"%s\",\n    \"dtype\": \"%s\",\n    \"threads\": %d,\n    \"round\": %d,\n",
+                 r.shape.c_str(), r.dtype.c_str(), threads, r.round);
+    std::fprintf(f, "    \"stepsPerSecond\": %.3f,\n    \"weightGBs\": %.3f,\n    \"probeGBs\": %.3f,\n", r.steps_per_s,
+                 r.gbs, r.probe_gbs);
+    std::fprintf(f, "    \"percentOfProbe\": %.1f", 100 * r.gbs / r.probe_gbs);
+    for (int k = 0; k < 5; k++) std::fprintf(f, ",\n    \"%sGBs\": %.3f", kKinds[k], r.kind_gbs[k]);
+  });
+  return written ? 0 : 1;
 }
