@@ -66,7 +66,9 @@ Deno.test("forward: positions far into the context stay accurate (rope at positi
 
 Deno.test("forward: blocked attention kernels at head_dim 64 and 40 over many key tiles", async () => {
   // head_dim 64 runs the vector paths of the score and value tiles; 40 their scalar tails. 150
-  // tokens in chunks of 37 give blocks of 16 rows plus remainders, and three tiles of 64 keys.
+  // tokens in chunks of 37 give blocks of 16 rows plus remainders, and three tiles of 64 keys; in one
+  // chunk of 150, blocks of 32 rows (2 heads, 2 threads: fewer rows would be needed for 4 tasks each)
+  // or 64 (3 heads), each scored in runs of 16 rows over the keys they reach.
   // The window case is checked against a reference that masks keys window or more positions back.
   for (
     const [name, options] of [
@@ -86,11 +88,13 @@ Deno.test("forward: blocked attention kernels at head_dim 64 and 40 over many ke
     const kv = await testEngine();
     using model = await kv.loadModel(dir);
     const ids = someIds(150, model.info.vocabSize, 17);
-    using session = model.session({ contextSize: 160, batchSize: 37 });
-    const got = (await session.prefill(ids, { logits: "all" }))!;
     const want = referenceLogits(await loadReferenceModel(dir), ids);
-    const err = relativeError(got, want);
-    assert.ok(err < 1e-4, `${name}: relative error ${err.toExponential(2)}`);
+    for (const batchSize of [37, 150]) {
+      using session = model.session({ contextSize: 160, batchSize });
+      const got = (await session.prefill(ids, { logits: "all" }))!;
+      const err = relativeError(got, want);
+      assert.ok(err < 1e-4, `${name}, chunks of ${batchSize}: relative error ${err.toExponential(2)}`);
+    }
   }
 });
 
