@@ -65,6 +65,9 @@ const SHAPES: Record<string, { label: string; model: TestModelOptions }> = {
   },
 };
 
+// The decode's prompt length unless --decode-context says otherwise; its phase is then named plainly.
+const DEFAULT_DECODE_CONTEXT = 16;
+
 const { values: v } = parseArgs({
   args: Deno.args,
   options: {
@@ -73,7 +76,7 @@ const { values: v } = parseArgs({
     dtypes: { type: "string", default: DTYPES.join(",") },
     threads: { type: "string", default: "2" },
     "decode-tokens": { type: "string", default: "64" },
-    "decode-context": { type: "string", default: "16" },
+    "decode-context": { type: "string", default: String(DEFAULT_DECODE_CONTEXT) },
     prefill: { type: "string", default: "128,512" },
     "prefill-repeats": { type: "string", default: "3" },
     "quiet-cores": { type: "string", default: "0.1" },
@@ -103,7 +106,7 @@ for (const s of shapes) {
 }
 for (const d of dtypes) if (!DTYPES.includes(d)) throw new Error(`unknown dtype ${d} (${DTYPES.join(", ")})`);
 const phases = [
-  `decode ${decodeTokens}${decodeContext === 16 ? "" : ` after ${decodeContext}`}`,
+  `decode ${decodeTokens}${decodeContext === DEFAULT_DECODE_CONTEXT ? "" : ` after ${decodeContext}`}`,
   ...prefillLengths.map((n) => `prefill ${n}`),
 ];
 const maxPrefill = Math.max(...prefillLengths);
