@@ -122,6 +122,24 @@ bool cpu_decode_prefetch_l2() {
   return l2;
 }
 
+namespace {
+std::atomic<int> g_short_rows_forced{-1};
+}  // namespace
+
+bool cpu_short_rows_paired() {
+  const int forced = g_short_rows_forced.load(std::memory_order_relaxed);
+  if (forced >= 0) return forced != 0;
+  static const bool paired = [] {
+    const char *e = std::getenv("KVFOLD_SHORT_ROWS");
+    if (e && !std::strcmp(e, "pair")) return true;
+    if (e && !std::strcmp(e, "one")) return false;
+    return cpu_features().intel;
+  }();
+  return paired;
+}
+
+void cpu_force_short_rows_paired(int paired) { g_short_rows_forced.store(paired < 0 ? -1 : paired != 0); }
+
 bool cpu_int8_amx() { return cpu_path() == CpuPath::Amx && cpu_features().amx_int8; }
 bool cpu_bf16_amx() { return cpu_path() == CpuPath::Amx && cpu_features().amx_bf16; }
 

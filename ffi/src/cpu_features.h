@@ -45,8 +45,15 @@ bool cpu_bf16_amx();
 // (measured on a Xeon VM: q4_0 1.1B decode +13-23% over L1, where the loads still missed behind the L1
 // prefetches), not on AMD (L1 measured best there). KVFOLD_PREFETCH=l1|l2 overrides it (read once).
 bool cpu_decode_prefetch_l2();
+// Whether decode's short bf16 rows (cpu_matmul_avx512.cpp short_rows) are read two at a time (two
+// dependency chains at T = 1) or one: two on Intel (the Xeon VM: +3.5% on 134M bf16 decode), one on
+// AMD (the Zen 5 EPYC VM: bench/decode_chain 134M bf16 steps/s +30-40%, two rows' streams read at once
+// ran far below the probe there). The same bits either way. KVFOLD_SHORT_ROWS=pair|one overrides it.
+bool cpu_short_rows_paired();
 // A description for the engine name, e.g. "avx512-bf16, int8 vnni".
 const char *cpu_kernels_name();
+// Tests only: forces cpu_short_rows_paired() (1 or 0), or gives it back to the CPU and KVFOLD_SHORT_ROWS (-1).
+void cpu_force_short_rows_paired(int paired);
 // Tests only: forces a path (lowered to what the CPU has) for the whole process; returns the one set.
 CpuPath cpu_force_path(CpuPath p);
 

@@ -298,8 +298,8 @@ void with_rows(int64_t T, F &&f) {
 // horizontal sum, so 16 (t, row) pairs keep one accumulator each, R = 16 / T rows at a time, and
 // reduce16 sums all 16 at once (134M bf16 decode +25%, decode_ab both orders; the same for f16 rows
 // measured 0.85x of matvec_f16_rows, which keeps them). Rows go two at a time (two dependency chains
-// even at T = 1; +3.5% over one). An accumulator's steps and its reduction tree depend on neither T,
-// the pairing nor its slot: batching changes no bit.
+// even at T = 1) or one, as cpu_short_rows_paired() says for this CPU. An accumulator's steps and its
+// reduction tree depend on neither T, the pairing nor its slot: batching changes no bit.
 //
 // P rows' chunks: a[p * T + t] += x[t] · row p (32 bf16 products per vdpbf16ps; x rounded to bf16).
 template <int T, int P, bool L2>
@@ -340,7 +340,7 @@ KF_AVX512BF16 inline void short_pair(const uint16_t *xb, int64_t kp, int64_t K, 
 // the group's 16 slots.
 template <int T, bool L2>
 KF_AVX512BF16 void short_rows(const uint16_t *xb, int64_t kp, int64_t K, const uint8_t *W, float *y, int64_t N,
-                              int64_t r0, int64_t r1, const float *bias) {
+                              int64_t r0, int64_t r1, const float *bias, bool paired) {
   constexpr int R = 16 / T;
   for (int64_t g = r0; g < r1; g += R) {
     const int n = int(std::min<int64_t>(R, r1 - g));
@@ -348,8 +348,9 @@ KF_AVX512BF16 void short_rows(const uint16_t *xb, int64_t kp, int64_t K, const u
     alignas(64) __m512 acc[16];
     for (auto &v : acc) v = _mm512_setzero_ps();
     int r = 0;
-    for (; r + 2 <= n; r += 2) short_pair<T, 2, L2>(xb, kp, K, wg + size_t(r) * size_t(K), r, acc);
-    if (r < n) short_pair<T, 1, L2>(xb, kp, K, wg + size_t(r) * size_t(K), r, acc);
+    if (paired)
+      for (; r + 2 <= n; r += 2) short_pair<T, 2, L2>(xb, kp, K, wg + size_t(r) * size_t(K), r, acc);
+    for (; r < n; r++) short_pair<T, 1, L2>(xb, kp, K, wg + size_t(r) * size_t(K), r, acc);
     alignas(64) float sums[16];
     _mm512_store_ps(sums, reduce16(acc, [](__m512 u, __m512 v) KF_AVX512 { return _mm512_add_ps(u, v); }));
     for (int t = 0; t < T; t++)
@@ -398,11 +399,12 @@ void bf16_round_rows(const float *x, int64_t K, int64_t T, int64_t kp, uint16_t 
 void matvec_bf16_dot_range(const uint16_t *xb, int64_t kp, const void *W, float *y, int64_t T, int64_t K, int64_t N,
                            int64_t r0, int64_t r1, const float *bias) {
   const uint8_t *Wb = static_cast<const uint8_t *>(W);
+  const bool paired = cpu_short_rows_paired();
   with_decode_prefetch([&](auto l2) {
     with_rows(T, [&](auto t) {
       if (size_t(K) * 2 >= kMvShortRowBytes)
         matvec_bf16_dot_rows<t.value, l2.value>(xb, kp, K, Wb, size_t(K) * 2, y, N, r0, r1, bias);
-      else short_rows<t.value, l2.value>(xb, kp, K, Wb, y, N, r0, r1, bias);
+      else short_rows<t.value, l2.value>(xb, kp, K, Wb, y, N, r0, r1, bias, paired);
     });
   });
 }

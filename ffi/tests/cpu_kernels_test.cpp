@@ -102,6 +102,30 @@ void test_float_path(CpuPath path, ThreadPool *pools) {
   }
 }
 
+// Decode's short bf16 rows read in pairs or one at a time (cpu_short_rows_paired): the same bits,
+// since each accumulator takes the same steps either way.
+void test_short_rows_pairing(ThreadPool &pool) {
+  Rng rng(71);
+  Check c("short bf16 rows: pairs and singles agree bit for bit");
+  for (int64_t T : {1, 2, 5, 8})
+    for (int64_t K : {31, 64, 577, 1500})
+      for (int64_t N : {1, 3, 17, 100}) {
+        const std::vector<float> x = random_vec(rng, size_t(T * K));
+        std::vector<uint8_t> raw;
+        std::vector<float> w;
+        make_float_weights(rng, DType::BF16, size_t(N * K), raw, w);
+        std::vector<float> y[2];
+        for (int paired = 0; paired < 2; paired++) {
+          cpu_force_short_rows_paired(paired);
+          y[paired].assign(size_t(T * N), NAN);
+          matmul(pool, x.data(), raw.data(), DType::BF16, y[paired].data(), T, K, N, nullptr);
+        }
+        c.expect(std::memcmp(y[0].data(), y[1].data(), y[0].size() * 4) == 0,
+                 fmt("T=%lld K=%lld N=%lld", T, K, N));
+      }
+  cpu_force_short_rows_paired(-1);
+}
+
 // What matmul_quant does to an activation row: blocks of 32 scaled by amax / 127, rounded to nearest.
 std::vector<float> quantized_activations(const float *x, int64_t n) {
   std::vector<float> q(static_cast<size_t>(n));
@@ -425,6 +449,14 @@ int main() {
       continue;
     }
     test_float_path(want, pools);
+    if (want == CpuPath::Avx512Bf16) {  // short bf16 rows read the other way than this CPU's default
+      const bool paired = cpu_short_rows_paired();
+      cpu_force_short_rows_paired(!paired);
+      std::printf("short bf16 rows %s:\n", paired ? "one at a time" : "in pairs");
+      test_float_path(want, pools);
+      cpu_force_short_rows_paired(-1);
+      test_short_rows_pairing(pools[1]);
+    }
     test_shared_x(cpu_path_name(want), pools);
     test_attention_rows_alone(cpu_path_name(want), pools);
     test_quant_path(std::string(cpu_path_name(want)) + (cpu_int8_vnni() ? " (int8 vnni)" : ""), int(want), pools);
