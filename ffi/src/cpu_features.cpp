@@ -112,33 +112,38 @@ bool cpu_int8_vnni() {
   return int32_t(cpu_path()) >= int32_t(CpuPath::Avx512) && (f.avx512_vnni || f.avx_vnni);
 }
 
-bool cpu_decode_prefetch_l2() {
-  static const bool l2 = [] {
-    const char *e = std::getenv("KVFOLD_PREFETCH");
-    if (e && !std::strcmp(e, "l1")) return false;
-    if (e && !std::strcmp(e, "l2")) return true;
-    return cpu_features().intel;
-  }();
-  return l2;
-}
-
 namespace {
-std::atomic<int> g_short_rows_forced{-1};
+std::atomic<const DecodeReads *> g_forced_reads{nullptr};
+DecodeReads g_forced_copy;
+
+// KVFOLD_<name> as one of two words, else the default.
+bool env_choice(const char *name, const char *yes, const char *no, bool dflt) {
+  const char *e = std::getenv(name);
+  if (e && !std::strcmp(e, yes)) return true;
+  if (e && !std::strcmp(e, no)) return false;
+  return dflt;
+}
 }  // namespace
 
-bool cpu_short_rows_paired() {
-  const int forced = g_short_rows_forced.load(std::memory_order_relaxed);
-  if (forced >= 0) return forced != 0;
-  static const bool paired = [] {
-    const char *e = std::getenv("KVFOLD_SHORT_ROWS");
-    if (e && !std::strcmp(e, "pair")) return true;
-    if (e && !std::strcmp(e, "one")) return false;
-    return cpu_features().intel;
+const DecodeReads &cpu_decode_reads() {
+  if (const DecodeReads *f = g_forced_reads.load(std::memory_order_acquire)) return *f;
+  static const DecodeReads reads = [] {
+    const bool intel = cpu_features().intel;
+    DecodeReads r;
+    r.prefetch_l2 = env_choice("KVFOLD_PREFETCH", "l2", "l1", intel);
+    r.short_rows_paired = env_choice("KVFOLD_SHORT_ROWS", "pair", "one", intel);
+    r.two_streams = env_choice("KVFOLD_DECODE_STREAMS", "2", "1", !intel);
+    return r;
   }();
-  return paired;
+  return reads;
 }
 
-void cpu_force_short_rows_paired(int paired) { g_short_rows_forced.store(paired < 0 ? -1 : paired != 0); }
+void cpu_force_decode_reads(const DecodeReads *reads) {
+  g_forced_reads.store(nullptr, std::memory_order_release);
+  if (!reads) return;
+  g_forced_copy = *reads;
+  g_forced_reads.store(&g_forced_copy, std::memory_order_release);
+}
 
 bool cpu_int8_amx() { return cpu_path() == CpuPath::Amx && cpu_features().amx_int8; }
 bool cpu_bf16_amx() { return cpu_path() == CpuPath::Amx && cpu_features().amx_bf16; }

@@ -41,19 +41,30 @@ const char *cpu_path_name(CpuPath p);
 // Prefill GEMMs through AMX tiles on this path: int8 (quantized weights), bf16 (bf16 weights).
 bool cpu_int8_amx();
 bool cpu_bf16_amx();
-// Whether decode's interleaved int8 kernels prefetch their stream into L2 rather than L1: on Intel
-// (measured on a Xeon VM: q4_0 1.1B decode +13-23% over L1, where the loads still missed behind the L1
-// prefetches), not on AMD (L1 measured best there). KVFOLD_PREFETCH=l1|l2 overrides it (read once).
-bool cpu_decode_prefetch_l2();
-// Whether decode's short bf16 rows (cpu_matmul_avx512.cpp short_rows) are read two at a time (two
-// dependency chains at T = 1) or one: two on Intel (the Xeon VM: +3.5% on 134M bf16 decode), one on
-// AMD (the Zen 5 EPYC VM: bench/decode_chain 134M bf16 steps/s +30-40%, two rows' streams read at once
-// ran far below the probe there). The same bits either way. KVFOLD_SHORT_ROWS=pair|one overrides it.
-bool cpu_short_rows_paired();
+// How decode's memory-bound kernels read their weights on this CPU. Each choice was measured per
+// vendor (bench/decode_chain, bench/decode_ab.ts) and changes no bit of the results; each can be
+// overridden by an environment variable (read once):
+// - prefetch_l2 (KVFOLD_PREFETCH=l1|l2): the far prefetch goes to L2, not L1. Intel: yes (a Xeon VM: q4_0
+//   1.1B decode +13-23% over L1, where the loads still missed behind the L1 prefetches); AMD: no.
+// - short_rows_paired (KVFOLD_SHORT_ROWS=pair|one): short bf16 rows read two at a time (two dependency
+//   chains at T = 1) or one. Intel: pairs (the Xeon VM: +3.5% on 134M bf16 decode); AMD: one (a Zen 5
+//   EPYC VM: 134M bf16 decode 1.27 and 1/0.76, two nearby rows' streams read far below the probe).
+// - two_streams (KVFOLD_DECODE_STREAMS=1|2): at T = 1 a thread reads its rows as two streams far apart
+//   in lockstep (the first and second half of its run) rather than one: f16 and long bf16 rows, the
+//   16-row int8 groups (short bf16 rows measured 0.97x, f32's AVX2 kernel ~1.0x with an AVX-512 two-
+//   stream one: left as they were). AMD: two (the Zen 5 VM, bench/decode_chain steps/s two over one,
+//   median of 6-8 alternating pairs: 1.1B q4_0 1.25, q8_0 1.24, bf16 1.28, f16 1.18; 134M q4_0 1.21,
+//   f16 1.30); Intel: one (unmeasured there).
+struct DecodeReads {
+  bool prefetch_l2 = false;
+  bool short_rows_paired = false;
+  bool two_streams = false;
+};
+const DecodeReads &cpu_decode_reads();
+// Tests only: forces the choices (nullptr: back to this CPU's and the environment's).
+void cpu_force_decode_reads(const DecodeReads *reads);
 // A description for the engine name, e.g. "avx512-bf16, int8 vnni".
 const char *cpu_kernels_name();
-// Tests only: forces cpu_short_rows_paired() (1 or 0), or gives it back to the CPU and KVFOLD_SHORT_ROWS (-1).
-void cpu_force_short_rows_paired(int paired);
 // Tests only: forces a path (lowered to what the CPU has) for the whole process; returns the one set.
 CpuPath cpu_force_path(CpuPath p);
 

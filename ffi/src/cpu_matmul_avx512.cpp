@@ -245,38 +245,62 @@ KF_AVX512BF16 void round_rows_bf16(const float *x, int64_t lda, int64_t K, int64
   }
 }
 
-// y[t][r] = xb[t] · W[r] (+ bias) for rows [r0, r1), W bf16: 32 products per vdpbf16ps, two
-// accumulators per t (even and odd 64-byte steps), each row one sequential stream prefetched
-// kDecodePrefetchBytes ahead into L2 or L1 as cpu_decode_prefetch_l2() says (it went to L1 alone
-// until measured on the Xeon VM: the 1.1B rows read 74-79% of a plain read, now 97%; 1.1B bf16
-// decode +11% and +9%, bench/decode_ab.ts both orders). Every output is summed the same way
-// whatever T is, so batching rows changes no bit.
-template <int T, bool L2>
-KF_AVX512BF16 void matvec_bf16_dot_rows(const uint16_t *xb, int64_t kp, int64_t K, const uint8_t *W, size_t rb,
-                                        float *y, int64_t N, int64_t r0, int64_t r1, const float *bias) {
-  for (int64_t r = r0; r < r1; r++) {
-    const uint16_t *w = reinterpret_cast<const uint16_t *>(W + size_t(r) * rb);
-    __m512 acc[T][2];
-    for (int t = 0; t < T; t++) acc[t][0] = acc[t][1] = _mm512_setzero_ps();
-    int64_t i = 0;
-    for (; i + 64 <= K; i += 64) {
-      decode_prefetch<L2>(w + i);
-      decode_prefetch<L2>(w + i + 32);
-      const __m512bh w0 = (__m512bh)_mm512_loadu_si512(w + i), w1 = (__m512bh)_mm512_loadu_si512(w + i + 32);
+// y[t][r[s]] = xb[t] · W[r[s]] (+ bias) for S rows read in lockstep (S = 2: two streams, T = 1), W
+// bf16: 32 products per vdpbf16ps, two accumulators per (row, t) (even and odd 64-byte steps), each row
+// one sequential stream prefetched kDecodePrefetchBytes ahead into L2 or L1 as
+// cpu_decode_reads().prefetch_l2 says (it went to L1 alone until measured on the Xeon VM: the 1.1B
+// rows read 74-79% of a plain read, now 97%; 1.1B bf16 decode +11% and +9%, bench/decode_ab.ts both
+// orders). Every output is summed the same way whatever T and S are, so batching rows changes no bit.
+template <int T, int S, bool L2>
+KF_AVX512BF16 void matvec_bf16_dot_at(const uint16_t *xb, int64_t kp, int64_t K, const uint8_t *W, size_t rb,
+                                      float *y, int64_t N, const int64_t *r, const float *bias) {
+  static_assert(S == 1 || T == 1, "two streams take one activation row");
+  const uint16_t *w[S];
+  __m512 acc[S][T][2];
+  for (int s = 0; s < S; s++) {
+    w[s] = reinterpret_cast<const uint16_t *>(W + size_t(r[s]) * rb);
+    for (int t = 0; t < T; t++) acc[s][t][0] = acc[s][t][1] = _mm512_setzero_ps();
+  }
+  int64_t i = 0;
+  for (; i + 64 <= K; i += 64)
+    for (int s = 0; s < S; s++) {
+      decode_prefetch<L2>(w[s] + i);
+      decode_prefetch<L2>(w[s] + i + 32);
+      const __m512bh w0 = (__m512bh)_mm512_loadu_si512(w[s] + i), w1 = (__m512bh)_mm512_loadu_si512(w[s] + i + 32);
       for (int t = 0; t < T; t++) {
-        acc[t][0] = _mm512_dpbf16_ps(acc[t][0], (__m512bh)_mm512_loadu_si512(xb + t * kp + i), w0);
-        acc[t][1] = _mm512_dpbf16_ps(acc[t][1], (__m512bh)_mm512_loadu_si512(xb + t * kp + i + 32), w1);
+        acc[s][t][0] = _mm512_dpbf16_ps(acc[s][t][0], (__m512bh)_mm512_loadu_si512(xb + t * kp + i), w0);
+        acc[s][t][1] = _mm512_dpbf16_ps(acc[s][t][1], (__m512bh)_mm512_loadu_si512(xb + t * kp + i + 32), w1);
       }
     }
-    for (; i < K; i += 32) {  // the tail, masked: x's padding and W's lanes past K are zeros
-      const __mmask32 m = K - i >= 32 ? __mmask32(0xffffffffu) : __mmask32((1u << (K - i)) - 1u);
-      const __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(m, w + i);
+  for (; i < K; i += 32) {  // the tail, masked: x's padding and W's lanes past K are zeros
+    const __mmask32 m = K - i >= 32 ? __mmask32(0xffffffffu) : __mmask32((1u << (K - i)) - 1u);
+    for (int s = 0; s < S; s++) {
+      const __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(m, w[s] + i);
       for (int t = 0; t < T; t++)
-        acc[t][0] = _mm512_dpbf16_ps(acc[t][0], (__m512bh)_mm512_maskz_loadu_epi16(m, xb + t * kp + i), wv);
+        acc[s][t][0] = _mm512_dpbf16_ps(acc[s][t][0], (__m512bh)_mm512_maskz_loadu_epi16(m, xb + t * kp + i), wv);
     }
-    for (int t = 0; t < T; t++)
-      y[t * N + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[t][0], acc[t][1])) + (bias ? bias[r] : 0.0f);
   }
+  for (int s = 0; s < S; s++)
+    for (int t = 0; t < T; t++)
+      y[t * N + r[s]] = _mm512_reduce_add_ps(_mm512_add_ps(acc[s][t][0], acc[s][t][1])) + (bias ? bias[r[s]] : 0.0f);
+}
+
+// Rows [r0, r1) one at a time, or at T = 1 with two_streams (cpu_decode_reads) row i of the first half
+// beside row i of the second: two streams far apart read more per core than one (the Zen 5 EPYC VM).
+// at(S, rows) runs S rows in lockstep.
+template <int T, class At>
+inline void stream_rows(int64_t r0, int64_t r1, bool two_streams, At &&at) {
+  int64_t r = r0;
+  if constexpr (T == 1)
+    if (two_streams) {
+      const int64_t half = (r1 - r0) / 2;
+      for (; r < r0 + half; r++) {
+        const int64_t rs[2] = {r, r + half};
+        at(std::integral_constant<int, 2>{}, rs);
+      }
+      r += half;
+    }
+  for (; r < r1; r++) at(std::integral_constant<int, 1>{}, &r);
 }
 
 // f(std::integral_constant<int, T>{}) for T = 1..8: the matrix-vector kernels are templates on T.
@@ -297,9 +321,11 @@ void with_rows(int64_t T, F &&f) {
 // Short bf16 rows (under kMvShortRowBytes): a row's dot product is too short to pay for its own
 // horizontal sum, so 16 (t, row) pairs keep one accumulator each, R = 16 / T rows at a time, and
 // reduce16 sums all 16 at once (134M bf16 decode +25%, decode_ab both orders; the same for f16 rows
-// measured 0.85x of matvec_f16_rows, which keeps them). Rows go two at a time (two dependency chains
-// even at T = 1) or one, as cpu_short_rows_paired() says for this CPU. An accumulator's steps and its
-// reduction tree depend on neither T, the pairing nor its slot: batching changes no bit.
+// measured 0.85x of matvec_f16_rows, which keeps them). A group's rows go two at a time (two
+// dependency chains even at T = 1) or one, as cpu_decode_reads().short_rows_paired says; one stream
+// (two groups far apart in lockstep measured 0.97x on the Zen 5 VM's 134M bf16, where two streams
+// gain 1.2-1.3x on long rows). An accumulator's steps and its reduction tree depend on neither T,
+// the pairing nor its slot: batching changes no bit.
 //
 // P rows' chunks: a[p * T + t] += x[t] · row p (32 bf16 products per vdpbf16ps; x rounded to bf16).
 template <int T, int P, bool L2>
@@ -358,36 +384,44 @@ KF_AVX512BF16 void short_rows(const uint16_t *xb, int64_t kp, int64_t K, const u
   }
 }
 
-// y[t][r] = x[t] · W[r] (+ bias) for rows [r0, r1), W f16: 16 weights widened per vcvtph2ps zmm,
-// FMAs in f32 (x is not rounded: f16 keeps 11 significant bits, rounding x to bf16 would lose
-// more), two accumulators per t, each row one sequential stream prefetched kDecodePrefetchBytes
-// ahead. Summed the same way whatever T is. Measured (1.1B shapes, 1 thread, cold): the AVX2 kernel's 8
-// interleaved 4 KiB rows read 15.5 GB/s; one stream here reads at bf16's rate.
-template <int T, bool L2>
-KF_AVX512 void matvec_f16_rows(const float *x, int64_t K, const uint8_t *W, size_t rb, float *y, int64_t N,
-                               int64_t r0, int64_t r1, const float *bias) {
-  for (int64_t r = r0; r < r1; r++) {
-    const uint16_t *w = reinterpret_cast<const uint16_t *>(W + size_t(r) * rb);
-    __m512 acc[T][2];
-    for (int t = 0; t < T; t++) acc[t][0] = acc[t][1] = _mm512_setzero_ps();
-    int64_t i = 0;
-    for (; i + 32 <= K; i += 32) {
-      decode_prefetch<L2>(w + i);
-      const __m512 w0 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(w + i)));
-      const __m512 w1 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(w + i + 16)));
+// y[t][r[s]] = x[t] · W[r[s]] (+ bias) for S rows in lockstep (as matvec_bf16_dot_at), W f16: 16
+// weights widened per vcvtph2ps zmm, FMAs in f32 (x is not rounded: f16 keeps 11 significant bits,
+// rounding x to bf16 would lose more), two accumulators per (row, t), each row one sequential stream
+// prefetched kDecodePrefetchBytes ahead. Summed the same way whatever T and S are. Measured (1.1B
+// shapes, 1 thread, cold): the AVX2 kernel's 8 interleaved 4 KiB rows read 15.5 GB/s; one stream here
+// reads at bf16's rate.
+template <int T, int S, bool L2>
+KF_AVX512 void matvec_f16_at(const float *x, int64_t K, const uint8_t *W, size_t rb, float *y, int64_t N,
+                             const int64_t *r, const float *bias) {
+  static_assert(S == 1 || T == 1, "two streams take one activation row");
+  const uint16_t *w[S];
+  __m512 acc[S][T][2];
+  for (int s = 0; s < S; s++) {
+    w[s] = reinterpret_cast<const uint16_t *>(W + size_t(r[s]) * rb);
+    for (int t = 0; t < T; t++) acc[s][t][0] = acc[s][t][1] = _mm512_setzero_ps();
+  }
+  int64_t i = 0;
+  for (; i + 32 <= K; i += 32)
+    for (int s = 0; s < S; s++) {
+      decode_prefetch<L2>(w[s] + i);
+      const __m512 w0 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(w[s] + i)));
+      const __m512 w1 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(w[s] + i + 16)));
       for (int t = 0; t < T; t++) {
-        acc[t][0] = _mm512_fmadd_ps(_mm512_loadu_ps(x + t * K + i), w0, acc[t][0]);
-        acc[t][1] = _mm512_fmadd_ps(_mm512_loadu_ps(x + t * K + i + 16), w1, acc[t][1]);
+        acc[s][t][0] = _mm512_fmadd_ps(_mm512_loadu_ps(x + t * K + i), w0, acc[s][t][0]);
+        acc[s][t][1] = _mm512_fmadd_ps(_mm512_loadu_ps(x + t * K + i + 16), w1, acc[s][t][1]);
       }
     }
-    for (; i < K; i += 16) {  // the tail, masked: lanes past K are zeros
-      const __mmask16 m = first_n(int(std::min<int64_t>(16, K - i)));
-      const __m512 wv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, w + i));
-      for (int t = 0; t < T; t++) acc[t][0] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x + t * K + i), wv, acc[t][0]);
+  for (; i < K; i += 16) {  // the tail, masked: lanes past K are zeros
+    const __mmask16 m = first_n(int(std::min<int64_t>(16, K - i)));
+    for (int s = 0; s < S; s++) {
+      const __m512 wv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, w[s] + i));
+      for (int t = 0; t < T; t++)
+        acc[s][t][0] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x + t * K + i), wv, acc[s][t][0]);
     }
-    for (int t = 0; t < T; t++)
-      y[t * N + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[t][0], acc[t][1])) + (bias ? bias[r] : 0.0f);
   }
+  for (int s = 0; s < S; s++)
+    for (int t = 0; t < T; t++)
+      y[t * N + r[s]] = _mm512_reduce_add_ps(_mm512_add_ps(acc[s][t][0], acc[s][t][1])) + (bias ? bias[r[s]] : 0.0f);
 }
 
 }  // namespace
@@ -399,12 +433,16 @@ void bf16_round_rows(const float *x, int64_t K, int64_t T, int64_t kp, uint16_t 
 void matvec_bf16_dot_range(const uint16_t *xb, int64_t kp, const void *W, float *y, int64_t T, int64_t K, int64_t N,
                            int64_t r0, int64_t r1, const float *bias) {
   const uint8_t *Wb = static_cast<const uint8_t *>(W);
-  const bool paired = cpu_short_rows_paired();
+  const DecodeReads &reads = cpu_decode_reads();
   with_decode_prefetch([&](auto l2) {
     with_rows(T, [&](auto t) {
-      if (size_t(K) * 2 >= kMvShortRowBytes)
-        matvec_bf16_dot_rows<t.value, l2.value>(xb, kp, K, Wb, size_t(K) * 2, y, N, r0, r1, bias);
-      else short_rows<t.value, l2.value>(xb, kp, K, Wb, y, N, r0, r1, bias, paired);
+      constexpr int Tv = decltype(t)::value;
+      constexpr bool L2 = decltype(l2)::value;
+      if (size_t(K) * 2 < kMvShortRowBytes)
+        return short_rows<Tv, L2>(xb, kp, K, Wb, y, N, r0, r1, bias, reads.short_rows_paired);
+      stream_rows<Tv>(r0, r1, reads.two_streams, [&](auto s, const int64_t *r) {
+        matvec_bf16_dot_at<Tv, decltype(s)::value, L2>(xb, kp, K, Wb, size_t(K) * 2, y, N, r, bias);
+      });
     });
   });
 }
@@ -412,8 +450,14 @@ void matvec_bf16_dot_range(const uint16_t *xb, int64_t kp, const void *W, float 
 void matvec_f16_range(const float *x, const void *W, float *y, int64_t T, int64_t K, int64_t N, int64_t r0, int64_t r1,
                       const float *bias) {
   const uint8_t *Wb = static_cast<const uint8_t *>(W);
+  const bool two = cpu_decode_reads().two_streams;
   with_decode_prefetch([&](auto l2) {
-    with_rows(T, [&](auto t) { matvec_f16_rows<t.value, l2.value>(x, K, Wb, size_t(K) * 2, y, N, r0, r1, bias); });
+    with_rows(T, [&](auto t) {
+      constexpr int Tv = decltype(t)::value;
+      stream_rows<Tv>(r0, r1, two, [&](auto s, const int64_t *r) {
+        matvec_f16_at<Tv, decltype(s)::value, decltype(l2)::value>(x, K, Wb, size_t(K) * 2, y, N, r, bias);
+      });
+    });
   });
 }
 

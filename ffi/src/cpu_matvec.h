@@ -24,7 +24,7 @@ constexpr size_t kMvShortRowBytes = 3072;
 // no prefetch q8_0 +7% (at 2 KiB; 4 KiB +4% more), q4_0 +7%, q4_k_m +3%; 8 KiB no better.
 constexpr size_t kDecodePrefetchBytes = 4096;
 
-// The line kDecodePrefetchBytes past `at`, into L2 or L1 (cpu_decode_prefetch_l2() says which the
+// The line kDecodePrefetchBytes past `at`, into L2 or L1 (cpu_decode_reads().prefetch_l2 says which the
 // kernels take: a template argument, given by with_decode_prefetch).
 template <bool L2>
 inline void decode_prefetch(const void *at) {
@@ -53,7 +53,7 @@ inline void decode_prefetch_near_too(const void *at) {
 // f(std::true_type{}) where decode prefetches into L2, else f(std::false_type{}).
 template <class F>
 void with_decode_prefetch(F &&f) {
-  if (cpu_decode_prefetch_l2()) f(std::true_type{});
+  if (cpu_decode_reads().prefetch_l2) f(std::true_type{});
   else f(std::false_type{});
 }
 

@@ -373,12 +373,24 @@ void matmul_quant_rows(const ActBlock *xq, int64_t nb, const void *Wv, DType dt,
   const uint8_t *W = static_cast<const uint8_t *>(Wv);
   const size_t rb = dtype_row_bytes(dt, nb * kQuantBlock);
   if (dtype_rows16(dt)) {  // 16-row groups, activation rows in pairs
-    for (int64_t r = r0; r < r1; r += 16) {
+    int64_t r = r0;
+    if (T == 1 && cpu_decode_reads().two_streams) {
+      // Two streams: group i of the run's first half beside group i of its second half.
+      const int64_t half = (r1 - r0) / 32 * 16;
+      for (; r < r0 + half; r += 16) {
+        const uint8_t *gs[2] = {W + size_t(r) * rb, W + size_t(r + half) * rb};
+        float *ys[2] = {y + r, y + r + half};
+        quant::rows16_groups(dt, gs, 2, nb, &xq, 1, ys);
+      }
+      r += half;  // past the second half; an odd last group goes alone below
+    }
+    for (; r < r1; r += 16) {
+      const uint8_t *g = W + size_t(r) * rb;
       for (int64_t t = 0; t < T; t += 2) {
         const int nt = int(std::min<int64_t>(2, T - t));
         const ActBlock *xs[2] = {xq + t * nb, xq + (t + nt - 1) * nb};
         float *ys[2] = {y + t * out + r, y + (t + nt - 1) * out + r};
-        quant::rows16_group(dt, W + size_t(r) * rb, nb, xs, nt, ys);
+        quant::rows16_groups(dt, &g, 1, nb, xs, nt, ys);
       }
     }
     add_bias_rows(y, T, out, bias, r0, r1);

@@ -276,110 +276,143 @@ KF_VNNI512 void pack_rows16_panel(const uint8_t *groups, size_t group_bytes, int
   }
 }
 
-// Decode over one group: per block, one zmm of 16 scales, 8 (Q8_0) or 4 (Q4_0, two nibble halves)
-// loads, and 8 vpdpbusd per activation row whose lanes are the 16 outputs; no horizontal sums. The
-// int sums go in two chains so each block's dots do not wait on one another. Then the block's
-// acc = fma(float(dot), d_w * d_x, acc), in block order, as the row kernels and the GEMM do.
-template <DType D, int NT, bool L2>
-KF_VNNI512 void rows16(const uint8_t *p, int64_t nb, const ActBlock *const *x, float *const *y) {
+// Decode over S groups (S = 2: two streams far apart, read in lockstep; then NT = 1): per block, one
+// zmm of 16 scales, 8 (Q8_0) or 4 (Q4_0, two nibble halves) loads, and 8 vpdpbusd per activation row
+// whose lanes are the 16 outputs; no horizontal sums. The int sums go in two chains so each block's
+// dots do not wait on one another. Then the block's acc = fma(float(dot), d_w * d_x, acc), in block
+// order, as the row kernels and the GEMM do; each (group, row) accumulator takes the same steps
+// whatever S and NT are. y[s * NT + j] gets group s's outputs for x[j].
+template <DType D, int NT, int S, bool L2>
+KF_VNNI512 void rows16(const uint8_t *const *groups, int64_t nb, const ActBlock *const *x, float *const *y) {
+  static_assert(S == 1 || NT == 1, "two streams take one activation row");
   constexpr size_t gb = 16 * quant_block_bytes(D);
   constexpr int32_t offset = D == DType::Q8_0 ? 128 : 8;
-  __m512 acc[NT];
-  for (int j = 0; j < NT; j++) acc[j] = _mm512_setzero_ps();
-  for (int64_t b = 0; b < nb; b++, p += gb) {
-    // A thread's groups are one sequential stream: every line of the block kDecodePrefetchBytes on
-    // (and kDecodeNearPrefetchBytes on into L1 where the far one goes to L2: decode_prefetch_near_too).
+  const uint8_t *p[S];
+  __m512 acc[S][NT];
+  for (int s = 0; s < S; s++) {
+    p[s] = groups[s];
+    for (int j = 0; j < NT; j++) acc[s][j] = _mm512_setzero_ps();
+  }
+  for (int64_t b = 0; b < nb; b++) {
+    // A group is one sequential stream: every line of the block kDecodePrefetchBytes on (and
+    // kDecodeNearPrefetchBytes on into L1 where the far one goes to L2: decode_prefetch_near_too).
     // Q8_0's 9 lines in one burst (spread over the loads as Q4_0's and Q4_K's: 134M q8_0 decode
     // 0.94x in both A/B orders); Q4_0's 5 each before its values are read.
-    if constexpr (D == DType::Q8_0)
-      for (size_t l = 0; l < gb; l += 64) decode_prefetch_near_too<L2>(p + l);
-    else decode_prefetch_near_too<L2>(p);
-    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p)));
-    __m512i s0[NT], s1[NT];
+    __m512 dw[S];
+    __m512i s0[S][NT], s1[S][NT];
     int32_t xd[NT][8];
-    for (int j = 0; j < NT; j++) {
-      s0[j] = _mm512_set1_epi32(-offset * x[j][b].sum);
-      s1[j] = _mm512_setzero_si512();
-      std::memcpy(xd[j], x[j][b].qs, 32);
+    for (int j = 0; j < NT; j++) std::memcpy(xd[j], x[j][b].qs, 32);
+    for (int s = 0; s < S; s++) {
+      if constexpr (D == DType::Q8_0)
+        for (size_t l = 0; l < gb; l += 64) decode_prefetch_near_too<L2>(p[s] + l);
+      else decode_prefetch_near_too<L2>(p[s]);
+      dw[s] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p[s])));
+      for (int j = 0; j < NT; j++) {
+        s0[s][j] = _mm512_set1_epi32(-offset * x[j][b].sum);
+        s1[s][j] = _mm512_setzero_si512();
+      }
     }
     if constexpr (D == DType::Q8_0) {
-      for (int k = 0; k < 8; k += 2) {
-        const __m512i v0 = _mm512_xor_si512(_mm512_loadu_si512(p + 32 + 64 * k), _mm512_set1_epi8(char(0x80)));
-        const __m512i v1 = _mm512_xor_si512(_mm512_loadu_si512(p + 96 + 64 * k), _mm512_set1_epi8(char(0x80)));
-        for (int j = 0; j < NT; j++) {
-          s0[j] = _mm512_dpbusd_epi32(s0[j], v0, _mm512_set1_epi32(xd[j][k]));
-          s1[j] = _mm512_dpbusd_epi32(s1[j], v1, _mm512_set1_epi32(xd[j][k + 1]));
+      for (int k = 0; k < 8; k += 2)
+        for (int s = 0; s < S; s++) {
+          const __m512i v0 = _mm512_xor_si512(_mm512_loadu_si512(p[s] + 32 + 64 * k), _mm512_set1_epi8(char(0x80)));
+          const __m512i v1 = _mm512_xor_si512(_mm512_loadu_si512(p[s] + 96 + 64 * k), _mm512_set1_epi8(char(0x80)));
+          for (int j = 0; j < NT; j++) {
+            s0[s][j] = _mm512_dpbusd_epi32(s0[s][j], v0, _mm512_set1_epi32(xd[j][k]));
+            s1[s][j] = _mm512_dpbusd_epi32(s1[s][j], v1, _mm512_set1_epi32(xd[j][k + 1]));
+          }
         }
-      }
     } else {
       // The high nibbles stay in place (16 x their value: one AND, no shift per load); the
       // exact int sum is shifted back once per block.
-      for (int k = 0; k < 4; k++) {
-        decode_prefetch_near_too<L2>(p + 32 + 64 * k);
-        const __m512i q = _mm512_loadu_si512(p + 32 + 64 * k);
-        const __m512i lo = _mm512_and_si512(q, _mm512_set1_epi8(15));
-        const __m512i hi16 = _mm512_andnot_si512(_mm512_set1_epi8(15), q);
-        for (int j = 0; j < NT; j++) {
-          s0[j] = _mm512_dpbusd_epi32(s0[j], lo, _mm512_set1_epi32(xd[j][k]));
-          s1[j] = _mm512_dpbusd_epi32(s1[j], hi16, _mm512_set1_epi32(xd[j][4 + k]));
+      for (int k = 0; k < 4; k++)
+        for (int s = 0; s < S; s++) {
+          decode_prefetch_near_too<L2>(p[s] + 32 + 64 * k);
+          const __m512i q = _mm512_loadu_si512(p[s] + 32 + 64 * k);
+          const __m512i lo = _mm512_and_si512(q, _mm512_set1_epi8(15));
+          const __m512i hi16 = _mm512_andnot_si512(_mm512_set1_epi8(15), q);
+          for (int j = 0; j < NT; j++) {
+            s0[s][j] = _mm512_dpbusd_epi32(s0[s][j], lo, _mm512_set1_epi32(xd[j][k]));
+            s1[s][j] = _mm512_dpbusd_epi32(s1[s][j], hi16, _mm512_set1_epi32(xd[j][4 + k]));
+          }
         }
-      }
-      for (int j = 0; j < NT; j++) s1[j] = _mm512_srai_epi32(s1[j], 4);
+      for (int s = 0; s < S; s++)
+        for (int j = 0; j < NT; j++) s1[s][j] = _mm512_srai_epi32(s1[s][j], 4);
     }
-    for (int j = 0; j < NT; j++)
-      acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0[j], s1[j])),
-                               _mm512_mul_ps(dw, _mm512_set1_ps(x[j][b].d)), acc[j]);
+    for (int s = 0; s < S; s++) {
+      for (int j = 0; j < NT; j++)
+        acc[s][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0[s][j], s1[s][j])),
+                                    _mm512_mul_ps(dw[s], _mm512_set1_ps(x[j][b].d)), acc[s][j]);
+      p[s] += gb;
+    }
   }
-  for (int j = 0; j < NT; j++) _mm512_storeu_ps(y[j], acc[j]);
+  for (int s = 0; s < S; s++)
+    for (int j = 0; j < NT; j++) _mm512_storeu_ps(y[s * NT + j], acc[s][j]);
 }
-// Q4_K_R16 over one group: per 256-value block, the 16 rows' d and dmin, then per pair of
+// Q4_K_R16 over S groups (as rows16): per 256-value block, the 16 rows' d and dmin, then per pair of
 // sub-blocks 8 loads of 64 bytes (low nibbles: sub-block 2i, high: 2i + 1) against the two
 // activation blocks; each sub-block adds (d * sc) * d_x * dot - (dmin * m) * d_x * sum(x).
-template <int NT, bool L2>
-KF_VNNI512 void rows16_q4_k(const uint8_t *p, int64_t nb, const ActBlock *const *x, float *const *y) {
-  __m512 acc[NT];
-  for (int j = 0; j < NT; j++) acc[j] = _mm512_setzero_ps();
+template <int NT, int S, bool L2>
+KF_VNNI512 void rows16_q4_k(const uint8_t *const *groups, int64_t nb, const ActBlock *const *x, float *const *y) {
+  static_assert(S == 1 || NT == 1, "two streams take one activation row");
+  const uint8_t *p[S];
+  __m512 acc[S][NT];
+  for (int s = 0; s < S; s++) {
+    p[s] = groups[s];
+    for (int j = 0; j < NT; j++) acc[s][j] = _mm512_setzero_ps();
+  }
   const __m512i low4 = _mm512_set1_epi8(15);
   auto bytes_ps = [](const uint8_t *q) KF_VNNI512 {  // 16 bytes as 16 floats
     return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(q))));
   };
-  for (int64_t b = 0; b < nb; b++, p += kQ4kGroupBlock) {
+  for (int64_t b = 0; b < nb; b++) {
     // The block's 37 lines fetched ahead as it is read (5 before its header, 8 before each pair of
     // sub-blocks): 37 prefetches in one burst stall on the fill buffers.
-    for (size_t l = 0; l < kQ4kValues; l += 64) decode_prefetch_near_too<L2>(p + l);
-    const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p)));
-    const __m512 dmin = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p + 32)));
+    __m512 d[S], dmin[S];
+    for (int s = 0; s < S; s++) {
+      for (size_t l = 0; l < kQ4kValues; l += 64) decode_prefetch_near_too<L2>(p[s] + l);
+      d[s] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p[s])));
+      dmin[s] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p[s] + 32)));
+    }
     for (int i = 0; i < 4; i++) {
-      __m512i s0[NT], s1[NT];
+      __m512i s0[S][NT], s1[S][NT];
       int32_t x0[NT][8], x1[NT][8];
       for (int j = 0; j < NT; j++) {
-        s0[j] = s1[j] = _mm512_setzero_si512();
         std::memcpy(x0[j], x[j][8 * b + 2 * i].qs, 32);
         std::memcpy(x1[j], x[j][8 * b + 2 * i + 1].qs, 32);
       }
-      for (int k = 0; k < 8; k++) decode_prefetch_near_too<L2>(p + kQ4kValues + 64 * (8 * i + k));
-      for (int k = 0; k < 8; k++) {
-        const __m512i q = _mm512_loadu_si512(p + kQ4kValues + 64 * (8 * i + k));
-        const __m512i lo = _mm512_and_si512(q, low4), hi16 = _mm512_andnot_si512(low4, q);  // as rows16's Q4_0
-        for (int j = 0; j < NT; j++) {
-          s0[j] = _mm512_dpbusd_epi32(s0[j], lo, _mm512_set1_epi32(x0[j][k]));
-          s1[j] = _mm512_dpbusd_epi32(s1[j], hi16, _mm512_set1_epi32(x1[j][k]));
-        }
+      for (int s = 0; s < S; s++) {
+        for (int j = 0; j < NT; j++) s0[s][j] = s1[s][j] = _mm512_setzero_si512();
+        for (int k = 0; k < 8; k++) decode_prefetch_near_too<L2>(p[s] + kQ4kValues + 64 * (8 * i + k));
       }
-      for (int j = 0; j < NT; j++) s1[j] = _mm512_srai_epi32(s1[j], 4);
-      for (int h = 0; h < 2; h++) {
-        const int sub = 2 * i + h;
-        const __m512 ds = _mm512_mul_ps(d, bytes_ps(p + kQ4kScales + 16 * sub));
-        const __m512 dm = _mm512_mul_ps(dmin, bytes_ps(p + kQ4kMins + 16 * sub));
-        for (int j = 0; j < NT; j++) {
-          const ActBlock &a = x[j][8 * b + sub];
-          acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(h ? s1[j] : s0[j]), _mm512_mul_ps(ds, _mm512_set1_ps(a.d)), acc[j]);
-          acc[j] = _mm512_fnmadd_ps(dm, _mm512_set1_ps(a.d * float(a.sum)), acc[j]);
+      for (int k = 0; k < 8; k++)
+        for (int s = 0; s < S; s++) {
+          const __m512i q = _mm512_loadu_si512(p[s] + kQ4kValues + 64 * (8 * i + k));
+          const __m512i lo = _mm512_and_si512(q, low4), hi16 = _mm512_andnot_si512(low4, q);  // as rows16's Q4_0
+          for (int j = 0; j < NT; j++) {
+            s0[s][j] = _mm512_dpbusd_epi32(s0[s][j], lo, _mm512_set1_epi32(x0[j][k]));
+            s1[s][j] = _mm512_dpbusd_epi32(s1[s][j], hi16, _mm512_set1_epi32(x1[j][k]));
+          }
+        }
+      for (int s = 0; s < S; s++) {
+        for (int j = 0; j < NT; j++) s1[s][j] = _mm512_srai_epi32(s1[s][j], 4);
+        for (int h = 0; h < 2; h++) {
+          const int sub = 2 * i + h;
+          const __m512 ds = _mm512_mul_ps(d[s], bytes_ps(p[s] + kQ4kScales + 16 * sub));
+          const __m512 dm = _mm512_mul_ps(dmin[s], bytes_ps(p[s] + kQ4kMins + 16 * sub));
+          for (int j = 0; j < NT; j++) {
+            const ActBlock &a = x[j][8 * b + sub];
+            acc[s][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(h ? s1[s][j] : s0[s][j]),
+                                        _mm512_mul_ps(ds, _mm512_set1_ps(a.d)), acc[s][j]);
+            acc[s][j] = _mm512_fnmadd_ps(dm, _mm512_set1_ps(a.d * float(a.sum)), acc[s][j]);
+          }
         }
       }
     }
+    for (int s = 0; s < S; s++) p[s] += kQ4kGroupBlock;
   }
-  for (int j = 0; j < NT; j++) _mm512_storeu_ps(y[j], acc[j]);
+  for (int s = 0; s < S; s++)
+    for (int j = 0; j < NT; j++) _mm512_storeu_ps(y[s * NT + j], acc[s][j]);
 }
 #pragma GCC diagnostic pop
 #undef KF_VNNI512
@@ -414,17 +447,25 @@ void gemm_panel(DType dt, const uint8_t *w, size_t rb, int C, int64_t nb, const 
 #endif
 }
 
-void rows16_group(DType dt, const uint8_t *group, int64_t nb, const ActBlock *const *x, int nt, float *const *y) {
+void rows16_groups(DType dt, const uint8_t *const *groups, int ng, int64_t nb, const ActBlock *const *x, int nt,
+                   float *const *y) {
 #ifdef KF_QUANT_X86
   with_decode_prefetch([&](auto l2) {
     constexpr bool L2 = decltype(l2)::value;
-    if (dt == DType::Q4_K_R16) nt == 2 ? rows16_q4_k<2, L2>(group, nb / 8, x, y) : rows16_q4_k<1, L2>(group, nb / 8, x, y);
+    // (nt, ng) = (1, 1), (2, 1) or (1, 2); Q4_K's kernel counts blocks of 256 values
+    const auto run = [&](auto kernel1, auto kernel2, auto kernel_two, int64_t blocks) {
+      if (ng == 2) kernel_two(groups, blocks, x, y);
+      else if (nt == 2) kernel2(groups, blocks, x, y);
+      else kernel1(groups, blocks, x, y);
+    };
+    if (dt == DType::Q4_K_R16)
+      run(rows16_q4_k<1, 1, L2>, rows16_q4_k<2, 1, L2>, rows16_q4_k<1, 2, L2>, nb / 8);
     else if (dtype_block_kind(dt) == DType::Q8_0)
-      nt == 2 ? rows16<DType::Q8_0, 2, L2>(group, nb, x, y) : rows16<DType::Q8_0, 1, L2>(group, nb, x, y);
-    else nt == 2 ? rows16<DType::Q4_0, 2, L2>(group, nb, x, y) : rows16<DType::Q4_0, 1, L2>(group, nb, x, y);
+      run(rows16<DType::Q8_0, 1, 1, L2>, rows16<DType::Q8_0, 2, 1, L2>, rows16<DType::Q8_0, 1, 2, L2>, nb);
+    else run(rows16<DType::Q4_0, 1, 1, L2>, rows16<DType::Q4_0, 2, 1, L2>, rows16<DType::Q4_0, 1, 2, L2>, nb);
   });
 #else
-  (void)group, (void)nb, (void)x, (void)nt, (void)y;
+  (void)groups, (void)ng, (void)nb, (void)x, (void)nt, (void)y;
   raise(KF_ERR_INTERNAL, "cannot run the interleaved %s kernel: this build has no AVX512-VNNI kernels", dtype_name(dt));
 #endif
 }

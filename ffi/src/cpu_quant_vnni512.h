@@ -35,9 +35,11 @@ size_t gemm_panel_bytes(int64_t nb);
 void gemm_panel(DType dt, const uint8_t *w, size_t rb, int C, int64_t nb, const ActBlock *xq, float *y, int64_t T,
                 int64_t out, int64_t r0, uint8_t *panel);
 
-// One 16-row group of Q8_0_R16 / Q4_0_R16 / Q4_K_R16 weights (nb blocks of 32 values) against
-// nt = 1 or 2 activation rows: y[j][0, 16) = the group's 16 outputs for x[j]. Q8_0 / Q4_0: the same
-// bits as the row kernels and the GEMM.
-void rows16_group(DType dt, const uint8_t *group, int64_t nb, const ActBlock *const *x, int nt, float *const *y);
+// 16-row groups of Q8_0_R16 / Q4_0_R16 / Q4_K_R16 weights (nb blocks of 32 values): ng = 1 group against
+// nt = 1 or 2 activation rows, or ng = 2 groups (two streams read in lockstep) against nt = 1:
+// y[g * nt + j][0, 16) = group g's 16 outputs for x[j]. The bits do not depend on ng or nt; Q8_0 /
+// Q4_0: the same bits as the row kernels and the GEMM.
+void rows16_groups(DType dt, const uint8_t *const *groups, int ng, int64_t nb, const ActBlock *const *x, int nt,
+                   float *const *y);
 
 }  // namespace kf::quant

@@ -78,5 +78,7 @@ void test_elementwise_avx512();
 void test_attention_tiles();
 // ffi/tests/cpu_attention_rows_test.cpp: attn_rows_alone against a float64 softmax, on the path in force.
 void test_attention_rows_alone(const std::string &label, kf::ThreadPool *pools);
+// cpu_decode_reads_test.cpp
+void test_decode_reads(kf::ThreadPool *pools);
 
 }  // namespace kf_test

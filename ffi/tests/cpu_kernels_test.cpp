@@ -4,7 +4,7 @@
 //
 // Build and run (from the repository root; tests/cpu_kernels_test.ts does this):
 //   g++ -std=c++17 -O2 -march=native -pthread -Iffi/include ffi/tests/cpu_kernels_test.cpp
-//       ffi/tests/cpu_kernels_avx512_test.cpp ffi/src/cpu_ops.cpp
+//       ffi/tests/cpu_kernels_avx512_test.cpp ffi/tests/cpu_attention_rows_test.cpp ffi/tests/cpu_decode_reads_test.cpp ffi/src/cpu_ops.cpp
 //       ffi/src/cpu_matmul.cpp ffi/src/cpu_matvec.cpp ffi/src/cpu_matmul_avx512.cpp ffi/src/cpu_matmul_scalar.cpp
 //       ffi/src/cpu_quant.cpp ffi/src/cpu_quant_vnni512.cpp ffi/src/cpu_quant_amx.cpp ffi/src/cpu_matmul_amx.cpp ffi/src/cpu_attention.cpp ffi/src/cpu_attention_avx512.cpp ffi/src/cpu_ops_avx512.cpp ffi/src/cpu_quant_act.cpp ffi/src/cpu_features.cpp ffi/src/threadpool.cpp ffi/src/common.cpp -o build/cpu_kernels_test
 // Prints one line per check ("ok" / "FAIL" / "skip") and exits nonzero if any check failed.
@@ -100,30 +100,6 @@ void test_float_path(CpuPath path, ThreadPool *pools) {
             }
         }
   }
-}
-
-// Decode's short bf16 rows read in pairs or one at a time (cpu_short_rows_paired): the same bits,
-// since each accumulator takes the same steps either way.
-void test_short_rows_pairing(ThreadPool &pool) {
-  Rng rng(71);
-  Check c("short bf16 rows: pairs and singles agree bit for bit");
-  for (int64_t T : {1, 2, 5, 8})
-    for (int64_t K : {31, 64, 577, 1500})
-      for (int64_t N : {1, 3, 17, 100}) {
-        const std::vector<float> x = random_vec(rng, size_t(T * K));
-        std::vector<uint8_t> raw;
-        std::vector<float> w;
-        make_float_weights(rng, DType::BF16, size_t(N * K), raw, w);
-        std::vector<float> y[2];
-        for (int paired = 0; paired < 2; paired++) {
-          cpu_force_short_rows_paired(paired);
-          y[paired].assign(size_t(T * N), NAN);
-          matmul(pool, x.data(), raw.data(), DType::BF16, y[paired].data(), T, K, N, nullptr);
-        }
-        c.expect(std::memcmp(y[0].data(), y[1].data(), y[0].size() * 4) == 0,
-                 fmt("T=%lld K=%lld N=%lld", T, K, N));
-      }
-  cpu_force_short_rows_paired(-1);
 }
 
 // What matmul_quant does to an activation row: blocks of 32 scaled by amax / 127, rounded to nearest.
@@ -449,13 +425,15 @@ int main() {
       continue;
     }
     test_float_path(want, pools);
-    if (want == CpuPath::Avx512Bf16) {  // short bf16 rows read the other way than this CPU's default
-      const bool paired = cpu_short_rows_paired();
-      cpu_force_short_rows_paired(!paired);
-      std::printf("short bf16 rows %s:\n", paired ? "one at a time" : "in pairs");
+    if (want == CpuPath::Avx512Bf16) {  // decode's weight reads the other way than this CPU's default
+      const DecodeReads d = cpu_decode_reads(), other{d.prefetch_l2, !d.short_rows_paired, !d.two_streams};
+      cpu_force_decode_reads(&other);
+      std::printf("decode reads: short rows %s, %s\n", other.short_rows_paired ? "in pairs" : "one at a time",
+                  other.two_streams ? "two streams" : "one stream");
       test_float_path(want, pools);
-      cpu_force_short_rows_paired(-1);
-      test_short_rows_pairing(pools[1]);
+      test_quant_rows16(pools);
+      cpu_force_decode_reads(nullptr);
+      test_decode_reads(pools);
     }
     test_shared_x(cpu_path_name(want), pools);
     test_attention_rows_alone(cpu_path_name(want), pools);
