@@ -245,6 +245,29 @@ KF_AVX512BF16 void round_rows_bf16(const float *x, int64_t lda, int64_t K, int64
   }
 }
 
+// S rows of 16-bit weights read in lockstep, each with two accumulators per activation row (even and
+// odd steps): what the bf16 and f16 decode kernels below share.
+template <int T, int S>
+struct RowSums {
+  static_assert(S == 1 || T == 1, "two streams take one activation row");
+  const uint16_t *w[S];
+  __m512 acc[S][T][2];
+
+  KF_AVX512 RowSums(const uint8_t *W, size_t rb, const int64_t *r) {
+    for (int s = 0; s < S; s++) {
+      w[s] = reinterpret_cast<const uint16_t *>(W + size_t(r[s]) * rb);
+      for (int t = 0; t < T; t++) acc[s][t][0] = acc[s][t][1] = _mm512_setzero_ps();
+    }
+  }
+  // y[t][r[s]] = the row's two accumulators summed (+ bias).
+  KF_AVX512 void store(float *y, int64_t N, const int64_t *r, const float *bias) const {
+    for (int s = 0; s < S; s++)
+      for (int t = 0; t < T; t++)
+        y[t * N + r[s]] =
+            _mm512_reduce_add_ps(_mm512_add_ps(acc[s][t][0], acc[s][t][1])) + (bias ? bias[r[s]] : 0.0f);
+  }
+};
+
 // y[t][r[s]] = xb[t] · W[r[s]] (+ bias) for S rows read in lockstep (S = 2: two streams, T = 1), W
 // bf16: 32 products per vdpbf16ps, two accumulators per (row, t) (even and odd 64-byte steps), each row
 // one sequential stream prefetched kDecodePrefetchBytes ahead into L2 or L1 as
@@ -254,13 +277,9 @@ KF_AVX512BF16 void round_rows_bf16(const float *x, int64_t lda, int64_t K, int64
 template <int T, int S, bool L2>
 KF_AVX512BF16 void matvec_bf16_dot_at(const uint16_t *xb, int64_t kp, int64_t K, const uint8_t *W, size_t rb,
                                       float *y, int64_t N, const int64_t *r, const float *bias) {
-  static_assert(S == 1 || T == 1, "two streams take one activation row");
-  const uint16_t *w[S];
-  __m512 acc[S][T][2];
-  for (int s = 0; s < S; s++) {
-    w[s] = reinterpret_cast<const uint16_t *>(W + size_t(r[s]) * rb);
-    for (int t = 0; t < T; t++) acc[s][t][0] = acc[s][t][1] = _mm512_setzero_ps();
-  }
+  RowSums<T, S> rs(W, rb, r);
+  const uint16_t *const *w = rs.w;
+  auto &acc = rs.acc;
   int64_t i = 0;
   for (; i + 64 <= K; i += 64)
     for (int s = 0; s < S; s++) {
@@ -280,9 +299,7 @@ KF_AVX512BF16 void matvec_bf16_dot_at(const uint16_t *xb, int64_t kp, int64_t K,
         acc[s][t][0] = _mm512_dpbf16_ps(acc[s][t][0], (__m512bh)_mm512_maskz_loadu_epi16(m, xb + t * kp + i), wv);
     }
   }
-  for (int s = 0; s < S; s++)
-    for (int t = 0; t < T; t++)
-      y[t * N + r[s]] = _mm512_reduce_add_ps(_mm512_add_ps(acc[s][t][0], acc[s][t][1])) + (bias ? bias[r[s]] : 0.0f);
+  rs.store(y, N, r, bias);
 }
 
 // Rows [r0, r1) one at a time, or at T = 1 with two_streams (cpu_decode_reads) row i of the first half
@@ -393,13 +410,9 @@ KF_AVX512BF16 void short_rows(const uint16_t *xb, int64_t kp, int64_t K, const u
 template <int T, int S, bool L2>
 KF_AVX512 void matvec_f16_at(const float *x, int64_t K, const uint8_t *W, size_t rb, float *y, int64_t N,
                              const int64_t *r, const float *bias) {
-  static_assert(S == 1 || T == 1, "two streams take one activation row");
-  const uint16_t *w[S];
-  __m512 acc[S][T][2];
-  for (int s = 0; s < S; s++) {
-    w[s] = reinterpret_cast<const uint16_t *>(W + size_t(r[s]) * rb);
-    for (int t = 0; t < T; t++) acc[s][t][0] = acc[s][t][1] = _mm512_setzero_ps();
-  }
+  RowSums<T, S> rs(W, rb, r);
+  const uint16_t *const *w = rs.w;
+  auto &acc = rs.acc;
   int64_t i = 0;
   for (; i + 32 <= K; i += 32)
     for (int s = 0; s < S; s++) {
@@ -419,9 +432,7 @@ KF_AVX512 void matvec_f16_at(const float *x, int64_t K, const uint8_t *W, size_t
         acc[s][t][0] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x + t * K + i), wv, acc[s][t][0]);
     }
   }
-  for (int s = 0; s < S; s++)
-    for (int t = 0; t < T; t++)
-      y[t * N + r[s]] = _mm512_reduce_add_ps(_mm512_add_ps(acc[s][t][0], acc[s][t][1])) + (bias ? bias[r[s]] : 0.0f);
+  rs.store(y, N, r, bias);
 }
 
 }  // namespace
