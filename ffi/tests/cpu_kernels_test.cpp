@@ -6,7 +6,7 @@
 //   g++ -std=c++17 -O2 -march=native -pthread -Iffi/include ffi/tests/cpu_kernels_test.cpp
 //       ffi/tests/cpu_kernels_avx512_test.cpp ffi/tests/cpu_attention_rows_test.cpp ffi/tests/cpu_decode_reads_test.cpp ffi/src/cpu_ops.cpp
 //       ffi/src/cpu_matmul.cpp ffi/src/cpu_matvec.cpp ffi/src/cpu_matmul_avx512.cpp ffi/src/cpu_matmul_scalar.cpp
-//       ffi/src/cpu_quant.cpp ffi/src/cpu_quant_vnni512.cpp ffi/src/cpu_quant_amx.cpp ffi/src/cpu_matmul_amx.cpp ffi/src/cpu_attention.cpp ffi/src/cpu_attention_avx512.cpp ffi/src/cpu_ops_avx512.cpp ffi/src/cpu_quant_act.cpp ffi/src/cpu_features.cpp ffi/src/threadpool.cpp ffi/src/common.cpp -o build/cpu_kernels_test
+//       ffi/src/cpu_quant.cpp ffi/src/cpu_quant_vnni512.cpp ffi/src/cpu_quant_amx.cpp ffi/src/cpu_matmul_amx.cpp ffi/src/cpu_attention.cpp ffi/src/cpu_attention_avx512.cpp ffi/src/cpu_attention_decode.cpp ffi/src/cpu_ops_avx512.cpp ffi/src/cpu_quant_act.cpp ffi/src/cpu_features.cpp ffi/src/threadpool.cpp ffi/src/common.cpp -o build/cpu_kernels_test
 // Prints one line per check ("ok" / "FAIL" / "skip") and exits nonzero if any check failed.
 #include <cmath>
 #include <cstdio>
@@ -433,12 +433,12 @@ int main() {
       test_float_path(want, pools);
       test_quant_rows16(pools);
       cpu_force_decode_reads(nullptr);
-      test_decode_reads(pools);
     }
     test_shared_x(cpu_path_name(want), pools);
     test_attention_rows_alone(cpu_path_name(want), pools);
     test_quant_path(std::string(cpu_path_name(want)) + (cpu_int8_vnni() ? " (int8 vnni)" : ""), int(want), pools);
   }
+  test_decode_reads(pools);  // on the best path this CPU has (the loop above ends forcing it)
   // Each int8 kernel by name, the VEX AVX-VNNI one included (the paths above prefer AVX512-VNNI).
   for (const char *k : {"scalar", "maddubs", "vnni512", "vnni512-rows", "avxvnni", "amx"}) {
     if (!quant_force_kernel(k)) {
