@@ -20,16 +20,14 @@ namespace {
 
 // Random weights of `dt` for N rows of K, laid out as the loader lays them.
 std::vector<uint8_t> make_weights(Rng &rng, DType dt, int64_t N, int64_t K, ThreadPool &pool) {
-  const std::vector<float> f = random_vec(rng, size_t(N * K));
-  if (dt == DType::F16 || dt == DType::BF16) {
-    std::vector<uint8_t> raw(size_t(N * K) * 2);
-    for (size_t i = 0; i < f.size(); i++) {
-      const uint16_t h = dt == DType::BF16 ? f32_to_bf16(f[i]) : f32_to_f16(f[i]);
-      std::memcpy(&raw[i * 2], &h, 2);
-    }
+  if (!dtype_rows16(dt)) {
+    std::vector<uint8_t> raw;
+    std::vector<float> exact;
+    make_float_weights(rng, dt, size_t(N * K), raw, exact);
     return raw;
   }
-  const DType base = dt == DType::Q8_0_R16 ? DType::Q8_0 : dt == DType::Q4_0_R16 ? DType::Q4_0 : DType::Q4_K;
+  const std::vector<float> f = random_vec(rng, size_t(N * K));
+  const DType base = dtype_block_kind(dt);
   const size_t rb = dtype_row_bytes(base, K);
   std::vector<uint8_t> raw(size_t(N) * rb), inter(size_t(N) * dtype_row_bytes(dt, K));
   for (int64_t o = 0; o < N; o++) quantize_row(f.data() + o * K, base, raw.data() + size_t(o) * rb, K);

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -52,6 +53,23 @@ inline std::vector<float> random_vec(Rng &rng, size_t n, float lo = -1.0f, float
   std::vector<float> v(n);
   for (float &f : v) f = rng.uniform(lo, hi);
   return v;
+}
+
+// Stored weights in a float dtype plus their exact values.
+inline void make_float_weights(Rng &rng, kf::DType dt, size_t n, std::vector<uint8_t> &raw, std::vector<float> &exact) {
+  const std::vector<float> f = random_vec(rng, n);
+  raw.assign(n * kf::dtype_size(dt), 0);
+  exact.resize(n);
+  for (size_t i = 0; i < n; i++) {
+    if (dt == kf::DType::F32) {
+      std::memcpy(&raw[i * 4], &f[i], 4);
+      exact[i] = f[i];
+    } else {
+      const uint16_t h = dt == kf::DType::BF16 ? kf::f32_to_bf16(f[i]) : kf::f32_to_f16(f[i]);
+      std::memcpy(&raw[i * 2], &h, 2);
+      exact[i] = dt == kf::DType::BF16 ? kf::bf16_to_f32(h) : kf::f16_to_f32(h);
+    }
+  }
 }
 
 inline std::string fmt(const char *f, long long a, long long b = 0, long long c = 0, long long d = 0) {

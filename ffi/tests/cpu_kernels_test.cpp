@@ -27,23 +27,6 @@ using namespace kf_test;
 
 namespace {
 
-// Stored weights in a float dtype plus their exact values.
-void make_float_weights(Rng &rng, DType dt, size_t n, std::vector<uint8_t> &raw, std::vector<float> &exact) {
-  const std::vector<float> f = random_vec(rng, n);
-  raw.assign(n * dtype_size(dt), 0);
-  exact.resize(n);
-  for (size_t i = 0; i < n; i++) {
-    if (dt == DType::F32) {
-      std::memcpy(&raw[i * 4], &f[i], 4);
-      exact[i] = f[i];
-    } else {
-      const uint16_t h = dt == DType::BF16 ? f32_to_bf16(f[i]) : f32_to_f16(f[i]);
-      std::memcpy(&raw[i * 2], &h, 2);
-      exact[i] = dt == DType::BF16 ? bf16_to_f32(h) : f16_to_f32(h);
-    }
-  }
-}
-
 // Float matmuls of one path: against float64 sums of the values the kernel multiplies (x rounded to
 // bf16 where the path's bf16 dot products round it), deterministic over 1-3 threads.
 void test_float_path(CpuPath path, ThreadPool *pools) {
