@@ -309,7 +309,7 @@ Deno.test("GGUF hostile files: each is refused with a KvfoldError naming the pro
 // A Q4_K file with a non-finite super-block scale (d or dmin): refused at load naming the tensor and
 // the block, whether its blocks are computed as stored (AVX512-VNNI, auto) or dequantized (a dtype
 // asked for, or other CPUs).
-Deno.test("GGUF hostile files: a NaN or infinite Q4_K block scale is refused, naming the block", async () => {
+Deno.test("GGUF hostile files: a NaN or infinite Q4_K or Q6_K block scale is refused, naming the block", async () => {
   const kv = await testEngine();
   const dir = await testModel("gguf-kquant", TEST_KQUANT);
   const out = await tempDir();
@@ -320,26 +320,37 @@ Deno.test("GGUF hostile files: a NaN or infinite Q4_K block scale is refused, na
     const path = `${out}/model.gguf`;
     await writeGguf(path, await modelGgufContents(dir, { dtype: "q4_k_m" }));
     const clean = await Deno.readFile(path);
-    const info = tensorInfo(clean, "blk.0.ffn_up.weight");
-    assert.equal(
-      new DataView(clean.buffer).getUint32(info.type, true),
-      12,
-      "ffn_up is Q4_K in a q4_k_m file",
-    );
-    const end = tensorInfo(clean, "output.weight").offset + 8;
-    const block1 = Math.ceil(end / 32) * 32 + Number(getU64(clean, info.offset)) + 144; // rows are one block
-    for (const [at, value] of [[0, 0x7e00], [2, 0x7c00]]) { // d := NaN, then dmin := +Inf
-      const bytes = clean.slice();
-      bytes[block1 + at] = value & 0xff;
-      bytes[block1 + at + 1] = value >> 8;
-      await Deno.writeFile(path, bytes);
-      // As stored (auto), and dequantized to the dtype asked for: the same refusal.
-      for (const options of [{}, { dtype: "q8_0" as const }]) {
-        await rejectsWith(
-          kv.loadModel(path, options),
-          "FORMAT",
-          /tensor model\.layers\.0\.mlp\.up_proj\.weight in .*model\.gguf has a NaN or infinite block scale at row 1, column 0/,
-        );
+    const data = Math.ceil((tensorInfo(clean, "output.weight").offset + 8) / 32) * 32;
+    // [GGUF tensor, HF name, ggml type, block bytes, the block spoiled, its f16 scales' offsets]:
+    // ffn_up's rows are one Q4_K block (d, dmin first), ffn_down's two Q6_K blocks (d last).
+    const cases = [
+      ["blk.0.ffn_up.weight", "mlp\\.up_proj", 12, 144, 1, [0, 2]],
+      ["blk.0.ffn_down.weight", "mlp\\.down_proj", 14, 210, 2, [208]],
+    ] as const;
+    for (const [gguf, hf, type, blockBytes, block, scales] of cases) {
+      const info = tensorInfo(clean, gguf);
+      assert.equal(
+        new DataView(clean.buffer).getUint32(info.type, true),
+        type,
+        `${gguf}'s type in a q4_k_m file`,
+      );
+      const at0 = data + Number(getU64(clean, info.offset)) + block * blockBytes;
+      for (const [i, at] of scales.entries()) {
+        const value = i === 0 ? 0x7e00 : 0x7c00; // d := NaN, then dmin := +Inf
+        const bytes = clean.slice();
+        bytes[at0 + at] = value & 0xff;
+        bytes[at0 + at + 1] = value >> 8;
+        await Deno.writeFile(path, bytes);
+        // As stored (auto), and dequantized to the dtype asked for: the same refusal.
+        for (const options of [{}, { dtype: "q8_0" as const }]) {
+          await rejectsWith(
+            kv.loadModel(path, options),
+            "FORMAT",
+            new RegExp(
+              `tensor model\\.layers\\.0\\.${hf}\\.weight in .*model\\.gguf has a NaN or infinite block scale at row 1, column 0`,
+            ),
+          );
+        }
       }
     }
     await Deno.writeFile(path, clean);

@@ -173,9 +173,9 @@ Deno.test("GGUF: q4_K and q6_K blocks (a Q4_K_M mix, and all q6_K) load as llama
         `${dtype}: decoded blocks differ`,
       );
       // By default a k-quant file computes as q8_0, the nearest format kvfold runs, except that
-      // where the AVX512-VNNI kernels run, Q4_K projections are computed as they are stored (148
-      // bytes per 256 values, rows interleaved); either stays close to its own decoded weights
-      // (q8_0's band of tests/cpu_quant_test.ts).
+      // where the AVX512-VNNI kernels run, Q4_K and Q6_K projections are computed as they are stored
+      // (148 and 210 bytes per 256 values, rows interleaved); either stays close to its own decoded
+      // weights (q8_0's band of tests/cpu_quant_test.ts).
       using auto = await kv.loadModel(`${out}/${dtype}.gguf`);
       assert.equal(auto.info.weightDType, "q8_0");
       const err = relativeError(await prefillLogits(auto, ids), await prefillLogits(deq, ids));
@@ -189,12 +189,13 @@ Deno.test("GGUF: q4_K and q6_K blocks (a Q4_K_M mix, and all q6_K) load as llama
           (t.name === "token_embd.weight" && stored.some((u) => u.name === "output.weight"))
         ) continue;
         const n = t.shape[0] * t.shape[1];
-        bytes += t.type === "q4_k" && native && t.name !== "token_embd.weight" ? n / 256 * 148 : n / 32 * 34;
+        const asStored = native && t.name !== "token_embd.weight";
+        bytes += asStored ? n / 256 * (t.type === "q4_k" ? 148 : 210) : n / 32 * 34;
       }
       assert.equal(
         auto.info.weightBytes,
         bytes,
-        `${dtype}: bytes per token (${native ? "native Q4_K" : "all q8_0"})`,
+        `${dtype}: bytes per token (${native ? "native Q4_K and Q6_K" : "all q8_0"})`,
       );
     }
   } finally {

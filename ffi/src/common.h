@@ -53,8 +53,8 @@ enum class DType : int32_t {
   BF16 = KF_DTYPE_BF16,
   Q8_0 = KF_DTYPE_Q8_0,
   Q4_0 = KF_DTYPE_Q4_0,
-  // llama.cpp's k-quants, read from GGUF files and converted at load (never computed on, never in
-  // the ABI): Q4_K (144-byte blocks of 256) and Q6_K (210-byte blocks of 256).
+  // llama.cpp's k-quants as GGUF files store them (never in the ABI; computed on only in the
+  // interleaved layouts below, else converted at load): Q4_K (144-byte blocks of 256) and Q6_K (210).
   Q4_K = 5,
   Q6_K = 6,
   // Q8_0 / Q4_0 blocks with 16 rows interleaved (cpu_quant.h): what the CPU loader makes of a
@@ -64,25 +64,33 @@ enum class DType : int32_t {
   // Q4_K blocks likewise, with their 6-bit scales and mins unpacked to bytes (148 bytes per row and
   // 256 values): a Q4_K GGUF matrix computed as it is stored.
   Q4_K_R16 = 9,
+  // Q6_K blocks likewise (210 bytes per row and 256 values, as stored; cpu_quant_vnni512.h).
+  Q6_K_R16 = 10,
 };
-constexpr int kNumDTypes = 10;
+constexpr int kNumDTypes = 11;
 
 // The 16-row interleaved layouts, and the row-major dtype each holds the blocks of.
-inline bool dtype_rows16(DType t) { return t == DType::Q8_0_R16 || t == DType::Q4_0_R16 || t == DType::Q4_K_R16; }
+inline bool dtype_rows16(DType t) {
+  return t == DType::Q8_0_R16 || t == DType::Q4_0_R16 || t == DType::Q4_K_R16 || t == DType::Q6_K_R16;
+}
 inline DType dtype_block_kind(DType t) {
   switch (t) {
   case DType::Q8_0_R16: return DType::Q8_0;
   case DType::Q4_0_R16: return DType::Q4_0;
   case DType::Q4_K_R16: return DType::Q4_K;
+  case DType::Q6_K_R16: return DType::Q6_K;
   default: return t;
   }
 }
-// Weights the int8 matmuls run on: Q8_0 / Q4_0 (blocks of 32, either layout) and Q4_K_R16.
+// Weights the int8 matmuls run on: Q8_0 / Q4_0 (blocks of 32, either layout), Q4_K_R16 and Q6_K_R16.
 inline bool dtype_quantized(DType t) {
-  return t == DType::Q4_K_R16 || dtype_block_kind(t) == DType::Q8_0 || dtype_block_kind(t) == DType::Q4_0;
+  return t == DType::Q4_K_R16 || t == DType::Q6_K_R16 || dtype_block_kind(t) == DType::Q8_0 ||
+         dtype_block_kind(t) == DType::Q4_0;
 }
 // Q4_K / Q6_K: weights that are only ever dequantized (blocks of 256).
 inline bool dtype_load_only(DType t) { return t == DType::Q4_K || t == DType::Q6_K; }
+// Values per block of a quantized dtype: 256 for the k-quants (either layout), else 32.
+inline int64_t dtype_block_values(DType t) { return dtype_load_only(dtype_block_kind(t)) ? 256 : 32; }
 // Bytes per element of a float dtype (quantized ones have no per-element size: use dtype_row_bytes).
 inline size_t dtype_size(DType t) { return t == DType::F32 ? 4 : 2; }
 // Bytes of a row of n values; quantized rows are n / 32 blocks of 34 (Q8_0) or 18 (Q4_0) bytes, or
@@ -108,6 +116,7 @@ inline const char *dtype_name(DType t) {
   case DType::Q8_0_R16: return "Q8_0";  // users asked for Q8_0: the layout is the CPU's business
   case DType::Q4_0_R16: return "Q4_0";
   case DType::Q4_K_R16: return "Q4_K";
+  case DType::Q6_K_R16: return "Q6_K";
   }
   return "?";
 }

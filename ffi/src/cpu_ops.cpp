@@ -245,13 +245,14 @@ void convert_row_to_f32(const void *src, DType dt, float *dst, int64_t n) {
   case DType::Q4_0:  // an embedding row of a quantized table; rows are whole blocks
   case DType::Q4_K:
   case DType::Q6_K:
-    if (n % (dtype_load_only(dt) ? kKQuantBlock : kQuantBlock) != 0)
+    if (n % dtype_block_values(dt) != 0)
       raise(KF_ERR_INTERNAL, "cannot convert row: %lld values are not whole blocks", (long long)n);
     dequantize_row(src, dt, dst, n);
     return;
   case DType::Q8_0_R16:
   case DType::Q4_0_R16:
-  case DType::Q4_K_R16:  // rows are spread over their group: weight_row_to_f32 reads them
+  case DType::Q4_K_R16:
+  case DType::Q6_K_R16:  // rows are spread over their group: weight_row_to_f32 reads them
     raise(KF_ERR_INTERNAL, "cannot convert row: interleaved %s weights have no row of their own", dtype_name(dt));
   }
   raise(KF_ERR_INTERNAL, "cannot convert row: unknown dtype %d", int(dt));

@@ -72,6 +72,22 @@ void q4_k_scale_min(const uint8_t *q, int j, uint8_t *sc, uint8_t *m) {
   }
 }
 
+// Value l's code: 4 low bits from ql, 2 high bits from qh. Per 128 values (ql[64], qh[32]): value l <
+// 32 takes ql[l]'s low nibble and qh[l]'s bits 0-1; l + 32 ql[l + 32]'s low nibble, bits 2-3; l + 64
+// ql[l]'s high nibble, bits 4-5; l + 96 ql[l + 32]'s high nibble, bits 6-7.
+void q6_k_codes(const BlockQ6_K &x, uint8_t *q) {
+  for (int half = 0; half < 2; half++) {
+    const uint8_t *ql = x.ql + 64 * half, *qh = x.qh + 32 * half;
+    uint8_t *o = q + 128 * half;
+    for (int l = 0; l < 32; l++) {
+      o[l] = uint8_t((ql[l] & 15) | ((qh[l] & 3) << 4));
+      o[l + 32] = uint8_t((ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4));
+      o[l + 64] = uint8_t((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4));
+      o[l + 96] = uint8_t((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4));
+    }
+  }
+}
+
 namespace {
 
 void dequantize_q4_k(const BlockQ4_K *x, float *y, int64_t nb) {
@@ -91,20 +107,12 @@ void dequantize_q4_k(const BlockQ4_K *x, float *y, int64_t nb) {
 }
 
 void dequantize_q6_k(const BlockQ6_K *x, float *y, int64_t nb) {
+  uint8_t q[kKQuantBlock];
   for (int64_t b = 0; b < nb; b++, y += kKQuantBlock) {
+    q6_k_codes(x[b], q);
     const float d = f16_to_f32(x[b].d);
-    for (int half = 0; half < 2; half++) {  // 128 values: ql[64], qh[32], scales[8]
-      const uint8_t *ql = x[b].ql + 64 * half, *qh = x[b].qh + 32 * half;
-      const int8_t *sc = x[b].scales + 8 * half;
-      float *o = y + 128 * half;
-      for (int l = 0; l < 32; l++) {
-        const int s = l / 16;
-        o[l] = d * sc[s] * float(((ql[l] & 15) | (((qh[l] >> 0) & 3) << 4)) - 32);
-        o[l + 32] = d * sc[s + 2] * float(((ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4)) - 32);
-        o[l + 64] = d * sc[s + 4] * float(((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
-        o[l + 96] = d * sc[s + 6] * float(((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
-      }
-    }
+    for (int j = 0; j < 16; j++)
+      for (int l = 0; l < 16; l++) y[16 * j + l] = d * float(x[b].scales[j]) * float(int(q[16 * j + l]) - 32);
   }
 }
 
@@ -297,7 +305,8 @@ std::atomic<int> g_amx{-1};           // tests: 0 / 1 turn the AMX GEMM off / on
 // activation blocks to whole tiles exactly then).
 bool amx_gemm_applies(DType dt, int64_t T, int64_t nb) {
   const int a = g_amx.load(std::memory_order_relaxed);
-  return dtype_rows16(dt) && T >= quant::kAmxMinTokens && (a < 0 ? cpu_int8_amx() : a == 1) &&
+  // Q6_K_R16 has no AMX kernel: the AVX512-VNNI group kernel runs it on AMX CPUs too.
+  return dtype_rows16(dt) && dt != DType::Q6_K_R16 && T >= quant::kAmxMinTokens && (a < 0 ? cpu_int8_amx() : a == 1) &&
          quant::amx_panel_bytes(dt, nb) <= ThreadPool::scratch_bytes();
 }
 
@@ -363,7 +372,7 @@ void row_block(Kernel k, const uint8_t *W, size_t rb, const ActBlock *xq, int64_
 }  // namespace
 
 bool matmul_quant_rows_apply(DType dt, int64_t T, int64_t in, int64_t out) {
-  const int64_t per = dt == DType::Q4_K_R16 ? kKQuantBlock : kQuantBlock;
+  const int64_t per = dtype_block_values(dt);
   if (!dtype_quantized(dt) || T < 1 || T > kQuantMatvecMaxT || in < 1 || in % per != 0) return false;
   return !dtype_rows16(dt) || (cpu_features().avx512_vnni && out % 16 == 0);
 }
@@ -384,13 +393,17 @@ void matmul_quant_rows(const ActBlock *xq, int64_t nb, const void *Wv, DType dt,
       }
       r += half;  // past the second half; an odd last group goes alone below
     }
+    // Activation rows 4 at a time, then 2 and 1: each group's weights (in L1) are put together for
+    // more rows at once (the k-quants' prefill; Q6_K's codes take a dozen instructions per 64 bytes).
     for (; r < r1; r += 16) {
       const uint8_t *g = W + size_t(r) * rb;
-      for (int64_t t = 0; t < T; t += 2) {
-        const int nt = int(std::min<int64_t>(2, T - t));
-        const ActBlock *xs[2] = {xq + t * nb, xq + (t + nt - 1) * nb};
-        float *ys[2] = {y + t * out + r, y + (t + nt - 1) * out + r};
+      for (int64_t t = 0; t < T;) {
+        const int nt = T - t >= 4 ? 4 : int(std::min<int64_t>(2, T - t));
+        const ActBlock *xs[4];
+        float *ys[4];
+        for (int j = 0; j < nt; j++) xs[j] = xq + (t + j) * nb, ys[j] = y + (t + j) * out + r;
         quant::rows16_groups(dt, &g, 1, nb, xs, nt, ys);
+        t += nt;
       }
     }
     add_bias_rows(y, T, out, bias, r0, r1);
@@ -451,7 +464,7 @@ void matmul_quant_dt(ThreadPool &pool, const ActBlock *xq, int64_t nb, const voi
   pool.parallel_for(n_panels + n_tasks, any_task);
 }
 
-// Interleaved weights (Q8_0_R16, Q4_0_R16, Q4_K_R16): the GEMM from kGemmMinTokens activation rows on
+// Interleaved weights (Q8_0_R16, Q4_0_R16, Q4_K_R16, Q6_K_R16): the GEMM from kGemmMinTokens activation rows on
 // (panels of two groups), else the group kernel over activation rows in pairs, one contiguous run of
 // groups per thread (decode streams W once, sequentially). A one-thread bench on one hot matrix had
 // the pair kernel ahead of the GEMM at every T, but whole models say otherwise (134M q4_0, 2 threads,
@@ -488,8 +501,10 @@ void matmul_rows16(ThreadPool &pool, const ActBlock *xq, int64_t nb, DType dt, c
     });
     return;
   }
-  // Q4_K's per-row mins have no place in the GEMM's panels: its prefill takes activation rows in pairs.
-  if (T >= quant::kGemmMinTokens && dt != DType::Q4_K_R16 && quant::gemm_panel_bytes(nb) <= ThreadPool::scratch_bytes()) {
+  // The k-quants' per-sub-block scales (and Q4_K's mins) have no place in the GEMM's panels: their
+  // prefill takes activation rows in pairs.
+  if (T >= quant::kGemmMinTokens && dtype_block_values(dt) == kQuantBlock &&
+      quant::gemm_panel_bytes(nb) <= ThreadPool::scratch_bytes()) {
     pool.parallel_for((out / 16 + 1) / 2, [&](int64_t p, int thread) {
       const int64_t r0 = p * 32;
       const int C = r0 + 32 <= out ? 2 : 1;
@@ -536,7 +551,7 @@ bool quant_force_kernel(const char *name) {
 namespace {
 
 void check_quant_shape(DType dt, int64_t in) {
-  const int64_t per = dt == DType::Q4_K_R16 ? kKQuantBlock : kQuantBlock;
+  const int64_t per = dtype_block_values(dt);
   if (!dtype_quantized(dt) || in % per != 0)
     raise(KF_ERR_INTERNAL, "cannot run matmul: %s weights need rows of a multiple of %lld values, not %lld",
           dtype_name(dt), (long long)per, (long long)in);

@@ -57,16 +57,21 @@ struct BlockQ6_K {
 };
 static_assert(sizeof(BlockQ4_K) == 144, "ggml block_q4_K is 144 bytes");
 static_assert(sizeof(BlockQ6_K) == 210, "ggml block_q6_K is 210 bytes");
-// Bytes of one block of a row-major block format (Q8_0, Q4_0 or Q4_K).
+// Bytes of one block of a row-major block format (Q8_0, Q4_0, Q4_K or Q6_K).
 constexpr size_t quant_block_bytes(DType t) {
-  return t == DType::Q8_0 ? sizeof(BlockQ8_0) : t == DType::Q4_0 ? sizeof(BlockQ4_0) : sizeof(BlockQ4_K);
+  return t == DType::Q8_0   ? sizeof(BlockQ8_0)
+         : t == DType::Q4_0 ? sizeof(BlockQ4_0)
+         : t == DType::Q6_K ? sizeof(BlockQ6_K)
+                            : sizeof(BlockQ4_K);
 }
 // Sub-block j's (0..7) 6-bit scale and min from a Q4_K block's packed `scales`.
 void q4_k_scale_min(const uint8_t *scales, int j, uint8_t *sc, uint8_t *m);
+// q[l] = value l's 6-bit code (0..63; the value is d * scales[l / 16] * (q[l] - 32)) of a Q6_K block.
+void q6_k_codes(const BlockQ6_K &x, uint8_t *q);
 
 // y[t][o] = sum_i x[t][i] * W[o][i] (+ bias[o]) for W in Q8_0 / Q4_0 rows ([out, in / 32] blocks),
 // or the 16-row interleaved layouts below (always the AVX512-VNNI kernels, whatever is forced);
-// x rows lda floats apart. in must be a multiple of 32 (256 for Q4_K_R16; else KF_ERR_INTERNAL: the
+// x rows lda floats apart. in must be a multiple of 32 (256 for Q4_K_R16 / Q6_K_R16; else KF_ERR_INTERNAL: the
 // loader refuses such models first). Rows of W are split over the pool in fixed blocks, so results do not depend
 // on the thread count. Uses vpdpbusd when cpu_int8_vnni(), else AVX2 maddubs, else plain loops;
 // with AVX512-VNNI and T >= 3, a GEMM over repacked weight panels (same bits as the row kernels).
@@ -104,8 +109,9 @@ void matmul_quant_rows(const quant::ActBlock *xq, int64_t nb, const void *W, DTy
 // horizontal sums), and decoding reads one sequential run per thread instead of 8 row streams:
 // 1.1B shapes, one thread, cold: Q4_0 13 -> 42 G weights/s, Q8_0 16 -> 25. Same bits as row-major.
 // Q4_K_R16 (from a Q4_K GGUF matrix) is the same idea per 256-value block, with the packed 6-bit
-// scales and mins unpacked to bytes (148 bytes per 256 values instead of 144; cpu_quant_vnni512.cpp).
-// dt: Q8_0, Q4_0 (dst may be src) or Q4_K (dst of rows * dtype_row_bytes(Q4_K_R16, cols) bytes);
+// scales and mins unpacked to bytes (148 bytes per 256 values instead of 144; cpu_quant_vnni512.cpp),
+// and Q6_K_R16 (from Q6_K: 210 bytes, as stored, its 4-bit and 2-bit parts apart).
+// dt: Q8_0, Q4_0 (dst may be src), Q4_K or Q6_K (dst of rows * dtype_row_bytes(Q*_K_R16, cols) bytes);
 // rows a multiple of 16, cols of the block.
 void interleave_rows16(ThreadPool &pool, DType dt, const void *src, int64_t rows, int64_t cols, void *dst);
 // dst: row r of an interleaved Q8_0_R16 / Q4_0_R16 matrix w as row-major blocks.

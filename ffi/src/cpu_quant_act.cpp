@@ -31,6 +31,7 @@ void quantize_act_row_scalar(const float *x, int64_t n, ActBlock *y) {
     for (int j = 0; j < 32; j++) {
       y[b].qs[j] = int8_t(std::nearbyintf(v[j] * id));
       s += y[b].qs[j];
+      if (j == 15) y[b].sum16 = s;
     }
     y[b].d = d;
     y[b].sum = s;
@@ -52,12 +53,14 @@ KF_Q512 inline __m512 block_abs_max(const float *v) {
   return _mm512_max_ps(_mm512_andnot_ps(sign, v1), _mm512_max_ps(_mm512_andnot_ps(sign, v0), _mm512_setzero_ps()));
 }
 
-// Writes block y's 32 values at scale id; returns their 16 pairwise sums (int32 lanes).
-KF_Q512 inline __m512i quantize_block(const float *v, float id, ActBlock *y) {
+// Writes block y's 32 values at scale id; *first = the first 16 (int32 lanes), returns the 16
+// pairwise sums of all 32.
+KF_Q512 inline __m512i quantize_block(const float *v, float id, ActBlock *y, __m512i *first) {
   const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(v), _mm512_set1_ps(id)));
   const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(v + 16), _mm512_set1_ps(id)));
   _mm_storeu_si128(reinterpret_cast<__m128i *>(y->qs), _mm512_cvtepi32_epi8(q0));
   _mm_storeu_si128(reinterpret_cast<__m128i *>(y->qs + 16), _mm512_cvtepi32_epi8(q1));
+  *first = q0;
   return _mm512_add_epi32(q0, q1);
 }
 
@@ -75,19 +78,27 @@ KF_Q512 void quantize_act_row_avx512(const float *x, int64_t n, ActBlock *y) {
     _mm512_store_ps(dv, d);
     _mm512_store_ps(idv, _mm512_maskz_div_ps(_mm512_cmp_ps_mask(d, _mm512_setzero_ps(), _CMP_NEQ_UQ),
                                              _mm512_set1_ps(1.0f), d));
-    __m512 sums[16];
-    for (int i = 0; i < 16; i++) sums[i] = _mm512_castsi512_ps(quantize_block(xb + 32 * i, idv[i], y + b + i));
-    alignas(64) int32_t sv[16];
-    _mm512_store_si512(sv, _mm512_castps_si512(reduce16(sums, [](__m512 u, __m512 w) KF_Q512 {
-                         return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(u), _mm512_castps_si512(w)));
-                       })));
-    for (int i = 0; i < 16; i++) y[b + i].d = dv[i], y[b + i].sum = sv[i];
+    __m512 sums[16], firsts[16];
+    for (int i = 0; i < 16; i++) {
+      __m512i f;
+      sums[i] = _mm512_castsi512_ps(quantize_block(xb + 32 * i, idv[i], y + b + i, &f));
+      firsts[i] = _mm512_castsi512_ps(f);
+    }
+    const auto add = [](__m512 u, __m512 w) KF_Q512 {
+      return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(u), _mm512_castps_si512(w)));
+    };
+    alignas(64) int32_t sv[16], fv[16];
+    _mm512_store_si512(sv, _mm512_castps_si512(reduce16(sums, add)));
+    _mm512_store_si512(fv, _mm512_castps_si512(reduce16(firsts, add)));
+    for (int i = 0; i < 16; i++) y[b + i].d = dv[i], y[b + i].sum = sv[i], y[b + i].sum16 = fv[i];
   }
   for (; b < nb; b++) {
     const float amax = _mm512_reduce_max_ps(block_abs_max(x + 32 * b));
     const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
     y[b].d = d;
-    y[b].sum = _mm512_reduce_add_epi32(quantize_block(x + 32 * b, id, y + b));
+    __m512i f;
+    y[b].sum = _mm512_reduce_add_epi32(quantize_block(x + 32 * b, id, y + b, &f));
+    y[b].sum16 = _mm512_reduce_add_epi32(f);
   }
 }
 #pragma GCC diagnostic pop

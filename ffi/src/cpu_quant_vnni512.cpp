@@ -23,6 +23,11 @@ namespace {
 size_t quant_bytes(DType base) { return quant_block_bytes(base) - 2; }  // a block's values (after its f16 scale)
 
 using quant::kQ4kGroupBlock, quant::kQ4kMins, quant::kQ4kScales, quant::kQ4kValues;
+using quant::kQ6kGroupBlock, quant::kQ6kHigh, quant::kQ6kLow, quant::kQ6kScales;
+
+size_t group_block_bytes(DType dt) {  // one group's block b, of a row-major dtype's blocks
+  return dt == DType::Q4_K ? kQ4kGroupBlock : dt == DType::Q6_K ? kQ6kGroupBlock : 16 * quant_block_bytes(dt);
+}
 
 // Row r's block b of a row-major matrix into its place in group block o.
 void place_block(DType dt, const uint8_t *blk, int r, uint8_t *o) {
@@ -34,6 +39,22 @@ void place_block(DType dt, const uint8_t *blk, int r, uint8_t *o) {
     for (int c = 0; c < 32; c++) std::memcpy(o + kQ4kValues + 64 * c + 4 * r, q.qs + 4 * c, 4);
     return;
   }
+  if (dt == DType::Q6_K) {
+    const BlockQ6_K &q = *reinterpret_cast<const BlockQ6_K *>(blk);
+    uint8_t c[kKQuantBlock];
+    q6_k_codes(q, c);
+    std::memcpy(o + 2 * r, &q.d, 2);
+    for (int j = 0; j < 16; j++) o[kQ6kScales + 16 * j + r] = uint8_t(q.scales[j]);
+    for (int i = 0; i < 4; i++)
+      for (int k = 0; k < 8; k++)
+        for (int e = 0; e < 4; e++) {
+          const uint8_t a = c[64 * i + 4 * k + e], b = c[64 * i + 32 + 4 * k + e];  // low, high nibble
+          o[kQ6kLow + 64 * (8 * i + k) + 4 * r + e] = uint8_t((a & 15) | (b & 15) << 4);
+          uint8_t &h = o[kQ6kHigh + 64 * (4 * i + k / 2) + 4 * r + e];
+          h = uint8_t(h | ((a >> 4) | (b >> 4) << 2) << (4 * (k % 2)));
+        }
+    return;
+  }
   std::memcpy(o + 2 * r, blk, 2);
   for (size_t k = 0; k < quant_bytes(dt) / 4; k++) std::memcpy(o + 32 + 64 * k + 4 * r, blk + 2 + 4 * k, 4);
 }
@@ -41,17 +62,20 @@ void place_block(DType dt, const uint8_t *blk, int r, uint8_t *o) {
 
 // Group g (16 rows), block b at (g * nb + b) * (group block bytes): the 16 rows' blocks b.
 void interleave_rows16(ThreadPool &pool, DType dt, const void *srcv, int64_t rows, int64_t cols, void *dstv) {
-  const int64_t per = dt == DType::Q4_K ? kKQuantBlock : kQuantBlock;
-  if (!(dt == DType::Q8_0 || dt == DType::Q4_0 || dt == DType::Q4_K) || rows % 16 != 0 || cols % per != 0 ||
-      (dt == DType::Q4_K && srcv == dstv))
+  const int64_t per = dtype_block_values(dt);
+  const bool k_quant = dt == DType::Q4_K || dt == DType::Q6_K;
+  if (!(dt == DType::Q8_0 || dt == DType::Q4_0 || k_quant) || rows % 16 != 0 || cols % per != 0 ||
+      (k_quant && srcv == dstv))
     raise(KF_ERR_INTERNAL, "cannot interleave %s rows: %lld x %lld is not whole 16-row groups of blocks%s",
-          dtype_name(dt), (long long)rows, (long long)cols, dt == DType::Q4_K ? " (or in place)" : "");
+          dtype_name(dt), (long long)rows, (long long)cols, k_quant ? " (or in place)" : "");
   const uint8_t *src = static_cast<const uint8_t *>(srcv);
   uint8_t *dst = static_cast<uint8_t *>(dstv);
   const int64_t nb = cols / per;
   const size_t bs = quant_block_bytes(dt), rb = size_t(nb) * bs;
-  const size_t gb = dt == DType::Q4_K ? kQ4kGroupBlock : 16 * bs;
+  const size_t gb = group_block_bytes(dt);
   // Q8_0 / Q4_0 groups take the same bytes in both layouts: each is copied aside first, so dst may be src.
+  // Q6_K's high bits are ORed in: the group starts zeroed.
+  if (dt == DType::Q6_K) std::memset(dst, 0, size_t(rows / 16) * size_t(nb) * gb);
   std::vector<uint8_t> aside(size_t(pool.size()) * 16 * rb);  // allocated here: no throw in workers
   pool.parallel_for(rows / 16, [&](int64_t g, int thread) {
     uint8_t *rows16 = aside.data() + size_t(thread) * 16 * rb;
@@ -80,21 +104,36 @@ void deinterleave_row16(DType dt, const void *wv, int64_t r, int64_t cols, void 
 }
 
 void rows16_row_to_f32(DType dt, const void *wv, int64_t r, int64_t cols, float *dst) {
-  if (dt != DType::Q4_K_R16) {
+  if (dt != DType::Q4_K_R16 && dt != DType::Q6_K_R16) {
     std::vector<uint8_t> blocks(dtype_row_bytes(dt, cols));
     deinterleave_row16(dt, wv, r, cols, blocks.data());
     return dequantize_row(blocks.data(), dtype_block_kind(dt), dst, cols);
   }
   if (cols % kKQuantBlock != 0)
-    raise(KF_ERR_INTERNAL, "cannot read a Q4_K row of %lld columns", (long long)cols);
+    raise(KF_ERR_INTERNAL, "cannot read a %s row of %lld columns", dtype_name(dt), (long long)cols);
   const uint8_t *w = static_cast<const uint8_t *>(wv);
+  const size_t gb = group_block_bytes(dtype_block_kind(dt));
   const int64_t nb = cols / kKQuantBlock, g = r / 16, i = r % 16;
   for (int64_t b = 0; b < nb; b++, dst += kKQuantBlock) {
-    const uint8_t *o = w + (size_t(g) * size_t(nb) + size_t(b)) * kQ4kGroupBlock;
-    uint16_t dh, mh;
+    const uint8_t *o = w + (size_t(g) * size_t(nb) + size_t(b)) * gb;
+    uint16_t dh;
     std::memcpy(&dh, o + 2 * i, 2);
+    const float d = f16_to_f32(dh);
+    if (dt == DType::Q6_K_R16) {  // as dequantize_q6_k: d * sc * (q - 32), in f32
+      for (int p = 0; p < 4; p++)
+        for (int k = 0; k < 8; k++)
+          for (int e = 0; e < 4; e++) {
+            const uint8_t lo = o[kQ6kLow + 64 * (8 * p + k) + 4 * i + e];
+            const uint8_t hi = uint8_t(o[kQ6kHigh + 64 * (4 * p + k / 2) + 4 * i + e] >> (4 * (k % 2)));
+            const int l0 = 64 * p + 4 * k + e, l1 = l0 + 32;
+            dst[l0] = d * float(int8_t(o[kQ6kScales + 16 * (l0 / 16) + i])) * float(((lo & 15) | (hi & 3) << 4) - 32);
+            dst[l1] = d * float(int8_t(o[kQ6kScales + 16 * (l1 / 16) + i])) * float(((lo >> 4) | (hi >> 2 & 3) << 4) - 32);
+          }
+      continue;
+    }
+    uint16_t mh;
     std::memcpy(&mh, o + 32 + 2 * i, 2);
-    const float d = f16_to_f32(dh), dmin = f16_to_f32(mh);
+    const float dmin = f16_to_f32(mh);
     for (int j = 0; j < 8; j++) {  // as dequantize_q4_k: (d * sc) * q - dmin * m, in f32
       const float ds = d * float(o[kQ4kScales + 16 * j + i]), dm = dmin * float(o[kQ4kMins + 16 * j + i]);
       for (int l = 0; l < 32; l++) {
@@ -414,6 +453,90 @@ KF_VNNI512 void rows16_q4_k(const uint8_t *const *groups, int64_t nb, const ActB
   for (int s = 0; s < S; s++)
     for (int j = 0; j < NT; j++) _mm512_storeu_ps(y[s * NT + j], acc[s][j]);
 }
+// Four activation bytes in every dword lane, loaded as one vpbroadcastd (through a register array, GCC
+// moved them via general registers: 2 extra instructions per broadcast).
+KF_VNNI512 inline __m512i broadcast4(const int8_t *q) {
+  return _mm512_broadcastd_epi32(_mm_cvtsi32_si128(*reinterpret_cast<const int32_t *>(q)));
+}
+
+// Q6_K_R16 over S groups (as rows16): per 256-value block, the 16 rows' d, then per pair of activation
+// blocks (a0 = 2i, a1 = 2i + 1: sub-blocks 4i .. 4i + 3) 8 loads of low bits and 4 of high bits, the
+// 6-bit codes put together in bytes for vpdpbusd; each sub-block's int dot starts at -32 * (its 16
+// activations' sum: ActBlock's sum16, or sum less that), so it is sum((q - 32) * x) exactly, and a0 adds (d * d_x) * (sc_4i * dot_4i +
+// sc_4i+1 * dot_4i+1) (integers up to 2^25), a1 likewise.
+template <int NT, int S, bool L2>
+KF_VNNI512 void rows16_q6_k(const uint8_t *const *groups, int64_t nb, const ActBlock *const *x, float *const *y) {
+  static_assert(S == 1 || NT == 1, "two streams take one activation row");
+  const uint8_t *p[S];
+  __m512 acc[S][NT];
+  for (int s = 0; s < S; s++) {
+    p[s] = groups[s];
+    for (int j = 0; j < NT; j++) acc[s][j] = _mm512_setzero_ps();
+  }
+  const __m512i low4 = _mm512_set1_epi8(15), bits45 = _mm512_set1_epi8(0x30);
+  auto scales = [](const uint8_t *q) KF_VNNI512 {  // 16 signed bytes as 16 ints
+    return _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(q)));
+  };
+  for (int64_t b = 0; b < nb; b++) {
+    __m512 d[S];
+    for (int s = 0; s < S; s++) {
+      for (size_t l = 0; l < kQ6kLow; l += 64) decode_prefetch_near_too<L2>(p[s] + l);
+      d[s] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p[s])));
+    }
+    for (int i = 0; i < 4; i++) {
+      // dot[s][j][h]: sub-block 4i + h against x[j] (h = 0, 1: a0's halves; 2, 3: a1's)
+      __m512i dot[S][NT][4];
+      const int8_t *x0[NT], *x1[NT];  // the activations, broadcast 4 at a time straight from memory
+      for (int j = 0; j < NT; j++) {
+        const ActBlock &a0 = x[j][8 * b + 2 * i], &a1 = x[j][8 * b + 2 * i + 1];
+        x0[j] = a0.qs;
+        x1[j] = a1.qs;
+        const __m512i init[4] = {_mm512_set1_epi32(-32 * a0.sum16), _mm512_set1_epi32(-32 * (a0.sum - a0.sum16)),
+                                 _mm512_set1_epi32(-32 * a1.sum16), _mm512_set1_epi32(-32 * (a1.sum - a1.sum16))};
+        for (int s = 0; s < S; s++)
+          for (int h = 0; h < 4; h++) dot[s][j][h] = init[h];
+      }
+      for (int s = 0; s < S; s++) {
+        for (int k = 0; k < 8; k++) decode_prefetch_near_too<L2>(p[s] + kQ6kLow + 64 * (8 * i + k));
+        for (int c = 0; c < 4; c++) decode_prefetch_near_too<L2>(p[s] + kQ6kHigh + 64 * (4 * i + c));
+      }
+      // Unrolled, so that dot[][][] stays in registers (its index k / 4 must be a constant).
+#pragma GCC unroll 4
+      for (int c = 0; c < 4; c++)
+        for (int s = 0; s < S; s++) {
+          const __m512i hb = _mm512_loadu_si512(p[s] + kQ6kHigh + 64 * (4 * i + c));
+          // Low-bit chunk 2c's high bits at bits 0-3 of hb, chunk 2c + 1's at 4-7 (16-bit shifts: what
+          // crosses a byte falls outside bits 4-5).
+          const __m512i h2[2][2] = {{_mm512_slli_epi16(hb, 4), _mm512_slli_epi16(hb, 2)}, {hb, _mm512_srli_epi16(hb, 2)}};
+#pragma GCC unroll 2
+          for (int e = 0; e < 2; e++) {
+            const int k = 2 * c + e;
+            const __m512i q = _mm512_loadu_si512(p[s] + kQ6kLow + 64 * (8 * i + k));
+            const __m512i v0 = _mm512_or_si512(_mm512_and_si512(q, low4), _mm512_and_si512(h2[e][0], bits45));
+            const __m512i v1 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(q, 4), low4),
+                                               _mm512_and_si512(h2[e][1], bits45));
+            for (int j = 0; j < NT; j++) {
+              dot[s][j][k / 4] = _mm512_dpbusd_epi32(dot[s][j][k / 4], v0, broadcast4(x0[j] + 4 * k));
+              dot[s][j][2 + k / 4] = _mm512_dpbusd_epi32(dot[s][j][2 + k / 4], v1, broadcast4(x1[j] + 4 * k));
+            }
+          }
+        }
+      for (int s = 0; s < S; s++)
+        for (int h = 0; h < 4; h += 2) {
+          const __m512i sc0 = scales(p[s] + kQ6kScales + 16 * (4 * i + h));
+          const __m512i sc1 = scales(p[s] + kQ6kScales + 16 * (4 * i + h + 1));
+          for (int j = 0; j < NT; j++) {
+            const __m512i t = _mm512_add_epi32(_mm512_mullo_epi32(dot[s][j][h], sc0), _mm512_mullo_epi32(dot[s][j][h + 1], sc1));
+            const float dx = x[j][8 * b + 2 * i + h / 2].d;
+            acc[s][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_mul_ps(d[s], _mm512_set1_ps(dx)), acc[s][j]);
+          }
+        }
+    }
+    for (int s = 0; s < S; s++) p[s] += kQ6kGroupBlock;
+  }
+  for (int s = 0; s < S; s++)
+    for (int j = 0; j < NT; j++) _mm512_storeu_ps(y[s * NT + j], acc[s][j]);
+}
 #pragma GCC diagnostic pop
 #undef KF_VNNI512
 #endif  // KF_QUANT_X86
@@ -452,17 +575,24 @@ void rows16_groups(DType dt, const uint8_t *const *groups, int ng, int64_t nb, c
 #ifdef KF_QUANT_X86
   with_decode_prefetch([&](auto l2) {
     constexpr bool L2 = decltype(l2)::value;
-    // (nt, ng) = (1, 1), (2, 1) or (1, 2); Q4_K's kernel counts blocks of 256 values
-    const auto run = [&](auto kernel1, auto kernel2, auto kernel_two, int64_t blocks) {
+    // (nt, ng) = (1, 1), (2, 1), (4, 1) or (1, 2); the k-quants' kernels count
+    // blocks of 256 values
+    const auto run = [&](auto kernel1, auto kernel2, auto kernel4, auto kernel_two, int64_t blocks) {
       if (ng == 2) kernel_two(groups, blocks, x, y);
+      else if (nt == 4) kernel4(groups, blocks, x, y);
       else if (nt == 2) kernel2(groups, blocks, x, y);
       else kernel1(groups, blocks, x, y);
     };
     if (dt == DType::Q4_K_R16)
-      run(rows16_q4_k<1, 1, L2>, rows16_q4_k<2, 1, L2>, rows16_q4_k<1, 2, L2>, nb / 8);
+      run(rows16_q4_k<1, 1, L2>, rows16_q4_k<2, 1, L2>, rows16_q4_k<4, 1, L2>, rows16_q4_k<1, 2, L2>, nb / 8);
+    else if (dt == DType::Q6_K_R16)
+      run(rows16_q6_k<1, 1, L2>, rows16_q6_k<2, 1, L2>, rows16_q6_k<4, 1, L2>, rows16_q6_k<1, 2, L2>, nb / 8);
     else if (dtype_block_kind(dt) == DType::Q8_0)
-      run(rows16<DType::Q8_0, 1, 1, L2>, rows16<DType::Q8_0, 2, 1, L2>, rows16<DType::Q8_0, 1, 2, L2>, nb);
-    else run(rows16<DType::Q4_0, 1, 1, L2>, rows16<DType::Q4_0, 2, 1, L2>, rows16<DType::Q4_0, 1, 2, L2>, nb);
+      run(rows16<DType::Q8_0, 1, 1, L2>, rows16<DType::Q8_0, 2, 1, L2>, rows16<DType::Q8_0, 4, 1, L2>,
+          rows16<DType::Q8_0, 1, 2, L2>, nb);
+    else
+      run(rows16<DType::Q4_0, 1, 1, L2>, rows16<DType::Q4_0, 2, 1, L2>, rows16<DType::Q4_0, 4, 1, L2>,
+          rows16<DType::Q4_0, 1, 2, L2>, nb);
   });
 #else
   (void)groups, (void)ng, (void)nb, (void)x, (void)nt, (void)y;

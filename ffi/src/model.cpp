@@ -56,14 +56,17 @@ namespace {
 }
 
 // A quantized matrix is finite when its block scales are (its quanta are integers): the first
-// element of the first block whose f16 scale is NaN or Inf, or -1. Blocks start with their scale.
+// element of the first block whose f16 scale (d; Q4_K's dmin too) is NaN or Inf, or -1. Q8_0, Q4_0
+// and Q4_K blocks start with their scale, Q6_K's ends with it.
 int64_t first_bad_block(const uint8_t *data, DType dt, int64_t first_block, int64_t n_blocks) {
-  const size_t block = quant_block_bytes(dt);
-  for (int64_t b = 0; b < n_blocks; b++) {
-    uint16_t d;
-    std::memcpy(&d, data + size_t(first_block + b) * block, 2);
-    if ((d & 0x7c00) == 0x7c00) return (first_block + b) * kQuantBlock;
-  }
+  const size_t block = quant_block_bytes(dt), at = dt == DType::Q6_K ? block - 2 : 0;
+  const int scales = dt == DType::Q4_K ? 2 : 1;
+  for (int64_t b = 0; b < n_blocks; b++)
+    for (int k = 0; k < scales; k++) {
+      uint16_t d;
+      std::memcpy(&d, data + size_t(first_block + b) * block + at + 2 * size_t(k), 2);
+      if ((d & 0x7c00) == 0x7c00) return (first_block + b) * dtype_block_values(dt);
+    }
   return -1;
 }
 
@@ -226,20 +229,20 @@ void model_load(kf_model &m, const std::string &dir, const kf_model_params &p, k
 
   // A projection in the interleaved layout (where rows16): in place in a converted copy, else in a new one.
   auto projection = [&](const std::string &name) -> Weight {
-    // A Q4_K matrix under auto stays 4-bit: interleaved from the file's blocks, never dequantized.
+    // A Q4_K or Q6_K matrix under auto keeps its bits: interleaved from the file's blocks, never
+    // dequantized (Q6_K as q8_0 read 8.5 bits per weight instead of 6.56).
     const TensorInfo *t = find(name);
-    if (rows16 && t && t->dtype == DType::Q4_K && p.weight_dtype == KF_DTYPE_AUTO && t->shape.size() == 2 &&
+    if (rows16 && t && dtype_load_only(t->dtype) && p.weight_dtype == KF_DTYPE_AUTO && t->shape.size() == 2 &&
         t->shape[0] % 16 == 0 && t->shape[1] % kKQuantBlock == 0) {
       check_cancel(ctl, "load model");
-      const int64_t rows = t->shape[0], cols = t->shape[1], blocks = rows * (cols / kKQuantBlock);
-      for (int64_t b = 0; b < blocks; b++) {  // only d and dmin can be non-finite
-        const BlockQ4_K &q = reinterpret_cast<const BlockQ4_K *>(t->data)[b];
-        if ((q.d & 0x7c00) == 0x7c00 || (q.dmin & 0x7c00) == 0x7c00) refuse_bad_scale(*t, b * kKQuantBlock);
-      }
-      uint8_t *dst = new_buffer(size_t(rows) * dtype_row_bytes(DType::Q4_K_R16, cols));
-      interleave_rows16(pool, DType::Q4_K, t->data, rows, cols, dst);
+      const int64_t rows = t->shape[0], cols = t->shape[1];
+      if (const int64_t bad = first_bad_block(t->data, t->dtype, 0, rows * (cols / kKQuantBlock)); bad >= 0)
+        refuse_bad_scale(*t, bad);
+      const DType r16 = t->dtype == DType::Q4_K ? DType::Q4_K_R16 : DType::Q6_K_R16;
+      uint8_t *dst = new_buffer(size_t(rows) * dtype_row_bytes(r16, cols));
+      interleave_rows16(pool, t->dtype, t->data, rows, cols, dst);
       progress_add(ctl, int64_t(t->nbytes));
-      return Weight{dst, DType::Q4_K_R16, rows, cols};
+      return Weight{dst, r16, rows, cols};
     }
     Weight w = matrix(name);
     if (!rows16 || w.rows % 16 != 0 || !dtype_quantized(w.dtype)) return w;

@@ -1,7 +1,7 @@
 // cpu_decode_reads_test.cpp — decode's ways of reading weights (cpu_features.h DecodeReads: the far
 // prefetch's level, short bf16 rows in pairs or alone, two streams per thread) change no bit: every
 // combination gives the default's outputs for f16 and bf16 rows (short and long) and the 16-row
-// interleaved int8 layouts (Q8_0_R16, Q4_0_R16, Q4_K_R16), at T = 1..3 (two streams take T = 1 only),
+// interleaved int8 layouts (Q8_0_R16, Q4_0_R16, Q4_K_R16, Q6_K_R16), at T = 1..3 (two streams take T = 1 only),
 // at 1-3 threads (so runs of odd group counts split mid-way), with and without a bias.
 #include <cmath>
 #include <cstring>
@@ -26,11 +26,15 @@ std::vector<uint8_t> make_weights(Rng &rng, DType dt, int64_t N, int64_t K, Thre
     make_float_weights(rng, dt, size_t(N * K), raw, exact);
     return raw;
   }
-  const std::vector<float> f = random_vec(rng, size_t(N * K));
   const DType base = dtype_block_kind(dt);
   const size_t rb = dtype_row_bytes(base, K);
   std::vector<uint8_t> raw(size_t(N) * rb), inter(size_t(N) * dtype_row_bytes(dt, K));
-  for (int64_t o = 0; o < N; o++) quantize_row(f.data() + o * K, base, raw.data() + size_t(o) * rb, K);
+  if (dtype_load_only(base)) {
+    raw = random_k_blocks(rng, base, N, K);
+  } else {
+    const std::vector<float> f = random_vec(rng, size_t(N * K));
+    for (int64_t o = 0; o < N; o++) quantize_row(f.data() + o * K, base, raw.data() + size_t(o) * rb, K);
+  }
   interleave_rows16(pool, base, raw.data(), N, K, inter.data());
   return inter;
 }
@@ -50,7 +54,7 @@ void test_decode_reads(ThreadPool *pools) {
   // bf16 K = 520 and 1000: short rows (under kMvShortRowBytes); 1565: long ones.
   const Case cases[] = {{DType::F16, 200},      {DType::F16, 1565},      {DType::BF16, 520},
                         {DType::BF16, 1000},    {DType::BF16, 1565},     {DType::Q8_0_R16, 96},
-                        {DType::Q4_0_R16, 320}, {DType::Q4_K_R16, 512}};
+                        {DType::Q4_0_R16, 320}, {DType::Q4_K_R16, 512}, {DType::Q6_K_R16, 768}};
   const bool r16 = cpu_features().avx512_vnni;
   for (const Case &k : cases) {
     if (dtype_rows16(k.dt) && !r16) continue;

@@ -41,10 +41,14 @@ void test_act_blocks_avx512() {
   cpu_force_path(CpuPath::Avx512);
   quantize_act_rows(x.data(), in, in, 3, got.data());
   for (size_t b = 0; b < want.size(); b++) {
-    if (b == 3 || b == 20) {  // the NaN's own value (and so the sum) is whatever int8(NaN) gives
+    if (b == 3 || b == 20) {  // the NaN's own value (and so the sums) is whatever int8(NaN) gives
       got[b].qs[b == 3 ? 4 : 7] = want[b].qs[b == 3 ? 4 : 7];
       got[b].sum = want[b].sum;
+      got[b].sum16 = want[b].sum16;
     }
+    int32_t sum = 0, sum16 = 0;  // the scalar blocks' sums, from their values
+    for (int j = 0; j < 32; j++) sum += want[b].qs[j], sum16 += j < 16 ? want[b].qs[j] : 0;
+    c.expect(want[b].sum == sum && want[b].sum16 == sum16, fmt("block %lld sums", (long long)b));
     c.expect(std::memcmp(&want[b], &got[b], sizeof(quant::ActBlock)) == 0, fmt("block %lld", (long long)b));
   }
   cpu_force_path(CpuPath::Amx);  // back to the best this CPU has

@@ -72,6 +72,20 @@ inline void make_float_weights(Rng &rng, kf::DType dt, size_t n, std::vector<uin
   }
 }
 
+// Random k-quant blocks (Q4_K or Q6_K) of n rows of K values: every byte random but the f16 scales.
+inline std::vector<uint8_t> random_k_blocks(Rng &rng, kf::DType dt, int64_t n, int64_t K) {
+  std::vector<uint8_t> raw(size_t(n) * kf::dtype_row_bytes(dt, K));
+  for (uint8_t &b : raw) b = uint8_t(rng.uniform() * 127.5f + 128.0f);
+  const size_t bs = kf::dtype_row_bytes(dt, 256);
+  for (size_t at = 0; at < raw.size(); at += bs) {
+    const uint16_t d = kf::f32_to_f16(0.002f + 0.01f * std::fabs(rng.uniform()));
+    const uint16_t dmin = kf::f32_to_f16(0.002f + 0.01f * std::fabs(rng.uniform()));
+    if (dt == kf::DType::Q4_K) std::memcpy(&raw[at], &d, 2), std::memcpy(&raw[at + 2], &dmin, 2);
+    else std::memcpy(&raw[at + bs - 2], &d, 2);  // Q6_K's d ends the block
+  }
+  return raw;
+}
+
 inline std::string fmt(const char *f, long long a, long long b = 0, long long c = 0, long long d = 0) {
   char buf[160];
   std::snprintf(buf, sizeof buf, f, a, b, c, d);

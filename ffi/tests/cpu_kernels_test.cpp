@@ -250,33 +250,28 @@ void test_quant_rows16(ThreadPool *pools) {
   quant_force_kernel(nullptr);
 }
 
-// Q4_K matrices interleaved as they are (Q4_K_R16): rows read back as dequantize_row gives them,
-// and the matmul equals the float64 sum over the dequantized weights and int8 activations, the same
-// bits for any thread count and for each activation row alone or in a batch.
-void test_q4_k_rows16(ThreadPool *pools, const char *kernel) {
+// Q4_K and Q6_K matrices interleaved as they are (Q4_K_R16, Q6_K_R16): rows read back as
+// dequantize_row gives them, and the matmul equals the float64 sum over the dequantized weights and
+// int8 activations, the same bits for any thread count and for each activation row alone or in a batch.
+void test_k_quant_rows16(ThreadPool *pools, DType dt, const char *kernel) {
+  const DType r16 = dt == DType::Q4_K ? DType::Q4_K_R16 : DType::Q6_K_R16;
+  const std::string name = std::string(dtype_name(dt)) + "_R16";
   if (!quant_force_kernel(kernel)) {
-    std::printf("skip Q4_K_R16 (%s): this CPU lacks it\n", kernel);
+    std::printf("skip %s (%s): this CPU lacks it\n", name.c_str(), kernel);
     return;
   }
-  Check c(std::string("Q4_K_R16 against float64 over the dequantized Q4_K blocks, ") + kernel);
-  Rng rng(31);
+  Check c(name + " against float64 over the dequantized " + dtype_name(dt) + " blocks, " + kernel);
+  Rng rng(dt == DType::Q4_K ? 31 : 37);
   for (int64_t K : {256, 768})
     for (int64_t N : {16, 48}) {
-      const int64_t nbk = K / 256;
-      std::vector<BlockQ4_K> raw(size_t(N * nbk));
-      for (BlockQ4_K &q : raw) {
-        q.d = f32_to_f16(0.002f + 0.01f * std::fabs(rng.uniform()));
-        q.dmin = f32_to_f16(0.002f + 0.01f * std::fabs(rng.uniform()));
-        for (uint8_t &b : q.scales) b = uint8_t(rng.uniform() * 127.5f + 128.0f);
-        for (uint8_t &b : q.qs) b = uint8_t(rng.uniform() * 127.5f + 128.0f);
-      }
-      std::vector<uint8_t> inter(size_t(N) * dtype_row_bytes(DType::Q4_K_R16, K));
-      interleave_rows16(pools[1], DType::Q4_K, raw.data(), N, K, inter.data());
+      const std::vector<uint8_t> raw = random_k_blocks(rng, dt, N, K);
+      std::vector<uint8_t> inter(size_t(N) * dtype_row_bytes(r16, K));
+      interleave_rows16(pools[1], dt, raw.data(), N, K, inter.data());
       std::vector<float> w(size_t(N * K)), back(static_cast<size_t>(K));
       const std::string shape = fmt("K=%lld N=%lld", K, N);
       for (int64_t o = 0; o < N; o++) {
-        dequantize_row(raw.data() + o * nbk, DType::Q4_K, w.data() + o * K, K);
-        rows16_row_to_f32(DType::Q4_K_R16, inter.data(), o, K, back.data());
+        dequantize_row(raw.data() + size_t(o) * dtype_row_bytes(dt, K), dt, w.data() + o * K, K);
+        rows16_row_to_f32(r16, inter.data(), o, K, back.data());
         c.expect(std::memcmp(back.data(), w.data() + o * K, size_t(K) * 4) == 0, shape + fmt(" row %lld back", o));
       }
       for (int64_t T : {1, 2, 3, 5, 8, 17}) {
@@ -284,18 +279,18 @@ void test_q4_k_rows16(ThreadPool *pools, const char *kernel) {
         double mag;
         const std::vector<double> ref = quant_reference(x, w, bias, T, K, N, &mag);
         const std::vector<float> first =
-            check_quant_matmul(c, pools, x, inter.data(), DType::Q4_K_R16, bias, ref, mag, T, K, N, shape + fmt(" T=%lld", T));
+            check_quant_matmul(c, pools, x, inter.data(), r16, bias, ref, mag, T, K, N, shape + fmt(" T=%lld", T));
         for (int64_t t = 0; t < T; t++) {  // each row alone: the batch's bits
           std::vector<float> one(static_cast<size_t>(N));
-          matmul(pools[1], x.data() + t * K, inter.data(), DType::Q4_K_R16, one.data(), 1, K, N, bias.data());
+          matmul(pools[1], x.data() + t * K, inter.data(), r16, one.data(), 1, K, N, bias.data());
           c.expect(std::memcmp(one.data(), first.data() + t * N, size_t(N) * 4) == 0, shape + fmt(" T=%lld row %lld alone", T, t));
         }
       }
     }
   c.expect(throws_error([&] {
-    std::vector<uint8_t> w(16 * sizeof(BlockQ4_K));
-    interleave_rows16(pools[0], DType::Q4_K, w.data(), 16, 256, w.data());
-  }), "Q4_K in place refused (its interleaved rows are longer)");
+    std::vector<uint8_t> w(16 * dtype_row_bytes(dt, 256));
+    interleave_rows16(pools[0], dt, w.data(), 16, 256, w.data());
+  }), name + " in place refused");
   quant_force_kernel(nullptr);
 }
 
@@ -436,8 +431,8 @@ int main() {
   test_elementwise_avx512();
   test_quant_gemm_matches_rows(pools);
   test_quant_rows16(pools);
-  test_q4_k_rows16(pools, "vnni512");
-  test_q4_k_rows16(pools, "amx");
+  for (DType dt : {DType::Q4_K, DType::Q6_K})
+    for (const char *kernel : {"vnni512", "amx"}) test_k_quant_rows16(pools, dt, kernel);
   std::printf(g_failed ? "FAILED: %d check(s)\n" : "all checks passed\n", g_failed);
   return g_failed ? 1 : 0;
 }
