@@ -36,8 +36,8 @@ import { LlamaCppPeer, type PeerLoad } from "./_llamacpp_peer.ts";
 import { spread } from "./_stats.ts";
 
 // q4_k_m: llama.cpp's most published mix (q4_K + q6_K), which kvfold reads from the GGUF file and
-// computes on as stored for Q4_K (where the VNNI kernels run) and as q8_0 for Q6_K; its row compares
-// the same file in both engines.
+// computes on as stored (where the VNNI kernels run; elsewhere as q8_0); its row compares the same file
+// in both engines.
 const DTYPES = ["f32", "bf16", "f16", "q8_0", "q4_0", "q4_k_m"] as const;
 type Dtype = typeof DTYPES[number];
 type Engine = "kvfold" | "kvfold-gguf" | "llama.cpp";
