@@ -315,6 +315,27 @@ KF_VNNI512 void pack_rows16_panel(const uint8_t *groups, size_t group_bytes, int
   }
 }
 
+// S groups' read positions (p[s], moved on block by block) and their accumulators for NT activation rows
+// (lanes = the group's 16 outputs): what the group kernels below share. y[s * NT + j] gets group s's
+// outputs for x[j].
+template <int NT, int S>
+struct GroupSums {
+  static_assert(S == 1 || NT == 1, "two streams take one activation row");
+  const uint8_t *p[S];
+  __m512 acc[S][NT];
+
+  KF_VNNI512 explicit GroupSums(const uint8_t *const *groups) {
+    for (int s = 0; s < S; s++) {
+      p[s] = groups[s];
+      for (int j = 0; j < NT; j++) acc[s][j] = _mm512_setzero_ps();
+    }
+  }
+  KF_VNNI512 void store(float *const *y) const {
+    for (int s = 0; s < S; s++)
+      for (int j = 0; j < NT; j++) _mm512_storeu_ps(y[s * NT + j], acc[s][j]);
+  }
+};
+
 // Decode over S groups (S = 2: two streams far apart, read in lockstep; then NT = 1): per block, one
 // zmm of 16 scales, 8 (Q8_0) or 4 (Q4_0, two nibble halves) loads, and 8 vpdpbusd per activation row
 // whose lanes are the 16 outputs; no horizontal sums. The int sums go in two chains so each block's
@@ -323,15 +344,11 @@ KF_VNNI512 void pack_rows16_panel(const uint8_t *groups, size_t group_bytes, int
 // whatever S and NT are. y[s * NT + j] gets group s's outputs for x[j].
 template <DType D, int NT, int S, bool L2>
 KF_VNNI512 void rows16(const uint8_t *const *groups, int64_t nb, const ActBlock *const *x, float *const *y) {
-  static_assert(S == 1 || NT == 1, "two streams take one activation row");
   constexpr size_t gb = 16 * quant_block_bytes(D);
   constexpr int32_t offset = D == DType::Q8_0 ? 128 : 8;
-  const uint8_t *p[S];
-  __m512 acc[S][NT];
-  for (int s = 0; s < S; s++) {
-    p[s] = groups[s];
-    for (int j = 0; j < NT; j++) acc[s][j] = _mm512_setzero_ps();
-  }
+  GroupSums<NT, S> g(groups);
+  auto &p = g.p;
+  auto &acc = g.acc;
   for (int64_t b = 0; b < nb; b++) {
     // A group is one sequential stream: every line of the block kDecodePrefetchBytes on (and
     // kDecodeNearPrefetchBytes on into L1 where the far one goes to L2: decode_prefetch_near_too).
@@ -385,21 +402,16 @@ KF_VNNI512 void rows16(const uint8_t *const *groups, int64_t nb, const ActBlock 
       p[s] += gb;
     }
   }
-  for (int s = 0; s < S; s++)
-    for (int j = 0; j < NT; j++) _mm512_storeu_ps(y[s * NT + j], acc[s][j]);
+  g.store(y);
 }
 // Q4_K_R16 over S groups (as rows16): per 256-value block, the 16 rows' d and dmin, then per pair of
 // sub-blocks 8 loads of 64 bytes (low nibbles: sub-block 2i, high: 2i + 1) against the two
 // activation blocks; each sub-block adds (d * sc) * d_x * dot - (dmin * m) * d_x * sum(x).
 template <int NT, int S, bool L2>
 KF_VNNI512 void rows16_q4_k(const uint8_t *const *groups, int64_t nb, const ActBlock *const *x, float *const *y) {
-  static_assert(S == 1 || NT == 1, "two streams take one activation row");
-  const uint8_t *p[S];
-  __m512 acc[S][NT];
-  for (int s = 0; s < S; s++) {
-    p[s] = groups[s];
-    for (int j = 0; j < NT; j++) acc[s][j] = _mm512_setzero_ps();
-  }
+  GroupSums<NT, S> g(groups);
+  auto &p = g.p;
+  auto &acc = g.acc;
   const __m512i low4 = _mm512_set1_epi8(15);
   auto bytes_ps = [](const uint8_t *q) KF_VNNI512 {  // 16 bytes as 16 floats
     return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(q))));
@@ -450,8 +462,7 @@ KF_VNNI512 void rows16_q4_k(const uint8_t *const *groups, int64_t nb, const ActB
     }
     for (int s = 0; s < S; s++) p[s] += kQ4kGroupBlock;
   }
-  for (int s = 0; s < S; s++)
-    for (int j = 0; j < NT; j++) _mm512_storeu_ps(y[s * NT + j], acc[s][j]);
+  g.store(y);
 }
 // Four activation bytes in every dword lane, loaded as one vpbroadcastd (through a register array, GCC
 // moved them via general registers: 2 extra instructions per broadcast).
@@ -462,17 +473,13 @@ KF_VNNI512 inline __m512i broadcast4(const int8_t *q) {
 // Q6_K_R16 over S groups (as rows16): per 256-value block, the 16 rows' d, then per pair of activation
 // blocks (a0 = 2i, a1 = 2i + 1: sub-blocks 4i .. 4i + 3) 8 loads of low bits and 4 of high bits, the
 // 6-bit codes put together in bytes for vpdpbusd; each sub-block's int dot starts at -32 * (its 16
-// activations' sum: ActBlock's sum16, or sum less that), so it is sum((q - 32) * x) exactly, and a0 adds (d * d_x) * (sc_4i * dot_4i +
-// sc_4i+1 * dot_4i+1) (integers up to 2^25), a1 likewise.
+// activations' sum: ActBlock's sum16, or sum less that), so it is sum((q - 32) * x) exactly, and a0
+// adds (d * d_x) * (sc_4i * dot_4i + sc_4i+1 * dot_4i+1) (integers up to 2^25), a1 likewise.
 template <int NT, int S, bool L2>
 KF_VNNI512 void rows16_q6_k(const uint8_t *const *groups, int64_t nb, const ActBlock *const *x, float *const *y) {
-  static_assert(S == 1 || NT == 1, "two streams take one activation row");
-  const uint8_t *p[S];
-  __m512 acc[S][NT];
-  for (int s = 0; s < S; s++) {
-    p[s] = groups[s];
-    for (int j = 0; j < NT; j++) acc[s][j] = _mm512_setzero_ps();
-  }
+  GroupSums<NT, S> g(groups);
+  auto &p = g.p;
+  auto &acc = g.acc;
   const __m512i low4 = _mm512_set1_epi8(15), bits45 = _mm512_set1_epi8(0x30);
   auto scales = [](const uint8_t *q) KF_VNNI512 {  // 16 signed bytes as 16 ints
     return _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(q)));
@@ -534,8 +541,7 @@ KF_VNNI512 void rows16_q6_k(const uint8_t *const *groups, int64_t nb, const ActB
     }
     for (int s = 0; s < S; s++) p[s] += kQ6kGroupBlock;
   }
-  for (int s = 0; s < S; s++)
-    for (int j = 0; j < NT; j++) _mm512_storeu_ps(y[s * NT + j], acc[s][j]);
+  g.store(y);
 }
 #pragma GCC diagnostic pop
 #undef KF_VNNI512
