@@ -7,7 +7,9 @@
 //       ffi/src/cpu_matmul_amx.cpp ffi/src/cpu_features.cpp ffi/src/cpu_attention.cpp ffi/src/cpu_attention_avx512.cpp
 //       ffi/src/cpu_ops_avx512.cpp ffi/src/cpu_quant_act.cpp ffi/src/threadpool.cpp ffi/src/common.cpp
 //       ffi/src/json.cpp -o build/decode_chain && build/decode_chain [out.json]
-// KF_CHAIN_SHAPES="small,1.1b" and KF_CHAIN_DTYPES="F32,BF16,F16,Q8_0,Q4_0" pick what runs (default: all);
+// KF_CHAIN_SHAPES="small,1.1b" and KF_CHAIN_DTYPES="F32,BF16,F16,Q8_0,Q4_0,Q4_K_M" pick what runs (default:
+// all; Q4_K_M, llama.cpp's mix as kvfold's GGUF writer makes it: Q6_K for v, down and the head, Q4_K
+// elsewhere, runs where the loader keeps them as stored, i.e. where AVX512-VNNI runs);
 // KF_CHAIN_THREADS (default 2), KF_CHAIN_ROUNDS (default 4).
 //
 // Why: `bench/vs_llamacpp.ts` reports a decode's bytes per second against the read probes beside it,
@@ -46,7 +48,9 @@ struct Shape {
 };
 // The bench models of vs_llamacpp.ts: the 134M (12 heads of 64, no GQA) and the 1.1B (TinyLlama's).
 const Shape kShapes[] = {{"small", 12, 768, 768, 2048, 32000}, {"1.1b", 22, 2048, 256, 5632, 32000}};
-const DType kDtypes[] = {DType::F32, DType::BF16, DType::F16, DType::Q8_0, DType::Q4_0};
+// Q4_K stands for the Q4_K_M mix.
+const DType kDtypes[] = {DType::F32, DType::BF16, DType::F16, DType::Q8_0, DType::Q4_0, DType::Q4_K};
+const char *mix_name(DType dt) { return dt == DType::Q4_K ? "Q4_K_M" : dtype_name(dt); }
 const char *const kKinds[] = {"qkv", "o", "gateUp", "down", "head"};  // JSON keys: <kind>GBs
 
 bool listed(const char *env, const char *name) {
@@ -61,8 +65,23 @@ int env_int(const char *env, int fallback) {
   return v ? std::max(1, std::atoi(v)) : fallback;
 }
 
-// W [out, in] in the layout the loader gives dt (values do not change the speed).
+// W [out, in] in the layout the loader gives dt (values do not change the speed). The k-quants (Q4_K,
+// Q6_K): bytes of a fixed pattern with a small finite scale per block, interleaved as the loader does.
 const uint8_t *make_weights(ThreadPool &pool, WeightArena &arena, DType dt, int64_t out, int64_t in, DType *used) {
+  if (dtype_load_only(dt)) {
+    std::vector<uint8_t> raw(size_t(out) * dtype_row_bytes(dt, in));
+    for (size_t i = 0; i < raw.size(); i++) raw[i] = uint8_t(i * 131 % 251);
+    const size_t bs = dtype_row_bytes(dt, kKQuantBlock), at = dt == DType::Q6_K ? bs - 2 : 0;
+    const uint16_t d = f32_to_f16(0.01f);
+    for (size_t b = 0; b < raw.size(); b += bs) {
+      std::memcpy(&raw[b + at], &d, 2);
+      if (dt == DType::Q4_K) std::memcpy(&raw[b + 2], &d, 2);  // dmin
+    }
+    *used = dt == DType::Q4_K ? DType::Q4_K_R16 : DType::Q6_K_R16;
+    uint8_t *w = arena.alloc(size_t(out) * dtype_row_bytes(*used, in), "weights");
+    interleave_rows16(pool, dt, raw.data(), out, in, w);
+    return w;
+  }
   const size_t rb = dtype_row_bytes(dt, in);
   uint8_t *w = arena.alloc(size_t(out) * rb, "weights");
   std::vector<float> row(static_cast<size_t>(in));
@@ -102,12 +121,16 @@ int main(int argc, char **argv) {
   std::vector<Row> rows;
   std::printf("decode_chain: %d thread(s); %% = GB/s of weights over the mean of the read probes before and after\n",
               threads);
-  std::printf("%-6s %-5s %5s %9s %9s %9s %6s   %s\n", "shape", "dtype", "round", "steps/s", "GB/s", "probe", "%",
+  std::printf("%-6s %-6s %5s %9s %9s %9s %6s   %s\n", "shape", "dtype", "round", "steps/s", "GB/s", "probe", "%",
               "GB/s per product: qkv o gate/up down head");
   for (const Shape &s : kShapes) {
     if (!listed("KF_CHAIN_SHAPES", s.name)) continue;
     for (DType dt : kDtypes) {
-      if (!listed("KF_CHAIN_DTYPES", dtype_name(dt))) continue;
+      if (!listed("KF_CHAIN_DTYPES", mix_name(dt))) continue;
+      if (dt == DType::Q4_K && !quant_rows16_wanted()) {
+        std::printf("%-6s %-6s skipped: the loader converts k-quants to q8_0 without AVX512-VNNI\n", s.name, "Q4_K_M");
+        continue;
+      }
       WeightArena arena;
       struct Product {
         int kind;
@@ -118,19 +141,20 @@ int main(int argc, char **argv) {
       };
       std::vector<Product> step;  // in call order; consecutive products of one x with the same kind share a region
       size_t bytes = 0;
-      auto add = [&](int kind, int64_t out, int64_t in) {
+      // six: Q6_K in the Q4_K_M mix (v, down, the head)
+      auto add = [&](int kind, int64_t out, int64_t in, bool six = false) {
         DType used;
-        const uint8_t *W = make_weights(pool, arena, dt, out, in, &used);
-        step.push_back({kind, W, used, in, out, size_t(out) * dtype_row_bytes(dt, in)});
+        const uint8_t *W = make_weights(pool, arena, dt == DType::Q4_K && six ? DType::Q6_K : dt, out, in, &used);
+        step.push_back({kind, W, used, in, out, size_t(out) * dtype_row_bytes(used, in)});
         bytes += step.back().bytes;
       };
       for (int64_t l = 0; l < s.layers; l++) {
-        add(0, s.hidden, s.hidden), add(0, s.kv, s.hidden), add(0, s.kv, s.hidden);
+        add(0, s.hidden, s.hidden), add(0, s.kv, s.hidden), add(0, s.kv, s.hidden, true);
         add(1, s.hidden, s.hidden);
         add(2, s.inter, s.hidden), add(2, s.inter, s.hidden);
-        add(3, s.hidden, s.inter);
+        add(3, s.hidden, s.inter, true);
       }
-      add(4, s.vocab, s.hidden);
+      add(4, s.vocab, s.hidden, true);
       std::vector<float> x(size_t(s.inter), 0.01f), y(size_t(s.vocab) * 3);
       double kind_s[5] = {}, kind_bytes[5] = {};
       auto run_step = [&] {
@@ -159,9 +183,9 @@ int main(int argc, char **argv) {
         for (int i = 0; i < steps; i++) run_step();
         const double sec = std::chrono::duration<double>(Clock::now() - t0).count();
         const double after = measure_read_bandwidth(pool, int64_t(256) << 20, 2, nullptr);
-        Row row{s.name, dtype_name(dt), r + 1, steps / sec, double(bytes) * steps / sec / 1e9, (before + after) / 2, {}};
+        Row row{s.name, mix_name(dt), r + 1, steps / sec, double(bytes) * steps / sec / 1e9, (before + after) / 2, {}};
         for (int k = 0; k < 5; k++) row.kind_gbs[k] = kind_bytes[k] / kind_s[k] / 1e9;
-        std::printf("%-6s %-5s %5d %9.1f %9.2f %9.2f %5.0f%%   %.1f %.1f %.1f %.1f %.1f\n", s.name, dtype_name(dt), r + 1,
+        std::printf("%-6s %-6s %5d %9.1f %9.2f %9.2f %5.0f%%   %.1f %.1f %.1f %.1f %.1f\n", s.name, mix_name(dt), r + 1,
                     row.steps_per_s, row.gbs, row.probe_gbs, 100 * row.gbs / row.probe_gbs, row.kind_gbs[0],
                     row.kind_gbs[1], row.kind_gbs[2], row.kind_gbs[3], row.kind_gbs[4]);
         std::fflush(stdout);
