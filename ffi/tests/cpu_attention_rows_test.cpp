@@ -1,7 +1,8 @@
 // cpu_attention_rows_test.cpp — attn_rows_alone (cpu_attention_decode.cpp), the attention of decode
 // rows over chunks of positions, against a double-precision softmax: MHA and GQA, head sizes its
 // AVX-512 kernels take (64, 128) and others (32, 48), ranges that start past 0 (a sliding window)
-// and span one chunk or many; the same bits at 1, 2 and 3 threads and for a row alone or in a batch.
+// and span one chunk or many; the same bits at 1, 2 and 3 threads, for a row alone or in a batch, and
+// (where AVX-512 runs) as the AVX2 path's.
 #include <cmath>
 #include <cstring>
 
@@ -15,7 +16,7 @@ using namespace kf;
 
 void test_attention_rows_alone(const std::string &label, ThreadPool *pools) {
   Check ref("attn_rows_alone vs float64 softmax (" + label + ")");
-  Check bits("attn_rows_alone: same bits at 1/2/3 threads and alone or batched (" + label + ")");
+  Check bits("attn_rows_alone: same bits at 1/2/3 threads, alone or batched, as avx2's (" + label + ")");
   struct Shape {
     int64_t nh, nkv, hd;
   };
@@ -67,6 +68,19 @@ void test_attention_rows_alone(const std::string &label, ThreadPool *pools) {
       for (int r = 0; r < n; r++)
         bits.expect(std::memcmp(again[r].data(), out[r].data(), size_t(q_dim) * sizeof(float)) == 0,
                     fmt("threads %lld nh %lld row %lld", p + 1, sh.nh, r));
+    }
+    // The AVX-512 chunk kernels keep the AVX2 loops' bits (their sums in the same order).
+    if (cpu_path() >= CpuPath::Avx512) {
+      const CpuPath was = cpu_path();
+      std::vector<std::vector<float>> avx2(n, std::vector<float>(size_t(q_dim), NAN));
+      std::vector<AttnRow> rows2 = rows;
+      for (int r = 0; r < n; r++) rows2[r].out = avx2[r].data();
+      cpu_force_path(CpuPath::Avx2);
+      attn_rows_alone(pools[1], rows2.data(), n, sh.nh, sh.nkv, sh.hd, scale);
+      cpu_force_path(was);
+      for (int r = 0; r < n; r++)
+        bits.expect(std::memcmp(avx2[r].data(), out[r].data(), size_t(q_dim) * sizeof(float)) == 0,
+                    fmt("avx2 = avx512 nh %lld hd %lld row %lld", sh.nh, sh.hd, r));
     }
     for (int r = 0; r < n; r++) {
       alone[r].assign(size_t(q_dim), NAN);
