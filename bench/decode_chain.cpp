@@ -3,7 +3,7 @@
 // Build and run (from the repository root; -O3 as the library is built):
 //   g++ -std=c++17 -O3 -march=native -pthread -Iffi/include bench/decode_chain.cpp ffi/src/weight_arena.cpp
 //       ffi/src/cpu_ops.cpp ffi/src/cpu_matmul.cpp ffi/src/cpu_matvec.cpp ffi/src/cpu_matmul_avx512.cpp
-//       ffi/src/cpu_matmul_scalar.cpp ffi/src/cpu_quant.cpp ffi/src/cpu_quant_vnni512.cpp ffi/src/cpu_quant_amx.cpp
+//       ffi/src/cpu_matmul_scalar.cpp ffi/src/cpu_quant.cpp ffi/src/cpu_quant_vnni512.cpp ffi/src/cpu_quant_rows16.cpp ffi/src/cpu_quant_amx.cpp
 //       ffi/src/cpu_matmul_amx.cpp ffi/src/cpu_features.cpp ffi/src/cpu_attention.cpp ffi/src/cpu_attention_avx512.cpp
 //       ffi/src/cpu_ops_avx512.cpp ffi/src/cpu_quant_act.cpp ffi/src/threadpool.cpp ffi/src/common.cpp
 //       ffi/src/json.cpp -o build/decode_chain && build/decode_chain [out.json]

@@ -106,8 +106,8 @@ KF_AVX512 void transpose_keys_avx512(const float *k, int64_t k_stride, int64_t j
 
 // attn_rows_alone's chunk (cpu_attention_decode.cpp) on 512-bit registers, NV = hd / 16: a
 // position's keys (then values) of each KV head loaded once for the group's query heads. The bits of
-// its dot_f32 / axpy_f32 loops, as the tiles above keep the AVX2 kernels' bits. A chunk's keys (then
-// values) are one contiguous stream, prefetched as decode's weight kernels prefetch theirs (the
+// its dot_f32 / axpy_f32 loops, as the tiles above keep the AVX2 kernels' bits. A chunk's keys are
+// one contiguous stream, prefetched as decode's weight kernels prefetch theirs (the
 // hardware prefetcher stops at every 4 KiB page, 1.3 positions of the 134M's cache): 134M bf16 decode
 // after 1920 positions +6% / +12% (bench/decode_ab.ts --context 1920, both orders), 1.1B q4_0 +-1%
 // (its GQA cache is 1/7 of a step's bytes there); the L1 near prefetch on top lost 11%.
@@ -137,7 +137,8 @@ KF_AVX512 static void chunk_scores(const float *q, const float *k, int64_t kv_di
 }
 
 // o[h] += sum_jj p[h * nj + jj] v[j0 + jj][h / group]  (o rows hd + 2 apart, at o + 2), in blocks of 16
-// positions (16 rows of kv_dim floats: in L1 while its KV heads are read), H = 16 / NV query heads of a
+// positions (re-read from L1 by each pass of heads: 16 KiB for the 1.1B's 4 KV heads, all of L1 for the
+// 134M's 12, which measured 2% slower than before there), H = 16 / NV query heads of a
 // KV head at a time with their outputs in registers: each value row loaded once for the H heads, one
 // FMA per (head, 16 dimensions) and position, ascending, as axpy_f32's (the same bits). Each row one
 // load and H x NV independent FMAs: the FMA pipes, not their latency nor a store per FMA (the kernel

@@ -464,9 +464,9 @@ void matmul_quant_dt(ThreadPool &pool, const ActBlock *xq, int64_t nb, const voi
   pool.parallel_for(n_panels + n_tasks, any_task);
 }
 
-// Interleaved weights (Q8_0_R16, Q4_0_R16, Q4_K_R16, Q6_K_R16): the GEMM from kGemmMinTokens activation rows on
-// (panels of two groups), else the group kernel over activation rows in pairs, one contiguous run of
-// groups per thread (decode streams W once, sequentially). A one-thread bench on one hot matrix had
+// Interleaved weights (Q8_0_R16, Q4_0_R16, Q4_K_R16, Q6_K_R16): the GEMM from kGemmMinTokens activation
+// rows on (panels of two groups), else the group kernels over activation rows 4, 2 or 1 at a time, one
+// contiguous run of groups per thread (decode streams W once, sequentially). A one-thread bench on one hot matrix had
 // the pair kernel ahead of the GEMM at every T, but whole models say otherwise (134M q4_0, 2 threads,
 // alternating builds: prefill 128 2,800-3,500 tok/s with the GEMM, 2,000-2,100 without).
 void matmul_rows16(ThreadPool &pool, const ActBlock *xq, int64_t nb, DType dt, const uint8_t *W, float *y, int64_t T,
@@ -502,7 +502,7 @@ void matmul_rows16(ThreadPool &pool, const ActBlock *xq, int64_t nb, DType dt, c
     return;
   }
   // The k-quants' per-sub-block scales (and Q4_K's mins) have no place in the GEMM's panels: their
-  // prefill takes activation rows in pairs.
+  // prefill goes through the group kernels, 4 activation rows at a time.
   if (T >= quant::kGemmMinTokens && dtype_block_values(dt) == kQuantBlock &&
       quant::gemm_panel_bytes(nb) <= ThreadPool::scratch_bytes()) {
     pool.parallel_for((out / 16 + 1) / 2, [&](int64_t p, int thread) {

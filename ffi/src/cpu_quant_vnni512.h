@@ -1,12 +1,16 @@
 // cpu_quant_vnni512.h — inside the quantized matmul (cpu_quant.cpp): the activation blocks, and the
-// AVX512-VNNI kernels of cpu_quant_vnni512.cpp that read 16 weight rows per instruction: the
-// prefill GEMM over repacked panels and the decode kernel over the 16-row interleaved layouts.
+// AVX512-VNNI kernels that read 16 weight rows per instruction: the prefill GEMM over repacked panels
+// (cpu_quant_vnni512.cpp) and the decode kernels over the 16-row interleaved layouts
+// (cpu_quant_rows16.cpp).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 
 #include "cpu_quant.h"
+
+// The target of those kernels' functions (x86-64 builds; each file guards its kernels).
+#define KF_VNNI512 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
 
 namespace kf::quant {
 
